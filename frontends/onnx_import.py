@@ -1,0 +1,204 @@
+"""ONNX file -> float Relax module with its weights kept as parameters.
+
+Steps: load and check the file, fix dynamic input dimensions, let onnxruntime's basic
+graph optimizer fold the shape arithmetic TVM's importer cannot take (DESIGN.md
+section 3), refuse ops the integer path lacks (all of
+them at once), then import with `tvm.relax.frontend.onnx.from_onnx`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .errors import CompileError, UnsupportedModelError
+
+# ONNX ops (after onnxruntime's basic clean-up) that the integer-only path lowers.
+INTEGER_PATH_OPS = frozenset({
+    "Conv", "BatchNormalization", "Gemm", "MatMul", "Relu", "Clip", "Max", "Min", "Add",
+    "MaxPool", "GlobalAveragePool", "ReduceMean", "Concat", "Reshape", "Flatten",
+    "Transpose", "Pad", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Constant",
+})
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, static shape and dtype of a graph input or output."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+
+@dataclass
+class ImportedModel:
+    """A float Relax module (`main` takes the inputs, then the weights) and its weights."""
+
+    mod: object  # tvm.IRModule
+    params: list[np.ndarray]
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    source: str
+
+
+def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """Parse `NAME:1x3x224x224` as given to `--input-shape`."""
+    name, sep, dims = text.rpartition(":")
+    try:
+        shape = tuple(int(d) for d in dims.lower().split("x"))
+    except ValueError:
+        shape = ()
+    if not sep or not name or not shape or min(shape) <= 0:
+        raise CompileError(f"--input-shape {text!r}: expected NAME:D0xD1x..., e.g. input:1x3x224x224")
+    return name, shape
+
+
+def load_onnx(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]] | None = None) -> ImportedModel:
+    """Load, clean up and import an ONNX model; raises CompileError on bad input."""
+    path = Path(path)
+    model = _read(path)
+    _fix_input_shapes(model, dict(input_shapes or {}), path)
+    model = _basic_optimize(model, path)
+    _scalars_to_constants(model)
+    _check_supported(model, path)
+    inputs = [_spec(v, path) for v in _graph_inputs(model)]
+    for spec in inputs:
+        if spec.dtype != "float32":
+            raise UnsupportedModelError(f"{path}: input {spec.name!r} has dtype {spec.dtype}; "
+                                        "the integer path quantizes float32 inputs only")
+    outputs = [_spec(v, path) for v in model.graph.output]
+    return ImportedModel(*_to_relax(model, path), inputs=inputs, outputs=outputs, source=str(path))
+
+
+def _read(path: Path) -> onnx.ModelProto:
+    if not path.is_file():
+        raise CompileError(f"{path}: no such file")
+    try:
+        model = onnx.load(str(path))
+    except Exception as err:  # protobuf raises several types for garbage and truncation
+        raise CompileError(f"{path}: not a readable ONNX file ({type(err).__name__}: {err})") from None
+    if not model.graph.node:
+        raise CompileError(f"{path}: not a readable ONNX file (no graph nodes; truncated or not ONNX?)")
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as err:
+        first = str(err).strip().splitlines()[0]
+        raise CompileError(f"{path}: invalid ONNX model: {first}") from None
+    return model
+
+
+def _graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    inits = {i.name for i in model.graph.initializer}
+    return [v for v in model.graph.input if v.name not in inits]
+
+
+def _fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], path: Path) -> None:
+    inputs = {v.name: v for v in _graph_inputs(model)}
+    unknown = sorted(set(shapes) - set(inputs))
+    if unknown:
+        raise CompileError(f"{path}: --input-shape names {unknown}, but the model's inputs are {sorted(inputs)}")
+    for name, value in inputs.items():
+        dims = value.type.tensor_type.shape.dim
+        if name in shapes:
+            if len(shapes[name]) != len(dims):
+                raise CompileError(f"{path}: input {name!r} has rank {len(dims)}, "
+                                   f"--input-shape gives {len(shapes[name])} dims")
+            for dim, size in zip(dims, shapes[name]):
+                if dim.HasField("dim_value") and dim.dim_value != size:
+                    raise CompileError(f"{path}: input {name!r} dim is fixed to {dim.dim_value}, "
+                                       f"--input-shape gives {size}")
+                dim.Clear()
+                dim.dim_value = size
+        dynamic = [d.dim_param or "?" for d in dims if not d.HasField("dim_value")]
+        if dynamic:
+            shown = "x".join(str(d.dim_value) if d.HasField("dim_value") else (d.dim_param or "?") for d in dims)
+            raise CompileError(f"{path}: input {name!r} has dynamic dimensions ({shown}); "
+                               f"fix them with --input-shape {name}:" + "x".join(
+                                   str(d.dim_value) if d.HasField("dim_value") else "N" for d in dims))
+
+
+def _basic_optimize(model: onnx.ModelProto, path: Path) -> onnx.ModelProto:
+    """Constant-fold shape subgraphs with onnxruntime (TVM's importer rejects dynamic pads)."""
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="intq-onnx-") as tmp:
+        src, dst = os.path.join(tmp, "in.onnx"), os.path.join(tmp, "basic.onnx")
+        onnx.save(model, src)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        options.optimized_model_filepath = dst
+        options.log_severity_level = 3
+        try:
+            ort.InferenceSession(src, options, providers=["CPUExecutionProvider"])
+        except Exception as err:
+            raise CompileError(f"{path}: onnxruntime cannot load the model: {err}") from None
+        model = onnx.load(dst)
+    return onnx.shape_inference.infer_shapes(model)
+
+
+def _constant(model: onnx.ModelProto, name: str) -> np.ndarray | None:
+    for init in model.graph.initializer:
+        if init.name == name:
+            return numpy_helper.to_array(init)
+    return None
+
+
+def _scalars_to_constants(model: onnx.ModelProto) -> None:
+    """Turn scalar initializers (clip bounds, pad values) into Constant nodes.
+
+    Weights stay parameters of the imported function; scalars become Relax constants so
+    that constant folding resolves the importer's guards around them.
+    """
+    scalars = [i for i in model.graph.initializer if int(np.prod(i.dims)) <= 1]
+    nodes = [onnx.helper.make_node("Constant", [], [i.name], value=i, name=f"{i.name}/Constant") for i in scalars]
+    names = {i.name for i in scalars}
+    keep = [i for i in model.graph.initializer if i.name not in names]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+    inputs = [v for v in model.graph.input if v.name not in names]
+    del model.graph.input[:]
+    model.graph.input.extend(inputs)
+    old = list(model.graph.node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes + old)
+
+
+def _check_supported(model: onnx.ModelProto, path: Path) -> None:
+    bad = [f"{n.op_type} (node {n.name or '<unnamed>'})" for n in model.graph.node
+           if n.op_type not in INTEGER_PATH_OPS or n.domain not in ("", "ai.onnx")]
+    if bad:
+        raise UnsupportedModelError(f"{path}: {len(bad)} node(s) use ops the integer-only path does not "
+                                    "support:\n  " + "\n  ".join(bad))
+
+
+def _spec(value: onnx.ValueInfoProto, path: Path) -> TensorSpec:
+    ttype = value.type.tensor_type
+    dims = [d.dim_value if d.HasField("dim_value") else -1 for d in ttype.shape.dim]
+    if min(dims, default=1) <= 0:
+        raise CompileError(f"{path}: tensor {value.name!r} has an unknown shape after shape inference")
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(ttype.elem_type).name
+    return TensorSpec(value.name, tuple(dims), dtype)
+
+
+def _to_relax(model: onnx.ModelProto, path: Path):
+    import tvm
+    from tvm import relax
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from .relax_cleanup import clip_calls_to_ops
+
+    try:
+        mod = from_onnx(model, keep_params_in_input=True, sanitize_input_names=False)
+    except Exception as err:
+        last = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        raise UnsupportedModelError(f"{path}: TVM's ONNX importer failed: {last}") from None
+    mod, params = relax.frontend.detach_params(mod)
+    mod = tvm.transform.Sequential([relax.transform.FoldConstant(), clip_calls_to_ops,
+                                    relax.transform.DeadCodeElimination()])(mod)
+    return mod, [p.numpy() for p in params.get("main", [])]

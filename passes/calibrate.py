@@ -1,0 +1,54 @@
+"""Calibration: run the float Relax model on real inputs and observe every float tensor.
+
+The function is rewritten to return every binding next to its output, compiled once for
+the host, and run per sample; observers turn the values into ranges {name: (lo, hi)}.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+import tvm
+from tqdm import tqdm
+from tvm import relax
+
+from .observers import make_observer
+
+
+def _expose_all(mod: tvm.IRModule) -> tuple[tvm.IRModule, list[str]]:
+    func = relax.transform.ToNonDataflow()(mod)["main"]
+    names, tensors = [], []
+    for p in func.params:
+        names.append(p.name)
+        tensors.append(p)
+    for block in func.body.blocks:
+        for b in block.bindings:
+            ty = b.var.ty
+            if isinstance(ty, relax.TensorType) and str(ty.dtype).startswith("float"):
+                names.append(b.var.name)
+                tensors.append(b.var)
+    if len(set(names)) != len(names):
+        raise AssertionError("binding names are not unique; cannot key calibration ranges")
+    body = relax.SeqExpr(func.body.blocks, relax.Tuple(tensors))
+    new = relax.Function(func.params, body, relax.TupleType([t.ty for t in tensors]), func.is_pure, func.attrs)
+    return tvm.IRModule({"main": new}), names
+
+
+def calibrate(mod: tvm.IRModule, samples: Sequence[dict[str, np.ndarray]] | Iterable[dict[str, np.ndarray]],
+              observer: str = "minmax", target=None, progress: bool = True) -> dict[str, tuple[float, float]]:
+    """Ranges of every float tensor of `main` (inputs and bindings) over `samples`.
+
+    `mod` must have its weights bound (its `main` takes only the model inputs).
+    """
+    exposed, names = _expose_all(mod)
+    target = target or tvm.target.Target({"kind": "llvm"})
+    vm = relax.VirtualMachine(tvm.compile(exposed, target=target), tvm.cpu())
+    observers = [make_observer(observer) for _ in names]
+    input_names = [p.name for p in mod["main"].params]
+    total = len(samples) if hasattr(samples, "__len__") else None
+    for sample in tqdm(samples, total=total, desc="calibrating", unit="sample", disable=not progress):
+        outs = vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(sample[n])) for n in input_names])
+        for obs, value in zip(observers, outs):
+            obs.update(value.numpy())
+    return {name: obs.range() for name, obs in zip(names, observers)}

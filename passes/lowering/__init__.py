@@ -1,0 +1,8 @@
+"""Per-op integer lowerings, registered with `@lowers` (imported here explicitly)."""
+
+from . import elementwise, layout, linear, pooling  # noqa: F401  (registration)
+from .context import LoweringContext, QuantConfig, activation_scale
+from .registry import LOWERINGS
+from .values import Accumulator, Quantized
+
+__all__ = ["LOWERINGS", "Accumulator", "LoweringContext", "QuantConfig", "Quantized", "activation_scale"]

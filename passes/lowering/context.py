@@ -1,0 +1,92 @@
+"""State shared by the per-op lowerings while one function is rewritten."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from tvm import relax
+
+from frontends.errors import CompileError
+
+from ..reference.kernels import INT_RANGE, dyadic
+from . import emit
+from .values import Accumulator, Quantized, Value
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """How tensors are quantized. Validated on construction."""
+
+    weight_bits: int = 8
+    activation_bits: int = 8
+    unsigned_activations: bool = True  # uint8 (one more bit) for tensors clamped at >= 0
+
+    def __post_init__(self):
+        if self.weight_bits not in (4, 8):
+            raise CompileError(f"QuantConfig.weight_bits={self.weight_bits}: allowed 4 or 8")
+        if self.activation_bits != 8:
+            raise CompileError(f"QuantConfig.activation_bits={self.activation_bits}: allowed 8")
+
+
+def activation_scale(lo: float, hi: float, dtype: str) -> float:
+    """Symmetric scale covering [lo, hi] in `dtype` (1.0 for an all-zero tensor)."""
+    amax = max(abs(lo), abs(hi))
+    return amax / INT_RANGE[dtype][1] if amax > 0 else 1.0
+
+
+class LoweringContext:
+    """The BlockBuilder, calibrated ranges and config, plus requantization helpers."""
+
+    def __init__(self, bb: relax.BlockBuilder, ranges: dict[str, tuple[float, float]], config: QuantConfig):
+        self.bb, self.ranges, self.config = bb, ranges, config
+        self.var: relax.Var | None = None  # the float binding being lowered
+        self.layers: list[dict] = []  # one row per quantized weight layer
+        self._materialized: dict[Accumulator, Quantized] = {}
+
+    def fail(self, message: str):
+        name = self.var.name if self.var is not None else "?"
+        raise CompileError(f"cannot lower binding {name!r}: {message}")
+
+    def range_of(self, var: relax.Var) -> tuple[float, float]:
+        if var.name not in self.ranges:
+            self.fail(f"no calibrated range for tensor {var.name!r}")
+        return self.ranges[var.name]
+
+    def out_range(self) -> tuple[float, float]:
+        return self.range_of(self.var)
+
+    def emit(self, expr: relax.Expr) -> relax.Var:
+        return self.bb.emit(expr, name_hint=self.var.name if self.var is not None else "v")
+
+    def materialize(self, value: Value) -> Quantized:
+        """Requantize an accumulator to 8 bits (memoized); quantized values pass through."""
+        if isinstance(value, Quantized):
+            return value
+        if isinstance(value, np.ndarray):
+            self.fail("expected an activation, got a constant")
+        if value not in self._materialized:
+            self._materialized[value] = self._requantize_acc(value)
+        return self._materialized[value]
+
+    def _requantize_acc(self, acc: Accumulator) -> Quantized:
+        lo, hi = acc.out_range
+        lo, hi = max(lo, acc.clamp[0]), min(hi, acc.clamp[1])
+        dtype = "uint8" if self.config.unsigned_activations and acc.clamp[0] >= 0 else "int8"
+        scale = activation_scale(lo, hi, dtype)
+        qlo, qhi = INT_RANGE[dtype]
+        if math.isfinite(acc.clamp[0]):
+            qlo = max(qlo, int(round(acc.clamp[0] / scale)))
+        if math.isfinite(acc.clamp[1]):
+            qhi = min(qhi, int(round(acc.clamp[1] / scale)))
+        rank = len(acc.expr.ty.shape)
+        m, s = dyadic(np.asarray(acc.scale, np.float64) / scale)
+        m, s = emit.channel_shape(m, rank, acc.axis), emit.channel_shape(s, rank, acc.axis)
+        return Quantized(self.emit(emit.requantize(acc.expr, m, s, qlo, qhi, dtype)), scale, dtype)
+
+    def to_int32_at(self, value: Value, scale: float) -> tuple[relax.Expr, np.ndarray, np.ndarray]:
+        """(int tensor, m, s) that requantize `value` to `scale`: used by adds and concats."""
+        q = self.materialize(value)
+        m, s = dyadic(q.scale / scale)
+        return q.expr, m, s

@@ -1,0 +1,104 @@
+"""Range observers with a two-method contract: `update(x)` per batch, `range()` at the end.
+
+MinMax keeps the running extremes. Percentile and MSE keep a histogram of |x| whose range
+doubles (merging bin pairs exactly) as larger values arrive, then pick a symmetric clip.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from frontends.errors import CompileError
+
+
+class MinMaxObserver:
+    """Running min and max."""
+
+    def __init__(self):
+        self.lo, self.hi = np.inf, -np.inf
+
+    def update(self, x: np.ndarray) -> None:
+        if x.size:
+            self.lo, self.hi = min(self.lo, float(x.min())), max(self.hi, float(x.max()))
+
+    def range(self) -> tuple[float, float]:
+        return (0.0, 0.0) if self.lo > self.hi else (self.lo, self.hi)
+
+
+class _HistogramObserver(MinMaxObserver):
+    BINS = 2048
+
+    def __init__(self):
+        super().__init__()
+        self.hist = np.zeros(self.BINS, np.int64)
+        self.top = 0.0  # histogram covers [0, top]
+
+    def update(self, x: np.ndarray) -> None:
+        super().update(x)
+        a = np.abs(x.astype(np.float64).ravel())
+        amax = float(a.max()) if a.size else 0.0
+        if amax == 0.0:
+            self.hist[0] += a.size
+            return
+        if self.top == 0.0:
+            self.top = amax
+        while amax > self.top:  # double the range: merge neighbouring bins
+            self.hist = np.concatenate([self.hist.reshape(-1, 2).sum(1), np.zeros(self.BINS // 2, np.int64)])
+            self.top *= 2
+        self.hist += np.histogram(a, bins=self.BINS, range=(0.0, self.top))[0]
+
+    def _clip(self) -> float:
+        raise NotImplementedError
+
+    def range(self) -> tuple[float, float]:
+        lo, hi = super().range()
+        if self.top == 0.0:
+            return lo, hi
+        t = self._clip()
+        return max(lo, -t), min(hi, t)
+
+
+class PercentileObserver(_HistogramObserver):
+    """Clip |x| at the given percentile of its distribution."""
+
+    def __init__(self, percentile: float = 99.999):
+        if not 50.0 < percentile <= 100.0:
+            raise CompileError(f"percentile={percentile}: allowed (50, 100]")
+        super().__init__()
+        self.percentile = percentile
+
+    def _clip(self) -> float:
+        cdf = np.cumsum(self.hist) / self.hist.sum()
+        idx = int(np.searchsorted(cdf, self.percentile / 100.0))
+        return (min(idx, self.BINS - 1) + 1) * self.top / self.BINS
+
+
+class MSEObserver(_HistogramObserver):
+    """Clip |x| where the expected squared 8-bit quantization error is smallest."""
+
+    def __init__(self, levels: int = 127):
+        super().__init__()
+        self.levels = levels
+
+    def _clip(self) -> float:
+        width = self.top / self.BINS
+        centers = (np.arange(self.BINS) + 0.5) * width
+        best, best_err = self.top, np.inf
+        for k in range(self.BINS // 16, self.BINS + 1, 8):
+            t = k * width
+            step = t / self.levels
+            inside = centers <= t
+            err = np.sum(self.hist[inside]) * step**2 / 12 + np.sum(self.hist[~inside] * (centers[~inside] - t) ** 2)
+            if err < best_err:
+                best, best_err = t, err
+        return best
+
+
+OBSERVERS = {"minmax": MinMaxObserver, "percentile": PercentileObserver, "mse": MSEObserver}
+
+
+def make_observer(name: str):
+    """Observer by name; raises CompileError naming the allowed ones."""
+    if name not in OBSERVERS:
+        raise CompileError(f"unknown observer {name!r}; allowed: {', '.join(OBSERVERS)}")
+    return OBSERVERS[name]()

@@ -1,0 +1,118 @@
+"""QuantizeToInteger: float Relax `main` (weights bound as constants) -> integer-only `main`.
+
+    main(x: float32) -> float32      ==>      main(q_x: int8) -> int8 | int32
+
+Each binding is replaced by the lowering registered for its op (`passes/lowering`), using
+the calibrated range of every float tensor. The float quantizer of the inputs and the
+dequantizer of the outputs move to the graph boundary, recorded as the function
+attribute `intq.boundary` (JSON: names, dtypes, scales); the runtime applies them.
+Fails, listing every offending binding at once, if an op has no integer lowering.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from frontends.errors import UnsupportedModelError
+
+from .lowering import LOWERINGS, Accumulator, LoweringContext, QuantConfig, Quantized, activation_scale
+
+BOUNDARY_ATTR = "intq.boundary"
+LAYERS_ATTR = "intq.layers"
+
+
+def _bindings(func: relax.Function):
+    for block in func.body.blocks:
+        yield from block.bindings
+
+
+def _check_supported(func: relax.Function) -> None:
+    bad = [f"{b.var.name} = {b.value.op.name}" for b in _bindings(func)
+           if isinstance(b.value, relax.Call) and isinstance(b.value.op, tvm.ir.Op)
+           and b.value.op.name not in LOWERINGS]
+    if bad:
+        raise UnsupportedModelError(f"{len(bad)} operation(s) have no integer lowering:\n  " + "\n  ".join(bad))
+
+
+def _outputs(body: relax.Expr) -> list[relax.Expr]:
+    return list(body.fields) if isinstance(body, relax.Tuple) else [body]
+
+
+class QuantizeToInteger:
+    """Lower `main` to integer ops given per-tensor ranges {binding name: (lo, hi)}.
+
+    A plain callable `mod -> mod` rather than a `tvm.transform` pass, so that a
+    CompileError reaches the user as itself instead of wrapped by TVM's FFI.
+    """
+
+    def __init__(self, ranges: dict[str, tuple[float, float]], config: QuantConfig = QuantConfig()):
+        self.ranges, self.config = ranges, config
+
+    def __call__(self, mod: tvm.IRModule) -> tvm.IRModule:
+        func = mod["main"]
+        _check_supported(func)
+        bb = relax.BlockBuilder()
+        ctx = LoweringContext(bb, self.ranges, self.config)
+        env: dict[relax.Var, object] = {}
+        params, boundary = [], {"inputs": [], "outputs": []}
+        for p in func.params:
+            lo, hi = ctx.range_of(p)
+            scale = activation_scale(lo, hi, "int8")
+            q = relax.Var(p.name, relax.TensorType(p.ty.shape, "int8"))
+            params.append(q)
+            env[p] = Quantized(q, scale, "int8")
+            boundary["inputs"].append({"name": p.name, "dtype": "int8", "scale": scale})
+        with bb.function("main", params):
+            with bb.dataflow():
+                for binding in _bindings(func):
+                    ctx.var = binding.var
+                    env[binding.var] = self._lower(ctx, binding.value, env)
+                ctx.var = None
+                outs = []
+                for out in _outputs(func.body.body):
+                    expr, meta = self._output(ctx, env[out])
+                    outs.append(bb.emit_output(expr))
+                    boundary["outputs"].append(meta)
+            result = outs[0] if len(outs) == 1 else relax.Tuple(outs)
+            bb.emit_func_output(result)
+        new = bb.get()["main"].with_attr(BOUNDARY_ATTR, json.dumps(boundary))
+        new = new.with_attr(LAYERS_ATTR, json.dumps(ctx.layers))
+        out_mod = tvm.IRModule({"main": new})
+        return relax.transform.DeadCodeElimination()(out_mod)
+
+    @staticmethod
+    def _lower(ctx: LoweringContext, value: relax.Expr, env: dict):
+        if isinstance(value, relax.Var):
+            return env[value]
+        if isinstance(value, tvm.ir.GenericConst):
+            return value.value.numpy()
+        if not (isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op)):
+            ctx.fail(f"unsupported expression {type(value).__name__}")
+        args = [_arg(a, env) for a in value.args]
+        return LOWERINGS[value.op.name](ctx, value, args)
+
+    @staticmethod
+    def _output(ctx: LoweringContext, value) -> tuple[relax.Expr, dict]:
+        if isinstance(value, np.ndarray):
+            ctx.fail("the model output is a constant")
+        if isinstance(value, Accumulator) and value.clamp == (-math.inf, math.inf):
+            # Unclamped accumulators leave at full int32 precision (e.g. logits).
+            scale = np.asarray(value.scale, np.float64)
+            return value.expr, {"dtype": "int32", "scale": scale.reshape(-1).tolist(), "axis": value.axis}
+        q = ctx.materialize(value)
+        return q.expr, {"dtype": q.dtype, "scale": [q.scale], "axis": None}
+
+
+def _arg(arg: relax.Expr, env: dict):
+    if isinstance(arg, relax.Var):
+        return env[arg]
+    if isinstance(arg, tvm.ir.GenericConst):
+        return arg.value.numpy()
+    if isinstance(arg, relax.Tuple):
+        return [_arg(a, env) for a in arg.fields]
+    return arg  # shapes, prim values: used from the call itself

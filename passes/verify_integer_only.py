@@ -1,0 +1,79 @@
+"""Integer-only verifier: proves no float arithmetic remains in a lowered module.
+
+Walks every Relax binding of every function (each value's type must be an integer or
+bool tensor, or a tuple/shape of them; `astype` to a float is refused), then legalizes
+the module and checks every TIR buffer of every kernel. Reports every offender at once.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import tvm
+from tvm import relax
+
+_INT_PREFIXES = ("int", "uint", "bool")
+_FLOAT_RE = re.compile(r"\b(b?float\d+|e\d+m\d+\w*)\b")
+
+
+@dataclass
+class IntegerOnlyReport:
+    """The verdict and, if it failed, one line per offending op or kernel buffer."""
+
+    offenders: list[str] = field(default_factory=list)
+
+    @property
+    def integer_only(self) -> bool:
+        return not self.offenders
+
+    def __str__(self) -> str:
+        if self.integer_only:
+            return "integer-only: yes"
+        return f"integer-only: NO ({len(self.offenders)} float op(s)):\n  " + "\n  ".join(self.offenders)
+
+
+def _float_types(ty) -> list[str]:
+    if isinstance(ty, relax.TensorType):
+        dtype = str(ty.dtype)
+        return [] if dtype.startswith(_INT_PREFIXES) else [dtype]
+    if isinstance(ty, relax.TupleType):
+        return [d for f in ty.fields for d in _float_types(f)]
+    return []
+
+
+def verify_integer_only(mod: tvm.IRModule) -> IntegerOnlyReport:
+    """Check `mod` (integer Relax, before compilation) holds no float tensor or op."""
+    report = IntegerOnlyReport()
+    for gv, func in mod.functions_items():
+        if not isinstance(func, relax.Function):
+            continue
+        for p in func.params:
+            for dtype in _float_types(p.ty):
+                report.offenders.append(f"{gv.name_hint}: parameter {p.name} is {dtype}")
+        for block in func.body.blocks:
+            for b in block.bindings:
+                value = b.value
+                op = value.op.name if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) else \
+                    type(value).__name__
+                for dtype in _float_types(b.var.ty):
+                    report.offenders.append(f"{gv.name_hint}: {b.var.name} = {op}(...) -> {dtype}")
+                if isinstance(value, relax.Call):
+                    for i, arg in enumerate(value.args):
+                        if isinstance(arg, tvm.ir.GenericConst):
+                            for dtype in _float_types(arg.ty):
+                                report.offenders.append(f"{gv.name_hint}: {b.var.name} = {op}(...) "
+                                                        f"takes a {dtype} constant (argument {i})")
+    if report.integer_only:
+        _check_kernels(relax.transform.LegalizeOps()(mod), report)
+    return report
+
+
+def _check_kernels(mod: tvm.IRModule, report: IntegerOnlyReport) -> None:
+    # The Python API has no TIR visitor: scan each kernel's TVMScript for float types
+    # (buffers, casts and immediates all print their dtype).
+    for gv, func in mod.functions_items():
+        if isinstance(func, tvm.tirx.PrimFunc):
+            found = sorted(set(_FLOAT_RE.findall(func.script())))
+            if found:
+                report.offenders.append(f"kernel {gv.name_hint} uses {', '.join(found)}")
