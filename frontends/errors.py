@@ -11,3 +11,11 @@ class CompileError(Exception):
 
 class UnsupportedModelError(CompileError):
     """The model uses ops or forms the integer-only path cannot compile."""
+
+
+class ArtifactError(CompileError):
+    """An artifact that is missing, corrupted, tampered with, or built for another machine."""
+
+
+class InputError(CompileError):
+    """Run-time or calibration inputs whose names, shapes or dtypes do not match the model."""

@@ -59,14 +59,19 @@ def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
     return name, shape
 
 
-def load_onnx(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]] | None = None) -> ImportedModel:
-    """Load, clean up and import an ONNX model; raises CompileError on bad input."""
+def load_onnx(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]] | None = None,
+              allow_unsupported: bool = False) -> ImportedModel:
+    """Load, clean up and import an ONNX model; raises CompileError on bad input.
+
+    `allow_unsupported` skips the integer-path op check (for float fallback).
+    """
     path = Path(path)
     model = _read(path)
     _fix_input_shapes(model, dict(input_shapes or {}), path)
     model = _basic_optimize(model, path)
     _scalars_to_constants(model)
-    _check_supported(model, path)
+    if not allow_unsupported:
+        _check_supported(model, path)
     inputs = [_spec(v, path) for v in _graph_inputs(model)]
     for spec in inputs:
         if spec.dtype != "float32":

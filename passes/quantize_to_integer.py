@@ -6,7 +6,9 @@ Each binding is replaced by the lowering registered for its op (`passes/lowering
 the calibrated range of every float tensor. The float quantizer of the inputs and the
 dequantizer of the outputs move to the graph boundary, recorded as the function
 attribute `intq.boundary` (JSON: names, dtypes, scales); the runtime applies them.
-Fails, listing every offending binding at once, if an op has no integer lowering.
+Fails, listing every offending binding at once, if an op has no integer lowering
+(unless `QuantConfig.allow_float`: then such ops run in float between a dequantize and
+a quantize, and the verifier reports the module as not integer-only).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from tvm import relax
 
 from frontends.errors import UnsupportedModelError
 
-from .lowering import LOWERINGS, Accumulator, LoweringContext, QuantConfig, Quantized, activation_scale
+from .lowering import LOWERINGS, float_fallback, Accumulator, LoweringContext, QuantConfig, Quantized, activation_scale
 
 BOUNDARY_ATTR = "intq.boundary"
 LAYERS_ATTR = "intq.layers"
@@ -55,7 +57,8 @@ class QuantizeToInteger:
 
     def __call__(self, mod: tvm.IRModule) -> tvm.IRModule:
         func = mod["main"]
-        _check_supported(func)
+        if not self.config.allow_float:
+            _check_supported(func)
         bb = relax.BlockBuilder()
         ctx = LoweringContext(bb, self.ranges, self.config)
         env: dict[relax.Var, object] = {}
@@ -94,7 +97,7 @@ class QuantizeToInteger:
         if not (isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op)):
             ctx.fail(f"unsupported expression {type(value).__name__}")
         args = [_arg(a, env) for a in value.args]
-        return LOWERINGS[value.op.name](ctx, value, args)
+        return LOWERINGS.get(value.op.name, float_fallback)(ctx, value, args)
 
     @staticmethod
     def _output(ctx: LoweringContext, value) -> tuple[relax.Expr, dict]:

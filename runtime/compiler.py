@@ -1,0 +1,151 @@
+"""compile_model: ONNX file -> integer-only artifact (frontends -> passes -> targets)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from frontends import CompileError, ImportedModel, InputError, load_onnx
+from frontends.onnx_import import TensorSpec
+from passes import (BOUNDARY_ATTR, LAYERS_ATTR, QuantConfig, QuantizeToInteger, bind_weights, calibrate,
+                    verify_integer_only)
+from targets import get_target
+
+from .artifact import LIBRARY, RELAX_TEXT, sha256, write_artifact
+
+SYNTHETIC_SAMPLES = 8
+
+
+def log(message: str) -> None:
+    print(f"[intq] {message}", file=sys.stderr, flush=True)
+
+
+@contextmanager
+def stage(what: str):
+    """Show a long step on stderr with its duration."""
+    log(f"{what} ...")
+    start = time.perf_counter()
+    yield
+    log(f"{what}: done in {time.perf_counter() - start:.1f} s")
+
+
+def load_calibration(path: str | os.PathLike, inputs: list[TensorSpec]) -> list[dict[str, np.ndarray]]:
+    """Samples from an .npz whose keys are the input names and whose first axis indexes
+    samples (each sample either the full input shape or, for batch-1 inputs, without it)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: calibration file not found")
+    try:
+        data = dict(np.load(path, allow_pickle=False))
+    except Exception as err:
+        raise InputError(f"{path}: not a readable .npz file ({err})") from None
+    names = [i.name for i in inputs]
+    if set(data) != set(names):
+        raise InputError(f"{path}: keys {sorted(data)} do not match the model's inputs {sorted(names)}")
+    counts = set()
+    for spec in inputs:
+        arr = data[spec.name]
+        ok = arr.shape[1:] == spec.shape or (spec.shape[0] == 1 and arr.shape[1:] == spec.shape[1:])
+        if arr.ndim == 0 or not ok:
+            raise InputError(f"{path}: {spec.name!r} has shape {list(arr.shape)}; expected [N, "
+                             f"{', '.join(map(str, spec.shape))}] (first axis indexes samples)")
+        if not np.issubdtype(arr.dtype, np.floating):
+            raise InputError(f"{path}: {spec.name!r} has dtype {arr.dtype}; expected a float array")
+        counts.add(arr.shape[0])
+    if len(counts) != 1 or 0 in counts:
+        raise InputError(f"{path}: inputs hold different or zero sample counts {sorted(counts)}")
+    return [{s.name: data[s.name][i].reshape(s.shape).astype(np.float32) for s in inputs}
+            for i in range(counts.pop())]
+
+
+def synthetic_calibration(inputs: list[TensorSpec], count: int = SYNTHETIC_SAMPLES) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(0)
+    return [{s.name: rng.standard_normal(s.shape).astype(np.float32) for s in inputs} for _ in range(count)]
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for dist in ("intq", "apache-tvm", "apache-tvm-ffi", "onnx", "onnxruntime", "numpy"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def compile_model(model_path: str | os.PathLike, target: str = "x86", output: str | os.PathLike | None = None,
+                  calib: str | os.PathLike | None = None, input_shapes: dict[str, tuple[int, ...]] | None = None,
+                  observer: str = "minmax", allow_float: bool = False, config: QuantConfig | None = None,
+                  progress: bool = True) -> Path:
+    """Compile an ONNX model into an integer-only artifact; returns the artifact path.
+
+    Raises CompileError (and writes nothing) on bad input or an unsupported model.
+    """
+    model_path = Path(model_path)
+    output = Path(output) if output else model_path.with_suffix(f".{target}.artifact")
+    spec = get_target(target)
+    config = config or QuantConfig(allow_float=allow_float)
+    with stage(f"importing {model_path}"):
+        imported: ImportedModel = load_onnx(model_path, input_shapes, allow_unsupported=allow_float)
+        float_mod = bind_weights(imported.mod, imported.params)
+    if calib is None:
+        log(f"WARNING: no --calib file: calibrating on {SYNTHETIC_SAMPLES} synthetic N(0,1) inputs. "
+            "Activation ranges will not match real data and accuracy will suffer; pass --calib FILE.npz.")
+        samples, synthetic = synthetic_calibration(imported.inputs), True
+    else:
+        samples, synthetic = load_calibration(calib, imported.inputs), False
+    ranges = calibrate(float_mod, samples, observer=observer, progress=progress)
+    with stage("lowering to integer-only Relax"):
+        int_mod = QuantizeToInteger(ranges, config)(float_mod)
+    report = verify_integer_only(int_mod)
+    log(str(report))
+    if not report.integer_only and not allow_float:
+        raise CompileError(f"the lowered module is not integer-only; no artifact written.\n{report}\n"
+                           "Pass --allow-float to accept float ops.")
+    boundary = json.loads(str(int_mod["main"].attrs[BOUNDARY_ATTR]))
+    layers = json.loads(str(int_mod["main"].attrs[LAYERS_ATTR]))
+
+    def fill(tmp: Path) -> dict:
+        import tvm
+        from tvm import relax
+
+        tvm_target = spec.target()
+        with stage(f"compiling for {spec.name} ({' '.join(spec.features)})"):
+            executable = tvm.compile(int_mod, target=tvm_target,
+                                     relax_pipeline=relax.get_default_pipeline(tvm_target))
+            kwargs = {}
+            if spec.cross_compiler:
+                from tvm.support import cc
+                kwargs["fcompile"] = cc.cross_compiler(spec.cross_compiler)
+            executable.export_library(str(tmp / LIBRARY), **kwargs)
+        (tmp / RELAX_TEXT).write_text(int_mod.script(show_meta=False))
+        return {
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "source": {"path": str(model_path), "sha256": sha256(model_path)},
+            "target": {"name": spec.name, "tvm_target": spec.tvm_target, "arch": spec.arch,
+                       "features": list(spec.features)},
+            "tools": _versions(),
+            "inputs": [{"name": s.name, "shape": list(s.shape), "dtype": s.dtype, "quant": q}
+                       for s, q in zip(imported.inputs, boundary["inputs"])],
+            "outputs": [{"name": s.name, "shape": list(s.shape), "dtype": "float32", "quant": q}
+                        for s, q in zip(imported.outputs, boundary["outputs"])],
+            "quantization": {"observer": observer, "calibration_samples": len(samples),
+                             "synthetic_calibration": synthetic, "weight_bits": config.weight_bits,
+                             "activation_bits": config.activation_bits, "layers": layers},
+            "integer_only": report.integer_only,
+            "allow_float": allow_float,
+            "verifier": str(report),
+            "relax": RELAX_TEXT,
+        }
+
+    path = write_artifact(output, fill)
+    log(f"wrote {path}")
+    return path

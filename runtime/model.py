@@ -1,0 +1,88 @@
+"""Load an artifact and run it: float arrays in, float arrays out.
+
+The runtime quantizes inputs and dequantizes outputs at the graph boundary with the
+NumPy reference (`passes.reference`), so every target sees the same integers.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+import numpy as np
+
+from frontends.errors import ArtifactError, InputError
+from passes.reference import dequantize, quantize
+
+from .artifact import read_manifest
+
+
+class Model:
+    """A loaded artifact: `.run(inputs)` with float arrays, `.manifest` with its metadata."""
+
+    def __init__(self, path: str | os.PathLike, device: str = "cpu"):
+        self.path = Path(path)
+        self.manifest = read_manifest(self.path)
+        arch = self.manifest["target"]["arch"]
+        if arch != platform.machine():
+            raise ArtifactError(f"{self.path}: built for {arch} ({self.manifest['target']['name']}); this machine "
+                                f"is {platform.machine()}. Run it on a {arch} board (or through RPC).")
+        import tvm
+        from tvm import relax
+
+        lib = tvm.runtime.load_module(str(self.path / self.manifest["library"]["file"]))
+        self._dev = tvm.device(device)
+        self._vm = relax.VirtualMachine(lib, self._dev)
+        self._tensor = tvm.runtime.tensor
+
+    @property
+    def inputs(self) -> list[dict]:
+        return self.manifest["inputs"]
+
+    @property
+    def outputs(self) -> list[dict]:
+        return self.manifest["outputs"]
+
+    def check_inputs(self, inputs: dict[str, np.ndarray]) -> None:
+        """Raise InputError unless `inputs` has exactly the model's names, shapes and dtypes."""
+        expected = {i["name"]: i for i in self.inputs}
+        if set(inputs) != set(expected):
+            raise InputError(f"inputs {sorted(inputs)} do not match the model's inputs {sorted(expected)}")
+        for name, value in inputs.items():
+            spec = expected[name]
+            if not isinstance(value, np.ndarray):
+                raise InputError(f"input {name!r}: expected a numpy array, got {type(value).__name__}")
+            if value.dtype != np.dtype(spec["dtype"]):
+                raise InputError(f"input {name!r}: dtype {value.dtype}, expected {spec['dtype']}")
+            if list(value.shape) != list(spec["shape"]):
+                raise InputError(f"input {name!r}: shape {list(value.shape)}, expected {spec['shape']}")
+
+    def quantize_inputs(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        self.check_inputs(inputs)
+        return [quantize(inputs[i["name"]], i["quant"]["scale"], i["quant"]["dtype"]) for i in self.inputs]
+
+    def run_integer(self, qinputs: list[np.ndarray]) -> list[np.ndarray]:
+        """Run on already-quantized inputs and return the raw integer outputs."""
+        result = self._vm["main"](*[self._tensor(np.ascontiguousarray(q), self._dev) for q in qinputs])
+        results = [result] if len(self.outputs) == 1 else list(result)
+        return [r.numpy() for r in results]
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Quantize `inputs`, run the integer model, dequantize the outputs."""
+        outs = self.run_integer(self.quantize_inputs(inputs))
+        return {spec["name"]: dequantize(q, _scale_array(spec["quant"], q.ndim)) for spec, q in zip(self.outputs, outs)}
+
+
+def _scale_array(quant: dict, rank: int) -> np.ndarray:
+    scale = np.asarray(quant["scale"], np.float64)
+    if quant.get("axis") is None:
+        return scale.reshape(())
+    shape = [1] * rank
+    shape[quant["axis"]] = scale.size
+    return scale.reshape(shape)
+
+
+def load(path: str | os.PathLike) -> Model:
+    """Load the artifact at `path` (checks format version, library hash and architecture)."""
+    return Model(path)

@@ -1,0 +1,55 @@
+"""`python -m runtime.run ARTIFACT --input x.npz [-o out.npz]`"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+
+import numpy as np
+
+from frontends import CompileError, InputError
+
+EXAMPLES = """examples:
+  python -m runtime.run model.x86.artifact --input x.npz -o y.npz
+  python -m runtime.run model.x86.artifact --input x.npz          # prints a summary of each output
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m runtime.run", epilog=EXAMPLES,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                description="Run a compiled artifact on float inputs from an .npz file "
+                                            "(keys: the model's input names).")
+    p.add_argument("artifact", help="artifact directory written by runtime.compile")
+    p.add_argument("--input", required=True, metavar="FILE.npz", help="inputs, one array per input name")
+    p.add_argument("-o", "--output", metavar="FILE.npz", help="write the outputs here")
+    p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
+    args = p.parse_args(argv)
+    try:
+        from .model import load
+
+        model = load(args.artifact)
+        try:
+            inputs = dict(np.load(args.input, allow_pickle=False))
+        except Exception as err:
+            raise InputError(f"{args.input}: not a readable .npz file ({err})") from None
+        outputs = model.run(inputs)
+    except CompileError as err:
+        if args.verbose:
+            traceback.print_exc()
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Exception:
+        traceback.print_exc()
+        return 1
+    if args.output:
+        np.savez(args.output, **outputs)
+    for name, value in outputs.items():
+        print(f"{name}: shape {list(value.shape)} {value.dtype}, argmax {int(np.argmax(value))}, "
+              f"min {value.min():.4g}, max {value.max():.4g}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
