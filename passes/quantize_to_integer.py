@@ -41,8 +41,9 @@ def _check_supported(func: relax.Function) -> None:
         raise UnsupportedModelError(f"{len(bad)} operation(s) have no integer lowering:\n  " + "\n  ".join(bad))
 
 
-def _outputs(body: relax.Expr) -> list[relax.Expr]:
-    return list(body.fields) if isinstance(body, relax.Tuple) else [body]
+def _outputs(body: relax.Expr, env: dict) -> list:
+    value = _arg(body, env)
+    return value if isinstance(value, list) else [value]
 
 
 class QuantizeToInteger:
@@ -77,8 +78,8 @@ class QuantizeToInteger:
                     env[binding.var] = self._lower(ctx, binding.value, env)
                 ctx.var = None
                 outs = []
-                for out in _outputs(func.body.body):
-                    expr, meta = self._output(ctx, env[out])
+                for value in _outputs(func.body.body, env):
+                    expr, meta = self._output(ctx, value)
                     outs.append(bb.emit_output(expr))
                     boundary["outputs"].append(meta)
             result = outs[0] if len(outs) == 1 else relax.Tuple(outs)
@@ -92,8 +93,10 @@ class QuantizeToInteger:
     def _lower(ctx: LoweringContext, value: relax.Expr, env: dict):
         if isinstance(value, relax.Var):
             return env[value]
-        if isinstance(value, tvm.ir.GenericConst):
-            return value.value.numpy()
+        if isinstance(value, (tvm.ir.GenericConst, relax.Tuple)):
+            return _arg(value, env)
+        if isinstance(value, relax.TupleGetItem):
+            return _arg(value.tuple_value, env)[value.index]
         if not (isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op)):
             ctx.fail(f"unsupported expression {type(value).__name__}")
         args = [_arg(a, env) for a in value.args]

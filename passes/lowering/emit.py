@@ -35,7 +35,9 @@ def requantize(acc: relax.Expr, m: np.ndarray, s: np.ndarray, lo: int, hi: int, 
     left, right = np.maximum(-s, 0), np.maximum(s, 0)
     y = R.multiply(R.astype(acc, "int64"), const(m, "int64"))
     if np.any(left > 0):
-        y = R.left_shift(y, const(left, "int64"))
+        bound = np.left_shift(np.int64(1), 62 - left)  # saturate before a left shift overflows int64
+        y = R.left_shift(R.minimum(R.maximum(y, const(-bound, "int64")), const(bound, "int64")),
+                         const(left, "int64"))
     if np.any(right > 0):
         rnd = np.where(right > 0, np.left_shift(np.int64(1), np.maximum(right - 1, 0)), 0)
         y = R.right_shift(R.add(y, const(rnd, "int64")), const(right, "int64"))

@@ -33,7 +33,7 @@ def requantize(acc, m, s, lo: int, hi: int, out_dtype: str) -> np.ndarray:
     """clamp((acc * m + 2^(s-1)) >> s, lo, hi), int64 intermediate, round half up.
 
     `m`, `s` broadcast against `acc` (per-channel arrays are pre-shaped by the caller).
-    s <= 0 shifts left (ratio >= 2^30); s > 62 gives 0.
+    s <= 0 shifts left (ratio >= 2^30), saturating instead of overflowing; s > 62 gives 0.
     """
     acc = np.asarray(acc).astype(np.int64)
     m, s = np.asarray(m, np.int64), np.asarray(s, np.int64)
@@ -41,7 +41,8 @@ def requantize(acc, m, s, lo: int, hi: int, out_dtype: str) -> np.ndarray:
     s = np.where(s > 62, 1, s)
     left, right = np.maximum(-s, 0), np.maximum(s, 0)
     rnd = np.where(right > 0, np.left_shift(np.int64(1), np.maximum(right - 1, 0)), 0)
-    y = np.left_shift(acc * m, left)
+    bound = np.left_shift(np.int64(1), 62 - left)  # saturate before a left shift overflows int64
+    y = np.left_shift(np.clip(acc * m, -bound, bound), left)
     y = np.right_shift(y + rnd, right)
     return np.clip(y, lo, hi).astype(out_dtype)
 

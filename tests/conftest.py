@@ -1,0 +1,107 @@
+"""Shared fixtures: small real ONNX graphs and a helper that compiles Relax for the host."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+
+def run_relax(build, inputs: list[np.ndarray]) -> np.ndarray:
+    """Build `main(*inputs)` from `build(*vars) -> expr`, compile for the x86 host target, run."""
+    import tvm
+    from tvm import relax
+
+    from targets import get_target
+
+    bb = relax.BlockBuilder()
+    params = [relax.Var(f"x{i}", relax.TensorType(list(a.shape), str(a.dtype))) for i, a in enumerate(inputs)]
+    with bb.function("main", params):
+        with bb.dataflow():
+            out = bb.emit_output(build(*params))
+        bb.emit_func_output(out)
+    target = get_target("x86").target()
+    ex = tvm.compile(bb.get(), target=target, relax_pipeline=relax.get_default_pipeline(target))
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    return vm["main"](*[tvm.runtime.tensor(a) for a in inputs]).numpy()
+
+
+def _init(name, array):
+    return numpy_helper.from_array(np.asarray(array, np.float32), name)
+
+
+def small_cnn(path, dynamic_batch: bool = False, extra_nodes=()) -> str:
+    """A small CNN that uses every op the integer path supports (Conv incl. depthwise and
+    strided, BatchNorm, Relu, Clip, MaxPool, residual Add, Concat, Pad, Transpose,
+    Reshape, Squeeze, GlobalAveragePool, Flatten, Gemm)."""
+    rng = np.random.default_rng(0)
+
+    def w(*shape, scale=0.3):
+        return rng.standard_normal(shape).astype(np.float32) * scale
+
+    inits = [
+        _init("w1", w(8, 3, 3, 3)), _init("b1", w(8, scale=0.1)),
+        _init("bn_g", rng.uniform(0.5, 1.5, 8)), _init("bn_b", w(8, scale=0.1)),
+        _init("bn_m", w(8, scale=0.1)), _init("bn_v", rng.uniform(0.5, 1.5, 8)),
+        _init("wd", w(8, 1, 3, 3)), _init("lo", 0.0), _init("hi", 6.0),
+        _init("w2", w(8, 8, 1, 1)), _init("w3", w(4, 8, 3, 3)),
+        _init("wfc", w(10, 12)), _init("bfc", w(10, scale=0.1)),
+        numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads"),
+        numpy_helper.from_array(np.array([1, 12, 1], np.int64), "shape3"),
+        numpy_helper.from_array(np.array([2], np.int64), "axes2"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("BatchNormalization", ["c1", "bn_g", "bn_b", "bn_m", "bn_v"], ["bn"], name="bn1"),
+        helper.make_node("Relu", ["bn"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "wd"], ["dw"], name="dwconv", pads=[1, 1, 1, 1], group=8),
+        helper.make_node("Clip", ["dw", "lo", "hi"], ["r6"], name="relu6"),
+        helper.make_node("Conv", ["r6", "w2"], ["pw"], name="pwconv"),
+        helper.make_node("Add", ["pw", "r1"], ["res"], name="residual"),
+        helper.make_node("MaxPool", ["res"], ["mp"], name="maxpool", kernel_shape=[3, 3], strides=[2, 2],
+                         pads=[1, 1, 1, 1]),
+        helper.make_node("Pad", ["mp", "pads"], ["pd"], name="pad"),
+        helper.make_node("Conv", ["pd", "w3"], ["c3"], name="conv3"),
+        helper.make_node("Transpose", ["c3"], ["t1"], name="transpose", perm=[0, 1, 3, 2]),
+        helper.make_node("Concat", ["t1", "mp"], ["cat"], name="concat", axis=1),
+        helper.make_node("GlobalAveragePool", ["cat"], ["gap"], name="gap"),
+        helper.make_node("Reshape", ["gap", "shape3"], ["rs"], name="reshape"),
+        helper.make_node("Squeeze", ["rs", "axes2"], ["sq"], name="squeeze"),
+        helper.make_node("Flatten", ["gap"], ["fl"], name="flatten"),
+        helper.make_node("Add", ["fl", "sq"], ["feat"], name="add_features"),
+        helper.make_node("Gemm", ["feat", "wfc", "bfc"], ["y"], name="fc", transB=1),
+        *extra_nodes,
+    ]
+    batch = "N" if dynamic_batch else 1
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])]
+    outputs += [helper.make_tensor_value_info(n.output[0], TensorProto.FLOAT, [1, 10]) for n in extra_nodes]
+    graph = helper.make_graph(nodes, "small_cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                                  [batch, 3, 16, 16])],
+                              outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def small_cnn_path(tmp_path_factory) -> str:
+    return small_cnn(tmp_path_factory.mktemp("models") / "small_cnn.onnx")
+
+
+@pytest.fixture(scope="session")
+def small_calib(tmp_path_factory) -> str:
+    rng = np.random.default_rng(1)
+    path = tmp_path_factory.mktemp("calib") / "calib.npz"
+    np.savez(path, x=rng.standard_normal((16, 1, 3, 16, 16)).astype(np.float32))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def small_artifact(tmp_path_factory, small_cnn_path, small_calib) -> str:
+    from runtime import compile_model
+
+    out = tmp_path_factory.mktemp("art") / "small.artifact"
+    return str(compile_model(small_cnn_path, "x86", out, calib=small_calib, progress=False))

@@ -1,0 +1,188 @@
+"""The CLIs and the artifact: end to end on a real ONNX graph, and every user mistake."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx import helper
+
+import runtime
+from frontends import ArtifactError, InputError
+from runtime.compile import main as compile_main
+from runtime.run import main as run_main
+
+
+def _x(seed=3):
+    return np.random.default_rng(seed).standard_normal((1, 3, 16, 16)).astype(np.float32)
+
+
+def test_artifact_matches_float_model(small_artifact, small_cnn_path):
+    model = runtime.load(small_artifact)
+    session = ort.InferenceSession(small_cnn_path)
+    cos = []
+    for seed in range(8):
+        y = model.run({"x": _x(seed)})["y"].ravel()
+        r = session.run(None, {"x": _x(seed)})[0].ravel()
+        cos.append(y @ r / np.linalg.norm(y) / np.linalg.norm(r))
+    assert min(cos) > 0.99, cos
+
+
+def test_manifest(small_artifact):
+    m = runtime.load(small_artifact).manifest
+    assert m["format_version"] == 1 and m["integer_only"] is True and m["allow_float"] is False
+    assert m["target"]["name"] == "x86" and m["target"]["tvm_target"]["kind"] == "llvm"
+    assert m["tools"]["apache-tvm"] == "0.27.0.post1" and m["tools"]["apache-tvm-ffi"] == "0.1.14.post1"
+    assert m["inputs"][0] == {"name": "x", "shape": [1, 3, 16, 16], "dtype": "float32",
+                              "quant": {"name": "x", "dtype": "int8", "scale": m["inputs"][0]["quant"]["scale"]}}
+    assert m["outputs"][0]["quant"]["dtype"] == "int32" and len(m["outputs"][0]["quant"]["scale"]) == 10
+    assert {layer["op"] for layer in m["quantization"]["layers"]} == {"conv2d", "matmul"}
+    assert all(layer["weight_bits"] == 8 for layer in m["quantization"]["layers"])
+    assert len(m["library"]["sha256"]) == 64
+    assert "R.nn.conv2d" in open(os.path.join(small_artifact, m["relax"])).read()
+
+
+def test_compile_and_run_cli(tmp_path, small_cnn_path, small_calib, capsys):
+    out = tmp_path / "cli.artifact"
+    assert compile_main([small_cnn_path, "--target", "x86", "--calib", small_calib, "-o", str(out), "-q",
+                         "--observer", "percentile"]) == 0
+    np.savez(tmp_path / "in.npz", x=_x())
+    assert run_main([str(out), "--input", str(tmp_path / "in.npz"), "-o", str(tmp_path / "out.npz")]) == 0
+    got = np.load(tmp_path / "out.npz")["y"]
+    np.testing.assert_array_equal(got, runtime.load(out).run({"x": _x()})["y"])
+    assert "y: shape [1, 10]" in capsys.readouterr().out
+
+
+def test_help_documents_every_flag():
+    text = subprocess.run([sys.executable, "-m", "runtime.compile", "--help"], capture_output=True, text=True,
+                          check=True).stdout
+    for flag in ("--target", "--output", "--calib", "--input-shape", "--observer", "--allow-float", "examples:"):
+        assert flag in text
+
+
+def _compile_fails(args, capsys, *needles):
+    assert compile_main(args) == 2
+    err = capsys.readouterr().err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def test_unknown_target(tmp_path, small_cnn_path, capsys):
+    _compile_fails([small_cnn_path, "--target", "vax", "-o", str(tmp_path / "a")], capsys,
+                   "unknown target 'vax'", "valid targets: x86")
+    assert not (tmp_path / "a").exists()
+
+
+def test_missing_and_garbage_files(tmp_path, capsys):
+    _compile_fails([str(tmp_path / "missing.onnx")], capsys, "no such file")
+    (tmp_path / "junk.onnx").write_text("hello")
+    _compile_fails([str(tmp_path / "junk.onnx")], capsys, "junk.onnx")
+    assert sorted(os.listdir(tmp_path)) == ["junk.onnx"]  # nothing half-written
+
+
+@pytest.mark.parametrize("arrays,needle", [
+    ({"image": np.zeros((2, 1, 3, 16, 16), np.float32)}, "do not match the model's inputs ['x']"),
+    ({"x": np.zeros((2, 3, 15, 16), np.float32)}, "expected [N, 1, 3, 16, 16]"),
+    ({"x": np.zeros((2, 3, 16, 16), np.int32)}, "expected a float array"),
+])
+def test_bad_calibration_file(tmp_path, small_cnn_path, capsys, arrays, needle):
+    np.savez(tmp_path / "c.npz", **arrays)
+    _compile_fails([small_cnn_path, "--calib", str(tmp_path / "c.npz"), "-o", str(tmp_path / "a")], capsys, needle)
+    assert not (tmp_path / "a").exists()
+
+
+def test_no_calibration_warns(tmp_path, small_cnn_path, capsys):
+    assert compile_main([small_cnn_path, "-o", str(tmp_path / "a")]) == 0
+    assert "accuracy will suffer" in capsys.readouterr().err
+    assert runtime.load(tmp_path / "a").manifest["quantization"]["synthetic_calibration"] is True
+
+
+def test_unsupported_op_refused_unless_allow_float(tmp_path, capsys):
+    from conftest import small_cnn
+
+    model = small_cnn(tmp_path / "sig.onnx", extra_nodes=[helper.make_node("Sigmoid", ["y"], ["p"], name="prob")])
+    _compile_fails([model, "-o", str(tmp_path / "a")], capsys, "Sigmoid (node prob)")
+    assert not (tmp_path / "a").exists()
+    assert compile_main([model, "-o", str(tmp_path / "a"), "--allow-float", "-q"]) == 0
+    m = runtime.load(tmp_path / "a")
+    assert m.manifest["integer_only"] is False and "relax.sigmoid" in m.manifest["verifier"]
+    out = m.run({"x": _x()})
+    ref = ort.InferenceSession(model).run(None, {"x": _x()})
+    np.testing.assert_allclose(out["p"], ref[1], atol=0.05)  # 8-bit output of a float sigmoid
+
+
+def test_failed_compile_keeps_existing_artifact(tmp_path, small_artifact, capsys):
+    import shutil
+
+    dest = tmp_path / "keep.artifact"
+    shutil.copytree(small_artifact, dest)
+    before = sorted(os.listdir(dest))
+    _compile_fails([str(tmp_path / "missing.onnx"), "-o", str(dest)], capsys, "no such file")
+    assert sorted(os.listdir(dest)) == before and runtime.load(dest)
+    assert [p for p in os.listdir(tmp_path) if p.startswith(".")] == []
+
+
+def test_refuses_to_overwrite_non_artifact(tmp_path, small_cnn_path, capsys):
+    (tmp_path / "mydir").mkdir()
+    _compile_fails([small_cnn_path, "-o", str(tmp_path / "mydir")], capsys, "is not an artifact")
+
+
+def _copy(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_tampered_library(tmp_path, small_artifact):
+    art = _copy(small_artifact, tmp_path / "t")
+    with open(art / "model.so", "r+b") as f:
+        f.seek(100)
+        f.write(b"\x00\x01\x02")
+    with pytest.raises(ArtifactError, match="sha256 does not match"):
+        runtime.load(art)
+
+
+@pytest.mark.parametrize("edit,needle", [
+    (lambda m: m.update(format_version=99), "format version 99"),
+    (lambda m: m["target"].update(arch="riscv64"), "built for riscv64"),
+])
+def test_manifest_checks(tmp_path, small_artifact, edit, needle):
+    art = _copy(small_artifact, tmp_path / "t")
+    manifest = json.loads((art / "manifest.json").read_text())
+    edit(manifest)
+    (art / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match=needle):
+        runtime.load(art)
+
+
+def test_corrupted_manifest(tmp_path, small_artifact, capsys):
+    art = _copy(small_artifact, tmp_path / "t")
+    (art / "manifest.json").write_text("{not json")
+    np.savez(tmp_path / "in.npz", x=_x())
+    assert run_main([str(art), "--input", str(tmp_path / "in.npz")]) == 2
+    assert "corrupted manifest" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("inputs,needle", [
+    ({"image": _x()}, "do not match the model's inputs ['x']"),
+    ({"x": _x()[:, :, :8]}, "shape [1, 3, 8, 16], expected [1, 3, 16, 16]"),
+    ({"x": _x().astype(np.float64)}, "dtype float64, expected float32"),
+    ({"x": _x(), "y": _x()}, "do not match"),
+])
+def test_bad_runtime_inputs(small_artifact, inputs, needle):
+    with pytest.raises(InputError) as err:
+        runtime.load(small_artifact).run(inputs)
+    assert needle in str(err.value)
+
+
+def test_run_cli_bad_input(tmp_path, small_artifact, capsys):
+    np.savez(tmp_path / "in.npz", image=_x())
+    assert run_main([small_artifact, "--input", str(tmp_path / "in.npz")]) == 2
+    assert "do not match the model's inputs" in capsys.readouterr().err

@@ -1,0 +1,123 @@
+"""Every integer kernel compiled for x86 equals its NumPy reference bit for bit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import run_relax
+from tvm import relax
+
+from passes import reference as ref
+from passes.lowering import emit
+
+R = relax.op
+rng = np.random.default_rng(42)
+I32 = ref.kernels.INT_RANGE["int32"]
+
+
+def _acc(shape, extreme=False):
+    a = rng.integers(-(2**20), 2**20, shape, dtype=np.int32)
+    if extreme:
+        a.flat[:4] = [I32[0], I32[1], 0, -1]
+    return a
+
+
+@pytest.mark.parametrize("ratio", [0.5, 1 / 3, 1e-3, 7.3e-6, 0.999999, 1.0, 3.7, 2.0**31, 1e-25])
+@pytest.mark.parametrize("out_dtype", ["int8", "uint8", "int32"])
+def test_requantize_per_tensor(ratio, out_dtype):
+    acc = _acc((4, 64), extreme=True)
+    m, s = ref.dyadic(ratio)
+    lo, hi = ref.kernels.INT_RANGE[out_dtype]
+    want = ref.requantize(acc, m, s, lo, hi, out_dtype)
+    got = run_relax(lambda a: emit.requantize(a, m, s, lo, hi, out_dtype), [acc])
+    np.testing.assert_array_equal(got, want)
+    assert got.dtype == np.dtype(out_dtype)
+
+
+def test_requantize_per_channel_with_clamp():
+    acc = _acc((2, 6, 5, 5), extreme=True)
+    ratios = np.array([1e-4, 0.3, 1.0, 5.0, 1e-30, 2.0**33])
+    m, s = ref.dyadic(ratios)
+    m, s = emit.channel_shape(m, 4, 1), emit.channel_shape(s, 4, 1)
+    want = ref.requantize(acc, m, s, 0, 100, "uint8")
+    got = run_relax(lambda a: emit.requantize(a, m, s, 0, 100, "uint8"), [acc])
+    np.testing.assert_array_equal(got, want)
+
+
+def test_requantize_rounds_half_up():
+    acc = np.array([[3, -3, 1, -1, 5, -5]], np.int32)
+    m, s = ref.dyadic(0.5)
+    got = run_relax(lambda a: emit.requantize(a, m, s, -128, 127, "int8"), [acc])
+    np.testing.assert_array_equal(got, [[2, -1, 1, 0, 3, -2]])  # x.5 -> up
+
+
+@pytest.mark.parametrize("case", [
+    dict(shape=(1, 8, 9, 9), w=(16, 8, 3, 3), strides=(1, 1), padding=(1, 1, 1, 1), groups=1),
+    dict(shape=(1, 8, 9, 9), w=(16, 8, 1, 1), strides=(1, 1), padding=(0, 0, 0, 0), groups=1),
+    dict(shape=(1, 8, 10, 10), w=(8, 1, 3, 3), strides=(2, 2), padding=(0, 0, 1, 1), groups=8),
+    dict(shape=(1, 8, 10, 10), w=(8, 1, 5, 5), strides=(1, 1), padding=(2, 2, 2, 2), groups=8),
+    dict(shape=(2, 8, 7, 7), w=(12, 4, 3, 3), strides=(2, 1), padding=(1, 0, 1, 0), groups=2),
+])
+@pytest.mark.parametrize("x_dtype", ["int8", "uint8"])
+def test_conv2d_epilogue(case, x_dtype):
+    lo, hi = ref.kernels.INT_RANGE[x_dtype]
+    x = rng.integers(lo, hi + 1, case["shape"]).astype(x_dtype)
+    x.flat[:2] = [lo, hi]
+    w = rng.integers(-128, 128, case["w"]).astype(np.int8)
+    w.flat[:2] = [-128, 127]
+    bias = rng.integers(-5000, 5000, (1, case["w"][0], 1, 1)).astype(np.int32)
+    m, s = ref.dyadic(rng.uniform(1e-4, 1e-2, case["w"][0]))
+    m, s = emit.channel_shape(m, 4, 1), emit.channel_shape(s, 4, 1)
+
+    class Attrs:
+        strides, padding, dilation, groups = case["strides"], case["padding"], (1, 1), case["groups"]
+        data_layout, kernel_layout, out_layout = "NCHW", "OIHW", "NCHW"
+
+    acc = ref.conv2d_acc(x, w, case["strides"], case["padding"], groups=case["groups"]) + bias
+    want = ref.requantize(acc, m, s, 0, 255, "uint8")
+    got = run_relax(lambda a: emit.requantize(R.add(emit.conv2d_acc(a, w, Attrs), emit.const(bias, "int32")),
+                                              m, s, 0, 255, "uint8"), [x])
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("x_dtype", ["int8", "uint8"])
+def test_matmul_epilogue(x_dtype):
+    lo, hi = ref.kernels.INT_RANGE[x_dtype]
+    x = rng.integers(lo, hi + 1, (3, 200)).astype(x_dtype)
+    w = rng.integers(-128, 128, (200, 24)).astype(np.int8)
+    m, s = ref.dyadic(rng.uniform(1e-5, 1e-3, 24))
+    want = ref.requantize(ref.matmul_acc(x, w), m, s, -128, 127, "int8")
+    got = run_relax(lambda a: emit.requantize(emit.matmul_acc(a, w), m, s, -128, 127, "int8"), [x])
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("ra,rb", [(0.7, 1.3), (1.0, 1.0), (1e-3, 40.0), (0.5, 0.25)])
+def test_add_requant(ra, rb):
+    a = rng.integers(-128, 128, (1, 8, 6, 6)).astype(np.int8)
+    b = rng.integers(0, 256, (1, 8, 6, 6)).astype(np.uint8)
+    a.flat[:2], b.flat[:2] = [-128, 127], [0, 255]
+    (ma, sa), (mb, sb) = ref.dyadic(ra), ref.dyadic(rb)
+    want = ref.add_requant(a, b, ma, sa, mb, sb, -128, 127, "int8")
+    got = run_relax(lambda x, y: emit.add_requant(x, y, ma, sa, mb, sb, -128, 127, "int8"), [a, b])
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", ["int8", "uint8"])
+def test_global_average_pool(dtype):
+    lo, hi = ref.kernels.INT_RANGE[dtype]
+    x = rng.integers(lo, hi + 1, (1, 16, 7, 7)).astype(dtype)
+    x[0, 0] = hi  # all-equal channel
+    m, s = ref.dyadic(0.9 / 49)
+    want = ref.requantize(ref.sum_pool(x, (2, 3)), m, s, lo, hi, dtype)
+    got = run_relax(lambda a: emit.requantize(emit.sum_pool(a, (2, 3)), m, s, lo, hi, dtype), [x])
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", ["int8", "uint8"])
+def test_max_pool2d_padding_never_wins(dtype):
+    lo, hi = ref.kernels.INT_RANGE[dtype]
+    x = rng.integers(lo, hi + 1, (1, 4, 9, 9)).astype(dtype)
+    x[0, 0] = lo  # all-minimum channel: padding must not leak in
+    want = ref.max_pool2d(x, (3, 3), (2, 2), (1, 1, 1, 1))
+    got = run_relax(lambda a: R.nn.max_pool2d(a, (3, 3), (2, 2), (1, 1, 1, 1)), [x])
+    np.testing.assert_array_equal(got, want)

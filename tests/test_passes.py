@@ -1,0 +1,118 @@
+"""Passes: BatchNorm folding, observers, integer lowering and the integer-only verifier."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax
+
+from frontends import UnsupportedModelError, load_onnx
+from passes import QuantConfig, QuantizeToInteger, bind_weights, calibrate, fold_batchnorm, verify_integer_only
+from passes.observers import MinMaxObserver, MSEObserver, PercentileObserver, make_observer
+
+R = relax.op
+
+
+def _function(build, shapes_dtypes):
+    bb = relax.BlockBuilder()
+    params = [relax.Var(f"x{i}", relax.TensorType(s, d)) for i, (s, d) in enumerate(shapes_dtypes)]
+    with bb.function("main", params):
+        with bb.dataflow():
+            out = bb.emit_output(build(bb, *params))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def _conv_bn(bias: bool):
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4, 3, 3, 3)).astype("float32")
+    b = rng.standard_normal((1, 4, 1, 1)).astype("float32")
+    stats = [relax.const(rng.uniform(0.5, 1.5, 4).astype("float32")) for _ in range(4)]
+
+    def build(bb, x):
+        y = bb.emit(R.nn.conv2d(x, relax.const(w), padding=[1, 1]))
+        if bias:
+            y = bb.emit(R.add(y, relax.const(b)))
+        bn = bb.emit(R.nn.batch_norm(y, *stats, axis=1, epsilon=1e-3))
+        return relax.TupleGetItem(bn, 0)
+
+    return _function(build, [((1, 3, 8, 8), "float32")])
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_fold_batchnorm(bias):
+    from conftest import run_relax  # noqa: F401  (same host target as the other tests)
+
+    mod = _conv_bn(bias)
+    folded = relax.transform.DeadCodeElimination()(fold_batchnorm(mod))
+    text = folded.script()
+    assert "batch_norm" not in text and text.count("R.nn.conv2d") == 1 and text.count("R.add") == 1
+    x = np.random.default_rng(1).standard_normal((1, 3, 8, 8)).astype("float32")
+    run = lambda m: relax.VirtualMachine(tvm.compile(m, "llvm"), tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    np.testing.assert_allclose(run(folded), run(mod), rtol=1e-4, atol=1e-4)
+
+
+def test_fold_batchnorm_does_not_fire_without_conv():
+    stats = [relax.const(np.ones(3, "float32")) for _ in range(4)]
+    mod = _function(lambda bb, x: relax.TupleGetItem(bb.emit(R.nn.batch_norm(x, *stats, axis=1)), 0),
+                    [((1, 3, 4, 4), "float32")])
+    tvm.ir.assert_structural_equal(fold_batchnorm(mod), mod)
+
+
+def test_observers():
+    x = np.concatenate([np.linspace(-1, 1, 100001), [50.0]])
+    mm = MinMaxObserver()
+    mm.update(x)
+    assert mm.range() == (-1.0, 50.0)
+    p = PercentileObserver(99.9)
+    p.update(x[: len(x) // 2])
+    p.update(x[len(x) // 2:])  # range grows: bins merge
+    lo, hi = p.range()
+    assert lo == -1.0 and 0.9 < hi < 1.2  # the outlier is clipped
+    mse = MSEObserver()
+    mse.update(np.concatenate([np.random.default_rng(0).standard_normal(10**6), [50.0]]))
+    assert 3 < mse.range()[1] < 10  # among 10^6 normal values, clipping the lone outlier is cheaper
+    with pytest.raises(Exception, match="unknown observer 'max'"):
+        make_observer("max")
+
+
+def test_verifier_names_float_ops():
+    mod = _function(lambda bb, x: R.astype(R.multiply(R.astype(x, "float32"), relax.const(0.5, "float32")), "int8"),
+                    [((4,), "int8")])
+    report = verify_integer_only(mod)
+    assert not report.integer_only
+    assert "relax.astype" in str(report) and "relax.multiply" in str(report) and "float32" in str(report)
+    ok = _function(lambda bb, x: R.right_shift(R.astype(x, "int32"), relax.const(1, "int32")), [((4,), "int8")])
+    assert verify_integer_only(ok).integer_only
+
+
+def _lowered(path, samples=8, config=QuantConfig()):
+    m = load_onnx(path)
+    mod = bind_weights(m.mod, m.params)
+    rng = np.random.default_rng(0)
+    data = [{"x": rng.standard_normal((1, 3, 16, 16)).astype("float32")} for _ in range(samples)]
+    return m, mod, QuantizeToInteger(calibrate(mod, data, progress=False), config)(mod)
+
+
+def test_lowering_is_integer_only_and_folds_activations(small_cnn_path):
+    _, _, int_mod = _lowered(small_cnn_path)
+    assert verify_integer_only(int_mod).integer_only
+    text = int_mod.script()
+    assert "R.maximum" not in text and "R.minimum" not in text  # ReLU/ReLU6 folded into clamps
+    assert "R.nn.conv2d" in text and 'out_dtype="int32"' in text and 'dtype="uint8"' in text
+
+
+def test_unsupported_relax_op_lists_all():
+    mod = _function(lambda bb, x: R.sigmoid(R.exp(x)), [((1, 4), "float32")])
+    with pytest.raises(UnsupportedModelError) as err:
+        QuantizeToInteger({"x0": (-1.0, 1.0)})(mod)
+    assert "relax.exp" in str(err.value) and "relax.sigmoid" in str(err.value)
+
+
+def test_float_fallback_is_reported_by_verifier():
+    mod = _function(lambda bb, x: R.sigmoid(x), [((1, 4), "float32")])
+    ranges = {"x0": (-1.0, 1.0), "gv": (0.0, 1.0)}
+    out = QuantizeToInteger(ranges, QuantConfig(allow_float=True))(mod)
+    report = verify_integer_only(out)
+    assert not report.integer_only and "relax.sigmoid" in str(report)
