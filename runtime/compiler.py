@@ -7,6 +7,7 @@ import os
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -92,7 +93,7 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
     model_path = Path(model_path)
     output = Path(output) if output else model_path.with_suffix(f".{target}.artifact")
     spec = get_target(target)
-    config = config or QuantConfig(allow_float=allow_float)
+    config = replace(config or QuantConfig(), allow_float=allow_float or (config is not None and config.allow_float))
     with stage(f"importing {model_path}"):
         imported: ImportedModel = load_onnx(model_path, input_shapes, allow_unsupported=allow_float)
         float_mod = bind_weights(imported.mod, imported.params)
@@ -102,7 +103,8 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
         samples, synthetic = synthetic_calibration(imported.inputs), True
     else:
         samples, synthetic = load_calibration(calib, imported.inputs), False
-    ranges = calibrate(float_mod, samples, observer=observer, progress=progress)
+    with stage(f"calibrating ({observer}) on {len(samples)} sample(s)"):
+        ranges = calibrate(float_mod, samples, observer=observer, progress=progress)
     with stage("lowering to integer-only Relax"):
         int_mod = QuantizeToInteger(ranges, config)(float_mod)
     report = verify_integer_only(int_mod)
