@@ -1,7 +1,8 @@
 """Load an artifact and run it: float arrays in, float arrays out.
 
-The runtime quantizes inputs and dequantizes outputs at the graph boundary with the
-NumPy reference (`passes.reference`), so every target sees the same integers.
+The runtime quantizes inputs and dequantizes outputs at the graph boundary in NumPy
+(`runtime.boundary`), so every target sees the same integers. Needs only numpy and the
+TVM runtime (TVM_USE_RUNTIME_LIB=1 works), not the compiler.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from frontends.errors import ArtifactError, InputError
-from passes.reference import dequantize, quantize
 
 from .artifact import read_manifest
+from .boundary import dequantize, quantize
 
 
 class Model:
@@ -29,11 +30,11 @@ class Model:
             raise ArtifactError(f"{self.path}: built for {arch} ({self.manifest['target']['name']}); this machine "
                                 f"is {platform.machine()}. Run it on a {arch} board (or through RPC).")
         import tvm
-        from tvm import relax
+        from tvm.runtime.vm import VirtualMachine  # runtime-only: works without the compiler
 
         lib = tvm.runtime.load_module(str(self.path / self.manifest["library"]["file"]))
         self._dev = tvm.device(device)
-        self._vm = relax.VirtualMachine(lib, self._dev)
+        self._vm = VirtualMachine(lib, self._dev)
         self._tensor = tvm.runtime.tensor
 
     @property

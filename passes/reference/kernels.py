@@ -1,7 +1,7 @@
 """NumPy twins of the integer kernels (DESIGN.md section 2, the numerics contract).
 
 All integer arithmetic is done in int64 and checked to stay there; floats appear only in
-the boundary quantizer/dequantizer and in compile-time parameter computation.
+compile-time parameter computation. (The boundary quantizer lives in `runtime.boundary`.)
 """
 
 from __future__ import annotations
@@ -45,18 +45,6 @@ def requantize(acc, m, s, lo: int, hi: int, out_dtype: str) -> np.ndarray:
     y = np.left_shift(np.clip(acc * m, -bound, bound), left)
     y = np.right_shift(y + rnd, right)
     return np.clip(y, lo, hi).astype(out_dtype)
-
-
-def quantize(x, scale: float, dtype: str) -> np.ndarray:
-    """Boundary quantizer: clip(round_half_even(x / scale)) (symmetric, zero point 0)."""
-    lo, hi = INT_RANGE[dtype]
-    q = np.round(np.asarray(x, np.float64) / scale)
-    return np.clip(q, lo, hi).astype(dtype)
-
-
-def dequantize(q, scale) -> np.ndarray:
-    """Boundary dequantizer: q * scale as float32 (scale may be per channel, pre-shaped)."""
-    return (np.asarray(q, np.float64) * np.asarray(scale, np.float64)).astype(np.float32)
 
 
 def quantize_weights(w, bits: int, axis: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,20 @@
+"""The graph boundary: float inputs -> integers, integer outputs -> float (symmetric,
+zero point 0). The only float arithmetic of an integer-only model, done in NumPy so every
+target receives the same integers."""
+
+from __future__ import annotations
+
+import numpy as np
+
+_RANGE = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767)}
+
+
+def quantize(x, scale: float, dtype: str) -> np.ndarray:
+    """clip(round_half_even(x / scale)) as `dtype`."""
+    lo, hi = _RANGE[dtype]
+    return np.clip(np.round(np.asarray(x, np.float64) / scale), lo, hi).astype(dtype)
+
+
+def dequantize(q, scale) -> np.ndarray:
+    """q * scale as float32 (`scale` broadcast against `q`: per tensor or pre-shaped per channel)."""
+    return (np.asarray(q, np.float64) * np.asarray(scale, np.float64)).astype(np.float32)
