@@ -6,6 +6,8 @@ integer Relax module as text. Written atomically; read back with its hash checke
                         quantization, layers, verifier verdict, sha256 of the library
       model.so          the compiled library (Relax VM executable)
       model.relax.py    the integer Relax module (TVMScript), for inspection
+      model.cu          GPU targets: the generated device code (CUDA C), for inspection;
+                        the library embeds it compiled (fatbin)
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 LIBRARY = "model.so"
 RELAX_TEXT = "model.relax.py"
+DEVICE_TEXT = "model.cu"
 
 
 def sha256(path: Path) -> str:
@@ -47,6 +50,9 @@ def write_artifact(dest: str | os.PathLike, fill: Callable[[Path], dict]) -> Pat
     if dest.exists() and not (dest / MANIFEST).is_file():
         raise CompileError(f"{dest}: exists and is not an artifact; refusing to overwrite it")
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; an artifact is an ordinary directory
     try:
         manifest = fill(tmp)
         manifest = {"format_version": FORMAT_VERSION, **manifest,

@@ -12,6 +12,7 @@ from targets import target_names
 
 EXAMPLES = """examples:
   python -m runtime.compile model.onnx --target x86 --calib calib.npz
+  python -m runtime.compile model.onnx --target cuda --cuda-arch sm_90 --calib calib.npz
   python -m runtime.compile bert.onnx --input-shape input_ids:1x128 --input-shape attention_mask:1x128 \\
       --calib text.npz -o bert.artifact
   python -m runtime.run model.x86.artifact --input x.npz -o y.npz
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="float ONNX model file")
     p.add_argument("--target", default="x86", help=f"target to compile for: {', '.join(target_names())} "
                                                     "(default x86: this CPU's features)")
+    p.add_argument("--cuda-arch", metavar="sm_XX", help="GPU architecture for --target cuda (default sm_80)")
     p.add_argument("-o", "--output", help="artifact directory to write (default MODEL.TARGET.artifact)")
     p.add_argument("--calib", metavar="FILE.npz",
                    help="calibration inputs: keys are the model's input names, the first axis indexes "
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         shapes = dict(parse_input_shape(s) for s in args.input_shape)
         path = compile_model(args.model, target=args.target, output=args.output, calib=args.calib,
                              input_shapes=shapes, observer=args.observer, allow_float=args.allow_float,
-                             progress=not args.quiet)
+                             progress=not args.quiet, cuda_arch=args.cuda_arch)
     except CompileError as err:
         if args.verbose:
             traceback.print_exc()

@@ -20,7 +20,7 @@ from passes import (BOUNDARY_ATTR, LAYERS_ATTR, QuantConfig, QuantizeToInteger, 
                     verify_integer_only)
 from targets import get_target
 
-from .artifact import LIBRARY, RELAX_TEXT, sha256, write_artifact
+from .artifact import DEVICE_TEXT, LIBRARY, RELAX_TEXT, sha256, write_artifact
 
 SYNTHETIC_SAMPLES = 8
 
@@ -82,17 +82,28 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _device_source(module) -> str | None:
+    """The generated GPU code (CUDA C) of a built library, if it has any."""
+    if module.kind == "cuda":
+        return module.inspect_source("cuda")
+    for imported in module.imports:
+        found = _device_source(imported)
+        if found is not None:
+            return found
+    return None
+
+
 def compile_model(model_path: str | os.PathLike, target: str = "x86", output: str | os.PathLike | None = None,
                   calib: str | os.PathLike | None = None, input_shapes: dict[str, tuple[int, ...]] | None = None,
                   observer: str = "minmax", allow_float: bool = False, config: QuantConfig | None = None,
-                  progress: bool = True) -> Path:
+                  progress: bool = True, cuda_arch: str | None = None) -> Path:
     """Compile an ONNX model into an integer-only artifact; returns the artifact path.
 
     Raises CompileError (and writes nothing) on bad input or an unsupported model.
     """
     model_path = Path(model_path)
     output = Path(output) if output else model_path.with_suffix(f".{target}.artifact")
-    spec = get_target(target)
+    spec = get_target(target, cuda_arch)
     config = replace(config or QuantConfig(), allow_float=allow_float or (config is not None and config.allow_float))
     with stage(f"importing {model_path}"):
         imported: ImportedModel = load_onnx(model_path, input_shapes, allow_unsupported=allow_float)
@@ -117,23 +128,24 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
 
     def fill(tmp: Path) -> dict:
         import tvm
-        from tvm import relax
 
         tvm_target = spec.target()
-        with stage(f"compiling for {spec.name} ({' '.join(spec.features)})"):
-            executable = tvm.compile(int_mod, target=tvm_target,
-                                     relax_pipeline=relax.get_default_pipeline(tvm_target))
+        with stage(f"compiling for {spec.name} ({' '.join(spec.features)})"), spec.build_context(), tvm_target:
+            executable = tvm.compile(int_mod, target=tvm_target, relax_pipeline=spec.relax_pipeline(tvm_target))
             kwargs = {}
             if spec.cross_compiler:
                 from tvm.support import cc
                 kwargs["fcompile"] = cc.cross_compiler(spec.cross_compiler)
             executable.export_library(str(tmp / LIBRARY), **kwargs)
         (tmp / RELAX_TEXT).write_text(int_mod.script(show_meta=False))
+        device_code = _device_source(executable.mod)
+        if device_code is not None:
+            (tmp / DEVICE_TEXT).write_text(device_code)
         return {
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "source": {"path": str(model_path), "sha256": sha256(model_path)},
             "target": {"name": spec.name, "tvm_target": spec.tvm_target, "arch": spec.arch,
-                       "features": list(spec.features)},
+                       "device": spec.device, "features": list(spec.features)},
             "tools": _versions(),
             "inputs": [{"name": s.name, "shape": list(s.shape), "dtype": s.dtype, "quant": q}
                        for s, q in zip(imported.inputs, boundary["inputs"])],
@@ -146,6 +158,7 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
             "allow_float": allow_float,
             "verifier": str(report),
             "relax": RELAX_TEXT,
+            "device_code": DEVICE_TEXT if device_code is not None else None,
         }
 
     path = write_artifact(output, fill)

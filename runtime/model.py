@@ -22,7 +22,7 @@ from .boundary import dequantize, quantize
 class Model:
     """A loaded artifact: `.run(inputs)` with float arrays, `.manifest` with its metadata."""
 
-    def __init__(self, path: str | os.PathLike, device: str = "cpu"):
+    def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.manifest = read_manifest(self.path)
         arch = self.manifest["target"]["arch"]
@@ -32,8 +32,18 @@ class Model:
         import tvm
         from tvm.runtime.vm import VirtualMachine  # runtime-only: works without the compiler
 
-        lib = tvm.runtime.load_module(str(self.path / self.manifest["library"]["file"]))
+        device = self.manifest["target"].get("device", "cpu")
+        if device == "cuda":
+            _load_cuda_runtime(tvm)
+        try:
+            lib = tvm.runtime.load_module(str(self.path / self.manifest["library"]["file"]))
+        except Exception as err:
+            need = " (needs an NVIDIA GPU and its driver, libcuda.so.1)" if device == "cuda" else ""
+            raise ArtifactError(f"{self.path}: cannot load the library{need}: "
+                                f"{str(err).strip().splitlines()[-1] if str(err).strip() else err}") from None
         self._dev = tvm.device(device)
+        if not self._dev.exist:
+            raise ArtifactError(f"{self.path}: built for a {device} device, and this machine has none")
         self._vm = VirtualMachine(lib, self._dev)
         self._tensor = tvm.runtime.tensor
 
@@ -73,6 +83,19 @@ class Model:
         """Quantize `inputs`, run the integer model, dequantize the outputs."""
         outs = self.run_integer(self.quantize_inputs(inputs))
         return {spec["name"]: dequantize(q, _scale_array(spec["quant"], q.ndim)) for spec, q in zip(self.outputs, outs)}
+
+
+def _load_cuda_runtime(tvm) -> None:
+    """Register TVM's CUDA module loader (runtime-only TVM does not load it by itself)."""
+    if tvm.get_global_func("ffi.Module.load_from_bytes.cuda", allow_missing=True) is None:
+        import ctypes
+
+        lib = Path(tvm.__file__).parent / "lib" / "libtvm_runtime_cuda.so"
+        try:
+            ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
+        except OSError as err:
+            raise ArtifactError(f"this artifact runs on CUDA, which needs an NVIDIA driver (libcuda.so.1): {err}") \
+                from None
 
 
 def _scale_array(quant: dict, rank: int) -> np.ndarray:
