@@ -1,10 +1,12 @@
 """The Relax compilation pipeline for the cuda target.
 
-TVM's default CUDA pipeline, except for the schedules: int8 matmuls are hand-scheduled
-and tensorized to `__dp4a` (`cuda_dp4a.py`); the remaining kernels get dlight's GEMV,
-reduction and fallback rules. dlight's Matmul rule is left out: on int8 x int8 -> int32
-it picks a tensor-core schedule that TVM 0.27 fails to lower (InjectSoftwarePipeline:
-"fragment_info_" check).
+TVM's default CUDA pipeline, except for the schedules: pointwise convs become matmuls
+(`passes/conv1x1_as_matmul.py`) and int8 matmuls are hand-scheduled and tensorized to
+`__dp4a` (`cuda_dp4a.py`); the remaining kernels get dlight's reduction and fallback
+rules. dlight's Matmul rule is left out: on int8 x int8 -> int32 it picks a tensor-core
+schedule that TVM 0.27 fails to lower (InjectSoftwarePipeline: "fragment_info_" check).
+Its GEMV rule is left out too: it asserts on a requantization epilogue fused with the
+integer sum of a global average pool.
 """
 
 from __future__ import annotations
@@ -18,17 +20,20 @@ def cuda_pipeline(target: tvm.target.Target):
     """A module pass that lowers an integer Relax module for `target` (kind cuda)."""
     from tvm.s_tir import dlight as dl
 
+    from passes.conv1x1_as_matmul import conv1x1_as_matmul
+
     from .cuda_dp4a import schedule_int8_matmul_dp4a
 
     @tvm.transform.module_pass(opt_level=0, name="IntqCudaPipeline")
     def pipeline(mod, _ctx):
         with target:
             seq = tvm.transform.Sequential(
-                cuda_defaults.library_dispatch_passes(target)
+                [conv1x1_as_matmul]
+                + cuda_defaults.library_dispatch_passes(target)
                 + [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
                    relax.transform.FoldConstant(), relax.transform.FuseOps(), relax.transform.FuseTIR(),
                    schedule_int8_matmul_dp4a,
-                   dl.ApplyDefaultSchedule(dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(),
+                   dl.ApplyDefaultSchedule(dl.gpu.Reduction(), dl.gpu.GeneralReduction(),
                                            dl.gpu.Fallback())]
                 + cuda_defaults.dataflow_lower_passes(target)
                 + cuda_defaults.finalize_passes(target))

@@ -116,3 +116,29 @@ def test_float_fallback_is_reported_by_verifier():
     out = QuantizeToInteger(ranges, QuantConfig(allow_float=True))(mod)
     report = verify_integer_only(out)
     assert not report.integer_only and "relax.sigmoid" in str(report)
+
+
+def test_conv1x1_as_matmul_is_exact_and_selective():
+    from conftest import run_relax
+
+    from passes.conv1x1_as_matmul import conv1x1_as_matmul
+
+    rng = np.random.default_rng(3)
+    w1 = rng.integers(-128, 128, (6, 8, 1, 1)).astype("int8")
+    w3 = rng.integers(-128, 128, (6, 8, 3, 3)).astype("int8")
+
+    def build(bb, x):
+        a = bb.emit(R.nn.conv2d(x, relax.const(w1), out_dtype="int32"))
+        b = bb.emit(R.nn.conv2d(x, relax.const(w3), padding=[1, 1], out_dtype="int32"))
+        c = bb.emit(R.nn.conv2d(x, relax.const(w1), strides=[2, 2], out_dtype="int32"))
+        return relax.Tuple([a, b, c])
+
+    mod = _function(build, [((1, 8, 6, 6), "uint8")])
+    new = conv1x1_as_matmul(mod)
+    text = new.script()
+    assert text.count("R.matmul") == 1 and text.count("R.nn.conv2d") == 2  # only the pointwise stride-1 one
+    x = rng.integers(0, 256, (1, 8, 6, 6)).astype("uint8")
+    run = lambda m: [t.numpy() for t in relax.VirtualMachine(tvm.compile(m, "llvm"), tvm.cpu())["main"](
+        tvm.runtime.tensor(x))]
+    for got, want in zip(run(new), run(mod)):
+        np.testing.assert_array_equal(got, want)

@@ -1,0 +1,47 @@
+"""Conv1x1AsMatmul: a pointwise conv on a batch-1 NCHW tensor is a matrix product.
+
+    conv2d(x[1, C, H, W], w[O, C, 1, 1]), stride 1, no padding, groups 1
+    ==> reshape(matmul(w[O, C], reshape(x, [C, H*W])), [1, O, H, W])
+
+Exact for integer and float types alike (the same products, summed over C). Lets a target
+reuse its matmul schedule (CUDA: __dp4a) for pointwise convolutions. Does not fire on
+any other conv (spatial kernels, strides, padding, groups, batch > 1) or a non-constant
+weight.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import relax
+from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
+
+
+def _is_pointwise(call: relax.Call) -> bool:
+    a = call.attrs
+    x_shape = [int(d) for d in call.args[0].ty.shape]
+    w_shape = [int(d) for d in call.args[1].ty.shape]
+    return (a.data_layout == "NCHW" and a.kernel_layout == "OIHW" and a.groups == 1 and x_shape[0] == 1
+            and w_shape[2:] == [1, 1] and all(int(s) == 1 for s in a.strides)
+            and all(int(p) == 0 for p in a.padding) and all(int(d) == 1 for d in a.dilation))
+
+
+@tvm.transform.module_pass(opt_level=0, name="Conv1x1AsMatmul")
+def conv1x1_as_matmul(mod, _ctx):
+    """Rewrite every pointwise batch-1 conv2d with a constant weight into a matmul."""
+    x_p, w_p = wildcard(), is_const()
+    conv_p = is_op("relax.nn.conv2d")(x_p, w_p)
+
+    def rewrite(call, match):
+        if not _is_pointwise(call):
+            return call
+        _, c, h, w = (int(d) for d in call.args[0].ty.shape)
+        o = int(call.args[1].ty.shape[0])
+        weight = relax.const(match[w_p].value.numpy().reshape(o, c))
+        out_dtype = call.attrs.out_dtype or str(call.ty.dtype)
+        prod = relax.op.matmul(weight, relax.op.reshape(match[x_p], [c, h * w]), out_dtype=out_dtype)
+        return relax.op.reshape(prod, [1, o, h, w])
+
+    for gv, func in list(mod.functions_items()):
+        if isinstance(func, relax.Function):
+            mod[gv] = rewrite_call(conv_p, rewrite, func)
+    return mod

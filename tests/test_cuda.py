@@ -1,0 +1,115 @@
+"""The cuda target: compiles on a GPU-less host (nvcc needed), embeds a fatbin, uses
+__dp4a for int8 matmuls and pointwise convs; runs bit-exact against x86 where a GPU is."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+from tvm import relax
+
+import runtime
+from frontends import ArtifactError, CompileError
+
+NVCC = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc") else None)
+needs_nvcc = pytest.mark.skipif(NVCC is None, reason="the cuda target needs nvcc (CUDA toolkit), not found")
+FATBIN_MAGIC = bytes.fromhex("50ed55ba")
+
+
+def _has_gpu() -> bool:
+    import ctypes
+
+    try:
+        driver = ctypes.CDLL("libcuda.so.1")  # may be the build's stub, which has no cuInit
+        count = ctypes.c_int(0)
+        return driver.cuInit(0) == 0 and driver.cuDeviceGetCount(ctypes.byref(count)) == 0 and count.value > 0
+    except (OSError, AttributeError):
+        return False
+
+
+@pytest.fixture(scope="module")
+def cuda_artifact(tmp_path_factory, small_cnn_path, small_calib):
+    if NVCC is None:
+        pytest.skip("the cuda target needs nvcc (CUDA toolkit), not found")
+    from runtime import compile_model
+
+    out = tmp_path_factory.mktemp("cuda") / "small.cuda.artifact"
+    return compile_model(small_cnn_path, "cuda", out, calib=small_calib, progress=False)
+
+
+@needs_nvcc
+def test_cuda_artifact_embeds_compiled_device_code(cuda_artifact):
+    manifest = runtime.artifact.read_manifest(cuda_artifact)
+    assert manifest["target"]["device"] == "cuda" and manifest["target"]["tvm_target"]["arch"] == "sm_80"
+    assert manifest["integer_only"] is True and manifest["device_code"] == "model.cu"
+    library = (cuda_artifact / "model.so").read_bytes()
+    assert FATBIN_MAGIC in library  # compiled GPU code: no NVRTC or nvcc needed where it runs
+    assert b"__global__" not in library  # ... and no CUDA source to compile at load time
+    source = (cuda_artifact / "model.cu").read_text()
+    assert source.count("__dp4a((") >= 2  # the classifier and the pointwise conv
+
+
+def _cuda_compile(build, inputs):
+    import tvm
+
+    from targets import get_target
+
+    spec = get_target("cuda")
+    bb = relax.BlockBuilder()
+    params = [relax.Var(f"x{i}", relax.TensorType(list(a.shape), str(a.dtype))) for i, a in enumerate(inputs)]
+    with bb.function("main", params):
+        with bb.dataflow():
+            out = bb.emit_output(build(*params))
+        bb.emit_func_output(out)
+    target = spec.target()
+    with spec.build_context(), target:
+        ex = tvm.compile(bb.get(), target=target, relax_pipeline=spec.relax_pipeline(target))
+    from runtime.compiler import _device_source
+
+    return _device_source(ex.mod)
+
+
+@needs_nvcc
+@pytest.mark.parametrize("x_dtype,shape", [("uint8", (1, 1280, 1000)), ("int8", (3, 64, 24)), ("int8", (1, 8, 7))])
+def test_int8_matmul_uses_dp4a(x_dtype, shape):
+    from passes import reference as ref
+    from passes.lowering import emit
+
+    m_, k, n = shape
+    w = np.ones((k, n), np.int8)
+    m, s = ref.dyadic(np.full(n, 1e-3))
+    src = _cuda_compile(lambda a: emit.requantize(emit.matmul_acc(a, w), m, s, -128, 127, "int8"),
+                        [np.zeros((m_, k), x_dtype)])
+    assert "__dp4a((" in src
+    assert ("(*(uint *)" in src) == (x_dtype == "uint8")  # uint8 operands use the mixed-sign overload
+
+
+@needs_nvcc
+def test_unknown_cuda_arch():
+    from targets import get_target
+
+    with pytest.raises(CompileError, match="--cuda-arch 'ampere'"):
+        get_target("cuda", "ampere")
+    with pytest.raises(CompileError, match="applies to the cuda target"):
+        get_target("x86", "sm_80")
+
+
+@needs_nvcc
+def test_cuda_artifact_without_gpu_is_refused_clearly(cuda_artifact):
+    if _has_gpu():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ArtifactError, match="cuda"):
+        runtime.load(cuda_artifact)
+
+
+@needs_nvcc
+def test_cuda_bit_exact_against_x86(cuda_artifact, small_artifact):
+    if not _has_gpu():
+        pytest.skip("no NVIDIA GPU here: the CUDA run is checked where one is (see README, Targets)")
+    gpu, cpu = runtime.load(cuda_artifact), runtime.load(small_artifact)
+    rng = np.random.default_rng(7)
+    for _ in range(8):
+        q = cpu.quantize_inputs({"x": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)})
+        np.testing.assert_array_equal(gpu.run_integer(q)[0], cpu.run_integer(q)[0])
