@@ -13,6 +13,9 @@ from targets import target_names
 EXAMPLES = """examples:
   python -m runtime.compile model.onnx --target x86 --calib calib.npz
   python -m runtime.compile model.onnx --target cuda --cuda-arch sm_90 --calib calib.npz
+  python -m runtime.compile model.onnx --target arm --calib calib.npz          # aarch64, NEON + sdot
+  python -m runtime.compile model.onnx --target raspberry-pi/4b-aarch64 --calib calib.npz
+  python -m runtime.compile model.onnx --target '{"kind": "llvm", "mtriple": "riscv64-linux-gnu", "mattr": ["+m", "+a", "+f", "+d", "+c", "+v"]}'
   python -m runtime.compile bert.onnx --input-shape input_ids:1x128 --input-shape attention_mask:1x128 \\
       --calib text.npz -o bert.artifact
   python -m runtime.run model.x86.artifact --input x.npz -o y.npz
@@ -28,8 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "integer arithmetic with dyadic requantization, verify that no float op remains, and "
                     "compile with TVM.")
     p.add_argument("model", help="float ONNX model file")
-    p.add_argument("--target", default="x86", help=f"target to compile for: {', '.join(target_names())} "
-                                                    "(default x86: this CPU's features)")
+    p.add_argument("--target", default="x86",
+                   help=f"target: {', '.join(target_names())} (default x86: this CPU's features), any TVM target "
+                        "tag (raspberry-pi/4b-aarch64, nvidia/jetson-orin-nano, riscv/licheepi3a, ...) or a JSON "
+                        "target dict")
     p.add_argument("--cuda-arch", metavar="sm_XX", help="GPU architecture for --target cuda (default sm_80)")
     p.add_argument("-o", "--output", help="artifact directory to write (default MODEL.TARGET.artifact)")
     p.add_argument("--calib", metavar="FILE.npz",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from contextlib import contextmanager
@@ -102,8 +103,10 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
     Raises CompileError (and writes nothing) on bad input or an unsupported model.
     """
     model_path = Path(model_path)
-    output = Path(output) if output else model_path.with_suffix(f".{target}.artifact")
     spec = get_target(target, cuda_arch)
+    label = "custom" if spec.name.lstrip().startswith("{") else re.sub(r"[^\w.-]+", "_", spec.name)
+    output = Path(output) if output else model_path.with_suffix(f".{label}.artifact")
+    spec.check()
     config = replace(config or QuantConfig(), allow_float=allow_float or (config is not None and config.allow_float))
     with stage(f"importing {model_path}"):
         imported: ImportedModel = load_onnx(model_path, input_shapes, allow_unsupported=allow_float)
@@ -132,11 +135,7 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
         tvm_target = spec.target()
         with stage(f"compiling for {spec.name} ({' '.join(spec.features)})"), spec.build_context(), tvm_target:
             executable = tvm.compile(int_mod, target=tvm_target, relax_pipeline=spec.relax_pipeline(tvm_target))
-            kwargs = {}
-            if spec.cross_compiler:
-                from tvm.support import cc
-                kwargs["fcompile"] = cc.cross_compiler(spec.cross_compiler)
-            executable.export_library(str(tmp / LIBRARY), **kwargs)
+            executable.export_library(str(tmp / LIBRARY), **spec.export_kwargs())
         (tmp / RELAX_TEXT).write_text(int_mod.script(show_meta=False))
         device_code = _device_source(executable.mod)
         if device_code is not None:
@@ -145,7 +144,8 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "source": {"path": str(model_path), "sha256": sha256(model_path)},
             "target": {"name": spec.name, "tvm_target": spec.tvm_target, "arch": spec.arch,
-                       "device": spec.device, "features": list(spec.features)},
+                       "device": spec.device, "features": list(spec.features),
+                       "cross_compiler": spec.toolchain.compiler},
             "tools": _versions(),
             "inputs": [{"name": s.name, "shape": list(s.shape), "dtype": s.dtype, "quant": q}
                        for s, q in zip(imported.inputs, boundary["inputs"])],

@@ -1,28 +1,46 @@
-"""Targets: one small module per target family, each producing a `TargetSpec`."""
+"""Targets: one small module per target family, each producing a `TargetSpec`.
+
+`get_target` accepts a family name, any TVM target tag, or a raw JSON target dict.
+"""
 
 from __future__ import annotations
 
 from frontends.errors import CompileError
 
-from . import cuda, x86
+from . import arm, cuda, generic, riscv, x86
 from .spec import TargetSpec
 
-_FAMILIES = {"x86": x86.host_target, "cuda": cuda.cuda_target}
-
-
-def get_target(name: str, cuda_arch: str | None = None) -> TargetSpec:
-    """The target spec for a user-facing name; unknown names list the valid ones."""
-    if name not in _FAMILIES:
-        raise CompileError(f"unknown target {name!r}; valid targets: {', '.join(sorted(_FAMILIES))}")
-    if name == "cuda":
-        return cuda.cuda_target(cuda_arch or cuda.DEFAULT_ARCH)
-    if cuda_arch:
-        raise CompileError(f"--cuda-arch applies to the cuda target, not {name!r}")
-    return _FAMILIES[name]()
+_FAMILIES = {
+    "x86": x86.host_target,
+    "arm": arm.arm_target,
+    "arm32": arm.arm32_target,
+    "riscv": riscv.riscv_target,
+    "riscv-novector": lambda: riscv.riscv_target(vector=False),
+    "cuda": cuda.cuda_target,
+}
+_EXAMPLE_TAGS = ("raspberry-pi/4b-aarch64", "nvidia/jetson-orin-nano", "riscv/licheepi3a")
 
 
 def target_names() -> list[str]:
-    return sorted(_FAMILIES)
+    return list(_FAMILIES)
+
+
+def get_target(name: str, cuda_arch: str | None = None) -> TargetSpec:
+    """The target spec for a family name, a TVM target tag or a JSON dict; unknown names
+    list the valid ones."""
+    if cuda_arch and name != "cuda":
+        raise CompileError(f"--cuda-arch applies to the cuda target, not {name!r}")
+    if name == "cuda":
+        return cuda.cuda_target(cuda_arch or cuda.DEFAULT_ARCH)
+    if name in _FAMILIES:
+        return _FAMILIES[name]()
+    if name.lstrip().startswith("{"):
+        return generic.from_json(name)
+    if name in generic.tag_names():
+        return generic.from_target(name, name)
+    raise CompileError(f"unknown target {name!r}; valid targets: {', '.join(_FAMILIES)}, any TVM target tag "
+                       f"({len(generic.tag_names())} exist, e.g. {', '.join(_EXAMPLE_TAGS)}), or a JSON target "
+                       "dict such as '{\"kind\": \"llvm\", \"mtriple\": \"aarch64-linux-gnu\"}'")
 
 
 __all__ = ["TargetSpec", "get_target", "target_names"]

@@ -19,6 +19,7 @@ from pathlib import Path
 from frontends.errors import CompileError
 
 from . import x86
+from .cross import toolchain_for
 from .cuda_pipeline import cuda_pipeline
 from .spec import TargetSpec
 
@@ -30,10 +31,13 @@ def cuda_target(arch: str = DEFAULT_ARCH) -> TargetSpec:
     """CUDA for compute capability `arch` (sm_XX), host code for this CPU."""
     if not re.fullmatch(r"sm_\d{2,3}a?", arch):
         raise CompileError(f"--cuda-arch {arch!r}: expected sm_XX, e.g. sm_80 (A100), sm_87 (Orin), sm_90 (H100)")
-    host = x86.host_target()
-    tvm_target = {"kind": "cuda", "arch": arch, "host": host.tvm_target}
-    return TargetSpec("cuda", tvm_target, host.arch, device="cuda", features=(arch,), build_env=_build_env,
-                      pipeline=cuda_pipeline)
+    return cuda_spec("cuda", {"kind": "cuda", "arch": arch, "host": x86.host_target().tvm_target}, arch, None)
+
+
+def cuda_spec(name: str, tvm_target, arch: str, host_triple: str | None) -> TargetSpec:
+    """A CUDA spec for any CUDA target (ours, a tag such as nvidia/jetson-orin-nano, JSON)."""
+    return TargetSpec(name, tvm_target, toolchain=toolchain_for(host_triple), device="cuda", features=(arch,),
+                      build_env=_build_env, pipeline=cuda_pipeline)
 
 
 def _nvcc_dir() -> str:

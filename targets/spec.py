@@ -1,4 +1,4 @@
-"""A compilation target as data: the TVM target dict plus how to build and export for it."""
+"""A compilation target as data: the TVM target plus how to build and export for it."""
 
 from __future__ import annotations
 
@@ -6,24 +6,41 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import Callable, ContextManager
 
+from .cross import Toolchain, check_toolchain, toolchain_for
+
 
 @dataclass(frozen=True)
 class TargetSpec:
     """What `tvm.compile` and `export_library` need for one target."""
 
-    name: str  # the user's name for it, e.g. "x86"
-    tvm_target: dict  # TVM 0.27 target JSON dict
-    arch: str  # host machine the artifact runs on, as `platform.machine()` spells it
+    name: str  # the user's name for it, e.g. "x86", "arm", a tag or a JSON dict
+    tvm_target: dict | str  # TVM 0.27 target JSON dict or tag name
+    toolchain: Toolchain = field(default_factory=lambda: toolchain_for(None))  # links the library
     device: str = "cpu"  # TVM device the model runs on: "cpu" or "cuda"
-    cross_compiler: str | None = None  # None: the host's compiler
-    features: tuple[str, ...] = field(default=())  # detected or chosen ISA features, for the manifest
+    features: tuple[str, ...] = ()  # detected or chosen ISA features, for the manifest
     build_env: Callable[[], ContextManager] | None = None  # prepares toolchains for the build
     pipeline: Callable | None = None  # target -> Relax pipeline; None: relax.get_default_pipeline
+
+    @property
+    def arch(self) -> str:
+        """`platform.machine()` of the machine the artifact runs on."""
+        return self.toolchain.machine
 
     def target(self):
         import tvm
 
         return tvm.target.Target(self.tvm_target)
+
+    def check(self) -> None:
+        """Fail early, naming the Debian package, if the cross compiler is missing."""
+        check_toolchain(self.toolchain, self.name)
+
+    def export_kwargs(self) -> dict:
+        if self.toolchain.compiler is None:
+            return {}
+        from tvm.support import cc
+
+        return {"fcompile": cc.cross_compiler(self.toolchain.compiler, options=list(self.toolchain.link_options))}
 
     def relax_pipeline(self, target):
         from tvm import relax

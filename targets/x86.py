@@ -44,4 +44,4 @@ def host_target(flags: set[str] | None = None) -> TargetSpec:
     tvm_target = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": mcpu}
     if mattr:
         tvm_target["mattr"] = mattr
-    return TargetSpec("x86", tvm_target, "x86_64", features=tuple([mcpu] + mattr))
+    return TargetSpec("x86", tvm_target, features=tuple([mcpu] + mattr))

@@ -1,7 +1,9 @@
 """Model-level: EfficientNet-Lite0 from its PyPI package, calibrated on other images,
-compiled for x86, on foolbox's 20 labeled ImageNet images."""
+compiled for x86 and aarch64, on foolbox's 20 labeled ImageNet images."""
 
 from __future__ import annotations
+
+import shutil
 
 import numpy as np
 import pytest
@@ -9,15 +11,23 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-def test_efficientnet_lite0_integer_only_accuracy(tmp_path_factory):
-    from benchmarks.efficientnet_lite0 import evaluate
+@pytest.fixture(scope="module")
+def effnet(tmp_path_factory):
     from benchmarks.models import calibration_images, export_efficientnet_lite0
-    from runtime import compile_model, load
+    from runtime import compile_model
 
     work = tmp_path_factory.mktemp("effnet")
     onnx_path = export_efficientnet_lite0(work / "efficientnet_lite0.onnx")
     np.savez(work / "calib.npz", input=calibration_images(32))
     artifact = compile_model(onnx_path, "x86", work / "effnet.artifact", calib=work / "calib.npz", progress=False)
+    return work, onnx_path, artifact
+
+
+def test_efficientnet_lite0_integer_only_accuracy(effnet):
+    from benchmarks.efficientnet_lite0 import evaluate
+    from runtime import load
+
+    _, onnx_path, artifact = effnet
     manifest = load(artifact).manifest
     assert manifest["integer_only"] is True and manifest["verifier"] == "integer-only: yes"
     assert len(manifest["quantization"]["layers"]) == 50  # 49 convs + the classifier
@@ -25,3 +35,20 @@ def test_efficientnet_lite0_integer_only_accuracy(tmp_path_factory):
     assert r["agreement"] >= 19, r
     assert r["top1_int"] >= r["top1_float"] - 1, r
     assert r["logit_cosine"] > 0.97, r
+
+
+def test_efficientnet_lite0_aarch64_bit_exact_under_qemu(effnet):
+    if shutil.which("qemu-aarch64") is None or shutil.which("aarch64-linux-gnu-gcc") is None:
+        pytest.skip("needs qemu-user and gcc-aarch64-linux-gnu (targets/install_toolchains.sh)")
+    from benchmarks.emulation import Aarch64Emulator
+    from benchmarks.models import imagenet_eval_set
+    from runtime import compile_model, load
+
+    work, onnx_path, artifact = effnet
+    arm = compile_model(onnx_path, "arm", work / "effnet.arm.artifact", calib=work / "calib.npz", progress=False)
+    cpu = load(artifact)
+    images, _ = imagenet_eval_set()
+    emulator = Aarch64Emulator()
+    for image in images[:2]:
+        q = cpu.quantize_inputs({"input": image[None]})
+        np.testing.assert_array_equal(emulator.run_integer(arm, q)[0], cpu.run_integer(q)[0])

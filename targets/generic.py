@@ -1,0 +1,60 @@
+"""Targets given as a TVM target tag (`raspberry-pi/4b-aarch64`, `nvidia/jetson-orin-nano`,
+`riscv/licheepi3a`, ...) or as a raw JSON target dict."""
+
+from __future__ import annotations
+
+import json
+
+from frontends.errors import CompileError
+
+from .cross import toolchain_for
+from .spec import TargetSpec
+
+
+def tag_names() -> list[str]:
+    import tvm
+
+    return sorted(tvm.target.list_tags())
+
+
+def _plain(value):
+    """A TVM export (Maps, Arrays, tuples) as plain JSON-able Python."""
+    if hasattr(value, "items"):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "Array":
+        return [_plain(v) for v in value]
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    return str(value)
+
+
+def from_target(name: str, tvm_target) -> TargetSpec:
+    """A spec for any llvm or cuda target (tag name or dict); others are refused."""
+    import tvm
+
+    try:
+        target = tvm.target.Target(tvm_target)
+    except Exception as err:
+        raise CompileError(f"target {name!r} is not a valid TVM target: {str(err).strip().splitlines()[-1]}") \
+            from None
+    exported = _plain(target.export())
+    kind = exported["kind"]
+    if kind not in ("llvm", "cuda"):
+        raise CompileError(f"target {name!r} is of kind {kind!r}; supported kinds: llvm (CPUs), cuda")
+    if kind == "cuda":
+        from .cuda import cuda_spec
+
+        return cuda_spec(name, tvm_target, exported.get("arch", "sm_80"), (exported.get("host") or {}).get("mtriple"))
+    mattr = tuple(exported.get("mattr", ()))
+    return TargetSpec(name, tvm_target, toolchain=toolchain_for(exported.get("mtriple")),
+                      features=tuple(x for x in (exported.get("mcpu"),) if x) + mattr)
+
+
+def from_json(text: str) -> TargetSpec:
+    try:
+        tvm_target = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise CompileError(f"--target {text!r}: not valid JSON ({err})") from None
+    if not isinstance(tvm_target, dict) or "kind" not in tvm_target:
+        raise CompileError(f"--target {text!r}: a JSON target must be an object with a \"kind\"")
+    return from_target(text, tvm_target)

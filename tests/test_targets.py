@@ -1,0 +1,116 @@
+"""Cross targets: ARM, RISC-V, tags and JSON dicts compile to libraries for the right
+machine with the right vector instructions; aarch64 artifacts run under qemu bit-exact
+against x86 (slow), and a dot-product artifact dies with SIGILL on a CPU without it."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+import runtime
+from frontends import ArtifactError, CompileError
+
+ELF_MACHINE = {"aarch64": 183, "armv7l": 40, "riscv64": 243, "x86_64": 62}
+
+
+def _elf_machine(path) -> int:
+    header = open(path, "rb").read(20)
+    assert header[:4] == b"\x7fELF"
+    return int.from_bytes(header[18:20], "little")
+
+
+def _disassemble(tool: str, path) -> str:
+    if shutil.which(tool) is None:
+        pytest.skip(f"{tool} not installed (targets/install_toolchains.sh)")
+    return subprocess.run([tool, "-d", str(path)], capture_output=True, text=True, check=True).stdout
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory, small_cnn_path, small_calib):
+    from runtime import compile_model
+
+    out = tmp_path_factory.mktemp("targets")
+    cache = {}
+
+    def get(target: str):
+        if target not in cache:
+            try:
+                cache[target] = compile_model(small_cnn_path, target, out / f"{len(cache)}.artifact",
+                                              calib=small_calib, progress=False)
+            except CompileError as err:
+                if "needs the cross compiler" in str(err):
+                    pytest.skip(str(err))
+                raise
+        return cache[target]
+
+    return get
+
+
+@pytest.mark.parametrize("target,machine", [
+    ("arm", "aarch64"), ("arm32", "armv7l"), ("riscv", "riscv64"), ("riscv-novector", "riscv64"),
+    ("raspberry-pi/4b-aarch64", "aarch64"), ("riscv/licheepi3a", "riscv64"),
+    ('{"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]}', "aarch64"),
+])
+def test_cross_compiles_for_the_board(compiled, target, machine):
+    artifact = compiled(target)
+    manifest = runtime.artifact.read_manifest(artifact)
+    assert manifest["target"]["arch"] == machine and manifest["integer_only"] is True
+    assert _elf_machine(artifact / "model.so") == ELF_MACHINE[machine]
+
+
+def test_aarch64_dotprod_emits_sdot(compiled):
+    assert any(op in _disassemble("aarch64-linux-gnu-objdump", compiled("arm") / "model.so") for op in ("sdot", "udot"))
+    assert "sdot" not in _disassemble("aarch64-linux-gnu-objdump", compiled("raspberry-pi/4b-aarch64") / "model.so")
+
+
+def test_riscv_vector_emits_rvv(compiled):
+    assert "vsetvli" in _disassemble("llvm-objdump-16", compiled("riscv") / "model.so")
+    assert "vsetvli" not in _disassemble("llvm-objdump-16", compiled("riscv-novector") / "model.so")
+
+
+def test_foreign_artifact_refuses_to_load(compiled):
+    with pytest.raises(ArtifactError, match="built for aarch64 .* this machine is x86_64"):
+        runtime.load(compiled("arm"))
+
+
+def test_missing_cross_compiler_names_debian_package(monkeypatch, tmp_path, small_cnn_path, capsys):
+    from runtime.compile import main as compile_main
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no cross gcc on it
+    assert compile_main([small_cnn_path, "--target", "riscv", "-o", str(tmp_path / "a")]) == 2
+    assert "apt-get install gcc-riscv64-linux-gnu" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize("name,needle", [
+    ("vax", "any TVM target tag (287 exist, e.g. raspberry-pi/4b-aarch64"),
+    ('{"kind": "llvm"', "not valid JSON"),
+    ('{"kind": "opencl"}', "supported kinds: llvm (CPUs), cuda"),
+])
+def test_bad_target_names(name, needle):
+    from targets import get_target
+
+    with pytest.raises(CompileError) as err:
+        get_target(name)
+    assert needle in str(err.value)
+
+
+@pytest.mark.slow
+def test_aarch64_artifact_runs_bit_exact_under_qemu(compiled, small_artifact):
+    if shutil.which("qemu-aarch64") is None:
+        pytest.skip("qemu-user not installed (targets/install_toolchains.sh)")
+    from benchmarks.emulation import Aarch64Emulator
+
+    cpu = runtime.load(small_artifact)
+    rng = np.random.default_rng(11)
+    q = cpu.quantize_inputs({"x": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)})
+    for target in ("arm", "raspberry-pi/4b-aarch64"):
+        np.testing.assert_array_equal(Aarch64Emulator().run_integer(compiled(target), q)[0], cpu.run_integer(q)[0])
+    # Negative control: the dot-product build really uses sdot: a Cortex-A72 has none.
+    with pytest.raises(subprocess.CalledProcessError) as err:
+        Aarch64Emulator("cortex-a72").run_integer(compiled("arm"), q)
+    assert err.value.returncode == -4 or "Illegal instruction" in err.value.stderr
+    Aarch64Emulator("cortex-a72").run_integer(compiled("raspberry-pi/4b-aarch64"), q)  # no dotprod: runs
