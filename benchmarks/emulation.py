@@ -11,6 +11,7 @@ under ~/.cache/intq/emulation. Needs qemu-user (targets/install_toolchains.sh).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -23,6 +24,16 @@ import numpy as np
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "intq" / "emulation"
 REPO = Path(__file__).resolve().parents[1]
 WHEELS = ("apache-tvm==0.27.0.post1", "apache-tvm-ffi==0.1.14.post1", "numpy<2.5", "ml_dtypes", "typing_extensions")
+# The RPC server as a board runs it, but in-process: `python -m tvm.exec.rpc_server` starts its
+# server in a child Python, which qemu-user cannot exec without binfmt.
+_RPC_SERVER = """
+import sys, time
+from tvm.rpc.server import PopenRPCServerState
+PopenRPCServerState("127.0.0.1", int(sys.argv[1]), int(sys.argv[1]) + 1, False, None, "", None)
+print("listening", flush=True)
+while True:
+    time.sleep(3600)
+"""
 _RUNNER = """
 import sys, numpy as np, runtime
 model = runtime.load(sys.argv[1])
@@ -82,14 +93,31 @@ class Aarch64Emulator:
         CACHE.mkdir(parents=True, exist_ok=True)
         self.sysroot, self.site, self.cpu = _sysroot(), _site(), cpu
 
+    def _env(self) -> dict:
+        return {**os.environ, "PYTHONPATH": f"{self.site}{os.pathsep}{REPO}", "TVM_USE_RUNTIME_LIB": "1"}
+
+    def _python(self) -> list[str]:
+        return ["qemu-aarch64", "-cpu", self.cpu, "-L", str(self.sysroot), str(self.sysroot / "usr/bin/python3.11")]
+
+    @contextlib.contextmanager
+    def rpc_server(self, port: int):
+        """A TVM RPC server on 127.0.0.1:`port` inside the emulated aarch64 board."""
+        proc = subprocess.Popen([*self._python(), "-c", _RPC_SERVER, str(port)], env=self._env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        try:
+            if proc.stdout.readline().strip() != "listening":
+                raise RuntimeError("the emulated RPC server did not start")
+            yield f"127.0.0.1:{port}"
+        finally:
+            proc.kill()
+            proc.wait()
+
     def run_integer(self, artifact, qinputs: list[np.ndarray], timeout: float = 900) -> list[np.ndarray]:
         """Run the artifact on integer inputs; raises CalledProcessError (e.g. SIGILL) on failure."""
         with tempfile.TemporaryDirectory() as tmp:
             np.savez(f"{tmp}/q.npz", **{f"q{i}": q for i, q in enumerate(qinputs)})
-            env = {**os.environ, "PYTHONPATH": f"{self.site}{os.pathsep}{REPO}", "TVM_USE_RUNTIME_LIB": "1"}
-            subprocess.run(["qemu-aarch64", "-cpu", self.cpu, "-L", str(self.sysroot),
-                            str(self.sysroot / "usr/bin/python3.11"), "-c", _RUNNER, str(artifact), f"{tmp}/q.npz",
-                            f"{tmp}/y.npz"], check=True, capture_output=True, text=True, env=env, timeout=timeout)
+            subprocess.run([*self._python(), "-c", _RUNNER, str(artifact), f"{tmp}/q.npz", f"{tmp}/y.npz"],
+                           check=True, capture_output=True, text=True, env=self._env(), timeout=timeout)
             out = np.load(f"{tmp}/y.npz")
             return [out[f"y{i}"] for i in range(len(out.files))]
 

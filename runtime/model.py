@@ -20,30 +20,42 @@ from .boundary import dequantize, quantize
 
 
 class Model:
-    """A loaded artifact: `.run(inputs)` with float arrays, `.manifest` with its metadata."""
+    """A loaded artifact: `.run(inputs)` with float arrays, `.manifest` with its metadata.
 
-    def __init__(self, path: str | os.PathLike):
+    With `remote` (an RPC session, see `runtime.remote.connect`) the library is uploaded to
+    the board and runs there; inputs and outputs travel over the session.
+    """
+
+    def __init__(self, path: str | os.PathLike, remote=None):
         self.path = Path(path)
         self.manifest = read_manifest(self.path)
+        self.remote = remote
         arch = self.manifest["target"]["arch"]
-        if arch != platform.machine():
+        if remote is None and arch != platform.machine():
             raise ArtifactError(f"{self.path}: built for {arch} ({self.manifest['target']['name']}); this machine "
-                                f"is {platform.machine()}. Run it on a {arch} board (or through RPC).")
+                                f"is {platform.machine()}. Run it on a {arch} board (or through RPC: --rpc).")
         import tvm
         from tvm.runtime.vm import VirtualMachine  # runtime-only: works without the compiler
 
         device = self.manifest["target"].get("device", "cpu")
-        if device == "cuda":
+        if device == "cuda" and remote is None:
             _load_cuda_runtime(tvm)
+        library = self.path / self.manifest["library"]["file"]
         try:
-            lib = tvm.runtime.load_module(str(self.path / self.manifest["library"]["file"]))
+            if remote is None:
+                lib = tvm.runtime.load_module(str(library))
+            else:
+                name = f"intq-{self.manifest['library']['sha256'][:16]}.so"
+                remote.upload(str(library), name)
+                lib = remote.load_module(name)
         except Exception as err:
             need = " (needs an NVIDIA GPU and its driver, libcuda.so.1)" if device == "cuda" else ""
-            raise ArtifactError(f"{self.path}: cannot load the library{need}: "
+            where = " on the RPC server" if remote is not None else ""
+            raise ArtifactError(f"{self.path}: cannot load the library{where}{need}: "
                                 f"{str(err).strip().splitlines()[-1] if str(err).strip() else err}") from None
-        self._dev = tvm.device(device)
+        self._dev = remote.device(tvm.runtime.Device._DEVICE_NAME_TO_TYPE[device], 0) if remote else tvm.device(device)
         if not self._dev.exist:
-            raise ArtifactError(f"{self.path}: built for a {device} device, and this machine has none")
+            raise ArtifactError(f"{self.path}: built for a {device} device, and the machine running it has none")
         self._vm = VirtualMachine(lib, self._dev)
         self._tensor = tvm.runtime.tensor
 
@@ -79,6 +91,14 @@ class Model:
         results = [result] if len(self.outputs) == 1 else list(result)
         return [r.numpy() for r in results]
 
+    def time(self, qinputs: list[np.ndarray], repeat: int = 50, warmup: int = 3) -> np.ndarray:
+        """Latencies in ms of `repeat` runs, timed on the device itself (locally or on the board)."""
+        args = [self._tensor(np.ascontiguousarray(q), self._dev) for q in qinputs]
+        for _ in range(warmup):
+            self._vm["main"](*args)
+        timer = self._vm.time_evaluator("main", self._dev, number=1, repeat=repeat)
+        return np.asarray(timer(*args).results) * 1e3
+
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Quantize `inputs`, run the integer model, dequantize the outputs."""
         outs = self.run_integer(self.quantize_inputs(inputs))
@@ -107,6 +127,7 @@ def _scale_array(quant: dict, rank: int) -> np.ndarray:
     return scale.reshape(shape)
 
 
-def load(path: str | os.PathLike) -> Model:
-    """Load the artifact at `path` (checks format version, library hash and architecture)."""
-    return Model(path)
+def load(path: str | os.PathLike, remote=None) -> Model:
+    """Load the artifact at `path` (checks format version, library hash and architecture);
+    with `remote`, on the board behind that RPC session."""
+    return Model(path, remote)

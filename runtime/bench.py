@@ -1,0 +1,86 @@
+"""`python -m runtime.bench ARTIFACT [--threads K] [--repeat N] [--rpc HOST:PORT [--key KEY]]`"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+
+import numpy as np
+
+from frontends.errors import CompileError
+
+EXAMPLES = """examples:
+  python -m runtime.bench model.x86.artifact --threads 1 --repeat 100
+  python -m runtime.bench model.arm.artifact --rpc 192.168.1.20:9090          # board's RPC server
+  python -m runtime.bench model.arm.artifact --rpc tracker:9190 --key rasp4b   # through a tracker
+  python -m runtime.bench model.x86.artifact --json
+"""
+
+
+def benchmark(model, threads: int | None = None, repeat: int = 50, warmup: int = 3, inputs=None) -> dict:
+    """p50/p90/p99/mean latency (ms) and throughput of `model` on random (or given) inputs."""
+    import tvm
+
+    if threads:
+        config = (model.remote.get_function("runtime.config_threadpool") if model.remote
+                  else tvm.get_global_func("runtime.config_threadpool"))
+        config(0, threads)
+    if inputs is None:
+        rng = np.random.default_rng(0)
+        inputs = {i["name"]: rng.standard_normal(i["shape"]).astype(i["dtype"]) for i in model.inputs}
+    ms = model.time(model.quantize_inputs(inputs), repeat=repeat, warmup=warmup)
+    p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+    return {"artifact": str(model.path), "target": model.manifest["target"]["name"],
+            "where": "rpc" if model.remote else "local", "threads": threads or "default", "repeat": repeat,
+            "p50_ms": round(float(p50), 4), "p90_ms": round(float(p90), 4), "p99_ms": round(float(p99), 4),
+            "mean_ms": round(float(ms.mean()), 4), "throughput_per_s": round(1e3 / float(ms.mean()), 2)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m runtime.bench", epilog=EXAMPLES,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                description="Measure an artifact's latency (timed on the device: locally or on a "
+                                            "board through TVM RPC) after warm-up runs.")
+    p.add_argument("artifact")
+    p.add_argument("--threads", type=int, help="runtime threads (default: TVM's choice)")
+    p.add_argument("--repeat", type=int, default=50, help="timed runs (default 50)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed runs first (default 3)")
+    p.add_argument("--input", metavar="FILE.npz", help="inputs to time with (default: random)")
+    p.add_argument("--rpc", metavar="HOST:PORT", help="run on the board behind this RPC server or tracker")
+    p.add_argument("--key", help="device key, when --rpc names a tracker")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
+    args = p.parse_args(argv)
+    try:
+        if args.repeat < 1 or args.warmup < 0 or (args.threads is not None and args.threads < 1):
+            raise CompileError("--repeat must be >= 1, --warmup >= 0 and --threads >= 1")
+        if args.key and not args.rpc:
+            raise CompileError("--key needs --rpc naming the tracker")
+        from .model import load
+        from .remote import connect
+
+        session = connect(args.rpc, args.key) if args.rpc else None
+        model = load(args.artifact, remote=session)
+        inputs = dict(np.load(args.input)) if args.input else None
+        result = benchmark(model, args.threads, args.repeat, args.warmup, inputs)
+    except CompileError as err:
+        if args.verbose:
+            traceback.print_exc()
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Exception:
+        traceback.print_exc()
+        return 1
+    if args.json:
+        print(json.dumps(result))
+    else:
+        width = max(len(k) for k in result)
+        print("\n".join(f"{k:<{width}}  {v}" for k, v in result.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
