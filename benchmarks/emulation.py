@@ -1,4 +1,8 @@
-"""Run cross-compiled aarch64 artifacts on this x86-64 machine under qemu-user.
+"""Run cross-compiled artifacts on this x86-64 machine under qemu-user.
+
+riscv64 and armv7 artifacts carry a plan and the project's own executor (runtime/plan.py):
+`plan_launcher(arch)` gives the qemu prefix to run it with `runtime.plan.run_plan`.
+For aarch64 the artifact's Relax VM library runs in an emulated Python:
 
 A Debian arm64 sysroot (python3.11, libstdc++) is unpacked from .debs with an isolated apt
 state (no chroot, no binfmt, host dpkg untouched) and the official aarch64 apache-tvm /
@@ -82,6 +86,18 @@ def _site(platform_tag: str = "manylinux_2_28_aarch64") -> Path:
     (tmp / "tvm" / "lib" / "libtvm_compiler.so").unlink(missing_ok=True)  # runtime-only: 250 MB saved
     os.replace(tmp, site)
     return site
+
+
+# qemu-user command prefixes that run a plan executor (runtime/plan.py) built for each arch,
+# with Debian's cross sysroots. riscv64 gets an RVV 1.0 CPU unless `vector` is False.
+def plan_launcher(arch: str, vector: bool = True) -> tuple[str, ...]:
+    """The qemu-user prefix that runs a binary for `arch` ("riscv64" or "armv7l") here."""
+    if arch == "riscv64":
+        cpu = "rv64,v=true,vlen=128,elen=64,vext_spec=v1.0" if vector else "rv64,v=false"
+        return ("qemu-riscv64", "-cpu", cpu, "-L", "/usr/riscv64-linux-gnu")
+    if arch == "armv7l":
+        return ("qemu-arm", "-L", "/usr/arm-linux-gnueabihf")
+    raise ValueError(f"no plan launcher for {arch!r}")
 
 
 class Aarch64Emulator:

@@ -21,9 +21,11 @@ from passes import (BOUNDARY_ATTR, LAYERS_ATTR, QuantConfig, QuantizeToInteger, 
                     verify_integer_only)
 from targets import get_target
 
+from .plan import export_plan
 from .artifact import DEVICE_TEXT, LIBRARY, RELAX_TEXT, sha256, write_artifact
 
 SYNTHETIC_SAMPLES = 8
+PLAN_ARCHES = ("armv7l", "riscv64")  # no TVM runtime wheels: artifacts also carry plan + intq_exec
 
 
 def log(message: str) -> None:
@@ -137,6 +139,10 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
             executable = tvm.compile(int_mod, target=tvm_target, relax_pipeline=spec.relax_pipeline(tvm_target))
             executable.export_library(str(tmp / LIBRARY), **spec.export_kwargs())
         (tmp / RELAX_TEXT).write_text(int_mod.script(show_meta=False))
+        executor = None
+        if spec.arch in PLAN_ARCHES:  # no TVM runtime there: ship the plan and its executor too
+            with stage(f"exporting the plan executor for {spec.arch}"):
+                executor = export_plan(int_mod, spec, tmp)
         device_code = _device_source(executable.mod)
         if device_code is not None:
             (tmp / DEVICE_TEXT).write_text(device_code)
@@ -159,6 +165,7 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
             "verifier": str(report),
             "relax": RELAX_TEXT,
             "device_code": DEVICE_TEXT if device_code is not None else None,
+            "executor": executor,
         }
 
     path = write_artifact(output, fill)

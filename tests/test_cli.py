@@ -75,7 +75,7 @@ def _compile_fails(args, capsys, *needles):
 
 def test_unknown_target(tmp_path, small_cnn_path, capsys):
     _compile_fails([small_cnn_path, "--target", "vax", "-o", str(tmp_path / "a")], capsys,
-                   "unknown target 'vax'", "valid targets: cuda, x86")
+                   "unknown target 'vax'", "valid targets: x86, arm, arm32, riscv, riscv-novector, cuda")
     assert not (tmp_path / "a").exists()
 
 

@@ -52,3 +52,22 @@ def test_efficientnet_lite0_aarch64_bit_exact_under_qemu(effnet):
     for image in images[:2]:
         q = cpu.quantize_inputs({"input": image[None]})
         np.testing.assert_array_equal(emulator.run_integer(arm, q)[0], cpu.run_integer(q)[0])
+
+
+@pytest.mark.parametrize("target", ["riscv", "arm32"])
+def test_efficientnet_lite0_plan_executor_bit_exact_under_qemu(effnet, target):
+    from benchmarks.emulation import plan_launcher
+    from benchmarks.models import imagenet_eval_set
+    from runtime import compile_model, load
+    from runtime.plan import run_plan
+
+    work, onnx_path, artifact = effnet
+    launcher = plan_launcher("riscv64" if target == "riscv" else "armv7l")
+    if shutil.which(launcher[0]) is None:
+        pytest.skip("needs qemu-user and the cross gcc (targets/install_toolchains.sh)")
+    cross = compile_model(onnx_path, target, work / f"effnet.{target}.artifact", calib=work / "calib.npz",
+                          progress=False)
+    cpu = load(artifact)
+    images, _ = imagenet_eval_set()
+    q = cpu.quantize_inputs({"input": images[0][None]})
+    np.testing.assert_array_equal(run_plan(cross, q, launcher)[0], cpu.run_integer(q)[0])

@@ -1,6 +1,7 @@
 """Cross targets: ARM, RISC-V, tags and JSON dicts compile to libraries for the right
-machine with the right vector instructions; aarch64 artifacts run under qemu bit-exact
-against x86 (slow), and a dot-product artifact dies with SIGILL on a CPU without it."""
+machine with the right vector instructions; every one runs under qemu bit-exact against
+x86 (aarch64: the Relax VM in an emulated Python; riscv64/armv7: the plan executor), and
+dot-product / RVV builds die with SIGILL on CPUs without those units."""
 
 from __future__ import annotations
 
@@ -96,6 +97,37 @@ def test_bad_target_names(name, needle):
     with pytest.raises(CompileError) as err:
         get_target(name)
     assert needle in str(err.value)
+
+
+@pytest.mark.parametrize("target", ["riscv", "riscv-novector", "arm32"])
+def test_plan_executor_runs_bit_exact_under_qemu(compiled, small_artifact, target):
+    from benchmarks.emulation import plan_launcher
+    from runtime.plan import run_plan
+
+    artifact = compiled(target)
+    manifest = runtime.artifact.read_manifest(artifact)
+    launcher = plan_launcher(manifest["target"]["arch"])
+    if shutil.which(launcher[0]) is None:
+        pytest.skip("qemu-user not installed (targets/install_toolchains.sh)")
+    assert manifest["executor"]["executor"] == "intq_exec"
+    cpu = runtime.load(small_artifact)
+    rng = np.random.default_rng(12)
+    for _ in range(3):
+        q = cpu.quantize_inputs({"x": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)})
+        np.testing.assert_array_equal(run_plan(artifact, q, launcher)[0], cpu.run_integer(q)[0])
+
+
+def test_rvv_artifact_dies_without_the_vector_unit(compiled, small_artifact):
+    from benchmarks.emulation import plan_launcher
+    from runtime.plan import run_plan
+
+    if shutil.which("qemu-riscv64") is None:
+        pytest.skip("qemu-user not installed (targets/install_toolchains.sh)")
+    q = runtime.load(small_artifact).quantize_inputs({"x": np.zeros((1, 3, 16, 16), np.float32)})
+    with pytest.raises(subprocess.CalledProcessError) as err:
+        run_plan(compiled("riscv"), q, plan_launcher("riscv64", vector=False))
+    assert err.value.returncode == -4  # SIGILL: the RVV build really uses vector instructions
+    run_plan(compiled("riscv-novector"), q, plan_launcher("riscv64", vector=False))
 
 
 @pytest.mark.slow

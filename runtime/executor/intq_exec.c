@@ -1,0 +1,136 @@
+/* intq_exec: run an artifact's plan (runtime/plan.py) without any TVM runtime.
+ *
+ *   intq_exec kernels.so plan.txt weights.bin IN0.bin [IN1.bin ...] -- OUT0.bin [OUT1.bin ...]
+ *
+ * Loads the kernels with dlopen, allocates every buffer of the plan (constants filled from
+ * weights.bin, inputs from the IN files as raw little-endian arrays), calls the kernels in
+ * order through the tvm-ffi C ABI and writes the outputs raw. The few runtime symbols the
+ * kernels import are defined here and exported with -rdynamic.
+ * Build: CC -O2 -rdynamic -I<tvm_ffi/include> intq_exec.c -o intq_exec -ldl */
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <tvm/ffi/c_api.h>
+
+void TVMFFIErrorSetRaisedFromCStrParts(const char* kind, const char** parts, int32_t n) {
+  fprintf(stderr, "kernel error %s:", kind);
+  for (int i = 0; i < n; ++i)
+    if (parts[i]) fprintf(stderr, " %s", parts[i]);
+  fprintf(stderr, "\n");
+}
+void TVMFFIErrorSetRaisedFromCStr(const char* kind, const char* message) {
+  fprintf(stderr, "kernel error %s: %s\n", kind, message);
+}
+void* TVMBackendAllocWorkspace(int device_type, int device_id, uint64_t size, int code, int bits) {
+  (void)device_type; (void)device_id; (void)code; (void)bits;
+  return aligned_alloc(64, (size + 63) / 64 * 64);
+}
+int TVMBackendFreeWorkspace(int device_type, int device_id, void* ptr) {
+  (void)device_type; (void)device_id;
+  free(ptr);
+  return 0;
+}
+
+static void die(const char* what, const char* detail) {
+  fprintf(stderr, "intq_exec: %s %s\n", what, detail ? detail : "");
+  exit(2);
+}
+
+typedef struct { DLTensor t; int64_t shape[8]; size_t bytes; } Buffer;
+
+static size_t read_file(const char* path, void* dst, size_t bytes) {
+  FILE* f = fopen(path, "rb");
+  if (!f) die("cannot open", path);
+  size_t n = fread(dst, 1, bytes, f);
+  fclose(f);
+  return n;
+}
+
+int main(int argc, char** argv) {
+  if (argc < 5) die("usage: intq_exec kernels.so plan.txt weights.bin IN... -- OUT...", NULL);
+  void* lib = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
+  if (!lib) die("dlopen failed:", dlerror());
+  /* The kernels reach the runtime through function-pointer variables that a TVM runtime
+     fills in when it loads a library; fill in ours. */
+  void** slot;
+  if ((slot = dlsym(lib, "__TVMBackendAllocWorkspace"))) *slot = (void*)TVMBackendAllocWorkspace;
+  if ((slot = dlsym(lib, "__TVMBackendFreeWorkspace"))) *slot = (void*)TVMBackendFreeWorkspace;
+  FILE* plan = fopen(argv[2], "r");
+  if (!plan) die("cannot open", argv[2]);
+  FILE* wf = fopen(argv[3], "rb");
+  if (!wf) die("cannot open", argv[3]);
+  int nbuf;
+  if (fscanf(plan, " buffers %d", &nbuf) != 1) die("bad plan header", argv[2]);
+  Buffer* bufs = calloc(nbuf, sizeof(Buffer));
+  for (int i = 0; i < nbuf; ++i) {
+    int id, code, bits, ndim;
+    long long offset;
+    if (fscanf(plan, " %d %d %d %d", &id, &code, &bits, &ndim) != 4 || id != i || ndim > 8) die("bad buffer", NULL);
+    Buffer* b = &bufs[i];
+    size_t count = 1;
+    for (int d = 0; d < ndim; ++d) {
+      long long dim;
+      if (fscanf(plan, " %lld", &dim) != 1) die("bad dims", NULL);
+      b->shape[d] = dim;
+      count *= (size_t)dim;
+    }
+    if (fscanf(plan, " %lld", &offset) != 1) die("bad offset", NULL);
+    b->bytes = count * (size_t)(bits / 8);
+    b->t.data = aligned_alloc(64, (b->bytes + 63) / 64 * 64 + 64);
+    b->t.device.device_type = kDLCPU;
+    b->t.ndim = ndim;
+    b->t.dtype.code = (uint8_t)code;
+    b->t.dtype.bits = (uint8_t)bits;
+    b->t.dtype.lanes = 1;
+    b->t.shape = b->shape;
+    if (offset >= 0) {
+      if (fseek(wf, offset, SEEK_SET) != 0 || fread(b->t.data, 1, b->bytes, wf) != b->bytes) die("short weights", NULL);
+    }
+  }
+  int nsteps;
+  if (fscanf(plan, " steps %d", &nsteps) != 1) die("bad steps header", NULL);
+  char (*names)[256] = calloc(nsteps, 256);
+  int(*args)[16] = calloc(nsteps, sizeof(int[16]));
+  int* nargs = calloc(nsteps, sizeof(int));
+  for (int s = 0; s < nsteps; ++s) {
+    if (fscanf(plan, " %255s %d", names[s], &nargs[s]) != 2 || nargs[s] > 16) die("bad step", NULL);
+    for (int a = 0; a < nargs[s]; ++a)
+      if (fscanf(plan, " %d", &args[s][a]) != 1) die("bad step argument", names[s]);
+  }
+  int nin, nout, ids[64];
+  if (fscanf(plan, " inputs %d", &nin) != 1 || nin > 64) die("bad inputs", NULL);
+  for (int i = 0; i < nin; ++i) fscanf(plan, " %d", &ids[i]);
+  int arg = 4;
+  for (int i = 0; i < nin; ++i, ++arg) {
+    if (arg >= argc || !strcmp(argv[arg], "--")) die("missing input file", NULL);
+    Buffer* b = &bufs[ids[i]];
+    if (read_file(argv[arg], b->t.data, b->bytes) != b->bytes) die("input has the wrong size:", argv[arg]);
+  }
+  if (arg >= argc || strcmp(argv[arg], "--")) die("expected -- before the output files", NULL);
+  ++arg;
+  for (int s = 0; s < nsteps; ++s) {
+    char sym[300];
+    snprintf(sym, sizeof sym, "__tvm_ffi_%s", names[s]);
+    TVMFFISafeCallType f = (TVMFFISafeCallType)dlsym(lib, sym);
+    if (!f) die("missing kernel", sym);
+    TVMFFIAny packed[16], ret;
+    memset(packed, 0, sizeof packed);
+    memset(&ret, 0, sizeof ret);
+    for (int a = 0; a < nargs[s]; ++a) {
+      packed[a].type_index = kTVMFFIDLTensorPtr;
+      packed[a].v_ptr = &bufs[args[s][a]].t;
+    }
+    if (f(NULL, packed, nargs[s], &ret) != 0) die("kernel failed:", names[s]);
+  }
+  if (fscanf(plan, " outputs %d", &nout) != 1 || nout > 64) die("bad outputs", NULL);
+  for (int i = 0; i < nout; ++i, ++arg) {
+    int id;
+    fscanf(plan, " %d", &id);
+    if (arg >= argc) die("missing output file", NULL);
+    FILE* out = fopen(argv[arg], "wb");
+    if (!out || fwrite(bufs[id].t.data, 1, bufs[id].bytes, out) != bufs[id].bytes) die("cannot write", argv[arg]);
+    fclose(out);
+  }
+  return 0;
+}

@@ -1,0 +1,154 @@
+"""Plan form of an artifact, for boards without a TVM runtime (armv7, riscv64: no wheels).
+
+The integer module is legalized and fused as for the Relax VM, then flattened into what a
+40-line C loop can run: the kernels (one shared library exported through the tvm-ffi C
+ABI), a plan listing every buffer and every kernel call in order, and the constants.
+
+    plan.txt       buffers <n>
+                   <id> <dlpack code> <bits> <ndim> <dims...> <weights byte offset | -1>
+                   steps <m>
+                   <kernel> <nargs> <buffer ids...>
+                   inputs <k> <ids...>
+                   outputs <l> <ids...>
+    weights.bin    the constants, each 64-byte aligned
+    kernels.so     the kernels; `__tvm_ffi_<kernel>` symbols
+    intq_exec      the executor (runtime/executor/intq_exec.c) built for the board
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from frontends.errors import CompileError
+
+_DL_CODE = {"int": 0, "uint": 1, "float": 2, "bool": 1}
+EXECUTOR_SOURCE = Path(__file__).parent / "executor" / "intq_exec.c"
+FILES = {"plan": "plan.txt", "weights": "weights.bin", "kernels": "kernels.so", "executor": "intq_exec"}
+
+
+def _dtype(dtype: str) -> tuple[int, int]:
+    if dtype == "bool":
+        return 1, 8
+    base = dtype.rstrip("0123456789")
+    return _DL_CODE[base], int(dtype[len(base):])
+
+
+def export_plan(int_mod, spec, out_dir: Path) -> dict:
+    """Write plan.txt, weights.bin, kernels.so and intq_exec for `spec` into `out_dir`."""
+    import tvm
+    from tvm import relax
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    target = spec.target()
+    with target:
+        lowered = tvm.transform.Sequential(cpu.library_dispatch_passes(target) + cpu.legalize_passes(target))(int_mod)
+    buffers, steps, weights = [], [], bytearray()
+    ids: dict = {}
+
+    def buffer(ty, data: np.ndarray | None = None) -> int:
+        offset = -1
+        if data is not None:
+            weights.extend(b"\0" * (-len(weights) % 64))
+            offset = len(weights)
+            weights.extend(np.ascontiguousarray(data).tobytes())
+        code, bits = _dtype(str(ty.dtype))
+        buffers.append((code, bits, [int(d) for d in ty.shape], offset))
+        return len(buffers) - 1
+
+    def ref(expr) -> int:
+        if isinstance(expr, relax.Var):
+            return ids[expr]
+        if isinstance(expr, tvm.ir.GenericConst):
+            return buffer(expr.ty, expr.value.numpy())
+        raise CompileError(f"plan export: unsupported argument {type(expr).__name__}")
+
+    func = lowered["main"]
+    for p in func.params:
+        ids[p] = buffer(p.ty)
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+    for block in func.body.blocks:
+        for b in block.bindings:
+            value = b.value
+            if isinstance(value, relax.Call) and value.op == call_tir:
+                args = [ref(a) for a in value.args[1].fields]
+                if not isinstance(b.var.ty, relax.TensorType):
+                    raise CompileError("plan export: kernels with several outputs are not supported")
+                ids[b.var] = buffer(b.var.ty)
+                steps.append((value.args[0].name_hint, args + [ids[b.var]]))
+            elif isinstance(value, (relax.Var, relax.Tuple)):
+                ids[b.var] = ref(value) if isinstance(value, relax.Var) else [ref(f) for f in value.fields]
+            elif isinstance(value, relax.TupleGetItem):
+                ids[b.var] = ids[value.tuple_value][value.index]
+            else:
+                raise CompileError(f"plan export: unsupported binding {b.var.name} = {type(value).__name__}")
+    outputs = ids[func.body.body] if isinstance(func.body.body, relax.Var) else [ref(f) for f in func.body.body.fields]
+    outputs = outputs if isinstance(outputs, list) else [outputs]
+    lines = [f"buffers {len(buffers)}"]
+    lines += [f"{i} {c} {bits} {len(shape)} {' '.join(map(str, shape))} {off}".replace("  ", " ")
+              for i, (c, bits, shape, off) in enumerate(buffers)]
+    lines += [f"steps {len(steps)}"] + [f"{name} {len(args)} {' '.join(map(str, args))}" for name, args in steps]
+    lines += [f"inputs {len(func.params)} {' '.join(str(ids[p]) for p in func.params)}",
+              f"outputs {len(outputs)} {' '.join(map(str, outputs))}"]
+    (out_dir / FILES["plan"]).write_text("\n".join(lines) + "\n")
+    (out_dir / FILES["weights"]).write_bytes(bytes(weights))
+    kernels = tvm.IRModule({gv: f.with_attr("global_symbol", gv.name_hint)
+                            for gv, f in lowered.functions_items() if isinstance(f, tvm.tirx.PrimFunc)})
+    tvm.compile(kernels, target=target).export_library(str(out_dir / FILES["kernels"]), **spec.export_kwargs())
+    _build_executor(spec, out_dir / FILES["executor"])
+    return dict(FILES)
+
+
+def _build_executor(spec, dest: Path) -> None:
+    import tvm_ffi
+
+    include = Path(tvm_ffi.__file__).parent / "include"
+    cc = spec.toolchain.compiler or "gcc"
+    cmd = [cc, "-O2", "-rdynamic", f"-I{include}", str(EXECUTOR_SOURCE), "-o", str(dest), "-ldl"]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise CompileError(f"building the plan executor with {cc} failed:\n{done.stderr[-2000:]}")
+
+
+def _read_plan(path: Path):
+    tokens = path.read_text().split()
+    pos = 2
+    buffers = []
+    for _ in range(int(tokens[1])):
+        code, bits, ndim = (int(t) for t in tokens[pos + 1:pos + 4])
+        shape = [int(t) for t in tokens[pos + 4:pos + 4 + ndim]]
+        buffers.append((np.dtype(f"{'iuf'[code]}{bits // 8}") if bits > 1 else np.dtype(bool), shape))
+        pos += 5 + ndim
+    nsteps = int(tokens[pos + 1])
+    pos += 2
+    for _ in range(nsteps):
+        pos += 2 + int(tokens[pos + 1])
+    nin = int(tokens[pos + 1])
+    inputs = [int(t) for t in tokens[pos + 2:pos + 2 + nin]]
+    pos += 2 + nin
+    outputs = [int(t) for t in tokens[pos + 2:pos + 2 + int(tokens[pos + 1])]]
+    return buffers, inputs, outputs
+
+
+def run_plan(artifact, qinputs: list[np.ndarray], launcher: tuple[str, ...] = (), timeout: float = 900):
+    """Run the artifact's plan with its `intq_exec` (prefixed by `launcher`, e.g. a qemu
+    command line) on integer inputs; returns the integer outputs."""
+    import tempfile
+
+    artifact = Path(artifact)
+    buffers, inputs, outputs = _read_plan(artifact / FILES["plan"])
+    with tempfile.TemporaryDirectory() as tmp:
+        ins = []
+        for i, (q, bid) in enumerate(zip(qinputs, inputs)):
+            dtype, shape = buffers[bid]
+            if q.dtype != dtype or list(q.shape) != shape:
+                raise CompileError(f"input {i}: {q.dtype}{list(q.shape)}, the plan expects {dtype}{shape}")
+            ins.append(f"{tmp}/in{i}.bin")
+            np.ascontiguousarray(q).tofile(ins[-1])
+        outs = [f"{tmp}/out{i}.bin" for i in range(len(outputs))]
+        cmd = [*launcher, str(artifact / FILES["executor"]), *(str(artifact / FILES[k]) for k in
+                                                                ("kernels", "plan", "weights")), *ins, "--", *outs]
+        subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=timeout)
+        return [np.fromfile(o, dtype=buffers[b][0]).reshape(buffers[b][1]) for o, b in zip(outs, outputs)]
