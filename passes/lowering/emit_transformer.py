@@ -1,0 +1,71 @@
+"""Relax emitters of the integer transformer kernels; each mirrors
+`passes.reference.transformer` (same names, same integer steps, int64 throughout)."""
+
+from __future__ import annotations
+
+from tvm import relax
+
+from .emit import const
+
+R = relax.op
+
+
+def _i64(v: int):
+    return const(v, "int64")
+
+
+def shift_exp(x: relax.Expr, x0: int, n: int) -> relax.Expr:
+    """exp(x * S) for int64 x <= 0 at scale 2^-n; see the reference for the steps."""
+    p = R.subtract(R.add(x, R.right_shift(x, _i64(1))), R.right_shift(x, _i64(4)))
+    p = R.maximum(p, _i64(n * x0))
+    q = R.floor_divide(p, _i64(x0))
+    r = R.subtract(p, R.multiply(q, _i64(x0)))
+    e = R.subtract(R.right_shift(r, _i64(1)), _i64(x0))
+    return R.left_shift(e, R.subtract(_i64(n), q))
+
+
+def shiftmax(x: relax.Expr, x0: int, n: int, out_bits: int = 8, mask: relax.Expr | None = None,
+             axis: int = -1) -> relax.Expr:
+    """Integer softmax along `axis` -> uint8 at scale 2^-out_bits (mask: 0/1, broadcast)."""
+    x = R.astype(x, "int64")
+    if mask is not None:
+        keep = R.not_equal(mask, const(0, str(mask.ty.dtype)) if hasattr(mask, "ty") else _i64(0))
+        x = R.where(keep, x, _i64(-(2**31)))
+    e = shift_exp(R.subtract(x, R.max(x, axis=[axis], keepdims=True)), x0, n)
+    if mask is not None:
+        e = R.multiply(e, R.astype(keep, "int64"))
+    total = R.maximum(R.sum(e, axis=[axis], keepdims=True), _i64(1))
+    factor = R.floor_divide(_i64(2**31 - 1), total)
+    s = 31 - out_bits
+    out = R.right_shift(R.add(R.multiply(e, factor), _i64(1 << (s - 1))), _i64(s))
+    return R.astype(R.clip(out, 0, 2**out_bits - 1), "uint8" if out_bits <= 8 else "int32")
+
+
+def shift_gelu(x: relax.Expr, x0: int, n: int) -> relax.Expr:
+    """x * sigmoid(1.702 x) at scale S * 2^-7 (int64), stable per-element form."""
+    x = R.astype(x, "int64")
+    m = R.maximum(x, _i64(0))
+    e1 = shift_exp(R.subtract(x, m), x0, n)
+    e2 = shift_exp(R.negative(m), x0, n)
+    sig = R.right_shift(R.multiply(R.floor_divide(_i64(2**31 - 1), R.maximum(R.add(e1, e2), _i64(1))), e1),
+                        _i64(24))
+    return R.multiply(x, sig)
+
+
+def isqrt(v: relax.Expr) -> relax.Expr:
+    """Exact floor(sqrt(v)) for int64 0 <= v < 2^62: 31 fixed bit-by-bit steps."""
+    res = R.multiply(v, _i64(0))
+    for k in range(30, -1, -1):
+        t = R.add(res, _i64(1 << k))
+        res = R.where(R.less_equal(R.multiply(t, t), v), t, res)
+    return res
+
+
+def layernorm_core(x: relax.Expr, mean_m: int, mean_s: int, axis: int = -1) -> relax.Expr:
+    """(x - round(mean)) / isqrt(sum((x - mean)^2)) at scale 2^-30 (int64)."""
+    x = R.astype(x, "int64")
+    total = R.sum(x, axis=[axis], keepdims=True)
+    mean = R.right_shift(R.add(R.multiply(total, _i64(mean_m)), _i64(1 << (mean_s - 1))), _i64(mean_s))
+    y = R.subtract(x, mean)
+    std = R.maximum(isqrt(R.sum(R.multiply(y, y), axis=[axis], keepdims=True)), _i64(1))
+    return R.right_shift(R.multiply(y, R.floor_divide(_i64(2**31 - 1), std)), _i64(1))

@@ -1,0 +1,116 @@
+"""Integer transformer kernels (Shiftmax, ShiftGELU, isqrt, I-LayerNorm): compiled == NumPy
+reference bit for bit on random and adversarial inputs; reference vs float accuracy."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from conftest import run_relax
+from tvm import relax
+
+from passes.reference import dyadic
+from passes.reference import transformer as ref
+from passes.lowering import emit_transformer as emit
+
+R = relax.op
+rng = np.random.default_rng(5)
+
+
+def _rows(kind: str, shape, lo: int, hi: int) -> np.ndarray:
+    if kind == "random":
+        return rng.integers(lo, hi + 1, shape)
+    if kind == "equal":
+        return np.full(shape, rng.integers(lo, hi + 1))
+    if kind == "onehot":
+        x = np.full(shape, lo)
+        x[..., rng.integers(shape[-1])] = hi
+        return x
+    if kind == "extremes":
+        return rng.choice([lo, hi], shape)
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize("kind", ["random", "equal", "onehot", "extremes"])
+@pytest.mark.parametrize("length,scale,n", [(128, 2.0**-6, 15), (257, 2.0**-6, 15), (4096, 2.0**-6, 12),
+                                            (16, 0.5, 15), (64, 2.0**-10, 8)])
+def test_shiftmax_bit_exact(kind, length, scale, n):
+    x0 = ref.exp_params(scale)
+    assert length * -x0 * 2**n < 2**31  # the bound the lowering asserts
+    x = _rows(kind, (4, length), -2000, 2000).astype(np.int32)
+    got = run_relax(lambda a: emit.shiftmax(a, x0, n), [x])
+    np.testing.assert_array_equal(got, ref.shiftmax(x, x0, n))
+    assert got.dtype == np.uint8
+
+
+def test_shiftmax_mask_gives_exact_zeros():
+    x0 = ref.exp_params(2.0**-6)
+    x = rng.integers(-500, 500, (2, 3, 64)).astype(np.int32)
+    mask = (rng.random((2, 1, 64)) < 0.7).astype(np.int32)
+    mask[1, 0, :] = 0
+    mask[1, 0, 5] = 1  # a single visible key
+    got = run_relax(lambda a, m: emit.shiftmax(a, x0, 15, mask=m), [x, mask])
+    want = ref.shiftmax(x, x0, 15, mask=mask)
+    np.testing.assert_array_equal(got, want)
+    assert np.all(got[np.broadcast_to(mask == 0, got.shape)] == 0)
+    assert np.all(got[1, :, 5] == 255)
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_shift_gelu_bit_exact(bits):
+    lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    scale = 10.0 / hi
+    x0 = ref.exp_params(1.702 * scale)
+    n = ref.gelu_n(x0)
+    x = np.concatenate([np.arange(lo, hi + 1, max(1, (hi - lo) // 4000)), [lo, hi, 0, -1, 1]]).astype(np.int32)
+    got = run_relax(lambda a: emit.shift_gelu(a, x0, n), [x.reshape(1, -1)])
+    np.testing.assert_array_equal(got.ravel(), ref.shift_gelu(x, x0, n))
+
+
+def test_isqrt_exact():
+    v = np.concatenate([np.arange(0, 2000), rng.integers(0, 2**62, 3000), [2**62 - 1]]).astype(np.int64)
+    got = run_relax(emit.isqrt, [v.reshape(1, -1)]).ravel()
+    np.testing.assert_array_equal(got, ref.isqrt(v))
+    exact = np.array([math.isqrt(int(a)) for a in v])
+    np.testing.assert_array_equal(got, exact)
+
+
+@pytest.mark.parametrize("kind", ["random", "equal", "onehot", "extremes"])
+@pytest.mark.parametrize("channels", [384, 768, 7])
+def test_layernorm_core_bit_exact(kind, channels):
+    x = _rows(kind, (5, channels), -32768, 32767).astype(np.int16)
+    m, s = dyadic(1.0 / channels)
+    got = run_relax(lambda a: emit.layernorm_core(a, int(m), int(s)), [x])
+    np.testing.assert_array_equal(got, ref.layernorm_core(x, int(m), int(s)))
+
+
+# Reference against float: the only place tolerances appear (also reported in the README).
+
+def test_shiftmax_accuracy():
+    x = rng.normal(0, 3, (256, 128))
+    xi = np.round(x / 2.0**-6).astype(np.int64)
+    got = ref.shiftmax(xi, ref.exp_params(2.0**-6), 15) / 256.0
+    xr = xi * 2.0**-6
+    want = np.exp(xr - xr.max(-1, keepdims=True))
+    want /= want.sum(-1, keepdims=True)
+    assert np.abs(got - want).max() < 0.02 and np.abs(got - want).mean() < 1e-3
+
+
+def test_shift_gelu_accuracy():
+    scale = 8.0 / 32767
+    xi = np.arange(-32768, 32768, 3)
+    x0 = ref.exp_params(1.702 * scale)
+    got = ref.shift_gelu(xi, x0, ref.gelu_n(x0)) * scale / 128
+    x = xi * scale
+    want = 0.5 * x * (1 + np.vectorize(math.erf)(x / math.sqrt(2)))
+    assert np.abs(got - want).max() < 0.07 and np.abs(got - want).mean() < 0.02
+
+
+def test_layernorm_accuracy():
+    x = rng.normal(3, 2, (64, 384))
+    xi = np.round(x / (x.std() * 8 / 32767)).astype(np.int64)
+    m, s = dyadic(1.0 / 384)
+    got = ref.layernorm_core(xi, int(m), int(s)) * math.sqrt(384) / 2.0**30
+    want = (xi - xi.mean(-1, keepdims=True)) / xi.std(-1, keepdims=True)
+    assert np.abs(got - want).max() < 1e-3
