@@ -24,6 +24,8 @@ INTEGER_PATH_OPS = frozenset({
     "Conv", "BatchNormalization", "Gemm", "MatMul", "Relu", "Clip", "Max", "Min", "Add",
     "MaxPool", "GlobalAveragePool", "ReduceMean", "Concat", "Reshape", "Flatten",
     "Transpose", "Pad", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Constant",
+    # transformers
+    "LayerNormalization", "Softmax", "Gelu", "Erf", "Div", "Mul", "Split", "Slice",
 })
 
 

@@ -64,13 +64,14 @@ class QuantizeToInteger:
         ctx = LoweringContext(bb, self.ranges, self.config)
         env: dict[relax.Var, object] = {}
         params, boundary = [], {"inputs": [], "outputs": []}
+        dtype = self.config.residual_dtype  # transformers: the input starts the int16 residual stream
         for p in func.params:
             lo, hi = ctx.range_of(p)
-            scale = activation_scale(lo, hi, "int8")
-            q = relax.Var(p.name, relax.TensorType(p.ty.shape, "int8"))
+            scale = activation_scale(lo, hi, dtype)
+            q = relax.Var(p.name, relax.TensorType(p.ty.shape, dtype))
             params.append(q)
-            env[p] = Quantized(q, scale, "int8")
-            boundary["inputs"].append({"name": p.name, "dtype": "int8", "scale": scale})
+            env[p] = Quantized(q, scale, dtype)
+            boundary["inputs"].append({"name": p.name, "dtype": dtype, "scale": scale})
         with bb.function("main", params):
             with bb.dataflow():
                 for binding in _bindings(func):

@@ -1,6 +1,6 @@
 """Per-op integer lowerings, registered with `@lowers` (imported here explicitly)."""
 
-from . import elementwise, layout, linear, pooling  # noqa: F401  (registration)
+from . import elementwise, layout, linear, pooling, transformer  # noqa: F401  (registration)
 from .float_fallback import float_fallback
 from .context import LoweringContext, QuantConfig, activation_scale
 from .registry import LOWERINGS

@@ -23,12 +23,19 @@ class QuantConfig:
     activation_bits: int = 8
     unsigned_activations: bool = True  # uint8 (one more bit) for tensors clamped at >= 0
     allow_float: bool = False  # keep ops without an integer lowering in float (not integer-only)
+    residual_bits: int = 8  # 16: residual adds, LayerNorms and model inputs carry int16 (transformers)
 
     def __post_init__(self):
         if self.weight_bits not in (4, 8):
             raise CompileError(f"QuantConfig.weight_bits={self.weight_bits}: allowed 4 or 8")
         if self.activation_bits != 8:
             raise CompileError(f"QuantConfig.activation_bits={self.activation_bits}: allowed 8")
+        if self.residual_bits not in (8, 16):
+            raise CompileError(f"QuantConfig.residual_bits={self.residual_bits}: allowed 8 or 16")
+
+    @property
+    def residual_dtype(self) -> str:
+        return "int16" if self.residual_bits == 16 else "int8"
 
 
 def activation_scale(lo: float, hi: float, dtype: str) -> float:
@@ -44,7 +51,7 @@ class LoweringContext:
         self.bb, self.ranges, self.config = bb, ranges, config
         self.var: relax.Var | None = None  # the float binding being lowered
         self.layers: list[dict] = []  # one row per quantized weight layer
-        self._materialized: dict[Accumulator, Quantized] = {}
+        self._materialized: dict[tuple, Quantized] = {}
 
     def fail(self, message: str):
         name = self.var.name if self.var is not None else "?"
@@ -61,20 +68,35 @@ class LoweringContext:
     def emit(self, expr: relax.Expr) -> relax.Var:
         return self.bb.emit(expr, name_hint=self.var.name if self.var is not None else "v")
 
-    def materialize(self, value: Value) -> Quantized:
-        """Requantize an accumulator to 8 bits (memoized); quantized values pass through."""
+    def materialize(self, value: Value, wide: bool = False) -> Quantized:
+        """Requantize an accumulator to 8 bits, or 16 with `wide` (memoized); quantized
+        values pass through."""
         if isinstance(value, Quantized):
             return value
         if isinstance(value, np.ndarray):
             self.fail("expected an activation, got a constant")
-        if value not in self._materialized:
-            self._materialized[value] = self._requantize_acc(value)
-        return self._materialized[value]
+        key = (value, wide)
+        if key not in self._materialized:
+            self._materialized[key] = self._requantize_acc(value, wide)
+        return self._materialized[key]
 
-    def _requantize_acc(self, acc: Accumulator) -> Quantized:
+    def to_8bit(self, value: Value) -> Quantized:
+        """An 8-bit operand for a matmul or conv: int16 values are requantized to int8."""
+        q = self.materialize(value)
+        if q.dtype in ("int8", "uint8"):
+            return q
+        if (q, "8bit") not in self._materialized:
+            scale = q.scale * INT_RANGE[q.dtype][1] / 127
+            m, s = dyadic(q.scale / scale)
+            self._materialized[(q, "8bit")] = Quantized(self.emit(emit.requantize(q.expr, m, s, -128, 127, "int8")),
+                                                        scale, "int8")
+        return self._materialized[(q, "8bit")]
+
+    def _requantize_acc(self, acc: Accumulator, wide: bool) -> Quantized:
         lo, hi = acc.out_range
         lo, hi = max(lo, acc.clamp[0]), min(hi, acc.clamp[1])
         dtype = "uint8" if self.config.unsigned_activations and acc.clamp[0] >= 0 else "int8"
+        dtype = "int16" if wide else dtype
         scale = activation_scale(lo, hi, dtype)
         qlo, qhi = INT_RANGE[dtype]
         if math.isfinite(acc.clamp[0]):

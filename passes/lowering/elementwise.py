@@ -4,6 +4,7 @@ add(acc, bias)      -> acc + round(bias / S_acc)              (int32, stays an A
 add(a, b)           -> clamp(rq(a -> S_out) + rq(b -> S_out))  (per-branch requantization)
 add(a, c)           -> clamp(rq(a -> S_out) + round(c / S_out))
 relu/max/min(acc,c) -> the accumulator's clamp                 (folded into its requantization)
+x * c, x / c        -> the same integers at scale S * c, S / c  (c > 0 scalar constant)
 max/min(q, c)       -> max/min(q, round(c / S_q))              (integer clamp, same scale)
 """
 
@@ -59,18 +60,19 @@ def lower_add(ctx, call, args):
     if isinstance(b, np.ndarray) and _is_clean_acc(a):
         return _add_bias(ctx, a, b)
     lo, hi = ctx.out_range()
-    scale = activation_scale(lo, hi, "int8")
-    qlo, qhi = INT_RANGE["int8"]
+    dtype = ctx.config.residual_dtype
+    scale = activation_scale(lo, hi, dtype)
+    qlo, qhi = INT_RANGE[dtype]
     qa, ma, sa = ctx.to_int32_at(a, scale)
     if isinstance(b, np.ndarray):
         c_q = np.clip(np.round(b.astype(np.float64) / scale), -(2**31), 2**31 - 1)
         y = R.add(R.astype(emit.requantize(qa, ma, sa, *INT_RANGE["int32"], "int32"), "int64"),
                   emit.const(c_q, "int64"))
-        expr = R.astype(R.clip(y, qlo, qhi), "int8")
+        expr = R.astype(R.clip(y, qlo, qhi), dtype)
     else:
         qb, mb, sb = ctx.to_int32_at(b, scale)
-        expr = emit.add_requant(qa, qb, ma, sa, mb, sb, qlo, qhi, "int8")
-    return Quantized(ctx.emit(expr), scale, "int8")
+        expr = emit.add_requant(qa, qb, ma, sa, mb, sb, qlo, qhi, dtype)
+    return Quantized(ctx.emit(expr), scale, dtype)
 
 
 def _clamp(ctx, x, lo: float = -math.inf, hi: float = math.inf):
@@ -92,6 +94,36 @@ def _scalar_bound(ctx, args) -> tuple[object, float]:
     if not isinstance(c, np.ndarray) or c.size != 1:
         ctx.fail("maximum/minimum is supported only against a scalar constant (Clip/ReLU)")
     return x, float(c.reshape(()))
+
+
+def _positive_scalar(ctx, args, op: str):
+    x, c = args
+    if op == "multiply" and isinstance(x, np.ndarray):
+        x, c = c, x
+    if not isinstance(c, np.ndarray) or c.size != 1 or float(c.reshape(())) <= 0 or isinstance(x, np.ndarray):
+        ctx.fail(f"{op} is supported only by a positive scalar constant (a rescale)")
+    return x, float(c.reshape(()))
+
+
+def _rescaled(x, factor: float):
+    if isinstance(x, Accumulator):
+        return Accumulator(x.expr, np.asarray(x.scale) * factor, x.axis, x.out_range,
+                           (x.clamp[0] * factor, x.clamp[1] * factor))
+    return Quantized(x.expr, x.scale * factor, x.dtype)
+
+
+@lowers("relax.multiply")
+def lower_multiply(ctx, call, args):
+    """x * c (c > 0 constant): the same integers at scale S * c."""
+    x, c = _positive_scalar(ctx, args, "multiply")
+    return _rescaled(x, c)
+
+
+@lowers("relax.divide")
+def lower_divide(ctx, call, args):
+    """x / c (c > 0 constant, e.g. attention's sqrt(d)): the same integers at scale S / c."""
+    x, c = _positive_scalar(ctx, args, "divide")
+    return _rescaled(x, 1.0 / c)
 
 
 @lowers("relax.maximum")

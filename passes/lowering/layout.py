@@ -1,6 +1,7 @@
 """Data-movement ops pass integers through unchanged (same scale, same dtype).
 
-reshape / flatten / permute_dims / squeeze / expand_dims / pad(0) on q -> the same op on q
+reshape / flatten / permute_dims / squeeze / expand_dims / strided_slice / split / pad(0)
+             on q -> the same op on q
 concat(q_i)  -> concat(rq(q_i -> S_out)) with one common scale
 """
 
@@ -15,7 +16,8 @@ from .registry import lowers
 from .values import Quantized
 
 
-@lowers("relax.reshape", "relax.flatten", "relax.permute_dims", "relax.squeeze", "relax.expand_dims")
+@lowers("relax.reshape", "relax.flatten", "relax.permute_dims", "relax.squeeze", "relax.expand_dims",
+        "relax.strided_slice")
 def lower_layout(ctx, call, args):
     x = ctx.materialize(args[0])
     return Quantized(ctx.emit(relax.Call(call.op, [x.expr, *call.args[1:]], call.attrs)), x.scale, x.dtype)
@@ -41,3 +43,10 @@ def lower_concat(ctx, call, args):
             q, m, s = ctx.to_int32_at(p, scale)
             exprs.append(emit.requantize(q, m, s, *INT_RANGE[dtype], dtype))
     return Quantized(ctx.emit(relax.op.concat(exprs, axis=call.attrs.axis)), scale, dtype)
+
+
+@lowers("relax.split")
+def lower_split(ctx, call, args):
+    x = ctx.materialize(args[0])
+    parts = ctx.emit(relax.Call(call.op, [x.expr, *call.args[1:]], call.attrs))
+    return [Quantized(ctx.emit(relax.TupleGetItem(parts, i)), x.scale, x.dtype) for i in range(len(call.ty.fields))]

@@ -1,0 +1,137 @@
+"""Transformer lowering end to end: a real attention + MLP block exported by torch (opset 17:
+LayerNormalization, Softmax, erf-GELU, activation x activation MatMuls), an opset-20 Gelu
+and LayerNorms with zero and negative gammas, against onnxruntime in float."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import tvm
+from onnx import TensorProto, helper, numpy_helper
+from tvm import relax
+
+import runtime
+from passes import fuse_gelu
+
+
+def _block_model(path):
+    import torch
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self, d=64, h=4, ff=128):
+            super().__init__()
+            self.h = h
+            self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+            self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+            self.fc1, self.fc2 = nn.Linear(d, ff), nn.Linear(ff, d)
+
+        def forward(self, x):
+            b, t, d = x.shape
+            q, k, v = (y.reshape(b, t, self.h, d // self.h).transpose(1, 2) for y in self.qkv(self.ln1(x)).chunk(3, -1))
+            att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d // self.h), -1)
+            x = x + self.proj((att @ v).transpose(1, 2).reshape(b, t, d))
+            return x + self.fc2(torch.nn.functional.gelu(self.fc1(self.ln2(x))))
+
+    torch.manual_seed(0)
+    with torch.no_grad():
+        torch.onnx.export(Block().eval(), torch.randn(1, 16, 64), str(path), dynamo=False, opset_version=17,
+                          input_names=["x"], output_names=["y"])
+    return path
+
+
+def _delta_cosines(artifact, onnx_path, shape, count=4, seed=1):
+    model, session = runtime.load(artifact), ort.InferenceSession(str(onnx_path))
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        x = rng.standard_normal(shape).astype(np.float32)
+        y, r = model.run({"x": x})["y"] - x, session.run(None, {"x": x})[0] - x  # the block's own contribution
+        out.append(float(y.ravel() @ r.ravel() / np.linalg.norm(y) / np.linalg.norm(r)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def block(tmp_path_factory):
+    work = tmp_path_factory.mktemp("block")
+    onnx_path = _block_model(work / "block.onnx")
+    np.savez(work / "calib.npz", x=np.random.default_rng(0).standard_normal((16, 1, 16, 64)).astype(np.float32))
+    artifact = runtime.compile_model(onnx_path, "x86", work / "block.artifact", calib=work / "calib.npz",
+                                     progress=False)
+    return onnx_path, artifact
+
+
+def test_block_is_integer_only_with_16bit_residuals(block):
+    _, artifact = block
+    manifest = runtime.load(artifact).manifest
+    assert manifest["integer_only"] is True and manifest["inputs"][0]["quant"]["dtype"] == "int16"
+    text = (artifact / "model.relax.py").read_text()
+    for op in ("softmax", "gelu", "layer_norm", "erf", "float"):
+        assert op not in text
+    assert text.count("R.matmul") == 6  # qkv, Q.K^T, attention.V, proj, fc1, fc2
+
+
+def test_block_matches_float(block):
+    onnx_path, artifact = block
+    assert min(_delta_cosines(artifact, onnx_path, (1, 16, 64))) > 0.995
+
+
+def test_fuse_gelu_only_on_the_exact_decomposition():
+    def build(c):
+        bb = relax.BlockBuilder()
+        x = relax.Var("x", relax.TensorType((4, 8), "float32"))
+        with bb.function("main", [x]):
+            with bb.dataflow():
+                e = bb.emit(relax.op.erf(relax.op.divide(x, relax.const(c, "float32"))))
+                y = bb.emit(relax.op.multiply(relax.op.multiply(x, relax.op.add(e, relax.const(1.0, "float32"))),
+                                              relax.const(0.5, "float32")))
+                out = bb.emit_output(y)
+            bb.emit_func_output(out)
+        return bb.get()
+
+    assert "R.nn.gelu" in fuse_gelu(build(math.sqrt(2))).script()
+    before = build(1.5)
+    tvm.ir.assert_structural_equal(fuse_gelu(before), before)
+
+
+def _single_op_model(path, node, inits, opset, shape):
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(shape))], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 9
+    onnx.save(model, path)
+    return path
+
+
+def _compile_and_compare(tmp_path, onnx_path, shape, scale=1.0):
+    rng = np.random.default_rng(2)
+    np.savez(tmp_path / "c.npz", x=(rng.standard_normal((8, *shape)) * scale).astype(np.float32))
+    artifact = runtime.compile_model(onnx_path, "x86", tmp_path / "a.artifact", calib=tmp_path / "c.npz",
+                                     progress=False)
+    model, session = runtime.load(artifact), ort.InferenceSession(str(onnx_path))
+    x = (rng.standard_normal(shape) * scale).astype(np.float32)
+    return model.run({"x": x})["y"], session.run(None, {"x": x})[0], model.manifest
+
+
+def test_opset20_gelu(tmp_path):
+    path = _single_op_model(tmp_path / "gelu.onnx", helper.make_node("Gelu", ["x"], ["y"]), [], 20, (2, 256))
+    got, want, manifest = _compile_and_compare(tmp_path, path, (2, 256), scale=3.0)
+    assert manifest["integer_only"] is True
+    assert np.abs(got - want).max() < 0.1 and np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.999
+
+
+def test_layernorm_with_zero_and_negative_gamma(tmp_path):
+    gamma = np.linspace(-2, 2, 32).astype(np.float32)
+    gamma[[3, 17]] = 0.0
+    beta = np.linspace(1, -1, 32).astype(np.float32)
+    node = helper.make_node("LayerNormalization", ["x", "g", "b"], ["y"], axis=-1, epsilon=1e-5)
+    path = _single_op_model(tmp_path / "ln.onnx", node, [numpy_helper.from_array(gamma, "g"),
+                                                          numpy_helper.from_array(beta, "b")], 17, (4, 32))
+    got, want, manifest = _compile_and_compare(tmp_path, path, (4, 32), scale=5.0)
+    assert manifest["integer_only"] is True
+    np.testing.assert_allclose(got[:, [3, 17]], want[:, [3, 17]], atol=1e-3)  # gamma 0: beta exactly (1 LSB)
+    assert np.abs(got - want).max() < 0.02
