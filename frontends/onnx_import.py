@@ -26,6 +26,8 @@ INTEGER_PATH_OPS = frozenset({
     "Transpose", "Pad", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Constant",
     # transformers
     "LayerNormalization", "Softmax", "Gelu", "Erf", "Div", "Mul", "Split", "Slice",
+    # integer inputs (token ids, attention masks) and embeddings
+    "Gather", "Cast", "And", "Or", "Not", "Where", "Less", "Equal", "Greater", "GreaterOrEqual", "Expand",
 })
 
 
@@ -76,9 +78,9 @@ def load_onnx(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]] 
         _check_supported(model, path)
     inputs = [_spec(v, path) for v in _graph_inputs(model)]
     for spec in inputs:
-        if spec.dtype != "float32":
-            raise UnsupportedModelError(f"{path}: input {spec.name!r} has dtype {spec.dtype}; "
-                                        "the integer path quantizes float32 inputs only")
+        if spec.dtype not in ("float32", "int64", "int32", "bool"):
+            raise UnsupportedModelError(f"{path}: input {spec.name!r} has dtype {spec.dtype}; supported: float32 "
+                                        "(quantized at the boundary) and int64/int32/bool (ids, masks: kept exact)")
     outputs = [_spec(v, path) for v in model.graph.output]
     return ImportedModel(*_to_relax(model, path), inputs=inputs, outputs=outputs, source=str(path))
 

@@ -22,7 +22,9 @@ from tvm import relax
 
 from frontends.errors import UnsupportedModelError
 
-from .lowering import LOWERINGS, float_fallback, Accumulator, LoweringContext, QuantConfig, Quantized, activation_scale
+from .lowering.embedding import is_integer_op, lower_integer_op
+from .lowering import (LOWERINGS, Accumulator, IntTensor, LoweringContext, QuantConfig, Quantized,
+                       activation_scale, float_fallback)
 
 BOUNDARY_ATTR = "intq.boundary"
 LAYERS_ATTR = "intq.layers"
@@ -36,7 +38,7 @@ def _bindings(func: relax.Function):
 def _check_supported(func: relax.Function) -> None:
     bad = [f"{b.var.name} = {b.value.op.name}" for b in _bindings(func)
            if isinstance(b.value, relax.Call) and isinstance(b.value.op, tvm.ir.Op)
-           and b.value.op.name not in LOWERINGS]
+           and b.value.op.name not in LOWERINGS and str(getattr(b.var.ty, "dtype", "")).startswith("float")]
     if bad:
         raise UnsupportedModelError(f"{len(bad)} operation(s) have no integer lowering:\n  " + "\n  ".join(bad))
 
@@ -66,6 +68,11 @@ class QuantizeToInteger:
         params, boundary = [], {"inputs": [], "outputs": []}
         dtype = self.config.residual_dtype  # transformers: the input starts the int16 residual stream
         for p in func.params:
+            if not str(p.ty.dtype).startswith("float"):  # token ids, masks: exact integers, kept as they are
+                params.append(p)
+                env[p] = IntTensor(p)
+                boundary["inputs"].append({"name": p.name, "dtype": str(p.ty.dtype), "scale": None})
+                continue
             lo, hi = ctx.range_of(p)
             scale = activation_scale(lo, hi, dtype)
             q = relax.Var(p.name, relax.TensorType(p.ty.shape, dtype))
@@ -101,6 +108,8 @@ class QuantizeToInteger:
         if not (isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op)):
             ctx.fail(f"unsupported expression {type(value).__name__}")
         args = [_arg(a, env) for a in value.args]
+        if is_integer_op(value, args):
+            return lower_integer_op(ctx, value, args)
         return LOWERINGS.get(value.op.name, float_fallback)(ctx, value, args)
 
     @staticmethod

@@ -61,18 +61,21 @@ def load_calibration(path: str | os.PathLike, inputs: list[TensorSpec]) -> list[
         if arr.ndim == 0 or not ok:
             raise InputError(f"{path}: {spec.name!r} has shape {list(arr.shape)}; expected [N, "
                              f"{', '.join(map(str, spec.shape))}] (first axis indexes samples)")
-        if not np.issubdtype(arr.dtype, np.floating):
-            raise InputError(f"{path}: {spec.name!r} has dtype {arr.dtype}; expected a float array")
+        if np.issubdtype(np.dtype(spec.dtype), np.floating) != np.issubdtype(arr.dtype, np.floating):
+            raise InputError(f"{path}: {spec.name!r} has dtype {arr.dtype}; expected a "
+                             f"{'float' if spec.dtype.startswith('float') else 'integer'} array like the model's "
+                             f"{spec.dtype}")
         counts.add(arr.shape[0])
     if len(counts) != 1 or 0 in counts:
         raise InputError(f"{path}: inputs hold different or zero sample counts {sorted(counts)}")
-    return [{s.name: data[s.name][i].reshape(s.shape).astype(np.float32) for s in inputs}
+    return [{s.name: data[s.name][i].reshape(s.shape).astype(s.dtype) for s in inputs}
             for i in range(counts.pop())]
 
 
 def synthetic_calibration(inputs: list[TensorSpec], count: int = SYNTHETIC_SAMPLES) -> list[dict[str, np.ndarray]]:
     rng = np.random.default_rng(0)
-    return [{s.name: rng.standard_normal(s.shape).astype(np.float32) for s in inputs} for _ in range(count)]
+    return [{s.name: rng.standard_normal(s.shape).astype(np.float32) if s.dtype.startswith("float")
+             else np.ones(s.shape, s.dtype) for s in inputs} for _ in range(count)]
 
 
 def _versions() -> dict[str, str]:

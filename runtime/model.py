@@ -83,7 +83,8 @@ class Model:
 
     def quantize_inputs(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         self.check_inputs(inputs)
-        return [quantize(inputs[i["name"]], i["quant"]["scale"], i["quant"]["dtype"]) for i in self.inputs]
+        return [inputs[i["name"]] if i["quant"]["scale"] is None  # exact integer inputs (token ids, masks)
+                else quantize(inputs[i["name"]], i["quant"]["scale"], i["quant"]["dtype"]) for i in self.inputs]
 
     def run_integer(self, qinputs: list[np.ndarray]) -> list[np.ndarray]:
         """Run on already-quantized inputs and return the raw integer outputs."""

@@ -1,9 +1,9 @@
 """Per-op integer lowerings, registered with `@lowers` (imported here explicitly)."""
 
-from . import elementwise, layout, linear, pooling, transformer  # noqa: F401  (registration)
+from . import elementwise, embedding, layout, linear, pooling, transformer  # noqa: F401  (registration)
 from .float_fallback import float_fallback
 from .context import LoweringContext, QuantConfig, activation_scale
 from .registry import LOWERINGS
-from .values import Accumulator, Quantized
+from .values import Accumulator, IntTensor, Quantized
 
-__all__ = ["LOWERINGS", "float_fallback", "Accumulator", "LoweringContext", "QuantConfig", "Quantized", "activation_scale"]
+__all__ = ["LOWERINGS", "float_fallback", "Accumulator", "IntTensor", "LoweringContext", "QuantConfig", "Quantized", "activation_scale"]

@@ -109,7 +109,15 @@ class LoweringContext:
         return Quantized(self.emit(emit.requantize(acc.expr, m, s, qlo, qhi, dtype)), scale, dtype)
 
     def to_int32_at(self, value: Value, scale: float) -> tuple[relax.Expr, np.ndarray, np.ndarray]:
-        """(int tensor, m, s) that requantize `value` to `scale`: used by adds and concats."""
+        """(int tensor, m, s) that requantize `value` to `scale`: used by adds and concats.
+
+        An unclamped accumulator is requantized straight from int32 (per channel): going
+        through 8 bits first would lose a residual branch whose range has outliers.
+        """
+        if isinstance(value, Accumulator) and value.clamp == (-math.inf, math.inf):
+            rank = len(value.expr.ty.shape)
+            m, s = dyadic(np.asarray(value.scale, np.float64) / scale)
+            return value.expr, emit.channel_shape(m, rank, value.axis), emit.channel_shape(s, rank, value.axis)
         q = self.materialize(value)
         m, s = dyadic(q.scale / scale)
         return q.expr, m, s

@@ -19,7 +19,7 @@ from ..reference.kernels import INT_RANGE
 from . import emit
 from .context import activation_scale
 from .registry import lowers
-from .values import Accumulator, Quantized
+from .values import Accumulator, MaskedLogits, MaskPenalty, Quantized
 
 R = relax.op
 
@@ -53,6 +53,9 @@ def _add_bias(ctx, acc: Accumulator, bias: np.ndarray) -> Accumulator:
 @lowers("relax.add")
 def lower_add(ctx, call, args):
     a, b = args
+    if isinstance(a, MaskPenalty) or isinstance(b, MaskPenalty):  # logits + additive attention mask
+        logits, mask = (b, a) if isinstance(a, MaskPenalty) else (a, b)
+        return MaskedLogits(logits, mask.keep)
     if isinstance(a, np.ndarray):
         a, b = b, a
     if isinstance(a, np.ndarray):
@@ -105,9 +108,9 @@ def _positive_scalar(ctx, args, op: str):
     return x, float(c.reshape(()))
 
 
-def _rescaled(x, factor: float):
+def _rescaled(ctx, x, factor: float):
     if isinstance(x, Accumulator):
-        return Accumulator(x.expr, np.asarray(x.scale) * factor, x.axis, x.out_range,
+        return Accumulator(x.expr, np.asarray(x.scale) * factor, x.axis, ctx.out_range(),
                            (x.clamp[0] * factor, x.clamp[1] * factor))
     return Quantized(x.expr, x.scale * factor, x.dtype)
 
@@ -116,14 +119,14 @@ def _rescaled(x, factor: float):
 def lower_multiply(ctx, call, args):
     """x * c (c > 0 constant): the same integers at scale S * c."""
     x, c = _positive_scalar(ctx, args, "multiply")
-    return _rescaled(x, c)
+    return _rescaled(ctx, x, c)
 
 
 @lowers("relax.divide")
 def lower_divide(ctx, call, args):
     """x / c (c > 0 constant, e.g. attention's sqrt(d)): the same integers at scale S / c."""
     x, c = _positive_scalar(ctx, args, "divide")
-    return _rescaled(x, 1.0 / c)
+    return _rescaled(ctx, x, 1.0 / c)
 
 
 @lowers("relax.maximum")

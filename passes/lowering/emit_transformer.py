@@ -29,7 +29,7 @@ def shiftmax(x: relax.Expr, x0: int, n: int, out_bits: int = 8, mask: relax.Expr
     """Integer softmax along `axis` -> uint8 at scale 2^-out_bits (mask: 0/1, broadcast)."""
     x = R.astype(x, "int64")
     if mask is not None:
-        keep = R.not_equal(mask, const(0, str(mask.ty.dtype)) if hasattr(mask, "ty") else _i64(0))
+        keep = mask if str(mask.ty.dtype) == "bool" else R.not_equal(mask, const(0, str(mask.ty.dtype)))
         x = R.where(keep, x, _i64(-(2**31)))
     e = shift_exp(R.subtract(x, R.max(x, axis=[axis], keepdims=True)), x0, n)
     if mask is not None:

@@ -13,14 +13,33 @@ from ..reference.kernels import INT_RANGE
 from . import emit
 from .context import activation_scale
 from .registry import lowers
-from .values import Quantized
+from .values import Accumulator, Quantized
 
 
 @lowers("relax.reshape", "relax.flatten", "relax.permute_dims", "relax.squeeze", "relax.expand_dims",
         "relax.strided_slice")
 def lower_layout(ctx, call, args):
+    acc = _accumulator_through(ctx, call, args[0])
+    if acc is not None:
+        return acc
     x = ctx.materialize(args[0])
     return Quantized(ctx.emit(relax.Call(call.op, [x.expr, *call.args[1:]], call.attrs)), x.scale, x.dtype)
+
+
+def _accumulator_through(ctx, call, x):
+    """Reshapes that keep the channel (last) axis move an accumulator unchanged, so that
+    its requantization stays deferred (e.g. a matmul + bias reshaped into a residual add)."""
+    if not isinstance(x, Accumulator) or call.op.name not in ("relax.reshape", "relax.expand_dims", "relax.squeeze"):
+        return None
+    before, after = [int(d) for d in call.args[0].ty.shape], [int(d) for d in call.ty.shape]
+    if x.axis is None:
+        axis = None
+    elif x.axis == len(before) - 1 and after and after[-1] == before[-1]:
+        axis = len(after) - 1
+    else:
+        return None
+    expr = ctx.emit(relax.Call(call.op, [x.expr, *call.args[1:]], call.attrs))
+    return Accumulator(expr, x.scale, axis, ctx.out_range(), x.clamp)
 
 
 @lowers("relax.nn.pad")

@@ -1,6 +1,6 @@
 """Softmax, GELU and LayerNorm on integers (I-ViT, with DESIGN.md section 2's fixes).
 
-softmax(x)        -> Shiftmax: logits requantized to the power-of-two grid 2^-6 (any
+softmax(x [+ m])  -> Shiftmax (masked keys get exactly 0): logits requantized to the power-of-two grid 2^-6 (any
                      1/sqrt(d) already folded into their scale), n = 15 or less so that
                      row length * 64 * 2^n < 2^31; uint8 probabilities at scale 2^-8
 gelu(x)           -> ShiftGELU on a 16-bit input: x * sigmoid(1.702 x) at scale S * 2^-7,
@@ -22,7 +22,7 @@ from ..reference.kernels import INT_RANGE, dyadic
 from . import emit, emit_transformer
 from .context import activation_scale
 from .registry import lowers
-from .values import Accumulator, Quantized
+from .values import Accumulator, MaskedLogits, Quantized
 
 LOGIT_SCALE = 2.0**-6  # Shiftmax input grid: x0 = -64
 SOFTMAX_N = 15
@@ -35,7 +35,9 @@ def _to_int32_at(ctx, value, scale: float):
 
 @lowers("relax.nn.softmax")
 def lower_softmax(ctx, call, args):
-    x = args[0]
+    x, keep = args[0], None
+    if isinstance(x, MaskedLogits):
+        x, keep = x.logits, x.keep
     length = int(call.args[0].ty.shape[int(call.attrs.axis)])
     x0 = ref.exp_params(LOGIT_SCALE)
     n = SOFTMAX_N
@@ -48,7 +50,7 @@ def lower_softmax(ctx, call, args):
         logits = emit.requantize(x.expr, m, s, *INT_RANGE["int32"], "int32")
     else:
         logits = _to_int32_at(ctx, x, LOGIT_SCALE)
-    probs = emit_transformer.shiftmax(logits, x0, n, 8, axis=int(call.attrs.axis))
+    probs = emit_transformer.shiftmax(logits, x0, n, 8, mask=keep, axis=int(call.attrs.axis))
     return Quantized(ctx.emit(probs), 2.0**-8, "uint8")
 
 

@@ -37,4 +37,27 @@ class Accumulator:
         return Accumulator(self.expr, self.scale, self.axis, out_range or self.out_range, clamp)
 
 
-Value = Quantized | Accumulator | np.ndarray  # np.ndarray: a float constant (weights, bias)
+@dataclass(frozen=True, eq=False)
+class IntTensor:
+    """An integer or bool tensor that is exact as it is (token ids, attention masks): ops on
+    such values are kept unchanged; they were never float."""
+
+    expr: relax.Expr
+
+
+@dataclass(frozen=True, eq=False)
+class MaskPenalty:
+    """where(keep, 0, -huge): an additive attention mask, as the bool tensor `keep`."""
+
+    keep: relax.Expr
+
+
+@dataclass(frozen=True, eq=False)
+class MaskedLogits:
+    """Logits plus a MaskPenalty: Shiftmax gives masked keys exactly zero probability."""
+
+    logits: "Quantized | Accumulator"
+    keep: relax.Expr
+
+
+Value = Quantized | Accumulator | IntTensor | MaskPenalty | MaskedLogits | np.ndarray  # ndarray: float constant
