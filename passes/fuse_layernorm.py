@@ -1,0 +1,56 @@
+"""FuseLayerNorm: the decomposition that LayerNorm exports below opset 17 produce -> one op.
+
+    d = x - mean(x, -1); y = d / sqrt(mean(d^2, -1) + eps) * gamma + beta
+    ==> nn.layer_norm(x, gamma, beta, axes=[-1], epsilon=eps)
+
+Fires only for means over the last axis with keepdims, an exponent of 2, the same `d` in
+both places, and constant eps, gamma and beta; anything else is left as it is.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import relax
+from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
+
+
+def _last_axis_mean(call: relax.Call) -> bool:
+    rank = len(call.args[0].ty.shape)
+    axes = [int(a) % rank for a in call.attrs.axis] if call.attrs.axis is not None else []
+    return axes == [rank - 1] and bool(call.attrs.keepdims)
+
+
+def _scalar(expr) -> float | None:
+    v = expr.value.numpy()
+    return float(v.reshape(())) if v.size == 1 else None
+
+
+@tvm.transform.module_pass(opt_level=0, name="FuseLayerNorm")
+def fuse_layernorm(mod, _ctx):
+    """Rewrite every decomposed LayerNorm into `R.nn.layer_norm`."""
+    x = wildcard()
+    mean1 = is_op("relax.mean")(x)
+    d1, d2 = is_op("relax.subtract")(x, mean1), wildcard()
+    exponent, eps, gamma, beta = is_const(), is_const(), is_const(), is_const()
+    mean2 = is_op("relax.mean")(is_op("relax.power")(d1, exponent))
+    norm = is_op("relax.divide")(d2, is_op("relax.sqrt")(is_op("relax.add")(mean2, eps)))
+    pattern = is_op("relax.add")(is_op("relax.multiply")(norm, gamma), beta)
+
+    def rewrite(call, m):
+        channels = int(m[x].ty.shape[-1])
+        g, b = m[gamma].value.numpy(), m[beta].value.numpy()
+        if not (m[d1].same_as(m[d2]) and _last_axis_mean(m[mean1]) and _last_axis_mean(m[mean2])
+                and _scalar(m[exponent]) == 2.0 and _scalar(m[eps]) is not None
+                and g.size == channels and b.size == channels):
+            return call
+        dtype = str(m[x].ty.dtype)
+        return relax.op.nn.layer_norm(m[x], relax.const(g.reshape(-1).astype(dtype)),
+                                      relax.const(b.reshape(-1).astype(dtype)), axes=[-1],
+                                      epsilon=_scalar(m[eps]))
+
+    for gv, func in list(mod.functions_items()):
+        if isinstance(func, relax.Function):
+            mod[gv] = rewrite_call(pattern, rewrite, func)
+    return mod
+
+
