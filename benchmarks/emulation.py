@@ -119,13 +119,13 @@ class Aarch64Emulator:
     def rpc_server(self, port: int):
         """A TVM RPC server on 127.0.0.1:`port` inside the emulated aarch64 board."""
         proc = subprocess.Popen([*self._python(), "-c", _RPC_SERVER, str(port)], env=self._env(),
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
         try:
             if proc.stdout.readline().strip() != "listening":
                 raise RuntimeError("the emulated RPC server did not start")
             yield f"127.0.0.1:{port}"
         finally:
-            proc.kill()
+            os.killpg(proc.pid, 9)  # the server and the session processes it forked
             proc.wait()
 
     def run_integer(self, artifact, qinputs: list[np.ndarray], timeout: float = 900) -> list[np.ndarray]:

@@ -4,6 +4,8 @@ through a tracker by device key), and the local bench CLI."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -24,8 +26,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _stop(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGKILL)  # the server and the workers it spawned
+    proc.wait()
+
+
 def _start(args: list[str], port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     deadline = time.time() + 60
     while time.time() < deadline:
         try:
@@ -33,7 +41,7 @@ def _start(args: list[str], port: int) -> subprocess.Popen:
             return proc
         except OSError:
             time.sleep(0.3)
-    proc.kill()
+    _stop(proc)
     raise RuntimeError(f"{args} did not start listening on {port}")
 
 
@@ -43,7 +51,7 @@ def rpc_server():
     proc = _start(["tvm.exec.rpc_server", "--host", "127.0.0.1", "--port", str(port), "--port-end",
                    str(port + 1)], port)
     yield f"127.0.0.1:{port}"
-    proc.kill()
+    _stop(proc)
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +64,8 @@ def tracker_with_board():
                     str(board_port + 1), "--tracker", f"127.0.0.1:{port}", "--key", "testboard"], board_port)
     time.sleep(1.0)  # registration with the tracker
     yield f"127.0.0.1:{port}"
-    board.kill()
-    tracker.kill()
+    _stop(board)
+    _stop(tracker)
 
 
 def _x():

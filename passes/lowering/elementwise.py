@@ -4,7 +4,8 @@ add(acc, bias)      -> acc + round(bias / S_acc)              (int32, stays an A
 add(a, b)           -> clamp(rq(a -> S_out) + rq(b -> S_out))  (per-branch requantization)
 add(a, c)           -> clamp(rq(a -> S_out) + round(c / S_out))
 relu/max/min(acc,c) -> the accumulator's clamp                 (folded into its requantization)
-x * c, x / c        -> the same integers at scale S * c, S / c  (c > 0 scalar constant)
+x * c, x / c        -> the same integers at scale S * c, S / c  (c > 0 scalar, or a per-channel
+                       vector: per-channel scales, integers negated where c < 0)
 max/min(q, c)       -> max/min(q, round(c / S_q))              (integer clamp, same scale)
 """
 
@@ -99,34 +100,58 @@ def _scalar_bound(ctx, args) -> tuple[object, float]:
     return x, float(c.reshape(()))
 
 
-def _positive_scalar(ctx, args, op: str):
+def _constant_factor(ctx, args, op: str):
     x, c = args
     if op == "multiply" and isinstance(x, np.ndarray):
         x, c = c, x
-    if not isinstance(c, np.ndarray) or c.size != 1 or float(c.reshape(())) <= 0 or isinstance(x, np.ndarray):
-        ctx.fail(f"{op} is supported only by a positive scalar constant (a rescale)")
-    return x, float(c.reshape(()))
+    if not isinstance(c, np.ndarray) or isinstance(x, np.ndarray):
+        ctx.fail(f"{op} is supported only by a constant (a rescale)")
+    c = c.astype(np.float64)
+    return x, (1.0 / c if op == "divide" else c)
 
 
-def _rescaled(ctx, x, factor: float):
-    if isinstance(x, Accumulator):
-        return Accumulator(x.expr, np.asarray(x.scale) * factor, x.axis, ctx.out_range(),
-                           (x.clamp[0] * factor, x.clamp[1] * factor))
-    return Quantized(x.expr, x.scale * factor, x.dtype)
+def _rescaled(ctx, call, x, factor: np.ndarray):
+    """x * factor, factor a constant: a scalar > 0 changes the scale only; a per-channel
+    vector along an accumulator's channel axis (e.g. ViT LayerScale) changes its per-channel
+    scales, with the integers negated where the factor is negative."""
+    rank = len(call.ty.shape)
+    if factor.size == 1 and float(factor.reshape(())) > 0:
+        f = float(factor.reshape(()))
+        if isinstance(x, Accumulator):
+            return Accumulator(x.expr, np.asarray(x.scale) * f, x.axis, ctx.out_range(), (x.clamp[0] * f, x.clamp[1] * f))
+        return Quantized(x.expr, x.scale * f, x.dtype)
+    channels = int(call.ty.shape[-1])
+    if factor.size != channels or factor.reshape(-1).shape != (channels,) or factor.ndim > rank:
+        ctx.fail("multiply/divide by a constant: only positive scalars or per-channel (last axis) vectors")
+    if np.any(factor == 0) or np.any(~np.isfinite(factor)):
+        ctx.fail("multiply/divide by a per-channel constant with zero or non-finite entries")
+    acc = x if isinstance(x, Accumulator) and x.clamp == (-math.inf, math.inf) else None
+    if acc is None:  # an 8/16-bit value: its per-tensor scale becomes per channel
+        q = ctx.materialize(x)
+        expr = ctx.emit(R.astype(q.expr, "int32"))
+        acc = Accumulator(expr, np.full(channels, q.scale), rank - 1, ctx.out_range())
+    if acc.axis not in (None, rank - 1):
+        ctx.fail("per-channel multiply along an axis other than the accumulator's channel axis")
+    f = factor.reshape(-1)
+    scale = np.broadcast_to(np.asarray(acc.scale, np.float64), (channels,)) * np.abs(f)
+    expr = acc.expr
+    if np.any(f < 0):
+        expr = ctx.emit(R.multiply(expr, emit.const(np.sign(f).astype(np.int32), "int32")))
+    return Accumulator(expr, scale, rank - 1, ctx.out_range())
 
 
 @lowers("relax.multiply")
 def lower_multiply(ctx, call, args):
-    """x * c (c > 0 constant): the same integers at scale S * c."""
-    x, c = _positive_scalar(ctx, args, "multiply")
-    return _rescaled(ctx, x, c)
+    """x * c (c constant): the same integers at scale S * c (per channel for vectors)."""
+    x, c = _constant_factor(ctx, args, "multiply")
+    return _rescaled(ctx, call, x, c)
 
 
 @lowers("relax.divide")
 def lower_divide(ctx, call, args):
-    """x / c (c > 0 constant, e.g. attention's sqrt(d)): the same integers at scale S / c."""
-    x, c = _positive_scalar(ctx, args, "divide")
-    return _rescaled(ctx, x, 1.0 / c)
+    """x / c (c constant, e.g. attention's sqrt(d)): the same integers at scale S / c."""
+    x, c = _constant_factor(ctx, args, "divide")
+    return _rescaled(ctx, call, x, c)
 
 
 @lowers("relax.maximum")

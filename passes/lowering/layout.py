@@ -7,6 +7,7 @@ concat(q_i)  -> concat(rq(q_i -> S_out)) with one common scale
 
 from __future__ import annotations
 
+import numpy as np
 from tvm import relax
 
 from ..reference.kernels import INT_RANGE
@@ -51,14 +52,20 @@ def lower_pad(ctx, call, args):
 
 @lowers("relax.concat")
 def lower_concat(ctx, call, args):
-    parts = [ctx.materialize(p) for p in args[0]]
-    first = parts[0]
-    if all(p.scale == first.scale and p.dtype == first.dtype for p in parts):
+    """Inputs at one common scale; constant parts (e.g. a ViT class token) are quantized at it."""
+    parts = [p if isinstance(p, np.ndarray) else ctx.materialize(p) for p in args[0]]
+    values = [p for p in parts if not isinstance(p, np.ndarray)]
+    first = values[0]
+    if len(values) == len(parts) and all(p.scale == first.scale and p.dtype == first.dtype for p in parts):
         exprs, scale, dtype = [p.expr for p in parts], first.scale, first.dtype
     else:
-        scale, dtype = activation_scale(*ctx.out_range(), "int8"), "int8"
+        dtype = "int16" if any(p.dtype == "int16" for p in values) else "int8"
+        scale = activation_scale(*ctx.out_range(), dtype)
         exprs = []
         for p in parts:
+            if isinstance(p, np.ndarray):
+                exprs.append(emit.const(np.clip(np.round(p / scale), *INT_RANGE[dtype]), dtype))
+                continue
             q, m, s = ctx.to_int32_at(p, scale)
             exprs.append(emit.requantize(q, m, s, *INT_RANGE[dtype], dtype))
     return Quantized(ctx.emit(relax.op.concat(exprs, axis=call.attrs.axis)), scale, dtype)
