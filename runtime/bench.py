@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import traceback
 
 import numpy as np
 
 from frontends.errors import CompileError
+
+from .cli import guarded
 
 EXAMPLES = """examples:
   python -m runtime.bench model.x86.artifact --threads 1 --repeat 100
@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
     args = p.parse_args(argv)
-    try:
+
+    def action():
         if args.repeat < 1 or args.warmup < 0 or (args.threads is not None and args.threads < 1):
             raise CompileError("--repeat must be >= 1, --warmup >= 0 and --threads >= 1")
         if args.key and not args.rpc:
@@ -66,20 +67,13 @@ def main(argv: list[str] | None = None) -> int:
         model = load(args.artifact, remote=session)
         inputs = dict(np.load(args.input)) if args.input else None
         result = benchmark(model, args.threads, args.repeat, args.warmup, inputs)
-    except CompileError as err:
-        if args.verbose:
-            traceback.print_exc()
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except Exception:
-        traceback.print_exc()
-        return 1
-    if args.json:
-        print(json.dumps(result))
-    else:
-        width = max(len(k) for k in result)
-        print("\n".join(f"{k:<{width}}  {v}" for k, v in result.items()))
-    return 0
+        if args.json:
+            print(json.dumps(result))
+        else:
+            width = max(len(k) for k in result)
+            print("\n".join(f"{k:<{width}}  {v}" for k, v in result.items()))
+
+    return guarded(action, args.verbose)
 
 
 if __name__ == "__main__":

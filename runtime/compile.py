@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import traceback
 
-from frontends import CompileError, parse_input_shape
+from frontends import parse_input_shape
 from passes import OBSERVERS
 from targets import target_names
+
+from .cli import guarded
 
 EXAMPLES = """examples:
   python -m runtime.compile model.onnx --target x86 --calib calib.npz
@@ -54,23 +55,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
+
+    def action():
         from .compiler import compile_model
 
         shapes = dict(parse_input_shape(s) for s in args.input_shape)
-        path = compile_model(args.model, target=args.target, output=args.output, calib=args.calib,
-                             input_shapes=shapes, observer=args.observer, allow_float=args.allow_float,
-                             progress=not args.quiet, cuda_arch=args.cuda_arch)
-    except CompileError as err:
-        if args.verbose:
-            traceback.print_exc()
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except Exception:  # an internal error: show it, distinct from user errors
-        traceback.print_exc()
-        return 1
-    print(path)
-    return 0
+        print(compile_model(args.model, target=args.target, output=args.output, calib=args.calib,
+                            input_shapes=shapes, observer=args.observer, allow_float=args.allow_float,
+                            progress=not args.quiet, cuda_arch=args.cuda_arch))
+
+    return guarded(action, args.verbose)
 
 
 if __name__ == "__main__":

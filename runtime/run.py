@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import traceback
 
 import numpy as np
 
-from frontends import CompileError, InputError
+from frontends import InputError
+
+from .cli import guarded
 
 EXAMPLES = """examples:
   python -m runtime.run model.x86.artifact --input x.npz -o y.npz
@@ -26,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-o", "--output", metavar="FILE.npz", help="write the outputs here")
     p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
     args = p.parse_args(argv)
-    try:
+
+    def action():
         from .model import load
 
         model = load(args.artifact)
@@ -35,20 +37,13 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as err:
             raise InputError(f"{args.input}: not a readable .npz file ({err})") from None
         outputs = model.run(inputs)
-    except CompileError as err:
-        if args.verbose:
-            traceback.print_exc()
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except Exception:
-        traceback.print_exc()
-        return 1
-    if args.output:
-        np.savez(args.output, **outputs)
-    for name, value in outputs.items():
-        print(f"{name}: shape {list(value.shape)} {value.dtype}, argmax {int(np.argmax(value))}, "
-              f"min {value.min():.4g}, max {value.max():.4g}")
-    return 0
+        if args.output:
+            np.savez(args.output, **outputs)
+        for name, value in outputs.items():
+            print(f"{name}: shape {list(value.shape)} {value.dtype}, argmax {int(np.argmax(value))}, "
+                  f"min {value.min():.4g}, max {value.max():.4g}")
+
+    return guarded(action, args.verbose)
 
 
 if __name__ == "__main__":

@@ -8,12 +8,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 
-def run_relax(build, inputs: list[np.ndarray]) -> np.ndarray:
-    """Build `main(*inputs)` from `build(*vars) -> expr`, compile for the x86 host target, run."""
-    import tvm
+def relax_main(build, inputs: list[np.ndarray]):
+    """An IRModule whose `main(*inputs)` returns `build(*param vars)`."""
     from tvm import relax
-
-    from targets import get_target
 
     bb = relax.BlockBuilder()
     params = [relax.Var(f"x{i}", relax.TensorType(list(a.shape), str(a.dtype))) for i, a in enumerate(inputs)]
@@ -21,8 +18,18 @@ def run_relax(build, inputs: list[np.ndarray]) -> np.ndarray:
         with bb.dataflow():
             out = bb.emit_output(build(*params))
         bb.emit_func_output(out)
+    return bb.get()
+
+
+def run_relax(build, inputs: list[np.ndarray]) -> np.ndarray:
+    """Build `main(*inputs)` from `build(*vars) -> expr`, compile for the x86 host target, run."""
+    import tvm
+    from tvm import relax
+
+    from targets import get_target
+
     target = get_target("x86").target()
-    ex = tvm.compile(bb.get(), target=target, relax_pipeline=relax.get_default_pipeline(target))
+    ex = tvm.compile(relax_main(build, inputs), target=target, relax_pipeline=relax.get_default_pipeline(target))
     vm = relax.VirtualMachine(ex, tvm.cpu())
     return vm["main"](*[tvm.runtime.tensor(a) for a in inputs]).numpy()
 

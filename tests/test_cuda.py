@@ -8,7 +8,6 @@ import shutil
 
 import numpy as np
 import pytest
-from tvm import relax
 
 import runtime
 from frontends import ArtifactError, CompileError
@@ -53,19 +52,14 @@ def test_cuda_artifact_embeds_compiled_device_code(cuda_artifact):
 
 def _cuda_compile(build, inputs):
     import tvm
+    from conftest import relax_main
 
     from targets import get_target
 
     spec = get_target("cuda")
-    bb = relax.BlockBuilder()
-    params = [relax.Var(f"x{i}", relax.TensorType(list(a.shape), str(a.dtype))) for i, a in enumerate(inputs)]
-    with bb.function("main", params):
-        with bb.dataflow():
-            out = bb.emit_output(build(*params))
-        bb.emit_func_output(out)
     target = spec.target()
     with spec.build_context(), target:
-        ex = tvm.compile(bb.get(), target=target, relax_pipeline=spec.relax_pipeline(target))
+        ex = tvm.compile(relax_main(build, inputs), target=target, relax_pipeline=spec.relax_pipeline(target))
     from runtime.compiler import _device_source
 
     return _device_source(ex.mod)

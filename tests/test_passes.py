@@ -119,7 +119,6 @@ def test_float_fallback_is_reported_by_verifier():
 
 
 def test_conv1x1_as_matmul_is_exact_and_selective():
-    from conftest import run_relax
 
     from passes.conv1x1_as_matmul import conv1x1_as_matmul
 
