@@ -1,6 +1,6 @@
 """Plan form of an artifact, for boards without a TVM runtime (armv7, riscv64: no wheels).
 
-The integer module is legalized and fused as for the Relax VM, then flattened into what a
+The integer module is legalized, fused and scheduled as for the Relax VM, then flattened into what a
 40-line C loop can run: the kernels (one shared library exported through the tvm-ffi C
 ABI), a plan listing every buffer and every kernel call in order, and the constants.
 
@@ -40,11 +40,12 @@ def export_plan(int_mod, spec, out_dir: Path) -> dict:
     """Write plan.txt, weights.bin, kernels.so and intq_exec for `spec` into `out_dir`."""
     import tvm
     from tvm import relax
-    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    from targets.cpu_pipeline import cpu_lowering_passes
 
     target = spec.target()
     with target:
-        lowered = tvm.transform.Sequential(cpu.library_dispatch_passes(target) + cpu.legalize_passes(target))(int_mod)
+        lowered = tvm.transform.Sequential(cpu_lowering_passes(target))(int_mod)
     buffers, steps, weights = [], [], bytearray()
     ids: dict = {}
 

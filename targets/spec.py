@@ -19,7 +19,7 @@ class TargetSpec:
     device: str = "cpu"  # TVM device the model runs on: "cpu" or "cuda"
     features: tuple[str, ...] = ()  # detected or chosen ISA features, for the manifest
     build_env: Callable[[], ContextManager] | None = None  # prepares toolchains for the build
-    pipeline: Callable | None = None  # target -> Relax pipeline; None: relax.get_default_pipeline
+    pipeline: Callable | None = None  # target -> Relax pipeline; None: the project's CPU pipeline
 
     @property
     def arch(self) -> str:
@@ -43,9 +43,9 @@ class TargetSpec:
         return {"fcompile": cc.cross_compiler(self.toolchain.compiler, options=list(self.toolchain.link_options))}
 
     def relax_pipeline(self, target):
-        from tvm import relax
+        from .cpu_pipeline import cpu_pipeline
 
-        return self.pipeline(target) if self.pipeline else relax.get_default_pipeline(target)
+        return (self.pipeline or cpu_pipeline)(target)
 
     def build_context(self) -> ContextManager:
         """Enter around `tvm.compile` and `export_library`."""

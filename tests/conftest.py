@@ -22,14 +22,16 @@ def relax_main(build, inputs: list[np.ndarray]):
 
 
 def run_relax(build, inputs: list[np.ndarray]) -> np.ndarray:
-    """Build `main(*inputs)` from `build(*vars) -> expr`, compile for the x86 host target, run."""
+    """Build `main(*inputs)` from `build(*vars) -> expr`, compile it for the x86 host target
+    with the project's pipeline (its default schedules included), run it."""
     import tvm
     from tvm import relax
 
     from targets import get_target
 
-    target = get_target("x86").target()
-    ex = tvm.compile(relax_main(build, inputs), target=target, relax_pipeline=relax.get_default_pipeline(target))
+    spec = get_target("x86")
+    target = spec.target()
+    ex = tvm.compile(relax_main(build, inputs), target=target, relax_pipeline=spec.relax_pipeline(target))
     vm = relax.VirtualMachine(ex, tvm.cpu())
     return vm["main"](*[tvm.runtime.tensor(a) for a in inputs]).numpy()
 

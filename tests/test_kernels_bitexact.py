@@ -121,3 +121,18 @@ def test_max_pool2d_padding_never_wins(dtype):
     want = ref.max_pool2d(x, (3, 3), (2, 2), (1, 1, 1, 1))
     got = run_relax(lambda a: R.nn.max_pool2d(a, (3, 3), (2, 2), (1, 1, 1, 1)), [x])
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("shape", [(1, 1280, 1000), (128, 384, 1536), (12, 7, 49), (2, 3, 5, 8)])
+def test_scheduled_matmul_and_activation_matmul(shape):
+    """The default CPU schedule (row-parallel, vector tiles; odd extents included) is exact."""
+    *batch, k, n = shape
+    a = rng.integers(0, 256, (*batch[:-1], batch[-1] if batch else 1, k)).astype(np.uint8)
+    b = rng.integers(-128, 128, (*batch[:-1], k, n)).astype(np.int8)
+    if a.ndim == 2:
+        want = ref.matmul_acc(a, b)
+        got = run_relax(lambda x: emit.matmul_acc(x, b), [a])
+    else:
+        want = ref.matmul_acc(a, b)
+        got = run_relax(lambda x, y: R.matmul(x, y, out_dtype="int32"), [a, b])
+    np.testing.assert_array_equal(got, want)

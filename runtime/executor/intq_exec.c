@@ -32,6 +32,19 @@ int TVMBackendFreeWorkspace(int device_type, int device_id, void* ptr) {
   return 0;
 }
 
+/* Parallel loops run their tasks one after another: the executor is single-threaded. */
+typedef struct { void* sync_handle; int32_t num_task; } TVMParallelGroupEnv;
+typedef int (*FTVMParallelLambda)(int task_id, TVMParallelGroupEnv* penv, void* cdata);
+int TVMBackendParallelLaunch(FTVMParallelLambda flambda, void* cdata, int num_task) {
+  (void)num_task;
+  TVMParallelGroupEnv env = {NULL, 1};
+  return flambda(0, &env, cdata);
+}
+int TVMBackendParallelBarrier(int task_id, TVMParallelGroupEnv* penv) {
+  (void)task_id; (void)penv;
+  return 0;
+}
+
 static void die(const char* what, const char* detail) {
   fprintf(stderr, "intq_exec: %s %s\n", what, detail ? detail : "");
   exit(2);
@@ -56,6 +69,8 @@ int main(int argc, char** argv) {
   void** slot;
   if ((slot = dlsym(lib, "__TVMBackendAllocWorkspace"))) *slot = (void*)TVMBackendAllocWorkspace;
   if ((slot = dlsym(lib, "__TVMBackendFreeWorkspace"))) *slot = (void*)TVMBackendFreeWorkspace;
+  if ((slot = dlsym(lib, "__TVMBackendParallelLaunch"))) *slot = (void*)TVMBackendParallelLaunch;
+  if ((slot = dlsym(lib, "__TVMBackendParallelBarrier"))) *slot = (void*)TVMBackendParallelBarrier;
   FILE* plan = fopen(argv[2], "r");
   if (!plan) die("cannot open", argv[2]);
   FILE* wf = fopen(argv[3], "rb");

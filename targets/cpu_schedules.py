@@ -1,0 +1,115 @@
+"""Default CPU schedules for the integer kernels (applied without tuning, all LLVM targets).
+
+int8 matmul kernels (dense layers, activation matmuls, pointwise convs rewritten as
+matmuls) get a row-parallel, register-tiled, vectorized schedule instead of the default
+pipeline's scalar triple loop:
+
+    for i (parallel), j_o:                 # one row, TILE_J columns at a time
+        acc[TILE_J] = 0                     # int32, in vector registers
+        for k: acc[:] += A[i, k] * B[k, j_o*TILE_J : ...]   # broadcast x contiguous row
+        epilogue(acc) -> out[i, j_o*TILE_J : ...]           # the fused requantization
+
+Fused elementwise kernels (the requantization epilogues that did not fuse into a matmul)
+run parallel over chunks and vectorized within them.
+
+Integer sums are exact in any order, so the result equals the NumPy reference bit for bit.
+Applies to PrimFuncs with one 3-loop block named "matmul" (the batch matmuls of attention
+included when their batch axes come first); others keep the default lowering.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import s_tir
+
+TILE_J = 64  # int32 lanes of one accumulator tile: 4 x 512-bit or 8 x 256-bit registers
+
+
+def _divisor(extent: int, most: int) -> int:
+    tile = most
+    while extent % tile:
+        tile //= 2
+    return tile
+
+
+def _schedule(sch: s_tir.Schedule, block) -> None:
+    epilogue = sch.get_consumers(block)
+    while len(epilogue) == 1 and len(sch.get_consumers(epilogue[0])) == 1:
+        nxt = sch.get_consumers(epilogue[0])[0]
+        sch.compute_inline(epilogue[0])
+        epilogue = [nxt]
+    loops = sch.get_loops(block)
+    *outer, j, k = loops[:-2] + [loops[-2], loops[-1]] if len(loops) >= 3 else (None,)
+    tj = _divisor(int(sch.get(j).extent), TILE_J)
+    jo, ji = sch.split(j, [None, tj])
+    sch.reorder(*outer, jo, k, ji)
+    sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+    acc = sch.cache_write(block, 0, "local")
+    sch.reverse_compute_at(acc, jo)
+    for consumer in epilogue:
+        sch.reverse_compute_at(consumer, jo)
+    if tj > 1:  # a tile of one column (odd extents such as 7 x 7 = 49) has no lane loop
+        sch.vectorize(ji)
+    sch.decompose_reduction(block, k)
+    if tj > 1:
+        for consumer in [acc, *epilogue]:
+            sch.vectorize(sch.get_loops(consumer)[-1])
+
+
+def _matmul_block(func: tvm.tirx.PrimFunc):
+    sch = s_tir.Schedule(func)
+    try:
+        block = sch.get_sblock("matmul")
+    except Exception:  # no such block
+        return None
+    stmt = sch.get(block)
+    kinds = [int(v.iter_type) for v in stmt.iter_vars]
+    # spatial..., reduction last; int32 accumulation of integer operands
+    if len(kinds) < 3 or kinds[-1] != 2 or any(k != 0 for k in kinds[:-1]):
+        return None
+    if str(stmt.writes[0].source.dtype) != "int32":
+        return None
+    return sch, block
+
+
+def _schedule_elementwise(func: tvm.tirx.PrimFunc):
+    """Fused elementwise kernels (requantization epilogues): inline every block into the
+    last one, then run its fused loop nest parallel over chunks, vectorized within them.
+    None if the kernel has a reduction or cannot be inlined."""
+    sch = s_tir.Schedule(func)
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    if not blocks or any(int(v.iter_type) != 0 for b in blocks for v in sch.get(b).iter_vars):
+        return None
+    try:
+        for block in blocks[:-1]:
+            sch.compute_inline(block)
+    except Exception:  # e.g. an intermediate read twice at different indices
+        return None
+    loops = sch.get_loops(blocks[-1])
+    fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+    extent = int(sch.get(fused).extent)
+    lanes = 16 if extent % 16 == 0 else 1
+    outer, inner = sch.split(fused, [None, lanes * 64 if extent % (lanes * 64) == 0 else lanes])
+    sch.parallel(outer)
+    if lanes > 1:
+        _, vec = sch.split(inner, [None, lanes])
+        sch.vectorize(vec)
+    return sch
+
+
+@tvm.transform.module_pass(opt_level=0, name="ScheduleIntMatmulCPU")
+def schedule_int_matmul_cpu(mod, _ctx):
+    """Schedule every int32-accumulating matmul PrimFunc of `mod`; leave the rest alone."""
+    for gv, func in list(mod.functions_items()):
+        if not isinstance(func, tvm.tirx.PrimFunc) or (func.attrs and "tirx.is_scheduled" in func.attrs):
+            continue
+        found = _matmul_block(func)
+        if found is not None:
+            sch, block = found
+            _schedule(sch, block)
+        else:
+            sch = _schedule_elementwise(func)
+            if sch is None:
+                continue
+        mod[gv] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
+    return mod
