@@ -73,27 +73,27 @@ def _matmul_block(func: tvm.tirx.PrimFunc):
 
 
 def _schedule_elementwise(func: tvm.tirx.PrimFunc):
-    """Fused elementwise kernels (requantization epilogues): inline every block into the
-    last one, then run its fused loop nest parallel over chunks, vectorized within them.
-    None if the kernel has a reduction or cannot be inlined."""
+    """Fused elementwise kernels (requantization epilogues): each block's loop nest runs
+    parallel over chunks, vectorized within them. Blocks are not inlined into each other:
+    chains that reuse a value (the isqrt steps) would grow exponentially. None if the
+    kernel has a reduction."""
     sch = s_tir.Schedule(func)
     blocks = sch.get_child_blocks(sch.get_sblock("root"))
     if not blocks or any(int(v.iter_type) != 0 for b in blocks for v in sch.get(b).iter_vars):
         return None
-    try:
-        for block in blocks[:-1]:
-            sch.compute_inline(block)
-    except Exception:  # e.g. an intermediate read twice at different indices
-        return None
-    loops = sch.get_loops(blocks[-1])
-    fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
-    extent = int(sch.get(fused).extent)
-    lanes = 16 if extent % 16 == 0 else 1
-    outer, inner = sch.split(fused, [None, lanes * 64 if extent % (lanes * 64) == 0 else lanes])
-    sch.parallel(outer)
-    if lanes > 1:
-        _, vec = sch.split(inner, [None, lanes])
-        sch.vectorize(vec)
+    for block in blocks:
+        loops = sch.get_loops(block)
+        if not loops:
+            continue
+        fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+        extent = int(sch.get(fused).extent)
+        if extent < 1024:
+            continue
+        lanes = 16 if extent % 16 == 0 else 1
+        outer, inner = sch.split(fused, [None, lanes * 64 if extent % (lanes * 64) == 0 else lanes])
+        sch.parallel(outer)
+        if lanes > 1:
+            sch.vectorize(sch.split(inner, [None, lanes])[1])
     return sch
 
 
