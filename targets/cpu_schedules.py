@@ -104,12 +104,15 @@ def schedule_int_matmul_cpu(mod, _ctx):
         if not isinstance(func, tvm.tirx.PrimFunc) or (func.attrs and "tirx.is_scheduled" in func.attrs):
             continue
         found = _matmul_block(func)
-        if found is not None:
-            sch, block = found
-            _schedule(sch, block)
-        else:
-            sch = _schedule_elementwise(func)
-            if sch is None:
-                continue
+        try:
+            if found is not None:
+                sch, block = found
+                _schedule(sch, block)
+            else:
+                sch = _schedule_elementwise(func)
+                if sch is None:
+                    continue
+        except tvm.s_tir.schedule.ScheduleError:
+            continue  # a fusion the schedule does not cover (e.g. a second producer): default lowering
         mod[gv] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
     return mod
