@@ -22,25 +22,16 @@ from __future__ import annotations
 import tvm
 from tvm import s_tir
 
+from .schedule_common import divisor, fold_epilogue, int32_matmul_block
+
 TILE_J = 64  # int32 lanes of one accumulator tile: 4 x 512-bit or 8 x 256-bit registers
 
 
-def _divisor(extent: int, most: int) -> int:
-    tile = most
-    while extent % tile:
-        tile //= 2
-    return tile
-
-
 def _schedule(sch: s_tir.Schedule, block) -> None:
-    epilogue = sch.get_consumers(block)
-    while len(epilogue) == 1 and len(sch.get_consumers(epilogue[0])) == 1:
-        nxt = sch.get_consumers(epilogue[0])[0]
-        sch.compute_inline(epilogue[0])
-        epilogue = [nxt]
+    epilogue = fold_epilogue(sch, block)
     loops = sch.get_loops(block)
     *outer, j, k = loops[:-2] + [loops[-2], loops[-1]] if len(loops) >= 3 else (None,)
-    tj = _divisor(int(sch.get(j).extent), TILE_J)
+    tj = divisor(int(sch.get(j).extent), TILE_J)
     jo, ji = sch.split(j, [None, tj])
     sch.reorder(*outer, jo, k, ji)
     sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
@@ -54,22 +45,6 @@ def _schedule(sch: s_tir.Schedule, block) -> None:
     if tj > 1:
         for consumer in [acc, *epilogue]:
             sch.vectorize(sch.get_loops(consumer)[-1])
-
-
-def _matmul_block(func: tvm.tirx.PrimFunc):
-    sch = s_tir.Schedule(func)
-    try:
-        block = sch.get_sblock("matmul")
-    except Exception:  # no such block
-        return None
-    stmt = sch.get(block)
-    kinds = [int(v.iter_type) for v in stmt.iter_vars]
-    # spatial..., reduction last; int32 accumulation of integer operands
-    if len(kinds) < 3 or kinds[-1] != 2 or any(k != 0 for k in kinds[:-1]):
-        return None
-    if str(stmt.writes[0].source.dtype) != "int32":
-        return None
-    return sch, block
 
 
 def _schedule_elementwise(func: tvm.tirx.PrimFunc):
@@ -103,7 +78,7 @@ def schedule_int_matmul_cpu(mod, _ctx):
     for gv, func in list(mod.functions_items()):
         if not isinstance(func, tvm.tirx.PrimFunc) or (func.attrs and "tirx.is_scheduled" in func.attrs):
             continue
-        found = _matmul_block(func)
+        found = int32_matmul_block(func)
         try:
             if found is not None:
                 sch, block = found

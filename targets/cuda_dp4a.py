@@ -17,6 +17,8 @@ from tvm import s_tir
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
+from .schedule_common import divisor, fold_epilogue
+
 TILE_I, TILE_J = 8, 32  # at most TILE_I x TILE_J threads per block, one output element each
 MAX_K_CHUNK = 256  # reduction elements staged in shared memory per step
 
@@ -60,14 +62,6 @@ def _register(a_dtype: str, b_dtype: str) -> str:
     return name
 
 
-def _divisor(extent: int, most: int) -> int:
-    """The largest power of two <= `most` that divides `extent`."""
-    tile = most
-    while extent % tile:
-        tile //= 2
-    return tile
-
-
 def _k_chunk(k: int) -> int:
     chunk = 4
     while chunk * 2 <= MAX_K_CHUNK and k % (chunk * 2) == 0:
@@ -95,14 +89,10 @@ def _schedulable(func: tvm.tirx.PrimFunc):
 
 def _schedule(sch: s_tir.Schedule, block, dtypes, k: int) -> None:
     intrin = _register(*dtypes)
-    epilogue = sch.get_consumers(block)
-    while len(epilogue) == 1 and len(sch.get_consumers(epilogue[0])) == 1:
-        nxt = sch.get_consumers(epilogue[0])[0]
-        sch.compute_inline(epilogue[0])  # fold the elementwise epilogue chain into its last block
-        epilogue = [nxt]
+    epilogue = fold_epilogue(sch, block)
     i, j, kk = sch.get_loops(block)
     # Tiles divide the extents: a predicated tail would block tensorization.
-    ti, tj = _divisor(int(sch.get(i).extent), TILE_I), _divisor(int(sch.get(j).extent), TILE_J)
+    ti, tj = divisor(int(sch.get(i).extent), TILE_I), divisor(int(sch.get(j).extent), TILE_J)
     io, ii = sch.split(i, [None, ti])
     jo, ji = sch.split(j, [None, tj])
     ko, kc, k4 = sch.split(kk, [None, _k_chunk(k) // 4, 4])

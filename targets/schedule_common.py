@@ -1,0 +1,42 @@
+"""Helpers the hand schedules share (CPU and CUDA)."""
+
+from __future__ import annotations
+
+from tvm import s_tir
+
+
+def divisor(extent: int, most: int) -> int:
+    """The largest power of two <= `most` that divides `extent` (tiles must divide their
+    loops: a predicated tail blocks tensorization and vectorization)."""
+    tile = most
+    while extent % tile:
+        tile //= 2
+    return tile
+
+
+def fold_epilogue(sch: s_tir.Schedule, block) -> list:
+    """Inline a single-consumer elementwise chain after `block` into its last block;
+    returns the remaining consumers of `block`."""
+    epilogue = sch.get_consumers(block)
+    while len(epilogue) == 1 and len(sch.get_consumers(epilogue[0])) == 1:
+        nxt = sch.get_consumers(epilogue[0])[0]
+        sch.compute_inline(epilogue[0])
+        epilogue = [nxt]
+    return epilogue
+
+
+def int32_matmul_block(func):
+    """(schedule, block) for a PrimFunc with one block named "matmul" whose iterators are
+    spatial then one reduction and which accumulates in int32; None otherwise."""
+    sch = s_tir.Schedule(func)
+    try:
+        block = sch.get_sblock("matmul")
+    except Exception:  # no such block
+        return None
+    stmt = sch.get(block)
+    kinds = [int(v.iter_type) for v in stmt.iter_vars]
+    if len(kinds) < 3 or kinds[-1] != 2 or any(k != 0 for k in kinds[:-1]):
+        return None
+    if str(stmt.writes[0].source.dtype) != "int32":
+        return None
+    return sch, block
