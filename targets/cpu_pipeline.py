@@ -1,6 +1,7 @@
 """The Relax compilation pipeline for CPU (LLVM) targets: TVM's default CPU pipeline plus
-the project's default schedules (`cpu_schedules.py`), with pointwise convs turned into
-matmuls first so that they get the matmul schedule."""
+the project's default schedules (`cpu_schedules.py`). With AVX512-VNNI, int8 matmuls and
+pointwise convs become VNNI kernels first (`vnni_rewrite.py`); other pointwise convs are
+turned into matmuls so that they get the matmul schedule."""
 
 from __future__ import annotations
 
@@ -13,8 +14,11 @@ def cpu_lowering_passes(target) -> list:
     from passes.conv1x1_as_matmul import conv1x1_as_matmul
 
     from .cpu_schedules import schedule_int_matmul_cpu
+    from .vnni import has_vnni
+    from .vnni_rewrite import use_vnni_kernels
 
-    return ([conv1x1_as_matmul] + cpu_defaults.library_dispatch_passes(target)
+    vnni = [use_vnni_kernels] if has_vnni(target) else []
+    return (vnni + [conv1x1_as_matmul] + cpu_defaults.library_dispatch_passes(target)
             + cpu_defaults.legalize_passes(target) + [schedule_int_matmul_cpu])
 
 

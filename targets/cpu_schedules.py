@@ -22,6 +22,7 @@ from __future__ import annotations
 import tvm
 from tvm import s_tir
 
+from . import vnni
 from .schedule_common import divisor, fold_epilogue, int32_matmul_block
 
 TILE_J = 64  # int32 lanes of one accumulator tile: 4 x 512-bit or 8 x 256-bit registers
@@ -80,7 +81,11 @@ def schedule_int_matmul_cpu(mod, _ctx):
             continue
         found = int32_matmul_block(func)
         try:
-            if found is not None:
+            sch = s_tir.Schedule(func)
+            vnni_found = vnni.vnni_block(sch)
+            if vnni_found is not None:
+                vnni.schedule(sch, *vnni_found)
+            elif found is not None:
                 sch, block = found
                 _schedule(sch, block)
             else:
