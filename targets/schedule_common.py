@@ -40,3 +40,20 @@ def int32_matmul_block(func):
     if str(stmt.writes[0].source.dtype) != "int32":
         return None
     return sch, block
+
+
+def inline_epilogue(sch: s_tir.Schedule, name: str) -> list:
+    """Inline the elementwise blocks after block `name` (its requantization, and any other
+    branch it is combined with, such as a residual) into the last ones; returns those, in
+    program order (producers first), to be computed tile by tile."""
+    def after():
+        blocks = sch.get_child_blocks(sch.get_sblock("root"))
+        names = [sch.get(b).name_hint for b in blocks]
+        return blocks[names.index(name) + 1:]
+
+    for block in after()[:-1]:
+        try:
+            sch.compute_inline(block)
+        except s_tir.schedule.ScheduleError:
+            pass  # it writes an output, or is not elementwise: scheduled per tile instead
+    return after()

@@ -24,6 +24,8 @@ import tvm
 from tvm import s_tir, te
 from tvm.script import tirx as T
 
+from .schedule_common import inline_epilogue
+
 BCAST_A = "intq_vnni_16x4_bcast_a"
 BCAST_B = "intq_vnni_16x4_bcast_b"
 LANES = 16
@@ -181,28 +183,11 @@ def vnni_block(sch: s_tir.Schedule):
     return None
 
 
-def _inline_epilogue(sch: s_tir.Schedule, kind: str) -> list:
-    """Inline the elementwise blocks after the VNNI block (its requantization, and any other
-    branch it is combined with, such as a residual) into the last ones; returns those, in
-    program order (producers first)."""
-    def after():
-        blocks = sch.get_child_blocks(sch.get_sblock("root"))
-        names = [sch.get(b).name_hint for b in blocks]
-        return blocks[names.index(kind) + 1:]
-
-    for block in after()[:-1]:
-        try:
-            sch.compute_inline(block)
-        except s_tir.schedule.ScheduleError:
-            pass  # it writes an output, or is not elementwise: scheduled per tile instead
-    return after()
-
-
 def schedule(sch: s_tir.Schedule, block, kind: str) -> None:
     """Tile, cache the accumulators in registers, tensorize and parallelize one VNNI block;
     the fused requantization epilogue after it is computed tile by tile."""
     register_intrinsics()
-    epilogue = _inline_epilogue(sch, kind)
+    epilogue = inline_epilogue(sch, kind)
     shape = [int(sch.get(loop).extent) for loop in sch.get_loops(block)]
     if kind == DENSE:
         loops = sch.get_loops(block)
