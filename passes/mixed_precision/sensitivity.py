@@ -21,8 +21,10 @@ change drops below `tolerance` (or at `max_iterations`):
   over all layers at once, so `v_l . (Hv)_l` is an unbiased estimate of each block's trace.
 - `Method.GAUSS_NEWTON` (default): `Tr(J_l^T A J_l) = E ||J_l^T B z||^2` with `B B^T = A`
   the loss Hessian in output space and `z` Rademacher over the outputs; one backward per
-  iteration instead of a double backward (about 12x cheaper on EfficientNet-Lite0 here),
-  always >= 0, and equal to the exact `Tr(H_l)` for networks that are piecewise linear in
+  iteration instead of a double backward, no cross-layer noise, always >= 0 (EfficientNet-
+  Lite0, 4 images, 2 loaded cores: 3.3 s vs 34 s per iteration; after 15 iterations
+  HESSIAN still gave 10 of 50 layers a negative trace), and equal to the exact `Tr(H_l)`
+  for networks that are piecewise linear in
   each layer's weights (conv/matmul followed by ReLU, ReLU6, max-pool, add, average:
   MobileNets, EfficientNet-Lite, ResNets). Elsewhere (GELU, attention) it is the
   Gauss-Newton part of the Hessian, the usual positive semi-definite approximation.
