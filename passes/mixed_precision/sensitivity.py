@@ -24,9 +24,8 @@ change drops below `tolerance` (or at `max_iterations`):
   iteration instead of a double backward, no cross-layer noise, always >= 0 (EfficientNet-
   Lite0, 4 images, 2 loaded cores: 3.3 s vs 34 s per iteration; after 15 iterations
   HESSIAN still gave 10 of 50 layers a negative trace), and equal to the exact `Tr(H_l)`
-  for networks that are piecewise linear in
-  each layer's weights (conv/matmul followed by ReLU, ReLU6, max-pool, add, average:
-  MobileNets, EfficientNet-Lite, ResNets). Elsewhere (GELU, attention) it is the
+  for networks piecewise linear in each layer's weights (conv/matmul followed by ReLU,
+  ReLU6, max-pool, add, average: MobileNets, EfficientNet-Lite, ResNets). Elsewhere (GELU, attention) it is the
   Gauss-Newton part of the Hessian, the usual positive semi-definite approximation.
 
 Results are cached as JSON under `~/.cache/intq/sensitivity/` keyed by the sha256 of the
