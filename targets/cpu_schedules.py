@@ -49,10 +49,8 @@ def _schedule(sch: s_tir.Schedule, block) -> None:
 
 
 def _schedule_elementwise(func: tvm.tirx.PrimFunc):
-    """Fused elementwise kernels (requantization epilogues): each block's loop nest runs
-    parallel over chunks, vectorized within them. Blocks are not inlined into each other:
-    chains that reuse a value (the isqrt steps) would grow exponentially. None if the
-    kernel has a reduction."""
+    """Fused elementwise kernels that change layout (the activation repacks for VNNI): each
+    block's loop nest runs parallel over chunks, vectorized within them."""
     sch = s_tir.Schedule(func)
     blocks = sch.get_child_blocks(sch.get_sblock("root"))
     if not blocks or any(int(v.iter_type) != 0 for b in blocks for v in sch.get(b).iter_vars):
@@ -73,6 +71,43 @@ def _schedule_elementwise(func: tvm.tirx.PrimFunc):
     return sch
 
 
+CHUNK = 512  # elements of the output computed together (intermediates stay in L1)
+
+
+def _schedule_chunked(func: tvm.tirx.PrimFunc):
+    """Fused elementwise and row-reduction kernels (requantization, Shiftmax, ShiftGELU,
+    I-LayerNorm): the output runs parallel over chunks of whole rows, and every block is
+    computed chunk by chunk (compute_at), vectorized within the chunk. Blocks are not
+    inlined into each other: chains that reuse a value (the isqrt steps) would grow
+    exponentially; per-chunk intermediates cost no memory traffic instead."""
+    sch = s_tir.Schedule(func)
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    kinds = [[int(v.iter_type) for v in sch.get(b).iter_vars] for b in blocks]
+    if not blocks or any(kinds[-1]) or any(k.count(2) > 1 or k.count(2) != sum(map(bool, k)) for k in kinds):
+        return None  # only elementwise blocks and reductions over one axis (rows)
+    if any(sch.get(b).name_hint.startswith("T_transpose") for b in blocks):
+        return _schedule_elementwise(func)
+    *lead, last = sch.get_loops(blocks[-1])
+    if not lead:
+        return None
+    row = int(sch.get(last).extent)
+    rows = sch.fuse(*lead) if len(lead) > 1 else lead[0]
+    per_chunk = divisor(int(sch.get(rows).extent), max(1, CHUNK // row))
+    chunk, _ = sch.split(rows, [None, per_chunk])
+    sch.parallel(chunk)
+    for block in reversed(blocks[:-1]):
+        sch.compute_at(block, chunk)
+    for block in blocks:
+        inner = sch.get_loops(block)[-1]
+        stmt = sch.get(block)
+        spatial = all(int(v.iter_type) == 0 for v in stmt.iter_vars)
+        # LLVM 22 rejects TVM's vectorized bool logic (`and <N x i1>, <N x i8>`)
+        boolean = any(str(r.source.dtype) == "bool" for r in [*stmt.reads, *stmt.writes])
+        if spatial and not boolean and int(sch.get(inner).extent) % 16 == 0 and sch.get(inner).kind == tvm.tirx.ForKind.SERIAL:
+            sch.vectorize(inner)
+    return sch
+
+
 @tvm.transform.module_pass(opt_level=0, name="ScheduleIntMatmulCPU")
 def schedule_int_matmul_cpu(mod, _ctx):
     """Schedule every int32-accumulating matmul PrimFunc of `mod`; leave the rest alone."""
@@ -89,7 +124,7 @@ def schedule_int_matmul_cpu(mod, _ctx):
                 sch, block = found
                 _schedule(sch, block)
             else:
-                sch = _schedule_elementwise(func)
+                sch = _schedule_chunked(func)
                 if sch is None:
                     continue
         except tvm.s_tir.schedule.ScheduleError:
