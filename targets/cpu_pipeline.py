@@ -9,8 +9,9 @@ import tvm
 from tvm.relax.backend.cpu_generic import pipeline as cpu_defaults
 
 
-def cpu_lowering_passes(target) -> list:
-    """Everything up to scheduled, fused kernels (also what the plan exporter flattens)."""
+def cpu_lowering_passes(target, tune_trials: int = 0) -> list:
+    """Everything up to scheduled, fused kernels (also what the plan exporter flattens);
+    with `tune_trials`, MetaSchedule tunes what the default schedules leave (`tuning.py`)."""
     from passes.conv1x1_as_matmul import conv1x1_as_matmul
 
     from .cpu_schedules import schedule_int_matmul_cpu
@@ -18,17 +19,22 @@ def cpu_lowering_passes(target) -> list:
     from .vnni_rewrite import use_vnni_kernels
 
     vnni = [use_vnni_kernels] if has_vnni(target) else []
+    tune = []
+    if tune_trials:
+        from .tuning import tune_pass
+
+        tune = [tune_pass(target, tune_trials)]
     return (vnni + [conv1x1_as_matmul] + cpu_defaults.library_dispatch_passes(target)
-            + cpu_defaults.legalize_passes(target) + [schedule_int_matmul_cpu])
+            + cpu_defaults.legalize_passes(target) + [schedule_int_matmul_cpu] + tune)
 
 
-def cpu_pipeline(target: tvm.target.Target):
+def cpu_pipeline(target: tvm.target.Target, tune_trials: int = 0):
     """A module pass that lowers an integer Relax module for `target` (kind llvm)."""
 
     @tvm.transform.module_pass(opt_level=0, name="IntqCpuPipeline")
     def pipeline(mod, _ctx):
         with target:
-            return tvm.transform.Sequential(cpu_lowering_passes(target)
+            return tvm.transform.Sequential(cpu_lowering_passes(target, tune_trials)
                                             + cpu_defaults.dataflow_lower_passes(target)
                                             + cpu_defaults.finalize_passes(target))(mod)
 

@@ -42,10 +42,13 @@ class TargetSpec:
 
         return {"fcompile": cc.cross_compiler(self.toolchain.compiler, options=list(self.toolchain.link_options))}
 
-    def relax_pipeline(self, target):
+    def relax_pipeline(self, target, tune_trials: int = 0):
+        """The Relax pipeline; `tune_trials` > 0 tunes on this machine (LLVM targets only)."""
         from .cpu_pipeline import cpu_pipeline
 
-        return (self.pipeline or cpu_pipeline)(target)
+        if self.pipeline is not None:
+            return self.pipeline(target)
+        return cpu_pipeline(target, tune_trials)
 
     def build_context(self) -> ContextManager:
         """Enter around `tvm.compile` and `export_library`."""
