@@ -23,7 +23,7 @@ import tvm
 from tvm import s_tir
 
 from . import vnni
-from .schedule_common import divisor, fold_epilogue, int32_matmul_block
+from .schedule_common import divisor, fold_epilogue, inline_epilogue, int32_matmul_block
 
 TILE_J = 64  # int32 lanes of one accumulator tile: 4 x 512-bit or 8 x 256-bit registers
 
@@ -108,6 +108,28 @@ def _schedule_chunked(func: tvm.tirx.PrimFunc):
     return sch
 
 
+_CONV_BLOCKS = ("group_conv2d_nchw", "conv2d_nchw", "depthwise_conv2d_nchw")
+
+
+def _conv_block(sch: s_tir.Schedule):
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
+        if sch.get(block).name_hint in _CONV_BLOCKS:
+            return block
+    return None
+
+
+def _schedule_conv(sch: s_tir.Schedule, block) -> None:
+    """Spatial and depthwise NCHW convs (those VNNI does not take): parallel over output
+    channels, output x innermost so the reduction over the kernel window runs over
+    contiguous rows (LLVM vectorizes it), the requantization epilogue applied per row."""
+    epilogue = inline_epilogue(sch, sch.get(block).name_hint)
+    n, f, y, x, rc, ry, rx = sch.get_loops(block)
+    sch.reorder(n, f, y, rc, ry, rx, x)
+    sch.parallel(sch.fuse(n, f))
+    for consumer in epilogue:
+        sch.reverse_compute_at(consumer, y)
+
+
 @tvm.transform.module_pass(opt_level=0, name="ScheduleIntMatmulCPU")
 def schedule_int_matmul_cpu(mod, _ctx):
     """Schedule every int32-accumulating matmul PrimFunc of `mod`; leave the rest alone."""
@@ -120,6 +142,8 @@ def schedule_int_matmul_cpu(mod, _ctx):
             vnni_found = vnni.vnni_block(sch)
             if vnni_found is not None:
                 vnni.schedule(sch, *vnni_found)
+            elif _conv_block(sch) is not None:
+                _schedule_conv(sch, _conv_block(sch))
             elif found is not None:
                 sch, block = found
                 _schedule(sch, block)
