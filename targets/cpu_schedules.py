@@ -111,17 +111,21 @@ def _schedule_chunked(func: tvm.tirx.PrimFunc):
 _CONV_BLOCKS = ("group_conv2d_nchw", "conv2d_nchw", "depthwise_conv2d_nchw")
 
 
-def _conv_block(sch: s_tir.Schedule):
+def _depthwise_conv_block(sch: s_tir.Schedule):
+    """The conv block of a depthwise conv kernel (one input channel per output channel).
+    Other convs keep the default loops, whose innermost reduction over input channels is
+    what LLVM turns into `sdot`/`vpdpbusd` dot products."""
     for block in sch.get_child_blocks(sch.get_sblock("root")):
-        if sch.get(block).name_hint in _CONV_BLOCKS:
+        stmt = sch.get(block)
+        if stmt.name_hint in _CONV_BLOCKS and int(stmt.iter_vars[4].dom.extent) == 1:
             return block
     return None
 
 
-def _schedule_conv(sch: s_tir.Schedule, block) -> None:
-    """Spatial and depthwise NCHW convs (those VNNI does not take): parallel over output
-    channels, output x innermost so the reduction over the kernel window runs over
-    contiguous rows (LLVM vectorizes it), the requantization epilogue applied per row."""
+def _schedule_depthwise_conv(sch: s_tir.Schedule, block) -> None:
+    """Depthwise NCHW convs: parallel over channels, output x innermost so the reduction
+    over the kernel window runs over contiguous rows (LLVM vectorizes it), the
+    requantization epilogue applied per row."""
     epilogue = inline_epilogue(sch, sch.get(block).name_hint)
     n, f, y, x, rc, ry, rx = sch.get_loops(block)
     sch.reorder(n, f, y, rc, ry, rx, x)
@@ -142,8 +146,8 @@ def schedule_int_matmul_cpu(mod, _ctx):
             vnni_found = vnni.vnni_block(sch)
             if vnni_found is not None:
                 vnni.schedule(sch, *vnni_found)
-            elif _conv_block(sch) is not None:
-                _schedule_conv(sch, _conv_block(sch))
+            elif _depthwise_conv_block(sch) is not None:
+                _schedule_depthwise_conv(sch, _depthwise_conv_block(sch))
             elif found is not None:
                 sch, block = found
                 _schedule(sch, block)
