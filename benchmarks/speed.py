@@ -270,7 +270,8 @@ def run_model(key: str, args, work: Path) -> Result:
             artifacts[tuned] = work / "speed" / f"{onnx_path.stem}.tuned{args.tune_trials}.x86.artifact"
             stats = compiled(onnx_path, calib, bench.shapes, artifacts[tuned], args.reuse_artifacts,
                              tune_trials=args.tune_trials)
-            result.notes.append(f"tuned compile: {stats.seconds:.0f} s, peak {stats.peak_mb:.0f} MB")
+            result.notes.append(f"tuned compile: {stats.seconds:.0f} s, peak {stats.peak_mb:.0f} MB (less when the "
+                                "tuning database already holds records for these kernels)")
     except RuntimeError as err:  # go on with the other rows and models; the table says what failed
         result.notes.append(str(err))
         result.rows = {name: {t: None for t in args.threads} for name in artifacts}
@@ -500,9 +501,9 @@ def plot(results: list[Result], threads: list[int], path: Path) -> None:
                label=f"{name}, {t} thread{'s' * (t > 1)}")
     ax.set_yscale("log")
     ax.set_ylabel("median latency, ms (log scale)")
-    ax.set_xticks(np.arange(len(results)), [r.title for r in results])
+    ax.set_xticks(np.arange(len(results)), [r.title.replace(" (", "\n(") for r in results])
     ax.set_title("Batch-1 latency on this machine (lower is better)")
-    ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.08))
+    ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.14))
     fig.savefig(path, dpi=150, bbox_inches="tight")
     plt.close(fig)
 
