@@ -29,6 +29,9 @@ TILE_J = 64  # int32 lanes of one accumulator tile: 4 x 512-bit or 8 x 256-bit r
 
 
 def _schedule(sch: s_tir.Schedule, block) -> None:
+    columns = int(sch.get(block).iter_vars[-2].dom.extent)
+    if columns > 16 and columns % 16:  # e.g. 257 tokens: pad to whole vectors (zeros, sliced off)
+        sch.pad_einsum(block, [1] * (len(sch.get(block).iter_vars) - 2) + [16, 1])
     epilogue = fold_epilogue(sch, block)
     loops = sch.get_loops(block)
     *outer, j, k = loops[:-2] + [loops[-2], loops[-1]] if len(loops) >= 3 else (None,)
@@ -40,7 +43,7 @@ def _schedule(sch: s_tir.Schedule, block) -> None:
     sch.reverse_compute_at(acc, jo)
     for consumer in epilogue:
         sch.reverse_compute_at(consumer, jo)
-    if tj > 1:  # a tile of one column (odd extents such as 7 x 7 = 49) has no lane loop
+    if tj > 1:  # a tile of one column (odd extents up to 16) has no lane loop
         sch.vectorize(ji)
     sch.decompose_reduction(block, k)
     if tj > 1:

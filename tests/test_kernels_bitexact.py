@@ -123,7 +123,7 @@ def test_max_pool2d_padding_never_wins(dtype):
     np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("shape", [(1, 1280, 1000), (128, 384, 1536), (12, 7, 49), (2, 3, 5, 8)])
+@pytest.mark.parametrize("shape", [(1, 1280, 1000), (128, 384, 1536), (12, 7, 49), (2, 3, 5, 8), (2, 257, 64, 257)])
 def test_scheduled_matmul_and_activation_matmul(shape):
     """The default CPU schedule (row-parallel, vector tiles; odd extents included) is exact."""
     *batch, k, n = shape
