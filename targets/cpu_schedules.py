@@ -23,7 +23,7 @@ import tvm
 from tvm import s_tir
 
 from . import vnni
-from .schedule_common import divisor, fold_epilogue, inline_epilogue, int32_matmul_block
+from .schedule_common import divisor, fold_epilogue, inline_epilogue, matmul_block
 
 TILE_J = 64  # int32 lanes of one accumulator tile: 4 x 512-bit or 8 x 256-bit registers
 
@@ -143,7 +143,7 @@ def schedule_int_matmul_cpu(mod, _ctx):
     for gv, func in list(mod.functions_items()):
         if not isinstance(func, tvm.tirx.PrimFunc) or (func.attrs and "tirx.is_scheduled" in func.attrs):
             continue
-        found = int32_matmul_block(func)
+        found = matmul_block(func)
         try:
             sch = s_tir.Schedule(func)
             vnni_found = vnni.vnni_block(sch)

@@ -25,9 +25,10 @@ def fold_epilogue(sch: s_tir.Schedule, block) -> list:
     return epilogue
 
 
-def int32_matmul_block(func):
+def matmul_block(func):
     """(schedule, block) for a PrimFunc with one block named "matmul" whose iterators are
-    spatial then one reduction and which accumulates in int32; None otherwise."""
+    spatial then one reduction and which accumulates in int32 (or float32: the float model
+    that calibration runs); None otherwise."""
     sch = s_tir.Schedule(func)
     try:
         block = sch.get_sblock("matmul")
@@ -37,7 +38,7 @@ def int32_matmul_block(func):
     kinds = [int(v.iter_type) for v in stmt.iter_vars]
     if len(kinds) < 3 or kinds[-1] != 2 or any(k != 0 for k in kinds[:-1]):
         return None
-    if str(stmt.writes[0].source.dtype) != "int32":
+    if str(stmt.writes[0].source.dtype) not in ("int32", "float32"):
         return None
     return sch, block
 
