@@ -13,6 +13,7 @@ def cpu_lowering_passes(target, tune_trials: int = 0) -> list:
     """Everything up to scheduled, fused kernels (also what the plan exporter flattens);
     with `tune_trials`, MetaSchedule tunes what the default schedules leave (`tuning.py`)."""
     from passes.conv1x1_as_matmul import conv1x1_as_matmul
+    from passes.patch_conv_as_matmul import patch_conv_as_matmul
 
     from .cpu_schedules import schedule_int_matmul_cpu
     from .vnni import has_vnni
@@ -24,7 +25,7 @@ def cpu_lowering_passes(target, tune_trials: int = 0) -> list:
         from .tuning import tune_pass
 
         tune = [tune_pass(target, tune_trials)]
-    return (vnni + [conv1x1_as_matmul] + cpu_defaults.library_dispatch_passes(target)
+    return ([patch_conv_as_matmul] + vnni + [conv1x1_as_matmul] + cpu_defaults.library_dispatch_passes(target)
             + cpu_defaults.legalize_passes(target) + [schedule_int_matmul_cpu] + tune)
 
 

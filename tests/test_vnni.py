@@ -77,6 +77,19 @@ def test_vnni_kernel_with_epilogue_is_exact(shape, kernel, x_dtype):
     assert f"vnni_{kernel}" in lowered and "vpdpbusd" in lowered
 
 
+@pytest.mark.parametrize("x_dtype", ["int8", "uint8"])
+def test_patch_embedding_conv_becomes_a_vnni_matmul(x_dtype):
+    """A ViT patch embedding (stride == kernel) runs as patches @ weights, exactly."""
+    x, w = _operand(x_dtype, (1, 3, 28, 42)), _operand("int8", (48, 3, 14, 14))
+
+    class Patchify(_Pointwise):
+        strides = (14, 14)
+
+    want = ref.conv2d_acc(x, w, (14, 14), (0, 0, 0, 0))
+    np.testing.assert_array_equal(run_relax(lambda a: emit.conv2d_acc(a, w, Patchify), [x]), want)
+    assert "vpdpbusd" in _lowered_names(lambda a: emit.conv2d_acc(a, w, Patchify), [x])
+
+
 def test_shapes_without_a_tile_keep_the_generic_kernel():
     x, w = _operand("int8", (1, 6, 8, 8)), _operand("int8", (8, 6, 1, 1))  # C = 6: not a multiple of 4
     got = run_relax(lambda a: emit.conv2d_acc(a, w, _Pointwise), [x])
