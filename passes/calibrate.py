@@ -1,7 +1,9 @@
 """Calibration: run the float Relax model on real inputs and observe every float tensor.
 
 The function is rewritten to return every binding next to its output, compiled once for
-the host, and run per sample; observers turn the values into ranges {name: (lo, hi)}.
+the host, and run per sample; observers turn the values into ranges {name: (lo, hi)}, and
+the max |x| per last-axis channel of every tensor rides along (`CalibratedRanges.channel_amax`,
+used by the lowering's outlier smoothing).
 """
 
 from __future__ import annotations
@@ -13,7 +15,16 @@ import tvm
 from tqdm import tqdm
 from tvm import relax
 
-from .observers import make_observer
+from .observers import ChannelAbsMaxObserver, make_observer
+
+
+class CalibratedRanges(dict):
+    """{tensor name: (lo, hi)}, plus `channel_amax` {tensor name: (max |x| per last-axis channel,
+    the number of values each maximum was taken over)}."""
+
+    def __init__(self, ranges: dict, channel_amax: dict[str, tuple[np.ndarray, int]] | None = None):
+        super().__init__(ranges)
+        self.channel_amax = channel_amax or {}
 
 
 def _expose_all(mod: tvm.IRModule) -> tuple[tvm.IRModule, list[str]]:
@@ -36,19 +47,24 @@ def _expose_all(mod: tvm.IRModule) -> tuple[tvm.IRModule, list[str]]:
 
 
 def calibrate(mod: tvm.IRModule, samples: Sequence[dict[str, np.ndarray]] | Iterable[dict[str, np.ndarray]],
-              observer: str = "minmax", target=None, progress: bool = True) -> dict[str, tuple[float, float]]:
+              observer: str = "minmax", target=None, progress: bool = True, pipeline=None) -> CalibratedRanges:
     """Ranges of every float tensor of `main` (inputs and bindings) over `samples`.
 
-    `mod` must have its weights bound (its `main` takes only the model inputs).
+    `mod` must have its weights bound (its `main` takes only the model inputs). `target`
+    and `pipeline` (a Relax pipeline) say how the float model is compiled to run.
     """
     exposed, names = _expose_all(mod)
     target = target or tvm.target.Target({"kind": "llvm"})
-    vm = relax.VirtualMachine(tvm.compile(exposed, target=target), tvm.cpu())
+    vm = relax.VirtualMachine(tvm.compile(exposed, target=target, relax_pipeline=pipeline or "default"), tvm.cpu())
     observers = [make_observer(observer) for _ in names]
+    channels = [ChannelAbsMaxObserver() for _ in names]
     input_names = [p.name for p in mod["main"].params]
     total = len(samples) if hasattr(samples, "__len__") else None
     for sample in tqdm(samples, total=total, desc="calibrating", unit="sample", disable=not progress):
         outs = vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(sample[n])) for n in input_names])
-        for obs, value in zip(observers, outs):
-            obs.update(value.numpy())
-    return {name: obs.range() for name, obs in zip(names, observers)}
+        for obs, chan, value in zip(observers, channels, outs):
+            value = value.numpy()
+            obs.update(value)
+            chan.update(value)
+    return CalibratedRanges({name: obs.range() for name, obs in zip(names, observers)},
+                            {name: (c.range(), c.rows) for name, c in zip(names, channels) if c.range() is not None})

@@ -94,6 +94,25 @@ class MSEObserver(_HistogramObserver):
         return best
 
 
+class ChannelAbsMaxObserver:
+    """Running max |x| per channel of the last axis (for per-channel outlier smoothing)."""
+
+    def __init__(self):
+        self.amax: np.ndarray | None = None
+        self.rows = 0  # how many values each channel's maximum was taken over
+
+    def update(self, x: np.ndarray) -> None:
+        if x.ndim == 0 or x.size == 0:
+            return
+        rows = x.reshape(-1, x.shape[-1])
+        a = np.abs(rows).max(axis=0).astype(np.float64)
+        self.amax = a if self.amax is None or self.amax.shape != a.shape else np.maximum(self.amax, a)
+        self.rows += len(rows)
+
+    def range(self) -> np.ndarray | None:
+        return self.amax
+
+
 OBSERVERS = {"minmax": MinMaxObserver, "percentile": PercentileObserver, "mse": MSEObserver}
 
 

@@ -9,12 +9,18 @@ attribute `intq.boundary` (JSON: names, dtypes, scales); the runtime applies the
 Fails, listing every offending binding at once, if an op has no integer lowering
 (unless `QuantConfig.allow_float`: then such ops run in float between a dequantize and
 a quantize, and the verifier reports the module as not integer-only).
+
+Debugging (`trace=True`): the lowered `main` also returns, after its outputs, the integer
+value standing for every float binding (and every 8/16-bit requantization of it that a
+consumer asked for); `self.traced` lists them as `TracedValue`s (float binding name, scale,
+channel axis), so that `benchmarks/op_errors.py` can compare each with the float model.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import tvm
@@ -23,11 +29,42 @@ from tvm import relax
 from frontends.errors import UnsupportedModelError
 
 from .lowering.embedding import is_integer_op, lower_integer_op
-from .lowering import (LOWERINGS, Accumulator, IntTensor, LoweringContext, QuantConfig, Quantized,
+from .lowering import (LOWERINGS, Accumulator, ChannelQuantized, IntTensor, LoweringContext, QuantConfig, Quantized,
                        activation_scale, float_fallback)
 
+OFFSET_AWARE = frozenset({"relax.reshape", "relax.permute_dims", "relax.squeeze", "relax.expand_dims",
+                          "relax.matmul"})
 BOUNDARY_ATTR = "intq.boundary"
 LAYERS_ATTR = "intq.layers"
+
+
+@dataclass(frozen=True)
+class TracedValue:
+    """An extra output of a traced module: the integers for float binding `name`
+    (`requant` says which requantization of it: "" for the value itself, else its dtype),
+    real value `q * scale` with `scale` per channel along `axis` (None: per tensor)."""
+
+    name: str
+    requant: str
+    scale: np.ndarray
+    axis: int | None
+    dtype: str
+    offset: float = 0.0  # the integers stand for the real value + offset
+
+
+def _weight_rowmax(func: relax.Function) -> dict[str, np.ndarray]:
+    """{tensor name: max |W| per input channel over every constant-weight matmul reading it}."""
+    out: dict[str, np.ndarray] = {}
+    for b in _bindings(func):
+        v = b.value
+        if (isinstance(v, relax.Call) and isinstance(v.op, tvm.ir.Op) and v.op.name == "relax.matmul"
+                and isinstance(v.args[0], relax.Var) and isinstance(v.args[1], tvm.ir.GenericConst)):
+            w = v.args[1].value.numpy()
+            if w.ndim == 2:
+                row = np.abs(w.astype(np.float64)).max(axis=1)
+                prev = out.get(v.args[0].name)
+                out[v.args[0].name] = row if prev is None or prev.shape != row.shape else np.maximum(prev, row)
+    return out
 
 
 def _bindings(func: relax.Function):
@@ -55,15 +92,18 @@ class QuantizeToInteger:
     CompileError reaches the user as itself instead of wrapped by TVM's FFI.
     """
 
-    def __init__(self, ranges: dict[str, tuple[float, float]], config: QuantConfig = QuantConfig()):
-        self.ranges, self.config = ranges, config
+    def __init__(self, ranges: dict[str, tuple[float, float]], config: QuantConfig = QuantConfig(),
+                 trace: bool = False):
+        self.ranges, self.config, self.trace = ranges, config, trace
+        self.traced: list[TracedValue] = []
 
     def __call__(self, mod: tvm.IRModule) -> tvm.IRModule:
         func = mod["main"]
         if not self.config.allow_float:
             _check_supported(func)
         bb = relax.BlockBuilder()
-        ctx = LoweringContext(bb, self.ranges, self.config)
+        ctx = LoweringContext(bb, self.ranges, self.config, getattr(self.ranges, "channel_amax", None),
+                              _weight_rowmax(func))
         env: dict[relax.Var, object] = {}
         params, boundary = [], {"inputs": [], "outputs": []}
         dtype = self.config.residual_dtype  # transformers: the input starts the int16 residual stream
@@ -90,12 +130,39 @@ class QuantizeToInteger:
                     expr, meta = self._output(ctx, value)
                     outs.append(bb.emit_output(expr))
                     boundary["outputs"].append(meta)
+                if self.trace:
+                    outs += [bb.emit_output(e) for e in self._traced_values(ctx, func, env)]
             result = outs[0] if len(outs) == 1 else relax.Tuple(outs)
             bb.emit_func_output(result)
         new = bb.get()["main"].with_attr(BOUNDARY_ATTR, json.dumps(boundary))
         new = new.with_attr(LAYERS_ATTR, json.dumps(ctx.layers))
-        out_mod = tvm.IRModule({"main": new})
+        out_mod = bb.get()  # with the TE kernels that lowerings emit through call_te (4-bit weights)
+        out_mod["main"] = new
         return relax.transform.DeadCodeElimination()(out_mod)
+
+    def _traced_values(self, ctx: LoweringContext, func: relax.Function, env: dict) -> list[relax.Expr]:
+        names, exprs = {}, []
+        self.traced = []
+
+        def add(name, requant, value):
+            if isinstance(value, ChannelQuantized):
+                scale, axis, dtype = np.asarray(value.scale, np.float64), -1, value.dtype
+            elif isinstance(value, Quantized):
+                scale, axis, dtype = np.asarray(value.scale, np.float64), None, value.dtype
+            else:
+                scale, axis, dtype = np.asarray(value.scale, np.float64), value.axis, "int32"
+            self.traced.append(TracedValue(name, requant, scale, axis, dtype, getattr(value, "offset", 0.0)))
+            exprs.append(value.expr)
+
+        for b in _bindings(func):
+            value = env.get(b.var)
+            if isinstance(value, (Quantized, Accumulator)) and str(getattr(b.var.ty, "dtype", "")).startswith("float"):
+                names.setdefault(id(value), b.var.name)
+                add(b.var.name, "", value)
+        for (value, how), q in ctx.materialized_items():
+            if id(value) in names and q is not value:
+                add(names[id(value)], q.dtype + ("-smooth" if how == "smooth" else ""), q)
+        return exprs
 
     @staticmethod
     def _lower(ctx: LoweringContext, value: relax.Expr, env: dict):
@@ -108,6 +175,8 @@ class QuantizeToInteger:
         if not (isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op)):
             ctx.fail(f"unsupported expression {type(value).__name__}")
         args = [_arg(a, env) for a in value.args]
+        if value.op.name not in OFFSET_AWARE:  # GELU outputs' offsets reach only layout ops and matmuls
+            args = [[ctx.without_offset(v) for v in a] if isinstance(a, list) else ctx.without_offset(a) for a in args]
         if is_integer_op(value, args):
             return lower_integer_op(ctx, value, args)
         return LOWERINGS.get(value.op.name, float_fallback)(ctx, value, args)
@@ -116,6 +185,7 @@ class QuantizeToInteger:
     def _output(ctx: LoweringContext, value) -> tuple[relax.Expr, dict]:
         if isinstance(value, np.ndarray):
             ctx.fail("the model output is a constant")
+        value = ctx.without_offset(value)
         if isinstance(value, Accumulator) and value.clamp == (-math.inf, math.inf):
             # Unclamped accumulators leave at full int32 precision (e.g. logits).
             scale = np.asarray(value.scale, np.float64)

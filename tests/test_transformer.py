@@ -146,3 +146,99 @@ def test_decomposed_layernorm_block(tmp_path):
                                      progress=False)
     assert runtime.load(artifact).manifest["integer_only"] is True
     assert min(_delta_cosines(artifact, onnx_path, (1, 16, 64))) > 0.995
+
+
+def _lowered_block(tmp_path, **config):
+    from frontends import load_onnx
+    from passes import QuantConfig, QuantizeToInteger, bind_weights, calibrate
+
+    imported = load_onnx(_block_model(tmp_path / "block.onnx"))
+    float_mod = bind_weights(imported.mod, imported.params)
+    samples = [{"x": x} for x in np.random.default_rng(0).standard_normal((4, 1, 16, 64)).astype(np.float32)]
+    ranges = calibrate(float_mod, samples, progress=False)
+    return ranges, QuantizeToInteger(ranges, QuantConfig(residual_bits=16, **config))(float_mod)
+
+
+def _matmul_operand_dtypes(mod) -> list[tuple[str, str]]:
+    return [(str(b.value.args[0].ty.dtype), str(b.value.args[1].ty.dtype))
+            for block in mod["main"].body.blocks for b in block.bindings
+            if isinstance(b.value, relax.Call) and getattr(b.value.op, "name", "") == "relax.matmul"]
+
+
+def test_attention_uses_16bit_probabilities_and_values(tmp_path):
+    _, mod = _lowered_block(tmp_path)
+    dtypes = _matmul_operand_dtypes(mod)
+    assert ("int16", "int16") in dtypes  # attention @ V: bound (2^15 + 16 / 2) * 2^15 < 2^31
+    assert all(d in ("int8", "uint8") for pair in dtypes if pair != ("int16", "int16") for d in pair)
+
+
+def test_calibration_keeps_channel_maxima(tmp_path):
+    ranges, _ = _lowered_block(tmp_path)
+    ln = [n for n, (a, rows) in ranges.channel_amax.items() if a.shape == (64,)]
+    assert ln and all(np.all(ranges.channel_amax[n][0] <= max(map(abs, ranges[n])) + 1e-6) for n in ln)
+    assert all(ranges.channel_amax[n][1] == 4 * 16 for n in ln)  # 4 samples of 16 tokens
+
+
+def _ln_matmul(gamma: np.ndarray, w: np.ndarray):
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((32, gamma.size), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.nn.layer_norm(x, relax.const(gamma), relax.const(np.zeros_like(gamma)), axes=[-1]))
+            out = bb.emit_output(relax.op.matmul(y, relax.const(w)))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def test_smoothing_folds_outlier_channels_into_the_weights():
+    """A LayerNorm output with one outlier channel (gamma 60) feeding a matmul: per-channel input
+    scales folded into the weights lose far less than one int8 scale for the whole tensor."""
+    from passes import QuantConfig, QuantizeToInteger, calibrate
+
+    rng = np.random.default_rng(3)
+    gamma = np.ones(64, np.float32)
+    gamma[5] = 60.0
+    w = rng.standard_normal((64, 48)).astype(np.float32) / 8
+    mod = _ln_matmul(gamma, w)
+    ranges = calibrate(mod, [{"x": rng.standard_normal((32, 64)).astype(np.float32)} for _ in range(32)],
+                       progress=False)  # 1024 rows: enough for per-channel maxima
+    x = rng.standard_normal((32, 64)).astype(np.float32)
+    want = relax.VirtualMachine(tvm.compile(mod, target="llvm"), tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    errors = {}
+    for alpha in (None, 0.5):
+        lower = QuantizeToInteger(ranges, QuantConfig(residual_bits=16, smooth_alpha=alpha), trace=True)
+        int_mod = lower(mod)
+        boundary = __import__("json").loads(str(int_mod["main"].attrs["intq.boundary"]))
+        vm = relax.VirtualMachine(tvm.compile(int_mod, target="llvm"), tvm.cpu())
+        q = np.clip(np.round(x / boundary["inputs"][0]["scale"]), -32768, 32767).astype(np.int16)
+        got = vm["main"](tvm.runtime.tensor(q))[0].numpy() * np.asarray(boundary["outputs"][0]["scale"])
+        errors[alpha] = np.linalg.norm(got - want) / np.linalg.norm(want)
+        assert any(t.requant.endswith("-smooth") for t in lower.traced) == (alpha is not None)
+    assert errors[0.5] < 0.25 * errors[None] and errors[0.5] < 0.02
+
+
+def test_gelu_output_reaches_a_matmul_as_uint8_with_its_offset_as_bias():
+    """GELU(x) >= -0.17: the lowering passes GELU + 0.171 to the next constant-weight matmul as
+    uint8 (one more bit, the fast u8 x s8 form) and subtracts 0.171 * sum(W) there."""
+    from passes import QuantConfig, QuantizeToInteger, calibrate
+
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((64, 32)).astype(np.float32) / 8
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((16, 64), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            g = bb.emit(relax.op.nn.gelu(x))
+            out = bb.emit_output(relax.op.matmul(g, relax.const(w)))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    samples = [{"x": (rng.standard_normal((16, 64)) * 3).astype(np.float32)} for _ in range(64)]  # 1024 rows
+    int_mod = QuantizeToInteger(calibrate(mod, samples, progress=False), QuantConfig(residual_bits=16))(mod)
+    assert ("uint8", "int8") in _matmul_operand_dtypes(int_mod)
+    boundary = __import__("json").loads(str(int_mod["main"].attrs["intq.boundary"]))
+    xt = (rng.standard_normal((16, 64)) * 3).astype(np.float32)
+    q = np.clip(np.round(xt / boundary["inputs"][0]["scale"]), -32768, 32767).astype(np.int16)
+    got = relax.VirtualMachine(tvm.compile(int_mod, target="llvm"), tvm.cpu())["main"](tvm.runtime.tensor(q)).numpy()
+    got = got * np.asarray(boundary["outputs"][0]["scale"])
+    want = (0.5 * xt * (1 + np.vectorize(math.erf)(xt / math.sqrt(2)))) @ w
+    assert np.linalg.norm(got - want) / np.linalg.norm(want) < 0.012

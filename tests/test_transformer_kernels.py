@@ -1,5 +1,6 @@
-"""Integer transformer kernels (Shiftmax, ShiftGELU, isqrt, I-LayerNorm): compiled == NumPy
-reference bit for bit on random and adversarial inputs; reference vs float accuracy."""
+"""Integer transformer kernels (Shiftmax, ShiftGELU, isqrt, I-LayerNorm; exp2_neg, softmax_exp2,
+gelu_tanh): compiled == NumPy reference bit for bit on random and adversarial inputs;
+reference vs float accuracy."""
 
 from __future__ import annotations
 
@@ -68,6 +69,55 @@ def test_shift_gelu_bit_exact(bits):
     np.testing.assert_array_equal(got.ravel(), ref.shift_gelu(x, x0, n))
 
 
+def test_exp2_neg_bit_exact():
+    a = np.concatenate([np.arange(0, 70000, 7), rng.integers(0, 2**40, 3000),
+                        [0, 1, 65535, 65536, (31 << 16) - 1, 31 << 16, 2**62]]).astype(np.int64)
+    got = run_relax(emit.exp2_neg, [a.reshape(1, -1)]).ravel()
+    np.testing.assert_array_equal(got, ref.exp2_neg(a))
+    assert got[0] == ref.EXP2_COEFFS[0] and got[-1] == 0
+
+
+def _softmax_params(scale: float) -> tuple[int, int]:
+    m, s = dyadic(scale * math.log2(math.e) * 2**16)
+    return int(m), int(s)
+
+
+@pytest.mark.parametrize("kind", ["random", "equal", "onehot", "extremes"])
+@pytest.mark.parametrize("length,scale,lo,hi,bits", [(257, 2e-3, -2**31, 2**31 - 1, 15), (257, 0.05, -3000, 3000, 15),
+                                                     (4096, 2.0**-6, -2000, 2000, 15), (16, 0.5, -100, 100, 8),
+                                                     (64, 1e-6, -2**31, 2**31 - 1, 15)])
+def test_softmax_exp2_bit_exact(kind, length, scale, lo, hi, bits):
+    m, s = _softmax_params(scale)
+    x = _rows(kind, (4, length), lo, hi).astype(np.int32)
+    got = run_relax(lambda a: emit.softmax_exp2(a, m, s, bits), [x])
+    want = ref.softmax_exp2(x, m, s, bits)
+    np.testing.assert_array_equal(got, want)
+    assert got.dtype == (np.uint8 if bits == 8 else np.int16)
+    assert np.all(want.sum(-1) <= 2**bits + length / 2)  # the row-sum bound attention @ V relies on
+
+
+def test_softmax_exp2_mask_gives_exact_zeros():
+    m, s = _softmax_params(2.0**-6)
+    x = rng.integers(-500, 500, (2, 3, 64)).astype(np.int32)
+    mask = (rng.random((2, 1, 64)) < 0.7).astype(np.int32)
+    mask[1, 0, :] = 0
+    mask[1, 0, 5] = 1  # a single visible key
+    got = run_relax(lambda a, k: emit.softmax_exp2(a, m, s, mask=k), [x, mask])
+    np.testing.assert_array_equal(got, ref.softmax_exp2(x, m, s, mask=mask))
+    assert np.all(got[np.broadcast_to(mask == 0, got.shape)] == 0)
+    assert np.all(got[1, :, 5] == 2**15 - 1)
+
+
+@pytest.mark.parametrize("scale", [10.0 / 32767, 30.0 / 32767, 1.0 / 32767, 0.05])
+def test_gelu_tanh_bit_exact(scale):
+    m, s = dyadic(scale * 2**16)
+    x = np.concatenate([np.arange(-32768, 32768, 13), [-32768, 32767, 0, -1, 1]]).astype(np.int16)
+    got = run_relax(lambda a: emit.gelu_tanh(a, int(m), int(s)), [x.reshape(1, -1)]).ravel()
+    want = ref.gelu_tanh(x, int(m), int(s))
+    np.testing.assert_array_equal(got, want)
+    assert np.abs(want).max() <= 2**30
+
+
 def test_isqrt_exact():
     v = np.concatenate([np.arange(0, 2000), rng.integers(0, 2**62, 3000), [2**62 - 1]]).astype(np.int64)
     got = run_relax(emit.isqrt, [v.reshape(1, -1)]).ravel()
@@ -114,3 +164,24 @@ def test_layernorm_accuracy():
     got = ref.layernorm_core(xi, int(m), int(s)) * math.sqrt(384) / 2.0**30
     want = (xi - xi.mean(-1, keepdims=True)) / xi.std(-1, keepdims=True)
     assert np.abs(got - want).max() < 1e-3
+
+
+def test_softmax_exp2_accuracy():
+    x = rng.normal(0, 6, (256, 257))
+    scale = 2e-3
+    xi = np.round(x / scale).astype(np.int64)
+    got = ref.softmax_exp2(xi, *_softmax_params(scale)) / 2.0**15
+    xr = xi * scale
+    want = np.exp(xr - xr.max(-1, keepdims=True))
+    want /= want.sum(-1, keepdims=True)
+    assert np.abs(got - want).max() < 1e-4 and np.abs(got - want).mean() < 2e-5
+
+
+def test_gelu_tanh_accuracy():
+    scale = 8.0 / 32767
+    xi = np.arange(-32768, 32768, 3)
+    m, s = dyadic(scale * 2**16)
+    got = ref.gelu_tanh(xi, int(m), int(s)) * scale / 2**15
+    x = xi * scale
+    want = 0.5 * x * (1 + np.vectorize(math.erf)(x / math.sqrt(2)))
+    assert np.abs(got - want).max() < 1e-3 and np.abs(got - want).mean() < 2e-4

@@ -4,6 +4,6 @@ from . import elementwise, embedding, layout, linear, pooling, transformer  # no
 from .float_fallback import float_fallback
 from .context import LoweringContext, QuantConfig, activation_scale
 from .registry import LOWERINGS
-from .values import Accumulator, IntTensor, Quantized
+from .values import Accumulator, ChannelQuantized, IntTensor, Quantized
 
-__all__ = ["LOWERINGS", "float_fallback", "Accumulator", "IntTensor", "LoweringContext", "QuantConfig", "Quantized", "activation_scale"]
+__all__ = ["LOWERINGS", "float_fallback", "Accumulator", "ChannelQuantized", "IntTensor", "LoweringContext", "QuantConfig", "Quantized", "activation_scale"]

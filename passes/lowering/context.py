@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,7 +13,7 @@ from frontends.errors import CompileError
 
 from ..reference.kernels import INT_RANGE, dyadic
 from . import emit
-from .values import Accumulator, Quantized, Value
+from .values import Accumulator, ChannelQuantized, Quantized, Value
 
 
 @dataclass(frozen=True)
@@ -24,18 +25,39 @@ class QuantConfig:
     unsigned_activations: bool = True  # uint8 (one more bit) for tensors clamped at >= 0
     allow_float: bool = False  # keep ops without an integer lowering in float (not integer-only)
     residual_bits: int = 8  # 16: residual adds, LayerNorms and model inputs carry int16 (transformers)
+    # per-layer weight bits {float Relax binding name: 4 | 8} (mixed precision), overriding
+    # weight_bits; given as a Mapping, stored as sorted (name, bits) pairs (hashable)
+    layer_bits: Mapping[str, int] | tuple[tuple[str, int], ...] = ()
+    # Outlier smoothing (SmoothQuant): a 16/32-bit input of a constant-weight matmul becomes 8 bits
+    # with one scale per input channel, amax_c^alpha / wmax_c^(1 - alpha), folded into the weights
+    # (measured on DINOv2, benchmarks/op_errors.py). None: one scale per tensor.
+    smooth_alpha: float | None = 0.5
 
     def __post_init__(self):
         if self.weight_bits not in (4, 8):
             raise CompileError(f"QuantConfig.weight_bits={self.weight_bits}: allowed 4 or 8")
+        pairs = tuple(sorted(dict(self.layer_bits).items()))
+        bad = [(n, b) for n, b in pairs if not isinstance(n, str) or b not in (4, 8)]
+        if bad:
+            raise CompileError(f"QuantConfig.layer_bits: {bad[:3]}: allowed binding name -> 4 or 8")
+        object.__setattr__(self, "layer_bits", tuple((n, int(b)) for n, b in pairs))
         if self.activation_bits != 8:
             raise CompileError(f"QuantConfig.activation_bits={self.activation_bits}: allowed 8")
         if self.residual_bits not in (8, 16):
             raise CompileError(f"QuantConfig.residual_bits={self.residual_bits}: allowed 8 or 16")
+        if self.smooth_alpha is not None and not 0.0 <= self.smooth_alpha <= 1.0:
+            raise CompileError(f"QuantConfig.smooth_alpha={self.smooth_alpha}: allowed None or [0, 1]")
 
     @property
     def residual_dtype(self) -> str:
         return "int16" if self.residual_bits == 16 else "int8"
+
+    def bits_for(self, layer: str) -> int:
+        """Weight bits of the layer bound to `layer` (layer_bits, else weight_bits)."""
+        return dict(self.layer_bits).get(layer, self.weight_bits)
+
+
+SMOOTH_MIN_ROWS = 1024  # per-channel maxima over fewer calibration rows are too noisy to trust
 
 
 def activation_scale(lo: float, hi: float, dtype: str) -> float:
@@ -47,11 +69,16 @@ def activation_scale(lo: float, hi: float, dtype: str) -> float:
 class LoweringContext:
     """The BlockBuilder, calibrated ranges and config, plus requantization helpers."""
 
-    def __init__(self, bb: relax.BlockBuilder, ranges: dict[str, tuple[float, float]], config: QuantConfig):
+    def __init__(self, bb: relax.BlockBuilder, ranges: dict[str, tuple[float, float]], config: QuantConfig,
+                 channel_amax: dict[str, tuple[np.ndarray, int]] | None = None,
+                 weight_rowmax: dict[str, np.ndarray] | None = None):
         self.bb, self.ranges, self.config = bb, ranges, config
+        self.channel_amax = channel_amax or {}  # tensor: (calibrated max |x| per last-axis channel, rows seen)
+        self.weight_rowmax = weight_rowmax or {}  # max |W| per input channel over a tensor's matmuls
         self.var: relax.Var | None = None  # the float binding being lowered
         self.layers: list[dict] = []  # one row per quantized weight layer
-        self._materialized: dict[tuple, Quantized] = {}
+        self._materialized: dict[tuple, Quantized | ChannelQuantized] = {}
+        self._unshifted: dict[Accumulator, Accumulator] = {}
 
     def fail(self, message: str):
         name = self.var.name if self.var is not None else "?"
@@ -73,12 +100,17 @@ class LoweringContext:
         values pass through."""
         if isinstance(value, Quantized):
             return value
+        value = self.without_offset(value)
         if isinstance(value, np.ndarray):
             self.fail("expected an activation, got a constant")
         key = (value, wide)
         if key not in self._materialized:
             self._materialized[key] = self._requantize_acc(value, wide)
         return self._materialized[key]
+
+    def materialized_items(self):
+        """((value, how), requantized value) for every requantization made so far (tracing)."""
+        return list(self._materialized.items())
 
     def to_8bit(self, value: Value) -> Quantized:
         """An 8-bit operand for a matmul or conv: int16 values are requantized to int8."""
@@ -91,6 +123,66 @@ class LoweringContext:
             self._materialized[(q, "8bit")] = Quantized(self.emit(emit.requantize(q.expr, m, s, -128, 127, "int8")),
                                                         scale, "int8")
         return self._materialized[(q, "8bit")]
+
+    def without_offset(self, value):
+        """`value` with an Accumulator's offset subtracted from its integers (anything else as is)."""
+        if not isinstance(value, Accumulator) or value.offset == 0.0:
+            return value
+        if value not in self._unshifted:
+            rank = len(value.expr.ty.shape)
+            shift = np.round(value.offset / np.asarray(value.scale, np.float64))
+            if np.abs(shift).max() >= 2**30:
+                self.fail(f"offset {value.offset} does not fit int32 at the accumulator's scale")
+            expr = self.emit(emit.R.subtract(value.expr, emit.const(emit.channel_shape(shift, rank, value.axis),
+                                                                    "int32")))
+            self._unshifted[value] = Accumulator(expr, value.scale, value.axis, value.out_range, value.clamp)
+        return self._unshifted[value]
+
+    def smoothed(self, value: Value, var: relax.Expr) -> ChannelQuantized | None:
+        """The 8-bit, per-input-channel-scaled form of the matmul input `value` (float tensor
+        `var`), or None where it does not apply: smoothing off, an input already 8 bits, a
+        clamped accumulator other than ReLU, no per-channel calibration or weight statistics, or
+        statistics over fewer than SMOOTH_MIN_ROWS rows (a toy calibration: 4 samples of 16
+        rows overshot its per-channel maxima by 1.8x at test time, and smoothing lost to per tensor).
+
+        Scales c = s * max(amax / s) / levels with s = amax^alpha / wmax^(1 - alpha) (SmoothQuant,
+        both statistics floored at their median): every matmul reading `var` gets the same c
+        (memoized; wmax is over all of them), its weights scaled by c.
+        """
+        alpha = self.config.smooth_alpha
+        name = getattr(var, "name", None)
+        if alpha is None or name not in self.channel_amax or name not in self.weight_rowmax:
+            return None
+        if isinstance(value, Quantized) and value.dtype in ("int8", "uint8") or not isinstance(
+                value, (Quantized, Accumulator)):
+            return None
+        rank = len(value.expr.ty.shape)
+        if isinstance(value, Accumulator) and (value.clamp not in ((-math.inf, math.inf), (0.0, math.inf))
+                                               or value.axis not in (None, rank - 1)):
+            return None
+        if isinstance(value, Accumulator) and value.offset and not self.config.unsigned_activations:
+            value = self.without_offset(value)
+        (amax, rows), wmax = self.channel_amax[name], self.weight_rowmax[name]
+        if amax.shape != wmax.shape or amax.max(initial=0) <= 0 or rows < SMOOTH_MIN_ROWS:
+            return None
+        key = (value, "smooth")
+        if key not in self._materialized:
+            offset = value.offset if isinstance(value, Accumulator) else 0.0
+            unsigned = isinstance(value, Accumulator) and (value.clamp[0] >= 0 or offset > 0)
+            dtype = "uint8" if unsigned and self.config.unsigned_activations else "int8"
+            # Statistics floored at their medians: only channels above the typical range move scale
+            # into the weights (or out of them), the others share one scale, which keeps per-channel
+            # maxima seen on few calibration samples from clipping (measured: 2.8x -> 1.2x overshoot).
+            amax = amax + offset  # the integers stand for x + offset
+            amax = np.maximum(amax, max(float(np.median(amax)), amax.max() * 2.0**-20))
+            wmax = np.maximum(wmax, max(float(np.median(wmax)), wmax.max() * 2.0**-20))
+            s = amax**alpha / wmax ** (1 - alpha)
+            c = s * float(np.max(amax / s)) / INT_RANGE[dtype][1]
+            src_scale = np.broadcast_to(np.asarray(value.scale, np.float64), c.shape)
+            m, sh = dyadic(src_scale / c)
+            expr = self.emit(emit.requantize(value.expr, m, sh, *INT_RANGE[dtype], dtype))
+            self._materialized[key] = ChannelQuantized(expr, c, dtype, offset)
+        return self._materialized[key]
 
     def _requantize_acc(self, acc: Accumulator, wide: bool) -> Quantized:
         lo, hi = acc.out_range
@@ -114,6 +206,7 @@ class LoweringContext:
         An unclamped accumulator is requantized straight from int32 (per channel): going
         through 8 bits first would lose a residual branch whose range has outliers.
         """
+        value = self.without_offset(value)
         if isinstance(value, Accumulator) and value.clamp == (-math.inf, math.inf):
             rank = len(value.expr.ty.shape)
             m, s = dyadic(np.asarray(value.scale, np.float64) / scale)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from tvm import relax
 
+from ..reference import transformer as ref
 from .emit import const
 
 R = relax.op
@@ -69,3 +70,47 @@ def layernorm_core(x: relax.Expr, mean_m: int, mean_s: int, axis: int = -1) -> r
     y = R.subtract(x, mean)
     std = R.maximum(isqrt(R.sum(R.multiply(y, y), axis=[axis], keepdims=True)), _i64(1))
     return R.right_shift(R.multiply(y, R.floor_divide(_i64(2**31 - 1), std)), _i64(1))
+
+
+def exp2_neg(a: relax.Expr) -> relax.Expr:
+    """2^(-a / 2^16) at scale 2^-30 for int64 a >= 0 (cubic for the fraction, shift for the rest)."""
+    f_bits = ref.EXP2_IN_BITS
+    a = R.minimum(a, _i64(31 << f_bits))
+    q, f = R.right_shift(a, _i64(f_bits)), R.bitwise_and(a, _i64((1 << f_bits) - 1))
+    c0, c1, c2, c3 = ref.EXP2_COEFFS
+    y = R.add(R.right_shift(R.multiply(f, _i64(c3)), _i64(f_bits)), _i64(c2))
+    y = R.add(R.right_shift(R.multiply(y, f), _i64(f_bits)), _i64(c1))
+    y = R.add(R.right_shift(R.multiply(y, f), _i64(f_bits)), _i64(c0))
+    return R.right_shift(y, q)
+
+
+def softmax_exp2(x: relax.Expr, m: int, s: int, out_bits: int = 15, mask: relax.Expr | None = None,
+                 axis: int = -1) -> relax.Expr:
+    """Integer softmax of logits at scale S ((m, s) = dyadic(S log2(e) 2^16)) -> probabilities at
+    2^-out_bits, uint8 for out_bits <= 8, else int16."""
+    x = R.astype(x, "int64")
+    if mask is not None:
+        keep = mask if str(mask.ty.dtype) == "bool" else R.not_equal(mask, const(0, str(mask.ty.dtype)))
+        x = R.where(keep, x, _i64(ref.INT32_MIN))
+    d = R.minimum(R.subtract(R.max(x, axis=[axis], keepdims=True), x), _i64(2**31 - 1))
+    e = exp2_neg(R.right_shift(R.add(R.multiply(d, _i64(m)), _i64(1 << (s - 1))), _i64(s)))
+    if mask is not None:
+        e = R.multiply(e, R.astype(keep, "int64"))
+    factor = R.floor_divide(_i64(2**62 - 1), R.maximum(R.sum(e, axis=[axis], keepdims=True), _i64(1)))
+    k = 62 - out_bits
+    out = R.right_shift(R.add(R.multiply(e, factor), _i64(1 << (k - 1))), _i64(k))
+    return R.astype(R.clip(out, 0, 2**out_bits - 1), "uint8" if out_bits <= 8 else "int16")
+
+
+def gelu_tanh(x: relax.Expr, m: int, s: int, out_bits: int = 15) -> relax.Expr:
+    """x * sigmoid(2 sqrt(2/pi) (x + 0.044715 x^3)) at scale S * 2^-out_bits (int64)."""
+    x = R.astype(x, "int64")
+    xs = R.clip(R.right_shift(R.add(R.multiply(x, _i64(m)), _i64(1 << (s - 1))), _i64(s)),
+                -ref.GELU_CLAMP, ref.GELU_CLAMP)
+    cubic = R.right_shift(R.add(R.multiply(R.multiply(xs, xs), _i64(ref.GELU_CUBIC)), _i64(1 << 35)), _i64(36))
+    w = R.add(_i64(1 << 16), cubic)
+    a = R.right_shift(R.add(R.multiply(R.multiply(R.abs(xs), w), _i64(ref.GELU_Z_LOG2)), _i64(1 << 35)), _i64(36))
+    den = R.add(_i64(1 << ref.EXP2_OUT_BITS), exp2_neg(a))
+    pos = R.floor_divide(R.add(_i64(1 << (ref.EXP2_OUT_BITS + out_bits)), R.right_shift(den, _i64(1))), den)
+    sig = R.where(R.greater_equal(x, _i64(0)), pos, R.subtract(_i64(1 << out_bits), pos))
+    return R.multiply(x, sig)

@@ -2,7 +2,10 @@
 
 reshape / flatten / permute_dims / squeeze / expand_dims / strided_slice / split / pad(0)
              on q -> the same op on q
-concat(q_i)  -> concat(rq(q_i -> S_out)) with one common scale
+concat(q_i)  -> concat(rq(q_i -> S_out)) with one common scale (int16 when a part is an int32
+                accumulator and the residual stream is 16-bit)
+Accumulators pass through transposes, splits, slices and reshapes (one that mixes channels
+first requantizes a per-channel accumulator to one int32 scale).
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from tvm import relax
 
-from ..reference.kernels import INT_RANGE
+from ..reference.kernels import INT_RANGE, dyadic
 from . import emit
 from .context import activation_scale
 from .registry import lowers
@@ -28,19 +31,66 @@ def lower_layout(ctx, call, args):
 
 
 def _accumulator_through(ctx, call, x):
-    """Reshapes that keep the channel (last) axis move an accumulator unchanged, so that
-    its requantization stays deferred (e.g. a matmul + bias reshaped into a residual add)."""
-    if not isinstance(x, Accumulator) or call.op.name not in ("relax.reshape", "relax.expand_dims", "relax.squeeze"):
+    """Reshapes that keep every element's channel, and transposes, move an accumulator unchanged
+    (its channel axis renumbered), so that its requantization stays deferred (e.g. a matmul +
+    bias reshaped into a residual add, a patch-embedding conv flattened into tokens)."""
+    if not isinstance(x, Accumulator):
         return None
+    op = call.op.name
     before, after = [int(d) for d in call.args[0].ty.shape], [int(d) for d in call.ty.shape]
     if x.axis is None:
         axis = None
-    elif x.axis == len(before) - 1 and after and after[-1] == before[-1]:
-        axis = len(after) - 1
+    elif op == "relax.permute_dims":
+        axes = [int(a) for a in call.attrs.axes] if call.attrs.axes is not None else list(range(len(before)))[::-1]
+        axis = axes.index(x.axis)
+    elif op in ("relax.reshape", "relax.expand_dims", "relax.squeeze"):
+        axis = _channel_axis_after_reshape(before, after, x.axis)
+        if axis is None:  # e.g. channels split into attention heads: one int32 scale for all
+            x = _per_tensor(ctx, x)
+    elif op == "relax.strided_slice":
+        axis, scale = x.axis, _sliced_scale(call, x, before)
+        if scale is None:
+            return None
+        expr = ctx.emit(relax.Call(call.op, [x.expr, *call.args[1:]], call.attrs))
+        return Accumulator(expr, scale, axis, ctx.out_range(), x.clamp, x.offset)
     else:
         return None
     expr = ctx.emit(relax.Call(call.op, [x.expr, *call.args[1:]], call.attrs))
-    return Accumulator(expr, x.scale, axis, ctx.out_range(), x.clamp)
+    return Accumulator(expr, x.scale, axis, ctx.out_range(), x.clamp, x.offset)
+
+
+def _sliced_scale(call, x: Accumulator, shape: list[int]):
+    """The per-channel scales of a strided slice of `x` (sliced where the slice cuts the channel
+    axis with stride 1), or None for a slice it cannot follow."""
+    axes, begin, end, strides = ([int(v.value) for v in arg.fields] for arg in call.args[1:5])
+    axes = [a % len(shape) for a in axes]
+    if x.axis is None or x.axis not in axes:
+        return x.scale
+    i = axes.index(x.axis)
+    if strides[i] != 1:
+        return None
+    return np.asarray(x.scale)[slice(begin[i], end[i])]
+
+
+def _per_tensor(ctx, x: Accumulator) -> Accumulator:
+    """The accumulator requantized (int32 to int32) to one scale, amax / 2^29 of its calibrated
+    range (headroom 4x, saturating): no precision lost to the 8/16 bits a consumer will want."""
+    scale = max(abs(v) for v in x.out_range) / 2**29 or float(np.max(x.scale))
+    rank = len(x.expr.ty.shape)
+    m, s = dyadic(np.asarray(x.scale, np.float64) / scale)
+    expr = ctx.emit(emit.requantize(x.expr, emit.channel_shape(m, rank, x.axis), emit.channel_shape(s, rank, x.axis),
+                                    *INT_RANGE["int32"], "int32"))
+    return Accumulator(expr, np.asarray(scale), None, x.out_range, x.clamp, x.offset)
+
+
+def _channel_axis_after_reshape(before: list[int], after: list[int], axis: int) -> int | None:
+    """The axis of `after` holding `before`'s channel axis (same size, same number of elements
+    before it in row-major order), or None if a reshape mixes channels."""
+    outer = int(np.prod(before[:axis]))
+    for j, d in enumerate(after):
+        if d == before[axis] and int(np.prod(after[:j])) == outer:
+            return j
+    return None
 
 
 @lowers("relax.nn.pad")
@@ -53,13 +103,15 @@ def lower_pad(ctx, call, args):
 @lowers("relax.concat")
 def lower_concat(ctx, call, args):
     """Inputs at one common scale; constant parts (e.g. a ViT class token) are quantized at it."""
-    parts = [p if isinstance(p, np.ndarray) else ctx.materialize(p) for p in args[0]]
-    values = [p for p in parts if not isinstance(p, np.ndarray)]
-    first = values[0]
+    parts = [p if isinstance(p, (np.ndarray, Accumulator)) else ctx.materialize(p) for p in args[0]]
+    values = [p for p in parts if isinstance(p, Quantized)]
+    first = values[0] if values else None
     if len(values) == len(parts) and all(p.scale == first.scale and p.dtype == first.dtype for p in parts):
         exprs, scale, dtype = [p.expr for p in parts], first.scale, first.dtype
     else:
-        dtype = "int16" if any(p.dtype == "int16" for p in values) else "int8"
+        wide = any(isinstance(p, Accumulator) for p in parts) and ctx.config.residual_dtype == "int16"
+        # an int32 part (e.g. patch embeddings) joining a 16-bit residual stream stays 16-bit
+        dtype = "int16" if wide or any(p.dtype == "int16" for p in values) else "int8"
         scale = activation_scale(*ctx.out_range(), dtype)
         exprs = []
         for p in parts:
@@ -73,6 +125,18 @@ def lower_concat(ctx, call, args):
 
 @lowers("relax.split")
 def lower_split(ctx, call, args):
-    x = ctx.materialize(args[0])
+    x = args[0]
+    if isinstance(x, Accumulator):  # each part keeps its slice of the per-channel scales
+        axis = int(call.attrs.axis) % len(call.args[0].ty.shape)
+        parts = ctx.emit(relax.Call(call.op, [x.expr, *call.args[1:]], call.attrs))
+        out, start = [], 0
+        for i, field in enumerate(call.ty.fields):
+            size = int(field.shape[axis])
+            scale = x.scale[start:start + size] if x.axis == axis else x.scale
+            out.append(Accumulator(ctx.emit(relax.TupleGetItem(parts, i)), scale, x.axis, x.out_range, x.clamp,
+                                   x.offset))
+            start += size
+        return out
+    x = ctx.materialize(x)
     parts = ctx.emit(relax.Call(call.op, [x.expr, *call.args[1:]], call.attrs))
     return [Quantized(ctx.emit(relax.TupleGetItem(parts, i)), x.scale, x.dtype) for i in range(len(call.ty.fields))]

@@ -3,9 +3,12 @@
 conv2d(x, W)  -> Accumulator(conv2d(q_x, q_W, out_dtype=int32), scale = S_x * S_W[o], axis 1)
 matmul(x, W)  -> Accumulator(matmul(q_x, q_W, out_dtype=int32), scale = S_x * S_W[n], last axis)
 matmul(a, b)  -> Accumulator(matmul(q_a, q_b, out_dtype=int32), scale = S_a * S_b)   (activations)
+matmul(x, W)  -> Accumulator(matmul(x / c, q(c W)), scale = S_cW[n])   (x 16/32-bit: outlier smoothing)
 
-Weights are symmetric per output channel. Bias, ReLU and clamps fold into the
-accumulator later; the dyadic requantization happens where a consumer needs 8 bits.
+Weights are symmetric per output channel, 8 bits or, per layer (`QuantConfig.bits_for`),
+4 bits stored packed two per byte and unpacked inside the kernel (`int4.py`). Bias, ReLU
+and clamps fold into the accumulator later; the dyadic requantization happens where a
+consumer needs 8 bits. Each layer is recorded in `ctx.layers` with its bits and workload.
 Overflow bound: |acc| <= K * 255 * 2^(b-1) < 2^31 for K < 2^23 / 2^(b-1), checked.
 """
 
@@ -15,20 +18,22 @@ import numpy as np
 from tvm import relax
 
 from ..reference.kernels import INT_RANGE, quantize_weights
-from . import emit
+from . import emit, int4
 from .registry import lowers
-from .values import Accumulator
+from .values import Accumulator, Quantized
 
 
-def _check_accumulator_bound(ctx, reduction: int, x_dtype: str):
-    bound = reduction * max(abs(v) for v in INT_RANGE[x_dtype]) * 2 ** (ctx.config.weight_bits - 1)
+def _check_accumulator_bound(ctx, reduction: int, x_dtype: str, bits: int):
+    bound = reduction * max(abs(v) for v in INT_RANGE[x_dtype]) * 2 ** (bits - 1)
     if bound >= 2**31:
         ctx.fail(f"int32 accumulator could overflow: reduction length {reduction} (bound {bound} >= 2^31)")
 
 
-def _record(ctx, op: str, w: np.ndarray):
-    ctx.layers.append({"name": ctx.var.name, "op": op, "weight_bits": ctx.config.weight_bits,
-                       "params": int(w.size), "shape": list(w.shape)})
+def _record(ctx, op: str, w: np.ndarray, bits: int, x, **attrs):
+    """One `ctx.layers` row: the layer's bits and its workload (what a latency table times)."""
+    ctx.layers.append({"name": ctx.var.name, "op": op, "weight_bits": bits, "params": int(w.size),
+                       "shape": list(w.shape), "weight_bytes": (w.size * bits + 7) // 8,
+                       "input_shape": [int(d) for d in x.expr.ty.shape], "input_dtype": x.dtype, **attrs})
 
 
 @lowers("relax.nn.conv2d")
@@ -39,11 +44,14 @@ def lower_conv2d(ctx, call, args):
         ctx.fail("conv2d with a non-constant weight is not supported")
     if attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW":
         ctx.fail(f"conv2d layout {attrs.data_layout}/{attrs.kernel_layout}: only NCHW/OIHW is supported")
-    x = ctx.to_8bit(x)
-    _check_accumulator_bound(ctx, int(np.prod(w.shape[1:])), x.dtype)
-    w_q, w_scale = quantize_weights(w, ctx.config.weight_bits, axis=0)
-    _record(ctx, "conv2d", w)
-    expr = ctx.emit(emit.conv2d_acc(x.expr, w_q, attrs))
+    x, bits = ctx.to_8bit(x), ctx.config.bits_for(ctx.var.name)
+    _check_accumulator_bound(ctx, int(np.prod(w.shape[1:])), x.dtype, bits)
+    w_q, w_scale = quantize_weights(w, bits, axis=0)
+    _record(ctx, "conv2d", w, bits, x, strides=[int(v) for v in attrs.strides],
+            padding=[int(v) for v in attrs.padding], dilation=[int(v) for v in attrs.dilation],
+            groups=int(attrs.groups))
+    expr = ctx.emit(int4.conv2d_int4(ctx.bb, x.expr, w_q, attrs) if bits == 4 else
+                    emit.conv2d_acc(x.expr, w_q, attrs))
     return Accumulator(expr, x.scale * w_scale, 1, ctx.out_range())
 
 
@@ -56,20 +64,41 @@ def lower_matmul(ctx, call, args):
         return _activation_matmul(ctx, call, x, w)
     if w.ndim != 2:
         ctx.fail(f"matmul weight of rank {w.ndim}: only 2-D weights are supported")
-    x = ctx.to_8bit(x)
-    _check_accumulator_bound(ctx, w.shape[0], x.dtype)
-    w_q, w_scale = quantize_weights(w, ctx.config.weight_bits, axis=1)
-    _record(ctx, "matmul", w)
-    expr = ctx.emit(emit.matmul_acc(x.expr, w_q))
-    return Accumulator(expr, x.scale * w_scale, len(call.ty.shape) - 1, ctx.out_range())
+    bits = ctx.config.bits_for(ctx.var.name)
+    smooth = ctx.smoothed(x, call.args[0])
+    correction = None
+    if smooth is not None:  # per-input-channel scales c fold into the weights: x @ W = (x / c) @ (c W)
+        if smooth.offset:  # the integers stand for x + offset: subtract offset * sum_c W[c, n]
+            correction = -smooth.offset * w.astype(np.float64).sum(axis=0)
+        x, x_scale, w = smooth, 1.0, w.astype(np.float64) * smooth.scale[:, None]
+    else:
+        x = ctx.to_8bit(ctx.without_offset(x))
+        x_scale = x.scale
+    _check_accumulator_bound(ctx, w.shape[0], x.dtype, bits)
+    w_q, w_scale = quantize_weights(w, bits, axis=1)
+    _record(ctx, "matmul", w, bits, x)
+    expr = ctx.emit(int4.matmul_int4(ctx.bb, x.expr, w_q) if bits == 4 else emit.matmul_acc(x.expr, w_q))
+    if correction is not None:
+        corr_q = np.round(correction / (x_scale * w_scale))
+        if w.shape[0] * 255 * 2 ** (bits - 1) + np.abs(corr_q).max(initial=0) >= 2**31:
+            ctx.fail("int32 accumulator plus its offset correction could overflow")
+        expr = ctx.emit(relax.op.add(expr, emit.const(corr_q, "int32")))
+    return Accumulator(expr, x_scale * w_scale, len(call.ty.shape) - 1, ctx.out_range())
 
 
 def _activation_matmul(ctx, call, a, b):
-    """Q @ K^T, attention @ V: both operands 8-bit, int32 accumulation, scale S_a * S_b."""
-    a, b = ctx.to_8bit(a), ctx.to_8bit(b)
-    reduction = int(call.args[0].ty.shape[-1])
-    bound = reduction * 255 * 128
+    """Q @ K^T: both operands 8-bit. attention @ V: the 15-bit probabilities, whose rows sum to
+    at most `row_sum`, times V at 16 bits where row_sum * 2^15 < 2^31 (else 8). int32
+    accumulation, scale S_a * S_b."""
+    a, b = ctx.without_offset(a), ctx.without_offset(b)
+    if isinstance(a, Quantized) and a.row_sum is not None:
+        b = ctx.materialize(b, wide=a.row_sum * 2**15 < 2**31)
+        bound = a.row_sum * max(abs(v) for v in INT_RANGE[b.dtype])
+    else:
+        a, b = ctx.to_8bit(a), ctx.to_8bit(b)
+        bound = int(call.args[0].ty.shape[-1]) * 255 * 128
     if bound >= 2**31:
-        ctx.fail(f"int32 accumulator could overflow: reduction length {reduction}")
+        ctx.fail(f"int32 accumulator could overflow: reduction length {int(call.args[0].ty.shape[-1])}, "
+                 f"operands {a.dtype} x {b.dtype} (bound {bound} >= 2^31)")
     expr = ctx.emit(relax.op.matmul(a.expr, b.expr, out_dtype="int32"))
     return Accumulator(expr, np.asarray(a.scale * b.scale), None, ctx.out_range())

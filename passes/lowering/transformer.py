@@ -1,10 +1,16 @@
-"""Softmax, GELU and LayerNorm on integers (I-ViT, with DESIGN.md section 2's fixes).
+"""Softmax, GELU and LayerNorm on integers (I-ViT's algorithms, with DESIGN.md section 2's and
+this project's measured fixes, see `passes.reference.transformer`).
 
-softmax(x [+ m])  -> Shiftmax (masked keys get exactly 0): logits requantized to the power-of-two grid 2^-6 (any
-                     1/sqrt(d) already folded into their scale), n = 15 or less so that
-                     row length * 64 * 2^n < 2^31; uint8 probabilities at scale 2^-8
-gelu(x)           -> ShiftGELU on a 16-bit input: x * sigmoid(1.702 x) at scale S * 2^-7,
-                     an Accumulator requantized by its consumer
+softmax(x [+ m])  -> softmax_exp2 (masked keys get exactly 0) straight on the logits' integers at
+                     their own scale (attention's 1/sqrt(d) folded into it): exponent by a shift,
+                     fraction by a cubic, 62-bit row reciprocal; int16 probabilities at 2^-15
+                     whose rows sum to <= 2^15 + length / 2 (attention @ V checks its int32 bound
+                     with that); requires length * 2^30 < 2^62 and a logit scale < 2^13 (finer
+                     than ~3e-8 first coarsened, so that clamping max - x to int32 is exact)
+gelu(x)           -> gelu_tanh on a 16-bit input: x * sigmoid(2 sqrt(2/pi) (x + 0.044715 x^3)) at
+                     scale S * 2^-15 (|.| <= 2^30), plus 0.171 (>= -min GELU): an Accumulator with
+                     that offset, read as uint8 by a constant-weight matmul (which subtracts
+                     0.171 * sum(W) as a bias), removed for any other consumer
 layer_norm(x)     -> I-LayerNorm: exact isqrt, gamma/beta folded into a per-channel dyadic
                      requantization (sign of gamma applied to the integers: gamma may be 0
                      or negative); output int16 when residuals are 16-bit, else int8
@@ -24,13 +30,17 @@ from .context import activation_scale
 from .registry import lowers
 from .values import Accumulator, MaskedLogits, Quantized
 
-LOGIT_SCALE = 2.0**-6  # Shiftmax input grid: x0 = -64
-SOFTMAX_N = 15
+PROB_BITS = 15  # softmax output: int16 at 2^-15
+GELU_BITS = 15  # gelu_tanh's sigmoid at 2^-15
+GELU_OFFSET = 0.171  # >= -min gelu_tanh (0.17006): GELU + offset >= 0, read as uint8 by a matmul
 
 
-def _to_int32_at(ctx, value, scale: float):
-    q, m, s = ctx.to_int32_at(value, scale)
-    return emit.requantize(q, m, s, *INT_RANGE["int32"], "int32")
+def _logits(ctx, x):
+    """(int32/int16 logits, their per-tensor scale): an unclamped per-tensor accumulator as it is."""
+    if isinstance(x, Accumulator) and x.axis is None and x.clamp == (-math.inf, math.inf):
+        return x.expr, float(np.asarray(x.scale))
+    q = ctx.materialize(x, wide=True)
+    return q.expr, q.scale
 
 
 @lowers("relax.nn.softmax")
@@ -39,19 +49,18 @@ def lower_softmax(ctx, call, args):
     if isinstance(x, MaskedLogits):
         x, keep = x.logits, x.keep
     length = int(call.args[0].ty.shape[int(call.attrs.axis)])
-    x0 = ref.exp_params(LOGIT_SCALE)
-    n = SOFTMAX_N
-    while length * -x0 * 2**n >= 2**31 and n > 8:
-        n -= 1
-    if length * -x0 * 2**n >= 2**31:
-        ctx.fail(f"softmax over {length} elements would overflow the int32 row sum (n = {n})")
-    if isinstance(x, Accumulator) and x.axis is None and x.clamp == (-math.inf, math.inf):
-        m, s = dyadic(float(np.asarray(x.scale)) / LOGIT_SCALE)  # straight from the int32 logits
-        logits = emit.requantize(x.expr, m, s, *INT_RANGE["int32"], "int32")
-    else:
-        logits = _to_int32_at(ctx, x, LOGIT_SCALE)
-    probs = emit_transformer.shiftmax(logits, x0, n, 8, mask=keep, axis=int(call.attrs.axis))
-    return Quantized(ctx.emit(probs), 2.0**-8, "uint8")
+    if length * 2**ref.EXP2_OUT_BITS >= 2**62:
+        ctx.fail(f"softmax over {length} elements would overflow the int64 row sum")
+    logits, scale = _logits(ctx, x)
+    if scale * (2**31 - 1) * math.log2(math.e) < 32:  # d = max - x is clamped to 2^31 - 1: keep
+        coarse = 64 / ((2**31 - 1) * math.log2(math.e))  # that clamp beyond exp2_neg's underflow
+        m, s = dyadic(scale / coarse)
+        logits, scale = emit.requantize(logits, m, s, *INT_RANGE["int32"], "int32"), coarse
+    m, s = dyadic(scale * math.log2(math.e) * 2**ref.EXP2_IN_BITS)
+    if not 1 <= int(s) <= 62:
+        ctx.fail(f"softmax logit scale {scale:.3g} too coarse (>= 2^13)")
+    probs = emit_transformer.softmax_exp2(logits, int(m), int(s), PROB_BITS, mask=keep, axis=int(call.attrs.axis))
+    return Quantized(ctx.emit(probs), 2.0**-PROB_BITS, "int16", row_sum=2**PROB_BITS + (length + 1) // 2)
 
 
 @lowers("relax.nn.gelu")
@@ -59,12 +68,16 @@ def lower_gelu(ctx, call, args):
     x = ctx.materialize(args[0], wide=True)
     if x.dtype != "int16":
         x = Quantized(ctx.emit(emit.R.astype(x.expr, "int16")), x.scale, "int16")
-    x0 = ref.exp_params(1.702 * x.scale)
-    n = ref.gelu_n(x0)
-    if n < 1:
-        ctx.fail(f"GELU input scale {x.scale:.3g} too fine for ShiftGELU (n = {n})")
-    y = ctx.emit(emit.R.astype(emit_transformer.shift_gelu(x.expr, x0, n), "int32"))  # |x * sig| < 2^22
-    return Accumulator(y, np.asarray(x.scale * 2.0**-7), None, ctx.out_range())
+    m, s = dyadic(x.scale * 2**16)
+    if not 1 <= int(s) <= 62:
+        ctx.fail(f"GELU input scale {x.scale:.3g} outside [2^-46, 2^14)")
+    scale = x.scale * 2.0**-GELU_BITS
+    shift = round(GELU_OFFSET / scale)  # |x * sig| <= 2^30 and shift < 2^30: no int32 overflow
+    if shift >= 2**30:
+        ctx.fail(f"GELU input scale {x.scale:.3g} too fine for the offset {GELU_OFFSET}")
+    y = emit.R.add(emit_transformer.gelu_tanh(x.expr, int(m), int(s), GELU_BITS), emit.const(shift, "int64"))
+    return Accumulator(ctx.emit(emit.R.astype(y, "int32")), np.asarray(scale), None, ctx.out_range(),
+                       offset=shift * scale)
 
 
 @lowers("relax.nn.layer_norm")

@@ -11,11 +11,28 @@ from tvm import relax
 
 @dataclass(frozen=True, eq=False)
 class Quantized:
-    """An int8/uint8 tensor `q` standing for the real tensor `q * scale` (per tensor)."""
+    """An int8/uint8 (or int16) tensor `q` standing for the real tensor `q * scale` (per tensor).
+
+    `row_sum` (softmax probabilities): a proven bound on the sum of `q` along the last axis,
+    which a matmul consuming it may use instead of length * max.
+    """
 
     expr: relax.Expr
     scale: float
     dtype: str
+    row_sum: int | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class ChannelQuantized:
+    """An int8/uint8 matmul input `q` standing for `q * scale[c] - offset`, one scale per channel
+    of the last axis (the reduction axis): the matmul folds `scale` into its constant weights
+    and `offset` into a bias."""
+
+    expr: relax.Expr
+    scale: np.ndarray
+    dtype: str
+    offset: float = 0.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -24,6 +41,11 @@ class Accumulator:
     requantized: consumers that need 8 bits requantize it to `out_range` within `clamp`.
 
     Deferring the requantization is what lets bias adds and ReLU/ReLU6/Clip fold into it.
+
+    `offset` > 0 (GELU outputs): the integers stand for the real tensor + offset, which is >= 0 by
+    the op's math, so a constant-weight matmul can read them as uint8 and subtract offset * sum(W)
+    as a bias. Only layout ops and such matmuls see it; every other consumer gets
+    `LoweringContext.without_offset` (`out_range` and `clamp` always describe the real tensor).
     """
 
     expr: relax.Expr
@@ -31,8 +53,10 @@ class Accumulator:
     axis: int | None
     out_range: tuple[float, float]
     clamp: tuple[float, float] = (-math.inf, math.inf)
+    offset: float = 0.0
 
     def with_clamp(self, lo: float = -math.inf, hi: float = math.inf, out_range=None) -> "Accumulator":
+        assert self.offset == 0.0, "clamp of an offset accumulator: remove the offset first"
         clamp = (max(self.clamp[0], lo), min(self.clamp[1], hi))
         return Accumulator(self.expr, self.scale, self.axis, out_range or self.out_range, clamp)
 

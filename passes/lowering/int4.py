@@ -1,0 +1,70 @@
+"""Conv2d and MatMul with packed 4-bit weights: the nibbles are unpacked inside the kernel.
+
+conv2d(q_x, W4) -> call_tir(int4_conv2d, [q_x, packed uint8 constant])  -> int32 [N, O, OH, OW]
+matmul(q_x, W4) -> call_tir(int4_matmul, [q_x, packed uint8 constant])  -> int32 [..., N]
+
+The weight constant is the packed array of `passes.reference.int4.pack_int4` (flat, two
+values per byte, half the bytes of int8). A separate unpack op applied to the constant
+would be folded back into an int8 constant by Relax's FoldConstant (and stored unpacked),
+so each kernel is one TE compute that reads its nibble in the reduction:
+
+    v = (p[j // 2] >> 4 * (j % 2)) & 15;   w = (v ^ 8) - 8        j: flat weight index
+
+Plain TE (no schedule): it lowers on every target; the blocks are named `int4_conv2d`
+(after an `int4_pad` block when the conv pads) and `int4_matmul`, which no int8 schedule
+matches. Integer sums are exact in any order: the result equals the NumPy reference.
+Overflow: |acc| <= K * 255 * 8 < 2^31, checked by the caller (`linear.py`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import relax, te, tirx
+
+from ..reference.int4 import pack_int4
+
+
+def _nibble(p: te.Tensor, j):
+    """The sign-extended 4-bit value at flat index `j` of packed buffer `p`, as int32."""
+    byte = p[j // 2].astype("int32")
+    v = tirx.Select(j % 2 == 0, byte & 15, byte >> 4)  # no index-typed shift: the kernel stays int32
+    return (v ^ 8) - 8
+
+
+def _conv2d_te(x: te.Tensor, p: te.Tensor, w_shape, strides, padding, dilation, groups: int):
+    n, c, h, w = (int(d) for d in x.shape)
+    o, cg, kh, kw = w_shape
+    (sh, sw), (dh, dw), (pt, pl, pb, pr) = strides, dilation, padding
+    oh = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
+    ow = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    og = o // groups
+    xp = x
+    if any(padding):
+        zero = tirx.const(0, x.dtype)
+        xp = te.compute((n, c, h + pt + pb, w + pl + pr), lambda b, ci, y, xx: tirx.if_then_else(
+            tirx.all(y >= pt, y < h + pt, xx >= pl, xx < w + pl), x[b, ci, y - pt, xx - pl], zero), name="int4_pad")
+    rc, ry, rx = te.reduce_axis((0, cg), "rc"), te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
+    return te.compute((n, o, oh, ow), lambda b, oc, y, xx: te.sum(
+        xp[b, oc // og * cg + rc, y * sh + ry * dh, xx * sw + rx * dw].astype("int32")
+        * _nibble(p, ((oc * cg + rc) * kh + ry) * kw + rx), axis=[rc, ry, rx]), name="int4_conv2d")
+
+
+def _matmul_te(x: te.Tensor, p: te.Tensor, w_shape):
+    k_len, n_len = w_shape
+    k = te.reduce_axis((0, k_len), "k")
+    return te.compute((*x.shape[:-1], n_len), lambda *i: te.sum(
+        x[(*i[:-1], k)].astype("int32") * _nibble(p, k * n_len + i[-1]), axis=k), name="int4_matmul")
+
+
+def conv2d_int4(bb: relax.BlockBuilder, x: relax.Expr, w_q: np.ndarray, attrs) -> relax.Expr:
+    """int8/uint8 x packed int4 conv2d (NCHW/OIHW), int32 accumulation, the float conv's geometry."""
+    packed = relax.const(pack_int4(w_q), "uint8")
+    ints = lambda v: tuple(int(i) for i in v)
+    return bb.call_te(_conv2d_te, x, packed, tuple(w_q.shape), ints(attrs.strides), ints(attrs.padding),
+                      ints(attrs.dilation), int(attrs.groups), primfunc_name_hint="int4_conv2d")
+
+
+def matmul_int4(bb: relax.BlockBuilder, x: relax.Expr, w_q: np.ndarray) -> relax.Expr:
+    """int8/uint8 [..., K] x packed int4 [K, N] matmul, int32 accumulation."""
+    packed = relax.const(pack_int4(w_q), "uint8")
+    return bb.call_te(_matmul_te, x, packed, tuple(w_q.shape), primfunc_name_hint="int4_matmul")
