@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from frontends import parse_input_shape
+from frontends import CompileError, parse_input_shape
 from passes import OBSERVERS
 from targets import target_names
 
@@ -19,6 +19,9 @@ EXAMPLES = """examples:
   python -m runtime.compile model.onnx --target '{"kind": "llvm", "mtriple": "riscv64-linux-gnu", "mattr": ["+m", "+a", "+f", "+d", "+c", "+v"]}'
   python -m runtime.compile bert.onnx --input-shape input_ids:1x128 --input-shape attention_mask:1x128 \\
       --calib text.npz -o bert.artifact
+  python -m runtime.compile model.onnx --calib calib.npz --bits 4                # 4-bit weights, packed
+  python -m runtime.compile model.onnx --calib calib.npz --bits mixed --max-size 3.5   # ILP: 4/8 bits per layer
+  python -m runtime.compile model.onnx --calib calib.npz --bits mixed --max-latency 20 --max-bops 150
   python -m runtime.run model.x86.artifact --input x.npz -o y.npz
 
 exit codes: 0 success, 1 internal error, 2 user error (bad file, flag or unsupported model)
@@ -48,6 +51,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-float", action="store_true",
                    help="keep ops without an integer lowering in float; the artifact is then marked "
                         "integer_only: false instead of being refused")
+    p.add_argument("--tune-trials", type=int, default=0, metavar="N",
+                   help="tune the kernels without a default schedule with MetaSchedule, N measured trials in "
+                        "all (host CPU only; records are kept in ~/.cache/intq/tuning and reused)")
+    bits = p.add_argument_group("weight bits (mixed precision: layers.md and pareto.png go into the artifact)")
+    bits.add_argument("--bits", default="8", choices=["8", "4", "mixed"],
+                      help="weights of conv/matmul layers: 8, 4 (stored packed two per byte) or mixed (4 or 8 "
+                           "per layer, chosen by an ILP on Hessian sensitivities under the limits below)")
+    bits.add_argument("--max-size", type=float, metavar="MB",
+                      help="--bits mixed: limit on the conv/matmul weight bytes (MB = 1e6 bytes)")
+    bits.add_argument("--max-bops", type=float, metavar="G", help="--bits mixed: limit on the layers' GBOPs")
+    bits.add_argument("--max-latency", type=float, metavar="MS",
+                      help="--bits mixed: limit on the summed conv/matmul kernel latency, from a per-layer table "
+                           "measured on the target (cached in ~/.cache/intq/latency)")
+    bits.add_argument("--pin-first", action=argparse.BooleanOptionalAction, default=True,
+                      help="keep the first layer at 8 bits (default: yes)")
+    bits.add_argument("--pin-last", action=argparse.BooleanOptionalAction, default=True,
+                      help="keep the last layer at 8 bits (default: yes)")
+    bits.add_argument("--sensitivity-samples", type=int, default=16, metavar="N",
+                      help="--bits mixed: calibration samples the Hessian traces are estimated on (default 16; "
+                           "cached by model, samples and settings in ~/.cache/intq/sensitivity)")
+    bits.add_argument("--latency-rpc", metavar="HOST:PORT",
+                      help="measure the latency table on the board behind this RPC server (or tracker)")
+    bits.add_argument("--latency-key", help="device key, when --latency-rpc names a tracker")
+    bits.add_argument("--latency-threads", type=int, metavar="K", help="runtime threads for the latency table")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
     return p
@@ -58,11 +85,18 @@ def main(argv: list[str] | None = None) -> int:
 
     def action():
         from .compiler import compile_model
+        from .mixed import Precision
 
+        if args.tune_trials < 0:
+            raise CompileError(f"--tune-trials must be >= 0, got {args.tune_trials}")
+        precision = Precision(args.bits, args.max_size, args.max_bops, args.max_latency, args.pin_first,
+                              args.pin_last, args.sensitivity_samples, args.latency_rpc, args.latency_key,
+                              args.latency_threads)
         shapes = dict(parse_input_shape(s) for s in args.input_shape)
         print(compile_model(args.model, target=args.target, output=args.output, calib=args.calib,
                             input_shapes=shapes, observer=args.observer, allow_float=args.allow_float,
-                            progress=not args.quiet, cuda_arch=args.cuda_arch))
+                            progress=not args.quiet, cuda_arch=args.cuda_arch, tune_trials=args.tune_trials,
+                            precision=precision))
 
     return guarded(action, args.verbose)
 

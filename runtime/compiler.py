@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import re
 import sys
 import time
@@ -20,9 +21,11 @@ from frontends.onnx_import import TensorSpec
 from passes import (BOUNDARY_ATTR, LAYERS_ATTR, QuantConfig, QuantizeToInteger, bind_weights, calibrate,
                     verify_integer_only)
 from targets import get_target
+from targets.cpu_pipeline import cpu_pipeline
 
 from .plan import export_plan
 from .artifact import DEVICE_TEXT, LIBRARY, RELAX_TEXT, sha256, write_artifact
+from .mixed import Precision
 
 SYNTHETIC_SAMPLES = 8
 PLAN_ARCHES = ("armv7l", "riscv64")  # no TVM runtime wheels: artifacts also carry plan + intq_exec
@@ -99,20 +102,37 @@ def _device_source(module) -> str | None:
     return None
 
 
+def _host_build() -> dict:
+    """How to compile the float model that calibration runs on this machine: with the
+    project's CPU schedules on x86 (TVM's default CPU pipeline emits plain loops)."""
+    if platform.machine() != "x86_64":
+        return {}
+    host = get_target("x86").target()
+    return {"target": host, "pipeline": cpu_pipeline(host)}
+
+
 def compile_model(model_path: str | os.PathLike, target: str = "x86", output: str | os.PathLike | None = None,
                   calib: str | os.PathLike | None = None, input_shapes: dict[str, tuple[int, ...]] | None = None,
                   observer: str = "minmax", allow_float: bool = False, config: QuantConfig | None = None,
-                  progress: bool = True, cuda_arch: str | None = None) -> Path:
+                  progress: bool = True, cuda_arch: str | None = None, tune_trials: int = 0,
+                  precision: Precision | None = None) -> Path:
     """Compile an ONNX model into an integer-only artifact; returns the artifact path.
 
+    `precision` chooses the weight bits (uniform 8 or 4, or mixed under limits: `runtime.mixed`).
     Raises CompileError (and writes nothing) on bad input or an unsupported model.
     """
     model_path = Path(model_path)
+    precision = precision or Precision()
     spec = get_target(target, cuda_arch)
     label = "custom" if spec.name.lstrip().startswith("{") else re.sub(r"[^\w.-]+", "_", spec.name)
     output = Path(output) if output else model_path.with_suffix(f".{label}.artifact")
     spec.check()
+    if tune_trials and (spec.device != "cpu" or spec.arch != platform.machine()):
+        raise CompileError(f"--tune-trials measures kernels on this machine ({platform.machine()}); "
+                           f"it cannot tune for target {spec.name} ({spec.device}, {spec.arch})")
     config = replace(config or QuantConfig(), allow_float=allow_float or (config is not None and config.allow_float))
+    if precision.bits == "4":
+        config = replace(config, weight_bits=4)
     with stage(f"importing {model_path}"):
         imported: ImportedModel = load_onnx(model_path, input_shapes, allow_unsupported=allow_float)
         float_mod = bind_weights(imported.mod, imported.params)
@@ -126,7 +146,18 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
     else:
         samples, synthetic = load_calibration(calib, imported.inputs), False
     with stage(f"calibrating ({observer}) on {len(samples)} sample(s)"):
-        ranges = calibrate(float_mod, samples, observer=observer, progress=progress)
+        ranges = calibrate(float_mod, samples, observer=observer, progress=progress, **_host_build())
+    mixed = None
+    if precision.bits == "mixed":
+        from .mixed import choose_bits
+
+        with stage("lowering at 8 bits to list the layers"):
+            layers8 = json.loads(str(QuantizeToInteger(ranges, config)(float_mod)["main"].attrs[LAYERS_ATTR]))
+        with stage("choosing bits per layer"):
+            mixed = choose_bits(model_path, float_mod, layers8, samples, precision, spec, input_shapes, progress,
+                                log)
+        log("per-layer weight bits:\n" + mixed.table())
+        config = replace(config, layer_bits=mixed.layer_bits)
     with stage("lowering to integer-only Relax"):
         int_mod = QuantizeToInteger(ranges, config)(float_mod)
     report = verify_integer_only(int_mod)
@@ -136,25 +167,30 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
                            "Pass --allow-float to accept float ops.")
     boundary = json.loads(str(int_mod["main"].attrs[BOUNDARY_ATTR]))
     layers = json.loads(str(int_mod["main"].attrs[LAYERS_ATTR]))
+    if mixed is not None:
+        layers = mixed.annotate(layers)
 
     def fill(tmp: Path) -> dict:
         import tvm
 
         tvm_target = spec.target()
         with stage(f"compiling for {spec.name} ({' '.join(spec.features)})"), spec.build_context(), tvm_target:
-            executable = tvm.compile(int_mod, target=tvm_target, relax_pipeline=spec.relax_pipeline(tvm_target))
+            executable = tvm.compile(int_mod, target=tvm_target, relax_pipeline=spec.relax_pipeline(tvm_target, tune_trials))
             executable.export_library(str(tmp / LIBRARY), **spec.export_kwargs())
         (tmp / RELAX_TEXT).write_text(int_mod.script(show_meta=False))
         executor = None
         if spec.arch in PLAN_ARCHES:  # no TVM runtime there: ship the plan and its executor too
             with stage(f"exporting the plan executor for {spec.arch}"):
                 executor = export_plan(int_mod, spec, tmp)
+        if mixed is not None:
+            mixed.write(tmp)
         device_code = _device_source(executable.mod)
         if device_code is not None:
             (tmp / DEVICE_TEXT).write_text(device_code)
         return {
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "source": {"path": str(model_path), "sha256": sha256(model_path)},
+            "tuning": {"trials": tune_trials} if tune_trials else None,
             "target": {"name": spec.name, "tvm_target": spec.tvm_target, "arch": spec.arch,
                        "device": spec.device, "features": list(spec.features),
                        "cross_compiler": spec.toolchain.compiler},
@@ -164,8 +200,11 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
             "outputs": [{"name": s.name, "shape": list(s.shape), "dtype": "float32", "quant": q}
                         for s, q in zip(imported.outputs, boundary["outputs"])],
             "quantization": {"observer": observer, "calibration_samples": len(samples),
-                             "synthetic_calibration": synthetic, "weight_bits": config.weight_bits,
-                             "activation_bits": config.activation_bits, "layers": layers},
+                             "synthetic_calibration": synthetic, "bits": precision.bits,
+                             "weight_bits": "mixed" if mixed is not None else config.weight_bits,
+                             "weight_mb": sum(lay["weight_bytes"] for lay in layers) / 1e6,
+                             "activation_bits": config.activation_bits, "layers": layers,
+                             **({"mixed": mixed.manifest(precision)} if mixed is not None else {})},
             "integer_only": report.integer_only,
             "allow_float": allow_float,
             "verifier": str(report),
