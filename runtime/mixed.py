@@ -107,15 +107,16 @@ class MixedChoice:
 
     def table(self) -> str:
         """Markdown: one row per layer."""
-        head = ("| # | layer | ONNX weight | op | shape | bits | sensitivity Omega(b) | params | size kB | "
-                "latency ms |\n|---|---|---|---|---|---|---|---|---|---|")
+        head = ("| # | layer | ONNX weight | op | shape | bits | sensitivity Omega(b) | Omega(8) / Omega(4) | params | "
+                "size kB | latency ms |\n|---|---|---|---|---|---|---|---|---|---|---|")
         lines = [head]
         for i, r in enumerate(self.rows):
             lat = "-" if r["latency_ms"] is None else f"{r['latency_ms']:.4f}"
             sens = "-" if r["sensitivity"] is None else f"{r['sensitivity']:.3e}"
+            both = "-" if r["sensitivity"] is None else f"{r['omega'][8]:.2e} / {r['omega'][4]:.2e}"
             lines.append(f"| {i} | {r['name']} | {r['onnx_weight'] or '-'} | {r['op']} | "
                          f"{'x'.join(map(str, r['shape']))} | {r['bits']}{' (pinned)' if r['name'] in self.pinned else ''}"
-                         f" | {sens} | {r['params']} | {r['params'] * r['bits'] / 8 / 1e3:.2f} | {lat} |")
+                         f" | {sens} | {both} | {r['params']} | {r['params'] * r['bits'] / 8 / 1e3:.2f} | {lat} |")
         a = self.allocation
         lat = "" if a.latency_ms is None else f", latency {a.latency_ms:.3f} ms"
         lines.append(f"\nTotal: {sum(r['bits'] == 4 for r in self.rows)} of {len(self.rows)} layers at 4 bits, "
@@ -187,6 +188,7 @@ def choose_bits(model_path, float_mod, layers: list[dict], samples, precision: P
         rows.append({"name": row["name"], "onnx_weight": onnx_names.get(row["name"]), "op": row["op"],
                      "shape": row["shape"], "bits": b, "params": int(row["params"]),
                      "sensitivity": cost.sensitivity[b] if row["name"] in onnx_names else None,
+                     "omega": dict(cost.sensitivity),
                      "latency_ms": None if latency is None else latency[row["name"]][b]})
     return MixedChoice(dict(allocation.bits), rows, allocation, front, metric, pinned, report, costs)
 

@@ -132,3 +132,25 @@ def test_latency_table_is_cached(tmp_path, small_artifact, monkeypatch):
     again = layer_latency.latency_table(rows, get_target("x86"), threads=1, repeat=3, cache_dir=tmp_path,
                                         progress=False)
     assert again == table
+
+
+def test_latency_table_through_rpc(tmp_path, small_artifact):
+    """The kernels are uploaded to an RPC server (here on 127.0.0.1) and timed there."""
+    from test_remote import _free_port, _start, _stop
+
+    from runtime import layer_latency
+    from runtime.remote import connect
+    from targets import get_target
+
+    rows = runtime.load(small_artifact).manifest["quantization"]["layers"][:2]
+    port = _free_port()
+    server = _start(["tvm.exec.rpc_server", "--host", "127.0.0.1", "--port", str(port), "--port-end",
+                     str(port + 1)], port)
+    try:
+        table = layer_latency.latency_table(rows, get_target("x86"), session=connect(f"127.0.0.1:{port}"),
+                                            where=f"rpc:127.0.0.1:{port}", threads=1, repeat=3,
+                                            cache_dir=tmp_path, progress=False)
+    finally:
+        _stop(server)
+    assert all(min(t.values()) > 0 for t in table.values())
+    assert {json.loads(p.read_text())["where"] for p in tmp_path.glob("*.json")} == {f"rpc:127.0.0.1:{port}"}
