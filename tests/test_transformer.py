@@ -242,3 +242,15 @@ def test_gelu_output_reaches_a_matmul_as_uint8_with_its_offset_as_bias():
     got = got * np.asarray(boundary["outputs"][0]["scale"])
     want = (0.5 * xt * (1 + np.vectorize(math.erf)(xt / math.sqrt(2)))) @ w
     assert np.linalg.norm(got - want) / np.linalg.norm(want) < 0.012
+
+
+def test_16bit_tensors_keep_headroom(tmp_path):
+    """int16 scales cover twice the calibrated range: inputs unlike the calibration data must not
+    clip where a bit is free (`to_8bit` of such a tensor still covers just the calibrated range)."""
+    from passes.lowering.context import WIDE_HEADROOM
+
+    ranges, mod = _lowered_block(tmp_path)
+    boundary = __import__("json").loads(str(mod["main"].attrs["intq.boundary"]))
+    amax = max(map(abs, ranges["x"]))
+    assert boundary["inputs"][0]["dtype"] == "int16" and WIDE_HEADROOM == 2.0
+    assert boundary["inputs"][0]["scale"] == pytest.approx(WIDE_HEADROOM * amax / 32767)
