@@ -140,6 +140,21 @@ def format_rows(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def summarize(rows: list[dict]) -> str:
+    """A markdown table: per (op, representation), how many values, the mean and worst cost of
+    that representation alone (`grid`), and the mean error accumulated up to it (`rel`)."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        rep = r["name"].split("@", 1)[1] if "@" in r["name"] else r["dtype"]
+        groups.setdefault((r["op"], rep), []).append(r)
+    lines = ["| op | representation | values | grid error mean | grid error max | accumulated rel error |",
+             "|---|---|---|---|---|---|"]
+    for (op, rep), rs in sorted(groups.items(), key=lambda kv: -max(r["grid"] for r in kv[1])):
+        lines.append(f"| {op} | {rep} | {len(rs)} | {np.mean([r['grid'] for r in rs]):.4f} | "
+                     f"{max(r['grid'] for r in rs):.4f} | {np.mean([r['rel'] for r in rs]):.4f} |")
+    return "\n".join(lines)
+
+
 def _samples(path: str, count: int | None) -> list[dict]:
     data = dict(np.load(path))
     n = len(next(iter(data.values())))
@@ -161,6 +176,7 @@ def main(argv=None) -> int:
     shapes = dict(parse_input_shape(s) for s in args.input_shape) if args.input_shape else None
     rows = measure(args.model, _samples(args.calib, None), _samples(args.inputs, args.count), shapes, args.observer)
     print(format_rows(rows))
+    print("\n" + summarize(rows))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0

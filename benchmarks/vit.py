@@ -78,8 +78,8 @@ def main(argv=None) -> int:
 
         calib_samples = [{"input_image": x} for x in np.load(calib)["input_image"]]
         evals = [{"input_image": x[None]} for x in to_imagenet_normalisation(imagenet_eval_set()[0][:args.op_errors])]
-        print(op_errors.format_rows(op_errors.measure(onnx_path, calib_samples, evals,
-                                                      {"input_image": (1, 3, 224, 224)})))
+        rows = op_errors.measure(onnx_path, calib_samples, evals, {"input_image": (1, 3, 224, 224)})
+        print(op_errors.format_rows(rows) + "\n\n" + op_errors.summarize(rows))
         return 0
     artifact = work / "dinov2_vits14.x86.artifact"
     if not artifact.exists():
