@@ -23,7 +23,13 @@ import tvm
 from tvm import s_tir
 
 from . import vnni
-from .schedule_common import divisor, fold_epilogue, inline_epilogue, matmul_block
+from .schedule_common import (
+    divisor,
+    fold_epilogue,
+    inline_epilogue,
+    matmul_block,
+    row_kernel,
+)
 
 TILE_J = 64  # int32 lanes of one accumulator tile: 4 x 512-bit or 8 x 256-bit registers
 
@@ -84,16 +90,12 @@ def _schedule_chunked(func: tvm.tirx.PrimFunc):
     inlined into each other: chains that reuse a value (the isqrt steps) would grow
     exponentially; per-chunk intermediates cost no memory traffic instead."""
     sch = s_tir.Schedule(func)
-    blocks = sch.get_child_blocks(sch.get_sblock("root"))
-    kinds = [[int(v.iter_type) for v in sch.get(b).iter_vars] for b in blocks]
-    if not blocks or any(kinds[-1]) or any(k.count(2) > 1 or k.count(2) != sum(map(bool, k)) for k in kinds):
-        return None  # only elementwise blocks and reductions over one axis (rows)
+    found = row_kernel(sch)
+    if found is None:
+        return None
+    blocks, lead, row = found
     if any(sch.get(b).name_hint.startswith("T_transpose") for b in blocks):
         return _schedule_elementwise(func)
-    *lead, last = sch.get_loops(blocks[-1])
-    if not lead:
-        return None
-    row = int(sch.get(last).extent)
     rows = sch.fuse(*lead) if len(lead) > 1 else lead[0]
     per_chunk = divisor(int(sch.get(rows).extent), max(1, CHUNK // row))
     chunk, _ = sch.split(rows, [None, per_chunk])

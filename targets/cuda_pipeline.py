@@ -2,8 +2,8 @@
 
 TVM's default CUDA pipeline, except for the schedules: pointwise convs become matmuls
 (`passes/conv1x1_as_matmul.py`) and int8 matmuls are hand-scheduled and tensorized to
-`__dp4a` (`cuda_dp4a.py`); the remaining kernels get dlight's reduction and fallback
-rules. dlight's Matmul rule is left out: on int8 x int8 -> int32 it picks a tensor-core
+`__dp4a` (`cuda_dp4a.py`), the transformer row kernels run one thread per row
+(`cuda_rows.py`); the remaining kernels get dlight's reduction and fallback rules. dlight's Matmul rule is left out: on int8 x int8 -> int32 it picks a tensor-core
 schedule that TVM 0.27 fails to lower (InjectSoftwarePipeline: "fragment_info_" check).
 Its GEMV rule is left out too: it asserts on a requantization epilogue fused with the
 integer sum of a global average pool.
@@ -23,6 +23,7 @@ def cuda_pipeline(target: tvm.target.Target):
     from passes.conv1x1_as_matmul import conv1x1_as_matmul
 
     from .cuda_dp4a import schedule_int8_matmul_dp4a
+    from .cuda_rows import schedule_row_kernels_cuda
 
     @tvm.transform.module_pass(opt_level=0, name="IntqCudaPipeline")
     def pipeline(mod, _ctx):
@@ -32,7 +33,7 @@ def cuda_pipeline(target: tvm.target.Target):
                 + cuda_defaults.library_dispatch_passes(target)
                 + [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
                    relax.transform.FoldConstant(), relax.transform.FuseOps(), relax.transform.FuseTIR(),
-                   schedule_int8_matmul_dp4a,
+                   schedule_int8_matmul_dp4a, schedule_row_kernels_cuda,
                    dl.ApplyDefaultSchedule(dl.gpu.Reduction(), dl.gpu.GeneralReduction(),
                                            dl.gpu.Fallback())]
                 + cuda_defaults.dataflow_lower_passes(target)

@@ -14,6 +14,20 @@ def divisor(extent: int, most: int) -> int:
     return tile
 
 
+def row_kernel(sch: s_tir.Schedule):
+    """(blocks, row loops of the last block, row length) for a fused kernel of elementwise
+    blocks and reductions over the last axis (requantization chains, Shiftmax, ShiftGELU,
+    I-LayerNorm), or None for anything else."""
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    kinds = [[int(v.iter_type) for v in sch.get(b).iter_vars] for b in blocks]
+    if not blocks or any(kinds[-1]) or any(k.count(2) > 1 or k.count(2) != sum(map(bool, k)) for k in kinds):
+        return None
+    *lead, last = sch.get_loops(blocks[-1])
+    if not lead:
+        return None
+    return blocks, lead, int(sch.get(last).extent)
+
+
 def fold_epilogue(sch: s_tir.Schedule, block) -> list:
     """Inline a single-consumer elementwise chain after `block` into its last block;
     returns the remaining consumers of `block`."""

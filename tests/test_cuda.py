@@ -107,3 +107,40 @@ def test_cuda_bit_exact_against_x86(cuda_artifact, small_artifact):
     for _ in range(8):
         q = cpu.quantize_inputs({"x": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)})
         np.testing.assert_array_equal(gpu.run_integer(q)[0], cpu.run_integer(q)[0])
+
+
+@pytest.fixture(scope="module")
+def transformer_artifacts(tmp_path_factory):
+    """A pre-LN transformer block (I-LayerNorm, Shiftmax, ShiftGELU) for cuda and x86."""
+    if NVCC is None:
+        pytest.skip("the cuda target needs nvcc (CUDA toolkit), not found")
+    from test_transformer import _block_model
+
+    from runtime import compile_model
+
+    work = tmp_path_factory.mktemp("cuda_block")
+    onnx_path = _block_model(work / "block.onnx")
+    np.savez(work / "calib.npz", x=np.random.default_rng(0).standard_normal((4, 1, 16, 64)).astype(np.float32))
+    return {target: compile_model(onnx_path, target, work / f"block.{target}", calib=work / "calib.npz",
+                                  progress=False) for target in ("cuda", "x86")}
+
+
+@needs_nvcc
+def test_transformer_block_compiles_for_cuda(transformer_artifacts):
+    """The I-LayerNorm kernel's integer square root must not be inlined step into step (its
+    expression doubles per step: MiniLM's grew past 20 GB): one thread per row instead."""
+    artifact = transformer_artifacts["cuda"]
+    assert runtime.artifact.read_manifest(artifact)["integer_only"] is True
+    code = (artifact / "model.cu").read_text()
+    assert "threadIdx.x" in code and len(code) < 2_000_000
+
+
+@needs_nvcc
+def test_transformer_block_bit_exact_on_gpu(transformer_artifacts):
+    if not _has_gpu():
+        pytest.skip("no NVIDIA GPU here: the CUDA run is checked where one is (benchmarks/cuda_check.py)")
+    gpu, cpu = (runtime.load(transformer_artifacts[t]) for t in ("cuda", "x86"))
+    rng = np.random.default_rng(3)
+    for _ in range(4):
+        q = cpu.quantize_inputs({"x": rng.standard_normal((1, 16, 64)).astype(np.float32)})
+        np.testing.assert_array_equal(gpu.run_integer(q)[0], cpu.run_integer(q)[0])
