@@ -29,7 +29,7 @@ import numpy as np
 from frontends.errors import CompileError
 
 CACHE_DIR = Path.home() / ".cache" / "intq" / "latency"
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # bumped when kernels change speed (2: CPU schedules for 4-bit kernels)
 
 
 @dataclass(frozen=True)

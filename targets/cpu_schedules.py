@@ -36,7 +36,9 @@ TILE_J = 64  # int32 lanes of one accumulator tile: 4 x 512-bit or 8 x 256-bit r
 
 def _schedule(sch: s_tir.Schedule, block) -> None:
     columns = int(sch.get(block).iter_vars[-2].dom.extent)
-    if columns > 16 and columns % 16:  # e.g. 257 tokens: pad to whole vectors (zeros, sliced off)
+    # e.g. 257 tokens: pad to whole vectors (zeros, sliced off); pad_einsum refuses the packed
+    # 4-bit weights' flat indexing, which keeps a narrower vector instead
+    if columns > 16 and columns % 16 and sch.get(block).name_hint == "matmul":
         sch.pad_einsum(block, [1] * (len(sch.get(block).iter_vars) - 2) + [16, 1])
     epilogue = fold_epilogue(sch, block)
     loops = sch.get_loops(block)
@@ -117,12 +119,15 @@ _CONV_BLOCKS = ("group_conv2d_nchw", "conv2d_nchw", "depthwise_conv2d_nchw")
 
 
 def _depthwise_conv_block(sch: s_tir.Schedule):
-    """The conv block of a depthwise conv kernel (one input channel per output channel).
-    Other convs keep the default loops, whose innermost reduction over input channels is
+    """The conv block of a depthwise conv kernel (one input channel per output channel), or of
+    any 4-bit conv (its weights unpacked per multiply: vectorized over x, each weight
+    nibble is unpacked once per row, not once per pixel). Other 8-bit convs keep the default loops, whose innermost reduction over input channels is
     what LLVM turns into `sdot`/`vpdpbusd` dot products."""
     for block in sch.get_child_blocks(sch.get_sblock("root")):
         stmt = sch.get(block)
         if stmt.name_hint in _CONV_BLOCKS and int(stmt.iter_vars[4].dom.extent) == 1:
+            return block
+        if stmt.name_hint == "int4_conv2d":
             return block
     return None
 
@@ -145,7 +150,7 @@ def schedule_int_matmul_cpu(mod, _ctx):
     for gv, func in list(mod.functions_items()):
         if not isinstance(func, tvm.tirx.PrimFunc) or (func.attrs and "tirx.is_scheduled" in func.attrs):
             continue
-        found = matmul_block(func)
+        found = matmul_block(func, ("matmul", "int4_matmul"))
         try:
             sch = s_tir.Schedule(func)
             vnni_found = vnni.vnni_block(sch)

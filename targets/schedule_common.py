@@ -39,14 +39,18 @@ def fold_epilogue(sch: s_tir.Schedule, block) -> list:
     return epilogue
 
 
-def matmul_block(func):
-    """(schedule, block) for a PrimFunc with one block named "matmul" whose iterators are
-    spatial then one reduction and which accumulates in int32 (or float32: the float model
+def matmul_block(func, names=("matmul",)):
+    """(schedule, block) for a PrimFunc with one block named as one of `names` whose iterators
+    are spatial then one reduction and which accumulates in int32 (or float32: the float model
     that calibration runs); None otherwise."""
     sch = s_tir.Schedule(func)
-    try:
-        block = sch.get_sblock("matmul")
-    except Exception:  # no such block
+    for name in names:
+        try:
+            block = sch.get_sblock(name)
+            break
+        except Exception:  # no such block
+            continue
+    else:
         return None
     stmt = sch.get(block)
     kinds = [int(v.iter_type) for v in stmt.iter_vars]
