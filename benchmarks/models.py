@@ -180,6 +180,9 @@ def fashion_mnist(split: str, count: int, seed: int = 0) -> tuple[np.ndarray, np
     from PIL import Image
 
     root = Path("/usr/share/datasets/fashion-mnist")
+    if not root.is_dir():
+        raise FileNotFoundError(f"Fashion-MNIST not found at {root}: install the Debian package dataset-fashion-mnist "
+                                "(targets/install_toolchains.sh does)")
     prefix = "train" if split == "train" else "t10k"
     with gzip.open(root / f"{prefix}-images-idx3-ubyte.gz") as f:
         images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
