@@ -30,7 +30,7 @@ from frontends.errors import UnsupportedModelError
 
 from .lowering.embedding import is_integer_op, lower_integer_op
 from .lowering import (LOWERINGS, Accumulator, ChannelQuantized, IntTensor, LoweringContext, QuantConfig, Quantized,
-                       activation_scale, float_fallback)
+                       activation_scale, calibrated_qmax, float_fallback)
 
 OFFSET_AWARE = frozenset({"relax.reshape", "relax.permute_dims", "relax.squeeze", "relax.expand_dims",
                           "relax.matmul"})
@@ -117,7 +117,7 @@ class QuantizeToInteger:
             scale = activation_scale(lo, hi, dtype)
             q = relax.Var(p.name, relax.TensorType(p.ty.shape, dtype))
             params.append(q)
-            env[p] = Quantized(q, scale, dtype)
+            env[p] = Quantized(q, scale, dtype, qmax=calibrated_qmax(dtype))
             boundary["inputs"].append({"name": p.name, "dtype": dtype, "scale": scale})
         with bb.function("main", params):
             with bb.dataflow():

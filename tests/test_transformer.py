@@ -254,3 +254,24 @@ def test_16bit_tensors_keep_headroom(tmp_path):
     amax = max(map(abs, ranges["x"]))
     assert boundary["inputs"][0]["dtype"] == "int16" and WIDE_HEADROOM == 2.0
     assert boundary["inputs"][0]["scale"] == pytest.approx(WIDE_HEADROOM * amax / 32767)
+
+
+def test_to_8bit_covers_each_int16_values_own_range():
+    """Only activations quantized with headroom keep it out of their 8-bit form: an int16
+    embedding (full table range) or an int8 value widened to int16 keep their whole range."""
+    from passes.lowering.context import LoweringContext, QuantConfig, calibrated_qmax
+    from passes.lowering.values import Quantized
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((4, 8), "int16"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            ctx = LoweringContext(bb, {}, QuantConfig(residual_bits=16))
+            table = ctx.to_8bit(Quantized(x, 1e-3, "int16"))
+            activation = ctx.to_8bit(Quantized(x, 1e-3, "int16", qmax=calibrated_qmax("int16")))
+            widened = ctx.to_8bit(Quantized(x, 1e-3, "int16", qmax=127))
+            out = bb.emit_output(x)
+        bb.emit_func_output(out)
+    assert table.scale == pytest.approx(1e-3 * 32767 / 127)
+    assert activation.scale == pytest.approx(1e-3 * 32767 / 127 / 2)
+    assert widened.scale == pytest.approx(1e-3)

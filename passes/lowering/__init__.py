@@ -2,8 +2,8 @@
 
 from . import elementwise, embedding, layout, linear, pooling, transformer  # noqa: F401  (registration)
 from .float_fallback import float_fallback
-from .context import LoweringContext, QuantConfig, activation_scale
+from .context import LoweringContext, QuantConfig, activation_scale, calibrated_qmax
 from .registry import LOWERINGS
 from .values import Accumulator, ChannelQuantized, IntTensor, Quantized
 
-__all__ = ["LOWERINGS", "float_fallback", "Accumulator", "ChannelQuantized", "IntTensor", "LoweringContext", "QuantConfig", "Quantized", "activation_scale"]
+__all__ = ["LOWERINGS", "float_fallback", "Accumulator", "ChannelQuantized", "IntTensor", "LoweringContext", "QuantConfig", "Quantized", "activation_scale", "calibrated_qmax"]

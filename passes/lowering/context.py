@@ -64,6 +64,11 @@ WIDE_HEADROOM = 2.0  # 16-bit tensors cover 2x their calibrated range: 1 of 16 b
 # the calibration images (Fashion-MNIST clipped DINOv2's LayerNorm outputs), where 8 bits have none to spare
 
 
+def calibrated_qmax(dtype: str) -> float | None:
+    """`Quantized.qmax` of an activation quantized by `activation_scale` in `dtype`."""
+    return INT_RANGE[dtype][1] / WIDE_HEADROOM if dtype == "int16" else None
+
+
 def activation_scale(lo: float, hi: float, dtype: str) -> float:
     """Symmetric scale covering [lo, hi] in `dtype` (twice that for int16; 1.0 for an all-zero tensor)."""
     amax = max(abs(lo), abs(hi)) * (WIDE_HEADROOM if dtype == "int16" else 1.0)
@@ -123,7 +128,7 @@ class LoweringContext:
         if q.dtype in ("int8", "uint8"):
             return q
         if (q, "8bit") not in self._materialized:
-            scale = q.scale * INT_RANGE[q.dtype][1] / 127 / (WIDE_HEADROOM if q.dtype == "int16" else 1.0)
+            scale = q.scale * (q.qmax or INT_RANGE[q.dtype][1]) / 127
             m, s = dyadic(q.scale / scale)
             self._materialized[(q, "8bit")] = Quantized(self.emit(emit.requantize(q.expr, m, s, -128, 127, "int8")),
                                                         scale, "int8")
@@ -203,7 +208,8 @@ class LoweringContext:
         rank = len(acc.expr.ty.shape)
         m, s = dyadic(np.asarray(acc.scale, np.float64) / scale)
         m, s = emit.channel_shape(m, rank, acc.axis), emit.channel_shape(s, rank, acc.axis)
-        return Quantized(self.emit(emit.requantize(acc.expr, m, s, qlo, qhi, dtype)), scale, dtype)
+        return Quantized(self.emit(emit.requantize(acc.expr, m, s, qlo, qhi, dtype)), scale, dtype,
+                         qmax=calibrated_qmax(dtype))
 
     def to_int32_at(self, value: Value, scale: float) -> tuple[relax.Expr, np.ndarray, np.ndarray]:
         """(int tensor, m, s) that requantize `value` to `scale`: used by adds and concats.

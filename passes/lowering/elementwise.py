@@ -12,13 +12,14 @@ max/min(q, c)       -> max/min(q, round(c / S_q))              (integer clamp, s
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 from tvm import relax
 
 from ..reference.kernels import INT_RANGE
 from . import emit
-from .context import activation_scale
+from .context import activation_scale, calibrated_qmax
 from .registry import lowers
 from .values import Accumulator, MaskedLogits, MaskPenalty, Quantized
 
@@ -76,7 +77,7 @@ def lower_add(ctx, call, args):
     else:
         qb, mb, sb = ctx.to_int32_at(b, scale)
         expr = emit.add_requant(qa, qb, ma, sa, mb, sb, qlo, qhi, dtype)
-    return Quantized(ctx.emit(expr), scale, dtype)
+    return Quantized(ctx.emit(expr), scale, dtype, qmax=calibrated_qmax(dtype))
 
 
 def _clamp(ctx, x, lo: float = -math.inf, hi: float = math.inf):
@@ -88,7 +89,7 @@ def _clamp(ctx, x, lo: float = -math.inf, hi: float = math.inf):
         expr = R.maximum(expr, emit.const(int(np.clip(round(lo / x.scale), qmin, qmax)), x.dtype))
     if math.isfinite(hi):
         expr = R.minimum(expr, emit.const(int(np.clip(round(hi / x.scale), qmin, qmax)), x.dtype))
-    return Quantized(ctx.emit(expr), x.scale, x.dtype)
+    return replace(x, expr=ctx.emit(expr))
 
 
 def _scalar_bound(ctx, args) -> tuple[object, float]:
@@ -119,7 +120,7 @@ def _rescaled(ctx, call, x, factor: np.ndarray):
         f = float(factor.reshape(()))
         if isinstance(x, Accumulator):
             return Accumulator(x.expr, np.asarray(x.scale) * f, x.axis, ctx.out_range(), (x.clamp[0] * f, x.clamp[1] * f))
-        return Quantized(x.expr, x.scale * f, x.dtype)
+        return replace(x, scale=x.scale * f)
     channels = int(call.ty.shape[-1])
     if factor.size != channels or factor.reshape(-1).shape != (channels,) or factor.ndim > rank:
         ctx.fail("multiply/divide by a constant: only positive scalars or per-channel (last axis) vectors")

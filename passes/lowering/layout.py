@@ -10,12 +10,14 @@ first requantizes a per-channel accumulator to one int32 scale).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 from tvm import relax
 
 from ..reference.kernels import INT_RANGE, dyadic
 from . import emit
-from .context import activation_scale
+from .context import activation_scale, calibrated_qmax
 from .registry import lowers
 from .values import Accumulator, Quantized
 
@@ -27,7 +29,7 @@ def lower_layout(ctx, call, args):
     if acc is not None:
         return acc
     x = ctx.materialize(args[0])
-    return Quantized(ctx.emit(relax.Call(call.op, [x.expr, *call.args[1:]], call.attrs)), x.scale, x.dtype)
+    return replace(x, expr=ctx.emit(relax.Call(call.op, [x.expr, *call.args[1:]], call.attrs)))
 
 
 def _accumulator_through(ctx, call, x):
@@ -120,7 +122,7 @@ def lower_concat(ctx, call, args):
                 continue
             q, m, s = ctx.to_int32_at(p, scale)
             exprs.append(emit.requantize(q, m, s, *INT_RANGE[dtype], dtype))
-    return Quantized(ctx.emit(relax.op.concat(exprs, axis=call.attrs.axis)), scale, dtype)
+    return Quantized(ctx.emit(relax.op.concat(exprs, axis=call.attrs.axis)), scale, dtype, qmax=calibrated_qmax(dtype))
 
 
 @lowers("relax.split")
@@ -139,4 +141,4 @@ def lower_split(ctx, call, args):
         return out
     x = ctx.materialize(x)
     parts = ctx.emit(relax.Call(call.op, [x.expr, *call.args[1:]], call.attrs))
-    return [Quantized(ctx.emit(relax.TupleGetItem(parts, i)), x.scale, x.dtype) for i in range(len(call.ty.fields))]
+    return [replace(x, expr=ctx.emit(relax.TupleGetItem(parts, i))) for i in range(len(call.ty.fields))]

@@ -26,7 +26,7 @@ import numpy as np
 from ..reference import transformer as ref
 from ..reference.kernels import INT_RANGE, dyadic
 from . import emit, emit_transformer
-from .context import activation_scale
+from .context import activation_scale, calibrated_qmax
 from .registry import lowers
 from .values import Accumulator, MaskedLogits, Quantized
 
@@ -67,7 +67,7 @@ def lower_softmax(ctx, call, args):
 def lower_gelu(ctx, call, args):
     x = ctx.materialize(args[0], wide=True)
     if x.dtype != "int16":
-        x = Quantized(ctx.emit(emit.R.astype(x.expr, "int16")), x.scale, "int16")
+        x = Quantized(ctx.emit(emit.R.astype(x.expr, "int16")), x.scale, "int16", qmax=INT_RANGE[x.dtype][1])
     m, s = dyadic(x.scale * 2**16)
     if not 1 <= int(s) <= 62:
         ctx.fail(f"GELU input scale {x.scale:.3g} outside [2^-46, 2^14)")
@@ -104,4 +104,5 @@ def lower_layer_norm(ctx, call, args):
     y = emit.requantize(signed, m, s, *INT_RANGE["int32"], "int32")
     beta_q = np.clip(np.round(beta / scale), *INT_RANGE["int32"])
     out = emit.R.add(emit.R.astype(y, "int64"), emit.const(beta_q, "int64"))
-    return Quantized(ctx.emit(emit.R.astype(emit.R.clip(out, *INT_RANGE[dtype]), dtype)), scale, dtype)
+    return Quantized(ctx.emit(emit.R.astype(emit.R.clip(out, *INT_RANGE[dtype]), dtype)), scale, dtype,
+                     qmax=calibrated_qmax(dtype))

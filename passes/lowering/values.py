@@ -15,12 +15,15 @@ class Quantized:
 
     `row_sum` (softmax probabilities): a proven bound on the sum of `q` along the last axis,
     which a matmul consuming it may use instead of length * max.
+    `qmax`: the largest |q| the calibrated range reaches, where it is not the dtype's limit
+    (16-bit activations keep headroom above it; an int8 value widened to int16 stays within 127).
     """
 
     expr: relax.Expr
     scale: float
     dtype: str
     row_sum: int | None = None
+    qmax: float | None = None
 
 
 @dataclass(frozen=True, eq=False)
