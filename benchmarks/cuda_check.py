@@ -101,6 +101,10 @@ def main(argv=None) -> int:
         prepare(args.dir, args.workdir, args.models)
         return 0
     results = run(args.dir)
+    if not results:
+        print(f"no *_x86.npz in {args.dir}: run `python -m benchmarks.cuda_check prepare {args.dir}` first",
+              file=sys.stderr)
+        return 2
     for r in results:
         print(json.dumps(r))
     return 0 if results and all(r["bit_exact_vs_x86"] for r in results) else 1

@@ -120,9 +120,9 @@ _CONV_BLOCKS = ("group_conv2d_nchw", "conv2d_nchw", "depthwise_conv2d_nchw")
 
 def _depthwise_conv_block(sch: s_tir.Schedule):
     """The conv block of a depthwise conv kernel (one input channel per output channel), or of
-    any 4-bit conv (its weights unpacked per multiply: vectorized over x, each weight
-    nibble is unpacked once per row, not once per pixel). Other 8-bit convs keep the default loops, whose innermost reduction over input channels is
-    what LLVM turns into `sdot`/`vpdpbusd` dot products."""
+    any 4-bit conv (vectorized over x, each weight nibble is unpacked once per row, not once
+    per pixel). Other 8-bit convs keep the default loops, whose innermost reduction over
+    input channels is what LLVM turns into `sdot`/`vpdpbusd` dot products."""
     for block in sch.get_child_blocks(sch.get_sblock("root")):
         stmt = sch.get(block)
         if stmt.name_hint in _CONV_BLOCKS and int(stmt.iter_vars[4].dom.extent) == 1:

@@ -2,9 +2,10 @@
 
 TVM's default CUDA pipeline, except for the schedules: pointwise convs become matmuls
 (`passes/conv1x1_as_matmul.py`) and int8 matmuls are hand-scheduled and tensorized to
-`__dp4a` (`cuda_dp4a.py`), the transformer row kernels run one thread per row
-(`cuda_rows.py`); the remaining kernels get dlight's reduction and fallback rules. dlight's Matmul rule is left out: on int8 x int8 -> int32 it picks a tensor-core
-schedule that TVM 0.27 fails to lower (InjectSoftwarePipeline: "fragment_info_" check).
+`__dp4a` (`cuda_dp4a.py`), row kernels with a reduction or a long chain run one thread
+per row (`cuda_rows.py`); the remaining kernels get dlight's reduction and fallback rules.
+dlight's Matmul rule is left out: on int8 x int8 -> int32 it picks a tensor-core schedule
+that TVM 0.27 fails to lower (InjectSoftwarePipeline: "fragment_info_" check).
 Its GEMV rule is left out too: it asserts on a requantization epilogue fused with the
 integer sum of a global average pool.
 """

@@ -1,13 +1,14 @@
-"""CUDA schedule for the fused integer row kernels of transformers (I-LayerNorm, Shiftmax,
-ShiftGELU and their requantization chains): one thread per row, every block computed at
-the thread (compute_at) with its intermediates in registers / local memory.
+"""CUDA schedule for the fused integer row kernels of transformers (I-LayerNorm and other
+kernels with a reduction over rows): one thread per row.
 
 dlight's rules inline such blocks into each other, and the integer square root's steps
 each read the previous estimate more than once: inlined, the expression doubles per step
-(MiniLM's LayerNorm kernel grew past 20 GB in `tvm.compile`). Computing every block per row
-keeps each per-row scalar a value; elementwise blocks over whole rows are still inlined
-(their chains are short), so few row-long buffers remain per thread. Kernels without a reduction or a long
-chain (requantization, CNN epilogues) stay with dlight, whose coalesced schedule is faster.
+(MiniLM's LayerNorm kernel grew past 20 GB in `tvm.compile`). Here per-row scalars are
+computed at the thread (compute_at, local scope), so each stays a value; elementwise blocks
+over whole rows are still inlined (their chains are short), so few row-long buffers remain
+per thread (local memory is reserved for every resident thread). Kernels without a
+reduction or a long chain (requantization, CNN epilogues) stay with dlight, whose coalesced
+schedule is faster.
 """
 
 from __future__ import annotations
