@@ -3,10 +3,10 @@ imports without onnx or TVM, as the runtime on a board needs.)"""
 
 from importlib import import_module
 
-from .errors import ArtifactError, CompileError, InputError, UnsupportedModelError
+from .errors import ArtifactError, CompileError, InputError, ToolchainError, UnsupportedModelError
 
 _LAZY = {"INTEGER_PATH_OPS", "ImportedModel", "TensorSpec", "load_onnx", "parse_input_shape"}
-__all__ = ["ArtifactError", "CompileError", "InputError", "UnsupportedModelError", *sorted(_LAZY)]
+__all__ = ["ArtifactError", "CompileError", "InputError", "ToolchainError", "UnsupportedModelError", *sorted(_LAZY)]
 
 
 def __getattr__(name):

@@ -19,3 +19,7 @@ class ArtifactError(CompileError):
 
 class InputError(CompileError):
     """Run-time or calibration inputs whose names, shapes or dtypes do not match the model."""
+
+
+class ToolchainError(CompileError):
+    """A compiler, linker or C library that the target needs is missing or fails (names the package)."""

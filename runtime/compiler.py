@@ -16,11 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from frontends import CompileError, ImportedModel, InputError, load_onnx
+from frontends import CompileError, ImportedModel, InputError, ToolchainError, load_onnx
 from frontends.onnx_import import TensorSpec
 from passes import (BOUNDARY_ATTR, LAYERS_ATTR, QuantConfig, QuantizeToInteger, bind_weights, calibrate,
                     verify_integer_only)
 from targets import get_target
+from targets.cross import first_error_line
 from targets.cpu_pipeline import cpu_pipeline
 
 from .plan import export_plan
@@ -111,6 +112,20 @@ def _host_build() -> dict:
     return {"target": host, "pipeline": cpu_pipeline(host)}
 
 
+def _export(executable, path: Path, spec) -> None:
+    """Link the library; a failing compiler or linker is the user's toolchain, not a crash."""
+    try:
+        executable.export_library(str(path), **spec.export_kwargs())
+    except RuntimeError as err:
+        if "Compilation error" not in str(err):
+            raise
+        compiler = spec.toolchain.compiler or "the host C compiler"
+        package = spec.toolchain.libc_package or spec.toolchain.package or "gcc"
+        raise ToolchainError(f"linking the library for target {spec.name!r} with {compiler} failed: "
+                             f"{first_error_line(str(err).partition('Compilation error:')[2])}; install {package} "
+                             "(targets/install_toolchains.sh)") from None
+
+
 def compile_model(model_path: str | os.PathLike, target: str = "x86", output: str | os.PathLike | None = None,
                   calib: str | os.PathLike | None = None, input_shapes: dict[str, tuple[int, ...]] | None = None,
                   observer: str = "minmax", allow_float: bool = False, config: QuantConfig | None = None,
@@ -176,7 +191,7 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
         tvm_target = spec.target()
         with stage(f"compiling for {spec.name} ({' '.join(spec.features)})"), spec.build_context(), tvm_target:
             executable = tvm.compile(int_mod, target=tvm_target, relax_pipeline=spec.relax_pipeline(tvm_target, tune_trials))
-            executable.export_library(str(tmp / LIBRARY), **spec.export_kwargs())
+            _export(executable, tmp / LIBRARY, spec)
         (tmp / RELAX_TEXT).write_text(int_mod.script(show_meta=False))
         executor = None
         if spec.arch in PLAN_ARCHES:  # no TVM runtime there: ship the plan and its executor too

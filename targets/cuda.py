@@ -16,7 +16,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from frontends.errors import CompileError
+from frontends.errors import CompileError, ToolchainError
 
 from . import x86
 from .cross import toolchain_for
@@ -46,7 +46,7 @@ def _nvcc_dir() -> str:
         return str(Path(found).parent)
     if Path("/usr/local/cuda/bin/nvcc").is_file():
         return "/usr/local/cuda/bin"
-    raise CompileError("the cuda target needs nvcc (the CUDA toolkit): not found on PATH or in "
+    raise ToolchainError("the cuda target needs nvcc (the CUDA toolkit): not found on PATH or in "
                        "/usr/local/cuda/bin. Install the CUDA toolkit or put nvcc on PATH.")
 
 
