@@ -43,7 +43,9 @@ def _expose_all(mod: tvm.IRModule) -> tuple[tvm.IRModule, list[str]]:
         raise AssertionError("binding names are not unique; cannot key calibration ranges")
     body = relax.SeqExpr(func.body.blocks, relax.Tuple(tensors))
     new = relax.Function(func.params, body, relax.TupleType([t.ty for t in tensors]), func.is_pure, func.attrs)
-    return tvm.IRModule({"main": new}), names
+    exposed = tvm.IRModule({gv: f for gv, f in mod.functions_items() if gv.name_hint != "main"})
+    exposed["main"] = new  # keep the PrimFuncs `main` calls (the importer's emit_te kernels)
+    return exposed, names
 
 
 def calibrate(mod: tvm.IRModule, samples: Sequence[dict[str, np.ndarray]] | Iterable[dict[str, np.ndarray]],
