@@ -28,6 +28,8 @@ INTEGER_PATH_OPS = frozenset({
     "LayerNormalization", "Softmax", "Gelu", "Erf", "Div", "Mul", "Split", "Slice", "Sub", "Pow", "Sqrt",
     # integer inputs (token ids, attention masks) and embeddings
     "Gather", "Cast", "And", "Or", "Not", "Where", "Less", "Equal", "Greater", "GreaterOrEqual", "Expand",
+    # structure and spatial ops (passes/lowering: resize, pooling, linear, layout)
+    "Resize", "Upsample", "ConvTranspose", "AveragePool", "Tile", "DepthToSpace", "SpaceToDepth", "TopK",
 })
 
 
@@ -201,6 +203,7 @@ def _to_relax(model: onnx.ModelProto, path: Path):
     from tvm.relax.frontend.onnx import from_onnx
 
     from .relax_cleanup import clip_calls_to_ops
+    from .te_calls_to_ops import te_calls_to_ops
 
     try:
         mod = from_onnx(model, keep_params_in_input=True, sanitize_input_names=False)
@@ -208,6 +211,6 @@ def _to_relax(model: onnx.ModelProto, path: Path):
         last = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
         raise UnsupportedModelError(f"{path}: TVM's ONNX importer failed: {last}") from None
     mod, params = relax.frontend.detach_params(mod)
-    mod = tvm.transform.Sequential([relax.transform.FoldConstant(), clip_calls_to_ops,
+    mod = tvm.transform.Sequential([relax.transform.FoldConstant(), clip_calls_to_ops, te_calls_to_ops,
                                     relax.transform.DeadCodeElimination()])(mod)
     return mod, [p.numpy() for p in params.get("main", [])]

@@ -13,6 +13,7 @@ from tvm import relax
 
 from ..reference.kernels import INT_RANGE
 from . import emit
+from .layout import lower_gather
 from .registry import lowers
 from .values import IntTensor, MaskPenalty, Quantized
 
@@ -41,7 +42,9 @@ def lower_integer_op(ctx, call, args) -> IntTensor:
 @lowers("relax.take")
 def lower_take(ctx, call, args):
     table, ids = args
-    if not isinstance(table, np.ndarray) or not isinstance(ids, IntTensor):
+    if not isinstance(table, np.ndarray):  # ONNX Gather of an activation (constant indices)
+        return lower_gather(ctx, call, args)
+    if not isinstance(ids, IntTensor):
         ctx.fail("take is supported as an embedding lookup: a constant table indexed by integer ids")
     amax = float(np.abs(table).max()) or 1.0
     scale = amax / INT_RANGE["int16"][1]

@@ -1,7 +1,10 @@
 """Data-movement ops pass integers through unchanged (same scale, same dtype).
 
-reshape / flatten / permute_dims / squeeze / expand_dims / strided_slice / split / pad(0)
-             on q -> the same op on q
+reshape / flatten / permute_dims / squeeze / expand_dims / strided_slice (negative steps too) /
+split (uneven too) / broadcast_to / tile / take(q, constant indices) / topk / resize nearest
+             on q -> the same op on q (topk: values at the same scale, indices exact integers)
+pad(q, reflect | replicate | circular | constant v) -> pad(q, ..., round(v / S_q) saturated)
+astype(q, float -> float) -> q (the integers do not change)
 concat(q_i)  -> concat(rq(q_i -> S_out)) with one common scale (int16 when a part is an int32
                 accumulator and the residual stream is 16-bit)
 Accumulators pass through transposes, splits, slices and reshapes (one that mixes channels
@@ -19,7 +22,7 @@ from ..reference.kernels import INT_RANGE, dyadic
 from . import emit
 from .context import activation_scale, calibrated_qmax
 from .registry import lowers
-from .values import Accumulator, Quantized
+from .values import Accumulator, IntTensor, Quantized
 
 
 @lowers("relax.reshape", "relax.flatten", "relax.permute_dims", "relax.squeeze", "relax.expand_dims",
@@ -97,9 +100,84 @@ def _channel_axis_after_reshape(before: list[int], after: list[int], axis: int) 
 
 @lowers("relax.nn.pad")
 def lower_pad(ctx, call, args):
-    if str(call.attrs.pad_mode) != "constant" or float(call.attrs.pad_value) != 0.0:
-        ctx.fail(f"pad mode {call.attrs.pad_mode} value {call.attrs.pad_value}: only constant 0 padding")
-    return lower_layout(ctx, call, args)
+    """Zero, reflect, edge and circular pads copy integers (an accumulator too: each padded element
+    keeps its channel); a constant v pads with round(v / S), saturated to the dtype (-inf -> min)."""
+    x, mode, value = args[0], str(call.attrs.pad_mode), float(call.attrs.pad_value)
+    if not (isinstance(x, Accumulator) and (mode != "constant" or value == 0.0)):
+        x = ctx.materialize(x)
+    q_value = 0.0
+    if mode == "constant" and value != 0.0:
+        lo, hi = INT_RANGE[x.dtype]
+        q_value = float(np.clip(np.round(value / x.scale), lo, hi)) if np.isfinite(value) else (lo if value < 0 else hi)
+    expr = relax.op.nn.pad(x.expr, [int(v) for v in call.attrs.pad_width], mode, q_value)
+    return replace(x, expr=ctx.emit(expr))
+
+
+def _moved(ctx, call, x, axis_after):
+    """`call`'s op applied to the integers of `x`; an accumulator's per-channel axis becomes
+    `axis_after(axis)`, or None if the op mixes channels (then it is requantized to 8 bits)."""
+    if isinstance(x, Accumulator) and x.axis is not None and axis_after(x.axis) is None:
+        x = ctx.materialize(x)
+    if isinstance(x, Accumulator) and x.axis is not None:
+        x = replace(x, axis=axis_after(x.axis))
+    elif not isinstance(x, Accumulator):
+        x = ctx.materialize(x)
+    return replace(x, expr=ctx.emit(relax.Call(call.op, [x.expr, *call.args[1:]], call.attrs)))
+
+
+@lowers("relax.broadcast_to")
+def lower_broadcast_to(ctx, call, args):
+    before, after = [int(d) for d in call.args[0].ty.shape], [int(d) for d in call.ty.shape]
+    lead = len(after) - len(before)
+    return _moved(ctx, call, args[0], lambda a: a + lead if after[a + lead] == before[a] else None)
+
+
+@lowers("relax.tile")
+def lower_tile(ctx, call, args):
+    reps = [int(r) for r in call.attrs.repeats]
+    rank = len(call.ty.shape)
+    lead = rank - len(call.args[0].ty.shape)
+    reps = [1] * (rank - len(reps)) + reps
+    return _moved(ctx, call, args[0], lambda a: a + lead if reps[a + lead] == 1 else None)
+
+
+def lower_gather(ctx, call, args):
+    """take(activation, constant indices) (ONNX Gather): the selected integers, same scale."""
+    x, idx = args
+    if not isinstance(idx, np.ndarray):
+        ctx.fail("take of an activation needs constant indices")
+    axis = int(call.attrs.axis) % len(call.args[0].ty.shape)
+    if isinstance(x, Accumulator) and x.axis == axis and idx.ndim == 1:  # channels selected: their scales
+        expr = ctx.emit(relax.op.take(x.expr, emit.const(idx, "int64"), axis=axis, mode=call.attrs.mode))
+        return replace(x, expr=expr, scale=np.asarray(x.scale)[idx])
+    if not isinstance(x, Accumulator) or x.axis is None or x.axis == axis:
+        x = ctx.materialize(x)
+    elif x.axis > axis:
+        x = replace(x, axis=x.axis + idx.ndim - 1)
+    expr = relax.op.take(x.expr, emit.const(idx, "int64"), axis=axis, mode=call.attrs.mode)
+    return replace(x, expr=ctx.emit(expr))
+
+
+@lowers("relax.topk")
+def lower_topk(ctx, call, args):
+    """The k largest (smallest) integers: scales are positive, so the order is the real order
+    (ties between reals that round to one integer may come out in another order)."""
+    axis = int(call.attrs.axis) % len(call.args[0].ty.shape)
+    x = args[0]
+    if not isinstance(x, Accumulator) or x.axis in (None, axis):
+        x = ctx.materialize(x)
+    out = ctx.emit(relax.Call(call.op, [x.expr], call.attrs))
+    ret = str(call.attrs.ret_type)
+    if ret == "both":
+        return [replace(x, expr=ctx.emit(relax.TupleGetItem(out, 0))), IntTensor(ctx.emit(relax.TupleGetItem(out, 1)))]
+    return IntTensor(out) if ret == "indices" else replace(x, expr=out)
+
+
+@lowers("relax.astype")
+def lower_astype(ctx, call, args):
+    if not str(call.ty.dtype).startswith("float"):
+        ctx.fail(f"cast of a quantized tensor to {call.ty.dtype}: only float -> float casts")
+    return args[0]  # float -> float: the same real values, the same integers
 
 
 @lowers("relax.concat")

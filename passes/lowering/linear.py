@@ -4,6 +4,8 @@ conv2d(x, W)  -> Accumulator(conv2d(q_x, q_W, out_dtype=int32), scale = S_x * S_
 matmul(x, W)  -> Accumulator(matmul(q_x, q_W, out_dtype=int32), scale = S_x * S_W[n], last axis)
 matmul(a, b)  -> Accumulator(matmul(q_a, q_b, out_dtype=int32), scale = S_a * S_b)   (activations)
 matmul(x, W)  -> Accumulator(matmul(x / c, q(c W)), scale = S_cW[n])   (x 16/32-bit: outlier smoothing)
+conv2d_transpose(x, W[I, O/g, kh, kw]) -> Accumulator(conv2d_transpose(q_x, q_W, out_dtype=int32),
+                 scale = S_x * S_W[o], axis 1)   (grouped too; per output channel o = g * O/g + j)
 
 Weights are symmetric per output channel, 8 bits or, per layer (`QuantConfig.bits_for`),
 4 bits stored packed two per byte and unpacked inside the kernel (`int4.py`). Bias, ReLU
@@ -102,3 +104,28 @@ def _activation_matmul(ctx, call, a, b):
                  f"operands {a.dtype} x {b.dtype} (bound {bound} >= 2^31)")
     expr = ctx.emit(relax.op.matmul(a.expr, b.expr, out_dtype="int32"))
     return Accumulator(expr, np.asarray(a.scale * b.scale), None, ctx.out_range())
+
+
+@lowers("relax.nn.conv2d_transpose")
+def lower_conv2d_transpose(ctx, call, args):
+    x, w = args
+    a = call.attrs
+    if not isinstance(w, np.ndarray):
+        ctx.fail("conv2d_transpose with a non-constant weight is not supported")
+    if a.data_layout != "NCHW" or a.kernel_layout != "IOHW" or a.out_layout != "NCHW":
+        ctx.fail(f"conv2d_transpose layout {a.data_layout}/{a.kernel_layout}: only NCHW/IOHW is supported")
+    x, bits, groups = ctx.to_8bit(x), ctx.config.bits_for(ctx.var.name), int(a.groups)
+    if bits != 8:
+        ctx.fail("conv2d_transpose has 8-bit weights only")
+    c_in, o_g, kh, kw = w.shape
+    # each output pixel sums at most C/g * ceil(kh/s) * ceil(kw/s) taps; kh * kw bounds that
+    _check_accumulator_bound(ctx, c_in // groups * kh * kw, x.dtype, bits)
+    # per output channel: group g's input rows, column j -> output channel g * O/g + j
+    grouped = w.reshape(groups, c_in // groups, o_g, kh, kw).transpose(0, 2, 1, 3, 4)  # [g, O/g, I/g, kh, kw]
+    q, w_scale = quantize_weights(grouped.reshape(groups * o_g, c_in // groups, kh, kw), bits, axis=0)
+    w_q = q.reshape(groups, o_g, c_in // groups, kh, kw).transpose(0, 2, 1, 3, 4).reshape(w.shape)
+    _record(ctx, "conv2d_transpose", w, bits, x, strides=[int(v) for v in a.strides],
+            padding=[int(v) for v in a.padding], groups=groups)
+    expr = relax.op.nn.conv2d_transpose(x.expr, emit.const(w_q, "int8"), a.strides, a.padding, a.output_padding,
+                                        a.dilation, groups, "NCHW", "IOHW", "NCHW", out_dtype="int32")
+    return Accumulator(ctx.emit(expr), x.scale * w_scale, 1, ctx.out_range())

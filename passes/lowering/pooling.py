@@ -2,7 +2,12 @@
 
 mean(q, axes)       -> Accumulator(sum(q, axes) in int32, scale = S_q / N)   (no int mean:
                        Relax's int mean/avg_pool truncate and return int64, DESIGN.md s.3)
-max_pool2d(q)       -> max_pool2d(q) on integers, same scale (symmetric: max commutes with q)
+max_pool2d(q)       -> max_pool2d(q) on integers, same scale (symmetric: max commutes with q;
+                       pads and ceil_mode windows see the dtype minimum, which never wins)
+avg_pool2d(q)       -> window sums in int32 (zero padding, separable strided slices, any layout),
+                       then one dyadic multiply by S_q / (count * S_out): count per output
+                       position (count_include_pad either way, ceil_mode windows clipped); all
+                       counts equal -> Accumulator(sum, S_q / count), requantized by its consumer
 """
 
 from __future__ import annotations
@@ -13,9 +18,14 @@ from dataclasses import replace
 import numpy as np
 from tvm import relax
 
+from ..reference import spatial
+from ..reference.kernels import INT_RANGE, dyadic
 from . import emit
+from .context import activation_scale, calibrated_qmax
 from .registry import lowers
 from .values import Accumulator, Quantized
+
+R = relax.op
 
 
 @lowers("relax.mean")
@@ -35,3 +45,50 @@ def lower_mean(ctx, call, args):
 def lower_max_pool2d(ctx, call, args):
     x = ctx.materialize(args[0])
     return replace(x, expr=ctx.emit(relax.Call(call.op, [x.expr], call.attrs)))
+
+
+def _window_sums(x: relax.Expr, axes, kernel, strides, padding, dilation, out_sizes) -> relax.Expr:
+    """int32 sums of the pooling windows: zero pad (more after for ceil_mode), then add the
+    kernel's strided slices along H, then along W (exact in any order, = spatial.window_sums)."""
+    rank = len(x.ty.shape)
+    pad_width = [0] * (2 * rank)
+    for i, axis in enumerate(axes):
+        need = (out_sizes[i] - 1) * strides[i] + (kernel[i] - 1) * dilation[i] + 1
+        pad_width[2 * axis] = padding[i]
+        pad_width[2 * axis + 1] = max(padding[2 + i], need - int(x.ty.shape[axis]) - padding[i])
+    y = R.astype(x, "int32")
+    if any(pad_width):
+        y = R.nn.pad(y, pad_width)
+    for i, axis in enumerate(axes):
+        taps = [R.strided_slice(y, [axis], [k * dilation[i]], [k * dilation[i] + strides[i] * (out_sizes[i] - 1) + 1],
+                                [strides[i]]) for k in range(kernel[i])]
+        y = taps[0]
+        for tap in taps[1:]:
+            y = R.add(y, tap)
+    return y
+
+
+@lowers("relax.nn.avg_pool2d")
+def lower_avg_pool2d(ctx, call, args):
+    x, a = ctx.materialize(args[0]), call.attrs
+    layout = str(a.layout)
+    axes = [layout.index("H"), layout.index("W")]
+    kernel, strides, dilation = ([int(v) for v in vals] for vals in (a.pool_size, a.strides, a.dilation))
+    padding = [int(v) for v in a.padding]
+    in_sizes = [int(call.args[0].ty.shape[i]) for i in axes]
+    out_sizes = [int(call.ty.shape[i]) for i in axes]
+    if kernel[0] * kernel[1] * 2**15 >= 2**31:
+        ctx.fail(f"average pool over {kernel} windows could overflow the int32 sum")
+    sums = ctx.emit(_window_sums(x.expr, axes, kernel, strides, padding, dilation, out_sizes))
+    counts = spatial.window_counts(in_sizes, kernel, strides, padding, dilation, out_sizes,
+                                   bool(a.count_include_pad))
+    clamp = (0.0, math.inf) if x.dtype == "uint8" else (-math.inf, math.inf)
+    if (counts == counts.flat[0]).all():
+        return Accumulator(sums, np.asarray(x.scale / counts.flat[0]), None, ctx.out_range(), clamp)
+    dtype = x.dtype  # an average stays within its input's range (and sign)
+    scale = activation_scale(*ctx.out_range(), dtype)
+    m, s = dyadic(x.scale / (np.maximum(counts, 1) * scale))
+    shape = [1] * len(call.ty.shape)
+    shape[axes[0]], shape[axes[1]] = out_sizes
+    expr = emit.requantize(sums, m.reshape(shape), s.reshape(shape), *INT_RANGE[dtype], dtype)
+    return Quantized(ctx.emit(expr), scale, dtype, qmax=calibrated_qmax(dtype))

@@ -1,0 +1,93 @@
+"""TeCallsToOps: the importer's data-movement `call_tir`s -> Relax ops.
+
+    call_tir(pad | mirror_pad | replicate_pad, (x,))  -> R.nn.pad(x, widths, constant | reflect | replicate, v)
+    call_tir(tile, (x,))                              -> R.tile(x, repeats)
+
+TVM's ONNX importer emits Pad and Tile through `emit_te`, so the ops reach later passes as
+opaque PrimFuncs that the integer lowering cannot see into. The parameters are recovered by
+running the PrimFunc once on probes (x = +-(1..N), exact in float32 for N < 2^24): a padded
+position holds the same constant for both probes, every other output names its source
+element. The recovered op is checked against NumPy on the probe; a call that does not match
+(or is too large to probe) is left as it was.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import tvm
+from tvm import relax
+from tvm.relax.expr_functor import PyExprMutator, mutator
+
+_CALL_TIR = tvm.ir.Op.get("relax.call_tir")
+_PAD_MODES = {"pad": ("constant", "constant"), "mirror_pad": ("reflect", "reflect"),
+              "replicate_pad": ("replicate", "edge")}  # importer name -> (Relax mode, NumPy mode)
+_NAME = re.compile(r"(pad|mirror_pad|replicate_pad|tile)\d*")
+_MAX_PROBE = 2**24
+
+
+def _run(prim: tvm.tirx.PrimFunc, x: np.ndarray, out_shape: list[int]) -> np.ndarray:
+    lib = tvm.compile(tvm.IRModule({"main": prim.with_attr("global_symbol", "main")}), target="llvm")
+    out = tvm.runtime.tensor(np.zeros(out_shape, np.float32))
+    lib["main"](tvm.runtime.tensor(x), out)
+    return out.numpy()
+
+
+def _recover(kind: str, prim, in_shape: list[int], out_shape: list[int]):
+    """The Relax op `call_tir(prim)` computes, as a function of its input, or None."""
+    size = int(np.prod(in_shape))
+    if size >= _MAX_PROBE or len(in_shape) != len(out_shape):
+        return None
+    probe = (np.arange(size, dtype=np.float32) + 1).reshape(in_shape)
+    out = _run(prim, probe, out_shape)
+    if kind == "tile":
+        reps = [o // i for o, i in zip(out_shape, in_shape)]
+        return (lambda x: relax.op.tile(x, reps)) if np.array_equal(np.tile(probe, reps), out) else None
+    padded = out == _run(prim, -probe, out_shape)  # the constant, whatever the input
+    value = float(out[padded][0]) if padded.any() else 0.0
+    src = np.unravel_index(out[~padded].astype(np.int64) - 1, in_shape)
+    dst = np.nonzero(~padded)
+    before = [int(dst[k][src[k] == 0].max()) for k in range(len(in_shape))]
+    widths = [(b, o - i - b) for b, o, i in zip(before, out_shape, in_shape)]
+    mode, np_mode = _PAD_MODES[kind]
+    want = np.pad(probe, widths, np_mode, **({"constant_values": value} if np_mode == "constant" else {}))
+    if not np.array_equal(want, out):
+        return None
+    flat = [w for pair in widths for w in pair]
+    return lambda x: relax.op.nn.pad(x, flat, mode, value)
+
+
+@mutator
+class _Rewriter(PyExprMutator):
+    def __init__(self, mod):
+        super().__init__(mod)
+        self.mod_ = mod
+
+    def visit_call_(self, call):
+        call = super().visit_call_(call)
+        if call.op != _CALL_TIR or not isinstance(call.args[0], tvm.ir.GlobalVar):
+            return call
+        match = _NAME.fullmatch(call.args[0].name_hint)
+        args = call.args[1].fields if isinstance(call.args[1], relax.Tuple) else []
+        if match is None or len(args) != 1 or not isinstance(call.ty, relax.TensorType):
+            return call
+        try:
+            in_shape = [int(d) for d in args[0].ty.shape]
+            out_shape = [int(d) for d in call.ty.shape]
+        except TypeError:  # symbolic shapes
+            return call
+        if str(args[0].ty.dtype) != "float32":
+            return call
+        build = _recover(match.group(1), self.mod_[call.args[0]], in_shape, out_shape)
+        return call if build is None else build(args[0])
+
+
+@tvm.transform.module_pass(opt_level=0, name="TeCallsToOps")
+def te_calls_to_ops(mod, _ctx):
+    """Rewrite the importer's pad and tile `call_tir`s of every Relax function into Relax ops."""
+    rewriter = _Rewriter(mod)
+    for gv, func in list(mod.functions_items()):
+        if isinstance(func, relax.Function):
+            rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
+    return relax.transform.DeadCodeElimination()(rewriter.builder_.get())

@@ -1,0 +1,210 @@
+"""Structure and spatial ops: Resize, ConvTranspose, AveragePool, MaxPool, Pad modes, Gather, Tile,
+Expand, TopK, DepthToSpace, ... lowered to integers (passes/lowering/{resize,pooling,linear,layout}.py).
+
+Bit-exact: each float op is lowered by QuantizeToInteger, compiled for x86 and run on integer
+inputs; its int32 accumulator (or integers) must equal passes/reference/spatial.py. End to end:
+small ONNX models compile integer-only and agree with onnxruntime (cosine >= 0.99).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import tvm
+from onnx import TensorProto, helper, numpy_helper
+from tvm import relax, topi
+
+from passes import QuantizeToInteger, verify_integer_only
+from passes.reference import kernels as K
+from passes.reference import spatial
+
+R = relax.op
+rng = np.random.default_rng(7)
+
+
+def _compile_run(mod, inputs):
+    from targets import get_target
+
+    spec = get_target("x86")
+    target = spec.target()
+    ex = tvm.compile(mod, target=target, relax_pipeline=spec.relax_pipeline(target))
+    out = relax.VirtualMachine(ex, tvm.cpu())["main"](*[tvm.runtime.tensor(a) for a in inputs])
+    return [out.numpy()] if hasattr(out, "numpy") else [o.numpy() for o in out]
+
+
+def _lowered(builds, shape, layout_range=(-4.0, 4.0)):
+    """Float `main(x0)` returning one output per build(bb, x) -> its integer module and boundary."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x0", relax.TensorType(shape, "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            outs = [bb.emit_output(bb.emit(b(bb, x))) for b in builds]
+        bb.emit_func_output(relax.Tuple(outs) if len(outs) > 1 else outs[0])
+    mod = bb.get()
+    names = [b.var.name for block in mod["main"].body.blocks for b in block.bindings]
+    int_mod = QuantizeToInteger({n: layout_range for n in ["x0", *names]})(mod)
+    assert verify_integer_only(int_mod).integer_only
+    return int_mod, json.loads(str(int_mod["main"].attrs["intq.boundary"]))
+
+
+MODES = ["half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric", "tf_half_pixel_for_nn"]
+ROUNDINGS = ["round_prefer_floor", "round_prefer_ceil", "floor", "ceil"]
+
+
+def test_nearest_indices_match_tvm_float_resize():
+    """The exact index tables equal TVM's float resize2d (the op the importer emits) on a probe."""
+    sizes = [(5, 12), (6, 3), (4, 9), (7, 7)]
+    cases = [(m, r, a, b) for m in MODES for r in ROUNDINGS for a, b in sizes]
+    bb = relax.BlockBuilder()
+    xs = {a: relax.Var(f"x{a}", relax.TensorType((1, 1, a, 2), "float32")) for a in {a for _, _, a, _ in cases}}
+    with bb.function("main", list(xs.values())):
+        with bb.dataflow():
+            outs = [bb.emit_output(R.image.resize2d(xs[a], (b, 2), method="nearest_neighbor",
+                                                    coordinate_transformation_mode=m, rounding_method=r))
+                    for m, r, a, b in cases]
+        bb.emit_func_output(relax.Tuple(outs))
+    got = _compile_run(bb.get(), [np.repeat(np.arange(a, dtype=np.float32).reshape(1, 1, a, 1), 2, 3) for a in xs])
+    for (m, r, a, b), g in zip(cases, got):
+        np.testing.assert_array_equal(g[0, 0, :, 0], spatial.nearest_indices(a, b, m, r), err_msg=f"{m} {r} {a}->{b}")
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_resize_bitexact(layout):
+    shape = (1, 3, 5, 6) if layout == "NCHW" else (1, 5, 6, 3)
+    cfg = [("nearest_neighbor", "asymmetric", "floor", (10, 12)), ("nearest_neighbor", "half_pixel",
+           "round_prefer_ceil", (7, 4)), ("linear", "half_pixel", "", (10, 12)),
+           ("linear", "align_corners", "", (9, 6)), ("linear", "pytorch_half_pixel", "", (3, 11))]
+    builds = [lambda bb, x, c=c: R.image.resize2d(x, c[3], layout=layout, method=c[0], coordinate_transformation_mode=c[1],
+                                                  rounding_method=c[2]) for c in cfg]
+    int_mod, boundary = _lowered(builds, shape)
+    assert "R.image.resize2d" not in int_mod.script(show_meta=False)
+    q = rng.integers(-128, 128, shape).astype(np.int8)
+    q.flat[:2] = [-128, 127]
+    axes = [layout.index("H"), layout.index("W")]
+    for (method, mode, rounding, sizes), got, meta in zip(cfg, _compile_run(int_mod, [q]), boundary["outputs"]):
+        if method == "nearest_neighbor":
+            np.testing.assert_array_equal(got, spatial.resize_nearest(q, axes, sizes, mode, rounding))
+        else:
+            np.testing.assert_array_equal(got, spatial.resize_linear(q, axes, sizes, mode, spatial.linear_bits("int8")))
+            float_ref = _float_linear(q.astype(np.float64), axes, sizes, mode)  # the weights' rounding only
+            # the only error against float interpolation: each weight rounded to 2^-11, |q| <= 128
+            real = got * np.asarray(meta["scale"]) / boundary["inputs"][0]["scale"]
+            np.testing.assert_allclose(real, float_ref, atol=2 * 128 * 2**-11)
+            assert meta["dtype"] == "int32"
+
+
+def _float_linear(x, axes, sizes, mode):
+    for axis, size in zip(axes, sizes):
+        n = x.shape[axis]
+        v = np.array([float(spatial.source_coordinate(i, n, size, mode)) for i in range(size)])
+        i0 = np.floor(v).astype(int)
+        f = v - i0
+        shape = [1] * x.ndim
+        shape[axis] = -1
+        a, b = np.take(x, np.clip(i0, 0, n - 1), axis), np.take(x, np.clip(i0 + 1, 0, n - 1), axis)
+        x = a + (b - a) * f.reshape(shape)
+    return x
+
+
+POOLS = [  # kernel, strides, padding (t, l, b, r), ceil_mode, count_include_pad
+    ((3, 3), (2, 2), (1, 1, 1, 1), True, False), ((3, 3), (2, 2), (1, 1, 1, 1), True, True),
+    ((2, 3), (1, 2), (0, 1, 1, 0), False, True), ((2, 2), (2, 2), (0, 0, 0, 0), False, False),
+    ((3, 2), (2, 3), (1, 0, 0, 1), True, False),
+]
+
+
+@pytest.mark.parametrize("dtype", ["int8", "uint8"])
+def test_avg_pool_and_max_pool_bitexact(dtype):
+    shape = (1, 4, 7, 8)
+    lo_f = 0.0 if dtype == "uint8" else -4.0
+    avg = [lambda bb, x, p=p: R.nn.avg_pool2d(x, p[0], p[1], padding=p[2], ceil_mode=p[3], count_include_pad=p[4])
+           for p in POOLS]
+    mx = [lambda bb, x, p=p: R.nn.max_pool2d(x, p[0], p[1], padding=p[2], ceil_mode=p[3]) for p in POOLS]
+    relu = (lambda b: lambda bb, x: b(bb, bb.emit(R.nn.relu(x)))) if dtype == "uint8" else (lambda b: b)
+    int_mod, boundary = _lowered([relu(b) for b in avg + mx], shape, (lo_f, 4.0))
+    lo, hi = K.INT_RANGE[dtype]
+    q = rng.integers(max(lo, -128), 128, shape).astype(dtype if dtype == "int8" else "int8")
+    q.flat[:2] = [lo if dtype == "int8" else 0, 127]
+    x_int = np.maximum(q, 0) if dtype == "uint8" else q  # after the integer ReLU
+    s_in = boundary["inputs"][0]["scale"]
+    outs = _compile_run(int_mod, [q])
+    for (kernel, strides, pad, ceil, include), got, meta in zip(POOLS, outs, boundary["outputs"]):
+        out_sizes = list(got.shape[2:])
+        sums = spatial.window_sums(x_int, (2, 3), kernel, strides, pad, (1, 1), out_sizes)
+        counts = spatial.window_counts(shape[2:], kernel, strides, pad, (1, 1), out_sizes, include)
+        if meta["dtype"] == "int32":  # equal counts: the sums leave as the accumulator
+            assert (counts == counts.flat[0]).all()
+            np.testing.assert_array_equal(got, sums)
+            continue
+        m, s = K.dyadic(s_in / (counts * meta["scale"][0]))
+        want = K.requantize(sums, m, s, *K.INT_RANGE[meta["dtype"]], meta["dtype"])
+        np.testing.assert_array_equal(got, want)
+    for (kernel, strides, pad, ceil, _), got in zip(POOLS, outs[len(POOLS):]):
+        need = [(o - 1) * st + k - n - p for o, st, k, n, p in zip(got.shape[2:], strides, kernel, shape[2:], pad[:2])]
+        padding = (pad[0], pad[1], max(pad[2], need[0]), max(pad[3], need[1]))
+        np.testing.assert_array_equal(got, K.max_pool2d(x_int.astype(got.dtype), kernel, strides, padding))
+
+
+@pytest.mark.parametrize("groups,strides,padding,out_pad", [(1, (2, 2), (1, 1, 1, 1), (1, 1)),
+                                                           (2, (2, 1), (0, 1, 1, 0), (1, 0)), (4, (1, 1), (1, 1, 1, 1), (0, 0))])
+def test_conv_transpose_bitexact(groups, strides, padding, out_pad):
+    c_in, o_g, k = 4, 3, 3
+    w_int = rng.integers(-127, 128, (c_in, o_g, k, k)).astype(np.float64)
+    # per output channel o = g * O/g + j: amax 127 at a known scale f[o], so q(W) = w_int
+    f = rng.uniform(0.01, 0.1, groups * o_g)
+    grouped = w_int.reshape(groups, c_in // groups, o_g, k, k)
+    grouped[:, 0, :, 0, 0] = 127
+    w = (grouped * f.reshape(groups, 1, o_g, 1, 1)).reshape(c_in, o_g, k, k).astype(np.float32)
+    build = lambda bb, x: R.nn.conv2d_transpose(x, relax.const(w), strides, padding, out_pad, groups=groups)
+    int_mod, boundary = _lowered([build], (1, c_in, 5, 4))
+    q = rng.integers(-128, 128, (1, c_in, 5, 4)).astype(np.int8)
+    (got,) = _compile_run(int_mod, [q])
+    want = spatial.conv_transpose_acc(q, grouped.reshape(c_in, o_g, k, k), strides, padding, out_pad, groups=groups)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(boundary["outputs"][0]["scale"], boundary["inputs"][0]["scale"] * f, rtol=1e-6)
+
+
+def test_data_movement_keeps_integers():
+    """Pad modes (constant v != 0), slices with negative steps, gather, tile, broadcast, topk,
+    depth-to-space, uneven split: the same integers at the same scale as NumPy's movement."""
+    shape = (1, 4, 6, 6)
+    cases = [
+        (lambda bb, x: R.nn.pad(x, [0, 0, 0, 0, 1, 2, 2, 1], "constant", 1.0),
+         lambda q, s: np.pad(q, [(0, 0), (0, 0), (1, 2), (2, 1)], constant_values=int(np.round(1.0 / s)))),
+        (lambda bb, x: R.nn.pad(x, [0, 0, 0, 0, 2, 1, 1, 2], "reflect"),
+         lambda q, s: np.pad(q, [(0, 0), (0, 0), (2, 1), (1, 2)], "reflect")),
+        (lambda bb, x: R.nn.pad(x, [0, 0, 1, 0, 2, 1, 1, 2], "replicate"),
+         lambda q, s: np.pad(q, [(0, 0), (1, 0), (2, 1), (1, 2)], "edge")),
+        (lambda bb, x: R.strided_slice(x, [2, 3], [5, 0], [-100, 6], [-2, 2]), lambda q, s: q[:, :, 5::-2, 0:6:2]),
+        (lambda bb, x: R.take(x, relax.const(np.array([0, 5, 2], np.int64)), axis=2), lambda q, s: q[:, :, [0, 5, 2]]),
+        (lambda bb, x: R.tile(x, [1, 2, 1, 3]), lambda q, s: np.tile(q, [1, 2, 1, 3])),
+        (lambda bb, x: R.broadcast_to(R.strided_slice(x, [1], [0], [1]), (2, 4, 6, 6)),
+         lambda q, s: np.broadcast_to(q[:, :1], (2, 4, 6, 6))),
+        (lambda bb, x: relax.TupleGetItem(bb.emit(R.topk(x, 3, axis=-1)), 0), lambda q, s: -np.sort(-q, -1)[..., :3]),
+        (lambda bb, x: R.reshape(R.permute_dims(R.reshape(x, (1, 2, 2, 1, 6, 6)), [0, 3, 4, 1, 5, 2]), (1, 1, 12, 12)),
+         lambda q, s: q.reshape(1, 2, 2, 1, 6, 6).transpose(0, 3, 4, 1, 5, 2).reshape(1, 1, 12, 12)),
+        (lambda bb, x: relax.TupleGetItem(bb.emit(R.split(x, [1], axis=1)), 1), lambda q, s: q[:, 1:]),
+        (lambda bb, x: R.astype(x, "float16"), lambda q, s: q),
+    ]
+    int_mod, boundary = _lowered([c[0] for c in cases], shape)
+    q = rng.permutation(np.arange(-72, 72)).reshape(shape).astype(np.int8)  # distinct: topk has no ties
+    s = boundary["inputs"][0]["scale"]
+    for (_, want), got, meta in zip(cases, _compile_run(int_mod, [q]), boundary["outputs"]):
+        np.testing.assert_array_equal(got, want(q, s))
+        assert meta["scale"] == [s]
+
+
+def test_topk_indices_on_integers():
+    q = rng.permutation(np.arange(-60, 60)).reshape(2, 60).astype(np.int8)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((2, 60), "int8"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(R.topk(x, 5, axis=-1, dtype="int64"))
+        bb.emit_func_output(out)
+    values, indices = _compile_run(bb.get(), [q])
+    np.testing.assert_array_equal(indices, np.argsort(-q.astype(int), axis=-1)[:, :5])
+    np.testing.assert_array_equal(values, np.take_along_axis(q, indices, -1))
