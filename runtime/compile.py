@@ -14,6 +14,7 @@ from .cli import guarded
 EXAMPLES = """examples:
   python -m runtime.compile model.onnx --target x86 --calib calib.npz
   python -m runtime.compile model.onnx --target cuda --cuda-arch sm_90 --calib calib.npz
+  python -m runtime.compile model.onnx --target x86 --cpu x86-64-v3 --calib calib.npz   # any AVX2 machine
   python -m runtime.compile model.onnx --target arm --calib calib.npz          # aarch64, NEON + sdot
   python -m runtime.compile model.onnx --target raspberry-pi/4b-aarch64 --calib calib.npz
   python -m runtime.compile model.onnx --target '{"kind": "llvm", "mtriple": "riscv64-linux-gnu", "mattr": ["+m", "+a", "+f", "+d", "+c", "+v"]}'
@@ -40,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "tag (raspberry-pi/4b-aarch64, nvidia/jetson-orin-nano, riscv/licheepi3a, ...) or a JSON "
                         "target dict")
     p.add_argument("--cuda-arch", metavar="sm_XX", help="GPU architecture for --target cuda (default sm_80)")
+    p.add_argument("--cpu", metavar="LEVEL[+FEATURE...]",
+                   help="--target x86: build for a fleet instead of this CPU, e.g. x86-64-v3 (AVX2), x86-64-v4 "
+                        "(AVX-512), x86-64-v4+avx512vnni; the runtime refuses it on a CPU that lacks a feature")
     p.add_argument("-o", "--output", help="artifact directory to write (default MODEL.TARGET.artifact)")
     p.add_argument("--calib", metavar="FILE.npz",
                    help="calibration inputs: keys are the model's input names, the first axis indexes "
@@ -95,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         shapes = dict(parse_input_shape(s) for s in args.input_shape)
         print(compile_model(args.model, target=args.target, output=args.output, calib=args.calib,
                             input_shapes=shapes, observer=args.observer, allow_float=args.allow_float,
-                            progress=not args.quiet, cuda_arch=args.cuda_arch, tune_trials=args.tune_trials,
+                            progress=not args.quiet, cuda_arch=args.cuda_arch, cpu=args.cpu,
+                            tune_trials=args.tune_trials,
                             precision=precision))
 
     return guarded(action, args.verbose)

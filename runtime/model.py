@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import platform
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,10 @@ class Model:
 
     With `remote` (an RPC session, see `runtime.remote.connect`) the library is uploaded to
     the board and runs there; inputs and outputs travel over the session.
+
+    Safe to share between threads: each calling thread runs its own virtual machine over the
+    one loaded library (a VM's registers are its own; a single VM called from two threads
+    crashed the process). Calls over one RPC session are serialized: the session is not.
     """
 
     def __init__(self, path: str | os.PathLike, remote=None):
@@ -34,6 +39,8 @@ class Model:
         if remote is None and arch != platform.machine():
             raise ArtifactError(f"{self.path}: built for {arch} ({self.manifest['target']['name']}); this machine "
                                 f"is {platform.machine()}. Run it on a {arch} board (or through RPC: --rpc).")
+        if remote is None and arch == "x86_64":
+            _check_cpu_features(self.path, self.manifest["target"].get("features", []))
         import tvm
         from tvm.runtime.vm import VirtualMachine  # runtime-only: works without the compiler
 
@@ -56,8 +63,19 @@ class Model:
         self._dev = remote.device(tvm.runtime.Device._DEVICE_NAME_TO_TYPE[device], 0) if remote else tvm.device(device)
         if not self._dev.exist:
             raise ArtifactError(f"{self.path}: built for a {device} device, and the machine running it has none")
-        self._vm = VirtualMachine(lib, self._dev)
+        self._lib, self._new_vm = lib, VirtualMachine
+        self._local = threading.local()
+        self._rpc_lock = threading.Lock() if remote is not None else None
+        self._vm  # load the constants now: a broken library fails at load, not at the first run
         self._tensor = tvm.runtime.tensor
+
+    @property
+    def _vm(self):
+        """This thread's virtual machine (created on its first call)."""
+        vm = getattr(self._local, "vm", None)
+        if vm is None:
+            vm = self._local.vm = self._new_vm(self._lib, self._dev)
+        return vm
 
     @property
     def inputs(self) -> list[dict]:
@@ -80,6 +98,10 @@ class Model:
                 raise InputError(f"input {name!r}: dtype {value.dtype}, expected {spec['dtype']}")
             if list(value.shape) != list(spec["shape"]):
                 raise InputError(f"input {name!r}: shape {list(value.shape)}, expected {spec['shape']}")
+            if value.dtype.kind == "f" and not np.isfinite(value).all():
+                bad = np.size(value) - int(np.isfinite(value).sum())
+                raise InputError(f"input {name!r}: {bad} of {value.size} values are NaN or infinite; the integer "
+                                 "model has no meaningful output for them")
 
     def quantize_inputs(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         self.check_inputs(inputs)
@@ -88,6 +110,12 @@ class Model:
 
     def run_integer(self, qinputs: list[np.ndarray]) -> list[np.ndarray]:
         """Run on already-quantized inputs and return the raw integer outputs."""
+        if self._rpc_lock is not None:
+            with self._rpc_lock:
+                return self._run_integer(qinputs)
+        return self._run_integer(qinputs)
+
+    def _run_integer(self, qinputs: list[np.ndarray]) -> list[np.ndarray]:
         result = self._vm["main"](*[self._tensor(np.ascontiguousarray(q), self._dev) for q in qinputs])
         results = [result] if len(self.outputs) == 1 else list(result)
         return [r.numpy() for r in results]
@@ -104,6 +132,17 @@ class Model:
         """Quantize `inputs`, run the integer model, dequantize the outputs."""
         outs = self.run_integer(self.quantize_inputs(inputs))
         return {spec["name"]: dequantize(q, _scale_array(spec["quant"], q.ndim)) for spec, q in zip(self.outputs, outs)}
+
+
+def _check_cpu_features(path: Path, features: list[str]) -> None:
+    """Refuse an x86 artifact whose instructions this CPU lacks (it would die with SIGILL)."""
+    from targets.x86 import missing_features
+
+    missing = missing_features(features)
+    if missing:
+        raise ArtifactError(f"{path}: built for CPU features {' '.join(features)}; this CPU lacks "
+                            f"{' '.join(missing)}. Recompile on this machine, or for a fleet with --cpu "
+                            "(e.g. --cpu x86-64-v3 for AVX2 machines).")
 
 
 def _load_cuda_runtime(tvm) -> None:

@@ -25,11 +25,15 @@ def target_names() -> list[str]:
     return list(_FAMILIES)
 
 
-def get_target(name: str, cuda_arch: str | None = None) -> TargetSpec:
+def get_target(name: str, cuda_arch: str | None = None, cpu: str | None = None) -> TargetSpec:
     """The target spec for a family name, a TVM target tag or a JSON dict; unknown names
-    list the valid ones."""
+    list the valid ones. `cpu` (x86 only) builds for a fleet instead of this CPU."""
     if cuda_arch and name != "cuda":
         raise CompileError(f"--cuda-arch applies to the cuda target, not {name!r}")
+    if cpu:
+        if name != "x86":
+            raise CompileError(f"--cpu applies to the x86 target, not {name!r} (name the CPU in a JSON target)")
+        return x86.fleet_target(cpu)
     if name == "cuda":
         return cuda.cuda_target(cuda_arch or cuda.DEFAULT_ARCH)
     if name in _FAMILIES:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from frontends.errors import CompileError
+
 from .spec import TargetSpec
 
 # x86-64 micro-architecture levels (psABI), highest first, with the cpuinfo flags each needs.
@@ -18,6 +20,7 @@ _LEVELS = (
     ("x86-64-v3", {"avx2", "fma", "bmi1", "bmi2", "movbe", "f16c"}),
     ("x86-64-v2", {"sse4_2", "popcnt", "ssse3"}),
 )
+_LEVEL_ORDER = ["x86-64"] + [level for level, _ in reversed(_LEVELS)]  # lowest first
 # cpuinfo flag -> LLVM feature, added on top of the level.
 _EXTRAS = {
     "avx512_vnni": "+avx512vnni", "avx_vnni": "+avxvnni", "avx512_bf16": "+avx512bf16",
@@ -36,11 +39,45 @@ def cpu_flags(cpuinfo: str | None = None) -> set[str]:
     return set()
 
 
-def host_target(flags: set[str] | None = None) -> TargetSpec:
-    """The best safe LLVM target for this (or the given flags') x86-64 CPU."""
+def host_features(flags: set[str] | None = None) -> tuple[str, ...]:
+    """(micro-architecture level, +extra LLVM features...) of this (or the given flags') CPU."""
     flags = cpu_flags() if flags is None else flags
     mcpu = next((level for level, need in _LEVELS if need <= flags), "x86-64")
-    mattr = sorted(feature for flag, feature in _EXTRAS.items() if flag in flags)
+    return (mcpu, *sorted(feature for flag, feature in _EXTRAS.items() if flag in flags))
+
+
+def missing_features(features, flags: set[str] | None = None) -> list[str]:
+    """The features of an artifact (`TargetSpec.features`: a level, then +extras) that this
+    (or the given flags') CPU lacks: a level is met by any level at or above it."""
+    have = host_features(flags)
+    missing = []
+    for feature in features:
+        if feature in _LEVEL_ORDER:
+            if _LEVEL_ORDER.index(feature) > _LEVEL_ORDER.index(have[0]):
+                missing.append(feature)
+        elif feature not in have:
+            missing.append(feature)
+    return missing
+
+
+def fleet_target(cpu: str) -> TargetSpec:
+    """A target for a fleet of CPUs, `LEVEL[+feature...]`, e.g. `x86-64-v3` (AVX2 machines) or
+    `x86-64-v4+avx512vnni`: the artifact uses nothing beyond what it names."""
+    level, *extras = cpu.split("+")
+    known = sorted(f.lstrip("+") for f in _EXTRAS.values())
+    if level not in _LEVEL_ORDER or any(e not in known for e in extras):
+        raise CompileError(f"--cpu {cpu!r}: expected LEVEL[+feature...], LEVEL one of {', '.join(_LEVEL_ORDER)}, "
+                           f"features from {', '.join(known)} (e.g. x86-64-v3, x86-64-v4+avx512vnni)")
+    return _spec(level, sorted(f"+{e}" for e in set(extras)))
+
+
+def host_target(flags: set[str] | None = None) -> TargetSpec:
+    """The best safe LLVM target for this (or the given flags') x86-64 CPU."""
+    mcpu, *mattr = host_features(flags)
+    return _spec(mcpu, mattr)
+
+
+def _spec(mcpu: str, mattr: list[str]) -> TargetSpec:
     tvm_target = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": mcpu}
     if mattr:
         tvm_target["mattr"] = mattr

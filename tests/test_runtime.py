@@ -1,0 +1,95 @@
+"""Runtime: one Model shared by many threads, refused inputs, CPU features checked at load,
+fleet builds (--cpu) bit-exact with the host's kernel family."""
+
+from __future__ import annotations
+
+import json
+import re
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+import runtime
+from frontends import ArtifactError, InputError
+
+AVX2_ONLY = {"avx2", "fma", "bmi1", "bmi2", "movbe", "f16c", "sse4_2", "popcnt", "ssse3"}
+
+
+def _inputs(count: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return [{"x": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)} for _ in range(count)]
+
+
+def test_threads_share_one_model(small_artifact):
+    """8 threads x 200 calls on one Model: no crash, every output equal to the sequential one."""
+    model = runtime.load(small_artifact)
+    inputs = _inputs(8)
+    expected = [model.run(x)["y"] for x in inputs]
+
+    def worker(t: int) -> int:
+        wrong = 0
+        for i in range(200):
+            k = (t + i) % len(inputs)
+            wrong += not np.array_equal(model.run(inputs[k])["y"], expected[k])
+        return wrong
+
+    with ThreadPoolExecutor(8) as pool:
+        assert sum(pool.map(worker, range(8))) == 0
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_non_finite_input_refused(small_artifact, value):
+    x = _inputs(1)[0]
+    x["x"][0, 1, 2, 3] = value
+    with pytest.raises(InputError, match=r"input 'x': 1 of 768 values are NaN or infinite"):
+        runtime.load(small_artifact).run(x)
+
+
+def test_missing_cpu_features_refused_at_load(small_artifact, monkeypatch, capsys, tmp_path):
+    from runtime.run import main as run_main
+    from targets import x86
+
+    features = runtime.load(small_artifact).manifest["target"]["features"]
+    monkeypatch.setattr(x86, "cpu_flags", lambda cpuinfo=None: set(AVX2_ONLY))
+    missing = x86.missing_features(features)
+    if not missing:
+        pytest.skip(f"the artifact needs no more than AVX2 here ({features})")
+    with pytest.raises(ArtifactError, match=re.escape("this CPU lacks " + " ".join(missing))):
+        runtime.load(small_artifact)
+    np.savez(tmp_path / "x.npz", **_inputs(1)[0])
+    assert run_main([str(small_artifact), "--input", str(tmp_path / "x.npz"), "-o", str(tmp_path / "y.npz")]) == 2
+    assert "this CPU lacks" in capsys.readouterr().err
+
+
+def test_feature_levels():
+    from targets.x86 import missing_features
+
+    assert missing_features(["x86-64-v3"], AVX2_ONLY) == []
+    assert missing_features(["x86-64-v2"], AVX2_ONLY) == []
+    assert missing_features(["x86-64-v4", "+avx512vnni"], AVX2_ONLY) == ["x86-64-v4", "+avx512vnni"]
+    assert missing_features(["x86-64-v3", "+avxvnni"], AVX2_ONLY | {"avx_vnni"}) == []
+
+
+@pytest.mark.parametrize("cpu", ["x86-64-v3", "x86-64"])
+def test_fleet_build_is_bit_exact_with_host_build(tmp_path, small_cnn_path, small_calib, small_artifact, cpu):
+    """An AVX2 (or baseline x86-64) build runs other kernels than the host's (VNNI where it has
+    it), and gives the same integers."""
+    from runtime import compile_model
+
+    fleet = compile_model(small_cnn_path, "x86", tmp_path / "fleet.artifact", calib=small_calib, cpu=cpu,
+                          progress=False)
+    manifest = json.loads((fleet / "manifest.json").read_text())
+    assert manifest["target"]["features"] == [cpu]
+    host, other = runtime.load(small_artifact), runtime.load(fleet)
+    for x in _inputs(4, seed=3):
+        q = host.quantize_inputs(x)
+        np.testing.assert_array_equal(other.run_integer(q)[0], host.run_integer(q)[0])
+
+
+def test_bad_cpu_flag(tmp_path, small_cnn_path, capsys):
+    from runtime.compile import main as compile_main
+
+    assert compile_main([small_cnn_path, "--cpu", "pentium", "-o", str(tmp_path / "a")]) == 2
+    assert "x86-64-v3" in capsys.readouterr().err
+    assert compile_main([small_cnn_path, "--target", "arm", "--cpu", "x86-64-v3", "-o", str(tmp_path / "a")]) == 2
