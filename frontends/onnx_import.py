@@ -2,8 +2,8 @@
 
 Steps: load and check the file, fix dynamic input dimensions, let onnxruntime's basic
 graph optimizer fold the shape arithmetic TVM's importer cannot take (DESIGN.md
-section 3), refuse ops the integer path lacks (all of
-them at once), then import with `tvm.relax.frontend.onnx.from_onnx`.
+section 3), refuse control flow and ops the integer path lacks (every node at once), then
+import with `tvm.relax.frontend.onnx.from_onnx`.
 """
 
 from __future__ import annotations
@@ -69,15 +69,15 @@ def load_onnx(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]] 
               allow_unsupported: bool = False) -> ImportedModel:
     """Load, clean up and import an ONNX model; raises CompileError on bad input.
 
-    `allow_unsupported` skips the integer-path op check (for float fallback).
+    `allow_unsupported` skips the integer-path op check (for float fallback); control flow
+    (If, Loop, Scan) is refused either way.
     """
     path = Path(path)
     model = _read(path)
     _fix_input_shapes(model, dict(input_shapes or {}), path)
     model = _basic_optimize(model, path)
     _scalars_to_constants(model)
-    if not allow_unsupported:
-        _check_supported(model, path)
+    _check_supported(model, path, allow_unsupported)
     inputs = [_spec(v, path) for v in _graph_inputs(model)]
     for spec in inputs:
         if spec.dtype not in ("float32", "int64", "int32", "bool"):
@@ -121,17 +121,21 @@ def _fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]
                 raise CompileError(f"{path}: input {name!r} has rank {len(dims)}, "
                                    f"--input-shape gives {len(shapes[name])} dims")
             for dim, size in zip(dims, shapes[name]):
-                if dim.HasField("dim_value") and dim.dim_value != size:
+                if _fixed(dim) and dim.dim_value != size:
                     raise CompileError(f"{path}: input {name!r} dim is fixed to {dim.dim_value}, "
                                        f"--input-shape gives {size}")
                 dim.Clear()
                 dim.dim_value = size
-        dynamic = [d.dim_param or "?" for d in dims if not d.HasField("dim_value")]
-        if dynamic:
-            shown = "x".join(str(d.dim_value) if d.HasField("dim_value") else (d.dim_param or "?") for d in dims)
+        if not all(_fixed(d) for d in dims):
+            shown = "x".join(str(d.dim_value) if _fixed(d) else (d.dim_param or "?") for d in dims)
             raise CompileError(f"{path}: input {name!r} has dynamic dimensions ({shown}); "
                                f"fix them with --input-shape {name}:" + "x".join(
-                                   str(d.dim_value) if d.HasField("dim_value") else "N" for d in dims))
+                                   str(d.dim_value) if _fixed(d) else "N" for d in dims))
+
+
+def _fixed(dim: onnx.TensorShapeProto.Dimension) -> bool:
+    """A static dim; exporters write free dims as a name, nothing, -1 or 0 (Paddle, some Keras)."""
+    return dim.HasField("dim_value") and dim.dim_value > 0
 
 
 def _basic_optimize(model: onnx.ModelProto, path: Path) -> onnx.ModelProto:
@@ -180,12 +184,29 @@ def _scalars_to_constants(model: onnx.ModelProto) -> None:
     model.graph.node.extend(nodes + old)
 
 
-def _check_supported(model: onnx.ModelProto, path: Path) -> None:
-    bad = [f"{n.op_type} (node {n.name or '<unnamed>'})" for n in model.graph.node
-           if n.op_type not in INTEGER_PATH_OPS or n.domain not in ("", "ai.onnx")]
-    if bad:
-        raise UnsupportedModelError(f"{path}: {len(bad)} node(s) use ops the integer-only path does not "
-                                    "support:\n  " + "\n  ".join(bad))
+CONTROL_FLOW_OPS = frozenset({"If", "Loop", "Scan"})
+
+
+def _check_supported(model: onnx.ModelProto, path: Path, allow_unsupported: bool = False) -> None:
+    """Refuse control flow always and ops without an integer lowering unless allowed, naming every node."""
+    def name(n):
+        return f"{n.op_type} (node {n.name or '<unnamed>'})"
+
+    flow = [name(n) for n in model.graph.node if n.op_type in CONTROL_FLOW_OPS]
+    bad = [name(n) for n in model.graph.node if n.op_type not in CONTROL_FLOW_OPS
+           and (n.op_type not in INTEGER_PATH_OPS or n.domain not in ("", "ai.onnx"))]
+    message = ""
+    if flow:
+        message = (f"{path}: {len(flow)} control-flow node(s): intq compiles static graphs only (If, Loop and Scan "
+                   "are refused, also with --allow-float):\n  " + "\n  ".join(flow) +
+                   "\nExport the model without control flow (fix the branch condition, e.g. the sample rate, "
+                   "at export time; unroll loops) and compile that.")
+    if bad and not allow_unsupported:
+        message += ("\n" if message else f"{path}: ") + (
+            f"{len(bad)} node(s) use ops the integer-only path does not support:\n  " + "\n  ".join(bad) +
+            "\nPass --allow-float to run them in float (the artifact is then not integer-only).")
+    if message:
+        raise UnsupportedModelError(message)
 
 
 def _spec(value: onnx.ValueInfoProto, path: Path) -> TensorSpec:
@@ -202,6 +223,7 @@ def _to_relax(model: onnx.ModelProto, path: Path):
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
 
+    from .fold_small_constants import fold_small_constants
     from .relax_cleanup import clip_calls_to_ops
     from .te_calls_to_ops import te_calls_to_ops
 
@@ -211,6 +233,6 @@ def _to_relax(model: onnx.ModelProto, path: Path):
         last = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
         raise UnsupportedModelError(f"{path}: TVM's ONNX importer failed: {last}") from None
     mod, params = relax.frontend.detach_params(mod)
-    mod = tvm.transform.Sequential([relax.transform.FoldConstant(), clip_calls_to_ops, te_calls_to_ops,
+    mod = tvm.transform.Sequential([fold_small_constants, relax.transform.FoldConstant(), clip_calls_to_ops, te_calls_to_ops,
                                     relax.transform.DeadCodeElimination()])(mod)
     return mod, [p.numpy() for p in params.get("main", [])]

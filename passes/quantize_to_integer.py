@@ -26,16 +26,18 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from frontends.errors import UnsupportedModelError
+from frontends.errors import CompileError, UnsupportedModelError
 
 from .lowering.embedding import is_integer_op, lower_integer_op
 from .lowering import (LOWERINGS, Accumulator, ChannelQuantized, IntTensor, LoweringContext, QuantConfig, Quantized,
                        activation_scale, calibrated_qmax, float_fallback)
+from .lowering.float_fallback import FloatTensor, quantize_float
 
 OFFSET_AWARE = frozenset({"relax.reshape", "relax.permute_dims", "relax.squeeze", "relax.expand_dims",
                           "relax.matmul"})
 BOUNDARY_ATTR = "intq.boundary"
 LAYERS_ATTR = "intq.layers"
+FLOAT_NODES_ATTR = "intq.float_nodes"  # JSON [{"node", "op", "reason"}]: what allow_float left in float
 
 
 @dataclass(frozen=True)
@@ -75,9 +77,15 @@ def _bindings(func: relax.Function):
 def _check_supported(func: relax.Function) -> None:
     bad = [f"{b.var.name} = {b.value.op.name}" for b in _bindings(func)
            if isinstance(b.value, relax.Call) and isinstance(b.value.op, tvm.ir.Op)
-           and b.value.op.name not in LOWERINGS and str(getattr(b.var.ty, "dtype", "")).startswith("float")]
+           and b.value.op.name not in LOWERINGS and _has_float(b.var.ty)]
     if bad:
         raise UnsupportedModelError(f"{len(bad)} operation(s) have no integer lowering:\n  " + "\n  ".join(bad))
+
+
+def _has_float(ty) -> bool:
+    if isinstance(ty, relax.TupleType):
+        return any(_has_float(f) for f in ty.fields)
+    return str(getattr(ty, "dtype", "")).startswith("float")
 
 
 def _outputs(body: relax.Expr, env: dict) -> list:
@@ -96,6 +104,7 @@ class QuantizeToInteger:
                  trace: bool = False):
         self.ranges, self.config, self.trace = ranges, config, trace
         self.traced: list[TracedValue] = []
+        self.float_nodes: list[dict] = []  # allow_float: {"node", "op", "reason"} per binding run in float
 
     def __call__(self, mod: tvm.IRModule) -> tvm.IRModule:
         func = mod["main"]
@@ -123,7 +132,7 @@ class QuantizeToInteger:
             with bb.dataflow():
                 for binding in _bindings(func):
                     ctx.var = binding.var
-                    env[binding.var] = self._lower(ctx, binding.value, env)
+                    env[binding.var] = self._lower_binding(ctx, binding.value, env)
                 ctx.var = None
                 outs = []
                 for value in _outputs(func.body.body, env):
@@ -136,6 +145,7 @@ class QuantizeToInteger:
             bb.emit_func_output(result)
         new = bb.get()["main"].with_attr(BOUNDARY_ATTR, json.dumps(boundary))
         new = new.with_attr(LAYERS_ATTR, json.dumps(ctx.layers))
+        new = new.with_attr(FLOAT_NODES_ATTR, json.dumps(self.float_nodes))
         out_mod = bb.get()  # with the TE kernels that lowerings emit through call_te (4-bit weights)
         out_mod["main"] = new
         return relax.transform.DeadCodeElimination()(out_mod)
@@ -164,6 +174,32 @@ class QuantizeToInteger:
                 add(names[id(value)], q.dtype + ("-smooth" if how == "smooth" else ""), q)
         return exprs
 
+    def _lower_binding(self, ctx: LoweringContext, value: relax.Expr, env: dict):
+        """Lower one binding; with allow_float, any failure of its lowering runs it in float instead."""
+        if not self.config.allow_float:
+            return self._lower(ctx, value, env)
+        op = value.op.name if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) else None
+        if op is not None and op not in LOWERINGS and not is_integer_op(value, [_arg(a, env) for a in value.args]):
+            reason = "no integer lowering"
+        else:
+            try:
+                return self._lower(ctx, value, env)
+            except Exception as err:  # noqa: BLE001  (allow_float promises a float node, never a crash)
+                if op is None:
+                    raise
+                text = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+                reason = text.split(": ", 1)[1] if text.startswith("cannot lower binding") else \
+                    (text if isinstance(err, CompileError) else f"{type(err).__name__}: {text}")
+        args = [_arg(a, env) for a in value.args]
+        args = [[ctx.without_offset(v) for v in a] if isinstance(a, list) else ctx.without_offset(a) for a in args]
+        try:
+            result = float_fallback(ctx, value, args)
+        except Exception as err:  # noqa: BLE001
+            raise UnsupportedModelError(f"binding {ctx.var.name!r} ({op}) has no integer lowering ({reason}) and "
+                                        f"cannot run in float either: {type(err).__name__}: {err}") from None
+        self.float_nodes.append({"node": ctx.var.name, "op": op, "reason": reason})
+        return result
+
     @staticmethod
     def _lower(ctx: LoweringContext, value: relax.Expr, env: dict):
         if isinstance(value, relax.Var):
@@ -171,10 +207,13 @@ class QuantizeToInteger:
         if isinstance(value, (tvm.ir.GenericConst, relax.Tuple)):
             return _arg(value, env)
         if isinstance(value, relax.TupleGetItem):
-            return _arg(value.tuple_value, env)[value.index]
+            item = _arg(value.tuple_value, env)[value.index]
+            if isinstance(item, FloatTensor) and item.range is None and ctx.var.name in ctx.ranges:
+                return FloatTensor(item.expr, tuple(ctx.out_range()))  # a float fallback's tuple field
+            return item
         if not (isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op)):
             ctx.fail(f"unsupported expression {type(value).__name__}")
-        args = [_arg(a, env) for a in value.args]
+        args = [_to_integer(ctx, _arg(a, env)) for a in value.args]
         if value.op.name not in OFFSET_AWARE:  # GELU outputs' offsets reach only layout ops and matmuls
             args = [[ctx.without_offset(v) for v in a] if isinstance(a, list) else ctx.without_offset(a) for a in args]
         if is_integer_op(value, args):
@@ -185,6 +224,9 @@ class QuantizeToInteger:
     def _output(ctx: LoweringContext, value) -> tuple[relax.Expr, dict]:
         if isinstance(value, np.ndarray):
             ctx.fail("the model output is a constant")
+        if isinstance(value, (IntTensor, FloatTensor)):  # exact integers, or a float fallback's float result
+            dtype = str(value.expr.ty.dtype)
+            return value.expr, {"dtype": dtype, "scale": [1.0], "axis": None}
         value = ctx.without_offset(value)
         if isinstance(value, Accumulator) and value.clamp == (-math.inf, math.inf):
             # Unclamped accumulators leave at full int32 precision (e.g. logits).
@@ -192,6 +234,18 @@ class QuantizeToInteger:
             return value.expr, {"dtype": "int32", "scale": scale.reshape(-1).tolist(), "axis": value.axis}
         q = ctx.materialize(value)
         return q.expr, {"dtype": q.dtype, "scale": [q.scale], "axis": None}
+
+
+def _to_integer(ctx: LoweringContext, value):
+    """Float results of fallbacks quantized for an integer lowering (memoized per value)."""
+    if isinstance(value, list):
+        return [_to_integer(ctx, v) for v in value]
+    if not isinstance(value, FloatTensor):
+        return value
+    memo = ctx.__dict__.setdefault("_float_quantized", {})
+    if value not in memo:
+        memo[value] = quantize_float(ctx, value)
+    return memo[value]
 
 
 def _arg(arg: relax.Expr, env: dict):

@@ -10,7 +10,8 @@ Runs on the integer Relax module before legalization, for LLVM targets with AVX5
 `vpdpbusd` multiplies unsigned by signed bytes. An int8 activation is shifted into uint8
 (x + 128) and the shift is taken back exactly with a constant per output channel:
 sum_k (x_k + 128) w_k - 128 sum_k w_k = sum_k x_k w_k. Shapes without a fitting tile
-(K or C not a multiple of 4, no 16-lane tile, batch > 1) keep the generic lowering.
+(K or C not a multiple of 4, no 16-lane tile, batch > 1) keep the generic lowering, and so
+does any call it cannot read (tuple results, non-tensor arguments: never an error).
 """
 
 from __future__ import annotations
@@ -40,7 +41,10 @@ def _shape(expr) -> list[int] | None:
 class _Rewriter(PyExprMutator):
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         call = super().visit_call_(call)
-        if not isinstance(call.op, tvm.ir.Op) or str(call.ty.dtype) != "int32":
+        # tuples (split, float fallbacks), non-tensor args and unknown shapes keep the generic lowering
+        if (not isinstance(call.op, tvm.ir.Op) or not isinstance(call.ty, relax.TensorType)
+                or str(call.ty.dtype) != "int32" or len(call.args) != 2
+                or not all(isinstance(a.ty, relax.TensorType) for a in call.args)):
             return call
         rewrite = {"relax.matmul": self._matmul, "relax.nn.conv2d": self._conv}.get(call.op.name)
         new = rewrite(call) if rewrite else None

@@ -103,18 +103,35 @@ def test_no_calibration_warns(tmp_path, small_cnn_path, capsys):
     assert runtime.load(tmp_path / "a").manifest["quantization"]["synthetic_calibration"] is True
 
 
-def test_unsupported_op_refused_unless_allow_float(tmp_path, capsys):
+def _with_cumsum(path):
+    """small_cnn plus CumSum (no integer lowering) on its logits, as a second output."""
+    import onnx
     from conftest import small_cnn
 
-    model = small_cnn(tmp_path / "sig.onnx", extra_nodes=[helper.make_node("Sigmoid", ["y"], ["p"], name="prob")])
-    _compile_fails([model, "-o", str(tmp_path / "a")], capsys, "Sigmoid (node prob)")
+    model = onnx.load(small_cnn(path))
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.array(1, np.int64), "axis1"))
+    model.graph.node.append(helper.make_node("CumSum", ["y", "axis1"], ["cs"], name="running_sum"))
+    model.graph.output.append(helper.make_tensor_value_info("cs", onnx.TensorProto.FLOAT, [1, 10]))
+    onnx.save(model, path)
+    return str(path)
+
+
+def test_unsupported_op_refused_unless_allow_float(tmp_path, capsys):
+    model = _with_cumsum(tmp_path / "cumsum.onnx")
+    _compile_fails([model, "-o", str(tmp_path / "a")], capsys, "CumSum (node running_sum)", "--allow-float")
     assert not (tmp_path / "a").exists()
-    assert compile_main([model, "-o", str(tmp_path / "a"), "--allow-float", "-q"]) == 0
+    assert compile_main([model, "-o", str(tmp_path / "a"), "--allow-float"]) == 0
+    err = capsys.readouterr().err
+    assert "1 node(s) run in float (--allow-float)" in err and "(relax.cumsum): no integer lowering" in err
     m = runtime.load(tmp_path / "a")
-    assert m.manifest["integer_only"] is False and "relax.sigmoid" in m.manifest["verifier"]
+    assert m.manifest["integer_only"] is False and "relax.cumsum" in m.manifest["verifier"]
+    assert [(n["op"], n["reason"]) for n in m.manifest["float_nodes"]] == [("relax.cumsum", "no integer lowering")]
+    y, cs = m.manifest["outputs"]
+    assert y["quant"]["dtype"] == "int32" and cs["quant"] == {"dtype": "float32", "scale": [1.0], "axis": None}
     out = m.run({"x": _x()})
     ref = ort.InferenceSession(model).run(None, {"x": _x()})
-    np.testing.assert_allclose(out["p"], ref[1], atol=0.05)  # 8-bit output of a float sigmoid
+    for got, want in zip((out["y"], out["cs"]), ref):  # each output with its own scale
+        assert got.ravel() @ want.ravel() / np.linalg.norm(got) / np.linalg.norm(want) > 0.99
 
 
 def test_failed_compile_keeps_existing_artifact(tmp_path, small_artifact, capsys):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
@@ -84,3 +85,56 @@ def test_bad_input_shape_flag(text):
 def test_input_shape_flag():
     assert parse_input_shape("input_ids:1x128") == ("input_ids", (1, 128))
     assert parse_input_shape("a:b:1x3") == ("a:b", (1, 3))
+
+
+def _tiny(path, in_dims, nodes=None, inits=(), outputs=(("o", [1, 4]),)):
+    """x [in_dims] -> Relu -> o, or the given nodes."""
+    nodes = nodes or [helper.make_node("Relu", ["x"], ["o"], name="relu")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, in_dims)],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in outputs],
+                              list(inits))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+@pytest.mark.parametrize("free", [-1, 0, "batch"])
+def test_minus_one_zero_and_named_dims_are_free(tmp_path, free):
+    # Paddle exports write -1 for a free dim (rapidocr's classifier), some Keras exports 0
+    p = _tiny(tmp_path / "free.onnx", [free, 4])
+    with pytest.raises(CompileError, match=r"input 'x' has dynamic dimensions .*--input-shape x:Nx4"):
+        load_onnx(p)
+    assert load_onnx(p, {"x": (1, 4)}).inputs[0].shape == (1, 4)
+    assert load_onnx(p, {"x": (3, 4)}).inputs[0].shape == (3, 4)
+    with pytest.raises(CompileError, match="fixed to 4"):
+        load_onnx(p, {"x": (1, 5)})
+
+
+def test_control_flow_refused_naming_every_node(tmp_path):
+    def branch(name, op):
+        return helper.make_graph([helper.make_node(op, ["x"], [f"{name}_out"])], name, [],
+                                 [helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, [1, 4])])
+
+    nodes = [helper.make_node("ReduceSum", ["x"], ["s"], name="sum", keepdims=0),
+             helper.make_node("Greater", ["s", "zero"], ["cond"], name="positive"),
+             helper.make_node("If", ["cond"], ["o"], name="my_if", then_branch=branch("then", "Relu"),
+                              else_branch=branch("else", "Neg"))]
+    zero = onnx.numpy_helper.from_array(np.zeros((1,), np.float32), "zero")
+    p = _tiny(tmp_path / "if.onnx", [1, 4], nodes, [zero])
+    for allow in (False, True):
+        with pytest.raises(UnsupportedModelError) as err:
+            load_onnx(p, allow_unsupported=allow)
+        assert "If (node my_if)" in str(err.value) and "control-flow" in str(err.value)
+        assert "export the model without control flow" in str(err.value).lower()
+
+
+def test_multi_input_multi_output(tmp_path):
+    nodes = [helper.make_node("Relu", ["x"], ["a"], name="relu"), helper.make_node("Add", ["x", "y"], ["b"], name="add")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 4]) for n in "xy"],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 4]) for n in "ab"])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "multi.onnx")
+    m = load_onnx(tmp_path / "multi.onnx")
+    assert [i.name for i in m.inputs] == ["x", "y"] and [o.name for o in m.outputs] == ["a", "b"]

@@ -1,37 +1,83 @@
-"""Float fallback (only with `allow_float`): an op without an integer lowering runs in
-float between a dequantize and a quantize.
+"""Float fallback (only with `allow_float`): an op without an integer lowering, or whose
+lowering refused this node, runs in float.
 
-    op(x_i)  ->  q(op(deq(x_i)))   with deq(q) = float(q) * S,  q(y) = clip(round(y / S_y))
+    op(x_i)  ->  op(deq(x_i))      with deq(q) = float(q) * S
 
-The result is not integer-only; the verifier says so and the manifest records it.
+Inputs are converted by what the original op took: quantized values are dequantized (to the
+op's own float dtype), float values of earlier fallbacks pass as they are, integer arguments
+(ids, masks, shapes) too. A float result stays float (`FloatTensor`, with its calibrated
+range), so that a run of float ops loses nothing between them; it is quantized,
+`q(y) = clip(round(y / S_y))` over that range, only where an integer lowering consumes it
+(`quantize_float`). An integer or bool result stays exact (`IntTensor`); a tuple becomes a list
+of those, and its float fields get their range at the `TupleGetItem` binding that reads them.
+The module is then not integer-only; the verifier says so and the manifest records it.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 from tvm import relax
 
 from ..reference.kernels import INT_RANGE
 from .context import activation_scale
-from .values import Quantized
+from .values import IntTensor, MaskPenalty, Quantized
 
 R = relax.op
+MASK_FLOAT = -1e9  # an additive attention mask in float: large enough for softmax, finite in float16 sums too
+
+
+@dataclass(frozen=True, eq=False)
+class FloatTensor:
+    """A float tensor left in float by the fallback; `range` is its calibrated (lo, hi), if known."""
+
+    expr: relax.Expr
+    range: tuple[float, float] | None = None
+
+
+def _is_float(ty) -> bool:
+    return isinstance(ty, relax.TensorType) and str(ty.dtype).startswith("float")
+
+
+def to_float(ctx, value, like: relax.Expr | None = None) -> relax.Expr:
+    """The float (or exact integer) Relax expression for a lowered value; `like` is the original argument."""
+    dtype = str(like.ty.dtype) if like is not None and _is_float(getattr(like, "ty", None)) else "float32"
+    if isinstance(value, np.ndarray):
+        return relax.const(value)
+    if isinstance(value, list):
+        fields = like.fields if isinstance(like, relax.Tuple) else [None] * len(value)
+        return relax.Tuple([to_float(ctx, v, f) for v, f in zip(value, fields)])
+    if isinstance(value, (IntTensor, FloatTensor)):
+        return value.expr
+    if isinstance(value, MaskPenalty):
+        return R.where(value.keep, relax.const(0.0, dtype), relax.const(MASK_FLOAT, dtype))
+    if isinstance(value, relax.Expr):
+        return value  # shapes and prim values
+    q = ctx.materialize(value)
+    return R.multiply(R.astype(q.expr, dtype), relax.const(q.scale, dtype))
+
+
+def quantize_float(ctx, value: FloatTensor) -> Quantized:
+    """`value` as int8 over its calibrated range (uint8 when that range is >= 0), for an integer consumer."""
+    if value.range is None:
+        ctx.fail("its input is a float tensor without a calibrated range")
+    dtype = "uint8" if value.range[0] >= 0 and ctx.config.unsigned_activations else "int8"
+    scale = activation_scale(*value.range, dtype)
+    q = R.clip(R.round(R.divide(value.expr, relax.const(scale, str(value.expr.ty.dtype)))), *INT_RANGE[dtype])
+    return Quantized(ctx.emit(R.astype(q, dtype)), scale, dtype)
 
 
 def float_fallback(ctx, call, args):
-    def to_float(value):
-        if isinstance(value, np.ndarray):
-            return relax.const(value)
-        if isinstance(value, list):
-            return relax.Tuple([to_float(v) for v in value])
-        if isinstance(value, relax.Expr) and not isinstance(value, relax.Var):
-            return value  # shapes and prim values
-        q = ctx.materialize(value)
-        return R.multiply(R.astype(q.expr, "float32"), relax.const(q.scale, "float32"))
-
-    y = ctx.emit(relax.Call(call.op, [to_float(a) for a in args], call.attrs))
-    if not isinstance(y.ty, relax.TensorType) or not str(y.ty.dtype).startswith("float"):
-        ctx.fail(f"float fallback for {call.op.name} supports float tensor results only")
-    scale = activation_scale(*ctx.out_range(), "int8")
-    q = R.clip(R.round(R.divide(y, relax.const(scale, str(y.ty.dtype)))), *INT_RANGE["int8"])
-    return Quantized(ctx.emit(R.astype(q, "int8")), scale, "int8")
+    """`call` in float on dequantized `args`; see the module docstring for the result."""
+    like = list(call.args)
+    y = ctx.emit(relax.Call(call.op, [to_float(ctx, a, o) for a, o in zip(args, like)], call.attrs,
+                            call.ty_args))
+    ty = y.ty
+    if isinstance(ty, relax.TupleType):
+        return [FloatTensor(ctx.emit(relax.TupleGetItem(y, i))) if _is_float(f)
+                else IntTensor(ctx.emit(relax.TupleGetItem(y, i))) for i, f in enumerate(ty.fields)]
+    if not _is_float(ty):
+        return IntTensor(y)
+    known = ctx.var is not None and ctx.var.name in ctx.ranges
+    return FloatTensor(y, tuple(ctx.out_range()) if known else None)

@@ -1,0 +1,102 @@
+"""allow_float: every node that cannot be lowered runs in float, whatever its lowering did."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax
+
+from frontends import UnsupportedModelError
+from passes import QuantConfig, QuantizeToInteger, calibrate, verify_integer_only
+from passes.lowering import LOWERINGS
+from passes.quantize_to_integer import FLOAT_NODES_ATTR
+
+R = relax.op
+
+
+def _module():
+    """x -> cumsum -> batch_norm (a tuple)[0] -> relu -> (relu, argsort(relu): int32, relu @ W)."""
+    rng = np.random.default_rng(0)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 8), "float32"))
+    const = [relax.const(v.astype("float32")) for v in (rng.uniform(0.5, 1.5, 8), rng.standard_normal(8) * 0.1,
+                                                         rng.standard_normal(8) * 0.1, rng.uniform(0.5, 1.5, 8))]
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            cs = bb.emit(R.cumsum(x, axis=1), "cs")
+            bn = bb.emit(R.nn.batch_norm(cs, *const, axis=1), "bn")
+            b0 = bb.emit(relax.TupleGetItem(bn, 0), "b0")
+            r = bb.emit(R.nn.relu(b0), "r")
+            order = bb.emit(R.argsort(r, axis=1), "order")
+            mm = bb.emit(R.matmul(r, relax.const(rng.standard_normal((8, 4)).astype("float32"))), "mm")
+            out = bb.emit_output(relax.Tuple([r, order, mm]))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def _samples(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return [{"x": rng.standard_normal((1, 8)).astype(np.float32)} for _ in range(n)]
+
+
+def _run(mod, x):
+    vm = relax.VirtualMachine(tvm.compile(mod, target=tvm.target.Target({"kind": "llvm"})), tvm.cpu())
+    return [o.numpy() for o in vm["main"](tvm.runtime.tensor(x))]
+
+
+def _lower(monkeypatch, lowering=None):
+    mod = _module()
+    if lowering is not None:
+        monkeypatch.setitem(LOWERINGS, "relax.nn.relu", lowering)
+    ranges = calibrate(mod, _samples(8), progress=False)
+    return mod, QuantizeToInteger(ranges, QuantConfig(allow_float=True))(mod)
+
+
+def _check_against_float(mod, int_mod):
+    x = _samples(1, seed=5)[0]["x"]
+    ref = _run(mod, x)
+    boundary = json.loads(str(int_mod["main"].attrs["intq.boundary"]))
+    scale = boundary["inputs"][0]["scale"]
+    q = np.clip(np.round(x / scale), -128, 127).astype(boundary["inputs"][0]["dtype"])
+    got = _run(int_mod, q)
+    for meta, g, r in zip(boundary["outputs"], got, ref):
+        value = g.astype(np.float64) * np.asarray(meta["scale"]).reshape(-1)
+        if np.issubdtype(r.dtype, np.integer):
+            np.testing.assert_array_equal(g, r)  # the int argsort stayed exact
+        else:
+            assert value.ravel() @ r.ravel() / np.linalg.norm(value) / np.linalg.norm(r) > 0.99
+
+
+def test_ops_without_lowering_tuples_and_int_results_run_in_float(monkeypatch):
+    mod, int_mod = _lower(monkeypatch)
+    nodes = {n["node"]: n for n in json.loads(str(int_mod["main"].attrs[FLOAT_NODES_ATTR]))}
+    assert nodes["cs"]["op"] == "relax.cumsum" and nodes["cs"]["reason"] == "no integer lowering"
+    assert nodes["bn"]["op"] == "relax.nn.batch_norm" and nodes["order"]["op"] == "relax.argsort"
+    assert "r" not in nodes and "mm" not in nodes  # relu and the matmul are integer (on quantized float results)
+    assert not verify_integer_only(int_mod).integer_only
+    _check_against_float(mod, int_mod)
+
+
+@pytest.mark.parametrize("error", ["compile", "internal"])
+def test_a_failing_lowering_falls_back_per_node(monkeypatch, error):
+    def refuse(ctx, call, args):
+        if error == "compile":
+            ctx.fail("refused for the test")
+        raise RuntimeError("lowering crashed")
+
+    mod, int_mod = _lower(monkeypatch, refuse)
+    nodes = {n["node"]: n for n in json.loads(str(int_mod["main"].attrs[FLOAT_NODES_ATTR]))}
+    assert nodes["r"]["op"] == "relax.nn.relu"
+    assert nodes["r"]["reason"] == ("refused for the test" if error == "compile" else "RuntimeError: lowering crashed")
+    _check_against_float(mod, int_mod)
+
+
+def test_without_allow_float_every_op_is_listed():
+    mod = _module()
+    ranges = calibrate(mod, _samples(2), progress=False)
+    with pytest.raises(UnsupportedModelError) as err:
+        QuantizeToInteger(ranges, QuantConfig())(mod)
+    assert "relax.cumsum" in str(err.value) and "relax.nn.batch_norm" in str(err.value)
