@@ -2,8 +2,8 @@
 
 Steps: load and check the file, fix dynamic input dimensions, let onnxruntime's basic
 graph optimizer fold the shape arithmetic TVM's importer cannot take (DESIGN.md
-section 3), refuse control flow and ops the integer path lacks (every node at once), then
-import with `tvm.relax.frontend.onnx.from_onnx`.
+section 3), unroll LSTMs (`onnx_rnn.py`), refuse control flow and ops the integer path lacks
+(every node at once), then import with `tvm.relax.frontend.onnx.from_onnx`.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import onnx
 from onnx import numpy_helper
 
 from .errors import CompileError, UnsupportedModelError
+from .onnx_rnn import unroll_lstms
 
 # ONNX ops (after onnxruntime's basic clean-up) that the integer-only path lowers.
 INTEGER_PATH_OPS = frozenset({
@@ -30,6 +31,8 @@ INTEGER_PATH_OPS = frozenset({
     "Gather", "Cast", "And", "Or", "Not", "Where", "Less", "Equal", "Greater", "GreaterOrEqual", "Expand",
     # structure and spatial ops (passes/lowering: resize, pooling, linear, layout)
     "Resize", "Upsample", "ConvTranspose", "AveragePool", "Tile", "DepthToSpace", "SpaceToDepth", "TopK",
+    # binary ops of two activations, reductions, softmax on any axis (passes/lowering: binary, reduce, transformer)
+    "LessOrEqual", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL2", "ArgMax", "ArgMin", "LogSoftmax",
 })
 
 
@@ -76,6 +79,7 @@ def load_onnx(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]] 
     model = _read(path)
     _fix_input_shapes(model, dict(input_shapes or {}), path)
     model = _basic_optimize(model, path)
+    unroll_lstms(model)
     _scalars_to_constants(model)
     _check_supported(model, path, allow_unsupported)
     inputs = [_spec(v, path) for v in _graph_inputs(model)]
