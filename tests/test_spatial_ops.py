@@ -124,7 +124,9 @@ def test_avg_pool_and_max_pool_bitexact(dtype):
            for p in POOLS]
     mx = [lambda bb, x, p=p: R.nn.max_pool2d(x, p[0], p[1], padding=p[2], ceil_mode=p[3]) for p in POOLS]
     relu = (lambda b: lambda bb, x: b(bb, bb.emit(R.nn.relu(x)))) if dtype == "uint8" else (lambda b: b)
-    int_mod, boundary = _lowered([relu(b) for b in avg + mx], shape, (lo_f, 4.0))
+    nhwc = lambda bb, x: R.nn.avg_pool2d(R.permute_dims(x, [0, 2, 3, 1]), (3, 3), (2, 2), padding=(1, 1, 1, 1),
+                                         ceil_mode=True, layout="NHWC")
+    int_mod, boundary = _lowered([relu(b) for b in avg + mx + [nhwc]], shape, (lo_f, 4.0))
     lo, hi = K.INT_RANGE[dtype]
     q = rng.integers(max(lo, -128), 128, shape).astype(dtype if dtype == "int8" else "int8")
     q.flat[:2] = [lo if dtype == "int8" else 0, 127]
@@ -142,7 +144,12 @@ def test_avg_pool_and_max_pool_bitexact(dtype):
         m, s = K.dyadic(s_in / (counts * meta["scale"][0]))
         want = K.requantize(sums, m, s, *K.INT_RANGE[meta["dtype"]], meta["dtype"])
         np.testing.assert_array_equal(got, want)
-    for (kernel, strides, pad, ceil, _), got in zip(POOLS, outs[len(POOLS):]):
+    got, meta = outs[-1], boundary["outputs"][-1]  # NHWC: the same sums along axes 1, 2
+    sums = spatial.window_sums(x_int.transpose(0, 2, 3, 1), (1, 2), (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), got.shape[1:3])
+    counts = spatial.window_counts(shape[2:], (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), got.shape[1:3], False)[..., None]
+    m, s = K.dyadic(s_in / (counts * meta["scale"][0]))
+    np.testing.assert_array_equal(got, K.requantize(sums, m, s, *K.INT_RANGE[meta["dtype"]], meta["dtype"]))
+    for (kernel, strides, pad, ceil, _), got in zip(POOLS, outs[len(POOLS):-1]):
         need = [(o - 1) * st + k - n - p for o, st, k, n, p in zip(got.shape[2:], strides, kernel, shape[2:], pad[:2])]
         padding = (pad[0], pad[1], max(pad[2], need[0]), max(pad[3], need[1]))
         np.testing.assert_array_equal(got, K.max_pool2d(x_int.astype(got.dtype), kernel, strides, padding))
