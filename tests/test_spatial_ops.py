@@ -310,7 +310,8 @@ def unet_like(path) -> str:
 
 
 def nhwc_like(path) -> str:
-    """A Keras-style NHWC graph: Pads in NHWC, Transposes around the NCHW convs, mean over H, W
+    """A Keras-style NHWC graph: Pads in NHWC, Transposes around the NCHW convs, mean over H, W, a
+    Resize of H and W in NHWC
     (the user's ResNet-50 crash: its Pads reach Relax as the importer's `pad` PrimFuncs)."""
     n = helper.make_node
     pads = np.array([0, 1, 1, 0, 0, 1, 1, 0], np.int64)
@@ -322,9 +323,11 @@ def nhwc_like(path) -> str:
         n("Pad", ["ph", "p"], ["pr"], mode="reflect"), n("Transpose", ["pr"], ["t2"], perm=[0, 3, 1, 2]),
         n("Conv", ["t2", "w2"], ["c2"]), n("Relu", ["c2"], ["r2"]), n("Transpose", ["r2"], ["h2"], perm=[0, 2, 3, 1]),
         n("ReduceMean", ["h2"], ["gm"], axes=[1, 2], keepdims=0), n("MatMul", ["gm", "wfc"], ["y"]),
+        n("Resize", ["h1", "", "sc"], ["y2"], mode="linear"),  # NHWC Resize (frontends/resize_layout.py)
     ]
+    inits["sc"] = np.array([1, 2, 2, 1], np.float32)
     inits.pop("ax")
-    return _model(path, nodes, inits, [1, 16, 16, 3], [("y", [1, 10])])
+    return _model(path, nodes, inits, [1, 16, 16, 3], [("y", [1, 10]), ("y2", [1, 16, 16, 8])])
 
 
 @pytest.mark.parametrize("build,shape", [(unet_like, (1, 3, 16, 16)), (nhwc_like, (1, 16, 16, 3))])
@@ -348,3 +351,13 @@ def test_models_compile_integer_only_and_match_onnxruntime(tmp_path, build, shap
             cos = float(g @ w.reshape(-1) / (np.linalg.norm(g) * np.linalg.norm(w) + 1e-12))
             assert cos >= 0.99, (name, cos)
             print(f"{build.__name__} {name}: cosine {cos:.4f}")
+
+
+def test_resize_of_batch_axis_is_refused(tmp_path):
+    from frontends import UnsupportedModelError
+    from frontends.resize_layout import resize_to_nchw
+
+    path = _model(tmp_path / "r.onnx", [helper.make_node("Resize", ["x", "", "sc"], ["y"], name="rz")],
+                  {"sc": np.array([2, 1, 1, 1], np.float32)}, [1, 4, 4, 4], [("y", [2, 4, 4, 4])])
+    with pytest.raises(UnsupportedModelError, match="Resize node 'rz' resizes axes \\[0\\]"):
+        resize_to_nchw(onnx.shape_inference.infer_shapes(onnx.load(path)), path)

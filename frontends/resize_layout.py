@@ -1,0 +1,73 @@
+"""Resize over axes the importer does not resize -> a Transpose sandwich it imports right.
+
+    Resize(x[N, H, W, C], scales [1, a, b, 1])  ->  Transpose(0, 3, 1, 2) -> Resize([1, 1, a, b])
+                                                    -> Transpose(0, 2, 3, 1)
+
+TVM's ONNX importer takes the last two axes of a 4-D Resize as H and W whatever the scales
+say, so a Keras/TF-style NHWC Resize imports silently wrong (measured: [1, 6, 6, 4] with
+scales [1, 2, 2, 1] became [1, 6, 12, 4]). NHWC resizes are rewritten as above; any other
+resize of the first two axes is refused by name.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from .errors import UnsupportedModelError
+
+
+def _shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
+    infos = [*model.graph.value_info, *model.graph.input, *model.graph.output]
+    return {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in infos}
+
+
+def _array(model: onnx.ModelProto, name: str) -> np.ndarray | None:
+    for init in model.graph.initializer:
+        if init.name == name:
+            return numpy_helper.to_array(init)
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.output[0] == name:
+            return numpy_helper.to_array(node.attribute[0].t)
+    return None
+
+
+def resize_to_nchw(model: onnx.ModelProto, path) -> None:
+    """Rewrite every NHWC 4-D Resize of `model` (shape-inferred, constant scales or sizes) in place."""
+    shapes, nodes, extra = _shapes(model), [], []
+    for node in model.graph.node:
+        if node.op_type != "Resize" or len(shapes.get(node.input[0], [])) != 4:
+            nodes.append(node)
+            continue
+        in_shape = shapes[node.input[0]]
+        scales = _array(model, node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        sizes = _array(model, node.input[3]) if len(node.input) > 3 and node.input[3] else None
+        ratio = (np.asarray(sizes, np.float64) / in_shape if scales is None or scales.size == 0
+                 else np.asarray(scales, np.float64))
+        if ratio.size != 4 or (ratio[0] == 1 and ratio[1] == 1):
+            nodes.append(node)  # NCHW (or not static: the importer decides)
+            continue
+        roi = _array(model, node.input[1]) if len(node.input) > 1 and node.input[1] else None
+        if ratio[0] != 1 or ratio[3] != 1 or (roi is not None and roi.size):
+            raise UnsupportedModelError(f"{path}: Resize node {node.name or node.output[0]!r} resizes axes "
+                                        f"{[i for i in range(4) if ratio[i] != 1]} (scales {ratio.tolist()}): only "
+                                        "NCHW (axes 2, 3) and NHWC (axes 1, 2) resizes without roi are supported")
+        base = node.output[0]
+        perm_in, perm_out = [0, 3, 1, 2], [0, 2, 3, 1]
+        inputs = [f"{base}/nchw_in", ""]
+        if scales is not None and scales.size:
+            extra.append(numpy_helper.from_array(np.asarray(scales)[perm_in].astype(np.float32), f"{base}/nchw_scales"))
+            inputs.append(f"{base}/nchw_scales")
+        else:
+            extra.append(numpy_helper.from_array(np.asarray(sizes)[perm_in].astype(np.int64), f"{base}/nchw_sizes"))
+            inputs += ["", f"{base}/nchw_sizes"]
+        nodes.append(helper.make_node("Transpose", [node.input[0]], [inputs[0]], perm=perm_in, name=f"{base}/to_nchw"))
+        resize = helper.make_node("Resize", inputs, [f"{base}/nchw_out"], name=node.name)
+        resize.attribute.extend(node.attribute)
+        nodes.append(resize)
+        nodes.append(helper.make_node("Transpose", [f"{base}/nchw_out"], [base], perm=perm_out,
+                                      name=f"{base}/to_nhwc"))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    model.graph.initializer.extend(extra)
