@@ -21,7 +21,6 @@ from frontends.onnx_import import TensorSpec
 from passes import (BOUNDARY_ATTR, LAYERS_ATTR, QuantConfig, QuantizeToInteger, bind_weights, calibrate,
                     verify_integer_only)
 from passes.quantize_to_integer import FLOAT_NODES_ATTR
-from passes.quantize_to_integer import FLOAT_NODES_ATTR
 from targets import get_target
 from targets.cross import first_error_line
 from targets.cpu_pipeline import cpu_pipeline
@@ -45,12 +44,6 @@ def stage(what: str):
     start = time.perf_counter()
     yield
     log(f"{what}: done in {time.perf_counter() - start:.1f} s")
-
-
-def float_summary(float_nodes: list[dict]) -> str:
-    """The --allow-float summary: every node left in float and why."""
-    lines = [f"{n['node']} ({n['op']}): {n['reason']}" for n in float_nodes]
-    return f"{len(float_nodes)} node(s) run in float (--allow-float):\n  " + "\n  ".join(lines)
 
 
 def float_summary(float_nodes: list[dict]) -> str:
@@ -199,9 +192,6 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
     float_nodes = json.loads(str(int_mod["main"].attrs.get(FLOAT_NODES_ATTR, "[]")))
     if float_nodes:
         log(float_summary(float_nodes))
-    float_nodes = json.loads(str(int_mod["main"].attrs.get(FLOAT_NODES_ATTR, "[]")))
-    if float_nodes:
-        log(float_summary(float_nodes))
     if not report.integer_only and not allow_float:
         raise CompileError(f"the lowered module is not integer-only; no artifact written.\n{report}\n"
                            "Pass --allow-float to accept float ops.")
@@ -247,7 +237,6 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
                              **({"mixed": mixed.manifest(precision)} if mixed is not None else {})},
             "integer_only": report.integer_only,
             "allow_float": allow_float,
-            "float_nodes": float_nodes,
             "float_nodes": float_nodes,
             "verifier": str(report),
             "relax": RELAX_TEXT,

@@ -138,3 +138,35 @@ def test_multi_input_multi_output(tmp_path):
     onnx.save(model, tmp_path / "multi.onnx")
     m = load_onnx(tmp_path / "multi.onnx")
     assert [i.name for i in m.inputs] == ["x", "y"] and [o.name for o in m.outputs] == ["a", "b"]
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+def test_lstm_unrolled_matches_onnxruntime(tmp_path, direction):
+    import onnxruntime as ort
+
+    from frontends.onnx_rnn import unroll_lstms
+
+    rng = np.random.default_rng(0)
+    d, t, b, i, h = (2 if direction == "bidirectional" else 1), 5, 2, 3, 4
+    inits = [onnx.numpy_helper.from_array(rng.standard_normal(s).astype(np.float32) * 0.5, n)
+             for n, s in (("W", (d, 4 * h, i)), ("R", (d, 4 * h, h)), ("B", (d, 8 * h)))]
+    node = helper.make_node("LSTM", ["x", "W", "R", "B", "", "h0", "c0"], ["y", "yh", "yc"], name="lstm",
+                            hidden_size=h, direction=direction)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [t, b, i]),
+                                            *(helper.make_tensor_value_info(n, TensorProto.FLOAT, [d, b, h])
+                                              for n in ("h0", "c0"))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [t, d, b, h]),
+                               *(helper.make_tensor_value_info(n, TensorProto.FLOAT, [d, b, h]) for n in ("yh", "yc"))],
+                              inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    feeds = {"x": rng.standard_normal((t, b, i)).astype(np.float32),
+             "h0": rng.standard_normal((d, b, h)).astype(np.float32),
+             "c0": rng.standard_normal((d, b, h)).astype(np.float32)}
+    want = ort.InferenceSession(model.SerializeToString()).run(None, feeds)
+    assert unroll_lstms(model) == 1 and "LSTM" not in {n.op_type for n in model.graph.node}
+    got = ort.InferenceSession(model.SerializeToString()).run(None, feeds)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+    onnx.save(model, tmp_path / "lstm.onnx")
+    assert {"Sigmoid", "Tanh", "MatMul"} <= {n.op_type for n in model.graph.node}
