@@ -18,7 +18,7 @@ import onnx
 from onnx import numpy_helper
 
 from .errors import CompileError, UnsupportedModelError
-from .resize_layout import resize_to_nchw
+from .resize_layout import resize_to_nchw, shapes_to_constants
 from .onnx_rnn import unroll_lstms
 
 # ONNX ops (after onnxruntime's basic clean-up) that the integer-only path lowers.
@@ -83,6 +83,7 @@ def load_onnx(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]] 
     unroll_lstms(model)
     _scalars_to_constants(model)
     resize_to_nchw(model, path)  # before the op check: NHWC Resizes become NCHW ones
+    shapes_to_constants(model)  # static Expand shapes
     _check_supported(model, path, allow_unsupported)
     inputs = [_spec(v, path) for v in _graph_inputs(model)]
     for spec in inputs:
@@ -171,12 +172,17 @@ def _constant(model: onnx.ModelProto, name: str) -> np.ndarray | None:
 
 
 def _scalars_to_constants(model: onnx.ModelProto) -> None:
-    """Turn scalar initializers (clip bounds, pad values) into Constant nodes.
+    """Turn scalar initializers (clip bounds, pad values) and small integer ones (shapes, axes)
+    into Constant nodes.
 
     Weights stay parameters of the imported function; scalars become Relax constants so
-    that constant folding resolves the importer's guards around them.
+    that constant folding resolves the importer's guards around them, and shapes must be
+    constants for the importer to infer static shapes (an Expand whose folded target shape
+    stayed a parameter gave a tensor of unknown shape, and a crash in FoldConstant).
     """
-    scalars = [i for i in model.graph.initializer if int(np.prod(i.dims)) <= 1]
+    integer = {onnx.TensorProto.INT64, onnx.TensorProto.INT32}
+    scalars = [i for i in model.graph.initializer
+               if int(np.prod(i.dims)) <= 1 or (i.data_type in integer and int(np.prod(i.dims)) <= 16)]
     nodes = [onnx.helper.make_node("Constant", [], [i.name], value=i, name=f"{i.name}/Constant") for i in scalars]
     names = {i.name for i in scalars}
     keep = [i for i in model.graph.initializer if i.name not in names]

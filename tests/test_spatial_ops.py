@@ -274,8 +274,7 @@ def _w(*shape, scale=0.3):
 def unet_like(path) -> str:
     """Encoder (reflect/edge pads, average pools) - decoder (grouped ConvTranspose, Concat of
     differently scaled inputs, DepthToSpace, linear and nearest Resize) and a tail of data
-    movement (constant pad 0.5, SpaceToDepth, negative-step Slice, Gather, Tile, TopK). (Expand is
-    not here: the importer turns its shape, an initializer, into a dynamic broadcast_to.)"""
+    movement (constant pad 0.5, SpaceToDepth, negative-step Slice, Gather, Tile, TopK, Expand)."""
     n = helper.make_node
     i64 = lambda *v: np.array(v, np.int64)
     inits = {"w1": _w(8, 3, 3, 3), "b1": _w(8, scale=0.1), "w2": _w(8, 8, 3, 3, scale=0.15),
@@ -304,9 +303,10 @@ def unet_like(path) -> str:
         n("SpaceToDepth", ["nn"], ["s2d"], blocksize=2), n("Slice", ["s2d", "st", "en", "ax", "sp"], ["sl"]),
         n("Gather", ["sl", "gi"], ["g"], axis=2), n("Tile", ["g", "rep"], ["t"]),
         n("TopK", ["t", "k"], ["y", "idx"], axis=-1),
-        n("GlobalAveragePool", ["cat2"], ["y2"]),
+        n("GlobalAveragePool", ["cat2"], ["gap"]), n("Expand", ["gap", "shp"], ["y2"]),
     ]
-    return _model(path, nodes, inits, [1, 3, 16, 16], [("y", [1, 48, 4, 3]), ("y2", [1, 12, 1, 1])])
+    inits["shp"] = i64(1, 12, 2, 2)
+    return _model(path, nodes, inits, [1, 3, 16, 16], [("y", [1, 48, 4, 3]), ("y2", [1, 12, 2, 2])])
 
 
 def nhwc_like(path) -> str:
