@@ -18,7 +18,7 @@ import onnx
 from onnx import numpy_helper
 
 from .errors import CompileError, UnsupportedModelError
-from .resize_layout import resize_to_nchw, shapes_to_constants
+from .resize_layout import resize_to_nchw
 from .onnx_rnn import unroll_lstms
 
 # ONNX ops (after onnxruntime's basic clean-up) that the integer-only path lowers.
@@ -83,7 +83,6 @@ def load_onnx(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]] 
     unroll_lstms(model)
     _scalars_to_constants(model)
     resize_to_nchw(model, path)  # before the op check: NHWC Resizes become NCHW ones
-    shapes_to_constants(model)  # static Expand shapes
     _check_supported(model, path, allow_unsupported)
     inputs = [_spec(v, path) for v in _graph_inputs(model)]
     for spec in inputs:

@@ -7,11 +7,6 @@ TVM's ONNX importer takes the last two axes of a 4-D Resize as H and W whatever 
 say, so a Keras/TF-style NHWC Resize imports silently wrong (measured: [1, 6, 6, 4] with
 scales [1, 2, 2, 1] became [1, 6, 12, 4]). NHWC resizes are rewritten as above; any other
 resize of the first two axes is refused by name.
-
-    Expand(x, shape initializer)  ->  Expand(x, Constant shape)
-
-The importer reads an initializer shape as a tensor parameter and builds a dynamic
-broadcast_to (symbolic output dims); a Constant node gives it the static shape.
 """
 
 from __future__ import annotations
@@ -77,24 +72,3 @@ def resize_to_nchw(model: onnx.ModelProto, path) -> None:
     model.graph.node.extend(nodes)
     model.graph.initializer.extend(extra)
 
-
-_SHAPE_INPUTS = {"Expand": 1}  # op -> index of the input the importer needs as a constant
-
-
-def shapes_to_constants(model: onnx.ModelProto) -> None:
-    """Turn initializers read as shapes (Expand's) into Constant nodes, in place."""
-    names = {n.input[i] for n in model.graph.node for op, i in _SHAPE_INPUTS.items()
-             if n.op_type == op and len(n.input) > i}
-    inits = [i for i in model.graph.initializer if i.name in names]
-    if not inits:
-        return
-    consts = [helper.make_node("Constant", [], [i.name], value=i, name=f"{i.name}/Constant") for i in inits]
-    keep = [i for i in model.graph.initializer if i.name not in names]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(keep)
-    inputs = [v for v in model.graph.input if v.name not in names]
-    del model.graph.input[:]
-    model.graph.input.extend(inputs)
-    nodes = consts + list(model.graph.node)
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
