@@ -48,6 +48,8 @@ def to_float(ctx, value, like: relax.Expr | None = None) -> relax.Expr:
     if isinstance(value, list):
         fields = like.fields if isinstance(like, relax.Tuple) else [None] * len(value)
         return relax.Tuple([to_float(ctx, v, f) for v, f in zip(value, fields)])
+    if isinstance(value, IntTensor) and _is_float(getattr(like, "ty", None)):
+        return R.astype(value.expr, dtype)  # exact integers standing for a float tensor (a cast mask)
     if isinstance(value, (IntTensor, FloatTensor)):
         return value.expr
     if isinstance(value, MaskPenalty):
