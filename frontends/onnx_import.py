@@ -244,6 +244,11 @@ def _to_relax(model: onnx.ModelProto, path: Path):
         last = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
         raise UnsupportedModelError(f"{path}: TVM's ONNX importer failed: {last}") from None
     mod, params = relax.frontend.detach_params(mod)
-    mod = tvm.transform.Sequential([fold_small_constants, relax.transform.FoldConstant(), clip_calls_to_ops, te_calls_to_ops,
-                                    relax.transform.DeadCodeElimination()])(mod)
+    try:
+        mod = tvm.transform.Sequential([fold_small_constants, relax.transform.FoldConstant(), clip_calls_to_ops,
+                                        te_calls_to_ops, relax.transform.DeadCodeElimination()])(mod)
+    except Exception as err:  # e.g. an op on a tensor whose shape the importer left unknown
+        last = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        raise UnsupportedModelError(f"{path}: TVM could not clean up the imported graph ({type(err).__name__}: "
+                                    f"{last}); bind every dynamic dimension with --input-shape") from None
     return mod, [p.numpy() for p in params.get("main", [])]
