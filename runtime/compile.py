@@ -20,6 +20,7 @@ EXAMPLES = """examples:
   python -m runtime.compile model.onnx --target '{"kind": "llvm", "mtriple": "riscv64-linux-gnu", "mattr": ["+m", "+a", "+f", "+d", "+c", "+v"]}'
   python -m runtime.compile bert.onnx --input-shape input_ids:1x128 --input-shape attention_mask:1x128 \\
       --calib text.npz -o bert.artifact
+  python -m runtime.compile ocr_cls.onnx --input-shape x:1x3x48x192 --allow-float   # -1 dims bound; float where needed
   python -m runtime.compile model.onnx --calib calib.npz --bits 4                # 4-bit weights, packed
   python -m runtime.compile model.onnx --calib calib.npz --bits mixed --max-size 3.5   # ILP: 4/8 bits per layer
   python -m runtime.compile model.onnx --calib calib.npz --bits mixed --max-latency 20 --max-bops 150
@@ -53,8 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--observer", default="minmax", choices=sorted(OBSERVERS),
                    help="calibration range observer (default minmax)")
     p.add_argument("--allow-float", action="store_true",
-                   help="keep ops without an integer lowering in float; the artifact is then marked "
-                        "integer_only: false instead of being refused")
+                   help="run in float every node that has no integer lowering or whose lowering refuses it "
+                        "(listed with the reason on stderr and in the manifest's float_nodes); the artifact is "
+                        "then marked integer_only: false instead of being refused. Control flow (If, Loop, Scan) "
+                        "is refused all the same")
     p.add_argument("--tune-trials", type=int, default=0, metavar="N",
                    help="tune the kernels without a default schedule with MetaSchedule, N measured trials in "
                         "all (host CPU only; records are kept in ~/.cache/intq/tuning and reused)")
