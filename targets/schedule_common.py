@@ -22,9 +22,10 @@ def row_kernel(sch: s_tir.Schedule):
     kinds = [[int(v.iter_type) for v in sch.get(b).iter_vars] for b in blocks]
     if not blocks or any(kinds[-1]) or any(k.count(2) > 1 or k.count(2) != sum(map(bool, k)) for k in kinds):
         return None
-    *lead, last = sch.get_loops(blocks[-1])
-    if not lead:
+    loops = sch.get_loops(blocks[-1])
+    if len(loops) < 2:  # a row kernel has row loops and a last axis (a reduction to a scalar has none)
         return None
+    *lead, last = loops
     return blocks, lead, int(sch.get(last).extent)
 
 

@@ -1,12 +1,16 @@
 """Add, ReLU and clamps.
 
 add(acc, bias)      -> acc + round(bias / S_acc)              (int32, stays an Accumulator)
-add(a, b)           -> clamp(rq(a -> S_out) + rq(b -> S_out))  (per-branch requantization)
-add(a, c)           -> clamp(rq(a -> S_out) + round(c / S_out))
+sub(acc, bias)      -> acc - round(bias / S_acc)
+add/sub(a, b)       -> clamp(rq(a -> S_out) +- rq(b -> S_out))  (binary.common_scale; b may be a
+                       constant, quantized at S_out; numpy broadcasting)
 relu/max/min(acc,c) -> the accumulator's clamp                 (folded into its requantization)
-x * c, x / c        -> the same integers at scale S * c, S / c  (c > 0 scalar, or a per-channel
-                       vector: per-channel scales, integers negated where c < 0)
 max/min(q, c)       -> max/min(q, round(c / S_q))              (integer clamp, same scale)
+max/min(a, b)       -> binary.common_scale                      (two activations, or a tensor c)
+x * c, x / c        -> the same integers at scale S * |c|, S / |c| (c a scalar or a vector along
+                       any one axis, e.g. [C,1,1] in NCHW: per-channel scales; integers times
+                       sign(c), so c <= 0 works); any other constant tensor: int8 x int32 product
+a * b, a / b        -> binary.multiply_activations / divide_activations (two activations)
 """
 
 from __future__ import annotations
@@ -18,8 +22,8 @@ import numpy as np
 from tvm import relax
 
 from ..reference.kernels import INT_RANGE
-from . import emit
-from .context import activation_scale, calibrated_qmax
+from . import binary, emit
+from .layout import _per_tensor
 from .registry import lowers
 from .values import Accumulator, MaskedLogits, MaskPenalty, Quantized
 
@@ -52,32 +56,18 @@ def _add_bias(ctx, acc: Accumulator, bias: np.ndarray) -> Accumulator:
     return Accumulator(expr, acc.scale, acc.axis, ctx.out_range())
 
 
-@lowers("relax.add")
+@lowers("relax.add", "relax.subtract")
 def lower_add(ctx, call, args):
+    op = call.op.name[len("relax."):]
     a, b = args
-    if isinstance(a, MaskPenalty) or isinstance(b, MaskPenalty):  # logits + additive attention mask
+    if op == "add" and (isinstance(a, MaskPenalty) or isinstance(b, MaskPenalty)):  # logits + additive mask
         logits, mask = (b, a) if isinstance(a, MaskPenalty) else (a, b)
         return MaskedLogits(logits, mask.keep)
-    if isinstance(a, np.ndarray):
+    if op == "add" and isinstance(a, np.ndarray):
         a, b = b, a
-    if isinstance(a, np.ndarray):
-        ctx.fail("add of two constants should have been folded")
     if isinstance(b, np.ndarray) and _is_clean_acc(a):
-        return _add_bias(ctx, a, b)
-    lo, hi = ctx.out_range()
-    dtype = ctx.config.residual_dtype
-    scale = activation_scale(lo, hi, dtype)
-    qlo, qhi = INT_RANGE[dtype]
-    qa, ma, sa = ctx.to_int32_at(a, scale)
-    if isinstance(b, np.ndarray):
-        c_q = np.clip(np.round(b.astype(np.float64) / scale), -(2**31), 2**31 - 1)
-        y = R.add(R.astype(emit.requantize(qa, ma, sa, *INT_RANGE["int32"], "int32"), "int64"),
-                  emit.const(c_q, "int64"))
-        expr = R.astype(R.clip(y, qlo, qhi), dtype)
-    else:
-        qb, mb, sb = ctx.to_int32_at(b, scale)
-        expr = emit.add_requant(qa, qb, ma, sa, mb, sb, qlo, qhi, dtype)
-    return Quantized(ctx.emit(expr), scale, dtype, qmax=calibrated_qmax(dtype))
+        return _add_bias(ctx, a, b if op == "add" else -b)
+    return binary.common_scale(ctx, op, a, b)
 
 
 def _clamp(ctx, x, lo: float = -math.inf, hi: float = math.inf):
@@ -92,12 +82,13 @@ def _clamp(ctx, x, lo: float = -math.inf, hi: float = math.inf):
     return replace(x, expr=ctx.emit(expr))
 
 
-def _scalar_bound(ctx, args) -> tuple[object, float]:
+def _scalar_bound(args) -> tuple[object, float] | None:
+    """(x, c) for max/min(x, scalar constant c) (a Clip/ReLU bound), else None."""
     x, c = args
     if isinstance(x, np.ndarray):
         x, c = c, x
-    if not isinstance(c, np.ndarray) or c.size != 1:
-        ctx.fail("maximum/minimum is supported only against a scalar constant (Clip/ReLU)")
+    if not isinstance(c, np.ndarray) or c.size != 1 or isinstance(x, np.ndarray):
+        return None
     return x, float(c.reshape(()))
 
 
@@ -105,66 +96,83 @@ def _constant_factor(ctx, args, op: str):
     x, c = args
     if op == "multiply" and isinstance(x, np.ndarray):
         x, c = c, x
-    if not isinstance(c, np.ndarray) or isinstance(x, np.ndarray):
-        ctx.fail(f"{op} is supported only by a constant (a rescale)")
     c = c.astype(np.float64)
-    return x, (1.0 / c if op == "divide" else c)
+    factor = 1.0 / c if op == "divide" else c
+    if not np.all(np.isfinite(factor)):
+        ctx.fail(f"{op} by a constant with zero or non-finite entries")
+    return x, factor
+
+
+def _factor_axis(factor: np.ndarray, rank: int) -> int | None | str:
+    """The one axis a constant factor varies along (None: a scalar; "tensor": several axes)."""
+    shape = (1,) * (rank - factor.ndim) + factor.shape
+    axes = [i for i, d in enumerate(shape) if d != 1]
+    return None if not axes else axes[0] if len(axes) == 1 else "tensor"
 
 
 def _rescaled(ctx, call, x, factor: np.ndarray):
-    """x * factor, factor a constant: a scalar > 0 changes the scale only; a per-channel
-    vector along an accumulator's channel axis (e.g. ViT LayerScale) changes its per-channel
-    scales, with the integers negated where the factor is negative."""
+    """x * factor, factor a constant: a scalar > 0 changes the scale only; a scalar <= 0 or a
+    vector along one axis (ViT LayerScale [C], squeeze-excitation style [C,1,1]) gives per-channel
+    scales S |f| with the int32 integers multiplied by sign(f) (0 where f = 0, whose scale is
+    then arbitrary: 1); a general constant tensor is quantized to int8 and multiplied in."""
     rank = len(call.ty.shape)
     if factor.size == 1 and float(factor.reshape(())) > 0:
         f = float(factor.reshape(()))
         if isinstance(x, Accumulator):
             return Accumulator(x.expr, np.asarray(x.scale) * f, x.axis, ctx.out_range(), (x.clamp[0] * f, x.clamp[1] * f))
         return replace(x, scale=x.scale * f)
-    channels = int(call.ty.shape[-1])
-    if factor.size != channels or factor.reshape(-1).shape != (channels,) or factor.ndim > rank:
-        ctx.fail("multiply/divide by a constant: only positive scalars or per-channel (last axis) vectors")
-    if np.any(factor == 0) or np.any(~np.isfinite(factor)):
-        ctx.fail("multiply/divide by a per-channel constant with zero or non-finite entries")
-    acc = x if isinstance(x, Accumulator) and x.clamp == (-math.inf, math.inf) else None
-    if acc is None:  # an 8/16-bit value: its per-tensor scale becomes per channel
+    axis = _factor_axis(factor, rank)
+    if axis == "tensor":  # int8 constant at amax / 127 times the activation: an int32 product
+        amax = float(np.abs(factor).max(initial=0)) or 1.0
+        c = np.clip(np.round(factor / (amax / 127)), -127, 127)
         q = ctx.materialize(x)
-        expr = ctx.emit(R.astype(q.expr, "int32"))
-        acc = Accumulator(expr, np.full(channels, q.scale), rank - 1, ctx.out_range())
-    if acc.axis not in (None, rank - 1):
-        ctx.fail("per-channel multiply along an axis other than the accumulator's channel axis")
+        expr = ctx.emit(R.multiply(R.astype(q.expr, "int32"), emit.const(c, "int32")))
+        return Accumulator(expr, np.asarray(q.scale * amax / 127), None, ctx.out_range())
+    acc = x if _is_clean_acc(x) else None
+    if acc is None:  # an 8/16-bit value (or a clamped accumulator, clamp applied): widened to int32
+        q = ctx.materialize(x)
+        acc = Accumulator(ctx.emit(R.astype(q.expr, "int32")), np.asarray(q.scale), None, ctx.out_range())
+    if acc.axis is not None and axis is not None and acc.axis != axis:
+        acc = _per_tensor(ctx, acc)  # scales along another axis: one int32 scale first
     f = factor.reshape(-1)
-    scale = np.broadcast_to(np.asarray(acc.scale, np.float64), (channels,)) * np.abs(f)
-    expr = acc.expr
-    if np.any(f < 0):
-        expr = ctx.emit(R.multiply(expr, emit.const(np.sign(f).astype(np.int32), "int32")))
-    return Accumulator(expr, scale, rank - 1, ctx.out_range())
+    out_axis = acc.axis if axis is None else axis
+    size = 1 if out_axis is None else int(call.ty.shape[out_axis])
+    scale = np.broadcast_to(np.asarray(acc.scale, np.float64).reshape(-1), (size,)) * np.where(f != 0, np.abs(f), 1.0)
+    sign = emit.channel_shape(np.sign(f).astype(np.int32), rank, axis)
+    expr = acc.expr if np.all(f > 0) else ctx.emit(R.multiply(acc.expr, emit.const(sign, "int32")))
+    return Accumulator(expr, scale if out_axis is not None else np.asarray(scale[0]), out_axis, ctx.out_range())
 
 
 @lowers("relax.multiply")
 def lower_multiply(ctx, call, args):
-    """x * c (c constant): the same integers at scale S * c (per channel for vectors)."""
+    """x * c (c constant): the same integers at scale S * c (see `_rescaled`); a * b: int32 product."""
+    a, b = args
+    if not isinstance(a, np.ndarray) and not isinstance(b, np.ndarray):
+        return binary.multiply_activations(ctx, call, a, b)
     x, c = _constant_factor(ctx, args, "multiply")
     return _rescaled(ctx, call, x, c)
 
 
 @lowers("relax.divide")
 def lower_divide(ctx, call, args):
-    """x / c (c constant, e.g. attention's sqrt(d)): the same integers at scale S / c."""
+    """x / c (c constant, e.g. attention's sqrt(d)): the same integers at scale S / c; x / b and
+    c / b (b an activation): rounded integer division."""
+    a, b = args
+    if not isinstance(b, np.ndarray):
+        return binary.divide_activations(ctx, call, a, b)
     x, c = _constant_factor(ctx, args, "divide")
     return _rescaled(ctx, call, x, c)
 
 
-@lowers("relax.maximum")
-def lower_maximum(ctx, call, args):
-    x, c = _scalar_bound(ctx, args)
-    return _clamp(ctx, x, lo=c)
-
-
-@lowers("relax.minimum")
-def lower_minimum(ctx, call, args):
-    x, c = _scalar_bound(ctx, args)
-    return _clamp(ctx, x, hi=c)
+@lowers("relax.maximum", "relax.minimum")
+def lower_max_min(ctx, call, args):
+    """max/min with a scalar bound: a clamp (folded into a requantization); else common scale."""
+    op = call.op.name[len("relax."):]
+    bound = _scalar_bound(args)
+    if bound is None:
+        return binary.common_scale(ctx, op, *args)
+    x, c = bound
+    return _clamp(ctx, x, lo=c) if op == "maximum" else _clamp(ctx, x, hi=c)
 
 
 @lowers("relax.nn.relu")

@@ -1,12 +1,16 @@
 """Softmax, GELU and LayerNorm on integers (I-ViT's algorithms, with DESIGN.md section 2's and
 this project's measured fixes, see `passes.reference.transformer`).
 
-softmax(x [+ m])  -> softmax_exp2 (masked keys get exactly 0) straight on the logits' integers at
+softmax(x [+ m])  -> (any axis; 8-bit CNN logits are widened to int16 first)
+                     softmax_exp2 (masked keys get exactly 0) straight on the logits' integers at
                      their own scale (attention's 1/sqrt(d) folded into it): exponent by a shift,
                      fraction by a cubic, 62-bit row reciprocal; int16 probabilities at 2^-15
                      whose rows sum to <= 2^15 + length / 2 (attention @ V checks its int32 bound
                      with that); requires length * 2^30 < 2^62 and a logit scale < 2^13 (finer
                      than ~3e-8 first coarsened, so that clamping max - x to int32 is exact)
+log_softmax(x)    -> any axis: (x - max) - log(sum e), both requantized to S_out / 2^8, rounded once
+                     to S_out; e softmax_exp2's exponentials, log2 of their row sum by bit position
+                     + a quartic (2e-4)
 gelu(x)           -> gelu_tanh on a 16-bit input: x * sigmoid(2 sqrt(2/pi) (x + 0.044715 x^3)) at
                      scale S * 2^-15 (|.| <= 2^30), plus 0.171 (>= -min GELU): an Accumulator with
                      that offset, read as uint8 by a constant-weight matmul (which subtracts
@@ -23,9 +27,9 @@ import math
 
 import numpy as np
 
-from ..reference import transformer as ref
+from ..reference import binary as ref_binary, transformer as ref
 from ..reference.kernels import INT_RANGE, dyadic
-from . import emit, emit_transformer
+from . import emit, emit_binary, emit_transformer
 from .context import activation_scale, calibrated_qmax
 from .registry import lowers
 from .values import Accumulator, MaskedLogits, Quantized
@@ -43,12 +47,15 @@ def _logits(ctx, x):
     return q.expr, q.scale
 
 
-@lowers("relax.nn.softmax")
-def lower_softmax(ctx, call, args):
-    x, keep = args[0], None
+def _exp_inputs(ctx, call, x):
+    """(logits, m, s, mask, axis, length) for softmax_exp2 / log_softmax on any axis: the logits'
+    integers with (m, s) = dyadic(S log2(e) 2^16), coarsened first where S is so fine that clamping
+    max - x to int32 would cut into exp2_neg's range."""
+    keep = None
     if isinstance(x, MaskedLogits):
         x, keep = x.logits, x.keep
-    length = int(call.args[0].ty.shape[int(call.attrs.axis)])
+    axis = int(call.attrs.axis) % len(call.args[0].ty.shape)
+    length = int(call.args[0].ty.shape[axis])
     if length * 2**ref.EXP2_OUT_BITS >= 2**62:
         ctx.fail(f"softmax over {length} elements would overflow the int64 row sum")
     logits, scale = _logits(ctx, x)
@@ -59,8 +66,28 @@ def lower_softmax(ctx, call, args):
     m, s = dyadic(scale * math.log2(math.e) * 2**ref.EXP2_IN_BITS)
     if not 1 <= int(s) <= 62:
         ctx.fail(f"softmax logit scale {scale:.3g} too coarse (>= 2^13)")
-    probs = emit_transformer.softmax_exp2(logits, int(m), int(s), PROB_BITS, mask=keep, axis=int(call.attrs.axis))
+    return logits, scale, int(m), int(s), keep, axis, length
+
+
+@lowers("relax.nn.softmax")
+def lower_softmax(ctx, call, args):
+    logits, _, m, s, keep, axis, length = _exp_inputs(ctx, call, args[0])
+    probs = emit_transformer.softmax_exp2(logits, m, s, PROB_BITS, mask=keep, axis=axis)
     return Quantized(ctx.emit(probs), 2.0**-PROB_BITS, "int16", row_sum=2**PROB_BITS + (length + 1) // 2)
+
+
+@lowers("relax.nn.log_softmax")
+def lower_log_softmax(ctx, call, args):
+    """(x - max) minus log(sum exp(x - max)) at the output scale (see `reference.binary.log_softmax`)."""
+    logits, scale, m, s, keep, axis, _ = _exp_inputs(ctx, call, args[0])
+    if keep is not None:
+        ctx.fail("log_softmax with an attention mask")
+    dtype = ctx.config.residual_dtype
+    out = activation_scale(*ctx.out_range(), dtype)
+    fine = out * 2.0**-ref_binary.LOGSM_EXTRA_BITS  # both terms meet at a finer scale, then round once
+    (m_out, s_out), (m_log, s_log) = dyadic(scale / fine), dyadic(math.log(2) * 2.0**-ref_binary.LOG2_BITS / fine)
+    y = emit_binary.log_softmax(logits, m, s, m_out, s_out, m_log, s_log, *INT_RANGE[dtype], dtype, axis=axis)
+    return Quantized(ctx.emit(y), out, dtype, qmax=calibrated_qmax(dtype))
 
 
 @lowers("relax.nn.gelu")

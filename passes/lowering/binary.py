@@ -1,0 +1,111 @@
+"""Binary ops of two activations (numpy broadcasting): one common-scale lowering for the family.
+
+add/subtract/maximum/minimum/where(a, b)
+                  -> clamp(op(rq(a -> S_out), rq(b -> S_out)))  (int32 operands, int64 op)
+less/greater/equal/... (a, b)
+                  -> op(rq(a8 -> S_c), rq(b8 -> S_c)), S_c = min(S_a, S_b) / 2^8: a bool IntTensor.
+                     Operands are first 8/16 bits, so the finer one fits int32 at S_c and a
+                     saturated coarser one still lies beyond it: the order is never inverted
+a * b             -> Accumulator(int32 a * b, S_a S_b): the consumer requantizes once
+stack(x_i)        -> stack(clamp(rq(x_i -> S_out))): ONNX Min/Max/Sum/Mean of activations
+a / b             -> round_div(a << P, b) (half away from zero) -> rq(S_a / (S_b S_out) / 2^P);
+                     b = 0 gives +-max of the output dtype (0 / 0 gives 0)
+A constant operand is quantized at the common scale (an int64 constant); a constant numerator
+of a division at int8, amax / 127. NumPy twins: `passes.reference.binary`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..reference import binary as ref
+from ..reference.kernels import INT_RANGE, dyadic
+from . import emit, emit_binary
+from .context import activation_scale, calibrated_qmax
+from .registry import lowers
+from .values import Accumulator, IntTensor, Quantized
+
+
+def _constant_at(c: np.ndarray, scale: float):
+    q = np.clip(np.round(np.asarray(c, np.float64) / scale), *INT_RANGE["int32"])
+    return emit.const(q, "int64"), None, None
+
+
+def _operand(ctx, value, scale: float):
+    """(expr, m, s) putting `value` at `scale` in int32 (m None: an int64 constant already)."""
+    if isinstance(value, np.ndarray):
+        return _constant_at(value, scale)
+    if isinstance(value, IntTensor):
+        ctx.fail("an op mixing an exact integer tensor and an activation")
+    return ctx.to_int32_at(value, scale)
+
+
+def common_scale(ctx, op: str, a, b, cond=None) -> Quantized:
+    """A value op (`ref.VALUE_OPS` or "where") at the output scale, clamped to the activation dtype."""
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and cond is None:
+        ctx.fail(f"{op} of two constants should have been folded")
+    dtype = ctx.config.residual_dtype
+    scale = activation_scale(*ctx.out_range(), dtype)
+    (ea, ma, sa), (eb, mb, sb) = _operand(ctx, a, scale), _operand(ctx, b, scale)
+    expr = emit_binary.common_scale(op, ea, eb, ma, sa, mb, sb, *INT_RANGE[dtype], dtype, cond=cond)
+    return Quantized(ctx.emit(expr), scale, dtype, qmax=calibrated_qmax(dtype))
+
+
+@lowers(*(f"relax.{op}" for op in ref.COMPARE_OPS))
+def lower_compare(ctx, call, args):
+    """a < b etc. of activations (or one activation and a constant) -> an exact bool mask."""
+    values = [ctx.materialize(v) if not isinstance(v, np.ndarray) else v for v in args]
+    scales = [v.scale for v in values if isinstance(v, Quantized)]
+    if not scales:
+        ctx.fail("compare of two constants should have been folded")
+    scale = min(scales) / 2**ref.COMPARE_EXTRA_BITS
+    (ea, ma, sa), (eb, mb, sb) = (_operand(ctx, v, scale) for v in values)
+    return IntTensor(ctx.emit(emit_binary.common_scale(call.op.name[len("relax."):], ea, eb, ma, sa, mb, sb)))
+
+
+def lower_where_values(ctx, call, args):
+    """where(mask, a, b) with activation or constant branches (the mask an exact bool tensor)."""
+    cond, a, b = args
+    if not isinstance(cond, IntTensor):
+        ctx.fail("where's condition must be a bool mask (a compare or an integer input)")
+    keep = cond.expr if str(cond.expr.ty.dtype) == "bool" else ctx.emit(
+        emit.R.not_equal(cond.expr, emit.const(0, str(cond.expr.ty.dtype))))
+    return common_scale(ctx, "where", a, b, cond=keep)
+
+
+def multiply_activations(ctx, call, a, b) -> Accumulator:
+    """a * b: the int32 product of the 8/16-bit operands (|a b| <= 2^30) at S_a S_b."""
+    qa, qb = ctx.materialize(a), ctx.materialize(b)
+    expr = ctx.emit(emit_binary.multiply_acc(qa.expr, qb.expr))
+    both_unsigned = qa.dtype.startswith("u") and qb.dtype.startswith("u")
+    clamp = (0.0, np.inf) if both_unsigned or a is b else (-np.inf, np.inf)
+    return Accumulator(expr, np.asarray(qa.scale * qb.scale), None, ctx.out_range(), clamp)
+
+
+def divide_activations(ctx, call, a, b) -> Quantized:
+    """a / b with b an activation (a an activation or a constant), rounded, at the output scale."""
+    if isinstance(a, np.ndarray):  # c / x: the numerator as an int8 constant
+        amax = float(np.abs(a).max(initial=0)) or 1.0
+        qa = Quantized(emit.const(np.clip(np.round(a / (amax / 127)), -127, 127), "int8"), amax / 127, "int8")
+    else:
+        qa = ctx.materialize(a)
+    qb = ctx.materialize(b)
+    dtype = ctx.config.residual_dtype
+    scale = activation_scale(*ctx.out_range(), dtype)
+    frac = ref.DIV_FRAC_BITS[qa.dtype]
+    m, s = dyadic(qa.scale / (qb.scale * scale) * 2.0**-frac)
+    expr = emit_binary.divide(qa.expr, qb.expr, frac, m, s, *INT_RANGE[dtype], dtype)
+    return Quantized(ctx.emit(expr), scale, dtype, qmax=calibrated_qmax(dtype))
+
+
+@lowers("relax.stack")
+def lower_stack(ctx, call, args):
+    """stack(x_i): every part requantized to the output scale. ONNX Min/Max/Sum/Mean of activations
+    arrive as a reduction over such a stack (of broadcast_to's), which then runs on the integers."""
+    dtype = ctx.config.residual_dtype
+    scale = activation_scale(*ctx.out_range(), dtype)
+    lo, hi = INT_RANGE[dtype]
+    parts = [emit.R.astype(emit.R.clip(emit_binary.at_scale(*_operand(ctx, p, scale)), lo, hi), dtype)
+             for p in args[0]]
+    expr = ctx.emit(emit.R.stack(parts, axis=call.attrs.axis))
+    return Quantized(expr, scale, dtype, qmax=calibrated_qmax(dtype))

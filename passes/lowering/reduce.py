@@ -1,0 +1,87 @@
+"""Reductions on any axes, keepdims either way: one lowering parameterised by the reduction.
+
+sum(x, axes)        -> Accumulator(reduce_sum(x) in int32, S * 2^k)    k = 0 when N * |x|max < 2^31
+mean(x, axes)       -> the same at scale S * 2^k / N: the consumer's dyadic requantization divides,
+                       rounded half up (no integer mean: Relax's truncates and returns int64)
+max/min(x, axes)    -> max/min on the 8/16-bit integers, same scale (symmetric: commutes with q)
+argmax/argmin(x)    -> on the 8/16-bit integers: an exact int64 IntTensor. Ties (values equal
+                       after quantization) resolve to the first index, as ONNX does
+`|x|max` is the dtype's limit for 8/16-bit inputs, and 4x the calibrated range for an int32
+accumulator (e.g. a product a * b); where N * |x|max could reach 2^31 the sum runs in int64 and is
+shifted right by k (rounding half up, saturating). `sqrt_accumulator` is ReduceL2's exact square
+root (sqrt(sum(x^2))) for a lowering of sqrt that receives such a sum.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+from tvm import relax
+
+from ..reference.kernels import INT_RANGE
+from . import emit_binary
+from .layout import _per_tensor
+from .registry import lowers
+from .values import Accumulator, IntTensor
+
+REDUCTIONS = {"relax.sum": "sum", "relax.mean": "mean", "relax.max": "select", "relax.min": "select",
+              "relax.argmax": "index", "relax.argmin": "index"}
+ACC_HEADROOM = 4.0  # an int32 accumulator's bound: 4x its calibrated range (saturating beyond)
+SQRT_HALF_SHIFT = 15  # isqrt(acc << 30): acc < 2^31 keeps the argument below 2^61
+
+
+def _axes(call) -> list[int]:
+    rank = len(call.args[0].ty.shape)
+    axis = call.attrs.axis
+    if axis is None:
+        return list(range(rank))
+    return sorted(int(a) % rank for a in (axis if hasattr(axis, "__len__") else [axis]))
+
+
+def _summand(ctx, x) -> tuple[relax.Expr, float, float, bool]:
+    """(int tensor, scale, bound on |element|, non-negative) of a sum's input."""
+    if isinstance(x, Accumulator) and x.clamp == (-math.inf, math.inf):
+        if x.axis is not None:
+            x = _per_tensor(ctx, x)
+        scale = float(np.asarray(x.scale))
+        amax = max(abs(v) for v in x.out_range)
+        return x.expr, scale, min(2.0**31, math.ceil(amax / scale * ACC_HEADROOM) + 1), x.out_range[0] >= 0
+    q = ctx.materialize(x)
+    return q.expr, q.scale, float(max(abs(v) for v in INT_RANGE[q.dtype])), q.dtype.startswith("u")
+
+
+@lowers(*REDUCTIONS)
+def lower_reduce(ctx, call, args):
+    kind = REDUCTIONS[call.op.name]
+    if isinstance(args[0], np.ndarray):
+        ctx.fail("reduction of a constant should have been folded")
+    if kind in ("select", "index"):
+        q = ctx.materialize(args[0])
+        expr = ctx.emit(relax.Call(call.op, [q.expr], call.attrs))
+        return IntTensor(expr) if kind == "index" else replace(q, expr=expr)
+    axes = _axes(call)
+    shape = [int(d) for d in call.args[0].ty.shape]
+    count = int(np.prod([shape[a] for a in axes]))
+    expr, scale, bound, nonneg = _summand(ctx, args[0])
+    shift = max(0, math.ceil(math.log2(count * bound / (2**31 - 1)))) if count * bound >= 2**31 else 0
+    if shift > 32:
+        ctx.fail(f"sum over {count} elements needs a {shift}-bit shift to fit int32")
+    out = ctx.emit(emit_binary.reduce_sum(expr, axes, bool(call.attrs.keepdims), shift))
+    scale *= 2.0**shift / (count if kind == "mean" else 1)
+    clamp = (0.0, math.inf) if nonneg else (-math.inf, math.inf)
+    return Accumulator(out, np.asarray(scale), None, ctx.out_range(), clamp)
+
+
+def sqrt_accumulator(ctx, acc: Accumulator) -> Accumulator:
+    """sqrt of a non-negative per-tensor int32 accumulator (ReduceL2's sum of squares): exact
+    floor(sqrt(acc << 30)) at scale sqrt(S) / 2^15, negative entries read as 0."""
+    if acc.axis is not None:
+        acc = _per_tensor(ctx, acc)
+    expr = ctx.emit(emit_binary.isqrt_scaled(acc.expr, SQRT_HALF_SHIFT))
+    scale = math.sqrt(float(np.asarray(acc.scale))) * 2.0**-SQRT_HALF_SHIFT
+    return Accumulator(expr, np.asarray(scale), None, ctx.out_range(), (0.0, math.inf))
+
+
+__all__ = ["REDUCTIONS", "lower_reduce", "sqrt_accumulator"]
