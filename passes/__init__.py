@@ -4,24 +4,28 @@ from .calibrate import calibrate
 from .fold_batchnorm import fold_batchnorm
 from .fuse_gelu import fuse_gelu
 from .fuse_layernorm import fuse_layernorm
+from .fuse_unary_chains import fuse_unary_chains
 from .lowering import QuantConfig
 from .observers import OBSERVERS
 from .quantize_to_integer import BOUNDARY_ATTR, LAYERS_ATTR, QuantizeToInteger
 from .verify_integer_only import IntegerOnlyReport, verify_integer_only
 
 __all__ = ["BOUNDARY_ATTR", "LAYERS_ATTR", "OBSERVERS", "IntegerOnlyReport", "QuantConfig", "QuantizeToInteger",
-           "bind_weights", "calibrate", "fold_batchnorm", "fuse_gelu", "fuse_layernorm", "verify_integer_only"]
+           "bind_weights", "calibrate", "fold_batchnorm", "fuse_gelu", "fuse_layernorm", "fuse_unary_chains",
+           "verify_integer_only"]
 
 
 def bind_weights(mod, weights):
     """Bind the weights (trailing parameters of `main`) as constants, fold constants and
-    BatchNorms, fuse erf-GELUs and decomposed LayerNorms: the float module calibration and lowering work on."""
+    BatchNorms, fuse erf-GELUs, decomposed LayerNorms and chains of
+    elementwise ops on one input (one table each): the float module calibration and lowering work on."""
     import tvm
     from tvm import relax
 
     params = mod["main"].params
     bound = {p: tvm.runtime.tensor(w) for p, w in zip(params[len(params) - len(weights):], weights)}
     seq = tvm.transform.Sequential([relax.transform.BindParams("main", bound), relax.transform.FoldConstant(),
-                                    fold_batchnorm, fuse_gelu, fuse_layernorm, relax.transform.FoldConstant(),
+                                    fold_batchnorm, fuse_gelu, fuse_layernorm, fuse_unary_chains,
+                                    relax.transform.FoldConstant(),
                                     relax.transform.DeadCodeElimination()])
     return seq(mod)

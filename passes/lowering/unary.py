@@ -1,0 +1,113 @@
+"""Elementwise functions of one quantized input as table lookups, and PReLU.
+
+intq.unary(x, program) -> take(table, q - qmin)      table[i] = clip(round(f((i + qmin) S_in) / S_out))
+sigmoid/tanh/exp/...(x) -> the same, one-step program (graphs that skipped FuseUnaryChains)
+prelu(x, alpha)         -> where(q >= 0, rq(q, S_in/S_out), rq(sign(a_c) q, |a_c| S_in/S_out))
+
+`passes/fuse_unary_chains.py` has already turned each chain of float ops on one input (HardSwish,
+Mish, Elu, x * sigmoid(x), ...) into one `intq.unary` call, so one table serves the whole chain;
+a new function is one line in `passes.reference.unary.TABLE_OPS`.
+
+Input width:
+- 8 bits (int8/uint8; an Accumulator is first requantized to 8 bits): 256 entries, exact up
+  to the output rounding (<= 0.5 output LSB against f on the input grid).
+- 16 bits (int16 residual streams, LayerNorm outputs): an exact 65536-entry table (64 KiB of
+  constants per op, int8/uint8 entries), so the 16-bit input keeps its precision. Measured worst
+  case against f of the real input over the calibrated range (16-bit input at the 2x headroom),
+  in output LSBs (`tests/test_unary.py::test_sixteen_bit_error`), this table / the input first
+  requantized to int8 and a 256-entry table: sigmoid 0.51 / 2.48, tanh 0.51 / 2.34, exp 0.52 /
+  3.25, erf 0.51 / 2.18, HardSwish 0.51 / 1.19, Mish 0.50 / 1.03, SiLU 0.50 / 1.05, Elu 0.50 /
+  0.88, Softplus 0.51 / 1.46 (0.5 is the output rounding, the rest the input's own). A 257-entry
+  table with integer linear interpolation would be 256x smaller but adds the interpolation
+  error, largest where f bends (sqrt at 0), and a multiply-shift per element.
+Output: uint8 where f >= 0 over the whole input grid, else int8; max |y| from the calibrated
+range or from f's exact image of the input grid, whichever is smaller. No arithmetic at run
+time beyond the index, so nothing can overflow.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import relax
+
+from ..fuse_unary_chains import UNARY_CALL, chain_step, program_json
+from ..reference import unary as ref
+from ..reference.kernels import INT_RANGE, dyadic
+from . import emit
+from .float_fallback import float_fallback
+from .registry import LOWERINGS, lowers
+from .values import Quantized
+
+R = relax.op
+TABLE_INPUTS = ("int8", "uint8", "int16")
+
+
+def table_lookup(ctx, x, program: str) -> Quantized:
+    """The integer form of `program` (a `reference.unary` chain) applied to the value `x`."""
+    q = ctx.materialize(x)
+    if not isinstance(q, Quantized) or q.dtype not in TABLE_INPUTS:
+        ctx.fail(f"a table lookup needs an 8/16-bit input, got {type(q).__name__}")
+    image = ref.evaluate(program, ref.grid(q.dtype) * q.scale)
+    scale, dtype = ref.output_params(image, ctx.out_range(), ctx.config.unsigned_activations)
+    table = ref.build_table(image, scale, dtype)
+    index = R.astype(q.expr, "int32")
+    qmin = INT_RANGE[q.dtype][0]
+    if qmin != 0:
+        index = R.subtract(index, emit.const(qmin, "int32"))
+    return Quantized(ctx.emit(R.take(emit.const(table, dtype), index, axis=0)), scale, dtype)
+
+
+@lowers("relax.call_pure_packed")
+def lower_unary_call(ctx, call, args):
+    """intq.unary(x, program): one table for a fused chain."""
+    callee = call.args[0]
+    if not (isinstance(callee, relax.ExternFunc) and callee.global_symbol == UNARY_CALL):
+        if ctx.config.allow_float:
+            return float_fallback(ctx, call, args)
+        ctx.fail(f"no integer lowering for the packed call {getattr(callee, 'global_symbol', callee)!r}")
+    return table_lookup(ctx, args[1], str(call.args[2].value))
+
+
+def lower_table_op(ctx, call, args):
+    """One op of TABLE_OPS on its own: a one-step program."""
+    found = chain_step(call, {}, call.ty)
+    if found is None:
+        ctx.fail(f"{call.op.name} is lowered as a table only on one tensor with scalar constants")
+    source, members, step, _ = found
+    return table_lookup(ctx, args[list(call.args).index(source)], program_json(source, members, {}, step))
+
+
+# Direct registration of every table op no other module lowers (imported after them).
+lowers(*[op for op in ref.TABLE_OPS if op not in LOWERINGS])(lower_table_op)
+
+
+@lowers("relax.nn.prelu")
+def lower_prelu(ctx, call, args):
+    """PReLU with one slope per channel of `axis` (NCHW: 1, NHWC: -1): the positive side keeps
+    its integers (S_out = S_in * max(1, max |alpha|)), the negative side is a per-channel dyadic
+    multiply; the integers of x are 8 or 16 bits, the result the same width."""
+    x, alpha = args
+    if not isinstance(alpha, np.ndarray):
+        ctx.fail("PReLU with a non-constant slope")
+    q = ctx.materialize(x)
+    if q.dtype == "uint8":
+        return q  # x >= 0: PReLU is the identity
+    rank = len(call.ty.shape)
+    axis = int(call.attrs.axis) % rank
+    channels = int(call.ty.shape[axis])
+    alpha = np.broadcast_to(alpha.astype(np.float64).reshape(-1), (channels,)) if alpha.size in (1, channels) \
+        else ctx.fail(f"PReLU slope of {alpha.size} values for {channels} channels")
+    grow = max(1.0, float(np.abs(alpha).max()))
+    scale = q.scale * grow
+    m_pos, s_pos = dyadic(1.0 / grow)
+    ratio = np.abs(alpha) / grow
+    m_neg, s_neg = dyadic(np.where(ratio > 0, ratio, 1.0))
+    m_neg = np.where(ratio > 0, m_neg, 0)  # alpha == 0: ReLU on that channel
+    shaped = [emit.channel_shape(v, rank, axis) for v in (m_neg, s_neg, np.sign(alpha).astype(np.int32))]
+    lo, hi = INT_RANGE[q.dtype]
+    pos = emit.requantize(q.expr, m_pos, s_pos, lo, hi, "int32")
+    neg = emit.requantize(R.multiply(R.astype(q.expr, "int32"), emit.const(shaped[2], "int32")),
+                          shaped[0], shaped[1], lo, hi, "int32")
+    y = R.where(R.greater_equal(q.expr, emit.const(0, q.dtype)), pos, neg)
+    qmax = q.qmax / grow if q.qmax else None
+    return Quantized(ctx.emit(R.astype(y, q.dtype)), scale, q.dtype, qmax=qmax)

@@ -1,0 +1,114 @@
+"""NumPy twins of the table-lookup kernels (elementwise functions of one input) and of PReLU.
+
+Float semantics of the Relax ops a fused chain may contain are data: one line per op. An op in
+`TABLE_OPS` is a reason to build a table; `CHAIN_OPS` (clamps, scalar arithmetic, comparisons)
+may be part of a chain but alone are folded by other lowerings. A chain is a *program*: steps
+`(op, operands, attrs)`, operand `["v", i]` = the value of step i (i = -1: the input), or a number.
+
+Tables (compile time, float64): for each integer q of the input dtype,
+    table[q - qmin] = clip(round(f(q * S_in) / S_out))   (round half up, as requantize)
+NaN (e.g. log of a negative) -> 0, +-inf -> the dtype's limits. Run time: `lookup`, a gather.
+"""
+
+from __future__ import annotations
+
+import json
+import numpy as np
+from scipy import special
+
+from .kernels import INT_RANGE, requantize
+
+# Relax op -> float semantics (x, *scalar operands, **attrs); every one of them is a table.
+TABLE_OPS = {
+    "relax.sigmoid": lambda x: special.expit(x),
+    "relax.tanh": np.tanh,
+    "relax.exp": np.exp,
+    "relax.log": np.log,
+    "relax.erf": special.erf,
+    "relax.sqrt": np.sqrt,
+    "relax.rsqrt": lambda x: 1.0 / np.sqrt(x),
+    "relax.abs": np.abs,
+    "relax.negative": np.negative,
+    "relax.sign": np.sign,
+    "relax.round": np.round,  # ONNX Round: half to even, as np.round
+    "relax.floor": np.floor,
+    "relax.ceil": np.ceil,
+    "relax.square": np.square,
+    "relax.power": np.power,
+    "relax.nn.silu": lambda x: x * special.expit(x),
+    "relax.nn.softplus": lambda x, beta, threshold: np.where(beta * x > threshold, x,
+                                                             np.logaddexp(0.0, beta * x) / beta),
+    "relax.nn.leakyrelu": lambda x, alpha: np.where(x >= 0, x, alpha * x),
+    "relax.nn.selu": lambda x: 1.0507009873554805 * np.where(x > 0, x, 1.6732632423543772 * np.expm1(x)),
+}
+# Ops a chain may hold that do not by themselves call for a table (binary ones: scalar constant
+# or both operands from the chain's input; one of two chain operands also makes a table).
+CHAIN_OPS = {
+    "relax.add": np.add,
+    "relax.subtract": np.subtract,
+    "relax.multiply": np.multiply,
+    "relax.divide": np.divide,
+    "relax.maximum": np.maximum,
+    "relax.minimum": np.minimum,
+    "relax.nn.relu": lambda x: np.maximum(x, 0.0),
+    "relax.clip": np.clip,
+    "relax.greater": np.greater,
+    "relax.greater_equal": np.greater_equal,
+    "relax.less": np.less,
+    "relax.less_equal": np.less_equal,
+    "relax.astype": lambda x, dtype: np.asarray(x).astype(np.float64 if dtype.startswith("float") else dtype),
+}
+FLOAT_OPS = {**TABLE_OPS, **CHAIN_OPS}
+# attributes of a Relax call passed to its NumPy twin as keywords
+OP_ATTRS = {"relax.nn.leakyrelu": ("alpha",), "relax.nn.softplus": ("beta", "threshold"), "relax.astype": ("dtype",)}
+
+
+def evaluate(program: str | list, x) -> np.ndarray:
+    """Run a chain program (JSON text or steps) on the float input `x` (float64 throughout)."""
+    steps = json.loads(program) if isinstance(program, str) else program
+    values = {-1: np.asarray(x, np.float64)}
+    with np.errstate(all="ignore"):
+        for i, (op, operands, attrs) in enumerate(steps):
+            args = [values[a[1]] if isinstance(a, list) else a for a in operands]
+            values[i] = np.asarray(FLOAT_OPS[op](*args, **attrs))
+    return values[len(steps) - 1].astype(np.float64)
+
+
+def grid(in_dtype: str) -> np.ndarray:
+    """Every integer of `in_dtype`, ascending (the table's index order)."""
+    lo, hi = INT_RANGE[in_dtype]
+    return np.arange(lo, hi + 1, dtype=np.int64)
+
+
+def output_params(image: np.ndarray, out_range: tuple[float, float], unsigned_ok: bool = True) -> tuple[float, str]:
+    """(S_out, dtype) for a table whose exact float values over the input grid are `image`:
+    uint8 when the image is >= 0, else int8; max |y| from the calibrated `out_range` or from the
+    image, whichever is smaller (1.0 for an all-zero output)."""
+    finite = image[np.isfinite(image)]
+    dtype = "uint8" if unsigned_ok and (finite.size == 0 or finite.min() >= 0) else "int8"
+    amax_image = float(np.abs(finite).max(initial=0.0))
+    amax = min(max(abs(out_range[0]), abs(out_range[1])), amax_image)
+    return (amax / INT_RANGE[dtype][1] if amax > 0 else 1.0), dtype
+
+
+def build_table(image: np.ndarray, out_scale: float, out_dtype: str) -> np.ndarray:
+    """clip(round(image / S_out)) with NaN -> 0 and +-inf -> the dtype's limits."""
+    lo, hi = INT_RANGE[out_dtype]
+    with np.errstate(all="ignore"):
+        q = np.floor(np.where(np.isnan(image), 0.0, image) / out_scale + 0.5)  # round half up
+    return np.clip(q, lo, hi).astype(out_dtype)
+
+
+def lookup(q, table: np.ndarray, in_dtype: str) -> np.ndarray:
+    """table[q - qmin]: the run-time kernel."""
+    return table[np.asarray(q, np.int64) - INT_RANGE[in_dtype][0]]
+
+
+def prelu(q, m_pos, s_pos, m_neg, s_neg, sign_neg, out_dtype: str) -> np.ndarray:
+    """q >= 0: rq(q, m_pos, s_pos); q < 0: rq(q * sign_neg, m_neg, s_neg) with per-channel
+    m_neg, s_neg, sign_neg = sign(alpha) pre-shaped to broadcast along the channel axis."""
+    q = np.asarray(q, np.int64)
+    lo, hi = INT_RANGE[out_dtype]
+    pos = requantize(q, m_pos, s_pos, lo, hi, "int64")
+    neg = requantize(q * np.asarray(sign_neg, np.int64), m_neg, s_neg, lo, hi, "int64")
+    return np.where(q >= 0, pos, neg).astype(out_dtype)
