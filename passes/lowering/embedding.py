@@ -60,4 +60,6 @@ def lower_where(ctx, call, args):
             and on_true.size == 1 and on_false.size == 1 and float(on_true) == 0.0
             and float(on_false) <= MASK_THRESHOLD):
         return MaskPenalty(cond.expr)
-    ctx.fail("where is supported on integers, or as an additive attention mask where(keep, 0, -large)")
+    from .binary import lower_where_values  # two activation/constant branches at one scale
+
+    return lower_where_values(ctx, call, args)

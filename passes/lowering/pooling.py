@@ -1,7 +1,6 @@
 """Pooling.
 
-mean(q, axes)       -> Accumulator(sum(q, axes) in int32, scale = S_q / N)   (no int mean:
-                       Relax's int mean/avg_pool truncate and return int64, DESIGN.md s.3)
+mean(q, axes)       -> see reduce.py (integer sum, scale S_q / N: Relax's int mean truncates)
 max_pool2d(q)       -> max_pool2d(q) on integers, same scale (symmetric: max commutes with q;
                        pads and ceil_mode windows see the dtype minimum, which never wins)
 avg_pool2d(q)       -> window sums in int32 (zero padding, separable strided slices, any layout),
@@ -26,19 +25,6 @@ from .registry import lowers
 from .values import Accumulator, Quantized
 
 R = relax.op
-
-
-@lowers("relax.mean")
-def lower_mean(ctx, call, args):
-    x = ctx.materialize(args[0])
-    shape = [int(d) for d in call.args[0].ty.shape]
-    axes = [int(a) % len(shape) for a in call.attrs.axis] if call.attrs.axis is not None else list(range(len(shape)))
-    count = int(np.prod([shape[a] for a in axes]))
-    if count * 255 >= 2**31:
-        ctx.fail(f"mean over {count} elements could overflow the int32 sum")
-    expr = ctx.emit(emit.sum_pool(x.expr, axes, bool(call.attrs.keepdims)))
-    clamp = (0.0, math.inf) if x.dtype.startswith("u") else (-math.inf, math.inf)
-    return Accumulator(expr, np.asarray(x.scale / count), None, ctx.out_range(), clamp)
 
 
 @lowers("relax.nn.max_pool2d")
