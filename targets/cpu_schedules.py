@@ -110,7 +110,9 @@ def _schedule_chunked(func: tvm.tirx.PrimFunc):
         spatial = all(int(v.iter_type) == 0 for v in stmt.iter_vars)
         # LLVM 22 rejects TVM's vectorized bool logic (`and <N x i1>, <N x i8>`)
         boolean = any(str(r.source.dtype) == "bool" for r in [*stmt.reads, *stmt.writes])
-        if spatial and not boolean and int(sch.get(inner).extent) % 16 == 0 and sch.get(inner).kind == tvm.tirx.ForKind.SERIAL:
+        extent = sch.get(inner).extent  # symbolic where compute_at cut a broadcast operand's loops
+        if (spatial and not boolean and isinstance(extent, tvm.tirx.IntImm) and int(extent) % 16 == 0
+                and sch.get(inner).kind == tvm.tirx.ForKind.SERIAL):
             sch.vectorize(inner)
     return sch
 
