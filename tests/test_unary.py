@@ -121,6 +121,34 @@ def test_fuse_does_not_fire_on_clamps_and_rescales():
     tvm.ir.assert_structural_equal(fuse_unary_chains(mod), mod)
 
 
+def test_gelu_erf_stays_gelu():
+    """FuseGelu runs first (bind_weights' order): the erf form of GELU keeps its own lowering."""
+    from passes import fuse_gelu
+
+    c = lambda v: relax.const(v, "float32")  # noqa: E731
+    mod = _module(lambda bb, x: R.multiply(bb.emit(R.multiply(x, bb.emit(R.add(bb.emit(R.erf(bb.emit(
+        R.divide(x, c(2**0.5))))), c(1.0))))), c(0.5)))
+    text = relax.transform.DeadCodeElimination()(fuse_unary_chains(fuse_gelu(mod))).script()
+    assert "R.nn.gelu" in text and "intq.unary" not in text
+
+
+def test_lowering_without_the_pass_and_at_16_bits():
+    """A bare sigmoid (no FuseUnaryChains) is a table too; a 16-bit input gets 65536 entries."""
+    mod = _module(lambda bb, x: R.sigmoid(bb.emit(R.exp(x))))
+    ranges = {"x": (-2.0, 2.0), "lv": (0.1, 7.4), "gv": (0.5, 1.0)}
+    for bits, entries in ((8, 256), (16, 65536)):
+        out = QuantizeToInteger(ranges, QuantConfig(residual_bits=bits))(mod)
+        assert verify_integer_only(out).integer_only
+        sizes = [int(np.prod(c.value.shape)) for c in _constants(out["main"])]
+        assert sizes.count(entries) >= 1 and sizes.count(256) >= 1  # exp at the input width, sigmoid at 8 bits
+
+
+def _constants(func):
+    found = []
+    relax.analysis.post_order_visit(func, lambda e: found.append(e) if isinstance(e, tvm.ir.GenericConst) else None)
+    return found
+
+
 # ---- compiled against the reference, bit for bit --------------------------------------------------
 
 CASES = [  # (input dtype, input scale, program name, calibrated output range)
