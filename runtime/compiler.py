@@ -112,14 +112,10 @@ def _device_source(module) -> str | None:
 
 def _host_build() -> dict:
     """How to compile the float model that calibration runs on this machine: with the
-    project's CPU schedules on x86 (TVM's default CPU pipeline emits plain loops), and LLVM
-    at -O0: LLVM's optimizer was most of a compile (EfficientNet-Lite0's float model: 224 s
-    of code generation at -O1, 12 s at -O0, for 0.36 instead of 0.2 s per sample)."""
+    project's CPU schedules on x86 (TVM's default CPU pipeline emits plain loops)."""
     if platform.machine() != "x86_64":
         return {}
-    import tvm
-
-    host = tvm.target.Target({**get_target("x86").tvm_target, "opt-level": 0})
+    host = get_target("x86").target()
     return {"target": host, "pipeline": cpu_pipeline(host)}
 
 

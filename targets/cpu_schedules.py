@@ -83,6 +83,7 @@ def _schedule_elementwise(func: tvm.tirx.PrimFunc):
 
 
 CHUNK = 512  # elements of the output computed together (intermediates stay in L1)
+MAX_LANES = 64  # widest vector loop handed to LLVM (4 x 512-bit int32 registers)
 
 
 def _schedule_chunked(func: tvm.tirx.PrimFunc):
@@ -113,6 +114,8 @@ def _schedule_chunked(func: tvm.tirx.PrimFunc):
         extent = sch.get(inner).extent  # symbolic where compute_at cut a broadcast operand's loops
         if (spatial and not boolean and isinstance(extent, tvm.tirx.IntImm) and int(extent) % 16 == 0
                 and sch.get(inner).kind == tvm.tirx.ForKind.SERIAL):
+            if int(extent) > MAX_LANES:  # a 12544-lane vector (a 112x112 row) took LLVM 100 s to compile
+                inner = sch.split(inner, [None, MAX_LANES if int(extent) % MAX_LANES == 0 else 16])[1]
             sch.vectorize(inner)
     return sch
 
