@@ -34,6 +34,7 @@ INTEGER_PATH_OPS = frozenset({
     "Resize", "Upsample", "ConvTranspose", "AveragePool", "Tile", "DepthToSpace", "SpaceToDepth", "TopK",
     # binary ops of two activations, reductions, softmax on any axis (passes/lowering: binary, reduce, transformer)
     "LessOrEqual", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL2", "ArgMax", "ArgMin", "LogSoftmax",
+    "Sum", "Mean",  # of several activations: a reduction over relax.stack
     # elementwise functions of one input as one table each, PReLU (passes/fuse_unary_chains, lowering/unary)
     "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Mish", "Elu", "Selu", "Softplus", "Softsign", "LeakyRelu",
     "ThresholdedRelu", "Exp", "Log", "Reciprocal", "Abs", "Neg", "Sign", "Round", "Floor", "Ceil", "PRelu",

@@ -10,8 +10,9 @@ a * b             -> Accumulator(int32 a * b, S_a S_b): the consumer requantizes
 stack(x_i)        -> stack(clamp(rq(x_i -> S_out))): ONNX Min/Max/Sum/Mean of activations
 a / b             -> round_div(a << P, b) (half away from zero) -> rq(S_a / (S_b S_out) / 2^P);
                      b = 0 gives +-max of the output dtype (0 / 0 gives 0)
-A constant operand is quantized at the common scale (an int64 constant); a constant numerator
-of a division at int8, amax / 127. NumPy twins: `passes.reference.binary`.
+A constant operand is quantized at the common scale (an int64 constant). Ops of one activation and
+a scalar that FuseUnaryChains turns into tables (x <= c, where(x <= c, x, c), c / x) never get
+here. NumPy twins: `passes.reference.binary`.
 """
 
 from __future__ import annotations
@@ -83,13 +84,10 @@ def multiply_activations(ctx, call, a, b) -> Accumulator:
 
 
 def divide_activations(ctx, call, a, b) -> Quantized:
-    """a / b with b an activation (a an activation or a constant), rounded, at the output scale."""
-    if isinstance(a, np.ndarray):  # c / x: the numerator as an int8 constant
-        amax = float(np.abs(a).max(initial=0)) or 1.0
-        qa = Quantized(emit.const(np.clip(np.round(a / (amax / 127)), -127, 127), "int8"), amax / 127, "int8")
-    else:
-        qa = ctx.materialize(a)
-    qb = ctx.materialize(b)
+    """a / b of two activations, rounded, at the output scale (c / x arrives as a unary table)."""
+    if isinstance(a, np.ndarray):
+        ctx.fail("a constant divided by an activation is a unary function: FuseUnaryChains makes it a table")
+    qa, qb = ctx.materialize(a), ctx.materialize(b)
     dtype = ctx.config.residual_dtype
     scale = activation_scale(*ctx.out_range(), dtype)
     frac = ref.DIV_FRAC_BITS[qa.dtype]
