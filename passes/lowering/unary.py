@@ -9,8 +9,9 @@ Mish, Elu, x * sigmoid(x), ...) into one `intq.unary` call, so one table serves 
 a new function is one line in `passes.reference.unary.TABLE_OPS`.
 
 Input width:
-- 8 bits (int8/uint8; an Accumulator is first requantized to 8 bits): 256 entries, exact up
-  to the output rounding (<= 0.5 output LSB against f on the input grid).
+- 8 bits (int8/uint8; an Accumulator is first requantized to 8 bits, or to 16 in models whose
+  residual stream is 16-bit: transformers' tanh-GELU, SiLU gates): 256 entries, exact up to the
+  output rounding (<= 0.5 output LSB against f on the input grid).
 - 16 bits (int16 residual streams, LayerNorm outputs): an exact 65536-entry table (64 KiB of
   constants per op, int8/uint8 entries), so the 16-bit input keeps its precision. Measured worst
   case against f of the real input over the calibrated range (16-bit input at the 2x headroom),
@@ -43,8 +44,9 @@ TABLE_INPUTS = ("int8", "uint8", "int16")
 
 
 def table_lookup(ctx, x, program: str) -> Quantized:
-    """The integer form of `program` (a `reference.unary` chain) applied to the value `x`."""
-    q = ctx.materialize(x)
+    """The integer form of `program` (a `reference.unary` chain) applied to the value `x`
+    (an accumulator requantized to 16 bits where the model's residual stream is, else 8)."""
+    q = ctx.materialize(x, wide=ctx.config.residual_bits == 16)
     if not isinstance(q, Quantized) or q.dtype not in TABLE_INPUTS:
         ctx.fail(f"a table lookup needs an 8/16-bit input, got {type(q).__name__}")
     image = ref.evaluate(program, ref.grid(q.dtype) * q.scale)
