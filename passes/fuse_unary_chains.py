@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import tvm
 from tvm import relax
 
@@ -80,8 +79,6 @@ def chain_step(call: relax.Call, chains: dict, out_ty) -> tuple | None:
             operands.append(["v", arg])
             table |= prior_table
         elif isinstance(arg, relax.Var) and str(getattr(arg.ty, "dtype", "")).startswith("float"):
-            if _shape(arg.ty) != _shape(out_ty):
-                return None
             sources.add(arg)
             operands.append(["v", arg])
         elif (n := _number(arg)) is not None:
@@ -92,9 +89,12 @@ def chain_step(call: relax.Call, chains: dict, out_ty) -> tuple | None:
     n_vars = sum(isinstance(o, list) for o in operands)
     if len(sources) != 1 or n_vars == 0:
         return None
+    source = sources.pop()
+    if _shape(source.ty) != _shape(out_ty):  # a constant that broadcasts to more dims: not elementwise
+        return None
     table |= n_vars > 1
     attrs = {k: _attr(getattr(call.attrs, k)) for k in OP_ATTRS.get(call.op.name, ())}
-    return sources.pop(), members, (call.op.name, operands, attrs), table
+    return source, members, (call.op.name, operands, attrs), table
 
 
 def program_json(source, members: list, steps: dict, last_step: tuple) -> str:

@@ -119,6 +119,9 @@ def test_fuse_does_not_fire_on_clamps_and_rescales():
 
     mod = _module(build)
     tvm.ir.assert_structural_equal(fuse_unary_chains(mod), mod)
+    grows = _module(lambda bb, x: R.add(bb.emit(R.sigmoid(x)), relax.const(np.ones((1, 1, 1), "float32"))))
+    text = fuse_unary_chains(grows).script()  # the add broadcasts to rank 3: not elementwise, not fused
+    assert text.count("intq.unary") == 1 and "R.add" in text
 
 
 def test_gelu_erf_stays_gelu():
@@ -297,8 +300,8 @@ def _activations_model(path, seed: int = 11) -> list[str]:
     nodes += [node(op, ["c"], [op + "_"]) for op in unary]
     names = [n.output[0] for n in nodes if n.output[0][0].isupper()]
     out = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 4, 4, 4]) for n in names]
-    graph = helper.make_graph(nodes, "activations", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
-                              out, inits)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])
+    graph = helper.make_graph(nodes, "activations", [x], out, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])  # Mish: opset 18
     model.ir_version = 8
     onnx.checker.check_model(model, full_check=True)

@@ -87,18 +87,20 @@ lowers(*[op for op in ref.TABLE_OPS if op not in LOWERINGS])(lower_table_op)
 def lower_prelu(ctx, call, args):
     """PReLU with one slope per channel of `axis` (NCHW: 1, NHWC: -1): the positive side keeps
     its integers (S_out = S_in * max(1, max |alpha|)), the negative side is a per-channel dyadic
-    multiply; the integers of x are 8 or 16 bits, the result the same width."""
+    multiply; the integers of x are 8 or 16 bits (an accumulator: as wide as the residual stream),
+    the result the same width."""
     x, alpha = args
     if not isinstance(alpha, np.ndarray):
         ctx.fail("PReLU with a non-constant slope")
-    q = ctx.materialize(x)
+    q = ctx.materialize(x, wide=ctx.config.residual_bits == 16)
     if q.dtype == "uint8":
         return q  # x >= 0: PReLU is the identity
     rank = len(call.ty.shape)
     axis = int(call.attrs.axis) % rank
     channels = int(call.ty.shape[axis])
-    alpha = np.broadcast_to(alpha.astype(np.float64).reshape(-1), (channels,)) if alpha.size in (1, channels) \
-        else ctx.fail(f"PReLU slope of {alpha.size} values for {channels} channels")
+    if alpha.size not in (1, channels):
+        ctx.fail(f"PReLU slope of {alpha.size} values for {channels} channels")
+    alpha = np.broadcast_to(alpha.astype(np.float64).reshape(-1), (channels,))
     grow = max(1.0, float(np.abs(alpha).max()))
     scale = q.scale * grow
     m_pos, s_pos = dyadic(1.0 / grow)
