@@ -199,6 +199,8 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
     def fill(tmp: Path) -> dict:
         import tvm
 
+        from targets.kernel_family import kernel_family
+
         tvm_target = spec.target()
         with stage(f"compiling for {spec.name} ({' '.join(spec.features)})"), spec.build_context(), tvm_target:
             executable = tvm.compile(int_mod, target=tvm_target, relax_pipeline=spec.relax_pipeline(tvm_target, tune_trials))
@@ -219,6 +221,7 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
             "tuning": {"trials": tune_trials} if tune_trials else None,
             "target": {"name": spec.name, "tvm_target": spec.tvm_target, "arch": spec.arch,
                        "device": spec.device, "features": list(spec.features),
+                       "kernel_family": kernel_family(tvm_target).name,  # x86 int8 dot-product kernels
                        "cross_compiler": spec.toolchain.compiler},
             "tools": _versions(),
             "inputs": [{"name": s.name, "shape": list(s.shape), "dtype": s.dtype, "quant": q}

@@ -1,7 +1,8 @@
 """The Relax compilation pipeline for CPU (LLVM) targets: TVM's default CPU pipeline plus
-the project's default schedules (`cpu_schedules.py`). With AVX512-VNNI, int8 matmuls and
-pointwise convs become VNNI kernels first (`vnni_rewrite.py`); other pointwise convs are
-turned into matmuls so that they get the matmul schedule."""
+the project's default schedules (`cpu_schedules.py`). On x86 with AVX512-VNNI, AVX-VNNI or
+AVX2 (`kernel_family.py`), int8 matmuls and pointwise convs become dot-product kernels first
+(`vnni_rewrite.py`); other pointwise convs are turned into matmuls so that they get the
+matmul schedule."""
 
 from __future__ import annotations
 
@@ -16,17 +17,20 @@ def cpu_lowering_passes(target, tune_trials: int = 0) -> list:
     from passes.patch_conv_as_matmul import patch_conv_as_matmul
 
     from .cpu_schedules import schedule_int_matmul_cpu
-    from .vnni import has_vnni
-    from .vnni_rewrite import use_vnni_kernels
+    from .share_kernels import dedupe_kernels, lift_scalar_constants
+    from .kernel_family import kernel_family
+    from .vnni_rewrite import use_dot_kernels
 
-    vnni = [use_vnni_kernels] if has_vnni(target) else []
+    family = kernel_family(target)
+    dots = [use_dot_kernels(family)] if family.dots else []
     tune = []
     if tune_trials:
         from .tuning import tune_pass
 
         tune = [tune_pass(target, tune_trials)]
-    return ([patch_conv_as_matmul] + vnni + [conv1x1_as_matmul] + cpu_defaults.library_dispatch_passes(target)
-            + cpu_defaults.legalize_passes(target) + [schedule_int_matmul_cpu] + tune)
+    return ([patch_conv_as_matmul] + dots + [conv1x1_as_matmul] + cpu_defaults.library_dispatch_passes(target)
+            + [lift_scalar_constants] + cpu_defaults.legalize_passes(target)
+            + [schedule_int_matmul_cpu, dedupe_kernels] + tune)
 
 
 def cpu_pipeline(target: tvm.target.Target, tune_trials: int = 0):

@@ -1,19 +1,22 @@
-"""AVX512-VNNI kernels for int8 matmuls and pointwise convolutions (x86, no tuning).
+"""int8 dot-product kernels for matmuls and pointwise convolutions on x86 (no tuning).
 
-`vpdpbusd` adds, in each of 16 int32 lanes, the dot product of 4 unsigned bytes with 4
-signed bytes. Two tensor intrinsics use it, differing in which operand is broadcast:
+One dot-product recipe (`kernel_family.Dot`: AVX512-VNNI, AVX-VNNI, AVX2 `vpmaddubsw` or AVX2
+int16 `vpmaddwd`) adds, in each of `lanes` int32 lanes, the dot product of `k` activations
+with `k` weights (k = 4 bytes or 2 int16: one 32-bit word). Two tensor intrinsics per recipe,
+differing in which operand is broadcast:
 
-    lanes over outputs  (BCAST_A): acc[n0:n0+16] += A[r, k:k+4] . Bp[n0/16, k/4, :, :]
-        A: uint8 activations [rows, K]; Bp: int8 weights pre-packed [N/16, K/4, 16, 4]
-    lanes over pixels   (BCAST_B): acc[p0:p0+16] += Xp[c/4, p0:p0+16, :] . W[o, c:c+4]
-        Xp: uint8 activations repacked [C/4, P, 4] at run time; W: int8 weights [O, C]
+    lanes over outputs  (bcast_a): acc[n0:n0+L] += A[r, k0:k0+k] . Bp[n0/L, k0/k, :, :]
+        A: activations [rows, K]; Bp: weights pre-packed [N/L, K/k, L, k]
+    lanes over pixels   (bcast_b): acc[p0:p0+L] += Xp[c0/k, p0:p0+L, :] . W[o, c0:c0+k]
+        Xp: activations repacked [C/k, P, k] at run time; W: weights [O, C]
 
-The broadcast 4 bytes are read as one int32. TVM's registered `dot_16x4_vnni` fails
-LLVM 22's verifier (DESIGN.md section 3), hence these. The kernels compute exactly the
-int32 sums of the plain matmul/conv (integer sums are order-free): bit-exact.
+The broadcast word is read as one int32. TVM's registered `dot_16x4_vnni` fails LLVM 22's
+verifier (DESIGN.md section 3), hence these. The kernels compute exactly the int32 sums of
+the plain matmul/conv (integer sums are order-free, no recipe saturates where it is used):
+bit-exact.
 
 `*_te` are the compute definitions the Relax rewrite (`vnni_rewrite.py`) calls; `schedule`
-tiles them (a register block of accumulators, reduction in steps of 4, tensorized inner
+tiles them (a register block of accumulators, reduction in steps of k, tensorized inner
 tile, parallel outer loop) with the requantization epilogue fused per tile.
 """
 
@@ -24,89 +27,92 @@ import tvm
 from tvm import s_tir, te
 from tvm.script import tirx as T
 
+from .kernel_family import DOTS, VNNI, Dot
 from .schedule_common import inline_epilogue
 
-BCAST_A = "intq_vnni_16x4_bcast_a"
-BCAST_B = "intq_vnni_16x4_bcast_b"
-LANES = 16
-_VPDPBUSD = "llvm.x86.avx512.vpdpbusd.512"
+LANES = VNNI.lanes  # AVX512-VNNI's, kept for callers that assume it
 
 
-def _bcast(buf, dtype: str):
-    """4 bytes of `buf` read as one int32, broadcast to 64 bytes."""
-    return T.reinterpret(T.broadcast(T.reinterpret(buf.vload([0], f"{dtype}x4"), dtype="int32"), 16),
-                         dtype=f"{dtype}x64")
+def _bcast(buf, dtype: str, k: int, lanes: int):
+    """k elements of `buf` read as one int32, broadcast to lanes * k elements."""
+    word = T.reinterpret(buf.vload([0], f"{dtype}x{k}"), dtype="int32")
+    return T.reinterpret(T.broadcast(word, lanes), dtype=f"{dtype}x{lanes * k}")
 
 
-@T.prim_func(s_tir=True)
-def _bcast_a_desc(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((16, 4), "int8", offset_factor=1),
-                  C: T.Buffer((16,), "int32", offset_factor=1, scope="local")) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-        T.writes(C[0:16])
-        for i, k in T.grid(16, 4):
-            with T.sblock("update"):
-                vi, vk = T.axis.remap("SR", [i, k])
-                C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+def _intrinsics(dot: Dot):
+    """(bcast_a, bcast_b) descriptions and implementations of `dot` as TVMScript."""
+    L, K, ad, wd, combine = dot.lanes, dot.k, dot.a_dtype, dot.w_dtype, dot.combine
+    acc_t, a_vec, w_vec = f"int32x{L}", f"{ad}x{L * K}", f"{wd}x{L * K}"
+
+    @T.prim_func(s_tir=True)
+    def a_desc(A: T.Buffer((K,), ad, offset_factor=1), B: T.Buffer((L, K), wd, offset_factor=1),
+               C: T.Buffer((L,), "int32", offset_factor=1, scope="local")) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:L], A[0:K], B[0:L, 0:K])
+            T.writes(C[0:L])
+            for i, k in T.grid(L, K):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def a_impl(A: T.Buffer((K,), ad, offset_factor=1), B: T.Buffer((L, K), wd, offset_factor=1),
+               C: T.Buffer((L,), "int32", offset_factor=1, scope="local")) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:L], A[0:K], B[0:L, 0:K])
+            T.writes(C[0:L])
+            C[T.ramp(T.int32(0), 1, L)] = combine(C.vload([0], dtype=acc_t), _bcast(A, ad, K, L),
+                                                  B.vload([0, 0], dtype=w_vec))
+
+    @T.prim_func(s_tir=True)
+    def b_desc(A: T.Buffer((L, K), ad, offset_factor=1), B: T.Buffer((K,), wd, offset_factor=1),
+               C: T.Buffer((L,), "int32", offset_factor=1, scope="local")) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:L], A[0:L, 0:K], B[0:K])
+            T.writes(C[0:L])
+            for i, k in T.grid(L, K):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + T.cast(A[vi, vk], "int32") * T.cast(B[vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def b_impl(A: T.Buffer((L, K), ad, offset_factor=1), B: T.Buffer((K,), wd, offset_factor=1),
+               C: T.Buffer((L,), "int32", offset_factor=1, scope="local")) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:L], A[0:L, 0:K], B[0:K])
+            T.writes(C[0:L])
+            C[T.ramp(T.int32(0), 1, L)] = combine(C.vload([0], dtype=acc_t), A.vload([0, 0], dtype=a_vec),
+                                                  _bcast(B, wd, K, L))
+
+    return (a_desc, a_impl), (b_desc, b_impl)
 
 
-@T.prim_func(s_tir=True)
-def _bcast_a_impl(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((16, 4), "int8", offset_factor=1),
-                  C: T.Buffer((16,), "int32", offset_factor=1, scope="local")) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-        T.writes(C[0:16])
-        C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id(_VPDPBUSD), C.vload([0], dtype="int32x16"),
-            _bcast(A, "uint8"), B.vload([0, 0], dtype="int8x64"), dtype="int32x16")
-
-
-@T.prim_func(s_tir=True)
-def _bcast_b_desc(A: T.Buffer((16, 4), "uint8", offset_factor=1), B: T.Buffer((4,), "int8", offset_factor=1),
-                  C: T.Buffer((16,), "int32", offset_factor=1, scope="local")) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:16], A[0:16, 0:4], B[0:4])
-        T.writes(C[0:16])
-        for i, k in T.grid(16, 4):
-            with T.sblock("update"):
-                vi, vk = T.axis.remap("SR", [i, k])
-                C[vi] = C[vi] + T.cast(A[vi, vk], "int32") * T.cast(B[vk], "int32")
-
-
-@T.prim_func(s_tir=True)
-def _bcast_b_impl(A: T.Buffer((16, 4), "uint8", offset_factor=1), B: T.Buffer((4,), "int8", offset_factor=1),
-                  C: T.Buffer((16,), "int32", offset_factor=1, scope="local")) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:16], A[0:16, 0:4], B[0:4])
-        T.writes(C[0:16])
-        C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id(_VPDPBUSD), C.vload([0], dtype="int32x16"),
-            A.vload([0, 0], dtype="uint8x64"), _bcast(B, "int8"), dtype="int32x16")
+def intrinsic_names(dot: Dot) -> tuple[str, str]:
+    """Register `dot`'s two intrinsics once per process (MetaSchedule workers call it too)."""
+    names = tuple(f"intq_{dot.name}_{dot.lanes}x{dot.k}_bcast_{side}" for side in "ab")
+    if s_tir.TensorIntrin.get(names[0], allow_missing=True) is None:
+        for name, (desc, impl) in zip(names, _intrinsics(dot)):
+            s_tir.TensorIntrin.register(name, desc, impl)
+    return names
 
 
 def register_intrinsics() -> None:
-    """Register both intrinsics once per process (MetaSchedule workers call it too)."""
-    for name, desc, impl in ((BCAST_A, _bcast_a_desc, _bcast_a_impl), (BCAST_B, _bcast_b_desc, _bcast_b_impl)):
-        if s_tir.TensorIntrin.get(name, allow_missing=True) is None:
-            s_tir.TensorIntrin.register(name, desc, impl)
-
-
-def has_vnni(target: tvm.target.Target) -> bool:
-    mattr = target.attrs.get("mattr") or []
-    return target.kind.name == "llvm" and "+avx512vnni" in [str(m) for m in mattr]
+    for dot in DOTS.values():
+        intrinsic_names(dot)
 
 
 # -- weight packing (compile time) ------------------------------------------------------
 
-def pack_weights(w_nk: np.ndarray) -> np.ndarray:
-    """int8 [N, K] -> [N/16, K/4, 16, 4]: one 64-byte vector per (16 outputs, 4 inputs)."""
+def pack_weights(w_nk: np.ndarray, dot: Dot = VNNI) -> np.ndarray:
+    """[N, K] -> [N/L, K/k, L, k] of dot.w_dtype: one vector per (L outputs, k inputs)."""
     n, k = w_nk.shape
-    return np.ascontiguousarray(w_nk.reshape(n // LANES, LANES, k // 4, 4).transpose(0, 2, 1, 3))
+    packed = w_nk.reshape(n // dot.lanes, dot.lanes, k // dot.k, dot.k).transpose(0, 2, 1, 3)
+    return np.ascontiguousarray(packed.astype(dot.w_dtype))
 
 
-# -- compute definitions (block names tell the schedule which kind it is) -----------------
+# -- compute definitions (block names tell the schedule the recipe and the kind) -------------
 
-DENSE, CONV_LANES_OUT, CONV_LANES_PIXELS = "vnni_dense", "vnni_conv_lanes_out", "vnni_conv_lanes_pixels"
+DENSE, CONV_LANES_OUT, CONV_LANES_PIXELS = "dense", "conv_lanes_out", "conv_lanes_pixels"
 
 
 def _corrected(acc: te.Tensor, corr: te.Tensor | None, channel_axis: int) -> te.Tensor:
@@ -116,42 +122,52 @@ def _corrected(acc: te.Tensor, corr: te.Tensor | None, channel_axis: int) -> te.
     return te.compute(acc.shape, lambda *i: acc[i] - corr[i[channel_axis]], name="vnni_unshift")
 
 
-def dense_te(a: te.Tensor, bp: te.Tensor, corr: te.Tensor | None = None) -> te.Tensor:
-    """out[..., m, n] = sum_k A[..., m, k] * Bp[n/16, k/4, n%16, k%4] - corr[n]  (lanes over n)."""
-    k = int(a.shape[-1])
-    out_shape = [*a.shape[:-1], bp.shape[0] * LANES]
-    r = te.reduce_axis((0, k), name="k")
+def dense_te(a: te.Tensor, bp: te.Tensor, corr: te.Tensor | None = None, dot: str = "vnni") -> te.Tensor:
+    """out[..., m, n] = sum_k A[..., m, k] * Bp[n/L, k/kk, n%L, k%kk] - corr[n]  (lanes over n)."""
+    lanes, kk = int(bp.shape[2]), int(bp.shape[3])
+    out_shape = [*a.shape[:-1], bp.shape[0] * lanes]
+    r = te.reduce_axis((0, int(a.shape[-1])), name="k")
 
     def body(*idx):
         *rows, j = idx
         return te.sum(a[(*rows, r)].astype("int32")
-                      * bp[j // LANES, r // 4, j % LANES, r % 4].astype("int32"), axis=r)
+                      * bp[j // lanes, r // kk, j % lanes, r % kk].astype("int32"), axis=r)
 
-    return _corrected(te.compute(out_shape, body, name=DENSE), corr, len(out_shape) - 1)
+    return _corrected(te.compute(out_shape, body, name=f"{dot}_{DENSE}"), corr, len(out_shape) - 1)
 
 
-def conv_lanes_out_te(xt: te.Tensor, wp: te.Tensor, h: int, w: int, corr: te.Tensor | None = None) -> te.Tensor:
+def conv_lanes_out_te(xt: te.Tensor, wp: te.Tensor, h: int, w: int, corr: te.Tensor | None = None,
+                      dot: str = "vnni") -> te.Tensor:
     """Pointwise conv, lanes over output channels: out[0, o, y, x] = sum_c Xt[y*W+x, c] * Wp[...]."""
+    lanes, kk = int(wp.shape[2]), int(wp.shape[3])
     r = te.reduce_axis((0, int(xt.shape[1])), name="c")
-    return _corrected(te.compute((1, wp.shape[0] * LANES, h, w), lambda _, j, y, x: te.sum(
-        xt[y * w + x, r].astype("int32") * wp[j // LANES, r // 4, j % LANES, r % 4].astype("int32"), axis=r),
-        name=CONV_LANES_OUT), corr, 1)
+    return _corrected(te.compute((1, wp.shape[0] * lanes, h, w), lambda _, j, y, x: te.sum(
+        xt[y * w + x, r].astype("int32") * wp[j // lanes, r // kk, j % lanes, r % kk].astype("int32"), axis=r),
+        name=f"{dot}_{CONV_LANES_OUT}"), corr, 1)
 
 
-def conv_lanes_pixels_te(xp: te.Tensor, wt: te.Tensor, h: int, w: int, corr: te.Tensor | None = None) -> te.Tensor:
-    """Pointwise conv, lanes over pixels: out[0, o, y, x] = sum_c Xp[c/4, y*W+x, c%4] * W[o, c]."""
+def conv_lanes_pixels_te(xp: te.Tensor, wt: te.Tensor, h: int, w: int, corr: te.Tensor | None = None,
+                         dot: str = "vnni") -> te.Tensor:
+    """Pointwise conv, lanes over pixels: out[0, o, y, x] = sum_c Xp[c/kk, y*W+x, c%kk] * W[o, c]."""
+    kk = int(xp.shape[2])
     r = te.reduce_axis((0, int(wt.shape[1])), name="c")
     return _corrected(te.compute((1, wt.shape[0], h, w), lambda _, j, y, x: te.sum(
-        xp[r // 4, y * w + x, r % 4].astype("int32") * wt[j, r].astype("int32"), axis=r),
-        name=CONV_LANES_PIXELS), corr, 1)
+        xp[r // kk, y * w + x, r % kk].astype("int32") * wt[j, r].astype("int32"), axis=r),
+        name=f"{dot}_{CONV_LANES_PIXELS}"), corr, 1)
 
 
 # -- shape rules shared by the rewrite and the schedule ------------------------------------
 
-# (rows per tile, 16-lane vectors per tile), best first: at most 16 accumulators of 32 zmm.
-_DENSE_TILES = ((4, 2), (2, 4), (8, 2), (4, 1), (2, 2), (1, 4), (1, 2), (1, 1))
-_PIXEL_LANE_TILES = ((2, 7), (4, 4), (8, 2), (4, 2), (2, 4), (1, 7), (2, 2), (1, 14), (1, 4), (1, 2), (1, 1))
-_OUT_LANE_TILES = ((7, 2), (4, 4), (8, 2), (4, 2), (14, 1), (2, 4), (7, 1), (2, 2), (1, 4), (1, 2), (1, 1))
+# (rows per tile, vectors per tile), best first, by register count: at most 16 accumulators
+# of 32 zmm, 8 of 16 ymm (the rest hold the broadcast word, weights and temporaries).
+_DENSE_TILES = {32: ((4, 2), (2, 4), (8, 2), (4, 1), (2, 2), (1, 4), (1, 2), (1, 1)),
+                16: ((4, 2), (2, 4), (8, 1), (2, 2), (4, 1), (1, 4), (1, 2), (1, 1))}
+_PIXEL_LANE_TILES = {
+    32: ((2, 7), (4, 4), (8, 2), (4, 2), (2, 4), (1, 7), (2, 2), (1, 14), (1, 4), (1, 2), (1, 1)),
+    16: ((2, 4), (4, 2), (1, 7), (8, 1), (2, 2), (1, 4), (4, 1), (1, 2), (1, 1))}
+_OUT_LANE_TILES = {
+    32: ((7, 2), (4, 4), (8, 2), (4, 2), (14, 1), (2, 4), (7, 1), (2, 2), (1, 4), (1, 2), (1, 1)),
+    16: ((4, 2), (7, 1), (2, 4), (8, 1), (2, 2), (4, 1), (1, 4), (1, 2), (1, 1))}
 
 
 def _rectangular(tile: int, width: int) -> bool:
@@ -159,56 +175,58 @@ def _rectangular(tile: int, width: int) -> bool:
     return width % tile == 0 or tile % width == 0
 
 
-def dense_tile(rows: int, n: int):
-    return next(((r, v) for r, v in _DENSE_TILES if rows % r == 0 and (n // LANES) % v == 0), None)
+def dense_tile(rows: int, n: int, dot: Dot = VNNI):
+    return next(((r, v) for r, v in _DENSE_TILES[dot.registers]
+                 if rows % r == 0 and n % dot.lanes == 0 and (n // dot.lanes) % v == 0), None)
 
 
-def conv_tile(kind: str, o: int, h: int, w: int):
+def conv_tile(kind: str, o: int, h: int, w: int, dot: Dot = VNNI):
     """(rows, vectors) tile for a pointwise conv of this kind, or None if none fits."""
+    lanes = dot.lanes
     if kind == CONV_LANES_PIXELS:
-        return next(((r, v) for r, v in _PIXEL_LANE_TILES if o % r == 0 and (h * w) % (v * LANES) == 0
-                     and _rectangular(v * LANES, w)), None)
-    return next(((r, v) for r, v in _OUT_LANE_TILES if (h * w) % r == 0 and (o // LANES) % v == 0
-                 and _rectangular(r, w)), None)
+        return next(((r, v) for r, v in _PIXEL_LANE_TILES[dot.registers] if o % r == 0
+                     and (h * w) % (v * lanes) == 0 and _rectangular(v * lanes, w)), None)
+    return next(((r, v) for r, v in _OUT_LANE_TILES[dot.registers] if (h * w) % r == 0 and o % lanes == 0
+                 and (o // lanes) % v == 0 and _rectangular(r, w)), None)
 
 
 # -- the schedule ------------------------------------------------------------------------------
 
 def vnni_block(sch: s_tir.Schedule):
-    """(block, kind) of the VNNI compute in a (fused) PrimFunc, or None."""
+    """(block, recipe, kind) of the dot-product compute in a (fused) PrimFunc, or None."""
     for block in sch.get_child_blocks(sch.get_sblock("root")):
-        name = sch.get(block).name_hint
-        if name in (DENSE, CONV_LANES_OUT, CONV_LANES_PIXELS):
-            return block, name
+        prefix, _, kind = sch.get(block).name_hint.partition("_")
+        if prefix in DOTS and kind in (DENSE, CONV_LANES_OUT, CONV_LANES_PIXELS):
+            return block, DOTS[prefix], kind
     return None
 
 
-def schedule(sch: s_tir.Schedule, block, kind: str) -> None:
-    """Tile, cache the accumulators in registers, tensorize and parallelize one VNNI block;
-    the fused requantization epilogue after it is computed tile by tile."""
-    register_intrinsics()
-    epilogue = inline_epilogue(sch, kind)
+def schedule(sch: s_tir.Schedule, block, dot: Dot, kind: str) -> None:
+    """Tile, cache the accumulators in registers, tensorize and parallelize one dot-product
+    block; the fused requantization epilogue after it is computed tile by tile."""
+    bcast_a, bcast_b = intrinsic_names(dot)
+    epilogue = inline_epilogue(sch, f"{dot.name}_{kind}")
     shape = [int(sch.get(loop).extent) for loop in sch.get_loops(block)]
     if kind == DENSE:
         loops = sch.get_loops(block)
         outer, (row, lane, k) = list(loops[:-3]), loops[-3:]
-        tile, intrin, local_map = dense_tile(shape[-3], shape[-2]), BCAST_A, None
+        tile, intrin, local_map = dense_tile(shape[-3], shape[-2], dot), bcast_a, None
     else:
         _, o_n, h, w, _ = shape
-        # one pixel axis p = y*W + x: the 16 lanes of a tile are consecutive pixels
+        # one pixel axis p = y*W + x: the lanes of a tile are consecutive pixels
         sch.transform_block_layout(block, lambda n, j, y, x, c: (n, j, y * w + x, c))
         b, o, pixels, k = sch.get_loops(block)
-        outer, tile = [b], conv_tile(kind, o_n, h, w)
+        outer, tile = [b], conv_tile(kind, o_n, h, w, dot)
         if kind == CONV_LANES_OUT:
-            row, lane, intrin = pixels, o, BCAST_A
+            row, lane, intrin = pixels, o, bcast_a
             local_map = lambda n, j, yy, xx: (yy * w + xx, j)
         else:
-            row, lane, intrin = o, pixels, BCAST_B
+            row, lane, intrin = o, pixels, bcast_b
             local_map = lambda n, j, yy, xx: (j, yy * w + xx)
     rows, vectors = tile
     ro, ri = sch.split(row, [None, rows])
-    lo, lt, ll = sch.split(lane, [None, vectors, LANES])
-    ko, kl = sch.split(k, [None, 4])
+    lo, lt, ll = sch.split(lane, [None, vectors, dot.lanes])
+    ko, kl = sch.split(k, [None, dot.k])
     sch.reorder(ro, lo, ko, ri, lt, ll, kl)
     par = sch.fuse(*outer, ro, lo)
     sch.parallel(par)
@@ -225,5 +243,5 @@ def schedule(sch: s_tir.Schedule, block, kind: str) -> None:
     sch.vectorize(sch.get_loops(init)[-1])
     for stage in [acc, *epilogue]:
         inner = sch.get_loops(stage)[-1]
-        if int(sch.get(inner).extent) % LANES == 0:
+        if int(sch.get(inner).extent) % dot.lanes == 0:
             sch.vectorize(inner)

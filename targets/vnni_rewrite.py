@@ -1,17 +1,21 @@
-"""UseVnniKernels: int8 matmuls and pointwise convs with constant weights -> VNNI kernels.
+"""use_dot_kernels(family): int8 matmuls and pointwise convs with constant weights -> x86
+dot-product kernels (`vnni.py`) of the target's kernel family (`kernel_family.py`).
 
-Runs on the integer Relax module before legalization, for LLVM targets with AVX512-VNNI.
+Runs on the integer Relax module before legalization, for LLVM x86 targets.
 
-    matmul(x[..., K], W[K, N]) -> vnni_dense(x_u8, pack(W^T))                       lanes over N
+    matmul(x[..., K], W[K, N]) -> {dot}_dense(x', pack(W^T))                         lanes over N
     conv2d(x[1, C, H, W], W[O, C, 1, 1])
-        -> vnni_conv_lanes_pixels(repack(x_u8)[C/4, H*W, 4], W[O, C])           big images
-        -> vnni_conv_lanes_out(transpose(x_u8)[H*W, C], pack(W))                small images
+        -> {dot}_conv_lanes_pixels(repack(x')[C/k, H*W, k], W[O, C])            big images
+        -> {dot}_conv_lanes_out(transpose(x')[H*W, C], pack(W))                 small images
 
-`vpdpbusd` multiplies unsigned by signed bytes. An int8 activation is shifted into uint8
-(x + 128) and the shift is taken back exactly with a constant per output channel:
-sum_k (x_k + 128) w_k - 128 sum_k w_k = sum_k x_k w_k. Shapes without a fitting tile
-(K or C not a multiple of 4, no 16-lane tile, batch > 1) keep the generic lowering, and so
-does any call it cannot read (tuple results, non-tensor arguments: never an error).
+The first of the family's recipes that fits is used: its shape rules (K or C a multiple of
+its k, a tile of whole vectors) and, for `vpmaddubsw`, the compile-time proof that no pair
+saturates (`maddubs_safe`, activations up to 255). u8 x s8 recipes take an int8 activation
+shifted into uint8 (x + 128) and take the shift back exactly with a constant per output
+channel: sum_k (x_k + 128) w_k - 128 sum_k w_k = sum_k x_k w_k. The int16 recipe widens x
+and W instead (no shift). Shapes no recipe fits (batch > 1 convs, ...) keep the generic
+lowering, and so does any call it cannot read (tuple results, non-tensor arguments: never an
+error).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from . import vnni
+from .kernel_family import MADDUBS, Dot, Family, maddubs_safe
 
 _INT8 = ("int8", "uint8")
 
@@ -37,8 +42,15 @@ def _shape(expr) -> list[int] | None:
     return [int(d) for d in shape]
 
 
+U8_MAX = 255  # the bound of (shifted) activations that the saturation proof assumes
+
+
 @mutator
 class _Rewriter(PyExprMutator):
+    def __init__(self, mod, family: Family):
+        super().__init__(mod)
+        self.family = family
+
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         call = super().visit_call_(call)
         # tuples (split, float fallbacks), non-tensor args and unknown shapes keep the generic lowering
@@ -50,29 +62,41 @@ class _Rewriter(PyExprMutator):
         new = rewrite(call) if rewrite else None
         return call if new is None else new
 
-    def _unsigned(self, x: relax.Expr) -> relax.Expr:
+    def _dot(self, w_nk: np.ndarray, k: int, fits) -> Dot | None:
+        """The family's first recipe whose k divides `k`, `fits(dot)` and (maddubs) is proven safe."""
+        return next((d for d in self.family.dots if k % d.k == 0 and fits(d)
+                     and (d is not MADDUBS or maddubs_safe(w_nk, U8_MAX))), None)
+
+    def _prepared(self, x: relax.Expr, dot: Dot) -> relax.Expr:
+        """x as the recipe's activation dtype: uint8 (int8 shifted by +128) or int16."""
+        if not dot.shift:
+            return self.builder_.emit(relax.op.astype(x, dot.a_dtype))
         if str(x.ty.dtype) == "uint8":
             return x
         shifted = relax.op.add(relax.op.astype(x, "int16"), relax.const(128, "int16"))
         return self.builder_.emit(relax.op.astype(shifted, "uint8"))
 
-    def _kernel(self, compute, x: relax.Expr, activations: relax.Expr, weights: np.ndarray, w_sum: np.ndarray,
-                *shape_args) -> relax.Expr:
-        """call_te of `compute`, with the +128 correction for int8 activations."""
+    def _kernel(self, compute, dot: Dot, x: relax.Expr, activations: relax.Expr, weights: np.ndarray,
+                w_sum: np.ndarray, *shape_args) -> relax.Expr:
+        """call_te of `compute`, with the +128 correction for shifted int8 activations."""
         args = [self.builder_.emit(activations), relax.const(weights), *shape_args]
-        if str(x.ty.dtype) != "uint8":
+        if dot.shift and str(x.ty.dtype) != "uint8":
             args.append(relax.const((128 * w_sum).astype("int32")))
-        return self.builder_.call_te(compute, *args, primfunc_name_hint=compute.__name__.removesuffix("_te"))
+        return self.builder_.call_te(compute, *args, dot=dot.name,
+                                     primfunc_name_hint=f"{dot.name}_{compute.__name__.removesuffix('_te')}")
 
     def _matmul(self, call: relax.Call):
         x, w = call.args
         w_np, x_shape = _const(w), _shape(x)
         if w_np is None or x_shape is None or len(x_shape) < 2 or w_np.ndim != 2 or str(x.ty.dtype) not in _INT8:
             return None
-        k, n = w_np.shape
-        if w_np.dtype != np.int8 or k % 4 or n % vnni.LANES or vnni.dense_tile(x_shape[-2], n) is None:
+        if w_np.dtype != np.int8:
             return None
-        return self._kernel(vnni.dense_te, x, self._unsigned(x), vnni.pack_weights(w_np.T),
+        k, n = w_np.shape
+        dot = self._dot(w_np.T, k, lambda d: vnni.dense_tile(x_shape[-2], n, d) is not None)
+        if dot is None:
+            return None
+        return self._kernel(vnni.dense_te, dot, x, self._prepared(x, dot), vnni.pack_weights(w_np.T, dot),
                             w_np.astype(np.int64).sum(0))
 
     def _conv(self, call: relax.Call):
@@ -85,24 +109,31 @@ class _Rewriter(PyExprMutator):
             return None
         n, c, h, wd = x_shape
         o = w_np.shape[0]
-        if n != 1 or c % 4:
+        if n != 1:
             return None
         w2 = w_np.reshape(o, c)
         w_sum = w2.astype(np.int64).sum(1)
-        if vnni.conv_tile(vnni.CONV_LANES_PIXELS, o, h, wd) is not None:
-            xp = relax.op.permute_dims(relax.op.reshape(self._unsigned(x), [c // 4, 4, h * wd]), [0, 2, 1])
-            return self._kernel(vnni.conv_lanes_pixels_te, x, xp, w2, w_sum, h, wd)
-        if o % vnni.LANES == 0 and vnni.conv_tile(vnni.CONV_LANES_OUT, o, h, wd) is not None:
-            xt = relax.op.permute_dims(relax.op.reshape(self._unsigned(x), [c, h * wd]), [1, 0])
-            return self._kernel(vnni.conv_lanes_out_te, x, xt, vnni.pack_weights(w2), w_sum, h, wd)
+        dot = self._dot(w2, c, lambda d: vnni.conv_tile(vnni.CONV_LANES_PIXELS, o, h, wd, d) is not None)
+        if dot is not None:
+            kk = dot.k
+            xp = relax.op.permute_dims(relax.op.reshape(self._prepared(x, dot), [c // kk, kk, h * wd]), [0, 2, 1])
+            return self._kernel(vnni.conv_lanes_pixels_te, dot, x, xp, w2.astype(dot.w_dtype), w_sum, h, wd)
+        dot = self._dot(w2, c, lambda d: vnni.conv_tile(vnni.CONV_LANES_OUT, o, h, wd, d) is not None)
+        if dot is not None:
+            xt = relax.op.permute_dims(relax.op.reshape(self._prepared(x, dot), [c, h * wd]), [1, 0])
+            return self._kernel(vnni.conv_lanes_out_te, dot, x, xt, vnni.pack_weights(w2, dot), w_sum, h, wd)
         return None
 
 
-@tvm.transform.module_pass(opt_level=0, name="UseVnniKernels")
-def use_vnni_kernels(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-    """Rewrite every eligible int8 matmul/pointwise conv of `mod` into a VNNI kernel call."""
-    rewriter = _Rewriter(mod)
-    for gv, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
-    return rewriter.builder_.get()
+def use_dot_kernels(family: Family):
+    """A pass that rewrites every eligible int8 matmul/pointwise conv into a kernel of `family`."""
+
+    @tvm.transform.module_pass(opt_level=0, name="UseDotKernels")
+    def rewrite(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        rewriter = _Rewriter(mod, family)
+        for gv, func in mod.functions_items():
+            if isinstance(func, relax.Function):
+                rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
+        return rewriter.builder_.get()
+
+    return rewrite

@@ -1,0 +1,105 @@
+"""x86 int8 dot-product kernel families, chosen from the target's features (data, not branches).
+
+A family lists the dot-product recipes its kernels may use, best first. Each recipe adds, in
+every int32 lane of one vector, the dot product of `k` activations with `k` weights:
+
+    avx512-vnni  vnni     16 lanes x 4   vpdpbusd zmm (u8 x s8 -> s32)
+    avx-vnni     avxvnni   8 lanes x 4   {vex} vpdpbusd ymm
+    avx2         maddubs   8 lanes x 4   vpmaddubsw (u8 x s8 pairs -> s16, SATURATING)
+                                         + vpmaddwd with ones (s16 pairs -> s32) + vpaddd
+                 maddwd    8 lanes x 2   vpmaddwd on int16-widened operands + vpaddd (exact)
+    generic      -                        the default loops (cpu_schedules.py)
+
+`maddubs` is used only where `maddubs_safe` proves no pair sum can saturate (see there);
+otherwise `maddwd` widens both operands to int16, where pairs of 8-bit products cannot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from tvm.script import tirx as T
+
+
+def _intrin(name: str, dtype: str, *args):
+    return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(name), *args, dtype=dtype)
+
+
+def _vpdpbusd(bits: int, lanes: int):
+    # LLVM 22 selects the VEX form ({vex} vpdpbusd) for the .256 intrinsic under +avxvnni alone
+    return lambda acc, a, w: _intrin(f"llvm.x86.avx512.vpdpbusd.{bits}", f"int32x{lanes}", acc, a, w)
+
+
+def _maddubs(acc, a, w):
+    pairs = _intrin("llvm.x86.avx2.pmadd.ub.sw", "int16x16", a, w)
+    return acc + _intrin("llvm.x86.avx2.pmadd.wd", "int32x8", pairs, T.broadcast(T.int16(1), 16))
+
+
+def _maddwd(acc, a, w):
+    return acc + _intrin("llvm.x86.avx2.pmadd.wd", "int32x8", a, w)
+
+
+@dataclass(frozen=True)
+class Dot:
+    """One dot-product recipe: `lanes` int32 accumulators += `k` a_dtype x w_dtype products each."""
+
+    name: str  # prefix of the kernel's block names (`vnni_dense`, `maddwd_conv_lanes_out`)
+    lanes: int
+    k: int  # k elements of a_dtype make 32 bits: one broadcast int32
+    a_dtype: str
+    w_dtype: str
+    registers: int  # vector registers of the ISA: bounds the accumulator tile
+    combine: Callable  # (acc, activation vector, weight vector) -> acc, TIR expressions
+
+    @property
+    def shift(self) -> bool:
+        """int8 activations move to uint8 (+128, taken back per channel); int16 needs no shift."""
+        return self.a_dtype == "uint8"
+
+
+VNNI = Dot("vnni", 16, 4, "uint8", "int8", 32, _vpdpbusd(512, 16))
+AVXVNNI = Dot("avxvnni", 8, 4, "uint8", "int8", 16, _vpdpbusd(256, 8))
+MADDUBS = Dot("maddubs", 8, 4, "uint8", "int8", 16, _maddubs)
+MADDWD = Dot("maddwd", 8, 2, "int16", "int16", 16, _maddwd)
+DOTS = {d.name: d for d in (VNNI, AVXVNNI, MADDUBS, MADDWD)}
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    needs: tuple[str, ...]  # LLVM features the target must have
+    dots: tuple[Dot, ...]  # best first
+
+
+# Best first; the first whose features the target has is chosen.
+FAMILIES = (
+    Family("avx512-vnni", ("avx512vnni", "avx512bw"), (VNNI,)),
+    Family("avx-vnni", ("avxvnni", "avx2"), (AVXVNNI,)),
+    Family("avx2", ("avx2",), (MADDUBS, MADDWD)),
+)
+GENERIC = Family("generic", (), ())
+
+
+def kernel_family(target) -> Family:
+    """The family for an LLVM x86 target, from its mcpu and mattr as LLVM reads them."""
+    from tvm.target import codegen
+
+    triple = str(target.attrs.get("mtriple", "") or "")
+    if target.kind.name != "llvm" or (triple and not triple.startswith(("x86_64", "i686"))):
+        return GENERIC
+    return next((f for f in FAMILIES if codegen.target_has_features(list(f.needs), target)), GENERIC)
+
+
+INT16_MAX = 32767
+
+
+def maddubs_safe(w_nk: np.ndarray, a_max: int) -> bool:
+    """True when `vpmaddubsw` cannot saturate for int8 weights [N, K] (K pairs (2i, 2i+1)) and
+    activations in [0, a_max]: each pair's largest sum a_max * (w0+ + w1+) <= 32767 and its
+    smallest -a_max * (w0- + w1-) >= -32768 (x+ = max(x, 0), x- = max(-x, 0)). The weights are
+    compile-time constants, so this is a proof for every activation in range."""
+    w = w_nk.astype(np.int64).reshape(w_nk.shape[0], -1, 2)
+    pos, neg = np.maximum(w, 0).sum(-1), np.maximum(-w, 0).sum(-1)
+    return bool(a_max * pos.max(initial=0) <= INT16_MAX and a_max * neg.max(initial=0) <= INT16_MAX + 1)
