@@ -85,8 +85,6 @@ def test_binary_kernels_bitexact():
 def test_reduction_and_log_softmax_kernels_bitexact():
     x8, x16 = _ints("int8", (2, 6, 5)), _ints("int16", (3, 7, 4))
     x16[1] = 32767  # an all-equal row
-    acc = rng.integers(0, 2**31 - 1, (4, 16)).astype(np.int32)
-    acc.flat[:3] = [0, 1, 2**31 - 1]
     big = np.concatenate([rng.integers(1, 2**62, 40), [1, 2, 3, 2**16 - 1, 2**16, 2**30, 2**62 - 1]]).astype(np.int64)
     S, out = 0.02, 0.1
     m, s = (int(v) for v in dyadic(S * np.log2(np.e) * 2**16))
@@ -95,15 +93,41 @@ def test_reduction_and_log_softmax_kernels_bitexact():
         (lambda x, *_: eb.reduce_sum(x, (1,), True), lambda: rb.reduce_sum(x8, (1,), True)),
         (lambda x, *_: eb.reduce_sum(x, (0, 2), False, 3), lambda: rb.reduce_sum(x8, (0, 2), False, 3)),
         (lambda _, y, *r: eb.reduce_sum(y, (0, 1, 2), False, 1), lambda: rb.reduce_sum(x16, (0, 1, 2), False, 1)),
-        (lambda *t: eb.isqrt_scaled(t[2], 15), lambda: rb.isqrt_scaled(acc, 15)),
-        (lambda *t: eb.log2_fixed(t[3]), lambda: rb.log2_fixed(big)),
+        (lambda *t: eb.log2_fixed(t[2]), lambda: rb.log2_fixed(big)),
     ] + [(lambda _, y, *r, ax=ax: eb.log_softmax(y, m, s, mo, so, ml, sl, -128, 127, "int8", axis=ax),
           lambda ax=ax: rb.log_softmax(x16, m, s, mo, so, ml, sl, -128, 127, "int8", axis=ax)) for ax in (0, 1, -1)]
-    got = _run_many(lambda *xs: [f(*xs) for f, _ in cases], [x8, x16, acc, big])
+    got = _run_many(lambda *xs: [f(*xs) for f, _ in cases], [x8, x16, big])
     for i, (g, (_, ref)) in enumerate(zip(got, cases)):
         w = ref()
         np.testing.assert_array_equal(g, w, err_msg=f"case {i}")
         assert g.dtype == w.dtype, f"case {i}"
+
+
+def test_lowering_forms():
+    """Structural: x * s of two activations is one int32 multiply, its mean one integer sum (no
+    R.mean, no division), a positive [C,1,1] constant only changes scales, a compare gives a bool
+    mask, and nothing float remains."""
+    from passes import QuantizeToInteger, verify_integer_only
+
+    bb = relax.BlockBuilder()
+    x, s = relax.Var("x", relax.TensorType([1, 4, 3, 3], "float32")), relax.Var("s", relax.TensorType([1, 4, 1, 1],
+                                                                                                       "float32"))
+    with bb.function("main", [x, s]):
+        with bb.dataflow():
+            p = bb.emit(R.multiply(x, s), name_hint="p")
+            m = bb.emit(R.mean(p, axis=[2, 3], keepdims=True), name_hint="m")
+            c = bb.emit(R.multiply(m, relax.const(np.full((4, 1, 1), 0.5, "float32"))), name_hint="c")
+            d = bb.emit(R.subtract(x, c), name_hint="d")
+            out = bb.emit_output(relax.Tuple([d, bb.emit(R.less(x, s), name_hint="lt")]))
+        bb.emit_func_output(out)
+    ranges = {"x": (-2.0, 2.0), "s": (0.0, 1.0), "p": (-2.0, 2.0), "m": (-1.0, 1.0), "c": (-0.5, 0.5),
+              "d": (-2.5, 2.5)}
+    lowered = QuantizeToInteger(ranges)(bb.get())
+    text = lowered.script()
+    assert verify_integer_only(lowered).integer_only
+    assert "R.mean" not in text and "divide" not in text and text.count("R.sum") == 1
+    assert 'p: R.Tensor((1, 4, 3, 3), dtype="int32") = R.multiply(' in text  # the product, not requantized
+    assert 'lt: R.Tensor((1, 4, 3, 3), dtype="bool") = R.less(' in text
 
 
 # Reference vs float: the only tolerances in this file.
@@ -140,11 +164,8 @@ def test_log2_and_log_softmax_reference_accuracy():
     assert (got[~inside] == -128).all()
 
 
-def test_isqrt_and_sum_reference_accuracy():
-    """isqrt floors: error < 1 LSB of the sqrt scale; a shifted sum rounds: <= 0.5 LSB."""
-    acc = rng.integers(0, 2**31 - 1, 5000)
-    got = rb.isqrt_scaled(acc, 15).astype(np.float64) / 2**15
-    assert (np.sqrt(acc) - got).min() >= 0 and (np.sqrt(acc) - got).max() < 2.0**-15
+def test_shifted_sum_reference_rounds():
+    """A sum shifted right by k rounds half up: <= 0.5 LSB of the 2^k scale."""
     x = _ints("int16", (8, 300))
     assert np.abs(rb.reduce_sum(x, (1,), False, 4) * 16.0 - x.astype(np.int64).sum(1)).max() <= 8
 

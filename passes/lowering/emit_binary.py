@@ -8,7 +8,7 @@ from tvm import relax
 from ..reference import binary as ref
 from ..reference.kernels import INT_RANGE
 from .emit import const, requantize
-from .emit_transformer import exp2_neg, isqrt
+from .emit_transformer import exp2_neg
 
 R = relax.op
 VALUE_OPS = {"add": R.add, "subtract": R.subtract, "maximum": R.maximum, "minimum": R.minimum}
@@ -60,11 +60,6 @@ def reduce_sum(x: relax.Expr, axes, keepdims: bool, shift: int = 0) -> relax.Exp
     total = R.sum(R.astype(x, "int64"), axis=list(axes), keepdims=keepdims)
     total = R.right_shift(R.add(total, _i64(1 << (shift - 1))), _i64(shift))
     return R.astype(R.clip(total, *INT_RANGE["int32"]), "int32")
-
-
-def isqrt_scaled(acc: relax.Expr, half_shift: int) -> relax.Expr:
-    acc = R.maximum(R.astype(acc, "int64"), _i64(0))
-    return R.astype(isqrt(R.left_shift(acc, _i64(2 * half_shift))), "int32")
 
 
 def log2_fixed(v: relax.Expr) -> relax.Expr:

@@ -8,8 +8,8 @@ argmax/argmin(x)    -> on the 8/16-bit integers: an exact int64 IntTensor. Ties 
                        after quantization) resolve to the first index, as ONNX does
 `|x|max` is the dtype's limit for 8/16-bit inputs, and 4x the calibrated range for an int32
 accumulator (e.g. a product a * b); where N * |x|max could reach 2^31 the sum runs in int64 and is
-shifted right by k (rounding half up, saturating). `sqrt_accumulator` is ReduceL2's exact square
-root (sqrt(sum(x^2))) for a lowering of sqrt that receives such a sum.
+shifted right by k (rounding half up, saturating). ReduceL2 arrives as sqrt(sum(x * x)): the
+square and the sqrt are unary tables (FuseUnaryChains), the sum is this lowering.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from .values import Accumulator, IntTensor
 REDUCTIONS = {"relax.sum": "sum", "relax.mean": "mean", "relax.max": "select", "relax.min": "select",
               "relax.argmax": "index", "relax.argmin": "index"}
 ACC_HEADROOM = 4.0  # an int32 accumulator's bound: 4x its calibrated range (saturating beyond)
-SQRT_HALF_SHIFT = 15  # isqrt(acc << 30): acc < 2^31 keeps the argument below 2^61
 
 
 def _axes(call) -> list[int]:
@@ -74,14 +73,4 @@ def lower_reduce(ctx, call, args):
     return Accumulator(out, np.asarray(scale), None, ctx.out_range(), clamp)
 
 
-def sqrt_accumulator(ctx, acc: Accumulator) -> Accumulator:
-    """sqrt of a non-negative per-tensor int32 accumulator (ReduceL2's sum of squares): exact
-    floor(sqrt(acc << 30)) at scale sqrt(S) / 2^15, negative entries read as 0."""
-    if acc.axis is not None:
-        acc = _per_tensor(ctx, acc)
-    expr = ctx.emit(emit_binary.isqrt_scaled(acc.expr, SQRT_HALF_SHIFT))
-    scale = math.sqrt(float(np.asarray(acc.scale))) * 2.0**-SQRT_HALF_SHIFT
-    return Accumulator(expr, np.asarray(scale), None, ctx.out_range(), (0.0, math.inf))
-
-
-__all__ = ["REDUCTIONS", "lower_reduce", "sqrt_accumulator"]
+__all__ = ["REDUCTIONS", "lower_reduce"]

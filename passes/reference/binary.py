@@ -9,7 +9,7 @@ Binary ops of two activations at scales S_a, S_b (numpy broadcasting):
 - divide: the quotient at 2^-P, rounded half away from zero, then one dyadic requantization
   to the output scale; a zero divisor saturates to the output range (0 / 0 gives 0) (`divide`).
 Reductions: an integer sum (int32, or int64 then a rounding right shift), max/min and
-arg-max/min on the integers, an exact integer square root (`isqrt_scaled`). Log-softmax reuses
+arg-max/min on the integers. Log-softmax reuses
 `softmax_exp2`'s exponentials and takes their row sum's log2 by bit position + a quartic.
 Everything is int64 inside; operands are given as (int array, m, s) or as an int64 constant
 already at the common scale (m = s = None).
@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from .kernels import INT_RANGE, requantize
-from .transformer import EXP2_IN_BITS, EXP2_OUT_BITS, exp2_neg, isqrt
+from .transformer import EXP2_IN_BITS, EXP2_OUT_BITS, exp2_neg
 
 VALUE_OPS = {"add": np.add, "subtract": np.subtract, "maximum": np.maximum, "minimum": np.minimum}
 COMPARE_OPS = {"less": np.less, "greater": np.greater, "less_equal": np.less_equal,
@@ -81,12 +81,6 @@ def reduce_sum(x, axes, keepdims: bool, shift: int = 0) -> np.ndarray:
     return np.clip(total, *INT_RANGE["int32"]).astype(np.int32)
 
 
-def isqrt_scaled(acc, half_shift: int) -> np.ndarray:
-    """floor(sqrt(acc << 2j)) for 0 <= acc < 2^31 (negative -> 0): sqrt at scale sqrt(S) 2^-j."""
-    acc = np.maximum(np.asarray(acc, np.int64), 0)
-    return isqrt(acc << (2 * half_shift)).astype(np.int32)
-
-
 def log2_fixed(v) -> np.ndarray:
     """log2(v) at scale 2^-16 for int64 1 <= v < 2^62: bit position p by a 6-step binary search,
     mantissa t = v scaled to [2^16, 2^17), log2(t / 2^16) by a quartic (Horner, constants at 2^-30,
@@ -121,5 +115,5 @@ def log_softmax(x, m: int, s: int, m_out, s_out, m_log, s_log, lo: int, hi: int,
     return np.clip(y, lo, hi).astype(out_dtype)
 
 
-__all__ = ["COMPARE_OPS", "VALUE_OPS", "EXP2_IN_BITS", "common_scale", "divide", "isqrt_scaled", "log2_fixed",
+__all__ = ["COMPARE_OPS", "VALUE_OPS", "EXP2_IN_BITS", "common_scale", "divide", "log2_fixed",
            "log_softmax", "multiply_acc", "reduce_sum", "round_div"]
