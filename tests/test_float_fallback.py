@@ -18,7 +18,7 @@ R = relax.op
 
 
 def _module():
-    """x -> cumsum -> batch_norm (a tuple)[0] -> relu -> (relu, argsort(relu): int32, relu @ W)."""
+    """x -> cumsum -> batch_norm (a tuple)[0] -> relu r -> (r, argsort(r): int32, r @ W, cumsum(relu(r @ W)))."""
     rng = np.random.default_rng(0)
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType((1, 8), "float32"))
@@ -32,7 +32,8 @@ def _module():
             r = bb.emit(R.nn.relu(b0), "r")
             order = bb.emit(R.argsort(r, axis=1), "order")
             mm = bb.emit(R.matmul(r, relax.const(rng.standard_normal((8, 4)).astype("float32"))), "mm")
-            out = bb.emit_output(relax.Tuple([r, order, mm]))
+            acc = bb.emit(R.cumsum(R.nn.relu(mm), axis=1), "acc_cs")  # an int32 accumulator read in float
+            out = bb.emit_output(relax.Tuple([r, order, mm, acc]))
         bb.emit_func_output(out)
     return bb.get()
 

@@ -15,6 +15,7 @@ The module is then not integer-only; the verifier says so and the manifest recor
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,7 +23,7 @@ from tvm import relax
 
 from ..reference.kernels import INT_RANGE
 from .context import activation_scale
-from .values import IntTensor, MaskPenalty, Quantized
+from .values import Accumulator, ChannelQuantized, IntTensor, MaskPenalty, Quantized
 
 R = relax.op
 MASK_FLOAT = -1e9  # an additive attention mask in float: large enough for softmax, finite in float16 sums too
@@ -56,6 +57,18 @@ def to_float(ctx, value, like: relax.Expr | None = None) -> relax.Expr:
         return R.where(value.keep, relax.const(0.0, dtype), relax.const(MASK_FLOAT, dtype))
     if isinstance(value, relax.Expr):
         return value  # shapes and prim values
+    if isinstance(value, Accumulator):  # int32 at full precision: no 8-bit requantization on the way to float
+        rank = len(value.expr.ty.shape)
+        scale = np.asarray(value.scale, np.float64)
+        if value.axis is not None and scale.size > 1:
+            scale = scale.reshape([-1 if a == value.axis % rank else 1 for a in range(rank)])
+        y = R.multiply(R.astype(value.expr, dtype), relax.const(scale.astype(dtype)))
+        lo, hi = value.clamp  # the ReLU/Clip folded into the deferred requantization
+        y = y if lo == -math.inf else R.maximum(y, relax.const(lo, dtype))
+        return y if hi == math.inf else R.minimum(y, relax.const(hi, dtype))
+    if isinstance(value, ChannelQuantized):  # q * scale[c] - offset along the last axis
+        y = R.multiply(R.astype(value.expr, dtype), relax.const(np.asarray(value.scale).astype(dtype)))
+        return R.subtract(y, relax.const(value.offset, dtype)) if value.offset else y
     q = ctx.materialize(value)
     return R.multiply(R.astype(q.expr, dtype), relax.const(q.scale, dtype))
 
