@@ -84,6 +84,7 @@ def test_binary_kernels_bitexact():
 
 def test_reduction_and_log_softmax_kernels_bitexact():
     x8, x16 = _ints("int8", (2, 6, 5)), _ints("int16", (3, 7, 4))
+    x8[1, :, 1], x8[1, 2] = 7, -3  # ties along both arg axes
     x16[1] = 32767  # an all-equal row
     big = np.concatenate([rng.integers(1, 2**62, 40), [1, 2, 3, 2**16 - 1, 2**16, 2**30, 2**62 - 1]]).astype(np.int64)
     S, out = 0.02, 0.1
@@ -94,6 +95,8 @@ def test_reduction_and_log_softmax_kernels_bitexact():
         (lambda x, *_: eb.reduce_sum(x, (0, 2), False, 3), lambda: rb.reduce_sum(x8, (0, 2), False, 3)),
         (lambda _, y, *r: eb.reduce_sum(y, (0, 1, 2), False, 1), lambda: rb.reduce_sum(x16, (0, 1, 2), False, 1)),
         (lambda *t: eb.log2_fixed(t[2]), lambda: rb.log2_fixed(big)),
+        (lambda x, *_: R.argmax(x, 1, False), lambda: np.argmax(x8, 1)),  # ties: the first index, as ONNX
+        (lambda x, *_: R.argmin(x, 2, True), lambda: np.argmin(x8, 2)[:, :, None]),
     ] + [(lambda _, y, *r, ax=ax: eb.log_softmax(y, m, s, mo, so, ml, sl, -128, 127, "int8", axis=ax),
           lambda ax=ax: rb.log_softmax(x16, m, s, mo, so, ml, sl, -128, 127, "int8", axis=ax)) for ax in (0, 1, -1)]
     got = _run_many(lambda *xs: [f(*xs) for f, _ in cases], [x8, x16, big])
@@ -128,6 +131,40 @@ def test_lowering_forms():
     assert "R.mean" not in text and "divide" not in text and text.count("R.sum") == 1
     assert 'p: R.Tensor((1, 4, 3, 3), dtype="int32") = R.multiply(' in text  # the product, not requantized
     assert 'lt: R.Tensor((1, 4, 3, 3), dtype="bool") = R.less(' in text
+
+
+def test_constant_factors_any_sign_and_axis():
+    """x * 0, x * -2 and x / [1, -2, 4, -0.5] (a [C,1,1] constant in NCHW), each added back to x:
+    exact for the scalars (the factor only changes the scale or negates the integers), <= 1 LSB
+    for the per-channel one (each add branch rounds once)."""
+    import tvm
+
+    from passes import QuantizeToInteger
+    from targets import get_target
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType([1, 4, 3, 3], "float32"))
+    f = np.array([1.0, -2.0, 4.0, -0.5], "float32").reshape(4, 1, 1)
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            z = bb.emit(R.multiply(x, relax.const(0.0, "float32")), name_hint="z")
+            n = bb.emit(R.multiply(x, relax.const(-2.0, "float32")), name_hint="n")
+            k = bb.emit(R.divide(x, relax.const(f)), name_hint="k")
+            sums = [bb.emit(R.add(v, x), name_hint=f"{name}x") for v, name in ((z, "z"), (n, "n"), (k, "k"))]
+            out = bb.emit_output(relax.Tuple(sums))
+        bb.emit_func_output(out)
+    ranges = {"x": (-2.0, 2.0), "z": (0.0, 0.0), "n": (-4.0, 4.0), "k": (-4.0, 4.0), "zx": (-2.0, 2.0),
+              "nx": (-2.0, 2.0), "kx": (-6.0, 6.0)}
+    mod = QuantizeToInteger(ranges)(bb.get())
+    boundary = json.loads(mod["main"].attrs["intq.boundary"])
+    spec = get_target("x86")
+    ex = tvm.compile(mod, target=spec.target(), relax_pipeline=spec.relax_pipeline(spec.target()))
+    q = _ints("int8", (1, 4, 3, 3))
+    xf = q * boundary["inputs"][0]["scale"]
+    outs = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(q))
+    for out, meta, want, tol in zip(outs, boundary["outputs"], [xf, -xf, xf / f + xf], [0, 0, 1]):
+        scale = meta["scale"][0]
+        assert np.abs(out.numpy() * scale - np.clip(want, -128 * scale, 127 * scale)).max() <= tol * scale + 1e-9
 
 
 # Reference vs float: the only tolerances in this file.
