@@ -143,6 +143,11 @@ class QuantizeToInteger:
                     outs += [bb.emit_output(e) for e in self._traced_values(ctx, func, env)]
             result = outs[0] if len(outs) == 1 else relax.Tuple(outs)
             bb.emit_func_output(result)
+        if self.float_nodes and not self.config.allow_float:
+            raise UnsupportedModelError(
+                f"{len(self.float_nodes)} node(s) cannot be lowered to integers:\n  " + "\n  ".join(
+                    f"binding {n['node']!r} ({n['op']}): {n['reason']}" for n in self.float_nodes) +
+                "\nPass --allow-float to run them in float.")
         new = bb.get()["main"].with_attr(BOUNDARY_ATTR, json.dumps(boundary))
         new = new.with_attr(LAYERS_ATTR, json.dumps(ctx.layers))
         new = new.with_attr(FLOAT_NODES_ATTR, json.dumps(self.float_nodes))
@@ -175,16 +180,15 @@ class QuantizeToInteger:
         return exprs
 
     def _lower_binding(self, ctx: LoweringContext, value: relax.Expr, env: dict):
-        """Lower one binding; with allow_float, any failure of its lowering runs it in float instead."""
-        if not self.config.allow_float:
-            return self._lower(ctx, value, env)
+        """Lower one binding; any failure of its lowering runs it in float instead and is recorded
+        (with allow_float it stays so; without, every recorded node is refused at once at the end)."""
         op = value.op.name if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) else None
         if op is not None and op not in LOWERINGS and not is_integer_op(value, [_arg(a, env) for a in value.args]):
             reason = "no integer lowering"
         else:
             try:
                 return self._lower(ctx, value, env)
-            except Exception as err:  # noqa: BLE001  (allow_float promises a float node, never a crash)
+            except Exception as err:  # noqa: BLE001  (a float node or a refusal naming it, never a crash)
                 if op is None:
                     raise
                 text = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__

@@ -101,3 +101,16 @@ def test_without_allow_float_every_op_is_listed():
     with pytest.raises(UnsupportedModelError) as err:
         QuantizeToInteger(ranges, QuantConfig())(mod)
     assert "relax.cumsum" in str(err.value) and "relax.nn.batch_norm" in str(err.value)
+
+
+def test_without_allow_float_failing_lowerings_are_refused_at_once(monkeypatch):
+    mod = _module()
+    ranges = calibrate(mod, _samples(2), progress=False)
+    for name in ("relax.cumsum", "relax.nn.batch_norm", "relax.argsort"):  # give every op a lowering...
+        monkeypatch.setitem(LOWERINGS, name, lambda ctx, call, args: ctx.fail("refused for the test"))
+    monkeypatch.setitem(LOWERINGS, "relax.nn.relu", lambda ctx, call, args: 1 / 0)  # ...and crash one
+    with pytest.raises(UnsupportedModelError) as err:
+        QuantizeToInteger(ranges, QuantConfig())(mod)
+    text = str(err.value)
+    assert "binding 'cs' (relax.cumsum): refused for the test" in text and "binding 'bn' (relax.nn.batch_norm)" in text
+    assert "(relax.nn.relu): ZeroDivisionError" in text and "--allow-float" in text
