@@ -33,7 +33,8 @@ def patch_conv_as_matmul(mod, _ctx):
     conv_p = is_op("relax.nn.conv2d")(x_p, w_p)
 
     def rewrite(call, match):
-        if not _is_patchify(call):
+        # rewrite_call may hand over a bound variable (seen with a conv whose result is a graph output)
+        if not isinstance(call, relax.Call) or not _is_patchify(call):
             return call
         _, c, h, w = (int(d) for d in call.args[0].ty.shape)
         o, _, k, _ = (int(d) for d in call.args[1].ty.shape)
