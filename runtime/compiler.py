@@ -38,12 +38,15 @@ def log(message: str) -> None:
 
 
 @contextmanager
-def stage(what: str):
-    """Show a long step on stderr with its duration."""
+def stage(what: str, times: dict | None = None, key: str | None = None):
+    """Show a long step on stderr with its duration (added to `times[key]` if given)."""
     log(f"{what} ...")
     start = time.perf_counter()
     yield
-    log(f"{what}: done in {time.perf_counter() - start:.1f} s")
+    seconds = time.perf_counter() - start
+    log(f"{what}: done in {seconds:.1f} s")
+    if times is not None:
+        times[key or what] = times.get(key or what, 0.0) + seconds
 
 
 def float_summary(float_nodes: list[dict]) -> str:
@@ -144,6 +147,7 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
     `precision` chooses the weight bits (uniform 8 or 4, or mixed under limits: `runtime.mixed`).
     Raises CompileError (and writes nothing) on bad input or an unsupported model.
     """
+    start, times = time.perf_counter(), {}  # where the time went, printed at the end
     model_path = Path(model_path)
     precision = precision or Precision()
     spec = get_target(target, cuda_arch, cpu)
@@ -156,7 +160,7 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
     config = replace(config or QuantConfig(), allow_float=allow_float or (config is not None and config.allow_float))
     if precision.bits == "4":
         config = replace(config, weight_bits=4)
-    with stage(f"importing {model_path}"):
+    with stage(f"importing {model_path}", times, "import"):
         imported: ImportedModel = load_onnx(model_path, input_shapes, allow_unsupported=allow_float)
         float_mod = bind_weights(imported.mod, imported.params)
     if "R.nn.layer_norm" in float_mod.script(show_meta=False) and config.residual_bits == 8:
@@ -168,20 +172,20 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
         samples, synthetic = synthetic_calibration(imported.inputs), True
     else:
         samples, synthetic = load_calibration(calib, imported.inputs), False
-    with stage(f"calibrating ({observer}) on {len(samples)} sample(s)"):
+    with stage(f"calibrating ({observer}) on {len(samples)} sample(s)", times, "calibration"):
         ranges = calibrate(float_mod, samples, observer=observer, progress=progress, **_host_build())
     mixed = None
     if precision.bits == "mixed":
         from .mixed import choose_bits
 
-        with stage("lowering at 8 bits to list the layers"):
+        with stage("lowering at 8 bits to list the layers", times, "mixed precision"):
             layers8 = json.loads(str(QuantizeToInteger(ranges, config)(float_mod)["main"].attrs[LAYERS_ATTR]))
-        with stage("choosing bits per layer"):
+        with stage("choosing bits per layer", times, "mixed precision"):
             mixed = choose_bits(model_path, float_mod, layers8, samples, precision, spec, input_shapes, progress,
                                 log)
         log("per-layer weight bits:\n" + mixed.table())
         config = replace(config, layer_bits=mixed.layer_bits)
-    with stage("lowering to integer-only Relax"):
+    with stage("lowering to integer-only Relax", times, "lowering"):
         int_mod = QuantizeToInteger(ranges, config)(float_mod)
     report = verify_integer_only(int_mod)
     log(str(report))
@@ -202,13 +206,14 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
         from targets.kernel_family import kernel_family
 
         tvm_target = spec.target()
-        with stage(f"compiling for {spec.name} ({' '.join(spec.features)})"), spec.build_context(), tvm_target:
+        with stage(f"compiling for {spec.name} ({' '.join(spec.features)})", times, "compile"), spec.build_context(), \
+                tvm_target:
             executable = tvm.compile(int_mod, target=tvm_target, relax_pipeline=spec.relax_pipeline(tvm_target, tune_trials))
             _export(executable, tmp / LIBRARY, spec)
         (tmp / RELAX_TEXT).write_text(int_mod.script(show_meta=False))
         executor = None
         if spec.arch in PLAN_ARCHES:  # no TVM runtime there: ship the plan and its executor too
-            with stage(f"exporting the plan executor for {spec.arch}"):
+            with stage(f"exporting the plan executor for {spec.arch}", times, "compile"):
                 executor = export_plan(int_mod, spec, tmp)
         if mixed is not None:
             mixed.write(tmp)
@@ -245,4 +250,5 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
 
     path = write_artifact(output, fill)
     log(f"wrote {path}")
+    log("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in times.items()) + f"; total {time.perf_counter() - start:.1f} s")
     return path

@@ -1,0 +1,12 @@
+"""The README's op coverage table is the one the registries print (`python -m passes.coverage`)."""
+
+from pathlib import Path
+
+from passes.coverage import END, START, coverage_markdown
+
+
+def test_readme_coverage_table_is_current():
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert START in readme and END in readme, "README lacks the coverage block: python -m passes.coverage"
+    block = readme[readme.index(START):readme.index(END) + len(END)]
+    assert block == coverage_markdown(), "README op table is stale: paste `python -m passes.coverage` over it"
