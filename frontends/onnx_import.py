@@ -9,6 +9,7 @@ section 3), unroll LSTMs (`onnx_rnn.py`), refuse control flow and ops the intege
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,16 +62,49 @@ class ImportedModel:
     source: str
 
 
-def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
-    """Parse `NAME:1x3x224x224` as given to `--input-shape`."""
+@dataclass(frozen=True)
+class FreeDim:
+    """A leading dim left free by `--input-shape` (`x:Nx3x224x224`, `x:1..32x3x224x224`,
+    `x:batch=1..32x...`): the model is imported at batch 1 and compiled for batches lo..hi
+    (hi None: no upper bound); see passes/generalize_batch.py."""
+
+    name: str = "n"
+    lo: int = 1
+    hi: int | None = None
+
+
+_FREE = re.compile(r"(?:(?P<name>[a-z_][a-z0-9_]*)=)?(?P<lo>\d+)\.\.(?P<hi>\d+)|(?P<only>[a-z_][a-z0-9_]*|-1|\?)")
+
+
+def _dim(token: str) -> int | FreeDim | None:
+    if token.isdigit():
+        return int(token) or None
+    m = _FREE.fullmatch(token)
+    if m is None:
+        return None
+    if m["lo"] is None:
+        return FreeDim(m["only"] if m["only"] not in ("-1", "?") else "n")
+    lo, hi = int(m["lo"]), int(m["hi"])
+    return FreeDim(m["name"] or "n", lo, hi) if 1 <= lo <= hi else None
+
+
+def parse_input_shape(text: str) -> tuple[str, tuple]:
+    """Parse `NAME:1x3x224x224` as given to `--input-shape`; a leading dim given as a name
+    (`N`, `batch`), `-1` or a range `1..32` stays free (a `FreeDim`)."""
     name, sep, dims = text.rpartition(":")
-    try:
-        shape = tuple(int(d) for d in dims.lower().split("x"))
-    except ValueError:
-        shape = ()
-    if not sep or not name or not shape or min(shape) <= 0:
-        raise CompileError(f"--input-shape {text!r}: expected NAME:D0xD1x..., e.g. input:1x3x224x224")
+    shape = tuple(_dim(d) for d in dims.lower().split("x")) if dims else ()
+    if not sep or not name or not shape or None in shape:
+        raise CompileError(f"--input-shape {text!r}: expected NAME:D0xD1x..., e.g. input:1x3x224x224, or "
+                           "input:Nx3x224x224 / input:1..32x3x224x224 to keep the batch free")
+    if any(isinstance(d, FreeDim) for d in shape[1:]):
+        raise CompileError(f"--input-shape {text!r}: only the leading (batch) dim can stay free; give the "
+                           "other dims as numbers (sequence lengths are compiled fixed)")
     return name, shape
+
+
+def bound_shapes(shapes: dict[str, tuple] | None) -> dict[str, tuple[int, ...]]:
+    """`--input-shape` values with free dims bound to 1 (the batch the model is imported at)."""
+    return {k: tuple(1 if isinstance(d, FreeDim) else d for d in v) for k, v in (shapes or {}).items()}
 
 
 def load_onnx(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]] | None = None,
@@ -82,7 +116,7 @@ def load_onnx(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]] 
     """
     path = Path(path)
     model = _read(path)
-    _fix_input_shapes(model, dict(input_shapes or {}), path)
+    _fix_input_shapes(model, bound_shapes(input_shapes), path)
     model = _basic_optimize(model, path)
     unroll_lstms(model)
     _scalars_to_constants(model)

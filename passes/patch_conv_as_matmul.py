@@ -18,6 +18,8 @@ from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
 def _is_patchify(call: relax.Call) -> bool:
     a = call.attrs
+    if not all(isinstance(d, tvm.tirx.IntImm) for d in call.args[0].ty.shape):
+        return False  # a symbolic batch (passes/generalize_batch.py)
     x_shape = [int(d) for d in call.args[0].ty.shape]
     o, c, kh, kw = (int(d) for d in call.args[1].ty.shape)
     return (a.data_layout == "NCHW" and a.kernel_layout == "OIHW" and int(a.groups) == 1 and x_shape[0] == 1

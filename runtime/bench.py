@@ -20,8 +20,12 @@ EXAMPLES = """examples:
 """
 
 
-def benchmark(model, threads: int | None = None, repeat: int = 50, warmup: int = 3, inputs=None) -> dict:
-    """p50/p90/p99/mean latency (ms) and throughput of `model` on random (or given) inputs."""
+def benchmark(model, threads: int | None = None, repeat: int = 50, warmup: int = 3, inputs=None,
+              batch: int = 1) -> dict:
+    """p50/p90/p99/mean latency (ms) and throughput (samples/s) of `model` on random (or given)
+    inputs; `batch` samples per run for a symbolic-batch artifact."""
+    from .model import example_shape
+
     import tvm
 
     if threads:
@@ -30,13 +34,14 @@ def benchmark(model, threads: int | None = None, repeat: int = 50, warmup: int =
         config(0, threads)
     if inputs is None:
         rng = np.random.default_rng(0)
-        inputs = {i["name"]: rng.standard_normal(i["shape"]).astype(i["dtype"]) for i in model.inputs}
+        inputs = {i["name"]: rng.standard_normal(example_shape(i, batch)).astype(i["dtype"]) for i in model.inputs}
     ms = model.time(model.quantize_inputs(inputs), repeat=repeat, warmup=warmup)
     p50, p90, p99 = np.percentile(ms, [50, 90, 99])
     return {"artifact": str(model.path), "target": model.manifest["target"]["name"],
             "where": "rpc" if model.remote else "local", "threads": threads or "default", "repeat": repeat,
             "p50_ms": round(float(p50), 4), "p90_ms": round(float(p90), 4), "p99_ms": round(float(p99), 4),
-            "mean_ms": round(float(ms.mean()), 4), "throughput_per_s": round(1e3 / float(ms.mean()), 2)}
+            "mean_ms": round(float(ms.mean()), 4), "batch": batch,
+            "throughput_per_s": round(1e3 * batch / float(ms.mean()), 2)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=50, help="timed runs (default 50)")
     p.add_argument("--warmup", type=int, default=3, help="untimed runs first (default 3)")
     p.add_argument("--input", metavar="FILE.npz", help="inputs to time with (default: random)")
+    p.add_argument("--batch", type=int, default=1,
+                   help="samples per run of random inputs, for an artifact compiled with a free batch (default 1)")
     p.add_argument("--rpc", metavar="HOST:PORT", help="run on the board behind this RPC server or tracker")
     p.add_argument("--key", help="device key, when --rpc names a tracker")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -66,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         session = connect(args.rpc, args.key) if args.rpc else None
         model = load(args.artifact, remote=session)
         inputs = dict(np.load(args.input)) if args.input else None
-        result = benchmark(model, args.threads, args.repeat, args.warmup, inputs)
+        free = any(isinstance(d, str) for i in model.inputs for d in i["shape"])  # a symbolic batch
+        batch = next(iter(inputs.values())).shape[0] if inputs and free else args.batch
+        result = benchmark(model, args.threads, args.repeat, args.warmup, inputs, batch)
         if args.json:
             print(json.dumps(result))
         else:

@@ -24,6 +24,7 @@ EXAMPLES = """examples:
   python -m runtime.compile model.onnx --calib calib.npz --bits 4                # 4-bit weights, packed
   python -m runtime.compile model.onnx --calib calib.npz --bits mixed --max-size 3.5   # ILP: 4/8 bits per layer
   python -m runtime.compile model.onnx --calib calib.npz --bits mixed --max-latency 20 --max-bops 150
+  python -m runtime.compile model.onnx --input-shape input:1..32x3x224x224 --calib calib.npz  # batches 1..32
   python -m runtime.run model.x86.artifact --input x.npz -o y.npz
 
 exit codes: 0 success, 1 internal error, 2 user error (bad file, flag or unsupported model)
@@ -50,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="calibration inputs: keys are the model's input names, the first axis indexes "
                         "samples. Without it, synthetic inputs are used and accuracy will suffer.")
     p.add_argument("--input-shape", action="append", default=[], metavar="NAME:D0xD1x...",
-                   help="fix the dimensions of an input (needed for dynamic dims; repeatable)")
+                   help="fix the dimensions of an input (needed for dynamic dims; repeatable); a leading dim "
+                        "given as a name (N) or a range (1..32) stays free: one artifact for every batch size")
     p.add_argument("--observer", default="minmax", choices=sorted(OBSERVERS),
                    help="calibration range observer (default minmax)")
     p.add_argument("--allow-float", action="store_true",

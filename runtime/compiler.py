@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from frontends import CompileError, ImportedModel, InputError, ToolchainError, load_onnx
-from frontends.onnx_import import TensorSpec
+from frontends.onnx_import import FreeDim, TensorSpec, bound_shapes
 from passes import (BOUNDARY_ATTR, LAYERS_ATTR, QuantConfig, QuantizeToInteger, bind_weights, calibrate,
                     verify_integer_only)
+from passes.generalize_batch import generalize_batch, input_shapes_of, output_shapes
 from passes.quantize_to_integer import FLOAT_NODES_ATTR
 from targets import get_target
 from targets.cross import first_error_line
@@ -122,6 +123,22 @@ def _host_build() -> dict:
     return {"target": host, "pipeline": cpu_pipeline(host)}
 
 
+def _free_batch(input_shapes, spec, tune_trials: int) -> dict[str, FreeDim]:
+    """The inputs whose batch `--input-shape` leaves free, after checking that the target takes
+    a symbolic batch (CPU targets with the TVM runtime; passes/generalize_batch.py)."""
+    free = {k: v[0] for k, v in (input_shapes or {}).items() if v and isinstance(v[0], FreeDim)}
+    if free and (spec.device != "cpu" or spec.arch in PLAN_ARCHES or tune_trials):
+        why = "--tune-trials" if tune_trials else f"target {spec.name}"
+        raise CompileError(f"a free batch (--input-shape {next(iter(free))}:N...) is supported on CPU targets "
+                           f"with the TVM runtime, without tuning; not with {why}. Give the batch as a number.")
+    return free
+
+
+def _batch_range(name: str, free: dict[str, FreeDim]) -> dict:
+    """The manifest's range of an input's free dim: {"range": {"n": [lo, hi or None]}}."""
+    return {"range": {free[name].name: [free[name].lo, free[name].hi]}} if name in free else {}
+
+
 def _export(executable, path: Path, spec) -> None:
     """Link the library; a failing compiler or linker is the user's toolchain, not a crash."""
     try:
@@ -158,6 +175,8 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
         raise CompileError(f"--tune-trials measures kernels on this machine ({platform.machine()}); "
                            f"it cannot tune for target {spec.name} ({spec.device}, {spec.arch})")
     config = replace(config or QuantConfig(), allow_float=allow_float or (config is not None and config.allow_float))
+    free = _free_batch(input_shapes, spec, tune_trials)
+    input_shapes = bound_shapes(input_shapes)  # import, calibrate and lower at batch 1
     if precision.bits == "4":
         config = replace(config, weight_bits=4)
     with stage(f"importing {model_path}", times, "import"):
@@ -187,6 +206,12 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
         config = replace(config, layer_bits=mixed.layer_bits)
     with stage("lowering to integer-only Relax", times, "lowering"):
         int_mod = QuantizeToInteger(ranges, config)(float_mod)
+    if free:  # before the verifier, which then sees the module that is compiled
+        with stage(f"generalizing the batch ({', '.join(f'{k}: {d.name}' for k, d in free.items())})", times,
+                   "lowering"):
+            int_mod = generalize_batch(int_mod, {k: (d.name, d.hi) for k, d in free.items()})
+    in_shapes, out_shapes = ((input_shapes_of(int_mod), output_shapes(int_mod)) if free else  # ["n", 3, 224, 224]
+                             ([list(s.shape) for s in imported.inputs], [list(s.shape) for s in imported.outputs]))
     report = verify_integer_only(int_mod)
     log(str(report))
     float_nodes = json.loads(str(int_mod["main"].attrs.get(FLOAT_NODES_ATTR, "[]")))
@@ -229,10 +254,10 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
                        "kernel_family": kernel_family(tvm_target).name,  # x86 int8 dot-product kernels
                        "cross_compiler": spec.toolchain.compiler},
             "tools": _versions(),
-            "inputs": [{"name": s.name, "shape": list(s.shape), "dtype": s.dtype, "quant": q}
-                       for s, q in zip(imported.inputs, boundary["inputs"])],
-            "outputs": [{"name": s.name, "shape": list(s.shape), "dtype": "float32", "quant": q}
-                        for s, q in zip(imported.outputs, boundary["outputs"])],
+            "inputs": [{"name": s.name, "shape": shape, "dtype": s.dtype, "quant": q, **_batch_range(s.name, free)}
+                       for s, q, shape in zip(imported.inputs, boundary["inputs"], in_shapes)],
+            "outputs": [{"name": s.name, "shape": shape, "dtype": "float32", "quant": q}
+                        for s, q, shape in zip(imported.outputs, boundary["outputs"], out_shapes)],
             "quantization": {"observer": observer, "calibration_samples": len(samples),
                              "synthetic_calibration": synthetic, "bits": precision.bits,
                              "weight_bits": "mixed" if mixed is not None else config.weight_bits,

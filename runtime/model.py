@@ -90,14 +90,14 @@ class Model:
         expected = {i["name"]: i for i in self.inputs}
         if set(inputs) != set(expected):
             raise InputError(f"inputs {sorted(inputs)} do not match the model's inputs {sorted(expected)}")
+        sizes: dict[str, int] = {}  # free dims (a symbolic batch) seen so far
         for name, value in inputs.items():
             spec = expected[name]
             if not isinstance(value, np.ndarray):
                 raise InputError(f"input {name!r}: expected a numpy array, got {type(value).__name__}")
             if value.dtype != np.dtype(spec["dtype"]):
                 raise InputError(f"input {name!r}: dtype {value.dtype}, expected {spec['dtype']}")
-            if list(value.shape) != list(spec["shape"]):
-                raise InputError(f"input {name!r}: shape {list(value.shape)}, expected {spec['shape']}")
+            _check_shape(name, list(value.shape), spec, sizes)
             if value.dtype.kind == "f" and not np.isfinite(value).all():
                 bad = np.size(value) - int(np.isfinite(value).sum())
                 raise InputError(f"input {name!r}: {bad} of {value.size} values are NaN or infinite; the integer "
@@ -132,6 +132,31 @@ class Model:
         """Quantize `inputs`, run the integer model, dequantize the outputs."""
         outs = self.run_integer(self.quantize_inputs(inputs))
         return {spec["name"]: dequantize(q, _scale_array(spec["quant"], q.ndim)) for spec, q in zip(self.outputs, outs)}
+
+
+def _check_shape(name: str, shape: list[int], spec: dict, sizes: dict[str, int]) -> None:
+    """A static dim must match; a free one (the batch, "n") must lie in the compiled range and
+    agree between inputs."""
+    expected, ranges = spec["shape"], spec.get("range", {})
+    if len(shape) != len(expected) or any(not isinstance(e, str) and g != e for g, e in zip(shape, expected)):
+        free = "".join(f" with {k} in [{lo}, {hi if hi is not None else 'any'}]" for k, (lo, hi) in ranges.items())
+        raise InputError(f"input {name!r}: shape {shape}, expected {expected}{free}")
+    for got, dim in zip(shape, expected):
+        if not isinstance(dim, str):
+            continue
+        lo, hi = ranges.get(dim, (1, None))
+        if got < lo or (hi is not None and got > hi):
+            raise InputError(f"input {name!r}: shape {shape}: {dim} = {got} is outside the range the artifact was "
+                             f"compiled for, {dim} in [{lo}, {hi if hi is not None else 'any'}] (shape {expected}); "
+                             "split the batch, or recompile with a wider range (--input-shape NAME:LO..HIx...)")
+        if sizes.setdefault(dim, got) != got:
+            raise InputError(f"input {name!r}: shape {shape}: {dim} = {got}, but another input has {dim} = "
+                             f"{sizes[dim]}; inputs sharing a batch dim must agree")
+
+
+def example_shape(spec: dict, batch: int = 1) -> list[int]:
+    """An input's shape with its free dims (the batch) set to `batch`."""
+    return [batch if isinstance(d, str) else d for d in spec["shape"]]
 
 
 def _check_cpu_features(path: Path, features: list[str]) -> None:

@@ -29,13 +29,14 @@ from .schedule_common import (
     inline_epilogue,
     matmul_block,
     row_kernel,
+    static_factor,
 )
 
 TILE_J = 64  # int32 lanes of one accumulator tile: 4 x 512-bit or 8 x 256-bit registers
 
 
 def _schedule(sch: s_tir.Schedule, block) -> None:
-    columns = int(sch.get(block).iter_vars[-2].dom.extent)
+    columns = static_factor(sch.get(block).iter_vars[-2].dom.extent)
     # e.g. 257 tokens: pad to whole vectors (zeros, sliced off); pad_einsum refuses the packed
     # 4-bit weights' flat indexing, which keeps a narrower vector instead
     if columns > 16 and columns % 16 and sch.get(block).name_hint == "matmul":
@@ -43,7 +44,7 @@ def _schedule(sch: s_tir.Schedule, block) -> None:
     epilogue = fold_epilogue(sch, block)
     loops = sch.get_loops(block)
     *outer, j, k = loops[:-2] + [loops[-2], loops[-1]] if len(loops) >= 3 else (None,)
-    tj = divisor(int(sch.get(j).extent), TILE_J)
+    tj = divisor(static_factor(sch.get(j).extent), TILE_J)
     jo, ji = sch.split(j, [None, tj])
     sch.reorder(*outer, jo, k, ji)
     sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
@@ -71,8 +72,9 @@ def _schedule_elementwise(func: tvm.tirx.PrimFunc):
         if not loops:
             continue
         fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
-        extent = int(sch.get(fused).extent)
-        if extent < 1024:
+        symbolic = not isinstance(sch.get(fused).extent, tvm.tirx.IntImm)  # a batch of n samples
+        extent = static_factor(sch.get(fused).extent)
+        if extent < 1024 and not symbolic:
             continue
         lanes = 16 if extent % 16 == 0 else 1
         outer, inner = sch.split(fused, [None, lanes * 64 if extent % (lanes * 64) == 0 else lanes])
@@ -100,7 +102,7 @@ def _schedule_chunked(func: tvm.tirx.PrimFunc):
     if any(sch.get(b).name_hint.startswith("T_transpose") for b in blocks):
         return _schedule_elementwise(func)
     rows = sch.fuse(*lead) if len(lead) > 1 else lead[0]
-    per_chunk = divisor(int(sch.get(rows).extent), max(1, CHUNK // row))
+    per_chunk = divisor(static_factor(sch.get(rows).extent), max(1, CHUNK // row))
     chunk, _ = sch.split(rows, [None, per_chunk])
     sch.parallel(chunk)
     for block in reversed(blocks[:-1]):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tvm
 from tvm import s_tir
 
 
@@ -12,6 +13,14 @@ def divisor(extent: int, most: int) -> int:
     while extent % tile:
         tile //= 2
     return tile
+
+
+def static_factor(extent) -> int:
+    """A loop extent as an int, or for a symbolic one (a batch of n rows: n * 16) its largest
+    known divisor, which static tiles may split off without a tail (`divisor(static_factor(e), t)`)."""
+    if isinstance(extent, int | tvm.tirx.IntImm):
+        return int(extent)
+    return max(1, int(tvm.sym.Analyzer().modular_set(extent).coeff))
 
 
 def row_kernel(sch: s_tir.Schedule):
@@ -26,6 +35,8 @@ def row_kernel(sch: s_tir.Schedule):
     if len(loops) < 2:  # a row kernel has row loops and a last axis (a reduction to a scalar has none)
         return None
     *lead, last = loops
+    if not isinstance(sch.get(last).extent, tvm.tirx.IntImm):  # rows of symbolic length
+        return None
     return blocks, lead, int(sch.get(last).extent)
 
 

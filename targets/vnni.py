@@ -34,8 +34,12 @@ LANES = VNNI.lanes  # AVX512-VNNI's, kept for callers that assume it
 
 
 def _bcast(buf, dtype: str, k: int, lanes: int):
-    """k elements of `buf` read as one int32, broadcast to lanes * k elements."""
-    word = T.reinterpret(buf.vload([0], f"{dtype}x{k}"), dtype="int32")
+    """k elements of `buf` read as one int32 (int8 pairs widened to int16 first), broadcast to
+    lanes * k elements."""
+    vals = buf.vload([0], f"{dtype}x{k}")
+    if k == 2 and dtype == "int8":
+        vals, dtype = T.Cast("int16x2", vals), "int16"
+    word = T.reinterpret(vals, dtype="int32")
     return T.reinterpret(T.broadcast(word, lanes), dtype=f"{dtype}x{lanes * k}")
 
 
@@ -228,12 +232,14 @@ def schedule(sch: s_tir.Schedule, block, dot: Dot, kind: str) -> None:
         sch.transform_block_layout(block, lambda n, j, y, x, c: (n, j, y * w + x, c))
         b, o, pixels, k = sch.get_loops(block)
         outer, tile = [b], conv_tile(kind, o_n, h, w, dot)
-        if kind == CONV_LANES_OUT:
+        single = isinstance(sch.get(b).extent, tvm.tirx.IntImm) and int(sch.get(b).extent) == 1
+        keep = (lambda n: ()) if single else (lambda n: (n,))
+        if kind == CONV_LANES_OUT:  # a batch (maybe symbolic) keeps its axis in the accumulators
             row, lane, intrin = pixels, o, bcast_a
-            local_map = lambda n, j, yy, xx: (yy * w + xx, j)
+            local_map = lambda n, j, yy, xx: (*keep(n), yy * w + xx, j)
         else:
             row, lane, intrin = o, pixels, bcast_b
-            local_map = lambda n, j, yy, xx: (j, yy * w + xx)
+            local_map = lambda n, j, yy, xx: (*keep(n), j, yy * w + xx)
     rows, vectors = tile
     ro, ri = sch.split(row, [None, rows])
     lo, lt, ll = sch.split(lane, [None, vectors, dot.lanes])

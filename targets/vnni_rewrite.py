@@ -4,7 +4,7 @@ dot-product kernels (`vnni.py`) of the target's kernel family (`kernel_family.py
 Runs on the integer Relax module before legalization, for LLVM x86 targets.
 
     matmul(x[..., K], W[K, N]) -> {dot}_dense(x', pack(W^T))                         lanes over N
-    conv2d(x[1, C, H, W], W[O, C, 1, 1])
+    conv2d(x[1, C, H, W], W[O, C, 1, 1])               (a batch B, maybe symbolic: [B, ...] repacks)
         -> {dot}_conv_lanes_pixels(repack(x')[C/k, H*W, k], W[O, C])            big images
         -> {dot}_conv_lanes_out(transpose(x')[H*W, C], pack(W))                 small images
 
@@ -13,7 +13,7 @@ its k, a tile of whole vectors) and, for `vpmaddubsw`, the compile-time proof th
 saturates (`maddubs_safe`, activations up to 255). u8 x s8 recipes take an int8 activation
 shifted into uint8 (x + 128) and take the shift back exactly with a constant per output
 channel: sum_k (x_k + 128) w_k - 128 sum_k w_k = sum_k x_k w_k. The int16 recipe widens x
-and W instead (no shift). Shapes no recipe fits (batch > 1 convs, ...) keep the generic
+and W instead (no shift). Shapes no recipe fits keep the generic
 lowering, and so does any call it cannot read (tuple results, non-tensor arguments: never an
 error).
 """
@@ -27,6 +27,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from . import vnni
 from .kernel_family import MADDUBS, Dot, Family, maddubs_safe
+from .schedule_common import static_factor
 
 _INT8 = ("int8", "uint8")
 
@@ -35,11 +36,12 @@ def _const(expr) -> np.ndarray | None:
     return expr.value.numpy() if isinstance(expr, tvm.ir.GenericConst) else None
 
 
-def _shape(expr) -> list[int] | None:
+def _shape(expr) -> list | None:
+    """Static dims as ints; a symbolic leading dim (a batch: passes/generalize_batch.py) stays an expression."""
     shape = getattr(expr.ty, "shape", None)
-    if shape is None or not all(isinstance(d, tvm.tirx.IntImm) for d in shape):
+    if shape is None or not shape or not all(isinstance(d, tvm.tirx.IntImm) for d in list(shape)[1:]):
         return None
-    return [int(d) for d in shape]
+    return [int(d) if isinstance(d, tvm.tirx.IntImm) else d for d in shape]
 
 
 U8_MAX = 255  # the bound of (shifted) activations that the saturation proof assumes
@@ -93,7 +95,8 @@ class _Rewriter(PyExprMutator):
         if w_np.dtype != np.int8:
             return None
         k, n = w_np.shape
-        dot = self._dot(w_np.T, k, lambda d: vnni.dense_tile(x_shape[-2], n, d) is not None)
+        rows = static_factor(x_shape[-2])  # n * 16 rows of a batch: tiles of its static factor
+        dot = self._dot(w_np.T, k, lambda d: vnni.dense_tile(rows, n, d) is not None)
         if dot is None:
             return None
         return self._kernel(vnni.dense_te, dot, x, self._prepared(x, dot), vnni.pack_weights(w_np.T, dot),
@@ -109,18 +112,19 @@ class _Rewriter(PyExprMutator):
             return None
         n, c, h, wd = x_shape
         o = w_np.shape[0]
-        if n != 1:
-            return None
+        lead = [] if isinstance(n, int) and n == 1 else [n]  # a batch keeps its own axis
         w2 = w_np.reshape(o, c)
         w_sum = w2.astype(np.int64).sum(1)
         dot = self._dot(w2, c, lambda d: vnni.conv_tile(vnni.CONV_LANES_PIXELS, o, h, wd, d) is not None)
         if dot is not None:
             kk = dot.k
-            xp = relax.op.permute_dims(relax.op.reshape(self._prepared(x, dot), [c // kk, kk, h * wd]), [0, 2, 1])
+            xp = relax.op.permute_dims(relax.op.reshape(self._prepared(x, dot), [*lead, c // kk, kk, h * wd]),
+                                       [*range(len(lead)), len(lead), len(lead) + 2, len(lead) + 1])
             return self._kernel(vnni.conv_lanes_pixels_te, dot, x, xp, w2.astype(dot.w_dtype), w_sum, h, wd)
         dot = self._dot(w2, c, lambda d: vnni.conv_tile(vnni.CONV_LANES_OUT, o, h, wd, d) is not None)
         if dot is not None:
-            xt = relax.op.permute_dims(relax.op.reshape(self._prepared(x, dot), [c, h * wd]), [1, 0])
+            xt = relax.op.permute_dims(relax.op.reshape(self._prepared(x, dot), [*lead, c, h * wd]),
+                                       [*range(len(lead)), len(lead) + 1, len(lead)])
             return self._kernel(vnni.conv_lanes_out_te, dot, x, xt, vnni.pack_weights(w2, dot), w_sum, h, wd)
         return None
 

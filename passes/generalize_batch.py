@@ -1,0 +1,217 @@
+"""GeneralizeBatch: the integer module lowered at batch 1 -> one module for every batch size.
+
+    main(x: int8[1, 3, H, W]) -> int32[1, 10]   ==>   main(x: int8[n, 3, H, W]) -> int32[n, 10]
+
+Why after lowering: import, onnxruntime's shape folding, calibration and every lowering
+work on static shapes (scales, tables, VNNI tiles come from them); a batch does not change
+any of them, since the integer kernels treat samples independently. So the model is imported,
+calibrated and lowered at batch 1, and only then is its leading dim made symbolic.
+
+Invariant, checked binding by binding: every tensor computed from a generalized input has
+leading dim `n * L` (L: its leading dim at batch 1) and its other dims unchanged, and sample
+s owns rows [s*L, (s+1)*L), a contiguous slab. Reshapes keep slabs contiguous, so a target
+(d0, ...) becomes (n * d0, ...) (a (1, 16, 64) -> (16, 64) reshape becomes (n, 16, 64) ->
+(n*16, 64)); every other call is re-emitted as is and Relax infers its shape. Hence each
+sample's integers are exactly what the batch-1 model computes for it.
+
+Refused (CompileError naming the binding): ops that would mix samples or move the batch
+(an axis attribute that includes 0, a permutation that moves axis 0, a reduction over all
+axes, a batch-dependent right-hand matmul operand of rank 2, padding of axis 0, TIR kernel
+calls (4-bit weights, float fallbacks), a constant whose leading dim would broadcast
+against the batch), and any result whose inferred shape breaks the invariant.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import relax
+
+from frontends.errors import CompileError
+
+UPPER_BOUND_ATTR = "tir_var_upper_bound"  # Relax's memory planner sizes buffers by it
+
+
+def _axes(attrs, rank: int) -> list[int] | None:
+    """The normalized axis/axes attribute of a call, [] if it has none, None if 'all axes'."""
+    if attrs is None:
+        return []
+    for key in ("axis", "axes"):
+        if hasattr(attrs, key):
+            value = getattr(attrs, key)
+            if value is None:
+                return None
+            values = [value] if isinstance(value, (int, tvm.tirx.IntImm)) else list(value)
+            return [int(a) % max(rank, 1) for a in values]
+    return []
+
+
+def _mixes_samples(call: relax.Call, dependent: list[bool]) -> str | None:
+    """Why `call` (whose arguments `dependent` says are batch-dependent) would mix samples."""
+    op = call.op.name
+    first = call.args[0].ty
+    first = first.fields[0] if isinstance(first, relax.TupleType) else first  # concat's tuple
+    rank = len(first.shape) if isinstance(first, relax.TensorType) and first.shape is not None else 0
+    if op == "relax.permute_dims":
+        axes = call.attrs.axes
+        return None if axes is not None and int(axes[0]) == 0 else "it moves the batch axis (axis 0)"
+    if op == "relax.matmul":
+        if dependent[1] and len(call.args[1].ty.shape) < 3:
+            return "its right-hand operand depends on the batch and is contracted along axis 0"
+        return None
+    if op == "relax.nn.pad":
+        return "it pads the batch axis" if any(int(p) for p in list(call.attrs.pad_width)[:2]) else None
+    if op in ("relax.take", "relax.reshape", "relax.expand_dims") and not dependent[0]:
+        return None  # an embedding lookup of batch-dependent ids; reshapes are rewritten
+    if op.startswith("relax.nn.") and hasattr(call.attrs, "data_layout"):
+        return None if str(call.attrs.data_layout).startswith("N") else "its layout does not lead with the batch"
+    axes = _axes(call.attrs, rank)
+    if axes is None:
+        return "it reduces over every axis, the batch included"
+    if 0 in axes and op not in ("relax.reshape", "relax.expand_dims"):
+        return "it works along axis 0, the batch"
+    return None
+
+
+class _Generalizer:
+    def __init__(self, free: dict[str, tuple[str, int | None]]):
+        self.free = free  # input name -> (dim name, upper bound)
+        self.vars = {name: tvm.tirx.Var(name, "int64") for name, _ in free.values()}
+        self.env: dict = {}  # old var -> new expr
+        self.dependent: set = set()  # new vars that depend on the batch
+        self.scale: dict = {}  # new var -> the batch var its leading dim scales with
+        self.analyzer = tvm.sym.Analyzer()
+
+    def sub(self, expr):
+        if isinstance(expr, relax.Var):
+            return self.env.get(expr, expr)
+        if isinstance(expr, relax.Tuple):
+            return relax.Tuple([self.sub(f) for f in expr.fields])
+        return expr
+
+    def depends(self, expr) -> bool:
+        if isinstance(expr, relax.Tuple):
+            return any(self.depends(f) for f in expr.fields)
+        return isinstance(expr, relax.Var) and expr in self.dependent
+
+    def batch_of(self, expr):
+        if isinstance(expr, relax.Tuple):
+            return next((self.batch_of(f) for f in expr.fields if self.depends(f)), None)
+        return self.scale.get(expr)
+
+    def fail(self, name: str, op: str, why: str):
+        raise CompileError(f"symbolic batch: binding {name!r} ({op}): {why}; the batch must stay the leading "
+                           "dim of every tensor, each sample on its own rows. Compile this model with a fixed "
+                           "batch instead (--input-shape NAME:1x...), and run it sample by sample.")
+
+    def rebuild(self, name: str, value: relax.Expr):
+        """The new value of a binding, and the batch var it scales with (None if batch-independent)."""
+        args = [self.sub(a) for a in value.args] if isinstance(value, relax.Call) else None
+        if isinstance(value, relax.Call):
+            dependent = [self.depends(a) for a in args]
+            if not any(dependent):
+                return relax.Call(value.op, args, value.attrs, value.ty_args), None
+            op = value.op.name if isinstance(value.op, tvm.ir.Op) else str(value.op)
+            if not isinstance(value.op, tvm.ir.Op) or op.startswith(("relax.call_", "relax.builtin")):
+                self.fail(name, op, "a compiled kernel call has a static shape (4-bit weights and float "
+                                    "fallbacks are compiled for batch 1)")
+            why = _mixes_samples(value, dependent)
+            if why:
+                self.fail(name, op, why)
+            n = next(self.batch_of(a) for a, d in zip(args, dependent) if d)
+            if op == "relax.reshape":
+                dims = list(args[1].values)
+                args[1] = relax.ShapeExpr([n * dims[0] if int(dims[0]) != 1 else n, *dims[1:]])
+            return relax.Call(value.op, args, value.attrs, value.ty_args), n
+        new = self.sub(value)
+        return new, self.batch_of(new) if self.depends(new) else None
+
+    def check(self, name: str, op: str, old_ty, new_ty, n) -> None:
+        """The invariant: leading dim n * L, the others unchanged."""
+        if isinstance(old_ty, relax.TupleType):
+            for o, t in zip(old_ty.fields, new_ty.fields):
+                self.check(name, op, o, t, n)
+            return
+        if not isinstance(old_ty, relax.TensorType) or old_ty.shape is None:
+            return
+        shape = new_ty.shape if isinstance(new_ty, relax.TensorType) else None
+        old = [int(d) for d in old_ty.shape]
+        if shape is None or len(shape) != len(old) or not old:
+            self.fail(name, op, f"its result shape {new_ty} is not {old} with a batch leading dim")
+        lead_ok = self.analyzer.can_prove_equal(shape[0], n * old[0])
+        if not lead_ok or any(not self.analyzer.can_prove_equal(d, o) for d, o in zip(list(shape)[1:], old[1:])):
+            self.fail(name, op, f"at batch {n} its shape would be {list(shape)}, not [{n}*{old[0]}, "
+                                f"{', '.join(map(str, old[1:]))}] (at batch 1: {old})")
+
+    def run(self, func: relax.Function) -> relax.Function:
+        params = []
+        for p in func.params:
+            if p.name in self.free:
+                dims = [int(d) for d in p.ty.shape]
+                if not dims or dims[0] != 1:
+                    raise CompileError(f"symbolic batch: input {p.name!r} has shape {dims} at batch 1; its "
+                                       "leading dim must be the batch (1)")
+                n = self.vars[self.free[p.name][0]]
+                new = relax.Var(p.name, relax.TensorType([n, *dims[1:]], p.ty.dtype))
+                self.dependent.add(new)
+                self.scale[new] = n
+            else:
+                new = p
+            self.env[p] = new
+            params.append(new)
+        bb = relax.BlockBuilder()
+        with bb.function("main", params):
+            with bb.dataflow():
+                for block in func.body.blocks:
+                    for b in block.bindings:
+                        self.emit(bb, b)
+                result = self.sub(func.body.body)
+                if not self.depends(result) and not isinstance(result, relax.Tuple):
+                    raise CompileError("symbolic batch: the model's output does not depend on its inputs")
+                out = bb.emit_output(result)
+            bb.emit_func_output(out)
+        new = bb.get()["main"]
+        for key, value in (func.attrs or {}).items():
+            new = new.with_attr(key, value)
+        bounds = {name: hi for name, hi in self.free.values() if hi is not None}
+        return new.with_attr(UPPER_BOUND_ATTR, bounds) if bounds else new
+
+    def emit(self, bb: relax.BlockBuilder, b) -> None:
+        name = b.var.name
+        value, n = self.rebuild(name, b.value)
+        op = b.value.op.name if isinstance(b.value, relax.Call) and isinstance(b.value.op, tvm.ir.Op) else "value"
+        try:
+            var = bb.emit(value, name) if isinstance(b.var, relax.DataflowVar) else bb.emit_output(value, name)
+        except tvm.error.TVMError as err:
+            self.fail(name, op, f"TVM cannot infer its shape at batch n ({str(err).strip().splitlines()[-1]})")
+        self.env[b.var] = var
+        if n is not None:
+            self.check(name, op, b.var.ty, var.ty, n)
+            self.dependent.add(var)
+            self.scale[var] = n
+
+
+def generalize_batch(mod: tvm.IRModule, free: dict[str, tuple[str, int | None]]) -> tvm.IRModule:
+    """`main` of `mod` with the leading dim of each input in `free` ({input: (dim name, upper
+    bound or None)}) symbolic; raises CompileError where a binding would mix samples."""
+    if not free:
+        return mod
+    out = tvm.IRModule({gv: f for gv, f in mod.functions_items() if gv.name_hint != "main"})
+    out["main"] = _Generalizer(free).run(mod["main"])
+    return relax.transform.DeadCodeElimination()(out)
+
+
+def dim_names(ty) -> list:
+    """A tensor type's shape for the manifest: ints, and symbolic dims as text ("n", "n*16")."""
+    return [int(d) if isinstance(d, tvm.tirx.IntImm) else str(d).replace(" ", "").replace("T.int64(", "")
+            .replace(")", "") for d in ty.shape]
+
+
+def output_shapes(mod: tvm.IRModule) -> list[list]:
+    ret = mod["main"].ret_ty
+    return [dim_names(t) for t in (ret.fields if isinstance(ret, relax.TupleType) else [ret])]
+
+
+
+
+def input_shapes_of(mod: tvm.IRModule) -> list[list]:
+    return [dim_names(p.ty) for p in mod["main"].params]

@@ -1,0 +1,110 @@
+"""One artifact for every batch size (passes/generalize_batch.py): `--input-shape x:1..8x...`
+compiles a symbolic leading dim; each sample's integers equal, bit for bit, what it gets
+alone and what the batch-1 artifact gives it; the range is recorded and enforced."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+import runtime
+from conftest import small_cnn
+from frontends import CompileError, InputError, parse_input_shape
+from frontends.onnx_import import FreeDim
+from runtime.compile import main as compile_main
+from runtime.run import main as run_main
+
+
+@pytest.fixture(scope="module")
+def batch_artifact(tmp_path_factory, small_calib):
+    work = tmp_path_factory.mktemp("batch")
+    path = small_cnn(work / "dyn.onnx", dynamic_batch=True)
+    out = work / "dyn.artifact"
+    assert compile_main([path, "--calib", small_calib, "--input-shape", "x:1..8x3x16x16", "-o", str(out), "-q"]) == 0
+    return out
+
+
+def _batch(count: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((count, 3, 16, 16)).astype(np.float32) * 1.5
+
+
+def test_input_shape_flag_leaves_the_batch_free():
+    assert parse_input_shape("x:Nx3x224x224") == ("x", (FreeDim("n"), 3, 224, 224))
+    assert parse_input_shape("x:1..32x3x224x224") == ("x", (FreeDim("n", 1, 32), 3, 224, 224))
+    assert parse_input_shape("ids:batch=2..8x128") == ("ids", (FreeDim("batch", 2, 8), 128))
+    assert parse_input_shape("x:-1x4")[1][0] == FreeDim("n")
+    for bad in ("x:3xN", "x:8..2x3"):
+        with pytest.raises(CompileError, match="--input-shape"):
+            parse_input_shape(bad)
+
+
+def test_manifest_records_the_range(batch_artifact):
+    m = runtime.load(batch_artifact).manifest
+    assert m["inputs"][0]["shape"] == ["n", 3, 16, 16] and m["inputs"][0]["range"] == {"n": [1, 8]}
+    assert m["outputs"][0]["shape"] == ["n", 10] and m["integer_only"] is True
+    assert "R.Tensor((n, 3, 16, 16)" in (batch_artifact / "model.relax.py").read_text()
+
+
+@pytest.mark.parametrize("count", [1, 3, 8])
+def test_each_sample_bit_exact_with_batch1_artifact(batch_artifact, small_artifact, count):
+    """The same calibration gives the same scales: the batch artifact's integers for a batch
+    equal the static batch-1 artifact's, sample by sample, and so do the float outputs."""
+    batched, single = runtime.load(batch_artifact), runtime.load(small_artifact)
+    x = _batch(count, seed=count)
+    q = batched.quantize_inputs({"x": x})
+    assert q[0].shape == (count, 3, 16, 16)
+    (y,) = batched.run_integer(q)
+    assert y.shape == (count, 10) and y.dtype == np.int32
+    alone = np.concatenate([single.run_integer(single.quantize_inputs({"x": x[i:i + 1]}))[0] for i in range(count)])
+    assert np.array_equal(y, alone)
+    assert np.array_equal(batched.run({"x": x})["y"], np.concatenate([single.run({"x": x[i:i + 1]})["y"]
+                                                                      for i in range(count)]))
+
+
+def test_batch_outside_range_refused(batch_artifact, tmp_path, capsys):
+    model = runtime.load(batch_artifact)
+    with pytest.raises(InputError, match=r"input 'x': shape \[9, 3, 16, 16\]: n = 9 is outside .* n in \[1, 8\]"):
+        model.run({"x": _batch(9)})
+    with pytest.raises(InputError, match=r"input 'x': shape \[2, 3, 16, 17\], expected \['n', 3, 16, 16\] with n"):
+        model.run({"x": np.zeros((2, 3, 16, 17), np.float32)})
+    np.savez(tmp_path / "x.npz", x=_batch(9))
+    assert run_main([str(batch_artifact), "--input", str(tmp_path / "x.npz")]) == 2
+    assert "n = 9 is outside the range" in capsys.readouterr().err
+    np.savez(tmp_path / "x4.npz", x=_batch(4))
+    assert run_main([str(batch_artifact), "--input", str(tmp_path / "x4.npz"), "-o", str(tmp_path / "y.npz")]) == 0
+    assert np.load(tmp_path / "y.npz")["y"].shape == (4, 10)
+
+
+def test_batch_mixing_model_refused(tmp_path):
+    """A reduction over axis 0 mixes the samples: refused, naming the binding and the op."""
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["r"], name="relu"),
+         helper.make_node("ReduceMax", ["r"], ["y"], name="over_batch", axes=[0], keepdims=1)],
+        "mix", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "mix.onnx")
+    with pytest.raises(CompileError, match=r"symbolic batch: binding '\w+' \(relax.max\): it works along axis 0"):
+        runtime.compile_model(tmp_path / "mix.onnx", "x86", tmp_path / "a", input_shapes={"x": (FreeDim(), 8)},
+                              progress=False)
+    assert not (tmp_path / "a").exists()
+
+
+def test_transformer_block_batch(tmp_path):
+    """MatMul + Softmax + LayerNorm + GELU with 16-bit residuals: reshapes that fold the batch into
+    the rows ([n, 16, 64] -> [n*16, 64]) and batched attention; alone == in a batch, bit for bit."""
+    from test_transformer import _block_model
+
+    onnx_path = _block_model(tmp_path / "block.onnx")
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).standard_normal((8, 1, 16, 64)).astype(np.float32))
+    art = runtime.compile_model(onnx_path, "x86", tmp_path / "block.artifact", calib=tmp_path / "calib.npz",
+                                input_shapes={"x": (FreeDim(), 16, 64)}, progress=False)
+    model = runtime.load(art)
+    assert model.manifest["inputs"][0]["range"] == {"n": [1, None]}
+    x = np.random.default_rng(2).standard_normal((5, 16, 64)).astype(np.float32)
+    (y,) = model.run_integer(model.quantize_inputs({"x": x}))
+    alone = [model.run_integer(model.quantize_inputs({"x": x[i:i + 1]}))[0] for i in range(5)]
+    assert y.shape == (5, 16, 64) and np.array_equal(y, np.concatenate(alone))
