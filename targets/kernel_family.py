@@ -7,7 +7,8 @@ every int32 lane of one vector, the dot product of `k` activations with `k` weig
     avx-vnni     avxvnni   8 lanes x 4   {vex} vpdpbusd ymm
     avx2         maddubs   8 lanes x 4   vpmaddubsw (u8 x s8 pairs -> s16, SATURATING)
                                          + vpmaddwd with ones (s16 pairs -> s32) + vpaddd
-                 maddwd    8 lanes x 2   vpmaddwd on int16-widened operands + vpaddd (exact)
+                 maddwd    8 lanes x 2   vpmaddwd on int16 activations and int8 weights
+                                         widened by vpmovsxbw, + vpaddd (exact)
     generic      -                        the default loops (cpu_schedules.py)
 
 `maddubs` is used only where `maddubs_safe` proves no pair sum can saturate (see there);
@@ -38,7 +39,8 @@ def _maddubs(acc, a, w):
 
 
 def _maddwd(acc, a, w):
-    return acc + _intrin("llvm.x86.avx2.pmadd.wd", "int32x8", a, w)
+    # int8 weights are stored as int8 (half the bytes of int16) and widened on load (vpmovsxbw)
+    return acc + _intrin("llvm.x86.avx2.pmadd.wd", "int32x8", a, T.Cast("int16x16", w))
 
 
 @dataclass(frozen=True)
@@ -47,9 +49,9 @@ class Dot:
 
     name: str  # prefix of the kernel's block names (`vnni_dense`, `maddwd_conv_lanes_out`)
     lanes: int
-    k: int  # k elements of a_dtype make 32 bits: one broadcast int32
+    k: int  # k activations make 32 bits: one broadcast int32
     a_dtype: str
-    w_dtype: str
+    w_dtype: str  # as stored; narrower than a_dtype: widened to it in registers
     registers: int  # vector registers of the ISA: bounds the accumulator tile
     combine: Callable  # (acc, activation vector, weight vector) -> acc, TIR expressions
 
@@ -62,7 +64,7 @@ class Dot:
 VNNI = Dot("vnni", 16, 4, "uint8", "int8", 32, _vpdpbusd(512, 16))
 AVXVNNI = Dot("avxvnni", 8, 4, "uint8", "int8", 16, _vpdpbusd(256, 8))
 MADDUBS = Dot("maddubs", 8, 4, "uint8", "int8", 16, _maddubs)
-MADDWD = Dot("maddwd", 8, 2, "int16", "int16", 16, _maddwd)
+MADDWD = Dot("maddwd", 8, 2, "int16", "int8", 16, _maddwd)
 DOTS = {d.name: d for d in (VNNI, AVXVNNI, MADDUBS, MADDWD)}
 
 
