@@ -12,7 +12,12 @@ every int32 lane of one vector, the dot product of `k` activations with `k` weig
     generic      -                        the default loops (cpu_schedules.py)
 
 `maddubs` is used only where `maddubs_safe` proves no pair sum can saturate (see there);
-otherwise `maddwd` widens both operands to int16, where pairs of 8-bit products cannot.
+otherwise `maddwd` widens both operands to int16, where pairs of 8-bit products cannot. With
+per-channel full-range int8 weights the proof rarely holds (each output channel has a weight
+of magnitude 127, whose pair partner must then be 0 or 1, or of the other sign): all 32
+pointwise convs and the classifier of EfficientNet-Lite0 take `maddwd`. Both spend two
+multiply uops per 32 products (vpmaddubsw + vpmaddwd, or two vpmaddwd), so the exact path
+costs an add and a widening more, not half the speed.
 """
 
 from __future__ import annotations
