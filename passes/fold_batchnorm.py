@@ -2,8 +2,7 @@
                  ==> conv2d(x, W * k) + (b - mean) * k + beta,   k = gamma / sqrt(var + eps).
 
 Fires only when W, b and the statistics are constants (bind the parameters first) and the
-layouts are NCHW/OIHW. A BatchNorm not fed by a conv is left alone and later reported as
-unsupported by the integer lowering.
+layouts are NCHW/OIHW. A BatchNorm not fed by a conv is left to `decompose_batchnorm`.
 """
 
 from __future__ import annotations
