@@ -7,6 +7,8 @@ less/greater/equal/... (a, b)
                      Operands are first 8/16 bits, so the finer one fits int32 at S_c and a
                      saturated coarser one still lies beyond it: the order is never inverted
 a * b             -> Accumulator(int32 a * b, S_a S_b): the consumer requantizes once
+a * b + c * d     -> common scale in int16: a recurrent state (LSTM cell c = f c + i g, GRU
+                     h = (1 - z) n + z h) carried over many steps (elementwise.lower_add)
 stack(x_i)        -> stack(clamp(rq(x_i -> S_out))): ONNX Min/Max/Sum/Mean of activations
 a / b             -> round_div(a << P, b) (half away from zero) -> rq(S_a / (S_b S_out) / 2^P);
                      b = 0 gives +-max of the output dtype (0 / 0 gives 0)
@@ -41,11 +43,12 @@ def _operand(ctx, value, scale: float):
     return ctx.to_int32_at(value, scale)
 
 
-def common_scale(ctx, op: str, a, b, cond=None) -> Quantized:
-    """A value op (`ref.VALUE_OPS` or "where") at the output scale, clamped to the activation dtype."""
+def common_scale(ctx, op: str, a, b, cond=None, dtype: str | None = None) -> Quantized:
+    """A value op (`ref.VALUE_OPS` or "where") at the output scale, clamped to `dtype` (default: the
+    activation dtype of the residual stream)."""
     if isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and cond is None:
         ctx.fail(f"{op} of two constants should have been folded")
-    dtype = ctx.config.residual_dtype
+    dtype = dtype or ctx.config.residual_dtype
     scale = activation_scale(*ctx.out_range(), dtype)
     (ea, ma, sa), (eb, mb, sb) = _operand(ctx, a, scale), _operand(ctx, b, scale)
     expr = emit_binary.common_scale(op, ea, eb, ma, sa, mb, sb, *INT_RANGE[dtype], dtype, cond=cond)
@@ -80,7 +83,7 @@ def multiply_activations(ctx, call, a, b) -> Accumulator:
     expr = ctx.emit(emit_binary.multiply_acc(qa.expr, qb.expr))
     both_unsigned = qa.dtype.startswith("u") and qb.dtype.startswith("u")
     clamp = (0.0, np.inf) if both_unsigned or a is b else (-np.inf, np.inf)
-    return Accumulator(expr, np.asarray(qa.scale * qb.scale), None, ctx.out_range(), clamp)
+    return Accumulator(expr, np.asarray(qa.scale * qb.scale), None, ctx.out_range(), clamp, product=True)
 
 
 def divide_activations(ctx, call, a, b) -> Quantized:

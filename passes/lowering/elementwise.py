@@ -3,7 +3,8 @@
 add(acc, bias)      -> acc + round(bias / S_acc)              (int32, stays an Accumulator)
 sub(acc, bias)      -> acc - round(bias / S_acc)
 add/sub(a, b)       -> clamp(rq(a -> S_out) +- rq(b -> S_out))  (binary.common_scale; b may be a
-                       constant, quantized at S_out; numpy broadcasting)
+                       constant, quantized at S_out; numpy broadcasting; a sum of two products of
+                       activations, a recurrent state, in int16)
 relu/max/min(acc,c) -> the accumulator's clamp                 (folded into its requantization)
 max/min(q, c)       -> max/min(q, round(c / S_q))              (integer clamp, same scale)
 max/min(a, b)       -> binary.common_scale                      (two activations, or a tensor c)
@@ -67,6 +68,10 @@ def lower_add(ctx, call, args):
         a, b = b, a
     if isinstance(b, np.ndarray) and _is_clean_acc(a):
         return _add_bias(ctx, a, b if op == "add" else -b)
+    if op == "add" and all(isinstance(v, Accumulator) and v.product for v in (a, b)):
+        # a sum of gate products is a recurrent state (LSTM cell, GRU hidden): its rounding error
+        # compounds over the time steps, so it is carried in 16 bits (tests/test_recurrent.py)
+        return binary.common_scale(ctx, op, a, b, dtype="int16")
     return binary.common_scale(ctx, op, a, b)
 
 

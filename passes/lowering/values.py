@@ -57,6 +57,7 @@ class Accumulator:
     out_range: tuple[float, float]
     clamp: tuple[float, float] = (-math.inf, math.inf)
     offset: float = 0.0
+    product: bool = False  # a * b of two activations (a gate product: its sum is a recurrent state)
 
     def with_clamp(self, lo: float = -math.inf, hi: float = math.inf, out_range=None) -> "Accumulator":
         assert self.offset == 0.0, "clamp of an offset accumulator: remove the offset first"
