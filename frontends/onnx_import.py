@@ -2,7 +2,7 @@
 
 Steps: load and check the file, fix dynamic input dimensions, let onnxruntime's basic
 graph optimizer fold the shape arithmetic TVM's importer cannot take (DESIGN.md
-section 3), unroll LSTMs (`onnx_rnn.py`), refuse control flow and ops the integer path lacks
+section 3), unroll LSTM/GRU/RNN (`onnx_rnn.py`), refuse control flow and ops the integer path lacks
 (every node at once), then import with `tvm.relax.frontend.onnx.from_onnx`.
 """
 
@@ -39,6 +39,7 @@ INTEGER_PATH_OPS = frozenset({
     # elementwise functions of one input as one table each, PReLU (passes/fuse_unary_chains, lowering/unary)
     "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Mish", "Elu", "Selu", "Softplus", "Softsign", "LeakyRelu",
     "ThresholdedRelu", "Exp", "Log", "Reciprocal", "Abs", "Neg", "Sign", "Round", "Floor", "Ceil", "PRelu",
+    "LSTM", "GRU", "RNN",  # unrolled into MatMul/Sigmoid/Tanh/Mul/Add before the check (onnx_rnn.py)
 })
 
 
