@@ -5,6 +5,7 @@ every int32 lane of one vector, the dot product of `k` activations with `k` weig
 
     avx512-vnni  vnni     16 lanes x 4   vpdpbusd zmm (u8 x s8 -> s32)
     avx-vnni     avxvnni   8 lanes x 4   {vex} vpdpbusd ymm
+    avx512bw     maddwd512 16 lanes x 2  vpmaddwd zmm, as maddwd below
     avx2         maddubs   8 lanes x 4   vpmaddubsw (u8 x s8 pairs -> s16, SATURATING)
                                          + vpmaddwd with ones (s16 pairs -> s32) + vpaddd
                  maddwd    8 lanes x 2   vpmaddwd on int16 activations and int8 weights
@@ -43,9 +44,9 @@ def _maddubs(acc, a, w):
     return acc + _intrin("llvm.x86.avx2.pmadd.wd", "int32x8", pairs, T.broadcast(T.int16(1), 16))
 
 
-def _maddwd(acc, a, w):
+def _maddwd(name: str, lanes: int):
     # int8 weights are stored as int8 (half the bytes of int16) and widened on load (vpmovsxbw)
-    return acc + _intrin("llvm.x86.avx2.pmadd.wd", "int32x8", a, T.Cast("int16x16", w))
+    return lambda acc, a, w: acc + _intrin(name, f"int32x{lanes}", a, T.Cast(f"int16x{2 * lanes}", w))
 
 
 @dataclass(frozen=True)
@@ -69,8 +70,9 @@ class Dot:
 VNNI = Dot("vnni", 16, 4, "uint8", "int8", 32, _vpdpbusd(512, 16))
 AVXVNNI = Dot("avxvnni", 8, 4, "uint8", "int8", 16, _vpdpbusd(256, 8))
 MADDUBS = Dot("maddubs", 8, 4, "uint8", "int8", 16, _maddubs)
-MADDWD = Dot("maddwd", 8, 2, "int16", "int8", 16, _maddwd)
-DOTS = {d.name: d for d in (VNNI, AVXVNNI, MADDUBS, MADDWD)}
+MADDWD = Dot("maddwd", 8, 2, "int16", "int8", 16, _maddwd("llvm.x86.avx2.pmadd.wd", 8))
+MADDWD512 = Dot("maddwd512", 16, 2, "int16", "int8", 32, _maddwd("llvm.x86.avx512.pmaddw.d.512", 16))
+DOTS = {d.name: d for d in (VNNI, AVXVNNI, MADDUBS, MADDWD, MADDWD512)}
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,7 @@ class Family:
 FAMILIES = (
     Family("avx512-vnni", ("avx512vnni", "avx512bw"), (VNNI,)),
     Family("avx-vnni", ("avxvnni", "avx2"), (AVXVNNI,)),
+    Family("avx512bw", ("avx512bw",), (MADDWD512,)),  # Skylake-SP: AVX-512 without VNNI
     Family("avx2", ("avx2",), (MADDUBS, MADDWD)),
 )
 GENERIC = Family("generic", (), ())

@@ -39,10 +39,10 @@ def _build(build, inputs, cpu: str, tmp_path):
     return out, dict(re.findall(r"<(\w+)>:\n(.*?)(?=\n\n|\Z)", asm, re.S))
 
 
-def _uses(functions: dict[str, str], kernel: str, op: str) -> bool:
-    """Some function named `kernel...` (e.g. maddwd_dense_compute_) runs `op` on ymm registers."""
-    return any(re.search(rf"\b{op}\b[^\n]*%ymm", text) for name, text in functions.items()
-               if name.startswith(kernel))
+def _uses(functions: dict[str, str], kernel: str, op: str, register: str = "ymm") -> bool:
+    """A function whose name has `kernel` (maddwd_dense_compute_) runs `op` on `register`s."""
+    return any(re.search(rf"\b{op}\b[^\n]*%{register}", text) for name, text in functions.items()
+               if kernel in name)
 
 
 def _no_avx512(functions: dict[str, str]) -> bool:
@@ -74,7 +74,7 @@ def _case(kind, shape, x_dtype, w=None):
 def test_family_from_target_features():
     names = {cpu: kernel_family(get_target("x86", cpu=cpu).target()).name
              for cpu in ("x86-64", V3, V3_VNNI, "x86-64-v4", "x86-64-v4+avx512vnni")}
-    assert names == {"x86-64": "generic", V3: "avx2", V3_VNNI: "avx-vnni", "x86-64-v4": "avx2",
+    assert names == {"x86-64": "generic", V3: "avx2", V3_VNNI: "avx-vnni", "x86-64-v4": "avx512bw",
                      "x86-64-v4+avx512vnni": "avx512-vnni"}
     assert kernel_family(get_target("arm").target()).name == "generic"
 
@@ -94,12 +94,16 @@ def test_saturation_rule():
     (V3_VNNI, "dense", (5, 36, 24), "int8", "avxvnni_dense"),
     (V3_VNNI, "conv", (12, 28, 28, 20), "uint8", "avxvnni_conv_lanes_pixels"),
     (V3_VNNI, "conv", (32, 7, 7, 48), "int8", "avxvnni_conv_lanes_out"),
+    ("x86-64-v4", "conv", (32, 7, 7, 48), "int8", "maddwd512_conv_lanes_out"),  # AVX-512 without VNNI
 ])
 def test_fleet_kernel_is_exact(cpu, kind, shape, x_dtype, kernel, tmp_path):
     """Random int8 weights (no saturation proof: the int16 kernel on plain AVX2)."""
     build, inputs, want = _case(kind, shape, x_dtype)
     got, functions = _build(build, inputs, cpu, tmp_path)
     np.testing.assert_array_equal(got, want)
+    if cpu == "x86-64-v4":
+        assert _uses(functions, kernel, "vpmaddwd", "zmm")
+        return
     assert _uses(functions, kernel, "vpmaddwd" if cpu == V3 else "vpdpbusd") and _no_avx512(functions)
     assert not _uses(functions, "", "vpmaddubsw")
 
