@@ -58,6 +58,9 @@ def _mixes_samples(call: relax.Call, dependent: list[bool]) -> str | None:
         if dependent[1] and len(call.args[1].ty.shape) < 3:
             return "its right-hand operand depends on the batch and is contracted along axis 0"
         return None
+    if op == "relax.tile":
+        repeats = [int(r) for r in call.attrs.repeats]
+        return "it repeats along the batch axis" if len(repeats) >= rank and repeats[len(repeats) - rank] != 1 else None
     if op == "relax.nn.pad":
         return "it pads the batch axis" if any(int(p) for p in list(call.attrs.pad_width)[:2]) else None
     if op in ("relax.take", "relax.reshape", "relax.expand_dims") and not dependent[0]:
@@ -86,16 +89,22 @@ class _Generalizer:
             return self.env.get(expr, expr)
         if isinstance(expr, relax.Tuple):
             return relax.Tuple([self.sub(f) for f in expr.fields])
+        if isinstance(expr, relax.TupleGetItem):
+            return relax.TupleGetItem(self.sub(expr.tuple_value), expr.index)
         return expr
 
     def depends(self, expr) -> bool:
         if isinstance(expr, relax.Tuple):
             return any(self.depends(f) for f in expr.fields)
+        if isinstance(expr, relax.TupleGetItem):
+            return self.depends(expr.tuple_value)
         return isinstance(expr, relax.Var) and expr in self.dependent
 
     def batch_of(self, expr):
         if isinstance(expr, relax.Tuple):
             return next((self.batch_of(f) for f in expr.fields if self.depends(f)), None)
+        if isinstance(expr, relax.TupleGetItem):
+            return self.batch_of(expr.tuple_value)
         return self.scale.get(expr)
 
     def fail(self, name: str, op: str, why: str):
@@ -119,6 +128,8 @@ class _Generalizer:
                 self.fail(name, op, why)
             n = next(self.batch_of(a) for a, d in zip(args, dependent) if d)
             if op == "relax.reshape":
+                if not isinstance(args[1], relax.ShapeExpr) or not args[1].values:
+                    self.fail(name, op, "its target shape is computed at run time or has no leading dim")
                 dims = list(args[1].values)
                 args[1] = relax.ShapeExpr([n * dims[0] if int(dims[0]) != 1 else n, *dims[1:]])
             return relax.Call(value.op, args, value.attrs, value.ty_args), n
@@ -165,8 +176,10 @@ class _Generalizer:
                     for b in block.bindings:
                         self.emit(bb, b)
                 result = self.sub(func.body.body)
-                if not self.depends(result) and not isinstance(result, relax.Tuple):
-                    raise CompileError("symbolic batch: the model's output does not depend on its inputs")
+                fields = result.fields if isinstance(result, relax.Tuple) else [result]
+                if not all(self.depends(f) for f in fields):
+                    raise CompileError("symbolic batch: an output of the model does not depend on the batched "
+                                       "inputs (a constant); give the batch as a number instead")
                 out = bb.emit_output(result)
             bb.emit_func_output(out)
         new = bb.get()["main"]

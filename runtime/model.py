@@ -26,6 +26,9 @@ class Model:
     With `remote` (an RPC session, see `runtime.remote.connect`) the library is uploaded to
     the board and runs there; inputs and outputs travel over the session.
 
+    An artifact compiled with a free batch (`--input-shape x:1..32x...`) takes any batch in the
+    manifest's range; each sample's integers are those it gets alone.
+
     Safe to share between threads: each calling thread runs its own virtual machine over the
     one loaded library (a VM's registers are its own; a single VM called from two threads
     crashed the process). Calls over one RPC session are serialized: the session is not.

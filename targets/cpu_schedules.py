@@ -146,9 +146,28 @@ def _schedule_depthwise_conv(sch: s_tir.Schedule, block) -> None:
     epilogue = inline_epilogue(sch, sch.get(block).name_hint)
     n, f, y, x, rc, ry, rx = sch.get_loops(block)
     sch.reorder(n, f, y, rc, ry, rx, x)
-    sch.parallel(sch.fuse(n, f))
+    channel = sch.fuse(n, f)
+    sch.parallel(channel)
     for consumer in epilogue:
         sch.reverse_compute_at(consumer, y)
+    if not isinstance(sch.get(channel).extent, tvm.tirx.IntImm):  # a batch: pad each channel where it is used
+        for producer in sch.get_producers(block):
+            sch.compute_at(producer, channel)
+
+
+def _schedule_per_sample(func: tvm.tirx.PrimFunc):
+    """Kernels without a schedule of their own (spatial convs), over a symbolic batch: every
+    block computed sample by sample (parallel), so that a sample's padded input and int32
+    accumulators stay in cache instead of the whole batch's passing through memory."""
+    sch = s_tir.Schedule(func)
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    loops = sch.get_loops(blocks[-1]) if blocks else []
+    if not loops or isinstance(sch.get(loops[0]).extent, tvm.tirx.IntImm):
+        return None
+    for block in reversed(blocks[:-1]):
+        sch.compute_at(block, loops[0])
+    sch.parallel(loops[0])
+    return sch
 
 
 @tvm.transform.module_pass(opt_level=0, name="ScheduleIntMatmulCPU")
@@ -169,7 +188,7 @@ def schedule_int_matmul_cpu(mod, _ctx):
                 sch, block = found
                 _schedule(sch, block)
             else:
-                sch = _schedule_chunked(func)
+                sch = _schedule_chunked(func) or _schedule_per_sample(func)
                 if sch is None:
                     continue
         except tvm.s_tir.schedule.ScheduleError:

@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
+from tvm import relax
 
 import runtime
 from conftest import small_cnn
@@ -15,6 +16,8 @@ from frontends import CompileError, InputError, parse_input_shape
 from frontends.onnx_import import FreeDim
 from runtime.compile import main as compile_main
 from runtime.run import main as run_main
+
+R = relax.op
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +111,43 @@ def test_transformer_block_batch(tmp_path):
     (y,) = model.run_integer(model.quantize_inputs({"x": x}))
     alone = [model.run_integer(model.quantize_inputs({"x": x[i:i + 1]}))[0] for i in range(5)]
     assert y.shape == (5, 16, 64) and np.array_equal(y, np.concatenate(alone))
+
+
+def _generalized(build, shape=(1, 16, 64), dtype="int8"):
+    from conftest import relax_main
+    from passes.generalize_batch import generalize_batch
+
+    mod = relax_main(build, [np.zeros(shape, dtype)])
+    return generalize_batch(mod, {"x0": ("n", 16)})["main"]
+
+
+def test_reshape_folds_the_batch_into_rows():
+    """[1, 16, 64] -> [16, 64] @ W -> [1, 16, 32] becomes [n, 16, 64] -> [n*16, 64] -> [n, 16, 32]; a split
+    along a non-batch axis and its tuple items follow; the upper bound reaches the memory planner."""
+    from passes.generalize_batch import dim_names
+
+    w = relax.const(np.ones((64, 32), np.int8))
+
+    def build(x):
+        rows = R.matmul(R.reshape(x, [16, 64]), w, out_dtype="int32")
+        halves = R.split(R.reshape(rows, [1, 16, 32]), 2, axis=2)
+        return R.add(relax.TupleGetItem(halves, 0), relax.TupleGetItem(halves, 1))
+
+    func = _generalized(build)
+    text = func.script(show_meta=False)
+    assert "R.Tensor((n * 16, 32)" in text and "R.shape([n * 16, 64])" in text
+    assert dim_names(func.ret_ty) == ["n", 16, 16]
+    assert int(func.attrs["tir_var_upper_bound"]["n"]) == 16
+
+
+@pytest.mark.parametrize("build, needle", [
+    (lambda x: R.sum(x, axis=[0]), r"relax.sum\): it works along axis 0"),
+    (lambda x: R.permute_dims(x, [1, 0, 2]), r"relax.permute_dims\): it moves the batch"),
+    (lambda x: R.tile(x, [2, 1, 1]), r"relax.tile\): it repeats along the batch"),
+    (lambda x: R.concat([x, x], axis=0), r"relax.concat\): it works along axis 0"),
+    (lambda x: R.add(R.reshape(x, [16, 64]), relax.const(np.ones((16, 64), np.int8))),  # rows vs constant rows
+     r"relax.add\): (at batch n its shape would be|its result shape)"),
+])
+def test_sample_mixing_refused(build, needle):
+    with pytest.raises(CompileError, match=r"symbolic batch: binding '\w+' \(" + needle):
+        _generalized(build)
