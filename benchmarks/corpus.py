@@ -283,7 +283,7 @@ def first_unsupported(message: str, count: int = 3) -> str:
     from collections import Counter
 
     ops = Counter(re.findall(r"^\s+(\w+) \(node ", message, re.M)) or \
-        Counter(re.findall(r"= (relax\.[\w.]+)", message))
+        Counter(a or b for a, b in re.findall(r"= (relax\.[\w.]+)|\((relax\.[\w.]+)\): ", message))
     if not ops:
         return message.splitlines()[0][:100]
     return ", ".join(f"{op} x{n}" for op, n in ops.most_common(count))
