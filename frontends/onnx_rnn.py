@@ -99,7 +99,7 @@ class _Unrolled:
                        outputs=len(sizes), axis=1)
 
     def build(self, kind, shape, w, r, b, h0, c0, reverse, lbr):
-        steps, batch, _ = shape
+        steps = shape[0]
         gates, hidden = GATES[kind], r.shape[-1]
         ys, hs, cs = [], [], []
         for d, backward in enumerate(reverse):
@@ -133,7 +133,8 @@ class _Unrolled:
                 cs.append(self.op("Unsqueeze", [c, self.const(f"uc{d}", [0])], f"cn{d}"))
         for name, parts, axis in zip(self.node.output, (ys, hs, cs), (1, 0, 0)):
             if name:
-                self.nodes.append(helper.make_node("Concat", parts, [name], name=f"{self.prefix}/out_{name}", axis=axis))
+                self.nodes.append(helper.make_node("Concat", parts, [name], name=f"{self.prefix}/out_{name}",
+                                                   axis=axis))
 
     def _plus_recurrent(self, x, h, rt, s):
         """x + h R^T (just x while h is the zero initial state)."""

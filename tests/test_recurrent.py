@@ -16,7 +16,7 @@ DIRECTIONS = {"forward": 1, "reverse": 1, "bidirectional": 2}
 
 
 def _layer(kind, name, x, hidden, inputs, direction, rng, bias=True, states=(), **attrs):
-    """One recurrent node (weights as initializers) reading `x` of `inputs` features; its Y and inits."""
+    """(node, initializers): one recurrent node reading `x` of `inputs` features, uniform weights."""
     d, g = DIRECTIONS[direction], GATES[kind]
     scale = 1.0 / np.sqrt(hidden)
     inits = [numpy_helper.from_array((rng.uniform(-1, 1, s) * scale).astype(np.float32), f"{name}_{k}")
@@ -75,7 +75,8 @@ def _run(model, feeds):
 
 
 CASES = [(kind, direction, {}) for kind in GATES for direction in DIRECTIONS] + [
-    ("GRU", "bidirectional", {"linear_before_reset": 1}), ("GRU", "forward", {"linear_before_reset": 1, "states": False}),
+    ("GRU", "bidirectional", {"linear_before_reset": 1}),
+    ("GRU", "forward", {"linear_before_reset": 1, "states": False}),
     ("LSTM", "bidirectional", {"bias": False, "states": False}), ("GRU", "reverse", {"bias": False}),
     ("RNN", "bidirectional", {"states": False})]
 
