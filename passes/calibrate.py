@@ -63,7 +63,8 @@ def calibrate(mod: tvm.IRModule, samples: Sequence[dict[str, np.ndarray]] | Iter
     input_names = [p.name for p in mod["main"].params]
     total = len(samples) if hasattr(samples, "__len__") else None
     for sample in tqdm(samples, total=total, desc="calibrating", unit="sample", disable=not progress):
-        outs = vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(sample[n])) for n in input_names])
+        # np.require, not np.ascontiguousarray: a 0-d input (a sample rate) must stay 0-d
+        outs = vm["main"](*[tvm.runtime.tensor(np.require(sample[n], requirements="C")) for n in input_names])
         for obs, chan, value in zip(observers, channels, outs):
             value = value.numpy()
             obs.update(value)

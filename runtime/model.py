@@ -119,13 +119,13 @@ class Model:
         return self._run_integer(qinputs)
 
     def _run_integer(self, qinputs: list[np.ndarray]) -> list[np.ndarray]:
-        result = self._vm["main"](*[self._tensor(np.ascontiguousarray(q), self._dev) for q in qinputs])
+        result = self._vm["main"](*[self._tensor(np.require(q, requirements="C"), self._dev) for q in qinputs])
         results = [result] if len(self.outputs) == 1 else list(result)
         return [r.numpy() for r in results]
 
     def time(self, qinputs: list[np.ndarray], repeat: int = 50, warmup: int = 3) -> np.ndarray:
         """Latencies in ms of `repeat` runs, timed on the device itself (locally or on the board)."""
-        args = [self._tensor(np.ascontiguousarray(q), self._dev) for q in qinputs]
+        args = [self._tensor(np.require(q, requirements="C"), self._dev) for q in qinputs]
         for _ in range(warmup):
             self._vm["main"](*args)
         timer = self._vm.time_evaluator("main", self._dev, number=1, repeat=repeat)

@@ -1,0 +1,44 @@
+"""1-D convs (audio front ends) compile integer-only as conv2d of height one."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+
+def _model(path) -> str:
+    rng = np.random.default_rng(0)
+
+    def init(name, a):
+        return numpy_helper.from_array(np.asarray(a, np.float32), name)
+
+    inits = [init("w1", rng.standard_normal((8, 2, 5)) * 0.3), init("b1", rng.standard_normal(8) * 0.1),
+             init("w2", rng.standard_normal((8, 2, 3)) * 0.3), init("w3", rng.standard_normal((4, 8, 1)) * 0.3)]
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[2, 1], strides=[2]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[2, 2], dilations=[2], group=4),
+             helper.make_node("Conv", ["c2", "w3"], ["y"])]
+    graph = helper.make_graph(nodes, "conv1d", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 32])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def test_conv1d_compiles_integer_only(tmp_path):
+    from runtime import compile_model, load
+
+    path = _model(tmp_path / "conv1d.onnx")
+    x = np.random.default_rng(1).standard_normal((16, 1, 2, 64)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=x)
+    model = load(compile_model(path, "x86", tmp_path / "c.artifact", calib=tmp_path / "calib.npz", progress=False))
+    assert model.manifest["integer_only"] is True
+    assert "conv1d" not in (tmp_path / "c.artifact" / "model.relax.py").read_text()
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    for sample in x[:4]:
+        ref, out = session.run(None, {"x": sample})[0].ravel(), model.run({"x": sample})["y"].ravel()
+        assert ref @ out / np.linalg.norm(ref) / np.linalg.norm(out) > 0.999
