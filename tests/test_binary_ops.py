@@ -372,3 +372,33 @@ def test_onnx_model_integer_only_matches_onnxruntime(build, tmp_path):
         clear = np.take(ranked, -1, axis + 1) - np.take(ranked, -2, axis + 1) > 2 * quant[source]["scale"][0]
         got_i, want_i = (v.reshape(clear.shape) for v in (got[index], want[index]))  # keepdims either way
         assert (got_i[clear] == want_i[clear]).all() and clear.mean() > 0.5, index
+
+
+def test_exact_integer_operands_mix_with_activations(tmp_path):
+    """x + float(m) and (x + float(m)) * float(m), m an int64 input (a mask or count): integer-only."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from runtime import compile_model, load
+
+    nodes = [helper.make_node("Cast", ["m"], ["mf"], to=TensorProto.FLOAT),
+             helper.make_node("Add", ["x", "mf"], ["s"]), helper.make_node("Mul", ["s", "mf"], ["y"])]
+    graph = helper.make_graph(nodes, "mix", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8]),
+                                             helper.make_tensor_value_info("m", TensorProto.INT64, [1, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "mix.onnx"))
+    rng = np.random.default_rng(0)
+    x, m = rng.standard_normal((16, 1, 8)).astype(np.float32), rng.integers(0, 3, (16, 1, 8))
+    np.savez(tmp_path / "calib.npz", x=x, m=m)
+    art = load(compile_model(tmp_path / "mix.onnx", "x86", tmp_path / "mix.artifact", calib=tmp_path / "calib.npz",
+                             progress=False))
+    assert art.manifest["integer_only"] is True
+    session = ort.InferenceSession(str(tmp_path / "mix.onnx"), providers=["CPUExecutionProvider"])
+    for i in range(4):
+        ref = session.run(None, {"x": x[i], "m": m[i]})[0]
+        out = art.run({"x": x[i], "m": m[i]})["y"]
+        # two roundings: the sum at its 8-bit scale (range ~6: 0.025), times m <= 2
+        np.testing.assert_allclose(out, ref, atol=0.06)

@@ -38,8 +38,10 @@ def _operand(ctx, value, scale: float):
     """(expr, m, s) putting `value` at `scale` in int32 (m None: an int64 constant already)."""
     if isinstance(value, np.ndarray):
         return _constant_at(value, scale)
-    if isinstance(value, IntTensor):
-        ctx.fail("an op mixing an exact integer tensor and an activation")
+    if isinstance(value, IntTensor):  # exact integers (ids, masks, counts): real values at scale 1
+        expr = value.expr if str(value.expr.ty.dtype) == "int32" else ctx.emit(emit.R.astype(value.expr, "int32"))
+        m, s = dyadic(1.0 / scale)
+        return expr, m, s
     return ctx.to_int32_at(value, scale)
 
 
@@ -78,7 +80,15 @@ def lower_where_values(ctx, call, args):
 
 
 def multiply_activations(ctx, call, a, b) -> Accumulator:
-    """a * b: the int32 product of the 8/16-bit operands (|a b| <= 2^30) at S_a S_b."""
+    """a * b: the int32 product of the 8/16-bit operands (|a b| <= 2^30) at S_a S_b. An exact
+    integer operand (a mask or count cast to float) multiplies the other's integers at its scale."""
+    if isinstance(a, IntTensor) or isinstance(b, IntTensor):
+        ints, other = (a, b) if isinstance(a, IntTensor) else (b, a)
+        if isinstance(other, IntTensor):
+            ctx.fail("a float product of two exact integer tensors")
+        q = ctx.materialize(other)
+        expr = ctx.emit(emit.R.multiply(emit.R.astype(q.expr, "int32"), emit.R.astype(ints.expr, "int32")))
+        return Accumulator(expr, np.asarray(q.scale), None, ctx.out_range())
     qa, qb = ctx.materialize(a), ctx.materialize(b)
     expr = ctx.emit(emit_binary.multiply_acc(qa.expr, qb.expr))
     both_unsigned = qa.dtype.startswith("u") and qb.dtype.startswith("u")
