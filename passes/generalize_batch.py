@@ -18,7 +18,8 @@ Refused (CompileError naming the binding): ops that would mix samples or move th
 (an axis attribute that includes 0, a permutation that moves axis 0, a reduction over all
 axes, a batch-dependent right-hand matmul operand of rank 2, padding of axis 0, TIR kernel
 calls (4-bit weights, float fallbacks), a constant whose leading dim would broadcast
-against the batch), and any result whose inferred shape breaks the invariant.
+against the batch), and any result whose inferred shape breaks the invariant. A gather along
+axis 0 with constant indices (within a sample's rows at batch 1) gets them offset per sample.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def _mixes_samples(call: relax.Call, dependent: list[bool]) -> str | None:
         return None
     if op == "relax.tile":
         repeats = [int(r) for r in call.attrs.repeats]
-        return "it repeats along the batch axis" if len(repeats) >= rank and repeats[len(repeats) - rank] != 1 else None
+        return "it repeats along the batch axis" if len(repeats) >= rank and repeats[-rank] != 1 else None
     if op == "relax.nn.pad":
         return "it pads the batch axis" if any(int(p) for p in list(call.attrs.pad_width)[:2]) else None
     if op in ("relax.take", "relax.reshape", "relax.expand_dims") and not dependent[0]:
@@ -123,10 +124,14 @@ class _Generalizer:
             if not isinstance(value.op, tvm.ir.Op) or op.startswith(("relax.call_", "relax.builtin")):
                 self.fail(name, op, "a compiled kernel call has a static shape (4-bit weights and float "
                                     "fallbacks are compiled for batch 1)")
+            n = next(self.batch_of(a) for a, d in zip(args, dependent) if d)
+            if op == "relax.take" and dependent == [True, False] and value.attrs.axis is not None and int(
+                    value.attrs.axis) % len(value.args[0].ty.shape) == 0:
+                args[1] = self.sample_indices(name, value, args[1], n)
+                return relax.Call(value.op, args, value.attrs, value.ty_args), n
             why = _mixes_samples(value, dependent)
             if why:
                 self.fail(name, op, why)
-            n = next(self.batch_of(a) for a, d in zip(args, dependent) if d)
             if op == "relax.reshape":
                 if not isinstance(args[1], relax.ShapeExpr) or not args[1].values:
                     self.fail(name, op, "its target shape is computed at run time or has no leading dim")
@@ -135,6 +140,18 @@ class _Generalizer:
             return relax.Call(value.op, args, value.attrs, value.ty_args), n
         new = self.sub(value)
         return new, self.batch_of(new) if self.depends(new) else None
+
+    def sample_indices(self, name: str, take: relax.Call, idx: relax.Expr, n) -> relax.Expr:
+        """Constant indices of a gather along axis 0 of a batch-dependent tensor (at batch 1 they
+        pick among the sample's own L rows: the Shiftmax mask's transpose), offset by s * L for
+        sample s: idx[1, ...] + L * arange(n)[n, 1, ...]."""
+        shape = [int(d) for d in idx.ty.shape]
+        if not shape or shape[0] != 1:
+            self.fail(name, "relax.take", "it gathers along axis 0, the batch, with indices that have no batch axis")
+        rows = int(take.args[0].ty.shape[0])
+        start = relax.op.arange(0, n * rows, rows, dtype=str(idx.ty.dtype))
+        start = self.bb.emit(relax.op.reshape(start, relax.ShapeExpr([n, *[1] * (len(shape) - 1)])))
+        return self.bb.emit(relax.op.add(start, idx))
 
     def check(self, name: str, op: str, old_ty, new_ty, n) -> None:
         """The invariant: leading dim n * L, the others unchanged."""
@@ -169,7 +186,7 @@ class _Generalizer:
                 new = p
             self.env[p] = new
             params.append(new)
-        bb = relax.BlockBuilder()
+        bb = self.bb = relax.BlockBuilder()
         with bb.function("main", params):
             with bb.dataflow():
                 for block in func.body.blocks:

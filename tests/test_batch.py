@@ -151,3 +151,20 @@ def test_reshape_folds_the_batch_into_rows():
 def test_sample_mixing_refused(build, needle):
     with pytest.raises(CompileError, match=r"symbolic batch: binding '\w+' \(" + needle):
         _generalized(build)
+
+
+def test_gather_within_each_sample():
+    """take(reshape(x, [16, 1]), idx[1, 16], axis=0) picks among a sample's own rows (as the
+    Shiftmax mask does): at batch n the indices are offset per sample; compiled, equal per sample."""
+    import tvm
+
+    from targets import get_target
+
+    idx = relax.const(np.arange(16)[::-1].reshape(1, 16).astype(np.int64))
+    func = _generalized(lambda x: R.reshape(R.take(R.reshape(x, [16, 1]), idx, axis=0), [1, 16]), shape=(1, 16))
+    spec = get_target("x86")
+    target = spec.target()
+    vm = relax.VirtualMachine(tvm.compile(tvm.IRModule({"main": func}), target=target,
+                                          relax_pipeline=spec.relax_pipeline(target)), tvm.cpu())
+    x = np.random.default_rng(0).integers(-128, 128, (3, 16)).astype(np.int8)
+    assert np.array_equal(vm["main"](tvm.runtime.tensor(x)).numpy(), x[:, ::-1])
