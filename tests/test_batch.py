@@ -168,3 +168,21 @@ def test_gather_within_each_sample():
                                           relax_pipeline=spec.relax_pipeline(target)), tvm.cpu())
     x = np.random.default_rng(0).integers(-128, 128, (3, 16)).astype(np.int8)
     assert np.array_equal(vm["main"](tvm.runtime.tensor(x)).numpy(), x[:, ::-1])
+
+
+@pytest.mark.slow
+def test_aarch64_batch_equals_x86_under_qemu(batch_artifact, small_calib, tmp_path):
+    """The same free-batch model built for aarch64 (no VNNI: TVM's loops, the same sample-by-sample
+    schedules) gives, at batch 3 under qemu, the x86 artifact's integers bit for bit."""
+    import shutil
+
+    if shutil.which("qemu-aarch64") is None or shutil.which("aarch64-linux-gnu-gcc") is None:
+        pytest.skip("needs qemu-user and gcc-aarch64-linux-gnu (targets/install_toolchains.sh)")
+    from benchmarks.emulation import Aarch64Emulator
+
+    path = small_cnn(tmp_path / "dyn.onnx", dynamic_batch=True)
+    arm = runtime.compile_model(path, "arm", tmp_path / "arm.artifact", calib=small_calib, progress=False,
+                                input_shapes={"x": (FreeDim("n", 1, 8), 3, 16, 16)})
+    x86 = runtime.load(batch_artifact)
+    q = x86.quantize_inputs({"x": _batch(3, seed=7)})
+    assert np.array_equal(Aarch64Emulator().run_integer(arm, q)[0], x86.run_integer(q)[0])
