@@ -176,6 +176,9 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
                            f"it cannot tune for target {spec.name} ({spec.device}, {spec.arch})")
     config = replace(config or QuantConfig(), allow_float=allow_float or (config is not None and config.allow_float))
     free = _free_batch(input_shapes, spec, tune_trials)
+    if free and precision.bits != "8":  # refused now, not after calibration
+        raise CompileError(f"--bits {precision.bits} with a free batch: 4-bit kernels are compiled for batch 1; "
+                           "use --bits 8, or give the batch as a number")
     input_shapes = bound_shapes(input_shapes)  # import, calibrate and lower at batch 1
     if precision.bits == "4":
         config = replace(config, weight_bits=4)

@@ -186,3 +186,13 @@ def test_aarch64_batch_equals_x86_under_qemu(batch_artifact, small_calib, tmp_pa
     x86 = runtime.load(batch_artifact)
     q = x86.quantize_inputs({"x": _batch(3, seed=7)})
     assert np.array_equal(Aarch64Emulator().run_integer(arm, q)[0], x86.run_integer(q)[0])
+
+
+def test_inputs_sharing_the_batch_must_agree():
+    from runtime.model import _check_shape
+
+    spec = {"shape": ["n", 128], "range": {"n": [1, 16]}}
+    sizes: dict = {}
+    _check_shape("input_ids", [4, 128], spec, sizes)
+    with pytest.raises(InputError, match=r"'attention_mask': shape \[3, 128\]: n = 3, but another input has n = 4"):
+        _check_shape("attention_mask", [3, 128], spec, sizes)
