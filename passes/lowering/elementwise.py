@@ -24,6 +24,7 @@ from tvm import relax
 
 from ..reference.kernels import INT_RANGE
 from . import binary, emit
+from .embedding import mask_penalty
 from .layout import _per_tensor
 from .registry import lowers
 from .values import Accumulator, MaskedLogits, MaskPenalty, Quantized
@@ -152,6 +153,9 @@ def _rescaled(ctx, call, x, factor: np.ndarray):
 def lower_multiply(ctx, call, args):
     """x * c (c constant): the same integers at scale S * c (see `_rescaled`); a * b: int32 product."""
     a, b = args
+    penalty = mask_penalty(ctx, a, b) or mask_penalty(ctx, b, a)
+    if penalty is not None:
+        return penalty
     if not isinstance(a, np.ndarray) and not isinstance(b, np.ndarray):
         return binary.multiply_activations(ctx, call, a, b)
     x, c = _constant_factor(ctx, args, "multiply")

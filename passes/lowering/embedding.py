@@ -1,6 +1,8 @@
 """Integer inputs, embeddings and attention masks.
 
 op(int tensors)           -> the same op: ids and masks are exact integers (never float)
+add/sub/mul(float(m), c)  -> the same op in int32 (c an integral scalar): `1.0 - float(mask)` stays exact
+float(m) * -huge          -> MaskPenalty(m == 0): BERT's additive mask `(1.0 - mask) * -10000`
 take(table, ids)          -> take(int16 table, ids): per-tensor symmetric int16 table
 where(keep, 0, -huge)     -> MaskPenalty(keep): an additive attention mask
 add(logits, MaskPenalty)  -> MaskedLogits: Shiftmax zeroes the masked keys exactly
@@ -20,15 +22,34 @@ from .values import IntTensor, MaskPenalty, Quantized
 MASK_THRESHOLD = -1e4  # an additive mask value at or below this means "masked out"
 
 
+# Float arithmetic that stays exact on integer tensors and integral scalars (run in int32).
+_EXACT_IN_INT32 = frozenset({"relax.add", "relax.subtract", "relax.multiply", "relax.negative",
+                             "relax.maximum", "relax.minimum"})
+
+
+def _integral_scalar(a) -> bool:
+    return isinstance(a, np.ndarray) and a.size == 1 and float(a) == round(float(a)) and abs(float(a)) < 2**24
+
+
 def is_integer_op(call: relax.Call, args) -> bool:
-    """True if the op only combines exact integer/bool tensors (and constants) into one."""
+    """True if the op only combines exact integer/bool tensors (and constants) into one, or does
+    float arithmetic on them that stays exact (`_EXACT_IN_INT32` with integral scalars)."""
     flat = [a for arg in args for a in (arg if isinstance(arg, list) else [arg])]
     values = [a for a in flat if not isinstance(a, (np.ndarray, relax.Expr))]
     dtype = str(getattr(call.ty, "dtype", ""))
-    return bool(values) and all(isinstance(v, IntTensor) for v in values) and dtype.startswith(("int", "uint", "bool"))
+    if not values or not all(isinstance(v, IntTensor) for v in values):
+        return False
+    if dtype.startswith(("int", "uint", "bool")):
+        return True
+    return call.op.name in _EXACT_IN_INT32 and all(_integral_scalar(a) for a in flat if isinstance(a, np.ndarray))
 
 
 def lower_integer_op(ctx, call, args) -> IntTensor:
+    if str(call.ty.dtype).startswith("float"):  # exact float arithmetic on integers: in int32
+        operands = [ctx.emit(relax.op.astype(a.expr, "int32")) if isinstance(a, IntTensor)
+                    else emit.const(np.round(a).astype(np.int32), "int32") for a in args]
+        return IntTensor(ctx.emit(relax.Call(call.op, operands, call.attrs)))
+
     def expr(original, value):
         if isinstance(value, IntTensor):
             return value.expr
@@ -37,6 +58,17 @@ def lower_integer_op(ctx, call, args) -> IntTensor:
         return original  # constants, shapes and attributes as they were
 
     return IntTensor(ctx.emit(relax.Call(call.op, [expr(o, v) for o, v in zip(call.args, args)], call.attrs)))
+
+
+def mask_penalty(ctx, x, c) -> MaskPenalty | None:
+    """`float(m) * c` with c <= MASK_THRESHOLD and m in {0, 1} (calibrated): masked where m != 0."""
+    if not (isinstance(x, IntTensor) and isinstance(c, np.ndarray) and c.size == 1 and float(c) <= MASK_THRESHOLD):
+        return None
+    lo, hi = ctx.out_range()
+    if not (float(c) <= hi <= 0.0 and lo >= float(c) * 1.0001 or (lo, hi) == (0.0, 0.0)):
+        return None
+    zero = emit.const(0, str(x.expr.ty.dtype))
+    return MaskPenalty(ctx.emit(relax.op.equal(x.expr, zero)))
 
 
 @lowers("relax.take")

@@ -41,6 +41,10 @@ def _axes(call) -> list[int]:
 
 def _summand(ctx, x) -> tuple[relax.Expr, float, float, bool]:
     """(int tensor, scale, bound on |element|, non-negative) of a sum's input."""
+    if isinstance(x, IntTensor):  # exact integers cast to float (a mask's token count): scale 1
+        lo, hi = ctx.range_of(ctx.var)  # the sum's calibrated range bounds every element's too
+        expr = ctx.emit(relax.op.astype(x.expr, "int32"))
+        return expr, 1.0, float(min(2**31 - 1, max(abs(lo), abs(hi), 1.0))), str(x.expr.ty.dtype) in ("bool", "uint8")
     if isinstance(x, Accumulator) and x.clamp == (-math.inf, math.inf):
         if x.axis is not None:
             x = _per_tensor(ctx, x)
