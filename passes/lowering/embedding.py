@@ -41,7 +41,10 @@ def is_integer_op(call: relax.Call, args) -> bool:
         return False
     if dtype.startswith(("int", "uint", "bool")):
         return True
-    return call.op.name in _EXACT_IN_INT32 and all(_integral_scalar(a) for a in flat if isinstance(a, np.ndarray))
+    constants = [a for a in flat if isinstance(a, np.ndarray)]
+    if call.op.name == "relax.multiply" and any(a.size == 1 and float(a) <= MASK_THRESHOLD for a in constants):
+        return False  # float(m) * -huge: an additive mask (`mask_penalty`), not arithmetic
+    return call.op.name in _EXACT_IN_INT32 and all(_integral_scalar(a) for a in constants)
 
 
 def lower_integer_op(ctx, call, args) -> IntTensor:
