@@ -20,7 +20,9 @@ from frontends.onnx_rnn import unroll_lstms
 
 pytestmark = pytest.mark.slow
 SMALL = [m for m in CORPUS if m.small]
-REFUSED = [m for m in CORPUS if m.name == "silero-vad-seq"]  # conv1d: no integer lowering yet
+# An LSTM op and conv1d STFT: integer-only since both lower (its accuracy, cosine ~0.80 from the 8-bit
+# spectrum magnitude, is a known gap: benchmarks/results/corpus.md)
+INTEGER_ONLY = [m for m in CORPUS if m.name == "silero-vad-seq"]
 
 
 def _fetch(model):
@@ -58,31 +60,33 @@ def test_allow_float_compiles_and_agrees_with_onnxruntime(corpus_model, tmp_path
             assert got >= 0.99, (model.name, out["name"], k, got)
 
 
-@pytest.fixture(scope="module", params=REFUSED, ids=[m.name for m in REFUSED])
-def refused_model(request):
+@pytest.fixture(scope="module", params=INTEGER_ONLY, ids=[m.name for m in INTEGER_ONLY])
+def integer_model(request):
     return _fetch(request.param)
 
 
 def test_refusal_names_every_unsupported_node(corpus_model, tmp_path):
-    _check_refusal(*corpus_model, tmp_path, must_refuse=False)
+    _check_refusal(*corpus_model, tmp_path)
 
 
-def test_refusal_of_a_model_the_integer_path_lacks_ops_for(refused_model, tmp_path):
-    _check_refusal(*refused_model, tmp_path, must_refuse=True)
+def test_recurrent_audio_model_compiles_integer_only(integer_model, tmp_path):
+    _check_refusal(*integer_model, tmp_path, must_compile=True)
 
 
-def _check_refusal(model, path, tmp_path, must_refuse: bool):
+def _check_refusal(model, path, tmp_path, must_compile: bool = False):
+    """Integer-only, or refused naming exactly the nodes the integer path lacks (`must_compile`: integer-only)."""
     from runtime.compiler import compile_model
 
     try:
         art = compile_model(path, output=tmp_path / "a", calib=_calib(model, tmp_path), input_shapes=model.bind,
                             progress=False)
     except UnsupportedModelError as err:
+        assert not must_compile, str(err)
         assert _named(str(err)) == _unsupported(model, path), str(err)
     else:
         import runtime
 
-        assert not must_refuse and runtime.load(art).manifest["integer_only"] is True
+        assert runtime.load(art).manifest["integer_only"] is True
 
 
 def _named(message: str) -> set:
