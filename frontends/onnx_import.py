@@ -173,9 +173,11 @@ def _fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]
                 dim.dim_value = size
         if not all(_fixed(d) for d in dims):
             shown = "x".join(str(d.dim_value) if _fixed(d) else (d.dim_param or "?") for d in dims)
-            raise CompileError(f"{path}: input {name!r} has dynamic dimensions ({shown}); "
-                               f"fix them with --input-shape {name}:" + "x".join(
-                                   str(d.dim_value) if _fixed(d) else "N" for d in dims))
+            example = "x".join(str(d.dim_value) if _fixed(d) else ("N" if i == 0 else "<size>")
+                               for i, d in enumerate(dims))
+            raise CompileError(f"{path}: input {name!r} has dynamic dimensions ({shown}); fix them with "
+                               f"--input-shape {name}:{example} (a number for each <size>; a leading N leaves "
+                               "the batch free, or give a number for it too)")
 
 
 def _fixed(dim: onnx.TensorShapeProto.Dimension) -> bool:
