@@ -16,6 +16,8 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from .relax_rewrite import mutate_functions
+
 MAX_ELEMENTS = 1024
 
 # Relax op -> its NumPy twin (elementwise, broadcasting, result dtype as TVM's).
@@ -52,7 +54,4 @@ class _FoldSmallConstants(PyExprMutator):
 def fold_small_constants(mod, _ctx):
     """Fold the table's elementwise ops on small constants (see the module docstring)."""
     mutator_ = _FoldSmallConstants(mod)
-    for gv, func in list(mod.functions_items()):
-        if isinstance(func, relax.Function):
-            mutator_.builder_.update_func(gv, mutator_.visit_expr(func))
-    return mutator_.builder_.get()
+    return mutate_functions(mutator_, mod)

@@ -13,6 +13,8 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from .relax_rewrite import mutate_functions
+
 _CALL_TIR = tvm.ir.Op.get("relax.call_tir")
 _TOPI_CLAMP = {"maximum": relax.op.maximum, "minimum": relax.op.minimum}
 
@@ -34,7 +36,4 @@ class _ClipCallsToOps(PyExprMutator):
 def clip_calls_to_ops(mod, _ctx):
     """Rewrite the importer's clamp `call_tir`s into `R.maximum` / `R.minimum`."""
     mutator_ = _ClipCallsToOps(mod)
-    for gv, func in list(mod.functions_items()):
-        if isinstance(func, relax.Function):
-            mutator_.builder_.update_func(gv, mutator_.visit_expr(func))
-    return mutator_.builder_.get()
+    return mutate_functions(mutator_, mod)

@@ -20,6 +20,8 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from .relax_rewrite import mutate_functions
+
 _CALL_TIR = tvm.ir.Op.get("relax.call_tir")
 _PAD_MODES = {"pad": ("constant", "constant"), "mirror_pad": ("reflect", "reflect"),
               "replicate_pad": ("replicate", "edge")}  # importer name -> (Relax mode, NumPy mode)
@@ -87,7 +89,4 @@ class _Rewriter(PyExprMutator):
 def te_calls_to_ops(mod, _ctx):
     """Rewrite the importer's pad and tile `call_tir`s of every Relax function into Relax ops."""
     rewriter = _Rewriter(mod)
-    for gv, func in list(mod.functions_items()):
-        if isinstance(func, relax.Function):
-            rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
-    return relax.transform.DeadCodeElimination()(rewriter.builder_.get())
+    return relax.transform.DeadCodeElimination()(mutate_functions(rewriter, mod))

@@ -20,6 +20,8 @@ import tvm_ffi
 from tvm import relax, tirx
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from frontends.relax_rewrite import mutate_functions
+
 _BINARY = frozenset({"relax.add", "relax.subtract", "relax.multiply", "relax.right_shift", "relax.left_shift",
                      "relax.minimum", "relax.maximum", "relax.floor_divide", "relax.bitwise_and",
                      "relax.greater_equal", "relax.less_equal", "relax.greater", "relax.less", "relax.equal"})
@@ -50,10 +52,7 @@ class _LiftScalars(PyExprMutator):
 def lift_scalar_constants(mod, _ctx):
     """Integer scalar operands of elementwise ops become one-element tensor constants."""
     mutator_ = _LiftScalars(mod)
-    for gv, func in list(mod.functions_items()):
-        if isinstance(func, relax.Function):
-            mutator_.builder_.update_func(gv, mutator_.visit_expr(func))
-    return mutator_.builder_.get()
+    return mutate_functions(mutator_, mod)
 
 
 @tvm.transform.module_pass(opt_level=0, name="DedupeKernels")
@@ -78,8 +77,5 @@ def dedupe_kernels(mod, _ctx):
             return replace.get(gv, gv)
 
     redirect = _Redirect(mod)
-    for gv, func in list(mod.functions_items()):
-        if isinstance(func, relax.Function):
-            redirect.builder_.update_func(gv, redirect.visit_expr(func))
-    out = redirect.builder_.get()
+    out = mutate_functions(redirect, mod)
     return tvm.IRModule({gv: f for gv, f in out.functions_items() if gv not in replace}, attrs=out.attrs)
