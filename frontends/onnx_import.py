@@ -20,6 +20,7 @@ from onnx import numpy_helper
 
 from .errors import CompileError, UnsupportedModelError
 from .resize_layout import resize_to_nchw
+from .onnx_if import select_ifs
 from .onnx_rnn import unroll_lstms
 
 # ONNX ops (after onnxruntime's basic clean-up) that the integer-only path lowers.
@@ -65,9 +66,10 @@ class ImportedModel:
 
 @dataclass(frozen=True)
 class FreeDim:
-    """A leading dim left free by `--input-shape` (`x:Nx3x224x224`, `x:1..32x3x224x224`,
+    """A dim left free by `--input-shape`. Leading (`x:Nx3x224x224`, `x:1..32x3x224x224`,
     `x:batch=1..32x...`): the model is imported at batch 1 and compiled for batches lo..hi
-    (hi None: no upper bound); see passes/generalize_batch.py."""
+    (hi None: no upper bound; passes/generalize_batch.py). Later (`ids:1x1..512`): a sequence
+    length, compiled as buckets up to hi (runtime/buckets.py)."""
 
     name: str = "n"
     lo: int = 1
@@ -90,22 +92,31 @@ def _dim(token: str) -> int | FreeDim | None:
 
 
 def parse_input_shape(text: str) -> tuple[str, tuple]:
-    """Parse `NAME:1x3x224x224` as given to `--input-shape`; a leading dim given as a name
-    (`N`, `batch`), `-1` or a range `1..32` stays free (a `FreeDim`)."""
+    """Parse `NAME:1x3x224x224` as given to `--input-shape`. A leading dim given as a name
+    (`N`, `batch`), `-1` or a range `1..32` stays free (a `FreeDim`: a symbolic batch); a later
+    dim given as a range (`1..512`, `seq=1..512`; named `seq` by default) is a sequence length,
+    compiled as buckets (runtime/buckets.py)."""
     name, sep, dims = text.rpartition(":")
     shape = tuple(_dim(d) for d in dims.lower().split("x")) if dims else ()
     if not sep or not name or not shape or None in shape:
         raise CompileError(f"--input-shape {text!r}: expected NAME:D0xD1x..., e.g. input:1x3x224x224, or "
-                           "input:Nx3x224x224 / input:1..32x3x224x224 to keep the batch free")
-    if any(isinstance(d, FreeDim) for d in shape[1:]):
-        raise CompileError(f"--input-shape {text!r}: only the leading (batch) dim can stay free; give the "
-                           "other dims as numbers (sequence lengths are compiled fixed)")
+                           "input:Nx3x224x224 / input:1..32x3x224x224 to keep the batch free, or "
+                           "input_ids:1x1..512 for sequence lengths up to 512")
+    later = [d for d in shape[1:] if isinstance(d, FreeDim)]
+    if any(d.hi is None for d in later):
+        raise CompileError(f"--input-shape {text!r}: a free dim after the batch needs a range (e.g. 1..512 or "
+                           "seq=1..512): its lengths are compiled as buckets up to the upper bound")
+    shape = (shape[0], *(FreeDim("seq" if d.name == "n" else d.name, d.lo, d.hi) if isinstance(d, FreeDim) else d
+                         for d in shape[1:]))
     return name, shape
 
 
-def bound_shapes(shapes: dict[str, tuple] | None) -> dict[str, tuple[int, ...]]:
-    """`--input-shape` values with free dims bound to 1 (the batch the model is imported at)."""
-    return {k: tuple(1 if isinstance(d, FreeDim) else d for d in v) for k, v in (shapes or {}).items()}
+def bound_shapes(shapes: dict[str, tuple] | None, sizes: dict[str, int] | None = None) -> dict[str, tuple[int, ...]]:
+    """`--input-shape` values with the free leading dim (the batch) bound to 1, the batch the model
+    is imported at, and later free dims (sequence lengths) bound to `sizes[name]`."""
+    sizes = sizes or {}
+    return {k: tuple(d if not isinstance(d, FreeDim) else 1 if i == 0 else sizes[d.name]
+                     for i, d in enumerate(v)) for k, v in (shapes or {}).items()}
 
 
 def load_onnx(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]] | None = None,
@@ -113,12 +124,14 @@ def load_onnx(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]] 
     """Load, clean up and import an ONNX model; raises CompileError on bad input.
 
     `allow_unsupported` skips the integer-path op check (for float fallback); control flow
-    (If, Loop, Scan) is refused either way.
+    (Loop, Scan, and an If that frontends/onnx_if.py cannot turn into a select) is refused either way.
     """
     path = Path(path)
     model = _read(path)
     _fix_input_shapes(model, bound_shapes(input_shapes), path)
     model = _basic_optimize(model, path)
+    if select_ifs(model):  # data-dependent If: both branches computed, then a Where
+        model = onnx.shape_inference.infer_shapes(model)
     unroll_lstms(model)
     _scalars_to_constants(model)
     resize_to_nchw(model, path)  # before the op check: NHWC Resizes become NCHW ones
@@ -249,8 +262,9 @@ def _check_supported(model: onnx.ModelProto, path: Path, allow_unsupported: bool
            and (n.op_type not in INTEGER_PATH_OPS or n.domain not in ("", "ai.onnx"))]
     message = ""
     if flow:
-        message = (f"{path}: {len(flow)} control-flow node(s): intq compiles static graphs only (If, Loop and Scan "
-                   "are refused, also with --allow-float):\n  " + "\n  ".join(flow) +
+        message = (f"{path}: {len(flow)} control-flow node(s): intq compiles static graphs only (Loop, Scan and "
+                   "an If whose branches are not plain graphs with outputs of one static shape are refused, also "
+                   "with --allow-float):\n  " + "\n  ".join(flow) +
                    "\nExport the model without control flow (fix the branch condition, e.g. the sample rate, "
                    "at export time; unroll loops) and compile that.")
     if bad and not allow_unsupported:

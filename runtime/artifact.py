@@ -5,6 +5,7 @@ integer Relax module as text. Written atomically; read back with its hash checke
       manifest.json     format version, target, tools, inputs/outputs and their
                         quantization, layers, verifier verdict, sha256 of the library
       model.so          the compiled library (Relax VM executable)
+      model.seqL.so     with a free length: the library of each smaller bucket L (runtime/buckets.py)
       model.relax.py    the integer Relax module (TVMScript), for inspection
       model.cu          GPU targets: the generated device code (CUDA C), for inspection;
                         the library embeds it compiled (fatbin)
@@ -85,10 +86,12 @@ def read_manifest(path: str | os.PathLike, check_library: bool = True) -> dict:
         raise ArtifactError(f"{path}: artifact format version {version!r}; this runtime reads version "
                             f"{FORMAT_VERSION}. Recompile the model with this version.")
     if check_library:
-        lib = path / manifest["library"]["file"]
-        if not lib.is_file():
-            raise ArtifactError(f"{path}: library {lib.name} is missing")
-        if sha256(lib) != manifest["library"]["sha256"]:
-            raise ArtifactError(f"{lib}: sha256 does not match the manifest; the artifact is corrupted or was "
-                                "modified. Recompile it.")
+        libraries = [manifest["library"], *(manifest.get("buckets") or {}).get("libraries", {}).values()]
+        for library in libraries:
+            lib = path / library["file"]
+            if not lib.is_file():
+                raise ArtifactError(f"{path}: library {lib.name} is missing")
+            if sha256(lib) != library["sha256"]:
+                raise ArtifactError(f"{lib}: sha256 does not match the manifest; the artifact is corrupted or was "
+                                    "modified. Recompile it.")
     return manifest

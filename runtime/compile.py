@@ -25,6 +25,8 @@ EXAMPLES = """examples:
   python -m runtime.compile model.onnx --calib calib.npz --bits mixed --max-size 3.5   # ILP: 4/8 bits per layer
   python -m runtime.compile model.onnx --calib calib.npz --bits mixed --max-latency 20 --max-bops 150
   python -m runtime.compile model.onnx --input-shape input:1..32x3x224x224 --calib calib.npz  # batches 1..32
+  python -m runtime.compile bert.onnx --input-shape input_ids:Nx1..256 --input-shape attention_mask:Nx1..256 \
+      --calib text.npz                           # any batch, lengths 1..256 (buckets 16, 32, ..., 256)
   python -m runtime.run model.x86.artifact --input x.npz -o y.npz
 
 exit codes: 0 success, 1 internal error, 2 user error (bad file, flag or unsupported model)
@@ -85,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     bits.add_argument("--latency-key", help="device key, when --latency-rpc names a tracker")
     bits.add_argument("--latency-threads", type=int, metavar="K", help="runtime threads for the latency table")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    p.add_argument("--buckets", metavar="L1,L2,...",
+                   help="with a free length (--input-shape ids:1x1..512): the lengths compiled, the largest being "
+                        "the range's upper bound (default: powers of two from 16)")
     p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
     return p
 
@@ -102,11 +107,14 @@ def main(argv: list[str] | None = None) -> int:
                               args.pin_last, args.sensitivity_samples, args.latency_rpc, args.latency_key,
                               args.latency_threads)
         shapes = dict(parse_input_shape(s) for s in args.input_shape)
+        try:
+            buckets = [int(b) for b in args.buckets.split(",")] if args.buckets else None
+        except ValueError:
+            raise CompileError(f"--buckets {args.buckets!r}: expected lengths like 16,32,64") from None
         print(compile_model(args.model, target=args.target, output=args.output, calib=args.calib,
                             input_shapes=shapes, observer=args.observer, allow_float=args.allow_float,
                             progress=not args.quiet, cuda_arch=args.cuda_arch, cpu=args.cpu,
-                            tune_trials=args.tune_trials,
-                            precision=precision))
+                            tune_trials=args.tune_trials, precision=precision, buckets=buckets))
 
     return guarded(action, args.verbose)
 

@@ -28,6 +28,7 @@ from targets.cpu_pipeline import cpu_pipeline
 
 from .plan import export_plan
 from .artifact import DEVICE_TEXT, LIBRARY, RELAX_TEXT, sha256, write_artifact
+from .buckets import Buckets, default_sizes, is_mask
 from .mixed import Precision
 
 SYNTHETIC_SAMPLES = 8
@@ -134,9 +135,69 @@ def _free_batch(input_shapes, spec, tune_trials: int) -> dict[str, FreeDim]:
     return free
 
 
-def _batch_range(name: str, free: dict[str, FreeDim]) -> dict:
-    """The manifest's range of an input's free dim: {"range": {"n": [lo, hi or None]}}."""
-    return {"range": {free[name].name: [free[name].lo, free[name].hi]}} if name in free else {}
+def _ranges(name: str, free: dict[str, FreeDim], seq: FreeDim | None, axes: dict[str, int]) -> dict:
+    """The manifest's ranges of an input's free dims: {"range": {"n": [lo, hi or None], "seq": [lo, hi]}}."""
+    ranges = {free[name].name: [free[name].lo, free[name].hi]} if name in free else {}
+    if name in axes:
+        ranges[seq.name] = [seq.lo, seq.hi]
+    return {"range": ranges} if ranges else {}
+
+
+def _sequence_dim(input_shapes, sizes: list[int] | None, spec, precision) -> tuple[FreeDim | None, list[int],
+                                                                                  dict[str, int]]:
+    """The free dim after the batch (a sequence length, compiled as buckets: runtime/buckets.py),
+    the bucket lengths, and the axis it has in each input that has it."""
+    found = {k: (i, d) for k, v in (input_shapes or {}).items() for i, d in enumerate(v)
+             if i > 0 and isinstance(d, FreeDim)}
+    if not found:
+        if sizes:
+            raise CompileError("--buckets needs a free length in --input-shape (e.g. input_ids:1x1..512)")
+        return None, [], {}
+    dims = {d for _, d in found.values()}
+    if len(dims) != 1 or len({k for k in found}) != len(found):
+        raise CompileError(f"--input-shape: one free length (the same name and range in every input that has it) "
+                           f"is supported; got {sorted(f'{k}: {d.name}={d.lo}..{d.hi}' for k, (_, d) in found.items())}")
+    seq = dims.pop()
+    if spec.arch in PLAN_ARCHES:
+        raise CompileError(f"a free length (--input-shape ...x{seq.lo}..{seq.hi}) is supported on targets with the "
+                           f"TVM runtime, not on {spec.name} ({spec.arch}); give the length as a number")
+    if precision.bits == "mixed":
+        raise CompileError("--bits mixed with a free length: the per-layer choice is made at one length; "
+                           "give the length as a number")
+    sizes = sorted(set(sizes)) if sizes else default_sizes(seq.lo, seq.hi)
+    if sizes[0] < seq.lo or sizes[-1] != seq.hi:
+        raise CompileError(f"--buckets {','.join(map(str, sizes))}: the lengths must lie in [{seq.lo}, {seq.hi}] "
+                           f"and the largest must be {seq.hi}, the range's upper bound")
+    return seq, sizes, {k: i for k, (i, _) in found.items()}
+
+
+def _calibration_length(calib, seq: FreeDim, axes: dict[str, int], input_shapes) -> int:
+    """The length the calibration samples have (the largest bucket for synthetic samples)."""
+    if calib is None:
+        return seq.hi
+    try:
+        with np.load(calib, allow_pickle=False) as data:
+            name = next(k for k in axes if k in data.files)
+            length = int(data[name].shape[axes[name] - len(input_shapes[name])])
+    except Exception:  # load_calibration names what is wrong with the file
+        return seq.hi
+    if not seq.lo <= length <= seq.hi:
+        raise InputError(f"{calib}: the calibration samples have {seq.name} = {length}, outside --input-shape's "
+                         f"range {seq.lo}..{seq.hi}")
+    return length
+
+
+def _length_axes(a: list[TensorSpec], b: list[TensorSpec], la: int, lb: int) -> list[int | None]:
+    """Where the length sits in each output, from the output shapes at two lengths."""
+    axes = []
+    for x, y in zip(a, b):
+        moved = [i for i, (p, q) in enumerate(zip(x.shape, y.shape)) if p != q]
+        if len(moved) > 1 or any(x.shape[i] != la or y.shape[i] != lb for i in moved):
+            raise CompileError(f"output {x.name!r} has shape {list(x.shape)} at length {la} and {list(y.shape)} at "
+                               f"{lb}: one of its dims must be the length itself to cut it back after padding; "
+                               "give the length as a number")
+        axes.append(moved[0] if moved else None)
+    return axes
 
 
 def _export(executable, path: Path, spec) -> None:
@@ -157,11 +218,13 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
                   calib: str | os.PathLike | None = None, input_shapes: dict[str, tuple[int, ...]] | None = None,
                   observer: str = "minmax", allow_float: bool = False, config: QuantConfig | None = None,
                   progress: bool = True, cuda_arch: str | None = None, cpu: str | None = None, tune_trials: int = 0,
-                  precision: Precision | None = None) -> Path:
+                  precision: Precision | None = None, buckets: list[int] | None = None) -> Path:
     """Compile an ONNX model into an integer-only artifact; returns the artifact path.
 
     `cpu` (x86) builds for a fleet (`x86-64-v3`, ...) instead of this CPU's features.
     `precision` chooses the weight bits (uniform 8 or 4, or mixed under limits: `runtime.mixed`).
+    A free length in `input_shapes` (`(1, FreeDim("seq", 1, 512))`) compiles one library per
+    bucket length (`buckets`, default powers of two: runtime/buckets.py).
     Raises CompileError (and writes nothing) on bad input or an unsupported model.
     """
     start, times = time.perf_counter(), {}  # where the time went, printed at the end
@@ -179,7 +242,10 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
     if free and precision.bits != "8":  # refused now, not after calibration
         raise CompileError(f"--bits {precision.bits} with a free batch: 4-bit kernels are compiled for batch 1; "
                            "use --bits 8, or give the batch as a number")
-    input_shapes = bound_shapes(input_shapes)  # import, calibrate and lower at batch 1
+    seq, sizes, seq_axes = _sequence_dim(input_shapes, buckets, spec, precision)
+    free_shapes = input_shapes
+    calib_length = _calibration_length(calib, seq, seq_axes, input_shapes) if seq else None
+    input_shapes = bound_shapes(input_shapes, {seq.name: calib_length} if seq else None)  # batch 1
     if precision.bits == "4":
         config = replace(config, weight_bits=4)
     with stage(f"importing {model_path}", times, "import"):
@@ -207,16 +273,53 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
                                 log)
         log("per-layer weight bits:\n" + mixed.table())
         config = replace(config, layer_bits=mixed.layer_bits)
-    with stage("lowering to integer-only Relax", times, "lowering"):
-        int_mod = QuantizeToInteger(ranges, config)(float_mod)
-    if free:  # before the verifier, which then sees the module that is compiled
-        with stage(f"generalizing the batch ({', '.join(f'{k}: {d.name}' for k, d in free.items())})", times,
-                   "lowering"):
-            int_mod = generalize_batch(int_mod, {k: (d.name, d.hi) for k, d in free.items()})
+
+    def lower(float_mod, what: str = ""):
+        with stage(f"lowering to integer-only Relax{what}", times, "lowering"):
+            int_mod = QuantizeToInteger(ranges, config)(float_mod)
+        if free:  # before the verifier, which then sees the module that is compiled
+            with stage(f"generalizing the batch ({', '.join(f'{k}: {d.name}' for k, d in free.items())})", times,
+                       "lowering"):
+                int_mod = generalize_batch(int_mod, {k: (d.name, d.hi) for k, d in free.items()})
+        return int_mod
+
+    bucket_mods, bucket_specs = {}, {}  # length -> integer module, output specs
+    for size in sizes:  # the same model at each bucket length, lowered with the same ranges
+        if size == calib_length:
+            bucket_mods[size], bucket_specs[size] = lower(float_mod, f" at {seq.name} = {size}"), imported.outputs
+            continue
+        with stage(f"importing at {seq.name} = {size}", times, "import"):
+            other = load_onnx(model_path, bound_shapes(free_shapes, {seq.name: size}), allow_unsupported=allow_float)
+        bucket_mods[size] = lower(bind_weights(other.mod, other.params), f" at {seq.name} = {size}")
+        bucket_specs[size] = other.outputs
+    if seq:
+        int_mod, imported = bucket_mods.pop(sizes[-1]), replace(imported, outputs=bucket_specs[sizes[-1]])
+        if len(sizes) == 1:  # where the length sits in the outputs: from a second length
+            probe = sizes[0] - 1 if sizes[0] > 1 else 2
+            bucket_specs[probe] = load_onnx(model_path, bound_shapes(free_shapes, {seq.name: probe}),
+                                            allow_unsupported=allow_float).outputs
+        a, b = sorted(bucket_specs)[:2]
+        layout = Buckets(seq.name, sizes, any(is_mask(k) for k in seq_axes),
+                         [seq_axes.get(s.name) for s in imported.inputs],
+                         _length_axes(bucket_specs[a], bucket_specs[b], a, b))
+        log(f"{seq.name} buckets {sizes}: "
+            + ("inputs are zero-padded to the next bucket (the attention mask makes it exact)" if layout.padded else
+               "no attention-mask input, so padding would change the result: only these lengths run"))
+    else:
+        int_mod = lower(float_mod)
     in_shapes, out_shapes = ((input_shapes_of(int_mod), output_shapes(int_mod)) if free else  # ["n", 3, 224, 224]
                              ([list(s.shape) for s in imported.inputs], [list(s.shape) for s in imported.outputs]))
+    if seq:  # the length by name: ["n", "seq"]
+        for shapes, axes in ((in_shapes, layout.input_axes), (out_shapes, layout.output_axes)):
+            for shape, axis in zip(shapes, axes):
+                if axis is not None:
+                    shape[axis] = seq.name
     report = verify_integer_only(int_mod)
     log(str(report))
+    for size, mod in bucket_mods.items():
+        other = verify_integer_only(mod)
+        if other.integer_only != report.integer_only:
+            raise CompileError(f"bucket {seq.name} = {size} lowers differently (integer-only: {other.integer_only})")
     float_nodes = json.loads(str(int_mod["main"].attrs.get(FLOAT_NODES_ATTR, "[]")))
     if float_nodes:
         log(float_summary(float_nodes))
@@ -238,6 +341,15 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
                 tvm_target:
             executable = tvm.compile(int_mod, target=tvm_target, relax_pipeline=spec.relax_pipeline(tvm_target, tune_trials))
             _export(executable, tmp / LIBRARY, spec)
+        libraries = {}
+        for size, mod in bucket_mods.items():
+            with stage(f"compiling {seq.name} = {size}", times, "compile"), spec.build_context(), tvm_target:
+                lib = f"model.{seq.name}{size}.so"
+                _export(tvm.compile(mod, target=tvm_target, relax_pipeline=spec.relax_pipeline(tvm_target, tune_trials)),
+                        tmp / lib, spec)
+                libraries[size] = {"file": lib, "sha256": sha256(tmp / lib)}
+        if seq:
+            libraries[sizes[-1]] = {"file": LIBRARY, "sha256": sha256(tmp / LIBRARY)}
         (tmp / RELAX_TEXT).write_text(int_mod.script(show_meta=False))
         executor = None
         if spec.arch in PLAN_ARCHES:  # no TVM runtime there: ship the plan and its executor too
@@ -257,7 +369,8 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
                        "kernel_family": kernel_family(tvm_target).name,  # x86 int8 dot-product kernels
                        "cross_compiler": spec.toolchain.compiler},
             "tools": _versions(),
-            "inputs": [{"name": s.name, "shape": shape, "dtype": s.dtype, "quant": q, **_batch_range(s.name, free)}
+            "inputs": [{"name": s.name, "shape": shape, "dtype": s.dtype, "quant": q,
+                        **_ranges(s.name, free, seq, seq_axes)}
                        for s, q, shape in zip(imported.inputs, boundary["inputs"], in_shapes)],
             "outputs": [{"name": s.name, "shape": shape, "dtype": "float32", "quant": q}
                         for s, q, shape in zip(imported.outputs, boundary["outputs"], out_shapes)],
@@ -274,6 +387,7 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
             "relax": RELAX_TEXT,
             "device_code": DEVICE_TEXT if device_code is not None else None,
             "executor": executor,
+            "buckets": layout.manifest(dict(sorted(libraries.items()))) if seq else None,
         }
 
     path = write_artifact(output, fill)

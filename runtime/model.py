@@ -18,6 +18,7 @@ from frontends.errors import ArtifactError, InputError
 
 from .artifact import read_manifest
 from .boundary import dequantize, quantize
+from .buckets import Buckets
 
 
 class Model:
@@ -27,7 +28,9 @@ class Model:
     the board and runs there; inputs and outputs travel over the session.
 
     An artifact compiled with a free batch (`--input-shape x:1..32x...`) takes any batch in the
-    manifest's range; each sample's integers are those it gets alone.
+    manifest's range; each sample's integers are those it gets alone. One compiled with a free
+    length (`--input-shape ids:1x1..512`) runs each input in the smallest bucket that holds it
+    (runtime/buckets.py).
 
     Safe to share between threads: each calling thread runs its own virtual machine over the
     one loaded library (a VM's registers are its own; a single VM called from two threads
@@ -50,35 +53,54 @@ class Model:
         device = self.manifest["target"].get("device", "cpu")
         if device == "cuda" and remote is None:
             _load_cuda_runtime(tvm)
-        library = self.path / self.manifest["library"]["file"]
-        try:
-            if remote is None:
-                lib = tvm.runtime.load_module(str(library))
-            else:
-                name = f"intq-{self.manifest['library']['sha256'][:16]}.so"
-                remote.upload(str(library), name)
-                lib = remote.load_module(name)
-        except Exception as err:
-            need = " (needs an NVIDIA GPU and its driver, libcuda.so.1)" if device == "cuda" else ""
-            where = " on the RPC server" if remote is not None else ""
-            raise ArtifactError(f"{self.path}: cannot load the library{where}{need}: "
-                                f"{str(err).strip().splitlines()[-1] if str(err).strip() else err}") from None
+        self.buckets = Buckets.from_manifest(self.manifest)
+        libraries = ({None: self.manifest["library"]} if self.buckets is None else
+                     {int(k): v for k, v in self.manifest["buckets"]["libraries"].items()})
+        self._libs = {key: self._load_library(tvm, lib, device) for key, lib in libraries.items()}
         self._dev = remote.device(tvm.runtime.Device._DEVICE_NAME_TO_TYPE[device], 0) if remote else tvm.device(device)
         if not self._dev.exist:
             raise ArtifactError(f"{self.path}: built for a {device} device, and the machine running it has none")
-        self._lib, self._new_vm = lib, VirtualMachine
+        self._new_vm = VirtualMachine
         self._local = threading.local()
         self._rpc_lock = threading.Lock() if remote is not None else None
-        self._vm  # load the constants now: a broken library fails at load, not at the first run
+        for key in self._libs:  # load the constants now: a broken library fails at load, not at the first run
+            self._vm(key)
         self._tensor = tvm.runtime.tensor
 
-    @property
-    def _vm(self):
-        """This thread's virtual machine (created on its first call)."""
-        vm = getattr(self._local, "vm", None)
-        if vm is None:
-            vm = self._local.vm = self._new_vm(self._lib, self._dev)
-        return vm
+    def _load_library(self, tvm, library: dict, device: str):
+        path = self.path / library["file"]
+        try:
+            if self.remote is None:
+                return tvm.runtime.load_module(str(path))
+            name = f"intq-{library['sha256'][:16]}.so"
+            self.remote.upload(str(path), name)
+            return self.remote.load_module(name)
+        except Exception as err:
+            need = " (needs an NVIDIA GPU and its driver, libcuda.so.1)" if device == "cuda" else ""
+            where = " on the RPC server" if self.remote is not None else ""
+            raise ArtifactError(f"{self.path}: cannot load the library {path.name}{where}{need}: "
+                                f"{str(err).strip().splitlines()[-1] if str(err).strip() else err}") from None
+
+    def _vm(self, key=None):
+        """This thread's virtual machine for bucket `key` (created on its first call)."""
+        vms = getattr(self._local, "vms", None)
+        if vms is None:
+            vms = self._local.vms = {}
+        if key not in vms:
+            vms[key] = self._new_vm(self._libs[key], self._dev)
+        return vms[key]
+
+    def _bucket(self, qinputs: list[np.ndarray]) -> tuple[int | None, int | None, list[np.ndarray]]:
+        """(bucket, input length, inputs padded to the bucket); (None, None, inputs) without buckets."""
+        if self.buckets is None:
+            return None, None, qinputs
+        length = self.buckets.length(qinputs)
+        size = self.buckets.choose(length)
+        if size is None:
+            raise InputError(f"{self.buckets.dim} = {length}: this artifact runs {self.buckets.dim} in "
+                             f"{self.buckets.sizes} only (the model has no attention-mask input, so padding would "
+                             "change its result); pad or cut the input to one of them, or recompile with --buckets")
+        return size, length, self.buckets.pad(qinputs, size)
 
     @property
     def inputs(self) -> list[dict]:
@@ -101,6 +123,9 @@ class Model:
             if value.dtype != np.dtype(spec["dtype"]):
                 raise InputError(f"input {name!r}: dtype {value.dtype}, expected {spec['dtype']}")
             _check_shape(name, list(value.shape), spec, sizes)
+        if self.buckets is not None:
+            self._bucket([inputs[i["name"]] for i in self.inputs])
+        for name, value in inputs.items():
             if value.dtype.kind == "f" and not np.isfinite(value).all():
                 bad = np.size(value) - int(np.isfinite(value).sum())
                 raise InputError(f"input {name!r}: {bad} of {value.size} values are NaN or infinite; the integer "
@@ -119,16 +144,19 @@ class Model:
         return self._run_integer(qinputs)
 
     def _run_integer(self, qinputs: list[np.ndarray]) -> list[np.ndarray]:
-        result = self._vm["main"](*[self._tensor(np.require(q, requirements="C"), self._dev) for q in qinputs])
-        results = [result] if len(self.outputs) == 1 else list(result)
-        return [r.numpy() for r in results]
+        size, length, qinputs = self._bucket(qinputs)
+        result = self._vm(size)["main"](*[self._tensor(np.require(q, requirements="C"), self._dev) for q in qinputs])
+        results = [r.numpy() for r in ([result] if len(self.outputs) == 1 else list(result))]
+        return results if size is None else self.buckets.cut(results, length)
 
     def time(self, qinputs: list[np.ndarray], repeat: int = 50, warmup: int = 3) -> np.ndarray:
         """Latencies in ms of `repeat` runs, timed on the device itself (locally or on the board)."""
+        size, _, qinputs = self._bucket(qinputs)
+        vm = self._vm(size)
         args = [self._tensor(np.require(q, requirements="C"), self._dev) for q in qinputs]
         for _ in range(warmup):
-            self._vm["main"](*args)
-        timer = self._vm.time_evaluator("main", self._dev, number=1, repeat=repeat)
+            vm["main"](*args)
+        timer = vm.time_evaluator("main", self._dev, number=1, repeat=repeat)
         return np.asarray(timer(*args).results) * 1e3
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -1,0 +1,173 @@
+"""One artifact for every sequence length (runtime/buckets.py): `--input-shape ids:1x1..L`
+compiles one library per bucket length; an input runs in the smallest bucket that holds it,
+zero-padded, and with an attention mask its integers are bit-identical in every bucket."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import runtime
+from frontends import CompileError, InputError, parse_input_shape
+from frontends.onnx_import import FreeDim
+from runtime.buckets import default_sizes
+from runtime.compile import main as compile_main
+from runtime.run import main as run_main
+
+torch = pytest.importorskip("torch")
+
+VOCAB, WIDTH, MAX_LEN = 50, 32, 32
+
+
+class _Encoder(torch.nn.Module):
+    """Token + position embeddings, one masked self-attention layer (the Hugging Face mask
+    pattern `(1 - mask) * -10000`), LayerNorm, and a masked mean pooling output."""
+
+    def __init__(self, masked: bool = True):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.masked = masked
+        self.tok = torch.nn.Parameter(torch.randn(VOCAB, WIDTH, generator=g))
+        self.pos = torch.nn.Parameter(torch.randn(MAX_LEN, WIDTH, generator=g) * 0.3)
+        self.qkv = torch.nn.Linear(WIDTH, 3 * WIDTH)
+        self.out = torch.nn.Linear(WIDTH, WIDTH)
+        self.norm = torch.nn.LayerNorm(WIDTH)
+
+    def forward(self, ids, mask):
+        x = self.tok[ids] + self.pos[: ids.shape[1]]
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        scores = q @ k.transpose(1, 2) / WIDTH ** 0.5
+        if self.masked:
+            scores = scores + (1.0 - mask[:, None, :].float()) * -10000.0
+        h = self.norm(x + self.out(torch.softmax(scores, dim=-1) @ v))
+        weights = mask[:, :, None].float()
+        return h, (h * weights).sum(1) / weights.sum(1)
+
+
+def _export(path, masked: bool = True):
+    torch.manual_seed(0)
+    ids = torch.ones(1, 8, dtype=torch.long)
+    names = ("ids", "mask") if masked else ("ids", "lengths")
+    with torch.no_grad():
+        torch.onnx.export(_Encoder(masked), (ids, ids), str(path), dynamo=False, opset_version=17,
+                          input_names=list(names), output_names=["tokens", "pooled"],
+                          dynamic_axes={names[0]: {1: "seq"}, names[1]: {1: "seq"}, "tokens": {1: "seq"}})
+    return str(path)
+
+
+def _sample(length: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    ids = np.random.default_rng(seed).integers(1, VOCAB, (1, length), dtype=np.int64)
+    return ids, np.ones((1, length), np.int64)
+
+
+@pytest.fixture(scope="module")
+def bucket_artifact(tmp_path_factory):
+    work = tmp_path_factory.mktemp("buckets")
+    model = _export(work / "enc.onnx")
+    ids, mask = zip(*[_sample(20, s) for s in range(6)])
+    np.savez(work / "calib.npz", ids=np.concatenate(ids), mask=np.concatenate(mask))
+    out = work / "enc.artifact"
+    assert compile_main([model, "--calib", str(work / "calib.npz"), "--input-shape", "ids:1x1..32",
+                         "--input-shape", "mask:1x1..32", "-o", str(out), "-q"]) == 0
+    return out
+
+
+def test_free_length_is_parsed_and_needs_a_range():
+    assert parse_input_shape("ids:1x1..512") == ("ids", (1, FreeDim("seq", 1, 512)))
+    assert parse_input_shape("ids:Nxlen=8..64") == ("ids", (FreeDim("n"), FreeDim("len", 8, 64)))
+    with pytest.raises(CompileError, match="needs a range"):
+        parse_input_shape("ids:1xS")
+    assert default_sizes(1, 512) == [16, 32, 64, 128, 256, 512]
+    assert default_sizes(20, 100) == [32, 64, 100] and default_sizes(1, 10) == [10]
+
+
+def test_manifest_records_buckets_and_length_axes(bucket_artifact):
+    m = runtime.load(bucket_artifact).manifest
+    assert m["inputs"][0]["shape"] == [1, "seq"] and m["inputs"][0]["range"] == {"seq": [1, 32]}
+    assert m["outputs"][0]["shape"] == [1, "seq", WIDTH] and m["outputs"][1]["shape"] == [1, WIDTH]
+    b = m["buckets"]
+    assert b["sizes"] == [16, 32] and b["padded"] is True and b["output_axes"] == [1, None]
+    assert sorted(b["libraries"]) == ["16", "32"] and m["integer_only"] is True
+    assert (bucket_artifact / b["libraries"]["16"]["file"]).is_file()
+
+
+@pytest.mark.parametrize("length", [1, 5, 16, 17, 29, 32])
+def test_padding_is_exact_in_every_bucket(bucket_artifact, length):
+    """A sample's integers are the same whether it runs at its own length (padded to the next
+    bucket by the runtime) or padded further by hand into the largest bucket with mask 0."""
+    model = runtime.load(bucket_artifact)
+    ids, mask = _sample(length, seed=length)
+    own = model.run_integer(model.quantize_inputs({"ids": ids, "mask": mask}))
+    pad = [(0, 0), (0, MAX_LEN - length)]
+    padded = model.run_integer(model.quantize_inputs({"ids": np.pad(ids, pad, constant_values=7),
+                                                      "mask": np.pad(mask, pad)}))
+    assert own[0].shape == (1, length, WIDTH) and padded[0].shape == (1, MAX_LEN, WIDTH)
+    np.testing.assert_array_equal(own[0], padded[0][:, :length])
+    np.testing.assert_array_equal(own[1], padded[1])
+
+
+def test_outputs_agree_with_onnxruntime(bucket_artifact):
+    import onnxruntime as ort
+
+    model = runtime.load(bucket_artifact)
+    sess = ort.InferenceSession(model.manifest["source"]["path"], providers=["CPUExecutionProvider"])
+    for length in (9, 24):
+        ids, mask = _sample(length, seed=100 + length)
+        ours = model.run({"ids": ids, "mask": mask})
+        ref = sess.run(None, {"ids": ids, "mask": mask})
+        for got, want in zip((ours["tokens"], ours["pooled"]), ref):
+            cos = float((got * want).sum() / np.linalg.norm(got) / np.linalg.norm(want))
+            assert got.shape == want.shape and cos > 0.98, (length, cos)
+
+
+def test_length_outside_the_range_is_refused(bucket_artifact, tmp_path):
+    model = runtime.load(bucket_artifact)
+    ids, mask = _sample(40, seed=1)
+    with pytest.raises(InputError, match=r"seq = 40 is outside the range.*\[1, 32\]"):
+        model.run({"ids": ids, "mask": mask})
+    np.savez(tmp_path / "x.npz", ids=ids, mask=mask)
+    assert run_main([str(bucket_artifact), "--input", str(tmp_path / "x.npz"), "-o", str(tmp_path / "y.npz")]) == 2
+
+
+def test_without_a_mask_only_the_compiled_lengths_run(tmp_path):
+    model_path = _export(tmp_path / "nomask.onnx", masked=False)
+    out = tmp_path / "nomask.artifact"
+    assert compile_main([model_path, "--input-shape", "ids:1x1..32", "--input-shape", "lengths:1x1..32",
+                         "--buckets", "16,32", "-o", str(out), "-q"]) == 0
+    model = runtime.load(out)
+    assert model.manifest["buckets"]["padded"] is False
+    ids, lengths = _sample(16, seed=3)
+    assert model.run({"ids": ids, "lengths": lengths})["tokens"].shape == (1, 16, WIDTH)
+    ids, lengths = _sample(20, seed=3)
+    with pytest.raises(InputError, match=r"runs seq in \[16, 32\] only"):
+        model.run({"ids": ids, "lengths": lengths})
+
+
+def test_bad_bucket_flags_are_refused(tmp_path):
+    model_path = _export(tmp_path / "enc.onnx")
+    shapes = ["--input-shape", "ids:1x1..32", "--input-shape", "mask:1x1..32", "-o", str(tmp_path / "a"), "-q"]
+    assert compile_main([model_path, *shapes, "--buckets", "16,24"]) == 2  # the largest must be 32
+    assert compile_main([model_path, "--input-shape", "ids:1x16", "--input-shape", "mask:1x16", "--buckets", "16",
+                         "-o", str(tmp_path / "b"), "-q"]) == 2  # no free length
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_free_batch_and_length_together(tmp_path):
+    """Sentences of different lengths batched with padding: each gets the integers it gets alone."""
+    model_path = _export(tmp_path / "enc.onnx")
+    out = tmp_path / "nb.artifact"
+    assert compile_main([model_path, "--input-shape", "ids:1..4x1..32", "--input-shape", "mask:1..4x1..32",
+                         "--buckets", "16,32", "-o", str(out), "-q"]) == 0
+    model = runtime.load(out)
+    assert model.inputs[0]["shape"] == ["n", "seq"] and model.inputs[0]["range"] == {"n": [1, 4], "seq": [1, 32]}
+    lengths = (3, 11, 20)
+    ids, mask = np.zeros((3, 20), np.int64), np.zeros((3, 20), np.int64)
+    alone = []
+    for row, length in enumerate(lengths):
+        i, m = _sample(length, seed=row)
+        ids[row, :length], mask[row, :length] = i[0], m[0]
+        alone.append(model.run_integer(model.quantize_inputs({"ids": i, "mask": m})))
+    batched = model.run_integer(model.quantize_inputs({"ids": ids, "mask": mask}))
+    for row, length in enumerate(lengths):
+        np.testing.assert_array_equal(batched[0][row, :length], alone[row][0][0])
+        np.testing.assert_array_equal(batched[1][row], alone[row][1][0])
