@@ -116,9 +116,13 @@ def ort_int8(path: Path, samples: list[dict[str, np.ndarray]], workdir: Path, no
     source = workdir / f"{path.stem}.ort_pre.onnx"
     try:
         quant_pre_process(str(path), str(source))
-    except Exception as err:  # its symbolic shape inference / optimizer fails on some graphs
-        notes.append(f"ORT quant_pre_process failed ({type(err).__name__}: {_short(err)}); quantized without it")
-        source = path
+    except Exception as err:  # its symbolic shape inference fails on some graphs: without it, else without all
+        try:
+            quant_pre_process(str(path), str(source), skip_symbolic_shape=True)
+            notes.append(f"ORT quant_pre_process without symbolic shape inference ({_short(err)})")
+        except Exception as err2:
+            notes.append(f"ORT quant_pre_process failed ({type(err2).__name__}: {_short(err2)}); quantized without it")
+            source = path
     out = workdir / f"{path.stem}.ort_int8.onnx"
     quantize_static(str(source), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
@@ -128,22 +132,26 @@ def ort_int8(path: Path, samples: list[dict[str, np.ndarray]], workdir: Path, no
 
 def _opset13(path: Path, workdir: Path, notes: list[str]) -> tuple[Path, bool]:
     """The model at opset >= 13, where DequantizeLinear takes the per-channel `axis` that QDQ weights
-    need (ORT's quantizer writes it whatever the opset, and the result does not load), and whether
-    per-channel weights are possible: (path, per_channel)."""
+    need (ORT's quantizer writes it whatever the opset, and the result does not load), with external
+    weights inlined (quant_pre_process does not find them), and whether per-channel weights are
+    possible: (path, per_channel)."""
     import onnx
-    from onnx import version_converter
+    from onnx import external_data_helper, version_converter
 
-    model = onnx.load(str(path))
+    model = onnx.load(str(path), load_external_data=False)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
-    if opset >= 13:
+    external = any(external_data_helper.uses_external_data(t) for t in model.graph.initializer)
+    if opset >= 13 and not external:
         return path, True
-    out = workdir / f"{path.stem}.opset13.onnx"
-    try:
-        onnx.save(version_converter.convert_version(model, 13), str(out))
-    except Exception as err:
-        notes.append(f"ORT int8 per tensor: opset {opset} did not convert to 13 ({type(err).__name__}: {_short(err)})")
-        return path, False
-    notes.append(f"opset {opset} converted to 13 for ORT's per-channel QDQ")
+    model, out = onnx.load(str(path)), workdir / f"{path.stem}.opset13.onnx"
+    if opset < 13:
+        try:
+            model = version_converter.convert_version(model, 13)
+            notes.append(f"opset {opset} converted to 13 for ORT's per-channel QDQ")
+        except Exception as err:
+            notes.append(f"ORT int8 per tensor: opset {opset} did not convert to 13 ({_short(err)})")
+            return path, False
+    onnx.save(model, str(out))
     return out, True
 
 
