@@ -112,16 +112,20 @@ def test_minus_one_zero_and_named_dims_are_free(tmp_path, free):
 
 
 def test_control_flow_refused_naming_every_node(tmp_path):
+    # an If whose branches give outputs of different shapes cannot become a select (frontends/onnx_if.py)
     def branch(name, op):
-        return helper.make_graph([helper.make_node(op, ["x"], [f"{name}_out"])], name, [],
-                                 [helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, [1, 4])])
+        shape = [1, 4] if name == "then" else [4, 1]
+        return helper.make_graph([helper.make_node(op, ["x"], [f"{name}_0"]),
+                                  helper.make_node("Reshape", [f"{name}_0", f"{name}_shape"], [f"{name}_out"])], name,
+                                 [], [helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, shape)],
+                                 [onnx.numpy_helper.from_array(np.array(shape, np.int64), f"{name}_shape")])
 
     nodes = [helper.make_node("ReduceSum", ["x"], ["s"], name="sum", keepdims=0),
              helper.make_node("Greater", ["s", "zero"], ["cond"], name="positive"),
              helper.make_node("If", ["cond"], ["o"], name="my_if", then_branch=branch("then", "Relu"),
                               else_branch=branch("else", "Neg"))]
     zero = onnx.numpy_helper.from_array(np.zeros((1,), np.float32), "zero")
-    p = _tiny(tmp_path / "if.onnx", [1, 4], nodes, [zero])
+    p = _tiny(tmp_path / "if.onnx", [1, 4], nodes, [zero], outputs=(("o", ["a", "b"]),))
     for allow in (False, True):
         with pytest.raises(UnsupportedModelError) as err:
             load_onnx(p, allow_unsupported=allow)
