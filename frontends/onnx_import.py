@@ -20,6 +20,7 @@ from onnx import numpy_helper
 
 from .errors import CompileError, UnsupportedModelError
 from .resize_layout import resize_to_nchw
+from .onnx_einsum import einsum_to_matmul
 from .onnx_if import select_ifs
 from .onnx_rnn import unroll_lstms
 
@@ -131,6 +132,8 @@ def load_onnx(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]] 
     _fix_input_shapes(model, bound_shapes(input_shapes), path)
     model = _basic_optimize(model, path)
     if select_ifs(model):  # data-dependent If: both branches computed, then a Where
+        model = onnx.shape_inference.infer_shapes(model)
+    if einsum_to_matmul(model):  # Einsum with a constant operand (grouped linear layers): a MatMul
         model = onnx.shape_inference.infer_shapes(model)
     unroll_lstms(model)
     _scalars_to_constants(model)

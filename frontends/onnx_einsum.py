@@ -1,0 +1,119 @@
+"""Einsum with one constant operand as a Transpose/Reshape/MatMul/Reshape/Transpose chain.
+
+    Einsum("btgi,gih->btgh", x, W)   (a grouped linear layer: DeepFilterNet, grouped GRU inputs)
+      -> x: Transpose to (rows..., groups..., contracted...) -> Reshape (rows..., G*K)
+         MatMul with the block-diagonal (G*K, G*N) weight -> Reshape (rows..., groups..., cols...)
+         -> Transpose to the output's letter order
+
+Letters of the equation are classed by where they occur: in x, W and the output (groups), in x
+and W only (contracted), in x and the output (rows), in W and the output (columns). With no group
+letter it is a plain matmul; with groups, the weight is block-diagonal, which is exact and keeps
+the one dense integer path (it costs G times the multiply-adds of the grouped form: fine for the
+small groups such layers have). Equations with a letter repeated within an operand (traces,
+diagonals), an ellipsis, a letter only one side has that is summed away, or two activation
+operands are left alone (and refused by the op check, naming the node).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+
+def einsum_to_matmul(model: onnx.ModelProto) -> int:
+    """Rewrite every eligible Einsum of `model` in place (shapes must be inferred); returns how many."""
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    shapes = _shapes(model)
+    nodes, done = [], 0
+    for index, node in enumerate(graph.node):
+        plan = _plan(node, inits, shapes) if node.op_type == "Einsum" and node.domain in ("", "ai.onnx") else None
+        if plan is None:
+            nodes.append(node)
+            continue
+        nodes.extend(_emit(node, f"{node.name or 'Einsum_' + str(index)}/", *plan, graph))
+        done += 1
+    if done:
+        del graph.node[:]
+        graph.node.extend(nodes)
+        used = {i for n in graph.node for i in n.input}
+        keep = [i for i in graph.initializer if i.name in used]
+        del graph.initializer[:]
+        graph.initializer.extend(keep)
+    return done
+
+
+def _shapes(model: onnx.ModelProto) -> dict:
+    out = {}
+    for v in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
+        dims = v.type.tensor_type.shape.dim
+        if all(d.HasField("dim_value") and d.dim_value > 0 for d in dims) and v.type.tensor_type.HasField("shape"):
+            out[v.name] = tuple(d.dim_value for d in dims)
+    return out
+
+
+def _plan(node, inits, shapes):
+    equation = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "equation"), b"")
+    equation = (equation.decode() if isinstance(equation, bytes) else equation).replace(" ", "")
+    if len(node.input) != 2 or "->" not in equation or "." in equation:
+        return None
+    lhs, out = equation.split("->")
+    terms = lhs.split(",")
+    if len(terms) != 2 or any(len(set(t)) != len(t) for t in (*terms, out)):
+        return None
+    const = [name in inits for name in node.input]
+    if const.count(True) != 1 or node.input[const.index(False)] not in shapes:
+        return None
+    xi, wi = const.index(False), const.index(True)
+    xs, ws = terms[xi], terms[wi]
+    x_shape = shapes[node.input[xi]]
+    w = numpy_helper.to_array(inits[node.input[wi]])
+    if len(xs) != len(x_shape) or len(ws) != w.ndim or not set(out) <= set(xs) | set(ws):
+        return None
+    groups = [c for c in xs if c in ws and c in out]
+    contracted = [c for c in xs if c in ws and c not in out]
+    rows = [c for c in xs if c not in ws]
+    cols = [c for c in ws if c not in xs]
+    if any(c not in out for c in rows + cols):
+        return None  # a letter summed away on one side only
+    size = {**dict(zip(xs, x_shape)), **dict(zip(ws, w.shape))}
+    if any(size[c] != n for c, n in zip(xs, x_shape)) or any(size[c] != n for c, n in zip(ws, w.shape)):
+        return None
+    if any(dict(zip(xs, x_shape))[c] != dict(zip(ws, w.shape))[c] for c in groups + contracted):
+        return None  # broadcasting a size-1 dim against a constant: not the matmul form
+    g = int(np.prod([size[c] for c in groups], dtype=np.int64))
+    k = int(np.prod([size[c] for c in contracted], dtype=np.int64))
+    n = int(np.prod([size[c] for c in cols], dtype=np.int64))
+    w3 = np.transpose(w, [ws.index(c) for c in groups + contracted + cols]).reshape(g, k, n)
+    block = np.zeros((g * k, g * n), w.dtype)
+    for j in range(g):
+        block[j * k:(j + 1) * k, j * n:(j + 1) * n] = w3[j]
+    return (node.input[xi], xs, rows, groups, contracted, cols, out, size, block)
+
+
+def _emit(node, prefix, x, xs, rows, groups, contracted, cols, out, size, block, graph):
+    def const(name, value):
+        graph.initializer.append(numpy_helper.from_array(np.asarray(value), prefix + name))
+        return prefix + name
+
+    nodes = []
+    order = rows + groups + contracted
+    src = x
+    if order != list(xs):
+        nodes.append(helper.make_node("Transpose", [src], [prefix + "x_t"], name=prefix + "x_t",
+                                      perm=[xs.index(c) for c in order]))
+        src = prefix + "x_t"
+    row_dims = [size[c] for c in rows]
+    nodes.append(helper.make_node("Reshape", [src, const("x_shape", np.array(row_dims + [block.shape[0]], np.int64))],
+                                  [prefix + "x_2d"], name=prefix + "x_2d"))
+    nodes.append(helper.make_node("MatMul", [prefix + "x_2d", const("weight", block)], [prefix + "y_2d"],
+                                  name=prefix + "matmul"))
+    produced = rows + groups + cols
+    target = node.output[0] if produced == list(out) else prefix + "y"
+    nodes.append(helper.make_node("Reshape", [prefix + "y_2d", const("y_shape", np.array(
+        row_dims + [size[c] for c in groups + cols], np.int64))], [target], name=prefix + "y"))
+    if target != node.output[0]:
+        nodes.append(helper.make_node("Transpose", [target], [node.output[0]], name=prefix + "y_t",
+                                      perm=[produced.index(c) for c in out]))
+    return nodes

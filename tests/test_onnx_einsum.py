@@ -1,0 +1,71 @@
+"""Einsum with one constant operand becomes a MatMul chain (frontends/onnx_einsum.py): equal to
+onnxruntime's Einsum for grouped-linear, plain-matmul and transposed-output equations; others stay."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from frontends.onnx_einsum import einsum_to_matmul
+
+
+def _model(equation, x_shape, w_shape, out_shape, w_first=False):
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal(w_shape).astype(np.float32), "w")
+    inputs = ["w", "x"] if w_first else ["x", "w"]
+    graph = helper.make_graph([helper.make_node("Einsum", inputs, ["y"], equation=equation, name="e")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(out_shape))], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return onnx.shape_inference.infer_shapes(model)
+
+
+CASES = [
+    ("btgi,gih->btgh", (1, 5, 4, 3), (4, 3, 6), (1, 5, 4, 6), False),  # DeepFilterNet's grouped linear
+    ("bti,ih->bth", (2, 5, 8), (8, 3), (2, 5, 3), False),  # a plain matmul
+    ("hi,bti->bht", (2, 5, 8), (3, 8), (2, 3, 5), True),  # constant first, output transposed
+    ("bgi,gih->bhg", (2, 4, 3), (4, 3, 5), (2, 5, 4), False),  # groups, output letters reordered
+]
+
+
+@pytest.mark.parametrize("equation,x_shape,w_shape,out_shape,w_first", CASES, ids=[c[0] for c in CASES])
+def test_matches_onnxruntime(tmp_path, equation, x_shape, w_shape, out_shape, w_first):
+    model = _model(equation, x_shape, w_shape, out_shape, w_first)
+    onnx.save(model, tmp_path / "a.onnx")
+    assert einsum_to_matmul(model) == 1 and "Einsum" not in {n.op_type for n in model.graph.node}
+    onnx.checker.check_model(model)
+    onnx.save(model, tmp_path / "b.onnx")
+    x = np.random.default_rng(1).standard_normal(x_shape).astype(np.float32)
+    a, b = (ort.InferenceSession(str(tmp_path / f), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+            for f in ("a.onnx", "b.onnx"))
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("equation,x_shape,w_shape,out_shape", [
+    ("ii,ij->j", (3, 3), (3, 4), (4,)),  # a diagonal
+    ("...i,ih->...h", (2, 3), (3, 4), (2, 4)),  # ellipsis
+    ("bi,hk->bh", (2, 3), (4, 5), (2, 4)),  # a letter summed away on one side
+])
+def test_other_equations_stay(equation, x_shape, w_shape, out_shape):
+    model = _model(equation, x_shape, w_shape, out_shape)
+    assert einsum_to_matmul(model) == 0 and [n.op_type for n in model.graph.node] == ["Einsum"]
+
+
+def test_grouped_linear_compiles_integer_only(tmp_path):
+    import runtime
+    from runtime.compiler import compile_model
+
+    onnx.save(_model(*CASES[0][:4]), tmp_path / "g.onnx")
+    rng = np.random.default_rng(2)
+    np.savez(tmp_path / "calib.npz", x=rng.standard_normal((6, 1, 5, 4, 3)).astype(np.float32))
+    art = runtime.load(compile_model(tmp_path / "g.onnx", output=tmp_path / "a", calib=tmp_path / "calib.npz",
+                                     progress=False))
+    assert art.manifest["integer_only"] is True
+    x = rng.standard_normal((1, 5, 4, 3)).astype(np.float32)
+    ref = ort.InferenceSession(str(tmp_path / "g.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = art.run({"x": x})["y"]
+    assert float(np.dot(got.ravel(), ref.ravel()) / np.linalg.norm(got) / np.linalg.norm(ref)) > 0.99
