@@ -12,6 +12,21 @@ every int32 lane of one vector, the dot product of `k` activations with `k` weig
                                          widened by vpmovsxbw, + vpaddd (exact)
     generic      -                        the default loops (cpu_schedules.py)
 
+Activation x activation matmuls (attention's Q.K^T and P.V: `act_matmul.py`) pack their right
+operand at run time. 8-bit operands take the family's u8 x s8 recipe (`vpmaddubsw` only where
+the operands' ranges prove it safe; run-time int8 never is); int16 operands (15-bit
+probabilities, 16-bit V), and 8-bit ones on families without a u8 x s8 recipe, take the
+family's word recipe, int16 x int16 pairs -> int32:
+
+    avx512-vnni  wvnni       16 lanes x 2  vpdpwssd zmm
+    avx-vnni     wavxvnni     8 lanes x 2  {vex} vpdpwssd ymm
+    avx512bw     wmaddwd512  16 lanes x 2  vpmaddwd zmm + vpaddd
+    avx2         wmaddwd      8 lanes x 2  vpmaddwd ymm + vpaddd
+
+None of these saturates (vpdpwssd, vpdpbusd and vpmaddwd wrap modulo 2^32; only the pair
+-32768 * -32768 * 2 wraps inside vpmaddwd, and then the int32 result wraps the same way), so
+every recipe equals the plain int32 loop bit for bit, overflow or not.
+
 `maddubs` is used only where `maddubs_safe` proves no pair sum can saturate (see there);
 otherwise `maddwd` widens both operands to int16, where pairs of 8-bit products cannot. With
 per-channel full-range int8 weights the proof rarely holds (each output channel has a weight
@@ -44,6 +59,14 @@ def _maddubs(acc, a, w):
     return acc + _intrin("llvm.x86.avx2.pmadd.wd", "int32x8", pairs, T.broadcast(T.int16(1), 16))
 
 
+def _vpdpwssd(bits: int, lanes: int):
+    return lambda acc, a, w: _intrin(f"llvm.x86.avx512.vpdpwssd.{bits}", f"int32x{lanes}", acc, a, w)
+
+
+def _maddwd_words(name: str, lanes: int):
+    return lambda acc, a, w: acc + _intrin(name, f"int32x{lanes}", a, w)
+
+
 def _maddwd(name: str, lanes: int):
     # int8 weights are stored as int8 (half the bytes of int16) and widened on load (vpmovsxbw)
     return lambda acc, a, w: acc + _intrin(name, f"int32x{lanes}", a, T.Cast(f"int16x{2 * lanes}", w))
@@ -72,7 +95,12 @@ AVXVNNI = Dot("avxvnni", 8, 4, "uint8", "int8", 16, _vpdpbusd(256, 8))
 MADDUBS = Dot("maddubs", 8, 4, "uint8", "int8", 16, _maddubs)
 MADDWD = Dot("maddwd", 8, 2, "int16", "int8", 16, _maddwd("llvm.x86.avx2.pmadd.wd", 8))
 MADDWD512 = Dot("maddwd512", 16, 2, "int16", "int8", 32, _maddwd("llvm.x86.avx512.pmaddw.d.512", 16))
-DOTS = {d.name: d for d in (VNNI, AVXVNNI, MADDUBS, MADDWD, MADDWD512)}
+# int16 x int16 (activation x activation matmuls)
+WVNNI = Dot("wvnni", 16, 2, "int16", "int16", 32, _vpdpwssd(512, 16))
+WAVXVNNI = Dot("wavxvnni", 8, 2, "int16", "int16", 16, _vpdpwssd(256, 8))
+WMADDWD512 = Dot("wmaddwd512", 16, 2, "int16", "int16", 32, _maddwd_words("llvm.x86.avx512.pmaddw.d.512", 16))
+WMADDWD = Dot("wmaddwd", 8, 2, "int16", "int16", 16, _maddwd_words("llvm.x86.avx2.pmadd.wd", 8))
+DOTS = {d.name: d for d in (VNNI, AVXVNNI, MADDUBS, MADDWD, MADDWD512, WVNNI, WAVXVNNI, WMADDWD512, WMADDWD)}
 
 
 @dataclass(frozen=True)
@@ -80,14 +108,15 @@ class Family:
     name: str
     needs: tuple[str, ...]  # LLVM features the target must have
     dots: tuple[Dot, ...]  # best first
+    word: Dot | None = None  # int16 x int16 recipe (activation x activation matmuls)
 
 
 # Best first; the first whose features the target has is chosen.
 FAMILIES = (
-    Family("avx512-vnni", ("avx512vnni", "avx512bw"), (VNNI,)),
-    Family("avx-vnni", ("avxvnni", "avx2"), (AVXVNNI,)),
-    Family("avx512bw", ("avx512bw",), (MADDWD512,)),  # Skylake-SP: AVX-512 without VNNI
-    Family("avx2", ("avx2",), (MADDUBS, MADDWD)),
+    Family("avx512-vnni", ("avx512vnni", "avx512bw"), (VNNI,), WVNNI),
+    Family("avx-vnni", ("avxvnni", "avx2"), (AVXVNNI,), WAVXVNNI),
+    Family("avx512bw", ("avx512bw",), (MADDWD512,), WMADDWD512),  # Skylake-SP: AVX-512 without VNNI
+    Family("avx2", ("avx2",), (MADDUBS, MADDWD), WMADDWD),
 )
 GENERIC = Family("generic", (), ())
 
@@ -113,3 +142,9 @@ def maddubs_safe(w_nk: np.ndarray, a_max: int) -> bool:
     w = w_nk.astype(np.int64).reshape(w_nk.shape[0], -1, 2)
     pos, neg = np.maximum(w, 0).sum(-1), np.maximum(-w, 0).sum(-1)
     return bool(a_max * pos.max(initial=0) <= INT16_MAX and a_max * neg.max(initial=0) <= INT16_MAX + 1)
+
+
+def maddubs_safe_range(a_max: int, w_lo: int, w_hi: int) -> bool:
+    """`maddubs_safe` for weights known only by their range [w_lo, w_hi] (a run-time operand):
+    the worst pair is two extreme weights of one sign."""
+    return a_max * 2 * max(w_hi, 0) <= INT16_MAX and a_max * 2 * max(-w_lo, 0) <= INT16_MAX + 1

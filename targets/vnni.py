@@ -117,6 +117,7 @@ def pack_weights(w_nk: np.ndarray, dot: Dot = VNNI) -> np.ndarray:
 # -- compute definitions (block names tell the schedule the recipe and the kind) -------------
 
 DENSE, CONV_LANES_OUT, CONV_LANES_PIXELS = "dense", "conv_lanes_out", "conv_lanes_pixels"
+COLSUM = "colsum"  # the shift correction of a run-time packed operand
 
 
 def _corrected(acc: te.Tensor, corr: te.Tensor | None, channel_axis: int) -> te.Tensor:
@@ -126,18 +127,51 @@ def _corrected(acc: te.Tensor, corr: te.Tensor | None, channel_axis: int) -> te.
     return te.compute(acc.shape, lambda *i: acc[i] - corr[i[channel_axis]], name="vnni_unshift")
 
 
-def dense_te(a: te.Tensor, bp: te.Tensor, corr: te.Tensor | None = None, dot: str = "vnni") -> te.Tensor:
-    """out[..., m, n] = sum_k A[..., m, k] * Bp[n/L, k/kk, n%L, k%kk] - corr[n]  (lanes over n)."""
-    lanes, kk = int(bp.shape[2]), int(bp.shape[3])
-    out_shape = [*a.shape[:-1], bp.shape[0] * lanes]
-    r = te.reduce_axis((0, int(a.shape[-1])), name="k")
+def dense_te(a: te.Tensor, bp: te.Tensor, corr: te.Tensor | None = None, dot: str = "vnni",
+             tail: te.Tensor | None = None, shift: int = 0) -> te.Tensor:
+    """out[..., m, n] = sum_k A[..., m, k] * Bp[..., n/L, k/kk, n%L, k%kk] - corr[n]  (lanes over n).
+
+    Bp may carry batch dims (a right operand packed at run time, `act_matmul.py`): they match
+    the last batch dims of A, and the correction then is `colsum_te(Bp)` [..., N/L, L]. `tail`
+    [..., t, N] holds the last t rows of B (K = kk * (K/kk) + t): they add
+    sum_t (A[..., m, K - t + i] - shift) * tail[..., i, n] (A holds x + shift)."""
+    lanes, kk = int(bp.shape[-2]), int(bp.shape[-1])
+    batch, k_main = len(bp.shape) - 4, int(bp.shape[-3]) * kk
+    out_shape = [*a.shape[:-1], bp.shape[-4] * lanes]
+    r = te.reduce_axis((0, k_main), name="k")
+    outer = lambda rows: tuple(rows[len(rows) - 1 - batch:len(rows) - 1])  # Bp's batch indices
 
     def body(*idx):
         *rows, j = idx
         return te.sum(a[(*rows, r)].astype("int32")
-                      * bp[j // lanes, r // kk, j % lanes, r % kk].astype("int32"), axis=r)
+                      * bp[(*outer(rows), j // lanes, r // kk, j % lanes, r % kk)].astype("int32"), axis=r)
 
-    return _corrected(te.compute(out_shape, body, name=f"{dot}_{DENSE}"), corr, len(out_shape) - 1)
+    acc = te.compute(out_shape, body, name=f"{dot}_{DENSE}")
+    if corr is None or len(corr.shape) == 1:
+        acc = _corrected(acc, corr, len(out_shape) - 1)
+        if tail is None:
+            return acc
+        return te.compute(out_shape, lambda *i: acc[i] + _tail_sum(a, tail, i, outer, k_main, shift),
+                          name="vnni_tail")
+    return te.compute(out_shape, lambda *i: acc[i] - corr[(*outer(i[:-1]), i[-1] // lanes, i[-1] % lanes)]
+                      + _tail_sum(a, tail, i, outer, k_main, shift), name="vnni_unshift")
+
+
+def colsum_te(bp: te.Tensor, shift: int, dot: str) -> te.Tensor:
+    """shift * sum_k Bp[..., v, k/kk, l, k%kk] -> [..., v, l]: the correction of A + shift."""
+    kk, k_main = int(bp.shape[-1]), int(bp.shape[-3]) * int(bp.shape[-1])
+    r = te.reduce_axis((0, k_main), name="k")
+    return te.compute([*bp.shape[:-3], bp.shape[-2]], lambda *i: te.sum(
+        bp[(*i[:-1], r // kk, i[-1], r % kk)].astype("int32") * shift, axis=r), name=f"{dot}_{COLSUM}")
+
+
+def _tail_sum(a, tail, i, outer, k_main, shift):
+    """sum_t (A[..., m, k_main + t] - shift) * tail[..., t, n]: the rows of K past the last whole step."""
+    if tail is None:
+        return 0
+    *rows, j = i
+    return sum((a[(*rows, k_main + t)].astype("int32") - shift) * tail[(*outer(rows), t, j)].astype("int32")
+               for t in range(int(tail.shape[-2])))
 
 
 def conv_lanes_out_te(xt: te.Tensor, wp: te.Tensor, h: int, w: int, corr: te.Tensor | None = None,
@@ -211,15 +245,29 @@ def vnni_block(sch: s_tir.Schedule):
     """(block, recipe, kind) of the dot-product compute in a (fused) PrimFunc, or None."""
     for block in sch.get_child_blocks(sch.get_sblock("root")):
         prefix, _, kind = sch.get(block).name_hint.partition("_")
-        if prefix in DOTS and kind in (DENSE, CONV_LANES_OUT, CONV_LANES_PIXELS):
+        if prefix in DOTS and kind in (DENSE, CONV_LANES_OUT, CONV_LANES_PIXELS, COLSUM):
             return block, DOTS[prefix], kind
     return None
+
+
+def _schedule_colsum(sch: s_tir.Schedule, block) -> None:
+    """The shift correction of a run-time packed operand: parallel over its vectors, the
+    reduction outside, lanes vectorized."""
+    *outer, lane, k = sch.get_loops(block)
+    sch.reorder(*outer, k, lane)
+    sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+    sch.vectorize(lane)
+    init = sch.decompose_reduction(block, k)
+    sch.vectorize(sch.get_loops(init)[-1])
 
 
 def schedule(sch: s_tir.Schedule, block, dot: Dot, kind: str) -> None:
     """Tile, cache the accumulators in registers, tensorize and parallelize one dot-product
     block; the fused requantization epilogue after it is computed tile by tile."""
     bcast_a, bcast_b = intrinsic_names(dot)
+    if kind == COLSUM:
+        _schedule_colsum(sch, block)
+        return
     epilogue = inline_epilogue(sch, f"{dot.name}_{kind}")
     shape = [static_factor(sch.get(loop).extent) for loop in sch.get_loops(block)]  # symbolic batch: its factor
     if kind == DENSE:

@@ -4,6 +4,7 @@ dot-product kernels (`vnni.py`) of the target's kernel family (`kernel_family.py
 Runs on the integer Relax module before legalization, for LLVM x86 targets.
 
     matmul(x[..., K], W[K, N]) -> {dot}_dense(x', pack(W^T))                         lanes over N
+    matmul(A[..., M, K], B[..., K, N]) -> {dot}_dense(A', pack(B) at run time)   `act_matmul.py`
     conv2d(x[1, C, H, W], W[O, C, 1, 1])               (a batch B, maybe symbolic: [B, ...] repacks)
         -> {dot}_conv_lanes_pixels(repack(x')[C/k, H*W, k], W[O, C])            big images
         -> {dot}_conv_lanes_out(transpose(x')[H*W, C], pack(W))                 small images
@@ -25,7 +26,7 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from . import vnni
+from . import act_matmul, vnni
 from .kernel_family import MADDUBS, Dot, Family, maddubs_safe
 from .schedule_common import static_factor
 
@@ -89,6 +90,8 @@ class _Rewriter(PyExprMutator):
 
     def _matmul(self, call: relax.Call):
         x, w = call.args
+        if _const(x) is None and _const(w) is None:  # two activations: the right one packed at run time
+            return act_matmul.rewrite(self.builder_, call, self.family)
         w_np, x_shape = _const(w), _shape(x)
         if w_np is None or x_shape is None or len(x_shape) < 2 or w_np.ndim != 2 or str(x.ty.dtype) not in _INT8:
             return None
