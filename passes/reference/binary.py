@@ -6,6 +6,7 @@ Binary ops of two activations at scales S_a, S_b (numpy broadcasting):
 - less/greater/equal/...: both operands requantized to a common scale finer than either, then
   compared (`common_scale` without clamp, bool result);
 - multiply: the int32 product at scale S_a * S_b (`multiply_acc`);
+- isnan/isinf/isfinite of an activation: a constant mask, integers being finite (`float_predicate`);
 - divide: the quotient at 2^-P, rounded half away from zero, then one dyadic requantization
   to the output scale; a zero divisor saturates to the output range (0 / 0 gives 0) (`divide`).
 Reductions: an integer sum (int32, or int64 then a rounding right shift), max/min and
@@ -49,6 +50,14 @@ def common_scale(op: str, a, b, ma, sa, mb, sb, lo=None, hi=None, out_dtype=None
         return COMPARE_OPS[op](ya, yb)
     y = np.where(cond, ya, yb) if op == "where" else VALUE_OPS[op](ya, yb)
     return np.clip(y, lo, hi).astype(out_dtype)
+
+
+def float_predicate(name: str, shape) -> np.ndarray:
+    """isnan / isinf / isfinite of an integer-represented tensor: it stands for finite reals, so
+    all false (isnan, isinf) or all true (isfinite)."""
+    if name not in ("isnan", "isinf", "isfinite"):
+        raise ValueError(f"not a float predicate: {name}")
+    return np.full(tuple(shape), name == "isfinite", bool)
 
 
 def multiply_acc(a, b) -> np.ndarray:
