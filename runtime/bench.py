@@ -17,13 +17,15 @@ EXAMPLES = """examples:
   python -m runtime.bench model.arm.artifact --rpc 192.168.1.20:9090          # board's RPC server
   python -m runtime.bench model.arm.artifact --rpc tracker:9190 --key rasp4b   # through a tracker
   python -m runtime.bench model.x86.artifact --json
+  python -m runtime.bench bert.x86.artifact --shape seq=32 --shape n=8           # free dims by name
 """
 
 
 def benchmark(model, threads: int | None = None, repeat: int = 50, warmup: int = 3, inputs=None,
-              batch: int = 1) -> dict:
+              batch: int = 1, sizes: dict[str, int] | None = None) -> dict:
     """p50/p90/p99/mean latency (ms) and throughput (samples/s) of `model` on random (or given)
-    inputs; `batch` samples per run for a symbolic-batch artifact."""
+    inputs; `batch` samples per run for a symbolic-batch artifact, `sizes` other free dims by
+    name (a sequence length; default its upper bound)."""
     from .model import example_shape
 
     import tvm
@@ -34,14 +36,33 @@ def benchmark(model, threads: int | None = None, repeat: int = 50, warmup: int =
         config(0, threads)
     if inputs is None:
         rng = np.random.default_rng(0)
-        inputs = {i["name"]: rng.standard_normal(example_shape(i, batch)).astype(i["dtype"]) for i in model.inputs}
+        inputs = {i["name"]: _random(rng, example_shape(i, batch, sizes), i) for i in model.inputs}
     ms = model.time(model.quantize_inputs(inputs), repeat=repeat, warmup=warmup)
     p50, p90, p99 = np.percentile(ms, [50, 90, 99])
     return {"artifact": str(model.path), "target": model.manifest["target"]["name"],
             "where": "rpc" if model.remote else "local", "threads": threads or "default", "repeat": repeat,
             "p50_ms": round(float(p50), 4), "p90_ms": round(float(p90), 4), "p99_ms": round(float(p99), 4),
             "mean_ms": round(float(ms.mean()), 4), "batch": batch,
+            "shapes": {k: list(v.shape) for k, v in inputs.items()},
             "throughput_per_s": round(1e3 * batch / float(ms.mean()), 2)}
+
+
+def _random(rng, shape: list[int], spec: dict) -> np.ndarray:
+    """Random input: N(0, 1) floats; integers (token ids, masks) as ones."""
+    if np.dtype(spec["dtype"]).kind == "f":
+        return rng.standard_normal(shape).astype(spec["dtype"])
+    return np.ones(shape, spec["dtype"])
+
+
+def parse_sizes(items: list[str]) -> dict[str, int]:
+    """`--shape seq=32 --shape n=8` -> {"seq": 32, "n": 8}."""
+    sizes = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        if not name or not value.isdigit() or int(value) < 1:
+            raise CompileError(f"--shape {item!r}: expected DIM=SIZE, e.g. seq=32 or n=8")
+        sizes[name] = int(value)
+    return sizes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--input", metavar="FILE.npz", help="inputs to time with (default: random)")
     p.add_argument("--batch", type=int, default=1,
                    help="samples per run of random inputs, for an artifact compiled with a free batch (default 1)")
+    p.add_argument("--shape", action="append", default=[], metavar="DIM=SIZE",
+                   help="a free dim of the artifact by name (its manifest shape), e.g. seq=32 or n=8 (repeatable)")
     p.add_argument("--rpc", metavar="HOST:PORT", help="run on the board behind this RPC server or tracker")
     p.add_argument("--key", help="device key, when --rpc names a tracker")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -75,7 +98,13 @@ def main(argv: list[str] | None = None) -> int:
         inputs = dict(np.load(args.input)) if args.input else None
         free = any(isinstance(d, str) for i in model.inputs for d in i["shape"])  # a symbolic batch
         batch = next(iter(inputs.values())).shape[0] if inputs and free else args.batch
-        result = benchmark(model, args.threads, args.repeat, args.warmup, inputs, batch)
+        sizes = parse_sizes(args.shape)
+        names = {d for i in model.inputs for d in i["shape"] if isinstance(d, str)}
+        if set(sizes) - names:
+            raise CompileError(f"--shape {', '.join(sorted(set(sizes) - names))}: the artifact's free dims are "
+                               f"{sorted(names) or 'none'}")
+        batch = sizes.get(next((i["shape"][0] for i in model.inputs if isinstance(i["shape"][0], str)), ""), batch)
+        result = benchmark(model, args.threads, args.repeat, args.warmup, inputs, batch, sizes)
         if args.json:
             print(json.dumps(result))
         else:

@@ -185,9 +185,12 @@ def _check_shape(name: str, shape: list[int], spec: dict, sizes: dict[str, int])
                              f"{sizes[dim]}; inputs sharing a batch dim must agree")
 
 
-def example_shape(spec: dict, batch: int = 1) -> list[int]:
-    """An input's shape with its free dims (the batch) set to `batch`."""
-    return [batch if isinstance(d, str) else d for d in spec["shape"]]
+def example_shape(spec: dict, batch: int = 1, sizes: dict[str, int] | None = None) -> list[int]:
+    """An input's shape with its free dims set: by name from `sizes`, else the leading one (the
+    batch) to `batch` and later ones (a sequence length) to their range's upper bound."""
+    sizes, ranges = sizes or {}, spec.get("range", {})
+    return [d if not isinstance(d, str) else sizes[d] if d in sizes else batch if i == 0 else ranges[d][1]
+            for i, d in enumerate(spec["shape"])]
 
 
 def _check_cpu_features(path: Path, features: list[str]) -> None:
