@@ -32,12 +32,13 @@ def unroll_recurrent(model: onnx.ModelProto) -> int:
     shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
               for v in (*model.graph.input, *model.graph.value_info)}
     nodes, count = [], 0
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
     for node in model.graph.node:
         plan = _plan(node, inits, shapes)
         if plan is None:
             nodes.append(node)
             continue
-        unrolled = _Unrolled(node)
+        unrolled = _Unrolled(node, opset)
         unrolled.build(**plan)
         nodes.extend(unrolled.nodes)
         model.graph.initializer.extend(unrolled.inits)
@@ -81,8 +82,8 @@ def _plan(node, inits, shapes) -> dict | None:
 class _Unrolled:
     """The nodes and initializers replacing one recurrent node (names under `<node>/unrolled/`)."""
 
-    def __init__(self, node):
-        self.node, self.nodes, self.inits = node, [], []
+    def __init__(self, node, opset: int = 13):
+        self.node, self.nodes, self.inits, self.opset = node, [], [], opset
         self.prefix = (node.name or node.output[0]) + "/unrolled"
 
     def const(self, name, value):
@@ -91,6 +92,10 @@ class _Unrolled:
 
     def op(self, kind, inputs, name, outputs=1, **attrs):
         names = [f"{self.prefix}/{name}"] if outputs == 1 else [f"{self.prefix}/{name}_{k}" for k in range(outputs)]
+        if self.opset < 13 and kind in ("Squeeze", "Unsqueeze", "Split"):  # before 13: axes/split attributes
+            const = next(i for i in self.inits if i.name == inputs[1])
+            attrs["axes" if kind != "Split" else "split"] = numpy_helper.to_array(const).tolist()
+            inputs = inputs[:1]
         self.nodes.append(helper.make_node(kind, inputs, names, name=f"{self.prefix}/{name}", **attrs))
         return names[0] if outputs == 1 else names
 

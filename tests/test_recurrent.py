@@ -94,6 +94,20 @@ def test_unrolled_equals_onnxruntime(kind, direction, extra):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("opset", [11, 12])
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_unrolled_in_opsets_before_13(kind, opset):
+    # Squeeze/Unsqueeze/Split took attributes before opset 13 (DeepFilterNet's GRUs are opset 12):
+    # an axes input there is ignored, and a squeeze of every 1-dim drops the batch of 1
+    model, feeds = single(kind, "bidirectional", batch=1, **({"linear_before_reset": 1} if kind == "GRU" else {}))
+    model.opset_import[0].version = opset
+    want = _run(model, feeds)
+    assert unroll_recurrent(model) == 1
+    onnx.checker.check_model(model, full_check=True)
+    for g, w in zip(_run(model, feeds), want):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+
+
 def test_not_unrolled_where_semantics_differ():
     model, _ = single("LSTM", "forward", clip=1.0)
     assert unroll_recurrent(model) == 0
