@@ -195,3 +195,23 @@ def test_aarch64_buckets_equal_x86_under_qemu(bucket_artifact, tmp_path):
         q = x86.quantize_inputs({"ids": ids, "mask": mask})
         for got, want in zip(Aarch64Emulator().run_integer(arm, q), x86.run_integer(q)):
             np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.slow
+def test_cuda_buckets_compile(bucket_artifact, tmp_path):
+    """Each bucket is a static-shape model, so the cuda target builds them all (device code in
+    every bucket library); they run where a GPU is (tests/test_cuda.py covers running)."""
+    import shutil
+
+    if shutil.which("nvcc") is None:
+        pytest.skip("the cuda target needs nvcc (CUDA toolkit), not found")
+    from runtime.artifact import read_manifest
+
+    work = bucket_artifact.parent
+    out = tmp_path / "cuda.artifact"
+    assert compile_main([str(work / "enc.onnx"), "--target", "cuda", "--calib", str(work / "calib.npz"), *SHAPES,
+                         "-o", str(out), "-q"]) == 0
+    m = read_manifest(out)
+    assert m["target"]["device"] == "cuda" and m["buckets"]["sizes"] == [16, 32] and m["integer_only"] is True
+    for lib in m["buckets"]["libraries"].values():
+        assert bytes.fromhex("50ed55ba") in (out / lib["file"]).read_bytes()  # an embedded fatbin
