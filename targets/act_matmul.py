@@ -3,7 +3,7 @@ with the right operand packed at run time, batched over heads (called by `vnni_r
 
     matmul(A[..., M, K], B[..., K, N]) (int8/uint8/int16, out int32)
         -> slice_N({dot}_dense(A', Bp, tail))
-    (Bp, tail) = dot_pack(B):  Bp[..., Np/L, K'/k, L, k] = B[..., K' rows, N columns zero-padded to Np]
+    (Bp, tail) = {dot}_pack(B):  Bp[..., Np/L, K'/k, L, k] = B[..., K' rows, N columns zero-padded to Np]
                                tail[..., t, Np] = B's last t = K - K' rows (K' = k * floor(K / k))
 
 The recipe (`kernel_family.py`): two 8-bit operands (B int8) take the family's u8 x s8 recipe
@@ -12,7 +12,9 @@ from the packed operand by a small kernel of its own), `vpmaddubsw` only where t
 prove no pair saturates (never for int8 A shifted to 255); everything else (int16 operands:
 15-bit probabilities, 16-bit V; uint8 B) takes the family's int16 x int16 word recipe with
 both operands widened to int16. The family's generic loops stay where it has no recipe.
-All recipes sum the same int32 products modulo 2^32: bit-exact with the plain loop.
+All recipes sum the same int32 products modulo 2^32: bit-exact with the plain loop. The pack
+kernel takes B's producer (its requantization, a transpose) inlined and stores one vector per
+(L columns, k rows) tile (`vnni.schedule_pack`).
 Not rewritten (generic loops): broadcast batch dims, symbolic inner dims, other dtypes.
 """
 
@@ -27,10 +29,9 @@ from .schedule_common import static_factor
 
 _DTYPES = ("int8", "uint8", "int16")
 SHIFT = 128  # int8 -> uint8 for the u8 x s8 recipes
-PACK = "dot_pack"  # block name prefix: cpu_schedules treats the kernel as a layout change
 
 
-def pack_te(b: te.Tensor, lanes: int, k: int, n_pad: int, dtype: str):
+def pack_te(b: te.Tensor, lanes: int, k: int, n_pad: int, dtype: str, dot: str):
     """B [..., K, N] -> Bp [..., Np/L, K'/k, L, k], or [Bp, tail [..., t, Np]] when K % k."""
     *batch, kdim, n = (int(d) for d in b.shape)
     main, t = kdim - kdim % k, kdim % k
@@ -41,10 +42,10 @@ def pack_te(b: te.Tensor, lanes: int, k: int, n_pad: int, dtype: str):
 
     nb = len(batch)
     bp = te.compute([*batch, n_pad // lanes, main // k, lanes, k],
-                    lambda *i: at(i[:nb], i[nb + 1] * k + i[nb + 3], i[nb] * lanes + i[nb + 2]), name=PACK)
+                    lambda *i: at(i[:nb], i[nb + 1] * k + i[nb + 3], i[nb] * lanes + i[nb + 2]), name=f"{dot}_{vnni.PACK}")
     if not t:
         return bp
-    tail = te.compute([*batch, t, n_pad], lambda *i: at(i[:nb], main + i[nb], i[nb + 1]), name=f"{PACK}_tail")
+    tail = te.compute([*batch, t, n_pad], lambda *i: at(i[:nb], main + i[nb], i[nb + 1]), name=f"{dot}_{vnni.PACK}tail")
     return [bp, tail]
 
 
@@ -86,8 +87,8 @@ def rewrite(builder: relax.BlockBuilder, call: relax.Call, family: Family) -> re
                                          "uint8"))
     elif a_dtype != dot.a_dtype:
         a = builder.emit(relax.op.astype(a, dot.a_dtype))
-    packed = builder.emit(builder.call_te(pack_te, b, dot.lanes, dot.k, n_pad, dot.w_dtype,
-                                          primfunc_name_hint=f"{PACK}_{dot.name}"))
+    packed = builder.emit(builder.call_te(pack_te, b, dot.lanes, dot.k, n_pad, dot.w_dtype, dot.name,
+                                          primfunc_name_hint=f"{dot.name}_{vnni.PACK}"))
     bp, tail = ((builder.emit(relax.TupleGetItem(packed, 0)), builder.emit(relax.TupleGetItem(packed, 1)))
                 if k % dot.k else (packed, None))
     corr = builder.emit(builder.call_te(vnni.colsum_te, bp, SHIFT, dot.name, primfunc_name_hint=f"{dot.name}_colsum")

@@ -118,6 +118,7 @@ def pack_weights(w_nk: np.ndarray, dot: Dot = VNNI) -> np.ndarray:
 
 DENSE, CONV_LANES_OUT, CONV_LANES_PIXELS = "dense", "conv_lanes_out", "conv_lanes_pixels"
 COLSUM = "colsum"  # the shift correction of a run-time packed operand
+PACK = "pack"  # a right operand packed at run time (act_matmul.pack_te; "packtail": its K tail)
 
 
 def _corrected(acc: te.Tensor, corr: te.Tensor | None, channel_axis: int) -> te.Tensor:
@@ -245,9 +246,43 @@ def vnni_block(sch: s_tir.Schedule):
     """(block, recipe, kind) of the dot-product compute in a (fused) PrimFunc, or None."""
     for block in sch.get_child_blocks(sch.get_sblock("root")):
         prefix, _, kind = sch.get(block).name_hint.partition("_")
-        if prefix in DOTS and kind in (DENSE, CONV_LANES_OUT, CONV_LANES_PIXELS, COLSUM):
+        if prefix in DOTS and kind in (DENSE, CONV_LANES_OUT, CONV_LANES_PIXELS, COLSUM, PACK):
             return block, DOTS[prefix], kind
     return None
+
+
+def schedule_pack(sch: s_tir.Schedule, block) -> None:
+    """A run-time pack [..., N/L, K/k, L, k] (and its K tail [..., t, N]) with its producer
+    (requantization, transpose) inlined, parallel over tiles. Vectorized along what is
+    contiguous in the producer: B's rows (K^T of attention: (K/k, k) innermost, 4-byte
+    stores) or its columns (V: one L * k vector store per tile)."""
+    name = sch.get(block).name_hint
+    packs = [b for b in sch.get_child_blocks(sch.get_sblock("root")) if sch.get(b).name_hint.startswith(name)]
+    for other in reversed(sch.get_child_blocks(sch.get_sblock("root"))):
+        if not sch.get(other).name_hint.startswith(name):
+            try:
+                sch.compute_inline(other)
+            except s_tir.schedule.ScheduleError:
+                pass  # computed in a loop nest of its own, before the pack
+    for pack in packs:
+        loops = sch.get_loops(pack)
+        if sch.get(pack).name_hint != name:  # the tail: columns innermost
+            outer, inner = loops[:-1], loops[-1]
+        elif _reads_rows_contiguously(sch.get(pack)):
+            *lead, jo, ko, jl, kl = loops
+            sch.reorder(*lead, jo, jl, ko, kl)
+            outer, inner = [*lead, jo, jl], sch.fuse(ko, kl)
+        else:
+            outer, inner = loops[:-2], sch.fuse(*loops[-2:])
+        if outer:
+            sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+        sch.vectorize(inner)
+
+
+def _reads_rows_contiguously(block) -> bool:
+    """The pack's source is contiguous along B's rows: its last read index uses the k-in-step var."""
+    used = tvm.tirx.analysis.undefined_vars(block.reads[0].region[-1].min, [])
+    return any(v.same_as(block.iter_vars[-1].var) for v in used)
 
 
 def _schedule_colsum(sch: s_tir.Schedule, block) -> None:
@@ -267,6 +302,9 @@ def schedule(sch: s_tir.Schedule, block, dot: Dot, kind: str) -> None:
     bcast_a, bcast_b = intrinsic_names(dot)
     if kind == COLSUM:
         _schedule_colsum(sch, block)
+        return
+    if kind == PACK:
+        schedule_pack(sch, block)
         return
     epilogue = inline_epilogue(sch, f"{dot.name}_{kind}")
     shape = [static_factor(sch.get(loop).extent) for loop in sch.get_loops(block)]  # symbolic batch: its factor

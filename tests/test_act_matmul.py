@@ -117,3 +117,36 @@ def test_broadcast_batch_keeps_the_generic_kernel():
             relax_main(lambda x, y: relax.op.matmul(x, y, out_dtype="int32"), [a, b]))
     names = [gv.name_hint for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
     assert not any("act_dense" in n for n in names) and any("matmul" in n for n in names)
+
+
+def test_attention_operands_packed_from_their_requantization():
+    """K^T and V as attention makes them (a requantized int32 projection, transposed): the pack
+    kernels inline that producer (rows or columns contiguous), exact on this CPU's family."""
+    import tvm
+    from tvm import relax
+
+    op = relax.op
+    t, h, d = 33, 2, 32
+    q = _operand("int8", (1, h, t, d))
+    p = _operand("int16", (1, h, t, t), nonnegative=True) // t
+    k, v = (rng.integers(-2**20, 2**20, (1, t, h, d)).astype(np.int32) for _ in range(2))
+
+    def requant(x, axes, dtype):
+        lo, hi = ref.kernels.INT_RANGE[dtype]
+        y = op.right_shift(op.add(op.multiply(op.astype(op.permute_dims(x, axes), "int64"), relax.const(3, "int64")),
+                                  relax.const(128, "int64")), relax.const(8, "int64"))
+        return op.astype(op.clip(y, lo, hi), dtype)
+
+    def build(q_, k_, p_, v_):
+        return relax.Tuple([op.matmul(q_, requant(k_, [0, 2, 3, 1], "int8"), out_dtype="int32"),
+                            op.matmul(p_, requant(v_, [0, 2, 1, 3], "int16"), out_dtype="int32")])
+
+    def requant_ref(x, axes, dtype):
+        return np.clip((x.transpose(axes).astype(np.int64) * 3 + 128) >> 8, *ref.kernels.INT_RANGE[dtype])
+
+    spec = get_target("x86")
+    target = spec.target()
+    ex = tvm.compile(relax_main(build, [q, k, p, v]), target=target, relax_pipeline=spec.relax_pipeline(target))
+    got = relax.VirtualMachine(ex, tvm.cpu())["main"](*[tvm.runtime.tensor(a) for a in (q, k, p, v)])
+    np.testing.assert_array_equal(got[0].numpy(), ref.matmul_acc(q, requant_ref(k, (0, 2, 3, 1), "int8")))
+    np.testing.assert_array_equal(got[1].numpy(), ref.matmul_acc(p, requant_ref(v, (0, 2, 1, 3), "int16")))
