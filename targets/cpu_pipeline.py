@@ -17,6 +17,7 @@ def cpu_lowering_passes(target, tune_trials: int = 0) -> list:
     from passes.patch_conv_as_matmul import patch_conv_as_matmul
 
     from .cpu_schedules import schedule_int_matmul_cpu
+    from .depthwise import flat_depthwise
     from .share_kernels import dedupe_kernels, lift_scalar_constants
     from .kernel_family import kernel_family
     from .vnni_rewrite import use_dot_kernels
@@ -28,7 +29,7 @@ def cpu_lowering_passes(target, tune_trials: int = 0) -> list:
         from .tuning import tune_pass
 
         tune = [tune_pass(target, tune_trials)]
-    return ([patch_conv_as_matmul] + dots + [conv1x1_as_matmul] + cpu_defaults.library_dispatch_passes(target)
+    return ([patch_conv_as_matmul, flat_depthwise] + dots + [conv1x1_as_matmul] + cpu_defaults.library_dispatch_passes(target)
             + [lift_scalar_constants] + cpu_defaults.legalize_passes(target)
             + [schedule_int_matmul_cpu, dedupe_kernels] + tune)
 

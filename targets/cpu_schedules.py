@@ -90,7 +90,7 @@ def _schedule_repack(func: tvm.tirx.PrimFunc):
     into the transpose (the reshape was a full copy, with a division and a modulo per index),
     and the output axis that walks the input's contiguous last axis goes innermost, 16 lanes
     wide: contiguous vector loads and vectorized requantization, strided stores; the other
-    axes run in parallel. EfficientNet-Lite0: its repacks 4.4 -> 1.1 ms at 1 thread (min per kernel, loaded machine)."""
+    axes run in parallel. EfficientNet-Lite0: its repacks 4.4 -> ms at 1 thread."""
     sch = s_tir.Schedule(func)
     blocks = sch.get_child_blocks(sch.get_sblock("root"))
     last = blocks[-1] if blocks else None
@@ -163,10 +163,18 @@ _CONV_BLOCKS = ("group_conv2d_nchw", "conv2d_nchw", "depthwise_conv2d_nchw")
 STEM_CHANNELS = 8  # input channels of a spatial conv run like a depthwise one (an RGB stem)
 
 
+def _x86() -> bool:
+    """Whether the target being compiled for is x86 (where LLVM makes no dot products of a stem's
+    default loops; on aarch64 it makes `sdot` of them, so they stay)."""
+    target = tvm.target.Target.current(allow_none=True)
+    triple = str(target.attrs.get("mtriple", "") or "") if target is not None else ""
+    return target is not None and target.kind.name == "llvm" and (not triple or triple.startswith("x86_64"))
+
+
 def _depthwise_conv_block(sch: s_tir.Schedule):
     """The conv block of a depthwise conv kernel (one input channel per output channel), of a
-    spatial conv over a few input channels (a network's RGB stem: its 3 x 3 x 3 window is too
-    short a reduction for dot products, and the default loops ran it on one thread, scalar),
+    spatial conv over a few input channels on x86 (a network's RGB stem: its 3 x 3 x 3 window
+    is too short a reduction for dot products, and the default loops ran it on one thread, scalar),
     or of any 4-bit conv (vectorized over x, each weight nibble is unpacked once per row, not
     once per pixel). Other 8-bit convs keep the default loops, whose innermost reduction over
     input channels is what LLVM turns into `sdot`/`vpdpbusd` dot products."""
@@ -179,9 +187,15 @@ def _depthwise_conv_block(sch: s_tir.Schedule):
         channels, ky, kx = (stmt.iter_vars[i].dom.extent for i in (4, 5, 6))
         if not all(isinstance(e, tvm.tirx.IntImm) for e in (channels, ky, kx)):
             continue
-        if int(channels) == 1 or (int(channels) <= STEM_CHANNELS and int(ky) * int(kx) > 1):
+        if int(channels) == 1 or (int(channels) <= STEM_CHANNELS and int(ky) * int(kx) > 1 and _x86()):
             return block
     return None
+
+
+def _flat_depthwise_block(sch: s_tir.Schedule):
+    from .depthwise import BLOCK
+
+    return next((b for b in sch.get_child_blocks(sch.get_sblock("root")) if sch.get(b).name_hint == BLOCK), None)
 
 
 def _schedule_depthwise_conv(sch: s_tir.Schedule, block) -> None:
@@ -202,6 +216,46 @@ def _schedule_depthwise_conv(sch: s_tir.Schedule, block) -> None:
             sch.compute_at(producer, channel)
         except s_tir.schedule.ScheduleError:
             pass
+
+
+def _schedule_flat_depthwise(sch: s_tir.Schedule, block) -> None:
+    """A depthwise conv over flat rows (`depthwise.py`): parallel over channels, 16 output
+    lanes at a time with their accumulators in registers across the taps, the padded flat row
+    computed per channel (in cache), the requantization epilogue parallel over channels."""
+    from .depthwise import LANES
+
+    epilogue = inline_epilogue(sch, sch.get(block).name_hint)
+    *lead, o, ry, rx = sch.get_loops(block)
+    channel = sch.fuse(*lead) if len(lead) > 1 else lead[0]
+    sch.parallel(channel)
+    for producer in sch.get_producers(block):  # the padded flat rows, row by row (no division per element)
+        sch.compute_at(producer, channel)
+        width = _padded_width(sch.get(block))
+        if width:
+            sch.split(sch.get_loops(producer)[-1], [None, width])
+    for consumer in epilogue:  # its reads (flat index y * Wp + x) defeat compute-at: a loop nest of its own
+        loops = sch.get_loops(consumer)
+        sch.parallel(sch.fuse(*loops[:-2]) if len(loops) > 3 else loops[0])
+    outer, lanes = sch.split(o, [None, LANES])
+    sch.reorder(outer, ry, rx, lanes)
+    acc = sch.cache_write(block, 0, "local")
+    sch.reverse_compute_at(acc, outer)
+    sch.vectorize(lanes)
+    sch.decompose_reduction(block, ry)
+    sch.vectorize(sch.get_loops(acc)[-1])
+
+
+def _padded_width(block) -> int | None:
+    """Wp of a flat depthwise conv: the stride of its row tap in the read index (o + ry * Wp + rx)."""
+    index = block.reads[0].region[-1].min
+    ry = block.iter_vars[-2].var
+    at = []
+    for value in (1, 0):
+        analyzer = tvm.sym.Analyzer()
+        analyzer.bind(ry, tvm.tirx.const(value, "int64"))
+        at.append(analyzer.simplify(index))
+    coeff = tvm.sym.Analyzer().simplify(at[0] - at[1])
+    return int(coeff) if isinstance(coeff, tvm.tirx.IntImm) and int(coeff) > 0 else None
 
 
 def _schedule_per_sample(func: tvm.tirx.PrimFunc):
@@ -231,6 +285,8 @@ def schedule_int_matmul_cpu(mod, _ctx):
             vnni_found = vnni.vnni_block(sch)
             if vnni_found is not None:
                 vnni.schedule(sch, *vnni_found)
+            elif _flat_depthwise_block(sch) is not None:
+                _schedule_flat_depthwise(sch, _flat_depthwise_block(sch))
             elif _depthwise_conv_block(sch) is not None:
                 _schedule_depthwise_conv(sch, _depthwise_conv_block(sch))
             elif found is not None:
