@@ -2,8 +2,9 @@
 
 Steps: load and check the file, fix dynamic input dimensions, let onnxruntime's basic
 graph optimizer fold the shape arithmetic TVM's importer cannot take (DESIGN.md
-section 3), unroll LSTM/GRU/RNN (`onnx_rnn.py`), refuse control flow and ops the integer path lacks
-(every node at once), then import with `tvm.relax.frontend.onnx.from_onnx`.
+section 3), unroll LSTM/GRU/RNN (`onnx_rnn.py`), decompose Attention (`onnx_attention.py`), refuse
+control flow and ops the integer path lacks (every node at once), then import with
+`tvm.relax.frontend.onnx.from_onnx`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import onnx
 from onnx import numpy_helper
 
 from .errors import CompileError, UnsupportedModelError
+from .onnx_attention import decompose_attention
 from .resize_layout import resize_to_nchw
 from .onnx_einsum import einsum_to_matmul
 from .onnx_if import select_ifs
@@ -136,6 +138,7 @@ def load_onnx(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]] 
     if einsum_to_matmul(model):  # Einsum with a constant operand (grouped linear layers): a MatMul
         model = onnx.shape_inference.infer_shapes(model)
     unroll_lstms(model)
+    decompose_attention(model)  # opset 23's Attention op -> MatMul/Softmax (onnx_attention.py)
     _scalars_to_constants(model)
     resize_to_nchw(model, path)  # before the op check: NHWC Resizes become NCHW ones
     _check_supported(model, path, allow_unsupported)

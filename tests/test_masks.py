@@ -1,36 +1,67 @@
-"""BERT-style additive attention masks `(1.0 - float(mask)) * -10000` added to the logits: the
-arithmetic on the mask stays exact integers and masked keys get probability exactly 0."""
+"""Additive attention masks, as exporters write them, added to the logits: the arithmetic on the mask
+stays exact integers and masked keys get probability exactly 0.
+
+    mul:           (1.0 - float(mask)) * -10000                           BERT, HF eager
+    inverted_fill: inv = 1.0 - float(mask); inv.masked_fill(inv.bool(), min)  HF's 4-d mask for SDPA
+    keep_where:    where(bool(mask), 0, min)                              a bool mask made additive
+    logits_fill:   scores.masked_fill(mask == 0, -inf)                     on the logits themselves
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+MIN = float(np.finfo(np.float32).min)
 
-def _model(path) -> str:
+
+def _mask_nodes(variant: str) -> list:
+    """Nodes from `logits` and `mask` (int64, 1 = attend) to `masked`, the logits with masked keys removed."""
+    cast = helper.make_node("Cast", ["mask"], ["mf"], to=TensorProto.FLOAT)
+    inv = helper.make_node("Sub", ["one", "mf"], ["inv"])
+    if variant == "mul":
+        return [cast, inv, helper.make_node("Mul", ["inv", "big"], ["pen"]),
+                helper.make_node("Add", ["logits", "pen"], ["masked"])]
+    if variant == "inverted_fill":
+        return [cast, inv, helper.make_node("Cast", ["inv"], ["invb"], to=TensorProto.BOOL),
+                helper.make_node("Where", ["invb", "min", "inv"], ["pen"]),
+                helper.make_node("Add", ["logits", "pen"], ["masked"])]
+    if variant == "keep_where":
+        return [helper.make_node("Cast", ["mask"], ["keep"], to=TensorProto.BOOL),
+                helper.make_node("Where", ["keep", "zero", "min"], ["pen"]),
+                helper.make_node("Add", ["logits", "pen"], ["masked"])]
+    assert variant == "logits_fill"
+    return [helper.make_node("Equal", ["mask", "izero"], ["drop"]),
+            helper.make_node("Where", ["drop", "ninf", "logits"], ["masked"])]
+
+
+VARIANTS = ("mul", "inverted_fill", "keep_where", "logits_fill")
+
+
+def _model(path, variant: str = "mul") -> str:
     w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 8)).astype(np.float32), "w")
-    one = numpy_helper.from_array(np.array(1.0, np.float32), "one")
-    big = numpy_helper.from_array(np.array(-10000.0, np.float32), "big")
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["logits"]),
-             helper.make_node("Cast", ["mask"], ["mf"], to=TensorProto.FLOAT),
-             helper.make_node("Sub", ["one", "mf"], ["inv"]), helper.make_node("Mul", ["inv", "big"], ["pen"]),
-             helper.make_node("Add", ["logits", "pen"], ["masked"]),
+    consts = [numpy_helper.from_array(np.array(v, dtype), n) for n, v, dtype in (
+        ("one", 1.0, np.float32), ("big", -10000.0, np.float32), ("min", MIN, np.float32),
+        ("zero", 0.0, np.float32), ("ninf", -np.inf, np.float32), ("izero", 0, np.int64))]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["logits"]), *_mask_nodes(variant),
              helper.make_node("Softmax", ["masked"], ["y"], axis=-1)]
     graph = helper.make_graph(nodes, "mask", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8]),
                                               helper.make_tensor_value_info("mask", TensorProto.INT64, [1, 1, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8])], [w, one, big])
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8])], [w, *consts])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, str(path))
     return str(path)
 
 
-def test_additive_mask_is_exact(tmp_path):
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_additive_mask_is_exact(tmp_path, variant):
     from runtime import compile_model, load
 
-    path = _model(tmp_path / "mask.onnx")
+    path = _model(tmp_path / "mask.onnx", variant)
     rng = np.random.default_rng(1)
     x = rng.standard_normal((16, 1, 4, 8)).astype(np.float32)
     mask = np.ones((16, 1, 1, 8), np.int64)

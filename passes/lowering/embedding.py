@@ -4,20 +4,23 @@ op(int tensors)           -> the same op: ids and masks are exact integers (neve
 add/sub/mul(float(m), c)  -> the same op in int32 (c an integral scalar): `1.0 - float(mask)` stays exact
 float(m) * -huge          -> MaskPenalty(m == 0): BERT's additive mask `(1.0 - mask) * -10000`
 take(table, ids)          -> take(int16 table, ids): per-tensor symmetric int16 table
-where(keep, 0, -huge)     -> MaskPenalty(keep): an additive attention mask
+where(keep, 0, -huge)     -> MaskPenalty(keep): an additive attention mask (also where(drop, -huge, 0))
+where(y != 0, -huge, y)   -> MaskPenalty(y == 0), y exact: HF's SDPA mask `inv.masked_fill(inv.bool(), min)`
+where(keep, logits, -huge) -> MaskedLogits(logits, keep): `scores.masked_fill(mask == 0, -inf)` (either order)
 add(logits, MaskPenalty)  -> MaskedLogits: Shiftmax zeroes the masked keys exactly
 """
 
 from __future__ import annotations
 
 import numpy as np
+import tvm
 from tvm import relax
 
 from ..reference.kernels import INT_RANGE
 from . import emit
 from .layout import lower_gather
 from .registry import lowers
-from .values import IntTensor, MaskPenalty, Quantized
+from .values import Accumulator, IntTensor, MaskedLogits, MaskPenalty, Quantized
 
 MASK_THRESHOLD = -1e4  # an additive mask value at or below this means "masked out"
 
@@ -90,11 +93,53 @@ def lower_take(ctx, call, args):
 
 @lowers("relax.where")
 def lower_where(ctx, call, args):
-    cond, on_true, on_false = args
-    if (isinstance(cond, IntTensor) and isinstance(on_true, np.ndarray) and isinstance(on_false, np.ndarray)
-            and on_true.size == 1 and on_false.size == 1 and float(on_true) == 0.0
-            and float(on_false) <= MASK_THRESHOLD):
-        return MaskPenalty(cond.expr)
+    masked = _where_mask(ctx, *args) if isinstance(args[0], IntTensor) else None
+    if masked is not None:
+        return masked
     from .binary import lower_where_values  # two activation/constant branches at one scale
 
     return lower_where_values(ctx, call, args)
+
+
+def _huge(v) -> bool:
+    return isinstance(v, np.ndarray) and v.size == 1 and float(v) <= MASK_THRESHOLD
+
+
+def _zero(v) -> bool:
+    return isinstance(v, np.ndarray) and v.size == 1 and float(v) == 0.0
+
+
+def _where_mask(ctx, cond: IntTensor, on_true, on_false) -> MaskPenalty | MaskedLogits | None:
+    """A where that masks attention logits with a huge negative value (module docstring), else None."""
+    if not (_huge(on_true) or _huge(on_false)):
+        return None
+    keep = cond.expr if str(cond.expr.ty.dtype) == "bool" else ctx.emit(
+        relax.op.not_equal(cond.expr, emit.const(0, str(cond.expr.ty.dtype))))
+
+    def dropped():
+        return ctx.emit(relax.op.logical_not(keep))
+
+    if _zero(on_true):
+        return MaskPenalty(keep)
+    if _zero(on_false):
+        return MaskPenalty(dropped())
+    if _huge(on_true) and isinstance(on_false, IntTensor) and _nonzero_of(ctx, keep, on_false.expr):
+        return MaskPenalty(dropped())  # y is 0 wherever it is kept: where(y != 0, -huge, y) adds -huge (y != 0)
+    if _huge(on_false) and isinstance(on_true, (Quantized, Accumulator)):
+        return MaskedLogits(on_true, keep)
+    if _huge(on_true) and isinstance(on_false, (Quantized, Accumulator)):
+        return MaskedLogits(on_false, dropped())
+    return None
+
+
+def _nonzero_of(ctx, cond: relax.Expr, y: relax.Expr) -> bool:
+    """True if `cond` was emitted as bool(y) or y != 0."""
+    bound = ctx.bb.lookup_binding(cond) if isinstance(cond, relax.Var) else None
+    if not isinstance(bound, relax.Call) or not isinstance(bound.op, tvm.ir.Op):
+        return False
+    if bound.op.name == "relax.astype":
+        return str(bound.attrs.dtype) == "bool" and bound.args[0].same_as(y)
+    if bound.op.name == "relax.not_equal":
+        a, b = bound.args
+        return a.same_as(y) and isinstance(b, tvm.ir.GenericConst) and not b.value.numpy().any()
+    return False

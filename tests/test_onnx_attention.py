@@ -1,0 +1,89 @@
+"""The ONNX Attention op (opset 23, what torch's dynamo exporter writes for scaled_dot_product_attention)
+decomposed into MatMul/Softmax (`frontends/onnx_attention.py`): equal to onnxruntime's op in float, left
+alone where the decomposition would not be the whole op, and integer-only once decomposed."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+from frontends.onnx_attention import decompose_attention
+
+B, H, S, D = 1, 2, 6, 8
+
+
+def _model(rank=4, mask=None, outputs=1, **attrs) -> onnx.ModelProto:
+    """Attention on graph inputs q, k, v ([B, H, S, D], or [B, S, H*D] with `rank` 3) and a mask input
+    (`mask`: "bool", "float" or None)."""
+    shape = [B, H, S, D] if rank == 4 else [B, S, H * D]
+    if rank == 3:
+        attrs.update(q_num_heads=H, kv_num_heads=H)
+    names = ["q", "k", "v"] + (["mask"] if mask else [])
+    outs = ["y", "present_k", "present_v"][:outputs]
+    node = helper.make_node("Attention", names, outs, name="att", **attrs)
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in names[:3]]
+    if mask:
+        inputs.append(helper.make_tensor_value_info("mask", TensorProto.BOOL if mask == "bool" else TensorProto.FLOAT,
+                                                    [B, 1, S, S]))
+    graph = helper.make_graph([node], "g", inputs, [helper.make_tensor_value_info(outs[0], TensorProto.FLOAT, shape)]
+                              + [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outs[1:]])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])
+    model.ir_version = 10
+    return onnx.shape_inference.infer_shapes(model)
+
+
+def _feeds(model, seed=0):
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for v in model.graph.input:
+        shape = [d.dim_value for d in v.type.tensor_type.shape.dim]
+        if v.type.tensor_type.elem_type == TensorProto.BOOL:
+            keep = np.ones(shape, bool)
+            keep[..., S - 2:] = False  # the last two keys padded
+            feeds[v.name] = keep
+        elif v.name == "mask":
+            feeds[v.name] = np.where(rng.random(shape) < 0.3, -1e4, 0.0).astype(np.float32)
+        else:
+            feeds[v.name] = rng.standard_normal(shape).astype(np.float32)
+    return feeds
+
+
+def _run(model, feeds):
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(["y"], feeds)[0]
+
+
+@pytest.mark.parametrize("rank,mask,attrs", [(4, None, {}), (4, "bool", {}), (4, "float", {}), (3, None, {}),
+                                             (3, "bool", {"scale": 0.2})])
+def test_decomposition_equals_onnxruntime(rank, mask, attrs):
+    model = _model(rank, mask, **attrs)
+    feeds = _feeds(model)
+    expected = _run(model, feeds)
+    assert decompose_attention(model) == 1
+    assert "Attention" not in {n.op_type for n in model.graph.node}
+    np.testing.assert_allclose(_run(model, feeds), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("attrs,outputs", [({"is_causal": 1}, 1), ({"softcap": 30.0}, 1), ({}, 3)])
+def test_left_alone_where_not_the_whole_op(attrs, outputs):
+    model = _model(4, None, outputs, **attrs)
+    assert decompose_attention(model) == 0
+    assert [n.op_type for n in model.graph.node] == ["Attention"]
+
+
+def test_decomposed_attention_compiles_integer_only(tmp_path):
+    from runtime import compile_model, load
+
+    model = _model(3, "bool")
+    onnx.save(model, tmp_path / "att.onnx")
+    samples = [_feeds(model, seed) for seed in range(8)]
+    np.savez(tmp_path / "calib.npz", **{k: np.stack([s[k] for s in samples]) for k in samples[0]})
+    art = load(compile_model(tmp_path / "att.onnx", "x86", tmp_path / "a", calib=tmp_path / "calib.npz",
+                             progress=False))
+    assert art.manifest["integer_only"] is True
+    feeds = _feeds(model, 99)
+    ours, ref = art.run(feeds)["y"], _run(model, feeds)
+    cos = float((ours * ref).sum() / (np.linalg.norm(ours) * np.linalg.norm(ref)))
+    assert cos >= 0.99, cos
