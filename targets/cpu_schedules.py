@@ -160,42 +160,25 @@ def _schedule_chunked(func: tvm.tirx.PrimFunc):
 _CONV_BLOCKS = ("group_conv2d_nchw", "conv2d_nchw", "depthwise_conv2d_nchw")
 
 
-STEM_CHANNELS = 8  # input channels of a spatial conv run like a depthwise one (an RGB stem)
-
-
-def _x86() -> bool:
-    """Whether the target being compiled for is x86 (where LLVM makes no dot products of a stem's
-    default loops; on aarch64 it makes `sdot` of them, so they stay)."""
-    target = tvm.target.Target.current(allow_none=True)
-    triple = str(target.attrs.get("mtriple", "") or "") if target is not None else ""
-    return target is not None and target.kind.name == "llvm" and (not triple or triple.startswith("x86_64"))
-
-
-def _depthwise_conv_block(sch: s_tir.Schedule):
-    """The conv block of a depthwise conv kernel (one input channel per output channel), of a
-    spatial conv over a few input channels on x86 (a network's RGB stem: its 3 x 3 x 3 window
-    is too short a reduction for dot products, and the default loops ran it on one thread, scalar),
-    or of any 4-bit conv (vectorized over x, each weight nibble is unpacked once per row, not
-    once per pixel). Other 8-bit convs keep the default loops, whose innermost reduction over
-    input channels is what LLVM turns into `sdot`/`vpdpbusd` dot products."""
-    for block in sch.get_child_blocks(sch.get_sblock("root")):
-        stmt = sch.get(block)
-        if stmt.name_hint == "int4_conv2d":
-            return block
-        if stmt.name_hint not in _CONV_BLOCKS or len(stmt.iter_vars) != 7:
-            continue
-        channels, ky, kx = (stmt.iter_vars[i].dom.extent for i in (4, 5, 6))
-        if not all(isinstance(e, tvm.tirx.IntImm) for e in (channels, ky, kx)):
-            continue
-        if int(channels) == 1 or (int(channels) <= STEM_CHANNELS and int(ky) * int(kx) > 1 and _x86()):
-            return block
-    return None
-
-
 def _flat_depthwise_block(sch: s_tir.Schedule):
     from .depthwise import BLOCK
 
     return next((b for b in sch.get_child_blocks(sch.get_sblock("root")) if sch.get(b).name_hint == BLOCK), None)
+
+
+def _depthwise_conv_block(sch: s_tir.Schedule):
+    """The conv block of a depthwise conv kernel (one input channel per output channel) that
+    `depthwise.py` left (stride > 2, dilation), or of any 4-bit conv (vectorized over x, each
+    weight nibble is unpacked once per row, not once per pixel). Other 8-bit convs keep the
+    default loops, whose innermost reduction over input channels is what LLVM turns into
+    `sdot`/`vpdpbusd` dot products."""
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
+        stmt = sch.get(block)
+        if stmt.name_hint in _CONV_BLOCKS and int(stmt.iter_vars[4].dom.extent) == 1:
+            return block
+        if stmt.name_hint == "int4_conv2d":
+            return block
+    return None
 
 
 def _schedule_depthwise_conv(sch: s_tir.Schedule, block) -> None:
@@ -219,43 +202,36 @@ def _schedule_depthwise_conv(sch: s_tir.Schedule, block) -> None:
 
 
 def _schedule_flat_depthwise(sch: s_tir.Schedule, block) -> None:
-    """A depthwise conv over flat rows (`depthwise.py`): parallel over channels, 16 output
-    lanes at a time with their accumulators in registers across the taps, the padded flat row
-    computed per channel (in cache), the requantization epilogue parallel over channels."""
-    from .depthwise import LANES
+    """A conv over flat rows (`depthwise.py`): parallel over output channels, 16 output lanes at
+    a time with their accumulators in registers across the taps; a depthwise conv's padded rows
+    computed per channel where they are used (in cache), a stem's once, in parallel; the
+    requantization epilogue parallel over channels."""
+    from .depthwise import LANES, WIDTH
 
     epilogue = inline_epilogue(sch, sch.get(block).name_hint)
-    *lead, o, ry, rx = sch.get_loops(block)
+    *lead, o, rc, ry, rx = sch.get_loops(block)
     channel = sch.fuse(*lead) if len(lead) > 1 else lead[0]
     sch.parallel(channel)
-    for producer in sch.get_producers(block):  # the padded flat rows, row by row (no division per element)
-        sch.compute_at(producer, channel)
-        width = _padded_width(sch.get(block))
-        if width:
-            sch.split(sch.get_loops(producer)[-1], [None, width])
+    depthwise = int(sch.get(rc).extent) == 1
+    for producer in sch.get_producers(block):  # the padded rows, row by row (no division per element)
+        if depthwise:
+            sch.compute_at(producer, channel)
+        loops = sch.get_loops(producer)
+        width = sch.get(producer).annotations.get(WIDTH)
+        if width is not None:
+            sch.split(loops[-1], [None, int(width)])
+        if not depthwise:
+            sch.parallel(sch.fuse(*loops[:2]))
     for consumer in epilogue:  # its reads (flat index y * Wp + x) defeat compute-at: a loop nest of its own
         loops = sch.get_loops(consumer)
         sch.parallel(sch.fuse(*loops[:-2]) if len(loops) > 3 else loops[0])
     outer, lanes = sch.split(o, [None, LANES])
-    sch.reorder(outer, ry, rx, lanes)
+    sch.reorder(outer, rc, ry, rx, lanes)
     acc = sch.cache_write(block, 0, "local")
     sch.reverse_compute_at(acc, outer)
     sch.vectorize(lanes)
-    sch.decompose_reduction(block, ry)
+    sch.decompose_reduction(block, rc)
     sch.vectorize(sch.get_loops(acc)[-1])
-
-
-def _padded_width(block) -> int | None:
-    """Wp of a flat depthwise conv: the stride of its row tap in the read index (o + ry * Wp + rx)."""
-    index = block.reads[0].region[-1].min
-    ry = block.iter_vars[-2].var
-    at = []
-    for value in (1, 0):
-        analyzer = tvm.sym.Analyzer()
-        analyzer.bind(ry, tvm.tirx.const(value, "int64"))
-        at.append(analyzer.simplify(index))
-    coeff = tvm.sym.Analyzer().simplify(at[0] - at[1])
-    return int(coeff) if isinstance(coeff, tvm.tirx.IntImm) and int(coeff) > 0 else None
 
 
 def _schedule_per_sample(func: tvm.tirx.PrimFunc):

@@ -1,19 +1,21 @@
-"""Depthwise convs over flat rows: stride-1 integer depthwise convs -> one vector loop per channel.
+"""Convs over flat rows: integer depthwise convs (stride 1 or 2) and RGB stems -> vector loops.
 
 A depthwise conv over small images (EfficientNet's 28x28, 14x14, 7x7 layers) vectorizes
 badly along its output rows: 14 or 7 lanes, a tail per row, 25 taps each. Computed over the
 padded width instead, the output is one flat row per channel, and every tap a shifted
 contiguous slice of the flat padded input:
 
-    xp = pad(x)[c, Hp * Wp (+ kw - 1)]                     flat, zero-padded
+    xp = pad(x)[c, Hp * Wp (+ a tail)]                     flat, zero-padded
     acc[c, y * Wp + x] = sum_{ry, rx} xp[c, (y * Wp + x) + ry * Wp + rx] * w[c, ry, rx]
     out[c, y, x] = acc[c, y * Wp + x]                      for x < Wo (the rest is discarded)
 
 so a vector of 16 outputs takes one unaligned load and one multiply-add per tap, at the price
-of computing Wp - Wo extra columns per row (e.g. 18 for 14). The integer sums are those of
-the conv itself: bit-exact. Runs before legalization on CPU targets; `cpu_schedules.py`
-schedules the `dwflat_conv` block (parallel over channels, 16 lanes, accumulators in
-registers, the requantization epilogue per channel).
+of computing Wp - Wo extra columns per row (e.g. 18 for 14). Stride 2 first splits the padded
+input into its 4 phases (even/odd rows and columns), each a stride-1 problem of half the
+width. A stem (a conv over <= 8 input channels, x86 only: on aarch64 LLVM makes `sdot` of its
+default loops) sums its few input channels the same way. The integer sums are those of the
+conv itself: bit-exact. Runs before legalization on CPU targets; `cpu_schedules.py` schedules
+the `dwflat_conv` block (parallel over channels, 16 lanes, accumulators in registers).
 """
 
 from __future__ import annotations
@@ -24,31 +26,52 @@ from tvm import relax, te, tirx
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 BLOCK = "dwflat_conv"
+WIDTH = "dwflat_width"  # the pad block's annotation: the phase width the schedule splits rows by
+STEM_CHANNELS = 8  # a conv over this few input channels (an RGB stem) runs over flat rows too
 LANES = 16  # int32 lanes of a 512-bit vector
 _INT8 = ("int8", "uint8")
 
 
-def depthwise_flat_te(x: te.Tensor, w: te.Tensor, pads: tuple[int, int, int, int]) -> te.Tensor:
-    """out[n, c, y, x] of a stride-1 depthwise conv (weights [C, 1, kh, kw]), via flat rows."""
+def depthwise_flat_te(x: te.Tensor, w: te.Tensor, pads: tuple[int, int, int, int], stride: int = 1,
+                      groups: int | None = None) -> te.Tensor:
+    """out[n, f, y, x] of a conv (weights [O, C/groups, kh, kw]) over flat rows. Stride 2 splits
+    the padded input into its 4 phases (even/odd rows and columns), each a stride-1 image of
+    half the size: tap (ry, rx) reads phase (ry % 2, rx % 2) at offset (ry // 2, rx // 2)."""
     n, c, h, wd = x.shape
-    kh, kw = int(w.shape[2]), int(w.shape[3])
+    o_ch, per_group, kh, kw = (int(d) for d in w.shape)
+    groups = groups or int(c)
     top, left, bottom, right = pads
     hp, wp = int(h) + top + bottom, int(wd) + left + right
-    ho, wo = hp - kh + 1, wp - kw + 1
-    rows = -(-ho * wp // LANES) * LANES  # flat outputs, whole vectors
-    flat = -(-(rows + (kh - 1) * wp + kw - 1) // wp) * wp  # the discarded columns read past the image;
-    # whole padded rows, so that the schedule splits the flat index into (row, column) without a division
+    ho, wo = (hp - kh) // stride + 1, (wp - kw) // stride + 1
+    hq, wq = -(-hp // stride), -(-wp // stride)  # one phase: the padded image, every stride-th pixel
+    rows = -(-ho * wq // LANES) * LANES  # flat outputs, whole vectors
+    reach = ((kh - 1) // stride) * wq + (kw - 1) // stride
+    flat = -(-(rows + reach) // wq) * wq  # whole phase rows, so that the schedule splits the flat
+    # index into (row, column) without a division; the discarded columns read past the image
 
-    def padded(b, ch, i):
-        y, xx = i // wp - top, i % wp - left
-        inside = tirx.all(i < hp * wp, y >= 0, y < int(h), xx >= 0, xx < int(wd))
+    def padded(b, ch, py, px, i):
+        y, xx = stride * (i // wq) + py - top, stride * (i % wq) + px - left
+        inside = tirx.all(y >= 0, y < int(h), xx >= 0, xx < int(wd))
         return tirx.if_then_else(inside, x[b, ch, y, xx], tirx.const(0, x.dtype))
 
-    xp = te.compute((n, c, flat), padded, name="dwflat_pad")
+    xp = te.compute((n, c, stride, stride, flat), padded, name="dwflat_pad", attrs={WIDTH: wq})
+    rc = te.reduce_axis((0, per_group), name="rc")
     ry, rx = te.reduce_axis((0, kh), name="ry"), te.reduce_axis((0, kw), name="rx")
-    acc = te.compute((n, c, rows), lambda b, ch, o: te.sum(
-        xp[b, ch, o + ry * wp + rx].astype("int32") * w[ch, 0, ry, rx].astype("int32"), axis=[ry, rx]), name=BLOCK)
-    return te.compute((n, c, ho, wo), lambda b, ch, y, xx: acc[b, ch, y * wp + xx], name="dwflat_out")
+    outs_per_group = o_ch // groups
+
+    def conv(b, f, o):
+        ch = (f // outs_per_group) * per_group + rc
+        tap = xp[b, ch, ry % stride, rx % stride, o + (ry // stride) * wq + rx // stride]
+        return te.sum(tap.astype("int32") * w[f, rc, ry, rx].astype("int32"), axis=[rc, ry, rx])
+
+    acc = te.compute((n, o_ch, rows), conv, name=BLOCK)
+    return te.compute((n, o_ch, ho, wo), lambda b, f, y, xx: acc[b, f, y * wq + xx], name="dwflat_out")
+
+
+def _x86() -> bool:
+    target = tvm.target.Target.current(allow_none=True)
+    triple = str(target.attrs.get("mtriple", "") or "") if target is not None else ""
+    return target is not None and target.kind.name == "llvm" and (not triple or triple.startswith("x86_64"))
 
 
 @mutator
@@ -66,13 +89,17 @@ class _Rewriter(PyExprMutator):
                 or a.data_layout != "NCHW" or a.kernel_layout != "OIHW" or a.out_layout != "NCHW"):
             return call
         weights = w.value.numpy()
-        channels = int(shape[1])
-        if (weights.dtype != np.int8 or int(a.groups) != channels or weights.shape[:2] != (channels, 1)
-                or weights.shape[2] * weights.shape[3] == 1 or any(int(s) != 1 for s in a.strides)
-                or any(int(d) != 1 for d in a.dilation) or int(shape[3]) < 4):
+        channels, groups = int(shape[1]), int(a.groups)
+        strides = {int(v) for v in a.strides}
+        depthwise = groups == channels and weights.shape[:2] == (channels, 1)
+        stem = groups == 1 and channels <= STEM_CHANNELS and _x86()  # aarch64: LLVM makes sdot of its loops
+        if (weights.dtype != np.int8 or not (depthwise or stem) or weights.shape[2] * weights.shape[3] == 1
+                or len(strides) != 1 or strides - {1, 2} or any(int(d) != 1 for d in a.dilation)
+                or int(shape[3]) < 4):
             return call
         pads = tuple(int(p) for p in a.padding)
-        return self.builder_.call_te(depthwise_flat_te, x, w, pads, primfunc_name_hint="dwflat_conv2d")
+        return self.builder_.call_te(depthwise_flat_te, x, w, pads, strides.pop(), groups,
+                                     primfunc_name_hint="dwflat_conv2d")
 
 
 @tvm.transform.module_pass(opt_level=0, name="FlatDepthwise")

@@ -60,6 +60,8 @@ def test_requantize_rounds_half_up():
     dict(shape=(1, 3, 17, 17), w=(16, 3, 3, 3), strides=(2, 2), padding=(1, 1, 1, 1), groups=1),  # RGB stem
     dict(shape=(1, 8, 16, 16), w=(32, 8, 1, 1), strides=(1, 1), padding=(0, 0, 0, 0), groups=1),  # repacked
     dict(shape=(2, 16, 7, 9), w=(16, 1, 3, 3), strides=(1, 1), padding=(1, 2, 0, 1), groups=16),  # flat rows
+    dict(shape=(1, 16, 13, 11), w=(16, 1, 5, 5), strides=(2, 2), padding=(2, 1, 2, 2), groups=16),  # 4 phases
+    dict(shape=(1, 3, 16, 16), w=(8, 3, 3, 3), strides=(1, 1), padding=(0, 0, 0, 0), groups=1),  # stride-1 stem
 ])
 @pytest.mark.parametrize("x_dtype", ["int8", "uint8"])
 def test_conv2d_epilogue(case, x_dtype):
