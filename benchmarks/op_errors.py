@@ -106,7 +106,7 @@ def measure(onnx_path, calib_samples, eval_samples, input_shapes=None, observer:
     n_out = len(boundary["outputs"])
     stats = [[] for _ in traced]
     for sample in eval_samples:
-        f_outs = float_vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(sample[p.name]))
+        f_outs = float_vm["main"](*[tvm.runtime.tensor(np.require(sample[p.name], requirements="C"))
                                     for p in float_mod["main"].params])
         floats = {n: v.numpy().astype(np.float64) for n, v in zip(names, f_outs)}
         args = []
@@ -114,7 +114,7 @@ def measure(onnx_path, calib_samples, eval_samples, input_shapes=None, observer:
             x = sample[meta["name"]]
             if meta["scale"] is not None:
                 x = np.clip(np.round(x / meta["scale"]), -INT_MAX[meta["dtype"]] - 1, INT_MAX[meta["dtype"]])
-            args.append(tvm.runtime.tensor(np.ascontiguousarray(x.astype(meta["dtype"]))))
+            args.append(tvm.runtime.tensor(np.require(x.astype(meta["dtype"]), requirements="C")))
         i_outs = int_vm["main"](*args)
         i_outs = [i_outs] if not isinstance(i_outs, (list, tuple)) and not hasattr(i_outs, "__len__") else i_outs
         for k, t in enumerate(traced):

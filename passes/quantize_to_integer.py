@@ -10,6 +10,12 @@ Fails, listing every offending binding at once, if an op has no integer lowering
 (unless `QuantConfig.allow_float`: then such ops run in float between a dequantize and
 a quantize, and the verifier reports the module as not integer-only).
 
+Sensitive tensors: where the calibrated ranges carry a `SensitivityProbe` and
+`QuantConfig.sensitivity_tol` is set, the module is first lowered at 8 bits (traced) to list every
+tensor that becomes 8-bit, the probe finds those whose 8-bit grid alone costs the outputs more than
+the tolerance (`passes/sensitivity.py`), and the lowering runs again with them in
+`QuantConfig.wide_tensors` (16 bits), recorded with their measured errors as `intq.wide_tensors`.
+
 Debugging (`trace=True`): the lowered `main` also returns, after its outputs, the integer
 value standing for every float binding (and every 8/16-bit requantization of it that a
 consumer asked for); `self.traced` lists them as `TracedValue`s (float binding name, scale,
@@ -20,7 +26,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import tvm
@@ -32,12 +38,19 @@ from .lowering.embedding import is_integer_op, lower_integer_op
 from .lowering import (LOWERINGS, Accumulator, ChannelQuantized, IntTensor, LoweringContext, QuantConfig, Quantized,
                        activation_scale, calibrated_qmax, float_fallback)
 from .lowering.float_fallback import FloatTensor, quantize_float
+from .reference.kernels import INT_RANGE
+from .sensitivity import find_sensitive
 
 OFFSET_AWARE = frozenset({"relax.reshape", "relax.permute_dims", "relax.squeeze", "relax.expand_dims",
                           "relax.matmul"})
 BOUNDARY_ATTR = "intq.boundary"
 LAYERS_ATTR = "intq.layers"
 FLOAT_NODES_ATTR = "intq.float_nodes"  # JSON [{"node", "op", "reason"}]: what allow_float left in float
+WIDE_ATTR = "intq.wide_tensors"  # JSON {binding: output error at 8 bits}: measured-sensitive, kept 16-bit
+MAX_WIDE = 16  # sensitive tensors promoted to 16 bits, at most (the worst first)
+SENSITIVITY_GOAL = 0.05  # the output error the tensors left at 8 bits may cost together (cosine ~0.999)
+LAYOUT_OPS = frozenset({"relax.reshape", "relax.permute_dims", "relax.squeeze", "relax.expand_dims",
+                        "relax.strided_slice", "relax.split", "relax.flatten"})  # same integers as their input
 
 
 @dataclass(frozen=True)
@@ -110,8 +123,10 @@ class QuantizeToInteger:
         func = mod["main"]
         if not self.config.allow_float:
             _check_supported(func)
+        wide = self._sensitive(mod)
+        config = replace(self.config, wide_tensors=(*self.config.wide_tensors, *wide))
         bb = relax.BlockBuilder()
-        ctx = LoweringContext(bb, self.ranges, self.config, getattr(self.ranges, "channel_amax", None),
+        ctx = LoweringContext(bb, self.ranges, config, getattr(self.ranges, "channel_amax", None),
                               _weight_rowmax(func))
         env: dict[relax.Var, object] = {}
         params, boundary = [], {"inputs": [], "outputs": []}
@@ -133,6 +148,8 @@ class QuantizeToInteger:
                 for binding in _bindings(func):
                     ctx.var = binding.var
                     env[binding.var] = self._lower_binding(ctx, binding.value, env)
+                    if ctx.wide_output():
+                        ctx.mark_wide(env[binding.var])
                 ctx.var = None
                 outs = []
                 for value in _outputs(func.body.body, env):
@@ -151,9 +168,30 @@ class QuantizeToInteger:
         new = bb.get()["main"].with_attr(BOUNDARY_ATTR, json.dumps(boundary))
         new = new.with_attr(LAYERS_ATTR, json.dumps(ctx.layers))
         new = new.with_attr(FLOAT_NODES_ATTR, json.dumps(self.float_nodes))
+        new = new.with_attr(WIDE_ATTR, json.dumps(wide))
         out_mod = bb.get()  # with the TE kernels that lowerings emit through call_te (4-bit weights)
         out_mod["main"] = new
         return relax.transform.DeadCodeElimination()(out_mod)
+
+    def _sensitive(self, mod: tvm.IRModule) -> dict[str, float]:
+        """{binding: output error at 8 bits} of the tensors the probe finds sensitive (memoized per config)."""
+        probe, tol = getattr(self.ranges, "probe", None), self.config.sensitivity_tol
+        if probe is None or tol is None:
+            return {}
+        key = replace(self.config, sensitivity_tol=None)
+        memo = probe.__dict__.setdefault("_wide_memo", {})
+        if key not in memo:
+            eight = QuantizeToInteger(self.ranges, key, trace=True)
+            eight(mod)
+            ops = {b.var.name: b.value.op.name for b in _bindings(mod["main"])
+                   if isinstance(b.value, relax.Call) and isinstance(b.value.op, tvm.ir.Op)}
+            grids = {}
+            for t in eight.traced:  # every per-tensor 8-bit value but those a layout op passes through
+                if t.dtype in ("int8", "uint8") and t.scale.size == 1 and not t.offset and \
+                        not t.requant.endswith("smooth") and (t.requant or ops.get(t.name) not in LAYOUT_OPS):
+                    grids.setdefault(t.name, (float(t.scale.reshape(())), *INT_RANGE[t.dtype]))
+            memo[key] = find_sensitive(probe, grids, tol, MAX_WIDE, SENSITIVITY_GOAL)
+        return memo[key]
 
     def _traced_values(self, ctx: LoweringContext, func: relax.Function, env: dict) -> list[relax.Expr]:
         names, exprs = {}, []

@@ -346,6 +346,7 @@ def test_onnx_model_integer_only_matches_onnxruntime(build, tmp_path):
     import onnxruntime as ort
 
     import runtime
+    from passes import QuantConfig
     from runtime import compile_model
 
     path = build(tmp_path / f"{build.__name__.strip('_')}.onnx")
@@ -353,7 +354,9 @@ def test_onnx_model_integer_only_matches_onnxruntime(build, tmp_path):
     calib = tmp_path / "calib.npz"
     samples = rng.standard_normal((32, *shape)).astype(np.float32)
     np.savez(calib, x=samples)
-    art = compile_model(path, "x86", tmp_path / "model.artifact", calib=str(calib), progress=False)
+    # tolerances are in LSBs of each op's 8-bit output grid: no measured promotion to 16 bits here
+    art = compile_model(path, "x86", tmp_path / "model.artifact", calib=str(calib), progress=False,
+                        config=QuantConfig(sensitivity_tol=None))
     manifest = json.loads((art / "manifest.json").read_text())
     assert manifest["integer_only"] and not manifest["allow_float"]
     quant = {o["name"]: o["quant"] for o in manifest["outputs"]}

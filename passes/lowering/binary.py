@@ -45,12 +45,17 @@ def _operand(ctx, value, scale: float):
     return ctx.to_int32_at(value, scale)
 
 
+def wide_dtype(ctx) -> str:
+    """The dtype of a value op's result: the residual stream's, or int16 for a measured-sensitive tensor."""
+    return "int16" if ctx.wide_output() else ctx.config.residual_dtype
+
+
 def common_scale(ctx, op: str, a, b, cond=None, dtype: str | None = None) -> Quantized:
     """A value op (`ref.VALUE_OPS` or "where") at the output scale, clamped to `dtype` (default: the
     activation dtype of the residual stream)."""
     if isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and cond is None:
         ctx.fail(f"{op} of two constants should have been folded")
-    dtype = dtype or ctx.config.residual_dtype
+    dtype = dtype or wide_dtype(ctx)
     scale = activation_scale(*ctx.out_range(), dtype)
     (ea, ma, sa), (eb, mb, sb) = _operand(ctx, a, scale), _operand(ctx, b, scale)
     expr = emit_binary.common_scale(op, ea, eb, ma, sa, mb, sb, *INT_RANGE[dtype], dtype, cond=cond)
@@ -101,7 +106,7 @@ def divide_activations(ctx, call, a, b) -> Quantized:
     if isinstance(a, np.ndarray):
         ctx.fail("a constant divided by an activation is a unary function: FuseUnaryChains makes it a table")
     qa, qb = ctx.materialize(a), ctx.materialize(b)
-    dtype = ctx.config.residual_dtype
+    dtype = wide_dtype(ctx)
     scale = activation_scale(*ctx.out_range(), dtype)
     frac = ref.DIV_FRAC_BITS[qa.dtype]
     m, s = dyadic(qa.scale / (qb.scale * scale) * 2.0**-frac)
@@ -113,7 +118,7 @@ def divide_activations(ctx, call, a, b) -> Quantized:
 def lower_stack(ctx, call, args):
     """stack(x_i): every part requantized to the output scale. ONNX Min/Max/Sum/Mean of activations
     arrive as a reduction over such a stack (of broadcast_to's), which then runs on the integers."""
-    dtype = ctx.config.residual_dtype
+    dtype = wide_dtype(ctx)
     scale = activation_scale(*ctx.out_range(), dtype)
     lo, hi = INT_RANGE[dtype]
     parts = [emit.R.astype(emit.R.clip(emit_binary.at_scale(*_operand(ctx, p, scale)), lo, hi), dtype)

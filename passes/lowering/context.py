@@ -32,6 +32,12 @@ class QuantConfig:
     # with one scale per input channel, amax_c^alpha / wmax_c^(1 - alpha), folded into the weights
     # (measured on DINOv2, benchmarks/op_errors.py). None: one scale per tensor.
     smooth_alpha: float | None = 0.5
+    # Activations carried at 16 bits instead of 8 (float binding names; any iterable, stored sorted):
+    # what the sensitivity measurement found (`sensitivity_tol`), or given by hand.
+    wide_tensors: tuple[str, ...] = ()
+    # A tensor whose 8-bit grid alone costs the model outputs a relative L2 error above this is
+    # carried at 16 bits (passes/sensitivity.py, measured on calibration samples); None: no measurement.
+    sensitivity_tol: float | None = 0.03
 
     def __post_init__(self):
         if self.weight_bits not in (4, 8):
@@ -45,6 +51,12 @@ class QuantConfig:
             raise CompileError(f"QuantConfig.activation_bits={self.activation_bits}: allowed 8")
         if self.residual_bits not in (8, 16):
             raise CompileError(f"QuantConfig.residual_bits={self.residual_bits}: allowed 8 or 16")
+        wide = tuple(sorted(set(self.wide_tensors)))
+        if not all(isinstance(n, str) for n in wide):
+            raise CompileError(f"QuantConfig.wide_tensors={wide[:3]}: allowed float binding names")
+        object.__setattr__(self, "wide_tensors", wide)
+        if self.sensitivity_tol is not None and not 0.0 < self.sensitivity_tol < 1.0:
+            raise CompileError(f"QuantConfig.sensitivity_tol={self.sensitivity_tol}: allowed None or (0, 1)")
         if self.smooth_alpha is not None and not 0.0 <= self.smooth_alpha <= 1.0:
             raise CompileError(f"QuantConfig.smooth_alpha={self.smooth_alpha}: allowed None or [0, 1]")
 
@@ -88,6 +100,20 @@ class LoweringContext:
         self.layers: list[dict] = []  # one row per quantized weight layer
         self._materialized: dict[tuple, Quantized | ChannelQuantized] = {}
         self._unshifted: dict[Accumulator, Accumulator] = {}
+        self._wide_names = frozenset(config.wide_tensors)
+        self._wide: set = set()  # values of wide_tensors bindings: materialized at 16 bits
+
+    def wide_output(self) -> bool:
+        """Is the binding being lowered one of `QuantConfig.wide_tensors` (its result wanted at 16 bits)?"""
+        return self.var is not None and self.var.name in self._wide_names
+
+    def is_wide(self, value) -> bool:
+        return value in self._wide
+
+    def mark_wide(self, value) -> None:
+        """Record the value of a wide_tensors binding: `materialize` and `operand` keep it at 16 bits."""
+        if isinstance(value, (Quantized, Accumulator)):
+            self._wide.add(value)
 
     def fail(self, message: str):
         name = self.var.name if self.var is not None else "?"
@@ -109,6 +135,7 @@ class LoweringContext:
         values pass through."""
         if isinstance(value, Quantized):
             return value
+        wide = wide or value in self._wide
         value = self.without_offset(value)
         if isinstance(value, np.ndarray):
             self.fail("expected an activation, got a constant")
@@ -133,6 +160,14 @@ class LoweringContext:
             self._materialized[(q, "8bit")] = Quantized(self.emit(emit.requantize(q.expr, m, s, -128, 127, "int8")),
                                                         scale, "int8")
         return self._materialized[(q, "8bit")]
+
+    def operand(self, value: Value, reduction: int, weight_bits: int = 8) -> Quantized:
+        """The activation operand of a constant-weight conv/matmul summing `reduction` products:
+        16 bits for a wide_tensors value where the int32 accumulator still cannot overflow
+        (reduction * 2^15 * 2^(b-1) < 2^31: int16 x int8, no dot-product instructions), else `to_8bit`."""
+        if value in self._wide and weight_bits == 8 and reduction * 2**15 * 2 ** (weight_bits - 1) < 2**31:
+            return self.materialize(self.without_offset(value), wide=True)
+        return self.to_8bit(value)
 
     def without_offset(self, value):
         """`value` with an Accumulator's offset subtracted from its integers (anything else as is)."""

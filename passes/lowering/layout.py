@@ -191,7 +191,7 @@ def lower_concat(ctx, call, args):
     else:
         wide = any(isinstance(p, Accumulator) for p in parts) and ctx.config.residual_dtype == "int16"
         # an int32 part (e.g. patch embeddings) joining a 16-bit residual stream stays 16-bit
-        dtype = "int16" if wide or any(p.dtype == "int16" for p in values) else "int8"
+        dtype = "int16" if wide or ctx.wide_output() or any(p.dtype == "int16" for p in values) else "int8"
         scale = activation_scale(*ctx.out_range(), dtype)
         exprs = []
         for p in parts:

@@ -46,7 +46,8 @@ def lower_conv2d(ctx, call, args):
         ctx.fail("conv2d with a non-constant weight is not supported")
     if attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW":
         ctx.fail(f"conv2d layout {attrs.data_layout}/{attrs.kernel_layout}: only NCHW/OIHW is supported")
-    x, bits = ctx.to_8bit(x), ctx.config.bits_for(ctx.var.name)
+    bits = ctx.config.bits_for(ctx.var.name)
+    x = ctx.operand(x, int(np.prod(w.shape[1:])), bits)  # 8 bits, or 16 for a measured-sensitive input
     _check_accumulator_bound(ctx, int(np.prod(w.shape[1:])), x.dtype, bits)
     w_q, w_scale = quantize_weights(w, bits, axis=0)
     _record(ctx, "conv2d", w, bits, x, strides=[int(v) for v in attrs.strides],
@@ -67,14 +68,14 @@ def lower_matmul(ctx, call, args):
     if w.ndim != 2:
         ctx.fail(f"matmul weight of rank {w.ndim}: only 2-D weights are supported")
     bits = ctx.config.bits_for(ctx.var.name)
-    smooth = ctx.smoothed(x, call.args[0])
+    smooth = None if ctx.is_wide(x) else ctx.smoothed(x, call.args[0])  # a wide input stays 16-bit
     correction = None
     if smooth is not None:  # per-input-channel scales c fold into the weights: x @ W = (x / c) @ (c W)
         if smooth.offset:  # the integers stand for x + offset: subtract offset * sum_c W[c, n]
             correction = -smooth.offset * w.astype(np.float64).sum(axis=0)
         x, x_scale, w = smooth, 1.0, w.astype(np.float64) * smooth.scale[:, None]
     else:
-        x = ctx.to_8bit(ctx.without_offset(x))
+        x = ctx.operand(x, w.shape[0], bits)
         x_scale = x.scale
     _check_accumulator_bound(ctx, w.shape[0], x.dtype, bits)
     w_q, w_scale = quantize_weights(w, bits, axis=1)
@@ -115,7 +116,8 @@ def lower_conv2d_transpose(ctx, call, args):
     if a.data_layout != "NCHW" or a.kernel_layout != "IOHW" or a.out_layout != "NCHW":
         ctx.fail(f"conv2d_transpose layout {a.data_layout}/{a.kernel_layout}: only NCHW/IOHW is supported")
     # 8-bit weights only (no 4-bit kernel): kept at 8 under --bits 4, recorded as such in ctx.layers
-    x, bits, groups = ctx.to_8bit(x), 8, int(a.groups)
+    bits, groups = 8, int(a.groups)
+    x = ctx.operand(x, w.shape[0] // groups * w.shape[2] * w.shape[3])
     if dict(ctx.config.layer_bits).get(ctx.var.name, 8) != 8:
         ctx.fail("conv2d_transpose has 8-bit weights only; it cannot take the 4 bits layer_bits asks for")
     c_in, o_g, kh, kw = w.shape

@@ -21,8 +21,9 @@ Input width:
   0.88, Softplus 0.51 / 1.46 (0.5 is the output rounding, the rest the input's own). A 257-entry
   table with integer linear interpolation would be 256x smaller but adds the interpolation
   error, largest where f bends (sqrt at 0), and a multiply-shift per element.
-Output: uint8 where f >= 0 over the whole input grid, else int8; max |y| from the calibrated
-range or from f's exact image of the input grid, whichever is smaller. No arithmetic at run
+Output: uint8 where f >= 0 over the whole input grid, else int8 (int16 for a measured-sensitive
+tensor, `QuantConfig.wide_tensors`); max |y| from the calibrated range or from f's exact image of
+the input grid, whichever is smaller. No arithmetic at run
 time beyond the index, so nothing can overflow.
 """
 
@@ -50,7 +51,7 @@ def table_lookup(ctx, x, program: str) -> Quantized:
     if not isinstance(q, Quantized) or q.dtype not in TABLE_INPUTS:
         ctx.fail(f"a table lookup needs an 8/16-bit input, got {type(q).__name__}")
     image = ref.evaluate(program, ref.grid(q.dtype) * q.scale)
-    scale, dtype = ref.output_params(image, ctx.out_range(), ctx.config.unsigned_activations)
+    scale, dtype = ref.output_params(image, ctx.out_range(), ctx.config.unsigned_activations, ctx.wide_output())
     table = ref.build_table(image, scale, dtype)
     index = R.astype(q.expr, "int32")
     qmin = INT_RANGE[q.dtype][0]
@@ -92,7 +93,7 @@ def lower_prelu(ctx, call, args):
     x, alpha = args
     if not isinstance(alpha, np.ndarray):
         ctx.fail("PReLU with a non-constant slope")
-    q = ctx.materialize(x, wide=ctx.config.residual_bits == 16)
+    q = ctx.materialize(x, wide=ctx.config.residual_bits == 16 or ctx.wide_output())
     if q.dtype == "uint8":
         return q  # x >= 0: PReLU is the identity
     rank = len(call.ty.shape)

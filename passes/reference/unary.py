@@ -80,14 +80,17 @@ def grid(in_dtype: str) -> np.ndarray:
     return np.arange(lo, hi + 1, dtype=np.int64)
 
 
-def output_params(image: np.ndarray, out_range: tuple[float, float], unsigned_ok: bool = True) -> tuple[float, str]:
+def output_params(image: np.ndarray, out_range: tuple[float, float], unsigned_ok: bool = True,
+                  wide: bool = False) -> tuple[float, str]:
     """(S_out, dtype) for a table whose exact float values over the input grid are `image`:
-    uint8 when the image is >= 0, else int8; max |y| from the calibrated `out_range` or from the
-    image, whichever is smaller (1.0 for an all-zero output)."""
+    uint8 when the image is >= 0, else int8 (`wide`: int16, covering twice the calibrated range);
+    max |y| from the calibrated `out_range` or from the image, whichever is smaller (1.0 for an
+    all-zero output)."""
     finite = image[np.isfinite(image)]
     dtype = "uint8" if unsigned_ok and (finite.size == 0 or finite.min() >= 0) else "int8"
+    dtype = "int16" if wide else dtype
     amax_image = float(np.abs(finite).max(initial=0.0))
-    amax = min(max(abs(out_range[0]), abs(out_range[1])), amax_image)
+    amax = min(max(abs(out_range[0]), abs(out_range[1])) * (2.0 if wide else 1.0), amax_image)
     return (amax / INT_RANGE[dtype][1] if amax > 0 else 1.0), dtype
 
 

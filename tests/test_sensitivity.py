@@ -1,0 +1,177 @@
+"""Measured-sensitive activations at 16 bits (passes/sensitivity.py): the search finds what it
+should in few measurements; int16 x int8 convs and matmuls equal their NumPy twins bit for bit;
+an STFT-magnitude model (sqrt of a sum of squares) that 8 bits ruin gets its squares and their
+sum promoted and agrees with onnxruntime."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from passes.lowering import emit
+from passes.reference import kernels as ref
+from passes.reference import unary as ref_unary
+from passes.sensitivity import find_sensitive
+
+rng = np.random.default_rng(12)
+
+
+class _AdditiveProbe:
+    """A probe whose error is the sum of fixed per-tensor errors (noise powers add up)."""
+
+    def __init__(self, errors: dict[str, float]):
+        self.errors, self.sets = errors, 0
+
+    def error(self, grids) -> float:
+        self.sets += 1
+        return sum(self.errors[n] for n in grids)
+
+
+def test_search_finds_the_sensitive_tensors_in_few_measurements():
+    errors = {f"t{i}": 1e-6 for i in range(200)}
+    errors.update(t17=0.5, t150=0.01, t151=2e-3)  # above tol^2 = 9e-4, worst first
+    probe = _AdditiveProbe(errors)
+    found = find_sensitive(probe, {n: (1.0, -128, 127) for n in errors}, tol=0.03, limit=16, goal=0.05)
+    assert list(found) == ["t17", "t150", "t151"]
+    assert probe.sets <= 3 * 2 * 8 + 1  # ~2 log2(N) sets per find, not N
+    quiet = _AdditiveProbe({f"t{i}": 1e-6 for i in range(200)})
+    assert find_sensitive(quiet, {n: (1.0, -128, 127) for n in quiet.errors}, 0.03, 16, 0.05) == {}
+    assert quiet.sets == 1  # nothing sensitive: one measurement
+
+
+def test_search_lowers_the_bar_when_many_small_losses_add_up():
+    errors = {f"t{i}": 6e-4 for i in range(8)}  # each below tol^2, together above goal^2 = 2.5e-3
+    errors.update({f"u{i}": 1e-7 for i in range(56)})
+    found = find_sensitive(_AdditiveProbe(errors), {n: (1.0, -128, 127) for n in errors}, 0.03, limit=16, goal=0.05)
+    assert set(found) <= {f"t{i}" for i in range(8)} and len(found) >= 4
+    capped = find_sensitive(_AdditiveProbe(errors), {n: (1.0, -128, 127) for n in errors}, 0.03, limit=2, goal=0.05)
+    assert len(capped) == 2
+
+
+@pytest.mark.parametrize("case", [
+    dict(shape=(1, 16, 9, 9), w=(8, 16, 3, 3), strides=(1, 1), padding=(1, 1, 1, 1), groups=1),
+    dict(shape=(1, 32, 6, 6), w=(4, 32, 1, 1), strides=(1, 1), padding=(0, 0, 0, 0), groups=1),  # a box head
+    dict(shape=(1, 8, 10, 10), w=(8, 1, 3, 3), strides=(2, 2), padding=(0, 0, 1, 1), groups=8),
+])
+def test_int16_conv_bitexact(case):
+    """int16 activations x int8 weights (what a promoted conv input runs), extremes included."""
+    from conftest import run_relax
+
+    x = rng.integers(-32768, 32768, case["shape"]).astype(np.int16)
+    x.flat[:2] = [-32768, 32767]
+    x[0, :, 0, 0] = -32768  # a full reduction at the extremes: |acc| = K * 2^15 * 128 < 2^31
+    w = rng.integers(-128, 128, case["w"]).astype(np.int8)
+    w[:, :, 0, 0] = 127 if case["groups"] == 1 else w[:, :, 0, 0]
+    m, s = ref.dyadic(rng.uniform(1e-6, 1e-4, case["w"][0]))
+    m, s = emit.channel_shape(m, 4, 1), emit.channel_shape(s, 4, 1)
+
+    class Attrs:
+        strides, padding, dilation, groups = case["strides"], case["padding"], (1, 1), case["groups"]
+        data_layout, kernel_layout, out_layout = "NCHW", "OIHW", "NCHW"
+
+    acc = ref.conv2d_acc(x, w, case["strides"], case["padding"], groups=case["groups"])
+    assert np.array_equal(run_relax(lambda a: emit.conv2d_acc(a, w, Attrs), [x]), acc)
+    want = ref.requantize(acc, m, s, -32768, 32767, "int16")
+    got = run_relax(lambda a: emit.requantize(emit.conv2d_acc(a, w, Attrs), m, s, -32768, 32767, "int16"), [x])
+    np.testing.assert_array_equal(got, want)
+
+
+def test_int16_matmul_bitexact():
+    from conftest import run_relax
+
+    x = rng.integers(-32768, 32768, (5, 200)).astype(np.int16)
+    x[0] = -32768
+    w = rng.integers(-128, 128, (200, 24)).astype(np.int8)
+    w[:, 0] = -128
+    np.testing.assert_array_equal(run_relax(lambda a: emit.matmul_acc(a, w), [x]), ref.matmul_acc(x, w))
+
+
+def test_wide_table_output_is_int16_within_half_an_lsb():
+    grid = ref_unary.grid("int16") * 2.0**-10
+    image = np.sqrt(np.abs(grid))
+    scale, dtype = ref_unary.output_params(image, (0.0, 2.0), wide=True)
+    assert dtype == "int16" and scale == pytest.approx(4.0 / 32767)  # 2x the calibrated range
+    table = ref_unary.build_table(image, scale, dtype)
+    inside = image <= 4.0
+    assert np.abs(table[inside] * scale - image[inside]).max() <= 0.5 * scale + 1e-12
+
+
+def _magnitude_model(path) -> str:
+    """x[1, 128] -> |DFT| (real and imaginary parts as matmuls, Pow 2, Add, Sqrt) -> a linear layer."""
+    n = np.arange(128)
+    k = np.arange(65)
+    window = np.hanning(128)
+    re = (np.cos(2 * np.pi * np.outer(n, k) / 128) * window[:, None]).astype(np.float32)
+    im = (-np.sin(2 * np.pi * np.outer(n, k) / 128) * window[:, None]).astype(np.float32)
+    out = (rng.standard_normal((65, 8)) * 0.3).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "re"], ["r"]), helper.make_node("MatMul", ["x", "im"], ["i"]),
+             helper.make_node("Pow", ["r", "two"], ["r2"]), helper.make_node("Pow", ["i", "two"], ["i2"]),
+             helper.make_node("Add", ["r2", "i2"], ["p"]), helper.make_node("Sqrt", ["p"], ["mag"]),
+             helper.make_node("MatMul", ["mag", "out"], ["y"])]
+    inits = [numpy_helper.from_array(a, name) for a, name in
+             ((re, "re"), (im, "im"), (out, "out"), (np.array(2.0, np.float32), "two"))]
+    graph = helper.make_graph(nodes, "magnitude", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 128])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def _voiced(count: int, seed: int) -> np.ndarray:
+    """Frames of a pulse train (harmonics of 100-250 Hz at 16 kHz): a few strong bins, many weak ones."""
+    r = np.random.default_rng(seed)
+    t = np.arange(128) / 16000.0
+    frames = []
+    for _ in range(count):
+        f0, phase = r.uniform(100, 250), r.uniform(0, 2 * np.pi)
+        y = sum(np.sin(2 * np.pi * h * f0 * t + h * phase) / h**1.5 for h in range(1, 30))
+        frames.append(0.5 * y / np.abs(y).max() + 0.005 * r.standard_normal(128))
+    return np.asarray(frames, np.float32)[:, None, :]
+
+
+def test_sum_of_squares_before_a_sqrt_is_promoted(tmp_path):
+    """8 bits for the squares of an STFT and their sum lose the weak bins (their sqrt is steep at 0):
+    the search promotes them, the model agrees with onnxruntime, and without it it does not."""
+    import onnxruntime as ort
+
+    import runtime
+    from passes import QuantConfig
+    from runtime import compile_model
+
+    path = _magnitude_model(tmp_path / "magnitude.onnx")
+    np.savez(tmp_path / "calib.npz", x=_voiced(16, 0))
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    frames = _voiced(6, 1)
+
+    def cosine(art) -> float:
+        model = runtime.load(art)
+        got = np.concatenate([model.run({"x": x})["y"].ravel() for x in frames])
+        want = np.concatenate([session.run(None, {"x": x})[0].ravel() for x in frames])
+        return float(got @ want / np.linalg.norm(got) / np.linalg.norm(want))
+
+    from frontends import load_onnx
+    from passes import QuantizeToInteger, bind_weights, calibrate
+    from passes.quantize_to_integer import WIDE_ATTR
+    from runtime.compiler import load_calibration
+
+    imported = load_onnx(path)
+    float_mod = bind_weights(imported.mod, imported.params)
+    ranges = calibrate(float_mod, load_calibration(tmp_path / "calib.npz", imported.inputs), progress=False)
+    lowered = QuantizeToInteger(ranges)(float_mod)
+    wide = json.loads(str(lowered["main"].attrs[WIDE_ATTR]))
+    ops = {b.var.name: b.value.op.name for block in float_mod["main"].body.blocks for b in block.bindings
+           if hasattr(b.value, "op")}
+    assert {"relax.add", "relax.call_pure_packed"} <= {ops[n] for n in wide}  # the sum and the squares
+    assert len(wide) <= 5 and ranges.probe.runs <= 2 * 48
+
+    art = compile_model(path, "x86", tmp_path / "wide.artifact", calib=tmp_path / "calib.npz", progress=False)
+    narrow = compile_model(path, "x86", tmp_path / "narrow.artifact", calib=tmp_path / "calib.npz", progress=False,
+                           config=QuantConfig(sensitivity_tol=None))
+    assert json.loads((art / "manifest.json").read_text())["integer_only"]
+    c_wide, c_narrow = cosine(art), cosine(narrow)
+    assert c_wide >= 0.995 and c_wide > c_narrow, (c_wide, c_narrow)
