@@ -21,6 +21,7 @@ on a shared machine (only the ratio means much).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import sys
 import tempfile
@@ -100,7 +101,15 @@ def median_ms(fn, budget_s: float = 1.0, most: int = 20) -> float:
 
 
 def ort_int8(path: Path, samples: list[dict[str, np.ndarray]], workdir: Path, notes: list[str]) -> Path:
-    """onnxruntime's static int8 QDQ model (U8S8, per-channel weights, MinMax) calibrated on `samples`."""
+    """onnxruntime's static int8 QDQ model (U8S8, per-channel weights, MinMax) calibrated on `samples`.
+    Run inside `workdir`: ORT's symbolic shape inference leaves `sym_shape_infer_temp.onnx` and
+    `<uuid>.data` files in the current directory."""
+    path, workdir = path.resolve(), workdir.resolve()
+    with contextlib.chdir(workdir):
+        return _ort_int8(path, samples, workdir, notes)
+
+
+def _ort_int8(path: Path, samples: list[dict[str, np.ndarray]], workdir: Path, notes: list[str]) -> Path:
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
