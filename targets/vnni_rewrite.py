@@ -99,11 +99,16 @@ class _Rewriter(PyExprMutator):
             return None
         k, n = w_np.shape
         rows = static_factor(x_shape[-2])  # n * 16 rows of a batch: tiles of its static factor
-        dot = self._dot(w_np.T, k, lambda d: vnni.dense_tile(rows, n, d) is not None)
+        whole = lambda d: -(-n // d.lanes) * d.lanes  # columns padded to whole vectors (1000 classes: 1008)
+        dot = self._dot(w_np.T, k, lambda d: vnni.dense_tile(rows, whole(d), d) is not None)
         if dot is None:
             return None
-        return self._kernel(vnni.dense_te, dot, x, self._prepared(x, dot), vnni.pack_weights(w_np.T, dot),
-                            w_np.astype(np.int64).sum(0))
+        w_pad = np.pad(w_np, [(0, 0), (0, whole(dot) - n)])  # zero columns, sliced off below
+        out = self._kernel(vnni.dense_te, dot, x, self._prepared(x, dot), vnni.pack_weights(w_pad.T, dot),
+                           w_pad.astype(np.int64).sum(0))
+        if whole(dot) == n:
+            return out
+        return relax.op.strided_slice(self.builder_.emit(out), axes=[len(x_shape) - 1], begin=[0], end=[n])
 
     def _conv(self, call: relax.Call):
         x, w = call.args

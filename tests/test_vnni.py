@@ -45,6 +45,7 @@ class _Pointwise:
 @pytest.mark.parametrize("x_dtype", ["int8", "uint8"])
 @pytest.mark.parametrize("shape,kernel", [
     ((1, 64, 96, 48), "dense"),  # a transformer dense layer: rows x K @ K x N
+    ((1, 1, 64, 1000), "dense"),  # a classifier: 1000 columns padded to whole vectors, sliced back
     ((1, 16, 28, 28, 24), "conv_lanes_pixels"),  # big image: 16 pixels per vector
     ((1, 32, 7, 7, 48), "conv_lanes_out"),  # small image: 16 output channels per vector
 ])
