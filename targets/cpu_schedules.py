@@ -84,6 +84,20 @@ def _schedule_elementwise(func: tvm.tirx.PrimFunc):
     return sch
 
 
+MAX_INLINED = 16  # blocks a repack inlines, at most
+
+
+def _each_read_once(sch: s_tir.Schedule, blocks) -> bool:
+    """Whether every intermediate is loaded at one place only: inlining a value used twice (x * x,
+    the isqrt steps of a LayerNorm) doubles the expression each time, and the simplifier then
+    never finishes (a PP-OCR recognizer's fused kernels took > 25 minutes)."""
+    for block in blocks[:-1]:
+        name = sch.get(block).writes[0].source.name
+        if sum(str(sch.get(c).body).count(f"{name}[") for c in sch.get_consumers(block)) != 1:
+            return False
+    return True
+
+
 def _schedule_repack(func: tvm.tirx.PrimFunc):
     """A transpose fed by reshapes and elementwise blocks (a requantization): the activation
     repacks of the dot-product kernels, e.g. [C, H, W] -> [C/4, H*W, 4]. Everything is inlined
@@ -102,6 +116,8 @@ def _schedule_repack(func: tvm.tirx.PrimFunc):
     if not isinstance(inner, tvm.tirx.Var) or inner not in axes:
         return None
     j = axes.index(inner)
+    if len(blocks) > MAX_INLINED or not _each_read_once(sch, blocks):
+        return None
     try:
         for block in reversed(blocks[:-1]):
             sch.compute_inline(block)
