@@ -39,6 +39,7 @@ from .lowering.embedding import is_integer_op, lower_integer_op
 from .lowering import (LOWERINGS, Accumulator, ChannelQuantized, IntTensor, LoweringContext, QuantConfig, Quantized,
                        activation_scale, calibrated_qmax, float_fallback)
 from .lowering.float_fallback import FloatTensor, quantize_float
+from .lowering.values import MaskedLogits
 from .reference.kernels import INT_RANGE
 from .sensitivity import find_sensitive
 
@@ -264,6 +265,8 @@ class QuantizeToInteger:
         args = [_to_integer(ctx, _arg(a, env)) for a in value.args]
         if value.op.name not in OFFSET_AWARE:  # GELU outputs' offsets reach only layout ops and matmuls
             args = [[ctx.without_offset(v) for v in a] if isinstance(a, list) else ctx.without_offset(a) for a in args]
+        if value.op.name not in MASK_CONSUMERS:
+            args = [[_unmasked(ctx, v) for v in a] if isinstance(a, list) else _unmasked(ctx, a) for a in args]
         if is_integer_op(value, args):
             return lower_integer_op(ctx, value, args)
         return LOWERINGS.get(value.op.name, float_fallback)(ctx, value, args)
@@ -294,6 +297,21 @@ def _to_integer(ctx: LoweringContext, value):
     if value not in memo:
         memo[value] = quantize_float(ctx, value)
     return memo[value]
+
+
+MASK_CONSUMERS = ("relax.nn.softmax", "relax.nn.log_softmax")  # take masked logits as they are
+
+
+def _unmasked(ctx: LoweringContext, value):
+    """Masked logits that reach anything but a softmax (a where(cond, -inf, x) guard that only looks
+    like a mask, e.g. TVM's isnan guard of a tensor-valued Clip bound): the masked positions at the
+    lowest value of the logits' integer range, which is what -inf saturates to."""
+    if not isinstance(value, MaskedLogits):
+        return value
+    logits = value.logits
+    low = INT_RANGE[str(logits.expr.ty.dtype)][0]
+    expr = ctx.emit(relax.op.where(value.keep, logits.expr, relax.const(low, str(logits.expr.ty.dtype))))
+    return replace(logits, expr=expr)
 
 
 def _arg(arg: relax.Expr, env: dict):

@@ -12,7 +12,7 @@ contiguous slice of the flat padded input:
 so a vector of 16 outputs takes one unaligned load and one multiply-add per tap, at the price
 of computing Wp - Wo extra columns per row (e.g. 18 for 14). Stride 2 first splits the padded
 input into its 4 phases (even/odd rows and columns), each a stride-1 problem of half the
-width. A stem (a conv over <= 8 input channels, x86 only: on aarch64 LLVM makes `sdot` of its
+width. A stem (a conv over <= 4 input channels, x86 only: on aarch64 LLVM makes `sdot` of its
 default loops) sums its few input channels the same way. The integer sums are those of the
 conv itself: bit-exact. Runs before legalization on CPU targets; `cpu_schedules.py` schedules
 the `dwflat_conv` block (parallel over channels, 16 lanes, accumulators in registers).
@@ -27,7 +27,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 BLOCK = "dwflat_conv"
 WIDTH = "dwflat_width"  # the pad block's annotation: the phase width the schedule splits rows by
-STEM_CHANNELS = 8  # a conv over this few input channels (an RGB stem) runs over flat rows too
+STEM_CHANNELS = 4  # a conv over this few input channels (an RGB(A) or gray stem) runs over flat rows too
 LANES = 16  # int32 lanes of a 512-bit vector
 _INT8 = ("int8", "uint8")
 
