@@ -150,7 +150,7 @@ def _schedule_chunked(func: tvm.tirx.PrimFunc):
     if found is None:
         return None
     blocks, lead, row = found
-    if any(sch.get(b).name_hint.startswith(("T_transpose", "dot_pack")) for b in blocks):
+    if any(sch.get(b).name_hint.startswith("T_transpose") for b in blocks):
         return _schedule_repack(func) or _schedule_elementwise(func)
     rows = sch.fuse(*lead) if len(lead) > 1 else lead[0]
     per_chunk = divisor(static_factor(sch.get(rows).extent), max(1, CHUNK // row))
