@@ -93,22 +93,20 @@ def measure(onnx_path, calib_samples, eval_samples, input_shapes=None, observer:
     """One row per traced value: name, op, dtype, mean cos / rel / grid / clip over `eval_samples`."""
     import tvm
 
-    from passes.calibrate import _expose_all
+    from passes.float_taps import TappedModel
 
     float_mod, int_mod, traced, ranges = lower_traced(onnx_path, calib_samples, input_shapes, observer, config,
                                                       ranges)
-    exposed, names = _expose_all(float_mod)
+    float_model = TappedModel(float_mod)  # default TVM pipeline (not the project's schedules)
     ops = {b.var.name: (b.value.op.name.removeprefix("relax.") if hasattr(b.value, "op") else type(b.value).__name__)
            for block in float_mod["main"].body.blocks for b in block.bindings}
-    float_vm = _build(exposed, project_pipeline=False)
     int_vm = _build(int_mod, project_pipeline=True)
     boundary = json.loads(str(int_mod["main"].attrs["intq.boundary"]))
     n_out = len(boundary["outputs"])
     stats = [[] for _ in traced]
     for sample in eval_samples:
-        f_outs = float_vm["main"](*[tvm.runtime.tensor(np.require(sample[p.name], requirements="C"))
-                                    for p in float_mod["main"].params])
-        floats = {n: v.numpy().astype(np.float64) for n, v in zip(names, f_outs)}
+        floats = {}
+        float_model.run(sample, lambda i, v: floats.__setitem__(float_model.names[i], v.astype(np.float64)))
         args = []
         for meta in boundary["inputs"]:
             x = sample[meta["name"]]

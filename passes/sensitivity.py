@@ -1,13 +1,12 @@
 """Which activations lose the signal at 8 bits: a sensitivity measurement on the calibration data.
 
-    probe = SensitivityProbe(float_mod, samples)        (calibrate() attaches one to its ranges)
+    probe = SensitivityProbe(tapped_model, samples)     (calibrate() attaches one to its ranges)
     probe.error({name: (scale, qlo, qhi)})  -> output error with those tensors alone on their 8-bit grid
-                                               (the first call names every candidate)
     find_sensitive(probe, grids, tol)       -> the tensors whose 8-bit grid alone costs more than tol
 
-The float model is compiled once more with a fake quantizer after every candidate binding,
-`clip(floor(x / S_i + 1/2), lo_i, hi_i) * S_i`, whose grids are inputs, so that any subset can be
-put on its 8-bit grid without recompiling (the others get a grid 2^16 times finer and wider). The error of a set
+It runs calibration's compiled float model (`float_taps.py`), whose taps put the measured set on
+its 8-bit grid, `clip(floor(x / S_i + 1/2), lo_i, hi_i) * S_i`, and leave every other tensor in
+float: no second build, and any subset can be measured. The error of a set
 is max over outputs of mean over samples of ||y - y_float||^2 / ||y_float||^2 (the squared
 relative L2 error; 1 - cosine ~ half of it).
 
@@ -26,85 +25,47 @@ import heapq
 from typing import Sequence
 
 import numpy as np
-import tvm
-from tvm import relax
+
+from .float_taps import TappedModel
 
 PROBE_SAMPLES = 2  # calibration samples the probe keeps (the error is their mean)
 MAX_SETS = 48  # sets measured per search, at most (each one model run per sample)
-OFF_BITS = 16  # a fake quantizer switched off: 2^16 times finer and wider than the 8-bit grid (~float32)
 
 
 class SensitivityProbe:
-    """The float model with switchable fake quantizers after every float binding (compiled on first use)."""
+    """The calibrated float model (`TappedModel`) run with chosen tensors on their 8-bit grids."""
 
-    def __init__(self, mod: tvm.IRModule, samples: Sequence[dict[str, np.ndarray]], target=None, pipeline=None):
-        self.mod, self.target, self.pipeline = mod, target, pipeline
+    def __init__(self, model: TappedModel, samples: Sequence[dict[str, np.ndarray]]):
+        self.model = model
         self.samples = [dict(s) for s in list(samples)[:PROBE_SAMPLES]]
         self.runs = 0  # model runs so far (one per sample per measured set)
-        self._vm = self._names = self._reference = None
+        self._tapped = set(model.names)
+        self._reference = None
         self._memo: dict = {}
 
-    def _build(self, candidates):
-        func = self.mod["main"]
-        names = [b.var.name for block in func.body.blocks for b in block.bindings
-                 if isinstance(b.var.ty, relax.TensorType) and str(b.var.ty.dtype) == "float32"
-                 and b.var.name in candidates]
-        index = {n: i for i, n in enumerate(names)}
-        grid = [relax.Var(f"intq_fq_{g}_{i}", relax.TensorType((), "float32")) for i in range(len(names))
-                for g in ("scale", "lo", "hi")]
-        blocks, half = [], relax.const(0.5, "float32")
-        for block in func.body.blocks:
-            bindings = []
-            for b in block.bindings:
-                i = index.get(b.var.name) if isinstance(b, relax.VarBinding) else None
-                if i is None:
-                    bindings.append(b)
-                    continue
-                dataflow = isinstance(block, relax.DataflowBlock)  # (keeps the fake quantizer fused)
-                raw = (relax.DataflowVar if dataflow else relax.Var)(b.var.name + "_float", b.var.ty)
-                bindings.append(relax.VarBinding(raw, b.value))
-                scale, lo, hi = grid[3 * i:3 * i + 3]  # 0-d inputs
-                q = relax.op.maximum(relax.op.minimum(relax.op.floor(relax.op.add(relax.op.divide(raw, scale), half)),
-                                                      hi), lo)  # (floor compiles faster than round)
-                fq = relax.op.multiply(q, scale)
-                bindings.append(relax.VarBinding(b.var, fq))  # later uses of b.var read the fake-quantized value
-            blocks.append((relax.DataflowBlock if isinstance(block, relax.DataflowBlock) else relax.BindingBlock)(
-                bindings))
-        new = relax.Function([*func.params, *grid], relax.SeqExpr(blocks, func.body.body), func.ret_ty,
-                             func.is_pure, func.attrs)
-        mod = tvm.IRModule({gv: f for gv, f in self.mod.functions_items() if gv.name_hint != "main"})
-        mod["main"] = new
-        target = self.target or tvm.target.Target({"kind": "llvm"})
-        self._vm = relax.VirtualMachine(tvm.compile(mod, target=target, relax_pipeline=self.pipeline or "default"),
-                                        tvm.cpu())
-        self._names, self._index = names, index
-        self._inputs = [p.name for p in func.params]
-
     def _run(self, grids: dict[str, tuple[float, int, int]]) -> list[list[np.ndarray]]:
-        extra = []
-        for name in self._names:
-            scale, lo, hi = grids[name] if name in grids else self._off[name]
-            extra += [tvm.runtime.tensor(np.asarray(v, np.float32)) for v in (scale, lo, hi)]
+        by_index = {i: grids[n] for i, n in enumerate(self.model.names) if n in grids}
+
+        def fake_quantize(index: int, x: np.ndarray):
+            if index not in by_index:
+                return None
+            scale, lo, hi = by_index[index]
+            return (np.clip(np.floor(x / np.float32(scale) + np.float32(0.5)), lo, hi) * np.float32(scale)).astype(
+                x.dtype)
+
         outs = []
         for sample in self.samples:
-            args = [tvm.runtime.tensor(np.require(sample[n], requirements="C")) for n in self._inputs]
-            res = self._vm["main"](*args, *extra)
-            res = list(res) if isinstance(res, (list, tuple)) or type(res).__name__ == "Array" else [res]
-            outs.append([r.numpy().astype(np.float64) for r in res if hasattr(r, "numpy")])
+            outs.append([y.astype(np.float64) for y in self.model.run(sample, fake_quantize if by_index else None)])
             self.runs += 1
         return outs
 
     def error(self, grids: dict[str, tuple[float, int, int]]) -> float:
         """Max over outputs of the mean squared relative L2 error with `grids` {binding: (S, lo, hi)} applied."""
-        if self._vm is None:  # the first call names every candidate: only those get a fake quantizer
-            self._build(set(grids))
-            k = 2.0**OFF_BITS
-            self._off = {n: (s / k, -max(abs(lo), hi) * k, max(abs(lo), hi) * k) for n, (s, lo, hi) in grids.items()}
+        if self._reference is None:
             self._reference = self._run({})
-        grids = {k: v for k, v in grids.items() if k in self._index}
-        key = tuple(sorted(grids))
+        key = tuple(sorted(n for n in grids if n in self._tapped))
         if key not in self._memo:
-            outs = self._run(grids) if grids else self._reference
+            outs = self._run(grids) if key else self._reference
             per_output = np.mean([[float(np.sum((y - r) ** 2) / max(np.sum(r ** 2), 1e-30))
                                    for y, r in zip(ys, rs)] for ys, rs in zip(outs, self._reference)], axis=0)
             self._memo[key] = float(np.max(per_output, initial=0.0))

@@ -1,0 +1,96 @@
+"""The float model compiled once with a tap on every tensor: what calibration and the sensitivity probe run.
+
+    model = TappedModel(float_mod)                       (compiled for the host on first use)
+    outputs = model.run(sample, tap)                     tap(index, value) -> None, or a replacement
+                                                         (value: a view, valid during the call only)
+
+Every input and every float binding of `main` is passed through `intq.float_tap` (a packed call
+into Python) before anything reads it; `model.names[index]` is its name. Calibration's tap
+observes the value, the probe's tap puts chosen tensors on their 8-bit grid and passes the rest
+through untouched, so neither has to compile the model again. Ops stay unfused (the tapped values
+are materialized anyway), which keeps the build short: identical kernels are compiled once.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable
+
+import numpy as np
+import tvm
+from tvm import relax
+
+TAP = "intq.float_tap"
+Tap = Callable[[int, np.ndarray], "np.ndarray | None"]
+_current = threading.local()
+
+
+def _dispatch(value, index):
+    tap = getattr(_current, "tap", None)
+    out = tap(int(index), np.from_dlpack(value)) if tap is not None else None  # a view: no copy
+    # a fresh tensor either way: the VM's memory plan reuses the input's storage once this call returns
+    return value.copyto(tvm.cpu()) if out is None else tvm.runtime.tensor(np.ascontiguousarray(out))
+
+
+tvm.register_global_func(TAP, _dispatch, override=True)
+
+
+def _tapped(mod: tvm.IRModule) -> tuple[tvm.IRModule, list[str]]:
+    """`main` with a tap after every input and float binding; the names of the tapped tensors."""
+    func = relax.transform.ToNonDataflow()(mod)["main"]
+    names: list[str] = []
+
+    def tap(var: relax.Var, source: relax.Expr) -> relax.VarBinding:
+        names.append(var.name)
+        return relax.VarBinding(var, relax.op.call_pure_packed(TAP, source, relax.prim_value(len(names) - 1),
+                                                               ty_args=var.ty))
+
+    # the original parameter vars become the tapped values, so no use of them needs rewriting
+    params = [relax.Var(p.name, p.ty) for p in func.params]
+    first = [tap(old, new) for old, new in zip(func.params, params) if isinstance(old.ty, relax.TensorType)]
+    blocks = []
+    for i, block in enumerate(func.body.blocks):
+        bindings = first if i == 0 else []
+        for b in block.bindings:
+            ty = b.var.ty
+            if isinstance(b, relax.VarBinding) and isinstance(ty, relax.TensorType) and \
+                    str(ty.dtype).startswith("float"):
+                raw = relax.Var(b.var.name + "_untapped", ty)
+                bindings += [relax.VarBinding(raw, b.value), tap(b.var, raw)]
+            else:
+                bindings.append(b)
+        blocks.append(relax.BindingBlock(bindings))
+    if not blocks:
+        blocks = [relax.BindingBlock(first)]
+    if len(set(names)) != len(names):
+        raise AssertionError("binding names are not unique; cannot key calibration ranges")
+    new = relax.Function(params, relax.SeqExpr(blocks, func.body.body), func.ret_ty, func.is_pure, func.attrs)
+    tapped = tvm.IRModule({gv: f for gv, f in mod.functions_items() if gv.name_hint != "main"})
+    tapped["main"] = new  # keep the PrimFuncs `main` calls (the importer's emit_te kernels)
+    return tapped, names
+
+
+class TappedModel:
+    """The float Relax model (weights bound) with a tap on every tensor, compiled for `target`."""
+
+    def __init__(self, mod: tvm.IRModule, target=None, pipeline=None):
+        self.mod, self.target, self.pipeline = mod, target, pipeline
+        self.inputs = [p.name for p in mod["main"].params]
+        self._tapped, self.names = _tapped(mod)
+        self._vm = None
+
+    def run(self, sample: dict[str, np.ndarray], tap: Tap | None = None) -> list[np.ndarray]:
+        """The model's outputs on `sample`, every tensor passed through `tap` on the way."""
+        if self._vm is None:
+            target = self.target or tvm.target.Target({"kind": "llvm"})
+            self._vm = relax.VirtualMachine(tvm.compile(self._tapped, target=target,
+                                                        relax_pipeline=self.pipeline or "default"), tvm.cpu())
+        # np.require, not np.ascontiguousarray: a 0-d input (a sample rate) must stay 0-d
+        args = [tvm.runtime.tensor(np.require(sample[n], requirements="C")) for n in self.inputs]
+        _current.tap = tap
+        try:
+            res = self._vm["main"](*args)
+        finally:
+            _current.tap = None
+        res = list(res) if isinstance(res, (list, tuple)) or type(res).__name__ == "Array" else [res]
+        return [r.numpy() for r in res if hasattr(r, "numpy")]
