@@ -24,6 +24,7 @@ from .onnx_attention import decompose_attention
 from .resize_layout import resize_to_nchw
 from .onnx_einsum import einsum_to_matmul
 from .onnx_if import select_ifs
+from .onnx_legacy import legacy_forms_to_tvm_forms
 from .onnx_rnn import unroll_lstms
 
 # ONNX ops (after onnxruntime's basic clean-up) that the integer-only path lowers.
@@ -35,6 +36,8 @@ INTEGER_PATH_OPS = frozenset({
     "LayerNormalization", "Softmax", "Gelu", "Erf", "Div", "Mul", "Split", "Slice", "Sub", "Pow", "Sqrt",
     # integer inputs (token ids, attention masks) and embeddings
     "Gather", "Cast", "And", "Or", "Not", "Where", "Less", "Equal", "Greater", "GreaterOrEqual", "Expand",
+    "GatherND", "GatherElements",  # of activations too (constant or integer indices: lowering/layout.py)
+    "IsNaN", "IsInf",  # of a quantized tensor: a constant mask (SDPA's guard of fully masked rows, lowering/predicates)
     # structure and spatial ops (passes/lowering: resize, pooling, linear, layout)
     "Resize", "Upsample", "ConvTranspose", "AveragePool", "Tile", "DepthToSpace", "SpaceToDepth", "TopK",
     # binary ops of two activations, reductions, softmax on any axis (passes/lowering: binary, reduce, transformer)
@@ -133,6 +136,7 @@ def load_onnx(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]] 
     model = _read(path)
     _fix_input_shapes(model, bound_shapes(input_shapes), path)
     model = _basic_optimize(model, path)
+    legacy_forms_to_tvm_forms(model)  # Slice-1, Reshape-1, Upsample-9: the forms TVM's converters read
     if select_ifs(model):  # data-dependent If: both branches computed, then a Where
         model = onnx.shape_inference.infer_shapes(model)
     if einsum_to_matmul(model):  # Einsum with a constant operand (grouped linear layers): a MatMul
@@ -160,6 +164,8 @@ def _read(path: Path) -> onnx.ModelProto:
         raise CompileError(f"{path}: not a readable ONNX file ({type(err).__name__}: {err})") from None
     if not model.graph.node:
         raise CompileError(f"{path}: not a readable ONNX file (no graph nodes; truncated or not ONNX?)")
+    if model.ir_version < 4:  # IR 3 listed every initializer as a graph input; later IRs and onnxruntime don't
+        model.ir_version = 4
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as err:

@@ -2,13 +2,17 @@
 
 `call_tir(maximum, (x, c))` -> `R.maximum(x, c)` (and `minimum`), where `c` is a scalar:
 TVM's ONNX importer lowers Clip through `emit_te(topi.maximum/minimum)`, which hides the
-clamp from pattern-based passes. Other `call_tir`s are left alone.
+clamp from pattern-based passes. Clip before opset 11 (min/max attributes, e.g. waifu2x's final
+clamp to [0, 1]) bakes `c` into the PrimFunc: `call_tir(maximum, (x,))`; `c` is then read by
+running it once on x = -inf (+inf for minimum) and checked on a probe, an infinite `c` (a missing
+bound) dropping the clamp. Other `call_tir`s are left alone.
 """
 
 from __future__ import annotations
 
 import re
 
+import numpy as np
 import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
@@ -21,15 +25,48 @@ _TOPI_CLAMP = {"maximum": relax.op.maximum, "minimum": relax.op.minimum}
 
 @mutator
 class _ClipCallsToOps(PyExprMutator):
+    def __init__(self, mod):
+        super().__init__(mod)
+        self.mod_, self.baked = mod, {}
+
     def visit_call_(self, call):
         call = super().visit_call_(call)
         if call.op != _CALL_TIR or not isinstance(call.args[0], tvm.ir.GlobalVar):
             return call
         match = re.fullmatch(r"(maximum|minimum)\d*", call.args[0].name_hint)
         args = call.args[1].fields if isinstance(call.args[1], relax.Tuple) else []
-        if match is None or len(args) != 2 or len(args[1].ty.shape) != 0:
+        if match is None:
+            return call
+        if len(args) == 1:
+            return self._baked_clamp(call, match.group(1), args[0])
+        if len(args) != 2 or len(args[1].ty.shape) != 0:
             return call
         return _TOPI_CLAMP[match.group(1)](args[0], args[1])
+
+    def _baked_clamp(self, call, kind: str, x):
+        """`call_tir(maximum, (x,))` with the bound inside the PrimFunc -> `R.maximum(x, c)`, or x."""
+        try:
+            shape = [int(d) for d in x.ty.shape]
+        except TypeError:  # symbolic shape
+            return call
+        if str(x.ty.dtype) != "float32" or [int(d) for d in call.ty.shape] != shape or np.prod(shape) > 2**22:
+            return call
+        key = (call.args[0], tuple(shape))
+        if key not in self.baked:
+            from .te_calls_to_ops import _run
+
+            prim, clamp = self.mod_[call.args[0]], {"maximum": np.maximum, "minimum": np.minimum}[kind]
+            edge = np.full(shape, -np.inf if kind == "maximum" else np.inf, np.float32)
+            c = np.float32(_run(prim, edge, shape).ravel()[0])
+            probe = np.random.default_rng(0).standard_normal(shape).astype(np.float32) * 4
+            ok = np.array_equal(_run(prim, probe, shape), clamp(probe, c)) and np.all(_run(prim, edge, shape) == c)
+            self.baked[key] = c if ok else None
+        c = self.baked[key]
+        if c is None:
+            return call
+        if np.isinf(c):
+            return x
+        return _TOPI_CLAMP[kind](x, relax.const(float(c), "float32"))
 
 
 @tvm.transform.module_pass(opt_level=0, name="ClipCallsToOps")

@@ -173,6 +173,10 @@ class QuantizeToInteger:
         new = new.with_attr(WIDE_ATTR, json.dumps(wide))
         out_mod = bb.get()  # with the TE kernels that lowerings emit through call_te (4-bit weights)
         out_mod["main"] = new
+        taken = {gv.name_hint for gv in out_mod.get_global_vars()}
+        for gv, f in mod.functions.items():  # the importer's PrimFuncs that float-kept call_tirs (einsum) call
+            if isinstance(f, tvm.tirx.PrimFunc) and gv.name_hint not in taken:
+                out_mod[gv] = f
         return relax.transform.DeadCodeElimination()(out_mod)
 
     def _sensitive(self, mod: tvm.IRModule) -> dict[str, float]:

@@ -114,3 +114,30 @@ def test_without_allow_float_failing_lowerings_are_refused_at_once(monkeypatch):
     text = str(err.value)
     assert "binding 'cs' (relax.cumsum): refused for the test" in text and "binding 'bn' (relax.nn.batch_norm)" in text
     assert "(relax.nn.relu): ZeroDivisionError" in text and "--allow-float" in text
+
+
+def test_importer_primfuncs_kept_for_float_call_tirs(tmp_path):
+    # an Einsum of two activations reaches Relax as call_tir(einsum): with --allow-float it stays float, and
+    # the lowered module must keep the importer's PrimFunc it calls (was: "no definition of GlobalVar einsum")
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from runtime import compile_model, load
+
+    n = helper.make_node
+    nodes = [n("Relu", ["x"], ["r"]), n("Einsum", ["r", "x"], ["e"], equation="bij,bkj->bik"), n("Relu", ["e"], ["o"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8])],
+                              [helper.make_tensor_value_info("o", TensorProto.FLOAT, [1, 4, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "e.onnx")
+    data = np.random.default_rng(0).standard_normal((6, 1, 4, 8)).astype(np.float32)
+    np.savez(tmp_path / "c.npz", x=data[:4])
+    art = load(compile_model(tmp_path / "e.onnx", "x86", tmp_path / "a", calib=tmp_path / "c.npz", allow_float=True,
+                             progress=False))
+    assert [f["op"] for f in art.manifest["float_nodes"]] == ["relax.call_tir"]
+    sess = ort.InferenceSession(str(tmp_path / "e.onnx"), providers=["CPUExecutionProvider"])
+    for x in data[4:]:
+        want, got = sess.run(None, {"x": x})[0].ravel(), np.asarray(art.run({"x": x})["o"]).ravel()
+        assert got @ want / (np.linalg.norm(got) * np.linalg.norm(want)) >= 0.99

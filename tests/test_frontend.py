@@ -174,3 +174,47 @@ def test_lstm_unrolled_matches_onnxruntime(tmp_path, direction):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
     onnx.save(model, tmp_path / "lstm.onnx")
     assert {"Sigmoid", "Tanh", "MatMul"} <= {n.op_type for n in model.graph.node}
+
+
+@pytest.mark.parametrize("opset,upsample", [
+    (8, dict(op_type="Upsample", inputs=["s"], scales=[1.0, 1.0, 2.0, 2.0])),  # Upsample-7: scales attribute
+    (9, dict(op_type="Upsample", inputs=["s", "sc"])),  # Upsample-9: scales input
+    (10, dict(op_type="Resize", inputs=["s", "sc"]))])  # Resize-10: asymmetric, floor
+def test_old_opset_forms_compile(tmp_path, opset, upsample):
+    # waifu2x's exports: IR 3 without initializers among the graph inputs, Slice-1 crops with starts/ends/axes
+    # attributes (and one without axes); old upsampling forms, nearest neighbours floored (frontends/onnx_legacy.py);
+    # Clip-6's bounds, which TVM bakes into call_tir PrimFuncs (frontends/relax_cleanup.py)
+    import onnxruntime as ort
+
+    from runtime import compile_model, load
+
+    rng = np.random.default_rng(1)
+    n = helper.make_node
+    slice_ = (lambda i, o, **kw: n("Slice", [i], [o], **kw)) if opset < 10 else \
+        (lambda i, o, starts, ends, axes=None: n("Slice", [i, f"{o}_s", f"{o}_e"] + ([f"{o}_a"] if axes else []), [o]))
+    nodes = [n("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), n("LeakyRelu", ["c"], ["r"], alpha=0.1),
+             slice_("r", "s", starts=[2, 2], ends=[-2, -2], axes=[2, 3]),
+             n(upsample.pop("op_type"), upsample.pop("inputs"), ["u"], mode="nearest", **upsample),
+             slice_("u", "o", starts=[0, 1], ends=[1, 3]),
+             n("Clip", ["o"], ["m"], max=0.5), n("Clip", ["m"], ["y"], min=-0.2, max=0.4)]  # Clip-6: attributes
+    inits = {"w": (rng.standard_normal((4, 3, 3, 3)) * 0.3).astype(np.float32), "sc": np.array([1, 1, 2, 2], np.float32),
+             "s_s": np.array([2, 2]), "s_e": np.array([-2, -2]), "s_a": np.array([2, 3]), "o_s": np.array([0, 1]),
+             "o_e": np.array([1, 3])}
+    used = {i for node in nodes for i in node.input}
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 12, 12])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 16, 16])],
+                              [onnx.numpy_helper.from_array(v, k) for k, v in inits.items() if k in used])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 3
+    onnx.save(model, tmp_path / "old.onnx")
+    data = rng.standard_normal((12, 1, 3, 12, 12)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=data[:8])
+    art = load(compile_model(tmp_path / "old.onnx", "x86", tmp_path / "a", calib=tmp_path / "calib.npz",
+                             progress=False))
+    assert art.manifest["integer_only"]
+    sess = ort.InferenceSession(str(tmp_path / "old.onnx"), providers=["CPUExecutionProvider"])
+    for x in data[8:]:
+        want = sess.run(None, {"x": x})[0].ravel()
+        got = np.asarray(art.run({"x": x})["y"]).ravel()
+        cos = got @ want / (np.linalg.norm(got) * np.linalg.norm(want))
+        assert got.shape == want.shape and cos >= 0.99, cos

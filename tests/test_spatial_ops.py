@@ -361,3 +361,30 @@ def test_resize_of_batch_axis_is_refused(tmp_path):
                   {"sc": np.array([2, 1, 1, 1], np.float32)}, [1, 4, 4, 4], [("y", [2, 4, 4, 4])])
     with pytest.raises(UnsupportedModelError, match="Resize node 'rz' resizes axes \\[0\\]"):
         resize_to_nchw(onnx.shape_inference.infer_shapes(onnx.load(path)), path)
+
+
+def test_gather_nd_elements_and_isnan_guard_compile_integer_only(tmp_path):
+    # GatherND / GatherElements of activations with constant indices (the same integers, same scale), and
+    # torch SDPA's guard of fully masked rows, where(isnan(softmax), 0, softmax) (a constant all-false mask)
+    import onnxruntime as ort
+
+    from runtime import compile_model, load
+
+    n = helper.make_node
+    inits = {"w": _w(4, 3, 3, 3), "nd": np.array([[0, 2], [0, 1], [0, 3]], np.int64),
+             "el": rng.integers(0, 8, (1, 4, 3, 8)).astype(np.int64), "zero": np.array(0.0, np.float32)}
+    nodes = [n("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), n("Relu", ["c"], ["r"]),
+             n("GatherND", ["r", "nd"], ["y"]), n("GatherElements", ["r", "el"], ["g"], axis=2),
+             n("Softmax", ["g"], ["sm"], axis=-1), n("IsNaN", ["sm"], ["bad"]), n("Where", ["bad", "zero", "sm"], ["y2"])]
+    path = _model(tmp_path / "m.onnx", nodes, inits, [1, 3, 8, 8], [("y", [3, 8, 8]), ("y2", [1, 4, 3, 8])])
+    data = np.random.default_rng(5).standard_normal((20, 1, 3, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=data[:16])
+    art = load(compile_model(path, "x86", tmp_path / "a", calib=tmp_path / "calib.npz", progress=False))
+    assert art.manifest["integer_only"]
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    for x in data[16:]:
+        got = art.run({"x": x})
+        for name, want in zip(("y", "y2"), sess.run(["y", "y2"], {"x": x})):
+            g = np.asarray(got[name]).ravel()
+            assert g.shape == want.ravel().shape
+            assert g @ want.ravel() / (np.linalg.norm(g) * np.linalg.norm(want) + 1e-12) >= 0.99, name

@@ -1,7 +1,8 @@
 """Data-movement ops pass integers through unchanged (same scale, same dtype).
 
 reshape / flatten / permute_dims / squeeze / expand_dims / strided_slice (negative steps too) /
-split (uneven too) / broadcast_to / tile / take(q, constant indices) / topk / resize nearest
+split (uneven too) / broadcast_to / tile / take(q, constant indices) / topk / resize nearest /
+gather_nd, gather_elements (constant or exact integer indices)
              on q -> the same op on q (topk: values at the same scale, indices exact integers)
 pad(q, reflect | replicate | circular | constant v) -> pad(q, ..., round(v / S_q) saturated)
 astype(q, float -> float) -> q (the integers do not change)
@@ -156,6 +157,22 @@ def lower_gather(ctx, call, args):
         x = replace(x, axis=x.axis + idx.ndim - 1)
     expr = relax.op.take(x.expr, emit.const(idx, "int64"), axis=axis, mode=call.attrs.mode)
     return replace(x, expr=ctx.emit(expr))
+
+
+@lowers("relax.gather_nd", "relax.gather_elements")
+def lower_gather_indices(ctx, call, args):
+    """ONNX GatherND / GatherElements of an activation: the selected integers at the same scale.
+
+    The indices are a constant or an exact integer tensor (ids, argmax)."""
+    x, idx = args
+    if isinstance(idx, np.ndarray):
+        idx = emit.const(idx.astype(np.int64), "int64")
+    elif isinstance(idx, IntTensor):
+        idx = idx.expr
+    else:
+        ctx.fail(f"{call.op.name} needs constant or integer indices")
+    x = ctx.materialize(x)
+    return replace(x, expr=ctx.emit(relax.Call(call.op, [x.expr, idx], call.attrs)))
 
 
 @lowers("relax.topk")
