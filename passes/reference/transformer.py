@@ -10,6 +10,8 @@ fraction by a cubic, 7.5e-5 relative error instead of ShiftExp's 6%), `softmax_e
 (logits at any scale, 62-bit row reciprocal, 15-bit probabilities: uint8 probabilities
 cost DINOv2's 257-token attention most of its accuracy) and `gelu_tanh` (the tanh form of
 GELU, 1e-3 relative error, where x * sigmoid(1.702 x) is off by 2-5% on real FFN inputs).
+GELU itself is now a table over the 16-bit input grid (`lowering/transformer.py`): exact up
+to its 15-bit rounding, and one gather per element instead of `gelu_tanh`'s 64-bit division.
 """
 
 from __future__ import annotations

@@ -74,6 +74,18 @@ def evaluate(program: str | list, x) -> np.ndarray:
     return values[len(steps) - 1].astype(np.float64)
 
 
+def gelu(x) -> np.ndarray:
+    """GELU, erf form (`relax.nn.gelu`, ONNX Gelu): x * Phi(x)."""
+    x = np.asarray(x, np.float64)
+    return 0.5 * x * (1.0 + special.erf(x / np.sqrt(2.0)))
+
+
+def gelu_tanh(x) -> np.ndarray:
+    """GELU, tanh approximation (`relax.nn.gelu_tanh`, ONNX Gelu approximate="tanh")."""
+    x = np.asarray(x, np.float64)
+    return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3)))
+
+
 def grid(in_dtype: str) -> np.ndarray:
     """Every integer of `in_dtype`, ascending (the table's index order)."""
     lo, hi = INT_RANGE[in_dtype]
