@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import platform
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,11 @@ class Model:
     Safe to share between threads: each calling thread runs its own virtual machine over the
     one loaded library (a VM's registers are its own; a single VM called from two threads
     crashed the process). Calls over one RPC session are serialized: the session is not.
+
+    A batch of at least two samples (free batch) is cut into `batch_workers` slices (default:
+    the CPUs this process may use, or TVM_NUM_THREADS) that run side by side, one thread each:
+    samples in parallel instead of every kernel split across threads, so each layer's working
+    set stays one slice's. Set `batch_workers = 1` to run the batch as one call.
     """
 
     def __init__(self, path: str | os.PathLike, remote=None):
@@ -66,6 +72,10 @@ class Model:
         for key in self._libs:  # load the constants now: a broken library fails at load, not at the first run
             self._vm(key)
         self._tensor = tvm.runtime.tensor
+        self._config_threads = tvm.get_global_func("runtime.config_threadpool")
+        self.batch_workers = _default_workers()
+        self._pool = None  # worker threads for batch slices, started on first use
+        self._pool_lock = threading.Lock()
 
     def _load_library(self, tvm, library: dict, device: str):
         path = self.path / library["file"]
@@ -145,12 +155,56 @@ class Model:
 
     def _run_integer(self, qinputs: list[np.ndarray]) -> list[np.ndarray]:
         size, length, qinputs = self._bucket(qinputs)
-        result = self._vm(size)["main"](*[self._tensor(np.require(q, requirements="C"), self._dev) for q in qinputs])
-        results = [r.numpy() for r in ([result] if len(self.outputs) == 1 else list(result))]
+        slices = self._slices(qinputs)
+        if len(slices) > 1:
+            parts = list(self._workers(len(slices)).map(lambda s: self._call(size, [q[s] for q in qinputs]), slices))
+            results = [np.concatenate(outs) for outs in zip(*parts)]
+        else:
+            results = self._call(size, qinputs)
         return results if size is None else self.buckets.cut(results, length)
 
+    def _call(self, size, qinputs: list[np.ndarray]) -> list[np.ndarray]:
+        result = self._vm(size)["main"](*[self._tensor(np.require(q, requirements="C"), self._dev) for q in qinputs])
+        return [r.numpy() for r in ([result] if len(self.outputs) == 1 else list(result))]
+
+    def _slices(self, qinputs: list[np.ndarray]) -> list[slice]:
+        """Contiguous batch slices to run side by side (one: run the whole batch as one call)."""
+        batch = qinputs[0].shape[0] if qinputs and qinputs[0].ndim else 1
+        workers = min(self.batch_workers, batch)
+        if workers < 2 or self.remote is not None or not self._batched:
+            return [slice(None)]
+        bounds = np.linspace(0, batch, workers + 1).round().astype(int)
+        return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+    @property
+    def _batched(self) -> bool:
+        """Every input and output leads with the same free dim (the batch)."""
+        leads = {str(spec["shape"][0]) if spec["shape"] and isinstance(spec["shape"][0], str) else None
+                 for spec in [*self.inputs, *self.outputs]}
+        return len(leads) == 1 and None not in leads
+
+    def _workers(self, count: int):
+        """A pool of at least `count` threads, each running TVM kernels on one thread."""
+        with self._pool_lock:
+            if self._pool is None or self._pool._max_workers < count:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._pool = ThreadPoolExecutor(count, thread_name_prefix="intq-batch",
+                                                initializer=self._config_threads, initargs=(0, 1))
+            return self._pool
+
     def time(self, qinputs: list[np.ndarray], repeat: int = 50, warmup: int = 3) -> np.ndarray:
-        """Latencies in ms of `repeat` runs, timed on the device itself (locally or on the board)."""
+        """Latencies in ms of `repeat` runs, timed on the device itself (locally or on the board);
+        a batch that runs in slices side by side is timed around the whole `run_integer`."""
+        if len(self._slices(qinputs)) > 1:
+            for _ in range(warmup):
+                self._run_integer(qinputs)
+            times = []
+            for _ in range(repeat):
+                start = time.perf_counter()
+                self._run_integer(qinputs)
+                times.append(time.perf_counter() - start)
+            return np.asarray(times) * 1e3
         size, _, qinputs = self._bucket(qinputs)
         vm = self._vm(size)
         args = [self._tensor(np.require(q, requirements="C"), self._dev) for q in qinputs]
@@ -163,6 +217,14 @@ class Model:
         """Quantize `inputs`, run the integer model, dequantize the outputs."""
         outs = self.run_integer(self.quantize_inputs(inputs))
         return {spec["name"]: dequantize(q, _scale_array(spec["quant"], q.ndim)) for spec, q in zip(self.outputs, outs)}
+
+
+def _default_workers() -> int:
+    """TVM_NUM_THREADS, else the CPUs this process may run on."""
+    env = os.environ.get("TVM_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _check_shape(name: str, shape: list[int], spec: dict, sizes: dict[str, int]) -> None:

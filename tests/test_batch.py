@@ -50,11 +50,13 @@ def test_manifest_records_the_range(batch_artifact):
     assert "R.Tensor((n, 3, 16, 16)" in (batch_artifact / "model.relax.py").read_text()
 
 
-@pytest.mark.parametrize("count", [1, 3, 8])
-def test_each_sample_bit_exact_with_batch1_artifact(batch_artifact, small_artifact, count):
+@pytest.mark.parametrize("count, workers", [(1, 1), (3, 1), (8, 1), (3, 2), (8, 3)])
+def test_each_sample_bit_exact_with_batch1_artifact(batch_artifact, small_artifact, count, workers):
     """The same calibration gives the same scales: the batch artifact's integers for a batch
-    equal the static batch-1 artifact's, sample by sample, and so do the float outputs."""
+    equal the static batch-1 artifact's, sample by sample, and so do the float outputs, whether
+    the batch runs as one call (1 worker) or in slices side by side."""
     batched, single = runtime.load(batch_artifact), runtime.load(small_artifact)
+    batched.batch_workers = workers
     x = _batch(count, seed=count)
     q = batched.quantize_inputs({"x": x})
     assert q[0].shape == (count, 3, 16, 16)
