@@ -80,16 +80,25 @@ def test_block_matches_float(block):
     assert min(_delta_cosines(artifact, onnx_path, (1, 16, 64))) > 0.995
 
 
-def test_fuse_gelu_only_on_the_exact_decomposition():
+@pytest.mark.parametrize("form", ["torchscript", "dynamo", "half_first", "times_inverse_sqrt2"])
+def test_fuse_gelu_only_on_the_exact_decomposition(form):
+    # torch.onnx.export's x * (1 + erf(x / sqrt 2)) * 0.5, the dynamo exporter's x * ((erf(x / sqrt 2) + 1) * 0.5),
+    # 0.5 * x * (1 + erf(...)), and erf(x * (1 / sqrt 2)); a wrong constant leaves the graph as it was
     def build(c):
+        k = lambda v: relax.const(v, "float32")  # noqa: E731
         bb = relax.BlockBuilder()
         x = relax.Var("x", relax.TensorType((4, 8), "float32"))
         with bb.function("main", [x]):
             with bb.dataflow():
-                e = bb.emit(relax.op.erf(relax.op.divide(x, relax.const(c, "float32"))))
-                y = bb.emit(relax.op.multiply(relax.op.multiply(x, relax.op.add(e, relax.const(1.0, "float32"))),
-                                              relax.const(0.5, "float32")))
-                out = bb.emit_output(y)
+                arg = relax.op.multiply(x, k(1 / c)) if form == "times_inverse_sqrt2" else relax.op.divide(x, k(c))
+                inner = bb.emit(relax.op.add(bb.emit(relax.op.erf(bb.emit(arg))), k(1.0)))
+                if form == "dynamo":
+                    y = relax.op.multiply(x, bb.emit(relax.op.multiply(inner, k(0.5))))
+                elif form == "half_first":
+                    y = relax.op.multiply(bb.emit(relax.op.multiply(k(0.5), x)), inner)
+                else:
+                    y = relax.op.multiply(bb.emit(relax.op.multiply(x, inner)), k(0.5))
+                out = bb.emit_output(bb.emit(y))
             bb.emit_func_output(out)
         return bb.get()
 
