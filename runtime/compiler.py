@@ -126,12 +126,12 @@ def _host_build() -> dict:
 
 def _free_batch(input_shapes, spec, tune_trials: int) -> dict[str, FreeDim]:
     """The inputs whose batch `--input-shape` leaves free, after checking that the target takes
-    a symbolic batch (CPU targets with the TVM runtime; passes/generalize_batch.py)."""
+    a symbolic batch (CPU targets; passes/generalize_batch.py; a plan runs per sample)."""
     free = {k: v[0] for k, v in (input_shapes or {}).items() if v and isinstance(v[0], FreeDim)}
-    if free and (spec.device != "cpu" or spec.arch in PLAN_ARCHES or tune_trials):
+    if free and (spec.device != "cpu" or tune_trials):
         why = "--tune-trials" if tune_trials else f"target {spec.name}"
         raise CompileError(f"a free batch (--input-shape {next(iter(free))}:N...) is supported on CPU targets "
-                           f"with the TVM runtime, without tuning; not with {why}. Give the batch as a number.")
+                           f"without tuning; not with {why}. Give the batch as a number.")
     return free
 
 
@@ -274,9 +274,12 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
         log("per-layer weight bits:\n" + mixed.table())
         config = replace(config, layer_bits=mixed.layer_bits)
 
+    batch1 = []  # the batch-1 integer module: what a plan (armv7, riscv64) runs, once per sample
+
     def lower(float_mod, what: str = ""):
         with stage(f"lowering to integer-only Relax{what}", times, "lowering"):
             int_mod = QuantizeToInteger(ranges, config)(float_mod)
+        batch1.append(int_mod)
         if free:  # before the verifier, which then sees the module that is compiled
             with stage(f"generalizing the batch ({', '.join(f'{k}: {d.name}' for k, d in free.items())})", times,
                        "lowering"):
@@ -354,7 +357,7 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
         executor = None
         if spec.arch in PLAN_ARCHES:  # no TVM runtime there: ship the plan and its executor too
             with stage(f"exporting the plan executor for {spec.arch}", times, "compile"):
-                executor = export_plan(int_mod, spec, tmp)
+                executor = export_plan(batch1[-1], spec, tmp)
         if mixed is not None:
             mixed.write(tmp)
         device_code = _device_source(executable.mod)

@@ -135,21 +135,27 @@ def _read_plan(path: Path):
 
 def run_plan(artifact, qinputs: list[np.ndarray], launcher: tuple[str, ...] = (), timeout: float = 900):
     """Run the artifact's plan with its `intq_exec` (prefixed by `launcher`, e.g. a qemu
-    command line) on integer inputs; returns the integer outputs."""
+    command line) on integer inputs; returns the integer outputs. A plan for batch 1 takes any
+    batch (the same for every input): intq_exec runs it per sample, outputs concatenated on axis 0."""
     import tempfile
 
     artifact = Path(artifact)
     buffers, inputs, outputs = _read_plan(artifact / FILES["plan"])
     with tempfile.TemporaryDirectory() as tmp:
-        ins = []
+        ins, batches = [], set()
         for i, (q, bid) in enumerate(zip(qinputs, inputs)):
             dtype, shape = buffers[bid]
-            if q.dtype != dtype or list(q.shape) != shape:
+            batched = shape[:1] == [1] and q.ndim == len(shape) and list(q.shape[1:]) == shape[1:]
+            if q.dtype != dtype or (list(q.shape) != shape and not batched):
                 raise CompileError(f"input {i}: {q.dtype}{list(q.shape)}, the plan expects {dtype}{shape}")
+            batches.add(q.shape[0] if batched else 1)
             ins.append(f"{tmp}/in{i}.bin")
             np.ascontiguousarray(q).tofile(ins[-1])
+        if len(batches) > 1:
+            raise CompileError(f"inputs with different batches {sorted(batches)}; a batch must be the same for all")
         outs = [f"{tmp}/out{i}.bin" for i in range(len(outputs))]
         cmd = [*launcher, str(artifact / FILES["executor"]), *(str(artifact / FILES[k]) for k in
                                                                 ("kernels", "plan", "weights")), *ins, "--", *outs]
         subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=timeout)
-        return [np.fromfile(o, dtype=buffers[b][0]).reshape(buffers[b][1]) for o, b in zip(outs, outputs)]
+        return [np.fromfile(o, dtype=buffers[b][0]).reshape(-1, *buffers[b][1][1:]) if buffers[b][1] else
+                np.fromfile(o, dtype=buffers[b][0]).reshape(()) for o, b in zip(outs, outputs)]

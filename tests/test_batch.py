@@ -11,6 +11,7 @@ from onnx import TensorProto, helper
 from tvm import relax
 
 import runtime
+import runtime.artifact
 from conftest import small_cnn
 from frontends import CompileError, InputError, parse_input_shape
 from frontends.onnx_import import FreeDim
@@ -188,6 +189,31 @@ def test_aarch64_batch_equals_x86_under_qemu(batch_artifact, small_calib, tmp_pa
     x86 = runtime.load(batch_artifact)
     q = x86.quantize_inputs({"x": _batch(3, seed=7)})
     assert np.array_equal(Aarch64Emulator().run_integer(arm, q)[0], x86.run_integer(q)[0])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["riscv", "arm32"])
+def test_plan_batch_equals_x86_under_qemu(batch_artifact, small_calib, tmp_path, target):
+    """riscv64 and armv7 (no TVM runtime: a plan run by intq_exec) take a free batch too: the plan
+    is the batch-1 module, run once per sample; at batch 5 under qemu it gives the x86 free-batch
+    artifact's integers bit for bit."""
+    import shutil
+
+    from benchmarks.emulation import plan_launcher
+    from runtime.plan import run_plan
+
+    path = small_cnn(tmp_path / "dyn.onnx", dynamic_batch=True)
+    board = runtime.compile_model(path, target, tmp_path / "board.artifact", calib=small_calib, progress=False,
+                                  input_shapes={"x": (FreeDim("n", 1, 8), 3, 16, 16)})
+    manifest = runtime.artifact.read_manifest(board)
+    assert manifest["inputs"][0]["shape"] == ["n", 3, 16, 16] and manifest["inputs"][0]["range"] == {"n": [1, 8]}
+    launcher = plan_launcher(manifest["target"]["arch"])
+    if shutil.which(launcher[0]) is None:
+        pytest.skip("qemu-user not installed (targets/install_toolchains.sh)")
+    x86 = runtime.load(batch_artifact)
+    q = x86.quantize_inputs({"x": _batch(5, seed=9)})
+    got = run_plan(board, q, launcher)[0]
+    assert got.shape == (5, 10) and np.array_equal(got, x86.run_integer(q)[0])
 
 
 def test_inputs_sharing_the_batch_must_agree():

@@ -4,8 +4,11 @@
  *
  * Loads the kernels with dlopen, allocates every buffer of the plan (constants filled from
  * weights.bin, inputs from the IN files as raw little-endian arrays), calls the kernels in
- * order through the tvm-ffi C ABI and writes the outputs raw. The few runtime symbols the
- * kernels import are defined here and exported with -rdynamic.
+ * order through the tvm-ffi C ABI and writes the outputs raw. An IN file may hold k samples
+ * (k times the plan's input, the same k for every input): the plan then runs once per sample
+ * and each OUT file gets the k outputs one after another (a batch of any size, each sample
+ * computed exactly as alone). The few runtime symbols the kernels import are defined here
+ * and exported with -rdynamic.
  * Build: CC -O2 -rdynamic -I<tvm_ffi/include> intq_exec.c -o intq_exec -ldl */
 #include <dlfcn.h>
 #include <stdio.h>
@@ -52,12 +55,17 @@ static void die(const char* what, const char* detail) {
 
 typedef struct { DLTensor t; int64_t shape[8]; size_t bytes; } Buffer;
 
-static size_t read_file(const char* path, void* dst, size_t bytes) {
+static unsigned char* read_all(const char* path, size_t* bytes) {
   FILE* f = fopen(path, "rb");
   if (!f) die("cannot open", path);
-  size_t n = fread(dst, 1, bytes, f);
+  if (fseek(f, 0, SEEK_END) != 0) die("cannot seek", path);
+  long size = ftell(f);
+  if (size < 0 || fseek(f, 0, SEEK_SET) != 0) die("cannot size", path);
+  unsigned char* data = malloc(size ? (size_t)size : 1);
+  if (!data || fread(data, 1, (size_t)size, f) != (size_t)size) die("cannot read", path);
   fclose(f);
-  return n;
+  *bytes = (size_t)size;
+  return data;
 }
 
 int main(int argc, char** argv) {
@@ -113,39 +121,54 @@ int main(int argc, char** argv) {
     for (int a = 0; a < nargs[s]; ++a)
       if (fscanf(plan, " %d", &args[s][a]) != 1) die("bad step argument", names[s]);
   }
-  int nin, nout, ids[64];
+  int nin, nout, ids[64], outs[64];
   if (fscanf(plan, " inputs %d", &nin) != 1 || nin > 64) die("bad inputs", NULL);
-  for (int i = 0; i < nin; ++i) fscanf(plan, " %d", &ids[i]);
+  for (int i = 0; i < nin; ++i)
+    if (fscanf(plan, " %d", &ids[i]) != 1) die("bad input id", NULL);
+  if (fscanf(plan, " outputs %d", &nout) != 1 || nout > 64) die("bad outputs", NULL);
+  for (int i = 0; i < nout; ++i)
+    if (fscanf(plan, " %d", &outs[i]) != 1) die("bad output id", NULL);
+  unsigned char* in_data[64];
+  size_t samples = 0;
   int arg = 4;
   for (int i = 0; i < nin; ++i, ++arg) {
     if (arg >= argc || !strcmp(argv[arg], "--")) die("missing input file", NULL);
-    Buffer* b = &bufs[ids[i]];
-    if (read_file(argv[arg], b->t.data, b->bytes) != b->bytes) die("input has the wrong size:", argv[arg]);
+    size_t bytes, one = bufs[ids[i]].bytes;
+    in_data[i] = read_all(argv[arg], &bytes);
+    if (bytes == 0 || (one && bytes % one) || (i > 0 && one && bytes / one != samples))
+      die("input has the wrong size (a whole number of samples, the same for every input):", argv[arg]);
+    if (one) samples = bytes / one;
   }
+  if (samples == 0) samples = 1;
   if (arg >= argc || strcmp(argv[arg], "--")) die("expected -- before the output files", NULL);
   ++arg;
+  if (argc - arg < nout) die("missing output file", NULL);
+  FILE* out_files[64];
+  for (int i = 0; i < nout; ++i)
+    if (!(out_files[i] = fopen(argv[arg + i], "wb"))) die("cannot write", argv[arg + i]);
+  TVMFFISafeCallType* fns = calloc(nsteps, sizeof(TVMFFISafeCallType));
   for (int s = 0; s < nsteps; ++s) {
     char sym[300];
     snprintf(sym, sizeof sym, "__tvm_ffi_%s", names[s]);
-    TVMFFISafeCallType f = (TVMFFISafeCallType)dlsym(lib, sym);
-    if (!f) die("missing kernel", sym);
-    TVMFFIAny packed[16], ret;
-    memset(packed, 0, sizeof packed);
-    memset(&ret, 0, sizeof ret);
-    for (int a = 0; a < nargs[s]; ++a) {
-      packed[a].type_index = kTVMFFIDLTensorPtr;
-      packed[a].v_ptr = &bufs[args[s][a]].t;
+    if (!(fns[s] = (TVMFFISafeCallType)dlsym(lib, sym))) die("missing kernel", sym);
+  }
+  for (size_t k = 0; k < samples; ++k) {
+    for (int i = 0; i < nin; ++i)
+      memcpy(bufs[ids[i]].t.data, in_data[i] + k * bufs[ids[i]].bytes, bufs[ids[i]].bytes);
+    for (int s = 0; s < nsteps; ++s) {
+      TVMFFIAny packed[16], ret;
+      memset(packed, 0, sizeof packed);
+      memset(&ret, 0, sizeof ret);
+      for (int a = 0; a < nargs[s]; ++a) {
+        packed[a].type_index = kTVMFFIDLTensorPtr;
+        packed[a].v_ptr = &bufs[args[s][a]].t;
+      }
+      if (fns[s](NULL, packed, nargs[s], &ret) != 0) die("kernel failed:", names[s]);
     }
-    if (f(NULL, packed, nargs[s], &ret) != 0) die("kernel failed:", names[s]);
+    for (int i = 0; i < nout; ++i)
+      if (fwrite(bufs[outs[i]].t.data, 1, bufs[outs[i]].bytes, out_files[i]) != bufs[outs[i]].bytes)
+        die("cannot write", argv[arg + i]);
   }
-  if (fscanf(plan, " outputs %d", &nout) != 1 || nout > 64) die("bad outputs", NULL);
-  for (int i = 0; i < nout; ++i, ++arg) {
-    int id;
-    fscanf(plan, " %d", &id);
-    if (arg >= argc) die("missing output file", NULL);
-    FILE* out = fopen(argv[arg], "wb");
-    if (!out || fwrite(bufs[id].t.data, 1, bufs[id].bytes, out) != bufs[id].bytes) die("cannot write", argv[arg]);
-    fclose(out);
-  }
+  for (int i = 0; i < nout; ++i) fclose(out_files[i]);
   return 0;
 }
