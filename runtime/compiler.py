@@ -26,7 +26,7 @@ from targets import get_target
 from targets.cross import first_error_line
 from targets.cpu_pipeline import cpu_pipeline
 
-from .plan import export_plan
+from .plan import export_plan, plan_folder
 from .artifact import DEVICE_TEXT, LIBRARY, RELAX_TEXT, sha256, write_artifact
 from .buckets import Buckets, default_sizes, is_mask
 from .mixed import Precision
@@ -158,9 +158,6 @@ def _sequence_dim(input_shapes, sizes: list[int] | None, spec, precision) -> tup
         raise CompileError(f"--input-shape: one free length (the same name and range in every input that has it) "
                            f"is supported; got {sorted(f'{k}: {d.name}={d.lo}..{d.hi}' for k, (_, d) in found.items())}")
     seq = dims.pop()
-    if spec.arch in PLAN_ARCHES:
-        raise CompileError(f"a free length (--input-shape ...x{seq.lo}..{seq.hi}) is supported on targets with the "
-                           f"TVM runtime, not on {spec.name} ({spec.arch}); give the length as a number")
     if precision.bits == "mixed":
         raise CompileError("--bits mixed with a free length: the per-layer choice is made at one length; "
                            "give the length as a number")
@@ -274,12 +271,12 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
         log("per-layer weight bits:\n" + mixed.table())
         config = replace(config, layer_bits=mixed.layer_bits)
 
-    batch1 = []  # the batch-1 integer module: what a plan (armv7, riscv64) runs, once per sample
+    batch1 = {}  # length (None: no buckets) -> the batch-1 integer module: what a plan (armv7, riscv64) runs
 
-    def lower(float_mod, what: str = ""):
+    def lower(float_mod, what: str = "", size: int | None = None):
         with stage(f"lowering to integer-only Relax{what}", times, "lowering"):
             int_mod = QuantizeToInteger(ranges, config)(float_mod)
-        batch1.append(int_mod)
+        batch1[size] = int_mod
         if free:  # before the verifier, which then sees the module that is compiled
             with stage(f"generalizing the batch ({', '.join(f'{k}: {d.name}' for k, d in free.items())})", times,
                        "lowering"):
@@ -289,11 +286,11 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
     bucket_mods, bucket_specs = {}, {}  # length -> integer module, output specs
     for size in sizes:  # the same model at each bucket length, lowered with the same ranges
         if size == calib_length:
-            bucket_mods[size], bucket_specs[size] = lower(float_mod, f" at {seq.name} = {size}"), imported.outputs
+            bucket_mods[size], bucket_specs[size] = lower(float_mod, f" at {seq.name} = {size}", size), imported.outputs
             continue
         with stage(f"importing at {seq.name} = {size}", times, "import"):
             other = load_onnx(model_path, bound_shapes(free_shapes, {seq.name: size}), allow_unsupported=allow_float)
-        bucket_mods[size] = lower(bind_weights(other.mod, other.params), f" at {seq.name} = {size}")
+        bucket_mods[size] = lower(bind_weights(other.mod, other.params), f" at {seq.name} = {size}", size)
         bucket_specs[size] = other.outputs
     if seq:
         int_mod, imported = bucket_mods.pop(sizes[-1]), replace(imported, outputs=bucket_specs[sizes[-1]])
@@ -357,7 +354,11 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
         executor = None
         if spec.arch in PLAN_ARCHES:  # no TVM runtime there: ship the plan and its executor too
             with stage(f"exporting the plan executor for {spec.arch}", times, "compile"):
-                executor = export_plan(batch1[-1], spec, tmp)
+                executor = export_plan(batch1[sizes[-1] if seq else None], spec, tmp)
+                for size in bucket_mods:  # the smaller buckets' plans, next to the largest's
+                    folder = plan_folder(seq.name, size)
+                    export_plan(batch1[size], spec, tmp / folder, executor=False)
+                    libraries[size]["plan"] = folder
         if mixed is not None:
             mixed.write(tmp)
         device_code = _device_source(executable.mod)

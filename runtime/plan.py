@@ -24,25 +24,27 @@ import numpy as np
 
 from frontends.errors import CompileError
 
-_DL_CODE = {"int": 0, "uint": 1, "float": 2, "bool": 1}
+_DL_CODE = {"int": 0, "uint": 1, "float": 2, "bool": 6}  # DLPack type codes (kDLBool = 6)
+_NUMPY = {0: "i", 1: "u", 2: "f"}
 EXECUTOR_SOURCE = Path(__file__).parent / "executor" / "intq_exec.c"
 FILES = {"plan": "plan.txt", "weights": "weights.bin", "kernels": "kernels.so", "executor": "intq_exec"}
 
 
 def _dtype(dtype: str) -> tuple[int, int]:
     if dtype == "bool":
-        return 1, 8
+        return _DL_CODE["bool"], 8
     base = dtype.rstrip("0123456789")
     return _DL_CODE[base], int(dtype[len(base):])
 
 
-def export_plan(int_mod, spec, out_dir: Path) -> dict:
-    """Write plan.txt, weights.bin, kernels.so and intq_exec for `spec` into `out_dir`."""
+def export_plan(int_mod, spec, out_dir: Path, executor: bool = True) -> dict:
+    """Write plan.txt, weights.bin, kernels.so and (with `executor`) intq_exec for `spec` into `out_dir`."""
     import tvm
     from tvm import relax
 
     from targets.cpu_pipeline import cpu_lowering_passes
 
+    out_dir.mkdir(parents=True, exist_ok=True)
     target = spec.target()
     with target:
         lowered = tvm.transform.Sequential(cpu_lowering_passes(target))(int_mod)
@@ -98,6 +100,8 @@ def export_plan(int_mod, spec, out_dir: Path) -> dict:
     kernels = tvm.IRModule({gv: f.with_attr("global_symbol", gv.name_hint)
                             for gv, f in lowered.functions_items() if isinstance(f, tvm.tirx.PrimFunc)})
     tvm.compile(kernels, target=target).export_library(str(out_dir / FILES["kernels"]), **spec.export_kwargs())
+    if not executor:
+        return {k: v for k, v in FILES.items() if k != "executor"}
     _build_executor(spec, out_dir / FILES["executor"])
     return dict(FILES)
 
@@ -120,7 +124,7 @@ def _read_plan(path: Path):
     for _ in range(int(tokens[1])):
         code, bits, ndim = (int(t) for t in tokens[pos + 1:pos + 4])
         shape = [int(t) for t in tokens[pos + 4:pos + 4 + ndim]]
-        buffers.append((np.dtype(f"{'iuf'[code]}{bits // 8}") if bits > 1 else np.dtype(bool), shape))
+        buffers.append((np.dtype(bool) if code == _DL_CODE["bool"] else np.dtype(f"{_NUMPY[code]}{bits // 8}"), shape))
         pos += 5 + ndim
     nsteps = int(tokens[pos + 1])
     pos += 2
@@ -136,11 +140,25 @@ def _read_plan(path: Path):
 def run_plan(artifact, qinputs: list[np.ndarray], launcher: tuple[str, ...] = (), timeout: float = 900):
     """Run the artifact's plan with its `intq_exec` (prefixed by `launcher`, e.g. a qemu
     command line) on integer inputs; returns the integer outputs. A plan for batch 1 takes any
-    batch (the same for every input): intq_exec runs it per sample, outputs concatenated on axis 0."""
+    batch (the same for every input): intq_exec runs it per sample, outputs concatenated on axis 0.
+    With a free length, the inputs run in the smallest bucket's plan that holds them, padded and
+    cut back as `runtime.buckets` says (the same as the Relax VM runtime)."""
     import tempfile
 
+    from .artifact import read_manifest
+    from .buckets import Buckets
+
     artifact = Path(artifact)
-    buffers, inputs, outputs = _read_plan(artifact / FILES["plan"])
+    buckets, folder, length = Buckets.from_manifest(read_manifest(artifact)), artifact, None
+    if buckets is not None:
+        length = buckets.length(qinputs)
+        size = buckets.choose(length)
+        if size is None:
+            raise CompileError(f"{buckets.dim} = {length}: this plan runs {buckets.dim} in {buckets.sizes} only")
+        qinputs = buckets.pad(qinputs, size)
+        if size != buckets.sizes[-1]:
+            folder = artifact / plan_folder(buckets.dim, size)
+    buffers, inputs, outputs = _read_plan(folder / FILES["plan"])
     with tempfile.TemporaryDirectory() as tmp:
         ins, batches = [], set()
         for i, (q, bid) in enumerate(zip(qinputs, inputs)):
@@ -154,8 +172,14 @@ def run_plan(artifact, qinputs: list[np.ndarray], launcher: tuple[str, ...] = ()
         if len(batches) > 1:
             raise CompileError(f"inputs with different batches {sorted(batches)}; a batch must be the same for all")
         outs = [f"{tmp}/out{i}.bin" for i in range(len(outputs))]
-        cmd = [*launcher, str(artifact / FILES["executor"]), *(str(artifact / FILES[k]) for k in
+        cmd = [*launcher, str(artifact / FILES["executor"]), *(str(folder / FILES[k]) for k in
                                                                 ("kernels", "plan", "weights")), *ins, "--", *outs]
         subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=timeout)
-        return [np.fromfile(o, dtype=buffers[b][0]).reshape(-1, *buffers[b][1][1:]) if buffers[b][1] else
-                np.fromfile(o, dtype=buffers[b][0]).reshape(()) for o, b in zip(outs, outputs)]
+        results = [np.fromfile(o, dtype=buffers[b][0]).reshape(-1, *buffers[b][1][1:]) if buffers[b][1] else
+                   np.fromfile(o, dtype=buffers[b][0]).reshape(()) for o, b in zip(outs, outputs)]
+    return results if buckets is None else buckets.cut(results, length)
+
+
+def plan_folder(dim: str, size: int) -> str:
+    """The artifact's folder for the plan of a smaller bucket (the largest is the artifact's own plan)."""
+    return f"plan.{dim}{size}"

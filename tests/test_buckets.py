@@ -198,6 +198,40 @@ def test_aarch64_buckets_equal_x86_under_qemu(bucket_artifact, tmp_path):
 
 
 @pytest.mark.slow
+def test_riscv64_plan_buckets_equal_x86_under_qemu(bucket_artifact, tmp_path):
+    """riscv64 (no TVM runtime) ships one plan per bucket; run_plan pads into the smallest that
+    holds the input and cuts back: under qemu, the x86 artifact's integers bit for bit, alone and
+    for a batch of two sentences of different lengths padded to one length (mask 0 on the padding)."""
+    import shutil
+
+    from benchmarks.emulation import plan_launcher
+    from runtime.artifact import read_manifest
+    from runtime.plan import run_plan
+
+    if shutil.which("qemu-riscv64") is None or shutil.which("riscv64-linux-gnu-gcc") is None:
+        pytest.skip("needs qemu-user and gcc-riscv64-linux-gnu (targets/install_toolchains.sh)")
+    work = bucket_artifact.parent
+    board = tmp_path / "riscv.artifact"
+    shapes = ["--input-shape", "ids:1..4x1..32", "--input-shape", "mask:1..4x1..32"]
+    assert compile_main([str(work / "enc.onnx"), "--target", "riscv", "--calib", str(work / "calib.npz"), *shapes,
+                         "-o", str(board), "-q"]) == 0
+    assert read_manifest(board)["buckets"]["libraries"]["16"]["plan"] == "plan.seq16"
+    x86 = runtime.load(bucket_artifact)
+    for length in (5, 20):
+        ids, mask = _sample(length, seed=length)
+        q = x86.quantize_inputs({"ids": ids, "mask": mask})
+        for got, want in zip(run_plan(board, q, plan_launcher("riscv64")), x86.run_integer(q)):
+            np.testing.assert_array_equal(got, want)
+    (a, ma), (b, mb) = _sample(7, seed=1), _sample(12, seed=2)
+    ids, mask = np.zeros((2, 12), np.int64), np.zeros((2, 12), np.int64)
+    ids[0, :7], mask[0, :7], ids[1], mask[1] = a[0], ma[0], b[0], mb[0]
+    tokens, pooled = run_plan(board, [ids, mask], plan_launcher("riscv64"))
+    alone = run_plan(board, [a, ma], plan_launcher("riscv64"))
+    np.testing.assert_array_equal(pooled[0], alone[1][0])
+    np.testing.assert_array_equal(tokens[0, :7], alone[0][0])
+
+
+@pytest.mark.slow
 def test_cuda_buckets_compile(bucket_artifact, tmp_path):
     """Each bucket is a static-shape model, so the cuda target builds them all (device code in
     every bucket library); they run where a GPU is (tests/test_cuda.py covers running)."""

@@ -113,11 +113,17 @@ int main(int argc, char** argv) {
   }
   int nsteps;
   if (fscanf(plan, " steps %d", &nsteps) != 1) die("bad steps header", NULL);
-  char (*names)[256] = calloc(nsteps, 256);
-  int(*args)[16] = calloc(nsteps, sizeof(int[16]));
+  /* fused kernels have long names (one part per fused op) and many arguments (lifted constants) */
+  char** names = calloc(nsteps, sizeof(char*));
+  int** args = calloc(nsteps, sizeof(int*));
   int* nargs = calloc(nsteps, sizeof(int));
+  int max_args = 1;
+  static char name[1 << 16];
   for (int s = 0; s < nsteps; ++s) {
-    if (fscanf(plan, " %255s %d", names[s], &nargs[s]) != 2 || nargs[s] > 16) die("bad step", NULL);
+    if (fscanf(plan, " %65535s %d", name, &nargs[s]) != 2 || nargs[s] < 0 || nargs[s] > 4096) die("bad step", name);
+    names[s] = strdup(name);
+    args[s] = calloc(nargs[s] ? nargs[s] : 1, sizeof(int));
+    if (nargs[s] > max_args) max_args = nargs[s];
     for (int a = 0; a < nargs[s]; ++a)
       if (fscanf(plan, " %d", &args[s][a]) != 1) die("bad step argument", names[s]);
   }
@@ -148,16 +154,16 @@ int main(int argc, char** argv) {
     if (!(out_files[i] = fopen(argv[arg + i], "wb"))) die("cannot write", argv[arg + i]);
   TVMFFISafeCallType* fns = calloc(nsteps, sizeof(TVMFFISafeCallType));
   for (int s = 0; s < nsteps; ++s) {
-    char sym[300];
-    snprintf(sym, sizeof sym, "__tvm_ffi_%s", names[s]);
-    if (!(fns[s] = (TVMFFISafeCallType)dlsym(lib, sym))) die("missing kernel", sym);
+    snprintf(name, sizeof name, "__tvm_ffi_%s", names[s]);
+    if (!(fns[s] = (TVMFFISafeCallType)dlsym(lib, name))) die("missing kernel", name);
   }
+  TVMFFIAny* packed = calloc(max_args, sizeof(TVMFFIAny));
   for (size_t k = 0; k < samples; ++k) {
     for (int i = 0; i < nin; ++i)
       memcpy(bufs[ids[i]].t.data, in_data[i] + k * bufs[ids[i]].bytes, bufs[ids[i]].bytes);
     for (int s = 0; s < nsteps; ++s) {
-      TVMFFIAny packed[16], ret;
-      memset(packed, 0, sizeof packed);
+      TVMFFIAny ret;
+      memset(packed, 0, max_args * sizeof(TVMFFIAny));
       memset(&ret, 0, sizeof ret);
       for (int a = 0; a < nargs[s]; ++a) {
         packed[a].type_index = kTVMFFIDLTensorPtr;
