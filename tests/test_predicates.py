@@ -59,3 +59,36 @@ def test_data_dependent_clip_compiles_integer_only(tmp_path):
         lsb = np.abs(data).max() / 127
         assert np.abs(got - ref).max() <= 2.5 * lsb, np.abs(got - ref).max() / lsb
         assert got.min() >= ref.min() - 2.5 * lsb  # the clamp took effect
+
+
+def test_sdpa_isnan_guard_keeps_softmax_output_for_the_matmul():
+    # torch SDPA's where(isnan(softmax), 0, softmax) before attention x V: the condition is all false at
+    # compile time, so the where disappears and the matmul reads Shiftmax's unsigned output as it is
+    # (it was requantized to a symmetric int8 grid: 4-7% grid error on a dynamo-exported MiniLM)
+    import re
+
+    from tvm import relax
+
+    from passes import QuantConfig, QuantizeToInteger, verify_integer_only
+
+    def build(guard):
+        bb = relax.BlockBuilder()
+        s = relax.Var("s", relax.TensorType((1, 2, 8, 8), "float32"))
+        v = relax.Var("v", relax.TensorType((1, 2, 8, 4), "float32"))
+        with bb.function("main", [s, v]):
+            with bb.dataflow():
+                p = bb.emit(relax.op.nn.softmax(s, axis=-1))
+                if guard:
+                    p = bb.emit(relax.op.where(bb.emit(relax.op.isnan(p)), relax.const(0.0, "float32"), p))
+                out = bb.emit_output(bb.emit(relax.op.matmul(p, v)))
+            bb.emit_func_output(out)
+        return bb.get()
+
+    names = ("s", "v", "lv", "lv1", "lv2", "lv3", "gv")
+    ranges = {n: (-4.0, 4.0) for n in names}
+    lowered = [QuantizeToInteger(ranges, QuantConfig())(build(g)) for g in (False, True)]
+    assert all(verify_integer_only(m).integer_only for m in lowered)
+    texts = [m["main"].script() for m in lowered]
+    assert "R.where" not in texts[1] and "isnan" not in texts[1]
+    ops = [sorted(re.findall(r"R\.[\w.]+\(", t)) for t in texts]
+    assert ops[0] == ops[1]  # the same kernels as without the guard

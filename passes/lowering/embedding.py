@@ -7,6 +7,7 @@ take(table, ids)          -> take(int16 table, ids): per-tensor symmetric int16 
 where(keep, 0, -huge)     -> MaskPenalty(keep): an additive attention mask (also where(drop, -huge, 0))
 where(y != 0, -huge, y)   -> MaskPenalty(y == 0), y exact: HF's SDPA mask `inv.masked_fill(inv.bool(), min)`
 where(keep, logits, -huge) -> MaskedLogits(logits, keep): `scores.masked_fill(mask == 0, -inf)` (either order)
+where(all-false, a, b)    -> b as it is (a for all-true): a condition known at compile time (isnan guards)
 add(logits, MaskPenalty)  -> MaskedLogits: Shiftmax zeroes the masked keys exactly
 """
 
@@ -93,12 +94,32 @@ def lower_take(ctx, call, args):
 
 @lowers("relax.where")
 def lower_where(ctx, call, args):
+    chosen = _constant_choice(call, args)
+    if chosen is not None:
+        return chosen
     masked = _where_mask(ctx, *args) if isinstance(args[0], IntTensor) else None
     if masked is not None:
         return masked
     from .binary import lower_where_values  # two activation/constant branches at one scale
 
     return lower_where_values(ctx, call, args)
+
+
+def _constant_choice(call, args):
+    """where(c, a, b) with c known at compile time to be all true (all false) -> a (b) as it is, when
+    it already has the output's shape: torch SDPA's guard `where(isnan(softmax), 0, softmax)` (isnan
+    of integers is all false) keeps Shiftmax's unsigned output for the attention-value matmul."""
+    cond = args[0]
+    if not (isinstance(cond, IntTensor) and isinstance(cond.expr, tvm.ir.GenericConst)):
+        return None
+    mask = cond.expr.value.numpy()
+    if not (mask.all() or not mask.any()):
+        return None
+    k = 1 if mask.all() else 2
+    if isinstance(args[k], (np.ndarray, list)) or not isinstance(call.args[k].ty, relax.TensorType):
+        return None
+    same = [int(d) for d in call.args[k].ty.shape] == [int(d) for d in call.ty.shape]
+    return args[k] if same else None
 
 
 def _huge(v) -> bool:
