@@ -99,7 +99,8 @@ def export_plan(int_mod, spec, out_dir: Path, executor: bool = True) -> dict:
     (out_dir / FILES["weights"]).write_bytes(bytes(weights))
     kernels = tvm.IRModule({gv: f.with_attr("global_symbol", gv.name_hint)
                             for gv, f in lowered.functions_items() if isinstance(f, tvm.tirx.PrimFunc)})
-    tvm.compile(kernels, target=target).export_library(str(out_dir / FILES["kernels"]), **spec.export_kwargs())
+    with spec.build_context():
+        tvm.compile(kernels, target=target).export_library(str(out_dir / FILES["kernels"]), **spec.export_kwargs())
     if not executor:
         return {k: v for k, v in FILES.items() if k != "executor"}
     _build_executor(spec, out_dir / FILES["executor"])

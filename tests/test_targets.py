@@ -159,3 +159,30 @@ def test_aarch64_artifact_runs_bit_exact_under_qemu(compiled, small_artifact):
         Aarch64Emulator("cortex-a72").run_integer(compiled("arm"), q)
     assert err.value.returncode == -4 or "Illegal instruction" in err.value.stderr
     Aarch64Emulator("cortex-a72").run_integer(compiled("raspberry-pi/4b-aarch64"), q)  # no dotprod: runs
+
+
+def test_rvv_builds_a_wide_per_channel_requantization():
+    """A requantization of a [128, 1536] accumulator with per-channel int64 multipliers, reshaped
+    (all-MiniLM-L6-v2's fc1 output): TVM's StorageRewrite dropped its chunk buffers for RVV and
+    MakePackedAPI failed; the riscv target builds without that pass (targets/riscv.py)."""
+    import tvm
+    from tvm import relax
+
+    from targets import get_target
+
+    R = relax.op
+    bb = relax.BlockBuilder()
+    acc = relax.Var("acc", relax.TensorType((128, 1536), "int32"))
+    rng = np.random.default_rng(0)
+    m, r, s = (relax.const(rng.integers(1, 2**20, (1, 1, 1536)), "int64") for _ in range(3))
+    with bb.function("main", [acc]):
+        with bb.dataflow():
+            x = R.astype(R.reshape(acc, (1, 128, 1536)), "int64")
+            y = R.right_shift(R.add(R.multiply(x, m), r), R.bitwise_and(s, relax.const(15, "int64")))
+            y = R.astype(R.astype(R.clip(y, -32768, 32767), "int16"), "int32")
+            out = bb.emit_output(R.subtract(y, relax.const(3, "int32")))
+        bb.emit_func_output(out)
+    spec = get_target("riscv")
+    target = spec.target()
+    with spec.build_context(), target:
+        tvm.compile(bb.get(), target=target, relax_pipeline=spec.relax_pipeline(target, 0))
