@@ -31,8 +31,14 @@ _EXACT_IN_INT32 = frozenset({"relax.add", "relax.subtract", "relax.multiply", "r
                              "relax.maximum", "relax.minimum"})
 
 
+def _scalar(a: np.ndarray) -> float:
+    """A one-element constant as a float, whatever its rank (ONNX exports write scalars as shape [1];
+    NumPy 2 refuses float() of those)."""
+    return float(a.reshape(()))
+
+
 def _integral_scalar(a) -> bool:
-    return isinstance(a, np.ndarray) and a.size == 1 and float(a) == round(float(a)) and abs(float(a)) < 2**24
+    return isinstance(a, np.ndarray) and a.size == 1 and _scalar(a) == round(_scalar(a)) and abs(_scalar(a)) < 2**24
 
 
 def is_integer_op(call: relax.Call, args) -> bool:
@@ -46,7 +52,7 @@ def is_integer_op(call: relax.Call, args) -> bool:
     if dtype.startswith(("int", "uint", "bool")):
         return True
     constants = [a for a in flat if isinstance(a, np.ndarray)]
-    if call.op.name == "relax.multiply" and any(a.size == 1 and float(a) <= MASK_THRESHOLD for a in constants):
+    if call.op.name == "relax.multiply" and any(a.size == 1 and _scalar(a) <= MASK_THRESHOLD for a in constants):
         return False  # float(m) * -huge: an additive mask (`mask_penalty`), not arithmetic
     return call.op.name in _EXACT_IN_INT32 and all(_integral_scalar(a) for a in constants)
 
@@ -69,10 +75,10 @@ def lower_integer_op(ctx, call, args) -> IntTensor:
 
 def mask_penalty(ctx, x, c) -> MaskPenalty | None:
     """`float(m) * c` with c <= MASK_THRESHOLD and m in {0, 1} (calibrated): masked where m != 0."""
-    if not (isinstance(x, IntTensor) and isinstance(c, np.ndarray) and c.size == 1 and float(c) <= MASK_THRESHOLD):
+    if not (isinstance(x, IntTensor) and isinstance(c, np.ndarray) and c.size == 1 and _scalar(c) <= MASK_THRESHOLD):
         return None
     lo, hi = ctx.out_range()
-    if not (float(c) <= hi <= 0.0 and lo >= float(c) * 1.0001 or (lo, hi) == (0.0, 0.0)):
+    if not (_scalar(c) <= hi <= 0.0 and lo >= _scalar(c) * 1.0001 or (lo, hi) == (0.0, 0.0)):
         return None
     zero = emit.const(0, str(x.expr.ty.dtype))
     return MaskPenalty(ctx.emit(relax.op.equal(x.expr, zero)))
@@ -123,11 +129,11 @@ def _constant_choice(call, args):
 
 
 def _huge(v) -> bool:
-    return isinstance(v, np.ndarray) and v.size == 1 and float(v) <= MASK_THRESHOLD
+    return isinstance(v, np.ndarray) and v.size == 1 and _scalar(v) <= MASK_THRESHOLD
 
 
 def _zero(v) -> bool:
-    return isinstance(v, np.ndarray) and v.size == 1 and float(v) == 0.0
+    return isinstance(v, np.ndarray) and v.size == 1 and _scalar(v) == 0.0
 
 
 def _where_mask(ctx, cond: IntTensor, on_true, on_false) -> MaskPenalty | MaskedLogits | None:
