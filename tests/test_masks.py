@@ -7,6 +7,8 @@ stays exact integers and masked keys get probability exactly 0.
     logits_fill:   scores.masked_fill(mask == 0, -inf)                     on the logits themselves
     keep_where_1d: where(bool(mask), [0.], [-inf])                        transformers 5's SDPA mask: the
                    scalars exported as shape-[1] tensors (NumPy 2 refuses float() of those)
+    bias_where:    where(bool(mask), B, min), B a constant                 T5's relative position bias folded
+                   into the mask (transformers 5, SDPA)
 """
 
 from __future__ import annotations
@@ -39,12 +41,16 @@ def _mask_nodes(variant: str) -> list:
         return [helper.make_node("Cast", ["mask"], ["keep"], to=TensorProto.BOOL),
                 helper.make_node("Where", ["keep", "zero1", "ninf1"], ["pen"]),
                 helper.make_node("Add", ["logits", "pen"], ["masked"])]
+    if variant == "bias_where":
+        return [helper.make_node("Cast", ["mask"], ["keep"], to=TensorProto.BOOL),
+                helper.make_node("Where", ["keep", "bias", "min"], ["pen"]),
+                helper.make_node("Add", ["logits", "pen"], ["masked"])]
     assert variant == "logits_fill"
     return [helper.make_node("Equal", ["mask", "izero"], ["drop"]),
             helper.make_node("Where", ["drop", "ninf", "logits"], ["masked"])]
 
 
-VARIANTS = ("mul", "inverted_fill", "keep_where", "logits_fill", "keep_where_1d")
+VARIANTS = ("mul", "inverted_fill", "keep_where", "logits_fill", "keep_where_1d", "bias_where")
 
 
 def _model(path, variant: str = "mul") -> str:
@@ -52,7 +58,8 @@ def _model(path, variant: str = "mul") -> str:
     consts = [numpy_helper.from_array(np.array(v, dtype), n) for n, v, dtype in (
         ("one", 1.0, np.float32), ("big", -10000.0, np.float32), ("min", MIN, np.float32),
         ("zero", 0.0, np.float32), ("ninf", -np.inf, np.float32), ("izero", 0, np.int64),
-        ("zero1", [0.0], np.float32), ("ninf1", [-np.inf], np.float32))]
+        ("zero1", [0.0], np.float32), ("ninf1", [-np.inf], np.float32),
+        ("bias", 2 * np.random.default_rng(2).standard_normal((1, 4, 8)), np.float32))]
     nodes = [helper.make_node("MatMul", ["x", "w"], ["logits"]), *_mask_nodes(variant),
              helper.make_node("Softmax", ["masked"], ["y"], axis=-1)]
     graph = helper.make_graph(nodes, "mask", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8]),

@@ -58,12 +58,36 @@ def _add_bias(ctx, acc: Accumulator, bias: np.ndarray) -> Accumulator:
     return Accumulator(expr, acc.scale, acc.axis, ctx.out_range())
 
 
+def _add_mask_bias(ctx, logits, bias: np.ndarray) -> Accumulator:
+    """logits + a constant bias on the kept positions of a mask, in int32 at the logits' scale. The
+    calibrated range of the sum holds the mask's -huge, so the range is bounded from the logits'
+    range and the bias's instead."""
+    if isinstance(logits, Accumulator) and logits.offset == 0.0 and logits.axis is None:
+        lo, hi = logits.out_range
+        acc = Accumulator(logits.expr, np.asarray(logits.scale), None, logits.out_range, logits.clamp)
+        if acc.clamp != (-math.inf, math.inf):
+            acc = _requantized_acc(ctx, ctx.materialize(logits, wide=True))
+    else:
+        q = ctx.materialize(logits, wide=True)
+        acc = _requantized_acc(ctx, q)
+        lo, hi = acc.out_range
+    out = _add_bias(ctx, acc, bias.astype(np.float64))
+    return replace(out, out_range=(lo + float(bias.min()), hi + float(bias.max())))
+
+
+def _requantized_acc(ctx, q: Quantized) -> Accumulator:
+    amax = float(q.qmax if q.qmax is not None else INT_RANGE[q.dtype][1]) * q.scale
+    return Accumulator(ctx.emit(R.astype(q.expr, "int32")), np.asarray(q.scale), None, (-amax, amax))
+
+
 @lowers("relax.add", "relax.subtract")
 def lower_add(ctx, call, args):
     op = call.op.name[len("relax."):]
     a, b = args
     if op == "add" and (isinstance(a, MaskPenalty) or isinstance(b, MaskPenalty)):  # logits + additive mask
         logits, mask = (b, a) if isinstance(a, MaskPenalty) else (a, b)
+        if mask.bias is not None:
+            logits = _add_mask_bias(ctx, logits, mask.bias)
         return MaskedLogits(logits, mask.keep)
     if op == "add" and isinstance(a, np.ndarray):
         a, b = b, a

@@ -5,10 +5,11 @@ add/sub/mul(float(m), c)  -> the same op in int32 (c an integral scalar): `1.0 -
 float(m) * -huge          -> MaskPenalty(m == 0): BERT's additive mask `(1.0 - mask) * -10000`
 take(table, ids)          -> take(int16 table, ids): per-tensor symmetric int16 table
 where(keep, 0, -huge)     -> MaskPenalty(keep): an additive attention mask (also where(drop, -huge, 0))
+where(keep, B, -huge)     -> MaskPenalty(keep, bias=B), B a constant: a position bias inside the mask (T5)
 where(y != 0, -huge, y)   -> MaskPenalty(y == 0), y exact: HF's SDPA mask `inv.masked_fill(inv.bool(), min)`
 where(keep, logits, -huge) -> MaskedLogits(logits, keep): `scores.masked_fill(mask == 0, -inf)` (either order)
 where(all-false, a, b)    -> b as it is (a for all-true): a condition known at compile time (isnan guards)
-add(logits, MaskPenalty)  -> MaskedLogits: Shiftmax zeroes the masked keys exactly
+add(logits, MaskPenalty)  -> MaskedLogits: Shiftmax zeroes the masked keys exactly (logits + B in int32)
 """
 
 from __future__ import annotations
@@ -136,6 +137,11 @@ def _zero(v) -> bool:
     return isinstance(v, np.ndarray) and v.size == 1 and _scalar(v) == 0.0
 
 
+def _finite_constant(v) -> bool:
+    return isinstance(v, np.ndarray) and np.issubdtype(v.dtype, np.floating) and bool(np.isfinite(v).all()) \
+        and float(np.abs(v).max(initial=0.0)) < -MASK_THRESHOLD
+
+
 def _where_mask(ctx, cond: IntTensor, on_true, on_false) -> MaskPenalty | MaskedLogits | None:
     """A where that masks attention logits with a huge negative value (module docstring), else None."""
     if not (_huge(on_true) or _huge(on_false)):
@@ -150,6 +156,10 @@ def _where_mask(ctx, cond: IntTensor, on_true, on_false) -> MaskPenalty | Masked
         return MaskPenalty(keep)
     if _zero(on_false):
         return MaskPenalty(dropped())
+    if _huge(on_false) and _finite_constant(on_true):
+        return MaskPenalty(keep, bias=on_true)
+    if _huge(on_true) and _finite_constant(on_false):
+        return MaskPenalty(dropped(), bias=on_false)
     if _huge(on_true) and isinstance(on_false, IntTensor) and _nonzero_of(ctx, keep, on_false.expr):
         return MaskPenalty(dropped())  # y is 0 wherever it is kept: where(y != 0, -huge, y) adds -huge (y != 0)
     if _huge(on_false) and isinstance(on_true, (Quantized, Accumulator)):

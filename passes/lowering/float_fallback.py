@@ -54,7 +54,8 @@ def to_float(ctx, value, like: relax.Expr | None = None) -> relax.Expr:
     if isinstance(value, (IntTensor, FloatTensor)):
         return value.expr
     if isinstance(value, MaskPenalty):
-        return R.where(value.keep, relax.const(0.0, dtype), relax.const(MASK_FLOAT, dtype))
+        kept = relax.const(0.0, dtype) if value.bias is None else relax.const(value.bias.astype(dtype))
+        return R.where(value.keep, kept, relax.const(MASK_FLOAT, dtype))
     if isinstance(value, relax.Expr):
         return value  # shapes and prim values
     if isinstance(value, Accumulator):  # int32 at full precision: no 8-bit requantization on the way to float

@@ -75,9 +75,12 @@ class IntTensor:
 
 @dataclass(frozen=True, eq=False)
 class MaskPenalty:
-    """where(keep, 0, -huge): an additive attention mask, as the bool tensor `keep`."""
+    """where(keep, 0, -huge): an additive attention mask, as the bool tensor `keep`; with `bias`,
+    where(keep, bias, -huge): a constant additive bias on the kept positions (T5's relative position
+    bias, folded into the mask by transformers' SDPA path)."""
 
     keep: relax.Expr
+    bias: np.ndarray | None = None
 
 
 @dataclass(frozen=True, eq=False)
