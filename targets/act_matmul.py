@@ -80,13 +80,16 @@ def rewrite(builder: relax.BlockBuilder, call: relax.Call, family: Family) -> re
     if dot is None or k < dot.k:
         return None
     n_pad = _tile_columns(n, dot.lanes)
-    if vnni.dense_tile(static_factor(a_shape[-2]), n_pad, dot) is None:
+    rows = vnni.padded_rows(a_shape[-2])  # 257 tokens: 260 (zero rows, sliced off below)
+    if vnni.dense_tile(static_factor(rows), n_pad, dot) is None:
         return None
     if shift:
         a = builder.emit(relax.op.astype(relax.op.add(relax.op.astype(a, "int16"), relax.const(SHIFT, "int16")),
                                          "uint8"))
     elif a_dtype != dot.a_dtype:
         a = builder.emit(relax.op.astype(a, dot.a_dtype))
+    if rows != a_shape[-2]:
+        a = builder.emit(vnni.pad_rows(a, rows - a_shape[-2]))
     packed = builder.emit(builder.call_te(pack_te, b, dot.lanes, dot.k, n_pad, dot.w_dtype, dot.name,
                                           primfunc_name_hint=f"{dot.name}_{vnni.PACK}"))
     bp, tail = ((builder.emit(relax.TupleGetItem(packed, 0)), builder.emit(relax.TupleGetItem(packed, 1)))
@@ -95,10 +98,7 @@ def rewrite(builder: relax.BlockBuilder, call: relax.Call, family: Family) -> re
                         ) if shift else None
     out = builder.call_te(vnni.dense_te, a, bp, corr, dot.name, tail, SHIFT if shift else 0,
                           primfunc_name_hint=f"{dot.name}_act_dense")
-    if n_pad == n:
-        return out
-    out = builder.emit(out)
-    return relax.op.strided_slice(out, axes=[len(a_shape) - 1], begin=[0], end=[n])
+    return vnni.slice_back(builder, out, a_shape[-2], rows, n, n_pad)
 
 
 def _static(expr) -> list[int] | None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 import tvm
-from tvm import s_tir, te
+from tvm import relax, s_tir, te
 from tvm.script import tirx as T
 
 from .kernel_family import DOTS, VNNI, Dot
@@ -223,6 +223,36 @@ _OUT_LANE_TILES = {
 def _rectangular(tile: int, width: int) -> bool:
     """A run of `tile` consecutive pixels is a rectangle: part of one row or whole rows."""
     return width % tile == 0 or tile % width == 0
+
+
+def padded_rows(rows) -> int:
+    """The rows a dense kernel computes for `rows` (static) rows: a count that allows no tile of
+    several rows (257 tokens: a prime) is padded with zero rows to a multiple of 4, which the
+    caller slices off: the (1, v) tile loads every weight vector once per row, the (4, 2) tile
+    once per 4 rows (DINOv2's 257-token matmuls ran at ~1/4 of MiniLM's 128-token rate)."""
+    if isinstance(rows, int) and rows >= 16 and rows % 4:
+        return -(-rows // 4) * 4
+    return rows
+
+
+def pad_rows(x: relax.Expr, extra: int) -> relax.Expr:
+    """`x` [..., M, K] with `extra` zero rows appended (see `padded_rows`)."""
+    rank = len(x.ty.shape)
+    return relax.op.nn.pad(x, [0, 0] * (rank - 2) + [0, extra, 0, 0])
+
+
+def slice_back(builder: relax.BlockBuilder, out: relax.Expr, rows, padded_rows, n: int, padded_n: int) -> relax.Expr:
+    """The kernel output [..., padded_rows, padded_n] cut back to [..., rows, n]."""
+    if padded_rows == rows and padded_n == n:
+        return out
+    out = builder.emit(out)
+    rank = len(out.ty.shape)
+    axes, ends = [], []
+    if padded_rows != rows:
+        axes, ends = [rank - 2], [rows]
+    if padded_n != n:
+        axes, ends = axes + [rank - 1], ends + [n]
+    return relax.op.strided_slice(out, axes=axes, begin=[0] * len(axes), end=ends)
 
 
 def dense_tile(rows: int, n: int, dot: Dot = VNNI):

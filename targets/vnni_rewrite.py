@@ -98,17 +98,18 @@ class _Rewriter(PyExprMutator):
         if w_np.dtype != np.int8:
             return None
         k, n = w_np.shape
-        rows = static_factor(x_shape[-2])  # n * 16 rows of a batch: tiles of its static factor
+        rows = vnni.padded_rows(x_shape[-2])  # 257 tokens: 260 (zero rows, sliced off below)
         whole = lambda d: -(-n // d.lanes) * d.lanes  # columns padded to whole vectors (1000 classes: 1008)
-        dot = self._dot(w_np.T, k, lambda d: vnni.dense_tile(rows, whole(d), d) is not None)
+        # n * 16 rows of a batch: tiles of its static factor
+        dot = self._dot(w_np.T, k, lambda d: vnni.dense_tile(static_factor(rows), whole(d), d) is not None)
         if dot is None:
             return None
         w_pad = np.pad(w_np, [(0, 0), (0, whole(dot) - n)])  # zero columns, sliced off below
-        out = self._kernel(vnni.dense_te, dot, x, self._prepared(x, dot), vnni.pack_weights(w_pad.T, dot),
-                           w_pad.astype(np.int64).sum(0))
-        if whole(dot) == n:
-            return out
-        return relax.op.strided_slice(self.builder_.emit(out), axes=[len(x_shape) - 1], begin=[0], end=[n])
+        a = self._prepared(x, dot)
+        if rows != x_shape[-2]:
+            a = self.builder_.emit(vnni.pad_rows(a, rows - x_shape[-2]))
+        out = self._kernel(vnni.dense_te, dot, x, a, vnni.pack_weights(w_pad.T, dot), w_pad.astype(np.int64).sum(0))
+        return vnni.slice_back(self.builder_, out, x_shape[-2], rows, n, whole(dot))
 
     def _conv(self, call: relax.Call):
         x, w = call.args

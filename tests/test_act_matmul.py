@@ -35,6 +35,7 @@ CASES = [
     ((2, 7, 35), (2, 35, 16), "int8", "int8"),  # K tail of 3 with the +128 shift
     ((1, 2, 8, 64), (1, 2, 64, 16), "uint8", "int8"),  # uint8 probabilities: no shift
     ((6, 40), (40, 24), "uint8", "int16"),
+    ((1, 2, 37, 37), (1, 2, 37, 16), "int16", "int16"),  # 37 tokens (no 2+ row tile): rows padded to 40
 ]
 
 

@@ -46,6 +46,7 @@ class _Pointwise:
 @pytest.mark.parametrize("shape,kernel", [
     ((1, 64, 96, 48), "dense"),  # a transformer dense layer: rows x K @ K x N
     ((1, 1, 64, 1000), "dense"),  # a classifier: 1000 columns padded to whole vectors, sliced back
+    ((1, 37, 64, 40), "dense"),  # 37 tokens (no 2+ row tile): rows padded to 40 and columns to 48, sliced back
     ((1, 16, 28, 28, 24), "conv_lanes_pixels"),  # big image: 16 pixels per vector
     ((1, 32, 7, 7, 48), "conv_lanes_out"),  # small image: 16 output channels per vector
 ])
