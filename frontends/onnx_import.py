@@ -33,7 +33,7 @@ INTEGER_PATH_OPS = frozenset({
     "MaxPool", "GlobalAveragePool", "ReduceMean", "Concat", "Reshape", "Flatten",
     "Transpose", "Pad", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Constant",
     # transformers
-    "LayerNormalization", "Softmax", "Gelu", "Erf", "Div", "Mul", "Split", "Slice", "Sub", "Pow", "Sqrt",
+    "LayerNormalization", "InstanceNormalization", "Softmax", "Gelu", "Erf", "Div", "Mul", "Split", "Slice", "Sub", "Pow", "Sqrt",
     # integer inputs (token ids, attention masks) and embeddings
     "Gather", "Cast", "And", "Or", "Not", "Where", "Less", "Equal", "Greater", "GreaterOrEqual", "Expand",
     "GatherND", "GatherElements",  # of activations too (constant or integer indices: lowering/layout.py)

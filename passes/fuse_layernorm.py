@@ -5,10 +5,18 @@
 
 Fires only for means over the last axis with keepdims, an exponent of 2, the same `d` in
 both places, and constant eps, gamma and beta; anything else is left as it is.
+
+    (x - mean(x, A)) / sqrt(variance(x, A) + eps), A the trailing axes, keepdims
+    ==> reshape(nn.layer_norm(reshape(x, [..., prod A]), 1, 0, axes=[-1], epsilon=eps))
+
+TVM's import of InstanceNormalization (GroupNorm as the legacy exporter writes it: reshape to
+[N, groups, -1], InstanceNormalization, reshape back, per-channel Mul and Add; InstanceNorm2d) is
+this form; its per-channel affine stays a multiply and add (lowered as per-channel rescales).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import tvm
 from tvm import relax
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
@@ -50,7 +58,36 @@ def fuse_layernorm(mod, _ctx):
 
     for gv, func in list(mod.functions_items()):
         if isinstance(func, relax.Function):
-            mod[gv] = rewrite_call(pattern, rewrite, func)
+            mod[gv] = rewrite_call(instance_pattern, instance_rewrite,
+                                   rewrite_call(pattern, rewrite, func))
     return mod
+
+
+def _trailing_axes(call: relax.Call) -> int | None:
+    """The first of the trailing axes a keepdims reduction runs over (None: not trailing axes)."""
+    rank = len(call.args[0].ty.shape)
+    if call.attrs.axis is None or not call.attrs.keepdims:
+        return None
+    axes = sorted(int(a) % rank for a in call.attrs.axis)
+    return axes[0] if axes and axes == list(range(axes[0], rank)) else None
+
+
+x_i = wildcard()
+_mean_i, _var_i, _eps_i = is_op("relax.mean")(x_i), is_op("relax.variance")(x_i), is_const()
+instance_pattern = is_op("relax.divide")(is_op("relax.subtract")(x_i, _mean_i),
+                                         is_op("relax.sqrt")(is_op("relax.add")(_var_i, _eps_i)))
+
+
+def instance_rewrite(call, m):
+    first = _trailing_axes(m[_mean_i])
+    if first is None or first == 0 or _trailing_axes(m[_var_i]) != first or _scalar(m[_eps_i]) is None:
+        return call
+    x = m[x_i]
+    shape, dtype = [int(d) for d in x.ty.shape], str(x.ty.dtype)
+    flat = shape[:first] + [int(np.prod(shape[first:]))]
+    y = relax.op.reshape(x, flat) if len(flat) != len(shape) else x
+    y = relax.op.nn.layer_norm(y, relax.const(np.ones(flat[-1], dtype)), relax.const(np.zeros(flat[-1], dtype)),
+                               axes=[-1], epsilon=_scalar(m[_eps_i]))
+    return relax.op.reshape(y, shape) if len(flat) != len(shape) else y
 
 

@@ -141,3 +141,53 @@ def test_conv1x1_as_matmul_is_exact_and_selective():
         tvm.runtime.tensor(x))]
     for got, want in zip(run(new), run(mod)):
         np.testing.assert_array_equal(got, want)
+
+
+def _instance_norm_model(path) -> str:
+    """Conv, GroupNorm(2 groups) as the legacy exporter writes it (Reshape, InstanceNormalization,
+    Reshape, per-channel Mul/Add), ReLU, InstanceNorm2d with affine parameters."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(5)
+    inits = [numpy_helper.from_array(v.astype(np.float32), n) for n, v in (
+        ("w", rng.standard_normal((8, 3, 3, 3)) * 0.4), ("g_shape", None), ("ones", np.ones(2)), ("zeros", np.zeros(2)),
+        ("gamma", rng.uniform(0.6, 1.4, (8, 1, 1))), ("beta", rng.normal(0, 0.2, (8, 1, 1))),
+        ("s2", rng.uniform(0.6, 1.4, 8)), ("b2", rng.normal(0, 0.2, 8))) if v is not None]
+    inits += [numpy_helper.from_array(np.array([1, 2, -1], np.int64), "grouped"),
+              numpy_helper.from_array(np.array([1, 8, 14, 14], np.int64), "back")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]),
+             helper.make_node("Reshape", ["c", "grouped"], ["r"]),
+             helper.make_node("InstanceNormalization", ["r", "ones", "zeros"], ["n"], epsilon=1e-5),
+             helper.make_node("Reshape", ["n", "back"], ["nb"]),
+             helper.make_node("Mul", ["nb", "gamma"], ["m"]), helper.make_node("Add", ["m", "beta"], ["a"]),
+             helper.make_node("Relu", ["a"], ["h"]),
+             helper.make_node("InstanceNormalization", ["h", "s2", "b2"], ["y"], epsilon=1e-5)]
+    graph = helper.make_graph(nodes, "gn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 14, 14])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def test_instance_and_group_norm_lower_to_integer_layernorm(tmp_path):
+    """InstanceNormalization (GroupNorm as exported by the legacy exporter, wav2vec2's feature extractor;
+    InstanceNorm2d) becomes an integer LayerNorm over the flattened trailing axes; agrees with onnxruntime."""
+    import onnxruntime as ort
+
+    from runtime import compile_model, load
+
+    path = _instance_norm_model(tmp_path / "gn.onnx")
+    m, mod, int_mod = _lowered(path)
+    assert verify_integer_only(int_mod).integer_only
+    assert "R.variance" not in int_mod.script()
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "calib.npz", x=rng.standard_normal((8, 1, 3, 16, 16)).astype(np.float32))
+    model = load(compile_model(path, "x86", tmp_path / "m.artifact", calib=tmp_path / "calib.npz", progress=False))
+    assert model.manifest["integer_only"] is True
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    for _ in range(3):
+        x = rng.standard_normal((1, 3, 16, 16)).astype(np.float32)
+        a, b = model.run({"x": x})["y"].ravel(), session.run(None, {"x": x})[0].ravel()
+        assert a @ b / (np.linalg.norm(a) * np.linalg.norm(b)) >= 0.99
