@@ -33,7 +33,8 @@ INTEGER_PATH_OPS = frozenset({
     "MaxPool", "GlobalAveragePool", "ReduceMean", "Concat", "Reshape", "Flatten",
     "Transpose", "Pad", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Constant",
     # transformers
-    "LayerNormalization", "InstanceNormalization", "Softmax", "Gelu", "Erf", "Div", "Mul", "Split", "Slice", "Sub", "Pow", "Sqrt",
+    "LayerNormalization", "Softmax", "Gelu", "Erf", "Div", "Mul", "Split", "Slice", "Sub", "Pow", "Sqrt",
+    "InstanceNormalization",  # also GroupNorm as exported below opset 18 (passes/fuse_layernorm.py)
     # integer inputs (token ids, attention masks) and embeddings
     "Gather", "Cast", "And", "Or", "Not", "Where", "Less", "Equal", "Greater", "GreaterOrEqual", "Expand",
     "GatherND", "GatherElements",  # of activations too (constant or integer indices: lowering/layout.py)
