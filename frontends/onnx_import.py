@@ -36,6 +36,7 @@ INTEGER_PATH_OPS = frozenset({
     "LayerNormalization", "Softmax", "Gelu", "Erf", "Div", "Mul", "Split", "Slice", "Sub", "Pow", "Sqrt",
     "InstanceNormalization",  # also GroupNorm as exported below opset 18 (passes/fuse_layernorm.py)
     # integer inputs (token ids, attention masks) and embeddings
+    "CumSum",  # of integer tensors (RoBERTa's padding-aware position ids): kept as they are
     "Gather", "Cast", "And", "Or", "Not", "Where", "Less", "Equal", "Greater", "GreaterOrEqual", "Expand",
     "GatherND", "GatherElements",  # of activations too (constant or integer indices: lowering/layout.py)
     "IsNaN", "IsInf",  # of a quantized tensor: a constant mask (SDPA's guard of fully masked rows, lowering/predicates)

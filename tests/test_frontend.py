@@ -218,3 +218,44 @@ def test_old_opset_forms_compile(tmp_path, opset, upsample):
         got = np.asarray(art.run({"x": x})["y"]).ravel()
         cos = got @ want / (np.linalg.norm(got) * np.linalg.norm(want))
         assert got.shape == want.shape and cos >= 0.99, cos
+
+
+def test_cumsum_position_ids_stay_integers(tmp_path):
+    """RoBERTa's padding-aware position ids: cumsum(ids != pad) * (ids != pad) + pad, gathered from a
+    position table and added to the word embeddings; the CumSum of integers stays an integer op."""
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from runtime import compile_model, load
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((50, 16)).astype(np.float32), "words"),
+             numpy_helper.from_array(rng.standard_normal((20, 16)).astype(np.float32), "positions"),
+             numpy_helper.from_array(np.array(1, np.int64), "pad"),
+             numpy_helper.from_array(np.array(1, np.int32), "axis")]
+    nodes = [helper.make_node("Equal", ["ids", "pad"], ["is_pad"]), helper.make_node("Not", ["is_pad"], ["keep"]),
+             helper.make_node("Cast", ["keep"], ["k"], to=TensorProto.INT32),
+             helper.make_node("CumSum", ["k", "axis"], ["c"]), helper.make_node("Mul", ["c", "k"], ["ck"]),
+             helper.make_node("Cast", ["ck"], ["ck64"], to=TensorProto.INT64),
+             helper.make_node("Add", ["ck64", "pad"], ["pos"]),
+             helper.make_node("Gather", ["positions", "pos"], ["pe"]), helper.make_node("Gather", ["words", "ids"], ["we"]),
+             helper.make_node("Add", ["we", "pe"], ["y"])]
+    graph = helper.make_graph(nodes, "roberta_pos", [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 12])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 12, 16])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = str(tmp_path / "pos.onnx")
+    onnx.save(model, path)
+
+    def ids(length):
+        x = np.ones((1, 12), np.int64)
+        x[0, :length] = rng.integers(3, 50, length)
+        return x
+
+    np.savez(tmp_path / "calib.npz", ids=np.stack([ids(n) for n in (12, 9, 5, 7)]))
+    art = load(compile_model(path, "x86", tmp_path / "m.artifact", calib=tmp_path / "calib.npz", progress=False))
+    assert art.manifest["integer_only"] is True
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    for n in (4, 10):
+        x = ids(n)
+        np.testing.assert_allclose(art.run({"ids": x})["y"], session.run(None, {"ids": x})[0], atol=0.05)
