@@ -139,6 +139,30 @@ CHUNK = 512  # elements of the output computed together (intermediates stay in L
 MAX_LANES = 64  # widest vector loop handed to LLVM (4 x 512-bit int32 registers)
 
 
+def _inline_single_reads(sch: s_tir.Schedule, blocks) -> bool:
+    """Inline every elementwise block whose value is read at one place, by one consumer of the
+    same shape (the steps of a requantization or of exp2's cubic): each intermediate left is a
+    store and a load per element, which bounded the int64 softmax and requantization chains.
+    Values read more than once stay blocks (inlining them grows the expression exponentially)."""
+    inlined = False
+    for block in reversed(blocks[:-1]):
+        stmt = sch.get(block)
+        consumers = sch.get_consumers(block)
+        if any(int(v.iter_type) != 0 for v in stmt.iter_vars) or len(consumers) != 1:
+            continue
+        name = stmt.writes[0].source.name
+        consumer = sch.get(consumers[0])
+        if str(consumer.body).count(f"{name}[") != 1 or any(int(v.iter_type) != 0 for v in consumer.iter_vars) \
+                or [str(v.dom.extent) for v in consumer.iter_vars] != [str(v.dom.extent) for v in stmt.iter_vars]:
+            continue
+        try:
+            sch.compute_inline(block)
+            inlined = True
+        except s_tir.schedule.ScheduleError:
+            continue
+    return inlined
+
+
 def _schedule_chunked(func: tvm.tirx.PrimFunc):
     """Fused elementwise and row-reduction kernels (requantization, Shiftmax, ShiftGELU,
     I-LayerNorm): the output runs parallel over chunks of whole rows, and every block is
@@ -152,6 +176,8 @@ def _schedule_chunked(func: tvm.tirx.PrimFunc):
     blocks, lead, row = found
     if any(sch.get(b).name_hint.startswith("T_transpose") for b in blocks):
         return _schedule_repack(func) or _schedule_elementwise(func)
+    if _inline_single_reads(sch, blocks):
+        blocks = sch.get_child_blocks(sch.get_sblock("root"))
     rows = sch.fuse(*lead) if len(lead) > 1 else lead[0]
     per_chunk = divisor(static_factor(sch.get(rows).extent), max(1, CHUNK // row))
     chunk, _ = sch.split(rows, [None, per_chunk])
