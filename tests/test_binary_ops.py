@@ -95,6 +95,8 @@ def test_reduction_and_log_softmax_kernels_bitexact():
         (lambda x, *_: eb.reduce_sum(x, (0, 2), False, 3), lambda: rb.reduce_sum(x8, (0, 2), False, 3)),
         (lambda _, y, *r: eb.reduce_sum(y, (0, 1, 2), False, 1), lambda: rb.reduce_sum(x16, (0, 1, 2), False, 1)),
         (lambda *t: eb.log2_fixed(t[2]), lambda: rb.log2_fixed(big)),
+        (lambda x, *_: eb.cumsum(x, 1), lambda: rb.cumsum(x8, 1)),
+        (lambda _, y, *r: eb.cumsum(y, 2, exclusive=True), lambda: rb.cumsum(x16, 2, exclusive=True)),
         (lambda x, *_: R.argmax(x, 1, False), lambda: np.argmax(x8, 1)),  # ties: the first index, as ONNX
         (lambda x, *_: R.argmin(x, 2, True), lambda: np.argmin(x8, 2)[:, :, None]),
     ] + [(lambda _, y, *r, ax=ax: eb.log_softmax(y, m, s, mo, so, ml, sl, -128, 127, "int8", axis=ax),
@@ -296,12 +298,12 @@ def _misc_ops(path) -> str:
 #   64 pixels of a channel, up to 1 LSB of y3), and the averages span ~1/6 of y3's range;
 # - softmax probabilities (int16 at 2^-15): 0.08 absolute: a logit error e moves p by at most
 #   2 p (1 - p) e <= e / 2, and the 8-bit logits' rounding reaches 1 LSB = 0.15 here;
-# - int32 sums, means and products of 8-bit values (rm, s3, act): 3% of their largest value (each
+# - int32 sums, means, running sums and products of 8-bit values (rm, s3, cs, act): 3% of their largest value (each
 #   term carries its 8-bit rounding, 0.4% of its range; measured <= 2%);
 # - ReduceL2 (a square table, an integer sum, a sqrt table) and min(a, 0.3) (a table): 2 LSB.
 TOL = {"y3": ("lsb", 3), "radd": ("lsb", 4), "rmax": ("lsb", 2), "rmin": ("lsb", 2), "wh": ("lsb", 2),
        "lsm": ("lsb", 3), "div": ("lsb", 16), "l2": ("lsb", 2), "wle": ("lsb", 2),
-       "out": ("rel", 0.08), "rm": ("rel", 0.03), "s3": ("rel", 0.03), "act": ("rel", 0.03),
+       "out": ("rel", 0.08), "rm": ("rel", 0.03), "s3": ("rel", 0.03), "act": ("rel", 0.03), "cs": ("rel", 0.03),
        "sm": ("abs", 0.08), "smx": ("abs", 0.08)}
 
 
@@ -320,7 +322,7 @@ def _error(name, got, want, quant) -> float:
 def _more_ops(path) -> str:
     """ReduceL2, LessOrEqual against a constant + Where with a constant branch, ArgMin, ReduceMean
     over channels (keepdims 0), Sum of three activations, a Mul by a full constant tensor, Softmax
-    over a spatial axis. (FuseUnaryChains makes min(a, 0.3) one table: where/compare against a
+    over a spatial axis, an exclusive CumSum along the width. (FuseUnaryChains makes min(a, 0.3) one table: where/compare against a
     constant, and c / x, reach this compiler as tables, not as common-scale ops.)"""
     nodes = [
         helper.make_node("Conv", ["x", "wa"], ["a"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["a"], ["ar"]),
@@ -332,12 +334,13 @@ def _more_ops(path) -> str:
         helper.make_node("Sum", ["a", "b", "ar"], ["s3"]),
         helper.make_node("Mul", ["a", "ct"], ["act"]),
         helper.make_node("Softmax", ["b"], ["smx"], axis=2),
+        helper.make_node("CumSum", ["b", "axis3"], ["cs"], exclusive=1),
     ]
     inits = [_w("wa", 6, 4, 3, 3, scale=0.3), _w("wb", 6, 4, 3, 3, scale=0.9), _c("thr", 0.3),
-             _w("ct", 6, 6, 6, scale=1.0)]
+             _w("ct", 6, 6, 6, scale=1.0), numpy_helper.from_array(np.array(3, np.int64), "axis3")]
     full, f = [1, 6, 6, 6], TensorProto.FLOAT
     outs = [("l2", f, [1, 6]), ("amin", TensorProto.INT64, [1, 6, 1, 6]), ("wle", f, full), ("rm", f, [1, 6, 6]),
-            ("s3", f, full), ("act", f, full), ("smx", f, full)]
+            ("s3", f, full), ("act", f, full), ("smx", f, full), ("cs", f, full)]
     return _model(path, nodes, inits, outs, [1, 4, 6, 6])
 
 

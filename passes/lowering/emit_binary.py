@@ -62,6 +62,10 @@ def reduce_sum(x: relax.Expr, axes, keepdims: bool, shift: int = 0) -> relax.Exp
     return R.astype(R.clip(total, *INT_RANGE["int32"]), "int32")
 
 
+def cumsum(x: relax.Expr, axis: int, exclusive: bool = False) -> relax.Expr:
+    return R.cumsum(R.astype(x, "int32"), axis=axis, dtype="int32", exclusive=exclusive)
+
+
 def log2_fixed(v: relax.Expr) -> relax.Expr:
     bits = ref.LOG2_BITS
     v = R.maximum(v, _i64(1))

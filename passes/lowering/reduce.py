@@ -10,6 +10,8 @@ argmax/argmin(x)    -> on the 8/16-bit integers: an exact int64 IntTensor. Ties 
 accumulator (e.g. a product a * b); where N * |x|max could reach 2^31 the sum runs in int64 and is
 shifted right by k (rounding half up, saturating). ReduceL2 arrives as sqrt(sum(x * x)): the
 square and the sqrt are unary tables (FuseUnaryChains), the sum is this lowering.
+cumsum(x, axis)     -> Accumulator(cumsum(x) in int32, S): exact; refused where L * |x|max could
+                       reach 2^31 (CumSum of integers, e.g. position ids, stays an integer op)
 """
 
 from __future__ import annotations
@@ -77,4 +79,26 @@ def lower_reduce(ctx, call, args):
     return Accumulator(out, np.asarray(scale), None, ctx.out_range(), clamp)
 
 
-__all__ = ["REDUCTIONS", "lower_reduce"]
+@lowers("relax.cumsum")
+def lower_cumsum(ctx, call, args):
+    """A running sum of an activation along one axis: exact int32 at the input's scale."""
+    if isinstance(args[0], np.ndarray):
+        ctx.fail("cumsum of a constant should have been folded")
+    shape = [int(d) for d in call.args[0].ty.shape]
+    axis = int(call.attrs.axis) % len(shape) if call.attrs.axis is not None else None
+    if axis is None and len(shape) != 1:
+        ctx.fail("cumsum over a flattened tensor (no axis)")
+    axis = 0 if axis is None else axis
+    expr, scale, bound, nonneg = _summand(ctx, args[0])
+    if shape[axis] * bound >= 2**31 and isinstance(args[0], Accumulator):  # sum its 8-bit requantization
+        q = ctx.materialize(args[0])
+        expr, scale, bound, nonneg = q.expr, q.scale, float(max(abs(v) for v in INT_RANGE[q.dtype])), \
+            q.dtype.startswith("u")
+    if shape[axis] * bound >= 2**31:
+        ctx.fail(f"cumsum over {shape[axis]} elements of up to {bound:.0f} could overflow int32")
+    out = ctx.emit(emit_binary.cumsum(expr, axis, bool(call.attrs.exclusive)))
+    return Accumulator(out, np.asarray(scale), None, ctx.out_range(), (0.0, math.inf) if nonneg else
+                       (-math.inf, math.inf))
+
+
+__all__ = ["REDUCTIONS", "lower_cumsum", "lower_reduce"]

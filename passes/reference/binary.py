@@ -90,6 +90,15 @@ def reduce_sum(x, axes, keepdims: bool, shift: int = 0) -> np.ndarray:
     return np.clip(total, *INT_RANGE["int32"]).astype(np.int32)
 
 
+def cumsum(x, axis: int, exclusive: bool = False) -> np.ndarray:
+    """int32 running sum along `axis` (exact: the lowering refuses lengths where it could overflow);
+    `exclusive`: each position sums the elements before it."""
+    total = np.cumsum(np.asarray(x, np.int64), axis=axis)
+    if exclusive:
+        total = total - np.asarray(x, np.int64)
+    return total.astype(np.int32)
+
+
 def log2_fixed(v) -> np.ndarray:
     """log2(v) at scale 2^-16 for int64 1 <= v < 2^62: bit position p by a 6-step binary search,
     mantissa t = v scaled to [2^16, 2^17), log2(t / 2^16) by a quartic (Horner, constants at 2^-30,
