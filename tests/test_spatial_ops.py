@@ -388,3 +388,33 @@ def test_gather_nd_elements_and_isnan_guard_compile_integer_only(tmp_path):
             g = np.asarray(got[name]).ravel()
             assert g.shape == want.ravel().shape
             assert g @ want.ravel() / (np.linalg.norm(g) * np.linalg.norm(want) + 1e-12) >= 0.99, name
+
+
+def test_gather_at_argmax_of_ids_compiles_integer_only(tmp_path):
+    # CLIP's text pooling: the hidden state at the position of the largest token id,
+    # h.reshape(-1, d)[ids.argmax(-1)] (Gather of an activation with integer, run-time indices)
+    import onnxruntime as ort
+
+    from runtime import compile_model, load
+
+    n = helper.make_node
+    inits = [numpy_helper.from_array(v, k) for k, v in {"w": _w(4, 3, 3, 3), "flat": np.array([32, 8], np.int64)}.items()]
+    nodes = [n("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), n("Reshape", ["c", "flat"], ["h"]),
+             n("ArgMax", ["ids"], ["am"], axis=1, keepdims=0), n("Gather", ["h", "am"], ["y"], axis=0)]
+    graph = helper.make_graph(nodes, "pool", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8]),
+                                              helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = str(tmp_path / "pool.onnx")
+    onnx.save(model, path)
+    r = np.random.default_rng(6)
+    data = r.standard_normal((20, 1, 3, 8, 8)).astype(np.float32)
+    ids = np.stack([r.permutation(32)[None] for _ in range(20)]).astype(np.int64)
+    np.savez(tmp_path / "calib.npz", x=data[:16], ids=ids[:16])
+    art = load(compile_model(path, "x86", tmp_path / "a", calib=tmp_path / "calib.npz", progress=False))
+    assert art.manifest["integer_only"]
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    for x, i in zip(data[16:], ids[16:]):
+        g, want = art.run({"x": x, "ids": i})["y"].ravel(), sess.run(None, {"x": x, "ids": i})[0].ravel()
+        assert g @ want / (np.linalg.norm(g) * np.linalg.norm(want) + 1e-12) >= 0.99

@@ -143,10 +143,16 @@ def lower_tile(ctx, call, args):
 
 
 def lower_gather(ctx, call, args):
-    """take(activation, constant indices) (ONNX Gather): the selected integers, same scale."""
+    """take(activation, constant or integer indices) (ONNX Gather): the selected integers, same scale.
+
+    Integer indices (an argmax: CLIP's pooling at the EOS token, `x[arange(b), ids.argmax(-1)]`)
+    select from the materialized 8/16-bit integers."""
     x, idx = args
+    if isinstance(idx, IntTensor):
+        q = ctx.materialize(x)
+        return replace(q, expr=ctx.emit(relax.op.take(q.expr, idx.expr, axis=call.attrs.axis, mode=call.attrs.mode)))
     if not isinstance(idx, np.ndarray):
-        ctx.fail("take of an activation needs constant indices")
+        ctx.fail("take of an activation needs constant or integer indices")
     axis = int(call.attrs.axis) % len(call.args[0].ty.shape)
     if isinstance(x, Accumulator) and x.axis == axis and idx.ndim == 1:  # channels selected: their scales
         expr = ctx.emit(relax.op.take(x.expr, emit.const(idx, "int64"), axis=axis, mode=call.attrs.mode))
