@@ -141,3 +141,16 @@ def test_scheduled_matmul_and_activation_matmul(shape):
         want = ref.matmul_acc(a, b)
         got = run_relax(lambda x, y: R.matmul(x, y, out_dtype="int32"), [a, b])
     np.testing.assert_array_equal(got, want)
+
+
+def test_rounding_shift_equals_the_identity_requantization():
+    """A per-channel rounding right shift in int32 (near-dead channels' accumulators coarsened
+    before a large bias) equals requantize(acc, 2^30, 30 + k), the int64 form it replaces, at the
+    int32 extremes too."""
+    rng = np.random.default_rng(3)
+    k = np.array([0, 1, 2, 5, 0, 13, 30, 1], np.int64)
+    acc = rng.integers(-2**31, 2**31, (1, 8, 9, 9)).astype(np.int32)
+    acc[0, :, 0, 0], acc[0, :, 0, 1] = 2**31 - 1, -2**31
+    kc = k.reshape(1, 8, 1, 1)
+    want = ref.requantize(acc, np.full_like(kc, 2**30), 30 + kc, -2**31, 2**31 - 1, "int32")
+    np.testing.assert_array_equal(run_relax(lambda a: emit.rounding_shift(a, kc), [acc]), want)

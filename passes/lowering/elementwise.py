@@ -47,9 +47,7 @@ def _add_bias(ctx, acc: Accumulator, bias: np.ndarray) -> Accumulator:
         # by a rounding right shift of k bits so that the bias fits int32 with headroom.
         limit = np.abs(bias_q).reshape(-1, acc.scale.size).max(0) if bias_q.ndim else np.abs(bias_q)
         k = np.where(limit >= 2**29, np.ceil(np.log2(np.maximum(limit, 1) / 2**28)), 0).astype(np.int64)
-        m, s = np.full_like(k, 2**30), 30 + k
-        expr = ctx.emit(emit.requantize(expr, emit.channel_shape(m, rank, acc.axis),
-                                        emit.channel_shape(s, rank, acc.axis), *INT_RANGE["int32"], "int32"))
+        expr = ctx.emit(emit.rounding_shift(expr, emit.channel_shape(k, rank, acc.axis)))
         acc = Accumulator(expr, acc.scale * 2.0**k, acc.axis, acc.out_range, acc.clamp)
         return _add_bias(ctx, acc, bias)
     if np.abs(bias_q).max(initial=0) >= 2**30:

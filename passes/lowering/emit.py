@@ -44,6 +44,18 @@ def requantize(acc: relax.Expr, m: np.ndarray, s: np.ndarray, lo: int, hi: int, 
     return R.astype(R.clip(y, lo, hi), out_dtype)
 
 
+def rounding_shift(acc: relax.Expr, k: np.ndarray) -> relax.Expr:
+    """round-half-up(acc / 2^k) for k >= 0 (broadcastable), in int32 without overflow:
+    (acc >> k) + bit k-1 of acc (the carry of adding 2^(k-1)); k = 0 keeps acc. Equals
+    `requantize(acc, 2^30, 30 + k)` with one int64 multiply per element saved."""
+    k = np.asarray(k, np.int64)
+    if not k.any():
+        return acc
+    carry = R.bitwise_and(R.right_shift(acc, const(np.maximum(k - 1, 0).astype(np.int32), "int32")),
+                          const((k > 0).astype(np.int32), "int32"))
+    return R.add(R.right_shift(acc, const(k.astype(np.int32), "int32")), carry)
+
+
 def conv2d_acc(x: relax.Expr, w_q: np.ndarray, attrs) -> relax.Expr:
     """int8/uint8 x int8 conv2d with int32 accumulation, same geometry as the float conv."""
     return R.nn.conv2d(x, const(w_q, "int8"), attrs.strides, attrs.padding, attrs.dilation, attrs.groups,
