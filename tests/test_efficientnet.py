@@ -37,6 +37,26 @@ def test_efficientnet_lite0_integer_only_accuracy(effnet):
     assert r["logit_cosine"] > 0.97, r
 
 
+def test_efficientnet_lite0_shared_by_8_threads(effnet):
+    """Serving code shares one Model: 8 threads x 125 calls (1000 in all) on the real model, no
+    crash, every output identical to the sequential run of the same image."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from benchmarks.models import calibration_images
+    from runtime import load
+
+    model = load(effnet[2])
+    images = calibration_images(8, seed=5)
+    expected = [model.run({"input": images[i:i + 1]})["logits"] for i in range(len(images))]
+
+    def worker(t: int) -> int:
+        return sum(not np.array_equal(model.run({"input": images[(t + i) % 8:(t + i) % 8 + 1]})["logits"],
+                                      expected[(t + i) % 8]) for i in range(125))
+
+    with ThreadPoolExecutor(8) as pool:
+        assert sum(pool.map(worker, range(8))) == 0
+
+
 def test_efficientnet_lite0_aarch64_bit_exact_under_qemu(effnet):
     if shutil.which("qemu-aarch64") is None or shutil.which("aarch64-linux-gnu-gcc") is None:
         pytest.skip("needs qemu-user and gcc-aarch64-linux-gnu (targets/install_toolchains.sh)")
