@@ -37,6 +37,26 @@ def test_efficientnet_lite0_integer_only_accuracy(effnet):
     assert r["logit_cosine"] > 0.97, r
 
 
+def test_efficientnet_lite0_free_batch_equals_batch_1(effnet):
+    """The same model compiled with a free batch (1..8): at batch 1, 3 and 8 (one call, and cut
+    into slices that run side by side) every image's integers equal the batch-1 artifact's."""
+    from benchmarks.models import calibration_images
+    from frontends.onnx_import import FreeDim
+    from runtime import compile_model, load
+
+    work, onnx_path, artifact = effnet
+    batched = load(compile_model(onnx_path, "x86", work / "effnet-n.artifact", calib=work / "calib.npz",
+                                 input_shapes={"input": (FreeDim("n", 1, 8), 3, 224, 224)}, progress=False))
+    single = load(artifact)
+    images = calibration_images(8, seed=11)
+    alone = np.concatenate([single.run_integer(single.quantize_inputs({"input": images[i:i + 1]}))[0]
+                            for i in range(8)])
+    for count, workers in ((1, 1), (3, 1), (8, 1), (8, 2)):
+        batched.batch_workers = workers
+        (got,) = batched.run_integer(batched.quantize_inputs({"input": images[:count]}))
+        np.testing.assert_array_equal(got, alone[:count])
+
+
 def test_efficientnet_lite0_shared_by_8_threads(effnet):
     """Serving code shares one Model: 8 threads x 125 calls (1000 in all) on the real model, no
     crash, every output identical to the sequential run of the same image."""

@@ -25,3 +25,32 @@ def test_minilm_sentence_similarity(tmp_path_factory):
     assert abs(r["pearson_float"] - 0.654) < 0.005, r  # the float model, as measured in DESIGN.md
     assert abs(r["pearson_int"] - r["pearson_float"]) <= 0.01, r
     assert r["cosine_mean"] >= 0.98, r
+
+
+def test_minilm_padding_and_batching_are_exact(tmp_path_factory):
+    """One all-MiniLM-L6-v2 artifact with a free batch and a free length (buckets 32, 64): real
+    sentences of different lengths give the same integers alone at their own length, padded into
+    a larger bucket, and batched together (padding masked by the attention mask)."""
+    from benchmarks.models import export_minilm, lee_corpus, minilm_tokenize
+    from frontends.onnx_import import FreeDim
+    from runtime import compile_model, load
+
+    work = tmp_path_factory.mktemp("minilm-shapes")
+    onnx_path = export_minilm(work / "minilm_dynamic.onnx", dynamic=True)
+    ids, mask = minilm_tokenize(lee_corpus()[1][:8], 64)
+    np.savez(work / "calib.npz", input_ids=ids[:, None], attention_mask=mask[:, None])
+    shape = (FreeDim("n", 1, 4), FreeDim("seq", 1, 64))
+    model = load(compile_model(onnx_path, "x86", work / "a", calib=work / "calib.npz", progress=False,
+                               input_shapes={"input_ids": shape, "attention_mask": shape}, buckets=[32, 64]))
+    texts = ["The cat sat on the mat.", "Stock markets fell sharply on Monday after the announcement.",
+             "A long sentence about the weather, which was cold and wet for most of the week in the city."]
+    ids, mask = minilm_tokenize(texts, 64)
+    lengths = mask.sum(1)
+    assert len(set(lengths)) == 3 and lengths.max() <= 32
+    alone = [model.run_integer([ids[i:i + 1, :n], mask[i:i + 1, :n]])[0] for i, n in enumerate(lengths)]
+    in_64 = model.run_integer([ids[:1], mask[:1]])[0]  # the first, padded to 64 by the tokenizer: bucket 64
+    np.testing.assert_array_equal(in_64[0, :lengths[0]], alone[0][0])
+    n = lengths.max()
+    batch = model.run_integer([ids[:, :n], mask[:, :n]])[0]
+    for i, k in enumerate(lengths):
+        np.testing.assert_array_equal(batch[i, :k], alone[i][0])
