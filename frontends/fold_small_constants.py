@@ -27,6 +27,7 @@ _NUMPY = {
     "relax.maximum": np.maximum, "relax.minimum": np.minimum, "relax.negative": np.negative,
     "relax.logical_not": np.logical_not, "relax.equal": np.equal, "relax.less": np.less,
     "relax.greater": np.greater,
+    "relax.astype": lambda x: x,  # the cast itself is the `.astype(dtype)` below (Gather's int32 dim size)
 }
 
 

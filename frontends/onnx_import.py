@@ -314,7 +314,9 @@ def _to_relax(model: onnx.ModelProto, path: Path):
         raise UnsupportedModelError(f"{path}: TVM's ONNX importer failed: {last}") from None
     mod, params = relax.frontend.detach_params(mod)
     try:
-        mod = tvm.transform.Sequential([fold_small_constants, relax.transform.FoldConstant(), clip_calls_to_ops,
+        mod = tvm.transform.Sequential([fold_small_constants, relax.transform.FoldConstant(),
+                                        fold_small_constants,  # what FoldConstant leaves: astype(dim size)
+                                        clip_calls_to_ops,
                                         te_calls_to_ops, relax.transform.DeadCodeElimination()])(mod)
     except Exception as err:  # e.g. an op on a tensor whose shape the importer left unknown
         last = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__

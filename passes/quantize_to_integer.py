@@ -5,7 +5,9 @@
 Each binding is replaced by the lowering registered for its op (`passes/lowering`), using
 the calibrated range of every float tensor. The float quantizer of the inputs and the
 dequantizer of the outputs move to the graph boundary, recorded as the function
-attribute `intq.boundary` (JSON: names, dtypes, scales); the runtime applies them.
+attribute `intq.boundary` (JSON: names, dtypes, scales); the runtime applies them. A float input
+that the graph only casts to integers (float ids) becomes an exact integer input instead (scale None:
+`lowering/integer_inputs.py`).
 Fails, listing every offending binding at once, if an op has no integer lowering
 (unless `QuantConfig.allow_float`: then such ops run in float between a dequantize and
 a quantize, and the verifier reports the module as not integer-only).
@@ -39,6 +41,7 @@ from .lowering.embedding import is_integer_op, lower_integer_op
 from .lowering import (LOWERINGS, Accumulator, ChannelQuantized, IntTensor, LoweringContext, QuantConfig, Quantized,
                        activation_scale, calibrated_qmax, float_fallback)
 from .lowering.float_fallback import FloatTensor, quantize_float
+from .lowering.integer_inputs import find_exact_inputs, lower_exact
 from .lowering.values import MaskedLogits
 from .reference.kernels import INT_RANGE
 from .sensitivity import find_sensitive
@@ -133,7 +136,14 @@ class QuantizeToInteger:
         env: dict[relax.Var, object] = {}
         params, boundary = [], {"inputs": [], "outputs": []}
         dtype = self.config.residual_dtype  # transformers: the input starts the int16 residual stream
+        self.exact = find_exact_inputs(func)  # float ids that the graph only casts to integers
         for p in func.params:
+            if p.name in self.exact.dtypes:  # passed as the integers the Cast makes (runtime truncates)
+                q = relax.Var(p.name, relax.TensorType(p.ty.shape, self.exact.dtypes[p.name]))
+                params.append(q)
+                env[p] = IntTensor(q)
+                boundary["inputs"].append({"name": p.name, "dtype": self.exact.dtypes[p.name], "scale": None})
+                continue
             if not str(p.ty.dtype).startswith("float"):  # token ids, masks: exact integers, kept as they are
                 params.append(p)
                 env[p] = IntTensor(p)
@@ -231,6 +241,8 @@ class QuantizeToInteger:
     def _lower_binding(self, ctx: LoweringContext, value: relax.Expr, env: dict):
         """Lower one binding; any failure of its lowering runs it in float instead and is recorded
         (with allow_float it stays so; without, every recorded node is refused at once at the end)."""
+        if ctx.var in self.exact.roles:  # on the integers of an exact float input
+            return lower_exact(ctx, self.exact.roles[ctx.var], value, env)
         op = value.op.name if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) else None
         if op is not None and op not in LOWERINGS and not is_integer_op(value, [_arg(a, env) for a in value.args]):
             reason = "no integer lowering"

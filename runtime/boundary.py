@@ -1,6 +1,7 @@
 """The graph boundary: float inputs -> integers, integer outputs -> float (symmetric,
 zero point 0). The only float arithmetic of an integer-only model, done in NumPy so every
-target receives the same integers."""
+target receives the same integers. Float inputs that the graph only casts to integers (ids
+exported as float) are cast here instead, as ONNX Cast does."""
 
 from __future__ import annotations
 
@@ -18,3 +19,15 @@ def quantize(x, scale: float, dtype: str) -> np.ndarray:
 def dequantize(q, scale) -> np.ndarray:
     """q * scale as float32 (`scale` broadcast against `q`: per tensor or pre-shaped per channel)."""
     return (np.asarray(q, np.float64) * np.asarray(scale, np.float64)).astype(np.float32)
+
+
+def to_integer(x, dtype: str) -> np.ndarray:
+    """ONNX Cast float -> integer `dtype`: truncation toward zero (as onnxruntime and TVM's astype).
+    Raises ValueError for a value outside `dtype` (undefined in ONNX); NaN/inf are the caller's check."""
+    t = np.trunc(np.asarray(x, np.float64))
+    info = np.iinfo(dtype)
+    if t.size and (t.min() < info.min or t.max() >= float(info.max) + 1):
+        bad = t[(t < info.min) | (t >= float(info.max) + 1)]
+        raise ValueError(f"{bad.size} value(s) outside {dtype}'s range [{info.min}, {info.max}] (e.g. {bad.flat[0]:g}), "
+                         f"which the model casts to {dtype}")
+    return t.astype(dtype)

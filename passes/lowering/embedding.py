@@ -58,17 +58,29 @@ def is_integer_op(call: relax.Call, args) -> bool:
     return call.op.name in _EXACT_IN_INT32 and all(_integral_scalar(a) for a in constants)
 
 
+def _fits(c: np.ndarray, dtype: str) -> bool:
+    """A float constant whose values are integers within `dtype` (exact when cast to it)."""
+    if not dtype.startswith(("int", "uint")):
+        return False
+    lo, hi = np.iinfo(dtype).min, np.iinfo(dtype).max
+    return bool(np.all(np.isfinite(c)) and np.all(c == np.round(c)) and np.all((c >= lo) & (c <= hi)))
+
+
 def lower_integer_op(ctx, call, args) -> IntTensor:
     if str(call.ty.dtype).startswith("float"):  # exact float arithmetic on integers: in int32
         operands = [ctx.emit(relax.op.astype(a.expr, "int32")) if isinstance(a, IntTensor)
                     else emit.const(np.round(a).astype(np.int32), "int32") for a in args]
         return IntTensor(ctx.emit(relax.Call(call.op, operands, call.attrs)))
 
+    ints = [str(a.expr.ty.dtype) for a in args if isinstance(a, IntTensor)]
+
     def expr(original, value):
         if isinstance(value, IntTensor):
             return value.expr
         if isinstance(value, list):
             return relax.Tuple([expr(o, v) for o, v in zip(original.fields, value)])
+        if isinstance(value, np.ndarray) and value.dtype.kind == "f" and ints and _fits(value, ints[0]):
+            return emit.const(value, ints[0])  # less(float(ids), 0.0): the integral constant as the ids' dtype
         return original  # constants, shapes and attributes as they were
 
     return IntTensor(ctx.emit(relax.Call(call.op, [expr(o, v) for o, v in zip(call.args, args)], call.attrs)))

@@ -1,0 +1,136 @@
+"""Float inputs that the graph only casts to integers (tf2onnx's Keras Embedding: float ids -> Cast ->
+Gather): passed as exact integers (`scale: None`), cast at the boundary as ONNX Cast does
+(passes/lowering/integer_inputs.py, runtime.boundary.to_integer)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import runtime
+from frontends import CompileError, InputError
+from runtime.boundary import to_integer
+from runtime.compile import main as compile_main
+from runtime.run import main as run_main
+
+VOCAB, DIM = 50, 16
+
+
+def _model(path, to=TensorProto.INT32, reshape: bool = False, also_mul: bool = False) -> str:
+    """ids (float) [-> Reshape] -> Cast(to) -> Gather(table) -> MatMul -> y, and the cast ids + 1 as `idx`
+    (an integer output, compared exactly); `also_mul`: ids * 0.5 also reaches y (a non-Cast use)."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((VOCAB, DIM)).astype(np.float32), "table"),
+             numpy_helper.from_array(rng.standard_normal((DIM, 4)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.array([1, 8], np.int64), "shape"),
+             numpy_helper.from_array(np.array(1, onnx.helper.tensor_dtype_to_np_dtype(to)), "one"),
+             numpy_helper.from_array(np.array(0.5, np.float32), "half")]
+    src = "ids"
+    nodes = []
+    if reshape:
+        nodes.append(helper.make_node("Reshape", ["ids", "shape"], ["ids2"]))
+        src = "ids2"
+    nodes += [helper.make_node("Cast", [src], ["ix"], to=to),
+              helper.make_node("Gather", ["table", "ix"], ["emb"], axis=0),
+              helper.make_node("MatMul", ["emb", "w"], ["mm"]),
+              helper.make_node("Add", ["ix", "one"], ["idx"])]
+    if also_mul:
+        nodes += [helper.make_node("Mul", [src, "half"], ["scaled"]),
+                  helper.make_node("Unsqueeze", ["scaled", "axis2"], ["s3"]),
+                  helper.make_node("Add", ["mm", "s3"], ["y"])]
+        inits.append(numpy_helper.from_array(np.array([2], np.int64), "axis2"))
+    else:
+        nodes.append(helper.make_node("Identity", ["mm"], ["y"]))
+    graph = helper.make_graph(nodes, "float_ids",
+                              [helper.make_tensor_value_info("ids", TensorProto.FLOAT, [8] if reshape else [1, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 4]),
+                               helper.make_tensor_value_info("idx", to, [1, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def _ids(count: int, shape=(1, 8), seed: int = 1) -> np.ndarray:
+    """Ids with fractions (truncated by Cast), as float32."""
+    rng = np.random.default_rng(seed)
+    return (rng.integers(0, VOCAB, (count, *shape)) + rng.uniform(0, 0.99, (count, *shape))).astype(np.float32)
+
+
+def _calib(tmp_path, shape=(1, 8)):
+    np.savez(tmp_path / "calib.npz", ids=_ids(4, shape))
+    return str(tmp_path / "calib.npz")
+
+
+def _cosine(a, b) -> float:
+    a, b = np.ravel(a).astype(np.float64), np.ravel(b).astype(np.float64)
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+@pytest.mark.parametrize("to, reshape, dtype", [(TensorProto.INT32, False, "int32"), (TensorProto.INT64, True, "int64")])
+def test_cast_only_float_input_is_an_exact_integer_input(tmp_path, to, reshape, dtype):
+    """Integer-only; the manifest keeps the float dtype for the user, `scale: null` and the Cast's
+    dtype for the graph; the cast ids equal onnxruntime's exactly, the embedding matmul agrees."""
+    shape = (8,) if reshape else (1, 8)
+    path = _model(tmp_path / "m.onnx", to, reshape)
+    model = runtime.load(runtime.compile_model(path, "x86", tmp_path / "a", calib=_calib(tmp_path, shape),
+                                               progress=False))
+    assert model.manifest["integer_only"] is True
+    spec = model.manifest["inputs"][0]
+    assert spec["dtype"] == "float32" and spec["quant"]["scale"] is None and spec["quant"]["dtype"] == dtype
+    assert "float32" not in open(tmp_path / "a" / model.manifest["relax"]).read().split("def main", 1)[1]
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    for x in _ids(3, shape, seed=5):
+        ours, (y, idx) = model.run({"ids": x}), session.run(None, {"ids": x})
+        np.testing.assert_array_equal(ours["idx"], idx.astype(np.float32))  # truncation, bit for bit
+        assert _cosine(ours["y"], y) > 0.999
+
+
+def test_cli_compile_and_run(tmp_path, capsys):
+    path = _model(tmp_path / "m.onnx")
+    out = tmp_path / "cli.artifact"
+    assert compile_main([path, "--calib", _calib(tmp_path), "-o", str(out), "-q"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["integer_only"] is True and manifest["inputs"][0]["quant"]["scale"] is None
+    x = np.array([[0.0, 1.9, 2.5, 49.99, 7.0, 3.2, 10.7, 0.4]], np.float32)
+    np.savez(tmp_path / "in.npz", ids=x)
+    assert run_main([str(out), "--input", str(tmp_path / "in.npz"), "-o", str(tmp_path / "out.npz")]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npz")["idx"], np.trunc(x) + 1)
+
+
+def test_runtime_refuses_ids_it_cannot_cast(tmp_path):
+    """Non-finite values as for any float input; a value outside the Cast's dtype (undefined in ONNX) too."""
+    path = _model(tmp_path / "m.onnx")
+    model = runtime.load(runtime.compile_model(path, "x86", tmp_path / "a", calib=_calib(tmp_path), progress=False))
+    x = _ids(1)[0]
+    for bad, message in ((np.nan, "NaN or infinite"), (3e9, "outside int32")):
+        x[0, 3] = bad
+        with pytest.raises(InputError, match=message):
+            model.run({"ids": x})
+
+
+def test_float_input_with_another_use_stays_quantized(tmp_path):
+    """ids also feed a Mul: still an 8-bit quantized input; the Cast of a quantized tensor is refused
+    without --allow-float, as before, and with it the input keeps its scale."""
+    path = _model(tmp_path / "m.onnx", also_mul=True)
+    with pytest.raises(CompileError, match="cast of a quantized tensor"):
+        runtime.compile_model(path, "x86", tmp_path / "a", calib=_calib(tmp_path), progress=False)
+    model = runtime.load(runtime.compile_model(path, "x86", tmp_path / "b", calib=_calib(tmp_path),
+                                               allow_float=True, progress=False))
+    quant = model.manifest["inputs"][0]["quant"]
+    assert quant["scale"] is not None and quant["dtype"] in ("int8", "int16")
+
+
+def test_to_integer_is_onnx_cast():
+    x = np.array([-2.9, -1.0, -0.5, 0.0, 0.99, 1.5, 2147483647.0], np.float64)
+    np.testing.assert_array_equal(to_integer(x, "int64"), [-2, -1, 0, 0, 0, 1, 2147483647])
+    np.testing.assert_array_equal(to_integer(x[:-1].astype(np.float32), "int32"), x[:-1].astype(np.int32))
+    with pytest.raises(ValueError, match="outside uint8"):
+        to_integer(np.array([-1.0]), "uint8")
+    with pytest.raises(ValueError, match="outside int32"):
+        to_integer(np.array([2.0**31]), "int32")
