@@ -134,3 +134,42 @@ def test_to_integer_is_onnx_cast():
         to_integer(np.array([-1.0]), "uint8")
     with pytest.raises(ValueError, match="outside int32"):
         to_integer(np.array([2.0**31]), "int32")
+
+
+def _casts(path, targets) -> str:
+    """ids (float) -> one Cast per dtype in `targets`, each output as it is."""
+    nodes = [helper.make_node("Cast", ["ids"], [f"c{k}"], to=t) for k, t in enumerate(targets)]
+    graph = helper.make_graph(nodes, "casts", [helper.make_tensor_value_info("ids", TensorProto.FLOAT, [1, 8])],
+                              [helper.make_tensor_value_info(f"c{k}", t, [1, 8]) for k, t in enumerate(targets)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize("targets, dtype", [
+    ((TensorProto.INT32,), "int32"), ((TensorProto.INT8,), "int8"), ((TensorProto.UINT16,), "uint16"),
+    ((TensorProto.INT16, TensorProto.INT32), "int32"), ((TensorProto.UINT8, TensorProto.INT8), "int64"),
+    ((TensorProto.BOOL,), None), ((TensorProto.INT32, TensorProto.FLOAT16), None)])
+def test_which_inputs_are_exact(tmp_path, targets, dtype):
+    """The dtype is the Cast's `to` as written (found past TVM's int64 wrap), the widest of several (int64
+    when signed and unsigned mix); a Cast to bool (x != 0) or to a float type keeps the input quantized."""
+    from frontends import load_onnx
+    from passes import bind_weights
+    from passes.lowering.integer_inputs import find_exact_inputs
+
+    path = _casts(tmp_path / "c.onnx", targets)
+    imported = load_onnx(path, None)
+    found = find_exact_inputs(bind_weights(imported.mod, imported.params)["main"])
+    assert found.dtypes == ({} if dtype is None else {"ids": dtype})
+    if dtype is None:
+        return
+    x = np.array([[-3.7, -1.2, -0.0, 0.5, 1.9, 7.99, 100.2, 127.0]], np.float32)
+    x = np.abs(x) if any(t in (TensorProto.UINT8, TensorProto.UINT16) for t in targets) else x
+    np.savez(tmp_path / "calib.npz", ids=x[None])
+    model = runtime.load(runtime.compile_model(path, "x86", tmp_path / "a", calib=tmp_path / "calib.npz",
+                                               progress=False))
+    assert model.manifest["integer_only"] is True
+    ours = model.run({"ids": x})
+    for k, want in enumerate(ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"ids": x})):
+        np.testing.assert_array_equal(ours[f"c{k}"], want.astype(np.float32))

@@ -8,8 +8,8 @@ Preconditions: every use of `x` (and of each layout op of it) is such a chain en
 signed or unsigned integer type (not bool: Cast to bool is `x != 0`, not a truncation). One other use
 (a Mul, an output, ...) and `x` stays a quantized float input as before.
 
-TVM imports ONNX's float -> int Cast as `t = astype(where(!isfinite(x), 0, x), int64)`, for 8-32 bits
-followed by a wrap to 2^bits (`floor_mod` / `bitwise_and`, `where`) and `astype(to)`. The guard is
+TVM imports ONNX's float -> int Cast as `t = astype(where(!isfinite(x), 0, x), int64)` (int32 below 32
+bits), for 8-32 bits followed by a wrap to 2^bits (`floor_mod` / `bitwise_and`, `where`) and `astype(to)`. The guard is
 dropped (the runtime refuses non-finite inputs) and the truncation moves to the boundary
 (`runtime.boundary.to_integer`: truncation toward zero, like ONNX Cast, onnxruntime and TVM's
 `astype`); `t` becomes `astype(x_int, int64)` and the wrap that follows stays, as integer ops that
@@ -125,20 +125,22 @@ def _is_guard(n, v, uses, bound) -> bool:
 
 
 def _written_dtype(t: relax.Var, uses: dict, bound: dict) -> str:
-    """The Cast's `to`: `t`'s own dtype, or, where TVM wraps an int64 `t` to fewer bits, the dtype of
-    the astype that ends the wrap."""
+    """The Cast's `to`: `t`'s own dtype, or, where TVM wraps `t` (int64 for 32 bits, int32 for fewer) to
+    2^bits, the dtype of the astype that ends the wrap (when its bits match the wrap's modulus)."""
     dtype = str(bound[t].attrs.dtype)
     wraps = [u for u in uses.get(t, []) if getattr(getattr(bound.get(u), "op", None), "name", None)
              in ("relax.floor_mod", "relax.bitwise_and") and isinstance(bound[u].args[1], tvm.ir.GenericConst)]
-    if dtype != "int64" or not wraps:
+    if dtype not in ("int64", "int32") or len(wraps) != 1:
         return dtype
+    modulus = int(bound[wraps[0]].args[1].value.numpy()) + (bound[wraps[0]].op.name == "relax.bitwise_and")
     seen, todo = set(wraps), list(wraps)
     while todo:
         for u in uses.get(todo.pop(), []):
             call = bound.get(u)
             op = getattr(getattr(call, "op", None), "name", None)
-            if op == "relax.astype" and _is_int(str(call.attrs.dtype)) and str(call.attrs.dtype) != "int64":
-                return str(call.attrs.dtype)
+            if op == "relax.astype" and _is_int(str(call.attrs.dtype)) and str(call.attrs.dtype) != dtype:
+                to = str(call.attrs.dtype)
+                return to if modulus == 2 ** np.iinfo(to).bits else dtype
             if op in _WRAP and u not in seen and len(seen) < 16:
                 seen.add(u)
                 todo.append(u)
