@@ -1,11 +1,11 @@
 """Calibration: run the float Relax model on real inputs and observe every float tensor.
 
 The model is compiled once for the host with a tap on every tensor (`float_taps.py`) and run
-per sample; observers turn the tapped values into ranges {name: (lo, hi)}, and
-the max |x| per last-axis channel of every tensor rides along (`CalibratedRanges.channel_amax`,
-used by the lowering's outlier smoothing), and so does a `SensitivityProbe` on the first samples
-(`CalibratedRanges.probe`: which tensors lose the signal at 8 bits, `passes/sensitivity.py`),
-which runs the same compiled model.
+per sample; observers turn the tapped values into ranges {name: (lo, hi)}. The max |x| per
+last-axis channel of every constant-weight matmul's input rides along
+(`CalibratedRanges.channel_amax`, used by the lowering's outlier smoothing), and so does a
+`SensitivityProbe` on the first samples (`CalibratedRanges.probe`: which tensors lose the
+signal at 8 bits, `passes/sensitivity.py`), which runs the same compiled model.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import tvm
 from tqdm import tqdm
+from tvm import relax
 
 from .float_taps import TappedModel
 from .observers import ChannelAbsMaxObserver, make_observer
@@ -33,6 +34,19 @@ class CalibratedRanges(dict):
         self.probe = probe
 
 
+def _matmul_inputs(mod: tvm.IRModule) -> set[str]:
+    """The tensors a constant-weight matmul reads: the only ones whose per-channel maxima the
+    lowering uses (outlier smoothing); observing every tensor's cost a pass per sample."""
+    found = set()
+    for block in mod["main"].body.blocks:
+        for b in block.bindings:
+            v = b.value
+            if (isinstance(v, relax.Call) and isinstance(v.op, tvm.ir.Op) and v.op.name == "relax.matmul"
+                    and isinstance(v.args[0], relax.Var) and isinstance(v.args[1], tvm.ir.GenericConst)):
+                found.add(v.args[0].name)
+    return found
+
+
 def calibrate(mod: tvm.IRModule, samples: Sequence[dict[str, np.ndarray]] | Iterable[dict[str, np.ndarray]],
               observer: str = "minmax", target=None, progress: bool = True, pipeline=None) -> CalibratedRanges:
     """Ranges of every float tensor of `main` (inputs and bindings) over `samples`.
@@ -42,11 +56,13 @@ def calibrate(mod: tvm.IRModule, samples: Sequence[dict[str, np.ndarray]] | Iter
     """
     model = TappedModel(mod, target, pipeline)
     observers = [make_observer(observer) for _ in model.names]
-    channels = [ChannelAbsMaxObserver() for _ in model.names]
+    smoothed = _matmul_inputs(mod)
+    channels = {i: ChannelAbsMaxObserver() for i, name in enumerate(model.names) if name in smoothed}
 
     def observe(index: int, value: np.ndarray) -> None:
         observers[index].update(value)
-        channels[index].update(value)
+        if index in channels:
+            channels[index].update(value)
 
     total = len(samples) if hasattr(samples, "__len__") else None
     kept = []  # the first samples, for the sensitivity probe
@@ -55,6 +71,6 @@ def calibrate(mod: tvm.IRModule, samples: Sequence[dict[str, np.ndarray]] | Iter
             kept.append(sample)
         model.run(sample, observe)
     return CalibratedRanges({name: obs.range() for name, obs in zip(model.names, observers)},
-                            {name: (c.range(), c.rows) for name, c in zip(model.names, channels)
+                            {model.names[i]: (c.range(), c.rows) for i, c in channels.items()
                              if c.range() is not None},
                             SensitivityProbe(model, kept) if kept else None)
