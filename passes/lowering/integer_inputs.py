@@ -31,7 +31,7 @@ from .values import IntTensor
 LAYOUT = frozenset({"relax.reshape", "relax.flatten", "relax.permute_dims", "relax.squeeze", "relax.expand_dims",
                     "relax.strided_slice"})
 _WRAP = frozenset({"relax.floor_mod", "relax.bitwise_and", "relax.greater_equal", "relax.subtract", "relax.add",
-                   "relax.where"})  # TVM's wrap of an int64 cast result to 2^bits
+                   "relax.where"})  # TVM's wrap of a cast result to 2^bits
 SKIP, SAME, MOVE, CAST = "skip", "same", "move", "cast"  # what each binding of a chain becomes
 
 
