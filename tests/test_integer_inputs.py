@@ -21,9 +21,10 @@ from runtime.run import main as run_main
 VOCAB, DIM = 50, 16
 
 
-def _model(path, to=TensorProto.INT32, reshape: bool = False, also_mul: bool = False) -> str:
+def _model(path, to=TensorProto.INT32, reshape: bool = False, also_mul: bool = False, select: bool = False) -> str:
     """ids (float) [-> Reshape] -> Cast(to) -> Gather(table) -> MatMul -> y, and the cast ids + 1 as `idx`
-    (an integer output, compared exactly); `also_mul`: ids * 0.5 also reaches y (a non-Cast use)."""
+    (an integer output, compared exactly); `also_mul`: ids * 0.5 also reaches y (a non-Cast use);
+    `select`: TensorFlow's GatherV2 index as tf2onnx writes it, where(float(ix) < 0.0, ix + VOCAB, ix)."""
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(rng.standard_normal((VOCAB, DIM)).astype(np.float32), "table"),
              numpy_helper.from_array(rng.standard_normal((DIM, 4)).astype(np.float32), "w"),
@@ -35,8 +36,15 @@ def _model(path, to=TensorProto.INT32, reshape: bool = False, also_mul: bool = F
     if reshape:
         nodes.append(helper.make_node("Reshape", ["ids", "shape"], ["ids2"]))
         src = "ids2"
-    nodes += [helper.make_node("Cast", [src], ["ix"], to=to),
-              helper.make_node("Gather", ["table", "ix"], ["emb"], axis=0),
+    nodes.append(helper.make_node("Cast", [src], ["ix"], to=to))
+    if select:
+        inits += [numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+                  numpy_helper.from_array(np.array(VOCAB, onnx.helper.tensor_dtype_to_np_dtype(to)), "vocab")]
+        nodes += [helper.make_node("Cast", ["ix"], ["fx"], to=TensorProto.FLOAT),
+                  helper.make_node("Less", ["fx", "zero"], ["neg"]),
+                  helper.make_node("Add", ["ix", "vocab"], ["up"]),
+                  helper.make_node("Where", ["neg", "up", "ix"], ["gx"])]
+    nodes += [helper.make_node("Gather", ["table", "gx" if select else "ix"], ["emb"], axis=0),
               helper.make_node("MatMul", ["emb", "w"], ["mm"]),
               helper.make_node("Add", ["ix", "one"], ["idx"])]
     if also_mul:
@@ -72,12 +80,15 @@ def _cosine(a, b) -> float:
     return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
 
 
-@pytest.mark.parametrize("to, reshape, dtype", [(TensorProto.INT32, False, "int32"), (TensorProto.INT64, True, "int64")])
-def test_cast_only_float_input_is_an_exact_integer_input(tmp_path, to, reshape, dtype):
-    """Integer-only; the manifest keeps the float dtype for the user, `scale: null` and the Cast's
-    dtype for the graph; the cast ids equal onnxruntime's exactly, the embedding matmul agrees."""
+@pytest.mark.parametrize("to, reshape, select, dtype", [(TensorProto.INT32, False, False, "int32"),
+                                                        (TensorProto.INT64, True, False, "int64"),
+                                                        (TensorProto.INT32, False, True, "int32")])
+def test_cast_only_float_input_is_an_exact_integer_input(tmp_path, to, reshape, select, dtype):
+    """Integer-only (also with tf2onnx's Less on the ids cast back to float: the 0.0 becomes an integer
+    constant); the manifest keeps the float dtype for the user, `scale: null` and the Cast's dtype for
+    the graph; the cast ids equal onnxruntime's exactly, the embedding matmul agrees."""
     shape = (8,) if reshape else (1, 8)
-    path = _model(tmp_path / "m.onnx", to, reshape)
+    path = _model(tmp_path / "m.onnx", to, reshape, select=select)
     model = runtime.load(runtime.compile_model(path, "x86", tmp_path / "a", calib=_calib(tmp_path, shape),
                                                progress=False))
     assert model.manifest["integer_only"] is True
