@@ -24,6 +24,7 @@ progress goes to stderr. Everything runs on this machine: close other work first
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import json
 import os
@@ -223,6 +224,14 @@ def compiled(onnx_path: Path, calib: Path, shapes: dict, output: Path, reuse: bo
     return stats
 
 
+@contextlib.contextmanager
+def scratch_cwd():
+    """A temporary working directory: ORT's quant_pre_process leaves sym_shape_infer_temp.onnx and
+    a <uuid>.data file in the current directory (the user's checkout) on large models."""
+    with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):
+        yield
+
+
 def ort_int8(onnx_path: Path, samples: list[dict[str, np.ndarray]], notes: list[str]) -> Path:
     """onnxruntime's static int8 model (cached next to the float one)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -241,7 +250,8 @@ def ort_int8(onnx_path: Path, samples: list[dict[str, np.ndarray]], notes: list[
 
     source = onnx_path.with_suffix(".ort_pre.onnx")
     try:
-        quant_pre_process(str(onnx_path), str(source))
+        with scratch_cwd():
+            quant_pre_process(str(onnx_path.resolve()), str(source.resolve()))
     except Exception as err:  # the tool's optimizer fails on some graphs: quantize the model as it is
         notes.append(f"quant_pre_process failed ({type(err).__name__}: {str(err).splitlines()[0][:120]}); "
                      "quantized without it")

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from .corpus import CACHE, CORPUS, CorpusModel, cosine, fetch, first_unsupported, sample
+from .speed import scratch_cwd
 
 RESULTS = Path(__file__).parent / "results" / "zoo.md"
 README = Path(__file__).parent.parent / "README.md"
@@ -124,10 +125,12 @@ def _ort_int8(path: Path, samples: list[dict[str, np.ndarray]], workdir: Path, n
     path, per_channel = _opset13(path, workdir, notes)
     source = workdir / f"{path.stem}.ort_pre.onnx"
     try:
-        quant_pre_process(str(path), str(source))
+        with scratch_cwd():
+            quant_pre_process(str(path.resolve()), str(source.resolve()))
     except Exception as err:  # its symbolic shape inference fails on some graphs: without it, else without all
         try:
-            quant_pre_process(str(path), str(source), skip_symbolic_shape=True)
+            with scratch_cwd():
+                quant_pre_process(str(path.resolve()), str(source.resolve()), skip_symbolic_shape=True)
             notes.append(f"ORT quant_pre_process without symbolic shape inference ({_short(err)})")
         except Exception as err2:
             notes.append(f"ORT quant_pre_process failed ({type(err2).__name__}: {_short(err2)}); quantized without it")
