@@ -48,8 +48,8 @@ def benchmark(model, threads: int | None = None, repeat: int = 50, warmup: int =
 
 
 def _random(rng, shape: list[int], spec: dict) -> np.ndarray:
-    """Random input: N(0, 1) floats; integers (token ids, masks) as ones."""
-    if np.dtype(spec["dtype"]).kind == "f":
+    """Random input: N(0, 1) floats; integers (token ids, masks, float ids the graph casts) as ones."""
+    if np.dtype(spec["dtype"]).kind == "f" and spec["quant"]["scale"] is not None:
         return rng.standard_normal(shape).astype(spec["dtype"])
     return np.ones(shape, spec["dtype"])
 
