@@ -5,8 +5,8 @@
 1. Batch: EfficientNet-Lite0 and all-MiniLM-L6-v2 (sequence 128) compiled once with a free
    batch (`--input-shape x:1..32x...`), timed at batch 1, 8 and 32: ms per sample and throughput
    gain over batch 1, next to onnxruntime fp32 and int8 (static QDQ) with a dynamic batch axis.
-   Ours runs a batch as `threads` slices side by side (`Model.batch_workers`), batch 1 as one
-   call on `threads` TVM threads.
+   Ours runs a batch sample by sample on `threads` threads side by side (`Model.batch_workers`),
+   batch 1 as one call on `threads` TVM threads.
 2. Sequence: MiniLM compiled once with a free length (`1x1..256`, buckets 16..256), timed at
    16, 32, 64, 128 and 256 real tokens, next to onnxruntime with dynamic axes; each length's
    time as a fraction of the 128-token time.
@@ -59,7 +59,7 @@ def _set_tvm_threads(threads: int) -> None:
 
 def _time_ours(model, feed: dict[str, np.ndarray], threads: int, repeat: int) -> float:
     _set_tvm_threads(threads)
-    model.batch_workers = threads  # a batch runs in `threads` slices side by side, one thread each
+    model.batch_workers = threads  # a batch runs sample by sample on `threads` threads, one TVM thread each
     q = model.quantize_inputs(feed)
     return float(np.median(model.time(q, repeat=repeat)))
 
