@@ -18,7 +18,7 @@ R = relax.op
 
 
 def _module():
-    """x -> cumsum -> batch_norm (a tuple)[0] -> relu r -> (r, argsort(r): int32, r @ W, cumsum(relu(r @ W)))."""
+    """x -> cumprod -> batch_norm (a tuple)[0] -> relu r -> (r, argsort(r): int32, r @ W, sort(relu(r @ W)))."""
     rng = np.random.default_rng(0)
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType((1, 8), "float32"))
@@ -26,13 +26,13 @@ def _module():
                                                          rng.standard_normal(8) * 0.1, rng.uniform(0.5, 1.5, 8))]
     with bb.function("main", [x]):
         with bb.dataflow():
-            cs = bb.emit(R.cumsum(x, axis=1), "cs")
+            cs = bb.emit(R.cumprod(x, axis=1), "cs")
             bn = bb.emit(R.nn.batch_norm(cs, *const, axis=1), "bn")
             b0 = bb.emit(relax.TupleGetItem(bn, 0), "b0")
             r = bb.emit(R.nn.relu(b0), "r")
             order = bb.emit(R.argsort(r, axis=1), "order")
             mm = bb.emit(R.matmul(r, relax.const(rng.standard_normal((8, 4)).astype("float32"))), "mm")
-            acc = bb.emit(R.cumsum(R.nn.relu(mm), axis=1), "acc_cs")  # an int32 accumulator read in float
+            acc = bb.emit(R.sort(R.nn.relu(mm), axis=1), "acc_sort")  # an int32 accumulator read in float
             out = bb.emit_output(relax.Tuple([r, order, mm, acc]))
         bb.emit_func_output(out)
     return bb.get()
@@ -74,7 +74,7 @@ def _check_against_float(mod, int_mod):
 def test_ops_without_lowering_tuples_and_int_results_run_in_float(monkeypatch):
     mod, int_mod = _lower(monkeypatch)
     nodes = {n["node"]: n for n in json.loads(str(int_mod["main"].attrs[FLOAT_NODES_ATTR]))}
-    assert nodes["cs"]["op"] == "relax.cumsum" and nodes["cs"]["reason"] == "no integer lowering"
+    assert nodes["cs"]["op"] == "relax.cumprod" and nodes["cs"]["reason"] == "no integer lowering"
     assert nodes["bn"]["op"] == "relax.nn.batch_norm" and nodes["order"]["op"] == "relax.argsort"
     assert "r" not in nodes and "mm" not in nodes  # relu and the matmul are integer (on quantized float results)
     assert not verify_integer_only(int_mod).integer_only
@@ -100,19 +100,19 @@ def test_without_allow_float_every_op_is_listed():
     ranges = calibrate(mod, _samples(2), progress=False)
     with pytest.raises(UnsupportedModelError) as err:
         QuantizeToInteger(ranges, QuantConfig())(mod)
-    assert "relax.cumsum" in str(err.value) and "relax.nn.batch_norm" in str(err.value)
+    assert "relax.cumprod" in str(err.value) and "relax.nn.batch_norm" in str(err.value)
 
 
 def test_without_allow_float_failing_lowerings_are_refused_at_once(monkeypatch):
     mod = _module()
     ranges = calibrate(mod, _samples(2), progress=False)
-    for name in ("relax.cumsum", "relax.nn.batch_norm", "relax.argsort"):  # give every op a lowering...
+    for name in ("relax.cumprod", "relax.nn.batch_norm", "relax.argsort", "relax.sort"):  # give every op a lowering...
         monkeypatch.setitem(LOWERINGS, name, lambda ctx, call, args: ctx.fail("refused for the test"))
     monkeypatch.setitem(LOWERINGS, "relax.nn.relu", lambda ctx, call, args: 1 / 0)  # ...and crash one
     with pytest.raises(UnsupportedModelError) as err:
         QuantizeToInteger(ranges, QuantConfig())(mod)
     text = str(err.value)
-    assert "binding 'cs' (relax.cumsum): refused for the test" in text and "binding 'bn' (relax.nn.batch_norm)" in text
+    assert "binding 'cs' (relax.cumprod): refused for the test" in text and "binding 'bn' (relax.nn.batch_norm)" in text
     assert "(relax.nn.relu): ZeroDivisionError" in text and "--allow-float" in text
 
 
