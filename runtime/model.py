@@ -74,7 +74,7 @@ class Model:
         self._tensor = tvm.runtime.tensor
         self._config_threads = tvm.get_global_func("runtime.config_threadpool")
         self.batch_workers = _default_workers()
-        self._pool = None  # worker threads for batch slices, started on first use
+        self._pool = None  # (size, worker threads for batch samples), started on first use
         self._pool_lock = threading.Lock()
 
     def _load_library(self, tvm, library: dict, device: str):
@@ -157,7 +157,7 @@ class Model:
         size, length, qinputs = self._bucket(qinputs)
         slices = self._slices(qinputs)
         if len(slices) > 1:
-            pool = self._workers(min(self.batch_workers, len(slices)))
+            pool = self._workers(self.batch_workers)
             parts = list(pool.map(lambda s: self._call(size, [q[s] for q in qinputs]), slices))
             results = [np.concatenate(outs) for outs in zip(*parts)]
         else:
@@ -185,14 +185,17 @@ class Model:
         return len(leads) == 1 and None not in leads
 
     def _workers(self, count: int):
-        """A pool of at least `count` threads, each running TVM kernels on one thread."""
+        """A pool of `count` threads (made again when `batch_workers` changes), each running TVM
+        kernels on one thread."""
         with self._pool_lock:
-            if self._pool is None or self._pool._max_workers < count:
+            if self._pool is None or self._pool[0] != count:
                 from concurrent.futures import ThreadPoolExecutor
 
-                self._pool = ThreadPoolExecutor(count, thread_name_prefix="intq-batch",
-                                                initializer=self._config_threads, initargs=(0, 1))
-            return self._pool
+                if self._pool is not None:
+                    self._pool[1].shutdown(wait=False)
+                self._pool = (count, ThreadPoolExecutor(count, thread_name_prefix="intq-batch",
+                                                        initializer=self._config_threads, initargs=(0, 1)))
+            return self._pool[1]
 
     def time(self, qinputs: list[np.ndarray], repeat: int = 50, warmup: int = 3) -> np.ndarray:
         """Latencies in ms of `repeat` runs, timed on the device itself (locally or on the board);
