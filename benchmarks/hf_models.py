@@ -138,13 +138,10 @@ BY_NAME = {a.name: a for a in ARCHS}
 
 
 def _audio(n: int, seed: int) -> np.ndarray:
-    """A voiced, speech-like signal at 16 kHz: glottal pulse train with vibrato, 4 Hz syllables, noise."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(n) / 16000.0
-    f0 = 110 + 120 * rng.random() + 10 * np.sin(2 * np.pi * 5 * t)
-    phase = 2 * np.pi * np.cumsum(f0) / 16000.0
-    y = sum(np.sin(k * phase) / k for k in range(1, 25)) * (0.6 + 0.4 * np.sin(2 * np.pi * (3 + rng.random()) * t))
-    y = y + 0.02 * rng.standard_normal(n)
+    """The families' voiced, speech-like 16 kHz signal (`benchmarks.families`), peak 0.3, float32."""
+    from benchmarks.families import _audio as voiced
+
+    y = voiced(n, seed)
     return (0.3 * y / np.abs(y).max()).astype(np.float32)
 
 
