@@ -38,9 +38,10 @@ class Model:
     crashed the process). Calls over one RPC session are serialized: the session is not.
 
     A batch of at least two samples (free batch) runs sample by sample on `batch_workers` threads
-    (default: the CPUs this process may use, or TVM_NUM_THREADS) side by side, one TVM thread
-    each: samples in parallel instead of every kernel split across threads, so each layer's
-    working set stays one sample's. Set `batch_workers = 1` to run the batch as one call.
+    (default: the CPUs this process may use, or TVM_NUM_THREADS) side by side, each with its share
+    of the CPUs as TVM threads (one each when the batch has as many samples as workers): samples in
+    parallel instead of every kernel split across threads, so each layer's working set stays one
+    sample's. Set `batch_workers = 1` to run the batch as one call.
     """
 
     def __init__(self, path: str | os.PathLike, remote=None):
@@ -157,14 +158,19 @@ class Model:
         size, length, qinputs = self._bucket(qinputs)
         slices = self._slices(qinputs)
         if len(slices) > 1:
+            # fewer samples than workers: each sample gets the spare CPUs as TVM threads
+            threads = max(1, self.batch_workers // min(self.batch_workers, len(slices)))
             pool = self._workers(self.batch_workers)
-            parts = list(pool.map(lambda s: self._call(size, [q[s] for q in qinputs]), slices))
+            parts = list(pool.map(lambda s: self._call(size, [q[s] for q in qinputs], threads), slices))
             results = [np.concatenate(outs) for outs in zip(*parts)]
         else:
             results = self._call(size, qinputs)
         return results if size is None else self.buckets.cut(results, length)
 
-    def _call(self, size, qinputs: list[np.ndarray]) -> list[np.ndarray]:
+    def _call(self, size, qinputs: list[np.ndarray], threads: int | None = None) -> list[np.ndarray]:
+        if threads is not None and getattr(self._local, "threads", None) != threads:
+            self._config_threads(0, threads)  # this worker thread's TVM pool
+            self._local.threads = threads
         result = self._vm(size)["main"](*[self._tensor(np.require(q, requirements="C"), self._dev) for q in qinputs])
         return [r.numpy() for r in ([result] if len(self.outputs) == 1 else list(result))]
 
@@ -185,16 +191,15 @@ class Model:
         return len(leads) == 1 and None not in leads
 
     def _workers(self, count: int):
-        """A pool of `count` threads (made again when `batch_workers` changes), each running TVM
-        kernels on one thread."""
+        """A pool of `count` threads (made again when `batch_workers` changes); each sets its own
+        TVM thread count per call (`_call`)."""
         with self._pool_lock:
             if self._pool is None or self._pool[0] != count:
                 from concurrent.futures import ThreadPoolExecutor
 
                 if self._pool is not None:
                     self._pool[1].shutdown(wait=False)
-                self._pool = (count, ThreadPoolExecutor(count, thread_name_prefix="intq-batch",
-                                                        initializer=self._config_threads, initargs=(0, 1)))
+                self._pool = (count, ThreadPoolExecutor(count, thread_name_prefix="intq-batch"))
             return self._pool[1]
 
     def time(self, qinputs: list[np.ndarray], repeat: int = 50, warmup: int = 3) -> np.ndarray:
