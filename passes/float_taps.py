@@ -29,7 +29,8 @@ def _dispatch(value, index):
     tap = getattr(_current, "tap", None)
     out = tap(int(index), np.from_dlpack(value)) if tap is not None else None  # a view: no copy
     # a fresh tensor either way: the VM's memory plan reuses the input's storage once this call returns
-    return value.copyto(tvm.cpu()) if out is None else tvm.runtime.tensor(np.ascontiguousarray(out))
+    # np.require, not np.ascontiguousarray: a 0-d tensor (a scalar Clip bound) must stay 0-d
+    return value.copyto(tvm.cpu()) if out is None else tvm.runtime.tensor(np.require(out, requirements="C"))
 
 
 tvm.register_global_func(TAP, _dispatch, override=True)

@@ -175,3 +175,27 @@ def test_sum_of_squares_before_a_sqrt_is_promoted(tmp_path):
     assert json.loads((art / "manifest.json").read_text())["integer_only"]
     c_wide, c_narrow = cosine(art), cosine(narrow)
     assert c_wide >= 0.995 and c_wide > c_narrow, (c_wide, c_narrow)
+
+
+def test_tap_replaces_a_0d_tensor():
+    """A tap may replace a 0-d tensor (a scalar Clip bound, a sample rate) and it stays 0-d: the
+    probe's fake quantizer made it 1-d, the VM refused it, and the measurement was skipped."""
+    import tvm
+    from tvm import relax
+
+    from passes.float_taps import TappedModel
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((), "float32"))
+    v = relax.Var("v", relax.TensorType((3,), "float32"))
+    with bb.function("main", [x, v]):
+        with bb.dataflow():
+            s = bb.emit(relax.op.multiply(x, relax.const(2.0, "float32")))
+            out = bb.emit_output(relax.op.add(v, s))
+        bb.emit_func_output(out)
+    model = TappedModel(bb.get())
+    sample = {"x": np.float32(1.25) * np.ones((), np.float32), "v": np.zeros(3, np.float32)}
+    np.testing.assert_allclose(model.run(sample)[0], [2.5, 2.5, 2.5])
+    index = model.names.index(s.name)
+    got = model.run(sample, lambda i, value: np.floor(value) if i == index else None)[0]
+    np.testing.assert_allclose(got, [2.0, 2.0, 2.0])
