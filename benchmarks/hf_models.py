@@ -269,11 +269,6 @@ class Row:
     seconds: str = ""
 
 
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    x, y = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
-    return float(x @ y / (np.linalg.norm(x) * np.linalg.norm(y) + 1e-30))
-
-
 def evaluate(arch: Arch, exporter: str, workdir: Path, calib_count: int = 4, eval_count: int = 2) -> Row:
     """Export, compile (integer-only, else --allow-float), run on held-out inputs, compare with onnxruntime."""
     import onnxruntime as ort
@@ -282,7 +277,7 @@ def evaluate(arch: Arch, exporter: str, workdir: Path, calib_count: int = 4, eva
     from frontends import CompileError
     from runtime.compiler import compile_model
 
-    from .corpus import first_unsupported
+    from .corpus import cosine, first_unsupported
 
     row = Row(arch.name, exporter)
     path = export(arch, exporter, workdir / f"{arch.name}.{exporter}.onnx")
@@ -311,7 +306,7 @@ def evaluate(arch: Arch, exporter: str, workdir: Path, calib_count: int = 4, eva
     for k in range(eval_count):
         x = sample(arch, k)
         ours = art.run(x)
-        cos += [cosine(ours[o["name"]], r) for o, r in zip(art.manifest["outputs"], session.run(None, x))]
+        cos += [cosine([ours[o["name"]]], [r]) for o, r in zip(art.manifest["outputs"], session.run(None, x))]
     row.cosine = f"{min(cos):.4f}"
     return row
 
