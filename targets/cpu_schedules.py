@@ -243,6 +243,16 @@ def _schedule_depthwise_conv(sch: s_tir.Schedule, block) -> None:
             pass
 
 
+def _annotate_read(sch: s_tir.Schedule, block, index: int, bounds) -> None:
+    """`sch.annotate_buffer_access(block, index, "read", ...)` with the region as flat [begin, end, ...]
+    bounds of the buffer's dims: TVM 0.27's wrapper wants as many ranges as the block has
+    iterators, not as the buffer has dims."""
+    from tvm.s_tir.schedule import _ffi_api
+
+    iters = [v.var for v in sch.get(block).iter_vars]
+    _ffi_api.ScheduleAnnotateBufferAccess(sch, block, index, 0, tvm.tirx.IndexMap(iters, bounds(*iters), None))
+
+
 def _schedule_flat_depthwise(sch: s_tir.Schedule, block) -> None:
     """A conv over flat rows (`depthwise.py`): parallel over output channels, 16 output lanes at
     a time with their accumulators in registers across the taps; a depthwise conv's padded rows
@@ -255,13 +265,26 @@ def _schedule_flat_depthwise(sch: s_tir.Schedule, block) -> None:
     channel = sch.fuse(*lead) if len(lead) > 1 else lead[0]
     sch.parallel(channel)
     depthwise = int(sch.get(rc).extent) == 1
-    for producer in sch.get_producers(block):  # the padded rows, row by row (no division per element)
+    pads = sch.get_producers(block)  # the padded rows (stride 2: their phases, and the padded image before)
+    pads += [image for pad in pads for image in sch.get_producers(pad)]
+    if depthwise:  # the conv reads whole padded rows (the last one in part, which made a predicate
+        # in the pad's row loop that blocked its vectorization)
+        stmt = sch.get(block)
+        index = next(i for i, r in enumerate(stmt.reads) if r.source.same_as(sch.get(pads[0]).writes[0].source))
+        extents = [int(d) for d in stmt.reads[index].source.shape]
+        _annotate_read(sch, block, index, lambda b, f, *_: [b, b + 1, f, f + 1, 0, extents[2], 0, extents[3],
+                                                             0, extents[4]])
+    for producer in pads:  # consumers first: each is computed where the next one needs it
         if depthwise:
             sch.compute_at(producer, channel)
         loops = sch.get_loops(producer)
         width = sch.get(producer).annotations.get(WIDTH)
-        if width is not None:
-            sch.split(loops[-1], [None, int(width)])
+        if width is not None:  # row by row (no division per element)
+            flat, width = loops[-1], int(width)
+            if sch.get_producers(producer):  # stride 2: both column phases of a pair of input bytes
+                sch.reorder(flat, loops[-2])
+                sch.unroll(loops[-2])
+            sch.split(flat, [None, width])
         if not depthwise:
             sch.parallel(sch.fuse(*loops[:2]))
     for consumer in epilogue:  # its reads (flat index y * Wp + x) defeat compute-at: a loop nest of its own

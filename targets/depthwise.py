@@ -49,12 +49,20 @@ def depthwise_flat_te(x: te.Tensor, w: te.Tensor, pads: tuple[int, int, int, int
     flat = -(-(rows + reach) // wq) * wq  # whole phase rows, so that the schedule splits the flat
     # index into (row, column) without a division; the discarded columns read past the image
 
-    def padded(b, ch, py, px, i):
-        y, xx = stride * (i // wq) + py - top, stride * (i % wq) + px - left
+    def padded(b, ch, y, xx):
+        y, xx = y - top, xx - left
         inside = tirx.all(y >= 0, y < int(h), xx >= 0, xx < int(wd))
         return tirx.if_then_else(inside, x[b, ch, y, xx], tirx.const(0, x.dtype))
 
-    xp = te.compute((n, c, stride, stride, flat), padded, name="dwflat_pad", attrs={WIDTH: wq})
+    if stride == 1:
+        xp = te.compute((n, c, 1, 1, flat), lambda b, ch, py, px, i: padded(b, ch, i // wq, i % wq),
+                        name="dwflat_pad", attrs={WIDTH: wq})
+    else:  # the zero-padded image first (rows of contiguous loads), then its phases: a gather
+        # without conditions, which LLVM vectorizes (a strided gather with the bounds checks
+        # did not: 2.6 ns per output, 4x the stride-1 convs, in EfficientNet-Lite0)
+        image = te.compute((n, c, stride * (flat // wq), stride * wq), padded, name="dwflat_image")
+        xp = te.compute((n, c, stride, stride, flat), lambda b, ch, py, px, i: image[
+            b, ch, stride * (i // wq) + py, stride * (i % wq) + px], name="dwflat_pad", attrs={WIDTH: wq})
     rc = te.reduce_axis((0, per_group), name="rc")
     ry, rx = te.reduce_axis((0, kh), name="ry"), te.reduce_axis((0, kw), name="rx")
     outs_per_group = o_ch // groups
