@@ -29,7 +29,8 @@ import numpy as np
 from frontends.errors import CompileError
 
 CACHE_DIR = Path.home() / ".cache" / "intq" / "latency"
-CACHE_VERSION = 2  # bumped when kernels change speed (2: CPU schedules for 4-bit kernels)
+CACHE_VERSION = 3  # bumped when kernels change speed (2: CPU schedules for 4-bit kernels; 3: x86 4-bit
+# dot-product kernels, targets/vnni_int4.py)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """The Relax compilation pipeline for CPU (LLVM) targets: TVM's default CPU pipeline plus
 the project's default schedules (`cpu_schedules.py`). On x86 with AVX512-VNNI, AVX-VNNI or
 AVX2 (`kernel_family.py`), int8 matmuls and pointwise convs become dot-product kernels first
-(`vnni_rewrite.py`); other pointwise convs are turned into matmuls so that they get the
-matmul schedule."""
+(`vnni_rewrite.py`), and so do 4-bit ones (`vnni_int4.py`); other pointwise convs are turned
+into matmuls so that they get the matmul schedule."""
 
 from __future__ import annotations
 
@@ -20,10 +20,11 @@ def cpu_lowering_passes(target, tune_trials: int = 0) -> list:
     from .depthwise import flat_depthwise
     from .share_kernels import dedupe_kernels, lift_scalar_constants
     from .kernel_family import kernel_family
+    from .vnni_int4 import schedule_int4_dot_kernels, use_int4_dot_kernels
     from .vnni_rewrite import use_dot_kernels
 
     family = kernel_family(target)
-    dots = [use_dot_kernels(family)] if family.dots else []
+    dots = [use_dot_kernels(family), use_int4_dot_kernels(family)] if family.dots else []
     tune = []
     if tune_trials:
         from .tuning import tune_pass
@@ -31,7 +32,7 @@ def cpu_lowering_passes(target, tune_trials: int = 0) -> list:
         tune = [tune_pass(target, tune_trials)]
     return ([patch_conv_as_matmul, flat_depthwise] + dots + [conv1x1_as_matmul] + cpu_defaults.library_dispatch_passes(target)
             + [lift_scalar_constants] + cpu_defaults.legalize_passes(target)
-            + [schedule_int_matmul_cpu, dedupe_kernels] + tune)
+            + [schedule_int4_dot_kernels, schedule_int_matmul_cpu, dedupe_kernels] + tune)
 
 
 def cpu_pipeline(target: tvm.target.Target, tune_trials: int = 0):

@@ -1,10 +1,14 @@
 """4-bit weights: packing, the packed conv2d/matmul kernels bit-exact against their NumPy
-references (x86), the rewrite (a half-size uint8 constant, no int8 copy, in the compiled
-library too), and the 4-bit small CNN on the cross targets (riscv run under qemu)."""
+references (x86), the x86 dot-product kernels that unpack the nibbles in registers
+(targets/vnni_int4.py) on every kernel family this CPU runs, the rewrite (a half-size uint8
+constant, no int8 copy, in the compiled library too), and the 4-bit small CNN on the cross
+targets (riscv run under qemu)."""
 
 from __future__ import annotations
 
+import re
 import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -17,8 +21,11 @@ from passes.lowering import emit, int4
 from passes.reference.int4 import (
     conv2d_int4_acc,
     matmul_int4_acc,
+    matmul_int4_tiles_acc,
     pack_int4,
+    pack_int4_tiles,
     unpack_int4,
+    unpack_int4_tiles,
 )
 
 rng = np.random.default_rng(7)
@@ -64,6 +71,22 @@ def test_pack_layout_low_nibble_first():
     np.testing.assert_array_equal(pack_int4(np.array([1, -1, -8, 7, 3])), [0xF1, 0x78, 0x03])
     with pytest.raises(ValueError, match="outside"):
         pack_int4(np.array([8]))
+
+
+@pytest.mark.parametrize("lanes,k", [(16, 4), (8, 4), (8, 2), (1, 4)])
+def test_tile_layout_round_trip(lanes, k):
+    """Two k-steps per byte vector: step 2t in the low nibbles, step 2t + 1 in the high ones."""
+    q = _w4((2 * lanes, 6 * k))
+    tiles = pack_int4_tiles(q, lanes, k)
+    assert tiles.shape == (2, 3, lanes, k) and tiles.dtype == np.uint8
+    np.testing.assert_array_equal(unpack_int4_tiles(tiles), q)
+    v, t, lane, j = 1, 2, lanes - 1, k - 1
+    n, c = v * lanes + lane, 2 * t * k + j
+    assert int(tiles[v, t, lane, j]) == (int(q[n, c]) & 15) | (int(q[n, c + k]) & 15) << 4
+    x = _x((3, 6 * k), "uint8")
+    np.testing.assert_array_equal(matmul_int4_tiles_acc(x, tiles), matmul_int4_acc(x, pack_int4(q.T), q.T.shape))
+    with pytest.raises(ValueError, match="tiles"):
+        pack_int4_tiles(q[:, :k], lanes, k)
 
 
 def test_reference_against_float():
@@ -147,6 +170,107 @@ def test_int4_with_fused_requantization_bit_exact():
     got = run_relax(lambda v: emit.requantize(int4.matmul_int4(_bb(), v, wm), m, s, -128, 127, "int8"), [xm])
     np.testing.assert_array_equal(got, ref.requantize(matmul_int4_acc(xm, pack_int4(wm), wm.shape), m, s, -128,
                                                       127, "int8"))
+
+
+# ---------------------------------------------------------------- x86 dot-product kernels
+
+V3, V3_VNNI, V4, V4_VNNI = "x86-64-v3", "x86-64-v3+avxvnni", "x86-64-v4", "x86-64-v4+avx512vnni"
+
+
+def _fleet_build(build, inputs, cpu, tmp_path):
+    """Compile `build(*inputs)` for the fleet `cpu`, run it here: (output, {function: disassembly})."""
+    import tvm
+    from conftest import relax_main
+
+    from targets import get_target
+    from targets.x86 import missing_features
+
+    spec = get_target("x86", cpu=cpu)
+    if missing_features(spec.features):
+        pytest.skip(f"this CPU cannot run {cpu} code")
+    target = spec.target()
+    ex = tvm.compile(relax_main(build, inputs), target=target, relax_pipeline=spec.relax_pipeline(target))
+    lib = tmp_path / "lib.so"
+    ex.export_library(str(lib))
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib)), tvm.cpu())
+    out = vm["main"](*[tvm.runtime.tensor(a) for a in inputs]).numpy()
+    asm = subprocess.run(["objdump", "-d", "--no-show-raw-insn", str(lib)], capture_output=True, text=True).stdout
+    return out, dict(re.findall(r"<(\w+)>:\n(.*?)(?=\n\n|\Z)", asm, re.S))
+
+
+def _uses(functions, kernel: str, op: str, register: str) -> bool:
+    return any(re.search(rf"\b{op}\b[^\n]*%{register}", text) for name, text in functions.items() if kernel in name)
+
+
+# (fleet, dot-product instruction, register, recipe prefix)
+FLEETS = [(V4_VNNI, "vpdpbusd", "zmm", "vnni"), (V3_VNNI, "vpdpbusd", "ymm", "avxvnni"),
+          (V4, "vpmaddwd", "zmm", "maddwd512"), (V3, "vpmaddwd", "ymm", "maddwd")]
+KERNELS = [  # (kind, shape, x dtype, kernel)
+    ("dense", (1, 384, 96), "int8", "dense4"),  # batch 1
+    ("dense", (12, 64, 48), "uint8", "dense4"),  # several row tiles; N padded to whole vectors
+    ("conv", (32, 28, 28, 48), "uint8", "conv_lanes_pixels4"),  # big image: lanes over pixels
+    ("conv", (40, 7, 7, 64), "int8", "conv_lanes_out4"),  # small image: lanes over output channels
+]
+
+
+def _case4(kind, shape, x_dtype, w=None):
+    if kind == "dense":
+        m, k, n = shape
+        x, w = _x((m, k), x_dtype), _w4((k, n)) if w is None else w
+        return (lambda v: int4.matmul_int4(_bb(), v, w)), x, matmul_int4_acc(x, pack_int4(w), w.shape)
+    c, h, wd, o = shape
+    x, w = _x((1, c, h, wd), x_dtype), _w4((o, c, 1, 1)) if w is None else w
+    return (lambda v: int4.conv2d_int4(_bb(), v, w, _Conv())), x, conv2d_int4_acc(x, pack_int4(w), w.shape)
+
+
+@pytest.mark.parametrize("kind,shape,x_dtype,kernel", KERNELS)
+@pytest.mark.parametrize("cpu,op,register,recipe", FLEETS)
+def test_int4_dot_kernels_bit_exact(cpu, op, register, recipe, kind, shape, x_dtype, kernel, tmp_path):
+    """Each family's 4-bit kernel equals the reference and runs the family's dot product on
+    the family's registers (no zmm in an x86-64-v3 build)."""
+    build, x, want = _case4(kind, shape, x_dtype)
+    got, functions = _fleet_build(build, [x], cpu, tmp_path)
+    np.testing.assert_array_equal(got, want)
+    assert _uses(functions, f"{recipe}_{kernel}", op, register), sorted(functions)
+    assert not any("int4_matmul" in name or "int4_conv2d" in name for name in functions)
+    if cpu.startswith(V3):
+        assert not any("zmm" in text for text in functions.values())
+
+
+@pytest.mark.parametrize("x_dtype", ["uint8", "int8"])
+def test_int4_dot_kernels_worst_case(x_dtype, tmp_path):
+    """Activations at both extremes, weights -8 and 7: the x16 accumulator at its largest;
+    weights in [-4, 4] pass vpmaddubsw's proof on AVX2 (16 * 8 * 255 = 32640) and take it."""
+    lo, hi = ref.kernels.INT_RANGE[x_dtype]
+    x = np.full((4, 512), hi, x_dtype)
+    x[1::2] = lo
+    extreme = np.where(rng.random((512, 32)) < 0.5, -8, 7).astype(np.int8)
+    extreme[:, 0], extreme[:, 1] = -8, 7
+    small = rng.integers(-4, 5, (512, 32)).astype(np.int8)
+    want = np.concatenate([matmul_int4_acc(x, pack_int4(w), w.shape) for w in (extreme, small)], -1)
+    from tvm.relax.op import concat
+
+    build = lambda v: concat([int4.matmul_int4(_bb(), v, extreme), int4.matmul_int4(_bb(), v, small)], axis=-1)
+    for cpu in (V4_VNNI, V3):
+        try:
+            got, functions = _fleet_build(build, [x], cpu, tmp_path)
+        except pytest.skip.Exception:
+            continue
+        np.testing.assert_array_equal(got, want)
+        if cpu == V3:
+            assert _uses(functions, "maddubs_dense4", "vpmaddubsw", "ymm")
+            assert _uses(functions, "maddwd_dense4", "vpmaddwd", "ymm")
+
+
+def test_int4_dot_kernel_limits():
+    """The x16 accumulator bound (16 * K * 255 * 8 < 2^31) and the shapes left to the plain
+    4-bit kernels: K not a multiple of two k-steps, or too long for the bound."""
+    from targets.vnni_int4 import x16_safe
+
+    assert x16_safe(65793, 255) and not x16_safe(65794, 255)
+    x, w = _x((2, 36), "int8"), _w4((36, 32))  # 36 = 4 * 9: whole k-steps, not whole pairs of them
+    got = run_relax(lambda v: int4.matmul_int4(_bb(), v, w), [x])
+    np.testing.assert_array_equal(got, matmul_int4_acc(x, pack_int4(w), w.shape))
 
 
 # ---------------------------------------------------------------- the rewrite and its storage

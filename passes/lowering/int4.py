@@ -12,7 +12,10 @@ so each kernel is one TE compute that reads its nibble in the reduction:
 
 Plain TE (no schedule): it lowers on every target; the blocks are named `int4_conv2d`
 (after an `int4_pad` block when the conv pads) and `int4_matmul`, which no int8 schedule
-matches. Integer sums are exact in any order: the result equals the NumPy reference.
+matches. Each PrimFunc carries its op and geometry as the attribute `intq.int4`, from which
+the x86 rewrite (`targets/vnni_int4.py`) replaces it with a dot-product kernel that unpacks
+the nibbles in registers (its own 4-bit tile layout). Integer sums are exact in any order:
+the result equals the NumPy reference.
 Overflow: |acc| <= K * 255 * 8 < 2^31, checked by the caller (`linear.py`).
 """
 
@@ -60,11 +63,16 @@ def conv2d_int4(bb: relax.BlockBuilder, x: relax.Expr, w_q: np.ndarray, attrs) -
     """int8/uint8 x packed int4 conv2d (NCHW/OIHW), int32 accumulation, the float conv's geometry."""
     packed = relax.const(pack_int4(w_q), "uint8")
     ints = lambda v: tuple(int(i) for i in v)
+    geometry = {"op": "conv2d", "weight_shape": list(w_q.shape), "strides": list(ints(attrs.strides)),
+                "padding": list(ints(attrs.padding)), "dilation": list(ints(attrs.dilation)),
+                "groups": int(attrs.groups)}
     return bb.call_te(_conv2d_te, x, packed, tuple(w_q.shape), ints(attrs.strides), ints(attrs.padding),
-                      ints(attrs.dilation), int(attrs.groups), primfunc_name_hint="int4_conv2d")
+                      ints(attrs.dilation), int(attrs.groups), primfunc_name_hint="int4_conv2d",
+                      primfunc_attrs={"intq.int4": geometry})
 
 
 def matmul_int4(bb: relax.BlockBuilder, x: relax.Expr, w_q: np.ndarray) -> relax.Expr:
     """int8/uint8 [..., K] x packed int4 [K, N] matmul, int32 accumulation."""
     packed = relax.const(pack_int4(w_q), "uint8")
-    return bb.call_te(_matmul_te, x, packed, tuple(w_q.shape), primfunc_name_hint="int4_matmul")
+    return bb.call_te(_matmul_te, x, packed, tuple(w_q.shape), primfunc_name_hint="int4_matmul",
+                      primfunc_attrs={"intq.int4": {"op": "matmul", "weight_shape": list(w_q.shape)}})
