@@ -2,7 +2,8 @@
 
 Steps: load and check the file, fix dynamic input dimensions, let onnxruntime's basic
 graph optimizer fold the shape arithmetic TVM's importer cannot take (DESIGN.md
-section 3), unroll LSTM/GRU/RNN (`onnx_rnn.py`), decompose Attention (`onnx_attention.py`), refuse
+section 3), unroll LSTM/GRU/RNN (`onnx_rnn.py`), decompose Attention (`onnx_attention.py`), expand
+function ops TVM's importer lacks into their schema bodies (`onnx_functions.py`), refuse
 control flow and ops the integer path lacks (every node at once), then import with
 `tvm.relax.frontend.onnx.from_onnx`.
 """
@@ -23,6 +24,7 @@ from .errors import CompileError, UnsupportedModelError
 from .onnx_attention import decompose_attention
 from .resize_layout import resize_to_nchw
 from .onnx_einsum import einsum_to_matmul
+from .onnx_functions import expand_functions
 from .onnx_if import select_ifs
 from .onnx_legacy import legacy_forms_to_tvm_forms
 from .onnx_rnn import unroll_lstms
@@ -145,6 +147,9 @@ def load_onnx(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]] 
         model = onnx.shape_inference.infer_shapes(model)
     unroll_lstms(model)
     decompose_attention(model)  # opset 23's Attention op -> MatMul/Softmax (onnx_attention.py)
+    expanded = expand_functions(model, path)  # function ops TVM lacks -> their schema bodies (onnx_functions.py)
+    if expanded is not None:
+        model = _basic_optimize(expanded, path)  # fold the bodies' shape arithmetic
     _scalars_to_constants(model)
     resize_to_nchw(model, path)  # before the op check: NHWC Resizes become NCHW ones
     _check_supported(model, path, allow_unsupported)

@@ -87,3 +87,54 @@ def test_decomposed_attention_compiles_integer_only(tmp_path):
     ours, ref = art.run(feeds)["y"], _run(model, feeds)
     cos = float((ours * ref).sum() / (np.linalg.norm(ours) * np.linalg.norm(ref)))
     assert cos >= 0.99, cos
+
+
+def _compile_and_compare(tmp_path, model, feeds_fn, output="y"):
+    from runtime import compile_model, load
+
+    onnx.save(model, tmp_path / "m.onnx")
+    samples = [feeds_fn(model, seed) for seed in range(8)]
+    np.savez(tmp_path / "calib.npz", **{k: np.stack([s[k] for s in samples]) for k in samples[0]})
+    art = load(compile_model(tmp_path / "m.onnx", "x86", tmp_path / "a", calib=tmp_path / "calib.npz",
+                             progress=False))
+    feeds = feeds_fn(model, 99)
+    ours = art.run(feeds)[output]
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run([output], feeds)[0]
+    return art, float((ours * ref).sum() / (np.linalg.norm(ours) * np.linalg.norm(ref)))
+
+
+@pytest.mark.parametrize("attrs", [{"is_causal": 1}, {"softcap": 3.0}, {"is_causal": 1, "q_num_heads": 4,
+                                                                         "kv_num_heads": 2}])
+def test_other_attention_forms_expand_to_integers(tmp_path, attrs):
+    """Causal, soft-capped and grouped-query Attention (which the decomposition leaves alone) are expanded
+    into the op's ONNX definition (frontends/onnx_functions.py): the causal mask becomes a constant with
+    -inf above the diagonal, which the softmax takes as masked logits; integer-only, close to onnxruntime."""
+    if "q_num_heads" in attrs:  # grouped-query: 4 query heads share 2 key/value heads ([B, S, H*D] inputs)
+        names = ["q", "k", "v"]
+        inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [B, S, h * D]) for n, h in zip(names, (4, 2, 2))]
+        graph = helper.make_graph([helper.make_node("Attention", names, ["y"], name="att", **attrs)], "g", inputs,
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [B, S, 4 * D])])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])
+        model.ir_version = 10
+    else:
+        model = _model(4, None, **attrs)
+    art, cos = _compile_and_compare(tmp_path, model, _feeds)
+    assert art.manifest["integer_only"] is True
+    assert cos >= 0.99, cos
+
+
+@pytest.mark.parametrize("op,attrs,opset", [("Celu", {"alpha": 0.7}, 13), ("Swish", {"alpha": 1.5}, 24)])
+def test_function_ops_tvm_lacks_are_expanded(tmp_path, op, attrs, opset):
+    """Ops TVM's importer has no converter for but ONNX defines as a function compile integer-only."""
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])]
+    graph = helper.make_graph([helper.make_node(op, ["x"], ["y"], **attrs)], "g", inputs,
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 10
+
+    def feeds(_, seed):
+        return {"x": np.random.default_rng(seed).uniform(-4, 4, (1, 64)).astype(np.float32)}
+
+    art, cos = _compile_and_compare(tmp_path, model, feeds)
+    assert art.manifest["integer_only"] is True
+    assert cos >= 0.999, cos

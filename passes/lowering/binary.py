@@ -77,6 +77,8 @@ def lower_compare(ctx, call, args):
 def lower_where_values(ctx, call, args):
     """where(mask, a, b) with activation or constant branches (the mask an exact bool tensor)."""
     cond, a, b = args
+    if isinstance(cond, np.ndarray) and cond.dtype.kind in "biu":  # a mask known at compile time
+        cond = IntTensor(emit.const(cond, cond.dtype.name))
     if not isinstance(cond, IntTensor):
         ctx.fail("where's condition must be a bool mask (a compare or an integer input)")
     keep = cond.expr if str(cond.expr.ty.dtype) == "bool" else ctx.emit(

@@ -24,7 +24,7 @@ from tvm import relax
 
 from ..reference.kernels import INT_RANGE
 from . import binary, emit
-from .embedding import mask_penalty
+from .embedding import MASK_THRESHOLD, mask_penalty
 from .layout import _per_tensor
 from .registry import lowers
 from .values import Accumulator, MaskedLogits, MaskPenalty, Quantized
@@ -78,12 +78,28 @@ def _requantized_acc(ctx, q: Quantized) -> Accumulator:
     return Accumulator(ctx.emit(R.astype(q.expr, "int32")), np.asarray(q.scale), None, (-amax, amax))
 
 
+def _constant_mask(c) -> MaskPenalty | None:
+    """A constant additive mask (a causal mask: -inf or -huge above the diagonal, 0 or a finite bias
+    elsewhere) as a MaskPenalty, so that the logits it is added to become MaskedLogits."""
+    if not (isinstance(c, np.ndarray) and np.issubdtype(c.dtype, np.floating) and c.size > 1):
+        return None
+    keep = c > MASK_THRESHOLD
+    if keep.all() or not keep.any() or not np.isfinite(c[keep]).all():
+        return None
+    bias = np.where(keep, c, 0.0).astype(np.float32)
+    return MaskPenalty(emit.const(keep, "bool"), bias=bias if bias.any() else None)
+
+
 @lowers("relax.add", "relax.subtract")
 def lower_add(ctx, call, args):
     op = call.op.name[len("relax."):]
     a, b = args
+    if op == "add" and not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)):
+        a, b = (_constant_mask(v) or v for v in (a, b))
     if op == "add" and (isinstance(a, MaskPenalty) or isinstance(b, MaskPenalty)):  # logits + additive mask
         logits, mask = (b, a) if isinstance(a, MaskPenalty) else (a, b)
+        if isinstance(logits, np.ndarray):  # a constant plus a mask: still a mask, with that bias
+            return replace(mask, bias=logits if mask.bias is None else logits + mask.bias)
         if mask.bias is not None:
             logits = _add_mask_bias(ctx, logits, mask.bias)
         return MaskedLogits(logits, mask.keep)

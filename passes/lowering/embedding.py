@@ -129,9 +129,12 @@ def _constant_choice(call, args):
     it already has the output's shape: torch SDPA's guard `where(isnan(softmax), 0, softmax)` (isnan
     of integers is all false) keeps Shiftmax's unsigned output for the attention-value matmul."""
     cond = args[0]
-    if not (isinstance(cond, IntTensor) and isinstance(cond.expr, tvm.ir.GenericConst)):
+    if isinstance(cond, np.ndarray):
+        mask = cond
+    elif isinstance(cond, IntTensor) and isinstance(cond.expr, tvm.ir.GenericConst):
+        mask = cond.expr.value.numpy()
+    else:
         return None
-    mask = cond.expr.value.numpy()
     if not (mask.all() or not mask.any()):
         return None
     k = 1 if mask.all() else 2

@@ -23,7 +23,7 @@ from tvm import relax
 
 from ..reference.kernels import INT_RANGE
 from .context import activation_scale
-from .values import Accumulator, ChannelQuantized, IntTensor, MaskPenalty, Quantized
+from .values import Accumulator, ChannelQuantized, IntTensor, MaskedLogits, MaskPenalty, Quantized
 
 R = relax.op
 MASK_FLOAT = -1e9  # an additive attention mask in float: large enough for softmax, finite in float16 sums too
@@ -56,6 +56,8 @@ def to_float(ctx, value, like: relax.Expr | None = None) -> relax.Expr:
     if isinstance(value, MaskPenalty):
         kept = relax.const(0.0, dtype) if value.bias is None else relax.const(value.bias.astype(dtype))
         return R.where(value.keep, kept, relax.const(MASK_FLOAT, dtype))
+    if isinstance(value, MaskedLogits):
+        return R.where(value.keep, to_float(ctx, value.logits, like), relax.const(MASK_FLOAT, dtype))
     if isinstance(value, relax.Expr):
         return value  # shapes and prim values
     if isinstance(value, Accumulator):  # int32 at full precision: no 8-bit requantization on the way to float
