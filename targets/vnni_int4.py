@@ -195,20 +195,68 @@ def conv_lanes_pixels4_te(xp: te.Tensor, w4: te.Tensor, h: int, w: int, corr: te
     return _unpacked(acc, corr, 1, dot)
 
 
+# Staged form: where one weight block serves several row tiles (a conv's pixels, a matmul's rows),
+# the 4-bit block is unpacked once into an int8 buffer of 16 * w that stays in L1 (a stage of the
+# kernel, computed per weight block), and the 8-bit kernel (vnni.py) runs on it: the unpacking
+# costs once per block instead of once per row tile.
+UNPACK = "unpack4"
+
+
+def _w16_int8(byte, high):
+    """int8(byte << 4) (low nibble) or int8(byte & 0xF0) (high nibble: `high` true)."""
+    four, mask = tvm.tirx.const(4, "uint8"), tvm.tirx.const(0xF0, "uint8")
+    return tvm.tirx.Select(high, byte & mask, byte << four).astype("int8")
+
+
+def unpack_te(tiles: te.Tensor, dot: str) -> te.Tensor:
+    """[N/L, K/2k, L, k] 4-bit tiles -> [N/L, K/k, L, k] int8 (16 * w): the 8-bit kernels' layout."""
+    v, steps, lanes, kk = (int(d) for d in tiles.shape)
+    return te.compute((v, 2 * steps, lanes, kk), lambda i, s, l, j: _w16_int8(tiles[i, s // 2, l, j], s % 2 == 1),
+                      name=f"{dot}_{UNPACK}")
+
+
+def unpack_rows_te(w4: te.Tensor, dot: str) -> te.Tensor:
+    """[O, C/2k, k] 4-bit weight rows -> [O, C] int8 (16 * w)."""
+    o, steps, kk = (int(d) for d in w4.shape)
+    return te.compute((o, 2 * steps * kk), lambda i, c: _w16_int8(w4[i, c // (2 * kk), c % kk], c // kk % 2 == 1),
+                      name=f"{dot}_{UNPACK}")
+
+
+def dense4_staged_te(a, tiles, corr=None, dot: str = "vnni"):
+    return _unpacked(vnni.dense_te(a, unpack_te(tiles, dot), None, dot), corr, len(a.shape) - 1, dot)
+
+
+def conv_lanes_out4_staged_te(xt, tiles, h: int, w: int, corr=None, dot: str = "vnni"):
+    return _unpacked(vnni.conv_lanes_out_te(xt, unpack_te(tiles, dot), h, w, None, dot), corr, 1, dot)
+
+
+def conv_lanes_pixels4_staged_te(xp, w4, h: int, w: int, corr=None, dot: str = "vnni"):
+    return _unpacked(vnni.conv_lanes_pixels_te(xp, unpack_rows_te(w4, dot), h, w, None, dot), corr, 1, dot)
+
+
 # -- the schedule (vnni.schedule with the reduction split as steps x 2 halves x k) -----------------
 
 def int4_block(sch: s_tir.Schedule):
-    """(block, recipe, kind) of a 4-bit dot-product compute in a (fused) PrimFunc, or None."""
-    for block in sch.get_child_blocks(sch.get_sblock("root")):
+    """(block, recipe, kind) of a 4-bit dot-product compute in a (fused) PrimFunc, or None; a
+    staged one's kind is the 8-bit kernel's, its block the unpack stage."""
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    for i, block in enumerate(blocks):
         prefix, _, kind = sch.get(block).name_hint.partition("_")
         if prefix in DOTS and kind in _KINDS:
             return block, DOTS[prefix], kind
+        if prefix in DOTS and kind == UNPACK and i + 1 < len(blocks):
+            main = sch.get(blocks[i + 1]).name_hint.partition("_")[2]
+            if main in (vnni.DENSE, vnni.CONV_LANES_OUT, vnni.CONV_LANES_PIXELS):
+                return block, DOTS[prefix], main
     return None
 
 
 def schedule(sch: s_tir.Schedule, block, dot: Dot, kind: str) -> None:
     """Tile, cache the accumulators in registers, tensorize two k-steps at a time, parallelize;
     the fused epilogue (>> 4, requantization) computed tile by tile."""
+    if kind not in _KINDS:
+        _schedule_staged(sch, block, dot, kind)
+        return
     bcast_a, bcast_b = intrinsic_names(dot)
     epilogue = inline_epilogue(sch, f"{dot.name}_{kind}")
     shape = [static_factor(sch.get(loop).extent) for loop in sch.get_loops(block)]
@@ -216,6 +264,10 @@ def schedule(sch: s_tir.Schedule, block, dot: Dot, kind: str) -> None:
         loops = sch.get_loops(block)
         outer, (row, lane, t, k) = list(loops[:-4]), loops[-4:]
         tile, intrin, local_map = vnni.dense_tile(shape[-4], shape[-3], dot), bcast_a, None
+        if tile[0] == 1:  # one row: up to 8 (zmm) or 4 (ymm) vectors of accumulators, so that the
+            # dependent vpdpbusd chains of the two k-steps overlap (1x384 @ 384x1536: 1.15x -> 1.03x of 8-bit)
+            most = 8 if dot.registers == 32 else 4
+            tile = (1, next(v for v in range(most, 0, -1) if (shape[-3] // dot.lanes) % v == 0))
     else:
         _, o_n, h, w, *_ = shape
         sch.transform_block_layout(block, lambda n, j, y, x, t, c: (n, j, y * w + x, t, c))
@@ -253,6 +305,76 @@ def schedule(sch: s_tir.Schedule, block, dot: Dot, kind: str) -> None:
             sch.vectorize(inner)
 
 
+def _schedule_staged(sch: s_tir.Schedule, unpack, dot: Dot, kind: str) -> None:
+    """The 8-bit kernel's tiles (vnni.schedule), with the loop over weight blocks outermost and
+    parallel, the block's unpack stage computed at it (int8 in L1), the row tiles inside."""
+    bcast_a, bcast_b = vnni.intrinsic_names(dot)
+    block = sch.get_consumers(unpack)[0]
+    epilogue = inline_epilogue(sch, f"{dot.name}_{kind}")
+    shape = [static_factor(sch.get(loop).extent) for loop in sch.get_loops(block)]
+    if kind == vnni.DENSE:
+        loops = sch.get_loops(block)
+        outer, (row, lane, k) = list(loops[:-3]), loops[-3:]
+        tile, intrin, local_map = vnni.dense_tile(shape[-3], shape[-2], dot), bcast_a, None
+    else:
+        _, o_n, h, w, _ = shape
+        sch.transform_block_layout(block, lambda n, j, y, x, c: (n, j, y * w + x, c))
+        b, o, pixels, k = sch.get_loops(block)
+        outer, tile = [b], vnni.conv_tile(kind, o_n, h, w, dot)
+        single = isinstance(sch.get(b).extent, tvm.tirx.IntImm) and int(sch.get(b).extent) == 1
+        keep = (lambda n: ()) if single else (lambda n: (n,))
+        if kind == vnni.CONV_LANES_OUT:
+            row, lane, intrin = pixels, o, bcast_a
+            local_map = lambda n, j, yy, xx: (*keep(n), yy * w + xx, j)
+        else:
+            row, lane, intrin = o, pixels, bcast_b
+            local_map = lambda n, j, yy, xx: (*keep(n), j, yy * w + xx)
+    rows, vectors = tile
+    ro, ri = sch.split(row, [None, rows])
+    lo, lt, ll = sch.split(lane, [None, vectors, dot.lanes])
+    ko, kl = sch.split(k, [None, dot.k])
+    if kind == vnni.CONV_LANES_PIXELS:  # the weights follow the rows (output channels)
+        sch.reorder(ro, lo, ko, ri, lt, ll, kl)
+        weights, tiles = sch.fuse(*outer, ro), lo
+    else:  # the weights follow the lanes
+        sch.reorder(lo, ro, ko, ri, lt, ll, kl)
+        weights, tiles = sch.fuse(*outer, lo), ro
+    sch.parallel(weights)
+    acc = sch.cache_write(block, 0, "local")
+    if local_map is not None:
+        sch.transform_layout(block, ("write", 0), local_map)
+    sch.reverse_compute_at(acc, tiles)
+    for consumer in epilogue:
+        sch.reverse_compute_at(consumer, tiles)
+    sch.compute_at(unpack, weights)
+    if kind == vnni.CONV_LANES_OUT:  # measured: a block-sized buffer per weight block pays here
+        sch.set_scope(unpack, 0, "local")  # (1.16-1.19x of 8-bit -> 1.00-1.08x), not for the others
+    init = sch.decompose_reduction(block, ko)
+    sch.unroll(ri)
+    sch.unroll(lt)
+    sch.tensorize(ll, intrin)
+    sch.vectorize(sch.get_loops(init)[-1])
+    for stage in [acc, *epilogue]:
+        inner = sch.get_loops(stage)[-1]
+        if static_factor(sch.get(inner).extent) % dot.lanes == 0:
+            sch.vectorize(inner)
+    _schedule_unpack(sch, unpack, dot, kind == vnni.CONV_LANES_PIXELS)
+
+
+def _schedule_unpack(sch: s_tir.Schedule, unpack, dot: Dot, rows: bool) -> None:
+    """The unpack stage: the two halves of a byte unrolled (no select), the bytes vectorized."""
+    if rows:  # [O, C]: c = (t, half, j)
+        *_, c = sch.get_loops(unpack)
+        _, half, j = sch.split(c, [None, 2, dot.k])
+        sch.unroll(half)
+        sch.vectorize(j)
+        return
+    *_, s, lane, j = sch.get_loops(unpack)  # [V, 2T, L, k]
+    _, half = sch.split(s, [None, 2])
+    sch.vectorize(sch.fuse(lane, j))
+    sch.unroll(half)
+
+
 @tvm.transform.module_pass(opt_level=0, name="ScheduleInt4DotKernels")
 def schedule_int4_dot_kernels(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     """Schedule every (fused) PrimFunc that holds a 4-bit dot-product block; runs before the
@@ -277,6 +399,12 @@ def schedule_int4_dot_kernels(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
 def x16_safe(k: int, a_max: int) -> bool:
     """The x16 accumulator of a reduction of length k over activations up to a_max fits int32."""
     return k * a_max * 8 * 16 < 2**31
+
+
+def staged(uses, per_tile) -> bool:
+    """Unpack into an int8 stage when a weight block serves several tiles (`uses` rows or pixels,
+    `per_tile` of them per tile; a symbolic batch counts as several), else in registers."""
+    return not isinstance(uses, int) or uses > per_tile
 
 
 @mutator
@@ -341,7 +469,9 @@ class _Rewriter(PyExprMutator):
         a = self._prepared(x, dot)
         if rows != x_shape[-2]:
             a = self.builder_.emit(vnni.pad_rows(a, rows - x_shape[-2]))
-        out = self._kernel(dense4_te, dot, x, a, pack_int4_tiles(w_pad.T, dot.lanes, dot.k),
+        tile = vnni.dense_tile(static_factor(rows), whole(dot), dot)
+        compute = dense4_staged_te if staged(rows, tile[0]) else dense4_te
+        out = self._kernel(compute, dot, x, a, pack_int4_tiles(w_pad.T, dot.lanes, dot.k),
                            w_pad.astype(np.int64).sum(0))
         return vnni.slice_back(self.builder_, out, x_shape[-2], rows, n, whole(dot))
 
@@ -361,12 +491,16 @@ class _Rewriter(PyExprMutator):
             xp = relax.op.permute_dims(relax.op.reshape(self._prepared(x, dot), [*lead, c // kk, kk, h * wd]),
                                        [*range(len(lead)), len(lead), len(lead) + 2, len(lead) + 1])
             w4 = pack_int4_tiles(w2, 1, kk).reshape(o, c // (2 * kk), kk)
-            return self._kernel(conv_lanes_pixels4_te, dot, x, xp, w4, w_sum, h, wd)
+            lanes = vnni.conv_tile(vnni.CONV_LANES_PIXELS, o, h, wd, dot)[1] * dot.lanes
+            compute = conv_lanes_pixels4_staged_te if staged(h * wd, lanes) else conv_lanes_pixels4_te
+            return self._kernel(compute, dot, x, xp, w4, w_sum, h, wd)
         dot = self._dot(w2, lambda d: vnni.conv_tile(vnni.CONV_LANES_OUT, o, h, wd, d) is not None)
         if dot is not None:
             xt = relax.op.permute_dims(relax.op.reshape(self._prepared(x, dot), [*lead, c, h * wd]),
                                        [*range(len(lead)), len(lead) + 1, len(lead)])
-            return self._kernel(conv_lanes_out4_te, dot, x, xt, pack_int4_tiles(w2, dot.lanes, dot.k), w_sum, h, wd)
+            rows = vnni.conv_tile(vnni.CONV_LANES_OUT, o, h, wd, dot)[0]
+            compute = conv_lanes_out4_staged_te if staged(h * wd, rows) else conv_lanes_out4_te
+            return self._kernel(compute, dot, x, xt, pack_int4_tiles(w2, dot.lanes, dot.k), w_sum, h, wd)
         return None
 
 

@@ -199,17 +199,20 @@ def _fleet_build(build, inputs, cpu, tmp_path):
 
 
 def _uses(functions, kernel: str, op: str, register: str) -> bool:
-    return any(re.search(rf"\b{op}\b[^\n]*%{register}", text) for name, text in functions.items() if kernel in name)
+    """Function `kernel`_compute_ (the kernel's body) runs `op` on `register`s."""
+    return any(re.search(rf"\b{op}\b[^\n]*%{register}", text) for name, text in functions.items()
+               if name.startswith(f"{kernel}_compute"))
 
 
 # (fleet, dot-product instruction, register, recipe prefix)
 FLEETS = [(V4_VNNI, "vpdpbusd", "zmm", "vnni"), (V3_VNNI, "vpdpbusd", "ymm", "avxvnni"),
           (V4, "vpmaddwd", "zmm", "maddwd512"), (V3, "vpmaddwd", "ymm", "maddwd")]
-KERNELS = [  # (kind, shape, x dtype, kernel)
-    ("dense", (1, 384, 96), "int8", "dense4"),  # batch 1
-    ("dense", (12, 64, 48), "uint8", "dense4"),  # several row tiles; N padded to whole vectors
-    ("conv", (32, 28, 28, 48), "uint8", "conv_lanes_pixels4"),  # big image: lanes over pixels
-    ("conv", (40, 7, 7, 64), "int8", "conv_lanes_out4"),  # small image: lanes over output channels
+KERNELS = [  # (kind, shape, x dtype, kernel): unpacked in registers, or once per weight block ("staged")
+    ("dense", (1, 384, 96), "int8", "dense4"),  # batch 1: each weight is used once
+    ("dense", (12, 64, 48), "uint8", "dense4_staged"),  # several row tiles; N padded to whole vectors
+    ("conv", (32, 28, 28, 48), "uint8", "conv_lanes_pixels4_staged"),  # big image: lanes over pixels
+    ("conv", (40, 7, 7, 64), "int8", "conv_lanes_out4_staged"),  # small image: lanes over output channels
+    ("conv", (64, 1, 1, 64), "int8", "conv_lanes_out4"),  # one pixel
 ]
 
 
@@ -237,12 +240,13 @@ def test_int4_dot_kernels_bit_exact(cpu, op, register, recipe, kind, shape, x_dt
         assert not any("zmm" in text for text in functions.values())
 
 
+@pytest.mark.parametrize("rows,kernel", [(4, "dense4"), (12, "dense4_staged")])
 @pytest.mark.parametrize("x_dtype", ["uint8", "int8"])
-def test_int4_dot_kernels_worst_case(x_dtype, tmp_path):
+def test_int4_dot_kernels_worst_case(x_dtype, rows, kernel, tmp_path):
     """Activations at both extremes, weights -8 and 7: the x16 accumulator at its largest;
     weights in [-4, 4] pass vpmaddubsw's proof on AVX2 (16 * 8 * 255 = 32640) and take it."""
     lo, hi = ref.kernels.INT_RANGE[x_dtype]
-    x = np.full((4, 512), hi, x_dtype)
+    x = np.full((rows, 512), hi, x_dtype)
     x[1::2] = lo
     extreme = np.where(rng.random((512, 32)) < 0.5, -8, 7).astype(np.int8)
     extreme[:, 0], extreme[:, 1] = -8, 7
@@ -258,8 +262,8 @@ def test_int4_dot_kernels_worst_case(x_dtype, tmp_path):
             continue
         np.testing.assert_array_equal(got, want)
         if cpu == V3:
-            assert _uses(functions, "maddubs_dense4", "vpmaddubsw", "ymm")
-            assert _uses(functions, "maddwd_dense4", "vpmaddwd", "ymm")
+            assert _uses(functions, f"maddubs_{kernel}", "vpmaddubsw", "ymm")
+            assert _uses(functions, f"maddwd_{kernel}", "vpmaddwd", "ymm")
 
 
 def test_int4_dot_kernel_limits():
