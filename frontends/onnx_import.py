@@ -1,6 +1,7 @@
 """ONNX file -> float Relax module with its weights kept as parameters.
 
-Steps: load and check the file, fix dynamic input dimensions, let onnxruntime's basic
+Steps: load and check the file, fix dynamic input dimensions, undo QDQ quantization
+(`onnx_qdq.py`), let onnxruntime's basic
 graph optimizer fold the shape arithmetic TVM's importer cannot take (DESIGN.md
 section 3), unroll LSTM/GRU/RNN (`onnx_rnn.py`), decompose Attention (`onnx_attention.py`), expand
 function ops TVM's importer lacks into their schema bodies (`onnx_functions.py`), refuse
@@ -27,6 +28,7 @@ from .onnx_einsum import einsum_to_matmul
 from .onnx_functions import expand_functions
 from .onnx_if import select_ifs
 from .onnx_legacy import legacy_forms_to_tvm_forms
+from .onnx_qdq import strip_qdq
 from .onnx_rnn import unroll_lstms
 
 # ONNX ops (after onnxruntime's basic clean-up) that the integer-only path lowers.
@@ -139,6 +141,7 @@ def load_onnx(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]] 
     path = Path(path)
     model = _read(path)
     _fix_input_shapes(model, bound_shapes(input_shapes), path)
+    strip_qdq(model)  # a pre-quantized (QDQ) model: its float graph, calibrated anew (onnx_qdq.py)
     model = _basic_optimize(model, path)
     legacy_forms_to_tvm_forms(model)  # Slice-1, Reshape-1, Upsample-9: the forms TVM's converters read
     if select_ifs(model):  # data-dependent If: both branches computed, then a Where
@@ -155,9 +158,10 @@ def load_onnx(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]] 
     _check_supported(model, path, allow_unsupported)
     inputs = [_spec(v, path) for v in _graph_inputs(model)]
     for spec in inputs:
-        if spec.dtype not in ("float32", "int64", "int32", "bool"):
+        if spec.dtype not in INPUT_DTYPES:
             raise UnsupportedModelError(f"{path}: input {spec.name!r} has dtype {spec.dtype}; supported: float32 "
-                                        "(quantized at the boundary) and int64/int32/bool (ids, masks: kept exact)")
+                                        "(quantized at the boundary) and integers or bool (ids, masks, 8-bit "
+                                        "images: kept exact)")
     outputs = [_spec(v, path) for v in model.graph.output]
     return ImportedModel(*_to_relax(model, path), inputs=inputs, outputs=outputs, source=str(path))
 
@@ -268,6 +272,7 @@ def _scalars_to_constants(model: onnx.ModelProto) -> None:
     model.graph.node.extend(nodes + old)
 
 
+INPUT_DTYPES = frozenset({"float32", "bool", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64"})
 CONTROL_FLOW_OPS = frozenset({"If", "Loop", "Scan"})
 
 

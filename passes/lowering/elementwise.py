@@ -27,7 +27,7 @@ from . import binary, emit
 from .embedding import MASK_THRESHOLD, mask_penalty
 from .layout import _per_tensor
 from .registry import lowers
-from .values import Accumulator, MaskedLogits, MaskPenalty, Quantized
+from .values import Accumulator, IntTensor, MaskedLogits, MaskPenalty, Quantized
 
 R = relax.op
 
@@ -160,6 +160,9 @@ def _rescaled(ctx, call, x, factor: np.ndarray):
     scales S |f| with the int32 integers multiplied by sign(f) (0 where f = 0, whose scale is
     then arbitrary: 1); a general constant tensor is quantized to int8 and multiplied in."""
     rank = len(call.ty.shape)
+    if isinstance(x, IntTensor) and str(x.expr.ty.dtype) in ("bool", "int8", "uint8", "int16", "uint16", "int32"):
+        # exact integers standing for a float (a quantized input's float(q) - zp): int32 at scale 1
+        x = Accumulator(ctx.emit(R.astype(x.expr, "int32")), np.asarray(1.0), None, ctx.out_range())
     if factor.size == 1 and float(factor.reshape(())) > 0:
         f = float(factor.reshape(()))
         if isinstance(x, Accumulator):

@@ -1,0 +1,105 @@
+"""Pre-quantized ONNX models (frontends/onnx_qdq.py): a QDQ model from onnxruntime's quantizer and a
+model whose input is already quantized compile integer-only and agree with the float model."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from frontends.onnx_qdq import strip_qdq
+
+
+def _float_cnn() -> onnx.ModelProto:
+    """conv 3x3 -> relu -> conv 1x1 -> + residual -> sigmoid; 1x8x16x16."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array((rng.standard_normal(s) * 0.3).astype(np.float32), n)
+             for n, s in (("w1", (8, 8, 3, 3)), ("b1", (8,)), ("w2", (8, 8, 1, 1)))]
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]), helper.make_node("Conv", ["r1", "w2"], ["c2"]),
+             helper.make_node("Add", ["c2", "x"], ["s"]), helper.make_node("Sigmoid", ["s"], ["y"])]
+    graph = helper.make_graph(nodes, "cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16, 16])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+def _samples(n, seed=0):
+    return np.random.default_rng(seed).standard_normal((n, 1, 8, 16, 16)).astype(np.float32)
+
+
+def _cos(a, b):
+    return float((a * b).sum() / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+@pytest.fixture(scope="module")
+def qdq_model(tmp_path_factory):
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    d = tmp_path_factory.mktemp("qdq")
+    onnx.save(_float_cnn(), d / "float.onnx")
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter({"x": x} for x in _samples(8))
+
+        def get_next(self):
+            return next(self.it, None)
+
+    quantize_static(str(d / "float.onnx"), str(d / "qdq.onnx"), Reader(), quant_format=QuantFormat.QDQ,
+                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    return d
+
+
+def test_stripped_qdq_model_keeps_the_clamps(qdq_model):
+    """The quantizer drops the ReLU (its uint8 pair clamps at 0): the stripped graph clips there, and runs
+    like the float model up to the weights' rounding."""
+    model = onnx.load(qdq_model / "qdq.onnx")
+    assert "Relu" not in {n.op_type for n in model.graph.node}
+    assert strip_qdq(model) > 0
+    ops = {n.op_type for n in model.graph.node}
+    assert not ops & {"QuantizeLinear", "DequantizeLinear"} and "Clip" in ops
+    x = _samples(1, seed=7)[0]
+    ref = ort.InferenceSession(str(qdq_model / "float.onnx")).run(None, {"x": x})[0]
+    got = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    assert _cos(got, ref) > 0.9999
+
+
+def test_qdq_model_compiles_integer_only(qdq_model, tmp_path):
+    from runtime import compile_model, load
+
+    np.savez(tmp_path / "calib.npz", x=_samples(8))
+    art = load(compile_model(qdq_model / "qdq.onnx", "x86", tmp_path / "a", calib=tmp_path / "calib.npz",
+                             progress=False))
+    assert art.manifest["integer_only"] is True
+    x = _samples(1, seed=9)[0]
+    ref = ort.InferenceSession(str(qdq_model / "float.onnx")).run(None, {"x": x})[0]
+    assert _cos(art.run({"x": x})["y"], ref) > 0.999
+
+
+def test_quantized_input_is_an_exact_integer_input(tmp_path):
+    """uint8 input -> DequantizeLinear(scale, zero point) -> conv: the input stays uint8 (kept exact) and the
+    dequantization is lowered like any float op."""
+    from runtime import compile_model, load
+
+    rng = np.random.default_rng(1)
+    inits = [numpy_helper.from_array(np.array(0.02, np.float32), "s"), numpy_helper.from_array(np.array(128, np.uint8), "z"),
+             numpy_helper.from_array((rng.standard_normal((4, 3, 3, 3)) * 0.3).astype(np.float32), "w")]
+    nodes = [helper.make_node("DequantizeLinear", ["img", "s", "z"], ["f"]),
+             helper.make_node("Conv", ["f", "w"], ["y"], pads=[1, 1, 1, 1])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("img", TensorProto.UINT8, [1, 3, 12, 12])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 12, 12])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "m.onnx")
+    imgs = rng.integers(0, 256, (8, 1, 3, 12, 12)).astype(np.uint8)
+    np.savez(tmp_path / "calib.npz", img=imgs)
+    art = load(compile_model(tmp_path / "m.onnx", "x86", tmp_path / "a", calib=tmp_path / "calib.npz",
+                             progress=False))
+    assert art.manifest["integer_only"] is True
+    assert art.manifest["inputs"][0]["dtype"] == "uint8"
+    ref = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, {"img": imgs[0]})[0]
+    assert _cos(art.run({"img": imgs[0]})["y"], ref) > 0.999
