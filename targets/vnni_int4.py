@@ -234,6 +234,24 @@ def conv_lanes_pixels4_staged_te(xp, w4, h: int, w: int, corr=None, dot: str = "
     return _unpacked(vnni.conv_lanes_pixels_te(xp, unpack_rows_te(w4, dot), h, w, None, dot), corr, 1, dot)
 
 
+def flat_conv4_te(x: te.Tensor, packed: te.Tensor, w_shape, pads, stride: int, groups: int,
+                  corr: te.Tensor | None = None) -> te.Tensor:
+    """A 4-bit depthwise conv or RGB stem over flat rows (`depthwise.depthwise_flat_te`): the
+    lowering's flat nibbles (`pack_int4`) unpacked into an int8 weight stage, which the flat-row
+    schedule (`cpu_schedules.py`) computes per channel (kh * kw values) before its taps."""
+    from .depthwise import depthwise_flat_te
+
+    o, cg, kh, kw = w_shape
+
+    def nibble(f, c, y, xx):
+        j = ((f * cg + c) * kh + y) * kw + xx
+        v = (packed[j // 2].astype("int32") >> (j % 2 * 4).astype("int32")) & 15
+        return ((v ^ 8) - 8).astype("int8")
+
+    w = te.compute((o, cg, kh, kw), nibble, name="int4_unpack")
+    return depthwise_flat_te(x, w, pads, stride, groups, corr)
+
+
 # -- the schedule (vnni.schedule with the reduction split as steps x 2 halves x k) -----------------
 
 def int4_block(sch: s_tir.Schedule):
@@ -430,8 +448,12 @@ class _Rewriter(PyExprMutator):
         x_shape = [int(d) if isinstance(d, tvm.tirx.IntImm) else d for d in shape]
         w_shape = [int(d) for d in geometry["weight_shape"]]
         w_q = unpack_int4(args[1].value.numpy(), w_shape)
-        new = (self._matmul(x, x_shape, w_q) if str(geometry["op"]) == "matmul"
-               else self._conv(x, x_shape, w_q, geometry))
+        if str(geometry["op"]) == "matmul":
+            new = self._matmul(x, x_shape, w_q)
+        else:
+            new = self._conv(x, x_shape, w_q, geometry)
+            if new is None:
+                new = self._flat_conv(x, x_shape, w_q, geometry, args[1])
         return call if new is None else new
 
     def _dot(self, w_nk: np.ndarray, fits) -> Dot | None:
@@ -474,6 +496,23 @@ class _Rewriter(PyExprMutator):
         out = self._kernel(compute, dot, x, a, pack_int4_tiles(w_pad.T, dot.lanes, dot.k),
                            w_pad.astype(np.int64).sum(0))
         return vnni.slice_back(self.builder_, out, x_shape[-2], rows, n, whole(dot))
+
+    def _flat_conv(self, x, x_shape, w_q: np.ndarray, g, packed: relax.Expr):
+        """A depthwise conv or RGB stem -> the flat-row kernel on the unpacked weights, or None."""
+        from .depthwise import STEM_CHANNELS
+
+        ints = lambda key: [int(v) for v in g[key]]
+        channels, groups, strides = x_shape[1], int(g["groups"]), set(ints("strides"))
+        depthwise = groups == channels and w_q.shape[:2] == (channels, 1)
+        stem = groups == 1 and channels <= STEM_CHANNELS
+        if (len(x_shape) != 4 or not (depthwise or stem) or w_q.shape[2] * w_q.shape[3] == 1 or len(strides) != 1
+                or strides - {1, 2} or any(v != 1 for v in ints("dilation")) or x_shape[3] < 4):
+            return None
+        corr = None
+        if str(x.ty.dtype) == "int8":  # padded as uint8 x + 128 (depthwise_flat_te)
+            corr = relax.const((128 * w_q.astype(np.int64).reshape(w_q.shape[0], -1).sum(1)).astype("int32"))
+        return self.builder_.call_te(flat_conv4_te, x, packed, tuple(w_q.shape), tuple(ints("padding")),
+                                     strides.pop(), groups, corr, primfunc_name_hint="dwflat_conv2d_int4")
 
     def _conv(self, x, x_shape, w_q: np.ndarray, g):
         ints = lambda key: [int(v) for v in g[key]]

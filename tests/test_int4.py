@@ -266,6 +266,25 @@ def test_int4_dot_kernels_worst_case(x_dtype, rows, kernel, tmp_path):
             assert _uses(functions, f"maddwd_{kernel}", "vpmaddwd", "ymm")
 
 
+FLAT = [  # depthwise convs and an RGB stem with 4-bit weights: the flat-row kernel (targets/depthwise.py)
+    ((1, 16, 14, 14), (16, 1, 3, 3), _Conv((1, 1), (1, 1, 1, 1), groups=16), "int8"),
+    ((1, 24, 15, 15), (24, 1, 5, 5), _Conv((2, 2), (1, 1, 2, 2), groups=24), "uint8"),
+    ((1, 3, 32, 32), (8, 3, 3, 3), _Conv((2, 2), (0, 0, 1, 1)), "int8"),
+]
+
+
+@pytest.mark.parametrize("cpu", [V4_VNNI, V3])
+@pytest.mark.parametrize("x_shape,w_shape,attrs,x_dtype", FLAT)
+def test_int4_flat_row_convs_bit_exact(x_shape, w_shape, attrs, x_dtype, cpu, tmp_path):
+    """The nibbles unpacked into an int8 stage per channel, then the 8-bit flat-row taps."""
+    x, w = _x(x_shape, x_dtype), _w4(w_shape)
+    got, functions = _fleet_build(lambda v: int4.conv2d_int4(_bb(), v, w, attrs), [x], cpu, tmp_path)
+    want = conv2d_int4_acc(x, pack_int4(w), w.shape, attrs.strides, attrs.padding, attrs.dilation, attrs.groups)
+    np.testing.assert_array_equal(got, want)
+    assert any(name.startswith("dwflat_conv2d_int4") for name in functions)
+    assert not any("int4_conv2d" in name for name in functions)
+
+
 def test_int4_dot_kernel_limits():
     """The x16 accumulator bound (16 * K * 255 * 8 < 2^31) and the shapes left to the plain
     4-bit kernels: K not a multiple of two k-steps, or too long for the bound."""
