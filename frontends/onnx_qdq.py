@@ -1,5 +1,8 @@
 """Pre-quantized ONNX models (QDQ format: onnxruntime's quantize_static default, TensorRT and
-Olive exports) back to the float graph they quantize, which intq then calibrates and lowers itself.
+Olive exports; QOperator format: QLinearConv, QLinearMatMul, ...; onnxruntime's dynamic
+quantization: DynamicQuantizeLinear + MatMulInteger) back to the float graph they quantize, which
+intq then calibrates and lowers itself. QOperator nodes first become DequantizeLinear -> float op ->
+QuantizeLinear, then:
 
     DequantizeLinear(constant q, s, zp)         -> the constant (q - zp) * s (weights, int32 biases)
     DequantizeLinear(QuantizeLinear(x, s, zp))  -> Clip(x, (qmin - zp) s, (qmax - zp) s): the pair's clamp
@@ -65,27 +68,142 @@ def _clamp(quantize, value, out: str, prefix: str, inits: list) -> list:
     return [helper.make_node("Clip", [quantize.input[0], *names], [out], name=f"{prefix}/clamp")]
 
 
-def strip_qdq(model: onnx.ModelProto) -> int:
-    """Rewrite the model's Q/DQ nodes as above, in place; returns how many nodes were removed or replaced."""
-    graph = model.graph
+def _constants(graph: onnx.GraphProto):
+    """name -> its value, for initializers and Constant nodes (None for anything else)."""
     inits = {i.name: i for i in graph.initializer}
     consts = {n.output[0]: n for n in graph.node if n.op_type == "Constant" and n.output}
 
     def value(name):
         if name in inits:
             return numpy_helper.to_array(inits[name])
-        if name in consts:
-            return numpy_helper.to_array(consts[name].attribute[0].t) if consts[name].attribute[0].HasField("t") \
-                else None
+        if name in consts and consts[name].attribute[0].HasField("t"):
+            return numpy_helper.to_array(consts[name].attribute[0].t)
         return None
 
+    return value
+
+
+# QOperator ops: (float op, [(x, scale, zero point) input positions], (y scale, y zero point) positions | None,
+# positions passed through as they are (an int32 bias is dequantized at x_scale * w_scale)
+_QOPS = {
+    "QLinearConv": ("Conv", [(0, 1, 2), (3, 4, 5)], (6, 7)),
+    "QLinearMatMul": ("MatMul", [(0, 1, 2), (3, 4, 5)], (6, 7)),
+    "QLinearAdd": ("Add", [(0, 1, 2), (3, 4, 5)], (6, 7)),
+    "QLinearMul": ("Mul", [(0, 1, 2), (3, 4, 5)], (6, 7)),
+    "QLinearSigmoid": ("Sigmoid", [(0, 1, 2)], (3, 4)),
+    "QLinearLeakyRelu": ("LeakyRelu", [(0, 1, 2)], (3, 4)),
+    "QLinearSoftmax": ("Softmax", [(0, 1, 2)], (3, 4)),
+    "QLinearGlobalAveragePool": ("GlobalAveragePool", [(0, 1, 2)], (3, 4)),
+    "QLinearAveragePool": ("AveragePool", [(0, 1, 2)], (3, 4)),
+}
+
+
+def qoperators_to_qdq(model: onnx.ModelProto) -> int:
+    """QOperator-format nodes (QLinearConv, QLinearMatMul, onnxruntime's QLinearAdd/Sigmoid/...) as
+    DequantizeLinear -> float op -> QuantizeLinear, which `strip_qdq` then undoes; returns how many."""
+    graph, value = model.graph, _constants(model.graph)
+    nodes, inits, count = [], [], 0
+    for node in graph.node:
+        spec = _QOPS.get(node.op_type) if node.domain in STANDARD else None
+        if spec is None:
+            nodes.append(node)
+            continue
+        op, triples, (ys, yz) = spec
+        prefix, ins = node.name or node.output[0], list(node.input)
+        bias = value(ins[8]) if op == "Conv" and len(ins) > 8 and ins[8] else None
+        scales = [value(ins[1]), value(ins[4])] if op == "Conv" else []
+        if op == "Conv" and len(ins) > 8 and ins[8] and (bias is None or any(v is None for v in scales)):
+            nodes.append(node)  # a bias computed at run time: left for the op check to name
+            continue
+        floats = []
+        for k, (x, sc, zp) in enumerate(triples):
+            axis = {"axis": 0} if op == "Conv" and k == 1 else {}  # per output channel weights
+            out = f"{prefix}/dq{k}"
+            nodes.append(helper.make_node("DequantizeLinear", [ins[x], ins[sc]] + ([ins[zp]] if ins[zp] else []),
+                                          [out], name=out, **axis))
+            floats.append(out)
+        if bias is not None:  # int32 at x_scale * w_scale
+            inits.append(numpy_helper.from_array((bias * scales[0] * scales[1]).astype(np.float32), f"{prefix}/bias"))
+            floats.append(inits[-1].name)
+        attrs = [a for a in node.attribute if op in ("Conv", "LeakyRelu", "Softmax", "AveragePool")]
+        y = f"{prefix}/float"
+        float_node = helper.make_node(op, floats, [y], name=y)
+        float_node.attribute.extend(attrs)
+        nodes.append(float_node)
+        nodes.append(helper.make_node("QuantizeLinear", [y, ins[ys]] + ([ins[yz]] if len(ins) > yz and ins[yz] else []),
+                                      [node.output[0]], name=f"{prefix}/q"))
+        count += 1
+    if count:
+        del graph.node[:]
+        graph.node.extend(nodes)
+        graph.initializer.extend(inits)
+    return count
+
+
+def dynamic_to_float(model: onnx.ModelProto) -> int:
+    """Undo onnxruntime's dynamic quantization (quantize_dynamic, transformers.js' *_quantized models):
+
+        a, s_a, z_a = DynamicQuantizeLinear(x)
+        y = Mul(Cast(MatMulInteger(a, W_q, z_a, z_w), float), Mul(s_a, s_w))  ->  y = MatMul(x, (W_q - z_w) s_w)
+
+    in place; returns how many MatMulIntegers were replaced. (The scale is computed from each input at
+    run time, which an integer-only model cannot do; intq calibrates the float MatMul instead.)"""
+    graph, value = model.graph, _constants(model.graph)
+    producers = {o: n for n in graph.node for o in n.output}
+    readers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    drop, replaced, inits = set(), {}, []
+    for node in graph.node:
+        if not (_is(node, "MatMulInteger") and len(node.input) >= 2):
+            continue
+        quant = producers.get(node.input[0])
+        weight = value(node.input[1])
+        cast = readers.get(node.output[0], [])
+        if quant is None or not _is(quant, "DynamicQuantizeLinear") or weight is None or len(cast) != 1 or \
+                cast[0].op_type != "Cast":
+            continue
+        mul = readers.get(cast[0].output[0], [])
+        if len(mul) != 1 or mul[0].op_type != "Mul":
+            continue
+        scales = producers.get(next(i for i in mul[0].input if i != cast[0].output[0]))
+        if scales is None or scales.op_type != "Mul" or quant.output[1] not in scales.input:
+            continue
+        w_scale = value(next(i for i in scales.input if i != quant.output[1]))
+        w_zero = value(node.input[3]) if len(node.input) > 3 and node.input[3] else None
+        if w_scale is None:
+            continue
+        w = (weight.astype(np.float64) - (0.0 if w_zero is None else w_zero.astype(np.float64))) * w_scale
+        name = f"{node.name or node.output[0]}/weight"
+        inits.append(numpy_helper.from_array(w.astype(np.float32), name))
+        replaced[id(mul[0])] = helper.make_node("MatMul", [quant.input[0], name], [mul[0].output[0]],
+                                                 name=node.name or mul[0].output[0])
+        drop.update(id(n) for n in (node, cast[0]))
+        if len(readers.get(scales.output[0], [])) == 1:
+            drop.add(id(scales))
+    if not replaced:
+        return 0
+    nodes = [replaced.get(id(n), n) for n in graph.node if id(n) not in drop]
+    used = {i for n in nodes for i in n.input} | {o.name for o in graph.output}
+    nodes = [n for n in nodes if not (_is(n, "DynamicQuantizeLinear") and not any(o in used for o in n.output))]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    graph.initializer.extend(inits)
+    return len(replaced)
+
+
+def strip_qdq(model: onnx.ModelProto) -> int:
+    """Rewrite the model's Q/DQ nodes as above, in place; returns how many nodes were removed or replaced."""
+    changed = dynamic_to_float(model) + qoperators_to_qdq(model)
+    graph, value = model.graph, _constants(model.graph)
     readers: dict[str, list] = {}
     for node in graph.node:
         for name in node.input:
             readers.setdefault(name, []).append(node)
     producers = {o: n for n in graph.node for o in n.output}
     outputs = {o.name for o in graph.output}
-    new_inits, nodes, changed = [], [], 0
+    new_inits, nodes = [], []
     for node in graph.node:
         if not _is(node, "DequantizeLinear"):
             nodes.append(node)

@@ -37,6 +37,7 @@ def _cos(a, b):
 
 @pytest.fixture(scope="module")
 def qdq_model(tmp_path_factory):
+    """float.onnx, qdq.onnx (QDQ format) and qop.onnx (QOperator format: QLinearConv, QLinearAdd, ...)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     d = tmp_path_factory.mktemp("qdq")
@@ -49,8 +50,9 @@ def qdq_model(tmp_path_factory):
         def get_next(self):
             return next(self.it, None)
 
-    quantize_static(str(d / "float.onnx"), str(d / "qdq.onnx"), Reader(), quant_format=QuantFormat.QDQ,
-                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    for name, fmt in (("qdq", QuantFormat.QDQ), ("qop", QuantFormat.QOperator)):
+        quantize_static(str(d / "float.onnx"), str(d / f"{name}.onnx"), Reader(), quant_format=fmt,
+                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     return d
 
 
@@ -68,11 +70,14 @@ def test_stripped_qdq_model_keeps_the_clamps(qdq_model):
     assert _cos(got, ref) > 0.9999
 
 
-def test_qdq_model_compiles_integer_only(qdq_model, tmp_path):
+@pytest.mark.parametrize("name", ["qdq", "qop"])
+def test_quantized_model_compiles_integer_only(qdq_model, tmp_path, name):
     from runtime import compile_model, load
 
+    if name == "qop":
+        assert "QLinearConv" in {n.op_type for n in onnx.load(qdq_model / "qop.onnx").graph.node}
     np.savez(tmp_path / "calib.npz", x=_samples(8))
-    art = load(compile_model(qdq_model / "qdq.onnx", "x86", tmp_path / "a", calib=tmp_path / "calib.npz",
+    art = load(compile_model(qdq_model / f"{name}.onnx", "x86", tmp_path / "a", calib=tmp_path / "calib.npz",
                              progress=False))
     assert art.manifest["integer_only"] is True
     x = _samples(1, seed=9)[0]
@@ -103,3 +108,32 @@ def test_quantized_input_is_an_exact_integer_input(tmp_path):
     assert art.manifest["inputs"][0]["dtype"] == "uint8"
     ref = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, {"img": imgs[0]})[0]
     assert _cos(art.run({"img": imgs[0]})["y"], ref) > 0.999
+
+
+def test_dynamically_quantized_matmuls_compile_integer_only(tmp_path):
+    """onnxruntime's quantize_dynamic (DynamicQuantizeLinear + MatMulInteger, scales computed per input at run
+    time) is undone into float MatMuls with the int8 weights dequantized, then calibrated and lowered."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from runtime import compile_model, load
+
+    rng = np.random.default_rng(2)
+    inits = [numpy_helper.from_array((rng.standard_normal(s) * 0.2).astype(np.float32), n)
+             for n, s in (("w1", (32, 64)), ("b1", (64,)), ("w2", (64, 16)))]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["m1"]), helper.make_node("Add", ["m1", "b1"], ["a1"]),
+             helper.make_node("Relu", ["a1"], ["r"]), helper.make_node("MatMul", ["r", "w2"], ["y"])]
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "float.onnx")
+    quantize_dynamic(str(tmp_path / "float.onnx"), str(tmp_path / "dyn.onnx"), weight_type=QuantType.QInt8)
+    dyn = onnx.load(tmp_path / "dyn.onnx")
+    assert "MatMulInteger" in {n.op_type for n in dyn.graph.node}
+    xs = rng.standard_normal((8, 1, 8, 32)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=xs)
+    art = load(compile_model(tmp_path / "dyn.onnx", "x86", tmp_path / "a", calib=tmp_path / "calib.npz",
+                             progress=False))
+    assert art.manifest["integer_only"] is True
+    ref = ort.InferenceSession(str(tmp_path / "float.onnx")).run(None, {"x": xs[3]})[0]
+    assert _cos(art.run({"x": xs[3]})["y"], ref) > 0.999
