@@ -1,8 +1,8 @@
 """4-bit weights: packing, the packed conv2d/matmul kernels bit-exact against their NumPy
-references (x86), the x86 dot-product kernels that unpack the nibbles in registers
-(targets/vnni_int4.py) on every kernel family this CPU runs, the rewrite (a half-size uint8
-constant, no int8 copy, in the compiled library too), and the 4-bit small CNN on the cross
-targets (riscv run under qemu)."""
+references (x86), the x86 dot-product kernels that unpack the nibbles in registers or into an
+L1 stage (targets/vnni_int4.py, vnni_int4_kernels.py) on every kernel family this CPU runs, the
+rewrite (a half-size uint8 constant, no int8 copy, in the compiled library too), and the 4-bit
+small CNN on the cross targets (riscv run under qemu)."""
 
 from __future__ import annotations
 

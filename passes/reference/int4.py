@@ -55,7 +55,7 @@ def matmul_int4_acc(x, packed, w_shape) -> np.ndarray:
     return matmul_acc(x, unpack_int4(packed, w_shape))
 
 
-# -- the x86 dot-product tile layout (targets/vnni_int4.py) -------------------------------------
+# -- the x86 dot-product tile layout (targets/vnni_int4_kernels.py) -----------------------------
 #
 # The dot-product kernels (targets/vnni.py) read int8 weights [N, K] as tiles [N/L, K/k, L, k]:
 # L output lanes x k consecutive inputs, one vector per (lanes, k-step). Their 4-bit form keeps
