@@ -1,0 +1,111 @@
+"""Requantizations with a 32 x 32 -> 64-bit multiply: the int32 sum clamped to its window first.
+
+`passes.lowering.emit.requantize` computes clip((int64(acc) * m + 2^(s-1)) >> s, lo, hi) with
+int64 constants, so LLVM multiplies with `vpmullq` (3 uops on AVX-512) or, on AVX2, which has
+no 64-bit multiply, a 6-instruction emulation. The value is a non-decreasing function f of acc
+(m >= 0), so clamping acc first to [a_lo, a_hi] changes nothing, where
+
+    a_lo = the largest acc with f(acc) <= lo,   a_hi = the smallest acc with f(acc) >= hi
+
+(below a_lo and at it the result clips to lo, above a_hi and at it to hi). The clamp is the
+last step before the widening, so LLVM knows that the int64 operand is a sign-extended int32
+(an add would lose that: LLVM moves the sign extension through it), and so is m, an int32
+buffer here (Relax folds a cast of a constant back to int64): `vpmuldq`, 1 uop, on AVX2
+too. The sums and results are those of `passes.reference.kernels.requantize` bit for bit
+(tests/test_requant_window.py). Runs on the integer Relax module before legalization, for
+CPU targets; the chain is matched from its clip back to the int32 value.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax, te, tirx
+from tvm.relax.expr_functor import PyExprMutator, mutator
+
+
+def window(m: np.ndarray, rnd: np.ndarray, s: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+    """(a_lo, a_hi) per element of the broadcast (m, rnd, s) of f(acc) = (acc * m + rnd) >> s
+    (see the module doc), exact (Python integers), within int32. m = 0 (a dead channel): f is
+    constant, any window."""
+    m, rnd, s = np.broadcast_arrays(*(np.asarray(v, np.int64) for v in (m, rnd, s)))
+    a_lo, a_hi = np.zeros(m.shape, np.int64), np.zeros(m.shape, np.int64)
+    for i in np.ndindex(m.shape):
+        mi, ri, si = int(m[i]), int(rnd[i]), int(s[i])
+        if mi:
+            a_lo[i] = ((lo + 1) * 2**si - ri - 1) // mi  # acc * m + rnd < (lo + 1) * 2^s
+            a_hi[i] = -((ri - hi * 2**si) // mi)  # ceil((hi * 2^s - rnd) / m)
+    i32 = np.iinfo(np.int32)
+    return np.clip(a_lo, i32.min, i32.max).astype(np.int32), np.clip(a_hi, i32.min, i32.max).astype(np.int32)
+
+
+def _at(t: te.Tensor, index):
+    """t broadcast to the rank of `index` (numpy rules: missing leading dims, size-1 dims)."""
+    skip = len(index) - len(t.shape)
+    return t[tuple(0 if int(t.shape[d]) == 1 else index[skip + d] for d in range(len(t.shape)))]
+
+
+def windowed_requant_te(acc: te.Tensor, m: te.Tensor, rnd: te.Tensor, s: te.Tensor, a_lo: te.Tensor,
+                        a_hi: te.Tensor, lo: int, hi: int) -> te.Tensor:
+    """clip((int64(clamp(acc, a_lo, a_hi)) * int64(m) + rnd) >> s, lo, hi), int64 (m: int32)."""
+    def body(*i):
+        x = tirx.max(tirx.min(acc[i], _at(a_hi, i)), _at(a_lo, i))
+        y = (x.astype("int64") * _at(m, i).astype("int64") + _at(rnd, i)) >> _at(s, i)
+        return tirx.max(tirx.min(y, tirx.const(hi, "int64")), tirx.const(lo, "int64"))
+
+    return te.compute(acc.shape, body, name="windowed_requant")
+
+
+def _is(expr, name: str) -> bool:
+    return isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == f"relax.{name}"
+
+
+def _const(expr) -> np.ndarray | None:
+    return expr.value.numpy() if isinstance(expr, tvm.ir.GenericConst) else None
+
+
+@mutator
+class _Rewriter(PyExprMutator):
+    def _bound(self, expr):
+        return self.lookup_binding(expr) if isinstance(expr, relax.Var) else expr
+
+    def visit_call_(self, call: relax.Call) -> relax.Expr:
+        call = super().visit_call_(call)
+        if not _is(call, "clip") or str(call.ty.dtype) != "int64":
+            return call
+        shift = self._bound(call.args[0])
+        add = self._bound(shift.args[0]) if _is(shift, "right_shift") else None
+        mul = self._bound(add.args[0]) if _is(add, "add") else None
+        cast = self._bound(mul.args[0]) if _is(mul, "multiply") else None
+        if not _is(cast, "astype") or str(cast.args[0].ty.dtype) != "int32":
+            return call
+        acc = cast.args[0]
+        consts = [_const(e.args[1]) for e in (mul, add, shift)]
+        shape = getattr(acc.ty, "shape", None)
+        if any(c is None for c in consts) or shape is None:
+            return call
+        m, rnd, s = (c.astype(np.int64) for c in consts)
+        rank = len(shape)
+        static = [int(d) if isinstance(d, tvm.tirx.IntImm) else None for d in shape]
+        if (np.any(m < 0) or np.any(m >= 2**31) or np.any(s < 1) or np.any(s > 62)
+                or any(c.ndim > rank or any(d != 1 and d != static[rank - c.ndim + k] for k, d in enumerate(c.shape))
+                       for c in (m, rnd, s))):  # each constant broadcasts into acc's shape, not beyond
+            return call
+        lo, hi = int(call.args[1].value), int(call.args[2].value)
+        a_lo, a_hi = window(m, rnd, s, lo, hi)
+        full = np.broadcast_shapes(m.shape, rnd.shape, s.shape)
+        const = lambda v, dtype: relax.const(np.ascontiguousarray(np.broadcast_to(v, full)).astype(dtype), dtype)
+        return self.builder_.call_te(windowed_requant_te, acc, const(m, "int32"), const(rnd, "int64"),
+                                     const(s, "int64"), const(a_lo, "int32"), const(a_hi, "int32"), lo, hi,
+                                     primfunc_name_hint="windowed_requant")
+
+
+@tvm.transform.module_pass(opt_level=0, name="WindowedRequant")
+def windowed_requant(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+    """Rewrite every matched int64 requantization chain (see module doc); the bindings it no
+    longer reads are dropped."""
+    rewriter = _Rewriter(mod)
+    for gv, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
+    return relax.transform.DeadCodeElimination()(rewriter.builder_.get())

@@ -1,0 +1,79 @@
+"""targets/requant.py: the requantization with its int32 sum clamped to the unsaturated window
+equals the int64 reference bit for bit, at the window's edges and for every kind of ratio."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import run_relax
+from tvm import relax
+
+from passes import reference as ref
+from passes.lowering import emit
+from targets.requant import window
+
+R = relax.op
+rng = np.random.default_rng(7)
+I32 = np.iinfo(np.int32)
+RATIOS = [0.5, 1 / 3, 1e-3, 7.3e-6, 0.999999, 1.0, 3.7, 255.0, 2.0**29 * 1.7, 1e-25]
+
+
+def _accs(m, s, lo, hi):
+    """Random sums, int32's extremes and every sum within 2 of the window's edges."""
+    rnd = np.where(s > 0, np.left_shift(1, np.maximum(s - 1, 0)), 0)
+    a_lo, a_hi = window(m, rnd, s, lo, hi)
+    edges = np.concatenate([np.clip(e.astype(np.int64) + d, I32.min, I32.max).ravel()
+                            for e in (a_lo, a_hi) for d in range(-2, 3)])
+    return np.concatenate([rng.integers(I32.min, I32.max, 200, dtype=np.int64), [I32.min, I32.max, 0, -1, 1], edges])
+
+
+@pytest.mark.parametrize("ratio", RATIOS)
+@pytest.mark.parametrize("out_dtype", ["int8", "uint8", "int16", "int32"])
+def test_clamping_to_the_window_changes_nothing(ratio, out_dtype):
+    """NumPy only: requantize(clamp(acc, window)) == requantize(acc), for all the sums near the edges."""
+    m, s = ref.dyadic(ratio)
+    m, s = np.where(s > 62, 0, m), np.where(s > 62, 1, s)  # what emit.requantize does for tiny ratios
+    lo, hi = ref.kernels.INT_RANGE[out_dtype]
+    if np.any(s < 1):
+        pytest.skip("left shifts keep the int64 chain")
+    acc = _accs(m, s, lo, hi)
+    rnd = np.left_shift(1, s - 1)
+    a_lo, a_hi = window(m, rnd, s, lo, hi)
+    want = ref.requantize(acc, m, s, lo, hi, out_dtype)
+    np.testing.assert_array_equal(ref.requantize(np.clip(acc, a_lo, a_hi), m, s, lo, hi, out_dtype), want)
+
+
+@pytest.mark.parametrize("out_dtype", ["int8", "uint8", "int32"])
+def test_compiled_per_channel_at_the_edges(out_dtype):
+    """Per-channel ratios over 5 decades: the compiled kernel (rewritten by the CPU pipeline)
+    equals the reference at and around every channel's window edges."""
+    c = 12
+    ratios = np.exp(rng.uniform(np.log(1e-5), np.log(4.0), c))
+    m, s = ref.dyadic(ratios)
+    lo, hi = ref.kernels.INT_RANGE[out_dtype]
+    rnd = np.left_shift(1, s - 1)
+    a_lo, a_hi = window(m, rnd, s, lo, hi)
+    acc = rng.integers(-(2**22), 2**22, (2, c, 16), dtype=np.int64)
+    for ch in range(c):  # the edges of each channel's window, and int32's extremes
+        near = np.concatenate([np.arange(-2, 3) + a_lo[ch], np.arange(-2, 3) + a_hi[ch], [I32.min, I32.max]])
+        acc[0, ch, :near.size] = np.clip(near, I32.min, I32.max)
+    acc = acc.astype(np.int32)
+    mc, sc = emit.channel_shape(m, 3, 1), emit.channel_shape(s, 3, 1)
+    want = ref.requantize(acc, mc, sc, lo, hi, out_dtype)
+    got = run_relax(lambda a: emit.requantize(a, mc, sc, lo, hi, out_dtype), [acc])
+    np.testing.assert_array_equal(got, want)
+
+
+def test_the_chain_is_rewritten():
+    """The int64 multiply becomes the windowed kernel (so the tests above test it)."""
+    from targets.requant import windowed_requant
+
+    m, s = ref.dyadic(np.array([1e-3, 2e-3]))
+    x = relax.Var("x", relax.TensorType((2, 8), "int32"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(emit.requantize(x, m.reshape(2, 1), s.reshape(2, 1), 0, 255, "uint8"))
+        bb.emit_func_output(out)
+    text = windowed_requant(bb.get()).script()
+    assert "windowed_requant" in text and "R.multiply" not in text
