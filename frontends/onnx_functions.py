@@ -47,6 +47,10 @@ def expand_functions(model: onnx.ModelProto, path) -> onnx.ModelProto | None:
     Raises UnsupportedModelError naming the nodes that onnx cannot expand."""
     importable, failed = _importable(), {}
     expanded = None
+    typed = {v.name for v in (*model.graph.input, *model.graph.value_info, *model.graph.output)}
+    model.graph.value_info.extend(  # the inliner reads every operand's type, initializers' too
+        onnx.helper.make_tensor_value_info(i.name, i.data_type, list(i.dims))
+        for i in model.graph.initializer if i.name not in typed)
     if model.functions:
         model = expanded = onnx.inliner.inline_local_functions(model)
     for _ in range(4):

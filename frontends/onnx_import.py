@@ -30,6 +30,7 @@ from .onnx_if import select_ifs
 from .onnx_legacy import legacy_forms_to_tvm_forms
 from .onnx_qdq import strip_qdq
 from .onnx_rnn import unroll_lstms
+from .shape_operands import dynamic_shape_operands
 
 # ONNX ops (after onnxruntime's basic clean-up) that the integer-only path lowers.
 INTEGER_PATH_OPS = frozenset({
@@ -285,8 +286,13 @@ def _check_supported(model: onnx.ModelProto, path: Path, allow_unsupported: bool
     bad = [name(n) for n in model.graph.node if n.op_type not in CONTROL_FLOW_OPS
            and (n.op_type not in INTEGER_PATH_OPS or n.domain not in ("", "ai.onnx"))]
     message = ""
+    shapes = dynamic_shape_operands(model)
+    if shapes:
+        message = (f"{path}: {len(shapes)} shape operand(s) computed from the values of an input: intq compiles "
+                   "static shapes (also with --allow-float):\n  " + "\n  ".join(shapes) +
+                   "\nMake them constants (initializers) in the model, e.g. by exporting with fixed shapes.")
     if flow:
-        message = (f"{path}: {len(flow)} control-flow node(s): intq compiles static graphs only (Loop, Scan and "
+        message += ("\n" if message else "") + (f"{path}: {len(flow)} control-flow node(s): intq compiles static graphs only (Loop, Scan and "
                    "an If whose branches are not plain graphs with outputs of one static shape are refused, also "
                    "with --allow-float):\n  " + "\n  ".join(flow) +
                    "\nExport the model without control flow (fix the branch condition, e.g. the sample rate, "
@@ -314,7 +320,7 @@ def _to_relax(model: onnx.ModelProto, path: Path):
     from tvm.relax.frontend.onnx import from_onnx
 
     from .fold_small_constants import fold_small_constants
-    from .relax_cleanup import clip_calls_to_ops
+    from .relax_cleanup import clip_calls_to_ops, drop_empty_concat_inputs
     from .te_calls_to_ops import te_calls_to_ops
 
     try:
@@ -326,7 +332,7 @@ def _to_relax(model: onnx.ModelProto, path: Path):
     try:
         mod = tvm.transform.Sequential([fold_small_constants, relax.transform.FoldConstant(),
                                         fold_small_constants,  # what FoldConstant leaves: astype(dim size)
-                                        clip_calls_to_ops,
+                                        clip_calls_to_ops, drop_empty_concat_inputs,
                                         te_calls_to_ops, relax.transform.DeadCodeElimination()])(mod)
     except Exception as err:  # e.g. an op on a tensor whose shape the importer left unknown
         last = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__

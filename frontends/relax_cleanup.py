@@ -74,3 +74,49 @@ def clip_calls_to_ops(mod, _ctx):
     """Rewrite the importer's clamp `call_tir`s into `R.maximum` / `R.minimum`."""
     mutator_ = _ClipCallsToOps(mod)
     return mutate_functions(mutator_, mod)
+
+
+def _empty(expr) -> bool:
+    return _empty_type(getattr(expr, "ty", None))
+
+
+def _empty_type(ty) -> bool:
+    shape = getattr(ty, "shape", None)
+    try:
+        return shape is not None and any(int(d) == 0 for d in shape)
+    except TypeError:  # symbolic
+        return False
+
+
+@mutator
+class _DropEmptyConcatInputs(PyExprMutator):
+    def visit_call_(self, call):
+        call = super().visit_call_(call)
+        if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.concat" and
+                isinstance(call.args[0], relax.Tuple)):
+            return call
+        fields = [f for f in call.args[0].fields if not _empty(f)]
+        if len(fields) == len(call.args[0].fields) or not fields:
+            return call
+        return fields[0] if len(fields) == 1 else relax.op.concat(fields, axis=call.attrs.axis)
+
+    def visit_tuple_getitem_(self, item):
+        item = super().visit_tuple_getitem_(item)
+        source = self.lookup_binding(item.tuple_value) if isinstance(item.tuple_value, relax.Var) else None
+        if not (isinstance(source, relax.Call) and isinstance(source.op, tvm.ir.Op) and
+                source.op.name == "relax.split"):
+            return item
+        fields = item.tuple_value.ty.fields
+        x = source.args[0]
+        if all(_empty_type(f) for k, f in enumerate(fields) if k != item.index) and \
+                [int(d) for d in fields[item.index].shape] == [int(d) for d in x.ty.shape]:
+            return x  # the one non-empty part of a split is its input
+        return item
+
+
+@tvm.transform.module_pass(opt_level=0, name="DropEmptyConcatInputs")
+def drop_empty_concat_inputs(mod, _ctx):
+    """Concat inputs with a zero-size dim (the empty pass-through part of a rotary embedding over the whole
+    head) dropped, and a split into one full part and empty ones read as its input, so that dead-code
+    elimination removes the zero-size ops: a kernel over an empty tensor fails to compile."""
+    return mutate_functions(_DropEmptyConcatInputs(mod), mod)

@@ -174,6 +174,8 @@ def _schedule_chunked(func: tvm.tirx.PrimFunc):
     if found is None:
         return None
     blocks, lead, row = found
+    if row <= 0:  # an empty tensor (a zero-length slice): nothing to schedule
+        return None
     if any(sch.get(b).name_hint.startswith("T_transpose") for b in blocks):
         return _schedule_repack(func) or _schedule_elementwise(func)
     if _inline_single_reads(sch, blocks):

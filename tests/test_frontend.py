@@ -133,6 +133,31 @@ def test_control_flow_refused_naming_every_node(tmp_path):
         assert "export the model without control flow" in str(err.value).lower()
 
 
+def test_shape_operands_from_input_values_refused(tmp_path):
+    """A Reshape whose shape and a Slice whose end come from an input's values (through a Cast and an Add)
+    are refused in both modes, every such operand named; a shape computed from Shape() is static."""
+    nodes = [helper.make_node("Cast", ["n"], ["n64"], to=TensorProto.INT64),
+             helper.make_node("Add", ["n64", "one"], ["end"]),
+             helper.make_node("Slice", ["x", "zero", "end", "axis"], ["s"], name="cut"),
+             helper.make_node("Shape", ["x"], ["shape"]),
+             helper.make_node("Reshape", ["s", "shape"], ["static"], name="fine"),
+             helper.make_node("Reshape", ["static", "n64"], ["o"], name="reshape_by_value")]
+    inits = [onnx.numpy_helper.from_array(np.array(v, np.int64), k) for k, v in
+             (("one", [1]), ("zero", [0]), ("axis", [1]))]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4]),
+                                           helper.make_tensor_value_info("n", TensorProto.INT32, [2])],
+                              [helper.make_tensor_value_info("o", TensorProto.FLOAT, ["a", "b"])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "m.onnx")
+    for allow in (False, True):
+        with pytest.raises(UnsupportedModelError) as err:
+            load_onnx(tmp_path / "m.onnx", allow_unsupported=allow)
+        text = str(err.value)
+        assert "2 shape operand(s)" in text and "Slice (node cut) input 2 ('end')" in text
+        assert "Reshape (node reshape_by_value) input 1" in text and "node fine" not in text
+
+
 def test_multi_input_multi_output(tmp_path):
     nodes = [helper.make_node("Relu", ["x"], ["a"], name="relu"), helper.make_node("Add", ["x", "y"], ["b"], name="add")]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 4]) for n in "xy"],

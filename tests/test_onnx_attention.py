@@ -138,3 +138,29 @@ def test_function_ops_tvm_lacks_are_expanded(tmp_path, op, attrs, opset):
     art, cos = _compile_and_compare(tmp_path, model, feeds)
     assert art.manifest["integer_only"] is True
     assert cos >= 0.999, cos
+
+
+@pytest.mark.parametrize("interleaved", [0, 1])
+def test_rotary_embedding_over_the_whole_head(tmp_path, interleaved):
+    """RotaryEmbedding (opset 23) over the whole head: its expansion splits off an empty pass-through part
+    (zero-size tensors, dropped before they reach a kernel); integer-only, close to onnxruntime."""
+    heads, seq, dim, cache = 2, 5, 8, 16
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, heads, seq, dim]),
+              helper.make_tensor_value_info("ids", TensorProto.INT64, [1, seq])]
+    angles = np.arange(cache)[:, None] / 10000 ** (np.arange(dim // 2)[None] / (dim // 2))
+    inits = [onnx.numpy_helper.from_array(np.cos(angles).astype(np.float32), "cos"),
+             onnx.numpy_helper.from_array(np.sin(angles).astype(np.float32), "sin")]
+    node = helper.make_node("RotaryEmbedding", ["x", "cos", "sin", "ids"], ["y"], interleaved=interleaved)
+    graph = helper.make_graph([node], "g", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT,
+                                                                                  [1, heads, seq, dim])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])
+    model.ir_version = 10
+
+    def feeds(_, seed):
+        rng = np.random.default_rng(seed)
+        return {"x": rng.standard_normal((1, heads, seq, dim)).astype(np.float32),
+                "ids": np.sort(rng.integers(0, cache, (1, seq))).astype(np.int64)}
+
+    art, cos = _compile_and_compare(tmp_path, model, feeds)
+    assert art.manifest["integer_only"] is True
+    assert cos >= 0.999, cos
