@@ -178,6 +178,13 @@ def _read(path: Path) -> onnx.ModelProto:
         raise CompileError(f"{path}: not a readable ONNX file (no graph nodes; truncated or not ONNX?)")
     if model.ir_version < 4:  # IR 3 listed every initializer as a graph input; later IRs and onnxruntime don't
         model.ir_version = 4
+    # an initializer listed as a graph input is an overridable default; intq takes it as the constant it is
+    # (TVM's importer made it both a parameter and an input, and its clean-up failed: 'used before definition')
+    inits = {i.name for i in model.graph.initializer}
+    if any(v.name in inits for v in model.graph.input):
+        kept = [v for v in model.graph.input if v.name not in inits]
+        del model.graph.input[:]
+        model.graph.input.extend(kept)
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as err:
