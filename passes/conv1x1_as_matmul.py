@@ -33,9 +33,10 @@ def conv1x1_as_matmul(mod, _ctx):
     x_p, w_p = wildcard(), is_const()
     conv_p = is_op("relax.nn.conv2d")(x_p, w_p)
 
-    def rewrite(call, match):
+    def rewrite(expr, match):
+        call = match[conv_p]  # `expr` may be the variable bound to it
         if not _is_pointwise(call):
-            return call
+            return expr
         _, c, h, w = (int(d) for d in call.args[0].ty.shape)
         o = int(call.args[1].ty.shape[0])
         weight = relax.const(match[w_p].value.numpy().reshape(o, c))
