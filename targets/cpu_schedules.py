@@ -273,9 +273,8 @@ def _schedule_flat_depthwise(sch: s_tir.Schedule, block) -> None:
         # in the pad's row loop that blocked its vectorization)
         stmt = sch.get(block)
         index = next(i for i, r in enumerate(stmt.reads) if r.source.same_as(sch.get(pads[0]).writes[0].source))
-        extents = [int(d) for d in stmt.reads[index].source.shape]
-        _annotate_read(sch, block, index, lambda b, f, *_: [b, b + 1, f, f + 1, 0, extents[2], 0, extents[3],
-                                                             0, extents[4]])
+        py, px, flat = (int(d) for d in stmt.reads[index].source.shape[2:])  # [batch (maybe symbolic), C, ...]
+        _annotate_read(sch, block, index, lambda b, f, *_: [b, b + 1, f, f + 1, 0, py, 0, px, 0, flat])
     for producer in pads:  # consumers first: each is computed where the next one needs it
         if depthwise:
             sch.compute_at(producer, channel)
