@@ -54,6 +54,8 @@ INTEGER_PATH_OPS = frozenset({
     "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Mish", "Elu", "Selu", "Softplus", "Softsign", "LeakyRelu",
     "ThresholdedRelu", "Exp", "Log", "Reciprocal", "Abs", "Neg", "Sign", "Round", "Floor", "Ceil", "PRelu",
     "LSTM", "GRU", "RNN",  # unrolled into MatMul/Sigmoid/Tanh/Mul/Add before the check (onnx_rnn.py)
+    "GlobalMaxPool", "LpPool", "Shrink", "MeanVarianceNormalization",  # imported as ops the lowerings take
+    "SequenceConstruct", "SequenceAt", "SequenceInsert", "SequenceErase", "ConcatFromSequence",  # static tuples
 })
 
 
@@ -281,6 +283,9 @@ def _scalars_to_constants(model: onnx.ModelProto) -> None:
 
 
 INPUT_DTYPES = frozenset({"float32", "bool", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64"})
+EXACT_TYPES = frozenset({onnx.TensorProto.BOOL, onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT16,
+                         onnx.TensorProto.UINT16, onnx.TensorProto.INT32, onnx.TensorProto.UINT32,
+                         onnx.TensorProto.INT64, onnx.TensorProto.UINT64})
 CONTROL_FLOW_OPS = frozenset({"If", "Loop", "Scan"})
 
 
@@ -289,9 +294,17 @@ def _check_supported(model: onnx.ModelProto, path: Path, allow_unsupported: bool
     def name(n):
         return f"{n.op_type} (node {n.name or '<unnamed>'})"
 
+    types = {v.name: v.type.tensor_type.elem_type for v in (*model.graph.input, *model.graph.value_info,
+                                                          *model.graph.output)}
+    types.update({i.name: i.data_type for i in model.graph.initializer})
+
+    def exact(n):  # integer/bool in and out (bit shifts, modulo, bitwise logic on ids): integer arithmetic
+        names = [x for x in (*n.input, *n.output) if x]
+        return bool(names) and all(types.get(x) in EXACT_TYPES for x in names)
+
     flow = [name(n) for n in model.graph.node if n.op_type in CONTROL_FLOW_OPS]
     bad = [name(n) for n in model.graph.node if n.op_type not in CONTROL_FLOW_OPS
-           and (n.op_type not in INTEGER_PATH_OPS or n.domain not in ("", "ai.onnx"))]
+           and (n.op_type not in INTEGER_PATH_OPS or n.domain not in ("", "ai.onnx")) and not exact(n)]
     message = ""
     shapes = dynamic_shape_operands(model)
     if shapes:

@@ -19,12 +19,11 @@ def conv1d_as_conv2d(mod, _ctx):
     x_p, w_p = wildcard(), is_const()
     conv_p = is_op("relax.nn.conv1d")(x_p, w_p)
 
-    def rewrite(call, match):
-        if not isinstance(call, relax.Call):
-            return call
+    def rewrite(expr, match):
+        call = match[conv_p]  # `expr` may be the variable bound to it
         a, x, w = call.attrs, match[x_p], match[w_p]
         if a.data_layout != "NCW" or a.kernel_layout != "OIW" or x.ty.shape is None:
-            return call
+            return expr
         n, c, length = x.ty.shape
         o, ci, k = (int(d) for d in w.ty.shape)
         (left, right), stride, dilation = a.padding, int(a.strides[0]), int(a.dilation[0])

@@ -1,4 +1,4 @@
-"""1-D convs (audio front ends) compile integer-only as conv2d of height one."""
+"""1-D convs and pools (audio front ends) compile integer-only as conv2d / pool2d of height one."""
 
 from __future__ import annotations
 
@@ -17,11 +17,13 @@ def _model(path) -> str:
     inits = [init("w1", rng.standard_normal((8, 2, 5)) * 0.3), init("b1", rng.standard_normal(8) * 0.1),
              init("w2", rng.standard_normal((8, 2, 3)) * 0.3), init("w3", rng.standard_normal((4, 8, 1)) * 0.3)]
     nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[2, 1], strides=[2]),
-             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Relu", ["c1"], ["r0"]),
+             helper.make_node("MaxPool", ["r0"], ["r1"], kernel_shape=[3], pads=[1, 1]),
              helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[2, 2], dilations=[2], group=4),
-             helper.make_node("Conv", ["c2", "w3"], ["y"])]
+             helper.make_node("AveragePool", ["c2"], ["p2"], kernel_shape=[2], strides=[2]),
+             helper.make_node("Conv", ["p2", "w3"], ["y"])]
     graph = helper.make_graph(nodes, "conv1d", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 64])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 32])], inits)
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 16])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model, full_check=True)
@@ -37,7 +39,8 @@ def test_conv1d_compiles_integer_only(tmp_path):
     np.savez(tmp_path / "calib.npz", x=x)
     model = load(compile_model(path, "x86", tmp_path / "c.artifact", calib=tmp_path / "calib.npz", progress=False))
     assert model.manifest["integer_only"] is True
-    assert "conv1d" not in (tmp_path / "c.artifact" / "model.relax.py").read_text()
+    text = (tmp_path / "c.artifact" / "model.relax.py").read_text()
+    assert "conv1d" not in text and "pool1d" not in text
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     for sample in x[:4]:
         ref, out = session.run(None, {"x": sample})[0].ravel(), model.run({"x": sample})["y"].ravel()

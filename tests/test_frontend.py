@@ -284,3 +284,20 @@ def test_cumsum_position_ids_stay_integers(tmp_path):
     for n in (4, 10):
         x = ids(n)
         np.testing.assert_allclose(art.run({"ids": x})["y"], session.run(None, {"ids": x})[0], atol=0.05)
+
+
+def test_ops_on_integers_only_are_exact(tmp_path):
+    """An op outside the integer path's list whose inputs and outputs are all integers (BitShift, Mod and
+    bitwise logic on ids) is exact integer arithmetic: not refused; the same ops on floats are."""
+    inits = [onnx.numpy_helper.from_array(np.array([3], np.uint32), "three")]
+    nodes = [helper.make_node("BitShift", ["ids", "three"], ["shifted"], direction="RIGHT"),
+             helper.make_node("BitwiseAnd", ["shifted", "ids"], ["o"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.UINT32, [1, 8])],
+                              [helper.make_tensor_value_info("o", TensorProto.UINT32, [1, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "ints.onnx")
+    assert [s.dtype for s in load_onnx(tmp_path / "ints.onnx").inputs] == ["uint32"]
+    p = _tiny(tmp_path / "float_mod.onnx", [1, 4], [helper.make_node("Mod", ["x", "x"], ["o"], name="m", fmod=1)])
+    with pytest.raises(UnsupportedModelError, match=r"Mod \(node m\)"):
+        load_onnx(p)
