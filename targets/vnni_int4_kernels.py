@@ -258,7 +258,10 @@ def flat_conv4_te(x: te.Tensor, packed: te.Tensor, w_shape, pads, stride: int, g
 def int4_block(sch: s_tir.Schedule):
     """(block, recipe, kind) of a 4-bit dot-product compute in a (fused) PrimFunc, or None; a
     staged one's kind is the 8-bit kernel's, its block the unpack stage."""
-    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    try:
+        blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    except s_tir.schedule.ScheduleError:  # no root block (sort, top-k: hand-written TIR)
+        return None
     for i, block in enumerate(blocks):
         prefix, _, kind = sch.get(block).name_hint.partition("_")
         if prefix in DOTS and kind in _KINDS:
