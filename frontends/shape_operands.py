@@ -18,6 +18,7 @@ SHAPE_OPERANDS = {
     "ReduceL1": (1,), "ReduceL2": (1,), "ReduceLogSum": (1,), "ReduceLogSumExp": (1,), "ReduceSumSquare": (1,),
     "Resize": (1, 2, 3), "Upsample": (1,), "OneHot": (1,), "CenterCropPad": (1,), "EyeLike": (), "Trilu": (1,),
     "NonMaxSuppression": (2,), "CumSum": (1,),
+    "Compress": (1,), "NonZero": (0,), "Unique": (0,),  # output shapes that depend on the values
 }
 SHAPE_ONLY = frozenset({"Shape", "Size"})
 
