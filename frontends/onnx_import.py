@@ -4,7 +4,8 @@ Steps: load and check the file, fix dynamic input dimensions, undo QDQ quantizat
 (`onnx_qdq.py`), let onnxruntime's basic
 graph optimizer fold the shape arithmetic TVM's importer cannot take (DESIGN.md
 section 3), unroll LSTM/GRU/RNN (`onnx_rnn.py`), decompose Attention (`onnx_attention.py`), expand
-function ops TVM's importer lacks into their schema bodies (`onnx_functions.py`), refuse
+function ops TVM's importer lacks into their schema bodies (`onnx_functions.py`) and a few
+others into ops it has (`onnx_decompose.py`), refuse
 control flow and ops the integer path lacks (every node at once), then import with
 `tvm.relax.frontend.onnx.from_onnx`.
 """
@@ -23,6 +24,7 @@ from onnx import numpy_helper
 
 from .errors import CompileError, UnsupportedModelError
 from .onnx_attention import decompose_attention
+from .onnx_decompose import decompose_ops
 from .resize_layout import resize_to_nchw
 from .onnx_einsum import einsum_to_matmul
 from .onnx_functions import expand_functions
@@ -54,6 +56,8 @@ INTEGER_PATH_OPS = frozenset({
     "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Mish", "Elu", "Selu", "Softplus", "Softsign", "LeakyRelu",
     "ThresholdedRelu", "Exp", "Log", "Reciprocal", "Abs", "Neg", "Sign", "Round", "Floor", "Ceil", "PRelu",
     "LSTM", "GRU", "RNN",  # unrolled into MatMul/Sigmoid/Tanh/Mul/Add before the check (onnx_rnn.py)
+    "LpNormalization",  # x / ReduceL1 or ReduceL2 (onnx_decompose.py)
+    "ReduceL1", "ReduceSumSquare", "ReduceLogSumExp",
     "GlobalMaxPool", "LpPool", "Shrink", "MeanVarianceNormalization",  # imported as ops the lowerings take
     "SequenceConstruct", "SequenceAt", "SequenceInsert", "SequenceErase", "ConcatFromSequence",  # static tuples
 })
@@ -153,6 +157,7 @@ def load_onnx(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]] 
         model = onnx.shape_inference.infer_shapes(model)
     unroll_lstms(model)
     decompose_attention(model)  # opset 23's Attention op -> MatMul/Softmax (onnx_attention.py)
+    decompose_ops(model)  # ops with neither a TVM converter nor an ONNX function (onnx_decompose.py)
     expanded = expand_functions(model, path)  # function ops TVM lacks -> their schema bodies (onnx_functions.py)
     if expanded is not None:
         model = _basic_optimize(expanded, path)  # fold the bodies' shape arithmetic

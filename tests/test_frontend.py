@@ -301,3 +301,21 @@ def test_ops_on_integers_only_are_exact(tmp_path):
     p = _tiny(tmp_path / "float_mod.onnx", [1, 4], [helper.make_node("Mod", ["x", "x"], ["o"], name="m", fmod=1)])
     with pytest.raises(UnsupportedModelError, match=r"Mod \(node m\)"):
         load_onnx(p)
+
+
+@pytest.mark.parametrize("p", [1, 2])
+def test_lp_normalization_compiles_integer_only(tmp_path, p):
+    """LpNormalization (no TVM converter, no ONNX function) becomes x / ReduceL{p}(x) (onnx_decompose.py)."""
+    import onnxruntime as ort
+
+    from runtime import compile_model, load
+
+    path = _tiny(tmp_path / "lpn.onnx", [2, 16], [helper.make_node("LpNormalization", ["x"], ["o"], p=p, axis=1)],
+                 outputs=(("o", [2, 16]),))
+    xs = np.random.default_rng(p).standard_normal((8, 2, 16)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=xs)
+    art = load(compile_model(path, "x86", tmp_path / "a", calib=tmp_path / "calib.npz", progress=False))
+    assert art.manifest["integer_only"] is True
+    ref = ort.InferenceSession(str(path)).run(None, {"x": xs[3]})[0]
+    got = art.run({"x": xs[3]})["o"]
+    assert float((got * ref).sum() / np.linalg.norm(got) / np.linalg.norm(ref)) > 0.999
