@@ -1,7 +1,7 @@
 """Pre-quantized ONNX models (QDQ format: onnxruntime's quantize_static default, TensorRT and
 Olive exports; QOperator format: QLinearConv, QLinearMatMul, ...; onnxruntime's dynamic
-quantization: DynamicQuantizeLinear + MatMulInteger) back to the float graph they quantize, which
-intq then calibrates and lowers itself. QOperator nodes first become DequantizeLinear -> float op ->
+quantization: DynamicQuantizeLinear + MatMulInteger or ConvInteger) back to the float graph they
+quantize, which intq then calibrates and lowers itself. QOperator nodes first become DequantizeLinear -> float op ->
 QuantizeLinear, then:
 
     DequantizeLinear(constant q, s, zp)         -> the constant (q - zp) * s (weights, int32 biases)
@@ -146,8 +146,9 @@ def dynamic_to_float(model: onnx.ModelProto) -> int:
         a, s_a, z_a = DynamicQuantizeLinear(x)
         y = Mul(Cast(MatMulInteger(a, W_q, z_a, z_w), float), Mul(s_a, s_w))  ->  y = MatMul(x, (W_q - z_w) s_w)
 
-    in place; returns how many MatMulIntegers were replaced. (The scale is computed from each input at
-    run time, which an integer-only model cannot do; intq calibrates the float MatMul instead.)"""
+    and the same with ConvInteger (its attributes kept; per-channel z_w, s_w along the output channels) ->
+    Conv, in place; returns how many MatMulIntegers and ConvIntegers were replaced. (The scale is computed
+    from each input at run time, which an integer-only model cannot do; intq calibrates the float op instead.)"""
     graph, value = model.graph, _constants(model.graph)
     producers = {o: n for n in graph.node for o in n.output}
     readers: dict[str, list] = {}
@@ -156,7 +157,7 @@ def dynamic_to_float(model: onnx.ModelProto) -> int:
             readers.setdefault(name, []).append(node)
     drop, replaced, inits = set(), {}, []
     for node in graph.node:
-        if not (_is(node, "MatMulInteger") and len(node.input) >= 2):
+        if not ((_is(node, "MatMulInteger") or _is(node, "ConvInteger")) and len(node.input) >= 2):
             continue
         quant = producers.get(node.input[0])
         weight = value(node.input[1])
@@ -174,11 +175,17 @@ def dynamic_to_float(model: onnx.ModelProto) -> int:
         w_zero = value(node.input[3]) if len(node.input) > 3 and node.input[3] else None
         if w_scale is None:
             continue
-        w = (weight.astype(np.float64) - (0.0 if w_zero is None else w_zero.astype(np.float64))) * w_scale
+        conv = node.op_type == "ConvInteger"
+        w_zero = 0.0 if w_zero is None else w_zero.astype(np.float64)
+        if conv:  # per output channel: along the weight's first axis
+            w_zero, w_scale = (v.reshape((-1,) + (1,) * (weight.ndim - 1)) if np.size(v) > 1 else v
+                               for v in (w_zero, w_scale))
+        w = (weight.astype(np.float64) - w_zero) * w_scale
         name = f"{node.name or node.output[0]}/weight"
         inits.append(numpy_helper.from_array(w.astype(np.float32), name))
-        replaced[id(mul[0])] = helper.make_node("MatMul", [quant.input[0], name], [mul[0].output[0]],
-                                                 name=node.name or mul[0].output[0])
+        replaced[id(mul[0])] = helper.make_node("Conv" if conv else "MatMul", [quant.input[0], name],
+                                                [mul[0].output[0]], name=node.name or mul[0].output[0])
+        replaced[id(mul[0])].attribute.extend(node.attribute if conv else [])
         drop.update(id(n) for n in (node, cast[0]))
         if len(readers.get(scales.output[0], [])) == 1:
             drop.add(id(scales))

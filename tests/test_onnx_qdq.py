@@ -137,3 +137,34 @@ def test_dynamically_quantized_matmuls_compile_integer_only(tmp_path):
     assert art.manifest["integer_only"] is True
     ref = ort.InferenceSession(str(tmp_path / "float.onnx")).run(None, {"x": xs[3]})[0]
     assert _cos(art.run({"x": xs[3]})["y"], ref) > 0.999
+
+
+def test_dynamically_quantized_convs_compile_integer_only(tmp_path):
+    """quantize_dynamic turns Conv into DynamicQuantizeLinear + ConvInteger + Cast + scale Mul (+ the bias Add):
+    undone into a float Conv with its attributes (stride, pads, groups) and the uint8 weights dequantized
+    (@imgly/background-removal's ISNet ships so)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from runtime import compile_model, load
+
+    rng = np.random.default_rng(3)
+    inits = [numpy_helper.from_array((rng.standard_normal(s) * 0.3).astype(np.float32), n)
+             for n, s in (("w1", (8, 3, 3, 3)), ("b1", (8,)), ("w2", (8, 2, 3, 3)), ("b2", (8,)))]
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], strides=[2, 2]),
+             helper.make_node("Relu", ["c1"], ["r"]),
+             helper.make_node("Conv", ["r", "w2", "b2"], ["y"], pads=[1, 1, 1, 1], group=4)]
+    graph = helper.make_graph(nodes, "cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 8, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "float.onnx")
+    quantize_dynamic(str(tmp_path / "float.onnx"), str(tmp_path / "dyn.onnx"), weight_type=QuantType.QUInt8)
+    dyn = onnx.load(tmp_path / "dyn.onnx")
+    assert [n.op_type for n in dyn.graph.node].count("ConvInteger") == 2
+    xs = rng.standard_normal((8, 1, 3, 16, 16)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=xs)
+    art = load(compile_model(tmp_path / "dyn.onnx", "x86", tmp_path / "a", calib=tmp_path / "calib.npz",
+                             progress=False))
+    assert art.manifest["integer_only"] is True
+    ref = ort.InferenceSession(str(tmp_path / "float.onnx")).run(None, {"x": xs[3]})[0]
+    assert _cos(art.run({"x": xs[3]})["y"], ref) > 0.995
