@@ -2,6 +2,12 @@
 that TVM imports and intq lowers (in place, before the import):
 
     LpNormalization(x, axis, p)  ->  Div(x, ReduceL{p}(x, [axis], keepdims=1))   (face and sentence embeddings)
+    DFT(x [..., N, c], axis)     ->  Reshape(MatMul(Reshape(x, [..., N c]), W), [..., K, 2])
+    STFT(signal, step, window)   ->  the same MatMul on frames gathered with constant indices, the window in W
+
+W is the constant DFT matrix (cos and sin of 2 pi k n / N, signs and 1 / N as forward or inverse asks, rows
+for c = 1 real or 2 complex inputs, columns interleaving each bin's real and imaginary part): an audio
+front end becomes one constant-weight matmul, which lowers to integers like any linear layer.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ def _opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
 
 
-def _lp_normalization(node, opset: int, inits: list) -> list | None:
+def _lp_normalization(node, opset: int, inits: list, shapes: dict, consts) -> list | None:
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     p, axis = int(attrs.get("p", 2)), int(attrs.get("axis", -1))
     if p not in (1, 2):
@@ -31,15 +37,119 @@ def _lp_normalization(node, opset: int, inits: list) -> list | None:
     return [first, helper.make_node("Div", [node.input[0], norm], list(node.output), name=prefix)]
 
 
-_DECOMPOSITIONS = {"LpNormalization": _lp_normalization}
+def _dft_matrix(n_in: int, complex_in: bool, n_fft: int, bins: int, inverse: bool, window=None) -> np.ndarray:
+    """[n_in * c, 2 * bins]: row n * c + j (j: real, imaginary part of input sample n), column 2 k + (0 real,
+    1 imaginary) of output bin k; input samples past n_fft are dropped (dft_length truncates), missing ones
+    are zeros (it pads)."""
+    n = np.arange(min(n_in, n_fft))[:, None]
+    theta = 2 * np.pi * n * np.arange(bins)[None] / n_fft
+    cos, sin = np.cos(theta), np.sin(theta) * (1 if inverse else -1)  # e^{-i theta} forward, e^{+i theta} inverse
+    if window is not None:
+        cos, sin = cos * window[:len(n), None], sin * window[:len(n), None]
+    c = 2 if complex_in else 1
+    w = np.zeros((n_in * c, 2 * bins))
+    w[0:len(n) * c:c, 0::2], w[0:len(n) * c:c, 1::2] = cos, sin  # real input part: (cos, sin)
+    if complex_in:  # imaginary input part: (-sin, cos)
+        w[1:len(n) * c:c, 0::2], w[1:len(n) * c:c, 1::2] = -sin, cos
+    return (w / n_fft if inverse else w).astype(np.float32)
+
+
+def _irfft_matrix(bins: int, n_fft: int) -> np.ndarray:
+    """[2 bins, n_fft]: the real signal of a one-sided spectrum (Hermitian: the other bins are conjugates)."""
+    k, n = np.arange(bins)[:, None], np.arange(n_fft)[None]
+    theta = 2 * np.pi * k * n / n_fft
+    weight = np.where((k == 0) | (2 * k == n_fft), 1.0, 2.0)  # bins 0 and N/2 appear once, the others twice
+    w = np.zeros((2 * bins, n_fft))
+    w[0::2], w[1::2] = weight * np.cos(theta), -weight * np.sin(theta)
+    return (w / n_fft).astype(np.float32)
+
+
+def _as_matmul(x: str, w: np.ndarray, lead: int, bins: int, out: str, prefix: str, inits: list, parts: int = 2) -> list:
+    """Reshape(MatMul(Reshape(x, [lead dims kept, -1]), w), [lead dims kept, bins, parts]) -> out."""
+    names = [f"{prefix}/{k}" for k in ("flat_shape", "dft_matrix", "out_shape")]
+    for name, value in zip(names, (np.array([0] * lead + [-1], np.int64), w,
+                                   np.array([0] * lead + [bins, parts], np.int64))):
+        inits.append(numpy_helper.from_array(value, name))
+    return [helper.make_node("Reshape", [x, names[0]], [f"{prefix}/flat"], name=f"{prefix}/flat"),
+            helper.make_node("MatMul", [f"{prefix}/flat", names[1]], [f"{prefix}/spectrum"], name=f"{prefix}/dft"),
+            helper.make_node("Reshape", [f"{prefix}/spectrum", names[2]], [out], name=prefix)]
+
+
+def _dft(node, opset: int, inits: list, shapes: dict, consts) -> list | None:
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    shape = shapes.get(node.input[0])
+    ins = list(node.input) + [""] * 3
+    if shape is None or shape[-1] not in (1, 2):
+        return None
+    if (opset >= 20 and ins[2] and consts(ins[2]) is None) or (ins[1] and consts(ins[1]) is None):
+        return None  # a transform axis or length known only at run time
+    axis = attrs.get("axis", 1) if opset < 20 else (int(consts(ins[2]).reshape(())) if ins[2] else -2)
+    rank, axis = len(shape), axis % len(shape)
+    n_in = shape[axis]
+    onesided, inverse = bool(attrs.get("onesided", 0)), bool(attrs.get("inverse", 0))
+    if onesided and inverse:  # a one-sided spectrum of n_in bins back to a real signal
+        if shape[-1] != 2:
+            return None
+        n_fft = int(consts(ins[1]).reshape(())) if ins[1] else 2 * (n_in - 1)
+        if n_fft // 2 + 1 != n_in:
+            return None
+        bins, parts, w = n_fft, 1, _irfft_matrix(n_in, n_fft)
+    else:
+        n_fft = int(consts(ins[1]).reshape(())) if ins[1] else n_in
+        bins = n_fft // 2 + 1 if onesided else n_fft
+        parts, w = 2, _dft_matrix(n_in, shape[-1] == 2, n_fft, bins, inverse)
+    prefix, x, out = node.name or node.output[0], node.input[0], node.output[0]
+    if axis == rank - 2:
+        return _as_matmul(x, w, rank - 2, bins, out, prefix, inits, parts)
+    # move the transform axis next to the complex axis, and back
+    perm = [d for d in range(rank - 1) if d != axis] + [axis, rank - 1]
+    back = [perm.index(d) for d in range(rank)]
+    return [helper.make_node("Transpose", [x], [f"{prefix}/moved"], name=f"{prefix}/moved", perm=perm),
+            *_as_matmul(f"{prefix}/moved", w, rank - 2, bins, f"{prefix}/moved_out", prefix, inits, parts),
+            helper.make_node("Transpose", [f"{prefix}/moved_out"], [out], name=f"{prefix}/back", perm=back)]
+
+
+def _stft(node, opset: int, inits: list, shapes: dict, consts) -> list | None:
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    shape = shapes.get(node.input[0])
+    ins = list(node.input) + [""] * 4
+    step = consts(ins[1])
+    window = consts(ins[2]) if ins[2] else None
+    length = consts(ins[3]) if ins[3] else None
+    if shape is None or len(shape) != 3 or step is None or (ins[2] and window is None) or (ins[3] and length is None):
+        return None
+    frame = int(length.reshape(())) if length is not None else len(window)
+    step, signal = int(step.reshape(())), shape[1]
+    frames = (signal - frame) // step + 1
+    prefix = node.name or node.output[0]
+    index = numpy_helper.from_array(np.arange(frames)[:, None] * step + np.arange(frame)[None], f"{prefix}/frame_index")
+    inits.append(index)
+    gather = helper.make_node("Gather", [node.input[0], index.name], [f"{prefix}/frames"], name=f"{prefix}/frames",
+                              axis=1)  # [B, frames, frame, c]
+    bins = frame // 2 + 1 if attrs.get("onesided", 1) else frame
+    w = _dft_matrix(frame, shape[-1] == 2, frame, bins, False, None if window is None else window.astype(np.float64))
+    return [gather] + _as_matmul(f"{prefix}/frames", w, 2, bins, node.output[0], prefix, inits)
+
+
+_DECOMPOSITIONS = {"LpNormalization": _lp_normalization, "DFT": _dft, "STFT": _stft}
 
 
 def decompose_ops(model: onnx.ModelProto) -> int:
-    """Rewrite every node of an op in `_DECOMPOSITIONS` (that its rewriter accepts); returns how many."""
+    """Rewrite every node of an op in `_DECOMPOSITIONS` (that its rewriter accepts); returns how many.
+    Needs the shapes of shape inference."""
     opset, inits, nodes, count = _opset(model), [], [], 0
+    shapes = {v.name: [d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim]
+              for v in (*model.graph.input, *model.graph.value_info) if v.type.tensor_type.HasField("shape")}
+    constants = {i.name: i for i in model.graph.initializer}
+    constants.update({n.output[0]: n.attribute[0].t for n in model.graph.node
+                      if n.op_type == "Constant" and n.attribute and n.attribute[0].HasField("t")})
+
+    def consts(name):
+        return numpy_helper.to_array(constants[name]) if name in constants else None
+
     for node in model.graph.node:
         rewrite = _DECOMPOSITIONS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
-        replacement = rewrite(node, opset, inits) if rewrite else None
+        replacement = rewrite(node, opset, inits, shapes, consts) if rewrite else None
         nodes.extend(replacement or [node])
         count += replacement is not None
     if count:

@@ -19,6 +19,7 @@ SHAPE_OPERANDS = {
     "Resize": (1, 2, 3), "Upsample": (1,), "OneHot": (1,), "CenterCropPad": (1,), "EyeLike": (), "Trilu": (1,),
     "NonMaxSuppression": (2,), "CumSum": (1,),
     "Compress": (1,), "NonZero": (0,), "Unique": (0,),  # output shapes that depend on the values
+    "DFT": (1, 2), "STFT": (1, 3),
 }
 SHAPE_ONLY = frozenset({"Shape", "Size"})
 

@@ -1,0 +1,63 @@
+"""DFT and STFT (no TVM converter) become one matmul with the constant DFT matrix
+(frontends/onnx_decompose.py) and compile integer-only, close to onnxruntime."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+
+def _compile_and_compare(tmp_path, model, xs):
+    from runtime import compile_model, load
+
+    onnx.save(model, tmp_path / "m.onnx")
+    np.savez(tmp_path / "calib.npz", x=xs)
+    art = load(compile_model(tmp_path / "m.onnx", "x86", tmp_path / "a", calib=tmp_path / "calib.npz",
+                             progress=False))
+    ref = ort.InferenceSession(model.SerializeToString()).run(None, {"x": xs[-1]})[0]
+    got = art.run({"x": xs[-1]})["y"]
+    assert got.shape == ref.shape
+    return art, float((got * ref).sum() / np.linalg.norm(got) / np.linalg.norm(ref))
+
+
+def _audio(n, length, seed=0):
+    rng = np.random.default_rng(seed)
+    t = np.arange(length) / 16000
+    f = rng.uniform(100, 2000, (n, 1, 1))
+    return (np.sin(2 * np.pi * f * t) + 0.1 * rng.standard_normal((n, 1, length)))[..., None].astype(np.float32)
+
+
+@pytest.mark.parametrize("attrs,complex_in", [({"axis": 1}, False), ({"axis": 1, "onesided": 1}, False),
+                                              ({"axis": 1, "inverse": 1}, True), ({"axis": 2}, True)])
+def test_dft_compiles_integer_only(tmp_path, attrs, complex_in):
+    shape = [1, 16, 8, 2 if complex_in else 1]
+    model = helper.make_model(helper.make_graph(
+        [helper.make_node("DFT", ["x"], ["y"], **attrs)], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]), opset_imports=[helper.make_opsetid("", 19)])
+    model.ir_version = 9
+    model = onnx.shape_inference.infer_shapes(model)
+    xs = np.random.default_rng(1).standard_normal((8, *shape)).astype(np.float32)
+    art, cos = _compile_and_compare(tmp_path, model, xs)
+    assert art.manifest["integer_only"] is True
+    assert cos > 0.999, cos
+
+
+def test_stft_spectrogram_compiles_integer_only(tmp_path):
+    """signal -> STFT (Hann window, hop 64, 256-point frames, one-sided) -> power: a log-free spectrogram front end."""
+    window = numpy_helper.from_array(np.hanning(256).astype(np.float32), "window")
+    step = numpy_helper.from_array(np.array(64, np.int64), "step")
+    nodes = [helper.make_node("STFT", ["x", "step", "window"], ["spec"]),
+             helper.make_node("Mul", ["spec", "spec"], ["sq"]),
+             helper.make_node("ReduceSum", ["sq", "last"], ["y"], keepdims=0)]
+    consts = [window, step, numpy_helper.from_array(np.array([-1], np.int64), "last")]
+    model = helper.make_model(helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1024, 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 13, 129])], consts),
+        opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    art, cos = _compile_and_compare(tmp_path, model, _audio(8, 1024))
+    assert art.manifest["integer_only"] is True
+    assert cos > 0.99, cos
