@@ -4,7 +4,9 @@ and compared with onnxruntime on them.
 
     python -m benchmarks.conformance [--filter softmax] [--jobs 2]   -> benchmarks/results/conformance.md
 
-Each case runs in a forked child (a crash inside TVM is recorded, not fatal). Outcomes:
+Integer inputs that directly set a shape (the node tests pass Reshape's shape, Reduce axes, Resize scales
+as inputs) are frozen to the test's values first, as intq's refusal of value-dependent shapes asks a
+user to do. Each case runs in a forked child (a crash inside TVM is recorded, not fatal). Outcomes:
 integer-only; float fallback (compiled with --allow-float); refused (a clear error, exit code 2:
 the reason is tallied); crash (anything else: a bug). Cases onnxruntime itself cannot run (training
 ops, unsupported types) and cases with float64/float16 or string inputs are skipped.
@@ -67,6 +69,25 @@ def cases(pattern: str = "") -> list[tuple[str, bytes, list[np.ndarray]]]:
         isinstance(x, np.ndarray) and (x.dtype.kind in "iub" or x.dtype == np.float32) for x in c[2])]
 
 
+def _freeze_shape_inputs(model, feed: dict) -> list[str]:
+    """Integer graph inputs that feed a shape operand directly (the node tests pass Reshape's shape, Reduce
+    axes, Resize scales as inputs) become initializers holding the test's values, as intq's refusal asks a
+    user to do; returns their names."""
+    from onnx import numpy_helper
+
+    from frontends.shape_operands import SHAPE_OPERANDS
+
+    operands = {n.input[k] for n in model.graph.node for k in SHAPE_OPERANDS.get(n.op_type, ()) if k < len(n.input)}
+    frozen = [name for name in feed if name in operands]
+    for name in frozen:
+        model.graph.initializer.append(numpy_helper.from_array(feed.pop(name), name))
+    if frozen:
+        kept = [v for v in model.graph.input if v.name not in frozen]
+        del model.graph.input[:]
+        model.graph.input.extend(kept)
+    return frozen
+
+
 def run_case(name: str, model_bytes: bytes, inputs: list[np.ndarray]) -> dict:
     """Compile (integer-only, else --allow-float), run and compare one case; returns its record."""
     import onnx
@@ -78,16 +99,17 @@ def run_case(name: str, model_bytes: bytes, inputs: list[np.ndarray]) -> dict:
 
     work = Path(tempfile.mkdtemp(prefix="intq-conf-"))
     path = work / "m.onnx"
-    path.write_bytes(model_bytes)
     model = onnx.load_from_string(model_bytes)
     inits = {i.name for i in model.graph.initializer}
     feed = dict(zip([v.name for v in model.graph.input if v.name not in inits], inputs))
+    frozen = _freeze_shape_inputs(model, feed)
+    path.write_bytes(model.SerializeToString())
     try:
         ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feed)
     except Exception as err:  # noqa: BLE001  (onnxruntime cannot run it: not a case for us)
         return {"case": name, "outcome": "skipped", "why": str(err).splitlines()[0][:160]}
     np.savez(work / "calib.npz", **{k: v[None] for k, v in feed.items()})
-    record = {"case": name}
+    record = {"case": name, "frozen": frozen}
     for allow in (False, True):
         log = io.StringIO()
         try:
@@ -161,7 +183,9 @@ def report(records: list[dict]) -> str:
     agree = [r for r in ran if r.get("cosine", -9) >= AGREE]
     lines = ["## ONNX backend tests through intq (`python -m benchmarks.conformance`)", "",
              f"{len(records)} cases (onnx's node tests and the models under onnx/backend/test/data); "
-             f"{count['skipped']} skipped because onnxruntime cannot run them. Of the {len(ran)} others:", "",
+             f"{count['skipped']} skipped because onnxruntime cannot run them; in "
+             f"{sum(1 for r in ran if r.get('frozen'))} cases, inputs that set shapes were frozen to the test's "
+             f"values. Of the {len(ran)} cases run:", "",
              "| outcome | cases | agree with onnxruntime (cosine >= 0.99) |", "|---|---|---|"]
     for outcome in ("integer-only", "float fallback", "refused", "run error", "crash"):
         n = count[outcome]
