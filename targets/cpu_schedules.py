@@ -255,18 +255,44 @@ def _annotate_read(sch: s_tir.Schedule, block, index: int, bounds) -> None:
     _ffi_api.ScheduleAnnotateBufferAccess(sch, block, index, 0, tvm.tirx.IndexMap(iters, bounds(*iters), None))
 
 
+STACK_BYTES = 1024  # TVM's kMaxStackAlloca: smaller constant-size buffers are stack arrays
+
+
+def _flat_vector_cap() -> int:
+    """Accumulator vectors (16 int32 lanes each) a flat conv keeps in registers across its taps:
+    12 zmm of 32 with AVX-512, 6 x 2 ymm of 16 with AVX2, 4 x 4 q of NEON's 32 (and elsewhere)."""
+    from .kernel_family import kernel_family
+
+    target = tvm.target.Target.current(allow_none=True)
+    dots = kernel_family(target).dots if target is not None else ()
+    if not dots:
+        return 4
+    return 12 if dots[0].registers == 32 else 6
+
+
 def _schedule_flat_depthwise(sch: s_tir.Schedule, block) -> None:
     """A conv over flat rows (`depthwise.py`): parallel over output channels, 16 output lanes at
     a time with their accumulators in registers across the taps; a depthwise conv's padded rows
     computed per channel where they are used (in cache), a stem's once, in parallel; the
-    requantization epilogue parallel over channels."""
+    requantization epilogue per channel too, right after its sums (in cache), each output row one
+    vector (7 or 14 lanes: LLVM widens them), or, when it is not one block over [batch, channel,
+    y, x], a parallel loop nest of its own."""
     from .depthwise import LANES, WIDTH
 
     epilogue = inline_epilogue(sch, sch.get(block).name_hint)
-    *lead, o, rc, ry, rx = sch.get_loops(block)
-    channel = sch.fuse(*lead) if len(lead) > 1 else lead[0]
-    sch.parallel(channel)
-    depthwise = int(sch.get(rc).extent) == 1
+    channel = _flat_epilogue_per_channel(sch, block, epilogue)
+    if channel is None:
+        *lead, _, _, _, _ = sch.get_loops(block)
+        channel = sch.fuse(*lead) if len(lead) > 1 else lead[0]
+        sch.parallel(channel)
+        for consumer in epilogue:  # a loop nest of its own
+            loops = sch.get_loops(consumer)
+            sch.parallel(sch.fuse(*loops[:-2]) if len(loops) > 3 else loops[0])
+        epilogue = []
+    loops = sch.get_loops(block)
+    # the loops under the channel: o and the taps' (compute-at drops those of extent one, e.g. rc)
+    o, *reduce = loops[[sch.get(lp).same_as(sch.get(channel)) for lp in loops].index(True) + 1:]
+    depthwise = int(sch.get(block).iter_vars[-3].dom.extent) == 1  # one input channel per output
     pads = sch.get_producers(block)  # the padded rows (stride 2: their phases, and the padded image before)
     pads += [image for pad in pads for image in sch.get_producers(pad)]
     if depthwise:  # the conv reads whole padded rows (the last one in part, which made a predicate
@@ -288,16 +314,43 @@ def _schedule_flat_depthwise(sch: s_tir.Schedule, block) -> None:
             sch.split(flat, [None, width])
         if not depthwise:
             sch.parallel(sch.fuse(*loops[:2]))
-    for consumer in epilogue:  # its reads (flat index y * Wp + x) defeat compute-at: a loop nest of its own
-        loops = sch.get_loops(consumer)
-        sch.parallel(sch.fuse(*loops[:-2]) if len(loops) > 3 else loops[0])
-    outer, lanes = sch.split(o, [None, LANES])
-    sch.reorder(outer, rc, ry, rx, lanes)
-    acc = sch.cache_write(block, 0, "local")
+    rows = static_factor(sch.get(o).extent)
+    vectors = rows // LANES
+    tile = max(t for t in range(1, _flat_vector_cap() + 1) if vectors % t == 0)
+    outer, tiled, lanes = sch.split(o, [None, tile, LANES])
+    sch.reorder(outer, *reduce, tiled, lanes)  # each weight broadcast once per tile of vectors
+    # TVM takes a "local" buffer in a parallel loop from the workspace pool (a call per channel,
+    # ~7 ns); small "global" ones are stack arrays, which LLVM keeps in registers too: 7x7 convs
+    # 107 -> 99 us. Larger ones share one workspace block with the padded rows, and LLVM then
+    # reloads the accumulators every tap (stride-2 112x112: 0.2 -> 0.8 ms): those stay "local"
+    acc = sch.cache_write(block, 0, "global" if rows * 4 < STACK_BYTES else "local")
     sch.reverse_compute_at(acc, outer)
+    sch.unroll(tiled)
     sch.vectorize(lanes)
-    sch.decompose_reduction(block, rc)
+    sch.decompose_reduction(block, reduce[0])
     sch.vectorize(sch.get_loops(acc)[-1])
+    for consumer in epilogue:
+        sch.vectorize(sch.get_loops(consumer)[-1])
+
+
+def _flat_epilogue_per_channel(sch: s_tir.Schedule, block, epilogue):
+    """The epilogue's (batch, channel) loop, parallel, with the flat conv computed under it; None
+    if it does not fit. Its reads of the flat sums (y * Wp + x) defeat TVM's region analysis, so
+    the read is declared as the channel's whole flat row first (the epilogue as a loop nest of its
+    own cost ~1 ns per output at 7x7: scalar int64 requantization of sums gone from L1)."""
+    if len(epilogue) != 1 or len(sch.get(epilogue[0]).iter_vars) != 4:
+        return None
+    consumer, sums = epilogue[0], sch.get(block).writes[0].source
+    index = next((i for i, r in enumerate(sch.get(consumer).reads) if r.source.same_as(sums)), None)
+    if index is None or len(sums.shape) != 3:
+        return None
+    rows = int(sums.shape[-1])
+    _annotate_read(sch, consumer, index, lambda b, f, *_: [b, b + 1, f, f + 1, 0, rows])
+    loops = sch.get_loops(consumer)
+    channel = sch.fuse(*loops[:2])
+    sch.parallel(channel)
+    sch.compute_at(block, channel)
+    return channel
 
 
 def _schedule_per_sample(func: tvm.tirx.PrimFunc):
