@@ -4,6 +4,8 @@ that TVM imports and intq lowers (in place, before the import):
     LpNormalization(x, axis, p)  ->  Div(x, ReduceL{p}(x, [axis], keepdims=1))   (face and sentence embeddings)
     DFT(x [..., N, c], axis)     ->  Reshape(MatMul(Reshape(x, [..., N c]), W), [..., K, 2])
     STFT(signal, step, window)   ->  the same MatMul on frames gathered with constant indices, the window in W
+    ConvTranspose(output_shape)  ->  ConvTranspose(pads, output_padding) giving that shape (TVM's converter
+                                     ignores output_shape: the output came out at the default size)
 
 W is the constant DFT matrix (cos and sin of 2 pi k n / N, signs and 1 / N as forward or inverse asks, rows
 for c = 1 real or 2 complex inputs, columns interleaving each bin's real and imaginary part): an audio
@@ -131,7 +133,37 @@ def _stft(node, opset: int, inits: list, shapes: dict, consts) -> list | None:
     return [gather] + _as_matmul(f"{prefix}/frames", w, 2, bins, node.output[0], prefix, inits)
 
 
-_DECOMPOSITIONS = {"LpNormalization": _lp_normalization, "DFT": _dft, "STFT": _stft}
+def _conv_transpose_output_shape(node, opset: int, inits: list, shapes: dict, consts) -> list | None:
+    """Explicit pads and output padding for an output_shape, as onnxruntime computes them."""
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    x, w = shapes.get(node.input[0]), shapes.get(node.input[1]) or (
+        list(consts(node.input[1]).shape) if consts(node.input[1]) is not None else None)
+    if "output_shape" not in attrs or x is None or w is None:
+        return None
+    spatial = len(x) - 2
+    out = list(attrs["output_shape"])[-spatial:]
+    strides = list(attrs.get("strides", [1] * spatial))
+    dilations = list(attrs.get("dilations", [1] * spatial))
+    adjust = list(attrs.get("output_padding", [0] * spatial))
+    kernel = list(attrs.get("kernel_shape", w[2:]))
+    upper = attrs.get("auto_pad", b"NOTSET") in (b"SAME_UPPER", "SAME_UPPER")
+    heads, tails, extra = [], [], []
+    for i in range(spatial):
+        size = (x[2 + i] - 1) * strides[i] + adjust[i] + (kernel[i] - 1) * dilations[i] + 1
+        total = max(0, size - out[i])
+        head, tail = (total // 2, total - total // 2) if upper else (total - total // 2, total // 2)
+        heads.append(head)
+        tails.append(tail)
+        extra.append(adjust[i] + out[i] - (size - total))  # rows past the default output: zeros plus bias
+    kept = [a for a in node.attribute if a.name not in ("output_shape", "pads", "auto_pad", "output_padding")]
+    new = helper.make_node("ConvTranspose", list(node.input), list(node.output), name=node.name,
+                           pads=heads + tails, output_padding=extra)
+    new.attribute.extend(kept)
+    return [new]
+
+
+_DECOMPOSITIONS = {"LpNormalization": _lp_normalization, "DFT": _dft, "STFT": _stft,
+                   "ConvTranspose": _conv_transpose_output_shape}
 
 
 def decompose_ops(model: onnx.ModelProto) -> int:

@@ -26,12 +26,23 @@ def _importable() -> frozenset[str]:
     return frozenset(onnx_frontend._get_convert_map())
 
 
+# attributes (with their default) that TVM's converter ignores: a node that sets another value is expanded
+IGNORED_BY_TVM = {"SpaceToDepth": {"mode": b"DCR"}}
+
+
+def _tvm_converts(node, importable: frozenset[str]) -> bool:
+    if node.op_type not in importable or node.op_type == "Attention":
+        return False  # TVM's Attention converter is the com.microsoft one (reads num_heads)
+    ignored = IGNORED_BY_TVM.get(node.op_type, {})
+    return not any(a.name in ignored and onnx.helper.get_attribute_value(a) != ignored[a.name] for a in node.attribute)
+
+
 def _to_expand(model: onnx.ModelProto, importable: frozenset[str]) -> set[str]:
     opset = next((o.version for o in model.opset_import if o.domain in STANDARD), 1)
     ops = set()
     for node in model.graph.node:
-        if node.domain not in STANDARD or (node.op_type in importable and node.op_type != "Attention"):
-            continue  # TVM's Attention converter is the com.microsoft one (reads num_heads)
+        if node.domain not in STANDARD or _tvm_converts(node, importable):
+            continue
         try:
             schema = onnx.defs.get_schema(node.op_type, opset, "")
         except onnx.defs.SchemaError:

@@ -164,3 +164,19 @@ def test_rotary_embedding_over_the_whole_head(tmp_path, interleaved):
     art, cos = _compile_and_compare(tmp_path, model, feeds)
     assert art.manifest["integer_only"] is True
     assert cos >= 0.999, cos
+
+
+def test_attribute_tvm_ignores_expands_the_op(tmp_path):
+    """SpaceToDepth in CRD mode (newest opsets): TVM's converter ignores `mode` (DCR order, wrong channels), so the
+    node is expanded into its ONNX definition; integer-only, equal to onnxruntime."""
+    node = helper.make_node("SpaceToDepth", ["x"], ["y"], blocksize=2, mode="CRD")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 2, 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", onnx.defs.onnx_opset_version())])
+
+    def feeds(_, seed):
+        return {"x": np.random.default_rng(seed).standard_normal((1, 2, 4, 6)).astype(np.float32)}
+
+    art, cos = _compile_and_compare(tmp_path, model, feeds)
+    assert art.manifest["integer_only"] is True
+    assert cos > 0.999, cos
