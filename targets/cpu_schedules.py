@@ -205,9 +205,10 @@ _CONV_BLOCKS = ("group_conv2d_nchw", "conv2d_nchw", "depthwise_conv2d_nchw")
 
 
 def _flat_depthwise_block(sch: s_tir.Schedule):
-    from .depthwise import BLOCK
+    from .depthwise import BLOCK, QUAD_BLOCK
 
-    return next((b for b in sch.get_child_blocks(sch.get_sblock("root")) if sch.get(b).name_hint == BLOCK), None)
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    return next((b for b in blocks if sch.get(b).name_hint in (BLOCK, QUAD_BLOCK)), None)
 
 
 def _depthwise_conv_block(sch: s_tir.Schedule):
@@ -252,7 +253,9 @@ def _annotate_read(sch: s_tir.Schedule, block, index: int, bounds) -> None:
     from tvm.s_tir.schedule import _ffi_api
 
     iters = [v.var for v in sch.get(block).iter_vars]
-    _ffi_api.ScheduleAnnotateBufferAccess(sch, block, index, 0, tvm.tirx.IndexMap(iters, bounds(*iters), None))
+    dtype = str(iters[0].ty.dtype)  # Python ints as the iterators' int64 (int32 bounds broke a later tensorize)
+    region = [tvm.tirx.const(v, dtype) if isinstance(v, int) else v for v in bounds(*iters)]
+    _ffi_api.ScheduleAnnotateBufferAccess(sch, block, index, 0, tvm.tirx.IndexMap(iters, region, None))
 
 
 STACK_BYTES = 1024  # TVM's kMaxStackAlloca: smaller constant-size buffers are stack arrays
@@ -277,7 +280,7 @@ def _schedule_flat_depthwise(sch: s_tir.Schedule, block) -> None:
     requantization epilogue per channel too, right after its sums (in cache), each output row one
     vector (7 or 14 lanes: LLVM widens them), or, when it is not one block over [batch, channel,
     y, x], a parallel loop nest of its own."""
-    from .depthwise import LANES, WIDTH
+    from .depthwise import LANES, QUAD_BLOCK, QUADS, WIDTH, quad_rows_intrinsic
 
     epilogue = inline_epilogue(sch, sch.get(block).name_hint)
     channel = _flat_epilogue_per_channel(sch, block, epilogue)
@@ -292,19 +295,27 @@ def _schedule_flat_depthwise(sch: s_tir.Schedule, block) -> None:
     loops = sch.get_loops(block)
     # the loops under the channel: o and the taps' (compute-at drops those of extent one, e.g. rc)
     o, *reduce = loops[[sch.get(lp).same_as(sch.get(channel)) for lp in loops].index(True) + 1:]
-    depthwise = int(sch.get(block).iter_vars[-3].dom.extent) == 1  # one input channel per output
-    pads = sch.get_producers(block)  # the padded rows (stride 2: their phases, and the padded image before)
-    pads += [image for pad in pads for image in sch.get_producers(pad)]
+    quad = sch.get(block).name_hint == QUAD_BLOCK
+    depthwise = quad or int(sch.get(block).iter_vars[-3].dom.extent) == 1  # one input channel per output
+    pads, level = [], sch.get_producers(block)  # the quad rows, the padded rows (stride 2: their
+    while level:                                # phases, and the padded image before)
+        pads += level
+        level = [p for pad in level for p in sch.get_producers(pad)]
     if depthwise:  # the conv reads whole padded rows (the last one in part, which made a predicate
         # in the pad's row loop that blocked its vectorization)
         stmt = sch.get(block)
         index = next(i for i, r in enumerate(stmt.reads) if r.source.same_as(sch.get(pads[0]).writes[0].source))
-        py, px, flat = (int(d) for d in stmt.reads[index].source.shape[2:])  # [batch (maybe symbolic), C, ...]
-        _annotate_read(sch, block, index, lambda b, f, *_: [b, b + 1, f, f + 1, 0, py, 0, px, 0, flat])
+        dims = [int(d) for d in stmt.reads[index].source.shape[2:]]  # [batch (maybe symbolic), C, ...]
+        natural = [(r.min, r.min + r.extent) for r in stmt.reads[index].region]
+        _annotate_read(sch, block, index, lambda b, f, *_: [b, b + 1, f, f + 1]
+                       + [v for d in dims for v in (0, d)])
     for producer in pads:  # consumers first: each is computed where the next one needs it
         if depthwise:
             sch.compute_at(producer, channel)
         loops = sch.get_loops(producer)
+        if sch.get(producer).name_hint == QUADS:  # 16 words of quad rows per shuffle (once the
+            quad_words = sch.split(loops[-2], [None, LANES])[1]  # rest is in place: tensorize
+            continue                                                # replaces the block)
         width = sch.get(producer).annotations.get(WIDTH)
         if width is not None:  # row by row (no division per element)
             flat, width = loops[-1], int(width)
@@ -318,6 +329,12 @@ def _schedule_flat_depthwise(sch: s_tir.Schedule, block) -> None:
     vectors = rows // LANES
     tile = max(t for t in range(1, _flat_vector_cap() + 1) if vectors % t == 0)
     outer, tiled, lanes = sch.split(o, [None, tile, LANES])
+    if quad:  # the 4 taps of a dot product innermost: acc[16] += X4[16, 4] . w[4], one vpdpbusd
+        # the rows are in place: its own region back (tensorize matches the 16 words read)
+        _annotate_read(sch, block, index, lambda *_: [v for lo, hi in natural for v in (lo, hi)])
+        _schedule_quad_taps(sch, block, epilogue, outer, tiled, lanes, reduce)
+        sch.tensorize(quad_words, quad_rows_intrinsic())
+        return
     sch.reorder(outer, *reduce, tiled, lanes)  # each weight broadcast once per tile of vectors
     # TVM takes a "local" buffer in a parallel loop from the workspace pool (a call per channel,
     # ~7 ns); small "global" ones are stack arrays, which LLVM keeps in registers too: 7x7 convs
@@ -328,6 +345,25 @@ def _schedule_flat_depthwise(sch: s_tir.Schedule, block) -> None:
     sch.unroll(tiled)
     sch.vectorize(lanes)
     sch.decompose_reduction(block, reduce[0])
+    sch.vectorize(sch.get_loops(acc)[-1])
+    for consumer in epilogue:
+        sch.vectorize(sch.get_loops(consumer)[-1])
+
+
+def _schedule_quad_taps(sch: s_tir.Schedule, block, epilogue, outer, tiled, lanes, reduce) -> None:
+    """The quad-tap conv's tile (`depthwise_quad_te`): accumulators in registers, the dot products
+    of four taps tensorized with AVX512-VNNI's broadcast-weight intrinsic."""
+    from .kernel_family import VNNI
+
+    *taps, j = reduce
+    sch.reorder(outer, *taps, tiled, lanes, j)
+    scope = "global" if static_factor(sch.get(block).iter_vars[2].dom.extent) * 4 < STACK_BYTES else "local"
+    acc = sch.cache_write(block, 0, scope)  # as in _schedule_flat_depthwise
+    sch.reverse_compute_at(acc, outer)
+    init = sch.decompose_reduction(block, taps[0])
+    sch.unroll(tiled)
+    sch.tensorize(lanes, vnni.intrinsic_names(VNNI, scope)[1])
+    sch.vectorize(sch.get_loops(init)[-1])
     sch.vectorize(sch.get_loops(acc)[-1])
     for consumer in epilogue:
         sch.vectorize(sch.get_loops(consumer)[-1])

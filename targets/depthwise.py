@@ -16,6 +16,11 @@ width. A stem (a conv over <= 4 input channels, x86 only: on aarch64 LLVM makes 
 default loops) sums its few input channels the same way. The integer sums are those of the
 conv itself: bit-exact. Runs before legalization on CPU targets; `cpu_schedules.py` schedules
 the `dwflat_conv` block (parallel over channels, 16 lanes, accumulators in registers).
+
+With AVX512-VNNI, a depthwise conv of 5 or more taps per row over a small image (<= 14x14
+outputs) sums 4 taps per instruction instead (`depthwise_quad_te`, block `dwflat_quad`): quad
+rows X4[i, 0:4] = xp[i:i + 4] built by one shuffle per 16 words, then `vpdpbusd` of 16 quads
+with a broadcast word of 4 weights (zero-padded to whole quads).
 """
 
 from __future__ import annotations
@@ -84,6 +89,116 @@ def depthwise_flat_te(x: te.Tensor, w: te.Tensor, pads: tuple[int, int, int, int
     return te.compute((n, o_ch, ho, wo), lambda b, f, y, xx: acc[b, f, y * wq + xx], name="dwflat_out")
 
 
+QUAD_BLOCK = "dwflat_quad"  # the quad-tap conv (dot products of 4 taps: vpdpbusd)
+QUADS = "dwflat_quads"  # the quad rows: X4[i, j] = xp[i + j]
+QUAD = 4  # taps per dot product (bytes per int32 lane)
+# Where quads won, kernel alone at 1 thread (flat -> quads): 5x5 over 7x7 97 -> 67 us, 14x14 176 -> 148,
+# stride 2 to 7x7 92 -> 87; they lost on 3x3 kernels (14x14: 60 -> 79 us) and on images of 28x28 and
+# up (5x5: 205 -> 275 us), whose quad rows no longer fit a stack array (a workspace call per channel)
+QUAD_MIN_WIDTH = 5
+QUAD_MAX_OUTPUTS = 14 * 14
+
+
+def quad_weights(weights: np.ndarray, stride: int) -> np.ndarray:
+    """[C, 1, kh, kw] -> [C, kh, s, Q, 4]: tap (ry, rx) at (ry, rx % s, q, j) with 4q + j = rx // s,
+    zeros in the unused slots (they meet bytes of the neighbouring pixels: they add nothing)."""
+    c, _, kh, kw = weights.shape
+    taps = -(-kw // stride)
+    quads = -(-taps // QUAD)
+    out = np.zeros((c, kh, stride, quads * QUAD), np.int8)
+    for rx in range(kw):
+        out[:, :, rx % stride, rx // stride] = weights[:, 0, :, rx]
+    return out.reshape(c, kh, stride, quads, QUAD)
+
+
+def depthwise_quad_te(x: te.Tensor, wq: te.Tensor, pads: tuple[int, int, int, int], stride: int, kw: int,
+                      corr: te.Tensor | None = None) -> te.Tensor:
+    """A depthwise conv over flat rows (as `depthwise_flat_te`) whose taps along x are summed four at
+    a time: each flat row is widened into quad rows X4[i, 0:4] = xp[i:i + 4] (one shuffle per 16
+    words), and acc[o:o + 16] += X4[o + off:o + off + 16, :] . wq[ry, px, q, :] is one `vpdpbusd`
+    (u8 x s8, exact: no saturation), 2 instead of 5 multiply-adds per row of a 5x5 kernel.
+    `wq` is `quad_weights(w, stride)` [C, kh, s, Q, 4]; the int32 sums equal the conv's."""
+    n, c, h, wd = x.shape
+    _, kh, _, quads, _ = (int(d) for d in wq.shape)
+    top, left, bottom, right = pads
+    hp, wp = int(h) + top + bottom, int(wd) + left + right
+    ho, wo = (hp - kh) // stride + 1, (wp - kw) // stride + 1
+    wq_ = -(-wp // stride)
+    rows = -(-ho * wq_ // LANES) * LANES
+    span = -(-(rows + ((kh - 1) // stride) * wq_ + QUAD * (quads - 1)) // LANES) * LANES  # quad rows read
+    flat = -(-(span + QUAD - 1) // wq_) * wq_  # whole phase rows, covering the last quad's bytes
+
+    def padded(b, ch, y, xx):
+        y, xx = y - top, xx - left
+        inside = tirx.all(y >= 0, y < int(h), xx >= 0, xx < int(wd))
+        if corr is not None:
+            return tirx.if_then_else(inside, (x[b, ch, y, xx].astype("int16") + 128).astype("uint8"),
+                                     tirx.const(128, "uint8"))
+        return tirx.if_then_else(inside, x[b, ch, y, xx], tirx.const(0, x.dtype))
+
+    if stride == 1:
+        xp = te.compute((n, c, 1, 1, flat), lambda b, ch, py, px, i: padded(b, ch, i // wq_, i % wq_),
+                        name="dwflat_pad", attrs={WIDTH: wq_})
+    else:
+        image = te.compute((n, c, stride * (flat // wq_), stride * wq_), padded, name="dwflat_image")
+        xp = te.compute((n, c, stride, stride, flat), lambda b, ch, py, px, i: image[
+            b, ch, stride * (i // wq_) + py, stride * (i % wq_) + px], name="dwflat_pad", attrs={WIDTH: wq_})
+    x4 = te.compute((n, c, stride, stride, span, QUAD), lambda b, ch, py, px, i, j: xp[b, ch, py, px, i + j],
+                    name=QUADS)
+    ry, px = te.reduce_axis((0, kh), name="ry"), te.reduce_axis((0, stride), name="px")
+    q, j = te.reduce_axis((0, quads), name="q"), te.reduce_axis((0, QUAD), name="j")
+    acc = te.compute((n, c, rows), lambda b, f, o: te.sum(
+        x4[b, f, ry % stride, px, o + (ry // stride) * wq_ + QUAD * q, j].astype("int32")
+        * wq[f, ry, px, q, j].astype("int32"), axis=[ry, px, q, j]), name=QUAD_BLOCK)
+    if corr is not None:
+        return te.compute((n, c, ho, wo), lambda b, f, y, xx: acc[b, f, y * wq_ + xx] - corr[f], name="dwflat_out")
+    return te.compute((n, c, ho, wo), lambda b, f, y, xx: acc[b, f, y * wq_ + xx], name="dwflat_out")
+
+
+def quad_rows_intrinsic() -> str:
+    """X4[i, 0:4] = xp[i:i + 4] for 16 words: four overlapping 16-byte loads interleaved (one
+    shuffle), registered once per process."""
+    from tvm import s_tir
+    from tvm.script import tirx as T
+
+    name = "intq_dwflat_quad_rows"
+    if s_tir.TensorIntrin.get(name, allow_missing=True) is not None:
+        return name
+    L, K = LANES, QUAD
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.Buffer((L + K - 1,), "uint8", offset_factor=1),
+             b: T.Buffer((L, K), "uint8", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(a[0:L + K - 1])
+            T.writes(b[0:L, 0:K])
+            for i, j in T.grid(L, K):
+                with T.sblock("update"):
+                    vi, vj = T.axis.remap("SS", [i, j])
+                    b[vi, vj] = a[vi + vj]
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.Buffer((L + K - 1,), "uint8", offset_factor=1),
+             b: T.Buffer((L, K), "uint8", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(a[0:L + K - 1])
+            T.writes(b[0:L, 0:K])
+            flat = T.decl_buffer((L * K,), "uint8", data=b.data, elem_offset=b.elem_offset)
+            flat[T.ramp(T.int32(0), 1, L * K)] = T.Shuffle(
+                [a.vload([j], f"uint8x{L}") for j in range(K)], [j * L + i for i in range(L) for j in range(K)])
+
+    s_tir.TensorIntrin.register(name, desc, impl)
+    return name
+
+
+def _quad_taps() -> bool:
+    """Whether the target's dot product is AVX512-VNNI's (16 lanes of 4 u8 x s8 taps, no saturation)."""
+    from .kernel_family import VNNI, kernel_family
+
+    target = tvm.target.Target.current(allow_none=True)
+    return target is not None and _x86() and VNNI in kernel_family(target).dots
+
+
 def _x86() -> bool:
     target = tvm.target.Target.current(allow_none=True)
     triple = str(target.attrs.get("mtriple", "") or "") if target is not None else ""
@@ -118,7 +233,14 @@ class _Rewriter(PyExprMutator):
         if str(x.ty.dtype) == "int8":  # shifted to uint8 (see depthwise_flat_te)
             sums = weights.astype(np.int64).reshape(weights.shape[0], -1).sum(1)
             corr = relax.const((128 * sums).astype("int32"), "int32")
-        return self.builder_.call_te(depthwise_flat_te, x, w, pads, strides.pop(), groups, corr,
+        stride = strides.pop()
+        kh, kw = weights.shape[2:]
+        outputs = (((int(shape[2]) + pads[0] + pads[2] - kh) // stride + 1)
+                   * ((int(shape[3]) + pads[1] + pads[3] - kw) // stride + 1))
+        if depthwise and kh > 1 and kw >= QUAD_MIN_WIDTH and outputs <= QUAD_MAX_OUTPUTS and _quad_taps():
+            return self.builder_.call_te(depthwise_quad_te, x, relax.const(quad_weights(weights, stride)), pads,
+                                         stride, int(weights.shape[3]), corr, primfunc_name_hint="dwflat_conv2d")
+        return self.builder_.call_te(depthwise_flat_te, x, w, pads, stride, groups, corr,
                                      primfunc_name_hint="dwflat_conv2d")
 
 

@@ -43,14 +43,15 @@ def _bcast(buf, dtype: str, k: int, lanes: int):
     return T.reinterpret(T.broadcast(word, lanes), dtype=f"{dtype}x{lanes * k}")
 
 
-def _intrinsics(dot: Dot):
-    """(bcast_a, bcast_b) descriptions and implementations of `dot` as TVMScript."""
+def _intrinsics(dot: Dot, scope: str = "local"):
+    """(bcast_a, bcast_b) descriptions and implementations of `dot` as TVMScript, accumulating
+    into a buffer of `scope`."""
     L, K, ad, wd, combine = dot.lanes, dot.k, dot.a_dtype, dot.w_dtype, dot.combine
     acc_t, a_vec, w_vec = f"int32x{L}", f"{ad}x{L * K}", f"{wd}x{L * K}"
 
     @T.prim_func(s_tir=True)
     def a_desc(A: T.Buffer((K,), ad, offset_factor=1), B: T.Buffer((L, K), wd, offset_factor=1),
-               C: T.Buffer((L,), "int32", offset_factor=1, scope="local")) -> None:
+               C: T.Buffer((L,), "int32", offset_factor=1, scope=scope)) -> None:
         with T.sblock("root"):
             T.reads(C[0:L], A[0:K], B[0:L, 0:K])
             T.writes(C[0:L])
@@ -61,7 +62,7 @@ def _intrinsics(dot: Dot):
 
     @T.prim_func(s_tir=True)
     def a_impl(A: T.Buffer((K,), ad, offset_factor=1), B: T.Buffer((L, K), wd, offset_factor=1),
-               C: T.Buffer((L,), "int32", offset_factor=1, scope="local")) -> None:
+               C: T.Buffer((L,), "int32", offset_factor=1, scope=scope)) -> None:
         with T.sblock("root"):
             T.reads(C[0:L], A[0:K], B[0:L, 0:K])
             T.writes(C[0:L])
@@ -70,7 +71,7 @@ def _intrinsics(dot: Dot):
 
     @T.prim_func(s_tir=True)
     def b_desc(A: T.Buffer((L, K), ad, offset_factor=1), B: T.Buffer((K,), wd, offset_factor=1),
-               C: T.Buffer((L,), "int32", offset_factor=1, scope="local")) -> None:
+               C: T.Buffer((L,), "int32", offset_factor=1, scope=scope)) -> None:
         with T.sblock("root"):
             T.reads(C[0:L], A[0:L, 0:K], B[0:K])
             T.writes(C[0:L])
@@ -81,7 +82,7 @@ def _intrinsics(dot: Dot):
 
     @T.prim_func(s_tir=True)
     def b_impl(A: T.Buffer((L, K), ad, offset_factor=1), B: T.Buffer((K,), wd, offset_factor=1),
-               C: T.Buffer((L,), "int32", offset_factor=1, scope="local")) -> None:
+               C: T.Buffer((L,), "int32", offset_factor=1, scope=scope)) -> None:
         with T.sblock("root"):
             T.reads(C[0:L], A[0:L, 0:K], B[0:K])
             T.writes(C[0:L])
@@ -91,11 +92,13 @@ def _intrinsics(dot: Dot):
     return (a_desc, a_impl), (b_desc, b_impl)
 
 
-def intrinsic_names(dot: Dot) -> tuple[str, str]:
-    """Register `dot`'s two intrinsics once per process (MetaSchedule workers call it too)."""
-    names = tuple(f"intq_{dot.name}_{dot.lanes}x{dot.k}_bcast_{side}" for side in "ab")
+def intrinsic_names(dot: Dot, scope: str = "local") -> tuple[str, str]:
+    """Register `dot`'s two intrinsics (accumulators in `scope`) once per process (MetaSchedule
+    workers call it too)."""
+    suffix = "" if scope == "local" else f"_{scope}"
+    names = tuple(f"intq_{dot.name}_{dot.lanes}x{dot.k}_bcast_{side}{suffix}" for side in "ab")
     if s_tir.TensorIntrin.get(names[0], allow_missing=True) is None:
-        for name, (desc, impl) in zip(names, _intrinsics(dot)):
+        for name, (desc, impl) in zip(names, _intrinsics(dot, scope)):
             s_tir.TensorIntrin.register(name, desc, impl)
     return names
 
