@@ -33,10 +33,52 @@ def _array(model: onnx.ModelProto, name: str) -> np.ndarray | None:
     return None
 
 
+def _full_rank(model: onnx.ModelProto, node, rank: int, in_shape: list[int], extra: list):
+    """Opset 18's `axes` (scales or sizes for those axes only) and keep_aspect_ratio_policy (sizes shrunk or
+    grown to keep the aspect ratio), which TVM's converter ignores, made explicit: full-rank constant scales
+    or sizes, as the ONNX spec computes them. Returns the node to keep."""
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    axes = attrs.get("axes")
+    policy = attrs.get("keep_aspect_ratio_policy", b"stretch")
+    policy = policy.decode() if isinstance(policy, bytes) else policy
+    if axes is None and policy == "stretch":
+        return node
+    axes = [a % rank for a in (axes or range(rank))]
+    scales = _array(model, node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    sizes = _array(model, node.input[3]) if len(node.input) > 3 and node.input[3] else None
+    ins = list(node.input) + [""] * (4 - len(node.input))
+    if sizes is not None and sizes.size:
+        full = list(in_shape)
+        for a, v in zip(axes, sizes.tolist()):
+            full[a] = int(v)
+        if policy != "stretch":
+            ratios = [full[a] / in_shape[a] for a in axes]
+            scale = min(ratios) if policy == "not_larger" else max(ratios)
+            for a in axes:
+                full[a] = int(np.floor(scale * in_shape[a] + 0.5))  # round_int: halfway cases up
+        extra.append(numpy_helper.from_array(np.array(full, np.int64), f"{node.output[0]}/full_sizes"))
+        ins[3] = extra[-1].name
+    elif scales is not None and scales.size:
+        full = np.ones(rank, np.float32)
+        full[axes] = scales
+        extra.append(numpy_helper.from_array(full, f"{node.output[0]}/full_scales"))
+        ins[2] = extra[-1].name
+    else:
+        return node  # not static: the importer decides
+    new = helper.make_node("Resize", ins, list(node.output), name=node.name)
+    new.attribute.extend(a for a in node.attribute if a.name not in ("axes", "keep_aspect_ratio_policy"))
+    return new
+
+
 def resize_to_nchw(model: onnx.ModelProto, path) -> None:
-    """Rewrite every NHWC 4-D Resize of `model` (shape-inferred, constant scales or sizes) in place."""
+    """Rewrite every NHWC 4-D Resize of `model` (shape-inferred, constant scales or sizes) in place; Resize's
+    `axes` and keep_aspect_ratio_policy first become full-rank scales or sizes (`_full_rank`)."""
     shapes, nodes, extra = _shapes(model), [], []
     for node in model.graph.node:
+        if node.op_type == "Resize" and shapes.get(node.input[0]):
+            node = _full_rank(model, node, len(shapes[node.input[0]]), shapes[node.input[0]], extra)
+            model.graph.initializer.extend(extra)  # visible to `_array` below
+            extra.clear()
         if node.op_type != "Resize" or len(shapes.get(node.input[0], [])) != 4:
             nodes.append(node)
             continue

@@ -418,3 +418,30 @@ def test_gather_at_argmax_of_ids_compiles_integer_only(tmp_path):
     for x, i in zip(data[16:], ids[16:]):
         g, want = art.run({"x": x, "ids": i})["y"].ravel(), sess.run(None, {"x": x, "ids": i})[0].ravel()
         assert g @ want / (np.linalg.norm(g) * np.linalg.norm(want) + 1e-12) >= 0.99
+
+
+@pytest.mark.parametrize("policy,out", [("stretch", [1, 3, 6, 10]), ("not_larger", [1, 3, 6, 6]),
+                                        ("not_smaller", [1, 3, 10, 10])])
+def test_resize_axes_and_aspect_ratio_policy(tmp_path, policy, out):
+    """Opset 18's Resize `axes` and keep_aspect_ratio_policy (ignored by TVM's converter, and a crash in the
+    layout check) become full-rank sizes: the output shape and values of onnxruntime, integer-only."""
+    import onnxruntime as ort
+
+    from runtime import compile_model, load
+
+    node = helper.make_node("Resize", ["x", "", "", "sz"], ["y"], mode="nearest", axes=[2, 3],
+                            keep_aspect_ratio_policy=policy)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, out)],
+                              [numpy_helper.from_array(np.array([6, 10], np.int64), "sz")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    model.ir_version = 9
+    onnx.save(model, tmp_path / "r.onnx")
+    xs = np.random.default_rng(4).standard_normal((8, 1, 3, 4, 4)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=xs)
+    art = load(compile_model(tmp_path / "r.onnx", "x86", tmp_path / "a", calib=tmp_path / "calib.npz", progress=False))
+    assert art.manifest["integer_only"] is True
+    want = ort.InferenceSession(str(tmp_path / "r.onnx")).run(None, {"x": xs[1]})[0]
+    got = art.run({"x": xs[1]})["y"]
+    assert got.shape == want.shape == tuple(out)
+    assert float(got.ravel() @ want.ravel() / np.linalg.norm(got) / np.linalg.norm(want)) > 0.999
