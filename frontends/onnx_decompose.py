@@ -6,6 +6,7 @@ that TVM imports and intq lowers (in place, before the import):
     STFT(signal, step, window)   ->  the same MatMul on frames gathered with constant indices, the window in W
     ConvTranspose(output_shape)  ->  ConvTranspose(pads, output_padding) giving that shape (TVM's converter
                                      ignores output_shape: the output came out at the default size)
+    Compress(x, constant cond)   ->  Gather(x, the kept indices)   (TVM's converter needs dynamic shapes)
 
 W is the constant DFT matrix (cos and sin of 2 pi k n / N, signs and 1 / N as forward or inverse asks, rows
 for c = 1 real or 2 complex inputs, columns interleaving each bin's real and imaginary part): an audio
@@ -162,8 +163,24 @@ def _conv_transpose_output_shape(node, opset: int, inits: list, shapes: dict, co
     return [new]
 
 
+def _compress(node, opset: int, inits: list, shapes: dict, consts) -> list | None:
+    """Compress with a constant condition: a Gather of the kept indices (static shape)."""
+    cond = consts(node.input[1])
+    if cond is None:
+        return None  # value-dependent shape: refused as a shape operand
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    prefix = node.name or node.output[0]
+    inits.append(numpy_helper.from_array(np.nonzero(cond.astype(bool).ravel())[0].astype(np.int64), f"{prefix}/kept"))
+    if "axis" in attrs:
+        return [helper.make_node("Gather", [node.input[0], inits[-1].name], list(node.output), name=prefix,
+                                 axis=int(attrs["axis"]))]
+    inits.append(numpy_helper.from_array(np.array([-1], np.int64), f"{prefix}/flat_shape"))
+    return [helper.make_node("Reshape", [node.input[0], inits[-1].name], [f"{prefix}/flat"], name=f"{prefix}/flat"),
+            helper.make_node("Gather", [f"{prefix}/flat", inits[-2].name], list(node.output), name=prefix, axis=0)]
+
+
 _DECOMPOSITIONS = {"LpNormalization": _lp_normalization, "DFT": _dft, "STFT": _stft,
-                   "ConvTranspose": _conv_transpose_output_shape}
+                   "ConvTranspose": _conv_transpose_output_shape, "Compress": _compress}
 
 
 def decompose_ops(model: onnx.ModelProto) -> int:

@@ -319,3 +319,19 @@ def test_lp_normalization_compiles_integer_only(tmp_path, p):
     ref = ort.InferenceSession(str(path)).run(None, {"x": xs[3]})[0]
     got = art.run({"x": xs[3]})["o"]
     assert float((got * ref).sum() / np.linalg.norm(got) / np.linalg.norm(ref)) > 0.999
+
+
+def test_compress_with_constant_condition_is_a_gather(tmp_path):
+    import onnxruntime as ort
+
+    from runtime import compile_model, load
+
+    cond = onnx.numpy_helper.from_array(np.array([1, 0, 1, 1, 0, 0, 1, 0], bool), "cond")
+    path = _tiny(tmp_path / "c.onnx", [2, 8], [helper.make_node("Compress", ["x", "cond"], ["o"], axis=1)], [cond],
+                 outputs=(("o", [2, 4]),))
+    xs = np.random.default_rng(5).standard_normal((8, 2, 8)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=xs)
+    art = load(compile_model(path, "x86", tmp_path / "a", calib=tmp_path / "calib.npz", progress=False))
+    assert art.manifest["integer_only"] is True
+    want = ort.InferenceSession(str(path)).run(None, {"x": xs[1]})[0]
+    np.testing.assert_allclose(art.run({"x": xs[1]})["o"], want, atol=0.05)
