@@ -30,9 +30,15 @@ def _importable() -> frozenset[str]:
 IGNORED_BY_TVM = {"SpaceToDepth": {"mode": b"DCR"}}
 
 
+# ops whose converter makes only the first output (the others came out as constants)
+FIRST_OUTPUT_ONLY = frozenset({"LayerNormalization"})
+
+
 def _tvm_converts(node, importable: frozenset[str]) -> bool:
     if node.op_type not in importable or node.op_type == "Attention":
         return False  # TVM's Attention converter is the com.microsoft one (reads num_heads)
+    if node.op_type in FIRST_OUTPUT_ONLY and any(node.output[1:]):
+        return False
     ignored = IGNORED_BY_TVM.get(node.op_type, {})
     return not any(a.name in ignored and onnx.helper.get_attribute_value(a) != ignored[a.name] for a in node.attribute)
 

@@ -180,3 +180,28 @@ def test_attribute_tvm_ignores_expands_the_op(tmp_path):
     art, cos = _compile_and_compare(tmp_path, model, feeds)
     assert art.manifest["integer_only"] is True
     assert cos > 0.999, cos
+
+
+def test_layer_norm_statistics_outputs_are_computed(tmp_path):
+    """LayerNormalization's Mean and InvStdDev outputs (TVM's converter makes only Y; the others came out as
+    constants and were refused) come from the op's ONNX definition; integer-only, close to onnxruntime."""
+    rng = np.random.default_rng(6)
+    inits = [onnx.numpy_helper.from_array(rng.uniform(0.5, 1.5, 16).astype(np.float32), "g"),
+             onnx.numpy_helper.from_array(rng.standard_normal(16).astype(np.float32) * 0.1, "b")]
+    node = helper.make_node("LayerNormalization", ["x", "g", "b"], ["y", "mean", "inv_std"], axis=-1)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 16]),
+                               helper.make_tensor_value_info("mean", TensorProto.FLOAT, [1, 4, 1]),
+                               helper.make_tensor_value_info("inv_std", TensorProto.FLOAT, [1, 4, 1])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+
+    def feeds(_, seed):
+        r = np.random.default_rng(seed)
+        return {"x": (r.standard_normal((1, 4, 16)) * r.uniform(0.5, 2, (1, 4, 1)) + 1).astype(np.float32)}
+
+    for output in ("y", "mean", "inv_std"):
+        (tmp_path / output).mkdir()
+        art, cos = _compile_and_compare(tmp_path / output, model, feeds, output)
+        assert art.manifest["integer_only"] is True
+        assert cos > 0.99, (output, cos)
