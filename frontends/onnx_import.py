@@ -192,12 +192,42 @@ def _read(path: Path) -> onnx.ModelProto:
         kept = [v for v in model.graph.input if v.name not in inits]
         del model.graph.input[:]
         model.graph.input.extend(kept)
+    _sort_nodes(model.graph)
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as err:
         first = str(err).strip().splitlines()[0]
         raise CompileError(f"{path}: invalid ONNX model: {first}") from None
     return model
+
+
+def _sort_nodes(graph: onnx.GraphProto) -> None:
+    """Nodes in an order where each comes after the producers of its inputs, in place (stable: a sorted
+    graph is unchanged). onnxruntime sorts the graph itself, so files whose nodes are out of order run
+    there (onnxconverter-common's float16 conversion appends its input Casts at the end)."""
+    nodes = list(graph.node)
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
+    if all(producer.get(x, -1) < i for i, n in enumerate(nodes) for x in n.input):
+        return
+    order, placed, visiting = [], set(), set()
+    for root in range(len(nodes)):
+        stack = [(root, False)]
+        while stack:
+            i, expanded = stack.pop()
+            if i in placed:
+                continue
+            if expanded:
+                placed.add(i)
+                order.append(nodes[i])
+                continue
+            if i in visiting:  # a cycle: left for the checker to name
+                return
+            visiting.add(i)
+            stack.append((i, True))
+            stack.extend((producer[x], False) for x in reversed(nodes[i].input) if x in producer
+                         and producer[x] not in placed)
+    del graph.node[:]
+    graph.node.extend(order)
 
 
 def _graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:

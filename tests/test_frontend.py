@@ -335,3 +335,19 @@ def test_compress_with_constant_condition_is_a_gather(tmp_path):
     assert art.manifest["integer_only"] is True
     want = ort.InferenceSession(str(path)).run(None, {"x": xs[1]})[0]
     np.testing.assert_allclose(art.run({"x": xs[1]})["o"], want, atol=0.05)
+
+
+def test_nodes_out_of_topological_order_are_sorted(tmp_path):
+    """onnxruntime runs files whose nodes are not topologically sorted (onnxconverter-common's float16
+    conversion appends the input Cast at the end: IMG.LY's fp16 ISNet); the importer sorts them."""
+    nodes = [helper.make_node("Relu", ["c"], ["r"], name="relu"), helper.make_node("Add", ["r", "c"], ["o"], name="add"),
+             helper.make_node("Neg", ["x"], ["c"], name="neg")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("o", TensorProto.FLOAT, [1, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "unsorted.onnx")
+    with pytest.raises(onnx.checker.ValidationError):
+        onnx.checker.check_model(model)
+    m = load_onnx(tmp_path / "unsorted.onnx")
+    assert [i.name for i in m.inputs] == ["x"] and [o.name for o in m.outputs] == ["o"]
