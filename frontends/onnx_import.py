@@ -59,6 +59,7 @@ INTEGER_PATH_OPS = frozenset({
     "LpNormalization", "DFT", "STFT", "Compress",  # x / ReduceL1|L2, a DFT matmul, a Gather (onnx_decompose.py)
     "ReduceL1", "ReduceSumSquare", "ReduceLogSumExp",
     "GlobalMaxPool", "LpPool", "Shrink", "MeanVarianceNormalization",  # imported as ops the lowerings take
+    "EyeLike", "Shape", "Size", "ConstantOfShape", "Range",  # constants once shapes are static
     "SequenceConstruct", "SequenceAt", "SequenceInsert", "SequenceErase", "ConcatFromSequence",  # static tuples
 })
 

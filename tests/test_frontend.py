@@ -351,3 +351,16 @@ def test_nodes_out_of_topological_order_are_sorted(tmp_path):
         onnx.checker.check_model(model)
     m = load_onnx(tmp_path / "unsorted.onnx")
     assert [i.name for i in m.inputs] == ["x"] and [o.name for o in m.outputs] == ["o"]
+
+
+def test_constant_output_is_emitted(tmp_path):
+    """An output that does not depend on the input (EyeLike of it: the identity) is a constant of the artifact,
+    exact integers at scale 1, instead of a refusal."""
+    from runtime import compile_model, load
+
+    nodes = [helper.make_node("EyeLike", ["x"], ["eye"]), helper.make_node("Relu", ["x"], ["o"])]
+    path = _tiny(tmp_path / "eye.onnx", [4, 4], nodes, outputs=(("o", [4, 4]), ("eye", [4, 4])))
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).standard_normal((4, 4, 4)).astype(np.float32))
+    art = load(compile_model(path, "x86", tmp_path / "a", calib=tmp_path / "calib.npz", progress=False))
+    assert art.manifest["integer_only"] is True
+    np.testing.assert_array_equal(art.run({"x": np.zeros((4, 4), np.float32)})["eye"], np.eye(4))
