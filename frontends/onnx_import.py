@@ -362,6 +362,10 @@ def _check_supported(model: onnx.ModelProto, path: Path, allow_unsupported: bool
 
 
 def _spec(value: onnx.ValueInfoProto, path: Path) -> TensorSpec:
+    kind = value.type.WhichOneof("value")
+    if kind != "tensor_type":  # a sequence, map or optional graph input or output
+        raise UnsupportedModelError(f"{path}: {value.name!r} is a {kind.replace('_type', '')}, not a tensor: intq "
+                                    "compiles models whose inputs and outputs are tensors")
     ttype = value.type.tensor_type
     dims = [d.dim_value if d.HasField("dim_value") else -1 for d in ttype.shape.dim]
     if min(dims, default=1) <= 0:
