@@ -31,6 +31,7 @@ from .kernel_family import DOTS, VNNI, Dot
 from .schedule_common import inline_epilogue, static_factor
 
 LANES = VNNI.lanes  # AVX512-VNNI's, kept for callers that assume it
+STACK_BYTES = 1024  # TVM's kMaxStackAlloca: smaller constant-size "global" buffers are stack arrays
 
 
 def _bcast(buf, dtype: str, k: int, lanes: int):
@@ -332,7 +333,6 @@ def _schedule_colsum(sch: s_tir.Schedule, block) -> None:
 def schedule(sch: s_tir.Schedule, block, dot: Dot, kind: str) -> None:
     """Tile, cache the accumulators in registers, tensorize and parallelize one dot-product
     block; the fused requantization epilogue after it is computed tile by tile."""
-    bcast_a, bcast_b = intrinsic_names(dot)
     if kind == COLSUM:
         _schedule_colsum(sch, block)
         return
@@ -344,7 +344,7 @@ def schedule(sch: s_tir.Schedule, block, dot: Dot, kind: str) -> None:
     if kind == DENSE:
         loops = sch.get_loops(block)
         outer, (row, lane, k) = list(loops[:-3]), loops[-3:]
-        tile, intrin, local_map = dense_tile(shape[-3], shape[-2], dot), bcast_a, None
+        tile, side, local_map = dense_tile(shape[-3], shape[-2], dot), "a", None
     else:
         _, o_n, h, w, _ = shape
         # one pixel axis p = y*W + x: the lanes of a tile are consecutive pixels
@@ -354,19 +354,27 @@ def schedule(sch: s_tir.Schedule, block, dot: Dot, kind: str) -> None:
         single = isinstance(sch.get(b).extent, tvm.tirx.IntImm) and int(sch.get(b).extent) == 1
         keep = (lambda n: ()) if single else (lambda n: (n,))
         if kind == CONV_LANES_OUT:  # a batch (maybe symbolic) keeps its axis in the accumulators
-            row, lane, intrin = pixels, o, bcast_a
+            row, lane, side = pixels, o, "a"  # the broadcast operand: activations
             local_map = lambda n, j, yy, xx: (*keep(n), yy * w + xx, j)
         else:
-            row, lane, intrin = o, pixels, bcast_b
+            row, lane, side = o, pixels, "b"  # weights
             local_map = lambda n, j, yy, xx: (*keep(n), j, yy * w + xx)
     rows, vectors = tile
+    # TVM lowers a "local" buffer to a workspace-pool call per parallel iteration (per tile: 5376 in
+    # EfficientNet's 112x112 expand conv); a "global" one under 1 KiB is a stack array, whose
+    # accumulators LLVM keeps in registers too: that conv alone 417 -> 336 us at 1 thread. Not for
+    # the int16 recipes: LLVM then splits x86-64-v4's vpdpwssd into vpmaddwd + vpaddd (unmeasured)
+    small = rows * vectors * dot.lanes * 4 < STACK_BYTES
+    scope = "global" if small and dot.a_dtype != "int16" else "local"
+    bcast_a, bcast_b = intrinsic_names(dot, scope)
+    intrin = bcast_a if side == "a" else bcast_b
     ro, ri = sch.split(row, [None, rows])
     lo, lt, ll = sch.split(lane, [None, vectors, dot.lanes])
     ko, kl = sch.split(k, [None, dot.k])
     sch.reorder(ro, lo, ko, ri, lt, ll, kl)
     par = sch.fuse(*outer, ro, lo)
     sch.parallel(par)
-    acc = sch.cache_write(block, 0, "local")
+    acc = sch.cache_write(block, 0, scope)
     if local_map is not None:
         sch.transform_layout(block, ("write", 0), local_map)
     sch.reverse_compute_at(acc, par)
