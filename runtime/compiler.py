@@ -376,7 +376,7 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
             "inputs": [{"name": s.name, "shape": shape, "dtype": s.dtype, "quant": q,
                         **_ranges(s.name, free, seq, seq_axes)}
                        for s, q, shape in zip(imported.inputs, boundary["inputs"], in_shapes)],
-            "outputs": [{"name": s.name, "shape": shape, "dtype": "float32", "quant": q}
+            "outputs": [{"name": s.name, "shape": shape, "dtype": s.dtype, "quant": q}
                         for s, q, shape in zip(imported.outputs, boundary["outputs"], out_shapes)],
             "quantization": {"observer": observer, "calibration_samples": len(samples),
                              "synthetic_calibration": synthetic, "bits": precision.bits,

@@ -225,7 +225,16 @@ class Model:
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Quantize `inputs`, run the integer model, dequantize the outputs."""
         outs = self.run_integer(self.quantize_inputs(inputs))
-        return {spec["name"]: dequantize(q, _scale_array(spec["quant"], q.ndim)) for spec, q in zip(self.outputs, outs)}
+        return {spec["name"]: _as_output(spec, dequantize(q, _scale_array(spec["quant"], q.ndim)))
+                for spec, q in zip(self.outputs, outs)}
+
+
+def _as_output(spec: dict, y: np.ndarray) -> np.ndarray:
+    """A dequantized output in the model's own output dtype (ONNX int64 indices, bool masks: exact integers)."""
+    dtype = np.dtype(spec.get("dtype", "float32"))
+    if dtype == y.dtype:
+        return y
+    return (y != 0) if dtype == np.bool_ else (np.rint(y) if dtype.kind in "iu" else y).astype(dtype)
 
 
 def _default_workers() -> int:

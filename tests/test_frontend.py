@@ -364,3 +364,23 @@ def test_constant_output_is_emitted(tmp_path):
     art = load(compile_model(path, "x86", tmp_path / "a", calib=tmp_path / "calib.npz", progress=False))
     assert art.manifest["integer_only"] is True
     np.testing.assert_array_equal(art.run({"x": np.zeros((4, 4), np.float32)})["eye"], np.eye(4))
+
+
+def test_integer_outputs_keep_their_dtype(tmp_path):
+    """An int64 output (ArgMax indices) comes back as int64 from Model.run, not as float32."""
+    from runtime import compile_model, load
+
+    nodes = [helper.make_node("Relu", ["x"], ["o"]), helper.make_node("ArgMax", ["x"], ["i"], axis=1, keepdims=0)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 6])],
+                              [helper.make_tensor_value_info("o", TensorProto.FLOAT, [2, 6]),
+                               helper.make_tensor_value_info("i", TensorProto.INT64, [2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "am.onnx")
+    xs = np.random.default_rng(7).standard_normal((4, 2, 6)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=xs)
+    art = load(compile_model(tmp_path / "am.onnx", "x86", tmp_path / "a", calib=tmp_path / "calib.npz",
+                             progress=False))
+    got = art.run({"x": xs[0]})
+    assert got["i"].dtype == np.int64 and got["o"].dtype == np.float32
+    np.testing.assert_array_equal(got["i"], xs[0].argmax(1))
