@@ -78,7 +78,7 @@ def _freeze_shape_inputs(model, feed: dict) -> list[str]:
     from frontends.shape_operands import SHAPE_OPERANDS
 
     operands = {n.input[k] for n in model.graph.node for k in SHAPE_OPERANDS.get(n.op_type, ()) if k < len(n.input)}
-    frozen = [name for name in feed if name in operands]
+    frozen = [name for name, value in feed.items() if name in operands and value.dtype.kind in "iub"]
     for name in frozen:
         model.graph.initializer.append(numpy_helper.from_array(feed.pop(name), name))
     if frozen:

@@ -17,7 +17,7 @@ SHAPE_OPERANDS = {
     "ReduceSum": (1,), "ReduceMean": (1,), "ReduceMax": (1,), "ReduceMin": (1,), "ReduceProd": (1,),
     "ReduceL1": (1,), "ReduceL2": (1,), "ReduceLogSum": (1,), "ReduceLogSumExp": (1,), "ReduceSumSquare": (1,),
     "Resize": (1, 2, 3), "Upsample": (1,), "OneHot": (1,), "CenterCropPad": (1,), "EyeLike": (), "Trilu": (1,),
-    "NonMaxSuppression": (2,), "CumSum": (1,),
+    "NonMaxSuppression": (0, 1, 2), "CumSum": (1,),  # NMS keeps a value-dependent number of boxes
     "Compress": (1,), "NonZero": (0,), "Unique": (0,),  # output shapes that depend on the values
     "DFT": (1, 2), "STFT": (1, 3),
 }
