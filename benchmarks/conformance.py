@@ -77,8 +77,10 @@ def _freeze_shape_inputs(model, feed: dict) -> list[str]:
 
     from frontends.shape_operands import SHAPE_OPERANDS
 
-    operands = {n.input[k] for n in model.graph.node for k in SHAPE_OPERANDS.get(n.op_type, ()) if k < len(n.input)}
-    frozen = [name for name, value in feed.items() if name in operands and value.dtype.kind in "iub"]
+    operands = {n.input[k]: n.op_type for n in model.graph.node for k in SHAPE_OPERANDS.get(n.op_type, ())
+                if k < len(n.input)}
+    frozen = [name for name, value in feed.items() if name in operands and
+              (value.dtype.kind in "iub" or operands[name] in ("Resize", "Upsample"))]  # integers, resize scales
     for name in frozen:
         model.graph.initializer.append(numpy_helper.from_array(feed.pop(name), name))
     if frozen:
