@@ -22,6 +22,7 @@ the input of a regression head whose outputs cancel (box offsets), PReLU outputs
 from __future__ import annotations
 
 import heapq
+import time
 from typing import Sequence
 
 import numpy as np
@@ -30,6 +31,7 @@ from .float_taps import TappedModel
 
 PROBE_SAMPLES = 2  # calibration samples the probe keeps (the error is their mean)
 MAX_SETS = 48  # sets measured per search, at most (each one model run per sample)
+MAX_SECONDS = 90.0  # time spent measuring sets, at most (what was found by then is kept)
 
 
 class SensitivityProbe:
@@ -73,21 +75,23 @@ class SensitivityProbe:
 
 
 def find_sensitive(probe: SensitivityProbe, grids: dict[str, tuple[float, int, int]], tol: float,
-                   limit: int, goal: float, budget: int = MAX_SETS) -> dict[str, float]:
+                   limit: int, goal: float, budget: int = MAX_SETS, seconds: float = MAX_SECONDS) -> dict[str, float]:
     """{name: error alone} of the candidates to carry at 16 bits, the worst first.
 
     Best first: the measured set with the largest error is split in two halves (graph order) and
     both are measured; a single tensor popped is a find. It stops at `limit` finds, after `budget`
-    measured sets, or when the largest set left costs at most tol^2 and all sets left together
-    (their errors add up) at most goal^2, or, whatever the total, at most (tol / 8)^2.
+    measured sets or `seconds` of measuring (a 1024x1024 segmentation net runs for minutes per set:
+    the finds so far are kept), or when the largest set left costs at most tol^2 and all sets left
+    together (their errors add up) at most goal^2, or, whatever the total, at most (tol / 8)^2.
     """
     names = list(grids)
     if not names:
         return {}
+    deadline = time.monotonic() + seconds
     heap = [(-probe.error(grids), 0, names)]
     found: dict[str, float] = {}
     sets, order = 1, 1
-    while heap and len(found) < limit and sets < budget:
+    while heap and len(found) < limit and sets < budget and time.monotonic() < deadline:
         err, _, part = heapq.heappop(heap)
         err, rest = -err, -err - sum(e for e, _, _ in heap)
         if err <= (tol / 8) ** 2 or (err <= tol**2 and rest <= goal**2):

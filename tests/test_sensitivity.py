@@ -41,6 +41,9 @@ def test_search_finds_the_sensitive_tensors_in_few_measurements():
     quiet = _AdditiveProbe({f"t{i}": 1e-6 for i in range(200)})
     assert find_sensitive(quiet, {n: (1.0, -128, 127) for n in quiet.errors}, 0.03, 16, 0.05) == {}
     assert quiet.sets == 1  # nothing sensitive: one measurement
+    slow = _AdditiveProbe(errors)  # out of time after the first measurement: nothing found, no more measured
+    assert find_sensitive(slow, {n: (1.0, -128, 127) for n in errors}, 0.03, 16, 0.05, seconds=0.0) == {}
+    assert slow.sets == 1
 
 
 def test_search_lowers_the_bar_when_many_small_losses_add_up():
