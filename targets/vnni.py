@@ -229,6 +229,16 @@ def _rectangular(tile: int, width: int) -> bool:
     return width % tile == 0 or tile % width == 0
 
 
+def prepare_activation(builder: relax.BlockBuilder, x: relax.Expr, dot: Dot) -> relax.Expr:
+    """x as the recipe's activation dtype: uint8 (int8 shifted by +128) or int16."""
+    if not dot.shift:
+        return builder.emit(relax.op.astype(x, dot.a_dtype))
+    if str(x.ty.dtype) == "uint8":
+        return x
+    shifted = relax.op.add(relax.op.astype(x, "int16"), relax.const(128, "int16"))
+    return builder.emit(relax.op.astype(shifted, "uint8"))
+
+
 def padded_rows(rows) -> int:
     """The rows a dense kernel computes for `rows` (static) rows: a count that allows no tile of
     several rows (257 tokens: a prime) is padded with zero rows to a multiple of 4, which the

@@ -92,13 +92,7 @@ class _Rewriter(PyExprMutator):
                      and (d is not MADDUBS or maddubs_safe(16 * w_nk.astype(np.int64), 255))), None)
 
     def _prepared(self, x: relax.Expr, dot: Dot) -> relax.Expr:
-        """x as the recipe's activation dtype: uint8 (int8 shifted by +128) or int16."""
-        if not dot.shift:
-            return self.builder_.emit(relax.op.astype(x, dot.a_dtype))
-        if str(x.ty.dtype) == "uint8":
-            return x
-        shifted = relax.op.add(relax.op.astype(x, "int16"), relax.const(128, "int16"))
-        return self.builder_.emit(relax.op.astype(shifted, "uint8"))
+        return vnni.prepare_activation(self.builder_, x, dot)
 
     def _kernel(self, compute, dot: Dot, x, activations, weights: np.ndarray, w_sum: np.ndarray, *shape_args):
         args = [self.builder_.emit(activations), relax.const(weights, "uint8"), *shape_args]

@@ -110,42 +110,49 @@ def test_quantized_input_is_an_exact_integer_input(tmp_path):
     assert _cos(art.run({"img": imgs[0]})["y"], ref) > 0.999
 
 
+def _dynamic_case(tmp_path, nodes, inits, x_shape, y_shape, weight_type):
+    """The float model, its quantize_dynamic twin compiled (calibrated on 8 samples), the samples and the
+    ops of the dynamic model."""
+    from onnxruntime.quantization import quantize_dynamic
+
+    from runtime import compile_model, load
+
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "float.onnx")
+    quantize_dynamic(str(tmp_path / "float.onnx"), str(tmp_path / "dyn.onnx"), weight_type=weight_type)
+    ops = [n.op_type for n in onnx.load(tmp_path / "dyn.onnx").graph.node]
+    xs = np.random.default_rng(9).standard_normal((8, 1, *x_shape[1:])).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=xs)
+    art = load(compile_model(tmp_path / "dyn.onnx", "x86", tmp_path / "a", calib=tmp_path / "calib.npz",
+                             progress=False))
+    assert art.manifest["integer_only"] is True
+    ref = ort.InferenceSession(str(tmp_path / "float.onnx")).run(None, {"x": xs[3]})[0]
+    return ops, _cos(art.run({"x": xs[3]})["y"], ref)
+
+
 def test_dynamically_quantized_matmuls_compile_integer_only(tmp_path):
     """onnxruntime's quantize_dynamic (DynamicQuantizeLinear + MatMulInteger, scales computed per input at run
     time) is undone into float MatMuls with the int8 weights dequantized, then calibrated and lowered."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    from runtime import compile_model, load
+    from onnxruntime.quantization import QuantType
 
     rng = np.random.default_rng(2)
     inits = [numpy_helper.from_array((rng.standard_normal(s) * 0.2).astype(np.float32), n)
              for n, s in (("w1", (32, 64)), ("b1", (64,)), ("w2", (64, 16)))]
     nodes = [helper.make_node("MatMul", ["x", "w1"], ["m1"]), helper.make_node("Add", ["m1", "b1"], ["a1"]),
              helper.make_node("Relu", ["a1"], ["r"]), helper.make_node("MatMul", ["r", "w2"], ["y"])]
-    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 32])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.save(model, tmp_path / "float.onnx")
-    quantize_dynamic(str(tmp_path / "float.onnx"), str(tmp_path / "dyn.onnx"), weight_type=QuantType.QInt8)
-    dyn = onnx.load(tmp_path / "dyn.onnx")
-    assert "MatMulInteger" in {n.op_type for n in dyn.graph.node}
-    xs = rng.standard_normal((8, 1, 8, 32)).astype(np.float32)
-    np.savez(tmp_path / "calib.npz", x=xs)
-    art = load(compile_model(tmp_path / "dyn.onnx", "x86", tmp_path / "a", calib=tmp_path / "calib.npz",
-                             progress=False))
-    assert art.manifest["integer_only"] is True
-    ref = ort.InferenceSession(str(tmp_path / "float.onnx")).run(None, {"x": xs[3]})[0]
-    assert _cos(art.run({"x": xs[3]})["y"], ref) > 0.999
+    ops, cos = _dynamic_case(tmp_path, nodes, inits, [1, 8, 32], [1, 8, 16], QuantType.QInt8)
+    assert "MatMulInteger" in ops
+    assert cos > 0.999
 
 
 def test_dynamically_quantized_convs_compile_integer_only(tmp_path):
     """quantize_dynamic turns Conv into DynamicQuantizeLinear + ConvInteger + Cast + scale Mul (+ the bias Add):
     undone into a float Conv with its attributes (stride, pads, groups) and the uint8 weights dequantized
     (@imgly/background-removal's ISNet ships so)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    from runtime import compile_model, load
+    from onnxruntime.quantization import QuantType
 
     rng = np.random.default_rng(3)
     inits = [numpy_helper.from_array((rng.standard_normal(s) * 0.3).astype(np.float32), n)
@@ -153,18 +160,6 @@ def test_dynamically_quantized_convs_compile_integer_only(tmp_path):
     nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], strides=[2, 2]),
              helper.make_node("Relu", ["c1"], ["r"]),
              helper.make_node("Conv", ["r", "w2", "b2"], ["y"], pads=[1, 1, 1, 1], group=4)]
-    graph = helper.make_graph(nodes, "cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 8, 8])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.save(model, tmp_path / "float.onnx")
-    quantize_dynamic(str(tmp_path / "float.onnx"), str(tmp_path / "dyn.onnx"), weight_type=QuantType.QUInt8)
-    dyn = onnx.load(tmp_path / "dyn.onnx")
-    assert [n.op_type for n in dyn.graph.node].count("ConvInteger") == 2
-    xs = rng.standard_normal((8, 1, 3, 16, 16)).astype(np.float32)
-    np.savez(tmp_path / "calib.npz", x=xs)
-    art = load(compile_model(tmp_path / "dyn.onnx", "x86", tmp_path / "a", calib=tmp_path / "calib.npz",
-                             progress=False))
-    assert art.manifest["integer_only"] is True
-    ref = ort.InferenceSession(str(tmp_path / "float.onnx")).run(None, {"x": xs[3]})[0]
-    assert _cos(art.run({"x": xs[3]})["y"], ref) > 0.995
+    ops, cos = _dynamic_case(tmp_path, nodes, inits, [1, 3, 16, 16], [1, 8, 8, 8], QuantType.QUInt8)
+    assert ops.count("ConvInteger") == 2
+    assert cos > 0.995
