@@ -121,6 +121,8 @@ def pack_weights(w_nk: np.ndarray, dot: Dot = VNNI) -> np.ndarray:
 # -- compute definitions (block names tell the schedule the recipe and the kind) -------------
 
 DENSE, CONV_LANES_OUT, CONV_LANES_PIXELS = "dense", "conv_lanes_out", "conv_lanes_pixels"
+CONV_TAPS = "conv_taps"  # a spatial conv over its stride phases (`conv_taps_te`)
+TAPS_INPUT = "tapsinput"  # its input, padded and packed (`taps_input_te`)
 COLSUM = "colsum"  # the shift correction of a run-time packed operand
 PACK = "pack"  # a right operand packed at run time (act_matmul.pack_te; "packtail": its K tail)
 
@@ -201,6 +203,60 @@ def conv_lanes_pixels_te(xp: te.Tensor, wt: te.Tensor, h: int, w: int, corr: te.
     return _corrected(te.compute((_batch(xp, 4), wt.shape[0], h, w), lambda b, j, y, x: te.sum(
         x_at(b, y * w + x).astype("int32") * wt[j, r].astype("int32"), axis=r),
         name=f"{dot}_{CONV_LANES_PIXELS}"), corr, 1)
+
+
+def conv_taps_te(xp: te.Tensor, wt: te.Tensor, stride: int, wx: int, corr: te.Tensor | None = None,
+                 dot: str = "vnni") -> te.Tensor:
+    """Spatial conv, lanes over pixels, every tap a shifted read of the same repacked input:
+    out[b, o, y, x] = sum_{i, j, c} Xp[b, i%s, j%s, c/kk, y + i//s, x + j//s, c%kk] * W[o, i, j, c]
+    for x < Wx (Xp [S, S, C/kk, Hq, Wq, kk], `taps_input`, with a leading batch dim for a batch:
+    the padded input split into its stride phases; W [O, kh, kw, C]). Wx rounds the output
+    width up to whole vectors; the caller keeps the first Wo columns."""
+    kk, batched = int(xp.shape[-1]), len(xp.shape) == 7
+    o, kh, kw, c = (int(d) for d in wt.shape)
+    ho = int(xp.shape[-3]) - (kh - 1) // stride
+    ri, rj, rc = (te.reduce_axis((0, n), name=name) for n, name in ((kh, "ri"), (kw, "rj"), (c, "c")))
+
+    def tap(b, y, x):
+        at = (ri % stride, rj % stride, rc // kk, y + ri // stride, x + rj // stride, rc % kk)
+        return xp[(b, *at)] if batched else xp[at]
+
+    return _corrected(te.compute((_batch(xp, 7), o, ho, wx), lambda b, j, y, x: te.sum(
+        tap(b, y, x).astype("int32") * wt[j, ri, rj, rc].astype("int32"), axis=[ri, rj, rc]),
+        name=f"{dot}_{CONV_TAPS}"), corr, 1)
+
+
+def taps_input_te(x: te.Tensor, pads, stride: int, hq: int, wq: int, dot: str) -> te.Tensor:
+    """x [B, C, H, W] zero-padded, split into its stride phases and packed for `dot`:
+    [(B,) S, S, C'/kk, Hq, Wq, kk] of the recipe's activation dtype (int8 shifted to uint8:
+    the padding too, 128), C' = C rounded up to whole k-steps (the extra channels meet zero weights)."""
+    d = DOTS[dot]
+    n, c, h, w = x.shape
+    batched = not (isinstance(n, tvm.tirx.IntImm) and int(n) == 1)
+    kk, top, left = d.k, int(pads[0]), int(pads[1])
+    steps = -(-int(c) // kk)
+    shifted = d.shift and str(x.dtype) == "int8"
+
+    def value(b, a, bb, kb, yq, xq, kl):
+        ch, y, xx = kb * kk + kl, yq * stride + a - top, xq * stride + bb - left
+        inside = tvm.tirx.all(ch < c, y >= 0, y < h, xx >= 0, xx < w)
+        v = x[b, tvm.tirx.min(ch, c - 1), y, xx]
+        v = (v.astype("int16") + 128).astype("uint8") if shifted else v.astype(d.a_dtype)
+        return tvm.tirx.if_then_else(inside, v, tvm.tirx.const(128 if shifted else 0, d.a_dtype))
+
+    shape = (stride, stride, steps, hq, wq, kk)
+    if batched:
+        return te.compute((n, *shape), value, name=f"{dot}_{TAPS_INPUT}")
+    return te.compute(shape, lambda *i: value(0, *i), name=f"{dot}_{TAPS_INPUT}")
+
+
+def taps_geometry(h: int, w: int, kh: int, kw: int, stride: int, pads, lanes: int):
+    """(Ho, Wo, Wx, Hq, Wq) of a taps conv: its output size, the output width rounded up to whole
+    vectors, and the size of one stride phase of the padded input that every tap reads."""
+    top, left, bottom, right = pads
+    ho, wo = (h + top + bottom - kh) // stride + 1, (w + left + right - kw) // stride + 1
+    wx = -(-wo // lanes) * lanes
+    return ho, wo, wx, ho + (kh - 1) // stride, wx + (kw - 1) // stride
 
 
 def _batch(x: te.Tensor, batched_rank: int):
@@ -290,7 +346,7 @@ def vnni_block(sch: s_tir.Schedule):
     """(block, recipe, kind) of the dot-product compute in a (fused) PrimFunc, or None."""
     for block in sch.get_child_blocks(sch.get_sblock("root")):
         prefix, _, kind = sch.get(block).name_hint.partition("_")
-        if prefix in DOTS and kind in (DENSE, CONV_LANES_OUT, CONV_LANES_PIXELS, COLSUM, PACK):
+        if prefix in DOTS and kind in (DENSE, CONV_LANES_OUT, CONV_LANES_PIXELS, CONV_TAPS, TAPS_INPUT, COLSUM, PACK):
             return block, DOTS[prefix], kind
     return None
 
@@ -349,6 +405,12 @@ def schedule(sch: s_tir.Schedule, block, dot: Dot, kind: str) -> None:
     if kind == PACK:
         schedule_pack(sch, block)
         return
+    if kind == TAPS_INPUT:
+        _schedule_taps_input(sch, block)
+        return
+    if kind == CONV_TAPS:
+        _schedule_taps(sch, block, dot)
+        return
     epilogue = inline_epilogue(sch, f"{dot.name}_{kind}")
     shape = [static_factor(sch.get(loop).extent) for loop in sch.get_loops(block)]  # symbolic batch: its factor
     if kind == DENSE:
@@ -401,4 +463,53 @@ def schedule(sch: s_tir.Schedule, block, dot: Dot, kind: str) -> None:
         # a tile's run of pixels (7 or 14: lanes over outputs) too, one vector LLVM widens: the
         # requantization was scalar int64 there (7x7 192->1152 79 -> 72 us, 14x14 146 -> 122)
         if static_factor(extent) % dot.lanes == 0 or (isinstance(extent, tvm.tirx.IntImm) and int(extent) <= 16):
+            sch.vectorize(inner)
+
+
+def taps_tile(o: int, wx: int, dot: Dot):
+    """(rows, vectors) tile of a taps conv: rows over output channels, vectors along a row."""
+    return next(((r, v) for r, v in _PIXEL_TILES if o % r == 0 and wx % (v * dot.lanes) == 0), None)
+
+
+def _schedule_taps_input(sch: s_tir.Schedule, block) -> None:
+    """The taps conv's input pack with its producers (a requantization) inlined: parallel over
+    phase rows, each row a loop over the k-step slots with the columns innermost (contiguous reads)."""
+    for other in reversed(sch.get_child_blocks(sch.get_sblock("root"))):
+        if not other.same_as(block):
+            try:
+                sch.compute_inline(other)
+            except s_tir.schedule.ScheduleError:
+                pass
+    *outer, xq, kl = sch.get_loops(block)
+    sch.reorder(*outer, kl, xq)
+    sch.parallel(sch.fuse(*outer))
+
+
+def _schedule_taps(sch: s_tir.Schedule, block, dot: Dot) -> None:
+    """Tile (output channels x a run of vectors along one output row), accumulators in registers
+    across all taps and channels, tensorized with the weight word broadcast."""
+    epilogue = inline_epilogue(sch, f"{dot.name}_{CONV_TAPS}")
+    b, o, y, x, ri, rj, c = sch.get_loops(block)
+    rows, vectors = taps_tile(int(sch.get(o).extent), int(sch.get(x).extent), dot)
+    small = rows * vectors * dot.lanes * 4 < STACK_BYTES
+    scope = "global" if small and dot.a_dtype != "int16" else "local"
+    _, bcast_b = intrinsic_names(dot, scope)
+    ro, rr = sch.split(o, [None, rows])
+    xo, xt, xl = sch.split(x, [None, vectors, dot.lanes])
+    ko, kl = sch.split(c, [None, dot.k])
+    sch.reorder(b, y, ro, xo, ri, rj, ko, rr, xt, xl, kl)
+    par = sch.fuse(b, y, ro, xo)
+    sch.parallel(par)
+    acc = sch.cache_write(block, 0, scope)
+    sch.reverse_compute_at(acc, par)
+    for consumer in epilogue:
+        sch.reverse_compute_at(consumer, par)
+    init = sch.decompose_reduction(block, ri)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.unroll(rr)
+    sch.unroll(xt)
+    sch.tensorize(xl, bcast_b)
+    for stage in [acc, *epilogue]:
+        inner = sch.get_loops(stage)[-1]
+        if static_factor(sch.get(inner).extent) % dot.lanes == 0:
             sch.vectorize(inner)

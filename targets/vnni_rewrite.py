@@ -108,11 +108,13 @@ class _Rewriter(PyExprMutator):
     def _conv(self, call: relax.Call):
         x, w = call.args
         w_np, x_shape, a = _const(w), _shape(x), call.attrs
-        if (w_np is None or x_shape is None or str(x.ty.dtype) not in _INT8 or w_np.dtype != np.int8
-                or a.data_layout != "NCHW" or a.kernel_layout != "OIHW" or int(a.groups) != 1
-                or list(w_np.shape[2:]) != [1, 1] or any(int(s) != 1 for s in a.strides)
-                or any(int(p) != 0 for p in a.padding) or any(int(d) != 1 for d in a.dilation)):
+        if (w_np is None or x_shape is None or len(x_shape) != 4 or str(x.ty.dtype) not in _INT8
+                or w_np.dtype != np.int8 or a.data_layout != "NCHW" or a.kernel_layout != "OIHW"
+                or a.out_layout != "NCHW" or int(a.groups) != 1 or any(int(d) != 1 for d in a.dilation)):
             return None
+        if (list(w_np.shape[2:]) != [1, 1] or any(int(s) != 1 for s in a.strides)
+                or any(int(p) != 0 for p in a.padding)):
+            return self._conv_taps(x, w_np, x_shape, a)
         n, c, h, wd = x_shape
         o = w_np.shape[0]
         lead = [] if isinstance(n, int) and n == 1 else [n]  # a batch keeps its own axis
@@ -130,6 +132,31 @@ class _Rewriter(PyExprMutator):
                                        [*range(len(lead)), len(lead) + 1, len(lead)])
             return self._kernel(vnni.conv_lanes_out_te, dot, x, xt, vnni.pack_weights(w2, dot), w_sum, h, wd)
         return None
+
+
+    def _conv_taps(self, x: relax.Expr, w_np: np.ndarray, x_shape: list, a) -> relax.Expr | None:
+        """A spatial conv (stride 1 or 2) as one kernel summing its taps over the packed input."""
+        strides = {int(s) for s in a.strides}
+        if len(strides) != 1 or not strides <= {1, 2}:
+            return None
+        stride, pads = strides.pop(), tuple(int(p) for p in a.padding)
+        _, c, h, wd = x_shape
+        o, _, kh, kw = w_np.shape
+        for dot in self.family.dots:
+            steps = -(-c // dot.k) * dot.k
+            wt = np.pad(w_np, [(0, 0), (0, steps - c), (0, 0), (0, 0)]).transpose(0, 2, 3, 1)
+            ho, wo, wx, hq, wq = vnni.taps_geometry(h, wd, kh, kw, stride, pads, dot.lanes)
+            if vnni.taps_tile(o, wx, dot) is not None and (dot is not MADDUBS or maddubs_safe(wt.reshape(o, -1), U8_MAX)):
+                break
+        else:
+            return None
+        xp = self.builder_.call_te(vnni.taps_input_te, x, pads, stride, hq, wq, dot.name,
+                                   primfunc_name_hint=f"{dot.name}_taps_input")
+        out = self._kernel(vnni.conv_taps_te, dot, x, xp, np.ascontiguousarray(wt.astype(dot.w_dtype)),
+                           w_np.astype(np.int64).sum((1, 2, 3)), stride, wx)
+        if wx == wo:
+            return out
+        return relax.op.strided_slice(self.builder_.emit(out), axes=[3], begin=[0], end=[wo])
 
 
 def use_dot_kernels(family: Family):

@@ -1,0 +1,88 @@
+"""ConvAsPointwise: an integer spatial conv is a pointwise conv over its patches (im2col).
+
+    conv2d(x[N, C, H, W], w[O, C, kh, kw]), any stride, padding, dilation, groups 1
+    ==> p = patches(x)[N, C', kh, kw, Ho, Wo]       p[.., c, i, j, y, x] = x_pad[.., c, y*s + i*d, x*s + j*d]
+        conv2d(reshape(p, [N, C'*kh*kw, Ho, Wo]), reshape(w', [O, C'*kh*kw, 1, 1]))
+
+C' rounds C up to a multiple of 4 with zero channels (zero weights too), so that the reduction
+length is a whole number of 4-byte dot-product steps. The same products are summed in another
+order: the int32 result is bit-identical. A spatial conv has no kernel of its own on CPU targets
+(TVM's default loops: ~5 GOP/s on one x86 core); as a pointwise conv it runs on the dot-product
+kernels (`targets/vnni_rewrite.py`) or, elsewhere, on the matmul schedule
+(`conv1x1_as_matmul.py`). Runs after `targets/depthwise.py`, which takes depthwise convs and
+RGB stems first. A patch tensor larger than MAX_PATCH_BYTES keeps the default loops.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax, te, tirx
+from tvm.relax.expr_functor import PyExprMutator, mutator
+
+MAX_PATCH_BYTES = 256 << 20
+STEP = 4  # bytes per dot-product lane (vpdpbusd, vpmaddwd pairs, sdot)
+
+
+def patches_te(x: te.Tensor, channels: int, kernel: tuple[int, int], strides: tuple[int, int],
+               pads: tuple[int, int, int, int], dilation: tuple[int, int]) -> te.Tensor:
+    """[N, channels, kh, kw, Ho, Wo]: every input pixel a tap of each output pixel reads, zero
+    outside the image and in the channels past C."""
+    n, c, h, w = x.shape
+    (kh, kw), (sh, sw), (dh, dw) = kernel, strides, dilation
+    top, left, bottom, right = pads
+    ho = (int(h) + top + bottom - dh * (kh - 1) - 1) // sh + 1
+    wo = (int(w) + left + right - dw * (kw - 1) - 1) // sw + 1
+
+    def tap(b, ch, i, j, y, xx):
+        iy, ix = y * sh + i * dh - top, xx * sw + j * dw - left
+        inside = tirx.all(ch < c, iy >= 0, iy < h, ix >= 0, ix < w)
+        return tirx.if_then_else(inside, x[b, tirx.min(ch, c - 1), iy, ix], tirx.const(0, x.dtype))
+
+    return te.compute((n, channels, kh, kw, ho, wo), tap, name="conv_patches")
+
+
+def _static(shape) -> bool:
+    return shape is not None and len(shape) == 4 and all(isinstance(d, tvm.tirx.IntImm) for d in list(shape)[1:])
+
+
+@mutator
+class _Rewriter(PyExprMutator):
+    def visit_call_(self, call: relax.Call) -> relax.Expr:
+        call = super().visit_call_(call)
+        if not isinstance(call.op, tvm.ir.Op) or call.op.name != "relax.nn.conv2d" or len(call.args) != 2:
+            return call
+        x, w = call.args
+        a = call.attrs
+        shape = getattr(x.ty, "shape", None)
+        if (not isinstance(w, tvm.ir.GenericConst) or not _static(shape) or str(x.ty.dtype) not in ("int8", "uint8")
+                or str(call.ty.dtype) != "int32" or int(a.groups) != 1 or a.data_layout != "NCHW"
+                or a.kernel_layout != "OIHW" or a.out_layout != "NCHW"):
+            return call
+        weights = w.value.numpy()
+        o, c, kh, kw = weights.shape
+        strides = tuple(int(s) for s in a.strides)
+        pads = tuple(int(p) for p in a.padding)
+        dilation = tuple(int(d) for d in a.dilation)
+        if weights.dtype != np.int8 or ((kh, kw) == (1, 1) and strides == (1, 1) and not any(pads)):
+            return call  # pointwise already
+        channels = -(-c // STEP) * STEP
+        out_shape = [int(d) if isinstance(d, tvm.tirx.IntImm) else d for d in call.ty.shape]
+        n, ho, wo = out_shape[0], out_shape[2], out_shape[3]
+        if (n if isinstance(n, int) else 1) * channels * kh * kw * ho * wo > MAX_PATCH_BYTES:
+            return call
+        patches = self.builder_.call_te(patches_te, x, channels, (kh, kw), strides, pads, dilation,
+                                        primfunc_name_hint="conv_patches")
+        cols = self.builder_.emit(relax.op.reshape(patches, [n, channels * kh * kw, ho, wo]))
+        w_cols = np.pad(weights, [(0, 0), (0, channels - c), (0, 0), (0, 0)]).reshape(o, channels * kh * kw, 1, 1)
+        return relax.op.nn.conv2d(cols, relax.const(w_cols), out_dtype="int32")
+
+
+@tvm.transform.module_pass(opt_level=0, name="ConvAsPointwise")
+def conv_as_pointwise(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+    """Rewrite every integer groups-1 spatial conv with constant int8 weights (see module doc)."""
+    rewriter = _Rewriter(mod)
+    for gv, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
+    return rewriter.builder_.get()

@@ -1,0 +1,102 @@
+"""Spatial convs on the dot-product kernels (targets/vnni.py `conv_taps_te`, vnni_rewrite.py)
+and, where no kernel takes them, as pointwise convs over their patches
+(passes/conv_as_pointwise.py): int32 sums bit-exact with the NumPy reference for every x86
+kernel family. Families this CPU cannot run are compiled and their code inspected."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import numpy as np
+import pytest
+from conftest import relax_main
+
+from passes import reference as ref
+from passes.lowering import emit
+from targets import get_target
+from targets.x86 import missing_features
+
+rng = np.random.default_rng(5)
+FLEETS = {"x86-64-v4+avx512vnni": "vpdpbusd", "x86-64-v3+avxvnni": "vpdpbusd", "x86-64-v4": "vpmaddwd",
+          "x86-64-v3": "vpmaddwd", "x86-64": None}
+
+
+class _Attrs:
+    data_layout, kernel_layout, out_layout, dilation, groups = "NCHW", "OIHW", "NCHW", (1, 1), 1
+
+    def __init__(self, strides, padding, dilation=(1, 1)):
+        self.strides, self.padding, self.dilation = strides, padding, dilation
+
+
+# (batch, C, H, W, O, kernel, stride, pads (top, left, bottom, right), input dtype)
+CASES = [
+    (1, 16, 14, 14, 32, 3, 1, (1, 1, 1, 1), "int8"),
+    (1, 24, 15, 13, 16, 3, 2, (1, 1, 1, 1), "uint8"),     # odd sizes: phases of unequal length
+    (1, 10, 9, 20, 8, 5, 1, (2, 0, 1, 3), "int8"),       # channels not a whole k-step, asymmetric pads
+    (1, 8, 12, 12, 16, 1, 2, (0, 0, 0, 0), "int8"),      # a strided pointwise conv
+    (1, 32, 7, 7, 64, (3, 1), 1, (1, 0, 1, 0), "uint8"),  # a rectangular kernel
+    (3, 16, 10, 10, 16, 3, 1, (1, 1, 1, 1), "int8"),     # a batch
+]
+
+
+def _case(b, c, h, w, o, k, s, pads, dtype):
+    kh, kw = (k, k) if isinstance(k, int) else k
+    lo, hi = ref.kernels.INT_RANGE[dtype]
+    x = rng.integers(lo, hi + 1, (b, c, h, w)).astype(dtype)
+    x.flat[:2] = lo, hi
+    wt = rng.integers(-128, 128, (o, c, kh, kw)).astype(np.int8)
+    wt.flat[:2] = -128, 127
+    return x, wt, _Attrs((s, s), pads), ref.conv2d_acc(x, wt, (s, s), pads)
+
+
+def _compile(x, wt, attrs, cpu, tmp_path):
+    import tvm
+    from tvm import relax
+
+    spec = get_target("x86", cpu=cpu)
+    target = spec.target()
+    ex = tvm.compile(relax_main(lambda a: emit.conv2d_acc(a, wt, attrs), [x]), target=target,
+                     relax_pipeline=spec.relax_pipeline(target))
+    lib = tmp_path / "lib.so"
+    ex.export_library(str(lib))
+    return lib
+
+
+def _kernels(lib) -> dict[str, str]:
+    asm = subprocess.run(["objdump", "-d", "--no-show-raw-insn", str(lib)], capture_output=True, text=True).stdout
+    return dict(re.findall(r"<(\w+)>:\n(.*?)(?=\n\n|\Z)", asm, re.S))
+
+
+@pytest.mark.parametrize("cpu", list(FLEETS))
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"b{c[0]}c{c[1]}_{c[2]}x{c[3]}o{c[4]}k{c[5]}s{c[6]}_{c[8]}")
+def test_spatial_conv_bit_exact(case, cpu, tmp_path):
+    import tvm
+    from tvm import relax
+
+    x, wt, attrs, expected = _case(*case)
+    lib = _compile(x, wt, attrs, cpu, tmp_path)
+    functions = _kernels(lib)
+    op = FLEETS[cpu]
+    if op is not None:  # the conv runs on the family's dot product, whatever the CPU
+        assert any("conv_taps" in name and re.search(rf"\b{op}\b", text) for name, text in functions.items())
+    if missing_features(cpu.split("+")[:1] + ["+" + f for f in cpu.split("+")[1:]]):
+        pytest.skip(f"this CPU cannot run {cpu} code: compiled and checked the instructions only")
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib)), tvm.cpu())
+    out = vm["main"](tvm.runtime.tensor(x)).numpy()
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_dilated_conv_as_patches_bit_exact(tmp_path):
+    """A dilated conv (no taps kernel) goes through its patches: still exact."""
+    import tvm
+    from tvm import relax
+
+    x = rng.integers(-128, 128, (1, 6, 11, 11)).astype(np.int8)
+    wt = rng.integers(-128, 128, (8, 6, 3, 3)).astype(np.int8)
+    attrs = _Attrs((1, 1), (2, 2, 2, 2), (2, 2))
+    lib = _compile(x, wt, attrs, None, tmp_path)
+    assert any("conv_patches" in name for name in _kernels(lib))
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib)), tvm.cpu())
+    np.testing.assert_array_equal(vm["main"](tvm.runtime.tensor(x)).numpy(),
+                                  ref.conv2d_acc(x, wt, (1, 1), (2, 2, 2, 2), (2, 2)))
