@@ -155,9 +155,13 @@ def test_avg_pool_and_max_pool_bitexact(dtype):
         np.testing.assert_array_equal(got, K.max_pool2d(x_int.astype(got.dtype), kernel, strides, padding))
 
 
-@pytest.mark.parametrize("groups,strides,padding,out_pad", [(1, (2, 2), (1, 1, 1, 1), (1, 1)),
-                                                           (2, (2, 1), (0, 1, 1, 0), (1, 0)), (4, (1, 1), (1, 1, 1, 1), (0, 0))])
-def test_conv_transpose_bitexact(groups, strides, padding, out_pad):
+@pytest.mark.parametrize("groups,strides,padding,out_pad,dilation", [
+    (1, (2, 2), (1, 1, 1, 1), (1, 1), (1, 1)), (2, (2, 1), (0, 1, 1, 0), (1, 0), (1, 1)),
+    (4, (1, 1), (1, 1, 1, 1), (0, 0), (1, 1)),
+    (1, (3, 2), (3, 2, 3, 1), (2, 0), (1, 1)),   # pads past the kernel: the border is cropped
+    (1, (2, 2), (1, 0, 2, 1), (0, 1), (2, 1))])  # dilated
+def test_conv_transpose_bitexact(groups, strides, padding, out_pad, dilation):
+    """CPU targets compute it as a conv over the zero-inserted input (passes/conv_transpose_as_conv.py)."""
     c_in, o_g, k = 4, 3, 3
     w_int = rng.integers(-127, 128, (c_in, o_g, k, k)).astype(np.float64)
     # per output channel o = g * O/g + j: amax 127 at a known scale f[o], so q(W) = w_int
@@ -165,11 +169,12 @@ def test_conv_transpose_bitexact(groups, strides, padding, out_pad):
     grouped = w_int.reshape(groups, c_in // groups, o_g, k, k)
     grouped[:, 0, :, 0, 0] = 127
     w = (grouped * f.reshape(groups, 1, o_g, 1, 1)).reshape(c_in, o_g, k, k).astype(np.float32)
-    build = lambda bb, x: R.nn.conv2d_transpose(x, relax.const(w), strides, padding, out_pad, groups=groups)
+    build = lambda bb, x: R.nn.conv2d_transpose(x, relax.const(w), strides, padding, out_pad, dilation, groups=groups)
     int_mod, boundary = _lowered([build], (1, c_in, 5, 4))
     q = rng.integers(-128, 128, (1, c_in, 5, 4)).astype(np.int8)
     (got,) = _compile_run(int_mod, [q])
-    want = spatial.conv_transpose_acc(q, grouped.reshape(c_in, o_g, k, k), strides, padding, out_pad, groups=groups)
+    want = spatial.conv_transpose_acc(q, grouped.reshape(c_in, o_g, k, k), strides, padding, out_pad, groups=groups,
+                                      dilation=dilation)
     np.testing.assert_array_equal(got, want)
     np.testing.assert_allclose(boundary["outputs"][0]["scale"], boundary["inputs"][0]["scale"] * f, rtol=1e-6)
 
