@@ -17,6 +17,7 @@ def cpu_lowering_passes(target, tune_trials: int = 0) -> list:
     from passes.conv1x1_as_matmul import conv1x1_as_matmul
     from passes.conv_as_pointwise import conv_as_pointwise
     from passes.conv_transpose_as_conv import conv_transpose_as_conv
+    from passes.grouped_conv_as_convs import grouped_conv_as_convs
     from passes.patch_conv_as_matmul import patch_conv_as_matmul
 
     from .cpu_schedules import schedule_int_matmul_cpu
@@ -34,7 +35,7 @@ def cpu_lowering_passes(target, tune_trials: int = 0) -> list:
         from .tuning import tune_pass
 
         tune = [tune_pass(target, tune_trials)]
-    return ([windowed_requant, patch_conv_as_matmul, conv_transpose_as_conv, flat_depthwise] + dots + [conv_as_pointwise, conv1x1_as_matmul] + cpu_defaults.library_dispatch_passes(target)
+    return ([windowed_requant, patch_conv_as_matmul, conv_transpose_as_conv, grouped_conv_as_convs, flat_depthwise] + dots + [conv_as_pointwise, conv1x1_as_matmul] + cpu_defaults.library_dispatch_passes(target)
             + [lift_scalar_constants] + cpu_defaults.legalize_passes(target)
             + [schedule_int4_dot_kernels, schedule_int_matmul_cpu, dedupe_kernels] + tune)
 

@@ -1,6 +1,6 @@
 """Spatial convs on the dot-product kernels (targets/vnni.py `conv_taps_te`, vnni_rewrite.py)
 and, where no kernel takes them, as pointwise convs over their patches
-(passes/conv_as_pointwise.py): int32 sums bit-exact with the NumPy reference for every x86
+(passes/conv_as_pointwise.py); grouped convs as one conv per group (passes/grouped_conv_as_convs.py): int32 sums bit-exact with the NumPy reference for every x86
 kernel family. Families this CPU cannot run are compiled and their code inspected."""
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ FLEETS = {"x86-64-v4+avx512vnni": "vpdpbusd", "x86-64-v3+avxvnni": "vpdpbusd", "
 class _Attrs:
     data_layout, kernel_layout, out_layout, dilation, groups = "NCHW", "OIHW", "NCHW", (1, 1), 1
 
-    def __init__(self, strides, padding, dilation=(1, 1)):
-        self.strides, self.padding, self.dilation = strides, padding, dilation
+    def __init__(self, strides, padding, dilation=(1, 1), groups=1):
+        self.strides, self.padding, self.dilation, self.groups = strides, padding, dilation, groups
 
 
 # (batch, C, H, W, O, kernel, stride, pads (top, left, bottom, right), input dtype)
@@ -100,3 +100,17 @@ def test_dilated_conv_as_patches_bit_exact(tmp_path):
     vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib)), tvm.cpu())
     np.testing.assert_array_equal(vm["main"](tvm.runtime.tensor(x)).numpy(),
                                   ref.conv2d_acc(x, wt, (1, 1), (2, 2, 2, 2), (2, 2)))
+
+
+@pytest.mark.parametrize("groups,c,o,k", [(2, 16, 32, 3), (4, 8, 8, 1), (8, 64, 64, 3)])
+def test_grouped_conv_bit_exact(groups, c, o, k, tmp_path):
+    import tvm
+    from tvm import relax
+
+    x = rng.integers(-128, 128, (1, c, 9, 12)).astype(np.int8)
+    wt = rng.integers(-128, 128, (o, c // groups, k, k)).astype(np.int8)
+    pads = (k // 2,) * 4
+    lib = _compile(x, wt, _Attrs((1, 1), pads, groups=groups), None, tmp_path)
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib)), tvm.cpu())
+    np.testing.assert_array_equal(vm["main"](tvm.runtime.tensor(x)).numpy(),
+                                  ref.conv2d_acc(x, wt, (1, 1), pads, groups=groups))
