@@ -246,6 +246,51 @@ def _schedule_depthwise_conv(sch: s_tir.Schedule, block) -> None:
             pass
 
 
+_POOL_BLOCKS = ("pool_max", "pool_sum", "pool_avg")
+
+
+def _pool_block(sch: s_tir.Schedule):
+    """The window reduction of a max/sum/avg pool kernel (topi's pool2d), or None."""
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
+        stmt = sch.get(block)
+        kinds = [int(v.iter_type) for v in stmt.iter_vars]
+        if stmt.name_hint in _POOL_BLOCKS and kinds == [0, 0, 0, 0, 2, 2]:
+            return block
+    return None
+
+
+def _vectorize_row(sch: s_tir.Schedule, loop) -> None:
+    """Vectorize a row loop: 16 lanes where they divide it, the whole row up to MAX_LANES."""
+    extent = sch.get(loop).extent
+    if not isinstance(extent, tvm.tirx.IntImm):
+        return
+    if int(extent) % 16 == 0 and int(extent) > 16:
+        loop = sch.split(loop, [None, 16])[1]
+    elif int(extent) > MAX_LANES:
+        return
+    sch.vectorize(loop)
+
+
+def _schedule_pool(sch: s_tir.Schedule, block) -> None:
+    """Pools: parallel over the outer axes, the window loops outside the row so that each tap is
+    a vector max/add along the contiguous last axis, the padded input per parallel slice and
+    the requantization epilogue per row (TVM's default loops: ~9 ns per output)."""
+    epilogue = inline_epilogue(sch, sch.get(block).name_hint)
+    *lead, row, r0, r1 = sch.get_loops(block)
+    sch.reorder(*lead, r0, r1, row)
+    outer = sch.fuse(*lead[:-1]) if len(lead) > 2 else lead[0]
+    sch.parallel(outer)
+    for consumer in epilogue:
+        sch.reverse_compute_at(consumer, lead[-1] if len(lead) > 1 else outer)
+        _vectorize_row(sch, sch.get_loops(consumer)[-1])
+    for producer in sch.get_producers(block):
+        try:
+            sch.compute_at(producer, outer)
+        except s_tir.schedule.ScheduleError:
+            pass
+    _vectorize_row(sch, sch.get_loops(block)[-1])
+
+
 def _annotate_read(sch: s_tir.Schedule, block, index: int, bounds) -> None:
     """`sch.annotate_buffer_access(block, index, "read", ...)` with the region as flat [begin, end, ...]
     bounds of the buffer's dims: TVM 0.27's wrapper wants as many ranges as the block has
@@ -420,6 +465,8 @@ def schedule_int_matmul_cpu(mod, _ctx):
                 _schedule_flat_depthwise(sch, _flat_depthwise_block(sch))
             elif _depthwise_conv_block(sch) is not None:
                 _schedule_depthwise_conv(sch, _depthwise_conv_block(sch))
+            elif _pool_block(sch) is not None:
+                _schedule_pool(sch, _pool_block(sch))
             elif found is not None:
                 sch, block = found
                 _schedule(sch, block)
