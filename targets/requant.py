@@ -13,7 +13,8 @@ last step before the widening, so LLVM knows that the int64 operand is a sign-ex
 buffer here (Relax folds a cast of a constant back to int64): `vpmuldq`, 1 uop, on AVX2
 too. The sums and results are those of `passes.reference.kernels.requantize` bit for bit
 (tests/test_requant_window.py). Runs on the integer Relax module before legalization, for
-CPU targets; the chain is matched from its clip back to the int32 value.
+CPU targets; the chain is matched from its clip back to the int32 value, or to an 8- or 16-bit
+activation that a residual add or a concat rescales (widened to int32 first).
 """
 
 from __future__ import annotations
@@ -49,11 +50,14 @@ def windowed_requant_te(acc: te.Tensor, m: te.Tensor, rnd: te.Tensor, s: te.Tens
                         a_hi: te.Tensor, lo: int, hi: int) -> te.Tensor:
     """clip((int64(clamp(acc, a_lo, a_hi)) * int64(m) + rnd) >> s, lo, hi), int64 (m: int32)."""
     def body(*i):
-        x = tirx.max(tirx.min(acc[i], _at(a_hi, i)), _at(a_lo, i))
+        x = tirx.max(tirx.min(acc[i].astype("int32"), _at(a_hi, i)), _at(a_lo, i))
         y = (x.astype("int64") * _at(m, i).astype("int64") + _at(rnd, i)) >> _at(s, i)
         return tirx.max(tirx.min(y, tirx.const(hi, "int64")), tirx.const(lo, "int64"))
 
     return te.compute(acc.shape, body, name="windowed_requant")
+
+
+_SOURCES = ("int32", "int16", "uint16", "int8", "uint8")  # rescaled activations too (residual adds, concat)
 
 
 def _is(expr, name: str) -> bool:
@@ -77,7 +81,7 @@ class _Rewriter(PyExprMutator):
         add = self._bound(shift.args[0]) if _is(shift, "right_shift") else None
         mul = self._bound(add.args[0]) if _is(add, "add") else None
         cast = self._bound(mul.args[0]) if _is(mul, "multiply") else None
-        if not _is(cast, "astype") or str(cast.args[0].ty.dtype) != "int32":
+        if not _is(cast, "astype") or str(cast.args[0].ty.dtype) not in _SOURCES:
             return call
         acc = cast.args[0]
         consts = [_const(e.args[1]) for e in (mul, add, shift)]
