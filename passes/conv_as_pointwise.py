@@ -10,7 +10,8 @@ order: the int32 result is bit-identical. A spatial conv has no kernel of its ow
 (TVM's default loops: ~5 GOP/s on one x86 core); as a pointwise conv it runs on the dot-product
 kernels (`targets/vnni_rewrite.py`) or, elsewhere, on the matmul schedule
 (`conv1x1_as_matmul.py`). Runs after `targets/depthwise.py`, which takes depthwise convs and
-RGB stems first. A patch tensor larger than MAX_PATCH_BYTES keeps the default loops.
+RGB stems first. The float model that calibration runs takes the same path (its spatial convs ran
+at ~1 GFLOP/s). A patch tensor larger than MAX_PATCH_BYTES keeps the default loops.
 """
 
 from __future__ import annotations
@@ -55,27 +56,29 @@ class _Rewriter(PyExprMutator):
         x, w = call.args
         a = call.attrs
         shape = getattr(x.ty, "shape", None)
-        if (not isinstance(w, tvm.ir.GenericConst) or not _static(shape) or str(x.ty.dtype) not in ("int8", "uint8")
-                or str(call.ty.dtype) != "int32" or int(a.groups) != 1 or a.data_layout != "NCHW"
-                or a.kernel_layout != "OIHW" or a.out_layout != "NCHW"):
+        integer = str(x.ty.dtype) in ("int8", "uint8") and str(call.ty.dtype) == "int32"
+        floating = str(x.ty.dtype) == "float32" and str(call.ty.dtype) == "float32"
+        if (not isinstance(w, tvm.ir.GenericConst) or not _static(shape) or not (integer or floating)
+                or int(a.groups) != 1 or a.data_layout != "NCHW" or a.kernel_layout != "OIHW" or a.out_layout != "NCHW"):
             return call
         weights = w.value.numpy()
         o, c, kh, kw = weights.shape
         strides = tuple(int(s) for s in a.strides)
         pads = tuple(int(p) for p in a.padding)
         dilation = tuple(int(d) for d in a.dilation)
-        if weights.dtype != np.int8 or ((kh, kw) == (1, 1) and strides == (1, 1) and not any(pads)):
+        if weights.dtype != (np.int8 if integer else np.float32) or ((kh, kw) == (1, 1) and strides == (1, 1)
+                                                                     and not any(pads)):
             return call  # pointwise already
-        channels = -(-c // STEP) * STEP
+        channels = -(-c // STEP) * STEP if integer else c
         out_shape = [int(d) if isinstance(d, tvm.tirx.IntImm) else d for d in call.ty.shape]
         n, ho, wo = out_shape[0], out_shape[2], out_shape[3]
-        if (n if isinstance(n, int) else 1) * channels * kh * kw * ho * wo > MAX_PATCH_BYTES:
+        if (n if isinstance(n, int) else 1) * channels * kh * kw * ho * wo * (1 if integer else 4) > MAX_PATCH_BYTES:
             return call
         patches = self.builder_.call_te(patches_te, x, channels, (kh, kw), strides, pads, dilation,
                                         primfunc_name_hint="conv_patches")
         cols = self.builder_.emit(relax.op.reshape(patches, [n, channels * kh * kw, ho, wo]))
         w_cols = np.pad(weights, [(0, 0), (0, channels - c), (0, 0), (0, 0)]).reshape(o, channels * kh * kw, 1, 1)
-        return relax.op.nn.conv2d(cols, relax.const(w_cols), out_dtype="int32")
+        return relax.op.nn.conv2d(cols, relax.const(w_cols), out_dtype=str(call.ty.dtype))
 
 
 @tvm.transform.module_pass(opt_level=0, name="ConvAsPointwise")
