@@ -114,3 +114,28 @@ def test_grouped_conv_bit_exact(groups, c, o, k, tmp_path):
     vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib)), tvm.cpu())
     np.testing.assert_array_equal(vm["main"](tvm.runtime.tensor(x)).numpy(),
                                   ref.conv2d_acc(x, wt, (1, 1), pads, groups=groups))
+
+
+def test_float_conv_as_patches_matches_numpy():
+    """The float model that calibration runs takes the patches path too (conv_as_pointwise)."""
+    import tvm
+    from tvm import relax
+
+    from targets.cpu_pipeline import cpu_lowering_passes
+
+    x = rng.standard_normal((1, 5, 13, 11)).astype(np.float32)
+    wt = rng.standard_normal((7, 5, 3, 3)).astype(np.float32)
+    build = lambda a: relax.op.nn.conv2d(a, relax.const(wt), strides=2, padding=(1, 0, 2, 1))  # noqa: E731
+    spec = get_target("x86")
+    target = spec.target()
+    with target:
+        lowered = tvm.transform.Sequential(cpu_lowering_passes(target))(relax_main(build, [x]))
+    assert any("conv_patches" in gv.name_hint for gv in lowered.functions)
+    ex = tvm.compile(relax_main(build, [x]), target=target, relax_pipeline=spec.relax_pipeline(target))
+    got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    xp = np.pad(x.astype(np.float64), [(0, 0), (0, 0), (1, 2), (0, 1)])
+    want = np.zeros(got.shape)
+    for i in range(3):
+        for j in range(3):
+            want += np.einsum("nchw,oc->nohw", xp[:, :, i:i + 2 * got.shape[2]:2, j:j + 2 * got.shape[3]:2], wt[:, :, i, j])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
