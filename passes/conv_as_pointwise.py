@@ -8,8 +8,8 @@ C' rounds C up to a multiple of 4 with zero channels (zero weights too), so that
 length is a whole number of 4-byte dot-product steps. The same products are summed in another
 order: the int32 result is bit-identical. A spatial conv has no kernel of its own on CPU targets
 (TVM's default loops: ~5 GOP/s on one x86 core); as a pointwise conv it runs on the dot-product
-kernels (`targets/vnni_rewrite.py`) or, elsewhere, on the matmul schedule
-(`conv1x1_as_matmul.py`). Runs after `targets/depthwise.py`, which takes depthwise convs and
+kernels (`targets/vnni_rewrite.py`) or, where none takes it (dilation, x86 without AVX2), on the
+matmul schedule (`conv1x1_as_matmul.py`). x86 targets only (`targets/cpu_pipeline.py`). Runs after `targets/depthwise.py`, which takes depthwise convs and
 RGB stems first. The float model that calibration runs takes the same path (its spatial convs ran
 at ~1 GFLOP/s). A patch tensor larger than MAX_PATCH_BYTES keeps the default loops.
 """

@@ -30,12 +30,16 @@ def cpu_lowering_passes(target, tune_trials: int = 0) -> list:
 
     family = kernel_family(target)
     dots = [use_dot_kernels(family), use_int4_dot_kernels(family)] if family.dots else []
+    # spatial convs no kernel took, as matmuls over patches: on x86 only (on aarch64 LLVM makes
+    # sdot/udot of the default conv loops' channel reduction; the matmul schedule has none)
+    triple = str(target.attrs.get("mtriple", "") or "")
+    patches = [conv_as_pointwise] if not triple or triple.startswith("x86_64") else []
     tune = []
     if tune_trials:
         from .tuning import tune_pass
 
         tune = [tune_pass(target, tune_trials)]
-    return ([windowed_requant, patch_conv_as_matmul, conv_transpose_as_conv, grouped_conv_as_convs, flat_depthwise] + dots + [conv_as_pointwise, conv1x1_as_matmul] + cpu_defaults.library_dispatch_passes(target)
+    return ([windowed_requant, patch_conv_as_matmul, conv_transpose_as_conv, grouped_conv_as_convs, flat_depthwise] + dots + patches + [conv1x1_as_matmul] + cpu_defaults.library_dispatch_passes(target)
             + [lift_scalar_constants] + cpu_defaults.legalize_passes(target)
             + [schedule_int4_dot_kernels, schedule_int_matmul_cpu, dedupe_kernels] + tune)
 
