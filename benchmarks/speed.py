@@ -43,6 +43,7 @@ import numpy as np
 
 from benchmarks.models import (calibration_images, export_dinov2_backbone, export_efficientnet_lite0,
                                export_minilm, lee_corpus, minilm_tokenize, to_imagenet_normalisation)
+from runtime.artifact import read_manifest
 
 RESULTS = Path(__file__).parent / "results"
 TVM_FP32_REPEAT = 3
@@ -99,6 +100,7 @@ class CompileStats:
     seconds: float
     peak_mb: float
     size_mb: float
+    family: str = ""  # the x86 kernel family the artifact runs (its manifest's target.kernel_family)
 
 
 @dataclass
@@ -226,6 +228,7 @@ def compiled(onnx_path: Path, calib: Path, shapes: dict, output: Path, reuse: bo
         return CompileStats(**json.loads(stats_file.read_text()))
     log(f"compiling {output.name} in a child process")
     stats = compile_in_child(onnx_path, calib, shapes, output, **extra)
+    stats.family = read_manifest(output)["target"].get("kernel_family", "")
     stats_file.write_text(json.dumps(stats.__dict__))
     return stats
 
@@ -457,8 +460,9 @@ def model_table(result: Result, threads: list[int]) -> list[str]:
                       _ratio(ms, result.rows.get(ORT_INT8, {}).get(t))]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if c := result.compile:
+        family = f", kernel family `{c.family}`" if c.family else ""
         lines += ["", (f"Integer artifact: compile {c.seconds:.1f} s without tuning (child process, imports "
-                       f"excluded), peak RSS {c.peak_mb:.0f} MB, artifact {c.size_mb:.1f} MB on disk.")]
+                       f"excluded), peak RSS {c.peak_mb:.0f} MB, artifact {c.size_mb:.1f} MB on disk{family}.")]
     lines += [""] * bool(result.notes) + [f"- Note: {n.rstrip('.')}." for n in result.notes]
     return lines + [""]
 
