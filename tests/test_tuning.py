@@ -15,13 +15,16 @@ from runtime.compile import main as compile_main
 
 @pytest.fixture
 def conv_model(tmp_path):
-    """A 3x3 conv: a kernel no default schedule covers (default loops keep sdot on ARM)."""
+    """A 3x3 conv and a running sum: the cumsum is a kernel no default schedule covers (the conv
+    has one on x86; on ARM the default loops keep sdot)."""
     rng = np.random.default_rng(0)
     graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["y"], ["z"])],
+        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["y"], ["r"]),
+         helper.make_node("CumSum", ["r", "axis"], ["z"])],
         "spatial_conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 12, 12])],
         [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 8, 12, 12])],
-        [numpy_helper.from_array(rng.standard_normal((8, 8, 3, 3)).astype(np.float32), "w")])
+        [numpy_helper.from_array(rng.standard_normal((8, 8, 3, 3)).astype(np.float32), "w"),
+         numpy_helper.from_array(np.array(3, np.int64), "axis")])
     path = tmp_path / "conv.onnx"
     save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     calib = tmp_path / "calib.npz"
