@@ -19,7 +19,8 @@ from __future__ import annotations
 import numpy as np
 import tvm
 from tvm import relax, te, tirx
-from tvm.relax.expr_functor import PyExprMutator, mutator
+
+from .call_rewrite import rewrite_calls, static_dims
 
 MAX_PATCH_BYTES = 256 << 20
 STEP = 4  # bytes per dot-product lane (vpdpbusd, vpmaddwd pairs, sdot)
@@ -43,49 +44,38 @@ def patches_te(x: te.Tensor, channels: int, kernel: tuple[int, int], strides: tu
     return te.compute((n, channels, kh, kw, ho, wo), tap, name="conv_patches")
 
 
-def _static(shape) -> bool:
-    return shape is not None and len(shape) == 4 and all(isinstance(d, tvm.tirx.IntImm) for d in list(shape)[1:])
-
-
-@mutator
-class _Rewriter(PyExprMutator):
-    def visit_call_(self, call: relax.Call) -> relax.Expr:
-        call = super().visit_call_(call)
-        if not isinstance(call.op, tvm.ir.Op) or call.op.name != "relax.nn.conv2d" or len(call.args) != 2:
-            return call
-        x, w = call.args
-        a = call.attrs
-        shape = getattr(x.ty, "shape", None)
-        integer = str(x.ty.dtype) in ("int8", "uint8") and str(call.ty.dtype) == "int32"
-        floating = str(x.ty.dtype) == "float32" and str(call.ty.dtype) == "float32"
-        if (not isinstance(w, tvm.ir.GenericConst) or not _static(shape) or not (integer or floating)
-                or int(a.groups) != 1 or a.data_layout != "NCHW" or a.kernel_layout != "OIHW" or a.out_layout != "NCHW"):
-            return call
-        weights = w.value.numpy()
-        o, c, kh, kw = weights.shape
-        strides = tuple(int(s) for s in a.strides)
-        pads = tuple(int(p) for p in a.padding)
-        dilation = tuple(int(d) for d in a.dilation)
-        if weights.dtype != (np.int8 if integer else np.float32) or ((kh, kw) == (1, 1) and strides == (1, 1)
-                                                                     and not any(pads)):
-            return call  # pointwise already
-        channels = -(-c // STEP) * STEP if integer else c
-        out_shape = [int(d) if isinstance(d, tvm.tirx.IntImm) else d for d in call.ty.shape]
-        n, ho, wo = out_shape[0], out_shape[2], out_shape[3]
-        if (n if isinstance(n, int) else 1) * channels * kh * kw * ho * wo * (1 if integer else 4) > MAX_PATCH_BYTES:
-            return call
-        patches = self.builder_.call_te(patches_te, x, channels, (kh, kw), strides, pads, dilation,
-                                        primfunc_name_hint="conv_patches")
-        cols = self.builder_.emit(relax.op.reshape(patches, [n, channels * kh * kw, ho, wo]))
-        w_cols = np.pad(weights, [(0, 0), (0, channels - c), (0, 0), (0, 0)]).reshape(o, channels * kh * kw, 1, 1)
-        return relax.op.nn.conv2d(cols, relax.const(w_cols), out_dtype=str(call.ty.dtype))
+def _rewrite(builder: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
+    if len(call.args) != 2:
+        return call
+    x, w = call.args
+    a = call.attrs
+    integer = str(x.ty.dtype) in ("int8", "uint8") and str(call.ty.dtype) == "int32"
+    floating = str(x.ty.dtype) == "float32" and str(call.ty.dtype) == "float32"
+    if (not isinstance(w, tvm.ir.GenericConst) or not static_dims(getattr(x.ty, "shape", None))
+            or not (integer or floating) or int(a.groups) != 1 or a.data_layout != "NCHW"
+            or a.kernel_layout != "OIHW" or a.out_layout != "NCHW"):
+        return call
+    weights = w.value.numpy()
+    o, c, kh, kw = weights.shape
+    strides = tuple(int(s) for s in a.strides)
+    pads = tuple(int(p) for p in a.padding)
+    dilation = tuple(int(d) for d in a.dilation)
+    if weights.dtype != (np.int8 if integer else np.float32) or ((kh, kw) == (1, 1) and strides == (1, 1)
+                                                                 and not any(pads)):
+        return call  # pointwise already
+    channels = -(-c // STEP) * STEP if integer else c
+    out_shape = [int(d) if isinstance(d, tvm.tirx.IntImm) else d for d in call.ty.shape]
+    n, ho, wo = out_shape[0], out_shape[2], out_shape[3]
+    if (n if isinstance(n, int) else 1) * channels * kh * kw * ho * wo * (1 if integer else 4) > MAX_PATCH_BYTES:
+        return call
+    patches = builder.call_te(patches_te, x, channels, (kh, kw), strides, pads, dilation,
+                              primfunc_name_hint="conv_patches")
+    cols = builder.emit(relax.op.reshape(patches, [n, channels * kh * kw, ho, wo]))
+    w_cols = np.pad(weights, [(0, 0), (0, channels - c), (0, 0), (0, 0)]).reshape(o, channels * kh * kw, 1, 1)
+    return relax.op.nn.conv2d(cols, relax.const(w_cols), out_dtype=str(call.ty.dtype))
 
 
 @tvm.transform.module_pass(opt_level=0, name="ConvAsPointwise")
 def conv_as_pointwise(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-    """Rewrite every integer groups-1 spatial conv with constant int8 weights (see module doc)."""
-    rewriter = _Rewriter(mod)
-    for gv, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
-    return rewriter.builder_.get()
+    """Rewrite every groups-1 spatial conv (integer or float) with constant weights (see module doc)."""
+    return rewrite_calls(mod, "relax.nn.conv2d", _rewrite)

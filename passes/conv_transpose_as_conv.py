@@ -22,7 +22,8 @@ from __future__ import annotations
 import numpy as np
 import tvm
 from tvm import relax, te, tirx
-from tvm.relax.expr_functor import PyExprMutator, mutator
+
+from .call_rewrite import integer_conv, rewrite_calls, static_dims
 
 
 def zero_inserted_te(x: te.Tensor, stride: tuple[int, int], offset: tuple[int, int], size: tuple[int, int]) -> te.Tensor:
@@ -39,60 +40,51 @@ def zero_inserted_te(x: te.Tensor, stride: tuple[int, int], offset: tuple[int, i
     return te.compute((n, c, *size), at, name="zero_inserted")
 
 
-@mutator
-class _Rewriter(PyExprMutator):
-    def visit_call_(self, call: relax.Call) -> relax.Expr:
-        call = super().visit_call_(call)
-        if not isinstance(call.op, tvm.ir.Op) or call.op.name != "relax.nn.conv2d_transpose" or len(call.args) != 2:
-            return call
-        x, w = call.args
-        a = call.attrs
-        shape = getattr(x.ty, "shape", None)
-        if (not isinstance(w, tvm.ir.GenericConst) or shape is None or len(shape) != 4
-                or not all(isinstance(d, tvm.tirx.IntImm) for d in list(shape)[1:])
-                or str(x.ty.dtype) not in ("int8", "uint8") or str(call.ty.dtype) != "int32"
-                or a.data_layout != "NCHW" or a.kernel_layout != "IOHW" or a.out_layout != "NCHW"
-                or not all(isinstance(d, tvm.tirx.IntImm) for d in list(call.ty.shape)[1:])):
-            return call
-        weights, groups = w.value.numpy(), int(a.groups)
-        c_in, o_g, kh, kw = weights.shape
-        top, left = int(a.padding[0]), int(a.padding[1])
-        (dh, dw), (ho, wo) = (int(v) for v in a.dilation), (int(call.ty.shape[2]), int(call.ty.shape[3]))
-        # [g, I/g, O/g, kh, kw] -> [g, O/g, I/g, kh, kw], flipped
-        flipped = weights.reshape(groups, c_in // groups, o_g, kh, kw).transpose(0, 2, 1, 3, 4)[..., ::-1, ::-1]
-        conv_w = np.ascontiguousarray(flipped.reshape(groups * o_g, c_in // groups, kh, kw))
-        strides = tuple(int(v) for v in a.strides)
-        offsets = (dh * (kh - 1) - top, dw * (kw - 1) - left)
-        if (dh, dw) == (1, 1) and strides != (1, 1) and all(k >= s for k, s in zip((kh, kw), strides)):
-            return self._phases(x, conv_w, strides, offsets, (ho, wo), groups)
-        z = self.builder_.call_te(zero_inserted_te, x, strides, offsets, (ho + dh * (kh - 1), wo + dw * (kw - 1)),
-                                  primfunc_name_hint="zero_inserted")
-        return relax.op.nn.conv2d(z, relax.const(conv_w), strides=1, padding=0, dilation=(dh, dw), groups=groups,
-                                  out_dtype="int32")
+def _rewrite(builder: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
+    operands = integer_conv(call, "IOHW")
+    if operands is None or not static_dims(call.ty.shape):
+        return call
+    x, weights, a = operands
+    groups = int(a.groups)
+    c_in, o_g, kh, kw = weights.shape
+    top, left = int(a.padding[0]), int(a.padding[1])
+    (dh, dw), (ho, wo) = (int(v) for v in a.dilation), (int(call.ty.shape[2]), int(call.ty.shape[3]))
+    # [g, I/g, O/g, kh, kw] -> [g, O/g, I/g, kh, kw], flipped
+    flipped = weights.reshape(groups, c_in // groups, o_g, kh, kw).transpose(0, 2, 1, 3, 4)[..., ::-1, ::-1]
+    conv_w = np.ascontiguousarray(flipped.reshape(groups * o_g, c_in // groups, kh, kw))
+    strides = tuple(int(v) for v in a.strides)
+    offsets = (dh * (kh - 1) - top, dw * (kw - 1) - left)
+    if (dh, dw) == (1, 1) and strides != (1, 1) and all(k >= s for k, s in zip((kh, kw), strides)):
+        return _phases(builder, x, conv_w, strides, offsets, (ho, wo), groups)
+    z = builder.call_te(zero_inserted_te, x, strides, offsets, (ho + dh * (kh - 1), wo + dw * (kw - 1)),
+                        primfunc_name_hint="zero_inserted")
+    return relax.op.nn.conv2d(z, relax.const(conv_w), strides=1, padding=0, dilation=(dh, dw), groups=groups,
+                              out_dtype="int32")
 
-    def _phases(self, x, conv_w, strides, offsets, out_size, groups):
-        """Output phase (py, px) (pixels y % sy == py, x % sx == px) reads only the taps
-        a = a0 (mod s) of the flipped kernel, at input offset (p + a0 - t) / s: one stride-1 conv
-        per phase over a window of x, interleaved afterwards (no multiplication by inserted zeros)."""
-        (sy, sx), (ty, tx), (ho, wo) = strides, offsets, out_size
-        hq, wq = -(-ho // sy), -(-wo // sx)
-        rows = []
-        for py in range(sy):
-            cols = []
-            for px in range(sx):
-                ay, ax = (ty - py) % sy, (tx - px) % sx
-                sub = np.ascontiguousarray(conv_w[:, :, ay::sy, ax::sx])
-                window = _window(x, ((py + ay - ty) // sy, hq + sub.shape[2] - 1),
-                                 ((px + ax - tx) // sx, wq + sub.shape[3] - 1))
-                conv = relax.op.nn.conv2d(self.builder_.emit(window), relax.const(sub), groups=groups, out_dtype="int32")
-                cols.append(relax.op.expand_dims(self.builder_.emit(conv), [4]))
-            rows.append(relax.op.expand_dims(self.builder_.emit(relax.op.concat(cols, axis=4)), [3]))
-        grid = self.builder_.emit(relax.op.concat(rows, axis=3))  # [N, O, Hq, sy, Wq, sx]
-        n, o = grid.ty.shape[0], grid.ty.shape[1]
-        out = self.builder_.emit(relax.op.reshape(grid, [n, o, hq * sy, wq * sx]))
-        if (hq * sy, wq * sx) == (ho, wo):
-            return out
-        return relax.op.strided_slice(out, axes=[2, 3], begin=[0, 0], end=[ho, wo])
+
+def _phases(builder, x, conv_w, strides, offsets, out_size, groups):
+    """Output phase (py, px) (pixels y % sy == py, x % sx == px) reads only the taps
+    a = a0 (mod s) of the flipped kernel, at input offset (p + a0 - t) / s: one stride-1 conv
+    per phase over a window of x, interleaved afterwards (no multiplication by inserted zeros)."""
+    (sy, sx), (ty, tx), (ho, wo) = strides, offsets, out_size
+    hq, wq = -(-ho // sy), -(-wo // sx)
+    rows = []
+    for py in range(sy):
+        cols = []
+        for px in range(sx):
+            ay, ax = (ty - py) % sy, (tx - px) % sx
+            sub = np.ascontiguousarray(conv_w[:, :, ay::sy, ax::sx])
+            window = _window(x, ((py + ay - ty) // sy, hq + sub.shape[2] - 1),
+                             ((px + ax - tx) // sx, wq + sub.shape[3] - 1))
+            conv = relax.op.nn.conv2d(builder.emit(window), relax.const(sub), groups=groups, out_dtype="int32")
+            cols.append(relax.op.expand_dims(builder.emit(conv), [4]))
+        rows.append(relax.op.expand_dims(builder.emit(relax.op.concat(cols, axis=4)), [3]))
+    grid = builder.emit(relax.op.concat(rows, axis=3))  # [N, O, Hq, sy, Wq, sx]
+    n, o = grid.ty.shape[0], grid.ty.shape[1]
+    out = builder.emit(relax.op.reshape(grid, [n, o, hq * sy, wq * sx]))
+    if (hq * sy, wq * sx) == (ho, wo):
+        return out
+    return relax.op.strided_slice(out, axes=[2, 3], begin=[0, 0], end=[ho, wo])
 
 
 def _window(x: relax.Expr, rows: tuple[int, int], cols: tuple[int, int]) -> relax.Expr:
@@ -111,8 +103,4 @@ def _window(x: relax.Expr, rows: tuple[int, int], cols: tuple[int, int]) -> rela
 @tvm.transform.module_pass(opt_level=0, name="ConvTransposeAsConv")
 def conv_transpose_as_conv(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     """Rewrite every integer NCHW conv2d_transpose with constant weights (see module doc)."""
-    rewriter = _Rewriter(mod)
-    for gv, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
-    return rewriter.builder_.get()
+    return rewrite_calls(mod, "relax.nn.conv2d_transpose", _rewrite)

@@ -28,13 +28,13 @@ from __future__ import annotations
 import numpy as np
 import tvm
 from tvm import relax, te, tirx
-from tvm.relax.expr_functor import PyExprMutator, mutator
+
+from passes.call_rewrite import integer_conv, rewrite_calls
 
 BLOCK = "dwflat_conv"
 WIDTH = "dwflat_width"  # the pad block's annotation: the phase width the schedule splits rows by
 STEM_CHANNELS = 4  # a conv over this few input channels (an RGB(A) or gray stem) runs over flat rows too
 LANES = 16  # int32 lanes of a 512-bit vector
-_INT8 = ("int8", "uint8")
 
 
 def depthwise_flat_te(x: te.Tensor, w: te.Tensor, pads: tuple[int, int, int, int], stride: int = 1,
@@ -205,50 +205,36 @@ def _x86() -> bool:
     return target is not None and target.kind.name == "llvm" and (not triple or triple.startswith("x86_64"))
 
 
-@mutator
-class _Rewriter(PyExprMutator):
-    def visit_call_(self, call: relax.Call) -> relax.Expr:
-        call = super().visit_call_(call)
-        if not isinstance(call.op, tvm.ir.Op) or call.op.name != "relax.nn.conv2d" or len(call.args) != 2:
-            return call
-        x, w = call.args
-        a = call.attrs
-        shape = getattr(x.ty, "shape", None)
-        if (not isinstance(w, tvm.ir.GenericConst) or shape is None or len(shape) != 4
-                or str(x.ty.dtype) not in _INT8 or str(call.ty.dtype) != "int32"
-                or not all(isinstance(d, tvm.tirx.IntImm) for d in list(shape)[1:])
-                or a.data_layout != "NCHW" or a.kernel_layout != "OIHW" or a.out_layout != "NCHW"):
-            return call
-        weights = w.value.numpy()
-        channels, groups = int(shape[1]), int(a.groups)
-        strides = {int(v) for v in a.strides}
-        depthwise = groups == channels and weights.shape[:2] == (channels, 1)
-        stem = groups == 1 and channels <= STEM_CHANNELS and _x86()  # aarch64: LLVM makes sdot of its loops
-        if (weights.dtype != np.int8 or not (depthwise or stem) or weights.shape[2] * weights.shape[3] == 1
-                or len(strides) != 1 or strides - {1, 2} or any(int(d) != 1 for d in a.dilation)
-                or int(shape[3]) < 4):
-            return call
-        pads = tuple(int(p) for p in a.padding)
-        corr = None
-        if str(x.ty.dtype) == "int8":  # shifted to uint8 (see depthwise_flat_te)
-            sums = weights.astype(np.int64).reshape(weights.shape[0], -1).sum(1)
-            corr = relax.const((128 * sums).astype("int32"), "int32")
-        stride = strides.pop()
-        kh, kw = weights.shape[2:]
-        outputs = (((int(shape[2]) + pads[0] + pads[2] - kh) // stride + 1)
-                   * ((int(shape[3]) + pads[1] + pads[3] - kw) // stride + 1))
-        if depthwise and kh > 1 and kw >= QUAD_MIN_WIDTH and outputs <= QUAD_MAX_OUTPUTS and _quad_taps():
-            return self.builder_.call_te(depthwise_quad_te, x, relax.const(quad_weights(weights, stride)), pads,
-                                         stride, int(weights.shape[3]), corr, primfunc_name_hint="dwflat_conv2d")
-        return self.builder_.call_te(depthwise_flat_te, x, w, pads, stride, groups, corr,
-                                     primfunc_name_hint="dwflat_conv2d")
+def _rewrite(builder: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
+    operands = integer_conv(call)
+    if operands is None:
+        return call
+    x, weights, a = operands
+    shape = x.ty.shape
+    channels, groups = int(shape[1]), int(a.groups)
+    strides = {int(v) for v in a.strides}
+    depthwise = groups == channels and weights.shape[:2] == (channels, 1)
+    stem = groups == 1 and channels <= STEM_CHANNELS and _x86()  # aarch64: LLVM makes sdot of its loops
+    if (weights.dtype != np.int8 or not (depthwise or stem) or weights.shape[2] * weights.shape[3] == 1
+            or len(strides) != 1 or strides - {1, 2} or any(int(d) != 1 for d in a.dilation)
+            or int(shape[3]) < 4):
+        return call
+    pads = tuple(int(p) for p in a.padding)
+    corr = None
+    if str(x.ty.dtype) == "int8":  # shifted to uint8 (see depthwise_flat_te)
+        sums = weights.astype(np.int64).reshape(weights.shape[0], -1).sum(1)
+        corr = relax.const((128 * sums).astype("int32"), "int32")
+    stride = strides.pop()
+    kh, kw = weights.shape[2:]
+    outputs = (((int(shape[2]) + pads[0] + pads[2] - kh) // stride + 1)
+               * ((int(shape[3]) + pads[1] + pads[3] - kw) // stride + 1))
+    if depthwise and kh > 1 and kw >= QUAD_MIN_WIDTH and outputs <= QUAD_MAX_OUTPUTS and _quad_taps():
+        return builder.call_te(depthwise_quad_te, x, relax.const(quad_weights(weights, stride)), pads,
+                               stride, int(weights.shape[3]), corr, primfunc_name_hint="dwflat_conv2d")
+    return builder.call_te(depthwise_flat_te, x, call.args[1], pads, stride, groups, corr, primfunc_name_hint="dwflat_conv2d")
 
 
 @tvm.transform.module_pass(opt_level=0, name="FlatDepthwise")
 def flat_depthwise(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     """Rewrite every stride-1 integer depthwise conv with constant weights (see module doc)."""
-    rewriter = _Rewriter(mod)
-    for gv, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
-    return rewriter.builder_.get()
+    return rewrite_calls(mod, "relax.nn.conv2d", _rewrite)

@@ -1,0 +1,49 @@
+"""rewrite_calls: replace every call of one Relax op in a module, the shared body of the
+rewrites that turn one op into others (`conv_as_pointwise.py`, `targets/depthwise.py`, ...)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import tvm
+from tvm import relax
+from tvm.relax.expr_functor import PyExprMutator, mutator
+
+
+def rewrite_calls(mod: tvm.IRModule, op_name: str,
+                  rewrite: Callable[[relax.BlockBuilder, relax.Call], relax.Expr]) -> tvm.IRModule:
+    """`mod` with every call of `op_name` (arguments rewritten first) replaced by
+    `rewrite(builder, call)`, which returns the call itself to keep it."""
+
+    @mutator
+    class _Rewriter(PyExprMutator):
+        def visit_call_(self, call: relax.Call) -> relax.Expr:
+            call = super().visit_call_(call)
+            if isinstance(call.op, tvm.ir.Op) and call.op.name == op_name:
+                return rewrite(self.builder_, call)
+            return call
+
+    rewriter = _Rewriter(mod)
+    for gv, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
+    return rewriter.builder_.get()
+
+
+def static_dims(shape) -> bool:
+    """A rank-4 shape whose dims past the first (a batch, maybe symbolic) are known integers."""
+    return shape is not None and len(shape) == 4 and all(isinstance(d, tvm.tirx.IntImm) for d in list(shape)[1:])
+
+
+def integer_conv(call: relax.Call, kernel_layout: str = "OIHW"):
+    """(x, weights as NumPy, attrs) of an NCHW int8/uint8 conv (or transposed conv: kernel layout
+    IOHW) with int32 output, a constant weight and static dims past the batch; None otherwise."""
+    if len(call.args) != 2:
+        return None
+    x, w = call.args
+    a = call.attrs
+    if (not isinstance(w, tvm.ir.GenericConst) or not static_dims(getattr(x.ty, "shape", None))
+            or str(x.ty.dtype) not in ("int8", "uint8") or str(call.ty.dtype) != "int32"
+            or a.data_layout != "NCHW" or a.kernel_layout != kernel_layout or a.out_layout != "NCHW"):
+        return None
+    return x, w.value.numpy(), a
