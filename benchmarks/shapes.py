@@ -52,9 +52,9 @@ def compiled(onnx_path: Path, calib: Path, shapes: dict, artifact: Path, reuse: 
 
 
 def _set_tvm_threads(threads: int) -> None:
-    import tvm
+    from runtime.model import config_threads
 
-    tvm.get_global_func("runtime.config_threadpool")(0, threads)
+    config_threads(threads)
 
 
 def _time_ours(model, feed: dict[str, np.ndarray], threads: int, repeat: int) -> float:

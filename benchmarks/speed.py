@@ -44,6 +44,7 @@ import numpy as np
 from benchmarks.models import (calibration_images, export_dinov2_backbone, export_efficientnet_lite0,
                                export_minilm, lee_corpus, minilm_tokenize, to_imagenet_normalisation)
 from runtime.artifact import read_manifest
+from runtime.model import config_threads
 
 RESULTS = Path(__file__).parent / "results"
 TVM_FP32_REPEAT = 3
@@ -169,7 +170,7 @@ def time_tvm_fp32(built, feed: dict[str, np.ndarray], threads: int) -> float:
     import tvm
 
     vm, names = built
-    tvm.get_global_func("runtime.config_threadpool")(0, threads)
+    config_threads(threads)
     args = [tvm.runtime.tensor(feed[n]) for n in names]
     return float(np.median(measure(lambda: vm["main"](*args), TVM_FP32_REPEAT, warmup=1)))
 

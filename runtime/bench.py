@@ -26,14 +26,12 @@ def benchmark(model, threads: int | None = None, repeat: int = 50, warmup: int =
     """p50/p90/p99/mean latency (ms) and throughput (samples/s) of `model` on random (or given)
     inputs; `batch` samples per run for a symbolic-batch artifact, `sizes` other free dims by
     name (a sequence length; default its upper bound)."""
-    from .model import example_shape
+    from .model import config_threads, example_shape
 
-    import tvm
-
-    if threads:
-        config = (model.remote.get_function("runtime.config_threadpool") if model.remote
-                  else tvm.get_global_func("runtime.config_threadpool"))
-        config(0, threads)
+    if threads and model.remote:
+        model.remote.get_function("runtime.config_threadpool")(0, threads)
+    elif threads:
+        config_threads(threads)
     if inputs is None:
         rng = np.random.default_rng(0)
         inputs = {i["name"]: _random(rng, example_shape(i, batch, sizes), i) for i in model.inputs}

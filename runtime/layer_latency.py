@@ -112,7 +112,9 @@ def _measure(spec, jobs: list[tuple[str, Workload, int]], session, threads: int 
                 raise CompileError(f"a latency table for {spec.name} ({spec.arch}) must be measured on such a "
                                    f"machine: give its RPC server (--latency-rpc HOST:PORT)")
             lib, dev = tvm.runtime.load_module(str(library)), tvm.device(spec.device)
-            config = tvm.get_global_func("runtime.config_threadpool")
+            from .model import config_threads
+
+            config = lambda _mode, count: config_threads(count)  # noqa: E731
         else:
             session.upload(str(library), library.name)
             lib, dev = session.load_module(library.name), session.device(device_type, 0)

@@ -73,7 +73,6 @@ class Model:
         for key in self._libs:  # load the constants now: a broken library fails at load, not at the first run
             self._vm(key)
         self._tensor = tvm.runtime.tensor
-        self._config_threads = tvm.get_global_func("runtime.config_threadpool")
         self.batch_workers = _default_workers()
         self._pool = None  # (size, worker threads for batch samples), started on first use
         self._pool_lock = threading.Lock()
@@ -169,7 +168,7 @@ class Model:
 
     def _call(self, size, qinputs: list[np.ndarray], threads: int | None = None) -> list[np.ndarray]:
         if threads is not None and getattr(self._local, "threads", None) != threads:
-            self._config_threads(0, threads)  # this worker thread's TVM pool
+            config_threads(threads)  # this worker thread's TVM pool
             self._local.threads = threads
         result = self._vm(size)["main"](*[self._tensor(np.require(q, requirements="C"), self._dev) for q in qinputs])
         return [r.numpy() for r in ([result] if len(self.outputs) == 1 else list(result))]
@@ -235,6 +234,18 @@ def _as_output(spec: dict, y: np.ndarray) -> np.ndarray:
     if dtype == y.dtype:
         return y
     return (y != 0) if dtype == np.bool_ else (np.rint(y) if dtype.kind in "iu" else y).astype(dtype)
+
+
+def config_threads(count: int) -> None:
+    """The calling thread's TVM thread pool at `count` threads, the calling thread left free to run
+    on every CPU it could before. TVM pins it to the first core: batch workers all ended up on core
+    0 (a batch ran no faster on 2 cores than on 1), and so did onnxruntime's threads created after."""
+    import tvm
+
+    mask = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    tvm.get_global_func("runtime.config_threadpool")(0, count)
+    if mask is not None:
+        os.sched_setaffinity(0, mask)
 
 
 def _default_workers() -> int:

@@ -96,3 +96,28 @@ def test_bad_cpu_flag(tmp_path, small_cnn_path, capsys):
     assert compile_main([small_cnn_path, "--cpu", "pentium", "-o", str(tmp_path / "a")]) == 2
     assert "x86-64-v3" in capsys.readouterr().err
     assert compile_main([small_cnn_path, "--target", "arm", "--cpu", "x86-64-v3", "-o", str(tmp_path / "a")]) == 2
+
+
+def test_thread_count_leaves_the_caller_unpinned():
+    """TVM pins a thread that sets its pool size to the first core; batch workers (and onnxruntime
+    threads created later) then shared one core. config_threads keeps the caller's CPU set."""
+    import os
+    import threading
+
+    from runtime.model import config_threads
+
+    if not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs a CPU set of 2 or more")
+    seen = []
+
+    def worker():
+        before = os.sched_getaffinity(0)
+        config_threads(1)
+        seen.append((before, os.sched_getaffinity(0)))
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(before == after for before, after in seen) and len(seen) == 2
