@@ -352,7 +352,8 @@ def _schedule_flat_depthwise(sch: s_tir.Schedule, block) -> None:
         index = next(i for i, r in enumerate(stmt.reads) if r.source.same_as(sch.get(pads[0]).writes[0].source))
         dims = [int(d) for d in stmt.reads[index].source.shape[2:]]  # [batch (maybe symbolic), C, ...]
         natural = [(r.min, r.min + r.extent) for r in stmt.reads[index].region]
-        _annotate_read(sch, block, index, lambda b, f, *_: [b, b + 1, f, f + 1]
+        m = int(stmt.iter_vars[1].dom.extent) // int(stmt.reads[index].source.shape[1])  # channel multiplier
+        _annotate_read(sch, block, index, lambda b, f, *_: [b, b + 1, f // m, f // m + 1]
                        + [v for d in dims for v in (0, d)])
     for producer in pads:  # consumers first: each is computed where the next one needs it
         if depthwise:

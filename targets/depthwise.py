@@ -213,7 +213,8 @@ def _rewrite(builder: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     shape = x.ty.shape
     channels, groups = int(shape[1]), int(a.groups)
     strides = {int(v) for v in a.strides}
-    depthwise = groups == channels and weights.shape[:2] == (channels, 1)
+    depthwise = groups == channels and weights.shape[1] == 1  # a channel multiplier too (O = m * C)
+    multiplier = weights.shape[0] // channels
     stem = groups == 1 and channels <= STEM_CHANNELS and _x86()  # aarch64: LLVM makes sdot of its loops
     if (weights.dtype != np.int8 or not (depthwise or stem) or weights.shape[2] * weights.shape[3] == 1
             or len(strides) != 1 or strides - {1, 2} or any(int(d) != 1 for d in a.dilation)
@@ -228,7 +229,8 @@ def _rewrite(builder: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     kh, kw = weights.shape[2:]
     outputs = (((int(shape[2]) + pads[0] + pads[2] - kh) // stride + 1)
                * ((int(shape[3]) + pads[1] + pads[3] - kw) // stride + 1))
-    if depthwise and kh > 1 and kw >= QUAD_MIN_WIDTH and outputs <= QUAD_MAX_OUTPUTS and _quad_taps():
+    if (depthwise and multiplier == 1 and kh > 1 and kw >= QUAD_MIN_WIDTH and outputs <= QUAD_MAX_OUTPUTS
+            and _quad_taps()):
         return builder.call_te(depthwise_quad_te, x, relax.const(quad_weights(weights, stride)), pads,
                                stride, int(weights.shape[3]), corr, primfunc_name_hint="dwflat_conv2d")
     return builder.call_te(depthwise_flat_te, x, call.args[1], pads, stride, groups, corr, primfunc_name_hint="dwflat_conv2d")

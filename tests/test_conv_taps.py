@@ -102,7 +102,8 @@ def test_dilated_conv_as_patches_bit_exact(tmp_path):
                                   ref.conv2d_acc(x, wt, (1, 1), (2, 2, 2, 2), (2, 2)))
 
 
-@pytest.mark.parametrize("groups,c,o,k", [(2, 16, 32, 3), (4, 8, 8, 1), (8, 64, 64, 3)])
+@pytest.mark.parametrize("groups,c,o,k", [(2, 16, 32, 3), (4, 8, 8, 1), (8, 64, 64, 3),
+                                          (8, 8, 16, 3)])  # depthwise with a channel multiplier (targets/depthwise.py)
 def test_grouped_conv_bit_exact(groups, c, o, k, tmp_path):
     import tvm
     from tvm import relax
