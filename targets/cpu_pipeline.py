@@ -23,7 +23,7 @@ def cpu_lowering_passes(target, tune_trials: int = 0) -> list:
     from .cpu_schedules import schedule_int_matmul_cpu
     from .depthwise import flat_depthwise
     from .share_kernels import dedupe_kernels, lift_scalar_constants
-    from .kernel_family import kernel_family
+    from .kernel_family import is_x86, kernel_family
     from .requant import windowed_requant
     from .vnni_int4 import schedule_int4_dot_kernels, use_int4_dot_kernels
     from .vnni_rewrite import use_dot_kernels
@@ -32,8 +32,7 @@ def cpu_lowering_passes(target, tune_trials: int = 0) -> list:
     dots = [use_dot_kernels(family), use_int4_dot_kernels(family)] if family.dots else []
     # spatial convs no kernel took, as matmuls over patches: on x86 only (on aarch64 LLVM makes
     # sdot/udot of the default conv loops' channel reduction; the matmul schedule has none)
-    triple = str(target.attrs.get("mtriple", "") or "")
-    patches = [conv_as_pointwise] if not triple or triple.startswith("x86_64") else []
+    patches = [conv_as_pointwise] if is_x86(target) else []
     tune = []
     if tune_trials:
         from .tuning import tune_pass

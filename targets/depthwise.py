@@ -200,9 +200,9 @@ def _quad_taps() -> bool:
 
 
 def _x86() -> bool:
-    target = tvm.target.Target.current(allow_none=True)
-    triple = str(target.attrs.get("mtriple", "") or "") if target is not None else ""
-    return target is not None and target.kind.name == "llvm" and (not triple or triple.startswith("x86_64"))
+    from .kernel_family import is_x86
+
+    return is_x86(tvm.target.Target.current(allow_none=True))
 
 
 def _rewrite(builder: relax.BlockBuilder, call: relax.Call) -> relax.Expr:

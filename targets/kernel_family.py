@@ -121,6 +121,12 @@ FAMILIES = (
 GENERIC = Family("generic", (), ())
 
 
+def is_x86(target) -> bool:
+    """An LLVM target for x86-64 (the host when it names no triple)."""
+    triple = str(target.attrs.get("mtriple", "") or "") if target is not None else ""
+    return target is not None and target.kind.name == "llvm" and (not triple or triple.startswith("x86_64"))
+
+
 def kernel_family(target) -> Family:
     """The family for an LLVM x86 target, from its mcpu and mattr as LLVM reads them."""
     from tvm.target import codegen
