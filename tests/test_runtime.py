@@ -121,3 +121,20 @@ def test_thread_count_leaves_the_caller_unpinned():
     for t in threads:
         t.join()
     assert all(before == after for before, after in seen) and len(seen) == 2
+
+
+def test_tvm_pool_may_use_every_cpu(tmp_path):
+    """TVM's default pool is half the hardware threads on x86 (2 CPUs: 1 thread, whatever
+    config_threadpool asks); importing the runtime lets every thread's pool use all the CPUs."""
+    import os
+    import subprocess
+    import sys
+
+    if not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs a CPU set of 2 or more")
+    code = ("import os, runtime, tvm; from runtime.model import config_threads; config_threads(2); "
+            "print(tvm.get_global_func('runtime.NumThreads')())")
+    env = {k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "OMP_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
+                         cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert out.stdout.split()[-1] == "2"
