@@ -27,19 +27,38 @@ def _layer(kind, name, x, hidden, inputs, direction, rng, bias=True, states=(), 
     return node, inits[:3] if bias else inits[:2]
 
 
-def single(kind, direction, steps=5, batch=2, inputs=3, hidden=4, bias=True, states=True, seed=0, **attrs):
-    """(model, feeds): one node with all its outputs; initial states as graph inputs when `states`."""
+def single(kind, direction, steps=5, batch=2, inputs=3, hidden=4, bias=True, states=True, seed=0,
+           layout=0, peepholes=False, weights_as_inputs=False, sequence_lens=False, **attrs):
+    """(model, feeds): one node with all its outputs; initial states as graph inputs when `states`;
+    `weights_as_inputs`: W, R, B (and P) graph inputs fed at run time, as onnx's node tests have them."""
     rng = np.random.default_rng(seed)
     d = DIRECTIONS[direction]
     names = (["h0", "c0"] if kind == "LSTM" else ["h0"]) if states else []
     node, inits = _layer(kind, "rnn", "x", hidden, inputs, direction, rng, bias, names, **attrs)
+    if layout:
+        node.attribute.append(helper.make_attribute("layout", 1))
+    if peepholes:
+        inits.append(numpy_helper.from_array(rng.uniform(-1, 1, (d, 3 * hidden)).astype(np.float32), "rnn_P"))
+        node.input.extend([""] * (7 - len(node.input)) + ["rnn_P"])
+    if sequence_lens:
+        node.input[4] = "lens"
+    state_shape = [batch, d, hidden] if layout else [d, batch, hidden]
+    x_shape = [batch, steps, inputs] if layout else [steps, batch, inputs]
+    y_shape = [batch, steps, d, hidden] if layout else [steps, d, batch, hidden]
+    feeds = {"x": rng.standard_normal(x_shape).astype(np.float32),
+             **{n: rng.standard_normal(state_shape).astype(np.float32) for n in names}}
+    extra_inputs = [helper.make_tensor_value_info("lens", TensorProto.INT32, [batch])] if sequence_lens else []
+    if sequence_lens:
+        feeds["lens"] = np.full(batch, steps, np.int32)
+    if weights_as_inputs:
+        extra_inputs += [helper.make_tensor_value_info(i.name, TensorProto.FLOAT, list(i.dims)) for i in inits]
+        feeds.update({i.name: numpy_helper.to_array(i) for i in inits})
+        inits = []
     graph = helper.make_graph(
-        [node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [steps, batch, inputs]),
-                      *(helper.make_tensor_value_info(n, TensorProto.FLOAT, [d, batch, hidden]) for n in names)],
-        [helper.make_tensor_value_info(node.output[0], TensorProto.FLOAT, [steps, d, batch, hidden]),
-         *(helper.make_tensor_value_info(o, TensorProto.FLOAT, [d, batch, hidden]) for o in node.output[1:])], inits)
-    feeds = {"x": rng.standard_normal((steps, batch, inputs)).astype(np.float32),
-             **{n: rng.standard_normal((d, batch, hidden)).astype(np.float32) for n in names}}
+        [node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape),
+                      *(helper.make_tensor_value_info(n, TensorProto.FLOAT, state_shape) for n in names), *extra_inputs],
+        [helper.make_tensor_value_info(node.output[0], TensorProto.FLOAT, y_shape),
+         *(helper.make_tensor_value_info(o, TensorProto.FLOAT, state_shape) for o in node.output[1:])], inits)
     return _model(graph), feeds
 
 
@@ -68,6 +87,12 @@ def _model(graph):
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model
+
+
+def _reference(model, feeds):
+    from onnx.reference import ReferenceEvaluator
+
+    return ReferenceEvaluator(model).run(None, feeds)
 
 
 def _run(model, feeds):
@@ -108,10 +133,44 @@ def test_unrolled_in_opsets_before_13(kind, opset):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
 
 
+# the spec's other forms: activations with their alpha/beta, clip, coupled input/forget gates,
+# peepholes, batch-first layout, weights as graph inputs (as onnx's own node tests give them)
+VARIANTS = [
+    ("LSTM", "bidirectional", {"clip": 0.7}),
+    ("GRU", "forward", {"activations": ["HardSigmoid", "Relu"], "activation_alpha": [0.3], "activation_beta": [0.4]}),
+    ("GRU", "bidirectional", {"activations": ["Sigmoid", "Affine", "Sigmoid", "ScaledTanh"],
+                              "activation_alpha": [0.5, 1.5], "activation_beta": [0.1, 0.8], "clip": 2.0}),
+    ("LSTM", "forward", {"activations": ["Sigmoid", "LeakyRelu", "Softsign"], "activation_alpha": [0.2]}),
+    ("LSTM", "reverse", {"activations": ["HardSigmoid", "Elu", "Softplus"]}),
+    ("RNN", "forward", {"activations": ["ThresholdedRelu"], "activation_alpha": [0.1]}),
+    ("LSTM", "forward", {"input_forget": 1}),
+    ("LSTM", "bidirectional", {"peepholes": True}),
+    ("LSTM", "bidirectional", {"layout": 1}),
+    ("GRU", "reverse", {"layout": 1, "linear_before_reset": 1}),
+    ("RNN", "bidirectional", {"layout": 1}),
+    ("LSTM", "bidirectional", {"weights_as_inputs": True, "peepholes": True}),
+    ("GRU", "bidirectional", {"weights_as_inputs": True}),
+    ("GRU", "forward", {"weights_as_inputs": True, "linear_before_reset": 1}),
+    ("RNN", "reverse", {"weights_as_inputs": True}),
+]
+
+
+@pytest.mark.parametrize("kind,direction,extra", VARIANTS,
+                         ids=[f"{k}-{d}-{'-'.join(e)}" for k, d, e in VARIANTS])
+def test_unrolled_spec_variants_equal_onnxruntime(kind, direction, extra):
+    model, feeds = single(kind, direction, **extra)
+    run = _run if not extra.get("layout") else _reference  # onnxruntime has no batch-first layout
+    want = run(model, feeds)
+    assert unroll_recurrent(model) == 1 and kind not in {n.op_type for n in model.graph.node}
+    onnx.checker.check_model(model)
+    for g, w in zip(run(model, feeds), want):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+
+
 def test_not_unrolled_where_semantics_differ():
-    model, _ = single("LSTM", "forward", clip=1.0)
+    model, _ = single("LSTM", "forward", sequence_lens=True)  # lengths known only at run time
     assert unroll_recurrent(model) == 0
-    model, _ = single("GRU", "forward", activations=["Sigmoid", "Relu"])
+    model, _ = single("GRU", "forward", activations=["Sigmoid", "Gelu"])  # not one of the spec's activations
     assert unroll_recurrent(model) == 0
 
 
