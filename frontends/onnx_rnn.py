@@ -15,9 +15,9 @@ f, g, h are the node's activations (default Sigmoid, Tanh, Tanh; any of the spec
 alpha/beta), `clip` clips every activation's input, peepholes P are optional, layout 1 ([B, T, ...])
 is transposed in and out. Weights, biases and peepholes may be constants (folded here) or tensors
 computed in the graph (sliced and transposed by ops). A zero initial state (none given) drops the
-terms it would zero at the first step. Fires only where the result is the same op: a static input
-shape (bind it with --input-shape), no sequence_lens unless a constant equal to the full length.
-Other nodes are left as they are (the importer then names them).
+terms it would zero at the first step. `sequence_lens` masks each step (past a sequence's end its
+state is kept and its output is zero). Fires only where the result is the same op: a static input
+shape (bind it with --input-shape). Other nodes are left as they are (the importer then names them).
 """
 
 from __future__ import annotations
@@ -97,8 +97,7 @@ def _plan(node, consts, shapes) -> dict | None:
     if reverse is None or acts is None or not x_shape or len(x_shape) != 3 or min(x_shape) <= 0:
         return None  # dynamic shape
     steps = x_shape[1] if layout else x_shape[0]
-    if ins[4] and not (ins[4] in consts and np.all(consts[ins[4]] == steps)):
-        return None  # sequence_lens shorter than the input (or unknown): masking not implemented
+    lens = ins[4] if ins[4] and not (ins[4] in consts and np.all(consts[ins[4]] == steps)) else None
     value = lambda name: consts.get(name, name) if name else None  # noqa: E731  (array, or a tensor's name)
     w, r = value(ins[1]), value(ins[2])
     hidden = attrs.get("hidden_size")
@@ -114,7 +113,7 @@ def _plan(node, consts, shapes) -> dict | None:
     return dict(kind=kind, steps=steps, w=w, r=r, b=b, h0=ins[5], c0=ins[6] if kind == "LSTM" else "",
                 peep=value(ins[7]) if kind == "LSTM" else None, reverse=reverse, hidden=int(hidden), acts=acts,
                 lbr=bool(attrs.get("linear_before_reset", 0)), clip=attrs.get("clip"),
-                input_forget=bool(attrs.get("input_forget", 0)), layout=layout)
+                input_forget=bool(attrs.get("input_forget", 0)), layout=layout, lens=lens)
 
 
 class _Unrolled:
@@ -201,7 +200,7 @@ class _Unrolled:
         return self.op("Mul", [self.op("Tanh", [inner], f"{name}_tanh"), self.const(f"{name}_alpha", np.float32(alpha))],
                        name)
 
-    def build(self, kind, steps, w, r, b, h0, c0, peep, reverse, hidden, acts, lbr, clip, input_forget, layout):
+    def build(self, kind, steps, w, r, b, h0, c0, peep, reverse, hidden, acts, lbr, clip, input_forget, layout, lens):
         gates, self.clip = GATES[kind], clip
         x = self.node.input[0] if not layout else self.op("Transpose", [self.node.input[0]], "x_tbi", perm=[1, 0, 2])
         state_axis = 1 if layout else 0  # initial states: [D, B, H], or [B, D, H] in layout 1
@@ -237,12 +236,19 @@ class _Unrolled:
                 s = f"{d}_{t}"
                 xt = self.op("Squeeze", [self.rows(xw, t, t + 1, f"slice{s}"), self.const(f"sq{s}", [0])], f"x{s}")
                 if kind == "LSTM":
-                    h, c = self._lstm_step(xt, h, c, rt, pd, hidden, input_forget, s)
+                    h_new, c_new = self._lstm_step(xt, h, c, rt, pd, hidden, input_forget, s)
                 elif kind == "GRU":
-                    h = self._gru_step(xt, h, *rt, hidden, lbr, s)
+                    h_new, c_new = self._gru_step(xt, h, *rt, hidden, lbr, s), None
                 else:
-                    h = self.activate(0, self._plus_recurrent(xt, h, rt, s), f"h{s}")
-                out[t] = self.op("Unsqueeze", [h, self.const(f"u{s}", [0, 1])], f"y{s}")  # [1, 1, B, H]
+                    h_new, c_new = self.activate(0, self._plus_recurrent(xt, h, rt, s), f"h{s}"), None
+                if lens is None:
+                    y, h, c = h_new, h_new, c_new
+                else:  # steps past a sequence's length keep its state and output zeros
+                    mask = self._mask(lens, t, s)
+                    y = self.op("Mul", [mask, h_new], f"my{s}")
+                    h = self._masked(mask, h_new, h, y, f"mh{s}")
+                    c = None if c_new is None else self._masked(mask, c_new, c, None, f"mc{s}")
+                out[t] = self.op("Unsqueeze", [y, self.const(f"u{s}", [0, 1])], f"y{s}")  # [1, 1, B, H]
             ys.append(self.op("Concat", out, f"y{d}", axis=0))
             hs.append(self.op("Unsqueeze", [h, self.const(f"uh{d}", [0])], f"hn{d}"))
             if c is not None:
@@ -256,6 +262,20 @@ class _Unrolled:
             if layout:
                 self.nodes.append(helper.make_node("Transpose", [joined], [name], name=f"{self.prefix}/layout_{name}",
                                                    perm=perm))
+
+    def _mask(self, lens, t, s):
+        """[B, 1]: 1.0 where step t lies within the sequence (t < sequence_lens), else 0.0. Both
+        directions: the reverse one then starts each sequence at its own last step."""
+        inside = self.op("Less", [self.const(f"t{s}", np.array(t, np.int32)), lens], f"in{s}")
+        as_float = self.op("Cast", [inside], f"inf{s}", to=onnx.TensorProto.FLOAT)
+        return self.op("Unsqueeze", [as_float, self.const(f"mu{s}", [1])], f"m{s}")
+
+    def _masked(self, mask, new, old, masked_new, name):
+        """new where the mask is 1, old (None: zeros) where it is 0."""
+        if old is None:
+            return masked_new if masked_new is not None else self.op("Mul", [mask, new], name)
+        step = self.op("Mul", [mask, self.op("Sub", [new, old], f"{name}_d")], f"{name}_m")
+        return self.op("Add", [old, step], name)
 
     def _plus_recurrent(self, x, h, rt, s):
         """x + h R^T (just x while h is the zero initial state)."""

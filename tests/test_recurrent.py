@@ -48,8 +48,8 @@ def single(kind, direction, steps=5, batch=2, inputs=3, hidden=4, bias=True, sta
     feeds = {"x": rng.standard_normal(x_shape).astype(np.float32),
              **{n: rng.standard_normal(state_shape).astype(np.float32) for n in names}}
     extra_inputs = [helper.make_tensor_value_info("lens", TensorProto.INT32, [batch])] if sequence_lens else []
-    if sequence_lens:
-        feeds["lens"] = np.full(batch, steps, np.int32)
+    if sequence_lens:  # True: every sequence full length; else the lengths
+        feeds["lens"] = np.full(batch, steps, np.int32) if sequence_lens is True else np.asarray(sequence_lens, np.int32)
     if weights_as_inputs:
         extra_inputs += [helper.make_tensor_value_info(i.name, TensorProto.FLOAT, list(i.dims)) for i in inits]
         feeds.update({i.name: numpy_helper.to_array(i) for i in inits})
@@ -152,6 +152,10 @@ VARIANTS = [
     ("GRU", "bidirectional", {"weights_as_inputs": True}),
     ("GRU", "forward", {"weights_as_inputs": True, "linear_before_reset": 1}),
     ("RNN", "reverse", {"weights_as_inputs": True}),
+    ("LSTM", "bidirectional", {"sequence_lens": [5, 2, 3], "batch": 3, "peepholes": True}),
+    ("GRU", "bidirectional", {"sequence_lens": [1, 5], "linear_before_reset": 1}),
+    ("GRU", "reverse", {"sequence_lens": [3, 4], "states": False}),
+    ("RNN", "forward", {"sequence_lens": [4, 2], "states": False}),
 ]
 
 
@@ -168,9 +172,10 @@ def test_unrolled_spec_variants_equal_onnxruntime(kind, direction, extra):
 
 
 def test_not_unrolled_where_semantics_differ():
-    model, _ = single("LSTM", "forward", sequence_lens=True)  # lengths known only at run time
-    assert unroll_recurrent(model) == 0
     model, _ = single("GRU", "forward", activations=["Sigmoid", "Gelu"])  # not one of the spec's activations
+    assert unroll_recurrent(model) == 0
+    model, _ = single("LSTM", "forward")
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "T"  # a free length: bind it first
     assert unroll_recurrent(model) == 0
 
 
@@ -258,3 +263,48 @@ def test_lstm_and_gru_layers_compile_integer_only(tmp_path):
         want, got = _run(model, {"x": x})[0], art.run({"x": x})["logits"]
         cos = float(want.ravel() @ got.ravel() / (np.linalg.norm(want) * np.linalg.norm(got)))
         assert cos >= 0.999, cos
+
+
+def test_spec_variants_compile_integer_only(tmp_path):
+    """The spec's other forms lower like the defaults: a clipped LSTM with coupled input/forget gates
+    and HardSigmoid/Softsign activations, then a GRU with Relu candidates; integer-only, logits within
+    cosine 0.99 of onnxruntime float (the table activations are 8-bit like Sigmoid/Tanh)."""
+    import runtime
+    from runtime.compiler import compile_model
+
+    model = stacked((("LSTM", {"clip": 1.5, "input_forget": 1, "activations": ["HardSigmoid", "Tanh", "Softsign"] * 2}),
+                     ("GRU", {"activations": ["Sigmoid", "Relu"] * 2})), steps=6, hidden=8)
+    onnx.save(model, tmp_path / "rnn.onnx")
+    np.savez(tmp_path / "calib.npz", x=_sequences(16, 6, 1))
+    art = runtime.load(compile_model(tmp_path / "rnn.onnx", output=tmp_path / "rnn.artifact",
+                                     calib=tmp_path / "calib.npz", progress=False))
+    assert art.manifest["integer_only"] is True
+    for x in _sequences(3, 6, 2):
+        want, got = _run(model, {"x": x})[0], art.run({"x": x})["logits"]
+        cos = float(want.ravel() @ got.ravel() / (np.linalg.norm(want) * np.linalg.norm(got)))
+        assert cos >= 0.99, cos
+
+
+def test_sequence_lens_compile_integer_only(tmp_path):
+    """sequence_lens given at run time (an int32 input), with peepholes: the step masks are exact
+    integers, the model integer-only, the outputs past each sequence's end exactly zero and each
+    output within cosine 0.99 of onnxruntime float."""
+    import runtime
+    from runtime.compiler import compile_model
+
+    model, feeds = single("LSTM", "forward", sequence_lens=[5, 3], peepholes=True, states=False)
+    onnx.save(model, tmp_path / "lens.onnx")
+    rng = np.random.default_rng(7)  # calibration: other sequences and lengths
+    calib = [{**{k: rng.standard_normal(v.shape).astype(np.float32) for k, v in feeds.items() if k != "lens"},
+              "lens": rng.integers(1, 6, 2).astype(np.int32)} for _ in range(16)]
+    np.savez(tmp_path / "calib.npz", **{k: np.stack([c[k] for c in calib]) for k in feeds})
+    art = runtime.load(compile_model(tmp_path / "lens.onnx", output=tmp_path / "lens.artifact",
+                                     calib=tmp_path / "calib.npz", progress=False))
+    assert art.manifest["integer_only"] is True
+    feeds = {**feeds, "lens": np.array([2, 4], np.int32)}
+    got = art.run(feeds)
+    assert not got["rnn_Y"][2:, :, 0].any() and not got["rnn_Y"][4:, :, 1].any()
+    for spec, want in zip(art.manifest["outputs"], _run(model, feeds)):
+        g = got[spec["name"]]
+        # 0.998-0.9999 measured: Y_h's 8 values include one just past the calibrated range
+        assert float(g.ravel() @ want.ravel() / (np.linalg.norm(g) * np.linalg.norm(want))) >= 0.99, spec["name"]

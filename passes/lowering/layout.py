@@ -29,6 +29,8 @@ from .values import Accumulator, IntTensor, Quantized
 @lowers("relax.reshape", "relax.flatten", "relax.permute_dims", "relax.squeeze", "relax.expand_dims",
         "relax.strided_slice")
 def lower_layout(ctx, call, args):
+    if isinstance(args[0], IntTensor):  # exact integers (a mask computed from an integer input)
+        return IntTensor(ctx.emit(relax.Call(call.op, [args[0].expr, *call.args[1:]], call.attrs)))
     acc = _accumulator_through(ctx, call, args[0])
     if acc is not None:
         return acc
