@@ -21,14 +21,14 @@ from onnx import helper
 
 def select_ifs(model: onnx.ModelProto) -> int:
     """Inline every eligible top-level `If` of `model` (in place); returns how many were rewritten."""
-    graph, done, taken = model.graph, 0, _names(model.graph)
+    graph, done, taken = model.graph, 0, graph_names(model.graph)
     nodes = []
     for index, node in enumerate(graph.node):
         branches = _branches(node)
         if branches is None or not _eligible(branches):
             nodes.append(node)
             continue
-        prefix = _fresh(f"{node.name or 'If_' + str(index)}/", taken)
+        prefix = fresh_prefix(f"{node.name or 'If_' + str(index)}/", taken)
         cond = f"{prefix}cond"
         shape = f"{prefix}scalar_shape"
         nodes.append(helper.make_node("Constant", [], [shape], name=shape,
@@ -36,7 +36,7 @@ def select_ifs(model: onnx.ModelProto) -> int:
         nodes.append(helper.make_node("Reshape", [node.input[0], shape], [cond], name=cond))
         outs = []
         for tag, branch in zip(("then", "else"), branches):
-            renamed, branch_outs = _inline(branch, f"{prefix}{tag}/", graph)
+            renamed, branch_outs = inline_graph(branch, f"{prefix}{tag}/", graph)
             nodes.extend(renamed)
             outs.append(branch_outs)
         for k, name in enumerate(node.output):
@@ -76,11 +76,13 @@ def _static_type(value: onnx.ValueInfoProto):
     return None if None in dims else (t.elem_type, dims)
 
 
-def _inline(branch: onnx.GraphProto, prefix: str, graph: onnx.GraphProto):
+def inline_graph(branch: onnx.GraphProto, prefix: str, graph: onnx.GraphProto, bind: dict | None = None):
     """The branch's nodes with every name it defines prefixed (its initializers move to `graph`);
-    names from the enclosing scope stay as they are. Returns (nodes, output names)."""
+    names from the enclosing scope stay as they are, the subgraph's inputs become `bind`'s values
+    (a loop body's). Returns (nodes, output names)."""
     local = {i.name for i in branch.initializer} | {o for n in branch.node for o in n.output if o}
     rename = {name: prefix + name for name in local}
+    rename.update(bind or {})
     for init in branch.initializer:
         moved = onnx.TensorProto()
         moved.CopyFrom(init)
@@ -105,12 +107,12 @@ def _inline(branch: onnx.GraphProto, prefix: str, graph: onnx.GraphProto):
     return nodes, outs
 
 
-def _names(graph: onnx.GraphProto) -> set:
+def graph_names(graph: onnx.GraphProto) -> set:
     return ({n.name for n in graph.node} | {o for n in graph.node for o in n.output}
             | {i.name for i in graph.initializer} | {v.name for v in graph.input})
 
 
-def _fresh(prefix: str, taken: set) -> str:
+def fresh_prefix(prefix: str, taken: set) -> str:
     k, name = 0, prefix
     while any(t.startswith(name) for t in taken):
         k += 1

@@ -3,7 +3,8 @@
 Steps: load and check the file, fix dynamic input dimensions, undo QDQ quantization
 (`onnx_qdq.py`), let onnxruntime's basic
 graph optimizer fold the shape arithmetic TVM's importer cannot take (DESIGN.md
-section 3), unroll LSTM/GRU/RNN (`onnx_rnn.py`), decompose Attention (`onnx_attention.py`), expand
+section 3), unroll Scan and constant-count Loop (`onnx_loops.py`) and LSTM/GRU/RNN
+(`onnx_rnn.py`), decompose Attention (`onnx_attention.py`), expand
 function ops TVM's importer lacks into their schema bodies (`onnx_functions.py`) and a few
 others into ops it has (`onnx_decompose.py`), refuse
 control flow and ops the integer path lacks (every node at once), then import with
@@ -31,6 +32,7 @@ from .onnx_functions import expand_functions
 from .onnx_if import select_ifs
 from .onnx_legacy import legacy_forms_to_tvm_forms
 from .onnx_qdq import strip_qdq
+from .onnx_loops import unroll_loops
 from .onnx_rnn import unroll_lstms
 from .shape_operands import dynamic_shape_operands
 
@@ -143,14 +145,16 @@ def load_onnx(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]] 
               allow_unsupported: bool = False) -> ImportedModel:
     """Load, clean up and import an ONNX model; raises CompileError on bad input.
 
-    `allow_unsupported` skips the integer-path op check (for float fallback); control flow
-    (Loop, Scan, and an If that frontends/onnx_if.py cannot turn into a select) is refused either way.
+    `allow_unsupported` skips the integer-path op check (for float fallback); control flow that
+    frontends/onnx_loops.py cannot unroll and onnx_if.py cannot turn into a select is refused either way.
     """
     path = Path(path)
     model = _read(path)
     _fix_input_shapes(model, bound_shapes(input_shapes), path)
     strip_qdq(model)  # a pre-quantized (QDQ) model: its float graph, calibrated anew (onnx_qdq.py)
     model = _basic_optimize(model, path)
+    if unroll_loops(model):  # Scan, and Loop with a constant count: bodies inlined (onnx_loops.py)
+        model = _basic_optimize(model, path)  # fold what the iteration numbers made constant
     legacy_forms_to_tvm_forms(model)  # Slice-1, Reshape-1, Upsample-9: the forms TVM's converters read
     if select_ifs(model):  # data-dependent If: both branches computed, then a Where
         model = onnx.shape_inference.infer_shapes(model)
@@ -348,9 +352,10 @@ def _check_supported(model: onnx.ModelProto, path: Path, allow_unsupported: bool
                    "static shapes (also with --allow-float):\n  " + "\n  ".join(shapes) +
                    "\nMake them constants (initializers) in the model, e.g. by exporting with fixed shapes.")
     if flow:
-        message += ("\n" if message else "") + (f"{path}: {len(flow)} control-flow node(s): intq compiles static graphs only (Loop, Scan and "
-                   "an If whose branches are not plain graphs with outputs of one static shape are refused, also "
-                   "with --allow-float):\n  " + "\n  ".join(flow) +
+        message += ("\n" if message else "") + (f"{path}: {len(flow)} control-flow node(s): intq compiles static graphs only (a Loop "
+                   "whose trip count is not a constant or whose body computes its own condition, a Scan over a free "
+                   "length or of opset 8, and an If whose branches are not plain graphs with outputs of one static "
+                   "shape are refused, also with --allow-float; other Loops and Scans are unrolled):\n  " + "\n  ".join(flow) +
                    "\nExport the model without control flow (fix the branch condition, e.g. the sample rate, "
                    "at export time; unroll loops) and compile that.")
     if bad and not allow_unsupported:
