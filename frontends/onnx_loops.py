@@ -29,6 +29,8 @@ def unroll_loops(model: onnx.ModelProto) -> int:
     unrolled bodies contain); returns how many nodes were unrolled."""
     done = 0
     for _ in range(8):  # nesting depth
+        if not any(n.op_type in ("Scan", "Loop") for n in model.graph.node):
+            break
         model_shapes = _shapes(model)
         consts = {i.name: i for i in model.graph.initializer}
         consts.update({n.output[0]: n.attribute[0].t for n in model.graph.node
