@@ -152,6 +152,9 @@ def load_onnx(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]] 
     model = _read(path)
     _fix_input_shapes(model, bound_shapes(input_shapes), path)
     strip_qdq(model)  # a pre-quantized (QDQ) model: its float graph, calibrated anew (onnx_qdq.py)
+    if any(n.op_type == "Attention" for n in model.graph.node):  # before onnxruntime inlines the newer
+        model = onnx.shape_inference.infer_shapes(model)          # opsets' Attention into shape arithmetic
+        decompose_attention(model)
     model = _basic_optimize(model, path)
     if unroll_loops(model):  # Scan, and Loop with a constant count: bodies inlined (onnx_loops.py)
         model = _basic_optimize(model, path)  # fold what the iteration numbers made constant

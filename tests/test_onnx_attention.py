@@ -1,6 +1,7 @@
-"""The ONNX Attention op (opset 23, what torch's dynamo exporter writes for scaled_dot_product_attention)
-decomposed into MatMul/Softmax (`frontends/onnx_attention.py`): equal to onnxruntime's op in float, left
-alone where the decomposition would not be the whole op, and integer-only once decomposed."""
+"""The ONNX Attention op (opset 23+, what torch's dynamo exporter writes for scaled_dot_product_attention)
+decomposed into MatMul/Softmax (`frontends/onnx_attention.py`), causal, windowed, soft-capped, grouped-query
+and with a key/value cache: equal to onnxruntime's op in float, left alone where the decomposition would
+not be the whole op, and integer-only once decomposed."""
 
 from __future__ import annotations
 
@@ -66,9 +67,63 @@ def test_decomposition_equals_onnxruntime(rank, mask, attrs):
     np.testing.assert_allclose(_run(model, feeds), expected, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("attrs,outputs", [({"is_causal": 1}, 1), ({"softcap": 30.0}, 1), ({}, 3)])
-def test_left_alone_where_not_the_whole_op(attrs, outputs):
-    model = _model(4, None, outputs, **attrs)
+def _general(q_heads=4, kv_heads=2, q_len=4, past=0, opset=23, mask=None, **attrs):
+    """Attention on [B, S, H*D] inputs with `q_heads` query and `kv_heads` key/value heads, `past`
+    cached keys/values (given as inputs, present_key/value as outputs) and an optional mask."""
+    names, f = ["q", "k", "v"], TensorProto.FLOAT
+    inputs = [helper.make_tensor_value_info("q", f, [B, q_len, q_heads * D]),
+              *(helper.make_tensor_value_info(n, f, [B, q_len, kv_heads * D]) for n in ("k", "v"))]
+    outputs = [helper.make_tensor_value_info("y", f, [B, q_len, q_heads * D])]
+    if mask:
+        names.append("mask")
+        inputs.append(helper.make_tensor_value_info("mask", TensorProto.BOOL, [B, 1, q_len, past + q_len]))
+    if past:
+        names += [""] * (4 - len(names)) + ["past_k", "past_v"]
+        inputs += [helper.make_tensor_value_info(n, f, [B, kv_heads, past, D]) for n in ("past_k", "past_v")]
+        outputs += [helper.make_tensor_value_info(n, f, [B, kv_heads, past + q_len, D]) for n in ("present_k", "present_v")]
+    node = helper.make_node("Attention", names, [o.name for o in outputs], name="att", q_num_heads=q_heads,
+                            kv_num_heads=kv_heads, **attrs)
+    model = helper.make_model(helper.make_graph([node], "g", inputs, outputs),
+                              opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 10
+    return onnx.shape_inference.infer_shapes(model)
+
+
+def _general_feeds(model, seed=0):
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for v in model.graph.input:
+        shape = [d.dim_value for d in v.type.tensor_type.shape.dim]
+        feeds[v.name] = (rng.random(shape) < 0.8) if v.type.tensor_type.elem_type == TensorProto.BOOL \
+            else rng.standard_normal(shape).astype(np.float32)
+    if "mask" in feeds:
+        feeds["mask"][..., 0] = True  # every query keeps a key
+    return feeds
+
+
+GENERAL = [dict(is_causal=1), dict(softcap=3.0), dict(kv_heads=4), dict(kv_heads=1, is_causal=1),
+           dict(past=3, is_causal=1), dict(past=2, mask="bool", softcap=2.0),
+           dict(opset=25, is_causal=1, left_window_size=2), dict(opset=25, left_window_size=1, right_window_size=2),
+           dict(opset=25, past=3, is_causal=1, left_window_size=1)]
+
+
+@pytest.mark.parametrize("kw", GENERAL, ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items()))
+def test_causal_windowed_capped_grouped_and_cached_equal_onnxruntime(kw):
+    model = _general(**kw)
+    feeds = _general_feeds(model)
+    outs = [o.name for o in model.graph.output]
+    session = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])  # noqa: E731
+    expected = session(model).run(outs, feeds)
+    assert decompose_attention(model) == 1
+    assert "Attention" not in {n.op_type for n in model.graph.node}
+    for got, want in zip(session(model).run(outs, feeds), expected):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_left_alone_where_not_the_whole_op():
+    model = _model(4, None, 1)
+    att = model.graph.node[0]
+    att.output.extend(["", "", "qk"])  # the qk_matmul_output
     assert decompose_attention(model) == 0
     assert [n.op_type for n in model.graph.node] == ["Attention"]
 
@@ -106,9 +161,9 @@ def _compile_and_compare(tmp_path, model, feeds_fn, output="y"):
 @pytest.mark.parametrize("attrs", [{"is_causal": 1}, {"softcap": 3.0}, {"is_causal": 1, "q_num_heads": 4,
                                                                          "kv_num_heads": 2}])
 def test_other_attention_forms_expand_to_integers(tmp_path, attrs):
-    """Causal, soft-capped and grouped-query Attention (which the decomposition leaves alone) are expanded
-    into the op's ONNX definition (frontends/onnx_functions.py): the causal mask becomes a constant with
-    -inf above the diagonal, which the softmax takes as masked logits; integer-only, close to onnxruntime."""
+    """Causal, soft-capped and grouped-query Attention decompose too: the causal mask becomes a constant
+    bias of -huge above the diagonal, which the softmax takes as masked logits, the capping a Tanh table,
+    the shared key/value heads a Tile; integer-only, close to onnxruntime."""
     if "q_num_heads" in attrs:  # grouped-query: 4 query heads share 2 key/value heads ([B, S, H*D] inputs)
         names = ["q", "k", "v"]
         inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [B, S, h * D]) for n, h in zip(names, (4, 2, 2))]
