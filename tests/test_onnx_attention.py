@@ -89,18 +89,6 @@ def _general(q_heads=4, kv_heads=2, q_len=4, past=0, opset=23, mask=None, **attr
     return onnx.shape_inference.infer_shapes(model)
 
 
-def _general_feeds(model, seed=0):
-    rng = np.random.default_rng(seed)
-    feeds = {}
-    for v in model.graph.input:
-        shape = [d.dim_value for d in v.type.tensor_type.shape.dim]
-        feeds[v.name] = (rng.random(shape) < 0.8) if v.type.tensor_type.elem_type == TensorProto.BOOL \
-            else rng.standard_normal(shape).astype(np.float32)
-    if "mask" in feeds:
-        feeds["mask"][..., 0] = True  # every query keeps a key
-    return feeds
-
-
 GENERAL = [dict(is_causal=1), dict(softcap=3.0), dict(kv_heads=4), dict(kv_heads=1, is_causal=1),
            dict(past=3, is_causal=1), dict(past=2, mask="bool", softcap=2.0),
            dict(opset=25, is_causal=1, left_window_size=2), dict(opset=25, left_window_size=1, right_window_size=2),
@@ -110,7 +98,7 @@ GENERAL = [dict(is_causal=1), dict(softcap=3.0), dict(kv_heads=4), dict(kv_heads
 @pytest.mark.parametrize("kw", GENERAL, ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items()))
 def test_causal_windowed_capped_grouped_and_cached_equal_onnxruntime(kw):
     model = _general(**kw)
-    feeds = _general_feeds(model)
+    feeds = _feeds(model)
     outs = [o.name for o in model.graph.output]
     session = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])  # noqa: E731
     expected = session(model).run(outs, feeds)
