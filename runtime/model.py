@@ -249,14 +249,33 @@ def _as_output(spec: dict, y: np.ndarray) -> np.ndarray:
     return (y != 0) if dtype == np.bool_ else (np.rint(y) if dtype.kind in "iu" else y).astype(dtype)
 
 
+_POOL_SIZE = threading.Lock()
+
+
 def config_threads(count: int) -> None:
     """The calling thread's TVM thread pool at `count` threads, the calling thread left free to run
     on every CPU it could before. TVM pins it to the first core: batch workers all ended up on core
-    0 (a batch ran no faster on 2 cores than on 1), and so did onnxruntime's threads created after."""
+    0 (a batch ran no faster on 2 cores than on 1), and so did onnxruntime's threads created after.
+    A thread other than the main one gets a pool of exactly `count` threads when this is its first
+    TVM call: a pool sized for every CPU but told to use one ran its work on a pinned worker thread
+    while the caller spun, so two callers sharing a Model ran no faster than one (0.99x; 1.87x now)."""
     import tvm
 
     mask = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
-    tvm.get_global_func("runtime.config_threadpool")(0, count)
+    configure = tvm.get_global_func("runtime.config_threadpool")
+    if threading.current_thread() is threading.main_thread():
+        configure(0, count)  # the main thread's pool keeps every CPU: it may be asked for more later
+    else:
+        with _POOL_SIZE:  # TVM reads TVM_NUM_THREADS when it makes this thread's pool (here, if not yet)
+            before = os.environ.get("TVM_NUM_THREADS")
+            os.environ["TVM_NUM_THREADS"] = str(count)
+            try:
+                configure(0, count)
+            finally:
+                if before is None:
+                    del os.environ["TVM_NUM_THREADS"]
+                else:
+                    os.environ["TVM_NUM_THREADS"] = before
     if mask is not None:
         os.sched_setaffinity(0, mask)
 

@@ -132,9 +132,15 @@ def test_tvm_pool_may_use_every_cpu(tmp_path):
 
     if not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2:
         pytest.skip("needs a CPU set of 2 or more")
-    code = ("import os, runtime, tvm; from runtime.model import config_threads; config_threads(2); "
-            "print(tvm.get_global_func('runtime.NumThreads')())")
+    # the main thread's pool spans every CPU; a worker thread asking for 1 gets a pool of 1 (a wider
+    # pool told to use one ran the work on a pinned worker while the caller spun), env left as it was
+    code = ("import os, threading, runtime, tvm; from runtime.model import config_threads; config_threads(2); "
+            "n = tvm.get_global_func('runtime.NumThreads'); tasks = lambda: len(os.listdir('/proc/self/task')); "
+            "seen = []; t = threading.Thread(target=lambda: (seen.append(tasks()), config_threads(1), "
+            "seen.append(tasks()))); t.start(); t.join(); "
+            "print(n(), seen[1] - seen[0], os.environ['TVM_NUM_THREADS'])")
     env = {k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "OMP_NUM_THREADS")}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
                          cwd=os.path.dirname(os.path.dirname(__file__)))
-    assert out.stdout.split()[-1] == "2"
+    # main pool 2; the worker's pool of 1 starts no thread of its own; the variable restored
+    assert out.stdout.split()[-3:] == ["2", "0", str(len(os.sched_getaffinity(0)))]
