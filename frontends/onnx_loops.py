@@ -73,15 +73,16 @@ class _Emitter:
 
     def __init__(self, graph: onnx.GraphProto, prefix: str, opset: int):
         self.graph, self.prefix, self.opset, self.nodes = graph, prefix, opset, []
+        self.values = {}  # constant name -> value, for the attribute forms of older opsets
 
     def const(self, name: str, value) -> str:
-        self.graph.initializer.append(numpy_helper.from_array(np.asarray(value), self.prefix + name))
+        self.values[self.prefix + name] = np.asarray(value)
+        self.graph.initializer.append(numpy_helper.from_array(self.values[self.prefix + name], self.prefix + name))
         return self.prefix + name
 
     def op(self, kind: str, inputs: list[str], name: str, outputs: list[str] | None = None, **attrs) -> str:
         if self.opset < 13 and kind in ("Squeeze", "Unsqueeze"):  # axes as an attribute before 13
-            axes = next(i for i in self.graph.initializer if i.name == inputs[1])
-            attrs["axes"], inputs = numpy_helper.to_array(axes).tolist(), inputs[:1]
+            attrs["axes"], inputs = self.values[inputs[1]].tolist(), inputs[:1]
         outputs = outputs or [self.prefix + name]
         self.nodes.append(helper.make_node(kind, inputs, outputs, name=self.prefix + name, **attrs))
         return outputs[0]

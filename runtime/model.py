@@ -258,7 +258,7 @@ def config_threads(count: int) -> None:
     0 (a batch ran no faster on 2 cores than on 1), and so did onnxruntime's threads created after.
     A thread other than the main one gets a pool of exactly `count` threads when this is its first
     TVM call: a pool sized for every CPU but told to use one ran its work on a pinned worker thread
-    while the caller spun, so two callers sharing a Model ran no faster than one (0.99x; 1.87x now)."""
+    while the caller spun, so two callers sharing a Model ran no faster than one (0.99x; 1.93x now)."""
     import tvm
 
     mask = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
