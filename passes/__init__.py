@@ -27,9 +27,12 @@ def bind_weights(mod, weights):
     import tvm
     from tvm import relax
 
+    from frontends.fold_small_constants import fold_small_constants
+
     params = mod["main"].params
     bound = {p: tvm.runtime.tensor(w) for p, w in zip(params[len(params) - len(weights):], weights)}
-    seq = tvm.transform.Sequential([relax.transform.BindParams("main", bound), relax.transform.FoldConstant(),
+    seq = tvm.transform.Sequential([relax.transform.BindParams("main", bound), fold_small_constants,
+                                    relax.transform.FoldConstant(),
                                     conv1d_as_conv2d, pool1d_as_pool2d, fold_batchnorm, decompose_batchnorm, fuse_gelu, fuse_layernorm,
                                     fuse_unary_chains,
                                     relax.transform.FoldConstant(),

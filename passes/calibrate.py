@@ -48,13 +48,15 @@ def _matmul_inputs(mod: tvm.IRModule) -> set[str]:
 
 
 def calibrate(mod: tvm.IRModule, samples: Sequence[dict[str, np.ndarray]] | Iterable[dict[str, np.ndarray]],
-              observer: str = "minmax", target=None, progress: bool = True, pipeline=None) -> CalibratedRanges:
+              observer: str = "minmax", target=None, progress: bool = True, pipeline=None,
+              build=None) -> CalibratedRanges:
     """Ranges of every float tensor of `main` (inputs and bindings) over `samples`.
 
     `mod` must have its weights bound (its `main` takes only the model inputs). `target`
-    and `pipeline` (a Relax pipeline) say how the float model is compiled to run.
+    and `pipeline` (a Relax pipeline) say how the float model is compiled to run, or
+    `build(mod) -> executable` compiles it.
     """
-    model = TappedModel(mod, target, pipeline)
+    model = TappedModel(mod, target, pipeline, build)
     observers = [make_observer(observer) for _ in model.names]
     smoothed = _matmul_inputs(mod)
     channels = {i: ChannelAbsMaxObserver() for i, name in enumerate(model.names) if name in smoothed}

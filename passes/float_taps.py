@@ -72,10 +72,11 @@ def _tapped(mod: tvm.IRModule) -> tuple[tvm.IRModule, list[str]]:
 
 
 class TappedModel:
-    """The float Relax model (weights bound) with a tap on every tensor, compiled for `target`."""
+    """The float Relax model (weights bound) with a tap on every tensor, compiled for `target` with
+    `pipeline`, or by `build(mod) -> executable` (the caller's compiler) when given."""
 
-    def __init__(self, mod: tvm.IRModule, target=None, pipeline=None):
-        self.mod, self.target, self.pipeline = mod, target, pipeline
+    def __init__(self, mod: tvm.IRModule, target=None, pipeline=None, build=None):
+        self.mod, self.target, self.pipeline, self.build = mod, target, pipeline, build
         self.inputs = [p.name for p in mod["main"].params]
         self._tapped, self.names = _tapped(mod)
         self._vm = None
@@ -83,9 +84,12 @@ class TappedModel:
     def run(self, sample: dict[str, np.ndarray], tap: Tap | None = None) -> list[np.ndarray]:
         """The model's outputs on `sample`, every tensor passed through `tap` on the way."""
         if self._vm is None:
-            target = self.target or tvm.target.Target({"kind": "llvm"})
-            self._vm = relax.VirtualMachine(tvm.compile(self._tapped, target=target,
-                                                        relax_pipeline=self.pipeline or "default"), tvm.cpu())
+            if self.build is not None:
+                executable = self.build(self._tapped)
+            else:
+                executable = tvm.compile(self._tapped, target=self.target or tvm.target.Target({"kind": "llvm"}),
+                                         relax_pipeline=self.pipeline or "default")
+            self._vm = relax.VirtualMachine(executable, tvm.cpu())
         # np.require, not np.ascontiguousarray: a 0-d input (a sample rate) must stay 0-d
         args = [tvm.runtime.tensor(np.require(sample[n], requirements="C")) for n in self.inputs]
         _current.tap = tap

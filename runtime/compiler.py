@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -22,7 +23,7 @@ from passes import (BOUNDARY_ATTR, LAYERS_ATTR, QuantConfig, QuantizeToInteger, 
                     verify_integer_only)
 from passes.generalize_batch import generalize_batch, input_shapes_of, output_shapes
 from passes.quantize_to_integer import FLOAT_NODES_ATTR
-from targets import get_target
+from targets import get_target, parallel_build
 from targets.cross import first_error_line
 from targets.cpu_pipeline import cpu_pipeline
 
@@ -121,7 +122,7 @@ def _host_build() -> dict:
     if platform.machine() != "x86_64":
         return {}
     host = get_target("x86").target()
-    return {"target": host, "pipeline": cpu_pipeline(host)}
+    return {"build": functools.partial(parallel_build.executable, target=host, pipeline=cpu_pipeline(host))}
 
 
 def _free_batch(input_shapes, spec, tune_trials: int) -> dict[str, FreeDim]:
@@ -197,10 +198,11 @@ def _length_axes(a: list[TensorSpec], b: list[TensorSpec], la: int, lb: int) -> 
     return axes
 
 
-def _export(executable, path: Path, spec) -> None:
-    """Link the library; a failing compiler or linker is the user's toolchain, not a crash."""
+def _export(mod, target, pipeline, path: Path, spec):
+    """Compile `mod` and link its library (on every CPU: targets/parallel_build.py); a failing
+    compiler or linker is the user's toolchain, not a crash."""
     try:
-        executable.export_library(str(path), **spec.export_kwargs())
+        return parallel_build.export(mod, target, pipeline, path, **spec.export_kwargs())
     except RuntimeError as err:
         if "Compilation error" not in str(err):
             raise
@@ -339,14 +341,12 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
         tvm_target = spec.target()
         with stage(f"compiling for {spec.name} ({' '.join(spec.features)})", times, "compile"), spec.build_context(), \
                 tvm_target:
-            executable = tvm.compile(int_mod, target=tvm_target, relax_pipeline=spec.relax_pipeline(tvm_target, tune_trials))
-            _export(executable, tmp / LIBRARY, spec)
+            executable = _export(int_mod, tvm_target, spec.relax_pipeline(tvm_target, tune_trials), tmp / LIBRARY, spec)
         libraries = {}
         for size, mod in bucket_mods.items():
             with stage(f"compiling {seq.name} = {size}", times, "compile"), spec.build_context(), tvm_target:
                 lib = f"model.{seq.name}{size}.so"
-                _export(tvm.compile(mod, target=tvm_target, relax_pipeline=spec.relax_pipeline(tvm_target, tune_trials)),
-                        tmp / lib, spec)
+                _export(mod, tvm_target, spec.relax_pipeline(tvm_target, tune_trials), tmp / lib, spec)
                 libraries[size] = {"file": lib, "sha256": sha256(tmp / lib)}
         if seq:
             libraries[sizes[-1]] = {"file": LIBRARY, "sha256": sha256(tmp / LIBRARY)}

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from frontends.errors import CompileError
+from targets import parallel_build
 
 CACHE_DIR = Path.home() / ".cache" / "intq" / "latency"
 CACHE_VERSION = 3  # bumped when kernels change speed (2: CPU schedules for 4-bit kernels; 3: x86 4-bit
@@ -100,9 +101,8 @@ def _measure(spec, jobs: list[tuple[str, Workload, int]], session, threads: int 
     target = spec.target()
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="intq-latency-") as tmp, spec.build_context(), target:
-        executable = tvm.compile(bb.get(), target=target, relax_pipeline=spec.relax_pipeline(target))
         library = Path(tmp) / "layers.so"
-        executable.export_library(str(library), **spec.export_kwargs())
+        parallel_build.export(bb.get(), target, spec.relax_pipeline(target), library, **spec.export_kwargs())
         if progress:
             print(f"[intq] latency table: built {len(jobs)} kernels in {time.perf_counter() - start:.1f} s",
                   file=sys.stderr, flush=True)

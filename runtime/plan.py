@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from frontends.errors import CompileError
+from targets import parallel_build
 
 _DL_CODE = {"int": 0, "uint": 1, "float": 2, "bool": 6}  # DLPack type codes (kDLBool = 6)
 _NUMPY = {0: "i", 1: "u", 2: "f"}
@@ -100,7 +101,7 @@ def export_plan(int_mod, spec, out_dir: Path, executor: bool = True) -> dict:
     kernels = tvm.IRModule({gv: f.with_attr("global_symbol", gv.name_hint)
                             for gv, f in lowered.functions_items() if isinstance(f, tvm.tirx.PrimFunc)})
     with spec.build_context():
-        tvm.compile(kernels, target=target).export_library(str(out_dir / FILES["kernels"]), **spec.export_kwargs())
+        parallel_build.export(kernels, target, None, out_dir / FILES["kernels"], **spec.export_kwargs())
     if not executor:
         return {k: v for k, v in FILES.items() if k != "executor"}
     _build_executor(spec, out_dir / FILES["executor"])
