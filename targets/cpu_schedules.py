@@ -259,13 +259,13 @@ def _pool_block(sch: s_tir.Schedule):
     return None
 
 
-def _vectorize_row(sch: s_tir.Schedule, loop) -> None:
-    """Vectorize a row loop: 16 lanes where they divide it, the whole row up to MAX_LANES."""
+def _vectorize_row(sch: s_tir.Schedule, loop, lanes: int = 16) -> None:
+    """Vectorize a row loop: `lanes` at a time where they divide it, the whole row up to MAX_LANES."""
     extent = sch.get(loop).extent
     if not isinstance(extent, tvm.tirx.IntImm):
         return
-    if int(extent) % 16 == 0 and int(extent) > 16:
-        loop = sch.split(loop, [None, 16])[1]
+    if int(extent) % lanes == 0 and int(extent) > lanes:
+        loop = sch.split(loop, [None, lanes])[1]
     elif int(extent) > MAX_LANES:
         return
     sch.vectorize(loop)
@@ -318,6 +318,12 @@ def _flat_vector_cap() -> int:
     return 12 if dots[0].registers == 32 else 6
 
 
+def _int32_lanes() -> int:
+    """int32 lanes of the target's vector register: 16 with AVX-512, else 8 (AVX2, and NEON's
+    pairs of q registers)."""
+    return 16 if _flat_vector_cap() == 12 else 8
+
+
 def _schedule_flat_depthwise(sch: s_tir.Schedule, block) -> None:
     """A conv over flat rows (`depthwise.py`): parallel over output channels, 16 output lanes at
     a time with their accumulators in registers across the taps; a depthwise conv's padded rows
@@ -368,7 +374,9 @@ def _schedule_flat_depthwise(sch: s_tir.Schedule, block) -> None:
             if sch.get_producers(producer):  # stride 2: both column phases of a pair of input bytes
                 sch.reorder(flat, loops[-2])
                 sch.unroll(loops[-2])
-            sch.split(flat, [None, width])
+            _, col = sch.split(flat, [None, width])
+            if not sch.get_producers(producer):
+                sch.vectorize(col)
         if not depthwise:
             sch.parallel(sch.fuse(*loops[:2]))
     rows = static_factor(sch.get(o).extent)
@@ -392,8 +400,8 @@ def _schedule_flat_depthwise(sch: s_tir.Schedule, block) -> None:
     sch.vectorize(lanes)
     sch.decompose_reduction(block, reduce[0])
     sch.vectorize(sch.get_loops(acc)[-1])
-    for consumer in epilogue:
-        sch.vectorize(sch.get_loops(consumer)[-1])
+    for consumer in epilogue:  # a row of 112 or 56 as one vector: LLVM rebuilt each broadcast per register
+        _vectorize_row(sch, sch.get_loops(consumer)[-1], _int32_lanes())
 
 
 def _schedule_quad_taps(sch: s_tir.Schedule, block, epilogue, outer, tiled, lanes, reduce) -> None:
@@ -412,7 +420,7 @@ def _schedule_quad_taps(sch: s_tir.Schedule, block, epilogue, outer, tiled, lane
     sch.vectorize(sch.get_loops(init)[-1])
     sch.vectorize(sch.get_loops(acc)[-1])
     for consumer in epilogue:
-        sch.vectorize(sch.get_loops(consumer)[-1])
+        _vectorize_row(sch, sch.get_loops(consumer)[-1], _int32_lanes())
 
 
 def _flat_epilogue_per_channel(sch: s_tir.Schedule, block, epilogue):

@@ -12,7 +12,16 @@ last step before the widening, so LLVM knows that the int64 operand is a sign-ex
 (an add would lose that: LLVM moves the sign extension through it), and so is m, an int32
 buffer here (Relax folds a cast of a constant back to int64): `vpmuldq`, 1 uop, on AVX2
 too. The sums and results are those of `passes.reference.kernels.requantize` bit for bit
-(tests/test_requant_window.py). Runs on the integer Relax module before legalization, for
+(tests/test_requant_window.py).
+
+Where the results over the window fit int32 (`offset_form`: every 8- and 16-bit output), the
+shift is unsigned too: AVX2 has no 64-bit arithmetic shift (LLVM emulated it with compares and
+blends: half of a depthwise conv's time). With f_lo = f(a_lo) and u = acc - a_lo >= 0,
+
+    f(acc) = ((u * m + C) >> s) + f_lo,   C = (a_lo * m + rnd) mod 2^s
+
+since a_lo * m + rnd = f_lo * 2^s + C; u * m + C < 2^63 is an unsigned 32 x 32 -> 64-bit
+product (`vpmuludq`) and a logical shift (`vpsrlvq`), and the rest int32. Runs on the integer Relax module before legalization, for
 CPU targets; the chain is matched from its clip back to the int32 value, or to an 8- or 16-bit
 activation that a residual add or a concat rescales (widened to int32 first).
 """
@@ -40,6 +49,22 @@ def window(m: np.ndarray, rnd: np.ndarray, s: np.ndarray, lo: int, hi: int) -> t
     return np.clip(a_lo, i32.min, i32.max).astype(np.int32), np.clip(a_hi, i32.min, i32.max).astype(np.int32)
 
 
+def offset_form(m: np.ndarray, rnd: np.ndarray, s: np.ndarray, a_lo: np.ndarray, a_hi: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray] | None:
+    """(C, f_lo) per element for the unsigned form (see the module doc), or None where some
+    f(a_hi) - f(a_lo) reaches 2^31 (its results would not fit int32)."""
+    m, rnd, s, a_lo, a_hi = np.broadcast_arrays(*(np.asarray(v, np.int64) for v in (m, rnd, s, a_lo, a_hi)))
+    c, f_lo = np.zeros(m.shape, np.uint64), np.zeros(m.shape, np.int32)
+    for i in np.ndindex(m.shape):
+        mi, ri, si, lo_i = int(m[i]), int(rnd[i]), int(s[i]), int(a_lo[i])
+        base = lo_i * mi + ri
+        f_hi = (int(a_hi[i]) * mi + ri) >> si
+        if f_hi - (base >> si) >= 2**31 or not -(2**31) <= base >> si < 2**31:
+            return None
+        c[i], f_lo[i] = base % 2**si, base >> si
+    return c, f_lo
+
+
 def _at(t: te.Tensor, index):
     """t broadcast to the rank of `index` (numpy rules: missing leading dims, size-1 dims)."""
     skip = len(index) - len(t.shape)
@@ -53,6 +78,20 @@ def windowed_requant_te(acc: te.Tensor, m: te.Tensor, rnd: te.Tensor, s: te.Tens
         x = tirx.max(tirx.min(acc[i].astype("int32"), _at(a_hi, i)), _at(a_lo, i))
         y = (x.astype("int64") * _at(m, i).astype("int64") + _at(rnd, i)) >> _at(s, i)
         return tirx.max(tirx.min(y, tirx.const(hi, "int64")), tirx.const(lo, "int64"))
+
+    return te.compute(acc.shape, body, name="windowed_requant")
+
+
+def offset_requant_te(acc: te.Tensor, m: te.Tensor, c: te.Tensor, s: te.Tensor, a_lo: te.Tensor,
+                      a_hi: te.Tensor, f_lo: te.Tensor, lo: int, hi: int) -> te.Tensor:
+    """`windowed_requant_te` in the unsigned form: clip(((u * m + c) >> s) + f_lo, lo, hi) with
+    u = clamp(acc, a_lo, a_hi) - a_lo (uint32), m uint32, c and s uint64; int64 like the chain."""
+    def body(*i):
+        x = tirx.max(tirx.min(acc[i].astype("int32"), _at(a_hi, i)), _at(a_lo, i))
+        u = x.astype("uint32") - _at(a_lo, i).astype("uint32")
+        q = (u.astype("uint64") * _at(m, i).astype("uint64") + _at(c, i)) >> _at(s, i)
+        r = q.astype("int32") + _at(f_lo, i)
+        return tirx.max(tirx.min(r, tirx.const(hi, "int32")), tirx.const(lo, "int32")).astype("int64")
 
     return te.compute(acc.shape, body, name="windowed_requant")
 
@@ -99,6 +138,11 @@ class _Rewriter(PyExprMutator):
         a_lo, a_hi = window(m, rnd, s, lo, hi)
         full = np.broadcast_shapes(m.shape, rnd.shape, s.shape)
         const = lambda v, dtype: relax.const(np.ascontiguousarray(np.broadcast_to(v, full)).astype(dtype), dtype)
+        offset = offset_form(m, rnd, s, a_lo, a_hi)
+        if offset is not None:
+            return self.builder_.call_te(offset_requant_te, acc, const(m, "uint32"), const(offset[0], "uint64"),
+                                         const(s, "uint64"), const(a_lo, "int32"), const(a_hi, "int32"),
+                                         const(offset[1], "int32"), lo, hi, primfunc_name_hint="windowed_requant")
         return self.builder_.call_te(windowed_requant_te, acc, const(m, "int32"), const(rnd, "int64"),
                                      const(s, "int64"), const(a_lo, "int32"), const(a_hi, "int32"), lo, hi,
                                      primfunc_name_hint="windowed_requant")
