@@ -77,3 +77,45 @@ def test_the_chain_is_rewritten():
         bb.emit_func_output(out)
     text = windowed_requant(bb.get()).script()
     assert "windowed_requant" in text and "R.multiply" not in text
+
+
+@pytest.mark.parametrize("ratio", RATIOS)
+@pytest.mark.parametrize("out_dtype", ["int8", "uint8", "int16", "int32"])
+def test_the_unsigned_form_equals_the_reference(ratio, out_dtype):
+    """NumPy only, in exact integers: ((u * m + C) >> s) + f_lo over the window (u = clamp - a_lo)
+    equals the reference wherever `offset_form` offers it (8- and 16-bit outputs at least)."""
+    from targets.requant import offset_form
+
+    m, s = ref.dyadic(ratio)
+    m, s = np.where(s > 62, 0, m), np.where(s > 62, 1, s)
+    lo, hi = ref.kernels.INT_RANGE[out_dtype]
+    if np.any(s < 1):
+        pytest.skip("left shifts keep the int64 chain")
+    rnd = np.left_shift(1, s - 1)
+    a_lo, a_hi = window(m, rnd, s, lo, hi)
+    form = offset_form(m, rnd, s, a_lo, a_hi)
+    if out_dtype != "int32":
+        assert form is not None
+    if form is None:
+        return
+    c, f_lo = (int(v) for v in form)
+    acc = _accs(m, s, lo, hi)
+    u = [int(a) - int(a_lo) for a in np.clip(acc, a_lo, a_hi)]
+    assert all(0 <= x < 2**32 and x * int(m) + c < 2**64 for x in u)
+    got = np.array([min(max(((x * int(m) + c) >> int(s)) + f_lo, lo), hi) for x in u])
+    np.testing.assert_array_equal(got, ref.requantize(acc, m, s, lo, hi, out_dtype).astype(np.int64))
+
+
+def test_8_bit_outputs_take_the_unsigned_form():
+    """The rewrite emits the unsigned 64-bit multiply and shift (AVX2 has no 64-bit arithmetic shift)."""
+    from targets.requant import windowed_requant
+
+    m, s = ref.dyadic(np.array([1e-3, 2e-3]))
+    x = relax.Var("x", relax.TensorType((2, 8), "int32"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(emit.requantize(x, m.reshape(2, 1), s.reshape(2, 1), -128, 127, "int8"))
+        bb.emit_func_output(out)
+    text = windowed_requant(bb.get()).script()
+    assert "windowed_requant" in text and '"uint64"' in text  # the signed form has no unsigned value
