@@ -306,22 +306,26 @@ def _annotate_read(sch: s_tir.Schedule, block, index: int, bounds) -> None:
 STACK_BYTES = 1024  # TVM's kMaxStackAlloca: smaller constant-size buffers are stack arrays
 
 
-def _flat_vector_cap() -> int:
-    """Accumulator vectors (16 int32 lanes each) a flat conv keeps in registers across its taps:
-    12 zmm of 32 with AVX-512, 6 x 2 ymm of 16 with AVX2, 4 x 4 q of NEON's 32 (and elsewhere)."""
+def _vector_registers() -> int:
+    """Vector registers of the target's dot-product family: 32 (AVX-512), 16 (AVX2), 0 (none)."""
     from .kernel_family import kernel_family
 
     target = tvm.target.Target.current(allow_none=True)
     dots = kernel_family(target).dots if target is not None else ()
-    if not dots:
-        return 4
-    return 12 if dots[0].registers == 32 else 6
+    return dots[0].registers if dots else 0
+
+
+def _flat_vector_cap() -> int:
+    """Accumulator vectors (16 int32 lanes each) a flat conv keeps in registers across its taps:
+    12 zmm of 32 with AVX-512, 6 x 2 ymm of 16 with AVX2, 4 x 4 q of NEON's 32 (and elsewhere)."""
+    registers = _vector_registers()
+    return 4 if not registers else 12 if registers == 32 else 6
 
 
 def _int32_lanes() -> int:
     """int32 lanes of the target's vector register: 16 with AVX-512, else 8 (AVX2, and NEON's
     pairs of q registers)."""
-    return 16 if _flat_vector_cap() == 12 else 8
+    return 16 if _vector_registers() == 32 else 8
 
 
 def _schedule_flat_depthwise(sch: s_tir.Schedule, block) -> None:
