@@ -3,7 +3,7 @@ the project's default schedules (`cpu_schedules.py`). On x86 with AVX512-VNNI, A
 AVX2 (`kernel_family.py`), int8 matmuls and pointwise convs become dot-product kernels first
 (`vnni_rewrite.py`), and so do 4-bit ones (`vnni_int4.py`); other pointwise convs are turned
 into matmuls so that they get the matmul schedule. Requantizations multiply 32 x 32 -> 64 bits
-(`requant.py`)."""
+(`requant.py`), and so do the other int64 chains wherever their ranges allow (`narrow_int64.py`)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ def cpu_lowering_passes(target, tune_trials: int = 0) -> list:
     from .depthwise import flat_depthwise
     from .share_kernels import dedupe_kernels, lift_scalar_constants
     from .kernel_family import is_x86, kernel_family
+    from .narrow_int64 import narrow_int64
     from .requant import windowed_requant
     from .vnni_int4 import schedule_int4_dot_kernels, use_int4_dot_kernels
     from .vnni_rewrite import use_dot_kernels
@@ -38,7 +39,7 @@ def cpu_lowering_passes(target, tune_trials: int = 0) -> list:
         from .tuning import tune_pass
 
         tune = [tune_pass(target, tune_trials)]
-    return ([windowed_requant, patch_conv_as_matmul, conv_transpose_as_conv, grouped_conv_as_convs, flat_depthwise] + dots + patches + [conv1x1_as_matmul] + cpu_defaults.library_dispatch_passes(target)
+    return ([windowed_requant, narrow_int64, patch_conv_as_matmul, conv_transpose_as_conv, grouped_conv_as_convs, flat_depthwise] + dots + patches + [conv1x1_as_matmul] + cpu_defaults.library_dispatch_passes(target)
             + [lift_scalar_constants] + cpu_defaults.legalize_passes(target)
             + [schedule_int4_dot_kernels, schedule_int_matmul_cpu, dedupe_kernels] + tune)
 
