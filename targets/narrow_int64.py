@@ -34,7 +34,7 @@ _DTYPES = {"bool": (0, 1), **{f"int{b}": (-(2 ** (b - 1)), 2 ** (b - 1) - 1) for
            **{f"uint{b}": (0, 2**b - 1) for b in (8, 16, 32, 64)}}
 I32, U32 = _DTYPES["int32"], _DTYPES["uint32"]
 _KEEP_VALUES = {"reshape", "permute_dims", "expand_dims", "squeeze", "broadcast_to", "flatten", "strided_slice",
-                "take", "concat", "repeat", "tile", "collapse_sum_to"}  # the result holds the data's values only
+                "take", "concat", "repeat", "tile"}  # the result holds (some of) the data's values only
 
 
 def _within(r: Range | None, bounds: Range) -> bool:
