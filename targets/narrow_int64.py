@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import numpy as np
 import tvm
-from tvm import relax
+from tvm import relax, te
 from tvm.relax.expr_functor import PyExprMutator, mutator
+
+from .requant import _at
 
 R = relax.op
 Range = tuple[int, int]
@@ -35,6 +37,14 @@ _DTYPES = {"bool": (0, 1), **{f"int{b}": (-(2 ** (b - 1)), 2 ** (b - 1) - 1) for
 I32, U32 = _DTYPES["int32"], _DTYPES["uint32"]
 _KEEP_VALUES = {"reshape", "permute_dims", "expand_dims", "squeeze", "broadcast_to", "flatten", "strided_slice",
                 "take", "concat", "repeat", "tile"}  # the result holds (some of) the data's values only
+
+
+def widening_multiply_te(x: te.Tensor, y: te.Tensor, wide: str) -> te.Tensor:
+    """x * y (32-bit, broadcast) as `wide` (64-bit): the casts are in the kernel, where LLVM sees
+    the sign or zero extensions (a constant cast in Relax is folded back to int64, and
+    `share_kernels` then passes it as an opaque int64 argument)."""
+    shape = np.broadcast_shapes(*(tuple(int(d) for d in t.shape) for t in (x, y)))
+    return te.compute(shape, lambda *i: _at(x, i).astype(wide) * _at(y, i).astype(wide), name="widening_multiply")
 
 
 def _within(r: Range | None, bounds: Range) -> bool:
@@ -163,8 +173,9 @@ class _Narrow(PyExprMutator):
     def _multiply(self, call, a: Range, b: Range):
         for small, wide in (("int32", "int64"), ("uint32", "uint64")):
             if all(_within(r, _DTYPES[small]) for r in (a, b)):
-                x, y = (self._widen(e, small, wide) for e in call.args)
-                return R.multiply(x, y) if wide == "int64" else R.astype(self._emit(R.multiply(x, y)), "int64")
+                x, y = (self._to(e, small) for e in call.args)
+                product = self.builder_.call_te(widening_multiply_te, x, y, wide, primfunc_name_hint="multiply")
+                return product if wide == "int64" else R.astype(product, "int64")
         return call
 
     def _shift(self, call, x: Range, s: Range):
@@ -183,13 +194,6 @@ class _Narrow(PyExprMutator):
         if isinstance(expr, tvm.ir.GenericConst):
             return relax.const(expr.value.numpy().astype(dtype), dtype)
         return self._emit(R.astype(expr, dtype))
-
-    def _widen(self, expr, small: str, wide: str):
-        """`expr` as `wide` through `small` (its values are within `small`): LLVM then sees a
-        sign or zero extension."""
-        if isinstance(expr, tvm.ir.GenericConst):
-            return self._to(expr, wide)
-        return self._emit(R.astype(self._to(expr, small), wide))
 
 
 @tvm.transform.module_pass(opt_level=0, name="NarrowInt64")
