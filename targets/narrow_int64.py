@@ -27,7 +27,6 @@ import tvm
 from tvm import relax, te
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from .requant import _at
 
 R = relax.op
 Range = tuple[int, int]
@@ -43,8 +42,19 @@ def widening_multiply_te(x: te.Tensor, y: te.Tensor, wide: str) -> te.Tensor:
     """x * y (32-bit, broadcast) as `wide` (64-bit): the casts are in the kernel, where LLVM sees
     the sign or zero extensions (a constant cast in Relax is folded back to int64, and
     `share_kernels` then passes it as an opaque int64 argument)."""
-    shape = np.broadcast_shapes(*(tuple(int(d) for d in t.shape) for t in (x, y)))
-    return te.compute(shape, lambda *i: _at(x, i).astype(wide) * _at(y, i).astype(wide), name="widening_multiply")
+    rank = max(len(x.shape), len(y.shape))
+    dims = [[1] * (rank - len(t.shape)) + list(t.shape) for t in (x, y)]
+    shape = [b if _one(a) else a for a, b in zip(*dims)]
+
+    def at(t, index):  # numpy broadcasting: missing leading dims, size-1 dims (symbolic ones too)
+        skip = rank - len(t.shape)
+        return t[tuple(0 if _one(d) else index[skip + k] for k, d in enumerate(t.shape))]
+
+    return te.compute(shape, lambda *i: at(x, i).astype(wide) * at(y, i).astype(wide), name="widening_multiply")
+
+
+def _one(dim) -> bool:
+    return isinstance(dim, (int, tvm.tirx.IntImm)) and int(dim) == 1
 
 
 def _within(r: Range | None, bounds: Range) -> bool:
