@@ -33,7 +33,7 @@ Range = tuple[int, int]
 
 _DTYPES = {"bool": (0, 1), **{f"int{b}": (-(2 ** (b - 1)), 2 ** (b - 1) - 1) for b in (8, 16, 32, 64)},
            **{f"uint{b}": (0, 2**b - 1) for b in (8, 16, 32, 64)}}
-I32, U32 = _DTYPES["int32"], _DTYPES["uint32"]
+I32 = _DTYPES["int32"]
 _KEEP_VALUES = {"reshape", "permute_dims", "expand_dims", "squeeze", "broadcast_to", "flatten", "strided_slice",
                 "take", "concat", "repeat", "tile"}  # the result holds (some of) the data's values only
 
@@ -175,8 +175,10 @@ class _Narrow(PyExprMutator):
             return self._shift(call, *args)
         if name in ("minimum", "maximum") and all(_within(r, I32) for r in args):
             return R.astype(self._emit(getattr(R, name)(*(self._to(a, "int32") for a in call.args))), "int64")
-        if name == "clip" and _within(args[0], I32):
-            lo, hi = (min(max(int(v.value), I32[0]), I32[1]) for v in call.args[1:])
+        lo, hi = (int(v.value) for v in call.args[1:]) if name == "clip" else (0, 0)
+        if name == "clip" and _within(args[0], I32) and lo <= min(hi, I32[1]) and hi >= I32[0]:
+            # bounds beyond int32 on the far side clip nothing of an int32 value
+            lo, hi = max(lo, I32[0]), min(hi, I32[1])
             return R.astype(self._emit(R.clip(self._to(call.args[0], "int32"), lo, hi)), "int64")
         return call
 

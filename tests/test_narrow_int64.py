@@ -59,3 +59,13 @@ def test_leaves_what_it_cannot_prove():
     assert "uint64" not in text and text.count('"int32"') == 1  # the parameter's
     x = np.array([-(2**31), 2**31 - 1, -1, 0], np.int32)
     np.testing.assert_array_equal(run_relax(wide, [x]), (x.astype(np.int64) * 2**31) >> 3)
+
+
+def test_a_clip_above_int32_is_not_narrowed():
+    """clip(int32 values, 2^40, 2^41) is 2^40 everywhere: it must not become an int32 clip."""
+    def above(x):
+        return R.clip(R.astype(x, "int64"), 2**40, 2**41)
+
+    x = np.array([-(2**31), 0, 2**31 - 1], np.int32)
+    assert '"int32") = R.clip' not in narrow_int64(relax_main(above, [x])).script(show_meta=False)
+    np.testing.assert_array_equal(run_relax(above, [x]), np.full(3, 2**40))
