@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import run_relax
-from tvm import relax
+from conftest import relax_main, run_relax
 
 from passes import reference as ref
 from passes.lowering import emit
 from targets.requant import window
 
-R = relax.op
 rng = np.random.default_rng(7)
 I32 = np.iinfo(np.int32)
 RATIOS = [0.5, 1 / 3, 1e-3, 7.3e-6, 0.999999, 1.0, 3.7, 255.0, 2.0**29 * 1.7, 1e-25]
@@ -64,18 +62,19 @@ def test_compiled_per_channel_at_the_edges(out_dtype):
     np.testing.assert_array_equal(got, want)
 
 
-def test_the_chain_is_rewritten():
-    """The int64 multiply becomes the windowed kernel (so the tests above test it)."""
+def _rewritten(lo: int, hi: int, out_dtype: str) -> str:
+    """The text of a per-channel requantization of int32 sums after the CPU pipeline's rewrite."""
     from targets.requant import windowed_requant
 
     m, s = ref.dyadic(np.array([1e-3, 2e-3]))
-    x = relax.Var("x", relax.TensorType((2, 8), "int32"))
-    bb = relax.BlockBuilder()
-    with bb.function("main", [x]):
-        with bb.dataflow():
-            out = bb.emit_output(emit.requantize(x, m.reshape(2, 1), s.reshape(2, 1), 0, 255, "uint8"))
-        bb.emit_func_output(out)
-    text = windowed_requant(bb.get()).script()
+    x = np.zeros((2, 8), np.int32)
+    mod = relax_main(lambda a: emit.requantize(a, m.reshape(2, 1), s.reshape(2, 1), lo, hi, out_dtype), [x])
+    return windowed_requant(mod).script()
+
+
+def test_the_chain_is_rewritten():
+    """The int64 multiply becomes the windowed kernel (so the tests above test it)."""
+    text = _rewritten(0, 255, "uint8")
     assert "windowed_requant" in text and "R.multiply" not in text
 
 
@@ -108,14 +107,5 @@ def test_the_unsigned_form_equals_the_reference(ratio, out_dtype):
 
 def test_8_bit_outputs_take_the_unsigned_form():
     """The rewrite emits the unsigned 64-bit multiply and shift (AVX2 has no 64-bit arithmetic shift)."""
-    from targets.requant import windowed_requant
-
-    m, s = ref.dyadic(np.array([1e-3, 2e-3]))
-    x = relax.Var("x", relax.TensorType((2, 8), "int32"))
-    bb = relax.BlockBuilder()
-    with bb.function("main", [x]):
-        with bb.dataflow():
-            out = bb.emit_output(emit.requantize(x, m.reshape(2, 1), s.reshape(2, 1), -128, 127, "int8"))
-        bb.emit_func_output(out)
-    text = windowed_requant(bb.get()).script()
+    text = _rewritten(-128, 127, "int8")
     assert "windowed_requant" in text and '"uint64"' in text  # the signed form has no unsigned value
