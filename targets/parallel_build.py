@@ -84,11 +84,12 @@ def _build(mod: tvm.IRModule, target: tvm.target.Target, pipeline, finish):
         kernels = mod
     items = sorted(kernels.functions.items(), key=lambda kv: kv[0].name_hint) if kernels is not None else []
     count = min(jobs(), len(items) // MIN_KERNELS_PER_PART)
+
+    def link(lib):
+        return relax.VMExecutable(_ffi_api.VMLink(builder, target, lib, [], {})) if relax_funcs else lib
+
     if count < 2:
-        if not relax_funcs:
-            return tvm.tirx.build(mod, target=target)
-        lib = tvm.tirx.build(kernels, target=target) if kernels is not None else None
-        return relax.VMExecutable(_ffi_api.VMLink(builder, target, lib, [], {}))
+        return link(tvm.tirx.build(kernels, target=target) if kernels is not None else None)
     first, rest = items[:1], items[1:]  # sorted names: like kernels spread over the parts
     parts = [tvm.IRModule(dict(first), attrs=kernels.attrs)] + [
         tvm.IRModule(dict(rest[i::count]), attrs=kernels.attrs) for i in range(count)]
@@ -113,7 +114,7 @@ def _build(mod: tvm.IRModule, target: tvm.target.Target, pipeline, finish):
     lib = libs[0]
     for other in libs[1:]:
         lib.import_module(other)
-    return relax.VMExecutable(_ffi_api.VMLink(builder, target, lib, [], {})) if relax_funcs else lib
+    return link(lib)
 
 
 def _external(mod: tvm.IRModule) -> bool:
