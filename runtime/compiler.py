@@ -22,7 +22,7 @@ from frontends.onnx_import import FreeDim, TensorSpec, bound_shapes
 from passes import (BOUNDARY_ATTR, LAYERS_ATTR, QuantConfig, QuantizeToInteger, bind_weights, calibrate,
                     verify_integer_only)
 from passes.generalize_batch import generalize_batch, input_shapes_of, output_shapes
-from passes.quantize_to_integer import FLOAT_NODES_ATTR
+from passes.quantize_to_integer import FLOAT_NODES_ATTR, WIDE_ATTR
 from targets import get_target, parallel_build
 from targets.cross import first_error_line
 from targets.cpu_pipeline import cpu_pipeline
@@ -275,9 +275,18 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
 
     batch1 = {}  # length (None: no buckets) -> the batch-1 integer module: what a plan (armv7, riscv64) runs
 
+    probe = getattr(ranges, "probe", None)
+
     def lower(float_mod, what: str = "", size: int | None = None):
+        measured = probe.seconds if probe else 0.0
         with stage(f"lowering to integer-only Relax{what}", times, "lowering"):
             int_mod = QuantizeToInteger(ranges, config)(float_mod)
+        if probe and probe.seconds > measured:  # the sensitivity search ran inside: its own line
+            times["lowering"] -= probe.seconds - measured
+            times["sensitivity"] = times.get("sensitivity", 0.0) + probe.seconds - measured
+            wide = json.loads(str(int_mod["main"].attrs.get(WIDE_ATTR, "{}")))
+            log(f"sensitivity: {probe.runs} float run(s) in {probe.seconds:.1f} s; "
+                + (f"{len(wide)} tensor(s) kept at 16 bits: {', '.join(wide)}" if wide else "every activation at 8 bits"))
         batch1[size] = int_mod
         if free:  # before the verifier, which then sees the module that is compiled
             with stage(f"generalizing the batch ({', '.join(f'{k}: {d.name}' for k, d in free.items())})", times,
