@@ -1,11 +1,12 @@
 """ConvAsPointwise: an integer spatial conv is a pointwise conv over its patches (im2col).
 
     conv2d(x[N, C, H, W], w[O, C, kh, kw]), any stride, padding, dilation, groups 1
-    ==> p = patches(x)[N, C', kh, kw, Ho, Wo]       p[.., c, i, j, y, x] = x_pad[.., c, y*s + i*d, x*s + j*d]
-        conv2d(reshape(p, [N, C'*kh*kw, Ho, Wo]), reshape(w', [O, C'*kh*kw, 1, 1]))
+    ==> p = patches(x)[N, K', Ho, Wo]         p[.., (c, i, j), y, x] = x_pad[.., c, y*s + i*d, x*s + j*d]
+        conv2d(p, reshape(w', [O, K', 1, 1]))
 
-C' rounds C up to a multiple of 4 with zero channels (zero weights too), so that the reduction
-length is a whole number of 4-byte dot-product steps. The same products are summed in another
+K' rounds the reduction length K = C*kh*kw up to a multiple of 4 with zero rows (zero weights
+too), so that it is a whole number of 4-byte dot-product steps: an STFT as a 1x512 conv over one
+channel needs none (rounding C up instead made it 4 times the work). The same products are summed in another
 order: the int32 result is bit-identical. A spatial conv has no kernel of its own on CPU targets
 (TVM's default loops: ~5 GOP/s on one x86 core); as a pointwise conv it runs on the dot-product
 kernels (`targets/vnni_rewrite.py`) or, where none takes it (dilation, x86 without AVX2), on the
@@ -26,22 +27,25 @@ MAX_PATCH_BYTES = 256 << 20
 STEP = 4  # bytes per dot-product lane (vpdpbusd, vpmaddwd pairs, sdot)
 
 
-def patches_te(x: te.Tensor, channels: int, kernel: tuple[int, int], strides: tuple[int, int],
+def patches_te(x: te.Tensor, rows: int, kernel: tuple[int, int], strides: tuple[int, int],
                pads: tuple[int, int, int, int], dilation: tuple[int, int]) -> te.Tensor:
-    """[N, channels, kh, kw, Ho, Wo]: every input pixel a tap of each output pixel reads, zero
-    outside the image and in the channels past C."""
+    """[N, rows, Ho, Wo]: row (c, i, j) = c*kh*kw + i*kw + j holds the input pixel that tap (i, j)
+    of channel c reads for each output pixel; zero outside the image and in the rows past C*kh*kw."""
     n, c, h, w = x.shape
     (kh, kw), (sh, sw), (dh, dw) = kernel, strides, dilation
     top, left, bottom, right = pads
     ho = (int(h) + top + bottom - dh * (kh - 1) - 1) // sh + 1
     wo = (int(w) + left + right - dw * (kw - 1) - 1) // sw + 1
+    taps = int(c) * kh * kw
 
-    def tap(b, ch, i, j, y, xx):
+    def tap(b, k, y, xx):
+        kc = tirx.min(k, taps - 1)
+        ch, i, j = kc // (kh * kw), kc // kw % kh, kc % kw
         iy, ix = y * sh + i * dh - top, xx * sw + j * dw - left
-        inside = tirx.all(ch < c, iy >= 0, iy < h, ix >= 0, ix < w)
-        return tirx.if_then_else(inside, x[b, tirx.min(ch, c - 1), iy, ix], tirx.const(0, x.dtype))
+        inside = tirx.all(k < taps, iy >= 0, iy < h, ix >= 0, ix < w)
+        return tirx.if_then_else(inside, x[b, ch, iy, ix], tirx.const(0, x.dtype))
 
-    return te.compute((n, channels, kh, kw, ho, wo), tap, name="conv_patches")
+    return te.compute((n, rows, ho, wo), tap, name="conv_patches")
 
 
 def _rewrite(builder: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
@@ -63,15 +67,13 @@ def _rewrite(builder: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     if weights.dtype != (np.int8 if integer else np.float32) or ((kh, kw) == (1, 1) and strides == (1, 1)
                                                                  and not any(pads)):
         return call  # pointwise already
-    channels = -(-c // STEP) * STEP if integer else c
+    rows = -(-c * kh * kw // STEP) * STEP if integer else c * kh * kw
     out_shape = [int(d) if isinstance(d, tvm.tirx.IntImm) else d for d in call.ty.shape]
     n, ho, wo = out_shape[0], out_shape[2], out_shape[3]
-    if (n if isinstance(n, int) else 1) * channels * kh * kw * ho * wo * (1 if integer else 4) > MAX_PATCH_BYTES:
+    if (n if isinstance(n, int) else 1) * rows * ho * wo * (1 if integer else 4) > MAX_PATCH_BYTES:
         return call
-    patches = builder.call_te(patches_te, x, channels, (kh, kw), strides, pads, dilation,
-                              primfunc_name_hint="conv_patches")
-    cols = builder.emit(relax.op.reshape(patches, [n, channels * kh * kw, ho, wo]))
-    w_cols = np.pad(weights, [(0, 0), (0, channels - c), (0, 0), (0, 0)]).reshape(o, channels * kh * kw, 1, 1)
+    cols = builder.call_te(patches_te, x, rows, (kh, kw), strides, pads, dilation, primfunc_name_hint="conv_patches")
+    w_cols = np.pad(weights.reshape(o, c * kh * kw), [(0, 0), (0, rows - c * kh * kw)]).reshape(o, rows, 1, 1)
     return relax.op.nn.conv2d(cols, relax.const(w_cols), out_dtype=str(call.ty.dtype))
 
 

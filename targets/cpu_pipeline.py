@@ -31,9 +31,9 @@ def cpu_lowering_passes(target, tune_trials: int = 0) -> list:
 
     family = kernel_family(target)
     dots = [use_dot_kernels(family), use_int4_dot_kernels(family)] if family.dots else []
-    # spatial convs no kernel took, as matmuls over patches: on x86 only (on aarch64 LLVM makes
-    # sdot/udot of the default conv loops' channel reduction; the matmul schedule has none)
-    patches = [conv_as_pointwise] if is_x86(target) else []
+    # spatial convs no kernel took, as pointwise convs over patches, which then take the dot kernels:
+    # on x86 only (on aarch64 LLVM makes sdot/udot of the default conv loops' channel reduction)
+    patches = [conv_as_pointwise] + dots[:1] if is_x86(target) else []
     tune = []
     if tune_trials:
         from .tuning import tune_pass

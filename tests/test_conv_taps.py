@@ -140,3 +140,25 @@ def test_float_conv_as_patches_matches_numpy():
         for j in range(3):
             want += np.einsum("nchw,oc->nohw", xp[:, :, i:i + 2 * got.shape[2]:2, j:j + 2 * got.shape[3]:2], wt[:, :, i, j])
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("cpu", ["x86-64-v4+avx512vnni", "x86-64-v3"])
+def test_framed_conv_on_dot_kernels_bit_exact(cpu, tmp_path):
+    """An STFT as a conv (one channel, a 1x64 kernel, stride 16: no taps kernel) goes through its
+    patches, whose reduction of 64 needs no padding, and, 37 frames allowing no pixel tile, onto
+    the family's dense kernel with padded rows: exact."""
+    import tvm
+    from tvm import relax
+
+    x = rng.integers(-128, 128, (1, 1, 1, 640)).astype(np.int8)
+    x.flat[:2] = -128, 127
+    wt = rng.integers(-128, 128, (33, 1, 1, 64)).astype(np.int8)
+    lib = _compile(x, wt, _Attrs((1, 16), (0, 0, 0, 0)), cpu, tmp_path)
+    functions = _kernels(lib)
+    assert any("dense" in name and re.search(rf"\b{FLEETS[cpu]}\b", text) for name, text in functions.items())
+    assert not any(name.startswith("matmul") for name in functions)  # no generic loops left
+    if missing_features(cpu.split("+")[:1] + ["+" + f for f in cpu.split("+")[1:]]):
+        pytest.skip(f"this CPU cannot run {cpu} code: compiled and checked the instructions only")
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib)), tvm.cpu())
+    np.testing.assert_array_equal(vm["main"](tvm.runtime.tensor(x)).numpy(),
+                                  ref.conv2d_acc(x, wt, (1, 16), (0, 0, 0, 0)))
