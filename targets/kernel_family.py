@@ -23,6 +23,10 @@ family's word recipe, int16 x int16 pairs -> int32:
     avx512bw     wmaddwd512  16 lanes x 2  vpmaddwd zmm + vpaddd
     avx2         wmaddwd      8 lanes x 2  vpmaddwd ymm + vpaddd
 
+Activations kept at 16 bits (measured-sensitive tensors) with int8 weights take the family's
+`wide` recipe, int16 x int8 widened in registers -> int32: `wvnni8` ({vex} `wavxvnni8`,
+`vpdpwssd`) on the VNNI families, `maddwd512` / `maddwd` on the others.
+
 None of these saturates (vpdpwssd, vpdpbusd and vpmaddwd wrap modulo 2^32; only the pair
 -32768 * -32768 * 2 wraps inside vpmaddwd, and then the int32 result wraps the same way), so
 every recipe equals the plain int32 loop bit for bit, overflow or not.
@@ -63,6 +67,12 @@ def _vpdpwssd(bits: int, lanes: int):
     return lambda acc, a, w: _intrin(f"llvm.x86.avx512.vpdpwssd.{bits}", f"int32x{lanes}", acc, a, w)
 
 
+def _vpdpwssd_widened(bits: int, lanes: int):
+    # int8 weights stored as int8, widened on load as in `_maddwd`
+    dot = _vpdpwssd(bits, lanes)
+    return lambda acc, a, w: dot(acc, a, T.Cast(f"int16x{2 * lanes}", w))
+
+
 def _maddwd_words(name: str, lanes: int):
     return lambda acc, a, w: acc + _intrin(name, f"int32x{lanes}", a, w)
 
@@ -100,7 +110,11 @@ WVNNI = Dot("wvnni", 16, 2, "int16", "int16", 32, _vpdpwssd(512, 16))
 WAVXVNNI = Dot("wavxvnni", 8, 2, "int16", "int16", 16, _vpdpwssd(256, 8))
 WMADDWD512 = Dot("wmaddwd512", 16, 2, "int16", "int16", 32, _maddwd_words("llvm.x86.avx512.pmaddw.d.512", 16))
 WMADDWD = Dot("wmaddwd", 8, 2, "int16", "int16", 16, _maddwd_words("llvm.x86.avx2.pmadd.wd", 8))
-DOTS = {d.name: d for d in (VNNI, AVXVNNI, MADDUBS, MADDWD, MADDWD512, WVNNI, WAVXVNNI, WMADDWD512, WMADDWD)}
+# int16 activations x int8 weights (16-bit activations of constant-weight convs and matmuls)
+WVNNI8 = Dot("wvnni8", 16, 2, "int16", "int8", 32, _vpdpwssd_widened(512, 16))
+WAVXVNNI8 = Dot("wavxvnni8", 8, 2, "int16", "int8", 16, _vpdpwssd_widened(256, 8))
+DOTS = {d.name: d for d in (VNNI, AVXVNNI, MADDUBS, MADDWD, MADDWD512, WVNNI, WAVXVNNI, WMADDWD512, WMADDWD,
+                            WVNNI8, WAVXVNNI8)}
 
 
 @dataclass(frozen=True)
@@ -109,14 +123,21 @@ class Family:
     needs: tuple[str, ...]  # LLVM features the target must have
     dots: tuple[Dot, ...]  # best first
     word: Dot | None = None  # int16 x int16 recipe (activation x activation matmuls)
+    wide: Dot | None = None  # int16 activations x int8 weights
+
+    def recipes(self, activation_dtype: str) -> tuple[Dot, ...]:
+        """The recipes for constant int8 weights and activations of this dtype, best first."""
+        if activation_dtype in ("int8", "uint8"):
+            return self.dots
+        return (self.wide,) if activation_dtype == "int16" and self.wide else ()
 
 
 # Best first; the first whose features the target has is chosen.
 FAMILIES = (
-    Family("avx512-vnni", ("avx512vnni", "avx512bw"), (VNNI,), WVNNI),
-    Family("avx-vnni", ("avxvnni", "avx2"), (AVXVNNI,), WAVXVNNI),
-    Family("avx512bw", ("avx512bw",), (MADDWD512,), WMADDWD512),  # Skylake-SP: AVX-512 without VNNI
-    Family("avx2", ("avx2",), (MADDUBS, MADDWD), WMADDWD),
+    Family("avx512-vnni", ("avx512vnni", "avx512bw"), (VNNI,), WVNNI, WVNNI8),
+    Family("avx-vnni", ("avxvnni", "avx2"), (AVXVNNI,), WAVXVNNI, WAVXVNNI8),
+    Family("avx512bw", ("avx512bw",), (MADDWD512,), WMADDWD512, MADDWD512),  # Skylake-SP: AVX-512 without VNNI
+    Family("avx2", ("avx2",), (MADDUBS, MADDWD), WMADDWD, MADDWD),
 )
 GENERIC = Family("generic", (), ())
 

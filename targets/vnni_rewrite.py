@@ -30,8 +30,6 @@ from . import act_matmul, vnni
 from .kernel_family import MADDUBS, Dot, Family, maddubs_safe
 from .schedule_common import static_factor
 
-_INT8 = ("int8", "uint8")
-
 
 def _const(expr) -> np.ndarray | None:
     return expr.value.numpy() if isinstance(expr, tvm.ir.GenericConst) else None
@@ -65,9 +63,10 @@ class _Rewriter(PyExprMutator):
         new = rewrite(call) if rewrite else None
         return call if new is None else new
 
-    def _dot(self, w_nk: np.ndarray, k: int, fits) -> Dot | None:
-        """The family's first recipe whose k divides `k`, `fits(dot)` and (maddubs) is proven safe."""
-        return next((d for d in self.family.dots if k % d.k == 0 and fits(d)
+    def _dot(self, x: relax.Expr, w_nk: np.ndarray, k: int, fits) -> Dot | None:
+        """The family's first recipe for `x`'s dtype whose k divides `k`, `fits(dot)` and (maddubs)
+        is proven safe."""
+        return next((d for d in self.family.recipes(str(x.ty.dtype)) if k % d.k == 0 and fits(d)
                      and (d is not MADDUBS or maddubs_safe(w_nk, U8_MAX))), None)
 
     def _prepared(self, x: relax.Expr, dot: Dot) -> relax.Expr:
@@ -87,7 +86,7 @@ class _Rewriter(PyExprMutator):
         if _const(x) is None and _const(w) is None:  # two activations: the right one packed at run time
             return act_matmul.rewrite(self.builder_, call, self.family)
         w_np, x_shape = _const(w), _shape(x)
-        if w_np is None or x_shape is None or len(x_shape) < 2 or w_np.ndim != 2 or str(x.ty.dtype) not in _INT8:
+        if w_np is None or x_shape is None or len(x_shape) < 2 or w_np.ndim != 2:
             return None
         if w_np.dtype != np.int8:
             return None
@@ -95,7 +94,7 @@ class _Rewriter(PyExprMutator):
         rows = vnni.padded_rows(x_shape[-2])  # 257 tokens: 260 (zero rows, sliced off below)
         whole = lambda d: -(-n // d.lanes) * d.lanes  # columns padded to whole vectors (1000 classes: 1008)
         # n * 16 rows of a batch: tiles of its static factor
-        dot = self._dot(w_np.T, k, lambda d: vnni.dense_tile(static_factor(rows), whole(d), d) is not None)
+        dot = self._dot(x, w_np.T, k, lambda d: vnni.dense_tile(static_factor(rows), whole(d), d) is not None)
         if dot is None:
             return None
         w_pad = np.pad(w_np, [(0, 0), (0, whole(dot) - n)])  # zero columns, sliced off below
@@ -108,7 +107,7 @@ class _Rewriter(PyExprMutator):
     def _conv(self, call: relax.Call):
         x, w = call.args
         w_np, x_shape, a = _const(w), _shape(x), call.attrs
-        if (w_np is None or x_shape is None or len(x_shape) != 4 or str(x.ty.dtype) not in _INT8
+        if (w_np is None or x_shape is None or len(x_shape) != 4
                 or w_np.dtype != np.int8 or a.data_layout != "NCHW" or a.kernel_layout != "OIHW"
                 or a.out_layout != "NCHW" or int(a.groups) != 1 or any(int(d) != 1 for d in a.dilation)):
             return None
@@ -120,13 +119,13 @@ class _Rewriter(PyExprMutator):
         lead = [] if isinstance(n, int) and n == 1 else [n]  # a batch keeps its own axis
         w2 = w_np.reshape(o, c)
         w_sum = w2.astype(np.int64).sum(1)
-        dot = self._dot(w2, c, lambda d: vnni.conv_tile(vnni.CONV_LANES_PIXELS, o, h, wd, d) is not None)
+        dot = self._dot(x, w2, c, lambda d: vnni.conv_tile(vnni.CONV_LANES_PIXELS, o, h, wd, d) is not None)
         if dot is not None:
             kk = dot.k
             xp = relax.op.permute_dims(relax.op.reshape(self._prepared(x, dot), [*lead, c // kk, kk, h * wd]),
                                        [*range(len(lead)), len(lead), len(lead) + 2, len(lead) + 1])
             return self._kernel(vnni.conv_lanes_pixels_te, dot, x, xp, w2.astype(dot.w_dtype), w_sum, h, wd)
-        dot = self._dot(w2, c, lambda d: vnni.conv_tile(vnni.CONV_LANES_OUT, o, h, wd, d) is not None)
+        dot = self._dot(x, w2, c, lambda d: vnni.conv_tile(vnni.CONV_LANES_OUT, o, h, wd, d) is not None)
         if dot is not None:
             xt = relax.op.permute_dims(relax.op.reshape(self._prepared(x, dot), [*lead, c, h * wd]),
                                        [*range(len(lead)), len(lead) + 1, len(lead)])
@@ -150,7 +149,7 @@ class _Rewriter(PyExprMutator):
         stride, pads = strides.pop(), tuple(int(p) for p in a.padding)
         _, c, h, wd = x_shape
         o, _, kh, kw = w_np.shape
-        for dot in self.family.dots:
+        for dot in self.family.recipes(str(x.ty.dtype)):
             steps = -(-c // dot.k) * dot.k
             wt = np.pad(w_np, [(0, 0), (0, steps - c), (0, 0), (0, 0)]).transpose(0, 2, 3, 1)
             ho, wo, wx, hq, wq = vnni.taps_geometry(h, wd, kh, kw, stride, pads, dot.lanes)

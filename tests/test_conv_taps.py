@@ -162,3 +162,27 @@ def test_framed_conv_on_dot_kernels_bit_exact(cpu, tmp_path):
     vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib)), tvm.cpu())
     np.testing.assert_array_equal(vm["main"](tvm.runtime.tensor(x)).numpy(),
                                   ref.conv2d_acc(x, wt, (1, 16), (0, 0, 0, 0)))
+
+
+WORD_OPS = {"x86-64-v4+avx512vnni": "vpdpwssd", "x86-64-v3+avxvnni": "vpdpwssd", "x86-64-v4": "vpmaddwd",
+            "x86-64-v3": "vpmaddwd"}
+
+
+@pytest.mark.parametrize("cpu", list(WORD_OPS))
+@pytest.mark.parametrize("kernel,pads", [(3, (1, 1, 1, 1)), (1, (0, 0, 0, 0))], ids=["taps", "pointwise"])
+def test_int16_activation_conv_on_word_kernels_bit_exact(cpu, kernel, pads, tmp_path):
+    """A conv whose input stays at 16 bits (a measured-sensitive tensor) takes the family's int16 x int8
+    recipe (`Family.wide`), full-range extremes included: exact."""
+    import tvm
+    from tvm import relax
+
+    x = rng.integers(-32768, 32768, (1, 24, 10, 16)).astype(np.int16)
+    x.flat[:4] = -32768, 32767, -32768, 32767
+    wt = rng.integers(-128, 128, (16, 24, kernel, kernel)).astype(np.int8)
+    wt.flat[:4] = -128, 127, -128, -128
+    lib = _compile(x, wt, _Attrs((1, 1), pads), cpu, tmp_path)
+    assert any(re.search(rf"\b{WORD_OPS[cpu]}\b", text) for name, text in _kernels(lib).items() if "conv" in name)
+    if missing_features(cpu.split("+")[:1] + ["+" + f for f in cpu.split("+")[1:]]):
+        pytest.skip(f"this CPU cannot run {cpu} code: compiled and checked the instructions only")
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib)), tvm.cpu())
+    np.testing.assert_array_equal(vm["main"](tvm.runtime.tensor(x)).numpy(), ref.conv2d_acc(x, wt, (1, 1), pads))
