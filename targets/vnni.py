@@ -274,7 +274,14 @@ def _batch(x: te.Tensor, batched_rank: int):
 _PIXEL_TILES = ((2, 7), (4, 4), (8, 2), (4, 2), (2, 4), (1, 7), (2, 2), (1, 14), (1, 4), (1, 2), (1, 1))
 _DENSE_TILES = {32: ((4, 2), (2, 4), (8, 2), (4, 1), (2, 2), (1, 4), (1, 2), (1, 1)),
                 16: ((4, 2), (2, 4), (8, 1), (2, 2), (4, 1), (1, 4), (1, 2), (1, 1))}
-_PIXEL_LANE_TILES = {32: _PIXEL_TILES, 16: _PIXEL_TILES}
+# AVX2's 16 ymm: at most 12 accumulators for lanes over pixels (pointwise and taps convs). Measured
+# on Zen 1 at 1 thread against the tiles above, 3x3 convs: 64 ch 40x40 (1, 1) -> (2, 5) 13.8 -> 19.0
+# GMAC/s, 128 ch 20x20 (1, 1) -> (4, 3) 11.9 -> 16.1, 32 ch 80x80 (8, 2) -> (2, 5) 12.2 -> 18.2, 96 ch
+# 52x52 (2, 7) -> (1, 7) 14.5 -> 17.5; pointwise: EfficientNet's 16->96 at 112x112 12.9 -> 15.9,
+# 24->144 at 56x56 15.3 -> 19.1, 40->240 at 28x28 16.4 -> 18.9, 128->64 at 20x20 10.6 -> 16.3.
+_AVX2_PIXEL_TILES = ((2, 5), (4, 3), (2, 4), (1, 7), (4, 2), (8, 1), (2, 3), (2, 2), (4, 1), (1, 5), (1, 4),
+                     (1, 3), (1, 2), (1, 1))
+_PIXEL_LANE_TILES = {32: _PIXEL_TILES, 16: _AVX2_PIXEL_TILES}
 _OUT_LANE_TILES = {
     32: ((7, 2), (4, 4), (8, 2), (4, 2), (14, 1), (2, 4), (7, 1), (2, 2), (1, 4), (1, 2), (1, 1)),
     16: ((4, 2), (7, 1), (2, 4), (8, 1), (2, 2), (4, 1), (1, 4), (1, 2), (1, 1))}
@@ -435,9 +442,8 @@ def schedule(sch: s_tir.Schedule, block, dot: Dot, kind: str) -> None:
     # TVM lowers a "local" buffer to a workspace-pool call per parallel iteration (per tile: 5376 in
     # EfficientNet's 112x112 expand conv); a "global" one under 1 KiB is a stack array, whose
     # accumulators LLVM keeps in registers too: that conv alone 417 -> 336 us at 1 thread. Not for
-    # the int16 recipes: LLVM then splits x86-64-v4's vpdpwssd into vpmaddwd + vpaddd (unmeasured)
-    small = rows * vectors * dot.lanes * 4 < STACK_BYTES
-    scope = "global" if small and dot.a_dtype != "int16" else "local"
+    # the vpdpwssd recipes: LLVM then splits x86-64-v4's vpdpwssd into vpmaddwd + vpaddd (unmeasured)
+    scope = _accumulator_scope(rows * vectors, dot)
     bcast_a, bcast_b = intrinsic_names(dot, scope)
     intrin = bcast_a if side == "a" else bcast_b
     ro, ri = sch.split(row, [None, rows])
@@ -466,9 +472,21 @@ def schedule(sch: s_tir.Schedule, block, dot: Dot, kind: str) -> None:
             sch.vectorize(inner)
 
 
+def _accumulator_scope(vectors: int, dot: Dot) -> str:
+    """Where a tile's accumulators live: a stack array ("global" under 1 KiB), which LLVM keeps in
+    registers, except for the vpdpwssd recipes (see `schedule`); else a "local" workspace buffer."""
+    small = vectors * dot.lanes * 4 < STACK_BYTES
+    return "global" if small and not (dot.a_dtype == "int16" and "vnni" in dot.name) else "local"
+
+
+# Taps convs: on AVX-512 the pixel tiles, then 3 and 5 vectors (a 48- or 80-pixel row: unmeasured)
+# rather than a single accumulator; on AVX2 the pixel tiles.
+_TAPS_TILES = {32: _PIXEL_TILES[:-1] + ((4, 3), (2, 5), (1, 1)), 16: _AVX2_PIXEL_TILES}
+
+
 def taps_tile(o: int, wx: int, dot: Dot):
     """(rows, vectors) tile of a taps conv: rows over output channels, vectors along a row."""
-    return next(((r, v) for r, v in _PIXEL_TILES if o % r == 0 and wx % (v * dot.lanes) == 0), None)
+    return next(((r, v) for r, v in _TAPS_TILES[dot.registers] if o % r == 0 and wx % (v * dot.lanes) == 0), None)
 
 
 def _schedule_taps_input(sch: s_tir.Schedule, block) -> None:
@@ -491,8 +509,7 @@ def _schedule_taps(sch: s_tir.Schedule, block, dot: Dot) -> None:
     epilogue = inline_epilogue(sch, f"{dot.name}_{CONV_TAPS}")
     b, o, y, x, ri, rj, c = sch.get_loops(block)
     rows, vectors = taps_tile(int(sch.get(o).extent), int(sch.get(x).extent), dot)
-    small = rows * vectors * dot.lanes * 4 < STACK_BYTES
-    scope = "global" if small and dot.a_dtype != "int16" else "local"
+    scope = _accumulator_scope(rows * vectors, dot)
     _, bcast_b = intrinsic_names(dot, scope)
     ro, rr = sch.split(o, [None, rows])
     xo, xt, xl = sch.split(x, [None, vectors, dot.lanes])
