@@ -11,13 +11,22 @@ import numpy as np
 from frontends.errors import CompileError
 
 
+def _finite(x: np.ndarray) -> np.ndarray:
+    """x without its infinities and NaNs (log(0) = -inf in a float model): the quantized tensor
+    saturates there, and one -inf must not make every scale infinite."""
+    if x.size and not (np.isfinite(x.min()) and np.isfinite(x.max())):
+        return x[np.isfinite(x)]
+    return x
+
+
 class MinMaxObserver:
-    """Running min and max."""
+    """Running min and max of the finite values."""
 
     def __init__(self):
         self.lo, self.hi = np.inf, -np.inf
 
     def update(self, x: np.ndarray) -> None:
+        x = _finite(x)
         if x.size:
             self.lo, self.hi = min(self.lo, float(x.min())), max(self.hi, float(x.max()))
 
@@ -34,6 +43,7 @@ class _HistogramObserver(MinMaxObserver):
         self.top = 0.0  # histogram covers [0, top]
 
     def update(self, x: np.ndarray) -> None:
+        x = _finite(x)
         super().update(x)
         a = np.abs(x.astype(np.float64).ravel())
         amax = float(a.max()) if a.size else 0.0
@@ -106,6 +116,8 @@ class ChannelAbsMaxObserver:
             return
         rows = x.reshape(-1, x.shape[-1])
         a = np.abs(rows).max(axis=0).astype(np.float64)
+        if not np.all(np.isfinite(a)):  # a channel's infinities saturate, as in `_finite`
+            a = np.where(np.isfinite(rows), np.abs(rows), 0).max(axis=0).astype(np.float64)
         self.amax = a if self.amax is None or self.amax.shape != a.shape else np.maximum(self.amax, a)
         self.rows += len(rows)
 

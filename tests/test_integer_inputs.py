@@ -184,3 +184,29 @@ def test_which_inputs_are_exact(tmp_path, targets, dtype):
     ours = model.run({"ids": x})
     for k, want in enumerate(ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"ids": x})):
         np.testing.assert_array_equal(ours[f"c{k}"], want.astype(np.float32))
+
+
+def test_one_hot_mask_into_matmul_is_exact_uint8(tmp_path):
+    """A one-hot built in the graph, Cast(Equal(byte ids, arange)) to float, into a MatMul (magika's byte
+    embedding): the 0/1 values are exact uint8 operands at scale 1, integer-only (was an internal error)."""
+    rng = np.random.default_rng(1)
+    inits = [numpy_helper.from_array(np.arange(8, dtype=np.int32).reshape(1, 1, 8), "levels"),
+             numpy_helper.from_array(rng.standard_normal((8, 6)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.array([1, 5, 1], np.int64), "shape")]
+    nodes = [helper.make_node("Reshape", ["ids", "shape"], ["ids3"]),
+             helper.make_node("Equal", ["ids3", "levels"], ["hot"]),
+             helper.make_node("Cast", ["hot"], ["hotf"], to=TensorProto.FLOAT),
+             helper.make_node("MatMul", ["hotf", "w"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT32, [1, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5, 6])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "onehot.onnx"
+    onnx.save(model, path)
+    ids = rng.integers(0, 8, (6, 1, 5)).astype(np.int32)
+    np.savez(tmp_path / "calib.npz", ids=ids)
+    art = runtime.load(runtime.compile_model(path, "x86", tmp_path / "a", calib=tmp_path / "calib.npz", progress=False))
+    assert art.manifest["integer_only"] is True
+    want = ort.InferenceSession(str(path)).run(None, {"ids": ids[3]})[0]
+    got = art.run({"ids": ids[3]})["y"]
+    assert float((got * want).sum() / np.linalg.norm(got) / np.linalg.norm(want)) > 0.999

@@ -75,6 +75,9 @@ def test_observers():
     assert 3 < mse.range()[1] < 10  # among 10^6 normal values, clipping the lone outlier is cheaper
     with pytest.raises(Exception, match="unknown observer 'max'"):
         make_observer("max")
+    for observer in (MinMaxObserver(), PercentileObserver(100.0), MSEObserver()):  # log(0) = -inf saturates
+        observer.update(np.array([-np.inf, -3.0, 2.0, np.nan, np.inf], np.float32))
+        assert np.all(np.isfinite(observer.range())) and observer.range()[0] >= -3.0
 
 
 def test_verifier_names_float_ops():

@@ -13,7 +13,7 @@ from frontends.errors import CompileError
 
 from ..reference.kernels import INT_RANGE, dyadic
 from . import emit
-from .values import Accumulator, ChannelQuantized, Quantized, Value
+from .values import Accumulator, ChannelQuantized, IntTensor, Quantized, Value
 
 
 @dataclass(frozen=True)
@@ -135,6 +135,8 @@ class LoweringContext:
         values pass through."""
         if isinstance(value, Quantized):
             return value
+        if isinstance(value, IntTensor):
+            return self._exact_operand(value)
         wide = wide or value in self._wide
         value = self.without_offset(value)
         if isinstance(value, np.ndarray):
@@ -143,6 +145,15 @@ class LoweringContext:
         if key not in self._materialized:
             self._materialized[key] = self._requantize_acc(value, wide)
         return self._materialized[key]
+
+    def _exact_operand(self, value: IntTensor) -> Quantized:
+        """Exact 8-bit integers standing for a float (a one-hot mask cast to float) at scale 1."""
+        dtype = str(value.expr.ty.dtype)
+        if dtype == "bool":
+            return Quantized(self.emit(relax.op.astype(value.expr, "uint8")), 1.0, "uint8")
+        if dtype in ("int8", "uint8"):
+            return Quantized(value.expr, 1.0, dtype)
+        self.fail(f"an exact {dtype} tensor used as a float activation: only bool and 8-bit integers are")
 
     def materialized_items(self):
         """((value, how), requantized value) for every requantization made so far (tracing)."""
