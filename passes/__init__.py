@@ -2,6 +2,7 @@
 
 from .calibrate import calibrate
 from .conv1d_as_conv2d import conv1d_as_conv2d
+from .conv3d_as_conv2d import conv3d_as_conv2d
 from .pool1d_as_pool2d import pool1d_as_pool2d
 from .decompose_batchnorm import decompose_batchnorm
 from .fold_batchnorm import fold_batchnorm
@@ -15,7 +16,7 @@ from .quantize_to_integer import BOUNDARY_ATTR, LAYERS_ATTR, QuantizeToInteger
 from .verify_integer_only import IntegerOnlyReport, verify_integer_only
 
 __all__ = ["BOUNDARY_ATTR", "LAYERS_ATTR", "OBSERVERS", "IntegerOnlyReport", "QuantConfig", "QuantizeToInteger",
-           "bind_weights", "calibrate", "conv1d_as_conv2d", "decompose_batchnorm", "pool1d_as_pool2d", "fold_batchnorm", "fuse_gelu",
+           "bind_weights", "calibrate", "conv1d_as_conv2d", "conv3d_as_conv2d", "decompose_batchnorm", "pool1d_as_pool2d", "fold_batchnorm", "fuse_gelu",
            "fuse_layernorm", "fuse_unary_chains",
            "verify_integer_only"]
 
@@ -33,7 +34,7 @@ def bind_weights(mod, weights):
     bound = {p: tvm.runtime.tensor(w) for p, w in zip(params[len(params) - len(weights):], weights)}
     seq = tvm.transform.Sequential([relax.transform.BindParams("main", bound), fold_small_constants,
                                     relax.transform.FoldConstant(),
-                                    conv1d_as_conv2d, pool1d_as_pool2d, fold_batchnorm, decompose_batchnorm, fuse_gelu, fuse_layernorm,
+                                    conv1d_as_conv2d, conv3d_as_conv2d, pool1d_as_pool2d, fold_batchnorm, decompose_batchnorm, fuse_gelu, fuse_layernorm,
                                     fuse_unary_chains,
                                     relax.transform.FoldConstant(),
                                     relax.transform.DeadCodeElimination(), unique_binding_names])

@@ -12,7 +12,8 @@ order: the int32 result is bit-identical. A spatial conv has no kernel of its ow
 kernels (`targets/vnni_rewrite.py`) or, where none takes it (dilation, x86 without AVX2), on the
 matmul schedule (`conv1x1_as_matmul.py`). x86 targets only (`targets/cpu_pipeline.py`). Runs after `targets/depthwise.py`, which takes depthwise convs and
 RGB stems first. The float model that calibration runs takes the same path (its spatial convs ran
-at ~1 GFLOP/s). A patch tensor larger than MAX_PATCH_BYTES keeps the default loops.
+at ~1 GFLOP/s). A conv whose patches would exceed MAX_PATCH_BYTES runs as convs over bands of
+output rows, each within it.
 """
 
 from __future__ import annotations
@@ -70,11 +71,32 @@ def _rewrite(builder: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     rows = -(-c * kh * kw // STEP) * STEP if integer else c * kh * kw
     out_shape = [int(d) if isinstance(d, tvm.tirx.IntImm) else d for d in call.ty.shape]
     n, ho, wo = out_shape[0], out_shape[2], out_shape[3]
-    if (n if isinstance(n, int) else 1) * rows * ho * wo * (1 if integer else 4) > MAX_PATCH_BYTES:
-        return call
+    size = (n if isinstance(n, int) else 1) * rows * ho * wo * (1 if integer else 4)
+    if size > MAX_PATCH_BYTES:
+        return _in_bands(builder, call, -(-size // MAX_PATCH_BYTES))
     cols = builder.call_te(patches_te, x, rows, (kh, kw), strides, pads, dilation, primfunc_name_hint="conv_patches")
     w_cols = np.pad(weights.reshape(o, c * kh * kw), [(0, 0), (0, rows - c * kh * kw)]).reshape(o, rows, 1, 1)
     return relax.op.nn.conv2d(cols, relax.const(w_cols), out_dtype=str(call.ty.dtype))
+
+
+def _in_bands(builder: relax.BlockBuilder, call: relax.Call, bands: int) -> relax.Expr:
+    """The conv as `bands` convs over bands of output rows, each over its own patches, concatenated:
+    an 11x11 conv of 32 channels at 256x256 has 1 GiB of float patches (the default loops took 16 s)."""
+    x, w = call.args
+    a = call.attrs
+    kh, (sh, _), (dh, _) = int(w.ty.shape[2]), (int(v) for v in a.strides), (int(v) for v in a.dilation)
+    top, left, bottom, right = (int(p) for p in a.padding)
+    ho = int(call.ty.shape[2])
+    xp = builder.emit(relax.op.nn.pad(x, [0, 0, 0, 0, top, bottom, 0, 0])) if top or bottom else x
+    step = -(-ho // bands)
+    parts = []
+    for y0 in range(0, ho, step):
+        y1 = min(y0 + step, ho)
+        rows = relax.op.strided_slice(xp, axes=[2], begin=[y0 * sh], end=[(y1 - 1) * sh + dh * (kh - 1) + 1])
+        band = builder.normalize(relax.op.nn.conv2d(builder.emit(rows), w, a.strides, (0, left, 0, right),
+                                                    a.dilation, 1, "NCHW", "OIHW", "NCHW", str(call.ty.dtype)))
+        parts.append(builder.emit(_rewrite(builder, band)))
+    return relax.op.concat(parts, axis=2)
 
 
 @tvm.transform.module_pass(opt_level=0, name="ConvAsPointwise")

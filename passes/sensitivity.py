@@ -85,7 +85,7 @@ def find_sensitive(probe: SensitivityProbe, grids: dict[str, tuple[float, int, i
     Best first: the measured set with the largest error is split in two halves (graph order) and
     both are measured; a single tensor popped is a find. It stops at `limit` finds, after `budget`
     measured sets or `seconds` of measuring (a 1024x1024 segmentation net runs for minutes per set:
-    the finds so far are kept), or when the largest set left costs at most tol^2 and all sets left
+    the finds so far are kept; a set is not started that would end past them), or when the largest set left costs at most tol^2 and all sets left
     together (their errors add up) at most goal^2, or, whatever the total, at most (tol / 8)^2.
     """
     names = list(grids)
@@ -95,7 +95,12 @@ def find_sensitive(probe: SensitivityProbe, grids: dict[str, tuple[float, int, i
     heap = [(-probe.error(grids), 0, names)]
     found: dict[str, float] = {}
     sets, order = 1, 1
-    while heap and len(found) < limit and sets < budget and time.monotonic() < deadline:
+    def affordable() -> bool:  # one more set (a run per sample) still ends by the deadline
+        runs = getattr(probe, "runs", 0)
+        per_set = getattr(probe, "seconds", 0.0) / max(runs, 1) * len(getattr(probe, "samples", ()))
+        return time.monotonic() + per_set < deadline
+
+    while heap and len(found) < limit and sets < budget and affordable():
         err, _, part = heapq.heappop(heap)
         err, rest = -err, -err - sum(e for e, _, _ in heap)
         if err <= (tol / 8) ** 2 or (err <= tol**2 and rest <= goal**2):

@@ -335,7 +335,20 @@ def nhwc_like(path) -> str:
     return _model(path, nodes, inits, [1, 16, 16, 3], [("y", [1, 10]), ("y2", [1, 16, 16, 8])])
 
 
-@pytest.mark.parametrize("build,shape", [(unet_like, (1, 3, 16, 16)), (nhwc_like, (1, 16, 16, 3))])
+def video_like(path) -> str:
+    """3-D convs (passes/conv3d_as_conv2d.py): depth taps, strides, pads, groups, a depth of one
+    (invisible-watermark's RivaGAN on single frames)."""
+    n = helper.make_node
+    inits = {"w1": _w(8, 3, 3, 3, 3, scale=0.2), "b1": _w(8, scale=0.1), "w2": _w(8, 4, 2, 3, 3, scale=0.2),
+             "w3": _w(4, 8, 1, 3, 3, scale=0.2)}
+    nodes = [n("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1, 1, 1]), n("Relu", ["c1"], ["r1"]),
+             n("Conv", ["r1", "w2"], ["c2"], strides=[2, 2, 1], pads=[0, 1, 1, 1, 1, 1], group=2),
+             n("Relu", ["c2"], ["r2"]), n("Conv", ["r2", "w3"], ["y"], pads=[0, 1, 1, 0, 1, 1])]
+    return _model(path, nodes, inits, [1, 3, 5, 8, 8], [("y", [1, 4, 3, 4, 8])])
+
+
+@pytest.mark.parametrize("build,shape", [(unet_like, (1, 3, 16, 16)), (nhwc_like, (1, 16, 16, 3)),
+                                         (video_like, (1, 3, 5, 8, 8))])
 def test_models_compile_integer_only_and_match_onnxruntime(tmp_path, build, shape):
     import onnxruntime as ort
 

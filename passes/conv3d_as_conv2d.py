@@ -1,0 +1,64 @@
+"""Conv3dAsConv2d: a 3-D conv (video, volumes, watermark encoders over frames) is a 2-D conv over
+its depth taps stacked as channels, with the output depths as a batch.
+
+    conv3d(x[N, C, D, H, W], w[O, C/g, kd, kh, kw]), strides (sd, sh, sw), pads, dilation, groups g
+    ==> xp = pad x along D (front, back)
+        t_i = xp[:, :, i*dd :: sd][:, :, :Do]                       i < kd: the depth tap i of every output depth
+        s  = stack_i t_i as [N, g, kd, C/g, Do, H, W] -> [N * Do, g * kd * C/g, H, W]
+        y  = conv2d(s, w'[O, kd * C/g, kh, kw], (sh, sw), (top, left, bottom, right), (dh, dw), g)
+        ==> [N, Do, O, Ho, Wo] -> [N, O, Do, Ho, Wo]
+
+w'[o, i * C/g + c] = w[o, c, i]: the same products and sums, so the integer path's conv2d lowering,
+kernels and schedules serve conv3d exactly. Fires on NCDHW/OIDHW convs with a constant weight and a
+static input shape (bind first).
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import relax
+from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
+
+
+def _as_conv2d(call: relax.Call, x: relax.Expr, w: relax.Expr) -> relax.Expr | None:
+    a = call.attrs
+    if a.data_layout != "NCDHW" or a.kernel_layout != "OIDHW" or a.out_layout != "NCDHW" or x.ty.shape is None:
+        return None
+    try:
+        n, c, d, h, wd = (int(v) for v in x.ty.shape)
+    except TypeError:  # a symbolic dim
+        return None
+    weights = w.value.numpy()
+    o, cg, kd, kh, kw = weights.shape
+    g = int(a.groups)
+    sd, sh, sw = (int(v) for v in a.strides)
+    front, top, left, back, bottom, right = (int(v) for v in a.padding)
+    dd, dh, dw = (int(v) for v in a.dilation)
+    do = (d + front + back - dd * (kd - 1) - 1) // sd + 1
+    if front or back:
+        x = relax.op.nn.pad(x, [0, 0, 0, 0, front, back, 0, 0, 0, 0])
+    taps = [relax.op.strided_slice(x, axes=[2], begin=[i * dd], end=[i * dd + (do - 1) * sd + 1], strides=[sd])
+            for i in range(kd)]
+    stacked = relax.op.stack([relax.op.reshape(t, [n, g, cg, do, h, wd]) for t in taps], axis=2)  # [N, g, kd, C/g, Do, H, W]
+    batch = relax.op.reshape(relax.op.permute_dims(stacked, [0, 4, 1, 2, 3, 5, 6]), [n * do, g * kd * cg, h, wd])
+    w2 = relax.const(weights.transpose(0, 2, 1, 3, 4).reshape(o, kd * cg, kh, kw))
+    y = relax.op.nn.conv2d(batch, w2, (sh, sw), (top, left, bottom, right), (dh, dw), g, "NCHW", "OIHW", "NCHW",
+                           a.out_dtype)
+    ho, wo = int(call.ty.shape[3]), int(call.ty.shape[4])
+    return relax.op.permute_dims(relax.op.reshape(y, [n, do, o, ho, wo]), [0, 2, 1, 3, 4])
+
+
+@tvm.transform.module_pass(opt_level=0, name="Conv3dAsConv2d")
+def conv3d_as_conv2d(mod, _ctx):
+    """Rewrite every constant-weight NCDHW conv3d into a 2-D conv over its depth taps (see module doc)."""
+    x_p, w_p = wildcard(), is_const()
+    conv_p = is_op("relax.nn.conv3d")(x_p, w_p)
+
+    def rewrite(expr, match):
+        new = _as_conv2d(match[conv_p], match[x_p], match[w_p])
+        return expr if new is None else new
+
+    for gv, func in list(mod.functions_items()):
+        if isinstance(func, relax.Function):
+            mod[gv] = rewrite_call(conv_p, rewrite, func)
+    return mod
