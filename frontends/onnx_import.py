@@ -388,7 +388,7 @@ def _to_relax(model: onnx.ModelProto, path: Path):
     from tvm.relax.frontend.onnx import from_onnx
 
     from .fold_small_constants import fold_small_constants
-    from .relax_cleanup import clip_calls_to_ops, drop_empty_concat_inputs, stack_reduce_to_binary
+    from .relax_cleanup import clip_calls_to_ops, drop_empty_concat_inputs
     from .te_calls_to_ops import te_calls_to_ops
 
     try:
@@ -400,7 +400,7 @@ def _to_relax(model: onnx.ModelProto, path: Path):
     try:
         mod = tvm.transform.Sequential([fold_small_constants, relax.transform.FoldConstant(),
                                         fold_small_constants,  # what FoldConstant leaves: astype(dim size)
-                                        clip_calls_to_ops, drop_empty_concat_inputs, stack_reduce_to_binary,
+                                        clip_calls_to_ops, drop_empty_concat_inputs,
                                         te_calls_to_ops, relax.transform.DeadCodeElimination()])(mod)
     except Exception as err:  # e.g. an op on a tensor whose shape the importer left unknown
         last = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__

@@ -6,11 +6,6 @@ clamp from pattern-based passes. Clip before opset 11 (min/max attributes, e.g. 
 clamp to [0, 1]) bakes `c` into the PrimFunc: `call_tir(maximum, (x,))`; `c` is then read by
 running it once on x = -inf (+inf for minimum) and checked on a probe, an infinite `c` (a missing
 bound) dropping the clamp. Other `call_tir`s are left alone.
-
-`max(stack([broadcast_to(a), broadcast_to(b), ...]), axis=0)` -> `maximum(maximum(a, b), ...)`
-(min, sum and mean likewise; a folded constant holding one value becomes that scalar): how the importer writes ONNX's variadic Max/Min/Sum/Mean. The
-stacked form materializes every input at the full shape (a scalar floor of a Keras activation
-became a full-size constant and a reduction), the binary form is one broadcasting elementwise op.
 """
 
 from __future__ import annotations
@@ -79,56 +74,6 @@ def clip_calls_to_ops(mod, _ctx):
     """Rewrite the importer's clamp `call_tir`s into `R.maximum` / `R.minimum`."""
     mutator_ = _ClipCallsToOps(mod)
     return mutate_functions(mutator_, mod)
-
-
-_VARIADIC = {"relax.max": relax.op.maximum, "relax.min": relax.op.minimum, "relax.sum": relax.op.add,
-             "relax.mean": relax.op.add}
-
-
-@mutator
-class _StackReduceToBinary(PyExprMutator):
-    def _bound(self, expr, op: str):
-        value = self.lookup_binding(expr) if isinstance(expr, relax.Var) else expr
-        return value if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) and \
-            value.op.name == op else None
-
-    def _input(self, field):
-        """What the importer broadcast into `field`; a constant (FoldConstant broadcast it already)
-        holding one value is that scalar."""
-        bound = self.lookup_binding(field) if isinstance(field, relax.Var) else None
-        field = field if bound is None else bound
-        if isinstance(field, tvm.ir.GenericConst):
-            value = field.value.numpy()
-            return relax.const(value.flat[0], str(value.dtype)) if value.size and np.all(value == value.flat[0]) \
-                else field
-        broadcast = self._bound(field, "relax.broadcast_to")
-        return broadcast.args[0] if broadcast is not None else None
-
-    def visit_call_(self, call):
-        call = super().visit_call_(call)
-        if not (isinstance(call.op, tvm.ir.Op) and call.op.name in _VARIADIC) or call.attrs.keepdims or \
-                call.attrs.axis is None or [int(a) for a in call.attrs.axis] != [0]:
-            return call
-        stack = self._bound(call.args[0], "relax.stack")
-        if stack is None or int(stack.attrs.axis) != 0 or not isinstance(stack.args[0], relax.Tuple):
-            return call
-        fields = [self._input(f) for f in stack.args[0].fields]
-        if not fields or any(f is None for f in fields):
-            return call
-        out = fields[0]
-        for f in fields[1:]:
-            out = self.builder_.normalize(_VARIADIC[call.op.name](out, f))
-        if [int(d) for d in out.ty.shape] != [int(d) for d in call.ty.shape]:
-            out = relax.op.broadcast_to(out, call.ty.shape)  # every input had a size-1 dim there
-        if call.op.name == "relax.mean":
-            out = relax.op.divide(out, relax.const(len(fields), str(call.ty.dtype)))
-        return out
-
-
-@tvm.transform.module_pass(opt_level=0, name="StackReduceToBinary")
-def stack_reduce_to_binary(mod, _ctx):
-    """The importer's stack-and-reduce form of variadic Max/Min/Sum/Mean as binary ops (see module doc)."""
-    return mutate_functions(_StackReduceToBinary(mod), mod)
 
 
 def _empty(expr) -> bool:

@@ -385,23 +385,3 @@ def test_integer_outputs_keep_their_dtype(tmp_path):
     assert got["i"].dtype == np.int64 and got["o"].dtype == np.float32
     np.testing.assert_array_equal(got["i"], xs[0].argmax(1))
 
-
-def test_variadic_max_min_sum_mean_become_binary_ops(tmp_path):
-    """The importer's stack-and-reduce form of Max/Min/Sum/Mean (every input materialized at the full
-    shape) becomes broadcasting binary ops; a Keras activation floor Max(x, c[1,1,1,1]) a scalar."""
-    import onnxruntime as ort
-    import tvm
-    from tvm import relax
-
-    inits = [onnx.numpy_helper.from_array(np.full((1, 1, 1, 1), -0.4, np.float32), "floor"),
-             onnx.numpy_helper.from_array(np.linspace(-1, 1, 4, dtype=np.float32).reshape(1, 1, 1, 4), "row")]
-    nodes = [helper.make_node("Max", ["x", "floor"], ["a"]), helper.make_node("Min", ["a", "row", "x"], ["b"]),
-             helper.make_node("Sum", ["b", "row"], ["c"]), helper.make_node("Mean", ["c", "x", "floor"], ["o"])]
-    path = _tiny(tmp_path / "variadic.onnx", [1, 2, 3, 4], nodes, inits, outputs=(("o", [1, 2, 3, 4]),))
-    imported = load_onnx(path)
-    text = imported.mod.script(show_meta=False)
-    assert "R.stack" not in text and "R.maximum" in text and "R.minimum" in text
-    x = np.random.default_rng(0).standard_normal((1, 2, 3, 4)).astype(np.float32)
-    ex = tvm.compile(imported.mod, target="llvm")
-    got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x), *map(tvm.runtime.tensor, imported.params))
-    np.testing.assert_allclose(got.numpy(), ort.InferenceSession(str(path)).run(None, {"x": x})[0], rtol=1e-6, atol=1e-6)
