@@ -96,8 +96,7 @@ def find_sensitive(probe: SensitivityProbe, grids: dict[str, tuple[float, int, i
     found: dict[str, float] = {}
     sets, order = 1, 1
     def affordable() -> bool:  # one more set (a run per sample) still ends by the deadline
-        runs = getattr(probe, "runs", 0)
-        per_set = getattr(probe, "seconds", 0.0) / max(runs, 1) * len(getattr(probe, "samples", ()))
+        per_set = probe.seconds / max(probe.runs, 1) * len(probe.samples)
         return time.monotonic() + per_set < deadline
 
     while heap and len(found) < limit and sets < budget and affordable():
