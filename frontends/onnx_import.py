@@ -245,6 +245,11 @@ def _graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
 
 def _fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], path: Path) -> None:
     inputs = {v.name: v for v in _graph_inputs(model)}
+    # a value_info entry for a graph input (left by a graph extractor or editor) would shadow the
+    # shape bound here for later passes that read both
+    stale = [v for v in model.graph.value_info if v.name in inputs]
+    for v in stale:
+        model.graph.value_info.remove(v)
     unknown = sorted(set(shapes) - set(inputs))
     if unknown:
         raise CompileError(f"{path}: --input-shape names {unknown}, but the model's inputs are {sorted(inputs)}")

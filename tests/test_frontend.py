@@ -169,6 +169,24 @@ def test_multi_input_multi_output(tmp_path):
     assert [i.name for i in m.inputs] == ["x", "y"] and [o.name for o in m.outputs] == ["a", "b"]
 
 
+def test_bound_shape_wins_over_stale_value_info(tmp_path):
+    # a graph cut out of a larger one (onnx.utils.Extractor) keeps a value_info entry for its new
+    # input, free dims included: the shape bound by --input-shape must be what later passes read,
+    # here the LSTM unrolling, which needs a static input
+    rng = np.random.default_rng(0)
+    inits = [onnx.numpy_helper.from_array(rng.standard_normal(s).astype(np.float32) * 0.5, n)
+             for n, s in (("W", (1, 16, 3)), ("R", (1, 16, 4)))]
+    node = helper.make_node("LSTM", ["x", "W", "R"], ["y", "yh"], name="lstm", hidden_size=4)
+    p = _tiny(tmp_path / "cut.onnx", ["t", "b", 3], [node], inits, (("yh", [1, "b", 4]),))
+    model = onnx.load(p)
+    model.graph.value_info.append(helper.make_tensor_value_info("x", TensorProto.FLOAT, ["t", "b", 3]))
+    model.graph.output.remove(model.graph.output[0])
+    model.graph.output.extend([helper.make_tensor_value_info("yh", TensorProto.FLOAT, [1, "b", 4])])
+    onnx.save(model, p)
+    imported = load_onnx(p, {"x": (5, 1, 3)})  # refused before: "not supported for frontend ONNX: LSTM"
+    assert imported.inputs[0].shape == (5, 1, 3)
+
+
 @pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
 def test_lstm_unrolled_matches_onnxruntime(tmp_path, direction):
     import onnxruntime as ort
