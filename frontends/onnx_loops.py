@@ -7,7 +7,9 @@
         constant iteration number, each scan output the y of every iteration stacked on a new axis 0
 
 A static graph cannot stop early, so a Loop unrolls only where it cannot: M a constant, the cond
-input absent or a constant true, and the body's cond output its cond input (or a constant true).
+input absent or a constant true, and the body's cond output its cond input, a constant true, or
+true in each iteration but the last when evaluated from the iteration number and the constant
+carried values alone (tf2onnx's Keras LSTM/GRU `while` loops).
 A Scan needs its scan inputs' lengths (static shapes: bind free dims with --input-shape). Anything
 else stays and is refused by the op check with the node named. Nested loops unroll from the
 outside in (the inlined bodies are unrolled in turn); an If inside becomes a select (onnx_if.py).
@@ -159,9 +161,9 @@ def _loop(node, graph, prefix, shapes, consts, opset) -> list | None:
         return None
     if cond and not (cond in consts and bool(numpy_helper.to_array(consts[cond]).reshape(-1)[0])):
         return None
-    if not _cond_stays_true(body):
-        return None
     n = len(ins) - 2
+    if not _cond_stays_true(body) and not _cond_true_while_counting(body, steps, ins[2:], consts):
+        return None
     emit = _Emitter(graph, prefix, opset)
     carried, ys = list(ins[2:]), [[] for _ in range(len(body.output) - 1 - n)]
     true = emit.const("true", np.array(True))
@@ -194,3 +196,35 @@ def _cond_stays_true(body: onnx.GraphProto) -> bool:
     if init is None and name in producers and producers[name].op_type == "Constant":
         init = producers[name].attribute[0].t
     return init is not None and bool(numpy_helper.to_array(init).reshape(-1)[0])
+
+
+def _cond_true_while_counting(body: onnx.GraphProto, steps: int, carried: list[str], consts: dict) -> bool:
+    """The body's cond output is true after each of the first `steps - 1` iterations, evaluated from
+    what is known at compile time: the iteration number, constant initial values of the carried
+    values and whatever the body computes from them alone (tf2onnx's Keras RNN loops recompute
+    `counter < n and i + 1 < n` with n from the bound input shape). Nodes that read data are skipped;
+    a cond that depends on them is not known, and the Loop is not unrolled."""
+    from onnx.reference import ReferenceEvaluator
+
+    known_outer = {name: numpy_helper.to_array(t) for name, t in consts.items()}
+    state = [known_outer.get(c) if c else None for c in carried]
+    for t in range(steps - 1):
+        known = dict(known_outer)
+        known.update({i.name: numpy_helper.to_array(i) for i in body.initializer})
+        known[body.input[0].name], known[body.input[1].name] = np.array(t, np.int64), np.array(True)
+        for formal, value in zip(body.input[2:], state):
+            if value is not None:
+                known[formal.name] = value
+        for node in body.node:
+            if node.op_type in ("Loop", "Scan", "If") or not all(i in known for i in node.input if i):
+                continue
+            try:
+                outs = ReferenceEvaluator(node).run(None, {i: known[i] for i in node.input if i})
+            except Exception:  # noqa: BLE001  (an op the reference cannot run: its outputs stay unknown)
+                continue
+            known.update({o: np.asarray(v) for o, v in zip(node.output, outs) if o})
+        cond = known.get(body.output[0].name)
+        if cond is None or not bool(np.asarray(cond).reshape(-1)[0]):
+            return False
+        state = [known.get(o.name) for o in body.output[1:1 + len(carried)]]
+    return True

@@ -3,7 +3,8 @@
 The model is compiled once for the host with a tap on every tensor (`float_taps.py`) and run
 per sample; observers turn the tapped values into ranges {name: (lo, hi)}. The max |x| per
 last-axis channel of every constant-weight matmul's input rides along
-(`CalibratedRanges.channel_amax`, used by the lowering's outlier smoothing), and so does a
+(`CalibratedRanges.channel_amax`, used by the lowering's outlier smoothing), so do every tensor's
+sum of squares and nonzero count (`CalibratedRanges.moments`: how coarse its 8-bit grid is), and so does a
 `SensitivityProbe` on the first samples (`CalibratedRanges.probe`: which tensors lose the
 signal at 8 bits, `passes/sensitivity.py`), which runs the same compiled model.
 """
@@ -18,20 +19,22 @@ from tqdm import tqdm
 from tvm import relax
 
 from .float_taps import TappedModel
-from .observers import ChannelAbsMaxObserver, make_observer
+from .observers import ChannelAbsMaxObserver, MomentsObserver, make_observer
 from .sensitivity import PROBE_SAMPLES, SensitivityProbe
 
 
 class CalibratedRanges(dict):
     """{tensor name: (lo, hi)}, plus `channel_amax` {tensor name: (max |x| per last-axis channel,
-    the number of values each maximum was taken over)}, and `probe`, the float model ready to
-    measure the output error of putting tensors on their 8-bit grids (None: not measurable)."""
+    the number of values each maximum was taken over)}, `moments` {tensor name: (sum of squares,
+    nonzero count)}, and `probe`, the float model ready to measure the output error of putting
+    tensors on their 8-bit grids (None: not measurable)."""
 
     def __init__(self, ranges: dict, channel_amax: dict[str, tuple[np.ndarray, int]] | None = None,
-                 probe: SensitivityProbe | None = None):
+                 probe: SensitivityProbe | None = None, moments: dict[str, tuple[float, int]] | None = None):
         super().__init__(ranges)
         self.channel_amax = channel_amax or {}
         self.probe = probe
+        self.moments = moments or {}
 
 
 def _matmul_inputs(mod: tvm.IRModule) -> set[str]:
@@ -58,11 +61,13 @@ def calibrate(mod: tvm.IRModule, samples: Sequence[dict[str, np.ndarray]] | Iter
     """
     model = TappedModel(mod, target, pipeline, build)
     observers = [make_observer(observer) for _ in model.names]
+    moments = [MomentsObserver() for _ in model.names]
     smoothed = _matmul_inputs(mod)
     channels = {i: ChannelAbsMaxObserver() for i, name in enumerate(model.names) if name in smoothed}
 
     def observe(index: int, value: np.ndarray) -> None:
         observers[index].update(value)
+        moments[index].update(value)
         if index in channels:
             channels[index].update(value)
 
@@ -75,4 +80,5 @@ def calibrate(mod: tvm.IRModule, samples: Sequence[dict[str, np.ndarray]] | Iter
     return CalibratedRanges({name: obs.range() for name, obs in zip(model.names, observers)},
                             {model.names[i]: (c.range(), c.rows) for i, c in channels.items()
                              if c.range() is not None},
-                            SensitivityProbe(model, kept) if kept else None)
+                            SensitivityProbe(model, kept) if kept else None,
+                            {name: m.moments() for name, m in zip(model.names, moments)})

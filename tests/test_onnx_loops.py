@@ -61,12 +61,52 @@ def loop_model(trip=4, cond_out="cond"):
         [helper.make_tensor_value_info("cond2", TensorProto.BOOL, []), helper.make_tensor_value_info("v2", F, [3]),
          helper.make_tensor_value_info("y", F, [3])],
         [numpy_helper.from_array(np.array(0.1, np.float32), "tenth"), numpy_helper.from_array(np.array(0.9, np.float32), "decay"),
-         numpy_helper.from_array(np.array(3, np.int64), "three")])
+         numpy_helper.from_array(np.array(trip - 2, np.int64), "three")])  # "less": stops after trip - 1 steps
     node = helper.make_node("Loop", ["M", "", "v0"], ["vn", "ys"], body=body)
     model = _model([node], [helper.make_tensor_value_info("v0", F, [3])],
                    [helper.make_tensor_value_info("vn", F, [3]), helper.make_tensor_value_info("ys", F, [trip, 3])],
                    [numpy_helper.from_array(np.array(trip, np.int64), "M")])
     return model, {"v0": np.array([0.5, -0.2, 1.0], np.float32)}
+
+
+def counting_loop_model(trip=5, stop=None):
+    """tf2onnx's Keras RNN `while` loop: carried counter k and time t, x[t] read from the outer scope,
+    h <- tanh(h * 0.5 + x[t]), and the cond recomputed as (k + 1 < n) and (t + 1 < n), n = `stop`
+    (default the trip count: true until the last step)."""
+    body = helper.make_graph(
+        [helper.make_node("Add", ["k", "one"], ["k2"]), helper.make_node("Add", ["t", "one"], ["t2"]),
+         helper.make_node("Gather", ["x", "t"], ["xt"]), helper.make_node("Mul", ["h", "half"], ["hh"]),
+         helper.make_node("Add", ["hh", "xt"], ["pre"]), helper.make_node("Tanh", ["pre"], ["h2"]),
+         helper.make_node("Identity", ["h2"], ["y"]),
+         helper.make_node("Less", ["k2", "n"], ["c1"]), helper.make_node("Less", ["t2", "n"], ["c2"]),
+         helper.make_node("And", ["c1", "c2"], ["cond2"])],
+        "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                 helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+                 helper.make_tensor_value_info("k", TensorProto.INT64, []),
+                 helper.make_tensor_value_info("t", TensorProto.INT64, []), helper.make_tensor_value_info("h", F, [3])],
+        [helper.make_tensor_value_info("cond2", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("k2", TensorProto.INT64, []),
+         helper.make_tensor_value_info("t2", TensorProto.INT64, []), helper.make_tensor_value_info("h2", F, [3]),
+         helper.make_tensor_value_info("y", F, [3])],
+        [numpy_helper.from_array(np.array(1, np.int64), "one"), numpy_helper.from_array(np.array(0.5, np.float32), "half")])
+    node = helper.make_node("Loop", ["M", "", "k0", "k0", "h0"], ["kn", "tn", "hn", "ys"], body=body)
+    model = _model([node], [helper.make_tensor_value_info("x", F, [trip, 3]), helper.make_tensor_value_info("h0", F, [3])],
+                   [helper.make_tensor_value_info("hn", F, [3]), helper.make_tensor_value_info("ys", F, [trip, 3])],
+                   [numpy_helper.from_array(np.array(trip, np.int64), "M"),
+                    numpy_helper.from_array(np.array(stop or trip, np.int64), "n"),
+                    numpy_helper.from_array(np.array(0, np.int64), "k0")])
+    rng = np.random.default_rng(1)
+    return model, {"x": rng.standard_normal((trip, 3)).astype(np.float32), "h0": np.zeros(3, np.float32)}
+
+
+def test_counting_loop_unrolled_equals_onnxruntime():
+    model, feeds = counting_loop_model()
+    want = _run(model, feeds)
+    assert unroll_loops(model) == 1 and "Loop" not in {n.op_type for n in model.graph.node}
+    for got, ref in zip(_run(model, feeds), want):
+        np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6)
+    early, _ = counting_loop_model(stop=4)  # the cond turns false one step before the trip count
+    assert unroll_loops(early) == 0
 
 
 @pytest.mark.parametrize("in_dir,out_dir,in_axis,out_axis,opset",
@@ -124,3 +164,31 @@ def test_loop_that_can_stop_early_is_refused_by_name(tmp_path):
         with pytest.raises(UnsupportedModelError) as err:
             load_onnx(tmp_path / "loop.onnx", allow_unsupported=allow)
         assert "Loop (node my_loop)" in str(err.value) and "computes its own condition" in str(err.value)
+
+
+def test_stacked_loops_counted_by_the_bound_shape_unroll(tmp_path):
+    """Two Keras-style loops, each counting the length of its input (Shape -> Gather), the second
+    over the first's stacked output: both unroll once --input-shape binds the length (the second's
+    count is constant only after the first is unrolled and folded)."""
+    from frontends import load_onnx
+
+    one, _ = counting_loop_model()
+    body = one.graph.node[0].attribute[0].g
+    nodes, inits = [], [numpy_helper.from_array(np.array(0, np.int64), "k0"),
+                        numpy_helper.from_array(np.array(0, np.int64), "zero")]
+    x = "x"
+    for j in range(2):
+        b = onnx.GraphProto()
+        b.CopyFrom(body)
+        for node in b.node:  # this loop's input and length instead of the outer "x" and constant n
+            node.input[:] = [f"x{j}" if i == "x" else f"n{j}" if i == "n" else i for i in node.input]
+        nodes += [helper.make_node("Identity", [x], [f"x{j}"]), helper.make_node("Shape", [x], [f"s{j}"]),
+                  helper.make_node("Gather", [f"s{j}", "zero"], [f"n{j}"]),
+                  helper.make_node("Loop", [f"n{j}", "", "k0", "k0", "h0"], [f"kn{j}", f"tn{j}", f"hn{j}", f"ys{j}"],
+                                   body=b, name=f"while_loop_{j}")]
+        x = f"ys{j}"
+    model = _model(nodes, [helper.make_tensor_value_info("x", F, ["T", 3]), helper.make_tensor_value_info("h0", F, [3])],
+                   [helper.make_tensor_value_info("ys1", F, ["T", 3])], inits)
+    onnx.save(model, tmp_path / "stacked.onnx")
+    imported = load_onnx(tmp_path / "stacked.onnx", {"x": (5, 3), "h0": (3,)})
+    assert "Loop" not in imported.mod.script(show_meta=False)

@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 from passes.lowering import emit
 from passes.reference import kernels as ref
 from passes.reference import unary as ref_unary
-from passes.sensitivity import find_sensitive
+from passes.sensitivity import coarse_grids, find_sensitive
 
 rng = np.random.default_rng(12)
 
@@ -180,6 +180,89 @@ def test_sum_of_squares_before_a_sqrt_is_promoted(tmp_path):
     assert json.loads((art / "manifest.json").read_text())["integer_only"]
     c_wide, c_narrow = cosine(art), cosine(narrow)
     assert c_wide >= 0.995 and c_wide > c_narrow, (c_wide, c_narrow)
+
+
+def test_coarse_grid_estimate_matches_rounding():
+    """The grid error estimated from a sum of squares and a nonzero count is what rounding costs."""
+    from passes.observers import MomentsObserver
+
+    x = np.concatenate([rng.standard_normal(20000) * 0.01, [5.0]]).astype(np.float32)  # one outlier sets the range
+    relu = np.maximum(rng.standard_normal(20000), 0).astype(np.float32)  # zeros round exactly
+    grids, moments = {}, {}
+    for name, v, lo in (("outlier", x, -128), ("relu", relu, 0)):
+        scale = float(np.abs(v).max()) / (127 if lo else 255)
+        obs = MomentsObserver()
+        for part in np.array_split(v, 3):
+            obs.update(part)
+        grids[name], moments[name] = (scale, lo, 127 if lo else 255), obs.moments()
+        actual = np.linalg.norm(np.round(v / scale) * scale - v) / np.linalg.norm(v)
+        estimate = scale * np.sqrt(moments[name][1] / 12 / moments[name][0])
+        assert abs(estimate - actual) < 0.25 * actual, (name, estimate, actual)
+    assert list(coarse_grids(grids, moments, 0.03)) == ["outlier"]  # ~1.1 (0.04 / 0.01 / sqrt 12 ...)
+    assert coarse_grids(grids, moments, 2.0) == {}
+
+
+def _sparse_outlier_model(path) -> str:
+    """x [1, 4, 16, 16] -> 1x1 conv -> times a constant map that is 150 at 4 of 256 positions -> Tanh ->
+    1x1 conv -> y. The outliers set the product's 8-bit range, leaving the typical values a few levels,
+    and the Tanh then saturates them: the output is made of the typical values (re-parameterized
+    convs and learnable affine blocks make such tensors)."""
+    w1 = (rng.standard_normal((8, 4, 1, 1)) * 0.3).astype(np.float32)
+    w2 = rng.standard_normal((3, 8, 1, 1)).astype(np.float32)
+    gain = np.ones((1, 1, 16, 16), np.float32)
+    gain[0, 0, [2, 7, 11, 13], [5, 1, 9, 14]] = 150.0
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["h"]), helper.make_node("Mul", ["h", "gain"], ["g"]),
+             helper.make_node("Tanh", ["g"], ["t"]), helper.make_node("Conv", ["t", "w2"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 16, 16])],
+                              [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2"),
+                               numpy_helper.from_array(gain, "gain")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return str(path)
+
+
+def test_coarse_grid_is_widened_without_measuring(tmp_path):
+    """The product with outliers is carried at 16 bits for its coarse grid alone, before the probe
+    measures anything, and the model then agrees with onnxruntime where 8 bits do not."""
+    import onnxruntime as ort
+
+    import runtime
+    from passes import QuantConfig
+    from passes.quantize_to_integer import COARSE_ATTR
+    from runtime import compile_model
+
+    path = _sparse_outlier_model(tmp_path / "outlier.onnx")
+    np.savez(tmp_path / "calib.npz", x=rng.standard_normal((8, 1, 4, 16, 16)).astype(np.float32))
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    xs = rng.standard_normal((4, 1, 4, 16, 16)).astype(np.float32)
+
+    def cosine(art) -> float:
+        model = runtime.load(art)
+        got = np.concatenate([model.run({"x": x})["y"].ravel() for x in xs])
+        want = np.concatenate([session.run(None, {"x": x})[0].ravel() for x in xs])
+        return float(got @ want / np.linalg.norm(got) / np.linalg.norm(want))
+
+    art = compile_model(path, "x86", tmp_path / "wide.artifact", calib=tmp_path / "calib.npz", progress=False)
+    narrow = compile_model(path, "x86", tmp_path / "narrow.artifact", calib=tmp_path / "calib.npz", progress=False,
+                           config=QuantConfig(sensitivity_tol=None))
+    assert json.loads((art / "manifest.json").read_text())["integer_only"]
+    c_wide, c_narrow = cosine(art), cosine(narrow)
+    assert c_wide >= 0.995 and c_narrow < 0.9, (c_wide, c_narrow)
+
+    from frontends import load_onnx
+    from passes import QuantizeToInteger, bind_weights, calibrate
+    from runtime.compiler import load_calibration
+
+    imported = load_onnx(path)
+    float_mod = bind_weights(imported.mod, imported.params)
+    ranges = calibrate(float_mod, load_calibration(tmp_path / "calib.npz", imported.inputs), progress=False)
+    ranges.probe = None  # no model run: the sums of squares alone
+    coarse = json.loads(str(QuantizeToInteger(ranges)(float_mod)["main"].attrs[COARSE_ATTR]))
+    ops = {b.var.name: b.value.op.name for block in float_mod["main"].body.blocks for b in block.bindings
+           if hasattr(b.value, "op")}
+    assert [ops[n] for n in coarse["tensors"]] == ["relax.multiply"] and coarse["kept"] and coarse["error"] is None
 
 
 def test_tap_replaces_a_0d_tensor():

@@ -19,11 +19,13 @@ from dataclasses import replace
 import numpy as np
 from tvm import relax
 
+from frontends.errors import CompileError
+
 from ..reference.kernels import INT_RANGE, dyadic
 from . import emit
 from .context import activation_scale, calibrated_qmax
 from .registry import lowers
-from .values import Accumulator, IntTensor, Quantized
+from .values import Accumulator, IntTensor, MaskPenalty, Quantized
 
 
 @lowers("relax.reshape", "relax.flatten", "relax.permute_dims", "relax.squeeze", "relax.expand_dims",
@@ -31,11 +33,30 @@ from .values import Accumulator, IntTensor, Quantized
 def lower_layout(ctx, call, args):
     if isinstance(args[0], IntTensor):  # exact integers (a mask computed from an integer input)
         return IntTensor(ctx.emit(relax.Call(call.op, [args[0].expr, *call.args[1:]], call.attrs)))
+    if isinstance(args[0], MaskPenalty):  # an additive attention mask reshaped to (B, 1, 1, T): its bool moves
+        return _mask_through(ctx, call, args[0])
     acc = _accumulator_through(ctx, call, args[0])
     if acc is not None:
         return acc
     x = ctx.materialize(args[0])
     return replace(x, expr=ctx.emit(relax.Call(call.op, [x.expr, *call.args[1:]], call.attrs)))
+
+
+def _mask_through(ctx, call, mask: MaskPenalty) -> MaskPenalty:
+    keep = ctx.emit(relax.Call(call.op, [mask.keep, *call.args[1:]], call.attrs))
+    bias, op = mask.bias, call.op.name
+    if bias is not None:
+        shape = [int(d) for d in call.ty.shape]
+        if op == "relax.permute_dims":
+            bias = np.transpose(bias, None if call.attrs.axes is None else [int(a) for a in call.attrs.axes])
+        elif op in ("relax.broadcast_to", "relax.tile"):
+            bias = np.broadcast_to(bias, shape) if op == "relax.broadcast_to" else \
+                np.tile(bias, [int(r) for r in call.attrs.repeats])
+        elif op in ("relax.reshape", "relax.flatten", "relax.squeeze", "relax.expand_dims"):
+            bias = bias.reshape(shape)
+        else:
+            raise CompileError(f"{op} of an attention mask with a position bias: not lowered")
+    return MaskPenalty(keep, bias=bias)
 
 
 def _accumulator_through(ctx, call, x):
@@ -119,6 +140,8 @@ def lower_pad(ctx, call, args):
 def _moved(ctx, call, x, axis_after):
     """`call`'s op applied to the integers of `x`; an accumulator's per-channel axis becomes
     `axis_after(axis)`, or None if the op mixes channels (then it is requantized to 8 bits)."""
+    if isinstance(x, MaskPenalty):
+        return _mask_through(ctx, call, x)
     if isinstance(x, Accumulator) and x.axis is not None and axis_after(x.axis) is None:
         x = ctx.materialize(x)
     if isinstance(x, Accumulator) and x.axis is not None:
