@@ -7,6 +7,7 @@ that TVM imports and intq lowers (in place, before the import):
     ConvTranspose(output_shape)  ->  ConvTranspose(pads, output_padding) giving that shape (TVM's converter
                                      ignores output_shape: the output came out at the default size)
     Compress(x, constant cond)   ->  Gather(x, the kept indices)   (TVM's converter needs dynamic shapes)
+    Max/Min(x, scalar constant)  ->  Clip(x, min/max)   (TVM's converter: a reduction over a stack)
 
 W is the constant DFT matrix (cos and sin of 2 pi k n / N, signs and 1 / N as forward or inverse asks, rows
 for c = 1 real or 2 complex inputs, columns interleaving each bin's real and imaginary part): an audio
@@ -179,8 +180,30 @@ def _compress(node, opset: int, inits: list, shapes: dict, consts) -> list | Non
             helper.make_node("Gather", [f"{prefix}/flat", inits[-2].name], list(node.output), name=prefix, axis=0)]
 
 
+def _bound_as_clip(node, opset: int, inits: list, shapes: dict, consts) -> list | None:
+    """Max/Min of a tensor and a scalar constant (a log's floor, max(x, 1e-12)): a Clip, one op of a
+    unary chain, where TVM imports Max/Min as a reduction over a stack of broadcasts."""
+    if len(node.input) != 2:
+        return None
+    (x, c), (cx, cc) = node.input, (consts(v) for v in node.input)
+    if cc is None:
+        (x, c), cc, cx = (c, x), cx, cc
+    shape = shapes.get(x)
+    if cc is None or cx is not None or cc.size != 1 or cc.dtype.kind != "f" or not shape or cc.ndim > len(shape):
+        return None
+    prefix = node.name or node.output[0]
+    value = float(cc.reshape(()))
+    if opset < 11:  # Clip-6: bounds as attributes
+        bound = {"min": value} if node.op_type == "Max" else {"max": value}
+        return [helper.make_node("Clip", [x], list(node.output), name=prefix, **bound)]
+    inits.append(numpy_helper.from_array(cc.reshape(()).astype(cc.dtype), f"{prefix}/bound"))
+    bounds = [inits[-1].name] if node.op_type == "Max" else ["", inits[-1].name]
+    return [helper.make_node("Clip", [x, *bounds], list(node.output), name=prefix)]
+
+
 _DECOMPOSITIONS = {"LpNormalization": _lp_normalization, "DFT": _dft, "STFT": _stft,
-                   "ConvTranspose": _conv_transpose_output_shape, "Compress": _compress}
+                   "ConvTranspose": _conv_transpose_output_shape, "Compress": _compress,
+                   "Max": _bound_as_clip, "Min": _bound_as_clip}
 
 
 def decompose_ops(model: onnx.ModelProto) -> int:

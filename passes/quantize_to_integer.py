@@ -96,6 +96,12 @@ def _weight_rowmax(func: relax.Function) -> dict[str, np.ndarray]:
     return out
 
 
+def _moves_wide(ctx: LoweringContext, value: relax.Expr, env: dict) -> bool:
+    """A layout op of a 16-bit value: its result stays 16 bits for the conv or matmul it feeds."""
+    return (isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) and value.op.name in LAYOUT_OPS
+            and isinstance(value.args[0], relax.Var) and ctx.is_wide(env.get(value.args[0])))
+
+
 def _bindings(func: relax.Function):
     for block in func.body.blocks:
         yield from block.bindings
@@ -160,17 +166,20 @@ class QuantizeToInteger:
                 boundary["inputs"].append({"name": p.name, "dtype": str(p.ty.dtype), "scale": None})
                 continue
             lo, hi = ctx.range_of(p)
-            scale = activation_scale(lo, hi, dtype)
-            q = relax.Var(p.name, relax.TensorType(p.ty.shape, dtype))
+            in_dtype = "int16" if p.name in config.wide_tensors else dtype  # its 8-bit grid too coarse
+            scale = activation_scale(lo, hi, in_dtype)
+            q = relax.Var(p.name, relax.TensorType(p.ty.shape, in_dtype))
             params.append(q)
-            env[p] = Quantized(q, scale, dtype, qmax=calibrated_qmax(dtype))
-            boundary["inputs"].append({"name": p.name, "dtype": dtype, "scale": scale})
+            env[p] = Quantized(q, scale, in_dtype, qmax=calibrated_qmax(in_dtype))
+            if in_dtype != dtype:  # convs and matmuls then keep its 16 bits where their sums allow
+                ctx.mark_wide(env[p])
+            boundary["inputs"].append({"name": p.name, "dtype": in_dtype, "scale": scale})
         with bb.function("main", params):
             with bb.dataflow():
                 for binding in _bindings(func):
                     ctx.var = binding.var
                     env[binding.var] = self._lower_binding(ctx, binding.value, env)
-                    if ctx.wide_output():
+                    if ctx.wide_output() or _moves_wide(ctx, binding.value, env):
                         ctx.mark_wide(env[binding.var])
                 ctx.var = None
                 outs = []
@@ -220,6 +229,11 @@ class QuantizeToInteger:
                 if t.dtype in ("int8", "uint8") and t.scale.size == 1 and not t.offset and \
                         not t.requant.endswith("smooth") and (t.requant or ops.get(t.name) not in LAYOUT_OPS):
                     grids.setdefault(t.name, (float(t.scale.reshape(())), *INT_RANGE[t.dtype]))
+            if key.residual_bits == 8:  # the float inputs' own 8-bit grids (an audio waveform wants 16)
+                exact = find_exact_inputs(mod["main"]).dtypes
+                for p in mod["main"].params:
+                    if str(p.ty.dtype).startswith("float") and p.name not in exact and p.name in self.ranges:
+                        grids.setdefault(p.name, (activation_scale(*self.ranges[p.name], "int8"), *INT_RANGE["int8"]))
             coarse = coarse_grids(grids, moments, tol)
             report = {"tensors": list(coarse), "error": None, "kept": bool(coarse)}
             try:

@@ -139,9 +139,11 @@ def _voiced(count: int, seed: int) -> np.ndarray:
     return np.asarray(frames, np.float32)[:, None, :]
 
 
-def test_sum_of_squares_before_a_sqrt_is_promoted(tmp_path):
-    """8 bits for the squares of an STFT and their sum lose the weak bins (their sqrt is steep at 0):
-    the search promotes them, the model agrees with onnxruntime, and without it it does not."""
+def test_sum_of_squares_before_a_sqrt_needs_no_promotion(tmp_path):
+    """An STFT magnitude: 8 bits for the squares of an STFT and their sum lost the weak bins (their
+    sqrt is steep at 0), and the probe used to promote them. Now the squares are exact int32 products
+    of 16-bit parts, their sum stays int32 and the sqrt reads it through an octave table: the model
+    agrees with onnxruntime without any measurement, and the probe finds nothing left to widen."""
     import onnxruntime as ort
 
     import runtime
@@ -168,18 +170,12 @@ def test_sum_of_squares_before_a_sqrt_is_promoted(tmp_path):
     float_mod = bind_weights(imported.mod, imported.params)
     ranges = calibrate(float_mod, load_calibration(tmp_path / "calib.npz", imported.inputs), progress=False)
     lowered = QuantizeToInteger(ranges)(float_mod)
-    wide = json.loads(str(lowered["main"].attrs[WIDE_ATTR]))
-    ops = {b.var.name: b.value.op.name for block in float_mod["main"].body.blocks for b in block.bindings
-           if hasattr(b.value, "op")}
-    assert {"relax.add", "relax.call_pure_packed"} <= {ops[n] for n in wide}  # the sum and the squares
-    assert len(wide) <= 5 and ranges.probe.runs <= 2 * 48
-
-    art = compile_model(path, "x86", tmp_path / "wide.artifact", calib=tmp_path / "calib.npz", progress=False)
+    assert json.loads(str(lowered["main"].attrs[WIDE_ATTR])) == {}
+    assert "int16" in lowered["main"].script(show_meta=False)  # the squares' parts
     narrow = compile_model(path, "x86", tmp_path / "narrow.artifact", calib=tmp_path / "calib.npz", progress=False,
                            config=QuantConfig(sensitivity_tol=None))
-    assert json.loads((art / "manifest.json").read_text())["integer_only"]
-    c_wide, c_narrow = cosine(art), cosine(narrow)
-    assert c_wide >= 0.995 and c_wide > c_narrow, (c_wide, c_narrow)
+    assert json.loads((narrow / "manifest.json").read_text())["integer_only"]
+    assert cosine(narrow) >= 0.995
 
 
 def test_coarse_grid_estimate_matches_rounding():

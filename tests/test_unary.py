@@ -194,6 +194,47 @@ def test_tables_bitexact():
     assert made[0].dtype == "uint8" and made[2].dtype == "uint8" and made[1].dtype == "int8"
 
 
+def test_octave_table_bitexact_and_within_its_bin():
+    """A log / sqrt / log10 chain of a nonnegative int32 accumulator (a power spectrum) through the
+    octave table: the compiled kernel equals `ref.octave_index` + the table bit for bit, on every
+    octave's edges and random values; the reference is within one output step of the float function
+    over nine decades (an 8- or 16-bit input would floor all but the top two to five)."""
+    from passes.lowering import Accumulator
+    from passes.lowering.unary import octave_lookup
+
+    edges = np.concatenate([[0, -1, -2**31, 1, 2**31 - 1], 2 ** np.arange(31), 2 ** np.arange(1, 31) - 1,
+                            2 ** np.arange(2, 31) + 1])
+    v = np.concatenate([edges, rng.integers(0, 2**31 - 1, 4000), rng.integers(0, 300, 1000)]).astype(np.int32)
+    v = np.pad(v, (0, -v.size % 64)).reshape(-1, 64)
+    scale = 290.0 / 2**29  # a power spectrum whose max is 290
+    cases = {"log": [_step("relax.maximum", X, [1e-12]), _step("relax.log", 0)],
+             "sqrt": [_step("relax.sqrt", X)],
+             "log10": [_step("relax.clip", X, [1e-12], [1e12]), _step("relax.log", 0), _step("relax.divide", 1, [2.302585])]}
+    made = []
+
+    def build(bb, params):
+        ctx = _ctx(bb, {name: (-30.0, 10.0) if name != "sqrt" else (0.0, 35.0) for name in cases})
+        outs = []
+        for name, program in cases.items():
+            ctx.var = relax.Var(name, relax.TensorType([1], "float32"))
+            y = octave_lookup(ctx, Accumulator(params[0], np.asarray(scale), None, (0.0, 290.0), (0.0, np.inf)),
+                              json.dumps(program))
+            made.append(y)
+            outs.append(y.expr)
+        return outs
+
+    got = _compile_run(build, [v])
+    index = ref.octave_index(v)
+    for (name, program), y, g in zip(cases.items(), made, got):
+        image = evaluate(program, ref.octave_values() * scale)
+        table = ref.build_table(image, y.scale, y.dtype)
+        np.testing.assert_array_equal(g, table[index], err_msg=name)
+        real = np.maximum(v.astype(np.float64), 0) * scale
+        keep = real > 290.0 * 1e-9
+        want = evaluate(program, real)
+        assert np.max(np.abs(g[keep] * y.scale - want[keep])) <= 1.01 * y.scale, name
+
+
 @pytest.mark.parametrize("dtype", ["int8", "int16"])
 def test_prelu_bitexact_nchw_nhwc(dtype):
     lo, hi = INT_RANGE[dtype]

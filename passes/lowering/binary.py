@@ -8,7 +8,8 @@ less/greater/equal/... (a, b)
                      saturated coarser one still lies beyond it: the order is never inverted
 a * b             -> Accumulator(int32 a * b, S_a S_b): the consumer requantizes once
 a * b + c * d     -> common scale in int16: a recurrent state (LSTM cell c = f c + i g, GRU
-                     h = (1 - z) n + z h) carried over many steps (elementwise.lower_add)
+                     h = (1 - z) n + z h) carried over many steps (elementwise.lower_add);
+                     of two products >= 0 (re^2 + im^2): int32 at amax / 2^29 (`sum_of_squares`)
 stack(x_i)        -> stack(clamp(rq(x_i -> S_out))): ONNX Min/Max/Sum/Mean of activations
 a / b             -> round_div(a << P, b) (half away from zero) -> rq(S_a / (S_b S_out) / 2^P);
                      b = 0 gives +-max of the output dtype (0 / 0 gives 0)
@@ -87,7 +88,7 @@ def lower_where_values(ctx, call, args):
 
 
 def multiply_activations(ctx, call, a, b) -> Accumulator:
-    """a * b: the int32 product of the 8/16-bit operands (|a b| <= 2^30) at S_a S_b. An exact
+    """a * b: the int32 product of the 8/16-bit operands (|a b| <= 2^30) at S_a S_b (x * x: x at 16 bits). An exact
     integer operand (a mask or count cast to float) multiplies the other's integers at its scale."""
     if isinstance(a, IntTensor) or isinstance(b, IntTensor):
         ints, other = (a, b) if isinstance(a, IntTensor) else (b, a)
@@ -96,11 +97,34 @@ def multiply_activations(ctx, call, a, b) -> Accumulator:
         q = ctx.materialize(other)
         expr = ctx.emit(emit.R.multiply(emit.R.astype(q.expr, "int32"), emit.R.astype(ints.expr, "int32")))
         return Accumulator(expr, np.asarray(q.scale), None, ctx.out_range())
-    qa, qb = ctx.materialize(a), ctx.materialize(b)
+    if a is b:  # a square: its range is the square of x's, so x keeps 16 bits (the product still fits int32)
+        qa = qb = ctx.materialize(a, wide=True)
+    else:
+        qa, qb = ctx.materialize(a), ctx.materialize(b)
     expr = ctx.emit(emit_binary.multiply_acc(qa.expr, qb.expr))
     both_unsigned = qa.dtype.startswith("u") and qb.dtype.startswith("u")
     clamp = (0.0, np.inf) if both_unsigned or a is b else (-np.inf, np.inf)
     return Accumulator(expr, np.asarray(qa.scale * qb.scale), None, ctx.out_range(), clamp, product=True)
+
+
+def is_energy_term(x) -> bool:
+    """A product known to be >= 0 (a square x * x, or two unsigned factors), one scale."""
+    return isinstance(x, Accumulator) and x.product and x.clamp[0] >= 0 and x.axis is None and not x.offset
+
+
+def sum_of_squares(ctx, a: Accumulator, b: Accumulator) -> Accumulator:
+    """a + b of two nonnegative products (a power spectrum re^2 + im^2, a sum of squares): int32
+    at one scale, amax / 2^29 of the calibrated range. The int16 of a recurrent state would floor
+    its weak bins, and its consumers (sqrt, log: `unary.octave_lookup`) want all its octaves."""
+    amax = max(abs(v) for v in ctx.out_range())
+    scale = amax / 2**29 if amax > 0 else float(max(a.scale, b.scale))
+    lo, hi = INT_RANGE["int32"]
+    terms = []
+    for x in (a, b):
+        m, s = dyadic(np.asarray(x.scale, np.float64) / scale)
+        terms.append(emit.R.astype(emit.requantize(x.expr, m, s, lo, hi, "int32"), "int64"))
+    expr = ctx.emit(emit.R.astype(emit.R.clip(emit.R.add(*terms), 0, hi), "int32"))
+    return Accumulator(expr, np.asarray(scale), None, ctx.out_range(), (0.0, np.inf))
 
 
 def divide_activations(ctx, call, a, b) -> Quantized:

@@ -115,6 +115,9 @@ class LoweringContext:
         if isinstance(value, (Quantized, Accumulator)):
             self._wide.add(value)
 
+    def is_wide(self, value) -> bool:
+        return isinstance(value, (Quantized, Accumulator)) and value in self._wide
+
     def fail(self, message: str):
         name = self.var.name if self.var is not None else "?"
         raise CompileError(f"cannot lower binding {name!r}: {message}")

@@ -107,6 +107,8 @@ def lower_add(ctx, call, args):
         a, b = b, a
     if isinstance(b, np.ndarray) and _is_clean_acc(a):
         return _add_bias(ctx, a, b if op == "add" else -b)
+    if op == "add" and all(binary.is_energy_term(v) for v in (a, b)):  # re^2 + im^2: every octave kept
+        return binary.sum_of_squares(ctx, a, b)
     if op == "add" and all(isinstance(v, Accumulator) and v.product for v in (a, b)):
         # a sum of gate products is a recurrent state (LSTM cell, GRU hidden): its rounding error
         # compounds over the time steps, so it is carried in 16 bits (tests/test_recurrent.py)

@@ -29,8 +29,10 @@ time beyond the index, so nothing can overflow.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
-from tvm import relax
+from tvm import relax, te, tirx
 
 from ..fuse_unary_chains import UNARY_CALL, chain_step, program_json
 from ..reference import unary as ref
@@ -38,15 +40,72 @@ from ..reference.kernels import INT_RANGE, dyadic
 from . import emit
 from .float_fallback import float_fallback
 from .registry import LOWERINGS, lowers
-from .values import Quantized
+from .binary import multiply_activations
+from .values import Accumulator, Quantized
 
 R = relax.op
 TABLE_INPUTS = ("int8", "uint8", "int16")
 
 
+LOG_LIKE = ("relax.log", "relax.sqrt", "relax.rsqrt")  # relative precision at small inputs is what counts
+
+
+def _log_like(program: str) -> bool:
+    """Does the chain take a log, a root or a reciprocal of its input (or of what it made of it)?"""
+    for op, operands, _ in json.loads(program):
+        if op in LOG_LIKE or (op == "relax.divide" and isinstance(operands[1], list)):
+            return True
+        if op == "relax.power" and not isinstance(operands[1], list) and float(operands[1]) != round(float(operands[1])):
+            return True
+    return False
+
+
+def octave_lookup(ctx, acc: Accumulator, program: str) -> Quantized:
+    """`program` of a nonnegative int32 accumulator through an octave table (`ref.octave_index`:
+    its octave and the 7 bits after its leading one): a log or root of a power spectrum keeps
+    every octave of it, where 8 or 16 bits would floor its weak bins."""
+    values = ref.octave_values()
+    lo, hi = acc.clamp
+    image = ref.evaluate(program, np.clip(values * float(acc.scale), lo, hi))
+    scale, dtype = ref.output_params(image, ctx.out_range(), ctx.config.unsigned_activations, ctx.wide_output())
+    table = ref.build_table(image, scale, dtype)
+    expr = ctx.bb.call_te(_octave_te, acc.expr, emit.const(table, dtype), ref.OCTAVE_BITS,
+                          primfunc_name_hint="octave_lookup")
+    return Quantized(ctx.emit(expr), scale, dtype)
+
+
+def _octave_te(v: te.Tensor, table: te.Tensor, bits: int) -> te.Tensor:
+    """table[ref.octave_index(v)], each step bound once (tirx.Let): written as Relax ops, the
+    halving steps nest their operands, and fused with the producer the expression grows past what
+    TVM's simplifier finishes."""
+    i32 = lambda c: tirx.const(c, "int32")  # noqa: E731
+
+    def entry(*i):
+        pos = tirx.Var("pos", "int32")
+        steps = [tirx.Var(f"e{k}", "int32") for k in (16, 8, 4, 2, 1)]
+        e = steps[-1]
+        top = tirx.if_then_else(e >= bits, tirx.shift_right(pos, tirx.max(e - bits, 0)),
+                                tirx.shift_left(pos, tirx.max(bits - e, 0)))
+        index = tirx.if_then_else(v[i] <= 0, i32(0), e * (2**bits) + top - (2**bits - 1))
+        body = table[index]
+        prev = [i32(0), *steps[:-1]]
+        for var, k, before in reversed(list(zip(steps, (16, 8, 4, 2, 1), prev))):
+            body = tirx.Let(var, tirx.if_then_else(tirx.shift_right(pos, before + k) > 0, before + k, before), body)
+        return tirx.Let(pos, tirx.max(v[i], i32(1)), body)
+
+    return te.compute(v.shape, entry, name="octave_lookup")
+
+
 def table_lookup(ctx, x, program: str) -> Quantized:
     """The integer form of `program` (a `reference.unary` chain) applied to the value `x`
-    (an accumulator requantized to 16 bits where the model's residual stream is, else 8)."""
+    (an accumulator requantized to 16 bits where the model's residual stream is, else 8; a
+    nonnegative one-scale accumulator into a log-like chain: an octave table on its int32)."""
+    x = ctx.without_offset(x)
+    if isinstance(x, Accumulator) and x.axis is None and (x.clamp[0] >= 0 or x.out_range[0] >= 0) \
+            and _log_like(program):
+        return octave_lookup(ctx, x if x.clamp[0] >= 0 else x.with_clamp(0.0, x.clamp[1]), program)
+    if _is_square(program):  # x^2 alone: the exact int32 product (a power spectrum's terms)
+        return multiply_activations(ctx, None, x, x)
     q = ctx.materialize(x, wide=ctx.config.residual_bits == 16)
     if not isinstance(q, Quantized) or q.dtype not in TABLE_INPUTS:
         ctx.fail(f"a table lookup needs an 8/16-bit input, got {type(q).__name__}")
@@ -58,6 +117,15 @@ def table_lookup(ctx, x, program: str) -> Quantized:
     if qmin != 0:
         index = R.subtract(index, emit.const(qmin, "int32"))
     return Quantized(ctx.emit(R.take(emit.const(table, dtype), index, axis=0)), scale, dtype)
+
+
+def _is_square(program: str) -> bool:
+    steps = json.loads(program)
+    if len(steps) != 1:
+        return False
+    op, operands, _ = steps[0]
+    return op == "relax.square" or (op == "relax.multiply" and operands == [["v", -1], ["v", -1]]) or \
+        (op == "relax.power" and not isinstance(operands[1], list) and float(operands[1]) == 2.0)
 
 
 @lowers("relax.call_pure_packed")

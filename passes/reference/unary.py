@@ -8,6 +8,10 @@ may be part of a chain but alone are folded by other lowerings. A chain is a *pr
 Tables (compile time, float64): for each integer q of the input dtype,
     table[q - qmin] = clip(round(f(q * S_in) / S_out))   (round half up, as requantize)
 NaN (e.g. log of a negative) -> 0, +-inf -> the dtype's limits. Run time: `lookup`, a gather.
+
+Octave tables (an int32 input whose values span many octaves, e.g. a power spectrum into a log):
+the index is the input's octave and the 7 bits after its leading one (`octave_index`), the entry
+f at the value that index stands for (`octave_values`): relative input error <= 2^-8, any range.
 """
 
 from __future__ import annotations
@@ -112,6 +116,32 @@ def build_table(image: np.ndarray, out_scale: float, out_dtype: str) -> np.ndarr
     with np.errstate(all="ignore"):
         q = np.floor(np.where(np.isnan(image), 0.0, image) / out_scale + 0.5)  # round half up
     return np.clip(q, lo, hi).astype(out_dtype)
+
+
+OCTAVE_BITS = 7  # mantissa bits of the octave table: an input's relative error <= 2^-8 past 2^7
+
+
+def octave_values(bits: int = OCTAVE_BITS) -> np.ndarray:
+    """The int32 magnitudes each octave-table entry stands for: entry 0 for v <= 0, then for each
+    octave e (v in [2^e, 2^(e+1)), e = 0..30) and mantissa m (the `bits` bits after the leading
+    one), 2^e (1 + m / 2^bits): exact while e <= bits, else the middle of the bin (+ 1/2)."""
+    e = np.repeat(np.arange(31), 2**bits).astype(np.float64)
+    m = np.tile(np.arange(2**bits), 31).astype(np.float64)
+    mid = np.where(e > bits, 0.5, 0.0)
+    return np.concatenate([[0.0], np.exp2(e) * (1.0 + (m + mid) / 2**bits)])
+
+
+def octave_index(v, bits: int = OCTAVE_BITS) -> np.ndarray:
+    """The octave-table index of int32 `v` (the run-time kernel's arithmetic): 0 for v <= 0, else
+    1 + e 2^bits + m, e = floor(log2 v) (found by halving: 16, 8, 4, 2, 1) and m the bits after
+    the leading one (v shifted so that the leading one lands at bit `bits`)."""
+    v = np.asarray(v, np.int64)
+    pos = np.maximum(v, 1)
+    e = np.zeros_like(pos)
+    for k in (16, 8, 4, 2, 1):
+        e = np.where((pos >> (e + k)) > 0, e + k, e)
+    top = np.where(e >= bits, pos >> np.maximum(e - bits, 0), pos << np.maximum(bits - e, 0))
+    return np.where(v <= 0, 0, 1 + e * 2**bits + (top - 2**bits))
 
 
 def lookup(q, table: np.ndarray, in_dtype: str) -> np.ndarray:
