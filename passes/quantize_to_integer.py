@@ -19,7 +19,7 @@ the tolerance (`passes/sensitivity.py`), and the lowering runs again with them i
 `QuantConfig.wide_tensors` (16 bits), recorded with their measured errors as `intq.wide_tensors`.
 First, the tensors whose 8-bit grid is coarse for their own calibration values (a relative error
 above the tolerance, from the calibration's sums of squares: `coarse_grids`) are measured together,
-in one set, and all widened if that set costs the outputs more than the tolerance (dozens of such
+in one set, and all widened if that set costs the outputs more than the goal (dozens of such
 tensors in a re-parameterized text detector, too many to find one by one in the probe's time;
 none kept in most CNNs, whose outputs do not mind); the probe searches the rest
 (`intq.coarse_grids` records what was done).
