@@ -206,11 +206,12 @@ def _cond_true_while_counting(body: onnx.GraphProto, steps: int, carried: list[s
     a cond that depends on them is not known, and the Loop is not unrolled."""
     from onnx.reference import ReferenceEvaluator
 
-    known_outer = {name: numpy_helper.to_array(t) for name, t in consts.items()}
-    state = [known_outer.get(c) if c else None for c in carried]
+    read = {i for node in body.node for i in node.input}  # only these constants, not every weight of the model
+    fixed = {name: numpy_helper.to_array(consts[name]) for name in read if name in consts}
+    fixed.update({i.name: numpy_helper.to_array(i) for i in body.initializer})
+    state = [numpy_helper.to_array(consts[c]) if c in consts else None for c in carried]
     for t in range(steps - 1):
-        known = dict(known_outer)
-        known.update({i.name: numpy_helper.to_array(i) for i in body.initializer})
+        known = dict(fixed)
         known[body.input[0].name], known[body.input[1].name] = np.array(t, np.int64), np.array(True)
         for formal, value in zip(body.input[2:], state):
             if value is not None:
