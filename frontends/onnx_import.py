@@ -393,6 +393,7 @@ def _to_relax(model: onnx.ModelProto, path: Path):
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
 
+    from .fold_constant_calls import fold_constant_calls
     from .fold_small_constants import fold_small_constants
     from .relax_cleanup import clip_calls_to_ops, drop_empty_concat_inputs
     from .te_calls_to_ops import te_calls_to_ops
@@ -404,7 +405,7 @@ def _to_relax(model: onnx.ModelProto, path: Path):
         raise UnsupportedModelError(f"{path}: TVM's ONNX importer failed: {last}") from None
     mod, params = relax.frontend.detach_params(mod)
     try:
-        mod = tvm.transform.Sequential([fold_small_constants, relax.transform.FoldConstant(),
+        mod = tvm.transform.Sequential([fold_small_constants, fold_constant_calls,
                                         fold_small_constants,  # what FoldConstant leaves: astype(dim size)
                                         clip_calls_to_ops, drop_empty_concat_inputs,
                                         te_calls_to_ops, relax.transform.DeadCodeElimination()])(mod)

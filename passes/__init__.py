@@ -28,14 +28,15 @@ def bind_weights(mod, weights):
     import tvm
     from tvm import relax
 
+    from frontends.fold_constant_calls import fold_constant_calls
     from frontends.fold_small_constants import fold_small_constants
 
     params = mod["main"].params
     bound = {p: tvm.runtime.tensor(w) for p, w in zip(params[len(params) - len(weights):], weights)}
     seq = tvm.transform.Sequential([relax.transform.BindParams("main", bound), fold_small_constants,
-                                    relax.transform.FoldConstant(),
+                                    fold_constant_calls,
                                     conv1d_as_conv2d, conv3d_as_conv2d, pool1d_as_pool2d, fold_batchnorm, decompose_batchnorm, fuse_gelu, fuse_layernorm,
                                     fuse_unary_chains,
-                                    relax.transform.FoldConstant(),
+                                    fold_constant_calls,
                                     relax.transform.DeadCodeElimination(), unique_binding_names])
     return seq(mod)

@@ -403,3 +403,31 @@ def test_integer_outputs_keep_their_dtype(tmp_path):
     assert got["i"].dtype == np.int64 and got["o"].dtype == np.float32
     np.testing.assert_array_equal(got["i"], xs[0].argmax(1))
 
+
+
+def test_fold_constant_calls_folds_what_fold_constant_folds():
+    """Calls on constants (through constant-bound variables, a static shape_of and a call_tir) fold
+    as with TVM's FoldConstant, and the calls on the input stay."""
+    import tvm
+    from tvm import relax
+
+    from frontends.fold_constant_calls import fold_constant_calls
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType([2, 3], "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            c = bb.emit(relax.const(np.arange(6, dtype="float32").reshape(3, 2)))
+            t = bb.emit(relax.op.permute_dims(c))
+            n = bb.emit(relax.op.take(relax.op.shape_to_tensor(relax.op.shape_of(x)), relax.const(1, "int64"), axis=0,
+                                      mode="clip"))
+            e = bb.emit_te(tvm.topi.exp, t)  # a call_tir on a constant
+            y = bb.emit(relax.op.add(relax.op.multiply(x, e), relax.op.astype(n, "float32")))
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    mod = bb.get()
+    want = relax.transform.DeadCodeElimination()(relax.transform.FoldConstant()(mod))
+    got = fold_constant_calls(mod)
+    tvm.ir.assert_structural_equal(got, want)
+    assert "permute_dims" not in got["main"].script() and "shape_of" not in got["main"].script()
+    tvm.ir.assert_structural_equal(fold_constant_calls(got), got)  # nothing left to fold
