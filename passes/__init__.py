@@ -8,6 +8,7 @@ from .decompose_batchnorm import decompose_batchnorm
 from .fold_batchnorm import fold_batchnorm
 from .fuse_gelu import fuse_gelu
 from .fuse_layernorm import fuse_layernorm
+from .fuse_rmsnorm import fuse_rmsnorm
 from .fuse_unary_chains import fuse_unary_chains
 from .lowering import QuantConfig
 from .observers import OBSERVERS
@@ -17,7 +18,7 @@ from .verify_integer_only import IntegerOnlyReport, verify_integer_only
 
 __all__ = ["BOUNDARY_ATTR", "LAYERS_ATTR", "OBSERVERS", "IntegerOnlyReport", "QuantConfig", "QuantizeToInteger",
            "bind_weights", "calibrate", "conv1d_as_conv2d", "conv3d_as_conv2d", "decompose_batchnorm", "pool1d_as_pool2d", "fold_batchnorm", "fuse_gelu",
-           "fuse_layernorm", "fuse_unary_chains",
+           "fuse_layernorm", "fuse_rmsnorm", "fuse_unary_chains",
            "verify_integer_only"]
 
 
@@ -35,7 +36,7 @@ def bind_weights(mod, weights):
     bound = {p: tvm.runtime.tensor(w) for p, w in zip(params[len(params) - len(weights):], weights)}
     seq = tvm.transform.Sequential([relax.transform.BindParams("main", bound), fold_small_constants,
                                     fold_constant_calls,
-                                    conv1d_as_conv2d, conv3d_as_conv2d, pool1d_as_pool2d, fold_batchnorm, decompose_batchnorm, fuse_gelu, fuse_layernorm,
+                                    conv1d_as_conv2d, conv3d_as_conv2d, pool1d_as_pool2d, fold_batchnorm, decompose_batchnorm, fuse_gelu, fuse_layernorm, fuse_rmsnorm,
                                     fuse_unary_chains,
                                     fold_constant_calls,
                                     relax.transform.DeadCodeElimination(), unique_binding_names])

@@ -254,7 +254,7 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
     with stage(f"importing {model_path}", times, "import"):
         imported: ImportedModel = load_onnx(model_path, input_shapes, allow_unsupported=allow_float)
         float_mod = bind_weights(imported.mod, imported.params)
-    if "R.nn.layer_norm" in float_mod.script(show_meta=False) and config.residual_bits == 8:
+    if re.search(r"R\.nn\.(layer|rms)_norm", float_mod.script(show_meta=False)) and config.residual_bits == 8:
         log("transformer (LayerNorm found): residual stream, LayerNorm and inputs at 16 bits")
         config = replace(config, residual_bits=16)
     if calib is None:

@@ -146,6 +146,48 @@ def test_layernorm_with_zero_and_negative_gamma(tmp_path):
     assert np.abs(got - want).max() < 0.02
 
 
+@pytest.mark.parametrize("form", ["t5", "llama"])
+def test_written_out_rmsnorm_is_exact_for_every_row(tmp_path, form):
+    """T5's `w * (x / sqrt(mean(x^2) + eps))` and LLaMA's `x * (1 / sqrt(mean(x * x) + eps)) * w` become one
+    rms_norm, normalised per row from the row's own integers: rows 1000x apart in scale come out equally
+    right (one grid for mean(x^2) rounded the small rows' variance to 0 and their output to x / sqrt(eps);
+    the input's own 16-bit grid, ~40 steps for the smallest row, bounds the error)."""
+    from onnx import TensorProto
+
+    from frontends import load_onnx
+    from passes import bind_weights
+
+    w = np.linspace(0.5, 2.0, 64).astype(np.float32)
+    square = (helper.make_node("Pow", ["x", "two"], ["sq"]) if form == "t5"
+              else helper.make_node("Mul", ["x", "x"], ["sq"]))
+    tail = ([helper.make_node("Div", ["x", "root"], ["n"]), helper.make_node("Mul", ["w", "n"], ["y"])]
+            if form == "t5" else
+            [helper.make_node("Reciprocal", ["root"], ["inv"]), helper.make_node("Mul", ["x", "inv"], ["n"]),
+             helper.make_node("Mul", ["n", "w"], ["y"])])
+    nodes = [square, helper.make_node("ReduceMean", ["sq"], ["ms"], axes=[-1], keepdims=1),
+             helper.make_node("Add", ["ms", "eps"], ["v"]), helper.make_node("Sqrt", ["v"], ["root"]), *tail]
+    inits = [numpy_helper.from_array(np.float32(2.0), "two"), numpy_helper.from_array(np.float32(1e-6), "eps"),
+             numpy_helper.from_array(w, "w")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [6, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [6, 64])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save(model, tmp_path / "rms.onnx")
+    rows = np.array([0.5, 1.0, 10.0, 100.0, 3.0, 30.0], np.float32).reshape(6, 1)
+    rng = np.random.default_rng(3)
+    np.savez(tmp_path / "c.npz", x=(rng.standard_normal((8, 6, 64)) * rows).astype(np.float32))
+    artifact = runtime.compile_model(tmp_path / "rms.onnx", "x86", tmp_path / "a", calib=tmp_path / "c.npz",
+                                     progress=False)
+    model_ = runtime.load(artifact)
+    assert model_.manifest["integer_only"] is True
+    imported = load_onnx(tmp_path / "rms.onnx")
+    assert "R.nn.rms_norm" in bind_weights(imported.mod, imported.params).script(show_meta=False)
+    x = (rng.standard_normal((6, 64)) * rows).astype(np.float32)
+    got, want = model_.run({"x": x})["y"], ort.InferenceSession(str(tmp_path / "rms.onnx")).run(None, {"x": x})[0]
+    for g, v in zip(got, want):  # every row, whatever its scale
+        assert np.abs(g - v).max() < 0.05 * np.abs(v).max()
+
+
 def test_decomposed_layernorm_block(tmp_path):
     """opset 16 exports LayerNorm as ReduceMean/Sub/Pow/ReduceMean/Add/Sqrt/Div/Mul/Add."""
     onnx_path = _block_model(tmp_path / "block16.onnx", opset=16)

@@ -128,11 +128,12 @@ def test_isqrt_exact():
 
 @pytest.mark.parametrize("kind", ["random", "equal", "onehot", "extremes"])
 @pytest.mark.parametrize("channels", [384, 768, 7])
-def test_layernorm_core_bit_exact(kind, channels):
+@pytest.mark.parametrize("center", [True, False], ids=["layernorm", "rmsnorm"])
+def test_layernorm_core_bit_exact(kind, channels, center):
     x = _rows(kind, (5, channels), -32768, 32767).astype(np.int16)
     m, s = dyadic(1.0 / channels)
-    got = run_relax(lambda a: emit.layernorm_core(a, int(m), int(s)), [x])
-    np.testing.assert_array_equal(got, ref.layernorm_core(x, int(m), int(s)))
+    got = run_relax(lambda a: emit.layernorm_core(a, int(m), int(s), center=center), [x])
+    np.testing.assert_array_equal(got, ref.layernorm_core(x, int(m), int(s), center=center))
 
 
 # Reference against float: the only place tolerances appear (also reported in the README).

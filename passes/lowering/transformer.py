@@ -20,6 +20,8 @@ gelu_tanh(x)         (>= -min GELU) at 15 bits, exact up to that rounding: an Ac
 layer_norm(x)     -> I-LayerNorm: exact isqrt, gamma/beta folded into a per-channel dyadic
                      requantization (sign of gamma applied to the integers: gamma may be 0
                      or negative); output int16 when residuals are 16-bit, else int8
+rms_norm(x)       -> the same without the mean (x / isqrt(sum(x^2)), the row's own integers:
+                     no grid for the variance)
 Each asserts its overflow bounds at compile time and fails naming the binding.
 """
 
@@ -115,17 +117,30 @@ def lower_gelu(ctx, call, args):
 @lowers("relax.nn.layer_norm")
 def lower_layer_norm(ctx, call, args):
     x, gamma, beta = args
+    return _normalize(ctx, call, x, gamma, beta, center=True)
+
+
+@lowers("relax.nn.rms_norm")
+def lower_rms_norm(ctx, call, args):
+    x, gamma = args
+    beta = np.zeros_like(gamma) if isinstance(gamma, np.ndarray) else None
+    return _normalize(ctx, call, x, gamma, beta, center=False)
+
+
+def _normalize(ctx, call, x, gamma, beta, center: bool):
+    """I-LayerNorm (center) or its RMSNorm form, gamma and beta constants."""
+    name = call.op.name.split(".")[-1]
     rank = len(call.args[0].ty.shape)
     axes = [int(a) % rank for a in call.attrs.axes]
     if axes != [rank - 1] or not isinstance(gamma, np.ndarray) or not isinstance(beta, np.ndarray):
-        ctx.fail("layer_norm over the last axis with constant gamma and beta is supported")
+        ctx.fail(f"{name} over the last axis with constant gamma and beta is supported")
     x = ctx.materialize(x, wide=True)
     channels = int(call.args[0].ty.shape[-1])
     bits = 16 if x.dtype == "int16" else 8
     if channels * 2.0 ** (2 * (bits + 1)) >= 2**62:
-        ctx.fail(f"layer_norm over {channels} channels could overflow the int64 variance")
+        ctx.fail(f"{name} over {channels} channels could overflow the int64 variance")
     mean_m, mean_s = dyadic(1.0 / channels)
-    z = emit_transformer.layernorm_core(x.expr, int(mean_m), int(mean_s))  # y / std at 2^-30
+    z = emit_transformer.layernorm_core(x.expr, int(mean_m), int(mean_s), center=center)  # y / std at 2^-30
     dtype = ctx.config.residual_dtype
     scale = activation_scale(*ctx.out_range(), dtype)
     gamma, beta = gamma.astype(np.float64).reshape(-1), beta.astype(np.float64).reshape(-1)

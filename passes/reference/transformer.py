@@ -97,14 +97,15 @@ def isqrt(v) -> np.ndarray:
     return res
 
 
-def layernorm_core(x, mean_m: int, mean_s: int, axis: int = -1) -> np.ndarray:
+def layernorm_core(x, mean_m: int, mean_s: int, axis: int = -1, center: bool = True) -> np.ndarray:
     """I-LayerNorm without the affine part: y = x - round(sum(x) / C) (dyadic 1/C),
     std = isqrt(sum(y^2)), out = (y * floor((2^31 - 1) / std)) >> 1, i.e. y / std at scale
-    2^-30 (= normalised value * sqrt(C) / 2^30). int64 throughout."""
+    2^-30 (= normalised value * sqrt(C) / 2^30). int64 throughout. center=False: y = x (RMSNorm)."""
     x = np.asarray(x, np.int64)
-    total = x.sum(axis=axis, keepdims=True)
-    mean = (total * mean_m + (1 << (mean_s - 1))) >> mean_s
-    y = x - mean
+    y = x
+    if center:
+        total = x.sum(axis=axis, keepdims=True)
+        y = x - ((total * mean_m + (1 << (mean_s - 1))) >> mean_s)
     std = np.maximum(isqrt((y * y).sum(axis=axis, keepdims=True)), 1)
     return (y * ((2**31 - 1) // std)) >> 1
 
