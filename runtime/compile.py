@@ -90,8 +90,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--buckets", metavar="L1,L2,...",
                    help="with a free length (--input-shape ids:1x1..512): the lengths compiled, the largest being "
                         "the range's upper bound (default: powers of two from 16)")
+    p.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
+                   help="run the last --calib sample through the artifact and float onnxruntime and print each "
+                        "output's cosine (warning below 0.99), where the artifact runs on this machine "
+                        "(default: yes)")
     p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
     return p
+
+
+def _check(args, path) -> None:
+    """The artifact against float onnxruntime on the last calibration sample (runtime/check.py)."""
+    from . import check
+    from .compiler import log
+    from .model import load
+
+    try:
+        artifact = load(path)
+        rows = check.float_agreement(args.model, artifact, check.calibration_sample(args.calib,
+                                                                                    artifact.manifest["inputs"]))
+    except Exception as err:  # noqa: BLE001  (a check that cannot run says why; the artifact stands)
+        log(f"check skipped: {type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}")
+        return
+    for line in check.report(rows).splitlines() if rows else []:
+        log(line)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,10 +132,13 @@ def main(argv: list[str] | None = None) -> int:
             buckets = [int(b) for b in args.buckets.split(",")] if args.buckets else None
         except ValueError:
             raise CompileError(f"--buckets {args.buckets!r}: expected lengths like 16,32,64") from None
-        print(compile_model(args.model, target=args.target, output=args.output, calib=args.calib,
-                            input_shapes=shapes, observer=args.observer, allow_float=args.allow_float,
-                            progress=not args.quiet, cuda_arch=args.cuda_arch, cpu=args.cpu,
-                            tune_trials=args.tune_trials, precision=precision, buckets=buckets))
+        path = compile_model(args.model, target=args.target, output=args.output, calib=args.calib,
+                             input_shapes=shapes, observer=args.observer, allow_float=args.allow_float,
+                             progress=not args.quiet, cuda_arch=args.cuda_arch, cpu=args.cpu,
+                             tune_trials=args.tune_trials, precision=precision, buckets=buckets)
+        if args.check and args.calib and args.target in ("x86", "llvm") and not args.cpu:
+            _check(args, path)
+        print(path)
 
     return guarded(action, args.verbose)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -55,7 +56,19 @@ def test_compile_and_run_cli(tmp_path, small_cnn_path, small_calib, capsys):
     assert run_main([str(out), "--input", str(tmp_path / "in.npz"), "-o", str(tmp_path / "out.npz")]) == 0
     got = np.load(tmp_path / "out.npz")["y"]
     np.testing.assert_array_equal(got, runtime.load(out).run({"x": _x()})["y"])
-    assert "y: shape [1, 10]" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "y: shape [1, 10]" in captured.out
+    cosine = re.search(r"check against float onnxruntime on the last calibration sample: y: cosine ([0-9.]+)",
+                       captured.err)
+    assert cosine and float(cosine.group(1)) > 0.99 and "WARNING" not in captured.err
+
+
+def test_check_warns_when_the_artifact_disagrees_with_float():
+    """The compile-time check's report names an output below cosine 0.99 in a warning."""
+    from runtime.check import report
+
+    text = report([("logits", 0.9995, 0.01), ("boxes", 0.62, 3.5)])
+    assert "boxes: cosine 0.6200" in text and "WARNING: boxes agree(s)" in text and "logits agree" not in text
 
 
 def test_help_documents_every_flag():

@@ -1,0 +1,60 @@
+"""After a compile: the artifact against float onnxruntime on one calibration sample.
+
+A model can verify integer-only and still be wrong (a grid too coarse for a tensor the
+sensitivity search did not catch); the user should hear it at compile time, not in production.
+The CLI runs the last calibration sample through the artifact and through onnxruntime on the
+original file and prints each output's cosine and largest error, with a warning below 0.99.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+MIN_COSINE = 0.99
+
+
+def calibration_sample(calib: str | Path, inputs: list[dict]) -> dict[str, np.ndarray]:
+    """The last sample of a calibration file, shaped as the artifact's inputs (manifest entries)."""
+    with np.load(calib) as data:
+        sample = {}
+        for spec in inputs:
+            values = data[spec["name"]]
+            sample[spec["name"]] = values[-1:] if values.ndim == len(spec["shape"]) else values[-1]
+    return sample
+
+
+def float_agreement(model_path: str | Path, artifact, sample: dict[str, np.ndarray]) -> list[tuple[str, float, float]]:
+    """(output, cosine, max |error|) of the loaded artifact against onnxruntime on `sample`,
+    for each float output."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    wanted = {i.name for i in session.get_inputs()}
+    want = session.run(None, {k: v for k, v in sample.items() if k in wanted})
+    got = artifact.run(sample)
+    rows = []
+    for out, ref in zip(session.get_outputs(), want):
+        ref = np.asarray(ref)
+        if out.name not in got or ref.dtype.kind != "f":
+            continue
+        a, b = np.asarray(got[out.name], np.float64).ravel(), ref.astype(np.float64).ravel()
+        if a.shape != b.shape:
+            continue
+        cos = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))) if a.any() and b.any() else float(
+            np.array_equal(a, b))
+        rows.append((out.name, cos, float(np.abs(a - b).max(initial=0.0))))
+    return rows
+
+
+def report(rows: list[tuple[str, float, float]]) -> str:
+    """One line per output, and a warning when one falls below MIN_COSINE."""
+    lines = [f"check against float onnxruntime on the last calibration sample: {name}: cosine {cos:.4f}, "
+             f"max |error| {err:.4g}" for name, cos, err in rows]
+    low = [name for name, cos, _ in rows if not cos >= MIN_COSINE]
+    if low:
+        lines.append(f"WARNING: {', '.join(low)} agree(s) with float below cosine {MIN_COSINE}: the artifact "
+                     "may be wrong on real inputs; try more or more representative --calib data, or "
+                     "--allow-float and compare")
+    return "\n".join(lines)
