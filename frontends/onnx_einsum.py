@@ -9,9 +9,17 @@ Letters of the equation are classed by where they occur: in x, W and the output 
 and W only (contracted), in x and the output (rows), in W and the output (columns). With no group
 letter it is a plain matmul; with groups, the weight is block-diagonal, which is exact and keeps
 the one dense integer path (it costs G times the multiply-adds of the grouped form: fine for the
-small groups such layers have). Equations with a letter repeated within an operand (traces,
-diagonals), an ellipsis, a letter only one side has that is summed away, or two activation
-operands are left alone (and refused by the op check, naming the node).
+small groups such layers have).
+
+    Einsum("bcd,bnd->bcn", a, b)   (two activations: attention-like products, TesseraNet)
+      -> a: Transpose to (batch..., left..., contracted...) -> Reshape (B, L, K)
+         b: Transpose to (batch..., contracted..., right...) -> Reshape (B, K, R)
+         MatMul -> Reshape (batch..., left..., right...) -> Transpose to the output's order
+
+an activation x activation matmul like attention's. Equations with a letter repeated within an
+operand (traces, diagonals), an ellipsis, a letter only one side has that is summed away, or a
+size-1 letter broadcast against a larger one are left alone (and refused by the op check,
+naming the node).
 """
 
 from __future__ import annotations
@@ -28,11 +36,17 @@ def einsum_to_matmul(model: onnx.ModelProto) -> int:
     shapes = _shapes(model)
     nodes, done = [], 0
     for index, node in enumerate(graph.node):
-        plan = _plan(node, inits, shapes) if node.op_type == "Einsum" and node.domain in ("", "ai.onnx") else None
-        if plan is None:
+        einsum = node.op_type == "Einsum" and node.domain in ("", "ai.onnx")
+        plan = _plan(node, inits, shapes) if einsum else None
+        pair = _plan_pair(node, inits, shapes) if einsum and plan is None else None
+        prefix = f"{node.name or 'Einsum_' + str(index)}/"
+        if plan is not None:
+            nodes.extend(_emit(node, prefix, *plan, graph))
+        elif pair is not None:
+            nodes.extend(_emit_pair(node, prefix, *pair, graph))
+        else:
             nodes.append(node)
             continue
-        nodes.extend(_emit(node, f"{node.name or 'Einsum_' + str(index)}/", *plan, graph))
         done += 1
     if done:
         del graph.node[:]
@@ -53,7 +67,8 @@ def _shapes(model: onnx.ModelProto) -> dict:
     return out
 
 
-def _plan(node, inits, shapes):
+def _terms(node) -> tuple[list[str], str] | None:
+    """The two operand terms and the output term of a two-operand explicit Einsum without repeats."""
     equation = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "equation"), b"")
     equation = (equation.decode() if isinstance(equation, bytes) else equation).replace(" ", "")
     if len(node.input) != 2 or "->" not in equation or "." in equation:
@@ -62,6 +77,67 @@ def _plan(node, inits, shapes):
     terms = lhs.split(",")
     if len(terms) != 2 or any(len(set(t)) != len(t) for t in (*terms, out)):
         return None
+    return terms, out
+
+
+def _plan_pair(node, inits, shapes):
+    """Two activation operands of static shapes, every shared letter of one size: the batched matmul's
+    letter classes and sizes."""
+    parsed = _terms(node)
+    if parsed is None or any(n in inits or n not in shapes for n in node.input):
+        return None
+    (at, bt), out = parsed
+    a_shape, b_shape = shapes[node.input[0]], shapes[node.input[1]]
+    if len(at) != len(a_shape) or len(bt) != len(b_shape) or not set(out) <= set(at) | set(bt):
+        return None
+    size_a, size_b = dict(zip(at, a_shape)), dict(zip(bt, b_shape))
+    if any(size_a[c] != size_b[c] for c in set(at) & set(bt)):
+        return None
+    batch = [c for c in out if c in at and c in bt]
+    contracted = [c for c in at if c in bt and c not in out]
+    left, right = [c for c in out if c in at and c not in bt], [c for c in out if c in bt and c not in at]
+    if len(batch) + len(contracted) + len(left) != len(at) or len(batch) + len(contracted) + len(right) != len(bt):
+        return None  # a letter summed away on one side only
+    return at, bt, batch, contracted, left, right, out, {**size_a, **size_b}
+
+
+def _emit_pair(node, prefix, at, bt, batch, contracted, left, right, out, size, graph):
+    def const(name, value):
+        graph.initializer.append(numpy_helper.from_array(np.asarray(value, np.int64), prefix + name))
+        return prefix + name
+
+    def prod(letters):
+        return int(np.prod([size[c] for c in letters], dtype=np.int64))
+
+    nodes = []
+
+    def operand(src, term, order, shape3, tag):
+        if order != list(term):
+            nodes.append(helper.make_node("Transpose", [src], [prefix + tag + "_t"], name=prefix + tag + "_t",
+                                          perm=[term.index(c) for c in order]))
+            src = prefix + tag + "_t"
+        nodes.append(helper.make_node("Reshape", [src, const(tag + "_shape", shape3)], [prefix + tag + "_3d"],
+                                      name=prefix + tag + "_3d"))
+        return prefix + tag + "_3d"
+
+    a = operand(node.input[0], at, batch + left + contracted, [prod(batch), prod(left), prod(contracted)], "a")
+    b = operand(node.input[1], bt, batch + contracted + right, [prod(batch), prod(contracted), prod(right)], "b")
+    nodes.append(helper.make_node("MatMul", [a, b], [prefix + "y_3d"], name=prefix + "matmul"))
+    produced = batch + left + right
+    target = node.output[0] if produced == list(out) else prefix + "y"
+    nodes.append(helper.make_node("Reshape", [prefix + "y_3d", const("y_shape", [size[c] for c in produced])],
+                                  [target], name=prefix + "y"))
+    if target != node.output[0]:
+        nodes.append(helper.make_node("Transpose", [target], [node.output[0]], name=prefix + "y_t",
+                                      perm=[produced.index(c) for c in out]))
+    return nodes
+
+
+def _plan(node, inits, shapes):
+    parsed = _terms(node)
+    if parsed is None:
+        return None
+    terms, out = parsed
     const = [name in inits for name in node.input]
     if const.count(True) != 1 or node.input[const.index(False)] not in shapes:
         return None

@@ -62,7 +62,7 @@ def lower_conv2d(ctx, call, args):
 def lower_matmul(ctx, call, args):
     x, w = args
     if isinstance(x, np.ndarray):
-        ctx.fail("matmul with a constant first operand is not supported")
+        return _constant_first_matmul(ctx, call, x, w)
     if not isinstance(w, np.ndarray):
         return _activation_matmul(ctx, call, x, w)
     if w.ndim != 2:
@@ -87,6 +87,20 @@ def lower_matmul(ctx, call, args):
             ctx.fail("int32 accumulator plus its offset correction could overflow")
         expr = ctx.emit(relax.op.add(expr, emit.const(corr_q, "int32")))
     return Accumulator(expr, x_scale * w_scale, len(call.ty.shape) - 1, ctx.out_range())
+
+
+def _constant_first_matmul(ctx, call, c, x):
+    """C @ x with C constant (learned queries: DETR, SVTRv2's decoder): C per row at 8 bits (one
+    scale per row over its batch copies), x an 8-bit operand; int32 accumulation, the row
+    scales along the output's second-to-last axis."""
+    if c.ndim < 2 or isinstance(x, np.ndarray):
+        ctx.fail("matmul of a 1-D constant by an activation is not supported")
+    reduction = int(c.shape[-1])
+    x = ctx.operand(x, reduction, 8)
+    _check_accumulator_bound(ctx, reduction, x.dtype, 8)
+    c_q, c_scale = quantize_weights(c, 8, axis=c.ndim - 2)  # not a layer of the bit choice: 8 bits always
+    expr = ctx.emit(relax.op.matmul(emit.const(c_q, "int8"), x.expr, out_dtype="int32"))
+    return Accumulator(expr, x.scale * c_scale, len(call.ty.shape) - 2, ctx.out_range())
 
 
 def _activation_matmul(ctx, call, a, b):
