@@ -9,6 +9,8 @@ from .fold_batchnorm import fold_batchnorm
 from .fuse_gelu import fuse_gelu
 from .fuse_layernorm import fuse_layernorm
 from .fuse_rmsnorm import fuse_rmsnorm
+from .sum_over_stack import sum_over_stack
+from .unary_chains_through_layout import unary_chains_through_layout
 from .fuse_unary_chains import fuse_unary_chains
 from .lowering import QuantConfig
 from .observers import OBSERVERS
@@ -18,7 +20,7 @@ from .verify_integer_only import IntegerOnlyReport, verify_integer_only
 
 __all__ = ["BOUNDARY_ATTR", "LAYERS_ATTR", "OBSERVERS", "IntegerOnlyReport", "QuantConfig", "QuantizeToInteger",
            "bind_weights", "calibrate", "conv1d_as_conv2d", "conv3d_as_conv2d", "decompose_batchnorm", "pool1d_as_pool2d", "fold_batchnorm", "fuse_gelu",
-           "fuse_layernorm", "fuse_rmsnorm", "fuse_unary_chains",
+           "fuse_layernorm", "fuse_rmsnorm", "fuse_unary_chains", "sum_over_stack", "unary_chains_through_layout",
            "verify_integer_only"]
 
 
@@ -37,7 +39,8 @@ def bind_weights(mod, weights):
     seq = tvm.transform.Sequential([relax.transform.BindParams("main", bound), fold_small_constants,
                                     fold_constant_calls,
                                     conv1d_as_conv2d, conv3d_as_conv2d, pool1d_as_pool2d, fold_batchnorm, decompose_batchnorm, fuse_gelu, fuse_layernorm, fuse_rmsnorm,
-                                    fuse_unary_chains,
+                                    fuse_unary_chains, relax.transform.DeadCodeElimination(),  # the chains' dead steps
+                                    sum_over_stack, relax.transform.DeadCodeElimination(), unary_chains_through_layout,
                                     fold_constant_calls,
                                     relax.transform.DeadCodeElimination(), unique_binding_names])
     return seq(mod)

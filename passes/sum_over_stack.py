@@ -1,0 +1,108 @@
+"""SumOverStack: a sum over the axis that a Concat stacked its inputs on -> an add of the inputs.
+
+    s = concat((x_1, ..., x_n), axis=k)     (each x_i of size 1 along k)
+    [s = intq.unary(s, P)]                  (an elementwise chain, e.g. the square)
+    y = sum(s, axis=[k])                    ==>  y = P(x_1) + ... + P(x_n)
+
+TF/Keras exports write a power spectrum as stack(re, im) -> square -> reduce_sum (basic-pitch's
+CQT): the Concat puts re and im on one grid before the square, and the sum is of a stack. As an
+add of squares, each square is an exact int32 product of its own input and their sum a
+nonnegative int32 (`lowering.binary.sum_of_squares`), which a log then reads by octaves. Fires
+only where the Concat (and the chain) have no other reader.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import relax
+
+from .fuse_unary_chains import unary_call
+from .unary_chains_through_layout import _unary
+
+MAX_TERMS = 8
+
+
+def _uses(func: relax.Function) -> dict:
+    uses: dict = {}
+    for block in func.body.blocks:
+        for b in block.bindings:
+            for v in relax.analysis.free_vars(b.value):
+                uses[v] = uses.get(v, 0) + 1
+    for v in relax.analysis.free_vars(func.body.body):
+        uses[v] = uses.get(v, 0) + 1
+    return uses
+
+
+def _op(value, name: str) -> bool:
+    return isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) and value.op.name == name
+
+
+@tvm.transform.module_pass(opt_level=0, name="SumOverStack")
+def sum_over_stack(mod, _ctx):
+    """Rewrite every sum over a stacking Concat's axis (see the module docstring)."""
+    for gv, func in list(mod.functions_items()):
+        if isinstance(func, relax.Function) and isinstance(func.body, relax.SeqExpr):
+            mod[gv] = _rewrite(func)
+    return mod
+
+
+def _rewrite(func: relax.Function) -> relax.Function:
+    uses = _uses(func)
+    bound = {b.var: b.value for block in func.body.blocks for b in block.bindings}
+    new = {}  # var -> the bindings replacing its own
+    for var, value in bound.items():
+        if not _op(value, "relax.sum") or value.attrs.axis is None or len(value.attrs.axis) != 1:
+            continue
+        src, program = value.args[0], None
+        chain = _unary(bound.get(src)) if isinstance(src, relax.Var) else None
+        if chain is not None and uses.get(src) == 1:
+            src, program = chain
+        stack = bound.get(src) if isinstance(src, relax.Var) else None
+        if not _op(stack, "relax.concat") or uses.get(src) != 1:
+            continue
+        rank = len(var.ty.shape) + (0 if value.attrs.keepdims else 1)
+        axis = int(value.attrs.axis[0]) % rank
+        parts = list(stack.args[0].fields)
+        if (int(stack.attrs.axis) % rank != axis or not 1 < len(parts) <= MAX_TERMS
+                or any(int(p.ty.shape[axis]) != 1 for p in parts)):
+            continue
+        df = isinstance(var, relax.DataflowVar)
+        bindings, terms = [], []
+
+        def bind(call, shape, name="stack_term"):
+            v = (relax.DataflowVar if df else relax.Var)(name, relax.TensorType(shape, str(var.ty.dtype)))
+            bindings.append(relax.VarBinding(v, call))
+            return v
+
+        for p in parts:
+            shape = [int(d) for d in p.ty.shape]
+            if not value.attrs.keepdims:  # the part without the stacked axis: what expand_dims added
+                inner = bound.get(p) if isinstance(p, relax.Var) else None
+                shape = shape[:axis] + shape[axis + 1:]
+                p = inner.args[0] if _op(inner, "relax.expand_dims") and [int(a) for a in inner.attrs.axis] == [
+                    axis] else bind(relax.op.squeeze(p, [axis]), shape)
+            terms.append(bind(unary_call(p, program, relax.TensorType(shape, str(var.ty.dtype))), shape)
+                         if program else p)
+        total = terms[0]
+        for k, t in enumerate(terms[1:]):
+            last = k == len(terms) - 2
+            call = relax.op.add(total, t)
+            if last:
+                bindings.append(relax.VarBinding(var, call))
+            else:
+                total = bind(call, [int(d) for d in var.ty.shape])
+        new[var] = bindings
+    if not new:
+        return func
+    blocks = []
+    for block in func.body.blocks:
+        bindings = []
+        for b in block.bindings:
+            if b.var in new:  # the terms become bindings of their own, then the sum's variable their total
+                bindings.extend(new[b.var])
+            else:
+                bindings.append(b)
+        blocks.append(relax.DataflowBlock(bindings) if isinstance(block, relax.DataflowBlock)
+                      else relax.BindingBlock(bindings))
+    return relax.Function(func.params, relax.SeqExpr(blocks, func.body.body), func.ret_ty, func.is_pure, func.attrs)
+

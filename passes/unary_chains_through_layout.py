@@ -1,0 +1,86 @@
+"""UnaryChainsThroughLayout: two unary chains with only a layout op between them -> one chain.
+
+    a = intq.unary(x, P);  t = permute_dims(a);  y = intq.unary(t, Q)
+    ==>  t = permute_dims(x);  y = intq.unary(t, P then Q)
+
+Elementwise functions commute with moving values, so the chain can run after the move. One
+chain is one table: a log-power spectrum written as sqrt, square, transpose, add eps, log
+(basic-pitch's CQT) otherwise rounds the power to a linear 8/16-bit grid between the two
+tables, flooring its weak bins, where one chain reads every octave of the power's int32
+(`lowering.unary.octave_lookup`). Fires only where the first chain and the layout op have no
+other reader.
+"""
+
+from __future__ import annotations
+
+import json
+
+import tvm
+from tvm import relax
+
+from .fuse_unary_chains import UNARY_CALL, unary_call
+
+LAYOUT = ("relax.permute_dims", "relax.reshape", "relax.expand_dims", "relax.squeeze", "relax.flatten")
+
+
+def _unary(value) -> tuple | None:
+    """(source, program) of an `intq.unary` call, else None."""
+    if (isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) and value.op.name == "relax.call_pure_packed"
+            and isinstance(value.args[0], relax.ExternFunc) and value.args[0].global_symbol == UNARY_CALL):
+        return value.args[1], str(value.args[2].value)
+    return None
+
+
+def compose(first: str, second: str) -> str:
+    """The program that runs `first`, then `second` on its result."""
+    a, b = json.loads(first), json.loads(second)
+    shift = lambda o: ["v", len(a) - 1 if o[1] == -1 else o[1] + len(a)] if isinstance(o, list) else o  # noqa: E731
+    return json.dumps(a + [[op, [shift(o) for o in operands], attrs] for op, operands, attrs in b])
+
+
+@tvm.transform.module_pass(opt_level=0, name="UnaryChainsThroughLayout")
+def unary_chains_through_layout(mod, _ctx):
+    """Merge every chain -> layout op -> chain into layout op -> chain (see the module docstring)."""
+    for gv, func in list(mod.functions_items()):
+        if isinstance(func, relax.Function) and isinstance(func.body, relax.SeqExpr):
+            mod[gv] = _merge(func)
+    return mod
+
+
+def _merge(func: relax.Function) -> relax.Function:
+    uses: dict = {}
+    bound = {}
+    for block in func.body.blocks:
+        for b in block.bindings:
+            bound[b.var] = b.value
+            for v in relax.analysis.free_vars(b.value):
+                uses[v] = uses.get(v, 0) + 1
+    for v in relax.analysis.free_vars(func.body.body):
+        uses[v] = uses.get(v, 0) + 1
+    replace, bb = {}, relax.BlockBuilder()  # var -> its new value
+    for var, value in bound.items():
+        second = _unary(value)
+        if second is None or not isinstance(second[0], relax.Var):
+            continue
+        moved = bound.get(second[0])
+        if not (isinstance(moved, relax.Call) and isinstance(moved.op, tvm.ir.Op) and moved.op.name in LAYOUT
+                and isinstance(moved.args[0], relax.Var) and uses.get(second[0]) == 1):
+            continue
+        first = _unary(bound.get(moved.args[0]))
+        if first is None or uses.get(moved.args[0]) != 1 or moved.args[0] in replace or second[0] in replace:
+            continue
+        source, program = first
+        if str(getattr(source.ty, "dtype", "")) != str(moved.args[0].ty.dtype):
+            continue
+        replace[second[0]] = bb.normalize(relax.Call(moved.op, [source, *moved.args[1:]], moved.attrs,
+                                                     moved.ty_args))
+        replace[var] = bb.normalize(unary_call(second[0], compose(program, second[1]), var.ty))
+        bound[second[0]], bound[var] = replace[second[0]], replace[var]
+    if not replace:
+        return func
+    blocks = []
+    for block in func.body.blocks:
+        bindings = [relax.VarBinding(b.var, replace[b.var]) if b.var in replace else b for b in block.bindings]
+        blocks.append(relax.DataflowBlock(bindings) if isinstance(block, relax.DataflowBlock)
+                      else relax.BindingBlock(bindings))
+    return relax.Function(func.params, relax.SeqExpr(blocks, func.body.body), func.ret_ty, func.is_pure, func.attrs)
