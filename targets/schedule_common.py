@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import tvm
 from tvm import s_tir
 
@@ -88,3 +90,23 @@ def inline_epilogue(sch: s_tir.Schedule, name: str) -> list:
         except s_tir.schedule.ScheduleError:
             pass  # it writes an output, or is not elementwise: scheduled per tile instead
     return after()
+
+
+def _read_once(sch: s_tir.Schedule, block) -> bool:
+    """Every consumer of `block` reads its value at most once (inlining copies the value's expression
+    into each read: along a chain that reads twice per step, isqrt's, the copies double per step)."""
+    names = [re.escape(w.source.name) for w in sch.get(block).writes]
+    reads = re.compile(r"(?<![\w.])(" + "|".join(names) + r")\[")
+    # TVM 0.27 exposes no TIR visitor to Python: the consumer's printed body is counted instead
+    return all(len(reads.findall(str(sch.get(consumer).body))) <= 1 for consumer in sch.get_consumers(block))
+
+
+def inline_producers(sch: s_tir.Schedule, keep) -> None:
+    """Inline every block of the kernel that `keep` does not accept, last first, where it can be inlined
+    and is read once; the others stay loop nests of their own, before."""
+    for other in reversed(sch.get_child_blocks(sch.get_sblock("root"))):
+        if not keep(other) and _read_once(sch, other):
+            try:
+                sch.compute_inline(other)
+            except s_tir.schedule.ScheduleError:
+                pass  # computed in a loop nest of its own

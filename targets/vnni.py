@@ -28,7 +28,7 @@ from tvm import relax, s_tir, te
 from tvm.script import tirx as T
 
 from .kernel_family import DOTS, VNNI, Dot
-from .schedule_common import inline_epilogue, static_factor
+from .schedule_common import inline_epilogue, inline_producers, static_factor
 
 LANES = VNNI.lanes  # AVX512-VNNI's, kept for callers that assume it
 STACK_BYTES = 1024  # TVM's kMaxStackAlloca: smaller constant-size "global" buffers are stack arrays
@@ -365,12 +365,7 @@ def schedule_pack(sch: s_tir.Schedule, block) -> None:
     stores) or its columns (V: one L * k vector store per tile)."""
     name = sch.get(block).name_hint
     packs = [b for b in sch.get_child_blocks(sch.get_sblock("root")) if sch.get(b).name_hint.startswith(name)]
-    for other in reversed(sch.get_child_blocks(sch.get_sblock("root"))):
-        if not sch.get(other).name_hint.startswith(name):
-            try:
-                sch.compute_inline(other)
-            except s_tir.schedule.ScheduleError:
-                pass  # computed in a loop nest of its own, before the pack
+    inline_producers(sch, lambda other: sch.get(other).name_hint.startswith(name))
     for pack in packs:
         loops = sch.get_loops(pack)
         if sch.get(pack).name_hint != name:  # the tail: columns innermost
@@ -492,12 +487,7 @@ def taps_tile(o: int, wx: int, dot: Dot):
 def _schedule_taps_input(sch: s_tir.Schedule, block) -> None:
     """The taps conv's input pack with its producers (a requantization) inlined: parallel over
     phase rows, each row a loop over the k-step slots with the columns innermost (contiguous reads)."""
-    for other in reversed(sch.get_child_blocks(sch.get_sblock("root"))):
-        if not other.same_as(block):
-            try:
-                sch.compute_inline(other)
-            except s_tir.schedule.ScheduleError:
-                pass
+    inline_producers(sch, lambda other: other.same_as(block))
     *outer, xq, kl = sch.get_loops(block)
     sch.reorder(*outer, kl, xq)
     sch.parallel(sch.fuse(*outer))
