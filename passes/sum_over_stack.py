@@ -17,20 +17,9 @@ import tvm
 from tvm import relax
 
 from .fuse_unary_chains import unary_call
-from .unary_chains_through_layout import _unary
+from .unary_chains_through_layout import _unary, uses_of
 
 MAX_TERMS = 8
-
-
-def _uses(func: relax.Function) -> dict:
-    uses: dict = {}
-    for block in func.body.blocks:
-        for b in block.bindings:
-            for v in relax.analysis.free_vars(b.value):
-                uses[v] = uses.get(v, 0) + 1
-    for v in relax.analysis.free_vars(func.body.body):
-        uses[v] = uses.get(v, 0) + 1
-    return uses
 
 
 def _op(value, name: str) -> bool:
@@ -47,7 +36,7 @@ def sum_over_stack(mod, _ctx):
 
 
 def _rewrite(func: relax.Function) -> relax.Function:
-    uses = _uses(func)
+    uses = uses_of(func)
     bound = {b.var: b.value for block in func.body.blocks for b in block.bindings}
     new = {}  # var -> the bindings replacing its own
     for var, value in bound.items():

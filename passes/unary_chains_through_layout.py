@@ -47,16 +47,21 @@ def unary_chains_through_layout(mod, _ctx):
     return mod
 
 
-def _merge(func: relax.Function) -> relax.Function:
+def uses_of(func: relax.Function) -> dict:
+    """Variable -> how many bindings (and the function's result) read it."""
     uses: dict = {}
-    bound = {}
     for block in func.body.blocks:
         for b in block.bindings:
-            bound[b.var] = b.value
             for v in relax.analysis.free_vars(b.value):
                 uses[v] = uses.get(v, 0) + 1
     for v in relax.analysis.free_vars(func.body.body):
         uses[v] = uses.get(v, 0) + 1
+    return uses
+
+
+def _merge(func: relax.Function) -> relax.Function:
+    uses = uses_of(func)
+    bound = {b.var: b.value for block in func.body.blocks for b in block.bindings}
     replace, bb = {}, relax.BlockBuilder()  # var -> its new value
     for var, value in bound.items():
         second = _unary(value)
