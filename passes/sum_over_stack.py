@@ -17,7 +17,7 @@ import tvm
 from tvm import relax
 
 from .fuse_unary_chains import unary_call
-from .unary_chains_through_layout import _unary, uses_of
+from .unary_chains_through_layout import _unary, uses_of, with_bindings
 
 MAX_TERMS = 8
 
@@ -81,17 +81,5 @@ def _rewrite(func: relax.Function) -> relax.Function:
             else:
                 total = bind(call, [int(d) for d in var.ty.shape])
         new[var] = bindings
-    if not new:
-        return func
-    blocks = []
-    for block in func.body.blocks:
-        bindings = []
-        for b in block.bindings:
-            if b.var in new:  # the terms become bindings of their own, then the sum's variable their total
-                bindings.extend(new[b.var])
-            else:
-                bindings.append(b)
-        blocks.append(relax.DataflowBlock(bindings) if isinstance(block, relax.DataflowBlock)
-                      else relax.BindingBlock(bindings))
-    return relax.Function(func.params, relax.SeqExpr(blocks, func.body.body), func.ret_ty, func.is_pure, func.attrs)
+    return with_bindings(func, new)  # the terms, then the sum's variable bound to their total
 

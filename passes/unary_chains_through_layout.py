@@ -81,11 +81,16 @@ def _merge(func: relax.Function) -> relax.Function:
                                                      moved.ty_args))
         replace[var] = bb.normalize(unary_call(second[0], compose(program, second[1]), var.ty))
         bound[second[0]], bound[var] = replace[second[0]], replace[var]
-    if not replace:
+    return with_bindings(func, {v: [relax.VarBinding(v, e)] for v, e in replace.items()})
+
+
+def with_bindings(func: relax.Function, new: dict) -> relax.Function:
+    """`func` with each binding of a variable in `new` replaced by the bindings listed there."""
+    if not new:
         return func
     blocks = []
     for block in func.body.blocks:
-        bindings = [relax.VarBinding(b.var, replace[b.var]) if b.var in replace else b for b in block.bindings]
+        bindings = [n for b in block.bindings for n in new.get(b.var, [b])]
         blocks.append(relax.DataflowBlock(bindings) if isinstance(block, relax.DataflowBlock)
                       else relax.BindingBlock(bindings))
     return relax.Function(func.params, relax.SeqExpr(blocks, func.body.body), func.ret_ty, func.is_pure, func.attrs)
