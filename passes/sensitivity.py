@@ -33,9 +33,13 @@ from .float_taps import TappedModel
 
 PROBE_SAMPLES = 2  # calibration samples the probe keeps (the error is their mean)
 MAX_SETS = 48  # sets measured per search, at most (each one model run per sample)
-MAX_SECONDS = 20.0  # time spent measuring sets, at most (what was found by then is kept): a YOLOX-style
-# detector at 416x416 spent 90 s here (about 1 s per float run) and found nothing; the tensors that
-# matter (a sqrt's input, a regression head) sit in small models, found in a few seconds
+MAX_ELEMENTS = 3e9  # tensor elements the measured runs pass through their taps, at most (what was found by
+# then is kept): the search's cost in work, not seconds, so that the same model compiles the same on
+# every machine and under any load (a 20 s limit made PP-OCRv5's result depend on both: cosine 0.980
+# or 0.985). ~100M elements/s on a 2-core Zen 4: PP-OCRv5 at 320x320 passes 23M per run, 2.3e9 in
+# its 48 sets (23 s); a YOLOX-style detector at 416x416 spent 90 s here without a limit (about
+# 1 s per float run) and found nothing; the tensors that matter (a sqrt's input, a regression head)
+# sit in small models, found within a few sets
 
 
 class SensitivityProbe:
@@ -46,6 +50,8 @@ class SensitivityProbe:
         self.samples = [dict(s) for s in list(samples)[:PROBE_SAMPLES]]
         self.runs = 0  # model runs so far (one per sample per measured set)
         self.seconds = 0.0  # spent in those runs
+        self.elements = 0  # tensor elements the taps of measured (not reference) runs saw
+        self.run_elements = 0  # of them, per run (known after the first measured run)
         self._tapped = set(model.names)
         self._reference = None
         self._memo: dict = {}
@@ -54,6 +60,7 @@ class SensitivityProbe:
         by_index = {i: grids[n] for i, n in enumerate(self.model.names) if n in grids}
 
         def fake_quantize(index: int, x: np.ndarray):
+            self.elements += x.size
             if index not in by_index:
                 return None
             scale, lo, hi = by_index[index]
@@ -64,6 +71,8 @@ class SensitivityProbe:
         for sample in self.samples:
             outs.append([y.astype(np.float64) for y in self.model.run(sample, fake_quantize if by_index else None)])
             self.runs += 1
+            if by_index and not self.run_elements:
+                self.run_elements = self.elements
         self.seconds += time.perf_counter() - start
         return outs
 
@@ -102,25 +111,23 @@ def coarse_grids(grids: dict[str, tuple[float, int, int]], moments: dict[str, tu
 
 
 def find_sensitive(probe: SensitivityProbe, grids: dict[str, tuple[float, int, int]], tol: float,
-                   limit: int, goal: float, budget: int = MAX_SETS, seconds: float = MAX_SECONDS) -> dict[str, float]:
+                   limit: int, goal: float, budget: int = MAX_SETS, work: float = MAX_ELEMENTS) -> dict[str, float]:
     """{name: error alone} of the candidates to carry at 16 bits, the worst first.
 
     Best first: the measured set with the largest error is split in two halves (graph order) and
     both are measured; a single tensor popped is a find. It stops at `limit` finds, after `budget`
-    measured sets or `seconds` of measuring (a 1024x1024 segmentation net runs for minutes per set:
-    the finds so far are kept; a set is not started that would end past them), or when the largest set left costs at most tol^2 and all sets left
+    measured sets or `work` tensor elements through the taps (a 1024x1024 segmentation net runs for
+    minutes per set: the finds so far are kept; a set is not started that would end past them), or when the largest set left costs at most tol^2 and all sets left
     together (their errors add up) at most goal^2, or, whatever the total, at most (tol / 8)^2.
     """
     names = list(grids)
     if not names:
         return {}
-    deadline = time.monotonic() + seconds
     heap = [(-probe.error(grids), 0, names)]
     found: dict[str, float] = {}
     sets, order = 1, 1
-    def affordable() -> bool:  # one more set (a run per sample) still ends by the deadline
-        per_set = probe.seconds / max(probe.runs, 1) * len(probe.samples)
-        return time.monotonic() + per_set < deadline
+    def affordable() -> bool:  # one more set (a run per sample) stays within the work
+        return probe.elements + probe.run_elements * len(probe.samples) <= work
 
     while heap and len(found) < limit and sets < budget and affordable():
         err, _, part = heapq.heappop(heap)

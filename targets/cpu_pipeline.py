@@ -20,6 +20,7 @@ def cpu_lowering_passes(target, tune_trials: int = 0) -> list:
     from passes.grouped_conv_as_convs import grouped_conv_as_convs
     from passes.patch_conv_as_matmul import patch_conv_as_matmul
 
+    from .concat_tree import concat_tree
     from .cpu_schedules import schedule_int_matmul_cpu
     from .depthwise import flat_depthwise
     from .share_kernels import dedupe_kernels, lift_scalar_constants
@@ -39,7 +40,7 @@ def cpu_lowering_passes(target, tune_trials: int = 0) -> list:
         from .tuning import tune_pass
 
         tune = [tune_pass(target, tune_trials)]
-    return ([windowed_requant, narrow_int64, patch_conv_as_matmul, conv_transpose_as_conv, grouped_conv_as_convs, flat_depthwise] + dots + patches + [conv1x1_as_matmul] + cpu_defaults.library_dispatch_passes(target)
+    return ([windowed_requant, narrow_int64, patch_conv_as_matmul, conv_transpose_as_conv, grouped_conv_as_convs, flat_depthwise] + dots + patches + [conv1x1_as_matmul, concat_tree] + cpu_defaults.library_dispatch_passes(target)
             + [lift_scalar_constants] + cpu_defaults.legalize_passes(target)
             + [schedule_int4_dot_kernels, schedule_int_matmul_cpu, dedupe_kernels] + tune)
 

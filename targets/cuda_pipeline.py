@@ -23,6 +23,7 @@ def cuda_pipeline(target: tvm.target.Target):
 
     from passes.conv1x1_as_matmul import conv1x1_as_matmul
 
+    from .concat_tree import concat_tree
     from .cuda_dp4a import schedule_int8_matmul_dp4a
     from .cuda_rows import schedule_row_kernels_cuda
 
@@ -30,7 +31,7 @@ def cuda_pipeline(target: tvm.target.Target):
     def pipeline(mod, _ctx):
         with target:
             seq = tvm.transform.Sequential(
-                [conv1x1_as_matmul]
+                [conv1x1_as_matmul, concat_tree]
                 + cuda_defaults.library_dispatch_passes(target)
                 + [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
                    relax.transform.FoldConstant(), relax.transform.FuseOps(), relax.transform.FuseTIR(),

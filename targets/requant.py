@@ -33,6 +33,8 @@ import tvm
 from tvm import relax, te, tirx
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from frontends.relax_rewrite import KernelCache, drop_unused_bindings
+
 
 def window(m: np.ndarray, rnd: np.ndarray, s: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
     """(a_lo, a_hi) per element of the broadcast (m, rnd, s) of f(acc) = (acc * m + rnd) >> s
@@ -109,6 +111,10 @@ def _const(expr) -> np.ndarray | None:
 
 @mutator
 class _Rewriter(PyExprMutator):
+    def __init__(self, mod):
+        super().__init__(mod)
+        self.kernels = KernelCache(self.builder_)
+
     def _bound(self, expr):
         return self.lookup_binding(expr) if isinstance(expr, relax.Var) else expr
 
@@ -140,10 +146,10 @@ class _Rewriter(PyExprMutator):
         const = lambda v, dtype: relax.const(np.ascontiguousarray(np.broadcast_to(v, full)).astype(dtype), dtype)
         offset = offset_form(m, rnd, s, a_lo, a_hi)
         if offset is not None:
-            return self.builder_.call_te(offset_requant_te, acc, const(m, "uint32"), const(offset[0], "uint64"),
+            return self.kernels.call_te(offset_requant_te, acc, const(m, "uint32"), const(offset[0], "uint64"),
                                          const(s, "uint64"), const(a_lo, "int32"), const(a_hi, "int32"),
                                          const(offset[1], "int32"), lo, hi, primfunc_name_hint="windowed_requant")
-        return self.builder_.call_te(windowed_requant_te, acc, const(m, "int32"), const(rnd, "int64"),
+        return self.kernels.call_te(windowed_requant_te, acc, const(m, "int32"), const(rnd, "int64"),
                                      const(s, "int64"), const(a_lo, "int32"), const(a_hi, "int32"), lo, hi,
                                      primfunc_name_hint="windowed_requant")
 
@@ -156,4 +162,4 @@ def windowed_requant(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     for gv, func in mod.functions_items():
         if isinstance(func, relax.Function):
             rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
-    return relax.transform.DeadCodeElimination()(rewriter.builder_.get())
+    return drop_unused_bindings(rewriter.builder_.get())

@@ -431,3 +431,26 @@ def test_fold_constant_calls_folds_what_fold_constant_folds():
     tvm.ir.assert_structural_equal(got, want)
     assert "permute_dims" not in got["main"].script() and "shape_of" not in got["main"].script()
     tvm.ir.assert_structural_equal(fold_constant_calls(got), got)  # nothing left to fold
+
+
+def test_drop_unused_bindings_equals_dead_code_elimination():
+    """The one-sweep binding DCE gives what TVM's pass gives (dead chains, dead outputs of a chain
+    whose last step is read, bindings outside dataflow kept)."""
+    import tvm_ffi
+    from tvm import relax
+
+    from frontends.relax_rewrite import drop_unused_bindings
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((4,), "int32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            live = bb.emit(relax.op.add(x, x))
+            dead = bb.emit(relax.op.multiply(x, x))
+            bb.emit(relax.op.subtract(dead, x))
+            out = bb.emit_output(relax.op.negative(live))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    swept = drop_unused_bindings(mod)
+    assert tvm_ffi.structural_equal(swept["main"], relax.transform.DeadCodeElimination()(mod)["main"])
+    assert sum(len(b.bindings) for b in swept["main"].body.blocks) == 2

@@ -109,3 +109,24 @@ def test_8_bit_outputs_take_the_unsigned_form():
     """The rewrite emits the unsigned 64-bit multiply and shift (AVX2 has no 64-bit arithmetic shift)."""
     text = _rewritten(-128, 127, "int8")
     assert "windowed_requant" in text and '"uint64"' in text  # the signed form has no unsigned value
+
+
+def test_equal_shapes_share_one_kernel_and_keep_their_values():
+    """An unrolled recurrence requantizes one shape thousands of times with different ratios:
+    the rewrite builds one windowed kernel (its constants are arguments) and drops the dead chains
+    (frontends.relax_rewrite.KernelCache, drop_unused_bindings); each result keeps its own ratio."""
+    from tvm import relax
+
+    from targets.requant import windowed_requant
+
+    ratios = [1e-3, 3e-3, 0.2]
+    acc = rng.integers(-(2**20), 2**20, (2, 8), dtype=np.int32)
+
+    def build(a):
+        outs = [emit.requantize(a, *ref.dyadic(np.array([r])), -128, 127, "int8") for r in ratios]
+        return relax.op.concat(outs, axis=0)
+
+    text = windowed_requant(relax_main(build, [acc])).script()
+    assert text.count("def windowed_requant") == 1 and "R.multiply" not in text
+    want = np.concatenate([ref.requantize(acc, *ref.dyadic(np.array([r])), -128, 127, "int8") for r in ratios])
+    np.testing.assert_array_equal(run_relax(build, [acc]), want)

@@ -23,7 +23,8 @@ rng = np.random.default_rng(12)
 class _AdditiveProbe:
     """A probe whose error is the sum of fixed per-tensor errors (noise powers add up)."""
 
-    samples, runs, seconds = (), 0, 0.0  # measuring costs nothing here
+    samples, runs, seconds, elements = (None,), 0, 0.0, 0  # measuring costs nothing here, unless
+    run_elements = 0  # run_elements is set
 
     def __init__(self, errors: dict[str, float]):
         self.errors, self.sets = errors, 0
@@ -43,8 +44,9 @@ def test_search_finds_the_sensitive_tensors_in_few_measurements():
     quiet = _AdditiveProbe({f"t{i}": 1e-6 for i in range(200)})
     assert find_sensitive(quiet, {n: (1.0, -128, 127) for n in quiet.errors}, 0.03, 16, 0.05) == {}
     assert quiet.sets == 1  # nothing sensitive: one measurement
-    slow = _AdditiveProbe(errors)  # out of time after the first measurement: nothing found, no more measured
-    assert find_sensitive(slow, {n: (1.0, -128, 127) for n in errors}, 0.03, 16, 0.05, seconds=0.0) == {}
+    slow = _AdditiveProbe(errors)  # out of work after the first measurement: nothing found, no more measured
+    slow.run_elements = 1
+    assert find_sensitive(slow, {n: (1.0, -128, 127) for n in errors}, 0.03, 16, 0.05, work=0.0) == {}
     assert slow.sets == 1
 
 
