@@ -117,27 +117,27 @@ def test_no_calibration_warns(tmp_path, small_cnn_path, capsys):
 
 
 def _with_unsupported(path):
-    """small_cnn plus Sin (no integer lowering) on its logits, as a second output."""
+    """small_cnn plus Trilu (no integer lowering) on its logits, as a second output."""
     import onnx
     from conftest import small_cnn
 
     model = onnx.load(small_cnn(path))
-    model.graph.node.append(helper.make_node("Sin", ["y"], ["cs"], name="running_sum"))
+    model.graph.node.append(helper.make_node("Trilu", ["y"], ["cs"], name="running_sum"))
     model.graph.output.append(helper.make_tensor_value_info("cs", onnx.TensorProto.FLOAT, [1, 10]))
     onnx.save(model, path)
     return str(path)
 
 
 def test_unsupported_op_refused_unless_allow_float(tmp_path, capsys):
-    model = _with_unsupported(tmp_path / "sin.onnx")
-    _compile_fails([model, "-o", str(tmp_path / "a")], capsys, "Sin (node running_sum)", "--allow-float")
+    model = _with_unsupported(tmp_path / "trilu.onnx")
+    _compile_fails([model, "-o", str(tmp_path / "a")], capsys, "Trilu (node running_sum)", "--allow-float")
     assert not (tmp_path / "a").exists()
     assert compile_main([model, "-o", str(tmp_path / "a"), "--allow-float"]) == 0
     err = capsys.readouterr().err
-    assert "1 node(s) run in float (--allow-float)" in err and "(relax.sin): no integer lowering" in err
+    assert "1 node(s) run in float (--allow-float)" in err and "(relax.triu): no integer lowering" in err
     m = runtime.load(tmp_path / "a")
-    assert m.manifest["integer_only"] is False and "relax.sin" in m.manifest["verifier"]
-    assert [(n["op"], n["reason"]) for n in m.manifest["float_nodes"]] == [("relax.sin", "no integer lowering")]
+    assert m.manifest["integer_only"] is False and "relax.triu" in m.manifest["verifier"]
+    assert [(n["op"], n["reason"]) for n in m.manifest["float_nodes"]] == [("relax.triu", "no integer lowering")]
     y, cs = m.manifest["outputs"]
     assert y["quant"]["dtype"] == "int32" and cs["quant"] == {"dtype": "float32", "scale": [1.0], "axis": None}
     out = m.run({"x": _x()})

@@ -335,9 +335,11 @@ def _activations_model(path, seed: int = 11) -> list[str]:
              node("Sqrt", ["r"], ["Sqrt"]), node("Log", ["a1"], ["Log"]), node("Reciprocal", ["a1"], ["Reciprocal"]),
              node("Div", ["one", "a1"], ["DivConst"]), node("Pow", ["c", "three"], ["Pow"]),
              node("Pow", ["r", "half"], ["PowHalf"]), node("PRelu", ["c", "slope"], ["PRelu"]),
-             node("Transpose", ["c"], ["nhwc"], perm=[0, 2, 3, 1]), node("PRelu", ["nhwc", "slope_c"], ["PReluNHWC"])]
+             node("Transpose", ["c"], ["nhwc"], perm=[0, 2, 3, 1]), node("PRelu", ["nhwc", "slope_c"], ["PReluNHWC"]),
+             node("Asin", ["sig"], ["Asin"]), node("Acos", ["sig"], ["Acos"])]
     unary = ["Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Mish", "Elu", "Selu", "Softplus", "Softsign",
-             "LeakyRelu", "ThresholdedRelu", "Exp", "Erf", "Abs", "Neg", "Sign", "Round", "Floor", "Ceil"]
+             "LeakyRelu", "ThresholdedRelu", "Exp", "Erf", "Abs", "Neg", "Sign", "Round", "Floor", "Ceil",
+             "Sin", "Cos", "Atan", "Sinh", "Asinh"]
     nodes += [node(op, ["c"], [op + "_"]) for op in unary]
     names = [n.output[0] for n in nodes if n.output[0][0].isupper()]
     out = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 4, 4, 4]) for n in names]

@@ -43,6 +43,10 @@ TABLE_OPS = {
     "relax.nn.softplus": lambda x, beta, threshold: np.where(beta * x > threshold, x,
                                                              np.logaddexp(0.0, beta * x) / beta),
     "relax.nn.leakyrelu": lambda x, alpha: np.where(x >= 0, x, alpha * x),
+    "relax.sin": np.sin, "relax.cos": np.cos, "relax.tan": np.tan,
+    "relax.asin": np.arcsin, "relax.acos": np.arccos, "relax.atan": np.arctan,
+    "relax.sinh": np.sinh, "relax.cosh": np.cosh,
+    "relax.asinh": np.arcsinh, "relax.acosh": np.arccosh, "relax.atanh": np.arctanh,
     "relax.nn.selu": lambda x: 1.0507009873554805 * np.where(x > 0, x, 1.6732632423543772 * np.expm1(x)),
 }
 # Ops a chain may hold that do not by themselves call for a table (binary ones: scalar constant
