@@ -37,3 +37,27 @@ def test_no_kernel_reads_more_than_fanin_tensors():
         lowered = tvm.transform.Sequential(cpu_lowering_passes(target))(relax_main(_build, _steps()))
     reads = [len(f.params) - 1 for f in lowered.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
     assert max(reads) <= FANIN and sum(1 for _ in reads) > 1
+
+
+def test_long_dataflow_blocks_are_cut_before_fusion(monkeypatch):
+    """FuseOps costs the square of a block's length: blocks are cut at MAX_BINDINGS (here 16), the
+    values read across a cut become block outputs, and the results are the same."""
+    from targets import split_dataflow
+
+    xs = _steps()[:12]
+
+    def chain(*xs):  # 12 x 3 bindings, each step reading the previous one (values cross every cut)
+        acc = xs[0]
+        for x in xs[1:]:
+            acc = relax.op.subtract(relax.op.add(acc, x), relax.op.multiply(x, relax.const(2, "int32")))
+        return acc
+
+    want = run_relax(chain, xs)
+    monkeypatch.setattr(split_dataflow, "MAX_BINDINGS", 16)
+    mod = tvm.relax.transform.Normalize()(relax_main(chain, xs))
+    cut = split_dataflow.split_dataflow_blocks(mod)
+    flows = [b for b in cut["main"].body.blocks if isinstance(b, relax.DataflowBlock)]
+    assert len(flows) == -(-len(mod["main"].body.blocks[0].bindings) // 16) > 1
+    assert max(len(b.bindings) for b in flows) <= 16
+    np.testing.assert_array_equal(run_relax(chain, xs), want)
+    np.testing.assert_array_equal(want, xs[0] - sum(xs[1:]))
