@@ -27,6 +27,7 @@ def cpu_lowering_passes(target, tune_trials: int = 0) -> list:
     from .kernel_family import is_x86, kernel_family
     from .narrow_int64 import narrow_int64
     from .requant import windowed_requant
+    from .legalize_once import legalize_ops_once
     from .split_dataflow import split_dataflow_blocks
     from .vnni_int4 import schedule_int4_dot_kernels, use_int4_dot_kernels
     from .vnni_rewrite import use_dot_kernels
@@ -42,14 +43,16 @@ def cpu_lowering_passes(target, tune_trials: int = 0) -> list:
 
         tune = [tune_pass(target, tune_trials)]
     return ([windowed_requant, narrow_int64, patch_conv_as_matmul, conv_transpose_as_conv, grouped_conv_as_convs, flat_depthwise] + dots + patches + [conv1x1_as_matmul, concat_tree] + cpu_defaults.library_dispatch_passes(target)
-            + [lift_scalar_constants] + _before_fusion(cpu_defaults.legalize_passes(target), split_dataflow_blocks)
+            + [lift_scalar_constants] + _adapted(cpu_defaults.legalize_passes(target), legalize_ops_once, split_dataflow_blocks)
             + [schedule_int4_dot_kernels, schedule_int_matmul_cpu, dedupe_kernels] + tune)
 
 
-def _before_fusion(passes: list, extra) -> list:
-    names = [p.info.name for p in passes]
-    at = names.index("FuseOps") if "FuseOps" in names else len(passes)
-    return passes[:at] + [extra] + passes[at:]
+def _adapted(passes: list, legalize, split) -> list:
+    """TVM's legalization passes with LegalizeOps replaced by `legalize` and `split` run before FuseOps."""
+    out = []
+    for p in passes:
+        out += [legalize] if p.info.name == "LegalizeOps" else [split, p] if p.info.name == "FuseOps" else [p]
+    return out
 
 
 def cpu_pipeline(target: tvm.target.Target, tune_trials: int = 0):

@@ -1,5 +1,7 @@
-"""targets/concat_tree.py: a concatenation of many tensors (an unrolled recurrence's outputs)
-builds as a tree of small kernels and gives the same values."""
+"""What keeps long graphs (unrolled recurrences: tens of thousands of bindings) cheap to build,
+with the same values: a concatenation of many tensors as a tree of small kernels
+(targets/concat_tree.py), long dataflow blocks cut before FuseOps (targets/split_dataflow.py),
+equal calls legalized once (targets/legalize_once.py)."""
 
 from __future__ import annotations
 
@@ -61,3 +63,31 @@ def test_long_dataflow_blocks_are_cut_before_fusion(monkeypatch):
     assert max(len(b.bindings) for b in flows) <= 16
     np.testing.assert_array_equal(run_relax(chain, xs), want)
     np.testing.assert_array_equal(want, xs[0] - sum(xs[1:]))
+
+
+def test_equal_calls_are_legalized_once(monkeypatch):
+    """Calls equal but for their variables share one kernel; a different constant, attribute, shape
+    or operand pattern (add(x, x) against add(x, y)) gets its own; the values are those of NumPy."""
+    from targets import legalize_once
+
+    legalized, cached = [], legalize_once._cached  # which calls reach TVM's own legalization
+    monkeypatch.setattr(legalize_once, "_cached", lambda default, cache: cached(
+        lambda bb, call: (legalized.append(call.op.name), default(bb, call))[1], cache))
+
+    xs = _steps()[:4] + [np.arange(6, dtype=np.int32).reshape(1, 6)]
+
+    def build(a, b, c, d, e):
+        two, three = relax.const(2, "int32"), relax.const(3, "int32")
+        parts = [relax.op.multiply(a, two), relax.op.multiply(b, two), relax.op.multiply(c, three),
+                 relax.op.add(a, b), relax.op.add(c, d), relax.op.add(d, d),
+                 relax.op.reshape(relax.op.multiply(e, two), (1, 2, 3))]
+        return relax.op.concat(parts, axis=1)
+
+    mod = tvm.relax.transform.Normalize()(relax_main(build, xs))
+    kernels = [f for f in legalize_once.legalize_ops_once(mod).functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert legalized.count("relax.multiply") == 3 and legalized.count("relax.add") == 2  # b * 2, c + d reused
+    # by 2, by 3, add (add(d, d) is legalized afresh, into the same PrimFunc), e by 2, reshape, concat
+    assert len(kernels) == 6, len(kernels)
+    a, b, c, d, e = xs
+    want = np.concatenate([a * 2, b * 2, c * 3, a + b, c + d, d + d, (e * 2).reshape(1, 2, 3)], axis=1)
+    np.testing.assert_array_equal(run_relax(build, xs), want)

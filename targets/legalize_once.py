@@ -1,0 +1,94 @@
+"""LegalizeOps that builds each distinct kernel once: calls equal but for their variables share one.
+
+TVM's LegalizeOps turns every Relax op call into a TE kernel of its own (~0.4 ms of Python each),
+and FuseOps/dedupe merge them again later. A 300-step unrolled LSTM has 96,000 calls and only a
+few hundred distinct ones: legalization took 36 s of its build, and as much of calibration's float
+build. Here a call whose op, attributes, constant operands and operand types (static shapes) equal
+those of one legalized before reuses that result, its variables substituted: the same kernel, the
+same values. Only results that are one call reading nothing but the call's own operands are
+reused (anything else is legalized afresh).
+"""
+
+from __future__ import annotations
+
+import tvm
+import tvm_ffi
+from tvm import relax
+from tvm.relax.expr_functor import PyExprMutator, mutator
+
+
+@mutator
+class _Substitute(PyExprMutator):
+    def __init__(self, mapping):
+        super().__init__()
+        self.mapping = mapping
+
+    def visit_var_(self, var):
+        return self.mapping.get(var, var)
+
+    def visit_dataflow_var_(self, var):
+        return self.mapping.get(var, var)
+
+
+def _static(ty) -> bool:
+    if isinstance(ty, relax.TensorType):
+        return ty.shape is not None and all(isinstance(d, tvm.tirx.IntImm) for d in ty.shape)
+    if isinstance(ty, relax.TupleType):
+        return all(_static(f) for f in ty.fields)
+    return False
+
+
+def _operands(expr, out: list) -> bool:
+    """Flatten `expr` into `out`: Vars (static shapes), constants and literals (numbers, static
+    shapes), through Tuples; False for anything else (the call is then legalized as it is)."""
+    if isinstance(expr, relax.Tuple):
+        return all(_operands(f, out) for f in expr.fields)
+    out.append(expr)
+    if isinstance(expr, relax.Var):
+        return _static(expr.ty)
+    if isinstance(expr, relax.ShapeExpr):
+        return all(isinstance(d, tvm.tirx.IntImm) for d in expr.values)
+    return isinstance(expr, (tvm.ir.GenericConst, tvm.tirx.IntImm, tvm.tirx.FloatImm, tvm.ir.StringImm))
+
+
+def _key(call: relax.Call):
+    operands: list = []
+    if not isinstance(call.op, tvm.ir.Op) or not all(_operands(a, operands) for a in call.args):
+        return None, None
+    variables = [v for v in operands if isinstance(v, relax.Var)]
+    first = {}
+    pattern = tuple(first.setdefault(v, i) for i, v in enumerate(variables))  # add(x, x) is not add(x, y)
+    values = tuple(tvm_ffi.structural_hash(v.ty) if isinstance(v, relax.Var) else ("value", tvm_ffi.structural_hash(v))
+                   for v in operands)
+    structure = tuple(len(a.fields) if isinstance(a, relax.Tuple) else -1 for a in call.args)
+    attrs = tvm_ffi.structural_hash(call.attrs) if call.attrs is not None else 0
+    types = (tvm_ffi.structural_hash(call.ty), tuple(tvm_ffi.structural_hash(t) for t in call.ty_args))
+    return (call.op.name, attrs, structure, values, pattern, types), list(dict.fromkeys(variables))
+
+
+def _cached(default, cache: dict):
+    def legalize(bb, call):
+        key, variables = _key(call)
+        if key is not None and key in cache:
+            template, params = cache[key]
+            return _Substitute(dict(zip(params, variables))).visit_expr(template)
+        out = default(bb, call)
+        if (key is not None and isinstance(out, relax.Call)
+                and set(relax.analysis.free_vars(out)) <= set(variables)):
+            cache[key] = (out, variables)
+        return out
+
+    return legalize
+
+
+@tvm.transform.module_pass(opt_level=0, name="LegalizeOps")
+def legalize_ops_once(mod, _ctx):
+    """`relax.transform.LegalizeOps()`, each distinct kernel legalized once (module doc)."""
+    cache: dict = {}
+    table = {}
+    for name in tvm.ir.Op.list_op_names():
+        if name.startswith("relax."):
+            default = tvm.ir.Op.get(name).get_attr("FLegalize")
+            if default is not None:
+                table[name] = _cached(default, cache)
+    return relax.transform.LegalizeOps(table)(mod)
