@@ -308,3 +308,24 @@ def test_sequence_lens_compile_integer_only(tmp_path):
         g = got[spec["name"]]
         # 0.998-0.9999 measured: Y_h's 8 values include one just past the calibrated range
         assert float(g.ravel() @ want.ravel() / (np.linalg.norm(g) * np.linalg.norm(want))) >= 0.99, spec["name"]
+
+
+@pytest.mark.slow
+def test_long_sequence_compiles(tmp_path):
+    """120 steps of a bidirectional LSTM and a GRU (~12,000 Relax bindings once unrolled): the long
+    graphs' build costs stay near linear (targets/concat_tree.py, split_dataflow.py,
+    legalize_once.py; 300 steps of a real BiLSTM never finished building before them), and the
+    result is integer-only and agrees with onnxruntime."""
+    import runtime
+    from runtime.compiler import compile_model
+
+    steps = 120
+    model = stacked((("LSTM", {}), ("GRU", {"linear_before_reset": 1})), steps=steps)
+    onnx.save(model, tmp_path / "rnn.onnx")
+    np.savez(tmp_path / "calib.npz", x=_sequences(4, steps, 1))
+    art = runtime.load(compile_model(tmp_path / "rnn.onnx", output=tmp_path / "rnn.artifact",
+                                     calib=tmp_path / "calib.npz", progress=False))
+    assert art.manifest["integer_only"] is True
+    x = _sequences(1, steps, 2)[0]
+    want, got = _run(model, {"x": x})[0], art.run({"x": x})["logits"]
+    assert float(want.ravel() @ got.ravel() / (np.linalg.norm(want) * np.linalg.norm(got))) >= 0.99
