@@ -29,6 +29,9 @@ class _Substitute(PyExprMutator):
     def visit_dataflow_var_(self, var):
         return self.mapping.get(var, var)
 
+    def visit_generic_const_(self, const):
+        return self.mapping.get(const, const)
+
 
 def _static(ty) -> bool:
     if isinstance(ty, relax.TensorType):
@@ -51,6 +54,18 @@ def _operands(expr, out: list) -> bool:
     return isinstance(expr, (tvm.ir.GenericConst, tvm.tirx.IntImm, tvm.tirx.FloatImm, tvm.ir.StringImm))
 
 
+def _value(operand):
+    """What the kernel may depend on: a Var's type; a small constant's bytes (a legalization may
+    inline them: TVM's structural hash of int64 data collides, [2**62 - 1] and [2**31 - 1] alike); a
+    larger constant's type (it is a kernel argument, substituted like a Var)."""
+    if isinstance(operand, relax.Var):
+        return tvm_ffi.structural_hash(operand.ty)
+    if isinstance(operand, tvm.ir.GenericConst):
+        data = operand.value.numpy()
+        return ("const", str(data.dtype), data.shape, data.tobytes() if data.size <= 64 else None)
+    return ("value", str(operand))
+
+
 def _key(call: relax.Call):
     operands: list = []
     if not isinstance(call.op, tvm.ir.Op) or not all(_operands(a, operands) for a in call.args):
@@ -58,24 +73,23 @@ def _key(call: relax.Call):
     variables = [v for v in operands if isinstance(v, relax.Var)]
     first = {}
     pattern = tuple(first.setdefault(v, i) for i, v in enumerate(variables))  # add(x, x) is not add(x, y)
-    values = tuple(tvm_ffi.structural_hash(v.ty) if isinstance(v, relax.Var) else ("value", tvm_ffi.structural_hash(v))
-                   for v in operands)
+    values = tuple(_value(v) for v in operands)
     structure = tuple(len(a.fields) if isinstance(a, relax.Tuple) else -1 for a in call.args)
     attrs = tvm_ffi.structural_hash(call.attrs) if call.attrs is not None else 0
     types = (tvm_ffi.structural_hash(call.ty), tuple(tvm_ffi.structural_hash(t) for t in call.ty_args))
-    return (call.op.name, attrs, structure, values, pattern, types), list(dict.fromkeys(variables))
+    return (call.op.name, attrs, structure, values, pattern, types), operands
 
 
 def _cached(default, cache: dict):
     def legalize(bb, call):
-        key, variables = _key(call)
+        key, operands = _key(call)
         if key is not None and key in cache:
-            template, params = cache[key]
-            return _Substitute(dict(zip(params, variables))).visit_expr(template)
+            template, params = cache[key]  # each operand of the first call -> this call's
+            return _Substitute({p: o for p, o in zip(params, operands) if not p.same_as(o)}).visit_expr(template)
         out = default(bb, call)
         if (key is not None and isinstance(out, relax.Call)
-                and set(relax.analysis.free_vars(out)) <= set(variables)):
-            cache[key] = (out, variables)
+                and set(relax.analysis.free_vars(out)) <= {v for v in operands if isinstance(v, relax.Var)}):
+            cache[key] = (out, operands)
         return out
 
     return legalize
