@@ -1,10 +1,12 @@
-"""Run a `PyExprMutator` over every Relax function of a module (the shared loop of the
-project's mutator-based passes)."""
+"""Helpers of the project's Relax rewrites: run a `PyExprMutator` over every Relax function of a
+module (`mutate_functions`), substitute variables and constants (`Substitute`), build each
+distinct TE kernel once (`KernelCache`), drop unused bindings in one sweep (`drop_unused_bindings`)."""
 
 from __future__ import annotations
 
 import tvm
 from tvm import relax
+from tvm.relax.expr_functor import PyExprMutator, mutator
 
 
 def mutate_functions(mutator, mod: tvm.IRModule) -> tvm.IRModule:
@@ -77,3 +79,21 @@ def _swept(func: relax.Function) -> relax.Function:
     body = relax.SeqExpr(blocks[::-1], func.body.body)
     return relax.BlockBuilder().normalize(relax.Function(func.params, body, func.ret_ty, func.is_pure, func.attrs,
                                                          func.span))
+
+
+@mutator
+class Substitute(PyExprMutator):
+    """Replace variables and constants by what `mapping` gives for them (identity elsewhere)."""
+
+    def __init__(self, mapping: dict):
+        super().__init__()
+        self.mapping = mapping
+
+    def visit_var_(self, var):
+        return self.mapping.get(var, var)
+
+    def visit_dataflow_var_(self, var):
+        return self.mapping.get(var, var)
+
+    def visit_generic_const_(self, const):
+        return self.mapping.get(const, const)

@@ -14,23 +14,8 @@ from __future__ import annotations
 import tvm
 import tvm_ffi
 from tvm import relax
-from tvm.relax.expr_functor import PyExprMutator, mutator
 
-
-@mutator
-class _Substitute(PyExprMutator):
-    def __init__(self, mapping):
-        super().__init__()
-        self.mapping = mapping
-
-    def visit_var_(self, var):
-        return self.mapping.get(var, var)
-
-    def visit_dataflow_var_(self, var):
-        return self.mapping.get(var, var)
-
-    def visit_generic_const_(self, const):
-        return self.mapping.get(const, const)
+from frontends.relax_rewrite import Substitute
 
 
 def _static(ty) -> bool:
@@ -85,7 +70,7 @@ def _cached(default, cache: dict):
         key, operands = _key(call)
         if key is not None and key in cache:
             template, params = cache[key]  # each operand of the first call -> this call's
-            return _Substitute({p: o for p, o in zip(params, operands) if not p.same_as(o)}).visit_expr(template)
+            return Substitute({p: o for p, o in zip(params, operands) if not p.same_as(o)}).visit_expr(template)
         out = default(bb, call)
         if (key is not None and isinstance(out, relax.Call)
                 and set(relax.analysis.free_vars(out)) <= {v for v in operands if isinstance(v, relax.Var)}):

@@ -13,19 +13,10 @@ from __future__ import annotations
 
 import tvm
 from tvm import relax
-from tvm.relax.expr_functor import PyExprMutator, mutator
+
+from frontends.relax_rewrite import Substitute
 
 MAX_BINDINGS = 4096
-
-
-@mutator
-class _Rename(PyExprMutator):
-    def __init__(self, mapping):
-        super().__init__()
-        self.mapping = mapping
-
-    def visit_dataflow_var_(self, var):
-        return self.mapping.get(var, var)
 
 
 def _split(block: relax.DataflowBlock) -> list[relax.BindingBlock]:
@@ -42,7 +33,7 @@ def _split(block: relax.DataflowBlock) -> list[relax.BindingBlock]:
             for v in relax.analysis.free_vars(b.value):
                 if isinstance(v, relax.DataflowVar) and (moved or owner.get(v, k) < k) and v not in mapping:
                     mapping[v] = relax.Var(v.name, v.ty)
-    rename = _Rename(mapping)
+    rename = Substitute(mapping)
     blocks = []
     for k, chunk in enumerate(chunks):
         renamed = [relax.VarBinding(mapping.get(b.var, b.var), rename.visit_expr(b.value)) for b in chunk]
