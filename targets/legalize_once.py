@@ -12,7 +12,6 @@ reused (anything else is legalized afresh).
 from __future__ import annotations
 
 import tvm
-import tvm_ffi
 from tvm import relax
 
 from frontends.relax_rewrite import Substitute
@@ -40,11 +39,12 @@ def _operands(expr, out: list) -> bool:
 
 
 def _value(operand):
-    """What the kernel may depend on: a Var's type; a small constant's bytes (a legalization may
-    inline them: TVM's structural hash of int64 data collides, [2**62 - 1] and [2**31 - 1] alike); a
-    larger constant's type (it is a kernel argument, substituted like a Var)."""
+    """What the kernel may depend on, exactly (printed or as bytes: TVM's structural hash collided on
+    int64 data, [2**62 - 1] and [2**31 - 1] alike): a Var's type; a small constant's bytes (a
+    legalization may inline them); a larger constant's type (it is a kernel argument, substituted
+    like a Var)."""
     if isinstance(operand, relax.Var):
-        return tvm_ffi.structural_hash(operand.ty)
+        return str(operand.ty)
     if isinstance(operand, tvm.ir.GenericConst):
         data = operand.value.numpy()
         return ("const", str(data.dtype), data.shape, data.tobytes() if data.size <= 64 else None)
@@ -60,8 +60,8 @@ def _key(call: relax.Call):
     pattern = tuple(first.setdefault(v, i) for i, v in enumerate(variables))  # add(x, x) is not add(x, y)
     values = tuple(_value(v) for v in operands)
     structure = tuple(len(a.fields) if isinstance(a, relax.Tuple) else -1 for a in call.args)
-    attrs = tvm_ffi.structural_hash(call.attrs) if call.attrs is not None else 0
-    types = (tvm_ffi.structural_hash(call.ty), tuple(tvm_ffi.structural_hash(t) for t in call.ty_args))
+    attrs = str(call.attrs) if call.attrs is not None else ""
+    types = (str(call.ty), tuple(str(t) for t in call.ty_args))
     return (call.op.name, attrs, structure, values, pattern, types), operands
 
 
