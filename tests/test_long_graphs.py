@@ -91,3 +91,27 @@ def test_equal_calls_are_legalized_once(monkeypatch):
     a, b, c, d, e = xs
     want = np.concatenate([a * 2, b * 2, c * 3, a + b, c + d, d + d, (e * 2).reshape(1, 2, 3)], axis=1)
     np.testing.assert_array_equal(run_relax(build, xs), want)
+
+
+def test_cuda_pipeline_legalizes_equal_steps_once(monkeypatch):
+    """The cuda pipeline takes the same measures: 60 steps of matmul + add reach TVM's legalization
+    once per distinct call, and fuse into one kernel."""
+    from targets import legalize_once
+    from targets.cuda_pipeline import cuda_pipeline
+
+    legalized, cached = [], legalize_once._cached
+    monkeypatch.setattr(legalize_once, "_cached", lambda default, cache: cached(
+        lambda bb, call: (legalized.append(call.op.name), default(bb, call))[1], cache))
+    rng = np.random.default_rng(5)
+    weight = rng.integers(-3, 4, (8, 8), dtype=np.int32)
+    xs = [rng.integers(-9, 9, (1, 8), dtype=np.int32) for _ in range(60)]
+
+    def chain(*xs):
+        acc = xs[0]
+        for x in xs[1:]:
+            acc = relax.op.add(relax.op.matmul(acc, relax.const(weight)), x)
+        return acc
+
+    lowered = cuda_pipeline(get_target("cuda").target())(relax_main(chain, xs))
+    assert sorted(legalized) == ["relax.add", "relax.matmul"], legalized
+    assert len([f for f in lowered.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]) == 1
