@@ -131,12 +131,12 @@ def _host_build() -> dict:
 
 def _free_batch(input_shapes, spec, tune_trials: int) -> dict[str, FreeDim]:
     """The inputs whose batch `--input-shape` leaves free, after checking that the target takes
-    a symbolic batch (CPU targets; passes/generalize_batch.py; a plan runs per sample)."""
+    a symbolic batch (CPU targets and cuda; passes/generalize_batch.py; a plan runs per sample)."""
     free = {k: v[0] for k, v in (input_shapes or {}).items() if v and isinstance(v[0], FreeDim)}
-    if free and (spec.device != "cpu" or tune_trials):
+    if free and (spec.device not in ("cpu", "cuda") or tune_trials):
         why = "--tune-trials" if tune_trials else f"target {spec.name}"
         raise CompileError(f"a free batch (--input-shape {next(iter(free))}:N...) is supported on CPU targets "
-                           f"without tuning; not with {why}. Give the batch as a number.")
+                           f"and cuda without tuning; not with {why}. Give the batch as a number.")
     return free
 
 

@@ -54,7 +54,7 @@ class Model:
     (default: the CPUs this process may use, or TVM_NUM_THREADS) side by side, each with its share
     of the CPUs as TVM threads (one each when the batch has as many samples as workers): samples in
     parallel instead of every kernel split across threads, so each layer's working set stays one
-    sample's. Set `batch_workers = 1` to run the batch as one call.
+    sample's. Set `batch_workers = 1` to run the batch as one call (a CUDA model's default).
     """
 
     def __init__(self, path: str | os.PathLike, remote=None):
@@ -86,7 +86,8 @@ class Model:
         for key in self._libs:  # load the constants now: a broken library fails at load, not at the first run
             self._vm(key)
         self._tensor = tvm.runtime.tensor
-        self.batch_workers = _default_workers()
+        # a GPU takes the whole batch in one call; CPUs run samples side by side
+        self.batch_workers = _default_workers() if device == "cpu" else 1
         self._pool = None  # (size, worker threads for batch samples), started on first use
         self._pool_lock = threading.Lock()
 

@@ -17,7 +17,7 @@ from tvm import s_tir
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
-from .schedule_common import divisor, fold_epilogue
+from .schedule_common import divisor, fold_epilogue, static_factor
 
 TILE_I, TILE_J = 8, 32  # at most TILE_I x TILE_J threads per block, one output element each
 MAX_K_CHUNK = 256  # reduction elements staged in shared memory per step
@@ -91,8 +91,8 @@ def _schedule(sch: s_tir.Schedule, block, dtypes, k: int) -> None:
     intrin = _register(*dtypes)
     epilogue = fold_epilogue(sch, block)
     i, j, kk = sch.get_loops(block)
-    # Tiles divide the extents: a predicated tail would block tensorization.
-    ti, tj = divisor(int(sch.get(i).extent), TILE_I), divisor(int(sch.get(j).extent), TILE_J)
+    # Tiles divide the extents (a free batch's n * rows by a divisor of rows): a predicated tail would block tensorization.
+    ti, tj = divisor(static_factor(sch.get(i).extent), TILE_I), divisor(static_factor(sch.get(j).extent), TILE_J)
     io, ii = sch.split(i, [None, ti])
     jo, ji = sch.split(j, [None, tj])
     ko, kc, k4 = sch.split(kk, [None, _k_chunk(k) // 4, 4])

@@ -16,7 +16,7 @@ from __future__ import annotations
 import tvm
 from tvm import s_tir
 
-from .schedule_common import divisor, row_kernel
+from .schedule_common import divisor, row_kernel, static_factor
 
 THREADS = 64  # rows per thread block
 LONG_CHAIN = 32  # blocks: an elementwise kernel this long is the integer square root's chain
@@ -42,7 +42,7 @@ def _schedule(func: tvm.tirx.PrimFunc):
     if any(sch.get(b).name_hint.startswith(("T_transpose", "matmul")) for b in blocks):
         return None  # layout changes and matmuls (the non-dp4a ones) are dlight's
     rows = sch.fuse(*lead) if len(lead) > 1 else lead[0]
-    outer, thread = sch.split(rows, [None, divisor(int(sch.get(rows).extent), THREADS)])
+    outer, thread = sch.split(rows, [None, divisor(static_factor(sch.get(rows).extent), THREADS)])
     sch.bind(outer, "blockIdx.x")
     sch.bind(thread, "threadIdx.x")
     for block in reversed(blocks[:-1]):

@@ -144,3 +144,54 @@ def test_transformer_block_bit_exact_on_gpu(transformer_artifacts):
     for _ in range(4):
         q = cpu.quantize_inputs({"x": rng.standard_normal((1, 16, 64)).astype(np.float32)})
         np.testing.assert_array_equal(gpu.run_integer(q)[0], cpu.run_integer(q)[0])
+
+
+@pytest.fixture(scope="module")
+def cuda_batch_artifacts(tmp_path_factory, small_calib):
+    """The small CNN and the transformer block with a free batch, for cuda and x86 (batch 1)."""
+    if NVCC is None:
+        pytest.skip("the cuda target needs nvcc (CUDA toolkit), not found")
+    from conftest import small_cnn
+    from test_transformer import _block_model
+
+    from frontends.onnx_import import FreeDim
+    from runtime import compile_model
+
+    work = tmp_path_factory.mktemp("cuda_batch")
+    cnn = small_cnn(work / "dyn.onnx", dynamic_batch=True)
+    block = _block_model(work / "block.onnx")
+    np.savez(work / "calib.npz", x=np.random.default_rng(0).standard_normal((4, 1, 16, 64)).astype(np.float32))
+    return {
+        "cnn": {"cuda": compile_model(cnn, "cuda", work / "cnn.cuda", calib=small_calib, progress=False,
+                                      input_shapes={"x": (FreeDim("n", 1, 8), 3, 16, 16)}),
+                "x86": compile_model(cnn, "x86", work / "cnn.x86", calib=small_calib, progress=False,
+                                     input_shapes={"x": (1, 3, 16, 16)})},
+        "block": {"cuda": compile_model(block, "cuda", work / "block.cuda", calib=work / "calib.npz",
+                                        progress=False, input_shapes={"x": (FreeDim(), 16, 64)}),
+                  "x86": compile_model(block, "x86", work / "block.x86", calib=work / "calib.npz", progress=False)},
+    }
+
+
+@needs_nvcc
+def test_free_batch_compiles_for_cuda(cuda_batch_artifacts):
+    """A free batch on cuda: the manifest keeps the range, the int8 matmuls stay on __dp4a with a
+    row count of n * rows (tiles divide the static factor), and a GPU runs the batch in one call."""
+    cnn = runtime.artifact.read_manifest(cuda_batch_artifacts["cnn"]["cuda"])
+    block = runtime.artifact.read_manifest(cuda_batch_artifacts["block"]["cuda"])
+    assert cnn["inputs"][0]["range"] == {"n": [1, 8]} and block["inputs"][0]["range"] == {"n": [1, None]}
+    assert cnn["integer_only"] is True and block["integer_only"] is True
+    for name in ("cnn", "block"):
+        assert "__dp4a((" in (cuda_batch_artifacts[name]["cuda"] / "model.cu").read_text()
+
+
+@needs_nvcc
+@pytest.mark.parametrize("name,shape", [("cnn", (3, 16, 16)), ("block", (16, 64))])
+def test_free_batch_bit_exact_on_gpu(cuda_batch_artifacts, name, shape):
+    if not _has_gpu():
+        pytest.skip("no NVIDIA GPU here: the CUDA run is checked where one is")
+    gpu, cpu = (runtime.load(cuda_batch_artifacts[name][t]) for t in ("cuda", "x86"))
+    assert gpu.batch_workers == 1
+    x = np.random.default_rng(4).standard_normal((5, *shape)).astype(np.float32)
+    q = cpu.quantize_inputs({"x": x})
+    alone = np.concatenate([cpu.run_integer([qi[i:i + 1] for qi in q])[0] for i in range(5)])
+    np.testing.assert_array_equal(gpu.run_integer(q)[0], alone)
