@@ -35,13 +35,15 @@ def lower_traced(onnx_path, samples, input_shapes=None, observer: str = "minmax"
     """(float module, integer module with traced outputs, traced list, ranges)."""
     from frontends import load_onnx
     from passes import QuantConfig, QuantizeToInteger, bind_weights, calibrate
+    from runtime.compiler import _host_build, has_normalization
 
     imported = load_onnx(onnx_path, input_shapes)
     float_mod = bind_weights(imported.mod, imported.params)
     config = config or QuantConfig()
-    if "R.nn.layer_norm" in float_mod.script(show_meta=False):
+    if has_normalization(float_mod):
         config = replace(config, residual_bits=16)
-    ranges = ranges or calibrate(float_mod, samples, observer=observer, progress=False)
+    # calibrated with the compiler's float build, so the sensitivity search picks the same 16-bit tensors
+    ranges = ranges or calibrate(float_mod, samples, observer=observer, progress=False, **_host_build())
     lower = QuantizeToInteger(ranges, config, trace=True)
     return float_mod, lower(float_mod), lower.traced, ranges
 

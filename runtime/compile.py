@@ -106,12 +106,13 @@ def _check(args, path) -> None:
 
     try:
         artifact = load(path)
-        rows = check.float_agreement(args.model, artifact, check.calibration_sample(args.calib,
-                                                                                    artifact.manifest["inputs"]))
+        sample = check.calibration_sample(args.calib, artifact.manifest["inputs"])
+        reports = [check.report(check.float_agreement(model, artifact, sample), label, warn=i == 0)
+                   for i, (label, model) in enumerate(check.references(args.model))]
     except Exception as err:  # noqa: BLE001  (a check that cannot run says why; the artifact stands)
         log(f"check skipped: {type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}")
         return
-    for line in check.report(rows).splitlines() if rows else []:
+    for line in "\n".join(r for r in reports if r).splitlines():
         log(line)
 
 

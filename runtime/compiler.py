@@ -129,6 +129,11 @@ def _host_build() -> dict:
     return {"build": functools.partial(parallel_build.executable, target=host, pipeline=cpu_pipeline(host))}
 
 
+def has_normalization(float_mod) -> bool:
+    """Does the model hold a LayerNorm or RMSNorm (a transformer: 16-bit residual stream)?"""
+    return re.search(r"R\.nn\.(layer|rms)_norm", float_mod.script(show_meta=False)) is not None
+
+
 def _free_batch(input_shapes, spec, tune_trials: int) -> dict[str, FreeDim]:
     """The inputs whose batch `--input-shape` leaves free, after checking that the target takes
     a symbolic batch (CPU targets and cuda; passes/generalize_batch.py; a plan runs per sample)."""
@@ -254,7 +259,7 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
     with stage(f"importing {model_path}", times, "import"):
         imported: ImportedModel = load_onnx(model_path, input_shapes, allow_unsupported=allow_float)
         float_mod = bind_weights(imported.mod, imported.params)
-    if re.search(r"R\.nn\.(layer|rms)_norm", float_mod.script(show_meta=False)) and config.residual_bits == 8:
+    if has_normalization(float_mod) and config.residual_bits == 8:
         log("transformer (LayerNorm found): residual stream, LayerNorm and inputs at 16 bits")
         config = replace(config, residual_bits=16)
     if calib is None:

@@ -328,3 +328,57 @@ def test_to_8bit_covers_each_int16_values_own_range():
     assert table.scale == pytest.approx(1e-3 * 32767 / 127)
     assert activation.scale == pytest.approx(1e-3 * 32767 / 127 / 2)
     assert widened.scale == pytest.approx(1e-3)
+
+
+def _outlier_stream_model(path, d=64, ff=256, layers=3):
+    """A T5-style pre-RMSNorm stack whose residual stream carries one massive activation (token 0,
+    channel 5: +3000, as T5's and LLMs' outlier tokens) beside ordinary values near 1."""
+    import torch
+    from torch import nn
+
+    class RMSNorm(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.linspace(0.5, 1.5, d))
+
+        def forward(self, x):
+            return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * self.w
+
+    class Stack(nn.Module):
+        def __init__(self):
+            super().__init__()
+            spike = torch.zeros(1, 16, d)
+            spike[0, 0, 5] = 3000.0
+            self.register_buffer("spike", spike)
+            self.norms = nn.ModuleList(RMSNorm() for _ in range(layers + 1))
+            self.wi = nn.ModuleList(nn.Linear(d, ff, bias=False) for _ in range(layers))
+            self.wo = nn.ModuleList(nn.Linear(ff, d, bias=False) for _ in range(layers))
+
+        def forward(self, x):
+            x = x + self.spike
+            for norm, wi, wo in zip(self.norms, self.wi, self.wo):
+                x = x + wo(torch.nn.functional.gelu(wi(norm(x))))
+            return self.norms[-1](x)
+
+    torch.manual_seed(0)
+    with torch.no_grad():
+        torch.onnx.export(Stack().eval(), torch.randn(1, 16, d), str(path), dynamo=False, opset_version=17,
+                          input_names=["x"], output_names=["y"])
+    return path
+
+
+def test_residual_stream_with_outlier_tokens(tmp_path):
+    """The residual stream is an int32 Accumulator (binary.residual_sum) and RMSNorm normalizes its
+    integers: with one token at 3000, a 16-bit stream gave the other tokens ~3 steps of their ~1-sized
+    values (a T5 encoder: cosine 0.43-0.72 to float); now every token agrees."""
+    path = _outlier_stream_model(tmp_path / "stack.onnx")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "c.npz", x=rng.standard_normal((8, 1, 16, 64)).astype(np.float32))
+    artifact = runtime.compile_model(path, "x86", tmp_path / "a", calib=tmp_path / "c.npz", progress=False)
+    model, session = runtime.load(artifact), ort.InferenceSession(str(path))
+    assert model.manifest["integer_only"] is True
+    for _ in range(3):
+        x = rng.standard_normal((1, 16, 64)).astype(np.float32)
+        got, want = model.run({"x": x})["y"][0], session.run(None, {"x": x})[0][0]
+        for g, w in zip(got, want):  # every token, the outlier's and the ordinary ones
+            assert g @ w / np.linalg.norm(g) / np.linalg.norm(w) > 0.99

@@ -136,6 +136,21 @@ def test_layernorm_core_bit_exact(kind, channels, center):
     np.testing.assert_array_equal(got, ref.layernorm_core(x, int(m), int(s), center=center))
 
 
+@pytest.mark.parametrize("kind", ["random", "equal", "onehot", "extremes"])
+@pytest.mark.parametrize("channels", [512, 4096, 7])
+@pytest.mark.parametrize("center", [True, False], ids=["layernorm", "rmsnorm"])
+def test_layernorm_core_of_int32_rows_bit_exact(kind, channels, center):
+    """An int32 residual stream: shifted by `stream_shift` (the int64 sum of squares cannot overflow,
+    even for full-range centred rows) and normalized with a 62-bit reciprocal of std."""
+    k = ref.stream_shift(channels)
+    assert channels * 4.0 ** (32 - k) < 2.0**62 <= channels * 4.0 ** (33 - k)
+    x = _rows(kind, (5, channels), -(2**31) + 1, 2**31 - 1)
+    x = np.where(x >= 0, (x >> k) + ((x >> max(k - 1, 0)) & 1) * (k > 0), -((-x) >> k)).astype(np.int32)
+    m, s = dyadic(1.0 / channels)
+    got = run_relax(lambda a: emit.layernorm_core(a, int(m), int(s), center=center, precise=True), [x])
+    np.testing.assert_array_equal(got, ref.layernorm_core(x, int(m), int(s), center=center, precise=True))
+
+
 # Reference against float: the only place tolerances appear (also reported in the README).
 
 def test_shiftmax_accuracy():
@@ -165,6 +180,19 @@ def test_layernorm_accuracy():
     got = ref.layernorm_core(xi, int(m), int(s)) * math.sqrt(384) / 2.0**30
     want = (xi - xi.mean(-1, keepdims=True)) / xi.std(-1, keepdims=True)
     assert np.abs(got - want).max() < 1e-3
+
+
+def test_precise_layernorm_accuracy_over_31_bits():
+    """Rows of an int32 stream with std from 2^10 to 2^25: within 5e-4 of float with the 62-bit
+    reciprocal of std, where the 31-bit one (floor(2^31 / std): few bits for large rows) is off by
+    up to 1 at std 2^25."""
+    rows = np.stack([rng.normal(0, 2.0**e, 512) for e in range(10, 26)])
+    xi = np.round(rows).astype(np.int64)
+    m, s = dyadic(1.0 / 512)
+    want = (xi - xi.mean(-1, keepdims=True)) / xi.std(-1, keepdims=True)
+    errors = [np.abs(ref.layernorm_core(xi, int(m), int(s), precise=p) * math.sqrt(512) / 2.0**30 - want).max()
+              for p in (True, False)]
+    assert errors[0] < 5e-4 < 0.1 < errors[1]
 
 
 def test_softmax_exp2_accuracy():

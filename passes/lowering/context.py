@@ -175,11 +175,11 @@ class LoweringContext:
                                                         scale, "int8")
         return self._materialized[(q, "8bit")]
 
-    def operand(self, value: Value, reduction: int, weight_bits: int = 8) -> Quantized:
-        """The activation operand of a constant-weight conv/matmul summing `reduction` products:
-        16 bits for a wide_tensors value where the int32 accumulator still cannot overflow
-        (reduction * 2^15 * 2^(b-1) < 2^31: int16 x int8, no dot-product instructions), else `to_8bit`."""
-        if value in self._wide and weight_bits == 8 and reduction * 2**15 * 2 ** (weight_bits - 1) < 2**31:
+    def operand(self, value: Value, weight_l1: int, weight_bits: int = 8) -> Quantized:
+        """The activation operand of a constant-weight conv/matmul whose quantized weights sum to at
+        most `weight_l1` in absolute value per output: 16 bits for a wide_tensors value where the
+        int32 accumulator cannot overflow (2^15 * weight_l1 < 2^31: int16 x int8), else `to_8bit`."""
+        if value in self._wide and weight_bits == 8 and 2**15 * weight_l1 < 2**31:
             return self.materialize(self.without_offset(value), wide=True)
         return self.to_8bit(value)
 

@@ -4,7 +4,8 @@ add(acc, bias)      -> acc + round(bias / S_acc)              (int32, stays an A
 sub(acc, bias)      -> acc - round(bias / S_acc)
 add/sub(a, b)       -> clamp(rq(a -> S_out) +- rq(b -> S_out))  (binary.common_scale; b may be a
                        constant, quantized at S_out; numpy broadcasting; a sum of two products of
-                       activations, a recurrent state, in int16)
+                       activations, a recurrent state, in int16); in transformers (16-bit residual
+                       streams) an int32 Accumulator at amax / 2^30 (binary.residual_sum)
 relu/max/min(acc,c) -> the accumulator's clamp                 (folded into its requantization)
 max/min(q, c)       -> max/min(q, round(c / S_q))              (integer clamp, same scale)
 max/min(a, b)       -> binary.common_scale                      (two activations, or a tensor c)
@@ -113,6 +114,8 @@ def lower_add(ctx, call, args):
         # a sum of gate products is a recurrent state (LSTM cell, GRU hidden): its rounding error
         # compounds over the time steps, so it is carried in 16 bits (tests/test_recurrent.py)
         return binary.common_scale(ctx, op, a, b, dtype="int16")
+    if ctx.config.residual_bits == 16 and not ctx.wide_output():
+        return binary.residual_sum(ctx, op, a, b)
     return binary.common_scale(ctx, op, a, b)
 
 

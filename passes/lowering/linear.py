@@ -25,10 +25,18 @@ from .registry import lowers
 from .values import Accumulator, Quantized
 
 
-def _check_accumulator_bound(ctx, reduction: int, x_dtype: str, bits: int):
-    bound = reduction * max(abs(v) for v in INT_RANGE[x_dtype]) * 2 ** (bits - 1)
+def weight_l1(w_q: np.ndarray, out_axis: int) -> int:
+    """The largest sum of |w| over one output's weights: |accumulator| <= max|x| * weight_l1, a bound
+    much below reduction * 2^(b-1) (int16 inputs of a 1024-long reduction fit int32)."""
+    axes = tuple(a for a in range(w_q.ndim) if a != out_axis % w_q.ndim)
+    return int(np.abs(w_q.astype(np.int64)).sum(axis=axes).max(initial=0))
+
+
+def _check_accumulator_bound(ctx, l1: int, x_dtype: str):
+    bound = l1 * max(abs(v) for v in INT_RANGE[x_dtype])
     if bound >= 2**31:
-        ctx.fail(f"int32 accumulator could overflow: reduction length {reduction} (bound {bound} >= 2^31)")
+        ctx.fail(f"int32 accumulator could overflow: |x| <= {max(abs(v) for v in INT_RANGE[x_dtype])} times "
+                 f"weights summing to {l1} (bound {bound} >= 2^31)")
 
 
 def _record(ctx, op: str, w: np.ndarray, bits: int, x, **attrs):
@@ -47,9 +55,10 @@ def lower_conv2d(ctx, call, args):
     if attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW":
         ctx.fail(f"conv2d layout {attrs.data_layout}/{attrs.kernel_layout}: only NCHW/OIHW is supported")
     bits = ctx.config.bits_for(ctx.var.name)
-    x = ctx.operand(x, int(np.prod(w.shape[1:])), bits)  # 8 bits, or 16 for a measured-sensitive input
-    _check_accumulator_bound(ctx, int(np.prod(w.shape[1:])), x.dtype, bits)
     w_q, w_scale = quantize_weights(w, bits, axis=0)
+    l1 = weight_l1(w_q, 0)
+    x = ctx.operand(x, l1, bits)  # 8 bits, or 16 for a measured-sensitive input
+    _check_accumulator_bound(ctx, l1, x.dtype)
     _record(ctx, "conv2d", w, bits, x, strides=[int(v) for v in attrs.strides],
             padding=[int(v) for v in attrs.padding], dilation=[int(v) for v in attrs.dilation],
             groups=int(attrs.groups))
@@ -74,11 +83,12 @@ def lower_matmul(ctx, call, args):
         if smooth.offset:  # the integers stand for x + offset: subtract offset * sum_c W[c, n]
             correction = -smooth.offset * w.astype(np.float64).sum(axis=0)
         x, x_scale, w = smooth, 1.0, w.astype(np.float64) * smooth.scale[:, None]
-    else:
-        x = ctx.operand(x, w.shape[0], bits)
-        x_scale = x.scale
-    _check_accumulator_bound(ctx, w.shape[0], x.dtype, bits)
     w_q, w_scale = quantize_weights(w, bits, axis=1)
+    l1 = weight_l1(w_q, 1)
+    if smooth is None:
+        x = ctx.operand(x, l1, bits)
+        x_scale = x.scale
+    _check_accumulator_bound(ctx, l1, x.dtype)
     _record(ctx, "matmul", w, bits, x)
     expr = ctx.emit(int4.matmul_int4(ctx.bb, x.expr, w_q) if bits == 4 else emit.matmul_acc(x.expr, w_q))
     if correction is not None:
@@ -96,8 +106,8 @@ def _constant_first_matmul(ctx, call, c, x):
     if c.ndim < 2 or isinstance(x, np.ndarray):
         ctx.fail("matmul of a 1-D constant by an activation is not supported")
     reduction = int(c.shape[-1])
-    x = ctx.operand(x, reduction, 8)
-    _check_accumulator_bound(ctx, reduction, x.dtype, 8)
+    x = ctx.operand(x, reduction * 2**7, 8)
+    _check_accumulator_bound(ctx, reduction * 2**7, x.dtype)
     c_q, c_scale = quantize_weights(c, 8, axis=c.ndim - 2)  # not a layer of the bit choice: 8 bits always
     expr = ctx.emit(relax.op.matmul(emit.const(c_q, "int8"), x.expr, out_dtype="int32"))
     return Accumulator(expr, x.scale * c_scale, len(call.ty.shape) - 2, ctx.out_range())
@@ -131,15 +141,16 @@ def lower_conv2d_transpose(ctx, call, args):
         ctx.fail(f"conv2d_transpose layout {a.data_layout}/{a.kernel_layout}: only NCHW/IOHW is supported")
     # 8-bit weights only (no 4-bit kernel): kept at 8 under --bits 4, recorded as such in ctx.layers
     bits, groups = 8, int(a.groups)
-    x = ctx.operand(x, w.shape[0] // groups * w.shape[2] * w.shape[3])
     if dict(ctx.config.layer_bits).get(ctx.var.name, 8) != 8:
         ctx.fail("conv2d_transpose has 8-bit weights only; it cannot take the 4 bits layer_bits asks for")
     c_in, o_g, kh, kw = w.shape
-    # each output pixel sums at most C/g * ceil(kh/s) * ceil(kw/s) taps; kh * kw bounds that
-    _check_accumulator_bound(ctx, c_in // groups * kh * kw, x.dtype, bits)
     # per output channel: group g's input rows, column j -> output channel g * O/g + j
     grouped = w.reshape(groups, c_in // groups, o_g, kh, kw).transpose(0, 2, 1, 3, 4)  # [g, O/g, I/g, kh, kw]
     q, w_scale = quantize_weights(grouped.reshape(groups * o_g, c_in // groups, kh, kw), bits, axis=0)
+    # each output pixel sums a subset of its channel's taps: all of them bound it
+    l1 = weight_l1(q, 0)
+    x = ctx.operand(x, l1)
+    _check_accumulator_bound(ctx, l1, x.dtype)
     w_q = q.reshape(groups, o_g, c_in // groups, kh, kw).transpose(0, 2, 1, 3, 4).reshape(w.shape)
     _record(ctx, "conv2d_transpose", w, bits, x, strides=[int(v) for v in a.strides],
             padding=[int(v) for v in a.padding], groups=groups)

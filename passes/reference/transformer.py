@@ -97,17 +97,31 @@ def isqrt(v) -> np.ndarray:
     return res
 
 
-def layernorm_core(x, mean_m: int, mean_s: int, axis: int = -1, center: bool = True) -> np.ndarray:
+def layernorm_core(x, mean_m: int, mean_s: int, axis: int = -1, center: bool = True,
+                   precise: bool = False) -> np.ndarray:
     """I-LayerNorm without the affine part: y = x - round(sum(x) / C) (dyadic 1/C),
     std = isqrt(sum(y^2)), out = (y * floor((2^31 - 1) / std)) >> 1, i.e. y / std at scale
-    2^-30 (= normalised value * sqrt(C) / 2^30). int64 throughout. center=False: y = x (RMSNorm)."""
+    2^-30 (= normalised value * sqrt(C) / 2^30). int64 throughout. center=False: y = x (RMSNorm).
+    precise: (y * floor((2^62 - 1) / std)) >> 32 (|y| <= std, so the product fits int64), for rows
+    whose std is large (an int32 residual stream), where 2^31 / std has few bits."""
     x = np.asarray(x, np.int64)
     y = x
     if center:
         total = x.sum(axis=axis, keepdims=True)
         y = x - ((total * mean_m + (1 << (mean_s - 1))) >> mean_s)
     std = np.maximum(isqrt((y * y).sum(axis=axis, keepdims=True)), 1)
+    if precise:
+        return (y * ((2**62 - 1) // std)) >> 32
     return (y * ((2**31 - 1) // std)) >> 1
+
+
+def stream_shift(channels: int, bits: int = 32) -> int:
+    """Right shift that keeps a row sum of squares of `channels` centred `bits`-bit integers
+    (|y| < 2^bits: x - mean of an int32 x) within int64."""
+    k = 0
+    while channels * 4.0 ** (bits - k) >= 2.0**62:
+        k += 1
+    return k
 
 
 EXP2_IN_BITS = 16  # exp2_neg input: a at scale 2^-16 (log2 units)
