@@ -87,9 +87,12 @@ def _schedulable(func: tvm.tirx.PrimFunc):
     return sch, block, dtypes, k
 
 
-def _schedule(sch: s_tir.Schedule, block, dtypes, k: int) -> None:
+def _schedule(sch: s_tir.Schedule, block, dtypes, k: int) -> bool:
+    """Schedule `block` with __dp4a; False (nothing done) where an epilogue cannot be computed per tile."""
     intrin = _register(*dtypes)
     epilogue = fold_epilogue(sch, block)
+    if len(epilogue) != len(sch.get_consumers(block)):  # a pad fused after the matmul: dlight's
+        return False
     i, j, kk = sch.get_loops(block)
     # Tiles divide the extents (a free batch's n * rows by a divisor of rows): a predicated tail would block tensorization.
     ti, tj = divisor(static_factor(sch.get(i).extent), TILE_I), divisor(static_factor(sch.get(j).extent), TILE_J)
@@ -119,6 +122,7 @@ def _schedule(sch: s_tir.Schedule, block, dtypes, k: int) -> None:
         sch.bind(tx, "threadIdx.x")
     sch.decompose_reduction(block, ko)
     sch.tensorize(k4, intrin)
+    return True
 
 
 @tvm.transform.module_pass(opt_level=0, name="ScheduleInt8MatmulDp4a")
@@ -132,7 +136,8 @@ def schedule_int8_matmul_dp4a(mod, _ctx):
             continue
         sch, block, dtypes, k = found
         try:
-            _schedule(sch, block, dtypes, k)
+            if not _schedule(sch, block, dtypes, k):
+                continue
         except tvm.s_tir.schedule.ScheduleError:
             continue  # a fusion this schedule does not cover: dlight's fallback takes it
         mod[gv] = sch.mod["main"].with_attr("tirx.is_scheduled", True)

@@ -42,15 +42,37 @@ def row_kernel(sch: s_tir.Schedule):
     return blocks, lead, int(sch.get(last).extent)
 
 
+def _size(sch: s_tir.Schedule, block):
+    shape = sch.get(block).writes[0].source.shape
+    size = tvm.tirx.IntImm("int64", 1)
+    for d in shape:
+        size = size * d
+    return size
+
+
+def tileable(sch: s_tir.Schedule, block, consumers: list) -> list:
+    """The leading `consumers` that can be computed tile by tile under `block`'s loops: those that
+    write no more elements than `block` does. A larger one (a pad fused after a conv) would be
+    computed only where some tile covers it: TVM's reverse_compute_at drops the rest, so the pad's
+    border was never written and the next layer read stale memory (PP-OCRv6's SAME_UPPER convs gave
+    other outputs on every call). It and what follows it stay after the loops, whole."""
+    analyzer = tvm.sym.Analyzer()
+    produced = _size(sch, block)
+    for i, consumer in enumerate(consumers):
+        if not analyzer.can_prove(_size(sch, consumer) <= produced):
+            return consumers[:i]
+    return consumers
+
+
 def fold_epilogue(sch: s_tir.Schedule, block) -> list:
     """Inline a single-consumer elementwise chain after `block` into its last block;
-    returns the remaining consumers of `block`."""
+    returns the remaining consumers of `block` that can be computed per tile (`tileable`)."""
     epilogue = sch.get_consumers(block)
     while len(epilogue) == 1 and len(sch.get_consumers(epilogue[0])) == 1:
         nxt = sch.get_consumers(epilogue[0])[0]
         sch.compute_inline(epilogue[0])
         epilogue = [nxt]
-    return epilogue
+    return tileable(sch, block, epilogue)
 
 
 def matmul_block(func, names=("matmul",)):
@@ -89,7 +111,7 @@ def inline_epilogue(sch: s_tir.Schedule, name: str) -> list:
             sch.compute_inline(block)
         except s_tir.schedule.ScheduleError:
             pass  # it writes an output, or is not elementwise: scheduled per tile instead
-    return after()
+    return tileable(sch, sch.get_sblock(name), after())
 
 
 def _read_once(sch: s_tir.Schedule, block) -> bool:
