@@ -5,7 +5,8 @@
 
 TVM's ONNX importer emits Pad and Tile through `emit_te`, so the ops reach later passes as
 opaque PrimFuncs that the integer lowering cannot see into. The parameters are recovered by
-running the PrimFunc once on probes (x = +-(1..N), exact in float32 for N < 2^24): a padded
+running the PrimFunc once on probes (x = +-(1..N), exact in float32 for N < 2^24, or in the
+int32/int64 a tiled index tensor has): a padded
 position holds the same constant for both probes, every other output names its source
 element. The recovered op is checked against NumPy on the probe; a call that does not match
 (or is too large to probe) is left as it was.
@@ -31,17 +32,18 @@ _MAX_PROBE = 2**24
 
 def _run(prim: tvm.tirx.PrimFunc, x: np.ndarray, out_shape: list[int]) -> np.ndarray:
     lib = tvm.compile(tvm.IRModule({"main": prim.with_attr("global_symbol", "main")}), target="llvm")
-    out = tvm.runtime.tensor(np.zeros(out_shape, np.float32))
+    out = tvm.runtime.tensor(np.zeros(out_shape, x.dtype))
     lib["main"](tvm.runtime.tensor(x), out)
     return out.numpy()
 
 
-def _recover(kind: str, prim, in_shape: list[int], out_shape: list[int]):
-    """The Relax op `call_tir(prim)` computes, as a function of its input, or None."""
+def _recover(kind: str, prim, in_shape: list[int], out_shape: list[int], dtype: str = "float32"):
+    """The Relax op `call_tir(prim)` computes on a `dtype` input, as a function of it, or None."""
     size = int(np.prod(in_shape))
-    if size >= _MAX_PROBE or len(in_shape) != len(out_shape):
+    limit = _MAX_PROBE if dtype == "float32" else np.iinfo(dtype).max
+    if size >= limit or len(in_shape) != len(out_shape):
         return None
-    probe = (np.arange(size, dtype=np.float32) + 1).reshape(in_shape)
+    probe = (np.arange(size, dtype=dtype) + 1).reshape(in_shape)
     out = _run(prim, probe, out_shape)
     if kind == "tile":
         reps = [o // i for o, i in zip(out_shape, in_shape)]
@@ -79,9 +81,10 @@ class _Rewriter(PyExprMutator):
             out_shape = [int(d) for d in call.ty.shape]
         except TypeError:  # symbolic shapes
             return call
-        if str(args[0].ty.dtype) != "float32":
+        dtype = str(args[0].ty.dtype)  # float tensors, and int32/int64 ones (TopK's indices, tiled)
+        if dtype not in ("float32", "int32", "int64") or str(call.ty.dtype) != dtype:
             return call
-        build = _recover(match.group(1), self.mod_[call.args[0]], in_shape, out_shape)
+        build = _recover(match.group(1), self.mod_[call.args[0]], in_shape, out_shape, dtype)
         return call if build is None else build(args[0])
 
 

@@ -247,6 +247,21 @@ def test_importer_te_calls_become_relax_ops():
     assert "R.tile(x, repeats=[1, 2, 1, 3])" in text and text.count("R.call_tir") == 2
 
 
+def test_importer_tile_of_indices_becomes_relax_tile():
+    """TopK's int64 indices tiled to gather box coordinates (YOLO26): an int64 Tile PrimFunc is
+    recovered too (it was left opaque, and the lowering refused it)."""
+    from frontends.te_calls_to_ops import te_calls_to_ops
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 300, 1), "int64"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(bb.emit_te(topi.tile, x, [1, 1, 4]))
+        bb.emit_func_output(out)
+    text = te_calls_to_ops(bb.get()).script(show_meta=False)
+    assert "R.tile(x, repeats=[1, 1, 4])" in text and "call_tir" not in text
+
+
 def test_calibration_builds_modules_with_te_kernels():
     """Regression (Keras NHWC ResNet-50: "There is no definition of I.GlobalVar('pad')"):
     calibration exposed every binding in a new module that dropped the PrimFuncs main calls."""
@@ -494,3 +509,41 @@ def test_pad_fused_after_a_conv_is_written_whole(tmp_path, cpu):
         np.testing.assert_array_equal(model.run({"x": data[4]})["y"], first)
     want = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"x": data[4]})[0]
     assert float(first.ravel() @ want.ravel() / np.linalg.norm(first) / np.linalg.norm(want)) > 0.99
+
+
+@pytest.mark.parametrize("wide", [False, True], ids=["int8", "int16"])
+def test_topk_scores_with_class_ids_cast_to_float(tmp_path, wide):
+    """An end-to-end detector's tail (YOLO26): TopK of scores, class ids from the indices (int64
+    arithmetic) cast to float and concatenated with the scores. The ids join the concat as int16
+    (exact at scale 1 within their calibrated range), and a 16-bit TopK input is sorted in int32:
+    TVM's CPU sort refuses int16 at run time, which crashed such an artifact."""
+    import onnxruntime as ort
+    from dataclasses import replace as dc_replace
+
+    from passes import QuantConfig
+    from runtime import compile_model, load
+
+    nodes = [helper.make_node("Mul", ["x", "two"], ["s"]),
+             helper.make_node("TopK", ["s", "k"], ["v", "i"], axis=-1),
+             helper.make_node("Mod", ["i", "three"], ["c"]),
+             helper.make_node("Cast", ["c"], ["cf"], to=TensorProto.FLOAT),
+             helper.make_node("Unsqueeze", ["v", "ax"], ["v2"]),
+             helper.make_node("Unsqueeze", ["cf", "ax"], ["c2"]),
+             helper.make_node("Concat", ["v2", "c2"], ["y"], axis=-1)]
+    path = _model(tmp_path / "topk.onnx", nodes, {"two": np.float32(2.0), "k": np.array([5], np.int64),
+                                                  "three": np.array(3, np.int64), "ax": np.array([2], np.int64)},
+                  [1, 64], [("y", [1, 5, 2])])
+    rng6 = np.random.default_rng(6)  # 64 levels 1/16 apart: no two round to one 8-bit integer (no ties)
+    data = np.stack([rng6.permutation(64)[None] / 16 - 2 for _ in range(8)]).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=data[:4])
+    config = QuantConfig(sensitivity_tol=None)
+    if wide:  # the input enters as int16, and so do the scores
+        config = dc_replace(config, wide_tensors=["x"])
+    model = load(compile_model(path, "x86", tmp_path / "a", calib=tmp_path / "calib.npz", progress=False,
+                               config=config))
+    assert model.manifest["integer_only"] is True
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    for x in data[4:]:
+        got, want = model.run({"x": x})["y"], session.run(None, {"x": x})[0]
+        np.testing.assert_allclose(got[..., 1], want[..., 1], atol=1e-3)  # the class ids, on a 16-bit grid
+        np.testing.assert_allclose(got[..., 0], want[..., 0], atol=0.02)

@@ -150,13 +150,25 @@ class LoweringContext:
         return self._materialized[key]
 
     def _exact_operand(self, value: IntTensor) -> Quantized:
-        """Exact 8-bit integers standing for a float (a one-hot mask cast to float) at scale 1."""
+        """Exact integers standing for a float (a one-hot mask, a class index cast to float): 8-bit
+        ones at scale 1; wider ones in int16, at scale 1 where their calibrated range fits (class
+        ids beside a detector's boxes), else at the int16 scale of that range."""
         dtype = str(value.expr.ty.dtype)
         if dtype == "bool":
             return Quantized(self.emit(relax.op.astype(value.expr, "uint8")), 1.0, "uint8")
         if dtype in ("int8", "uint8"):
             return Quantized(value.expr, 1.0, dtype)
-        self.fail(f"an exact {dtype} tensor used as a float activation: only bool and 8-bit integers are")
+        if dtype == "int16":
+            return Quantized(value.expr, 1.0, dtype)
+        if value.range is None or not np.isfinite(value.range).all():
+            self.fail(f"an exact {dtype} tensor used as a float activation, with no calibrated range: only "
+                      "bool, 8- and 16-bit integers are taken as they are")
+        scale = max(1.0, activation_scale(*value.range, "int16"))
+        m, s = dyadic(1.0 / scale)
+        wide = value.expr if dtype == "int64" else relax.op.astype(value.expr, "int64")
+        x = relax.op.clip(wide, *INT_RANGE["int32"])  # beyond its calibrated range it saturates anyway
+        expr = self.emit(emit.requantize(x, m, s, *INT_RANGE["int16"], "int16"))
+        return Quantized(expr, scale, "int16", qmax=calibrated_qmax("int16"))
 
     def materialized_items(self):
         """((value, how), requantized value) for every requantization made so far (tracing)."""

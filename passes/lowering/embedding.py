@@ -70,7 +70,8 @@ def lower_integer_op(ctx, call, args) -> IntTensor:
     if str(call.ty.dtype).startswith("float"):  # exact float arithmetic on integers: in int32
         operands = [ctx.emit(relax.op.astype(a.expr, "int32")) if isinstance(a, IntTensor)
                     else emit.const(np.round(a).astype(np.int32), "int32") for a in args]
-        return IntTensor(ctx.emit(relax.Call(call.op, operands, call.attrs)))
+        bounds = tuple(ctx.out_range()) if ctx.var is not None and ctx.var.name in ctx.ranges else None
+        return IntTensor(ctx.emit(relax.Call(call.op, operands, call.attrs)), bounds)
 
     ints = [str(a.expr.ty.dtype) for a in args if isinstance(a, IntTensor)]
 

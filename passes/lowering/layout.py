@@ -32,7 +32,7 @@ from .values import Accumulator, IntTensor, MaskPenalty, Quantized
         "relax.strided_slice")
 def lower_layout(ctx, call, args):
     if isinstance(args[0], IntTensor):  # exact integers (a mask computed from an integer input)
-        return IntTensor(ctx.emit(relax.Call(call.op, [args[0].expr, *call.args[1:]], call.attrs)))
+        return replace(args[0], expr=ctx.emit(relax.Call(call.op, [args[0].expr, *call.args[1:]], call.attrs)))
     if isinstance(args[0], MaskPenalty):  # an additive attention mask reshaped to (B, 1, 1, T): its bool moves
         return _mask_through(ctx, call, args[0])
     acc = _accumulator_through(ctx, call, args[0])
@@ -214,17 +214,26 @@ def lower_topk(ctx, call, args):
     x = args[0]
     if not isinstance(x, Accumulator) or x.axis in (None, axis):
         x = ctx.materialize(x)
-    out = ctx.emit(relax.Call(call.op, [x.expr], call.attrs))
+    dtype = str(x.expr.ty.dtype)
+    # TVM's CPU sort takes int32 but not int16 ("Unsupported input dtype" at run time): sorted in int32
+    keys = x.expr if dtype == "int32" else ctx.emit(relax.op.astype(x.expr, "int32"))
+    out = ctx.emit(relax.Call(call.op, [keys], call.attrs))
     ret = str(call.attrs.ret_type)
+
+    def values(v):
+        return ctx.emit(v if dtype == "int32" else relax.op.astype(v, dtype))
+
     if ret == "both":
-        return [replace(x, expr=ctx.emit(relax.TupleGetItem(out, 0))), IntTensor(ctx.emit(relax.TupleGetItem(out, 1)))]
-    return IntTensor(out) if ret == "indices" else replace(x, expr=out)
+        return [replace(x, expr=values(relax.TupleGetItem(out, 0))), IntTensor(ctx.emit(relax.TupleGetItem(out, 1)))]
+    return IntTensor(out) if ret == "indices" else replace(x, expr=values(out))
 
 
 @lowers("relax.astype")
 def lower_astype(ctx, call, args):
     if not str(call.ty.dtype).startswith("float"):
         ctx.fail(f"cast of a quantized tensor to {call.ty.dtype}: only float -> float casts")
+    if isinstance(args[0], IntTensor) and ctx.var.name in ctx.ranges:  # integers -> float: their range
+        return replace(args[0], range=tuple(ctx.out_range()))
     return args[0]  # float -> float: the same real values, the same integers
 
 

@@ -68,9 +68,11 @@ class Accumulator:
 @dataclass(frozen=True, eq=False)
 class IntTensor:
     """An integer or bool tensor that is exact as it is (token ids, attention masks): ops on
-    such values are kept unchanged; they were never float."""
+    such values are kept unchanged; they were never float. `range`: the calibrated range of the
+    float tensor it stands for, where the graph computes one (float arithmetic on integers)."""
 
     expr: relax.Expr
+    range: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True, eq=False)
