@@ -46,17 +46,18 @@ def references(model_path: str | Path) -> list[tuple[str, str | bytes]]:
             ("the pre-quantized file itself (onnxruntime, its own quantization included)", str(model_path))]
 
 
-def float_agreement(model_path: str | Path | bytes, artifact, sample: dict[str, np.ndarray]
+def float_agreement(model_path: str | Path | bytes, artifact, sample: dict[str, np.ndarray], got=None
                     ) -> list[tuple[str, float, float]]:
-    """(output, cosine, max |error|) of the loaded artifact against onnxruntime on `sample`,
-    for each float output (`model_path`: a file, or a serialized model)."""
+    """(output, cosine, max |error|) of the loaded artifact (or its outputs `got` on `sample`)
+    against onnxruntime on `sample`, for each float output (`model_path`: a file, or a serialized
+    model)."""
     import onnxruntime as ort
 
     model = model_path if isinstance(model_path, bytes) else str(model_path)
     session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
     wanted = {i.name for i in session.get_inputs()}
     want = session.run(None, {k: v for k, v in sample.items() if k in wanted})
-    got = artifact.run(sample)
+    got = artifact.run(sample) if got is None else got
     rows = []
     for out, ref in zip(session.get_outputs(), want):
         ref = np.asarray(ref)

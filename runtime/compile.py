@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 
-from frontends import CompileError, parse_input_shape
+from frontends import CompileError, InputError, parse_input_shape
 from passes import OBSERVERS
 from targets import target_names
 
@@ -104,13 +105,29 @@ def _check(args, path) -> None:
     from .compiler import log
     from .model import load
 
+    def last_line(err):
+        return f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}"
+
     try:
         artifact = load(path)
         sample = check.calibration_sample(args.calib, artifact.manifest["inputs"])
-        reports = [check.report(check.float_agreement(model, artifact, sample), label, warn=i == 0)
-                   for i, (label, model) in enumerate(check.references(args.model))]
     except Exception as err:  # noqa: BLE001  (a check that cannot run says why; the artifact stands)
-        log(f"check skipped: {type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}")
+        log(f"check skipped: {last_line(err)}")
+        return
+    try:
+        got = artifact.run(sample)
+    except InputError as err:  # the sample itself (NaN, a shape outside the range): nothing to check with
+        log(f"check skipped: {err}")
+        return
+    except Exception as err:  # the artifact cannot run: never leave it behind as if it worked
+        shutil.rmtree(path, ignore_errors=True)
+        raise RuntimeError(f"the compiled artifact failed on the last calibration sample ({last_line(err)}); "
+                           f"it was removed. This is a bug in intq: please report it with the model") from err
+    try:
+        reports = [check.report(check.float_agreement(model, artifact, sample, got), label, warn=i == 0)
+                   for i, (label, model) in enumerate(check.references(args.model))]
+    except Exception as err:  # noqa: BLE001  (onnxruntime could not run the reference: the artifact stands)
+        log(f"check skipped: {last_line(err)}")
         return
     for line in "\n".join(r for r in reports if r).splitlines():
         log(line)

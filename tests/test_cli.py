@@ -63,6 +63,20 @@ def test_compile_and_run_cli(tmp_path, small_cnn_path, small_calib, capsys):
     assert cosine and float(cosine.group(1)) > 0.99 and "WARNING" not in captured.err
 
 
+def test_artifact_that_cannot_run_is_not_left_behind(tmp_path, small_cnn_path, small_calib, monkeypatch, capsys):
+    """The compile-time check runs the artifact: one that fails there (a YOLO26 artifact once hit
+    an unsupported sort dtype in TVM) is removed, and the compile fails saying so."""
+    from runtime.model import Model
+
+    def broken(self, inputs):
+        raise RuntimeError("InternalError: Unsupported input dtype: int16")
+
+    monkeypatch.setattr(Model, "run", broken)
+    out = tmp_path / "broken.artifact"
+    assert compile_main([small_cnn_path, "--calib", small_calib, "-o", str(out), "-q"]) == 1
+    assert "failed on the last calibration sample" in capsys.readouterr().err and not out.exists()
+
+
 def test_check_warns_when_the_artifact_disagrees_with_float():
     """The compile-time check's report names an output below cosine 0.99 in a warning."""
     from runtime.check import report
