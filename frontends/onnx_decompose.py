@@ -8,6 +8,7 @@ that TVM imports and intq lowers (in place, before the import):
                                      ignores output_shape: the output came out at the default size)
     Compress(x, constant cond)   ->  Gather(x, the kept indices)   (TVM's converter needs dynamic shapes)
     Max/Min(x, scalar constant)  ->  Clip(x, min/max)   (TVM's converter: a reduction over a stack)
+    ReverseSequence(x, lens)     ->  GatherElements(x, constant indices) along the time axis (constant lens)
 
 W is the constant DFT matrix (cos and sin of 2 pi k n / N, signs and 1 / N as forward or inverse asks, rows
 for c = 1 real or 2 complex inputs, columns interleaving each bin's real and imaginary part): an audio
@@ -201,9 +202,31 @@ def _bound_as_clip(node, opset: int, inits: list, shapes: dict, consts) -> list 
     return [helper.make_node("Clip", [x, *bounds], list(node.output), name=prefix)]
 
 
+def _reverse_sequence(node, opset: int, inits: list, shapes: dict, consts) -> list | None:
+    """ReverseSequence with constant lengths (Keras bidirectional RNNs; shapes bound): GatherElements
+    along the time axis with constant indices, lens[b] - 1 - t for t < lens[b], else t."""
+    lens, shape = consts(node.input[1]), shapes.get(node.input[0])
+    if lens is None or not shape or min(shape) <= 0:
+        return None
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    time, batch = int(attrs.get("time_axis", 0)), int(attrs.get("batch_axis", 1))
+    lens = np.minimum(lens.astype(np.int64).reshape(-1), shape[time])
+    if lens.size != shape[batch]:
+        return None
+    t = np.arange(shape[time])[:, None]
+    source = np.where(t < lens[None, :], lens[None, :] - 1 - t, t)  # [time, batch]
+    view = [1] * len(shape)
+    view[time], view[batch] = shape[time], shape[batch]
+    index = np.broadcast_to((source if time < batch else source.T).reshape(view), shape)
+    prefix = node.name or node.output[0]
+    inits.append(numpy_helper.from_array(np.ascontiguousarray(index), f"{prefix}/source"))
+    return [helper.make_node("GatherElements", [node.input[0], inits[-1].name], list(node.output), name=prefix,
+                             axis=time)]
+
+
 _DECOMPOSITIONS = {"LpNormalization": _lp_normalization, "DFT": _dft, "STFT": _stft,
                    "ConvTranspose": _conv_transpose_output_shape, "Compress": _compress,
-                   "Max": _bound_as_clip, "Min": _bound_as_clip}
+                   "Max": _bound_as_clip, "Min": _bound_as_clip, "ReverseSequence": _reverse_sequence}
 
 
 def decompose_ops(model: onnx.ModelProto) -> int:

@@ -60,6 +60,7 @@ INTEGER_PATH_OPS = frozenset({
     "Sin", "Cos", "Tan", "Asin", "Acos", "Atan", "Sinh", "Cosh", "Asinh", "Acosh", "Atanh",
     "LSTM", "GRU", "RNN",  # unrolled into MatMul/Sigmoid/Tanh/Mul/Add before the check (onnx_rnn.py)
     "LpNormalization", "DFT", "STFT", "Compress",  # x / ReduceL1|L2, a DFT matmul, a Gather (onnx_decompose.py)
+    "ReverseSequence",  # a GatherElements with constant indices (onnx_decompose.py)
     "ReduceL1", "ReduceSumSquare", "ReduceLogSumExp",
     "GlobalMaxPool", "LpPool", "Shrink", "MeanVarianceNormalization",  # imported as ops the lowerings take
     "EyeLike", "Shape", "Size", "ConstantOfShape", "Range",  # constants once shapes are static

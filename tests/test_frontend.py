@@ -454,3 +454,39 @@ def test_drop_unused_bindings_equals_dead_code_elimination():
     swept = drop_unused_bindings(mod)
     assert tvm_ffi.structural_equal(swept["main"], relax.transform.DeadCodeElimination()(mod)["main"])
     assert sum(len(b.bindings) for b in swept["main"].body.blocks) == 2
+
+
+@pytest.mark.parametrize("time_axis,batch_axis,shape", [(0, 1, (5, 3, 4)), (1, 0, (3, 5, 4))])
+def test_reverse_sequence_becomes_a_constant_gather(tmp_path, time_axis, batch_axis, shape):
+    """Keras bidirectional RNNs reverse the backward direction with ReverseSequence, which TVM's
+    importer lacks (a CRNN was refused, even with --allow-float): with constant lengths it is a
+    GatherElements with constant indices, equal to onnxruntime, and compiles integer-only."""
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    import runtime
+    from frontends.onnx_decompose import decompose_ops
+
+    lens = np.array([5, 2, 4], np.int64)
+    node = helper.make_node("ReverseSequence", ["x", "lens"], ["r"], time_axis=time_axis, batch_axis=batch_axis)
+    relu = helper.make_node("Relu", ["r"], ["y"])
+    graph = helper.make_graph([node, relu], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
+                              [numpy_helper.from_array(lens, "lens")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    x = np.random.default_rng(0).standard_normal((8, *shape)).astype(np.float32)
+    want = [ort.InferenceSession(model.SerializeToString()).run(None, {"x": v})[0] for v in x]
+    rewritten = onnx.shape_inference.infer_shapes(model)
+    assert decompose_ops(rewritten) == 1
+    assert [n.op_type for n in rewritten.graph.node] == ["GatherElements", "Relu"]
+    session = ort.InferenceSession(rewritten.SerializeToString())
+    for v, w in zip(x, want):
+        np.testing.assert_array_equal(session.run(None, {"x": v})[0], w)
+    onnx.save(model, tmp_path / "rev.onnx")
+    np.savez(tmp_path / "c.npz", x=x[:4])
+    art = runtime.load(runtime.compile_model(tmp_path / "rev.onnx", "x86", tmp_path / "a", calib=tmp_path / "c.npz",
+                                             progress=False))
+    assert art.manifest["integer_only"] is True
+    got = art.run({"x": x[5]})["y"]
+    assert np.abs(got - want[5]).max() < 0.05
