@@ -26,15 +26,18 @@ from .sensitivity import PROBE_SAMPLES, SensitivityProbe
 class CalibratedRanges(dict):
     """{tensor name: (lo, hi)}, plus `channel_amax` {tensor name: (max |x| per last-axis channel,
     the number of values each maximum was taken over)}, `moments` {tensor name: (sum of squares,
-    nonzero count)}, and `probe`, the float model ready to measure the output error of putting
-    tensors on their 8-bit grids (None: not measurable)."""
+    nonzero count)}, `nonfinite` (the tensors that held infinities or NaN), and `probe`, the float
+    model ready to measure the output error of putting tensors on their 8-bit grids (None: not
+    measurable)."""
 
     def __init__(self, ranges: dict, channel_amax: dict[str, tuple[np.ndarray, int]] | None = None,
-                 probe: SensitivityProbe | None = None, moments: dict[str, tuple[float, int]] | None = None):
+                 probe: SensitivityProbe | None = None, moments: dict[str, tuple[float, int]] | None = None,
+                 nonfinite: frozenset[str] = frozenset()):
         super().__init__(ranges)
         self.channel_amax = channel_amax or {}
         self.probe = probe
         self.moments = moments or {}
+        self.nonfinite = nonfinite  # tensors that held infinities or NaN
 
 
 def _matmul_inputs(mod: tvm.IRModule) -> set[str]:
@@ -81,4 +84,5 @@ def calibrate(mod: tvm.IRModule, samples: Sequence[dict[str, np.ndarray]] | Iter
                             {model.names[i]: (c.range(), c.rows) for i, c in channels.items()
                              if c.range() is not None},
                             SensitivityProbe(model, kept) if kept else None,
-                            {name: m.moments() for name, m in zip(model.names, moments)})
+                            {name: m.moments() for name, m in zip(model.names, moments)},
+                            frozenset(name for name, m in zip(model.names, moments) if m.nonfinite))

@@ -131,8 +131,11 @@ class MomentsObserver:
 
     def __init__(self):
         self.squares, self.nonzero = 0.0, 0
+        self.nonfinite = False  # infinities or NaN seen (a -inf mask, log(0))
 
     def update(self, x: np.ndarray) -> None:
+        if x.size and x.dtype.kind == "f" and not (np.isfinite(x.min()) and np.isfinite(x.max())):
+            self.nonfinite = True
         x = _finite(x).ravel()
         if x.size and x.dtype.kind == "f":
             x = x.astype(np.float64)  # float32 squares overflow past 1.8e19 (T5's residual stream reaches it)

@@ -141,3 +141,44 @@ def test_importer_primfuncs_kept_for_float_call_tirs(tmp_path):
     for x in data[4:]:
         want, got = sess.run(None, {"x": x})[0].ravel(), np.asarray(art.run({"x": x})["o"]).ravel()
         assert got @ want / (np.linalg.norm(got) * np.linalg.norm(want)) >= 0.99
+
+
+def test_embedding_table_with_inf_rows_falls_back_to_float(tmp_path):
+    """A Graphormer-style bias table whose entry 0 is -inf (the padding mask): integer-only refuses the
+    lookup naming the non-finite table (its integers were NaN before: cosine 0.85 with --allow-float);
+    --allow-float runs it in float, and so the add and softmax its -inf reaches (they held infinities on
+    the calibration data), which then agree with onnxruntime (masked positions exactly 0)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    import runtime
+
+    table = np.random.default_rng(0).standard_normal(5).astype(np.float32)
+    table[0] = -np.inf
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["bias"]), helper.make_node("Add", ["bias", "x"], ["s"]),
+             helper.make_node("Softmax", ["s"], ["y"], axis=-1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 6]),
+                                           helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6])],
+                              [numpy_helper.from_array(table, "table")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    path = tmp_path / "bias.onnx"
+    onnx.save(model, path)
+    rng = np.random.default_rng(1)
+    ids = rng.integers(1, 5, (8, 1, 6)).astype(np.int64)
+    ids[:, :, -1] = 0  # a padded position in every sample
+    x = rng.standard_normal((8, 1, 6)).astype(np.float32)
+    np.savez(tmp_path / "c.npz", ids=ids[:4], x=x[:4])
+    with pytest.raises(UnsupportedModelError, match="non-finite"):
+        runtime.compile_model(path, "x86", tmp_path / "int", calib=tmp_path / "c.npz", progress=False)
+    art = runtime.load(runtime.compile_model(path, "x86", tmp_path / "flt", calib=tmp_path / "c.npz",
+                                             allow_float=True, progress=False))
+    # the lookup, and what its infinities reach: saturated onto an integer grid, -inf masked nothing
+    assert [n["op"] for n in art.manifest["float_nodes"]] == ["relax.take", "relax.add", "relax.nn.softmax"]
+    session = ort.InferenceSession(str(path))
+    for i in range(4, 8):
+        got = art.run({"ids": ids[i], "x": x[i]})["y"]
+        want = session.run(None, {"ids": ids[i], "x": x[i]})[0]
+        assert np.isfinite(got).all() and np.abs(got - want).max() < 0.02 and not got[0, -1]

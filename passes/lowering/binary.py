@@ -30,7 +30,10 @@ from .registry import lowers
 from .values import Accumulator, IntTensor, Quantized
 
 
-def _constant_at(c: np.ndarray, scale: float):
+def _constant_at(ctx, c: np.ndarray, scale: float):
+    if not np.isfinite(c).all():  # NaN or inf on purpose (a masked output): left to float, where it is kept
+        ctx.fail(f"constant operand {list(np.shape(c))} holds non-finite values (NaN or inf): they have no "
+                 "integer value")
     q = np.clip(np.round(np.asarray(c, np.float64) / scale), *INT_RANGE["int32"])
     return emit.const(q, "int64"), None, None
 
@@ -38,7 +41,7 @@ def _constant_at(c: np.ndarray, scale: float):
 def _operand(ctx, value, scale: float):
     """(expr, m, s) putting `value` at `scale` in int32 (m None: an int64 constant already)."""
     if isinstance(value, np.ndarray):
-        return _constant_at(value, scale)
+        return _constant_at(ctx, value, scale)
     if isinstance(value, IntTensor):  # exact integers (ids, masks, counts): real values at scale 1
         expr = value.expr if str(value.expr.ty.dtype) == "int32" else ctx.emit(emit.R.astype(value.expr, "int32"))
         m, s = dyadic(1.0 / scale)

@@ -105,6 +105,9 @@ def lower_take(ctx, call, args):
         return lower_gather(ctx, call, args)
     if not isinstance(ids, IntTensor):
         ctx.fail("take is supported as an embedding lookup: a constant table indexed by integer ids")
+    if not np.isfinite(table).all():  # a -inf row is a mask (Graphormer's padding): no integer grid holds it
+        ctx.fail(f"embedding table {list(table.shape)} holds {int((~np.isfinite(table)).sum())} non-finite "
+                 "value(s) (-inf rows as a mask): they have no integer value")
     amax = float(np.abs(table).max()) or 1.0
     scale = amax / INT_RANGE["int16"][1]
     table_q = np.clip(np.round(table.astype(np.float64) / scale), *INT_RANGE["int16"])

@@ -31,10 +31,12 @@ MASK_FLOAT = -1e9  # an additive attention mask in float: large enough for softm
 
 @dataclass(frozen=True, eq=False)
 class FloatTensor:
-    """A float tensor left in float by the fallback; `range` is its calibrated (lo, hi), if known."""
+    """A float tensor left in float by the fallback; `range` is its calibrated (lo, hi), if known;
+    `finite` False where it held infinities or NaN on the calibration data."""
 
     expr: relax.Expr
     range: tuple[float, float] | None = None
+    finite: bool = True
 
 
 def _is_float(ty) -> bool:
@@ -80,6 +82,8 @@ def quantize_float(ctx, value: FloatTensor) -> Quantized:
     """`value` as int8 over its calibrated range (uint8 when that range is >= 0), for an integer consumer."""
     if value.range is None:
         ctx.fail("its input is a float tensor without a calibrated range")
+    if not value.finite:  # -inf as a mask: saturated to the grid's end it masked nothing (cosine 0.85)
+        ctx.fail("its input is a float tensor that holds infinities or NaN (a mask): it stays in float")
     dtype = "uint8" if value.range[0] >= 0 and ctx.config.unsigned_activations else "int8"
     scale = activation_scale(*value.range, dtype)
     q = R.clip(R.round(R.divide(value.expr, relax.const(scale, str(value.expr.ty.dtype)))), *INT_RANGE[dtype])
@@ -98,4 +102,5 @@ def float_fallback(ctx, call, args):
     if not _is_float(ty):
         return IntTensor(y)
     known = ctx.var is not None and ctx.var.name in ctx.ranges
-    return FloatTensor(y, tuple(ctx.out_range()) if known else None)
+    finite = ctx.var is None or ctx.var.name not in getattr(ctx.ranges, "nonfinite", ())
+    return FloatTensor(y, tuple(ctx.out_range()) if known else None, finite)
