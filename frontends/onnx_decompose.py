@@ -9,6 +9,8 @@ that TVM imports and intq lowers (in place, before the import):
     Compress(x, constant cond)   ->  Gather(x, the kept indices)   (TVM's converter needs dynamic shapes)
     Max/Min(x, scalar constant)  ->  Clip(x, min/max)   (TVM's converter: a reduction over a stack)
     ReverseSequence(x, lens)     ->  GatherElements(x, constant indices) along the time axis (constant lens)
+    ai.onnx.ml Scaler, Binarizer, LinearRegressor, Normalizer (scikit-learn pipelines)
+                                 ->  Sub/Mul, Greater/Cast, MatMul/Add, x / ReduceMax|L1|L2(x)
 
 W is the constant DFT matrix (cos and sin of 2 pi k n / N, signs and 1 / N as forward or inverse asks, rows
 for c = 1 real or 2 complex inputs, columns interleaving each bin's real and imaginary part): an audio
@@ -224,6 +226,75 @@ def _reverse_sequence(node, opset: int, inits: list, shapes: dict, consts) -> li
                              axis=time)]
 
 
+def _as_float(node, inits: list) -> tuple[str, list]:
+    """The node's first input cast to float (ai.onnx.ml ops also take double and integers)."""
+    prefix = node.name or node.output[0]
+    return f"{prefix}/float", [helper.make_node("Cast", [node.input[0]], [f"{prefix}/float"], name=f"{prefix}/float",
+                                                to=onnx.TensorProto.FLOAT)]
+
+
+def _const(inits: list, value, name: str) -> str:
+    inits.append(numpy_helper.from_array(np.asarray(value, np.float32), name))
+    return name
+
+
+def _scaler(node, opset: int, inits: list, shapes: dict, consts) -> list | None:
+    """ai.onnx.ml Scaler (scikit-learn's StandardScaler/MinMaxScaler): (x - offset) * scale."""
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    prefix = node.name or node.output[0]
+    x, nodes = _as_float(node, inits)
+    offset = _const(inits, attrs.get("offset", [0.0]), f"{prefix}/offset")
+    scale = _const(inits, attrs.get("scale", [1.0]), f"{prefix}/scale")
+    return nodes + [helper.make_node("Sub", [x, offset], [f"{prefix}/centred"], name=f"{prefix}/sub"),
+                    helper.make_node("Mul", [f"{prefix}/centred", scale], list(node.output), name=prefix)]
+
+
+def _binarizer(node, opset: int, inits: list, shapes: dict, consts) -> list | None:
+    """ai.onnx.ml Binarizer: 1 where x > threshold, else 0 (float x)."""
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    prefix = node.name or node.output[0]
+    x, nodes = _as_float(node, inits)
+    threshold = _const(inits, float(attrs.get("threshold", 0.0)), f"{prefix}/threshold")
+    return nodes + [helper.make_node("Greater", [x, threshold], [f"{prefix}/above"], name=f"{prefix}/greater"),
+                    helper.make_node("Cast", [f"{prefix}/above"], list(node.output), name=prefix,
+                                     to=onnx.TensorProto.FLOAT)]
+
+
+def _linear_regressor(node, opset: int, inits: list, shapes: dict, consts) -> list | None:
+    """ai.onnx.ml LinearRegressor without a post transform: x @ W^T + intercepts."""
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if attrs.get("post_transform", b"NONE") not in (b"NONE", "NONE"):
+        return None
+    targets = int(attrs.get("targets", 1))
+    weights = np.asarray(attrs.get("coefficients", []), np.float32).reshape(targets, -1).T
+    intercepts = np.asarray(attrs.get("intercepts", [0.0] * targets), np.float32)
+    prefix = node.name or node.output[0]
+    x, nodes = _as_float(node, inits)
+    w, b = _const(inits, weights, f"{prefix}/weights"), _const(inits, intercepts, f"{prefix}/intercepts")
+    return nodes + [helper.make_node("MatMul", [x, w], [f"{prefix}/product"], name=f"{prefix}/matmul"),
+                    helper.make_node("Add", [f"{prefix}/product", b], list(node.output), name=prefix)]
+
+
+def _normalizer(node, opset: int, inits: list, shapes: dict, consts) -> list | None:
+    """ai.onnx.ml Normalizer: each row divided by its max, L1 or L2 norm."""
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    norm = attrs.get("norm", b"MAX")
+    reduce = {"MAX": "ReduceMax", "L1": "ReduceL1", "L2": "ReduceL2"}.get(norm.decode() if isinstance(norm, bytes)
+                                                                        else norm)
+    if reduce is None:
+        return None
+    prefix = node.name or node.output[0]
+    x, nodes = _as_float(node, inits)
+    if opset >= 18:
+        inits.append(numpy_helper.from_array(np.array([-1], np.int64), f"{prefix}/axes"))
+        first = helper.make_node(reduce, [x, inits[-1].name], [f"{prefix}/norm"], name=f"{prefix}/norm", keepdims=1)
+    else:
+        first = helper.make_node(reduce, [x], [f"{prefix}/norm"], name=f"{prefix}/norm", axes=[-1], keepdims=1)
+    return nodes + [first, helper.make_node("Div", [x, f"{prefix}/norm"], list(node.output), name=prefix)]
+
+
+_ML = {"Scaler": _scaler, "Binarizer": _binarizer, "LinearRegressor": _linear_regressor, "Normalizer": _normalizer}
+
 _DECOMPOSITIONS = {"LpNormalization": _lp_normalization, "DFT": _dft, "STFT": _stft,
                    "ConvTranspose": _conv_transpose_output_shape, "Compress": _compress,
                    "Max": _bound_as_clip, "Min": _bound_as_clip, "ReverseSequence": _reverse_sequence}
@@ -243,7 +314,8 @@ def decompose_ops(model: onnx.ModelProto) -> int:
         return numpy_helper.to_array(constants[name]) if name in constants else None
 
     for node in model.graph.node:
-        rewrite = _DECOMPOSITIONS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        rewrite = (_DECOMPOSITIONS.get(node.op_type) if node.domain in ("", "ai.onnx")
+                   else _ML.get(node.op_type) if node.domain == "ai.onnx.ml" else None)
         replacement = rewrite(node, opset, inits, shapes, consts) if rewrite else None
         nodes.extend(replacement or [node])
         count += replacement is not None

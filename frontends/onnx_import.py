@@ -13,6 +13,8 @@ control flow and ops the integer path lacks (every node at once), then import wi
 
 from __future__ import annotations
 
+import functools
+
 import os
 import re
 import tempfile
@@ -168,7 +170,8 @@ def load_onnx(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]] 
         model = onnx.shape_inference.infer_shapes(model)
     unroll_lstms(model)
     decompose_attention(model)  # opset 23's Attention op -> MatMul/Softmax (onnx_attention.py)
-    decompose_ops(model)  # ops with neither a TVM converter nor an ONNX function (onnx_decompose.py)
+    if decompose_ops(model):  # ops with neither a TVM converter nor an ONNX function (onnx_decompose.py)
+        model = _basic_optimize(model, path)  # shapes through them (an ai.onnx.ml Scaler stopped inference)
     expanded = expand_functions(model, path)  # function ops TVM lacks -> their schema bodies (onnx_functions.py)
     if expanded is not None:
         model = _basic_optimize(expanded, path)  # fold the bodies' shape arithmetic
@@ -369,12 +372,29 @@ def _check_supported(model: onnx.ModelProto, path: Path, allow_unsupported: bool
                    "shape are refused, also with --allow-float; other Loops and Scans are unrolled):\n  " + "\n  ".join(flow) +
                    "\nExport the model without control flow (fix the branch condition, e.g. the sample rate, "
                    "at export time; unroll loops) and compile that.")
+    unconvertible = [name(n) for n in model.graph.node if n.op_type not in CONTROL_FLOW_OPS and not exact(n)
+                     and (n.domain not in ("", "ai.onnx") or n.op_type not in _tvm_converters())]
+    if unconvertible:  # refused in both modes: --allow-float cannot run what TVM cannot import
+        message += ("\n" if message else f"{path}: ") + (
+            f"{len(unconvertible)} node(s) use ops that neither intq's integer path nor TVM's ONNX importer "
+            "supports, so --allow-float cannot run them either:\n  " + "\n  ".join(unconvertible) +
+            "\n(ai.onnx.ml tree ensembles, classifiers with label outputs, ZipMap... are not neural-network ops; "
+            "convert the model without them, or run them outside the compiled part)")
+        bad = [b for b in bad if b not in unconvertible]
     if bad and not allow_unsupported:
         message += ("\n" if message else f"{path}: ") + (
             f"{len(bad)} node(s) use ops the integer-only path does not support:\n  " + "\n  ".join(bad) +
             "\nPass --allow-float to run them in float (the artifact is then not integer-only).")
     if message:
         raise UnsupportedModelError(message)
+
+
+@functools.lru_cache(maxsize=1)
+def _tvm_converters() -> frozenset[str]:
+    """The ONNX ops TVM 0.27's importer converts (its converter table)."""
+    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+
+    return frozenset(_get_convert_map())
 
 
 def _spec(value: onnx.ValueInfoProto, path: Path) -> TensorSpec:

@@ -490,3 +490,69 @@ def test_reverse_sequence_becomes_a_constant_gather(tmp_path, time_axis, batch_a
     assert art.manifest["integer_only"] is True
     got = art.run({"x": x[5]})["y"]
     assert np.abs(got - want[5]).max() < 0.05
+
+
+def _ml_model(nodes, inits, n_in: int, n_out: int):
+    from onnx import numpy_helper
+
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, n_in])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, n_out])],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)])
+    model.ir_version = 9
+    return model
+
+
+def test_scikit_learn_preprocessing_ops_compile_integer_only(tmp_path):
+    """scikit-learn exports (skl2onnx) put ai.onnx.ml Scaler, Normalizer, Binarizer and LinearRegressor
+    around their networks; TVM's importer has none of them (a scaled MLP was refused, and failed with
+    --allow-float): they become Sub/Mul, x / ReduceL2, Greater/Cast, MatMul/Add, equal to onnxruntime."""
+    import onnxruntime as ort
+
+    import runtime
+    from frontends.onnx_decompose import decompose_ops
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Scaler", ["x"], ["s"], domain="ai.onnx.ml", offset=[1.0, -2.0, 0.5, 3.0],
+                              scale=[0.5, 2.0, 1.0, 0.25]),
+             helper.make_node("MatMul", ["s", "w"], ["h"]),
+             helper.make_node("Normalizer", ["h"], ["n"], domain="ai.onnx.ml", norm="L2"),
+             helper.make_node("LinearRegressor", ["n"], ["y"], domain="ai.onnx.ml", targets=6,
+                              coefficients=rng.standard_normal(48).tolist(), intercepts=[0.5, -1.0, 0, 0, 1, 0])]
+    model = _ml_model(nodes, {"w": rng.standard_normal((4, 8)).astype(np.float32)}, 4, 6)
+    x = (rng.standard_normal((40, 1, 4)) * 3).astype(np.float32)
+    want = [ort.InferenceSession(model.SerializeToString()).run(None, {"x": v})[0] for v in x]
+    rewritten = onnx.shape_inference.infer_shapes(model)
+    assert decompose_ops(rewritten) == 3
+    assert not any(n.domain == "ai.onnx.ml" for n in rewritten.graph.node)
+    session = ort.InferenceSession(rewritten.SerializeToString())
+    for v, w in zip(x, want):
+        np.testing.assert_allclose(session.run(None, {"x": v})[0], w, rtol=1e-5, atol=1e-5)
+    binarizer = _ml_model([helper.make_node("Binarizer", ["x"], ["y"], domain="ai.onnx.ml", threshold=0.5)], {}, 4, 4)
+    flat = onnx.shape_inference.infer_shapes(binarizer)
+    assert decompose_ops(flat) == 1
+    np.testing.assert_array_equal(ort.InferenceSession(flat.SerializeToString()).run(None, {"x": x[0]})[0],
+                                  (x[0] > 0.5).astype(np.float32))
+    onnx.save(model, tmp_path / "skl.onnx")
+    np.savez(tmp_path / "c.npz", x=x[:32])
+    art = runtime.load(runtime.compile_model(tmp_path / "skl.onnx", "x86", tmp_path / "a", calib=tmp_path / "c.npz",
+                                             progress=False))
+    assert art.manifest["integer_only"] is True
+    for v, w in zip(x[32:], want[32:]):
+        got = art.run({"x": v})["y"].ravel()
+        assert got @ w.ravel() / np.linalg.norm(got) / np.linalg.norm(w) > 0.99
+
+
+def test_ops_without_any_converter_are_refused_in_both_modes(tmp_path):
+    """A tree ensemble (ai.onnx.ml) has neither an integer lowering nor a TVM converter: the refusal
+    says that --allow-float cannot run it either (with the flag it failed on an unknown output shape)."""
+    node = helper.make_node("TreeEnsembleRegressor", ["x"], ["y"], domain="ai.onnx.ml", n_targets=1,
+                            nodes_treeids=[0, 0, 0], nodes_nodeids=[0, 1, 2], nodes_featureids=[0, 0, 0],
+                            nodes_values=[0.5, 0.0, 0.0], nodes_modes=["BRANCH_LEQ", "LEAF", "LEAF"],
+                            nodes_truenodeids=[1, 0, 0], nodes_falsenodeids=[2, 0, 0],
+                            target_treeids=[0, 0], target_nodeids=[1, 2], target_ids=[0, 0], target_weights=[1.0, 2.0])
+    onnx.save(_ml_model([node], {}, 4, 1), tmp_path / "tree.onnx")
+    for allow in (False, True):
+        with pytest.raises(UnsupportedModelError, match="--allow-float cannot run them either") as err:
+            load_onnx(tmp_path / "tree.onnx", allow_unsupported=allow)
+        assert "TreeEnsembleRegressor (node" in str(err.value)
