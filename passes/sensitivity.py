@@ -42,6 +42,33 @@ MAX_ELEMENTS = 3e9  # tensor elements the measured runs pass through their taps,
 # sit in small models, found within a few sets
 
 
+MAX_MACS = 1e11  # multiply-accumulates of the measured runs' convs and matmuls, at most: elements alone
+# undercount compute-heavy nets (VGG16 at 240x240, 18 GMAC per run: 144 s of search on 2 cores)
+
+
+def model_macs(mod) -> int:
+    """Multiply-accumulates of one run of `mod`'s main: output elements times the reduction of every
+    conv2d and matmul with static shapes (what dominates a float run's time)."""
+    import tvm
+    from tvm import relax
+
+    total = 0
+    for block in mod["main"].body.blocks:
+        for binding in block.bindings:
+            call = binding.value
+            if not (isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.Op)
+                    and call.op.name in ("relax.nn.conv2d", "relax.matmul", "relax.nn.conv1d")):
+                continue
+            try:
+                out = int(np.prod([int(d) for d in binding.var.ty.shape]))
+                weight = [int(d) for d in call.args[1].ty.shape]
+            except (TypeError, AttributeError):  # symbolic or unknown shapes: not counted
+                continue
+            reduction = weight[-2] if call.op.name == "relax.matmul" else int(np.prod(weight[1:]))
+            total += out * reduction
+    return total
+
+
 class SensitivityProbe:
     """The calibrated float model (`TappedModel`) run with chosen tensors on their 8-bit grids."""
 
@@ -52,6 +79,8 @@ class SensitivityProbe:
         self.seconds = 0.0  # spent in those runs
         self.elements = 0  # tensor elements the taps of measured (not reference) runs saw
         self.run_elements = 0  # of them, per run (known after the first measured run)
+        self.run_macs = model_macs(model.mod)  # convs' and matmuls' multiply-accumulates per run
+        self.macs = 0  # of the measured runs
         self._tapped = set(model.names)
         self._reference = None
         self._memo: dict = {}
@@ -71,6 +100,7 @@ class SensitivityProbe:
         for sample in self.samples:
             outs.append([y.astype(np.float64) for y in self.model.run(sample, fake_quantize if by_index else None)])
             self.runs += 1
+            self.macs += self.run_macs if by_index else 0
             if by_index and not self.run_elements:
                 self.run_elements = self.elements
         self.seconds += time.perf_counter() - start
@@ -116,7 +146,8 @@ def find_sensitive(probe: SensitivityProbe, grids: dict[str, tuple[float, int, i
 
     Best first: the measured set with the largest error is split in two halves (graph order) and
     both are measured; a single tensor popped is a find. It stops at `limit` finds, after `budget`
-    measured sets or `work` tensor elements through the taps (a 1024x1024 segmentation net runs for
+    measured sets or `work` tensor elements through the taps, or the MAC budget scaled alike (a
+    1024x1024 segmentation net runs for
     minutes per set: the finds so far are kept; a set is not started that would end past them), or when the largest set left costs at most tol^2 and all sets left
     together (their errors add up) at most goal^2, or, whatever the total, at most (tol / 8)^2.
     """
@@ -127,7 +158,9 @@ def find_sensitive(probe: SensitivityProbe, grids: dict[str, tuple[float, int, i
     found: dict[str, float] = {}
     sets, order = 1, 1
     def affordable() -> bool:  # one more set (a run per sample) stays within the work
-        return probe.elements + probe.run_elements * len(probe.samples) <= work
+        runs = len(probe.samples)
+        return (probe.elements + probe.run_elements * runs <= work
+                and probe.macs + probe.run_macs * runs <= MAX_MACS * work / MAX_ELEMENTS)
 
     while heap and len(found) < limit and sets < budget and affordable():
         err, _, part = heapq.heappop(heap)

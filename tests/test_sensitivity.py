@@ -24,13 +24,14 @@ class _AdditiveProbe:
     """A probe whose error is the sum of fixed per-tensor errors (noise powers add up)."""
 
     samples, runs, seconds, elements = (None,), 0, 0.0, 0  # measuring costs nothing here, unless
-    run_elements = 0  # run_elements is set
+    run_elements = macs = run_macs = 0  # run_elements or run_macs is set
 
     def __init__(self, errors: dict[str, float]):
         self.errors, self.sets = errors, 0
 
     def error(self, grids) -> float:
         self.sets += 1
+        self.macs += self.run_macs
         return sum(self.errors[n] for n in grids)
 
 
@@ -48,6 +49,23 @@ def test_search_finds_the_sensitive_tensors_in_few_measurements():
     slow.run_elements = 1
     assert find_sensitive(slow, {n: (1.0, -128, 127) for n in errors}, 0.03, 16, 0.05, work=0.0) == {}
     assert slow.sets == 1
+    heavy = _AdditiveProbe(errors)  # few elements but compute-heavy runs (VGG16): the MAC budget stops it
+    heavy.run_macs = 4e10
+    assert len(find_sensitive(heavy, {n: (1.0, -128, 127) for n in errors}, 0.03, 16, 0.05)) <= 1
+    assert heavy.sets <= 3
+
+
+def test_model_macs_counts_convs_and_matmuls():
+    from tvm import relax
+
+    from conftest import relax_main
+    from passes.sensitivity import model_macs
+
+    w = relax.const(np.ones((8, 3, 3, 3), np.float32))
+    m = relax.const(np.ones((8 * 14 * 14, 10), np.float32))
+    mod = relax_main(lambda x: relax.op.matmul(relax.op.reshape(relax.op.nn.conv2d(x, w), (1, 8 * 14 * 14)), m),
+                     [np.ones((1, 3, 16, 16), np.float32)])
+    assert model_macs(mod) == 8 * 14 * 14 * 27 + 10 * 8 * 14 * 14
 
 
 def test_search_lowers_the_bar_when_many_small_losses_add_up():
