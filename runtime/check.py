@@ -66,6 +66,11 @@ def float_agreement(model_path: str | Path | bytes, artifact, sample: dict[str, 
         a, b = np.asarray(got[out.name], np.float64).ravel(), ref.astype(np.float64).ravel()
         if a.shape != b.shape:
             continue
+        finite = np.isfinite(b)  # NaN or inf on purpose (masked targets): they must come out the same,
+        if not np.array_equal(finite, np.isfinite(a)) or not np.array_equal(a[~finite], b[~finite], equal_nan=True):
+            rows.append((out.name, float("nan"), float("inf")))  # and the rest is compared
+            continue
+        a, b = a[finite], b[finite]
         cos = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))) if a.any() and b.any() else float(
             np.array_equal(a, b))
         rows.append((out.name, cos, float(np.abs(a - b).max(initial=0.0))))

@@ -182,3 +182,37 @@ def test_embedding_table_with_inf_rows_falls_back_to_float(tmp_path):
         got = art.run({"ids": ids[i], "x": x[i]})["y"]
         want = session.run(None, {"ids": ids[i], "x": x[i]})[0]
         assert np.isfinite(got).all() and np.abs(got - want).max() < 0.02 and not got[0, -1]
+
+
+def test_nan_constants_stay_float_and_the_check_compares_the_rest(tmp_path):
+    """A model that outputs NaN on purpose (masked targets: where(mask, y, NaN)): the NaN constant has
+    no integer value, so the where runs in float and the artifact keeps the NaNs (they came out as
+    -358 before); the compile check compares NaN positions exactly and the rest by cosine."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    import runtime
+    from runtime import check
+
+    keep = np.array([[True, False, True, True, False, True]])
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Where", ["keep", "r", "nan"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6])],
+                              [numpy_helper.from_array(keep, "keep"),
+                               numpy_helper.from_array(np.full((1, 6), np.nan, np.float32), "nan")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    path = tmp_path / "nan.onnx"
+    onnx.save(model, path)
+    x = np.random.default_rng(2).standard_normal((6, 1, 6)).astype(np.float32) + 1.0
+    np.savez(tmp_path / "c.npz", x=x[:4])
+    with pytest.raises(UnsupportedModelError, match="non-finite"):
+        runtime.compile_model(path, "x86", tmp_path / "int", calib=tmp_path / "c.npz", progress=False)
+    art = runtime.load(runtime.compile_model(path, "x86", tmp_path / "flt", calib=tmp_path / "c.npz",
+                                             allow_float=True, progress=False))
+    y = art.run({"x": x[5]})["y"]
+    assert np.array_equal(np.isnan(y), ~keep)
+    ((name, cosine, _),) = check.float_agreement(path, art, {"x": x[5]})
+    assert name == "y" and cosine > 0.99
+    ((_, cosine, _),) = check.float_agreement(path, art, {"x": x[5]}, got={"y": np.nan_to_num(y)})
+    assert not cosine >= 0.99  # NaNs where float has none: reported below the bar
