@@ -97,6 +97,9 @@ def matmul_block(func, names=("matmul",)):
     return sch, block
 
 
+MAX_EPILOGUE = 64  # blocks after a matmul that are inlined and computed per tile, at most
+
+
 def inline_epilogue(sch: s_tir.Schedule, name: str) -> list:
     """Inline the elementwise blocks after block `name` (its requantization, and any other
     branch it is combined with, such as a residual) into the last ones; returns those, in
@@ -106,7 +109,11 @@ def inline_epilogue(sch: s_tir.Schedule, name: str) -> list:
         names = [sch.get(b).name_hint for b in blocks]
         return blocks[names.index(name) + 1:]
 
+    if len(after()) > MAX_EPILOGUE:  # a fused chain of hundreds of steps (a GNN's, 224): inlined, its
+        return []  # expressions grew for minutes; left whole after the tiles instead
     for block in after()[:-1]:
+        if not _read_once(sch, block):  # inlined, its expression would be copied into every read
+            continue  # (a GNN's epilogue sat in compute_inline for minutes): computed per tile instead
         try:
             sch.compute_inline(block)
         except s_tir.schedule.ScheduleError:

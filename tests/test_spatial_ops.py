@@ -547,3 +547,36 @@ def test_topk_scores_with_class_ids_cast_to_float(tmp_path, wide):
         got, want = model.run({"x": x})["y"], session.run(None, {"x": x})[0]
         np.testing.assert_allclose(got[..., 1], want[..., 1], atol=1e-3)  # the class ids, on a 16-bit grid
         np.testing.assert_allclose(got[..., 0], want[..., 0], atol=0.02)
+
+
+@pytest.mark.parametrize("reduction", ["add", "none"])  # TVM 0.27 imports no max/min reduction
+def test_scatter_message_passing_compiles_integer_only(tmp_path, reduction):
+    """A graph network's message passing: messages gathered at edge sources, scattered onto their
+    targets with ScatterElements (sum or plain update) and ScatterND; in int32 at one scale."""
+    import onnxruntime as ort
+
+    from runtime import compile_model, load
+
+    nodes_, edges, feats = 12, 40, 8
+    rng_ = np.random.default_rng(9)
+    src, dst = rng_.integers(0, nodes_, edges), rng_.integers(0, nodes_, edges)
+    if reduction == "none":  # an update keeps one message per target: distinct targets
+        dst = rng_.permutation(nodes_)[:edges % nodes_ + 4]
+        src, edges = src[:len(dst)], len(dst)
+    nodes = [helper.make_node("Gather", ["x", "src"], ["m0"], axis=0),
+             helper.make_node("MatMul", ["m0", "w"], ["m"]),
+             helper.make_node("ScatterElements", ["x", "dst", "m"], ["s"], axis=0, reduction=reduction),
+             helper.make_node("ScatterND", ["s", "nd", "upd"], ["t"]),
+             helper.make_node("Relu", ["t"], ["y"])]
+    inits = {"src": src.astype(np.int64), "w": _w(feats, feats),
+             "dst": np.repeat(dst[:, None], feats, 1).astype(np.int64),
+             "nd": np.array([[1], [3]], np.int64), "upd": _w(2, feats)}
+    path = _model(tmp_path / "gnn.onnx", nodes, inits, [nodes_, feats], [("y", [nodes_, feats])])
+    data = rng_.standard_normal((12, nodes_, feats)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=data[:8])
+    art = load(compile_model(path, "x86", tmp_path / "a", calib=tmp_path / "calib.npz", progress=False))
+    assert art.manifest["integer_only"] is True
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    for x in data[8:]:
+        got, want = art.run({"x": x})["y"].ravel(), session.run(None, {"x": x})[0].ravel()
+        assert got @ want / np.linalg.norm(got) / np.linalg.norm(want) > 0.99

@@ -67,13 +67,13 @@ def common_scale(ctx, op: str, a, b, cond=None, dtype: str | None = None) -> Qua
 
 
 def residual_sum(ctx, op: str, a, b) -> Accumulator:
-    """a +- b of a transformer's residual stream as an int32 Accumulator at amax / 2^30 (twice the
-    calibrated range). A few outlier channels or tokens (T5: 60,000 beside ordinary values of 30)
+    """a +- b of a transformer's residual stream as an int32 Accumulator at amax / 2^29 (four times
+    the calibrated range). A few outlier channels or tokens (T5: 60,000 beside ordinary values of 30)
     set a 16-bit grid that leaves ordinary tokens a handful of steps; in int32 the stream keeps
     them, the next residual add reads it unrounded and a LayerNorm/RMSNorm normalizes its integers
     (`transformer._normalize`); any other consumer requantizes it to 8 or 16 bits as before."""
     amax = max(abs(v) for v in ctx.out_range())
-    scale = amax / 2**30 if amax > 0 else 1.0
+    scale = amax / 2**29 if amax > 0 else 1.0  # 4x the calibrated range: a bias added next still fits
     (ea, ma, sa), (eb, mb, sb) = _operand(ctx, a, scale), _operand(ctx, b, scale)
     expr = emit_binary.common_scale(op, ea, eb, ma, sa, mb, sb, *INT_RANGE["int32"], "int32")
     return Accumulator(ctx.emit(expr), np.asarray(scale), None, ctx.out_range())

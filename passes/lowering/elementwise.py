@@ -43,10 +43,12 @@ def _add_bias(ctx, acc: Accumulator, bias: np.ndarray) -> Accumulator:
         emit.channel_shape(acc.scale, rank, acc.axis).shape, bias.shape))
     bias_q = np.round(bias.astype(np.float64) / scale)
     expr = acc.expr
-    if np.abs(bias_q).max(initial=0) >= 2**29 and acc.axis is not None:
-        # Near-dead channels (tiny weights, large folded bias): coarsen their accumulator
-        # by a rounding right shift of k bits so that the bias fits int32 with headroom.
-        limit = np.abs(bias_q).reshape(-1, acc.scale.size).max(0) if bias_q.ndim else np.abs(bias_q)
+    if np.abs(bias_q).max(initial=0) >= 2**29 and (acc.axis is not None or np.size(acc.scale) == 1):
+        # Near-dead channels (tiny weights, large folded bias), or a fine int32 residual stream
+        # (binary.residual_sum) plus a constant: coarsen the accumulator by a rounding right
+        # shift of k bits so that the bias fits int32 with headroom.
+        limit = (np.abs(bias_q).reshape(-1, acc.scale.size).max(0) if bias_q.ndim and acc.axis is not None
+                 else np.abs(bias_q).max(initial=0))
         k = np.where(limit >= 2**29, np.ceil(np.log2(np.maximum(limit, 1) / 2**28)), 0).astype(np.int64)
         expr = ctx.emit(emit.rounding_shift(expr, emit.channel_shape(k, rank, acc.axis)))
         acc = Accumulator(expr, acc.scale * 2.0**k, acc.axis, acc.out_range, acc.clamp)

@@ -206,6 +206,40 @@ def lower_gather_indices(ctx, call, args):
     return replace(x, expr=ctx.emit(relax.Call(call.op, [x.expr, idx], call.attrs)))
 
 
+@lowers("relax.scatter_elements", "relax.scatter_nd")
+def lower_scatter(ctx, call, args):
+    """ONNX ScatterElements / ScatterND (graph networks' sums over neighbours, index updates): data and
+    updates at one fine int32 scale (amax / 2^29 of the calibrated output: sums of many updates keep
+    headroom), scattered with the same reduction in int32; an Accumulator for its consumers. A max
+    (min) readout's -inf (+inf) start is int32's lowest (highest) value, where it saturates as in
+    float. Indices are constants or exact integers; mul and mean have no common-scale form."""
+    data, idx, updates = args
+    reduction = str(call.attrs.reduction)
+    if reduction not in ("update", "add", "max", "min"):
+        ctx.fail(f"{call.op.name} with reduction {reduction!r}: update, add, max and min have integer forms")
+    if isinstance(idx, np.ndarray):
+        idx = emit.const(idx.astype(np.int64), "int64")
+    elif isinstance(idx, IntTensor):
+        idx = idx.expr
+    else:
+        ctx.fail(f"{call.op.name} needs constant or integer indices")
+    amax = max(abs(v) for v in ctx.out_range())
+    scale = amax / 2**29 if amax > 0 else 1.0
+    parts = []
+    for value in (data, updates):
+        if isinstance(value, np.ndarray):
+            identity = {"max": -np.inf, "min": np.inf}.get(reduction)  # a max readout starts from -inf
+            if not np.isfinite(value[value != identity] if identity is not None else value).all():
+                ctx.fail(f"{call.op.name} of a constant holding non-finite values")
+            q = np.clip(np.round(value.astype(np.float64) / scale), *INT_RANGE["int32"])  # -inf: int32's end
+            parts.append(emit.const(q, "int32"))
+            continue
+        q, m, sh = ctx.to_int32_at(value, scale)
+        parts.append(emit.requantize(q, m, sh, *INT_RANGE["int32"], "int32"))
+    expr = ctx.emit(relax.Call(call.op, [parts[0], idx, parts[1]], call.attrs))
+    return Accumulator(expr, np.asarray(scale), None, ctx.out_range())
+
+
 @lowers("relax.topk")
 def lower_topk(ctx, call, args):
     """The k largest (smallest) integers: scales are positive, so the order is the real order
