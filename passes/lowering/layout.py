@@ -190,18 +190,22 @@ def lower_gather(ctx, call, args):
     return replace(x, expr=ctx.emit(expr))
 
 
+def _indices(ctx, call, idx) -> relax.Expr:
+    """Index operand of a gather or scatter: a constant, or an exact integer tensor (ids, argmax)."""
+    if isinstance(idx, np.ndarray):
+        return emit.const(idx.astype(np.int64), "int64")
+    if isinstance(idx, IntTensor):
+        return idx.expr
+    ctx.fail(f"{call.op.name} needs constant or integer indices")
+
+
 @lowers("relax.gather_nd", "relax.gather_elements")
 def lower_gather_indices(ctx, call, args):
     """ONNX GatherND / GatherElements of an activation: the selected integers at the same scale.
 
     The indices are a constant or an exact integer tensor (ids, argmax)."""
     x, idx = args
-    if isinstance(idx, np.ndarray):
-        idx = emit.const(idx.astype(np.int64), "int64")
-    elif isinstance(idx, IntTensor):
-        idx = idx.expr
-    else:
-        ctx.fail(f"{call.op.name} needs constant or integer indices")
+    idx = _indices(ctx, call, idx)
     x = ctx.materialize(x)
     return replace(x, expr=ctx.emit(relax.Call(call.op, [x.expr, idx], call.attrs)))
 
@@ -217,12 +221,7 @@ def lower_scatter(ctx, call, args):
     reduction = str(call.attrs.reduction)
     if reduction not in ("update", "add", "max", "min"):
         ctx.fail(f"{call.op.name} with reduction {reduction!r}: update, add, max and min have integer forms")
-    if isinstance(idx, np.ndarray):
-        idx = emit.const(idx.astype(np.int64), "int64")
-    elif isinstance(idx, IntTensor):
-        idx = idx.expr
-    else:
-        ctx.fail(f"{call.op.name} needs constant or integer indices")
+    idx = _indices(ctx, call, idx)
     amax = max(abs(v) for v in ctx.out_range())
     scale = amax / 2**29 if amax > 0 else 1.0
     parts = []
