@@ -112,8 +112,6 @@ def inline_epilogue(sch: s_tir.Schedule, name: str) -> list:
     if len(after()) > MAX_EPILOGUE:  # a fused chain of hundreds of steps (a GNN's, 224): inlined, its
         return []  # expressions grew for minutes; left whole after the tiles instead
     for block in after()[:-1]:
-        if not _read_once(sch, block):  # inlined, its expression would be copied into every read
-            continue  # (a GNN's epilogue sat in compute_inline for minutes): computed per tile instead
         try:
             sch.compute_inline(block)
         except s_tir.schedule.ScheduleError:
