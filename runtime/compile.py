@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check(args, path) -> None:
-    """The artifact against float onnxruntime on the last calibration sample (runtime/check.py)."""
+    """The artifact against float onnxruntime on the last calibration samples (runtime/check.py)."""
     from . import check
     from .compiler import log
     from .model import load
@@ -110,21 +110,23 @@ def _check(args, path) -> None:
 
     try:
         artifact = load(path)
-        sample = check.calibration_sample(args.calib, artifact.manifest["inputs"])
+        samples = check.calibration_samples(args.calib, artifact.manifest["inputs"])
     except Exception as err:  # noqa: BLE001  (a check that cannot run says why; the artifact stands)
         log(f"check skipped: {last_line(err)}")
         return
     try:
-        got = artifact.run(sample)
+        outputs = [artifact.run(sample) for sample in samples]
     except InputError as err:  # the sample itself (NaN, a shape outside the range): nothing to check with
         log(f"check skipped: {err}")
         return
     except Exception as err:  # the artifact cannot run: never leave it behind as if it worked
         shutil.rmtree(path, ignore_errors=True)
-        raise RuntimeError(f"the compiled artifact failed on the last calibration sample ({last_line(err)}); "
+        raise RuntimeError(f"the compiled artifact failed on a calibration sample ({last_line(err)}); "
                            f"it was removed. This is a bug in intq: please report it with the model") from err
     try:
-        reports = [check.report(check.float_agreement(model, artifact, sample, got), label, warn=i == 0)
+        reports = [check.report(check.worst([check.float_agreement(model, artifact, sample, got)
+                                             for sample, got in zip(samples, outputs)]),
+                                label, warn=i == 0, samples=len(samples))
                    for i, (label, model) in enumerate(check.references(args.model))]
     except Exception as err:  # noqa: BLE001  (onnxruntime could not run the reference: the artifact stands)
         log(f"check skipped: {last_line(err)}")
