@@ -60,35 +60,38 @@ def references(model_path: str | Path) -> list[tuple[str, str | bytes]]:
             ("the pre-quantized file itself (onnxruntime, its own quantization included)", str(model_path))]
 
 
-def float_agreement(model_path: str | Path | bytes, artifact, sample: dict[str, np.ndarray], got=None
-                    ) -> list[tuple[str, float, float]]:
-    """(output, cosine, max |error|) of the loaded artifact (or its outputs `got` on `sample`)
-    against onnxruntime on `sample`, for each float output (`model_path`: a file, or a serialized
-    model)."""
+def float_agreement(model_path: str | Path | bytes, artifact, samples, got=None) -> list[tuple[str, float, float]]:
+    """(output, worst cosine, largest |error|) of the loaded artifact (or its outputs `got`) against
+    onnxruntime over `samples` (one input dict, or a list), for each float output (`model_path`: a
+    file, or a serialized model); one onnxruntime session for them all."""
     import onnxruntime as ort
 
-    model = model_path if isinstance(model_path, bytes) else str(model_path)
-    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    samples, gots = ([samples], [got]) if isinstance(samples, dict) else (samples, got or [None] * len(samples))
+    session = ort.InferenceSession(model_path if isinstance(model_path, bytes) else str(model_path),
+                                   providers=["CPUExecutionProvider"])
     wanted = {i.name for i in session.get_inputs()}
-    want = session.run(None, {k: v for k, v in sample.items() if k in wanted})
-    got = artifact.run(sample) if got is None else got
-    rows = []
-    for out, ref in zip(session.get_outputs(), want):
-        ref = np.asarray(ref)
-        if out.name not in got or ref.dtype.kind != "f":
-            continue
-        a, b = np.asarray(got[out.name], np.float64).ravel(), ref.astype(np.float64).ravel()
-        if a.shape != b.shape:
-            continue
-        finite = np.isfinite(b)  # NaN or inf on purpose (masked targets): they must come out the same,
-        if not np.array_equal(finite, np.isfinite(a)) or not np.array_equal(a[~finite], b[~finite], equal_nan=True):
-            rows.append((out.name, float("nan"), float("inf")))  # and the rest is compared
-            continue
-        a, b = a[finite], b[finite]
-        cos = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))) if a.any() and b.any() else float(
-            np.array_equal(a, b))
-        rows.append((out.name, cos, float(np.abs(a - b).max(initial=0.0))))
-    return rows
+    per_sample = []
+    for sample, ours in zip(samples, gots):
+        want = session.run(None, {k: v for k, v in sample.items() if k in wanted})
+        ours = artifact.run(sample) if ours is None else ours
+        per_sample.append([row for out, ref in zip(session.get_outputs(), want)
+                           if (row := _agreement(out.name, ours.get(out.name), np.asarray(ref))) is not None])
+    return worst(per_sample)
+
+
+def _agreement(name: str, got, ref: np.ndarray) -> tuple[str, float, float] | None:
+    """(name, cosine, max |error|) of one output; None where it is not a float output of the same size."""
+    if got is None or ref.dtype.kind != "f":
+        return None
+    a, b = np.asarray(got, np.float64).ravel(), ref.astype(np.float64).ravel()
+    if a.shape != b.shape:
+        return None
+    finite = np.isfinite(b)  # NaN or inf on purpose (masked targets): they must come out the same,
+    if not np.array_equal(finite, np.isfinite(a)) or not np.array_equal(a[~finite], b[~finite], equal_nan=True):
+        return name, float("nan"), float("inf")  # and the rest is compared
+    a, b = a[finite], b[finite]
+    cos = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))) if a.any() and b.any() else float(np.array_equal(a, b))
+    return name, cos, float(np.abs(a - b).max(initial=0.0))
 
 
 def report(rows: list[tuple[str, float, float]], label: str = FILE, warn: bool = True, samples: int = 1) -> str:

@@ -124,9 +124,8 @@ def _check(args, path) -> None:
         raise RuntimeError(f"the compiled artifact failed on a calibration sample ({last_line(err)}); "
                            f"it was removed. This is a bug in intq: please report it with the model") from err
     try:
-        reports = [check.report(check.worst([check.float_agreement(model, artifact, sample, got)
-                                             for sample, got in zip(samples, outputs)]),
-                                label, warn=i == 0, samples=len(samples))
+        reports = [check.report(check.float_agreement(model, artifact, samples, outputs), label, warn=i == 0,
+                                samples=len(samples))
                    for i, (label, model) in enumerate(check.references(args.model))]
     except Exception as err:  # noqa: BLE001  (onnxruntime could not run the reference: the artifact stands)
         log(f"check skipped: {last_line(err)}")

@@ -156,9 +156,7 @@ class LoweringContext:
         dtype = str(value.expr.ty.dtype)
         if dtype == "bool":
             return Quantized(self.emit(relax.op.astype(value.expr, "uint8")), 1.0, "uint8")
-        if dtype in ("int8", "uint8"):
-            return Quantized(value.expr, 1.0, dtype)
-        if dtype == "int16":
+        if dtype in ("int8", "uint8", "int16"):
             return Quantized(value.expr, 1.0, dtype)
         if value.range is None or not np.isfinite(value.range).all():
             self.fail(f"an exact {dtype} tensor used as a float activation, with no calibrated range: only "
