@@ -59,6 +59,8 @@ def test_requantize_rounds_half_up():
     dict(shape=(2, 8, 7, 7), w=(12, 4, 3, 3), strides=(2, 1), padding=(1, 0, 1, 0), groups=2),
     dict(shape=(1, 3, 17, 17), w=(16, 3, 3, 3), strides=(2, 2), padding=(1, 1, 1, 1), groups=1),  # RGB stem
     dict(shape=(1, 8, 16, 16), w=(32, 8, 1, 1), strides=(1, 1), padding=(0, 0, 0, 0), groups=1),  # repacked
+    dict(shape=(1, 32, 14, 14), w=(16, 32, 1, 1), strides=(1, 1), padding=(0, 0, 0, 0), groups=1),  # 16x14 tiles
+    dict(shape=(1, 64, 7, 7), w=(24, 64, 1, 1), strides=(1, 1), padding=(0, 0, 0, 0), groups=1),  # 16x7 tiles
     dict(shape=(2, 16, 7, 9), w=(16, 1, 3, 3), strides=(1, 1), padding=(1, 2, 0, 1), groups=16),  # flat rows
     dict(shape=(1, 16, 13, 11), w=(16, 1, 5, 5), strides=(2, 2), padding=(2, 1, 2, 2), groups=16),  # 4 phases
     dict(shape=(1, 3, 16, 16), w=(8, 3, 3, 3), strides=(1, 1), padding=(0, 0, 0, 0), groups=1),  # stride-1 stem
