@@ -96,6 +96,37 @@ def _weight_rowmax(func: relax.Function) -> dict[str, np.ndarray]:
     return out
 
 
+def _bias_after(func: relax.Function) -> dict[str, np.ndarray]:
+    """{conv2d or matmul binding name: max |bias| per output channel} where the binding's only use
+    adds a constant bias (a folded BatchNorm, a Gemm's C): `linear.bias_fitting_scales`."""
+    bindings = list(_bindings(func))
+    uses: dict[str, int] = {}
+    for b in bindings:
+        for arg in getattr(b.value, "args", []) if isinstance(b.value, relax.Call) else []:
+            if isinstance(arg, relax.Var):
+                uses[arg.name] = uses.get(arg.name, 0) + 1
+    layers = {b.var.name: b.value for b in bindings if isinstance(b.value, relax.Call)
+              and isinstance(b.value.op, tvm.ir.Op) and b.value.op.name in ("relax.nn.conv2d", "relax.matmul")
+              and len(b.value.args) == 2 and isinstance(b.value.args[1], tvm.ir.GenericConst)}
+    out: dict[str, np.ndarray] = {}
+    for b in bindings:
+        v = b.value
+        if not (isinstance(v, relax.Call) and isinstance(v.op, tvm.ir.Op) and v.op.name == "relax.add"):
+            continue
+        for x, c in (v.args, v.args[::-1]):
+            if isinstance(x, relax.Var) and x.name in layers and uses.get(x.name) == 1 \
+                    and isinstance(c, tvm.ir.GenericConst):
+                rank = len(x.ty.shape)
+                bias = np.abs(c.value.numpy().astype(np.float64))
+                if bias.ndim > rank:
+                    break
+                bias = bias.reshape((1,) * (rank - bias.ndim) + bias.shape)
+                axis = 1 if layers[x.name].op.name == "relax.nn.conv2d" else rank - 1
+                out[x.name] = bias.max(axis=tuple(a for a in range(rank) if a != axis)).reshape(-1)
+                break
+    return out
+
+
 def _moves_wide(ctx: LoweringContext, value: relax.Expr, env: dict) -> bool:
     """A layout op of a 16-bit value: its result stays 16 bits for the conv or matmul it feeds."""
     return (isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) and value.op.name in LAYOUT_OPS
@@ -148,7 +179,7 @@ class QuantizeToInteger:
         config = replace(self.config, wide_tensors=(*self.config.wide_tensors, *wide))
         bb = relax.BlockBuilder()
         ctx = LoweringContext(bb, self.ranges, config, getattr(self.ranges, "channel_amax", None),
-                              _weight_rowmax(func))
+                              _weight_rowmax(func), _bias_after(func))
         env: dict[relax.Var, object] = {}
         params, boundary = [], {"inputs": [], "outputs": []}
         dtype = self.config.residual_dtype  # transformers: the input starts the int16 residual stream

@@ -194,3 +194,42 @@ def test_instance_and_group_norm_lower_to_integer_layernorm(tmp_path):
         x = rng.standard_normal((1, 3, 16, 16)).astype(np.float32)
         a, b = model.run({"x": x})["y"].ravel(), session.run(None, {"x": x})[0].ravel()
         assert a @ b / (np.linalg.norm(a) * np.linalg.norm(b)) >= 0.99
+
+
+@pytest.mark.parametrize("layer", ["conv2d", "matmul"])
+def test_near_dead_channel_bias_fits_by_its_weight_scale(layer):
+    """A channel with tiny weights and a large (folded BatchNorm) bias: its weight scale is raised
+    until the bias fits int32 at the accumulator scale, so no output element pays a rounding shift
+    of the accumulator, and the integer model still agrees with float to within an output step."""
+    from conftest import run_relax  # noqa: F401  (same host target as the other tests)
+
+    rng = np.random.default_rng(5)
+    if layer == "conv2d":
+        w = rng.standard_normal((4, 3, 3, 3)).astype("float32")
+        w[2] *= 1e-9  # near-dead
+        b = np.array([0.1, -0.2, 3.0, 0.3], "float32").reshape(1, 4, 1, 1)
+        shape, make = (1, 3, 8, 8), lambda bb, x: bb.emit(R.nn.conv2d(x, relax.const(w), padding=[1, 1]))
+    else:
+        w = rng.standard_normal((16, 4)).astype("float32")
+        w[:, 2] *= 1e-9
+        b = np.array([0.1, -0.2, 3.0, 0.3], "float32")
+        shape, make = (5, 16), lambda bb, x: bb.emit(R.matmul(x, relax.const(w)))
+    mod = _function(lambda bb, x: R.add(make(bb, x), relax.const(b)), [(shape, "float32")])
+    data = [{"x0": rng.standard_normal(shape).astype("float32")} for _ in range(4)]
+    int_mod = QuantizeToInteger(calibrate(mod, data, progress=False))(mod)
+    assert verify_integer_only(int_mod).integer_only
+    assert "right_shift" not in int_mod.script(show_meta=False)
+    import json
+
+    from runtime.boundary import dequantize, quantize
+
+    boundary = json.loads(int_mod["main"].attrs["intq.boundary"])
+    x, (i, o) = data[0]["x0"], (boundary["inputs"][0], boundary["outputs"][0])
+    run = lambda m, v: relax.VirtualMachine(tvm.compile(m, "llvm"), tvm.cpu())["main"](tvm.runtime.tensor(v)).numpy()
+    want = run(mod, x)
+    scale = np.asarray(o["scale"])
+    if o["axis"] is not None:  # the int32 sums as output: per channel
+        scale = scale.reshape([-1 if a == o["axis"] % want.ndim else 1 for a in range(want.ndim)])
+    got = dequantize(run(int_mod, quantize(x, i["scale"], i["dtype"])), scale)
+    cos = float((got * want).sum() / np.sqrt((got * got).sum() * (want * want).sum()))
+    assert cos > 0.9999 and np.abs(got[:, 2] - want[:, 2]).max() < 1e-3  # the dead channel: its bias

@@ -92,8 +92,9 @@ class LoweringContext:
 
     def __init__(self, bb: relax.BlockBuilder, ranges: dict[str, tuple[float, float]], config: QuantConfig,
                  channel_amax: dict[str, tuple[np.ndarray, int]] | None = None,
-                 weight_rowmax: dict[str, np.ndarray] | None = None):
+                 weight_rowmax: dict[str, np.ndarray] | None = None, bias_after: dict[str, np.ndarray] | None = None):
         self.bb, self.ranges, self.config = bb, ranges, config
+        self.bias_after = bias_after or {}  # conv/matmul binding: max |bias| per output channel added next
         self.channel_amax = channel_amax or {}  # tensor: (calibrated max |x| per last-axis channel, rows seen)
         self.weight_rowmax = weight_rowmax or {}  # max |W| per input channel over a tensor's matmuls
         self.var: relax.Var | None = None  # the float binding being lowered

@@ -32,6 +32,24 @@ def weight_l1(w_q: np.ndarray, out_axis: int) -> int:
     return int(np.abs(w_q.astype(np.int64)).sum(axis=axes).max(initial=0))
 
 
+BIAS_BITS = 28  # a bias at the accumulator scale stays below 2^28: int32 with headroom
+
+
+def _bias_fitting(ctx, w: np.ndarray, w_q: np.ndarray, w_scale: np.ndarray, bits: int, axis: int, x_scale):
+    """The weights again, each channel's scale raised to where the bias added next fits int32 at
+    the accumulator scale (near-dead channels: tiny weights and a large folded bias). Coarsening
+    the accumulator instead (`elementwise._add_bias`) costs a rounding shift per output element;
+    this costs nothing at run time, and the weight error it adds (<= scale / 2 per weight) stays
+    below reduction * 127 * |bias| / 2^29 at the output, a small part of one output step."""
+    bias = ctx.bias_after.get(ctx.var.name)
+    if bias is None or bias.size not in (1, w_scale.size):
+        return w_q, w_scale
+    floor = bias / (np.asarray(x_scale, np.float64) * 2.0**BIAS_BITS)
+    if not np.any(w_scale < floor):
+        return w_q, w_scale
+    return quantize_weights(w, bits, axis=axis, min_scale=floor)
+
+
 def _check_accumulator_bound(ctx, l1: int, x_dtype: str):
     bound = l1 * max(abs(v) for v in INT_RANGE[x_dtype])
     if bound >= 2**31:
@@ -58,6 +76,7 @@ def lower_conv2d(ctx, call, args):
     w_q, w_scale = quantize_weights(w, bits, axis=0)
     l1 = weight_l1(w_q, 0)
     x = ctx.operand(x, l1, bits)  # 8 bits, or 16 for a measured-sensitive input
+    w_q, w_scale = _bias_fitting(ctx, w, w_q, w_scale, bits, 0, x.scale)  # only lowers l1
     _check_accumulator_bound(ctx, l1, x.dtype)
     _record(ctx, "conv2d", w, bits, x, strides=[int(v) for v in attrs.strides],
             padding=[int(v) for v in attrs.padding], dilation=[int(v) for v in attrs.dilation],
@@ -88,6 +107,7 @@ def lower_matmul(ctx, call, args):
     if smooth is None:
         x = ctx.operand(x, l1, bits)
         x_scale = x.scale
+    w_q, w_scale = _bias_fitting(ctx, w, w_q, w_scale, bits, 1, x_scale)  # only lowers l1
     _check_accumulator_bound(ctx, l1, x.dtype)
     _record(ctx, "matmul", w, bits, x)
     expr = ctx.emit(int4.matmul_int4(ctx.bb, x.expr, w_q) if bits == 4 else emit.matmul_acc(x.expr, w_q))

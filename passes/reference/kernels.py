@@ -47,13 +47,16 @@ def requantize(acc, m, s, lo: int, hi: int, out_dtype: str) -> np.ndarray:
     return np.clip(y, lo, hi).astype(out_dtype)
 
 
-def quantize_weights(w, bits: int, axis: int) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric per-channel weights along `axis`: (int8 values, float64 scales)."""
+def quantize_weights(w, bits: int, axis: int, min_scale=None) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-channel weights along `axis`: (int8 values, float64 scales), each scale at
+    least `min_scale` (per channel or scalar) where given."""
     w = np.asarray(w, np.float64)
     qmax = 2 ** (bits - 1) - 1
     reduce = tuple(i for i in range(w.ndim) if i != axis % w.ndim)
     amax = np.max(np.abs(w), axis=reduce) if reduce else np.abs(w)
     scale = np.where(amax > 0, amax / qmax, 1.0)
+    if min_scale is not None:
+        scale = np.maximum(scale, min_scale)
     shape = [1] * w.ndim
     shape[axis] = -1
     q = np.clip(np.round(w / scale.reshape(shape)), -qmax - 1, qmax).astype(np.int8)
