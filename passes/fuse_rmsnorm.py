@@ -41,8 +41,10 @@ def fuse_rmsnorm(mod, _ctx):
 
     def fused(call, m, w):
         xs = [m[p] for p in (x_sq, x_a, x_b) if p in m] + [m[x_out]]
+        if not all(v.same_as(xs[0]) for v in xs) or not m[x_out].ty.shape:  # 1 / r * gamma: x_out the 1
+            return call
         channels = int(m[x_out].ty.shape[-1])
-        if (not all(v.same_as(xs[0]) for v in xs) or not _last_axis_mean(m[mean])
+        if (not _last_axis_mean(m[mean])
                 or (x_sq in m and _scalar(m[two]) != 2.0) or (one in m and _scalar(m[one]) != 1.0)
                 or _scalar(m[eps]) is None or (w is not None and w.size != channels)):
             return call

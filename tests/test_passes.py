@@ -233,3 +233,20 @@ def test_near_dead_channel_bias_fits_by_its_weight_scale(layer):
     got = dequantize(run(int_mod, quantize(x, i["scale"], i["dtype"])), scale)
     cos = float((got * want).sum() / np.sqrt((got * got).sum() * (want * want).sum()))
     assert cos > 0.9999 and np.abs(got[:, 2] - want[:, 2]).max() < 1e-3  # the dead channel: its bias
+
+
+def test_fuse_rmsnorm_leaves_a_reciprocal_times_gamma():
+    """TF's LayerNorm over channels, `Reciprocal(Sqrt(var + eps)) * gamma` (afis's fingerprint net):
+    `1 / r * gamma` has the RMSNorm's shape with the constant 1 in x's place; it is left alone (it
+    crashed reading the channels of the rank-0 constant)."""
+    from passes.fuse_rmsnorm import fuse_rmsnorm
+
+    gamma = relax.const(np.linspace(0.5, 2, 8).reshape(1, 8, 1, 1).astype("float32"))
+
+    def build(bb, x):
+        var = bb.emit(R.mean(R.multiply(x, x), axis=[1], keepdims=True))
+        inv = bb.emit(R.divide(relax.const(1.0, "float32"), R.sqrt(R.add(var, relax.const(1e-3, "float32")))))
+        return R.multiply(inv, gamma)
+
+    mod = _function(build, [((1, 8, 4, 4), "float32")])
+    tvm.ir.assert_structural_equal(fuse_rmsnorm(mod), mod)
