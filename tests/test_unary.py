@@ -379,3 +379,45 @@ def test_activations_model_end_to_end(tmp_path):
                 assert np.mean(np.abs(g - r) <= 0.05 * span) >= 0.85, name
             else:
                 assert np.abs(g - r).max() <= 0.2 * span, (name, np.abs(g - r).max() / span)
+
+
+@pytest.mark.parametrize("func,freqs,tol", [
+    ("Sin+Cos", np.pi / 2 * 2.0 ** np.arange(16), 0.6 / 127 + 0.002),  # Fourier features: frequencies 2^15
+    ("Sigmoid", np.geomspace(0.02, 500, 16), 0.6 / 255),  # apart; one table per channel (8-bit integers)
+])
+def test_functions_of_per_channel_rescaled_integers(tmp_path, func, freqs, tol):
+    """f(x * c) with c one constant per channel: sin/cos through the 32-bit phase q * S c / 2 pi
+    (any range of frequencies), other functions through one 8-bit table per channel. One grid for
+    x * c spanned 2^15 pi and rounded the low frequencies to nothing (a reading-order transformer's
+    inputs: cosine 0.50-0.86). Inputs on the input's own grid, so only the lowering's error shows."""
+    import onnxruntime as ort
+
+    import runtime
+
+    nodes = [helper.make_node("Unsqueeze", ["x", "ax"], ["u"]), helper.make_node("Mul", ["u", "f"], ["m"])]
+    if func == "Sin+Cos":
+        nodes += [helper.make_node("Sin", ["m"], ["s"]), helper.make_node("Cos", ["m"], ["c"]),
+                  helper.make_node("Concat", ["s", "c"], ["y"], axis=-1)]
+        width = 32
+    else:
+        nodes += [helper.make_node("Sigmoid", ["m"], ["y"])]
+        width = 16
+    inits = [numpy_helper.from_array(np.array([3], np.int64), "ax"),
+             numpy_helper.from_array(freqs.astype(np.float32), "f")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 4, width])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save(model, tmp_path / "f.onnx")
+    rng = np.random.default_rng(4)
+    np.savez(tmp_path / "c.npz", x=rng.uniform(-1, 1, (8, 1, 8, 4)).astype(np.float32))
+    art = runtime.load(runtime.compile_model(tmp_path / "f.onnx", "x86", tmp_path / "a", calib=tmp_path / "c.npz",
+                                             progress=False))
+    assert art.manifest["integer_only"] is True
+    quant = art.inputs[0]["quant"]
+    x = (rng.integers(-100, 101, (1, 8, 4)) * quant["scale"]).astype(np.float32)
+    got = art.run({"x": x})["y"]
+    want = ort.InferenceSession(str(tmp_path / "f.onnx")).run(None, {"x": x})[0]
+    # the output rounding (half a step, plus the period table's 2 pi / 4096 for sin/cos); one grid
+    # for x * c: 1.33 (sin/cos) and 0.0057 (sigmoid, 1.5 steps)
+    assert np.abs(got - want).max() < tol

@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import tvm
 from tvm import relax, te, tirx
 
 from ..fuse_unary_chains import UNARY_CALL, chain_step, program_json
@@ -106,6 +107,9 @@ def table_lookup(ctx, x, program: str) -> Quantized:
         return octave_lookup(ctx, x if x.clamp[0] >= 0 else x.with_clamp(0.0, x.clamp[1]), program)
     if _is_square(program):  # x^2 alone: the exact int32 product (a power spectrum's terms)
         return multiply_activations(ctx, None, x, x)
+    special = periodic_lookup(ctx, x, program) or channel_table_lookup(ctx, x, program)
+    if special is not None:
+        return special
     q = ctx.materialize(x, wide=ctx.config.residual_bits == 16)
     if not isinstance(q, Quantized) or q.dtype not in TABLE_INPUTS:
         ctx.fail(f"a table lookup needs an 8/16-bit input, got {type(q).__name__}")
@@ -118,6 +122,91 @@ def table_lookup(ctx, x, program: str) -> Quantized:
         index = R.subtract(index, emit.const(qmin, "int32"))
     # "clip": the index is in range by construction, and "fast" makes TVM warn once per table at compile time
     return Quantized(ctx.emit(R.take(emit.const(table, dtype), index, axis=0, mode="clip")), scale, dtype)
+
+
+MAX_CHANNEL_TABLE = 1 << 18  # entries of a per-channel table, at most
+
+
+def _is_op(value, name: str) -> bool:
+    return isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) and value.op.name == name
+
+
+def _widened_8bit(ctx, acc: Accumulator) -> tuple[int, int] | None:
+    """The integer range of an accumulator that is an 8-bit value widened to int32, times a
+    per-channel sign or not (what a constant per-channel factor makes: `elementwise._rescaled`)."""
+    value = ctx.bb.lookup_binding(acc.expr) if isinstance(acc.expr, relax.Var) else None
+    signed = False
+    if _is_op(value, "relax.multiply") and isinstance(value.args[1], tvm.ir.GenericConst):
+        signed, value = True, ctx.bb.lookup_binding(value.args[0]) if isinstance(value.args[0], relax.Var) else None
+    if not (_is_op(value, "relax.astype") and str(value.args[0].ty.dtype) in ("int8", "uint8")):
+        return None
+    lo, hi = INT_RANGE[str(value.args[0].ty.dtype)]
+    return (-max(hi, -lo), max(hi, -lo)) if signed else (lo, hi)
+
+
+def channel_table_lookup(ctx, x, program: str) -> Quantized | None:
+    """`program` of 8-bit integers at one scale per channel (x * [c_1 .. c_C], Fourier features
+    `sin(x * 2^k pi)`, a squeeze-excitation style factor before a sigmoid) as one table per channel,
+    indexed by channel * n + q: one grid for all channels would span frequencies 2^15 apart and
+    round the low ones away. None where x is not such a value."""
+    if not (isinstance(x, Accumulator) and x.axis is not None and x.offset == 0.0
+            and x.clamp == (-np.inf, np.inf)):
+        return None
+    bounds = _widened_8bit(ctx, x)
+    scale = np.asarray(x.scale, np.float64).reshape(-1)
+    if bounds is None or scale.size * (bounds[1] - bounds[0] + 1) > MAX_CHANNEL_TABLE:
+        return None
+    values = np.arange(bounds[0], bounds[1] + 1, dtype=np.float64)
+    image = ref.evaluate(program, scale[:, None] * values[None, :])  # [channel, integer]
+    out_scale, dtype = ref.output_params(image, ctx.out_range(), ctx.config.unsigned_activations, ctx.wide_output())
+    table = ref.build_table(image, out_scale, dtype).reshape(-1)
+    rank = len(x.expr.ty.shape)
+    offset = emit.channel_shape(np.arange(scale.size, dtype=np.int64) * values.size - bounds[0], rank, x.axis)
+    index = R.add(x.expr, emit.const(offset.astype(np.int32), "int32"))
+    return Quantized(ctx.emit(R.take(emit.const(table, dtype), index, axis=0, mode="clip")), out_scale, dtype)
+
+
+PHASE_BITS = 12  # entries of a period's table: 4096 (|sin| steps <= 0.0008, below 8-bit output's 0.004)
+MAX_PHASE_ERROR = 2.0**-14  # of a period, from the 32-bit phase step's rounding over the integers' range
+
+
+def periodic_lookup(ctx, x, program: str) -> Quantized | None:
+    """sin or cos of integers q at scale S (per channel or not; 8, 16 or 32 bits): the phase
+    q * S / 2 pi mod 1 as a 32-bit fraction, q * M mod 2^32 with M = round(S / 2 pi * 2^32) (a
+    wrapping uint32 multiply), its top PHASE_BITS bits index one period's table. Any argument range
+    works (Fourier features sin(x * 2^15 pi) next to sin(x * pi / 2)), where one grid over the
+    arguments rounds the low frequencies away. None for other programs, or integers too wide
+    for the phase step's rounding (|q| * 2^-33 <= MAX_PHASE_ERROR periods)."""
+    steps = json.loads(program)
+    if len(steps) != 1 or steps[0][0] not in ("relax.sin", "relax.cos") or steps[0][1] != [["v", -1]]:
+        return None
+    x = ctx.without_offset(x)
+    if isinstance(x, Accumulator):
+        if x.clamp != (-np.inf, np.inf):
+            return None
+        scale, axis, expr = np.asarray(x.scale, np.float64).reshape(-1), x.axis, x.expr
+        # the same integers at every channel's scale: the largest scale bounds them
+        bound = max(abs(v) for v in x.out_range) / float(scale.max()) if scale.max() > 0 else np.inf
+    else:
+        q = ctx.materialize(x, wide=ctx.config.residual_bits == 16)
+        if not isinstance(q, Quantized):
+            return None
+        scale, axis, expr = np.asarray([q.scale], np.float64), None, q.expr
+        bound = max(abs(v) for v in INT_RANGE[q.dtype])
+    if not bound * 2.0**-33 <= MAX_PHASE_ERROR or not np.all(scale > 0):
+        return None
+    step = np.round(np.mod(scale / (2 * np.pi), 1.0) * 2.0**32).astype(np.uint64) % 2**32
+    angles = np.arange(2**PHASE_BITS, dtype=np.float64) * (2 * np.pi / 2**PHASE_BITS)
+    image = ref.evaluate(program, angles)
+    out_scale, dtype = ref.output_params(image, ctx.out_range(), ctx.config.unsigned_activations, ctx.wide_output())
+    table = ref.build_table(image, out_scale, dtype)
+    rank = len(expr.ty.shape)
+    m = emit.channel_shape(step.astype(np.uint32), rank, axis if step.size > 1 else None)
+    wide = R.astype(expr, "int32") if str(expr.ty.dtype) != "int32" else expr  # two's complement: q mod 2^32
+    half = emit.const(np.uint32(1 << (31 - PHASE_BITS)), "uint32")  # to the nearest entry
+    phase = R.add(R.multiply(R.astype(wide, "uint32"), emit.const(m, "uint32")), half)
+    index = R.astype(R.right_shift(phase, emit.const(np.uint32(32 - PHASE_BITS), "uint32")), "int32")
+    return Quantized(ctx.emit(R.take(emit.const(table, dtype), index, axis=0, mode="clip")), out_scale, dtype)
 
 
 def _is_square(program: str) -> bool:
