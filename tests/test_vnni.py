@@ -79,6 +79,33 @@ def test_vnni_kernel_with_epilogue_is_exact(shape, kernel, x_dtype):
     assert f"vnni_{kernel}" in lowered and "vpdpbusd" in lowered
 
 
+def test_epilogue_input_made_before_the_product_is_inlined():
+    """An epilogue that also reads a value reshaped in the same kernel (an LSTM step: the input
+    projection, squeezed, plus the recurrent matvec) still gets the dot-product tiles; the squeeze
+    ran first as a loop of its own, and the whole kernel fell back to TVM's scalar loops (1.2 ms a
+    step for a 768 x 3072 matvec instead of 0.03)."""
+    from tvm.relax.op import squeeze
+
+    from tvm.relax.op import astype, clip
+
+    x, w = _operand("uint8", (1, 256)), _operand("int8", (256, 512))
+    residual = rng.integers(-(2**20), 2**20, (1, 1, 512)).astype(np.int32)
+    m, s = ref.dyadic(rng.uniform(1e-4, 1e-2, 512))
+    mr, sr = ref.dyadic(3e-5)
+    lo, hi = ref.kernels.INT_RANGE["int32"]
+
+    def build(a, r):
+        part = emit.requantize(squeeze(r, axis=[1]), mr, sr, lo, hi, "int32")  # made before the product
+        y = emit.requantize(emit.matmul_acc(a, w), m, s, lo, hi, "int32")
+        return astype(clip(add(part, y), -128, 127), "int8")
+
+    part = ref.requantize(residual[:, 0], mr, sr, lo, hi, "int32").astype(np.int64)
+    want = np.clip(part + ref.requantize(ref.matmul_acc(x, w), m, s, lo, hi, "int32"), -128, 127).astype(np.int8)
+    np.testing.assert_array_equal(run_relax(build, [x, residual]), want)
+    lowered = _lowered_names(build, [x, residual])
+    assert "squeeze" in lowered and "vpdpbusd" in lowered
+
+
 @pytest.mark.parametrize("x_dtype", ["int8", "uint8"])
 def test_patch_embedding_conv_becomes_a_vnni_matmul(x_dtype):
     """A ViT patch embedding (stride == kernel) runs as patches @ weights, exactly."""
