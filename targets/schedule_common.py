@@ -116,7 +116,10 @@ def inline_epilogue(sch: s_tir.Schedule, name: str) -> list:
     # LSTM's recurrent matvec ran TVM's scalar loops, 1.16 ms a step instead of ~0.03)
     blocks = sch.get_child_blocks(sch.get_sblock("root"))
     names = [sch.get(b).name_hint for b in blocks]
-    inputs = {sch.get(b).name_hint for b in sch.get_producers(sch.get_sblock(name))}
+    inputs, level = set(), sch.get_producers(sch.get_sblock(name))
+    while level:  # everything the product is made from (a depthwise conv's padded rows and quads)
+        inputs |= {sch.get(b).name_hint for b in level}
+        level = [p for b in level for p in sch.get_producers(b) if sch.get(p).name_hint not in inputs]
     for block in reversed(blocks[:names.index(name)]):
         if sch.get(block).name_hint not in inputs and _read_once(sch, block):
             try:

@@ -79,6 +79,34 @@ def test_vnni_kernel_with_epilogue_is_exact(shape, kernel, x_dtype):
     assert f"vnni_{kernel}" in lowered and "vpdpbusd" in lowered
 
 
+@pytest.mark.parametrize("k,stride", [(3, 1), (5, 2), (5, 1)])
+def test_depthwise_kernels_with_epilogue_stay_scheduled(k, stride):
+    """A depthwise conv with its requantization: every kernel keeps its schedule (the inlining of an
+    epilogue's other inputs once took the padded rows for such an input, and the flat-row kernels
+    fell back to TVM's loops: EfficientNet-Lite0 7.5 -> 10.9 ms)."""
+    import tvm
+
+    from targets.cpu_pipeline import cpu_lowering_passes
+
+    class Attrs(_Pointwise):
+        strides, padding, groups = (stride, stride), (k // 2,) * 4, 32
+
+    x, w = _operand("uint8", (1, 32, 14, 14)), _operand("int8", (32, 1, k, k))
+    m, s = ref.dyadic(rng.uniform(1e-4, 1e-2, 32))
+    m, s = emit.channel_shape(m, 4, 1), emit.channel_shape(s, 4, 1)
+
+    def build(a):
+        return emit.requantize(emit.conv2d_acc(a, w, Attrs), m, s, 0, 255, "uint8")
+
+    want = ref.requantize(ref.conv2d_acc(x, w, (stride, stride), (k // 2,) * 4, groups=32), m, s, 0, 255, "uint8")
+    np.testing.assert_array_equal(run_relax(build, [x]), want)
+    target = get_target("x86").target()
+    with target:
+        mod = tvm.transform.Sequential(cpu_lowering_passes(target))(relax_main(build, [x]))
+    kernels = [f for _, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert kernels and all(f.attrs and "tirx.is_scheduled" in f.attrs for f in kernels)
+
+
 def test_epilogue_input_made_before_the_product_is_inlined():
     """An epilogue that also reads a value reshaped in the same kernel (an LSTM step: the input
     projection, squeezed, plus the recurrent matvec) still gets the dot-product tiles; the squeeze

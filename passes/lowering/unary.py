@@ -145,10 +145,10 @@ def _widened_8bit(ctx, acc: Accumulator) -> tuple[int, int] | None:
 
 
 def channel_table_lookup(ctx, x, program: str) -> Quantized | None:
-    """`program` of 8-bit integers at one scale per channel (x * [c_1 .. c_C], Fourier features
-    `sin(x * 2^k pi)`, a squeeze-excitation style factor before a sigmoid) as one table per channel,
-    indexed by channel * n + q: one grid for all channels would span frequencies 2^15 apart and
-    round the low ones away. None where x is not such a value."""
+    """`program` of 8-bit integers at one scale per channel (x * [c_1 .. c_C] before a sigmoid; sin
+    and cos take `periodic_lookup`) as one table per channel, indexed by channel * n + q: one grid
+    for all channels would span their scales' range and round the small ones away. None where x is
+    not such a value."""
     if not (isinstance(x, Accumulator) and x.axis is not None and x.offset == 0.0
             and x.clamp == (-np.inf, np.inf)):
         return None
@@ -171,7 +171,7 @@ MAX_PHASE_ERROR = 2.0**-14  # of a period, from the 32-bit phase step's rounding
 
 
 def periodic_lookup(ctx, x, program: str) -> Quantized | None:
-    """sin or cos of integers q at scale S (per channel or not; 8, 16 or 32 bits): the phase
+    """sin or cos of an accumulator's integers q at scale S (per channel or not): the phase
     q * S / 2 pi mod 1 as a 32-bit fraction, q * M mod 2^32 with M = round(S / 2 pi * 2^32) (a
     wrapping uint32 multiply), its top PHASE_BITS bits index one period's table. Any argument range
     works (Fourier features sin(x * 2^15 pi) next to sin(x * pi / 2)), where one grid over the
@@ -180,19 +180,11 @@ def periodic_lookup(ctx, x, program: str) -> Quantized | None:
     steps = json.loads(program)
     if len(steps) != 1 or steps[0][0] not in ("relax.sin", "relax.cos") or steps[0][1] != [["v", -1]]:
         return None
-    x = ctx.without_offset(x)
-    if isinstance(x, Accumulator):
-        if x.clamp != (-np.inf, np.inf):
-            return None
-        scale, axis, expr = np.asarray(x.scale, np.float64).reshape(-1), x.axis, x.expr
-        # the same integers at every channel's scale: the largest scale bounds them
-        bound = max(abs(v) for v in x.out_range) / float(scale.max()) if scale.max() > 0 else np.inf
-    else:
-        q = ctx.materialize(x, wide=ctx.config.residual_bits == 16)
-        if not isinstance(q, Quantized):
-            return None
-        scale, axis, expr = np.asarray([q.scale], np.float64), None, q.expr
-        bound = max(abs(v) for v in INT_RANGE[q.dtype])
+    if not isinstance(x, Accumulator) or x.offset != 0.0 or x.clamp != (-np.inf, np.inf):
+        return None  # an 8/16-bit value: the plain table is exact
+    scale, axis, expr = np.asarray(x.scale, np.float64).reshape(-1), x.axis, x.expr
+    # the same integers at every channel's scale: the largest scale bounds them
+    bound = max(abs(v) for v in x.out_range) / float(scale.max()) if scale.max() > 0 else np.inf
     if not bound * 2.0**-33 <= MAX_PHASE_ERROR or not np.all(scale > 0):
         return None
     step = np.round(np.mod(scale / (2 * np.pi), 1.0) * 2.0**32).astype(np.uint64) % 2**32
