@@ -98,7 +98,7 @@ def _weight_rowmax(func: relax.Function) -> dict[str, np.ndarray]:
 
 def _bias_after(func: relax.Function) -> dict[str, np.ndarray]:
     """{conv2d or matmul binding name: max |bias| per output channel} where the binding's only use
-    adds a constant bias (a folded BatchNorm, a Gemm's C): `linear.bias_fitting_scales`."""
+    adds a constant bias (a folded BatchNorm, a Gemm's C): what `linear._bias_fitting` reads."""
     bindings = list(_bindings(func))
     uses: dict[str, int] = {}
     for b in bindings:

@@ -126,16 +126,17 @@ def _schedule_repack(func: tvm.tirx.PrimFunc):
         return None
     loops = sch.get_loops(last)
     extent = sch.get(loops[j]).extent
+    if not isinstance(extent, tvm.tirx.IntImm):
+        return None
     # 16 lanes, or the widest divisor of at least 4 (a 14x14 image: 14, 7x7: 7): a tail would
     # make the vector loop predicated, and a scalar fallback took 4x as long
-    width = 16 if isinstance(extent, tvm.tirx.IntImm) and int(extent) % 16 == 0 else \
-        max((w for w in range(4, 17) if isinstance(extent, tvm.tirx.IntImm) and int(extent) % w == 0), default=0)
+    width = 16 if int(extent) % 16 == 0 else max((w for w in range(4, 17) if int(extent) % w == 0), default=0)
     if not width:
         return None
     outer, lanes = sch.split(loops[j], [None, width])
     rest = [lp for i, lp in enumerate(loops) if i != j]
-    last = sch.get(rest[-1]).extent if j != len(loops) - 1 and rest else None
-    tile = divisor(int(last), 16) if isinstance(last, tvm.tirx.IntImm) else 1
+    stores = sch.get(rest[-1]).extent if j != len(loops) - 1 and rest else None  # the output's last axis
+    tile = divisor(int(stores), 16) if isinstance(stores, tvm.tirx.IntImm) else 1
     if tile >= 4:  # 16 x 16 tiles: 16 vector loads, stores of 16 contiguous bytes (LLVM shuffles the
         # unrolled tile in registers): 2.5x faster than a byte store per element
         rest_outer, rest_inner = sch.split(rest[-1], [None, tile])
