@@ -8,7 +8,8 @@ Every input and every float binding of `main` is passed through `intq.float_tap`
 into Python) before anything reads it; `model.names[index]` is its name. Calibration's tap
 observes the value, the probe's tap puts chosen tensors on their 8-bit grid and passes the rest
 through untouched, so neither has to compile the model again. Ops stay unfused (the tapped values
-are materialized anyway), which keeps the build short: identical kernels are compiled once.
+are materialized anyway), which keeps the build short: identical kernels are compiled once; but
+each fused elementwise chain (`intq.unary`) runs as the Relax ops it stands for, fused by TVM.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from typing import Callable
 import numpy as np
 import tvm
 from tvm import relax
+
+from .fuse_unary_chains import chain_as_ops
 
 TAP = "intq.float_tap"
 Tap = Callable[[int, np.ndarray], "np.ndarray | None"]
@@ -55,12 +58,22 @@ def _tapped(mod: tvm.IRModule) -> tuple[tvm.IRModule, list[str]]:
         # dataflow blocks stay dataflow (the tap is pure): there the pipeline turns a reshape into a
         # view instead of a copy kernel, which took a fifth of a detector's float run
         flow = isinstance(block, relax.DataflowBlock)
+        new_var = relax.DataflowVar if flow else relax.Var
         for b in block.bindings:
             ty = b.var.ty
+            value = b.value
+            # a fused chain as the ops it stands for: TVM's kernels, not the NumPy twin's callback
+            expanded = chain_as_ops(value, lambda name, t: new_var(f"{b.var.name}_{name}", t)) \
+                if isinstance(b, relax.VarBinding) else None
+            if expanded is not None:
+                bindings += expanded[0]
+                value = expanded[1]
             if isinstance(b, relax.VarBinding) and isinstance(ty, relax.TensorType) and \
                     str(ty.dtype).startswith("float"):
-                raw = (relax.DataflowVar if flow else relax.Var)(b.var.name + "_untapped", ty)
-                bindings += [relax.VarBinding(raw, b.value), tap(b.var, raw)]
+                raw = new_var(b.var.name + "_untapped", ty)
+                bindings += [relax.VarBinding(raw, value), tap(b.var, raw)]
+            elif expanded is not None:
+                bindings.append(relax.VarBinding(b.var, value))
             else:
                 bindings.append(b)
         blocks.append(relax.DataflowBlock(bindings) if flow else relax.BindingBlock(bindings))

@@ -17,9 +17,11 @@ Why a pass and not a composite or a lowering-time fusion: the decompositions end
 multiply, clip... whose lowerings belong to other modules, so only a rewrite before lowering
 sees the whole chain; a composite function call is not an op the lowering dispatches on, and
 the program travels inside the call, so the lowering needs no side channel. Calibration still
-runs the float module: `intq.unary` is a packed function (NumPy, float64) registered here, so
-the calibrated range of `y` is that of the very function the table is built from. The call never
-reaches an artifact: every one is lowered to a table.
+runs the float module, with each call expanded back into the Relax ops it stands for
+(`chain_as_ops`, in `float_taps.py`): TVM's fused float kernels, where the NumPy twin
+(`intq.unary`, registered here for whoever runs the module as it is) took 0.5 s a call on a
+fingerprint net's 1 x 64 x 128 x 104 GELUs, 13 s of its 15 s float run. The call never reaches an
+artifact: every one is lowered to a table.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ import tvm
 from tvm import relax
 
 from .reference.unary import CHAIN_OPS, FLOAT_OPS, OP_ATTRS, TABLE_OPS, evaluate
+
+_OPS_BY_NAME = {"relax.clip": lambda x, lo, hi: relax.op.clip(x, lo, hi)}
 
 UNARY_CALL = "intq.unary"
 COMPARISONS = frozenset(op for op in CHAIN_OPS if op.startswith(("relax.greater", "relax.less")))
@@ -143,3 +147,48 @@ def _fuse(func: relax.Function) -> relax.Function:
         return func
     body = relax.SeqExpr(blocks, func.body.body)
     return relax.Function(func.params, body, func.ret_ty, func.is_pure, func.attrs)
+
+
+def unary_parts(value) -> tuple[relax.Expr, str] | None:
+    """(source, program) of an `intq.unary` call, else None."""
+    if (isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) and value.op.name == "relax.call_pure_packed"
+            and isinstance(value.args[0], relax.ExternFunc) and value.args[0].global_symbol == UNARY_CALL):
+        return value.args[1], str(value.args[2].value)
+    return None
+
+
+def _relax_op(name: str):
+    if name in _OPS_BY_NAME:
+        return _OPS_BY_NAME[name]
+    op = relax.op
+    for part in name.split(".")[1:]:  # "relax.nn.softplus" -> relax.op.nn.softplus
+        op = getattr(op, part)
+    return op
+
+
+def chain_as_ops(call: relax.Call, new_var) -> tuple[list[relax.VarBinding], relax.Expr] | None:
+    """The Relax ops an `intq.unary` call stands for: (bindings of all steps but the last, the last
+    step's call), or None if `call` is not one. `new_var(name, ty)` makes each step's variable.
+    Scalar operands become constants of the dtype of the step's tensor operand."""
+    parts = unary_parts(call)
+    if parts is None:
+        return None
+    source, program = parts[0], json.loads(parts[1])
+    bb, values, bindings, expr = relax.BlockBuilder(), {-1: source}, [], None
+    for i, (name, operands, attrs) in enumerate(program):
+        if expr is not None:  # the previous step, bound: this one reads it
+            values[i - 1] = new_var(f"step{i - 1}", expr.ty)
+            bindings.append(relax.VarBinding(values[i - 1], expr))
+        tensors = [values[o[1]] for o in operands if isinstance(o, list)]
+        dtype = str(tensors[0].ty.dtype)
+        args = [values[o[1]] if isinstance(o, list)
+                else o if name == "relax.clip" else relax.const(o, dtype) for o in operands]
+        if name == "relax.power" and not isinstance(operands[1], list) and float(operands[1]) in (2.0, 3.0, 4.0):
+            # x * x * x: the same values, without TVM's pow (slow, and a warning per kernel)
+            expr = bb.normalize(relax.op.multiply(args[0], args[0]))
+            for k in range(int(operands[1]) - 2):
+                bindings.append(relax.VarBinding(power := new_var(f"step{i}_{k}", expr.ty), expr))
+                expr = bb.normalize(relax.op.multiply(power, args[0]))
+        else:
+            expr = bb.normalize(_relax_op(name)(*args, **attrs))
+    return bindings, expr

@@ -18,17 +18,9 @@ import json
 import tvm
 from tvm import relax
 
-from .fuse_unary_chains import UNARY_CALL, unary_call
+from .fuse_unary_chains import unary_call, unary_parts as _unary
 
 LAYOUT = ("relax.permute_dims", "relax.reshape", "relax.expand_dims", "relax.squeeze", "relax.flatten")
-
-
-def _unary(value) -> tuple | None:
-    """(source, program) of an `intq.unary` call, else None."""
-    if (isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) and value.op.name == "relax.call_pure_packed"
-            and isinstance(value.args[0], relax.ExternFunc) and value.args[0].global_symbol == UNARY_CALL):
-        return value.args[1], str(value.args[2].value)
-    return None
 
 
 def compose(first: str, second: str) -> str:
