@@ -11,6 +11,7 @@ from .fuse_layernorm import fuse_layernorm
 from .fuse_rmsnorm import fuse_rmsnorm
 from .sum_over_stack import sum_over_stack
 from .unary_chains_through_layout import unary_chains_through_layout
+from .fuse_binary_chains import fuse_binary_chains
 from .fuse_unary_chains import fuse_unary_chains
 from .lowering import QuantConfig
 from .observers import OBSERVERS
@@ -20,14 +21,14 @@ from .verify_integer_only import IntegerOnlyReport, verify_integer_only
 
 __all__ = ["BOUNDARY_ATTR", "LAYERS_ATTR", "OBSERVERS", "IntegerOnlyReport", "QuantConfig", "QuantizeToInteger",
            "bind_weights", "calibrate", "conv1d_as_conv2d", "conv3d_as_conv2d", "decompose_batchnorm", "pool1d_as_pool2d", "fold_batchnorm", "fuse_gelu",
-           "fuse_layernorm", "fuse_rmsnorm", "fuse_unary_chains", "sum_over_stack", "unary_chains_through_layout",
+           "fuse_layernorm", "fuse_rmsnorm", "fuse_binary_chains", "fuse_unary_chains", "sum_over_stack", "unary_chains_through_layout",
            "verify_integer_only"]
 
 
 def bind_weights(mod, weights):
     """Bind the weights (trailing parameters of `main`) as constants, fold constants and
     BatchNorms, fuse erf-GELUs, decomposed LayerNorms and chains of
-    elementwise ops on one input (one table each): the float module calibration and lowering work on."""
+    elementwise ops on one or two inputs (one table each): the float module calibration and lowering work on."""
     import tvm
     from tvm import relax
 
@@ -39,7 +40,8 @@ def bind_weights(mod, weights):
     seq = tvm.transform.Sequential([relax.transform.BindParams("main", bound), fold_small_constants,
                                     fold_constant_calls,
                                     conv1d_as_conv2d, conv3d_as_conv2d, pool1d_as_pool2d, fold_batchnorm, decompose_batchnorm, fuse_gelu, fuse_layernorm, fuse_rmsnorm,
-                                    fuse_unary_chains, relax.transform.DeadCodeElimination(),  # the chains' dead steps
+                                    fuse_binary_chains, fuse_unary_chains,
+                                    relax.transform.DeadCodeElimination(),  # the chains' dead steps
                                     sum_over_stack, relax.transform.DeadCodeElimination(), unary_chains_through_layout,
                                     fold_constant_calls,
                                     relax.transform.DeadCodeElimination(), unique_binding_names])

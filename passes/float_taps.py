@@ -21,7 +21,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .fuse_unary_chains import chain_as_ops
+from .chain_calls import chain_as_ops
 
 TAP = "intq.float_tap"
 Tap = Callable[[int, np.ndarray], "np.ndarray | None"]
@@ -62,12 +62,13 @@ def _tapped(mod: tvm.IRModule) -> tuple[tvm.IRModule, list[str]]:
         for b in block.bindings:
             ty = b.var.ty
             value = b.value
+            def bind(name, expr, prefix=b.var.name):
+                bindings.append(relax.VarBinding(var := new_var(f"{prefix}_{name}", expr.ty), expr))
+                return var
+
             # a fused chain as the ops it stands for: TVM's kernels, not the NumPy twin's callback
-            expanded = chain_as_ops(value, lambda name, t: new_var(f"{b.var.name}_{name}", t)) \
-                if isinstance(b, relax.VarBinding) else None
-            if expanded is not None:
-                bindings += expanded[0]
-                value = expanded[1]
+            expanded = chain_as_ops(value, bind) if isinstance(b, relax.VarBinding) else None
+            value = value if expanded is None else expanded
             if isinstance(b, relax.VarBinding) and isinstance(ty, relax.TensorType) and \
                     str(ty.dtype).startswith("float"):
                 raw = new_var(b.var.name + "_untapped", ty)

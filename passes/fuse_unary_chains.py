@@ -18,10 +18,7 @@ multiply, clip... whose lowerings belong to other modules, so only a rewrite bef
 sees the whole chain; a composite function call is not an op the lowering dispatches on, and
 the program travels inside the call, so the lowering needs no side channel. Calibration still
 runs the float module, with each call expanded back into the Relax ops it stands for
-(`chain_as_ops`, in `float_taps.py`): TVM's fused float kernels, where the NumPy twin
-(`intq.unary`, registered here for whoever runs the module as it is) took 0.5 s a call on a
-fingerprint net's 1 x 64 x 128 x 104 GELUs, 13 s of its 15 s float run. The call never reaches an
-artifact: every one is lowered to a table.
+(`chain_calls.chain_as_ops`). The call never reaches an artifact: every one is lowered to a table.
 """
 
 from __future__ import annotations
@@ -31,20 +28,14 @@ import json
 import tvm
 from tvm import relax
 
-from .reference.unary import CHAIN_OPS, FLOAT_OPS, OP_ATTRS, TABLE_OPS, evaluate
+from .chain_calls import UNARY_CALL, chain_as_ops, unary_call, unary_parts  # noqa: F401  (re-exported)
+from .reference.unary import CHAIN_OPS, FLOAT_OPS, OP_ATTRS, TABLE_OPS
 
-_OPS_BY_NAME = {"relax.clip": lambda x, lo, hi: relax.op.clip(x, lo, hi)}
 
-UNARY_CALL = "intq.unary"
 COMPARISONS = frozenset(op for op in CHAIN_OPS if op.startswith(("relax.greater", "relax.less")))
 
 
-@tvm.register_global_func(UNARY_CALL, override=True)
-def _run_unary(x, program):
-    return tvm.runtime.tensor(evaluate(str(program), x.numpy()).astype(str(x.dtype)))
-
-
-def _number(expr):
+def scalar_number(expr):
     """A scalar constant operand as a Python number, else None."""
     if isinstance(expr, tvm.ir.GenericConst):
         v = expr.value.numpy()
@@ -52,17 +43,17 @@ def _number(expr):
     value = getattr(expr, "value", None)
     if isinstance(value, (int, float)):
         return value
-    return _number(value) if value is not None and value is not expr else None
+    return scalar_number(value) if value is not None and value is not expr else None
 
 
-def _shape(ty):
+def static_shape(ty):
     try:
         return tuple(int(d) for d in ty.shape)
     except (TypeError, AttributeError):
         return None
 
 
-def _attr(value):
+def attr_value(value):
     return float(value) if isinstance(value, (int, float)) or hasattr(value, "__float__") else str(value)
 
 
@@ -72,7 +63,7 @@ def chain_step(call: relax.Call, chains: dict, out_ty) -> tuple | None:
     if not isinstance(call, relax.Call) or not isinstance(call.op, tvm.ir.Op) or call.op.name not in FLOAT_OPS:
         return None
     dtype = str(getattr(out_ty, "dtype", ""))
-    if not dtype.startswith(("float", "bool")) or _shape(out_ty) is None:
+    if not dtype.startswith(("float", "bool")) or static_shape(out_ty) is None:
         return None
     sources, members, operands, table = set(), [], [], call.op.name in TABLE_OPS or call.op.name in COMPARISONS
     for i, arg in enumerate(call.args):
@@ -85,7 +76,7 @@ def chain_step(call: relax.Call, chains: dict, out_ty) -> tuple | None:
         elif isinstance(arg, relax.Var) and str(getattr(arg.ty, "dtype", "")).startswith("float"):
             sources.add(arg)
             operands.append(["v", arg])
-        elif (n := _number(arg)) is not None:
+        elif (n := scalar_number(arg)) is not None:
             operands.append(n)
         else:
             return None
@@ -94,10 +85,10 @@ def chain_step(call: relax.Call, chains: dict, out_ty) -> tuple | None:
     if len(sources) != 1 or n_vars == 0:
         return None
     source = sources.pop()
-    if _shape(source.ty) != _shape(out_ty):  # a constant that broadcasts to more dims: not elementwise
+    if static_shape(source.ty) != static_shape(out_ty):  # a constant that broadcasts to more dims: not elementwise
         return None
     table |= n_vars > 1
-    attrs = {k: _attr(getattr(call.attrs, k)) for k in OP_ATTRS.get(call.op.name, ())}
+    attrs = {k: attr_value(getattr(call.attrs, k)) for k in OP_ATTRS.get(call.op.name, ())}
     return source, members, (call.op.name, operands, attrs), table
 
 
@@ -111,10 +102,6 @@ def program_json(source, members: list, steps: dict, last_step: tuple) -> str:
         return [op, [["v", index[o[1]]] if isinstance(o, list) else o for o in operands], attrs]
 
     return json.dumps([encode(steps[m]) for m in members] + [encode(last_step)])
-
-
-def unary_call(source: relax.Expr, program: str, out_ty) -> relax.Expr:
-    return relax.op.call_pure_packed(UNARY_CALL, source, tvm.ir.StringImm(program), ty_args=out_ty)
 
 
 @tvm.transform.module_pass(opt_level=0, name="FuseUnaryChains")
@@ -147,48 +134,3 @@ def _fuse(func: relax.Function) -> relax.Function:
         return func
     body = relax.SeqExpr(blocks, func.body.body)
     return relax.Function(func.params, body, func.ret_ty, func.is_pure, func.attrs)
-
-
-def unary_parts(value) -> tuple[relax.Expr, str] | None:
-    """(source, program) of an `intq.unary` call, else None."""
-    if (isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) and value.op.name == "relax.call_pure_packed"
-            and isinstance(value.args[0], relax.ExternFunc) and value.args[0].global_symbol == UNARY_CALL):
-        return value.args[1], str(value.args[2].value)
-    return None
-
-
-def _relax_op(name: str):
-    if name in _OPS_BY_NAME:
-        return _OPS_BY_NAME[name]
-    op = relax.op
-    for part in name.split(".")[1:]:  # "relax.nn.softplus" -> relax.op.nn.softplus
-        op = getattr(op, part)
-    return op
-
-
-def chain_as_ops(call: relax.Call, new_var) -> tuple[list[relax.VarBinding], relax.Expr] | None:
-    """The Relax ops an `intq.unary` call stands for: (bindings of all steps but the last, the last
-    step's call), or None if `call` is not one. `new_var(name, ty)` makes each step's variable.
-    Scalar operands become constants of the dtype of the step's tensor operand."""
-    parts = unary_parts(call)
-    if parts is None:
-        return None
-    source, program = parts[0], json.loads(parts[1])
-    bb, values, bindings, expr = relax.BlockBuilder(), {-1: source}, [], None
-    for i, (name, operands, attrs) in enumerate(program):
-        if expr is not None:  # the previous step, bound: this one reads it
-            values[i - 1] = new_var(f"step{i - 1}", expr.ty)
-            bindings.append(relax.VarBinding(values[i - 1], expr))
-        tensors = [values[o[1]] for o in operands if isinstance(o, list)]
-        dtype = str(tensors[0].ty.dtype)
-        args = [values[o[1]] if isinstance(o, list)
-                else o if name == "relax.clip" else relax.const(o, dtype) for o in operands]
-        if name == "relax.power" and not isinstance(operands[1], list) and float(operands[1]) in (2.0, 3.0, 4.0):
-            # x * x * x: the same values, without TVM's pow (slow, and a warning per kernel)
-            expr = bb.normalize(relax.op.multiply(args[0], args[0]))
-            for k in range(int(operands[1]) - 2):
-                bindings.append(relax.VarBinding(power := new_var(f"step{i}_{k}", expr.ty), expr))
-                expr = bb.normalize(relax.op.multiply(power, args[0]))
-        else:
-            expr = bb.normalize(_relax_op(name)(*args, **attrs))
-    return bindings, expr

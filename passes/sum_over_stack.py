@@ -16,8 +16,8 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
-from .fuse_unary_chains import unary_call
-from .unary_chains_through_layout import _unary, uses_of, with_bindings
+from .chain_calls import unary_call, unary_parts as _unary
+from .unary_chains_through_layout import uses_of, with_bindings
 
 MAX_TERMS = 8
 

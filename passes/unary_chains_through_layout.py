@@ -18,7 +18,7 @@ import json
 import tvm
 from tvm import relax
 
-from .fuse_unary_chains import unary_call, unary_parts as _unary
+from .chain_calls import unary_call, unary_parts as _unary
 
 LAYOUT = ("relax.permute_dims", "relax.reshape", "relax.expand_dims", "relax.squeeze", "relax.flatten")
 

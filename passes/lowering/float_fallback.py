@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from tvm import relax
 
+from ..chain_calls import chain_as_ops, chain_parts
 from ..reference.kernels import INT_RANGE
 from .context import activation_scale
 from .values import Accumulator, ChannelQuantized, IntTensor, MaskedLogits, MaskPenalty, Quantized
@@ -93,8 +94,12 @@ def quantize_float(ctx, value: FloatTensor) -> Quantized:
 def float_fallback(ctx, call, args):
     """`call` in float on dequantized `args`; see the module docstring for the result."""
     like = list(call.args)
-    y = ctx.emit(relax.Call(call.op, [to_float(ctx, a, o) for a, o in zip(args, like)], call.attrs,
-                            call.ty_args))
+    floats = [to_float(ctx, a, o) for a, o in zip(args, like)]
+    if chain_parts(call) is not None:  # a fused chain (intq.unary/binary): its float ops, as the artifact
+        floats = [ctx.emit(f) if isinstance(f, relax.Call) else f for f in floats]  # has no NumPy twin
+    y = relax.Call(call.op, floats, call.attrs, call.ty_args)
+    expanded = chain_as_ops(y, lambda name, e: ctx.emit(e))
+    y = ctx.emit(y if expanded is None else expanded)
     ty = y.ty
     if isinstance(ty, relax.TupleType):
         return [FloatTensor(ctx.emit(relax.TupleGetItem(y, i))) if _is_float(f)

@@ -35,13 +35,15 @@ import numpy as np
 import tvm
 from tvm import relax, te, tirx
 
-from ..fuse_unary_chains import UNARY_CALL, chain_step, program_json
+from ..chain_calls import BINARY_CALL, UNARY_CALL
+from ..fuse_unary_chains import chain_step, program_json
 from ..reference import unary as ref
 from ..reference.kernels import INT_RANGE, dyadic
 from . import emit
 from .float_fallback import float_fallback
 from .registry import LOWERINGS, lowers
 from .binary import multiply_activations
+from .pair_table import pair_table_lookup
 from .values import Accumulator, Quantized
 
 R = relax.op
@@ -212,8 +214,10 @@ def _is_square(program: str) -> bool:
 
 @lowers("relax.call_pure_packed")
 def lower_unary_call(ctx, call, args):
-    """intq.unary(x, program): one table for a fused chain."""
+    """intq.unary(x, program) / intq.binary(x, y, program): one table for a fused chain."""
     callee = call.args[0]
+    if isinstance(callee, relax.ExternFunc) and callee.global_symbol == BINARY_CALL:
+        return pair_table_lookup(ctx, args[1], args[2], str(call.args[3].value))
     if not (isinstance(callee, relax.ExternFunc) and callee.global_symbol == UNARY_CALL):
         if ctx.config.allow_float:
             return float_fallback(ctx, call, args)

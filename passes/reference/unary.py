@@ -71,10 +71,11 @@ FLOAT_OPS = {**TABLE_OPS, **CHAIN_OPS}
 OP_ATTRS = {"relax.nn.leakyrelu": ("alpha",), "relax.nn.softplus": ("beta", "threshold"), "relax.astype": ("dtype",)}
 
 
-def evaluate(program: str | list, x) -> np.ndarray:
-    """Run a chain program (JSON text or steps) on the float input `x` (float64 throughout)."""
+def evaluate(program: str | list, x, y=None) -> np.ndarray:
+    """Run a chain program (JSON text or steps) on the float input `x` (operand ["v", -1]) and, for a
+    function of two inputs, `y` (["v", -2]), float64 throughout."""
     steps = json.loads(program) if isinstance(program, str) else program
-    values = {-1: np.asarray(x, np.float64)}
+    values = {-1: np.asarray(x, np.float64), -2: None if y is None else np.asarray(y, np.float64)}
     with np.errstate(all="ignore"):
         for i, (op, operands, attrs) in enumerate(steps):
             args = [values[a[1]] if isinstance(a, list) else a for a in operands]
@@ -151,6 +152,12 @@ def octave_index(v, bits: int = OCTAVE_BITS) -> np.ndarray:
 def lookup(q, table: np.ndarray, in_dtype: str) -> np.ndarray:
     """table[q - qmin]: the run-time kernel."""
     return table[np.asarray(q, np.int64) - INT_RANGE[in_dtype][0]]
+
+
+def pair_lookup(qx, qy, table: np.ndarray, x_dtype: str, y_dtype: str) -> np.ndarray:
+    """table[(qx - qmin_x) * 256 + (qy - qmin_y)]: the run-time kernel of a function of two 8-bit inputs."""
+    return table[(np.asarray(qx, np.int64) - INT_RANGE[x_dtype][0]) * 256
+                 + np.asarray(qy, np.int64) - INT_RANGE[y_dtype][0]]
 
 
 def prelu(q, m_pos, s_pos, m_neg, s_neg, sign_neg, out_dtype: str) -> np.ndarray:
