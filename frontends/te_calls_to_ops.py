@@ -9,7 +9,8 @@ running the PrimFunc once on probes (x = +-(1..N), exact in float32 for N < 2^24
 int32/int64 a tiled index tensor has): a padded
 position holds the same constant for both probes, every other output names its source
 element. The recovered op is checked against NumPy on the probe; a call that does not match
-(or is too large to probe) is left as it was.
+(or is too large to probe) is left as it was. A pad that pads nothing (TF's "SAME" where no
+padding is needed) is its input; equal PrimFuncs at equal shapes are probed once.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import re
 
 import numpy as np
 import tvm
+import tvm_ffi
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
@@ -45,6 +47,8 @@ def _recover(kind: str, prim, in_shape: list[int], out_shape: list[int], dtype: 
         return None
     probe = (np.arange(size, dtype=dtype) + 1).reshape(in_shape)
     out = _run(prim, probe, out_shape)
+    if in_shape == out_shape:  # TF's "SAME" padding of a 1x1 or stride-matched conv: pads nothing
+        return (lambda x: x) if np.array_equal(out, probe) else None
     if kind == "tile":
         reps = [o // i for o, i in zip(out_shape, in_shape)]
         return (lambda x: relax.op.tile(x, reps)) if np.array_equal(np.tile(probe, reps), out) else None
@@ -67,6 +71,7 @@ class _Rewriter(PyExprMutator):
     def __init__(self, mod):
         super().__init__(mod)
         self.mod_ = mod
+        self.recovered = {}
 
     def visit_call_(self, call):
         call = super().visit_call_(call)
@@ -84,7 +89,11 @@ class _Rewriter(PyExprMutator):
         dtype = str(args[0].ty.dtype)  # float tensors, and int32/int64 ones (TopK's indices, tiled)
         if dtype not in ("float32", "int32", "int64") or str(call.ty.dtype) != dtype:
             return call
-        build = _recover(match.group(1), self.mod_[call.args[0]], in_shape, out_shape, dtype)
+        prim = self.mod_[call.args[0]]
+        key = (tvm_ffi.structural_hash(prim.without_attr("global_symbol")), tuple(in_shape), tuple(out_shape), dtype)
+        if key not in self.recovered:  # the importer makes one PrimFunc per call, many of them equal
+            self.recovered[key] = _recover(match.group(1), prim, in_shape, out_shape, dtype)
+        build = self.recovered[key]
         return call if build is None else build(args[0])
 
 

@@ -247,6 +247,21 @@ def test_importer_te_calls_become_relax_ops():
     assert "R.tile(x, repeats=[1, 2, 1, 3])" in text and text.count("R.call_tir") == 2
 
 
+def test_importer_pads_of_nothing_vanish_and_equal_pads_are_probed_once(monkeypatch):
+    """TF's "SAME" padding where nothing needs padding (a Pad of zeros) is its input; equal pad
+    PrimFuncs at equal shapes are probed once (a fingerprint net: 90 pads, 61 distinct, 26 s of
+    probing at 512x416, 8 s after)."""
+    import frontends.te_calls_to_ops as tc
+
+    probes, original = [], tc._run
+    monkeypatch.setattr(tc, "_run", lambda *a: probes.append(a[2]) or original(*a))
+    mod = _te_module((topi.nn.pad, [0, 0, 0, 0], [0, 0, 0, 0], 0.0), (topi.nn.pad, [0, 0, 1, 1], [0, 0, 1, 1], 0.0),
+                     (topi.nn.pad, [0, 0, 1, 1], [0, 0, 1, 1], 0.0))
+    text = tc.te_calls_to_ops(mod).script(show_meta=False)
+    assert "call_tir" not in text and text.count("R.nn.pad") == 2  # the zero pad is x itself
+    assert len(probes) == 1 + 2  # the zero pad once; the 1-pixel pad once with two probes (+-x)
+
+
 def test_importer_tile_of_indices_becomes_relax_tile():
     """TopK's int64 indices tiled to gather box coordinates (YOLO26): an int64 Tile PrimFunc is
     recovered too (it was left opaque, and the lowering refused it)."""
