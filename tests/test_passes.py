@@ -135,15 +135,16 @@ def test_conv1x1_as_matmul_is_exact_and_selective():
         c = bb.emit(R.nn.conv2d(x, relax.const(w1), strides=[2, 2], out_dtype="int32"))
         return relax.Tuple([a, b, c])
 
-    mod = _function(build, [((1, 8, 6, 6), "uint8")])
-    new = conv1x1_as_matmul(mod)
-    text = new.script()
-    assert text.count("R.matmul") == 1 and text.count("R.nn.conv2d") == 2  # only the pointwise stride-1 one
-    x = rng.integers(0, 256, (1, 8, 6, 6)).astype("uint8")
-    run = lambda m: [t.numpy() for t in relax.VirtualMachine(tvm.compile(m, "llvm"), tvm.cpu())["main"](
-        tvm.runtime.tensor(x))]
-    for got, want in zip(run(new), run(mod)):
-        np.testing.assert_array_equal(got, want)
+    for batch in (1, 3):  # a batch too: the weight broadcast over it
+        mod = _function(build, [((batch, 8, 6, 6), "uint8")])
+        new = conv1x1_as_matmul(mod)
+        text = new.script()
+        assert text.count("R.matmul") == 1 and text.count("R.nn.conv2d") == 2  # only the pointwise stride-1 one
+        x = rng.integers(0, 256, (batch, 8, 6, 6)).astype("uint8")
+        run = lambda m: [t.numpy() for t in relax.VirtualMachine(tvm.compile(m, "llvm"), tvm.cpu())["main"](  # noqa: E731
+            tvm.runtime.tensor(x))]
+        for got, want in zip(run(new), run(mod)):
+            np.testing.assert_array_equal(got, want)
 
 
 def _instance_norm_model(path) -> str:
