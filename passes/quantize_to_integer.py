@@ -65,6 +65,7 @@ MAX_WIDE = 16  # sensitive tensors promoted to 16 bits, at most (the worst first
 SENSITIVITY_GOAL = 0.05  # the output error the tensors left at 8 bits may cost together (cosine ~0.999)
 LAYOUT_OPS = frozenset({"relax.reshape", "relax.permute_dims", "relax.squeeze", "relax.expand_dims",
                         "relax.strided_slice", "relax.split", "relax.flatten"})  # same integers as their input
+OUTPUT_PATH_OPS = LAYOUT_OPS | {"relax.concat"}
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,40 @@ def _moves_wide(ctx: LoweringContext, value: relax.Expr, env: dict) -> bool:
             and isinstance(value.args[0], relax.Var) and ctx.is_wide(env.get(value.args[0])))
 
 
+def _output_bound(func: relax.Function) -> frozenset[str]:
+    """Bindings whose every use leads to a graph output through layout ops and concats alone (a
+    detector's concatenated head): what `layout.lower_concat` may leave at one scale per part."""
+    uses: dict[str, list] = {}
+    bindings = list(_bindings(func))
+    for b in bindings:
+        for arg in _operands(b.value):
+            uses.setdefault(arg.name, []).append(b)
+    outputs = {v.name for v in _operands(func.body.body)}
+    bound: set[str] = set()
+    for b in reversed(bindings):
+        name = b.var.name
+        consumers = uses.get(name, [])
+        if (name in outputs or consumers) and all(
+                c.var.name in bound and (isinstance(c.value, relax.Tuple) or isinstance(c.value, relax.TupleGetItem)
+                                         or (isinstance(c.value, relax.Call) and isinstance(c.value.op, tvm.ir.Op)
+                                             and c.value.op.name in OUTPUT_PATH_OPS)) for c in consumers):
+            bound.add(name)
+    return frozenset(bound)
+
+
+def _operands(expr) -> list[relax.Var]:
+    """The variables an expression reads directly (call arguments, tuple fields, a tuple item's tuple)."""
+    if isinstance(expr, relax.Var):
+        return [expr]
+    if isinstance(expr, relax.Tuple):
+        return [v for f in expr.fields for v in _operands(f)]
+    if isinstance(expr, relax.TupleGetItem):
+        return _operands(expr.tuple_value)
+    if isinstance(expr, relax.Call):
+        return [v for a in expr.args for v in _operands(a)]
+    return []
+
+
 def _bindings(func: relax.Function):
     for block in func.body.blocks:
         yield from block.bindings
@@ -180,6 +215,7 @@ class QuantizeToInteger:
         bb = relax.BlockBuilder()
         ctx = LoweringContext(bb, self.ranges, config, getattr(self.ranges, "channel_amax", None),
                               _weight_rowmax(func), _bias_after(func))
+        ctx.output_bound = _output_bound(func)
         env: dict[relax.Var, object] = {}
         params, boundary = [], {"inputs": [], "outputs": []}
         dtype = self.config.residual_dtype  # transformers: the input starts the int16 residual stream

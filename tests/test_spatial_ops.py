@@ -595,3 +595,38 @@ def test_scatter_message_passing_compiles_integer_only(tmp_path, reduction):
     for x in data[8:]:
         got, want = art.run({"x": x})["y"].ravel(), session.run(None, {"x": x})[0].ravel()
         assert got @ want / np.linalg.norm(got) / np.linalg.norm(want) > 0.99
+
+
+def test_concat_at_an_output_keeps_each_part_scale(tmp_path):
+    """A detector head as one output (YOLO: boxes in pixels, then scores in [0, 1], then keypoints
+    with their visibilities, concatenated): one 8-bit grid over 0..640 rounded every score to 0
+    (a pose model found nobody, and the cosine check said 0.9997). At an output, a part far below the
+    whole's range keeps its own scale: int32 with per-index scales along the axis."""
+    import onnxruntime as ort
+
+    import runtime
+    from runtime import compile_model
+
+    n = helper.make_node
+    inits = {"w": _w(8, 3, 3, 3), "wb": _w(4, 8, 1, 1), "ws": _w(1, 8, 1, 1), "wk": _w(2, 8, 1, 1),
+             "wv": _w(1, 8, 1, 1), "px": np.array(160.0, np.float32), "shape": np.array([1, 8, -1], np.int64)}
+    nodes = [n("Conv", ["x", "w"], ["f"], pads=[1, 1, 1, 1]), n("Relu", ["f"], ["r"]),
+             n("Conv", ["r", "wb"], ["b0"]), n("Mul", ["b0", "px"], ["boxes"]),
+             n("Conv", ["r", "ws"], ["s0"]), n("Sigmoid", ["s0"], ["scores"]),
+             n("Conv", ["r", "wk"], ["k0"]), n("Mul", ["k0", "px"], ["kxy"]),
+             n("Conv", ["r", "wv"], ["v0"]), n("Sigmoid", ["v0"], ["vis"]),
+             n("Concat", ["kxy", "vis"], ["kpts"], axis=1),  # a concat into the output's concat
+             n("Concat", ["boxes", "scores", "kpts"], ["c"], axis=1), n("Reshape", ["c", "shape"], ["out"])]
+    path = _model(tmp_path / "head.onnx", nodes, inits, [1, 3, 16, 16], [("out", [1, 8, 256])])
+    data = rng.standard_normal((12, 1, 3, 16, 16)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=data[:8])
+    compiled = runtime.load(compile_model(path, "x86", tmp_path / "head.artifact", calib=tmp_path / "calib.npz",
+                                          progress=False))
+    assert compiled.manifest["integer_only"] is True
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    for x in data[8:]:
+        got, want = compiled.run({"x": x})["out"][0], session.run(None, {"x": x})[0][0]
+        for row in (4, 7):  # the scores and the visibilities: a few of their own 8-bit steps
+            assert np.abs(got[row] - want[row]).max() < 0.05, (row, np.abs(got[row] - want[row]).max())
+        big = float(np.abs(want[:4]).max())
+        assert np.abs(got[:4] - want[:4]).max() < 0.05 * big

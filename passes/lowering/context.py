@@ -98,6 +98,7 @@ class LoweringContext:
         self.channel_amax = channel_amax or {}  # tensor: (calibrated max |x| per last-axis channel, rows seen)
         self.weight_rowmax = weight_rowmax or {}  # max |W| per input channel over a tensor's matmuls
         self.var: relax.Var | None = None  # the float binding being lowered
+        self.output_bound: frozenset[str] = frozenset()  # bindings that reach outputs through layout ops only
         self.layers: list[dict] = []  # one row per quantized weight layer
         self._materialized: dict[tuple, Quantized | ChannelQuantized] = {}
         self._unshifted: dict[Accumulator, Accumulator] = {}

@@ -7,7 +7,8 @@ gather_nd, gather_elements (constant or exact integer indices)
 pad(q, reflect | replicate | circular | constant v) -> pad(q, ..., round(v / S_q) saturated)
 astype(q, float -> float) -> q (the integers do not change)
 concat(q_i)  -> concat(rq(q_i -> S_out)) with one common scale (int16 when a part is an int32
-                accumulator and the residual stream is 16-bit)
+                accumulator and the residual stream is 16-bit); at a graph output, parts of very
+                different ranges keep their own scales (int32, per-index scales along the axis)
 Accumulators pass through transposes, splits, slices and reshapes (one that mixes channels
 first requantizes a per-channel accumulator to one int32 scale).
 """
@@ -270,9 +271,18 @@ def lower_astype(ctx, call, args):
     return args[0]  # float -> float: the same real values, the same integers
 
 
+PART_RATIO = 16  # a part whose max |x| is this far below the concat's keeps its own scale at an output
+
+
 @lowers("relax.concat")
 def lower_concat(ctx, call, args):
-    """Inputs at one common scale; constant parts (e.g. a ViT class token) are quantized at it."""
+    """Inputs at one common scale; constant parts (e.g. a ViT class token) are quantized at it.
+    A concat that only layout ops take to a graph output, with a part PART_RATIO below the
+    whole's range (a detector's boxes in pixels beside its scores in [0, 1]), keeps one scale per
+    part instead: an int32 accumulator with per-index scales along the axis (`_per_part`)."""
+    per_part = _per_part(ctx, call, args[0])
+    if per_part is not None:
+        return per_part
     parts = [p if isinstance(p, (np.ndarray, Accumulator)) else ctx.materialize(p) for p in args[0]]
     values = [p for p in parts if isinstance(p, Quantized)]
     first = values[0] if values else None
@@ -291,6 +301,38 @@ def lower_concat(ctx, call, args):
             q, m, s = ctx.to_int32_at(p, scale)
             exprs.append(emit.requantize(q, m, s, *INT_RANGE[dtype], dtype))
     return Quantized(ctx.emit(relax.op.concat(exprs, axis=call.attrs.axis)), scale, dtype, qmax=calibrated_qmax(dtype))
+
+
+def _per_part(ctx, call, args) -> Accumulator | None:
+    """The concat of `args` as int32 with each part's own scale (see `lower_concat`), or None. An
+    int32 accumulator part stays as it is (per channel along another axis: at one int32 scale)."""
+    if ctx.var is None or ctx.var.name not in ctx.output_bound or ctx.var.name not in ctx.ranges:
+        return None
+    amax = max(abs(v) for v in ctx.out_range())
+    axis = int(call.attrs.axis) % len(call.ty.shape)
+    parts, scales, small = [], [], False
+    for value, arg in zip(args, call.args[0].fields):
+        size = int(arg.ty.shape[axis])
+        if isinstance(value, np.ndarray):
+            part_amax = float(np.abs(value).max(initial=0.0))
+            scale = part_amax / 32767 or 1.0
+            expr = emit.const(np.round(value / scale).astype(np.int32), "int32")
+        elif isinstance(value, Accumulator) and value.offset == 0.0 and value.clamp == (-np.inf, np.inf):
+            acc = value if value.axis in (None, axis) else _per_tensor(ctx, value)  # int32: nothing lost
+            scale, expr = np.broadcast_to(np.asarray(acc.scale, np.float64).reshape(-1), (size,)), acc.expr
+            part_amax = max(abs(v) for v in acc.out_range)
+        else:
+            q = ctx.materialize(value)
+            if not isinstance(q, Quantized):
+                return None
+            part_amax = q.scale * (q.qmax or INT_RANGE[q.dtype][1])
+            scale, expr = q.scale, relax.op.astype(q.expr, "int32")
+        small |= part_amax * PART_RATIO < amax
+        parts.append(expr)
+        scales.append(np.full(size, scale))
+    if not small:
+        return None
+    return Accumulator(ctx.emit(relax.op.concat(parts, axis=axis)), np.concatenate(scales), axis, ctx.out_range())
 
 
 @lowers("relax.split")
