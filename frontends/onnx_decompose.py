@@ -293,7 +293,30 @@ def _normalizer(node, opset: int, inits: list, shapes: dict, consts) -> list | N
     return nodes + [first, helper.make_node("Div", [x, f"{prefix}/norm"], list(node.output), name=prefix)]
 
 
-_ML = {"Scaler": _scaler, "Binarizer": _binarizer, "LinearRegressor": _linear_regressor, "Normalizer": _normalizer}
+def _array_feature_extractor(node, opset: int, inits: list, shapes: dict, consts) -> list | None:
+    """ai.onnx.ml ArrayFeatureExtractor (a scikit-learn classifier's label: its classes at the argmax):
+    X[..., Y] with Y flattened; a 1-D X gives [1, len(Y)] (as onnxruntime). String classes stay."""
+    x = consts(node.input[0])
+    rank = x.ndim if x is not None else len(shapes.get(node.input[0], []))
+    if rank == 0 or (x is not None and x.dtype.kind not in "biuf"):
+        return None
+    prefix = node.name or node.output[0]
+    inits.append(numpy_helper.from_array(np.array([-1], np.int64), f"{prefix}/flat"))
+    nodes = [helper.make_node("Reshape", [node.input[1], inits[-1].name], [f"{prefix}/indices"], name=f"{prefix}/flat"),
+             helper.make_node("Gather", [node.input[0], f"{prefix}/indices"],
+                              [f"{prefix}/gathered"] if rank == 1 else list(node.output), name=prefix, axis=rank - 1)]
+    if rank == 1 and opset >= 13:
+        inits.append(numpy_helper.from_array(np.array([0], np.int64), f"{prefix}/axis0"))
+        nodes.append(helper.make_node("Unsqueeze", [f"{prefix}/gathered", inits[-1].name], list(node.output),
+                                      name=f"{prefix}/row"))
+    elif rank == 1:
+        nodes.append(helper.make_node("Unsqueeze", [f"{prefix}/gathered"], list(node.output), name=f"{prefix}/row",
+                                      axes=[0]))
+    return nodes
+
+
+_ML = {"Scaler": _scaler, "Binarizer": _binarizer, "LinearRegressor": _linear_regressor, "Normalizer": _normalizer,
+       "ArrayFeatureExtractor": _array_feature_extractor}
 
 _DECOMPOSITIONS = {"LpNormalization": _lp_normalization, "DFT": _dft, "STFT": _stft,
                    "ConvTranspose": _conv_transpose_output_shape, "Compress": _compress,

@@ -543,6 +543,39 @@ def test_scikit_learn_preprocessing_ops_compile_integer_only(tmp_path):
         assert got @ w.ravel() / np.linalg.norm(got) / np.linalg.norm(w) > 0.99
 
 
+def test_scikit_learn_classifier_label_output(tmp_path):
+    """A scikit-learn classifier's label (skl2onnx: ArgMax of the probabilities, then
+    ArrayFeatureExtractor of the classes, Reshape, Cast) is a Gather of the class ids: it compiles
+    integer-only and equals onnxruntime's labels. It was refused for an unknown output shape."""
+    import onnxruntime as ort
+
+    import runtime
+
+    rng = np.random.default_rng(1)
+    n = helper.make_node
+    nodes = [n("MatMul", ["x", "w"], ["h"]), n("Softmax", ["h"], ["probabilities"]),
+             n("ArgMax", ["probabilities"], ["best"], axis=1),
+             n("ArrayFeatureExtractor", ["classes", "best"], ["picked"], domain="ai.onnx.ml"),
+             n("Reshape", ["picked", "flat"], ["label"])]
+    inits = {"w": rng.standard_normal((6, 5)).astype(np.float32), "classes": np.array([3, 1, 4, 15, 9], np.int64),
+             "flat": np.array([-1], np.int64)}
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6])],
+                              [helper.make_tensor_value_info("label", TensorProto.INT64, [None]),
+                               helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [1, 5])],
+                              [onnx.numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)])
+    model.ir_version = 9
+    onnx.save(model, tmp_path / "clf.onnx")
+    x = rng.standard_normal((40, 1, 6)).astype(np.float32)
+    np.savez(tmp_path / "c.npz", x=x[:32])
+    art = runtime.load(runtime.compile_model(tmp_path / "clf.onnx", "x86", tmp_path / "a", calib=tmp_path / "c.npz",
+                                             progress=False))
+    assert art.manifest["integer_only"] is True
+    session = ort.InferenceSession(str(tmp_path / "clf.onnx"))
+    agree = [art.run({"x": v})["label"].tolist() == session.run(["label"], {"x": v})[0].tolist() for v in x[32:]]
+    assert sum(agree) >= 7  # a near tie may flip at 8 bits
+
+
 def test_ops_without_any_converter_are_refused_in_both_modes(tmp_path):
     """A tree ensemble (ai.onnx.ml) has neither an integer lowering nor a TVM converter: the refusal
     says that --allow-float cannot run it either (with the flag it failed on an unknown output shape)."""
