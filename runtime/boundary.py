@@ -16,6 +16,11 @@ def quantize(x, scale: float, dtype: str) -> np.ndarray:
     return np.clip(np.round(np.asarray(x, np.float64) / scale), lo, hi).astype(dtype)
 
 
+def grid_edge(scale: float, dtype: str) -> float:
+    """The largest magnitude a quantized input keeps: beyond it values saturate."""
+    return scale * _RANGE[dtype][1]
+
+
 def dequantize(q, scale) -> np.ndarray:
     """q * scale as float32 (`scale` broadcast against `q`: per tensor or pre-shaped per channel)."""
     return (np.asarray(q, np.float64) * np.asarray(scale, np.float64)).astype(np.float32)

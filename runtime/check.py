@@ -67,7 +67,9 @@ def float_agreement(model_path: str | Path | bytes, artifact, samples, got=None)
     import onnxruntime as ort
 
     samples, gots = ([samples], [got]) if isinstance(samples, dict) else (samples, got or [None] * len(samples))
-    session = ort.InferenceSession(model_path if isinstance(model_path, bytes) else str(model_path),
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: its graph warnings flooded the compile's output
+    session = ort.InferenceSession(model_path if isinstance(model_path, bytes) else str(model_path), options,
                                    providers=["CPUExecutionProvider"])
     wanted = {i.name for i in session.get_inputs()}
     per_sample = []

@@ -11,6 +11,7 @@ import os
 import platform
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ import numpy as np
 from frontends.errors import ArtifactError, InputError
 
 from .artifact import read_manifest
-from .boundary import dequantize, quantize, to_integer
+from .boundary import dequantize, grid_edge, quantize, to_integer
 from .buckets import Buckets
 
 
@@ -156,9 +157,25 @@ class Model:
                                  "model has no meaningful output for them")
 
     def quantize_inputs(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        inputs = {k: _scalar_input(v, self.inputs, k) for k, v in inputs.items()}
         self.check_inputs(inputs)
+        for spec in self.inputs:
+            if spec["quant"]["scale"] is not None:
+                self._warn_saturating(spec, inputs[spec["name"]])
         return [_exact(i, inputs[i["name"]]) if i["quant"]["scale"] is None  # exact integer inputs (token ids, masks)
                 else quantize(inputs[i["name"]], i["quant"]["scale"], i["quant"]["dtype"]) for i in self.inputs]
+
+    def _warn_saturating(self, spec: dict, value: np.ndarray) -> None:
+        """Warn once per input when values reach SATURATION times past its calibrated grid: they are
+        clipped to the grid's end (a pitch tracker's fmin of 300 Hz calibrated at 46.9 Hz ran as 46.9)."""
+        edge = grid_edge(spec["quant"]["scale"], spec["quant"]["dtype"])
+        peak = float(np.abs(value).max(initial=0.0))
+        warned = self.__dict__.setdefault("_warned", set())
+        if peak > SATURATION * edge and spec["name"] not in warned:
+            warned.add(spec["name"])
+            warnings.warn(f"input {spec['name']!r}: |values| up to {peak:g}, beyond its calibrated range (+-{edge:g}); "
+                          "they saturate at the range's end. Calibrate (--calib) with inputs that cover what the "
+                          "model will be given.", RuntimeWarning, stacklevel=3)
 
     def run_integer(self, qinputs: list[np.ndarray]) -> list[np.ndarray]:
         """Run on already-quantized inputs and return the raw integer outputs."""
@@ -240,6 +257,18 @@ class Model:
         outs = self.run_integer(self.quantize_inputs(inputs))
         return {spec["name"]: _as_output(spec, dequantize(q, _scale_array(spec["quant"], q.ndim)))
                 for spec, q in zip(self.outputs, outs)}
+
+
+SATURATION = 1.5  # an input this many times past its calibrated grid's end gets a warning
+
+
+def _scalar_input(value, specs: list[dict], name: str):
+    """A Python or NumPy scalar for a 0-d input (a sample rate, a frequency bound) as a 0-d array
+    of the input's dtype; anything else as it is (`check_inputs` judges it)."""
+    spec = next((s for s in specs if s["name"] == name), None)
+    if spec is not None and spec["shape"] == [] and (isinstance(value, (int, float, bool, np.generic))):
+        return np.asarray(value, dtype=spec["dtype"])
+    return value
 
 
 def _as_output(spec: dict, y: np.ndarray) -> np.ndarray:

@@ -144,3 +144,33 @@ def test_tvm_pool_may_use_every_cpu(tmp_path):
                          cwd=os.path.dirname(os.path.dirname(__file__)))
     # main pool 2; the worker's pool of 1 starts no thread of its own; the variable restored
     assert out.stdout.split()[-3:] == ["2", "0", str(len(os.sched_getaffinity(0)))]
+
+
+def test_scalar_inputs_and_saturation_warning(tmp_path):
+    """A 0-d input (a frequency bound, a sample rate) takes a Python or NumPy scalar (the compile's
+    own check passed one and was refused); an input far past its calibrated range runs, saturated,
+    with one warning naming it (a pitch tracker's fmin of 300 Hz calibrated at 46.9 Hz ran as 46.9)."""
+    import warnings
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Mul", ["x", "s"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8]),
+                               helper.make_tensor_value_info("s", TensorProto.FLOAT, [])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "scale.onnx")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "c.npz", x=rng.uniform(-1, 1, (8, 1, 8)).astype(np.float32),
+             s=rng.uniform(1, 2, 8).astype(np.float32))
+    art = runtime.load(runtime.compile_model(tmp_path / "scale.onnx", "x86", tmp_path / "a", calib=tmp_path / "c.npz",
+                                             progress=False))
+    x = rng.uniform(-1, 1, (1, 8)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # inside the range: no warning
+        outs = [art.run({"x": x, "s": s})["y"] for s in (1.5, np.float32(1.5), np.array(1.5, np.float32))]
+    assert all(np.array_equal(o, outs[0]) for o in outs) and np.abs(outs[0] - 1.5 * x).max() < 0.05
+    with pytest.warns(RuntimeWarning, match="input 's'.*beyond its calibrated range"):
+        art.run({"x": x, "s": 10.0})
