@@ -64,10 +64,23 @@ class _Rewriter(PyExprMutator):
         return call if new is None else new
 
     def _dot(self, x: relax.Expr, w_nk: np.ndarray, k: int, fits) -> Dot | None:
-        """The family's first recipe for `x`'s dtype whose k divides `k`, `fits(dot)` and (maddubs)
-        is proven safe."""
-        return next((d for d in self.family.recipes(str(x.ty.dtype)) if k % d.k == 0 and fits(d)
+        """The family's first recipe for `x`'s dtype that `fits(dot)` and (maddubs) is proven safe;
+        a reduction length `k` its step does not divide is zero-padded by the caller (`_padded`)."""
+        return next((d for d in self.family.recipes(str(x.ty.dtype)) if fits(d)
                      and (d is not MADDUBS or maddubs_safe(w_nk, U8_MAX))), None)
+
+    def _padded(self, x: relax.Expr, w: np.ndarray, axis: int, w_axis: int, dot: Dot):
+        """(x, w) with the reduction axis zero-padded to whole dot-product steps: a pruned net's 486
+        channels ran TVM's generic loops (zero weights there: the sums are unchanged)."""
+        k = int(w.shape[w_axis])
+        extra = -(-k // dot.k) * dot.k - k
+        if not extra:
+            return x, w
+        widths = [0] * (2 * len(x.ty.shape))
+        widths[2 * axis + 1] = extra
+        w_widths = [(0, 0)] * w.ndim
+        w_widths[w_axis] = (0, extra)
+        return self.builder_.emit(relax.op.nn.pad(x, widths)), np.pad(w, w_widths)
 
     def _prepared(self, x: relax.Expr, dot: Dot) -> relax.Expr:
         return vnni.prepare_activation(self.builder_, x, dot)
@@ -97,6 +110,7 @@ class _Rewriter(PyExprMutator):
         dot = self._dot(x, w_np.T, k, lambda d: vnni.dense_tile(static_factor(rows), whole(d), d) is not None)
         if dot is None:
             return None
+        x, w_np = self._padded(x, w_np, len(x_shape) - 1, 0, dot)
         w_pad = np.pad(w_np, [(0, 0), (0, whole(dot) - n)])  # zero columns, sliced off below
         a = self._prepared(x, dot)
         if rows != x_shape[-2]:
@@ -121,12 +135,15 @@ class _Rewriter(PyExprMutator):
         w_sum = w2.astype(np.int64).sum(1)
         dot = self._dot(x, w2, c, lambda d: vnni.conv_tile(vnni.CONV_LANES_PIXELS, o, h, wd, d) is not None)
         if dot is not None:
-            kk = dot.k
+            x, w2 = self._padded(x, w2, 1, 1, dot)
+            c, kk = int(w2.shape[1]), dot.k
             xp = relax.op.permute_dims(relax.op.reshape(self._prepared(x, dot), [*lead, c // kk, kk, h * wd]),
                                        [*range(len(lead)), len(lead), len(lead) + 2, len(lead) + 1])
             return self._kernel(vnni.conv_lanes_pixels_te, dot, x, xp, w2.astype(dot.w_dtype), w_sum, h, wd)
         dot = self._dot(x, w2, c, lambda d: vnni.conv_tile(vnni.CONV_LANES_OUT, o, h, wd, d) is not None)
         if dot is not None:
+            x, w2 = self._padded(x, w2, 1, 1, dot)
+            c = int(w2.shape[1])
             xt = relax.op.permute_dims(relax.op.reshape(self._prepared(x, dot), [*lead, c, h * wd]),
                                        [*range(len(lead)), len(lead) + 1, len(lead)])
             return self._kernel(vnni.conv_lanes_out_te, dot, x, xt, vnni.pack_weights(w2, dot), w_sum, h, wd)

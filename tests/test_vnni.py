@@ -147,8 +147,51 @@ def test_patch_embedding_conv_becomes_a_vnni_matmul(x_dtype):
     assert "vpdpbusd" in _lowered_names(lambda a: emit.conv2d_acc(a, w, Patchify), [x])
 
 
-def test_shapes_without_a_tile_keep_the_generic_kernel():
-    x, w = _operand("int8", (1, 6, 8, 8)), _operand("int8", (8, 6, 1, 1))  # C = 6: not a multiple of 4
+def test_channels_off_the_dot_step_are_padded_into_it():
+    x, w = _operand("int8", (1, 6, 8, 8)), _operand("int8", (8, 6, 1, 1))  # C = 6: padded to 8 (zero weights)
     got = run_relax(lambda a: emit.conv2d_acc(a, w, _Pointwise), [x])
     np.testing.assert_array_equal(got, ref.conv2d_acc(x, w, (1, 1), (0, 0, 0, 0)))
-    assert "vpdpbusd" not in _lowered_names(lambda a: emit.conv2d_acc(a, w, _Pointwise), [x])
+    assert "vpdpbusd" in _lowered_names(lambda a: emit.conv2d_acc(a, w, _Pointwise), [x])
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int8"])
+def test_reduction_lengths_off_the_dot_step_are_padded(dtype):
+    """A pointwise conv over 27 channels and a matmul over 30 (a pruned ResNet's 243 and 486
+    channels ran TVM's generic loops, 3 GMAC/s): zero-padded to whole dot-product steps, they take
+    the dot kernels, bit-exact with the int64 product."""
+    import tvm
+    from tvm import relax
+
+    from targets import get_target
+    from targets.cpu_pipeline import cpu_lowering_passes
+    from targets.kernel_family import kernel_family
+
+    spec = get_target("x86")
+    target = spec.target()
+    if not kernel_family(target).dots:
+        pytest.skip("no dot-product kernels on this CPU")
+    rng = np.random.default_rng(5)
+    lo, hi = (0, 256) if dtype == "uint8" else (-128, 128)
+    x = rng.integers(lo, hi, (1, 27, 6, 5)).astype(dtype)  # 30 pixels: the matmul-over-pixels form
+    w = rng.integers(-128, 128, (40, 27, 1, 1)).astype(np.int8)
+    t = rng.integers(lo, hi, (16, 30)).astype(dtype)
+    wm = rng.integers(-128, 128, (30, 48)).astype(np.int8)
+    R = relax.op
+    bb = relax.BlockBuilder()
+    xv, tv = relax.Var("x", relax.TensorType(x.shape, dtype)), relax.Var("t", relax.TensorType(t.shape, dtype))
+    with bb.function("main", [xv, tv]):
+        with bb.dataflow():
+            conv = bb.emit(R.nn.conv2d(xv, relax.const(w), out_dtype="int32"))
+            mm = bb.emit(R.matmul(tv, relax.const(wm), out_dtype="int32"))
+            out = bb.emit_output(relax.Tuple([conv, mm]))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    with target:
+        lowered = tvm.transform.Sequential(cpu_lowering_passes(target))(mod)
+    kernels = [gv.name_hint for gv, f in lowered.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert sum("_dense" in k or "_conv_lanes" in k for k in kernels) == 2, kernels
+    ex = tvm.compile(mod, target=target, relax_pipeline=spec.relax_pipeline(target))
+    got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(t))
+    want = np.einsum("oc,nchw->nohw", w[:, :, 0, 0].astype(np.int64), x.astype(np.int64))
+    np.testing.assert_array_equal(got[0].numpy(), want)
+    np.testing.assert_array_equal(got[1].numpy(), t.astype(np.int64) @ wm.astype(np.int64))
