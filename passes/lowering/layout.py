@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+import tvm
 from tvm import relax
 
 from frontends.errors import CompileError
@@ -311,8 +312,10 @@ def _per_part(ctx, call, args) -> Accumulator | None:
     amax = max(abs(v) for v in ctx.out_range())
     axis = int(call.attrs.axis) % len(call.ty.shape)
     parts, scales, small = [], [], False
-    for value, arg in zip(args, call.args[0].fields):
-        size = int(arg.ty.shape[axis])
+    for value, ty in zip(args, call.args[0].ty.fields):
+        if getattr(ty, "shape", None) is None or not isinstance(ty.shape[axis], tvm.tirx.IntImm):
+            return None  # along a free dim (a cache's sequence axis): one scale
+        size = int(ty.shape[axis])
         if isinstance(value, np.ndarray):
             part_amax = float(np.abs(value).max(initial=0.0))
             scale = part_amax / 32767 or 1.0
