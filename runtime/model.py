@@ -175,7 +175,7 @@ class Model:
             warned.add(spec["name"])
             warnings.warn(f"input {spec['name']!r}: |values| up to {peak:g}, beyond its calibrated range (+-{edge:g}); "
                           "they saturate at the range's end. Calibrate (--calib) with inputs that cover what the "
-                          "model will be given.", RuntimeWarning, stacklevel=3)
+                          "model will be given.", RuntimeWarning, stacklevel=4)  # at the caller of run()
 
     def run_integer(self, qinputs: list[np.ndarray]) -> list[np.ndarray]:
         """Run on already-quantized inputs and return the raw integer outputs."""
