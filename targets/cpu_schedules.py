@@ -19,6 +19,7 @@ included when their batch axes come first); others keep the default lowering.
 
 from __future__ import annotations
 
+import numpy as np
 import tvm
 from tvm import s_tir
 
@@ -35,6 +36,20 @@ from .schedule_common import (
 TILE_J = 64  # int32 lanes of one accumulator tile: 4 x 512-bit or 8 x 256-bit registers
 
 
+BIG_B = 1 << 21  # bytes of the right operand past which column tiles go outermost (~ a core's L2)
+
+
+def _columns_first(sch: s_tir.Schedule, block, rows, k) -> bool:
+    """Is the right operand (K x N) too big for the cache, with several static rows to reuse its tiles?"""
+    extents = [sch.get(loop).extent for loop in (rows, k)]
+    if not all(isinstance(e, tvm.tirx.IntImm) for e in extents) or int(extents[0]) < 4:
+        return False
+    b = sch.get(block).reads[-1].source
+    if not all(isinstance(d, tvm.tirx.IntImm) for d in b.shape):
+        return False
+    return int(np.prod([int(d) for d in b.shape])) * tvm.DataType(b.dtype).bits // 8 > BIG_B
+
+
 def _schedule(sch: s_tir.Schedule, block) -> None:
     columns = static_factor(sch.get(block).iter_vars[-2].dom.extent)
     # e.g. 257 tokens: pad to whole vectors (zeros, sliced off); pad_einsum refuses the packed
@@ -46,12 +61,20 @@ def _schedule(sch: s_tir.Schedule, block) -> None:
     *outer, j, k = loops[:-2] + [loops[-2], loops[-1]] if len(loops) >= 3 else (None,)
     tj = divisor(static_factor(sch.get(j).extent), TILE_J)
     jo, ji = sch.split(j, [None, tj])
-    sch.reorder(*outer, jo, k, ji)
-    sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+    if _columns_first(sch, block, outer[-1], k):
+        # a column tile of B down all K stays in cache for every row; row-major tiles walked B
+        # from top to bottom per row (im2col patches of 576 x 87552 floats: a new page each k)
+        sch.reorder(*outer[:-1], jo, outer[-1], k, ji)
+        sch.parallel(sch.fuse(*outer[:-1], jo) if len(outer) > 1 else jo)
+        anchor = outer[-1]
+    else:
+        sch.reorder(*outer, jo, k, ji)
+        sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+        anchor = jo
     acc = sch.cache_write(block, 0, "local")
-    sch.reverse_compute_at(acc, jo)
+    sch.reverse_compute_at(acc, anchor)
     for consumer in epilogue:
-        sch.reverse_compute_at(consumer, jo)
+        sch.reverse_compute_at(consumer, anchor)
     if tj > 1:  # a tile of one column (odd extents up to 16) has no lane loop
         sch.vectorize(ji)
     sch.decompose_reduction(block, k)

@@ -156,3 +156,26 @@ def test_rounding_shift_equals_the_identity_requantization():
     kc = k.reshape(1, 8, 1, 1)
     want = ref.requantize(acc, np.full_like(kc, 2**30), 30 + kc, -2**31, 2**31 - 1, "int32")
     np.testing.assert_array_equal(run_relax(lambda a: emit.rounding_shift(a, kc), [acc]), want)
+
+
+def test_matmul_with_a_big_right_operand_tiles_columns_first():
+    """W[8, 576] @ X[576, 4096] (a pointwise conv over many pixels, the im2col patches of the float
+    model calibration runs): X is 2.4 MB, so its column tiles go outermost and each stays in cache
+    for all 8 rows (walked row by row, a 576 x 87552 float product ran 8x slower). Exact either way."""
+    import tvm
+
+    from conftest import relax_main
+    from targets import get_target
+    from targets.cpu_pipeline import cpu_lowering_passes
+
+    rng = np.random.default_rng(2)
+    w = rng.integers(-128, 128, (8, 576)).astype(np.int8)
+    x = rng.integers(0, 256, (576, 4096)).astype(np.uint8)
+    build = lambda a: relax.op.matmul(relax.const(w), a, out_dtype="int32")  # noqa: E731
+    np.testing.assert_array_equal(run_relax(build, [x]), w.astype(np.int64) @ x.astype(np.int64))
+    target = get_target("x86").target()
+    with target:
+        mod = tvm.transform.Sequential(cpu_lowering_passes(target))(relax_main(build, [x]))
+    text = next(f.script() for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)
+                and "matmul" in gv.name_hint)
+    assert "in T.parallel(T.int64(64))" in text  # 4096 / 64 column tiles, not the 8 rows
