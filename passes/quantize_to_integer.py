@@ -47,7 +47,7 @@ from .lowering.embedding import is_integer_op, lower_integer_op
 from .lowering import (LOWERINGS, Accumulator, ChannelQuantized, IntTensor, LoweringContext, QuantConfig, Quantized,
                        activation_scale, calibrated_qmax, float_fallback)
 from .lowering.float_fallback import FloatTensor, quantize_float
-from .lowering.integer_inputs import find_exact_inputs, lower_exact
+from .lowering.integer_inputs import find_exact_inputs, lower_exact, vars_read
 from .lowering.values import MaskedLogits
 from .reference.kernels import INT_RANGE
 from .sensitivity import coarse_grids, find_sensitive
@@ -140,9 +140,9 @@ def _output_bound(func: relax.Function) -> frozenset[str]:
     uses: dict[str, list] = {}
     bindings = list(_bindings(func))
     for b in bindings:
-        for arg in _operands(b.value):
+        for arg in vars_read(b.value):
             uses.setdefault(arg.name, []).append(b)
-    outputs = {v.name for v in _operands(func.body.body)}
+    outputs = {v.name for v in vars_read(func.body.body)}
     bound: set[str] = set()
     for b in reversed(bindings):
         name = b.var.name
@@ -153,19 +153,6 @@ def _output_bound(func: relax.Function) -> frozenset[str]:
                                              and c.value.op.name in OUTPUT_PATH_OPS)) for c in consumers):
             bound.add(name)
     return frozenset(bound)
-
-
-def _operands(expr) -> list[relax.Var]:
-    """The variables an expression reads directly (call arguments, tuple fields, a tuple item's tuple)."""
-    if isinstance(expr, relax.Var):
-        return [expr]
-    if isinstance(expr, relax.Tuple):
-        return [v for f in expr.fields for v in _operands(f)]
-    if isinstance(expr, relax.TupleGetItem):
-        return _operands(expr.tuple_value)
-    if isinstance(expr, relax.Call):
-        return [v for a in expr.args for v in _operands(a)]
-    return []
 
 
 def _bindings(func: relax.Function):

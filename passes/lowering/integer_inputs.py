@@ -50,9 +50,9 @@ def find_exact_inputs(func: relax.Function) -> ExactInputs:
     bound = {b.var: b.value for block in func.body.blocks for b in block.bindings}
     uses: dict[relax.Var, list] = {}
     for var, value in bound.items():
-        for arg in _vars(value):
+        for arg in vars_read(value):
             uses.setdefault(arg, []).append(var)
-    for arg in _vars(func.body.body):
+    for arg in vars_read(func.body.body):
         uses.setdefault(arg, []).append(None)  # an output
     found = ExactInputs()
     for p in func.params:
@@ -163,13 +163,14 @@ def _is_zero(expr) -> bool:
     return isinstance(expr, tvm.ir.GenericConst) and not np.any(expr.value.numpy())
 
 
-def _vars(expr) -> list[relax.Var]:
+def vars_read(expr) -> list[relax.Var]:
+    """The variables an expression reads directly (call arguments, tuple fields, a tuple item's tuple)."""
     if isinstance(expr, relax.Var):
         return [expr]
     if isinstance(expr, relax.Call):
-        return [v for a in expr.args for v in _vars(a)]
+        return [v for a in expr.args for v in vars_read(a)]
     if isinstance(expr, relax.Tuple):
-        return [v for f in expr.fields for v in _vars(f)]
+        return [v for f in expr.fields for v in vars_read(f)]
     if isinstance(expr, relax.TupleGetItem):
-        return _vars(expr.tuple_value)
+        return vars_read(expr.tuple_value)
     return []
