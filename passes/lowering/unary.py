@@ -101,7 +101,7 @@ def _octave_te(v: te.Tensor, table: te.Tensor, bits: int) -> te.Tensor:
 
 def table_lookup(ctx, x, program: str) -> Quantized:
     """The integer form of `program` (a `reference.unary` chain) applied to the value `x`
-    (an accumulator requantized to 16 bits where the model's residual stream is, else 8; a
+    (an accumulator requantized to 16 bits where the residual stream or the result is 16-bit, else 8; a
     nonnegative one-scale accumulator into a log-like chain: an octave table on its int32)."""
     x = ctx.without_offset(x)
     if isinstance(x, Accumulator) and x.axis is None and (x.clamp[0] >= 0 or x.out_range[0] >= 0) \
@@ -112,7 +112,9 @@ def table_lookup(ctx, x, program: str) -> Quantized:
     special = periodic_lookup(ctx, x, program) or channel_table_lookup(ctx, x, program)
     if special is not None:
         return special
-    q = ctx.materialize(x, wide=ctx.config.residual_bits == 16)
+    # a result wanted at 16 bits (a measured-sensitive tensor) reads a 16-bit input: from 8 bits it
+    # would take at most 256 values, and its widening would buy nothing
+    q = ctx.materialize(x, wide=ctx.config.residual_bits == 16 or ctx.wide_output())
     if not isinstance(q, Quantized) or q.dtype not in TABLE_INPUTS:
         ctx.fail(f"a table lookup needs an 8/16-bit input, got {type(q).__name__}")
     image = ref.evaluate(program, ref.grid(q.dtype) * q.scale)
