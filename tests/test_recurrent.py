@@ -197,11 +197,13 @@ def test_cell_state_is_16_bit():
             ic = bb.emit(R.multiply(e["si"], e["tg"]), name_hint="ic")
             c = bb.emit(R.add(fc, ic), name_hint="c")
             h = bb.emit(R.multiply(e["so"], bb.emit(R.tanh(c), name_hint="tc")), name_hint="h")
-            out = bb.emit_output(relax.Tuple([h, c, bb.emit(R.add(i, f), name_hint="r")]))
+            r = bb.emit(R.add(i, f), name_hint="r")  # an ordinary sum (not an output: outputs are 16-bit)
+            out = bb.emit_output(relax.Tuple([h, c, bb.emit(R.multiply(r, r), name_hint="rr")]))
         bb.emit_func_output(out)
     ranges = {**{n: (-4.0, 4.0) for n in "iofg"}, "c0": (-3.0, 3.0), "si": (0.0, 1.0), "so": (0.0, 1.0),
               "sf": (0.0, 1.0), "tg": (-1.0, 1.0), "fc": (-3.0, 3.0), "ic": (-1.0, 1.0), "c": (-4.0, 4.0),
-              "tc": (-1.0, 1.0), "h": (-1.0, 1.0), "r": (-8.0, 8.0)}
+              "tc": (-1.0, 1.0), "h": (-1.0, 1.0), "r": (-8.0, 8.0),
+              "rr": (0.0, 64.0)}
     lowered = QuantizeToInteger(ranges)(bb.get())
     text = lowered.script()
     assert verify_integer_only(lowered).integer_only

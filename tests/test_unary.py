@@ -166,10 +166,15 @@ def test_lowering_without_the_pass_and_at_16_bits():
         sizes = [int(np.prod(c.value.shape)) for c in _constants(out["main"])]
         assert sizes.count(entries) >= 1 and sizes.count(256) >= 1  # exp at the input width, sigmoid at 8 bits
     w = relax.const(rng.standard_normal((8, 8)).astype("float32"))
-    acc = _module(lambda bb, x: R.tanh(bb.emit(R.matmul(x, w))))  # an accumulator: as wide as the residuals
+    # an accumulator: as wide as the residuals (inside the graph; at an output always 16 bits)
+    acc = _module(lambda bb, x: R.matmul(bb.emit(R.tanh(bb.emit(R.matmul(x, w)))), w))
+    inner = {"x": (-2.0, 2.0), "lv": (-6.0, 6.0), "lv1": (-1.0, 1.0), "gv": (-4.0, 4.0)}
     for bits, entries in ((8, 256), (16, 65536)):
-        out = QuantizeToInteger(ranges, QuantConfig(residual_bits=bits))(acc)
+        out = QuantizeToInteger(inner, QuantConfig(residual_bits=bits))(acc)
         assert [int(np.prod(c.value.shape)) for c in _constants(out["main"])].count(entries) == 1
+    last = _module(lambda bb, x: R.tanh(bb.emit(R.matmul(x, w))))
+    out = QuantizeToInteger(ranges, QuantConfig(residual_bits=8))(last)
+    assert [int(np.prod(c.value.shape)) for c in _constants(out["main"])].count(65536) == 1
 
 
 def _constants(func):
