@@ -88,3 +88,73 @@ def test_conv_transpose_output_shape_is_honoured(tmp_path):
     out = art.run({"x": xs[2]})["y"]
     assert out.shape == ref.shape == (1, 2, 10, 8)
     assert ref.ravel() @ out.ravel() / np.linalg.norm(ref) / np.linalg.norm(out) > 0.999
+
+
+def _tall_or_wide(path, tall: bool) -> str:
+    """The model of `_model` in 2-D form: along the height of a width-one image (CREPE's (k, 1)
+    kernels) or along the width of a height-one one; the same weights either way."""
+    rng = np.random.default_rng(0)
+    w1, b1 = rng.standard_normal((8, 2, 5)) * 0.3, rng.standard_normal(8) * 0.1
+    w2, w3 = rng.standard_normal((8, 2, 3)) * 0.3, rng.standard_normal((4, 8, 1)) * 0.3
+
+    def init(name, a):
+        a = np.asarray(a, np.float32)
+        return numpy_helper.from_array(a[..., None] if tall else a[..., None, :], name)
+
+    def hw(k, other=1):  # a 1-D attribute in 2-D: (k, 1) tall, (1, k) wide
+        return [k, other] if tall else [other, k]
+
+    def pads(a, b):  # ONNX 2-D pads: h_begin, w_begin, h_end, w_end
+        return [a, 0, b, 0] if tall else [0, a, 0, b]
+
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=pads(2, 1), strides=hw(2)),
+             helper.make_node("Relu", ["c1"], ["r0"]),
+             helper.make_node("MaxPool", ["r0"], ["r1"], kernel_shape=hw(3), pads=pads(1, 1)),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=pads(2, 2), dilations=hw(2), group=4),
+             helper.make_node("AveragePool", ["c2"], ["p2"], kernel_shape=hw(2), strides=hw(2)),
+             helper.make_node("Conv", ["p2", "w3"], ["y"])]
+    inits = [init("w1", w1), numpy_helper.from_array(b1.astype(np.float32), "b1"), init("w2", w2), init("w3", w3)]
+    graph = helper.make_graph(nodes, "tall" if tall else "wide",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, *hw(64)])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, *hw(16)])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def test_tall_conv_runs_as_wide_and_equals_it(tmp_path):
+    """Convs and pools along the height of a width-one image become their height-one form
+    (passes/tall_conv_as_wide.py): no (k, 1) kernel is left, and the integers equal those of the
+    same model written along the width."""
+    import tvm
+
+    from frontends import load_onnx
+    from passes import bind_weights
+    from runtime import compile_model, load
+
+    path = _tall_or_wide(tmp_path / "tall.onnx", True)
+    imported = load_onnx(path)
+    calls = [b.value for block in bind_weights(imported.mod, imported.params)["main"].body.blocks
+             for b in block.bindings if isinstance(b.value, tvm.relax.Call) and "pool2d" in str(b.value.op)
+             or isinstance(b.value, tvm.relax.Call) and str(getattr(b.value.op, "name", "")) == "relax.nn.conv2d"]
+    assert len(calls) == 5
+    windows = [c for c in calls if "pool" in str(c.op) or int(c.args[1].ty.shape[2]) * int(c.args[1].ty.shape[3]) > 1]  # the 1x1 conv aside
+    assert len(windows) == 4 and all(int(c.args[0].ty.shape[2]) == 1 for c in windows)  # along height-one rows
+
+    x = np.random.default_rng(1).standard_normal((8, 1, 2, 64)).astype(np.float32)
+    np.savez(tmp_path / "tall.npz", x=x[..., None])
+    np.savez(tmp_path / "wide.npz", x=x[:, :, :, None, :])
+    tall = load(compile_model(path, "x86", tmp_path / "t.artifact", calib=tmp_path / "tall.npz", progress=False))
+    wide = load(compile_model(_tall_or_wide(tmp_path / "wide.onnx", False), "x86", tmp_path / "w.artifact",
+                              calib=tmp_path / "wide.npz", progress=False))
+    assert tall.manifest["integer_only"]
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    for sample in x[:3]:
+        q_tall = tall.run_integer(tall.quantize_inputs({"x": sample[..., None]}))[0]
+        q_wide = wide.run_integer(wide.quantize_inputs({"x": sample[:, :, None, :]}))[0]
+        np.testing.assert_array_equal(q_tall.reshape(-1), q_wide.reshape(-1))
+        got, want = tall.run({"x": sample[..., None]})["y"], session.run(None, {"x": sample[..., None]})[0]
+        assert got.shape == want.shape == (1, 4, 16, 1)
+        assert float(got.ravel() @ want.ravel() / np.linalg.norm(got) / np.linalg.norm(want)) > 0.999
