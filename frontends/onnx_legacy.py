@@ -4,6 +4,7 @@
     Reshape-1   (shape attribute)                 -> Reshape-5 shape input
     Upsample-7/9, Resize-10 (scales attribute or input, asymmetric coordinates, floor for nearest)
                                                   -> Resize-11 (X, "", scales) with those modes spelled out
+    Resize with an empty roi, scales or sizes tensor  -> Resize with that input absent ("")
 
 TVM's importer picks a converter by opset, but it has only `Slice._impl_v13` and `Reshape._impl_v13`,
 which read those values from inputs (an opset-9 Slice, waifu2x CUNet's crops from PyTorch, failed inside
@@ -63,7 +64,24 @@ def legacy_forms_to_tvm_forms(model: onnx.ModelProto) -> int:
             node.attribute.extend([helper.make_attribute("coordinate_transformation_mode", "asymmetric"),
                                    helper.make_attribute("nearest_mode", "floor")])
             changed += 1
+        elif node.op_type == "Resize" and any(_empty(model, i) for i in node.input[1:]):
+            # roi, scales or sizes as an empty tensor: "not given" to onnxruntime (tflite2onnx writes
+            # scales so beside sizes); TVM's converter takes it as given ("only one of scales and sizes")
+            node.input[1:] = ["" if _empty(model, i) else i for i in node.input[1:]]
+            changed += 1
     return changed
+
+
+def _empty(model: onnx.ModelProto, name: str) -> bool:
+    """Is `name` a constant (an initializer or a Constant node) with no elements?"""
+    for init in model.graph.initializer:
+        if name and init.name == name:
+            return 0 in init.dims
+    for node in model.graph.node:
+        if name and node.op_type == "Constant" and node.output[0] == name:
+            value = next((a for a in node.attribute if a.name == "value"), None)
+            return value is not None and numpy_helper.to_array(value.t).size == 0
+    return False
 
 
 def _drop_attributes(node: onnx.NodeProto, names) -> None:

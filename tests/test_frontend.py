@@ -589,3 +589,35 @@ def test_ops_without_any_converter_are_refused_in_both_modes(tmp_path):
         with pytest.raises(UnsupportedModelError, match="--allow-float cannot run them either") as err:
             load_onnx(tmp_path / "tree.onnx", allow_unsupported=allow)
         assert "TreeEnsembleRegressor (node" in str(err.value)
+
+
+def test_resize_with_empty_scales_beside_sizes_compiles(tmp_path):
+    """tflite2onnx writes Resize(X, roi=[], scales=[], sizes) (BlazeFace full-range's FPN): an empty
+    tensor is "not given" to onnxruntime; TVM's converter refused it ("only one of scales and sizes")."""
+    import onnxruntime as ort
+
+    from runtime import compile_model, load
+
+    rng = np.random.default_rng(2)
+    n = helper.make_node
+    nodes = [n("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), n("Relu", ["c"], ["r"]),
+             n("Resize", ["r", "empty", "empty", "size"], ["u"], mode="linear"),
+             n("Add", ["u", "skip"], ["y"])]
+    inits = [onnx.numpy_helper.from_array((rng.standard_normal((4, 3, 3, 3)) * 0.3).astype(np.float32), "w"),
+             onnx.numpy_helper.from_array(np.zeros(0, np.float32), "empty"),
+             onnx.numpy_helper.from_array(np.array([1, 4, 16, 16], np.int64), "size"),
+             onnx.numpy_helper.from_array(rng.standard_normal((1, 4, 16, 16)).astype(np.float32), "skip")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 16, 16])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "resize.onnx")
+    data = rng.standard_normal((10, 1, 3, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=data[:8])
+    art = load(compile_model(tmp_path / "resize.onnx", "x86", tmp_path / "a", calib=tmp_path / "calib.npz",
+                             progress=False))
+    assert art.manifest["integer_only"]
+    sess = ort.InferenceSession(str(tmp_path / "resize.onnx"), providers=["CPUExecutionProvider"])
+    for x in data[8:]:
+        want, got = sess.run(None, {"x": x})[0].ravel(), art.run({"x": x})["y"].ravel()
+        assert float(got @ want / np.linalg.norm(got) / np.linalg.norm(want)) > 0.999
