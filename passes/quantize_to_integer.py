@@ -50,6 +50,7 @@ from .lowering.float_fallback import FloatTensor, quantize_float
 from .lowering.integer_inputs import find_exact_inputs, lower_exact, vars_read
 from .lowering.values import MaskedLogits
 from .reference.kernels import INT_RANGE
+from .narrow_table_inputs import narrow_table_inputs
 from .sensitivity import coarse_grids, find_sensitive
 
 OFFSET_AWARE = frozenset({"relax.reshape", "relax.permute_dims", "relax.squeeze", "relax.expand_dims",
@@ -201,9 +202,11 @@ class QuantizeToInteger:
         bound = _output_bound(func)
         # what only layout ops take to an output is carried at 16 bits: an 8-bit output grid costs
         # every user (box corners 1.8 px apart, 18 levels of a mask's probability) and saves nothing
-        config = replace(self.config, wide_tensors=(*self.config.wide_tensors, *wide, *bound))
+        config = replace(self.config, wide_tensors=(*self.config.wide_tensors, *wide,
+                                                    *(bound if self.config.wide_outputs else ())))
+        ranges = narrow_table_inputs(func, self.ranges, set(config.wide_tensors))
         bb = relax.BlockBuilder()
-        ctx = LoweringContext(bb, self.ranges, config, getattr(self.ranges, "channel_amax", None),
+        ctx = LoweringContext(bb, ranges, config, getattr(self.ranges, "channel_amax", None),
                               _weight_rowmax(func), _bias_after(func))
         ctx.output_bound = bound
         env: dict[relax.Var, object] = {}

@@ -219,16 +219,17 @@ def test_coarse_grid_estimate_matches_rounding():
 
 
 def _sparse_outlier_model(path) -> str:
-    """x [1, 4, 16, 16] -> 1x1 conv -> times a constant map that is 150 at 4 of 256 positions -> Tanh ->
+    """x [1, 4, 16, 16] -> 1x1 conv -> times a constant map that is 150 at 4 of 256 positions -> Softsign ->
     1x1 conv -> y. The outliers set the product's 8-bit range, leaving the typical values a few levels,
-    and the Tanh then saturates them: the output is made of the typical values (re-parameterized
-    convs and learnable affine blocks make such tensors)."""
+    and the Softsign then compresses them: the output is made of the typical values (re-parameterized
+    convs and learnable affine blocks make such tensors). Softsign, not Tanh: a Tanh is flat past 3, so
+    its input would be quantized over [-3, 3] alone (passes/narrow_table_inputs.py)."""
     w1 = (rng.standard_normal((8, 4, 1, 1)) * 0.3).astype(np.float32)
     w2 = rng.standard_normal((3, 8, 1, 1)).astype(np.float32)
     gain = np.ones((1, 1, 16, 16), np.float32)
     gain[0, 0, [2, 7, 11, 13], [5, 1, 9, 14]] = 150.0
     nodes = [helper.make_node("Conv", ["x", "w1"], ["h"]), helper.make_node("Mul", ["h", "gain"], ["g"]),
-             helper.make_node("Tanh", ["g"], ["t"]), helper.make_node("Conv", ["t", "w2"], ["y"])]
+             helper.make_node("Softsign", ["g"], ["t"]), helper.make_node("Conv", ["t", "w2"], ["y"])]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 16, 16])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 16, 16])],
                               [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2"),
@@ -265,7 +266,7 @@ def test_coarse_grid_is_widened_without_measuring(tmp_path):
                            config=QuantConfig(sensitivity_tol=None))
     assert json.loads((art / "manifest.json").read_text())["integer_only"]
     c_wide, c_narrow = cosine(art), cosine(narrow)
-    assert c_wide >= 0.995 and c_narrow < 0.9, (c_wide, c_narrow)
+    assert c_wide >= 0.995 and c_narrow < 0.95, (c_wide, c_narrow)
 
     from frontends import load_onnx
     from passes import QuantizeToInteger, bind_weights, calibrate
@@ -361,3 +362,54 @@ def test_wide_table_output_reads_a_wide_input(tmp_path):
 
     wide, narrow = error(config), error(QuantConfig(sensitivity_tol=None))
     assert wide < 0.2 * narrow, (wide, narrow)
+
+
+def _softmax_model(path) -> str:
+    """x -> conv (logits over about [-140, 40]) -> tf2onnx's softmax: exp(z - max z) / sum."""
+    w = (np.random.default_rng(0).standard_normal((3, 8, 3, 3)) * 3).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["z"], pads=[1, 1, 1, 1]),
+             helper.make_node("ReduceMax", ["z"], ["m"], axes=[1], keepdims=1),
+             helper.make_node("Sub", ["z", "m"], ["d"]), helper.make_node("Exp", ["d"], ["e"]),
+             helper.make_node("ReduceSum", ["e", "axes"], ["s"], keepdims=1),
+             helper.make_node("Div", ["e", "s"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 32, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 32, 32])],
+                              [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array([1]), "axes")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return str(path)
+
+
+def test_table_input_range_is_cut_to_where_the_table_moves(tmp_path):
+    """exp(z - max z) over [-140, 0] is flat (0 at 8 bits) below about -6.2: its input is quantized
+    over [-6.2, 0] (passes/narrow_table_inputs.py), and the probabilities take hundreds of values
+    instead of a few dozen (a segmenter's mask IoU to float was 0.53 with 18 of them)."""
+    import onnxruntime as ort
+
+    import runtime
+    from frontends import load_onnx
+    from passes import bind_weights, calibrate
+    from passes.narrow_table_inputs import narrow_table_inputs
+    from runtime import compile_model
+    from runtime.compiler import load_calibration
+
+    path = _softmax_model(tmp_path / "softmax.onnx")
+    data = np.random.default_rng(1).standard_normal((8, 1, 8, 32, 32)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=data[:6])
+    imported = load_onnx(path)
+    float_mod = bind_weights(imported.mod, imported.params)
+    ranges = calibrate(float_mod, load_calibration(tmp_path / "calib.npz", imported.inputs), progress=False)
+    narrowed = narrow_table_inputs(float_mod["main"], ranges, set())
+    changed = {n: narrowed[n] for n in ranges if narrowed[n] != ranges[n]}
+    assert len(changed) == 1, changed  # the exp's input alone
+    (name, (lo, hi)), = changed.items()
+    assert ranges[name][0] < -60 and -7.0 < lo < -5.5 and hi == ranges[name][1] == 0.0
+    assert narrowed.probe is ranges.probe  # the calibration's attributes kept
+
+    model = runtime.load(compile_model(path, "x86", tmp_path / "a", calib=tmp_path / "calib.npz", progress=False))
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    got = np.stack([model.run({"x": x})["y"] for x in data[6:]])
+    want = np.stack([session.run(None, {"x": x})[0] for x in data[6:]])
+    assert len(np.unique(got)) > 150
+    assert float(got.ravel() @ want.ravel() / np.linalg.norm(got) / np.linalg.norm(want)) > 0.999

@@ -38,6 +38,9 @@ class QuantConfig:
     # A tensor whose 8-bit grid alone costs the model outputs a relative L2 error above this is
     # carried at 16 bits (passes/sensitivity.py, measured on calibration samples); None: no measurement.
     sensitivity_tol: float | None = 0.03
+    # What only layout ops take to a graph output is carried at 16 bits (False: at the width its op
+    # gives it, 8 bits mostly; tests that count errors in 8-bit output steps)
+    wide_outputs: bool = True
 
     def __post_init__(self):
         if self.weight_bits not in (4, 8):
