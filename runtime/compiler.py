@@ -207,6 +207,20 @@ def _length_axes(a: list[TensorSpec], b: list[TensorSpec], la: int, lb: int) -> 
     return axes
 
 
+def _same_tensors(mod, ranges: dict, seq: FreeDim, size: int, calib_length: int) -> None:
+    """Refuse a bucket whose graph has float tensors the calibrated one does not: the ranges are
+    taken over by tensor name, which holds where only the length of the tensors changes (attention,
+    convs), not where the number of ops follows it (an LSTM or GRU unrolled per time step)."""
+    missing = [b.var.name for block in mod["main"].body.blocks for b in block.bindings
+               if str(getattr(b.var.ty, "dtype", "")).startswith("float") and b.var.name not in ranges]
+    if missing:
+        raise CompileError(
+            f"--input-shape with a free {seq.name}: at {seq.name} = {size} the graph has {len(missing)} float "
+            f"tensor(s) that it does not have at the calibrated {seq.name} = {calib_length} (its op count follows "
+            f"the length: a recurrent layer unrolled per time step, LSTM/GRU/Loop). Give {seq.name} as one "
+            f"number (one artifact per length); a free batch dim is fine")
+
+
 def _export(mod, target, pipeline, path: Path, spec):
     """Compile `mod` and link its library (on every CPU: targets/parallel_build.py); a failing
     compiler or linker is the user's toolchain, not a crash."""
@@ -320,7 +334,9 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
             continue
         with stage(f"importing at {seq.name} = {size}", times, "import"):
             other = load_onnx(model_path, bound_shapes(free_shapes, {seq.name: size}), allow_unsupported=allow_float)
-        bucket_mods[size] = lower(bind_weights(other.mod, other.params), f" at {seq.name} = {size}", size)
+        other_mod = bind_weights(other.mod, other.params)
+        _same_tensors(other_mod, ranges, seq, size, calib_length)
+        bucket_mods[size] = lower(other_mod, f" at {seq.name} = {size}", size)
         bucket_specs[size] = other.outputs
     if seq:
         int_mod, imported = bucket_mods.pop(sizes[-1]), replace(imported, outputs=bucket_specs[sizes[-1]])

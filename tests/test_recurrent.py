@@ -331,3 +331,26 @@ def test_long_sequence_compiles(tmp_path):
     x = _sequences(1, steps, 2)[0]
     want, got = _run(model, {"x": x})[0], art.run({"x": x})["logits"]
     assert float(want.ravel() @ got.ravel() / (np.linalg.norm(want) * np.linalg.norm(got))) >= 0.99
+
+
+def test_free_length_of_an_unrolled_layer_is_refused_clearly(tmp_path):
+    """An unrolled GRU has as many ops as steps, so the ranges calibrated at one length cannot be
+    taken over by name at another: a free length is refused with a message saying why and what to
+    do (it was a list of 'no calibrated range' nodes ending in "Pass --allow-float", which then
+    failed on "bucket lowers differently")."""
+    from frontends import CompileError
+    from frontends.onnx_import import FreeDim
+    from runtime.compiler import compile_model
+
+    node, inits = _layer("GRU", "rnn", "xt", 4, 3, "forward", np.random.default_rng(0))
+    del node.output[1:]
+    graph = helper.make_graph(
+        [helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0, 2]), node],  # [1, T, 3] -> [T, 1, 3]
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "T", 3])],
+        [helper.make_tensor_value_info("rnn_Y", TensorProto.FLOAT, ["T", 1, 1, 4])], inits)
+    onnx.save(_model(graph), tmp_path / "gru.onnx")
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).standard_normal((4, 1, 12, 3)).astype(np.float32))
+    with pytest.raises(CompileError, match="unrolled per time step") as err:
+        compile_model(tmp_path / "gru.onnx", output=tmp_path / "a", calib=tmp_path / "calib.npz", progress=False,
+                      input_shapes={"x": (1, FreeDim("seq", 1, 16), 3)}, buckets=[8, 16])
+    assert "one number" in str(err.value) and not (tmp_path / "a").exists()
