@@ -120,3 +120,20 @@ def drop_empty_concat_inputs(mod, _ctx):
     head) dropped, and a split into one full part and empty ones read as its input, so that dead-code
     elimination removes the zero-size ops: a kernel over an empty tensor fails to compile."""
     return mutate_functions(_DropEmptyConcatInputs(mod), mod)
+
+
+@mutator
+class _ClippedTakes(PyExprMutator):
+    def visit_call_(self, call):
+        call = super().visit_call_(call)
+        if isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.take" and call.attrs.mode == "fast":
+            return relax.op.take(call.args[0], call.args[1], call.attrs.axis, mode="clip")
+        return call
+
+
+@tvm.transform.module_pass(opt_level=0, name="ClippedTakes")
+def clipped_takes(mod, _ctx):
+    """The importer's Gathers index in "fast" mode, which reads out of bounds (or crashes) on an index
+    past the table, a token id past the vocabulary given at run time, and makes TVM warn about it once
+    per kernel at build time; in "clip" mode such an index reads the last row."""
+    return mutate_functions(_ClippedTakes(mod), mod)

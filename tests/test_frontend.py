@@ -621,3 +621,26 @@ def test_resize_with_empty_scales_beside_sizes_compiles(tmp_path):
     for x in data[8:]:
         want, got = sess.run(None, {"x": x})[0].ravel(), art.run({"x": x})["y"].ravel()
         assert float(got @ want / np.linalg.norm(got) / np.linalg.norm(want)) > 0.999
+
+
+def test_index_past_the_table_reads_its_last_row(tmp_path):
+    """The importer's Gathers are taken in "clip" mode (frontends/relax_cleanup.clipped_takes): a token
+    id past the vocabulary given at run time reads the last row instead of memory past the table (in
+    "fast" mode, TVM's default, a crash or garbage), and TVM no longer warns so at every build."""
+    from runtime import compile_model, load
+
+    table = np.random.default_rng(3).standard_normal((10, 4)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("Gather", ["table", "ids"], ["e"]), helper.make_node("Relu", ["e"], ["y"])],
+                              "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4])],
+                              [onnx.numpy_helper.from_array(table, "table")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "gather.onnx")
+    np.savez(tmp_path / "calib.npz", ids=np.array([[[0, 4, 9]], [[1, 2, 3]], [[5, 6, 7]], [[8, 9, 0]]], np.int64))
+    art = load(compile_model(tmp_path / "gather.onnx", "x86", tmp_path / "a", calib=tmp_path / "calib.npz",
+                             progress=False))
+    assert "mode=\"fast\"" not in (tmp_path / "a" / "model.relax.py").read_text()
+    y = art.run({"ids": np.array([[0, 9, 10_000]], np.int64)})["y"]
+    np.testing.assert_allclose(y[0, 2], y[0, 1])  # past the table: its last row
+    np.testing.assert_allclose(y[0, 1], np.maximum(table[9], 0), atol=0.03)

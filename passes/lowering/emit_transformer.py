@@ -95,7 +95,7 @@ def exp2_neg(a: relax.Expr) -> relax.Expr:
     f_bits = ref.EXP2_IN_BITS
     a = R.minimum(a, _i64(31 << f_bits))
     q, f = R.right_shift(a, _i64(f_bits)), R.bitwise_and(a, _i64((1 << f_bits) - 1))
-    p = R.take(_exp2_fractions(), R.astype(f, "int32"), axis=0, mode="fast")
+    p = R.take(_exp2_fractions(), R.astype(f, "int32"), axis=0, mode="clip")
     return R.right_shift(R.astype(p, "int64"), q)
 
 

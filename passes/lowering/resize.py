@@ -53,7 +53,7 @@ def lower_resize2d(ctx, call, args):
         for axis, n_in, n_out in zip(axes, in_sizes, sizes):
             idx = spatial.nearest_indices(n_in, n_out, mode, str(attrs.rounding_method))
             if n_in != n_out or not np.array_equal(idx, np.arange(n_in)):
-                expr = R.take(expr, emit.const(idx, "int32"), axis=axis)
+                expr = R.take(expr, emit.const(idx, "int32"), axis=axis, mode="clip")
         return replace(x, expr=ctx.emit(expr))
     if method != "linear":
         ctx.fail(f"resize2d method {method}: only nearest_neighbor and linear")
@@ -66,8 +66,8 @@ def lower_resize2d(ctx, call, args):
             continue  # identity along this axis
         shape = [1] * rank
         shape[axis] = -1
-        y = R.add(R.multiply(R.take(y, emit.const(i0, "int32"), axis=axis), emit.const(w0.reshape(shape), "int32")),
-                  R.multiply(R.take(y, emit.const(i1, "int32"), axis=axis), emit.const(w1.reshape(shape), "int32")))
+        y = R.add(R.multiply(R.take(y, emit.const(i0, "int32"), axis=axis, mode="clip"), emit.const(w0.reshape(shape), "int32")),
+                  R.multiply(R.take(y, emit.const(i1, "int32"), axis=axis, mode="clip"), emit.const(w1.reshape(shape), "int32")))
         total_bits += bits
     clamp = (0.0, math.inf) if x.dtype == "uint8" else (-math.inf, math.inf)
     return Accumulator(ctx.emit(y), np.asarray(x.scale / 2.0**total_bits), None, ctx.out_range(), clamp)

@@ -109,7 +109,7 @@ def lower_gelu(ctx, call, args):
     index = emit.R.astype(x.expr, "int32")
     if qmin != 0:
         index = emit.R.subtract(index, emit.const(qmin, "int32"))
-    y = emit.R.astype(emit.R.take(emit.const(table, "int16"), index, axis=0), "int32")
+    y = emit.R.astype(emit.R.take(emit.const(table, "int16"), index, axis=0, mode="clip"), "int32")
     shift = round(GELU_OFFSET / scale)  # the integers stand for GELU + shift * scale, exactly
     return Accumulator(ctx.emit(y), np.asarray(scale), None, ctx.out_range(), offset=shift * scale)
 
