@@ -19,7 +19,7 @@ from tqdm import tqdm
 from tvm import relax
 
 from .float_taps import TappedModel
-from .observers import ChannelAbsMaxObserver, MomentsObserver, make_observer
+from .observers import ChannelAbsMaxObserver, Finite, MomentsObserver, make_observer
 from .sensitivity import PROBE_SAMPLES, SensitivityProbe
 
 
@@ -69,8 +69,9 @@ def calibrate(mod: tvm.IRModule, samples: Sequence[dict[str, np.ndarray]] | Iter
     channels = {i: ChannelAbsMaxObserver() for i, name in enumerate(model.names) if name in smoothed}
 
     def observe(index: int, value: np.ndarray) -> None:
-        observers[index].update(value)
-        moments[index].update(value)
+        finite = Finite(value)  # min, max and the finite values, found once for both observers
+        observers[index].update(finite)
+        moments[index].update(finite)
         if index in channels:
             channels[index].update(value)
 

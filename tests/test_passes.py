@@ -78,6 +78,15 @@ def test_observers():
     for observer in (MinMaxObserver(), PercentileObserver(100.0), MSEObserver()):  # log(0) = -inf saturates
         observer.update(np.array([-np.inf, -3.0, 2.0, np.nan, np.inf], np.float32))
         assert np.all(np.isfinite(observer.range())) and observer.range()[0] >= -3.0
+    from passes.observers import Finite, MomentsObserver
+
+    moments, big = MomentsObserver(), np.array([0.0, 3e19, -4e19, np.inf], np.float32)  # float32 squares overflow
+    finite = Finite(big)  # found once, read by every observer of the tensor
+    moments.update(finite)
+    mm = MinMaxObserver()
+    mm.update(finite)
+    assert moments.nonfinite and moments.moments() == (pytest.approx(9e38 + 16e38, rel=1e-6), 2)
+    assert mm.range() == (pytest.approx(-4e19), pytest.approx(3e19))
 
 
 def test_verifier_names_float_ops():
