@@ -12,6 +12,7 @@ import platform
 import threading
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -201,8 +202,10 @@ class Model:
         if threads is not None and getattr(self._local, "threads", None) != threads:
             config_threads(threads)  # this worker thread's TVM pool
             self._local.threads = threads
-        result = self._vm(size)["main"](*[self._tensor(np.require(q, requirements="C"), self._dev) for q in qinputs])
-        return [r.numpy() for r in ([result] if len(self.outputs) == 1 else list(result))]
+        with _ENVIRONMENT.read():
+            result = self._vm(size)["main"](*[self._tensor(np.require(q, requirements="C"), self._dev)
+                                              for q in qinputs])
+            return [r.numpy() for r in ([result] if len(self.outputs) == 1 else list(result))]
 
     def _slices(self, qinputs: list[np.ndarray]) -> list[slice]:
         """The batch as one-sample slices, shared out among the workers (one slice: the whole batch
@@ -279,7 +282,44 @@ def _as_output(spec: dict, y: np.ndarray) -> np.ndarray:
     return (y != 0) if dtype == np.bool_ else (np.rint(y) if dtype.kind in "iu" else y).astype(dtype)
 
 
-_POOL_SIZE = threading.Lock()
+class _Environment:
+    """TVM reads the environment (getenv) while it runs; `config_threads` sets TVM_NUM_THREADS for a
+    moment, and glibc's setenv beside a getenv in another thread is a crash (a free-batch artifact
+    segfaulted at batch 4 on two batch workers: one worker set it while the other ran). Runs share
+    the environment; a change waits until no run is in TVM and holds new ones off meanwhile."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._runs, self._changing = 0, False
+
+    @contextmanager
+    def read(self):
+        with self._cond:
+            while self._changing:
+                self._cond.wait()
+            self._runs += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._runs -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def change(self):
+        with self._cond:
+            while self._changing or self._runs:
+                self._cond.wait()
+            self._changing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._changing = False
+                self._cond.notify_all()
+
+
+_ENVIRONMENT = _Environment()
 
 
 def config_threads(count: int) -> None:
@@ -296,7 +336,7 @@ def config_threads(count: int) -> None:
     if threading.current_thread() is threading.main_thread():
         configure(0, count)  # the main thread's pool keeps every CPU: it may be asked for more later
     else:
-        with _POOL_SIZE:  # TVM reads TVM_NUM_THREADS when it makes this thread's pool (here, if not yet)
+        with _ENVIRONMENT.change():  # TVM reads TVM_NUM_THREADS when it makes this thread's pool (here, if not yet)
             before = os.environ.get("TVM_NUM_THREADS")
             os.environ["TVM_NUM_THREADS"] = str(count)
             try:

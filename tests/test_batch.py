@@ -4,6 +4,8 @@ alone and what the batch-1 artifact gives it; the range is recorded and enforced
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -224,3 +226,63 @@ def test_inputs_sharing_the_batch_must_agree():
     _check_shape("input_ids", [4, 128], spec, sizes)
     with pytest.raises(InputError, match=r"'attention_mask': shape \[3, 128\]: n = 3, but another input has n = 4"):
         _check_shape("attention_mask", [3, 128], spec, sizes)
+
+
+def test_batch_workers_never_crash(batch_artifact):
+    """Batch workers set their TVM pool size through TVM_NUM_THREADS; set while another worker ran
+    in TVM (which reads the environment), it segfaulted (a free-batch OriNet at batch 4 on two
+    workers, every time). New worker threads each run, so that every run sets it again; in a child
+    process, so that a crash fails this test instead of killing the suite."""
+    import subprocess
+    import sys
+
+    script = f"""
+import numpy as np, runtime
+model = runtime.load({str(batch_artifact)!r})
+x = np.random.default_rng(0).standard_normal((8, 3, 16, 16)).astype(np.float32)
+model.batch_workers = 1
+want = model.run({{"x": x}})["y"]
+for i in range(40):
+    model.batch_workers = 2 + i % 3  # a new pool of new threads: each sets its pool size
+    assert np.array_equal(model.run({{"x": x}})["y"], want)
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          cwd=str(Path(__file__).parent.parent))
+    assert done.returncode == 0 and "ok" in done.stdout, (done.returncode, done.stderr[-2000:])
+
+
+def test_environment_changes_wait_for_runs():
+    """The guard itself: a change of the environment (a worker's TVM_NUM_THREADS) waits until no run
+    is in TVM, and a run that starts meanwhile waits for the change."""
+    import threading
+    import time
+
+    from runtime.model import _Environment
+
+    env, order, release = _Environment(), [], threading.Event()
+
+    def change():
+        with env.change():
+            order.append("change")
+            release.wait(5)
+            order.append("change ends")
+
+    def run():
+        with env.read():
+            order.append("run")
+
+    changer = threading.Thread(target=change, daemon=True)
+    with env.read():
+        changer.start()
+        time.sleep(0.2)
+        order.append("first run done")
+    time.sleep(0.2)
+    reader = threading.Thread(target=run, daemon=True)
+    reader.start()
+    time.sleep(0.2)
+    assert order == ["first run done", "change"]  # the change waited; the new run waits for it
+    release.set()
+    changer.join(5)
+    reader.join(5)
+    assert order == ["first run done", "change", "change ends", "run"]
