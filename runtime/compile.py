@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                              input_shapes=shapes, observer=args.observer, allow_float=args.allow_float,
                              progress=not args.quiet, cuda_arch=args.cuda_arch, cpu=args.cpu,
                              tune_trials=args.tune_trials, precision=precision, buckets=buckets)
-        if args.check and args.calib and args.target in ("x86", "llvm") and not args.cpu:
+        if args.check and args.calib and args.target in ("x86", "llvm"):  # a --cpu build: where this CPU runs it
             _check(args, path)
         print(path)
 

@@ -90,6 +90,19 @@ def test_fleet_build_is_bit_exact_with_host_build(tmp_path, small_cnn_path, smal
         np.testing.assert_array_equal(other.run_integer(q)[0], host.run_integer(q)[0])
 
 
+def test_fleet_build_is_checked_where_it_runs(tmp_path, small_cnn_path, small_calib, capsys):
+    """`--cpu x86-64-v3` on a machine with AVX2 (any x86 CI here): the artifact runs on this CPU, so
+    the compile's check against float onnxruntime runs too (it was skipped for every --cpu build)."""
+    from runtime.compile import main as compile_main
+    from targets.x86 import missing_features
+
+    if missing_features(["x86-64-v3"]):
+        pytest.skip("this CPU lacks AVX2")
+    assert compile_main([small_cnn_path, "--cpu", "x86-64-v3", "--calib", small_calib,
+                         "-o", str(tmp_path / "a")]) == 0
+    assert "check against float onnxruntime" in capsys.readouterr().err
+
+
 def test_bad_cpu_flag(tmp_path, small_cnn_path, capsys):
     from runtime.compile import main as compile_main
 
