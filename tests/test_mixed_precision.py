@@ -280,3 +280,41 @@ def test_torch_evaluator_matches_onnxruntime(small_cnn_path):
     with torch.no_grad():  # stacked samples follow the constant Reshape shapes
         stacked = TorchGraph(model).run({"x": np.concatenate([x, x])})[0].numpy()
     np.testing.assert_allclose(stacked, np.concatenate([expected, expected]), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("op, attrs, kind", [
+    *[(op, {"keepdims": keep}, "reduce") for op in ("ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+                                                     "ReduceSumSquare", "ReduceLogSumExp") for keep in (0, 1)],
+    *[(op, {}, "positive") for op in ("Log", "Reciprocal", "Sign", "Floor", "Ceil", "Softplus", "Softsign", "Sin")],
+    ("LeakyRelu", {"alpha": 0.2}, "float"), ("Elu", {}, "float"), ("HardSigmoid", {"alpha": 0.3}, "float"),
+    ("HardSwish", {}, "float"), *[(op, {}, "bool") for op in ("And", "Or", "Xor")],
+    ("GreaterOrEqual", {}, "pair"), ("LessOrEqual", {}, "pair"), ("Expand", {}, "expand"),
+    ("Flatten", {"axis": 3}, "float"), ("Flatten", {"axis": -1}, "float"), ("Gather", {"axis": 1}, "gather")])
+def test_torch_twins_equal_onnx_reference(op, attrs, kind):
+    """The sensitivity's torch twins of whole op families (reductions, functions of one input,
+    logic, Expand) equal onnx's reference evaluator: a BERT export with an attention mask (And,
+    Expand) and in-graph L2 normalization (ReduceL2) was refused by `--bits mixed`, then failed on its
+    Flatten(axis = rank) of the mask."""
+    import torch
+    from onnx.reference import ReferenceEvaluator
+
+    from passes.mixed_precision.onnx_torch import _OPS
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 4)).astype(np.float32)
+    inputs = {"reduce": [x, np.array([0, 2], np.int64)], "positive": [np.abs(x) + 0.1], "float": [x],
+              "bool": [x > 0, x > 0.5], "pair": [x, x[::-1].copy()],
+              "expand": [x[:, :1], np.array([2, 3, 4], np.int64)],
+              "gather": [x, np.array([[-1, 0], [2, -3]], np.int64)]}[kind]  # negative: from the end
+    names = [f"i{k}" for k in range(len(inputs))]
+    graph = helper.make_graph([helper.make_node(op, names, ["y"], **attrs)], "g",
+                              [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+                               for n, v in zip(names, inputs)],
+                              [helper.make_tensor_value_info("y", TensorProto.UNDEFINED, None)])
+    want = ReferenceEvaluator(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])).run(
+        None, dict(zip(names, inputs)))[0]
+    fn = _OPS[op]
+    extra = {"op": op} if "op" in fn.__code__.co_varnames else {}
+    got = fn([torch.tensor(v) for v in inputs], attrs, **extra).numpy()
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=1e-5, atol=1e-5)

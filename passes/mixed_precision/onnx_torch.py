@@ -70,7 +70,9 @@ def _matmul(x, a):
 
 _BINARY = {"Add": lambda p, q: p + q, "Sub": lambda p, q: p - q, "Mul": lambda p, q: p * q,
            "Div": lambda p, q: p / q, "Pow": lambda p, q: p ** q, "Equal": lambda p, q: p == q,
-           "Less": lambda p, q: p < q, "Greater": lambda p, q: p > q}
+           "Less": lambda p, q: p < q, "Greater": lambda p, q: p > q, "LessOrEqual": lambda p, q: p <= q,
+           "GreaterOrEqual": lambda p, q: p >= q, "And": lambda p, q: p & q, "Or": lambda p, q: p | q,
+           "Xor": lambda p, q: p ^ q}
 
 
 @converts(*_BINARY)
@@ -88,14 +90,43 @@ def _variadic(x, a, op=None):
     return out
 
 
-@converts("Relu", "Sigmoid", "Tanh", "Erf", "Sqrt", "Exp", "Neg", "Abs", "Identity", "Dropout", "Not")
+_UNARY = ("Relu", "Sigmoid", "Tanh", "Erf", "Sqrt", "Exp", "Log", "Reciprocal", "Neg", "Abs", "Sign", "Floor",
+          "Ceil", "Round", "Sin", "Cos", "Softplus", "Softsign", "Identity", "Dropout", "Not")
+
+
+@converts(*_UNARY)
 def _unary(x, a, op=None):
     import torch
 
     fn = {"Relu": torch.relu, "Sigmoid": torch.sigmoid, "Tanh": torch.tanh, "Erf": torch.erf,
-          "Sqrt": torch.sqrt, "Exp": torch.exp, "Neg": torch.neg, "Abs": torch.abs,
+          "Sqrt": torch.sqrt, "Exp": torch.exp, "Log": torch.log, "Reciprocal": torch.reciprocal,
+          "Neg": torch.neg, "Abs": torch.abs, "Sign": torch.sign, "Floor": torch.floor, "Ceil": torch.ceil,
+          "Round": torch.round, "Sin": torch.sin, "Cos": torch.cos,
+          "Softplus": torch.nn.functional.softplus, "Softsign": torch.nn.functional.softsign,
           "Not": torch.logical_not}.get(op, lambda t: t)
     return fn(x[0])
+
+
+@converts("LeakyRelu", "Elu", "HardSigmoid", "HardSwish")
+def _parametric(x, a, op=None):
+    import torch.nn.functional as F
+
+    if op == "LeakyRelu":
+        return F.leaky_relu(x[0], a.get("alpha", 0.01))
+    if op == "Elu":
+        return F.elu(x[0], a.get("alpha", 1.0))
+    if op == "HardSigmoid":
+        return (x[0] * a.get("alpha", 0.2) + a.get("beta", 0.5)).clamp(0.0, 1.0)
+    return x[0] * (x[0] / 6 + 0.5).clamp(0.0, 1.0)
+
+
+@converts("Expand")
+def _expand(x, a):
+    import torch
+
+    shape = _ints(x[1])
+    return x[0] * torch.ones(shape, dtype=x[0].dtype) if x[0].dtype.is_floating_point else \
+        torch.broadcast_to(x[0], torch.broadcast_shapes(tuple(x[0].shape), tuple(shape)))
 
 
 @converts("Clip")
@@ -153,12 +184,28 @@ def _pool(x, a, op=None):
     return F.avg_pool2d(x[0], k, a.get("strides", 1), pads[:dims], count_include_pad=bool(a.get("count_include_pad", 0)))
 
 
-@converts("ReduceMean", "ReduceSum")
+_REDUCE = {"ReduceMean": lambda t, d, k: t.mean(dim=d, keepdim=k), "ReduceSum": lambda t, d, k: t.sum(dim=d, keepdim=k),
+           "ReduceMax": lambda t, d, k: t.amax(dim=d, keepdim=k), "ReduceMin": lambda t, d, k: t.amin(dim=d, keepdim=k),
+           "ReduceProd": lambda t, d, k: _prod(t, d, k),
+           "ReduceL1": lambda t, d, k: t.abs().sum(dim=d, keepdim=k),
+           "ReduceL2": lambda t, d, k: (t * t).sum(dim=d, keepdim=k).sqrt(),
+           "ReduceSumSquare": lambda t, d, k: (t * t).sum(dim=d, keepdim=k),
+           "ReduceLogSumExp": lambda t, d, k: t.logsumexp(dim=d, keepdim=k)}
+
+
+def _prod(t, dims, keep: bool):
+    for d in sorted((d % t.ndim for d in dims), reverse=True):  # torch's prod takes one dim at a time
+        t = t.prod(dim=d, keepdim=keep)
+    return t
+
+
+@converts(*_REDUCE)
 def _reduce(x, a, op=None):
     axes = _ints(x[1]) if len(x) > 1 and x[1] is not None else a.get("axes")
+    if not axes and a.get("noop_with_empty_axes", 0):
+        return x[0]
     axes = tuple(axes) if axes else tuple(range(x[0].ndim))
-    keep = bool(a.get("keepdims", 1))
-    return x[0].mean(dim=axes, keepdim=keep) if op == "ReduceMean" else x[0].sum(dim=axes, keepdim=keep)
+    return _REDUCE[op](x[0], axes, bool(a.get("keepdims", 1)))
 
 
 @converts("Reshape")
@@ -174,8 +221,9 @@ def _reshape(x, a, batch=(1, 1)):
 
 @converts("Flatten")
 def _flatten(x, a):
-    axis = a.get("axis", 1) % max(x[0].ndim, 1)
-    return x[0].reshape(math.prod(x[0].shape[:axis]), -1)
+    axis = a.get("axis", 1)
+    axis = axis + x[0].ndim if axis < 0 else axis  # in [-r, r]: axis r flattens everything into rows
+    return x[0].reshape(math.prod(x[0].shape[:axis]), math.prod(x[0].shape[axis:]))
 
 
 @converts("Transpose")
@@ -228,8 +276,10 @@ def _slice(x, a):
 def _gather(x, a):
     import torch
 
-    return torch.index_select(x[0], a.get("axis", 0), x[1].reshape(-1).long()).reshape(
-        *x[0].shape[:a.get("axis", 0) % x[0].ndim], *x[1].shape, *x[0].shape[a.get("axis", 0) % x[0].ndim + 1:])
+    axis = a.get("axis", 0) % x[0].ndim
+    index = x[1].reshape(-1).long()
+    index = torch.where(index < 0, index + x[0].shape[axis], index)  # ONNX counts negative indices from the end
+    return torch.index_select(x[0], axis, index).reshape(*x[0].shape[:axis], *x[1].shape, *x[0].shape[axis + 1:])
 
 
 @converts("Cast")

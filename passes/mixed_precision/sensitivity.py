@@ -39,7 +39,7 @@ import json
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 
@@ -237,8 +237,17 @@ def compute_sensitivity(path: str | Path, samples: Sequence[Mapping[str, np.ndar
     layers = quantizable_layers(model)
     if not layers:
         raise CompileError(f"{path}: no Conv/MatMul/Gemm layer with a constant weight to quantize")
-    traces, loss, iterations, converged = estimate_traces(model, [lay["name"] for lay in layers],
-                                                          _stack(samples, config.batch_size), config, progress)
+    names = [lay["name"] for lay in layers]
+    try:
+        traces, loss, iterations, converged = estimate_traces(model, names, _stack(samples, config.batch_size),
+                                                              config, progress)
+    except (CompileError, RuntimeError, IndexError):
+        if config.batch_size == 1:
+            raise
+        # stacked samples do not run as one batch (a shape fixed to batch 1: a transformer's mask
+        # Expand, position ids gathered for one row): one sample at a time
+        traces, loss, iterations, converged = estimate_traces(model, names, _stack(samples, 1),
+                                                              replace(config, batch_size=1), progress)
     report = SensitivityReport(
         layers=tuple(LayerSensitivity(**{k: v for k, v in lay.items() if k != "weight"}, trace=traces[lay["name"]],
                                       perturbation={b: perturbation(lay["weight"], b, lay["out_axis"])
