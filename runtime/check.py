@@ -10,10 +10,14 @@ output's worst cosine and largest error, with a warning below 0.99.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 MIN_COSINE = 0.99
+MIN_IOU = 0.9  # of a probability map's mask at 0.5: a DB text detector's fell to 0.51 at cosine 0.87,
+# a segmenter's to 0.53 at cosine 0.998 (its probabilities took 18 values): cosine alone hid it
+MIN_MASK = 16  # elements a probability output needs for its mask to be judged
 
 
 SAMPLES = 2  # the last calibration samples checked (one can hide a bad output: 0.995 on one, 0.963 on another)
@@ -30,14 +34,29 @@ def calibration_samples(calib: str | Path, inputs: list[dict], count: int = SAMP
     return [{k: a[i] for k, a in arrays.items()} for i in range(max(0, total - count), total)]
 
 
-def worst(rows_per_sample: list[list[tuple[str, float, float]]]) -> list[tuple[str, float, float]]:
-    """Per output, the lowest cosine and the largest error over the samples (NaN, a mismatch, wins)."""
-    merged: dict[str, tuple[float, float]] = {}
+class Agreement(NamedTuple):
+    """One output against float: cosine, largest |error|, and for a probability map (float values all
+    in [0, 1]) the IoU of its mask at 0.5 (None for other outputs)."""
+
+    name: str
+    cosine: float
+    error: float
+    iou: float | None = None
+
+
+def worst(rows_per_sample: list[list[Agreement]]) -> list[Agreement]:
+    """Per output, the lowest cosine and IoU and the largest error over the samples (NaN, a mismatch, wins)."""
+    merged: dict[str, Agreement] = {}
     for rows in rows_per_sample:
-        for name, cos, err in rows:
-            low, high = merged.get(name, (np.inf, 0.0))
-            merged[name] = (cos if np.isnan(cos) or cos < low else low, max(high, err))
-    return [(name, cos, err) for name, (cos, err) in merged.items()]
+        for row in rows:
+            old = merged.get(row.name)
+            if old is None:
+                merged[row.name] = row
+                continue
+            cos = row.cosine if np.isnan(row.cosine) or row.cosine < old.cosine else old.cosine
+            ious = [v for v in (old.iou, row.iou) if v is not None]
+            merged[row.name] = Agreement(row.name, cos, max(old.error, row.error), min(ious) if ious else None)
+    return list(merged.values())
 
 
 FILE = "float onnxruntime"
@@ -60,8 +79,8 @@ def references(model_path: str | Path) -> list[tuple[str, str | bytes]]:
             ("the pre-quantized file itself (onnxruntime, its own quantization included)", str(model_path))]
 
 
-def float_agreement(model_path: str | Path | bytes, artifact, samples, got=None) -> list[tuple[str, float, float]]:
-    """(output, worst cosine, largest |error|) of the loaded artifact (or its outputs `got`) against
+def float_agreement(model_path: str | Path | bytes, artifact, samples, got=None) -> list[Agreement]:
+    """(output, worst cosine, largest |error|, worst mask IoU) of the loaded artifact (or its outputs `got`) against
     onnxruntime over `samples` (one input dict, or a list), for each float output (`model_path`: a
     file, or a serialized model); one onnxruntime session for them all."""
     import onnxruntime as ort
@@ -81,8 +100,8 @@ def float_agreement(model_path: str | Path | bytes, artifact, samples, got=None)
     return worst(per_sample)
 
 
-def _agreement(name: str, got, ref: np.ndarray) -> tuple[str, float, float] | None:
-    """(name, cosine, max |error|) of one output; None where it is not a float output of the same size."""
+def _agreement(name: str, got, ref: np.ndarray) -> Agreement | None:
+    """The agreement of one output; None where it is not a float output of the same size."""
     if got is None or ref.dtype.kind != "f":
         return None
     a, b = np.asarray(got, np.float64).ravel(), ref.astype(np.float64).ravel()
@@ -90,20 +109,32 @@ def _agreement(name: str, got, ref: np.ndarray) -> tuple[str, float, float] | No
         return None
     finite = np.isfinite(b)  # NaN or inf on purpose (masked targets): they must come out the same,
     if not np.array_equal(finite, np.isfinite(a)) or not np.array_equal(a[~finite], b[~finite], equal_nan=True):
-        return name, float("nan"), float("inf")  # and the rest is compared
+        return Agreement(name, float("nan"), float("inf"))  # and the rest is compared
     a, b = a[finite], b[finite]
     cos = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))) if a.any() and b.any() else float(np.array_equal(a, b))
-    return name, cos, float(np.abs(a - b).max(initial=0.0))
+    return Agreement(name, cos, float(np.abs(a - b).max(initial=0.0)), _mask_iou(a, b))
 
 
-def report(rows: list[tuple[str, float, float]], label: str = FILE, warn: bool = True, samples: int = 1) -> str:
-    """One line per output, and (`warn`) a warning when one falls below MIN_COSINE."""
+def _mask_iou(got: np.ndarray, ref: np.ndarray) -> float | None:
+    """IoU of {got > 0.5} and {ref > 0.5} for a probability map (ref in [0, 1], some of it past 0.5),
+    of the smaller side (a mostly-foreground map is judged by its background); else None."""
+    if ref.size < MIN_MASK or ref.min(initial=0.0) < 0.0 or ref.max(initial=0.0) > 1.0:
+        return None
+    want, have = ref > 0.5, got > 0.5
+    if want.mean() > 0.5:
+        want, have = ~want, ~have
+    union = np.count_nonzero(want | have)
+    return float(np.count_nonzero(want & have) / union) if union else None
+
+
+def report(rows: list[Agreement], label: str = FILE, warn: bool = True, samples: int = 1) -> str:
+    """One line per output, and (`warn`) a warning when one falls below MIN_COSINE or MIN_IOU."""
     where = "the last calibration sample" if samples == 1 else f"the last {samples} calibration samples (worst)"
-    lines = [f"check against {label} on {where}: {name}: cosine {cos:.4f}, "
-             f"max |error| {err:.4g}" for name, cos, err in rows]
-    low = [name for name, cos, _ in rows if not cos >= MIN_COSINE]
+    lines = [f"check against {label} on {where}: {r.name}: cosine {r.cosine:.4f}, max |error| {r.error:.4g}"
+             + ("" if r.iou is None else f", mask (> 0.5) IoU {r.iou:.3f}") for r in rows]
+    low = [r.name for r in rows if not r.cosine >= MIN_COSINE or (r.iou is not None and r.iou < MIN_IOU)]
     if low and warn:
-        lines.append(f"WARNING: {', '.join(low)} agree(s) with float below cosine {MIN_COSINE}: the artifact "
-                     "may be wrong on real inputs; try more or more representative --calib data, or "
-                     "--allow-float and compare")
+        lines.append(f"WARNING: {', '.join(low)} agree(s) with float below cosine {MIN_COSINE} or mask IoU "
+                     f"{MIN_IOU}: the artifact may be wrong on real inputs; try more or more representative "
+                     "--calib data, or --allow-float and compare")
     return "\n".join(lines)

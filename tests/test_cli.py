@@ -80,21 +80,40 @@ def test_artifact_that_cannot_run_is_not_left_behind(tmp_path, small_cnn_path, s
 def test_check_reports_the_worst_of_its_samples(tmp_path):
     """The check runs the last two calibration samples (PP-OCRv6 rec: 0.995 on the last, 0.963 on
     another) and reports each output's lowest cosine and largest error; a NaN mismatch wins."""
-    from runtime.check import calibration_samples, worst
+    from runtime.check import Agreement, calibration_samples, worst
 
     np.savez(tmp_path / "c.npz", x=np.arange(5 * 3, dtype=np.float32).reshape(5, 1, 3))
     samples = calibration_samples(tmp_path / "c.npz", [{"name": "x", "shape": [1, 3]}])
     assert [s["x"][0, 0] for s in samples] == [9.0, 12.0] and samples[0]["x"].shape == (1, 3)
-    rows = worst([[("a", 0.999, 0.1), ("b", 0.98, 2.0)], [("a", 0.97, 0.05), ("b", float("nan"), 1.0)]])
-    assert rows[0] == ("a", 0.97, 0.1) and rows[1][0] == "b" and np.isnan(rows[1][1]) and rows[1][2] == 2.0
+    rows = worst([[Agreement("a", 0.999, 0.1, 0.95), Agreement("b", 0.98, 2.0)],
+                  [Agreement("a", 0.97, 0.05, 0.9), Agreement("b", float("nan"), 1.0)]])
+    assert rows[0] == ("a", 0.97, 0.1, 0.9) and rows[1][0] == "b" and np.isnan(rows[1][1]) and rows[1][2] == 2.0
 
 
 def test_check_warns_when_the_artifact_disagrees_with_float():
     """The compile-time check's report names an output below cosine 0.99 in a warning."""
-    from runtime.check import report
+    from runtime.check import Agreement, report
 
-    text = report([("logits", 0.9995, 0.01), ("boxes", 0.62, 3.5)])
+    text = report([Agreement("logits", 0.9995, 0.01), Agreement("boxes", 0.62, 3.5)])
     assert "boxes: cosine 0.6200" in text and "WARNING: boxes agree(s)" in text and "logits agree" not in text
+
+
+def test_check_judges_a_probability_map_by_its_mask():
+    """A probability map whose mask at 0.5 changed warns even at a high cosine (a segmenter's took 18
+    values: IoU 0.53 at cosine 0.998); the mask is that of the smaller side; other outputs have none."""
+    from runtime.check import Agreement, _agreement, report
+
+    rng = np.random.default_rng(0)
+    ref = np.clip(rng.normal(0.1, 0.1, 4096), 0, 1)
+    ref[:200] = rng.uniform(0.5, 1.0, 200)  # the foreground
+    got = ref.copy()
+    got[:100] = 0.45  # half the foreground lost, just below the threshold
+    row = _agreement("mask", got, ref)
+    assert row.cosine > 0.95 and abs(row.iou - 0.5) < 0.01
+    assert _agreement("mask", 1 - got, 1 - ref).iou == row.iou  # mostly foreground: judged by the background
+    assert _agreement("logits", got * 10 - 5, ref * 10 - 5).iou is None
+    assert "mask (> 0.5) IoU 0.500" in report([row]) and "WARNING: mask agree(s)" in report([row])
+    assert "WARNING" not in report([Agreement("mask", 0.999, 0.01, 0.97)])
 
 
 def test_help_documents_every_flag():
