@@ -118,7 +118,9 @@ def test_log_power_spectrum_keeps_its_weak_bins(tmp_path, form):
                    + 1e-3 * rng.standard_normal(2048) for _ in range(8)]).astype(np.float32)[:, None, None, :]
     art, cos = _compile_and_compare(tmp_path, _log_power_model(form), xs)
     assert art.manifest["integer_only"] is True
-    assert cos > 0.98, cos  # the rest is the 8-bit STFT weights' leakage into the weakest bins
+    # the rest is the 8-bit STFT weights' leakage into the weakest bins (down to float's -12 floor: the
+    # 16-bit output no longer clips them at the calibrated -8.3, where an 8-bit one gave 0.984)
+    assert cos > 0.975, cos
     got = art.run({"x": xs[-1]})["y"]
     ref = ort.InferenceSession(_log_power_model(form).SerializeToString()).run(None, {"x": xs[-1]})[0]
     weak = ref < ref.max() - 5  # > 50 dB below the peak: 93% of the bins
