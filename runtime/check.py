@@ -110,16 +110,32 @@ def _agreement(name: str, got, ref: np.ndarray) -> Agreement | None:
     finite = np.isfinite(b)  # NaN or inf on purpose (masked targets): they must come out the same,
     if not np.array_equal(finite, np.isfinite(a)) or not np.array_equal(a[~finite], b[~finite], equal_nan=True):
         return Agreement(name, float("nan"), float("inf"))  # and the rest is compared
+    iou = _mask_iou(np.asarray(got, np.float64), ref.astype(np.float64)) if finite.all() else None
     a, b = a[finite], b[finite]
     cos = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))) if a.any() and b.any() else float(np.array_equal(a, b))
-    return Agreement(name, cos, float(np.abs(a - b).max(initial=0.0)), _mask_iou(a, b))
+    return Agreement(name, cos, float(np.abs(a - b).max(initial=0.0)), iou)
+
+
+MAX_CLASSES = 64  # an axis this long or shorter whose values sum to 1 is taken for a softmax's classes
 
 
 def _mask_iou(got: np.ndarray, ref: np.ndarray) -> float | None:
-    """IoU of {got > 0.5} and {ref > 0.5} for a probability map (ref in [0, 1], some of it past 0.5),
-    of the smaller side (a mostly-foreground map is judged by its background); else None."""
+    """IoU of {got > 0.5} and {ref > 0.5} for a probability map (ref in [0, 1]), of the smaller side (a
+    mostly-foreground map is judged by its background); for a softmax over a class axis, the worst
+    class's (a segmenter's rare foreground beside its background); None for other outputs."""
     if ref.size < MIN_MASK or ref.min(initial=0.0) < 0.0 or ref.max(initial=0.0) > 1.0:
         return None
+    classes = [ax for ax in range(ref.ndim) if 2 <= ref.shape[ax] <= MAX_CLASSES
+               and np.allclose(ref.sum(axis=ax), 1.0, atol=1e-3)]
+    if classes:
+        ious = [_iou(np.take(got, c, axis=classes[-1]), np.take(ref, c, axis=classes[-1]))
+                for c in range(ref.shape[classes[-1]])]
+        ious = [v for v in ious if v is not None]
+        return min(ious) if ious else None
+    return _iou(got, ref)
+
+
+def _iou(got: np.ndarray, ref: np.ndarray) -> float | None:
     want, have = ref > 0.5, got > 0.5
     if want.mean() > 0.5:
         want, have = ~want, ~have

@@ -114,6 +114,12 @@ def test_check_judges_a_probability_map_by_its_mask():
     assert _agreement("logits", got * 10 - 5, ref * 10 - 5).iou is None
     assert "mask (> 0.5) IoU 0.500" in report([row]) and "WARNING: mask agree(s)" in report([row])
     assert "WARNING" not in report([Agreement("mask", 0.999, 0.01, 0.97)])
+    fg = np.zeros((1, 64, 64), bool)
+    fg[0, 10:20, 10:20] = True  # a rare foreground class of a 2-class softmax (channels last)
+    ref = np.stack([np.where(fg, 0.1, 0.9), np.where(fg, 0.9, 0.1)], axis=-1)
+    got = ref.copy()
+    got[0, 10:15, 10:20] = [0.55, 0.45]  # half the foreground lost: the flattened map would still look fine
+    assert abs(_agreement("probs", got, ref).iou - 0.5) < 0.01
 
 
 def test_help_documents_every_flag():
