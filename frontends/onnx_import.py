@@ -208,12 +208,28 @@ def _read(path: Path) -> onnx.ModelProto:
         del model.graph.input[:]
         model.graph.input.extend(kept)
     _sort_nodes(model.graph)
+    _infer_output_shapes(model)
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as err:
         first = str(err).strip().splitlines()[0]
         raise CompileError(f"{path}: invalid ONNX model: {first}") from None
     return model
+
+
+def _infer_output_shapes(model: onnx.ModelProto) -> None:
+    """Graph outputs declared without a shape (onnxruntime runs such files; onnx's checker calls the
+    shape a required field) take the one onnx's shape inference gives them, in place."""
+    bare = [o for o in model.graph.output if o.type.HasField("tensor_type") and not o.type.tensor_type.HasField("shape")]
+    if not bare:
+        return
+    try:
+        inferred = {o.name: o for o in onnx.shape_inference.infer_shapes(model).graph.output}
+    except Exception:  # noqa: BLE001  (the checker then names what is wrong)
+        return
+    for out in bare:
+        if out.name in inferred and inferred[out.name].type.tensor_type.HasField("shape"):
+            out.type.tensor_type.shape.CopyFrom(inferred[out.name].type.tensor_type.shape)
 
 
 def _sort_nodes(graph: onnx.GraphProto) -> None:

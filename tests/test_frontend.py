@@ -644,3 +644,21 @@ def test_index_past_the_table_reads_its_last_row(tmp_path):
     y = art.run({"ids": np.array([[0, 9, 10_000]], np.int64)})["y"]
     np.testing.assert_allclose(y[0, 2], y[0, 1])  # past the table: its last row
     np.testing.assert_allclose(y[0, 1], np.maximum(table[9], 0), atol=0.03)
+
+
+def test_output_declared_without_a_shape_compiles(tmp_path):
+    """A graph output declared with a type but no shape runs in onnxruntime; onnx's checker calls the
+    shape required, and the compile refused the file as invalid. Its shape is inferred instead."""
+    from runtime import compile_model, load
+
+    w = onnx.numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 3, 1, 1)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "bare.onnx")
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(1).standard_normal((4, 1, 3, 8, 8)).astype(np.float32))
+    art = load(compile_model(tmp_path / "bare.onnx", "x86", tmp_path / "a", calib=tmp_path / "calib.npz",
+                             progress=False))
+    assert art.manifest["outputs"][0]["shape"] == [1, 4, 8, 8]
