@@ -49,6 +49,17 @@ def patches_te(x: te.Tensor, rows: int, kernel: tuple[int, int], strides: tuple[
     return te.compute((n, rows, ho, wo), tap, name="conv_patches")
 
 
+def patch_rows(c: int, kh: int, kw: int, step: int = STEP) -> int:
+    """Rows of the patches: the reduction C*kh*kw rounded up to whole dot-product steps."""
+    return -(-c * kh * kw // step) * step
+
+
+def patch_weights(weights: np.ndarray, rows: int) -> np.ndarray:
+    """[O, C, kh, kw] -> [O, rows, 1, 1], zero weights for the rows past C*kh*kw."""
+    o, c, kh, kw = weights.shape
+    return np.pad(weights.reshape(o, c * kh * kw), [(0, 0), (0, rows - c * kh * kw)]).reshape(o, rows, 1, 1)
+
+
 def _rewrite(builder: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     if len(call.args) != 2:
         return call
@@ -61,22 +72,21 @@ def _rewrite(builder: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
             or a.kernel_layout != "OIHW" or a.out_layout != "NCHW"):
         return call
     weights = w.value.numpy()
-    o, c, kh, kw = weights.shape
+    _, c, kh, kw = weights.shape
     strides = tuple(int(s) for s in a.strides)
     pads = tuple(int(p) for p in a.padding)
     dilation = tuple(int(d) for d in a.dilation)
     if weights.dtype != (np.int8 if integer else np.float32) or ((kh, kw) == (1, 1) and strides == (1, 1)
                                                                  and not any(pads)):
         return call  # pointwise already
-    rows = -(-c * kh * kw // STEP) * STEP if integer else c * kh * kw
+    rows = patch_rows(c, kh, kw) if integer else c * kh * kw
     out_shape = [int(d) if isinstance(d, tvm.tirx.IntImm) else d for d in call.ty.shape]
     n, ho, wo = out_shape[0], out_shape[2], out_shape[3]
     size = (n if isinstance(n, int) else 1) * rows * ho * wo * (1 if integer else 4)
     if size > MAX_PATCH_BYTES:
         return _in_bands(builder, call, -(-size // MAX_PATCH_BYTES))
     cols = builder.call_te(patches_te, x, rows, (kh, kw), strides, pads, dilation, primfunc_name_hint="conv_patches")
-    w_cols = np.pad(weights.reshape(o, c * kh * kw), [(0, 0), (0, rows - c * kh * kw)]).reshape(o, rows, 1, 1)
-    return relax.op.nn.conv2d(cols, relax.const(w_cols), out_dtype=str(call.ty.dtype))
+    return relax.op.nn.conv2d(cols, relax.const(patch_weights(weights, rows)), out_dtype=str(call.ty.dtype))
 
 
 def _in_bands(builder: relax.BlockBuilder, call: relax.Call, bands: int) -> relax.Expr:

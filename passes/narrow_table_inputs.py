@@ -24,6 +24,7 @@ from tvm import relax
 
 from .chain_calls import UNARY_CALL
 from .fuse_unary_chains import chain_step, program_json
+from .lowering.integer_inputs import vars_read
 from .reference import unary as ref
 
 SAMPLES = 1 << 12  # points of the calibrated range on which the flat tails are found (an unrolled
@@ -71,10 +72,10 @@ def narrow_table_inputs(func: relax.Function, ranges: dict, wide: frozenset[str]
     readers: dict[str, list] = {}
     bindings = [b for block in func.body.blocks for b in block.bindings]
     for b in bindings:
-        for arg in relax.analysis.free_vars(b.value) if not isinstance(b.value, relax.Var) else [b.value]:
+        for arg in vars_read(b.value):
             readers.setdefault(arg.name, []).append(b)
     # inputs keep their range: the runtime quantizes them and warns of values far past their grid
-    outputs = {v.name for v in relax.analysis.free_vars(func.body.body)} | {p.name for p in func.params}
+    outputs = {v.name for v in vars_read(func.body.body)} | {p.name for p in func.params}
     narrowed = {}
     for name, users in readers.items():
         if name in outputs or name not in ranges:

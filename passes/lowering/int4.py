@@ -85,9 +85,9 @@ def conv2d_int4(bb: relax.BlockBuilder, x: relax.Expr, w_q: np.ndarray, attrs) -
 
 
 def _over_patches(bb: relax.BlockBuilder, x: relax.Expr, w_q: np.ndarray, attrs) -> relax.Expr | None:
-    from ..conv_as_pointwise import MAX_PATCH_BYTES, patches_te
+    from ..conv_as_pointwise import MAX_PATCH_BYTES, patch_rows, patch_weights, patches_te
 
-    o, c, kh, kw = w_q.shape
+    _, c, kh, kw = w_q.shape
     strides, pads = tuple(int(v) for v in attrs.strides), tuple(int(v) for v in attrs.padding)
     dilation = tuple(int(v) for v in attrs.dilation)
     shape = getattr(x.ty, "shape", None)
@@ -97,13 +97,12 @@ def _over_patches(bb: relax.BlockBuilder, x: relax.Expr, w_q: np.ndarray, attrs)
     n, _, h, w = (int(d) for d in shape)
     ho = (h + pads[0] + pads[2] - dilation[0] * (kh - 1) - 1) // strides[0] + 1
     wo = (w + pads[1] + pads[3] - dilation[1] * (kw - 1) - 1) // strides[1] + 1
-    rows = -(-c * kh * kw // PATCH_STEP) * PATCH_STEP
+    rows = patch_rows(c, kh, kw, PATCH_STEP)
     if n * rows * ho * wo > MAX_PATCH_BYTES:
         return None
     cols = bb.emit(bb.call_te(patches_te, x, rows, (kh, kw), strides, pads, dilation,
                               primfunc_name_hint="conv_patches"))
-    w_cols = np.pad(w_q.reshape(o, c * kh * kw), [(0, 0), (0, rows - c * kh * kw)]).reshape(o, rows, 1, 1)
-    return conv2d_int4(bb, cols, w_cols, SimpleNamespace(strides=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1),
+    return conv2d_int4(bb, cols, patch_weights(w_q, rows), SimpleNamespace(strides=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1),
                                                          groups=1))
 
 
