@@ -3,7 +3,9 @@
 The model is compiled once for the host with a tap on every tensor (`float_taps.py`) and run
 per sample; observers turn the tapped values into ranges {name: (lo, hi)}. The max |x| per
 last-axis channel of every constant-weight matmul's input rides along
-(`CalibratedRanges.channel_amax`, used by the lowering's outlier smoothing), so do every tensor's
+(`CalibratedRanges.channel_amax`, used by the lowering's outlier smoothing), so does the mean per
+channel of every constant-weight conv's and matmul's input (`CalibratedRanges.channel_mean`, the
+lowering's bias correction), so do every tensor's
 sum of squares and nonzero count (`CalibratedRanges.moments`: how coarse its 8-bit grid is), and so does a
 `SensitivityProbe` on the first samples (`CalibratedRanges.probe`: which tensors lose the
 signal at 8 bits, `passes/sensitivity.py`), which runs the same compiled model.
@@ -19,37 +21,41 @@ from tqdm import tqdm
 from tvm import relax
 
 from .float_taps import TappedModel
-from .observers import ChannelAbsMaxObserver, Finite, MomentsObserver, make_observer
+from .observers import ChannelAbsMaxObserver, ChannelMeanObserver, Finite, MomentsObserver, make_observer
 from .sensitivity import PROBE_SAMPLES, SensitivityProbe
 
 
 class CalibratedRanges(dict):
     """{tensor name: (lo, hi)}, plus `channel_amax` {tensor name: (max |x| per last-axis channel,
     the number of values each maximum was taken over)}, `moments` {tensor name: (sum of squares,
-    nonzero count)}, `nonfinite` (the tensors that held infinities or NaN), and `probe`, the float
-    model ready to measure the output error of putting tensors on their 8-bit grids (None: not
-    measurable)."""
+    nonzero count)}, `channel_mean` {(tensor name, axis): mean per channel along axis},
+    `nonfinite` (the tensors that held infinities or NaN), and `probe`, the float model ready to
+    measure the output error of putting tensors on their 8-bit grids (None: not measurable)."""
 
     def __init__(self, ranges: dict, channel_amax: dict[str, tuple[np.ndarray, int]] | None = None,
                  probe: SensitivityProbe | None = None, moments: dict[str, tuple[float, int]] | None = None,
-                 nonfinite: frozenset[str] = frozenset()):
+                 nonfinite: frozenset[str] = frozenset(),
+                 channel_mean: dict[tuple[str, int], np.ndarray] | None = None):
         super().__init__(ranges)
         self.channel_amax = channel_amax or {}
+        self.channel_mean = channel_mean or {}
         self.probe = probe
         self.moments = moments or {}
         self.nonfinite = nonfinite  # tensors that held infinities or NaN
 
 
-def _matmul_inputs(mod: tvm.IRModule) -> set[str]:
-    """The tensors a constant-weight matmul reads: the only ones whose per-channel maxima the
-    lowering uses (outlier smoothing); observing every tensor's cost a pass per sample."""
-    found = set()
+def _weighted_inputs(mod: tvm.IRModule) -> dict[str, set[int]]:
+    """{tensor: channel axes} of the tensors a constant-weight conv2d (axis 1) or matmul (last
+    axis) reads: the only ones whose per-channel statistics the lowering uses; observing every
+    tensor's cost a pass per sample."""
+    found = {}
     for block in mod["main"].body.blocks:
         for b in block.bindings:
             v = b.value
-            if (isinstance(v, relax.Call) and isinstance(v.op, tvm.ir.Op) and v.op.name == "relax.matmul"
+            if (isinstance(v, relax.Call) and isinstance(v.op, tvm.ir.Op)
+                    and v.op.name in ("relax.matmul", "relax.nn.conv2d")
                     and isinstance(v.args[0], relax.Var) and isinstance(v.args[1], tvm.ir.GenericConst)):
-                found.add(v.args[0].name)
+                found.setdefault(v.args[0].name, set()).add(1 if v.op.name == "relax.nn.conv2d" else -1)
     return found
 
 
@@ -65,8 +71,10 @@ def calibrate(mod: tvm.IRModule, samples: Sequence[dict[str, np.ndarray]] | Iter
     model = TappedModel(mod, target, pipeline, build)
     observers = [make_observer(observer) for _ in model.names]
     moments = [MomentsObserver() for _ in model.names]
-    smoothed = _matmul_inputs(mod)
-    channels = {i: ChannelAbsMaxObserver() for i, name in enumerate(model.names) if name in smoothed}
+    weighted = _weighted_inputs(mod)
+    channels = {i: ChannelAbsMaxObserver() for i, name in enumerate(model.names) if -1 in weighted.get(name, ())}
+    means = {i: [ChannelMeanObserver(axis) for axis in weighted[name]] for i, name in enumerate(model.names)
+             if name in weighted}
 
     def observe(index: int, value: np.ndarray) -> None:
         finite = Finite(value)  # min, max and the finite values, found once for both observers
@@ -74,6 +82,8 @@ def calibrate(mod: tvm.IRModule, samples: Sequence[dict[str, np.ndarray]] | Iter
         moments[index].update(finite)
         if index in channels:
             channels[index].update(value)
+        for mean in means.get(index, ()):
+            mean.update(value)
 
     total = len(samples) if hasattr(samples, "__len__") else None
     kept = []  # the first samples, for the sensitivity probe
@@ -86,4 +96,6 @@ def calibrate(mod: tvm.IRModule, samples: Sequence[dict[str, np.ndarray]] | Iter
                              if c.range() is not None},
                             SensitivityProbe(model, kept) if kept else None,
                             {name: m.moments() for name, m in zip(model.names, moments)},
-                            frozenset(name for name, m in zip(model.names, moments) if m.nonfinite))
+                            frozenset(name for name, m in zip(model.names, moments) if m.nonfinite),
+                            {(model.names[i], m.axis): m.mean() for i, ms in means.items() for m in ms
+                             if m.mean() is not None})

@@ -133,6 +133,30 @@ class ChannelAbsMaxObserver:
         return self.amax
 
 
+class ChannelMeanObserver:
+    """Running mean per channel along `axis` of the finite values (a conv's or matmul's input: what
+    the lowering's bias correction multiplies the weights' rounding error by)."""
+
+    def __init__(self, axis: int):
+        self.axis, self.sums, self.count = axis, None, 0
+
+    def update(self, x: np.ndarray) -> None:
+        if x.size == 0 or x.dtype.kind != "f" or not -x.ndim <= self.axis < x.ndim:
+            return
+        axis = self.axis % x.ndim
+        finite = np.isfinite(x)
+        if not finite.all():
+            x = np.where(finite, x, 0)
+        sums = np.sum(x, axis=tuple(a for a in range(x.ndim) if a != axis), dtype=np.float64)
+        if self.sums is not None and self.sums.shape != sums.shape:
+            return
+        self.sums = sums if self.sums is None else self.sums + sums
+        self.count += x.size // x.shape[axis]
+
+    def mean(self) -> np.ndarray | None:
+        return None if self.sums is None else self.sums / self.count
+
+
 class MomentsObserver:
     """Sum of squares and count of the nonzero finite values: how coarse a grid is for the tensor's
     typical values (`sensitivity.coarse_grids`), which min/max alone cannot tell."""

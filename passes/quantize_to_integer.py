@@ -207,7 +207,7 @@ class QuantizeToInteger:
         ranges = narrow_table_inputs(func, self.ranges, set(config.wide_tensors))
         bb = relax.BlockBuilder()
         ctx = LoweringContext(bb, ranges, config, getattr(self.ranges, "channel_amax", None),
-                              _weight_rowmax(func), _bias_after(func))
+                              _weight_rowmax(func), _bias_after(func), getattr(self.ranges, "channel_mean", None))
         ctx.output_bound = bound
         env: dict[relax.Var, object] = {}
         params, boundary = [], {"inputs": [], "outputs": []}

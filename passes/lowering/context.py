@@ -41,6 +41,11 @@ class QuantConfig:
     # What only layout ops take to a graph output is carried at 16 bits (False: at the width its op
     # gives it, 8 bits mostly; tests that count errors in 8-bit output steps)
     wide_outputs: bool = True
+    # The bias after a conv/matmul absorbs the mean error its weights' rounding makes on the calibration
+    # data, (W_q - W) @ mean(x) per output channel (bias correction, Nagel et al. 2019): on
+    # EfficientNet-Lite0 the weights alone cost cosine 0.9946, corrected 0.9990 (False: tests that
+    # compare with uncorrected arithmetic)
+    bias_correction: bool = True
 
     def __post_init__(self):
         if self.weight_bits not in (4, 8):
@@ -95,8 +100,11 @@ class LoweringContext:
 
     def __init__(self, bb: relax.BlockBuilder, ranges: dict[str, tuple[float, float]], config: QuantConfig,
                  channel_amax: dict[str, tuple[np.ndarray, int]] | None = None,
-                 weight_rowmax: dict[str, np.ndarray] | None = None, bias_after: dict[str, np.ndarray] | None = None):
+                 weight_rowmax: dict[str, np.ndarray] | None = None, bias_after: dict[str, np.ndarray] | None = None,
+                 channel_mean: dict[tuple[str, int], np.ndarray] | None = None):
         self.bb, self.ranges, self.config = bb, ranges, config
+        self.channel_mean = channel_mean or {}  # (tensor, channel axis): calibrated mean per channel
+        self.bias_shift: dict[Accumulator, np.ndarray] = {}  # what the bias added next subtracts
         self.bias_after = bias_after or {}  # conv/matmul binding: max |bias| per output channel added next
         self.channel_amax = channel_amax or {}  # tensor: (calibrated max |x| per last-axis channel, rows seen)
         self.weight_rowmax = weight_rowmax or {}  # max |W| per input channel over a tensor's matmuls
@@ -112,9 +120,6 @@ class LoweringContext:
         """Is the binding being lowered one of `QuantConfig.wide_tensors` (its result wanted at 16 bits)?"""
         return self.var is not None and self.var.name in self._wide_names
 
-    def is_wide(self, value) -> bool:
-        return value in self._wide
-
     def mark_wide(self, value) -> None:
         """Record the value of a wide_tensors binding: `materialize` and `operand` keep it at 16 bits."""
         if isinstance(value, (Quantized, Accumulator)):
@@ -122,6 +127,13 @@ class LoweringContext:
 
     def is_wide(self, value) -> bool:
         return isinstance(value, (Quantized, Accumulator)) and value in self._wide
+
+    def corrected_bias(self, acc: Accumulator, bias: np.ndarray) -> np.ndarray:
+        """`bias` less the mean error of the weights that made `acc` (`QuantConfig.bias_correction`)."""
+        shift = self.bias_shift.pop(acc, None)
+        if shift is None or acc.axis is None:
+            return bias
+        return bias - emit.channel_shape(shift, len(acc.expr.ty.shape), acc.axis)
 
     def fail(self, message: str):
         name = self.var.name if self.var is not None else "?"

@@ -109,7 +109,7 @@ def lower_add(ctx, call, args):
     if op == "add" and isinstance(a, np.ndarray):
         a, b = b, a
     if isinstance(b, np.ndarray) and _is_clean_acc(a):
-        return _add_bias(ctx, a, b if op == "add" else -b)
+        return _add_bias(ctx, a, ctx.corrected_bias(a, b if op == "add" else -b))
     if op == "add" and all(binary.is_energy_term(v) for v in (a, b)):  # re^2 + im^2: every octave kept
         return binary.sum_of_squares(ctx, a, b)
     if op == "add" and all(isinstance(v, Accumulator) and v.product for v in (a, b)):

@@ -17,6 +17,7 @@ Overflow bound: |acc| <= K * 255 * 2^(b-1) < 2^31 for K < 2^23 / 2^(b-1), checke
 from __future__ import annotations
 
 import numpy as np
+import tvm
 from tvm import relax
 
 from ..reference.kernels import INT_RANGE, quantize_weights
@@ -48,6 +49,43 @@ def _bias_fitting(ctx, w: np.ndarray, w_q: np.ndarray, w_scale: np.ndarray, bits
     if not np.any(w_scale < floor):
         return w_q, w_scale
     return quantize_weights(w, bits, axis=axis, min_scale=floor)
+
+
+def _bias_correction(ctx, acc: Accumulator, x: relax.Expr, axis: int, error: np.ndarray, attrs=None,
+                     per_input: np.ndarray | None = None) -> Accumulator:
+    """Record for the bias added next (`LoweringContext.corrected_bias`) the mean error that the
+    weights' rounding, `error` = dequantized minus float weights (OIHW or [K, N]), makes on the
+    calibration data: error @ mean(x) per output channel. `per_input` divides the mean (outlier
+    smoothing's per-channel input scales); a conv's taps count where they read the image (`attrs`)."""
+    mean = ctx.channel_mean.get((x.name, axis)) if isinstance(x, relax.Var) else None
+    if not ctx.config.bias_correction or mean is None or acc.axis is None:
+        return acc
+    if per_input is not None:
+        mean = mean / per_input
+    if error.ndim == 2 and mean.size == error.shape[0]:
+        ctx.bias_shift[acc] = mean @ error
+    elif error.ndim == 4 and mean.size == error.shape[1] * int(attrs.groups):
+        groups = int(attrs.groups)
+        o, cg = error.shape[:2]
+        taps = (error * _inside(x, attrs, error.shape[2:])).reshape(groups, o // groups, cg, -1).sum(-1)
+        ctx.bias_shift[acc] = np.einsum("goc,gc->go", taps, mean.reshape(groups, cg)).reshape(o)
+    return acc
+
+
+def _inside(x: relax.Expr, attrs, kernel) -> np.ndarray:
+    """[kh, kw]: the share of a conv's output positions at which each tap reads the image, not its
+    zero padding (a 3x3 conv over 7x7: the corner taps read padding at 13 of 49)."""
+    sizes = [d.value if isinstance(d, tvm.tirx.IntImm) else None for d in list(x.ty.shape)[2:]]
+    if None in sizes:  # a free height or width: every tap counts
+        return np.ones(kernel)
+    pads = [int(v) for v in attrs.padding]  # top, left, bottom, right
+    share = []
+    for i, (size, k) in enumerate(zip(sizes, kernel)):
+        stride, dilation = int(attrs.strides[i]), int(attrs.dilation[i])
+        out = (size + pads[i] + pads[i + 2] - dilation * (k - 1) - 1) // stride + 1
+        rows = np.arange(max(out, 1))[:, None] * stride - pads[i] + np.arange(k)[None, :] * dilation
+        share.append(((rows >= 0) & (rows < size)).mean(axis=0))
+    return share[0][:, None] * share[1][None, :]
 
 
 def _check_accumulator_bound(ctx, l1: int, x_dtype: str):
@@ -83,7 +121,8 @@ def lower_conv2d(ctx, call, args):
             groups=int(attrs.groups))
     expr = ctx.emit(int4.conv2d_int4(ctx.bb, x.expr, w_q, attrs) if bits == 4 else
                     emit.conv2d_acc(x.expr, w_q, attrs))
-    return Accumulator(expr, x.scale * w_scale, 1, ctx.out_range())
+    acc = Accumulator(expr, x.scale * w_scale, 1, ctx.out_range())
+    return _bias_correction(ctx, acc, call.args[0], 1, w_q * w_scale[:, None, None, None] - w, attrs)
 
 
 @lowers("relax.matmul")
@@ -116,7 +155,11 @@ def lower_matmul(ctx, call, args):
         if w.shape[0] * 255 * 2 ** (bits - 1) + np.abs(corr_q).max(initial=0) >= 2**31:
             ctx.fail("int32 accumulator plus its offset correction could overflow")
         expr = ctx.emit(relax.op.add(expr, emit.const(corr_q, "int32")))
-    return Accumulator(expr, x_scale * w_scale, len(call.ty.shape) - 1, ctx.out_range())
+    acc = Accumulator(expr, x_scale * w_scale, len(call.ty.shape) - 1, ctx.out_range())
+    if correction is not None:  # the offset's correction is in float weights: no mean-error term on top
+        return acc
+    return _bias_correction(ctx, acc, call.args[0], -1, w_q * w_scale[None, :] - w,
+                            per_input=None if smooth is None else np.asarray(smooth.scale, np.float64))
 
 
 def _constant_first_matmul(ctx, call, c, x):

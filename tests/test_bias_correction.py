@@ -1,0 +1,82 @@
+"""Bias correction: the bias after a conv/matmul absorbs the mean error of its rounded weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from passes.observers import ChannelMeanObserver
+
+
+def test_channel_mean_observer_averages_per_channel():
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(size=(2, 5, 3, 4)).astype(np.float32) for _ in range(3)]
+    for axis in (1, -1):
+        obs = ChannelMeanObserver(axis)
+        for x in batches:
+            obs.update(x)
+        stacked = np.concatenate(batches)
+        want = stacked.mean(axis=tuple(a for a in range(4) if a != axis % 4))
+        np.testing.assert_allclose(obs.mean(), want, rtol=1e-6)
+    obs = ChannelMeanObserver(1)
+    obs.update(np.array([[np.inf, 1.0], [1.0, 3.0]], np.float32))  # infinities count as 0
+    np.testing.assert_allclose(obs.mean(), [0.5, 2.0])
+
+
+def _biased_weights(rng, shape, step=2.0**-7):
+    """Weights that all round the same way on their per-output-channel 8-bit grid (k + 0.45 steps,
+    one weight per channel at 127 steps sets the grid): their error adds up instead of cancelling."""
+    k = rng.integers(-100, 100, size=shape).astype(np.float64) + 0.45
+    k.reshape(shape[0], -1)[:, 0] = 127
+    return (k * step).astype(np.float32)
+
+
+def _model(path, groups: int):
+    rng = np.random.default_rng(1)
+    c = 8
+    w1 = _biased_weights(rng, (c, c // groups, 3, 3))
+    w2 = _biased_weights(rng, (6, c)).T.copy()  # MatMul weight [K, N], biased along K per output N
+    b1, b2 = rng.normal(size=c).astype(np.float32), rng.normal(size=6).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["h"], pads=[1, 1, 1, 1], group=groups),
+             helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Transpose", ["r"], ["t"], perm=[0, 2, 3, 1]),
+             helper.make_node("MatMul", ["t", "w2"], ["m"]), helper.make_node("Add", ["m", "b2"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 8, 6])],
+                              [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"),
+                                                                          (b2, "b2"))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+
+
+@pytest.mark.parametrize("groups", [1, 8])
+def test_bias_correction_removes_the_weights_mean_error(tmp_path, groups):
+    """Inputs with a large mean (4) times weights that all round down by 0.45 steps: each output
+    channel's mean is off by many output steps without the correction, and by about none with it
+    (a dense and a depthwise conv, then a matmul)."""
+    import onnxruntime as ort
+
+    import runtime
+    from passes import QuantConfig
+    from runtime import compile_model
+
+    path = str(tmp_path / "m.onnx")
+    _model(path, groups)
+    rng = np.random.default_rng(2)
+    x = (4.0 + rng.normal(size=(16, 1, 8, 8, 8))).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=x)
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    errors = {}
+    for on in (False, True):
+        out = tmp_path / f"m{on}.artifact"
+        compile_model(path, "x86", out, calib=tmp_path / "calib.npz", progress=False,
+                      config=QuantConfig(bias_correction=on, sensitivity_tol=None))
+        model = runtime.load(out)
+        diff = np.concatenate([model.run({"x": s})["y"] - session.run(None, {"x": s})[0] for s in x])
+        errors[on] = (np.abs(diff.mean(axis=(0, 1, 2))).max(), np.sqrt(np.mean(diff**2)))
+    (bias_off, rms_off), (bias_on, rms_on) = errors[False], errors[True]
+    assert bias_on < 0.1 * bias_off, errors
+    assert rms_on < 0.5 * rms_off, errors
