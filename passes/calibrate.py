@@ -45,7 +45,7 @@ class CalibratedRanges(dict):
 
 
 def _weighted_inputs(mod: tvm.IRModule) -> dict[str, set[int]]:
-    """{tensor: channel axes} of the tensors a constant-weight conv2d (axis 1) or matmul (last
+    """{tensor: channel axes} of the tensors a constant-weight conv (axis 1) or matmul (last
     axis) reads: the only ones whose per-channel statistics the lowering uses; observing every
     tensor's cost a pass per sample."""
     found = {}
@@ -53,9 +53,9 @@ def _weighted_inputs(mod: tvm.IRModule) -> dict[str, set[int]]:
         for b in block.bindings:
             v = b.value
             if (isinstance(v, relax.Call) and isinstance(v.op, tvm.ir.Op)
-                    and v.op.name in ("relax.matmul", "relax.nn.conv2d")
+                    and v.op.name in ("relax.matmul", "relax.nn.conv2d", "relax.nn.conv2d_transpose")
                     and isinstance(v.args[0], relax.Var) and isinstance(v.args[1], tvm.ir.GenericConst)):
-                found.setdefault(v.args[0].name, set()).add(1 if v.op.name == "relax.nn.conv2d" else -1)
+                found.setdefault(v.args[0].name, set()).add(-1 if v.op.name == "relax.matmul" else 1)
     return found
 
 

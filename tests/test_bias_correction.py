@@ -33,18 +33,25 @@ def _biased_weights(rng, shape, step=2.0**-7):
     return (k * step).astype(np.float32)
 
 
-def _model(path, groups: int):
+def _model(path, first: str):
+    """A conv (dense, depthwise or transposed 2x2/2) with a bias, ReLU, then a MatMul with a bias."""
     rng = np.random.default_rng(1)
     c = 8
-    w1 = _biased_weights(rng, (c, c // groups, 3, 3))
+    if first == "transposed":
+        w1 = _biased_weights(rng, (c, c, 2, 2)).transpose(1, 0, 2, 3).copy()  # IOHW, biased per output
+        conv = helper.make_node("ConvTranspose", ["x", "w1", "b1"], ["h"], strides=[2, 2])
+    else:
+        groups = c if first == "depthwise" else 1
+        w1 = _biased_weights(rng, (c, c // groups, 3, 3))
+        conv = helper.make_node("Conv", ["x", "w1", "b1"], ["h"], pads=[1, 1, 1, 1], group=groups)
+    side = 16 if first == "transposed" else 8
     w2 = _biased_weights(rng, (6, c)).T.copy()  # MatMul weight [K, N], biased along K per output N
     b1, b2 = rng.normal(size=c).astype(np.float32), rng.normal(size=6).astype(np.float32)
-    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["h"], pads=[1, 1, 1, 1], group=groups),
-             helper.make_node("Relu", ["h"], ["r"]),
+    nodes = [conv, helper.make_node("Relu", ["h"], ["r"]),
              helper.make_node("Transpose", ["r"], ["t"], perm=[0, 2, 3, 1]),
              helper.make_node("MatMul", ["t", "w2"], ["m"]), helper.make_node("Add", ["m", "b2"], ["y"])]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, 8, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 8, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, side, side, 6])],
                               [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"),
                                                                           (b2, "b2"))])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -52,11 +59,11 @@ def _model(path, groups: int):
     onnx.save(model, path)
 
 
-@pytest.mark.parametrize("groups", [1, 8])
-def test_bias_correction_removes_the_weights_mean_error(tmp_path, groups):
+@pytest.mark.parametrize("first", ["dense", "depthwise", "transposed"])
+def test_bias_correction_removes_the_weights_mean_error(tmp_path, first):
     """Inputs with a large mean (4) times weights that all round down by 0.45 steps: each output
     channel's mean is off by many output steps without the correction, and by about none with it
-    (a dense and a depthwise conv, then a matmul)."""
+    (a dense, depthwise or transposed conv, then a matmul)."""
     import onnxruntime as ort
 
     import runtime
@@ -64,7 +71,7 @@ def test_bias_correction_removes_the_weights_mean_error(tmp_path, groups):
     from runtime import compile_model
 
     path = str(tmp_path / "m.onnx")
-    _model(path, groups)
+    _model(path, first)
     rng = np.random.default_rng(2)
     x = (4.0 + rng.normal(size=(16, 1, 8, 8, 8))).astype(np.float32)
     np.savez(tmp_path / "calib.npz", x=x)

@@ -51,40 +51,46 @@ def _bias_fitting(ctx, w: np.ndarray, w_q: np.ndarray, w_scale: np.ndarray, bits
     return quantize_weights(w, bits, axis=axis, min_scale=floor)
 
 
-def _bias_correction(ctx, acc: Accumulator, x: relax.Expr, axis: int, error: np.ndarray, attrs=None,
-                     per_input: np.ndarray | None = None) -> Accumulator:
+def _bias_correction(ctx, acc: Accumulator, x: relax.Expr, axis: int, error: np.ndarray, groups: int = 1,
+                     share: np.ndarray | None = None, per_input: np.ndarray | None = None,
+                     offset: float = 0.0) -> Accumulator:
     """Record for the bias added next (`LoweringContext.corrected_bias`) the mean error that the
-    weights' rounding, `error` = dequantized minus float weights (OIHW or [K, N]), makes on the
-    calibration data: error @ mean(x) per output channel. `per_input` divides the mean (outlier
-    smoothing's per-channel input scales); a conv's taps count where they read the image (`attrs`)."""
+    weights' rounding, `error` = dequantized minus float weights (OIHW, or [K, N] for a matmul),
+    makes on the calibration data: error @ mean(x) per output channel. The integers the weights
+    multiply stand for (x + `offset`) / `per_input` (outlier smoothing's per-channel scales); a
+    conv's taps count by their `share` of the output positions at which they read the image."""
     mean = ctx.channel_mean.get((x.name, axis)) if isinstance(x, relax.Var) else None
     if not ctx.config.bias_correction or mean is None or acc.axis is None:
         return acc
-    if per_input is not None:
-        mean = mean / per_input
+    mean = (mean + offset) / (1.0 if per_input is None else per_input)
     if error.ndim == 2 and mean.size == error.shape[0]:
         ctx.bias_shift[acc] = mean @ error
-    elif error.ndim == 4 and mean.size == error.shape[1] * int(attrs.groups):
-        groups = int(attrs.groups)
+    elif error.ndim == 4 and mean.size == error.shape[1] * groups:
         o, cg = error.shape[:2]
-        taps = (error * _inside(x, attrs, error.shape[2:])).reshape(groups, o // groups, cg, -1).sum(-1)
+        taps = (error * share).reshape(groups, o // groups, cg, -1).sum(-1)
         ctx.bias_shift[acc] = np.einsum("goc,gc->go", taps, mean.reshape(groups, cg)).reshape(o)
     return acc
 
 
-def _inside(x: relax.Expr, attrs, kernel) -> np.ndarray:
+def _tap_share(x: relax.Expr, out: relax.Expr, attrs, kernel, transposed: bool = False) -> np.ndarray:
     """[kh, kw]: the share of a conv's output positions at which each tap reads the image, not its
-    zero padding (a 3x3 conv over 7x7: the corner taps read padding at 13 of 49)."""
+    zero padding (a 3x3 conv over 7x7: the corner taps read padding at 13 of 49); for a transposed
+    conv, the share of output positions each tap writes from an input pixel."""
     sizes = [d.value if isinstance(d, tvm.tirx.IntImm) else None for d in list(x.ty.shape)[2:]]
-    if None in sizes:  # a free height or width: every tap counts
+    outs = [d.value if isinstance(d, tvm.tirx.IntImm) else None for d in list(out.ty.shape)[2:]]
+    if None in sizes + outs:  # a free height or width: every tap counts
         return np.ones(kernel)
     pads = [int(v) for v in attrs.padding]  # top, left, bottom, right
     share = []
-    for i, (size, k) in enumerate(zip(sizes, kernel)):
+    for i, (size, n, k) in enumerate(zip(sizes, outs, kernel)):
         stride, dilation = int(attrs.strides[i]), int(attrs.dilation[i])
-        out = (size + pads[i] + pads[i + 2] - dilation * (k - 1) - 1) // stride + 1
-        rows = np.arange(max(out, 1))[:, None] * stride - pads[i] + np.arange(k)[None, :] * dilation
-        share.append(((rows >= 0) & (rows < size)).mean(axis=0))
+        taps = np.arange(k)[None, :] * dilation - pads[i]
+        if transposed:  # input pixel h writes output h * stride + tap
+            rows = np.arange(size)[:, None] * stride + taps
+            share.append(((rows >= 0) & (rows < n)).sum(axis=0) / n)
+        else:  # output pixel h reads input h * stride + tap
+            rows = np.arange(n)[:, None] * stride + taps
+            share.append(((rows >= 0) & (rows < size)).mean(axis=0))
     return share[0][:, None] * share[1][None, :]
 
 
@@ -122,7 +128,8 @@ def lower_conv2d(ctx, call, args):
     expr = ctx.emit(int4.conv2d_int4(ctx.bb, x.expr, w_q, attrs) if bits == 4 else
                     emit.conv2d_acc(x.expr, w_q, attrs))
     acc = Accumulator(expr, x.scale * w_scale, 1, ctx.out_range())
-    return _bias_correction(ctx, acc, call.args[0], 1, w_q * w_scale[:, None, None, None] - w, attrs)
+    return _bias_correction(ctx, acc, call.args[0], 1, w_q * w_scale[:, None, None, None] - w, int(attrs.groups),
+                            _tap_share(call.args[0], call, attrs, w.shape[2:]))
 
 
 @lowers("relax.matmul")
@@ -156,10 +163,9 @@ def lower_matmul(ctx, call, args):
             ctx.fail("int32 accumulator plus its offset correction could overflow")
         expr = ctx.emit(relax.op.add(expr, emit.const(corr_q, "int32")))
     acc = Accumulator(expr, x_scale * w_scale, len(call.ty.shape) - 1, ctx.out_range())
-    if correction is not None:  # the offset's correction is in float weights: no mean-error term on top
-        return acc
     return _bias_correction(ctx, acc, call.args[0], -1, w_q * w_scale[None, :] - w,
-                            per_input=None if smooth is None else np.asarray(smooth.scale, np.float64))
+                            per_input=None if smooth is None else np.asarray(smooth.scale, np.float64),
+                            offset=smooth.offset if smooth is not None else 0.0)
 
 
 def _constant_first_matmul(ctx, call, c, x):
@@ -219,4 +225,7 @@ def lower_conv2d_transpose(ctx, call, args):
             padding=[int(v) for v in a.padding], groups=groups)
     expr = relax.op.nn.conv2d_transpose(x.expr, emit.const(w_q, "int8"), a.strides, a.padding, a.output_padding,
                                         a.dilation, groups, "NCHW", "IOHW", "NCHW", out_dtype="int32")
-    return Accumulator(ctx.emit(expr), x.scale * w_scale, 1, ctx.out_range())
+    acc = Accumulator(ctx.emit(expr), x.scale * w_scale, 1, ctx.out_range())
+    error = q * w_scale[:, None, None, None] - grouped.reshape(q.shape)  # per output channel, as quantized
+    return _bias_correction(ctx, acc, call.args[0], 1, error, groups,
+                            _tap_share(call.args[0], call, a, (kh, kw), transposed=True))
