@@ -13,11 +13,13 @@ integer Relax module as text. Written atomically; read back with its hash checke
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -28,6 +30,32 @@ MANIFEST = "manifest.json"
 LIBRARY = "model.so"
 RELAX_TEXT = "model.relax.py"
 DEVICE_TEXT = "model.cu"
+
+
+_LOADABLE: dict[str, Path] = {}  # library sha256 -> its copy under a name of its own
+_LOADABLE_LOCK = threading.Lock()
+
+
+def loadable_library(path: Path, sha: str) -> Path:
+    """`path` under a name unique to its content, for dlopen: the loader hands back the library it
+    already holds under the same path name, so an artifact rebuilt in place and loaded again in
+    the same process would run its old code with its new manifest (the scales of one model on
+    the kernels of another). A hard link (a copy across file systems) in a folder of this process,
+    removed at exit."""
+    with _LOADABLE_LOCK:
+        if sha not in _LOADABLE:
+            if not _LOADABLE:
+                folder = Path(tempfile.mkdtemp(prefix="intq-libs-"))
+                atexit.register(shutil.rmtree, folder, True)
+            else:
+                folder = next(iter(_LOADABLE.values())).parent
+            target = folder / f"{sha[:32]}{path.suffix}"
+            try:
+                os.link(path, target)
+            except OSError:
+                shutil.copyfile(path, target)
+            _LOADABLE[sha] = target
+        return _LOADABLE[sha]
 
 
 def sha256(path: Path) -> str:

@@ -19,7 +19,7 @@ import numpy as np
 
 from frontends.errors import ArtifactError, InputError
 
-from .artifact import read_manifest
+from .artifact import loadable_library, read_manifest
 from .boundary import dequantize, grid_edge, quantize, to_integer
 from .buckets import Buckets
 
@@ -97,7 +97,7 @@ class Model:
         path = self.path / library["file"]
         try:
             if self.remote is None:
-                return tvm.runtime.load_module(str(path))
+                return tvm.runtime.load_module(str(loadable_library(path, library["sha256"])))
             name = f"intq-{library['sha256'][:16]}.so"
             self.remote.upload(str(path), name)
             return self.remote.load_module(name)

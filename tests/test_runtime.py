@@ -187,3 +187,25 @@ def test_scalar_inputs_and_saturation_warning(tmp_path):
     assert all(np.array_equal(o, outs[0]) for o in outs) and np.abs(outs[0] - 1.5 * x).max() < 0.05
     with pytest.warns(RuntimeWarning, match="input 's'.*beyond its calibrated range"):
         art.run({"x": x, "s": 10.0})
+
+
+def test_artifact_rebuilt_in_place_loads_its_new_library(tmp_path, small_cnn_path, small_calib):
+    """Compile, load, compile again to the same path with other data, load again: the second
+    model runs its own kernels. The dynamic loader hands back a library it already holds under
+    the same path name, so this ran the first build's kernels with the second's scales."""
+    from passes import QuantConfig
+    from runtime import compile_model
+
+    wide = QuantConfig(wide_outputs=False, bias_correction=False)  # another library for the same model
+    here, elsewhere = tmp_path / "m.artifact", tmp_path / "other.artifact"
+    x = {"x": np.random.default_rng(3).standard_normal((1, 3, 16, 16)).astype(np.float32)}
+    before = runtime.load(compile_model(small_cnn_path, "x86", here, calib=small_calib, progress=False))
+    first = before.run(x)
+    compile_model(small_cnn_path, "x86", elsewhere, calib=small_calib, config=wide, progress=False)
+    compile_model(small_cnn_path, "x86", here, calib=small_calib, config=wide, progress=False)
+    again, other = runtime.load(here), runtime.load(elsewhere)
+    assert again.manifest["library"]["sha256"] == other.manifest["library"]["sha256"]
+    assert again.manifest["library"]["sha256"] != before.manifest["library"]["sha256"]
+    for name, y in again.run(x).items():
+        np.testing.assert_array_equal(y, other.run(x)[name])
+    assert any(not np.array_equal(first[k], other.run(x)[k]) for k in first)
