@@ -10,7 +10,11 @@ It runs calibration's compiled float model (`float_taps.py`), whose taps put the
 its 8-bit grid, `clip(floor(x / S_i + 1/2), lo_i, hi_i) * S_i`, and leave every other tensor in
 float: no second build, and any subset can be measured. The error of a set
 is max over outputs of mean over samples of ||y - y_float||^2 / ||y_float||^2 (the squared
-relative L2 error; 1 - cosine ~ half of it).
+relative L2 error; 1 - cosine ~ half of it). An output that a softmax or sigmoid makes (through
+layout ops) is measured at its logits as well: on the samples where the model is sure, the
+probabilities do not move whatever the logits' noise, and the samples where it is not sure are
+the ones that noise flips (a captcha CNN's digit heads: cosine 0.97 on an uncertain digit, from
+tensors whose probabilities-only error on two sure samples was 0.01).
 
 Search: quantization noise of independent tensors adds up in power, so a set whose error is
 below tol^2 holds no tensor whose error alone exceeds tol^2, and the errors of disjoint sets add
@@ -69,6 +73,33 @@ def model_macs(mod) -> int:
     return total
 
 
+_SQUASHING = ("relax.nn.softmax", "relax.nn.log_softmax", "relax.sigmoid")
+_PASS_THROUGH = ("relax.reshape", "relax.permute_dims", "relax.squeeze", "relax.expand_dims", "relax.flatten")
+
+
+def output_logits(mod) -> list[str]:
+    """The float tensors that a softmax or sigmoid turns into graph outputs (through layout ops)."""
+    import tvm
+    from tvm import relax
+
+    func = mod["main"]
+    values = {b.var.name: b.value for block in func.body.blocks for b in block.bindings}
+    body = func.body.body
+    outs = list(body.fields) if isinstance(body, relax.Tuple) else [body]
+    if len(outs) == 1 and isinstance(outs[0], relax.Var) and isinstance(values.get(outs[0].name), relax.Tuple):
+        outs = list(values[outs[0].name].fields)
+    found = []
+    for out in outs:
+        value = values.get(out.name) if isinstance(out, relax.Var) else None
+        while isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) and value.op.name in _PASS_THROUGH \
+                and isinstance(value.args[0], relax.Var):
+            value = values.get(value.args[0].name)
+        if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) and value.op.name in _SQUASHING \
+                and isinstance(value.args[0], relax.Var) and value.args[0].name not in found:
+            found.append(value.args[0].name)
+    return found
+
+
 class SensitivityProbe:
     """The calibrated float model (`TappedModel`) run with chosen tensors on their 8-bit grids."""
 
@@ -82,23 +113,32 @@ class SensitivityProbe:
         self.run_macs = model_macs(model.mod)  # convs' and matmuls' multiply-accumulates per run
         self.macs = 0  # of the measured runs
         self._tapped = set(model.names)
+        logits = set(output_logits(model.mod))
+        self._logits = [i for i, n in enumerate(model.names) if n in logits]  # measured beside the outputs
         self._reference = None
         self._memo: dict = {}
 
     def _run(self, grids: dict[str, tuple[float, int, int]]) -> list[list[np.ndarray]]:
         by_index = {i: grids[n] for i, n in enumerate(self.model.names) if n in grids}
 
+        seen: dict[int, np.ndarray] = {}
+
         def fake_quantize(index: int, x: np.ndarray):
-            self.elements += x.size
-            if index not in by_index:
-                return None
-            scale, lo, hi = by_index[index]
-            return (np.clip(np.floor(x / np.float32(scale) + np.float32(0.5)), lo, hi) * np.float32(scale)).astype(
-                x.dtype)
+            if by_index:
+                self.elements += x.size
+            if index in by_index:
+                scale, lo, hi = by_index[index]
+                x = (np.clip(np.floor(x / np.float32(scale) + np.float32(0.5)), lo, hi) * np.float32(scale)).astype(
+                    x.dtype)
+            if index in self._logits:
+                seen[index] = np.array(x, np.float64)
+            return x if index in by_index else None
 
         outs, start = [], time.perf_counter()
         for sample in self.samples:
-            outs.append([y.astype(np.float64) for y in self.model.run(sample, fake_quantize if by_index else None)])
+            seen.clear()
+            ys = self.model.run(sample, fake_quantize if by_index or self._logits else None)
+            outs.append([y.astype(np.float64) for y in ys] + [seen[i] for i in self._logits if i in seen])
             self.runs += 1
             self.macs += self.run_macs if by_index else 0
             if by_index and not self.run_elements:

@@ -37,7 +37,29 @@ def _is_clean_acc(value) -> bool:
     return isinstance(value, Accumulator) and value.clamp == (-math.inf, math.inf)
 
 
+FINE_BITS = 24  # an accumulator of few levels is refined until its integers reach about 2^24
+
+
+def _refined(ctx, acc: Accumulator, bias: np.ndarray) -> Accumulator:
+    """`acc` with k more fractional bits where its integers are few (an 8-bit tensor times a
+    per-channel constant: a BatchNorm after a ReLU and a pool, an input normalization), so that
+    the bias added to it is not rounded to the 8-bit step: that rounding is the same error at every
+    position of a channel, which the next conv sums coherently over its taps (a Keras captcha
+    CNN: the logits' error fell 2.5x)."""
+    scale = np.asarray(acc.scale, np.float64)
+    levels = max(abs(acc.out_range[0]), abs(acc.out_range[1])) / float(scale.min(initial=np.inf))
+    top = float(np.abs(bias).max(initial=0.0)) / float(scale.min(initial=np.inf))
+    if not (np.isfinite(levels) and np.isfinite(top)) or levels >= 2 ** (FINE_BITS - 8):
+        return acc
+    k = int(np.floor(np.log2(2.0**FINE_BITS / max(levels, top, 1.0))))
+    if k <= 0:
+        return acc
+    expr = ctx.emit(R.multiply(acc.expr, relax.const(2**k, "int32")))
+    return Accumulator(expr, scale / 2.0**k, acc.axis, acc.out_range, acc.clamp)
+
+
 def _add_bias(ctx, acc: Accumulator, bias: np.ndarray) -> Accumulator:
+    acc = _refined(ctx, acc, bias)
     rank = len(acc.expr.ty.shape)
     scale = np.broadcast_to(emit.channel_shape(acc.scale, rank, acc.axis), np.broadcast_shapes(
         emit.channel_shape(acc.scale, rank, acc.axis).shape, bias.shape))
