@@ -87,7 +87,10 @@ def _accumulator_through(ctx, call, x):
     else:
         return None
     expr = ctx.emit(relax.Call(call.op, [x.expr, *call.args[1:]], call.attrs))
-    return Accumulator(expr, x.scale, axis, ctx.out_range(), x.clamp, x.offset)
+    moved = Accumulator(expr, x.scale, axis, ctx.out_range(), x.clamp, x.offset)
+    if axis is not None and x in ctx.bias_shift:  # the same channels: the bias added next still corrects them
+        ctx.bias_shift[moved] = ctx.bias_shift[x]
+    return moved
 
 
 def _sliced_scale(call, x: Accumulator, shape: list[int]):
