@@ -10,11 +10,11 @@ It runs calibration's compiled float model (`float_taps.py`), whose taps put the
 its 8-bit grid, `clip(floor(x / S_i + 1/2), lo_i, hi_i) * S_i`, and leave every other tensor in
 float: no second build, and any subset can be measured. The error of a set
 is max over outputs of mean over samples of ||y - y_float||^2 / ||y_float||^2 (the squared
-relative L2 error; 1 - cosine ~ half of it). An output that a softmax or sigmoid makes (through
-layout ops) is measured at its logits as well: on the samples where the model is sure, the
-probabilities do not move whatever the logits' noise, and the samples where it is not sure are
-the ones that noise flips (a captcha CNN's digit heads: cosine 0.97 on an uncertain digit, from
-tensors whose probabilities-only error on two sure samples was 0.01).
+relative L2 error; 1 - cosine ~ half of it). Parts of outputs are measured as well
+(`output_parts`): the logits of an output that a softmax or sigmoid makes (on the samples where
+the model is sure, the probabilities do not move whatever the logits' noise, and the samples
+where it is not are the ones that noise flips), and each part that a concat joins into an
+output (a YOLO head's box sizes beside its box centres and class scores).
 
 Search: quantization noise of independent tensors adds up in power, so a set whose error is
 below tol^2 holds no tensor whose error alone exceeds tol^2, and the errors of disjoint sets add
@@ -75,28 +75,52 @@ def model_macs(mod) -> int:
 
 _SQUASHING = ("relax.nn.softmax", "relax.nn.log_softmax", "relax.sigmoid")
 _PASS_THROUGH = ("relax.reshape", "relax.permute_dims", "relax.squeeze", "relax.expand_dims", "relax.flatten")
+_SCALING = ("relax.multiply", "relax.divide")  # by a constant: the same relative error
 
 
-def output_logits(mod) -> list[str]:
-    """The float tensors that a softmax or sigmoid turns into graph outputs (through layout ops)."""
+def output_parts(mod) -> list[str]:
+    """The float tensors the probe measures beside the graph outputs: the logits that a softmax
+    or sigmoid turns into an output, and each part that a concat joins into one (a YOLO head's
+    box sizes, a few pixels, beside its box centres, hundreds, and its class scores: the error
+    of the whole hides theirs), back through layout ops and scaling by constants."""
     import tvm
     from tvm import relax
 
     func = mod["main"]
     values = {b.var.name: b.value for block in func.body.blocks for b in block.bindings}
-    body = func.body.body
-    outs = list(body.fields) if isinstance(body, relax.Tuple) else [body]
-    if len(outs) == 1 and isinstance(outs[0], relax.Var) and isinstance(values.get(outs[0].name), relax.Tuple):
-        outs = list(values[outs[0].name].fields)
-    found = []
-    for out in outs:
-        value = values.get(out.name) if isinstance(out, relax.Var) else None
-        while isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) and value.op.name in _PASS_THROUGH \
-                and isinstance(value.args[0], relax.Var):
-            value = values.get(value.args[0].name)
-        if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) and value.op.name in _SQUASHING \
-                and isinstance(value.args[0], relax.Var) and value.args[0].name not in found:
-            found.append(value.args[0].name)
+
+    def source(expr):  # back through layout ops and scaling by a constant
+        while isinstance(expr, relax.Var) and isinstance(value := values.get(expr.name), relax.Call) \
+                and isinstance(value.op, tvm.ir.Op):
+            args = [a for a in value.args if isinstance(a, relax.Var)]
+            if value.op.name in _PASS_THROUGH or value.op.name in _SCALING and len(args) == 1:
+                expr = args[0]
+            else:
+                break
+        return expr
+
+    def tensors(expr) -> list:
+        value = values.get(expr.name) if isinstance(expr, relax.Var) else expr
+        return list(value.fields) if isinstance(value, relax.Tuple) else [expr]
+
+    found: list[str] = []
+
+    def visit(expr, top: bool):
+        expr = source(expr)
+        if not isinstance(expr, relax.Var) or expr.name in found:
+            return
+        if not top:
+            found.append(expr.name)
+        value = values.get(expr.name)
+        if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op):
+            if value.op.name in _SQUASHING and isinstance(value.args[0], relax.Var):
+                visit(value.args[0], False)
+            elif value.op.name == "relax.concat":
+                for part in tensors(value.args[0]):
+                    visit(part, False)
+
+    for out in tensors(func.body.body):
+        visit(out, True)
     return found
 
 
@@ -113,8 +137,8 @@ class SensitivityProbe:
         self.run_macs = model_macs(model.mod)  # convs' and matmuls' multiply-accumulates per run
         self.macs = 0  # of the measured runs
         self._tapped = set(model.names)
-        logits = set(output_logits(model.mod))
-        self._logits = [i for i, n in enumerate(model.names) if n in logits]  # measured beside the outputs
+        parts = set(output_parts(model.mod))
+        self._parts = [i for i, n in enumerate(model.names) if n in parts]  # measured beside the outputs
         self._reference = None
         self._memo: dict = {}
 
@@ -130,15 +154,15 @@ class SensitivityProbe:
                 scale, lo, hi = by_index[index]
                 x = (np.clip(np.floor(x / np.float32(scale) + np.float32(0.5)), lo, hi) * np.float32(scale)).astype(
                     x.dtype)
-            if index in self._logits:
+            if index in self._parts:
                 seen[index] = np.array(x, np.float64)
             return x if index in by_index else None
 
         outs, start = [], time.perf_counter()
         for sample in self.samples:
             seen.clear()
-            ys = self.model.run(sample, fake_quantize if by_index or self._logits else None)
-            outs.append([y.astype(np.float64) for y in ys] + [seen[i] for i in self._logits if i in seen])
+            ys = self.model.run(sample, fake_quantize if by_index or self._parts else None)
+            outs.append([y.astype(np.float64) for y in ys] + [seen[i] for i in self._parts if i in seen])
             self.runs += 1
             self.macs += self.run_macs if by_index else 0
             if by_index and not self.run_elements:

@@ -413,3 +413,34 @@ def test_table_input_range_is_cut_to_where_the_table_moves(tmp_path):
     want = np.stack([session.run(None, {"x": x})[0] for x in data[6:]])
     assert len(np.unique(got)) > 150
     assert float(got.ravel() @ want.ravel() / np.linalg.norm(got) / np.linalg.norm(want)) > 0.999
+
+
+def test_probe_measures_logits_and_concatenated_parts(tmp_path):
+    """Beside each output the probe measures the logits a softmax or sigmoid squashes and each part
+    a concat joins (back through layout ops and scalings by constants): the error of the whole
+    hides that of a small part (box sizes beside box centres) and of uncertain decisions."""
+    import tvm
+
+    from frontends import load_onnx
+    from passes import bind_weights
+    from passes.sensitivity import output_parts
+
+    n = helper.make_node
+    inits = [numpy_helper.from_array(np.ones((4, 3), np.float32), "w"), numpy_helper.from_array(np.float32(8.0), "k")]
+    nodes = [n("MatMul", ["x", "w"], ["logits"]), n("Softmax", ["logits"], ["p"]),
+             n("Mul", ["x", "k"], ["big"]), n("Sigmoid", ["x"], ["s"]), n("Concat", ["big", "s"], ["joined"], axis=1),
+             n("Relu", ["x"], ["plain"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in ("p", "joined", "plain")],
+                              inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "m.onnx")
+    imported = load_onnx(str(tmp_path / "m.onnx"))
+    mod = bind_weights(imported.mod, imported.params)
+    ops = {b.var.name: getattr(b.value.op, "name", "") for block in mod["main"].body.blocks for b in block.bindings
+           if isinstance(b.value, tvm.relax.Call)}
+    parts = output_parts(mod)
+    kinds = sorted(ops.get(p, "input") for p in parts)  # the sigmoid may be a fused chain of one op
+    assert len(parts) == 3 and kinds[0] == "input" and "relax.matmul" in kinds, (parts, ops)
+    assert not {"relax.nn.softmax", "relax.concat", "relax.nn.relu", "relax.multiply"} & set(kinds), (parts, ops)

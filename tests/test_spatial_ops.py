@@ -630,3 +630,43 @@ def test_concat_at_an_output_keeps_each_part_scale(tmp_path):
             assert np.abs(got[row] - want[row]).max() < 0.05, (row, np.abs(got[row] - want[row]).max())
         big = float(np.abs(want[:4]).max())
         assert np.abs(got[:4] - want[:4]).max() < 0.05 * big
+
+
+def test_box_arithmetic_before_an_output_keeps_16_bits(tmp_path):
+    """YOLOv8's decoding in the graph: corners = anchor -+ distances (80 grid units apart), centre
+    = their sum / 2, size = their difference, joined, times each anchor's stride, joined with the
+    class scores. Carried at 8 bits, the size (a few units) got the corners' step (0.6 units: 5-20
+    px; box IoU 0.71 to float on a real detector); what only sums, differences, scalings and layout
+    ops take to an output is carried at 16 bits."""
+    import onnxruntime as ort
+
+    import runtime
+    from passes import QuantConfig
+    from runtime import compile_model
+
+    n = helper.make_node
+    cells = 64
+    anchors = np.stack([np.tile(np.arange(8) + 0.5, 8), np.repeat(np.arange(8) + 0.5, 8)])[None] * 10.0
+    inits = {"w": _w(8, 3, 3, 3), "wd": np.abs(_w(4, 8, 1, 1)), "wc": _w(2, 8, 1, 1),
+             "anchors": anchors.astype(np.float32), "stride": np.full((1, cells), 8.0, np.float32),
+             "two": np.array(2.0, np.float32), "flat": np.array([1, 4, cells], np.int64),
+             "flat2": np.array([1, 2, cells], np.int64), "split": np.array([2, 2], np.int64)}
+    nodes = [n("Conv", ["x", "w"], ["f"], pads=[1, 1, 1, 1]), n("Relu", ["f"], ["r"]),
+             n("Conv", ["r", "wd"], ["d0"]), n("Relu", ["d0"], ["d1"]), n("Reshape", ["d1", "flat"], ["d"]),
+             n("Split", ["d", "split"], ["lt", "rb"], axis=1),
+             n("Sub", ["anchors", "lt"], ["x1y1"]), n("Add", ["anchors", "rb"], ["x2y2"]),
+             n("Add", ["x1y1", "x2y2"], ["s"]), n("Div", ["s", "two"], ["centre"]),
+             n("Sub", ["x2y2", "x1y1"], ["size"]), n("Concat", ["centre", "size"], ["box"], axis=1),
+             n("Mul", ["box", "stride"], ["pixels"]),
+             n("Conv", ["r", "wc"], ["c0"]), n("Reshape", ["c0", "flat2"], ["c1"]), n("Sigmoid", ["c1"], ["cls"]),
+             n("Concat", ["pixels", "cls"], ["out"], axis=1)]
+    path = _model(tmp_path / "yolo.onnx", nodes, inits, [1, 3, 8, 8], [("out", [1, 6, cells])])
+    data = rng.standard_normal((12, 1, 3, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=data[:8])
+    compiled = runtime.load(compile_model(path, "x86", tmp_path / "yolo.artifact", calib=tmp_path / "calib.npz",
+                                          config=QuantConfig(sensitivity_tol=None), progress=False))  # the rule alone
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    for x in data[:4]:  # calibration samples: the arithmetic's steps, not the range's clipping
+        got, want = compiled.run({"x": x})["out"][0], session.run(None, {"x": x})[0][0]
+        size_err = np.abs(got[2:4] - want[2:4]).max()  # pixels; the corners span 640
+        assert size_err < 0.1 * 8, (size_err, np.abs(want[2:4]).max())
