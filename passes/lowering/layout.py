@@ -247,11 +247,12 @@ def lower_scatter(ctx, call, args):
 @lowers("relax.topk")
 def lower_topk(ctx, call, args):
     """The k largest (smallest) integers: scales are positive, so the order is the real order
-    (ties between reals that round to one integer may come out in another order)."""
+    (ties between reals that round to one integer may come out in another order: 16 bits, not 8,
+    where an accumulator is requantized)."""
     axis = int(call.attrs.axis) % len(call.args[0].ty.shape)
     x = args[0]
     if not isinstance(x, Accumulator) or x.axis in (None, axis):
-        x = ctx.materialize(x)
+        x = ctx.materialize(x, wide=True)
     dtype = str(x.expr.ty.dtype)
     # TVM's CPU sort takes int32 but not int16 ("Unsupported input dtype" at run time): sorted in int32
     keys = x.expr if dtype == "int32" else ctx.emit(relax.op.astype(x.expr, "int32"))

@@ -4,8 +4,9 @@ sum(x, axes)        -> Accumulator(reduce_sum(x) in int32, S * 2^k)    k = 0 whe
 mean(x, axes)       -> the same at scale S * 2^k / N: the consumer's dyadic requantization divides,
                        rounded half up (no integer mean: Relax's truncates and returns int64)
 max/min(x, axes)    -> max/min on the 8/16-bit integers, same scale (symmetric: commutes with q)
-argmax/argmin(x)    -> on the 8/16-bit integers: an exact int64 IntTensor. Ties (values equal
-                       after quantization) resolve to the first index, as ONNX does
+argmax/argmin(x)    -> on the int32 accumulator, or the 16-bit integers where its scale varies
+                       along the axis: an exact int64 IntTensor. Ties (values equal after
+                       quantization) resolve to the first index, as ONNX does
 `|x|max` is the dtype's limit for 8/16-bit inputs, and 4x the calibrated range for an int32
 accumulator (e.g. a product a * b); where N * |x|max could reach 2^31 the sum runs in int64 and is
 shifted right by k (rounding half up, saturating). ReduceL2 arrives as sqrt(sum(x * x)): the
@@ -57,12 +58,28 @@ def _summand(ctx, x) -> tuple[relax.Expr, float, float, bool]:
     return q.expr, q.scale, float(max(abs(v) for v in INT_RANGE[q.dtype])), q.dtype.startswith("u")
 
 
+def ordered(ctx, x, axis) -> relax.Expr:
+    """Integers in the order of `x`'s reals along `axis`, for an argmax or a top-k: an unclamped
+    accumulator as it is where its scale does not vary along `axis`, else 16 bits. At 8 bits the
+    logits of a greedy decoder tie (several at the top integer), the first index wins, and the
+    token fed back differs from float's (g2p_en: 4 words of 16 diverged at margins up to 2.5)."""
+    rank = len(x.expr.ty.shape) if hasattr(x, "expr") else 0
+    uniform = isinstance(x, Accumulator) and bool(np.all(np.asarray(x.scale) == np.asarray(x.scale).flat[0]))
+    if (isinstance(x, Accumulator) and x.clamp == (-math.inf, math.inf) and axis is not None
+            and (x.axis is None or x.axis != int(axis) % rank or uniform)):
+        return x.expr
+    return ctx.materialize(x, wide=True).expr
+
+
 @lowers(*REDUCTIONS)
 def lower_reduce(ctx, call, args):
     kind = REDUCTIONS[call.op.name]
     if isinstance(args[0], np.ndarray):
         ctx.fail("reduction of a constant should have been folded")
-    if kind in ("select", "index"):
+    if kind == "index":
+        expr = ctx.emit(relax.Call(call.op, [ordered(ctx, args[0], call.attrs.axis)], call.attrs))
+        return IntTensor(expr)
+    if kind == "select":
         q = ctx.materialize(args[0])
         expr = ctx.emit(relax.Call(call.op, [q.expr], call.attrs))
         return IntTensor(expr) if kind == "index" else replace(q, expr=expr)
