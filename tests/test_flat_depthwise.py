@@ -4,6 +4,8 @@ reference for every sample."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import tvm
@@ -81,3 +83,56 @@ def test_quad_taps(shape, k, stride, padding, x_dtype):
     got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
     want = ref.requantize(ref.conv2d_acc(x, w, (stride, stride), padding, groups=c), m, s, 0, 255, "uint8")
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("shifted", [False, True])
+def test_padded_rows_read_inside_the_input(shifted):
+    """The padded rows load the input at clamped indices and mask the padding: with a select, TVM
+    dropped the clamps under its condition and the select, evaluated whole, loaded rows before and
+    after the input (a free-batch ResNet stem segfaulted where a sample's buffer ended at a page)."""
+    from tvm import te
+
+    from targets.depthwise import depthwise_flat_te
+
+    x = te.placeholder((1, 3, 20, 20), "int8", name="x")
+    w = te.placeholder((8, 3, 7, 7), "int8", name="w")
+    corr = te.placeholder((8,), "int32", name="corr") if shifted else None
+    out = depthwise_flat_te(x, w, (3, 3, 3, 3), stride=2, groups=1, corr=corr)
+    text = te.create_prim_func([x, w, out] + ([corr] if shifted else [])).script()
+    loads = re.findall(r"\bx\[v_b, v_ch, ([^\]]*)\]", text)
+    assert loads
+    for load in loads:  # every spatial index clamped to the image: T.max(T.min(...), 0)
+        assert load.startswith("T.max(T.min(") and load.count("T.max(T.min(") == 2, load
+
+
+def test_free_batch_stem_runs_batches_side_by_side(tmp_path):
+    """A 7x7 stride-2 RGB stem with a free batch, run at batch 8 on the batch workers (one sample
+    per call, each in its own exact-size buffer): it segfaulted every time before the fix above."""
+    import subprocess
+    import sys
+
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from frontends.onnx_import import FreeDim
+    from runtime import compile_model
+
+    w = np.random.default_rng(0).normal(0, 0.1, (16, 3, 7, 7)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[7, 7], strides=[2, 2], pads=[3, 3, 3, 3]),
+         helper.make_node("Relu", ["c"], ["y"])], "stem",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 224, 224])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16, 112, 112])], [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "stem.onnx")
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(1).normal(0, 1, (4, 3, 224, 224)).astype(np.float32))
+    art = compile_model(tmp_path / "stem.onnx", "x86", tmp_path / "stem.artifact", calib=tmp_path / "calib.npz",
+                        input_shapes={"x": (FreeDim("n", 1, 8), 3, 224, 224)}, progress=False)
+    script = ("import numpy as np, runtime; m = runtime.load(%r); m.batch_workers = 2\n"
+              "x = np.random.default_rng(2).normal(0, 1, (8, 3, 224, 224)).astype(np.float32)\n"
+              "y = [m.run({'x': x})['y'] for _ in range(10)]\n"
+              "one = m.run({'x': x[3:4]})['y']\n"
+              "assert all(np.array_equal(a, y[0]) for a in y) and np.array_equal(one[0], y[0][3])\n" % str(art))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
