@@ -39,22 +39,25 @@ LANES = 16  # int32 lanes of a 512-bit vector
 
 def _padder(x: te.Tensor, top: int, left: int, shifted: bool):
     """padded(b, ch, y, x) of `x` zero-padded by `top` and `left` (and anything at the far sides);
-    `shifted`: int8 read as the uint8 x + 128, padded with 128. The load reads a clamped index and
-    a mask (AND with 0 or all ones) keeps it or the padding: LLVM vectorizes that, but not
-    `if_then_else`'s branch around a load (a byte at a time: half of a 112x112 depthwise conv's time
-    on AVX2). Not a select: TVM's simplifier drops the clamps inside a select's branch under its
-    condition, and the select, evaluated whole, then loaded rows before and after the input (a
-    segfault where the input's buffer ended at a page: a free-batch ResNet stem)."""
+    `shifted`: int8 read as the uint8 x + 128, padded with 128. The load reads a clamped row and the
+    column as it is, and a select keeps it or the padding: LLVM vectorizes a select of contiguous
+    loads, but neither `if_then_else`'s branch around a load (a byte at a time: half of a 112x112
+    depthwise conv's time on AVX2) nor clamped columns (a gather: 2x the time). The row clamp is
+    written so that TVM's simplifier cannot drop it under the select's condition, as it did with
+    `0 <= y < h`: the select, evaluated whole, then loaded whole rows before and after the input (a
+    free-batch ResNet stem segfaulted). What is left reads at most `left` bytes before the tensor's
+    first row and the far-side padding's width after its last: memory malloc maps with every block
+    (its header before; its 16-byte granule, or a large block's last page, after)."""
     h, wd = int(x.shape[2]), int(x.shape[3])
 
     def padded(b, ch, y, xx):
         y, xx = y - top, xx - left
-        inside = tirx.all(y >= 0, y < h, xx >= 0, xx < wd)
-        value = x[b, ch, tirx.max(tirx.min(y, h - 1), 0), tirx.max(tirx.min(xx, wd - 1), 0)]
-        kept = tirx.bitwise_and(value, tirx.const(0, x.dtype) - inside.astype(x.dtype))
+        cy = tirx.max(tirx.min(y, h - 1), 0)
+        inside = tirx.all(cy == y, xx >= 0, xx < wd)
+        value = x[b, ch, cy, xx]
         if shifted:
-            return (kept.astype("int16") + 128).astype("uint8")
-        return kept
+            return tirx.Select(inside, (value.astype("int16") + 128).astype("uint8"), tirx.const(128, "uint8"))
+        return tirx.Select(inside, value, tirx.const(0, x.dtype))
 
     return padded
 
