@@ -6,7 +6,7 @@
 TVM's ONNX importer emits Pad and Tile through `emit_te`, so the ops reach later passes as
 opaque PrimFuncs that the integer lowering cannot see into. The parameters are recovered by
 running the PrimFunc once on probes (x = +-(1..N), exact in float32 for N < 2^24, or in the
-int32/int64 a tiled index tensor has): a padded
+int32/int64 a tiled index tensor has; a bool mask or narrow integers by bit planes of the index): a padded
 position holds the same constant for both probes, every other output names its source
 element. The recovered op is checked against NumPy on the probe; a call that does not match
 (or is too large to probe) is left as it was. A pad that pads nothing (TF's "SAME" where no
@@ -39,20 +39,44 @@ def _run(prim: tvm.tirx.PrimFunc, x: np.ndarray, out_shape: list[int]) -> np.nda
     return out.numpy()
 
 
+def _bit_planes(prim, in_shape: list[int], out_shape: list[int], dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """What `_recover`'s probe gives, (1 + source index, or the pad constant; the same for the
+    negated probe), for a dtype too narrow to hold indices (a bool mask, int8): the all-false and
+    all-true inputs tell padded positions (the same output for both), and one input per bit of
+    the index, that bit of each element, tells every other position its source."""
+    size = int(np.prod(in_shape))
+    low, high = (np.zeros(in_shape, dtype), np.ones(in_shape, dtype))
+    out_low, out_high = _run(prim, low, out_shape), _run(prim, high, out_shape)
+    padded = out_low == out_high
+    index = np.zeros(out_shape, np.int64)
+    flat = np.arange(size, dtype=np.int64).reshape(in_shape)
+    for bit in range(max(1, int(size - 1).bit_length())):
+        plane = ((flat >> bit) & 1).astype(dtype)
+        index |= (_run(prim, plane, out_shape) != out_low).astype(np.int64) << bit
+    const = out_low.astype(np.float64)
+    return np.where(padded, const, index + 1), np.where(padded, const, -(index + 1))
+
+
 def _recover(kind: str, prim, in_shape: list[int], out_shape: list[int], dtype: str = "float32"):
     """The Relax op `call_tir(prim)` computes on a `dtype` input, as a function of it, or None."""
     size = int(np.prod(in_shape))
-    limit = _MAX_PROBE if dtype == "float32" else np.iinfo(dtype).max
+    narrow = dtype not in ("float32", "int32", "int64")
+    limit = _MAX_PROBE if dtype == "float32" or narrow else np.iinfo(dtype).max
     if size >= limit or len(in_shape) != len(out_shape):
         return None
-    probe = (np.arange(size, dtype=dtype) + 1).reshape(in_shape)
-    out = _run(prim, probe, out_shape)
+    if narrow:
+        out, negated = _bit_planes(prim, in_shape, out_shape, dtype)
+        probe = (np.arange(size, dtype=np.int64) + 1).reshape(in_shape)
+    else:
+        probe = (np.arange(size, dtype=dtype) + 1).reshape(in_shape)
+        out = _run(prim, probe, out_shape)
+        negated = None
     if in_shape == out_shape:  # TF's "SAME" padding of a 1x1 or stride-matched conv: pads nothing
         return (lambda x: x) if np.array_equal(out, probe) else None
     if kind == "tile":
         reps = [o // i for o, i in zip(out_shape, in_shape)]
         return (lambda x: relax.op.tile(x, reps)) if np.array_equal(np.tile(probe, reps), out) else None
-    padded = out == _run(prim, -probe, out_shape)  # the constant, whatever the input
+    padded = out == (negated if narrow else _run(prim, -probe, out_shape))  # the constant, whatever the input
     value = float(out[padded][0]) if padded.any() else 0.0
     src = np.unravel_index(out[~padded].astype(np.int64) - 1, in_shape)
     dst = np.nonzero(~padded)
@@ -86,8 +110,8 @@ class _Rewriter(PyExprMutator):
             out_shape = [int(d) for d in call.ty.shape]
         except TypeError:  # symbolic shapes
             return call
-        dtype = str(args[0].ty.dtype)  # float tensors, and int32/int64 ones (TopK's indices, tiled)
-        if dtype not in ("float32", "int32", "int64") or str(call.ty.dtype) != dtype:
+        dtype = str(args[0].ty.dtype)  # float tensors, int ones (TopK's indices, tiled), bool masks (padded)
+        if dtype not in ("float32", "int32", "int64", "bool", "int8", "uint8", "int16") or str(call.ty.dtype) != dtype:
             return call
         prim = self.mod_[call.args[0]]
         key = (tvm_ffi.structural_hash(prim.without_attr("global_symbol")), tuple(in_shape), tuple(out_shape), dtype)

@@ -662,3 +662,39 @@ def test_output_declared_without_a_shape_compiles(tmp_path):
     art = load(compile_model(tmp_path / "bare.onnx", "x86", tmp_path / "a", calib=tmp_path / "calib.npz",
                              progress=False))
     assert art.manifest["outputs"][0]["shape"] == [1, 4, 8, 8]
+
+
+def test_pad_of_a_bool_mask_is_an_op(tmp_path):
+    """A local-peak mask as a forecaster writes it (Greater, Pad of the bool mask, Where): the
+    importer's pad PrimFunc of a bool tensor is recovered as a Relax pad (probed by bit planes of
+    the index, since a bool cannot hold it) and compiles integer-only, exactly; it was refused
+    with an internal error from deep inside TVM."""
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    import runtime
+    from runtime import compile_model
+
+    n = 64
+    const = {"s1": [1], "e1": [n], "s0": [0], "e0": [n - 1], "ax": [1], "pads": [0, 1, 0, 0]}
+    inits = [numpy_helper.from_array(np.array(v, np.int64), k) for k, v in const.items()]
+    inits.append(numpy_helper.from_array(np.array(0, np.float32), "zero"))
+    nodes = [helper.make_node("Slice", ["x", "s1", "e1", "ax"], ["mid"]),
+             helper.make_node("Slice", ["x", "s0", "e0", "ax"], ["left"]),
+             helper.make_node("Greater", ["mid", "left"], ["up"]), helper.make_node("Pad", ["up", "pads"], ["upp"]),
+             helper.make_node("Where", ["upp", "x", "zero"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, n])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, n])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "pad_bool.onnx"
+    onnx.save(model, path)
+    data = np.random.default_rng(0).normal(0, 1, (8, 1, n)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=data)
+    art = runtime.load(compile_model(path, "x86", tmp_path / "a.artifact", calib=tmp_path / "calib.npz",
+                                     progress=False))
+    assert art.manifest["integer_only"]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for x in data:
+        got, want = art.run({"x": x})["y"], session.run(None, {"x": x})[0]
+        assert np.all(got[want == 0] == 0) and np.abs(got - want).max() < 0.05  # masked out exactly
