@@ -28,15 +28,18 @@ from .sensitivity import PROBE_SAMPLES, SensitivityProbe
 class CalibratedRanges(dict):
     """{tensor name: (lo, hi)}, plus `channel_amax` {tensor name: (max |x| per last-axis channel,
     the number of values each maximum was taken over)}, `moments` {tensor name: (sum of squares,
-    nonzero count)}, `channel_mean` {(tensor name, axis): mean per channel along axis},
+    nonzero count)}, `channel_mean` {(tensor name, axis): mean per channel along axis}, `whole`
+    (the tensors cast to integers that held whole numbers only: floor(x * 4) before an index),
     `nonfinite` (the tensors that held infinities or NaN), and `probe`, the float model ready to
     measure the output error of putting tensors on their 8-bit grids (None: not measurable)."""
 
     def __init__(self, ranges: dict, channel_amax: dict[str, tuple[np.ndarray, int]] | None = None,
                  probe: SensitivityProbe | None = None, moments: dict[str, tuple[float, int]] | None = None,
                  nonfinite: frozenset[str] = frozenset(),
-                 channel_mean: dict[tuple[str, int], np.ndarray] | None = None):
+                 channel_mean: dict[tuple[str, int], np.ndarray] | None = None,
+                 whole: frozenset[str] = frozenset()):
         super().__init__(ranges)
+        self.whole = whole  # tensors cast to integers that held whole numbers only
         self.channel_amax = channel_amax or {}
         self.channel_mean = channel_mean or {}
         self.probe = probe
@@ -59,6 +62,14 @@ def _weighted_inputs(mod: tvm.IRModule) -> dict[str, set[int]]:
     return found
 
 
+def _cast_inputs(mod: tvm.IRModule) -> set[str]:
+    """The float tensors the graph casts to integers."""
+    return {b.value.args[0].name for block in mod["main"].body.blocks for b in block.bindings
+            if isinstance(b.value, relax.Call) and isinstance(b.value.op, tvm.ir.Op)
+            and b.value.op.name == "relax.astype" and isinstance(b.value.args[0], relax.Var)
+            and not str(b.value.ty.dtype).startswith(("float", "bool"))}
+
+
 def calibrate(mod: tvm.IRModule, samples: Sequence[dict[str, np.ndarray]] | Iterable[dict[str, np.ndarray]],
               observer: str = "minmax", target=None, progress: bool = True, pipeline=None,
               build=None) -> CalibratedRanges:
@@ -76,7 +87,12 @@ def calibrate(mod: tvm.IRModule, samples: Sequence[dict[str, np.ndarray]] | Iter
     means = {i: [ChannelMeanObserver(axis) for axis in weighted[name]] for i, name in enumerate(model.names)
              if name in weighted}
 
+    casts = {i for i, name in enumerate(model.names) if name in _cast_inputs(mod)}
+    fractional: set[int] = set()  # of them, those that held a fraction
+
     def observe(index: int, value: np.ndarray) -> None:
+        if index in casts and index not in fractional and not np.array_equal(value, np.round(value)):
+            fractional.add(index)
         finite = Finite(value)  # min, max and the finite values, found once for both observers
         observers[index].update(finite)
         moments[index].update(finite)
@@ -98,4 +114,5 @@ def calibrate(mod: tvm.IRModule, samples: Sequence[dict[str, np.ndarray]] | Iter
                             {name: m.moments() for name, m in zip(model.names, moments)},
                             frozenset(name for name, m in zip(model.names, moments) if m.nonfinite),
                             {(model.names[i], m.axis): m.mean() for i, ms in means.items() for m in ms
-                             if m.mean() is not None})
+                             if m.mean() is not None},
+                            frozenset(model.names[i] for i in casts - fractional))

@@ -126,15 +126,16 @@ def test_runtime_refuses_ids_it_cannot_cast(tmp_path):
 
 
 def test_float_input_with_another_use_stays_quantized(tmp_path):
-    """ids also feed a Mul: still an 8-bit quantized input; the Cast of a quantized tensor is refused
-    without --allow-float, as before, and with it the input keeps its scale."""
+    """ids also feed a Mul: still a quantized input, whose Cast is a table over its 16-bit grid
+    (toward zero, as Cast: these ids carry fractions), fine enough that the ids come back exactly."""
     path = _model(tmp_path / "m.onnx", also_mul=True)
-    with pytest.raises(CompileError, match="cast of a quantized tensor"):
-        runtime.compile_model(path, "x86", tmp_path / "a", calib=_calib(tmp_path), progress=False)
-    model = runtime.load(runtime.compile_model(path, "x86", tmp_path / "b", calib=_calib(tmp_path),
-                                               allow_float=True, progress=False))
+    model = runtime.load(runtime.compile_model(path, "x86", tmp_path / "a", calib=_calib(tmp_path), progress=False))
     quant = model.manifest["inputs"][0]["quant"]
-    assert quant["scale"] is not None and quant["dtype"] in ("int8", "int16")
+    assert model.manifest["integer_only"] and quant["scale"] is not None and quant["dtype"] in ("int8", "int16")
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    for ids in _ids(3, (1, 8)):
+        got, want = model.run({"ids": ids}), dict(zip(["y", "idx"], session.run(None, {"ids": ids})))
+        np.testing.assert_array_equal(got["idx"], want["idx"])
 
 
 def test_to_integer_is_onnx_cast():
@@ -210,3 +211,43 @@ def test_one_hot_mask_into_matmul_is_exact_uint8(tmp_path):
     want = ort.InferenceSession(str(path)).run(None, {"ids": ids[3]})[0]
     got = art.run({"ids": ids[3]})["y"]
     assert float((got * want).sum() / np.linalg.norm(got) / np.linalg.norm(want)) > 0.999
+
+
+def test_float_cast_to_an_index_is_a_table(tmp_path):
+    """Relu(x) * 4 -> Floor -> Clip -> Cast(int64) -> Gather: the cast of a quantized tensor to
+    integers is a table over its grid, rounding to the nearest where calibration saw whole numbers
+    only (the grid need not hold them: 5 at a step of 0.496 is 4.96, which truncates to 4). It was
+    refused; with --allow-float, 40% of the rows came from the neighbouring table entry."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    import runtime
+    from runtime import compile_model
+
+    table = np.random.default_rng(0).normal(0, 1, (64, 8)).astype(np.float32)
+    consts = {"four": np.array(4, np.float32), "lo": np.array(0, np.float32), "hi": np.array(63, np.float32),
+              "tab": table}
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Mul", ["r", "four"], ["m"]),
+             helper.make_node("Floor", ["m"], ["f"]), helper.make_node("Clip", ["f", "lo", "hi"], ["c"]),
+             helper.make_node("Cast", ["c"], ["i"], to=TensorProto.INT64),
+             helper.make_node("Gather", ["tab", "i"], ["y"], axis=0)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 8])],
+                              [numpy_helper.from_array(v, k) for k, v in consts.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "cast.onnx"
+    onnx.save(model, path)
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "calib.npz", x=np.abs(rng.normal(0, 5, (8, 1, 16))).astype(np.float32))
+    art = runtime.load(compile_model(path, "x86", tmp_path / "a.artifact", calib=tmp_path / "calib.npz",
+                                     progress=False))
+    assert art.manifest["integer_only"]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rows = same = 0
+    for x in np.abs(rng.normal(0, 5, (100, 1, 16))).astype(np.float32):
+        got, want = art.run({"x": x})["y"], session.run(None, {"x": x})[0]
+        same += int(np.sum(np.all(np.abs(got - want) < 1e-3, axis=-1)))
+        rows += 16
+    assert same >= 0.98 * rows, (same, rows)  # the rest: x * 4 within one input step of a whole number

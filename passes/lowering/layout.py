@@ -270,10 +270,31 @@ def lower_topk(ctx, call, args):
 @lowers("relax.astype")
 def lower_astype(ctx, call, args):
     if not str(call.ty.dtype).startswith("float"):
-        ctx.fail(f"cast of a quantized tensor to {call.ty.dtype}: only float -> float casts")
+        return _to_integers(ctx, call, args[0])
     if isinstance(args[0], IntTensor) and ctx.var.name in ctx.ranges:  # integers -> float: their range
         return replace(args[0], range=tuple(ctx.out_range()))
     return args[0]  # float -> float: the same real values, the same integers
+
+
+def _to_integers(ctx, call, x) -> IntTensor:
+    """A float tensor cast to integers (an index computed in float: floor(x * 4) -> Cast -> Gather,
+    a bucket of a value) as a table over its 8/16-bit grid: each integer q stands for q * S, cast
+    as ONNX does (toward zero), or rounded to the nearest where the tensor held whole numbers on
+    every calibration sample (`CalibratedRanges.whole`): their grid need not hold them exactly (5
+    at a step of 0.496 is 10 steps, 4.96, which truncates to 4)."""
+    dtype = str(call.ty.dtype)
+    if dtype not in ("int64", "int32", "int16", "int8", "uint8") or isinstance(x, np.ndarray):
+        ctx.fail(f"cast of a quantized tensor to {dtype}: only float and integer casts")
+    q = ctx.materialize(x, wide=True)
+    if not isinstance(q, Quantized) or q.dtype not in ("int8", "uint8", "int16"):
+        ctx.fail(f"cast of a {type(q).__name__} to {dtype}: no 8/16-bit grid to tabulate")
+    lo, hi = INT_RANGE[q.dtype]
+    reals = np.arange(lo, hi + 1, dtype=np.float64) * float(q.scale)
+    whole = getattr(call.args[0], "name", None) in getattr(ctx.ranges, "whole", ())
+    info = np.iinfo(dtype)
+    table = np.clip(np.rint(reals) if whole else np.trunc(reals), info.min, info.max).astype(dtype)
+    index = relax.op.subtract(relax.op.astype(q.expr, "int32"), emit.const(lo, "int32"))
+    return IntTensor(ctx.emit(relax.op.take(emit.const(table, dtype), index, axis=0, mode="clip")))
 
 
 PART_RATIO = 16  # a part whose max |x| is this far below the concat's keeps its own scale at an output
