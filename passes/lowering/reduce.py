@@ -60,9 +60,9 @@ def _summand(ctx, x) -> tuple[relax.Expr, float, float, bool]:
 
 def ordered(ctx, x, axis) -> relax.Expr:
     """Integers in the order of `x`'s reals along `axis`, for an argmax or a top-k: an unclamped
-    accumulator as it is where its scale does not vary along `axis`, else 16 bits. At 8 bits the
-    logits of a greedy decoder tie (several at the top integer), the first index wins, and the
-    token fed back differs from float's (g2p_en: 4 words of 16 diverged at margins up to 2.5)."""
+    accumulator as it is where its scale does not vary along `axis`, else 16 bits. At 8 bits near
+    ties of a decoder's logits round to one integer and the first index wins: the index disagreed
+    with the model's own logits output on 36 of 2000 inputs."""
     rank = len(x.expr.ty.shape) if hasattr(x, "expr") else 0
     uniform = isinstance(x, Accumulator) and bool(np.all(np.asarray(x.scale) == np.asarray(x.scale).flat[0]))
     if (isinstance(x, Accumulator) and x.clamp == (-math.inf, math.inf) and axis is not None
@@ -81,8 +81,7 @@ def lower_reduce(ctx, call, args):
         return IntTensor(expr)
     if kind == "select":
         q = ctx.materialize(args[0])
-        expr = ctx.emit(relax.Call(call.op, [q.expr], call.attrs))
-        return IntTensor(expr) if kind == "index" else replace(q, expr=expr)
+        return replace(q, expr=ctx.emit(relax.Call(call.op, [q.expr], call.attrs)))
     axes = _axes(call)
     shape = [int(d) for d in call.args[0].ty.shape]
     count = int(np.prod([shape[a] for a in axes]))
