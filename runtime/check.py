@@ -4,7 +4,8 @@ A model can verify integer-only and still be wrong (a grid too coarse for a tens
 sensitivity search did not catch); the user should hear it at compile time, not in production.
 The CLI runs the last two calibration samples through the artifact and through onnxruntime on the
 original file (for a pre-quantized file, first on the float graph it quantizes) and prints each
-output's worst cosine and largest error, with a warning below 0.99.
+output's worst cosine (for an integer output, the share of equal elements) and largest error, with
+a warning below 0.99.
 """
 
 from __future__ import annotations
@@ -36,12 +37,14 @@ def calibration_samples(calib: str | Path, inputs: list[dict], count: int = SAMP
 
 class Agreement(NamedTuple):
     """One output against float: cosine, largest |error|, and for a probability map (float values all
-    in [0, 1]) the IoU of its mask at 0.5 (None for other outputs)."""
+    in [0, 1]) the IoU of its mask at 0.5 (None for other outputs). For an integer output (an argmax,
+    a top-k's indices) `cosine` is the share of equal elements (`integers`)."""
 
     name: str
     cosine: float
     error: float
     iou: float | None = None
+    integers: bool = False
 
 
 def worst(rows_per_sample: list[list[Agreement]]) -> list[Agreement]:
@@ -55,7 +58,8 @@ def worst(rows_per_sample: list[list[Agreement]]) -> list[Agreement]:
                 continue
             cos = row.cosine if np.isnan(row.cosine) or row.cosine < old.cosine else old.cosine
             ious = [v for v in (old.iou, row.iou) if v is not None]
-            merged[row.name] = Agreement(row.name, cos, max(old.error, row.error), min(ious) if ious else None)
+            merged[row.name] = Agreement(row.name, cos, max(old.error, row.error), min(ious) if ious else None,
+                                         row.integers)
     return list(merged.values())
 
 
@@ -101,9 +105,15 @@ def float_agreement(model_path: str | Path | bytes, artifact, samples, got=None)
 
 
 def _agreement(name: str, got, ref: np.ndarray) -> Agreement | None:
-    """The agreement of one output; None where it is not a float output of the same size."""
-    if got is None or ref.dtype.kind != "f":
+    """The agreement of one output; None where it is not a numeric output of the same size."""
+    if got is None or ref.dtype.kind not in "fiub":
         return None
+    if ref.dtype.kind != "f":  # an argmax, a top-k's indices, a mask: the share of equal elements
+        a, b = np.asarray(got).ravel(), ref.ravel()
+        if a.shape != b.shape:
+            return None
+        diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
+        return Agreement(name, float(np.mean(a == b)) if a.size else 1.0, float(diff.max(initial=0.0)), None, True)
     a, b = np.asarray(got, np.float64).ravel(), ref.astype(np.float64).ravel()
     if a.shape != b.shape:
         return None
@@ -146,11 +156,13 @@ def _iou(got: np.ndarray, ref: np.ndarray) -> float | None:
 def report(rows: list[Agreement], label: str = FILE, warn: bool = True, samples: int = 1) -> str:
     """One line per output, and (`warn`) a warning when one falls below MIN_COSINE or MIN_IOU."""
     where = "the last calibration sample" if samples == 1 else f"the last {samples} calibration samples (worst)"
-    lines = [f"check against {label} on {where}: {r.name}: cosine {r.cosine:.4f}, max |error| {r.error:.4g}"
-             + ("" if r.iou is None else f", mask (> 0.5) IoU {r.iou:.3f}") for r in rows]
+    lines = [f"check against {label} on {where}: {r.name}: "
+             + (f"{r.cosine:.2%} of the integers equal" if r.integers else f"cosine {r.cosine:.4f}")
+             + f", max |error| {r.error:.4g}" + ("" if r.iou is None else f", mask (> 0.5) IoU {r.iou:.3f}")
+             for r in rows]
     low = [r.name for r in rows if not r.cosine >= MIN_COSINE or (r.iou is not None and r.iou < MIN_IOU)]
     if low and warn:
-        lines.append(f"WARNING: {', '.join(low)} agree(s) with float below cosine {MIN_COSINE} or mask IoU "
-                     f"{MIN_IOU}: the artifact may be wrong on real inputs; try more or more representative "
-                     "--calib data, or --allow-float and compare")
+        lines.append(f"WARNING: {', '.join(low)} agree(s) with float below cosine {MIN_COSINE} (integers: that "
+                     f"share equal) or mask IoU {MIN_IOU}: the artifact may be wrong on real inputs; try more or "
+                     "more representative --calib data, or --allow-float and compare")
     return "\n".join(lines)

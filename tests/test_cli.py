@@ -87,7 +87,7 @@ def test_check_reports_the_worst_of_its_samples(tmp_path):
     assert [s["x"][0, 0] for s in samples] == [9.0, 12.0] and samples[0]["x"].shape == (1, 3)
     rows = worst([[Agreement("a", 0.999, 0.1, 0.95), Agreement("b", 0.98, 2.0)],
                   [Agreement("a", 0.97, 0.05, 0.9), Agreement("b", float("nan"), 1.0)]])
-    assert rows[0] == ("a", 0.97, 0.1, 0.9) and rows[1][0] == "b" and np.isnan(rows[1][1]) and rows[1][2] == 2.0
+    assert rows[0] == ("a", 0.97, 0.1, 0.9, False) and rows[1][0] == "b" and np.isnan(rows[1][1]) and rows[1][2] == 2.0
 
 
 def test_check_warns_when_the_artifact_disagrees_with_float():
@@ -266,3 +266,16 @@ def test_run_cli_bad_input(tmp_path, small_artifact, capsys):
     np.savez(tmp_path / "in.npz", image=_x())
     assert run_main([small_artifact, "--input", str(tmp_path / "in.npz")]) == 2
     assert "do not match the model's inputs" in capsys.readouterr().err
+
+
+def test_check_compares_integer_outputs():
+    """An integer output (an argmax, a top-k's indices) is checked too: the share of equal elements,
+    with the warning below 0.99 (a decoder's in-graph ArgMax disagreed on 36 of 2000 inputs unseen)."""
+    from runtime.check import _agreement, report, worst
+
+    same = _agreement("token", np.array([[3, 1, 4, 1, 5]]), np.array([[3, 1, 4, 1, 5]], np.int64))
+    off = _agreement("token", np.array([[3, 1, 4, 1, 6]]), np.array([[3, 1, 4, 1, 5]], np.int64))
+    assert same.integers and same.cosine == 1.0 and off.cosine == 0.8 and off.error == 1.0
+    text = report(worst([[same], [off]]))
+    assert "token: 80.00% of the integers equal" in text and "WARNING: token agree(s)" in text
+    assert "WARNING" not in report([same])
