@@ -350,7 +350,8 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
                          _length_axes(bucket_specs[a], bucket_specs[b], a, b))
         log(f"{seq.name} buckets {sizes}: "
             + ("inputs are zero-padded to the next bucket (the attention mask makes it exact)" if layout.padded else
-               "no attention-mask input, so padding would change the result: only these lengths run"))
+               "no attention-mask input, so padding would change the result: only these lengths run "
+               "(--buckets names every length a deployment needs)"))
     else:
         int_mod = lower(float_mod)
     in_shapes, out_shapes = ((input_shapes_of(int_mod), output_shapes(int_mod)) if free else  # ["n", 3, 224, 224]
