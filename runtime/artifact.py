@@ -34,6 +34,7 @@ DEVICE_TEXT = "model.cu"
 
 _LOADABLE: dict[str, Path] = {}  # library sha256 -> its copy under a name of its own
 _LOADABLE_LOCK = threading.Lock()
+_FOLDER: list[Path] = []  # this process's folder of them
 
 
 def loadable_library(path: Path, sha: str) -> Path:
@@ -43,13 +44,11 @@ def loadable_library(path: Path, sha: str) -> Path:
     the kernels of another). A hard link (a copy across file systems) in a folder of this process,
     removed at exit."""
     with _LOADABLE_LOCK:
-        if sha not in _LOADABLE:
-            if not _LOADABLE:
-                folder = Path(tempfile.mkdtemp(prefix="intq-libs-"))
-                atexit.register(shutil.rmtree, folder, True)
-            else:
-                folder = next(iter(_LOADABLE.values())).parent
-            target = folder / f"{sha[:32]}{path.suffix}"
+        if sha not in _LOADABLE or not _LOADABLE[sha].exists():
+            if not _FOLDER or not _FOLDER[0].is_dir():  # first use, or removed (a forked child's exit)
+                _FOLDER[:] = [Path(tempfile.mkdtemp(prefix="intq-libs-"))]
+                atexit.register(shutil.rmtree, _FOLDER[0], True)
+            target = _FOLDER[0] / f"{sha[:32]}{path.suffix}"
             try:
                 os.link(path, target)
             except OSError:
