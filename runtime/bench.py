@@ -17,6 +17,7 @@ EXAMPLES = """examples:
   python -m runtime.bench model.arm.artifact --rpc 192.168.1.20:9090          # board's RPC server
   python -m runtime.bench model.arm.artifact --rpc tracker:9190 --key rasp4b   # through a tracker
   python -m runtime.bench model.x86.artifact --json
+  python -m runtime.bench model.x86.artifact --threads 1 --kernels 15          # where the time goes
   python -m runtime.bench bert.x86.artifact --shape seq=32 --shape n=8           # free dims by name
 """
 
@@ -43,6 +44,19 @@ def benchmark(model, threads: int | None = None, repeat: int = 50, warmup: int =
             "mean_ms": round(float(ms.mean()), 4), "batch": batch,
             "shapes": {k: list(v.shape) for k, v in inputs.items()},
             "throughput_per_s": round(1e3 * batch / float(ms.mean()), 2)}
+
+
+def kernel_table(model, threads: int | None, inputs, batch: int, sizes, top: int) -> list[dict]:
+    """The `top` slowest kernels of one run (ms per run, calls, share of all calls' time)."""
+    from .model import example_shape
+
+    if inputs is None:
+        rng = np.random.default_rng(0)
+        inputs = {i["name"]: _random(rng, example_shape(i, batch, sizes), i) for i in model.inputs}
+    times = model.kernel_times(model.quantize_inputs(inputs))
+    total = sum(ms for ms, _ in times.values()) or 1.0
+    return [{"kernel": name, "ms": round(ms, 4), "calls": calls, "share": round(ms / total, 4)}
+            for name, (ms, calls) in list(times.items())[:top]]
 
 
 def _random(rng, shape: list[int], spec: dict) -> np.ndarray:
@@ -79,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="a free dim of the artifact by name (its manifest shape), e.g. seq=32 or n=8 (repeatable)")
     p.add_argument("--rpc", metavar="HOST:PORT", help="run on the board behind this RPC server or tracker")
     p.add_argument("--key", help="device key, when --rpc names a tracker")
+    p.add_argument("--kernels", type=int, default=0, metavar="N",
+                   help="also time each kernel (the virtual machine's instrument) and list the N slowest")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
     args = p.parse_args(argv)
@@ -103,11 +119,17 @@ def main(argv: list[str] | None = None) -> int:
                                f"{sorted(names) or 'none'}")
         batch = sizes.get(next((i["shape"][0] for i in model.inputs if isinstance(i["shape"][0], str)), ""), batch)
         result = benchmark(model, args.threads, args.repeat, args.warmup, inputs, batch, sizes)
+        if args.kernels:
+            result["kernels"] = kernel_table(model, args.threads, inputs, batch, sizes, args.kernels)
         if args.json:
             print(json.dumps(result))
         else:
+            kernels = result.pop("kernels", None)
             width = max(len(k) for k in result)
             print("\n".join(f"{k:<{width}}  {v}" for k, v in result.items()))
+            if kernels:
+                print("\n| kernel | ms per run | calls per run | share |\n|---|---|---|---|")
+                print("\n".join(f"| {r['kernel']} | {r['ms']:.3f} | {r['calls']:g} | {r['share']:.1%} |" for r in kernels))
 
     return guarded(action, args.verbose)
 

@@ -255,6 +255,35 @@ class Model:
         timer = vm.time_evaluator("main", self._dev, number=1, repeat=repeat)
         return np.asarray(timer(*args).results) * 1e3
 
+    def kernel_times(self, qinputs: list[np.ndarray], repeat: int = 20) -> dict[str, tuple[float, float]]:
+        """{kernel: (ms per run, calls per run)} over `repeat` runs on this machine, the slowest
+        first: the virtual machine's instrument times every call it makes (kernels, allocations),
+        a few microseconds each on top (compare their sum with `time`)."""
+        if self.remote is not None:
+            raise InputError("kernel times are measured on this machine; the artifact runs on a board (--rpc)")
+        size, _, qinputs = self._bucket(qinputs)
+        vm = self._new_vm(self._libs[size], self._dev)
+        args = [self._tensor(np.require(q, requirements="C"), self._dev) for q in qinputs]
+        vm["main"](*args)  # warm: constants loaded, memory pooled
+        totals: dict[str, list[float]] = {}
+        started: list[float] = []
+
+        def instrument(func, name, before, ret, *_):
+            if before:
+                started.append(time.perf_counter())
+            else:
+                entry = totals.setdefault(str(name), [0.0, 0.0])
+                entry[0] += time.perf_counter() - started.pop()
+                entry[1] += 1
+            return 0
+
+        vm.set_instrument(instrument)
+        with _ENVIRONMENT.read():
+            for _ in range(repeat):
+                vm["main"](*args)
+        rows = {name: (1e3 * t / repeat, n / repeat) for name, (t, n) in totals.items()}
+        return dict(sorted(rows.items(), key=lambda kv: -kv[1][0]))
+
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Quantize `inputs`, run the integer model, dequantize the outputs."""
         outs = self.run_integer(self.quantize_inputs(inputs))

@@ -101,6 +101,20 @@ def test_bench_local_table(small_artifact, capsys):
         assert field in out
 
 
+def test_bench_lists_the_slowest_kernels(small_artifact, rpc_server, capsys):
+    """`--kernels N`: each kernel timed by the virtual machine's instrument, the N slowest listed;
+    over RPC it is refused (the instrument runs here)."""
+    assert bench_main([str(small_artifact), "--repeat", "5", "--threads", "1", "--kernels", "3", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["kernels"]
+    assert len(rows) == 3 and all(r["ms"] > 0 and r["calls"] >= 1 for r in rows)
+    assert [r["ms"] for r in rows] == sorted((r["ms"] for r in rows), reverse=True) and sum(r["share"] for r in rows) <= 1
+    assert all(isinstance(r["kernel"], str) and r["kernel"] for r in rows)
+    assert bench_main([str(small_artifact), "--repeat", "5", "--kernels", "3"]) == 0
+    assert "| kernel | ms per run | calls per run | share |" in capsys.readouterr().out
+    assert bench_main([str(small_artifact), "--rpc", rpc_server, "--repeat", "2", "--kernels", "3"]) == 2
+    assert "measured on this machine" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("args,needle", [(["--repeat", "0"], "--repeat must be"), (["--key", "k"], "--key needs")])
 def test_bench_bad_flags(small_artifact, capsys, args, needle):
     assert bench_main([str(small_artifact), *args]) == 2
