@@ -269,6 +269,7 @@ def lower_topk(ctx, call, args):
 
 @lowers("relax.astype")
 def lower_astype(ctx, call, args):
+    """Casts: float -> float keep the integers; float -> int a table over the 8/16-bit grid."""
     if not str(call.ty.dtype).startswith("float"):
         return _to_integers(ctx, call, args[0])
     if isinstance(args[0], IntTensor) and ctx.var.name in ctx.ranges:  # integers -> float: their range
