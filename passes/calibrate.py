@@ -87,7 +87,8 @@ def calibrate(mod: tvm.IRModule, samples: Sequence[dict[str, np.ndarray]] | Iter
     means = {i: [ChannelMeanObserver(axis) for axis in weighted[name]] for i, name in enumerate(model.names)
              if name in weighted}
 
-    casts = {i for i, name in enumerate(model.names) if name in _cast_inputs(mod)}
+    cast = _cast_inputs(mod)
+    casts = {i for i, name in enumerate(model.names) if name in cast}
     fractional: set[int] = set()  # of them, those that held a fraction
 
     def observe(index: int, value: np.ndarray) -> None:
@@ -99,7 +100,7 @@ def calibrate(mod: tvm.IRModule, samples: Sequence[dict[str, np.ndarray]] | Iter
         if index in channels:
             channels[index].update(value)
         for mean in means.get(index, ()):
-            mean.update(value)
+            mean.update(value, finite.nonfinite)
 
     total = len(samples) if hasattr(samples, "__len__") else None
     kept = []  # the first samples, for the sensitivity probe

@@ -140,13 +140,13 @@ class ChannelMeanObserver:
     def __init__(self, axis: int):
         self.axis, self.sums, self.count = axis, None, 0
 
-    def update(self, x: np.ndarray) -> None:
+    def update(self, x: np.ndarray, nonfinite: bool = True) -> None:
+        """Add `x`'s sums; `nonfinite=False` (known from `Finite`) skips the search for infinities."""
         if x.size == 0 or x.dtype.kind != "f" or not -x.ndim <= self.axis < x.ndim:
             return
         axis = self.axis % x.ndim
-        finite = np.isfinite(x)
-        if not finite.all():
-            x = np.where(finite, x, 0)
+        if nonfinite:
+            x = np.where(np.isfinite(x), x, 0)
         sums = np.sum(x, axis=tuple(a for a in range(x.ndim) if a != axis), dtype=np.float64)
         if self.sums is not None and self.sums.shape != sums.shape:
             return

@@ -51,7 +51,7 @@ from .lowering.integer_inputs import find_exact_inputs, lower_exact, vars_read
 from .lowering.values import MaskedLogits
 from .reference.kernels import INT_RANGE
 from .narrow_table_inputs import narrow_table_inputs
-from .sensitivity import coarse_grids, find_sensitive
+from .sensitivity import coarse_grids, find_sensitive, scaled_input
 
 OFFSET_AWARE = frozenset({"relax.reshape", "relax.permute_dims", "relax.squeeze", "relax.expand_dims",
                           "relax.matmul"})
@@ -165,13 +165,8 @@ def _output_bound(func: relax.Function) -> frozenset[str]:
 
 def _scales(value, name: str) -> bool:
     """Is `value` the tensor bound to `name` times or over a constant?"""
-    if not (isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op)
-            and value.op.name in ("relax.multiply", "relax.divide") and len(value.args) == 2):
-        return False
-    x, c = value.args
-    if value.op.name == "relax.multiply" and isinstance(x, tvm.ir.GenericConst):
-        x, c = c, x
-    return isinstance(x, relax.Var) and x.name == name and isinstance(c, tvm.ir.GenericConst)
+    x = scaled_input(value)
+    return x is not None and x.name == name
 
 
 def _bindings(func: relax.Function):

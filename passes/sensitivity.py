@@ -75,7 +75,21 @@ def model_macs(mod) -> int:
 
 _SQUASHING = ("relax.nn.softmax", "relax.nn.log_softmax", "relax.sigmoid")
 _PASS_THROUGH = ("relax.reshape", "relax.permute_dims", "relax.squeeze", "relax.expand_dims", "relax.flatten")
-_SCALING = ("relax.multiply", "relax.divide")  # by a constant: the same relative error
+
+
+def scaled_input(value):
+    """The tensor that `value` multiplies by a constant or divides by one (the same relative
+    error), else None."""
+    import tvm
+    from tvm import relax
+
+    if not (isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op)
+            and value.op.name in ("relax.multiply", "relax.divide") and len(value.args) == 2):
+        return None
+    x, c = value.args
+    if value.op.name == "relax.multiply" and isinstance(x, tvm.ir.GenericConst):
+        x, c = c, x
+    return x if isinstance(x, relax.Var) and isinstance(c, tvm.ir.GenericConst) else None
 
 
 def output_parts(mod) -> list[str]:
@@ -92,9 +106,10 @@ def output_parts(mod) -> list[str]:
     def source(expr):  # back through layout ops and scaling by a constant
         while isinstance(expr, relax.Var) and isinstance(value := values.get(expr.name), relax.Call) \
                 and isinstance(value.op, tvm.ir.Op):
-            args = [a for a in value.args if isinstance(a, relax.Var)]
-            if value.op.name in _PASS_THROUGH or value.op.name in _SCALING and len(args) == 1:
-                expr = args[0]
+            if value.op.name in _PASS_THROUGH and isinstance(value.args[0], relax.Var):
+                expr = value.args[0]
+            elif scaled_input(value) is not None:
+                expr = scaled_input(value)
             else:
                 break
         return expr
@@ -139,6 +154,7 @@ class SensitivityProbe:
         self._tapped = set(model.names)
         parts = set(output_parts(model.mod))
         self._parts = [i for i, n in enumerate(model.names) if n in parts]  # measured beside the outputs
+        self._part_set = frozenset(self._parts)  # the taps ask per tensor per run
         self._reference = None
         self._memo: dict = {}
 
@@ -154,7 +170,7 @@ class SensitivityProbe:
                 scale, lo, hi = by_index[index]
                 x = (np.clip(np.floor(x / np.float32(scale) + np.float32(0.5)), lo, hi) * np.float32(scale)).astype(
                     x.dtype)
-            if index in self._parts:
+            if index in self._part_set:
                 seen[index] = np.array(x, np.float64)
             return x if index in by_index else None
 
