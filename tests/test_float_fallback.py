@@ -212,7 +212,7 @@ def test_nan_constants_stay_float_and_the_check_compares_the_rest(tmp_path):
                                              allow_float=True, progress=False))
     y = art.run({"x": x[5]})["y"]
     assert np.array_equal(np.isnan(y), ~keep)
-    ((name, cosine, _, _),) = check.float_agreement(path, art, {"x": x[5]})
-    assert name == "y" and cosine > 0.99
-    ((_, cosine, _, _),) = check.float_agreement(path, art, {"x": x[5]}, got={"y": np.nan_to_num(y)})
-    assert not cosine >= 0.99  # NaNs where float has none: reported below the bar
+    (row,) = check.float_agreement(path, art, {"x": x[5]})
+    assert row.name == "y" and row.cosine > 0.99
+    (row,) = check.float_agreement(path, art, {"x": x[5]}, got={"y": np.nan_to_num(y)})
+    assert not row.cosine >= 0.99  # NaNs where float has none: reported below the bar
