@@ -12,7 +12,7 @@ reused (anything else is legalized afresh).
 from __future__ import annotations
 
 import tvm
-from tvm import relax
+from tvm import relax, topi
 
 from frontends.relax_rewrite import Substitute
 
@@ -80,6 +80,17 @@ def _cached(default, cache: dict):
     return legalize
 
 
+INJECTIVE = 2  # FuseOps' kInjective: AnnotateTIROpPattern keeps an op_pattern it finds
+
+
+def _take(bb, call):
+    """A gather as an injective kernel, as Relay had it: TVM's pattern analysis calls a load at a
+    data-dependent index opaque, so every table lookup ran as a kernel of its own, apart from the
+    requantization that computes its index (an unrolled LSTM: two VM calls per gate and step)."""
+    return bb.call_te(topi.take, call.args[0], call.args[1], call.attrs.axis, mode=call.attrs.mode,
+                      primfunc_name_hint="take", primfunc_attrs={"op_pattern": INJECTIVE})
+
+
 @tvm.transform.module_pass(opt_level=0, name="LegalizeOps")
 def legalize_ops_once(mod, _ctx):
     """`relax.transform.LegalizeOps()`, each distinct kernel legalized once (module doc)."""
@@ -87,7 +98,7 @@ def legalize_ops_once(mod, _ctx):
     table = {}
     for name in tvm.ir.Op.list_op_names():
         if name.startswith("relax."):
-            default = tvm.ir.Op.get(name).get_attr("FLegalize")
+            default = _take if name == "relax.take" else tvm.ir.Op.get(name).get_attr("FLegalize")
             if default is not None:
                 table[name] = _cached(default, cache)
     return relax.transform.LegalizeOps(table)(mod)
