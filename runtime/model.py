@@ -88,6 +88,10 @@ class Model:
         for key in self._libs:  # load the constants now: a broken library fails at load, not at the first run
             self._vm(key)
         self._tensor = tvm.runtime.tensor
+        # on this machine's CPU, inputs and outputs are shared with NumPy (DLPack) instead of copied:
+        # a small model's run spent as long in those copies as in its kernels
+        self._shared = device == "cpu" and remote is None
+        self._scales: dict = {}  # (output index, rank) -> its scale array, shaped to broadcast
         # a GPU takes the whole batch in one call; CPUs run samples side by side
         self.batch_workers = _default_workers() if device == "cpu" else 1
         self._pool = None  # (size, worker threads for batch samples), started on first use
@@ -203,9 +207,26 @@ class Model:
             config_threads(threads)  # this worker thread's TVM pool
             self._local.threads = threads
         with _ENVIRONMENT.read():
-            result = self._vm(size)["main"](*[self._tensor(np.require(q, requirements="C"), self._dev)
-                                              for q in qinputs])
-            return [r.numpy() for r in ([result] if len(self.outputs) == 1 else list(result))]
+            result = self._main(size)(*[self._device_tensor(q) for q in qinputs])
+            results = [result] if len(self.outputs) == 1 else list(result)
+            # a copy: an output may be memory the VM keeps (a constant it returns)
+            return [np.from_dlpack(r).copy() for r in results] if self._shared else [r.numpy() for r in results]
+
+    def _main(self, key):
+        """This thread's `main` of bucket `key` (looked up once: the lookup cost a small model 5%)."""
+        mains = self._local.__dict__.setdefault("mains", {})
+        if key not in mains:
+            mains[key] = self._vm(key)["main"]
+        return mains[key]
+
+    def _device_tensor(self, q: np.ndarray):
+        """`q` as the VM's argument: on this machine's CPU the array itself (TVM takes 64-byte
+        aligned memory only: `q` is copied into such where it is not), elsewhere a copy there."""
+        if not self._shared:
+            return self._tensor(np.require(q, requirements="C"), self._dev)
+        import tvm_ffi
+
+        return tvm_ffi.from_dlpack(_aligned(q))
 
     def _slices(self, qinputs: list[np.ndarray]) -> list[slice]:
         """The batch as one-sample slices, shared out among the workers (one slice: the whole batch
@@ -249,7 +270,7 @@ class Model:
             return np.asarray(times) * 1e3
         size, _, qinputs = self._bucket(qinputs)
         vm = self._vm(size)
-        args = [self._tensor(np.require(q, requirements="C"), self._dev) for q in qinputs]
+        args = [self._device_tensor(q) for q in qinputs]
         for _ in range(warmup):
             vm["main"](*args)
         timer = vm.time_evaluator("main", self._dev, number=1, repeat=repeat)
@@ -263,7 +284,7 @@ class Model:
             raise InputError("kernel times are measured on this machine; the artifact runs on a board (--rpc)")
         size, _, qinputs = self._bucket(qinputs)
         vm = self._new_vm(self._libs[size], self._dev)
-        args = [self._tensor(np.require(q, requirements="C"), self._dev) for q in qinputs]
+        args = [self._device_tensor(q) for q in qinputs]
         vm["main"](*args)  # warm: constants loaded, memory pooled
         totals: dict[str, list[float]] = {}
         started: list[float] = []
@@ -287,8 +308,14 @@ class Model:
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Quantize `inputs`, run the integer model, dequantize the outputs."""
         outs = self.run_integer(self.quantize_inputs(inputs))
-        return {spec["name"]: _as_output(spec, dequantize(q, _scale_array(spec["quant"], q.ndim)))
-                for spec, q in zip(self.outputs, outs)}
+        return {spec["name"]: _as_output(spec, dequantize(q, self._scale(i, q.ndim)))
+                for i, (spec, q) in enumerate(zip(self.outputs, outs))}
+
+    def _scale(self, index: int, rank: int) -> np.ndarray:
+        key = (index, rank)
+        if key not in self._scales:
+            self._scales[key] = _scale_array(self.outputs[index]["quant"], rank)
+        return self._scales[key]
 
 
 SATURATION = 1.5  # an input this many times past its calibrated grid's end gets a warning
@@ -301,6 +328,21 @@ def _scalar_input(value, specs: list[dict], name: str):
     if spec is not None and spec["shape"] == [] and (isinstance(value, (int, float, bool, np.generic))):
         return np.asarray(value, dtype=spec["dtype"])
     return value
+
+
+ALIGNMENT = 64  # bytes: what TVM's kernels assume of a buffer (DLPack import refuses less)
+
+
+def _aligned(q: np.ndarray) -> np.ndarray:
+    """`q`, or a C-contiguous copy of it at an ALIGNMENT-byte address."""
+    q = np.asarray(q)  # a 0-d input quantizes to a NumPy scalar
+    if q.flags.c_contiguous and q.ctypes.data % ALIGNMENT == 0:
+        return q
+    buffer = np.empty(q.nbytes + ALIGNMENT, np.uint8)
+    start = -buffer.ctypes.data % ALIGNMENT
+    out = buffer[start:start + q.nbytes].view(q.dtype).reshape(q.shape)
+    out[...] = q
+    return out
 
 
 def _as_output(spec: dict, y: np.ndarray) -> np.ndarray:
