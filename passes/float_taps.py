@@ -9,7 +9,8 @@ into Python) before anything reads it; `model.names[index]` is its name. Calibra
 observes the value, the probe's tap puts chosen tensors on their 8-bit grid and passes the rest
 through untouched, so neither has to compile the model again. Ops stay unfused (the tapped values
 are materialized anyway), which keeps the build short: identical kernels are compiled once; but
-each fused elementwise chain (`intq.unary`) runs as the Relax ops it stands for, fused by TVM.
+each fused elementwise chain (`intq.unary`) runs as the Relax ops it stands for, fused by TVM, and
+float convs run as torch's (`float_convs.py`: TVM's untuned float convs took 10-20x as long).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import tvm
 from tvm import relax
 
 from .chain_calls import chain_as_ops
+from .float_convs import Convs
 
 TAP = "intq.float_tap"
 Tap = Callable[[int, np.ndarray], "np.ndarray | None"]
@@ -39,8 +41,9 @@ def _dispatch(value, index):
 tvm.register_global_func(TAP, _dispatch, override=True)
 
 
-def _tapped(mod: tvm.IRModule) -> tuple[tvm.IRModule, list[str]]:
-    """`main` with a tap after every input and float binding; the names of the tapped tensors."""
+def _tapped(mod: tvm.IRModule, convs: Convs) -> tuple[tvm.IRModule, list[str]]:
+    """`main` with a tap after every input and float binding, its float convs run by `convs`; the
+    names of the tapped tensors."""
     func = mod["main"]
     names: list[str] = []
 
@@ -69,11 +72,13 @@ def _tapped(mod: tvm.IRModule) -> tuple[tvm.IRModule, list[str]]:
             # a fused chain as the ops it stands for: TVM's kernels, not the NumPy twin's callback
             expanded = chain_as_ops(value, bind) if isinstance(b, relax.VarBinding) else None
             value = value if expanded is None else expanded
+            if isinstance(b, relax.VarBinding):
+                value = convs.rewrite(value)
             if isinstance(b, relax.VarBinding) and isinstance(ty, relax.TensorType) and \
                     str(ty.dtype).startswith("float"):
                 raw = new_var(b.var.name + "_untapped", ty)
                 bindings += [relax.VarBinding(raw, value), tap(b.var, raw)]
-            elif expanded is not None:
+            elif not value.same_as(b.value):
                 bindings.append(relax.VarBinding(b.var, value))
             else:
                 bindings.append(b)
@@ -95,7 +100,8 @@ class TappedModel:
     def __init__(self, mod: tvm.IRModule, target=None, pipeline=None, build=None):
         self.mod, self.target, self.pipeline, self.build = mod, target, pipeline, build
         self.inputs = [p.name for p in mod["main"].params]
-        self._tapped, self.names = _tapped(mod)
+        self._convs = Convs()
+        self._tapped, self.names = _tapped(mod, self._convs)
         self._vm = None
 
     def run(self, sample: dict[str, np.ndarray], tap: Tap | None = None) -> list[np.ndarray]:
@@ -111,7 +117,8 @@ class TappedModel:
         args = [tvm.runtime.tensor(np.require(sample[n], requirements="C")) for n in self.inputs]
         _current.tap = tap
         try:
-            res = self._vm["main"](*args)
+            with self._convs.active():
+                res = self._vm["main"](*args)
         finally:
             _current.tap = None
         res = list(res) if isinstance(res, (list, tuple)) or type(res).__name__ == "Array" else [res]

@@ -1,0 +1,103 @@
+"""The float model's convolutions run by torch's CPU kernels, for calibration and the sensitivity probe.
+
+TVM's untuned float convs are plain loops: a U-Net's float run took 37 s a sample where onnxruntime
+takes 1.8 s (a 10x10 conv over 80 x 240 x 320: 4.5 s against 0.4 s), and calibration runs it per
+sample. Calibration wants ranges, not TVM's own float bits, so each float32 conv (2-D, transposed
+too) with a constant weight becomes a packed call into Python (`intq.float_conv`) that runs
+`torch.nn.functional.conv2d` / `conv_transpose2d` (oneDNN). The weight is converted once, when the
+model is rewritten; `Convs` holds the rewritten calls' closures for the model that runs them.
+
+    convs = Convs()
+    mod = convs.rewrite(float_mod)      (then compile and run with `with convs.active(): ...`)
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+
+import numpy as np
+import tvm
+from tvm import relax
+
+CALL = "intq.float_conv"
+_current = threading.local()
+
+
+def _dispatch(value, index):
+    out = _current.convs[int(index)](np.from_dlpack(value))
+    return tvm.runtime.tensor(np.require(out, requirements="C"))
+
+
+tvm.register_global_func(CALL, _dispatch, override=True)
+
+
+def _to_nchw(layout: str) -> list[int]:
+    return [layout.index(c) for c in "NCHW"]
+
+
+def _conv(call: relax.Call):
+    """A closure x -> y computing `call` (x a NumPy array in the call's data layout) with torch,
+    or None where the call is not one this module takes."""
+    import torch
+    import torch.nn.functional as F
+
+    a = call.attrs
+    transposed = call.op.name == "relax.nn.conv2d_transpose"
+    w = call.args[1].value.numpy()
+    # torch wants OIHW for conv2d and IOHW for conv2d_transpose
+    weight = torch.from_numpy(np.ascontiguousarray(
+        w.transpose([a.kernel_layout.index(c) for c in ("IOHW" if transposed else "OIHW")])))
+    into, back = _to_nchw(a.data_layout), np.argsort(_to_nchw(a.out_layout))
+    top, left, bottom, right = (int(p) for p in a.padding)
+    strides, dilation, groups = [int(s) for s in a.strides], [int(d) for d in a.dilation], int(a.groups)
+    out_h, out_w = (int(d) for d in (call.ty.shape[i] for i in _to_nchw(a.out_layout)[2:]))
+
+    def run(x: np.ndarray) -> np.ndarray:
+        t = torch.from_numpy(np.ascontiguousarray(x.transpose(into)))
+        with torch.no_grad():
+            if transposed:
+                y = F.conv_transpose2d(t, weight, stride=strides, dilation=dilation, groups=groups)
+                # the full output, cropped by the pads and widened by the output padding (zeros: out of reach)
+                y = F.pad(y, [0, max(0, left + out_w - y.shape[3]), 0, max(0, top + out_h - y.shape[2])])
+                y = y[:, :, top:top + out_h, left:left + out_w]
+            else:
+                y = F.conv2d(F.pad(t, [left, right, top, bottom]), weight, stride=strides, dilation=dilation,
+                             groups=groups)
+        return y.numpy().transpose(back)
+
+    return run
+
+
+def _takes(call) -> bool:
+    return (isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.Op)
+            and call.op.name in ("relax.nn.conv2d", "relax.nn.conv2d_transpose")
+            and isinstance(call.args[1], tvm.ir.GenericConst) and str(call.ty.dtype) == "float32"
+            and str(call.args[0].ty.dtype) == "float32" and str(call.args[1].ty.dtype) == "float32"
+            and all(isinstance(d, tvm.tirx.IntImm) for d in call.ty.shape))
+
+
+class Convs:
+    """The torch closures of one rewritten model, indexed as its packed calls are."""
+
+    def __init__(self):
+        self._closures: list = []
+
+    def rewrite(self, value: relax.Expr) -> relax.Expr:
+        """`value` as a packed call to torch's conv where it is a float32 conv with a constant
+        weight (and static shapes); otherwise `value` itself."""
+        if not _takes(value):
+            return value
+        self._closures.append(_conv(value))
+        return relax.op.call_pure_packed(CALL, value.args[0], relax.prim_value(len(self._closures) - 1),
+                                         ty_args=value.ty)
+
+    @contextmanager
+    def active(self):
+        """Within: the packed calls of this model's run reach its closures (per thread)."""
+        previous = getattr(_current, "convs", None)
+        _current.convs = self._closures
+        try:
+            yield
+        finally:
+            _current.convs = previous

@@ -1,0 +1,66 @@
+"""The float model's convs run by torch for calibration (`passes/float_convs.py`): every layout,
+pad, stride, dilation and group form agrees with TVM's own float conv, and calibration takes them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax
+
+from passes.float_taps import TappedModel
+
+rng = np.random.default_rng(5)
+R = relax.op
+
+CASES = {  # name -> (op, input NCHW shape, weight shape in its layout, attributes)
+    "plain": ("conv2d", (1, 4, 9, 11), (6, 4, 3, 3), {}),
+    "asymmetric pads, stride 2": ("conv2d", (1, 4, 10, 12), (5, 4, 3, 2), dict(padding=(1, 0, 2, 1), strides=(2, 2))),
+    "dilated, grouped": ("conv2d", (1, 6, 12, 12), (6, 2, 3, 3), dict(padding=(2, 2, 2, 2), dilation=(2, 2), groups=3)),
+    "NHWC / HWIO": ("conv2d", (1, 5, 8, 8), (3, 3, 5, 7), dict(padding=(1, 1, 1, 1), data_layout="NHWC",
+                                                                 kernel_layout="HWIO")),
+    "depthwise": ("conv2d", (1, 8, 7, 7), (8, 1, 3, 3), dict(padding=(1, 1, 1, 1), groups=8)),
+    "transposed": ("conv2d_transpose", (1, 4, 5, 6), (4, 3, 2, 2), dict(strides=(2, 2))),
+    "transposed, pads and output padding": ("conv2d_transpose", (1, 4, 5, 6), (4, 3, 3, 3),
+                                            dict(strides=(2, 2), padding=(1, 0, 1, 2), output_padding=(1, 1))),
+    "transposed, grouped": ("conv2d_transpose", (1, 4, 5, 5), (4, 2, 3, 3), dict(strides=(2, 1), groups=2,
+                                                                              padding=(1, 1, 1, 1))),
+}
+
+
+def _module(op, shape, weight, attrs):
+    if attrs.get("data_layout") == "NHWC":
+        shape = (shape[0], shape[2], shape[3], shape[1])
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(list(shape), str(weight.dtype)))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            conv = getattr(R.nn, op)(x, relax.const(weight), **attrs)
+            out = bb.emit_output(R.nn.relu(bb.emit(conv)))
+        bb.emit_func_output(out)
+    return bb.get(), shape
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_torch_conv_equals_tvm_conv(name):
+    op, shape, wshape, attrs = CASES[name]
+    mod, shape = _module(op, shape, rng.standard_normal(wshape).astype(np.float32), attrs)
+    x = rng.standard_normal(shape).astype(np.float32)
+    want = relax.VirtualMachine(tvm.compile(mod, target="llvm"), tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    model = TappedModel(mod)
+    assert "intq.float_conv" in model._tapped.script(show_meta=False)  # torch runs it
+    seen = {}
+
+    def tap(index, value):
+        seen[model.names[index]] = value.copy()
+
+    (got,) = model.run({"x": x}, tap)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    (conv,) = [v for n, v in seen.items() if n != "x" and v.min() < 0]  # the conv's output, before the ReLU
+    np.testing.assert_allclose(np.maximum(conv, 0), want, rtol=1e-4, atol=1e-4)
+
+
+def test_float16_convs_stay_tvm_convs():
+    mod, _ = _module("conv2d", (1, 4, 6, 6), rng.standard_normal((4, 4, 3, 3)).astype(np.float16), {})
+    assert "intq.float_conv" not in TappedModel(mod)._tapped.script(show_meta=False)
