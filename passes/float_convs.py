@@ -6,6 +6,7 @@ sample. Calibration wants ranges, not TVM's own float bits, so each float32 conv
 too) with a constant weight becomes a packed call into Python (`intq.float_conv`) that runs
 `torch.nn.functional.conv2d` / `conv_transpose2d` (oneDNN). The weight is converted once, when the
 model is rewritten; `Convs` holds the rewritten calls' closures for the model that runs them.
+Without torch installed (it is an optional dependency: `intq[examples]`) the convs stay TVM's.
 
     convs = Convs()
     mod = convs.rewrite(float_mod)      (then compile and run with `with convs.active(): ...`)
@@ -13,6 +14,7 @@ model is rewritten; `Convs` holds the rewritten calls' closures for the model th
 
 from __future__ import annotations
 
+import importlib.util
 import threading
 from contextlib import contextmanager
 
@@ -21,6 +23,7 @@ import tvm
 from tvm import relax
 
 CALL = "intq.float_conv"
+TORCH = importlib.util.find_spec("torch") is not None
 _current = threading.local()
 
 
@@ -70,7 +73,7 @@ def _conv(call: relax.Call):
 
 
 def _takes(call) -> bool:
-    return (isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.Op)
+    return (TORCH and isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.Op)
             and call.op.name in ("relax.nn.conv2d", "relax.nn.conv2d_transpose")
             and isinstance(call.args[1], tvm.ir.GenericConst) and str(call.ty.dtype) == "float32"
             and str(call.args[0].ty.dtype) == "float32" and str(call.args[1].ty.dtype) == "float32"

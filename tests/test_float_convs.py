@@ -61,6 +61,16 @@ def test_torch_conv_equals_tvm_conv(name):
     np.testing.assert_allclose(np.maximum(conv, 0), want, rtol=1e-4, atol=1e-4)
 
 
+def test_without_torch_the_convs_stay_tvm_convs(monkeypatch):
+    from passes import float_convs
+
+    monkeypatch.setattr(float_convs, "TORCH", False)
+    mod, shape = _module("conv2d", (1, 4, 6, 6), rng.standard_normal((4, 4, 3, 3)).astype(np.float32), {})
+    model = TappedModel(mod)
+    assert "intq.float_conv" not in model._tapped.script(show_meta=False)
+    assert model.run({"x": rng.standard_normal(shape).astype(np.float32)})[0].shape == (1, 4, 4, 4)
+
+
 def test_float16_convs_stay_tvm_convs():
     mod, _ = _module("conv2d", (1, 4, 6, 6), rng.standard_normal((4, 4, 3, 3)).astype(np.float16), {})
     assert "intq.float_conv" not in TappedModel(mod)._tapped.script(show_meta=False)
