@@ -143,11 +143,16 @@ def _read_once(sch: s_tir.Schedule, block) -> bool:
     return all(len(reads.findall(str(sch.get(consumer).body))) <= 1 for consumer in sch.get_consumers(block))
 
 
+GATHER = "T_take"  # topi.take's block: a table lookup, a load at a data-dependent index
+
+
 def inline_producers(sch: s_tir.Schedule, keep) -> None:
     """Inline every block of the kernel that `keep` does not accept, last first, where it can be inlined
-    and is read once; the others stay loop nests of their own, before."""
+    and is read once; the others stay loop nests of their own, before. Table lookups stay loop nests:
+    inlined, a chain of them and their requantizations became one expression that LLVM took 6 minutes
+    to compile (magika's conv input: two lookups in 40 steps)."""
     for other in reversed(sch.get_child_blocks(sch.get_sblock("root"))):
-        if not keep(other) and _read_once(sch, other):
+        if not keep(other) and not sch.get(other).name_hint.startswith(GATHER) and _read_once(sch, other):
             try:
                 sch.compute_inline(other)
             except s_tir.schedule.ScheduleError:
