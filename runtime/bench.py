@@ -117,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         if set(sizes) - names:
             raise CompileError(f"--shape {', '.join(sorted(set(sizes) - names))}: the artifact's free dims are "
                                f"{sorted(names) or 'none'}")
-        batch = sizes.get(next((i["shape"][0] for i in model.inputs if isinstance(i["shape"][0], str)), ""), batch)
+        batch = sizes.get(next((i["shape"][0] for i in model.inputs  # 0-d inputs (a sample rate) have no batch
+                                if i["shape"] and isinstance(i["shape"][0], str)), ""), batch)
         result = benchmark(model, args.threads, args.repeat, args.warmup, inputs, batch, sizes)
         if args.kernels:
             result["kernels"] = kernel_table(model, args.threads, inputs, batch, sizes, args.kernels)

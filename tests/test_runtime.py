@@ -205,6 +205,9 @@ def test_scalar_inputs_and_saturation_warning(tmp_path):
     assert all(np.array_equal(o, outs[0]) for o in outs) and np.abs(outs[0] - 1.5 * x).max() < 0.05
     with pytest.warns(RuntimeWarning, match="input 's'.*beyond its calibrated range"):
         art.run({"x": x, "s": 10.0})
+    from runtime.bench import main as bench_main
+
+    assert bench_main([str(tmp_path / "a"), "--repeat", "2", "--kernels", "2"]) == 0  # it indexed the 0-d shape
 
 
 def test_artifact_rebuilt_in_place_loads_its_new_library(tmp_path, small_cnn_path, small_calib):
