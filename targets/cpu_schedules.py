@@ -29,6 +29,7 @@ from .schedule_common import (
     fold_epilogue,
     inline_epilogue,
     matmul_block,
+    parallel,
     row_kernel,
     static_factor,
 )
@@ -65,11 +66,11 @@ def _schedule(sch: s_tir.Schedule, block) -> None:
         # a column tile of B down all K stays in cache for every row; row-major tiles walked B
         # from top to bottom per row (im2col patches of 576 x 87552 floats: a new page each k)
         sch.reorder(*outer[:-1], jo, outer[-1], k, ji)
-        sch.parallel(sch.fuse(*outer[:-1], jo) if len(outer) > 1 else jo)
+        parallel(sch, sch.fuse(*outer[:-1], jo) if len(outer) > 1 else jo)
         anchor = outer[-1]
     else:
         sch.reorder(*outer, jo, k, ji)
-        sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+        parallel(sch, sch.fuse(*outer) if len(outer) > 1 else outer[0])
         anchor = jo
     acc = sch.cache_write(block, 0, "local")
     sch.reverse_compute_at(acc, anchor)
@@ -101,7 +102,7 @@ def _schedule_elementwise(func: tvm.tirx.PrimFunc):
             continue
         lanes = 16 if extent % 16 == 0 else 1
         outer, inner = sch.split(fused, [None, lanes * 64 if extent % (lanes * 64) == 0 else lanes])
-        sch.parallel(outer)
+        parallel(sch, outer)
         if lanes > 1:
             sch.vectorize(sch.split(inner, [None, lanes])[1])
     return sch
@@ -164,11 +165,11 @@ def _schedule_repack(func: tvm.tirx.PrimFunc):
         # unrolled tile in registers): 2.5x faster than a byte store per element
         rest_outer, rest_inner = sch.split(rest[-1], [None, tile])
         sch.reorder(*rest[:-1], outer, rest_outer, rest_inner, lanes)
-        sch.parallel(sch.fuse(*rest[:-1], outer))
+        parallel(sch, sch.fuse(*rest[:-1], outer))
         sch.unroll(rest_inner)
     else:
         sch.reorder(*rest, outer, lanes)
-        sch.parallel(sch.fuse(*rest, outer))
+        parallel(sch, sch.fuse(*rest, outer))
     sch.vectorize(lanes)
     return sch
 
@@ -249,7 +250,7 @@ def _schedule_chunked(func: tvm.tirx.PrimFunc):
     rows = sch.fuse(*lead) if len(lead) > 1 else lead[0]
     per_chunk = divisor(static_factor(sch.get(rows).extent), max(1, CHUNK // row))
     chunk, _ = sch.split(rows, [None, per_chunk])
-    sch.parallel(chunk)
+    parallel(sch, chunk)
     for block in reversed(blocks[:-1]):
         sch = _computed_per_chunk(sch, block, chunk)
     for block in blocks:
@@ -300,7 +301,7 @@ def _schedule_depthwise_conv(sch: s_tir.Schedule, block) -> None:
     n, f, y, x, rc, ry, rx = sch.get_loops(block)
     sch.reorder(n, f, y, rc, ry, rx, x)
     channel = sch.fuse(n, f)
-    sch.parallel(channel)
+    parallel(sch, channel)
     for consumer in epilogue:
         sch.reverse_compute_at(consumer, y)
     if int(sch.get(rc).extent) > 1:  # a stem: every output channel reads every padded input channel
@@ -345,7 +346,7 @@ def _schedule_pool(sch: s_tir.Schedule, block) -> None:
     *lead, row, r0, r1 = sch.get_loops(block)
     sch.reorder(*lead, r0, r1, row)
     outer = sch.fuse(*lead[:-1]) if len(lead) > 2 else lead[0]
-    sch.parallel(outer)
+    parallel(sch, outer)
     for consumer in epilogue:
         sch.reverse_compute_at(consumer, lead[-1] if len(lead) > 1 else outer)
         _vectorize_row(sch, sch.get_loops(consumer)[-1])
@@ -408,10 +409,10 @@ def _schedule_flat_depthwise(sch: s_tir.Schedule, block) -> None:
     if channel is None:
         *lead, _, _, _, _ = sch.get_loops(block)
         channel = sch.fuse(*lead) if len(lead) > 1 else lead[0]
-        sch.parallel(channel)
+        parallel(sch, channel)
         for consumer in epilogue:  # a loop nest of its own
             loops = sch.get_loops(consumer)
-            sch.parallel(sch.fuse(*loops[:-2]) if len(loops) > 3 else loops[0])
+            parallel(sch, sch.fuse(*loops[:-2]) if len(loops) > 3 else loops[0])
         epilogue = []
     loops = sch.get_loops(block)
     # the loops under the channel: o and the taps' (compute-at drops those of extent one, e.g. rc)
@@ -450,7 +451,7 @@ def _schedule_flat_depthwise(sch: s_tir.Schedule, block) -> None:
         else:  # stride 2's padded image: a row of bytes, one vector (byte by byte, it took a fifth of
             sch.vectorize(loops[-1])  # a 112x112 stride-2 conv's time)
         if not depthwise:
-            sch.parallel(sch.fuse(*loops[:2]))
+            parallel(sch, sch.fuse(*loops[:2]))
     rows = static_factor(sch.get(o).extent)
     vectors = rows // LANES
     tile = max(t for t in range(1, _flat_vector_cap() + 1) if vectors % t == 0)
@@ -510,7 +511,7 @@ def _flat_epilogue_per_channel(sch: s_tir.Schedule, block, epilogue):
     _annotate_read(sch, consumer, index, lambda b, f, *_: [b, b + 1, f, f + 1, 0, rows])
     loops = sch.get_loops(consumer)
     channel = sch.fuse(*loops[:2])
-    sch.parallel(channel)
+    parallel(sch, channel)
     sch.compute_at(block, channel)
     return channel
 
@@ -526,7 +527,7 @@ def _schedule_per_sample(func: tvm.tirx.PrimFunc):
         return None
     for block in reversed(blocks[:-1]):
         sch.compute_at(block, loops[0])
-    sch.parallel(loops[0])
+    parallel(sch, loops[0])
     return sch
 
 

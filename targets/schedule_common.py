@@ -8,6 +8,30 @@ import tvm
 from tvm import s_tir
 
 
+PARALLEL_WORK = 1 << 17  # block iterations (scalar steps) below which a kernel runs on one thread
+
+
+def parallel(sch: s_tir.Schedule, loop) -> None:
+    """`sch.parallel(loop)`, unless the whole kernel is less work than waking TVM's worker threads
+    costs (microseconds): a tiny model's kernels ran slower at 2 threads than at 1."""
+    if work(sch) >= PARALLEL_WORK:
+        sch.parallel(loop)
+
+
+def work(sch: s_tir.Schedule) -> float:
+    """The kernel's block iterations (its scalar steps: multiply-adds, elementwise results), summed
+    over its blocks; infinite where a block's domain is symbolic (a free batch)."""
+    total = 0
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
+        size = 1
+        for v in sch.get(block).iter_vars:
+            if not isinstance(v.dom.extent, tvm.tirx.IntImm):
+                return float("inf")
+            size *= int(v.dom.extent)
+        total += size
+    return total
+
+
 def divisor(extent: int, most: int) -> int:
     """The largest power of two <= `most` that divides `extent` (tiles must divide their
     loops: a predicated tail blocks tensorization and vectorization)."""

@@ -28,7 +28,7 @@ from tvm import relax, s_tir, te
 from tvm.script import tirx as T
 
 from .kernel_family import DOTS, VNNI, Dot
-from .schedule_common import inline_epilogue, inline_producers, static_factor
+from .schedule_common import inline_epilogue, inline_producers, parallel, static_factor
 
 LANES = VNNI.lanes  # AVX512-VNNI's, kept for callers that assume it
 STACK_BYTES = 1024  # TVM's kMaxStackAlloca: smaller constant-size "global" buffers are stack arrays
@@ -377,7 +377,7 @@ def schedule_pack(sch: s_tir.Schedule, block) -> None:
         else:
             outer, inner = loops[:-2], sch.fuse(*loops[-2:])
         if outer:
-            sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+            parallel(sch, sch.fuse(*outer) if len(outer) > 1 else outer[0])
         sch.vectorize(inner)
 
 
@@ -392,7 +392,7 @@ def _schedule_colsum(sch: s_tir.Schedule, block) -> None:
     reduction outside, lanes vectorized."""
     *outer, lane, k = sch.get_loops(block)
     sch.reorder(*outer, k, lane)
-    sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+    parallel(sch, sch.fuse(*outer) if len(outer) > 1 else outer[0])
     sch.vectorize(lane)
     init = sch.decompose_reduction(block, k)
     sch.vectorize(sch.get_loops(init)[-1])
@@ -446,7 +446,7 @@ def schedule(sch: s_tir.Schedule, block, dot: Dot, kind: str) -> None:
     ko, kl = sch.split(k, [None, dot.k])
     sch.reorder(ro, lo, ko, ri, lt, ll, kl)
     par = sch.fuse(*outer, ro, lo)
-    sch.parallel(par)
+    parallel(sch, par)
     acc = sch.cache_write(block, 0, scope)
     if local_map is not None:
         sch.transform_layout(block, ("write", 0), local_map)
@@ -490,7 +490,7 @@ def _schedule_taps_input(sch: s_tir.Schedule, block) -> None:
     inline_producers(sch, lambda other: other.same_as(block))
     *outer, xq, kl = sch.get_loops(block)
     sch.reorder(*outer, kl, xq)
-    sch.parallel(sch.fuse(*outer))
+    parallel(sch, sch.fuse(*outer))
 
 
 def _schedule_taps(sch: s_tir.Schedule, block, dot: Dot) -> None:
@@ -506,7 +506,7 @@ def _schedule_taps(sch: s_tir.Schedule, block, dot: Dot) -> None:
     ko, kl = sch.split(c, [None, dot.k])
     sch.reorder(b, y, ro, xo, ri, rj, ko, rr, xt, xl, kl)
     par = sch.fuse(b, y, ro, xo)
-    sch.parallel(par)
+    parallel(sch, par)
     acc = sch.cache_write(block, 0, scope)
     sch.reverse_compute_at(acc, par)
     for consumer in epilogue:

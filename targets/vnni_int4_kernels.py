@@ -36,7 +36,7 @@ from tvm.script import tirx as T
 
 from . import vnni
 from .kernel_family import DOTS, Dot
-from .schedule_common import inline_epilogue, static_factor
+from .schedule_common import inline_epilogue, parallel, static_factor
 
 DENSE4, LANES_OUT4, LANES_PIXELS4 = "dense4", "conv_lanes_out4", "conv_lanes_pixels4"
 _KINDS = (DENSE4, LANES_OUT4, LANES_PIXELS4)
@@ -309,7 +309,7 @@ def schedule(sch: s_tir.Schedule, block, dot: Dot, kind: str) -> None:
     lo, lt, ll = sch.split(lane, [None, vectors, dot.lanes])
     sch.reorder(ro, lo, t, ri, lt, ll, k)
     par = sch.fuse(*outer, ro, lo)
-    sch.parallel(par)
+    parallel(sch, par)
     acc = sch.cache_write(block, 0, "local")
     if local_map is not None:
         sch.transform_layout(block, ("write", 0), local_map)
@@ -358,7 +358,7 @@ def _schedule_staged(sch: s_tir.Schedule, unpack, dot: Dot, kind: str) -> None:
     else:  # the weights follow the lanes
         sch.reorder(lo, ro, ko, ri, lt, ll, kl)
         weights, tiles = sch.fuse(*outer, lo), ro
-    sch.parallel(weights)
+    parallel(sch, weights)
     acc = sch.cache_write(block, 0, "local")
     if local_map is not None:
         sch.transform_layout(block, ("write", 0), local_map)
