@@ -464,7 +464,17 @@ def schedule(sch: s_tir.Schedule, block, dot: Dot, kind: str) -> None:
         # a tile's run of pixels (7 or 14: lanes over outputs) too, one vector LLVM widens: the
         # requantization was scalar int64 there (7x7 192->1152 79 -> 72 us, 14x14 146 -> 122)
         if static_factor(extent) % dot.lanes == 0 or (isinstance(extent, tvm.tirx.IntImm) and int(extent) <= 16):
-            sch.vectorize(inner)
+            _vectorize_if_it_can(sch, inner)
+
+
+def _vectorize_if_it_can(sch: s_tir.Schedule, loop) -> None:
+    """Vectorize an epilogue stage's inner loop where TVM can: one that writes fewer outputs than its
+    tile computes (a 1-wide conv row or a 1-column dense, padded to a vector and sliced back) stays
+    scalar. Failing, it had failed the whole schedule: such kernels ran TVM's scalar loops (0.7 ms)."""
+    try:
+        sch.vectorize(loop)
+    except s_tir.schedule.ScheduleError:
+        pass
 
 
 def _accumulator_scope(vectors: int, dot: Dot) -> str:
@@ -519,9 +529,4 @@ def _schedule_taps(sch: s_tir.Schedule, block, dot: Dot) -> None:
     for stage in [acc, *epilogue]:
         inner = sch.get_loops(stage)[-1]
         if static_factor(sch.get(inner).extent) % dot.lanes == 0:
-            try:
-                sch.vectorize(inner)
-            except s_tir.schedule.ScheduleError:
-                # an output row narrower than the vector (a 1-wide conv, its row padded to 16 and
-                # sliced back): scalar stores; the whole kernel ran TVM's scalar loops (0.69 ms)
-                pass
+            _vectorize_if_it_can(sch, inner)
