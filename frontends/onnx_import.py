@@ -27,6 +27,7 @@ from onnx import numpy_helper
 
 from .errors import CompileError, UnsupportedModelError
 from .onnx_attention import decompose_attention
+from .onnx_contrib import contrib_to_standard
 from .onnx_decompose import decompose_ops
 from .resize_layout import resize_to_nchw
 from .onnx_einsum import einsum_to_matmul
@@ -156,6 +157,7 @@ def load_onnx(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]] 
     path = Path(path)
     model = _read(path)
     _fix_input_shapes(model, bound_shapes(input_shapes), path)
+    contrib_to_standard(model)  # onnxruntime's fused transformer ops (com.microsoft) as standard ops
     strip_qdq(model)  # a pre-quantized (QDQ) model: its float graph, calibrated anew (onnx_qdq.py)
     if any(n.op_type == "Attention" for n in model.graph.node):  # before onnxruntime inlines the newer
         model = onnx.shape_inference.infer_shapes(model)          # opsets' Attention into shape arithmetic

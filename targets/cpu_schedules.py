@@ -261,7 +261,8 @@ def _schedule_chunked(func: tvm.tirx.PrimFunc):
         boolean = any(str(r.source.dtype) == "bool" for r in [*stmt.reads, *stmt.writes])
         extent = sch.get(inner).extent  # symbolic where compute_at cut a broadcast operand's loops
         if (spatial and not boolean and isinstance(extent, tvm.tirx.IntImm) and int(extent) % 16 == 0
-                and sch.get(inner).kind == tvm.tirx.ForKind.SERIAL):
+                and sch.get(inner).kind == tvm.tirx.ForKind.SERIAL
+                and not sch.get(inner).same_as(sch.get(chunk))):  # serial where the kernel is too small to share
             if int(extent) > MAX_LANES:  # a 12544-lane vector (a 112x112 row) took LLVM 100 s to compile
                 inner = sch.split(inner, [None, MAX_LANES if int(extent) % MAX_LANES == 0 else 16])[1]
             sch.vectorize(inner)

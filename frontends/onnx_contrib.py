@@ -1,0 +1,163 @@
+"""onnxruntime's contrib ops (domain com.microsoft) as the standard ONNX ops they stand for.
+
+onnxruntime's transformer optimizer (and `optimum`'s ORT exports) fuse a BERT's layers into contrib
+ops; files shipped that way were refused in both modes (TVM converts a few of them, and its
+SkipLayerNormalization needs the beta and bias that onnxruntime's fused nodes omit). Rewritten in
+place, before anything else reads the graph:
+
+    SkipLayerNormalization(x, skip, gamma, beta?, bias?)   ->  LayerNorm(x + skip (+ bias)) (output 3: the sum)
+    SkipSimplifiedLayerNormalization, SimplifiedLayerNormalization  ->  the same with RMSNorm
+    Gelu(x), BiasGelu(x, b)                  ->  0.5 y (1 + erf(y / sqrt 2)),  y = x (+ b)
+    FastGelu(x, b?)                          ->  0.5 y (1 + tanh(sqrt(2 / pi) (y + 0.044715 y^3)))
+    QuickGelu(x, alpha)                      ->  x sigmoid(alpha x)
+    BiasAdd(x, bias, skip)                   ->  x + bias + skip
+    FusedMatMul(A, B, alpha, transA, transB) ->  alpha * (A' @ B')  (last two axes transposed)
+
+LayerNorm and RMSNorm are written as the ReduceMean chains that Keras and TF exports use (below opset 17
+there is no LayerNormalization op); `passes/fuse_layernorm.py` and `fuse_rmsnorm.py` make them one op
+again. A node whose optional statistics outputs (mean, inverse deviation) are read is left as it is,
+for the op check to name.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+DOMAIN = "com.microsoft"
+
+
+class _Writer:
+    """Nodes and constants of one rewritten node, named under its own prefix."""
+
+    def __init__(self, node, opset: int, inits: list):
+        self.prefix, self.opset, self.inits, self.nodes, self.count = node.name or node.output[0], opset, inits, [], 0
+
+    def const(self, value, dtype=np.float32) -> str:
+        self.inits.append(numpy_helper.from_array(np.asarray(value, dtype), f"{self.prefix}/c{len(self.inits)}"))
+        return self.inits[-1].name
+
+    def op(self, op_type: str, inputs: list[str], out: str | None = None, **attrs) -> str:
+        self.count += 1
+        out = out or f"{self.prefix}/{op_type.lower()}{self.count}"
+        self.nodes.append(helper.make_node(op_type, inputs, [out], name=out, **attrs))
+        return out
+
+    def mean_last(self, x: str) -> str:
+        if self.opset >= 18:
+            return self.op("ReduceMean", [x, self.const([-1], np.int64)], keepdims=1)
+        return self.op("ReduceMean", [x], axes=[-1], keepdims=1)
+
+    def sum(self, names: list[str], out: str | None = None) -> str:
+        names = [n for n in names if n]
+        total = names[0]
+        for i, n in enumerate(names[1:]):
+            total = self.op("Add", [total, n], out if i == len(names) - 2 else None)
+        return total if out is None or len(names) > 1 else self.op("Identity", [total], out)
+
+    def norm(self, x: str, gamma: str, beta: str | None, eps: float, out: str, simplified: bool) -> None:
+        centred = x if simplified else self.op("Sub", [x, self.mean_last(x)])
+        variance = self.mean_last(self.op("Mul", [centred, centred]))
+        scaled = self.op("Mul", [self.op("Div", [centred, self.op("Sqrt", [self.op("Add", [variance, self.const(eps)])])]),
+                                 gamma], None if beta else out)
+        if beta:
+            self.op("Add", [scaled, beta], out)
+
+    def gelu(self, y: str, out: str) -> None:
+        erf = self.op("Erf", [self.op("Div", [y, self.const(np.sqrt(2.0))])])
+        self.op("Mul", [self.op("Mul", [y, self.op("Add", [erf, self.const(1.0)])]), self.const(0.5)], out)
+
+
+def _attr(node, name: str, default):
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
+
+
+def _skip_norm(node, w: _Writer, read: set[str], simplified: bool) -> bool:
+    ins = list(node.input) + [""] * 5
+    outs = list(node.output) + [""] * 4
+    if any(o and o in read for o in outs[1:3]):
+        return False  # its mean / inverse deviation are read: left for the op check to name
+    beta, bias = (None, ins[3]) if simplified else (ins[3] or None, ins[4])
+    total = w.sum([ins[0], ins[1], bias], outs[3] or None)
+    w.norm(total, ins[2], beta, float(_attr(node, "epsilon", 1e-12)), outs[0], simplified)
+    return True
+
+
+def _rewrite(node, w: _Writer, read: set[str], ranks: dict[str, int]) -> bool:
+    op, ins, out = node.op_type, list(node.input), node.output[0]
+    if op == "SkipLayerNormalization":
+        return _skip_norm(node, w, read, simplified=False)
+    if op == "SkipSimplifiedLayerNormalization":
+        return _skip_norm(node, w, read, simplified=True)
+    if op == "SimplifiedLayerNormalization":
+        if int(_attr(node, "axis", -1)) != -1 or any(o in read for o in node.output[1:] if o):
+            return False
+        w.norm(ins[0], ins[1], None, float(_attr(node, "epsilon", 1e-5)), out, simplified=True)
+        return True
+    if op in ("Gelu", "BiasGelu"):
+        w.gelu(w.sum(ins[:2]), out)
+        return True
+    if op == "FastGelu":
+        y = w.sum(ins[:2])
+        inner = w.op("Mul", [w.op("Add", [y, w.op("Mul", [w.op("Mul", [w.op("Mul", [y, y]), y]), w.const(0.044715)])]),
+                             w.const(np.sqrt(2.0 / np.pi))])
+        w.op("Mul", [w.op("Mul", [y, w.op("Add", [w.op("Tanh", [inner]), w.const(1.0)])]), w.const(0.5)], out)
+        return True
+    if op == "QuickGelu":
+        alpha = float(_attr(node, "alpha", 1.702))
+        w.op("Mul", [ins[0], w.op("Sigmoid", [w.op("Mul", [ins[0], w.const(alpha)])])], out)
+        return True
+    if op == "BiasAdd":
+        w.sum(ins[:3], out)
+        return True
+    if op == "FusedMatMul":
+        if _attr(node, "transBatchA", 0) or _attr(node, "transBatchB", 0):
+            return False
+        operands = []
+        for name, flag in ((ins[0], "transA"), (ins[1], "transB")):
+            if _attr(node, flag, 0):
+                if name not in ranks or ranks[name] < 2:
+                    return False  # rank unknown: the transpose's axes are not known
+                r = ranks[name]
+                name = w.op("Transpose", [name], perm=[*range(r - 2), r - 1, r - 2])
+            operands.append(name)
+        alpha = float(_attr(node, "alpha", 1.0))
+        product = w.op("MatMul", operands, None if alpha != 1.0 else out)
+        if alpha != 1.0:
+            w.op("Mul", [product, w.const(alpha)], out)
+        return True
+    return False
+
+
+def contrib_to_standard(model: onnx.ModelProto) -> int:
+    """Rewrite every com.microsoft node this module knows (module doc); returns how many."""
+    if not any(n.domain == DOMAIN for n in model.graph.node):
+        return 0
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+    read = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    ranks = {i.name: len(i.dims) for i in model.graph.initializer}
+    try:  # ranks of what a FusedMatMul transposes (shape inference passes contrib ops by)
+        inferred = onnx.shape_inference.infer_shapes(model)
+        ranks.update({v.name: len(v.type.tensor_type.shape.dim)
+                      for v in (*inferred.graph.input, *inferred.graph.value_info)
+                      if v.type.tensor_type.HasField("shape")})
+    except Exception:  # noqa: BLE001 - a graph inference cannot read keeps the ranks of its constants
+        pass
+    nodes, inits, count = [], [], 0
+    for node in model.graph.node:
+        writer = _Writer(node, opset, inits)
+        if node.domain == DOMAIN and _rewrite(node, writer, read, ranks):
+            nodes.extend(writer.nodes)
+            count += 1
+        else:
+            nodes.append(node)
+    if count:
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+        model.graph.initializer.extend(inits)
+        if not any(n.domain == DOMAIN for n in model.graph.node):
+            kept = [o for o in model.opset_import if o.domain != DOMAIN]
+            del model.opset_import[:]
+            model.opset_import.extend(kept)
+    return count
