@@ -26,6 +26,11 @@ import onnx
 from onnx import helper, numpy_helper
 
 DOMAIN = "com.microsoft"
+DEFAULT_DOMAIN_OPS = ("SimplifiedLayerNormalization",)  # onnxruntime registers it in the ONNX domain
+
+
+def _contrib(node) -> bool:
+    return node.domain == DOMAIN or (node.domain in ("", "ai.onnx") and node.op_type in DEFAULT_DOMAIN_OPS)
 
 
 class _Writer:
@@ -132,7 +137,7 @@ def _rewrite(node, w: _Writer, read: set[str], ranks: dict[str, int]) -> bool:
 
 def contrib_to_standard(model: onnx.ModelProto) -> int:
     """Rewrite every com.microsoft node this module knows (module doc); returns how many."""
-    if not any(n.domain == DOMAIN for n in model.graph.node):
+    if not any(_contrib(n) for n in model.graph.node):
         return 0
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
     read = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
@@ -147,7 +152,7 @@ def contrib_to_standard(model: onnx.ModelProto) -> int:
     nodes, inits, count = [], [], 0
     for node in model.graph.node:
         writer = _Writer(node, opset, inits)
-        if node.domain == DOMAIN and _rewrite(node, writer, read, ranks):
+        if _contrib(node) and _rewrite(node, writer, read, ranks):
             nodes.extend(writer.nodes)
             count += 1
         else:

@@ -397,8 +397,7 @@ def _check_supported(model: onnx.ModelProto, path: Path, allow_unsupported: bool
         message += ("\n" if message else f"{path}: ") + (
             f"{len(unconvertible)} node(s) use ops that neither intq's integer path nor TVM's ONNX importer "
             "supports, so --allow-float cannot run them either:\n  " + "\n  ".join(unconvertible) +
-            "\n(ai.onnx.ml tree ensembles, classifiers with label outputs, ZipMap... are not neural-network ops; "
-            "convert the model without them, or run them outside the compiled part)")
+            "\n" + _unconvertible_hint(model, unconvertible))
         bad = [b for b in bad if b not in unconvertible]
     if bad and not allow_unsupported:
         message += ("\n" if message else f"{path}: ") + (
@@ -406,6 +405,20 @@ def _check_supported(model: onnx.ModelProto, path: Path, allow_unsupported: bool
             "\nPass --allow-float to run them in float (the artifact is then not integer-only).")
     if message:
         raise UnsupportedModelError(message)
+
+
+def _unconvertible_hint(model: onnx.ModelProto, names: list[str]) -> str:
+    """What to do about ops nothing converts, by where they come from."""
+    domains = {n.domain for n in model.graph.node if f"{n.op_type} (node {n.name or '<unnamed>'})" in names}
+    hints = []
+    if "com.microsoft" in domains:
+        hints.append("(com.microsoft ops are onnxruntime's own fusions; intq rewrites SkipLayerNormalization, Gelu, "
+                     "FastGelu, BiasGelu, QuickGelu, FusedMatMul, BiasAdd, QGemm and the QLinear ops, not these: "
+                     "compile the model as exported, before onnxruntime's optimizer)")
+    if domains - {"com.microsoft"}:
+        hints.append("(ai.onnx.ml tree ensembles, classifiers with label outputs, ZipMap... are not neural-network ops; "
+                     "convert the model without them, or run them outside the compiled part)")
+    return "\n".join(hints)
 
 
 @functools.lru_cache(maxsize=1)

@@ -95,7 +95,62 @@ _QOPS = {
     "QLinearSoftmax": ("Softmax", [(0, 1, 2)], (3, 4)),
     "QLinearGlobalAveragePool": ("GlobalAveragePool", [(0, 1, 2)], (3, 4)),
     "QLinearAveragePool": ("AveragePool", [(0, 1, 2)], (3, 4)),
+    "QGemm": ("Gemm", [(0, 1, 2), (3, 4, 5)], (7, 8)),  # onnxruntime's; C (6): int32 at alpha * a_scale * b_scale
 }
+
+
+LAYOUT = ("Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Split", "Slice", "Identity", "MaxPool")
+
+
+def _dequantize_before_layout(model: onnx.ModelProto) -> int:
+    """Q -> layout ops (on the 8-bit tensor) -> DQs with the same scale and zero point become
+    Q -> DQ -> layout ops (on floats): layout ops move integers unchanged (MaxPool keeps their order),
+    so the dequantize commutes with them, and `strip_qdq` then finds the pair. onnxruntime's
+    QOperator files leave Transpose/Reshape/Split between their QLinear ops. Returns how many."""
+    graph, value, count = model.graph, _constants(model.graph), 0
+    readers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    graph_outputs = {o.name for o in graph.output}
+    inserted = []
+    for q in [n for n in graph.node if _is(n, "QuantizeLinear") and len(n.input) >= 2]:
+        grid = [value(q.input[1]), value(q.input[2]) if len(q.input) > 2 and q.input[2] else None]
+        if grid[0] is None or grid[0].size != 1:
+            continue
+        layout, dqs, frontier, ok = [], [], [q.output[0]], True
+        while frontier and ok:  # the layout ops reachable from q, and the dequantizes that end them
+            name = frontier.pop()
+            for r in readers.get(name, []):
+                if r.op_type in LAYOUT and r.domain in STANDARD and r.input[0] == name and not graph_outputs & set(r.output):
+                    layout.append(r)
+                    frontier.extend(r.output)
+                elif (_is(r, "DequantizeLinear") and np.array_equal(value(r.input[1]), grid[0])
+                      and np.array_equal(value(r.input[2]) if len(r.input) > 2 and r.input[2] else None, grid[1])):
+                    dqs.append(r) if name != q.output[0] else None
+                else:
+                    ok = False
+        if not ok or not layout or not dqs:
+            continue
+        prefix = q.name or q.output[0]
+        dq = helper.make_node("DequantizeLinear", [q.output[0], *q.input[1:]], [f"{prefix}/dequantized"],
+                              name=f"{prefix}/dequantized")
+        inserted.append((q, dq))
+        for node in layout:
+            if node.input[0] == q.output[0]:
+                node.input[0] = dq.output[0]
+        for r in dqs:  # the layout ops' results are already float: each dequantize passes them on
+            r.op_type, r.domain = "Identity", ""
+            del r.input[1:]
+            del r.attribute[:]
+        count += 1
+    if inserted:
+        nodes = list(graph.node)
+        for q, dq in inserted:
+            nodes.insert(nodes.index(q) + 1, dq)
+        del graph.node[:]
+        graph.node.extend(nodes)
+    return count
 
 
 def qoperators_to_qdq(model: onnx.ModelProto) -> int:
@@ -110,28 +165,36 @@ def qoperators_to_qdq(model: onnx.ModelProto) -> int:
             continue
         op, triples, (ys, yz) = spec
         prefix, ins = node.name or node.output[0], list(node.input)
-        bias = value(ins[8]) if op == "Conv" and len(ins) > 8 and ins[8] else None
-        scales = [value(ins[1]), value(ins[4])] if op == "Conv" else []
-        if op == "Conv" and len(ins) > 8 and ins[8] and (bias is None or any(v is None for v in scales)):
+        at = {"Conv": 8, "Gemm": 6}.get(op)  # the int32 bias's position
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        alpha = float(attrs.get("alpha", 1.0)) if op == "Gemm" else 1.0
+        bias = value(ins[at]) if at is not None and len(ins) > at and ins[at] else None
+        scales = [value(ins[1]), value(ins[4])] if at is not None else []
+        if at is not None and len(ins) > at and ins[at] and (bias is None or any(v is None for v in scales)):
             nodes.append(node)  # a bias computed at run time: left for the op check to name
             continue
         floats = []
         for k, (x, sc, zp) in enumerate(triples):
-            axis = {"axis": 0} if op == "Conv" and k == 1 else {}  # per output channel weights
+            # per output channel weights: a Conv's axis 0, a Gemm's N axis (1, or 0 when transposed)
+            axis = {"axis": 0} if op == "Conv" and k == 1 else \
+                {"axis": 0 if attrs.get("transB", 0) else 1} if op == "Gemm" and k == 1 else {}
             out = f"{prefix}/dq{k}"
             nodes.append(helper.make_node("DequantizeLinear", [ins[x], ins[sc]] + ([ins[zp]] if ins[zp] else []),
                                           [out], name=out, **axis))
             floats.append(out)
-        if bias is not None:  # int32 at x_scale * w_scale
-            inits.append(numpy_helper.from_array((bias * scales[0] * scales[1]).astype(np.float32), f"{prefix}/bias"))
+        if bias is not None:  # int32 at x_scale * w_scale (a QGemm's also times alpha)
+            inits.append(numpy_helper.from_array((bias * alpha * scales[0] * scales[1]).astype(np.float32),
+                                                 f"{prefix}/bias"))
             floats.append(inits[-1].name)
-        attrs = [a for a in node.attribute if op in ("Conv", "LeakyRelu", "Softmax", "AveragePool")]
-        y = f"{prefix}/float"
-        float_node = helper.make_node(op, floats, [y], name=y)
-        float_node.attribute.extend(attrs)
+        kept = [a for a in node.attribute if op in ("Conv", "LeakyRelu", "Softmax", "AveragePool", "Gemm")]
+        quantized = len(ins) > ys and ins[ys]  # a QGemm without y_scale has a float output
+        y = f"{prefix}/float" if quantized else node.output[0]
+        float_node = helper.make_node(op, floats, [y], name=f"{prefix}/float")
+        float_node.attribute.extend(kept)
         nodes.append(float_node)
-        nodes.append(helper.make_node("QuantizeLinear", [y, ins[ys]] + ([ins[yz]] if len(ins) > yz and ins[yz] else []),
-                                      [node.output[0]], name=f"{prefix}/q"))
+        if quantized:
+            nodes.append(helper.make_node("QuantizeLinear", [y, ins[ys]] + ([ins[yz]] if len(ins) > yz and ins[yz] else []),
+                                          [node.output[0]], name=f"{prefix}/q"))
         count += 1
     if count:
         del graph.node[:]
@@ -229,7 +292,7 @@ def dynamic_to_float(model: onnx.ModelProto) -> int:
 
 def strip_qdq(model: onnx.ModelProto) -> int:
     """Rewrite the model's Q/DQ nodes as above, in place; returns how many nodes were removed or replaced."""
-    changed = dynamic_to_float(model) + qoperators_to_qdq(model)
+    changed = dynamic_to_float(model) + qoperators_to_qdq(model) + _dequantize_before_layout(model)
     graph, value = model.graph, _constants(model.graph)
     readers: dict[str, list] = {}
     for node in graph.node:

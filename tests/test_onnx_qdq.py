@@ -85,6 +85,46 @@ def test_quantized_model_compiles_integer_only(qdq_model, tmp_path, name):
     assert _cos(art.run({"x": x})["y"], ref) > 0.999
 
 
+def test_qoperator_layout_ops_and_qgemm_compile_integer_only(tmp_path):
+    """onnxruntime's QOperator format leaves a Transpose on the uint8 tensor between its QLinear ops and
+    quantizes a Gemm as com.microsoft QGemm (its int32 bias at alpha * a_scale * b_scale): both were
+    refused, also with --allow-float. The artifact agrees with the quantized file itself."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from runtime import compile_model, load
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, s, shape).astype(np.float32), n)
+             for n, shape, s in (("w", (16, 8, 3), 0.3), ("b", (16,), 0.1), ("W2", (16, 4), 0.3), ("b2", (4,), 0.1))]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], kernel_shape=[3], pads=[1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]), helper.make_node("Transpose", ["r"], ["t"], perm=[0, 2, 1]),
+             helper.make_node("Reshape", ["t", "rows"], ["t2"]), helper.make_node("Gemm", ["t2", "W2", "b2"], ["y"], alpha=0.7)]
+    inits.append(numpy_helper.from_array(np.array([32, 16], np.int64), "rows"))
+    graph = helper.make_graph(nodes, "qop", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [32, 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "float.onnx")
+    xs = rng.normal(0, 1, (8, 1, 8, 32)).astype(np.float32)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter({"x": x} for x in xs)
+
+        def get_next(self):
+            return next(self.it, None)
+
+    quantize_static(str(tmp_path / "float.onnx"), str(tmp_path / "qop.onnx"), Reader(), quant_format=QuantFormat.QOperator,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    ops = {n.op_type for n in onnx.load(tmp_path / "qop.onnx").graph.node}
+    assert {"QGemm", "Transpose", "QLinearConv"} <= ops, ops
+    np.savez(tmp_path / "calib.npz", x=xs)
+    art = load(compile_model(tmp_path / "qop.onnx", "x86", tmp_path / "a", calib=tmp_path / "calib.npz", progress=False))
+    assert art.manifest["integer_only"] is True
+    ref = ort.InferenceSession(str(tmp_path / "qop.onnx")).run(None, {"x": xs[0]})[0]
+    assert _cos(art.run({"x": xs[0]})["y"], ref) > 0.999
+
+
 def test_quantized_input_is_an_exact_integer_input(tmp_path):
     """uint8 input -> DequantizeLinear(scale, zero point) -> conv: the input stays uint8 (kept exact) and the
     dequantization is lowered like any float op."""
