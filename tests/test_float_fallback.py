@@ -216,3 +216,46 @@ def test_nan_constants_stay_float_and_the_check_compares_the_rest(tmp_path):
     assert row.name == "y" and row.cosine > 0.99
     (row,) = check.float_agreement(path, art, {"x": x[5]}, got={"y": np.nan_to_num(y)})
     assert not row.cosine >= 0.99  # NaNs where float has none: reported below the bar
+
+
+def test_decoder_gathers_a_constant_table_and_names_a_multiplied_mask(tmp_path):
+    """A pitch decoder in the graph (FCPE's local argmax): GatherElements of a constant cents table at
+    indices around the argmax lowers on the table's own 16-bit grid (it raised TypeError inside the
+    lowering), and `cents * where(max <= t, -inf, 1)` is refused with a sentence, not an AttributeError."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    import runtime
+
+    bins = 64
+    table = np.linspace(2000.0, 9000.0, bins, dtype=np.float32)[None, None, :].repeat(8, 1)
+    nodes = [helper.make_node("Sigmoid", ["x"], ["p"]), helper.make_node("ArgMax", ["p"], ["i"], axis=2, keepdims=1),
+             helper.make_node("GatherElements", ["table", "i"], ["cents"], axis=2)]
+    inits = [numpy_helper.from_array(table, "table")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, bins])],
+                              [helper.make_tensor_value_info("cents", TensorProto.FLOAT, [1, 8, 1])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "g.onnx")
+    x = np.random.default_rng(0).standard_normal((6, 1, 8, bins)).astype(np.float32) * 3
+    np.savez(tmp_path / "c.npz", x=x)
+    art = runtime.load(runtime.compile_model(tmp_path / "g.onnx", "x86", tmp_path / "a", calib=tmp_path / "c.npz",
+                                             progress=False))
+    assert art.manifest["integer_only"] is True
+    want = table[0, 0][np.argmax(x[5], axis=2)][..., None]
+    assert np.abs(art.run({"x": x[5]})["cents"] - want).max() < 0.2  # the table's 16-bit step is 0.14
+
+    nodes += [helper.make_node("ReduceMax", ["p"], ["m"], axes=[2], keepdims=1),
+              helper.make_node("LessOrEqual", ["m", "t"], ["unvoiced"]),
+              helper.make_node("Where", ["unvoiced", "ninf", "one"], ["mask"]),
+              helper.make_node("Mul", ["cents", "mask"], ["y"])]
+    inits += [numpy_helper.from_array(np.array(0.5, np.float32), n) if n == "t" else
+              numpy_helper.from_array(np.array(v, np.float32), n) for n, v in (("t", 0.5), ("ninf", -np.inf), ("one", 1.0))]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, bins])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 1])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "m.onnx")
+    with pytest.raises(UnsupportedModelError, match="a mask of -inf") as err:
+        runtime.compile_model(tmp_path / "m.onnx", "x86", tmp_path / "b", calib=tmp_path / "c.npz", progress=False)
+    assert "Error:" not in str(err.value)  # no Python exception text as the reason

@@ -13,7 +13,7 @@ from frontends.errors import CompileError
 
 from ..reference.kernels import INT_RANGE, dyadic
 from . import emit
-from .values import Accumulator, ChannelQuantized, IntTensor, Quantized, Value
+from .values import Accumulator, ChannelQuantized, IntTensor, MaskedLogits, MaskPenalty, Quantized, Value
 
 
 @dataclass(frozen=True)
@@ -157,10 +157,13 @@ class LoweringContext:
             return value
         if isinstance(value, IntTensor):
             return self._exact_operand(value)
-        wide = wide or value in self._wide
-        value = self.without_offset(value)
         if isinstance(value, np.ndarray):
             self.fail("expected an activation, got a constant")
+        if isinstance(value, (MaskPenalty, MaskedLogits)):  # only an addition to logits gives them integers
+            self.fail("a mask of -inf (where(c, x, -inf), (1 - m) * -huge) used other than added to attention "
+                      "logits (here multiplied or passed on): -inf has no integer value")
+        wide = wide or value in self._wide
+        value = self.without_offset(value)
         key = (value, wide)
         if key not in self._materialized:
             self._materialized[key] = self._requantize_acc(value, wide)

@@ -211,6 +211,12 @@ def lower_gather_indices(ctx, call, args):
     The indices are a constant or an exact integer tensor (ids, argmax)."""
     x, idx = args
     idx = _indices(ctx, call, idx)
+    if isinstance(x, np.ndarray):  # a constant table read at computed indices (a pitch decoder's cents)
+        if not np.isfinite(x).all():
+            ctx.fail(f"{call.op.name} from a constant holding non-finite values")
+        amax = float(np.abs(x).max()) or 1.0  # on its own 16-bit grid: the table's values, not calibration's
+        table = emit.const(np.round(x.astype(np.float64) * (32767 / amax)), "int16")
+        return Quantized(ctx.emit(relax.Call(call.op, [table, idx], call.attrs)), amax / 32767, "int16")
     x = ctx.materialize(x)
     return replace(x, expr=ctx.emit(relax.Call(call.op, [x.expr, idx], call.attrs)))
 
