@@ -16,10 +16,10 @@ small groups such layers have).
          b: Transpose to (batch..., contracted..., right...) -> Reshape (B, K, R)
          MatMul -> Reshape (batch..., left..., right...) -> Transpose to the output's order
 
-an activation x activation matmul like attention's. Equations with a letter repeated within an
-operand (traces, diagonals), an ellipsis, a letter only one side has that is summed away, or a
-size-1 letter broadcast against a larger one are left alone (and refused by the op check,
-naming the node).
+an activation x activation matmul like attention's. A letter only one operand has that the output
+drops is summed away first (a ReduceSum; over a constant, with NumPy). Equations with a letter
+repeated within an operand (traces, diagonals), an ellipsis, or a size-1 letter broadcast against
+a larger one are left alone (and refused by the op check, naming the node).
 """
 
 from __future__ import annotations
@@ -37,9 +37,13 @@ def einsum_to_matmul(model: onnx.ModelProto) -> int:
     nodes, done = [], 0
     for index, node in enumerate(graph.node):
         einsum = node.op_type == "Einsum" and node.domain in ("", "ai.onnx")
+        prefix = f"{node.name or 'Einsum_' + str(index)}/"
+        pre = _summed_first(node, inits, shapes, prefix, graph, _opset(model)) if einsum else None
+        if pre is not None:  # letters one operand alone has and the output drops: summed away first
+            summed, node = pre
+            nodes.extend(summed)
         plan = _plan(node, inits, shapes) if einsum else None
         pair = _plan_pair(node, inits, shapes) if einsum and plan is None else None
-        prefix = f"{node.name or 'Einsum_' + str(index)}/"
         if plan is not None:
             nodes.extend(_emit(node, prefix, *plan, graph))
         elif pair is not None:
@@ -56,6 +60,45 @@ def einsum_to_matmul(model: onnx.ModelProto) -> int:
         del graph.initializer[:]
         graph.initializer.extend(keep)
     return done
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+
+
+def _summed_first(node, inits, shapes, prefix, graph, opset):
+    """(ReduceSum nodes, the Einsum on their results) where an operand has letters that neither the other
+    operand nor the output has (`bhqxc,bhlkc->bhqxk` sums l over the second operand alone: torch's
+    exporter writes such equations), or None. A constant operand is summed here, with NumPy."""
+    parsed = _terms(node)
+    if parsed is None:
+        return None
+    (at, bt), out = parsed
+    terms, inputs, nodes = [at, bt], list(node.input), []
+    for i, (term, other) in enumerate(((at, bt), (bt, at))):
+        alone = [c for c in term if c not in other and c not in out]
+        name = inputs[i]
+        if not alone or (name not in inits and name not in shapes):
+            continue
+        axes = [term.index(c) for c in alone]
+        kept = "".join(c for c in term if c not in alone)
+        summed = f"{prefix}sum{i}"
+        if name in inits:
+            graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(inits[name]).sum(tuple(axes)), summed))
+            inits[summed] = graph.initializer[-1]
+        else:
+            if opset >= 13:
+                graph.initializer.append(numpy_helper.from_array(np.asarray(axes, np.int64), f"{summed}_axes"))
+                nodes.append(helper.make_node("ReduceSum", [name, f"{summed}_axes"], [summed], name=summed, keepdims=0))
+            else:
+                nodes.append(helper.make_node("ReduceSum", [name], [summed], name=summed, axes=axes, keepdims=0))
+            shapes[summed] = tuple(d for k, d in enumerate(shapes[name]) if k not in axes)
+        terms[i], inputs[i] = kept, summed
+    if not nodes and inputs == list(node.input):
+        return None
+    einsum = helper.make_node("Einsum", inputs, list(node.output), name=node.name,
+                              equation=f"{terms[0]},{terms[1]}->{out}")
+    return nodes, einsum
 
 
 def _shapes(model: onnx.ModelProto) -> dict:
