@@ -362,6 +362,9 @@ EXACT_TYPES = frozenset({onnx.TensorProto.BOOL, onnx.TensorProto.INT8, onnx.Tens
 CONTROL_FLOW_OPS = frozenset({"If", "Loop", "Scan"})
 
 
+VALUE_SIZED_OPS = ("NonMaxSuppression", "NonZero", "Unique", "Compress")  # output sizes the values decide
+
+
 def _check_supported(model: onnx.ModelProto, path: Path, allow_unsupported: bool = False) -> None:
     """Refuse control flow always and ops without an integer lowering unless allowed, naming every node."""
     def name(n):
@@ -380,8 +383,16 @@ def _check_supported(model: onnx.ModelProto, path: Path, allow_unsupported: bool
            and (n.op_type not in INTEGER_PATH_OPS or n.domain not in ("", "ai.onnx")) and not exact(n)]
     message = ""
     shapes = dynamic_shape_operands(model)
+    selecting = list(dict.fromkeys(s.split(" input ")[0] for s in shapes if s.split(" ")[0] in VALUE_SIZED_OPS))
+    shapes = [s for s in shapes if s.split(" ")[0] not in VALUE_SIZED_OPS]
+    if selecting:
+        message = (f"{path}: {len(selecting)} node(s) output as many elements as their input values select (a "
+                   "detector's non-maximum suppression, NonZero, Unique): intq compiles static shapes (also with "
+                   "--allow-float):\n  " + "\n  ".join(selecting) + "\nExport the model without them (a detector "
+                   "without its NMS, e.g. ultralytics' export(nms=False)) and run them on the artifact's outputs.")
     if shapes:
-        message = (f"{path}: {len(shapes)} shape operand(s) computed from the values of an input: intq compiles "
+        message += "\n" if message else ""
+        message += (f"{path}: {len(shapes)} shape operand(s) computed from the values of an input: intq compiles "
                    "static shapes (also with --allow-float):\n  " + "\n  ".join(shapes) +
                    "\nMake them constants (initializers) in the model, e.g. by exporting with fixed shapes.")
     if flow:

@@ -700,3 +700,22 @@ def test_pad_of_a_bool_mask_is_an_op(tmp_path):
         kept = (got != 0) & (want != 0)  # a near tie of mid and left may round to equal: False
         assert np.all(got[want == 0] == 0) and np.sum((want != 0) & (got == 0)) <= 3
         assert np.abs(got[kept] - want[kept]).max() < 0.05
+
+
+def test_value_sized_outputs_refused_with_what_to_do(tmp_path):
+    """A detector ending in NonMaxSuppression: the number of boxes it keeps follows the scores. Refused in
+    both modes, the node named once with what to do (it said 'make the boxes and scores constants')."""
+    nodes = [helper.make_node("NonMaxSuppression", ["boxes", "scores", "k", "iou"], ["sel"], name="nms")]
+    inits = [onnx.numpy_helper.from_array(np.array([10], np.int64), "k"),
+             onnx.numpy_helper.from_array(np.array([0.5], np.float32), "iou")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [1, 20, 4]),
+                                           helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 1, 20])],
+                              [helper.make_tensor_value_info("sel", TensorProto.INT64, ["n", 3])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "m.onnx")
+    for allow in (False, True):
+        with pytest.raises(UnsupportedModelError) as err:
+            load_onnx(tmp_path / "m.onnx", allow_unsupported=allow)
+        text = str(err.value)
+        assert "NonMaxSuppression (node nms)\n" in text and "without its NMS" in text and "shape operand" not in text
