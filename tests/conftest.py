@@ -21,6 +21,22 @@ def relax_main(build, inputs: list[np.ndarray]):
     return bb.get()
 
 
+def unscheduled_kernels(build, inputs: list[np.ndarray]) -> list[str]:
+    """Names of the kernels of `main(*inputs)` that the project's x86 lowering left unscheduled (a
+    schedule that raised falls back to TVM's scalar loops in silence)."""
+    import tvm
+
+    from targets import get_target
+    from targets.cpu_pipeline import cpu_lowering_passes
+
+    target = get_target("x86").target()
+    with target:
+        mod = tvm.transform.Sequential(cpu_lowering_passes(target))(relax_main(build, inputs))
+    kernels = [(gv.name_hint, f) for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert kernels
+    return [name for name, f in kernels if not (f.attrs and "tirx.is_scheduled" in f.attrs)]
+
+
 def run_relax(build, inputs: list[np.ndarray]) -> np.ndarray:
     """Build `main(*inputs)` from `build(*vars) -> expr`, compile it for the x86 host target
     with the project's pipeline (its default schedules included), run it."""
