@@ -45,6 +45,7 @@ class Agreement(NamedTuple):
     error: float
     iou: float | None = None
     integers: bool = False
+    note: str = ""  # where NaN/inf differ: which side has them
 
 
 def worst(rows_per_sample: list[list[Agreement]]) -> list[Agreement]:
@@ -59,7 +60,7 @@ def worst(rows_per_sample: list[list[Agreement]]) -> list[Agreement]:
             cos = row.cosine if np.isnan(row.cosine) or row.cosine < old.cosine else old.cosine
             ious = [v for v in (old.iou, row.iou) if v is not None]
             merged[row.name] = Agreement(row.name, cos, max(old.error, row.error), min(ious) if ious else None,
-                                         row.integers)
+                                         row.integers, old.note or row.note)
     return list(merged.values())
 
 
@@ -119,7 +120,11 @@ def _agreement(name: str, got, ref: np.ndarray) -> Agreement | None:
         return None
     finite = np.isfinite(b)  # NaN or inf on purpose (masked targets): they must come out the same,
     if not np.array_equal(finite, np.isfinite(a)) or not np.array_equal(a[~finite], b[~finite], equal_nan=True):
-        return Agreement(name, float("nan"), float("inf"))  # and the rest is compared
+        ours, theirs = int((~np.isfinite(a) & finite).sum()), int((np.isfinite(a) & ~finite).sum())
+        note = "; ".join(text for count, text in (
+            (ours, f"{ours} NaN/inf value(s) where float has finite ones"),
+            (theirs, f"{theirs} finite value(s) where float has NaN/inf")) if count) or "NaN/inf of other signs"
+        return Agreement(name, float("nan"), float("inf"), note=note)  # and the rest is compared
     iou = _mask_iou(np.asarray(got, np.float64), ref.astype(np.float64)) if finite.all() else None
     a, b = a[finite], b[finite]
     cos = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))) if a.any() and b.any() else float(np.array_equal(a, b))
@@ -159,6 +164,7 @@ def report(rows: list[Agreement], label: str = FILE, warn: bool = True, samples:
     lines = [f"check against {label} on {where}: {r.name}: "
              + (f"{r.cosine:.2%} of the integers equal" if r.integers else f"cosine {r.cosine:.4f}")
              + f", max |error| {r.error:.4g}" + ("" if r.iou is None else f", mask (> 0.5) IoU {r.iou:.3f}")
+             + (f" ({r.note})" if r.note else "")
              for r in rows]
     low = [r.name for r in rows if not r.cosine >= MIN_COSINE or (r.iou is not None and r.iou < MIN_IOU)]
     if low and warn:

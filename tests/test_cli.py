@@ -279,3 +279,13 @@ def test_check_compares_integer_outputs():
     text = report(worst([[same], [off]]))
     assert "token: 80.00% of the integers equal" in text and "WARNING: token agree(s)" in text
     assert "WARNING" not in report([same])
+
+
+def test_check_says_which_side_has_nan():
+    """'cosine nan, max |error| inf' alone left a user guessing which side was not finite."""
+    from runtime.check import _agreement, report, worst
+
+    ours = _agreement("y", np.array([1.0, np.nan, 3.0], np.float32), np.array([1.0, 2.0, 3.0], np.float32))
+    theirs = _agreement("y", np.array([1.0, 2.0, 3.0], np.float32), np.array([1.0, np.inf, 3.0], np.float32))
+    assert "1 NaN/inf value(s) where float has finite ones" in report([ours])
+    assert "1 finite value(s) where float has NaN/inf" in report(worst([[_agreement("y", np.ones(3), np.ones(3))], [theirs]]))
