@@ -87,7 +87,7 @@ def test_check_reports_the_worst_of_its_samples(tmp_path):
     assert [s["x"][0, 0] for s in samples] == [9.0, 12.0] and samples[0]["x"].shape == (1, 3)
     rows = worst([[Agreement("a", 0.999, 0.1, 0.95), Agreement("b", 0.98, 2.0)],
                   [Agreement("a", 0.97, 0.05, 0.9), Agreement("b", float("nan"), 1.0)]])
-    assert rows[0] == ("a", 0.97, 0.1, 0.9, False) and rows[1][0] == "b" and np.isnan(rows[1][1]) and rows[1][2] == 2.0
+    assert rows[0] == Agreement("a", 0.97, 0.1, 0.9) and rows[1][0] == "b" and np.isnan(rows[1][1]) and rows[1][2] == 2.0
 
 
 def test_check_warns_when_the_artifact_disagrees_with_float():
