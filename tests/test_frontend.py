@@ -133,6 +133,19 @@ def test_control_flow_refused_naming_every_node(tmp_path):
         assert "export the model without control flow" in str(err.value).lower()
 
 
+def _refusals_in_both_modes(tmp_path, graph) -> list[str]:
+    """The refusal texts of `graph` (opset 17) without and with --allow-float (both must refuse)."""
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "m.onnx")
+    texts = []
+    for allow in (False, True):
+        with pytest.raises(UnsupportedModelError) as err:
+            load_onnx(tmp_path / "m.onnx", allow_unsupported=allow)
+        texts.append(str(err.value))
+    return texts
+
+
 def test_shape_operands_from_input_values_refused(tmp_path):
     """A Reshape whose shape and a Slice whose end come from an input's values (through a Cast and an Add)
     are refused in both modes, every such operand named; a shape computed from Shape() is static."""
@@ -147,13 +160,7 @@ def test_shape_operands_from_input_values_refused(tmp_path):
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4]),
                                            helper.make_tensor_value_info("n", TensorProto.INT32, [2])],
                               [helper.make_tensor_value_info("o", TensorProto.FLOAT, ["a", "b"])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, tmp_path / "m.onnx")
-    for allow in (False, True):
-        with pytest.raises(UnsupportedModelError) as err:
-            load_onnx(tmp_path / "m.onnx", allow_unsupported=allow)
-        text = str(err.value)
+    for text in _refusals_in_both_modes(tmp_path, graph):
         assert "2 shape operand(s)" in text and "Slice (node cut) input 2 ('end')" in text
         assert "Reshape (node reshape_by_value) input 1" in text and "node fine" not in text
 
@@ -711,11 +718,5 @@ def test_value_sized_outputs_refused_with_what_to_do(tmp_path):
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [1, 20, 4]),
                                            helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 1, 20])],
                               [helper.make_tensor_value_info("sel", TensorProto.INT64, ["n", 3])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, tmp_path / "m.onnx")
-    for allow in (False, True):
-        with pytest.raises(UnsupportedModelError) as err:
-            load_onnx(tmp_path / "m.onnx", allow_unsupported=allow)
-        text = str(err.value)
+    for text in _refusals_in_both_modes(tmp_path, graph):
         assert "NonMaxSuppression (node nms)\n" in text and "without its NMS" in text and "shape operand" not in text
