@@ -9,6 +9,9 @@ both places, and constant eps, gamma and beta; anything else is left as it is.
     (x - mean(x, A)) / sqrt(variance(x, A) + eps), A the trailing axes, keepdims
     ==> reshape(nn.layer_norm(reshape(x, [..., prod A]), 1, 0, axes=[-1], epsilon=eps))
 
+An `nn.layer_norm` over several trailing axes (ONNX LayerNormalization with axis < -1) becomes the
+same reshape around a LayerNorm over the last axis, its gamma and beta broadcast and flattened.
+
 TVM's import of InstanceNormalization (GroupNorm as the legacy exporter writes it: reshape to
 [N, groups, -1], InstanceNormalization, reshape back, per-channel Mul and Add; InstanceNorm2d) is
 this form; its per-channel affine stays a multiply and add (lowered as per-channel rescales).
@@ -58,9 +61,34 @@ def fuse_layernorm(mod, _ctx):
 
     for gv, func in list(mod.functions_items()):
         if isinstance(func, relax.Function):
-            mod[gv] = rewrite_call(instance_pattern, instance_rewrite,
-                                   rewrite_call(pattern, rewrite, func))
+            func = rewrite_call(instance_pattern, instance_rewrite, rewrite_call(pattern, rewrite, func))
+            mod[gv] = rewrite_call(_norm_many, _flatten_norm_axes, func)
     return mod
+
+
+_norm_x, _norm_gamma, _norm_beta = wildcard(), is_const(), is_const()
+_norm_many = is_op("relax.nn.layer_norm")(_norm_x, _norm_gamma, _norm_beta)
+
+
+def _flatten_norm_axes(call, m):
+    """A LayerNorm over trailing axes [first, rank) with first < rank - 1, as one over a merged last axis."""
+    x = m[_norm_x]
+    shape = getattr(x.ty, "shape", None)
+    if shape is None or not all(isinstance(d, tvm.tirx.IntImm) for d in shape):
+        return call
+    shape, rank, dtype = [int(d) for d in shape], len(shape), str(x.ty.dtype)
+    axes = sorted(int(a) % rank for a in call.attrs.axes)
+    if len(axes) < 2 or axes != list(range(axes[0], rank)):
+        return call
+    first, trailing = axes[0], shape[axes[0]:]
+    try:
+        g, b = (np.broadcast_to(m[c].value.numpy(), trailing).reshape(-1).astype(dtype)
+                for c in (_norm_gamma, _norm_beta))
+    except ValueError:  # gamma or beta spanning more than the normalized axes
+        return call
+    y = relax.op.nn.layer_norm(relax.op.reshape(x, shape[:first] + [int(np.prod(trailing))]), relax.const(g),
+                               relax.const(b), axes=[-1], epsilon=float(call.attrs.epsilon))
+    return relax.op.reshape(y, shape)
 
 
 def _trailing_axes(call: relax.Call) -> int | None:

@@ -206,6 +206,32 @@ def test_instance_and_group_norm_lower_to_integer_layernorm(tmp_path):
         assert a @ b / (np.linalg.norm(a) * np.linalg.norm(b)) >= 0.99
 
 
+@pytest.mark.parametrize("gamma_shape", [(3, 20), (1, 20)])
+def test_layer_norm_over_trailing_axes_compiles_integer_only(tmp_path, gamma_shape):
+    """ONNX LayerNormalization with axis=-2 (PESTO's pitch encoder: gamma [1, 219]) normalizes the
+    last two axes together: it becomes a LayerNorm over their merged axis; agrees with onnxruntime."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from runtime import compile_model, load
+
+    rng = np.random.default_rng(3)
+    inits = [numpy_helper.from_array(rng.normal(size=gamma_shape).astype(np.float32), n) for n in ("s", "b")]
+    graph = helper.make_graph([helper.make_node("LayerNormalization", ["x", "s", "b"], ["y"], axis=-2)], "ln",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, gamma_shape[0], 20])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, gamma_shape[0], 20])], inits)
+    path = str(tmp_path / "ln.onnx")
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    shape = (4, gamma_shape[0], 20)
+    np.savez(tmp_path / "calib.npz", x=(3 * rng.standard_normal((8, *shape)) + 1).astype(np.float32))
+    model = load(compile_model(path, "x86", tmp_path / "m.artifact", calib=tmp_path / "calib.npz", progress=False))
+    assert model.manifest["integer_only"] is True
+    x = (3 * rng.standard_normal(shape) + 1).astype(np.float32)
+    a, b = model.run({"x": x})["y"].ravel(), ort.InferenceSession(path).run(None, {"x": x})[0].ravel()
+    assert a @ b / (np.linalg.norm(a) * np.linalg.norm(b)) >= 0.999
+
+
 @pytest.mark.parametrize("layer", ["conv2d", "matmul"])
 def test_near_dead_channel_bias_fits_by_its_weight_scale(layer):
     """A channel with tiny weights and a large (folded BatchNorm) bias: its weight scale is raised
