@@ -5,7 +5,8 @@ sensitivity search did not catch); the user should hear it at compile time, not 
 The CLI runs the last two calibration samples through the artifact and through onnxruntime on the
 original file (for a pre-quantized file, first on the float graph it quantizes) and prints each
 output's worst cosine (for an integer output, the share of equal elements) and largest error, with
-a warning below 0.99.
+a warning below 0.99, or where the error is large for the output's own size (cosine cannot see a scale
+error, and says 1 for any one-element output of the right sign).
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ MIN_COSINE = 0.99
 MIN_IOU = 0.9  # of a probability map's mask at 0.5: a DB text detector's fell to 0.51 at cosine 0.87,
 # a segmenter's to 0.53 at cosine 0.998 (its probabilities took 18 values): cosine alone hid it
 MIN_MASK = 16  # elements a probability output needs for its mask to be judged
+MAX_RELATIVE = 0.15  # ||ours - float|| / ||float||: cosine 0.99 at equal norms is 0.14; a turn detector's
+# one probability, 0.95 where float says 0.26, had "cosine 1.0000"
+PROBABILITY_FLOOR = 0.1  # a probability output's norm is taken as at least this RMS: 0.003 for 0.001 is no error
 
 
 SAMPLES = 2  # the last calibration samples checked (one can hide a bad output: 0.995 on one, 0.963 on another)
@@ -46,6 +50,7 @@ class Agreement(NamedTuple):
     iou: float | None = None
     integers: bool = False
     note: str = ""  # where NaN/inf differ: which side has them
+    relative: float = 0.0  # ||ours - float|| / ||float|| (a probability's norm at least PROBABILITY_FLOOR RMS)
 
 
 def worst(rows_per_sample: list[list[Agreement]]) -> list[Agreement]:
@@ -60,7 +65,7 @@ def worst(rows_per_sample: list[list[Agreement]]) -> list[Agreement]:
             cos = row.cosine if np.isnan(row.cosine) or row.cosine < old.cosine else old.cosine
             ious = [v for v in (old.iou, row.iou) if v is not None]
             merged[row.name] = Agreement(row.name, cos, max(old.error, row.error), min(ious) if ious else None,
-                                         row.integers, old.note or row.note)
+                                         row.integers, old.note or row.note, max(old.relative, row.relative))
     return list(merged.values())
 
 
@@ -128,7 +133,11 @@ def _agreement(name: str, got, ref: np.ndarray) -> Agreement | None:
     iou = _mask_iou(np.asarray(got, np.float64), ref.astype(np.float64)) if finite.all() else None
     a, b = a[finite], b[finite]
     cos = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))) if a.any() and b.any() else float(np.array_equal(a, b))
-    return Agreement(name, cos, float(np.abs(a - b).max(initial=0.0)), iou)
+    norm = np.linalg.norm(b)
+    if b.size and b.min() >= 0.0 and b.max() <= 1.0:
+        norm = max(norm, PROBABILITY_FLOOR * b.size ** 0.5)
+    relative = float(np.linalg.norm(a - b) / norm) if norm else float(not np.array_equal(a, b))
+    return Agreement(name, cos, float(np.abs(a - b).max(initial=0.0)), iou, relative=relative)
 
 
 MAX_CLASSES = 64  # an axis this long or shorter whose values sum to 1 is taken for a softmax's classes
@@ -164,11 +173,14 @@ def report(rows: list[Agreement], label: str = FILE, warn: bool = True, samples:
     lines = [f"check against {label} on {where}: {r.name}: "
              + (f"{r.cosine:.2%} of the integers equal" if r.integers else f"cosine {r.cosine:.4f}")
              + f", max |error| {r.error:.4g}" + ("" if r.iou is None else f", mask (> 0.5) IoU {r.iou:.3f}")
+             + (f", relative error {r.relative:.3g}" if r.relative > MAX_RELATIVE else "")
              + (f" ({r.note})" if r.note else "")
              for r in rows]
-    low = [r.name for r in rows if not r.cosine >= MIN_COSINE or (r.iou is not None and r.iou < MIN_IOU)]
+    low = [r.name for r in rows if not r.cosine >= MIN_COSINE or (r.iou is not None and r.iou < MIN_IOU)
+           or r.relative > MAX_RELATIVE]
     if low and warn:
         lines.append(f"WARNING: {', '.join(low)} agree(s) with float below cosine {MIN_COSINE} (integers: that "
-                     f"share equal) or mask IoU {MIN_IOU}: the artifact may be wrong on real inputs; try more or "
-                     "more representative --calib data, or --allow-float and compare")
+                     f"share equal), mask IoU {MIN_IOU} or above a relative error {MAX_RELATIVE} (|error| / |float|): "
+                     "the artifact may be wrong on real inputs; try more or more representative --calib data, or "
+                     "--allow-float and compare")
     return "\n".join(lines)

@@ -98,6 +98,21 @@ def test_check_warns_when_the_artifact_disagrees_with_float():
     assert "boxes: cosine 0.6200" in text and "WARNING: boxes agree(s)" in text and "logits agree" not in text
 
 
+def test_check_warns_on_errors_cosine_cannot_see():
+    """Cosine says 1 for a one-element output of the right sign (a turn detector's probability, 0.95
+    where float says 0.26) and for an output off by a factor: the relative error warns for both; a
+    probability near 0 is not judged relative to itself (0.003 for 0.001 is no error)."""
+    from runtime.check import _agreement, report
+
+    row = _agreement("p", np.array([0.95]), np.array([0.26]))
+    assert row.cosine == 1.0 and row.relative > 1 and "WARNING: p agree(s)" in report([row])
+    assert "relative error 2.65" in report([row])
+    logits = np.linspace(-3, 5, 100)
+    assert "WARNING" in report([_agreement("logits", 1.5 * logits, logits)])
+    assert "WARNING" not in report([_agreement("logits", logits + 0.01, logits)])
+    assert "WARNING" not in report([_agreement("p", np.array([0.003]), np.array([0.001]))])
+
+
 def test_check_judges_a_probability_map_by_its_mask():
     """A probability map whose mask at 0.5 changed warns even at a high cosine (a segmenter's took 18
     values: IoU 0.53 at cosine 0.998); the mask is that of the smaller side; other outputs have none."""
