@@ -135,6 +135,9 @@ def test_check_judges_a_probability_map_by_its_mask():
     got = ref.copy()
     got[0, 10:15, 10:20] = [0.55, 0.45]  # half the foreground lost: the flattened map would still look fine
     assert abs(_agreement("probs", got, ref).iou - 0.5) < 0.01
+    attention = np.full((1, 8, 64, 64), 0.45 / 63)  # rows over keys sum to 1: not classes
+    np.put_along_axis(attention, rng.integers(0, 64, (1, 8, 64, 1)), 0.55, axis=-1)  # each row's peak key
+    assert _agreement("attention", attention * 0.9, attention).iou is None  # was 0.0: every "class" lost
 
 
 def test_help_documents_every_flag():
