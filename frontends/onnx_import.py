@@ -278,6 +278,7 @@ def _fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]
     unknown = sorted(set(shapes) - set(inputs))
     if unknown:
         raise CompileError(f"{path}: --input-shape names {unknown}, but the model's inputs are {sorted(inputs)}")
+    bound = False
     for name, value in inputs.items():
         dims = value.type.tensor_type.shape.dim
         if name in shapes:
@@ -288,6 +289,7 @@ def _fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]
                 if _fixed(dim) and dim.dim_value != size:
                     raise CompileError(f"{path}: input {name!r} dim is fixed to {dim.dim_value}, "
                                        f"--input-shape gives {size}")
+                bound |= not _fixed(dim)
                 dim.Clear()
                 dim.dim_value = size
         if not all(_fixed(d) for d in dims):
@@ -297,6 +299,20 @@ def _fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]
             raise CompileError(f"{path}: input {name!r} has dynamic dimensions ({shown}); fix them with "
                                f"--input-shape {name}:{example} (a number for each <size>; a leading N leaves "
                                "the batch free, or give a number for it too)")
+    if bound:
+        _forget_declared_shapes(model)
+
+
+def _forget_declared_shapes(model: onnx.ModelProto) -> None:
+    """Drop the shapes the file declares past its inputs (value_info, the outputs' dims; shape inference
+    finds them again from the bound inputs): an exporter writes the traced size of a dim it did not
+    mark free (LORE's table transformer declares [batch, 54, 4] for any number of cells), and onnxruntime
+    then refuses the bound model ("Inferred=32 Declared=54")."""
+    del model.graph.value_info[:]
+    for output in model.graph.output:
+        if output.type.HasField("tensor_type") and output.type.tensor_type.HasField("shape"):
+            for dim in output.type.tensor_type.shape.dim:
+                dim.Clear()
 
 
 def _fixed(dim: onnx.TensorShapeProto.Dimension) -> bool:

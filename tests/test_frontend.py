@@ -111,6 +111,34 @@ def test_minus_one_zero_and_named_dims_are_free(tmp_path, free):
         load_onnx(p, {"x": (1, 5)})
 
 
+def test_declared_output_sizes_from_the_export_trace_are_not_kept(tmp_path):
+    """torch writes the traced size of a dim it did not mark free into the declared outputs (LORE's
+    table transformer: [batch, 54, 4] for any number of cells); binding the inputs makes that a
+    contradiction onnxruntime refused ("Inferred=32 Declared=54"), in both modes. The declared shapes
+    are dropped once an input dim is bound: the model compiles and agrees with onnxruntime."""
+    import onnxruntime as ort
+
+    from runtime import compile_model, load
+
+    w = onnx.numpy_helper.from_array(np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"]),
+             helper.make_node("Concat", ["y", "y"], ["z"], axis=1)]
+    graph = helper.make_graph(nodes, "traced", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "n", 8])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", 54, 4])], [w],
+                              value_info=[helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 27, 4])])
+    path = str(tmp_path / "traced.onnx")
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    x = np.random.default_rng(1).normal(size=(4, 1, 16, 8)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=x)
+    model = load(compile_model(path, "x86", tmp_path / "m.artifact", calib=tmp_path / "calib.npz",
+                               input_shapes={"x": (1, 16, 8)}, progress=False))
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    a, b = model.run({"x": x[0]})["z"], ort.InferenceSession(path, options).run(None, {"x": x[0]})[0]
+    assert a.shape == b.shape == (1, 32, 4)
+    assert float(a.ravel() @ b.ravel() / np.linalg.norm(a) / np.linalg.norm(b)) > 0.999
+
+
 def test_control_flow_refused_naming_every_node(tmp_path):
     # an If whose branches give outputs of different shapes cannot become a select (frontends/onnx_if.py)
     def branch(name, op):
