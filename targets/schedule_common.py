@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 import tvm
@@ -167,6 +168,16 @@ def _read_once(sch: s_tir.Schedule, block) -> bool:
     return all(len(reads.findall(str(sch.get(consumer).body))) <= 1 for consumer in sch.get_consumers(block))
 
 
+def _broadcast(sch: s_tir.Schedule, block) -> bool:
+    """`block` writes fewer elements than one of its consumers: a per-row value (LayerNorm's 1 / std)
+    read by every element of the row. Inlined, it is computed once per element instead of once per row,
+    and its chain (isqrt's 31 selects) became one expression that took TVM 450 s to lower (PESTO)."""
+    def size(b) -> int:
+        return math.prod(int(d) for w in sch.get(b).writes for d in w.source.shape if isinstance(d, tvm.tirx.IntImm))
+    own = size(block)
+    return any(size(consumer) > own for consumer in sch.get_consumers(block))
+
+
 GATHER = "T_take"  # topi.take's block: a table lookup, a load at a data-dependent index
 
 
@@ -174,9 +185,10 @@ def inline_producers(sch: s_tir.Schedule, keep) -> None:
     """Inline every block of the kernel that `keep` does not accept, last first, where it can be inlined
     and is read once; the others stay loop nests of their own, before. Table lookups stay loop nests:
     inlined, a chain of them and their requantizations became one expression that LLVM took 6 minutes
-    to compile (magika's conv input: two lookups in 40 steps)."""
+    to compile (magika's conv input: two lookups in 40 steps); so do values broadcast to their reader."""
     for other in reversed(sch.get_child_blocks(sch.get_sblock("root"))):
-        if not keep(other) and not sch.get(other).name_hint.startswith(GATHER) and _read_once(sch, other):
+        if (not keep(other) and not sch.get(other).name_hint.startswith(GATHER) and _read_once(sch, other)
+                and not _broadcast(sch, other)):
             try:
                 sch.compute_inline(other)
             except s_tir.schedule.ScheduleError:

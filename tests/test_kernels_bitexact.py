@@ -203,3 +203,24 @@ def test_outputs_narrower_than_a_vector_keep_their_dot_schedule(case):
         build, want = (lambda a: emit.conv2d_acc(a, w, _Conv)), ref.conv2d_acc(x, w, (1, 1), (0, 1, 0, 1))
     np.testing.assert_array_equal(run_relax(build, [x]), want)
     assert unscheduled_kernels(build, [x]) == []
+
+
+def test_values_broadcast_to_their_reader_are_not_inlined():
+    """A per-row value read by every element of its row (LayerNorm's 1 / std, an isqrt chain) stays a
+    loop nest of its own when a kernel inlines its producers; an elementwise producer is inlined.
+    Inlined, PESTO's isqrt chain in a conv's packed input took TVM 450 s to lower."""
+    import tvm
+    from tvm import s_tir, te
+
+    from targets.schedule_common import inline_producers
+
+    x = te.placeholder((8, 32), "int32", name="x")
+    k = te.reduce_axis((0, 32), name="k")
+    row = te.compute((8, 1), lambda i, _: te.sum(x[i, k] * x[i, k], axis=k), name="row")
+    inv = te.compute((8, 1), lambda i, j: tvm.tirx.max(row[i, j], 1), name="inv")  # per row
+    shifted = te.compute((8, 32), lambda i, j: x[i, j] + 3, name="shifted")  # per element
+    out = te.compute((8, 32), lambda i, j: shifted[i, j] * inv[i, 0], name="packed")
+    sch = s_tir.Schedule(te.create_prim_func([x, out]))
+    inline_producers(sch, lambda b: sch.get(b).name_hint == "packed")
+    names = [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
+    assert "inv" in names and "shifted" not in names and names[-1] == "packed"
