@@ -8,8 +8,8 @@
 
 A static graph cannot stop early, so a Loop unrolls only where it cannot: M a constant, the cond
 input absent or a constant true, and the body's cond output its cond input, a constant true, or
-true in each iteration but the last when evaluated from the iteration number and the constant
-carried values alone (tf2onnx's Keras LSTM/GRU `while` loops).
+known in each iteration from the iteration number and the constant carried values alone (tf2onnx's
+Keras LSTM/GRU `while` loops; paddle2onnx's counting decoders): it runs until that cond is false.
 A Scan needs its scan inputs' lengths (static shapes: bind free dims with --input-shape). Anything
 else stays and is refused by the op check with the node named. Nested loops unroll from the
 outside in (the inlined bodies are unrolled in turn); an If inside becomes a select (onnx_if.py).
@@ -162,8 +162,10 @@ def _loop(node, graph, prefix, shapes, consts, opset) -> list | None:
     if cond and not (cond in consts and bool(numpy_helper.to_array(consts[cond]).reshape(-1)[0])):
         return None
     n = len(ins) - 2
-    if not _cond_stays_true(body) and not _cond_true_while_counting(body, steps, ins[2:], consts):
-        return None
+    if not _cond_stays_true(body):
+        steps = _counted_steps(body, steps, ins[2:], consts)
+        if steps is None:
+            return None
     emit = _Emitter(graph, prefix, opset)
     carried, ys = list(ins[2:]), [[] for _ in range(len(body.output) - 1 - n)]
     true = emit.const("true", np.array(True))
@@ -198,34 +200,39 @@ def _cond_stays_true(body: onnx.GraphProto) -> bool:
     return init is not None and bool(numpy_helper.to_array(init).reshape(-1)[0])
 
 
-def _cond_true_while_counting(body: onnx.GraphProto, steps: int, carried: list[str], consts: dict) -> bool:
-    """The body's cond output is true after each of the first `steps - 1` iterations, evaluated from
-    what is known at compile time: the iteration number, constant initial values of the carried
-    values and whatever the body computes from them alone (tf2onnx's Keras RNN loops recompute
-    `counter < n and i + 1 < n` with n from the bound input shape). Nodes that read data are skipped;
-    a cond that depends on them is not known, and the Loop is not unrolled."""
+def _counted_steps(body: onnx.GraphProto, steps: int, carried: list[str], consts: dict) -> int | None:
+    """How many iterations run (at most `steps`), from the body's cond output evaluated with what is
+    known at compile time: the iteration number, constant initial values of the carried values and
+    whatever the body computes from them alone (tf2onnx's Keras RNN loops recompute `counter < n and
+    i + 1 < n` with n from the bound input shape; paddle2onnx's decoders count `i + 1 < n + 1` up to a
+    constant n, SLANet's 501 of at most 1024 steps). Nodes that read data are skipped; a cond that
+    depends on them is not known (None: the Loop is not unrolled)."""
     from onnx.reference import ReferenceEvaluator
 
     read = {i for node in body.node for i in node.input}  # only these constants, not every weight of the model
     fixed = {name: numpy_helper.to_array(consts[name]) for name in read if name in consts}
     fixed.update({i.name: numpy_helper.to_array(i) for i in body.initializer})
     state = [numpy_helper.to_array(consts[c]) if c in consts else None for c in carried]
+    evaluators: dict[int, object] = {}
     for t in range(steps - 1):
         known = dict(fixed)
         known[body.input[0].name], known[body.input[1].name] = np.array(t, np.int64), np.array(True)
         for formal, value in zip(body.input[2:], state):
             if value is not None:
                 known[formal.name] = value
-        for node in body.node:
+        for k, node in enumerate(body.node):
             if node.op_type in ("Loop", "Scan", "If") or not all(i in known for i in node.input if i):
                 continue
             try:
-                outs = ReferenceEvaluator(node).run(None, {i: known[i] for i in node.input if i})
+                evaluator = evaluators.get(k) or evaluators.setdefault(k, ReferenceEvaluator(node))
+                outs = evaluator.run(None, {i: known[i] for i in node.input if i})
             except Exception:  # noqa: BLE001  (an op the reference cannot run: its outputs stay unknown)
                 continue
             known.update({o: np.asarray(v) for o, v in zip(node.output, outs) if o})
         cond = known.get(body.output[0].name)
-        if cond is None or not bool(np.asarray(cond).reshape(-1)[0]):
-            return False
+        if cond is None:
+            return None
+        if not bool(np.asarray(cond).reshape(-1)[0]):
+            return t + 1
         state = [known.get(o.name) for o in body.output[1:1 + len(carried)]]
-    return True
+    return steps

@@ -49,19 +49,21 @@ def scan_model(in_dir=0, out_dir=0, in_axis=0, out_axis=0, steps=5, features=4, 
 
 
 def loop_model(trip=4, cond_out="cond"):
-    """v <- v * 0.9 + i * 0.1 (i the iteration number), scan output v per iteration."""
+    """v <- v * 0.9 + i * 0.1 (i the iteration number), scan output v per iteration; `cond_out` "less":
+    the body stops the loop once max(v) reaches 0.8 (known only from the data)."""
     body = helper.make_graph(
         [helper.make_node("Cast", ["i"], ["fi"], to=F), helper.make_node("Mul", ["fi", "tenth"], ["di"]),
          helper.make_node("Mul", ["v", "decay"], ["vd"]), helper.make_node("Add", ["vd", "di"], ["v2"]),
          helper.make_node("Identity", ["v2"], ["y"]),
          *([helper.make_node("Identity", ["cond"], ["cond2"])] if cond_out == "cond" else
-           [helper.make_node("Less", ["i", "three"], ["cond2"])])],
+           [helper.make_node("ReduceMax", ["v2"], ["vmax"], keepdims=0),  # a data-dependent stop
+            helper.make_node("Less", ["vmax", "limit"], ["cond2"])])],
         "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
                  helper.make_tensor_value_info("cond", TensorProto.BOOL, []), helper.make_tensor_value_info("v", F, [3])],
         [helper.make_tensor_value_info("cond2", TensorProto.BOOL, []), helper.make_tensor_value_info("v2", F, [3]),
          helper.make_tensor_value_info("y", F, [3])],
         [numpy_helper.from_array(np.array(0.1, np.float32), "tenth"), numpy_helper.from_array(np.array(0.9, np.float32), "decay"),
-         numpy_helper.from_array(np.array(trip - 2, np.int64), "three")])  # "less": stops after trip - 1 steps
+         numpy_helper.from_array(np.array(0.8, np.float32), "limit")])  # "less": stops when max(v) reaches 0.8
     node = helper.make_node("Loop", ["M", "", "v0"], ["vn", "ys"], body=body)
     model = _model([node], [helper.make_tensor_value_info("v0", F, [3])],
                    [helper.make_tensor_value_info("vn", F, [3]), helper.make_tensor_value_info("ys", F, [trip, 3])],
@@ -105,8 +107,12 @@ def test_counting_loop_unrolled_equals_onnxruntime():
     assert unroll_loops(model) == 1 and "Loop" not in {n.op_type for n in model.graph.node}
     for got, ref in zip(_run(model, feeds), want):
         np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6)
-    early, _ = counting_loop_model(stop=4)  # the cond turns false one step before the trip count
-    assert unroll_loops(early) == 0
+    early, _ = counting_loop_model(stop=4)  # the cond turns false one step before the trip count: 4 steps
+    early.graph.output[1].type.tensor_type.shape.dim[0].dim_param = "steps"
+    want = _run(early, feeds)
+    assert unroll_loops(early) == 1 and want[1].shape == (4, 3)
+    for got, ref in zip(_run(early, feeds), want):
+        np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("in_dir,out_dir,in_axis,out_axis,opset",
@@ -192,3 +198,50 @@ def test_stacked_loops_counted_by_the_bound_shape_unroll(tmp_path):
     onnx.save(model, tmp_path / "stacked.onnx")
     imported = load_onnx(tmp_path / "stacked.onnx", {"x": (5, 3), "h0": (3,)})
     assert "Loop" not in imported.mod.script(show_meta=False)
+
+
+def paddle_counting_loop(steps=5):
+    """paddle2onnx's decoder loop (SLANet's table structure): trip count 1024, the cond recomputed as
+    float(i) + 1 < float(n) + 1 from carried counters, n a constant: it runs exactly n + 1 steps."""
+    const = lambda name, v, dtype=np.float32: helper.make_node("Constant", [], [name],
+                                                               value=numpy_helper.from_array(np.array(v, dtype)))
+    body = helper.make_graph(
+        [const("one", 1.0), const("half", 0.5),
+         helper.make_node("Cast", ["i_in"], ["i_f"], to=F), helper.make_node("Add", ["i_f", "one"], ["i1f"]),
+         helper.make_node("Cast", ["i1f"], ["i_out"], to=TensorProto.INT64),
+         helper.make_node("Cast", ["n_in"], ["n_f"], to=F), helper.make_node("Add", ["n_f", "one"], ["n1f"]),
+         helper.make_node("Less", ["i1f", "n1f"], ["cond_out"]), helper.make_node("Identity", ["n_in"], ["n_out"]),
+         helper.make_node("Mul", ["acc_in", "half"], ["h"]), helper.make_node("Add", ["h", "x"], ["acc_out"])],
+        "body",
+        [helper.make_tensor_value_info("iter", TensorProto.INT64, []), helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("i_in", TensorProto.INT64, []), helper.make_tensor_value_info("n_in", TensorProto.INT64, []),
+         helper.make_tensor_value_info("acc_in", F, [1, 8])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []), helper.make_tensor_value_info("i_out", TensorProto.INT64, []),
+         helper.make_tensor_value_info("n_out", TensorProto.INT64, []), helper.make_tensor_value_info("acc_out", F, [1, 8])])
+    nodes = [const("M", 1024, np.int64), const("i0", 0, np.int64), const("n0", steps - 1, np.int64),
+             const("acc0", np.zeros((1, 8)), np.float32), const("true", True, np.bool_),
+             helper.make_node("Loop", ["M", "true", "i0", "n0", "acc0"], ["i_n", "n_n", "acc"], body=body),
+             helper.make_node("Relu", ["acc"], ["y"])]
+    return _model(nodes, [helper.make_tensor_value_info("x", F, [1, 8])], [helper.make_tensor_value_info("y", F, [1, 8])],
+                  opset=13)
+
+
+def test_loop_counting_to_a_constant_compiles_integer_only(tmp_path):
+    """A Loop whose cond turns false at a step known at compile time (501 of at most 1024 in SLANet)
+    runs exactly that many steps, unrolled; it was refused in both modes. Its five 16-bit
+    requantizations in one elementwise kernel also took TVM's simplifier over 5 minutes, now
+    under a second (cpu_schedules.MAX_CLAMPS)."""
+    import runtime
+    from runtime.compiler import compile_model
+
+    model = paddle_counting_loop()
+    onnx.save(model, tmp_path / "loop.onnx")
+    x = np.random.default_rng(0).normal(0, 1, (8, 1, 8)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=x)
+    art = runtime.load(compile_model(tmp_path / "loop.onnx", output=tmp_path / "loop.artifact",
+                                     calib=tmp_path / "calib.npz", progress=False))
+    assert art.manifest["integer_only"] is True
+    want = _run(model, {"x": x[0]})[0]
+    np.testing.assert_allclose(want, np.maximum(x[0], 0) * 1.9375, rtol=1e-5)  # 5 steps: 1 + 1/2 + ... + 1/16
+    got = art.run({"x": x[0]})["y"]
+    assert float(got.ravel() @ want.ravel() / (np.linalg.norm(got) * np.linalg.norm(want))) >= 0.999
