@@ -191,8 +191,10 @@ def _inline_single_reads(sch: s_tir.Schedule, blocks) -> bool:
             continue
         name = stmt.writes[0].source.name
         consumer = sch.get(consumers[0])
-        if str(consumer.body).count(f"{name}[") != 1 or any(int(v.iter_type) != 0 for v in consumer.iter_vars) \
-                or [str(v.dom.extent) for v in consumer.iter_vars] != [str(v.dom.extent) for v in stmt.iter_vars]:
+        body = str(consumer.body)
+        if body.count(f"{name}[") != 1 or any(int(v.iter_type) != 0 for v in consumer.iter_vars) \
+                or [str(v.dom.extent) for v in consumer.iter_vars] != [str(v.dom.extent) for v in stmt.iter_vars] \
+                or body.count("T.min(") + body.count("T.max(") > MAX_CLAMPS:
             continue
         try:
             sch.compute_inline(block)
@@ -202,6 +204,8 @@ def _inline_single_reads(sch: s_tir.Schedule, blocks) -> bool:
     return inlined
 
 
+MAX_CLAMPS = 16  # min/max a block's expression may reach by inlining: TVM's simplifier took > 5 minutes on
+# a chain of five 16-bit requantizations in one expression (41 nested clamps; an unrolled counting Loop)
 RECOMPUTE = 2  # a block whose per-chunk regions add up to more than this many times its domain stays whole
 
 
