@@ -47,13 +47,14 @@ def is_mask(name: str) -> bool:
 @dataclass(frozen=True)
 class Buckets:
     """The manifest's `buckets`: which dim, the compiled lengths, whether padding is exact, and
-    where the length sits in each input and output (axis or None)."""
+    where the length sits in each input and output (axis or None; an output may hold it in several
+    axes, a list: an attention map [.., L, L])."""
 
     dim: str
     sizes: list[int]
     padded: bool  # an attention mask makes zero padding exact
     input_axes: list[int | None]
-    output_axes: list[int | None]
+    output_axes: list[int | list[int] | None]
 
     @classmethod
     def from_manifest(cls, manifest: dict) -> Buckets | None:
@@ -86,4 +87,14 @@ class Buckets:
 
     def cut(self, arrays: list[np.ndarray], length: int) -> list[np.ndarray]:
         """Outputs cut back from the bucket's length to the input's."""
-        return [a if ax is None else np.take(a, np.arange(length), axis=ax) for a, ax in zip(arrays, self.output_axes)]
+        out = []
+        for a, axes in zip(arrays, self.output_axes):
+            for ax in length_axes(axes):
+                a = np.take(a, np.arange(length), axis=ax)
+            out.append(a)
+        return out
+
+
+def length_axes(entry: int | list[int] | None) -> tuple[int, ...]:
+    """The axes an `output_axes` entry names (older manifests: one axis or None)."""
+    return () if entry is None else (entry,) if isinstance(entry, int) else tuple(entry)

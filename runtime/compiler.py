@@ -29,7 +29,7 @@ from targets.cpu_pipeline import cpu_pipeline
 
 from .plan import export_plan, plan_folder
 from .artifact import DEVICE_TEXT, LIBRARY, RELAX_TEXT, sha256, write_artifact
-from .buckets import Buckets, default_sizes, is_mask
+from .buckets import Buckets, default_sizes, is_mask, length_axes
 from .mixed import Precision
 
 SYNTHETIC_SAMPLES = 8
@@ -195,15 +195,16 @@ def _calibration_length(calib, seq: FreeDim, axes: dict[str, int], input_shapes)
 
 
 def _length_axes(a: list[TensorSpec], b: list[TensorSpec], la: int, lb: int) -> list[int | None]:
-    """Where the length sits in each output, from the output shapes at two lengths."""
+    """Where the length sits in each output, from the output shapes at two lengths: an axis, None, or
+    several axes (an attention map [.., L, L], each cut back after padding)."""
     axes = []
     for x, y in zip(a, b):
         moved = [i for i, (p, q) in enumerate(zip(x.shape, y.shape)) if p != q]
-        if len(moved) > 1 or any(x.shape[i] != la or y.shape[i] != lb for i in moved):
+        if any(x.shape[i] != la or y.shape[i] != lb for i in moved):
             raise CompileError(f"output {x.name!r} has shape {list(x.shape)} at length {la} and {list(y.shape)} at "
-                               f"{lb}: one of its dims must be the length itself to cut it back after padding; "
-                               "give the length as a number")
-        axes.append(moved[0] if moved else None)
+                               f"{lb}: each dim that follows the length must be the length itself to cut it back "
+                               "after padding; give the length as a number")
+        axes.append(moved[0] if len(moved) == 1 else moved or None)
     return axes
 
 
@@ -358,8 +359,8 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
                              ([list(s.shape) for s in imported.inputs], [list(s.shape) for s in imported.outputs]))
     if seq:  # the length by name: ["n", "seq"]
         for shapes, axes in ((in_shapes, layout.input_axes), (out_shapes, layout.output_axes)):
-            for shape, axis in zip(shapes, axes):
-                if axis is not None:
+            for shape, entry in zip(shapes, axes):
+                for axis in length_axes(entry):
                     shape[axis] = seq.name
     report = verify_integer_only(int_mod)
     log(str(report))

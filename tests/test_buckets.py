@@ -23,10 +23,10 @@ class _Encoder(torch.nn.Module):
     """Token + position embeddings, one masked self-attention layer (the Hugging Face mask
     pattern `(1 - mask) * -10000`), LayerNorm, and a masked mean pooling output."""
 
-    def __init__(self, masked: bool = True):
+    def __init__(self, masked: bool = True, attention: bool = False):
         super().__init__()
         g = torch.Generator().manual_seed(0)
-        self.masked = masked
+        self.masked, self.attention = masked, attention
         self.tok = torch.nn.Parameter(torch.randn(VOCAB, WIDTH, generator=g))
         self.pos = torch.nn.Parameter(torch.randn(MAX_LEN, WIDTH, generator=g) * 0.3)
         self.qkv = torch.nn.Linear(WIDTH, 3 * WIDTH)
@@ -39,9 +39,11 @@ class _Encoder(torch.nn.Module):
         scores = q @ k.transpose(1, 2) / WIDTH ** 0.5
         if self.masked:
             scores = scores + (1.0 - mask[:, None, :].float()) * -10000.0
-        h = self.norm(x + self.out(torch.softmax(scores, dim=-1) @ v))
+        probs = torch.softmax(scores, dim=-1)
+        h = self.norm(x + self.out(probs @ v))
         weights = mask[:, :, None].float()
-        return h, (h * weights).sum(1) / weights.sum(1)
+        pooled = (h * weights).sum(1) / weights.sum(1)
+        return (h, pooled, probs) if self.attention else (h, pooled)
 
 
 def _export(path, masked: bool = True):
@@ -249,3 +251,31 @@ def test_cuda_buckets_compile(bucket_artifact, tmp_path):
     assert m["target"]["device"] == "cuda" and m["buckets"]["sizes"] == [16, 32] and m["integer_only"] is True
     for lib in m["buckets"]["libraries"].values():
         assert bytes.fromhex("50ed55ba") in (out / lib["file"]).read_bytes()  # an embedded fatbin
+
+
+def test_an_attention_map_output_is_cut_back_in_both_length_axes(tmp_path):
+    """An output with the length in two axes (the attention map [1, L, L], rxnmapper's atom mapping
+    reads it) compiles with a free length: padded keys get probability 0 from the mask, padded query
+    rows are cut, so a 7-token input gives the same integers alone in bucket 16 and in bucket 32."""
+    torch.manual_seed(0)
+    ids = torch.ones(1, 8, dtype=torch.long)
+    path = str(tmp_path / "attn.onnx")
+    with torch.no_grad():
+        torch.onnx.export(_Encoder(attention=True), (ids, ids), path, dynamo=False, opset_version=17,
+                          input_names=["ids", "mask"], output_names=["tokens", "pooled", "attention"],
+                          dynamic_axes={"ids": {1: "seq"}, "mask": {1: "seq"}, "tokens": {1: "seq"},
+                                        "attention": {1: "seq", 2: "seq"}})
+    ids, mask = zip(*[_sample(20, s) for s in range(6)])
+    np.savez(tmp_path / "calib.npz", ids=np.concatenate(ids), mask=np.concatenate(mask))
+    out = tmp_path / "attn.artifact"
+    assert compile_main([path, "--calib", str(tmp_path / "calib.npz"), *SHAPES, "-o", str(out), "-q"]) == 0
+    model = runtime.load(out)
+    b = model.manifest["buckets"]
+    assert b["output_axes"] == [1, None, [1, 2]]
+    assert model.manifest["outputs"][2]["shape"][1:] == ["seq", "seq"]
+    ids, mask = _sample(7, 11)
+    alone = model.run({"ids": ids, "mask": mask})["attention"]
+    padded = model.run({"ids": np.pad(ids, ((0, 0), (0, 25))), "mask": np.pad(mask, ((0, 0), (0, 25)))})
+    assert alone.shape == (1, 7, 7) and padded["attention"].shape == (1, 32, 32)
+    np.testing.assert_array_equal(alone, padded["attention"][:, :7, :7])
+    assert np.abs(padded["attention"][:, :7, 7:]).max() == 0  # padded keys: probability 0
