@@ -149,12 +149,11 @@ def _mask_iou(got: np.ndarray, ref: np.ndarray) -> float | None:
     class's (a segmenter's rare foreground beside its background); None for other outputs."""
     if ref.size < MIN_MASK or ref.min(initial=0.0) < 0.0 or ref.max(initial=0.0) > 1.0:
         return None
-    classes = [ax for ax in range(ref.ndim) if 2 <= ref.shape[ax] <= MAX_CLASSES
-               and np.allclose(ref.sum(axis=ax), 1.0, atol=1e-3)
-               and ref.shape.count(ref.shape[ax]) == 1]  # [.., L, L]: attention over keys, not classes
-    if not classes and any(np.allclose(ref.sum(axis=ax), 1.0, atol=1e-3) for ax in range(ref.ndim)
-                           if 2 <= ref.shape[ax] <= MAX_CLASSES):
-        return None  # an attention map: no mask means anything there
+    summed = [ax for ax in range(ref.ndim) if 2 <= ref.shape[ax] <= MAX_CLASSES
+              and np.allclose(ref.sum(axis=ax), 1.0, atol=1e-3)]
+    classes = [ax for ax in summed if ref.shape.count(ref.shape[ax]) == 1]
+    if summed and not classes:  # [.., L, L]: attention over keys, where no mask means anything
+        return None
     if classes:
         ious = [_iou(np.take(got, c, axis=classes[-1]), np.take(ref, c, axis=classes[-1]))
                 for c in range(ref.shape[classes[-1]])]

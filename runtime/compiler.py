@@ -194,7 +194,7 @@ def _calibration_length(calib, seq: FreeDim, axes: dict[str, int], input_shapes)
     return length
 
 
-def _length_axes(a: list[TensorSpec], b: list[TensorSpec], la: int, lb: int) -> list[int | None]:
+def _length_axes(a: list[TensorSpec], b: list[TensorSpec], la: int, lb: int) -> list[int | list[int] | None]:
     """Where the length sits in each output, from the output shapes at two lengths: an axis, None, or
     several axes (an attention map [.., L, L], each cut back after padding)."""
     axes = []
