@@ -156,6 +156,7 @@ def load_onnx(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]] 
     """
     path = Path(path)
     model = _read(path)
+    _refuse_string_inputs(model, path)
     _fix_input_shapes(model, bound_shapes(input_shapes), path)
     contrib_to_standard(model)  # onnxruntime's fused transformer ops (com.microsoft) as standard ops
     strip_qdq(model)  # a pre-quantized (QDQ) model: its float graph, calibrated anew (onnx_qdq.py)
@@ -266,6 +267,17 @@ def _sort_nodes(graph: onnx.GraphProto) -> None:
 def _graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     inits = {i.name for i in model.graph.initializer}
     return [v for v in model.graph.input if v.name not in inits]
+
+
+def _refuse_string_inputs(model: onnx.ModelProto, path: Path) -> None:
+    """A string input (text straight into a LabelEncoder or tokenizer op) is named first: no node of the
+    graph could run on integers before it (the op check named the encoder alone, not why)."""
+    strings = [v.name for v in _graph_inputs(model) if v.type.WhichOneof("value") == "tensor_type"
+               and v.type.tensor_type.elem_type == onnx.TensorProto.STRING]
+    if strings:
+        raise UnsupportedModelError(f"{path}: input(s) {strings} are string tensors: intq compiles numeric models; "
+                                    "map the text to ids outside the model (a tokenizer or a lookup in your code) "
+                                    "and export the graph from the ids on")
 
 
 def _fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], path: Path) -> None:

