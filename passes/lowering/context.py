@@ -174,11 +174,13 @@ class LoweringContext:
         ones at scale 1; wider ones in int16, at scale 1 where their calibrated range fits (class
         ids beside a detector's boxes), else at the int16 scale of that range."""
         dtype = str(value.expr.ty.dtype)
+        known = value.range is not None and np.isfinite(value.range).all()
+        amax = max(abs(v) for v in value.range) if known else None  # what an 8-bit requantization spans
         if dtype == "bool":
             return Quantized(self.emit(relax.op.astype(value.expr, "uint8")), 1.0, "uint8")
         if dtype in ("int8", "uint8", "int16"):
-            return Quantized(value.expr, 1.0, dtype)
-        if value.range is None or not np.isfinite(value.range).all():
+            return Quantized(value.expr, 1.0, dtype, qmax=max(amax, 1.0) if known and dtype == "int16" else None)
+        if not known:
             self.fail(f"an exact {dtype} tensor used as a float activation, with no calibrated range: only "
                       "bool, 8- and 16-bit integers are taken as they are")
         scale = max(1.0, activation_scale(*value.range, "int16"))
@@ -186,7 +188,9 @@ class LoweringContext:
         wide = value.expr if dtype == "int64" else relax.op.astype(value.expr, "int64")
         x = relax.op.clip(wide, *INT_RANGE["int32"])  # beyond its calibrated range it saturates anyway
         expr = self.emit(emit.requantize(x, m, s, *INT_RANGE["int16"], "int16"))
-        return Quantized(expr, scale, "int16", qmax=calibrated_qmax("int16"))
+        # qmax: the calibrated range, not the int16 headroom (a one-hot of values {-1, 2} at scale 1 took
+        # 2 / 129 of an 8-bit step on its way into a matmul: all zeros)
+        return Quantized(expr, scale, "int16", qmax=max(amax / scale, 1.0))
 
     def materialized_items(self):
         """((value, how), requantized value) for every requantization made so far (tracing)."""
