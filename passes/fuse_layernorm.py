@@ -72,12 +72,12 @@ _norm_many = is_op("relax.nn.layer_norm")(_norm_x, _norm_gamma, _norm_beta)
 
 def _flatten_norm_axes(call, m):
     """A LayerNorm over trailing axes [first, rank) with first < rank - 1, as one over a merged last axis."""
-    x = m[_norm_x]
+    x, attrs = m[_norm_x], m[_norm_many].attrs  # `call` may be the var it is bound to
     shape = getattr(x.ty, "shape", None)
     if shape is None or not all(isinstance(d, tvm.tirx.IntImm) for d in shape):
         return call
     shape, rank, dtype = [int(d) for d in shape], len(shape), str(x.ty.dtype)
-    axes = sorted(int(a) % rank for a in call.attrs.axes)
+    axes = sorted(int(a) % rank for a in attrs.axes)
     if len(axes) < 2 or axes != list(range(axes[0], rank)):
         return call
     first, trailing = axes[0], shape[axes[0]:]
@@ -87,7 +87,7 @@ def _flatten_norm_axes(call, m):
     except ValueError:  # gamma or beta spanning more than the normalized axes
         return call
     y = relax.op.nn.layer_norm(relax.op.reshape(x, shape[:first] + [int(np.prod(trailing))]), relax.const(g),
-                               relax.const(b), axes=[-1], epsilon=float(call.attrs.epsilon))
+                               relax.const(b), axes=[-1], epsilon=float(attrs.epsilon))
     return relax.op.reshape(y, shape)
 
 
