@@ -86,9 +86,16 @@ def _flatten_norm_axes(call, m):
                 for c in (_norm_gamma, _norm_beta))
     except ValueError:  # gamma or beta spanning more than the normalized axes
         return call
-    y = relax.op.nn.layer_norm(relax.op.reshape(x, shape[:first] + [int(np.prod(trailing))]), relax.const(g),
-                               relax.const(b), axes=[-1], epsilon=float(attrs.epsilon))
-    return relax.op.reshape(y, shape)
+    return _norm_merged(x, shape, first, g, b, float(attrs.epsilon))
+
+
+def _norm_merged(x, shape: list[int], first: int, gamma: np.ndarray, beta: np.ndarray, eps: float):
+    """reshape(nn.layer_norm(reshape(x, [..., prod shape[first:]]), gamma, beta, axes=[-1]), shape)."""
+    flat = shape[:first] + [int(np.prod(shape[first:]))]
+    merged = len(flat) != len(shape)
+    y = relax.op.nn.layer_norm(relax.op.reshape(x, flat) if merged else x, relax.const(gamma), relax.const(beta),
+                               axes=[-1], epsilon=eps)
+    return relax.op.reshape(y, shape) if merged else y
 
 
 def _trailing_axes(call: relax.Call) -> int | None:
@@ -112,10 +119,7 @@ def instance_rewrite(call, m):
         return call
     x = m[x_i]
     shape, dtype = [int(d) for d in x.ty.shape], str(x.ty.dtype)
-    flat = shape[:first] + [int(np.prod(shape[first:]))]
-    y = relax.op.reshape(x, flat) if len(flat) != len(shape) else x
-    y = relax.op.nn.layer_norm(y, relax.const(np.ones(flat[-1], dtype)), relax.const(np.zeros(flat[-1], dtype)),
-                               axes=[-1], epsilon=_scalar(m[_eps_i]))
-    return relax.op.reshape(y, shape) if len(flat) != len(shape) else y
+    width = int(np.prod(shape[first:]))
+    return _norm_merged(x, shape, first, np.ones(width, dtype), np.zeros(width, dtype), _scalar(m[_eps_i]))
 
 
