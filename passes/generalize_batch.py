@@ -109,9 +109,8 @@ class _Generalizer:
         return self.scale.get(expr)
 
     def fail(self, name: str, op: str, why: str):
-        raise CompileError(f"symbolic batch: binding {name!r} ({op}): {why}; the batch must stay the leading "
-                           "dim of every tensor, each sample on its own rows. Compile this model with a fixed "
-                           "batch instead (--input-shape NAME:1x...), and run it sample by sample.")
+        raise CompileError(f"symbolic batch: binding {name!r} ({op}): {why} (the batch must stay the leading "
+                           "dim of every tensor, each sample on its own rows)")
 
     def rebuild(self, name: str, value: relax.Expr):
         """The new value of a binding, and the batch var it scales with (None if batch-independent)."""

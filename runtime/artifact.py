@@ -122,3 +122,12 @@ def read_manifest(path: str | os.PathLike, check_library: bool = True) -> dict:
                 raise ArtifactError(f"{lib}: sha256 does not match the manifest; the artifact is corrupted or was "
                                     "modified. Recompile it.")
     return manifest
+
+
+def batch_axes(manifest: dict) -> list[int]:
+    """Each output's batch axis: where its shape names the inputs' batch in a per-sample artifact
+    (a batch-1 module run once per sample), else 0."""
+    if manifest.get("batch") != "per-sample":
+        return [0] * len(manifest["outputs"])
+    name = next(i["shape"][0] for i in manifest["inputs"] if i["shape"] and isinstance(i["shape"][0], str))
+    return [o["shape"].index(name) for o in manifest["outputs"]]

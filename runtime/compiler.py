@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from frontends import CompileError, ImportedModel, InputError, ToolchainError, load_onnx
+from frontends.batch_axes import output_batch_axes
 from frontends.onnx_import import FreeDim, TensorSpec, bound_shapes
 from passes import (BOUNDARY_ATTR, LAYERS_ATTR, QuantConfig, QuantizeToInteger, bind_weights, calibrate,
                     verify_integer_only)
@@ -222,6 +223,23 @@ def _same_tensors(mod, ranges: dict, seq: FreeDim, size: int, calib_length: int)
             f"number (one artifact per length); a free batch dim is fine")
 
 
+def _per_sample_shapes(model_path: Path, samples: list[dict], imported: ImportedModel, free: dict[str, FreeDim],
+                       in_shapes: list[list], out_shapes: list[list], why: str) -> None:
+    """Name the batch in the shapes of a batch-1 module run per sample: axis 0 of each free
+    input, and in each output the axis float onnxruntime puts it on (frontends/batch_axes.py)."""
+    name = next(iter(free.values())).name
+    for spec, shape in zip(imported.inputs, in_shapes):
+        if spec.name in free:
+            shape[0] = name
+    first, second = samples[0], samples[-1] if len(samples) > 1 else {k: v[..., ::-1].copy() for k, v in samples[0].items()}
+    try:
+        axes = output_batch_axes(model_path, first, second, [s.name for s in imported.outputs])
+    except CompileError as err:
+        raise CompileError(f"{why}; nor can it run per sample: {err}") from None
+    for shape, axis in zip(out_shapes, axes):
+        shape[axis] = name
+
+
 def _export(mod, target, pipeline, path: Path, spec):
     """Compile `mod` and link its library (on every CPU: targets/parallel_build.py); a failing
     compiler or linker is the user's toolchain, not a crash."""
@@ -298,6 +316,7 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
         config = replace(config, layer_bits=mixed.layer_bits)
 
     batch1 = {}  # length (None: no buckets) -> the batch-1 integer module: what a plan (armv7, riscv64) runs
+    per_sample = []  # why the batch cannot be symbolic, if so: the batch-1 module then runs per sample
 
     probe = getattr(ranges, "probe", None)
 
@@ -322,10 +341,15 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
             log(line + (f"{len(found)} tensor(s) measured sensitive, kept at 16 bits: {_names(found)}" if found
                         else "no other tensor kept at 16 bits"))
         batch1[size] = int_mod
-        if free:  # before the verifier, which then sees the module that is compiled
+        if free and not per_sample:  # before the verifier, which then sees the module that is compiled
             with stage(f"generalizing the batch ({', '.join(f'{k}: {d.name}' for k, d in free.items())})", times,
                        "lowering"):
-                int_mod = generalize_batch(int_mod, {k: (d.name, d.hi) for k, d in free.items()})
+                try:
+                    int_mod = generalize_batch(int_mod, {k: (d.name, d.hi) for k, d in free.items()})
+                except CompileError as err:  # the batch-1 module, run once per sample
+                    per_sample.append(str(err))
+                    log(f"{err}: the artifact runs a batch sample by sample instead (the batch-1 module; "
+                        "each sample's integers are those it gets alone)")
         return int_mod
 
     bucket_mods, bucket_specs = {}, {}  # length -> integer module, output specs
@@ -355,8 +379,10 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
                "(--buckets names every length a deployment needs)"))
     else:
         int_mod = lower(float_mod)
-    in_shapes, out_shapes = ((input_shapes_of(int_mod), output_shapes(int_mod)) if free else  # ["n", 3, 224, 224]
+    in_shapes, out_shapes = ((input_shapes_of(int_mod), output_shapes(int_mod)) if free and not per_sample else
                              ([list(s.shape) for s in imported.inputs], [list(s.shape) for s in imported.outputs]))
+    if per_sample:  # ["n", 3, 224, 224] in, and the batch wherever float onnxruntime puts it out
+        _per_sample_shapes(model_path, samples, imported, free, in_shapes, out_shapes, per_sample[0])
     if seq:  # the length by name: ["n", "seq"]
         for shapes, axes in ((in_shapes, layout.input_axes), (out_shapes, layout.output_axes)):
             for shape, entry in zip(shapes, axes):
@@ -438,6 +464,7 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
             "device_code": DEVICE_TEXT if device_code is not None else None,
             "executor": executor,
             "buckets": layout.manifest(dict(sorted(libraries.items()))) if seq else None,
+            "batch": None if not free else "per-sample" if per_sample else "symbolic",
         }
 
     path = write_artifact(output, fill)

@@ -19,7 +19,7 @@ import numpy as np
 
 from frontends.errors import ArtifactError, InputError
 
-from .artifact import loadable_library, read_manifest
+from .artifact import batch_axes, loadable_library, read_manifest
 from .boundary import dequantize, grid_edge, quantize, to_integer
 from .buckets import Buckets
 
@@ -196,8 +196,10 @@ class Model:
             # fewer samples than workers: each sample gets the spare CPUs as TVM threads
             threads = max(1, self.batch_workers // min(self.batch_workers, len(slices)))
             pool = self._workers(self.batch_workers)
-            parts = list(pool.map(lambda s: self._call(size, [q[s] for q in qinputs], threads), slices))
-            results = [np.concatenate(outs) for outs in zip(*parts)]
+            parts = list(pool.map(lambda s: self._call(size, [q[s] for q in qinputs], threads), slices)
+                         if min(self.batch_workers, len(slices)) > 1 and self.remote is None else
+                         (self._call(size, [q[s] for q in qinputs]) for s in slices))
+            results = [np.concatenate(outs, axis) for outs, axis in zip(zip(*parts), self._batch_axes)]
         else:
             results = self._call(size, qinputs)
         return results if size is None else self.buckets.cut(results, length)
@@ -233,9 +235,22 @@ class Model:
         in one call). One sample per call keeps each layer's working set that of batch 1, which ran
         faster per sample than the batched kernels (EfficientNet-Lite0 and MiniLM at 1 thread: 8-10%)."""
         batch = qinputs[0].shape[0] if qinputs and qinputs[0].ndim else 1
+        if self._per_sample:  # a batch-1 module: one call per sample, however many workers
+            return [slice(i, i + 1) for i in range(batch)] if batch > 1 else [slice(None)]
         if min(self.batch_workers, batch) < 2 or self.remote is not None or not self._batched:
             return [slice(None)]
         return [slice(i, i + 1) for i in range(batch)]
+
+    @property
+    def _per_sample(self) -> bool:
+        """Compiled at batch 1 for a free batch the module could not take symbolically."""
+        return self.manifest.get("batch") == "per-sample"
+
+    @property
+    def _batch_axes(self) -> list[int]:
+        """Each output's batch axis (0 unless the batch-1 module runs per sample: where float
+        onnxruntime put it, named in the manifest's shape)."""
+        return batch_axes(self.manifest)
 
     @property
     def _batched(self) -> bool:

@@ -147,11 +147,12 @@ def run_plan(artifact, qinputs: list[np.ndarray], launcher: tuple[str, ...] = ()
     cut back as `runtime.buckets` says (the same as the Relax VM runtime)."""
     import tempfile
 
-    from .artifact import read_manifest
+    from .artifact import batch_axes, read_manifest
     from .buckets import Buckets
 
     artifact = Path(artifact)
-    buckets, folder, length = Buckets.from_manifest(read_manifest(artifact)), artifact, None
+    manifest = read_manifest(artifact)
+    buckets, folder, length = Buckets.from_manifest(manifest), artifact, None
     if buckets is not None:
         length = buckets.length(qinputs)
         size = buckets.choose(length)
@@ -177,9 +178,17 @@ def run_plan(artifact, qinputs: list[np.ndarray], launcher: tuple[str, ...] = ()
         cmd = [*launcher, str(artifact / FILES["executor"]), *(str(folder / FILES[k]) for k in
                                                                 ("kernels", "plan", "weights")), *ins, "--", *outs]
         subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=timeout)
-        results = [np.fromfile(o, dtype=buffers[b][0]).reshape(-1, *buffers[b][1][1:]) if buffers[b][1] else
-                   np.fromfile(o, dtype=buffers[b][0]).reshape(()) for o, b in zip(outs, outputs)]
+        results = [_joined(np.fromfile(o, dtype=buffers[b][0]), buffers[b][1], axis)
+                   for o, b, axis in zip(outs, outputs, batch_axes(manifest))]
     return results if buckets is None else buckets.cut(results, length)
+
+
+def _joined(flat: np.ndarray, shape: list[int], axis: int) -> np.ndarray:
+    """intq_exec's outputs of every sample, one after the other, joined along the batch axis."""
+    if not shape:
+        return flat.reshape(())
+    samples = flat.reshape(-1, *shape)
+    return np.concatenate(list(samples), axis) if len(samples) > 1 else samples[0]
 
 
 def plan_folder(dim: str, size: int) -> str:

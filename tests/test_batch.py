@@ -286,3 +286,15 @@ def test_environment_changes_wait_for_runs():
     changer.join(5)
     reader.join(5)
     assert order == ["first run done", "change", "change ends", "run"]
+
+
+def test_plan_outputs_join_along_each_batch_axis():
+    """intq_exec writes each sample's batch-1 outputs one after the other; a per-sample artifact's
+    output whose batch is axis 1 ([T, 1, C] per sample) is joined there, not stacked on axis 0."""
+    from runtime.plan import _joined
+
+    samples = [np.arange(6, dtype=np.int8).reshape(3, 1, 2) + 10 * k for k in range(4)]
+    flat = np.concatenate([s.ravel() for s in samples])
+    assert np.array_equal(_joined(flat, [3, 1, 2], 1), np.concatenate(samples, axis=1))
+    assert np.array_equal(_joined(flat, [3, 1, 2], 0), np.concatenate(samples, axis=0))
+    assert _joined(np.array([7], np.int32), [], 0).shape == ()

@@ -354,3 +354,42 @@ def test_free_length_of_an_unrolled_layer_is_refused_clearly(tmp_path):
         compile_model(tmp_path / "gru.onnx", output=tmp_path / "a", calib=tmp_path / "calib.npz", progress=False,
                       input_shapes={"x": (1, FreeDim("seq", 1, 16), 3)}, buckets=[8, 16])
     assert "one number" in str(err.value) and not (tmp_path / "a").exists()
+
+
+def test_free_batch_over_a_time_major_layer_runs_per_sample(tmp_path):
+    """torch's export of a batch-first LSTM: Transpose to time-major, LSTM, Transpose back, plus a
+    final state [D, N, H] whose batch is axis 1. The batch cannot be symbolic (the transposes move
+    it; it was refused), so the artifact runs its batch-1 module per sample: each sample's integers
+    are those it gets alone, every output joined along its own batch axis, on 1 or 2 workers."""
+    import runtime
+    from frontends.onnx_import import FreeDim
+    from runtime.compiler import compile_model
+
+    node, inits = _layer("LSTM", "rnn", "xt", 8, 3, "bidirectional", np.random.default_rng(0))
+    del node.output[2:]
+    graph = helper.make_graph(
+        [helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0, 2]), node,  # [N, 6, 3] -> [6, N, 3]
+         helper.make_node("Transpose", ["rnn_Y"], ["yt"], perm=[2, 0, 1, 3]),  # [6, 2, N, 8] -> [N, 6, 2, 8]
+         helper.make_node("Reshape", ["yt", "shape"], ["y"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6, 16]),
+         helper.make_tensor_value_info("rnn_Yh", TensorProto.FLOAT, [2, "N", 8])],
+        [*inits, numpy_helper.from_array(np.array([0, 0, -1], np.int64), "shape")])
+    model = _model(graph)
+    onnx.save(model, tmp_path / "lstm.onnx")
+    walk = lambda n, seed: np.cumsum(np.random.default_rng(seed).standard_normal((n, 6, 3)), 1).astype(np.float32)  # noqa: E731
+    np.savez(tmp_path / "calib.npz", x=walk(8, 1)[:, None])
+    art = runtime.load(compile_model(tmp_path / "lstm.onnx", output=tmp_path / "a", calib=tmp_path / "calib.npz",
+                                     progress=False, input_shapes={"x": (FreeDim("n", 1, 8), 6, 3)}))
+    assert art.manifest["batch"] == "per-sample" and art.manifest["integer_only"] is True
+    assert [o["shape"] for o in art.manifest["outputs"]] == [["n", 6, 16], [2, "n", 8]]
+    x = walk(5, 2)
+    alone = [art.run_integer(art.quantize_inputs({"x": x[i:i + 1]})) for i in range(5)]
+    for workers in (1, 2):
+        art.batch_workers = workers
+        y, h = art.run_integer(art.quantize_inputs({"x": x}))
+        assert y.shape == (5, 6, 16) and h.shape == (2, 5, 8)
+        assert np.array_equal(y, np.concatenate([a[0] for a in alone]))
+        assert np.array_equal(h, np.concatenate([a[1] for a in alone], axis=1))
+    for want, got in zip(_run(model, {"x": x}), art.run({"x": x}).values()):
+        assert float(want.ravel() @ got.ravel() / (np.linalg.norm(want) * np.linalg.norm(got))) >= 0.999
