@@ -186,18 +186,22 @@ class _Generalizer:
             self.env[p] = new
             params.append(new)
         bb = self.bb = relax.BlockBuilder()
-        with bb.function("main", params):
-            with bb.dataflow():
-                for block in func.body.blocks:
-                    for b in block.bindings:
-                        self.emit(bb, b)
-                result = self.sub(func.body.body)
-                fields = result.fields if isinstance(result, relax.Tuple) else [result]
-                if not all(self.depends(f) for f in fields):
-                    raise CompileError("symbolic batch: an output of the model does not depend on the batched "
-                                       "inputs (a constant); give the batch as a number instead")
-                out = bb.emit_output(result)
-            bb.emit_func_output(out)
+        try:
+            with bb.function("main", params):
+                with bb.dataflow():
+                    for block in func.body.blocks:
+                        for b in block.bindings:
+                            self.emit(bb, b)
+                    result = self.sub(func.body.body)
+                    fields = result.fields if isinstance(result, relax.Tuple) else [result]
+                    if not all(self.depends(f) for f in fields):
+                        raise CompileError("symbolic batch: an output of the model does not depend on the batched "
+                                           "inputs (a constant)")
+                    out = bb.emit_output(result)
+                bb.emit_func_output(out)
+        except CompileError:
+            _close_blocks(bb)  # else TVM warns of a builder destroyed with open blocks when the batch runs per sample
+            raise
         new = bb.get()["main"]
         for key, value in (func.attrs or {}).items():
             new = new.with_attr(key, value)
@@ -210,13 +214,22 @@ class _Generalizer:
         op = b.value.op.name if isinstance(b.value, relax.Call) and isinstance(b.value.op, tvm.ir.Op) else "value"
         try:
             var = bb.emit(value, name) if isinstance(b.var, relax.DataflowVar) else bb.emit_output(value, name)
-        except tvm.error.TVMError as err:
+        except Exception as err:  # noqa: BLE001  (TVM raises its shape-inference errors as several types)
             self.fail(name, op, f"TVM cannot infer its shape at batch n ({str(err).strip().splitlines()[-1]})")
         self.env[b.var] = var
         if n is not None:
             self.check(name, op, b.var.ty, var.ty, n)
             self.dependent.add(var)
             self.scale[var] = n
+
+
+def _close_blocks(bb: relax.BlockBuilder) -> None:
+    """End every binding block a failed build left open."""
+    for _ in range(8):
+        try:
+            bb._end_block()
+        except RuntimeError:  # none left open
+            return
 
 
 def generalize_batch(mod: tvm.IRModule, free: dict[str, tuple[str, int | None]]) -> tvm.IRModule:

@@ -86,7 +86,9 @@ class Buckets:
         return out
 
     def cut(self, arrays: list[np.ndarray], length: int) -> list[np.ndarray]:
-        """Outputs cut back from the bucket's length to the input's."""
+        """Outputs cut back from the bucket's length to the input's (unpadded: each runs its own)."""
+        if not self.padded:
+            return arrays
         out = []
         for a, axes in zip(arrays, self.output_axes):
             for ax in length_axes(axes):

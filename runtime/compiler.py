@@ -195,32 +195,55 @@ def _calibration_length(calib, seq: FreeDim, axes: dict[str, int], input_shapes)
     return length
 
 
-def _length_axes(a: list[TensorSpec], b: list[TensorSpec], la: int, lb: int) -> list[int | list[int] | None]:
+def _length_axes(a: list[TensorSpec], b: list[TensorSpec], la: int, lb: int,
+                 padded: bool) -> tuple[list[int | list[int] | None], list[dict[int, str]]]:
     """Where the length sits in each output, from the output shapes at two lengths: an axis, None, or
-    several axes (an attention map [.., L, L], each cut back after padding)."""
-    axes = []
+    several axes (an attention map [.., L, L], each cut back after padding); and, per output, the
+    dims that follow the length otherwise ({axis: "L/4"}: a strided conv's frames, a text line's
+    steps), which only unpadded buckets take (each runs its own length: nothing to cut back)."""
+    axes, derived = [], []
     for x, y in zip(a, b):
         moved = [i for i, (p, q) in enumerate(zip(x.shape, y.shape)) if p != q]
-        if any(x.shape[i] != la or y.shape[i] != lb for i in moved):
+        other = {i: _follows(x.shape[i], y.shape[i], la, lb) for i in moved if (x.shape[i], y.shape[i]) != (la, lb)}
+        if other and padded:
             raise CompileError(f"output {x.name!r} has shape {list(x.shape)} at length {la} and {list(y.shape)} at "
                                f"{lb}: each dim that follows the length must be the length itself to cut it back "
                                "after padding; give the length as a number")
+        moved = [i for i in moved if i not in other]
         axes.append(moved[0] if len(moved) == 1 else moved or None)
-    return axes
+        derived.append(other)
+    return axes, derived
 
 
-def _same_tensors(mod, ranges: dict, seq: FreeDim, size: int, calib_length: int) -> None:
-    """Refuse a bucket whose graph has float tensors the calibrated one does not: the ranges are
-    taken over by tensor name, which holds where only the length of the tensors changes (attention,
-    convs), not where the number of ops follows it (an LSTM or GRU unrolled per time step)."""
-    missing = [b.var.name for block in mod["main"].body.blocks for b in block.bindings
-               if str(getattr(b.var.ty, "dtype", "")).startswith("float") and b.var.name not in ranges]
-    if missing:
-        raise CompileError(
-            f"--input-shape with a free {seq.name}: at {seq.name} = {size} the graph has {len(missing)} float "
-            f"tensor(s) that it does not have at the calibrated {seq.name} = {calib_length} (its op count follows "
-            f"the length: a recurrent layer unrolled per time step, LSTM/GRU/Loop). Give {seq.name} as one "
-            f"number (one artifact per length); a free batch dim is fine")
+def _follows(p: int, q: int, la: int, lb: int) -> str:
+    """How a dim that is p at length la and q at lb follows the length L, in words ("L/4", "L*2")."""
+    if la % p == 0 and lb % q == 0 and la // p == lb // q:
+        return f"L/{la // p}"
+    if p % la == 0 and q % lb == 0 and p // la == q // lb:
+        return f"L*{p // la}"
+    return "f(L)"
+
+
+def _float_structure(mod) -> list[tuple[str, str]]:
+    """(binding, op) of every float tensor of `main`: calibration ranges are keyed by binding name,
+    which names the same tensor at another length only where this list is the same there."""
+    from tvm import relax
+
+    return [(b.var.name, b.value.op.name if isinstance(b.value, relax.Call) and hasattr(b.value.op, "name") else "")
+            for block in mod["main"].body.blocks for b in block.bindings
+            if str(getattr(b.var.ty, "dtype", "")).startswith("float")]
+
+
+def _at_length(samples: list[dict], axes: dict[str, int], length: int) -> list[dict]:
+    """The calibration samples cut or edge-padded along the length to `length` (a bucket whose graph
+    differs from the calibrated one, an LSTM unrolled per step, is calibrated on these)."""
+    def fit(x: np.ndarray, axis: int) -> np.ndarray:
+        if x.shape[axis] >= length:
+            return np.take(x, np.arange(length), axis=axis)
+        widths = [(0, 0)] * x.ndim
+        widths[axis] = (0, length - x.shape[axis])
+        return np.pad(x, widths, mode="edge")
+    return [{k: fit(v, axes[k]) if k in axes else v for k, v in sample.items()} for sample in samples]
 
 
 def _per_sample_shapes(model_path: Path, samples: list[dict], imported: ImportedModel, free: dict[str, FreeDim],
@@ -320,10 +343,10 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
 
     probe = getattr(ranges, "probe", None)
 
-    def lower(float_mod, what: str = "", size: int | None = None):
+    def lower(float_mod, what: str = "", size: int | None = None, own_ranges=None):
         measured = probe.seconds if probe else 0.0
         with stage(f"lowering to integer-only Relax{what}", times, "lowering"):
-            int_mod = QuantizeToInteger(ranges, config)(float_mod)
+            int_mod = QuantizeToInteger(own_ranges or ranges, config)(float_mod)
         if probe and probe.seconds > measured:  # the sensitivity search ran inside: its own line
             times["lowering"] -= probe.seconds - measured
             times["sensitivity"] = times.get("sensitivity", 0.0) + probe.seconds - measured
@@ -353,6 +376,7 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
         return int_mod
 
     bucket_mods, bucket_specs = {}, {}  # length -> integer module, output specs
+    calib_structure = _float_structure(float_mod) if seq else None
     for size in sizes:  # the same model at each bucket length, lowered with the same ranges
         if size == calib_length:
             bucket_mods[size], bucket_specs[size] = lower(float_mod, f" at {seq.name} = {size}", size), imported.outputs
@@ -360,8 +384,13 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
         with stage(f"importing at {seq.name} = {size}", times, "import"):
             other = load_onnx(model_path, bound_shapes(free_shapes, {seq.name: size}), allow_unsupported=allow_float)
         other_mod = bind_weights(other.mod, other.params)
-        _same_tensors(other_mod, ranges, seq, size, calib_length)
-        bucket_mods[size] = lower(other_mod, f" at {seq.name} = {size}", size)
+        own = None  # ranges of its own where the graph differs (its op count follows the length)
+        if _float_structure(other_mod) != calib_structure:
+            with stage(f"calibrating at {seq.name} = {size} (the graph differs at this length: a layer unrolled "
+                       "per step; the samples cut or edge-padded to it)", times, "calibration"):
+                own = calibrate(other_mod, _at_length(samples, seq_axes, size), observer=observer, progress=progress,
+                                **_host_build())
+        bucket_mods[size] = lower(other_mod, f" at {seq.name} = {size}", size, own)
         bucket_specs[size] = other.outputs
     if seq:
         int_mod, imported = bucket_mods.pop(sizes[-1]), replace(imported, outputs=bucket_specs[sizes[-1]])
@@ -370,9 +399,9 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
             bucket_specs[probe] = load_onnx(model_path, bound_shapes(free_shapes, {seq.name: probe}),
                                             allow_unsupported=allow_float).outputs
         a, b = sorted(bucket_specs)[:2]
-        layout = Buckets(seq.name, sizes, any(is_mask(k) for k in seq_axes),
-                         [seq_axes.get(s.name) for s in imported.inputs],
-                         _length_axes(bucket_specs[a], bucket_specs[b], a, b))
+        padded = any(is_mask(k) for k in seq_axes)
+        out_axes, derived = _length_axes(bucket_specs[a], bucket_specs[b], a, b, padded)
+        layout = Buckets(seq.name, sizes, padded, [seq_axes.get(s.name) for s in imported.inputs], out_axes)
         log(f"{seq.name} buckets {sizes}: "
             + ("inputs are zero-padded to the next bucket (the attention mask makes it exact)" if layout.padded else
                "no attention-mask input, so padding would change the result: only these lengths run "
@@ -388,6 +417,9 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
             for shape, entry in zip(shapes, axes):
                 for axis in length_axes(entry):
                     shape[axis] = seq.name
+        for shape, other in zip(out_shapes, derived):
+            for axis, how in other.items():
+                shape[axis] = how.replace("L", seq.name, 1)
     report = verify_integer_only(int_mod)
     log(str(report))
     for size, mod in bucket_mods.items():

@@ -279,3 +279,38 @@ def test_an_attention_map_output_is_cut_back_in_both_length_axes(tmp_path):
     assert alone.shape == (1, 7, 7) and padded["attention"].shape == (1, 32, 32)
     np.testing.assert_array_equal(alone, padded["attention"][:, :7, :7])
     assert np.abs(padded["attention"][:, :7, 7:]).max() == 0  # padded keys: probability 0
+
+
+def test_strided_outputs_of_unpadded_buckets(tmp_path):
+    """A text-line recognizer's CNN: a free width, its output steps width / 4 (stride 2 twice). Such
+    a dim is not the length itself, which padded buckets need to cut outputs back (it was refused
+    for every bucket layout); unpadded buckets run their own lengths and take it, named `w/4`."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array((rng.standard_normal(s) * 0.3).astype(np.float32), n)
+               for n, s in (("w1", (8, 1, 3, 3)), ("w2", (6, 8, 3, 3)))]
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w1"], ["c1"], strides=[2, 2], pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["c1"], ["r1"]),
+         helper.make_node("Conv", ["r1", "w2"], ["c2"], strides=[2, 2], pads=[1, 1, 1, 1]),
+         helper.make_node("ReduceMean", ["c2"], ["y"], axes=[2], keepdims=0)],  # [1, 6, W/4]
+        "rec", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 16, "w"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6, None])], weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "rec.onnx")
+    np.savez(tmp_path / "calib.npz", x=rng.random((6, 1, 1, 16, 64)).astype(np.float32))
+    out = tmp_path / "rec.artifact"
+    assert compile_main([str(tmp_path / "rec.onnx"), "--input-shape", "x:1x1x16xw=32..64", "--buckets", "32,64",
+                         "--calib", str(tmp_path / "calib.npz"), "-o", str(out), "-q"]) == 0
+    art = runtime.load(out)
+    assert art.manifest["outputs"][0]["shape"] == [1, 6, "w/4"]
+    session = ort.InferenceSession(str(tmp_path / "rec.onnx"))
+    for width in (32, 64):
+        x = rng.random((1, 1, 16, width)).astype(np.float32)
+        got, want = art.run({"x": x})["y"], session.run(None, {"x": x})[0]
+        assert got.shape == (1, 6, width // 4)
+        assert float(got.ravel() @ want.ravel() / (np.linalg.norm(got) * np.linalg.norm(want))) >= 0.999

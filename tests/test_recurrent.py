@@ -333,12 +333,13 @@ def test_long_sequence_compiles(tmp_path):
     assert float(want.ravel() @ got.ravel() / (np.linalg.norm(want) * np.linalg.norm(got))) >= 0.99
 
 
-def test_free_length_of_an_unrolled_layer_is_refused_clearly(tmp_path):
+def test_free_length_of_an_unrolled_layer_calibrates_each_bucket(tmp_path):
     """An unrolled GRU has as many ops as steps, so the ranges calibrated at one length cannot be
-    taken over by name at another: a free length is refused with a message saying why and what to
-    do (it was a list of 'no calibrated range' nodes ending in "Pass --allow-float", which then
-    failed on "bucket lowers differently")."""
-    from frontends import CompileError
+    taken over by binding name at another (it was refused): each bucket whose float graph differs
+    is calibrated on the samples cut or edge-padded to its length. Each length then agrees with
+    float onnxruntime; with no mask input only the compiled lengths run."""
+    import runtime
+    from frontends import InputError
     from frontends.onnx_import import FreeDim
     from runtime.compiler import compile_model
 
@@ -348,12 +349,25 @@ def test_free_length_of_an_unrolled_layer_is_refused_clearly(tmp_path):
         [helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0, 2]), node],  # [1, T, 3] -> [T, 1, 3]
         "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "T", 3])],
         [helper.make_tensor_value_info("rnn_Y", TensorProto.FLOAT, ["T", 1, 1, 4])], inits)
-    onnx.save(_model(graph), tmp_path / "gru.onnx")
-    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).standard_normal((4, 1, 12, 3)).astype(np.float32))
-    with pytest.raises(CompileError, match="unrolled per time step") as err:
-        compile_model(tmp_path / "gru.onnx", output=tmp_path / "a", calib=tmp_path / "calib.npz", progress=False,
-                      input_shapes={"x": (1, FreeDim("seq", 1, 16), 3)}, buckets=[8, 16])
-    assert "one number" in str(err.value) and not (tmp_path / "a").exists()
+    model = _model(graph)
+    onnx.save(model, tmp_path / "gru.onnx")
+    def waves(n, t, seed):  # bounded, as features are: a random walk's range grows with the length
+        rng = np.random.default_rng(seed)
+        phase, freq = rng.uniform(0, 6, (n, 1, 1, 3)), rng.uniform(0.2, 1.0, (n, 1, 1, 3))
+        return (np.sin(freq * np.arange(t)[None, None, :, None] + phase) + 0.1 * rng.standard_normal((n, 1, t, 3))
+                ).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=waves(8, 12, 0))
+    art = runtime.load(compile_model(tmp_path / "gru.onnx", output=tmp_path / "a", calib=tmp_path / "calib.npz",
+                                     progress=False, input_shapes={"x": (1, FreeDim("seq", 1, 16), 3)},
+                                     buckets=[8, 16]))
+    assert art.manifest["integer_only"] is True and art.manifest["outputs"][0]["shape"] == ["seq", 1, 1, 4]
+    for steps in (8, 16):
+        x = waves(1, steps, steps)[0]
+        want, got = _run(model, {"x": x})[0], art.run({"x": x})["rnn_Y"]
+        assert got.shape == (steps, 1, 1, 4)
+        assert float(want.ravel() @ got.ravel() / (np.linalg.norm(want) * np.linalg.norm(got))) >= 0.999
+    with pytest.raises(InputError, match=r"seq = 10: this artifact runs seq in \[8, 16\] only"):
+        art.run({"x": waves(1, 10, 3)[0]})
 
 
 def test_free_batch_over_a_time_major_layer_runs_per_sample(tmp_path):
