@@ -338,10 +338,28 @@ SATURATION = 1.5  # an input this many times past its calibrated grid's end gets
 
 def _scalar_input(value, specs: list[dict], name: str):
     """A Python or NumPy scalar for a 0-d input (a sample rate, a frequency bound) as a 0-d array
-    of the input's dtype; anything else as it is (`check_inputs` judges it)."""
+    of the input's dtype; a list or another array type (torch) as a NumPy array; an array of
+    another dtype of the same kind cast to the input's where no value changes but float rounding
+    (NumPy's float64 for a float32 input, int32 token ids for int64 ones); anything else as it is
+    (`check_inputs` judges it)."""
     spec = next((s for s in specs if s["name"] == name), None)
-    if spec is not None and spec["shape"] == [] and (isinstance(value, (int, float, bool, np.generic))):
-        return np.asarray(value, dtype=spec["dtype"])
+    if spec is None:
+        return value
+    dtype = np.dtype(spec["dtype"])
+    if spec["shape"] == [] and (isinstance(value, (int, float, bool, np.generic))):
+        return np.asarray(value, dtype=dtype)
+    if not isinstance(value, np.ndarray) and (isinstance(value, (list, tuple)) or hasattr(value, "__array__")):
+        value = np.asarray(value)
+    if not isinstance(value, np.ndarray) or value.dtype == dtype:
+        return value
+    if value.dtype.kind == "f" and dtype.kind == "f":
+        return value.astype(dtype)
+    if value.dtype.kind in "iub" and dtype.kind in "iu" and value.size and np.can_cast(value.dtype, dtype):
+        return value.astype(dtype)  # widening: exact
+    if value.dtype.kind in "iu" and dtype.kind in "iu" and value.size:
+        info = np.iinfo(dtype)
+        if info.min <= value.min() and value.max() <= info.max:
+            return value.astype(dtype)
     return value
 
 

@@ -271,13 +271,35 @@ def test_corrupted_manifest(tmp_path, small_artifact, capsys):
 @pytest.mark.parametrize("inputs,needle", [
     ({"image": _x()}, "do not match the model's inputs ['x']"),
     ({"x": _x()[:, :, :8]}, "shape [1, 3, 8, 16], expected [1, 3, 16, 16]"),
-    ({"x": _x().astype(np.float64)}, "dtype float64, expected float32"),
+    ({"x": _x().astype(np.int32)}, "dtype int32, expected float32"),
     ({"x": _x(), "y": _x()}, "do not match"),
 ])
 def test_bad_runtime_inputs(small_artifact, inputs, needle):
     with pytest.raises(InputError) as err:
         runtime.load(small_artifact).run(inputs)
     assert needle in str(err.value)
+
+
+def test_inputs_cast_where_nothing_but_float_rounding_changes(small_artifact):
+    """NumPy's default float64, a list or any array type become the float32 input (ONNX Runtime
+    refuses them; deployment scripts hand them over all the time); the outputs are those of the
+    float32 array."""
+    model = runtime.load(small_artifact)
+    want = model.run({"x": _x()})["y"]
+    for given in (_x().astype(np.float64), _x().tolist()):
+        assert np.array_equal(model.run({"x": given})["y"], want)
+
+
+def test_integer_inputs_cast_only_where_every_value_fits():
+    """int32 or uint8 token ids for an int64 input are cast (exact); ids that do not fit are not."""
+    from runtime.model import _scalar_input
+
+    specs = [{"name": "ids", "shape": [1, 4], "dtype": "int8"}]
+    assert _scalar_input(np.array([[1, 2, 3, 4]], np.int64), specs, "ids").dtype == np.int8
+    assert _scalar_input(np.array([[1, 2, 3, 400]], np.int64), specs, "ids").dtype == np.int64  # refused later
+    assert _scalar_input(np.array([[1.0, 2, 3, 4]]), specs, "ids").dtype == np.float64  # no float -> int
+    specs = [{"name": "ids", "shape": [1, 4], "dtype": "int64"}]
+    assert _scalar_input(np.array([[1, 2, 3, 4]], np.uint8), specs, "ids").dtype == np.int64
 
 
 def test_run_cli_bad_input(tmp_path, small_artifact, capsys):
