@@ -256,7 +256,8 @@ def _per_sample_shapes(model_path: Path, samples: list[dict], imported: Imported
             shape[0] = name
     first, second = samples[0], samples[-1] if len(samples) > 1 else {k: v[..., ::-1].copy() for k, v in samples[0].items()}
     try:
-        axes = output_batch_axes(model_path, first, second, [s.name for s in imported.outputs])
+        axes = output_batch_axes(model_path, first, second, [s.name for s in imported.outputs],
+                                 [list(s.shape) for s in imported.outputs])
     except CompileError as err:
         raise CompileError(f"{why}; nor can it run per sample: {err}") from None
     for shape, axis in zip(out_shapes, axes):
@@ -303,9 +304,6 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
                            f"it cannot tune for target {spec.name} ({spec.device}, {spec.arch})")
     config = replace(config or QuantConfig(), allow_float=allow_float or (config is not None and config.allow_float))
     free = _free_batch(input_shapes, spec, tune_trials)
-    if free and precision.bits != "8":  # refused now, not after calibration
-        raise CompileError(f"--bits {precision.bits} with a free batch: 4-bit kernels are compiled for batch 1; "
-                           "use --bits 8, or give the batch as a number")
     seq, sizes, seq_axes = _sequence_dim(input_shapes, buckets, spec, precision)
     free_shapes = input_shapes
     calib_length = _calibration_length(calib, seq, seq_axes, input_shapes) if seq else None

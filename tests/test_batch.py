@@ -298,3 +298,19 @@ def test_plan_outputs_join_along_each_batch_axis():
     assert np.array_equal(_joined(flat, [3, 1, 2], 1), np.concatenate(samples, axis=1))
     assert np.array_equal(_joined(flat, [3, 1, 2], 0), np.concatenate(samples, axis=0))
     assert _joined(np.array([7], np.int32), [], 0).shape == ()
+
+
+def test_four_bit_free_batch_runs_per_sample(tmp_path, small_calib):
+    """4-bit kernels are compiled for batch 1 (it was refused): with a free batch the artifact runs
+    its batch-1 module per sample. This file's reshapes fix the batch at 1, so float onnxruntime
+    cannot run a batch of two: its outputs are joined on axis 0, where each has its 1."""
+    from runtime.mixed import Precision
+
+    path = small_cnn(tmp_path / "dyn.onnx", dynamic_batch=True)
+    art = runtime.load(runtime.compile_model(path, "x86", tmp_path / "b4", calib=small_calib, progress=False,
+                                             input_shapes={"x": (FreeDim("n", 1, 8), 3, 16, 16)},
+                                             precision=Precision(bits="4")))
+    assert art.manifest["batch"] == "per-sample" and art.manifest["quantization"]["weight_bits"] == 4
+    x = _batch(3, seed=4)
+    alone = np.concatenate([art.run_integer(art.quantize_inputs({"x": x[i:i + 1]}))[0] for i in range(3)])
+    assert np.array_equal(art.run_integer(art.quantize_inputs({"x": x}))[0], alone)
