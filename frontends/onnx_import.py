@@ -37,6 +37,7 @@ from .onnx_legacy import legacy_forms_to_tvm_forms
 from .onnx_qdq import strip_qdq
 from .onnx_loops import unroll_loops
 from .onnx_rnn import unroll_lstms
+from .onnx_tail import Tail, split_tail
 from .shape_operands import dynamic_shape_operands
 
 # ONNX ops (after onnxruntime's basic clean-up) that the integer-only path lowers.
@@ -91,6 +92,7 @@ class ImportedModel:
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     source: str
+    tail: Tail | None = None  # what runs in onnxruntime after the compiled part (--allow-float; onnx_tail.py)
 
 
 @dataclass(frozen=True)
@@ -182,7 +184,7 @@ def load_onnx(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]] 
         model = _basic_optimize(expanded, path)  # fold the bodies' shape arithmetic
     _scalars_to_constants(model)
     resize_to_nchw(model, path)  # before the op check: NHWC Resizes become NCHW ones
-    _check_supported(model, path, allow_unsupported)
+    model, tail = _check_supported(model, path, allow_unsupported)
     inputs = [_spec(v, path) for v in _graph_inputs(model)]
     for spec in inputs:
         if spec.dtype not in INPUT_DTYPES:
@@ -190,7 +192,7 @@ def load_onnx(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]] 
                                         "(quantized at the boundary) and integers or bool (ids, masks, 8-bit "
                                         "images: kept exact)")
     outputs = [_spec(v, path) for v in model.graph.output]
-    return ImportedModel(*_to_relax(model, path), inputs=inputs, outputs=outputs, source=str(path))
+    return ImportedModel(*_to_relax(model, path), inputs=inputs, outputs=outputs, source=str(path), tail=tail)
 
 
 def _read(path: Path) -> onnx.ModelProto:
@@ -394,8 +396,11 @@ CONTROL_FLOW_OPS = frozenset({"If", "Loop", "Scan"})
 VALUE_SIZED_OPS = ("NonMaxSuppression", "NonZero", "Unique", "Compress")  # output sizes the values decide
 
 
-def _check_supported(model: onnx.ModelProto, path: Path, allow_unsupported: bool = False) -> None:
-    """Refuse control flow always and ops without an integer lowering unless allowed, naming every node."""
+def _check_supported(model: onnx.ModelProto, path: Path, allow_unsupported: bool = False
+                     ) -> tuple[onnx.ModelProto, Tail | None]:
+    """Refuse ops without an integer lowering unless allowed, and what no static compile can take
+    (control flow left, value-sized outputs, shapes from values, ops without a converter), naming
+    every node; allowed, the latter and everything after them become the tail (onnx_tail.py)."""
     def name(n):
         return f"{n.op_type} (node {n.name or '<unnamed>'})"
 
@@ -407,44 +412,65 @@ def _check_supported(model: onnx.ModelProto, path: Path, allow_unsupported: bool
         names = [x for x in (*n.input, *n.output) if x]
         return bool(names) and all(types.get(x) in EXACT_TYPES for x in names)
 
-    flow = [name(n) for n in model.graph.node if n.op_type in CONTROL_FLOW_OPS]
-    bad = [name(n) for n in model.graph.node if n.op_type not in CONTROL_FLOW_OPS
+    nodes = list(model.graph.node)
+    flow = {i: name(n) for i, n in enumerate(nodes) if n.op_type in CONTROL_FLOW_OPS}
+    operands = dynamic_shape_operands(model)
+    selecting = {i: text.split(" input ")[0] for i, text in operands if nodes[i].op_type in VALUE_SIZED_OPS}
+    shapes = [(i, text) for i, text in operands if i not in selecting]
+    converters = _tvm_converters()
+    unconvertible = {i: name(n) for i, n in enumerate(nodes) if n.op_type not in CONTROL_FLOW_OPS and not exact(n)
+                     and (n.domain not in ("", "ai.onnx") or n.op_type not in converters)}
+    tail = None
+    if allow_unsupported and (flow or selecting or shapes or unconvertible):
+        why = {**{i: "an op no converter takes" for i in unconvertible},
+               **{i: "a shape computed from an input's values" for i, _ in shapes},
+               **{i: "control flow that cannot be unrolled" for i in flow},
+               **{i: "outputs as many elements as its input values select" for i in selecting}}
+        head, tail = split_tail(model, why)
+        if head.graph.node:
+            model, nodes, flow, selecting, shapes, unconvertible = head, list(head.graph.node), {}, {}, [], {}
+        else:  # they read the inputs themselves: onnxruntime would run the whole model
+            tail = None
+    bad = [name(n) for n in nodes if n.op_type not in CONTROL_FLOW_OPS
            and (n.op_type not in INTEGER_PATH_OPS or n.domain not in ("", "ai.onnx")) and not exact(n)]
     message = ""
-    shapes = dynamic_shape_operands(model)
-    selecting = list(dict.fromkeys(s.split(" input ")[0] for s in shapes if s.split(" ")[0] in VALUE_SIZED_OPS))
-    shapes = [s for s in shapes if s.split(" ")[0] not in VALUE_SIZED_OPS]
+    later = ("\nWith --allow-float they and every node after them run in onnxruntime after the artifact, in "
+             "float (a detector's NMS after its integer network).")
     if selecting:
         message = (f"{path}: {len(selecting)} node(s) output as many elements as their input values select (a "
-                   "detector's non-maximum suppression, NonZero, Unique): intq compiles static shapes (also with "
-                   "--allow-float):\n  " + "\n  ".join(selecting) + "\nExport the model without them (a detector "
+                   "detector's non-maximum suppression, NonZero, Unique): intq compiles static shapes:\n  "
+                   + "\n  ".join(selecting.values()) + "\nExport the model without them (a detector "
                    "without its NMS, e.g. ultralytics' export(nms=False)) and run them on the artifact's outputs.")
     if shapes:
         message += "\n" if message else ""
         message += (f"{path}: {len(shapes)} shape operand(s) computed from the values of an input: intq compiles "
-                   "static shapes (also with --allow-float):\n  " + "\n  ".join(shapes) +
+                   "static shapes:\n  " + "\n  ".join(text for _, text in shapes) +
                    "\nMake them constants (initializers) in the model, e.g. by exporting with fixed shapes.")
     if flow:
         message += ("\n" if message else "") + (f"{path}: {len(flow)} control-flow node(s): intq compiles static graphs only (a Loop "
                    "whose trip count is not a constant or whose body computes its own condition, a Scan over a free "
                    "length or of opset 8, and an If whose branches are not plain graphs with outputs of one static "
-                   "shape are refused, also with --allow-float; other Loops and Scans are unrolled):\n  " + "\n  ".join(flow) +
+                   "shape are refused; other Loops and Scans are unrolled):\n  " + "\n  ".join(flow.values()) +
                    "\nExport the model without control flow (fix the branch condition, e.g. the sample rate, "
                    "at export time; unroll loops) and compile that.")
-    unconvertible = [name(n) for n in model.graph.node if n.op_type not in CONTROL_FLOW_OPS and not exact(n)
-                     and (n.domain not in ("", "ai.onnx") or n.op_type not in _tvm_converters())]
-    if unconvertible:  # refused in both modes: --allow-float cannot run what TVM cannot import
+    if unconvertible:
         message += ("\n" if message else f"{path}: ") + (
             f"{len(unconvertible)} node(s) use ops that neither intq's integer path nor TVM's ONNX importer "
-            "supports, so --allow-float cannot run them either:\n  " + "\n  ".join(unconvertible) +
-            "\n" + _unconvertible_hint(model, unconvertible))
-        bad = [b for b in bad if b not in unconvertible]
+            "supports:\n  " + "\n  ".join(unconvertible.values()) +
+            "\n" + _unconvertible_hint(model, list(unconvertible.values())))
+    named = {*selecting.values(), *flow.values(), *unconvertible.values(), *(t.split(" input ")[0] for _, t in shapes)}
+    bad = [b for b in bad if b not in named]  # each node once, under what stops it in both modes
+    if message:
+        message += later if not allow_unsupported else (
+            "\nWith --allow-float such nodes and every node after them run in onnxruntime after the artifact; here "
+            "they read the model's inputs, so nothing before them is left to compile.")
     if bad and not allow_unsupported:
         message += ("\n" if message else f"{path}: ") + (
             f"{len(bad)} node(s) use ops the integer-only path does not support:\n  " + "\n  ".join(bad) +
             "\nPass --allow-float to run them in float (the artifact is then not integer-only).")
     if message:
         raise UnsupportedModelError(message)
+    return model, tail
 
 
 def _unconvertible_hint(model: onnx.ModelProto, names: list[str]) -> str:

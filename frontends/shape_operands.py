@@ -24,15 +24,17 @@ SHAPE_OPERANDS = {
 SHAPE_ONLY = frozenset({"Shape", "Size"})
 
 
-def dynamic_shape_operands(model: onnx.ModelProto) -> list[str]:
-    """'<op> (node <name>) input <k> (<tensor>)' for every shape operand that depends on an input's values."""
+def dynamic_shape_operands(model: onnx.ModelProto) -> list[tuple[int, str]]:
+    """(node index, '<op> (node <name>) input <k> (<tensor>)') for every shape operand that depends on
+    an input's values."""
     inits = {i.name for i in model.graph.initializer}
     dynamic = {v.name for v in model.graph.input if v.name not in inits}
     found = []
-    for node in model.graph.node:  # topological order (checked by onnx.checker)
+    for index, node in enumerate(model.graph.node):  # topological order (checked by onnx.checker)
         for k in SHAPE_OPERANDS.get(node.op_type, ()) if node.domain in ("", "ai.onnx") else ():
             if k < len(node.input) and node.input[k] in dynamic:
-                found.append(f"{node.op_type} (node {node.name or '<unnamed>'}) input {k} ({node.input[k]!r})")
+                found.append((index, f"{node.op_type} (node {node.name or '<unnamed>'}) input {k} "
+                                     f"({node.input[k]!r})"))
         if node.op_type not in SHAPE_ONLY and any(i in dynamic for i in node.input):
             dynamic.update(o for o in node.output if o)
     return found

@@ -9,6 +9,8 @@ integer Relax module as text. Written atomically; read back with its hash checke
       model.relax.py    the integer Relax module (TVMScript), for inspection
       model.cu          GPU targets: the generated device code (CUDA C), for inspection;
                         the library embeds it compiled (fatbin)
+      tail.onnx         with --allow-float, what no static compile takes (a detector's NMS and
+                        what follows it), run by onnxruntime on the library's outputs
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ MANIFEST = "manifest.json"
 LIBRARY = "model.so"
 RELAX_TEXT = "model.relax.py"
 DEVICE_TEXT = "model.cu"
+TAIL = "tail.onnx"
 
 
 _LOADABLE: dict[str, Path] = {}  # library sha256 -> its copy under a name of its own
@@ -113,7 +116,8 @@ def read_manifest(path: str | os.PathLike, check_library: bool = True) -> dict:
         raise ArtifactError(f"{path}: artifact format version {version!r}; this runtime reads version "
                             f"{FORMAT_VERSION}. Recompile the model with this version.")
     if check_library:
-        libraries = [manifest["library"], *(manifest.get("buckets") or {}).get("libraries", {}).values()]
+        libraries = [manifest["library"], *(manifest.get("buckets") or {}).get("libraries", {}).values(),
+                     *([manifest["tail"]] if manifest.get("tail") else [])]
         for library in libraries:
             lib = path / library["file"]
             if not lib.is_file():

@@ -110,7 +110,8 @@ def _check(args, path) -> None:
 
     try:
         artifact = load(path)
-        samples = check.calibration_samples(args.calib, artifact.manifest["inputs"])
+        samples = check.calibration_samples(args.calib, artifact.manifest["inputs"]
+                                            + (artifact.manifest.get("tail") or {}).get("inputs", []))
     except Exception as err:  # noqa: BLE001  (a check that cannot run says why; the artifact stands)
         log(f"check skipped: {last_line(err)}")
         return

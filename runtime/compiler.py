@@ -29,7 +29,7 @@ from targets.cross import first_error_line
 from targets.cpu_pipeline import cpu_pipeline
 
 from .plan import export_plan, plan_folder
-from .artifact import DEVICE_TEXT, LIBRARY, RELAX_TEXT, sha256, write_artifact
+from .artifact import DEVICE_TEXT, LIBRARY, RELAX_TEXT, TAIL, sha256, write_artifact
 from .buckets import Buckets, default_sizes, is_mask, length_axes
 from .mixed import Precision
 
@@ -63,9 +63,11 @@ def float_summary(float_nodes: list[dict]) -> str:
     return f"{len(float_nodes)} node(s) run in float (--allow-float):\n  " + "\n  ".join(lines)
 
 
-def load_calibration(path: str | os.PathLike, inputs: list[TensorSpec]) -> list[dict[str, np.ndarray]]:
+def load_calibration(path: str | os.PathLike, inputs: list[TensorSpec],
+                     others: tuple[str, ...] = ()) -> list[dict[str, np.ndarray]]:
     """Samples from an .npz whose keys are the input names and whose first axis indexes
-    samples (each sample either the full input shape or, for batch-1 inputs, without it)."""
+    samples (each sample either the full input shape or, for batch-1 inputs, without it);
+    `others`: inputs the file may hold that calibration does not read (the tail's own)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: calibration file not found")
@@ -74,6 +76,7 @@ def load_calibration(path: str | os.PathLike, inputs: list[TensorSpec]) -> list[
     except Exception as err:
         raise InputError(f"{path}: not a readable .npz file ({err})") from None
     names = [i.name for i in inputs]
+    data = {k: v for k, v in data.items() if k not in others or k in names}
     if set(data) != set(names):
         raise InputError(f"{path}: keys {sorted(data)} do not match the model's inputs {sorted(names)}")
     counts = set()
@@ -224,6 +227,12 @@ def _follows(p: int, q: int, la: int, lb: int) -> str:
     return "f(L)"
 
 
+def _tail_inputs(imported: ImportedModel) -> list[str]:
+    """The graph inputs only the tail reads (onnx_tail.py)."""
+    head = {i.name for i in imported.inputs}
+    return [] if imported.tail is None else [spec["name"] for spec in imported.tail.inputs if spec["name"] not in head]
+
+
 def _float_structure(mod) -> list[tuple[str, str]]:
     """(binding, op) of every float tensor of `main`: calibration ranges are keyed by binding name,
     which names the same tensor at another length only where this list is the same there."""
@@ -321,7 +330,7 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
             "Activation ranges will not match real data and accuracy will suffer; pass --calib FILE.npz.")
         samples, synthetic = synthetic_calibration(imported.inputs), True
     else:
-        samples, synthetic = load_calibration(calib, imported.inputs), False
+        samples, synthetic = load_calibration(calib, imported.inputs, tuple(_tail_inputs(imported))), False
     with stage(f"calibrating ({observer}) on {len(samples)} sample(s)", times, "calibration"):
         ranges = calibrate(float_mod, samples, observer=observer, progress=progress, **_host_build())
     mixed = None
@@ -425,6 +434,13 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
         if other.integer_only != report.integer_only:
             raise CompileError(f"bucket {seq.name} = {size} lowers differently (integer-only: {other.integer_only})")
     float_nodes = json.loads(str(int_mod["main"].attrs.get(FLOAT_NODES_ATTR, "[]")))
+    tail = imported.tail
+    if tail is not None:
+        if seq or per_sample:
+            raise CompileError("a model whose last part runs in onnxruntime (" + _names(
+                [f"{n['op']} (node {n['node']})" for n in tail.nodes], 3) + ") takes a free batch only where the "
+                "batch stays the leading dim, and no free length; give them as numbers")
+        float_nodes += [{**n, "reason": f"runs in onnxruntime after the artifact: {n['reason']}"} for n in tail.nodes]
     if float_nodes:
         log(float_summary(float_nodes))
     if not report.integer_only and not allow_float:
@@ -453,6 +469,8 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
         if seq:
             libraries[sizes[-1]] = {"file": LIBRARY, "sha256": sha256(tmp / LIBRARY)}
         (tmp / RELAX_TEXT).write_text(int_mod.script(show_meta=False))
+        if tail is not None:
+            (tmp / TAIL).write_bytes(tail.model)
         executor = None
         if spec.arch in PLAN_ARCHES:  # no TVM runtime there: ship the plan and its executor too
             with stage(f"exporting the plan executor for {spec.arch}", times, "compile"):
@@ -486,7 +504,10 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
                              "weight_mb": sum(lay["weight_bytes"] for lay in layers) / 1e6,
                              "activation_bits": config.activation_bits, "layers": layers,
                              **({"mixed": mixed.manifest(precision)} if mixed is not None else {})},
-            "integer_only": report.integer_only,
+            "integer_only": report.integer_only and tail is None,
+            "tail": None if tail is None else {
+                "file": TAIL, "sha256": sha256(tmp / TAIL), "boundary": tail.boundary, "outputs": tail.outputs,
+                "inputs": [spec for spec in tail.inputs if spec["name"] in _tail_inputs(imported)]},
             "allow_float": allow_float,
             "float_nodes": float_nodes,
             "verifier": str(report),

@@ -321,10 +321,37 @@ class Model:
         return dict(sorted(rows.items(), key=lambda kv: -kv[1][0]))
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Quantize `inputs`, run the integer model, dequantize the outputs."""
-        outs = self.run_integer(self.quantize_inputs(inputs))
-        return {spec["name"]: _as_output(spec, dequantize(q, self._scale(i, q.ndim)))
-                for i, (spec, q) in enumerate(zip(self.outputs, outs))}
+        """Quantize `inputs`, run the integer model, dequantize the outputs (and, where the
+        artifact has a tail, run it in onnxruntime on them: frontends/onnx_tail.py)."""
+        tail = self.manifest.get("tail")
+        own = {spec["name"] for spec in tail["inputs"]} if tail else set()
+        outs = self.run_integer(self.quantize_inputs({k: v for k, v in inputs.items() if k not in own}))
+        result = {spec["name"]: _as_output(spec, dequantize(q, self._scale(i, q.ndim)))
+                  for i, (spec, q) in enumerate(zip(self.outputs, outs))}
+        return result if tail is None else self._run_tail(tail, result, inputs)
+
+    def _run_tail(self, tail: dict, result: dict[str, np.ndarray], inputs: dict) -> dict[str, np.ndarray]:
+        """The model's own outputs: the tail run by onnxruntime on the compiled part's outputs."""
+        missing = [spec["name"] for spec in tail["inputs"] if spec["name"] not in inputs]
+        if missing:
+            raise InputError(f"inputs {sorted(inputs)} lack {missing}, which the model's last part reads")
+        with self._pool_lock:
+            if getattr(self, "_tail_session", None) is None:
+                import onnxruntime as ort
+
+                options = ort.SessionOptions()
+                options.log_severity_level = 3
+                self._tail_session = ort.InferenceSession(str(self.path / tail["file"]), options,
+                                                          providers=["CPUExecutionProvider"])
+        session = self._tail_session
+        feeds = {}
+        for arg in session.get_inputs():
+            value = result[arg.name] if arg.name in result else np.asarray(inputs[arg.name])
+            feeds[arg.name] = _scalar_input(value, [{"name": arg.name, "shape": None,
+                                                     "dtype": _ORT_TYPES.get(arg.type, value.dtype.name)}], arg.name)
+        names = [o.name for o in session.get_outputs()]
+        late = dict(zip(names, session.run(names, feeds)))
+        return {name: result[name] if name in result else late[name] for name in tail["outputs"]}
 
     def _scale(self, index: int, rank: int) -> np.ndarray:
         key = (index, rank)
@@ -334,6 +361,11 @@ class Model:
 
 
 SATURATION = 1.5  # an input this many times past its calibrated grid's end gets a warning
+
+
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(int64)": "int64",
+              "tensor(int32)": "int32", "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(bool)": "bool",
+              "tensor(float16)": "float16", "tensor(int16)": "int16"}
 
 
 def _scalar_input(value, specs: list[dict], name: str):

@@ -259,3 +259,69 @@ def test_decoder_gathers_a_constant_table_and_names_a_multiplied_mask(tmp_path):
     with pytest.raises(UnsupportedModelError, match="a mask of -inf") as err:
         runtime.compile_model(tmp_path / "m.onnx", "x86", tmp_path / "b", calib=tmp_path / "c.npz", progress=False)
     assert "Error:" not in str(err.value)  # no Python exception text as the reason
+
+
+def _detector(path):
+    """A small detector: a conv net's 256 boxes and sigmoid scores, then NonMaxSuppression (its IoU
+    threshold a graph input) and a Gather of the kept boxes: `det` has as many rows as it keeps."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    arrays = {"w1": (rng.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float32),
+              "w2": (rng.standard_normal((5, 8, 1, 1)) * 0.3).astype(np.float32),
+              "shape": np.array([1, 5, 256], np.int64), "s0": np.array([0], np.int64), "s4": np.array([4], np.int64),
+              "s5": np.array([5], np.int64), "ax1": np.array([1], np.int64), "maxb": np.array([20], np.int64),
+              "sth": np.array([0.3], np.float32), "col": np.array([2], np.int64),
+              "grid": np.repeat(np.arange(256, dtype=np.float32).reshape(1, 256, 1), 4, 2)}
+    n = helper.make_node
+    nodes = [n("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]), n("Relu", ["c1"], ["r1"]), n("Conv", ["r1", "w2"], ["c2"]),
+             n("Reshape", ["c2", "shape"], ["flat"]), n("Slice", ["flat", "s0", "s4", "ax1"], ["braw"]),
+             n("Transpose", ["braw"], ["bt"], perm=[0, 2, 1]), n("Mul", ["bt", "bt"], ["bsq"]),
+             n("Add", ["bsq", "grid"], ["boxes"]), n("Slice", ["flat", "s4", "s5", "ax1"], ["sraw"]),
+             n("Sigmoid", ["sraw"], ["scores"]),
+             n("NonMaxSuppression", ["boxes", "scores", "maxb", "iou", "sth"], ["sel"], name="nms"),
+             n("Gather", ["sel", "col"], ["idx2"], axis=1), n("Squeeze", ["idx2", "ax1"], ["idx"]),
+             n("Squeeze", ["boxes", "s0"], ["boxes0"]), n("Gather", ["boxes0", "idx"], ["det"], axis=0)]
+    graph = helper.make_graph(
+        nodes, "det", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16]),
+                       helper.make_tensor_value_info("iou", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 1, 256]),
+         helper.make_tensor_value_info("det", TensorProto.FLOAT, ["k", 4])],
+        [numpy_helper.from_array(v, k) for k, v in arrays.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def test_detector_nms_runs_in_onnxruntime_after_the_integer_network(tmp_path):
+    """NonMaxSuppression keeps as many boxes as the scores decide: no static compile takes it. With
+    --allow-float the network is compiled (integer-only up to its outputs) and NMS and the Gather
+    after it run in onnxruntime on the artifact's boxes and scores (frontends/onnx_tail.py); the IoU
+    threshold, an input only NMS reads, is passed through. Without the flag: refused, naming NMS."""
+    import onnxruntime as ort
+
+    from runtime import compile_model, load
+
+    path = _detector(tmp_path / "det.onnx")
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "calib.npz", x=rng.standard_normal((8, 1, 3, 16, 16)).astype(np.float32),
+             iou=np.full((8, 1), 0.5, np.float32))
+    with pytest.raises(UnsupportedModelError, match=r"NonMaxSuppression \(node nms\)"):
+        compile_model(path, output=tmp_path / "int", calib=tmp_path / "calib.npz", progress=False)
+    art = load(compile_model(path, output=tmp_path / "a", calib=tmp_path / "calib.npz", allow_float=True,
+                             progress=False))
+    tail = art.manifest["tail"]
+    assert tail["boundary"] == ["scores", "boxes", "boxes0"] and [i["name"] for i in tail["inputs"]] == ["iou"]
+    assert [o["name"] for o in art.manifest["outputs"]] == ["scores", "boxes", "boxes0"]
+    assert art.manifest["integer_only"] is False
+    assert {n["node"] for n in art.manifest["float_nodes"]} >= {"nms", "det"}
+    session = ort.InferenceSession(str(path))
+    for seed in range(3):
+        feeds = {"x": np.random.default_rng(10 + seed).standard_normal((1, 3, 16, 16)).astype(np.float32),
+                 "iou": np.array([0.5], np.float32)}
+        got, (scores, det) = art.run(feeds), session.run(None, feeds)
+        assert list(got) == ["scores", "det"] and got["det"].shape[1] == 4
+        close = [np.abs(got["det"] - row).max(axis=1).min() < 1.0 for row in det]  # the same boxes (of 0..300) kept
+        assert np.mean(close) >= 0.8 and abs(len(got["det"]) - len(det)) <= 2

@@ -201,11 +201,44 @@ def test_control_flow_refused_naming_every_node(tmp_path):
                               else_branch=branch("else", "Neg"))]
     zero = onnx.numpy_helper.from_array(np.zeros((1,), np.float32), "zero")
     p = _tiny(tmp_path / "if.onnx", [1, 4], nodes, [zero], outputs=(("o", ["a", "b"]),))
-    for allow in (False, True):
-        with pytest.raises(UnsupportedModelError) as err:
-            load_onnx(p, allow_unsupported=allow)
-        assert "If (node my_if)" in str(err.value) and "control-flow" in str(err.value)
-        assert "export the model without control flow" in str(err.value).lower()
+    with pytest.raises(UnsupportedModelError) as err:
+        load_onnx(p)
+    assert "If (node my_if)" in str(err.value) and "control-flow" in str(err.value)
+    assert "export the model without control flow" in str(err.value).lower()
+    assert "With --allow-float they and every node after them run in onnxruntime" in str(err.value)
+
+
+def test_allow_float_runs_what_cannot_compile_in_onnxruntime_after_the_artifact(tmp_path):
+    """--allow-float: the If above (its branches' shapes differ) runs in onnxruntime after the compiled
+    part (sum, compare: frontends/onnx_tail.py), which outputs the condition it reads; the model's own
+    output comes back, in the shape float onnxruntime gives, listed among the float nodes."""
+    import onnxruntime as ort
+
+    from runtime import compile_model, load
+
+    def branch(name, op):
+        shape = [1, 4] if name == "then" else [4, 1]
+        return helper.make_graph([helper.make_node(op, ["x"], [f"{name}_0"]),
+                                  helper.make_node("Reshape", [f"{name}_0", f"{name}_shape"], [f"{name}_out"])], name,
+                                 [], [helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, shape)],
+                                 [onnx.numpy_helper.from_array(np.array(shape, np.int64), f"{name}_shape")])
+
+    nodes = [helper.make_node("ReduceSum", ["x"], ["s"], name="sum", keepdims=0),
+             helper.make_node("Greater", ["s", "zero"], ["cond"], name="positive"),
+             helper.make_node("If", ["cond"], ["o"], name="my_if", then_branch=branch("then", "Relu"),
+                              else_branch=branch("else", "Neg"))]
+    zero = onnx.numpy_helper.from_array(np.zeros((1,), np.float32), "zero")
+    p = _tiny(tmp_path / "if.onnx", [1, 4], nodes, [zero], outputs=(("o", ["a", "b"]),))
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).standard_normal((8, 1, 4)).astype(np.float32))
+    art = load(compile_model(p, output=tmp_path / "a", calib=tmp_path / "calib.npz", allow_float=True,
+                             progress=False))
+    assert art.manifest["integer_only"] is False and art.manifest["tail"]["boundary"] == ["cond"]
+    assert [n["node"] for n in art.manifest["float_nodes"]] == ["my_if"]
+    assert "runs in onnxruntime after the artifact: control flow" in art.manifest["float_nodes"][0]["reason"]
+    session = ort.InferenceSession(p)
+    for x in (np.array([[1.0, -0.5, 2.0, 0.25]], np.float32), np.array([[-1.0, 0.5, -2.0, 0.25]], np.float32)):
+        got, want = art.run({"x": x}), session.run(None, {"x": x})[0]
+        assert list(got) == ["o"] and got["o"].shape == want.shape and np.allclose(got["o"], want)
 
 
 def _refusals_in_both_modes(tmp_path, graph) -> list[str]:
@@ -223,7 +256,8 @@ def _refusals_in_both_modes(tmp_path, graph) -> list[str]:
 
 def test_shape_operands_from_input_values_refused(tmp_path):
     """A Reshape whose shape and a Slice whose end come from an input's values (through a Cast and an Add)
-    are refused in both modes, every such operand named; a shape computed from Shape() is static."""
+    are refused, every such operand named; a shape computed from Shape() is static. With
+    --allow-float they run in onnxruntime after the compiled Cast and Add."""
     nodes = [helper.make_node("Cast", ["n"], ["n64"], to=TensorProto.INT64),
              helper.make_node("Add", ["n64", "one"], ["end"]),
              helper.make_node("Slice", ["x", "zero", "end", "axis"], ["s"], name="cut"),
@@ -235,9 +269,18 @@ def test_shape_operands_from_input_values_refused(tmp_path):
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4]),
                                            helper.make_tensor_value_info("n", TensorProto.INT32, [2])],
                               [helper.make_tensor_value_info("o", TensorProto.FLOAT, ["a", "b"])], inits)
-    for text in _refusals_in_both_modes(tmp_path, graph):
-        assert "2 shape operand(s)" in text and "Slice (node cut) input 2 ('end')" in text
-        assert "Reshape (node reshape_by_value) input 1" in text and "node fine" not in text
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "m.onnx")
+    with pytest.raises(UnsupportedModelError) as err:
+        load_onnx(tmp_path / "m.onnx")
+    text = str(err.value)
+    assert "2 shape operand(s)" in text and "Slice (node cut) input 2 ('end')" in text
+    assert "Reshape (node reshape_by_value) input 1" in text and "node fine" not in text
+    # --allow-float: they and what follows them run in onnxruntime on the compiled part's outputs
+    tail = load_onnx(tmp_path / "m.onnx", allow_unsupported=True).tail
+    assert [n["node"] for n in tail.nodes] == ["cut", "fine", "reshape_by_value"]
+    assert tail.boundary == ["end", "n64"] and [i["name"] for i in tail.inputs] == ["x"]
 
 
 def test_multi_input_multi_output(tmp_path):
@@ -659,18 +702,19 @@ def test_scikit_learn_classifier_label_output(tmp_path):
 
 
 def test_ops_without_any_converter_are_refused_in_both_modes(tmp_path):
-    """A tree ensemble (ai.onnx.ml) has neither an integer lowering nor a TVM converter: the refusal
-    says that --allow-float cannot run it either (with the flag it failed on an unknown output shape)."""
+    """A tree ensemble (ai.onnx.ml) has neither an integer lowering nor a TVM converter: refused in
+    both modes (with the flag it had failed on an unknown output shape); reading the inputs itself,
+    it leaves --allow-float nothing to compile before the part onnxruntime would run."""
     node = helper.make_node("TreeEnsembleRegressor", ["x"], ["y"], domain="ai.onnx.ml", n_targets=1,
                             nodes_treeids=[0, 0, 0], nodes_nodeids=[0, 1, 2], nodes_featureids=[0, 0, 0],
                             nodes_values=[0.5, 0.0, 0.0], nodes_modes=["BRANCH_LEQ", "LEAF", "LEAF"],
                             nodes_truenodeids=[1, 0, 0], nodes_falsenodeids=[2, 0, 0],
                             target_treeids=[0, 0], target_nodeids=[1, 2], target_ids=[0, 0], target_weights=[1.0, 2.0])
     onnx.save(_ml_model([node], {}, 4, 1), tmp_path / "tree.onnx")
-    for allow in (False, True):
-        with pytest.raises(UnsupportedModelError, match="--allow-float cannot run them either") as err:
+    for allow, then in ((False, "every node after them run in onnxruntime"), (True, "nothing before them is left")):
+        with pytest.raises(UnsupportedModelError, match="neither intq's integer path nor TVM's ONNX importer") as err:
             load_onnx(tmp_path / "tree.onnx", allow_unsupported=allow)
-        assert "TreeEnsembleRegressor (node" in str(err.value)
+        assert "TreeEnsembleRegressor (node" in str(err.value) and then in str(err.value)
 
 
 def test_resize_with_empty_scales_beside_sizes_compiles(tmp_path):
