@@ -251,3 +251,37 @@ def test_float_cast_to_an_index_is_a_table(tmp_path):
         same += int(np.sum(np.all(np.abs(got - want) < 1e-3, axis=-1)))
         rows += 16
     assert same >= 0.98 * rows, (same, rows)  # the rest: x * 4 within one input step of a whole number
+
+
+def test_topk_of_integer_lengths_stays_exact(tmp_path):
+    """torch's pack_padded_sequence(enforce_sorted=False) sorts the batch by length: TopK of an int64
+    input, its indices gathering the activations. The lengths were never a float; it was refused
+    ("an exact int64 tensor used as a float activation") though --allow-float's artifact verified
+    integer-only. Now the sort runs on the integers: order and values as onnxruntime's."""
+    batch, length, width = 3, 8, 16
+    n = helper.make_node
+    nodes = [n("Shape", ["lengths"], ["shp"]), n("Gather", ["shp", "zero"], ["k"], axis=0),
+             n("Unsqueeze", ["k", "ax0"], ["k1"]),
+             n("TopK", ["lengths", "k1"], ["sorted_lengths", "order"], axis=-1, largest=1),
+             n("Gather", ["x", "order"], ["xs"], axis=0), n("MatMul", ["xs", "w"], ["y0"]), n("Relu", ["y0"], ["y"])]
+    w = np.random.default_rng(0).standard_normal((width, width)).astype(np.float32) * 0.3
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, length, width]),
+                     helper.make_tensor_value_info("lengths", TensorProto.INT64, [batch])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, length, width]),
+         helper.make_tensor_value_info("sorted_lengths", TensorProto.INT64, [batch])],
+        [helper.make_tensor("zero", TensorProto.INT64, [], [0]), helper.make_tensor("ax0", TensorProto.INT64, [1], [0]),
+         numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "m.onnx")
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "calib.npz", x=rng.standard_normal((6, batch, length, width)).astype(np.float32),
+             lengths=rng.integers(1, length + 1, (6, batch)).astype(np.int64))
+    art = runtime.load(runtime.compile_model(tmp_path / "m.onnx", output=tmp_path / "a", calib=tmp_path / "calib.npz",
+                                             progress=False))
+    assert art.manifest["integer_only"] is True
+    feeds = {"x": rng.standard_normal((batch, length, width)).astype(np.float32), "lengths": np.array([4, 7, 5])}
+    got, (y, lengths) = art.run(feeds), ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, feeds)
+    assert got["sorted_lengths"].tolist() == lengths.tolist() == [7, 5, 4]
+    assert float(got["y"].ravel() @ y.ravel() / (np.linalg.norm(got["y"]) * np.linalg.norm(y))) >= 0.999

@@ -257,6 +257,8 @@ def lower_topk(ctx, call, args):
     where an accumulator is requantized)."""
     axis = int(call.attrs.axis) % len(call.args[0].ty.shape)
     x = args[0]
+    if isinstance(x, IntTensor) and x.range is None:  # integers as they are (torch's sort of sequence lengths)
+        return _exact_topk(ctx, call, x)
     if not isinstance(x, Accumulator) or x.axis in (None, axis):
         x = ctx.materialize(x, wide=True)
     dtype = str(x.expr.ty.dtype)
@@ -271,6 +273,22 @@ def lower_topk(ctx, call, args):
     if ret == "both":
         return [replace(x, expr=values(relax.TupleGetItem(out, 0))), IntTensor(ctx.emit(relax.TupleGetItem(out, 1)))]
     return IntTensor(out) if ret == "indices" else replace(x, expr=values(out))
+
+
+def _exact_topk(ctx, call, x: IntTensor):
+    """TopK of exact integers (never a float: lengths, ids), in their own dtype where TVM's CPU sort
+    takes it (int32, int64), else in int32."""
+    dtype = str(x.expr.ty.dtype)
+    keys = x.expr if dtype in ("int32", "int64") else ctx.emit(relax.op.astype(x.expr, "int32"))
+    out = ctx.emit(relax.Call(call.op, [keys], call.attrs))
+    ret = str(call.attrs.ret_type)
+
+    def values(v):
+        return IntTensor(ctx.emit(v if str(keys.ty.dtype) == dtype else relax.op.astype(v, dtype)))
+
+    if ret == "both":
+        return [values(relax.TupleGetItem(out, 0)), IntTensor(ctx.emit(relax.TupleGetItem(out, 1)))]
+    return IntTensor(out) if ret == "indices" else values(out)
 
 
 @lowers("relax.astype")
