@@ -348,8 +348,9 @@ def _basic_optimize(model: onnx.ModelProto, path: Path) -> onnx.ModelProto:
         options.log_severity_level = 3
         try:
             ort.InferenceSession(src, options, providers=["CPUExecutionProvider"])
-        except Exception as err:
-            raise CompileError(f"{path}: onnxruntime cannot load the model: {err}") from None
+        except Exception as err:  # its message names the copy: name the user's file
+            raise CompileError(f"{path}: onnxruntime cannot load the model: {str(err).replace(src, str(path))}"
+                               ) from None
         model = onnx.load(dst)
     return onnx.shape_inference.infer_shapes(model)
 

@@ -320,7 +320,15 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
     if precision.bits == "4":
         config = replace(config, weight_bits=4)
     with stage(f"importing {model_path}", times, "import"):
-        imported: ImportedModel = load_onnx(model_path, input_shapes, allow_unsupported=allow_float)
+        try:
+            imported: ImportedModel = load_onnx(model_path, input_shapes, allow_unsupported=allow_float)
+        except CompileError as err:
+            if not free or "onnxruntime cannot load" not in str(err):
+                raise
+            raise CompileError(f"{err}\nA free batch is imported at batch 1 (--input-shape {next(iter(free))}:"
+                               f"{free[next(iter(free))].name}=...): this model cannot run at batch 1, so its batch "
+                               "is not independent samples (a reshape of the batch, e.g. several views of one item "
+                               "averaged); compile one fixed batch per artifact") from None
         float_mod = bind_weights(imported.mod, imported.params)
     if has_normalization(float_mod) and config.residual_bits == 8:
         log("transformer (LayerNorm found): residual stream, LayerNorm and inputs at 16 bits")

@@ -314,3 +314,24 @@ def test_four_bit_free_batch_runs_per_sample(tmp_path, small_calib):
     x = _batch(3, seed=4)
     alone = np.concatenate([art.run_integer(art.quantize_inputs({"x": x[i:i + 1]}))[0] for i in range(3)])
     assert np.array_equal(art.run_integer(art.quantize_inputs({"x": x}))[0], alone)
+
+
+def test_batch_of_views_refused_naming_the_file(tmp_path):
+    """A batch that holds 4 views of one item (ICLabel: Reshape(x, [4, -1]), a mean over them) cannot
+    run at batch 1: the refusal names the user's file (not intq's temporary copy) and says why."""
+    n = helper.make_node
+    graph = helper.make_graph(
+        [n("Relu", ["x"], ["r"]), n("Reshape", ["r", "shape"], ["g"]), n("Transpose", ["g"], ["gt"], perm=[1, 0]),
+         n("Reshape", ["gt", "views"], ["g3"]), n("ReduceMean", ["g3"], ["y"], axes=[2], keepdims=0)],
+        "views", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["m", 8])],
+        [helper.make_tensor("shape", TensorProto.INT64, [2], [4, -1]),
+         helper.make_tensor("views", TensorProto.INT64, [3], [-1, 8, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "views.onnx")
+    with pytest.raises(CompileError) as err:
+        runtime.compile_model(tmp_path / "views.onnx", "x86", tmp_path / "a", progress=False,
+                              input_shapes={"x": (FreeDim("n", 4, 32), 8)})
+    text = str(err.value)
+    assert str(tmp_path / "views.onnx") in text and "intq-onnx-" not in text and "cannot run at batch 1" in text
