@@ -148,3 +148,28 @@ def test_constant_first_matmul_compiles_integer_only(tmp_path, c_shape):
     got = art.run({"x": x})["y"]
     for g, r in zip(got.reshape(-1, 6), ref.reshape(-1, 6)):  # each row right at its own scale
         assert np.abs(g - r).max() <= 0.03 * np.abs(ref).max() + 0.03 * np.abs(r).max()
+
+
+def test_constant_weight_with_leading_ones_compiles_integer_only(tmp_path):
+    """x @ W with W a constant of shape (1, K, N) (a torch parameter so shaped; kokoro): the same
+    product as with W (K, N); it was refused ("matmul weight of rank 3")."""
+    import runtime
+    from runtime.compiler import compile_model
+
+    rng = np.random.default_rng(6)
+    w = (rng.standard_normal((1, 16, 4)) * 0.3).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 4])],
+                              [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "m.onnx")
+    np.savez(tmp_path / "calib.npz", x=rng.standard_normal((6, 1, 8, 16)).astype(np.float32))
+    art = runtime.load(compile_model(tmp_path / "m.onnx", output=tmp_path / "o", calib=tmp_path / "calib.npz",
+                                     progress=False))
+    assert art.manifest["integer_only"] is True
+    x = rng.standard_normal((1, 8, 16)).astype(np.float32)
+    ref = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = art.run({"x": x})["y"]
+    assert got.shape == ref.shape and float(got.ravel() @ ref.ravel() / np.linalg.norm(got) / np.linalg.norm(ref)) > 0.999

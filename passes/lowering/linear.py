@@ -139,6 +139,8 @@ def lower_matmul(ctx, call, args):
         return _constant_first_matmul(ctx, call, x, w)
     if not isinstance(w, np.ndarray):
         return _activation_matmul(ctx, call, x, w)
+    if w.ndim > 2 and all(d == 1 for d in w.shape[:-2]) and len(call.args[0].ty.shape) >= w.ndim:
+        w = w.reshape(w.shape[-2:])  # a torch parameter of shape (1, K, N): the same product
     if w.ndim != 2:
         ctx.fail(f"matmul weight of rank {w.ndim}: only 2-D weights are supported")
     bits = ctx.config.bits_for(ctx.var.name)
