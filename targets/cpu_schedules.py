@@ -331,6 +331,21 @@ def _pool_block(sch: s_tir.Schedule):
     return None
 
 
+MAX_ROW_LANES = 2048  # a padded row vectorized whole up to this: a 15004-sample row took LLVM 24 GB (MEGnet's
+# 1-D conv over 60 s of 250 Hz signal); EfficientNet's 114- and 226-byte rows stay one vector each
+
+
+def _at_most(sch: s_tir.Schedule, loop, lanes: int):
+    """`loop`, or where its static extent exceeds `lanes`, the inner loop of a split by its largest
+    divisor up to MAX_LANES (16 with a tail where it has none past 8): what to vectorize."""
+    extent = sch.get(loop).extent
+    if not isinstance(extent, tvm.tirx.IntImm) or int(extent) <= lanes:
+        return loop
+    extent = int(extent)
+    factor = max(d for d in range(1, MAX_LANES + 1) if extent % d == 0)
+    return sch.split(loop, [None, factor if factor > 8 else 16])[1]
+
+
 def _vectorize_row(sch: s_tir.Schedule, loop, lanes: int = 16) -> None:
     """Vectorize a row loop: `lanes` at a time where they divide it, the whole row up to MAX_LANES."""
     extent = sch.get(loop).extent
@@ -452,9 +467,9 @@ def _schedule_flat_depthwise(sch: s_tir.Schedule, block) -> None:
                 sch.unroll(loops[-2])
             _, col = sch.split(flat, [None, width])
             if not sch.get_producers(producer):  # a padded row (select of a clamped load), one vector
-                sch.vectorize(col)
+                sch.vectorize(_at_most(sch, col, MAX_ROW_LANES))
         else:  # stride 2's padded image: a row of bytes, one vector (byte by byte, it took a fifth of
-            sch.vectorize(loops[-1])  # a 112x112 stride-2 conv's time)
+            sch.vectorize(_at_most(sch, loops[-1], MAX_ROW_LANES))  # a 112x112 stride-2 conv's time)
         if not depthwise:
             parallel(sch, sch.fuse(*loops[:2]))
     rows = static_factor(sch.get(o).extent)

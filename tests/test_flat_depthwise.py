@@ -136,3 +136,32 @@ def test_free_batch_stem_runs_batches_side_by_side(tmp_path):
               "assert all(np.array_equal(a, y[0]) for a in y) and np.array_equal(one[0], y[0][3])\n" % str(art))
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+
+
+@pytest.mark.parametrize("width,groups", [(15000, 1), (4095, 4)], ids=["stem-15000", "depthwise-4095"])
+def test_long_rows_vectorize_in_pieces(width, groups):
+    """A 1-D conv over 60 s of a 250 Hz signal (MEGnet: a [1, 5] kernel over 15000 samples): its padded
+    row was one 15004-lane vector, and LLVM took 24 GB on it (the compile was killed). Rows past
+    MAX_ROW_LANES are vectorized in pieces (a divisor of the row, else 16 with a tail); bit-exact."""
+    from targets.cpu_pipeline import cpu_lowering_passes
+    from targets.cpu_schedules import MAX_ROW_LANES
+
+    c = 4
+    x = rng.integers(0, 256, (1, groups, 1, width)).astype(np.uint8)
+    w = rng.integers(-128, 128, (c, c // groups if groups > 1 else 1, 1, 5)).astype(np.int8)
+    attrs = _Attrs((1, 1), (0, 2, 0, 2), groups)
+    bb = relax.BlockBuilder()
+    xv = relax.Var("x", relax.TensorType(list(x.shape), "uint8"))
+    with bb.function("main", [xv]):
+        with bb.dataflow():
+            out = bb.emit_output(emit.conv2d_acc(xv, w, attrs))
+        bb.emit_func_output(out)
+    spec = get_target("x86")
+    target = spec.target()
+    with target:
+        lowered = tvm.transform.Sequential(cpu_lowering_passes(target))(bb.get())
+    text = "\n".join(f.script() for f in lowered.functions.values() if isinstance(f, tvm.tirx.PrimFunc))
+    assert "dwflat" in text and max(int(v) for v in re.findall(r"T\.vectorized\(T\.int64\((\d+)\)", text)) <= MAX_ROW_LANES
+    ex = tvm.compile(bb.get(), target=target, relax_pipeline=spec.relax_pipeline(target))
+    got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    np.testing.assert_array_equal(got, ref.conv2d_acc(x, w, (1, 1), (0, 2, 0, 2), groups=groups))
