@@ -44,30 +44,34 @@ def split_tail(model: onnx.ModelProto, blockers: dict[int, str]) -> tuple[onnx.M
     """The head (a copy of `model` without the tail, outputting the boundary too) and the tail that
     starts at the nodes `blockers` names ({node index: why it cannot be compiled})."""
     graph = model.graph
+    reads = [_names_read(node) for node in graph.node]  # once per node: graphs have thousands
+    readers: dict[str, list[int]] = {}
+    for index, names in enumerate(reads):
+        for name in names:
+            readers.setdefault(name, []).append(index)
     tail_idx, made = set(), set()
     for index, node in enumerate(graph.node):  # topological: a consumer comes after its producers
-        if index in blockers or _names_read(node) & made:
+        if index in blockers or reads[index] & made:
             tail_idx.add(index)
             made |= {o for o in node.output if o}
     varying = {i.name for i in graph.input}  # what depends on an input: the rest is constant
-    for node in graph.node:
-        if _names_read(node) & varying:
+    for index, node in enumerate(graph.node):
+        if reads[index] & varying:
             varying |= set(node.output)
     outputs_read = {o.name for o in graph.output}
     for index in reversed(range(len(graph.node))):  # constants only the tail reads go with it
-        node = graph.node[index]
-        readers = [i for i, n in enumerate(graph.node) if set(node.output) & _names_read(n)]
-        if (index not in tail_idx and not set(node.output) & (varying | outputs_read)
-                and readers and all(i in tail_idx for i in readers)):
+        outs = set(graph.node[index].output)
+        users = [i for o in outs for i in readers.get(o, [])]
+        if index not in tail_idx and not outs & (varying | outputs_read) and users and all(i in tail_idx for i in users):
             tail_idx.add(index)
     head_nodes = [n for i, n in enumerate(graph.node) if i not in tail_idx]
-    tail_nodes = [n for i, n in enumerate(graph.node) if i in tail_idx]
-    tail_read = set().union(*(_names_read(n) for n in tail_nodes))
+    tail_read = set().union(*(reads[i] for i in tail_idx))
     # a Constant both parts read is copied into the tail rather than passed from the compiled part
-    tail_nodes = [n for n in head_nodes if n.op_type == "Constant" and set(n.output) & tail_read] + tail_nodes
-    head_made = {o for n in head_nodes for o in n.output if o} - {o for n in tail_nodes for o in n.output}
-    read = set().union(*(_names_read(n) for n in tail_nodes))
-    boundary = [x for x in dict.fromkeys(x for n in tail_nodes for x in _names_read(n)) if x in head_made]
+    copied = [n for n in head_nodes if n.op_type == "Constant" and set(n.output) & tail_read]
+    tail_nodes = copied + [n for i, n in enumerate(graph.node) if i in tail_idx]
+    head_made = {o for n in head_nodes for o in n.output if o} - {o for n in copied for o in n.output}
+    read = tail_read
+    boundary = [x for x in dict.fromkeys(x for i in sorted(tail_idx) for x in reads[i]) if x in head_made]
     graph_inputs = [i for i in graph.input if i.name in read]
     outputs = [o.name for o in graph.output]
     typed = {v.name: v for v in (*graph.value_info, *graph.output, *graph.input)}
@@ -79,7 +83,7 @@ def split_tail(model: onnx.ModelProto, blockers: dict[int, str]) -> tuple[onnx.M
     head_outputs = [o for o in graph.output if o.name in head_made]
     del head.graph.output[:]
     head.graph.output.extend(head_outputs + [typed[b] for b in boundary if b not in {o.name for o in head_outputs}])
-    used = {x for n in head_nodes for x in _names_read(n)} | {o.name for o in head.graph.output}
+    used = {x for i in range(len(graph.node)) if i not in tail_idx for x in reads[i]} | {o.name for o in head.graph.output}
     kept = [i for i in graph.initializer if i.name in used]
     del head.graph.initializer[:]
     head.graph.initializer.extend(kept)
