@@ -71,7 +71,8 @@ def split_tail(model: onnx.ModelProto, blockers: dict[int, str]) -> tuple[onnx.M
     tail_nodes = copied + [n for i, n in enumerate(graph.node) if i in tail_idx]
     head_made = {o for n in head_nodes for o in n.output if o} - {o for n in copied for o in n.output}
     read = tail_read
-    boundary = [x for x in dict.fromkeys(x for i in sorted(tail_idx) for x in reads[i]) if x in head_made]
+    ordered = (x for i in sorted(tail_idx) for x in [*graph.node[i].input, *sorted(reads[i] - set(graph.node[i].input))])
+    boundary = [x for x in dict.fromkeys(ordered) if x in head_made]  # in the order the tail reads them
     graph_inputs = [i for i in graph.input if i.name in read]
     outputs = [o.name for o in graph.output]
     typed = {v.name: v for v in (*graph.value_info, *graph.output, *graph.input)}

@@ -313,7 +313,7 @@ def test_detector_nms_runs_in_onnxruntime_after_the_integer_network(tmp_path):
     art = load(compile_model(path, output=tmp_path / "a", calib=tmp_path / "calib.npz", allow_float=True,
                              progress=False))
     tail = art.manifest["tail"]
-    assert tail["boundary"] == ["scores", "boxes", "boxes0"] and [i["name"] for i in tail["inputs"]] == ["iou"]
+    assert tail["boundary"] == ["boxes", "scores", "boxes0"] and [i["name"] for i in tail["inputs"]] == ["iou"]
     assert [o["name"] for o in art.manifest["outputs"]] == ["scores", "boxes", "boxes0"]
     assert art.manifest["integer_only"] is False
     assert {n["node"] for n in art.manifest["float_nodes"]} >= {"nms", "det"}
