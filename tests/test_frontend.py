@@ -186,8 +186,8 @@ def test_string_input_is_refused_naming_it(tmp_path):
             load_onnx(tmp_path / "g2p.onnx", allow_unsupported=allow)
 
 
-def test_control_flow_refused_naming_every_node(tmp_path):
-    # an If whose branches give outputs of different shapes cannot become a select (frontends/onnx_if.py)
+def _if_model(tmp_path) -> str:
+    """An If whose branches give outputs of different shapes: it cannot become a select (onnx_if.py)."""
     def branch(name, op):
         shape = [1, 4] if name == "then" else [4, 1]
         return helper.make_graph([helper.make_node(op, ["x"], [f"{name}_0"]),
@@ -200,7 +200,11 @@ def test_control_flow_refused_naming_every_node(tmp_path):
              helper.make_node("If", ["cond"], ["o"], name="my_if", then_branch=branch("then", "Relu"),
                               else_branch=branch("else", "Neg"))]
     zero = onnx.numpy_helper.from_array(np.zeros((1,), np.float32), "zero")
-    p = _tiny(tmp_path / "if.onnx", [1, 4], nodes, [zero], outputs=(("o", ["a", "b"]),))
+    return _tiny(tmp_path / "if.onnx", [1, 4], nodes, [zero], outputs=(("o", ["a", "b"]),))
+
+
+def test_control_flow_refused_naming_every_node(tmp_path):
+    p = _if_model(tmp_path)
     with pytest.raises(UnsupportedModelError) as err:
         load_onnx(p)
     assert "If (node my_if)" in str(err.value) and "control-flow" in str(err.value)
@@ -216,19 +220,7 @@ def test_allow_float_runs_what_cannot_compile_in_onnxruntime_after_the_artifact(
 
     from runtime import compile_model, load
 
-    def branch(name, op):
-        shape = [1, 4] if name == "then" else [4, 1]
-        return helper.make_graph([helper.make_node(op, ["x"], [f"{name}_0"]),
-                                  helper.make_node("Reshape", [f"{name}_0", f"{name}_shape"], [f"{name}_out"])], name,
-                                 [], [helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, shape)],
-                                 [onnx.numpy_helper.from_array(np.array(shape, np.int64), f"{name}_shape")])
-
-    nodes = [helper.make_node("ReduceSum", ["x"], ["s"], name="sum", keepdims=0),
-             helper.make_node("Greater", ["s", "zero"], ["cond"], name="positive"),
-             helper.make_node("If", ["cond"], ["o"], name="my_if", then_branch=branch("then", "Relu"),
-                              else_branch=branch("else", "Neg"))]
-    zero = onnx.numpy_helper.from_array(np.zeros((1,), np.float32), "zero")
-    p = _tiny(tmp_path / "if.onnx", [1, 4], nodes, [zero], outputs=(("o", ["a", "b"]),))
+    p = _if_model(tmp_path)
     np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).standard_normal((8, 1, 4)).astype(np.float32))
     art = load(compile_model(p, output=tmp_path / "a", calib=tmp_path / "calib.npz", allow_float=True,
                              progress=False))
