@@ -35,15 +35,15 @@ def static_dims(shape) -> bool:
     return shape is not None and len(shape) == 4 and all(isinstance(d, tvm.tirx.IntImm) for d in list(shape)[1:])
 
 
-def integer_conv(call: relax.Call, kernel_layout: str = "OIHW"):
-    """(x, weights as NumPy, attrs) of an NCHW int8/uint8 conv (or transposed conv: kernel layout
+def integer_conv(call: relax.Call, kernel_layout: str = "OIHW", dtypes: tuple[str, ...] = ("int8", "uint8")):
+    """(x, weights as NumPy, attrs) of an NCHW conv of `dtypes` (or transposed conv: kernel layout
     IOHW) with int32 output, a constant weight and static dims past the batch; None otherwise."""
     if len(call.args) != 2:
         return None
     x, w = call.args
     a = call.attrs
     if (not isinstance(w, tvm.ir.GenericConst) or not static_dims(getattr(x.ty, "shape", None))
-            or str(x.ty.dtype) not in ("int8", "uint8") or str(call.ty.dtype) != "int32"
+            or str(x.ty.dtype) not in dtypes or str(call.ty.dtype) != "int32"
             or a.data_layout != "NCHW" or a.kernel_layout != kernel_layout or a.out_layout != "NCHW"):
         return None
     return x, w.value.numpy(), a

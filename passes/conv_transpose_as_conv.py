@@ -41,7 +41,7 @@ def zero_inserted_te(x: te.Tensor, stride: tuple[int, int], offset: tuple[int, i
 
 
 def _rewrite(builder: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
-    operands = integer_conv(call, "IOHW")
+    operands = integer_conv(call, "IOHW", ("int8", "uint8", "int16"))  # 16-bit inputs: the convs' wide recipe
     if operands is None or not static_dims(call.ty.shape):
         return call
     x, weights, a = operands
