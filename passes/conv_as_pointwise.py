@@ -65,7 +65,7 @@ def _rewrite(builder: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
         return call
     x, w = call.args
     a = call.attrs
-    integer = str(x.ty.dtype) in ("int8", "uint8") and str(call.ty.dtype) == "int32"
+    integer = str(x.ty.dtype) in ("int8", "uint8", "int16") and str(call.ty.dtype) == "int32"
     floating = str(x.ty.dtype) == "float32" and str(call.ty.dtype) == "float32"
     if (not isinstance(w, tvm.ir.GenericConst) or not static_dims(getattr(x.ty, "shape", None))
             or not (integer or floating) or int(a.groups) != 1 or a.data_layout != "NCHW"
@@ -82,7 +82,7 @@ def _rewrite(builder: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     rows = patch_rows(c, kh, kw) if integer else c * kh * kw
     out_shape = [int(d) if isinstance(d, tvm.tirx.IntImm) else d for d in call.ty.shape]
     n, ho, wo = out_shape[0], out_shape[2], out_shape[3]
-    size = (n if isinstance(n, int) else 1) * rows * ho * wo * (1 if integer else 4)
+    size = (n if isinstance(n, int) else 1) * rows * ho * wo * np.dtype(str(x.ty.dtype)).itemsize
     if size > MAX_PATCH_BYTES:
         return _in_bands(builder, call, -(-size // MAX_PATCH_BYTES))
     cols = builder.call_te(patches_te, x, rows, (kh, kw), strides, pads, dilation, primfunc_name_hint="conv_patches")
