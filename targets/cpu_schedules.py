@@ -220,12 +220,14 @@ def _computed_per_chunk(sch: s_tir.Schedule, block, chunk) -> s_tir.Schedule:
         trial.compute_at(block, chunk)
     except s_tir.schedule.ScheduleError:
         return sch
-    runs = 1
-    for loop in trial.get_loops(block):
-        extent = trial.get(loop).extent
-        if not isinstance(extent, tvm.tirx.IntImm):
-            return trial  # symbolic: as before
-        runs *= int(extent)
+    runs, analyzer = 1, tvm.sym.Analyzer()
+    for loop in trial.get_loops(block):  # outermost first: an extent may follow the chunk (a fused
+        stmt = trial.get(loop)           # index's div and mod), bounded over the loops around it
+        most = analyzer.const_int_bound(stmt.extent).max_value
+        if most >= 1 << 40:
+            return trial  # symbolic (a free batch): as before
+        runs *= most
+        analyzer.bind(stmt.loop_var, tvm.ir.Range.from_min_extent(stmt.min, tvm.tirx.const(most, str(stmt.extent.ty))))
     domain = 1
     for v in trial.get(block).iter_vars:
         if not isinstance(v.dom.extent, tvm.tirx.IntImm):
