@@ -20,6 +20,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .onnx_tail import names_read
+
 STANDARD = ("", "ai.onnx", "com.microsoft")  # onnxruntime's contrib Q/DQ take the same inputs
 
 
@@ -226,6 +228,38 @@ def _float_lstm(node, value, inits: list):
     return lstm
 
 
+def _dynamic_bias(name: str, producers: dict, value) -> np.ndarray | None:
+    """The float bias B that onnxruntime's dynamic quantization adds to an integer product as
+    [Reshape/Unsqueeze](Cast(Round(Div(B, scale)))), shaped as the reshape makes it; None otherwise."""
+    shape_ops = []
+    node = producers.get(name)
+    while node is not None and node.op_type in ("Reshape", "Unsqueeze"):
+        shape_ops.append(node)
+        node = producers.get(node.input[0])
+    chain = []
+    for op in ("Cast", "Round", "Div"):
+        if node is None or node.op_type != op:
+            return None
+        chain.append(node)
+        node = producers.get(node.input[0])
+    bias = value(chain[-1].input[0])
+    if bias is None:
+        return None
+    bias = bias.astype(np.float64)
+    for op in reversed(shape_ops):
+        target = value(op.input[1]) if len(op.input) > 1 else None
+        if op.op_type == "Reshape" and target is not None:
+            bias = bias.reshape([int(d) if d != 0 else bias.shape[i] for i, d in enumerate(target)])
+        elif op.op_type == "Unsqueeze":
+            axes = target if target is not None else next((a.ints for a in op.attribute if a.name == "axes"), None)
+            if axes is None:
+                return None
+            bias = np.expand_dims(bias, tuple(int(a) for a in axes))
+        else:
+            return None
+    return bias
+
+
 def dynamic_to_float(model: onnx.ModelProto) -> int:
     """Undo onnxruntime's dynamic quantization (quantize_dynamic, transformers.js' *_quantized models):
 
@@ -251,7 +285,11 @@ def dynamic_to_float(model: onnx.ModelProto) -> int:
             continue
         quant = producers.get(node.input[0])
         weight = value(node.input[1])
-        cast = readers.get(node.output[0], [])
+        cast, bias, add = readers.get(node.output[0], []), None, None
+        if len(cast) == 1 and cast[0].op_type == "Add":  # a conv's bias, quantized at run time to the product's scale
+            add = cast[0]
+            bias = _dynamic_bias(next((i for i in add.input if i != node.output[0]), ""), producers, value)
+            cast = readers.get(add.output[0], []) if bias is not None else []
         if quant is None or not _is(quant, "DynamicQuantizeLinear") or weight is None or len(cast) != 1 or \
                 cast[0].op_type != "Cast":
             continue
@@ -273,17 +311,29 @@ def dynamic_to_float(model: onnx.ModelProto) -> int:
         w = (weight.astype(np.float64) - w_zero) * w_scale
         name = f"{node.name or node.output[0]}/weight"
         inits.append(numpy_helper.from_array(w.astype(np.float32), name))
-        replaced[id(mul[0])] = helper.make_node("Conv" if conv else "MatMul", [quant.input[0], name],
-                                                [mul[0].output[0]], name=node.name or mul[0].output[0])
-        replaced[id(mul[0])].attribute.extend(node.attribute if conv else [])
+        product = mul[0].output[0] if bias is None else f"{name}/product"
+        float_op = helper.make_node("Conv" if conv else "MatMul", [quant.input[0], name], [product],
+                                    name=node.name or mul[0].output[0])
+        float_op.attribute.extend(node.attribute if conv else [])
+        if bias is None:
+            replaced[id(mul[0])] = float_op
+        else:  # the product where the quantized bias was added, the float bias where the scales were applied
+            inits.append(numpy_helper.from_array(bias.astype(np.float32), f"{name}/bias"))
+            replaced[id(add)] = float_op
+            replaced[id(mul[0])] = helper.make_node("Add", [product, f"{name}/bias"], [mul[0].output[0]],
+                                                    name=f"{node.name or node.output[0]}/bias")
         drop.update(id(n) for n in (node, cast[0]))
         if len(readers.get(scales.output[0], [])) == 1:
             drop.add(id(scales))
     if not replaced:
         return 0
     nodes = [replaced.get(id(n), n) for n in graph.node if id(n) not in drop]
-    used = {i for n in nodes for i in n.input} | {o.name for o in graph.output}
-    nodes = [n for n in nodes if not (_is(n, "DynamicQuantizeLinear") and not any(o in used for o in n.output))]
+    while True:  # what only the quantized products read (the run-time scales, a bias quantized to them) goes
+        used = {i for n in nodes for i in names_read(n)} | {o.name for o in graph.output}  # subgraphs' too
+        live = [n for n in nodes if any(o in used for o in n.output)]
+        if len(live) == len(nodes):
+            break
+        nodes = live
     del graph.node[:]
     graph.node.extend(nodes)
     graph.initializer.extend(inits)

@@ -29,14 +29,14 @@ class Tail:
     nodes: list[dict]  # {"node", "op", "reason"}: what runs in onnxruntime, and why
 
 
-def _names_read(node: onnx.NodeProto) -> set[str]:
+def names_read(node: onnx.NodeProto) -> set[str]:
     """Every tensor a node reads, its subgraphs' outer-scope references included."""
     names = {i for i in node.input if i}
     for attr in node.attribute:
         graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
         for graph in graphs:
             inner = {o for n in graph.node for o in n.output} | {i.name for i in (*graph.input, *graph.initializer)}
-            names |= {x for n in graph.node for x in _names_read(n)} - inner
+            names |= {x for n in graph.node for x in names_read(n)} - inner
     return names
 
 
@@ -44,7 +44,7 @@ def split_tail(model: onnx.ModelProto, blockers: dict[int, str]) -> tuple[onnx.M
     """The head (a copy of `model` without the tail, outputting the boundary too) and the tail that
     starts at the nodes `blockers` names ({node index: why it cannot be compiled})."""
     graph = model.graph
-    reads = [_names_read(node) for node in graph.node]  # once per node: graphs have thousands
+    reads = [names_read(node) for node in graph.node]  # once per node: graphs have thousands
     readers: dict[str, list[int]] = {}
     for index, names in enumerate(reads):
         for name in names:

@@ -221,3 +221,38 @@ def test_dynamically_quantized_lstm_compiles_integer_only(tmp_path):
     ops, cos = _dynamic_case(tmp_path, nodes, inits, [1, 6, size], [1, 6, 2, hidden], QuantType.QInt8)
     assert "DynamicQuantizeLSTM" in ops
     assert cos > 0.99
+
+
+def test_dynamically_quantized_conv_with_an_integer_bias_compiles_integer_only(tmp_path):
+    """Older quantize_dynamic writes a conv's bias quantized at run time to the product's scale and added
+    to the int32 sum: ConvInteger -> Add(Reshape(Cast(Round(Div(B, s_x s_w))))) -> Cast -> Mul (kokoro's 80
+    convs). Undone into a float Conv plus B; it was refused in both modes (TVM has no ConvInteger)."""
+    import runtime
+    from runtime.compiler import compile_model
+
+    rng = np.random.default_rng(5)
+    c, k, length = 16, 5, 64
+    wf = (rng.standard_normal((c, c, k)) * 0.1).astype(np.float32)
+    s_w = np.float32(np.abs(wf).max() / 127)
+    n = helper.make_node
+    nodes = [n("DynamicQuantizeLinear", ["x"], ["xq", "s_x", "z_x"]),
+             n("ConvInteger", ["xq", "wq", "z_x", "z_w"], ["acc"], pads=[2, 2], kernel_shape=[k]),
+             n("Mul", ["s_x", "s_w"], ["s"]), n("Div", ["bias", "s"], ["bq_f"]), n("Round", ["bq_f"], ["bq_r"]),
+             n("Cast", ["bq_r"], ["bq"], to=TensorProto.INT32), n("Reshape", ["bq", "bshape"], ["bq3"]),
+             n("Add", ["acc", "bq3"], ["acc_b"]), n("Cast", ["acc_b"], ["acc_f"], to=TensorProto.FLOAT),
+             n("Mul", ["acc_f", "s"], ["y"])]
+    inits = [numpy_helper.from_array(np.clip(np.round(wf / s_w), -127, 127).astype(np.int8), "wq"),
+             numpy_helper.from_array(np.array(0, np.int8), "z_w"), numpy_helper.from_array(np.array(s_w), "s_w"),
+             numpy_helper.from_array((rng.standard_normal(c) * 0.5).astype(np.float32), "bias"),
+             numpy_helper.from_array(np.array([1, c, 1], np.int64), "bshape")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, length])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, length])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "q.onnx")
+    np.savez(tmp_path / "calib.npz", x=rng.standard_normal((6, 1, c, length)).astype(np.float32))
+    art = runtime.load(compile_model(tmp_path / "q.onnx", output=tmp_path / "a", calib=tmp_path / "calib.npz",
+                                     progress=False))
+    assert art.manifest["integer_only"] is True
+    x = rng.standard_normal((1, c, length)).astype(np.float32)
+    assert _cos(art.run({"x": x})["y"], ort.InferenceSession(str(tmp_path / "q.onnx")).run(None, {"x": x})[0]) > 0.999
