@@ -162,7 +162,7 @@ class Model:
                                  "model has no meaningful output for them")
 
     def quantize_inputs(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
-        inputs = {k: _scalar_input(v, self.inputs, k) for k, v in inputs.items()}
+        inputs = {k: _coerced_input(v, self.inputs, k) for k, v in inputs.items()}
         self.check_inputs(inputs)
         for spec in self.inputs:
             if spec["quant"]["scale"] is not None:
@@ -347,7 +347,7 @@ class Model:
         feeds = {}
         for arg in session.get_inputs():
             value = result[arg.name] if arg.name in result else np.asarray(inputs[arg.name])
-            feeds[arg.name] = _scalar_input(value, [{"name": arg.name, "shape": None,
+            feeds[arg.name] = _coerced_input(value, [{"name": arg.name, "shape": None,
                                                      "dtype": _ORT_TYPES.get(arg.type, value.dtype.name)}], arg.name)
         names = [o.name for o in session.get_outputs()]
         late = dict(zip(names, session.run(names, feeds)))
@@ -368,7 +368,7 @@ _ORT_TYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(i
               "tensor(float16)": "float16", "tensor(int16)": "int16"}
 
 
-def _scalar_input(value, specs: list[dict], name: str):
+def _coerced_input(value, specs: list[dict], name: str):
     """A Python or NumPy scalar for a 0-d input (a sample rate, a frequency bound) as a 0-d array
     of the input's dtype; a list or another array type (torch) as a NumPy array; an array of
     another dtype of the same kind cast to the input's where no value changes but float rounding

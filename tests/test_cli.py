@@ -292,14 +292,14 @@ def test_inputs_cast_where_nothing_but_float_rounding_changes(small_artifact):
 
 def test_integer_inputs_cast_only_where_every_value_fits():
     """int32 or uint8 token ids for an int64 input are cast (exact); ids that do not fit are not."""
-    from runtime.model import _scalar_input
+    from runtime.model import _coerced_input
 
     specs = [{"name": "ids", "shape": [1, 4], "dtype": "int8"}]
-    assert _scalar_input(np.array([[1, 2, 3, 4]], np.int64), specs, "ids").dtype == np.int8
-    assert _scalar_input(np.array([[1, 2, 3, 400]], np.int64), specs, "ids").dtype == np.int64  # refused later
-    assert _scalar_input(np.array([[1.0, 2, 3, 4]]), specs, "ids").dtype == np.float64  # no float -> int
+    assert _coerced_input(np.array([[1, 2, 3, 4]], np.int64), specs, "ids").dtype == np.int8
+    assert _coerced_input(np.array([[1, 2, 3, 400]], np.int64), specs, "ids").dtype == np.int64  # refused later
+    assert _coerced_input(np.array([[1.0, 2, 3, 4]]), specs, "ids").dtype == np.float64  # no float -> int
     specs = [{"name": "ids", "shape": [1, 4], "dtype": "int64"}]
-    assert _scalar_input(np.array([[1, 2, 3, 4]], np.uint8), specs, "ids").dtype == np.int64
+    assert _coerced_input(np.array([[1, 2, 3, 4]], np.uint8), specs, "ids").dtype == np.int64
 
 
 def test_run_cli_bad_input(tmp_path, small_artifact, capsys):
