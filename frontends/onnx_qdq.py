@@ -230,15 +230,15 @@ def _float_lstm(node, value, inits: list):
 
 def _dynamic_bias(name: str, producers: dict, value) -> np.ndarray | None:
     """The float bias B that onnxruntime's dynamic quantization adds to an integer product as
-    [Reshape/Unsqueeze](Cast(Round(Div(B, scale)))), shaped as the reshape makes it; None otherwise."""
+    [Reshape/Unsqueeze](Cast(Round or Floor(Div(B, scale)))), shaped as the reshape makes it; None otherwise."""
     shape_ops = []
     node = producers.get(name)
     while node is not None and node.op_type in ("Reshape", "Unsqueeze"):
         shape_ops.append(node)
         node = producers.get(node.input[0])
     chain = []
-    for op in ("Cast", "Round", "Div"):
-        if node is None or node.op_type != op:
+    for ops in (("Cast",), ("Round", "Floor"), ("Div",)):  # onnxruntime's versions round or floor
+        if node is None or node.op_type not in ops:
             return None
         chain.append(node)
         node = producers.get(node.input[0])

@@ -223,7 +223,8 @@ def test_dynamically_quantized_lstm_compiles_integer_only(tmp_path):
     assert cos > 0.99
 
 
-def test_dynamically_quantized_conv_with_an_integer_bias_compiles_integer_only(tmp_path):
+@pytest.mark.parametrize("rounding", ["Round", "Floor"])
+def test_dynamically_quantized_conv_with_an_integer_bias_compiles_integer_only(tmp_path, rounding):
     """Older quantize_dynamic writes a conv's bias quantized at run time to the product's scale and added
     to the int32 sum: ConvInteger -> Add(Reshape(Cast(Round(Div(B, s_x s_w))))) -> Cast -> Mul (kokoro's 80
     convs). Undone into a float Conv plus B; it was refused in both modes (TVM has no ConvInteger)."""
@@ -237,7 +238,7 @@ def test_dynamically_quantized_conv_with_an_integer_bias_compiles_integer_only(t
     n = helper.make_node
     nodes = [n("DynamicQuantizeLinear", ["x"], ["xq", "s_x", "z_x"]),
              n("ConvInteger", ["xq", "wq", "z_x", "z_w"], ["acc"], pads=[2, 2], kernel_shape=[k]),
-             n("Mul", ["s_x", "s_w"], ["s"]), n("Div", ["bias", "s"], ["bq_f"]), n("Round", ["bq_f"], ["bq_r"]),
+             n("Mul", ["s_x", "s_w"], ["s"]), n("Div", ["bias", "s"], ["bq_f"]), n(rounding, ["bq_f"], ["bq_r"]),
              n("Cast", ["bq_r"], ["bq"], to=TensorProto.INT32), n("Reshape", ["bq", "bshape"], ["bq3"]),
              n("Add", ["acc", "bq3"], ["acc_b"]), n("Cast", ["acc_b"], ["acc_f"], to=TensorProto.FLOAT),
              n("Mul", ["acc_f", "s"], ["y"])]
