@@ -31,12 +31,13 @@ from .kernel_family import MADDUBS, Dot, Family, maddubs_safe
 from .schedule_common import static_factor
 
 
-# Output rows this narrow take a dense product over their patches instead of the taps kernel, whose
-# tiles run along a row: measured at 1 thread on a Zen 4 (AVX-512 VNNI), taps -> patches: 3x3 convs
-# 512 ch at 7x7 4.74 -> 0.66 ms, 256 ch at 14x14 2.20 -> 0.80, 256 ch at 16x16 2.47 -> 1.10, 128 ch at
-# 16x16 0.61 -> 0.50; 4x4 stride-2 convs at batch 4 (ICLabel) 4.60 -> 0.89 and 10.4 -> 2.5 ms; but at
-# 20x20 0.47 -> 0.56, 28x28 0.68 -> 1.31, 40x40 0.39 -> 0.87 (taps faster). AVX2 unmeasured.
-PATCHES_UP_TO = 16
+# Output rows this narrow (by the recipe's lanes) take a dense product over their patches instead of the
+# taps kernel, whose tiles run along a row. Measured at 1 thread on a Zen 4, taps -> patches, 3x3 convs:
+# 16 lanes (AVX-512 VNNI): 512 ch at 7x7 4.74 -> 0.66 ms, 256 ch at 14x14 2.20 -> 0.80, 256 ch at 16x16
+# 2.47 -> 1.10, 128 ch at 16x16 0.61 -> 0.50; 4x4 stride-2 convs at batch 4 (ICLabel) 4.60 -> 0.89 and
+# 10.4 -> 2.5 ms; but at 20x20 0.47 -> 0.56, 28x28 0.68 -> 1.31 (taps faster). 8 lanes (x86-64-v3 code,
+# the avx2 family's int16 recipe): 7x7 4.89 -> 1.61, 14x14 3.29 -> 1.74, but 128 ch at 16x16 0.69 -> 0.85.
+PATCHES_UP_TO = {16: 16, 8: 14}
 
 
 def _const(expr) -> np.ndarray | None:
@@ -176,8 +177,6 @@ class _Rewriter(PyExprMutator):
         stride, pads = strides.pop(), tuple(int(p) for p in a.padding)
         _, c, h, wd = x_shape
         o, _, kh, kw = w_np.shape
-        if (wd + pads[1] + pads[3] - kw) // stride + 1 <= PATCHES_UP_TO:
-            return None  # a pointwise conv over its patches (conv_as_pointwise.py) runs it faster
         for dot in self.family.recipes(str(x.ty.dtype)):
             steps = -(-c // dot.k) * dot.k
             wt = np.pad(w_np, [(0, 0), (0, steps - c), (0, 0), (0, 0)]).transpose(0, 2, 3, 1)
@@ -186,6 +185,8 @@ class _Rewriter(PyExprMutator):
                 break
         else:
             return None
+        if wo <= PATCHES_UP_TO.get(dot.lanes, 0):
+            return None  # a pointwise conv over its patches (conv_as_pointwise.py) runs it faster
         xp = self.builder_.call_te(vnni.taps_input_te, x, pads, stride, hq, wq, dot.name,
                                    primfunc_name_hint=f"{dot.name}_taps_input")
         out = self._kernel(vnni.conv_taps_te, dot, x, xp, np.ascontiguousarray(wt.astype(dot.w_dtype)),

@@ -74,7 +74,7 @@ def test_spatial_conv_bit_exact(case, cpu, tmp_path, monkeypatch):
     import tvm
     from tvm import relax
 
-    monkeypatch.setattr(vnni_rewrite, "PATCHES_UP_TO", 0)  # the taps kernel, however narrow the rows
+    monkeypatch.setattr(vnni_rewrite, "PATCHES_UP_TO", {})  # the taps kernel, however narrow the rows
 
     x, wt, attrs, expected = _case(*case)
     lib = _compile(x, wt, attrs, cpu, tmp_path)
@@ -178,7 +178,7 @@ def test_int16_activation_conv_on_word_kernels_bit_exact(cpu, kernel, pads, tmp_
     import tvm
     from tvm import relax
 
-    monkeypatch.setattr(vnni_rewrite, "PATCHES_UP_TO", 0)  # the taps kernel on a 16-wide row
+    monkeypatch.setattr(vnni_rewrite, "PATCHES_UP_TO", {})  # the taps kernel on a 16-wide row
 
     x = rng.integers(-32768, 32768, (1, 24, 10, 16)).astype(np.int16)
     x.flat[:4] = -32768, 32767, -32768, 32767
@@ -213,7 +213,7 @@ def test_conv_over_bands_of_rows_bit_exact(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("dtype", ["int8", "int16"])
 def test_narrow_rows_take_their_patches_bit_exact(dtype, tmp_path):
-    """Output rows of at most PATCHES_UP_TO pixels (ResNet's 7x7 and 14x14 stages, a 4x4 stride-2 conv
+    """Output rows of at most PATCHES_UP_TO[lanes] pixels (ResNet's 7x7 and 14x14 stages, a 4x4 stride-2 conv
     at batch 4) run as a dense product over their patches, on the family's dot product: 2-7x faster
     than the taps kernel there; 16-bit inputs too (they ran TVM's plain loops as patches); exact."""
     import tvm
