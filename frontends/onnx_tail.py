@@ -70,10 +70,9 @@ def split_tail(model: onnx.ModelProto, blockers: dict[int, str]) -> tuple[onnx.M
     copied = [n for n in head_nodes if n.op_type == "Constant" and set(n.output) & tail_read]
     tail_nodes = copied + [n for i, n in enumerate(graph.node) if i in tail_idx]
     head_made = {o for n in head_nodes for o in n.output if o} - {o for n in copied for o in n.output}
-    read = tail_read
     ordered = (x for i in sorted(tail_idx) for x in [*graph.node[i].input, *sorted(reads[i] - set(graph.node[i].input))])
     boundary = [x for x in dict.fromkeys(ordered) if x in head_made]  # in the order the tail reads them
-    graph_inputs = [i for i in graph.input if i.name in read]
+    graph_inputs = [i for i in graph.input if i.name in tail_read]
     outputs = [o.name for o in graph.output]
     typed = {v.name: v for v in (*graph.value_info, *graph.output, *graph.input)}
 
@@ -95,7 +94,7 @@ def split_tail(model: onnx.ModelProto, blockers: dict[int, str]) -> tuple[onnx.M
     tail_graph = helper.make_graph(
         tail_nodes, f"{graph.name}_tail", [typed[b] for b in boundary] + graph_inputs,
         [o for o in graph.output if o.name not in head_made],
-        [i for i in graph.initializer if i.name in read])
+        [i for i in graph.initializer if i.name in tail_read])
     tail_model = helper.make_model(tail_graph, opset_imports=list(model.opset_import))
     tail_model.ir_version = model.ir_version
     tail_model.functions.extend(model.functions)

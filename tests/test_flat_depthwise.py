@@ -25,22 +25,27 @@ class _Attrs:
         self.strides, self.padding, self.groups = strides, padding, groups
 
 
+def _conv_module(shape: list, w: np.ndarray, attrs: _Attrs):
+    """`main(x: uint8[shape])` returning the integer conv's int32 sums (emit.conv2d_acc)."""
+    bb = relax.BlockBuilder()
+    xv = relax.Var("x", relax.TensorType(shape, "uint8"))
+    with bb.function("main", [xv]):
+        with bb.dataflow():
+            out = bb.emit_output(emit.conv2d_acc(xv, w, attrs))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
 @pytest.mark.parametrize("stride,padding,k", [(1, (1, 1, 1, 1), 3), (2, (0, 0, 1, 1), 3), (2, (2, 1, 2, 2), 5)])
 def test_free_batch(stride, padding, k):
     c = 16
     x = rng.integers(0, 256, (3, c, 13, 11)).astype(np.uint8)
     w = rng.integers(-128, 128, (c, 1, k, k)).astype(np.int8)
     attrs = _Attrs((stride, stride), padding, c)
-    n = tvm.tirx.Var("n", "int64")
-    bb = relax.BlockBuilder()
-    xv = relax.Var("x", relax.TensorType([n, c, 13, 11], "uint8"))
-    with bb.function("main", [xv]):
-        with bb.dataflow():
-            out = bb.emit_output(emit.conv2d_acc(xv, w, attrs))
-        bb.emit_func_output(out)
     spec = get_target("x86")
     target = spec.target()
-    ex = tvm.compile(bb.get(), target=target, relax_pipeline=spec.relax_pipeline(target))
+    ex = tvm.compile(_conv_module([tvm.tirx.Var("n", "int64"), c, 13, 11], w, attrs), target=target,
+                     relax_pipeline=spec.relax_pipeline(target))
     got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
     np.testing.assert_array_equal(got, ref.conv2d_acc(x, w, (stride, stride), padding, groups=c))
 
@@ -150,18 +155,13 @@ def test_long_rows_vectorize_in_pieces(width, groups):
     x = rng.integers(0, 256, (1, groups, 1, width)).astype(np.uint8)
     w = rng.integers(-128, 128, (c, c // groups if groups > 1 else 1, 1, 5)).astype(np.int8)
     attrs = _Attrs((1, 1), (0, 2, 0, 2), groups)
-    bb = relax.BlockBuilder()
-    xv = relax.Var("x", relax.TensorType(list(x.shape), "uint8"))
-    with bb.function("main", [xv]):
-        with bb.dataflow():
-            out = bb.emit_output(emit.conv2d_acc(xv, w, attrs))
-        bb.emit_func_output(out)
+    mod = _conv_module(list(x.shape), w, attrs)
     spec = get_target("x86")
     target = spec.target()
     with target:
-        lowered = tvm.transform.Sequential(cpu_lowering_passes(target))(bb.get())
+        lowered = tvm.transform.Sequential(cpu_lowering_passes(target))(mod)
     text = "\n".join(f.script() for f in lowered.functions.values() if isinstance(f, tvm.tirx.PrimFunc))
     assert "dwflat" in text and max(int(v) for v in re.findall(r"T\.vectorized\(T\.int64\((\d+)\)", text)) <= MAX_ROW_LANES
-    ex = tvm.compile(bb.get(), target=target, relax_pipeline=spec.relax_pipeline(target))
+    ex = tvm.compile(mod, target=target, relax_pipeline=spec.relax_pipeline(target))
     got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
     np.testing.assert_array_equal(got, ref.conv2d_acc(x, w, (1, 1), (0, 2, 0, 2), groups=groups))
