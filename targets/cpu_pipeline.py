@@ -27,7 +27,7 @@ def cpu_lowering_passes(target, tune_trials: int = 0) -> list:
     from .kernel_family import is_x86, kernel_family
     from .narrow_int64 import narrow_int64
     from .requant import windowed_requant
-    from .legalize_once import legalize_ops_once
+    from passes.legalize_once import legalize_ops_once
     from .split_dataflow import split_dataflow_blocks
     from .vnni_int4 import schedule_int4_dot_kernels, use_int4_dot_kernels
     from .vnni_rewrite import use_dot_kernels

@@ -5,7 +5,7 @@ TVM's default CUDA pipeline, except for the schedules: pointwise convs become ma
 `__dp4a` (`cuda_dp4a.py`), row kernels with a reduction or a long chain run one thread
 per row (`cuda_rows.py`); the remaining kernels get dlight's reduction and fallback rules.
 Long unrolled graphs are legalized once per distinct call and fused block by block, as on CPU
-(`legalize_once.py`, `split_dataflow.py`), and equal kernels are compiled once (`share_kernels.py`).
+(`passes/legalize_once.py`, `split_dataflow.py`), and equal kernels are compiled once (`share_kernels.py`).
 dlight's Matmul rule is left out: on int8 x int8 -> int32 it picks a tensor-core schedule
 that TVM 0.27 fails to lower (InjectSoftwarePipeline: "fragment_info_" check).
 Its GEMV rule is left out too: it asserts on a requantization epilogue fused with the
@@ -26,7 +26,7 @@ def cuda_pipeline(target: tvm.target.Target):
     from passes.conv1x1_as_matmul import conv1x1_as_matmul
 
     from .concat_tree import concat_tree
-    from .legalize_once import legalize_ops_once
+    from passes.legalize_once import legalize_ops_once
     from .split_dataflow import split_dataflow_blocks
     from .cuda_dp4a import schedule_int8_matmul_dp4a
     from .cuda_rows import schedule_row_kernels_cuda

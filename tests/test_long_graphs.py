@@ -1,7 +1,7 @@
 """What keeps long graphs (unrolled recurrences: tens of thousands of bindings) cheap to build,
 with the same values: a concatenation of many tensors as a tree of small kernels
 (targets/concat_tree.py), long dataflow blocks cut before FuseOps (targets/split_dataflow.py),
-equal calls legalized once (targets/legalize_once.py)."""
+equal calls legalized once (passes/legalize_once.py)."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def test_long_dataflow_blocks_are_cut_before_fusion(monkeypatch):
 def test_equal_calls_are_legalized_once(monkeypatch):
     """Calls equal but for their variables share one kernel; a different constant, attribute, shape
     or operand pattern (add(x, x) against add(x, y)) gets its own; the values are those of NumPy."""
-    from targets import legalize_once
+    from passes import legalize_once
 
     legalized, cached = [], legalize_once._cached  # which calls reach TVM's own legalization
     monkeypatch.setattr(legalize_once, "_cached", lambda default, cache: cached(
@@ -96,7 +96,7 @@ def test_equal_calls_are_legalized_once(monkeypatch):
 def test_cuda_pipeline_legalizes_equal_steps_once(monkeypatch):
     """The cuda pipeline takes the same measures: 60 steps of matmul + add reach TVM's legalization
     once per distinct call, and fuse into one kernel."""
-    from targets import legalize_once
+    from passes import legalize_once
     from targets.cuda_pipeline import cuda_pipeline
 
     legalized, cached = [], legalize_once._cached

@@ -99,6 +99,15 @@ def test_verifier_names_float_ops():
     assert verify_integer_only(ok).integer_only
 
 
+def test_verifier_finds_float_inside_integer_kernels():
+    """Integer tensors in and out, float inside: a bilinear resize's coordinates. Two equal calls are
+    legalized once (passes/legalize_once.py) and reported as the one kernel they share."""
+    mod = _function(lambda bb, x: R.add(R.image.resize2d(x, (8, 8), method="linear"),
+                                        R.image.resize2d(x, (8, 8), method="linear")), [((1, 2, 4, 4), "int32")])
+    report = verify_integer_only(mod)
+    assert report.offenders == ["kernel resize2d uses float32"], report
+
+
 def _lowered(path, samples=8, config=QuantConfig()):
     m = load_onnx(path)
     mod = bind_weights(m.mod, m.params)
