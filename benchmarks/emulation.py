@@ -148,11 +148,12 @@ def main(argv=None) -> int:
     p.add_argument("--input", required=True, help=".npz of float inputs (keys: input names)")
     p.add_argument("--cpu", default="max", help="qemu CPU model (cortex-a72 lacks dotprod)")
     args = p.parse_args(argv)
-    from runtime.boundary import quantize, to_integer
+    from runtime.boundary import quantize, scale_array, to_integer
 
     manifest = runtime.artifact.read_manifest(args.artifact)
     data = np.load(args.input)
-    q = [quantize(data[i["name"]], i["quant"]["scale"], i["quant"]["dtype"]) if i["quant"]["scale"] is not None
+    q = [quantize(data[i["name"]], scale_array(i["quant"], data[i["name"]].ndim), i["quant"]["dtype"])
+         if i["quant"]["scale"] is not None
          else to_integer(data[i["name"]], i["quant"]["dtype"]) if data[i["name"]].dtype.kind == "f"
          else data[i["name"]] for i in manifest["inputs"]]  # exact integer inputs: ids, masks, float ids
     for spec, y in zip(manifest["outputs"], Aarch64Emulator(args.cpu).run_integer(args.artifact, q)):

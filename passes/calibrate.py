@@ -3,7 +3,8 @@
 The model is compiled once for the host with a tap on every tensor (`float_taps.py`) and run
 per sample; observers turn the tapped values into ranges {name: (lo, hi)}. The max |x| per
 last-axis channel of every constant-weight matmul's input rides along
-(`CalibratedRanges.channel_amax`, used by the lowering's outlier smoothing), so does the mean per
+(`CalibratedRanges.channel_amax`, used by the lowering's outlier smoothing; of every float input
+too: tabular features of their own ranges get a scale each), so does the mean per
 channel of every constant-weight conv's and matmul's input (`CalibratedRanges.channel_mean`, the
 lowering's bias correction), so do every tensor's
 sum of squares and nonzero count (`CalibratedRanges.moments`: how coarse its 8-bit grid is), and so does a
@@ -83,7 +84,10 @@ def calibrate(mod: tvm.IRModule, samples: Sequence[dict[str, np.ndarray]] | Iter
     observers = [make_observer(observer) for _ in model.names]
     moments = [MomentsObserver() for _ in model.names]
     weighted = _weighted_inputs(mod)
-    channels = {i: ChannelAbsMaxObserver() for i, name in enumerate(model.names) if -1 in weighted.get(name, ())}
+    inputs = {p.name for p in mod["main"].params if isinstance(p.ty, relax.TensorType)
+              and str(p.ty.dtype).startswith("float") and p.ty.ndim >= 1}  # features of their own ranges
+    channels = {i: ChannelAbsMaxObserver() for i, name in enumerate(model.names)
+                if -1 in weighted.get(name, ()) or name in inputs}
     means = {i: [ChannelMeanObserver(axis) for axis in weighted[name]] for i, name in enumerate(model.names)
              if name in weighted}
 

@@ -46,6 +46,7 @@ from frontends.errors import CompileError, UnsupportedModelError
 from .lowering.embedding import is_integer_op, lower_integer_op
 from .lowering import (LOWERINGS, Accumulator, ChannelQuantized, IntTensor, LoweringContext, QuantConfig, Quantized,
                        activation_scale, calibrated_qmax, float_fallback)
+from .lowering.feature_inputs import feature_scales
 from .lowering.float_fallback import FloatTensor, quantize_float
 from .lowering.integer_inputs import find_exact_inputs, lower_exact, vars_read
 from .lowering.values import MaskedLogits
@@ -224,6 +225,7 @@ class QuantizeToInteger:
         ctx.output_bound = bound
         env: dict[relax.Var, object] = {}
         params, boundary = [], {"inputs": [], "outputs": []}
+        features: dict[relax.Var, tuple[relax.Var, np.ndarray]] = {}  # inputs with a scale per feature
         dtype = self.config.residual_dtype  # transformers: the input starts the int16 residual stream
         self.exact = find_exact_inputs(func)  # float ids that the graph only casts to integers
         for p in func.params:
@@ -240,6 +242,15 @@ class QuantizeToInteger:
                 continue
             lo, hi = ctx.range_of(p)
             in_dtype = "int16" if p.name in config.wide_tensors else dtype  # its 8-bit grid too coarse
+            amax = ctx.channel_amax.get(p.name, (None,))[0]
+            scales = feature_scales(func, p, amax, INT_RANGE[in_dtype][1])
+            if scales is not None:  # a scale per feature (lowering/feature_inputs.py): accumulated below
+                q = relax.Var(p.name, relax.TensorType(p.ty.shape, "int16"))
+                params.append(q)
+                features[p] = (q, scales)
+                boundary["inputs"].append({"name": p.name, "dtype": "int16", "scale": scales.tolist(),
+                                           "axis": len(p.ty.shape) - 1})
+                continue
             scale = activation_scale(lo, hi, in_dtype)
             q = relax.Var(p.name, relax.TensorType(p.ty.shape, in_dtype))
             params.append(q)
@@ -249,6 +260,11 @@ class QuantizeToInteger:
             boundary["inputs"].append({"name": p.name, "dtype": in_dtype, "scale": scale})
         with bb.function("main", params):
             with bb.dataflow():
+                for p, (q, scales) in features.items():
+                    ctx.var = p
+                    env[p] = Accumulator(ctx.emit(relax.op.astype(q, "int32")), scales, len(p.ty.shape) - 1,
+                                         ctx.range_of(p))
+                    ctx.features.add(env[p])
                 for binding in _bindings(func):
                     ctx.var = binding.var
                     env[binding.var] = self._lower_binding(ctx, binding.value, env)

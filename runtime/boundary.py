@@ -1,5 +1,5 @@
 """The graph boundary: float inputs -> integers, integer outputs -> float (symmetric,
-zero point 0). The only float arithmetic of an integer-only model, done in NumPy so every
+zero point 0; one scale per tensor, or per channel along one axis). The only float arithmetic of an integer-only model, done in NumPy so every
 target receives the same integers. Float inputs that the graph only casts to integers (ids
 exported as float) are cast here instead, as ONNX Cast does."""
 
@@ -10,8 +10,19 @@ import numpy as np
 _RANGE = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767)}
 
 
-def quantize(x, scale: float, dtype: str) -> np.ndarray:
-    """clip(round_half_even(x / scale)) as `dtype`."""
+def scale_array(quant: dict, rank: int) -> np.ndarray:
+    """A manifest entry's scale (`quant`: {"scale": number or list, "axis": int or None}) shaped to
+    broadcast against a rank-`rank` tensor."""
+    scale = np.asarray(quant["scale"], np.float64)
+    if quant.get("axis") is None:
+        return scale.reshape(())
+    shape = [1] * rank
+    shape[quant["axis"]] = scale.size
+    return scale.reshape(shape)
+
+
+def quantize(x, scale, dtype: str) -> np.ndarray:
+    """clip(round_half_even(x / scale)) as `dtype` (`scale` a number, or broadcast against `x`)."""
     lo, hi = _RANGE[dtype]
     return np.clip(np.round(np.asarray(x, np.float64) / scale), lo, hi).astype(dtype)
 

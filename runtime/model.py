@@ -20,7 +20,7 @@ import numpy as np
 from frontends.errors import ArtifactError, InputError
 
 from .artifact import batch_axes, loadable_library, read_manifest
-from .boundary import dequantize, grid_edge, quantize, to_integer
+from .boundary import dequantize, grid_edge, quantize, scale_array, to_integer
 from .buckets import Buckets
 
 
@@ -168,17 +168,26 @@ class Model:
             if spec["quant"]["scale"] is not None:
                 self._warn_saturating(spec, inputs[spec["name"]])
         return [_exact(i, inputs[i["name"]]) if i["quant"]["scale"] is None  # exact integer inputs (token ids, masks)
-                else quantize(inputs[i["name"]], i["quant"]["scale"], i["quant"]["dtype"]) for i in self.inputs]
+                else quantize(inputs[i["name"]], scale_array(i["quant"], np.ndim(inputs[i["name"]])), i["quant"]["dtype"])
+                for i in self.inputs]
 
     def _warn_saturating(self, spec: dict, value: np.ndarray) -> None:
         """Warn once per input when values reach SATURATION times past its calibrated grid: they are
         clipped to the grid's end (a pitch tracker's fmin of 300 Hz calibrated at 46.9 Hz ran as 46.9)."""
-        edge = grid_edge(spec["quant"]["scale"], spec["quant"]["dtype"])
-        peak = float(np.abs(value).max(initial=0.0))
+        edge = grid_edge(scale_array(spec["quant"], np.ndim(value)), spec["quant"]["dtype"])
         warned = self.__dict__.setdefault("_warned", set())
-        if peak > SATURATION * edge and spec["name"] not in warned:
+        if spec["name"] in warned or not np.size(value):
+            return
+        if np.ndim(edge) == 0:
+            peak, where = float(np.abs(value).max()), ""
+        else:  # a scale per feature: the feature furthest past its own range
+            ratio = np.abs(value) / edge
+            at = np.unravel_index(int(np.argmax(ratio)), ratio.shape)
+            peak, edge = float(abs(value[at])), float(np.broadcast_to(edge, ratio.shape)[at])
+            where = f" (feature {at[spec['quant']['axis']]})"
+        if peak > SATURATION * edge:
             warned.add(spec["name"])
-            warnings.warn(f"input {spec['name']!r}: |values| up to {peak:g}, beyond its calibrated range (+-{edge:g}); "
+            warnings.warn(f"input {spec['name']!r}{where}: |values| up to {peak:g}, beyond its calibrated range (+-{edge:g}); "
                           "they saturate at the range's end. Calibrate (--calib) with inputs that cover what the "
                           "model will be given.", RuntimeWarning, stacklevel=4)  # at the caller of run()
 
@@ -356,7 +365,7 @@ class Model:
     def _scale(self, index: int, rank: int) -> np.ndarray:
         key = (index, rank)
         if key not in self._scales:
-            self._scales[key] = _scale_array(self.outputs[index]["quant"], rank)
+            self._scales[key] = scale_array(self.outputs[index]["quant"], rank)
         return self._scales[key]
 
 
@@ -555,15 +564,6 @@ def _load_cuda_runtime(tvm) -> None:
         except OSError as err:
             raise ArtifactError(f"this artifact runs on CUDA, which needs an NVIDIA driver (libcuda.so.1): {err}") \
                 from None
-
-
-def _scale_array(quant: dict, rank: int) -> np.ndarray:
-    scale = np.asarray(quant["scale"], np.float64)
-    if quant.get("axis") is None:
-        return scale.reshape(())
-    shape = [1] * rank
-    shape[quant["axis"]] = scale.size
-    return scale.reshape(shape)
 
 
 def load(path: str | os.PathLike, remote=None) -> Model:

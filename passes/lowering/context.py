@@ -112,6 +112,9 @@ class LoweringContext:
         self.output_bound: frozenset[str] = frozenset()  # bindings that reach outputs through layout ops only
         self.layers: list[dict] = []  # one row per quantized weight layer
         self._materialized: dict[tuple, Quantized | ChannelQuantized] = {}
+        # accumulators of float inputs with a scale per feature (feature_inputs.py), and what a
+        # constant bias or factor per feature made of them: a matmul takes them per feature too
+        self.features: set[Accumulator] = set()
         self._unshifted: dict[Accumulator, Accumulator] = {}
         self._wide_names = frozenset(config.wide_tensors)
         self._wide: set = set()  # values of wide_tensors bindings: materialized at 16 bits
@@ -242,6 +245,8 @@ class LoweringContext:
         both statistics floored at their median): every matmul reading `var` gets the same c
         (memoized; wmax is over all of them), its weights scaled by c.
         """
+        if value in self.features:
+            return self._per_feature(value, var)
         alpha = self.config.smooth_alpha
         name = getattr(var, "name", None)
         if alpha is None or name not in self.channel_amax or name not in self.weight_rowmax:
@@ -275,6 +280,21 @@ class LoweringContext:
             m, sh = dyadic(src_scale / c)
             expr = self.emit(emit.requantize(value.expr, m, sh, *INT_RANGE[dtype], dtype))
             self._materialized[key] = ChannelQuantized(expr, c, dtype, offset)
+        return self._materialized[key]
+
+    def _per_feature(self, value: Accumulator, var: relax.Expr) -> ChannelQuantized | None:
+        """A matmul input of features with ranges of their own, on an 8-bit grid per feature (their
+        calibrated max |x|), the scales folded into the weights; None without per-feature maxima."""
+        stats = self.channel_amax.get(getattr(var, "name", None))
+        if stats is None or stats[0].size != np.size(value.scale) or stats[0].max(initial=0) <= 0:
+            return None
+        key = (value, "features")
+        if key not in self._materialized:
+            amax = np.maximum(stats[0], stats[0].max() * 2.0**-20)
+            c = amax / INT_RANGE["int8"][1]
+            m, sh = dyadic(np.asarray(value.scale, np.float64) / c)
+            expr = self.emit(emit.requantize(value.expr, m, sh, *INT_RANGE["int8"], "int8"))
+            self._materialized[key] = ChannelQuantized(expr, c, "int8")
         return self._materialized[key]
 
     def _requantize_acc(self, acc: Accumulator, wide: bool) -> Quantized:

@@ -59,6 +59,10 @@ def _refined(ctx, acc: Accumulator, bias: np.ndarray) -> Accumulator:
 
 
 def _add_bias(ctx, acc: Accumulator, bias: np.ndarray) -> Accumulator:
+    return _features_of(ctx, acc, _plus_bias(ctx, acc, bias))
+
+
+def _plus_bias(ctx, acc: Accumulator, bias: np.ndarray) -> Accumulator:
     acc = _refined(ctx, acc, bias)
     rank = len(acc.expr.ty.shape)
     scale = np.broadcast_to(emit.channel_shape(acc.scale, rank, acc.axis), np.broadcast_shapes(
@@ -74,11 +78,18 @@ def _add_bias(ctx, acc: Accumulator, bias: np.ndarray) -> Accumulator:
         k = np.where(limit >= 2**29, np.ceil(np.log2(np.maximum(limit, 1) / 2**28)), 0).astype(np.int64)
         expr = ctx.emit(emit.rounding_shift(expr, emit.channel_shape(k, rank, acc.axis)))
         acc = Accumulator(expr, acc.scale * 2.0**k, acc.axis, acc.out_range, acc.clamp)
-        return _add_bias(ctx, acc, bias)
+        return _plus_bias(ctx, acc, bias)
     if np.abs(bias_q).max(initial=0) >= 2**30:
         ctx.fail("bias does not fit int32 at the accumulator scale (input scale too small)")
     expr = ctx.emit(R.add(expr, emit.const(bias_q, "int32")))
     return Accumulator(expr, acc.scale, acc.axis, ctx.out_range())
+
+
+def _features_of(ctx, source: Accumulator, result: Accumulator) -> Accumulator:
+    """`result`, a per-feature input's if `source` is one (`LoweringContext.features`)."""
+    if source in ctx.features and result.axis == source.axis:
+        ctx.features.add(result)
+    return result
 
 
 def _add_mask_bias(ctx, logits, bias: np.ndarray) -> Accumulator:
@@ -195,7 +206,8 @@ def _rescaled(ctx, call, x, factor: np.ndarray):
     if factor.size == 1 and float(factor.reshape(())) > 0:
         f = float(factor.reshape(()))
         if isinstance(x, Accumulator):
-            return Accumulator(x.expr, np.asarray(x.scale) * f, x.axis, ctx.out_range(), (x.clamp[0] * f, x.clamp[1] * f))
+            return _features_of(ctx, x, Accumulator(x.expr, np.asarray(x.scale) * f, x.axis, ctx.out_range(),
+                                                    (x.clamp[0] * f, x.clamp[1] * f)))
         return replace(x, scale=x.scale * f)
     axis = _factor_axis(factor, rank)
     if axis == "tensor":  # int8 constant at amax / 127 times the activation: an int32 product
@@ -216,7 +228,8 @@ def _rescaled(ctx, call, x, factor: np.ndarray):
     scale = np.broadcast_to(np.asarray(acc.scale, np.float64).reshape(-1), (size,)) * np.where(f != 0, np.abs(f), 1.0)
     sign = emit.channel_shape(np.sign(f).astype(np.int32), rank, axis)
     expr = acc.expr if np.all(f > 0) else ctx.emit(R.multiply(acc.expr, emit.const(sign, "int32")))
-    return Accumulator(expr, scale if out_axis is not None else np.asarray(scale[0]), out_axis, ctx.out_range())
+    return _features_of(ctx, acc, Accumulator(expr, scale if out_axis is not None else np.asarray(scale[0]), out_axis,
+                                              ctx.out_range()))
 
 
 @lowers("relax.multiply")

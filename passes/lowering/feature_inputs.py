@@ -1,0 +1,90 @@
+"""Float inputs whose features have ranges of their own: one scale per feature at the boundary.
+
+    x: float32 [..., F], features spanning [0.001, 0.03] beside [185, 4254] (raw tabular data)
+        ==>  x: int16 [..., F] at scale amax[f] / 32767 each (`scale` a list, `axis` -1 at the boundary)
+
+One scale for the whole tensor (max |x| / 32767: 0.13) leaves the small features 0 or 1 step, and a
+StandardScaler in the graph ((x - mean) / std) then blows that rounding up to several standard
+deviations: a breast-cancer MLP flipped 9 of 171 labels. The runtime quantizes inputs in float
+anyway, so a scale per feature costs nothing there. Inside, the input is an int32 accumulator with
+per-feature scales, which the lowerings already carry through a constant bias or factor per feature
+(the scaler) and fold into a constant matmul weight (`LoweringContext.smoothed`).
+
+Preconditions: a float input of rank >= 1 and a static last axis of at most MAX_FEATURES, whose
+per-tensor grid would leave some feature fewer than MIN_LEVELS steps, and whose every use is an
+add/subtract/multiply/divide by a constant that varies along the last axis only, a matmul
+(input first) with a constant 2-D weight, or a float -> float cast whose uses are such. Anything else (a conv, an image) keeps one scale.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from .integer_inputs import vars_read
+
+MIN_LEVELS = 16  # a feature on fewer steps of the per-tensor grid gets its own scale
+MAX_FEATURES = 1024  # a longer last axis is a signal (a waveform's samples), not features of their own
+_AFFINE = frozenset({"relax.add", "relax.subtract", "relax.multiply", "relax.divide"})
+
+
+def _per_feature_constant(expr, features: int) -> bool:
+    if not isinstance(expr, tvm.ir.GenericConst):
+        return False
+    shape = expr.value.numpy().shape
+    return all(d == 1 for d in shape[:-1]) and (not shape or shape[-1] in (1, features))
+
+
+def _takes_features(value, p: relax.Var, features: int) -> bool:
+    """Whether `value` reads `p` as a per-feature affine op or as a constant matmul's input."""
+    if not (isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op)):
+        return False
+    args, op = list(value.args), value.op.name
+    if op in _AFFINE and len(args) == 2:
+        other = args[1] if args[0].same_as(p) else args[0]
+        return not other.same_as(p) and _per_feature_constant(other, features)
+    return (op == "relax.matmul" and args[0].same_as(p) and isinstance(args[1], tvm.ir.GenericConst)
+            and args[1].value.numpy().ndim == 2)
+
+
+def _reads(expr, var: relax.Var) -> bool:
+    return any(v.same_as(var) for v in vars_read(expr))
+
+
+def _only_per_feature(func: relax.Function, p: relax.Var, features: int) -> bool:
+    """Whether every use of `p`, and of its float -> float casts (hummingbird computes in float64),
+    takes it per feature (`_takes_features`)."""
+    bindings = [b for block in func.body.blocks for b in block.bindings]
+    todo, seen = [p], 0
+    while todo:
+        var = todo.pop()
+        uses = [b for b in bindings if _reads(b.value, var)]
+        if not uses or _reads(func.body.body, var):
+            return False
+        for b in uses:
+            if _is_float_cast(b.value):
+                todo.append(b.var)
+            elif not _takes_features(b.value, var, features):
+                return False
+        seen += 1
+    return seen > 0
+
+
+def _is_float_cast(value) -> bool:
+    return (isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) and value.op.name == "relax.astype"
+            and str(value.attrs.dtype).startswith("float"))
+
+
+def feature_scales(func: relax.Function, p: relax.Var, amax: np.ndarray | None, qmax: int) -> np.ndarray | None:
+    """Per-feature scales (int16) for float param `p` of `func` (module doc), or None: one scale."""
+    shape = p.ty.shape if isinstance(p.ty, relax.TensorType) else None
+    if (amax is None or shape is None or len(shape) < 1 or not isinstance(shape[-1], tvm.tirx.IntImm)
+            or int(shape[-1]) != amax.size or not 2 <= amax.size <= MAX_FEATURES or not np.all(np.isfinite(amax))):
+        return None
+    top = float(amax.max(initial=0.0))
+    if top <= 0 or qmax * float(amax[amax > 0].min()) / top >= MIN_LEVELS:
+        return None
+    if not _only_per_feature(func, p, int(shape[-1])):
+        return None
+    return np.maximum(amax, top * 2.0**-20) / np.iinfo(np.int16).max  # a feature never seen nonzero: any scale

@@ -1,0 +1,103 @@
+"""Tabular inputs whose features have ranges of their own get a scale per feature at the boundary
+(passes/lowering/feature_inputs.py): raw features spanning [0.001, 0.03] beside [140, 2500],
+standardized inside the graph, as scikit-learn pipelines exported by hummingbird or skl2onnx are."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import runtime
+from passes.lowering import feature_inputs
+from runtime.compiler import compile_model
+
+LOWS, HIGHS = np.array([140, 0.05, 7, 0.001]), np.array([2500, 0.16, 28, 0.03])
+
+
+def _features(rows: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(LOWS, HIGHS, (rows, 4)).astype(np.float32)
+
+
+def _model(path, float64: bool = False, relu_too: bool = False) -> str:
+    """(x - mean) / std @ W, every feature weighted alike; `float64`: the scaler computes in double
+    between two Casts (hummingbird's export); `relu_too`: the input also feeds a Relu (not per feature)."""
+    x = _features(400, 0)
+    mean, inv = x.mean(0), 1.0 / x.std(0)
+    dt = np.float64 if float64 else np.float32
+    src = "xd" if float64 else "x"
+    nodes = ([helper.make_node("Cast", ["x"], ["xd"], to=TensorProto.DOUBLE)] if float64 else []) + [
+        helper.make_node("Sub", [src, "mean"], ["c"]), helper.make_node("Mul", ["c", "inv"], ["zd" if float64 else "z"])]
+    if float64:
+        nodes.append(helper.make_node("Cast", ["zd"], ["z"], to=TensorProto.FLOAT))
+    nodes.append(helper.make_node("MatMul", ["z", "w"], ["y"]))
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])]
+    if relu_too:
+        nodes.append(helper.make_node("Relu", ["x"], ["r"]))
+        outputs.append(helper.make_tensor_value_info("r", TensorProto.FLOAT, [1, 4]))
+    inits = [numpy_helper.from_array(mean.astype(dt), "mean"), numpy_helper.from_array(inv.astype(dt), "inv"),
+             numpy_helper.from_array(np.array([[0.5], [1.0], [-0.7], [1.0]], np.float32), "w")]
+    graph = helper.make_graph(nodes, "tabular", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, path)
+    return str(path)
+
+
+def _compile(tmp_path, model: str, name: str):
+    # calibration rows that reach each feature's ends, so that held-out rows stay inside
+    calib = np.concatenate([LOWS[None], HIGHS[None], _features(10, 1)]).astype(np.float32)[:, None]
+    np.savez(tmp_path / "calib.npz", x=calib)
+    return runtime.load(compile_model(model, output=tmp_path / name, calib=tmp_path / "calib.npz", progress=False))
+
+
+def _worst_error(art, model: str) -> tuple[float, float]:
+    """(max |intq - float| over 200 held-out rows, the float output's std over them)."""
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    rows = _features(200, 2)
+    want = np.array([session.run(["y"], {"x": r[None]})[0].item() for r in rows])
+    got = np.array([art.run({"x": r[None]})["y"].item() for r in rows])
+    return float(np.abs(want - got).max()), float(want.std())
+
+
+@pytest.mark.parametrize("float64", [False, True], ids=["float32", "float64-scaler"])
+def test_features_of_their_own_ranges_get_a_scale_each(tmp_path, float64):
+    model = _model(tmp_path / "tab.onnx", float64)
+    art = _compile(tmp_path, model, "tab.artifact")
+    quant = art.manifest["inputs"][0]["quant"]
+    assert art.manifest["integer_only"] and quant["dtype"] == "int16" and quant["axis"] == 1
+    assert len(quant["scale"]) == 4 and max(quant["scale"]) / min(quant["scale"]) > 1e4
+    error, spread = _worst_error(art, model)
+    assert error < 0.02 * spread, (error, spread)
+
+
+def test_one_scale_loses_the_small_features(tmp_path, monkeypatch):
+    """What the per-feature scales fix: with one scale (the rule switched off) the two small features
+    sit on a step or two, and the output is off by about its own spread."""
+    monkeypatch.setattr(feature_inputs, "MIN_LEVELS", 0)
+    model = _model(tmp_path / "tab.onnx")
+    art = _compile(tmp_path, model, "tab.artifact")
+    assert art.manifest["inputs"][0]["quant"].get("axis") is None
+    error, spread = _worst_error(art, model)
+    assert error > 0.3 * spread, (error, spread)
+
+
+def test_input_with_another_use_keeps_one_scale(tmp_path):
+    model = _model(tmp_path / "tab.onnx", relu_too=True)
+    art = _compile(tmp_path, model, "tab.artifact")
+    assert art.manifest["inputs"][0]["quant"].get("axis") is None
+
+
+def test_saturation_warning_names_the_feature(tmp_path):
+    model = _model(tmp_path / "tab.onnx")
+    art = _compile(tmp_path, model, "tab.artifact")
+    row = _features(1, 3)
+    row[0, 3] = 0.2  # feature 3 calibrated up to 0.03
+    with pytest.warns(RuntimeWarning, match=r"input 'x' \(feature 3\)"):
+        art.run({"x": row})
+    manifest = json.loads((tmp_path / "tab.artifact" / "manifest.json").read_text())
+    assert manifest["inputs"][0]["quant"]["axis"] == 1
