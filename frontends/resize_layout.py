@@ -3,6 +3,9 @@
     Resize(x[N, H, W, C], scales [1, a, b, 1])  ->  Transpose(0, 3, 1, 2) -> Resize([1, 1, a, b])
                                                     -> Transpose(0, 2, 3, 1)
 
+A 1-D Resize of [N, C, T] becomes a 2-D one over its row twice, [N, C, 2, T], and row 0 of the result
+(TVM imports the 1-D form as an opaque kernel the integer path cannot lower).
+
 TVM's ONNX importer takes the last two axes of a 4-D Resize as H and W whatever the scales
 say, so a Keras/TF-style NHWC Resize imports silently wrong (measured: [1, 6, 6, 4] with
 scales [1, 2, 2, 1] became [1, 6, 12, 4]). NHWC resizes are rewritten as above; any other
@@ -79,6 +82,9 @@ def resize_to_nchw(model: onnx.ModelProto, path) -> None:
             node = _full_rank(model, node, len(shapes[node.input[0]]), shapes[node.input[0]], extra)
             model.graph.initializer.extend(extra)  # visible to `_array` below
             extra.clear()
+        if node.op_type == "Resize" and len(shapes.get(node.input[0], [])) == 3:
+            nodes += _as_2d(model, node, shapes[node.input[0]], extra)
+            continue
         if node.op_type != "Resize" or len(shapes.get(node.input[0], [])) != 4:
             nodes.append(node)
             continue
@@ -114,3 +120,31 @@ def resize_to_nchw(model: onnx.ModelProto, path) -> None:
     model.graph.node.extend(nodes)
     model.graph.initializer.extend(extra)
 
+
+
+def _as_2d(model: onnx.ModelProto, node, in_shape: list[int], extra: list) -> list:
+    """A Resize of the last axis of [N, C, T] (torch's 1-D F.interpolate) as a 2-D one over [N, C, 2, T] (the
+    row twice: TVM's align_corners divides by zero on an axis of 1 -> 1), row 0 taken after; the integer path
+    lowers 2-D resizes (TVM imports the 1-D form as an opaque kernel). Others stay as they are."""
+    scales = _array(model, node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    sizes = _array(model, node.input[3]) if len(node.input) > 3 and node.input[3] else None
+    roi = _array(model, node.input[1]) if len(node.input) > 1 and node.input[1] else None
+    base = node.output[0]
+    if scales is not None and scales.size == 3 and scales[0] == 1 and scales[1] == 1:
+        extra.append(numpy_helper.from_array(np.array([1, 1, 1, scales[2]], np.float32), f"{base}/2d_scales"))
+        inputs = [f"{base}/2d_in", "", extra[-1].name]
+    elif (sizes is not None and sizes.size == 3 and 0 not in in_shape
+          and sizes[0] == in_shape[0] and sizes[1] == in_shape[1]):
+        extra.append(numpy_helper.from_array(np.array([*sizes[:2], 2, sizes[2]], np.int64), f"{base}/2d_sizes"))
+        inputs = [f"{base}/2d_in", "", "", extra[-1].name]
+    else:
+        return [node]
+    if roi is not None and roi.size:
+        return [node]
+    extra += [numpy_helper.from_array(np.array([2], np.int64), f"{base}/2d_axis"),
+              numpy_helper.from_array(np.array(0, np.int64), f"{base}/2d_row")]
+    resize = helper.make_node("Resize", inputs, [f"{base}/2d_out"], name=node.name)
+    resize.attribute.extend(node.attribute)
+    return [helper.make_node("Unsqueeze", [node.input[0], f"{base}/2d_axis"], [f"{base}/2d_row_in"], name=f"{base}/to_2d"),
+            helper.make_node("Concat", [f"{base}/2d_row_in"] * 2, [inputs[0]], axis=2, name=f"{base}/twice"),
+            resize, helper.make_node("Gather", [f"{base}/2d_out", f"{base}/2d_row"], [base], axis=2, name=f"{base}/to_1d")]

@@ -176,11 +176,18 @@ def _bindings(func: relax.Function):
 
 
 def _check_supported(func: relax.Function) -> None:
-    bad = [f"{b.var.name} = {b.value.op.name}" for b in _bindings(func)
+    bad = [f"{b.var.name} = {_op_text(b.value)}" for b in _bindings(func)
            if isinstance(b.value, relax.Call) and isinstance(b.value.op, tvm.ir.Op)
            and b.value.op.name not in LOWERINGS and _has_float(b.var.ty)]
     if bad:
         raise UnsupportedModelError(f"{len(bad)} operation(s) have no integer lowering:\n  " + "\n  ".join(bad))
+
+
+def _op_text(call: relax.Call) -> str:
+    """The op, and for a kernel the importer emitted (call_tir) the kernel's name: what the ONNX node became."""
+    if call.op.name == "relax.call_tir" and isinstance(call.args[0], tvm.ir.GlobalVar):
+        return f"relax.call_tir({call.args[0].name_hint}: a kernel TVM's importer made of an ONNX op)"
+    return call.op.name
 
 
 def _has_float(ty) -> bool:

@@ -495,6 +495,35 @@ def test_resize_axes_and_aspect_ratio_policy(tmp_path, policy, out):
     assert float(got.ravel() @ want.ravel() / np.linalg.norm(got) / np.linalg.norm(want)) > 0.999
 
 
+@pytest.mark.parametrize("mode,ctm,shape", [("linear", "align_corners", "sizes"), ("linear", "half_pixel", "scales"),
+                                          ("nearest", "asymmetric", "sizes")])
+def test_one_dimensional_resize_compiles_integer_only(tmp_path, mode, ctm, shape):
+    """torch's 1-D F.interpolate (Resize of [N, C, T]: an audio net's time axis) becomes a 2-D resize over
+    its row twice (frontends/resize_layout.py): integer-only, the values of onnxruntime. TVM imports the
+    1-D form as an opaque kernel, which was refused as 'lv7 = relax.call_tir'."""
+    import onnxruntime as ort
+
+    from runtime import compile_model, load
+
+    extra = {"sizes": ["", "", "to"], "scales": ["", "sc"]}[shape]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[3], pads=[1, 1]),
+             helper.make_node("Resize", ["c", *extra], ["y"], mode=mode, coordinate_transformation_mode=ctm)]
+    inits = {"w": np.random.default_rng(8).standard_normal((4, 4, 3)).astype(np.float32) * 0.5,
+             "to": np.array([1, 4, 25], np.int64),
+             "sc": np.array([1, 1, 1.25], np.float32)}
+    path = _model(tmp_path / "r1d.onnx", nodes, {k: inits[k] for k in ("w", *extra) if k}, [1, 4, 20],
+                  [("y", [1, 4, 25])])
+    xs = np.random.default_rng(7).standard_normal((8, 1, 4, 20)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=xs[:6])
+    art = load(compile_model(path, "x86", tmp_path / "a", calib=tmp_path / "calib.npz", progress=False))
+    assert art.manifest["integer_only"] is True
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    for x in xs[6:]:
+        want, got = sess.run(None, {"x": x})[0], art.run({"x": x})["y"]
+        assert got.shape == want.shape == (1, 4, 25)
+        assert float(got.ravel() @ want.ravel() / np.linalg.norm(got) / np.linalg.norm(want)) > 0.99
+
+
 @pytest.mark.parametrize("cpu", [None, "x86-64-v3"])
 def test_pad_fused_after_a_conv_is_written_whole(tmp_path, cpu):
     """SAME_UPPER 2x2 convs pad only the bottom and right: the pad of one conv's accumulator fuses
