@@ -90,3 +90,33 @@ def test_additive_mask_is_exact(tmp_path, variant):
         ref = session.run(None, {"x": x[i], "mask": mask[i]})[0]
         assert np.all(out[..., mask[i, 0, 0] == 0] == 0)  # masked keys: exactly zero
         np.testing.assert_allclose(out, ref, atol=0.02)  # uint8 probabilities at 2^-8, Shiftmax error
+
+
+def test_constant_causal_mask_filled_with_finite_min_is_exact(tmp_path):
+    """scores.masked_fill(triu(ones, 1), -finfo.max) -> softmax (x-transformers' causal decoder): the mask
+    folds to a constant at import, and a where with a constant mask and a huge fill is masked logits too.
+    It was refused ('softmax logit scale 2e+34 too coarse'), and --allow-float ran it at cosine 0.69."""
+    from runtime import compile_model, load
+
+    t = 8
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["logits"]),
+             helper.make_node("Trilu", ["ones", "k"], ["upper"], upper=1),
+             helper.make_node("Cast", ["upper"], ["future"], to=TensorProto.BOOL),
+             helper.make_node("Where", ["future", "min", "logits"], ["masked"]),
+             helper.make_node("Softmax", ["masked"], ["y"], axis=-1)]
+    consts = [numpy_helper.from_array(np.random.default_rng(0).standard_normal((t, t)).astype(np.float32), "w"),
+              numpy_helper.from_array(np.ones((t, t), bool), "ones"), numpy_helper.from_array(np.array(1, np.int64), "k"),
+              numpy_helper.from_array(np.array(MIN, np.float32), "min")]
+    graph = helper.make_graph(nodes, "causal", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, t, t])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, t, t])], consts)
+    path = str(tmp_path / "causal.onnx")
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    x = np.random.default_rng(1).standard_normal((10, 1, t, t)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=x[:8])
+    model = load(compile_model(path, "x86", tmp_path / "m.artifact", calib=tmp_path / "calib.npz", progress=False))
+    assert model.manifest["integer_only"] is True
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    for sample in x[8:]:
+        out, ref = model.run({"x": sample})["y"], session.run(None, {"x": sample})[0]
+        assert np.all(out[0][np.triu(np.ones((t, t), bool), 1)] == 0)  # future keys: exactly zero
+        np.testing.assert_allclose(out, ref, atol=0.02)

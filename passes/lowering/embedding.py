@@ -120,7 +120,10 @@ def lower_where(ctx, call, args):
     chosen = _constant_choice(call, args)
     if chosen is not None:
         return chosen
-    masked = _where_mask(ctx, *args) if isinstance(args[0], IntTensor) else None
+    cond = args[0]
+    if isinstance(cond, np.ndarray) and cond.dtype.kind in "biu":  # a mask known at compile time (a causal Trilu)
+        cond = IntTensor(emit.const(cond, cond.dtype.name))
+    masked = _where_mask(ctx, cond, *args[1:]) if isinstance(cond, IntTensor) else None
     if masked is not None:
         return masked
     from .binary import lower_where_values  # two activation/constant branches at one scale
