@@ -1,12 +1,13 @@
-"""After a compile: the artifact against float onnxruntime on one calibration sample.
+"""After a compile: the artifact against float onnxruntime on calibration samples.
 
 A model can verify integer-only and still be wrong (a grid too coarse for a tensor the
 sensitivity search did not catch); the user should hear it at compile time, not in production.
-The CLI runs the last two calibration samples through the artifact and through onnxruntime on the
-original file (for a pre-quantized file, first on the float graph it quantizes) and prints each
-output's worst cosine (for an integer output, the share of equal elements) and largest error, with
-a warning below 0.99, or where the error is large for the output's own size (cosine cannot see a scale
-error, and says 1 for any one-element output of the right sign).
+The CLI runs the last two calibration samples (more, up to 16, where the artifact runs them within a
+second) through the artifact and through onnxruntime on the original file (for a pre-quantized
+file, first on the float graph it quantizes) and prints each output's worst cosine (for an integer
+output, the share of equal elements) and largest error, with a warning below 0.99, or where the
+error is large for the output's own size (cosine cannot see a scale error, and says 1 for any
+one-element output of the right sign).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ PROBABILITY_FLOOR = 0.1  # a probability output's norm is taken as at least this
 
 
 SAMPLES = 2  # the last calibration samples checked (one can hide a bad output: 0.995 on one, 0.963 on another)
+MAX_SAMPLES = 16  # and up to this many of the last ones where they run within BUDGET_S
+BUDGET_S = 1.0
 
 
 def calibration_samples(calib: str | Path, inputs: list[dict], count: int = SAMPLES) -> list[dict[str, np.ndarray]]:

@@ -58,7 +58,7 @@ def test_compile_and_run_cli(tmp_path, small_cnn_path, small_calib, capsys):
     np.testing.assert_array_equal(got, runtime.load(out).run({"x": _x()})["y"])
     captured = capsys.readouterr()
     assert "y: shape [1, 10]" in captured.out
-    cosine = re.search(r"check against float onnxruntime on the last 2 calibration samples \(worst\): y: cosine ([0-9.]+)",
+    cosine = re.search(r"check against float onnxruntime on the last \d+ calibration samples \(worst\): y: cosine ([0-9.]+)",
                        captured.err)
     assert cosine and float(cosine.group(1)) > 0.99 and "WARNING" not in captured.err
 
@@ -88,6 +88,30 @@ def test_check_reports_the_worst_of_its_samples(tmp_path):
     rows = worst([[Agreement("a", 0.999, 0.1, 0.95), Agreement("b", 0.98, 2.0)],
                   [Agreement("a", 0.97, 0.05, 0.9), Agreement("b", float("nan"), 1.0)]])
     assert rows[0] == Agreement("a", 0.97, 0.1, 0.9) and rows[1][0] == "b" and np.isnan(rows[1][1]) and rows[1][2] == 2.0
+
+
+def test_check_runs_every_sample_a_fast_model_allows(tmp_path, capsys):
+    """x * b / sum(x * b), b spanning 1e-7..0.5 (an HMM's forward step): a sample whose mass sits on the
+    tiny entries comes out all zeros (they round to 0 on b's grid). It is the first of six calibration
+    samples: the check, which took the last two, said cosine 1.0000; it now runs all six of a fast model."""
+    from onnx import TensorProto, numpy_helper
+
+    b = np.array([2e-7, 1e-7, 0.5, 0.3], np.float32)
+    graph = helper.make_graph([helper.make_node("Mul", ["x", "b"], ["r"]),
+                               helper.make_node("ReduceSum", ["r"], ["s"], keepdims=1),
+                               helper.make_node("Div", ["r", "s"], ["y"])], "norm",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])], [numpy_helper.from_array(b, "b")])
+    model = str(tmp_path / "norm.onnx")
+    import onnx
+
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), model)
+    x = np.array([[0.6, 0.4, 0, 0], [0.1, 0.1, 0.5, 0.3], [0, 0, 1, 0], [0, 0, 0.2, 0.8], [0.3, 0, 0.7, 0],
+                  [0, 0, 0.9, 0.1]], np.float32)
+    np.savez(tmp_path / "calib.npz", x=x)
+    assert compile_main([model, "--calib", str(tmp_path / "calib.npz"), "-o", str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err
+    assert "on the last 6 calibration samples (worst): y: cosine 0.0000" in err and "WARNING: y" in err
 
 
 def test_check_warns_when_the_artifact_disagrees_with_float():
