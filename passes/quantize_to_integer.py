@@ -286,7 +286,7 @@ class QuantizeToInteger:
                     ctx.var = p
                     env[p] = Accumulator(ctx.emit(relax.op.astype(q, "int32")), scales, len(p.ty.shape) - 1,
                                          ctx.range_of(p))
-                    ctx.features.add(env[p])
+                    ctx.features[env[p]] = ctx.channel_amax[p.name][0]
                 for binding in _bindings(func):
                     ctx.var = binding.var
                     env[binding.var] = self._lower_binding(ctx, binding.value, env)
@@ -369,7 +369,7 @@ class QuantizeToInteger:
 
         def add(name, requant, value):
             if isinstance(value, ChannelQuantized):
-                scale, axis, dtype = np.asarray(value.scale, np.float64), -1, value.dtype
+                scale, axis, dtype = np.asarray(value.scale, np.float64), value.axis, value.dtype
             elif isinstance(value, Quantized):
                 scale, axis, dtype = np.asarray(value.scale, np.float64), None, value.dtype
             else:

@@ -101,3 +101,28 @@ def test_saturation_warning_names_the_feature(tmp_path):
         art.run({"x": row})
     manifest = json.loads((tmp_path / "tab.artifact" / "manifest.json").read_text())
     assert manifest["inputs"][0]["quant"]["axis"] == 1
+
+
+def test_tree_thresholds_over_raw_features_compare_exactly(tmp_path):
+    """hummingbird's GEMM trees: C @ x^T picks one feature per node (C one-hot, a Gemm with transB), then
+    LessOrEqual with each node's threshold. The features keep their own scales through the transpose and
+    the product, and the compare runs on the int32 sums (binary._compare_accumulator): every decision of
+    float, where one grid for all features flipped the small features' decisions."""
+    pick = np.array([0, 1, 1, 2, 3, 3, 0, 1])
+    select = np.eye(4, dtype=np.float32)[pick]
+    thresholds = (LOWS[pick] + (HIGHS[pick] - LOWS[pick]) * np.linspace(0.2, 0.8, 8)).astype(np.float32)[:, None]
+    nodes = [helper.make_node("Gemm", ["select", "x"], ["picked"], transB=1),
+             helper.make_node("LessOrEqual", ["picked", "thresholds"], ["left"]),
+             helper.make_node("Cast", ["left"], ["y"], to=TensorProto.FLOAT)]
+    graph = helper.make_graph(nodes, "trees", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, 1])],
+                              [numpy_helper.from_array(select, "select"), numpy_helper.from_array(thresholds, "thresholds")])
+    model = str(tmp_path / "trees.onnx")
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model)
+    art = _compile(tmp_path, model, "trees.artifact")
+    assert art.manifest["integer_only"] and art.manifest["inputs"][0]["quant"]["axis"] == 1
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    rows = _features(300, 4)
+    want = np.stack([session.run(None, {"x": r[None]})[0] for r in rows])
+    got = np.stack([art.run({"x": r[None]})["y"] for r in rows])
+    assert np.array_equal(want, got), int((want != got).sum())

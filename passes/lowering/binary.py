@@ -79,9 +79,41 @@ def residual_sum(ctx, op: str, a, b) -> Accumulator:
     return Accumulator(ctx.emit(expr), np.asarray(scale), None, ctx.out_range())
 
 
+_FLIPPED = {"less": "greater", "greater": "less", "less_equal": "greater_equal", "greater_equal": "less_equal",
+            "equal": "equal", "not_equal": "not_equal"}
+
+
+def _compare_accumulator(ctx, op: str, acc: Accumulator, c: np.ndarray, shape) -> IntTensor | None:
+    """acc op c (c constant) on acc's own int32 integers, the real threshold c / S turned into the
+    integer one that gives the same answer for every integer: acc <= t <=> acc <= floor(t / S), acc < t
+    <=> acc <= ceil(t / S) - 1, ... A requantization to 8 or 16 bits first would put features of their
+    own ranges (a decision tree's thresholds over raw tabular inputs) on one grid; None: not this case."""
+    if acc.clamp != (-np.inf, np.inf) or acc.offset or op not in _FLIPPED or not np.all(np.isfinite(c)):
+        return None
+    rank = len(shape)
+    t = c.astype(np.float64).reshape((1,) * max(rank - c.ndim, 0) + c.shape) / emit.channel_shape(
+        np.asarray(acc.scale, np.float64), rank, acc.axis)
+    if op in ("equal", "not_equal"):
+        t = np.where(t == np.round(t), t, np.inf)  # no integer equals a fractional threshold
+    else:
+        t = np.ceil(t) - (op == "less") if op in ("less", "greater_equal") else np.floor(t)
+        op = {"less": "less_equal"}.get(op, op)
+    lo, hi = INT_RANGE["int32"]
+    bound = np.clip(t, lo - 1, hi + 1).astype(np.int64)  # past int32's ends: always or never
+    return IntTensor(ctx.emit(getattr(emit.R, op)(emit.R.astype(acc.expr, "int64"), emit.const(bound, "int64"))))
+
+
 @lowers(*(f"relax.{op}" for op in ref.COMPARE_OPS))
 def lower_compare(ctx, call, args):
-    """a < b etc. of activations (or one activation and a constant) -> an exact bool mask."""
+    """a < b etc. of activations (or one activation and a constant) -> an exact bool mask; an
+    unrequantized accumulator against a constant: on its own integers (`_compare_accumulator`)."""
+    op = call.op.name[len("relax."):]
+    for acc, c, how in ((args[0], args[1], op), (args[1], args[0], _FLIPPED.get(op))):
+        if isinstance(acc, Accumulator) and isinstance(c, np.ndarray) and how is not None:
+            mask = _compare_accumulator(ctx, how, acc, c, call.args[0].ty.shape if acc is args[0] else
+                                        call.args[1].ty.shape)
+            if mask is not None:
+                return mask
     values = [ctx.materialize(v) if not isinstance(v, np.ndarray) else v for v in args]
     scales = [v.scale for v in values if isinstance(v, Quantized)]
     if not scales:

@@ -113,8 +113,9 @@ class LoweringContext:
         self.layers: list[dict] = []  # one row per quantized weight layer
         self._materialized: dict[tuple, Quantized | ChannelQuantized] = {}
         # accumulators of float inputs with a scale per feature (feature_inputs.py), and what a
-        # constant bias or factor per feature made of them: a matmul takes them per feature too
-        self.features: set[Accumulator] = set()
+        # constant bias or factor per feature or a transpose made of them, with each feature's
+        # calibrated max |x| (a bound after a bias or factor): a matmul takes them per feature too
+        self.features: dict[Accumulator, np.ndarray] = {}
         self._unshifted: dict[Accumulator, Accumulator] = {}
         self._wide_names = frozenset(config.wide_tensors)
         self._wide: set = set()  # values of wide_tensors bindings: materialized at 16 bits
@@ -246,7 +247,7 @@ class LoweringContext:
         (memoized; wmax is over all of them), its weights scaled by c.
         """
         if value in self.features:
-            return self._per_feature(value, var)
+            return self.per_feature(value, var)
         alpha = self.config.smooth_alpha
         name = getattr(var, "name", None)
         if alpha is None or name not in self.channel_amax or name not in self.weight_rowmax:
@@ -282,19 +283,24 @@ class LoweringContext:
             self._materialized[key] = ChannelQuantized(expr, c, dtype, offset)
         return self._materialized[key]
 
-    def _per_feature(self, value: Accumulator, var: relax.Expr) -> ChannelQuantized | None:
-        """A matmul input of features with ranges of their own, on an 8-bit grid per feature (their
-        calibrated max |x|), the scales folded into the weights; None without per-feature maxima."""
+    def per_feature(self, value: Accumulator, var: relax.Expr | None = None,
+                    dtype: str = "int8") -> ChannelQuantized | None:
+        """A matmul input of features with ranges of their own (`features`), on a grid of `dtype` per
+        feature (their calibrated max |x|, `var`'s where calibration saw it), the scales to be folded
+        into the weights; None where the maxima do not fit the scales."""
         stats = self.channel_amax.get(getattr(var, "name", None))
-        if stats is None or stats[0].size != np.size(value.scale) or stats[0].max(initial=0) <= 0:
+        amax = stats[0] if stats is not None else self.features[value]
+        if amax.size != np.size(value.scale) or amax.max(initial=0) <= 0:
             return None
-        key = (value, "features")
+        key = (value, f"features-{dtype}")
         if key not in self._materialized:
-            amax = np.maximum(stats[0], stats[0].max() * 2.0**-20)
-            c = amax / INT_RANGE["int8"][1]
+            amax = np.maximum(amax, amax.max() * 2.0**-20)
+            c = amax / INT_RANGE[dtype][1]
+            rank = len(value.expr.ty.shape)
             m, sh = dyadic(np.asarray(value.scale, np.float64) / c)
-            expr = self.emit(emit.requantize(value.expr, m, sh, *INT_RANGE["int8"], "int8"))
-            self._materialized[key] = ChannelQuantized(expr, c, "int8")
+            expr = self.emit(emit.requantize(value.expr, emit.channel_shape(m, rank, value.axis),
+                                             emit.channel_shape(sh, rank, value.axis), *INT_RANGE[dtype], dtype))
+            self._materialized[key] = ChannelQuantized(expr, c, dtype, axis=value.axis)
         return self._materialized[key]
 
     def _requantize_acc(self, acc: Accumulator, wide: bool) -> Quantized:

@@ -59,7 +59,7 @@ def _refined(ctx, acc: Accumulator, bias: np.ndarray) -> Accumulator:
 
 
 def _add_bias(ctx, acc: Accumulator, bias: np.ndarray) -> Accumulator:
-    return _features_of(ctx, acc, _plus_bias(ctx, acc, bias))
+    return _features_of(ctx, acc, _plus_bias(ctx, acc, bias), bias=bias)
 
 
 def _plus_bias(ctx, acc: Accumulator, bias: np.ndarray) -> Accumulator:
@@ -85,10 +85,18 @@ def _plus_bias(ctx, acc: Accumulator, bias: np.ndarray) -> Accumulator:
     return Accumulator(expr, acc.scale, acc.axis, ctx.out_range())
 
 
-def _features_of(ctx, source: Accumulator, result: Accumulator) -> Accumulator:
-    """`result`, a per-feature input's if `source` is one (`LoweringContext.features`)."""
+def _features_of(ctx, source: Accumulator, result: Accumulator, bias=None, factor=None) -> Accumulator:
+    """`result` (`source` plus a constant `bias` or times a `factor`), a per-feature input's if `source`
+    is one (`LoweringContext.features`), with its features' bound on |x|."""
     if source in ctx.features and result.axis == source.axis:
-        ctx.features.add(result)
+        amax = ctx.features[source]
+        size = amax.size
+        if bias is not None:
+            amax = amax + np.broadcast_to(np.abs(bias).reshape(-1) if np.size(bias) in (1, size) else np.inf, size)
+        if factor is not None:
+            amax = amax * np.broadcast_to(np.abs(factor).reshape(-1), size)
+        if np.all(np.isfinite(amax)):
+            ctx.features[result] = amax
     return result
 
 
@@ -207,7 +215,7 @@ def _rescaled(ctx, call, x, factor: np.ndarray):
         f = float(factor.reshape(()))
         if isinstance(x, Accumulator):
             return _features_of(ctx, x, Accumulator(x.expr, np.asarray(x.scale) * f, x.axis, ctx.out_range(),
-                                                    (x.clamp[0] * f, x.clamp[1] * f)))
+                                                    (x.clamp[0] * f, x.clamp[1] * f)), factor=f)
         return replace(x, scale=x.scale * f)
     axis = _factor_axis(factor, rank)
     if axis == "tensor":  # int8 constant at amax / 127 times the activation: an int32 product
@@ -229,7 +237,7 @@ def _rescaled(ctx, call, x, factor: np.ndarray):
     sign = emit.channel_shape(np.sign(f).astype(np.int32), rank, axis)
     expr = acc.expr if np.all(f > 0) else ctx.emit(R.multiply(acc.expr, emit.const(sign, "int32")))
     return _features_of(ctx, acc, Accumulator(expr, scale if out_axis is not None else np.asarray(scale[0]), out_axis,
-                                              ctx.out_range()))
+                                              ctx.out_range()), factor=f)
 
 
 @lowers("relax.multiply")

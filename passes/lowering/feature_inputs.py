@@ -13,7 +13,8 @@ per-feature scales, which the lowerings already carry through a constant bias or
 Preconditions: a float input of rank >= 1 and a static last axis of at most MAX_FEATURES, whose
 per-tensor grid would leave some feature fewer than MIN_LEVELS steps, and whose every use is an
 add/subtract/multiply/divide by a constant that varies along the last axis only, a matmul
-(input first) with a constant 2-D weight, or a float -> float cast whose uses are such. Anything else (a conv, an image) keeps one scale.
+(input first) with a constant 2-D weight, a constant matmul of its 2-D transpose (C @ x^T), or a
+float -> float cast whose uses are such. Anything else (a conv, an image) keeps one scale.
 """
 
 from __future__ import annotations
@@ -36,11 +37,19 @@ def _per_feature_constant(expr, features: int) -> bool:
     return all(d == 1 for d in shape[:-1]) and (not shape or shape[-1] in (1, features))
 
 
-def _takes_features(value, p: relax.Var, features: int) -> bool:
-    """Whether `value` reads `p` as a per-feature affine op or as a constant matmul's input."""
+def _call(value, name: str) -> bool:
+    return isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) and value.op.name == name
+
+
+def _takes_features(value, p: relax.Var, features: int, transposed: bool) -> bool:
+    """Whether `value` reads `p` per feature: an affine op with a per-feature constant or a constant
+    matmul reading p's last axis; `transposed` (features on the second-to-last axis): C @ p."""
     if not (isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op)):
         return False
     args, op = list(value.args), value.op.name
+    if transposed:
+        return (op == "relax.matmul" and args[1].same_as(p) and isinstance(args[0], tvm.ir.GenericConst)
+                and args[0].value.numpy().ndim == 2)
     if op in _AFFINE and len(args) == 2:
         other = args[1] if args[0].same_as(p) else args[0]
         return not other.same_as(p) and _per_feature_constant(other, features)
@@ -48,32 +57,35 @@ def _takes_features(value, p: relax.Var, features: int) -> bool:
             and args[1].value.numpy().ndim == 2)
 
 
+def _swaps_last_two(value) -> bool:
+    """A transpose of a 2-D tensor (a Gemm's transB of the input: hummingbird's trees)."""
+    return (_call(value, "relax.permute_dims") and len(value.ty.shape) == 2
+            and (value.attrs.axes is None or [int(a) for a in value.attrs.axes] == [1, 0]))
+
+
 def _reads(expr, var: relax.Var) -> bool:
     return any(v.same_as(var) for v in vars_read(expr))
 
 
 def _only_per_feature(func: relax.Function, p: relax.Var, features: int) -> bool:
-    """Whether every use of `p`, and of its float -> float casts (hummingbird computes in float64),
-    takes it per feature (`_takes_features`)."""
+    """Whether every use of `p`, of its float -> float casts (hummingbird computes in float64) and of its
+    2-D transpose, takes it per feature (`_takes_features`)."""
     bindings = [b for block in func.body.blocks for b in block.bindings]
-    todo, seen = [p], 0
+    todo, seen = [(p, False)], 0
     while todo:
-        var = todo.pop()
+        var, transposed = todo.pop()
         uses = [b for b in bindings if _reads(b.value, var)]
         if not uses or _reads(func.body.body, var):
             return False
         for b in uses:
-            if _is_float_cast(b.value):
-                todo.append(b.var)
-            elif not _takes_features(b.value, var, features):
+            if _call(b.value, "relax.astype") and str(b.value.attrs.dtype).startswith("float"):
+                todo.append((b.var, transposed))
+            elif not transposed and _swaps_last_two(b.value):
+                todo.append((b.var, True))
+            elif not _takes_features(b.value, var, features, transposed):
                 return False
         seen += 1
     return seen > 0
-
-
-def _is_float_cast(value) -> bool:
-    return (isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) and value.op.name == "relax.astype"
-            and str(value.attrs.dtype).startswith("float"))
 
 
 def feature_scales(func: relax.Function, p: relax.Var, amax: np.ndarray | None, qmax: int) -> np.ndarray | None:

@@ -90,6 +90,8 @@ def _accumulator_through(ctx, call, x):
     moved = Accumulator(expr, x.scale, axis, ctx.out_range(), x.clamp, x.offset)
     if axis is not None and x in ctx.bias_shift:  # the same channels: the bias added next still corrects them
         ctx.bias_shift[moved] = ctx.bias_shift[x]
+    if axis is not None and op == "relax.permute_dims" and x in ctx.features:  # features on another axis
+        ctx.features[moved] = ctx.features[x]
     return moved
 
 

@@ -172,16 +172,24 @@ def lower_matmul(ctx, call, args):
 
 def _constant_first_matmul(ctx, call, c, x):
     """C @ x with C constant (learned queries: DETR, SVTRv2's decoder): C per row at 8 bits (one
-    scale per row over its batch copies), x an 8-bit operand; int32 accumulation, the row
-    scales along the output's second-to-last axis."""
+    scale per row over its batch copies), x an 8-bit operand (features of their own ranges: 16 bits
+    each where the sums fit int32, their scales folded into C's columns); int32 accumulation, the row scales along the
+    output's second-to-last axis."""
     if c.ndim < 2 or isinstance(x, np.ndarray):
         ctx.fail("matmul of a 1-D constant by an activation is not supported")
     reduction = int(c.shape[-1])
-    x = ctx.operand(x, reduction * 2**7, 8)
+    wide = reduction * 2**7 * 2**15 < 2**31  # 16-bit features where the int32 sums allow
+    features = (ctx.per_feature(x, dtype="int16" if wide else "int8") if x in ctx.features and c.ndim == 2
+                and x.axis == len(call.args[1].ty.shape) - 2 else None)
+    if features is not None:  # x's features on the reduction axis: their scales fold into C's columns
+        x, c = features, c.astype(np.float64) * features.scale[None, :]
+    else:
+        x = ctx.operand(x, reduction * 2**7, 8)
     _check_accumulator_bound(ctx, reduction * 2**7, x.dtype)
     c_q, c_scale = quantize_weights(c, 8, axis=c.ndim - 2)  # not a layer of the bit choice: 8 bits always
     expr = ctx.emit(relax.op.matmul(emit.const(c_q, "int8"), x.expr, out_dtype="int32"))
-    return Accumulator(expr, x.scale * c_scale, len(call.ty.shape) - 2, ctx.out_range())
+    x_scale = 1.0 if features is not None else x.scale
+    return Accumulator(expr, x_scale * c_scale, len(call.ty.shape) - 2, ctx.out_range())
 
 
 def _activation_matmul(ctx, call, a, b):

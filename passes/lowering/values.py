@@ -36,6 +36,7 @@ class ChannelQuantized:
     scale: np.ndarray
     dtype: str
     offset: float = 0.0
+    axis: int = -1  # the channels' axis: the last (a feature input transposed for C @ x: the second-to-last)
 
 
 @dataclass(frozen=True, eq=False)
