@@ -37,7 +37,7 @@ from .onnx_legacy import legacy_forms_to_tvm_forms
 from .onnx_qdq import strip_qdq
 from .onnx_loops import unroll_loops
 from .onnx_rnn import unroll_lstms
-from .onnx_tail import Tail, split_tail
+from .onnx_tail import Tail, names_read, split_tail
 from .shape_operands import dynamic_shape_operands
 
 # ONNX ops (after onnxruntime's basic clean-up) that the integer-only path lowers.
@@ -454,11 +454,17 @@ def _check_supported(model: onnx.ModelProto, path: Path, allow_unsupported: bool
                    "shape are refused; other Loops and Scans are unrolled):\n  " + "\n  ".join(flow.values()) +
                    "\nExport the model without control flow (fix the branch condition, e.g. the sample rate, "
                    "at export time; unroll loops) and compile that.")
-    if unconvertible:
+    behind = _downstream(nodes, {*selecting, *flow, *(i for i, _ in shapes)})
+    own = {i: n for i, n in unconvertible.items() if i not in behind}
+    if own:
         message += ("\n" if message else f"{path}: ") + (
-            f"{len(unconvertible)} node(s) use ops that neither intq's integer path nor TVM's ONNX importer "
-            "supports:\n  " + "\n  ".join(unconvertible.values()) +
-            "\n" + _unconvertible_hint(model, list(unconvertible.values())))
+            f"{len(own)} node(s) use ops that neither intq's integer path nor TVM's ONNX importer "
+            "supports:\n  " + "\n  ".join(own.values()) + "\n" + _unconvertible_hint(model, list(own.values())))
+    if len(own) < len(unconvertible):  # their shapes wait on the nodes above: rewrites that need them did not run
+        message += ("\n" if message else f"{path}: ") + (
+            f"{len(unconvertible) - len(own)} node(s) after those, whose shapes the nodes above decide, are left "
+            "as written (intq unrolls recurrences and rewrites onnxruntime's fusions only where shapes are "
+            "static):\n  " + "\n  ".join(n for i, n in unconvertible.items() if i in behind))
     named = {*selecting.values(), *flow.values(), *unconvertible.values(), *(t.split(" input ")[0] for _, t in shapes)}
     bad = [b for b in bad if b not in named]  # each node once, under what stops it in both modes
     if message:
@@ -472,6 +478,16 @@ def _check_supported(model: onnx.ModelProto, path: Path, allow_unsupported: bool
     if message:
         raise UnsupportedModelError(message)
     return model, tail
+
+
+def _downstream(nodes: list, starts: set[int]) -> set[int]:
+    """Indices of the nodes that read, directly or through others, an output of the nodes `starts`."""
+    made, found = set(), set()
+    for index, node in enumerate(nodes):  # topological: a consumer comes after its producers
+        if index in starts or names_read(node) & made:
+            found |= {index} - starts
+            made |= {o for o in node.output if o}
+    return found
 
 
 def _unconvertible_hint(model: onnx.ModelProto, names: list[str]) -> str:

@@ -275,6 +275,30 @@ def test_shape_operands_from_input_values_refused(tmp_path):
     assert tail.boundary == ["end", "n64"] and [i["name"] for i in tail.inputs] == ["x"]
 
 
+def test_ops_behind_a_shape_from_values_are_listed_apart(tmp_path):
+    """An LSTM after a Reshape by an input's values has no static shape to be unrolled with, so it stays
+    an op nothing converts; the refusal lists it apart, as waiting on the node above (kokoro's encoder
+    LSTM and FusedMatMul were listed as unsupported right above the note that intq rewrites them)."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Cast", ["n"], ["n64"], to=TensorProto.INT64),
+             helper.make_node("Reshape", ["x", "n64"], ["seq"], name="by_value"),
+             helper.make_node("LSTM", ["seq", "W", "R"], ["y"], hidden_size=2, name="lstm")]
+    inits = [onnx.numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), k)
+             for k, s in (("W", (1, 8, 4)), ("R", (1, 8, 2)))]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4]),
+                                           helper.make_tensor_value_info("n", TensorProto.INT32, [3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["t", 1, "b", 2])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "m.onnx")
+    with pytest.raises(UnsupportedModelError) as err:
+        load_onnx(tmp_path / "m.onnx")
+    text = str(err.value)
+    own, behind = text.split("node(s) after those")
+    assert "Reshape (node by_value) input 1" in own and "LSTM" not in own
+    assert behind.startswith(", whose shapes the nodes above decide") and "LSTM (node lstm)" in behind
+
+
 def test_multi_input_multi_output(tmp_path):
     nodes = [helper.make_node("Relu", ["x"], ["a"], name="relu"), helper.make_node("Add", ["x", "y"], ["b"], name="add")]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 4]) for n in "xy"],
