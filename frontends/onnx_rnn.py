@@ -234,7 +234,9 @@ class _Unrolled:
             out = [None] * steps
             for t in (range(steps - 1, -1, -1) if backward else range(steps)):
                 s = f"{d}_{t}"
-                xt = self.op("Squeeze", [self.rows(xw, t, t + 1, f"slice{s}"), self.const(f"sq{s}", [0])], f"x{s}")
+                # a Gather at a constant step, not a Slice: every step's kernel is then the same one (the
+                # index an argument), where each Slice baked its offset into a kernel of its own
+                xt = self.op("Gather", [xw, self.const(f"step{s}", np.int64(t))], f"x{s}", axis=0)
                 if kind == "LSTM":
                     h_new, c_new = self._lstm_step(xt, h, c, rt, pd, hidden, input_forget, s)
                 elif kind == "GRU":

@@ -115,3 +115,34 @@ def test_cuda_pipeline_legalizes_equal_steps_once(monkeypatch):
     lowered = cuda_pipeline(get_target("cuda").target())(relax_main(chain, xs))
     assert sorted(legalized) == ["relax.add", "relax.matmul"], legalized
     assert len([f for f in lowered.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]) == 1
+
+
+def test_gathers_at_constant_steps_fold_without_compiling(monkeypatch):
+    """ONNX Gather at a constant index imports with six calls on constants (the index's negative
+    normalization, the axis extent from shape_of); TVM's FoldConstant compiles each call it folds (~20 ms),
+    1,800 such gathers (an unrolled 300-step recurrence's per-step input) took 220 s to import. NumPy folds
+    them (frontends/fold_constant_calls.py): none reaches FoldConstant, and each step reads its own row."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from frontends import fold_constant_calls as fold
+
+    steps = 40
+    nodes = [helper.make_node("Gather", ["x", f"i{t}"], [f"y{t}"], axis=0) for t in range(steps)]
+    nodes.append(helper.make_node("Concat", [f"y{t}" for t in range(steps)], ["y"], axis=0))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [steps, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [steps * 3])],
+                              [numpy_helper.from_array(np.array(steps - 1 - t, np.int64), f"i{t}") for t in range(steps)])
+    mod = from_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), keep_params_in_input=False)
+    reached = []
+    real = fold._fold
+    monkeypatch.setattr(fold, "_fold", lambda m, bound, bindings: (reached.extend(bindings), real(m, bound, bindings))[1])
+    folded = fold.fold_constant_calls(mod)
+    assert not reached
+    ops = {b.value.op.name for blk in folded["main"].body.blocks for b in blk.bindings if isinstance(b.value, relax.Call)}
+    assert ops <= {"relax.take", "relax.concat"}, ops
+    x = np.random.default_rng(0).standard_normal((steps, 3)).astype(np.float32)
+    exe = tvm.compile(folded, target="llvm")
+    got = relax.VirtualMachine(exe, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    np.testing.assert_array_equal(got, x[::-1].reshape(-1))
