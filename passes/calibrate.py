@@ -30,7 +30,8 @@ class CalibratedRanges(dict):
     """{tensor name: (lo, hi)}, plus `channel_amax` {tensor name: (max |x| per last-axis channel,
     the number of values each maximum was taken over)}, `moments` {tensor name: (sum of squares,
     nonzero count)}, `channel_mean` {(tensor name, axis): mean per channel along axis}, `whole`
-    (the tensors cast to integers that held whole numbers only: floor(x * 4) before an index),
+    (the tensors cast to integers, and the float inputs, that held whole numbers only: floor(x * 4) before
+    an index; counts),
     `nonfinite` (the tensors that held infinities or NaN), and `probe`, the float model ready to
     measure the output error of putting tensors on their 8-bit grids (None: not measurable)."""
 
@@ -40,7 +41,7 @@ class CalibratedRanges(dict):
                  channel_mean: dict[tuple[str, int], np.ndarray] | None = None,
                  whole: frozenset[str] = frozenset()):
         super().__init__(ranges)
-        self.whole = whole  # tensors cast to integers that held whole numbers only
+        self.whole = whole  # tensors cast to integers, and float inputs, that held whole numbers only
         self.channel_amax = channel_amax or {}
         self.channel_mean = channel_mean or {}
         self.probe = probe
@@ -91,7 +92,7 @@ def calibrate(mod: tvm.IRModule, samples: Sequence[dict[str, np.ndarray]] | Iter
     means = {i: [ChannelMeanObserver(axis) for axis in weighted[name]] for i, name in enumerate(model.names)
              if name in weighted}
 
-    cast = _cast_inputs(mod)
+    cast = _cast_inputs(mod) | inputs  # and inputs: whole-number features (counts, levels) get an exact grid
     casts = {i for i, name in enumerate(model.names) if name in cast}
     fractional: set[int] = set()  # of them, those that held a fraction
 

@@ -46,7 +46,7 @@ from frontends.errors import CompileError, UnsupportedModelError
 from .lowering.embedding import is_integer_op, lower_integer_op
 from .lowering import (LOWERINGS, Accumulator, ChannelQuantized, IntTensor, LoweringContext, QuantConfig, Quantized,
                        activation_scale, calibrated_qmax, float_fallback)
-from .lowering.feature_inputs import feature_scales
+from .lowering.feature_inputs import feature_scales, whole_scale
 from .lowering.float_fallback import FloatTensor, quantize_float
 from .lowering.integer_inputs import find_exact_inputs, lower_exact, vars_read
 from .lowering.values import MaskedLogits
@@ -265,7 +265,8 @@ class QuantizeToInteger:
             lo, hi = ctx.range_of(p)
             in_dtype = "int16" if p.name in config.wide_tensors else dtype  # its 8-bit grid too coarse
             amax = ctx.channel_amax.get(p.name, (None,))[0]
-            scales = feature_scales(func, p, amax, INT_RANGE[in_dtype][1])
+            whole = p.name in getattr(self.ranges, "whole", ())  # counts, levels: a grid that keeps them whole
+            scales = feature_scales(func, p, amax, INT_RANGE[in_dtype][1], whole)
             if scales is not None:  # a scale per feature (lowering/feature_inputs.py): accumulated below
                 q = relax.Var(p.name, relax.TensorType(p.ty.shape, "int16"))
                 params.append(q)
@@ -273,7 +274,7 @@ class QuantizeToInteger:
                 boundary["inputs"].append({"name": p.name, "dtype": "int16", "scale": scales.tolist(),
                                            "axis": len(p.ty.shape) - 1})
                 continue
-            scale = activation_scale(lo, hi, in_dtype)
+            scale = whole_scale(activation_scale(lo, hi, in_dtype)) if whole else activation_scale(lo, hi, in_dtype)
             q = relax.Var(p.name, relax.TensorType(p.ty.shape, in_dtype))
             params.append(q)
             env[p] = Quantized(q, scale, in_dtype, qmax=calibrated_qmax(in_dtype))

@@ -521,14 +521,15 @@ def _check_shape(name: str, shape: list[int], spec: dict, sizes: dict[str, int])
     if len(shape) != len(expected) or any(not isinstance(e, str) and g != e for g, e in zip(shape, expected)):
         free = "".join(f" with {k} in [{lo}, {hi if hi is not None else 'any'}]" for k, (lo, hi) in ranges.items())
         raise InputError(f"input {name!r}: shape {shape}, expected {expected}{free}")
-    for got, dim in zip(shape, expected):
+    for axis, (got, dim) in enumerate(zip(shape, expected)):
         if not isinstance(dim, str):
             continue
         lo, hi = ranges.get(dim, (1, None))
         if got < lo or (hi is not None and got > hi):
+            what = "split the batch" if axis == 0 else "split or truncate the sequence"
             raise InputError(f"input {name!r}: shape {shape}: {dim} = {got} is outside the range the artifact was "
                              f"compiled for, {dim} in [{lo}, {hi if hi is not None else 'any'}] (shape {expected}); "
-                             "split the batch, or recompile with a wider range (--input-shape NAME:LO..HIx...)")
+                             f"{what}, or recompile with a wider range (--input-shape NAME:LO..HIx...)")
         if sizes.setdefault(dim, got) != got:
             raise InputError(f"input {name!r}: shape {shape}: {dim} = {got}, but another input has {dim} = "
                              f"{sizes[dim]}; inputs sharing a batch dim must agree")

@@ -126,3 +126,23 @@ def test_tree_thresholds_over_raw_features_compare_exactly(tmp_path):
     want = np.stack([session.run(None, {"x": r[None]})[0] for r in rows])
     got = np.stack([art.run({"x": r[None]})["y"] for r in rows])
     assert np.array_equal(want, got), int((want != got).sum())
+
+
+def test_whole_number_inputs_stay_whole(tmp_path):
+    """Levels 0..16 (load_digits' pixels, counts) compared with thresholds equal to data values, x <= t as
+    hummingbird's forests split: calibration saw whole numbers only, so the input's grid is a power of two
+    and every level is exact; at 16 / 127 per step, 2 came out as 2.016 and x <= 2 said no."""
+    t = np.arange(17, dtype=np.float32)
+    graph = helper.make_graph([helper.make_node("LessOrEqual", ["x", "t"], ["le"]),
+                               helper.make_node("Cast", ["le"], ["y"], to=TensorProto.FLOAT)], "levels",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 17])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 17])],
+                              [numpy_helper.from_array(t, "t")])
+    model = str(tmp_path / "levels.onnx")
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model)
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).integers(0, 17, (8, 1, 17)).astype(np.float32))
+    art = runtime.load(compile_model(model, output=tmp_path / "a", calib=tmp_path / "calib.npz", progress=False))
+    scale = art.manifest["inputs"][0]["quant"]["scale"]
+    assert np.log2(scale) == np.round(np.log2(scale)) and scale <= 1
+    for x in (t[None], t[None] - 1, t[None] + 1):
+        np.testing.assert_array_equal(art.run({"x": x})["y"], (x <= t).astype(np.float32))

@@ -1,7 +1,7 @@
 """Float inputs whose features have ranges of their own: one scale per feature at the boundary.
 
     x: float32 [..., F], features spanning [0.001, 0.03] beside [185, 4254] (raw tabular data)
-        ==>  x: int16 [..., F] at scale amax[f] / 32767 each (`scale` a list, `axis` -1 at the boundary)
+        ==>  x: int16 [..., F] at scale 4 amax[f] / 32767 each (`scale` a list, `axis` -1 at the boundary)
 
 One scale for the whole tensor (max |x| / 32767: 0.13) leaves the small features 0 or 1 step, and a
 StandardScaler in the graph ((x - mean) / std) then blows that rounding up to several standard
@@ -26,6 +26,7 @@ from tvm import relax
 from .integer_inputs import vars_read
 
 MIN_LEVELS = 16  # a feature on fewer steps of the per-tensor grid gets its own scale
+FEATURE_HEADROOM = 4  # each feature's grid spans 4x its calibrated max |x| (a step of 1/8192 of that)
 MAX_FEATURES = 1024  # a longer last axis is a signal (a waveform's samples), not features of their own
 _AFFINE = frozenset({"relax.add", "relax.subtract", "relax.multiply", "relax.divide"})
 
@@ -88,8 +89,18 @@ def _only_per_feature(func: relax.Function, p: relax.Var, features: int) -> bool
     return seen > 0
 
 
-def feature_scales(func: relax.Function, p: relax.Var, amax: np.ndarray | None, qmax: int) -> np.ndarray | None:
-    """Per-feature scales (int16) for float param `p` of `func` (module doc), or None: one scale."""
+def whole_scale(scale):
+    """The power of two at or above `scale` (each, for an array) where it is at most 1: a grid on which
+    whole numbers stay whole (a count compared with a threshold equal to a data value, `x <= 16`, keeps
+    its side); a coarser scale stays as it is (pixels 0..255 on 8 bits: no grid keeps them whole)."""
+    up = 2.0 ** np.ceil(np.log2(scale))
+    return np.where(up <= 1.0, up, scale) if np.ndim(scale) else (float(up) if up <= 1.0 else scale)
+
+
+def feature_scales(func: relax.Function, p: relax.Var, amax: np.ndarray | None, qmax: int,
+                   whole: bool = False) -> np.ndarray | None:
+    """Per-feature scales (int16) for float param `p` of `func` (module doc), or None: one scale;
+    `whole` (calibration saw whole numbers only): powers of two."""
     shape = p.ty.shape if isinstance(p.ty, relax.TensorType) else None
     if (amax is None or shape is None or len(shape) < 1 or not isinstance(shape[-1], tvm.tirx.IntImm)
             or int(shape[-1]) != amax.size or not 2 <= amax.size <= MAX_FEATURES or not np.all(np.isfinite(amax))):
@@ -99,4 +110,7 @@ def feature_scales(func: relax.Function, p: relax.Var, amax: np.ndarray | None, 
         return None
     if not _only_per_feature(func, p, int(shape[-1])):
         return None
-    return np.maximum(amax, top * 2.0**-20) / np.iinfo(np.int16).max  # a feature never seen nonzero: any scale
+    # a feature never seen nonzero: any scale; FEATURE_HEADROOM over the calibrated maxima: int16 has bits to
+    # spare, and a dozen calibration rows had left ordinary test rows 1.5-4x beyond some feature's range
+    scales = np.maximum(amax, top * 2.0**-20) * FEATURE_HEADROOM / np.iinfo(np.int16).max
+    return whole_scale(scales) if whole else scales
