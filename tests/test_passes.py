@@ -341,3 +341,30 @@ def test_input_passed_to_an_output_enters_at_16_bits(tmp_path, skip):
         assert np.abs(got[:, 8:] - x[:, 8:]).max() < 2e-4  # the copied part: float's exactly, but for 16-bit rounding
         r_want, r_got = (want - x)[:, :8].ravel(), (got - x)[:, :8].ravel()
         assert r_want @ r_got / np.linalg.norm(r_want) / np.linalg.norm(r_got) > 0.99  # was 0.77 at 8 bits
+
+
+def test_written_out_softmax_becomes_one(tmp_path):
+    """exp(x) / sum(exp(x)) (a hand-written attention's or classifier's softmax) is fused into one softmax
+    (passes/fuse_softmax.py): a row of low logits, [-35, -31], came out all zeros from exp's one grid."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper as h, numpy_helper as nh
+
+    import onnx
+    import runtime
+    from runtime.compiler import compile_model
+
+    graph = h.make_graph([h.make_node("Exp", ["x"], ["e"]), h.make_node("ReduceSum", ["e", "ax"], ["s"], keepdims=1),
+                          h.make_node("Div", ["e", "s"], ["y"])], "softmax",
+                         [h.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6])],
+                         [h.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6])],
+                         [nh.from_array(np.array([-1], np.int64), "ax")])
+    model = str(tmp_path / "softmax.onnx")
+    onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]), model)
+    rng = np.random.default_rng(0)
+    xs = np.concatenate([rng.uniform(-3, 5, (5, 1, 6)), rng.uniform(-40, -30, (1, 1, 6))]).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=xs)
+    art = runtime.load(compile_model(model, output=tmp_path / "a", calib=tmp_path / "calib.npz", progress=False))
+    assert art.manifest["integer_only"]
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    for x in (xs[0], np.array([[-35, -33, -38, -31, -36, -34]], np.float32)):
+        np.testing.assert_allclose(art.run({"x": x})["y"], session.run(None, {"x": x})[0], atol=0.01)
