@@ -524,6 +524,32 @@ def test_one_dimensional_resize_compiles_integer_only(tmp_path, mode, ctm, shape
         assert float(got.ravel() @ want.ravel() / np.linalg.norm(got) / np.linalg.norm(want)) > 0.99
 
 
+def test_patches_are_gathered_from_a_materialized_input(tmp_path):
+    """A spatial conv over patches (small rows, x86) gathers each input element once per tap: its
+    producer's requantization (here a transposed conv's phase sum) was fused into the gather and computed
+    9 times over (a VQ-VAE decoder at 2.4x onnxruntime). The patches kernel is opaque: the producer is
+    computed once, and the values are those of onnxruntime."""
+    import onnxruntime as ort
+
+    from runtime import compile_model, load
+
+    nodes = [helper.make_node("ConvTranspose", ["x", "wt"], ["up"], kernel_shape=[4, 4], strides=[2, 2],
+                              pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["up"], ["r"]), helper.make_node("Conv", ["r", "w"], ["y"], pads=[1, 1, 1, 1])]
+    path = _model(tmp_path / "up.onnx", nodes, {"wt": _w(16, 16, 4, 4), "w": _w(8, 16, 3, 3)}, [1, 16, 4, 4],
+                  [("y", [1, 8, 8, 8])])
+    xs = np.random.default_rng(9).standard_normal((8, 1, 16, 4, 4)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=xs[:6])
+    art = load(compile_model(path, "x86", tmp_path / "a", calib=tmp_path / "calib.npz", progress=False))
+    kernels = art.kernel_times(art.quantize_inputs({"x": xs[6]}), repeat=2)
+    assert any("conv_patches" in k for k in kernels)
+    assert not [k for k in kernels if "conv_patches" in k and "requant" in k], list(kernels)
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    for x in xs[6:]:
+        got, want = art.run({"x": x})["y"].ravel(), sess.run(None, {"x": x})[0].ravel()
+        assert got @ want / np.linalg.norm(got) / np.linalg.norm(want) > 0.99
+
+
 @pytest.mark.parametrize("cpu", [None, "x86-64-v3"])
 def test_pad_fused_after_a_conv_is_written_whole(tmp_path, cpu):
     """SAME_UPPER 2x2 convs pad only the bottom and right: the pad of one conv's accumulator fuses
