@@ -246,6 +246,19 @@ def _refusals_in_both_modes(tmp_path, graph) -> list[str]:
     return texts
 
 
+def _refusal(path, nodes, inits, x_shape, n_length, output) -> str:
+    """The refusal of a model of `nodes` over float x and int32 n (whose values set shapes)."""
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape),
+                                           helper.make_tensor_value_info("n", TensorProto.INT32, [n_length])],
+                              [helper.make_tensor_value_info(output[0], TensorProto.FLOAT, output[1])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    with pytest.raises(UnsupportedModelError) as err:
+        load_onnx(path)
+    return str(err.value)
+
+
 def test_shape_operands_from_input_values_refused(tmp_path):
     """A Reshape whose shape and a Slice whose end come from an input's values (through a Cast and an Add)
     are refused, every such operand named; a shape computed from Shape() is static. With
@@ -258,15 +271,7 @@ def test_shape_operands_from_input_values_refused(tmp_path):
              helper.make_node("Reshape", ["static", "n64"], ["o"], name="reshape_by_value")]
     inits = [onnx.numpy_helper.from_array(np.array(v, np.int64), k) for k, v in
              (("one", [1]), ("zero", [0]), ("axis", [1]))]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4]),
-                                           helper.make_tensor_value_info("n", TensorProto.INT32, [2])],
-                              [helper.make_tensor_value_info("o", TensorProto.FLOAT, ["a", "b"])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, tmp_path / "m.onnx")
-    with pytest.raises(UnsupportedModelError) as err:
-        load_onnx(tmp_path / "m.onnx")
-    text = str(err.value)
+    text = _refusal(tmp_path / "m.onnx", nodes, inits, [1, 4], 2, ("o", ["a", "b"]))
     assert "2 shape operand(s)" in text and "Slice (node cut) input 2 ('end')" in text
     assert "Reshape (node reshape_by_value) input 1" in text and "node fine" not in text
     # --allow-float: they and what follows them run in onnxruntime on the compiled part's outputs
@@ -285,16 +290,8 @@ def test_ops_behind_a_shape_from_values_are_listed_apart(tmp_path):
              helper.make_node("LSTM", ["seq", "W", "R"], ["y"], hidden_size=2, name="lstm")]
     inits = [onnx.numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), k)
              for k, s in (("W", (1, 8, 4)), ("R", (1, 8, 2)))]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4]),
-                                           helper.make_tensor_value_info("n", TensorProto.INT32, [3])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["t", 1, "b", 2])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, tmp_path / "m.onnx")
-    with pytest.raises(UnsupportedModelError) as err:
-        load_onnx(tmp_path / "m.onnx")
-    text = str(err.value)
-    own, behind = text.split("node(s) after those")
+    own, behind = _refusal(tmp_path / "m.onnx", nodes, inits, [2, 4], 3, ("y", ["t", 1, "b", 2])).split(
+        "node(s) after those")
     assert "Reshape (node by_value) input 1" in own and "LSTM" not in own
     assert behind.startswith(", whose shapes the nodes above decide") and "LSTM (node lstm)" in behind
 
