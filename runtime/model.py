@@ -164,17 +164,18 @@ class Model:
     def quantize_inputs(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         inputs = {k: _coerced_input(v, self.inputs, k) for k, v in inputs.items()}
         self.check_inputs(inputs)
-        for spec in self.inputs:
-            if spec["quant"]["scale"] is not None:
-                self._warn_saturating(spec, inputs[spec["name"]])
-        return [_exact(i, inputs[i["name"]]) if i["quant"]["scale"] is None  # exact integer inputs (token ids, masks)
-                else quantize(inputs[i["name"]], scale_array(i["quant"], np.ndim(inputs[i["name"]])), i["quant"]["dtype"])
-                for i in self.inputs]
+        scales = [None if i["quant"]["scale"] is None else self._scale(k, np.ndim(inputs[i["name"]]), "inputs")
+                  for k, i in enumerate(self.inputs)]
+        for spec, scale in zip(self.inputs, scales):
+            if scale is not None:
+                self._warn_saturating(spec, inputs[spec["name"]], scale)
+        return [_exact(i, inputs[i["name"]]) if scale is None  # exact integer inputs (token ids, masks)
+                else quantize(inputs[i["name"]], scale, i["quant"]["dtype"]) for i, scale in zip(self.inputs, scales)]
 
-    def _warn_saturating(self, spec: dict, value: np.ndarray) -> None:
+    def _warn_saturating(self, spec: dict, value: np.ndarray, scale: np.ndarray) -> None:
         """Warn once per input when values reach SATURATION times past its calibrated grid: they are
         clipped to the grid's end (a pitch tracker's fmin of 300 Hz calibrated at 46.9 Hz ran as 46.9)."""
-        edge = grid_edge(scale_array(spec["quant"], np.ndim(value)), spec["quant"]["dtype"])
+        edge = grid_edge(scale, spec["quant"]["dtype"])
         warned = self.__dict__.setdefault("_warned", set())
         if spec["name"] in warned or not np.size(value):
             return
@@ -362,10 +363,11 @@ class Model:
         late = dict(zip(names, session.run(names, feeds)))
         return {name: result[name] if name in result else late[name] for name in tail["outputs"]}
 
-    def _scale(self, index: int, rank: int) -> np.ndarray:
-        key = (index, rank)
+    def _scale(self, index: int, rank: int, side: str = "outputs") -> np.ndarray:
+        """Output (or input) `index`'s scale shaped for a tensor of `rank` (memoized: it is on every call)."""
+        key = (side, index, rank)
         if key not in self._scales:
-            self._scales[key] = scale_array(self.outputs[index]["quant"], rank)
+            self._scales[key] = scale_array(getattr(self, side)[index]["quant"], rank)
         return self._scales[key]
 
 
