@@ -127,25 +127,10 @@ def test_two_activations_compile_integer_only(tmp_path):
 def test_constant_first_matmul_compiles_integer_only(tmp_path, c_shape):
     """MatMul(C, x) with C constant (learned queries, as SVTRv2's decoder and TesseraNet's class queries write
     them, often through an Einsum): C per row at 8 bits, the row scales along the output's rows."""
-    import runtime
-    from runtime.compiler import compile_model
-
     rng = np.random.default_rng(5)
     c = (rng.standard_normal(c_shape) * np.linspace(0.1, 3, c_shape[-2])[:, None]).astype(np.float32)
     nodes = [helper.make_node("MatMul", ["c", "x"], ["m"]), helper.make_node("Relu", ["m"], ["y"])]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8, 6])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4, 6])],
-                              [numpy_helper.from_array(c, "c")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.save(model, tmp_path / "q.onnx")
-    np.savez(tmp_path / "calib.npz", x=rng.standard_normal((6, 2, 8, 6)).astype(np.float32))
-    art = runtime.load(compile_model(tmp_path / "q.onnx", output=tmp_path / "o", calib=tmp_path / "calib.npz",
-                                     progress=False))
-    assert art.manifest["integer_only"] is True
-    x = rng.standard_normal((2, 8, 6)).astype(np.float32)
-    ref = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    got = art.run({"x": x})["y"]
+    got, ref = _compiled_against_onnxruntime(tmp_path, nodes, {"c": c}, [2, 8, 6], [2, 4, 6], rng)
     for g, r in zip(got.reshape(-1, 6), ref.reshape(-1, 6)):  # each row right at its own scale
         assert np.abs(g - r).max() <= 0.03 * np.abs(ref).max() + 0.03 * np.abs(r).max()
 
@@ -153,23 +138,29 @@ def test_constant_first_matmul_compiles_integer_only(tmp_path, c_shape):
 def test_constant_weight_with_leading_ones_compiles_integer_only(tmp_path):
     """x @ W with W a constant of shape (1, K, N) (a torch parameter so shaped; kokoro): the same
     product as with W (K, N); it was refused ("matmul weight of rank 3")."""
+    rng = np.random.default_rng(6)
+    w = (rng.standard_normal((1, 16, 4)) * 0.3).astype(np.float32)
+    got, ref = _compiled_against_onnxruntime(tmp_path, [helper.make_node("MatMul", ["x", "w"], ["y"])], {"w": w},
+                                             [1, 8, 16], [1, 8, 4], rng)
+    assert got.shape == ref.shape and float(got.ravel() @ ref.ravel() / np.linalg.norm(got) / np.linalg.norm(ref)) > 0.999
+
+
+def _compiled_against_onnxruntime(tmp_path, nodes, constants, x_shape, y_shape, rng):
+    """(intq's y, onnxruntime's y) on a random x for a graph of `nodes` from x to y, compiled integer-only
+    on 6 random samples."""
     import runtime
     from runtime.compiler import compile_model
 
-    rng = np.random.default_rng(6)
-    w = (rng.standard_normal((1, 16, 4)) * 0.3).astype(np.float32)
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 4])],
-                              [numpy_helper.from_array(w, "w")])
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
+                              [numpy_helper.from_array(v, k) for k, v in constants.items()])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     onnx.save(model, tmp_path / "m.onnx")
-    np.savez(tmp_path / "calib.npz", x=rng.standard_normal((6, 1, 8, 16)).astype(np.float32))
+    np.savez(tmp_path / "calib.npz", x=rng.standard_normal((6, *x_shape)).astype(np.float32))
     art = runtime.load(compile_model(tmp_path / "m.onnx", output=tmp_path / "o", calib=tmp_path / "calib.npz",
                                      progress=False))
     assert art.manifest["integer_only"] is True
-    x = rng.standard_normal((1, 8, 16)).astype(np.float32)
+    x = rng.standard_normal(x_shape).astype(np.float32)
     ref = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    got = art.run({"x": x})["y"]
-    assert got.shape == ref.shape and float(got.ravel() @ ref.ravel() / np.linalg.norm(got) / np.linalg.norm(ref)) > 0.999
+    return art.run({"x": x})["y"], ref
