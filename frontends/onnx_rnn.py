@@ -172,8 +172,11 @@ class _Unrolled:
         return self.op("Concat", [self.tensor(p, f"{name}{k}") for k, p in enumerate(parts)], name, axis=0)
 
     def split(self, x, sizes, name):
-        return self.op("Split", [x, self.const(f"{name}_sizes", np.asarray(sizes, np.int64))], name,
-                       outputs=len(sizes), axis=1)
+        """x's parts along axis 1, each a Slice: a slice fuses into the kernel that reads it, where a Split
+        was a kernel of its own per step (with a tuple to make and a tensor per part to allocate)."""
+        ends = np.cumsum(sizes)
+        return [self.rows(x, int(end - size), int(end), f"{name}_{k}", axis=1)
+                for k, (size, end) in enumerate(zip(sizes, ends))]
 
     def activate(self, which, x, name):
         """Activation `which` (0: f, 1: g, 2: h) of this direction; `clip` clips the gates' inputs
