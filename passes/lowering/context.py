@@ -246,8 +246,6 @@ class LoweringContext:
         both statistics floored at their median): every matmul reading `var` gets the same c
         (memoized; wmax is over all of them), its weights scaled by c.
         """
-        if value in self.features:
-            return self.per_feature(value, var)
         alpha = self.config.smooth_alpha
         name = getattr(var, "name", None)
         if alpha is None or name not in self.channel_amax or name not in self.weight_rowmax:

@@ -144,7 +144,11 @@ def lower_matmul(ctx, call, args):
     if w.ndim != 2:
         ctx.fail(f"matmul weight of rank {w.ndim}: only 2-D weights are supported")
     bits = ctx.config.bits_for(ctx.var.name)
-    smooth = None if ctx.is_wide(x) else ctx.smoothed(x, call.args[0])  # a wide input stays 16-bit
+    if x in ctx.features:  # features of their own ranges: a grid each (16 bits where kept wide and the sums fit)
+        wide = ctx.is_wide(x) and w.shape[0] * 2**7 * 2**15 < 2**31
+        smooth = ctx.per_feature(x, call.args[0], "int16" if wide else "int8")
+    else:
+        smooth = None if ctx.is_wide(x) else ctx.smoothed(x, call.args[0])  # a wide input stays 16-bit
     correction = None
     if smooth is not None:  # per-input-channel scales c fold into the weights: x @ W = (x / c) @ (c W)
         if smooth.offset:  # the integers stand for x + offset: subtract offset * sum_c W[c, n]
