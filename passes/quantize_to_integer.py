@@ -247,7 +247,7 @@ class QuantizeToInteger:
         ctx.output_bound = bound
         env: dict[relax.Var, object] = {}
         params, boundary = [], {"inputs": [], "outputs": []}
-        features: dict[relax.Var, tuple[relax.Var, np.ndarray]] = {}  # inputs with a scale per feature
+        features: dict[relax.Var, tuple] = {}  # inputs with a scale per feature: (param, scales, max |x| per feature)
         dtype = self.config.residual_dtype  # transformers: the input starts the int16 residual stream
         self.exact = find_exact_inputs(func)  # float ids that the graph only casts to integers
         for p in func.params:
@@ -270,11 +270,12 @@ class QuantizeToInteger:
             if scales is not None:  # a scale per feature (lowering/feature_inputs.py): accumulated below
                 q = relax.Var(p.name, relax.TensorType(p.ty.shape, "int16"))
                 params.append(q)
-                features[p] = (q, scales)
+                features[p] = (q, scales, amax)
                 boundary["inputs"].append({"name": p.name, "dtype": "int16", "scale": scales.tolist(),
                                            "axis": len(p.ty.shape) - 1})
                 continue
-            scale = whole_scale(activation_scale(lo, hi, in_dtype)) if whole else activation_scale(lo, hi, in_dtype)
+            scale = activation_scale(lo, hi, in_dtype)
+            scale = whole_scale(scale) if whole else scale
             q = relax.Var(p.name, relax.TensorType(p.ty.shape, in_dtype))
             params.append(q)
             env[p] = Quantized(q, scale, in_dtype, qmax=calibrated_qmax(in_dtype))
@@ -283,11 +284,11 @@ class QuantizeToInteger:
             boundary["inputs"].append({"name": p.name, "dtype": in_dtype, "scale": scale})
         with bb.function("main", params):
             with bb.dataflow():
-                for p, (q, scales) in features.items():
+                for p, (q, scales, amax) in features.items():
                     ctx.var = p
                     env[p] = Accumulator(ctx.emit(relax.op.astype(q, "int32")), scales, len(p.ty.shape) - 1,
                                          ctx.range_of(p))
-                    ctx.features[env[p]] = ctx.channel_amax[p.name][0]
+                    ctx.features[env[p]] = amax
                 for binding in _bindings(func):
                     ctx.var = binding.var
                     env[binding.var] = self._lower_binding(ctx, binding.value, env)

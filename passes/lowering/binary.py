@@ -108,10 +108,10 @@ def lower_compare(ctx, call, args):
     """a < b etc. of activations (or one activation and a constant) -> an exact bool mask; an
     unrequantized accumulator against a constant: on its own integers (`_compare_accumulator`)."""
     op = call.op.name[len("relax."):]
-    for acc, c, how in ((args[0], args[1], op), (args[1], args[0], _FLIPPED.get(op))):
+    for k, how in ((0, op), (1, _FLIPPED.get(op))):  # the accumulator first, the op flipped if it is second
+        acc, c = args[k], args[1 - k]
         if isinstance(acc, Accumulator) and isinstance(c, np.ndarray) and how is not None:
-            mask = _compare_accumulator(ctx, how, acc, c, call.args[0].ty.shape if acc is args[0] else
-                                        call.args[1].ty.shape)
+            mask = _compare_accumulator(ctx, how, acc, c, call.args[k].ty.shape)
             if mask is not None:
                 return mask
     values = [ctx.materialize(v) if not isinstance(v, np.ndarray) else v for v in args]

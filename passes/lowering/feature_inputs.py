@@ -8,7 +8,7 @@ StandardScaler in the graph ((x - mean) / std) then blows that rounding up to se
 deviations: a breast-cancer MLP flipped 9 of 171 labels. The runtime quantizes inputs in float
 anyway, so a scale per feature costs nothing there. Inside, the input is an int32 accumulator with
 per-feature scales, which the lowerings already carry through a constant bias or factor per feature
-(the scaler) and fold into a constant matmul weight (`LoweringContext.smoothed`).
+(the scaler) and fold into a constant matmul weight (`LoweringContext.per_feature`).
 
 Preconditions: a float input of rank >= 1 and a static last axis of at most MAX_FEATURES, whose
 per-tensor grid would leave some feature fewer than MIN_LEVELS steps, and whose every use is an
@@ -72,7 +72,7 @@ def _only_per_feature(func: relax.Function, p: relax.Var, features: int) -> bool
     """Whether every use of `p`, of its float -> float casts (hummingbird computes in float64) and of its
     2-D transpose, takes it per feature (`_takes_features`)."""
     bindings = [b for block in func.body.blocks for b in block.bindings]
-    todo, seen = [(p, False)], 0
+    todo = [(p, False)]
     while todo:
         var, transposed = todo.pop()
         uses = [b for b in bindings if _reads(b.value, var)]
@@ -85,8 +85,7 @@ def _only_per_feature(func: relax.Function, p: relax.Var, features: int) -> bool
                 todo.append((b.var, True))
             elif not _takes_features(b.value, var, features, transposed):
                 return False
-        seen += 1
-    return seen > 0
+    return True
 
 
 def whole_scale(scale):
