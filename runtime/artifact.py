@@ -15,13 +15,11 @@ integer Relax module as text. Written atomically; read back with its hash checke
 
 from __future__ import annotations
 
-import atexit
 import hashlib
 import json
 import os
 import shutil
 import tempfile
-import threading
 from pathlib import Path
 from typing import Callable
 
@@ -35,29 +33,24 @@ DEVICE_TEXT = "model.cu"
 TAIL = "tail.onnx"
 
 
-_LOADABLE: dict[str, Path] = {}  # library sha256 -> its copy under a name of its own
-_LOADABLE_LOCK = threading.Lock()
-_FOLDER: list[Path] = []  # this process's folder of them
-
-
-def loadable_library(path: Path, sha: str) -> Path:
-    """`path` under a name unique to its content, for dlopen: the loader hands back the library it
-    already holds under the same path name, so an artifact rebuilt in place and loaded again in
-    the same process would run its old code with its new manifest (the scales of one model on
-    the kernels of another). A hard link (a copy across file systems) in a folder of this process,
-    removed at exit."""
-    with _LOADABLE_LOCK:
-        if sha not in _LOADABLE or not _LOADABLE[sha].exists():
-            if not _FOLDER or not _FOLDER[0].is_dir():  # first use, or removed (a forked child's exit)
-                _FOLDER[:] = [Path(tempfile.mkdtemp(prefix="intq-libs-"))]
-                atexit.register(shutil.rmtree, _FOLDER[0], True)
-            target = _FOLDER[0] / f"{sha[:32]}{path.suffix}"
-            try:
-                os.link(path, target)
-            except OSError:
-                shutil.copyfile(path, target)
-            _LOADABLE[sha] = target
-        return _LOADABLE[sha]
+def load_library(path: Path, sha: str, load: Callable[[str], object]):
+    """`load(name)` of the library at `path` under a name unique to its content, for dlopen: the
+    loader hands back the library it already holds under the same path name, so an artifact
+    rebuilt in place and loaded again in the same process would run its old code with its new
+    manifest (the scales of one model on the kernels of another). The name is a hard link (a copy
+    across file systems) in a folder of its own, removed as soon as the library is loaded: a
+    process killed later (a deployment watchdog) leaves nothing behind. (Loading the same file
+    again is the same inode, which the loader recognizes and hands back.)"""
+    folder = Path(tempfile.mkdtemp(prefix="intq-lib-"))
+    try:
+        target = folder / f"{sha[:32]}{path.suffix}"
+        try:
+            os.link(path, target)
+        except OSError:
+            shutil.copyfile(path, target)
+        return load(str(target))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def sha256(path: Path) -> str:

@@ -19,7 +19,7 @@ import numpy as np
 
 from frontends.errors import ArtifactError, InputError
 
-from .artifact import batch_axes, loadable_library, read_manifest
+from .artifact import batch_axes, load_library, read_manifest
 from .boundary import dequantize, grid_edge, quantize, scale_array, to_integer
 from .buckets import Buckets
 
@@ -101,7 +101,7 @@ class Model:
         path = self.path / library["file"]
         try:
             if self.remote is None:
-                return tvm.runtime.load_module(str(loadable_library(path, library["sha256"])))
+                return load_library(path, library["sha256"], tvm.runtime.load_module)
             name = f"intq-{library['sha256'][:16]}.so"
             self.remote.upload(str(path), name)
             return self.remote.load_module(name)

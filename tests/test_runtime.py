@@ -230,3 +230,19 @@ def test_artifact_rebuilt_in_place_loads_its_new_library(tmp_path, small_cnn_pat
     for name, y in again.run(x).items():
         np.testing.assert_array_equal(y, other.run(x)[name])
     assert any(not np.array_equal(first[k], other.run(x)[k]) for k in first)
+
+
+def test_loaded_library_leaves_no_file_behind(tmp_path, small_cnn_path, small_calib, monkeypatch):
+    """The library's copy under its content name is removed once loaded, so a deployment script
+    killed later (no exit handlers) leaves nothing in the temporary folder; the model still runs."""
+    import tempfile
+
+    from runtime import compile_model
+
+    art = compile_model(small_cnn_path, "x86", tmp_path / "m.artifact", calib=small_calib, progress=False)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    model = runtime.load(art)
+    y = model.run({"x": np.ones((1, 3, 16, 16), np.float32)})
+    assert list(scratch.iterdir()) == [] and all(np.isfinite(v).all() for v in y.values())
