@@ -92,6 +92,10 @@ def _empty_type(ty) -> bool:
 class _DropEmptyConcatInputs(PyExprMutator):
     def visit_call_(self, call):
         call = super().visit_call_(call)
+        if (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.split"
+                and not isinstance(call.ty, relax.TupleType)):
+            return call.args[0]  # a split into one part (tf2onnx's unstack of a batch of 1): the importer
+            # types it as a tensor, not a one-element tuple, which no later pass expects
         if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.concat" and
                 isinstance(call.args[0], relax.Tuple)):
             return call
@@ -117,7 +121,7 @@ class _DropEmptyConcatInputs(PyExprMutator):
 @tvm.transform.module_pass(opt_level=0, name="DropEmptyConcatInputs")
 def drop_empty_concat_inputs(mod, _ctx):
     """Concat inputs with a zero-size dim (the empty pass-through part of a rotary embedding over the whole
-    head) dropped, and a split into one full part and empty ones read as its input, so that dead-code
+    head) dropped, and a split into one full part and empty ones (or into one part) read as its input, so that dead-code
     elimination removes the zero-size ops: a kernel over an empty tensor fails to compile."""
     return mutate_functions(_DropEmptyConcatInputs(mod), mod)
 

@@ -493,6 +493,26 @@ def test_compress_with_constant_condition_is_a_gather(tmp_path):
     np.testing.assert_allclose(art.run({"x": xs[1]})["o"], want, atol=0.05)
 
 
+def test_split_into_one_part_is_its_input(tmp_path):
+    """A Split with one output (tf2onnx's unstack of a batch of 1, MoveNet's input) imports as a split
+    typed as a tensor, not a tuple; it is its input, and the model compiles integer-only."""
+    import onnxruntime as ort
+
+    from runtime import compile_model, load
+
+    inits = [onnx.numpy_helper.from_array(np.array([0], np.int64), "ax"),
+             onnx.numpy_helper.from_array(np.array([0.5, -1.0, 2.0, 1.0], np.float32), "k")]
+    nodes = [helper.make_node("Split", ["x"], ["s"], axis=0), helper.make_node("Squeeze", ["s", "ax"], ["q"]),
+             helper.make_node("Mul", ["q", "k"], ["o"])]
+    path = _tiny(tmp_path / "split1.onnx", [1, 4], nodes, inits, outputs=(("o", [4]),))
+    xs = np.random.default_rng(2).standard_normal((8, 1, 4)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=xs)
+    art = load(compile_model(path, "x86", tmp_path / "a", calib=tmp_path / "calib.npz", progress=False))
+    assert art.manifest["integer_only"] is True
+    want = ort.InferenceSession(str(path)).run(None, {"x": xs[2]})[0]
+    np.testing.assert_allclose(art.run({"x": xs[2]})["o"], want, atol=0.05)
+
+
 def test_nodes_out_of_topological_order_are_sorted(tmp_path):
     """onnxruntime runs files whose nodes are not topologically sorted (onnxconverter-common's float16
     conversion appends the input Cast at the end: IMG.LY's fp16 ISNet); the importer sorts them."""
