@@ -218,8 +218,8 @@ def _computed_per_chunk(sch: s_tir.Schedule, block, chunk) -> s_tir.Schedule:
     trial = sch.copy()
     try:
         trial.compute_at(block, chunk)
-    except s_tir.schedule.ScheduleError:
-        return sch
+    except (s_tir.schedule.ScheduleError, tvm.error.InternalError):  # the latter: a region read at
+        return sch  # indices that TVM cannot bound at all (a gather at a table's indices)
     runs, analyzer = 1, tvm.sym.Analyzer()
     for loop in trial.get_loops(block):  # outermost first: an extent may follow the chunk (a fused
         stmt = trial.get(loop)           # index's div and mod), bounded over the loops around it

@@ -60,7 +60,9 @@ def lower_resize2d(ctx, call, args):
     x = ctx.materialize(args[0])
     bits = spatial.linear_bits(x.dtype)
     y, total_bits, rank = R.astype(x.expr, "int32"), 0, len(call.ty.shape)
-    for axis, n_in, n_out in zip(axes, in_sizes, sizes):
+    # the last axis first (the sums are exact, so the order changes no integer): its gathers then run
+    # over the smaller input, and the other axis reads whole rows (targets/resize_taps.py)
+    for axis, n_in, n_out in reversed(list(zip(axes, in_sizes, sizes))):
         i0, i1, w0, w1 = spatial.linear_weights(n_in, n_out, mode, bits)
         if n_in == n_out and np.array_equal(i0, np.arange(n_in)) and not w1.any():
             continue  # identity along this axis
