@@ -108,18 +108,24 @@ def _schedule_elementwise(func: tvm.tirx.PrimFunc):
     return sch
 
 
-MAX_INLINED = 16  # blocks a repack inlines, at most
+MAX_INLINED = 32  # blocks a repack inlines, at most
+MAX_INLINED_COST = 96  # loads and clamps of the repack's expression once everything is inlined
 
 
-def _each_read_once(sch: s_tir.Schedule, blocks) -> bool:
-    """Whether every intermediate is loaded at one place only: inlining a value used twice (x * x,
-    the isqrt steps of a LayerNorm) doubles the expression each time, and the simplifier then
-    never finishes (a PP-OCR recognizer's fused kernels took > 25 minutes)."""
-    for block in blocks[:-1]:
-        name = sch.get(block).writes[0].source.name
-        if sum(str(sch.get(c).body).count(f"{name}[") for c in sch.get_consumers(block)) != 1:
-            return False
-    return True
+def _inlined_cost(sch: s_tir.Schedule, blocks) -> int:
+    """The loads and clamps of the last block's expression once every block is inlined into it; a
+    value read twice (x * sigmoid(x), where x is also the table's index) counts twice. Chains that
+    reuse values at every step (the isqrt steps of a LayerNorm) grow exponentially, and TVM's
+    simplifier then never finishes (a PP-OCR recognizer's fused kernels took > 25 minutes)."""
+    cost = {}
+    for block in blocks:
+        body = str(sch.get(block).body)
+        total = body.count("T.min(") + body.count("T.max(")
+        for read in sch.get(block).reads:
+            name = read.source.name
+            total += body.count(f"{name}[") * cost.get(name, 1)
+        cost[sch.get(block).writes[0].source.name] = total
+    return cost[sch.get(blocks[-1]).writes[0].source.name]
 
 
 def _schedule_repack(func: tvm.tirx.PrimFunc):
@@ -141,7 +147,7 @@ def _schedule_repack(func: tvm.tirx.PrimFunc):
     if not isinstance(inner, tvm.tirx.Var) or inner not in axes:
         return None
     j = axes.index(inner)
-    if len(blocks) > MAX_INLINED or not _each_read_once(sch, blocks):
+    if len(blocks) > MAX_INLINED or _inlined_cost(sch, blocks) > MAX_INLINED_COST:
         return None
     try:
         for block in reversed(blocks[:-1]):

@@ -252,3 +252,31 @@ def test_chunked_kernel_does_not_recompute_a_plane_per_chunk():
     assert "// T.int64(198) + T.int64(1)" not in text  # no per-chunk grid of planes
     want = np.arange(-32768, 32768)[::-1][np.clip(x[0], -32768, 32767) + 32768][None].astype(np.int16)
     np.testing.assert_array_equal(run_relax(build, [x]), want)
+
+
+def test_repack_inlines_a_gate_that_reads_its_input_twice():
+    """x * table[x] (a gated activation: the input is the table's index and a factor) before the repack
+    of a pixel-lane pointwise conv: everything is inlined into the transposing block (as a read-once
+    chain is), where each step had run over the whole tensor; the values are those of NumPy."""
+    import tvm
+    from tvm import te
+
+    from targets.cpu_schedules import _schedule_chunked
+
+    table_np = rng.integers(0, 256, 256).astype(np.uint8)
+    x = te.placeholder((1, 16, 8, 8), "int8", name="x")
+    table = te.placeholder((256,), "uint8", name="table")
+    wide = te.compute(x.shape, lambda *i: x[i].astype("int32"), name="cast")  # read twice
+    g = te.compute(x.shape, lambda *i: table[wide[i] + 128], name="gate")
+    y = te.compute(x.shape, lambda *i: (wide[i] * g[i].astype("int32")) >> 7, name="product")
+    q = te.compute(x.shape, lambda *i: tvm.tirx.max(tvm.tirx.min(y[i], 127), -128).astype("int8"), name="clamp")
+    flat = te.compute((4, 4, 64), lambda a, b, p: q[0, a * 4 + b, p // 8, p % 8], name="T_reshape")
+    out = te.compute((4, 64, 4), lambda a, p, b: flat[a, b, p], name="T_transpose")
+    sch = _schedule_chunked(te.create_prim_func([x, table, out]))
+    assert [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))] == ["T_transpose"]
+    xs = rng.integers(-128, 128, (1, 16, 8, 8)).astype(np.int8)
+    got = np.zeros((4, 64, 4), np.int8)
+    args = [tvm.runtime.tensor(v) for v in (xs, table_np, got)]
+    tvm.compile(sch.mod, target="llvm")(*args)
+    want = np.clip((xs.astype(np.int32) * table_np[xs.astype(np.int32) + 128]) >> 7, -128, 127).astype(np.int8)
+    np.testing.assert_array_equal(args[2].numpy(), want.reshape(4, 4, 64).transpose(0, 2, 1))
