@@ -38,8 +38,9 @@ def calibration_samples(calib: str | Path, inputs: list[dict], count: int = SAMP
     batched = [a.ndim == len(spec["shape"]) for a, spec in zip(arrays.values(), inputs)]
     total = min(len(a) for a in arrays.values()) if arrays else 0
     if any(batched) or not total:  # no samples axis: the file is one batch
-        return [{k: a[-1:] if b else a[-1] for (k, a), b in zip(arrays.items(), batched)}]
-    return [{k: a[i] for k, a in arrays.items()} for i in range(max(0, total - count), total)]
+        return [{k: a[-1:] if b else np.asarray(a[-1]) for (k, a), b in zip(arrays.items(), batched)}]
+    # arrays, never NumPy scalars (a 0-d input's sample): onnxruntime refuses those
+    return [{k: np.asarray(a[i]) for k, a in arrays.items()} for i in range(max(0, total - count), total)]
 
 
 class Agreement(NamedTuple):

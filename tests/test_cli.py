@@ -85,6 +85,9 @@ def test_check_reports_the_worst_of_its_samples(tmp_path):
     np.savez(tmp_path / "c.npz", x=np.arange(5 * 3, dtype=np.float32).reshape(5, 1, 3))
     samples = calibration_samples(tmp_path / "c.npz", [{"name": "x", "shape": [1, 3]}])
     assert [s["x"][0, 0] for s in samples] == [9.0, 12.0] and samples[0]["x"].shape == (1, 3)
+    # a 0-d input's samples are 0-d arrays, not NumPy scalars, which onnxruntime refuses (the check was skipped)
+    np.savez(tmp_path / "r.npz", r=np.full(4, 0.5, np.float32))
+    assert all(type(s["r"]) is np.ndarray for s in calibration_samples(tmp_path / "r.npz", [{"name": "r", "shape": []}]))
     rows = worst([[Agreement("a", 0.999, 0.1, 0.95), Agreement("b", 0.98, 2.0)],
                   [Agreement("a", 0.97, 0.05, 0.9), Agreement("b", float("nan"), 1.0)]])
     assert rows[0] == Agreement("a", 0.97, 0.1, 0.9) and rows[1][0] == "b" and np.isnan(rows[1][1]) and rows[1][2] == 2.0
