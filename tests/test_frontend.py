@@ -513,6 +513,29 @@ def test_split_into_one_part_is_its_input(tmp_path):
     np.testing.assert_allclose(art.run({"x": xs[2]})["o"], want, atol=0.05)
 
 
+def test_split_of_exact_integers_keeps_them_exact(tmp_path):
+    """Floor -> Cast(int64) -> Split -> y * 16 + x -> Gather (a sampling grid's index arithmetic): the
+    int64 pair is split as it is, not refused as a float activation without a range."""
+    import onnxruntime as ort
+
+    from runtime import compile_model, load
+
+    nodes = [helper.make_node("Floor", ["x"], ["f"]), helper.make_node("Cast", ["f"], ["i"], to=TensorProto.INT64),
+             helper.make_node("Split", ["i"], ["c", "r"], axis=0), helper.make_node("Mul", ["r", "w"], ["rw"]),
+             helper.make_node("Add", ["rw", "c"], ["lin"]), helper.make_node("Squeeze", ["lin", "ax"], ["flat"]),
+             helper.make_node("Gather", ["table", "flat"], ["o"], axis=0)]
+    inits = [onnx.numpy_helper.from_array(np.array(16, np.int64), "w"),
+             onnx.numpy_helper.from_array(np.array([0], np.int64), "ax"),
+             onnx.numpy_helper.from_array(np.linspace(-1, 1, 256 * 2, dtype=np.float32).reshape(256, 2), "table")]
+    path = _tiny(tmp_path / "grid.onnx", [2, 32], nodes, inits, outputs=(("o", [32, 2]),))
+    xs = np.random.default_rng(4).uniform(0, 15.99, (6, 2, 32)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=xs)
+    art = load(compile_model(path, "x86", tmp_path / "a", calib=tmp_path / "calib.npz", progress=False))
+    assert art.manifest["integer_only"] is True
+    want = ort.InferenceSession(str(path)).run(None, {"x": xs[5]})[0]
+    np.testing.assert_allclose(art.run({"x": xs[5]})["o"], want, atol=0.01)
+
+
 def test_nodes_out_of_topological_order_are_sorted(tmp_path):
     """onnxruntime runs files whose nodes are not topologically sorted (onnxconverter-common's float16
     conversion appends the input Cast at the end: IMG.LY's fp16 ISNet); the importer sorts them."""

@@ -404,6 +404,7 @@ def lower_split(ctx, call, args):
                                    x.offset))
             start += size
         return out
-    x = ctx.materialize(x)
+    if not isinstance(x, IntTensor):  # exact integers (a Floor cast to int64) split as they are
+        x = ctx.materialize(x)
     parts = ctx.emit(relax.Call(call.op, [x.expr, *call.args[1:]], call.attrs))
     return [replace(x, expr=ctx.emit(relax.TupleGetItem(parts, i))) for i in range(len(call.ty.fields))]
