@@ -213,6 +213,19 @@ class LoweringContext:
                                                         scale, "int8")
         return self._materialized[(q, "8bit")]
 
+    def narrowed(self, value: Value, qmax: int) -> Quantized:
+        """`value` as int16 integers within +-qmax over its calibrated range (its headroom dropped: values
+        beyond saturate), for a product of two 16-bit operands whose int32 sums must hold."""
+        q = self.materialize(value, wide=True)
+        if q.dtype in ("int8", "uint8"):
+            return q
+        if (q, qmax) not in self._materialized:
+            scale = q.scale * (q.qmax or INT_RANGE[q.dtype][1]) / qmax
+            m, s = dyadic(q.scale / scale)
+            self._materialized[(q, qmax)] = Quantized(
+                self.emit(emit.requantize(q.expr, m, s, -qmax, qmax, "int16")), scale, "int16", qmax=qmax)
+        return self._materialized[(q, qmax)]
+
     def operand(self, value: Value, weight_l1: int, weight_bits: int = 8) -> Quantized:
         """The activation operand of a constant-weight conv/matmul whose quantized weights sum to at
         most `weight_l1` in absolute value per output: 16 bits for a wide_tensors value where the

@@ -55,12 +55,36 @@ def quantize_weights(w, bits: int, axis: int, min_scale=None) -> tuple[np.ndarra
     reduce = tuple(i for i in range(w.ndim) if i != axis % w.ndim)
     amax = np.max(np.abs(w), axis=reduce) if reduce else np.abs(w)
     scale = np.where(amax > 0, amax / qmax, 1.0)
+    scale = np.where(np.isnan(exact := _exact_steps(w, reduce, amax, qmax)), scale, exact)
     if min_scale is not None:
         scale = np.maximum(scale, min_scale)
     shape = [1] * w.ndim
     shape[axis] = -1
     q = np.clip(np.round(w / scale.reshape(shape)), -qmax - 1, qmax).astype(np.int8)
     return q, scale
+
+
+EXACT_STEPS = range(16, -9, -1)  # 2^-16 .. 2^8: steps on which a channel's values may lie exactly
+
+
+def _exact_steps(w: np.ndarray, reduce: tuple, amax: np.ndarray, qmax: int) -> np.ndarray:
+    """Per channel, the finest power-of-two step 2^-j on which every value lies exactly and fits
+    +-qmax (NaN where none): a constant operand of whole numbers or halves (a sampling
+    grid [u, v, 0, 1], a selection matrix) is taken exactly, where amax / qmax made 1 of [2, 0, 0, 1]
+    into 64/63.5 (a 0.8% error that a translation of 22 px turned into 0.17 px)."""
+    def integral(j):
+        v = w * 2.0**j
+        ok = v == np.round(v)
+        return np.all(ok, axis=reduce) if reduce else ok
+
+    found = np.full(amax.shape, np.nan)
+    candidates = integral(EXACT_STEPS[0]) & (amax > 0)  # learned weights fail here, in one pass
+    if not np.any(candidates):
+        return found
+    for j in EXACT_STEPS:  # finest first: the finest step that fits (the bias, at S_in * S_w, keeps its resolution)
+        candidates &= integral(j)
+        found = np.where(np.isnan(found) & candidates & (amax * 2.0**j <= qmax), 2.0**-j, found)
+    return found
 
 
 def conv2d_acc(x, w, strides=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), groups: int = 1) -> np.ndarray:

@@ -1,0 +1,80 @@
+"""Geometry in the graph: a handful of values, each of its own magnitude (a crop transform's scales
+near 0.3-1 beside translations near 20-30), composed by products of two activations and applied
+to a constant sampling grid (MediaPipe's attention face mesh). Small tensors are carried at 16
+bits, small activation x activation products keep those 16 bits, and constants on a power-of-two
+grid (the sampling grid's whole numbers) are taken exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from passes.reference.kernels import quantize_weights
+
+
+def _unit(i, j):
+    m = np.zeros((4, 4), np.float32)
+    m[i, j] = 1.0
+    return m
+
+
+def _transform_model(path, side=8):
+    """points [1, 24, 2] -> min / max -> S = diag(sx, sy, 1, 1), T = translation(tx, ty) -> M = T @ S ->
+    M @ grid (homogeneous [u, v, 0, 1] of a side x side grid): outputs M and the sampling coordinates."""
+    u, v = np.meshgrid(np.arange(side), np.arange(side))
+    grid = np.stack([u.ravel(), v.ravel(), np.zeros(side * side), np.ones(side * side)]).astype(np.float32)
+    consts = {"inv": np.full((1, 2), 1 / 32, np.float32), "quarter": np.full((1, 2), 0.25, np.float32),
+              "e00": _unit(0, 0), "e11": _unit(1, 1), "e23": _unit(2, 2) + _unit(3, 3), "e03": _unit(0, 3),
+              "e13": _unit(1, 3), "eye": np.eye(4, dtype=np.float32), "grid": grid}
+    n = helper.make_node
+    nodes = [n("ReduceMin", ["pts"], ["lo"], axes=[1], keepdims=0), n("ReduceMax", ["pts"], ["hi"], axes=[1], keepdims=0),
+             n("Sub", ["hi", "lo"], ["size"]), n("Mul", ["size", "inv"], ["s"]), n("Mul", ["lo", "quarter"], ["t"]),
+             n("Split", ["s"], ["sx", "sy"], axis=1), n("Split", ["t"], ["tx", "ty"], axis=1),
+             n("Mul", ["sx", "e00"], ["a"]), n("Mul", ["sy", "e11"], ["b"]), n("Add", ["a", "b"], ["ab"]),
+             n("Add", ["ab", "e23"], ["S"]), n("Mul", ["tx", "e03"], ["c"]), n("Mul", ["ty", "e13"], ["d"]),
+             n("Add", ["c", "d"], ["cd"]), n("Add", ["cd", "eye"], ["T"]), n("MatMul", ["T", "S"], ["M"]),
+             n("MatMul", ["M", "grid"], ["xy"])]
+    graph = helper.make_graph(nodes, "transform", [helper.make_tensor_value_info("pts", TensorProto.FLOAT, [1, 24, 2])],
+                              [helper.make_tensor_value_info("M", TensorProto.FLOAT, [4, 4]),
+                               helper.make_tensor_value_info("xy", TensorProto.FLOAT, [4, side * side])],
+                              [numpy_helper.from_array(v, k) for k, v in consts.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def _points(rng, count):
+    centre = rng.uniform(60, 130, (count, 1, 1, 2))
+    size = rng.uniform(20, 60, (count, 1, 1, 2))
+    return (centre + rng.uniform(-0.5, 0.5, (count, 1, 24, 2)) * size).astype(np.float32)
+
+
+def test_crop_transform_and_its_sampling_grid_keep_their_precision(tmp_path):
+    import onnxruntime as ort
+
+    from runtime import compile_model, load
+
+    rng = np.random.default_rng(0)
+    path = _transform_model(tmp_path / "t.onnx")
+    np.savez(tmp_path / "calib.npz", pts=_points(rng, 8))
+    art = load(compile_model(path, "x86", tmp_path / "a", calib=tmp_path / "calib.npz", progress=False))
+    assert art.manifest["integer_only"] is True
+    session = ort.InferenceSession(str(path))
+    for pts in _points(rng, 4):
+        want = dict(zip(["M", "xy"], session.run(None, {"pts": pts})))
+        got = art.run({"pts": pts})
+        # the input's own 16-bit grid (steps of ~0.005 over [0, 160]) bounds both; an 8-bit matrix was 10% off
+        # in scale (1.0 -> 0.904), and the grid's 1 as 64/63.5 of its column moved every coordinate by 0.1-0.2
+        np.testing.assert_allclose(got["M"], want["M"], atol=0.01)
+        np.testing.assert_allclose(got["xy"], want["xy"], atol=0.05)
+
+
+def test_constants_on_a_power_of_two_grid_are_quantized_exactly():
+    w = np.array([[2, 0, 0, 1], [15, 3, 0, 1], [0.5, 0.25, 0, 1], [0.1, 0.3, 0.2, 1]], np.float32)
+    q, scale = quantize_weights(w, 8, axis=0)
+    np.testing.assert_array_equal(q[:3] * scale[:3, None], w[:3])  # whole numbers, quarters: exact
+    assert scale[0] == 1 / 32 and scale[1] == 1 / 8 and scale[3] == 1 / 127
+    learned = np.random.default_rng(1).standard_normal((16, 9)).astype(np.float32)
+    np.testing.assert_allclose(quantize_weights(learned, 8, axis=0)[1], np.abs(learned).max(1) / 127, rtol=1e-6)
