@@ -250,8 +250,11 @@ def _rewrite(builder: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
         corr = relax.const((128 * sums).astype("int32"), "int32")
     stride = strides.pop()
     kh, kw = weights.shape[2:]
-    outputs = (((int(shape[2]) + pads[0] + pads[2] - kh) // stride + 1)
-               * ((int(shape[3]) + pads[1] + pads[3] - kw) // stride + 1))
+    wide = int(shape[3]) + pads[1] + pads[3]
+    columns = (wide - kw) // stride + 1
+    if 2 * columns < -(-wide // stride):  # most of each flat row discarded: a kernel as wide as the input (TF's
+        return call                       # conv1d over features, 1 output column of 561) computed 561x its outputs
+    outputs = ((int(shape[2]) + pads[0] + pads[2] - kh) // stride + 1) * columns
     if (depthwise and multiplier == 1 and kh > 1 and kw >= QUAD_MIN_WIDTH and outputs <= QUAD_MAX_OUTPUTS
             and _quad_taps()):
         return builder.call_te(depthwise_quad_te, x, relax.const(quad_weights(weights, stride)), pads,

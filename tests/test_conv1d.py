@@ -158,3 +158,40 @@ def test_tall_conv_runs_as_wide_and_equals_it(tmp_path):
         got, want = tall.run({"x": sample[..., None]})["y"], session.run(None, {"x": sample[..., None]})[0]
         assert got.shape == want.shape == (1, 4, 16, 1)
         assert float(got.ravel() @ want.ravel() / np.linalg.norm(got) / np.linalg.norm(want)) > 0.999
+
+
+def test_full_width_conv_runs_as_a_conv_over_channels(tmp_path):
+    """A conv whose kernel spans its input's whole width (TF's conv1d over features: musicnn's 7 x 561
+    kernel over one channel) becomes a conv over C*W channels along a height-one row
+    (passes/full_width_conv_as_channels.py): it ran a row of 561 positions per output, 700x onnxruntime.
+    A kernel one column short of the width keeps its form (2 output columns) but takes no flat-row kernel."""
+    import tvm
+
+    from frontends import load_onnx
+    from passes import bind_weights
+    from runtime import compile_model, load
+
+    rng = np.random.default_rng(3)
+    for kw, columns in ((40, 1), (39, 2)):
+        w = numpy_helper.from_array((rng.standard_normal((16, 2, 5, kw)) * 0.1).astype(np.float32), "w")
+        b = numpy_helper.from_array((rng.standard_normal(16) * 0.1).astype(np.float32), "b")
+        graph = helper.make_graph([helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[2, 0, 2, 0]),
+                                   helper.make_node("Relu", ["c"], ["y"])], "fw",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 30, 40])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 30, columns])], [w, b])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        path = str(tmp_path / f"fw{kw}.onnx")
+        onnx.save(model, path)
+        imported = load_onnx(path)
+        convs = [b.value for block in bind_weights(imported.mod, imported.params)["main"].body.blocks
+                 for b in block.bindings if isinstance(b.value, tvm.relax.Call)
+                 and str(getattr(b.value.op, "name", "")) == "relax.nn.conv2d"]
+        assert [list(map(int, c.args[1].ty.shape)) for c in convs] == ([[16, 80, 1, 5]] if columns == 1 else [[16, 2, 5, 39]])
+        x = rng.random((6, 1, 2, 30, 40)).astype(np.float32)
+        np.savez(tmp_path / "c.npz", x=x)
+        art = load(compile_model(path, "x86", tmp_path / f"a{kw}", calib=tmp_path / "c.npz", progress=False))
+        assert art.manifest["integer_only"]
+        assert not any("dwflat" in k for k in art.kernel_times(art.quantize_inputs({"x": x[0]}), repeat=1))
+        got, want = art.run({"x": x[5]})["y"], ort.InferenceSession(path).run(None, {"x": x[5]})[0]
+        assert float(got.ravel() @ want.ravel() / np.linalg.norm(got) / np.linalg.norm(want)) > 0.999
