@@ -257,8 +257,8 @@ class QuantizeToInteger:
         bound = _output_bound(func)
         # what only layout ops take to an output is carried at 16 bits: an 8-bit output grid costs
         # every user (box corners 1.8 px apart, 18 levels of a mask's probability) and saves nothing
-        config = replace(self.config, wide_tensors=(*self.config.wide_tensors, *wide, *_small_tensors(func),
-                                                    *((*bound, *_passed_inputs(func, bound))
+        config = replace(self.config, wide_tensors=(*self.config.wide_tensors, *wide,
+                                                    *((*bound, *_passed_inputs(func, bound), *_small_tensors(func))
                                                       if self.config.wide_outputs else ())))
         ranges = narrow_table_inputs(func, self.ranges, set(config.wide_tensors))
         bb = relax.BlockBuilder()

@@ -38,8 +38,9 @@ class QuantConfig:
     # A tensor whose 8-bit grid alone costs the model outputs a relative L2 error above this is
     # carried at 16 bits (passes/sensitivity.py, measured on calibration samples); None: no measurement.
     sensitivity_tol: float | None = 0.03
-    # What only layout ops take to a graph output is carried at 16 bits (False: at the width its op
-    # gives it, 8 bits mostly; tests that count errors in 8-bit output steps)
+    # What only layout ops take to a graph output is carried at 16 bits, and so is every tensor of at
+    # most 64 elements (False: at the width its op gives it, 8 bits mostly; tests that count errors in
+    # 8-bit output steps)
     wide_outputs: bool = True
     # The bias after a conv/matmul absorbs the mean error its weights' rounding makes on the calibration
     # data, (W_q - W) @ mean(x) per output channel (bias correction, Nagel et al. 2019): on
