@@ -181,20 +181,24 @@ def _passed_inputs(func: relax.Function, bound: frozenset[str]) -> list[str]:
 SMALL_TENSOR = 64  # elements: a float activation this small is carried at 16 bits
 
 
-def _small_tensors(func: relax.Function) -> list[str]:
-    """Float inputs and bindings of at most SMALL_TENSOR elements: a handful of values, often each of its own
-    magnitude (a 4 x 4 crop transform: scales near 0.06 and 1.3 beside translations near 30), which
-    one 8-bit grid rounds to a few levels or to 0; 16 bits cost nothing at this size. (A face mesh's
-    lip transform came out with its rotation at 0 and its scale 36% off: crops 3-8 px away.)"""
+def _float_tensors(func: relax.Function, most: int | None = None) -> list[str]:
+    """Float inputs and bindings (of at most `most` elements). The small ones are carried at 16 bits:
+    a handful of values, often each of its own magnitude (a 4 x 4 crop transform: scales near 0.06 and
+    1.3 beside translations near 30), which one 8-bit grid rounds to a few levels or to 0, and 16 bits
+    cost nothing at that size. (A face mesh's lip transform came out with its rotation at 0 and its
+    scale 36% off: crops 3-8 px away.)"""
     found = []
     for var in [*func.params, *(b.var for b in _bindings(func))]:
         ty = var.ty
-        try:
-            size = int(np.prod([int(d) for d in ty.shape])) if isinstance(ty, relax.TensorType) else None
-        except (TypeError, ValueError):  # a symbolic or unknown shape
-            size = None
-        if size is not None and size <= SMALL_TENSOR and str(ty.dtype).startswith("float"):
-            found.append(var.name)
+        if not (isinstance(ty, relax.TensorType) and str(ty.dtype).startswith("float")):
+            continue
+        if most is not None:
+            try:
+                if int(np.prod([int(d) for d in ty.shape])) > most:
+                    continue
+            except (TypeError, ValueError):  # a symbolic or unknown shape
+                continue
+        found.append(var.name)
     return found
 
 
@@ -257,9 +261,10 @@ class QuantizeToInteger:
         bound = _output_bound(func)
         # what only layout ops take to an output is carried at 16 bits: an 8-bit output grid costs
         # every user (box corners 1.8 px apart, 18 levels of a mask's probability) and saves nothing
-        config = replace(self.config, wide_tensors=(*self.config.wide_tensors, *wide,
-                                                    *((*bound, *_passed_inputs(func, bound), *_small_tensors(func))
-                                                      if self.config.wide_outputs else ())))
+        config = replace(self.config, wide_tensors=(
+            *self.config.wide_tensors, *wide, *(_float_tensors(func) if self.config.activation_bits == 16 else ()),
+            *((*bound, *_passed_inputs(func, bound), *_float_tensors(func, SMALL_TENSOR))
+              if self.config.wide_outputs else ())))
         ranges = narrow_table_inputs(func, self.ranges, set(config.wide_tensors))
         bb = relax.BlockBuilder()
         ctx = LoweringContext(bb, ranges, config, getattr(self.ranges, "channel_amax", None),

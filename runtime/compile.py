@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(listed with the reason on stderr and in the manifest's float_nodes); the artifact is "
                         "then marked integer_only: false instead of being refused. Control flow (If, Loop, Scan) "
                         "is refused all the same")
+    p.add_argument("--activation-bits", type=int, default=8, choices=[8, 16],
+                   help="16: every activation carried at 16 bits (int16 x int8 products, about half the speed "
+                        "of 8), for models whose outputs 8-bit activations cannot resolve (heatmap detectors, "
+                        "pose and landmark nets); default 8, with the tensors measured sensitive at 16")
     p.add_argument("--tune-trials", type=int, default=0, metavar="N",
                    help="tune the kernels without a default schedule with MetaSchedule, N measured trials in "
                         "all (host CPU only; records are kept in ~/.cache/intq/tuning and reused)")
@@ -148,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def action():
+        from passes import QuantConfig
+
         from .compiler import compile_model
         from .mixed import Precision
 
@@ -164,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         path = compile_model(args.model, target=args.target, output=args.output, calib=args.calib,
                              input_shapes=shapes, observer=args.observer, allow_float=args.allow_float,
                              progress=not args.quiet, cuda_arch=args.cuda_arch, cpu=args.cpu,
-                             tune_trials=args.tune_trials, precision=precision, buckets=buckets)
+                             tune_trials=args.tune_trials, precision=precision, buckets=buckets,
+                             config=QuantConfig(activation_bits=args.activation_bits) if args.activation_bits != 8 else None)
         if args.check and args.calib and args.target in ("x86", "llvm"):  # a --cpu build: where this CPU runs it
             _check(args, path)
         print(path)

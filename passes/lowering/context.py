@@ -21,7 +21,7 @@ class QuantConfig:
     """How tensors are quantized. Validated on construction."""
 
     weight_bits: int = 8
-    activation_bits: int = 8
+    activation_bits: int = 8  # 16: every float activation carried at 16 bits (W8A16)
     unsigned_activations: bool = True  # uint8 (one more bit) for tensors clamped at >= 0
     allow_float: bool = False  # keep ops without an integer lowering in float (not integer-only)
     residual_bits: int = 8  # 16: residual adds, LayerNorms and model inputs carry int16 (transformers)
@@ -56,8 +56,8 @@ class QuantConfig:
         if bad:
             raise CompileError(f"QuantConfig.layer_bits: {bad[:3]}: allowed binding name -> 4 or 8")
         object.__setattr__(self, "layer_bits", tuple((n, int(b)) for n, b in pairs))
-        if self.activation_bits != 8:
-            raise CompileError(f"QuantConfig.activation_bits={self.activation_bits}: allowed 8")
+        if self.activation_bits not in (8, 16):
+            raise CompileError(f"QuantConfig.activation_bits={self.activation_bits}: allowed 8 or 16")
         if self.residual_bits not in (8, 16):
             raise CompileError(f"QuantConfig.residual_bits={self.residual_bits}: allowed 8 or 16")
         wide = tuple(sorted(set(self.wide_tensors)))
