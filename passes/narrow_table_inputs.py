@@ -66,6 +66,17 @@ def _moving(program: str, lo: float, hi: float, out_range, wide: bool) -> tuple[
     return float(xs[first] - step), float(xs[last] + step)
 
 
+def table_only_inputs(func: relax.Function) -> set[str]:
+    """Names of the tensors that table lookups alone read (a gate's sigmoid input)."""
+    readers: dict[str, list] = {}
+    for block in func.body.blocks:
+        for b in block.bindings:
+            for arg in vars_read(b.value):
+                readers.setdefault(arg.name, []).append(b.value)
+    return {name for name, values in readers.items()
+            if all(isinstance(v, relax.Call) and _program(v) is not None for v in values)}
+
+
 def narrow_table_inputs(func: relax.Function, ranges: dict, wide: frozenset[str] | set[str]) -> dict:
     """A copy of `ranges` (its attributes kept) with the range of every tensor that only tables
     read cut to where they move; `ranges` itself when nothing narrows."""
