@@ -78,3 +78,23 @@ def test_constants_on_a_power_of_two_grid_are_quantized_exactly():
     assert scale[0] == 1 / 32 and scale[1] == 1 / 8 and scale[3] == 1 / 127
     learned = np.random.default_rng(1).standard_normal((16, 9)).astype(np.float32)
     np.testing.assert_allclose(quantize_weights(learned, 8, axis=0)[1], np.abs(learned).max(1) / 127, rtol=1e-6)
+
+
+def test_small_table_inputs_keep_their_width(tmp_path):
+    """A small tensor that table lookups alone read (a small gate's sigmoid input) stays 8-bit: at 16 bits its
+    table has 65536 entries, one per step of an unrolled recurrence. The sigmoid's output, which a product
+    reads, is carried at 16 bits."""
+    from runtime import compile_model, load
+
+    nodes = [helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("Mul", ["s", "x2"], ["o"])]
+    graph = helper.make_graph(nodes, "gate", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16]),
+                                              helper.make_tensor_value_info("x2", TensorProto.FLOAT, [1, 16])],
+                              [helper.make_tensor_value_info("o", TensorProto.FLOAT, [1, 16])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "g.onnx")
+    rng = np.random.default_rng(2)
+    np.savez(tmp_path / "c.npz", x=rng.standard_normal((4, 1, 16)).astype(np.float32),
+             x2=rng.standard_normal((4, 1, 16)).astype(np.float32))
+    art = load(compile_model(tmp_path / "g.onnx", "x86", tmp_path / "a", calib=tmp_path / "c.npz", progress=False))
+    assert [i["quant"]["dtype"] for i in art.manifest["inputs"]] == ["int8", "int16"]
