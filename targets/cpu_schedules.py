@@ -100,7 +100,9 @@ def _schedule_elementwise(func: tvm.tirx.PrimFunc):
         extent = static_factor(sch.get(fused).extent)
         if extent < 1024 and not symbolic:
             continue
-        lanes = 16 if extent % 16 == 0 else 1
+        stmt = sch.get(block)  # bool blocks stay scalar: TVM vectorizes their stores with int8 values
+        boolean = any(str(r.source.dtype) == "bool" for r in [*stmt.reads, *stmt.writes])
+        lanes = 16 if extent % 16 == 0 and not boolean else 1
         outer, inner = sch.split(fused, [None, lanes * 64 if extent % (lanes * 64) == 0 else lanes])
         parallel(sch, outer)
         if lanes > 1:

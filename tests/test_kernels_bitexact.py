@@ -280,3 +280,27 @@ def test_repack_inlines_a_gate_that_reads_its_input_twice():
     tvm.compile(sch.mod, target="llvm")(*args)
     want = np.clip((xs.astype(np.int32) * table_np[xs.astype(np.int32) + 128]) >> 7, -128, 127).astype(np.int8)
     np.testing.assert_array_equal(args[2].numpy(), want.reshape(4, 4, 64).transpose(0, 2, 1))
+
+
+def test_layout_changing_kernel_with_bool_steps_builds():
+    """Masks (>=, <, and) in a kernel that ends in a transpose and that the repack schedule does not take
+    (a value read twice): its blocks run parallel and vectorized, but not the bool ones, whose vectorized
+    stores TVM writes with int8 values (MoveNet MultiPose's decoding died in TVM's TIR pipeline)."""
+    import tvm
+    from tvm import te
+
+    from targets.cpu_schedules import _schedule_chunked
+
+    x = te.placeholder((64, 64, 6), "int8", name="x")
+    wide = te.compute(x.shape, lambda *i: x[i].astype("int32") * 3, name="wide")
+    ge = te.compute(x.shape, lambda *i: wide[i] >= 0, name="T_greater_equal")
+    lt = te.compute(x.shape, lambda *i: wide[i] < 200, name="T_less")  # `wide` read twice: no repack
+    both = te.compute(x.shape, lambda *i: tvm.tirx.all(ge[i], lt[i]), name="T_logical_and")
+    copy = te.compute((64, 64, 6, 1), lambda a, b, c, d: both[a, b, c], name="expand_dims")  # a bool copy
+    out = te.compute((6, 64, 64), lambda c, a, b: copy[a, b, c, 0].astype("int8"), name="T_transpose")
+    sch = _schedule_chunked(te.create_prim_func([x, out]))
+    xs = rng.integers(-128, 128, (64, 64, 6)).astype(np.int8)
+    got = tvm.runtime.tensor(np.zeros((6, 64, 64), np.int8))
+    tvm.compile(sch.mod, target="llvm")(tvm.runtime.tensor(xs), got)
+    want = ((xs.astype(np.int32) * 3 >= 0) & (xs.astype(np.int32) * 3 < 200)).astype(np.int8).transpose(2, 0, 1)
+    np.testing.assert_array_equal(got.numpy(), want)
