@@ -47,7 +47,7 @@ def test_cuda_artifact_embeds_compiled_device_code(cuda_artifact):
     assert FATBIN_MAGIC in library  # compiled GPU code: no NVRTC or nvcc needed where it runs
     assert b"__global__" not in library  # ... and no CUDA source to compile at load time
     source = (cuda_artifact / "model.cu").read_text()
-    assert source.count("__dp4a((") >= 2  # the classifier and the pointwise conv
+    assert source.count("__dp4a((") >= 1  # the pointwise conv (the classifier reads 16 values: 16-bit, no dp4a)
 
 
 def _cuda_compile(build, inputs):
@@ -180,8 +180,8 @@ def test_free_batch_compiles_for_cuda(cuda_batch_artifacts):
     block = runtime.artifact.read_manifest(cuda_batch_artifacts["block"]["cuda"])
     assert cnn["inputs"][0]["range"] == {"n": [1, 8]} and block["inputs"][0]["range"] == {"n": [1, None]}
     assert cnn["integer_only"] is True and block["integer_only"] is True
-    for name in ("cnn", "block"):
-        assert "__dp4a((" in (cuda_batch_artifacts[name]["cuda"] / "model.cu").read_text()
+    # the transformer's matmuls (the CNN's one matmul, its classifier, reads 16 values: carried at 16 bits)
+    assert "__dp4a((" in (cuda_batch_artifacts["block"]["cuda"] / "model.cu").read_text()
 
 
 @needs_nvcc
