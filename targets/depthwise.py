@@ -35,6 +35,7 @@ BLOCK = "dwflat_conv"
 WIDTH = "dwflat_width"  # the pad block's annotation: the phase width the schedule splits rows by
 STEM_CHANNELS = 4  # a conv over this few input channels (an RGB(A) or gray stem) runs over flat rows too
 LANES = 16  # int32 lanes of a 512-bit vector
+STEM_TAPS = 160  # products per output of a stem over flat rows, at most (a 7 x 7 RGB stem: 147, measured faster so)
 
 
 def _padder(x: te.Tensor, top: int, left: int, shifted: bool):
@@ -238,7 +239,10 @@ def _rewrite(builder: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     strides = {int(v) for v in a.strides}
     depthwise = groups == channels and weights.shape[1] == 1  # a channel multiplier too (O = m * C)
     multiplier = weights.shape[0] // channels
+    taps = weights.shape[1] * weights.shape[2] * weights.shape[3]
     stem = groups == 1 and channels <= STEM_CHANNELS and _flat_stems()  # aarch64: LLVM makes sdot of its loops
+    if taps > STEM_TAPS and (stem or multiplier > 1):  # many outputs per channel, many taps each (musicnn's 204
+        return call  # filters of 7 x 38 over one channel: 57 ms): a dense product over patches does better
     if (weights.dtype != np.int8 or not (depthwise or stem) or weights.shape[2] * weights.shape[3] == 1
             or len(strides) != 1 or strides - {1, 2} or any(int(d) != 1 for d in a.dilation)
             or int(shape[3]) < 4):

@@ -185,8 +185,10 @@ class _Rewriter(PyExprMutator):
                 break
         else:
             return None
-        if wo <= PATCHES_UP_TO.get(dot.lanes, 0):
-            return None  # a pointwise conv over its patches (conv_as_pointwise.py) runs it faster
+        if wo <= PATCHES_UP_TO.get(dot.lanes, 0) or 2 * c <= dot.k:
+            return None  # a pointwise conv over its patches (conv_as_pointwise.py) runs it faster; so it does
+            # where the taps kernel would pad the channels to k, twice or more (one channel: musicnn's 7 x 38
+            # filters over a spectrogram, 28.5 ms as taps, 6 ms as patches): patches pad c * kh * kw once
         xp = self.builder_.call_te(vnni.taps_input_te, x, pads, stride, hq, wq, dot.name,
                                    primfunc_name_hint=f"{dot.name}_taps_input")
         out = self._kernel(vnni.conv_taps_te, dot, x, xp, np.ascontiguousarray(wt.astype(dot.w_dtype)),

@@ -229,3 +229,24 @@ def test_narrow_rows_take_their_patches_bit_exact(dtype, tmp_path):
         pytest.skip("this CPU cannot run AVX-512 VNNI code: compiled and checked the instructions only")
     vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib)), tvm.cpu())
     np.testing.assert_array_equal(vm["main"](tvm.runtime.tensor(x)).numpy(), expected)
+
+
+@pytest.mark.parametrize("cpu", ["x86-64-v4+avx512vnni", "x86-64-v3"])
+def test_one_channel_conv_with_many_taps_takes_its_patches_bit_exact(cpu, tmp_path):
+    """32 filters of 7 x 24 over one channel (musicnn's front end over a spectrogram): neither the flat-row
+    kernel (168 taps per output, one channel's rows over and over: 57 ms there) nor the taps kernel (the one
+    channel padded to the dot product's k: 28 ms) but a dense product over the patches (patches kernel, 6 ms)."""
+    import tvm
+    from tvm import relax
+
+    x = rng.integers(-128, 128, (1, 1, 30, 48)).astype(np.int8)
+    wt = rng.integers(-128, 128, (32, 1, 7, 24)).astype(np.int8)
+    attrs = _Attrs((1, 1), (3, 0, 3, 0))
+    lib = _compile(x, wt, attrs, cpu, tmp_path)
+    functions = _kernels(lib)
+    assert any("conv_patches" in name for name in functions)
+    assert not any("conv_taps" in name or "dwflat" in name for name in functions), sorted(functions)
+    if missing_features(cpu.split("+")[:1] + ["+" + f for f in cpu.split("+")[1:]]):
+        pytest.skip(f"this CPU cannot run {cpu} code: compiled and checked the instructions only")
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib)), tvm.cpu())
+    np.testing.assert_array_equal(vm["main"](tvm.runtime.tensor(x)).numpy(), ref.conv2d_acc(x, wt, (1, 1), (3, 0, 3, 0)))

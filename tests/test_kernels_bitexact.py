@@ -304,3 +304,24 @@ def test_layout_changing_kernel_with_bool_steps_builds():
     tvm.compile(sch.mod, target="llvm")(tvm.runtime.tensor(xs), got)
     want = ((xs.astype(np.int32) * 3 >= 0) & (xs.astype(np.int32) * 3 < 200)).astype(np.int8).transpose(2, 0, 1)
     np.testing.assert_array_equal(got.numpy(), want)
+
+
+def test_transpose_of_an_input_is_inlined_into_a_row_kernel():
+    """A dense product's [pixels, channels] output turned back to [channels, pixels] before its
+    requantization: the transpose reads the kernel's input, so it is inlined and the kernel is a row
+    kernel computed chunk by chunk (as separate steps over the whole tensor it took 45 ms in musicnn)."""
+    import tvm
+    from tvm import te
+
+    from targets.cpu_schedules import _schedule_chunked
+
+    acc = te.placeholder((96, 40), "int32", name="acc")
+    t = te.compute((40, 96), lambda c, p: acc[p, c], name="T_transpose")
+    r = te.compute((40, 96), lambda c, p: (t[c, p].astype("int64") * 3 + 8) >> 4, name="requant")
+    out = te.compute((40, 96), lambda c, p: tvm.tirx.max(tvm.tirx.min(r[c, p], 127), -128).astype("int8"), name="clip")
+    sch = _schedule_chunked(te.create_prim_func([acc, out]))
+    assert not any(sch.get(b).name_hint == "T_transpose" for b in sch.get_child_blocks(sch.get_sblock("root")))
+    a = rng.integers(-(2**12), 2**12, (96, 40)).astype(np.int32)
+    got = tvm.runtime.tensor(np.zeros((40, 96), np.int8))
+    tvm.compile(sch.mod, target="llvm")(tvm.runtime.tensor(a), got)
+    np.testing.assert_array_equal(got.numpy(), np.clip((a.T.astype(np.int64) * 3 + 8) >> 4, -128, 127).astype(np.int8))
