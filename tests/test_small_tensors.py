@@ -98,3 +98,42 @@ def test_small_table_inputs_keep_their_width(tmp_path):
              x2=rng.standard_normal((4, 1, 16)).astype(np.float32))
     art = load(compile_model(tmp_path / "g.onnx", "x86", tmp_path / "a", calib=tmp_path / "c.npz", progress=False))
     assert [i["quant"]["dtype"] for i in art.manifest["inputs"]] == ["int8", "int16"]
+
+
+def test_homogeneous_coordinates_keep_their_one(tmp_path):
+    """points [x, y] near 15-40 joined with a column of ones and multiplied by a 3 x 3 transform (an
+    activation): the small concat of parts so different is one 16-bit grid, where 8 bits read the 1 as 1.1
+    and moved every point by a tenth of the translation."""
+    import onnxruntime as ort
+
+    from runtime import compile_model, load
+
+    n = helper.make_node
+    nodes = [n("Mul", ["pts", "zero"], ["z"]), n("Slice", ["z", "s0", "s1", "ax"], ["zc"]), n("Add", ["zc", "one"], ["ones"]),
+             n("Concat", ["pts", "ones"], ["hom"], axis=2), n("MatMul", ["hom", "T"], ["moved"])]
+    consts = {"zero": np.array(0, np.float32), "one": np.array(1, np.float32), "s0": np.array([0], np.int64),
+              "s1": np.array([1], np.int64), "ax": np.array([2], np.int64)}
+    graph = helper.make_graph(nodes, "hom", [helper.make_tensor_value_info("pts", TensorProto.FLOAT, [1, 60, 2]),
+                                             helper.make_tensor_value_info("T", TensorProto.FLOAT, [3, 3])],
+                              [helper.make_tensor_value_info("hom", TensorProto.FLOAT, [1, 60, 3]),
+                               helper.make_tensor_value_info("moved", TensorProto.FLOAT, [1, 60, 3])],
+                              [numpy_helper.from_array(v, k) for k, v in consts.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "h.onnx")
+    rng = np.random.default_rng(3)
+
+    def transforms(count):
+        a = rng.uniform(-0.2, 0.2, count)
+        t = np.zeros((count, 3, 3), np.float32)
+        t[:, 0, 0], t[:, 0, 1], t[:, 1, 0], t[:, 1, 1] = np.cos(a), np.sin(a), -np.sin(a), np.cos(a)
+        t[:, 2, 0], t[:, 2, 1], t[:, 2, 2] = rng.uniform(-8, 8, count), rng.uniform(-8, 8, count), 1
+        return t
+
+    np.savez(tmp_path / "c.npz", pts=rng.uniform(15, 40, (8, 1, 60, 2)).astype(np.float32), T=transforms(8))
+    art = load(compile_model(tmp_path / "h.onnx", "x86", tmp_path / "a", calib=tmp_path / "c.npz", progress=False))
+    session = ort.InferenceSession(str(tmp_path / "h.onnx"))
+    for pts, t in zip(rng.uniform(15, 40, (3, 1, 60, 2)).astype(np.float32), transforms(3)):
+        got, want = art.run({"pts": pts, "T": t}), session.run(None, {"pts": pts, "T": t})
+        np.testing.assert_allclose(got["hom"][..., 2], 1.0, atol=0.005)
+        np.testing.assert_allclose(got["moved"], want[1], atol=0.25)  # the points' own 8-bit grid: steps of 0.16

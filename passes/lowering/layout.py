@@ -344,7 +344,8 @@ def lower_concat(ctx, call, args):
     else:
         wide = any(isinstance(p, Accumulator) for p in parts) and ctx.config.residual_dtype == "int16"
         # an int32 part (e.g. patch embeddings) joining a 16-bit residual stream stays 16-bit
-        dtype = "int16" if wide or ctx.wide_output() or any(p.dtype == "int16" for p in values) else "int8"
+        dtype = "int16" if (wide or ctx.wide_output() or any(p.dtype == "int16" for p in values)
+                            or _mixed_small(call, parts)) else "int8"
         scale = activation_scale(*ctx.out_range(), dtype)
         exprs = []
         for p in parts:
@@ -354,6 +355,24 @@ def lower_concat(ctx, call, args):
             q, m, s = ctx.to_int32_at(p, scale)
             exprs.append(emit.requantize(q, m, s, *INT_RANGE[dtype], dtype))
     return Quantized(ctx.emit(relax.op.concat(exprs, axis=call.attrs.axis)), scale, dtype, qmax=calibrated_qmax(dtype))
+
+
+SMALL_CONCAT = 4096  # elements of a concat whose parts of very different ranges share one 16-bit grid
+
+
+def _mixed_small(call, parts) -> bool:
+    """Whether a small concat joins parts whose ranges differ PART_RATIO-fold or more: homogeneous
+    coordinates [x, y, 1] with x, y near 35 (a face mesh's landmarks), where one 8-bit grid read the
+    1 as 1.11 and every translation through it 11% too long."""
+    size = 1
+    for d in call.ty.shape:
+        if not isinstance(d, tvm.tirx.IntImm):
+            return False
+        size *= int(d)
+    amax = [float(np.abs(p).max(initial=0.0)) if isinstance(p, np.ndarray) else
+            max(abs(v) for v in p.out_range) if isinstance(p, Accumulator) else p.scale * (p.qmax or INT_RANGE[p.dtype][1])
+            for p in parts]
+    return size <= SMALL_CONCAT and max(amax) > PART_RATIO * max(min(amax), 1e-30)
 
 
 def _per_part(ctx, call, args) -> Accumulator | None:

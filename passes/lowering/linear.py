@@ -219,25 +219,17 @@ SMALL_PRODUCT = 1 << 16  # multiply-adds of an activation x activation matmul th
 
 
 def _small_product_operands(ctx, call, a, b):
-    """(a, b, bound on |sum|): 8-bit operands, but a small product (a 4 x 4 transform composed with
-    another, at most SMALL_PRODUCT multiply-adds) keeps operands kept at 16 bits: one such against an
-    8-bit other as they are, two of them narrowed to the most bits whose products the int32 sums hold
-    (a face mesh's crop transform, rotation and scale near 0.06-1.4 beside translations near 30, lost
-    10% of its scale through an 8-bit operand)."""
+    """(a, b, bound on |sum|): 8-bit operands, but a small product (at most SMALL_PRODUCT multiply-adds:
+    a 4 x 4 transform composed with another, points [x, y, 1] times a 3 x 3 rotation) takes 16-bit ones,
+    narrowed to the most bits whose products the int32 sums hold. Through one 8-bit grid a face mesh's
+    crop transform (rotation and scale near 0.06-1.4 beside translations near 30) lost 10% of its
+    scale, and the homogeneous 1 beside coordinates near 35 read 1.11."""
     k = int(call.args[0].ty.shape[-1])
     out = 1
     for d in call.ty.shape:
         out *= int(d) if isinstance(d, tvm.tirx.IntImm) else SMALL_PRODUCT
-    wide_a, wide_b = ctx.is_wide(a), ctx.is_wide(b)
-    if out * k > SMALL_PRODUCT or not (wide_a or wide_b):
-        return ctx.to_8bit(a), ctx.to_8bit(b), k * 255 * 128
-    if wide_a != wide_b:
-        if k * 2**15 * 255 >= 2**31:
-            return ctx.to_8bit(a), ctx.to_8bit(b), k * 255 * 128
-        a, b = (ctx.materialize(a, wide=True), ctx.to_8bit(b)) if wide_a else (ctx.to_8bit(a), ctx.materialize(b, wide=True))
-        return a, b, k * 2**15 * 255
-    bits = min(16, (32 - math.ceil(math.log2(k))) // 2)  # k * (2^(bits-1))^2 <= 2^31 / 2
-    if bits <= 8:
+    bits = min(16, (32 - math.ceil(math.log2(k))) // 2) if k > 1 else 16  # k * (2^(bits-1))^2 <= 2^31 / 2
+    if out * k > SMALL_PRODUCT or bits <= 8:
         return ctx.to_8bit(a), ctx.to_8bit(b), k * 255 * 128
     qmax = 2 ** (bits - 1) - 1
     return ctx.narrowed(a, qmax), ctx.narrowed(b, qmax), k * qmax * qmax
