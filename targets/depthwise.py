@@ -256,8 +256,8 @@ def _rewrite(builder: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     kh, kw = weights.shape[2:]
     wide = int(shape[3]) + pads[1] + pads[3]
     columns = (wide - kw) // stride + 1
-    if 2 * columns < -(-wide // stride):  # most of each flat row discarded: a kernel as wide as the input (TF's
-        return call                       # conv1d over features, 1 output column of 561) computed 561x its outputs
+    if 2 * columns < -(-wide // stride) and (stem or multiplier > 1):  # most of each flat row discarded: a kernel
+        return call  # as wide as the input (TF's conv1d over features, 1 output column of 561) computed 561x its outputs
     outputs = ((int(shape[2]) + pads[0] + pads[2] - kh) // stride + 1) * columns
     if (depthwise and multiplier == 1 and kh > 1 and kw >= QUAD_MIN_WIDTH and outputs <= QUAD_MAX_OUTPUTS
             and _quad_taps()):
