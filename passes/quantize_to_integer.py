@@ -265,8 +265,8 @@ class QuantizeToInteger:
         # every user (box corners 1.8 px apart, 18 levels of a mask's probability) and saves nothing
         config = replace(self.config, wide_tensors=(
             *self.config.wide_tensors, *wide, *(_float_tensors(func) if self.config.activation_bits == 16 else ()),
-            *((*bound, *_passed_inputs(func, bound), *_float_tensors(func, SMALL_TENSOR))
-              if self.config.wide_outputs else ())))
+            *((*bound, *_passed_inputs(func, bound)) if self.config.wide_outputs else ()),
+            *(_float_tensors(func, SMALL_TENSOR) if self.config.wide_outputs and self.config.sized_widths else ())))
         ranges = narrow_table_inputs(func, self.ranges, set(config.wide_tensors))
         bb = relax.BlockBuilder()
         ctx = LoweringContext(bb, ranges, config, getattr(self.ranges, "channel_amax", None),

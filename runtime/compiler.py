@@ -314,6 +314,8 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
     config = replace(config or QuantConfig(), allow_float=allow_float or (config is not None and config.allow_float))
     free = _free_batch(input_shapes, spec, tune_trials)
     seq, sizes, seq_axes = _sequence_dim(input_shapes, buckets, spec, precision)
+    if seq:  # every bucket's integers must agree: no width may follow a size that follows the length
+        config = replace(config, sized_widths=False)
     free_shapes = input_shapes
     calib_length = _calibration_length(calib, seq, seq_axes, input_shapes) if seq else None
     input_shapes = bound_shapes(input_shapes, {seq.name: calib_length} if seq else None)  # batch 1

@@ -314,3 +314,33 @@ def test_strided_outputs_of_unpadded_buckets(tmp_path):
         got, want = art.run({"x": x})["y"], session.run(None, {"x": x})[0]
         assert got.shape == (1, 6, width // 4)
         assert float(got.ravel() @ want.ravel() / (np.linalg.norm(got) * np.linalg.norm(want))) >= 0.999
+
+
+def test_no_width_follows_the_bucket_length(tmp_path):
+    """Buckets 16..128 of one encoder: Q.K^T is a small product (16 bits) at 16 and 32 tokens and not at 64
+    and 128, so a width that followed sizes would give a 10-token sentence other integers padded into 128;
+    buckets are lowered with no size-dependent widths (QuantConfig.sized_widths)."""
+    g = torch.Generator().manual_seed(1)
+    torch.manual_seed(0)
+    enc = _Encoder()
+    enc.pos = torch.nn.Parameter(torch.randn(128, WIDTH, generator=g) * 0.3)
+    ids = torch.ones(1, 8, dtype=torch.long)
+    with torch.no_grad():
+        torch.onnx.export(enc, (ids, ids), str(tmp_path / "enc.onnx"), dynamo=False, opset_version=17,
+                          input_names=["ids", "mask"], output_names=["tokens", "pooled"],
+                          dynamic_axes={"ids": {1: "seq"}, "mask": {1: "seq"}, "tokens": {1: "seq"}})
+    samples = [_sample(100, s) for s in range(4)]
+    np.savez(tmp_path / "calib.npz", ids=np.concatenate([s[0] for s in samples]),
+             mask=np.concatenate([s[1] for s in samples]))
+    assert compile_main([str(tmp_path / "enc.onnx"), "--calib", str(tmp_path / "calib.npz"), "--input-shape",
+                         "ids:1x1..128", "--input-shape", "mask:1x1..128", "-o", str(tmp_path / "a"), "-q",
+                         "--no-check"]) == 0
+    model = runtime.load(tmp_path / "a")
+    assert model.manifest["buckets"]["sizes"] == [16, 32, 64, 128]
+    ids, mask = _sample(10, seed=3)
+    own = model.run_integer(model.quantize_inputs({"ids": ids, "mask": mask}))
+    pad = [(0, 0), (0, 118)]
+    padded = model.run_integer(model.quantize_inputs({"ids": np.pad(ids, pad, constant_values=7),
+                                                      "mask": np.pad(mask, pad)}))
+    np.testing.assert_array_equal(own[0], padded[0][:, :10])
+    np.testing.assert_array_equal(own[1], padded[1])

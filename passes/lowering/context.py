@@ -42,6 +42,10 @@ class QuantConfig:
     # most 64 elements (False: at the width its op gives it, 8 bits mostly; tests that count errors in
     # 8-bit output steps)
     wide_outputs: bool = True
+    # Widths that follow tensor sizes: 16 bits for tensors of at most 64 elements, for small activation x
+    # activation products and small concats of very different parts (False where one model is lowered at
+    # several lengths, buckets, whose integers must agree wherever a sample runs)
+    sized_widths: bool = True
     # The bias after a conv/matmul absorbs the mean error its weights' rounding makes on the calibration
     # data, (W_q - W) @ mean(x) per output channel (bias correction, Nagel et al. 2019): on
     # EfficientNet-Lite0 the weights alone cost cosine 0.9946, corrected 0.9990 (False: tests that

@@ -345,7 +345,7 @@ def lower_concat(ctx, call, args):
         wide = any(isinstance(p, Accumulator) for p in parts) and ctx.config.residual_dtype == "int16"
         # an int32 part (e.g. patch embeddings) joining a 16-bit residual stream stays 16-bit
         dtype = "int16" if (wide or ctx.wide_output() or any(p.dtype == "int16" for p in values)
-                            or _mixed_small(call, parts)) else "int8"
+                            or (ctx.config.sized_widths and _mixed_small(call, parts))) else "int8"
         scale = activation_scale(*ctx.out_range(), dtype)
         exprs = []
         for p in parts:

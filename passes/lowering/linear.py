@@ -229,7 +229,7 @@ def _small_product_operands(ctx, call, a, b):
     for d in call.ty.shape:
         out *= int(d) if isinstance(d, tvm.tirx.IntImm) else SMALL_PRODUCT
     bits = min(16, (32 - math.ceil(math.log2(k))) // 2) if k > 1 else 16  # k * (2^(bits-1))^2 <= 2^31 / 2
-    if out * k > SMALL_PRODUCT or bits <= 8:
+    if out * k > SMALL_PRODUCT or bits <= 8 or not ctx.config.sized_widths:
         return ctx.to_8bit(a), ctx.to_8bit(b), k * 255 * 128
     qmax = 2 ** (bits - 1) - 1
     return ctx.narrowed(a, qmax), ctx.narrowed(b, qmax), k * qmax * qmax
