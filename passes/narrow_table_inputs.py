@@ -66,15 +66,19 @@ def _moving(program: str, lo: float, hi: float, out_range, wide: bool) -> tuple[
     return float(xs[first] - step), float(xs[last] + step)
 
 
-def table_only_inputs(func: relax.Function) -> set[str]:
-    """Names of the tensors that table lookups alone read (a gate's sigmoid input)."""
+def table_tensors(func: relax.Function) -> set[str]:
+    """Names of the tensors that table lookups alone read (a gate's sigmoid input) or that a table
+    lookup makes (the gate): a table's output wanted at 16 bits reads its input at 16 bits too."""
     readers: dict[str, list] = {}
+    made = set()
     for block in func.body.blocks:
         for b in block.bindings:
+            if isinstance(b.value, relax.Call) and _program(b.value) is not None:
+                made.add(b.var.name)
             for arg in vars_read(b.value):
                 readers.setdefault(arg.name, []).append(b.value)
-    return {name for name, values in readers.items()
-            if all(isinstance(v, relax.Call) and _program(v) is not None for v in values)}
+    return made | {name for name, values in readers.items()
+                   if all(isinstance(v, relax.Call) and _program(v) is not None for v in values)}
 
 
 def narrow_table_inputs(func: relax.Function, ranges: dict, wide: frozenset[str] | set[str]) -> dict:

@@ -51,7 +51,7 @@ from .lowering.float_fallback import FloatTensor, quantize_float
 from .lowering.integer_inputs import find_exact_inputs, lower_exact, vars_read
 from .lowering.values import MaskedLogits
 from .reference.kernels import INT_RANGE
-from .narrow_table_inputs import narrow_table_inputs, table_only_inputs
+from .narrow_table_inputs import narrow_table_inputs, table_tensors
 from .sensitivity import coarse_grids, find_sensitive, scaled_input
 
 OFFSET_AWARE = frozenset({"relax.reshape", "relax.permute_dims", "relax.squeeze", "relax.expand_dims",
@@ -186,10 +186,11 @@ def _float_tensors(func: relax.Function, most: int | None = None) -> list[str]:
     small ones are carried at 16 bits: a handful of values, often each of its own magnitude (a 4 x 4
     crop transform: scales near 0.06 and 1.3 beside translations near 30), which one 8-bit grid rounds
     to a few levels or to 0, and 16 bits cost nothing at that size. (A face mesh's lip transform came
-    out with its rotation at 0 and its scale 36% off: crops 3-8 px away.) A table's input is left as
-    it is: at 16 bits its table has 65536 entries, one per step of an unrolled recurrence's gates."""
+    out with its rotation at 0 and its scale 36% off: crops 3-8 px away.) A table's input and output
+    are left as they are: at 16 bits its table has 65536 entries, one per step of an unrolled
+    recurrence's gates."""
     found = []
-    skip = table_only_inputs(func) if most is not None else set()
+    skip = table_tensors(func) if most is not None else set()
     for var in [*func.params, *(b.var for b in _bindings(func))]:
         ty = var.ty
         if not (isinstance(ty, relax.TensorType) and str(ty.dtype).startswith("float")) or var.name in skip:

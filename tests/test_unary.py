@@ -451,3 +451,37 @@ def test_functions_of_per_channel_rescaled_integers(tmp_path, func, freqs, tol):
     # the output rounding (half a step, plus the period table's 2 pi / 4096 for sin/cos); one grid
     # for x * c: 1.33 (sin/cos) and 0.0057 (sigmoid, 1.5 steps)
     assert np.abs(got - want).max() < tol
+
+
+def test_keras_prelu_written_out_is_one_prelu(tmp_path):
+    """Keras's PReLU as tf2onnx writes it, Relu(x) + alpha * (x - Abs(x)) * 0.5 with a per-channel alpha
+    (MobileFaceNet's 33 PReLUs), becomes one PReLU (passes/fuse_prelu.py), whose negative side is a
+    per-channel multiply in the conv's epilogue (as a chain of tables it took 5x the 1x1 convs around it)."""
+    import onnxruntime as ort
+
+    from frontends import load_onnx
+    from passes import bind_weights
+    from runtime import compile_model, load
+
+    g = np.random.default_rng(7)
+    consts = {"w": (g.standard_normal((8, 4, 1, 1)) * 0.4).astype(np.float32),
+              "alpha": g.uniform(0.05, 0.5, (8, 1, 1)).astype(np.float32), "half": np.array(0.5, np.float32)}
+    n = helper.make_node
+    nodes = [n("Conv", ["x", "w"], ["c"]), n("Relu", ["c"], ["pos"]), n("Abs", ["c"], ["ab"]), n("Sub", ["c", "ab"], ["d"]),
+             n("Mul", ["alpha", "d"], ["m"]), n("Mul", ["m", "half"], ["neg"]), n("Add", ["pos", "neg"], ["y"])]
+    graph = helper.make_graph(nodes, "kprelu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 6, 6])],
+                              [numpy_helper.from_array(v, k) for k, v in consts.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "p.onnx")
+    imported = load_onnx(tmp_path / "p.onnx")
+    text = bind_weights(imported.mod, imported.params).script(show_meta=False)
+    assert "R.nn.prelu" in text and "R.abs" not in text
+    xs = g.standard_normal((6, 1, 4, 6, 6)).astype(np.float32)
+    np.savez(tmp_path / "c.npz", x=xs)
+    art = load(compile_model(tmp_path / "p.onnx", "x86", tmp_path / "a", calib=tmp_path / "c.npz", progress=False))
+    assert art.manifest["integer_only"]
+    want = ort.InferenceSession(str(tmp_path / "p.onnx")).run(None, {"x": xs[5]})[0]
+    got = art.run({"x": xs[5]})["y"]
+    assert float((got * want).sum() / np.linalg.norm(got) / np.linalg.norm(want)) > 0.999
