@@ -477,49 +477,42 @@ def test_lp_normalization_compiles_integer_only(tmp_path, p):
     assert float((got * ref).sum() / np.linalg.norm(got) / np.linalg.norm(ref)) > 0.999
 
 
-def test_compress_with_constant_condition_is_a_gather(tmp_path):
+def _integer_only_matches_onnxruntime(tmp_path, path, xs, sample: int, atol: float) -> None:
+    """Compile `path` calibrated on `xs` (input x); integer-only, and within `atol` of onnxruntime on xs[sample]."""
     import onnxruntime as ort
 
     from runtime import compile_model, load
 
-    cond = onnx.numpy_helper.from_array(np.array([1, 0, 1, 1, 0, 0, 1, 0], bool), "cond")
-    path = _tiny(tmp_path / "c.onnx", [2, 8], [helper.make_node("Compress", ["x", "cond"], ["o"], axis=1)], [cond],
-                 outputs=(("o", [2, 4]),))
-    xs = np.random.default_rng(5).standard_normal((8, 2, 8)).astype(np.float32)
     np.savez(tmp_path / "calib.npz", x=xs)
     art = load(compile_model(path, "x86", tmp_path / "a", calib=tmp_path / "calib.npz", progress=False))
     assert art.manifest["integer_only"] is True
-    want = ort.InferenceSession(str(path)).run(None, {"x": xs[1]})[0]
-    np.testing.assert_allclose(art.run({"x": xs[1]})["o"], want, atol=0.05)
+    want = ort.InferenceSession(str(path)).run(None, {"x": xs[sample]})[0]
+    np.testing.assert_allclose(art.run({"x": xs[sample]})["o"], want, atol=atol)
+
+
+def test_compress_with_constant_condition_is_a_gather(tmp_path):
+    cond = onnx.numpy_helper.from_array(np.array([1, 0, 1, 1, 0, 0, 1, 0], bool), "cond")
+    path = _tiny(tmp_path / "c.onnx", [2, 8], [helper.make_node("Compress", ["x", "cond"], ["o"], axis=1)], [cond],
+                 outputs=(("o", [2, 4]),))
+    _integer_only_matches_onnxruntime(tmp_path, path, np.random.default_rng(5).standard_normal((8, 2, 8)).astype(np.float32),
+                                      1, 0.05)
 
 
 def test_split_into_one_part_is_its_input(tmp_path):
     """A Split with one output (tf2onnx's unstack of a batch of 1, MoveNet's input) imports as a split
     typed as a tensor, not a tuple; it is its input, and the model compiles integer-only."""
-    import onnxruntime as ort
-
-    from runtime import compile_model, load
-
     inits = [onnx.numpy_helper.from_array(np.array([0], np.int64), "ax"),
              onnx.numpy_helper.from_array(np.array([0.5, -1.0, 2.0, 1.0], np.float32), "k")]
     nodes = [helper.make_node("Split", ["x"], ["s"], axis=0), helper.make_node("Squeeze", ["s", "ax"], ["q"]),
              helper.make_node("Mul", ["q", "k"], ["o"])]
     path = _tiny(tmp_path / "split1.onnx", [1, 4], nodes, inits, outputs=(("o", [4]),))
-    xs = np.random.default_rng(2).standard_normal((8, 1, 4)).astype(np.float32)
-    np.savez(tmp_path / "calib.npz", x=xs)
-    art = load(compile_model(path, "x86", tmp_path / "a", calib=tmp_path / "calib.npz", progress=False))
-    assert art.manifest["integer_only"] is True
-    want = ort.InferenceSession(str(path)).run(None, {"x": xs[2]})[0]
-    np.testing.assert_allclose(art.run({"x": xs[2]})["o"], want, atol=0.05)
+    _integer_only_matches_onnxruntime(tmp_path, path, np.random.default_rng(2).standard_normal((8, 1, 4)).astype(np.float32),
+                                      2, 0.05)
 
 
 def test_split_of_exact_integers_keeps_them_exact(tmp_path):
     """Floor -> Cast(int64) -> Split -> y * 16 + x -> Gather (a sampling grid's index arithmetic): the
     int64 pair is split as it is, not refused as a float activation without a range."""
-    import onnxruntime as ort
-
-    from runtime import compile_model, load
-
     nodes = [helper.make_node("Floor", ["x"], ["f"]), helper.make_node("Cast", ["f"], ["i"], to=TensorProto.INT64),
              helper.make_node("Split", ["i"], ["c", "r"], axis=0), helper.make_node("Mul", ["r", "w"], ["rw"]),
              helper.make_node("Add", ["rw", "c"], ["lin"]), helper.make_node("Squeeze", ["lin", "ax"], ["flat"]),
@@ -528,12 +521,8 @@ def test_split_of_exact_integers_keeps_them_exact(tmp_path):
              onnx.numpy_helper.from_array(np.array([0], np.int64), "ax"),
              onnx.numpy_helper.from_array(np.linspace(-1, 1, 256 * 2, dtype=np.float32).reshape(256, 2), "table")]
     path = _tiny(tmp_path / "grid.onnx", [2, 32], nodes, inits, outputs=(("o", [32, 2]),))
-    xs = np.random.default_rng(4).uniform(0, 15.99, (6, 2, 32)).astype(np.float32)
-    np.savez(tmp_path / "calib.npz", x=xs)
-    art = load(compile_model(path, "x86", tmp_path / "a", calib=tmp_path / "calib.npz", progress=False))
-    assert art.manifest["integer_only"] is True
-    want = ort.InferenceSession(str(path)).run(None, {"x": xs[5]})[0]
-    np.testing.assert_allclose(art.run({"x": xs[5]})["o"], want, atol=0.01)
+    _integer_only_matches_onnxruntime(tmp_path, path, np.random.default_rng(4).uniform(0, 15.99, (6, 2, 32)).astype(np.float32),
+                                      5, 0.01)
 
 
 def test_nodes_out_of_topological_order_are_sorted(tmp_path):
