@@ -279,8 +279,12 @@ def _schedule_chunked(func: tvm.tirx.PrimFunc):
     blocks, lead, row = found
     if row <= 0:  # an empty tensor (a zero-length slice): nothing to schedule
         return None
-    if any(sch.get(b).name_hint.startswith("T_transpose") for b in blocks[:-1]) and _inline_input_layouts(sch, blocks):
-        blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    if any(sch.get(b).name_hint.startswith("T_transpose") for b in blocks[:-1]):
+        trial = sch.copy()  # all or nothing: a partial inlining leaves `blocks` pointing at removed blocks
+        if _inline_input_layouts(trial, trial.get_child_blocks(trial.get_sblock("root"))):
+            sch = trial
+            blocks = sch.get_child_blocks(sch.get_sblock("root"))
+            *lead, _ = sch.get_loops(blocks[-1])
     if any(sch.get(b).name_hint.startswith("T_transpose") for b in blocks):
         return _schedule_repack(func) or _schedule_elementwise(func)
     if _inline_single_reads(sch, blocks):

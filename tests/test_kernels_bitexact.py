@@ -325,3 +325,24 @@ def test_transpose_of_an_input_is_inlined_into_a_row_kernel():
     got = tvm.runtime.tensor(np.zeros((40, 96), np.int8))
     tvm.compile(sch.mod, target="llvm")(tvm.runtime.tensor(a), got)
     np.testing.assert_array_equal(got.numpy(), np.clip((a.T.astype(np.int64) * 3 + 8) >> 4, -128, 127).astype(np.int8))
+
+
+def test_kernel_whose_transposes_go_in_only_in_part_schedules():
+    """One transpose reads the kernel's input (it could be inlined), another an intermediate (it cannot):
+    the kernel keeps all its blocks and takes the layout schedule (a partial inlining had left the
+    schedule pointing at removed blocks: 'The block no longer exists', in nine corpus models)."""
+    import tvm
+    from tvm import te
+
+    from targets.cpu_schedules import _schedule_chunked
+
+    acc = te.placeholder((8, 64), "int32", name="acc")
+    t1 = te.compute((64, 8), lambda i, j: acc[j, i], name="T_transpose")
+    r = te.compute((64, 8), lambda i, j: t1[i, j] * 2, name="double")
+    t2 = te.compute((8, 64), lambda i, j: r[j, i], name="T_transpose1")
+    out = te.compute((8, 64), lambda i, j: (t2[i, j] + 1).astype("int16"), name="plus")
+    sch = _schedule_chunked(te.create_prim_func([acc, out]))
+    a = rng.integers(-1000, 1000, (8, 64)).astype(np.int32)
+    got = tvm.runtime.tensor(np.zeros((8, 64), np.int16))
+    tvm.compile(sch.mod, target="llvm")(tvm.runtime.tensor(a), got)
+    np.testing.assert_array_equal(got.numpy(), (a * 2 + 1).astype(np.int16))
