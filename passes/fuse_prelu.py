@@ -52,10 +52,9 @@ def fuse_prelu(mod, _ctx):
     pattern = _either("relax.add", is_op("relax.nn.relu")(x), scaled)
 
     def rewrite(call, m):
-        if not (m[x].same_as(m[x2]) and m[x].same_as(m[x3])) or not isinstance(getattr(m[x], "ty", None),
-                                                                                relax.TensorType):
-            return call
-        if m[x].ty.shape is None or not str(m[x].ty.dtype).startswith("float"):
+        ty = getattr(m[x], "ty", None)
+        if (not (m[x].same_as(m[x2]) and m[x].same_as(m[x3])) or not isinstance(ty, relax.TensorType)
+                or ty.shape is None or not str(ty.dtype).startswith("float")):
             return call
         found = _slope([m[c].value.numpy() for c in (c1, c2) if c in m], m[x].ty)
         if found is None:

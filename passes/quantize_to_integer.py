@@ -183,9 +183,9 @@ SMALL_TENSOR = 64  # elements: a float activation this small is carried at 16 bi
 
 def _float_tensors(func: relax.Function, most: int | None = None) -> list[str]:
     """Float inputs and bindings (given `most`: those of at most `most` elements that are neither a
-    table's input nor its output). The small ones are carried at 16 bits: a handful of values, often each of its own magnitude (a 4 x 4
-    crop transform: scales near 0.06 and 1.3 beside translations near 30), which one 8-bit grid rounds
-    to a few levels or to 0, and 16 bits cost nothing at that size. (A face mesh's lip transform came
+    table's input nor its output). The small ones are carried at 16 bits: a handful of values, often
+    each of its own magnitude (a 4 x 4 crop transform: scales near 0.06 and 1.3 beside translations
+    near 30), which one 8-bit grid rounds to a few levels or to 0, and 16 bits cost nothing there. (A face mesh's lip transform came
     out with its rotation at 0 and its scale 36% off: crops 3-8 px away.) A table's input and output
     are left as they are: at 16 bits its table has 65536 entries, one per step of an unrolled
     recurrence's gates."""

@@ -208,28 +208,26 @@ class LoweringContext:
     def to_8bit(self, value: Value) -> Quantized:
         """An 8-bit operand for a matmul or conv: int16 values are requantized to int8 over their
         calibrated range (the int16 headroom is not kept: values beyond it saturate)."""
-        q = self.materialize(value)
-        if q.dtype in ("int8", "uint8"):
-            return q
-        if (q, "8bit") not in self._materialized:
-            scale = q.scale * (q.qmax or INT_RANGE[q.dtype][1]) / 127
-            m, s = dyadic(q.scale / scale)
-            self._materialized[(q, "8bit")] = Quantized(self.emit(emit.requantize(q.expr, m, s, -128, 127, "int8")),
-                                                        scale, "int8")
-        return self._materialized[(q, "8bit")]
+        return self._over_range(self.materialize(value), 127, "int8")
 
     def narrowed(self, value: Value, qmax: int) -> Quantized:
         """`value` as int16 integers within +-qmax over its calibrated range (its headroom dropped: values
         beyond saturate), for a product of two 16-bit operands whose int32 sums must hold."""
-        q = self.materialize(value, wide=True)
+        return self._over_range(self.materialize(value, wide=True), qmax, "int16")
+
+    def _over_range(self, q: Quantized, qmax: int, dtype: str) -> Quantized:
+        """An int16 `q` requantized so that its calibrated range spans +-qmax of `dtype` (memoized); 8-bit
+        values pass through."""
         if q.dtype in ("int8", "uint8"):
             return q
-        if (q, qmax) not in self._materialized:
+        if (q, (qmax, dtype)) not in self._materialized:
             scale = q.scale * (q.qmax or INT_RANGE[q.dtype][1]) / qmax
             m, s = dyadic(q.scale / scale)
-            self._materialized[(q, qmax)] = Quantized(
-                self.emit(emit.requantize(q.expr, m, s, -qmax, qmax, "int16")), scale, "int16", qmax=qmax)
-        return self._materialized[(q, qmax)]
+            lo = -qmax - 1 if dtype == "int8" else -qmax
+            self._materialized[(q, (qmax, dtype))] = Quantized(
+                self.emit(emit.requantize(q.expr, m, s, lo, qmax, dtype)), scale, dtype,
+                qmax=qmax if dtype == "int16" else None)
+        return self._materialized[(q, (qmax, dtype))]
 
     def operand(self, value: Value, weight_l1: int, weight_bits: int = 8) -> Quantized:
         """The activation operand of a constant-weight conv/matmul whose quantized weights sum to at

@@ -369,10 +369,15 @@ def _mixed_small(call, parts) -> bool:
         if not isinstance(d, tvm.tirx.IntImm):
             return False
         size *= int(d)
-    amax = [float(np.abs(p).max(initial=0.0)) if isinstance(p, np.ndarray) else
-            max(abs(v) for v in p.out_range) if isinstance(p, Accumulator) else p.scale * (p.qmax or INT_RANGE[p.dtype][1])
-            for p in parts]
-    return size <= SMALL_CONCAT and max(amax) > PART_RATIO * max(min(amax), 1e-30)
+    def amax(p) -> float:
+        if isinstance(p, np.ndarray):
+            return float(np.abs(p).max(initial=0.0))
+        if isinstance(p, Accumulator):
+            return max(abs(v) for v in p.out_range)
+        return p.scale * (p.qmax or INT_RANGE[p.dtype][1])
+
+    ranges = [amax(p) for p in parts]
+    return size <= SMALL_CONCAT and max(ranges) > PART_RATIO * max(min(ranges), 1e-30)
 
 
 def _per_part(ctx, call, args) -> Accumulator | None:
