@@ -130,3 +130,36 @@ def test_equal_shapes_share_one_kernel_and_keep_their_values():
     assert text.count("def windowed_requant") == 1 and "R.multiply" not in text
     want = np.concatenate([ref.requantize(acc, *ref.dyadic(np.array([r])), -128, 127, "int8") for r in ratios])
     np.testing.assert_array_equal(run_relax(build, [acc]), want)
+
+
+@pytest.mark.parametrize("out_dtype", ["int8", "uint8", "int16"])
+def test_a_bias_folded_into_the_window(out_dtype):
+    """requantize(acc + bias): the rewrite moves the window by the constant bias instead of adding
+    it (one add less per output), biases large enough that a moved edge leaves int32 included;
+    ratios above 1 keep the final clip. Equal to the reference at and around every window edge."""
+    from tvm import relax
+
+    from targets.requant import windowed_requant
+
+    c = 12
+    ratios = np.exp(rng.uniform(np.log(1e-5), np.log(4.0), c))
+    ratios[:4] = 1e-3
+    m, s = ref.dyadic(ratios)
+    lo, hi = ref.kernels.INT_RANGE[out_dtype]
+    a_lo, a_hi = window(m, np.left_shift(1, s - 1), s, lo, hi)
+    bias = rng.integers(-(2**20), 2**20, c).astype(np.int64)
+    bias[:4] = [2**31 - 2**10, -(2**31) + 2**10, 2**31 - 2**20, 0]  # a_lo - bias or a_hi - bias past int32
+    acc = rng.integers(-(2**21), 2**21, (2, c, 16), dtype=np.int64)
+    for ch in range(c):
+        near = np.concatenate([np.arange(-2, 3) + a_lo[ch], np.arange(-2, 3) + a_hi[ch]]) - bias[ch]
+        acc[0, ch, :near.size] = near
+    acc = np.clip(acc, I32.min - np.minimum(bias, 0)[:, None], I32.max - np.maximum(bias, 0)[:, None]).astype(np.int32)
+    mc, sc, bc = (emit.channel_shape(v, 3, 1) for v in (m, s, bias))
+    want = ref.requantize(acc.astype(np.int64) + bc, mc, sc, lo, hi, out_dtype)
+
+    def build(a):
+        return emit.requantize(relax.op.add(a, relax.const(bc.astype(np.int32))), mc, sc, lo, hi, out_dtype)
+
+    text = windowed_requant(relax_main(build, [acc])).script()
+    assert "R.add" not in text and "windowed_requant" in text
+    np.testing.assert_array_equal(run_relax(build, [acc]), want)
