@@ -94,7 +94,8 @@ def offset_requant_te(acc: te.Tensor, m: te.Tensor, c: te.Tensor, s: te.Tensor, 
     """`windowed_requant_te` in the unsigned form: clip(((u * m + c) >> s) + f_lo, lo, hi) with
     u = clamp(acc, a_lo, a_hi) - a_lo (uint32), m uint32, c and s uint64; int64 like the chain.
     `bounded`: f(a_lo) >= lo and f(a_hi) <= hi everywhere, so the window alone keeps the result
-    in [lo, hi] and the clip is left out; an `f_lo` equal everywhere comes as an int. `base`
+    in [lo, hi] and the clip is left out; an `f_lo` of zeros comes as 0 (no add; an int in the
+    kernel's signature would stop an unrolled recurrence's steps from sharing one kernel). `base`
     (uint32, modulo 2^32) is subtracted instead of a_lo where a bias was folded into the window."""
     def body(*i):
         x = tirx.max(tirx.min(acc[i].astype("int32"), _at(a_hi, i)), _at(a_lo, i))
@@ -188,7 +189,7 @@ class _Rewriter(PyExprMutator):
                 a_lo, a_hi = np.clip(base, i32.min, i32.max), np.clip(a_hi.astype(np.int64) - bias, i32.min, i32.max)
                 base = const(np.mod(base, 2**32), "uint32")
             args = (acc, const(m, "uint32"), const(c, "uint64"), const(s, "uint64"), const(a_lo, "int32"),
-                    const(a_hi, "int32"), int(f_lo.flat[0]) if np.all(f_lo == f_lo.flat[0]) else const(f_lo, "int32"), lo, hi,
+                    const(a_hi, "int32"), 0 if not np.any(f_lo) else const(f_lo, "int32"), lo, hi,
                     bounded)
             return self.kernels.call_te(offset_requant_te, *args, *([base] if bias is not None else []),
                                         primfunc_name_hint="windowed_requant")
