@@ -267,6 +267,17 @@ def _sort_nodes(graph: onnx.GraphProto) -> None:
     graph.node.extend(order)
 
 
+def input_dim_names(path: str | os.PathLike) -> dict[str, list[str | None]]:
+    """Each graph input's dims as the file names them (a symbol, or None where fixed or unnamed),
+    read without the weights; {} where the file cannot be read (load_onnx says why)."""
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        return {}
+    return {v.name: [d.dim_param or None if not _fixed(d) else None for d in v.type.tensor_type.shape.dim]
+            for v in _graph_inputs(model)}
+
+
 def _graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     inits = {i.name for i in model.graph.initializer}
     return [v for v in model.graph.input if v.name not in inits]

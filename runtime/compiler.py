@@ -19,7 +19,7 @@ import numpy as np
 
 from frontends import CompileError, ImportedModel, InputError, ToolchainError, load_onnx
 from frontends.batch_axes import output_batch_axes
-from frontends.onnx_import import FreeDim, TensorSpec, bound_shapes
+from frontends.onnx_import import FreeDim, TensorSpec, bound_shapes, input_dim_names
 from passes import (BOUNDARY_ATTR, LAYERS_ATTR, QuantConfig, QuantizeToInteger, bind_weights, calibrate,
                     verify_integer_only)
 from passes.generalize_batch import generalize_batch, input_shapes_of, output_shapes
@@ -182,16 +182,36 @@ def _sequence_dim(input_shapes, sizes: list[int] | None, spec, precision) -> tup
     return seq, sizes, {k: i for k, (i, _) in found.items()}
 
 
+def _one_length_in_the_model(model_path: Path, seq: FreeDim, axes: dict[str, int]) -> None:
+    """Refuse a free length given to inputs whose dims the model names differently: they are
+    independent lengths (an encoder's source and a decoder's prefix), which one artifact's buckets
+    (one length, padded together) cannot serve."""
+    names = input_dim_names(model_path)
+    symbols = {k: names[k][axis] for k, axis in axes.items() if k in names and axis < len(names[k])}
+    if len({v for v in symbols.values() if v}) > 1:
+        shown = ", ".join(f"{k!r} ({v})" for k, v in symbols.items() if v)
+        raise CompileError(f"--input-shape gives one free length {seq.name}={seq.lo}..{seq.hi} to inputs whose lengths "
+                           f"the model names apart: {shown}. They are independent lengths, and an artifact takes one "
+                           "free length: give the others as numbers (e.g. --input-shape "
+                           f"{next(iter(symbols))}:1x8), or compile one artifact per length")
+
+
 def _calibration_length(calib, seq: FreeDim, axes: dict[str, int], input_shapes) -> int:
     """The length the calibration samples have (the largest bucket for synthetic samples)."""
     if calib is None:
         return seq.hi
     try:
         with np.load(calib, allow_pickle=False) as data:
-            name = next(k for k in axes if k in data.files)
-            length = int(data[name].shape[axes[name] - len(input_shapes[name])])
+            lengths = {k: int(data[k].shape[axes[k] - len(input_shapes[k])]) for k in axes if k in data.files}
     except Exception:  # load_calibration names what is wrong with the file
         return seq.hi
+    if not lengths:
+        return seq.hi
+    if len(set(lengths.values())) > 1:
+        raise InputError(f"{calib}: the inputs sharing the free length {seq.name} have different lengths in the "
+                         f"calibration samples ({', '.join(f'{k!r}: {v}' for k, v in lengths.items())}); "
+                         "pad them to one length (masked positions zero)")
+    length = next(iter(lengths.values()))
     if not seq.lo <= length <= seq.hi:
         raise InputError(f"{calib}: the calibration samples have {seq.name} = {length}, outside --input-shape's "
                          f"range {seq.lo}..{seq.hi}")
@@ -314,6 +334,8 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
     config = replace(config or QuantConfig(), allow_float=allow_float or (config is not None and config.allow_float))
     free = _free_batch(input_shapes, spec, tune_trials)
     seq, sizes, seq_axes = _sequence_dim(input_shapes, buckets, spec, precision)
+    if seq:
+        _one_length_in_the_model(model_path, seq, seq_axes)
     if seq:  # every bucket's integers must agree: no width may follow a size that follows the length
         config = replace(config, sized_widths=False)
     free_shapes = input_shapes

@@ -11,6 +11,7 @@ import runtime
 from frontends import CompileError, InputError, parse_input_shape
 from frontends.onnx_import import FreeDim
 from runtime.buckets import default_sizes
+from runtime.compiler import compile_model
 from runtime.compile import main as compile_main
 from runtime.run import main as run_main
 
@@ -344,3 +345,36 @@ def test_no_width_follows_the_bucket_length(tmp_path):
                                                       "mask": np.pad(mask, pad)}))
     np.testing.assert_array_equal(own[0], padded[0][:, :10])
     np.testing.assert_array_equal(own[1], padded[1])
+
+
+def _two_lengths(path, src_dim: str, tgt_dim: str):
+    """Token embeddings of a source (mean-pooled) added to a target prefix's: two length inputs."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    emb = helper.make_tensor("emb", TensorProto.FLOAT, [20, 8], np.random.default_rng(0).standard_normal(160).tolist())
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["emb", "src"], ["s"]), helper.make_node("ReduceMean", ["s"], ["p"], axes=[1]),
+         helper.make_node("Gather", ["emb", "tgt"], ["t"]), helper.make_node("Add", ["t", "p"], ["y"])],
+        "two_lengths",
+        [helper.make_tensor_value_info("src", TensorProto.INT64, [1, src_dim]),
+         helper.make_tensor_value_info("tgt", TensorProto.INT64, [1, tgt_dim])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, tgt_dim, 8])], [emb])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+
+
+def test_independent_lengths_are_named_in_the_refusal(tmp_path):
+    """An encoder's source and a decoder's prefix (dims the model names apart) given one free length:
+    refused naming both, before anything is calibrated; inputs sharing a length whose calibration
+    samples differ in it are told so (the file is not blamed for its shape)."""
+    model, calib = tmp_path / "m.onnx", tmp_path / "c.npz"
+    _two_lengths(model, "src_seq", "tgt_seq")
+    np.savez(calib, src=np.ones((4, 1, 8), np.int64), tgt=np.ones((4, 1, 5), np.int64))
+    with pytest.raises(CompileError, match=r"'src' \(src_seq\), 'tgt' \(tgt_seq\).*independent lengths"):
+        compile_model(model, "x86", tmp_path / "a", calib=calib,
+                      input_shapes={"src": (1, FreeDim("seq", 1, 16)), "tgt": (1, FreeDim("seq", 1, 16))})
+    _two_lengths(model, "seq", "seq")
+    with pytest.raises(InputError, match=r"different lengths in the calibration samples \('src': 8, 'tgt': 5\)"):
+        compile_model(model, "x86", tmp_path / "a", calib=calib,
+                      input_shapes={"src": (1, FreeDim("seq", 1, 16)), "tgt": (1, FreeDim("seq", 1, 16))})
+    assert not (tmp_path / "a").exists()
