@@ -250,13 +250,28 @@ def taps_input_te(x: te.Tensor, pads, stride: int, hq: int, wq: int, dot: str) -
     return te.compute(shape, lambda *i: value(0, *i), name=f"{dot}_{TAPS_INPUT}")
 
 
-def taps_geometry(h: int, w: int, kh: int, kw: int, stride: int, pads, lanes: int):
+def taps_geometry(h: int, w: int, kh: int, kw: int, stride: int, pads, dot: Dot, o: int):
     """(Ho, Wo, Wx, Hq, Wq) of a taps conv: its output size, the output width rounded up to whole
-    vectors, and the size of one stride phase of the padded input that every tap reads."""
+    vectors (and further, by at most an eighth, where that admits a better tile: `taps_vectors`),
+    and the size of one stride phase of the padded input that every tap reads."""
     top, left, bottom, right = pads
     ho, wo = (h + top + bottom - kh) // stride + 1, (w + left + right - kw) // stride + 1
-    wx = -(-wo // lanes) * lanes
+    wx = taps_vectors(o, -(-wo // dot.lanes), dot) * dot.lanes
     return ho, wo, wx, ho + (kh - 1) // stride, wx + (kw - 1) // stride
+
+
+def taps_vectors(o: int, vectors: int, dot: Dot) -> int:
+    """The vectors per output row a taps conv computes: `vectors` (the row in whole vectors), or up
+    to an eighth more where the better tile needs them. A row of 13 vectors (196 pixels) admitted
+    only the one-accumulator tile, whose dot products wait on each other: a 3x3 conv 32 -> 64 over
+    196x196 ran at 35 GMAC/s; padded to 14, the (2, 7) tile runs it at ~200 (onnxruntime fp32 ~55)."""
+    most = vectors + max(vectors // 8, 1 if vectors > 8 else 0)
+    for rows, run in _TAPS_TILES[dot.registers]:
+        if o % rows == 0:
+            fits = [v for v in range(vectors, most + 1) if v % run == 0]
+            if fits:
+                return fits[0]
+    return vectors
 
 
 def _batch(x: te.Tensor, batched_rank: int):
@@ -503,22 +518,29 @@ def _schedule_taps_input(sch: s_tir.Schedule, block) -> None:
     parallel(sch, sch.fuse(*outer))
 
 
+MAX_CUT_RUN = 64  # int32 lanes of a cut row's epilogue handed to LLVM as one vector, at most
+
+
 def _schedule_taps(sch: s_tir.Schedule, block, dot: Dot) -> None:
     """Tile (output channels x a run of vectors along one output row), accumulators in registers
     across all taps and channels, tensorized with the weight word broadcast."""
     epilogue = inline_epilogue(sch, f"{dot.name}_{CONV_TAPS}")
     b, o, y, x, ri, rj, c = sch.get_loops(block)
     rows, vectors = taps_tile(int(sch.get(o).extent), int(sch.get(x).extent), dot)
+    cut = bool(epilogue) and int(sch.get(epilogue[-1]).writes[0].source.shape[-1]) < int(sch.get(x).extent)
     scope = _accumulator_scope(rows * vectors, dot)
     _, bcast_b = intrinsic_names(dot, scope)
     ro, rr = sch.split(o, [None, rows])
     xo, xt, xl = sch.split(x, [None, vectors, dot.lanes])
     ko, kl = sch.split(c, [None, dot.k])
     sch.reorder(b, y, ro, xo, ri, rj, ko, rr, xt, xl, kl)
-    par = sch.fuse(b, y, ro, xo)
+    # a row cut back to fewer pixels than its tiles cover (196 of 224): the epilogue runs once per
+    # row of the tiles, over the row's true width, instead of in each tile with a predicate, which
+    # TVM cannot vectorize (LLVM made 4-lane loops of gathers of it: two thirds of a 3x3 conv's time)
+    par = sch.fuse(b, y, ro) if cut else sch.fuse(b, y, ro, xo)
     parallel(sch, par)
     acc = sch.cache_write(block, 0, scope)
-    sch.reverse_compute_at(acc, par)
+    sch.reverse_compute_at(acc, xo if cut else par)
     for consumer in epilogue:
         sch.reverse_compute_at(consumer, par)
     init = sch.decompose_reduction(block, ri)
@@ -528,5 +550,10 @@ def _schedule_taps(sch: s_tir.Schedule, block, dot: Dot) -> None:
     sch.tensorize(xl, bcast_b)
     for stage in [acc, *epilogue]:
         inner = sch.get_loops(stage)[-1]
-        if static_factor(sch.get(inner).extent) % dot.lanes == 0:
+        extent = static_factor(sch.get(inner).extent)
+        if extent % dot.lanes == 0:
             _vectorize_if_it_can(sch, inner)
+        elif cut and stage in epilogue:  # a true row (196): in runs that divide it, else whole
+            run = max((d for d in range(dot.lanes, MAX_CUT_RUN + 1) if extent % d == 0), default=None)
+            if run is not None or extent <= MAX_CUT_RUN:
+                _vectorize_if_it_can(sch, sch.split(inner, [None, run])[1] if run and run < extent else inner)

@@ -180,7 +180,7 @@ class _Rewriter(PyExprMutator):
         for dot in self.family.recipes(str(x.ty.dtype)):
             steps = -(-c // dot.k) * dot.k
             wt = np.pad(w_np, [(0, 0), (0, steps - c), (0, 0), (0, 0)]).transpose(0, 2, 3, 1)
-            ho, wo, wx, hq, wq = vnni.taps_geometry(h, wd, kh, kw, stride, pads, dot.lanes)
+            ho, wo, wx, hq, wq = vnni.taps_geometry(h, wd, kh, kw, stride, pads, dot, o)
             if vnni.taps_tile(o, wx, dot) is not None and (dot is not MADDUBS or maddubs_safe(wt.reshape(o, -1), U8_MAX)):
                 break
         else:

@@ -250,3 +250,35 @@ def test_one_channel_conv_with_many_taps_takes_its_patches_bit_exact(cpu, tmp_pa
         pytest.skip(f"this CPU cannot run {cpu} code: compiled and checked the instructions only")
     vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib)), tvm.cpu())
     np.testing.assert_array_equal(vm["main"](tvm.runtime.tensor(x)).numpy(), ref.conv2d_acc(x, wt, (1, 1), (3, 0, 3, 0)))
+
+
+@pytest.mark.parametrize("cpu", ["x86-64-v4+avx512vnni", "x86-64-v3"])
+def test_cut_rows_with_a_requantization_bit_exact(cpu, tmp_path):
+    """A row of 196 pixels: 13 vectors of 16, which admit only the one-accumulator tile, are padded to 14
+    (`taps_vectors`: the (2, 7) tile; AVX2: 25 of 8, the (2, 5) tile), and the requantization runs once per row over the true width
+    (unpredicated vectors; in each tile, TVM could not vectorize its predicate). Equal to the
+    reference, requantization included; the schedule is what it says."""
+    import tvm
+    from tvm import relax
+
+    from targets import vnni
+    from targets.kernel_family import VNNI
+
+    x = rng.integers(-128, 128, (1, 16, 6, 196)).astype(np.int8)
+    wt = rng.integers(-128, 128, (8, 16, 3, 3)).astype(np.int8)
+    attrs, pads = _Attrs((1, 1), (1, 1, 1, 1)), (1, 1, 1, 1)
+    assert vnni.taps_geometry(6, 196, 3, 3, 1, pads, VNNI, 8)[1:3] == (196, 224)
+    m, s = ref.dyadic(np.full(8, 3e-5))
+    mc, sc = emit.channel_shape(m, 4, 1), emit.channel_shape(s, 4, 1)
+    spec = get_target("x86", cpu=cpu)
+    target = spec.target()
+    ex = tvm.compile(relax_main(lambda a: emit.requantize(emit.conv2d_acc(a, wt, attrs), mc, sc, -128, 127, "int8"),
+                                [x]), target=target, relax_pipeline=spec.relax_pipeline(target))
+    lib = tmp_path / "lib.so"
+    ex.export_library(str(lib))
+    assert not any("conv_taps" in name and "vpgather" in text for name, text in _kernels(lib).items())
+    if missing_features(cpu.split("+")[:1] + ["+" + f for f in cpu.split("+")[1:]]):
+        pytest.skip(f"this CPU cannot run {cpu} code: compiled and checked the instructions only")
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib)), tvm.cpu())
+    want = ref.requantize(ref.conv2d_acc(x, wt, (1, 1), pads), mc, sc, -128, 127, "int8")
+    np.testing.assert_array_equal(vm["main"](tvm.runtime.tensor(x)).numpy(), want)
