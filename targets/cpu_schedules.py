@@ -28,6 +28,7 @@ from .schedule_common import (
     divisor,
     fold_epilogue,
     inline_epilogue,
+    loop_nest,
     matmul_block,
     parallel,
     row_kernel,
@@ -92,21 +93,7 @@ def _schedule_elementwise(func: tvm.tirx.PrimFunc):
     if not blocks or any(int(v.iter_type) != 0 for b in blocks for v in sch.get(b).iter_vars):
         return None
     for block in blocks:
-        loops = sch.get_loops(block)
-        if not loops:
-            continue
-        fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
-        symbolic = not isinstance(sch.get(fused).extent, tvm.tirx.IntImm)  # a batch of n samples
-        extent = static_factor(sch.get(fused).extent)
-        if extent < 1024 and not symbolic:
-            continue
-        stmt = sch.get(block)  # bool blocks stay scalar: TVM vectorizes their stores with int8 values
-        boolean = any(str(r.source.dtype) == "bool" for r in [*stmt.reads, *stmt.writes])
-        lanes = 16 if extent % 16 == 0 and not boolean else 1
-        outer, inner = sch.split(fused, [None, lanes * 64 if extent % (lanes * 64) == 0 else lanes])
-        parallel(sch, outer)
-        if lanes > 1:
-            sch.vectorize(sch.split(inner, [None, lanes])[1])
+        loop_nest(sch, block)
     return sch
 
 

@@ -183,13 +183,49 @@ GATHER = "T_take"  # topi.take's block: a table lookup, a load at a data-depende
 
 def inline_producers(sch: s_tir.Schedule, keep) -> None:
     """Inline every block of the kernel that `keep` does not accept, last first, where it can be inlined
-    and is read once; the others stay loop nests of their own, before. Table lookups stay loop nests:
-    inlined, a chain of them and their requantizations became one expression that LLVM took 6 minutes
-    to compile (magika's conv input: two lookups in 40 steps); so do values broadcast to their reader."""
+    and is read once; the others stay loop nests of their own, before (`loop_nest`). Table lookups stay
+    loop nests: inlined, a chain of them and their requantizations became one expression that LLVM took
+    6 minutes to compile (magika's conv input: two lookups in 40 steps); so do values broadcast to their reader."""
     for other in reversed(sch.get_child_blocks(sch.get_sblock("root"))):
         if (not keep(other) and not sch.get(other).name_hint.startswith(GATHER) and _read_once(sch, other)
                 and not _broadcast(sch, other)):
             try:
                 sch.compute_inline(other)
             except s_tir.schedule.ScheduleError:
-                pass  # computed in a loop nest of its own
+                pass
+    for other in sch.get_child_blocks(sch.get_sblock("root")):
+        if not keep(other):
+            loop_nest(sch, other)
+
+
+def _bool_lanes(stmt) -> bool:
+    """The block writes bools, or reads them at an index that varies within a vector of its last axis
+    (TVM vectorizes bool stores with int8 values: MoveNet MultiPose died in its TIR pipeline); a bool
+    per channel read by every pixel (an instance norm's zero-variance mask) is one scalar per vector."""
+    if any(str(w.source.dtype) == "bool" for w in stmt.writes):
+        return True
+    last = stmt.iter_vars[-1]
+    name = re.compile(rf"\b{re.escape(last.var.name)}\b")
+    return any(str(r.source.dtype) == "bool" and (int(last.dom.extent) % 16 or name.search(str(r.region)))
+               for r in stmt.reads)
+
+
+def loop_nest(sch: s_tir.Schedule, block) -> None:
+    """An elementwise block left a loop nest of its own: parallel over chunks of its fused loops, 16
+    lanes within (bool ones stay scalar: `_bool_lanes`). TVM's
+    default loops are serial and scalar: a written-out instance norm's values read twice by the next
+    conv's padded input took 25 ms over 32x256x256 (onnxruntime ran the whole model in 19)."""
+    loops = sch.get_loops(block)
+    stmt = sch.get(block)
+    if not loops or any(int(v.iter_type) != 0 for v in stmt.iter_vars):
+        return
+    fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+    symbolic = not isinstance(sch.get(fused).extent, tvm.tirx.IntImm)  # a batch of n samples
+    extent = static_factor(sch.get(fused).extent)
+    if extent < 1024 and not symbolic:
+        return
+    lanes = 16 if extent % 16 == 0 and not _bool_lanes(stmt) else 1
+    outer, inner = sch.split(fused, [None, lanes * 64 if extent % (lanes * 64) == 0 else lanes])
+    parallel(sch, outer)
+    if lanes > 1:
+        sch.vectorize(sch.split(inner, [None, lanes])[1])

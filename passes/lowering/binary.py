@@ -21,6 +21,7 @@ here. NumPy twins: `passes.reference.binary`.
 from __future__ import annotations
 
 import numpy as np
+import tvm
 
 from ..reference import binary as ref
 from ..reference.kernels import INT_RANGE, dyadic
@@ -184,8 +185,21 @@ def divide_activations(ctx, call, a, b) -> Quantized:
     scale = activation_scale(*ctx.out_range(), dtype)
     frac = ref.DIV_FRAC_BITS[qa.dtype]
     m, s = dyadic(qa.scale / (qb.scale * scale) * 2.0**-frac)
-    expr = emit_binary.divide(qa.expr, qb.expr, frac, m, s, *INT_RANGE[dtype], dtype)
+    # a divisor broadcast over many elements (an instance norm's std per channel): its reciprocal
+    # once per element of it, a multiply per output (a written-out instance norm divided 2M times)
+    broadcast = _elements(call.args[1]) * BROADCAST_DIVISOR <= _elements(call)
+    divide = emit_binary.divide_by_reciprocal if broadcast else emit_binary.divide
+    expr = divide(qa.expr, qb.expr, frac, m, s, *INT_RANGE[dtype], dtype)
     return Quantized(ctx.emit(expr), scale, dtype, qmax=calibrated_qmax(dtype))
+
+
+BROADCAST_DIVISOR = 8  # outputs per divisor element from which the divisor's reciprocal is taken
+
+
+def _elements(expr) -> int:
+    """Elements of a tensor's static shape (symbolic dims, a free batch, count once)."""
+    shape = getattr(expr.ty, "shape", None) or []
+    return int(np.prod([int(d) for d in shape if isinstance(d, tvm.tirx.IntImm)] or [1]))
 
 
 @lowers("relax.stack")

@@ -54,6 +54,18 @@ def divide(a, b, frac_bits: int, m, s, lo: int, hi: int, out_dtype: str) -> rela
     return R.astype(R.where(zero, inf, y), out_dtype)
 
 
+def divide_by_reciprocal(a, b, frac_bits: int, m, s, lo: int, hi: int, out_dtype: str) -> relax.Expr:
+    a, b = R.astype(a, "int64"), R.astype(b, "int64")
+    zero = R.equal(b, _i64(0))
+    r = round_div(_i64(1 << ref.RECIPROCAL_BITS), R.where(zero, _i64(1), b))
+    shift = ref.RECIPROCAL_BITS - frac_bits
+    q = R.right_shift(R.add(R.multiply(R.abs(a), R.abs(r)), _i64(1 << (shift - 1))), _i64(shift))
+    q = R.multiply(q, R.multiply(R.sign(a), R.sign(r)))  # |r| >= 2^12; q = 0 where a = 0
+    y = requantize(q, m, s, lo, hi, "int64")
+    inf = R.where(R.greater(a, _i64(0)), _i64(hi), R.where(R.less(a, _i64(0)), _i64(lo), _i64(min(max(0, lo), hi))))
+    return R.astype(R.where(zero, inf, y), out_dtype)
+
+
 def reduce_sum(x: relax.Expr, axes, keepdims: bool, shift: int = 0) -> relax.Expr:
     if not shift:
         return R.sum(R.astype(x, "int32"), axis=list(axes), keepdims=keepdims)

@@ -82,6 +82,25 @@ def divide(a, b, frac_bits: int, m, s, lo: int, hi: int, out_dtype: str) -> np.n
     return np.where(b == 0, zero, y).astype(out_dtype)
 
 
+RECIPROCAL_BITS = 43  # 2^43 / b: |a| * r < 2^59 for 16-bit a; the quotient off by <= 2^-14 of its unit
+
+
+def divide_by_reciprocal(a, b, frac_bits: int, m, s, lo: int, hi: int, out_dtype: str) -> np.ndarray:
+    """`divide` for a divisor broadcast over many elements (an instance norm's per-channel std):
+    r = round_div(2^K, b) once per element of b, then the quotient |a| * |r| >> (K - P), rounded half
+    away from zero, signed, requantized: a multiply per element instead of a division (x86 has no
+    vector integer division). It differs from round_div(a << P, b) only where that quotient lies within
+    2^-14 of a rounding tie (by one unit of it, 2^-P of a / b); b == 0 as in `divide`."""
+    a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
+    r = round_div(np.int64(1) << RECIPROCAL_BITS, np.where(b == 0, 1, b))
+    a, r, b = np.broadcast_arrays(a, r, b)
+    shift = RECIPROCAL_BITS - frac_bits
+    q = (np.abs(a) * np.abs(r) + (np.int64(1) << (shift - 1))) >> shift
+    y = requantize(q * np.sign(a) * np.sign(r), m, s, lo, hi, "int64")
+    zero = np.where(a > 0, hi, np.where(a < 0, lo, np.clip(0, lo, hi)))
+    return np.where(b == 0, zero, y).astype(out_dtype)
+
+
 def reduce_sum(x, axes, keepdims: bool, shift: int = 0) -> np.ndarray:
     """int32 sum over `axes`: exact for shift 0, else (sum + 2^(k-1)) >> k in int64, saturated."""
     total = np.sum(np.asarray(x, np.int64), axis=tuple(axes), keepdims=keepdims)
@@ -134,4 +153,4 @@ def log_softmax(x, m: int, s: int, m_out, s_out, m_log, s_log, lo: int, hi: int,
 
 
 __all__ = ["COMPARE_OPS", "VALUE_OPS", "EXP2_IN_BITS", "common_scale", "divide", "log2_fixed",
-           "log_softmax", "multiply_acc", "reduce_sum", "round_div"]
+           "log_softmax", "multiply_acc", "reduce_sum", "round_div", "divide_by_reciprocal", "RECIPROCAL_BITS"]
