@@ -256,7 +256,8 @@ def lower_multiply(ctx, call, args):
 @lowers("relax.divide")
 def lower_divide(ctx, call, args):
     """x / c (c constant, e.g. attention's sqrt(d)): the same integers at scale S / c; x / b and
-    c / b (b an activation): rounded integer division."""
+    c / b (b an activation): rounded integer division, or, by a b broadcast over 8 outputs or more
+    (an instance norm's std), a multiply by b's reciprocal taken once per element of b."""
     a, b = args
     if not isinstance(b, np.ndarray):
         return binary.divide_activations(ctx, call, a, b)
