@@ -512,7 +512,7 @@ def taps_tile(o: int, wx: int, dot: Dot):
 def _schedule_taps_input(sch: s_tir.Schedule, block) -> None:
     """The taps conv's input pack with its producers (a requantization) inlined: parallel over
     phase rows, each row a loop over the k-step slots with the columns innermost (contiguous reads)."""
-    inline_producers(sch, lambda other: other.same_as(block))
+    inline_producers(sch, lambda other: sch.get(other).same_as(sch.get(block)))
     *outer, xq, kl = sch.get_loops(block)
     sch.reorder(*outer, kl, xq)
     parallel(sch, sch.fuse(*outer))

@@ -71,6 +71,18 @@ def ordered(ctx, x, axis) -> relax.Expr:
     return ctx.materialize(x, wide=True).expr
 
 
+def _trailing_sum(expr: relax.Expr, shape: list[int], axes: list[int], keepdims: bool, shift: int) -> relax.Expr:
+    """reduce_sum; over several trailing axes (an instance norm's H and W) as one axis of their
+    product, so that the sum is a row kernel's (parallel, vectorized): over [H, W] it ran TVM's
+    plain loops, 1.7 ns per element."""
+    first = len(shape) - len(axes)
+    if len(axes) < 2 or axes != list(range(first, len(shape))) or first == 0:
+        return emit_binary.reduce_sum(expr, axes, keepdims, shift)
+    rows = relax.op.reshape(expr, [*shape[:first], int(np.prod(shape[first:]))])
+    total = emit_binary.reduce_sum(rows, [first], keepdims, shift)
+    return relax.op.reshape(total, [*shape[:first], *[1] * len(axes)]) if keepdims else total
+
+
 @lowers(*REDUCTIONS)
 def lower_reduce(ctx, call, args):
     kind = REDUCTIONS[call.op.name]
@@ -89,7 +101,7 @@ def lower_reduce(ctx, call, args):
     shift = max(0, math.ceil(math.log2(count * bound / (2**31 - 1)))) if count * bound >= 2**31 else 0
     if shift > 32:
         ctx.fail(f"sum over {count} elements needs a {shift}-bit shift to fit int32")
-    out = ctx.emit(emit_binary.reduce_sum(expr, axes, bool(call.attrs.keepdims), shift))
+    out = ctx.emit(_trailing_sum(expr, shape, axes, bool(call.attrs.keepdims), shift))
     scale *= 2.0**shift / (count if kind == "mean" else 1)
     clamp = (0.0, math.inf) if nonneg else (-math.inf, math.inf)
     return Accumulator(out, np.asarray(scale), None, ctx.out_range(), clamp)
