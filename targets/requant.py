@@ -109,14 +109,6 @@ def offset_requant_te(acc: te.Tensor, m: te.Tensor, c: te.Tensor, s: te.Tensor, 
     return te.compute(acc.shape, body, name="windowed_requant")
 
 
-def _f(m: np.ndarray, rnd: np.ndarray, s: np.ndarray, acc: np.ndarray) -> np.ndarray:
-    """(acc * m + rnd) >> s elementwise in Python integers (the chain's value before its clip)."""
-    m, rnd, s, acc = np.broadcast_arrays(*(np.asarray(v, np.int64) for v in (m, rnd, s, acc)))
-    out = np.array([(int(a) * int(mi) + int(r)) >> int(si) for mi, r, si, a in zip(m.flat, rnd.flat, s.flat, acc.flat)],
-                   dtype=object)
-    return out.reshape(m.shape)
-
-
 _SOURCES = ("int32", "int16", "uint16", "int8", "uint8")  # rescaled activations too (residual adds, concat)
 
 
@@ -180,7 +172,8 @@ class _Rewriter(PyExprMutator):
         offset = offset_form(m, rnd, s, a_lo, a_hi)
         if offset is not None:
             c, f_lo = offset
-            bounded = bool(np.all(f_lo >= lo) and np.all(_f(m, rnd, s, a_hi) <= hi))
+            f_hi = (a_hi.astype(np.int64) * m + rnd) >> s  # < 2^62 + 2^61: int64 holds it (m < 2^31, s <= 62)
+            bounded = bool(np.all(f_lo >= lo) and np.all(f_hi <= hi))
             acc, bias = self._biased(acc, rank, static)
             if bias is not None:  # clamp(x + bias, a_lo, a_hi) - a_lo == clamp(x, a_lo - bias, a_hi - bias) - (a_lo - bias)
                 full = np.broadcast_shapes(full, bias.shape)
