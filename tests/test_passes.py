@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import tvm
@@ -368,3 +370,39 @@ def test_written_out_softmax_becomes_one(tmp_path):
     session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
     for x in (xs[0], np.array([[-35, -33, -38, -31, -36, -34]], np.float32)):
         np.testing.assert_allclose(art.run({"x": x})["y"], session.run(None, {"x": x})[0], atol=0.01)
+
+
+def test_wide_gemm_keeps_as_many_input_bits_as_its_sums_allow(tmp_path):
+    """A 4096 -> 16 Gemm whose int8 weights sum to ~1.2e5 per column, over features of scale 0.05 with
+    three outliers at 20 (that the weights ignore): at 16 bits the int32 sums could overflow, and at 8
+    (a step of 0.16) nearly every feature rounded to zero (a captcha head's Dense after Flatten: cosine 0.58). The input keeps
+    +-(2^31 - 1) // L1 levels instead (about 12 bits), clipped so that the sums hold."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper as h, numpy_helper as nh
+
+    import onnx
+    import runtime
+    from runtime.compiler import compile_model
+
+    rng = np.random.default_rng(8)
+    k = 4096
+    w = rng.normal(0, 0.1, (k, 16)).astype(np.float32)
+    w[:3] = 0.0  # the outliers only widen the input's range
+    graph = h.make_graph([h.make_node("Gemm", ["x", "w"], ["y"])], "g",
+                         [h.make_tensor_value_info("x", TensorProto.FLOAT, [1, k])],
+                         [h.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])], [nh.from_array(w, "w")])
+    path = str(tmp_path / "g.onnx")
+    onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]), path)
+    xs = rng.normal(0, 0.05, (12, 1, k)).astype(np.float32)
+    xs[:, 0, :3] = 20.0
+    np.savez(tmp_path / "calib.npz", x=xs[:8])
+    art = compile_model(path, output=tmp_path / "a", calib=tmp_path / "calib.npz", progress=False,
+                        config=QuantConfig(activation_bits=16))
+    text = (art / "model.relax.py").read_text()
+    clip = re.search(r"R\.clip\(\w+, -(\d+), (\d+)\)", text)  # the input narrowed to +-(2^31 - 1) // L1
+    assert clip and clip[1] == clip[2] and 255 <= int(clip[1]) < 2**15 - 1
+    assert re.search(r'Tensor\(\(1, 4096\), dtype="int16"\) = R\.astype', text)
+    model, session = runtime.load(art), ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    for x in xs[8:]:
+        want, got = session.run(None, {"x": x})[0].ravel(), model.run({"x": x})["y"].ravel()
+        assert want @ got / np.linalg.norm(want) / np.linalg.norm(got) > 0.99  # 8 bits: ~0.3

@@ -96,11 +96,11 @@ def _tap_share(x: relax.Expr, out: relax.Expr, attrs, kernel, transposed: bool =
     return share[0][:, None] * share[1][None, :]
 
 
-def _check_accumulator_bound(ctx, l1: int, x_dtype: str):
-    bound = l1 * max(abs(v) for v in INT_RANGE[x_dtype])
+def _check_accumulator_bound(ctx, l1: int, x):
+    most = x.bound if getattr(x, "bound", None) is not None else max(abs(v) for v in INT_RANGE[x.dtype])
+    bound = l1 * most
     if bound >= 2**31:
-        ctx.fail(f"int32 accumulator could overflow: |x| <= {max(abs(v) for v in INT_RANGE[x_dtype])} times "
-                 f"weights summing to {l1} (bound {bound} >= 2^31)")
+        ctx.fail(f"int32 accumulator could overflow: |x| <= {most} times weights summing to {l1} (bound {bound} >= 2^31)")
 
 
 def _record(ctx, op: str, w: np.ndarray, bits: int, x, **attrs):
@@ -123,7 +123,7 @@ def lower_conv2d(ctx, call, args):
     l1 = weight_l1(w_q, 0)
     x = ctx.operand(x, l1, bits)  # 8 bits, or 16 for a measured-sensitive input
     w_q, w_scale = _bias_fitting(ctx, w, w_q, w_scale, bits, 0, x.scale)  # only lowers l1
-    _check_accumulator_bound(ctx, l1, x.dtype)
+    _check_accumulator_bound(ctx, l1, x)
     _record(ctx, "conv2d", w, bits, x, strides=[int(v) for v in attrs.strides],
             padding=[int(v) for v in attrs.padding], dilation=[int(v) for v in attrs.dilation],
             groups=int(attrs.groups))
@@ -162,7 +162,7 @@ def lower_matmul(ctx, call, args):
         x = ctx.operand(x, l1, bits)
         x_scale = x.scale
     w_q, w_scale = _bias_fitting(ctx, w, w_q, w_scale, bits, 1, x_scale)  # only lowers l1
-    _check_accumulator_bound(ctx, l1, x.dtype)
+    _check_accumulator_bound(ctx, l1, x)
     _record(ctx, "matmul", w, bits, x)
     expr = ctx.emit(int4.matmul_int4(ctx.bb, x.expr, w_q) if bits == 4 else emit.matmul_acc(x.expr, w_q))
     if correction is not None:
@@ -191,7 +191,7 @@ def _constant_first_matmul(ctx, call, c, x):
         x, c = features, c.astype(np.float64) * features.scale[None, :]
     else:
         x = ctx.operand(x, reduction * 2**7, 8)
-    _check_accumulator_bound(ctx, reduction * 2**7, x.dtype)
+    _check_accumulator_bound(ctx, reduction * 2**7, x)
     c_q, c_scale = quantize_weights(c, 8, axis=c.ndim - 2)  # not a layer of the bit choice: 8 bits always
     expr = ctx.emit(relax.op.matmul(emit.const(c_q, "int8"), x.expr, out_dtype="int32"))
     x_scale = 1.0 if features is not None else x.scale
@@ -254,7 +254,7 @@ def lower_conv2d_transpose(ctx, call, args):
     # each output pixel sums a subset of its channel's taps: all of them bound it
     l1 = weight_l1(q, 0)
     x = ctx.operand(x, l1)
-    _check_accumulator_bound(ctx, l1, x.dtype)
+    _check_accumulator_bound(ctx, l1, x)
     w_q = q.reshape(groups, o_g, c_in // groups, kh, kw).transpose(0, 2, 1, 3, 4).reshape(w.shape)
     _record(ctx, "conv2d_transpose", w, bits, x, strides=[int(v) for v in a.strides],
             padding=[int(v) for v in a.padding], groups=groups)

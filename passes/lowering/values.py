@@ -17,6 +17,8 @@ class Quantized:
     which a matmul consuming it may use instead of length * max.
     `qmax`: the largest |q| the calibrated range reaches, where it is not the dtype's limit
     (16-bit activations keep headroom above it; an int8 value widened to int16 stays within 127).
+    `bound`: a hard bound on |q| below the dtype's limit (a value clipped to +-bound for a product
+    whose int32 sums must hold), which the accumulator check may use.
     """
 
     expr: relax.Expr
@@ -24,6 +26,7 @@ class Quantized:
     dtype: str
     row_sum: int | None = None
     qmax: float | None = None
+    bound: int | None = None
 
 
 @dataclass(frozen=True, eq=False)
