@@ -25,6 +25,7 @@ from tvm import s_tir
 
 from . import vnni
 from .schedule_common import (
+    bool_lanes,
     divisor,
     fold_epilogue,
     inline_epilogue,
@@ -286,8 +287,10 @@ def _schedule_chunked(func: tvm.tirx.PrimFunc):
         inner = sch.get_loops(block)[-1]
         stmt = sch.get(block)
         spatial = all(int(v.iter_type) == 0 for v in stmt.iter_vars)
-        # LLVM 22 rejects TVM's vectorized bool logic (`and <N x i1>, <N x i8>`)
-        boolean = any(str(r.source.dtype) == "bool" for r in [*stmt.reads, *stmt.writes])
+        # LLVM 22 rejects TVM's vectorized bool logic (`and <N x i1>, <N x i8>`); a bool per channel
+        # read by every lane is a scalar (an instance norm's zero-variance mask): scalar, the kernel
+        # took LLVM 15-32 s (a style-transfer net's norms, 90 s of its build)
+        boolean = bool_lanes(stmt)
         extent = sch.get(inner).extent  # symbolic where compute_at cut a broadcast operand's loops
         if (spatial and not boolean and isinstance(extent, tvm.tirx.IntImm) and int(extent) % 16 == 0
                 and sch.get(inner).kind == tvm.tirx.ForKind.SERIAL

@@ -198,7 +198,7 @@ def inline_producers(sch: s_tir.Schedule, keep) -> None:
             loop_nest(sch, other)
 
 
-def _bool_lanes(stmt) -> bool:
+def bool_lanes(stmt) -> bool:
     """The block writes bools, or reads them at an index that varies within a vector of its last axis
     (TVM vectorizes bool stores with int8 values: MoveNet MultiPose died in its TIR pipeline); a bool
     per channel read by every pixel (an instance norm's zero-variance mask) is one scalar per vector."""
@@ -212,7 +212,7 @@ def _bool_lanes(stmt) -> bool:
 
 def loop_nest(sch: s_tir.Schedule, block) -> None:
     """An elementwise block left a loop nest of its own: parallel over chunks of its fused loops, 16
-    lanes within (bool ones stay scalar: `_bool_lanes`). TVM's
+    lanes within (bool ones stay scalar: `bool_lanes`). TVM's
     default loops are serial and scalar: a written-out instance norm's values read twice by the next
     conv's padded input took 25 ms over 32x256x256 (onnxruntime ran the whole model in 19)."""
     loops = sch.get_loops(block)
@@ -224,7 +224,7 @@ def loop_nest(sch: s_tir.Schedule, block) -> None:
     extent = static_factor(sch.get(fused).extent)
     if extent < 1024 and not symbolic:
         return
-    lanes = 16 if extent % 16 == 0 and not _bool_lanes(stmt) else 1
+    lanes = 16 if extent % 16 == 0 and not bool_lanes(stmt) else 1
     outer, inner = sch.split(fused, [None, lanes * 64 if extent % (lanes * 64) == 0 else lanes])
     parallel(sch, outer)
     if lanes > 1:
