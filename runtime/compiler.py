@@ -161,8 +161,14 @@ def _sequence_dim(input_shapes, sizes: list[int] | None, spec, precision) -> tup
                                                                                   dict[str, int]]:
     """The free dim after the batch (a sequence length, compiled as buckets: runtime/buckets.py),
     the bucket lengths, and the axis it has in each input that has it."""
-    found = {k: (i, d) for k, v in (input_shapes or {}).items() for i, d in enumerate(v)
-             if i > 0 and isinstance(d, FreeDim)}
+    later = [(k, i, d) for k, v in (input_shapes or {}).items() for i, d in enumerate(v) if i > 0 and isinstance(d, FreeDim)]
+    twice = sorted({k for k, _, _ in later if sum(k == other for other, _, _ in later) > 1})
+    if twice:  # an image's height and width: buckets are one length, padded along one axis
+        raise CompileError(f"--input-shape: {', '.join(repr(k) for k in twice)} has more than one free dim after the "
+                           "batch (" + ", ".join(f"axis {i}: {d.lo}..{d.hi}" for k, i, d in later if k in twice) + "); an "
+                           "artifact takes one free length: give the others as numbers (e.g. image:1x3x256x1..512), "
+                           "or compile one artifact per size")
+    found = {k: (i, d) for k, i, d in later}
     if not found:
         if sizes:
             raise CompileError("--buckets needs a free length in --input-shape (e.g. input_ids:1x1..512)")

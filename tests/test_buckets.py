@@ -366,7 +366,9 @@ def _two_lengths(path, src_dim: str, tgt_dim: str):
 def test_independent_lengths_are_named_in_the_refusal(tmp_path):
     """An encoder's source and a decoder's prefix (dims the model names apart) given one free length:
     refused naming both, before anything is calibrated; inputs sharing a length whose calibration
-    samples differ in it are told so (the file is not blamed for its shape)."""
+    samples differ in it are told so (the file is not blamed for its shape); two free dims in one
+    input are refused (the second had silently replaced the first: buckets built square, then a
+    TVM shape check failed on an input the manifest accepted)."""
     model, calib = tmp_path / "m.onnx", tmp_path / "c.npz"
     _two_lengths(model, "src_seq", "tgt_seq")
     np.savez(calib, src=np.ones((4, 1, 8), np.int64), tgt=np.ones((4, 1, 5), np.int64))
@@ -377,4 +379,7 @@ def test_independent_lengths_are_named_in_the_refusal(tmp_path):
     with pytest.raises(InputError, match=r"different lengths in the calibration samples \('src': 8, 'tgt': 5\)"):
         compile_model(model, "x86", tmp_path / "a", calib=calib,
                       input_shapes={"src": (1, FreeDim("seq", 1, 16)), "tgt": (1, FreeDim("seq", 1, 16))})
+    with pytest.raises(CompileError, match=r"'src' has more than one free dim after the batch \(axis 1: 1..16, axis 2"):
+        compile_model(model, "x86", tmp_path / "a", calib=calib,  # an image's height and width, say
+                      input_shapes={"src": (1, FreeDim("seq", 1, 16), FreeDim("seq", 1, 16))})
     assert not (tmp_path / "a").exists()
