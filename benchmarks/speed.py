@@ -258,10 +258,11 @@ def ort_int8(onnx_path: Path, samples: list[dict[str, np.ndarray]], notes: list[
         def get_next(self):
             return next(self.it, None)
 
+    onnx_path = onnx_path.resolve()  # before scratch_cwd: a relative --workdir resolved there named no file
     source = onnx_path.with_suffix(".ort_pre.onnx")
     try:
         with scratch_cwd():
-            quant_pre_process(str(onnx_path.resolve()), str(source.resolve()))
+            quant_pre_process(str(onnx_path), str(source))
     except Exception as err:  # the tool's optimizer fails on some graphs: quantize the model as it is
         notes.append(f"quant_pre_process failed ({type(err).__name__}: {str(err).splitlines()[0][:120]}); "
                      "quantized without it")
