@@ -212,9 +212,9 @@ def bool_lanes(stmt) -> bool:
 
 def loop_nest(sch: s_tir.Schedule, block) -> None:
     """An elementwise block left a loop nest of its own: parallel over chunks of its fused loops, 16
-    lanes within (bool ones stay scalar: `bool_lanes`). TVM's
-    default loops are serial and scalar: a written-out instance norm's values read twice by the next
-    conv's padded input took 25 ms over 32x256x256 (onnxruntime ran the whole model in 19)."""
+    lanes within (bool ones stay scalar: `bool_lanes`). TVM's default loops are serial and scalar: a
+    written-out instance norm's values, read twice by the next conv's padded input, took 25 ms over
+    32x256x256 (onnxruntime ran the whole model in 19)."""
     loops = sch.get_loops(block)
     stmt = sch.get(block)
     if not loops or any(int(v.iter_type) != 0 for v in stmt.iter_vars):

@@ -264,7 +264,7 @@ def taps_vectors(o: int, vectors: int, dot: Dot) -> int:
     """The vectors per output row a taps conv computes: `vectors` (the row in whole vectors), or up
     to an eighth more where the better tile needs them. A row of 13 vectors (196 pixels) admitted
     only the one-accumulator tile, whose dot products wait on each other: a 3x3 conv 32 -> 64 over
-    196x196 ran at 35 GMAC/s; padded to 14, the (2, 7) tile runs it at ~200 (onnxruntime fp32 ~55)."""
+    196x196 ran at 35 GMAC/s; padded to 14, the (2, 7) tile runs it at 150 (onnxruntime fp32: 52)."""
     most = vectors + max(vectors // 8, 1 if vectors > 8 else 0)
     for rows, run in _TAPS_TILES[dot.registers]:
         if o % rows == 0:
