@@ -156,7 +156,10 @@ def inline_epilogue(sch: s_tir.Schedule, name: str) -> list:
             sch.compute_inline(block)
         except s_tir.schedule.ScheduleError:
             pass  # it writes an output, or is not elementwise: scheduled per tile instead
-    return tileable(sch, sch.get_sblock(name), after())
+    tiles = tileable(sch, sch.get_sblock(name), after())
+    for block in after()[len(tiles):]:  # whole, after the tiles: not TVM's serial scalar loops (a style
+        loop_nest(sch, block)            # norm applied after its gamma's tiny matmul took LLVM 31 s)
+    return tiles
 
 
 def _read_once(sch: s_tir.Schedule, block) -> bool:
