@@ -22,6 +22,7 @@ from tqdm import tqdm
 from tvm import relax
 
 from .float_taps import TappedModel
+from .recurrent_steps import step_groups
 from .observers import ChannelAbsMaxObserver, ChannelMeanObserver, Finite, MomentsObserver, make_observer
 from .sensitivity import PROBE_SAMPLES, SensitivityProbe
 
@@ -47,6 +48,7 @@ class CalibratedRanges(dict):
         self.probe = probe
         self.moments = moments or {}
         self.nonfinite = nonfinite  # tensors that held infinities or NaN
+        self.steps: list[list[str]] = []  # corresponding tensors of an unrolled recurrence's steps (tied)
 
 
 def _weighted_inputs(mod: tvm.IRModule) -> dict[str, set[int]]:
@@ -113,7 +115,7 @@ def calibrate(mod: tvm.IRModule, samples: Sequence[dict[str, np.ndarray]] | Iter
         if len(kept) < PROBE_SAMPLES:
             kept.append(sample)
         model.run(sample, observe)
-    return CalibratedRanges({name: obs.range() for name, obs in zip(model.names, observers)},
+    return _tied(CalibratedRanges({name: obs.range() for name, obs in zip(model.names, observers)},
                             {model.names[i]: (c.range(), c.rows) for i, c in channels.items()
                              if c.range() is not None},
                             SensitivityProbe(model, kept) if kept else None,
@@ -121,4 +123,29 @@ def calibrate(mod: tvm.IRModule, samples: Sequence[dict[str, np.ndarray]] | Iter
                             frozenset(name for name, m in zip(model.names, moments) if m.nonfinite),
                             {(model.names[i], m.axis): m.mean() for i, ms in means.items() for m in ms
                              if m.mean() is not None},
-                            frozenset(model.names[i] for i in casts - fractional))
+                            frozenset(model.names[i] for i in casts - fractional)), step_groups(mod["main"]))
+
+
+def _tied(ranges: CalibratedRanges, groups: list[list[str]]) -> CalibratedRanges:
+    """`ranges` with each group of an unrolled recurrence's corresponding tensors given the
+    statistics of all of them together (`recurrent_steps.py`): one range, the largest |x| per
+    channel, the mean per channel, pooled moments."""
+    groups = [[n for n in g if n in ranges] for g in groups]
+    ranges.steps = [g for g in groups if len(g) > 1]
+    for g in ranges.steps:
+        lo, hi = min(ranges[n][0] for n in g), max(ranges[n][1] for n in g)
+        squares, nonzero = (sum(ranges.moments.get(n, (0.0, 0))[k] for n in g) for k in (0, 1))
+        nonfinite, whole = any(n in ranges.nonfinite for n in g), all(n in ranges.whole for n in g)
+        amax = [ranges.channel_amax[n] for n in g if n in ranges.channel_amax]
+        for n in g:
+            ranges[n] = (lo, hi)
+            ranges.moments[n] = (squares, nonzero)
+            if amax:
+                ranges.channel_amax[n] = (np.max([a for a, _ in amax], axis=0), sum(r for _, r in amax))
+        axes = {axis for (n, axis) in ranges.channel_mean if n == g[0]}
+        for axis in axes:
+            mean = np.mean([ranges.channel_mean[(n, axis)] for n in g if (n, axis) in ranges.channel_mean], axis=0)
+            ranges.channel_mean.update({(n, axis): mean for n in g})
+        ranges.nonfinite = ranges.nonfinite | set(g) if nonfinite else ranges.nonfinite
+        ranges.whole = ranges.whole - set(g) if not whole else ranges.whole
+    return ranges

@@ -52,6 +52,7 @@ from .lowering.integer_inputs import find_exact_inputs, lower_exact, vars_read
 from .lowering.values import MaskedLogits
 from .reference.kernels import INT_RANGE
 from .narrow_table_inputs import narrow_table_inputs, table_tensors
+from .recurrent_steps import whole_groups
 from .sensitivity import coarse_grids, find_sensitive, scaled_input
 
 OFFSET_AWARE = frozenset({"relax.reshape", "relax.permute_dims", "relax.squeeze", "relax.expand_dims",
@@ -391,7 +392,7 @@ class QuantizeToInteger:
                 measured = {}
             memo[key] = {**coarse, **measured}, report
         wide, self.coarse = memo[key]
-        return wide
+        return whole_groups(wide, getattr(self.ranges, "steps", []))
 
     def _traced_values(self, ctx: LoweringContext, func: relax.Function, env: dict) -> list[relax.Expr]:
         names, exprs = {}, []

@@ -56,6 +56,16 @@ def _adapted(passes: list, legalize, split) -> list:
     return out
 
 
+def _after_planning(passes: list) -> list:
+    """TVM's finalization passes with `reuse_tensor_views` right after the memory plan."""
+    from .reuse_tensor_views import reuse_tensor_views
+
+    out = []
+    for p in passes:
+        out += [p, reuse_tensor_views] if p.info.name == "StaticPlanBlockMemory" else [p]
+    return out
+
+
 def cpu_pipeline(target: tvm.target.Target, tune_trials: int = 0):
     """A module pass that lowers an integer Relax module for `target` (kind llvm)."""
 
@@ -64,6 +74,6 @@ def cpu_pipeline(target: tvm.target.Target, tune_trials: int = 0):
         with target:
             return tvm.transform.Sequential(cpu_lowering_passes(target, tune_trials)
                                             + cpu_defaults.dataflow_lower_passes(target)
-                                            + cpu_defaults.finalize_passes(target))(mod)
+                                            + _after_planning(cpu_defaults.finalize_passes(target)))(mod)
 
     return pipeline

@@ -4,6 +4,8 @@ onnxruntime's op in float, and small stacked bidirectional LSTM/GRU models compi
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -311,6 +313,59 @@ def test_sequence_lens_compile_integer_only(tmp_path):
         g = got[spec["name"]]
         # 0.998-0.9999 measured: Y_h's 8 values include one just past the calibrated range
         assert float(g.ravel() @ want.ravel() / (np.linalg.norm(g) * np.linalg.norm(want))) >= 0.99, spec["name"]
+
+
+def _distinct_constants(mod) -> int:
+    """How many different integer constants (by dtype, shape and bytes) the module's calls read."""
+    import tvm
+    from tvm import relax
+
+    seen = set()
+    for block in mod["main"].body.blocks:
+        for b in block.bindings:
+            for a in getattr(b.value, "args", ()):
+                if isinstance(a, tvm.ir.GenericConst) and hasattr(a.value, "numpy"):
+                    v = a.value.numpy()
+                    seen.add((v.dtype.str, v.shape, v.tobytes()))
+    assert seen
+    return len(seen)
+
+
+def test_steps_of_a_recurrence_share_one_calibration(tmp_path):
+    """Each group of corresponding tensors of an unrolled layer's steps gets one range
+    (passes/recurrent_steps.py), so the integer module's constants (scales, gate tables, smoothed
+    recurrent weights) do not grow with the steps: 247 at 12 steps, 272 at 24 (12 more step indices,
+    and shift amounts that coincide or not); calibrated step by step they were 722 and 1339."""
+    from frontends import load_onnx
+    from passes import QuantizeToInteger, bind_weights, calibrate, verify_integer_only
+    from passes.recurrent_steps import step_groups
+
+    counts = []
+    for steps in (12, 24):
+        model = stacked((("LSTM", {}), ("GRU", {"linear_before_reset": 1})), steps=steps)
+        onnx.save(model, tmp_path / "rnn.onnx")
+        m = load_onnx(tmp_path / "rnn.onnx")
+        mod = bind_weights(m.mod, m.params)
+        groups = step_groups(mod["main"])
+        # 2 directions x 2 layers, steps 2.. tied (step 0 reads the initial state, step 1 reads step 0)
+        assert len({len(g) for g in groups}) == 1 and len(groups[0]) == steps - 2, [len(g) for g in groups]
+        samples = [{"x": x} for x in _sequences(4, steps, 1)]
+        ranges = calibrate(mod, samples, progress=False)
+        assert all(len({ranges[n] for n in g if n in ranges}) <= 1 for g in groups)
+        lowered = QuantizeToInteger(ranges)(mod)
+        assert verify_integer_only(lowered).integer_only
+        counts.append(_distinct_constants(lowered))
+    assert counts[1] - counts[0] < 40, counts
+    # the steps' temporaries cycle through a few planned views, each built once
+    # (targets/reuse_tensor_views.py): 564 kernel calls at 24 steps built 564 views, now 99
+    from targets import get_target
+
+    spec = get_target("x86")
+    with spec.target():
+        final = spec.relax_pipeline(spec.target())(lowered).script(show_meta=False)
+    kernels = len(re.findall(r"^ +(?:cls\.)?[A-Za-z_]\w*\(", final, re.M))  # destination-passing kernel calls
+    views = final.count("R.vm.alloc_tensor(")
+    assert views * 4 < kernels, (views, kernels)
 
 
 @pytest.mark.slow
