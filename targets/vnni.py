@@ -485,7 +485,13 @@ def schedule(sch: s_tir.Schedule, block, dot: Dot, kind: str) -> None:
 def _vectorize_if_it_can(sch: s_tir.Schedule, loop) -> None:
     """Vectorize an epilogue stage's inner loop where TVM can: one that writes fewer outputs than its
     tile computes (a 1-wide conv row or a 1-column dense, padded to a vector and sliced back) stays
-    scalar. Failing, it had failed the whole schedule: such kernels ran TVM's scalar loops (0.7 ms)."""
+    scalar. Failing, it had failed the whole schedule: such kernels ran TVM's scalar loops (0.7 ms).
+    A loop longer than MAX_CUT_RUN (a cut row of 32768 pixels: TVM refuses vectors that long) is
+    vectorized in runs of the largest divisor of its length up to that."""
+    extent = sch.get(loop).extent
+    if isinstance(extent, tvm.tirx.IntImm) and int(extent) > MAX_CUT_RUN:
+        run = max(d for d in range(1, MAX_CUT_RUN + 1) if int(extent) % d == 0)
+        loop = sch.split(loop, [None, run])[1]
     try:
         sch.vectorize(loop)
     except s_tir.schedule.ScheduleError:
