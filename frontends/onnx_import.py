@@ -432,16 +432,17 @@ def _check_supported(model: onnx.ModelProto, path: Path, allow_unsupported: bool
     converters = _tvm_converters()
     unconvertible = {i: name(n) for i, n in enumerate(nodes) if n.op_type not in CONTROL_FLOW_OPS and not exact(n)
                      and (n.domain not in ("", "ai.onnx") or n.op_type not in converters)}
-    tail = None
-    if allow_unsupported and (flow or selecting or shapes or unconvertible):
+    tail, alone = None, False  # alone: nothing before them to compile, so --allow-float cannot run them either
+    if flow or selecting or shapes or unconvertible:
         why = {**{i: "an op no converter takes" for i in unconvertible},
                **{i: "a shape computed from an input's values" for i, _ in shapes},
                **{i: "control flow that cannot be unrolled" for i in flow},
                **{i: "outputs as many elements as its input values select" for i in selecting}}
         head, tail = split_tail(model, why)
-        if head.graph.node:
+        alone = not head.graph.node  # they read the inputs themselves: onnxruntime would run the whole model
+        if allow_unsupported and not alone:
             model, nodes, flow, selecting, shapes, unconvertible = head, list(head.graph.node), {}, {}, [], {}
-        else:  # they read the inputs themselves: onnxruntime would run the whole model
+        else:
             tail = None
     bad = [name(n) for n in nodes if n.op_type not in CONTROL_FLOW_OPS
            and (n.op_type not in INTEGER_PATH_OPS or n.domain not in ("", "ai.onnx")) and not exact(n)]
@@ -479,9 +480,9 @@ def _check_supported(model: onnx.ModelProto, path: Path, allow_unsupported: bool
     named = {*selecting.values(), *flow.values(), *unconvertible.values(), *(t.split(" input ")[0] for _, t in shapes)}
     bad = [b for b in bad if b not in named]  # each node once, under what stops it in both modes
     if message:
-        message += later if not allow_unsupported else (
-            "\nWith --allow-float such nodes and every node after them run in onnxruntime after the artifact; here "
-            "they read the model's inputs, so nothing before them is left to compile.")
+        message += later if not alone else (
+            "\n--allow-float cannot run them either: such nodes and every node after them run in onnxruntime after "
+            "the artifact, and here they read the model's inputs, so nothing before them is left to compile.")
     if bad and not allow_unsupported:
         message += ("\n" if message else f"{path}: ") + (
             f"{len(bad)} node(s) use ops the integer-only path does not support:\n  " + "\n  ".join(bad) +
