@@ -125,6 +125,7 @@ class _Rewriter(PyExprMutator):
     def __init__(self, mod):
         super().__init__(mod)
         self.kernels = KernelCache(self.builder_)
+        self.forms = {}  # (m, rnd, s, lo, hi) -> (a_lo, a_hi, offset form): an unrolled recurrence's steps repeat them
 
     def _bound(self, expr):
         return self.lookup_binding(expr) if isinstance(expr, relax.Var) else expr
@@ -166,10 +167,13 @@ class _Rewriter(PyExprMutator):
                        for c in (m, rnd, s))):  # each constant broadcasts into acc's shape, not beyond
             return call
         lo, hi = int(call.args[1].value), int(call.args[2].value)
-        a_lo, a_hi = window(m, rnd, s, lo, hi)
+        key = (*((v.shape, v.tobytes()) for v in (m, rnd, s)), lo, hi)
+        if key not in self.forms:
+            a_lo, a_hi = window(m, rnd, s, lo, hi)
+            self.forms[key] = a_lo, a_hi, offset_form(m, rnd, s, a_lo, a_hi)
+        a_lo, a_hi, offset = self.forms[key]
         full = np.broadcast_shapes(m.shape, rnd.shape, s.shape)
         const = lambda v, dtype: relax.const(np.ascontiguousarray(np.broadcast_to(v, full)).astype(dtype), dtype)
-        offset = offset_form(m, rnd, s, a_lo, a_hi)
         if offset is not None:
             c, f_lo = offset
             f_hi = (a_hi.astype(np.int64) * m + rnd) >> s  # < 2^62 + 2^61: int64 holds it (m < 2^31, s <= 62)
