@@ -189,5 +189,5 @@ def report(rows: list[Agreement], label: str = FILE, warn: bool = True, samples:
         lines.append(f"WARNING: {', '.join(low)} agree(s) with float below cosine {MIN_COSINE} (integers: that "
                      f"share equal), mask IoU {MIN_IOU} or above a relative error {MAX_RELATIVE} (|error| / |float|): "
                      "the artifact may be wrong on real inputs; try more or more representative --calib data, "
-                     "--activation-bits 16 (every activation at 16 bits), or --allow-float and compare")
+                     "--activation-bits 16 (every activation at 16 bits), --no-bias-correction, or --allow-float and compare")
     return "\n".join(lines)

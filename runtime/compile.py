@@ -68,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="16: every activation carried at 16 bits (int16 x int8 products, about half the speed "
                         "of 8), for models whose outputs 8-bit activations cannot resolve (heatmap detectors, "
                         "pose and landmark nets); default 8, with the tensors measured sensitive at 16")
+    p.add_argument("--no-bias-correction", action="store_true",
+                   help="leave each conv's and matmul's bias as the model has it: by default it absorbs the mean "
+                        "error that rounding the weights makes on the calibration data, which is wrong where "
+                        "the inputs that matter are far from that mean (a zero-padded tail read through a "
+                        "saturating activation); try it where the check warns")
     p.add_argument("--tune-trials", type=int, default=0, metavar="N",
                    help="tune the kernels without a default schedule with MetaSchedule, N measured trials in "
                         "all (host CPU only; records are kept in ~/.cache/intq/tuning and reused)")
@@ -171,7 +176,9 @@ def main(argv: list[str] | None = None) -> int:
                              input_shapes=shapes, observer=args.observer, allow_float=args.allow_float,
                              progress=not args.quiet, cuda_arch=args.cuda_arch, cpu=args.cpu,
                              tune_trials=args.tune_trials, precision=precision, buckets=buckets,
-                             config=QuantConfig(activation_bits=args.activation_bits) if args.activation_bits != 8 else None)
+                             config=QuantConfig(activation_bits=args.activation_bits,
+                                                bias_correction=not args.no_bias_correction)
+                             if args.activation_bits != 8 or args.no_bias_correction else None)
         if args.check and args.calib and args.target in ("x86", "llvm"):  # a --cpu build: where this CPU runs it
             _check(args, path)
         print(path)
