@@ -146,3 +146,40 @@ def test_whole_number_inputs_stay_whole(tmp_path):
     assert np.log2(scale) == np.round(np.log2(scale)) and scale <= 1
     for x in (t[None], t[None] - 1, t[None] + 1):
         np.testing.assert_array_equal(art.run({"x": x})["y"], (x <= t).astype(np.float32))
+
+
+@pytest.mark.parametrize("normalize", ["batchnorm", "folded"])
+def test_feature_sequences_get_a_scale_per_feature(tmp_path, normalize):
+    """A sequence of feature vectors [1, T, F] (a sleep stager's per-epoch HRV features: 1e-3 beside
+    3e5), normalized by a BatchNormalization between two transposes (as torch and Keras export it)
+    or by weights that fold it, then a Dense: the per-feature scales follow the transposes and the
+    importer's [1, T, F] -> [T, F] reshape (hunt 14 F5: cosine 0.39 and 0.32, where one [1, F] row
+    of the same features had its scales)."""
+    rng = np.random.default_rng(0)
+    mag = np.array([1.0, 0.06, 180.0, 0.003, 3e5, 0.001, 65.0, 8e4], np.float32)
+    f, t = mag.size, 16
+    x = (mag * (1 + 0.25 * rng.standard_normal((10, 1, t, f)))).astype(np.float32)
+    mean, var = x.reshape(-1, f).mean(0), x.reshape(-1, f).var(0)
+    w, b = rng.normal(0, 0.3, (f, 12)).astype(np.float32), rng.normal(0, 0.1, 12).astype(np.float32)
+    n = helper.make_node
+    if normalize == "batchnorm":
+        nodes = [n("Transpose", ["x"], ["t"], perm=[0, 2, 1]), n("BatchNormalization", ["t", "g", "be", "mu", "va"], ["bn"]),
+                 n("Transpose", ["bn"], ["z"], perm=[0, 2, 1])]
+        inits = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in
+                 (("g", np.ones(f)), ("be", np.zeros(f)), ("mu", mean), ("va", var))]
+    else:
+        s = 1.0 / np.sqrt(var + 1e-5)
+        w, b = (w * s[:, None]).astype(np.float32), (b - (mean * s) @ w).astype(np.float32)
+        nodes, inits = [n("Identity", ["x"], ["z"])], []
+    nodes += [n("MatMul", ["z", "w"], ["m"]), n("Add", ["m", "b"], ["y"])]
+    graph = helper.make_graph(nodes, "seq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, t, f])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, t, 12])],
+                              inits + [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    np.savez(tmp_path / "c.npz", x=x[:8])
+    art = runtime.load(compile_model(tmp_path / "m.onnx", output=tmp_path / "a", calib=tmp_path / "c.npz", progress=False))
+    assert art.manifest["inputs"][0]["quant"]["axis"] == 2
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    for v in x[8:]:
+        want, got = session.run(None, {"x": v})[0].ravel(), art.run({"x": v})["y"].ravel()
+        assert want @ got / (np.linalg.norm(want) * np.linalg.norm(got)) > 0.995

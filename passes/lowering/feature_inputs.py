@@ -24,6 +24,7 @@ import tvm
 from tvm import relax
 
 from .integer_inputs import vars_read
+from .layout import channel_axis_after_reshape
 
 MIN_LEVELS = 16  # a feature on fewer steps of the per-tensor grid gets its own scale
 FEATURE_HEADROOM = 4  # each feature's grid spans 4x its calibrated max |x| (a step of 1/8192 of that)
@@ -31,37 +32,53 @@ MAX_FEATURES = 1024  # a longer last axis is a signal (a waveform's samples), no
 _AFFINE = frozenset({"relax.add", "relax.subtract", "relax.multiply", "relax.divide"})
 
 
-def _per_feature_constant(expr, features: int) -> bool:
+def _per_feature_constant(expr, features: int, axis: int, rank: int) -> bool:
+    """A constant that varies along the feature axis `axis` (of `rank`) only, broadcasting from the right."""
     if not isinstance(expr, tvm.ir.GenericConst):
         return False
     shape = expr.value.numpy().shape
-    return all(d == 1 for d in shape[:-1]) and (not shape or shape[-1] in (1, features))
+    lead = rank - len(shape)
+    return lead >= 0 and all(d == 1 or (lead + k == axis and d == features) for k, d in enumerate(shape))
 
 
 def _call(value, name: str) -> bool:
     return isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) and value.op.name == name
 
 
-def _takes_features(value, p: relax.Var, features: int, transposed: bool) -> bool:
-    """Whether `value` reads `p` per feature: an affine op with a per-feature constant or a constant
-    matmul reading p's last axis; `transposed` (features on the second-to-last axis): C @ p."""
+def _static(shape) -> list[int] | None:
+    return [int(d) for d in shape] if shape is not None and all(isinstance(d, tvm.tirx.IntImm) for d in shape) else None
+
+
+def _takes_features(value, p: relax.Var, features: int, axis: int) -> bool:
+    """Whether `value` reads `p` (features on `axis`) per feature: an affine op with a per-feature
+    constant, a constant matmul reading p's last axis, or C @ p with the features second to last."""
     if not (isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op)):
         return False
-    args, op = list(value.args), value.op.name
-    if transposed:
-        return (op == "relax.matmul" and args[1].same_as(p) and isinstance(args[0], tvm.ir.GenericConst)
-                and args[0].value.numpy().ndim == 2)
+    args, op, rank = list(value.args), value.op.name, len(p.ty.shape)
     if op in _AFFINE and len(args) == 2:
         other = args[1] if args[0].same_as(p) else args[0]
-        return not other.same_as(p) and _per_feature_constant(other, features)
-    return (op == "relax.matmul" and args[0].same_as(p) and isinstance(args[1], tvm.ir.GenericConst)
+        return not other.same_as(p) and _per_feature_constant(other, features, axis, rank)
+    if op != "relax.matmul":
+        return False
+    if axis == rank - 2 and args[1].same_as(p):
+        return isinstance(args[0], tvm.ir.GenericConst) and args[0].value.numpy().ndim == 2
+    return (axis == rank - 1 and args[0].same_as(p) and isinstance(args[1], tvm.ir.GenericConst)
             and args[1].value.numpy().ndim == 2)
 
 
-def _swaps_last_two(value) -> bool:
-    """A transpose of a 2-D tensor (a Gemm's transB of the input: hummingbird's trees)."""
-    return (_call(value, "relax.permute_dims") and len(value.ty.shape) == 2
-            and (value.attrs.axes is None or [int(a) for a in value.attrs.axes] == [1, 0]))
+def _moves_features(value, var: relax.Var, axis: int) -> int | None:
+    """Where a float cast, transpose or reshape of `var` puts its feature axis `axis` (None: it
+    does not keep the features apart: not one of those, or a reshape that mixes them)."""
+    if _call(value, "relax.astype") and str(value.attrs.dtype).startswith("float"):
+        return axis
+    if _call(value, "relax.permute_dims"):
+        rank = len(var.ty.shape)
+        axes = [int(a) for a in value.attrs.axes] if value.attrs.axes is not None else list(range(rank))[::-1]
+        return axes.index(axis)
+    if _call(value, "relax.reshape"):
+        before, after = _static(var.ty.shape), _static(getattr(value.ty, "shape", None))
+        return None if before is None or after is None else channel_axis_after_reshape(before, after, axis)
+    return None
 
 
 def _reads(expr, var: relax.Var) -> bool:
@@ -69,21 +86,21 @@ def _reads(expr, var: relax.Var) -> bool:
 
 
 def _only_per_feature(func: relax.Function, p: relax.Var, features: int) -> bool:
-    """Whether every use of `p`, of its float -> float casts (hummingbird computes in float64) and of its
-    2-D transpose, takes it per feature (`_takes_features`)."""
+    """Whether every use of `p`, and of its float -> float casts (hummingbird computes in float64),
+    transposes and reshapes that keep its features apart ([1, T, F] -> [T, F] before a matmul, a
+    BatchNormalization between transposes), takes it per feature (`_takes_features`)."""
     bindings = [b for block in func.body.blocks for b in block.bindings]
-    todo = [(p, False)]
+    todo = [(p, len(p.ty.shape) - 1)]
     while todo:
-        var, transposed = todo.pop()
+        var, axis = todo.pop()
         uses = [b for b in bindings if _reads(b.value, var)]
         if not uses or _reads(func.body.body, var):
             return False
         for b in uses:
-            if _call(b.value, "relax.astype") and str(b.value.attrs.dtype).startswith("float"):
-                todo.append((b.var, transposed))
-            elif not transposed and _swaps_last_two(b.value):
-                todo.append((b.var, True))
-            elif not _takes_features(b.value, var, features, transposed):
+            moved = _moves_features(b.value, var, axis)
+            if moved is not None:
+                todo.append((b.var, moved))
+            elif not _takes_features(b.value, var, features, axis):
                 return False
     return True
 

@@ -75,7 +75,7 @@ def _accumulator_through(ctx, call, x):
         axes = [int(a) for a in call.attrs.axes] if call.attrs.axes is not None else list(range(len(before)))[::-1]
         axis = axes.index(x.axis)
     elif op in ("relax.reshape", "relax.expand_dims", "relax.squeeze"):
-        axis = _channel_axis_after_reshape(before, after, x.axis)
+        axis = channel_axis_after_reshape(before, after, x.axis)
         if axis is None:  # e.g. channels split into attention heads: one int32 scale for all
             x = _per_tensor(ctx, x)
     elif op == "relax.strided_slice":
@@ -90,7 +90,7 @@ def _accumulator_through(ctx, call, x):
     moved = Accumulator(expr, x.scale, axis, ctx.out_range(), x.clamp, x.offset)
     if axis is not None and x in ctx.bias_shift:  # the same channels: the bias added next still corrects them
         ctx.bias_shift[moved] = ctx.bias_shift[x]
-    if axis is not None and op == "relax.permute_dims" and x in ctx.features:  # features on another axis
+    if axis is not None and x in ctx.features:  # the same features, maybe on another axis
         ctx.features[moved] = ctx.features[x]
     return moved
 
@@ -119,7 +119,7 @@ def _per_tensor(ctx, x: Accumulator) -> Accumulator:
     return Accumulator(expr, np.asarray(scale), None, x.out_range, x.clamp, x.offset)
 
 
-def _channel_axis_after_reshape(before: list[int], after: list[int], axis: int) -> int | None:
+def channel_axis_after_reshape(before: list[int], after: list[int], axis: int) -> int | None:
     """The axis of `after` holding `before`'s channel axis (same size, same number of elements
     before it in row-major order), or None if a reshape mixes channels."""
     outer = int(np.prod(before[:axis]))
