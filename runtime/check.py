@@ -55,6 +55,7 @@ class Agreement(NamedTuple):
     integers: bool = False
     note: str = ""  # where NaN/inf differ: which side has them
     relative: float = 0.0  # ||ours - float|| / ||float|| (a probability's norm at least PROBABILITY_FLOOR RMS)
+    single: bool = False  # one element: its cosine is +-1 whatever the value, so the errors judge it
 
 
 def worst(rows_per_sample: list[list[Agreement]]) -> list[Agreement]:
@@ -69,7 +70,8 @@ def worst(rows_per_sample: list[list[Agreement]]) -> list[Agreement]:
             cos = row.cosine if np.isnan(row.cosine) or row.cosine < old.cosine else old.cosine
             ious = [v for v in (old.iou, row.iou) if v is not None]
             merged[row.name] = Agreement(row.name, cos, max(old.error, row.error), min(ious) if ious else None,
-                                         row.integers, old.note or row.note, max(old.relative, row.relative))
+                                         row.integers, old.note or row.note, max(old.relative, row.relative),
+                                         row.single)
     return list(merged.values())
 
 
@@ -141,7 +143,7 @@ def _agreement(name: str, got, ref: np.ndarray) -> Agreement | None:
     if b.size and b.min() >= 0.0 and b.max() <= 1.0:
         norm = max(norm, PROBABILITY_FLOOR * b.size ** 0.5)
     relative = float(np.linalg.norm(a - b) / norm) if norm else float(not np.array_equal(a, b))
-    return Agreement(name, cos, float(np.abs(a - b).max(initial=0.0)), iou, relative=relative)
+    return Agreement(name, cos, float(np.abs(a - b).max(initial=0.0)), iou, relative=relative, single=b.size == 1)
 
 
 MAX_CLASSES = 64  # an axis this long or shorter whose values sum to 1 is taken for a softmax's classes
@@ -174,16 +176,23 @@ def _iou(got: np.ndarray, ref: np.ndarray) -> float | None:
     return float(np.count_nonzero(want & have) / union) if union else None
 
 
+def _floor(cosine: float) -> str:
+    """Four digits, rounded down: 0.98996 is below 0.99, and printed as 0.9900 it read as agreeing."""
+    return f"{cosine:.4f}" if not np.isfinite(cosine) else f"{np.floor(cosine * 1e4) / 1e4:.4f}"
+
+
 def report(rows: list[Agreement], label: str = FILE, warn: bool = True, samples: int = 1) -> str:
     """One line per output, and (`warn`) a warning when one falls below MIN_COSINE or MIN_IOU."""
     where = "the last calibration sample" if samples == 1 else f"the last {samples} calibration samples (worst)"
     lines = [f"check against {label} on {where}: {r.name}: "
-             + (f"{r.cosine:.2%} of the integers equal" if r.integers else f"cosine {r.cosine:.4f}")
-             + f", max |error| {r.error:.4g}" + ("" if r.iou is None else f", mask (> 0.5) IoU {r.iou:.3f}")
+             + (f"{r.cosine:.2%} of the integers equal" if r.integers else "one value" if r.single
+                else f"cosine {_floor(r.cosine)}")
+             + f", {'|error|' if r.single else 'max |error|'} {r.error:.4g}"
+             + ("" if r.iou is None else f", mask (> 0.5) IoU {r.iou:.3f}")
              + (f", relative error {r.relative:.3g}" if r.relative > MAX_RELATIVE else "")
              + (f" ({r.note})" if r.note else "")
              for r in rows]
-    low = [r.name for r in rows if not r.cosine >= MIN_COSINE or (r.iou is not None and r.iou < MIN_IOU)
+    low = [r.name for r in rows if not (r.cosine >= MIN_COSINE or r.single) or (r.iou is not None and r.iou < MIN_IOU)
            or r.relative > MAX_RELATIVE]
     if low and warn:
         lines.append(f"WARNING: {', '.join(low)} agree(s) with float below cosine {MIN_COSINE} (integers: that "

@@ -173,6 +173,8 @@ def test_check_warns_when_the_artifact_disagrees_with_float():
 
     text = report([Agreement("logits", 0.9995, 0.01), Agreement("boxes", 0.62, 3.5)])
     assert "boxes: cosine 0.6200" in text and "WARNING: boxes agree(s)" in text and "logits agree" not in text
+    # rounded down: 0.98996 printed as 0.9900 beside a warning for below 0.99 read as a contradiction (hunt 14 F6)
+    assert "cosine 0.9899" in report([Agreement("p", 0.98996, 0.07)])
 
 
 def test_check_warns_on_errors_cosine_cannot_see():
@@ -184,6 +186,8 @@ def test_check_warns_on_errors_cosine_cannot_see():
     row = _agreement("p", np.array([0.95]), np.array([0.26]))
     assert row.cosine == 1.0 and row.relative > 1 and "WARNING: p agree(s)" in report([row])
     assert "relative error 2.65" in report([row])
+    assert "p: one value, |error| 0.69" in report([row]) and "cosine" not in report([row]).split("WARNING")[0]
+    assert "WARNING" not in report([_agreement("p", np.array([-0.001]), np.array([0.002]))])  # cosine -1, no error
     logits = np.linspace(-3, 5, 100)
     assert "WARNING" in report([_agreement("logits", 1.5 * logits, logits)])
     assert "WARNING" not in report([_agreement("logits", logits + 0.01, logits)])
