@@ -80,12 +80,18 @@ def tileable(sch: s_tir.Schedule, block, consumers: list) -> list:
     write no more elements than `block` does. A larger one (a pad fused after a conv) would be
     computed only where some tile covers it: TVM's reverse_compute_at drops the rest, so the pad's
     border was never written and the next layer read stale memory (PP-OCRv6's SAME_UPPER convs gave
-    other outputs on every call). It and what follows it stay after the loops, whole."""
+    other outputs on every call). So does one that reads another block the kernel computes before
+    the tiles (a residual's average pool read at two places, not inlined): TVM cannot move it under
+    the tiles, and the whole schedule failed (a ResNet block ran TVM's scalar loops, 17x onnxruntime).
+    It and what follows it stay after the loops, whole."""
     analyzer = tvm.sym.Analyzer()
     produced = _size(sch, block)
+    chain = {sch.get(block).name_hint}
     for i, consumer in enumerate(consumers):
-        if not analyzer.can_prove(_size(sch, consumer) <= produced):
+        if not analyzer.can_prove(_size(sch, consumer) <= produced) or any(
+                sch.get(p).name_hint not in chain for p in sch.get_producers(consumer)):
             return consumers[:i]
+        chain.add(sch.get(consumer).name_hint)
     return consumers
 
 

