@@ -6,7 +6,9 @@ Where the same view recurs, as in a recurrence unrolled over hundreds of steps w
 cycle through a few storages, those two VM calls cost more than the kernels: an LSTM 150 -> 150
 over 500 steps spent 40% of its run in them. A view equal to an earlier one (same storage var,
 offset, shape and dtype) names the same bytes, so the earlier view is read instead; the storage
-then lives until the last use of its views, as it would have until its own last use.
+then lives until the last use of its views, as it would have until its own last use. So does a
+reshape of the same tensor to the same shape (`vm.builtin.reshape`: a BiGRU exported by torch's
+dynamo exporter reshapes each step's state twice).
 """
 
 from __future__ import annotations
@@ -17,40 +19,48 @@ from tvm import relax
 from frontends.relax_rewrite import Substitute
 
 _ALLOC_TENSOR = tvm.ir.Op.get("relax.memory.alloc_tensor")
+_RESHAPE = tvm.ir.Op.get("relax.reshape")
+
+
+def _static(shape) -> tuple | None:
+    if not (isinstance(shape, relax.ShapeExpr) and all(isinstance(d, tvm.tirx.IntImm) for d in shape.values)):
+        return None
+    return tuple(int(d) for d in shape.values)
 
 
 def _key(value) -> tuple | None:
-    """(storage, offset, shape, dtype) of a planned view with constant offset and shape; else None."""
-    if not (isinstance(value, relax.Call) and value.op.same_as(_ALLOC_TENSOR)):
-        return None
-    storage, offset, shape, dtype = value.args[:4]
-    if not (isinstance(storage, relax.Var) and isinstance(offset, tvm.tirx.IntImm)
-            and isinstance(shape, relax.ShapeExpr) and all(isinstance(d, tvm.tirx.IntImm) for d in shape.values)):
-        return None
-    return storage, int(offset), tuple(int(d) for d in shape.values), str(dtype)
+    """What makes a view: (storage, offset, shape, dtype) of a planned view with constant offset and
+    shape, or (tensor, shape) of a reshape (a view of the same bytes); else None."""
+    if isinstance(value, relax.Call) and value.op.same_as(_ALLOC_TENSOR):
+        storage, offset, shape, dtype = value.args[:4]
+        if isinstance(storage, relax.Var) and isinstance(offset, tvm.tirx.IntImm) and _static(shape) is not None:
+            return storage, int(offset), _static(shape), str(dtype)
+    if isinstance(value, relax.Call) and value.op.same_as(_RESHAPE) and isinstance(value.args[0], relax.Var):
+        shape = _static(value.args[1])
+        if shape is not None:
+            return "reshape", value.args[0], shape
+    return None
 
 
 def _reuse(body: relax.SeqExpr) -> relax.SeqExpr | None:
     first, mapping = {}, {}
-    for block in body.blocks:
-        for b in block.bindings:
-            key = _key(b.value) if isinstance(b, relax.VarBinding) else None
-            if key is not None:
-                if key in first:
-                    mapping[b.var] = first[key]
-                else:
-                    first[key] = b.var
-    if not mapping:
-        return None
-    rename = Substitute(mapping)
+    rename = Substitute(mapping)  # reads `mapping` as it grows: a var is renamed before any use of it
     blocks = []
     for block in body.blocks:
-        bindings = [b if isinstance(b, relax.VarBinding) and b.var in mapping else
-                    relax.VarBinding(b.var, rename.visit_expr(b.value)) if isinstance(b, relax.VarBinding) else
-                    relax.MatchCast(b.var, rename.visit_expr(b.value), b.ty)
-                    for b in block.bindings]
-        bindings = [b for b in bindings if b.var not in mapping]
+        bindings = []
+        for b in block.bindings:
+            value = rename.visit_expr(b.value) if mapping else b.value
+            key = _key(value) if isinstance(b, relax.VarBinding) else None
+            if key is not None and key in first:
+                mapping[b.var] = first[key]
+                continue
+            if key is not None:
+                first[key] = b.var
+            bindings.append(relax.VarBinding(b.var, value) if isinstance(b, relax.VarBinding) else
+                            relax.MatchCast(b.var, value, b.ty))
         blocks.append(type(block)(bindings))
+    if not mapping:
+        return None
     return relax.SeqExpr(blocks, rename.visit_expr(body.body))
 
 
