@@ -334,8 +334,9 @@ def _distinct_constants(mod) -> int:
 def test_steps_of_a_recurrence_share_one_calibration(tmp_path):
     """Each group of corresponding tensors of an unrolled layer's steps gets one range
     (passes/recurrent_steps.py), so the integer module's constants (scales, gate tables, smoothed
-    recurrent weights) do not grow with the steps: 247 at 12 steps, 272 at 24 (12 more step indices,
-    and shift amounts that coincide or not); calibrated step by step they were 722 and 1339."""
+    recurrent weights) hardly grow with the steps: 249 at 12 steps, 380 at 24; calibrated step by
+    step they were 722 and 1339 (all tied, 247 and 272: the random walks' early steps, on less than
+    half their group's range, keep their own, `calibrate.TIED_SPAN`)."""
     from frontends import load_onnx
     from passes import QuantizeToInteger, bind_weights, calibrate, verify_integer_only
     from passes.recurrent_steps import step_groups
@@ -351,11 +352,12 @@ def test_steps_of_a_recurrence_share_one_calibration(tmp_path):
         assert len({len(g) for g in groups}) == 1 and len(groups[0]) == steps - 2, [len(g) for g in groups]
         samples = [{"x": x} for x in _sequences(4, steps, 1)]
         ranges = calibrate(mod, samples, progress=False)
-        assert all(len({ranges[n] for n in g if n in ranges}) <= 1 for g in groups)
+        assert ranges.steps and all(len({ranges[n] for n in g}) == 1 for g in ranges.steps)
         lowered = QuantizeToInteger(ranges)(mod)
         assert verify_integer_only(lowered).integer_only
         counts.append(_distinct_constants(lowered))
-    assert counts[1] - counts[0] < 40, counts
+        assert sum(map(len, ranges.steps)) >= 0.9 * sum(map(len, groups))  # 1491 of 1584 at 24 steps
+    assert counts[1] - counts[0] < 200, counts
     # the steps' temporaries cycle through a few planned views, each built once
     # (targets/reuse_tensor_views.py): 564 kernel calls at 24 steps built 564 views, now 99
     from targets import get_target
