@@ -188,6 +188,21 @@ def _sequence_dim(input_shapes, sizes: list[int] | None, spec, precision) -> tup
     return seq, sizes, {k: i for k, (i, _) in found.items()}
 
 
+def _empty_tensor(mod) -> str | None:
+    """The first call of `main` whose static shape has a zero (a length pooled to nothing), as
+    "the op name: shape"; None if there is none."""
+    from tvm import relax
+
+    for block in mod["main"].body.blocks:
+        for b in block.bindings:
+            shape = getattr(b.var.ty, "shape", None)
+            dims = [int(d) if hasattr(d, "value") else None for d in shape] if shape is not None else []
+            if 0 in dims and isinstance(b.value, relax.Call):
+                op = getattr(b.value.op, "name", "a call").removeprefix("relax.")
+                return f"the {op} {b.var.name}: shape {dims}"
+    return None
+
+
 def _one_length_in_the_model(model_path: Path, seq: FreeDim, axes: dict[str, int]) -> None:
     """Refuse a free length given to inputs whose dims the model names differently: they are
     independent lengths (an encoder's source and a decoder's prefix), which one artifact's buckets
@@ -420,15 +435,29 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
                         "each sample's integers are those it gets alone)")
         return int_mod
 
-    bucket_mods, bucket_specs = {}, {}  # length -> integer module, output specs
+    bucket_mods, bucket_specs, dropped = {}, {}, []  # length -> integer module, output specs; default lengths left out
     calib_structure = _float_structure(float_mod) if seq else None
     for size in sizes:  # the same model at each bucket length, lowered with the same ranges
         if size == calib_length:
             bucket_mods[size], bucket_specs[size] = lower(float_mod, f" at {seq.name} = {size}", size), imported.outputs
             continue
         with stage(f"importing at {seq.name} = {size}", times, "import"):
-            other = load_onnx(model_path, bound_shapes(free_shapes, {seq.name: size}), allow_unsupported=allow_float)
-        other_mod = bind_weights(other.mod, other.params)
+            try:
+                other = load_onnx(model_path, bound_shapes(free_shapes, {seq.name: size}), allow_unsupported=allow_float)
+                other_mod = bind_weights(other.mod, other.params)
+                empty = _empty_tensor(other_mod)
+            except CompileError as err:
+                if "zero-size" not in str(err):
+                    raise
+                empty = first_error_line(str(err).rpartition("(")[2] or str(err))
+        if empty is not None:  # pooled to nothing at this length (5 halvings of 16 steps)
+            why = f"at {seq.name} = {size} the model makes an empty tensor ({empty})"
+            if buckets:
+                raise CompileError(f"--buckets {','.join(map(str, sizes))}: {why}; give bucket lengths the model "
+                                   "can run, from the shortest that leaves every tensor nonempty")
+            log(f"bucket {seq.name} = {size} left out: {why}")
+            dropped.append(size)
+            continue
         own = None  # ranges of its own where the graph differs (its op count follows the length)
         if _float_structure(other_mod) != calib_structure:
             with stage(f"calibrating at {seq.name} = {size} (the graph differs at this length: a layer unrolled "
@@ -437,6 +466,7 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
                                 **_host_build())
         bucket_mods[size] = lower(other_mod, f" at {seq.name} = {size}", size, own)
         bucket_specs[size] = other.outputs
+    sizes = [size for size in sizes if size not in dropped]
     if seq:
         int_mod, imported = bucket_mods.pop(sizes[-1]), replace(imported, outputs=bucket_specs[sizes[-1]])
         if len(sizes) == 1:  # where the length sits in the outputs: from a second length

@@ -317,6 +317,36 @@ def test_strided_outputs_of_unpadded_buckets(tmp_path):
         assert float(got.ravel() @ want.ravel() / (np.linalg.norm(got) * np.linalg.norm(want))) >= 0.999
 
 
+def test_default_buckets_the_model_pools_to_nothing_are_left_out(tmp_path, capsys):
+    """Five halvings of the width (a tempo CNN's pools) leave a 16-step bucket an empty tensor: of the
+    default buckets such lengths are left out, saying why; given in --buckets, they are refused with
+    the same reason (the import failed with a TVM error, the lowering with a reshape of shape 0, and
+    both were blamed on unbound dims or on the integer path: hunt 14 F8)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes, inits, x = [], [], "x"
+    for k in range(5):
+        inits.append(numpy_helper.from_array((rng.standard_normal((4, 1 if k == 0 else 4, 1, 3)) * 0.5)
+                                             .astype(np.float32), f"w{k}"))
+        nodes += [helper.make_node("Conv", [x, f"w{k}"], [f"c{k}"], pads=[0, 1, 0, 1]),
+                  helper.make_node("MaxPool", [f"c{k}"], [f"p{k}"], kernel_shape=[1, 2], strides=[1, 2])]
+        x = f"p{k}"
+    nodes.append(helper.make_node("GlobalAveragePool", [x], ["y"]))
+    graph = helper.make_graph(nodes, "pools", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, "w"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 1, 1])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    np.savez(tmp_path / "c.npz", x=rng.random((4, 1, 1, 4, 128)).astype(np.float32))
+    args = [str(tmp_path / "m.onnx"), "--input-shape", "x:1x1x4x1..128", "--calib", str(tmp_path / "c.npz"), "--no-check"]
+    assert compile_main([*args, "-o", str(tmp_path / "a")]) == 0
+    assert "bucket seq = 16 left out: at seq = 16 the model makes an empty tensor" in capsys.readouterr().err
+    assert runtime.load(tmp_path / "a").manifest["buckets"]["sizes"] == [32, 64, 128]
+    assert compile_main([*args, "--buckets", "16,64,128", "-o", str(tmp_path / "b")]) == 2
+    assert "--buckets 16,64,128: at seq = 16 the model makes an empty tensor" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
+
+
 def test_no_width_follows_the_bucket_length(tmp_path):
     """Buckets 16..128 of one encoder: Q.K^T is a small product (16 bits) at 16 and 32 tokens and not at 64
     and 128, so a width that followed sizes would give a 10-token sentence other integers padded into 128;
