@@ -27,15 +27,14 @@ def benchmark(model, threads: int | None = None, repeat: int = 50, warmup: int =
     """p50/p90/p99/mean latency (ms) and throughput (samples/s) of `model` on random (or given)
     inputs; `batch` samples per run for a symbolic-batch artifact, `sizes` other free dims by
     name (a sequence length; default its upper bound)."""
-    from .model import config_threads, example_shape
+    from .model import config_threads
 
     if threads and model.remote:
         model.remote.get_function("runtime.config_threadpool")(0, threads)
     elif threads:
         config_threads(threads)
     if inputs is None:
-        rng = np.random.default_rng(0)
-        inputs = {i["name"]: _random(rng, example_shape(i, batch, sizes), i) for i in model.inputs}
+        inputs = random_inputs(model, batch, sizes)
     ms = model.time(model.quantize_inputs(inputs), repeat=repeat, warmup=warmup)
     p50, p90, p99 = np.percentile(ms, [50, 90, 99])
     return {"artifact": str(model.path), "target": model.manifest["target"]["name"],
@@ -48,22 +47,31 @@ def benchmark(model, threads: int | None = None, repeat: int = 50, warmup: int =
 
 def kernel_table(model, threads: int | None, inputs, batch: int, sizes, top: int) -> list[dict]:
     """The `top` slowest kernels of one run (ms per run, calls, share of all calls' time)."""
-    from .model import example_shape
-
     if inputs is None:
-        rng = np.random.default_rng(0)
-        inputs = {i["name"]: _random(rng, example_shape(i, batch, sizes), i) for i in model.inputs}
+        inputs = random_inputs(model, batch, sizes)
     times = model.kernel_times(model.quantize_inputs(inputs))
     total = sum(ms for ms, _ in times.values()) or 1.0
     return [{"kernel": name, "ms": round(ms, 4), "calls": calls, "share": round(ms / total, 4)}
             for name, (ms, calls) in list(times.items())[:top]]
 
 
-def _random(rng, shape: list[int], spec: dict) -> np.ndarray:
-    """Random input: N(0, 1) floats; integers (token ids, masks, float ids the graph casts) as ones."""
-    if np.dtype(spec["dtype"]).kind == "f" and spec["quant"]["scale"] is not None:
-        return rng.standard_normal(shape).astype(spec["dtype"])
-    return np.ones(shape, spec["dtype"])
+def random_inputs(model, batch: int = 1, sizes: dict[str, int] | None = None) -> dict[str, np.ndarray]:
+    """Random inputs for timing: floats normal within each input's calibrated range (a third of it
+    as the standard deviation, clipped at its end: N(0, 1) past a small range drew the warning that
+    asks users to recalibrate, about the bench's own inputs); integers (token ids, masks, float ids
+    the graph casts) as ones."""
+    from .boundary import grid_edge
+    from .model import example_shape
+
+    rng, inputs = np.random.default_rng(0), {}
+    for k, spec in enumerate(model.inputs):
+        shape = example_shape(spec, batch, sizes)
+        if np.dtype(spec["dtype"]).kind == "f" and spec["quant"]["scale"] is not None:
+            edge = grid_edge(model._scale(k, len(shape), "inputs"), spec["quant"]["dtype"])
+            inputs[spec["name"]] = np.clip(rng.standard_normal(shape) * edge / 3, -edge, edge).astype(spec["dtype"])
+        else:
+            inputs[spec["name"]] = np.ones(shape, spec["dtype"])
+    return inputs
 
 
 def parse_sizes(items: list[str]) -> dict[str, int]:

@@ -246,3 +246,25 @@ def test_loaded_library_leaves_no_file_behind(tmp_path, small_cnn_path, small_ca
     model = runtime.load(art)
     y = model.run({"x": np.ones((1, 3, 16, 16), np.float32)})
     assert list(scratch.iterdir()) == [] and all(np.isfinite(v).all() for v in y.values())
+
+
+def test_bench_times_inputs_inside_the_calibrated_range(tmp_path):
+    """runtime.bench's random inputs lie in each input's calibrated range: N(0, 1) past a +-0.05 range
+    drew the warning that asks the user to recalibrate, about the bench's own inputs (hunt 14 F6)."""
+    import warnings
+
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from runtime.bench import main as bench_main
+
+    graph = helper.make_graph([helper.make_node("Mul", ["x", "k"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])],
+                              [numpy_helper.from_array(np.array(2.0, np.float32), "k")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    np.savez(tmp_path / "c.npz", x=np.random.default_rng(0).uniform(-0.05, 0.05, (8, 1, 64)).astype(np.float32))
+    runtime.compile_model(tmp_path / "m.onnx", "x86", tmp_path / "a", calib=tmp_path / "c.npz", progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert bench_main([str(tmp_path / "a"), "--repeat", "2", "--kernels", "2"]) == 0
