@@ -25,6 +25,8 @@ from tvm import s_tir
 
 from . import vnni
 from .schedule_common import (
+    MAX_LANES,
+    at_most,
     bool_lanes,
     divisor,
     fold_epilogue,
@@ -171,7 +173,6 @@ def _schedule_repack(func: tvm.tirx.PrimFunc):
 
 
 CHUNK = 512  # elements of the output computed together (intermediates stay in L1)
-MAX_LANES = 64  # widest vector loop handed to LLVM (4 x 512-bit int32 registers)
 
 
 def _inline_single_reads(sch: s_tir.Schedule, blocks) -> bool:
@@ -363,17 +364,6 @@ MAX_ROW_LANES = 2048  # a padded row vectorized whole up to this: a 15004-sample
 # 1-D conv over 60 s of 250 Hz signal); EfficientNet's 114- and 226-byte rows stay one vector each
 
 
-def _at_most(sch: s_tir.Schedule, loop, lanes: int):
-    """`loop`, or where its static extent exceeds `lanes`, the inner loop of a split by its largest
-    divisor up to MAX_LANES (16 with a tail where it has none past 8): what to vectorize."""
-    extent = sch.get(loop).extent
-    if not isinstance(extent, tvm.tirx.IntImm) or int(extent) <= lanes:
-        return loop
-    extent = int(extent)
-    factor = max(d for d in range(1, MAX_LANES + 1) if extent % d == 0)
-    return sch.split(loop, [None, factor if factor > 8 else 16])[1]
-
-
 def _vectorize_row(sch: s_tir.Schedule, loop, lanes: int = 16) -> None:
     """Vectorize a row loop: `lanes` at a time where they divide it, the whole row up to MAX_LANES."""
     extent = sch.get(loop).extent
@@ -495,9 +485,9 @@ def _schedule_flat_depthwise(sch: s_tir.Schedule, block) -> None:
                 sch.unroll(loops[-2])
             _, col = sch.split(flat, [None, width])
             if not sch.get_producers(producer):  # a padded row (select of a clamped load), one vector
-                sch.vectorize(_at_most(sch, col, MAX_ROW_LANES))
+                sch.vectorize(at_most(sch, col, MAX_ROW_LANES))
         else:  # stride 2's padded image: a row of bytes, one vector (byte by byte, it took a fifth of
-            sch.vectorize(_at_most(sch, loops[-1], MAX_ROW_LANES))  # a 112x112 stride-2 conv's time)
+            sch.vectorize(at_most(sch, loops[-1], MAX_ROW_LANES))  # a 112x112 stride-2 conv's time)
         if not depthwise:
             parallel(sch, sch.fuse(*loops[:2]))
     rows = static_factor(sch.get(o).extent)

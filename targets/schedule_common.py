@@ -75,6 +75,20 @@ def _size(sch: s_tir.Schedule, block):
     return size
 
 
+MAX_LANES = 64  # widest vector loop handed to LLVM (4 x 512-bit int32 registers)
+
+
+def at_most(sch: s_tir.Schedule, loop, lanes: int):
+    """`loop`, or where its static extent exceeds `lanes`, the inner loop of a split by its largest
+    divisor up to MAX_LANES (16 with a tail where it has none past 8): what to vectorize."""
+    extent = sch.get(loop).extent
+    if not isinstance(extent, tvm.tirx.IntImm) or int(extent) <= lanes:
+        return loop
+    extent = int(extent)
+    factor = max(d for d in range(1, MAX_LANES + 1) if extent % d == 0)
+    return sch.split(loop, [None, factor if factor > 8 else 16])[1]
+
+
 def tileable(sch: s_tir.Schedule, block, consumers: list) -> list:
     """The leading `consumers` that can be computed tile by tile under `block`'s loops: those that
     write no more elements than `block` does. A larger one (a pad fused after a conv) would be

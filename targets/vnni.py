@@ -28,7 +28,7 @@ from tvm import relax, s_tir, te
 from tvm.script import tirx as T
 
 from .kernel_family import DOTS, VNNI, Dot
-from .schedule_common import inline_epilogue, inline_producers, parallel, static_factor
+from .schedule_common import at_most, inline_epilogue, inline_producers, parallel, static_factor
 
 LANES = VNNI.lanes  # AVX512-VNNI's, kept for callers that assume it
 STACK_BYTES = 1024  # TVM's kMaxStackAlloca: smaller constant-size "global" buffers are stack arrays
@@ -487,11 +487,8 @@ def _vectorize_if_it_can(sch: s_tir.Schedule, loop) -> None:
     tile computes (a 1-wide conv row or a 1-column dense, padded to a vector and sliced back) stays
     scalar. Failing, it had failed the whole schedule: such kernels ran TVM's scalar loops (0.7 ms).
     A loop longer than MAX_CUT_RUN (a cut row of 32768 pixels: TVM refuses vectors that long) is
-    vectorized in runs of the largest divisor of its length up to that."""
-    extent = sch.get(loop).extent
-    if isinstance(extent, tvm.tirx.IntImm) and int(extent) > MAX_CUT_RUN:
-        run = max(d for d in range(1, MAX_CUT_RUN + 1) if int(extent) % d == 0)
-        loop = sch.split(loop, [None, run])[1]
+    vectorized in runs (`schedule_common.at_most`)."""
+    loop = at_most(sch, loop, MAX_CUT_RUN)
     try:
         sch.vectorize(loop)
     except s_tir.schedule.ScheduleError:
