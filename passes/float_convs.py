@@ -39,15 +39,15 @@ def _to_nchw(layout: str) -> list[int]:
     return [layout.index(c) for c in "NCHW"]
 
 
-def _conv(call: relax.Call):
-    """A closure x -> y computing `call` (x a NumPy array in the call's data layout) with torch,
-    or None where the call is not one this module takes."""
+def conv_closure(call: relax.Call, weight: np.ndarray | None = None):
+    """A closure x -> y computing `call` (x a NumPy array in the call's data layout) with torch, with
+    `weight` (in the call's kernel layout) in place of the call's own where given."""
     import torch
     import torch.nn.functional as F
 
     a = call.attrs
     transposed = call.op.name == "relax.nn.conv2d_transpose"
-    w = call.args[1].value.numpy()
+    w = call.args[1].value.numpy() if weight is None else weight.astype(np.float32)
     # torch wants OIHW for conv2d and IOHW for conv2d_transpose
     weight = torch.from_numpy(np.ascontiguousarray(
         w.transpose([a.kernel_layout.index(c) for c in ("IOHW" if transposed else "OIHW")])))
@@ -91,7 +91,7 @@ class Convs:
         weight (and static shapes); otherwise `value` itself."""
         if not _takes(value):
             return value
-        self._closures.append(_conv(value))
+        self._closures.append(conv_closure(value))
         return relax.op.call_pure_packed(CALL, value.args[0], relax.prim_value(len(self._closures) - 1),
                                          ty_args=value.ty)
 

@@ -53,6 +53,7 @@ from .lowering.values import MaskedLogits
 from .reference.kernels import INT_RANGE
 from .narrow_table_inputs import narrow_table_inputs, table_tensors
 from .recurrent_steps import whole_groups
+from .bias_choice import uncorrected_layers
 from .sensitivity import coarse_grids, find_sensitive, scaled_input
 
 OFFSET_AWARE = frozenset({"relax.reshape", "relax.permute_dims", "relax.squeeze", "relax.expand_dims",
@@ -62,6 +63,8 @@ LAYERS_ATTR = "intq.layers"
 FLOAT_NODES_ATTR = "intq.float_nodes"  # JSON [{"node", "op", "reason"}]: what allow_float left in float
 WIDE_ATTR = "intq.wide_tensors"  # JSON {binding: error at 8 bits}: kept 16-bit (measured output error, or the
 # local grid error of those in COARSE_ATTR)
+BIAS_ATTR = "intq.bias_correction"  # JSON {"layers", "corrected", "uncorrected", "chosen": output errors,
+# "uncorrected_layers": [binding]}: where bias correction was measured to help (bias_choice.py)
 COARSE_ATTR = "intq.coarse_grids"  # JSON {"tensors": [binding], "error": output error of them together at
 # 8 bits (null: not measured), "kept": widened}: the tensors whose 8-bit grid is coarse for their values
 MAX_WIDE = 16  # sensitive tensors promoted to 16 bits, at most (the worst first)
@@ -256,16 +259,18 @@ class QuantizeToInteger:
         self.traced: list[TracedValue] = []
         self.float_nodes: list[dict] = []  # allow_float: {"node", "op", "reason"} per binding run in float
         self.coarse: dict = {}  # the tensors with a coarse 8-bit grid, their output error together, kept wide?
+        self.bias: dict = {}  # where bias correction stays (bias_choice.py): the layers left uncorrected, errors
+        self.weight_errors: dict = {}  # the corrected layers' weight rounding errors (`WeightError`)
 
     def __call__(self, mod: tvm.IRModule) -> tvm.IRModule:
         func = mod["main"]
         if not self.config.allow_float:
             _check_supported(func)
-        wide = self._sensitive(mod)
+        wide, uncorrected = self._sensitive(mod)
         bound = _output_bound(func)
         # what only layout ops take to an output is carried at 16 bits: an 8-bit output grid costs
         # every user (box corners 1.8 px apart, 18 levels of a mask's probability) and saves nothing
-        config = replace(self.config, wide_tensors=(
+        config = replace(self.config, uncorrected=(*self.config.uncorrected, *uncorrected), wide_tensors=(
             *self.config.wide_tensors, *wide, *(_float_tensors(func) if self.config.activation_bits == 16 else ()),
             *((*bound, *_passed_inputs(func, bound)) if self.config.wide_outputs else ()),
             *(_float_tensors(func, SMALL_TENSOR) if self.config.wide_outputs and self.config.sized_widths else ())))
@@ -335,6 +340,8 @@ class QuantizeToInteger:
                     outs += [bb.emit_output(e) for e in self._traced_values(ctx, func, env)]
             result = outs[0] if len(outs) == 1 else relax.Tuple(outs)
             bb.emit_func_output(result)
+        corrected = set(ctx.corrected)
+        self.weight_errors = {n: r for n, r in ctx.weight_errors.items() if n in corrected}
         if self.float_nodes and not self.config.allow_float:
             raise UnsupportedModelError(
                 f"{len(self.float_nodes)} node(s) cannot be lowered to integers:\n  " + "\n  ".join(
@@ -345,6 +352,7 @@ class QuantizeToInteger:
         new = new.with_attr(FLOAT_NODES_ATTR, json.dumps(self.float_nodes))
         new = new.with_attr(WIDE_ATTR, json.dumps(wide))
         new = new.with_attr(COARSE_ATTR, json.dumps(self.coarse))
+        new = new.with_attr(BIAS_ATTR, json.dumps(self.bias))
         out_mod = bb.get()  # with the TE kernels that lowerings emit through call_te (4-bit weights)
         out_mod["main"] = new
         taken = {gv.name_hint for gv in out_mod.get_global_vars()}
@@ -353,14 +361,15 @@ class QuantizeToInteger:
                 out_mod[gv] = f
         return relax.transform.DeadCodeElimination()(out_mod)
 
-    def _sensitive(self, mod: tvm.IRModule) -> dict[str, float]:
+    def _sensitive(self, mod: tvm.IRModule) -> tuple[dict[str, float], list[str]]:
         """{binding: error at 8 bits} of the tensors to carry at 16 bits (memoized per config): those
         whose grid is coarse for their own values (`coarse_grids`, the local relative error), then
-        those the probe finds sensitive among the rest (the output error)."""
+        those the probe finds sensitive among the rest (the output error); and the layers whose bias
+        to leave uncorrected (`bias_choice.py`)."""
         probe, tol = getattr(self.ranges, "probe", None), self.config.sensitivity_tol
         moments = getattr(self.ranges, "moments", {})
         if (probe is None and not moments) or tol is None:
-            return {}
+            return {}, []
         key = replace(self.config, sensitivity_tol=None)
         memo = (probe.__dict__ if probe is not None else self.ranges.__dict__).setdefault("_wide_memo", {})
         if key not in memo:
@@ -392,9 +401,17 @@ class QuantizeToInteger:
                 warnings.warn(f"sensitivity measurement failed ({type(err).__name__}: {err}); "
                               "the activations it would measure stay at 8 bits", stacklevel=2)
                 measured = {}
-            memo[key] = {**coarse, **measured}, report
-        wide, self.coarse = memo[key]
-        return whole_groups(wide, getattr(self.ranges, "steps", []))
+            bias = {"uncorrected": []}
+            if probe and eight.weight_errors:
+                try:
+                    off, bias = uncorrected_layers(probe, eight.weight_errors, mod)
+                    bias["uncorrected_layers"] = off
+                except Exception as err:  # noqa: BLE001  (a measurement that cannot run leaves the correction on)
+                    warnings.warn(f"bias correction measurement failed ({type(err).__name__}: {err}); "
+                                  "every layer's bias stays corrected", stacklevel=2)
+            memo[key] = {**coarse, **measured}, report, bias
+        wide, self.coarse, self.bias = memo[key]
+        return whole_groups(wide, getattr(self.ranges, "steps", [])), self.bias.get("uncorrected_layers", [])
 
     def _traced_values(self, ctx: LoweringContext, func: relax.Function, env: dict) -> list[relax.Expr]:
         names, exprs = {}, []

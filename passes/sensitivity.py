@@ -29,12 +29,13 @@ from __future__ import annotations
 
 import heapq
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from .float_taps import TappedModel
 
+Replace = Callable[[np.ndarray, dict], np.ndarray]  # a tensor's value, kept copies -> what the probe's run uses
 PROBE_SAMPLES = 2  # calibration samples the probe keeps (the error is their mean)
 MAX_SETS = 48  # sets measured per search, at most (each one model run per sample)
 MAX_ELEMENTS = 3e9  # tensor elements the measured runs pass through their taps, at most (what was found by
@@ -44,7 +45,6 @@ MAX_ELEMENTS = 3e9  # tensor elements the measured runs pass through their taps,
 # its 48 sets (23 s); a YOLOX-style detector at 416x416 spent 90 s here without a limit (about
 # 1 s per float run) and found nothing; the tensors that matter (a sqrt's input, a regression head)
 # sit in small models, found within a few sets
-
 
 MAX_MACS = 1e11  # multiply-accumulates of the measured runs' convs and matmuls, at most: elements alone
 # undercount compute-heavy nets (VGG16 at 240x240, 18 GMAC per run: 144 s of search on 2 cores)
@@ -158,18 +158,21 @@ class SensitivityProbe:
         self._reference = None
         self._memo: dict = {}
 
-    def _run(self, grids: dict[str, tuple[float, int, int]]) -> list[list[np.ndarray]]:
-        by_index = {i: grids[n] for i, n in enumerate(self.model.names) if n in grids}
-
+    def _run(self, replace: dict[str, Replace], keep: dict[str, int]) -> list[list[np.ndarray]]:
+        """The outputs (and parts) per sample with each tensor of `replace` replaced by f(value, kept)."""
+        by_index = {i: replace[n] for i, n in enumerate(self.model.names) if n in replace}
+        keep_index = {i: (n, uses) for i, n in enumerate(self.model.names) if (uses := keep.get(n))}
         seen: dict[int, np.ndarray] = {}
+        kept: dict[str, list] = {}  # name -> [copy, uses left]: freed after its last reader
 
-        def fake_quantize(index: int, x: np.ndarray):
+        def perturb(index: int, x: np.ndarray):
             if by_index:
                 self.elements += x.size
+            if index in keep_index:
+                name, uses = keep_index[index]
+                kept[name] = [np.array(x), uses]
             if index in by_index:
-                scale, lo, hi = by_index[index]
-                x = (np.clip(np.floor(x / np.float32(scale) + np.float32(0.5)), lo, hi) * np.float32(scale)).astype(
-                    x.dtype)
+                x = by_index[index](x, kept)
             if index in self._part_set:
                 seen[index] = np.array(x, np.float64)
             return x if index in by_index else None
@@ -177,7 +180,8 @@ class SensitivityProbe:
         outs, start = [], time.perf_counter()
         for sample in self.samples:
             seen.clear()
-            ys = self.model.run(sample, fake_quantize if by_index or self._parts else None)
+            kept.clear()
+            ys = self.model.run(sample, perturb if by_index or self._parts else None)
             outs.append([y.astype(np.float64) for y in ys] + [seen[i] for i in self._parts if i in seen])
             self.runs += 1
             self.macs += self.run_macs if by_index else 0
@@ -186,17 +190,39 @@ class SensitivityProbe:
         self.seconds += time.perf_counter() - start
         return outs
 
-    def error(self, grids: dict[str, tuple[float, int, int]]) -> float:
-        """Max over outputs of the mean squared relative L2 error with `grids` {binding: (S, lo, hi)} applied."""
+    def measure(self, key, replace: dict[str, Replace], keep: dict[str, int] | None = None) -> float:
+        """Max over outputs of the mean squared relative L2 error with each tensor in `replace`
+        replaced by f(value, kept) (memoized by `key`). `kept[name][0]` is a copy of each `keep`
+        tensor {name: readers} seen earlier in the run; a replacement that reads one calls `release`."""
         if self._reference is None:
-            self._reference = self._run({})
-        key = tuple(sorted(n for n in grids if n in self._tapped))
+            self._reference = self._run({}, {})
         if key not in self._memo:
-            outs = self._run(grids) if key else self._reference
+            outs = self._run(replace, keep or {}) if replace else self._reference
             per_output = np.mean([[float(np.sum((y - r) ** 2) / max(np.sum(r ** 2), 1e-30))
                                    for y, r in zip(ys, rs)] for ys, rs in zip(outs, self._reference)], axis=0)
             self._memo[key] = float(np.max(per_output, initial=0.0))
         return self._memo[key]
+
+    def error(self, grids: dict[str, tuple[float, int, int]]) -> float:
+        """Max over outputs of the mean squared relative L2 error with `grids` {binding: (S, lo, hi)} applied."""
+        names = tuple(sorted(n for n in grids if n in self._tapped))
+        return self.measure(names, {n: _fake_quantize(*grids[n]) for n in names})
+
+
+def release(kept: dict[str, list], name: str) -> np.ndarray:
+    """The copy of `name` a replacement reads (`SensitivityProbe.measure`), freed after its last reader."""
+    entry = kept[name]
+    entry[1] -= 1
+    if entry[1] <= 0:
+        del kept[name]
+    return entry[0]
+
+
+def _fake_quantize(scale: float, lo: int, hi: int) -> Replace:
+    def on_grid(x: np.ndarray, kept) -> np.ndarray:
+        return (np.clip(np.floor(x / np.float32(scale) + np.float32(0.5)), lo, hi) * np.float32(scale)).astype(x.dtype)
+
+    return on_grid
 
 
 def coarse_grids(grids: dict[str, tuple[float, int, int]], moments: dict[str, tuple[float, int]],

@@ -23,7 +23,7 @@ from frontends.onnx_import import FreeDim, TensorSpec, bound_shapes, input_dim_n
 from passes import (BOUNDARY_ATTR, LAYERS_ATTR, QuantConfig, QuantizeToInteger, bind_weights, calibrate,
                     verify_integer_only)
 from passes.generalize_batch import generalize_batch, input_shapes_of, output_shapes
-from passes.quantize_to_integer import COARSE_ATTR, FLOAT_NODES_ATTR, WIDE_ATTR
+from passes.quantize_to_integer import BIAS_ATTR, COARSE_ATTR, FLOAT_NODES_ATTR, WIDE_ATTR
 from targets import get_target, parallel_build
 from targets.cross import first_error_line
 from targets.cpu_pipeline import cpu_pipeline
@@ -423,6 +423,12 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
                          + ("kept at 16 bits; " if coarse["kept"] else "left at 8 bits; "))
             log(line + (f"{len(found)} tensor(s) measured sensitive, kept at 16 bits: {_names(found)}" if found
                         else "no other tensor kept at 16 bits"))
+            bias = json.loads(str(attrs.get(BIAS_ATTR, "{}")))
+            if bias.get("uncorrected_layers"):
+                off = bias["uncorrected_layers"]
+                log(f"bias correction left off on {len(off)} of {bias['layers']} layer(s), where it moved the outputs "
+                    f"away from float (relative error {bias['corrected']:.4f} corrected everywhere, "
+                    f"{bias['uncorrected']:.4f} nowhere, {bias['chosen']:.4f} chosen): {_names(off)}")
         batch1[size] = int_mod
         if free and not per_sample:  # before the verifier, which then sees the module that is compiled
             with stage(f"generalizing the batch ({', '.join(f'{k}: {d.name}' for k, d in free.items())})", times,

@@ -134,3 +134,56 @@ def test_bias_after_a_scaled_8bit_tensor_is_not_rounded_to_its_step(tmp_path, mo
     monkeypatch.setattr(elementwise, "FINE_BITS", 8)  # never refine: the bias at the 8-bit step
     coarse = error("coarse")
     assert refined < 0.5 * coarse, (refined, coarse)
+
+
+def _tail_model(path):
+    """phylodeep's first layer: inputs >= 0 with a zero-padded tail, a conv whose one large channel
+    (weights all rounding the same way) lands deep in the Elu's flat part wherever the input is
+    nonzero and gives exactly its bias on the tail; then the mean over positions and a dense layer."""
+    rng = np.random.default_rng(5)
+    w = rng.normal(0, 0.5, (4, 2, 1, 3))
+    w[2] = -(np.array([[[120, 60, 100]], [[90, 127, 70]]]) + 0.45) * (237.0 / 127)  # k + 0.45 steps
+    w[2, 0, 0, 0] = -237.0  # sets the channel's grid
+    b = rng.normal(0, 0.5, 4)
+    b[2] = 2.36
+    inits = {"w": w.astype(np.float32), "b": b.astype(np.float32),
+             "d": rng.normal(0, 1, (4, 3)).astype(np.float32)}
+    n = helper.make_node
+    nodes = [n("Conv", ["x", "w", "b"], ["c"]), n("Elu", ["c"], ["e"]),
+             n("ReduceMean", ["e"], ["m"], axes=[2, 3], keepdims=0), n("MatMul", ["m", "d"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 1, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+
+
+def test_bias_correction_is_left_off_where_it_moves_the_outputs_away_from_float(tmp_path):
+    """The probe (passes/bias_choice.py) sees that the tail model's corrected bias is wrong exactly
+    where the Elu passes it on, and leaves that conv uncorrected: the outputs stay near float. With
+    the correction forced everywhere (no probe) they do not; the log names the layer."""
+    import onnxruntime as ort
+
+    import runtime
+    from passes import QuantConfig
+    from runtime import compile_model
+
+    path = str(tmp_path / "tail.onnx")
+    _tail_model(path)
+    rng = np.random.default_rng(6)
+    x = np.clip(rng.exponential(3, (8, 1, 2, 1, 64)), 0, 28).astype(np.float32)
+    for i, s in enumerate(x):
+        s[..., 20 + 4 * i:] = 0  # trees of different sizes: the tails differ
+    np.savez(tmp_path / "calib.npz", x=x)
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+
+    def error(tag: str, config) -> float:
+        art = runtime.load(compile_model(path, "x86", tmp_path / tag, calib=tmp_path / "calib.npz", config=config,
+                                         progress=False))
+        return max(float(np.abs(art.run({"x": s})["y"] - session.run(None, {"x": s})[0]).max()) for s in x)
+
+    chosen = error("chosen", None)
+    forced = error("forced", QuantConfig(sensitivity_tol=None))
+    uncorrected = error("uncorrected", QuantConfig(bias_correction=False, sensitivity_tol=None))
+    assert chosen <= 1.5 * uncorrected and chosen < 0.25 * forced, (chosen, forced, uncorrected)

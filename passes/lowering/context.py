@@ -17,6 +17,22 @@ from .values import Accumulator, ChannelQuantized, IntTensor, MaskedLogits, Mask
 
 
 @dataclass(frozen=True)
+class WeightError:
+    """A conv's or matmul's weight rounding error as its lowering made it: the layer's float output plus
+    `op`(`input`, `error`) is what the integer layer computes (up to the activations' rounding), and
+    bias correction subtracts `shift` per output channel. For a matmul the integers stand for
+    (input + `offset`) / `per_input`."""
+
+    layer: str  # the conv/matmul binding
+    op: str  # "conv2d" (NCHW, OIHW error) or "matmul" ([K, N] error)
+    input: str  # the float binding the layer reads
+    error: np.ndarray
+    shift: np.ndarray  # per output channel
+    per_input: np.ndarray | None = None
+    offset: float = 0.0
+
+
+@dataclass(frozen=True)
 class QuantConfig:
     """How tensors are quantized. Validated on construction."""
 
@@ -51,6 +67,9 @@ class QuantConfig:
     # EfficientNet-Lite0 the weights alone cost cosine 0.9946, corrected 0.9990 (False: tests that
     # compare with uncorrected arithmetic)
     bias_correction: bool = True
+    # Conv/matmul bindings whose bias is left uncorrected: where the correction moved the outputs away
+    # from float in the probe's measurement (passes/bias_choice.py), or given by hand
+    uncorrected: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.weight_bits not in (4, 8):
@@ -68,6 +87,7 @@ class QuantConfig:
         if not all(isinstance(n, str) for n in wide):
             raise CompileError(f"QuantConfig.wide_tensors={wide[:3]}: allowed float binding names")
         object.__setattr__(self, "wide_tensors", wide)
+        object.__setattr__(self, "uncorrected", tuple(sorted(set(self.uncorrected))))
         if self.sensitivity_tol is not None and not 0.0 < self.sensitivity_tol < 1.0:
             raise CompileError(f"QuantConfig.sensitivity_tol={self.sensitivity_tol}: allowed None or (0, 1)")
         if self.smooth_alpha is not None and not 0.0 <= self.smooth_alpha <= 1.0:
@@ -109,7 +129,9 @@ class LoweringContext:
                  channel_mean: dict[tuple[str, int], np.ndarray] | None = None):
         self.bb, self.ranges, self.config = bb, ranges, config
         self.channel_mean = channel_mean or {}  # (tensor, channel axis): calibrated mean per channel
-        self.bias_shift: dict[Accumulator, np.ndarray] = {}  # what the bias added next subtracts
+        self.bias_shift: dict[Accumulator, tuple[np.ndarray, str]] = {}  # what the bias added next subtracts, layer
+        self.weight_errors: dict[str, WeightError] = {}  # layer: its weights' rounding error and bias correction
+        self.corrected: list[str] = []  # the layers whose bias was corrected
         self.bias_after = bias_after or {}  # conv/matmul binding: max |bias| per output channel added next
         self.channel_amax = channel_amax or {}  # tensor: (calibrated max |x| per last-axis channel, rows seen)
         self.weight_rowmax = weight_rowmax or {}  # max |W| per input channel over a tensor's matmuls
@@ -139,9 +161,10 @@ class LoweringContext:
 
     def corrected_bias(self, acc: Accumulator, bias: np.ndarray) -> np.ndarray:
         """`bias` less the mean error of the weights that made `acc` (`QuantConfig.bias_correction`)."""
-        shift = self.bias_shift.pop(acc, None)
+        shift, layer = self.bias_shift.pop(acc, (None, None))
         if shift is None or acc.axis is None:
             return bias
+        self.corrected.append(layer)
         return bias - emit.channel_shape(shift, len(acc.expr.ty.shape), acc.axis)
 
     def fail(self, message: str):

@@ -24,6 +24,7 @@ from tvm import relax
 
 from ..reference.kernels import INT_RANGE, quantize_weights
 from . import emit, int4
+from .context import WeightError
 from .registry import lowers
 from .values import Accumulator, Quantized
 
@@ -55,22 +56,30 @@ def _bias_fitting(ctx, w: np.ndarray, w_q: np.ndarray, w_scale: np.ndarray, bits
 
 def _bias_correction(ctx, acc: Accumulator, x: relax.Expr, axis: int, error: np.ndarray, groups: int = 1,
                      share: np.ndarray | None = None, per_input: np.ndarray | None = None,
-                     offset: float = 0.0) -> Accumulator:
+                     offset: float = 0.0, op: str | None = None) -> Accumulator:
     """Record for the bias added next (`LoweringContext.corrected_bias`) the mean error that the
     weights' rounding, `error` = dequantized minus float weights (OIHW, or [K, N] for a matmul),
     makes on the calibration data: error @ mean(x) per output channel. The integers the weights
     multiply stand for (x + `offset`) / `per_input` (outlier smoothing's per-channel scales); a
-    conv's taps count by their `share` of the output positions at which they read the image."""
+    conv's taps count by their `share` of the output positions at which they read the image.
+    With `op` ("conv2d", "matmul"), `ctx.weight_errors` keeps the error for the probe that decides
+    where the correction stays (`passes/bias_choice.py`)."""
     mean = ctx.channel_mean.get((x.name, axis)) if isinstance(x, relax.Var) else None
     if not ctx.config.bias_correction or mean is None or acc.axis is None:
         return acc
     mean = (mean + offset) / (1.0 if per_input is None else per_input)
     if error.ndim == 2 and mean.size == error.shape[0]:
-        ctx.bias_shift[acc] = mean @ error
+        shift = mean @ error
     elif error.ndim == 4 and mean.size == error.shape[1] * groups:
         o, cg = error.shape[:2]
         taps = (error * share).reshape(groups, o // groups, cg, -1).sum(-1)
-        ctx.bias_shift[acc] = np.einsum("goc,gc->go", taps, mean.reshape(groups, cg)).reshape(o)
+        shift = np.einsum("goc,gc->go", taps, mean.reshape(groups, cg)).reshape(o)
+    else:
+        return acc
+    if op is not None:
+        ctx.weight_errors[ctx.var.name] = WeightError(ctx.var.name, op, x.name, error, shift, per_input, offset)
+    if ctx.var.name not in ctx.config.uncorrected:
+        ctx.bias_shift[acc] = shift, ctx.var.name
     return acc
 
 
@@ -131,7 +140,7 @@ def lower_conv2d(ctx, call, args):
                     emit.conv2d_acc(x.expr, w_q, attrs))
     acc = Accumulator(expr, x.scale * w_scale, 1, ctx.out_range())
     return _bias_correction(ctx, acc, call.args[0], 1, w_q * w_scale[:, None, None, None] - w, int(attrs.groups),
-                            _tap_share(call.args[0], call, attrs, w.shape[2:]))
+                            _tap_share(call.args[0], call, attrs, w.shape[2:]), op="conv2d")
 
 
 @lowers("relax.matmul")
@@ -173,7 +182,7 @@ def lower_matmul(ctx, call, args):
     acc = Accumulator(expr, x_scale * w_scale, len(call.ty.shape) - 1, ctx.out_range())
     return _bias_correction(ctx, acc, call.args[0], -1, w_q * w_scale[None, :] - w,
                             per_input=None if smooth is None else np.asarray(smooth.scale, np.float64),
-                            offset=smooth.offset if smooth is not None else 0.0)
+                            offset=smooth.offset if smooth is not None else 0.0, op="matmul")
 
 
 def _constant_first_matmul(ctx, call, c, x):
