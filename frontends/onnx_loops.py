@@ -7,9 +7,11 @@
         constant iteration number, each scan output the y of every iteration stacked on a new axis 0
 
 A static graph cannot stop early, so a Loop unrolls only where it cannot: M a constant, the cond
-input absent or a constant true, and the body's cond output its cond input, a constant true, or
-known in each iteration from the iteration number and the constant carried values alone (tf2onnx's
+input absent or a constant true (or computed from constants), and the body's cond output its cond
+input, a constant true, or known in each iteration from the iteration number and the constant
+carried values alone (tf2onnx's
 Keras LSTM/GRU `while` loops; paddle2onnx's counting decoders): it runs until that cond is false.
+Without M (tf2onnx's loops from Keras 2.15) that cond must turn false within MAX_STEPS.
 A Scan needs its scan inputs' lengths (static shapes: bind free dims with --input-shape). Anything
 else stays and is refused by the op check with the node named. Nested loops unroll from the
 outside in (the inlined bodies are unrolled in turn); an If inside becomes a select (onnx_if.py).
@@ -154,18 +156,22 @@ def _loop(node, graph, prefix, shapes, consts, opset) -> list | None:
     body = _body(node)
     ins = list(node.input) + [""] * max(0, 2 - len(node.input))
     trip, cond = ins[0], ins[1]
-    if not trip or trip not in consts:
+    limit = _known(trip, graph, consts) if trip else None
+    if trip and limit is None:
         return None
-    steps = int(numpy_helper.to_array(consts[trip]).reshape(-1)[0])
+    # no trip count (tf2onnx's Keras `while` loops): the cond alone ends it, within MAX_STEPS
+    steps = int(limit.reshape(-1)[0]) if trip else MAX_STEPS
     if not 0 < steps <= MAX_STEPS:
         return None
-    if cond and not (cond in consts and bool(numpy_helper.to_array(consts[cond]).reshape(-1)[0])):
+    if cond and not ((first := _known(cond, graph, consts)) is not None and bool(first.reshape(-1)[0])):
         return None
     n = len(ins) - 2
     if not _cond_stays_true(body):
-        steps = _counted_steps(body, steps, ins[2:], consts)
+        steps = _counted_steps(body, steps, ins[2:], consts, bounded=bool(trip))
         if steps is None:
             return None
+    elif not trip:
+        return None
     emit = _Emitter(graph, prefix, opset)
     carried, ys = list(ins[2:]), [[] for _ in range(len(body.output) - 1 - n)]
     true = emit.const("true", np.array(True))
@@ -186,6 +192,28 @@ def _loop(node, graph, prefix, shapes, consts, opset) -> list | None:
     return emit.nodes
 
 
+def _known(name: str, graph: onnx.GraphProto, consts: dict, depth: int = 4) -> np.ndarray | None:
+    """The value of `name` where it is a constant or small outer-graph nodes compute it from constants
+    alone (tf2onnx's first cond: Less(0, n)), else None."""
+    if name in consts:
+        return numpy_helper.to_array(consts[name])
+    producer = next((n for n in graph.node if name in n.output), None)
+    if depth == 0 or producer is None or producer.op_type in ("Loop", "Scan", "If") or \
+            producer.op_type not in ("Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Equal", "And", "Or", "Not",
+                                     "Add", "Sub", "Mul", "Cast", "Identity", "Min", "Max"):
+        return None
+    values = [_known(i, graph, consts, depth - 1) if i else None for i in producer.input]
+    if any(v is None or v.size > 64 for v, i in zip(values, producer.input) if i):
+        return None
+    from onnx.reference import ReferenceEvaluator
+
+    try:
+        outs = ReferenceEvaluator(producer).run(None, {i: v for i, v in zip(producer.input, values) if i})
+    except Exception:  # noqa: BLE001  (what the reference cannot run stays unknown)
+        return None
+    return np.asarray(outs[list(producer.output).index(name)])
+
+
 def _cond_stays_true(body: onnx.GraphProto) -> bool:
     """The body's cond output is its cond input (through Identity nodes) or a constant true."""
     cond_in, name = body.input[1].name, body.output[0].name
@@ -200,8 +228,10 @@ def _cond_stays_true(body: onnx.GraphProto) -> bool:
     return init is not None and bool(numpy_helper.to_array(init).reshape(-1)[0])
 
 
-def _counted_steps(body: onnx.GraphProto, steps: int, carried: list[str], consts: dict) -> int | None:
-    """How many iterations run (at most `steps`), from the body's cond output evaluated with what is
+def _counted_steps(body: onnx.GraphProto, steps: int, carried: list[str], consts: dict,
+                   bounded: bool = True) -> int | None:
+    """How many iterations run (at most `steps`; without a trip count, `bounded` False, the cond
+    must turn false within them), from the body's cond output evaluated with what is
     known at compile time: the iteration number, constant initial values of the carried values and
     whatever the body computes from them alone (tf2onnx's Keras RNN loops recompute `counter < n and
     i + 1 < n` with n from the bound input shape; paddle2onnx's decoders count `i + 1 < n + 1` up to a
@@ -235,4 +265,4 @@ def _counted_steps(body: onnx.GraphProto, steps: int, carried: list[str], consts
         if not bool(np.asarray(cond).reshape(-1)[0]):
             return t + 1
         state = [known.get(o.name) for o in body.output[1:1 + len(carried)]]
-    return steps
+    return steps if bounded else None

@@ -32,7 +32,8 @@ from .lowering.context import WeightError
 from .sensitivity import MAX_MACS, SensitivityProbe, release
 
 MAX_SETS = 16  # measured sets of the search, at most (each one model run per sample)
-BETTER = 0.98  # a set counts as closer to float below this fraction of the best error so far
+BETTER = 0.9  # a set counts as closer to float below this fraction of the best error so far (what two
+# samples tell apart: on a name-origin LSTM the correction everywhere or nowhere measured 0.0066 and 0.0064)
 
 
 def _calls(mod: tvm.IRModule) -> dict[str, relax.Call]:

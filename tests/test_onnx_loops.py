@@ -71,10 +71,11 @@ def loop_model(trip=4, cond_out="cond"):
     return model, {"v0": np.array([0.5, -0.2, 1.0], np.float32)}
 
 
-def counting_loop_model(trip=5, stop=None):
+def counting_loop_model(trip=5, stop=None, counted=True):
     """tf2onnx's Keras RNN `while` loop: carried counter k and time t, x[t] read from the outer scope,
     h <- tanh(h * 0.5 + x[t]), and the cond recomputed as (k + 1 < n) and (t + 1 < n), n = `stop`
-    (default the trip count: true until the last step)."""
+    (default the trip count: true until the last step). `counted=False`: no trip count, the first
+    cond computed as k0 < n (tf2onnx from Keras 2.15)."""
     body = helper.make_graph(
         [helper.make_node("Add", ["k", "one"], ["k2"]), helper.make_node("Add", ["t", "one"], ["t2"]),
          helper.make_node("Gather", ["x", "t"], ["xt"]), helper.make_node("Mul", ["h", "half"], ["hh"]),
@@ -91,8 +92,11 @@ def counting_loop_model(trip=5, stop=None):
          helper.make_tensor_value_info("t2", TensorProto.INT64, []), helper.make_tensor_value_info("h2", F, [3]),
          helper.make_tensor_value_info("y", F, [3])],
         [numpy_helper.from_array(np.array(1, np.int64), "one"), numpy_helper.from_array(np.array(0.5, np.float32), "half")])
-    node = helper.make_node("Loop", ["M", "", "k0", "k0", "h0"], ["kn", "tn", "hn", "ys"], body=body)
-    model = _model([node], [helper.make_tensor_value_info("x", F, [trip, 3]), helper.make_tensor_value_info("h0", F, [3])],
+    node = helper.make_node("Loop", ["M" if counted else "", "" if counted else "c0", "k0", "k0", "h0"],
+                            ["kn", "tn", "hn", "ys"], body=body)
+    first = [] if counted else [helper.make_node("Less", ["k0", "n"], ["c0"])]
+    model = _model([*first, node], [helper.make_tensor_value_info("x", F, [trip, 3]),
+                                    helper.make_tensor_value_info("h0", F, [3])],
                    [helper.make_tensor_value_info("hn", F, [3]), helper.make_tensor_value_info("ys", F, [trip, 3])],
                    [numpy_helper.from_array(np.array(trip, np.int64), "M"),
                     numpy_helper.from_array(np.array(stop or trip, np.int64), "n"),
@@ -101,13 +105,14 @@ def counting_loop_model(trip=5, stop=None):
     return model, {"x": rng.standard_normal((trip, 3)).astype(np.float32), "h0": np.zeros(3, np.float32)}
 
 
-def test_counting_loop_unrolled_equals_onnxruntime():
-    model, feeds = counting_loop_model()
+@pytest.mark.parametrize("counted", [True, False])
+def test_counting_loop_unrolled_equals_onnxruntime(counted):
+    model, feeds = counting_loop_model(counted=counted)
     want = _run(model, feeds)
     assert unroll_loops(model) == 1 and "Loop" not in {n.op_type for n in model.graph.node}
     for got, ref in zip(_run(model, feeds), want):
         np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6)
-    early, _ = counting_loop_model(stop=4)  # the cond turns false one step before the trip count: 4 steps
+    early, _ = counting_loop_model(stop=4, counted=counted)  # the cond turns false a step before: 4 steps
     early.graph.output[1].type.tensor_type.shape.dim[0].dim_param = "steps"
     want = _run(early, feeds)
     assert unroll_loops(early) == 1 and want[1].shape == (4, 3)
