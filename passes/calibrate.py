@@ -33,7 +33,8 @@ class CalibratedRanges(dict):
     nonzero count)}, `channel_mean` {(tensor name, axis): mean per channel along axis}, `whole`
     (the tensors cast to integers, and the float inputs, that held whole numbers only: floor(x * 4) before
     an index; counts),
-    `nonfinite` (the tensors that held infinities or NaN), and `probe`, the float model ready to
+    `nonfinite` (the tensors that held infinities or NaN), `sentinels` {tensor name: a value compared
+    for equality that was left out of its range, `_set_apart`}, and `probe`, the float model ready to
     measure the output error of putting tensors on their 8-bit grids (None: not measurable)."""
 
     def __init__(self, ranges: dict, channel_amax: dict[str, tuple[np.ndarray, int]] | None = None,
@@ -49,6 +50,7 @@ class CalibratedRanges(dict):
         self.moments = moments or {}
         self.nonfinite = nonfinite  # tensors that held infinities or NaN
         self.steps: list[list[str]] = []  # corresponding tensors of an unrolled recurrence's steps (tied)
+        self.sentinels: dict[str, float] = {}  # tensor: the sentinel left out of its range, at a grid end
 
 
 def _weighted_inputs(mod: tvm.IRModule) -> dict[str, set[int]]:
@@ -74,6 +76,60 @@ def _cast_inputs(mod: tvm.IRModule) -> set[str]:
             and not str(b.value.ty.dtype).startswith(("float", "bool"))}
 
 
+def _sentinels(mod: tvm.IRModule) -> dict[str, float]:
+    """{float tensor: c} of the tensors the graph compares for equality with a constant c (one value,
+    finite): a sentinel such as Keras' `Masking(mask_value=c)` padding, which calibration leaves out of
+    the tensor's range (`calibrate`)."""
+    found = {}
+    for block in mod["main"].body.blocks:
+        for b in block.bindings:
+            v = b.value
+            if not (isinstance(v, relax.Call) and isinstance(v.op, tvm.ir.Op)
+                    and v.op.name in ("relax.equal", "relax.not_equal")):
+                continue
+            x, c = v.args
+            if isinstance(x, tvm.ir.GenericConst):
+                x, c = c, x
+            if isinstance(x, relax.Var) and isinstance(c, tvm.ir.GenericConst) and \
+                    str(x.ty.dtype).startswith("float"):
+                value = c.value.numpy()
+                if value.size and np.all(value == value.flat[0]) and np.isfinite(value.flat[0]):
+                    found[x.name] = float(value.flat[0])
+    return found
+
+
+def _far(c: float, values: np.ndarray) -> bool:
+    """Is `c` outside the finite `values` by more than their span (a sentinel, not an extreme value)?"""
+    values = values[np.isfinite(values)]
+    if not values.size:
+        return False
+    lo, hi = float(values.min()), float(values.max())
+    return c < lo - (hi - lo) or c > hi + (hi - lo)
+
+
+SENTINEL_STEPS = 2  # a sentinel above a tensor's range: its top widened by this many 8-bit steps, so that
+# only the sentinel saturates to the top code (below: a signed grid's lowest code is unused by the range)
+
+
+def _set_apart(ranges: CalibratedRanges, sentinels: dict[str, float]) -> CalibratedRanges:
+    """`ranges` with each sentinel outside its tensor's other values given a code of its own: the
+    lowest of a signed grid (the range made signed) or the top one (the range widened), where the
+    input quantizer saturates it and an equality test finds it (`binary._compare_code`).
+    Mask padding at -4.2e6 beside values in [0.005, 0.9] had set an input's grid to 128 per step,
+    and every real value became 0 (mhcnuggets' peptide LSTMs)."""
+    for name, c in sentinels.items():
+        if name not in ranges or ranges[name] is None or not _far(c, np.asarray(ranges[name], np.float64)):
+            continue
+        lo, hi = ranges[name]
+        amax = max(abs(lo), abs(hi))
+        if c < lo:
+            ranges[name] = (min(lo, -amax / 127), hi)
+        elif c > hi:
+            ranges[name] = (lo, hi + SENTINEL_STEPS * amax / 127)
+        ranges.sentinels[name] = c
+    return ranges
+
+
 def calibrate(mod: tvm.IRModule, samples: Sequence[dict[str, np.ndarray]] | Iterable[dict[str, np.ndarray]],
               observer: str = "minmax", target=None, progress: bool = True, pipeline=None,
               build=None) -> CalibratedRanges:
@@ -97,8 +153,17 @@ def calibrate(mod: tvm.IRModule, samples: Sequence[dict[str, np.ndarray]] | Iter
     cast = _cast_inputs(mod) | inputs  # and inputs: whole-number features (counts, levels) get an exact grid
     casts = {i for i, name in enumerate(model.names) if name in cast}
     fractional: set[int] = set()  # of them, those that held a fraction
+    sentinel_of = _sentinels(mod)
+    sentinels = {i: sentinel_of[name] for i, name in enumerate(model.names) if name in sentinel_of}
+
+    apart: dict[str, float] = {}  # the tensors whose sentinel was left out
 
     def observe(index: int, value: np.ndarray) -> None:
+        if index in sentinels:  # a sentinel is not a value: left out (as 0) of every statistic
+            hit = value == np.asarray(sentinels[index], value.dtype)
+            if hit.any() and not hit.all() and _far(sentinels[index], value[~hit]):
+                value = np.where(hit, np.zeros((), value.dtype), value)
+                apart[model.names[index]] = sentinels[index]
         if index in casts and index not in fractional and not np.array_equal(value, np.round(value)):
             fractional.add(index)
         finite = Finite(value)  # min, max and the finite values, found once for both observers
@@ -115,7 +180,7 @@ def calibrate(mod: tvm.IRModule, samples: Sequence[dict[str, np.ndarray]] | Iter
         if len(kept) < PROBE_SAMPLES:
             kept.append(sample)
         model.run(sample, observe)
-    return _tied(CalibratedRanges({name: obs.range() for name, obs in zip(model.names, observers)},
+    ranges = _tied(CalibratedRanges({name: obs.range() for name, obs in zip(model.names, observers)},
                             {model.names[i]: (c.range(), c.rows) for i, c in channels.items()
                              if c.range() is not None},
                             SensitivityProbe(model, kept) if kept else None,
@@ -124,6 +189,7 @@ def calibrate(mod: tvm.IRModule, samples: Sequence[dict[str, np.ndarray]] | Iter
                             {(model.names[i], m.axis): m.mean() for i, ms in means.items() for m in ms
                              if m.mean() is not None},
                             frozenset(model.names[i] for i in casts - fractional)), step_groups(mod["main"]))
+    return _set_apart(ranges, apart)
 
 
 TIED_SPAN = 0.5  # a step's tensor whose range spans less than this share of its group's widest keeps its own

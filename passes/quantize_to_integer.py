@@ -300,7 +300,8 @@ class QuantizeToInteger:
             in_dtype = "int16" if p.name in config.wide_tensors else dtype  # its 8-bit grid too coarse
             amax = ctx.channel_amax.get(p.name, (None,))[0]
             whole = p.name in getattr(self.ranges, "whole", ())  # counts, levels: a grid that keeps them whole
-            scales = feature_scales(func, p, amax, INT_RANGE[in_dtype][1], whole)
+            sentinel = getattr(self.ranges, "sentinels", {}).get(p.name)  # one scale: its code at the grid's end
+            scales = None if sentinel is not None else feature_scales(func, p, amax, INT_RANGE[in_dtype][1], whole)
             if scales is not None:  # a scale per feature (lowering/feature_inputs.py): accumulated below
                 q = relax.Var(p.name, relax.TensorType(p.ty.shape, "int16"))
                 params.append(q)
@@ -315,7 +316,8 @@ class QuantizeToInteger:
             env[p] = Quantized(q, scale, in_dtype, qmax=calibrated_qmax(in_dtype))
             if in_dtype != dtype:  # convs and matmuls then keep its 16 bits where their sums allow
                 ctx.mark_wide(env[p])
-            boundary["inputs"].append({"name": p.name, "dtype": in_dtype, "scale": scale})
+            boundary["inputs"].append({"name": p.name, "dtype": in_dtype, "scale": scale,
+                                       **({} if sentinel is None else {"sentinel": sentinel})})
         with bb.function("main", params):
             with bb.dataflow():
                 for p, (q, scales, amax) in features.items():

@@ -179,6 +179,8 @@ class Model:
         warned = self.__dict__.setdefault("_warned", set())
         if spec["name"] in warned or not np.size(value):
             return
+        if "sentinel" in spec["quant"]:  # a value the model tests for (mask padding), saturating on purpose
+            value = np.where(value == spec["quant"]["sentinel"], 0, value)
         if np.ndim(edge) == 0:
             peak, where = float(np.abs(value).max()), ""
         else:  # a scale per feature: the feature furthest past its own range

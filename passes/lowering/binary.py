@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 import tvm
+from tvm import relax
 
 from ..reference import binary as ref
 from ..reference.kernels import INT_RANGE, dyadic
@@ -104,15 +105,51 @@ def _compare_accumulator(ctx, op: str, acc: Accumulator, c: np.ndarray, shape) -
     return IntTensor(ctx.emit(getattr(emit.R, op)(emit.R.astype(acc.expr, "int64"), emit.const(bound, "int64"))))
 
 
+def _compare_code(ctx, op: str, var: relax.Expr, x, c: np.ndarray, shape) -> IntTensor | None:
+    """x == c or x != c for a constant c, on x's integers: equal where x's code is c's, round(c / S).
+    A real value equal to c gets that code wherever c lies on the grid or not (1.0 on a 16-bit grid
+    with headroom is 16383.5 steps: compared at a finer scale it never matched). A c beyond the grid
+    has the end code on its side, where x's calibrated range leaves that code unused: what saturates
+    there is c (a sentinel that calibration set apart, such as Keras' mask padding:
+    `calibrate._set_apart`). None: not this case (a c beyond a grid whose end is in use: never equal)."""
+    if op not in ("equal", "not_equal") or not isinstance(var, relax.Var) or var.name not in ctx.ranges \
+            or not c.size or not np.all(c == c.flat[0]) or not np.isfinite(c.flat[0]):
+        return None
+    q = ctx.materialize(x)
+    if not isinstance(q, Quantized) or tuple(int(d) for d in q.expr.ty.shape) != tuple(int(d) for d in shape):
+        return None
+    lo_q, hi_q = INT_RANGE[q.dtype]
+    lo, hi = (v / float(q.scale) for v in ctx.range_of(var))
+    k = float(c.flat[0]) / float(q.scale)
+    if lo_q - 0.5 <= k <= hi_q + 0.5:  # both codes of a tie: the input quantizer rounds half to even
+        first, last = (int(np.clip(v, lo_q, hi_q)) for v in (np.ceil(k - 0.5), np.floor(k + 0.5)))
+    elif k < lo_q - 0.5 and lo > lo_q + 0.5:
+        first = last = lo_q
+    elif k > hi_q + 0.5 and hi < hi_q - 0.5:
+        first = last = hi_q
+    else:
+        return None
+    if first == last:
+        return IntTensor(ctx.emit(getattr(emit.R, op)(q.expr, emit.const(first, q.dtype))))
+    a, b = emit.const(first, q.dtype), emit.const(last, q.dtype)
+    inside = emit.R.logical_and(emit.R.greater_equal(q.expr, a), emit.R.less_equal(q.expr, b))
+    return IntTensor(ctx.emit(inside if op == "equal" else emit.R.logical_not(inside)))
+
+
 @lowers(*(f"relax.{op}" for op in ref.COMPARE_OPS))
 def lower_compare(ctx, call, args):
     """a < b etc. of activations (or one activation and a constant) -> an exact bool mask; an
-    unrequantized accumulator against a constant: on its own integers (`_compare_accumulator`)."""
+    unrequantized accumulator against a constant: on its own integers (`_compare_accumulator`); a
+    quantized tensor's equality with a constant: on its codes (`_compare_code`)."""
     op = call.op.name[len("relax."):]
     for k, how in ((0, op), (1, _FLIPPED.get(op))):  # the accumulator first, the op flipped if it is second
         acc, c = args[k], args[1 - k]
         if isinstance(acc, Accumulator) and isinstance(c, np.ndarray) and how is not None:
             mask = _compare_accumulator(ctx, how, acc, c, call.args[k].ty.shape)
+            if mask is not None:
+                return mask
+        if isinstance(acc, (Quantized, Accumulator)) and isinstance(c, np.ndarray) and how is not None:
+            mask = _compare_code(ctx, how, call.args[k], acc, c, call.ty.shape)
             if mask is not None:
                 return mask
     values = [ctx.materialize(v) if not isinstance(v, np.ndarray) else v for v in args]
