@@ -3,7 +3,9 @@
 from .calibrate import calibrate
 from .conv1d_as_conv2d import conv1d_as_conv2d
 from .conv3d_as_conv2d import conv3d_as_conv2d
+from .conv3d_transpose_as_conv2d import conv3d_transpose_as_conv2d
 from .pool1d_as_pool2d import pool1d_as_pool2d
+from .pool3d_as_pool2d import pool3d_as_pool2d
 from .tall_conv_as_wide import tall_conv_as_wide
 from .full_width_conv_as_channels import full_width_conv_as_channels
 from .decompose_batchnorm import decompose_batchnorm
@@ -24,7 +26,7 @@ from .quantize_to_integer import BOUNDARY_ATTR, LAYERS_ATTR, QuantizeToInteger
 from .verify_integer_only import IntegerOnlyReport, verify_integer_only
 
 __all__ = ["BOUNDARY_ATTR", "LAYERS_ATTR", "OBSERVERS", "IntegerOnlyReport", "QuantConfig", "QuantizeToInteger",
-           "bind_weights", "calibrate", "conv1d_as_conv2d", "conv3d_as_conv2d", "decompose_batchnorm", "pool1d_as_pool2d", "fold_batchnorm", "full_width_conv_as_channels", "tall_conv_as_wide", "fuse_gelu", "fuse_prelu",
+           "bind_weights", "calibrate", "conv1d_as_conv2d", "conv3d_as_conv2d", "conv3d_transpose_as_conv2d", "pool3d_as_pool2d", "decompose_batchnorm", "pool1d_as_pool2d", "fold_batchnorm", "full_width_conv_as_channels", "tall_conv_as_wide", "fuse_gelu", "fuse_prelu",
            "fuse_layernorm", "fuse_rmsnorm", "fuse_softmax", "fuse_binary_chains", "fuse_unary_chains", "sum_over_stack", "unary_chains_through_layout",
            "verify_integer_only"]
 
@@ -43,7 +45,8 @@ def bind_weights(mod, weights):
     bound = {p: tvm.runtime.tensor(w) for p, w in zip(params[len(params) - len(weights):], weights)}
     seq = tvm.transform.Sequential([relax.transform.BindParams("main", bound), fold_small_constants,
                                     fold_constant_calls,
-                                    conv1d_as_conv2d, conv3d_as_conv2d, pool1d_as_pool2d, fold_batchnorm, decompose_batchnorm,
+                                    conv1d_as_conv2d, conv3d_as_conv2d, conv3d_transpose_as_conv2d, pool1d_as_pool2d,
+                                    pool3d_as_pool2d, fold_batchnorm, decompose_batchnorm,
                                     full_width_conv_as_channels, tall_conv_as_wide, fuse_gelu, fuse_prelu, fuse_layernorm, fuse_rmsnorm, fuse_softmax,
                                     fuse_binary_chains, fuse_unary_chains,
                                     relax.transform.DeadCodeElimination(),  # the chains' dead steps

@@ -220,12 +220,15 @@ def _bindings(func: relax.Function):
         yield from block.bindings
 
 
-def _check_supported(func: relax.Function) -> None:
+def check_lowerable(func: relax.Function) -> None:
+    """Refuse, listing every one at once, the float ops of `func` that no lowering takes (before
+    calibration spends its time on the model)."""
     bad = [f"{b.var.name} = {_op_text(b.value)}" for b in _bindings(func)
            if isinstance(b.value, relax.Call) and isinstance(b.value.op, tvm.ir.Op)
            and b.value.op.name not in LOWERINGS and _has_float(b.var.ty)]
     if bad:
-        raise UnsupportedModelError(f"{len(bad)} operation(s) have no integer lowering:\n  " + "\n  ".join(bad))
+        raise UnsupportedModelError(f"{len(bad)} operation(s) have no integer lowering:\n  " + "\n  ".join(bad)
+                                    + "\nPass --allow-float to run them in float.")
 
 
 def _op_text(call: relax.Call) -> str:
@@ -265,7 +268,7 @@ class QuantizeToInteger:
     def __call__(self, mod: tvm.IRModule) -> tvm.IRModule:
         func = mod["main"]
         if not self.config.allow_float:
-            _check_supported(func)
+            check_lowerable(func)
         wide, uncorrected = self._sensitive(mod)
         bound = _output_bound(func)
         # what only layout ops take to an output is carried at 16 bits: an 8-bit output grid costs

@@ -23,7 +23,7 @@ from frontends.onnx_import import FreeDim, TensorSpec, bound_shapes, input_dim_n
 from passes import (BOUNDARY_ATTR, LAYERS_ATTR, QuantConfig, QuantizeToInteger, bind_weights, calibrate,
                     verify_integer_only)
 from passes.generalize_batch import generalize_batch, input_shapes_of, output_shapes
-from passes.quantize_to_integer import BIAS_ATTR, COARSE_ATTR, FLOAT_NODES_ATTR, WIDE_ATTR
+from passes.quantize_to_integer import BIAS_ATTR, COARSE_ATTR, FLOAT_NODES_ATTR, WIDE_ATTR, check_lowerable
 from targets import get_target, parallel_build
 from targets.cross import first_error_line
 from targets.cpu_pipeline import cpu_pipeline
@@ -375,6 +375,8 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
                                "is not independent samples (a reshape of the batch, e.g. several views of one item "
                                "averaged); compile one fixed batch per artifact") from None
         float_mod = bind_weights(imported.mod, imported.params)
+        if not allow_float:
+            check_lowerable(float_mod["main"])
     if has_normalization(float_mod) and config.residual_bits == 8:
         log("transformer (LayerNorm found): residual stream, LayerNorm and inputs at 16 bits")
         config = replace(config, residual_bits=16)

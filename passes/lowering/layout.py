@@ -98,7 +98,8 @@ def _accumulator_through(ctx, call, x):
 def _sliced_scale(call, x: Accumulator, shape: list[int]):
     """The per-channel scales of a strided slice of `x` (sliced where the slice cuts the channel
     axis with stride 1), or None for a slice it cannot follow."""
-    axes, begin, end, strides = ([int(v.value) for v in arg.fields] for arg in call.args[1:5])
+    axes, begin, end, *strides = ([int(v.value) for v in arg.fields] for arg in call.args[1:5])
+    strides = strides[0] if strides else [1] * len(axes)  # a slice without strides: steps of one
     axes = [a % len(shape) for a in axes]
     if x.axis is None or x.axis not in axes:
         return x.scale
