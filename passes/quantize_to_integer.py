@@ -401,7 +401,8 @@ class QuantizeToInteger:
                     if not report["kept"]:
                         coarse = {}
                 rest = {n: g for n, g in grids.items() if n not in coarse}
-                measured = find_sensitive(probe, rest, tol, MAX_WIDE, SENSITIVITY_GOAL) if probe else {}
+                measured = find_sensitive(probe, rest, tol, MAX_WIDE, SENSITIVITY_GOAL,
+                                          groups=getattr(self.ranges, "steps", [])) if probe else {}
             except Exception as err:  # noqa: BLE001  (a measurement that cannot run leaves the rest at 8 bits)
                 warnings.warn(f"sensitivity measurement failed ({type(err).__name__}: {err}); "
                               "the activations it would measure stay at 8 bits", stacklevel=2)

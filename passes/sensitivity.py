@@ -247,8 +247,14 @@ def coarse_grids(grids: dict[str, tuple[float, int, int]], moments: dict[str, tu
 
 
 def find_sensitive(probe: SensitivityProbe, grids: dict[str, tuple[float, int, int]], tol: float,
-                   limit: int, goal: float, budget: int = MAX_SETS, work: float = MAX_ELEMENTS) -> dict[str, float]:
+                   limit: int, goal: float, budget: int = MAX_SETS, work: float = MAX_ELEMENTS,
+                   groups: Sequence[Sequence[str]] = ()) -> dict[str, float]:
     """{name: error alone} of the candidates to carry at 16 bits, the worst first.
+
+    Each of `groups` (an unrolled recurrence's corresponding step tensors: `recurrent_steps.py`) is
+    one candidate, measured with all its members on their grids and found whole: an LSTM's hidden
+    state loses a little at each of 37 steps, below the tolerance at any one of them, and the
+    sum flipped an intrusion detector's labels.
 
     Best first: the measured set with the largest error is split in two halves (graph order) and
     both are measured; a single tensor popped is a find. It stops at `limit` finds, after `budget`
@@ -257,10 +263,16 @@ def find_sensitive(probe: SensitivityProbe, grids: dict[str, tuple[float, int, i
     minutes per set: the finds so far are kept; a set is not started that would end past them), or when the largest set left costs at most tol^2 and all sets left
     together (their errors add up) at most goal^2, or, whatever the total, at most (tol / 8)^2.
     """
-    names = list(grids)
+    members = {m[0]: m for g in groups if (m := [n for n in g if n in grids])}
+    grouped = {n for g in members.values() for n in g[1:]}
+    names = [n for n in grids if n not in grouped]
     if not names:
         return {}
-    heap = [(-probe.error(grids), 0, names)]
+
+    def error(part: list[str]) -> float:
+        return probe.error({m: grids[m] for n in part for m in members.get(n, (n,))})
+
+    heap = [(-error(names), 0, names)]
     found: dict[str, float] = {}
     sets, order = 1, 1
     def affordable() -> bool:  # one more set (a run per sample) stays within the work
@@ -268,16 +280,18 @@ def find_sensitive(probe: SensitivityProbe, grids: dict[str, tuple[float, int, i
         return (probe.elements + probe.run_elements * runs <= work
                 and probe.macs + probe.run_macs * runs <= MAX_MACS * work / MAX_ELEMENTS)
 
-    while heap and len(found) < limit and sets < budget and affordable():
+    finds = 0  # a group counts once
+    while heap and finds < limit and sets < budget and affordable():
         err, _, part = heapq.heappop(heap)
         err, rest = -err, -err - sum(e for e, _, _ in heap)
         if err <= (tol / 8) ** 2 or (err <= tol**2 and rest <= goal**2):
             break
         if len(part) == 1:
-            found[part[0]] = err
+            found.update({m: err for m in members.get(part[0], part)})
+            finds += 1
             continue
         half = len(part) // 2
         for piece in (part[:half], part[half:]):
-            heapq.heappush(heap, (-probe.error({n: grids[n] for n in piece}), order, piece))
+            heapq.heappush(heap, (-error(piece), order, piece))
             sets, order = sets + 1, order + 1
     return dict(sorted(found.items(), key=lambda kv: -kv[1]))

@@ -77,6 +77,18 @@ def test_search_lowers_the_bar_when_many_small_losses_add_up():
     assert len(capped) == 2
 
 
+def test_a_recurrence_group_is_measured_and_found_whole():
+    """An LSTM state over 40 steps: each step's tensor costs a tenth of tol^2 alone, all of them 4x
+    tol^2 together, beside 200 quiet tensors and one sensitive one. The group is one candidate:
+    found whole (each member at the group's error), counted once against the limit."""
+    steps = [f"h{t}" for t in range(40)]
+    errors = {**{n: 9e-5 for n in steps}, **{f"t{i}": 1e-7 for i in range(200)}, "t7": 0.01}
+    grids = {n: (1.0, -128, 127) for n in [*steps[:20], *errors.keys() - set(steps), *steps[20:]]}
+    found = find_sensitive(_AdditiveProbe(errors), grids, 0.03, limit=2, goal=0.05, groups=[steps, ["x", "y"]])
+    assert set(found) == {"t7", *steps} and found["h3"] == pytest.approx(40 * 9e-5)
+    assert find_sensitive(_AdditiveProbe(errors), grids, 0.03, limit=2, goal=0.05) == {"t7": 0.01}  # apart: one
+
+
 @pytest.mark.parametrize("case", [
     dict(shape=(1, 16, 9, 9), w=(8, 16, 3, 3), strides=(1, 1), padding=(1, 1, 1, 1), groups=1),
     dict(shape=(1, 32, 6, 6), w=(4, 32, 1, 1), strides=(1, 1), padding=(0, 0, 0, 0), groups=1),  # a box head
