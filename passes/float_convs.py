@@ -64,6 +64,8 @@ def conv_closure(call: relax.Call, weight: np.ndarray | None = None):
                 # the full output, cropped by the pads and widened by the output padding (zeros: out of reach)
                 y = F.pad(y, [0, max(0, left + out_w - y.shape[3]), 0, max(0, top + out_h - y.shape[2])])
                 y = y[:, :, top:top + out_h, left:left + out_w]
+            elif top == bottom and left == right:  # no padded copy of the input
+                y = F.conv2d(t, weight, stride=strides, padding=(top, left), dilation=dilation, groups=groups)
             else:
                 y = F.conv2d(F.pad(t, [left, right, top, bottom]), weight, stride=strides, dilation=dilation,
                              groups=groups)

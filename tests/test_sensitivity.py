@@ -458,3 +458,19 @@ def test_probe_measures_logits_and_concatenated_parts(tmp_path):
     kinds = sorted(ops.get(p, "input") for p in parts)  # the sigmoid may be a fused chain of one op
     assert len(parts) == 3 and kinds[0] == "input" and "relax.matmul" in kinds, (parts, ops)
     assert not {"relax.nn.softmax", "relax.concat", "relax.nn.relu", "relax.multiply"} & set(kinds), (parts, ops)
+
+
+def test_moments_of_a_large_tensor_come_from_a_spread_sample():
+    """A 3-D U-Net's 134 MB tensors: the moments are estimated from ~1M values in spread runs, within
+    a percent of the whole tensor's, channels of different sizes and a dead half included."""
+    from passes.observers import MOMENT_SAMPLE, MomentsObserver
+
+    x = np.random.default_rng(5).standard_normal((1, 16, 64, 64, 64)).astype(np.float32)
+    x *= np.arange(1, 17, dtype=np.float32)[None, :, None, None, None]
+    x[:, :, :32] = np.maximum(x[:, :, :32], 0)
+    whole = (float(np.sum(x.astype(np.float64) ** 2)), int(np.count_nonzero(x)))
+    obs = MomentsObserver()
+    obs.update(x)
+    squares, nonzero = obs.moments()
+    assert x.size > 4 * MOMENT_SAMPLE
+    assert squares == pytest.approx(whole[0], rel=0.01) and nonzero == pytest.approx(whole[1], rel=0.01)
