@@ -11,7 +11,8 @@ import sys
 import numpy as np
 import onnxruntime as ort
 import pytest
-from onnx import helper
+import onnx
+from onnx import TensorProto, helper
 
 import runtime
 from frontends import ArtifactError, InputError
@@ -175,6 +176,27 @@ def test_check_warns_when_the_artifact_disagrees_with_float():
     assert "boxes: cosine 0.6200" in text and "WARNING: boxes agree(s)" in text and "logits agree" not in text
     # rounded down: 0.98996 printed as 0.9900 beside a warning for below 0.99 read as a contradiction (hunt 14 F6)
     assert "cosine 0.9899" in report([Agreement("p", 0.98996, 0.07)])
+
+
+def test_one_value_output_is_judged_against_its_spread_over_the_samples(tmp_path):
+    """A regression output crossing zero (deeplc's retention times, -28..81): 0.3 off on the sample
+    whose float value is -1.5 is no warning, though 20% of that sample's own value; 30 off is."""
+    from runtime.check import float_agreement, report
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "reg.onnx"
+    onnx.save(model, path)
+    samples = [{"x": np.array([[v]], np.float32)} for v in (-1.5, 36.0, 81.0, -28.0)]
+
+    def rows(off):
+        return float_agreement(path, None, samples, [{"y": s["x"] + (off if s["x"][0, 0] == -1.5 else 0.01)}
+                                                     for s in samples])
+
+    assert "WARNING" not in report(rows(0.3)) and "WARNING: y agree(s)" in report(rows(30.0))
 
 
 def test_check_warns_on_errors_cosine_cannot_see():
