@@ -19,6 +19,8 @@ requantization ran once per tap (a VQ-VAE decoder's 3x3 conv: 0.155 of its 0.19 
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import tvm
 from tvm import relax, te, tirx
@@ -26,6 +28,7 @@ from tvm import relax, te, tirx
 from .call_rewrite import rewrite_calls, static_dims
 
 OPAQUE = 8  # FuseOps' kOpaque: AnnotateTIROpPattern keeps an op_pattern it finds
+PATCHES_ATTR = "intq_patches"  # on a patches kernel: JSON [rows, kernel, strides, pads, dilation] (patches_te)
 MAX_PATCH_BYTES = 256 << 20
 STEP = 4  # bytes per dot-product lane (vpdpbusd, vpmaddwd pairs, sdot)
 
@@ -49,6 +52,29 @@ def patches_te(x: te.Tensor, rows: int, kernel: tuple[int, int], strides: tuple[
         return tirx.if_then_else(inside, x[b, ch, iy, ix], tirx.const(0, x.dtype))
 
     return te.compute((n, rows, ho, wo), tap, name="conv_patches")
+
+
+def pixel_patches_te(x: te.Tensor, rows: int, kernel: tuple[int, int], strides: tuple[int, int],
+                     pads: tuple[int, int, int, int], dilation: tuple[int, int], fill: int = 0) -> te.Tensor:
+    """[Ho * Wo, rows] from a channels-last image x [1, H, W, C]: row (i, j, c) = (i*kw + j)*C + c of
+    output pixel p holds the pixel tap (i, j) reads in channel c, `fill` outside the image and past
+    C*kh*kw: the layout a dot kernel with lanes over output channels reads, each tap a run of C
+    contiguous values (`targets/vnni_rewrite.py`; the weights' rows in the same order)."""
+    _, h, w, c = x.shape
+    (kh, kw), (sh, sw), (dh, dw) = kernel, strides, dilation
+    top, left, bottom, right = pads
+    ho = (int(h) + top + bottom - dh * (kh - 1) - 1) // sh + 1
+    wo = (int(w) + left + right - dw * (kw - 1) - 1) // sw + 1
+    taps = int(c) * kh * kw
+
+    def tap(p, k):
+        kc = tirx.min(k, taps - 1)
+        t, ch = kc // c, kc % c
+        iy, ix = p // wo * sh + t // kw * dh - top, p % wo * sw + t % kw * dw - left
+        inside = tirx.all(k < taps, iy >= 0, iy < h, ix >= 0, ix < w)
+        return tirx.if_then_else(inside, x[0, iy, ix, ch], tirx.const(fill, x.dtype))
+
+    return te.compute((ho * wo, rows), tap, name="conv_pixel_patches")
 
 
 def patch_rows(c: int, kh: int, kw: int, step: int = STEP) -> int:
@@ -88,7 +114,8 @@ def _rewrite(builder: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     if size > MAX_PATCH_BYTES:
         return _in_bands(builder, call, -(-size // MAX_PATCH_BYTES))
     cols = builder.call_te(patches_te, x, rows, (kh, kw), strides, pads, dilation, primfunc_name_hint="conv_patches",
-                           primfunc_attrs={"op_pattern": OPAQUE})
+                           primfunc_attrs={"op_pattern": OPAQUE, PATCHES_ATTR: json.dumps(
+                               [rows, [kh, kw], list(strides), list(pads), list(dilation)])})
     return relax.op.nn.conv2d(cols, relax.const(patch_weights(weights, rows)), out_dtype=str(call.ty.dtype))
 
 

@@ -21,10 +21,14 @@ error).
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
+
+from passes.conv_as_pointwise import OPAQUE, PATCHES_ATTR, pixel_patches_te
 
 from . import act_matmul, vnni
 from .kernel_family import MADDUBS, Dot, Family, maddubs_safe
@@ -153,8 +157,12 @@ class _Rewriter(PyExprMutator):
         if dot is not None:
             x, w2 = self._padded(x, w2, 1, 1, dot)
             c = int(w2.shape[1])
-            xt = relax.op.permute_dims(relax.op.reshape(self._prepared(x, dot), [*lead, c, h * wd]),
-                                       [*range(len(lead)), len(lead) + 1, len(lead)])
+            direct = None if lead else self._pixel_patches(x, w2, dot)
+            if direct is not None:
+                xt, w2 = direct
+            else:
+                xt = relax.op.permute_dims(relax.op.reshape(self._prepared(x, dot), [*lead, c, h * wd]),
+                                           [*range(len(lead)), len(lead) + 1, len(lead)])
             return self._kernel(vnni.conv_lanes_out_te, dot, x, xt, vnni.pack_weights(w2, dot), w_sum, h, wd)
         # no tile divides the pixels (an STFT's 97 frames): a matmul over [(N,) H*W, C], whose rows are
         # padded (a batch of 4 STFTs of 5 frames each ran TVM's plain loops, 0.19 ms)
@@ -168,6 +176,33 @@ class _Rewriter(PyExprMutator):
         return relax.op.reshape(relax.op.permute_dims(self.builder_.emit(dense), [*range(len(lead)), *last]),
                                 [*lead, o, h, wd] if lead else [1, o, h, wd])
 
+
+    def _pixel_patches(self, x: relax.Expr, w2: np.ndarray, dot: Dot):
+        """([H*W, rows] patches, weights [O, rows] in their row order) gathered straight from a spatial
+        conv's input, prepared for `dot` and made channels-last (`pixel_patches_te`), where `x` is the
+        output of that conv's [1, rows, H, W] patches kernel (`passes/conv_as_pointwise.py`): those
+        were written channel-major and transposed, two passes over a tensor K times the input (a
+        dilated 1x41 conv over 15000 samples: half of SpliceAI's time). None: not patches."""
+        value = self.lookup_binding(x) if isinstance(x, relax.Var) else None
+        if not (isinstance(value, relax.Call) and value.op == tvm.ir.Op.get("relax.call_tir")):
+            return None
+        func = self.builder_.get()[value.args[0]]
+        spec = func.attrs.get(PATCHES_ATTR) if func.attrs is not None else None
+        if spec is None:
+            return None
+        rows, kernel, strides, pads, dilation = json.loads(str(spec))
+        (source,) = value.args[1].fields
+        c = int(source.ty.shape[1])
+        taps = c * kernel[0] * kernel[1]
+        if rows != int(w2.shape[1]):
+            return None
+        fill = 128 if dot.shift and str(source.ty.dtype) == "int8" else 0  # the image's zeros, prepared
+        image = self.builder_.emit(relax.op.permute_dims(self._prepared(source, dot), [0, 2, 3, 1]))
+        xt = self.builder_.call_te(pixel_patches_te, image, rows, tuple(kernel), tuple(strides), tuple(pads),
+                                   tuple(dilation), fill, primfunc_name_hint="conv_pixel_patches",
+                                   primfunc_attrs={"op_pattern": OPAQUE})
+        order = w2[:, :taps].reshape(-1, c, kernel[0] * kernel[1]).transpose(0, 2, 1).reshape(-1, taps)
+        return xt, np.concatenate([order, w2[:, taps:]], axis=1)
 
     def _conv_taps(self, x: relax.Expr, w_np: np.ndarray, x_shape: list, a) -> relax.Expr | None:
         """A spatial conv (stride 1 or 2) as one kernel summing its taps over the packed input."""
