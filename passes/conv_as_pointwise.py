@@ -77,6 +77,30 @@ def pixel_patches_te(x: te.Tensor, rows: int, kernel: tuple[int, int], strides: 
     return te.compute((ho * wo, rows), tap, name="conv_pixel_patches")
 
 
+def packed_patches_te(x: te.Tensor, rows: int, kernel: tuple[int, int], strides: tuple[int, int],
+                      pads: tuple[int, int, int, int], dilation: tuple[int, int], step: int,
+                      fill: int = 0) -> te.Tensor:
+    """[rows / step, Ho * Wo, step] from x [1, C, H, W]: the patches of `patches_te` (row k =
+    (c, i, j)) as a dot kernel with lanes over pixels reads them, `step` rows of each pixel together,
+    `fill` outside the image and past C*kh*kw (`targets/vnni_rewrite.py`)."""
+    _, c, h, w = x.shape
+    (kh, kw), (sh, sw), (dh, dw) = kernel, strides, dilation
+    top, left, bottom, right = pads
+    ho = (int(h) + top + bottom - dh * (kh - 1) - 1) // sh + 1
+    wo = (int(w) + left + right - dw * (kw - 1) - 1) // sw + 1
+    taps = int(c) * kh * kw
+
+    def tap(r, p, q):
+        k = r * step + q
+        kc = tirx.min(k, taps - 1)
+        ch, i, j = kc // (kh * kw), kc // kw % kh, kc % kw
+        iy, ix = p // wo * sh + i * dh - top, p % wo * sw + j * dw - left
+        inside = tirx.all(k < taps, iy >= 0, iy < h, ix >= 0, ix < w)
+        return tirx.if_then_else(inside, x[0, ch, iy, ix], tirx.const(fill, x.dtype))
+
+    return te.compute((rows // step, ho * wo, step), tap, name="conv_packed_patches")
+
+
 def patch_rows(c: int, kh: int, kw: int, step: int = STEP) -> int:
     """Rows of the patches: the reduction C*kh*kw rounded up to whole dot-product steps."""
     return -(-c * kh * kw // step) * step

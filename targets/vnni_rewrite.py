@@ -28,7 +28,7 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from passes.conv_as_pointwise import OPAQUE, PATCHES_ATTR, pixel_patches_te
+from passes.conv_as_pointwise import OPAQUE, PATCHES_ATTR, packed_patches_te, pixel_patches_te
 
 from . import act_matmul, vnni
 from .kernel_family import MADDUBS, Dot, Family, maddubs_safe
@@ -150,14 +150,16 @@ class _Rewriter(PyExprMutator):
         if dot is not None:
             x, w2 = self._padded(x, w2, 1, 1, dot)
             c, kk = int(w2.shape[1]), dot.k
-            xp = relax.op.permute_dims(relax.op.reshape(self._prepared(x, dot), [*lead, c // kk, kk, h * wd]),
-                                       [*range(len(lead)), len(lead), len(lead) + 2, len(lead) + 1])
+            direct = None if lead else self._direct_patches(x, w2, dot, kk)
+            xp = direct[0] if direct is not None else relax.op.permute_dims(
+                relax.op.reshape(self._prepared(x, dot), [*lead, c // kk, kk, h * wd]),
+                [*range(len(lead)), len(lead), len(lead) + 2, len(lead) + 1])
             return self._kernel(vnni.conv_lanes_pixels_te, dot, x, xp, w2.astype(dot.w_dtype), w_sum, h, wd)
         dot = self._dot(x, w2, c, lambda d: vnni.conv_tile(vnni.CONV_LANES_OUT, o, h, wd, d) is not None)
         if dot is not None:
             x, w2 = self._padded(x, w2, 1, 1, dot)
             c = int(w2.shape[1])
-            direct = None if lead else self._pixel_patches(x, w2, dot)
+            direct = None if lead else self._direct_patches(x, w2, dot)
             if direct is not None:
                 xt, w2 = direct
             else:
@@ -177,12 +179,14 @@ class _Rewriter(PyExprMutator):
                                 [*lead, o, h, wd] if lead else [1, o, h, wd])
 
 
-    def _pixel_patches(self, x: relax.Expr, w2: np.ndarray, dot: Dot):
-        """([H*W, rows] patches, weights [O, rows] in their row order) gathered straight from a spatial
-        conv's input, prepared for `dot` and made channels-last (`pixel_patches_te`), where `x` is the
-        output of that conv's [1, rows, H, W] patches kernel (`passes/conv_as_pointwise.py`): those
-        were written channel-major and transposed, two passes over a tensor K times the input (a
-        dilated 1x41 conv over 15000 samples: half of SpliceAI's time). None: not patches."""
+    def _direct_patches(self, x: relax.Expr, w2: np.ndarray, dot: Dot, step: int | None = None):
+        """(patches, weights [O, rows] in their row order) gathered straight from a spatial conv's
+        input, prepared for `dot`, where `x` is the output of that conv's [1, rows, H, W] patches kernel
+        (`passes/conv_as_pointwise.py`): those were written channel-major and then repacked, two passes
+        over a tensor K times the input (a dilated 1x41 conv over 15000 samples: half of SpliceAI's
+        time; a 31x31 conv over one channel: half of topaz's denoiser). Lanes over output channels
+        (`step` None): [H*W, rows] from the input made channels-last (`pixel_patches_te`); over pixels:
+        [rows / step, H*W, step] (`packed_patches_te`). None: not patches."""
         value = self.lookup_binding(x) if isinstance(x, relax.Var) else None
         if not (isinstance(value, relax.Call) and value.op == tvm.ir.Op.get("relax.call_tir")):
             return None
@@ -197,6 +201,13 @@ class _Rewriter(PyExprMutator):
         if rows != int(w2.shape[1]):
             return None
         fill = 128 if dot.shift and str(source.ty.dtype) == "int8" else 0  # the image's zeros, prepared
+        if step is not None:
+            if rows % step:
+                return None
+            return self.builder_.call_te(packed_patches_te, self._prepared(source, dot), rows, tuple(kernel),
+                                         tuple(strides), tuple(pads), tuple(dilation), step, fill,
+                                         primfunc_name_hint="conv_packed_patches",
+                                         primfunc_attrs={"op_pattern": OPAQUE}), w2
         image = self.builder_.emit(relax.op.permute_dims(self._prepared(source, dot), [0, 2, 3, 1]))
         xt = self.builder_.call_te(pixel_patches_te, image, rows, tuple(kernel), tuple(strides), tuple(pads),
                                    tuple(dilation), fill, primfunc_name_hint="conv_pixel_patches",
