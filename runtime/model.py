@@ -169,6 +169,7 @@ class Model:
         for spec, scale in zip(self.inputs, scales):
             if scale is not None:
                 self._warn_saturating(spec, inputs[spec["name"]], scale)
+                self._warn_beyond_features(spec, inputs[spec["name"]])
         return [_exact(i, inputs[i["name"]]) if scale is None  # exact integer inputs (token ids, masks)
                 else quantize(inputs[i["name"]], scale, i["quant"]["dtype"]) for i, scale in zip(self.inputs, scales)]
 
@@ -193,6 +194,27 @@ class Model:
             warnings.warn(f"input {spec['name']!r}{where}: |values| up to {peak:g}, beyond its calibrated range (+-{edge:g}); "
                           "they saturate at the range's end. Calibrate (--calib) with inputs that cover what the "
                           "model will be given.", RuntimeWarning, stacklevel=4)  # at the caller of run()
+
+    def _warn_beyond_features(self, spec: dict, value: np.ndarray) -> None:
+        """Warn once per input when a feature reaches FEATURE_SHIFT times the largest |value| the
+        calibration data had in it: within the input's grid, but the activations computed from it may
+        saturate (im2deep's long peptides, atom counts 1.3-1.4x the calibration's: CCS off by up to
+        123 A^2 without a word)."""
+        amax = spec.get("feature_amax")
+        warned = self.__dict__.setdefault("_warned_features", set())
+        if amax is None or spec["name"] in warned or not np.size(value) or np.shape(value)[-1] != len(amax) \
+                or "sentinel" in spec["quant"]:
+            return
+        peak = np.abs(np.asarray(value, np.float64)).reshape(-1, len(amax)).max(axis=0)
+        edge = np.asarray(amax) * FEATURE_SHIFT
+        beyond = np.flatnonzero((peak > edge) & (peak > 0))
+        if beyond.size:
+            f = int(beyond[np.argmax(peak[beyond] / np.maximum(edge[beyond], 1e-30))])
+            warned.add(spec["name"])
+            warnings.warn(f"input {spec['name']!r} (feature {f}): |values| up to {peak[f]:g}, beyond the calibration "
+                          f"data's largest ({amax[f]:g}); the activations computed from it may saturate and the outputs "
+                          "lose accuracy. Calibrate (--calib) with inputs that cover what the model will be given.",
+                          RuntimeWarning, stacklevel=4)
 
     def run_integer(self, qinputs: list[np.ndarray]) -> list[np.ndarray]:
         """Run on already-quantized inputs and return the raw integer outputs."""
@@ -374,6 +396,7 @@ class Model:
 
 
 SATURATION = 1.5  # an input this many times past its calibrated grid's end gets a warning
+FEATURE_SHIFT = 1.25  # a feature this many times past the calibration data's largest value gets one
 
 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(int64)": "int64",

@@ -210,6 +210,37 @@ def test_scalar_inputs_and_saturation_warning(tmp_path):
     assert bench_main([str(tmp_path / "a"), "--repeat", "2", "--kernels", "2"]) == 0  # it indexed the 0-d shape
 
 
+def test_a_feature_past_the_calibration_data_is_warned_of(tmp_path):
+    """im2deep's long peptides: atom counts 1.3-1.4x the calibration's largest, inside the input's grid
+    (set by other features), and the CCS came out 123 A^2 off without a word. A feature 2x past its
+    calibrated largest value gets one warning naming it; within 1.25x, none."""
+    import warnings
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 10, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10, 6])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "f.onnx")
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0, 5, (8, 1, 10, 6)).astype(np.float32)
+    x[..., 2] = rng.uniform(0, 1, (8, 1, 10))
+    np.savez(tmp_path / "c.npz", x=x)
+    art = runtime.load(runtime.compile_model(tmp_path / "f.onnx", "x86", tmp_path / "a", calib=tmp_path / "c.npz",
+                                             progress=False))
+    sample = x[0].copy()
+    sample[..., 2] *= 1.2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        art.run({"x": sample})
+    sample[0, 3, 2] = 2.0
+    with pytest.warns(RuntimeWarning, match="input 'x' \\(feature 2\\): \\|values\\| up to 2, beyond the calibration"):
+        art.run({"x": sample})
+
+
 def test_artifact_rebuilt_in_place_loads_its_new_library(tmp_path, small_cnn_path, small_calib):
     """Compile, load, compile again to the same path with other data, load again: the second
     model runs its own kernels. The dynamic loader hands back a library it already holds under
