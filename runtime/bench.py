@@ -56,7 +56,7 @@ def kernel_table(model, threads: int | None, inputs, batch: int, sizes, top: int
 
 
 def random_inputs(model, batch: int = 1, sizes: dict[str, int] | None = None) -> dict[str, np.ndarray]:
-    """Random inputs for timing: floats normal within each input's calibrated range (a third of it
+    """Random inputs for timing: floats normal within each input's (and feature's) calibrated range (a third of it
     as the standard deviation, clipped at its end: N(0, 1) past a small range drew the warning that
     asks users to recalibrate, about the bench's own inputs); integers (token ids, masks, float ids
     the graph casts) as ones."""
@@ -68,6 +68,8 @@ def random_inputs(model, batch: int = 1, sizes: dict[str, int] | None = None) ->
         shape = example_shape(spec, batch, sizes)
         if np.dtype(spec["dtype"]).kind == "f" and spec["quant"]["scale"] is not None:
             edge = grid_edge(model._scale(k, len(shape), "inputs"), spec["quant"]["dtype"])
+            if spec.get("feature_amax") is not None:  # and each feature within its calibrated values
+                edge = np.minimum(edge, np.asarray(spec["feature_amax"]))
             inputs[spec["name"]] = np.clip(rng.standard_normal(shape) * edge / 3, -edge, edge).astype(spec["dtype"])
         else:
             inputs[spec["name"]] = np.ones(shape, spec["dtype"])
