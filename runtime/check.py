@@ -187,12 +187,17 @@ def _mask_iou(got: np.ndarray, ref: np.ndarray) -> float | None:
     return _iou(got, ref)
 
 
+IOU_BAND = 0.02  # elements float puts this close to 0.5 are a coin toss at any precision: not counted
+MIN_MASK_UNION = 8  # a mask (and its prediction) of fewer elements is not judged by IoU (one site of 5000: 0 or 1)
+
+
 def _iou(got: np.ndarray, ref: np.ndarray) -> float | None:
-    want, have = ref > 0.5, got > 0.5
-    if want.mean() > 0.5:
+    clear = np.abs(ref - 0.5) >= IOU_BAND
+    want, have = ref[clear] > 0.5, got[clear] > 0.5
+    if want.size and want.mean() > 0.5:
         want, have = ~want, ~have
     union = np.count_nonzero(want | have)
-    return float(np.count_nonzero(want & have) / union) if union else None
+    return float(np.count_nonzero(want & have) / union) if union >= MIN_MASK_UNION else None
 
 
 def _floor(cosine: float) -> str:

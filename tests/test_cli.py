@@ -199,6 +199,23 @@ def test_one_value_output_is_judged_against_its_spread_over_the_samples(tmp_path
     assert "WARNING" not in report(rows(0.3)) and "WARNING: y agree(s)" in report(rows(30.0))
 
 
+def test_mask_iou_needs_a_mask_and_clear_values():
+    """SpliceAI's donor class: one position of 5000 above 0.5 (0.519 in float, 0.483 ours) made the
+    class IoU 0 and the check warn at cosine 0.9999. Values within 0.02 of 0.5 are not counted, and a
+    mask of fewer than 8 elements is not judged by IoU; a real miss is still seen."""
+    from runtime.check import _agreement
+
+    ref = np.full((1, 5000, 3), [0.9, 0.08, 0.02])
+    ref[0, 100] = [0.3, 0.181, 0.519]
+    got = ref.copy()
+    got[0, 100] = [0.3, 0.217, 0.483]
+    assert _agreement("p", got, ref).iou is None
+    ref[0, 200:240] = [0.05, 0.05, 0.9]  # a real mask of 40 positions, half of it missed
+    got[0, 200:240] = [0.05, 0.05, 0.9]
+    got[0, 200:220] = [0.3, 0.3, 0.4]
+    assert abs(_agreement("p", got, ref).iou - 0.5) < 0.01
+
+
 def test_check_warns_on_errors_cosine_cannot_see():
     """Cosine says 1 for a one-element output of the right sign (a turn detector's probability, 0.95
     where float says 0.26) and for an output off by a factor: the relative error warns for both; a
@@ -223,7 +240,7 @@ def test_check_judges_a_probability_map_by_its_mask():
 
     rng = np.random.default_rng(0)
     ref = np.clip(rng.normal(0.1, 0.1, 4096), 0, 1)
-    ref[:200] = rng.uniform(0.5, 1.0, 200)  # the foreground
+    ref[:200] = rng.uniform(0.55, 1.0, 200)  # the foreground, clear of 0.5 (`IOU_BAND`)
     got = ref.copy()
     got[:100] = 0.45  # half the foreground lost, just below the threshold
     row = _agreement("mask", got, ref)
