@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import tvm
 from tvm import relax
-from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
+
+from .call_rewrite import rewrite_calls
 
 
 def _along_depth(x: relax.Expr, lo: int, hi: int, size: int) -> relax.Expr:
@@ -71,14 +72,10 @@ def _as_conv2d_transpose(call: relax.Call, x: relax.Expr, w: relax.Expr) -> rela
 def conv3d_transpose_as_conv2d(mod, _ctx):
     """Rewrite every constant-weight NCDHW conv3d_transpose into a 2-D transposed conv over its depth
     taps (see module doc)."""
-    x_p, w_p = wildcard(), is_const()
-    conv_p = is_op("relax.nn.conv3d_transpose")(x_p, w_p)
 
-    def rewrite(expr, match):
-        new = _as_conv2d_transpose(match[conv_p], match[x_p], match[w_p])
-        return expr if new is None else new
+    def rewrite(_builder, call):
+        x, w = call.args
+        new = _as_conv2d_transpose(call, x, w) if isinstance(w, tvm.ir.GenericConst) else None
+        return call if new is None else new
 
-    for gv, func in list(mod.functions_items()):
-        if isinstance(func, relax.Function):
-            mod[gv] = rewrite_call(conv_p, rewrite, func)
-    return mod
+    return rewrite_calls(mod, "relax.nn.conv3d_transpose", rewrite)

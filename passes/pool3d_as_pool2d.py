@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import tvm
 from tvm import relax
-from tvm.relax.dpl import is_op, rewrite_call, wildcard
+
+from .call_rewrite import rewrite_calls
 
 _POOLS = {"relax.nn.max_pool3d": relax.op.nn.max_pool2d, "relax.nn.avg_pool3d": relax.op.nn.avg_pool2d}
 
@@ -47,14 +48,11 @@ def _as_pool2d(call: relax.Call, x: relax.Expr) -> relax.Expr | None:
 @tvm.transform.module_pass(opt_level=0, name="Pool3dAsPool2d")
 def pool3d_as_pool2d(mod, _ctx):
     """Rewrite every NCDHW max/avg pool3d with static shapes into two pool2d (see module doc)."""
-    x_p = wildcard()
-    pool_p = is_op("relax.nn.max_pool3d")(x_p) | is_op("relax.nn.avg_pool3d")(x_p)
 
-    def rewrite(expr, match):
-        new = _as_pool2d(match[pool_p], match[x_p])
-        return expr if new is None else new
+    def rewrite(_builder, call):
+        new = _as_pool2d(call, call.args[0])
+        return call if new is None else new
 
-    for gv, func in list(mod.functions_items()):
-        if isinstance(func, relax.Function):
-            mod[gv] = rewrite_call(pool_p, rewrite, func)
+    for op in _POOLS:
+        mod = rewrite_calls(mod, op, rewrite)
     return mod
