@@ -33,25 +33,32 @@ MAX_PATCH_BYTES = 256 << 20
 STEP = 4  # bytes per dot-product lane (vpdpbusd, vpmaddwd pairs, sdot)
 
 
+def _out_size(h, w, kernel, strides, pads, dilation) -> tuple[int, int]:
+    (kh, kw), (sh, sw), (dh, dw), (top, left, bottom, right) = kernel, strides, dilation, pads
+    return ((int(h) + top + bottom - dh * (kh - 1) - 1) // sh + 1, (int(w) + left + right - dw * (kw - 1) - 1) // sw + 1)
+
+
+def _tap(read, k, y, xx, c: int, h, w, kernel, strides, pads, dilation, fill, dtype: str, channel_major: bool = True):
+    """The value patch row `k` holds for output pixel (y, xx): read(channel, iy, ix) of the pixel its tap
+    reads, `fill` outside the image and past C*kh*kw. Rows are (c, i, j) channel-major, else (i, j, c)."""
+    (kh, kw), (sh, sw), (dh, dw), (top, left, _, _) = kernel, strides, dilation, pads
+    taps = c * kh * kw
+    kc = tirx.min(k, taps - 1)
+    ch, t = (kc // (kh * kw), kc % (kh * kw)) if channel_major else (kc % c, kc // c)
+    iy, ix = y * sh + t // kw * dh - top, xx * sw + t % kw * dw - left
+    inside = tirx.all(k < taps, iy >= 0, iy < h, ix >= 0, ix < w)
+    return tirx.if_then_else(inside, read(ch, iy, ix), tirx.const(fill, dtype))
+
+
 def patches_te(x: te.Tensor, rows: int, kernel: tuple[int, int], strides: tuple[int, int],
                pads: tuple[int, int, int, int], dilation: tuple[int, int]) -> te.Tensor:
     """[N, rows, Ho, Wo]: row (c, i, j) = c*kh*kw + i*kw + j holds the input pixel that tap (i, j)
     of channel c reads for each output pixel; zero outside the image and in the rows past C*kh*kw."""
     n, c, h, w = x.shape
-    (kh, kw), (sh, sw), (dh, dw) = kernel, strides, dilation
-    top, left, bottom, right = pads
-    ho = (int(h) + top + bottom - dh * (kh - 1) - 1) // sh + 1
-    wo = (int(w) + left + right - dw * (kw - 1) - 1) // sw + 1
-    taps = int(c) * kh * kw
-
-    def tap(b, k, y, xx):
-        kc = tirx.min(k, taps - 1)
-        ch, i, j = kc // (kh * kw), kc // kw % kh, kc % kw
-        iy, ix = y * sh + i * dh - top, xx * sw + j * dw - left
-        inside = tirx.all(k < taps, iy >= 0, iy < h, ix >= 0, ix < w)
-        return tirx.if_then_else(inside, x[b, ch, iy, ix], tirx.const(0, x.dtype))
-
-    return te.compute((n, rows, ho, wo), tap, name="conv_patches")
+    ho, wo = _out_size(h, w, kernel, strides, pads, dilation)
+    return te.compute((n, rows, ho, wo), lambda b, k, y, xx: _tap(
+        lambda ch, iy, ix: x[b, ch, iy, ix], k, y, xx, int(c), h, w, kernel, strides, pads, dilation, 0, x.dtype),
+        name="conv_patches")
 
 
 def pixel_patches_te(x: te.Tensor, rows: int, kernel: tuple[int, int], strides: tuple[int, int],
@@ -61,20 +68,10 @@ def pixel_patches_te(x: te.Tensor, rows: int, kernel: tuple[int, int], strides: 
     C*kh*kw: the layout a dot kernel with lanes over output channels reads, each tap a run of C
     contiguous values (`targets/vnni_rewrite.py`; the weights' rows in the same order)."""
     _, h, w, c = x.shape
-    (kh, kw), (sh, sw), (dh, dw) = kernel, strides, dilation
-    top, left, bottom, right = pads
-    ho = (int(h) + top + bottom - dh * (kh - 1) - 1) // sh + 1
-    wo = (int(w) + left + right - dw * (kw - 1) - 1) // sw + 1
-    taps = int(c) * kh * kw
-
-    def tap(p, k):
-        kc = tirx.min(k, taps - 1)
-        t, ch = kc // c, kc % c
-        iy, ix = p // wo * sh + t // kw * dh - top, p % wo * sw + t % kw * dw - left
-        inside = tirx.all(k < taps, iy >= 0, iy < h, ix >= 0, ix < w)
-        return tirx.if_then_else(inside, x[0, iy, ix, ch], tirx.const(fill, x.dtype))
-
-    return te.compute((ho * wo, rows), tap, name="conv_pixel_patches")
+    ho, wo = _out_size(h, w, kernel, strides, pads, dilation)
+    return te.compute((ho * wo, rows), lambda p, k: _tap(
+        lambda ch, iy, ix: x[0, iy, ix, ch], k, p // wo, p % wo, int(c), h, w, kernel, strides, pads, dilation,
+        fill, x.dtype, channel_major=False), name="conv_pixel_patches")
 
 
 def packed_patches_te(x: te.Tensor, rows: int, kernel: tuple[int, int], strides: tuple[int, int],
@@ -84,21 +81,10 @@ def packed_patches_te(x: te.Tensor, rows: int, kernel: tuple[int, int], strides:
     (c, i, j)) as a dot kernel with lanes over pixels reads them, `step` rows of each pixel together,
     `fill` outside the image and past C*kh*kw (`targets/vnni_rewrite.py`)."""
     _, c, h, w = x.shape
-    (kh, kw), (sh, sw), (dh, dw) = kernel, strides, dilation
-    top, left, bottom, right = pads
-    ho = (int(h) + top + bottom - dh * (kh - 1) - 1) // sh + 1
-    wo = (int(w) + left + right - dw * (kw - 1) - 1) // sw + 1
-    taps = int(c) * kh * kw
-
-    def tap(r, p, q):
-        k = r * step + q
-        kc = tirx.min(k, taps - 1)
-        ch, i, j = kc // (kh * kw), kc // kw % kh, kc % kw
-        iy, ix = p // wo * sh + i * dh - top, p % wo * sw + j * dw - left
-        inside = tirx.all(k < taps, iy >= 0, iy < h, ix >= 0, ix < w)
-        return tirx.if_then_else(inside, x[0, ch, iy, ix], tirx.const(fill, x.dtype))
-
-    return te.compute((rows // step, ho * wo, step), tap, name="conv_packed_patches")
+    ho, wo = _out_size(h, w, kernel, strides, pads, dilation)
+    return te.compute((rows // step, ho * wo, step), lambda r, p, q: _tap(
+        lambda ch, iy, ix: x[0, ch, iy, ix], r * step + q, p // wo, p % wo, int(c), h, w, kernel, strides, pads,
+        dilation, fill, x.dtype), name="conv_packed_patches")
 
 
 def patch_rows(c: int, kh: int, kw: int, step: int = STEP) -> int:
