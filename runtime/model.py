@@ -579,6 +579,13 @@ def _check_cpu_features(path: Path, features: list[str]) -> None:
         raise ArtifactError(f"{path}: built for CPU features {' '.join(features)}; this CPU lacks "
                             f"{' '.join(missing)}. Recompile on this machine, or for a fleet with --cpu "
                             "(e.g. --cpu x86-64-v3 for AVX2 machines).")
+    if "+amx-tile" in features:
+        from targets import amx
+
+        if not amx.enable():
+            raise ArtifactError(f"{path}: built for AMX tiles, which this Linux kernel does not grant to the "
+                                "process (arch_prctl ARCH_REQ_XCOMP_PERM failed; Linux 5.16 or later needed). "
+                                "Recompile with --cpu x86-64-v4+avx512vnni.")
 
 
 def _load_cuda_runtime(tvm) -> None:

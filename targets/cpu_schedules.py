@@ -23,7 +23,7 @@ import numpy as np
 import tvm
 from tvm import s_tir
 
-from . import vnni
+from . import amx, vnni
 from .schedule_common import (
     MAX_LANES,
     at_most,
@@ -579,7 +579,9 @@ def schedule_int_matmul_cpu(mod, _ctx):
         try:
             sch = s_tir.Schedule(func)
             vnni_found = vnni.vnni_block(sch)
-            if vnni_found is not None:
+            if amx.tile_block(sch) is not None:
+                amx.schedule(sch, *amx.tile_block(sch))
+            elif vnni_found is not None:
                 vnni.schedule(sch, *vnni_found)
             elif _flat_depthwise_block(sch) is not None:
                 _schedule_flat_depthwise(sch, _flat_depthwise_block(sch))

@@ -12,6 +12,9 @@ every int32 lane of one vector, the dot product of `k` activations with `k` weig
                                          widened by vpmovsxbw, + vpaddd (exact)
     generic      -                        the default loops (cpu_schedules.py)
 
+The amx family (Sapphire Rapids and later) is avx512-vnni plus AMX tile kernels for int8
+matmuls with constant weights of enough rows (`amx.py`: 16 x 64 x 16 per instruction).
+
 Activation x activation matmuls (attention's Q.K^T and P.V: `act_matmul.py`) pack their right
 operand at run time. 8-bit operands take the family's u8 x s8 recipe (`vpmaddubsw` only where
 the operands' ranges prove it safe; run-time int8 never is); int16 operands (15-bit
@@ -124,6 +127,7 @@ class Family:
     dots: tuple[Dot, ...]  # best first
     word: Dot | None = None  # int16 x int16 recipe (activation x activation matmuls)
     wide: Dot | None = None  # int16 activations x int8 weights
+    tiles: bool = False  # AMX tiles for int8 matmuls with constant weights (`amx.py`), the dots elsewhere
 
     def recipes(self, activation_dtype: str) -> tuple[Dot, ...]:
         """The recipes for constant int8 weights and activations of this dtype, best first."""
@@ -134,6 +138,7 @@ class Family:
 
 # Best first; the first whose features the target has is chosen.
 FAMILIES = (
+    Family("amx", ("amx-int8", "amx-tile", "avx512vnni", "avx512bw"), (VNNI,), WVNNI, WVNNI8, tiles=True),
     Family("avx512-vnni", ("avx512vnni", "avx512bw"), (VNNI,), WVNNI, WVNNI8),
     Family("avx-vnni", ("avxvnni", "avx2"), (AVXVNNI,), WAVXVNNI, WAVXVNNI8),
     Family("avx512bw", ("avx512bw",), (MADDWD512,), WMADDWD512, MADDWD512),  # Skylake-SP: AVX-512 without VNNI

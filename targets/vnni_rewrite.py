@@ -30,7 +30,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from passes.conv_as_pointwise import OPAQUE, PATCHES_ATTR, packed_patches_te, pixel_patches_te
 
-from . import act_matmul, vnni
+from . import act_matmul, amx, vnni
 from .kernel_family import MADDUBS, Dot, Family, maddubs_safe
 from .schedule_common import static_factor
 
@@ -116,6 +116,10 @@ class _Rewriter(PyExprMutator):
             return None
         if w_np.dtype != np.int8:
             return None
+        if self.family.tiles:
+            tiled = self._tile_matmul(x, w_np, x_shape)
+            if tiled is not None:
+                return tiled
         k, n = w_np.shape
         rows = vnni.padded_rows(x_shape[-2])  # 257 tokens: 260 (zero rows, sliced off below)
         whole = lambda d: -(-n // d.lanes) * d.lanes  # columns padded to whole vectors (1000 classes: 1008)
@@ -130,6 +134,25 @@ class _Rewriter(PyExprMutator):
             a = self.builder_.emit(vnni.pad_rows(a, rows - x_shape[-2]))
         out = self._kernel(vnni.dense_te, dot, x, a, vnni.pack_weights(w_pad.T, dot), w_pad.astype(np.int64).sum(0))
         return vnni.slice_back(self.builder_, out, x_shape[-2], rows, n, whole(dot))
+
+    def _tile_matmul(self, x: relax.Expr, w_np: np.ndarray, x_shape: list):
+        """The matmul on AMX tiles (`amx.py`), rows, columns and reduction zero-padded to whole
+        tiles and sliced back; None where the shapes do not pay (few or symbolic rows)."""
+        dot, (k, n), rows = amx.recipe(str(x.ty.dtype)), w_np.shape, x_shape[-2]
+        kp = amx.reduction(k)
+        if dot is None or kp is None or not isinstance(rows, int) or rows < amx.MIN_ROWS:
+            return None
+        whole = lambda extent, tile: -(-extent // tile) * tile  # noqa: E731
+        padded = whole(rows, amx.BLOCK_ROWS if rows > amx.BLOCK_ROWS else amx.ROWS)
+        cols = whole(n, amx.ROWS)
+        a = x
+        if kp != k:
+            a = self.builder_.emit(relax.op.nn.pad(a, [0, 0] * (len(x_shape) - 1) + [0, kp - k]))
+        if padded != rows:
+            a = self.builder_.emit(vnni.pad_rows(a, padded - rows))
+        w_pad = np.pad(w_np, [(0, kp - k), (0, cols - n)])
+        out = self._kernel(vnni.dense_te, dot, x, a, vnni.pack_weights(w_pad.T, dot), w_pad.astype(np.int64).sum(0))
+        return vnni.slice_back(self.builder_, out, rows, padded, n, cols)
 
     def _conv(self, call: relax.Call):
         x, w = call.args
@@ -249,6 +272,8 @@ def use_dot_kernels(family: Family):
 
     @tvm.transform.module_pass(opt_level=0, name="UseDotKernels")
     def rewrite(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        if family.tiles:
+            amx.enable()  # the compiler runs the artifact (its check) in this process
         rewriter = _Rewriter(mod, family)
         for gv, func in mod.functions_items():
             if isinstance(func, relax.Function):

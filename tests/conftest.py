@@ -37,15 +37,15 @@ def unscheduled_kernels(build, inputs: list[np.ndarray]) -> list[str]:
     return [name for name, f in kernels if not (f.attrs and "tirx.is_scheduled" in f.attrs)]
 
 
-def run_relax(build, inputs: list[np.ndarray]) -> np.ndarray:
-    """Build `main(*inputs)` from `build(*vars) -> expr`, compile it for the x86 host target
-    with the project's pipeline (its default schedules included), run it."""
+def run_relax(build, inputs: list[np.ndarray], cpu: str | None = None) -> np.ndarray:
+    """Build `main(*inputs)` from `build(*vars) -> expr`, compile it for the x86 host target (or
+    the fleet `cpu`) with the project's pipeline (its default schedules included), run it."""
     import tvm
     from tvm import relax
 
     from targets import get_target
 
-    spec = get_target("x86")
+    spec = get_target("x86", cpu=cpu)
     target = spec.target()
     ex = tvm.compile(relax_main(build, inputs), target=target, relax_pipeline=spec.relax_pipeline(target))
     vm = relax.VirtualMachine(ex, tvm.cpu())

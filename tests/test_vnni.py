@@ -14,6 +14,7 @@ from targets import get_target
 
 pytestmark = pytest.mark.skipif("+avx512vnni" not in get_target("x86").features,
                                 reason="this CPU has no AVX512-VNNI")
+VNNI_FLEET = "x86-64-v4+avx512vnni"  # not the host: on an AMX host its tiles take the dense layers
 rng = np.random.default_rng(7)
 
 
@@ -23,7 +24,7 @@ def _lowered_names(build, inputs) -> str:
 
     from targets.cpu_pipeline import cpu_lowering_passes
 
-    target = get_target("x86").target()
+    target = get_target("x86", cpu=VNNI_FLEET).target()
     with target:
         mod = tvm.transform.Sequential(cpu_lowering_passes(target))(relax_main(build, inputs))
     return "\n".join(f"{gv.name_hint}\n{f.script()}" for gv, f in mod.functions_items()
@@ -74,7 +75,7 @@ def test_vnni_kernel_with_epilogue_is_exact(shape, kernel, x_dtype):
 
     want = ref.add_requant(ref.requantize(acc_ref + bias, m, s, -128, 127, "int8"), residual,
                            *ref.dyadic(0.8), *ref.dyadic(0.6), -128, 127, "int8")
-    np.testing.assert_array_equal(run_relax(build, [x, residual]), want)
+    np.testing.assert_array_equal(run_relax(build, [x, residual], VNNI_FLEET), want)
     lowered = _lowered_names(build, [x, residual])
     assert f"vnni_{kernel}" in lowered and "vpdpbusd" in lowered
 
@@ -95,7 +96,7 @@ def test_depthwise_kernels_with_epilogue_stay_scheduled(k, stride):
         return emit.requantize(emit.conv2d_acc(a, w, Attrs), m, s, 0, 255, "uint8")
 
     want = ref.requantize(ref.conv2d_acc(x, w, (stride, stride), (k // 2,) * 4, groups=32), m, s, 0, 255, "uint8")
-    np.testing.assert_array_equal(run_relax(build, [x]), want)
+    np.testing.assert_array_equal(run_relax(build, [x], VNNI_FLEET), want)
     assert unscheduled_kernels(build, [x]) == []
 
 
@@ -121,7 +122,7 @@ def test_epilogue_input_made_before_the_product_is_inlined():
 
     part = ref.requantize(residual[:, 0], mr, sr, lo, hi, "int32").astype(np.int64)
     want = np.clip(part + ref.requantize(ref.matmul_acc(x, w), m, s, lo, hi, "int32"), -128, 127).astype(np.int8)
-    np.testing.assert_array_equal(run_relax(build, [x, residual]), want)
+    np.testing.assert_array_equal(run_relax(build, [x, residual], VNNI_FLEET), want)
     lowered = _lowered_names(build, [x, residual])
     assert "squeeze" in lowered and "vpdpbusd" in lowered
 
@@ -135,13 +136,13 @@ def test_patch_embedding_conv_becomes_a_vnni_matmul(x_dtype):
         strides = (14, 14)
 
     want = ref.conv2d_acc(x, w, (14, 14), (0, 0, 0, 0))
-    np.testing.assert_array_equal(run_relax(lambda a: emit.conv2d_acc(a, w, Patchify), [x]), want)
+    np.testing.assert_array_equal(run_relax(lambda a: emit.conv2d_acc(a, w, Patchify), [x], VNNI_FLEET), want)
     assert "vpdpbusd" in _lowered_names(lambda a: emit.conv2d_acc(a, w, Patchify), [x])
 
 
 def test_channels_off_the_dot_step_are_padded_into_it():
     x, w = _operand("int8", (1, 6, 8, 8)), _operand("int8", (8, 6, 1, 1))  # C = 6: padded to 8 (zero weights)
-    got = run_relax(lambda a: emit.conv2d_acc(a, w, _Pointwise), [x])
+    got = run_relax(lambda a: emit.conv2d_acc(a, w, _Pointwise), [x], VNNI_FLEET)
     np.testing.assert_array_equal(got, ref.conv2d_acc(x, w, (1, 1), (0, 0, 0, 0)))
     assert "vpdpbusd" in _lowered_names(lambda a: emit.conv2d_acc(a, w, _Pointwise), [x])
 

@@ -1,0 +1,215 @@
+"""int8 matmuls with constant weights on Intel AMX tiles (Sapphire Rapids and later).
+
+One AMX instruction multiplies a 16 x 64 byte tile of activations by a 64 x 16 tile of int8
+weights into a 16 x 16 int32 tile: `tdpbusd` for uint8 activations, `tdpbssd` for int8 ones
+(no +128 shift, no correction). A kernel block computes a 32 x 32 output block (four int32
+tiles kept in tile registers over the whole reduction, two activation tiles and two weight
+tiles per 64-deep step), stores it to a 4 KiB accumulator and runs the fused requantization
+epilogue on it. Sums are exact int32 sums modulo 2^32 (AMX wraps like vpdpbusd): bit-exact with
+the plain loop and with every other kernel family.
+
+The weights are packed as the AVX512-VNNI kernels pack them, [N/16, K/4, 16, 4]: with K a
+multiple of 64 that is already one 1 KiB weight tile per (16 columns, 64-deep step), 64 bytes a
+row. K off a multiple of 64 is zero-padded to one, rows and columns to whole tiles (by the
+rewrite, sliced off after).
+
+Every worker thread has its own tile state: a block loads the tile registers' shapes (the
+"palette", `ldtilecfg`) where the thread's differ from its kernel's (its first block). Linux hands AMX to a process only after it asks
+(`enable`), which the compiler and the runtime do before running an AMX artifact.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import tvm
+from tvm import s_tir
+from tvm.script import tirx as T
+
+from .kernel_family import Dot
+
+STEP = 64  # bytes of one activation tile row: the reduction depth of one instruction
+ROWS = 16  # rows of a tile
+BLOCK_ROWS = 32  # output rows of a block (two activation tiles)
+MIN_ROWS = 16  # fewer rows pad too much: the VNNI kernels stay
+FEATURES = ("amx-tile", "amx-int8")
+
+# the AMX recipes (lanes, k and the packing as VNNI's; `combine` unused: the block is tensorized whole)
+AMXU = Dot("amxu", 16, 4, "uint8", "int8", 32, None)  # tdpbusd
+AMXS = Dot("amxs", 16, 4, "int8", "int8", 32, None)  # tdpbssd
+_OPS = {"amxu": "llvm.x86.tdpbusd", "amxs": "llvm.x86.tdpbssd"}
+
+_ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA, _SYS_ARCH_PRCTL = 0x1023, 18, 158
+_enabled: bool | None = None
+
+
+def enable() -> bool:
+    """Ask Linux for this process's AMX tile state (once; the threads share it). Without it, the
+    first tile instruction dies with SIGILL. False where the kernel refuses (or is not Linux)."""
+    global _enabled
+    if _enabled is None:
+        try:
+            _enabled = ctypes.CDLL(None, use_errno=True).syscall(
+                _SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA) == 0
+        except (OSError, AttributeError):
+            _enabled = False
+    return _enabled
+
+
+def recipe(activation_dtype: str) -> Dot | None:
+    return {"uint8": AMXU, "int8": AMXS}.get(activation_dtype)
+
+
+def reduction(k: int) -> int | None:
+    """The reduction length the kernel runs for K: K zero-padded to a multiple of 64, or None
+    where that wastes more than a quarter, or K < 64 (measured: at K = 24-40 a block's fixed
+    costs, its accumulator stored and read back, made it 1.5-2.3x the VNNI kernel)."""
+    padded = -(-k // STEP) * STEP
+    return padded if k >= STEP and padded <= 1.25 * k else None
+
+
+def block_shape(rows: int, n: int) -> tuple[int, int] | None:
+    """(rows, columns) of one kernel block for [rows, n] outputs (rows and n whole tiles)."""
+    if rows % ROWS or n % ROWS:
+        return None
+    return (BLOCK_ROWS if rows % BLOCK_ROWS == 0 else ROWS), (2 * ROWS if n % (2 * ROWS) == 0 else ROWS)
+
+
+def _config_words() -> list[int]:
+    """Palette 1's 64-byte config as 8 little-endian int64 words: all 8 tiles 16 rows x 64 bytes
+    (0-3 int32 outputs, 4-5 activations, 6-7 weights, 4 bytes of 4 k's per column)."""
+    cfg = bytearray(64)
+    cfg[0] = 1
+    for t in range(8):
+        cfg[16 + 2 * t] = STEP
+        cfg[48 + t] = ROWS
+    return [int.from_bytes(cfg[8 * i:8 * i + 8], "little", signed=True) for i in range(8)]
+
+
+def _call(name: str, *args):
+    return T.evaluate(T.call_llvm_intrin("void", name, *args))
+
+
+def _intrinsic(dot: Dot, rows: int, cols: int, k: int, scope: str):
+    """(description, implementation) of C[rows, cols] = A[rows, k] . Bp[cols/16, k/4, 16, 4] (the
+    reduction's init included: the tiles start at zero)."""
+    ad, op, nb, kt = dot.a_dtype, _OPS[dot.name], cols // ROWS, k // 4
+    two_rows, two_cols = rows == 2 * ROWS, nb == 2
+    w = _config_words()
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        sa, sb0, sb1, sc = T.int64(), T.int64(), T.int64(), T.int64()
+        A = T.match_buffer(a, (rows, k), ad, offset_factor=1, strides=[sa, 1])
+        B = T.match_buffer(b, (nb, kt, 16, 4), "int8", offset_factor=1, strides=[sb0, sb1, 4, 1])
+        C = T.match_buffer(c, (rows, cols), "int32", offset_factor=1, strides=[sc, 1], scope=scope)
+        with T.sblock("root"):
+            T.reads(A[0:rows, 0:k], B[0:nb, 0:kt, 0:16, 0:4])
+            T.writes(C[0:rows, 0:cols])
+            for i, j, r in T.grid(rows, cols, k):
+                with T.sblock("update"):
+                    vi, vj, vr = T.axis.remap("SSR", [i, j, r])
+                    T.reads(C[vi, vj], A[vi, vr], B[vj // 16, vr // 4, vj % 16, vr % 4])
+                    T.writes(C[vi, vj])
+                    with T.init():
+                        C[vi, vj] = 0
+                    C[vi, vj] = C[vi, vj] + T.cast(A[vi, vr], "int32") * T.cast(
+                        B[vj // 16, vr // 4, vj % 16, vr % 4], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        sa, sb0, sb1, sc = T.int64(), T.int64(), T.int64(), T.int64()
+        A = T.match_buffer(a, (rows, k), ad, offset_factor=1, strides=[sa, 1])
+        B = T.match_buffer(b, (nb, kt, 16, 4), "int8", offset_factor=1, strides=[sb0, sb1, 4, 1])
+        C = T.match_buffer(c, (rows, cols), "int32", offset_factor=1, strides=[sc, 1], scope=scope)
+        with T.sblock("root"):
+            T.reads(A[0:rows, 0:k], B[0:nb, 0:kt, 0:16, 0:4])
+            T.writes(C[0:rows, 0:cols])
+            # ldtilecfg costs ~0.5 us (a 32 x 32 x 384 block's whole work): loaded only where this
+            # thread's tiles are configured otherwise (its first block of this kernel); sttilecfg is cheap
+            want = T.decl_buffer((8,), "int64", scope="local")
+            have = T.decl_buffer((8,), "int64", scope="local")
+            want[0] = T.int64(w[0])
+            want[1] = T.int64(w[1])
+            want[2] = T.int64(w[2])
+            want[3] = T.int64(w[3])
+            want[4] = T.int64(w[4])
+            want[5] = T.int64(w[5])
+            want[6] = T.int64(w[6])
+            want[7] = T.int64(w[7])
+            _call("llvm.x86.sttilecfg", T.address_of(have[0]))
+            if ((have[0] ^ want[0]) | (have[1] ^ want[1]) | (have[2] ^ want[2]) | (have[3] ^ want[3])
+                    | (have[4] ^ want[4]) | (have[5] ^ want[5]) | (have[6] ^ want[6]) | (have[7] ^ want[7])) != 0:
+                _call("llvm.x86.ldtilecfg", T.address_of(want[0]))
+            # outputs: tile 0 (rows 0-15, cols 0-15), 1 (cols 16-31), 2 (rows 16-31), 3
+            _call("llvm.x86.tilezero", T.int8(0))
+            if two_cols:
+                _call("llvm.x86.tilezero", T.int8(1))
+            if two_rows:
+                _call("llvm.x86.tilezero", T.int8(2))
+                if two_cols:
+                    _call("llvm.x86.tilezero", T.int8(3))
+            for s in range(k // STEP):
+                _call("llvm.x86.tileloadd64", T.int8(4), T.address_of(A[0, s * STEP]), T.int64(sa))
+                _call("llvm.x86.tileloadd64", T.int8(6), T.address_of(B[0, s * (STEP // 4), 0, 0]), T.int64(64))
+                _call(op, T.int8(0), T.int8(4), T.int8(6))
+                if two_cols:
+                    _call("llvm.x86.tileloadd64", T.int8(7), T.address_of(B[1, s * (STEP // 4), 0, 0]), T.int64(64))
+                    _call(op, T.int8(1), T.int8(4), T.int8(7))
+                if two_rows:
+                    _call("llvm.x86.tileloadd64", T.int8(5), T.address_of(A[16, s * STEP]), T.int64(sa))
+                    _call(op, T.int8(2), T.int8(5), T.int8(6))
+                    if two_cols:
+                        _call(op, T.int8(3), T.int8(5), T.int8(7))
+            _call("llvm.x86.tilestored64", T.int8(0), T.address_of(C[0, 0]), T.int64(sc * 4))
+            if two_cols:
+                _call("llvm.x86.tilestored64", T.int8(1), T.address_of(C[0, 16]), T.int64(sc * 4))
+            if two_rows:
+                _call("llvm.x86.tilestored64", T.int8(2), T.address_of(C[16, 0]), T.int64(sc * 4))
+                if two_cols:
+                    _call("llvm.x86.tilestored64", T.int8(3), T.address_of(C[16, 16]), T.int64(sc * 4))
+
+    return desc, impl
+
+
+def intrinsic_name(dot: Dot, rows: int, cols: int, k: int, scope: str) -> str:
+    """Register the block intrinsic for this shape once per process; its name."""
+    name = f"intq_{dot.name}_{rows}x{cols}x{k}_{scope}"
+    if s_tir.TensorIntrin.get(name, allow_missing=True) is None:
+        s_tir.TensorIntrin.register(name, *_intrinsic(dot, rows, cols, k, scope))
+    return name
+
+
+def tile_block(sch: s_tir.Schedule):
+    """(block, recipe) of an AMX dense compute in a (fused) PrimFunc, or None."""
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
+        prefix, _, kind = sch.get(block).name_hint.partition("_")
+        if prefix in _OPS and kind == "dense":
+            return block, {"amxu": AMXU, "amxs": AMXS}[prefix]
+    return None
+
+
+def schedule(sch: s_tir.Schedule, block, dot: Dot) -> None:
+    """Blocks of [32 | 16 rows, 32 | 16 columns] in parallel, each one tensorized over the whole
+    reduction, with the fused requantization epilogue run on its accumulator right after it."""
+    from .schedule_common import inline_epilogue, parallel
+
+    epilogue = inline_epilogue(sch, f"{dot.name}_dense")
+    *outer, row, lane, k = sch.get_loops(block)
+    rows, n, kdim = (int(sch.get(loop).extent) for loop in (row, lane, k))
+    block_rows, block_cols = block_shape(rows, n)
+    ro, ri = sch.split(row, [None, block_rows])
+    lo, li = sch.split(lane, [None, block_cols])
+    sch.reorder(ro, lo, ri, li, k)
+    par = sch.fuse(*outer, ro, lo)
+    parallel(sch, par)
+    acc = sch.cache_write(block, 0, "global")
+    sch.reverse_compute_at(acc, par)
+    for consumer in epilogue:
+        sch.reverse_compute_at(consumer, par)
+    sch.tensorize(ri, intrinsic_name(dot, block_rows, block_cols, kdim, "global"))
+    for stage in [acc, *epilogue]:
+        try:
+            sch.vectorize(sch.get_loops(stage)[-1])
+        except s_tir.schedule.ScheduleError:
+            pass

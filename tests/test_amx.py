@@ -1,0 +1,108 @@
+"""AMX tile kernels (targets/amx.py) for int8 matmuls with constant weights: the family chosen
+from the target, the rewrite's shape rules, the tile instructions in the exported library, and
+the kernels (requantization and a residual fused) equal to the NumPy reference bit for bit.
+Built for an AMX fleet on any x86 machine; run where this CPU has AMX, else skipped after the
+compile-time checks, saying so."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import numpy as np
+import pytest
+from conftest import relax_main
+from tvm.relax.op import add
+
+from passes import reference as ref
+from passes.lowering import emit
+from targets import amx, get_target
+from targets.kernel_family import kernel_family
+from targets.x86 import missing_features
+
+AMX_FLEET = "x86-64-v4+avx512vnni+amx-tile+amx-int8"
+rng = np.random.default_rng(17)
+
+
+def _operand(dtype, shape, lo=None, hi=None):
+    lo_, hi_ = ref.kernels.INT_RANGE[dtype]
+    x = rng.integers(lo_, hi_ + 1, shape).astype(dtype)
+    x.flat[:2] = [lo_, hi_]
+    return x
+
+
+def _build(build, inputs, tmp_path):
+    """(run() -> output here, {function name: disassembly}) of `build(*inputs)` for the AMX fleet."""
+    import tvm
+    from tvm import relax
+
+    spec = get_target("x86", cpu=AMX_FLEET)
+    target = spec.target()
+    ex = tvm.compile(relax_main(build, inputs), target=target, relax_pipeline=spec.relax_pipeline(target))
+    lib = tmp_path / "lib.so"
+    ex.export_library(str(lib))
+    asm = subprocess.run(["objdump", "-d", "--no-show-raw-insn", str(lib)], capture_output=True, text=True).stdout
+
+    def run():
+        if missing_features(spec.features):
+            pytest.skip("this CPU has no AMX: the tile kernels were compiled and their instructions checked only")
+        assert amx.enable()
+        vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib)), tvm.cpu())
+        return vm["main"](*[tvm.runtime.tensor(a) for a in inputs]).numpy()
+
+    return run, dict(re.findall(r"<(\w+)>:\n(.*?)(?=\n\n|\Z)", asm, re.S))
+
+
+def test_family_and_shape_rules():
+    assert kernel_family(get_target("x86", cpu=AMX_FLEET).target()).name == "amx"
+    assert kernel_family(get_target("x86", cpu="x86-64-v4+avx512vnni").target()).name == "avx512-vnni"
+    assert amx.reduction(384) == 384 and amx.reduction(250) == 256  # zero-padded to whole 64-deep steps
+    assert amx.reduction(40) is None and amx.reduction(80) is None  # too short; 128 would waste 60%
+    assert amx.block_shape(128, 384) == (32, 32) and amx.block_shape(48, 1008) == (16, 16)
+
+
+@pytest.mark.parametrize("x_dtype,shape,instruction", [
+    ("int8", (1, 128, 384, 384), "tdpbssd"),  # MiniLM's layer: 32 x 32 blocks, int8 x int8 (no shift)
+    ("uint8", (1, 37, 256, 40), "tdpbusd"),  # rows padded to 64, columns to 48 (16-wide blocks), sliced back
+    ("int8", (2, 20, 250, 1000), "tdpbssd"),  # a batch of 2: K padded to 256, 1000 classes to 1008
+])
+def test_tile_kernel_with_epilogue_is_exact(x_dtype, shape, instruction, tmp_path):
+    b, m, k, n = shape
+    x, w = _operand(x_dtype, (b, m, k)), _operand("int8", (k, n))
+    bias = rng.integers(-5000, 5000, (n,)).astype(np.int32)
+    mult, shift = ref.dyadic(rng.uniform(1e-4, 1e-2, n))
+    residual = _operand("int8", (b, m, n))
+
+    def build(a, r):
+        y = emit.requantize(add(emit.matmul_acc(a, w), emit.const(bias, "int32")), mult, shift, -128, 127, "int8")
+        return emit.add_requant(y, r, *ref.dyadic(0.8), *ref.dyadic(0.6), -128, 127, "int8")
+
+    want = ref.add_requant(ref.requantize(ref.matmul_acc(x, w) + bias, mult, shift, -128, 127, "int8"), residual,
+                           *ref.dyadic(0.8), *ref.dyadic(0.6), -128, 127, "int8")
+    run, functions = _build(build, [x, residual], tmp_path)
+    tiled = [text for name, text in functions.items() if "amx" in name]  # the kernel and its wrapper
+    assert any(instruction in text and "ldtilecfg" in text for text in tiled)
+    np.testing.assert_array_equal(run(), want)
+
+
+def test_extreme_sums_are_exact(tmp_path):
+    """Every product at its extreme, 1536 deep (uint8 255 x int8 -128 and 127): the int32 sums
+    of the tiles equal the int64 reference."""
+    k = 1536
+    x = np.full((1, 32, k), 255, np.uint8)
+    x[0, 1::2] = 0
+    w = np.where(np.arange(k)[:, None] % 3 == 0, -128, 127).astype(np.int8) * np.ones((1, 32), np.int8)
+    run, functions = _build(lambda a: emit.matmul_acc(a, w), [x], tmp_path)
+    assert any("tdpbusd" in text for name, text in functions.items() if "amx" in name)
+    np.testing.assert_array_equal(run(), ref.matmul_acc(x, w))
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 384, 384), (1, 128, 40, 384)])
+def test_shapes_that_do_not_pay_keep_the_vnni_kernels(shape, tmp_path):
+    """8 rows (padding to 16 doubles the work) and K = 40 (a block's fixed costs dominate)."""
+    b, m, k, n = shape
+    x, w = _operand("int8", (b, m, k)), _operand("int8", (k, n))
+    run, functions = _build(lambda a: emit.matmul_acc(a, w), [x], tmp_path)
+    assert not any("amx" in name for name in functions)
+    assert any("vpdpbusd" in text for text in functions.values())
+    np.testing.assert_array_equal(run(), ref.matmul_acc(x, w))
