@@ -160,12 +160,13 @@ def _ranges(name: str, free: dict[str, FreeDim], seq: FreeDim | None, axes: dict
 MAX_FEATURES = 256  # inputs with at most this many features on their last axis record each one's calibrated max
 
 
-def _feature_amax(name: str, quant: dict, ranges) -> dict:
+def _feature_amax(name: str, quant: dict, ranges, shape) -> dict:
     """{"feature_amax": [max |x| per last-axis feature over the calibration data]} of a float input
-    with one scale and few features (tabular, per-residue or per-frame features): what `Model.run` warns
-    against (`model._warn_beyond_features`); else {}."""
+    of rank <= 3 ([N, F] or [N, T, F]) with one scale and few features (tabular, per-residue or
+    per-frame features): what `Model.run` warns against (`model._warn_beyond_features`); else {}.
+    An image's last axis is its width, whose columns are no features."""
     amax = getattr(ranges, "channel_amax", {}).get(name)
-    if amax is None or quant.get("scale") is None or isinstance(quant["scale"], list) or \
+    if amax is None or quant.get("scale") is None or isinstance(quant["scale"], list) or len(shape) > 3 or \
             not 1 < np.size(amax[0]) <= MAX_FEATURES:
         return {}
     return {"feature_amax": [float(v) for v in np.asarray(amax[0]).ravel()]}
@@ -584,7 +585,7 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
                        "cross_compiler": spec.toolchain.compiler},
             "tools": _versions(),
             "inputs": [{"name": s.name, "shape": shape, "dtype": s.dtype, "quant": q,
-                        **_ranges(s.name, free, seq, seq_axes), **_feature_amax(s.name, q, ranges)}
+                        **_ranges(s.name, free, seq, seq_axes), **_feature_amax(s.name, q, ranges, shape)}
                        for s, q, shape in zip(imported.inputs, boundary["inputs"], in_shapes)],
             "outputs": [{"name": s.name, "shape": shape, "dtype": s.dtype, "quant": q}
                         for s, q, shape in zip(imported.outputs, boundary["outputs"], out_shapes)],
