@@ -227,9 +227,13 @@ def bool_lanes(stmt) -> bool:
     per channel read by every pixel (an instance norm's zero-variance mask) is one scalar per vector."""
     if any(str(w.source.dtype) == "bool" for w in stmt.writes):
         return True
-    last = stmt.iter_vars[-1]
-    name = re.compile(rf"\b{re.escape(last.var.name)}\b")
-    return any(str(r.source.dtype) == "bool" and (int(last.dom.extent) % 16 or name.search(str(r.region)))
+    last = stmt.iter_vars[-1].var
+
+    def varies(region) -> bool:  # (not by printing the region: out of its block, TVM's printer warns)
+        return any(v.same_as(last) for r in region for e in (r.min, r.extent)
+                   for v in tvm.tirx.analysis.undefined_vars(e, []))
+
+    return any(str(r.source.dtype) == "bool" and (int(stmt.iter_vars[-1].dom.extent) % 16 or varies(r.region))
                for r in stmt.reads)
 
 
