@@ -106,3 +106,51 @@ def test_shapes_that_do_not_pay_keep_the_vnni_kernels(shape, tmp_path):
     assert not any("amx" in name for name in functions)
     assert any("vpdpbusd" in text for text in functions.values())
     np.testing.assert_array_equal(run(), ref.matmul_acc(x, w))
+
+
+def test_artifact_runs_in_a_fresh_process_and_shared_by_threads(tmp_path):
+    """A compiled model whose matmuls take the tiles (on an AMX host): a fresh process that loads it
+    asks Linux for the tile state itself (without that, the first tile instruction is SIGILL), and
+    4 threads x 50 calls on one Model (each worker thread loads its own tile config) equal the
+    sequential outputs."""
+    import json
+    import os
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    import runtime
+
+    if kernel_family(get_target("x86").target()).name != "amx":
+        pytest.skip("this CPU has no AMX: its tile kernels are compiled and checked above")
+    w1 = numpy_helper.from_array(rng.standard_normal((128, 96)).astype(np.float32) / 8, "w1")
+    w2 = numpy_helper.from_array(rng.standard_normal((96, 64)).astype(np.float32) / 8, "w2")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+         helper.make_node("MatMul", ["r", "w2"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 48, 128])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 48, 64])], [w1, w2])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "m.onnx")
+    x = rng.standard_normal((8, 1, 48, 128)).astype(np.float32)
+    np.savez(tmp_path / "c.npz", x=x)
+    path = runtime.compile_model(tmp_path / "m.onnx", "x86", tmp_path / "m.artifact", calib=tmp_path / "c.npz",
+                                 progress=False)
+    art = runtime.load(path)
+    assert art.manifest["target"]["kernel_family"] == "amx"
+    expected = [art.run({"x": x[i]})["y"] for i in range(8)]
+    code = ("import json, sys, numpy as np, runtime; m = runtime.load(sys.argv[1]); "
+            "x = np.load(sys.argv[2])['x']; print(json.dumps(m.run({'x': x[3]})['y'].tolist()))")
+    out = subprocess.run([sys.executable, "-c", code, str(path), str(tmp_path / "c.npz")], capture_output=True,
+                         text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.returncode == 0, out.stderr[-2000:]
+    np.testing.assert_array_equal(np.array(json.loads(out.stdout), np.float32), expected[3])
+
+    def worker(t: int) -> int:
+        return sum(not np.array_equal(art.run({"x": x[(t + i) % 8]})["y"], expected[(t + i) % 8]) for i in range(50))
+
+    with ThreadPoolExecutor(4) as pool:
+        assert sum(pool.map(worker, range(4))) == 0
