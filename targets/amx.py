@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import ctypes
 
-import tvm
 from tvm import s_tir
 from tvm.script import tirx as T
 

@@ -52,6 +52,34 @@ def run_relax(build, inputs: list[np.ndarray], cpu: str | None = None) -> np.nda
     return vm["main"](*[tvm.runtime.tensor(a) for a in inputs]).numpy()
 
 
+def build_for_cpu(build, inputs: list[np.ndarray], cpu: str, tmp_path):
+    """Compile `main(*inputs)` from `build` for the x86 fleet `cpu` and export it: (library path,
+    {function name: its disassembly})."""
+    import re
+    import subprocess
+
+    import tvm
+
+    from targets import get_target
+
+    spec = get_target("x86", cpu=cpu)
+    target = spec.target()
+    ex = tvm.compile(relax_main(build, inputs), target=target, relax_pipeline=spec.relax_pipeline(target))
+    lib = tmp_path / "lib.so"
+    ex.export_library(str(lib))
+    asm = subprocess.run(["objdump", "-d", "--no-show-raw-insn", str(lib)], capture_output=True, text=True).stdout
+    return lib, dict(re.findall(r"<(\w+)>:\n(.*?)(?=\n\n|\Z)", asm, re.S))
+
+
+def run_library(lib, inputs: list[np.ndarray]) -> np.ndarray:
+    """Run an exported Relax library's `main` here."""
+    import tvm
+    from tvm import relax
+
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib)), tvm.cpu())
+    return vm["main"](*[tvm.runtime.tensor(a) for a in inputs]).numpy()
+
+
 def _init(name, array):
     return numpy_helper.from_array(np.asarray(array, np.float32), name)
 

@@ -6,12 +6,11 @@ compile-time checks, saying so."""
 
 from __future__ import annotations
 
-import re
 import subprocess
 
 import numpy as np
 import pytest
-from conftest import relax_main
+from conftest import build_for_cpu, run_library
 from tvm.relax.op import add
 
 from passes import reference as ref
@@ -33,24 +32,15 @@ def _operand(dtype, shape, lo=None, hi=None):
 
 def _build(build, inputs, tmp_path):
     """(run() -> output here, {function name: disassembly}) of `build(*inputs)` for the AMX fleet."""
-    import tvm
-    from tvm import relax
-
-    spec = get_target("x86", cpu=AMX_FLEET)
-    target = spec.target()
-    ex = tvm.compile(relax_main(build, inputs), target=target, relax_pipeline=spec.relax_pipeline(target))
-    lib = tmp_path / "lib.so"
-    ex.export_library(str(lib))
-    asm = subprocess.run(["objdump", "-d", "--no-show-raw-insn", str(lib)], capture_output=True, text=True).stdout
+    lib, functions = build_for_cpu(build, inputs, AMX_FLEET, tmp_path)
 
     def run():
-        if missing_features(spec.features):
+        if missing_features(get_target("x86", cpu=AMX_FLEET).features):
             pytest.skip("this CPU has no AMX: the tile kernels were compiled and their instructions checked only")
         assert amx.enable()
-        vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib)), tvm.cpu())
-        return vm["main"](*[tvm.runtime.tensor(a) for a in inputs]).numpy()
+        return run_library(lib, inputs)
 
-    return run, dict(re.findall(r"<(\w+)>:\n(.*?)(?=\n\n|\Z)", asm, re.S))
+    return run, functions
 
 
 def test_family_and_shape_rules():

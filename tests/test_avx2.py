@@ -7,11 +7,10 @@ and its instructions checked, and the run is skipped, saying so."""
 from __future__ import annotations
 
 import re
-import subprocess
 
 import numpy as np
 import pytest
-from conftest import relax_main
+from conftest import build_for_cpu, run_library
 
 from passes import reference as ref
 from passes.lowering import emit
@@ -33,22 +32,13 @@ def _runnable(cpu: str) -> None:
 
 def _build(build, inputs, cpu: str, tmp_path):
     """Compile `build(*inputs)` for the fleet `cpu`: (run() -> output here, disassembly)."""
-    import tvm
-    from tvm import relax
-
-    spec = get_target("x86", cpu=cpu)
-    target = spec.target()
-    ex = tvm.compile(relax_main(build, inputs), target=target, relax_pipeline=spec.relax_pipeline(target))
-    lib = tmp_path / "lib.so"
-    ex.export_library(str(lib))
-    asm = subprocess.run(["objdump", "-d", "--no-show-raw-insn", str(lib)], capture_output=True, text=True).stdout
+    lib, functions = build_for_cpu(build, inputs, cpu, tmp_path)
 
     def run():
         _runnable(cpu)
-        vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib)), tvm.cpu())
-        return vm["main"](*[tvm.runtime.tensor(a) for a in inputs]).numpy()
+        return run_library(lib, inputs)
 
-    return run, dict(re.findall(r"<(\w+)>:\n(.*?)(?=\n\n|\Z)", asm, re.S))
+    return run, functions
 
 
 def _uses(functions: dict[str, str], kernel: str, op: str, register: str = "ymm") -> bool:
