@@ -746,3 +746,46 @@ def test_conv_transpose_of_16_bit_activations_takes_the_conv_kernels():
     assert unscheduled_kernels(build, [x]) == []
     want = spatial.conv_transpose_acc(x, w.astype(np.float64), (2, 2), (0, 0, 0, 0), (0, 0))
     np.testing.assert_array_equal(run_relax(build, [x]), want)
+
+
+@pytest.mark.parametrize("d,kd,stride,dilation,pad,groups", [
+    (12, 3, 1, 1, 1, 1),  # a temporal conv: kd x 1 x 1 over [N, C, D, H*W], no taps
+    (12, 3, 1, 2, 2, 1),  # dilated "same": over [N, C, D/2, 2*H*W], undilated
+    (10, 3, 1, 8, 8, 2),  # dilation 8 over 10 frames: zero-padded to 16, sliced back; groups
+    (11, 3, 2, 1, 1, 1),  # strided
+    (9, 2, 1, 3, 0, 1),  # dilated, pads 0: over phases too, the output shorter than the input
+    (10, 3, 1, 4, 3, 1),  # pads not a multiple of the dilation: a dilated 2-D conv
+])
+def test_depth_only_convs_are_2d_convs_over_frames(d, kd, stride, dilation, pad, groups):
+    """conv3d with a kd x 1 x 1 kernel (the temporal half of a separable video conv) becomes a 2-D conv
+    on reshaped frames, without the depth taps' slice/stack glue (TransNetV2: 77 -> 5 ms a layer, hunt 16
+    F1); int32 sums equal to the conv3d's."""
+    from conftest import relax_main
+
+    from passes.conv3d_as_conv2d import conv3d_as_conv2d
+
+    rng = np.random.default_rng(9)
+    x = rng.integers(-128, 128, (1, 4, d, 3, 5)).astype(np.int8)
+    w = rng.integers(-128, 128, (6, 4 // groups, kd, 1, 1)).astype(np.int8)
+    mod = relax_main(lambda a: relax.op.nn.conv3d(a, relax.const(w), (stride, 1, 1), (pad, 0, 0, pad, 0, 0),
+                                                  (dilation, 1, 1), groups, out_dtype="int32"), [x])
+    rewritten = conv3d_as_conv2d(mod)
+    calls = _calls(rewritten["main"])
+    ops = {c.op.name for c in calls}
+    assert "relax.nn.conv3d" not in ops and "relax.stack" not in ops, ops
+    (conv,) = [c for c in calls if c.op.name == "relax.nn.conv2d"]
+    phases = stride == 1 and pad % dilation == 0  # undilated over the dilation's phases
+    assert [int(v) for v in conv.attrs.dilation] == [1 if phases else dilation, 1]
+
+    def run(m):
+        ex = tvm.compile(m, target="llvm")
+        return relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+
+    np.testing.assert_array_equal(run(rewritten), run(mod))
+
+
+def _calls(func):
+    found = []
+    relax.analysis.post_order_visit(func.body, lambda e: found.append(e) if isinstance(e, relax.Call)
+                                    and isinstance(e.op, tvm.ir.Op) else None)
+    return found
