@@ -285,3 +285,27 @@ def test_topk_of_integer_lengths_stays_exact(tmp_path):
     got, (y, lengths) = art.run(feeds), ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, feeds)
     assert got["sorted_lengths"].tolist() == lengths.tolist() == [7, 5, 4]
     assert float(got["y"].ravel() @ y.ravel() / (np.linalg.norm(got["y"]) * np.linalg.norm(y))) >= 0.999
+
+
+@pytest.mark.parametrize("dtype", [TensorProto.UINT8, TensorProto.INT32])
+def test_l2_norm_of_integer_counts_is_integer_only(tmp_path, dtype):
+    """Counts cast to float and L2-normalized (TransNetV2's colour histograms: ScatterElements counts ->
+    Cast -> ReduceL2 -> Div): the squares of exact integers were refused as 'a float product of two exact
+    integer tensors' (hunt 16 F2); they multiply as the 16-bit activations they stand for."""
+    nodes = [helper.make_node("Cast", ["x"], ["xf"], to=TensorProto.FLOAT),
+             helper.make_node("ReduceL2", ["xf"], ["n"], axes=[1], keepdims=1),
+             helper.make_node("Div", ["xf", "n"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", dtype, [4, 512])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 512])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "l2.onnx")
+    np_dtype = np.uint8 if dtype == TensorProto.UINT8 else np.int32
+    x = np.random.default_rng(0).integers(0, 200, (20, 4, 512)).astype(np_dtype)
+    np.savez(tmp_path / "c.npz", x=x[:16])
+    art = runtime.load(runtime.compile_model(tmp_path / "l2.onnx", "x86", tmp_path / "a", calib=tmp_path / "c.npz",
+                                             progress=False))
+    assert art.manifest["integer_only"]
+    sess = ort.InferenceSession(str(tmp_path / "l2.onnx"), providers=["CPUExecutionProvider"])
+    for sample in x[16:]:
+        assert _cosine(art.run({"x": sample})["y"], sess.run(None, {"x": sample})[0]) > 0.999

@@ -175,11 +175,11 @@ def lower_where_values(ctx, call, args):
 
 def multiply_activations(ctx, call, a, b) -> Accumulator:
     """a * b: the int32 product of the 8/16-bit operands (|a b| <= 2^30) at S_a S_b (x * x: x at 16 bits). An exact
-    integer operand (a mask or count cast to float) multiplies the other's integers at its scale."""
-    if isinstance(a, IntTensor) or isinstance(b, IntTensor):
+    integer operand (a mask or count cast to float) multiplies the other's integers at its scale; two
+    exact ones (a histogram's counts squared for its L2 norm) multiply as the activations they stand for
+    (`LoweringContext._exact_operand`: at scale 1 where their calibrated range fits 16 bits)."""
+    if isinstance(a, IntTensor) != isinstance(b, IntTensor):
         ints, other = (a, b) if isinstance(a, IntTensor) else (b, a)
-        if isinstance(other, IntTensor):
-            ctx.fail("a float product of two exact integer tensors")
         q = ctx.materialize(other)
         expr = ctx.emit(emit.R.multiply(emit.R.astype(q.expr, "int32"), emit.R.astype(ints.expr, "int32")))
         return Accumulator(expr, np.asarray(q.scale), None, ctx.out_range())
