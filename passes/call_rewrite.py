@@ -30,6 +30,19 @@ def rewrite_calls(mod: tvm.IRModule, op_name: str,
     return rewriter.builder_.get()
 
 
+def static_shape(expr) -> tuple[int, ...] | None:
+    """`expr`'s shape as ints, or None where it is unknown or has a symbolic dim."""
+    shape = getattr(expr.ty, "shape", None)
+    if shape is None or not all(isinstance(d, tvm.tirx.IntImm) for d in shape):
+        return None
+    return tuple(int(d) for d in shape)
+
+
+def ints(values) -> tuple[int, ...]:
+    """An attribute's array (strides, padding, dilation, ...) as ints."""
+    return tuple(int(v) for v in values)
+
+
 def static_dims(shape) -> bool:
     """A rank-4 shape whose dims past the first (a batch, maybe symbolic) are known integers."""
     return shape is not None and len(shape) == 4 and all(isinstance(d, tvm.tirx.IntImm) for d in list(shape)[1:])

@@ -24,21 +24,20 @@ import tvm
 from tvm import relax
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
+from .call_rewrite import ints, static_shape
+
 
 def _as_conv2d(call: relax.Call, x: relax.Expr, w: relax.Expr) -> relax.Expr | None:
     a = call.attrs
-    if a.data_layout != "NCDHW" or a.kernel_layout != "OIDHW" or a.out_layout != "NCDHW" or x.ty.shape is None:
+    shape = static_shape(x)
+    if a.data_layout != "NCDHW" or a.kernel_layout != "OIDHW" or a.out_layout != "NCDHW" or shape is None:
         return None
-    try:
-        n, c, d, h, wd = (int(v) for v in x.ty.shape)
-    except TypeError:  # a symbolic dim
-        return None
+    n, c, d, h, wd = shape
     weights = w.value.numpy()
     o, cg, kd, kh, kw = weights.shape
     g = int(a.groups)
-    sd, sh, sw = (int(v) for v in a.strides)
-    front, top, left, back, bottom, right = (int(v) for v in a.padding)
-    dd, dh, dw = (int(v) for v in a.dilation)
+    (sd, sh, sw), (dd, dh, dw) = ints(a.strides), ints(a.dilation)
+    front, top, left, back, bottom, right = ints(a.padding)
     do = (d + front + back - dd * (kd - 1) - 1) // sd + 1
     if kh == kw == sh == sw == dh == dw == 1 and not (top or left or bottom or right):  # along depth only
         return _along_depth(x, weights, (n, c, d, h * wd), (sd, dd, front, back), g, a.out_dtype, (o, do, h, wd))

@@ -21,7 +21,7 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
-from .call_rewrite import rewrite_calls
+from .call_rewrite import ints, rewrite_calls, static_shape
 
 
 def _along_depth(x: relax.Expr, lo: int, hi: int, size: int) -> relax.Expr:
@@ -35,22 +35,17 @@ def _along_depth(x: relax.Expr, lo: int, hi: int, size: int) -> relax.Expr:
 
 def _as_conv2d_transpose(call: relax.Call, x: relax.Expr, w: relax.Expr) -> relax.Expr | None:
     a = call.attrs
+    shape, out = static_shape(x), static_shape(call)
     if a.data_layout != "NCDHW" or a.kernel_layout != "IODHW" or (a.out_layout or "NCDHW") != "NCDHW" \
-            or x.ty.shape is None or call.ty.shape is None:
+            or shape is None or out is None:
         return None
-    try:
-        n, c, d, h, wd = (int(v) for v in x.ty.shape)
-        _, o, do, ho, wo = (int(v) for v in call.ty.shape)
-    except TypeError:  # a symbolic dim
-        return None
+    (n, c, d, h, wd), (_, o, do, ho, wo) = shape, out
     weights = w.value.numpy()
     _, og, kd, kh, kw = weights.shape
     g = int(a.groups)
     cg = c // g
-    sd, sh, sw = (int(v) for v in a.strides)
-    front, top, left, back, bottom, right = (int(v) for v in a.padding)
-    opd, oph, opw = (int(v) for v in a.output_padding)
-    dd, dh, dw = (int(v) for v in a.dilation)
+    (sd, sh, sw), (dd, dh, dw), (opd, oph, opw) = ints(a.strides), ints(a.dilation), ints(a.output_padding)
+    front, top, left, back, bottom, right = ints(a.padding)
     if sd > 1:  # sd - 1 zero depths after each depth, the last ones dropped
         spread = relax.op.nn.pad(relax.op.expand_dims(x, 3), [0, 0, 0, 0, 0, 0, 0, sd - 1, 0, 0, 0, 0])
         x = relax.op.strided_slice(relax.op.reshape(spread, [n, c, d * sd, h, wd]), axes=[2], begin=[0],

@@ -17,26 +17,21 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
-from .call_rewrite import rewrite_calls
+from .call_rewrite import ints, rewrite_calls, static_shape
 
 _POOLS = {"relax.nn.max_pool3d": relax.op.nn.max_pool2d, "relax.nn.avg_pool3d": relax.op.nn.avg_pool2d}
 
 
 def _as_pool2d(call: relax.Call, x: relax.Expr) -> relax.Expr | None:
     a = call.attrs
-    if a.layout != "NCDHW" or (a.out_layout or "NCDHW") != "NCDHW" or x.ty.shape is None or call.ty.shape is None:
+    shape, out = static_shape(x), static_shape(call)
+    if a.layout != "NCDHW" or (a.out_layout or "NCDHW") != "NCDHW" or shape is None or out is None:
         return None
     if call.op.name == "relax.nn.avg_pool3d" and bool(a.ceil_mode):
         return None
-    try:
-        n, c, d, h, w = (int(v) for v in x.ty.shape)
-        _, _, do, ho, wo = (int(v) for v in call.ty.shape)
-    except TypeError:  # a symbolic dim
-        return None
-    kd, kh, kw = (int(v) for v in a.pool_size)
-    sd, sh, sw = (int(v) for v in a.strides)
-    dd, dh, dw = (int(v) for v in a.dilation)
-    front, top, left, back, bottom, right = (int(v) for v in a.padding)
+    (n, c, d, h, w), (_, _, do, ho, wo) = shape, out
+    (kd, kh, kw), (sd, sh, sw), (dd, dh, dw) = ints(a.pool_size), ints(a.strides), ints(a.dilation)
+    front, top, left, back, bottom, right = ints(a.padding)
     pool, ceil, include = _POOLS[call.op.name], bool(a.ceil_mode), bool(a.count_include_pad)
     plane = pool(relax.op.reshape(x, [n, c * d, h, w]), (kh, kw), (sh, sw), (top, left, bottom, right), (dh, dw),
                  ceil, include, "NCHW")
