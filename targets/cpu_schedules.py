@@ -578,9 +578,9 @@ def schedule_int_matmul_cpu(mod, _ctx):
         found = matmul_block(func, ("matmul", "int4_matmul"))
         try:
             sch = s_tir.Schedule(func)
-            vnni_found = vnni.vnni_block(sch)
-            if amx.tile_block(sch) is not None:
-                amx.schedule(sch, *amx.tile_block(sch))
+            vnni_found, tiles_found = vnni.vnni_block(sch), amx.tile_block(sch)
+            if tiles_found is not None:
+                amx.schedule(sch, *tiles_found)
             elif vnni_found is not None:
                 vnni.schedule(sch, *vnni_found)
             elif _flat_depthwise_block(sch) is not None:
