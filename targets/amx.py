@@ -14,8 +14,9 @@ row. K off a multiple of 64 is zero-padded to one, rows and columns to whole til
 rewrite, sliced off after).
 
 Every worker thread has its own tile state: a block loads the tile registers' shapes (the
-"palette", `ldtilecfg`) where the thread's differ from its kernel's (its first block). Linux hands AMX to a process only after it asks
-(`enable`), which the compiler and the runtime do before running an AMX artifact.
+"palette", `ldtilecfg`) where the thread's differ from its kernel's (its first block). Linux
+hands AMX to a process only after it asks (`enable`), which the compiler and the runtime do
+before running an AMX artifact.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ STEP = 64  # bytes of one activation tile row: the reduction depth of one instru
 ROWS = 16  # rows of a tile
 BLOCK_ROWS = 32  # output rows of a block (two activation tiles)
 MIN_ROWS = 16  # fewer rows pad too much: the VNNI kernels stay
-FEATURES = ("amx-tile", "amx-int8")
 
 # the AMX recipes (lanes, k and the packing as VNNI's; `combine` unused: the block is tensorized whole)
 AMXU = Dot("amxu", 16, 4, "uint8", "int8", 32, None)  # tdpbusd
@@ -56,6 +56,7 @@ def enable() -> bool:
 
 
 def recipe(activation_dtype: str) -> Dot | None:
+    """The tile recipe for activations of this dtype (8-bit only: AMX-INT8 has no int16 form)."""
     return {"uint8": AMXU, "int8": AMXS}.get(activation_dtype)
 
 
