@@ -15,8 +15,9 @@ rewrite, sliced off after).
 
 Every worker thread has its own tile state: a block loads the tile registers' shapes (the
 "palette", `ldtilecfg`) where the thread's differ from its kernel's (its first block). Linux
-hands AMX to a process only after it asks (`enable`), which the compiler and the runtime do
-before running an AMX artifact.
+hands AMX to a process only after it asks (`arch_prctl(ARCH_REQ_XCOMP_PERM)`): that first block
+asks too, so the artifact runs under any loader (an RPC server, a C++ host); intq's compiler and
+runtime ask first (`enable`) to refuse clearly where Linux does not grant it.
 """
 
 from __future__ import annotations
@@ -140,6 +141,10 @@ def _intrinsic(dot: Dot, rows: int, cols: int, k: int, scope: str):
             _call("llvm.x86.sttilecfg", T.address_of(have[0]))
             if ((have[0] ^ want[0]) | (have[1] ^ want[1]) | (have[2] ^ want[2]) | (have[3] ^ want[3])
                     | (have[4] ^ want[4]) | (have[5] ^ want[5]) | (have[6] ^ want[6]) | (have[7] ^ want[7])) != 0:
+                # the process's tile permission, asked once per thread's first block: the artifact runs
+                # under any loader (an RPC server, a C++ host), not only intq's runtime (`enable`)
+                T.evaluate(T.call_extern("int64", "syscall", T.int64(_SYS_ARCH_PRCTL), T.int64(_ARCH_REQ_XCOMP_PERM),
+                                         T.int64(_XFEATURE_XTILEDATA)))
                 _call("llvm.x86.ldtilecfg", T.address_of(want[0]))
             # outputs: tile 0 (rows 0-15, cols 0-15), 1 (cols 16-31), 2 (rows 16-31), 3
             _call("llvm.x86.tilezero", T.int8(0))

@@ -100,9 +100,9 @@ def test_shapes_that_do_not_pay_keep_the_vnni_kernels(shape, tmp_path):
 
 def test_artifact_runs_in_a_fresh_process_and_shared_by_threads(tmp_path):
     """A compiled model whose matmuls take the tiles (on an AMX host): a fresh process that loads it
-    asks Linux for the tile state itself (without that, the first tile instruction is SIGILL), and
-    4 threads x 50 calls on one Model (each worker thread loads its own tile config) equal the
-    sequential outputs."""
+    asks Linux for the tile state (without that, the first tile instruction is SIGILL), through intq's
+    runtime and through a bare TVM loader (the kernels ask themselves), and 4 threads x 50 calls on
+    one Model (each worker thread loads its own tile config) equal the sequential outputs."""
     import json
     import os
     import sys
@@ -138,6 +138,19 @@ def test_artifact_runs_in_a_fresh_process_and_shared_by_threads(tmp_path):
                          text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert out.returncode == 0, out.stderr[-2000:]
     np.testing.assert_array_equal(np.array(json.loads(out.stdout), np.float32), expected[3])
+    # under a bare TVM loader (an RPC server, a C++ host: no intq runtime to ask Linux first), the kernels
+    # ask for the tile state themselves
+    q = art.quantize_inputs({"x": x[3]})
+    np.save(tmp_path / "q.npy", q[0])
+    bare = ("import sys, numpy as np, tvm; from tvm import relax; "
+            "vm = relax.VirtualMachine(tvm.runtime.load_module(sys.argv[1]), tvm.cpu()); "
+            "out = vm['main'](tvm.runtime.tensor(np.load(sys.argv[2]))); "
+            "np.save(sys.argv[3], (out[0] if hasattr(out, '__getitem__') and not hasattr(out, 'numpy') else out).numpy())")
+    lib = str(path / art.manifest["library"]["file"])
+    out = subprocess.run([sys.executable, "-c", bare, lib, str(tmp_path / "q.npy"), str(tmp_path / "y.npy")],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), art.run_integer(q)[0])
 
     def worker(t: int) -> int:
         return sum(not np.array_equal(art.run({"x": x[(t + i) % 8]})["y"], expected[(t + i) % 8]) for i in range(50))
