@@ -99,7 +99,7 @@ class _Rewriter(PyExprMutator):
         return vnni.prepare_activation(self.builder_, x, dot)
 
     def _kernel(self, compute, dot: Dot, x: relax.Expr, activations: relax.Expr, weights: np.ndarray,
-                w_sum: np.ndarray, *shape_args) -> relax.Expr:
+                w_sum: np.ndarray | None, *shape_args) -> relax.Expr:
         """call_te of `compute`, with the +128 correction for shifted int8 activations."""
         args = [self.builder_.emit(activations), relax.const(weights), *shape_args]
         if dot.shift and str(x.ty.dtype) != "uint8":
@@ -151,7 +151,8 @@ class _Rewriter(PyExprMutator):
         if padded != rows:
             a = self.builder_.emit(vnni.pad_rows(a, padded - rows))
         w_pad = np.pad(w_np, [(0, kp - k), (0, cols - n)])
-        out = self._kernel(vnni.dense_te, dot, x, a, vnni.pack_weights(w_pad.T, dot), w_pad.astype(np.int64).sum(0))
+        # no +128 shift to take back: tdpbssd takes int8 activations as they are, tdpbusd uint8 ones
+        out = self._kernel(vnni.dense_te, dot, x, a, vnni.pack_weights(w_pad.T, dot), None)
         return vnni.slice_back(self.builder_, out, rows, padded, n, cols)
 
     def _conv(self, call: relax.Call):
