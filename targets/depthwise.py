@@ -1,4 +1,4 @@
-"""Convs over flat rows: integer depthwise convs (stride 1 or 2) and RGB stems -> vector loops.
+"""Convs over flat rows: integer depthwise convs (stride 1 or 2) -> vector loops.
 
 A depthwise conv over small images (EfficientNet's 28x28, 14x14, 7x7 layers) vectorizes
 badly along its output rows: 14 or 7 lanes, a tail per row, 25 taps each. Computed over the
@@ -12,9 +12,10 @@ contiguous slice of the flat padded input:
 so a vector of 16 outputs takes one unaligned load and one multiply-add per tap, at the price
 of computing Wp - Wo extra columns per row (e.g. 18 for 14). Stride 2 first splits the padded
 input into its 4 phases (even/odd rows and columns), each a stride-1 problem of half the
-width. A stem (a conv over <= 4 input channels, x86 with AVX-512 only: on aarch64 LLVM makes `sdot`
-of its default loops, with AVX2 the taps kernels are faster) sums its few input channels the same way. The integer sums are those of the
-conv itself: bit-exact. Runs before legalization on CPU targets; `cpu_schedules.py` schedules
+width. The kernel also sums a few input channels (a 4-bit RGB stem, `vnni_int4.py`); 8-bit stems
+run on the taps kernels (`vnni_rewrite.py`), 1.7-3.8x faster on an AVX-512 Xeon (EfficientNet's
+3x3/2 stem 0.45 -> 0.26 ms, a 7x7/2 64-channel one 3.8 -> 1.0 ms) and 1.6-2x with AVX2. The
+integer sums are those of the conv itself: bit-exact. Runs before legalization on CPU targets; `cpu_schedules.py` schedules
 the `dwflat_conv` block (parallel over channels, 16 lanes, accumulators in registers).
 
 With AVX512-VNNI, a depthwise conv of 5 or more taps per row over a small image (<= 14x14
@@ -33,9 +34,9 @@ from passes.call_rewrite import integer_conv, rewrite_calls
 
 BLOCK = "dwflat_conv"
 WIDTH = "dwflat_width"  # the pad block's annotation: the phase width the schedule splits rows by
-STEM_CHANNELS = 4  # a conv over this few input channels (an RGB(A) or gray stem) runs over flat rows too
+STEM_CHANNELS = 4  # a 4-bit conv over this few input channels (an RGB(A) or gray stem) runs over flat rows too
 LANES = 16  # int32 lanes of a 512-bit vector
-STEM_TAPS = 160  # products per output of a stem over flat rows, at most (a 7 x 7 RGB stem: 147, measured faster so)
+MULTIPLIER_TAPS = 160  # taps per output of a depthwise conv with a channel multiplier over flat rows, at most
 
 
 def _padder(x: te.Tensor, top: int, left: int, shifted: bool):
@@ -211,18 +212,6 @@ def _quad_taps() -> bool:
     return target is not None and _x86() and VNNI in kernel_family(target).dots
 
 
-def _flat_stems() -> bool:
-    """Whether stems run over flat rows: on x86 with AVX-512. With AVX2 the taps and patch kernels
-    (`vnni_rewrite.py`) are faster, measured on Zen 1 at 1 thread: a 7x7/2 64-channel RGB stem at
-    224x224 18.0 -> 9.0 ms, EfficientNet's 3x3/2 1.9 -> 1.2 ms, a 3x3/1 24-channel one at 208x208
-    4.7 -> 2.7 ms."""
-    from .kernel_family import kernel_family
-
-    target = tvm.target.Target.current(allow_none=True)
-    family = kernel_family(target) if target is not None and _x86() else None
-    return family is not None and bool(family.dots) and family.dots[0].registers == 32
-
-
 def _x86() -> bool:
     from .kernel_family import is_x86
 
@@ -240,10 +229,9 @@ def _rewrite(builder: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     depthwise = groups == channels and weights.shape[1] == 1  # a channel multiplier too (O = m * C)
     multiplier = weights.shape[0] // channels
     taps = weights.shape[1] * weights.shape[2] * weights.shape[3]
-    stem = groups == 1 and channels <= STEM_CHANNELS and _flat_stems()  # aarch64: LLVM makes sdot of its loops
-    if taps > STEM_TAPS and (stem or multiplier > 1):  # many outputs per channel, many taps each (musicnn's 204
+    if taps > MULTIPLIER_TAPS and multiplier > 1:  # many outputs per channel, many taps each (musicnn's 204
         return call  # filters of 7 x 38 over one channel: 57 ms): a dense product over patches does better
-    if (weights.dtype != np.int8 or not (depthwise or stem) or weights.shape[2] * weights.shape[3] == 1
+    if (weights.dtype != np.int8 or not depthwise or weights.shape[2] * weights.shape[3] == 1
             or len(strides) != 1 or strides - {1, 2} or any(int(d) != 1 for d in a.dilation)
             or int(shape[3]) < 4):
         return call
@@ -256,7 +244,7 @@ def _rewrite(builder: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     kh, kw = weights.shape[2:]
     wide = int(shape[3]) + pads[1] + pads[3]
     columns = (wide - kw) // stride + 1
-    if 2 * columns < -(-wide // stride) and (stem or multiplier > 1):  # most of each flat row discarded: a kernel
+    if 2 * columns < -(-wide // stride) and multiplier > 1:  # most of each flat row discarded: a kernel
         return call  # as wide as the input (TF's conv1d over features, 1 output column of 561) computed 561x its outputs
     outputs = ((int(shape[2]) + pads[0] + pads[2] - kh) // stride + 1) * columns
     if (depthwise and multiplier == 1 and kh > 1 and kw >= QUAD_MIN_WIDTH and outputs <= QUAD_MAX_OUTPUTS
