@@ -8,7 +8,7 @@ section 3), unroll Scan and constant-count Loop (`onnx_loops.py`) and LSTM/GRU/R
 function ops TVM's importer lacks into their schema bodies (`onnx_functions.py`) and a few
 others into ops it has (`onnx_decompose.py`), refuse
 control flow and ops the integer path lacks (every node at once), then import with
-`tvm.relax.frontend.onnx.from_onnx`.
+`tvm.relax.frontend.onnx.from_onnx` (`onnx_origins.py`: each binding remembers its ONNX node).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from onnx import numpy_helper
 from .errors import CompileError, UnsupportedModelError
 from .onnx_attention import decompose_attention
 from .onnx_contrib import contrib_to_standard
+from .onnx_origins import import_onnx
 from .onnx_decompose import decompose_ops
 from .resize_layout import resize_to_nchw
 from .onnx_einsum import einsum_to_matmul
@@ -540,7 +541,6 @@ def _spec(value: onnx.ValueInfoProto, path: Path) -> TensorSpec:
 def _to_relax(model: onnx.ModelProto, path: Path):
     import tvm
     from tvm import relax
-    from tvm.relax.frontend.onnx import from_onnx
 
     from .fold_constant_calls import fold_constant_calls
     from .fold_small_constants import fold_small_constants
@@ -548,7 +548,7 @@ def _to_relax(model: onnx.ModelProto, path: Path):
     from .te_calls_to_ops import te_calls_to_ops
 
     try:
-        mod = from_onnx(model, keep_params_in_input=True, sanitize_input_names=False)
+        mod = import_onnx(model)
     except Exception as err:
         last = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
         raise UnsupportedModelError(f"{path}: TVM's ONNX importer failed: {last}") from None

@@ -42,6 +42,7 @@ import tvm
 from tvm import relax
 
 from frontends.errors import CompileError, UnsupportedModelError
+from frontends.onnx_origins import origin
 
 from .lowering.embedding import is_integer_op, lower_integer_op
 from .lowering import (LOWERINGS, Accumulator, ChannelQuantized, IntTensor, LoweringContext, QuantConfig, Quantized,
@@ -223,12 +224,23 @@ def _bindings(func: relax.Function):
 def check_lowerable(func: relax.Function) -> None:
     """Refuse, listing every one at once, the float ops of `func` that no lowering takes (before
     calibration spends its time on the model)."""
-    bad = [f"{b.var.name} = {_op_text(b.value)}" for b in _bindings(func)
+    bad = [f"{_named(func, b.var.name)} = {_op_text(b.value)}" for b in _bindings(func)
            if isinstance(b.value, relax.Call) and isinstance(b.value.op, tvm.ir.Op)
            and b.value.op.name not in LOWERINGS and _has_float(b.var.ty)]
     if bad:
         raise UnsupportedModelError(f"{len(bad)} operation(s) have no integer lowering:\n  " + "\n  ".join(bad)
                                     + "\nPass --allow-float to run them in float.")
+
+
+def _named(func: relax.Function, name: str) -> str:
+    """`name`, with the ONNX node its binding came from where the import recorded it."""
+    where = origin(func, name)
+    return f"{where}, binding {name!r}" if where else f"binding {name!r}"
+
+
+def _named_entry(node: dict) -> str:
+    """A float_nodes entry's binding, with its ONNX node where known."""
+    return f"{node['onnx']}, binding {node['node']!r}" if node.get("onnx") else f"binding {node['node']!r}"
 
 
 def _op_text(call: relax.Call) -> str:
@@ -281,7 +293,7 @@ class QuantizeToInteger:
         bb = relax.BlockBuilder()
         ctx = LoweringContext(bb, ranges, config, getattr(self.ranges, "channel_amax", None),
                               _weight_rowmax(func), _bias_after(func), getattr(self.ranges, "channel_mean", None))
-        ctx.output_bound = bound
+        ctx.output_bound, ctx.func = bound, func
         env: dict[relax.Var, object] = {}
         params, boundary = [], {"inputs": [], "outputs": []}
         features: dict[relax.Var, tuple] = {}  # inputs with a scale per feature: (param, scales, max |x| per feature)
@@ -350,7 +362,7 @@ class QuantizeToInteger:
         if self.float_nodes and not self.config.allow_float:
             raise UnsupportedModelError(
                 f"{len(self.float_nodes)} node(s) cannot be lowered to integers:\n  " + "\n  ".join(
-                    f"binding {n['node']!r} ({n['op']}): {n['reason']}" for n in self.float_nodes) +
+                    f"{_named_entry(n)} ({n['op']}): {n['reason']}" for n in self.float_nodes) +
                 "\nPass --allow-float to run them in float.")
         new = bb.get()["main"].with_attr(BOUNDARY_ATTR, json.dumps(boundary))
         new = new.with_attr(LAYERS_ATTR, json.dumps(ctx.layers))
@@ -458,16 +470,17 @@ class QuantizeToInteger:
                 if op is None:
                     raise
                 text = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
-                reason = text.split(": ", 1)[1] if text.startswith("cannot lower binding") else \
-                    (text if isinstance(err, CompileError) else f"{type(err).__name__}: {text}")
+                reason = getattr(err, "reason", None) or (
+                    text if isinstance(err, CompileError) else f"{type(err).__name__}: {text}")
         args = [_arg(a, env) for a in value.args]
         args = [[ctx.without_offset(v) for v in a] if isinstance(a, list) else ctx.without_offset(a) for a in args]
         try:
             result = float_fallback(ctx, value, args)
         except Exception as err:  # noqa: BLE001
-            raise UnsupportedModelError(f"binding {ctx.var.name!r} ({op}) has no integer lowering ({reason}) and "
+            raise UnsupportedModelError(f"{_named(ctx.func, ctx.var.name)} ({op}) has no integer lowering ({reason}) and "
                                         f"cannot run in float either: {type(err).__name__}: {err}") from None
-        self.float_nodes.append({"node": ctx.var.name, "op": op, "reason": reason})
+        self.float_nodes.append({"node": ctx.var.name, "op": op, "reason": reason,
+                                 **({"onnx": ctx.origin} if ctx.origin else {})})
         return result
 
     @staticmethod

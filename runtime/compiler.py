@@ -59,7 +59,8 @@ def _names(names: list[str], shown: int = 8) -> str:
 
 def float_summary(float_nodes: list[dict]) -> str:
     """The --allow-float summary: every node left in float and why."""
-    lines = [f"{n['node']} ({n['op']}): {n['reason']}" for n in float_nodes]
+    lines = [f"{n['onnx'] + ', binding ' if n.get('onnx') else ''}{n['node']} ({n['op']}): {n['reason']}"
+             for n in float_nodes]
     return f"{len(float_nodes)} node(s) run in float (--allow-float):\n  " + "\n  ".join(lines)
 
 

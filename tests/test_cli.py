@@ -317,6 +317,17 @@ def _with_unsupported(path):
     return str(path)
 
 
+def test_lowering_refusal_names_the_onnx_node(tmp_path, small_cnn_path, capsys, monkeypatch):
+    """A refusal at lowering time names the ONNX node and op the binding came from (it named only
+    the Relax binding, `lv36`, which the user cannot find in their model)."""
+    from passes.lowering import LOWERINGS
+
+    monkeypatch.setitem(LOWERINGS, "relax.nn.max_pool2d", lambda ctx, call, args: ctx.fail("refused for the test"))
+    _compile_fails([small_cnn_path, "-o", str(tmp_path / "a")], capsys,
+                   "ONNX node 'maxpool' (MaxPool), binding", "refused for the test", "--allow-float")
+    assert not (tmp_path / "a").exists()
+
+
 def test_unsupported_op_refused_unless_allow_float(tmp_path, capsys):
     model = _with_unsupported(tmp_path / "trilu.onnx")
     _compile_fails([model, "-o", str(tmp_path / "a")], capsys, "Trilu (node running_sum)", "--allow-float")
@@ -324,9 +335,11 @@ def test_unsupported_op_refused_unless_allow_float(tmp_path, capsys):
     assert compile_main([model, "-o", str(tmp_path / "a"), "--allow-float"]) == 0
     err = capsys.readouterr().err
     assert "1 node(s) run in float (--allow-float)" in err and "(relax.triu): no integer lowering" in err
+    assert "ONNX node 'running_sum' (Trilu), binding" in err  # the node the user knows, not only the binding
     m = runtime.load(tmp_path / "a")
     assert m.manifest["integer_only"] is False and "relax.triu" in m.manifest["verifier"]
     assert [(n["op"], n["reason"]) for n in m.manifest["float_nodes"]] == [("relax.triu", "no integer lowering")]
+    assert m.manifest["float_nodes"][0]["onnx"] == "ONNX node 'running_sum' (Trilu)"
     y, cs = m.manifest["outputs"]
     assert y["quant"]["dtype"] == "int32" and cs["quant"] == {"dtype": "float32", "scale": [1.0], "axis": None}
     out = m.run({"x": _x()})

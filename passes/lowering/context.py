@@ -10,6 +10,7 @@ import numpy as np
 from tvm import relax
 
 from frontends.errors import CompileError
+from frontends.onnx_origins import origin
 
 from ..reference.kernels import INT_RANGE, dyadic
 from . import emit
@@ -136,6 +137,7 @@ class LoweringContext:
         self.channel_amax = channel_amax or {}  # tensor: (calibrated max |x| per last-axis channel, rows seen)
         self.weight_rowmax = weight_rowmax or {}  # max |W| per input channel over a tensor's matmuls
         self.var: relax.Var | None = None  # the float binding being lowered
+        self.func: relax.Function | None = None  # the float function (its bindings' ONNX origins)
         self.output_bound: frozenset[str] = frozenset()  # bindings that reach outputs through layout ops only
         self.layers: list[dict] = []  # one row per quantized weight layer
         self._materialized: dict[tuple, Quantized | ChannelQuantized] = {}
@@ -167,9 +169,17 @@ class LoweringContext:
         self.corrected.append(layer)
         return bias - emit.channel_shape(shift, len(acc.expr.ty.shape), acc.axis)
 
+    @property
+    def origin(self) -> str | None:
+        """The ONNX node the binding being lowered came from, where the import recorded it."""
+        return origin(self.func, self.var.name) if self.func is not None and self.var is not None else None
+
     def fail(self, message: str):
         name = self.var.name if self.var is not None else "?"
-        raise CompileError(f"cannot lower binding {name!r}: {message}")
+        where = f" ({self.origin})" if self.origin else ""
+        err = CompileError(f"cannot lower binding {name!r}{where}: {message}")
+        err.reason = message
+        raise err
 
     def range_of(self, var: relax.Var) -> tuple[float, float]:
         if var.name not in self.ranges:
