@@ -28,6 +28,7 @@ import tvm
 from tvm import relax
 
 from frontends.errors import CompileError
+from frontends.onnx_origins import origin
 
 UPPER_BOUND_ATTR = "tir_var_upper_bound"  # Relax's memory planner sizes buffers by it
 
@@ -84,6 +85,7 @@ class _Generalizer:
         self.dependent: set = set()  # new vars that depend on the batch
         self.scale: dict = {}  # new var -> the batch var its leading dim scales with
         self.analyzer = tvm.sym.Analyzer()
+        self.func: relax.Function | None = None  # the batch-1 function (its bindings' ONNX origins)
 
     def sub(self, expr):
         if isinstance(expr, relax.Var):
@@ -109,8 +111,9 @@ class _Generalizer:
         return self.scale.get(expr)
 
     def fail(self, name: str, op: str, why: str):
-        raise CompileError(f"symbolic batch: binding {name!r} ({op}): {why} (the batch must stay the leading "
-                           "dim of every tensor, each sample on its own rows)")
+        where = origin(self.func, name) if self.func is not None else None
+        raise CompileError(f"symbolic batch: binding {name!r} ({op}{', ' + where if where else ''}): {why} (the batch "
+                           "must stay the leading dim of every tensor, each sample on its own rows)")
 
     def rebuild(self, name: str, value: relax.Expr):
         """The new value of a binding, and the batch var it scales with (None if batch-independent)."""
@@ -170,7 +173,7 @@ class _Generalizer:
                                 f"{', '.join(map(str, old[1:]))}] (at batch 1: {old})")
 
     def run(self, func: relax.Function) -> relax.Function:
-        params = []
+        self.func, params = func, []
         for p in func.params:
             if p.name in self.free:
                 dims = [int(d) for d in p.ty.shape]

@@ -42,7 +42,7 @@ import tvm
 from tvm import relax
 
 from frontends.errors import CompileError, UnsupportedModelError
-from frontends.onnx_origins import origin
+from frontends.onnx_origins import ORIGINS_ATTR, origin
 
 from .lowering.embedding import is_integer_op, lower_integer_op
 from .lowering import (LOWERINGS, Accumulator, ChannelQuantized, IntTensor, LoweringContext, QuantConfig, Quantized,
@@ -367,6 +367,8 @@ class QuantizeToInteger:
         new = bb.get()["main"].with_attr(BOUNDARY_ATTR, json.dumps(boundary))
         new = new.with_attr(LAYERS_ATTR, json.dumps(ctx.layers))
         new = new.with_attr(FLOAT_NODES_ATTR, json.dumps(self.float_nodes))
+        if func.attrs is not None and ORIGINS_ATTR in func.attrs:  # integer bindings keep their float names
+            new = new.with_attr(ORIGINS_ATTR, func.attrs[ORIGINS_ATTR])
         new = new.with_attr(WIDE_ATTR, json.dumps(wide))
         new = new.with_attr(COARSE_ATTR, json.dumps(self.coarse))
         new = new.with_attr(BIAS_ATTR, json.dumps(self.bias))

@@ -86,7 +86,7 @@ def test_batch_outside_range_refused(batch_artifact, tmp_path, capsys):
 
 
 def test_batch_mixing_model_refused(tmp_path):
-    """A reduction over axis 0 mixes the samples: refused, naming the binding and the op."""
+    """A reduction over axis 0 mixes the samples: refused, naming the binding, the op and the ONNX node."""
     graph = helper.make_graph(
         [helper.make_node("Relu", ["x"], ["r"], name="relu"),
          helper.make_node("ReduceMax", ["r"], ["y"], name="over_batch", axes=[0], keepdims=1)],
@@ -95,7 +95,8 @@ def test_batch_mixing_model_refused(tmp_path):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, tmp_path / "mix.onnx")
-    with pytest.raises(CompileError, match=r"symbolic batch: binding '\w+' \(relax.max\): it works along axis 0"):
+    with pytest.raises(CompileError, match=r"symbolic batch: binding '\w+' \(relax.max, ONNX node 'over_batch' "
+                                           r"\(ReduceMax\)\): it works along axis 0"):
         runtime.compile_model(tmp_path / "mix.onnx", "x86", tmp_path / "a", input_shapes={"x": (FreeDim(), 8)},
                               progress=False)
     assert not (tmp_path / "a").exists()
