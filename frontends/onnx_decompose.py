@@ -10,6 +10,8 @@ that TVM imports and intq lowers (in place, before the import):
     Max/Min(x, scalar constant)  ->  Clip(x, min/max)   (TVM's converter: a reduction over a stack)
     ReverseSequence(x, lens)     ->  GatherElements(x, constant indices) along the time axis (constant lens)
     OneHot(i, depth, values)     ->  Cast(Equal(Unsqueeze(i), arange(depth))) (constant depth and values)
+    Col2Im(x, image, block)      ->  ConvTranspose(Reshape(x), one-hot weights, group = channels)   (nn.Fold)
+    Average/MaxPool(window longer than the input, ceil_mode)  ->  the window clipped to the input
     ai.onnx.ml Scaler, Binarizer, LinearRegressor, Normalizer (scikit-learn pipelines)
                                  ->  Sub/Mul, Greater/Cast, MatMul/Add, x / ReduceMax|L1|L2(x)
 
@@ -353,13 +355,77 @@ def _array_feature_extractor(node, opset: int, inits: list, shapes: dict, consts
     return nodes
 
 
+def _col2im(node, opset: int, inits: list, shapes: dict, consts) -> list | None:
+    """Col2Im (torch's nn.Fold: MobileViTV2 folding patches back into a map) over 2-D images ->
+    Reshape([N, C k, blocks_h, blocks_w]) and a grouped ConvTranspose whose one-hot weights put each of a
+    channel's k = kh kw columns at its kernel offset: the sum over overlapping blocks is the transposed
+    conv's own sum, with Col2Im's strides, dilations and pads (output_padding for a remainder row)."""
+    image, block, x = consts(node.input[1]), consts(node.input[2]), shapes.get(node.input[0])
+    if image is None or block is None or x is None or len(image) != 2 or len(x) != 3 or x[1] <= 0:
+        return None
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    strides, dilations = list(attrs.get("strides", [1, 1])), list(attrs.get("dilations", [1, 1]))
+    pads = list(attrs.get("pads", [0, 0, 0, 0]))
+    k = int(np.prod(block))
+    if x[1] % k:
+        return None
+    channels = x[1] // k
+    blocks, extra = [], []
+    for i in range(2):
+        span = dilations[i] * (int(block[i]) - 1) + 1
+        n = (int(image[i]) + pads[i] + pads[i + 2] - span) // strides[i] + 1
+        blocks.append(n)
+        extra.append(int(image[i]) - ((n - 1) * strides[i] + span - pads[i] - pads[i + 2]))
+    if x[2] > 0 and x[2] != blocks[0] * blocks[1]:
+        return None
+    w = np.zeros((channels * k, 1, int(block[0]), int(block[1])), np.float32)
+    for c in range(channels):
+        for t in range(k):
+            w[c * k + t, 0, t // int(block[1]), t % int(block[1])] = 1.0
+    prefix = node.name or node.output[0]
+    inits.append(numpy_helper.from_array(np.array([0, 0, *blocks], np.int64), f"{prefix}/grid"))
+    inits.append(numpy_helper.from_array(w, f"{prefix}/one_hot"))
+    return [helper.make_node("Reshape", [node.input[0], f"{prefix}/grid"], [f"{prefix}/blocks"], name=f"{prefix}/grid"),
+            helper.make_node("ConvTranspose", [f"{prefix}/blocks", f"{prefix}/one_hot"], list(node.output), name=prefix,
+                             group=channels, strides=strides, dilations=dilations, pads=pads,
+                             kernel_shape=[int(b) for b in block], output_padding=extra)]
+
+
+def _pool_window_past_input(node, opset: int, inits: list, shapes: dict, consts) -> list | None:
+    """AveragePool / MaxPool whose window, along some axis, is longer than the unpadded input, with
+    ceil_mode giving that axis its one output (HF EfficientNet's pooler: AvgPool2d(1280, ceil_mode=True)
+    on a 2 x 2 map): the window clipped to the input. The same output (the window's part past the
+    input counts neither as values nor in the average's divisor, as onnxruntime computes it), where
+    the 1280 x 1280 window made the average's int32 sum bound refuse it and its float runs
+    (calibration, sensitivity) take seconds each."""
+    x = shapes.get(node.input[0])
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if x is None or len(node.output) > 1 or "kernel_shape" not in attrs:
+        return None
+    kernel = list(attrs["kernel_shape"])
+    spatial = x[2:]
+    if len(spatial) != len(kernel) or any(d <= 0 for d in spatial):
+        return None
+    if any(attrs.get("pads", [0] * 2 * len(kernel))) or any(d != 1 for d in attrs.get("dilations", [1] * len(kernel))) \
+            or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
+        return None
+    clipped = [min(k, d) for k, d in zip(kernel, spatial)]
+    if clipped == kernel:
+        return None
+    kept = [a for a in node.attribute if a.name != "kernel_shape"]
+    new = helper.make_node(node.op_type, list(node.input), list(node.output), name=node.name, kernel_shape=clipped)
+    new.attribute.extend(kept)
+    return [new]
+
+
 _ML = {"Scaler": _scaler, "Binarizer": _binarizer, "LinearRegressor": _linear_regressor, "Normalizer": _normalizer,
        "ArrayFeatureExtractor": _array_feature_extractor}
 
 _DECOMPOSITIONS = {"LpNormalization": _lp_normalization, "DFT": _dft, "STFT": _stft,
                    "ConvTranspose": _conv_transpose_output_shape, "Compress": _compress,
                    "Max": _bound_as_clip, "Min": _bound_as_clip, "ReverseSequence": _reverse_sequence,
-                   "OneHot": _one_hot}
+                   "OneHot": _one_hot, "Col2Im": _col2im,
+                   "AveragePool": _pool_window_past_input, "MaxPool": _pool_window_past_input}
 
 
 def decompose_ops(model: onnx.ModelProto) -> int:

@@ -153,7 +153,7 @@ def lower_matmul(ctx, call, args):
     if w.ndim > 2 and all(d == 1 for d in w.shape[:-2]) and len(call.args[0].ty.shape) >= w.ndim:
         w = w.reshape(w.shape[-2:])  # a torch parameter of shape (1, K, N): the same product
     if w.ndim != 2:
-        ctx.fail(f"matmul weight of rank {w.ndim}: only 2-D weights are supported")
+        return _stacked_weight_matmul(ctx, call, x, w)
     bits = ctx.config.bits_for(ctx.var.name)
     if x in ctx.features:  # features of their own ranges: a grid each (16 bits where kept wide and the sums fit)
         wide = ctx.is_wide(x) and w.shape[0] * 2**7 * 2**15 < 2**31
@@ -183,6 +183,22 @@ def lower_matmul(ctx, call, args):
     return _bias_correction(ctx, acc, call.args[0], -1, w_q * w_scale[None, :] - w,
                             per_input=None if smooth is None else np.asarray(smooth.scale, np.float64),
                             offset=smooth.offset if smooth is not None else 0.0, op="matmul")
+
+
+def _stacked_weight_matmul(ctx, call, x, w):
+    """x @ W with W a constant stack of matrices [..., K, N] (one per head: DeBERTa's position keys and
+    queries, projected from the relative embeddings and folded to constants; a per-group weight): W at
+    8 bits with one scale per output column over the whole stack (not a layer of the bit choice), x an
+    8-bit operand (16 where kept wide and the sums fit), int32 accumulation broadcast as the float
+    matmul broadcasts; the column scales along the output's last axis."""
+    if w.ndim < 2:
+        ctx.fail("matmul by a 1-D constant is not supported")
+    w_q, w_scale = quantize_weights(w, 8, axis=w.ndim - 1)
+    l1 = int(np.abs(w_q.astype(np.int64)).sum(axis=-2).max(initial=0))  # per matrix and column
+    x = ctx.operand(x, l1, 8)
+    _check_accumulator_bound(ctx, l1, x)
+    expr = ctx.emit(emit.matmul_acc(x.expr, w_q))
+    return Accumulator(expr, x.scale * w_scale, len(call.ty.shape) - 1, ctx.out_range())
 
 
 def _constant_first_matmul(ctx, call, c, x):

@@ -1,0 +1,94 @@
+"""Graph idioms of Hugging Face architectures (benchmarks/hf_models.py, hunt 18) as small synthetic ONNX
+models: each compiles integer-only (or with --allow-float where that is the point) and agrees with float
+onnxruntime.
+
+    stacked_weight:  activation @ a constant stack of per-head matrices [H, K, N] (DeBERTa-v2/v3's
+                     position keys and queries, projected from the relative embeddings and folded to
+                     constants): was refused ("matmul weight of rank 3")
+    col2im:          Col2Im (torch's nn.Fold at opset 18: MobileViTV2 folds its patches back), non-overlapping
+                     and overlapping blocks with pads: was refused (no converter in TVM's importer)
+    pool_past_input: AveragePool / MaxPool whose window is longer than the map, ceil_mode making one output
+                     (HF EfficientNet's pooler, AvgPool2d(1280, ceil_mode=True) on 2 x 2): was refused
+                     (int32 sum bound of a 1280 x 1280 window) and its float runs took seconds each
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+
+def _save(path, nodes, inputs, outputs, inits, opset=17) -> str:
+    graph = helper.make_graph(nodes, "g", inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def _compile_and_compare(tmp_path, path, feeds: dict, allow_float=False, min_cos=0.99):
+    """Compile with the first samples of `feeds` as calibration, return the loaded model and the worst
+    cosine to onnxruntime over the last two samples."""
+    from runtime import compile_model, load
+
+    np.savez(tmp_path / "calib.npz", **feeds)
+    model = load(compile_model(path, "x86", tmp_path / "m.artifact", calib=tmp_path / "calib.npz", progress=False,
+                               allow_float=allow_float))
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    worst = 1.0
+    n = len(next(iter(feeds.values())))
+    for i in (n - 2, n - 1):
+        x = {k: v[i] for k, v in feeds.items()}
+        ours = model.run(x)
+        for o, ref in zip(model.manifest["outputs"], session.run(None, x)):
+            a, b = np.ravel(ours[o["name"]]).astype(np.float64), np.ravel(ref).astype(np.float64)
+            worst = min(worst, float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30)))
+    assert worst >= min_cos, worst
+    return model, worst
+
+
+def test_matmul_by_stacked_constant_per_head(tmp_path):
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4, 16, 12)).astype(np.float32) * rng.uniform(0.2, 2.0, (4, 1, 12)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"])]
+    path = _save(tmp_path / "stacked.onnx", nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 16])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 12])], [numpy_helper.from_array(w, "w")])
+    x = rng.standard_normal((8, 1, 4, 8, 16)).astype(np.float32)
+    model, _ = _compile_and_compare(tmp_path, path, {"x": x})
+    assert model.manifest["integer_only"] is True
+
+
+@pytest.mark.parametrize("block, strides, pads, image", [((2, 2), (2, 2), (0, 0, 0, 0), (8, 8)),
+                                                        ((3, 3), (2, 2), (1, 1, 1, 1), (9, 8))])
+def test_col2im_folds_blocks_back(tmp_path, block, strides, pads, image):
+    rng = np.random.default_rng(1)
+    channels, k = 3, block[0] * block[1]
+    blocks = [(image[i] + pads[i] + pads[i + 2] - block[i]) // strides[i] + 1 for i in range(2)]
+    length = blocks[0] * blocks[1]
+    inits = [numpy_helper.from_array(np.array(image, np.int64), "image"),
+             numpy_helper.from_array(np.array(block, np.int64), "block"),
+             numpy_helper.from_array(rng.uniform(0.5, 1.5, (1, channels * k, 1)).astype(np.float32), "gain")]
+    nodes = [helper.make_node("Mul", ["x", "gain"], ["xs"]),
+             helper.make_node("Col2Im", ["xs", "image", "block"], ["y"], strides=list(strides), pads=list(pads))]
+    path = _save(tmp_path / "col2im.onnx", nodes,
+                 [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels * k, length])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, channels, *image])], inits, opset=18)
+    x = rng.standard_normal((6, 1, channels * k, length)).astype(np.float32)
+    model, _ = _compile_and_compare(tmp_path, path, {"x": x})
+    assert model.manifest["integer_only"] is True
+
+
+@pytest.mark.parametrize("op", ["AveragePool", "MaxPool"])
+def test_pool_window_longer_than_the_map(tmp_path, op):
+    rng = np.random.default_rng(2)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 4, 1, 1)).astype(np.float32), "w")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["h"]),
+             helper.make_node(op, ["h"], ["y"], kernel_shape=[1280, 1280], strides=[1280, 1280], ceil_mode=1)]
+    path = _save(tmp_path / "pool.onnx", nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 3, 2])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 1, 1])], inits)
+    x = rng.standard_normal((6, 1, 4, 3, 2)).astype(np.float32)
+    model, _ = _compile_and_compare(tmp_path, path, {"x": x})
+    assert model.manifest["integer_only"] is True
