@@ -7,6 +7,9 @@ onnxruntime.
                      constants): was refused ("matmul weight of rank 3")
     col2im:          Col2Im (torch's nn.Fold at opset 18: MobileViTV2 folds its patches back), non-overlapping
                      and overlapping blocks with pads: was refused (no converter in TVM's importer)
+    query_key_mask:  where(not(m_q * m_k), finfo.min, logits) -> Softmax (DeBERTa's 2-D mask): a padded query
+                     has every key masked, and float gives it a uniform row; intq gave zeros (DeBERTa-v3's
+                     hidden states at cosine 0.36 to onnxruntime, integer-only and with --allow-float)
     pool_past_input: AveragePool / MaxPool whose window is longer than the map, ceil_mode making one output
                      (HF EfficientNet's pooler, AvgPool2d(1280, ceil_mode=True) on 2 x 2): was refused
                      (int32 sum bound of a 1280 x 1280 window) and its float runs took seconds each
@@ -92,3 +95,34 @@ def test_pool_window_longer_than_the_map(tmp_path, op):
     x = rng.standard_normal((6, 1, 4, 3, 2)).astype(np.float32)
     model, _ = _compile_and_compare(tmp_path, path, {"x": x})
     assert model.manifest["integer_only"] is True
+
+
+def test_fully_masked_query_rows_are_uniform_as_in_float(tmp_path):
+    rng = np.random.default_rng(3)
+    t = 8
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.array([1], np.int64), "ax1"), numpy_helper.from_array(np.array([2], np.int64), "ax2"),
+             numpy_helper.from_array(np.array(np.finfo(np.float32).min, np.float32), "min")]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["logits"]),
+             helper.make_node("Unsqueeze", ["mask", "ax1"], ["mq0"]),       # [1, 1, T]
+             helper.make_node("Unsqueeze", ["mq0", "ax2"], ["mk"]),         # [1, 1, 1, T]: keys
+             helper.make_node("Unsqueeze", ["mask", "ax1"], ["mq1"]),
+             helper.make_node("Unsqueeze", ["mq1", "ax1"], ["mq2"]),         # [1, 1, 1, T]
+             helper.make_node("Transpose", ["mq2"], ["mq"], perm=[0, 1, 3, 2]),  # [1, 1, T, 1]: queries
+             helper.make_node("Mul", ["mq", "mk"], ["m2"]),
+             helper.make_node("Cast", ["m2"], ["keep"], to=TensorProto.BOOL),
+             helper.make_node("Not", ["keep"], ["drop"]),
+             helper.make_node("Where", ["drop", "min", "logits"], ["masked"]),
+             helper.make_node("Softmax", ["masked"], ["y"], axis=-1)]
+    path = _save(tmp_path / "qk_mask.onnx", nodes,
+                 [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, t, 8]),
+                  helper.make_tensor_value_info("mask", TensorProto.INT64, [1, t])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, t, t])], inits)
+    x = rng.standard_normal((6, 1, 2, t, 8)).astype(np.float32)
+    mask = np.zeros((6, 1, t), np.int64)
+    for i in range(6):
+        mask[i, :, :3 + i % 4] = 1
+    model, _ = _compile_and_compare(tmp_path, path, {"x": x, "mask": mask})
+    assert model.manifest["integer_only"] is True
+    y = model.run({"x": x[5], "mask": mask[5]})["y"]
+    np.testing.assert_allclose(y[0, :, 7:], 1 / t, atol=2**-12)  # padded queries: uniform, as float gives them

@@ -108,6 +108,23 @@ def test_softmax_exp2_mask_gives_exact_zeros():
     assert np.all(got[1, :, 5] == 2**15 - 1)
 
 
+@pytest.mark.parametrize("empty_rows", ["uniform", "logits"])
+def test_softmax_exp2_fully_masked_rows_as_float(empty_rows):
+    """A query whose keys are all masked (DeBERTa's query x key mask on a padded token): float softmax gives
+    it a uniform row (where(keep, x, min), x + finfo.min) or the softmax of its logits (x - 10000), not the
+    zeros that left DeBERTa's padded tokens at cosine 0.36 to onnxruntime."""
+    m, s = _softmax_params(2.0**-6)
+    x = rng.integers(-500, 500, (2, 3, 8, 16)).astype(np.int32)
+    mask = (rng.random((2, 1, 8, 16)) < 0.7).astype(np.int32)
+    mask[:, :, 5:, :] = 0  # padded queries: every key masked
+    got = run_relax(lambda a, k: emit.softmax_exp2(a, m, s, mask=k, empty_rows=empty_rows), [x, mask])
+    np.testing.assert_array_equal(got, ref.softmax_exp2(x, m, s, mask=mask, empty_rows=empty_rows))
+    full = np.broadcast_to(mask[:, :, :5] == 0, got[:, :, :5].shape)
+    assert np.all(got[:, :, :5][full] == 0)  # rows with a visible key: masked keys exactly zero, as before
+    want = ref.softmax_exp2(x[:, :, 5:], m, s) if empty_rows == "logits" else np.full_like(got[:, :, 5:], 2**15 // 16)
+    np.testing.assert_array_equal(got[:, :, 5:], want)
+
+
 @pytest.mark.parametrize("scale", [10.0 / 32767, 30.0 / 32767, 1.0 / 32767, 0.05])
 def test_gelu_tanh_bit_exact(scale):
     m, s = dyadic(scale * 2**16)

@@ -122,6 +122,9 @@ def _requantized_acc(ctx, q: Quantized) -> Accumulator:
     return Accumulator(ctx.emit(R.astype(q.expr, "int32")), np.asarray(q.scale), None, (-amax, amax))
 
 
+ABSORBING_FILL = -1e9  # an additive penalty at or below this swamps float32 logits (a fully masked row: uniform)
+
+
 def _constant_mask(c) -> MaskPenalty | None:
     """A constant additive mask (a causal mask: -inf or -huge above the diagonal, 0 or a finite bias
     elsewhere) as a MaskPenalty, so that the logits it is added to become MaskedLogits."""
@@ -146,7 +149,8 @@ def lower_add(ctx, call, args):
             return replace(mask, bias=logits if mask.bias is None else logits + mask.bias)
         if mask.bias is not None:
             logits = _add_mask_bias(ctx, logits, mask.bias)
-        return MaskedLogits(logits, mask.keep)
+        shifted = mask.fill is not None and mask.fill > ABSORBING_FILL  # float32 x - 1e4 keeps x's differences
+        return MaskedLogits(logits, mask.keep, empty_rows="logits" if shifted else "uniform")
     if op == "add" and isinstance(a, np.ndarray):
         a, b = b, a
     if isinstance(b, np.ndarray) and _is_clean_acc(a):

@@ -95,7 +95,7 @@ def mask_penalty(ctx, x, c) -> MaskPenalty | None:
     if not (_scalar(c) <= hi <= 0.0 and lo >= _scalar(c) * 1.0001 or (lo, hi) == (0.0, 0.0)):
         return None
     zero = emit.const(0, str(x.expr.ty.dtype))
-    return MaskPenalty(ctx.emit(relax.op.equal(x.expr, zero)))
+    return MaskPenalty(ctx.emit(relax.op.equal(x.expr, zero)), fill=_scalar(c))
 
 
 @lowers("relax.take")
@@ -174,16 +174,17 @@ def _where_mask(ctx, cond: IntTensor, on_true, on_false) -> MaskPenalty | Masked
     def dropped():
         return ctx.emit(relax.op.logical_not(keep))
 
+    fill = _scalar(on_true if _huge(on_true) else on_false)
     if _zero(on_true):
-        return MaskPenalty(keep)
+        return MaskPenalty(keep, fill=fill)
     if _zero(on_false):
-        return MaskPenalty(dropped())
+        return MaskPenalty(dropped(), fill=fill)
     if _huge(on_false) and _finite_constant(on_true):
-        return MaskPenalty(keep, bias=on_true)
+        return MaskPenalty(keep, bias=on_true, fill=fill)
     if _huge(on_true) and _finite_constant(on_false):
-        return MaskPenalty(dropped(), bias=on_false)
+        return MaskPenalty(dropped(), bias=on_false, fill=fill)
     if _huge(on_true) and isinstance(on_false, IntTensor) and _nonzero_of(ctx, keep, on_false.expr):
-        return MaskPenalty(dropped())  # y is 0 wherever it is kept: where(y != 0, -huge, y) adds -huge (y != 0)
+        return MaskPenalty(dropped(), fill=fill)  # y is 0 wherever it is kept: where(y != 0, -huge, y) adds -huge (y != 0)
     if _huge(on_false) and isinstance(on_true, (Quantized, Accumulator)):
         return MaskedLogits(on_true, keep)
     if _huge(on_true) and isinstance(on_false, (Quantized, Accumulator)):

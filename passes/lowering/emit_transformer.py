@@ -100,12 +100,20 @@ def exp2_neg(a: relax.Expr) -> relax.Expr:
 
 
 def softmax_exp2(x: relax.Expr, m: int, s: int, out_bits: int = 15, mask: relax.Expr | None = None,
-                 axis: int = -1) -> relax.Expr:
+                 axis: int = -1, empty_rows: str | None = None) -> relax.Expr:
     """Integer softmax of logits at scale S ((m, s) = dyadic(S log2(e) 2^16)) -> probabilities at
-    2^-out_bits, uint8 for out_bits <= 8, else int16."""
+    2^-out_bits, uint8 for out_bits <= 8, else int16. Rows with every key masked: zeros, or with
+    `empty_rows` "uniform" / "logits" as the reference (`reference.transformer.softmax_exp2`)."""
     x = R.astype(x, "int64")
     if mask is not None:
         keep = mask if str(mask.ty.dtype) == "bool" else R.not_equal(mask, const(0, str(mask.ty.dtype)))
+        if empty_rows is not None:  # along the softmax axis as the mask's own rank counts it
+            k_axis = len(mask.ty.shape) + (axis if axis < 0 else axis - len(x.args[0].ty.shape))
+            if k_axis >= 0:
+                empty = R.equal(R.max(R.astype(keep, "int32"), axis=[k_axis], keepdims=True), const(0, "int32"))
+                if empty_rows == "uniform":
+                    x = R.where(empty, _i64(0), x)
+                keep = R.logical_or(keep, empty)
         x = R.where(keep, x, _i64(ref.INT32_MIN))
     d = R.minimum(R.subtract(R.max(x, axis=[axis], keepdims=True), x), _i64(2**31 - 1))
     e = exp2_neg(R.right_shift(R.add(R.multiply(d, _i64(m)), _i64(1 << (s - 1))), _i64(s)))

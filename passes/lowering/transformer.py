@@ -54,9 +54,9 @@ def _exp_inputs(ctx, call, x):
     """(logits, m, s, mask, axis, length) for softmax_exp2 / log_softmax on any axis: the logits'
     integers with (m, s) = dyadic(S log2(e) 2^16), coarsened first where S is so fine that clamping
     max - x to int32 would cut into exp2_neg's range."""
-    keep = None
+    keep, empty_rows = None, None
     if isinstance(x, MaskedLogits):
-        x, keep = x.logits, x.keep
+        x, keep, empty_rows = x.logits, x.keep, x.empty_rows
     axis = int(call.attrs.axis) % len(call.args[0].ty.shape)
     length = int(call.args[0].ty.shape[axis])
     if length * 2**ref.EXP2_OUT_BITS >= 2**62:
@@ -69,20 +69,21 @@ def _exp_inputs(ctx, call, x):
     m, s = dyadic(scale * math.log2(math.e) * 2**ref.EXP2_IN_BITS)
     if not 1 <= int(s) <= 62:
         ctx.fail(f"softmax logit scale {scale:.3g} too coarse (>= 2^13)")
-    return logits, scale, int(m), int(s), keep, axis, length
+    return logits, scale, int(m), int(s), (keep, empty_rows), axis, length
 
 
 @lowers("relax.nn.softmax")
 def lower_softmax(ctx, call, args):
-    logits, _, m, s, keep, axis, length = _exp_inputs(ctx, call, args[0])
-    probs = emit_transformer.softmax_exp2(logits, m, s, PROB_BITS, mask=keep, axis=axis)
+    logits, _, m, s, (keep, empty_rows), axis, length = _exp_inputs(ctx, call, args[0])
+    probs = emit_transformer.softmax_exp2(logits, m, s, PROB_BITS, mask=keep, axis=axis - len(call.ty.shape),
+                                          empty_rows=empty_rows)
     return Quantized(ctx.emit(probs), 2.0**-PROB_BITS, "int16", row_sum=2**PROB_BITS + (length + 1) // 2)
 
 
 @lowers("relax.nn.log_softmax")
 def lower_log_softmax(ctx, call, args):
     """(x - max) minus log(sum exp(x - max)) at the output scale (see `reference.binary.log_softmax`)."""
-    logits, scale, m, s, keep, axis, _ = _exp_inputs(ctx, call, args[0])
+    logits, scale, m, s, (keep, _), axis, _ = _exp_inputs(ctx, call, args[0])
     if keep is not None:
         ctx.fail("log_softmax with an attention mask")
     dtype = ctx.config.residual_dtype

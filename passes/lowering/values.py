@@ -87,14 +87,19 @@ class MaskPenalty:
 
     keep: relax.Expr
     bias: np.ndarray | None = None
+    fill: float | None = None  # the additive penalty, where one scalar (BERT's -10000): whether it absorbs the logits
 
 
 @dataclass(frozen=True, eq=False)
 class MaskedLogits:
-    """Logits plus a MaskPenalty: Shiftmax gives masked keys exactly zero probability."""
+    """Logits plus a MaskPenalty: Shiftmax gives masked keys exactly zero probability. A row with every
+    key masked (a padded query under DeBERTa's query x key mask) gets what float gives it: `uniform`
+    where the fill replaces or absorbs the logits (where(keep, x, min), x + finfo.min: every value
+    equal), `logits` where a moderate penalty (x - 10000) only shifts them (softmax of the logits)."""
 
     logits: "Quantized | Accumulator"
     keep: relax.Expr
+    empty_rows: str = "uniform"
 
 
 Value = Quantized | Accumulator | IntTensor | MaskPenalty | MaskedLogits | np.ndarray  # ndarray: float constant

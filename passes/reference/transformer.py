@@ -147,7 +147,7 @@ def exp2_neg(a) -> np.ndarray:
     return y >> q
 
 
-def softmax_exp2(x, m: int, s: int, out_bits: int = 15, mask=None, axis: int = -1) -> np.ndarray:
+def softmax_exp2(x, m: int, s: int, out_bits: int = 15, mask=None, axis: int = -1, empty_rows=None) -> np.ndarray:
     """Integer softmax along `axis` of logits x at scale S: probabilities at 2^-out_bits.
 
     (m, s) = dyadic(S * log2(e) * 2^16) with 1 <= s <= 62. d = min(max(x) - x, 2^31 - 1);
@@ -155,9 +155,20 @@ def softmax_exp2(x, m: int, s: int, out_bits: int = 15, mask=None, axis: int = -
     factor = floor((2^62 - 1) / sum(e)) (one division per row); out = clamp((e * factor +
     2^(k-1)) >> k, 0, 2^out_bits - 1), k = 62 - out_bits. e * factor <= 2^62 - 1, so every row
     sums to at most 2^out_bits + length / 2 (the bound a consumer matmul may use). Needs
-    length * 2^30 < 2^62. `mask` (0/1, broadcast) zeroes masked keys exactly.
+    length * 2^30 < 2^62. `mask` (0/1, broadcast) zeroes masked keys exactly. A row whose keys are all
+    masked comes out zero; with `empty_rows` "uniform" every key of it gets the same share (float's
+    softmax of a row filled with one value), with "logits" the row's logits go unmasked (float's
+    x - 10000: a shift).
     """
     x = np.asarray(x, np.int64)
+    if mask is not None and empty_rows is not None:
+        mask = np.asarray(mask) != 0
+        k_axis = mask.ndim + (axis % x.ndim) - x.ndim
+        if k_axis >= 0:
+            empty = ~mask.any(axis=k_axis, keepdims=True)
+            if empty_rows == "uniform":
+                x = np.where(empty, 0, x)
+            mask = mask | empty
     if mask is not None:
         x = np.where(mask != 0, x, INT32_MIN)
     d = np.minimum(x.max(axis=axis, keepdims=True) - x, 2**31 - 1)
