@@ -44,6 +44,19 @@ def test_requantize_per_channel_with_clamp():
     np.testing.assert_array_equal(got, want)
 
 
+def test_requantize_huge_ratios_saturate():
+    """A ratio of 2^64 and more (a tensor calibrated at a range near 0 feeding a coarse one: SAM's vision
+    encoder) asked TVM for a left shift of 65 bits, and the compile died with an InternalError; every
+    nonzero product saturates, zero stays 0."""
+    acc = _acc((4, 64), extreme=True)
+    for ratio in (2.0**64, 2.0**95, 1e30):
+        m, s = ref.dyadic(ratio)
+        want = ref.requantize(acc, m, s, -128, 127, "int8")
+        got = run_relax(lambda a: emit.requantize(a, m, s, -128, 127, "int8"), [acc])
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(want, np.sign(acc) * np.where(acc < 0, 128, 127))
+
+
 def test_requantize_rounds_half_up():
     acc = np.array([[3, -3, 1, -1, 5, -5]], np.int32)
     m, s = ref.dyadic(0.5)

@@ -32,6 +32,7 @@ def requantize(acc: relax.Expr, m: np.ndarray, s: np.ndarray, lo: int, hi: int, 
     m, s = np.asarray(m, np.int64), np.asarray(s, np.int64)
     m = np.where(s > 62, 0, m)
     s = np.where(s > 62, 1, s)
+    s = np.maximum(s, -62)  # a ratio >= 2^92: every nonzero product saturates, as it does at 2^62 (no shift >= 64)
     left, right = np.maximum(-s, 0), np.maximum(s, 0)
     y = R.multiply(R.astype(acc, "int64"), const(m, "int64"))
     if np.any(left > 0):

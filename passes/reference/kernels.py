@@ -39,6 +39,7 @@ def requantize(acc, m, s, lo: int, hi: int, out_dtype: str) -> np.ndarray:
     m, s = np.asarray(m, np.int64), np.asarray(s, np.int64)
     m = np.where(s > 62, 0, m)
     s = np.where(s > 62, 1, s)
+    s = np.maximum(s, -62)  # a ratio >= 2^92: every nonzero product saturates, as it does at 2^62
     left, right = np.maximum(-s, 0), np.maximum(s, 0)
     rnd = np.where(right > 0, np.left_shift(np.int64(1), np.maximum(right - 1, 0)), 0)
     bound = np.left_shift(np.int64(1), 62 - left)  # saturate before a left shift overflows int64
