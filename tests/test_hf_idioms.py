@@ -10,6 +10,9 @@ onnxruntime.
     query_key_mask:  where(not(m_q * m_k), finfo.min, logits) -> Softmax (DeBERTa's 2-D mask): a padded query
                      has every key masked, and float gives it a uniform row; intq gave zeros (DeBERTa-v3's
                      hidden states at cosine 0.36 to onnxruntime, integer-only and with --allow-float)
+    rel_shift:       Transformer-XL's relative shift (wav2vec2-conformer's relative attention): a linear's
+                     output padded by one column along its output channels, reshaped, sliced: the per-channel
+                     scales kept their old length ("shapes 48 and 47 are not broadcastable", refused in both modes)
     pool_past_input: AveragePool / MaxPool whose window is longer than the map, ceil_mode making one output
                      (HF EfficientNet's pooler, AvgPool2d(1280, ceil_mode=True) on 2 x 2): was refused
                      (int32 sum bound of a 1280 x 1280 window) and its float runs took seconds each
@@ -126,3 +129,25 @@ def test_fully_masked_query_rows_are_uniform_as_in_float(tmp_path):
     assert model.manifest["integer_only"] is True
     y = model.run({"x": x[5], "mask": mask[5]})["y"]
     np.testing.assert_allclose(y[0, :, 7:], 1 / t, atol=2**-12)  # padded queries: uniform, as float gives them
+
+
+def test_rel_shift_pads_a_linear_output_along_its_channels(tmp_path):
+    rng = np.random.default_rng(4)
+    t, p = 6, 11  # p = 2 t - 1 relative positions
+    w = (rng.standard_normal((8, p)) * rng.uniform(0.1, 3.0, (1, p))).astype(np.float32)
+    inits = [numpy_helper.from_array(w, "w"),
+             numpy_helper.from_array(np.array([0, 0, 0, 1, 0, 0, 0, 0], np.int64), "pads"),
+             numpy_helper.from_array(np.array([1, 2, 2 * t, t], np.int64), "s1"),
+             numpy_helper.from_array(np.array([1, 2, t, 2 * t - 1], np.int64), "s2"),
+             numpy_helper.from_array(np.array([1], np.int64), "one"), numpy_helper.from_array(np.array([2], np.int64), "ax"),
+             numpy_helper.from_array(np.array([2 * t], np.int64), "end")]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["bd"]),
+             helper.make_node("Pad", ["bd", "pads"], ["padded"]),
+             helper.make_node("Reshape", ["padded", "s1"], ["tall"]),
+             helper.make_node("Slice", ["tall", "one", "end", "ax"], ["cut"]),
+             helper.make_node("Reshape", ["cut", "s2"], ["y"])]
+    path = _save(tmp_path / "rel_shift.onnx", nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, t, 8])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, t, p])], inits)
+    x = rng.standard_normal((6, 1, 2, t, 8)).astype(np.float32)
+    model, _ = _compile_and_compare(tmp_path, path, {"x": x})
+    assert model.manifest["integer_only"] is True

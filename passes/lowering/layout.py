@@ -141,7 +141,14 @@ def lower_pad(ctx, call, args):
     if mode == "constant" and value != 0.0:
         lo, hi = INT_RANGE[x.dtype]
         q_value = float(np.clip(np.round(value / x.scale), lo, hi)) if np.isfinite(value) else (lo if value < 0 else hi)
-    expr = relax.op.nn.pad(x.expr, [int(v) for v in call.attrs.pad_width], mode, q_value)
+    widths = [int(v) for v in call.attrs.pad_width]  # before_0, after_0, before_1, ...
+    expr = relax.op.nn.pad(x.expr, widths, mode, q_value)
+    if isinstance(x, Accumulator) and x.axis is not None and (widths[2 * x.axis] or widths[2 * x.axis + 1]):
+        # padded along its channels (Transformer-XL's rel_shift pads the position axis of a linear's output):
+        # each new element's scale is that of the channel it copies (any scale for a zero)
+        scale = np.pad(np.asarray(x.scale, np.float64).reshape(-1), (widths[2 * x.axis], widths[2 * x.axis + 1]),
+                       mode={"reflect": "reflect", "replicate": "edge", "circular": "wrap"}.get(mode, "edge"))
+        return replace(x, expr=ctx.emit(expr), scale=scale)
     return replace(x, expr=ctx.emit(expr))
 
 
