@@ -1,4 +1,4 @@
-"""int8 matmuls with constant weights on Intel AMX tiles (Sapphire Rapids and later).
+"""int8 matmuls and pointwise convs with constant weights on Intel AMX tiles (Sapphire Rapids and later).
 
 One AMX instruction multiplies a 16 x 64 byte tile of activations by a 64 x 16 tile of int8
 weights into a 16 x 16 int32 tile: `tdpbusd` for uint8 activations, `tdpbssd` for int8 ones
@@ -11,7 +11,12 @@ the plain loop and with every other kernel family.
 The weights are packed as the AVX512-VNNI kernels pack them, [N/16, K/4, 16, 4]: with K a
 multiple of 64 that is already one 1 KiB weight tile per (16 columns, 64-deep step), 64 bytes a
 row. K off a multiple of 64 is zero-padded to one, rows and columns to whole tiles (by the
-rewrite, sliced off after).
+rewrite, sliced off after). A pointwise conv (`conv_te`) swaps the roles: its weights [O, K] are
+the left tile as they are, and its activations, packed [K/4, H * W', 4] as the pixel-lane VNNI
+kernels read them (each image row zero-padded to W', whole tiles), the right one (`tdpbsud` for
+uint8 activations): the sums come out per output channel and image row, NCHW, with no transpose
+on either side (EfficientNet-Lite0's 14x14 and 7x7 stages, 1 thread: 0.05-0.13 -> 0.04-0.11 ms a
+layer; most of what is left is the per-block epilogue).
 
 Every worker thread has its own tile state: a block loads the tile registers' shapes (the
 "palette", `ldtilecfg`) where the thread's differ from its kernel's (its first block). Linux
@@ -24,7 +29,7 @@ from __future__ import annotations
 
 import ctypes
 
-from tvm import s_tir
+from tvm import s_tir, te
 from tvm.script import tirx as T
 
 from .kernel_family import Dot
@@ -37,7 +42,14 @@ MIN_ROWS = 16  # fewer rows pad too much: the VNNI kernels stay
 # the AMX recipes (lanes, k and the packing as VNNI's; `combine` unused: the block is tensorized whole)
 AMXU = Dot("amxu", 16, 4, "uint8", "int8", 32, None)  # tdpbusd
 AMXS = Dot("amxs", 16, 4, "int8", "int8", 32, None)  # tdpbssd
-_OPS = {"amxu": "llvm.x86.tdpbusd", "amxs": "llvm.x86.tdpbssd"}
+# pointwise convs: the weights are the left tile (rows: output channels), the activations packed as
+# the pixel-lane kernels read them ([C/4, H*W, 4]) the right one: NCHW in and out, no transposes
+CONVU = Dot("amxcu", 16, 4, "uint8", "int8", 32, None)  # tdpbsud (signed weights x unsigned activations)
+CONVS = Dot("amxcs", 16, 4, "int8", "int8", 32, None)  # tdpbssd
+_OPS = {"amxu": "llvm.x86.tdpbusd", "amxs": "llvm.x86.tdpbssd", "amxcu": "llvm.x86.tdpbsud",
+        "amxcs": "llvm.x86.tdpbssd"}
+_RECIPES = {d.name: d for d in (AMXU, AMXS, CONVU, CONVS)}
+_CONV = frozenset({"amxcu", "amxcs"})
 
 _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA, _SYS_ARCH_PRCTL = 0x1023, 18, 158
 _enabled: bool | None = None
@@ -56,9 +68,22 @@ def enable() -> bool:
     return _enabled
 
 
-def recipe(activation_dtype: str) -> Dot | None:
-    """The tile recipe for activations of this dtype (8-bit only: AMX-INT8 has no int16 form)."""
-    return {"uint8": AMXU, "int8": AMXS}.get(activation_dtype)
+def recipe(activation_dtype: str, conv: bool = False) -> Dot | None:
+    """The tile recipe for activations of this dtype (8-bit only: AMX-INT8 has no int16 form), for a
+    matmul (activations on the left) or a pointwise conv (`conv_te`: weights on the left)."""
+    return ({"uint8": CONVU, "int8": CONVS} if conv else {"uint8": AMXU, "int8": AMXS}).get(activation_dtype)
+
+
+def conv_te(xp: te.Tensor, w: te.Tensor, height: int, channels: int, width: int, dot: str) -> te.Tensor:
+    """out[0, o, y, x] = sum_k w[o, k] * xp[k / 4, y * W' + x, k % 4] for o < `channels`, x < `width`:
+    a pointwise conv's int32 sums, weights [O, K] as they are (O, K whole tiles), the activations
+    packed [K/4, H * W', 4] with each image row zero-padded to W', whole tiles: a block of output
+    columns is then a piece of one image row, and its epilogue a box of the output."""
+    k = te.reduce_axis((0, int(w.shape[1])), name="k")
+    row = int(xp.shape[1]) // height
+    acc = te.compute((height, int(w.shape[0]), row), lambda y, o, x: te.sum(
+        w[o, k].astype("int32") * xp[k // 4, y * row + x, k % 4].astype("int32"), axis=k), name=f"{dot}_dense")
+    return te.compute((1, channels, height, width), lambda b, o, y, x: acc[y, o, x], name="amx_conv_out")
 
 
 def reduction(k: int) -> int | None:
@@ -92,9 +117,12 @@ def _call(name: str, *args):
 
 
 def _intrinsic(dot: Dot, rows: int, cols: int, k: int, scope: str):
-    """(description, implementation) of C[rows, cols] = A[rows, k] . Bp[cols/16, k/4, 16, 4] (the
-    reduction's init included: the tiles start at zero)."""
-    ad, op, nb, kt = dot.a_dtype, _OPS[dot.name], cols // ROWS, k // 4
+    """(description, implementation) of C[rows, cols] = A[rows, k] . B (the reduction's init included:
+    the tiles start at zero). A matmul: A the activations, B the weights packed [cols/16, k/4, 16, 4].
+    A pointwise conv (`conv_te`): A the weights, B the activations packed [k/4, cols, 4]."""
+    conv, op, nb, kt = dot.name in _CONV, _OPS[dot.name], cols // ROWS, k // 4
+    ad, bd = ("int8", dot.a_dtype) if conv else (dot.a_dtype, "int8")
+    b_shape = (kt, cols, 4) if conv else (nb, kt, 16, 4)
     two_rows, two_cols = rows == 2 * ROWS, nb == 2
     w = _config_words()
 
@@ -102,29 +130,36 @@ def _intrinsic(dot: Dot, rows: int, cols: int, k: int, scope: str):
     def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
         sa, sb0, sb1, sc = T.int64(), T.int64(), T.int64(), T.int64()
         A = T.match_buffer(a, (rows, k), ad, offset_factor=1, strides=[sa, 1])
-        B = T.match_buffer(b, (nb, kt, 16, 4), "int8", offset_factor=1, strides=[sb0, sb1, 4, 1])
+        B = T.match_buffer(b, b_shape, bd, offset_factor=1, strides=[sb0, 4, 1] if conv else [sb0, sb1, 4, 1])
         C = T.match_buffer(c, (rows, cols), "int32", offset_factor=1, strides=[sc, 1], scope=scope)
         with T.sblock("root"):
-            T.reads(A[0:rows, 0:k], B[0:nb, 0:kt, 0:16, 0:4])
+            T.reads(A[0:rows, 0:k], B[0:kt, 0:cols, 0:4] if conv else B[0:nb, 0:kt, 0:16, 0:4])
             T.writes(C[0:rows, 0:cols])
             for i, j, r in T.grid(rows, cols, k):
                 with T.sblock("update"):
                     vi, vj, vr = T.axis.remap("SSR", [i, j, r])
-                    T.reads(C[vi, vj], A[vi, vr], B[vj // 16, vr // 4, vj % 16, vr % 4])
-                    T.writes(C[vi, vj])
-                    with T.init():
-                        C[vi, vj] = 0
-                    C[vi, vj] = C[vi, vj] + T.cast(A[vi, vr], "int32") * T.cast(
-                        B[vj // 16, vr // 4, vj % 16, vr % 4], "int32")
+                    if conv:
+                        T.reads(C[vi, vj], A[vi, vr], B[vr // 4, vj, vr % 4])
+                        T.writes(C[vi, vj])
+                        with T.init():
+                            C[vi, vj] = 0
+                        C[vi, vj] = C[vi, vj] + T.cast(A[vi, vr], "int32") * T.cast(B[vr // 4, vj, vr % 4], "int32")
+                    else:
+                        T.reads(C[vi, vj], A[vi, vr], B[vj // 16, vr // 4, vj % 16, vr % 4])
+                        T.writes(C[vi, vj])
+                        with T.init():
+                            C[vi, vj] = 0
+                        C[vi, vj] = C[vi, vj] + T.cast(A[vi, vr], "int32") * T.cast(
+                            B[vj // 16, vr // 4, vj % 16, vr % 4], "int32")
 
     @T.prim_func(s_tir=True)
     def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
         sa, sb0, sb1, sc = T.int64(), T.int64(), T.int64(), T.int64()
         A = T.match_buffer(a, (rows, k), ad, offset_factor=1, strides=[sa, 1])
-        B = T.match_buffer(b, (nb, kt, 16, 4), "int8", offset_factor=1, strides=[sb0, sb1, 4, 1])
+        B = T.match_buffer(b, b_shape, bd, offset_factor=1, strides=[sb0, 4, 1] if conv else [sb0, sb1, 4, 1])
         C = T.match_buffer(c, (rows, cols), "int32", offset_factor=1, strides=[sc, 1], scope=scope)
         with T.sblock("root"):
-            T.reads(A[0:rows, 0:k], B[0:nb, 0:kt, 0:16, 0:4])
+            T.reads(A[0:rows, 0:k], B[0:kt, 0:cols, 0:4] if conv else B[0:nb, 0:kt, 0:16, 0:4])
             T.writes(C[0:rows, 0:cols])
             # ldtilecfg costs ~0.5 us (a 32 x 32 x 384 block's whole work): loaded only where this
             # thread's tiles are configured otherwise (its first block of this kernel); sttilecfg is cheap
@@ -154,12 +189,20 @@ def _intrinsic(dot: Dot, rows: int, cols: int, k: int, scope: str):
                 _call("llvm.x86.tilezero", T.int8(2))
                 if two_cols:
                     _call("llvm.x86.tilezero", T.int8(3))
-            for s in range(k // STEP):
+            for s in range(k // STEP):  # tiles 4-5: A's rows 0-15, 16-31; 6-7: B's columns 0-15, 16-31
                 _call("llvm.x86.tileloadd64", T.int8(4), T.address_of(A[0, s * STEP]), T.int64(sa))
-                _call("llvm.x86.tileloadd64", T.int8(6), T.address_of(B[0, s * (STEP // 4), 0, 0]), T.int64(64))
+                if conv:
+                    _call("llvm.x86.tileloadd64", T.int8(6), T.address_of(B[s * (STEP // 4), 0, 0]), T.int64(sb0))
+                else:
+                    _call("llvm.x86.tileloadd64", T.int8(6), T.address_of(B[0, s * (STEP // 4), 0, 0]), T.int64(64))
                 _call(op, T.int8(0), T.int8(4), T.int8(6))
                 if two_cols:
-                    _call("llvm.x86.tileloadd64", T.int8(7), T.address_of(B[1, s * (STEP // 4), 0, 0]), T.int64(64))
+                    if conv:
+                        _call("llvm.x86.tileloadd64", T.int8(7), T.address_of(B[s * (STEP // 4), 16, 0]),
+                              T.int64(sb0))
+                    else:
+                        _call("llvm.x86.tileloadd64", T.int8(7), T.address_of(B[1, s * (STEP // 4), 0, 0]),
+                              T.int64(64))
                     _call(op, T.int8(1), T.int8(4), T.int8(7))
                 if two_rows:
                     _call("llvm.x86.tileloadd64", T.int8(5), T.address_of(A[16, s * STEP]), T.int64(sa))
@@ -190,7 +233,7 @@ def tile_block(sch: s_tir.Schedule):
     for block in sch.get_child_blocks(sch.get_sblock("root")):
         prefix, _, kind = sch.get(block).name_hint.partition("_")
         if prefix in _OPS and kind == "dense":
-            return block, {"amxu": AMXU, "amxs": AMXS}[prefix]
+            return block, _RECIPES[prefix]
     return None
 
 

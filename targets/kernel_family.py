@@ -13,7 +13,7 @@ every int32 lane of one vector, the dot product of `k` activations with `k` weig
     generic      -                        the default loops (cpu_schedules.py)
 
 The amx family (Sapphire Rapids and later) is avx512-vnni plus AMX tile kernels for int8
-matmuls with constant weights of enough rows (`amx.py`: 16 x 64 x 16 per instruction).
+matmuls and pointwise convs with constant weights of enough rows (`amx.py`: 16 x 64 x 16 per instruction).
 
 Activation x activation matmuls (attention's Q.K^T and P.V: `act_matmul.py`) pack their right
 operand at run time. 8-bit operands take the family's u8 x s8 recipe (`vpmaddubsw` only where
@@ -127,7 +127,7 @@ class Family:
     dots: tuple[Dot, ...]  # best first
     word: Dot | None = None  # int16 x int16 recipe (activation x activation matmuls)
     wide: Dot | None = None  # int16 activations x int8 weights
-    tiles: bool = False  # AMX tiles for int8 matmuls with constant weights (`amx.py`), the dots elsewhere
+    tiles: bool = False  # AMX tiles for int8 matmuls and pointwise convs with constant weights (`amx.py`)
 
     def recipes(self, activation_dtype: str) -> tuple[Dot, ...]:
         """The recipes for constant int8 weights and activations of this dtype, best first."""

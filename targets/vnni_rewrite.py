@@ -169,6 +169,10 @@ class _Rewriter(PyExprMutator):
         o = w_np.shape[0]
         lead = [] if isinstance(n, int) and n == 1 else [n]  # a batch keeps its own axis
         w2 = w_np.reshape(o, c)
+        if self.family.tiles and not lead:
+            tiled = self._tile_conv(x, w2, h, wd)
+            if tiled is not None:
+                return tiled
         w_sum = w2.astype(np.int64).sum(1)
         dot = self._dot(x, w2, c, lambda d: vnni.conv_tile(vnni.CONV_LANES_PIXELS, o, h, wd, d) is not None)
         if dot is not None:
@@ -202,6 +206,28 @@ class _Rewriter(PyExprMutator):
         return relax.op.reshape(relax.op.permute_dims(self.builder_.emit(dense), [*range(len(lead)), *last]),
                                 [*lead, o, h, wd] if lead else [1, o, h, wd])
 
+
+    def _tile_conv(self, x: relax.Expr, w2: np.ndarray, h: int, wd: int):
+        """A batch-1 pointwise conv on AMX tiles (`amx.conv_te`): the weights [O, C] the left tile,
+        the activations packed [C/4, H * W', 4] the right one (W' the width in whole tiles), so that
+        the sums come out per output channel and image row: NCHW, no transposes. Channels, the
+        width and the reduction are zero-padded (sliced off in the kernel). None where the tiles
+        do not pay."""
+        dot, (o, c) = amx.recipe(str(x.ty.dtype), conv=True), w2.shape
+        kp = amx.reduction(c)
+        if dot is None or kp is None or o < amx.MIN_ROWS:
+            return None
+        rows, width = -(-o // amx.ROWS) * amx.ROWS, -(-wd // amx.ROWS) * amx.ROWS  # whole tiles
+        if width > 2.5 * wd:  # narrow images pad too much (W = 7 takes 16 columns a row, W = 6 would too)
+            return None
+        # the reshape first: a pad right after the producer's requantization fused into its kernel
+        # (a flat-row depthwise conv's per-channel epilogue then ran 3x as long)
+        xp = relax.op.reshape(x, [c, h, wd])
+        xp = relax.op.nn.pad(xp, [0, kp - c, 0, 0, 0, width - wd]) if (kp, width) != (c, wd) else xp
+        xp = relax.op.permute_dims(relax.op.reshape(xp, [kp // 4, 4, h * width]), [0, 2, 1])
+        w_pad = np.pad(w2, [(0, rows - o), (0, kp - c)]).astype(np.int8)
+        return self.builder_.call_te(amx.conv_te, self.builder_.emit(xp), relax.const(w_pad), h, o, wd,
+                                     dot=dot.name, primfunc_name_hint=f"{dot.name}_conv")
 
     def _direct_patches(self, x: relax.Expr, w2: np.ndarray, dot: Dot, step: int | None = None):
         """(patches, weights [O, rows] in their row order) gathered straight from a spatial conv's

@@ -1,4 +1,4 @@
-"""AMX tile kernels (targets/amx.py) for int8 matmuls with constant weights: the family chosen
+"""AMX tile kernels (targets/amx.py) for int8 matmuls and pointwise convs with constant weights: the family chosen
 from the target, the rewrite's shape rules, the tile instructions in the exported library, and
 the kernels (requantization and a residual fused) equal to the NumPy reference bit for bit.
 Built for an AMX fleet on any x86 machine; run where this CPU has AMX, else skipped after the
@@ -85,6 +85,42 @@ def test_extreme_sums_are_exact(tmp_path):
     run, functions = _build(lambda a: emit.matmul_acc(a, w), [x], tmp_path)
     assert any("tdpbusd" in text for name, text in functions.items() if "amx" in name)
     np.testing.assert_array_equal(run(), ref.matmul_acc(x, w))
+
+
+class _Pointwise:
+    strides, padding, dilation, groups = (1, 1), (0, 0, 0, 0), (1, 1), 1
+    data_layout, kernel_layout, out_layout = "NCHW", "OIHW", "NCHW"
+
+
+@pytest.mark.parametrize("x_dtype,shape,instruction", [
+    ("uint8", (192, 1152, 7, 7), "tdpbsud"),   # EfficientNet's 7x7 expand: rows padded to 16 columns
+    ("int8", (1152, 192, 7, 7), "tdpbssd"),    # its project conv, K = 1152
+    ("uint8", (112, 40, 14, 14), "tdpbsud"),   # K padded to 128, 40 channels to 48 (16-row blocks)
+    ("int8", (320, 64, 28, 28), "tdpbssd"),    # 28 columns padded to 32: 32-wide blocks
+])
+def test_pointwise_conv_with_epilogue_is_exact(x_dtype, shape, instruction, tmp_path):
+    """Pointwise convs on the tiles with the weights on the left (`amx.conv_te`): NCHW in and out,
+    the requantization fused per block; equal to the reference bit for bit."""
+    c, o, h, w = shape
+    x, wt = _operand(x_dtype, (1, c, h, w)), _operand("int8", (o, c, 1, 1))
+    mult, shift = ref.dyadic(rng.uniform(1e-4, 1e-2, o))
+    m4, s4 = emit.channel_shape(mult, 4, 1), emit.channel_shape(shift, 4, 1)
+    want = ref.requantize(ref.conv2d_acc(x, wt, (1, 1), (0, 0, 0, 0)), m4, s4, -128, 127, "int8")
+    run, functions = _build(lambda a: emit.requantize(emit.conv2d_acc(a, wt, _Pointwise), m4, s4, -128, 127, "int8"),
+                            [x], tmp_path)
+    tiled = [text for name, text in functions.items() if "amxc" in name]
+    assert any(instruction in text and "ldtilecfg" in text for text in tiled), list(functions)
+    np.testing.assert_array_equal(run(), want)
+
+
+@pytest.mark.parametrize("shape", [(40, 64, 14, 14), (256, 64, 3, 3)])
+def test_pointwise_convs_that_do_not_pay_keep_the_vnni_kernels(shape, tmp_path):
+    """K = 40 (too short for a 64-deep step) and a 3x3 image (16 columns a row for 3)."""
+    c, o, h, w = shape
+    x, wt = _operand("uint8", (1, c, h, w)), _operand("int8", (o, c, 1, 1))
+    run, functions = _build(lambda a: emit.conv2d_acc(a, wt, _Pointwise), [x], tmp_path)
+    assert not any("amxc" in name for name in functions), list(functions)
+    np.testing.assert_array_equal(run(), ref.conv2d_acc(x, wt, (1, 1), (0, 0, 0, 0)))
 
 
 @pytest.mark.parametrize("shape", [(1, 8, 384, 384), (1, 128, 40, 384)])
