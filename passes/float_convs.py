@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import tvm
@@ -33,6 +33,28 @@ def _dispatch(value, index):
 
 
 tvm.register_global_func(CALL, _dispatch, override=True)
+
+
+SMALL_CONV_MACS = 1 << 25  # multiply-accumulates below which a float conv runs on one torch thread
+# torch's thread pool and TVM's (the tapped model's other kernels) take turns in one process, and a
+# worker of either pool still spinning when the other starts made each small torch conv wait for a
+# core: 15 ms a call on the 2-core machine (ghostnet at 96 px: 10830 conv calls, 163 s of a 215 s
+# compile); on one thread 0.1-0.4 ms. Big convs (a U-Net's) keep torch's threads.
+
+
+@contextmanager
+def _one_thread():
+    import torch
+
+    old = torch.get_num_threads()
+    if old == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def _to_nchw(layout: str) -> list[int]:
@@ -55,10 +77,14 @@ def conv_closure(call: relax.Call, weight: np.ndarray | None = None):
     top, left, bottom, right = (int(p) for p in a.padding)
     strides, dilation, groups = [int(s) for s in a.strides], [int(d) for d in a.dilation], int(a.groups)
     out_h, out_w = (int(d) for d in (call.ty.shape[i] for i in _to_nchw(a.out_layout)[2:]))
+    out_elements = int(np.prod([int(d) for d in call.ty.shape]))
+    macs = out_elements * (int(np.prod(w.shape)) // max(1, int(weight.shape[1 if transposed else 0]))) \
+        // (groups if transposed else 1)
+    threads = _one_thread if macs < SMALL_CONV_MACS else nullcontext
 
     def run(x: np.ndarray) -> np.ndarray:
         t = torch.from_numpy(np.ascontiguousarray(x.transpose(into)))
-        with torch.no_grad():
+        with torch.no_grad(), threads():
             if transposed:
                 y = F.conv_transpose2d(t, weight, stride=strides, dilation=dilation, groups=groups)
                 # the full output, cropped by the pads and widened by the output padding (zeros: out of reach)
