@@ -218,7 +218,10 @@ class _Rewriter(PyExprMutator):
         if dot is None or kp is None or o < amx.MIN_ROWS:
             return None
         rows, width = -(-o // amx.ROWS) * amx.ROWS, -(-wd // amx.ROWS) * amx.ROWS  # whole tiles
-        if width > 2.5 * wd:  # narrow images pad too much (W = 7 takes 16 columns a row, W = 6 would too)
+        # one column block a row (W' of 16 or 32), so that every block's epilogue is the same vector
+        # width (a 56-wide row in blocks of 32 and 24 left the last one scalar: 3x the VNNI kernel);
+        # narrower images pad too much (W = 7 takes 16 columns a row, W = 6 would too)
+        if width > 2 * amx.ROWS or width > 2.5 * wd:
             return None
         # the reshape first: a pad right after the producer's requantization fused into its kernel
         # (a flat-row depthwise conv's per-channel epilogue then ran 3x as long)

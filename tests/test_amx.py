@@ -113,9 +113,10 @@ def test_pointwise_conv_with_epilogue_is_exact(x_dtype, shape, instruction, tmp_
     np.testing.assert_array_equal(run(), want)
 
 
-@pytest.mark.parametrize("shape", [(40, 64, 14, 14), (256, 64, 3, 3)])
+@pytest.mark.parametrize("shape", [(40, 64, 14, 14), (256, 64, 3, 3), (64, 256, 56, 56)])
 def test_pointwise_convs_that_do_not_pay_keep_the_vnni_kernels(shape, tmp_path):
-    """K = 40 (too short for a 64-deep step) and a 3x3 image (16 columns a row for 3)."""
+    """K = 40 (too short for a 64-deep step), a 3x3 image (16 columns a row for 3) and a 56-wide one
+    (blocks of 32 and 24 columns: 3x the VNNI kernel)."""
     c, o, h, w = shape
     x, wt = _operand("uint8", (1, c, h, w)), _operand("int8", (o, c, 1, 1))
     run, functions = _build(lambda a: emit.conv2d_acc(a, wt, _Pointwise), [x], tmp_path)
