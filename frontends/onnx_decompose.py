@@ -433,7 +433,8 @@ def decompose_ops(model: onnx.ModelProto) -> int:
     Needs the shapes of shape inference."""
     opset, inits, nodes, count = _opset(model), [], [], 0
     shapes = {v.name: [d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim]
-              for v in (*model.graph.input, *model.graph.value_info) if v.type.tensor_type.HasField("shape")}
+              for v in (*model.graph.input, *model.graph.value_info, *model.graph.output)
+              if v.type.tensor_type.HasField("shape")}
     constants = {i.name: i for i in model.graph.initializer}
     constants.update({n.output[0]: n.attribute[0].t for n in model.graph.node
                       if n.op_type == "Constant" and n.attribute and n.attribute[0].HasField("t")})
