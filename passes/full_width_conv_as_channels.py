@@ -35,7 +35,8 @@ def full_width_conv_as_channels(mod, _ctx):
     conv_p = is_op("relax.nn.conv2d")(x_p, w_p)
 
     def rewrite(expr, matches):
-        x, w, a = matches[x_p], matches[w_p], expr.attrs
+        call = matches[conv_p]  # `expr` may be the var the conv is bound to (a DataflowVar has no attrs)
+        x, w, a = matches[x_p], matches[w_p], call.attrs
         shape = _static(getattr(x.ty, "shape", None) or [])
         if (shape is None or len(shape) != 4 or a.data_layout != "NCHW" or a.kernel_layout != "OIHW"
                 or a.out_layout != "NCHW" or int(a.groups) != 1):
@@ -51,7 +52,7 @@ def full_width_conv_as_channels(mod, _ctx):
         conv = relax.op.nn.conv2d(flat, relax.const(w_flat), strides=[1, int(a.strides[0])],
                                   padding=[0, pads[0], 0, pads[2]], dilation=[1, int(a.dilation[0])],
                                   out_dtype=a.out_dtype)
-        return relax.op.reshape(conv, expr.ty.shape)
+        return relax.op.reshape(conv, call.ty.shape)
 
     for gv, func in list(mod.functions_items()):
         if isinstance(func, relax.Function):

@@ -68,7 +68,8 @@ def test_matmul_by_stacked_constant_per_head(tmp_path):
 
 
 @pytest.mark.parametrize("block, strides, pads, image", [((2, 2), (2, 2), (0, 0, 0, 0), (8, 8)),
-                                                        ((3, 3), (2, 2), (1, 1, 1, 1), (9, 8))])
+                                                        ((3, 3), (2, 2), (1, 1, 1, 1), (9, 8)),
+                                                        ((2, 2), (2, 2), (0, 0, 0, 0), (2, 2))])  # one block
 def test_col2im_folds_blocks_back(tmp_path, block, strides, pads, image):
     rng = np.random.default_rng(1)
     channels, k = 3, block[0] * block[1]
