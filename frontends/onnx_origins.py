@@ -12,6 +12,7 @@ adds `_1`, `_2`, ... to repeats).
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import warnings
@@ -72,5 +73,11 @@ def origin(func, name: str) -> str | None:
     text = func.attrs.get(ORIGINS_ATTR) if func.attrs is not None else None
     if text is None:
         return None
-    origins = json.loads(str(text))
+    origins = _parsed(str(text))
     return origins.get(name) or origins.get(re.sub(r"_\d+$", "", name))
+
+
+@functools.lru_cache(maxsize=4)
+def _parsed(text: str) -> dict[str, str]:
+    """The attribute's map, parsed once (a model left in float asks for every binding)."""
+    return json.loads(text)
