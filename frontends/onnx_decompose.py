@@ -410,7 +410,14 @@ def _pool_window_past_input(node, opset: int, inits: list, shapes: dict, consts)
             or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
         return None
     clipped = [min(k, d) for k, d in zip(kernel, spatial)]
-    if clipped == kernel:
+    strides, ceil = list(attrs.get("strides", [1] * len(kernel))), bool(attrs.get("ceil_mode", 0))
+
+    def outputs(window):  # ONNX's output length per axis, no pads
+        return [(-(-(d - k) // s) if ceil else (d - k) // s) + 1 for d, k, s in zip(spatial, window, strides)]
+
+    # the same outputs only where ceil_mode gives the long window its one output: without it (or a window
+    # a whole stride past the input) the pool's output is empty, which clipping would hide
+    if clipped == kernel or outputs(clipped) != outputs(kernel):
         return None
     kept = [a for a in node.attribute if a.name != "kernel_shape"]
     new = helper.make_node(node.op_type, list(node.input), list(node.output), name=node.name, kernel_shape=clipped)
