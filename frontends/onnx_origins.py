@@ -47,7 +47,8 @@ def import_onnx(model: onnx.ModelProto):
 
 def _origins(func, produced: dict, graph: onnx.GraphProto) -> dict[str, str]:
     by_output = {out: node for node in graph.node for out in node.output if out}
-    node_of = {expr.__chandle__(): by_output[name] for name, expr in produced.items() if name in by_output}
+    node_of = {expr.__chandle__(): by_output[name] for name, expr in produced.items()
+               if name in by_output and hasattr(expr, "__chandle__")}  # not an importer's Python value
     origins: dict[str, str] = {}
     for block in func.body.blocks:
         pending = []
