@@ -56,6 +56,7 @@ INTEGER_PATH_OPS = frozenset({
     "IsNaN", "IsInf",  # of a quantized tensor: a constant mask (SDPA's guard of fully masked rows, lowering/predicates)
     # structure and spatial ops (passes/lowering: resize, pooling, linear, layout)
     "Resize", "Upsample", "ConvTranspose", "AveragePool", "Tile", "DepthToSpace", "SpaceToDepth", "TopK",
+    "GridSample",  # 4-D bilinear or nearest, zeros or border padding (lowering/resize.lower_grid_sample)
     # binary ops of two activations, reductions, softmax on any axis (passes/lowering: binary, reduce, transformer)
     "LessOrEqual", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL2", "ArgMax", "ArgMin", "LogSoftmax",
     "Sum", "Mean",  # of several activations: a reduction over relax.stack

@@ -16,6 +16,9 @@ onnxruntime.
     pool_past_input: AveragePool / MaxPool whose window is longer than the map, ceil_mode making one output
                      (HF EfficientNet's pooler, AvgPool2d(1280, ceil_mode=True) on 2 x 2): was refused
                      (int32 sum bound of a 1280 x 1280 window) and its float runs took seconds each
+    deformable_sampling: GridSample of a value map at locations = reference points + a linear's offsets, as
+                     2 * loc - 1 (Deformable-DETR's, RT-DETR's and Mask2Former's multi-scale deformable
+                     attention; hunt 19): was refused integer-only (no lowering)
 """
 
 from __future__ import annotations
@@ -154,4 +157,34 @@ def test_rel_shift_pads_a_linear_output_along_its_channels(tmp_path):
                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, t, p])], inits)
     x = rng.standard_normal((6, 1, 2, t, 8)).astype(np.float32)
     model, _ = _compile_and_compare(tmp_path, path, {"x": x})
+    assert model.manifest["integer_only"] is True
+
+
+@pytest.mark.parametrize("mode, padding, align", [("bilinear", "zeros", 0), ("bilinear", "border", 1),
+                                                  ("nearest", "zeros", 0)])
+def test_deformable_sampling_grid_sample(tmp_path, mode, padding, align):
+    rng = np.random.default_rng(5)
+    heads, channels, h, w, queries, points = 2, 4, 8, 10, 6, 3
+    ref = rng.uniform(0.1, 0.9, (heads, queries, 1, 2)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["query", "w_off"], ["off"]),  # [1, Q, heads * points * 2]
+             helper.make_node("Reshape", ["off", "off_shape"], ["off4"]),  # [Q, heads, points, 2]
+             helper.make_node("Transpose", ["off4"], ["off_h"], perm=[1, 0, 2, 3]),  # [heads, Q, points, 2]
+             helper.make_node("Add", ["off_h", "ref"], ["loc"]),
+             helper.make_node("Mul", ["loc", "two"], ["loc2"]),
+             helper.make_node("Sub", ["loc2", "one"], ["grid"]),
+             helper.make_node("GridSample", ["value", "grid"], ["sampled"], mode=mode, padding_mode=padding,
+                              align_corners=align),  # [heads, C, Q, points]
+             helper.make_node("ReduceMean", ["sampled"], ["y"], axes=[3], keepdims=0)]
+    inits = [numpy_helper.from_array((rng.standard_normal((16, heads * points * 2)) * 0.05).astype(np.float32), "w_off"),
+             numpy_helper.from_array(np.array([queries, heads, points, 2], np.int64), "off_shape"),
+             numpy_helper.from_array(ref, "ref"), numpy_helper.from_array(np.array(2.0, np.float32), "two"),
+             numpy_helper.from_array(np.array(1.0, np.float32), "one")]
+    path = _save(tmp_path / "deform.onnx", nodes,
+                 [helper.make_tensor_value_info("value", TensorProto.FLOAT, [heads, channels, h, w]),
+                  helper.make_tensor_value_info("query", TensorProto.FLOAT, [1, queries, 16])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [heads, channels, queries])], inits)
+    feeds = {"value": rng.standard_normal((8, heads, channels, h, w)).astype(np.float32),
+             "query": rng.standard_normal((8, 1, queries, 16)).astype(np.float32)}
+    # nearest: a location within the offsets' 8-bit weight error of a pixel boundary may take the neighbour
+    model, _ = _compile_and_compare(tmp_path, path, feeds, min_cos=0.99 if mode == "bilinear" else 0.9)
     assert model.manifest["integer_only"] is True

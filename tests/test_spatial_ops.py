@@ -789,3 +789,48 @@ def _calls(func):
     relax.analysis.post_order_visit(func.body, lambda e: found.append(e) if isinstance(e, relax.Call)
                                     and isinstance(e.op, tvm.ir.Op) else None)
     return found
+
+
+@pytest.mark.parametrize("method, padding, align", [("bilinear", "zeros", False), ("bilinear", "border", True),
+                                                     ("nearest", "zeros", False)])
+def test_grid_sample_bitexact(method, padding, align):
+    """GridSample of an activation at an activation grid (deformable attention): the compiled integers equal
+    passes/reference/spatial.grid_sample at the fixed-point coordinates of spatial.grid_coordinates; bilinear
+    is within the weights' rounding of float interpolation at the grid's integers."""
+    shape, gshape = (1, 3, 5, 7), (1, 2, 4, 6)  # TVM's grid layout [N, 2, Ho, Wo] (x, then y)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x0", relax.TensorType(shape, "float32"))
+    g = relax.Var("g0", relax.TensorType(gshape, "float32"))
+    with bb.function("main", [x, g]):
+        with bb.dataflow():
+            out = bb.emit_output(bb.emit(R.image.grid_sample(x, g, method=method, layout="NCHW", padding_mode=padding,
+                                                             align_corners=align)))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    names = [b.var.name for block in mod["main"].body.blocks for b in block.bindings]
+    int_mod = QuantizeToInteger({"x0": (-4.0, 4.0), "g0": (-1.25, 1.25), **{n: (-4.0, 4.0) for n in names}})(mod)
+    assert verify_integer_only(int_mod).integer_only
+    assert "grid_sample" not in int_mod.script(show_meta=False)
+    boundary = json.loads(str(int_mod["main"].attrs["intq.boundary"]))
+    (xin, gin), meta = boundary["inputs"], boundary["outputs"][0]
+    q = rng.integers(-128, 128, shape).astype(xin["dtype"])
+    gq = rng.integers(-127, 128, gshape).astype(gin["dtype"])
+    gq.flat[:4] = [-127, 127, 0, 1]
+    got = _compile_run(int_mod, [q, gq])[0]
+    bits = spatial.linear_bits(xin["dtype"])
+    n, _, h, w = shape
+    coords = []
+    for axis, size in ((0, w), (1, h)):
+        a = (size - 1) / 2 if align else size / 2
+        m, s = K.dyadic(gin["scale"] * a * 2.0**bits)
+        coords.append(spatial.grid_coordinates(gq[:, axis], m, s, size, align, bits))
+    want = spatial.grid_sample(q, *coords, bits, method, padding)
+    np.testing.assert_array_equal(got, want)
+    if method == "bilinear":  # against float interpolation at the same grid: only the weights' rounding to 2^-bits
+        import torch
+
+        grid = torch.from_numpy(gq.astype(np.float64) * gin["scale"]).permute(0, 2, 3, 1)
+        ref = torch.nn.functional.grid_sample(torch.from_numpy(q.astype(np.float64)), grid, mode=method,
+                                              padding_mode=padding, align_corners=align).numpy()
+        real = got * np.asarray(meta["scale"]) / xin["scale"]
+        np.testing.assert_allclose(real, ref, atol=4 * 128 * 2.0**-bits)

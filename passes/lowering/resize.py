@@ -22,6 +22,7 @@ import numpy as np
 from tvm import relax
 
 from ..reference import spatial
+from ..reference.kernels import dyadic
 from . import emit
 from .registry import lowers
 from .values import Accumulator
@@ -73,3 +74,75 @@ def lower_resize2d(ctx, call, args):
         total_bits += bits
     clamp = (0.0, math.inf) if x.dtype == "uint8" else (-math.inf, math.inf)
     return Accumulator(ctx.emit(y), np.asarray(x.scale / 2.0**total_bits), None, ctx.out_range(), clamp)
+
+
+def _grid_axis(ctx, g, axis: int, size: int, align_corners: bool, bits: int) -> relax.Expr:
+    """One coordinate of the grid [N, 2, Ho, Wo] as b-bit fixed-point pixels, [N, 1, Ho * Wo] int32
+    (`spatial.grid_coordinates`)."""
+    n, _, ho, wo = (int(d) for d in g.expr.ty.shape)
+    a = (size - 1) / 2 if align_corners else size / 2
+    if size == 1 and align_corners:  # every coordinate unnormalizes to pixel 0
+        return emit.const(np.zeros((n, 1, ho * wo)), "int32")
+    m, s = dyadic(g.scale * a * 2.0**bits)
+    reach = (2 * size + 4) << bits
+    part = R.reshape(R.strided_slice(g.expr, axes=[1], begin=[axis], end=[axis + 1]), (n, 1, ho * wo))
+    fixed = emit.requantize(part, m, s, -reach, reach, "int32")
+    return ctx.emit(R.add(fixed, emit.const((size - 1) << (bits - 1), "int32")))
+
+
+@lowers("relax.image.grid_sample")
+def lower_grid_sample(ctx, call, args):
+    """GridSample (ONNX GridSample: Deformable-DETR's and RT-DETR's multi-scale deformable attention,
+    Mask2Former's pixel decoder, spatial transformers) of an activation at an activation's coordinates.
+
+    The grid comes at 16 bits (its integers are sub-pixel positions); each coordinate becomes b-bit
+    fixed-point pixels by one dyadic requantization plus a constant; the taps are a gather from the
+    flattened image, each weighted by (2^b - f) or f per axis (bilinear), 0 outside the input (zeros
+    padding) or the coordinate clamped to it (border): an int32 accumulator at scale S / 2^(2b), the
+    same b as Resize (`spatial.grid_sample`). Nearest: the tap at the rounded coordinate, same scale."""
+    attrs = call.attrs
+    method, padding, layout = str(attrs.method), str(attrs.padding_mode), str(attrs.layout)
+    if layout != "NCHW" or len(call.ty.shape) != 4:
+        ctx.fail(f"grid_sample in layout {layout}: only 4-D NCHW (the volumetric form has no integer lowering yet)")
+    if method not in ("bilinear", "nearest") or padding not in ("zeros", "border"):
+        ctx.fail(f"grid_sample {method} with {padding} padding: bilinear or nearest, zeros or border padding")
+    if isinstance(args[1], np.ndarray):
+        ctx.fail("grid_sample at constant coordinates: expected an activation grid")
+    x, g = ctx.materialize(args[0]), ctx.materialize(args[1], wide=True)
+    n, c, h, w = (int(d) for d in call.args[0].ty.shape)
+    _, _, ho, wo = (int(d) for d in call.ty.shape)
+    bits = spatial.linear_bits(x.dtype)
+    align = bool(attrs.align_corners)
+    ix, iy = _grid_axis(ctx, g, 0, w, align, bits), _grid_axis(ctx, g, 1, h, align, bits)
+    if padding == "border":
+        ix = ctx.emit(R.clip(ix, 0, (w - 1) << bits))
+        iy = ctx.emit(R.clip(iy, 0, (h - 1) << bits))
+    flat = ctx.emit(R.reshape(x.expr, (n, c, h * w)))
+    i32 = lambda v: emit.const(v, "int32")  # noqa: E731
+
+    def tap(xi, yi):
+        valid = R.logical_and(R.logical_and(R.greater_equal(xi, i32(0)), R.less(xi, i32(w))),
+                              R.logical_and(R.greater_equal(yi, i32(0)), R.less(yi, i32(h))))
+        idx = R.add(R.multiply(R.clip(yi, 0, h - 1), i32(w)), R.clip(xi, 0, w - 1))
+        idx = ctx.emit(R.broadcast_to(idx, (n, c, ho * wo)))
+        return ctx.emit(R.gather_elements(flat, idx, axis=2)), ctx.emit(valid)
+
+    if method == "nearest":
+        half = i32(1 << (bits - 1))
+        v, valid = tap(R.right_shift(R.add(ix, half), i32(bits)), R.right_shift(R.add(iy, half), i32(bits)))
+        out = R.where(valid, v, R.astype(i32(0), x.dtype))
+        return replace(x, expr=ctx.emit(R.reshape(out, (n, c, ho, wo))))
+    one = 1 << bits
+    x0, y0 = ctx.emit(R.right_shift(ix, i32(bits))), ctx.emit(R.right_shift(iy, i32(bits)))
+    fx, fy = ctx.emit(R.bitwise_and(ix, i32(one - 1))), ctx.emit(R.bitwise_and(iy, i32(one - 1)))
+    gx, gy = ctx.emit(R.subtract(i32(one), fx)), ctx.emit(R.subtract(i32(one), fy))
+    acc = None
+    for dy, wy in ((0, gy), (1, fy)):
+        for dx, wx in ((0, gx), (1, fx)):
+            v, valid = tap(R.add(x0, i32(dx)), R.add(y0, i32(dy)))
+            weight = R.where(valid, R.multiply(wx, wy), i32(0))
+            term = R.multiply(R.astype(v, "int32"), weight)
+            acc = term if acc is None else R.add(acc, term)
+    clamp = (0.0, math.inf) if x.dtype == "uint8" else (-math.inf, math.inf)
+    return Accumulator(ctx.emit(R.reshape(acc, (n, c, ho, wo))), np.asarray(x.scale / 2.0**(2 * bits)), None,
+                       ctx.out_range(), clamp)

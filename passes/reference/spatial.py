@@ -107,6 +107,50 @@ def resize_linear(x, axes, sizes, mode: str, bits: int) -> np.ndarray:
     return _checked_int32(y)
 
 
+def grid_coordinates(q, m, s, size: int, align_corners: bool, bits: int) -> np.ndarray:
+    """GridSample's source coordinate along one axis of `size` pixels, as b-bit fixed point (int32):
+    round_half_up(g * a * 2^b) + b0 * 2^b with g = q * scale (`m`, `s`: dyadic of scale * a * 2^b),
+    a = size / 2 (align_corners: (size - 1) / 2), b0 = (size - 1) / 2: ONNX's unnormalization
+    ((g + 1) * size - 1) / 2, or (g + 1) / 2 * (size - 1). Clamped to +-(2 size + 4) pixels, where
+    every tap is outside the input either way."""
+    from .kernels import requantize
+
+    reach = (2 * size + 4) << bits
+    return requantize(q, m, s, -reach, reach, "int32").astype(np.int64) + ((size - 1) << (bits - 1))
+
+
+def grid_sample(x, ix, iy, bits: int, method: str, padding: str) -> np.ndarray:
+    """GridSample of the integer tensor x [N, C, H, W] at fixed-point coordinates ix, iy [N, Ho, Wo]
+    (`grid_coordinates`). bilinear: the int32 sum of the four taps times (2^b - f) or f per axis, at
+    scale 2^-2b, a tap outside the input adding 0 (padding "zeros") or the coordinate first clamped
+    to the input (padding "border"); nearest: the tap at round_half_up(coordinate), same dtype, 0
+    outside."""
+    x = np.asarray(x)
+    n, c, h, w = x.shape
+    ix, iy = np.asarray(ix, np.int64), np.asarray(iy, np.int64)
+    if padding == "border":
+        ix, iy = np.clip(ix, 0, (w - 1) << bits), np.clip(iy, 0, (h - 1) << bits)
+    flat = x.reshape(n, c, h * w)
+
+    def tap(xi, yi):
+        valid = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
+        idx = (np.clip(yi, 0, h - 1) * w + np.clip(xi, 0, w - 1)).reshape(n, 1, -1)
+        return np.take_along_axis(flat, np.broadcast_to(idx, (n, c, idx.shape[-1])), axis=2), valid.reshape(n, 1, -1)
+
+    if method == "nearest":
+        v, valid = tap((ix + (1 << (bits - 1))) >> bits, (iy + (1 << (bits - 1))) >> bits)
+        return np.where(valid, v, 0).astype(x.dtype).reshape(n, c, *ix.shape[1:])
+    x0, y0 = ix >> bits, iy >> bits
+    fx, fy = ix & ((1 << bits) - 1), iy & ((1 << bits) - 1)
+    one = 1 << bits
+    out = 0
+    for dy, wy in ((0, one - fy), (1, fy)):
+        for dx, wx in ((0, one - fx), (1, fx)):
+            v, valid = tap(x0 + dx, y0 + dy)
+            out = out + v.astype(np.int64) * np.where(valid, (wx * wy).reshape(n, 1, -1), 0)
+    return _checked_int32(out.reshape(n, c, *ix.shape[1:]))
+
+
 def window_sums(x, axes, kernel, strides, padding, dilation, out_sizes) -> np.ndarray:
     """Integer sum of every pooling window (zero padding), int32. `padding` is
     (before_0, before_1, after_0, after_1) along `axes`; `out_sizes` may need more padding
