@@ -18,8 +18,9 @@ small groups such layers have).
 
 an activation x activation matmul like attention's. A letter only one operand has that the output
 drops is summed away first (a ReduceSum; over a constant, with NumPy). Equations with a letter
-repeated within an operand (traces, diagonals), an ellipsis, or a size-1 letter broadcast against
-a larger one are left alone (and refused by the op check, naming the node).
+repeated within an operand (traces, diagonals) or a size-1 letter broadcast against a larger one are
+left alone (and refused by the op check, naming the node). An ellipsis over operands of static shapes
+is first written out as letters (`...pd,...qd->...pq`, OWL-ViT's class head: `Apd,Aqd->Apq`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ def einsum_to_matmul(model: onnx.ModelProto) -> int:
     nodes, done = [], 0
     for index, node in enumerate(graph.node):
         einsum = node.op_type == "Einsum" and node.domain in ("", "ai.onnx")
+        if einsum:
+            _explicit_ellipsis(node, inits, shapes)
         prefix = f"{node.name or 'Einsum_' + str(index)}/"
         pre = _summed_first(node, inits, shapes, prefix, graph, _opset(model)) if einsum else None
         if pre is not None:  # letters one operand alone has and the output drops: summed away first
@@ -60,6 +63,41 @@ def einsum_to_matmul(model: onnx.ModelProto) -> int:
         del graph.initializer[:]
         graph.initializer.extend(keep)
     return done
+
+
+def _explicit_ellipsis(node, inits, shapes) -> None:
+    """Write an explicit equation's `...` out as letters it does not use, in place, where every operand's
+    rank is known: the broadcast dims of each operand right-aligned (NumPy's rule), the output's as many
+    as the widest operand has."""
+    equation = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "equation"), b"")
+    equation = (equation.decode() if isinstance(equation, bytes) else equation).replace(" ", "")
+    if "..." not in equation or "->" not in equation:
+        return
+    ranks = []
+    for name in node.input:
+        if name in inits:
+            ranks.append(len(inits[name].dims))
+        elif name in shapes:
+            ranks.append(len(shapes[name]))
+        else:
+            return
+    lhs, out = equation.split("->")
+    terms = lhs.split(",")
+    if len(terms) != len(ranks) or out.count("...") > 1 or any(t.count("...") > 1 for t in terms):
+        return
+    extra = [rank - len(t.replace("...", "")) if "..." in t else 0 for t, rank in zip(terms, ranks)]
+    if any(e < 0 for e in extra):
+        return
+    free = [c for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ" if c not in equation]
+    width = max(extra)
+    if width > len(free):
+        return
+    letters = "".join(free[:width])
+    terms = [t.replace("...", letters[width - e:]) for t, e in zip(terms, extra)]
+    out = out.replace("...", letters)
+    for attribute in node.attribute:
+        if attribute.name == "equation":
+            attribute.s = f"{','.join(terms)}->{out}".encode()
 
 
 def _opset(model: onnx.ModelProto) -> int:
