@@ -188,3 +188,17 @@ def test_deformable_sampling_grid_sample(tmp_path, mode, padding, align):
     # nearest: a location within the offsets' 8-bit weight error of a pixel boundary may take the neighbour
     model, _ = _compile_and_compare(tmp_path, path, feeds, min_cos=0.99 if mode == "bilinear" else 0.9)
     assert model.manifest["integer_only"] is True
+
+
+def test_grid_sample_at_constant_grid(tmp_path):
+    """Deformable-DETR's first decoder layer samples at learned reference points: a constant grid (was refused
+    at lowering, 'expected an activation grid'); its coordinates are unnormalized at compile time."""
+    rng = np.random.default_rng(6)
+    grid = rng.uniform(-1.1, 1.1, (2, 5, 3, 2)).astype(np.float32)
+    nodes = [helper.make_node("GridSample", ["value", "grid"], ["y"], mode="bilinear", padding_mode="zeros",
+                              align_corners=0)]
+    path = _save(tmp_path / "const_grid.onnx", nodes,
+                 [helper.make_tensor_value_info("value", TensorProto.FLOAT, [2, 4, 8, 10])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4, 5, 3])], [numpy_helper.from_array(grid, "grid")])
+    model, _ = _compile_and_compare(tmp_path, path, {"value": rng.standard_normal((6, 2, 4, 8, 10)).astype(np.float32)})
+    assert model.manifest["integer_only"] is True

@@ -78,13 +78,19 @@ def lower_resize2d(ctx, call, args):
 
 def _grid_axis(ctx, g, axis: int, size: int, align_corners: bool, bits: int) -> relax.Expr:
     """One coordinate of the grid [N, 2, Ho, Wo] as b-bit fixed-point pixels, [N, 1, Ho * Wo] int32
-    (`spatial.grid_coordinates`)."""
-    n, _, ho, wo = (int(d) for d in g.expr.ty.shape)
+    (`spatial.grid_coordinates`); a constant grid (a decoder's first layer samples at learned reference
+    points) is unnormalized here, exactly: round_half_up((g * a + b0) * 2^b)."""
+    value = g if isinstance(g, np.ndarray) else g.expr
+    n, _, ho, wo = (int(d) for d in value.shape) if isinstance(g, np.ndarray) else (int(d) for d in g.expr.ty.shape)
     a = (size - 1) / 2 if align_corners else size / 2
+    reach = (2 * size + 4) << bits
+    if isinstance(g, np.ndarray):
+        offset = (size - 1) << (bits - 1)
+        fixed = np.clip(np.floor(g[:, axis].astype(np.float64) * a * 2.0**bits + 0.5), -reach, reach) + offset
+        return emit.const(fixed.reshape(n, 1, ho * wo), "int32")
     if size == 1 and align_corners:  # every coordinate unnormalizes to pixel 0
         return emit.const(np.zeros((n, 1, ho * wo)), "int32")
     m, s = dyadic(g.scale * a * 2.0**bits)
-    reach = (2 * size + 4) << bits
     part = R.reshape(R.strided_slice(g.expr, axes=[1], begin=[axis], end=[axis + 1]), (n, 1, ho * wo))
     fixed = emit.requantize(part, m, s, -reach, reach, "int32")
     return ctx.emit(R.add(fixed, emit.const((size - 1) << (bits - 1), "int32")))
@@ -99,16 +105,18 @@ def lower_grid_sample(ctx, call, args):
     fixed-point pixels by one dyadic requantization plus a constant; the taps are a gather from the
     flattened image, each weighted by (2^b - f) or f per axis (bilinear), 0 outside the input (zeros
     padding) or the coordinate clamped to it (border): an int32 accumulator at scale S / 2^(2b), the
-    same b as Resize (`spatial.grid_sample`). Nearest: the tap at the rounded coordinate, same scale."""
+    same b as Resize (`spatial.grid_sample`). Nearest: the tap at the rounded coordinate, same scale.
+    A constant grid gives constant coordinates (Deformable-DETR's first decoder layer)."""
     attrs = call.attrs
     method, padding, layout = str(attrs.method), str(attrs.padding_mode), str(attrs.layout)
     if layout != "NCHW" or len(call.ty.shape) != 4:
         ctx.fail(f"grid_sample in layout {layout}: only 4-D NCHW (the volumetric form has no integer lowering yet)")
     if method not in ("bilinear", "nearest") or padding not in ("zeros", "border"):
         ctx.fail(f"grid_sample {method} with {padding} padding: bilinear or nearest, zeros or border padding")
-    if isinstance(args[1], np.ndarray):
-        ctx.fail("grid_sample at constant coordinates: expected an activation grid")
-    x, g = ctx.materialize(args[0]), ctx.materialize(args[1], wide=True)
+    if isinstance(args[1], np.ndarray) and not np.isfinite(args[1]).all():
+        ctx.fail("grid_sample at a constant grid holding non-finite values")
+    x = ctx.materialize(args[0])
+    g = args[1] if isinstance(args[1], np.ndarray) else ctx.materialize(args[1], wide=True)
     n, c, h, w = (int(d) for d in call.args[0].ty.shape)
     _, _, ho, wo = (int(d) for d in call.ty.shape)
     bits = spatial.linear_bits(x.dtype)
