@@ -255,6 +255,15 @@ def _computed_per_chunk(sch: s_tir.Schedule, block, chunk) -> s_tir.Schedule:
     return sch if runs > RECOMPUTE * domain else trial
 
 
+ROW_LANES = 16  # rows of a chunk whose per-row values are computed as one vector
+
+
+def _per_row(sch: s_tir.Schedule, block, row: int) -> bool:
+    """Does `block` compute one value per row (its last axis 1 where the output's has `row`)?"""
+    shape = sch.get(block).writes[0].source.shape
+    return row > 1 and len(shape) > 0 and isinstance(shape[-1], tvm.tirx.IntImm) and int(shape[-1]) == 1
+
+
 def _schedule_chunked(func: tvm.tirx.PrimFunc):
     """Fused elementwise and row-reduction kernels (requantization, Shiftmax, ShiftGELU,
     I-LayerNorm): the output runs parallel over chunks of whole rows, and every block is
@@ -275,11 +284,52 @@ def _schedule_chunked(func: tvm.tirx.PrimFunc):
             blocks = sch.get_child_blocks(sch.get_sblock("root"))
             *lead, _ = sch.get_loops(blocks[-1])
     if any(sch.get(b).name_hint.startswith("T_transpose") for b in blocks):
-        return _schedule_repack(func) or _schedule_elementwise(func)
+        return _schedule_repack(func) or _transposed_rows(func) or _schedule_elementwise(func)
+    return _chunk_rows(sch, blocks, lead, row)
+
+
+def _transposed_rows(func: tvm.tirx.PrimFunc):
+    """A row kernel whose result is transposed, with too long a chain to inline into the transpose
+    (ConvNeXt's LayerNorm2d: permute, LayerNorm over channels, permute back, then the residual's
+    requantization; a norm feeding a packed matmul input): the rows up to the first transpose chunked
+    as in any row kernel into a whole intermediate, then the elementwise and layout steps from the
+    transpose on in loop nests of their own. Left to `_schedule_elementwise`, each of the isqrt's ~100
+    blocks was a serial pass over the image (ConvNeXt-atto's first-stage norms: 1.5 ms for 576 pixels)."""
+    sch = s_tir.Schedule(func)
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    names = [sch.get(b).name_hint for b in blocks]
+    tail = next((i for i, n in enumerate(names) if n.startswith("T_transpose")), 0)
+    kinds = [[int(v.iter_type) for v in sch.get(b).iter_vars] for b in blocks]
+    if tail < 2 or any(any(k) for k in kinds[tail - 1:]) \
+            or any(k.count(2) > 1 or k.count(2) != sum(map(bool, k)) for k in kinds[:tail]):
+        return None
+    rows = blocks[:tail]
+    *lead, inner = sch.get_loops(rows[-1])
+    extent = sch.get(inner).extent
+    if not lead or not isinstance(extent, tvm.tirx.IntImm) or int(extent) <= 0:
+        return None
+    layout = set(names[tail:])
+    sch = _chunk_rows(sch, rows, lead, int(extent))
+    steps = [b for b in sch.get_child_blocks(sch.get_sblock("root")) if sch.get(b).name_hint in layout]
+    if _inline_single_reads(sch, steps):
+        steps = [b for b in sch.get_child_blocks(sch.get_sblock("root")) if sch.get(b).name_hint in layout]
+    for block in steps:
+        loop_nest(sch, block)
+    return sch
+
+
+def _chunk_rows(sch: s_tir.Schedule, blocks: list, lead: list, row: int) -> s_tir.Schedule:
+    """`_schedule_chunked`'s rows: `blocks[-1]`'s row loops `lead` (rows of `row` elements) in parallel
+    chunks, every other block computed per chunk, vectorized within it."""
     if _inline_single_reads(sch, blocks):
+        out = sch.get(blocks[-1]).writes[0].source.name
         blocks = sch.get_child_blocks(sch.get_sblock("root"))
+        blocks = blocks[:[sch.get(b).writes[0].source.name for b in blocks].index(out) + 1]
     rows = sch.fuse(*lead) if len(lead) > 1 else lead[0]
-    per_chunk = divisor(static_factor(sch.get(rows).extent), max(1, CHUNK // row))
+    # rows enough for a vector where values per row (LayerNorm's isqrt steps) are computed: one row per
+    # chunk left each of them scalar (ConvNeXt's 40-channel rows: 30 bisection steps a pixel)
+    least = ROW_LANES if any(_per_row(sch, b, row) for b in blocks[:-1]) else 1
+    per_chunk = divisor(static_factor(sch.get(rows).extent), max(least, CHUNK // row))
     chunk, _ = sch.split(rows, [None, per_chunk])
     parallel(sch, chunk)
     for block in reversed(blocks[:-1]):
@@ -293,10 +343,12 @@ def _schedule_chunked(func: tvm.tirx.PrimFunc):
         # took LLVM 15-32 s (a style-transfer net's norms, 90 s of its build)
         boolean = bool_lanes(stmt)
         extent = sch.get(inner).extent  # symbolic where compute_at cut a broadcast operand's loops
-        if (spatial and not boolean and isinstance(extent, tvm.tirx.IntImm) and int(extent) % 16 == 0
+        if (spatial and not boolean and isinstance(extent, tvm.tirx.IntImm) and int(extent) % 8 == 0
                 and sch.get(inner).kind == tvm.tirx.ForKind.SERIAL
                 and not sch.get(inner).same_as(sch.get(chunk))):  # serial where the kernel is too small to share
-            if int(extent) > MAX_LANES:  # a 12544-lane vector (a 112x112 row) took LLVM 100 s to compile
+            if int(extent) % 16:  # 40 channels: 8-lane vectors (one 40-lane vector was gathered lane by lane)
+                inner = sch.split(inner, [None, 8])[1]
+            elif int(extent) > MAX_LANES:  # a 12544-lane vector (a 112x112 row) took LLVM 100 s to compile
                 inner = sch.split(inner, [None, MAX_LANES if int(extent) % MAX_LANES == 0 else 16])[1]
             sch.vectorize(inner)
     return sch

@@ -36,7 +36,7 @@ def work(sch: s_tir.Schedule) -> float:
 def divisor(extent: int, most: int) -> int:
     """The largest power of two <= `most` that divides `extent` (tiles must divide their
     loops: a predicated tail blocks tensorization and vectorization)."""
-    tile = most
+    tile = 1 << (max(1, most).bit_length() - 1)
     while extent % tile:
         tile //= 2
     return tile
