@@ -202,3 +202,31 @@ def test_grid_sample_at_constant_grid(tmp_path):
                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4, 5, 3])], [numpy_helper.from_array(grid, "grid")])
     model, _ = _compile_and_compare(tmp_path, path, {"value": rng.standard_normal((6, 2, 4, 8, 10)).astype(np.float32)})
     assert model.manifest["integer_only"] is True
+
+
+def test_grid_sample_free_batch(tmp_path):
+    """GridSample under a free batch keeps each sample on its rows (the tap indices were broadcast to a fixed
+    [1, C, P] shape, and the artifact ran a batch sample by sample): a symbolic batch, each sample's integers
+    those it gets alone."""
+    from frontends import parse_input_shape
+    from runtime import compile_model, load
+
+    rng = np.random.default_rng(7)
+    nodes = [helper.make_node("MatMul", ["feat", "w"], ["off"]),
+             helper.make_node("Reshape", ["off", "shape"], ["grid"]),
+             helper.make_node("GridSample", ["x", "grid"], ["y"], mode="bilinear", padding_mode="zeros", align_corners=0)]
+    inits = [numpy_helper.from_array((rng.standard_normal((8, 2)) * 0.3).astype(np.float32), "w"),
+             numpy_helper.from_array(np.array([-1, 5, 6, 2], np.int64), "shape")]
+    path = _save(tmp_path / "gs_batch.onnx", nodes,
+                 [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 10]),
+                  helper.make_tensor_value_info("feat", TensorProto.FLOAT, [1, 30, 8])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 5, 6])], inits)
+    np.savez(tmp_path / "calib.npz", x=rng.standard_normal((4, 1, 4, 8, 10)).astype(np.float32),
+             feat=rng.standard_normal((4, 1, 30, 8)).astype(np.float32))
+    shapes = dict(parse_input_shape(s) for s in ["x:1..4x4x8x10", "feat:1..4x30x8"])
+    model = load(compile_model(path, "x86", tmp_path / "m.artifact", calib=tmp_path / "calib.npz", progress=False,
+                               input_shapes=shapes))
+    assert model.manifest["integer_only"] is True and model.manifest["batch"] == "symbolic"
+    x = {"x": rng.standard_normal((3, 4, 8, 10)).astype(np.float32), "feat": rng.standard_normal((3, 30, 8)).astype(np.float32)}
+    alone = np.concatenate([model.run({k: v[i:i + 1] for k, v in x.items()})["y"] for i in range(3)])
+    np.testing.assert_array_equal(model.run(x)["y"], alone)

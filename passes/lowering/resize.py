@@ -132,7 +132,8 @@ def lower_grid_sample(ctx, call, args):
         valid = R.logical_and(R.logical_and(R.greater_equal(xi, i32(0)), R.less(xi, i32(w))),
                               R.logical_and(R.greater_equal(yi, i32(0)), R.less(yi, i32(h))))
         idx = R.add(R.multiply(R.clip(yi, 0, h - 1), i32(w)), R.clip(xi, 0, w - 1))
-        idx = ctx.emit(R.broadcast_to(idx, (n, c, ho * wo)))
+        # to [N, C, P] by adding zeros per channel, not broadcast_to a fixed shape: a free batch keeps its rows
+        idx = ctx.emit(R.add(idx, emit.const(np.zeros((1, c, 1)), "int32")))
         return ctx.emit(R.gather_elements(flat, idx, axis=2)), ctx.emit(valid)
 
     if method == "nearest":
