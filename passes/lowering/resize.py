@@ -105,7 +105,7 @@ def lower_grid_sample(ctx, call, args):
     fixed-point pixels by one dyadic requantization plus a constant; the taps are a gather from the
     flattened image, each weighted by (2^b - f) or f per axis (bilinear), 0 outside the input (zeros
     padding) or the coordinate clamped to it (border): an int32 accumulator at scale S / 2^(2b), the
-    same b as Resize (`spatial.grid_sample`). Nearest: the tap at the rounded coordinate, same scale.
+    same b as Resize (`spatial.grid_sample`). Nearest: the tap at the coordinate rounded half to even, same scale.
     A constant grid gives constant coordinates (Deformable-DETR's first decoder layer)."""
     attrs = call.attrs
     method, padding, layout = str(attrs.method), str(attrs.padding_mode), str(attrs.layout)
@@ -136,9 +136,15 @@ def lower_grid_sample(ctx, call, args):
         idx = ctx.emit(R.add(idx, emit.const(np.zeros((1, c, 1)), "int32")))
         return ctx.emit(R.gather_elements(flat, idx, axis=2)), ctx.emit(valid)
 
-    if method == "nearest":
-        half = i32(1 << (bits - 1))
-        v, valid = tap(R.right_shift(R.add(ix, half), i32(bits)), R.right_shift(R.add(iy, half), i32(bits)))
+    if method == "nearest":  # round half to even, as ONNX's reference and onnxruntime (nearbyint): grid 0 of an even side
+
+        def nearest(v):
+            q, f = R.right_shift(v, i32(bits)), R.bitwise_and(v, i32((1 << bits) - 1))
+            half = i32(1 << (bits - 1))
+            up = R.logical_or(R.greater(f, half), R.logical_and(R.equal(f, half), R.equal(R.bitwise_and(q, i32(1)), i32(1))))
+            return R.add(q, R.astype(up, "int32"))
+
+        v, valid = tap(nearest(ix), nearest(iy))
         out = R.where(valid, v, R.astype(i32(0), x.dtype))
         return replace(x, expr=ctx.emit(R.reshape(out, (n, c, ho, wo))))
     one = 1 << bits

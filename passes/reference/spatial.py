@@ -123,7 +123,7 @@ def grid_sample(x, ix, iy, bits: int, method: str, padding: str) -> np.ndarray:
     """GridSample of the integer tensor x [N, C, H, W] at fixed-point coordinates ix, iy [N, Ho, Wo]
     (`grid_coordinates`). bilinear: the int32 sum of the four taps times (2^b - f) or f per axis, at
     scale 2^-2b, a tap outside the input adding 0 (padding "zeros") or the coordinate first clamped
-    to the input (padding "border"); nearest: the tap at round_half_up(coordinate), same dtype, 0
+    to the input (padding "border"); nearest: the tap at the coordinate rounded half to even, same dtype, 0
     outside."""
     x = np.asarray(x)
     n, c, h, w = x.shape
@@ -137,8 +137,12 @@ def grid_sample(x, ix, iy, bits: int, method: str, padding: str) -> np.ndarray:
         idx = (np.clip(yi, 0, h - 1) * w + np.clip(xi, 0, w - 1)).reshape(n, 1, -1)
         return np.take_along_axis(flat, np.broadcast_to(idx, (n, c, idx.shape[-1])), axis=2), valid.reshape(n, 1, -1)
 
-    if method == "nearest":
-        v, valid = tap((ix + (1 << (bits - 1))) >> bits, (iy + (1 << (bits - 1))) >> bits)
+    if method == "nearest":  # round half to even (ONNX's reference, onnxruntime: nearbyint)
+        def nearest(v):
+            q, f, half = v >> bits, v & ((1 << bits) - 1), 1 << (bits - 1)
+            return q + ((f > half) | ((f == half) & ((q & 1) == 1)))
+
+        v, valid = tap(nearest(ix), nearest(iy))
         return np.where(valid, v, 0).astype(x.dtype).reshape(n, c, *ix.shape[1:])
     x0, y0 = ix >> bits, iy >> bits
     fx, fy = ix & ((1 << bits) - 1), iy & ((1 << bits) - 1)
