@@ -24,6 +24,8 @@ attention, soft-capping, sliding windows), DINOv2, ConvNeXt, RegNetY, ResNet, Mo
 EfficientNet, LeViT, PoolFormer, CvT, BiT (weight standardization), PVTv2, SwiftFormer, MobileViTV2 (nn.Fold as
 Col2Im), FocalNet, Swin-V2, Hiera, DPT / GLPN depth heads, YOLOS, SAM's image encoder, AST, wav2vec2-Conformer
 (relative and rotary), data2vec-audio, SEW, UniSpeech-SAT and PatchTST.
+Hunt 19 added 7 detection and segmentation heads (`ARCHS[57:]`): DETR, Conditional-DETR, Deformable-DETR and
+RT-DETR (GridSample in multi-scale deformable attention, TopK query selection), MaskFormer, Mask2Former, UperNet.
 
 Inputs: token ids drawn from a fixed vocabulary with an attention mask that has real padding (right
 padding, 8-28 real tokens of 32); images from `benchmarks.models.calibration_images` (scikit-image
@@ -73,6 +75,12 @@ class Arch:
 _TXT = dict(vocab_size=VOCAB, max_position_embeddings=128)
 _BERTISH = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=512, **_TXT)
 _IMG = dict(image_size=IMAGE, num_channels=3)
+_RESNET_BB = dict(model_type="resnet", embedding_size=16, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1],
+                  layer_type="basic", out_features=["stage4"])
+_SWIN_BB = dict(model_type="swin", image_size=IMAGE, patch_size=4, embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 2, 2, 4],
+                window_size=4, out_features=["stage1", "stage2", "stage3", "stage4"])
+_DETR = dict(d_model=64, encoder_layers=1, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
+             encoder_ffn_dim=128, decoder_ffn_dim=128, num_queries=20, num_labels=10)
 
 ARCHS: tuple[Arch, ...] = (
     Arch("bert", "BertConfig", _BERTISH, outputs=("last_hidden_state", "pooler_output"),
@@ -312,6 +320,56 @@ ARCHS: tuple[Arch, ...] = (
                                             prediction_length=16), model="PatchTSTForPrediction", kind="series",
          outputs=("prediction_outputs",),
          what="PatchTST forecaster: mean / std scaling over time, Unfold into patches, BatchNorm encoder, flatten head"),
+    # --- hunt 19: detection and segmentation heads (the decoder steps, KV caches and codecs it tried need inputs of
+    # their own: /tmp/w/hunt19/run.py of that session)
+    Arch("detr", "DetrConfig", dict(use_timm_backbone=False, backbone_config=_RESNET_BB, use_pretrained_backbone=False,
+                                    **_DETR), model="DetrForObjectDetection", kind="image", outputs=("logits", "pred_boxes"),
+         what="DETR: ResNet backbone (frozen BatchNorm), sine position embeddings from the pixel mask (CumSum), "
+              "encoder-decoder with 20 object queries, class + box heads"),
+    Arch("cond-detr", "ConditionalDetrConfig", dict(use_timm_backbone=False, backbone_config=_RESNET_BB,
+                                                    use_pretrained_backbone=False, **_DETR),
+         model="ConditionalDetrForObjectDetection", kind="image", outputs=("logits", "pred_boxes"),
+         what="Conditional-DETR: conditional spatial queries (reference points through sigmoid, sine embeddings)"),
+    Arch("deform-detr", "DeformableDetrConfig", dict(use_timm_backbone=False,
+                                                     backbone_config=dict(_RESNET_BB, out_features=["stage2", "stage3", "stage4"]),
+                                                     use_pretrained_backbone=False, num_feature_levels=4, encoder_n_points=2,
+                                                     decoder_n_points=2, **_DETR),
+         model="DeformableDetrForObjectDetection", kind="image", outputs=("logits", "pred_boxes"),
+         what="Deformable-DETR: multi-scale deformable attention (GridSample at reference points + offsets; a constant "
+              "grid in the first decoder layer); the legacy export's grid is float64, which onnxruntime cannot run: dynamo"),
+    Arch("rt-detr", "RTDetrConfig", dict(backbone_config=dict(model_type="rt_detr_resnet", embedding_size=16,
+                                                              hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1],
+                                                              layer_type="basic", out_features=["stage2", "stage3", "stage4"]),
+                                         use_pretrained_backbone=False, d_model=64, encoder_hidden_dim=64,
+                                         encoder_in_channels=[32, 64, 128], encoder_ffn_dim=128, encoder_attention_heads=4,
+                                         decoder_layers=2, decoder_attention_heads=4, decoder_ffn_dim=128, num_queries=20,
+                                         num_labels=10, decoder_n_points=2, decoder_in_channels=[64, 64, 64],
+                                         hidden_expansion=0.5, anchor_image_size=[IMAGE, IMAGE]),
+         model="RTDetrForObjectDetection", kind="image", outputs=("logits", "pred_boxes"),
+         what="RT-DETR: hybrid encoder (AIFI + CCFM), TopK query selection over encoder scores (GatherElements), "
+              "deformable decoder (GridSample); random init: the TopK order permutes under any noise"),
+    Arch("maskformer", "MaskFormerConfig", dict(backbone_config=_SWIN_BB, fpn_feature_size=32, mask_feature_size=32,
+                                                num_queries=10, num_labels=5,
+                                                decoder_config=dict(model_type="detr", d_model=32, decoder_layers=2,
+                                                                    encoder_layers=1, decoder_attention_heads=4,
+                                                                    encoder_attention_heads=4, decoder_ffn_dim=64,
+                                                                    encoder_ffn_dim=64, num_queries=10)),
+         model="MaskFormerForInstanceSegmentation", kind="image", outputs=("class_queries_logits", "masks_queries_logits"),
+         what="MaskFormer: Swin backbone, FPN pixel decoder, DETR decoder, mask logits by einsum of queries and pixels"),
+    Arch("mask2former", "Mask2FormerConfig", dict(backbone_config=_SWIN_BB, feature_size=32, mask_feature_size=32,
+                                                  hidden_dim=32, encoder_feedforward_dim=64, dim_feedforward=64,
+                                                  encoder_layers=1, decoder_layers=2, num_attention_heads=4,
+                                                  num_queries=10, num_labels=5, common_stride=4),
+         model="Mask2FormerForUniversalSegmentation", kind="image", outputs=("class_queries_logits", "masks_queries_logits"),
+         what="Mask2Former: multi-scale deformable pixel decoder (GridSample), masked attention decoder; dynamo (the "
+              "legacy export's grid is float64)"),
+    Arch("upernet", "UperNetConfig", dict(backbone_config=dict(model_type="convnext", hidden_sizes=[16, 32, 64, 128],
+                                                               depths=[1, 1, 1, 1],
+                                                               out_features=["stage1", "stage2", "stage3", "stage4"]),
+                                          hidden_size=64, auxiliary_in_channels=64, num_labels=8, use_auxiliary_head=False),
+         model="UperNetForSemanticSegmentation", kind="image", outputs=("logits",),
+         what="UperNet: ConvNeXt backbone, pyramid pooling (adaptive pools to 1, 2, 3, 6: dynamo, the legacy exporter "
+              "refuses non-divisible ones), FPN fuse, bilinear Resize"),
 )
 BY_NAME = {a.name: a for a in ARCHS}
 
@@ -576,6 +634,21 @@ such random-init BatchNorm nets too. SEW's 13-conv extractor (0.989 at its last 
 it (0.906): it cancels the frames' common part, and no single 8-bit grid is over the sensitivity tolerance.
 Compile seconds of hunt 18's rows were measured at a load of 8-9 on the 2 cores (other sessions compiling), some
 with the run paused for diagnosis: > 60 s there is not a measured pathology.
+
+Hunt 19 (7 detection and segmentation heads, `ARCHS[57:]`) found, each fixed with a synthetic ONNX test
+(tests/test_hf_idioms.py, tests/test_spatial_ops.py):
+
+- GridSample (Deformable-DETR's, RT-DETR's and Mask2Former's multi-scale deformable attention) had no integer
+  lowering: refused integer-only. Now the grid at 16 bits becomes fixed-point pixels, the four taps are gathers
+  weighted per axis in int32 (bit-exact to reference.spatial.grid_sample); a constant grid (Deformable-DETR's first
+  decoder layer samples at learned reference points) is unnormalized at compile time.
+
+Caveats: the DETR-family box heads at random init give the same boxes for any input (the queries dominate), so
+their cosine says little; their class logits and the mask heads depend on the input. RT-DETR's cosine (0.72-0.78) is
+its TopK query selection permuting near-tied encoder scores: matched box by box, 17-19 of 20 boxes agree within L1
+0.02 and their logits at cosine 0.997 (at 96 px; onnxruntime's static int8 0.60 there). Deformable-DETR's and
+Mask2Former's legacy exports hand GridSample a float64 grid, which onnxruntime cannot run, and UperNet's pyramid
+pooling (adaptive pools to 3 and 6 of a 2 x 2 map) does not export with the legacy exporter: their rows are dynamo.
 """
 
 
