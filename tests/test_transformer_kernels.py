@@ -77,6 +77,35 @@ def test_exp2_neg_bit_exact():
     assert got[0] == ref.EXP2_COEFFS[0] and got[-1] == 0
 
 
+@pytest.mark.parametrize("cpu", ["x86-64-v3", "x86-64-v4"])
+def test_exp2_table_or_its_cubic_per_target(cpu):
+    """exp2_neg reads its cubic from a table of its 2^16 values; on AVX-512 targets the lookup becomes
+    the cubic's Horner steps again (`targets/exp2_cubic.py`: a lane-by-lane gather cost more there),
+    on AVX2 it stays. Both equal the reference bit for bit, through a softmax too; a build for
+    features this CPU lacks is only compiled."""
+    import tvm
+
+    from conftest import relax_main
+    from targets import get_target
+    from targets.exp2_cubic import exp2_cubic_pass, has_avx512
+    from targets.x86 import missing_features
+
+    a = np.concatenate([np.arange(0, 70000, 7), [0, 65535, 65536, (31 << 16) - 1, 31 << 16, 2**62]]).astype(np.int64)
+    spec = get_target("x86", cpu=cpu)
+    assert has_avx512(spec.target()) == (cpu == "x86-64-v4")
+    module = relax_main(emit.exp2_neg, [a.reshape(1, -1)])
+    assert "R.take" in module.script() and "R.take" not in exp2_cubic_pass(module).script()
+    m, s = _softmax_params(0.05)
+    x = _rows("random", (4, 257), -3000, 3000).astype(np.int32)
+    ex = tvm.compile(relax_main(lambda v: emit.softmax_exp2(v, m, s), [x]), target=spec.target(),
+                     relax_pipeline=spec.relax_pipeline(spec.target()))
+    if missing_features(spec.features):
+        pytest.skip(f"this CPU lacks {missing_features(spec.features)}: compiled only")
+    np.testing.assert_array_equal(run_relax(emit.exp2_neg, [a.reshape(1, -1)], cpu=cpu).ravel(), ref.exp2_neg(a))
+    got = tvm.relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    np.testing.assert_array_equal(got, ref.softmax_exp2(x, m, s))
+
+
 def _softmax_params(scale: float) -> tuple[int, int]:
     m, s = dyadic(scale * math.log2(math.e) * 2**16)
     return int(m), int(s)

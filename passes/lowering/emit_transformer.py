@@ -88,6 +88,16 @@ def _exp2_fractions() -> relax.Expr:
     return const(ref.exp2_neg(np.arange(1 << ref.EXP2_IN_BITS)).astype(np.int32), "int32")
 
 
+def exp2_cubic(f: relax.Expr) -> relax.Expr:
+    """The reference's cubic p(f) for int64 fractions 0 <= f < 2^16, by its Horner steps (int64,
+    below 2^47): the values of `_exp2_fractions`, computed."""
+    c0, c1, c2, c3 = ref.EXP2_COEFFS
+    y = _i64(c3)
+    for c in (c2, c1, c0):
+        y = R.add(R.right_shift(R.multiply(y, f), _i64(ref.EXP2_IN_BITS)), _i64(c))
+    return y
+
+
 def exp2_neg(a: relax.Expr) -> relax.Expr:
     """2^(-a / 2^16) at scale 2^-30 for int64 a >= 0: p(fraction) >> integer part, p the reference's
     cubic, read from a table of its 2^16 values (the same integers; the Horner steps took three
