@@ -466,7 +466,14 @@ def schedule(sch: s_tir.Schedule, block, dot: Dot, kind: str) -> None:
     if local_map is not None:
         sch.transform_layout(block, ("write", 0), local_map)
     sch.reverse_compute_at(acc, par)
-    for consumer in epilogue:
+    for i, consumer in enumerate(epilogue):
+        try:  # tried on a copy: a failed primitive may leave the schedule half changed
+            sch.copy().reverse_compute_at(consumer, par)
+        except (s_tir.schedule.ScheduleError, tvm.error.InternalError):
+            # a broadcast TVM cannot bound per tile (OWL-ViT's one-column matmul, its padded columns
+            # sliced off, added to a wider tensor): it and what follows stay after the tiles, whole
+            epilogue = epilogue[:i]
+            break
         sch.reverse_compute_at(consumer, par)
     init = sch.decompose_reduction(block, ko)
     sch.unroll(ri)

@@ -230,3 +230,29 @@ def test_grid_sample_free_batch(tmp_path):
     x = {"x": rng.standard_normal((3, 4, 8, 10)).astype(np.float32), "feat": rng.standard_normal((3, 30, 8)).astype(np.float32)}
     alone = np.concatenate([model.run({k: v[i:i + 1] for k, v in x.items()})["y"] for i in range(3)])
     np.testing.assert_array_equal(model.run(x)["y"], alone)
+
+
+def test_one_column_matmul_added_to_a_wider_product(tmp_path):
+    """OWL-ViT's class head: logits = image_embeds @ query_embeds^T (an Einsum with '...') plus a shift from a
+    one-column linear of the same image embeddings, broadcast along the queries. The one-column matmul's dot
+    kernel (padded to 16 columns, sliced back) had the broadcast add fused after it, which TVM cannot compute
+    tile by tile: an InternalError from the schedule killed the compile (OWL-ViT and OWLv2, hunt 19). The add
+    now stays after the tiles."""
+    rng = np.random.default_rng(8)
+    nodes = [helper.make_node("MatMul", ["img", "w0"], ["a"]),
+             helper.make_node("ReduceL2", ["qe"], ["n1"], axes=[-1], keepdims=1),
+             helper.make_node("Add", ["n1", "eps"], ["n1e"]),
+             helper.make_node("Div", ["qe", "n1e"], ["b"]),
+             helper.make_node("Einsum", ["a", "b"], ["pl"], equation="...pd,...qd->...pq"),
+             helper.make_node("MatMul", ["img", "ws"], ["sh"]),
+             helper.make_node("Add", ["pl", "sh"], ["y"])]
+    inits = [numpy_helper.from_array((rng.standard_normal((32, 32)) * 0.1).astype(np.float32), "w0"),
+             numpy_helper.from_array((rng.standard_normal((32, 1)) * 0.3).astype(np.float32), "ws"),
+             numpy_helper.from_array(np.array(1e-6, np.float32), "eps")]
+    path = _save(tmp_path / "owl_head.onnx", nodes,
+                 [helper.make_tensor_value_info("img", TensorProto.FLOAT, [1, 16, 32]),
+                  helper.make_tensor_value_info("qe", TensorProto.FLOAT, [1, 2, 32])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 2])], inits)
+    model, _ = _compile_and_compare(tmp_path, path, {"img": rng.standard_normal((6, 1, 16, 32)).astype(np.float32),
+                                                     "qe": rng.standard_normal((6, 1, 2, 32)).astype(np.float32)})
+    assert model.manifest["integer_only"] is True
