@@ -19,6 +19,8 @@ included when their batch axes come first); others keep the default lowering.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import tvm
 from tvm import s_tir
@@ -695,5 +697,11 @@ def schedule_int_matmul_cpu(mod, _ctx):
                     continue
         except tvm.s_tir.schedule.ScheduleError:
             continue  # a fusion the schedule does not cover (e.g. a second producer): default lowering
+        except (tvm.error.InternalError, IndexError, ValueError) as err:
+            # a schedule's own failure (TVM's checks inside a primitive, or a case the schedule missed: a
+            # 0-d step, a broadcast epilogue) costs this kernel its speed, not the user their compile
+            warnings.warn(f"kernel {gv.name_hint}: its schedule failed ({type(err).__name__}: "
+                          f"{str(err).splitlines()[0][:200] if str(err) else ''}); TVM's default loops instead")
+            continue
         mod[gv] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
     return mod

@@ -494,3 +494,20 @@ def test_layout_round_trip_inside_an_elementwise_kernel_is_inlined():
     got = tvm.runtime.tensor(np.zeros((4, 14, 24), np.int8))
     tvm.compile(sch.mod, target="llvm")(tvm.runtime.tensor(a), tvm.runtime.tensor(b), got)
     np.testing.assert_array_equal(got.numpy(), np.clip(((a + b).astype(np.int64) * 5 + 64) >> 7, -128, 127).astype(np.int8))
+
+
+def test_a_failing_schedule_costs_its_kernel_speed_not_the_compile(monkeypatch):
+    """A schedule that fails in a way it did not foresee (an IndexError, TVM's InternalError from inside a
+    primitive: openWakeWord's log-mel front end, OWL-ViT) leaves that kernel to TVM's default loops, with
+    a warning naming it, instead of ending the compile in a traceback; the values are the same."""
+    import targets.cpu_schedules as schedules
+    from conftest import run_relax
+
+    def broken(func):
+        raise IndexError("list index out of range")
+
+    monkeypatch.setattr(schedules, "_schedule_chunked", broken)
+    x = rng.integers(-(2**20), 2**20, (8, 48)).astype(np.int32)
+    with pytest.warns(UserWarning, match="its schedule failed \\(IndexError"):
+        got = run_relax(lambda a: relax.op.right_shift(a, relax.const(3, "int32")), [x])
+    np.testing.assert_array_equal(got, x >> 3)
