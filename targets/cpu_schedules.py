@@ -122,6 +122,19 @@ def _inlined_cost(sch: s_tir.Schedule, blocks) -> int:
     return cost[sch.get(blocks[-1]).writes[0].source.name]
 
 
+def _inline_into_last(sch: s_tir.Schedule, blocks: list) -> bool:
+    """Inline every block into the last where the expression stays small (`_inlined_cost`): whether it did
+    (all or nothing is not promised on failure: callers drop `sch` then)."""
+    if len(blocks) > MAX_INLINED or _inlined_cost(sch, blocks) > MAX_INLINED_COST:
+        return False
+    try:
+        for block in reversed(blocks[:-1]):
+            sch.compute_inline(block)
+    except s_tir.schedule.ScheduleError:
+        return False
+    return True
+
+
 def _schedule_repack(func: tvm.tirx.PrimFunc):
     """A transpose fed by reshapes and elementwise blocks (a requantization): the activation
     repacks of the dot-product kernels, e.g. [C, H, W] -> [C/4, H*W, 4]. Everything is inlined
@@ -141,12 +154,7 @@ def _schedule_repack(func: tvm.tirx.PrimFunc):
     if not isinstance(inner, tvm.tirx.Var) or inner not in axes:
         return None
     j = axes.index(inner)
-    if len(blocks) > MAX_INLINED or _inlined_cost(sch, blocks) > MAX_INLINED_COST:
-        return None
-    try:
-        for block in reversed(blocks[:-1]):
-            sch.compute_inline(block)
-    except s_tir.schedule.ScheduleError:
+    if not _inline_into_last(sch, blocks):
         return None
     loops = sch.get_loops(last)
     extent = sch.get(loops[j]).extent
@@ -299,12 +307,7 @@ def _inlined_layouts(func: tvm.tirx.PrimFunc):
     sch = s_tir.Schedule(func)
     blocks = sch.get_child_blocks(sch.get_sblock("root"))
     if len(blocks) < 2 or any(int(v.iter_type) != 0 for b in blocks for v in sch.get(b).iter_vars) \
-            or len(blocks) > MAX_INLINED or _inlined_cost(sch, blocks) > MAX_INLINED_COST:
-        return None
-    try:
-        for block in reversed(blocks[:-1]):
-            sch.compute_inline(block)
-    except s_tir.schedule.ScheduleError:
+            or not _inline_into_last(sch, blocks):
         return None
     loop_nest(sch, blocks[-1])
     return sch
