@@ -82,10 +82,15 @@ def layernorm_core(x: relax.Expr, mean_m: int, mean_s: int, axis: int = -1, cent
 
 
 @functools.lru_cache(maxsize=1)
+def exp2_fraction_table() -> np.ndarray:
+    """The reference's cubic p(f) for every fraction f < 2^16 (int32, <= 2^30)."""
+    return ref.exp2_neg(np.arange(1 << ref.EXP2_IN_BITS)).astype(np.int32)
+
+
+@functools.lru_cache(maxsize=1)
 def _exp2_fractions() -> relax.Expr:
-    """The reference's cubic p(f) for every fraction f < 2^16 (int32, <= 2^30), one constant that
-    every softmax and GELU of a module shares."""
-    return const(ref.exp2_neg(np.arange(1 << ref.EXP2_IN_BITS)).astype(np.int32), "int32")
+    """`exp2_fraction_table` as one constant that every softmax and GELU of a module shares."""
+    return const(exp2_fraction_table(), "int32")
 
 
 def exp2_cubic(f: relax.Expr) -> relax.Expr:
