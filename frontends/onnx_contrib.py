@@ -12,6 +12,11 @@ place, before anything else reads the graph:
     QuickGelu(x, alpha)                      ->  x sigmoid(alpha x)
     BiasAdd(x, bias, skip)                   ->  x + bias + skip
     FusedMatMul(A, B, alpha, transA, transB) ->  alpha * (A' @ B')  (last two axes transposed)
+    FusedConv(X, W, B?, Z?), FusedGemm(A, B, C?)  ->  activation(Conv(X, W, B) (+ Z)), activation(Gemm(A, B, C))
+
+FusedConv and FusedGemm are what onnxruntime's ORT_ENABLE_EXTENDED level leaves of a CNN's conv and its
+activation (`optimized_model_filepath`); their `activation` is one of MLAS's (Relu, LeakyRelu, Tanh,
+Sigmoid, Clip, HardSigmoid), with its parameters in `activation_params` or `activation_alpha/beta`.
 
 LayerNorm and RMSNorm are written as the ReduceMean chains that Keras and TF exports use (below opset 17
 there is no LayerNormalization op); `passes/fuse_layernorm.py` and `fuse_rmsnorm.py` make them one op
@@ -74,6 +79,40 @@ class _Writer:
         self.op("Mul", [self.op("Mul", [y, self.op("Add", [erf, self.const(1.0)])]), self.const(0.5)], out)
 
 
+# MLAS's fused activations as standard ops: (op, the attributes its parameters fill, in order)
+_ACTIVATIONS = {"Relu": ("Relu", ()), "Tanh": ("Tanh", ()), "Sigmoid": ("Sigmoid", ()),
+                "LeakyRelu": ("LeakyRelu", ("alpha",)), "HardSigmoid": ("HardSigmoid", ("alpha", "beta")),
+                "Clip": ("Clip", ())}  # Clip's bounds become its inputs
+
+
+def _activation(node) -> tuple[str, list[float]] | None:
+    """A Fused* node's activation and its parameters; None for one MLAS has that this module does not know."""
+    kind = _attr(node, "activation", b"")
+    kind = kind.decode() if isinstance(kind, bytes) else kind
+    params = list(_attr(node, "activation_params", [])) or [
+        v for v in (_attr(node, "activation_alpha", None), _attr(node, "activation_beta", None)) if v is not None]
+    return (kind, [float(p) for p in params]) if not kind or kind in _ACTIVATIONS else None
+
+
+def _fused(node, w: _Writer, op: str, inputs: list[str], out: str, add: str = "") -> bool:
+    """`op` with the node's own attributes, `add` added, then the node's activation, into `out`."""
+    found = _activation(node)
+    if found is None:
+        return False
+    kind, params = found
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute if not a.name.startswith("activation")}
+    y = w.op(op, inputs, None if kind or add else out, **attrs)
+    if add:
+        y = w.op("Add", [y, add], None if kind else out)
+    if kind == "Clip":
+        lo, hi = (params + [-np.inf, np.inf][len(params):])[:2]
+        w.op("Clip", [y, w.const(lo), w.const(hi)], out)
+    elif kind:
+        act, names = _ACTIVATIONS[kind]
+        w.op(act, [y], out, **dict(zip(names, params)))
+    return True
+
+
 def _attr(node, name: str, default):
     return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
 
@@ -116,6 +155,11 @@ def _rewrite(node, w: _Writer, read: set[str], ranks: dict[str, int]) -> bool:
     if op == "BiasAdd":
         w.sum(ins[:3], out)
         return True
+    if op == "FusedConv":  # inputs X, W, B?, Z? (Z: a residual summed before the activation)
+        ins = ins + [""] * (4 - len(ins))
+        return _fused(node, w, "Conv", [i for i in ins[:3] if i], out, add=ins[3])
+    if op == "FusedGemm":
+        return _fused(node, w, "Gemm", ins, out)
     if op == "FusedMatMul":
         if _attr(node, "transBatchA", 0) or _attr(node, "transBatchB", 0):
             return False

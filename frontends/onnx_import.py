@@ -510,9 +510,13 @@ def _unconvertible_hint(model: onnx.ModelProto, names: list[str]) -> str:
     hints = []
     if "com.microsoft" in domains:
         hints.append("(com.microsoft ops are onnxruntime's own fusions; intq rewrites SkipLayerNormalization, Gelu, "
-                     "FastGelu, BiasGelu, QuickGelu, FusedMatMul, BiasAdd, QGemm and the QLinear ops, not these: "
-                     "compile the model as exported, before onnxruntime's optimizer)")
-    if domains - {"com.microsoft"}:
+                     "FastGelu, BiasGelu, QuickGelu, FusedMatMul, FusedConv, FusedGemm, BiasAdd, QGemm and the QLinear "
+                     "ops, not these: compile the model as exported, before onnxruntime's optimizer)")
+    if "com.microsoft.nchwc" in domains:
+        hints.append("(com.microsoft.nchwc ops are onnxruntime's blocked-layout kernels for the CPU that saved the file "
+                     "at ORT_ENABLE_ALL, which onnxruntime itself warns is hardware specific: save it at "
+                     "ORT_ENABLE_EXTENDED or below, or compile the model as exported)")
+    if domains - {"com.microsoft", "com.microsoft.nchwc"}:
         hints.append("(ai.onnx.ml tree ensembles, classifiers with label outputs, ZipMap... are not neural-network ops; "
                      "convert the model without them, or run them outside the compiled part)")
     return "\n".join(hints)
