@@ -28,6 +28,7 @@ from onnx import numpy_helper
 from .errors import CompileError, UnsupportedModelError
 from .onnx_attention import decompose_attention
 from .onnx_contrib import contrib_to_standard
+from .onnx_float_io import widen_float_inputs
 from .onnx_origins import import_onnx
 from .onnx_decompose import decompose_ops
 from .resize_layout import resize_to_nchw
@@ -163,6 +164,7 @@ def load_onnx(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]] 
     model = _read(path)
     _refuse_string_inputs(model, path)
     _fix_input_shapes(model, bound_shapes(input_shapes), path)
+    widen_float_inputs(model)  # float16 / bfloat16 / float64 inputs: float32 ones, cast inside (onnx_float_io.py)
     contrib_to_standard(model)  # onnxruntime's fused transformer ops (com.microsoft) as standard ops
     strip_qdq(model)  # a pre-quantized (QDQ) model: its float graph, calibrated anew (onnx_qdq.py)
     if any(n.op_type == "Attention" for n in model.graph.node):  # before onnxruntime inlines the newer

@@ -106,10 +106,10 @@ def float_agreement(model_path: str | Path | bytes, artifact, samples, got=None)
     options.log_severity_level = 3  # errors only: its graph warnings flooded the compile's output
     session = ort.InferenceSession(model_path if isinstance(model_path, bytes) else str(model_path), options,
                                    providers=["CPUExecutionProvider"])
-    wanted = {i.name for i in session.get_inputs()}
+    wanted = {i.name: i.type for i in session.get_inputs()}
     per_sample, values = [], {}
     for sample, ours in zip(samples, gots):
-        want = session.run(None, {k: v for k, v in sample.items() if k in wanted})
+        want = session.run(None, {k: _as_session_type(v, wanted[k]) for k, v in sample.items() if k in wanted})
         ours = artifact.run(sample) if ours is None else ours
         per_sample.append([row for out, ref in zip(session.get_outputs(), want)
                            if (row := _agreement(out.name, ours.get(out.name), np.asarray(ref))) is not None])
@@ -120,6 +120,13 @@ def float_agreement(model_path: str | Path | bytes, artifact, samples, got=None)
                                                         float(np.ravel(refs[row.name])[0])))
     return [_single_relative(row, values[row.name]) if len(values.get(row.name, ())) > 1 else row
             for row in worst(per_sample)]
+
+
+def _as_session_type(value: np.ndarray, ort_type: str) -> np.ndarray:
+    """A float32 sample for a float16 or float64 input of the file (the artifact takes it as float32:
+    frontends/onnx_float_io.py) in that input's own type."""
+    wanted = {"tensor(float16)": np.float16, "tensor(double)": np.float64}.get(ort_type)
+    return value.astype(wanted) if wanted is not None and value.dtype.kind == "f" else value
 
 
 def _single_relative(row: Agreement, pairs: list[tuple[float, float]]) -> Agreement:
