@@ -13,6 +13,7 @@ place, before anything else reads the graph:
     BiasAdd(x, bias, skip)                   ->  x + bias + skip
     FusedMatMul(A, B, alpha, transA, transB) ->  alpha * (A' @ B')  (last two axes transposed)
     FusedConv(X, W, B?, Z?), FusedGemm(A, B, C?)  ->  activation(Conv(X, W, B) (+ Z)), activation(Gemm(A, B, C))
+    EmbedLayerNormalization, Attention       ->  see onnx_contrib_attention.py
 
 FusedConv and FusedGemm are what onnxruntime's ORT_ENABLE_EXTENDED level leaves of a CNN's conv and its
 activation (`optimized_model_filepath`); their `activation` is one of MLAS's (Relu, LeakyRelu, Tanh,
@@ -30,8 +31,11 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .onnx_contrib_attention import attention, embed_layer_norm
+
 DOMAIN = "com.microsoft"
-DEFAULT_DOMAIN_OPS = ("SimplifiedLayerNormalization",)  # onnxruntime registers it in the ONNX domain
+DEFAULT_DOMAIN_OPS = ("SimplifiedLayerNormalization",)
+FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)  # onnxruntime registers it in the ONNX domain
 
 
 def _contrib(node) -> bool:
@@ -41,10 +45,12 @@ def _contrib(node) -> bool:
 class _Writer:
     """Nodes and constants of one rewritten node, named under its own prefix."""
 
-    def __init__(self, node, opset: int, inits: list):
+    def __init__(self, node, opset: int, inits: list, floats=np.float32):
         self.prefix, self.opset, self.inits, self.nodes, self.count = node.name or node.output[0], opset, inits, [], 0
+        self.floats = np.dtype(floats)  # the node's float type: a float16 model's constants are float16
 
-    def const(self, value, dtype=np.float32) -> str:
+    def const(self, value, dtype=None) -> str:
+        dtype = dtype or self.floats
         self.inits.append(numpy_helper.from_array(np.asarray(value, dtype), f"{self.prefix}/c{len(self.inits)}"))
         return self.inits[-1].name
 
@@ -128,8 +134,13 @@ def _skip_norm(node, w: _Writer, read: set[str], simplified: bool) -> bool:
     return True
 
 
-def _rewrite(node, w: _Writer, read: set[str], ranks: dict[str, int]) -> bool:
+def _rewrite(node, w: _Writer, read: set[str], ranks: dict[str, int], dims: dict[str, list[int]],
+             lengths: set[str]) -> bool:
     op, ins, out = node.op_type, list(node.input), node.output[0]
+    if op == "EmbedLayerNormalization":
+        return embed_layer_norm(node, w, read, lengths)
+    if op == "Attention":
+        return attention(node, w, read, ranks, dims, lengths)
     if op == "SkipLayerNormalization":
         return _skip_norm(node, w, read, simplified=False)
     if op == "SkipSimplifiedLayerNormalization":
@@ -185,18 +196,23 @@ def contrib_to_standard(model: onnx.ModelProto) -> int:
         return 0
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
     read = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
-    ranks = {i.name: len(i.dims) for i in model.graph.initializer}
+    dims = {i.name: list(i.dims) for i in model.graph.initializer}
+    ranks = {name: len(d) for name, d in dims.items()}
+    types = {i.name: i.data_type for i in model.graph.initializer}
     try:  # ranks of what a FusedMatMul transposes (shape inference passes contrib ops by)
         inferred = onnx.shape_inference.infer_shapes(model)
-        ranks.update({v.name: len(v.type.tensor_type.shape.dim)
-                      for v in (*inferred.graph.input, *inferred.graph.value_info)
-                      if v.type.tensor_type.HasField("shape")})
+        values = (*inferred.graph.input, *inferred.graph.value_info)
+        ranks.update({v.name: len(v.type.tensor_type.shape.dim) for v in values if v.type.tensor_type.HasField("shape")})
+        types.update({v.name: v.type.tensor_type.elem_type for v in values if v.type.tensor_type.elem_type})
     except Exception:  # noqa: BLE001 - a graph inference cannot read keeps the ranks of its constants
         pass
-    nodes, inits, count = [], [], 0
+    nodes, inits, count, lengths = [], [], 0, set()  # lengths: EmbedLayerNormalization's 1-D mask_index outputs
     for node in model.graph.node:
-        writer = _Writer(node, opset, inits)
-        if _contrib(node) and _rewrite(node, writer, read, ranks):
+        floats = next((t for t in (types.get(i) for i in node.input) if t in FLOATS), onnx.TensorProto.FLOAT)
+        writer = _Writer(node, opset, inits, helper.tensor_dtype_to_np_dtype(floats))
+        if _contrib(node) and node.output:  # shape inference leaves contrib outputs untyped: the next one reads them
+            types.setdefault(node.output[0], floats)
+        if _contrib(node) and _rewrite(node, writer, read, ranks, dims, lengths):
             nodes.extend(writer.nodes)
             count += 1
         else:

@@ -170,3 +170,99 @@ def test_ort_extended_cnn_compiles_integer_only(tmp_path):
     assert art.manifest["integer_only"] is True
     (row,) = check.float_agreement(tmp_path / "m.onnx", art, {"x": rng.standard_normal((1, 4, 10, 10)).astype(np.float32)})
     assert row.cosine > 0.99, row
+
+
+H, HEADS, SEQ, VOCAB = 32, 4, 8, 50
+
+
+def _bert_block(mask_rank: int, opset: int = 17, embed: bool = True, **attention_attrs) -> onnx.ModelProto:
+    """EmbedLayerNormalization (its mask_index: the count of valid tokens) -> Attention, as onnxruntime's BERT
+    optimizer writes a layer; or (embed False) an Attention reading the graph's [B, T] / [B, S, T] mask."""
+    ids = helper.make_tensor_value_info("ids", TensorProto.INT32, [1, SEQ])
+    mask = helper.make_tensor_value_info("mask", TensorProto.INT32, [1, SEQ] if mask_rank < 3 else [1, SEQ, SEQ])
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, SEQ, H])
+    inits = [_c("word", (VOCAB, H), 1.0), _c("pos", (16, H), 0.5), _c("seg", (2, H), 0.5), _c("gamma", (H,), 0.1, 1.0),
+             _c("beta", (H,)), _c("qkv", (H, 3 * H), 0.3), _c("qkv_b", (3 * H,))]
+    if embed:
+        nodes = [helper.make_node("ConstantOfShape", [helper.make_node("Shape", ["ids"], ["s"]).output[0]], ["z"],
+                                  value=numpy_helper.from_array(np.zeros(1, np.int32))),
+                 _ms("EmbedLayerNormalization", ["ids", "z", "word", "pos", "seg", "gamma", "beta", "mask"],
+                     ["e", "count"], epsilon=1e-12),
+                 _ms("Attention", ["e", "qkv", "qkv_b", "count"], ["y"], num_heads=HEADS, **attention_attrs)]
+        nodes.insert(0, helper.make_node("Shape", ["ids"], ["s"]))
+        inputs = [ids, mask]
+    else:
+        nodes = [_ms("Attention", ["x", "qkv", "qkv_b", "mask"], ["y"], num_heads=HEADS, **attention_attrs)]
+        inputs = [x, mask]
+    graph = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, SEQ, H])],
+                              inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 8
+    return model
+
+
+def _bert_inputs(mask_rank: int, valid: int = 5) -> dict:
+    keys = (np.arange(SEQ) < valid).astype(np.int32)
+    mask = keys[None] if mask_rank < 3 else np.broadcast_to(np.tril(np.ones((SEQ, SEQ), np.int32)) * keys, (1, SEQ, SEQ))
+    return {"ids": rng.integers(0, VOCAB, (1, SEQ)).astype(np.int32), "mask": np.ascontiguousarray(mask),
+            "x": rng.standard_normal((1, SEQ, H)).astype(np.float32)}
+
+
+BERT = {"EmbedLayerNormalization -> Attention": dict(mask_rank=1),
+        "the same at opset 12 (Unsqueeze and ReduceSum axes as attributes)": dict(mask_rank=1, opset=12),
+        "Attention, a [B, T] mask, its own scale": dict(mask_rank=2, embed=False, scale=0.3),
+        "Attention, a [B, S, T] mask": dict(mask_rank=3, embed=False)}
+
+
+@pytest.mark.parametrize("name", list(BERT))
+def test_bert_attention_computes_what_onnxruntime_computes(name):
+    model = _bert_block(**BERT[name])
+    rewritten = copy.deepcopy(model)
+    assert contrib_to_standard(rewritten) >= 1
+    assert not any(n.domain == "com.microsoft" for n in rewritten.graph.node)
+    onnx.checker.check_model(rewritten)
+    for valid in (SEQ, 5, 1):
+        feed = _bert_inputs(BERT[name]["mask_rank"], valid)
+        run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(  # noqa: E731
+            None, {i.name: feed[i.name] for i in m.graph.input})[0]
+        np.testing.assert_allclose(run(rewritten), run(model), rtol=1e-4, atol=1e-5)
+
+
+def test_attention_with_a_cache_or_causal_is_left():
+    model = _bert_block(mask_rank=2, embed=False, unidirectional=1)
+    assert contrib_to_standard(model) == 0
+
+
+def test_bert_optimizer_block_compiles_integer_only(tmp_path):
+    """EmbedLayerNormalization -> Attention (onnxruntime's optimize_model(model_type='bert') on a dynamic-axes
+    export): refused in both modes before; padded keys get exactly no weight."""
+    import runtime
+    from runtime import check
+
+    onnx.save(_bert_block(mask_rank=1), tmp_path / "m.onnx")
+    samples = [_bert_inputs(1, valid) for valid in (8, 6, 5, 3, 8, 7, 4, 8)]
+    np.savez(tmp_path / "c.npz", ids=np.stack([s["ids"] for s in samples]), mask=np.stack([s["mask"] for s in samples]))
+    art = runtime.load(runtime.compile_model(tmp_path / "m.onnx", "x86", tmp_path / "a", calib=tmp_path / "c.npz",
+                                             progress=False))
+    assert art.manifest["integer_only"] is True
+    feed = _bert_inputs(1, 5)
+    (row,) = check.float_agreement(tmp_path / "m.onnx", art, {"ids": feed["ids"], "mask": feed["mask"]})
+    assert row.cosine > 0.99, row
+
+
+def test_float16_graph_gets_float16_constants():
+    """A float16 model's SkipLayerNormalization and Gelu (onnxruntime's optimizer, then convert_float_to_float16):
+    the rewrite's constants were float32, and onnxruntime refused the rewritten graph (Add bound to float16 and
+    float)."""
+    c16 = lambda name, shape, s=0.1, o=0.0: numpy_helper.from_array((o + s * rng.standard_normal(shape)).astype(np.float16), name)  # noqa: E731
+    nodes = [_ms("SkipLayerNormalization", ["x", "skip", "gamma", "beta"], ["s"], epsilon=1e-5), _ms("Gelu", ["s"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [1, 8, D])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [1, 8, D])],
+                              [c16("skip", (1, 8, D), 1.0), c16("gamma", (D,), 0.1, 1.0), c16("beta", (D,))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 8
+    rewritten = copy.deepcopy(model)
+    assert contrib_to_standard(rewritten) == 2
+    x = rng.standard_normal((1, 8, D)).astype(np.float16)
+    run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]  # noqa: E731
+    np.testing.assert_allclose(run(rewritten).astype(np.float32), run(model).astype(np.float32), rtol=0.02, atol=0.02)
