@@ -14,6 +14,7 @@ place, before anything else reads the graph:
     FusedMatMul(A, B, alpha, transA, transB) ->  alpha * (A' @ B')  (last two axes transposed)
     FusedConv(X, W, B?, Z?), FusedGemm(A, B, C?)  ->  activation(Conv(X, W, B) (+ Z)), activation(Gemm(A, B, C))
     EmbedLayerNormalization, Attention       ->  see onnx_contrib_attention.py
+    com.microsoft.nchwc ops (ORT_ENABLE_ALL's blocked layout)  ->  see onnx_nchwc.py
 
 FusedConv and FusedGemm are what onnxruntime's ORT_ENABLE_EXTENDED level leaves of a CNN's conv and its
 activation (`optimized_model_filepath`); their `activation` is one of MLAS's (Relu, LeakyRelu, Tanh,
@@ -31,6 +32,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from . import onnx_nchwc
 from .onnx_contrib_attention import attention, embed_layer_norm
 
 DOMAIN = "com.microsoft"
@@ -39,7 +41,7 @@ FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOU
 
 
 def _contrib(node) -> bool:
-    return node.domain == DOMAIN or (node.domain in ("", "ai.onnx") and node.op_type in DEFAULT_DOMAIN_OPS)
+    return node.domain in (DOMAIN, onnx_nchwc.DOMAIN) or (node.domain in ("", "ai.onnx") and node.op_type in DEFAULT_DOMAIN_OPS)
 
 
 class _Writer:
@@ -135,8 +137,10 @@ def _skip_norm(node, w: _Writer, read: set[str], simplified: bool) -> bool:
 
 
 def _rewrite(node, w: _Writer, read: set[str], ranks: dict[str, int], dims: dict[str, list[int]],
-             lengths: set[str]) -> bool:
+             lengths: set[str], inits: dict[str, onnx.TensorProto]) -> bool:
     op, ins, out = node.op_type, list(node.input), node.output[0]
+    if node.domain == onnx_nchwc.DOMAIN:
+        return onnx_nchwc.rewrite(node, w, inits, _fused)
     if op == "EmbedLayerNormalization":
         return embed_layer_norm(node, w, read, lengths)
     if op == "Attention":
@@ -206,23 +210,31 @@ def contrib_to_standard(model: onnx.ModelProto) -> int:
         types.update({v.name: v.type.tensor_type.elem_type for v in values if v.type.tensor_type.elem_type})
     except Exception:  # noqa: BLE001 - a graph inference cannot read keeps the ranks of its constants
         pass
-    nodes, inits, count, lengths = [], [], 0, set()  # lengths: EmbedLayerNormalization's 1-D mask_index outputs
+    initializers = {i.name: i for i in model.graph.initializer}
+    nodes, inits, count, lengths, replaced = [], [], 0, set(), set()  # lengths: EmbedLayerNormalization's 1-D mask_index outputs
     for node in model.graph.node:
         floats = next((t for t in (types.get(i) for i in node.input) if t in FLOATS), onnx.TensorProto.FLOAT)
         writer = _Writer(node, opset, inits, helper.tensor_dtype_to_np_dtype(floats))
         if _contrib(node) and node.output:  # shape inference leaves contrib outputs untyped: the next one reads them
             types.setdefault(node.output[0], floats)
-        if _contrib(node) and _rewrite(node, writer, read, ranks, dims, lengths):
+        if _contrib(node) and _rewrite(node, writer, read, ranks, dims, lengths, initializers):
             nodes.extend(writer.nodes)
             count += 1
+            replaced.update(node.input)
         else:
             nodes.append(node)
     if count:
         del model.graph.node[:]
         model.graph.node.extend(nodes)
         model.graph.initializer.extend(inits)
-        if not any(n.domain == DOMAIN for n in model.graph.node):
-            kept = [o for o in model.opset_import if o.domain != DOMAIN]
+        stale = replaced - {i for n in nodes for i in n.input} - {o.name for o in model.graph.output}
+        if stale:  # what only a rewritten node read (an nchwc conv's permuted weights)
+            kept = [i for i in model.graph.initializer if i.name not in stale]
+            del model.graph.initializer[:]
+            model.graph.initializer.extend(kept)
+        left = {n.domain for n in model.graph.node}
+        if not {DOMAIN, onnx_nchwc.DOMAIN} <= left:
+            kept = [o for o in model.opset_import if o.domain not in {DOMAIN, onnx_nchwc.DOMAIN} - left]
             del model.opset_import[:]
             model.opset_import.extend(kept)
     return count

@@ -266,3 +266,65 @@ def test_float16_graph_gets_float16_constants():
     x = rng.standard_normal((1, 8, D)).astype(np.float16)
     run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]  # noqa: E731
     np.testing.assert_allclose(run(rewritten).astype(np.float32), run(model).astype(np.float32), rtol=0.02, atol=0.02)
+
+
+def _ort_all(model: onnx.ModelProto, path) -> onnx.ModelProto:
+    """`model` as onnxruntime saves it at ORT_ENABLE_ALL (SessionOptions' default level)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.optimized_model_filepath = str(path)
+    ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    saved = onnx.load(path)
+    if not any(n.domain == "com.microsoft.nchwc" for n in saved.graph.node):
+        pytest.skip("this machine's onnxruntime writes no nchwc ops (no AVX2 / AVX-512 blocks)")
+    return saved
+
+
+def _mobile_block() -> onnx.ModelProto:
+    """conv 3 -> 32 stride 2 + ReLU6, depthwise 3x3, pointwise 32 -> 32 + residual, max pool, 1x1 up to 48,
+    nearest 2x upsample, global pool: the ops onnxruntime's NCHWc transformer blocks."""
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], strides=[2, 2], pads=[1] * 4),
+             helper.make_node("Clip", ["c1", "lo", "hi"], ["r1"]),
+             helper.make_node("Conv", ["r1", "dw", "b1"], ["c2"], group=32, pads=[1] * 4),
+             helper.make_node("Relu", ["c2"], ["r2"]),
+             helper.make_node("Conv", ["r2", "pw", "b1"], ["c3"]), helper.make_node("Add", ["c3", "r1"], ["a"]),
+             helper.make_node("MaxPool", ["a"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Conv", ["p", "w4", "b4"], ["c4"]),
+             helper.make_node("Resize", ["c4", "", "scales"], ["u"], mode="nearest"),
+             helper.make_node("GlobalAveragePool", ["u"], ["y"])]
+    inits = [_c("w1", (32, 3, 3, 3), 0.3), _c("b1", (32,)), _c("dw", (32, 1, 3, 3), 0.3), _c("pw", (32, 32, 1, 1), 0.2),
+             _c("w4", (48, 32, 1, 1), 0.2), _c("b4", (48,)), numpy_helper.from_array(np.float32(0), "lo"),
+             numpy_helper.from_array(np.float32(6), "hi"), numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 48, 1, 1])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_nchwc_graph_becomes_the_nchw_one(tmp_path):
+    """Every nchwc op of an ORT_ENABLE_ALL file rewritten; the filters unpermuted: the same outputs as onnxruntime
+    running the blocked file (and the original)."""
+    model = _mobile_block()
+    saved = _ort_all(model, tmp_path / "all.onnx")
+    rewritten = copy.deepcopy(saved)
+    assert contrib_to_standard(rewritten) >= 5
+    assert not any(n.domain.startswith("com.microsoft") for n in rewritten.graph.node)
+    x = rng.standard_normal((1, 3, 16, 16)).astype(np.float32)
+    run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]  # noqa: E731
+    np.testing.assert_allclose(run(rewritten), run(saved), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(run(rewritten), run(model), rtol=1e-4, atol=1e-5)
+
+
+def test_ort_all_cnn_compiles_integer_only(tmp_path):
+    """Refused in both modes before (the nchwc conv reading the input: 'nothing before them is left to compile')."""
+    import runtime
+    from runtime import check
+
+    _ort_all(_mobile_block(), tmp_path / "m.onnx")
+    np.savez(tmp_path / "c.npz", x=rng.standard_normal((8, 1, 3, 16, 16)).astype(np.float32))
+    art = runtime.load(runtime.compile_model(tmp_path / "m.onnx", "x86", tmp_path / "a", calib=tmp_path / "c.npz",
+                                             progress=False))
+    assert art.manifest["integer_only"] is True
+    (row,) = check.float_agreement(tmp_path / "m.onnx", art, {"x": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)})
+    assert row.cosine > 0.99, row
