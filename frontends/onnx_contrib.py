@@ -211,13 +211,15 @@ def contrib_to_standard(model: onnx.ModelProto) -> int:
     except Exception:  # noqa: BLE001 - a graph inference cannot read keeps the ranks of its constants
         pass
     initializers = {i.name: i for i in model.graph.initializer}
+    blocked = not onnx_nchwc.layout_leaks(model)  # else the nchwc ops stay, for the op check to name
     nodes, inits, count, lengths, replaced = [], [], 0, set(), set()  # lengths: EmbedLayerNormalization's 1-D mask_index outputs
     for node in model.graph.node:
         floats = next((t for t in (types.get(i) for i in node.input) if t in FLOATS), onnx.TensorProto.FLOAT)
         writer = _Writer(node, opset, inits, helper.tensor_dtype_to_np_dtype(floats))
         if _contrib(node) and node.output:  # shape inference leaves contrib outputs untyped: the next one reads them
             types.setdefault(node.output[0], floats)
-        if _contrib(node) and _rewrite(node, writer, read, ranks, dims, lengths, initializers):
+        if _contrib(node) and (blocked or node.domain != onnx_nchwc.DOMAIN) \
+                and _rewrite(node, writer, read, ranks, dims, lengths, initializers):
             nodes.extend(writer.nodes)
             count += 1
             replaced.update(node.input)

@@ -17,7 +17,10 @@ W is recovered by asking this machine's onnxruntime how it permutes a filter of 
 whose weights are 1..n is saved at ORT_ENABLE_ALL, and its stored weights are the inverse permutation.
 That is the layout onnxruntime on this machine runs the file with too; a file saved on a CPU of another
 block size (AVX2's 8 against AVX-512's 16) runs wrongly in onnxruntime here as well, which it warns about
-when saving. A conv whose probe is not blocked the same way is left for the op check to name.
+when saving. A conv whose probe is not blocked the same way is left for the op check to name, and so is the whole
+file where a standard op reads a blocked tensor in a way that depends on the layout (onnxruntime
+broadcasts a pooled [N, C] over an image through Reshapes of the blocks themselves): only elementwise
+ops on blocked tensors alike (and scalars) and channel Concats read the same in NCHW.
 """
 
 from __future__ import annotations
@@ -32,6 +35,30 @@ from onnx import TensorProto, helper, numpy_helper
 
 DOMAIN = "com.microsoft.nchwc"
 POOLS = ("MaxPool", "AveragePool", "GlobalMaxPool", "GlobalAveragePool")
+UNARY = frozenset({"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "HardSigmoid", "HardSwish", "Identity", "Neg", "Abs",
+                   "Exp", "Erf", "Sqrt", "Softplus", "Elu", "Selu"})
+BINARY = frozenset({"Add", "Sub", "Mul", "Div", "Sum", "Max", "Min", "Pow"})
+
+
+def layout_leaks(model: onnx.ModelProto) -> list[str]:
+    """Standard nodes that read blocked (NCHWc) data in a way NCHW data would not give the same result."""
+    scalars = {i.name for i in model.graph.initializer if int(np.prod(i.dims)) == 1}
+    blocked, leaks = set(), []
+    for node in model.graph.node:
+        if node.domain == DOMAIN:
+            if node.op_type != "ReorderOutput":
+                blocked.update(node.output)
+            continue
+        reads = [i for i in node.input if i]
+        if not any(i in blocked for i in reads):
+            continue
+        same = all(i in blocked or i in scalars for i in reads)
+        axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), None)
+        if node.op_type in UNARY or (node.op_type in BINARY and same) or (node.op_type == "Concat" and same and axis == 1):
+            blocked.update(node.output)
+        else:
+            leaks.append(f"{node.op_type} (node {node.name or node.output[0]})")
+    return leaks
 
 
 @functools.lru_cache(maxsize=256)
