@@ -7,6 +7,7 @@ place, before anything else reads the graph:
 
     SkipLayerNormalization(x, skip, gamma, beta?, bias?)   ->  LayerNorm(x + skip (+ bias)) (output 3: the sum)
     SkipSimplifiedLayerNormalization, SimplifiedLayerNormalization  ->  the same with RMSNorm
+    LayerNormalization below opset 17 (onnxruntime's own, in the ONNX domain)  ->  LayerNorm(x)
     Gelu(x), BiasGelu(x, b)                  ->  0.5 y (1 + erf(y / sqrt 2)),  y = x (+ b)
     FastGelu(x, b?)                          ->  0.5 y (1 + tanh(sqrt(2 / pi) (y + 0.044715 y^3)))
     QuickGelu(x, alpha)                      ->  x sigmoid(alpha x)
@@ -36,12 +37,17 @@ from . import onnx_nchwc
 from .onnx_contrib_attention import attention, embed_layer_norm
 
 DOMAIN = "com.microsoft"
-DEFAULT_DOMAIN_OPS = ("SimplifiedLayerNormalization",)
-FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)  # onnxruntime registers it in the ONNX domain
+# ops onnxruntime registers in the ONNX domain itself, with the first opset where ONNX has its own (None: never);
+# its optimizer writes LayerNormalization into opset-14 files (ORT_ENABLE_EXTENDED, optimize_model)
+DEFAULT_DOMAIN_OPS = {"SimplifiedLayerNormalization": None, "LayerNormalization": 17}
+FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)  # a rewrite's constants take these
 
 
-def _contrib(node) -> bool:
-    return node.domain in (DOMAIN, onnx_nchwc.DOMAIN) or (node.domain in ("", "ai.onnx") and node.op_type in DEFAULT_DOMAIN_OPS)
+def _contrib(node, opset: int) -> bool:
+    if node.domain in (DOMAIN, onnx_nchwc.DOMAIN):
+        return True
+    since = DEFAULT_DOMAIN_OPS.get(node.op_type, 0)
+    return node.domain in ("", "ai.onnx") and since != 0 and (since is None or opset < since)
 
 
 class _Writer:
@@ -149,10 +155,12 @@ def _rewrite(node, w: _Writer, read: set[str], ranks: dict[str, int], dims: dict
         return _skip_norm(node, w, read, simplified=False)
     if op == "SkipSimplifiedLayerNormalization":
         return _skip_norm(node, w, read, simplified=True)
-    if op == "SimplifiedLayerNormalization":
-        if int(_attr(node, "axis", -1)) != -1 or any(o in read for o in node.output[1:] if o):
+    if op in ("SimplifiedLayerNormalization", "LayerNormalization"):
+        last = int(_attr(node, "axis", -1)) in (-1, ranks.get(ins[0], 0) - 1)
+        if not last or any(o in read for o in node.output[1:] if o):
             return False
-        w.norm(ins[0], ins[1], None, float(_attr(node, "epsilon", 1e-5)), out, simplified=True)
+        beta = ins[2] if op == "LayerNormalization" and len(ins) > 2 and ins[2] else None
+        w.norm(ins[0], ins[1], beta, float(_attr(node, "epsilon", 1e-5)), out, simplified=op != "LayerNormalization")
         return True
     if op in ("Gelu", "BiasGelu"):
         w.gelu(w.sum(ins[:2]), out)
@@ -196,9 +204,9 @@ def _rewrite(node, w: _Writer, read: set[str], ranks: dict[str, int], dims: dict
 
 def contrib_to_standard(model: onnx.ModelProto) -> int:
     """Rewrite every com.microsoft node this module knows (module doc); returns how many."""
-    if not any(_contrib(n) for n in model.graph.node):
-        return 0
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+    if not any(_contrib(n, opset) for n in model.graph.node):
+        return 0
     read = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
     dims = {i.name: list(i.dims) for i in model.graph.initializer}
     ranks = {name: len(d) for name, d in dims.items()}
@@ -216,9 +224,9 @@ def contrib_to_standard(model: onnx.ModelProto) -> int:
     for node in model.graph.node:
         floats = next((t for t in (types.get(i) for i in node.input) if t in FLOATS), onnx.TensorProto.FLOAT)
         writer = _Writer(node, opset, inits, helper.tensor_dtype_to_np_dtype(floats))
-        if _contrib(node) and node.output:  # shape inference leaves contrib outputs untyped: the next one reads them
+        if _contrib(node, opset) and node.output:  # shape inference leaves contrib outputs untyped: the next one reads them
             types.setdefault(node.output[0], floats)
-        if _contrib(node) and (blocked or node.domain != onnx_nchwc.DOMAIN) \
+        if _contrib(node, opset) and (blocked or node.domain != onnx_nchwc.DOMAIN) \
                 and _rewrite(node, writer, read, ranks, dims, lengths, initializers):
             nodes.extend(writer.nodes)
             count += 1

@@ -165,7 +165,6 @@ def load_onnx(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]] 
     _refuse_string_inputs(model, path)
     _fix_input_shapes(model, bound_shapes(input_shapes), path)
     widen_float_inputs(model)  # float16 / bfloat16 / float64 inputs: float32 ones, cast inside (onnx_float_io.py)
-    contrib_to_standard(model)  # onnxruntime's fused transformer ops (com.microsoft) as standard ops
     strip_qdq(model)  # a pre-quantized (QDQ) model: its float graph, calibrated anew (onnx_qdq.py)
     if any(n.op_type == "Attention" for n in model.graph.node):  # before onnxruntime inlines the newer
         model = onnx.shape_inference.infer_shapes(model)          # opsets' Attention into shape arithmetic
@@ -218,7 +217,8 @@ def _read(path: Path) -> onnx.ModelProto:
         del model.graph.input[:]
         model.graph.input.extend(kept)
     _sort_nodes(model.graph)
-    _infer_output_shapes(model)
+    contrib_to_standard(model)  # onnxruntime's own ops (com.microsoft, and some it registers in the ONNX domain,
+    _infer_output_shapes(model)  # which the checker does not know) as standard ops
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as err:

@@ -43,6 +43,8 @@ CASES = {
     "SkipSimplifiedLayerNormalization": ([_ms("SkipSimplifiedLayerNormalization", ["x", "skip", "gamma"], epsilon=1e-6)], SKIP),
     "SimplifiedLayerNormalization": ([helper.make_node("SimplifiedLayerNormalization", ["x", "gamma"], ["y"], axis=-1,
                                                       epsilon=1e-6)], SKIP),
+    "LayerNormalization at opset 14 (onnxruntime's)": ([helper.make_node("LayerNormalization", ["x", "gamma", "beta"],
+                                                                        ["y"], axis=-1, epsilon=1e-5)], SKIP),
     "Gelu": ([_ms("Gelu", ["x"])], []),
     "BiasGelu": ([_ms("BiasGelu", ["x", "bias"])], SKIP),
     "FastGelu": ([_ms("FastGelu", ["x", "bias"])], SKIP),
@@ -65,6 +67,17 @@ def test_rewrite_computes_what_onnxruntime_computes(name):
     x = rng.standard_normal((1, 8, D)).astype(np.float32)
     run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]  # noqa: E731
     np.testing.assert_allclose(run(rewritten), run(model), rtol=1e-4, atol=1e-5)
+
+
+def test_onnxruntime_layernorm_in_an_old_opset_file_imports(tmp_path):
+    """onnxruntime's optimizer writes LayerNormalization into an opset-14 ViT (ORT_ENABLE_EXTENDED, optimize_model
+    model_type='vit'); the ONNX checker refused the file before anything rewrote it ('No Op registered for
+    LayerNormalization with domain_version of 14'), in both modes."""
+    from frontends.onnx_import import load_onnx
+
+    nodes, inits = CASES["LayerNormalization at opset 14 (onnxruntime's)"]
+    onnx.save(_model(nodes, inits), tmp_path / "m.onnx")
+    assert load_onnx(tmp_path / "m.onnx").outputs[0].shape == (1, 8, D)
 
 
 def test_statistics_outputs_read_leave_the_node():
