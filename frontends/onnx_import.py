@@ -13,8 +13,8 @@ control flow and ops the integer path lacks (every node at once), then import wi
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-
 import os
 import re
 import tempfile
@@ -28,6 +28,7 @@ from onnx import numpy_helper
 from .errors import CompileError, UnsupportedModelError
 from .onnx_attention import decompose_attention
 from .onnx_contrib import contrib_to_standard
+from .onnx_float16 import float16_as_float32
 from .onnx_float_io import widen_float_inputs
 from .onnx_origins import import_onnx
 from .onnx_decompose import decompose_ops
@@ -165,6 +166,7 @@ def load_onnx(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]] 
     _refuse_string_inputs(model, path)
     _fix_input_shapes(model, bound_shapes(input_shapes), path)
     widen_float_inputs(model)  # float16 / bfloat16 / float64 inputs: float32 ones, cast inside (onnx_float_io.py)
+    narrow_outputs = float16_as_float32(model)  # a float16 graph computes in float32 here (onnx_float16.py)
     strip_qdq(model)  # a pre-quantized (QDQ) model: its float graph, calibrated anew (onnx_qdq.py)
     if any(n.op_type == "Attention" for n in model.graph.node):  # before onnxruntime inlines the newer
         model = onnx.shape_inference.infer_shapes(model)          # opsets' Attention into shape arithmetic
@@ -194,7 +196,8 @@ def load_onnx(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]] 
             raise UnsupportedModelError(f"{path}: input {spec.name!r} has dtype {spec.dtype}; supported: float32 "
                                         "(quantized at the boundary) and integers or bool (ids, masks, 8-bit "
                                         "images: kept exact)")
-    outputs = [_spec(v, path) for v in model.graph.output]
+    outputs = [dataclasses.replace(s, dtype=narrow_outputs.get(s.name, s.dtype))
+               for s in (_spec(v, path) for v in model.graph.output)]
     return ImportedModel(*_to_relax(model, path), inputs=inputs, outputs=outputs, source=str(path), tail=tail)
 
 
