@@ -82,7 +82,7 @@ class _Writer:
 
     def norm(self, x: str, gamma: str, beta: str | None, eps: float, out: str, simplified: bool) -> None:
         centred = x if simplified else self.op("Sub", [x, self.mean_last(x)])
-        variance = self.mean_last(self.op("Mul", [centred, centred]))
+        variance = self.mean_last(self.op("Pow", [centred, self.const(2.0)]))  # as exports write it: fuse_layernorm's form
         scaled = self.op("Mul", [self.op("Div", [centred, self.op("Sqrt", [self.op("Add", [variance, self.const(eps)])])]),
                                  gamma], None if beta else out)
         if beta:

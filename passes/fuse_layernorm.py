@@ -4,7 +4,8 @@
     ==> nn.layer_norm(x, gamma, beta, axes=[-1], epsilon=eps)
 
 Fires only for means over the last axis with keepdims, an exponent of 2, the same `d` in
-both places, and constant eps, gamma and beta; anything else is left as it is.
+both places, and constant eps, gamma and beta; anything else is left as it is. Without the
+`+ eps` (a float16 model's 1e-12 rounds to 0, and the add is folded away) it fires with eps 0.
 
     (x - mean(x, A)) / sqrt(variance(x, A) + eps), A the trailing axes, keepdims
     ==> reshape(nn.layer_norm(reshape(x, [..., prod A]), 1, 0, axes=[-1], epsilon=eps))
@@ -46,22 +47,27 @@ def fuse_layernorm(mod, _ctx):
     mean2 = is_op("relax.mean")(is_op("relax.power")(d1, exponent))
     norm = is_op("relax.divide")(d2, is_op("relax.sqrt")(is_op("relax.add")(mean2, eps)))
     pattern = is_op("relax.add")(is_op("relax.multiply")(norm, gamma), beta)
+    # eps gone: a float16 model's 1e-12 is 0 in float16, and x + 0 is folded away before this pass
+    unguarded = is_op("relax.add")(is_op("relax.multiply")(
+        is_op("relax.divide")(d2, is_op("relax.sqrt")(mean2)), gamma), beta)
 
     def rewrite(call, m):
         channels = int(m[x].ty.shape[-1])
         g, b = m[gamma].value.numpy(), m[beta].value.numpy()
+        epsilon = _scalar(m[eps]) if eps in m else 0.0
         if not (m[d1].same_as(m[d2]) and _last_axis_mean(m[mean1]) and _last_axis_mean(m[mean2])
-                and _scalar(m[exponent]) == 2.0 and _scalar(m[eps]) is not None
+                and _scalar(m[exponent]) == 2.0 and epsilon is not None
                 and g.size == channels and b.size == channels):
             return call
         dtype = str(m[x].ty.dtype)
         return relax.op.nn.layer_norm(m[x], relax.const(g.reshape(-1).astype(dtype)),
                                       relax.const(b.reshape(-1).astype(dtype)), axes=[-1],
-                                      epsilon=_scalar(m[eps]))
+                                      epsilon=epsilon)
 
     for gv, func in list(mod.functions_items()):
         if isinstance(func, relax.Function):
-            func = rewrite_call(instance_pattern, instance_rewrite, rewrite_call(pattern, rewrite, func))
+            func = rewrite_call(unguarded, rewrite, rewrite_call(pattern, rewrite, func))
+            func = rewrite_call(instance_pattern, instance_rewrite, func)
             mod[gv] = rewrite_call(_norm_many, _flatten_norm_axes, func)
     return mod
 
