@@ -60,8 +60,52 @@ def test_quad_taps(shape, k, stride, padding, x_dtype):
     """Depthwise convs whose taps along x are summed 4 at a time (AVX512-VNNI hosts: quad rows and
     vpdpbusd; elsewhere the flat-row kernel): equal to the reference, with the requantization
     epilogue per channel, at the extremes of both dtypes."""
-    from targets import depthwise
     from targets.kernel_family import VNNI, kernel_family
+
+    spec = get_target("x86")
+    target = spec.target()
+    rewritten, got, want = _requantized_depthwise(shape, k, stride, padding, x_dtype, target)
+    quads = VNNI in kernel_family(target).dots
+    assert ("dwflat_quad" in rewritten.script()) == quads
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("x_dtype", ["int8", "uint8"])
+@pytest.mark.parametrize("shape,k,stride,padding", [
+    ((1, 16, 14, 14), 3, 1, (1, 1, 1, 1)),    # MobileNet's 3x3 at 14x14
+    ((2, 16, 14, 14), 5, 1, (2, 2, 2, 2)),    # EfficientNet's 5x5 at 14x14, two samples
+    ((1, 16, 28, 28), 5, 2, (1, 1, 2, 2)),    # 4 phases, 3 and 2 taps per phase row
+    ((1, 16, 57, 45), 3, 2, (0, 0, 1, 1)),    # odd sizes, TF's same padding
+    ((1, 16, 40, 36), 7, 1, (3, 3, 3, 3)),    # 7 taps: two quads, one slot unused
+])
+def test_window_quads(shape, k, stride, padding, x_dtype):
+    """With AVX512-VBMI, the quads are permuted from the padded row in a register (no quad rows in
+    memory): lowered for such a fleet, no quad-row stage is left; run where the host has VBMI and
+    VNNI, the requantized outputs equal the reference at the extremes of both dtypes."""
+    from tvm.target import codegen
+
+    from targets.cpu_pipeline import cpu_lowering_passes
+
+    fleet = get_target("x86", cpu="x86-64-v4+avx512vnni+avx512vbmi").target()
+
+    c = shape[1]
+    w = rng.integers(-128, 128, (c, 1, k, k)).astype(np.int8)
+    with fleet:
+        lowered = tvm.transform.Sequential(cpu_lowering_passes(fleet))(
+            _conv_module(list(shape), w, _Attrs((stride, stride), padding, c)))
+    text = "\n".join(f.script() for f in lowered.functions.values() if isinstance(f, tvm.tirx.PrimFunc))
+    assert 'T.sblock("dwflat_quad' in text and "dwflat_quads" not in text
+    host = get_target("x86").target()
+    if not codegen.target_has_features(["avx512vbmi", "avx512vnni"], host):
+        pytest.skip("this CPU lacks AVX512-VBMI or AVX512-VNNI: lowered, not run")
+    rewritten, got, want = _requantized_depthwise(shape, k, stride, padding, x_dtype, host)
+    np.testing.assert_array_equal(got, want)
+
+
+def _requantized_depthwise(shape, k, stride, padding, x_dtype, target):
+    """(flat_depthwise's module, compiled output, reference) of a requantized depthwise conv with
+    random extreme inputs and weights."""
+    from targets import depthwise
 
     lo, hi = (-128, 127) if x_dtype == "int8" else (0, 255)
     c = shape[1]
@@ -79,15 +123,12 @@ def test_quad_taps(shape, k, stride, padding, x_dtype):
             out = bb.emit_output(emit.requantize(emit.conv2d_acc(xv, w, attrs), m, s, 0, 255, "uint8"))
         bb.emit_func_output(out)
     spec = get_target("x86")
-    target = spec.target()
     with target:
         rewritten = depthwise.flat_depthwise(bb.get())
-    quads = VNNI in kernel_family(target).dots
-    assert ("dwflat_quad" in rewritten.script()) == quads
     ex = tvm.compile(bb.get(), target=target, relax_pipeline=spec.relax_pipeline(target))
     got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
     want = ref.requantize(ref.conv2d_acc(x, w, (stride, stride), padding, groups=c), m, s, 0, 255, "uint8")
-    np.testing.assert_array_equal(got, want)
+    return rewritten, got, want
 
 
 @pytest.mark.parametrize("shifted", [False, True])
@@ -161,7 +202,8 @@ def test_long_rows_vectorize_in_pieces(width, groups):
     with target:
         lowered = tvm.transform.Sequential(cpu_lowering_passes(target))(mod)
     text = "\n".join(f.script() for f in lowered.functions.values() if isinstance(f, tvm.tirx.PrimFunc))
-    assert "dwflat" in text and max(int(v) for v in re.findall(r"T\.vectorized\(T\.int64\((\d+)\)", text)) <= MAX_ROW_LANES
+    loops = re.findall(r"T\.vectorized\(T\.int64\((\d+)\)(?:, T\.int64\((\d+)\))?\)", text)  # (extent) or (min, end)
+    assert "dwflat" in text and max(int(b) - int(a) if b else int(a) for a, b in loops) <= MAX_ROW_LANES
     ex = tvm.compile(mod, target=target, relax_pipeline=spec.relax_pipeline(target))
     got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
     np.testing.assert_array_equal(got, ref.conv2d_acc(x, w, (1, 1), (0, 2, 0, 2), groups=groups))
