@@ -663,7 +663,8 @@ def _schedule_quad_taps(sch: s_tir.Schedule, block, epilogue, outer, tiled, lane
     sch.reverse_compute_at(acc, outer)
     init = sch.decompose_reduction(block, taps[0])
     sch.unroll(tiled)
-    sch.tensorize(lanes, window_quads_intrinsic(scope) if windows else vnni.intrinsic_names(VNNI, scope)[1])
+    dtype = next((str(r.source.dtype) for r in sch.get(block).reads if r.source.name == "dwflat_pad"), None)
+    sch.tensorize(lanes, window_quads_intrinsic(scope, dtype) if windows else vnni.intrinsic_names(VNNI, scope)[1])
     sch.vectorize(sch.get_loops(init)[-1])
     sch.vectorize(sch.get_loops(acc)[-1])
     for consumer in epilogue:

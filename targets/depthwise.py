@@ -121,16 +121,16 @@ QUAD_MIN_WIDTH = 5
 QUAD_MAX_OUTPUTS = 14 * 14
 
 
-def quad_weights(weights: np.ndarray, stride: int) -> np.ndarray:
-    """[C, 1, kh, kw] -> [C, kh, s, Q, 4]: tap (ry, rx) at (ry, rx % s, q, j) with 4q + j = rx // s,
+def quad_weights(weights: np.ndarray, stride: int, k: int = QUAD, dtype: str = "int8") -> np.ndarray:
+    """[C, 1, kh, kw] -> [C, kh, s, Q, k]: tap (ry, rx) at (ry, rx % s, q, j) with k q + j = rx // s,
     zeros in the unused slots (they meet bytes of the neighbouring pixels: they add nothing)."""
     c, _, kh, kw = weights.shape
     taps = -(-kw // stride)
-    quads = -(-taps // QUAD)
-    out = np.zeros((c, kh, stride, quads * QUAD), np.int8)
+    quads = -(-taps // k)
+    out = np.zeros((c, kh, stride, quads * k), dtype)
     for rx in range(kw):
         out[:, :, rx % stride, rx // stride] = weights[:, 0, :, rx]
-    return out.reshape(c, kh, stride, quads, QUAD)
+    return out.reshape(c, kh, stride, quads, k)
 
 
 def depthwise_quad_te(x: te.Tensor, wq: te.Tensor, pads: tuple[int, int, int, int], stride: int, kw: int,
@@ -142,16 +142,17 @@ def depthwise_quad_te(x: te.Tensor, wq: te.Tensor, pads: tuple[int, int, int, in
     `wq` is `quad_weights(w, stride)` [C, kh, s, Q, 4]; the int32 sums equal the conv's.
     `windows` (AVX512-VBMI): no quad rows in memory; each dot product's 16 quads are one byte
     permutation of a 64-byte load of the padded row (`window_quads_intrinsic`), so the padded rows
-    reach one load past the last window."""
+    reach one load past the last window. int16 inputs (windows only) take pairs of taps (`wq`'s
+    last dim 2, int16 weights): one word permutation and `vpdpwssd` or `vpmaddwd` per dot product."""
     n, c, h, wd = x.shape
-    _, kh, _, quads, _ = (int(d) for d in wq.shape)
+    _, kh, _, quads, k = (int(d) for d in wq.shape)
     top, left, bottom, right = pads
     hp, wp = int(h) + top + bottom, int(wd) + left + right
     ho, wo = (hp - kh) // stride + 1, (wp - kw) // stride + 1
     wq_ = -(-wp // stride)
     rows = -(-ho * wq_ // LANES) * LANES
-    span = -(-(rows + ((kh - 1) // stride) * wq_ + QUAD * (quads - 1)) // LANES) * LANES  # quad rows read
-    reach = span - LANES + WINDOW_BYTES if windows else span + QUAD - 1  # the last window's load, or quad
+    span = -(-(rows + ((kh - 1) // stride) * wq_ + k * (quads - 1)) // LANES) * LANES  # quad rows read
+    reach = span - LANES + _window(x.dtype) if windows else span + k - 1  # the last window's load, or quad
     flat = -(-reach // wq_) * wq_  # whole phase rows, covering the last bytes read
 
     padded = _padder(x, top, left, corr is not None)
@@ -172,9 +173,9 @@ def depthwise_quad_te(x: te.Tensor, wq: te.Tensor, pads: tuple[int, int, int, in
         def quad_byte(b, f, py, px, i, j):
             return x4[b, f, py, px, i, j]
     ry, px = te.reduce_axis((0, kh), name="ry"), te.reduce_axis((0, stride), name="px")
-    q, j = te.reduce_axis((0, quads), name="q"), te.reduce_axis((0, QUAD), name="j")
+    q, j = te.reduce_axis((0, quads), name="q"), te.reduce_axis((0, k), name="j")
     acc = te.compute((n, c, rows), lambda b, f, o: te.sum(
-        quad_byte(b, f, ry % stride, px, o + (ry // stride) * wq_ + QUAD * q, j).astype("int32")
+        quad_byte(b, f, ry % stride, px, o + (ry // stride) * wq_ + k * q, j).astype("int32")
         * wq[f, ry, px, q, j].astype("int32"), axis=[ry, px, q, j]), name=QUAD_BLOCK)
     if corr is not None:
         return te.compute((n, c, ho, wo), lambda b, f, y, xx: acc[b, f, y * wq_ + xx] - corr[f], name="dwflat_out")
@@ -217,51 +218,74 @@ def quad_rows_intrinsic() -> str:
     return name
 
 
-WINDOW_BYTES = 64  # one load per dot product (vpermb reads a whole register from memory): 16 quads of bytes i..i+3 take its first 19
+WINDOW_BYTES = 64  # one load per dot product (vpermb reads a whole register from memory)
 
 
-def window_quads_intrinsic(scope: str) -> str:
-    """acc[0:16] += X4[0:16, 0:4] . w[0:4] with X4[i, j] = a[i + j] built in a register: one
-    64-byte load of the padded row and one byte permutation (`vpermb` with AVX512-VBMI), then
-    `vpdpbusd` with the 4 weights broadcast. Registered once per process for each accumulator scope."""
+def _window(dtype) -> int:
+    """Elements of one window load: 64 bytes (16 quads of bytes i..i+3 take the first 19)."""
+    return WINDOW_BYTES // tvm.DataType(str(dtype)).bits * 8
+
+
+def window_dot(dtype: str):
+    """(the dot product, taps per dot) of quads in registers over `dtype` inputs on the current
+    target: VNNI's u8 x s8 quads, or int16 pairs on the family's 16-lane word product (vpdpwssd,
+    or AVX512-BW's vpmaddwd); None where the target has neither (or no 512-bit permutation)."""
+    from tvm.target import codegen
+
+    from .kernel_family import VNNI, kernel_family
+
+    target = tvm.target.Target.current(allow_none=True)
+    if target is None or not _x86():
+        return None
+    family = kernel_family(target)
+    if dtype == "uint8":
+        return (VNNI, QUAD) if VNNI in family.dots and codegen.target_has_features(["avx512vbmi"], target) else None
+    word = family.word
+    return (word, 2) if dtype == "int16" and word is not None and word.lanes == LANES else None
+
+
+def window_quads_intrinsic(scope: str, dtype: str = "uint8") -> str:
+    """acc[0:16] += X[0:16, 0:k] . w[0:k] with X[i, j] = a[i + j] built in a register: one 64-byte
+    load of the padded row and one permutation (`vpermb` with AVX512-VBMI, `vpermw` for int16),
+    then the dot product (`vpdpbusd` of u8 quads, `vpdpwssd` / `vpmaddwd` of int16 pairs) with the
+    k weights broadcast. Registered once per process for each accumulator scope and dtype."""
     from tvm import s_tir
     from tvm.script import tirx as T
 
-    from .kernel_family import VNNI
-
-    name = f"intq_dwflat_window_quads_{scope}"
+    dot, k = window_dot(dtype)
+    name = f"intq_dwflat_window_{dot.name}_{scope}"
     if s_tir.TensorIntrin.get(name, allow_missing=True) is not None:
         return name
-    L, K = LANES, QUAD
-    order = [i + j for i in range(L) for j in range(K)]
+    L, W, wd = LANES, _window(dtype), dot.w_dtype
+    order = [i + j for i in range(L) for j in range(k)]
 
     @T.prim_func(s_tir=True)
-    def desc(a: T.Buffer((L + K - 1,), "uint8", offset_factor=1), w: T.Buffer((K,), "int8", offset_factor=1),
+    def desc(a: T.Buffer((L + k - 1,), dtype, offset_factor=1), w: T.Buffer((k,), wd, offset_factor=1),
              acc: T.Buffer((L,), "int32", offset_factor=1, scope=scope)) -> None:
         with T.sblock("root"):
-            T.reads(acc[0:L], a[0:L + K - 1], w[0:K])
+            T.reads(acc[0:L], a[0:L + k - 1], w[0:k])
             T.writes(acc[0:L])
-            for i, j in T.grid(L, K):
+            for i, j in T.grid(L, k):
                 with T.sblock("update"):
                     vi, vj = T.axis.remap("SR", [i, j])
                     acc[vi] = acc[vi] + T.cast(a[vi + vj], "int32") * T.cast(w[vj], "int32")
 
     @T.prim_func(s_tir=True)
-    def impl(a: T.Buffer((L + K - 1,), "uint8", offset_factor=1), w: T.Buffer((K,), "int8", offset_factor=1),
+    def impl(a: T.Buffer((L + k - 1,), dtype, offset_factor=1), w: T.Buffer((k,), wd, offset_factor=1),
              acc: T.Buffer((L,), "int32", offset_factor=1, scope=scope)) -> None:
         with T.sblock("root"):
-            T.reads(acc[0:L], a[0:L + K - 1], w[0:K])
+            T.reads(acc[0:L], a[0:L + k - 1], w[0:k])
             T.writes(acc[0:L])
-            words = T.Broadcast(T.reinterpret("int32", w.vload([0], f"int8x{K}")), L)
-            acc[T.ramp(T.int32(0), 1, L)] = VNNI.combine(
-                acc.vload([0], f"int32x{L}"), T.Shuffle([a.vload([0], f"uint8x{WINDOW_BYTES}")], order),
-                T.reinterpret(f"int8x{L * K}", words))
+            words = T.Broadcast(T.reinterpret("int32", w.vload([0], f"{wd}x{k}")), L)
+            acc[T.ramp(T.int32(0), 1, L)] = dot.combine(
+                acc.vload([0], f"int32x{L}"), T.Shuffle([a.vload([0], f"{dtype}x{W}")], order),
+                T.reinterpret(f"{wd}x{L * k}", words))
 
     s_tir.TensorIntrin.register(name, desc, impl)
     return name
 
 
-def _windows_pay(shape, pads: tuple[int, int, int, int], stride: int, kh: int, kw: int) -> bool:
+def _windows_pay(shape, pads: tuple[int, int, int, int], stride: int, kh: int, kw: int, k: int, window: int) -> bool:
     """Whether the quads in registers beat quad rows in memory and the flat taps: where the padded
     rows their last load reaches past (WINDOW_BYTES) are few against the padded rows the flat
     taps read. Measured on EfficientNet-Lite0 (AVX512-VBMI Xeon, 1 thread): 112x112 to 14x14
@@ -273,20 +297,13 @@ def _windows_pay(shape, pads: tuple[int, int, int, int], stride: int, kh: int, k
     rows = -(-((hp - kh) // stride + 1) * wq // LANES) * LANES
     reach = ((kh - 1) // stride) * wq
     flat = -(-(rows + reach + (kw - 1) // stride) // wq)  # padded rows of the flat taps
-    quads = -(-(-(-kw // stride)) // QUAD)  # of the taps per phase row
-    span = -(-(rows + reach + QUAD * (quads - 1)) // LANES) * LANES
-    windows = -(-(span - LANES + WINDOW_BYTES) // wq)
+    quads = -(-(-(-kw // stride)) // k)  # of the taps per phase row
+    span = -(-(rows + reach + k * (quads - 1)) // LANES) * LANES
+    windows = -(-(span - LANES + window) // wq)
     return windows <= flat * (1 + WINDOW_SLACK)
 
 
 WINDOW_SLACK = 0.2  # padded rows added for the windows' last load, at most (a share of the flat taps' rows)
-
-
-def _window_quads() -> bool:
-    """Whether byte permutations across a 512-bit register are one instruction (AVX512-VBMI)."""
-    from tvm.target import codegen
-
-    return codegen.target_has_features(["avx512vbmi"], tvm.target.Target.current())
 
 
 def _quad_taps() -> bool:
@@ -304,7 +321,7 @@ def _x86() -> bool:
 
 
 def _rewrite(builder: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
-    operands = integer_conv(call)
+    operands = integer_conv(call, dtypes=("int8", "uint8", "int16"))  # int16: sensitivity-kept tensors
     if operands is None:
         return call
     x, weights, a = operands
@@ -332,11 +349,15 @@ def _rewrite(builder: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     if 2 * columns < -(-wide // stride) and multiplier > 1:  # most of each flat row discarded: a kernel
         return call  # as wide as the input (TF's conv1d over features, 1 output column of 561) computed 561x its outputs
     outputs = ((int(shape[2]) + pads[0] + pads[2] - kh) // stride + 1) * columns
-    quads = depthwise and multiplier == 1 and kh > 1 and _quad_taps()
-    windows = quads and _window_quads() and _windows_pay(shape, pads, stride, kh, kw)
+    dtype = "int16" if str(x.ty.dtype) == "int16" else "uint8"  # int8 runs shifted (corr)
+    dot = window_dot(dtype) if depthwise and multiplier == 1 and kh > 1 else None
+    windows = dot is not None and _windows_pay(shape, pads, stride, kh, kw, dot[1], _window(dtype))
+    quads = depthwise and multiplier == 1 and kh > 1 and dtype == "uint8" and _quad_taps()
     if windows or (quads and kw >= QUAD_MIN_WIDTH and outputs <= QUAD_MAX_OUTPUTS):
-        return builder.call_te(depthwise_quad_te, x, relax.const(quad_weights(weights, stride)), pads,
-                               stride, int(weights.shape[3]), corr, windows, primfunc_name_hint="dwflat_conv2d")
+        k = dot[1] if windows else QUAD
+        wq = quad_weights(weights, stride, k, "int16" if dot and dot[0].w_dtype == "int16" and windows else "int8")
+        return builder.call_te(depthwise_quad_te, x, relax.const(wq), pads, stride, int(weights.shape[3]), corr,
+                               windows, primfunc_name_hint="dwflat_conv2d")
     return builder.call_te(depthwise_flat_te, x, call.args[1], pads, stride, groups, corr, primfunc_name_hint="dwflat_conv2d")
 
 

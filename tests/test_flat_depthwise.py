@@ -70,7 +70,7 @@ def test_quad_taps(shape, k, stride, padding, x_dtype):
     np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("x_dtype", ["int8", "uint8"])
+@pytest.mark.parametrize("x_dtype", ["int8", "uint8", "int16"])
 @pytest.mark.parametrize("shape,k,stride,padding", [
     ((1, 16, 14, 14), 3, 1, (1, 1, 1, 1)),    # MobileNet's 3x3 at 14x14
     ((2, 16, 14, 14), 5, 1, (2, 2, 2, 2)),    # EfficientNet's 5x5 at 14x14, two samples
@@ -80,11 +80,12 @@ def test_quad_taps(shape, k, stride, padding, x_dtype):
 ])
 def test_window_quads(shape, k, stride, padding, x_dtype):
     """With AVX512-VBMI, the quads are permuted from the padded row in a register (no quad rows in
-    memory): lowered for such a fleet, no quad-row stage is left; run where the host has VBMI and
-    VNNI, the requantized outputs equal the reference at the extremes of both dtypes."""
-    from tvm.target import codegen
-
+    memory); int16 inputs (sensitivity-kept tensors) take pairs of taps the same way (vpermw, then
+    vpdpwssd; they had TVM's generic conv: a 5x5 at 100x76 1.26 -> 0.92 ms). Lowered for such a
+    fleet, no quad-row stage is left; run where the host has the ISA, the requantized outputs equal
+    the reference at the extremes of each dtype."""
     from targets.cpu_pipeline import cpu_lowering_passes
+    from targets.depthwise import window_dot
 
     fleet = get_target("x86", cpu="x86-64-v4+avx512vnni+avx512vbmi").target()
 
@@ -96,8 +97,9 @@ def test_window_quads(shape, k, stride, padding, x_dtype):
     text = "\n".join(f.script() for f in lowered.functions.values() if isinstance(f, tvm.tirx.PrimFunc))
     assert 'T.sblock("dwflat_quad' in text and "dwflat_quads" not in text
     host = get_target("x86").target()
-    if not codegen.target_has_features(["avx512vbmi", "avx512vnni"], host):
-        pytest.skip("this CPU lacks AVX512-VBMI or AVX512-VNNI: lowered, not run")
+    with host:
+        if window_dot("int16" if x_dtype == "int16" else "uint8") is None:
+            pytest.skip("this CPU lacks AVX512-VBMI and VNNI (int16: AVX512-BW): lowered, not run")
     rewritten, got, want = _requantized_depthwise(shape, k, stride, padding, x_dtype, host)
     np.testing.assert_array_equal(got, want)
 
@@ -107,7 +109,7 @@ def _requantized_depthwise(shape, k, stride, padding, x_dtype, target):
     random extreme inputs and weights."""
     from targets import depthwise
 
-    lo, hi = (-128, 127) if x_dtype == "int8" else (0, 255)
+    lo, hi = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767)}[x_dtype]
     c = shape[1]
     x = rng.integers(lo, hi + 1, shape).astype(x_dtype)
     x.flat[:2] = [lo, hi]
@@ -252,3 +254,33 @@ def test_quad_rows_pad_whole_rows(hw, stride, padding):
     assert "dwflat_quads" in text
     pads = [b for b in re.split(r'with T\.sblock\("', text)[1:] if b.startswith("dwflat_pad")]
     assert pads and not any("T.where(" in b.split("with T.sblock")[0] for b in pads), pads
+
+
+@pytest.mark.parametrize("cpu", ["x86-64-v3", "x86-64-v4", "x86-64-v4+avx512vnni"])
+def test_int16_depthwise_on_each_fleet(cpu):
+    """int16 inputs over flat rows on AVX2 (the flat taps), AVX-512 without VNNI (pairs on vpmaddwd)
+    and with it (vpdpwssd): the sums equal the conv's; run where this CPU has the fleet's features."""
+    from targets.x86 import missing_features
+
+    c = 16
+    x = rng.integers(-32768, 32768, (2, c, 20, 18)).astype(np.int16)
+    w = rng.integers(-128, 128, (c, 1, 5, 5)).astype(np.int8)
+    attrs = _Attrs((1, 1), (2, 2, 2, 2), c)
+    bb = relax.BlockBuilder()
+    xv = relax.Var("x", relax.TensorType(list(x.shape), "int16"))
+    with bb.function("main", [xv]):
+        with bb.dataflow():
+            out = bb.emit_output(emit.conv2d_acc(xv, w, attrs))
+        bb.emit_func_output(out)
+    spec = get_target("x86", cpu=cpu)
+    if missing_features(spec.features):
+        pytest.skip(f"this CPU lacks {missing_features(spec.features)}")
+    from targets.cpu_pipeline import cpu_lowering_passes
+
+    target = spec.target()
+    with target:
+        lowered = tvm.transform.Sequential(cpu_lowering_passes(target))(bb.get())
+    assert any("dwflat" in gv.name_hint for gv in lowered.functions.keys())
+    ex = tvm.compile(bb.get(), target=target, relax_pipeline=spec.relax_pipeline(target))
+    got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    np.testing.assert_array_equal(got, ref.conv2d_acc(x, w, (1, 1), (2, 2, 2, 2), groups=c))
