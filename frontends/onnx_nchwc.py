@@ -10,7 +10,7 @@ make) and each op its standard self:
     nchwc.Conv(X, W', B?, Sum?)  ->  activation(Conv(X, W, B) (+ Sum))    (as FusedConv, onnx_contrib.py)
     nchwc.MaxPool / AveragePool / GlobalMaxPool / GlobalAveragePool  ->  the ONNX op, same attributes
     nchwc.Upsample(scales, mode)  ->  Resize (asymmetric coordinates, floor for nearest)
-    ReorderInput(channels_last)   ->  Identity, or Transpose NHWC -> NCHW
+    ReorderInput(channels_last)   ->  (Transpose NHWC -> NCHW), channels zero-padded to whole blocks
     ReorderOutput(channels, channels_last)  ->  Slice of the first `channels`, then NCHW -> NHWC if asked
 
 W is recovered by asking this machine's onnxruntime how it permutes a filter of that shape: a probe conv
@@ -90,6 +90,14 @@ def _permutation(shape: tuple[int, ...], group: int) -> np.ndarray | None:
     return numpy_helper.to_array(stored).astype(np.int64).ravel() - 1
 
 
+@functools.lru_cache(maxsize=1)
+def block_size() -> int | None:
+    """MLAS's NCHWc block on this machine: where a 64 x 64 1x1 probe filter's second input channel is stored."""
+    perm = _permutation((64, 64, 1, 1), 1)
+    hits = np.flatnonzero(perm == 1) if perm is not None else []
+    return int(hits[0]) if len(hits) else None
+
+
 def _weights(stored: onnx.TensorProto, group: int) -> onnx.TensorProto | None:
     """The OIHW filter of an nchwc conv's stored weights; None where the probe disagrees."""
     shape = tuple(stored.dims)
@@ -128,9 +136,17 @@ def rewrite(node, w, inits: dict[str, onnx.TensorProto], fused) -> bool:
         w.op("Resize", [ins[0], "", w.const(scales)], out, mode=mode, nearest_mode="floor",
              coordinate_transformation_mode="asymmetric")
         return True
-    if op == "ReorderInput":
-        w.op("Transpose" if _attrs(node).get("channels_last", 0) else "Identity", ins[:1], out,
-             **({"perm": [0, 3, 1, 2]} if _attrs(node).get("channels_last", 0) else {}))
+    if op == "ReorderInput":  # NHWC -> NCHW if asked; channels zero-padded to whole blocks, as the blocked
+        block = block_size()     # filters after it expect (BlazeFace's 28-channel depthwise conv: 32 in the file)
+        if block is None or w.opset < 11:
+            return False
+        x = w.op("Transpose", ins[:1], perm=[0, 3, 1, 2]) if _attrs(node).get("channels_last", 0) else ins[0]
+        channels = w.op("Gather", [w.op("Shape", [x]), w.const(1, np.int64)], axis=0)
+        size = w.const(block, np.int64)
+        extra = w.op("Reshape", [w.op("Mod", [w.op("Sub", [size, w.op("Mod", [channels, size])]), size]),
+                                 w.const([1], np.int64)])
+        pads = w.op("Concat", [w.const([0] * 5, np.int64), extra, w.const([0, 0], np.int64)], axis=0)
+        w.op("Pad", [x, pads], out)
         return True
     if op == "ReorderOutput":
         channels, last = int(_attrs(node).get("channels", 0)), int(_attrs(node).get("channels_last", 0))

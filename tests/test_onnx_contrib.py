@@ -373,3 +373,31 @@ def test_rewritten_skip_layernorm_is_one_layer_norm(tmp_path, dtype):
     onnx.save(model, tmp_path / "m.onnx")
     imported = load_onnx(tmp_path / "m.onnx")
     assert "R.nn.layer_norm" in bind_weights(imported.mod, imported.params).script()
+
+
+def test_nchwc_channels_padded_to_whole_blocks(tmp_path):
+    """A depthwise conv over 28 channels (BlazeFace, converted by tflite2onnx): onnxruntime stores its filter for 32
+    and zero-pads the input in ReorderInput; unpadded, TVM's importer refused the conv (28 channels, 32 groups)."""
+    import runtime
+    from runtime import check
+
+    nodes = [helper.make_node("Conv", ["x", "dw", "b"], ["c"], group=28, pads=[1] * 4), helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Add", ["r", "x"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 28, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 28, 8, 8])],
+                              [_c("dw", (28, 1, 3, 3), 0.3), _c("b", (28,))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    saved = _ort_all(model, tmp_path / "m.onnx")
+    assert {n.op_type for n in saved.graph.node if n.domain} >= {"ReorderInput", "Conv"}
+    rewritten = copy.deepcopy(saved)
+    contrib_to_standard(rewritten)
+    x = rng.standard_normal((1, 28, 8, 8)).astype(np.float32)
+    run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]  # noqa: E731
+    np.testing.assert_allclose(run(rewritten), run(model), rtol=1e-4, atol=1e-5)
+    np.savez(tmp_path / "c.npz", x=rng.standard_normal((8, 1, 28, 8, 8)).astype(np.float32))
+    art = runtime.load(runtime.compile_model(tmp_path / "m.onnx", "x86", tmp_path / "a", calib=tmp_path / "c.npz",
+                                             progress=False))
+    assert art.manifest["integer_only"] is True
+    (row,) = check.float_agreement(tmp_path / "m.onnx", art, {"x": x})
+    assert row.cosine > 0.99, row
