@@ -15,6 +15,7 @@ place, before anything else reads the graph:
     FusedMatMul(A, B, alpha, transA, transB) ->  alpha * (A' @ B')  (last two axes transposed)
     FusedConv(X, W, B?, Z?), FusedGemm(A, B, C?)  ->  activation(Conv(X, W, B) (+ Z)), activation(Gemm(A, B, C))
     EmbedLayerNormalization, Attention       ->  see onnx_contrib_attention.py
+    MatMulNBits (4-bit weights)              ->  MatMul with the dequantized weights (onnx_nbits.py)
     com.microsoft.nchwc ops (ORT_ENABLE_ALL's blocked layout)  ->  see onnx_nchwc.py
 
 FusedConv and FusedGemm are what onnxruntime's ORT_ENABLE_EXTENDED level leaves of a CNN's conv and its
@@ -33,7 +34,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from . import onnx_nchwc
+from . import onnx_nbits, onnx_nchwc
 from .onnx_contrib_attention import attention, embed_layer_norm
 
 DOMAIN = "com.microsoft"
@@ -177,6 +178,16 @@ def _rewrite(node, w: _Writer, read: set[str], ranks: dict[str, int], dims: dict
         return True
     if op == "BiasAdd":
         w.sum(ins[:3], out)
+        return True
+    if op == "MatMulNBits":  # weight-only block quantization: the float weights, quantized anew (onnx_nbits.py)
+        weights = onnx_nbits.dequantized(node, inits)
+        if weights is None:
+            return False
+        w.inits.append(numpy_helper.from_array(weights.astype(w.floats), f"{w.prefix}/dequantized"))
+        bias = ins[5] if len(ins) > 5 and ins[5] else ""
+        w.op("MatMul", [ins[0], w.inits[-1].name], None if bias else out)
+        if bias:
+            w.op("Add", [w.nodes[-1].output[0], bias], out)
         return True
     if op == "FusedConv":  # inputs X, W, B?, Z? (Z: a residual summed before the activation)
         ins = ins + [""] * (4 - len(ins))

@@ -401,3 +401,36 @@ def test_nchwc_channels_padded_to_whole_blocks(tmp_path):
     assert art.manifest["integer_only"] is True
     (row,) = check.float_agreement(tmp_path / "m.onnx", art, {"x": x})
     assert row.cosine > 0.99, row
+
+
+@pytest.mark.parametrize("symmetric", [True, False], ids=["symmetric", "zero points"])
+def test_matmul_nbits_dequantized_computes_what_onnxruntime_computes(tmp_path, symmetric):
+    """onnxruntime's weight-only 4-bit quantizer (MatMulNBits, 32-value blocks, K = 80 not a multiple): refused in
+    both modes before; now the MatMul of its dequantized weights, and integer-only."""
+    import runtime
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+    from runtime import check
+
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Relu", ["m"], ["r"]),
+             helper.make_node("MatMul", ["r", "w2"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 80])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 48])],
+                              [_c("w", (80, 64), 0.2), _c("w2", (64, 48), 0.2)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    quantizer = MatMulNBitsQuantizer(model, block_size=32, is_symmetric=symmetric)
+    quantizer.process()
+    packed = quantizer.model.model
+    assert sum(n.op_type == "MatMulNBits" for n in packed.graph.node) == 2
+    rewritten = copy.deepcopy(packed)
+    assert contrib_to_standard(rewritten) == 2
+    x = rng.standard_normal((1, 8, 80)).astype(np.float32)
+    run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]  # noqa: E731
+    np.testing.assert_allclose(run(rewritten), run(packed), rtol=1e-4, atol=1e-4)
+    onnx.save(packed, tmp_path / "m.onnx")
+    np.savez(tmp_path / "c.npz", x=rng.standard_normal((8, 1, 8, 80)).astype(np.float32))
+    art = runtime.load(runtime.compile_model(tmp_path / "m.onnx", "x86", tmp_path / "a", calib=tmp_path / "c.npz",
+                                             progress=False))
+    assert art.manifest["integer_only"] is True
+    (row,) = check.float_agreement(tmp_path / "m.onnx", art, {"x": x})
+    assert row.cosine > 0.99, row
