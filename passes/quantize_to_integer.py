@@ -50,7 +50,7 @@ from .lowering import (LOWERINGS, Accumulator, ChannelQuantized, IntTensor, Lowe
 from .lowering.feature_inputs import feature_scales, whole_scale
 from .lowering.float_fallback import FloatTensor, quantize_float
 from .lowering.integer_inputs import find_exact_inputs, lower_exact, vars_read
-from .lowering.values import MaskedLogits
+from .lowering.values import MaskedLogits, MaskPenalty
 from .reference.kernels import INT_RANGE
 from .narrow_table_inputs import narrow_table_inputs, table_tensors
 from .recurrent_steps import whole_groups
@@ -518,6 +518,11 @@ class QuantizeToInteger:
         if isinstance(value, (IntTensor, FloatTensor)):  # exact integers, or a float fallback's float result
             dtype = str(value.expr.ty.dtype)
             return value.expr, {"dtype": dtype, "scale": [1.0], "axis": None}
+        if isinstance(value, MaskPenalty) and value.bias is None and value.fill is not None and math.isfinite(value.fill):
+            # an additive mask handed to what runs after the artifact (--allow-float's tail: an attention op
+            # it takes as its bias): 0 or -1 at scale |fill|, which dequantizes to 0 or the fill exactly
+            keep = ctx.emit(relax.op.where(value.keep, relax.const(0, "int8"), relax.const(-1, "int8")))
+            return keep, {"dtype": "int8", "scale": [abs(value.fill)], "axis": None}
         value = ctx.without_offset(value)
         if isinstance(value, Accumulator) and value.clamp == (-math.inf, math.inf):
             # Unclamped accumulators leave at full int32 precision (e.g. logits).

@@ -326,3 +326,81 @@ def test_detector_nms_runs_in_onnxruntime_after_the_integer_network(tmp_path):
         assert list(got) == ["scores", "det"] and got["det"].shape[1] == 4
         close = [np.abs(got["det"] - row).max(axis=1).min() < 1.0 for row in det]  # the same boxes (of 0..300) kept
         assert np.mean(close) >= 0.8 and abs(len(got["det"]) - len(det)) <= 2
+
+
+def _masked_model(tail: bool, fill: float, S: int = 8, H: int = 32):
+    """A [1, S] key mask as Where(mask, 0, fill) unsqueezed and broadcast to [1, 1, S, S]: (tail) handed to a causal
+    com.microsoft Attention, which intq leaves to onnxruntime's tail, as its attention_bias; or added to q k^T."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    r = np.random.default_rng(3)
+    c = lambda n, v: numpy_helper.from_array(np.asarray(v, np.float32), n)  # noqa: E731
+    nodes = [helper.make_node("Cast", ["mask"], ["mb"], to=TensorProto.BOOL), helper.make_node("Where", ["mb", "zero", "neg"], ["b2"]),
+             helper.make_node("Unsqueeze", ["b2", "ax12"], ["b4"]), helper.make_node("Expand", ["b4", "shape4"], ["bias"]),
+             helper.make_node("MatMul", ["x", "w0"], ["h"])]
+    inits = [c("w0", 0.3 * r.standard_normal((H, H))), c("zero", 0.0), c("neg", fill),
+             numpy_helper.from_array(np.array([1, 1, S, S], np.int64), "shape4"),
+             numpy_helper.from_array(np.array([1, 2], np.int64), "ax12")]
+    if tail:
+        nodes.append(helper.make_node("Attention", ["h", "qkv", "qkv_b", "", "", "bias"], ["y"], domain="com.microsoft",
+                                      num_heads=4, unidirectional=1))
+        inits += [c("qkv", 0.3 * r.standard_normal((H, 3 * H))), c("qkv_b", np.zeros(3 * H))]
+    else:
+        nodes += [helper.make_node("Unsqueeze", ["h", "ax"], ["h4"]), helper.make_node("Transpose", ["h4"], ["ht"], perm=[0, 1, 3, 2]),
+                  helper.make_node("MatMul", ["h4", "ht"], ["s"]), helper.make_node("Add", ["s", "bias"], ["sm"]),
+                  helper.make_node("Softmax", ["sm"], ["p"], axis=-1), helper.make_node("MatMul", ["p", "h4"], ["y4"]),
+                  helper.make_node("Squeeze", ["y4", "ax"], ["y"])]
+        inits.append(numpy_helper.from_array(np.array([1], np.int64), "ax"))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, S, H]),
+                                           helper.make_tensor_value_info("mask", TensorProto.INT64, [1, S])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, S, H])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 8
+    return model
+
+
+def _key_mask(valid: int, S: int = 8) -> np.ndarray:
+    return (np.arange(S) < valid).astype(np.int64)[None]
+
+
+def test_an_attention_mask_handed_to_the_tail(tmp_path):
+    """--allow-float where the tail begins at an attention op that takes the model's additive mask: the mask left the
+    integer part as 0 / -1 at scale |fill| (exactly 0 or the fill) instead of 'a mask of -inf ... has no integer
+    value' (exit 2: all-MiniLM-L6-v2 at 4 bits hit it before its MatMulNBits were rewritten)."""
+    import onnx
+
+    import runtime
+    from runtime import check
+
+    onnx.save(_masked_model(tail=True, fill=float(np.finfo(np.float32).min)), tmp_path / "m.onnx")
+    r = np.random.default_rng(4)
+    np.savez(tmp_path / "c.npz", x=r.standard_normal((6, 1, 8, 32)).astype(np.float32),
+             mask=np.stack([_key_mask(v) for v in (8, 5, 3, 8, 6, 7)]))
+    art = runtime.load(runtime.compile_model(tmp_path / "m.onnx", "x86", tmp_path / "a", calib=tmp_path / "c.npz",
+                                             allow_float=True, progress=False))
+    assert art.manifest["tail"]
+    (row,) = check.float_agreement(tmp_path / "m.onnx", art, {"x": r.standard_normal((1, 8, 32)).astype(np.float32),
+                                                               "mask": _key_mask(5)})
+    assert row.cosine > 0.99, row
+
+
+def test_a_moderate_mask_keeps_its_fill_through_a_broadcast(tmp_path):
+    """BERT's -10000 mask, unsqueezed and broadcast before the logits: with every key masked, softmax(x - 10000) =
+    softmax(x) in float. The layout ops dropped the fill, and the rows came out uniform."""
+    import onnx
+    import onnxruntime as ort
+
+    import runtime
+
+    onnx.save(_masked_model(tail=False, fill=-10000.0), tmp_path / "m.onnx")
+    r = np.random.default_rng(5)
+    np.savez(tmp_path / "c.npz", x=r.standard_normal((6, 1, 8, 32)).astype(np.float32),
+             mask=np.stack([_key_mask(v) for v in (8, 5, 0, 8, 6, 0)]))
+    art = runtime.load(runtime.compile_model(tmp_path / "m.onnx", "x86", tmp_path / "a", calib=tmp_path / "c.npz",
+                                             progress=False))
+    assert art.manifest["integer_only"] is True
+    feed = {"x": r.standard_normal((1, 8, 32)).astype(np.float32), "mask": _key_mask(0)}
+    got = art.run(feed)["y"].ravel()
+    want = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, feed)[0].ravel()
+    assert got @ want / np.linalg.norm(got) / np.linalg.norm(want) > 0.98

@@ -58,7 +58,7 @@ def _mask_through(ctx, call, mask: MaskPenalty) -> MaskPenalty:
             bias = bias.reshape(shape)
         else:
             raise CompileError(f"{op} of an attention mask with a position bias: not lowered")
-    return MaskPenalty(keep, bias=bias)
+    return MaskPenalty(keep, bias=bias, fill=mask.fill)  # the fill decides fully masked rows (elementwise.lower_add)
 
 
 def _accumulator_through(ctx, call, x):
