@@ -28,6 +28,7 @@ from onnx import numpy_helper
 from .errors import CompileError, UnsupportedModelError
 from .onnx_attention import decompose_attention
 from .onnx_contrib import contrib_to_standard
+from .onnx_qcontrib import quantized_contrib_to_float
 from .onnx_float16 import float16_as_float32
 from .onnx_float_io import widen_float_inputs
 from .onnx_origins import import_onnx
@@ -220,6 +221,7 @@ def _read(path: Path) -> onnx.ModelProto:
         del model.graph.input[:]
         model.graph.input.extend(kept)
     _sort_nodes(model.graph)
+    quantized_contrib_to_float(model)  # quantize_dynamic's QAttention / QEmbedLayerNormalization: their float ops
     contrib_to_standard(model)  # onnxruntime's own ops (com.microsoft, and some it registers in the ONNX domain,
     _infer_output_shapes(model)  # which the checker does not know) as standard ops
     try:

@@ -434,3 +434,35 @@ def test_matmul_nbits_dequantized_computes_what_onnxruntime_computes(tmp_path, s
     assert art.manifest["integer_only"] is True
     (row,) = check.float_agreement(tmp_path / "m.onnx", art, {"x": x})
     assert row.cosine > 0.99, row
+
+
+def test_quantize_dynamic_bert_block_compiles_integer_only(tmp_path):
+    """optimize_model's EmbedLayerNormalization -> Attention, then quantize_dynamic (onnxruntime's BERT recipe):
+    QEmbedLayerNormalization and QAttention, refused in both modes before; now their float ops with the weights
+    dequantized, which agree with the quantized file up to its run-time activation rounding."""
+    import runtime
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from runtime import check
+
+    from frontends.onnx_qcontrib import quantized_contrib_to_float
+
+    onnx.save(_bert_block(mask_rank=1), tmp_path / "f.onnx")
+    quantize_dynamic(str(tmp_path / "f.onnx"), str(tmp_path / "q.onnx"), weight_type=QuantType.QInt8,
+                     extra_options={"DefaultTensorType": TensorProto.FLOAT})
+    quantized = onnx.load(tmp_path / "q.onnx")
+    assert {n.op_type for n in quantized.graph.node} >= {"QAttention", "QEmbedLayerNormalization"}
+    rewritten = copy.deepcopy(quantized)
+    assert quantized_contrib_to_float(rewritten) == 2
+    assert contrib_to_standard(rewritten) == 2 and not any(n.domain for n in rewritten.graph.node)
+    feed = _bert_inputs(1, 5)
+    feed = {"ids": feed["ids"], "mask": feed["mask"]}
+    run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)[0]  # noqa: E731
+    a, b = run(rewritten).ravel(), run(quantized).ravel()
+    assert a @ b / np.linalg.norm(a) / np.linalg.norm(b) > 0.99
+    samples = [_bert_inputs(1, valid) for valid in (8, 6, 5, 3, 8, 7, 4, 8)]
+    np.savez(tmp_path / "c.npz", ids=np.stack([s["ids"] for s in samples]), mask=np.stack([s["mask"] for s in samples]))
+    art = runtime.load(runtime.compile_model(tmp_path / "q.onnx", "x86", tmp_path / "a", calib=tmp_path / "c.npz",
+                                             progress=False))
+    assert art.manifest["integer_only"] is True
+    (row,) = check.float_agreement(tmp_path / "q.onnx", art, feed)
+    assert row.cosine > 0.98, row
