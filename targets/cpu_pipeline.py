@@ -33,11 +33,11 @@ def cpu_lowering_passes(target, tune_trials: int = 0) -> list:
     from .vnni_int4 import schedule_int4_dot_kernels, use_int4_dot_kernels
     from .vnni_rewrite import use_dot_kernels
 
-    from .byte_tables import byte_tables, has_vbmi
     from .exp2_cubic import exp2_cubic_pass, has_avx512
+    from .table_lookups import table_lookups
 
     family = kernel_family(target)
-    cubic = ([exp2_cubic_pass] if has_avx512(target) else []) + ([byte_tables] if has_vbmi(target) else [])
+    cubic = [exp2_cubic_pass, table_lookups(target)] if has_avx512(target) else []
     dots = [use_dot_kernels(family), use_int4_dot_kernels(family)] if family.dots else []
     # spatial convs no kernel took, as pointwise convs over patches, which then take the dot kernels:
     # on x86 only (on aarch64 LLVM makes sdot/udot of the default conv loops' channel reduction)
