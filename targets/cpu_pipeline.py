@@ -37,7 +37,7 @@ def cpu_lowering_passes(target, tune_trials: int = 0) -> list:
     from .table_lookups import table_lookups
 
     family = kernel_family(target)
-    cubic = [exp2_cubic_pass, table_lookups(target)] if has_avx512(target) else []
+    lookups = [exp2_cubic_pass, table_lookups(target)] if has_avx512(target) else []  # tables as vector code
     dots = [use_dot_kernels(family), use_int4_dot_kernels(family)] if family.dots else []
     # spatial convs no kernel took, as pointwise convs over patches, which then take the dot kernels:
     # on x86 only (on aarch64 LLVM makes sdot/udot of the default conv loops' channel reduction)
@@ -47,7 +47,7 @@ def cpu_lowering_passes(target, tune_trials: int = 0) -> list:
         from .tuning import tune_pass
 
         tune = [tune_pass(target, tune_trials)]
-    return (cubic + [windowed_requant, narrow_int64, patch_conv_as_matmul, conv_transpose_as_conv, grouped_conv_as_convs, flat_depthwise] + dots + patches + [conv1x1_as_matmul, resize_taps, concat_tree] + cpu_defaults.library_dispatch_passes(target)
+    return (lookups + [windowed_requant, narrow_int64, patch_conv_as_matmul, conv_transpose_as_conv, grouped_conv_as_convs, flat_depthwise] + dots + patches + [conv1x1_as_matmul, resize_taps, concat_tree] + cpu_defaults.library_dispatch_passes(target)
             + [lift_scalar_constants] + _adapted(cpu_defaults.legalize_passes(target), legalize_ops_once, split_dataflow_blocks)
             + [schedule_int4_dot_kernels, schedule_int_matmul_cpu, dedupe_kernels] + tune)
 

@@ -35,6 +35,7 @@ from tvm import relax, te, tirx
 from passes.call_rewrite import integer_conv, rewrite_calls
 
 BLOCK = "dwflat_conv"
+PAD = "dwflat_pad"  # the padded rows (per phase)
 WIDTH = "dwflat_width"  # the pad block's annotation: the phase width the schedule splits rows by
 STEM_CHANNELS = 4  # a 4-bit conv over this few input channels (an RGB(A) or gray stem) runs over flat rows too
 LANES = 16  # int32 lanes of a 512-bit vector
@@ -89,13 +90,13 @@ def depthwise_flat_te(x: te.Tensor, w: te.Tensor, pads: tuple[int, int, int, int
     padded = _padder(x, top, left, corr is not None)
     if stride == 1:
         xp = te.compute((n, c, 1, 1, flat), lambda b, ch, py, px, i: padded(b, ch, i // wq, i % wq),
-                        name="dwflat_pad", attrs={WIDTH: wq})
+                        name=PAD, attrs={WIDTH: wq})
     else:  # the zero-padded image first (rows of contiguous loads), then its phases: a gather
         # without conditions, which LLVM vectorizes (a strided gather with the bounds checks
         # did not: 2.6 ns per output, 4x the stride-1 convs, in EfficientNet-Lite0)
         image = te.compute((n, c, stride * (flat // wq), stride * wq), padded, name="dwflat_image")
         xp = te.compute((n, c, stride, stride, flat), lambda b, ch, py, px, i: image[
-            b, ch, stride * (i // wq) + py, stride * (i % wq) + px], name="dwflat_pad", attrs={WIDTH: wq})
+            b, ch, stride * (i // wq) + py, stride * (i % wq) + px], name=PAD, attrs={WIDTH: wq})
     rc = te.reduce_axis((0, per_group), name="rc")
     ry, rx = te.reduce_axis((0, kh), name="ry"), te.reduce_axis((0, kw), name="rx")
     outs_per_group = o_ch // groups
@@ -158,11 +159,11 @@ def depthwise_quad_te(x: te.Tensor, wq: te.Tensor, pads: tuple[int, int, int, in
     padded = _padder(x, top, left, corr is not None)
     if stride == 1:
         xp = te.compute((n, c, 1, 1, flat), lambda b, ch, py, px, i: padded(b, ch, i // wq_, i % wq_),
-                        name="dwflat_pad", attrs={WIDTH: wq_})
+                        name=PAD, attrs={WIDTH: wq_})
     else:
         image = te.compute((n, c, stride * (flat // wq_), stride * wq_), padded, name="dwflat_image")
         xp = te.compute((n, c, stride, stride, flat), lambda b, ch, py, px, i: image[
-            b, ch, stride * (i // wq_) + py, stride * (i % wq_) + px], name="dwflat_pad", attrs={WIDTH: wq_})
+            b, ch, stride * (i // wq_) + py, stride * (i % wq_) + px], name=PAD, attrs={WIDTH: wq_})
     if windows:
         def quad_byte(b, f, py, px, i, j):
             return xp[b, f, py, px, i + j]
