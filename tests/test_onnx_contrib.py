@@ -18,6 +18,18 @@ D = 32
 rng = np.random.default_rng(4)
 
 
+
+def _integer_only_cosine(path, feed: dict) -> float:
+    """Compile `path` with the calibration data beside it (c.npz), assert it is integer-only, and
+    return its cosine to float onnxruntime on `feed`."""
+    import runtime
+    from runtime import check
+
+    art = runtime.load(runtime.compile_model(path, "x86", path.parent / "a", calib=path.parent / "c.npz", progress=False))
+    assert art.manifest["integer_only"] is True
+    (row,) = check.float_agreement(path, art, feed)
+    return row.cosine
+
 def _c(name, shape, scale=0.1, offset=0.0):
     return numpy_helper.from_array((offset + scale * rng.standard_normal(shape)).astype(np.float32), name)
 
@@ -89,9 +101,6 @@ def test_statistics_outputs_read_leave_the_node():
 def test_ort_optimized_transformer_block_compiles_integer_only(tmp_path):
     """MatMul + SkipLayerNormalization (no beta) + Gelu + FastGelu + FusedMatMul, as onnxruntime's
     transformer optimizer writes a BERT layer: refused in both modes before."""
-    import runtime
-    from runtime import check
-
     nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]),
              _ms("SkipLayerNormalization", ["m", "x", "gamma", "", "bias"], ["s"], epsilon=1e-12),
              _ms("Gelu", ["s"], ["g"]), _ms("FastGelu", ["s", "bias"], ["f"]),
@@ -99,11 +108,8 @@ def test_ort_optimized_transformer_block_compiles_integer_only(tmp_path):
     model = _model(nodes, [_c("w", (D, D)), _c("w2", (D, D)), *SKIP[1:]])
     onnx.save(model, tmp_path / "m.onnx")
     np.savez(tmp_path / "c.npz", x=rng.standard_normal((8, 1, 8, D)).astype(np.float32))
-    art = runtime.load(runtime.compile_model(tmp_path / "m.onnx", "x86", tmp_path / "a", calib=tmp_path / "c.npz",
-                                             progress=False))
-    assert art.manifest["integer_only"] is True
-    (row,) = check.float_agreement(tmp_path / "m.onnx", art, {"x": rng.standard_normal((1, 8, D)).astype(np.float32)})
-    assert row.cosine > 0.99, row
+    cosine = _integer_only_cosine(tmp_path / "m.onnx", {"x": rng.standard_normal((1, 8, D)).astype(np.float32)})
+    assert cosine > 0.99, cosine
 
 
 def _conv_model(nodes, inits, out_channels=8):
@@ -162,9 +168,6 @@ def test_ort_extended_cnn_compiles_integer_only(tmp_path):
     """A conv -> ReLU6 -> conv -> ReLU -> residual CNN saved by onnxruntime at ORT_ENABLE_EXTENDED (its own
     FusedConv nodes, as a user's EfficientNet-Lite0 was): refused in both modes before, the first conv reading the
     input ('nothing before them is left to compile')."""
-    import runtime
-    from runtime import check
-
     nodes = [helper.make_node("Conv", ["x", "cw", "cb"], ["c1"], pads=[1] * 4),
              helper.make_node("Clip", ["c1", "lo", "hi"], ["r1"]),
              helper.make_node("Conv", ["r1", "w2", "cb"], ["c2"], pads=[1] * 4),
@@ -178,11 +181,8 @@ def test_ort_extended_cnn_compiles_integer_only(tmp_path):
     saved = onnx.load(tmp_path / "m.onnx")
     assert sum(n.op_type == "FusedConv" for n in saved.graph.node) == 2
     np.savez(tmp_path / "c.npz", x=rng.standard_normal((8, 1, 4, 10, 10)).astype(np.float32))
-    art = runtime.load(runtime.compile_model(tmp_path / "m.onnx", "x86", tmp_path / "a", calib=tmp_path / "c.npz",
-                                             progress=False))
-    assert art.manifest["integer_only"] is True
-    (row,) = check.float_agreement(tmp_path / "m.onnx", art, {"x": rng.standard_normal((1, 4, 10, 10)).astype(np.float32)})
-    assert row.cosine > 0.99, row
+    cosine = _integer_only_cosine(tmp_path / "m.onnx", {"x": rng.standard_normal((1, 4, 10, 10)).astype(np.float32)})
+    assert cosine > 0.99, cosine
 
 
 H, HEADS, SEQ, VOCAB = 32, 4, 8, 50
@@ -249,18 +249,12 @@ def test_attention_with_a_cache_or_causal_is_left():
 def test_bert_optimizer_block_compiles_integer_only(tmp_path):
     """EmbedLayerNormalization -> Attention (onnxruntime's optimize_model(model_type='bert') on a dynamic-axes
     export): refused in both modes before; padded keys get exactly no weight."""
-    import runtime
-    from runtime import check
-
     onnx.save(_bert_block(mask_rank=1), tmp_path / "m.onnx")
     samples = [_bert_inputs(1, valid) for valid in (8, 6, 5, 3, 8, 7, 4, 8)]
     np.savez(tmp_path / "c.npz", ids=np.stack([s["ids"] for s in samples]), mask=np.stack([s["mask"] for s in samples]))
-    art = runtime.load(runtime.compile_model(tmp_path / "m.onnx", "x86", tmp_path / "a", calib=tmp_path / "c.npz",
-                                             progress=False))
-    assert art.manifest["integer_only"] is True
     feed = _bert_inputs(1, 5)
-    (row,) = check.float_agreement(tmp_path / "m.onnx", art, {"ids": feed["ids"], "mask": feed["mask"]})
-    assert row.cosine > 0.99, row
+    cosine = _integer_only_cosine(tmp_path / "m.onnx", {"ids": feed["ids"], "mask": feed["mask"]})
+    assert cosine > 0.99, cosine
 
 
 def test_float16_graph_gets_float16_constants():
@@ -342,16 +336,10 @@ def test_blocked_layout_read_by_a_reshape_is_left(tmp_path):
 
 def test_ort_all_cnn_compiles_integer_only(tmp_path):
     """Refused in both modes before (the nchwc conv reading the input: 'nothing before them is left to compile')."""
-    import runtime
-    from runtime import check
-
     _ort_all(_mobile_block(), tmp_path / "m.onnx")
     np.savez(tmp_path / "c.npz", x=rng.standard_normal((8, 1, 3, 16, 16)).astype(np.float32))
-    art = runtime.load(runtime.compile_model(tmp_path / "m.onnx", "x86", tmp_path / "a", calib=tmp_path / "c.npz",
-                                             progress=False))
-    assert art.manifest["integer_only"] is True
-    (row,) = check.float_agreement(tmp_path / "m.onnx", art, {"x": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)})
-    assert row.cosine > 0.99, row
+    cosine = _integer_only_cosine(tmp_path / "m.onnx", {"x": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)})
+    assert cosine > 0.99, cosine
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=["float32", "float16"])
@@ -378,9 +366,6 @@ def test_rewritten_skip_layernorm_is_one_layer_norm(tmp_path, dtype):
 def test_nchwc_channels_padded_to_whole_blocks(tmp_path):
     """A depthwise conv over 28 channels (BlazeFace, converted by tflite2onnx): onnxruntime stores its filter for 32
     and zero-pads the input in ReorderInput; unpadded, TVM's importer refused the conv (28 channels, 32 groups)."""
-    import runtime
-    from runtime import check
-
     nodes = [helper.make_node("Conv", ["x", "dw", "b"], ["c"], group=28, pads=[1] * 4), helper.make_node("Relu", ["c"], ["r"]),
              helper.make_node("Add", ["r", "x"], ["y"])]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 28, 8, 8])],
@@ -396,20 +381,15 @@ def test_nchwc_channels_padded_to_whole_blocks(tmp_path):
     run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]  # noqa: E731
     np.testing.assert_allclose(run(rewritten), run(model), rtol=1e-4, atol=1e-5)
     np.savez(tmp_path / "c.npz", x=rng.standard_normal((8, 1, 28, 8, 8)).astype(np.float32))
-    art = runtime.load(runtime.compile_model(tmp_path / "m.onnx", "x86", tmp_path / "a", calib=tmp_path / "c.npz",
-                                             progress=False))
-    assert art.manifest["integer_only"] is True
-    (row,) = check.float_agreement(tmp_path / "m.onnx", art, {"x": x})
-    assert row.cosine > 0.99, row
+    cosine = _integer_only_cosine(tmp_path / "m.onnx", {"x": x})
+    assert cosine > 0.99, cosine
 
 
 @pytest.mark.parametrize("symmetric", [True, False], ids=["symmetric", "zero points"])
 def test_matmul_nbits_dequantized_computes_what_onnxruntime_computes(tmp_path, symmetric):
     """onnxruntime's weight-only 4-bit quantizer (MatMulNBits, 32-value blocks, K = 80 not a multiple): refused in
     both modes before; now the MatMul of its dequantized weights, and integer-only."""
-    import runtime
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-    from runtime import check
 
     nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Relu", ["m"], ["r"]),
              helper.make_node("MatMul", ["r", "w2"], ["y"])]
@@ -429,20 +409,15 @@ def test_matmul_nbits_dequantized_computes_what_onnxruntime_computes(tmp_path, s
     np.testing.assert_allclose(run(rewritten), run(packed), rtol=1e-4, atol=1e-4)
     onnx.save(packed, tmp_path / "m.onnx")
     np.savez(tmp_path / "c.npz", x=rng.standard_normal((8, 1, 8, 80)).astype(np.float32))
-    art = runtime.load(runtime.compile_model(tmp_path / "m.onnx", "x86", tmp_path / "a", calib=tmp_path / "c.npz",
-                                             progress=False))
-    assert art.manifest["integer_only"] is True
-    (row,) = check.float_agreement(tmp_path / "m.onnx", art, {"x": x})
-    assert row.cosine > 0.99, row
+    cosine = _integer_only_cosine(tmp_path / "m.onnx", {"x": x})
+    assert cosine > 0.99, cosine
 
 
 def test_quantize_dynamic_bert_block_compiles_integer_only(tmp_path):
     """optimize_model's EmbedLayerNormalization -> Attention, then quantize_dynamic (onnxruntime's BERT recipe):
     QEmbedLayerNormalization and QAttention, refused in both modes before; now their float ops with the weights
     dequantized, which agree with the quantized file up to its run-time activation rounding."""
-    import runtime
     from onnxruntime.quantization import QuantType, quantize_dynamic
-    from runtime import check
 
     from frontends.onnx_qcontrib import quantized_contrib_to_float
 
@@ -461,8 +436,5 @@ def test_quantize_dynamic_bert_block_compiles_integer_only(tmp_path):
     assert a @ b / np.linalg.norm(a) / np.linalg.norm(b) > 0.99
     samples = [_bert_inputs(1, valid) for valid in (8, 6, 5, 3, 8, 7, 4, 8)]
     np.savez(tmp_path / "c.npz", ids=np.stack([s["ids"] for s in samples]), mask=np.stack([s["mask"] for s in samples]))
-    art = runtime.load(runtime.compile_model(tmp_path / "q.onnx", "x86", tmp_path / "a", calib=tmp_path / "c.npz",
-                                             progress=False))
-    assert art.manifest["integer_only"] is True
-    (row,) = check.float_agreement(tmp_path / "q.onnx", art, feed)
-    assert row.cosine > 0.98, row
+    cosine = _integer_only_cosine(tmp_path / "q.onnx", feed)
+    assert cosine > 0.98, cosine
