@@ -14,7 +14,8 @@ place, before anything else reads the graph:
     BiasAdd(x, bias, skip)                   ->  x + bias + skip
     FusedMatMul(A, B, alpha, transA, transB) ->  alpha * (A' @ B')  (last two axes transposed)
     FusedConv(X, W, B?, Z?), FusedGemm(A, B, C?)  ->  activation(Conv(X, W, B) (+ Z)), activation(Gemm(A, B, C))
-    EmbedLayerNormalization, Attention       ->  see onnx_contrib_attention.py
+    EmbedLayerNormalization, Attention       ->  see onnx_contrib_attention.py (a cache, causal: onnx_contrib_decoder.py)
+    MultiHeadAttention, GroupQueryAttention, RotaryEmbedding  ->  see onnx_contrib_mha.py, _gqa.py, _rotary.py
     MatMulNBits (4-bit weights)              ->  MatMul with the dequantized weights (onnx_nbits.py)
     com.microsoft.nchwc ops (ORT_ENABLE_ALL's blocked layout)  ->  see onnx_nchwc.py
 
@@ -36,6 +37,9 @@ from onnx import helper, numpy_helper
 
 from . import onnx_nbits, onnx_nchwc
 from .onnx_contrib_attention import attention, embed_layer_norm
+from .onnx_contrib_gqa import group_query_attention
+from .onnx_contrib_mha import multi_head_attention
+from .onnx_contrib_rotary import rotary_embedding
 
 DOMAIN = "com.microsoft"
 # ops onnxruntime registers in the ONNX domain itself, with the first opset where ONNX has its own (None: never);
@@ -152,6 +156,12 @@ def _rewrite(node, w: _Writer, read: set[str], ranks: dict[str, int], dims: dict
         return embed_layer_norm(node, w, read, lengths)
     if op == "Attention":
         return attention(node, w, read, ranks, dims, lengths)
+    if op == "MultiHeadAttention":
+        return multi_head_attention(node, w, read, ranks, dims)
+    if op == "GroupQueryAttention":
+        return group_query_attention(node, w, read, ranks, dims)
+    if op == "RotaryEmbedding":
+        return rotary_embedding(node, w, ranks, dims)
     if op == "SkipLayerNormalization":
         return _skip_norm(node, w, read, simplified=False)
     if op == "SkipSimplifiedLayerNormalization":
@@ -214,24 +224,38 @@ def _rewrite(node, w: _Writer, read: set[str], ranks: dict[str, int], dims: dict
 
 
 def contrib_to_standard(model: onnx.ModelProto) -> int:
-    """Rewrite every com.microsoft node this module knows (module doc); returns how many."""
+    """Rewrite every com.microsoft node this module knows (module doc); returns how many.
+
+    In passes: shape inference passes contrib ops by, so a node that reads another's output (the
+    MultiHeadAttention after a RotaryEmbedding) learns its input's rank once that one is standard ops."""
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
-    if not any(_contrib(n, opset) for n in model.graph.node):
-        return 0
+    total, lengths = 0, set()  # lengths: EmbedLayerNormalization's 1-D mask_index outputs
+    while any(_contrib(n, opset) for n in model.graph.node):
+        count = _rewrite_pass(model, opset, lengths)
+        total += count
+        if not count:
+            break
+    return total
+
+
+def _rewrite_pass(model: onnx.ModelProto, opset: int, lengths: set[str]) -> int:
     read = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
     dims = {i.name: list(i.dims) for i in model.graph.initializer}
     ranks = {name: len(d) for name, d in dims.items()}
     types = {i.name: i.data_type for i in model.graph.initializer}
     try:  # ranks of what a FusedMatMul transposes (shape inference passes contrib ops by)
         inferred = onnx.shape_inference.infer_shapes(model)
-        values = (*inferred.graph.input, *inferred.graph.value_info)
-        ranks.update({v.name: len(v.type.tensor_type.shape.dim) for v in values if v.type.tensor_type.HasField("shape")})
+        values = (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output)
+        shaped = [v for v in values if v.type.tensor_type.HasField("shape")]
+        ranks.update({v.name: len(v.type.tensor_type.shape.dim) for v in shaped})
+        dims.update({v.name: [d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim]
+                     for v in shaped if v.name not in dims})  # -1: a free dim (the decoders' head sizes are fixed)
         types.update({v.name: v.type.tensor_type.elem_type for v in values if v.type.tensor_type.elem_type})
     except Exception:  # noqa: BLE001 - a graph inference cannot read keeps the ranks of its constants
         pass
     initializers = {i.name: i for i in model.graph.initializer}
     blocked = not onnx_nchwc.layout_leaks(model)  # else the nchwc ops stay, for the op check to name
-    nodes, inits, count, lengths, replaced = [], [], 0, set(), set()  # lengths: EmbedLayerNormalization's 1-D mask_index outputs
+    nodes, inits, count, replaced = [], [], 0, set()
     for node in model.graph.node:
         floats = next((t for t in (types.get(i) for i in node.input) if t in FLOATS), onnx.TensorProto.FLOAT)
         writer = _Writer(node, opset, inits, helper.tensor_dtype_to_np_dtype(floats))

@@ -15,9 +15,13 @@ The mask bias is Where(allowed, 0, MASKED) per key, broadcast over heads and que
 EmbedLayerNormalization makes it: the count of valid tokens, keys at or past it masked), a 2-D [B, T] 0/1
 mask, or a 3-D [B, S, T] one. onnxruntime adds mask_filter_value (-10000) there; the float32 minimum that
 onnx_attention.py uses instead gives the same probabilities (e^-10000 is 0 in float32) and is what the
-Shiftmax lowering takes as masked keys (a float16 model's own minimum there). Left as they are, for the op check to name: a key/value cache
-(past, present), unidirectional (causal) masks, rotary embeddings, the [2B] and 4-D mask forms, and
-a 1-D mask_index that no EmbedLayerNormalization made (its [B] and [2B] forms cannot be told apart).
+Shiftmax lowering takes as masked keys (a float16 model's own minimum there).
+
+GPT-2's form (onnxruntime's gpt2 fusion): a past [2, B, N, P, h] (present: the same with this block's keys and
+values), unidirectional (query i sees keys j <= P + i): through onnx_contrib_decoder.attend. Left as they are,
+for the op check to name: a shared past / present buffer (past_sequence_length), do_rotary (onnxruntime's CPU
+kernel refuses it: MultiHeadAttention + RotaryEmbedding is its CPU form), the [2B] and 4-D mask forms, and a 1-D mask_index
+that no EmbedLayerNormalization made (its [B] and [2B] forms cannot be told apart).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import numpy as np
 from onnx import helper
 
 from .onnx_attention import MASKED
+from .onnx_contrib_decoder import attend, heads_first, last_slice, squeeze, unsqueeze
 
 
 def _attr(node, name: str, default):
@@ -77,10 +82,9 @@ def _allowed(w, mask: str, rank: int, lengths: set[str], x: str) -> str | None:
 
 def attention(node, w, read: set[str], ranks: dict[str, int], dims: dict[str, list[int]], lengths: set[str]) -> bool:
     """Attention (module doc); False where the node uses what this module leaves."""
-    ins = list(node.input) + [""] * 6
+    ins = list(node.input) + [""] * 7
     x, weights, bias, mask, past, extra_bias = ins[:6]
-    if past or any(o in read for o in node.output[1:] if o) or _attr(node, "unidirectional", 0) \
-            or _attr(node, "do_rotary", 0) or len(dims.get(weights, ())) != 2:
+    if len(dims.get(weights, ())) != 2 or dims[weights][1] <= 0:
         return False
     heads = int(_attr(node, "num_heads", 0))
     sizes = list(_attr(node, "qkv_hidden_sizes", [])) or [dims[weights][1] // 3] * 3
@@ -91,6 +95,8 @@ def attention(node, w, read: set[str], ranks: dict[str, int], dims: dict[str, li
         allowed = _allowed(w, mask, 1 if mask in lengths else ranks.get(mask, 0), lengths, x)
         if allowed is None:
             return False
+    if past or _attr(node, "unidirectional", 0) or _attr(node, "do_rotary", 0) or len(node.output) > 1:
+        return _cached(node, w, x, weights, bias, sizes, heads, allowed, past, extra_bias, ins[6])
     qkv = w.op("MatMul", [x, weights])
     if bias:
         qkv = w.op("Add", [qkv, bias])
@@ -109,4 +115,30 @@ def attention(node, w, read: set[str], ranks: dict[str, int], dims: dict[str, li
         logits = w.op("Add", [logits, extra_bias])
     y = w.op("Transpose", [w.op("MatMul", [w.op("Softmax", [logits], axis=-1), v])], perm=[0, 2, 1, 3])
     w.op("Reshape", [y, w.const([0, 0, sizes[2]], np.int64)], node.output[0])
+    return True
+
+
+def _cached(node, w, x, weights, bias, sizes, heads, allowed, past, extra_bias, past_length) -> bool:
+    """GPT-2's Attention: a [2, B, N, P, h] cache (present: the same with this block's keys and values),
+    unidirectional -> onnx_contrib_decoder.attend."""
+    outs = list(node.output) + [""] * 2
+    if past_length or _attr(node, "past_present_share_buffer", 0) or _attr(node, "do_rotary", 0) or len(set(sizes)) != 1:
+        return False  # a shared buffer's valid length arrives at run time; rotary: onnxruntime's CPU kernel refuses
+        # it (no reference to check a rewrite against); a cache needs equal q, k, v sizes
+    head = sizes[0] // heads
+    qkv = w.op("MatMul", [x, weights])
+    if bias:
+        qkv = w.op("Add", [qkv, bias])
+    q, k, v = (heads_first(w, last_slice(w, qkv, i * sizes[0], (i + 1) * sizes[0], 2), heads) for i in range(3))
+    past_k = past_v = ""
+    if past:
+        past_k, past_v = (squeeze(w, last_slice(w, past, i, i + 1, 0), [0]) for i in range(2))
+    allowed_fn = (lambda _p, _i: allowed) if allowed is not None else None
+    presents = (f"{w.prefix}/present_key", f"{w.prefix}/present_value") if outs[1] and past else (k, v)
+    scale = float(_attr(node, "scale", 0.0)) or 1.0 / np.sqrt(head)
+    attend(w, q, k, v, outs[0], heads, heads, head, scale, past=(past_k, past_v),
+           presents=presents if past else ("", ""), causal=bool(_attr(node, "unidirectional", 0)), allowed=allowed_fn,
+           bias=extra_bias)
+    if outs[1]:
+        w.op("Concat", [unsqueeze(w, presents[0], [0]), unsqueeze(w, presents[1], [0])], outs[1], axis=0)
     return True

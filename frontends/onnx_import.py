@@ -517,8 +517,9 @@ def _unconvertible_hint(model: onnx.ModelProto, names: list[str]) -> str:
     hints = []
     if "com.microsoft" in domains:
         hints.append("(com.microsoft ops are onnxruntime's own fusions; intq rewrites SkipLayerNormalization, Gelu, "
-                     "FastGelu, BiasGelu, QuickGelu, FusedMatMul, FusedConv, FusedGemm, BiasAdd, QGemm and the QLinear "
-                     "ops, not these: compile the model as exported, before onnxruntime's optimizer)")
+                     "FastGelu, BiasGelu, QuickGelu, FusedMatMul, FusedConv, FusedGemm, BiasAdd, QGemm, the QLinear "
+                     "ops, Attention, MultiHeadAttention, GroupQueryAttention and RotaryEmbedding in their common forms, "
+                     "not these: compile the model as exported, before onnxruntime's optimizer)")
     if "com.microsoft.nchwc" in domains:
         hints.append("(com.microsoft.nchwc ops are onnxruntime's blocked-layout kernels for the CPU that saved the file "
                      "at ORT_ENABLE_ALL, which onnxruntime itself warns is hardware specific: save it at "

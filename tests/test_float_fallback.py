@@ -330,7 +330,8 @@ def test_detector_nms_runs_in_onnxruntime_after_the_integer_network(tmp_path):
 
 def _masked_model(tail: bool, fill: float, S: int = 8, H: int = 32):
     """A [1, S] key mask as Where(mask, 0, fill) unsqueezed and broadcast to [1, 1, S, S]: (tail) handed to a causal
-    com.microsoft Attention, which intq leaves to onnxruntime's tail, as its attention_bias; or added to q k^T."""
+    com.microsoft Attention in a form intq leaves to onnxruntime's tail (a shared cache buffer), as its
+    attention_bias; or added to q k^T."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -344,7 +345,7 @@ def _masked_model(tail: bool, fill: float, S: int = 8, H: int = 32):
              numpy_helper.from_array(np.array([1, 2], np.int64), "ax12")]
     if tail:
         nodes.append(helper.make_node("Attention", ["h", "qkv", "qkv_b", "", "", "bias"], ["y"], domain="com.microsoft",
-                                      num_heads=4, unidirectional=1))
+                                      num_heads=4, unidirectional=1, past_present_share_buffer=1))
         inits += [c("qkv", 0.3 * r.standard_normal((H, 3 * H))), c("qkv_b", np.zeros(3 * H))]
     else:
         nodes += [helper.make_node("Unsqueeze", ["h", "ax"], ["h4"]), helper.make_node("Transpose", ["h4"], ["ht"], perm=[0, 1, 3, 2]),

@@ -241,8 +241,9 @@ def test_bert_attention_computes_what_onnxruntime_computes(name):
         np.testing.assert_allclose(run(rewritten), run(model), rtol=1e-4, atol=1e-5)
 
 
-def test_attention_with_a_cache_or_causal_is_left():
-    model = _bert_block(mask_rank=2, embed=False, unidirectional=1)
+def test_attention_with_a_shared_cache_buffer_is_left():
+    """Causal and cached Attention are rewritten (test_onnx_contrib_decoder.py); a shared buffer is not."""
+    model = _bert_block(mask_rank=2, embed=False, unidirectional=1, past_present_share_buffer=1)
     assert contrib_to_standard(model) == 0
 
 
