@@ -56,6 +56,7 @@ from .narrow_table_inputs import narrow_table_inputs, table_tensors
 from .recurrent_steps import whole_groups
 from .bias_choice import uncorrected_layers
 from .sensitivity import coarse_grids, find_sensitive, scaled_input
+from .smooth_choice import SmoothingChoice
 
 OFFSET_AWARE = frozenset({"relax.reshape", "relax.permute_dims", "relax.squeeze", "relax.expand_dims",
                           "relax.matmul"})
@@ -294,6 +295,9 @@ class QuantizeToInteger:
         ctx = LoweringContext(bb, ranges, config, getattr(self.ranges, "channel_amax", None),
                               _weight_rowmax(func), _bias_after(func), getattr(self.ranges, "channel_mean", None))
         ctx.output_bound, ctx.func = bound, func
+        probe = getattr(self.ranges, "probe", None)
+        if probe is not None and config.smooth_alpha is not None and config.smooth_search:
+            ctx.smoothing = SmoothingChoice(probe, func, config)
         env: dict[relax.Var, object] = {}
         params, boundary = [], {"inputs": [], "outputs": []}
         features: dict[relax.Var, tuple] = {}  # inputs with a scale per feature: (param, scales, max |x| per feature)
@@ -397,9 +401,12 @@ class QuantizeToInteger:
             ops = {b.var.name: b.value.op.name for b in _bindings(mod["main"])
                    if isinstance(b.value, relax.Call) and isinstance(b.value.op, tvm.ir.Op)}
             grids = {}
-            for t in eight.traced:  # every per-tensor 8-bit value but those a layout op passes through
-                if t.dtype in ("int8", "uint8") and t.scale.size == 1 and not t.offset and \
-                        not t.requant.endswith("smooth") and (t.requant or ops.get(t.name) not in LAYOUT_OPS):
+            for t in eight.traced:  # every 8-bit value but those a layout op passes through
+                if t.dtype not in ("int8", "uint8") or not (t.requant or ops.get(t.name) not in LAYOUT_OPS):
+                    continue
+                if t.requant.endswith("smooth"):  # a matmul input on a grid per channel (its reduction axis)
+                    grids.setdefault(t.name, (np.asarray(t.scale, np.float64), *INT_RANGE[t.dtype], t.offset))
+                elif t.scale.size == 1 and not t.offset:
                     grids.setdefault(t.name, (float(t.scale.reshape(())), *INT_RANGE[t.dtype]))
             if key.residual_bits == 8:  # the float inputs' own 8-bit grids (an audio waveform wants 16)
                 exact = find_exact_inputs(mod["main"]).dtypes

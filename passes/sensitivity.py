@@ -203,8 +203,32 @@ class SensitivityProbe:
             self._memo[key] = float(np.max(per_output, initial=0.0))
         return self._memo[key]
 
-    def error(self, grids: dict[str, tuple[float, int, int]]) -> float:
-        """Max over outputs of the mean squared relative L2 error with `grids` {binding: (S, lo, hi)} applied."""
+    def values(self, names, max_rows: int) -> dict[str, np.ndarray]:
+        """{name: rows} of the named tensors over the probe's samples, as [rows, last axis] float32,
+        at most `max_rows` of them evenly spaced (one run per sample, memoized per name)."""
+        cache = self.__dict__.setdefault("_values", {})
+        wanted = {i: n for i, n in enumerate(self.model.names) if n in set(names) and n not in cache}
+        if wanted:
+            got: dict[str, list] = {n: [] for n in wanted.values()}
+
+            def capture(index: int, x: np.ndarray):
+                if index in wanted and x.ndim:
+                    rows = x.reshape(-1, x.shape[-1])
+                    step = max(1, -(-len(rows) * len(self.samples) // max_rows))
+                    got[wanted[index]].append(np.array(rows[::step], np.float32))
+
+            start = time.perf_counter()
+            for sample in self.samples:
+                self.model.run(sample, capture)
+                self.runs += 1
+            self.seconds += time.perf_counter() - start
+            cache.update({n: np.concatenate(v)[:max_rows] for n, v in got.items() if v})
+        return {n: cache[n] for n in names if n in cache}
+
+    def error(self, grids: dict[str, tuple]) -> float:
+        """Max over outputs of the mean squared relative L2 error with `grids` {binding: (S, lo, hi)
+        or (S, lo, hi, offset)} applied: S a scalar, or one scale per channel of the last axis (a
+        matmul input smoothed per channel), the integers standing for x + offset."""
         names = tuple(sorted(n for n in grids if n in self._tapped))
         return self.measure(names, {n: _fake_quantize(*grids[n]) for n in names})
 
@@ -218,14 +242,16 @@ def release(kept: dict[str, list], name: str) -> np.ndarray:
     return entry[0]
 
 
-def _fake_quantize(scale: float, lo: int, hi: int) -> Replace:
+def _fake_quantize(scale, lo: int, hi: int, offset: float = 0.0) -> Replace:
+    scale, offset = np.asarray(scale, np.float32), np.float32(offset)
+
     def on_grid(x: np.ndarray, kept) -> np.ndarray:
-        return (np.clip(np.floor(x / np.float32(scale) + np.float32(0.5)), lo, hi) * np.float32(scale)).astype(x.dtype)
+        return (np.clip(np.floor((x + offset) / scale + np.float32(0.5)), lo, hi) * scale - offset).astype(x.dtype)
 
     return on_grid
 
 
-def coarse_grids(grids: dict[str, tuple[float, int, int]], moments: dict[str, tuple[float, int]],
+def coarse_grids(grids: dict[str, tuple], moments: dict[str, tuple[float, int]],
                  tol: float) -> dict[str, float]:
     """{name: estimated relative error} of the tensors whose 8-bit grid alone loses more than `tol`
     of their own calibration values (L2), worst first: no model run needed.
@@ -237,8 +263,10 @@ def coarse_grids(grids: dict[str, tuple[float, int, int]], moments: dict[str, tu
     samples the probe measures, and the probe has no time to find dozens of such tensors one by one.
     """
     found = {}
-    for name, (scale, _, _) in grids.items():
+    for name, (scale, *_) in grids.items():
         squares, nonzero = moments.get(name, (0.0, 0))
+        if np.ndim(scale):  # a grid per channel: the moments are the whole tensor's
+            continue
         if squares > 0.0 and nonzero:
             err = scale * float(np.sqrt(nonzero / 12.0 / squares))
             if err > tol:
@@ -246,7 +274,7 @@ def coarse_grids(grids: dict[str, tuple[float, int, int]], moments: dict[str, tu
     return dict(sorted(found.items(), key=lambda kv: -kv[1]))
 
 
-def find_sensitive(probe: SensitivityProbe, grids: dict[str, tuple[float, int, int]], tol: float,
+def find_sensitive(probe: SensitivityProbe, grids: dict[str, tuple], tol: float,
                    limit: int, goal: float, budget: int = MAX_SETS, work: float = MAX_ELEMENTS,
                    groups: Sequence[Sequence[str]] = ()) -> dict[str, float]:
     """{name: error alone} of the candidates to carry at 16 bits, the worst first.

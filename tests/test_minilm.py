@@ -24,7 +24,8 @@ def test_minilm_sentence_similarity(tmp_path_factory):
     r = evaluate(artifact, onnx_path)
     assert abs(r["pearson_float"] - 0.654) < 0.005, r  # the float model, as measured in DESIGN.md
     assert abs(r["pearson_int"] - r["pearson_float"]) <= 0.01, r
-    assert r["cosine_mean"] >= 0.98, r
+    # 0.987 / 0.977 with one smoothing exponent for every matmul input (smooth_choice.py: 0.998 / 0.996)
+    assert r["cosine_mean"] >= 0.995 and r["cosine_min"] >= 0.99, r
 
 
 def test_minilm_padding_and_batching_are_exact(tmp_path_factory):

@@ -47,8 +47,10 @@ class QuantConfig:
     layer_bits: Mapping[str, int] | tuple[tuple[str, int], ...] = ()
     # Outlier smoothing (SmoothQuant): a 16/32-bit input of a constant-weight matmul becomes 8 bits
     # with one scale per input channel, amax_c^alpha / wmax_c^(1 - alpha), folded into the weights
-    # (measured on DINOv2, benchmarks/op_errors.py). None: one scale per tensor.
+    # (measured on DINOv2, benchmarks/op_errors.py). None: one scale per tensor. With smooth_search
+    # and calibration's probe, alpha is measured per tensor instead (`smooth_choice.py`).
     smooth_alpha: float | None = 0.5
+    smooth_search: bool = True
     # Activations carried at 16 bits instead of 8 (float binding names; any iterable, stored sorted):
     # what the sensitivity measurement found (`sensitivity_tol`), or given by hand.
     wide_tensors: tuple[str, ...] = ()
@@ -121,6 +123,21 @@ def activation_scale(lo: float, hi: float, dtype: str) -> float:
     return amax / INT_RANGE[dtype][1] if amax > 0 else 1.0
 
 
+def smoothing_scales(amax: np.ndarray, wmax: np.ndarray, alpha: float, offset: float, dtype: str) -> np.ndarray:
+    """SmoothQuant's per-input-channel scales c of a matmul input: s * max(amax / s) / levels with
+    s = amax^alpha / wmax^(1 - alpha), amax the input's calibrated max |x + offset| per channel and
+    wmax the max |W| per input channel over its matmuls.
+
+    Statistics floored at their medians: only channels above the typical range move scale into the
+    weights (or out of them), the others share one scale, which keeps per-channel maxima seen on few
+    calibration samples from clipping (measured: 2.8x -> 1.2x overshoot)."""
+    amax = amax + offset  # the integers stand for x + offset
+    amax = np.maximum(amax, max(float(np.median(amax)), amax.max() * 2.0**-20))
+    wmax = np.maximum(wmax, max(float(np.median(wmax)), wmax.max() * 2.0**-20))
+    s = amax**alpha / wmax ** (1 - alpha)
+    return s * float(np.max(amax / s)) / INT_RANGE[dtype][1]
+
+
 class LoweringContext:
     """The BlockBuilder, calibrated ranges and config, plus requantization helpers."""
 
@@ -136,6 +153,7 @@ class LoweringContext:
         self.bias_after = bias_after or {}  # conv/matmul binding: max |bias| per output channel added next
         self.channel_amax = channel_amax or {}  # tensor: (calibrated max |x| per last-axis channel, rows seen)
         self.weight_rowmax = weight_rowmax or {}  # max |W| per input channel over a tensor's matmuls
+        self.smoothing = None  # chooses `smoothed`'s exponent per tensor (`SmoothingChoice`), else config's
         self.var: relax.Var | None = None  # the float binding being lowered
         self.func: relax.Function | None = None  # the float function (its bindings' ONNX origins)
         self.output_bound: frozenset[str] = frozenset()  # bindings that reach outputs through layout ops only
@@ -297,9 +315,9 @@ class LoweringContext:
         statistics over fewer than SMOOTH_MIN_ROWS rows (a toy calibration: 4 samples of 16
         rows overshot its per-channel maxima by 1.8x at test time, and smoothing lost to per tensor).
 
-        Scales c = s * max(amax / s) / levels with s = amax^alpha / wmax^(1 - alpha) (SmoothQuant,
-        both statistics floored at their median): every matmul reading `var` gets the same c
-        (memoized; wmax is over all of them), its weights scaled by c.
+        Scales `smoothing_scales` (SmoothQuant; alpha measured per tensor where `smoothing` is set):
+        every matmul reading `var` gets the same c (memoized; wmax is over all of them), its weights
+        scaled by c.
         """
         alpha = self.config.smooth_alpha
         name = getattr(var, "name", None)
@@ -322,14 +340,9 @@ class LoweringContext:
             offset = value.offset if isinstance(value, Accumulator) else 0.0
             unsigned = isinstance(value, Accumulator) and (value.clamp[0] >= 0 or offset > 0)
             dtype = "uint8" if unsigned and self.config.unsigned_activations else "int8"
-            # Statistics floored at their medians: only channels above the typical range move scale
-            # into the weights (or out of them), the others share one scale, which keeps per-channel
-            # maxima seen on few calibration samples from clipping (measured: 2.8x -> 1.2x overshoot).
-            amax = amax + offset  # the integers stand for x + offset
-            amax = np.maximum(amax, max(float(np.median(amax)), amax.max() * 2.0**-20))
-            wmax = np.maximum(wmax, max(float(np.median(wmax)), wmax.max() * 2.0**-20))
-            s = amax**alpha / wmax ** (1 - alpha)
-            c = s * float(np.max(amax / s)) / INT_RANGE[dtype][1]
+            if self.smoothing is not None:  # measured per tensor (`smooth_choice.py`)
+                alpha = self.smoothing.alpha(name, amax, wmax, offset, dtype, alpha)
+            c = smoothing_scales(amax, wmax, alpha, offset, dtype)
             src_scale = np.broadcast_to(np.asarray(value.scale, np.float64), c.shape)
             m, sh = dyadic(src_scale / c)
             expr = self.emit(emit.requantize(value.expr, m, sh, *INT_RANGE[dtype], dtype))
