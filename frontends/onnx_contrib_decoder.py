@@ -83,15 +83,20 @@ def cos_sin(w, cos_cache: str, sin_cache: str, positions: str) -> tuple[str, str
 
 def attend(w, q: str, k: str, v: str, out: str, heads: int, kv_heads: int, head: int, scale: float, *,
            past: tuple[str, str] = ("", ""), presents: tuple[str, str] = ("", ""), causal: bool = False,
-           window: int = -1, allowed=None, bias: str = "", softcap: float = 0.0) -> None:
+           window: int = -1, allowed=None, bias: str = "", softcap: float = 0.0, sink: str = "") -> None:
     """Attention over heads-first q [B, N, S, h], k / v [B, kvN, L, h] into `out` [B, S, N * h].
 
     past: the cache ([B, kvN, P, h] each), concatenated before k / v into `presents` where named. allowed: a
     callable given (positions of the queries [S, 1], key indices [T]) returning a bool tensor broadcasting to
-    [B, N, S, T], or None. bias: an additive [B|1, N|1, S, T] tensor (attention_bias)."""
+    [B, N, S, T], or None. bias: an additive [B|1, N|1, S, T] tensor (attention_bias). sink: one logit per head
+    ([N]) that joins every row's softmax and is dropped after it (a smooth softmax's extra 1 in the sum)."""
     if past[0]:
         k = w.op("Concat", [past[0], k], presents[0] or None, axis=2)
         v = w.op("Concat", [past[1], v], presents[1] or None, axis=2)
+    else:  # a first step's presents: its own keys and values
+        for name, t in zip(presents, (k, v)):
+            if name:
+                w.op("Identity", [t], name)
     keys = dim(w, k, 2)
     masks = []
     if causal or window >= 0 or allowed is not None:
@@ -111,13 +116,21 @@ def attend(w, q: str, k: str, v: str, out: str, heads: int, kv_heads: int, head:
     logits = w.op("MatMul", [w.op("Mul", [q, w.const(scale)]), w.op("Transpose", [k], perm=[0, 1, 3, 2])])
     if softcap > 0:
         logits = w.op("Mul", [w.op("Tanh", [w.op("Div", [logits, w.const(softcap)])]), w.const(softcap)])
-    if masks:
-        both = masks[0]
-        for m in masks[1:]:
-            both = w.op("And", [both, m])
-        logits = w.op("Add", [logits, w.op("Where", [both, w.const(0.0), w.const(max(MASKED, np.finfo(w.floats).min))])])
     if bias:
         logits = w.op("Add", [logits, bias])
-    y = w.op("Transpose", [w.op("MatMul", [w.op("Softmax", [logits], axis=-1), v])],
-             perm=HEADS_FIRST)
+    both = None
+    for m in masks:
+        both = m if both is None else w.op("And", [both, m])
+    if sink:  # [N] -> a column [B, N, S, 1] beside the keys, never masked
+        shape = w.op("Concat", [last_slice(w, w.op("Shape", [logits]), 0, 3, 0), w.const([1], np.int64)], axis=0)
+        if both is not None:
+            both = w.op("Concat", [w.op("Expand", [both, w.op("Shape", [logits])]),
+                                   w.op("Expand", [w.const(True, np.bool_), shape])], axis=3)
+        logits = w.op("Concat", [logits, w.op("Expand", [unsqueeze(w, sink, [1, 2]), shape])], axis=3)
+    if both is not None:  # last before the softmax: the Shiftmax lowering takes masked logits from this Where
+        logits = w.op("Add", [logits, w.op("Where", [both, w.const(0.0), w.const(max(MASKED, np.finfo(w.floats).min))])])
+    probs = w.op("Softmax", [logits], axis=-1)
+    if sink:  # the keys' columns; the sink's share is dropped
+        probs = w.op("Slice", [probs, w.const([0], np.int64), unsqueeze(w, keys, [0]), w.const([3], np.int64)])
+    y = w.op("Transpose", [w.op("MatMul", [probs, v])], perm=HEADS_FIRST)
     w.op("Reshape", [y, w.const([0, 0, -1], np.int64)], out)

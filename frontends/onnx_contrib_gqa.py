@@ -12,9 +12,10 @@
 seqlens_k arrives at run time: the positions, the mask and the present cache are computed from it in the
 graph (integer compares and a gather), so rows of different lengths come out as onnxruntime's: row b's
 first T_b - S past rows, its S new ones, then zeros (a present as long as the past: no zeros added).
-Lengths come from shapes (folded once intq fixes them). Left for the op check to name: quantized caches
-(k_scale, v_scale), window-sized caches, head_sink / smooth_softmax, per-head q / k norms, query_seqlens,
-the read qk output, and files below opset 13.
+head_sink (or smooth_softmax: a sink of 0) joins each row's softmax as one more logit per head, dropped
+after it. Lengths come from shapes (folded once intq fixes them). Left for the op check to name: quantized
+caches (k_scale, v_scale), window-sized caches, query_seqlens, the read qk output, files below opset 13, and
+Qwen3's per-head q / k norm weights (onnxruntime's CPU kernel refuses them: no reference to check against).
 """
 
 from __future__ import annotations
@@ -29,14 +30,14 @@ def _attr(node, name: str, default):
     return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
 
 
-LEFT = {10, 11, 12, 13, 14, 15, 16}  # head_sink, k_scale, v_scale, q / k norm weights, query_seqlens
-REFUSED_ATTRS = {"smooth_softmax": 0, "qk_output": 0, "kv_cache_bit_width": 0, "sliding_window_cache": 0}
+LEFT = {12, 13, 14, 15, 16}  # k_scale, v_scale (a quantized cache), q / k norm weights, query_seqlens
+REFUSED_ATTRS = {"qk_output": 0, "kv_cache_bit_width": 0, "sliding_window_cache": 0}
 
 
 def group_query_attention(node, w, read: set[str], ranks: dict[str, int], dims: dict[str, list[int]]) -> bool:
     """GroupQueryAttention (module doc); False where the node uses what this module leaves."""
     ins = list(node.input) + [""] * 17
-    q, k, v, past_k, past_v, seqlens, _total, cos_cache, sin_cache, positions, extra = ins[:11]
+    q, k, v, past_k, past_v, seqlens, _total, cos_cache, sin_cache, positions, extra, sink = ins[:12]
     outs = list(node.output) + [""] * 4
     heads, kv_heads = int(_attr(node, "num_heads", 0)), int(_attr(node, "kv_num_heads", 0))
     if w.opset < 13 or heads <= 0 or kv_heads <= 0 or heads % kv_heads or any(ins[i] for i in LEFT) \
@@ -92,13 +93,18 @@ def group_query_attention(node, w, read: set[str], ranks: dict[str, int], dims: 
             keep = w.op("And", [keep, w.op("Greater", [index, w.op("Sub", [at, w.const(window, np.int64)])])])
         return keep
 
+    if not past_k:  # a first prompt's presents: its keys and values (padded rows too, as onnxruntime keeps them)
+        for name, t in zip(outs[1:3], (kh, vh)):
+            if name:
+                w.op("Identity", [t], name)
     if past_k:
         start = unsqueeze(w, w.op("Sub", [w.op("Add", [length, w.const(1, np.int64)]), queries]), [1, 2, 3])
         grow = not (0 < declared == past_len)  # present = past + S rows, unless declared as long as the past
         kh, vh = (_cache(w, p, t, start, grow, out) for p, t, out in ((past_k, kh, outs[1]), (past_v, vh, outs[2])))
     scale = float(_attr(node, "scale", 0.0)) or 1.0 / np.sqrt(head)
     attend(w, qh, kh, vh, outs[0], heads, kv_heads, head, scale, allowed=allowed, bias=extra,
-           softcap=float(_attr(node, "softcap", 0.0)))
+           softcap=float(_attr(node, "softcap", 0.0)), sink=sink or (w.const(np.zeros(heads)) if int(
+               _attr(node, "smooth_softmax", 0)) else ""))
     return True
 
 

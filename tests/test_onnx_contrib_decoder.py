@@ -209,7 +209,7 @@ def test_rotary_embedding_computes_what_onnxruntime_computes(name):
 KV = 2
 
 
-def _gqa(packed=False, past=True, rotary=False, batch=B, seq=S, **attrs):
+def _gqa(packed=False, past=True, rotary=False, batch=B, seq=S, sink=False, qk_norm=False, **attrs):
     total = seq + (P if past else 0)
     ins = ["q", "k", "v", "", "", "seqlens_k", "total", "", ""]
     inputs = [("q", FLOAT, [batch, seq, (N + 2 * KV) * HD if packed else H])]
@@ -221,14 +221,22 @@ def _gqa(packed=False, past=True, rotary=False, batch=B, seq=S, **attrs):
     if past:
         inputs += [("past_key", FLOAT, [batch, KV, P, HD]), ("past_value", FLOAT, [batch, KV, P, HD])]
         ins[3:5] = ["past_key", "past_value"]
-        outs += ["present_key", "present_value"]
-        outputs += [("present_key", FLOAT, [batch, KV, total, HD]), ("present_value", FLOAT, [batch, KV, total, HD])]
+    outs += ["present_key", "present_value"]
+    outputs += [("present_key", FLOAT, [batch, KV, total, HD]), ("present_value", FLOAT, [batch, KV, total, HD])]
     inputs += [("seqlens_k", INT32, [batch]), ("total", INT32, [])]
     inits = []
     if rotary:
         inits = _rope_cache(HD)
         ins[7:9] = ["cos", "sin"]
         attrs["do_rotary"] = 1
+    if sink or qk_norm:
+        ins += [""] * (16 - len(ins))
+    if sink:
+        inits.append(_const("sink", rng.standard_normal(N).astype(np.float32)))
+        ins[11] = "sink"
+    if qk_norm:
+        inits += [_const(n, (1 + 0.3 * rng.standard_normal(HD)).astype(np.float32)) for n in ("q_norm", "k_norm")]
+        ins[14:16] = ["q_norm", "k_norm"]
     node = _ms("GroupQueryAttention", ins, outs, num_heads=N, kv_num_heads=KV, **attrs)
     return _model([node], inputs, outputs, inits)
 
@@ -240,12 +248,28 @@ GQA = {
     "first prompt (no cache), rotary": dict(past=False, rotary=True),
     "local window of 4 keys": dict(local_window_size=4),
     "softcap and its own scale": dict(softcap=2.0, scale=0.5),
+    "head_sink": dict(sink=True),
+    "smooth_softmax": dict(smooth_softmax=1),
 }
 
 
 @pytest.mark.parametrize("name", list(GQA))
 def test_group_query_attention_computes_what_onnxruntime_computes(name):
     _agrees(_gqa(**GQA[name]))
+
+
+def test_group_query_attention_first_prompt_of_rows_of_their_own_length():
+    """A first prompt (no cache) whose second row is right-padded: its padded keys are not attended; its
+    presents are all its keys and values, as onnxruntime writes them."""
+    model = _gqa(past=False, rotary=True, batch=2)
+    feed = _feed(model)
+    feed["seqlens_k"] = np.array([S - 1, S - 2], np.int32)
+    _agrees(model, feed)
+
+
+def test_group_query_attention_with_q_k_norms_is_left():
+    """Qwen3's per-head q / k norm weights: onnxruntime's CPU kernel refuses them (no reference)."""
+    assert contrib_to_standard(_gqa(qk_norm=True, rotary=True)) == 0
 
 
 def test_group_query_attention_rows_of_their_own_length():
@@ -263,14 +287,14 @@ def _decoder_block(kind: str, free: bool) -> onnx.ModelProto:
     onnxruntime's LLaMA / GPT-2 fusions leave a layer; `free`: batch, sequence and past dims named."""
     w = lambda shape: (0.3 * rng.standard_normal(shape)).astype(np.float32)  # noqa: E731
     b, s, p, t = ("batch", "seq", "past", "total") if free else (B, S, P, P + S)
-    kv = KV if kind == "gqa" else N
+    kv = KV if kind.startswith("gqa") else N
     inits = [_const("gamma", (1 + 0.2 * rng.standard_normal(H)).astype(np.float32)), _const("wq", w((H, H))),
              _const("wk", w((H, kv * HD))), _const("wv", w((H, kv * HD))), _const("wo", w((H, H))), *_rope_cache(HD)]
     nodes = [helper.make_node("SimplifiedLayerNormalization", ["x", "gamma"], ["n"], axis=-1, epsilon=1e-6),
              *(helper.make_node("MatMul", ["n", f"w{c}"], [c]) for c in "qkv")]
     inputs = [("x", FLOAT, [b, s, H]), ("mask", INT64, [b, t]), ("position_ids", INT64, [b, s])]
     presents = ["y_attn", "present_key", "present_value"]
-    if kind == "gqa":  # seqlens_k and the total length from the mask, as onnxruntime's convert_generation does
+    if kind.startswith("gqa"):  # seqlens_k and the total length from the mask, as onnxruntime's convert_generation does
         inits += [_const("axis1", np.array([1], np.int64)), _const("one", np.array(1, np.int64))]
         nodes += [helper.make_node("ReduceSum", ["mask", "axis1"], ["count"], keepdims=0),
                   helper.make_node("Sub", ["count", "one"], ["last"]),
@@ -278,8 +302,10 @@ def _decoder_block(kind: str, free: bool) -> onnx.ModelProto:
                   helper.make_node("Shape", ["mask"], ["mask_shape"], start=1, end=2),
                   helper.make_node("Squeeze", ["mask_shape"], ["total64"]),
                   helper.make_node("Cast", ["total64"], ["total"], to=INT32),
-                  _ms("GroupQueryAttention", ["q", "k", "v", "past_key", "past_value", "seqlens_k", "total", "cos", "sin"],
+                  _ms("GroupQueryAttention", ["q", "k", "v", "past_key", "past_value", "seqlens_k", "total", "cos", "sin",
+                                              "", "", "sink" if kind == "gqa, head_sink" else ""],
                       presents, num_heads=N, kv_num_heads=KV, do_rotary=1)]
+        inits.append(_const("sink", rng.standard_normal(N).astype(np.float32)))
         inputs = inputs[:2]
     else:
         nodes += [helper.make_node("Cast", ["mask"], ["mask32"], to=INT32),
@@ -303,8 +329,8 @@ def _block_sample(model, seed: int) -> dict:
     return {i.name: sample[i.name] for i in model.graph.input}
 
 
-@pytest.mark.parametrize("kind,free", [("gqa", True), ("mha", False)], ids=["GroupQueryAttention, free dims",
-                                                                          "RotaryEmbedding + MultiHeadAttention"])
+@pytest.mark.parametrize("kind,free", [("gqa", True), ("mha", False), ("gqa, head_sink", False)],
+                         ids=["GroupQueryAttention, free dims", "RotaryEmbedding + MultiHeadAttention", "with head_sink"])
 def test_decoder_block_compiles_integer_only(tmp_path, kind, free):
     """A LLaMA layer as onnxruntime's fusions leave it: refused integer-only before (every op named);
     now integer-only, its output and presents at cosine > 0.99 to onnxruntime running the fused file."""
