@@ -184,7 +184,8 @@ def _rewrite(node, w: _Writer, read: set[str], ranks: dict[str, int], dims: dict
         return True
     if op == "QuickGelu":
         alpha = float(_attr(node, "alpha", 1.702))
-        w.op("Mul", [ins[0], w.op("Sigmoid", [w.op("Mul", [ins[0], w.const(alpha)])])], out)
+        scaled = ins[0] if alpha == 1.0 else w.op("Mul", [ins[0], w.const(alpha)])  # alpha 1: SiLU, as exported
+        w.op("Mul", [ins[0], w.op("Sigmoid", [scaled])], out)
         return True
     if op == "BiasAdd":
         w.sum(ins[:3], out)

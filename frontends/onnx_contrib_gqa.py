@@ -62,7 +62,8 @@ def group_query_attention(node, w, read: set[str], ranks: dict[str, int], dims: 
         v = last_slice(w, q, (heads + kv_heads) * head, width, 2)
         q = last_slice(w, q, 0, heads * head, 2)
     qh, kh, vh = heads_first(w, q, heads), heads_first(w, k, kv_heads), heads_first(w, v, kv_heads)
-    length = w.op("Cast", [seqlens], to=7)  # T_b - 1 per row, int64
+    # T_b - 1 per row, int64 [B] (onnxruntime's convert_generation writes it [B, 1]: ReduceSum with keepdims)
+    length = w.op("Reshape", [w.op("Cast", [seqlens], to=7), w.const([-1], np.int64)])
     queries = dim(w, q, 1)
     if past_k:  # each row's queries sit at T_b - S + i
         own = w.op("Add", [unsqueeze(w, w.op("Sub", [w.op("Add", [length, w.const(1, np.int64)]), queries]), [1]),
@@ -104,7 +105,7 @@ def group_query_attention(node, w, read: set[str], ranks: dict[str, int], dims: 
     scale = float(_attr(node, "scale", 0.0)) or 1.0 / np.sqrt(head)
     attend(w, qh, kh, vh, outs[0], heads, kv_heads, head, scale, allowed=allowed, bias=extra,
            softcap=float(_attr(node, "softcap", 0.0)), sink=sink or (w.const(np.zeros(heads)) if int(
-               _attr(node, "smooth_softmax", 0)) else ""))
+               _attr(node, "smooth_softmax", 0)) == 1 else ""))
     return True
 
 

@@ -62,6 +62,7 @@ CASES = {
     "FastGelu": ([_ms("FastGelu", ["x", "bias"])], SKIP),
     "FastGelu without bias": ([_ms("FastGelu", ["x"])], []),
     "QuickGelu": ([_ms("QuickGelu", ["x"], alpha=1.5)], []),
+    "QuickGelu with alpha 1 (SiLU, as ORT_ENABLE_EXTENDED fuses a LLaMA's)": ([_ms("QuickGelu", ["x"], alpha=1.0)], []),
     "FusedMatMul": ([_ms("FusedMatMul", ["x", "w"], alpha=0.5, transB=1)], [_c("w", (D, D))]),
     "FusedMatMul transA": ([_ms("FusedMatMul", ["x", "w"], transA=1)], [_c("w", (8, D))]),
 }

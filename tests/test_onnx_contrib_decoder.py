@@ -250,6 +250,7 @@ GQA = {
     "softcap and its own scale": dict(softcap=2.0, scale=0.5),
     "head_sink": dict(sink=True),
     "smooth_softmax": dict(smooth_softmax=1),
+    "smooth_softmax -1 (unset: onnxruntime's saved files write it)": dict(smooth_softmax=-1, rotary=True),
 }
 
 
@@ -296,7 +297,7 @@ def _decoder_block(kind: str, free: bool) -> onnx.ModelProto:
     presents = ["y_attn", "present_key", "present_value"]
     if kind.startswith("gqa"):  # seqlens_k and the total length from the mask, as onnxruntime's convert_generation does
         inits += [_const("axis1", np.array([1], np.int64)), _const("one", np.array(1, np.int64))]
-        nodes += [helper.make_node("ReduceSum", ["mask", "axis1"], ["count"], keepdims=0),
+        nodes += [helper.make_node("ReduceSum", ["mask", "axis1"], ["count"], keepdims=1),  # [B, 1], as it writes it
                   helper.make_node("Sub", ["count", "one"], ["last"]),
                   helper.make_node("Cast", ["last"], ["seqlens_k"], to=INT32),
                   helper.make_node("Shape", ["mask"], ["mask_shape"], start=1, end=2),
@@ -347,3 +348,16 @@ def test_decoder_block_compiles_integer_only(tmp_path, kind, free):
     assert art.manifest["integer_only"] is True
     rows = check.float_agreement(tmp_path / "m.onnx", art, [_block_sample(model, 100)])
     assert min(r.cosine for r in rows) > 0.99, rows
+
+
+@pytest.mark.parametrize("kind", ["gqa", "mha", "gqa, head_sink"])
+def test_float16_decoder_block_computes_what_onnxruntime_computes(kind):
+    """onnxruntime's float16 conversion of a layer (keep_io_types): the rewrites' constants take float16, and
+    the masked logits the float16 minimum."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    from frontends.onnx_import import _sort_nodes
+
+    model = convert_float_to_float16(_decoder_block(kind, free=False), keep_io_types=True)
+    _sort_nodes(model.graph)  # the converter appends its input casts at the end (intq sorts on reading)
+    _agrees(model, _block_sample(model, 3), atol=2e-2)
