@@ -117,7 +117,7 @@ class _Rewriter(PyExprMutator):
         if w_np.dtype != np.int8:
             return None
         if self.family.tiles:
-            tiled = self._tile_matmul(x, w_np, x_shape)
+            tiled = (self._byte_planes if str(x.ty.dtype) == "int16" else self._tile_matmul)(x, w_np, x_shape)
             if tiled is not None:
                 return tiled
         k, n = w_np.shape
@@ -154,6 +154,20 @@ class _Rewriter(PyExprMutator):
         # no +128 shift to take back: tdpbssd takes int8 activations as they are, tdpbusd uint8 ones
         out = self._kernel(vnni.dense_te, dot, x, a, vnni.pack_weights(w_pad.T, dot), None)
         return vnni.slice_back(self.builder_, out, rows, padded, n, cols)
+
+    def _byte_planes(self, x: relax.Expr, w_np: np.ndarray, x_shape: list):
+        """A 16-bit activation (a measured-sensitive matmul input) on AMX tiles, which multiply bytes:
+        x = 256 hi + lo with hi = x >> 8 (int8) and lo = x & 255 (uint8), so x @ W = (hi @ W << 8) +
+        lo @ W, two tile products and a shift-add the second one's epilogue takes. Exact: both sums
+        are the int32 sum's parts (the lowering keeps 16 bits only where 2^15 sum|W| < 2^31, so
+        neither overflows). None where the tiles do not pay (`_tile_matmul`)."""
+        rows = x_shape[-2]
+        if amx.reduction(int(w_np.shape[0])) is None or not isinstance(rows, int) or rows < amx.MIN_ROWS:
+            return None
+        hi = self.builder_.emit(relax.op.astype(relax.op.right_shift(x, relax.const(8, "int16")), "int8"))
+        lo = self.builder_.emit(relax.op.astype(relax.op.bitwise_and(x, relax.const(255, "int16")), "uint8"))
+        high = self.builder_.emit(self._tile_matmul(hi, w_np, x_shape))
+        return relax.op.add(relax.op.left_shift(high, relax.const(8, "int32")), self._tile_matmul(lo, w_np, x_shape))
 
     def _conv(self, call: relax.Call):
         x, w = call.args

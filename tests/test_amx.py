@@ -87,6 +87,27 @@ def test_extreme_sums_are_exact(tmp_path):
     np.testing.assert_array_equal(run(), ref.matmul_acc(x, w))
 
 
+@pytest.mark.parametrize("shape", [(1, 128, 1536, 384), (1, 37, 250, 40)])
+def test_int16_activations_take_two_byte_planes(shape, tmp_path):
+    """A 16-bit matmul input (measured sensitive) on the tiles as x = 256 (x >> 8) + (x & 255): an int8
+    and a uint8 tile product, shifted and added, equal to the int16 x int8 reference (extremes included),
+    with the bias and requantization after them."""
+    b, m, k, n = shape
+    bound = (2**31 - 1) // 2**15 // k  # |W| such that 2^15 sum |W| < 2^31, as the lowering requires
+    x, w = _operand("int16", (b, m, k)), rng.integers(-bound, bound + 1, (k, n)).astype(np.int8)
+    bias = rng.integers(-5000, 5000, (n,)).astype(np.int32)
+    mult, shift = ref.dyadic(rng.uniform(1e-6, 1e-4, n))
+
+    def build(a):
+        return emit.requantize(add(emit.matmul_acc(a, w), emit.const(bias, "int32")), mult, shift, -128, 127, "int8")
+
+    run, functions = _build(build, [x], tmp_path)
+    tiled = [text for name, text in functions.items() if "amx" in name]
+    assert any("tdpbssd" in text for text in tiled) and any("tdpbusd" in text for text in tiled)
+    assert not any("wvnni8" in name for name in functions)
+    np.testing.assert_array_equal(run(), ref.requantize(ref.matmul_acc(x, w) + bias, mult, shift, -128, 127, "int8"))
+
+
 class _Pointwise:
     strides, padding, dilation, groups = (1, 1), (0, 0, 0, 0), (1, 1), 1
     data_layout, kernel_layout, out_layout = "NCHW", "OIHW", "NCHW"
