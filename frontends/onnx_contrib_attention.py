@@ -19,9 +19,9 @@ Shiftmax lowering takes as masked keys (a float16 model's own minimum there).
 
 GPT-2's form (onnxruntime's gpt2 fusion): a past [2, B, N, P, h] (present: the same with this block's keys and
 values), unidirectional (query i sees keys j <= P + i): through onnx_contrib_decoder.attend. Left as they are,
-for the op check to name: a shared past / present buffer (past_sequence_length), do_rotary (onnxruntime's CPU
-kernel refuses it: MultiHeadAttention + RotaryEmbedding is its CPU form), the [2B] and 4-D mask forms, and a 1-D mask_index
-that no EmbedLayerNormalization made (its [B] and [2B] forms cannot be told apart).
+for the op check to name: a shared past / present buffer and do_rotary (onnxruntime's CPU kernel refuses both:
+no reference; MultiHeadAttention + RotaryEmbedding is its CPU form), the [2B] and 4-D mask forms, and a 1-D
+mask_index that no EmbedLayerNormalization made (its [B] and [2B] forms cannot be told apart).
 """
 
 from __future__ import annotations
@@ -123,8 +123,8 @@ def _cached(node, w, x, weights, bias, sizes, heads, allowed, past, extra_bias, 
     unidirectional -> onnx_contrib_decoder.attend."""
     outs = list(node.output) + [""] * 2
     if past_length or _attr(node, "past_present_share_buffer", 0) or _attr(node, "do_rotary", 0) or len(set(sizes)) != 1:
-        return False  # a shared buffer's valid length arrives at run time; rotary: onnxruntime's CPU kernel refuses
-        # it (no reference to check a rewrite against); a cache needs equal q, k, v sizes
+        return False  # a shared buffer or rotary: onnxruntime's CPU kernel refuses both (no reference to check a
+        # rewrite against); a cache needs equal q, k, v sizes
     head = sizes[0] // heads
     qkv = w.op("MatMul", [x, weights])
     if bias:

@@ -134,3 +134,32 @@ def attend(w, q: str, k: str, v: str, out: str, heads: int, kv_heads: int, head:
         probs = w.op("Slice", [probs, w.const([0], np.int64), unsqueeze(w, keys, [0]), w.const([3], np.int64)])
     y = w.op("Transpose", [w.op("MatMul", [probs, v])], perm=HEADS_FIRST)
     w.op("Reshape", [y, w.const([0, 0, -1], np.int64)], out)
+
+
+def write_cache(w, past: str, new: str, start: str, out: str, grow: bool = False, zero_tail: bool = True) -> str:
+    """The present cache as onnxruntime writes it: rows before start (per batch row [B, 1, 1, 1], or one
+    [1]) from the past, then the S new rows, then zeros (zero_tail; else the past's rows, as a shared
+    buffer keeps them). grow: the past zero-padded by S rows first (a present S rows longer than the past).
+    Lengths from shapes: folded once intq fixes them."""
+    queries = dim(w, new, 2)
+    if grow:
+        pads = w.op("Concat", [w.const([0] * 6, np.int64), unsqueeze(w, queries, [0]), w.const([0], np.int64)], axis=0)
+        past = w.op("Pad", [past, pads])
+    index = unsqueeze(w, arange(w, dim(w, past, 2)), [1])  # [L, 1]: against the starts
+    offset = w.op("Sub", [index, start])  # row j's place among the new rows
+    before = w.op("Less", [offset, w.const(0, np.int64)])
+    is_new = w.op("And", [w.op("Not", [before]), w.op("Less", [offset, queries])])
+    clipped = w.op("Min", [w.op("Max", [offset, w.const(0, np.int64)]), w.op("Sub", [queries, w.const(1, np.int64)])])
+    taken = w.op("GatherElements", [new, w.op("Expand", [clipped, w.op("Shape", [past])])], axis=2)
+    kept = w.op("Where", [before, past, w.op("Mul", [past, w.const(0.0)])]) if zero_tail else past
+    return w.op("Where", [is_new, taken, kept], out or None)
+
+
+def within(w, start: str, causal: bool, padding, queries: str):
+    """A shared buffer's keys: j <= start + i (causal) or j < start + S, and the padding mask if any."""
+    def allowed(position, index):
+        last = w.op("Add", [start, w.op("Sub", [queries, w.const(1, np.int64)])])
+        bound = unsqueeze(w, w.op("Add", [arange(w, queries), start]), [1]) if causal else last  # [S, 1] or [1]
+        keep = w.op("Not", [w.op("Greater", [index, bound])])
+        return w.op("And", [keep, padding(position, index)]) if padding else keep
+    return allowed

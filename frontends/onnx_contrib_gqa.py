@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import helper
 
-from .onnx_contrib_decoder import arange, attend, cos_sin, dim, heads_first, last_slice, rotate, unsqueeze
+from .onnx_contrib_decoder import arange, attend, cos_sin, dim, heads_first, last_slice, rotate, unsqueeze, write_cache
 
 
 def _attr(node, name: str, default):
@@ -101,28 +101,10 @@ def group_query_attention(node, w, read: set[str], ranks: dict[str, int], dims: 
     if past_k:
         start = unsqueeze(w, w.op("Sub", [w.op("Add", [length, w.const(1, np.int64)]), queries]), [1, 2, 3])
         grow = not (0 < declared == past_len)  # present = past + S rows, unless declared as long as the past
-        kh, vh = (_cache(w, p, t, start, grow, out) for p, t, out in ((past_k, kh, outs[1]), (past_v, vh, outs[2])))
+        kh, vh = (write_cache(w, p, t, start, out, grow=grow) for p, t, out in ((past_k, kh, outs[1]), (past_v, vh, outs[2])))
     scale = float(_attr(node, "scale", 0.0)) or 1.0 / np.sqrt(head)
     attend(w, qh, kh, vh, outs[0], heads, kv_heads, head, scale, allowed=allowed, bias=extra,
            softcap=float(_attr(node, "softcap", 0.0)), sink=sink or (w.const(np.zeros(heads)) if int(
                _attr(node, "smooth_softmax", 0)) == 1 else ""))
     return True
 
-
-def _cache(w, past: str, new: str, start: str, grow: bool, out: str) -> str:
-    """The present cache as onnxruntime writes it: per batch row b, its first start[b] past rows, then the
-    S new ones, then zeros (start = T_b - S; for full rows: past, then new). grow: S rows longer than the
-    past (onnxruntime's present without a shared buffer), else as long. Lengths from shapes: folded once
-    intq fixes them."""
-    queries = dim(w, new, 2)
-    if grow:  # the past, zero-padded by S rows
-        pads = w.op("Concat", [w.const([0] * 6, np.int64), unsqueeze(w, queries, [0]), w.const([0], np.int64)], axis=0)
-        past = w.op("Pad", [past, pads])
-    index = unsqueeze(w, arange(w, dim(w, past, 2)), [1])  # [L, 1]: against [B, 1, 1, 1] starts
-    offset = w.op("Sub", [index, start])  # [B, 1, L, 1]: row j's place among the new rows
-    before = w.op("Less", [offset, w.const(0, np.int64)])
-    is_new = w.op("And", [w.op("Not", [before]), w.op("Less", [offset, queries])])
-    clipped = w.op("Min", [w.op("Max", [offset, w.const(0, np.int64)]), w.op("Sub", [queries, w.const(1, np.int64)])])
-    taken = w.op("GatherElements", [new, w.op("Expand", [clipped, w.op("Shape", [past])])], axis=2)
-    kept = w.op("Where", [before, past, w.op("Mul", [past, w.const(0.0)])])
-    return w.op("Where", [is_new, taken, kept], out or None)

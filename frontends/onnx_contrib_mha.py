@@ -7,9 +7,10 @@
            causal, key_padding_mask [B, T] / [B, S, T] (0: masked) or [B] lengths, attention_bias added
 
 onnxruntime's rotary fusion for LLaMA-style decoders writes it after RotaryEmbedding, and its encoder-decoder
-fusions (BART, T5, Whisper) for self and cross attention. Left for the op check to name: shared-buffer caches
-(past_sequence_length), beam search's cache_indirection, the read qk output, [3B + 2] masks, and packed
-[B, L, N, 3, h] q, k, v or [B, L, N, 2, h] k, v (GPU-only in onnxruntime: no reference to check against).
+fusions (BART, T5, Whisper) for self and cross attention. A shared buffer (past_sequence_length P given: past
+and present as long) gets the new rows written at P and keys from P + S on unattended, as onnxruntime's CPU
+kernel does. Left for the op check to name: beam search's cache_indirection, the read qk output, [3B + 2]
+masks, and packed [B, L, N, 3, h] q, k, v or [B, L, N, 2, h] k, v (GPU-only in onnxruntime: no reference).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import helper
 
-from .onnx_contrib_decoder import attend, heads_first, last_slice, unsqueeze
+from .onnx_contrib_decoder import attend, dim, heads_first, last_slice, unsqueeze, within, write_cache
 
 
 def _attr(node, name: str, default):
@@ -42,7 +43,8 @@ def multi_head_attention(node, w, read: set[str], ranks: dict[str, int], dims: d
     q, k, v, bias, mask, extra, past_k, past_v, past_len, indirection = ins[:10]
     outs = list(node.output) + [""] * 4
     heads = int(_attr(node, "num_heads", 0))
-    if heads <= 0 or past_len or indirection or (outs[3] and outs[3] in read) or bool(past_k) != bool(past_v):
+    if heads <= 0 or indirection or (outs[3] and outs[3] in read) or bool(past_k) != bool(past_v) \
+            or (past_len and not past_k):
         return False
     rq, rk = ranks.get(q), ranks.get(k) if k else None
     allowed = _padding(w, mask, ranks.get(mask, 0)) if mask else None
@@ -61,6 +63,17 @@ def multi_head_attention(node, w, read: set[str], ranks: dict[str, int], dims: d
     qh = heads_first(w, q, heads)
     kh, vh = (k, v) if rk == 4 else (heads_first(w, k, heads), heads_first(w, v, heads))
     scale = float(_attr(node, "scale", 0.0)) or 1.0 / np.sqrt(head)
+    causal = bool(_attr(node, "unidirectional", 0))
+    if past_len:  # a shared buffer: the new rows written at past_sequence_length, keys past them not attended
+        if rk == 4:
+            return False
+        start = w.op("Reshape", [w.op("Cast", [past_len], to=7), w.const([-1], np.int64)])  # [1]
+        kh, vh = (write_cache(w, p, t, start, out, zero_tail=False)
+                  for p, t, out in ((past_k, kh, outs[1]), (past_v, vh, outs[2])))
+        allowed = within(w, start, causal, allowed, dim(w, q, 1))
+        past_k = past_v = outs[1] = outs[2] = ""  # the presents are written
+        causal = False
     attend(w, qh, kh, vh, outs[0], heads, heads, head, scale, past=(past_k, past_v), presents=(outs[1], outs[2]),
-           causal=bool(_attr(node, "unidirectional", 0)), allowed=allowed, bias=extra)
+           causal=causal, allowed=allowed, bias=extra)
     return True
+

@@ -55,6 +55,8 @@ def _feed(model) -> dict:
         elif i.name == "positions":
             feed[i.name] = (np.arange(S) + _past(model))[None].repeat(shape[0], 0).astype(np.int64) if len(shape) == 2 \
                 else np.array([_past(model)], np.int64)
+        elif i.name == "past_length":
+            feed[i.name] = np.array([P], np.int32)
         elif i.name == "lengths":
             feed[i.name] = np.array([_past(model) + S - 2], np.int32)
         elif kind in (INT32, INT64):
@@ -117,8 +119,8 @@ def test_gpt2_attention_computes_what_onnxruntime_computes(name):
 
 @pytest.mark.parametrize("attrs", [dict(past_present_share_buffer=1), dict(do_rotary=1)], ids=["shared buffer", "rotary"])
 def test_attention_forms_without_a_reference_are_left(attrs):
-    """A shared cache buffer (its valid length arrives at run time) and do_rotary (onnxruntime's CPU kernel
-    refuses it) stay, for the op check to name."""
+    """A shared cache buffer and do_rotary: onnxruntime's CPU kernel refuses both (no reference to check a
+    rewrite against); they stay, for the op check to name."""
     model = _gpt2_attention(unidirectional=1, **attrs)
     assert contrib_to_standard(model) == 0
 
@@ -170,6 +172,24 @@ MHA = {
 @pytest.mark.parametrize("name", list(MHA))
 def test_multi_head_attention_computes_what_onnxruntime_computes(name):
     _agrees(_mha(**MHA[name]))
+
+
+@pytest.mark.parametrize("unidirectional", [1, 0], ids=["causal", "bidirectional"])
+def test_multi_head_attention_shared_buffer_computes_what_onnxruntime_computes(unidirectional):
+    """past_sequence_length P with past and present one buffer of M rows: the new rows written at P, the rows
+    after them kept, keys from P + S on not attended (onnxruntime's CPU kernel)."""
+    m = 12
+    node = _ms("MultiHeadAttention", ["q", "k", "v", "bias", "", "", "past_key", "past_value", "past_length"],
+               ["y", "present_key", "present_value"], num_heads=N, unidirectional=unidirectional)
+    model = _model([node], [("q", FLOAT, [B, S, H]), ("k", FLOAT, [B, S, H]), ("v", FLOAT, [B, S, H]),
+                            ("past_key", FLOAT, [B, N, m, HD]), ("past_value", FLOAT, [B, N, m, HD]),
+                            ("past_length", INT32, [1])],
+                   [("y", FLOAT, [B, S, H]), ("present_key", FLOAT, [B, N, m, HD]), ("present_value", FLOAT, [B, N, m, HD])],
+                   [_const("bias", (0.1 * rng.standard_normal(3 * H)).astype(np.float32))])
+    feed = _feed(model)
+    for length in (5, 0, m - S):
+        feed["past_length"] = np.array([length], np.int32)
+        _agrees(model, feed)
 
 
 def test_packed_multi_head_attention_is_left():
