@@ -54,7 +54,7 @@ def test_measured_alpha_beats_the_fixed_one_where_an_outlier_channel_fires_on_fe
     assert errors[True] < 0.5 * errors[False], errors
 
 
-def test_smoothing_error_is_the_products_relative_error_per_row():
+def test_smoothing_error_is_the_products_relative_error():
     rng = np.random.default_rng(2)
     x = rng.standard_normal((16, 8)).astype(np.float32)
     step = np.abs(w := rng.standard_normal((8, 4))).max(0) / 127
@@ -64,4 +64,4 @@ def test_smoothing_error_is_the_products_relative_error_per_row():
     assert smoothing_error(x, [(wide, 8, x @ wide.astype(np.float32))], fine, 0.0, "int16") < 1e-6
     coarse = np.full(8, 0.5)  # a step of 0.5 on unit-variance x: about 0.5^2 / 12 of a row's power
     err = smoothing_error(x, [(w, 8, x @ w.astype(np.float32))], coarse, 0.0, "int8")
-    assert 0.005 < err < 0.25  # rows of small norm lose more than the average
+    assert 0.005 < err < 0.1
