@@ -109,6 +109,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _onnxruntime_refuses(model: str, sample) -> str | None:
+    """onnxruntime's last error line running the float model on `sample`; None where it runs, or where it
+    cannot be asked (the model does not load, the sample lacks an input)."""
+    try:
+        import numpy as np
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+        types = {"tensor(float16)": np.float16, "tensor(double)": np.float64}
+        feed = {i.name: np.asarray(sample[i.name]).astype(types.get(i.type, np.asarray(sample[i.name]).dtype))
+                for i in session.get_inputs() if i.name in sample}
+    except Exception:  # noqa: BLE001
+        return None
+    if len(feed) < len(session.get_inputs()):
+        return None
+    try:
+        session.run(None, feed)
+    except Exception as err:  # noqa: BLE001  (its message is the answer)
+        text = str(err).strip()
+        return text.splitlines()[-1][:400] if text else type(err).__name__
+    return None
+
+
 def _check(args, path) -> None:
     """The artifact against float onnxruntime on the last calibration samples (runtime/check.py)."""
     from . import check
@@ -126,20 +149,31 @@ def _check(args, path) -> None:
     except Exception as err:  # noqa: BLE001  (a check that cannot run says why; the artifact stands)
         log(f"check skipped: {last_line(err)}")
         return
+    running = None  # the sample being run, for the message if it fails
     try:
         start = time.perf_counter()
-        outputs = [artifact.run(sample) for sample in samples[-check.SAMPLES:]]
+        outputs = []
+        for running in samples[-check.SAMPLES:]:
+            outputs.append(artifact.run(running))
         each = (time.perf_counter() - start) / max(len(outputs), 1)
         # earlier samples too, as many as run within the budget (an HMM step went wrong on its first sample only)
         extra = samples[:-check.SAMPLES]
         earlier = extra[len(extra) - min(len(extra), int(check.BUDGET_S / each) if each > 0 else len(extra)):]
         samples = earlier + samples[-check.SAMPLES:]
-        outputs = [artifact.run(sample) for sample in earlier] + outputs
+        first = []
+        for running in earlier:
+            first.append(artifact.run(running))
+        outputs = first + outputs
     except InputError as err:  # the sample itself (NaN, a shape outside the range): nothing to check with
         log(f"check skipped: {err}")
         return
     except Exception as err:  # the artifact cannot run: never leave it behind as if it worked
         shutil.rmtree(path, ignore_errors=True)
+        refused = _onnxruntime_refuses(args.model, running)
+        if refused:  # the sample does not fit the model (a KV cache whose lengths disagree with its mask)
+            raise InputError(f"{args.calib}: onnxruntime cannot run {args.model} on a calibration sample either "
+                             f"({refused}); the calibration data does not fit the model. The artifact was "
+                             "removed") from None
         raise RuntimeError(f"the compiled artifact failed on a calibration sample ({last_line(err)}); "
                            f"it was removed. This is a bug in intq: please report it with the model") from err
     try:

@@ -381,3 +381,24 @@ def test_float16_decoder_block_computes_what_onnxruntime_computes(kind):
     model = convert_float_to_float16(_decoder_block(kind, free=False), keep_io_types=True)
     _sort_nodes(model.graph)  # the converter appends its input casts at the end (intq sorts on reading)
     _agrees(model, _block_sample(model, 3), atol=2e-2)
+
+
+def test_calibration_data_onnxruntime_refuses_is_named(tmp_path, capsys):
+    """--allow-float with a form left to onnxruntime (a window-sized GQA cache) and calibration data whose cache
+    is shorter than the window, which onnxruntime itself refuses: the compile fails naming the data, exit 2,
+    not a traceback blaming intq."""
+    from runtime.compile import main as compile_main
+
+    model = _gqa(past=True, local_window_size=8, sliding_window_cache=1)  # P = 6 rows: shorter than the window
+    x = helper.make_node("MatMul", ["x", "wx"], ["q"])
+    model.graph.node.insert(0, x)
+    model.graph.initializer.append(_const("wx", (0.3 * rng.standard_normal((H, H))).astype(np.float32)))
+    model.graph.input[0].name = "x"
+    onnx.save(model, tmp_path / "m.onnx")
+    feed = _feed(model)
+    np.savez(tmp_path / "c.npz", **{k: np.stack([v] * 4) for k, v in feed.items()})
+    code = compile_main([str(tmp_path / "m.onnx"), "--calib", str(tmp_path / "c.npz"), "-o", str(tmp_path / "a"),
+                         "--allow-float", "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and "onnxruntime cannot run" in err and "does not fit the model" in err, err
+    assert "Traceback" not in err and not (tmp_path / "a").exists()
