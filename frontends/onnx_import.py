@@ -519,8 +519,8 @@ def _unconvertible_hint(model: onnx.ModelProto, names: list[str]) -> str:
         hints.append("(com.microsoft ops are onnxruntime's own fusions; intq rewrites SkipLayerNormalization, Gelu, "
                      "FastGelu, BiasGelu, QuickGelu, FusedMatMul, FusedConv, FusedGemm, BiasAdd, QGemm, the QLinear "
                      "ops, Attention, MultiHeadAttention, GroupQueryAttention and RotaryEmbedding (not their shared, "
-                     "window-sized or quantized caches, packed [B, L, N, 3, h] q / k / v, per-head q / k norms or Attention's do_rotary), "
-                     "not these: compile the model as exported, before onnxruntime's optimizer)")
+                     "window-sized or quantized caches, packed [B, L, N, 3, h] q / k / v, per-head q / k norms or "
+                     "Attention's do_rotary), not these: compile the model as exported, before onnxruntime's optimizer)")
     if "com.microsoft.nchwc" in domains:
         hints.append("(com.microsoft.nchwc ops are onnxruntime's blocked-layout kernels for the CPU that saved the file "
                      "at ORT_ENABLE_ALL, which onnxruntime itself warns is hardware specific: save it at "
