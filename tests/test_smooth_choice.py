@@ -9,17 +9,15 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import tvm
 from tvm import relax
 
 from passes.smooth_choice import ALPHAS, smoothing_error
 
 
-def test_measured_alpha_beats_the_fixed_one_where_an_outlier_channel_fires_on_few_rows():
-    from passes import QuantConfig, QuantizeToInteger, calibrate
-
+def _outlier_model(rows: int = 64, k: int = 256, n: int = 64):
     rng = np.random.default_rng(7)
-    k, n, rows = 256, 64, 64
     w = (rng.standard_normal((k, n)) * 0.05).astype(np.float32)
     w[0] *= 60  # all-MiniLM-L6-v2's fc2: max |W| 7.9 on the outlier channel, 0.14 typical
 
@@ -35,7 +33,13 @@ def test_measured_alpha_beats_the_fixed_one_where_an_outlier_channel_fires_on_fe
         with bb.dataflow():
             out = bb.emit_output(relax.op.matmul(xv, relax.const(w)))
         bb.emit_func_output(out)
-    mod = bb.get()
+    return bb.get(), w, sample
+
+
+def test_measured_alpha_beats_the_fixed_one_where_an_outlier_channel_fires_on_few_rows():
+    from passes import QuantConfig, QuantizeToInteger, calibrate
+
+    mod, w, sample = _outlier_model()
     ranges = calibrate(mod, [sample() for _ in range(24)], progress=False)  # 1536 rows
     assert getattr(ranges, "probe", None) is not None
     x = sample()["x"]
@@ -52,6 +56,23 @@ def test_measured_alpha_beats_the_fixed_one_where_an_outlier_channel_fires_on_fe
     chosen = ranges.probe._smoothing_alphas
     assert len(chosen) == 1 and set(chosen.values()) <= set(ALPHAS) - {0.5}
     assert errors[True] < 0.5 * errors[False], errors
+
+
+def test_a_probe_that_cannot_run_leaves_the_configured_alpha():
+    from passes import QuantConfig, QuantizeToInteger, calibrate
+
+    mod, _, sample = _outlier_model()
+    ranges = calibrate(mod, [sample() for _ in range(24)], progress=False)
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("no run")
+
+    ranges.probe.values = broken
+    config = QuantConfig(residual_bits=16, sensitivity_tol=None)
+    with pytest.warns(UserWarning, match="smoothing measurement failed"):
+        searched = QuantizeToInteger(ranges, config)(mod)
+    fixed = QuantizeToInteger(ranges, QuantConfig(residual_bits=16, sensitivity_tol=None, smooth_search=False))(mod)
+    tvm.ir.assert_structural_equal(searched["main"], fixed["main"])
 
 
 def test_smoothing_error_is_the_products_relative_error():
