@@ -56,7 +56,7 @@ from .narrow_table_inputs import narrow_table_inputs, table_tensors
 from .recurrent_steps import whole_groups
 from .bias_choice import uncorrected_layers
 from .sensitivity import coarse_grids, find_sensitive, scaled_input
-from .smooth_choice import SmoothingChoice
+from .smooth_choice import SmoothingChoice, matmul_readers
 
 OFFSET_AWARE = frozenset({"relax.reshape", "relax.permute_dims", "relax.squeeze", "relax.expand_dims",
                           "relax.matmul"})
@@ -94,15 +94,11 @@ class TracedValue:
 def _weight_rowmax(func: relax.Function) -> dict[str, np.ndarray]:
     """{tensor name: max |W| per input channel over every constant-weight matmul reading it}."""
     out: dict[str, np.ndarray] = {}
-    for b in _bindings(func):
-        v = b.value
-        if (isinstance(v, relax.Call) and isinstance(v.op, tvm.ir.Op) and v.op.name == "relax.matmul"
-                and isinstance(v.args[0], relax.Var) and isinstance(v.args[1], tvm.ir.GenericConst)):
-            w = v.args[1].value.numpy()
-            if w.ndim == 2:
-                row = np.abs(w.astype(np.float64)).max(axis=1)
-                prev = out.get(v.args[0].name)
-                out[v.args[0].name] = row if prev is None or prev.shape != row.shape else np.maximum(prev, row)
+    for name, readers in matmul_readers(func).items():
+        for _, w in readers:
+            row = np.abs(w).max(axis=1)
+            prev = out.get(name)
+            out[name] = row if prev is None or prev.shape != row.shape else np.maximum(prev, row)
     return out
 
 

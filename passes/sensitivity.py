@@ -157,6 +157,7 @@ class SensitivityProbe:
         self._part_set = frozenset(self._parts)  # the taps ask per tensor per run
         self._reference = None
         self._memo: dict = {}
+        self._values: dict[str, np.ndarray] = {}  # rows of tensors `values` captured
 
     def _run(self, replace: dict[str, Replace], keep: dict[str, int]) -> list[list[np.ndarray]]:
         """The outputs (and parts) per sample with each tensor of `replace` replaced by f(value, kept)."""
@@ -206,7 +207,7 @@ class SensitivityProbe:
     def values(self, names, max_rows: int) -> dict[str, np.ndarray]:
         """{name: rows} of the named tensors over the probe's samples, as [rows, last axis] float32,
         at most `max_rows` of them evenly spaced (one run per sample, memoized per name)."""
-        cache = self.__dict__.setdefault("_values", {})
+        cache = self._values
         wanted = {i: n for i, n in enumerate(self.model.names) if n in set(names) and n not in cache}
         if wanted:
             got: dict[str, list] = {n: [] for n in wanted.values()}

@@ -45,8 +45,9 @@ MAX_ROWS = 128  # rows of each input measured (evenly spaced over the probe's sa
 ROW_FLOOR = 1.0  # each row's error is relative to the larger of its own power and this fraction of the mean
 
 
-def _readers(func: relax.Function) -> dict[str, list[tuple[str, np.ndarray]]]:
-    """{input tensor: [(matmul binding, 2-D constant weight)]} of the constant-weight matmuls."""
+def matmul_readers(func: relax.Function) -> dict[str, list[tuple[str, np.ndarray]]]:
+    """{input tensor: [(matmul binding, 2-D constant weight as float64)]} of the constant-weight matmuls
+    (what smoothing applies to; also `QuantizeToInteger`'s max |W| per input channel)."""
     out: dict[str, list] = {}
     for block in func.body.blocks:
         for b in block.bindings:
@@ -54,7 +55,6 @@ def _readers(func: relax.Function) -> dict[str, list[tuple[str, np.ndarray]]]:
             if (isinstance(v, relax.Call) and isinstance(v.op, tvm.ir.Op) and v.op.name == "relax.matmul"
                     and isinstance(v.args[0], relax.Var) and isinstance(v.args[1], tvm.ir.GenericConst)):
                 w = v.args[1].value.numpy()
-                w = w.reshape(w.shape[-2:]) if w.ndim > 2 and all(d == 1 for d in w.shape[:-2]) else w
                 if w.ndim == 2:
                     out.setdefault(v.args[0].name, []).append((b.var.name, w.astype(np.float64)))
     return out
@@ -81,7 +81,7 @@ class SmoothingChoice:
 
     def __init__(self, probe: SensitivityProbe, func: relax.Function, config: QuantConfig):
         self.probe, self.config = probe, config
-        self.readers = _readers(func)
+        self.readers = matmul_readers(func)
         self.chosen: dict[tuple, float] = probe.__dict__.setdefault("_smoothing_alphas", {})
 
     def alpha(self, name: str, amax: np.ndarray, wmax: np.ndarray, offset: float, dtype: str,
