@@ -59,6 +59,11 @@ def _shape(expr) -> list | None:
 U8_MAX = 255  # the bound of (shifted) activations that the saturation proof assumes
 
 
+def _tiles_pay(k: int, rows) -> bool:
+    """A constant-weight matmul of reduction `k` over `rows` rows pays on AMX tiles (not few or symbolic rows)."""
+    return amx.reduction(k) is not None and isinstance(rows, int) and rows >= amx.MIN_ROWS
+
+
 @mutator
 class _Rewriter(PyExprMutator):
     def __init__(self, mod, family: Family):
@@ -139,9 +144,9 @@ class _Rewriter(PyExprMutator):
         """The matmul on AMX tiles (`amx.py`), rows, columns and reduction zero-padded to whole
         tiles and sliced back; None where the shapes do not pay (few or symbolic rows)."""
         dot, (k, n), rows = amx.recipe(str(x.ty.dtype)), w_np.shape, x_shape[-2]
-        kp = amx.reduction(k)
-        if dot is None or kp is None or not isinstance(rows, int) or rows < amx.MIN_ROWS:
+        if dot is None or not _tiles_pay(k, rows):
             return None
+        kp = amx.reduction(k)
         whole = lambda extent, tile: -(-extent // tile) * tile  # noqa: E731
         padded = whole(rows, amx.BLOCK_ROWS if rows > amx.BLOCK_ROWS else amx.ROWS)
         cols = whole(n, amx.ROWS)
@@ -161,8 +166,7 @@ class _Rewriter(PyExprMutator):
         lo @ W, two tile products and a shift-add the second one's epilogue takes. Exact: both sums
         are the int32 sum's parts (the lowering keeps 16 bits only where 2^15 sum|W| < 2^31, so
         neither overflows). None where the tiles do not pay (`_tile_matmul`)."""
-        rows = x_shape[-2]
-        if amx.reduction(int(w_np.shape[0])) is None or not isinstance(rows, int) or rows < amx.MIN_ROWS:
+        if not _tiles_pay(int(w_np.shape[0]), x_shape[-2]):
             return None
         hi = self.builder_.emit(relax.op.astype(relax.op.right_shift(x, relax.const(8, "int16")), "int8"))
         lo = self.builder_.emit(relax.op.astype(relax.op.bitwise_and(x, relax.const(255, "int16")), "uint8"))
