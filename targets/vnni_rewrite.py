@@ -31,6 +31,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 from passes.conv_as_pointwise import OPAQUE, PATCHES_ATTR, packed_patches_te, pixel_patches_te
 
 from . import act_matmul, amx, vnni
+from .interleave import interleaved
 from .kernel_family import MADDUBS, Dot, Family, maddubs_safe
 from .schedule_common import static_factor
 
@@ -54,6 +55,14 @@ def _shape(expr) -> list | None:
     if shape is None or not shape or not all(isinstance(d, tvm.tirx.IntImm) for d in list(shape)[1:]):
         return None
     return [int(d) if isinstance(d, tvm.tirx.IntImm) else d for d in shape]
+
+
+def _whole_steps(w: np.ndarray, axis: int, dot: Dot) -> np.ndarray:
+    """`w` with its reduction `axis` zero-padded to whole dot-product steps."""
+    extra = -(-int(w.shape[axis]) // dot.k) * dot.k - int(w.shape[axis])
+    widths = [(0, 0)] * w.ndim
+    widths[axis] = (0, extra)
+    return np.pad(w, widths) if extra else w
 
 
 U8_MAX = 255  # the bound of (shifted) activations that the saturation proof assumes
@@ -96,9 +105,7 @@ class _Rewriter(PyExprMutator):
             return x, w
         widths = [0] * (2 * len(x.ty.shape))
         widths[2 * axis + 1] = extra
-        w_widths = [(0, 0)] * w.ndim
-        w_widths[w_axis] = (0, extra)
-        return self.builder_.emit(relax.op.nn.pad(x, widths)), np.pad(w, w_widths)
+        return self.builder_.emit(relax.op.nn.pad(x, widths)), _whole_steps(w, w_axis, dot)
 
     def _prepared(self, x: relax.Expr, dot: Dot) -> relax.Expr:
         return vnni.prepare_activation(self.builder_, x, dot)
@@ -194,12 +201,18 @@ class _Rewriter(PyExprMutator):
         w_sum = w2.astype(np.int64).sum(1)
         dot = self._dot(x, w2, c, lambda d: vnni.conv_tile(vnni.CONV_LANES_PIXELS, o, h, wd, d) is not None)
         if dot is not None:
-            x, w2 = self._padded(x, w2, 1, 1, dot)
-            c, kk = int(w2.shape[1]), dot.k
+            kk = dot.k
             direct = None if lead else self._direct_patches(x, w2, dot, kk)
-            xp = direct[0] if direct is not None else relax.op.permute_dims(
-                relax.op.reshape(self._prepared(x, dot), [*lead, c // kk, kk, h * wd]),
-                [*range(len(lead)), len(lead), len(lead) + 2, len(lead) + 1])
+            if direct is not None:
+                xp, w2 = direct[0], _whole_steps(w2, 1, dot)
+            elif not lead:  # one kernel of loads and shuffles, which zero-pads the channels itself
+                w2 = _whole_steps(w2, 1, dot)
+                xp = interleaved(self.builder_, self._prepared(x, dot), kk, int(w2.shape[1]), wd)
+            else:
+                x, w2 = self._padded(x, w2, 1, 1, dot)
+                c = int(w2.shape[1])
+                xp = relax.op.permute_dims(relax.op.reshape(self._prepared(x, dot), [*lead, c // kk, kk, h * wd]),
+                                           [*range(len(lead)), len(lead), len(lead) + 2, len(lead) + 1])
             return self._kernel(vnni.conv_lanes_pixels_te, dot, x, xp, w2.astype(dot.w_dtype), w_sum, h, wd)
         dot = self._dot(x, w2, c, lambda d: vnni.conv_tile(vnni.CONV_LANES_OUT, o, h, wd, d) is not None)
         if dot is not None:
@@ -241,11 +254,7 @@ class _Rewriter(PyExprMutator):
         # narrower images pad too much (W = 7 takes 16 columns a row, W = 6 would too)
         if width > 2 * amx.ROWS or width > 2.5 * wd:
             return None
-        # the reshape first: a pad right after the producer's requantization fused into its kernel
-        # (a flat-row depthwise conv's per-channel epilogue then ran 3x as long)
-        xp = relax.op.reshape(x, [c, h, wd])
-        xp = relax.op.nn.pad(xp, [0, kp - c, 0, 0, 0, width - wd]) if (kp, width) != (c, wd) else xp
-        xp = relax.op.permute_dims(relax.op.reshape(xp, [kp // 4, 4, h * width]), [0, 2, 1])
+        xp = interleaved(self.builder_, x, 4, kp, width)
         w_pad = np.pad(w2, [(0, rows - o), (0, kp - c)]).astype(np.int8)
         return self.builder_.call_te(amx.conv_te, self.builder_.emit(xp), relax.const(w_pad), h, o, wd,
                                      dot=dot.name, primfunc_name_hint=f"{dot.name}_conv")
