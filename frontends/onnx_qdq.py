@@ -45,10 +45,11 @@ def _dequantized(q: np.ndarray, scale: np.ndarray, zero: np.ndarray | None, axis
     return ((q - zero) * scale).astype(np.float32)
 
 
-def _clamp(quantize, value, out: str, prefix: str, inits: list) -> list:
+def _clamp(quantize, value, out: str, prefix: str, inits: list, bounds: tuple | None = None) -> list:
     """What a QuantizeLinear -> DequantizeLinear pair does besides rounding: clamp x to the range its integer
     type holds, [(qmin - zp) s, (qmax - zp) s]. Quantizers drop a ReLU (or ReLU6) before a pair whose range
-    starts (ends) there, so the clamp is part of the model."""
+    starts (ends) there, so the clamp is part of the model. `bounds`: an integer Clip between the two
+    (brevitas' QCDQ narrows the range so: [-127, 127], or [-8, 7] for 4 bits in an int8 container)."""
     scale = value(quantize.input[1])
     zero = value(quantize.input[2]) if len(quantize.input) > 2 and quantize.input[2] else None
     attrs = {a.name: helper.get_attribute_value(a) for a in quantize.attribute}
@@ -59,6 +60,8 @@ def _clamp(quantize, value, out: str, prefix: str, inits: list) -> list:
         return [helper.make_node("Identity", [quantize.input[0]], [out], name=f"{prefix}/unquantized")]
     bits = {onnx.TensorProto.INT4: (-8, 7), onnx.TensorProto.UINT4: (0, 15)}
     qmin, qmax = bits.get(elem, (np.iinfo(dtype).min, np.iinfo(dtype).max))
+    if bounds is not None:
+        qmin, qmax = max(qmin, bounds[0]), min(qmax, bounds[1])
     zero = np.zeros_like(scale, np.float64) if zero is None else zero.astype(np.float64)
     lo, hi = ((q - zero) * scale.astype(np.float64) for q in (qmin, qmax))
     if scale.size > 1:  # per axis: shaped to broadcast along it (rank from the scale's axis is unknown here)
@@ -68,6 +71,64 @@ def _clamp(quantize, value, out: str, prefix: str, inits: list) -> list:
         inits.append(numpy_helper.from_array(np.asarray(v, np.float32).reshape(()), f"{prefix}/{tag}"))
         names.append(inits[-1].name)
     return [helper.make_node("Clip", [quantize.input[0], *names], [out], name=f"{prefix}/clamp")]
+
+
+def _integer_range(node, value) -> tuple[int, int, np.dtype] | None:
+    """The integer range a QuantizeLinear saturates to and the dtype that holds it (None: not integer)."""
+    zero = value(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    elem = attrs.get("output_dtype") or (helper.np_dtype_to_tensor_dtype(zero.dtype) if zero is not None
+                                          else onnx.TensorProto.UINT8)
+    bits = {onnx.TensorProto.INT4: (-8, 7, np.int8), onnx.TensorProto.UINT4: (0, 15, np.uint8)}
+    if elem in bits:
+        return bits[elem][0], bits[elem][1], np.dtype(bits[elem][2])
+    dtype = helper.tensor_dtype_to_np_dtype(elem)
+    if not np.issubdtype(dtype, np.integer):
+        return None
+    return int(np.iinfo(dtype).min), int(np.iinfo(dtype).max), np.dtype(dtype)
+
+
+def _integer_constants(graph: onnx.GraphProto, value) -> dict:
+    """QuantizeLinear of a constant, and an integer Clip or Cast of such a result, computed here (name ->
+    integer value). Brevitas' QCDQ export writes every weight so: QuantizeLinear(float W) -> Clip(-127, 127)
+    -> DequantizeLinear, per output channel too; the DequantizeLinear then folds like a stored integer weight."""
+    folded: dict = {}
+
+    def val(name):
+        return folded[name] if name in folded else value(name)
+
+    for node in graph.node:
+        if _is(node, "QuantizeLinear") and len(node.input) >= 2:
+            x, scale = val(node.input[0]), val(node.input[1])
+            zero = val(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            grid = _integer_range(node, val)
+            if x is None or scale is None or grid is None or attrs.get("block_size") or \
+                    (len(node.input) > 2 and node.input[2] and zero is None):
+                continue
+            scale = scale.astype(np.float32)
+            zero = np.zeros((), np.float64) if zero is None else zero.astype(np.float64)
+            if scale.ndim == 1 and scale.size > 1:
+                shape = [1] * x.ndim
+                shape[int(attrs.get("axis", 1)) % x.ndim] = -1
+                scale = scale.reshape(shape)
+                zero = zero.reshape(shape) if zero.size > 1 else zero
+            q = np.rint((x.astype(np.float32) / scale).astype(np.float64)) + zero  # round half to even, as the spec
+            folded[node.output[0]] = np.clip(q, grid[0], grid[1]).astype(grid[2])
+        elif node.op_type in ("Clip", "Cast") and node.domain in STANDARD and node.input and node.input[0] in folded:
+            x = folded[node.input[0]]
+            if node.op_type == "Cast":
+                to = helper.get_attribute_value(node.attribute[0]) if node.attribute else None
+                dtype = helper.tensor_dtype_to_np_dtype(to) if to else None
+                if dtype is None or not np.issubdtype(dtype, np.integer):
+                    continue
+                folded[node.output[0]] = x.astype(dtype)
+                continue
+            lo, hi = (val(node.input[i]) if len(node.input) > i and node.input[i] else None for i in (1, 2))
+            if any(len(node.input) > i and node.input[i] and b is None for i, b in ((1, lo), (2, hi))):
+                continue
+            folded[node.output[0]] = np.clip(x, lo, hi).astype(x.dtype)
+    return folded
 
 
 def _constants(graph: onnx.GraphProto):
@@ -343,13 +404,34 @@ def dynamic_to_float(model: onnx.ModelProto) -> int:
 def strip_qdq(model: onnx.ModelProto) -> int:
     """Rewrite the model's Q/DQ nodes as above, in place; returns how many nodes were removed or replaced."""
     changed = dynamic_to_float(model) + qoperators_to_qdq(model) + _dequantize_before_layout(model)
-    graph, value = model.graph, _constants(model.graph)
+    graph, stored = model.graph, _constants(model.graph)
+    folded = _integer_constants(graph, stored)
+
+    def value(name):
+        return folded[name] if name in folded else stored(name)
+
     readers: dict[str, list] = {}
     for node in graph.node:
         for name in node.input:
             readers.setdefault(name, []).append(node)
     producers = {o: n for n in graph.node for o in n.output}
     outputs = {o.name for o in graph.output}
+
+    def integer_clip(name):
+        """Clip(QuantizeLinear(x)) on the integers, read only by DequantizeLinears: (the quantize, bounds)."""
+        clip = producers.get(name)
+        if clip is None or clip.op_type != "Clip" or clip.domain not in STANDARD or name in outputs:
+            return None
+        quantize = producers.get(clip.input[0])
+        if quantize is None or not _is(quantize, "QuantizeLinear") or clip.input[0] in outputs or \
+                any(r is not clip for r in readers.get(clip.input[0], [])) or \
+                not all(_is(r, "DequantizeLinear") for r in readers.get(name, [])):
+            return None
+        lo, hi = (value(clip.input[i]) if len(clip.input) > i and clip.input[i] else None for i in (1, 2))
+        if any(len(clip.input) > i and clip.input[i] and b is None for i, b in ((1, lo), (2, hi))):
+            return None
+        return quantize, (float(lo) if lo is not None else -np.inf, float(hi) if hi is not None else np.inf)
+
     new_inits, nodes = [], []
     for node in graph.node:
         if not _is(node, "DequantizeLinear"):
@@ -369,6 +451,10 @@ def strip_qdq(model: onnx.ModelProto) -> int:
                 all(_is(r, "DequantizeLinear") for r in readers.get(src, [])):
             nodes.extend(_clamp(producer, value, node.output[0], node.name or node.output[0], new_inits))
             changed += 1
+        elif integer_clip(src) is not None:
+            quantize, bounds = integer_clip(src)
+            nodes.extend(_clamp(quantize, value, node.output[0], node.name or node.output[0], new_inits, bounds))
+            changed += 1
         elif scale is not None and scale.size == 1 and (zero is None or zero.size == 1):
             prefix = node.name or node.output[0]
             x = f"{prefix}/float"
@@ -386,8 +472,15 @@ def strip_qdq(model: onnx.ModelProto) -> int:
             nodes.append(node)
     if not changed:
         return 0
-    used = {name for n in nodes for name in n.input} | outputs
-    nodes = [n for n in nodes if not (_is(n, "QuantizeLinear") and not any(o in used for o in n.output))]
+    while True:  # drop quantizes (and the integer clips / casts folded above) that nothing reads any more
+        used = {name for n in nodes for name in n.input} | outputs
+        dead = [n for n in nodes if not any(o in used for o in n.output) and
+                (_is(n, "QuantizeLinear") or n.output and all(o in folded for o in n.output) or
+                 n.op_type == "Clip" and n.domain in STANDARD and n.input and
+                 (producers.get(n.input[0]) is not None and _is(producers[n.input[0]], "QuantizeLinear")))]
+        if not dead:
+            break
+        nodes = [n for n in nodes if not any(n is d for d in dead)]
     del graph.node[:]
     graph.node.extend(nodes)
     kept = [i for i in graph.initializer if i.name in used or i.name in {v.name for v in graph.input}]

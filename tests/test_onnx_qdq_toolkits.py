@@ -1,0 +1,84 @@
+"""Pre-quantized files as toolkits other than onnxruntime write them (hunt 22): brevitas' QCDQ export
+(QuantizeLinear -> Clip -> DequantizeLinear, weights per output channel), qonnx's Quant -> QCDQ conversion and
+torch's fake-quant exports with reduce_range (an integer Clip between the pair)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+from frontends.onnx_qdq import strip_qdq
+
+
+def _cos(a, b):
+    return float((a * b).sum() / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def _qcdq(x: str, out: str, scale, zero, lo: int, hi: int, inits: list, axis: int = 1, dtype=np.int8) -> list:
+    """QuantizeLinear -> Clip(lo, hi) on the integers -> DequantizeLinear, brevitas' QCDQ triple."""
+    scale = np.asarray(scale, np.float32)
+    zero = np.zeros(scale.shape, dtype) + np.asarray(zero, dtype)
+    inits += [numpy_helper.from_array(scale, f"{out}/s"), numpy_helper.from_array(zero, f"{out}/z"),
+              numpy_helper.from_array(np.array(lo, dtype), f"{out}/lo"), numpy_helper.from_array(np.array(hi, dtype), f"{out}/hi")]
+    return [helper.make_node("QuantizeLinear", [x, f"{out}/s", f"{out}/z"], [f"{out}/q"], axis=axis),
+            helper.make_node("Clip", [f"{out}/q", f"{out}/lo", f"{out}/hi"], [f"{out}/c"]),
+            helper.make_node("DequantizeLinear", [f"{out}/c", f"{out}/s", f"{out}/z"], [out], axis=axis)]
+
+
+def _brevitas_like(tmp_path):
+    """x -> QCDQ (int8, narrow) -> conv (weights QCDQ per output channel, [-127, 127]) -> relu -> QCDQ of a
+    4-bit activation in an int8 container ([-8, 7]) -> mean -> gemm (weights QCDQ per channel) -> y."""
+    rng = np.random.default_rng(0)
+    w = rng.normal(0, 0.3, (8, 4, 3, 3)).astype(np.float32)
+    wf = rng.normal(0, 0.3, (5, 8)).astype(np.float32)
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(wf, "wf"),
+             numpy_helper.from_array(rng.normal(0, 0.1, 8).astype(np.float32), "b"),
+             numpy_helper.from_array(rng.normal(0, 0.1, 5).astype(np.float32), "bf")]
+    nodes = _qcdq("x", "xq", 3.0 / 127, 0, -127, 127, inits)
+    nodes += _qcdq("w", "wq", np.abs(w).reshape(8, -1).max(1) / 127, 0, -127, 127, inits, axis=0)
+    nodes += [helper.make_node("Conv", ["xq", "wq", "b"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"])]
+    nodes += _qcdq("r", "rq", 0.25, 0, -8, 7, inits)
+    nodes += [helper.make_node("ReduceMean", ["rq"], ["m"], axes=[2, 3], keepdims=0)]
+    nodes += _qcdq("wf", "wfq", np.abs(wf).max(1) / 127, 0, -127, 127, inits, axis=0)
+    nodes += [helper.make_node("Gemm", ["m", "wfq", "bf"], ["y"], transB=1)]
+    graph = helper.make_graph(nodes, "brevitas_like", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path = tmp_path / "qcdq.onnx"
+    onnx.save(model, path)
+    return path
+
+
+def test_qcdq_weights_fold_and_integer_clips_become_clamps(tmp_path):
+    """Per-channel weight triples became constants (they were left as DequantizeLinear, which the
+    integer-only path refused); the 4-bit activation's Clip(-8, 7) is the clamp it imposes."""
+    path = _brevitas_like(tmp_path)
+    model = onnx.load(path)
+    assert strip_qdq(model) > 0
+    ops = [n.op_type for n in model.graph.node]
+    assert not {"QuantizeLinear", "DequantizeLinear"} & set(ops), ops
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    assert inits["wq"].dtype == np.float32 and inits["wq"].shape == (8, 4, 3, 3)
+    # the relu's QCDQ clamps at (-8 .. 7) * 0.25: what reaches the mean is at most 1.75
+    clamp = next(n for n in model.graph.node if n.op_type == "Clip" and n.output[0] == "rq")
+    assert float(inits[clamp.input[2]]) == 1.75 and float(inits[clamp.input[1]]) == -2.0
+    xs = np.random.default_rng(1).normal(0, 1, (4, 1, 4, 8, 8)).astype(np.float32)
+    ref, got = ort.InferenceSession(str(path)), ort.InferenceSession(model.SerializeToString())
+    for x in xs:  # the float graph is the file without its rounding
+        assert _cos(got.run(None, {"x": x})[0], ref.run(None, {"x": x})[0]) > 0.99
+
+
+def test_qcdq_file_compiles_integer_only(tmp_path):
+    from runtime import compile_model, load
+
+    path = _brevitas_like(tmp_path)
+    xs = np.random.default_rng(2).normal(0, 1, (8, 1, 4, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=xs)
+    art = load(compile_model(path, "x86", tmp_path / "a", calib=tmp_path / "calib.npz", progress=False))
+    assert art.manifest["integer_only"] is True
+    ref = ort.InferenceSession(str(path))
+    x = np.random.default_rng(3).normal(0, 1, (1, 4, 8, 8)).astype(np.float32)
+    assert _cos(art.run({"x": x})["y"], ref.run(None, {"x": x})[0]) > 0.98
