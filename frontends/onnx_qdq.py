@@ -52,6 +52,8 @@ def _clamp(quantize, value, out: str, prefix: str, inits: list, bounds: tuple | 
     (brevitas' QCDQ narrows the range so: [-127, 127], or [-8, 7] for 4 bits in an int8 container)."""
     scale = value(quantize.input[1])
     zero = value(quantize.input[2]) if len(quantize.input) > 2 and quantize.input[2] else None
+    if zero is None and len(quantize.input) > 2 and quantize.input[2]:  # given but not a constant: range unknown
+        return [helper.make_node("Identity", [quantize.input[0]], [out], name=f"{prefix}/unquantized")]
     attrs = {a.name: helper.get_attribute_value(a) for a in quantize.attribute}
     elem = attrs.get("output_dtype") or (helper.np_dtype_to_tensor_dtype(zero.dtype) if zero is not None
                                           else onnx.TensorProto.UINT8)
@@ -132,11 +134,17 @@ def _integer_constants(graph: onnx.GraphProto, value) -> dict:
 
 
 def _constants(graph: onnx.GraphProto):
-    """name -> its value, for initializers and Constant nodes (None for anything else)."""
+    """name -> its value, for initializers, Constant nodes and Identity nodes of either (torch's exporter
+    shares a repeated constant, e.g. a fake-quant's zero point, through Identity nodes); None for anything else."""
     inits = {i.name: i for i in graph.initializer}
     consts = {n.output[0]: n for n in graph.node if n.op_type == "Constant" and n.output}
+    copies = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "Identity" and n.domain in STANDARD and n.input}
 
     def value(name):
+        for _ in range(len(copies) + 1):
+            if name not in copies or name in inits or name in consts:
+                break
+            name = copies[name]
         if name in inits:
             return numpy_helper.to_array(inits[name])
         if name in consts and consts[name].attribute[0].HasField("t"):

@@ -82,3 +82,37 @@ def test_qcdq_file_compiles_integer_only(tmp_path):
     ref = ort.InferenceSession(str(path))
     x = np.random.default_rng(3).normal(0, 1, (1, 4, 8, 8)).astype(np.float32)
     assert _cos(art.run({"x": x})["y"], ref.run(None, {"x": x})[0]) > 0.98
+
+
+def test_fake_quant_export_with_shared_zero_points_and_reduce_range(tmp_path):
+    """torch's fake-quant export (torch.onnx, TorchScript): a zero point shared through an Identity node,
+    reduce_range as Clip(q, '', 127) on the uint8 tensor. The zero point was read as absent (0, and the
+    clamp cut every negative value): the stripped graph was at cosine 0.02 to the file (EfficientNet-Lite0)."""
+    rng = np.random.default_rng(0)
+    w = rng.normal(0, 0.3, (6, 4, 3, 3)).astype(np.float32)
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array(0.05, np.float32), "s"),
+             numpy_helper.from_array(np.array(64, np.uint8), "zp"), numpy_helper.from_array(np.array(127, np.uint8), "hi"),
+             numpy_helper.from_array((np.abs(w).reshape(6, -1).max(1) / 63).astype(np.float32), "ws"),
+             numpy_helper.from_array(np.zeros(6, np.int8), "wz")]
+    nodes = [helper.make_node("Identity", ["zp"], ["zp_shared"])]
+    for x, out in (("x", "xq"), ("c", "y")):
+        nodes += [helper.make_node("QuantizeLinear", [x, "s", "zp_shared"], [f"{out}/q"]),
+                  helper.make_node("Clip", [f"{out}/q", "", "hi"], [f"{out}/c"]),
+                  helper.make_node("DequantizeLinear", [f"{out}/c", "s", "zp_shared"], [out])]
+        if x == "x":
+            nodes += [helper.make_node("QuantizeLinear", ["w", "ws", "wz"], ["wq/q"], axis=0),
+                      helper.make_node("DequantizeLinear", ["wq/q", "ws", "wz"], ["wq"], axis=0),
+                      helper.make_node("Conv", ["xq", "wq"], ["c"], pads=[1, 1, 1, 1])]
+    graph = helper.make_graph(nodes, "fake_quant", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6, 8, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path = tmp_path / "fq.onnx"
+    onnx.save(model, path)
+    assert strip_qdq(model) > 0
+    assert not {"QuantizeLinear", "DequantizeLinear"} & {n.op_type for n in model.graph.node}
+    x = np.random.default_rng(1).normal(0, 1, (1, 4, 8, 8)).astype(np.float32)
+    ref = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
+    got = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    assert ref.min() < -1.0 and got.min() < -1.0  # clamped at (0 - 64) * 0.05 = -3.2, not at 0
+    assert _cos(got, ref) > 0.99
