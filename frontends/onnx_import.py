@@ -38,7 +38,7 @@ from .onnx_einsum import einsum_to_matmul
 from .onnx_functions import expand_functions
 from .onnx_if import select_ifs
 from .onnx_legacy import legacy_forms_to_tvm_forms
-from .onnx_qdq import strip_qdq
+from .onnx_qdq import refuse_qonnx, strip_qdq
 from .onnx_loops import unroll_loops
 from .onnx_rnn import unroll_lstms
 from .onnx_tail import Tail, names_read, split_tail
@@ -168,6 +168,7 @@ def load_onnx(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]] 
     _fix_input_shapes(model, bound_shapes(input_shapes), path)
     widen_float_inputs(model)  # float16 / bfloat16 / float64 inputs: float32 ones, cast inside (onnx_float_io.py)
     narrow_outputs = float16_as_float32(model)  # a float16 graph computes in float32 here (onnx_float16.py)
+    refuse_qonnx(model, path)  # QONNX Quant nodes: named, with the conversion to QDQ (onnx_qdq.py)
     strip_qdq(model)  # a pre-quantized (QDQ) model: its float graph, calibrated anew (onnx_qdq.py)
     if any(n.op_type == "Attention" for n in model.graph.node):  # before onnxruntime inlines the newer
         model = onnx.shape_inference.infer_shapes(model)          # opsets' Attention into shape arithmetic

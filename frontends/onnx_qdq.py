@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .errors import UnsupportedModelError
 from .onnx_tail import names_read
 
 STANDARD = ("", "ai.onnx", "com.microsoft")  # onnxruntime's contrib Q/DQ take the same inputs
@@ -495,3 +496,20 @@ def strip_qdq(model: onnx.ModelProto) -> int:
     del graph.initializer[:]
     graph.initializer.extend(kept + [i for i in new_inits if i.name in used])
     return changed
+
+
+def refuse_qonnx(model: onnx.ModelProto, path) -> None:
+    """QONNX files (brevitas' export_qonnx, FINN): Quant / BipolarQuant / Trunc nodes of the qonnx or finn domains,
+    which no ONNX runtime runs. Refused in both modes, every node named, with the conversion that makes them
+    standard QuantizeLinear -> Clip -> DequantizeLinear triples (which intq takes)."""
+    nodes = [n for n in model.graph.node if n.domain.startswith(("qonnx.", "finn.")) or n.domain in ("finn", "onnx.brevitas")]
+    if not nodes:
+        return
+    named = "\n".join(f"  {n.domain}:{n.op_type} (node {n.name or n.output[0]})" for n in nodes[:12])
+    more = f"\n  ... and {len(nodes) - 12} more" if len(nodes) > 12 else ""
+    raise UnsupportedModelError(
+        f"{path}: {len(nodes)} QONNX node(s), which neither intq nor onnxruntime runs:\n{named}{more}\n"
+        "Convert them to standard QuantizeLinear / DequantizeLinear first, e.g. with the qonnx package: "
+        "qonnx.util.cleanup.cleanup(file, out_file=clean), then ModelWrapper(clean).transform("
+        "qonnx.transformation.qonnx_to_qcdq.QuantToQCDQ()).save(out) (8 bits or fewer); or export with "
+        "brevitas.export.export_onnx_qcdq instead of export_qonnx.")

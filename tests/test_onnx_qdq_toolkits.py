@@ -116,3 +116,24 @@ def test_fake_quant_export_with_shared_zero_points_and_reduce_range(tmp_path):
     got = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
     assert ref.min() < -1.0 and got.min() < -1.0  # clamped at (0 - 64) * 0.05 = -3.2, not at 0
     assert _cos(got, ref) > 0.99
+
+
+def test_qonnx_quant_nodes_are_refused_by_name(tmp_path):
+    """brevitas' export_qonnx writes qonnx.custom_op.general Quant nodes: onnxruntime's load error was all the
+    user got; now each node is named, with the conversion to QCDQ that intq takes."""
+    import pytest
+
+    from frontends.errors import UnsupportedModelError
+    from frontends.onnx_import import load_onnx
+
+    inits = [numpy_helper.from_array(np.array(v, np.float32), n) for n, v in (("s", 0.1), ("z", 0.0), ("b", 8.0))]
+    node = helper.make_node("Quant", ["x", "s", "z", "b"], ["y"], name="act_quant", domain="qonnx.custom_op.general",
+                            signed=1, narrow=0, rounding_mode="ROUND")
+    graph = helper.make_graph([node], "qonnx", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("qonnx.custom_op.general", 1)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "q.onnx")
+    for allow in (False, True):
+        with pytest.raises(UnsupportedModelError, match=r"qonnx.custom_op.general:Quant \(node act_quant\)(.|\n)*QuantToQCDQ"):
+            load_onnx(tmp_path / "q.onnx", allow_unsupported=allow)
