@@ -78,9 +78,12 @@ def interleave_func(c: int, h: int, w: int, step: int, channels: int, width: int
                 if width == w:
                     fast, lanes = c // step, max(1, VECTOR_BYTES * 8 // bits // step)
                 else:
-                    # loads of a power of two >= W elements read up to `lanes - w` past a row: safe for
-                    # every group but the one holding the last channel, read exactly
-                    fast, lanes = (c - 1) // step, max(16, 1 << (w - 1).bit_length())
+                    # loads of a power of two >= W elements read up to `lanes - w` past a row, into the
+                    # next rows: the leading groups whose reads all stay inside the tensor take them,
+                    # the rest (the last channel's at least) read exactly
+                    lanes = max(16, 1 << (w - 1).bit_length())
+                    fast = sum(1 for q in range(c // step)
+                               if ((q + 1) * step - 1) * h * w + (h - 1) * w + lanes <= c * h * w)
                 if fast:
                     with T.parallel(0, fast) as q:
                         group(q, step, lanes)

@@ -26,6 +26,7 @@ rng = np.random.default_rng(11)
     (1152, 7, 7, 4, 1152, 16, "uint8"),  # rows padded 7 -> 16, loads of 16 reading past each row
     (6, 3, 5, 4, 12, 16, "int8"),  # padded rows and channels: the groups holding the last channel exact
     (240, 28, 28, 4, 256, 32, "uint8"),
+    (8, 1, 7, 4, 8, 16, "uint8"),  # one row of 7: a 16-wide load would pass the tensor's end, so none does
 ])
 def test_equals_reference(cpu, c, h, w, step, channels, width, dtype):
     import tvm
