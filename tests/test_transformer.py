@@ -244,18 +244,22 @@ def _ln_matmul(gamma: np.ndarray, w: np.ndarray):
     return bb.get()
 
 
-def test_smoothing_folds_outlier_channels_into_the_weights():
+@pytest.mark.parametrize("samples", [32, 8, 2])
+def test_smoothing_folds_outlier_channels_into_the_weights(samples):
     """A LayerNorm output with one outlier channel (gamma 60) feeding a matmul: per-channel input
-    scales folded into the weights lose far less than one int8 scale for the whole tensor."""
+    scales folded into the weights lose far less than one int8 scale for the whole tensor. With
+    1024 or 256 calibration rows; not with 64 (too few for per-channel maxima: SMOOTH_MIN_ROWS)."""
     from passes import QuantConfig, QuantizeToInteger, calibrate
+    from passes.lowering.context import SMOOTH_MIN_ROWS
 
     rng = np.random.default_rng(3)
     gamma = np.ones(64, np.float32)
     gamma[5] = 60.0
     w = rng.standard_normal((64, 48)).astype(np.float32) / 8
     mod = _ln_matmul(gamma, w)
-    ranges = calibrate(mod, [{"x": rng.standard_normal((32, 64)).astype(np.float32)} for _ in range(32)],
-                       progress=False)  # 1024 rows: enough for per-channel maxima
+    ranges = calibrate(mod, [{"x": rng.standard_normal((32, 64)).astype(np.float32)} for _ in range(samples)],
+                       progress=False)
+    smoothed = samples * 32 >= SMOOTH_MIN_ROWS
     x = rng.standard_normal((32, 64)).astype(np.float32)
     want = relax.VirtualMachine(tvm.compile(mod, target="llvm"), tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
     errors = {}
@@ -269,8 +273,8 @@ def test_smoothing_folds_outlier_channels_into_the_weights():
         q = np.clip(np.round(x / boundary["inputs"][0]["scale"]), -32768, 32767).astype(np.int16)
         got = vm["main"](tvm.runtime.tensor(q))[0].numpy() * np.asarray(boundary["outputs"][0]["scale"])
         errors[alpha] = np.linalg.norm(got - want) / np.linalg.norm(want)
-        assert any(t.requant.endswith("-smooth") for t in lower.traced) == (alpha is not None)
-    assert errors[0.5] < 0.25 * errors[None] and errors[0.5] < 0.02
+        assert any(t.requant.endswith("-smooth") for t in lower.traced) == (alpha is not None and smoothed)
+    assert not smoothed or (errors[0.5] < 0.25 * errors[None] and errors[0.5] < 0.02)
 
 
 def test_gelu_output_reaches_a_matmul_as_uint8_with_its_offset_as_bias():

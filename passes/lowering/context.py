@@ -105,7 +105,8 @@ class QuantConfig:
         return dict(self.layer_bits).get(layer, self.weight_bits)
 
 
-SMOOTH_MIN_ROWS = 1024  # per-channel maxima over fewer calibration rows are too noisy to trust
+SMOOTH_MIN_ROWS = 256  # per-channel maxima over fewer calibration rows are too noisy to trust (64 rows
+# overshot by 1.8x at test time); 4 sentences of 128 tokens are enough (a corpus MiniLM 0.980 -> 0.996)
 
 
 WIDE_HEADROOM = 2.0  # 16-bit tensors cover 2x their calibrated range: 1 of 16 bits for inputs unlike
