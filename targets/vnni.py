@@ -185,11 +185,25 @@ def conv_lanes_out_te(xt: te.Tensor, wp: te.Tensor, h: int, w: int, corr: te.Ten
                       dot: str = "vnni") -> te.Tensor:
     """Pointwise conv, lanes over output channels: out[b, o, y, x] = sum_c Xt[b, y*W+x, c] * Wp[...]
     (Xt [H*W, C] for batch 1, [B, H*W, C] for a batch)."""
+    c = int(xt.shape[-1])
+    x_at = (lambda b, p, r: xt[b, p, r]) if len(xt.shape) == 3 else (lambda b, p, r: xt[p, r])
+    return _lanes_out(x_at, c, _batch(xt, 3), wp, h, w, corr, dot)
+
+
+def conv_lanes_out_packed_te(xp: te.Tensor, wp: te.Tensor, h: int, w: int, corr: te.Tensor | None = None,
+                             dot: str = "vnni") -> te.Tensor:
+    """`conv_lanes_out_te` over batch 1's activations as the lanes-over-pixels kernel takes them, Xp
+    [C/kk, H*W, kk] (`interleave.py`): the k channels each product broadcasts are as contiguous as
+    in [H*W, C], and that repack is loads and shuffles, where a transpose to [H*W, C] is a gather."""
+    kk = int(xp.shape[-1])
+    return _lanes_out(lambda b, p, r: xp[r // kk, p, r % kk], int(xp.shape[0]) * kk, 1, wp, h, w, corr, dot)
+
+
+def _lanes_out(x_at, c: int, batch, wp: te.Tensor, h: int, w: int, corr, dot: str) -> te.Tensor:
     lanes, kk = int(wp.shape[2]), int(wp.shape[3])
-    r = te.reduce_axis((0, int(xt.shape[-1])), name="c")
-    x_at = (lambda b, p: xt[b, p, r]) if len(xt.shape) == 3 else (lambda b, p: xt[p, r])
-    return _corrected(te.compute((_batch(xt, 3), wp.shape[0] * lanes, h, w), lambda b, j, y, x: te.sum(
-        x_at(b, y * w + x).astype("int32") * wp[j // lanes, r // kk, j % lanes, r % kk].astype("int32"), axis=r),
+    r = te.reduce_axis((0, c), name="c")
+    return _corrected(te.compute((batch, wp.shape[0] * lanes, h, w), lambda b, j, y, x: te.sum(
+        x_at(b, y * w + x, r).astype("int32") * wp[j // lanes, r // kk, j % lanes, r % kk].astype("int32"), axis=r),
         name=f"{dot}_{CONV_LANES_OUT}"), corr, 1)
 
 

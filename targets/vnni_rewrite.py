@@ -216,13 +216,17 @@ class _Rewriter(PyExprMutator):
             return self._kernel(vnni.conv_lanes_pixels_te, dot, x, xp, w2.astype(dot.w_dtype), w_sum, h, wd)
         dot = self._dot(x, w2, c, lambda d: vnni.conv_tile(vnni.CONV_LANES_OUT, o, h, wd, d) is not None)
         if dot is not None:
-            x, w2 = self._padded(x, w2, 1, 1, dot)
-            c = int(w2.shape[1])
-            direct = None if lead else self._direct_patches(x, w2, dot)
+            direct = None if lead or c % dot.k else self._direct_patches(x, w2, dot)
             if direct is not None:
                 xt, w2 = direct
+            elif not lead:  # the interleaved repack, not a transpose to [H*W, C] (a gather)
+                w2 = _whole_steps(w2, 1, dot)
+                xp = interleaved(self.builder_, self._prepared(x, dot), dot.k, int(w2.shape[1]), wd)
+                return self._kernel(vnni.conv_lanes_out_packed_te, dot, x, xp, vnni.pack_weights(w2, dot),
+                                    w_sum, h, wd)
             else:
-                xt = relax.op.permute_dims(relax.op.reshape(self._prepared(x, dot), [*lead, c, h * wd]),
+                x, w2 = self._padded(x, w2, 1, 1, dot)
+                xt = relax.op.permute_dims(relax.op.reshape(self._prepared(x, dot), [*lead, int(w2.shape[1]), h * wd]),
                                            [*range(len(lead)), len(lead) + 1, len(lead)])
             return self._kernel(vnni.conv_lanes_out_te, dot, x, xt, vnni.pack_weights(w2, dot), w_sum, h, wd)
         # no tile divides the pixels (an STFT's 97 frames): a matmul over [(N,) H*W, C], whose rows are

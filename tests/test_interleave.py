@@ -1,7 +1,8 @@
 """The dot-product kernels' activation repack as one kernel of loads and shuffles
 (targets/interleave.py): equal to its NumPy twin for every case of the code (flat pixels with a
 tail, padded rows whose last channel group loads exactly, zero channels, 2- and 4-element steps),
-on this CPU and on an AVX2 fleet; and taken by pointwise convs, which stay bit-exact."""
+on this CPU and on an AVX2 fleet; and taken by pointwise convs (lanes over pixels or over output
+channels, AMX tiles), which stay bit-exact."""
 
 from __future__ import annotations
 
@@ -51,6 +52,8 @@ class _Pointwise:
 @pytest.mark.parametrize("cpu,shape", [
     ("x86-64-v4+avx512vnni", (1, 30, 28, 28, 24)),  # VNNI lanes over pixels, 30 channels padded to 32
     ("x86-64-v3", (1, 30, 28, 28, 24)),  # AVX2: int16 pairs
+    ("x86-64-v4+avx512vnni", (1, 30, 7, 7, 48)),  # 49 pixels: VNNI lanes over output channels
+    ("x86-64-v3", (1, 30, 7, 7, 48)),
     ("x86-64-v4+avx512vnni+amx-tile+amx-int8", (1, 250, 7, 7, 64)),  # AMX: rows 7 -> 16, K 250 -> 256
 ])
 def test_pointwise_convs_take_it(cpu, shape):
