@@ -335,6 +335,8 @@ def dynamic_to_float(model: onnx.ModelProto) -> int:
 
         a, s_a, z_a = DynamicQuantizeLinear(x)
         y = Mul(Cast(MatMulInteger(a, W_q, z_a, z_w), float), Mul(s_a, s_w))  ->  y = MatMul(x, (W_q - z_w) s_w)
+        (b, s_b, z_b = DynamicQuantizeLinear(x2) in place of W_q: optimum's dynamic configs quantize q @ k^T
+        and attention @ v so)                                                 ->  y = MatMul(x, x2)
 
     and the same with ConvInteger (its attributes kept; per-channel z_w, s_w along the output channels) ->
     Conv, and com.microsoft's DynamicQuantizeLSTM -> LSTM, in place; returns how many nodes were replaced. (The scale is computed
@@ -360,14 +362,26 @@ def dynamic_to_float(model: onnx.ModelProto) -> int:
             add = cast[0]
             bias = _dynamic_bias(next((i for i in add.input if i != node.output[0]), ""), producers, value)
             cast = readers.get(add.output[0], []) if bias is not None else []
-        if quant is None or not _is(quant, "DynamicQuantizeLinear") or weight is None or len(cast) != 1 or \
-                cast[0].op_type != "Cast":
+        quant_b = producers.get(node.input[1])  # the second operand quantized at run time too (q @ k^T, attention @ v)
+        both = weight is None and _is(node, "MatMulInteger") and quant_b is not None and \
+            _is(quant_b, "DynamicQuantizeLinear") and quant_b.output[0] == node.input[1]
+        if quant is None or not _is(quant, "DynamicQuantizeLinear") or (weight is None and not both) or \
+                len(cast) != 1 or cast[0].op_type != "Cast":
             continue
         mul = readers.get(cast[0].output[0], [])
         if len(mul) != 1 or mul[0].op_type != "Mul":
             continue
         scales = producers.get(next(i for i in mul[0].input if i != cast[0].output[0]))
         if scales is None or scales.op_type != "Mul" or quant.output[1] not in scales.input:
+            continue
+        if both:  # (a - z_a) s_a @ (b - z_b) s_b: the float operands' product
+            if bias is not None or quant_b.output[1] not in scales.input:
+                continue
+            replaced[id(mul[0])] = helper.make_node("MatMul", [quant.input[0], quant_b.input[0]], [mul[0].output[0]],
+                                                    name=node.name or mul[0].output[0])
+            drop.update(id(n) for n in (node, cast[0]))
+            if len(readers.get(scales.output[0], [])) == 1:
+                drop.add(id(scales))
             continue
         w_scale = value(next(i for i in scales.input if i != quant.output[1]))
         w_zero = value(node.input[3]) if len(node.input) > 3 and node.input[3] else None

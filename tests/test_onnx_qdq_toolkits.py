@@ -137,3 +137,40 @@ def test_qonnx_quant_nodes_are_refused_by_name(tmp_path):
     for allow in (False, True):
         with pytest.raises(UnsupportedModelError, match=r"qonnx.custom_op.general:Quant \(node act_quant\)(.|\n)*QuantToQCDQ"):
             load_onnx(tmp_path / "q.onnx", allow_unsupported=allow)
+
+
+def test_matmul_of_two_dynamically_quantized_activations(tmp_path):
+    """optimum's ORTQuantizer (avx512_vnni / arm64, is_static=False) quantizes q @ k^T and attention @ v with
+    DynamicQuantizeLinear on both operands: MatMulInteger(a, b) had no constant weight and stayed, refused
+    integer-only (24 nodes in all-MiniLM-L6-v2). Now the float operands' MatMul."""
+    from runtime import compile_model, load
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (16, 16)).astype(np.float32), "w")]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["k"]), helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1])]
+    for t in ("x", "kt"):
+        nodes.append(helper.make_node("DynamicQuantizeLinear", [t], [f"{t}_q", f"{t}_s", f"{t}_z"]))
+    nodes += [helper.make_node("MatMulInteger", ["x_q", "kt_q", "x_z", "kt_z"], ["acc"]),
+              helper.make_node("Cast", ["acc"], ["accf"], to=TensorProto.FLOAT),
+              helper.make_node("Mul", ["x_s", "kt_s"], ["scales"]), helper.make_node("Mul", ["accf", "scales"], ["y"])]
+    graph = helper.make_graph(nodes, "dyn_qk", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path = tmp_path / "dyn.onnx"
+    onnx.save(model, path)
+    stripped = onnx.load(path)
+    assert strip_qdq(stripped) > 0
+    ops = {n.op_type for n in stripped.graph.node}
+    assert not ops & {"MatMulInteger", "DynamicQuantizeLinear"}, ops
+    xs = rng.normal(0, 1, (8, 1, 8, 16)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=xs)
+    art = load(compile_model(path, "x86", tmp_path / "a", calib=tmp_path / "calib.npz", progress=False))
+    assert art.manifest["integer_only"] is True
+    x = rng.normal(0, 1, (1, 8, 16)).astype(np.float32)
+    ref = x @ (x @ inits_w(inits)).transpose(0, 2, 1)
+    assert _cos(art.run({"x": x})["y"], ref) > 0.99
+
+
+def inits_w(inits):
+    return numpy_helper.to_array(inits[0])
