@@ -24,6 +24,7 @@ from .errors import UnsupportedModelError
 from .onnx_tail import names_read
 
 STANDARD = ("", "ai.onnx", "com.microsoft")  # onnxruntime's contrib Q/DQ take the same inputs
+MASK_FILL = 1e30  # beyond any activation: only masks' fills (float32's lowest, -1e38...) reach it
 
 
 def _is(node, op: str) -> bool:
@@ -68,6 +69,10 @@ def _clamp(quantize, value, out: str, prefix: str, inits: list, bounds: tuple | 
     zero = np.zeros_like(scale, np.float64) if zero is None else zero.astype(np.float64)
     lo, hi = ((q - zero) * scale.astype(np.float64) for q in (qmin, qmax))
     if scale.size > 1:  # per axis: shaped to broadcast along it (rank from the scale's axis is unknown here)
+        return [helper.make_node("Identity", [quantize.input[0]], [out], name=f"{prefix}/unquantized")]
+    if max(abs(float(lo)), abs(float(hi))) >= MASK_FILL:  # a grid spanning an additive mask's fill (-3.4e38):
+        # its steps (~1e33) zero every ordinary value, so the file there computes nothing meaningful; as a
+        # clamp it would hide the mask from the softmax (and clip the logits at the grid's other end)
         return [helper.make_node("Identity", [quantize.input[0]], [out], name=f"{prefix}/unquantized")]
     names = []
     for tag, v in (("min", lo), ("max", hi)):

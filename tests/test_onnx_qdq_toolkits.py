@@ -174,3 +174,53 @@ def test_matmul_of_two_dynamically_quantized_activations(tmp_path):
 
 def inits_w(inits):
     return numpy_helper.to_array(inits[0])
+
+
+def test_static_qdq_around_an_additive_mask(tmp_path):
+    """quantize_static (QDQ, here 16-bit activations) puts a pair on BERT's additive mask (Where -> float32's
+    lowest) and on logits + mask: grids of step ~5e33 whose clamps hid the mask from the softmax ("softmax
+    logit scale 2.08e+34 too coarse") and cut the logits at 0 (all-MiniLM-L6-v2 refused integer-only). Such
+    pairs are no clamps now: the float graph, integer-only."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from runtime import compile_model, load
+
+    rng = np.random.default_rng(0)
+    f32 = np.finfo(np.float32)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.4, (16, 16)).astype(np.float32), n) for n in ("wq", "wk", "wv")]
+    inits += [numpy_helper.from_array(np.array(0, np.int64), "zero"), numpy_helper.from_array(np.array(f32.min, np.float32), "fill"),
+              numpy_helper.from_array(np.array(0.0, np.float32), "open"), numpy_helper.from_array(np.array([1, 1, 8], np.int64), "shape")]
+    nodes = [helper.make_node("MatMul", ["x", w], [t]) for w, t in (("wq", "q"), ("wk", "k"), ("wv", "v"))]
+    nodes += [helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1]), helper.make_node("MatMul", ["q", "kt"], ["logits"]),
+              helper.make_node("Equal", ["attention_mask", "zero"], ["masked"]),
+              helper.make_node("Where", ["masked", "fill", "open"], ["bias"]), helper.make_node("Reshape", ["bias", "shape"], ["bias3"]),
+              helper.make_node("Add", ["logits", "bias3"], ["scores"]), helper.make_node("Softmax", ["scores"], ["p"], axis=-1),
+              helper.make_node("MatMul", ["p", "v"], ["y"])]
+    graph = helper.make_graph(nodes, "masked_attention", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16]),
+                                                         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, [1, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "float.onnx")
+    xs = rng.normal(0, 1, (8, 1, 8, 16)).astype(np.float32)
+    masks = np.ones((8, 1, 8), np.int64)
+    masks[:, :, 6:] = 0
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter({"x": x, "attention_mask": m} for x, m in zip(xs, masks))
+
+        def get_next(self):
+            return next(self.it, None)
+
+    quantize_static(str(tmp_path / "float.onnx"), str(tmp_path / "qdq.onnx"), Reader(), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QUInt16, weight_type=QuantType.QInt8)
+    stripped = onnx.load(tmp_path / "qdq.onnx")
+    assert {"bias3", "scores"} <= {i for n in stripped.graph.node if n.op_type == "QuantizeLinear" for i in n.input}
+    np.savez(tmp_path / "calib.npz", x=xs, attention_mask=masks)
+    art = load(compile_model(tmp_path / "qdq.onnx", "x86", tmp_path / "a", calib=tmp_path / "calib.npz", progress=False))
+    assert art.manifest["integer_only"] is True
+    x = rng.normal(0, 1, (1, 8, 16)).astype(np.float32)
+    feed = {"x": x, "attention_mask": masks[0]}
+    ref = ort.InferenceSession(str(tmp_path / "float.onnx")).run(None, feed)[0]
+    assert _cos(art.run(feed)["y"], ref) > 0.99
