@@ -70,7 +70,7 @@ def _clamp(quantize, value, out: str, prefix: str, inits: list, bounds: tuple | 
     lo, hi = ((q - zero) * scale.astype(np.float64) for q in (qmin, qmax))
     if scale.size > 1:  # per axis: shaped to broadcast along it (rank from the scale's axis is unknown here)
         return [helper.make_node("Identity", [quantize.input[0]], [out], name=f"{prefix}/unquantized")]
-    if max(abs(float(lo)), abs(float(hi))) >= MASK_FILL:  # a grid spanning an additive mask's fill (-3.4e38):
+    if max(float(np.max(np.abs(lo))), float(np.max(np.abs(hi)))) >= MASK_FILL:  # a grid spanning an additive mask's fill (-3.4e38):
         # its steps (~1e33) zero every ordinary value, so the file there computes nothing meaningful; as a
         # clamp it would hide the mask from the softmax (and clip the logits at the grid's other end)
         return [helper.make_node("Identity", [quantize.input[0]], [out], name=f"{prefix}/unquantized")]
@@ -514,7 +514,71 @@ def strip_qdq(model: onnx.ModelProto) -> int:
     kept = [i for i in graph.initializer if i.name in used or i.name in {v.name for v in graph.input}]
     del graph.initializer[:]
     graph.initializer.extend(kept + [i for i in new_inits if i.name in used])
-    return changed
+    return changed + _merge_clips(model)
+
+
+def _merge_clips(model: onnx.ModelProto) -> int:
+    """Clip(Clip(x, a, b), c, d) -> Clip(x, max(a, c), min(b, d)) for scalar constant bounds, where the inner
+    clip has no other reader: a fake-quant export writes the pair's clamp, the model's ReLU6 and the next
+    pair's clamp back to back (torch QAT: clamp -> Clip(0, 6) -> clamp), and each clip between was one more
+    8-bit tensor on the wide range before the ReLU6. Returns how many clips were merged away."""
+    graph, stored, fresh = model.graph, _constants(model.graph), {}
+
+    def value(name):
+        return fresh[name] if name in fresh else stored(name)
+
+    producers = {o: n for n in graph.node for o in n.output}
+    readers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    outputs = {o.name for o in graph.output}
+
+    def bounds(clip):
+        got = []
+        for i, default in ((1, -np.inf), (2, np.inf)):
+            if len(clip.input) > i and clip.input[i]:
+                v = value(clip.input[i])
+                if v is None or v.size != 1:
+                    return None
+                got.append(float(v))
+            else:
+                got.append(default)
+        return got
+
+    merged, new_inits, gone = 0, [], set()
+    for outer in graph.node:
+        if outer.op_type != "Clip" or outer.domain not in STANDARD:
+            continue
+        inner = producers.get(outer.input[0])
+        if inner is None or inner.op_type != "Clip" or inner.domain not in STANDARD or inner.output[0] in outputs or \
+                readers.get(inner.output[0], 0) != 1 or inner.output[0] in gone:
+            continue
+        a, b = bounds(inner) or (None, None)
+        c, d = bounds(outer) or (None, None)
+        if a is None or c is None or max(a, c) > min(b, d):
+            continue
+        lo, hi = max(a, c), min(b, d)
+        prefix = outer.name or outer.output[0]
+        names = []
+        for tag, v in (("min", lo), ("max", hi)):
+            if np.isinf(v):
+                names.append("")
+                continue
+            new_inits.append(numpy_helper.from_array(np.asarray(v, np.float32).reshape(()), f"{prefix}/merged_{tag}"))
+            names.append(new_inits[-1].name)
+            fresh[names[-1]] = np.asarray(v, np.float32)
+        del outer.input[:]
+        outer.input.extend([inner.input[0], *names])
+        producers[outer.output[0]] = outer
+        gone.add(inner.output[0])
+        merged += 1
+    if merged:
+        nodes = [n for n in graph.node if not (n.op_type == "Clip" and n.output[0] in gone)]
+        del graph.node[:]
+        graph.node.extend(nodes)
+        graph.initializer.extend(new_inits)
+    return merged
 
 
 def refuse_qonnx(model: onnx.ModelProto, path) -> None:

@@ -224,3 +224,28 @@ def test_static_qdq_around_an_additive_mask(tmp_path):
     feed = {"x": x, "attention_mask": masks[0]}
     ref = ort.InferenceSession(str(tmp_path / "float.onnx")).run(None, feed)[0]
     assert _cos(art.run(feed)["y"], ref) > 0.99
+
+
+def test_one_element_grids_and_back_to_back_clips(tmp_path):
+    """torch's TorchScript export writes scale and zero point as 1-element 1-d tensors (the mask-fill check
+    failed on them: "only 0-dimensional arrays can be converted"), and a pair's clamp, the model's ReLU6 and the
+    next pair's clamp back to back: those clips become one."""
+    inits = [numpy_helper.from_array(np.array([0.1], np.float32), "s"), numpy_helper.from_array(np.array([128], np.uint8), "zp"),
+             numpy_helper.from_array(np.array(0.0, np.float32), "zero"), numpy_helper.from_array(np.array(6.0, np.float32), "six")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["a/q"]), helper.make_node("DequantizeLinear", ["a/q", "s", "zp"], ["a"]),
+             helper.make_node("Clip", ["a", "zero", "six"], ["r"]),
+             helper.make_node("QuantizeLinear", ["r", "s", "zp"], ["b/q"]), helper.make_node("DequantizeLinear", ["b/q", "s", "zp"], ["y"])]
+    graph = helper.make_graph(nodes, "clips", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path = tmp_path / "clips.onnx"
+    onnx.save(model, path)
+    assert strip_qdq(model) > 0
+    clips = [n for n in model.graph.node if n.op_type == "Clip"]
+    assert len(clips) == 1 and not {"QuantizeLinear", "DequantizeLinear"} & {n.op_type for n in model.graph.node}
+    lo, hi = (float(numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == n))) for n in clips[0].input[1:])
+    assert (lo, hi) == (0.0, 6.0)
+    x = np.linspace(-20, 20, 64, dtype=np.float32)[None]
+    got = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, np.clip(x, 0, 6))
