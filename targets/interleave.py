@@ -36,29 +36,33 @@ def reference(x: np.ndarray, step: int, channels: int, width: int) -> np.ndarray
     return padded.reshape(channels // step, step, h * width).transpose(0, 2, 1)
 
 
-def interleave_func(c: int, h: int, w: int, step: int, channels: int, width: int, dtype: str) -> tvm.tirx.PrimFunc:
+def interleave_func(c: int, h: int, w: int, step: int, channels: int, width: int, dtype: str,
+                    batch: bool = False) -> tvm.tirx.PrimFunc:
     """The PrimFunc of the repack (see the module docstring); `channels` a multiple of `step`
-    and >= c, `width` >= w."""
+    and >= c, `width` >= w. `batch`: over [n, C, H, W] -> [n, channels / step, H * width, step] for
+    a symbolic n, in parallel over the samples."""
     groups, row = channels // step, width * step
     zero = lambda lanes: T.Broadcast(tvm.tirx.const(0, dtype), lanes) if lanes > 1 else tvm.tirx.const(0, dtype)  # noqa: E731
+    n = tvm.tirx.Var("n", "int64") if batch else 1
+    image, packed = c * h * w, groups * h * width * step  # elements of one sample
 
     with IRBuilder() as ib:
         with T.prim_func(s_tir=True):
-            a = T.arg("a", T.buffer((1, c, h, w), dtype))
-            o = T.arg("o", T.buffer((groups, h * width, step), dtype))
+            a = T.arg("a", T.buffer((n, c, h, w), dtype))
+            o = T.arg("o", T.buffer((n, groups, h * width, step) if batch else (groups, h * width, step), dtype))
             T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": OPAQUE})
             with T.sblock("root"):
-                src = T.decl_buffer((c * h * w,), dtype, data=a.data)
-                dst = T.decl_buffer((groups * h * width * step,), dtype, data=o.data)
+                src = T.decl_buffer((n * image,), dtype, data=a.data)
+                dst = T.decl_buffer((n * packed,), dtype, data=o.data)
 
-                def group(q, real: int, lanes: int):
+                def group(q, real: int, lanes: int, sample=0):
                     """Store channel group q (its first `real` channels read, `lanes`-wide loads)."""
                     def write(start, first, count, pick, out_lanes):
                         # vectors of the group's channels from pixel `first`, then the zero vector
-                        vectors = [src.vload([(q * step + j) * (h * w) + first], f"{dtype}x{count}")
+                        vectors = [src.vload([sample * image + (q * step + j) * (h * w) + first], f"{dtype}x{count}")
                                    for j in range(real)]
                         vectors += [zero(count)] * (step - real) + [zero(max(16, out_lanes))]
-                        T.buffer_store(dst, tvm.tirx.Shuffle(vectors, pick), [T.Ramp(start, 1, out_lanes)])
+                        T.buffer_store(dst, tvm.tirx.Shuffle(vectors, pick), [T.Ramp(sample * packed + start, 1, out_lanes)])
 
                     if width == w:  # flat pixels, `lanes` at a time and a tail
                         full, tail = divmod(h * w, lanes)
@@ -84,18 +88,29 @@ def interleave_func(c: int, h: int, w: int, step: int, channels: int, width: int
                     lanes = max(16, 1 << (w - 1).bit_length())
                     fast = sum(1 for q in range(c // step)
                                if ((q + 1) * step - 1) * h * w + (h - 1) * w + lanes <= c * h * w)
-                if fast:
-                    with T.parallel(0, fast) as q:
-                        group(q, step, lanes)
-                for q in range(fast, groups):
-                    group(q, min(step, max(0, c - q * step)), w if width != w else lanes)
+                def sample(b=0):
+                    if fast:
+                        with (T.serial if batch else T.parallel)(0, fast) as q:
+                            group(q, step, lanes, b)
+                    for q in range(fast, groups):
+                        group(q, min(step, max(0, c - q * step)), w if width != w else lanes, b)
+
+                if batch:  # samples in parallel, each one's groups in turn
+                    with T.parallel(0, n) as b:
+                        sample(b)
+                else:
+                    sample()
     return ib.get()
 
 
 def interleaved(builder: relax.BlockBuilder, x: relax.Expr, step: int, channels: int, width: int) -> relax.Expr:
-    """x [1, C, H, W] repacked to [channels / step, H * width, step] by `interleave_func`."""
-    _, c, h, w = (int(d) for d in x.ty.shape)
+    """x [1, C, H, W] repacked to [channels / step, H * width, step] by `interleave_func`; x [n, C, H, W]
+    with a symbolic n (a free batch) to [n, channels / step, H * width, step]."""
+    n, c, h, w = x.ty.shape
+    c, h, w = int(c), int(h), int(w)
+    batch = not (isinstance(n, tvm.tirx.IntImm) and int(n) == 1)
     dtype = str(x.ty.dtype)
-    func = interleave_func(c, h, w, step, channels, width, dtype).without_attr("global_symbol")
-    gv = builder.add_func(func, f"interleave{step}_{c}x{h}x{w}_{channels}x{width}_{dtype}")
-    return relax.call_tir(gv, [x], relax.TensorType([channels // step, h * width, step], dtype))
+    func = interleave_func(c, h, w, step, channels, width, dtype, batch).without_attr("global_symbol")
+    gv = builder.add_func(func, f"interleave{step}_{'n' if batch else ''}{c}x{h}x{w}_{channels}x{width}_{dtype}")
+    shape = [channels // step, h * width, step]
+    return relax.call_tir(gv, [x], relax.TensorType([n, *shape] if batch else shape, dtype))

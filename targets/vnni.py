@@ -192,11 +192,13 @@ def conv_lanes_out_te(xt: te.Tensor, wp: te.Tensor, h: int, w: int, corr: te.Ten
 
 def conv_lanes_out_packed_te(xp: te.Tensor, wp: te.Tensor, h: int, w: int, corr: te.Tensor | None = None,
                              dot: str = "vnni") -> te.Tensor:
-    """`conv_lanes_out_te` over batch 1's activations as the lanes-over-pixels kernel takes them, Xp
-    [C/kk, H*W, kk] (`interleave.py`): the k channels each product broadcasts are as contiguous as
-    in [H*W, C], and that repack is loads and shuffles, where a transpose to [H*W, C] is a gather."""
-    kk = int(xp.shape[-1])
-    return _lanes_out(lambda b, p, r: xp[r // kk, p, r % kk], int(xp.shape[0]) * kk, 1, wp, h, w, corr, dot)
+    """`conv_lanes_out_te` over the activations as the lanes-over-pixels kernel takes them, Xp
+    [C/kk, H*W, kk] ([B, C/kk, H*W, kk] for a batch; `interleave.py`): the k channels each product
+    broadcasts are as contiguous as in [H*W, C], and that repack is loads and shuffles, where a
+    transpose to [H*W, C] is a gather."""
+    kk, batched = int(xp.shape[-1]), len(xp.shape) == 4
+    x_at = (lambda b, p, r: xp[b, r // kk, p, r % kk]) if batched else (lambda b, p, r: xp[r // kk, p, r % kk])
+    return _lanes_out(x_at, int(xp.shape[-3]) * kk, _batch(xp, 4), wp, h, w, corr, dot)
 
 
 def _lanes_out(x_at, c: int, batch, wp: te.Tensor, h: int, w: int, corr, dot: str) -> te.Tensor:

@@ -205,30 +205,20 @@ class _Rewriter(PyExprMutator):
             direct = None if lead else self._direct_patches(x, w2, dot, kk)
             if direct is not None:
                 xp, w2 = direct[0], _whole_steps(w2, 1, dot)
-            elif not lead:  # one kernel of loads and shuffles, which zero-pads the channels itself
+            else:  # one kernel of loads and shuffles, which zero-pads the channels itself (a batch too)
                 w2 = _whole_steps(w2, 1, dot)
                 xp = interleaved(self.builder_, self._prepared(x, dot), kk, int(w2.shape[1]), wd)
-            else:
-                x, w2 = self._padded(x, w2, 1, 1, dot)
-                c = int(w2.shape[1])
-                xp = relax.op.permute_dims(relax.op.reshape(self._prepared(x, dot), [*lead, c // kk, kk, h * wd]),
-                                           [*range(len(lead)), len(lead), len(lead) + 2, len(lead) + 1])
             return self._kernel(vnni.conv_lanes_pixels_te, dot, x, xp, w2.astype(dot.w_dtype), w_sum, h, wd)
         dot = self._dot(x, w2, c, lambda d: vnni.conv_tile(vnni.CONV_LANES_OUT, o, h, wd, d) is not None)
         if dot is not None:
             direct = None if lead or c % dot.k else self._direct_patches(x, w2, dot)
             if direct is not None:
-                xt, w2 = direct
-            elif not lead:  # the interleaved repack, not a transpose to [H*W, C] (a gather)
-                w2 = _whole_steps(w2, 1, dot)
-                xp = interleaved(self.builder_, self._prepared(x, dot), dot.k, int(w2.shape[1]), wd)
-                return self._kernel(vnni.conv_lanes_out_packed_te, dot, x, xp, vnni.pack_weights(w2, dot),
+                return self._kernel(vnni.conv_lanes_out_te, dot, x, direct[0], vnni.pack_weights(direct[1], dot),
                                     w_sum, h, wd)
-            else:
-                x, w2 = self._padded(x, w2, 1, 1, dot)
-                xt = relax.op.permute_dims(relax.op.reshape(self._prepared(x, dot), [*lead, int(w2.shape[1]), h * wd]),
-                                           [*range(len(lead)), len(lead) + 1, len(lead)])
-            return self._kernel(vnni.conv_lanes_out_te, dot, x, xt, vnni.pack_weights(w2, dot), w_sum, h, wd)
+            # the interleaved repack (a batch too), not a transpose to [H*W, C] (a gather)
+            w2 = _whole_steps(w2, 1, dot)
+            xp = interleaved(self.builder_, self._prepared(x, dot), dot.k, int(w2.shape[1]), wd)
+            return self._kernel(vnni.conv_lanes_out_packed_te, dot, x, xp, vnni.pack_weights(w2, dot), w_sum, h, wd)
         # no tile divides the pixels (an STFT's 97 frames): a matmul over [(N,) H*W, C], whose rows are
         # padded (a batch of 4 STFTs of 5 frames each ran TVM's plain loops, 0.19 ms)
         last = [len(lead) + 1, len(lead)]

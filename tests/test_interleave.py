@@ -29,19 +29,21 @@ rng = np.random.default_rng(11)
     (240, 28, 28, 4, 256, 32, "uint8"),
     (8, 1, 7, 4, 8, 16, "uint8"),  # one row of 7: a 16-wide load would pass the tensor's end, so none does
 ])
-def test_equals_reference(cpu, c, h, w, step, channels, width, dtype):
+@pytest.mark.parametrize("batch", [None, 3])  # None: batch 1's kernel; 3: the symbolic batch's
+def test_equals_reference(cpu, c, h, w, step, channels, width, dtype, batch):
     import tvm
 
     spec = get_target("x86", cpu=cpu)
     if missing_features(spec.features):
         pytest.skip(f"this CPU lacks {missing_features(spec.features)}")
-    func = interleave_func(c, h, w, step, channels, width, dtype).with_attr("global_symbol", "main")
-    lib = tvm.compile(tvm.IRModule({"main": func}), target=spec.target())
+    func = interleave_func(c, h, w, step, channels, width, dtype, batch is not None)
+    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=spec.target())
     lo, hi = ref.kernels.INT_RANGE[dtype]
-    x = rng.integers(lo, hi + 1, (1, c, h, w)).astype(dtype)
-    out = tvm.runtime.tensor(np.full((channels // step, h * width, step), 77, dtype))  # every element written
+    x = rng.integers(lo, hi + 1, (batch or 1, c, h, w)).astype(dtype)
+    want = np.stack([reference(x[i:i + 1], step, channels, width) for i in range(len(x))])
+    out = tvm.runtime.tensor(np.full(want.shape if batch else want.shape[1:], 77, dtype))  # every element written
     lib["main"](tvm.runtime.tensor(x), out)
-    np.testing.assert_array_equal(out.numpy(), reference(x, step, channels, width))
+    np.testing.assert_array_equal(out.numpy(), want if batch else want[0])
 
 
 class _Pointwise:
@@ -54,6 +56,8 @@ class _Pointwise:
     ("x86-64-v3", (1, 30, 28, 28, 24)),  # AVX2: int16 pairs
     ("x86-64-v4+avx512vnni", (1, 30, 7, 7, 48)),  # 49 pixels: VNNI lanes over output channels
     ("x86-64-v3", (1, 30, 7, 7, 48)),
+    ("x86-64-v4+avx512vnni", (3, 30, 28, 28, 24)),  # a batch: the batched repack
+    ("x86-64-v4+avx512vnni", (3, 30, 7, 7, 48)),
     ("x86-64-v4+avx512vnni+amx-tile+amx-int8", (1, 250, 7, 7, 64)),  # AMX: rows 7 -> 16, K 250 -> 256
 ])
 def test_pointwise_convs_take_it(cpu, shape):
@@ -61,8 +65,8 @@ def test_pointwise_convs_take_it(cpu, shape):
 
     from targets.cpu_pipeline import cpu_lowering_passes
 
-    _, c, h, wd, o = shape
-    x, w = rng.integers(0, 256, (1, c, h, wd)).astype(np.uint8), rng.integers(-128, 128, (o, c, 1, 1)).astype(np.int8)
+    n, c, h, wd, o = shape
+    x, w = rng.integers(0, 256, (n, c, h, wd)).astype(np.uint8), rng.integers(-128, 128, (o, c, 1, 1)).astype(np.int8)
     build = lambda a: emit.conv2d_acc(a, w, _Pointwise)  # noqa: E731
     spec = get_target("x86", cpu=cpu)
     with spec.target():
