@@ -639,8 +639,9 @@ def _schedule_flat_depthwise(sch: s_tir.Schedule, block) -> None:
 
     epilogue = inline_epilogue(sch, sch.get(block).name_hint)
     channel = _flat_epilogue_per_channel(sch, block, epilogue)
-    if channel is None:
-        *lead, _, _, _, _ = sch.get_loops(block)
+    if channel is None:  # the loops before the flat outputs' (the quad conv has one reduction loop more)
+        spatial = sum(int(v.iter_type) == 0 for v in sch.get(block).iter_vars)
+        lead = sch.get_loops(block)[:spatial - 1]
         channel = sch.fuse(*lead) if len(lead) > 1 else lead[0]
         parallel(sch, channel)
         for consumer in epilogue:  # a loop nest of its own

@@ -100,6 +100,11 @@ def tileable(sch: s_tir.Schedule, block, consumers: list) -> list:
     It and what follows it stay after the loops, whole."""
     analyzer = tvm.sym.Analyzer()
     produced = _size(sch, block)
+    for dim in tvm.tirx.analysis.undefined_vars(produced, []):
+        # a free batch is a count >= 1: unbound, a depthwise conv's flat sums (n x 96 x 3200) and its
+        # outputs (n x 96 x 56 x 56) did not compare, and its epilogue ran whole, 10x slower
+        one = tvm.tirx.const(1, str(dim.ty))
+        analyzer.bind(dim, tvm.ir.Range.from_min_extent(one, tvm.tirx.const(1 << 31, str(dim.ty))))
     chain = {sch.get(block).name_hint}
     for i, consumer in enumerate(consumers):
         if not analyzer.can_prove(_size(sch, consumer) <= produced) or any(
