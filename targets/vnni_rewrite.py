@@ -6,8 +6,9 @@ Runs on the integer Relax module before legalization, for LLVM x86 targets.
     matmul(x[..., K], W[K, N]) -> {dot}_dense(x', pack(W^T))                         lanes over N
     matmul(A[..., M, K], B[..., K, N]) -> {dot}_dense(A', pack(B) at run time)   `act_matmul.py`
     conv2d(x[1, C, H, W], W[O, C, 1, 1])               (a batch B, maybe symbolic: [B, ...] repacks)
-        -> {dot}_conv_lanes_pixels(repack(x')[C/k, H*W, k], W[O, C])            big images
-        -> {dot}_conv_lanes_out(transpose(x')[H*W, C], pack(W))                 small images
+        -> {dot}_conv_lanes_pixels(interleave(x')[C/k, H*W, k], W[O, C])        big images
+        -> {dot}_conv_lanes_out_packed(interleave(x')[C/k, H*W, k], pack(W))    small images
+        -> amx_conv(interleave(x)[C/4, H*W', 4], W)            AMX, rows padded to W' (`_tile_conv`)
 
 The first of the family's recipes that fits is used: its shape rules (K or C a multiple of
 its k, a tile of whole vectors) and, for `vpmaddubsw`, the compile-time proof that no pair
@@ -204,7 +205,7 @@ class _Rewriter(PyExprMutator):
             kk = dot.k
             direct = None if lead else self._direct_patches(x, w2, dot, kk)
             if direct is not None:
-                xp, w2 = direct[0], _whole_steps(w2, 1, dot)
+                xp, w2 = direct
             else:  # one kernel of loads and shuffles, which zero-pads the channels itself (a batch too)
                 w2 = _whole_steps(w2, 1, dot)
                 xp = interleaved(self.builder_, self._prepared(x, dot), kk, int(w2.shape[1]), wd)
