@@ -88,18 +88,22 @@ def interleave_func(c: int, h: int, w: int, step: int, channels: int, width: int
                     lanes = max(16, 1 << (w - 1).bit_length())
                     fast = sum(1 for q in range(c // step)
                                if ((q + 1) * step - 1) * h * w + (h - 1) * w + lanes <= c * h * w)
-                def sample(b=0):
-                    if fast:
-                        with (T.serial if batch else T.parallel)(0, fast) as q:
-                            group(q, step, lanes, b)
+                def exact(b):  # the groups that read exactly, in turn
                     for q in range(fast, groups):
                         group(q, min(step, max(0, c - q * step)), w if width != w else lanes, b)
 
-                if batch:  # samples in parallel, each one's groups in turn
-                    with T.parallel(0, n) as b:
-                        sample(b)
+                if batch:  # (sample, group) pairs in parallel: one sample of a free batch uses every thread too
+                    if fast:
+                        with T.parallel(0, n * fast) as i:
+                            group(i % fast, step, lanes, i // fast)
+                    if fast < groups:
+                        with T.parallel(0, n) as b:
+                            exact(b)
                 else:
-                    sample()
+                    if fast:
+                        with T.parallel(0, fast) as q:
+                            group(q, step, lanes)
+                    exact(0)
     return ib.get()
 
 
