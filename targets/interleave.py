@@ -1,9 +1,9 @@
-"""The dot-product kernels' activation repack, [1, C, H, W] -> [K/k, H * W', k], as one kernel of
-vector loads and shuffles.
+"""The dot-product kernels' activation repack, [1, C, H, W] -> [K/k, H * W', k] (a batch: [n, C, H, W]
+-> [n, K/k, H * W', k]), as one kernel of vector loads and shuffles.
 
-A pointwise conv on VNNI lanes over pixels (`vnni.conv_lanes_pixels_te`) or on AMX tiles
-(`amx.conv_te`) reads its activations with k channels interleaved per pixel, the reduction padded
-to K channels (zeros) and, for AMX, each image row to W' columns (zeros):
+A pointwise conv on the dot-product kernels (`vnni.conv_lanes_pixels_te`, `vnni.conv_lanes_out_packed_te`,
+AMX tiles `amx.conv_te`) reads its activations with k channels interleaved per pixel, the reduction
+padded to K channels (zeros) and, for AMX, each image row to W' columns (zeros):
 
     out[q, y * W' + x, j] = x[0, q k + j, y, x]        0 where q k + j >= C or x >= W
 
@@ -88,6 +88,7 @@ def interleave_func(c: int, h: int, w: int, step: int, channels: int, width: int
                     lanes = max(16, 1 << (w - 1).bit_length())
                     fast = sum(1 for q in range(c // step)
                                if ((q + 1) * step - 1) * h * w + (h - 1) * w + lanes <= c * h * w)
+
                 def exact(b):  # the groups that read exactly, in turn
                     for q in range(fast, groups):
                         group(q, min(step, max(0, c - q * step)), w if width != w else lanes, b)
