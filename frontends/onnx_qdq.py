@@ -57,13 +57,10 @@ def _clamp(quantize, value, out: str, prefix: str, inits: list, bounds: tuple | 
     if zero is None and len(quantize.input) > 2 and quantize.input[2]:  # given but not a constant: range unknown
         return [helper.make_node("Identity", [quantize.input[0]], [out], name=f"{prefix}/unquantized")]
     attrs = {a.name: helper.get_attribute_value(a) for a in quantize.attribute}
-    elem = attrs.get("output_dtype") or (helper.np_dtype_to_tensor_dtype(zero.dtype) if zero is not None
-                                          else onnx.TensorProto.UINT8)
-    dtype = helper.tensor_dtype_to_np_dtype(elem)
-    if scale is None or attrs.get("block_size") or not np.issubdtype(dtype, np.integer):
+    grid = _integer_range(quantize, value)
+    if scale is None or attrs.get("block_size") or grid is None:
         return [helper.make_node("Identity", [quantize.input[0]], [out], name=f"{prefix}/unquantized")]
-    bits = {onnx.TensorProto.INT4: (-8, 7), onnx.TensorProto.UINT4: (0, 15)}
-    qmin, qmax = bits.get(elem, (np.iinfo(dtype).min, np.iinfo(dtype).max))
+    qmin, qmax, _ = grid
     if bounds is not None:
         qmin, qmax = max(qmin, bounds[0]), min(qmax, bounds[1])
     zero = np.zeros_like(scale, np.float64) if zero is None else zero.astype(np.float64)
@@ -94,6 +91,21 @@ def _integer_range(node, value) -> tuple[int, int, np.dtype] | None:
     if not np.issubdtype(dtype, np.integer):
         return None
     return int(np.iinfo(dtype).min), int(np.iinfo(dtype).max), np.dtype(dtype)
+
+
+def _clip_bounds(clip, value) -> tuple[float, float] | None:
+    """A Clip's (min, max) as numbers (-inf / inf where not given); None where one is given but not a
+    scalar constant."""
+    got = []
+    for i, default in ((1, -np.inf), (2, np.inf)):
+        if len(clip.input) > i and clip.input[i]:
+            v = value(clip.input[i])
+            if v is None or v.size != 1:
+                return None
+            got.append(float(v))
+        else:
+            got.append(default)
+    return got[0], got[1]
 
 
 def _integer_constants(graph: onnx.GraphProto, value) -> dict:
@@ -132,10 +144,10 @@ def _integer_constants(graph: onnx.GraphProto, value) -> dict:
                     continue
                 folded[node.output[0]] = x.astype(dtype)
                 continue
-            lo, hi = (val(node.input[i]) if len(node.input) > i and node.input[i] else None for i in (1, 2))
-            if any(len(node.input) > i and node.input[i] and b is None for i, b in ((1, lo), (2, hi))):
+            bounds = _clip_bounds(node, val)
+            if bounds is None:
                 continue
-            folded[node.output[0]] = np.clip(x, lo, hi).astype(x.dtype)
+            folded[node.output[0]] = np.clip(x, *bounds).astype(x.dtype)
     return folded
 
 
@@ -455,10 +467,8 @@ def strip_qdq(model: onnx.ModelProto) -> int:
                 any(r is not clip for r in readers.get(clip.input[0], [])) or \
                 not all(_is(r, "DequantizeLinear") for r in readers.get(name, [])):
             return None
-        lo, hi = (value(clip.input[i]) if len(clip.input) > i and clip.input[i] else None for i in (1, 2))
-        if any(len(clip.input) > i and clip.input[i] and b is None for i, b in ((1, lo), (2, hi))):
-            return None
-        return quantize, (float(lo) if lo is not None else -np.inf, float(hi) if hi is not None else np.inf)
+        bounds = _clip_bounds(clip, value)
+        return None if bounds is None else (quantize, bounds)
 
     new_inits, nodes = [], []
     for node in graph.node:
@@ -479,8 +489,8 @@ def strip_qdq(model: onnx.ModelProto) -> int:
                 all(_is(r, "DequantizeLinear") for r in readers.get(src, [])):
             nodes.extend(_clamp(producer, value, node.output[0], node.name or node.output[0], new_inits))
             changed += 1
-        elif integer_clip(src) is not None:
-            quantize, bounds = integer_clip(src)
+        elif (clipped := integer_clip(src)) is not None:
+            quantize, bounds = clipped
             nodes.extend(_clamp(quantize, value, node.output[0], node.name or node.output[0], new_inits, bounds))
             changed += 1
         elif scale is not None and scale.size == 1 and (zero is None or zero.size == 1):
@@ -534,17 +544,11 @@ def _merge_clips(model: onnx.ModelProto) -> int:
             readers[name] = readers.get(name, 0) + 1
     outputs = {o.name for o in graph.output}
 
-    def bounds(clip):
-        got = []
-        for i, default in ((1, -np.inf), (2, np.inf)):
-            if len(clip.input) > i and clip.input[i]:
-                v = value(clip.input[i])
-                if v is None or v.size != 1:
-                    return None
-                got.append(float(v))
-            else:
-                got.append(default)
-        return got
+    def bounds(clip):  # a float clip's bounds (merged bounds are written as float32)
+        given = [value(name) for name in clip.input[1:3] if name]
+        if any(v is not None and not np.issubdtype(v.dtype, np.floating) for v in given):
+            return None
+        return _clip_bounds(clip, value)
 
     merged, new_inits, gone = 0, [], set()
     for outer in graph.node:

@@ -249,3 +249,21 @@ def test_one_element_grids_and_back_to_back_clips(tmp_path):
     x = np.linspace(-20, 20, 64, dtype=np.float32)[None]
     got = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
     np.testing.assert_allclose(got, np.clip(x, 0, 6))
+
+
+def test_integer_clip_chains_are_not_merged_into_float_bounds():
+    """Back-to-back Clips merge into one only where their bounds are float: an int32 chain (an index
+    clamped twice) keeps its integer bounds, and the graph stays valid for onnxruntime."""
+    from frontends.onnx_qdq import _merge_clips
+
+    graph = helper.make_graph(
+        [helper.make_node("Clip", ["x", "lo", "hi"], ["a"]), helper.make_node("Clip", ["a", "lo2", "hi2"], ["y"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.INT32, [4])],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, [4])],
+        [numpy_helper.from_array(np.array(v, np.int32), n) for n, v in (("lo", -5), ("hi", 9), ("lo2", 0), ("hi2", 6))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    assert _merge_clips(model) == 0
+    onnx.checker.check_model(model)
+    x = np.array([-9, -1, 3, 12], np.int32)
+    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(got, np.clip(np.clip(x, -5, 9), 0, 6))
