@@ -6,6 +6,8 @@ integer Relax module as text. Written atomically; read back with its hash checke
                         quantization, layers, verifier verdict, sha256 of the library
       model.so          the compiled library (Relax VM executable)
       model.seqL.so     with a free length: the library of each smaller bucket L (runtime/buckets.py)
+      model.sample.so   x86 with a free batch: the batch-1 library (model.seqL.sample.so per bucket),
+                        which calls of one sample run (its kernels take static rows)
       model.relax.py    the integer Relax module (TVMScript), for inspection
       model.cu          GPU targets: the generated device code (CUDA C), for inspection;
                         the library embeds it compiled (fatbin)
@@ -80,7 +82,7 @@ def write_artifact(dest: str | os.PathLike, fill: Callable[[Path], dict]) -> Pat
     try:
         manifest = fill(tmp)
         manifest = {"format_version": FORMAT_VERSION, **manifest,
-                    "library": {"file": LIBRARY, "sha256": sha256(tmp / LIBRARY)}}
+                    "library": {"file": LIBRARY, "sha256": sha256(tmp / LIBRARY), **manifest.get("library", {})}}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         if dest.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
@@ -109,8 +111,9 @@ def read_manifest(path: str | os.PathLike, check_library: bool = True) -> dict:
         raise ArtifactError(f"{path}: artifact format version {version!r}; this runtime reads version "
                             f"{FORMAT_VERSION}. Recompile the model with this version.")
     if check_library:
-        libraries = [manifest["library"], *(manifest.get("buckets") or {}).get("libraries", {}).values(),
-                     *([manifest["tail"]] if manifest.get("tail") else [])]
+        libraries = [manifest["library"], *(manifest.get("buckets") or {}).get("libraries", {}).values()]
+        libraries += [lib["sample"] for lib in libraries if "sample" in lib]  # the batch-1 libraries
+        libraries += [manifest["tail"]] if manifest.get("tail") else []
         for library in libraries:
             lib = path / library["file"]
             if not lib.is_file():

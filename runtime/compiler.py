@@ -560,6 +560,16 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
                 libraries[size] = {"file": lib, "sha256": sha256(tmp / lib)}
         if seq:
             libraries[sizes[-1]] = {"file": LIBRARY, "sha256": sha256(tmp / LIBRARY)}
+        samples = {}  # length (None: no buckets) -> the batch-1 library, which one-sample calls run
+        if free and not per_sample and spec.sample_library:
+            for size, mod in batch1.items():
+                lib = f"model.{seq.name}{size}.sample.so" if seq else "model.sample.so"
+                with stage(f"compiling the batch-1 library{f' at {seq.name} = {size}' if seq else ''}", times,
+                           "compile"), spec.build_context(), tvm_target:
+                    _export(mod, tvm_target, spec.relax_pipeline(tvm_target), tmp / lib, spec)
+                samples[size] = {"file": lib, "sha256": sha256(tmp / lib)}
+                if seq:
+                    libraries[size]["sample"] = samples[size]
         (tmp / RELAX_TEXT).write_text(int_mod.script(show_meta=False))
         if tail is not None:
             (tmp / TAIL).write_bytes(tail.model)
@@ -608,6 +618,7 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
             "executor": executor,
             "buckets": layout.manifest(dict(sorted(libraries.items()))) if seq else None,
             "batch": None if not free else "per-sample" if per_sample else "symbolic",
+            **({"library": {"sample": samples[None]}} if None in samples else {}),
         }
 
     path = write_artifact(output, fill)

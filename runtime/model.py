@@ -78,7 +78,10 @@ class Model:
         self.buckets = Buckets.from_manifest(self.manifest)
         libraries = ({None: self.manifest["library"]} if self.buckets is None else
                      {int(k): v for k, v in self.manifest["buckets"]["libraries"].items()})
-        self._libs = {key: self._load_library(tvm, lib, device) for key, lib in libraries.items()}
+        # (bucket, one sample?) -> library: a free batch on x86 also ships the batch-1 library, whose
+        # kernels take static rows, for the calls of one sample (all of them when samples run side by side)
+        self._libs = {(key, one): self._load_library(tvm, entry, device) for key, lib in libraries.items()
+                      for one, entry in ((False, lib), (True, lib.get("sample"))) if entry is not None}
         self._dev = remote.device(tvm.runtime.Device._DEVICE_NAME_TO_TYPE[device], 0) if remote else tvm.device(device)
         if not self._dev.exist:
             raise ArtifactError(f"{self.path}: built for a {device} device, and the machine running it has none")
@@ -111,8 +114,8 @@ class Model:
             raise ArtifactError(f"{self.path}: cannot load the library {path.name}{where}{need}: "
                                 f"{str(err).strip().splitlines()[-1] if str(err).strip() else err}") from None
 
-    def _vm(self, key=None):
-        """This thread's virtual machine for bucket `key` (created on its first call)."""
+    def _vm(self, key=(None, False)):
+        """This thread's virtual machine for library `key` (created on its first call)."""
         vms = getattr(self._local, "vms", None)
         if vms is None:
             vms = self._local.vms = {}
@@ -243,13 +246,20 @@ class Model:
             config_threads(threads)  # this worker thread's TVM pool
             self._local.threads = threads
         with _ENVIRONMENT.read():
-            result = self._main(size)(*[self._device_tensor(q) for q in qinputs])
+            result = self._main(self._library(size, qinputs))(*[self._device_tensor(q) for q in qinputs])
             results = [result] if len(self.outputs) == 1 else list(result)
             # a copy: an output may be memory the VM keeps (a constant it returns)
             return [np.from_dlpack(r).copy() for r in results] if self._shared else [r.numpy() for r in results]
 
+    def _library(self, size, qinputs: list[np.ndarray]) -> tuple:
+        """The key of the library that runs `qinputs` in bucket `size`: the batch-1 library where the
+        artifact has one and the call holds one sample."""
+        one = (size, True) in self._libs and all(
+            q.shape[0] == 1 for q, spec in zip(qinputs, self.inputs) if spec["shape"] and isinstance(spec["shape"][0], str))
+        return size, one
+
     def _main(self, key):
-        """This thread's `main` of bucket `key` (looked up once: the lookup cost a small model 5%)."""
+        """This thread's `main` of library `key` (looked up once: the lookup cost a small model 5%)."""
         mains = self._local.__dict__.setdefault("mains", {})
         if key not in mains:
             mains[key] = self._vm(key)["main"]
@@ -318,7 +328,7 @@ class Model:
                 times.append(time.perf_counter() - start)
             return np.asarray(times) * 1e3
         size, _, qinputs = self._bucket(qinputs)
-        vm = self._vm(size)
+        vm = self._vm(self._library(size, qinputs))
         args = [self._device_tensor(q) for q in qinputs]
         for _ in range(warmup):
             vm["main"](*args)
@@ -332,7 +342,7 @@ class Model:
         if self.remote is not None:
             raise InputError("kernel times are measured on this machine; the artifact runs on a board (--rpc)")
         size, _, qinputs = self._bucket(qinputs)
-        vm = self._new_vm(self._libs[size], self._dev)
+        vm = self._new_vm(self._libs[self._library(size, qinputs)], self._dev)
         args = [self._device_tensor(q) for q in qinputs]
         vm["main"](*args)  # warm: constants loaded, memory pooled
         totals: dict[str, list[float]] = {}

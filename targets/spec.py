@@ -20,6 +20,9 @@ class TargetSpec:
     features: tuple[str, ...] = ()  # detected or chosen ISA features, for the manifest
     build_env: Callable[[], ContextManager] | None = None  # prepares toolchains for the build
     pipeline: Callable | None = None  # target -> Relax pipeline; None: the project's CPU pipeline
+    # a free batch also ships the batch-1 library, which one-sample calls run: kernels that take
+    # static rows only (x86's AMX tiles, tile convs, attention's VNNI matmuls) are faster there
+    sample_library: bool = False
 
     @property
     def arch(self) -> str:

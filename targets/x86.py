@@ -81,4 +81,4 @@ def _spec(mcpu: str, mattr: list[str]) -> TargetSpec:
     tvm_target = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": mcpu}
     if mattr:
         tvm_target["mattr"] = mattr
-    return TargetSpec("x86", tvm_target, features=tuple([mcpu] + mattr))
+    return TargetSpec("x86", tvm_target, features=tuple([mcpu] + mattr), sample_library=True)

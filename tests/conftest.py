@@ -80,6 +80,13 @@ def run_library(lib, inputs: list[np.ndarray]) -> np.ndarray:
     return vm["main"](*[tvm.runtime.tensor(a) for a in inputs]).numpy()
 
 
+def without_sample_library(model):
+    """`model` with its batch-1 library (a free batch on x86) set aside, so that one-sample calls run
+    the symbolic-batch library too: what other targets run, and x86 where `batch_workers` is 1."""
+    model._libs = {key: lib for key, lib in model._libs.items() if not key[1]}
+    return model
+
+
 def _init(name, array):
     return numpy_helper.from_array(np.asarray(array, np.float32), name)
 

@@ -14,7 +14,7 @@ from tvm import relax
 
 import runtime
 import runtime.artifact
-from conftest import small_cnn
+from conftest import small_cnn, without_sample_library
 from frontends import CompileError, InputError, parse_input_shape
 from frontends.onnx_import import FreeDim
 from runtime.compile import main as compile_main
@@ -53,12 +53,16 @@ def test_manifest_records_the_range(batch_artifact):
     assert "R.Tensor((n, 3, 16, 16)" in (batch_artifact / "model.relax.py").read_text()
 
 
-@pytest.mark.parametrize("count, workers", [(1, 1), (3, 1), (8, 1), (3, 2), (8, 3)])
-def test_each_sample_bit_exact_with_batch1_artifact(batch_artifact, small_artifact, count, workers):
+@pytest.mark.parametrize("count, workers, sample_library", [(1, 1, True), (1, 1, False), (3, 1, True), (8, 1, True),
+                                                             (3, 2, True), (8, 3, True), (8, 3, False)])
+def test_each_sample_bit_exact_with_batch1_artifact(batch_artifact, small_artifact, count, workers, sample_library):
     """The same calibration gives the same scales: the batch artifact's integers for a batch
     equal the static batch-1 artifact's, sample by sample, and so do the float outputs, whether
-    the batch runs as one call (1 worker) or in slices side by side."""
+    the batch runs as one call (1 worker: the symbolic-batch library) or in slices side by side
+    (one sample a call: x86's batch-1 library, or the symbolic one where it is set aside)."""
     batched, single = runtime.load(batch_artifact), runtime.load(small_artifact)
+    if not sample_library:
+        without_sample_library(batched)
     batched.batch_workers = workers
     x = _batch(count, seed=count)
     q = batched.quantize_inputs({"x": x})
@@ -69,6 +73,19 @@ def test_each_sample_bit_exact_with_batch1_artifact(batch_artifact, small_artifa
     assert np.array_equal(y, alone)
     assert np.array_equal(batched.run({"x": x})["y"], np.concatenate([single.run({"x": x[i:i + 1]})["y"]
                                                                       for i in range(count)]))
+
+
+def test_x86_artifact_ships_the_batch1_library(batch_artifact):
+    """x86's free-batch artifact also holds the batch-1 library (static rows: AMX tiles, tile convs and
+    attention's VNNI matmuls take only those), hash-checked like the other, and one-sample calls run it."""
+    model = runtime.load(batch_artifact)
+    sample = model.manifest["library"]["sample"]
+    assert (batch_artifact / sample["file"]).is_file() and sample["sha256"] == runtime.artifact.sha256(
+        batch_artifact / sample["file"])
+    assert "R.Tensor((1, 3, 16, 16)" not in (batch_artifact / "model.relax.py").read_text()
+    q = model.quantize_inputs({"x": _batch(1)})
+    assert model._library(None, q) == (None, True)
+    assert model._library(None, model.quantize_inputs({"x": _batch(2)})) == (None, False)
 
 
 def test_batch_outside_range_refused(batch_artifact, tmp_path, capsys):
@@ -114,6 +131,7 @@ def test_transformer_block_batch(tmp_path):
     model = runtime.load(art)
     assert model.manifest["inputs"][0]["range"] == {"n": [1, None]}
     x = np.random.default_rng(2).standard_normal((5, 16, 64)).astype(np.float32)
+    model.batch_workers = 1  # the batch in one call: the symbolic library, each sample alone: the batch-1 one
     (y,) = model.run_integer(model.quantize_inputs({"x": x}))
     alone = [model.run_integer(model.quantize_inputs({"x": x[i:i + 1]}))[0] for i in range(5)]
     assert y.shape == (5, 16, 64) and np.array_equal(y, np.concatenate(alone))

@@ -41,6 +41,7 @@ def test_efficientnet_lite0_free_batch_equals_batch_1(effnet):
     """The same model compiled with a free batch (1..8): at batch 1, 3 and 8 (one call, and cut
     into slices that run side by side) every image's integers equal the batch-1 artifact's."""
     from benchmarks.models import calibration_images
+    from conftest import without_sample_library
     from frontends.onnx_import import FreeDim
     from runtime import compile_model, load
 
@@ -51,10 +52,14 @@ def test_efficientnet_lite0_free_batch_equals_batch_1(effnet):
     images = calibration_images(8, seed=11)
     alone = np.concatenate([single.run_integer(single.quantize_inputs({"input": images[i:i + 1]}))[0]
                             for i in range(8)])
-    for count, workers in ((1, 1), (3, 1), (8, 1), (8, 2)):
+    assert "sample" in batched.manifest["library"]
+    for count, workers in ((1, 1), (3, 1), (8, 1), (8, 2)):  # the batch-1 library runs one-sample calls
         batched.batch_workers = workers
         (got,) = batched.run_integer(batched.quantize_inputs({"input": images[:count]}))
         np.testing.assert_array_equal(got, alone[:count])
+    without_sample_library(batched)  # and the symbolic library a sample at a time
+    (got,) = batched.run_integer(batched.quantize_inputs({"input": images[:2]}))
+    np.testing.assert_array_equal(got, alone[:2])
 
 
 def test_efficientnet_lite0_shared_by_8_threads(effnet):
