@@ -21,6 +21,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .errors import UnsupportedModelError
+from .onnx_qdq_outputs import quantized_outputs_as_float_ops
 from .onnx_tail import names_read
 
 STANDARD = ("", "ai.onnx", "com.microsoft")  # onnxruntime's contrib Q/DQ take the same inputs
@@ -450,6 +451,7 @@ def strip_qdq(model: onnx.ModelProto) -> int:
     def value(name):
         return folded[name] if name in folded else stored(name)
 
+    changed += quantized_outputs_as_float_ops(model, value, _integer_range)  # int8 outputs (onnx_qdq_outputs.py)
     readers: dict[str, list] = {}
     for node in graph.node:
         for name in node.input:

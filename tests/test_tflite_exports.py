@@ -1,0 +1,189 @@
+"""TFLite models as users convert them to ONNX (hunt 23): tf2onnx's `--tflite` conversion of full-integer
+int8 / uint8 models (TFLiteConverter with TFLITE_BUILTINS_INT8 and inference_input_type / output_type
+int8 or uint8), written here with onnx.helper in the form tf2onnx 1.17 writes: an int8 graph input ->
+Transpose (NHWC -> NCHW) -> DequantizeLinear, weights as per-channel DequantizeLinear of int8 constants,
+int32 biases likewise, fused activations as a Clip before each QuantizeLinear -> DequantizeLinear pair, a
+Reshape on the integers between a pair, and the int8 output as TFL_QUANTIZE's QuantizeLinear."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+from frontends.onnx_qdq import strip_qdq
+
+
+def _cos(a, b):
+    a, b = np.ravel(a).astype(np.float64), np.ravel(b).astype(np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def _const(inits: list, name: str, value) -> str:
+    inits.append(numpy_helper.from_array(np.asarray(value), name))
+    return name
+
+
+def _qdq(x: str, out: str, scale: float, zero: int, inits: list, dtype=np.int8) -> list:
+    """TFLite's requantize between two ops as tf2onnx writes it: QuantizeLinear -> DequantizeLinear."""
+    s, z = _const(inits, f"{out}/s", np.float32(scale)), _const(inits, f"{out}/z", dtype(zero))
+    return [helper.make_node("QuantizeLinear", [x, s, z], [f"{out}/q"]),
+            helper.make_node("DequantizeLinear", [f"{out}/q", s, z], [out])]
+
+
+def _weight(inits: list, name: str, w: np.ndarray, axis: int, bits_dtype=np.int8) -> list:
+    """A per-channel int8 weight (symmetric, TFLite's -127..127) as DequantizeLinear of the integer constant."""
+    amax = np.abs(w).max(axis=tuple(i for i in range(w.ndim) if i != axis))
+    scale = (amax / 127).astype(np.float32)
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    q = np.clip(np.round(w / scale.reshape(shape)), -127, 127).astype(bits_dtype)
+    _const(inits, f"{name}/q", q), _const(inits, f"{name}/s", scale)
+    _const(inits, f"{name}/z", np.zeros(scale.shape, bits_dtype))
+    return [helper.make_node("DequantizeLinear", [f"{name}/q", f"{name}/s", f"{name}/z"], [name], axis=axis)]
+
+
+def _bias(inits: list, name: str, b: np.ndarray, scale: np.ndarray) -> list:
+    """TFLite's int32 bias at the input scale times each channel's weight scale."""
+    q = np.round(b / scale).astype(np.int32)
+    _const(inits, f"{name}/q", q), _const(inits, f"{name}/s", scale.astype(np.float32))
+    _const(inits, f"{name}/z", np.zeros(scale.shape, np.int32))
+    return [helper.make_node("DequantizeLinear", [f"{name}/q", f"{name}/s", f"{name}/z"], [name], axis=0)]
+
+
+def _full_integer_cnn(path, io_dtype=np.int8):
+    """int8 NHWC image -> Transpose -> DQ -> conv 3x3 (+ReLU6) -> QDQ -> depthwise 3x3 (+ReLU6) -> QDQ ->
+    global average pool -> Q -> Reshape -> DQ -> fully connected -> Q: the int8 logits (graph output)."""
+    rng = np.random.default_rng(0)
+    inits: list = []
+    x_scale, x_zero = 2.0 / 255, -1 if io_dtype == np.int8 else 127
+    act_scale, act_zero = 6.0 / 255, -128 if io_dtype == np.int8 else 0
+    act_t = np.int8 if io_dtype == np.int8 else np.uint8
+    w1 = rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32)
+    w2 = rng.normal(0, 0.5, (8, 1, 3, 3)).astype(np.float32)
+    wf = rng.normal(0, 0.3, (8, 5)).astype(np.float32)
+    nodes = [helper.make_node("Transpose", ["input"], ["x_nchw"], perm=[0, 3, 1, 2])]
+    xs, xz = _const(inits, "x/s", np.float32(x_scale)), _const(inits, "x/z", io_dtype(x_zero))
+    nodes += [helper.make_node("DequantizeLinear", ["x_nchw", xs, xz], ["x"])]
+    nodes += _weight(inits, "w1", w1, 0)
+    nodes += _bias(inits, "b1", rng.normal(0, 0.1, 8), x_scale * np.abs(w1).reshape(8, -1).max(1) / 127)
+    nodes += [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+              helper.make_node("Clip", ["c1", _const(inits, "zero", np.float32(0)), _const(inits, "six", np.float32(6))],
+                               ["r1"])]
+    nodes += _qdq("r1", "a1", act_scale, act_zero, inits, act_t)
+    nodes += _weight(inits, "w2", w2, 0)
+    nodes += _bias(inits, "b2", rng.normal(0, 0.1, 8), act_scale * np.abs(w2).reshape(8, -1).max(1) / 127)
+    nodes += [helper.make_node("Conv", ["a1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1], group=8),
+              helper.make_node("Clip", ["c2", "zero", "six"], ["r2"])]
+    nodes += _qdq("r2", "a2", act_scale, act_zero, inits, act_t)
+    ps, pz = _const(inits, "p/s", np.float32(0.02)), _const(inits, "p/z", act_t(act_zero))
+    nodes += [helper.make_node("GlobalAveragePool", ["a2"], ["pool"]),
+              helper.make_node("QuantizeLinear", ["pool", ps, pz], ["pool/q"]),
+              helper.make_node("Reshape", ["pool/q", _const(inits, "shape", np.array([-1, 8], np.int64))], ["flat/q"]),
+              helper.make_node("DequantizeLinear", ["flat/q", ps, pz], ["flat"])]
+    nodes += _weight(inits, "wf", wf, 1)
+    ys, yz = _const(inits, "y/s", np.float32(0.05)), _const(inits, "y/z", io_dtype(-10 if io_dtype == np.int8 else 118))
+    nodes += [helper.make_node("MatMul", ["flat", "wf"], ["logits"]),
+              helper.make_node("QuantizeLinear", ["logits", ys, yz], ["output"])]
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(io_dtype))
+    graph = helper.make_graph(nodes, "tflite_int8", [helper.make_tensor_value_info("input", elem, [1, 12, 12, 3])],
+                              [helper.make_tensor_value_info("output", elem, [1, 5])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+def _images(count: int, dtype, seed: int) -> np.ndarray:
+    """Smooth random images (a gradient plus blobs) as the file's integer codes."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:12, 0:12] / 11.0
+    out = []
+    for _ in range(count):
+        img = np.stack([a * yy + b * xx + c for a, b, c in rng.uniform(-1, 1, (3, 3))], -1)
+        img += 0.2 * rng.normal(0, 1, img.shape)
+        img = np.clip(img, -1, 1)
+        q = np.round(img / (2.0 / 255)) + (-1 if dtype == np.int8 else 127)
+        info = np.iinfo(dtype)
+        out.append(np.clip(q, info.min, info.max).astype(dtype)[None])
+    return np.stack(out)
+
+
+def test_int8_output_quantize_is_an_integer_chain():
+    """The int8 output's QuantizeLinear stayed in the graph, and the op check refused it (every
+    full-integer TFLite model converted by tf2onnx: `QuantizeLinear (node StatefulPartitionedCall:0_quantize)`);
+    it is now Div -> Round -> Add(zp) -> Clip(-128, 127) -> Cast(int8), which computes the same codes."""
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = _full_integer_cnn(Path(tmp) / "m.onnx")
+        model = onnx.load(path)
+        assert strip_qdq(model) > 0
+        ops = [n.op_type for n in model.graph.node]
+        assert "QuantizeLinear" not in ops and "DequantizeLinear" not in ops, ops
+        assert model.graph.output[0].type.tensor_type.elem_type == TensorProto.INT8
+        ref, got = ort.InferenceSession(str(path)), ort.InferenceSession(model.SerializeToString())
+        for x in _images(4, np.int8, 1):  # the float graph: the file without its rounding, same codes out
+            a, b = ref.run(None, {"input": x})[0], got.run(None, {"input": x})[0]
+            assert b.dtype == np.int8 and np.abs(a.astype(int) - b.astype(int)).max() <= 3
+
+
+def _compiled(tmp_path, io_dtype):
+    from runtime import compile_model, load
+
+    path = _full_integer_cnn(tmp_path / "m.onnx", io_dtype)
+    np.savez(tmp_path / "calib.npz", input=_images(12, io_dtype, 2))
+    art = load(compile_model(path, "x86", tmp_path / "a", calib=tmp_path / "calib.npz", progress=False))
+    return path, art
+
+
+def test_full_integer_int8_model_compiles_integer_only(tmp_path):
+    path, art = _compiled(tmp_path, np.int8)
+    assert art.manifest["integer_only"] is True
+    ref = ort.InferenceSession(str(path))
+    for x in _images(4, np.int8, 3):
+        y, want = art.run({"input": x})["output"], ref.run(None, {"input": x})[0]
+        assert y.dtype == np.int8
+        assert _cos((y.astype(np.float64) + 10) * 0.05, (want.astype(np.float64) + 10) * 0.05) > 0.98
+
+
+def test_full_integer_uint8_model_compiles_integer_only(tmp_path):
+    """inference_input_type=tf.uint8: uint8 codes with zero point 127 in and out."""
+    path, art = _compiled(tmp_path, np.uint8)
+    assert art.manifest["integer_only"] is True
+    ref = ort.InferenceSession(str(path))
+    for x in _images(4, np.uint8, 3):
+        y, want = art.run({"input": x})["output"], ref.run(None, {"input": x})[0]
+        assert y.dtype == np.uint8
+        assert _cos(y.astype(np.float64) - 118, want.astype(np.float64) - 118) > 0.98
+
+
+def test_check_compares_quantized_outputs_as_the_reals_they_stand_for(tmp_path):
+    """The compile's check took an int8 output for an argmax and counted equal codes: EfficientNet-Lite0's
+    logits from a full-integer TFLite file, 13% equal at cosine 0.996, warned as wrong. Codes of a
+    QuantizeLinear output are now compared as (q - zp) * s."""
+    from runtime import check
+
+    path = _full_integer_cnn(tmp_path / "m.onnx")
+    x = _images(1, np.int8, 4)[0]
+    for reference in (str(path), _stripped(path)):  # the file, and the float graph the check runs first
+        want = ort.InferenceSession(reference).run(None, {"input": x})[0]
+        step = np.where(np.arange(want.size) % 2, 1, -1).reshape(want.shape)
+        off_by_one = np.clip(want.astype(np.int16) + step, -128, 127).astype(np.int8)
+
+        class OneStepOff:
+            def run(self, sample):
+                return {"output": off_by_one}
+
+        (row,) = check.float_agreement(reference, OneStepOff(), {"input": x})
+        reals = _cos((off_by_one.astype(np.float64) + 10) * 0.05, (want.astype(np.float64) + 10) * 0.05)
+        assert not row.integers and abs(row.cosine - reals) < 1e-9 and abs(row.error - 0.05) < 1e-6, row
+
+
+def _stripped(path) -> bytes:
+    model = onnx.load(path)
+    strip_qdq(model)
+    return model.SerializeToString()
