@@ -187,3 +187,54 @@ def _stripped(path) -> bytes:
     model = onnx.load(path)
     strip_qdq(model)
     return model.SerializeToString()
+
+
+def _dynamic_range_head(path):
+    """A dynamic-range TFLite model as tf2onnx writes it: float input, conv weights as DequantizeLinear of int8
+    constants, and the FULLY_CONNECTED's input quantized per call: DynamicQuantizeLinear -> Reshape (on the
+    uint8 tensor) -> DequantizeLinear(its run-time scale and zero point) -> MatMul."""
+    rng = np.random.default_rng(5)
+    inits: list = []
+    w1 = rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Transpose", ["input"], ["x"], perm=[0, 3, 1, 2])]
+    nodes += _weight(inits, "w1", w1, 0)
+    nodes += [helper.make_node("Conv", ["x", "w1", _const(inits, "b1", rng.normal(0, 0.1, 8).astype(np.float32))], ["c1"],
+                               pads=[1, 1, 1, 1]),
+              helper.make_node("Clip", ["c1", _const(inits, "zero", np.float32(0)), _const(inits, "six", np.float32(6))],
+                               ["r1"]),
+              helper.make_node("GlobalAveragePool", ["r1"], ["pool"]),
+              helper.make_node("DynamicQuantizeLinear", ["pool"], ["pool/q", "pool/s", "pool/z"]),
+              helper.make_node("Reshape", ["pool/q", _const(inits, "shape", np.array([-1, 8], np.int64))], ["flat/q"]),
+              helper.make_node("DequantizeLinear", ["flat/q", "pool/s", "pool/z"], ["flat"])]
+    nodes += _weight(inits, "wf", rng.normal(0, 0.3, (8, 5)).astype(np.float32), 1)
+    nodes += [helper.make_node("MatMul", ["flat", "wf"], ["output"])]
+    graph = helper.make_graph(nodes, "tflite_dynamic_range",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 12, 12, 3])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 5])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+def test_dynamic_range_fully_connected_input_is_the_float_tensor(tmp_path):
+    """DequantizeLinear(Reshape(DynamicQuantizeLinear(x))) with the run-time scale: refused before (a
+    DynamicQuantizeLinear and a DequantizeLinear of a non-constant scale: every dynamic-range TFLite model
+    with a dense layer); now Reshape(x), and the file compiles integer-only."""
+    from runtime import compile_model, load
+
+    path = _dynamic_range_head(tmp_path / "m.onnx")
+    model = onnx.load(path)
+    assert strip_qdq(model) > 0
+    ops = [n.op_type for n in model.graph.node]
+    assert not {"DynamicQuantizeLinear", "DequantizeLinear"} & set(ops), ops
+    xs = np.random.default_rng(6).uniform(-1, 1, (12, 1, 12, 12, 3)).astype(np.float32)
+    ref, got = ort.InferenceSession(str(path)), ort.InferenceSession(model.SerializeToString())
+    for x in xs[:3]:  # the float graph: the file without the per-call rounding
+        assert _cos(got.run(None, {"input": x})[0], ref.run(None, {"input": x})[0]) > 0.999
+    np.savez(tmp_path / "calib.npz", input=xs[:8])
+    art = load(compile_model(path, "x86", tmp_path / "a", calib=tmp_path / "calib.npz", progress=False))
+    assert art.manifest["integer_only"] is True
+    for x in xs[8:]:
+        assert _cos(art.run({"input": x})["output"], ref.run(None, {"input": x})[0]) > 0.98
