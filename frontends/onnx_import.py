@@ -39,6 +39,8 @@ from .onnx_functions import expand_functions
 from .onnx_if import select_ifs
 from .onnx_legacy import legacy_forms_to_tvm_forms
 from .onnx_qdq import refuse_qonnx, strip_qdq
+from .onnx_tflite import tflite_ops_to_standard
+from .onnx_qonnx import read_qonnx
 from .onnx_loops import unroll_loops
 from .onnx_rnn import unroll_lstms
 from .onnx_tail import Tail, names_read, split_tail
@@ -168,7 +170,8 @@ def load_onnx(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]] 
     _fix_input_shapes(model, bound_shapes(input_shapes), path)
     widen_float_inputs(model)  # float16 / bfloat16 / float64 inputs: float32 ones, cast inside (onnx_float_io.py)
     narrow_outputs = float16_as_float32(model)  # a float16 graph computes in float32 here (onnx_float16.py)
-    refuse_qonnx(model, path)  # QONNX Quant nodes: named, with the conversion to QDQ (onnx_qdq.py)
+    read_qonnx(model)  # QONNX Quant nodes: folded into constants or QDQ triples (onnx_qonnx.py)
+    refuse_qonnx(model, path)  # those left (Trunc, > 8-bit activations): named, with the way on (onnx_qdq.py)
     strip_qdq(model)  # a pre-quantized (QDQ) model: its float graph, calibrated anew (onnx_qdq.py)
     if any(n.op_type == "Attention" for n in model.graph.node):  # before onnxruntime inlines the newer
         model = onnx.shape_inference.infer_shapes(model)          # opsets' Attention into shape arithmetic
@@ -225,6 +228,7 @@ def _read(path: Path) -> onnx.ModelProto:
     quantized_contrib_to_float(model)  # quantize_dynamic's QAttention / QEmbedLayerNormalization: their float ops
     contrib_to_standard(model)  # onnxruntime's own ops (com.microsoft, and some it registers in the ONNX domain,
     _infer_output_shapes(model)  # which the checker does not know) as standard ops
+    tflite_ops_to_standard(model)  # TFLite builtins tf2onnx left as TFL_* nodes (onnx_tflite.py)
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as err:

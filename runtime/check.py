@@ -88,12 +88,16 @@ def references(model_path: str | Path) -> list[tuple[str, str | bytes]]:
     import onnx
 
     from frontends.onnx_qdq import strip_qdq
+    from frontends.onnx_qonnx import read_qonnx
 
     model = onnx.load(str(model_path))
+    # a QONNX file (Quant nodes) runs nowhere as it is: its standard QDQ form stands for it
+    itself = (("the QONNX file as QuantizeLinear / DequantizeLinear (onnxruntime)", model.SerializeToString())
+              if read_qonnx(model) else
+              ("the pre-quantized file itself (onnxruntime, its own quantization included)", str(model_path)))
     if not strip_qdq(model):
-        return [(FILE, str(model_path))]
-    return [("the float graph of this pre-quantized file (onnxruntime)", model.SerializeToString()),
-            ("the pre-quantized file itself (onnxruntime, its own quantization included)", str(model_path))]
+        return [(FILE, itself[1])]
+    return [("the float graph of this pre-quantized file (onnxruntime)", model.SerializeToString()), itself]
 
 
 def float_agreement(model_path: str | Path | bytes, artifact, samples, got=None) -> list[Agreement]:

@@ -118,24 +118,29 @@ def test_fake_quant_export_with_shared_zero_points_and_reduce_range(tmp_path):
     assert _cos(got, ref) > 0.99
 
 
-def test_qonnx_quant_nodes_are_refused_by_name(tmp_path):
-    """brevitas' export_qonnx writes qonnx.custom_op.general Quant nodes: onnxruntime's load error was all the
-    user got; now each node is named, with the conversion to QCDQ that intq takes."""
+def test_qonnx_nodes_without_a_standard_form_are_refused_by_name(tmp_path):
+    """brevitas' export_qonnx writes qonnx.custom_op.general nodes; Quant nodes of weights and of 8-bit-or-narrower
+    activations are read (tests/test_onnx_qonnx.py). What has no QuantizeLinear form (a Trunc, a 16-bit activation
+    Quant) is refused in both modes, each node named, with the conversion to QCDQ (onnxruntime cannot load them)."""
     import pytest
 
     from frontends.errors import UnsupportedModelError
     from frontends.onnx_import import load_onnx
 
-    inits = [numpy_helper.from_array(np.array(v, np.float32), n) for n, v in (("s", 0.1), ("z", 0.0), ("b", 8.0))]
-    node = helper.make_node("Quant", ["x", "s", "z", "b"], ["y"], name="act_quant", domain="qonnx.custom_op.general",
-                            signed=1, narrow=0, rounding_mode="ROUND")
-    graph = helper.make_graph([node], "qonnx", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+    inits = [numpy_helper.from_array(np.array(v, np.float32), n) for n, v in (("s", 0.1), ("z", 0.0), ("b", 16.0),
+                                                                              ("b8", 8.0))]
+    quant = helper.make_node("Quant", ["x", "s", "z", "b"], ["q"], name="act_quant", domain="qonnx.custom_op.general",
+                             signed=1, narrow=0, rounding_mode="ROUND")
+    trunc = helper.make_node("Trunc", ["q", "s", "z", "b", "b8"], ["y"], name="pool_trunc",
+                             domain="qonnx.custom_op.general", rounding_mode="FLOOR")
+    graph = helper.make_graph([quant, trunc], "qonnx", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("qonnx.custom_op.general", 1)])
     model.ir_version = 8
     onnx.save(model, tmp_path / "q.onnx")
     for allow in (False, True):
-        with pytest.raises(UnsupportedModelError, match=r"qonnx.custom_op.general:Quant \(node act_quant\)(.|\n)*QuantToQCDQ"):
+        with pytest.raises(UnsupportedModelError, match=r"2 QONNX node\(s\)(.|\n)*Quant \(node act_quant\)(.|\n)*"
+                                                        r"Trunc \(node pool_trunc\)(.|\n)*QuantToQCDQ"):
             load_onnx(tmp_path / "q.onnx", allow_unsupported=allow)
 
 
