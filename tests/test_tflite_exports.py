@@ -238,3 +238,72 @@ def test_dynamic_range_fully_connected_input_is_the_float_tensor(tmp_path):
     assert art.manifest["integer_only"] is True
     for x in xs[8:]:
         assert _cos(art.run({"input": x})["output"], ref.run(None, {"input": x})[0]) > 0.98
+
+
+def _hard_sigmoid_block(path):
+    """A MobileNetV3 hard sigmoid as TFLiteConverter (TF >= 2.13) writes it and tf2onnx 1.17 leaves it:
+    conv -> x * (1/6) + 0.5 -> TFL_RELU_0_TO_1 (an unconverted builtin, default domain) -> multiply."""
+    rng = np.random.default_rng(7)
+    inits: list = []
+    nodes = [helper.make_node("Transpose", ["input"], ["x"], perm=[0, 3, 1, 2])]
+    nodes += _weight(inits, "w1", rng.normal(0, 0.4, (8, 3, 3, 3)).astype(np.float32), 0)
+    nodes += [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+              helper.make_node("Mul", ["c1", _const(inits, "sixth", np.float32(1 / 6))], ["m1"]),
+              helper.make_node("Add", ["m1", _const(inits, "half", np.float32(0.5))], ["a1"]),
+              helper.make_node("TFL_RELU_0_TO_1", ["a1"], ["gate"], name="relu01"),
+              helper.make_node("Mul", ["c1", "gate"], ["output"])]
+    graph = helper.make_graph(nodes, "tflite_relu01", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 8, 8, 3])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 8, 8, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def test_unconverted_relu_0_to_1_is_a_clip(tmp_path):
+    """tf2onnx leaves TFLite's RELU_0_TO_1 (TF >= 2.13's hard sigmoid tail) as a `TFL_RELU_0_TO_1` node,
+    which onnx's checker refused ('invalid ONNX model: No Op registered for TFL_RELU_0_TO_1'): every
+    MobileNetV3-style TFLite model made by a recent TensorFlow. It is Clip(x, 0, 1) now."""
+    from frontends.onnx_tflite import tflite_ops_to_standard
+    from runtime import compile_model, load
+
+    path = _hard_sigmoid_block(tmp_path / "m.onnx")
+    model = onnx.load(path)
+    assert tflite_ops_to_standard(model) == 1
+    onnx.checker.check_model(model)
+    ref = ort.InferenceSession(model.SerializeToString())
+    xs = np.random.default_rng(8).uniform(-1, 1, (10, 1, 8, 8, 3)).astype(np.float32)
+    c1 = ort.InferenceSession(_with_output(model, "c1")).run(None, {"input": xs[0]})[1]
+    want = c1 * np.clip(c1 / 6 + 0.5, 0, 1)
+    assert np.allclose(ref.run(None, {"input": xs[0]})[0], want, atol=1e-5)
+    np.savez(tmp_path / "calib.npz", input=xs[:8])
+    art = load(compile_model(path, "x86", tmp_path / "a", calib=tmp_path / "calib.npz", progress=False))
+    assert art.manifest["integer_only"] is True
+    for x in xs[8:]:
+        assert _cos(art.run({"input": x})["output"], ref.run(None, {"input": x})[0]) > 0.99
+
+
+def _with_output(model, name) -> bytes:
+    extra = onnx.ModelProto()
+    extra.CopyFrom(model)
+    extra.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    return extra.SerializeToString()
+
+
+def test_unconverted_gelu_both_forms():
+    """TFL_GELU (keras gelu converted by TFLite; tf2onnx 1.17 has no handler) as Erf or, with
+    approximate=1, Tanh arithmetic."""
+    from math import erf, pi, sqrt, tanh
+
+    from frontends.onnx_tflite import tflite_ops_to_standard
+
+    x = np.linspace(-4, 4, 33, dtype=np.float32).reshape(1, 33)
+    for approximate, exact in ((0, lambda v: 0.5 * v * (1 + erf(v / sqrt(2)))),
+                               (1, lambda v: 0.5 * v * (1 + tanh(sqrt(2 / pi) * (v + 0.044715 * v**3))))):
+        node = helper.make_node("TFL_GELU", ["x"], ["y"], name="gelu", approximate=approximate)
+        graph = helper.make_graph([node], "gelu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 33])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 33])])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+        assert tflite_ops_to_standard(model) == 1
+        y = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+        assert np.allclose(y, [[exact(float(v)) for v in x[0]]], atol=1e-5)
