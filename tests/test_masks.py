@@ -9,6 +9,8 @@ stays exact integers and masked keys get probability exactly 0.
                    scalars exported as shape-[1] tensors (NumPy 2 refuses float() of those)
     bias_where:    where(bool(mask), B, min), B a constant                 T5's relative position bias folded
                    into the mask (transformers 5, SDPA)
+    *_clip:        the penalty clipped (a QDQ pair on the mask, which onnxruntime's opset-21 quantizer writes,
+                   read as the clamp it imposes)
 """
 
 from __future__ import annotations
@@ -41,6 +43,10 @@ def _mask_nodes(variant: str) -> list:
         return [helper.make_node("Cast", ["mask"], ["keep"], to=TensorProto.BOOL),
                 helper.make_node("Where", ["keep", "zero1", "ninf1"], ["pen"]),
                 helper.make_node("Add", ["logits", "pen"], ["masked"])]
+    if variant in ("mul_clip", "keep_where_clip"):  # a QDQ pair on the mask, read as the clamp it imposes
+        nodes = _mask_nodes(variant[:-5])
+        nodes[-1] = helper.make_node("Clip", ["pen", "clip_lo", "clip_hi"], ["pen_c"])
+        return nodes + [helper.make_node("Add", ["logits", "pen_c"], ["masked"])]
     if variant == "bias_where":
         return [helper.make_node("Cast", ["mask"], ["keep"], to=TensorProto.BOOL),
                 helper.make_node("Where", ["keep", "bias", "min"], ["pen"]),
@@ -50,7 +56,8 @@ def _mask_nodes(variant: str) -> list:
             helper.make_node("Where", ["drop", "ninf", "logits"], ["masked"])]
 
 
-VARIANTS = ("mul", "inverted_fill", "keep_where", "logits_fill", "keep_where_1d", "bias_where")
+VARIANTS = ("mul", "inverted_fill", "keep_where", "logits_fill", "keep_where_1d", "bias_where", "mul_clip",
+            "keep_where_clip")
 
 
 def _model(path, variant: str = "mul") -> str:
@@ -59,7 +66,8 @@ def _model(path, variant: str = "mul") -> str:
         ("one", 1.0, np.float32), ("big", -10000.0, np.float32), ("min", MIN, np.float32),
         ("zero", 0.0, np.float32), ("ninf", -np.inf, np.float32), ("izero", 0, np.int64),
         ("zero1", [0.0], np.float32), ("ninf1", [-np.inf], np.float32),
-        ("bias", 2 * np.random.default_rng(2).standard_normal((1, 4, 8)), np.float32))]
+        ("bias", 2 * np.random.default_rng(2).standard_normal((1, 4, 8)), np.float32),
+        ("clip_lo", -2e4 if variant == "mul_clip" else MIN, np.float32), ("clip_hi", 5.0, np.float32))]
     nodes = [helper.make_node("MatMul", ["x", "w"], ["logits"]), *_mask_nodes(variant),
              helper.make_node("Softmax", ["masked"], ["y"], axis=-1)]
     graph = helper.make_graph(nodes, "mask", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8]),

@@ -169,6 +169,8 @@ def lower_add(ctx, call, args):
 def _clamp(ctx, x, lo: float = -math.inf, hi: float = math.inf):
     if isinstance(x, Accumulator):
         return x.with_clamp(lo, hi, out_range=ctx.out_range())
+    if isinstance(x, MaskPenalty):
+        return _clamped_mask(ctx, x, lo, hi)
     qmin, qmax = INT_RANGE[x.dtype]
     expr = x.expr
     if math.isfinite(lo):
@@ -176,6 +178,19 @@ def _clamp(ctx, x, lo: float = -math.inf, hi: float = math.inf):
     if math.isfinite(hi):
         expr = R.minimum(expr, emit.const(int(np.clip(round(hi / x.scale), qmin, qmax)), x.dtype))
     return replace(x, expr=ctx.emit(expr))
+
+
+def _clamped_mask(ctx, mask: MaskPenalty, lo: float, hi: float) -> MaskPenalty:
+    """An additive attention mask clamped (a QDQ pair on the mask, read as the clamp it imposes): kept positions
+    add their clamped bias, masked ones the clamped fill, which must still mask (at or below MASK_THRESHOLD)."""
+    fill = max(mask.fill if mask.fill is not None else -math.inf, lo)
+    if fill > MASK_THRESHOLD:
+        ctx.fail(f"an attention mask clamped at {lo:g}: its masked positions would add {fill:g}, a moderate "
+                 f"penalty rather than a mask (only fills at or below {MASK_THRESHOLD:g} mask keys out)")
+    bias = None if mask.bias is None else np.clip(mask.bias, lo, hi)
+    if bias is None and not lo <= 0.0 <= hi:
+        ctx.fail(f"an attention mask clamped to [{lo:g}, {hi:g}] shifts its kept positions by a constant")
+    return MaskPenalty(mask.keep, bias=bias, fill=None if math.isinf(fill) else fill)
 
 
 def _scalar_bound(args) -> tuple[object, float] | None:
