@@ -90,13 +90,18 @@ def references(model_path: str | Path) -> list[tuple[str, str | bytes]]:
     from frontends.onnx_qdq import strip_qdq
     from frontends.onnx_qonnx import read_qonnx
 
+    from frontends.onnx_tflite import tflite_ops_to_standard
+
     model = onnx.load(str(model_path))
-    # a QONNX file (Quant nodes) runs nowhere as it is: its standard QDQ form stands for it
+    # a QONNX file (Quant nodes) runs nowhere as it is: its standard QDQ form stands for it; so does a tf2onnx
+    # file's with TFLite builtins it left unconverted (TFL_RELU_0_TO_1) for that file
     itself = (("the QONNX file as QuantizeLinear / DequantizeLinear (onnxruntime)", model.SerializeToString())
               if read_qonnx(model) else
+              ("the file with tf2onnx's unconverted TFLite ops as ONNX ops (onnxruntime)", model.SerializeToString())
+              if tflite_ops_to_standard(model) else
               ("the pre-quantized file itself (onnxruntime, its own quantization included)", str(model_path)))
     if not strip_qdq(model):
-        return [(FILE, itself[1])]
+        return [(FILE if itself[1] == str(model_path) else itself[0], itself[1])]
     return [("the float graph of this pre-quantized file (onnxruntime)", model.SerializeToString()), itself]
 
 

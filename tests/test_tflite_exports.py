@@ -307,3 +307,23 @@ def test_unconverted_gelu_both_forms():
         assert tflite_ops_to_standard(model) == 1
         y = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
         assert np.allclose(y, [[exact(float(v)) for v in x[0]]], atol=1e-5)
+
+
+def test_check_runs_the_file_with_its_tflite_ops_as_onnx_ops(tmp_path):
+    """onnxruntime cannot load a file with TFL_RELU_0_TO_1 (the compile's check was skipped: 'InvalidGraph');
+    the check runs the file with those ops written as ONNX ops instead."""
+    from runtime import check
+
+    path = _hard_sigmoid_block(tmp_path / "m.onnx")
+    refs = check.references(path)  # its weights are int8 DequantizeLinears: the float graph first, then the file
+    label, reference = refs[-1]
+    assert len(refs) == 2 and "TFLite" in label and isinstance(reference, bytes)
+    x = np.random.default_rng(9).uniform(-1, 1, (1, 8, 8, 3)).astype(np.float32)
+    want = ort.InferenceSession(reference).run(None, {"input": x})[0]
+
+    class Same:
+        def run(self, sample):
+            return {"output": want}
+
+    (row,) = check.float_agreement(reference, Same(), {"input": x})
+    assert row.cosine > 0.9999
