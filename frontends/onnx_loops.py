@@ -11,7 +11,8 @@ input absent or a constant true (or computed from constants), and the body's con
 input, a constant true, or known in each iteration from the iteration number and the constant
 carried values alone (tf2onnx's
 Keras LSTM/GRU `while` loops; paddle2onnx's counting decoders): it runs until that cond is false.
-Without M (tf2onnx's loops from Keras 2.15) that cond must turn false within MAX_STEPS.
+Without M (tf2onnx's loops from Keras 2.15), or with an M beyond MAX_STEPS (tf2onnx writes a TFLite WHILE
+with M = INT64_MAX), that cond must turn false within MAX_STEPS.
 A Scan needs its scan inputs' lengths (static shapes: bind free dims with --input-shape). Anything
 else stays and is refused by the op check with the node named. Nested loops unroll from the
 outside in (the inlined bodies are unrolled in turn); an If inside becomes a select (onnx_if.py).
@@ -159,18 +160,21 @@ def _loop(node, graph, prefix, shapes, consts, opset) -> list | None:
     limit = _known(trip, graph, consts) if trip else None
     if trip and limit is None:
         return None
-    # no trip count (tf2onnx's Keras `while` loops): the cond alone ends it, within MAX_STEPS
+    # no trip count (tf2onnx's Keras `while` loops), or one no build could unroll (tf2onnx writes a TFLite
+    # WHILE with INT64_MAX): the cond alone ends it, within MAX_STEPS
     steps = int(limit.reshape(-1)[0]) if trip else MAX_STEPS
-    if not 0 < steps <= MAX_STEPS:
+    unbounded = not trip or steps > MAX_STEPS
+    steps = MAX_STEPS if unbounded else steps
+    if steps <= 0:
         return None
     if cond and not ((first := _known(cond, graph, consts)) is not None and bool(first.reshape(-1)[0])):
         return None
     n = len(ins) - 2
     if not _cond_stays_true(body):
-        steps = _counted_steps(body, steps, ins[2:], consts, bounded=bool(trip))
+        steps = _counted_steps(body, steps, ins[2:], consts, bounded=not unbounded)
         if steps is None:
             return None
-    elif not trip:
+    elif unbounded:
         return None
     emit = _Emitter(graph, prefix, opset)
     carried, ys = list(ins[2:]), [[] for _ in range(len(body.output) - 1 - n)]

@@ -327,3 +327,66 @@ def test_check_runs_the_file_with_its_tflite_ops_as_onnx_ops(tmp_path):
 
     (row,) = check.float_agreement(reference, Same(), {"input": x})
     assert row.cosine > 0.9999
+
+
+def _tflite_while_rnn(path, steps: int = 6):
+    """A Keras RNN layer converted to TFLite (a WHILE op) and by tf2onnx to ONNX: Loop(M = INT64_MAX, cond =
+    Less(0.0, n)) whose body reads step `i` of the time-major input with Gather, updates h = tanh(x W + h U),
+    counts i + 1 and recomputes its cond as Less(Cast(i + 1, float), n)."""
+    rng = np.random.default_rng(10)
+    inits: list = []
+    body_inits = [numpy_helper.from_array(rng.normal(0, 0.4, (4, 6)).astype(np.float32), "W"),
+                  numpy_helper.from_array(rng.normal(0, 0.4, (6, 6)).astype(np.float32), "U"),
+                  numpy_helper.from_array(np.array(1, np.int32), "one"),
+                  numpy_helper.from_array(np.array(float(steps), np.float32), "n")]
+    body = helper.make_graph(
+        [helper.make_node("Gather", ["xs_in", "i_in"], ["x_t"]),
+         helper.make_node("MatMul", ["x_t", "W"], ["xw"]), helper.make_node("MatMul", ["h_in", "U"], ["hu"]),
+         helper.make_node("Add", ["xw", "hu"], ["pre"]), helper.make_node("Tanh", ["pre"], ["h_out"]),
+         helper.make_node("Add", ["i_in", "one"], ["i_out"]),
+         helper.make_node("Cast", ["i_out"], ["i_float"], to=TensorProto.FLOAT),
+         helper.make_node("Less", ["i_float", "n"], ["cond_out"]),
+         helper.make_node("Identity", ["xs_in"], ["xs_out"]),
+         helper.make_node("Identity", ["h_out"], ["y_t"])],
+        "while_body",
+        [helper.make_tensor_value_info("iteration", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("i_in", TensorProto.INT32, []),
+         helper.make_tensor_value_info("h_in", TensorProto.FLOAT, [1, 6]),
+         helper.make_tensor_value_info("xs_in", TensorProto.FLOAT, [steps, 1, 4])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("i_out", TensorProto.INT32, []),
+         helper.make_tensor_value_info("h_out", TensorProto.FLOAT, [1, 6]),
+         helper.make_tensor_value_info("xs_out", TensorProto.FLOAT, [steps, 1, 4]),
+         helper.make_tensor_value_info("y_t", TensorProto.FLOAT, [1, 6])], body_inits)
+    nodes = [helper.make_node("Transpose", ["input"], ["xs"], perm=[1, 0, 2]),
+             helper.make_node("Less", [_const(inits, "zero_f", np.float32(0)), _const(inits, "n_f", np.float32(steps))],
+                              ["first"]),
+             helper.make_node("Loop", [_const(inits, "max_iterations", np.array(2**63 - 1, np.int64)), "first",
+                                       _const(inits, "i0", np.array(0, np.int32)),
+                                       _const(inits, "h0", np.zeros((1, 6), np.float32)), "xs"],
+                              ["i_end", "h_end", "xs_end", "ys"], body=body, name="while_loop"),
+             helper.make_node("Transpose", ["ys"], ["output"], perm=[1, 0, 2])]
+    graph = helper.make_graph(nodes, "tflite_while", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, steps, 4])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, steps, 6])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+def test_tflite_while_loop_with_int64_max_trip_count_unrolls(tmp_path):
+    """A Keras GRU converted to TFLite and by tf2onnx: a Loop with M = INT64_MAX whose body counts to the
+    sequence length. It was refused ('1 control-flow node(s): Loop (node while_loop)': M beyond MAX_STEPS);
+    the cond alone now decides, as for a Loop without M."""
+    from runtime import compile_model, load
+
+    path = _tflite_while_rnn(tmp_path / "m.onnx")
+    xs = np.random.default_rng(11).normal(0, 1, (10, 1, 6, 4)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", input=xs[:8])
+    art = load(compile_model(path, "x86", tmp_path / "a", calib=tmp_path / "calib.npz", progress=False))
+    assert art.manifest["integer_only"] is True
+    ref = ort.InferenceSession(str(path))
+    for x in xs[8:]:
+        assert _cos(art.run({"input": x})["output"], ref.run(None, {"input": x})[0]) > 0.99
