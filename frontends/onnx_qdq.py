@@ -21,6 +21,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .errors import UnsupportedModelError
+from .onnx_qdq_concat import dequantize_before_concat
 from .onnx_qdq_dynamic import dynamic_pairs_to_float
 from .onnx_qdq_outputs import quantized_outputs_as_float_ops
 from .onnx_tail import names_read
@@ -445,8 +446,8 @@ def dynamic_to_float(model: onnx.ModelProto) -> int:
 
 def strip_qdq(model: onnx.ModelProto) -> int:
     """Rewrite the model's Q/DQ nodes as above, in place; returns how many nodes were removed or replaced."""
-    changed = dynamic_to_float(model) + dynamic_pairs_to_float(model) + qoperators_to_qdq(model) + \
-        _dequantize_before_layout(model)
+    changed = dynamic_to_float(model) + dynamic_pairs_to_float(model) + qoperators_to_qdq(model)
+    changed += dequantize_before_concat(model, _constants(model.graph)) + _dequantize_before_layout(model)
     graph, stored = model.graph, _constants(model.graph)
     folded = _integer_constants(graph, stored)
 

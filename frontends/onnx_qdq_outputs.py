@@ -1,6 +1,7 @@
-"""Quantized graph outputs: a QuantizeLinear whose result is a graph output (a full-integer TFLite model
-converted by tf2onnx ends so: its int8 / uint8 output tensor is TFL_QUANTIZE's), written out as the
-float ops it computes, so the output keeps the file's integer type and codes:
+"""Quantized graph outputs: a QuantizeLinear whose result is a graph output, directly or through layout ops
+(a full-integer TFLite model converted by tf2onnx ends so: its int8 / uint8 output tensor is TFL_QUANTIZE's,
+or an op's on the integers, then a Reshape), written out as the float ops it computes, so the output keeps
+the file's integer type and codes:
 
     QuantizeLinear(x, s, zp) -> Cast(Clip(Round(x / s) + zp, qmin, qmax), to=int type)
 
@@ -15,16 +16,31 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+LAYOUT = ("Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity")  # move codes unchanged
+
 
 def quantized_outputs_as_float_ops(model: onnx.ModelProto, value, integer_range) -> int:
     """Rewrite in place the QuantizeLinears that produce graph outputs; `value(name)` reads a constant,
     `integer_range(node, value)` gives (qmin, qmax, dtype). Returns how many were rewritten."""
     graph = model.graph
     outputs = {o.name for o in graph.output}
+    readers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+
+    def to_outputs(name: str) -> bool:
+        """Whether `name` is a graph output, or reaches only graph outputs through layout ops (tf2onnx's
+        Reshape of a detector's int8 map into the output's shape)."""
+        after = readers.get(name, [])
+        if any(r.op_type not in LAYOUT or r.input[0] != name for r in after):
+            return False
+        return (name in outputs or bool(after)) and all(to_outputs(o) for r in after for o in r.output)
+
     nodes, inits, changed = [], [], 0
     for node in graph.node:
         if node.op_type != "QuantizeLinear" or node.domain not in ("", "ai.onnx", "com.microsoft") or \
-                node.output[0] not in outputs or len(node.input) < 2:
+                len(node.input) < 2 or not to_outputs(node.output[0]):
             nodes.append(node)
             continue
         scale = value(node.input[1])
@@ -81,6 +97,8 @@ def output_grids(model: onnx.ModelProto) -> dict[str, tuple[float, float]]:
     grids = {}
     for out in graph.output:
         node = producers.get(out.name)
+        while node is not None and node.op_type in LAYOUT:  # a Reshape of the codes into the output's shape
+            node = producers.get(node.input[0])
         if node is None:
             continue
         if node.op_type == "QuantizeLinear" and len(node.input) >= 2:

@@ -390,3 +390,60 @@ def test_tflite_while_loop_with_int64_max_trip_count_unrolls(tmp_path):
     ref = ort.InferenceSession(str(path))
     for x in xs[8:]:
         assert _cos(art.run({"input": x})["output"], ref.run(None, {"input": x})[0]) > 0.99
+
+
+def _concat_on_integers(path):
+    """PP-OCR's DB head as TFLite quantizes it and tf2onnx writes it: two branches quantized to one grid, a
+    Concat of the int8 tensors, one DequantizeLinear after it; the sigmoid map quantized and Reshaped on
+    the integers into the int8 graph output."""
+    rng = np.random.default_rng(12)
+    inits: list = []
+    nodes = [helper.make_node("DequantizeLinear", ["input", _const(inits, "x/s", np.float32(2 / 255)),
+                                                   _const(inits, "x/z", np.int8(-1))], ["x"])]
+    for k in range(2):
+        w = rng.normal(0, 0.4, (4, 3, 3, 3)).astype(np.float32)
+        nodes += _weight(inits, f"w{k}", w, 0)
+        nodes += [helper.make_node("Conv", ["x", f"w{k}"], [f"c{k}"], pads=[1, 1, 1, 1]),
+                  helper.make_node("Relu", [f"c{k}"], [f"r{k}"]),
+                  helper.make_node("QuantizeLinear", [f"r{k}", _const(inits, f"a{k}/s", np.float32(0.03)),
+                                                      _const(inits, f"a{k}/z", np.int8(-128))], [f"a{k}/q"])]
+    nodes += [helper.make_node("Concat", ["a0/q", "a1/q"], ["cat/q"], axis=1),
+              helper.make_node("DequantizeLinear", ["cat/q", "a0/s", "a0/z"], ["cat"])]
+    nodes += _weight(inits, "wh", rng.normal(0, 0.4, (1, 8, 3, 3)).astype(np.float32), 0)
+    nodes += [helper.make_node("Conv", ["cat", "wh"], ["logit"], pads=[1, 1, 1, 1]),
+              helper.make_node("Sigmoid", ["logit"], ["prob"]),
+              helper.make_node("QuantizeLinear", ["prob", _const(inits, "p/s", np.float32(1 / 256)),
+                                                  _const(inits, "p/z", np.int8(-128))], ["prob/q"]),
+              helper.make_node("Reshape", ["prob/q", _const(inits, "shape", np.array([1, 10, 10, 1], np.int64))],
+                               ["output"])]
+    graph = helper.make_graph(nodes, "tflite_concat", [helper.make_tensor_value_info("input", TensorProto.INT8, [1, 3, 10, 10])],
+                              [helper.make_tensor_value_info("output", TensorProto.INT8, [1, 10, 10, 1])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+def test_concat_of_int8_tensors_and_reshaped_int8_output(tmp_path):
+    """Both were left as QuantizeLinears the op check refused (PP-OCRv4's detector through onnx2tf and
+    TFLite full-integer: 'QuantizeLinear (node .../ResizeNearestNeighbor_quantize)' x5 and the
+    Sigmoid's); the Concat is now dequantized part by part and the output's quantize is written out
+    before its Reshape."""
+    from runtime import compile_model, load
+
+    path = _concat_on_integers(tmp_path / "m.onnx")
+    model = onnx.load(path)
+    assert strip_qdq(model) > 0
+    ops = [n.op_type for n in model.graph.node]
+    assert not {"QuantizeLinear", "DequantizeLinear"} & set(ops), ops
+    rng = np.random.default_rng(13)
+    xs = np.clip(rng.normal(0, 60, (10, 1, 1, 3, 10, 10)), -128, 127).astype(np.int8)
+    np.savez(tmp_path / "calib.npz", input=xs[:8, 0])
+    art = load(compile_model(path, "x86", tmp_path / "a", calib=tmp_path / "calib.npz", progress=False))
+    assert art.manifest["integer_only"] is True
+    ref = ort.InferenceSession(str(path))
+    for x in xs[8:, 0]:
+        y, want = art.run({"input": x})["output"], ref.run(None, {"input": x})[0]
+        assert y.dtype == np.int8 and y.shape == (1, 10, 10, 1)
+        assert _cos(y.astype(np.float64) + 128, want.astype(np.float64) + 128) > 0.99
