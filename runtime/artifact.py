@@ -63,6 +63,17 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def check_destination(dest: str | os.PathLike) -> Path:
+    """`dest` as a Path, after checking that an artifact can be written there (also checked before a
+    compile starts, so that a mistyped folder costs no calibration)."""
+    dest = Path(dest)
+    if not dest.parent.is_dir():
+        raise CompileError(f"{dest}: the output directory {dest.parent} does not exist")
+    if dest.exists() and not (dest / MANIFEST).is_file():
+        raise CompileError(f"{dest}: exists and is not an artifact; refusing to overwrite it")
+    return dest
+
+
 def write_artifact(dest: str | os.PathLike, fill: Callable[[Path], dict]) -> Path:
     """Create the artifact at `dest` atomically.
 
@@ -70,11 +81,7 @@ def write_artifact(dest: str | os.PathLike, fill: Callable[[Path], dict]) -> Pat
     the library hash and format version are added here. If anything fails, nothing is
     left at `dest` (an existing artifact there stays untouched).
     """
-    dest = Path(dest)
-    if not dest.parent.is_dir():
-        raise CompileError(f"{dest}: the output directory {dest.parent} does not exist")
-    if dest.exists() and not (dest / MANIFEST).is_file():
-        raise CompileError(f"{dest}: exists and is not an artifact; refusing to overwrite it")
+    dest = check_destination(dest)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     umask = os.umask(0)
     os.umask(umask)

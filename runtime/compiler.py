@@ -29,7 +29,7 @@ from targets.cross import first_error_line
 from targets.cpu_pipeline import cpu_pipeline
 
 from .plan import export_plan, plan_folder
-from .artifact import DEVICE_TEXT, LIBRARY, RELAX_TEXT, TAIL, sha256, write_artifact
+from .artifact import DEVICE_TEXT, LIBRARY, RELAX_TEXT, TAIL, check_destination, sha256, write_artifact
 from .buckets import Buckets, default_sizes, is_mask, length_axes
 from .mixed import Precision
 
@@ -363,7 +363,7 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
     precision = precision or Precision()
     spec = get_target(target, cuda_arch, cpu)
     label = "custom" if spec.name.lstrip().startswith("{") else re.sub(r"[^\w.-]+", "_", spec.name)
-    output = Path(output) if output else model_path.with_suffix(f".{label}.artifact")
+    output = check_destination(output if output else model_path.with_suffix(f".{label}.artifact"))
     spec.check()
     if tune_trials and (spec.device != "cpu" or spec.arch != platform.machine()):
         raise CompileError(f"--tune-trials measures kernels on this machine ({platform.machine()}); "

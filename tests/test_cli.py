@@ -361,7 +361,14 @@ def test_failed_compile_keeps_existing_artifact(tmp_path, small_artifact, capsys
 
 def test_refuses_to_overwrite_non_artifact(tmp_path, small_cnn_path, capsys):
     (tmp_path / "mydir").mkdir()
-    _compile_fails([small_cnn_path, "-o", str(tmp_path / "mydir")], capsys, "is not an artifact")
+    err = _compile_fails([small_cnn_path, "-o", str(tmp_path / "mydir")], capsys, "is not an artifact")
+    assert "importing" not in err  # before anything runs: no calibration spent on a destination that cannot be
+
+
+def test_missing_output_folder_refused_before_the_compile(tmp_path, small_cnn_path, capsys):
+    err = _compile_fails([small_cnn_path, "-o", str(tmp_path / "no" / "such" / "a")], capsys,
+                         f"the output directory {tmp_path / 'no' / 'such'} does not exist")
+    assert "importing" not in err and "calibrat" not in err
 
 
 def _copy(src, dst):
