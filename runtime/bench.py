@@ -27,9 +27,13 @@ def benchmark(model, threads: int | None = None, repeat: int = 50, warmup: int =
     """p50/p90/p99/mean latency (ms) and throughput (samples/s) of `model` on random (or given)
     inputs; `batch` samples per run for a symbolic-batch artifact, `sizes` other free dims by
     name (a sequence length; default its upper bound)."""
-    from .model import config_threads
+    from .model import PlanModel, config_threads
 
-    if threads and model.remote:
+    if isinstance(model, PlanModel):  # armv7 / riscv64: the plan executor, one thread
+        if threads not in (None, 1):
+            raise CompileError(f"--threads {threads}: this artifact's plan executor runs on one thread")
+        threads = 1
+    elif threads and model.remote:
         model.remote.get_function("runtime.config_threadpool")(0, threads)
     elif threads:
         config_threads(threads)

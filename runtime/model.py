@@ -611,7 +611,52 @@ def _load_cuda_runtime(tvm) -> None:
                 from None
 
 
-def load(path: str | os.PathLike, remote=None) -> Model:
+class PlanModel(Model):
+    """An armv7 or riscv64 artifact, whose boards have no TVM runtime: its plan runs in the artifact's own
+    executor (`intq_exec`, runtime/plan.py), a process per call, with inputs and outputs through files.
+    The same `run` / `run_integer` / `quantize_inputs` / `time` as a Model, and needs only numpy: a
+    deployment script on the board loads and runs it as it would any artifact. `launcher` prefixes the
+    executor's command line (`("qemu-riscv64", "-L", "/usr/riscv64-linux-gnu")` runs it emulated
+    elsewhere). The executor is single-threaded: a batch runs sample by sample."""
+
+    def __init__(self, path: str | os.PathLike, launcher: tuple[str, ...] = ()):
+        self.path = Path(path)
+        self.manifest = read_manifest(self.path)
+        self.remote, self.launcher = None, tuple(launcher)
+        arch = self.manifest["target"]["arch"]
+        if not launcher and arch != platform.machine():
+            raise ArtifactError(f"{self.path}: built for {arch} ({self.manifest['target']['name']}); this machine "
+                                f"is {platform.machine()}. Copy the artifact to a {arch} board and run it there.")
+        self.buckets = Buckets.from_manifest(self.manifest)
+        self.batch_workers = 1
+        self._rpc_lock = None
+        self._scales: dict = {}
+        self._pool_lock = threading.Lock()  # the tail's onnxruntime session, made once
+
+    def run_integer(self, qinputs: list[np.ndarray]) -> list[np.ndarray]:
+        from .plan import run_plan
+
+        return run_plan(self.path, qinputs, self.launcher, manifest=self.manifest)
+
+    def time(self, qinputs: list[np.ndarray], repeat: int = 50, warmup: int = 3) -> np.ndarray:
+        """Latencies in ms of `repeat` runs of the first sample, timed by the executor around its kernel calls."""
+        from .plan import run_plan
+
+        return run_plan(self.path, [q[:1] if q.ndim else q for q in qinputs], self.launcher, manifest=self.manifest,
+                        timed=(repeat, warmup))[1]
+
+    def kernel_times(self, qinputs: list[np.ndarray], repeat: int = 20) -> dict[str, tuple[float, float]]:
+        raise InputError("kernel times are measured by TVM's virtual machine; this artifact runs in its plan executor")
+
+
+def load(path: str | os.PathLike, remote=None, launcher: tuple[str, ...] = ()) -> Model:
     """Load the artifact at `path` (checks format version, library hash and architecture);
-    with `remote`, on the board behind that RPC session."""
+    with `remote`, on the board behind that RPC session. An armv7 or riscv64 artifact loads as a
+    `PlanModel` (its own executor, no TVM needed), run through `launcher` where given (an emulator)."""
+    manifest = read_manifest(path, check_library=False)
+    if manifest.get("executor"):
+        if remote is not None:
+            raise ArtifactError(f"{path}: an {manifest['target']['arch']} artifact runs in its own executor, not over "
+                                "TVM RPC (the board has no TVM runtime): copy it to the board and run it there")
+        return PlanModel(path, launcher)
     return Model(path, remote)

@@ -22,8 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from frontends.errors import CompileError
-from targets import parallel_build
+from frontends.errors import ArtifactError, CompileError, InputError
 
 _DL_CODE = {"int": 0, "uint": 1, "float": 2, "bool": 6}  # DLPack type codes (kDLBool = 6)
 _NUMPY = {0: "i", 1: "u", 2: "f"}
@@ -43,6 +42,7 @@ def export_plan(int_mod, spec, out_dir: Path, executor: bool = True) -> dict:
     import tvm
     from tvm import relax
 
+    from targets import parallel_build
     from targets.cpu_pipeline import cpu_lowering_passes
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -139,25 +139,27 @@ def _read_plan(path: Path):
     return buffers, inputs, outputs
 
 
-def run_plan(artifact, qinputs: list[np.ndarray], launcher: tuple[str, ...] = (), timeout: float = 900):
+def run_plan(artifact, qinputs: list[np.ndarray], launcher: tuple[str, ...] = (), timeout: float = 900,
+             manifest: dict | None = None, timed: tuple[int, int] | None = None):
     """Run the artifact's plan with its `intq_exec` (prefixed by `launcher`, e.g. a qemu
     command line) on integer inputs; returns the integer outputs. A plan for batch 1 takes any
     batch (the same for every input): intq_exec runs it per sample, outputs concatenated on axis 0.
     With a free length, the inputs run in the smallest bucket's plan that holds them, padded and
-    cut back as `runtime.buckets` says (the same as the Relax VM runtime)."""
+    cut back as `runtime.buckets` says (the same as the Relax VM runtime). With `timed` (N, W), the
+    first sample also runs W + N more times and (outputs, the N runs' milliseconds) is returned."""
     import tempfile
 
     from .artifact import batch_axes, read_manifest
     from .buckets import Buckets
 
     artifact = Path(artifact)
-    manifest = read_manifest(artifact)
+    manifest = manifest or read_manifest(artifact)
     buckets, folder, length = Buckets.from_manifest(manifest), artifact, None
     if buckets is not None:
         length = buckets.length(qinputs)
         size = buckets.choose(length)
         if size is None:
-            raise CompileError(f"{buckets.dim} = {length}: this plan runs {buckets.dim} in {buckets.sizes} only")
+            raise InputError(f"{buckets.dim} = {length}: this plan runs {buckets.dim} in {buckets.sizes} only")
         qinputs = buckets.pad(qinputs, size)
         if size != buckets.sizes[-1]:
             folder = artifact / plan_folder(buckets.dim, size)
@@ -168,19 +170,30 @@ def run_plan(artifact, qinputs: list[np.ndarray], launcher: tuple[str, ...] = ()
             dtype, shape = buffers[bid]
             batched = shape[:1] == [1] and q.ndim == len(shape) and list(q.shape[1:]) == shape[1:]
             if q.dtype != dtype or (list(q.shape) != shape and not batched):
-                raise CompileError(f"input {i}: {q.dtype}{list(q.shape)}, the plan expects {dtype}{shape}")
+                raise InputError(f"input {i}: {q.dtype}{list(q.shape)}, the plan expects {dtype}{shape}")
             batches.add(q.shape[0] if batched else 1)
             ins.append(f"{tmp}/in{i}.bin")
             np.ascontiguousarray(q).tofile(ins[-1])
         if len(batches) > 1:
-            raise CompileError(f"inputs with different batches {sorted(batches)}; a batch must be the same for all")
+            raise InputError(f"inputs with different batches {sorted(batches)}; a batch must be the same for all")
         outs = [f"{tmp}/out{i}.bin" for i in range(len(outputs))]
         cmd = [*launcher, str(artifact / FILES["executor"]), *(str(folder / FILES[k]) for k in
-                                                                ("kernels", "plan", "weights")), *ins, "--", *outs]
-        subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=timeout)
+                                                                ("kernels", "plan", "weights")), *ins, "--", *outs,
+               *(("--time", str(timed[0]), str(timed[1])) if timed else ())]
+        try:
+            done = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=timeout)
+        except OSError as err:  # no such executable, or not for this machine (exec format error)
+            raise ArtifactError(f"{artifact}: cannot start its executor {FILES['executor']} ({err.strerror})") from None
+        except subprocess.CalledProcessError as err:
+            why = ("an illegal instruction (SIGILL): this CPU lacks an instruction set the artifact was built for "
+                   f"({' '.join(manifest['target'].get('features', []))})" if err.returncode == -4 else
+                   f"signal {-err.returncode}" if err.returncode < 0 else f"exit code {err.returncode}")
+            raise ArtifactError(f"{artifact}: its executor failed with {why}: "
+                                f"{(err.stderr or '').strip()[-500:]}") from None
         results = [_joined(np.fromfile(o, dtype=buffers[b][0]), buffers[b][1], axis)
                    for o, b, axis in zip(outs, outputs, batch_axes(manifest))]
-    return results if buckets is None else buckets.cut(results, length)
+    results = results if buckets is None else buckets.cut(results, length)
+    return (results, np.array([float(t) for t in done.stdout.split()])) if timed else results
 
 
 def _joined(flat: np.ndarray, shape: list[int], axis: int) -> np.ndarray:

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 import runtime
-from frontends import ArtifactError, CompileError, ToolchainError
+from frontends import ArtifactError, CompileError, InputError, ToolchainError
 
 ELF_MACHINE = {"aarch64": 183, "armv7l": 40, "riscv64": 243, "x86_64": 62}
 
@@ -137,10 +138,45 @@ def test_rvv_artifact_dies_without_the_vector_unit(compiled, small_artifact):
     if shutil.which("qemu-riscv64") is None:
         pytest.skip("qemu-user not installed (targets/install_toolchains.sh)")
     q = runtime.load(small_artifact).quantize_inputs({"x": np.zeros((1, 3, 16, 16), np.float32)})
-    with pytest.raises(subprocess.CalledProcessError) as err:
-        run_plan(compiled("riscv"), q, plan_launcher("riscv64", vector=False))
-    assert err.value.returncode == -4  # SIGILL: the RVV build really uses vector instructions
+    with pytest.raises(ArtifactError, match=r"illegal instruction \(SIGILL\): this CPU lacks an instruction set"):
+        run_plan(compiled("riscv"), q, plan_launcher("riscv64", vector=False))  # the RVV build really uses vectors
     run_plan(compiled("riscv-novector"), q, plan_launcher("riscv64", vector=False))
+
+
+@pytest.mark.parametrize("target", ["riscv", "arm32"])
+def test_plan_artifact_loads_and_runs_like_any_artifact(compiled, small_artifact, target, tmp_path):
+    """`runtime.load` of an armv7 / riscv64 artifact (no TVM runtime on those boards) gives a PlanModel:
+    `run` with float inputs, a batch, `time` by the executor's own clock and `runtime.bench`'s numbers,
+    all without importing TVM; the outputs equal the x86 artifact's bit for bit."""
+    from benchmarks.emulation import plan_launcher
+    from runtime.bench import benchmark
+
+    artifact = compiled(target)
+    launcher = plan_launcher(runtime.artifact.read_manifest(artifact)["target"]["arch"])
+    if shutil.which(launcher[0]) is None:
+        pytest.skip("qemu-user not installed (targets/install_toolchains.sh)")
+    with pytest.raises(ArtifactError, match=r"built for (riscv64|armv7l) .*Copy the artifact to a"):
+        runtime.load(artifact)  # on this x86 machine, without an emulator
+    board, cpu = runtime.load(artifact, launcher=launcher), runtime.load(small_artifact)
+    assert type(board).__name__ == "PlanModel"
+    x = np.random.default_rng(3).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    np.testing.assert_array_equal(board.run({"x": x})["y"], cpu.run({"x": x})["y"])
+    ms = board.time(board.quantize_inputs({"x": x}), repeat=4, warmup=1)
+    assert ms.shape == (4,) and (ms > 0).all()
+    assert benchmark(board, repeat=3)["threads"] == 1
+    with pytest.raises(CompileError, match="plan executor runs on one thread"):
+        benchmark(board, threads=2, repeat=3)
+    with pytest.raises(InputError, match="virtual machine"):
+        board.kernel_times(board.quantize_inputs({"x": x}))
+    script = ("import sys; sys.modules['tvm'] = sys.modules['tvm_ffi'] = None  # as on the board\n"
+              "import numpy as np, runtime\n"
+              f"m = runtime.load({str(artifact)!r}, launcher={launcher!r})\n"
+              "y = m.run({'x': np.load(sys.argv[1])})['y']; np.save(sys.argv[2], y)\n")
+    np.save(tmp_path / "x.npy", x)
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), cpu.run({"x": x})["y"])
 
 
 @pytest.mark.slow

@@ -7,11 +7,14 @@
  * order through the tvm-ffi C ABI and writes the outputs raw. An IN file may hold k samples
  * (k times the plan's input, the same k for every input): the plan then runs once per sample
  * and each OUT file gets the k outputs one after another (a batch of any size, each sample
- * computed exactly as alone). The few runtime symbols the kernels import are defined here
- * and exported with -rdynamic.
+ * computed exactly as alone). `--time N W` after the output files then runs the first sample
+ * W more times untimed and N times timed, printing each run's milliseconds (a monotonic clock
+ * around the kernel calls) on stdout: the latency on the board, without this process's start.
+ * The few runtime symbols the kernels import are defined here and exported with -rdynamic.
  * Build: CC -O2 -rdynamic -I<tvm_ffi/include> intq_exec.c -o intq_exec -ldl */
 #include <dlfcn.h>
 #include <stdio.h>
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 #include <tvm/ffi/c_api.h>
@@ -66,6 +69,21 @@ static unsigned char* read_all(const char* path, size_t* bytes) {
   fclose(f);
   *bytes = (size_t)size;
   return data;
+}
+
+/* One run of the plan: every kernel in order, on the buffers as they are. */
+static void run_steps(TVMFFISafeCallType* fns, char** names, int** args, const int* nargs, int nsteps, Buffer* bufs,
+                      TVMFFIAny* packed, int max_args) {
+  for (int s = 0; s < nsteps; ++s) {
+    TVMFFIAny ret;
+    memset(packed, 0, max_args * sizeof(TVMFFIAny));
+    memset(&ret, 0, sizeof ret);
+    for (int a = 0; a < nargs[s]; ++a) {
+      packed[a].type_index = kTVMFFIDLTensorPtr;
+      packed[a].v_ptr = &bufs[args[s][a]].t;
+    }
+    if (fns[s](NULL, packed, nargs[s], &ret) != 0) die("kernel failed:", names[s]);
+  }
 }
 
 int main(int argc, char** argv) {
@@ -157,24 +175,32 @@ int main(int argc, char** argv) {
     snprintf(name, sizeof name, "__tvm_ffi_%s", names[s]);
     if (!(fns[s] = (TVMFFISafeCallType)dlsym(lib, name))) die("missing kernel", name);
   }
+  long timed = 0, warmup = 0;
+  if (argc - arg > nout) {
+    if (argc - arg != nout + 3 || strcmp(argv[arg + nout], "--time")) die("expected --time N W after the outputs", NULL);
+    timed = atol(argv[arg + nout + 1]);
+    warmup = atol(argv[arg + nout + 2]);
+    if (timed < 1 || warmup < 0) die("--time needs N >= 1 and W >= 0", NULL);
+  }
   TVMFFIAny* packed = calloc(max_args, sizeof(TVMFFIAny));
   for (size_t k = 0; k < samples; ++k) {
     for (int i = 0; i < nin; ++i)
       memcpy(bufs[ids[i]].t.data, in_data[i] + k * bufs[ids[i]].bytes, bufs[ids[i]].bytes);
-    for (int s = 0; s < nsteps; ++s) {
-      TVMFFIAny ret;
-      memset(packed, 0, max_args * sizeof(TVMFFIAny));
-      memset(&ret, 0, sizeof ret);
-      for (int a = 0; a < nargs[s]; ++a) {
-        packed[a].type_index = kTVMFFIDLTensorPtr;
-        packed[a].v_ptr = &bufs[args[s][a]].t;
-      }
-      if (fns[s](NULL, packed, nargs[s], &ret) != 0) die("kernel failed:", names[s]);
-    }
+    run_steps(fns, names, args, nargs, nsteps, bufs, packed, max_args);
     for (int i = 0; i < nout; ++i)
       if (fwrite(bufs[outs[i]].t.data, 1, bufs[outs[i]].bytes, out_files[i]) != bufs[outs[i]].bytes)
         die("cannot write", argv[arg + i]);
   }
   for (int i = 0; i < nout; ++i) fclose(out_files[i]);
+  if (timed) {
+    for (int i = 0; i < nin; ++i) memcpy(bufs[ids[i]].t.data, in_data[i], bufs[ids[i]].bytes);
+    for (long r = 0; r < warmup + timed; ++r) {
+      struct timespec t0, t1;
+      clock_gettime(CLOCK_MONOTONIC, &t0);
+      run_steps(fns, names, args, nargs, nsteps, bufs, packed, max_args);
+      clock_gettime(CLOCK_MONOTONIC, &t1);
+      if (r >= warmup) printf("%.6f\n", (t1.tv_sec - t0.tv_sec) * 1e3 + (t1.tv_nsec - t0.tv_nsec) / 1e6);
+    }
+  }
   return 0;
 }
