@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.plan import qemu_prefix
+
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "intq" / "emulation"
 REPO = Path(__file__).resolve().parents[1]
 WHEELS = ("apache-tvm==0.27.0.post1", "apache-tvm-ffi==0.1.14.post1", "numpy<2.5", "ml_dtypes", "typing_extensions")
@@ -88,16 +90,7 @@ def _site(platform_tag: str = "manylinux_2_28_aarch64") -> Path:
     return site
 
 
-# qemu-user command prefixes that run a plan executor (runtime/plan.py) built for each arch,
-# with Debian's cross sysroots. riscv64 gets an RVV 1.0 CPU unless `vector` is False.
-def plan_launcher(arch: str, vector: bool = True) -> tuple[str, ...]:
-    """The qemu-user prefix that runs a binary for `arch` ("riscv64" or "armv7l") here."""
-    if arch == "riscv64":
-        cpu = "rv64,v=true,vlen=128,elen=64,vext_spec=v1.0" if vector else "rv64,v=false"
-        return ("qemu-riscv64", "-cpu", cpu, "-L", "/usr/riscv64-linux-gnu")
-    if arch == "armv7l":
-        return ("qemu-arm", "-L", "/usr/arm-linux-gnueabihf")
-    raise ValueError(f"no plan launcher for {arch!r}")
+plan_launcher = qemu_prefix  # the qemu-user prefix that runs a plan executor here (runtime/plan.py)
 
 
 class Aarch64Emulator:

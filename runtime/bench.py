@@ -10,7 +10,7 @@ import numpy as np
 
 from frontends.errors import CompileError
 
-from .cli import guarded
+from .cli import emulated, guarded
 
 EXAMPLES = """examples:
   python -m runtime.bench model.x86.artifact --threads 1 --repeat 100
@@ -105,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="samples per run of random inputs, for an artifact compiled with a free batch (default 1)")
     p.add_argument("--shape", action="append", default=[], metavar="DIM=SIZE",
                    help="a free dim of the artifact by name (its manifest shape), e.g. seq=32 or n=8 (repeatable)")
+    p.add_argument("--emulate", action="store_true",
+                   help="run an armv7 / riscv64 artifact here under qemu-user (its plan executor; emulated speed)")
     p.add_argument("--rpc", metavar="HOST:PORT", help="run on the board behind this RPC server or tracker")
     p.add_argument("--key", help="device key, when --rpc names a tracker")
     p.add_argument("--kernels", type=int, default=0, metavar="N",
@@ -122,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         from .remote import connect
 
         session = connect(args.rpc, args.key) if args.rpc else None
-        model = load(args.artifact, remote=session)
+        model = load(args.artifact, remote=session, launcher=emulated(args.artifact) if args.emulate else ())
         inputs = dict(np.load(args.input)) if args.input else None
         free = any(isinstance(d, str) for i in model.inputs for d in i["shape"])  # a symbolic batch
         batch = next(iter(inputs.values())).shape[0] if inputs and free else args.batch

@@ -22,3 +22,11 @@ def guarded(action: Callable[[], int | None], verbose: bool = False) -> int:
     except Exception:  # an internal error: show it, distinct from user errors
         traceback.print_exc()
         return 1
+
+
+def emulated(artifact) -> tuple[str, ...]:
+    """`--emulate`: the qemu-user prefix that runs this armv7 / riscv64 artifact's executor here."""
+    from .artifact import read_manifest
+    from .plan import emulator
+
+    return emulator(read_manifest(artifact, check_library=False))

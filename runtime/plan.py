@@ -139,6 +139,32 @@ def _read_plan(path: Path):
     return buffers, inputs, outputs
 
 
+def qemu_prefix(arch: str, vector: bool = True) -> tuple[str, ...]:
+    """The qemu-user command prefix that runs a plan executor built for `arch` ("riscv64", "armv7l")
+    on another machine, with Debian's cross sysroots; riscv64 with an RVV 1.0 CPU unless `vector` is False."""
+    if arch == "riscv64":
+        cpu = "rv64,v=true,vlen=128,elen=64,vext_spec=v1.0" if vector else "rv64,v=false"
+        return ("qemu-riscv64", "-cpu", cpu, "-L", "/usr/riscv64-linux-gnu")
+    if arch == "armv7l":
+        return ("qemu-arm", "-L", "/usr/arm-linux-gnueabihf")
+    raise ValueError(f"no qemu prefix for {arch!r}")
+
+
+def emulator(manifest: dict) -> tuple[str, ...]:
+    """`qemu_prefix` for this plan artifact (its vector unit as its features say), after checking that
+    qemu-user is installed (`targets/install_toolchains.sh`): what `--emulate` runs it with."""
+    import shutil
+
+    arch = manifest["target"]["arch"]
+    if arch not in ("riscv64", "armv7l"):
+        raise InputError(f"--emulate runs armv7l and riscv64 artifacts (their plan executor) under qemu-user; this "
+                         f"one is built for {arch}")
+    launcher = qemu_prefix(arch, "+v" in manifest["target"].get("features", []))
+    if shutil.which(launcher[0]) is None:
+        raise InputError(f"--emulate needs {launcher[0]} (Debian's qemu-user: bash targets/install_toolchains.sh)")
+    return launcher
+
+
 def run_plan(artifact, qinputs: list[np.ndarray], launcher: tuple[str, ...] = (), timeout: float = 900,
              manifest: dict | None = None, timed: tuple[int, int] | None = None):
     """Run the artifact's plan with its `intq_exec` (prefixed by `launcher`, e.g. a qemu

@@ -9,11 +9,12 @@ import numpy as np
 
 from frontends import InputError
 
-from .cli import guarded
+from .cli import emulated, guarded
 
 EXAMPLES = """examples:
   python -m runtime.run model.x86.artifact --input x.npz -o y.npz
   python -m runtime.run model.x86.artifact --input x.npz          # prints a summary of each output
+  python -m runtime.run model.riscv.artifact --input x.npz --emulate   # a board's artifact under qemu-user
 """
 
 
@@ -25,13 +26,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("artifact", help="artifact directory written by runtime.compile")
     p.add_argument("--input", required=True, metavar="FILE.npz", help="inputs, one array per input name")
     p.add_argument("-o", "--output", metavar="FILE.npz", help="write the outputs here")
+    p.add_argument("--emulate", action="store_true",
+                   help="run an armv7 / riscv64 artifact here under qemu-user (its plan executor)")
     p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
     args = p.parse_args(argv)
 
     def action():
         from .model import load
 
-        model = load(args.artifact)
+        model = load(args.artifact, launcher=emulated(args.artifact) if args.emulate else ())
         try:
             inputs = dict(np.load(args.input, allow_pickle=False))
         except Exception as err:

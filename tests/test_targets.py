@@ -179,6 +179,27 @@ def test_plan_artifact_loads_and_runs_like_any_artifact(compiled, small_artifact
     np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), cpu.run({"x": x})["y"])
 
 
+def test_emulate_flag_runs_a_board_artifact_here(compiled, small_artifact, tmp_path, capsys):
+    """`runtime.run --emulate` / `runtime.bench --emulate`: a riscv64 artifact checked on the workstation
+    under qemu-user before it goes to the board; an x86 artifact is refused naming why (exit 2)."""
+    from runtime.bench import main as bench_main
+    from runtime.run import main as run_main
+
+    if shutil.which("qemu-riscv64") is None:
+        pytest.skip("qemu-user not installed (targets/install_toolchains.sh)")
+    x = np.random.default_rng(4).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    np.savez(tmp_path / "x.npz", x=x[:1])
+    artifact = str(compiled("riscv"))
+    assert run_main([artifact, "--input", str(tmp_path / "x.npz"), "-o", str(tmp_path / "y.npz")]) == 2
+    assert "Copy the artifact to a riscv64 board" in capsys.readouterr().err
+    assert run_main([artifact, "--input", str(tmp_path / "x.npz"), "-o", str(tmp_path / "y.npz"), "--emulate"]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npz")["y"], runtime.load(small_artifact).run({"x": x[:1]})["y"])
+    assert bench_main([artifact, "--emulate", "--repeat", "3", "--json"]) == 0
+    assert '"threads": 1' in capsys.readouterr().out
+    assert bench_main([str(small_artifact), "--emulate", "--repeat", "3"]) == 2
+    assert "--emulate runs armv7l and riscv64 artifacts" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_aarch64_artifact_runs_bit_exact_under_qemu(compiled, small_artifact):
     if shutil.which("qemu-aarch64") is None:
