@@ -198,7 +198,9 @@ def _dequantize_before_layout(model: onnx.ModelProto) -> int:
     """Q -> layout ops (on the 8-bit tensor) -> DQs with the same scale and zero point become
     Q -> DQ -> layout ops (on floats): layout ops move integers unchanged (MaxPool keeps their order),
     so the dequantize commutes with them, and `strip_qdq` then finds the pair. onnxruntime's
-    QOperator files leave Transpose/Reshape/Split between their QLinear ops. Returns how many."""
+    QOperator files leave Transpose/Reshape/Split between their QLinear ops. A layout op whose result is
+    an integer graph output gets a QuantizeLinear to q's grid before it (tf2onnx's full-integer TFLite
+    detectors Slice and Reshape a head's int8 codes straight into an output). Returns how many."""
     graph, value, count = model.graph, _constants(model.graph), 0
     readers: dict[str, list] = {}
     for node in graph.node:
@@ -211,18 +213,19 @@ def _dequantize_before_layout(model: onnx.ModelProto) -> int:
         if grid[0] is None or grid[0].size != 1:
             continue
         layout, dqs, frontier, ok = [], [], [q.output[0]], True
-        while frontier and ok:  # the layout ops reachable from q, and the dequantizes that end them
+        while frontier and ok:  # the layout ops reachable from q, and the dequantizes (or graph outputs) that end them
             name = frontier.pop()
             for r in readers.get(name, []):
-                if r.op_type in LAYOUT and r.domain in STANDARD and r.input[0] == name and not graph_outputs & set(r.output):
+                if r.op_type in LAYOUT and r.domain in STANDARD and r.input[0] == name:
                     layout.append(r)
-                    frontier.extend(r.output)
+                    frontier.extend(o for o in r.output if o not in graph_outputs)
                 elif (_is(r, "DequantizeLinear") and np.array_equal(value(r.input[1]), grid[0])
                       and np.array_equal(value(r.input[2]) if len(r.input) > 2 and r.input[2] else None, grid[1])):
                     dqs.append(r) if name != q.output[0] else None
                 else:
                     ok = False
-        if not ok or not layout or not dqs:
+        exits = [(node, k) for node in layout for k, o in enumerate(node.output) if o in graph_outputs]
+        if not ok or not layout or not (dqs or exits):
             continue
         prefix = q.name or q.output[0]
         dq = helper.make_node("DequantizeLinear", [q.output[0], *q.input[1:]], [f"{prefix}/dequantized"],
@@ -231,6 +234,12 @@ def _dequantize_before_layout(model: onnx.ModelProto) -> int:
         for node in layout:
             if node.input[0] == q.output[0]:
                 node.input[0] = dq.output[0]
+        for node, k in exits:  # an integer graph output (tf2onnx: int8 boxes Sliced and Reshaped out of a conv's
+            out = node.output[k]  # codes): the float values quantized again to q's grid just before it
+            node.output[k] = f"{out}/float"
+            requantize = helper.make_node("QuantizeLinear", [node.output[k], *q.input[1:]], [out], name=f"{out}/quantize")
+            requantize.attribute.extend(q.attribute)
+            inserted.append((node, requantize))
         for r in dqs:  # the layout ops' results are already float: each dequantize passes them on
             r.op_type, r.domain = "Identity", ""
             del r.input[1:]

@@ -1,4 +1,5 @@
-"""A Concat of 8-bit tensors read only by DequantizeLinears of one per-tensor grid, dequantized part by part:
+"""A Concat of 8-bit tensors read only by DequantizeLinears of one per-tensor grid (through layout ops on the
+integers, a Transpose back to NCHW, or not), dequantized part by part:
 
     DequantizeLinear(Concat(q_1, ..., q_n), s, z)   ->   Concat(DequantizeLinear(q_1, s, z), ..., DequantizeLinear(q_n, s, z))
 
@@ -16,6 +17,7 @@ import onnx
 from onnx import helper
 
 STANDARD = ("", "ai.onnx", "com.microsoft")
+LAYOUT = ("Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity")  # move the integers unchanged
 
 
 def dequantize_before_concat(model: onnx.ModelProto, value) -> int:
@@ -36,9 +38,18 @@ def dequantize_before_concat(model: onnx.ModelProto, value) -> int:
     for node in graph.node:
         if node.op_type != "Concat" or node.domain not in STANDARD or node.output[0] in outputs:
             continue
-        dqs = readers.get(node.output[0], [])
-        if not dqs or not all(r.op_type == "DequantizeLinear" and r.domain in STANDARD and r.input[0] == node.output[0]
-                              for r in dqs):
+        layout, dqs, frontier, ok = [], [], [node.output[0]], True
+        while frontier and ok:  # layout ops on the integers (a Transpose back to NCHW) may come first
+            name = frontier.pop()
+            for r in readers.get(name, []):
+                if r.op_type in LAYOUT and r.domain in STANDARD and r.input[0] == name and not outputs & set(r.output):
+                    layout.append(r)
+                    frontier.extend(r.output)
+                elif r.op_type == "DequantizeLinear" and r.domain in STANDARD and r.input[0] == name:
+                    dqs.append(r)
+                else:
+                    ok = False
+        if not ok or not dqs:
             continue
         grids = [grid(r) for r in dqs]
         scale, zero = grids[0]
@@ -53,9 +64,13 @@ def dequantize_before_concat(model: onnx.ModelProto, value) -> int:
         concat = helper.make_node("Concat", [p.output[0] for p in parts], [f"{prefix}/float"], name=prefix)
         concat.attribute.extend(node.attribute)
         inserted[id(node)] = parts + [concat]
-        for r in dqs:  # each reader passes the float concatenation on
+        for r in layout:  # the layout ops move the float values instead
+            if r.input[0] == node.output[0]:
+                r.input[0] = concat.output[0]
+        for r in dqs:  # each dequantize passes the float values on
             r.op_type, r.domain = "Identity", ""
-            r.input[0] = concat.output[0]
+            if r.input[0] == node.output[0]:
+                r.input[0] = concat.output[0]
             del r.input[1:]
             del r.attribute[:]
     if not inserted:

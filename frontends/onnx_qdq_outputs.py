@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-LAYOUT = ("Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity")  # move codes unchanged
+LAYOUT = ("Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Slice")  # move codes unchanged
 
 
 def quantized_outputs_as_float_ops(model: onnx.ModelProto, value, integer_range) -> int:

@@ -447,3 +447,72 @@ def test_concat_of_int8_tensors_and_reshaped_int8_output(tmp_path):
         y, want = art.run({"input": x})["output"], ref.run(None, {"input": x})[0]
         assert y.dtype == np.int8 and y.shape == (1, 10, 10, 1)
         assert _cos(y.astype(np.float64) + 128, want.astype(np.float64) + 128) > 0.99
+
+
+def _detector_head(path):
+    """A detector head as TFLite quantizes it and tf2onnx writes it (PicoDet through onnx2tf): a conv's int8
+    codes Sliced into boxes, Reshaped and Transposed straight into an int8 graph output, and into scores
+    dequantized for a Sigmoid; two int8 score maps Concatenated and Transposed on the integers before one
+    DequantizeLinear."""
+    rng = np.random.default_rng(14)
+    inits: list = []
+    nodes = [helper.make_node("DequantizeLinear", ["input", _const(inits, "x/s", np.float32(2 / 255)),
+                                                   _const(inits, "x/z", np.int8(-1))], ["x"])]
+    for k in range(2):
+        nodes += _weight(inits, f"w{k}", rng.normal(0, 0.4, (4, 3, 3, 3)).astype(np.float32), 0)
+        nodes += [helper.make_node("Conv", ["x", f"w{k}"], [f"c{k}"], pads=[1, 1, 1, 1])]
+    hs, hz = _const(inits, "h/s", np.float32(0.05)), _const(inits, "h/z", np.int8(3))
+    ps, pz = _const(inits, "p/s", np.float32(1 / 256)), _const(inits, "p/z", np.int8(-128))
+    ax, lo, mid, hi = (_const(inits, n, np.array(v, np.int64)) for n, v in
+                       (("axis", [1]), ("lo", [0]), ("mid", [2]), ("hi", [4])))
+    nodes += [helper.make_node("QuantizeLinear", ["c0", hs, hz], ["h/q"]),
+              helper.make_node("Slice", ["h/q", lo, mid, ax], ["box/q"]),
+              helper.make_node("Reshape", ["box/q", _const(inits, "shape", np.array([1, 2, 36], np.int64))], ["box/r"]),
+              helper.make_node("Transpose", ["box/r"], ["boxes"], perm=[0, 2, 1]),
+              helper.make_node("Slice", ["h/q", mid, hi, ax], ["cls/q"]),
+              helper.make_node("DequantizeLinear", ["cls/q", hs, hz], ["cls"]),
+              helper.make_node("Sigmoid", ["cls"], ["p0"]),
+              helper.make_node("Sigmoid", ["c1"], ["p1"]),
+              helper.make_node("QuantizeLinear", ["p0", ps, pz], ["p0/q"]),
+              helper.make_node("QuantizeLinear", ["p1", ps, pz], ["p1/q"]),
+              helper.make_node("Concat", ["p0/q", "p1/q"], ["cat/q"], axis=1),
+              helper.make_node("Transpose", ["cat/q"], ["cat/t"], perm=[0, 2, 3, 1]),
+              helper.make_node("DequantizeLinear", ["cat/t", ps, pz], ["cat"]),
+              helper.make_node("ReduceMean", ["cat"], ["pooled"], axes=[1, 2], keepdims=0)]
+    graph = helper.make_graph(nodes, "tflite_head", [helper.make_tensor_value_info("input", TensorProto.INT8, [1, 3, 6, 6])],
+                              [helper.make_tensor_value_info("boxes", TensorProto.INT8, [1, 36, 2]),
+                               helper.make_tensor_value_info("pooled", TensorProto.FLOAT, [1, 6])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+def test_int8_codes_sliced_into_an_output_and_concat_through_a_transpose(tmp_path):
+    """PicoDet's full-integer TFLite file through tf2onnx was refused (16 QuantizeLinear): a quantize read
+    both by layout ops ending at an int8 graph output and by a dequantize, and a Concat of int8 maps read
+    through a Transpose. The output branch now takes the float values quantized again to the same grid, and
+    the Concat is dequantized part by part through the Transpose."""
+    from runtime import check, compile_model, load
+
+    path = _detector_head(tmp_path / "m.onnx")
+    model = onnx.load(path)
+    assert strip_qdq(model) > 0
+    ops = [n.op_type for n in model.graph.node]
+    assert not {"QuantizeLinear", "DequantizeLinear"} & set(ops), ops
+    ref, got = ort.InferenceSession(str(path)), ort.InferenceSession(model.SerializeToString())
+    xs = np.clip(np.random.default_rng(15).normal(0, 60, (10, 1, 3, 6, 6)), -128, 127).astype(np.int8)
+    for x in xs[:2]:  # the float graph: the same codes out (one step where the file rounded in between)
+        a, b = ref.run(None, {"input": x}), got.run(None, {"input": x})
+        assert b[0].dtype == np.int8 and np.abs(a[0].astype(int) - b[0].astype(int)).max() <= 1
+        assert _cos(a[1], b[1]) > 0.999
+    assert check._output_grids(str(path)) == {"boxes": (np.float32(0.05), 3.0)}
+    np.savez(tmp_path / "calib.npz", input=xs[:8])
+    art = load(compile_model(path, "x86", tmp_path / "a", calib=tmp_path / "calib.npz", progress=False))
+    assert art.manifest["integer_only"] is True
+    for x in xs[8:]:
+        y, want = art.run({"input": x}), ref.run(None, {"input": x})
+        assert y["boxes"].dtype == np.int8
+        assert _cos((y["boxes"].astype(np.float64) - 3) * 0.05, (want[0].astype(np.float64) - 3) * 0.05) > 0.99
+        assert _cos(y["pooled"], want[1]) > 0.99
