@@ -31,7 +31,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from passes.conv_as_pointwise import OPAQUE, PATCHES_ATTR, packed_patches_te, pixel_patches_te
 
-from . import act_matmul, amx, vnni
+from . import act_matmul, amx, taps_input, vnni
 from .interleave import interleaved
 from .kernel_family import MADDUBS, Dot, Family, maddubs_safe
 from .schedule_common import static_factor
@@ -310,8 +310,10 @@ class _Rewriter(PyExprMutator):
             return None  # a pointwise conv over its patches (conv_as_pointwise.py) runs it faster; so it does
             # where the taps kernel would pad the channels to k, twice or more (one channel: musicnn's 7 x 38
             # filters over a spectrogram, 28.5 ms as taps, 6 ms as patches): patches pad c * kh * kw once
-        xp = self.builder_.call_te(vnni.taps_input_te, x, pads, stride, hq, wq, dot.name,
-                                   primfunc_name_hint=f"{dot.name}_taps_input")
+        xp = taps_input.packed_input(self.builder_, x, pads[:2], stride, hq, wq, dot.k, dot.a_dtype)
+        if xp is None:  # 16-bit inputs, rows narrower than one vector's reads
+            xp = self.builder_.call_te(vnni.taps_input_te, x, pads, stride, hq, wq, dot.name,
+                                       primfunc_name_hint=f"{dot.name}_taps_input")
         out = self._kernel(vnni.conv_taps_te, dot, x, xp, np.ascontiguousarray(wt.astype(dot.w_dtype)),
                            w_np.astype(np.int64).sum((1, 2, 3)), stride, wx)
         if wx == wo:
