@@ -11,7 +11,7 @@ at a time (a bounds test, a byte load and a byte store each): 1.35 GB/s, 28 ms o
 Here a vector of 16 output pixels is k loads of 16 s contiguous elements (one per channel of the group) and
 one shuffle that picks every s-th element of each and interleaves them: in a loop over a row's inner pixels,
 with the row's ends (where the padding starts) unrolled with loads clamped into the row and the padding
-picked from a zero vector, and rows of padding stored as constants. Pure data movement: bit-exact with
+picked from a zero vector, and rows of padding stored as constants (8- and 16-bit inputs). Pure data movement: bit-exact with
 `taps_input_te` by construction, and tested against it.
 """
 
@@ -28,8 +28,10 @@ PIXELS = 16  # output pixels per stored vector (64 bytes of uint8 quads, of int1
 
 
 def takes(c: int, h: int, w: int, stride: int, in_dtype: str, out_dtype: str) -> bool:
-    """Whether `pack_func` handles this input: 8-bit in, a row holding a whole vector's reads."""
-    return in_dtype in ("int8", "uint8") and out_dtype in ("uint8", "int16") and w >= PIXELS * stride
+    """Whether `pack_func` handles this input: 8-bit to uint8 quads or int16 pairs, or 16-bit to int16
+    pairs (a tensor kept at 16 bits), a row holding a whole vector's reads."""
+    pairs = {("int8", "uint8"), ("uint8", "uint8"), ("int8", "int16"), ("uint8", "int16"), ("int16", "int16")}
+    return (in_dtype, out_dtype) in pairs and w >= PIXELS * stride
 
 
 def pack_func(c: int, h: int, w: int, pads: tuple[int, int], stride: int, hq: int, wq: int, k: int,

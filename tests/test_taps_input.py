@@ -41,6 +41,8 @@ def _te_pack(shape, pads, stride, hq, wq, dot, dtype, target):
     (16, 6, 35, (1, 1, 1, 1), 1, "maddwd512", "int8"),  # widened to int16 pairs
     (7, 5, 35, (1, 0, 1, 2), 2, "maddwd512", "uint8"),
     (1, 6, 64, (3, 3, 3, 3), 1, "vnni", "uint8"),  # one channel: the shuffle reads zero vectors for lanes
+    (5, 8, 40, (1, 1, 1, 1), 2, "wvnni8", "int16"),  # a tensor kept at 16 bits
+    (4, 7, 33, (0, 0, 1, 1), 1, "wmaddwd", "int16"),
 ])
 def test_equals_the_te_pack(cpu, c, h, w, pads, stride, dot, dtype):
     spec = get_target("x86", cpu=cpu)
