@@ -30,6 +30,7 @@ def cpu_lowering_passes(target, tune_trials: int = 0) -> list:
     from .resize_taps import resize_taps
     from passes.legalize_once import legalize_ops_once
     from .split_dataflow import split_dataflow_blocks
+    from .strided_pool import strided_max_pool
     from .vnni_int4 import schedule_int4_dot_kernels, use_int4_dot_kernels
     from .vnni_rewrite import use_dot_kernels
 
@@ -42,12 +43,13 @@ def cpu_lowering_passes(target, tune_trials: int = 0) -> list:
     # spatial convs no kernel took, as pointwise convs over patches, which then take the dot kernels:
     # on x86 only (on aarch64 LLVM makes sdot/udot of the default conv loops' channel reduction)
     patches = [conv_as_pointwise] + dots[:1] if is_x86(target) else []
+    pools = [strided_max_pool] if is_x86(target) else []  # shuffles of 512-bit loads
     tune = []
     if tune_trials:
         from .tuning import tune_pass
 
         tune = [tune_pass(target, tune_trials)]
-    return (lookups + [windowed_requant, narrow_int64, patch_conv_as_matmul, conv_transpose_as_conv, grouped_conv_as_convs, flat_depthwise] + dots + patches + [conv1x1_as_matmul, resize_taps, concat_tree] + cpu_defaults.library_dispatch_passes(target)
+    return (lookups + [windowed_requant, narrow_int64, patch_conv_as_matmul, conv_transpose_as_conv, grouped_conv_as_convs, flat_depthwise] + dots + patches + pools + [conv1x1_as_matmul, resize_taps, concat_tree] + cpu_defaults.library_dispatch_passes(target)
             + [lift_scalar_constants] + _adapted(cpu_defaults.legalize_passes(target), legalize_ops_once, split_dataflow_blocks)
             + [schedule_int4_dot_kernels, schedule_int_matmul_cpu, dedupe_kernels] + tune)
 
