@@ -191,7 +191,7 @@ _QOPS = {
 }
 
 
-LAYOUT = ("Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Split", "Slice", "Identity", "MaxPool")
+LAYOUT = ("Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Split", "Slice", "Identity", "MaxPool", "Gather")
 
 
 def _dequantize_before_layout(model: onnx.ModelProto) -> int:

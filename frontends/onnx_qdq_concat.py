@@ -21,7 +21,16 @@ LAYOUT = ("Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity")
 
 
 def dequantize_before_concat(model: onnx.ModelProto, value) -> int:
-    """Rewrite in place; `value(name)` reads a constant. Returns how many Concats were rewritten."""
+    """Rewrite in place; `value(name)` reads a constant. Returns how many Concats were rewritten. Nested
+    Concats on the integers (a Keras BiLSTM's per-step outputs through TFLite: Concat of Concats) come
+    apart from the outside in, one pass each."""
+    total = 0
+    while count := _dequantize_outermost(model, value):
+        total += count
+    return total
+
+
+def _dequantize_outermost(model: onnx.ModelProto, value) -> int:
     graph = model.graph
     readers: dict[str, list] = {}
     for node in graph.node:

@@ -516,3 +516,60 @@ def test_int8_codes_sliced_into_an_output_and_concat_through_a_transpose(tmp_pat
         assert y["boxes"].dtype == np.int8
         assert _cos((y["boxes"].astype(np.float64) - 3) * 0.05, (want[0].astype(np.float64) - 3) * 0.05) > 0.99
         assert _cos(y["pooled"], want[1]) > 0.99
+
+
+def _unrolled_steps(path):
+    """A CRNN's recurrence as TFLite quantizes it and tf2onnx writes it: the conv features' int8 codes
+    Transposed, Reshaped and Gathered step by step (constant indices) before each step's DequantizeLinear;
+    each step's int8 result Reshaped and Concatenated twice (a Concat of a Concat) before one
+    DequantizeLinear."""
+    rng = np.random.default_rng(16)
+    inits: list = []
+    nodes = _qdq("input", "x", 2 / 255, -1, inits)
+    nodes += _weight(inits, "w", rng.normal(0, 0.4, (4, 3, 1, 3)).astype(np.float32), 0)
+    s, z = _const(inits, "a/s", np.float32(0.02)), _const(inits, "a/z", np.int8(-128))
+    t, tz = _const(inits, "t/s", np.float32(1 / 128)), _const(inits, "t/z", np.int8(0))
+    nodes += [helper.make_node("Conv", ["x", "w"], ["c"], pads=[0, 1, 0, 1]), helper.make_node("Relu", ["c"], ["r"]),
+              helper.make_node("QuantizeLinear", ["r", s, z], ["r/q"]),
+              helper.make_node("Transpose", ["r/q"], ["r/t"], perm=[3, 0, 2, 1]),
+              helper.make_node("Reshape", ["r/t", _const(inits, "steps", np.array([3, 4], np.int64))], ["seq/q"])]
+    parts = []
+    for k in range(3):
+        nodes += [helper.make_node("Gather", ["seq/q", _const(inits, f"k{k}", np.array(k, np.int64))], [f"s{k}/q"], axis=0),
+                  helper.make_node("DequantizeLinear", [f"s{k}/q", s, z], [f"s{k}"]),
+                  helper.make_node("Tanh", [f"s{k}"], [f"h{k}"]),
+                  helper.make_node("QuantizeLinear", [f"h{k}", t, tz], [f"h{k}/q"]),
+                  helper.make_node("Reshape", [f"h{k}/q", _const(inits, f"row{k}", np.array([1, 1, 4], np.int64))],
+                                   [f"h{k}/r"])]
+        parts.append(f"h{k}/r")
+    nodes += [helper.make_node("Concat", parts[:2], ["cat01/q"], axis=1),
+              helper.make_node("Concat", ["cat01/q", parts[2]], ["cat/q"], axis=1),
+              helper.make_node("DequantizeLinear", ["cat/q", t, tz], ["output"])]
+    graph = helper.make_graph(nodes, "tflite_steps", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 1, 3])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+def test_gathered_steps_and_nested_concats_on_int8(tmp_path):
+    """captcha-crnn (CNN + BiLSTM) through onnx2tf and TFLite full-integer was refused (41 QuantizeLinear):
+    the steps Gathered out of the int8 features, and the per-step outputs in a Concat of Concats. Gather
+    now commutes with the dequantize like the other layout ops, and nested Concats come apart from the
+    outside in."""
+    from runtime import compile_model, load
+
+    path = _unrolled_steps(tmp_path / "m.onnx")
+    model = onnx.load(path)
+    assert strip_qdq(model) > 0
+    ops = [n.op_type for n in model.graph.node]
+    assert not {"QuantizeLinear", "DequantizeLinear"} & set(ops), ops
+    xs = np.random.default_rng(17).uniform(-1, 1, (10, 1, 3, 1, 3)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", input=xs[:8])
+    art = load(compile_model(path, "x86", tmp_path / "a", calib=tmp_path / "calib.npz", progress=False))
+    assert art.manifest["integer_only"] is True
+    ref = ort.InferenceSession(str(path))
+    for x in xs[8:]:
+        assert _cos(art.run({"input": x})["output"], ref.run(None, {"input": x})[0]) > 0.99
