@@ -180,6 +180,7 @@ def load_onnx(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]] 
     while unroll_loops(model):  # Scan, and Loop with a constant count: bodies inlined (onnx_loops.py)
         model = _basic_optimize(model, path)  # fold what the iteration numbers made constant: the count
         # of a later loop may follow from an unrolled one's outputs (stacked Keras LSTMs)
+    strip_qdq(model)  # quantized ops the unrolled bodies brought in (a dynamic-range TFLite LSTM's WHILE loop)
     legacy_forms_to_tvm_forms(model)  # Slice-1, Reshape-1, Upsample-9: the forms TVM's converters read
     if select_ifs(model):  # data-dependent If: both branches computed, then a Where
         model = onnx.shape_inference.infer_shapes(model)

@@ -22,8 +22,19 @@ STANDARD = ("", "ai.onnx", "com.microsoft")
 
 
 def dynamic_pairs_to_float(model: onnx.ModelProto) -> int:
-    """Rewrite the pairs above in place; returns how many DequantizeLinears were replaced."""
-    graph = model.graph
+    """Rewrite the pairs above in place, in Loop / If / Scan bodies too (a TFLite WHILE's dynamic-range LSTM
+    cell, which tf2onnx writes as a Loop); returns how many DequantizeLinears were replaced."""
+    return _in_graph(model.graph)
+
+
+def _in_graph(graph: onnx.GraphProto) -> int:
+    count = sum(_in_graph(a.g) for node in graph.node for a in node.attribute if a.type == onnx.AttributeProto.GRAPH)
+    count += sum(_in_graph(g) for node in graph.node for a in node.attribute if a.type == onnx.AttributeProto.GRAPHS
+                 for g in a.graphs)
+    return count + _pairs(graph)
+
+
+def _pairs(graph: onnx.GraphProto) -> int:
     producers = {o: n for n in graph.node for o in n.output}
     replaced: dict[int, list] = {}
     for node in graph.node:

@@ -329,7 +329,7 @@ def test_check_runs_the_file_with_its_tflite_ops_as_onnx_ops(tmp_path):
     assert row.cosine > 0.9999
 
 
-def _tflite_while_rnn(path, steps: int = 6):
+def _tflite_while_rnn(path, steps: int = 6, dynamic_range: bool = False):
     """A Keras RNN layer converted to TFLite (a WHILE op) and by tf2onnx to ONNX: Loop(M = INT64_MAX, cond =
     Less(0.0, n)) whose body reads step `i` of the time-major input with Gather, updates h = tanh(x W + h U),
     counts i + 1 and recomputes its cond as Less(Cast(i + 1, float), n)."""
@@ -339,9 +339,19 @@ def _tflite_while_rnn(path, steps: int = 6):
                   numpy_helper.from_array(rng.normal(0, 0.4, (6, 6)).astype(np.float32), "U"),
                   numpy_helper.from_array(np.array(1, np.int32), "one"),
                   numpy_helper.from_array(np.array(float(steps), np.float32), "n")]
+    product = [helper.make_node("MatMul", ["x_t", "W"], ["xw"])]
+    if dynamic_range:  # TFLite's dynamic-range cell: the input quantized per call, int8 weights dequantized
+        w = numpy_helper.to_array(body_inits[0])
+        scale = (np.abs(w).max(axis=0) / 127).astype(np.float32)
+        body_inits[0] = numpy_helper.from_array(np.round(w / scale).astype(np.int8), "W")
+        body_inits += [numpy_helper.from_array(scale, "W/s"), numpy_helper.from_array(np.zeros(6, np.int8), "W/z")]
+        product = [helper.make_node("DequantizeLinear", ["W", "W/s", "W/z"], ["W/f"], axis=1),
+                   helper.make_node("DynamicQuantizeLinear", ["x_t"], ["x_t/q", "x_t/s", "x_t/z"]),
+                   helper.make_node("DequantizeLinear", ["x_t/q", "x_t/s", "x_t/z"], ["x_t/f"]),
+                   helper.make_node("MatMul", ["x_t/f", "W/f"], ["xw"])]
     body = helper.make_graph(
         [helper.make_node("Gather", ["xs_in", "i_in"], ["x_t"]),
-         helper.make_node("MatMul", ["x_t", "W"], ["xw"]), helper.make_node("MatMul", ["h_in", "U"], ["hu"]),
+         *product, helper.make_node("MatMul", ["h_in", "U"], ["hu"]),
          helper.make_node("Add", ["xw", "hu"], ["pre"]), helper.make_node("Tanh", ["pre"], ["h_out"]),
          helper.make_node("Add", ["i_in", "one"], ["i_out"]),
          helper.make_node("Cast", ["i_out"], ["i_float"], to=TensorProto.FLOAT),
@@ -567,6 +577,23 @@ def test_gathered_steps_and_nested_concats_on_int8(tmp_path):
     ops = [n.op_type for n in model.graph.node]
     assert not {"QuantizeLinear", "DequantizeLinear"} & set(ops), ops
     xs = np.random.default_rng(17).uniform(-1, 1, (10, 1, 3, 1, 3)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", input=xs[:8])
+    art = load(compile_model(path, "x86", tmp_path / "a", calib=tmp_path / "calib.npz", progress=False))
+    assert art.manifest["integer_only"] is True
+    ref = ort.InferenceSession(str(path))
+    for x in xs[8:]:
+        assert _cos(art.run({"input": x})["output"], ref.run(None, {"input": x})[0]) > 0.99
+
+
+def test_dynamic_range_recurrence_inside_a_tflite_while_loop(tmp_path):
+    """A dynamic-range TFLite LSTM (g2p-id's encoder through onnx2tf): the cell's per-call input quantization
+    and its int8 weights live in the WHILE loop's body, which the QDQ rewrite did not enter; after unrolling
+    they were refused (DynamicQuantizeLinear, DequantizeLinear x 48). Bodies are rewritten now, and the
+    quantized constants the unrolled steps bring are folded."""
+    from runtime import compile_model, load
+
+    path = _tflite_while_rnn(tmp_path / "m.onnx", dynamic_range=True)
+    xs = np.random.default_rng(18).normal(0, 1, (10, 1, 6, 4)).astype(np.float32)
     np.savez(tmp_path / "calib.npz", input=xs[:8])
     art = load(compile_model(path, "x86", tmp_path / "a", calib=tmp_path / "calib.npz", progress=False))
     assert art.manifest["integer_only"] is True
