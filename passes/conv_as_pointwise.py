@@ -98,6 +98,64 @@ def patch_weights(weights: np.ndarray, rows: int) -> np.ndarray:
     return np.pad(weights.reshape(o, c * kh * kw), [(0, 0), (0, rows - c * kh * kw)]).reshape(o, rows, 1, 1)
 
 
+CHUNK = 64  # elements a vector copy of `same_patches_func` moves at a time
+
+
+def same_patches_func(n: int, c: int, h: int, w: int, rows: int, kh: int, kw: int, top: int, left: int,
+                      dtype: str) -> tvm.tirx.PrimFunc:
+    """`patches_te` of a stride-1, undilated conv whose output is its input's size (`same` padding), as
+    flat copies: patch row (c, i, j) is channel c's plane shifted by d = (i - top) W + (j - left), so it is
+    one contiguous copy of the plane (the elements whose source falls outside it zero), then the columns
+    the shift wraps into the next or previous row set to zero. TE's compute tested every element against
+    the image's bounds: 1 ms of open_nsfw's 8.4 in two such kernels."""
+    from tvm.script.ir_builder import IRBuilder
+    from tvm.script.ir_builder import tirx as T
+
+    plane, taps = h * w, c * kh * kw
+    zero = lambda lanes: T.Broadcast(tvm.tirx.const(0, dtype), lanes) if lanes > 1 else tvm.tirx.const(0, dtype)  # noqa: E731
+
+    with IRBuilder() as ib:
+        with T.prim_func(s_tir=True):
+            x = T.arg("x", T.buffer((n, c, h, w), dtype))
+            o = T.arg("o", T.buffer((n, rows, h, w), dtype))
+            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+            with T.sblock("root"):
+                src = T.decl_buffer((n * c * plane,), dtype, data=x.data)
+                dst = T.decl_buffer((n * rows * plane,), dtype, data=o.data)
+
+                def fill(start, count: int, value):
+                    """Elements [start, start + count) of dst from value(offset, lanes), CHUNK at a time."""
+                    full, tail = divmod(count, CHUNK)
+                    index = lambda at, lanes: [T.Ramp(at, 1, lanes) if lanes > 1 else at]  # noqa: E731
+                    if full:
+                        with T.serial(0, full) as t:
+                            T.buffer_store(dst, value(t * CHUNK, CHUNK), index(start + t * CHUNK, CHUNK))
+                    if tail:
+                        T.buffer_store(dst, value(full * CHUNK, tail), index(start + full * CHUNK, tail))
+
+                with T.parallel(0, n * c) as r:
+                    b, ch = r // c, r % c
+                    for i in range(kh):
+                        for j in range(kw):
+                            out = (b * rows + ch * (kh * kw) + i * kw + j) * plane
+                            source = (b * c + ch) * plane
+                            d = (i - top) * w + (j - left)
+                            lo, hi = max(0, -d), min(plane, plane - d)
+                            fill(out, lo, lambda at, lanes: zero(lanes))
+                            fill(out + lo, max(0, hi - lo),
+                                 lambda at, lanes: src.vload([source + lo + d + at], f"{dtype}x{lanes}") if lanes > 1
+                                 else src[source + lo + d + at])
+                            fill(out + max(lo, hi), plane - max(lo, hi), lambda at, lanes: zero(lanes))
+                            for col in range(w):  # columns whose source wrapped into a neighbouring row
+                                if not 0 <= col + j - left < w:
+                                    with T.serial(0, h) as y:
+                                        T.buffer_store(dst, zero(1), [out + y * w + col])
+                if rows > taps:  # rows past C*kh*kw: zeros
+                    with T.serial(0, n) as b:
+                        fill((b * rows + taps) * plane, (rows - taps) * plane, lambda at, lanes: zero(lanes))
+    return ib.get()
+
+
 def _rewrite(builder: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     if len(call.args) != 2:
         return call
@@ -123,9 +181,15 @@ def _rewrite(builder: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     size = (n if isinstance(n, int) else 1) * rows * ho * wo * np.dtype(str(x.ty.dtype)).itemsize
     if size > MAX_PATCH_BYTES:
         return _in_bands(builder, call, -(-size // MAX_PATCH_BYTES))
-    cols = builder.call_te(patches_te, x, rows, (kh, kw), strides, pads, dilation, primfunc_name_hint="conv_patches",
-                           primfunc_attrs={"op_pattern": OPAQUE, PATCHES_ATTR: json.dumps(
-                               [rows, [kh, kw], list(strides), list(pads), list(dilation)])})
+    attrs = {"op_pattern": OPAQUE, PATCHES_ATTR: json.dumps([rows, [kh, kw], list(strides), list(pads), list(dilation)])}
+    _, _, h, wd = (int(d) if isinstance(d, tvm.tirx.IntImm) else d for d in x.ty.shape)
+    if strides == (1, 1) and dilation == (1, 1) and (ho, wo) == (h, wd) and isinstance(n, int):  # `same` padding
+        func = same_patches_func(n, c, h, wd, rows, kh, kw, pads[0], pads[1], str(x.ty.dtype))
+        gv = builder.add_func(func.with_attrs(attrs), "conv_patches")
+        cols = relax.call_tir(gv, [x], relax.TensorType([n, rows, ho, wo], str(x.ty.dtype)))
+    else:
+        cols = builder.call_te(patches_te, x, rows, (kh, kw), strides, pads, dilation, primfunc_name_hint="conv_patches",
+                               primfunc_attrs=attrs)
     return relax.op.nn.conv2d(cols, relax.const(patch_weights(weights, rows)), out_dtype=str(call.ty.dtype))
 
 

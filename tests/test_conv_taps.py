@@ -231,6 +231,48 @@ def test_narrow_rows_take_their_patches_bit_exact(dtype, tmp_path):
     np.testing.assert_array_equal(vm["main"](tvm.runtime.tensor(x)).numpy(), expected)
 
 
+@pytest.mark.parametrize("n,c,h,w,k,dtype", [
+    (1, 13, 14, 14, 3, "uint8"),  # ResNet's 14x14 stage; 117 taps padded to 120 rows
+    (1, 5, 7, 7, 3, "int8"),  # shifts that wrap into neighbouring rows on both sides
+    (2, 3, 9, 16, 5, "int16"),  # a batch of two, pads of 2
+    (1, 2, 5, 11, 1, "float32"),
+])
+def test_same_padding_patches_are_flat_copies(n, c, h, w, k, dtype):
+    """A stride-1 conv whose output is its input's size: each patch row a shifted flat copy of its channel,
+    the wrapped columns zeroed (`same_patches_func`); equal to `patches_te`, which tests every element."""
+    import tvm
+    from tvm import te
+
+    from passes.conv_as_pointwise import patch_rows, patches_te, same_patches_func
+    from targets.cpu_schedules import schedule_int_matmul_cpu
+
+    rows, pad, target = patch_rows(c, k, k), k // 2, get_target("x86").target()
+    xt = te.placeholder((n, c, h, w), dtype, name="x")
+    func = te.create_prim_func([xt, patches_te(xt, rows, (k, k), (1, 1), (pad,) * 4, (1, 1))])
+    with target:
+        want_mod = schedule_int_matmul_cpu(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}))
+    want_fn = tvm.compile(want_mod, target=target)["main"]
+    got_fn = tvm.compile(tvm.IRModule({"main": same_patches_func(n, c, h, w, rows, k, k, pad, pad, dtype)
+                                       .with_attr("global_symbol", "main")}), target=target)["main"]
+    x = tvm.runtime.tensor((rng.integers(-100, 100, (n, c, h, w)) if dtype != "float32"
+                            else rng.standard_normal((n, c, h, w))).astype(dtype))
+    want, got = (tvm.runtime.tensor(np.full((n, rows, h, w), fill, dtype)) for fill in (0, 7))
+    want_fn(x, want)
+    got_fn(x, got)
+    np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
+def test_same_padding_conv_over_its_flat_patches_bit_exact(tmp_path):
+    import tvm
+    from tvm import relax
+
+    x, wt, attrs, expected = _case(1, 24, 7, 7, 32, 3, 1, (1, 1, 1, 1), "int8")
+    lib = _compile(x, wt, attrs, None, tmp_path)
+    assert any("conv_patches" in name for name in _kernels(lib))
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib)), tvm.cpu())
+    np.testing.assert_array_equal(vm["main"](tvm.runtime.tensor(x)).numpy(), expected)
+
+
 @pytest.mark.parametrize("cpu", ["x86-64-v4+avx512vnni", "x86-64-v3"])
 def test_one_channel_conv_with_many_taps_takes_its_patches_bit_exact(cpu, tmp_path):
     """32 filters of 7 x 24 over one channel (musicnn's front end over a spectrogram): neither the flat-row
