@@ -44,6 +44,7 @@ from .onnx_qonnx import read_qonnx
 from .onnx_loops import unroll_loops
 from .onnx_rnn import unroll_lstms
 from .onnx_tail import Tail, names_read, split_tail
+from .onnx_window_axes import fold_unit_window_axes
 from .shape_operands import dynamic_shape_operands
 
 # ONNX ops (after onnxruntime's basic clean-up) that the integer-only path lowers.
@@ -190,6 +191,8 @@ def load_onnx(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]] 
     decompose_attention(model)  # opset 23's Attention op -> MatMul/Softmax (onnx_attention.py)
     if decompose_ops(model):  # ops with neither a TVM converter nor an ONNX function (onnx_decompose.py)
         model = _basic_optimize(model, path)  # shapes through them (an ai.onnx.ml Scaler stopped inference)
+    if fold_unit_window_axes(model):  # pools over > 3 spatial axes (jax2onnx's reduce_window): 1-3 (onnx_window_axes.py)
+        model = onnx.shape_inference.infer_shapes(model)
     expanded = expand_functions(model, path)  # function ops TVM lacks -> their schema bodies (onnx_functions.py)
     if expanded is not None:
         model = _basic_optimize(expanded, path)  # fold the bodies' shape arithmetic
