@@ -588,7 +588,7 @@ def test_gathered_steps_and_nested_concats_on_int8(tmp_path):
 def test_dynamic_range_recurrence_inside_a_tflite_while_loop(tmp_path):
     """A dynamic-range TFLite LSTM (g2p-id's encoder through onnx2tf): the cell's per-call input quantization
     and its int8 weights live in the WHILE loop's body, which the QDQ rewrite did not enter; after unrolling
-    they were refused (DynamicQuantizeLinear, DequantizeLinear x 48). Bodies are rewritten now, and the
+    they were refused (DynamicQuantizeLinear, DequantizeLinear). Bodies are rewritten now, and the
     quantized constants the unrolled steps bring are folded."""
     from runtime import compile_model, load
 
