@@ -77,3 +77,97 @@ def test_reduce_window_cnn_compiles_integer_only(tmp_path):
     assert art.manifest["integer_only"]
     for x in xs[:2]:
         assert _cos(art.run({"x": x})["y"], _reduce_window_reference(x)) > 0.999
+
+
+# ------------------------------------------------------------------------------------------------ layer norms
+def _flax_layer_norm(nodes, inits, x, out, tag, gamma, beta):
+    """Flax's LayerNorm (use_fast_variance) as jax2onnx writes it: var = max(mean(x * x) - mean(x)^2, 0)."""
+    ax = _const(inits, f"{tag}/ax", [2], np.int64)
+    nodes += [helper.make_node("ReduceMean", [x, ax], [f"{tag}/mean"], keepdims=1),
+              helper.make_node("Sub", [x, f"{tag}/mean"], [f"{tag}/centered"]),
+              helper.make_node("Mul", [x, x], [f"{tag}/sq"]),
+              helper.make_node("ReduceMean", [f"{tag}/sq", ax], [f"{tag}/m2"], keepdims=1),
+              helper.make_node("Mul", [f"{tag}/mean", f"{tag}/mean"], [f"{tag}/m11"]),
+              helper.make_node("Sub", [f"{tag}/m2", f"{tag}/m11"], [f"{tag}/var"]),
+              helper.make_node("Max", [f"{tag}/var", _const(inits, f"{tag}/zero", 0.0)], [f"{tag}/nn"]),
+              helper.make_node("Add", [f"{tag}/nn", _const(inits, f"{tag}/eps", 1e-6)], [f"{tag}/ve"]),
+              helper.make_node("Sqrt", [f"{tag}/ve"], [f"{tag}/std"]),
+              helper.make_node("Div", [f"{tag}/centered", f"{tag}/std"], [f"{tag}/norm"]),
+              helper.make_node("Mul", [f"{tag}/norm", _const(inits, f"{tag}/g", gamma)], [f"{tag}/scaled"]),
+              helper.make_node("Add", [f"{tag}/scaled", _const(inits, f"{tag}/b", beta)], [out])]
+
+
+def _jnp_layer_norm(nodes, inits, x, out, tag, gamma, beta, width):
+    """A hand-written `(x - x.mean(-1, keepdims=True)) / sqrt(((x - mu) ** 2).mean(-1, keepdims=True) + eps)`:
+    ReduceSum(keepdims=0) -> Reshape -> Div(n) for each mean, ReduceSumSquare for the squares."""
+    ax, keep = _const(inits, f"{tag}/ax", [2], np.int64), _const(inits, f"{tag}/keep", [1, 17, 1], np.int64)
+    n = _const(inits, f"{tag}/n", float(width))
+    nodes += [helper.make_node("ReduceSum", [x, ax], [f"{tag}/s"], keepdims=0),
+              helper.make_node("Reshape", [f"{tag}/s", keep], [f"{tag}/sr"]),
+              helper.make_node("Div", [f"{tag}/sr", n], [f"{tag}/mean"]),
+              helper.make_node("Sub", [x, f"{tag}/mean"], [f"{tag}/centered"]),
+              helper.make_node("ReduceSumSquare", [f"{tag}/centered", ax], [f"{tag}/ss"], keepdims=0),
+              helper.make_node("Reshape", [f"{tag}/ss", keep], [f"{tag}/ssr"]),
+              helper.make_node("Div", [f"{tag}/ssr", n], [f"{tag}/var"]),
+              helper.make_node("Add", [f"{tag}/var", _const(inits, f"{tag}/eps", 1e-12)], [f"{tag}/ve"]),
+              helper.make_node("Sqrt", [f"{tag}/ve"], [f"{tag}/std"]),
+              helper.make_node("Div", [f"{tag}/centered", f"{tag}/std"], [f"{tag}/norm"]),
+              helper.make_node("Mul", [f"{tag}/norm", _const(inits, f"{tag}/g", gamma)], [f"{tag}/scaled"]),
+              helper.make_node("Add", [f"{tag}/scaled", _const(inits, f"{tag}/b", beta)], [out])]
+
+
+def _vit_like(path, form):
+    """patches [1, 16, 64] (an input), a class token and position embeddings of ~0.02 concatenated in front
+    (a row of variance ~1e-4 beside rows of ~1), layer norm, a linear layer, layer norm again, then the mean over
+    tokens (ReduceSum / 17, as jnp.mean writes it): y [1, 64]."""
+    rng = np.random.default_rng(0)
+    inits, nodes = [], []
+    _const(inits, "cls", rng.normal(0, 0.02, (1, 1, 64)))
+    _const(inits, "pos", rng.normal(0, 0.02, (1, 17, 64)))
+    _const(inits, "w", rng.normal(0, 0.125, (64, 64)))
+    nodes += [helper.make_node("Concat", ["cls", "x"], ["tokens"], axis=1), helper.make_node("Add", ["tokens", "pos"], ["h"])]
+    g1, b1 = rng.uniform(0.5, 1.5, 64), rng.normal(0, 0.1, 64)
+    if form == "flax":
+        _flax_layer_norm(nodes, inits, "h", "ln1", "ln1", g1, b1)
+    else:
+        _jnp_layer_norm(nodes, inits, "h", "ln1", "ln1", g1, b1, 64)
+    nodes += [helper.make_node("MatMul", ["ln1", "w"], ["mm"]), helper.make_node("Add", ["mm", "h"], ["res"])]
+    if form == "flax":
+        _flax_layer_norm(nodes, inits, "res", "ln2", "ln2", np.ones(64), np.zeros(64))
+    else:
+        _jnp_layer_norm(nodes, inits, "res", "ln2", "ln2", np.ones(64), np.zeros(64), 64)
+    nodes += [helper.make_node("ReduceSum", ["ln2", _const(inits, "tok", [1], np.int64)], ["tsum"], keepdims=0),
+              helper.make_node("Div", ["tsum", _const(inits, "ntok", 17.0)], ["y"])]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 64])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])], inits, path)
+
+
+def _fused_norms(path) -> int:
+    from frontends import load_onnx
+    from passes import bind_weights
+
+    imported = load_onnx(path)
+    return bind_weights(imported.mod, imported.params).script(show_meta=False).count("R.nn.layer_norm(")
+
+
+def test_flax_fast_variance_and_jnp_mean_layer_norms_fuse(tmp_path):
+    """Neither form was taken by fuse_layernorm: each moment got its own per-tensor grid, and the class token's
+    variance rounded to 0 (a jax2onnx ViT: cosine 0.48 at the logits)."""
+    assert _fused_norms(_vit_like(tmp_path / "flax.onnx", "flax")) == 2
+    assert _fused_norms(_vit_like(tmp_path / "jnp.onnx", "jnp")) == 2
+
+
+def test_flax_layer_norm_before_a_mean_over_tokens_compiles(tmp_path):
+    """A fused LayerNorm whose output a reduction reads (an MLP-Mixer's final mean over tokens): the integer square
+    root's 31 steps, each reading the step before twice, were inlined into the reduction's kernel by the row
+    reduction schedule, 2^31 reads: the compile never ended. The class-token row keeps its values."""
+    from runtime import compile_model, load
+
+    path = _vit_like(tmp_path / "flax.onnx", "flax")
+    xs = np.random.default_rng(2).normal(0, 1, (8, 1, 16, 64)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=xs)
+    art = load(compile_model(path, "x86", tmp_path / "a", calib=tmp_path / "calib.npz", progress=False))
+    assert art.manifest["integer_only"]
+    ref = ort.InferenceSession(str(path))
+    for x in xs[:2]:
+        assert _cos(art.run({"x": x})["y"], ref.run(None, {"x": x})[0]) > 0.99
