@@ -15,6 +15,7 @@ from .fuse_gelu import fuse_gelu
 from .fuse_prelu import fuse_prelu
 from .fuse_layernorm import fuse_layernorm
 from .fuse_written_layernorm import fuse_written_layernorm
+from .keepdims_reductions import keepdims_reductions
 from .fuse_rmsnorm import fuse_rmsnorm
 from .fuse_softmax import fuse_softmax
 from .sum_over_stack import sum_over_stack
@@ -29,7 +30,7 @@ from .verify_integer_only import IntegerOnlyReport, verify_integer_only
 
 __all__ = ["BOUNDARY_ATTR", "LAYERS_ATTR", "OBSERVERS", "IntegerOnlyReport", "QuantConfig", "QuantizeToInteger",
            "bind_weights", "calibrate", "conv1d_as_conv2d", "conv3d_as_conv2d", "conv3d_transpose_as_conv2d", "pool3d_as_pool2d", "decompose_batchnorm", "merge_parallel_convs", "pool1d_as_pool2d", "fold_batchnorm", "full_width_conv_as_channels", "tall_conv_as_wide", "fuse_gelu", "fuse_prelu",
-           "fuse_layernorm", "fuse_written_layernorm", "fuse_rmsnorm", "fuse_softmax", "fuse_binary_chains", "fuse_unary_chains", "sum_over_stack", "unary_chains_through_layout",
+           "fuse_layernorm", "fuse_written_layernorm", "keepdims_reductions", "fuse_rmsnorm", "fuse_softmax", "fuse_binary_chains", "fuse_unary_chains", "sum_over_stack", "unary_chains_through_layout",
            "verify_integer_only"]
 
 
@@ -49,7 +50,7 @@ def bind_weights(mod, weights):
                                     fold_constant_calls,
                                     conv1d_as_conv2d, conv3d_as_conv2d, conv3d_transpose_as_conv2d, pool1d_as_pool2d,
                                     pool3d_as_pool2d, fold_batchnorm, decompose_batchnorm, merge_parallel_convs,
-                                    full_width_conv_as_channels, tall_conv_as_wide, fuse_gelu, fuse_prelu, fuse_layernorm, fuse_written_layernorm,
+                                    full_width_conv_as_channels, tall_conv_as_wide, keepdims_reductions, fuse_gelu, fuse_prelu, fuse_layernorm, fuse_written_layernorm,
                                     fuse_rmsnorm, fuse_softmax,
                                     fuse_binary_chains, fuse_unary_chains,
                                     relax.transform.DeadCodeElimination(),  # the chains' dead steps
