@@ -99,10 +99,34 @@ def references(model_path: str | Path) -> list[tuple[str, str | bytes]]:
               if read_qonnx(model) else
               ("the file with tf2onnx's unconverted TFLite ops as ONNX ops (onnxruntime)", model.SerializeToString())
               if tflite_ops_to_standard(model) else
+              ("the file with its pools over four or more axes folded to fewer (onnxruntime)", model.SerializeToString())
+              if _fold_wide_pools(model) else
               ("the pre-quantized file itself (onnxruntime, its own quantization included)", str(model_path)))
     if not strip_qdq(model):
         return [(FILE if itself[1] == str(model_path) else itself[0], itself[1])]
     return [("the float graph of this pre-quantized file (onnxruntime)", model.SerializeToString()), itself]
+
+
+def _fold_wide_pools(model) -> bool:
+    """jax2onnx's `lax.reduce_window` pools (a MaxPool or ones-kernel Conv over 4 spatial axes), which onnxruntime
+    cannot run, folded in place as the import folds them (frontends/onnx_window_axes.py); False where there are none."""
+    import onnx
+
+    from frontends.onnx_window_axes import fold_unit_window_axes
+
+    wide = any(n.op_type in ("MaxPool", "AveragePool", "LpPool", "Conv")
+               and any(a.name in ("kernel_shape", "strides", "dilations") and len(a.ints) > 3 for a in n.attribute)
+               for n in model.graph.node)
+    if not wide:
+        return False
+    inferred = onnx.ModelProto()
+    inferred.CopyFrom(model)
+    del inferred.graph.value_info[:]  # jax2onnx declares some NHWC tensors with NCHW shapes
+    inferred = onnx.shape_inference.infer_shapes(inferred)
+    if not fold_unit_window_axes(inferred):
+        return False
+    model.CopyFrom(inferred)
+    return True
 
 
 def float_agreement(model_path: str | Path | bytes, artifact, samples, got=None) -> list[Agreement]:

@@ -79,6 +79,18 @@ def test_reduce_window_cnn_compiles_integer_only(tmp_path):
         assert _cos(art.run({"x": x})["y"], _reduce_window_reference(x)) > 0.999
 
 
+def test_check_runs_the_reduce_window_file_with_its_pools_folded(tmp_path):
+    """onnxruntime cannot run the file ('Unsupported pooling size'): the compile's check was skipped. It now runs the
+    file with the pools folded as the import folds them."""
+    from runtime.check import references
+
+    [(label, model)] = references(_reduce_window_cnn(tmp_path / "rw.onnx"))
+    assert "folded" in label and isinstance(model, bytes)
+    x = np.random.default_rng(4).normal(0, 1, (1, 8, 8, 4)).astype(np.float32)
+    got = ort.InferenceSession(model).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, _reduce_window_reference(x), rtol=1e-5, atol=1e-6)
+
+
 # ------------------------------------------------------------------------------------------------ layer norms
 def _flax_layer_norm(nodes, inits, x, out, tag, gamma, beta):
     """Flax's LayerNorm (use_fast_variance) as jax2onnx writes it: var = max(mean(x * x) - mean(x)^2, 0)."""
