@@ -12,6 +12,7 @@ that TVM imports and intq lowers (in place, before the import):
     OneHot(i, depth, values)     ->  Cast(Equal(Unsqueeze(i), arange(depth))) (constant depth and values)
     Col2Im(x, image, block)      ->  ConvTranspose(Reshape(x), one-hot weights, group = channels)   (nn.Fold)
     Average/MaxPool(window longer than the input, ceil_mode)  ->  the window clipped to the input
+    NonZero(constant)            ->  the constant indices   (jax2onnx's scatter filters its indices with one)
     ai.onnx.ml Scaler, Binarizer, LinearRegressor, Normalizer (scikit-learn pipelines)
                                  ->  Sub/Mul, Greater/Cast, MatMul/Add, x / ReduceMax|L1|L2(x)
 
@@ -425,6 +426,18 @@ def _pool_window_past_input(node, opset: int, inits: list, shapes: dict, consts)
     return [new]
 
 
+def _constant_nonzero(node, opset: int, inits: list, shapes: dict, consts) -> list | None:
+    """NonZero of a constant: the constant indices (onnxruntime's constant folding leaves NonZero, whose output
+    size its values decide; jax2onnx's scatter for `x.at[i].set(v)` filters its constant indices with one, and
+    the Reshape it feeds had no static shape: 'Reshape requires the input new shape to be Shape')."""
+    x = consts(node.input[0])
+    if x is None:
+        return None
+    value = np.array(np.nonzero(x), np.int64).reshape(max(x.ndim, 1), -1)
+    return [helper.make_node("Constant", [], list(node.output), name=node.name or node.output[0],
+                             value=numpy_helper.from_array(value, node.output[0]))]
+
+
 _ML = {"Scaler": _scaler, "Binarizer": _binarizer, "LinearRegressor": _linear_regressor, "Normalizer": _normalizer,
        "ArrayFeatureExtractor": _array_feature_extractor}
 
@@ -432,7 +445,8 @@ _DECOMPOSITIONS = {"LpNormalization": _lp_normalization, "DFT": _dft, "STFT": _s
                    "ConvTranspose": _conv_transpose_output_shape, "Compress": _compress,
                    "Max": _bound_as_clip, "Min": _bound_as_clip, "ReverseSequence": _reverse_sequence,
                    "OneHot": _one_hot, "Col2Im": _col2im,
-                   "AveragePool": _pool_window_past_input, "MaxPool": _pool_window_past_input}
+                   "AveragePool": _pool_window_past_input, "MaxPool": _pool_window_past_input,
+                   "NonZero": _constant_nonzero}
 
 
 def decompose_ops(model: onnx.ModelProto) -> int:

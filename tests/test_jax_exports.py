@@ -91,6 +91,45 @@ def test_check_runs_the_reduce_window_file_with_its_pools_folded(tmp_path):
     np.testing.assert_allclose(got, _reduce_window_reference(x), rtol=1e-5, atol=1e-6)
 
 
+def _scatter_set(path):
+    """`h.at[:, 1:3].set(0)` on h [1, 6, 4] as jax2onnx writes it: the constant window's indices filtered for validity
+    by a NonZero over a constant mask, Transposed into ScatterND's indices; y = that + 1."""
+    inits = []
+    valid = np.array([False, True, True, False, False, False])
+    _const(inits, "valid", valid, bool)
+    _const(inits, "shape2", [-1, 1], np.int64)
+    _const(inits, "zeros", np.zeros((1, 1, 4)))
+    nodes = [helper.make_node("NonZero", ["valid"], ["nz"]),
+             helper.make_node("Transpose", ["nz"], ["idx"], perm=[1, 0]),  # [k, 1] positions along axis 1
+             helper.make_node("Shape", ["idx"], ["k_shape"]),
+             helper.make_node("Slice", ["k_shape", _const(inits, "s0", [0], np.int64), _const(inits, "s1", [1], np.int64)],
+                              ["k"]),
+             helper.make_node("Concat", ["k", _const(inits, "four", [1, 4], np.int64)], ["upd_shape"], axis=0),
+             helper.make_node("Expand", ["zeros", "upd_shape"], ["upd"]),
+             helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0, 2]),
+             helper.make_node("ScatterND", ["xt", "idx", "upd"], ["st"]),
+             helper.make_node("Transpose", ["st"], ["s"], perm=[1, 0, 2]),
+             helper.make_node("Add", ["s", _const(inits, "one", 1.0)], ["y"])]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6, 4])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6, 4])], inits, path)
+
+
+def test_scatter_indices_filtered_by_a_constant_nonzero_compile(tmp_path):
+    """onnxruntime's constant folding leaves a NonZero of a constant (its output size is its values'), so the
+    shapes after it were unknown to TVM's importer ('Reshape requires the input new shape to be Shape' in a Flax
+    model with two `.at[].set`): the NonZero is its constant indices."""
+    from runtime import compile_model, load
+
+    path = _scatter_set(tmp_path / "scatter.onnx")
+    xs = np.random.default_rng(5).normal(0, 1, (4, 1, 6, 4)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=xs)
+    art = load(compile_model(path, "x86", tmp_path / "a", calib=tmp_path / "calib.npz", progress=False))
+    assert art.manifest["integer_only"]
+    want = xs[0] + 1
+    want[:, 1:3] = 1
+    np.testing.assert_allclose(art.run({"x": xs[0]})["y"], want, atol=0.05)
+
+
 # ------------------------------------------------------------------------------------------------ layer norms
 def _flax_layer_norm(nodes, inits, x, out, tag, gamma, beta):
     """Flax's LayerNorm (use_fast_variance) as jax2onnx writes it: var = max(mean(x * x) - mean(x)^2, 0)."""
