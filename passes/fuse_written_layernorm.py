@@ -1,10 +1,12 @@
 """FuseWrittenLayerNorm: the LayerNorms JAX / Flax exports write out -> one op.
 
     (x - M) / sqrt(V + eps) [* gamma + beta]      ==>  nn.layer_norm(x, gamma, beta, axes=A, epsilon=eps)
+    (x - M) * (gamma / sqrt(V + eps)) + beta       ==>  the same   (Flax's order, use_fast_variance=False)
 
 where M is the mean of x over the trailing axes A and V its variance, in any of the forms exporters write:
 
     M:  mean(x, A, keepdims)  |  sum(x, A, keepdims) / n  |  reshape(sum(x, A), keepdims shape) / n
+     |  reshape(sum(x, A) / n, keepdims shape)
     V:  M(d * d)  |  M(d ** 2)                     with d = x - M(x)   (jnp.var, hand-written layer norms)
      |  max(M(x * x) - M(x) * M(x), 0)  |  the same without the max     (Flax's fast variance)
 
@@ -65,6 +67,13 @@ class _Moments:
     def mean(self, e):
         """(x, axes) where e is the keepdims mean of x over trailing axes, else None."""
         e = self._v(e)
+        if self._op(e, "relax.reshape"):  # the mean without keepdims, its axes put back afterwards
+            flat = self._v(e.args[0])
+            got = self._flat_mean(flat)
+            if got and [int(d) for d in e.ty.shape] == [1 if i in got[1] else int(d)
+                                                         for i, d in enumerate(got[0].ty.shape)]:
+                return got
+            return None
         if self._op(e, "relax.mean") and e.attrs.keepdims:
             axes = self._trailing(e.args[0], e.attrs.axis, True)
             return (e.args[0], axes) if axes else None
@@ -91,6 +100,20 @@ class _Moments:
                 n = float(np.prod([shape[i] for i in axes]))
                 scale = 1.0 / c if self._op(e, "relax.divide") else c
                 if abs(scale * n - 1.0) < 1e-6:
+                    return x, axes
+        return None
+
+    def _flat_mean(self, e):
+        """(x, axes) where e is mean(x, A) or sum(x, A) / n without keepdims."""
+        if self._op(e, "relax.mean") and not e.attrs.keepdims:
+            axes = self._trailing(e.args[0], e.attrs.axis, False)
+            return (e.args[0], axes) if axes else None
+        if self._op(e, "relax.divide") and self._const(e.args[1]) is not None:
+            total = self._v(e.args[0])
+            if self._op(total, "relax.sum") and not total.attrs.keepdims:
+                x = total.args[0]
+                axes = self._trailing(x, total.attrs.axis, False)
+                if axes and abs(self._const(e.args[1]) - float(np.prod([int(x.ty.shape[i]) for i in axes]))) < 1e-6:
                     return x, axes
         return None
 
@@ -143,6 +166,9 @@ def fuse_written_layernorm(mod, _ctx):
     d, v, eps, gamma, beta = wildcard(), wildcard(), is_const(), is_const(), is_const()
     norm = is_op("relax.divide")(d, is_op("relax.sqrt")(_either("relax.add", v, eps) | v))
     affine = _either("relax.add", _either("relax.multiply", norm, gamma), beta)
+    # Flax's own order: mul = rsqrt(var + eps) * scale, y = (x - mean) * mul + bias
+    scaled = _either("relax.multiply", d, is_op("relax.divide")(gamma, is_op("relax.sqrt")(_either("relax.add", v, eps) | v)))
+    scaled_affine = _either("relax.add", scaled, beta)
 
     for gv, func in list(mod.functions_items()):
         if not isinstance(func, relax.Function):
@@ -167,6 +193,8 @@ def fuse_written_layernorm(mod, _ctx):
             return _norm_merged(x, shape, axes[0], g.reshape(-1).astype(dtype), b.reshape(-1).astype(dtype), epsilon)
 
         func = rewrite_call(affine, lambda c, m: fused(c, m, True), func)
+        moments = _Moments(func)
+        func = rewrite_call(scaled_affine, lambda c, m: fused(c, m, True), func)  # Flax: d * (gamma / std) + beta
         moments = _Moments(func)
         mod[gv] = rewrite_call(norm, lambda c, m: fused(c, m, False), func)
     return mod

@@ -167,6 +167,26 @@ def _jnp_layer_norm(nodes, inits, x, out, tag, gamma, beta, width):
               helper.make_node("Add", [f"{tag}/scaled", _const(inits, f"{tag}/b", beta)], [out])]
 
 
+def _flax_exact_layer_norm(nodes, inits, x, out, tag, gamma, beta, width):
+    """Flax's LayerNorm with use_fast_variance=False: means as ReduceSum(keepdims=0) / n -> Reshape, and its own
+    order `(x - mean) * (scale / sqrt(var + eps)) + bias`."""
+    ax, keep = _const(inits, f"{tag}/ax", [2], np.int64), _const(inits, f"{tag}/keep", [1, 17, 1], np.int64)
+    n = _const(inits, f"{tag}/n", float(width))
+    nodes += [helper.make_node("ReduceSum", [x, ax], [f"{tag}/s"], keepdims=0),
+              helper.make_node("Div", [f"{tag}/s", n], [f"{tag}/m"]),
+              helper.make_node("Reshape", [f"{tag}/m", keep], [f"{tag}/mean"]),
+              helper.make_node("Sub", [x, f"{tag}/mean"], [f"{tag}/centered"]),
+              helper.make_node("Mul", [f"{tag}/centered", f"{tag}/centered"], [f"{tag}/sq"]),
+              helper.make_node("ReduceSum", [f"{tag}/sq", ax], [f"{tag}/ss"], keepdims=0),
+              helper.make_node("Div", [f"{tag}/ss", n], [f"{tag}/v"]),
+              helper.make_node("Reshape", [f"{tag}/v", keep], [f"{tag}/var"]),
+              helper.make_node("Add", [f"{tag}/var", _const(inits, f"{tag}/eps", 1e-6)], [f"{tag}/ve"]),
+              helper.make_node("Sqrt", [f"{tag}/ve"], [f"{tag}/std"]),
+              helper.make_node("Div", [_const(inits, f"{tag}/g", gamma), f"{tag}/std"], [f"{tag}/mul"]),
+              helper.make_node("Mul", [f"{tag}/centered", f"{tag}/mul"], [f"{tag}/scaled"]),
+              helper.make_node("Add", [f"{tag}/scaled", _const(inits, f"{tag}/b", beta)], [out])]
+
+
 def _vit_like(path, form):
     """patches [1, 16, 64] (an input), a class token and position embeddings of ~0.02 concatenated in front
     (a row of variance ~1e-4 beside rows of ~1), layer norm, a linear layer, layer norm again, then the mean over
@@ -180,11 +200,15 @@ def _vit_like(path, form):
     g1, b1 = rng.uniform(0.5, 1.5, 64), rng.normal(0, 0.1, 64)
     if form == "flax":
         _flax_layer_norm(nodes, inits, "h", "ln1", "ln1", g1, b1)
+    elif form == "flax_exact":
+        _flax_exact_layer_norm(nodes, inits, "h", "ln1", "ln1", g1, b1, 64)
     else:
         _jnp_layer_norm(nodes, inits, "h", "ln1", "ln1", g1, b1, 64)
     nodes += [helper.make_node("MatMul", ["ln1", "w"], ["mm"]), helper.make_node("Add", ["mm", "h"], ["res"])]
     if form == "flax":
         _flax_layer_norm(nodes, inits, "res", "ln2", "ln2", np.ones(64), np.zeros(64))
+    elif form == "flax_exact":
+        _flax_exact_layer_norm(nodes, inits, "res", "ln2", "ln2", np.ones(64), np.zeros(64), 64)
     else:
         _jnp_layer_norm(nodes, inits, "res", "ln2", "ln2", np.ones(64), np.zeros(64), 64)
     nodes += [helper.make_node("ReduceSum", ["ln2", _const(inits, "tok", [1], np.int64)], ["tsum"], keepdims=0),
@@ -206,6 +230,13 @@ def test_flax_fast_variance_and_jnp_mean_layer_norms_fuse(tmp_path):
     variance rounded to 0 (a jax2onnx ViT: cosine 0.48 at the logits)."""
     assert _fused_norms(_vit_like(tmp_path / "flax.onnx", "flax")) == 2
     assert _fused_norms(_vit_like(tmp_path / "jnp.onnx", "jnp")) == 2
+
+
+def test_flax_exact_variance_layer_norm_fuses(tmp_path):
+    """Flax's `use_fast_variance=False` order, d * (gamma / sqrt(var + eps)) + beta, means divided before their
+    Reshape: not fused, and gamma / std (a per-channel constant over an activation) had no integer lowering: a Linen
+    encoder with RMSNorm, MultiHeadDotProductAttention and a final LayerNorm was refused."""
+    assert _fused_norms(_vit_like(tmp_path / "exact.onnx", "flax_exact")) == 2
 
 
 def test_flax_layer_norm_before_a_mean_over_tokens_compiles(tmp_path):
