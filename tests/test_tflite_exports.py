@@ -52,6 +52,16 @@ def _bias(inits: list, name: str, b: np.ndarray, scale: np.ndarray) -> list:
     return [helper.make_node("DequantizeLinear", [f"{name}/q", f"{name}/s", f"{name}/z"], [name], axis=0)]
 
 
+def _integer_only(tmp_path, path, calib: np.ndarray):
+    """The file compiled for x86, calibrated on `calib` (samples of its one input), checked integer-only."""
+    from runtime import compile_model, load
+
+    np.savez(tmp_path / "calib.npz", input=calib)
+    art = load(compile_model(path, "x86", tmp_path / "a", calib=tmp_path / "calib.npz", progress=False))
+    assert art.manifest["integer_only"] is True
+    return art
+
+
 def _full_integer_cnn(path, io_dtype=np.int8):
     """int8 NHWC image -> Transpose -> DQ -> conv 3x3 (+ReLU6) -> QDQ -> depthwise 3x3 (+ReLU6) -> QDQ ->
     global average pool -> Q -> Reshape -> DQ -> fully connected -> Q: the int8 logits (graph output)."""
@@ -222,8 +232,6 @@ def test_dynamic_range_fully_connected_input_is_the_float_tensor(tmp_path):
     """DequantizeLinear(Reshape(DynamicQuantizeLinear(x))) with the run-time scale: refused before (a
     DynamicQuantizeLinear and a DequantizeLinear of a non-constant scale: every dynamic-range TFLite model
     with a dense layer); now Reshape(x), and the file compiles integer-only."""
-    from runtime import compile_model, load
-
     path = _dynamic_range_head(tmp_path / "m.onnx")
     model = onnx.load(path)
     assert strip_qdq(model) > 0
@@ -233,9 +241,7 @@ def test_dynamic_range_fully_connected_input_is_the_float_tensor(tmp_path):
     ref, got = ort.InferenceSession(str(path)), ort.InferenceSession(model.SerializeToString())
     for x in xs[:3]:  # the float graph: the file without the per-call rounding
         assert _cos(got.run(None, {"input": x})[0], ref.run(None, {"input": x})[0]) > 0.999
-    np.savez(tmp_path / "calib.npz", input=xs[:8])
-    art = load(compile_model(path, "x86", tmp_path / "a", calib=tmp_path / "calib.npz", progress=False))
-    assert art.manifest["integer_only"] is True
+    art = _integer_only(tmp_path, path, xs[:8])
     for x in xs[8:]:
         assert _cos(art.run({"input": x})["output"], ref.run(None, {"input": x})[0]) > 0.98
 
@@ -265,8 +271,6 @@ def test_unconverted_relu_0_to_1_is_a_clip(tmp_path):
     which onnx's checker refused ('invalid ONNX model: No Op registered for TFL_RELU_0_TO_1'): every
     MobileNetV3-style TFLite model made by a recent TensorFlow. It is Clip(x, 0, 1) now."""
     from frontends.onnx_tflite import tflite_ops_to_standard
-    from runtime import compile_model, load
-
     path = _hard_sigmoid_block(tmp_path / "m.onnx")
     model = onnx.load(path)
     assert tflite_ops_to_standard(model) == 1
@@ -276,9 +280,7 @@ def test_unconverted_relu_0_to_1_is_a_clip(tmp_path):
     c1 = ort.InferenceSession(_with_output(model, "c1")).run(None, {"input": xs[0]})[1]
     want = c1 * np.clip(c1 / 6 + 0.5, 0, 1)
     assert np.allclose(ref.run(None, {"input": xs[0]})[0], want, atol=1e-5)
-    np.savez(tmp_path / "calib.npz", input=xs[:8])
-    art = load(compile_model(path, "x86", tmp_path / "a", calib=tmp_path / "calib.npz", progress=False))
-    assert art.manifest["integer_only"] is True
+    art = _integer_only(tmp_path, path, xs[:8])
     for x in xs[8:]:
         assert _cos(art.run({"input": x})["output"], ref.run(None, {"input": x})[0]) > 0.99
 
@@ -390,13 +392,9 @@ def test_tflite_while_loop_with_int64_max_trip_count_unrolls(tmp_path):
     """A Keras GRU converted to TFLite and by tf2onnx: a Loop with M = INT64_MAX whose body counts to the
     sequence length. It was refused ('1 control-flow node(s): Loop (node while_loop)': M beyond MAX_STEPS);
     the cond alone now decides, as for a Loop without M."""
-    from runtime import compile_model, load
-
     path = _tflite_while_rnn(tmp_path / "m.onnx")
     xs = np.random.default_rng(11).normal(0, 1, (10, 1, 6, 4)).astype(np.float32)
-    np.savez(tmp_path / "calib.npz", input=xs[:8])
-    art = load(compile_model(path, "x86", tmp_path / "a", calib=tmp_path / "calib.npz", progress=False))
-    assert art.manifest["integer_only"] is True
+    art = _integer_only(tmp_path, path, xs[:8])
     ref = ort.InferenceSession(str(path))
     for x in xs[8:]:
         assert _cos(art.run({"input": x})["output"], ref.run(None, {"input": x})[0]) > 0.99
@@ -440,8 +438,6 @@ def test_concat_of_int8_tensors_and_reshaped_int8_output(tmp_path):
     TFLite full-integer: 'QuantizeLinear (node .../ResizeNearestNeighbor_quantize)' x5 and the
     Sigmoid's); the Concat is now dequantized part by part and the output's quantize is written out
     before its Reshape."""
-    from runtime import compile_model, load
-
     path = _concat_on_integers(tmp_path / "m.onnx")
     model = onnx.load(path)
     assert strip_qdq(model) > 0
@@ -449,9 +445,7 @@ def test_concat_of_int8_tensors_and_reshaped_int8_output(tmp_path):
     assert not {"QuantizeLinear", "DequantizeLinear"} & set(ops), ops
     rng = np.random.default_rng(13)
     xs = np.clip(rng.normal(0, 60, (10, 1, 1, 3, 10, 10)), -128, 127).astype(np.int8)
-    np.savez(tmp_path / "calib.npz", input=xs[:8, 0])
-    art = load(compile_model(path, "x86", tmp_path / "a", calib=tmp_path / "calib.npz", progress=False))
-    assert art.manifest["integer_only"] is True
+    art = _integer_only(tmp_path, path, xs[:8, 0])
     ref = ort.InferenceSession(str(path))
     for x in xs[8:, 0]:
         y, want = art.run({"input": x})["output"], ref.run(None, {"input": x})[0]
@@ -504,7 +498,7 @@ def test_int8_codes_sliced_into_an_output_and_concat_through_a_transpose(tmp_pat
     both by layout ops ending at an int8 graph output and by a dequantize, and a Concat of int8 maps read
     through a Transpose. The output branch now takes the float values quantized again to the same grid, and
     the Concat is dequantized part by part through the Transpose."""
-    from runtime import check, compile_model, load
+    from runtime import check
 
     path = _detector_head(tmp_path / "m.onnx")
     model = onnx.load(path)
@@ -518,9 +512,7 @@ def test_int8_codes_sliced_into_an_output_and_concat_through_a_transpose(tmp_pat
         assert b[0].dtype == np.int8 and np.abs(a[0].astype(int) - b[0].astype(int)).max() <= 1
         assert _cos(a[1], b[1]) > 0.999
     assert check._output_grids(str(path)) == {"boxes": (np.float32(0.05), 3.0)}
-    np.savez(tmp_path / "calib.npz", input=xs[:8])
-    art = load(compile_model(path, "x86", tmp_path / "a", calib=tmp_path / "calib.npz", progress=False))
-    assert art.manifest["integer_only"] is True
+    art = _integer_only(tmp_path, path, xs[:8])
     for x in xs[8:]:
         y, want = art.run({"input": x}), ref.run(None, {"input": x})
         assert y["boxes"].dtype == np.int8
@@ -569,17 +561,13 @@ def test_gathered_steps_and_nested_concats_on_int8(tmp_path):
     the steps Gathered out of the int8 features, and the per-step outputs in a Concat of Concats. Gather
     now commutes with the dequantize like the other layout ops, and nested Concats come apart from the
     outside in."""
-    from runtime import compile_model, load
-
     path = _unrolled_steps(tmp_path / "m.onnx")
     model = onnx.load(path)
     assert strip_qdq(model) > 0
     ops = [n.op_type for n in model.graph.node]
     assert not {"QuantizeLinear", "DequantizeLinear"} & set(ops), ops
     xs = np.random.default_rng(17).uniform(-1, 1, (10, 1, 3, 1, 3)).astype(np.float32)
-    np.savez(tmp_path / "calib.npz", input=xs[:8])
-    art = load(compile_model(path, "x86", tmp_path / "a", calib=tmp_path / "calib.npz", progress=False))
-    assert art.manifest["integer_only"] is True
+    art = _integer_only(tmp_path, path, xs[:8])
     ref = ort.InferenceSession(str(path))
     for x in xs[8:]:
         assert _cos(art.run({"input": x})["output"], ref.run(None, {"input": x})[0]) > 0.99
@@ -590,13 +578,9 @@ def test_dynamic_range_recurrence_inside_a_tflite_while_loop(tmp_path):
     and its int8 weights live in the WHILE loop's body, which the QDQ rewrite did not enter; after unrolling
     they were refused (DynamicQuantizeLinear, DequantizeLinear). Bodies are rewritten now, and the
     quantized constants the unrolled steps bring are folded."""
-    from runtime import compile_model, load
-
     path = _tflite_while_rnn(tmp_path / "m.onnx", dynamic_range=True)
     xs = np.random.default_rng(18).normal(0, 1, (10, 1, 6, 4)).astype(np.float32)
-    np.savez(tmp_path / "calib.npz", input=xs[:8])
-    art = load(compile_model(path, "x86", tmp_path / "a", calib=tmp_path / "calib.npz", progress=False))
-    assert art.manifest["integer_only"] is True
+    art = _integer_only(tmp_path, path, xs[:8])
     ref = ort.InferenceSession(str(path))
     for x in xs[8:]:
         assert _cos(art.run({"input": x})["output"], ref.run(None, {"input": x})[0]) > 0.99
