@@ -296,6 +296,29 @@ def input_dim_names(path: str | os.PathLike) -> dict[str, list[str | None]]:
             for v in _graph_inputs(model)}
 
 
+def check_shared_dims(path: str | os.PathLike, shapes: dict[str, tuple] | None) -> None:
+    """Refuse `--input-shape` values that give one dim name of the file two values (a BERT's ids left free
+    1..512 and its mask fixed at 64, both `sequence_length`; a free batch N on one input and 1 on
+    another): the graph then adds tensors of unequal shapes, and onnxruntime's refusal of the bound
+    model ("Incompatible dimensions" at some Add) named neither the inputs nor the dim."""
+    seen: dict[str, tuple[str, object]] = {}  # dim name -> (the first input giving it, its value)
+    for name, dims in input_dim_names(path).items():
+        for symbol, value in zip(dims, (shapes or {}).get(name, ())):
+            if symbol is None:
+                continue
+            first, before = seen.setdefault(symbol, (name, value))
+            if before != value:
+                raise CompileError(f"{path}: inputs {first!r} and {name!r} share the dim {symbol!r} in the model, and "
+                                   f"--input-shape gives it {_shown(before)} and {_shown(value)}; give both the same "
+                                   "(a free batch N, or a range like 1..512 for a free length, to each)")
+
+
+def _shown(value) -> str:
+    if not isinstance(value, FreeDim):
+        return str(value)
+    return f"{value.name}={value.lo}..{value.hi}" if value.hi is not None else f"a free {value.name}"
+
+
 def _graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     inits = {i.name for i in model.graph.initializer}
     return [v for v in model.graph.input if v.name not in inits]
@@ -322,7 +345,7 @@ def _fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]
     unknown = sorted(set(shapes) - set(inputs))
     if unknown:
         raise CompileError(f"{path}: --input-shape names {unknown}, but the model's inputs are {sorted(inputs)}")
-    bound = False
+    bound, dynamic = False, []
     for name, value in inputs.items():
         dims = value.type.tensor_type.shape.dim
         if name in shapes:
@@ -337,14 +360,27 @@ def _fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]
                 dim.Clear()
                 dim.dim_value = size
         if not all(_fixed(d) for d in dims):
-            shown = "x".join(str(d.dim_value) if _fixed(d) else (d.dim_param or "?") for d in dims)
-            example = "x".join(str(d.dim_value) if _fixed(d) else ("N" if i == 0 else "<size>")
-                               for i, d in enumerate(dims))
-            raise CompileError(f"{path}: input {name!r} has dynamic dimensions ({shown}); fix them with "
-                               f"--input-shape {name}:{example} (a number for each <size>; a leading N leaves "
-                               "the batch free, or give a number for it too)")
+            dynamic.append((name, dims))
+    if dynamic:  # every such input in one message (a BERT's ids and mask), not one per attempt
+        raise CompileError(_dynamic_dims_message(path, dynamic))
     if bound:
         _forget_declared_shapes(model)
+
+
+def _dynamic_dims_message(path: Path, dynamic: list) -> str:
+    """Name each input whose dims are left dynamic, with the --input-shape flags that fix them all; a
+    dim past the batch that the file names (`sequence_length`) may stay free as a range."""
+    text = {name: "x".join(str(d.dim_value) if _fixed(d) else (d.dim_param or "?") for d in dims) for name, dims in dynamic}
+    shown = (f"input {dynamic[0][0]!r} has dynamic dimensions ({text[dynamic[0][0]]})" if len(dynamic) == 1 else
+             "inputs " + ", ".join(f"{k!r} ({v})" for k, v in text.items()) + " have dynamic dimensions")
+    flags = " ".join("--input-shape " + name + ":" + "x".join(
+        str(d.dim_value) if _fixed(d) else "N" if i == 0 else "<size>" for i, d in enumerate(dims))
+        for name, dims in dynamic)
+    named = sorted({d.dim_param for _, dims in dynamic for d in list(dims)[1:] if not _fixed(d) and d.dim_param})
+    later = (f"; a <size> given as a range (1..512) stays free, compiled as buckets, and inputs sharing a dim name "
+             f"({', '.join(named)}) take the same value" if named else "")
+    return (f"{path}: {shown}; fix them with {flags} (a number for each <size>; a leading N leaves the batch free, "
+            f"or give a number for it too{later})")
 
 
 def _forget_declared_shapes(model: onnx.ModelProto) -> None:

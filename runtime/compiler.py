@@ -19,7 +19,7 @@ import numpy as np
 
 from frontends import CompileError, ImportedModel, InputError, ToolchainError, load_onnx
 from frontends.batch_axes import output_batch_axes
-from frontends.onnx_import import FreeDim, TensorSpec, bound_shapes, input_dim_names
+from frontends.onnx_import import FreeDim, TensorSpec, bound_shapes, check_shared_dims, input_dim_names
 from passes import (BOUNDARY_ATTR, LAYERS_ATTR, QuantConfig, QuantizeToInteger, bind_weights, calibrate,
                     verify_integer_only)
 from passes.generalize_batch import generalize_batch, input_shapes_of, output_shapes
@@ -371,6 +371,7 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
     config = replace(config or QuantConfig(), allow_float=allow_float or (config is not None and config.allow_float))
     free = _free_batch(input_shapes, spec, tune_trials)
     seq, sizes, seq_axes = _sequence_dim(input_shapes, buckets, spec, precision)
+    check_shared_dims(model_path, input_shapes)  # before onnxruntime meets unequal shapes in the graph
     if seq:
         _one_length_in_the_model(model_path, seq, seq_axes)
     if seq:  # every bucket's integers must agree: no width may follow a size that follows the length
