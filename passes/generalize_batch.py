@@ -139,9 +139,25 @@ class _Generalizer:
                     self.fail(name, op, "its target shape is computed at run time or has no leading dim")
                 dims = list(args[1].values)
                 args[1] = relax.ShapeExpr([n * dims[0] if int(dims[0]) != 1 else n, *dims[1:]])
+            if op == "relax.broadcast_to" and dependent[0]:
+                args[1] = self.broadcast_target(name, value, args[1], n)
             return relax.Call(value.op, args, value.attrs, value.ty_args), n
         new = self.sub(value)
         return new, self.batch_of(new) if self.depends(new) else None
+
+    def broadcast_target(self, name: str, call: relax.Call, target: relax.Expr, n) -> relax.ShapeExpr:
+        """The target of a broadcast of a batch-dependent tensor at batch n: its leading dim times n.
+        The importer folds an Expand's shape at batch 1 (a sentence embedding's mean pooling expands
+        the mask [1, L, 1] to the token states' [1, L, 384]), so the target kept the 1 and the whole
+        batch ran per sample. Only a broadcast that leaves the leading dim as it is (same rank, same
+        rows) keeps each sample on its own rows; one that repeats a sample's rows would mix them."""
+        rows = call.args[0].ty.shape
+        dims = list(target.values) if isinstance(target, relax.ShapeExpr) else None
+        if dims is None or len(dims) != len(rows) or int(dims[0]) != int(rows[0]):
+            self.fail(name, "relax.broadcast_to", "it broadcasts along the batch axis (its target "
+                      f"{[int(d) for d in dims] if dims is not None else 'is computed at run time'}, its input "
+                      f"{[int(d) for d in rows]} at batch 1)")
+        return relax.ShapeExpr([n * dims[0] if int(dims[0]) != 1 else n, *dims[1:]])
 
     def sample_indices(self, name: str, take: relax.Call, idx: relax.Expr, n) -> relax.Expr:
         """Constant indices of a gather along axis 0 of a batch-dependent tensor (at batch 1 they

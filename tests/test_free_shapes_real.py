@@ -53,3 +53,74 @@ def test_inputs_sharing_a_dim_name_must_agree(tmp_path, shapes, needle):
     with pytest.raises(CompileError, match=rf"inputs 'x' and 'mask' share the dim {needle}"):
         runtime.compile_model(p, "x86", tmp_path / "a", input_shapes=shapes, progress=False)
     assert not (tmp_path / "a").exists()
+
+
+def _generalized(build, shape=(1, 16, 1), dtype="int8"):
+    from conftest import relax_main
+    from passes.generalize_batch import generalize_batch
+
+    return generalize_batch(relax_main(build, [np.zeros(shape, dtype)]), {"x0": ("n", None)})["main"]
+
+
+def test_broadcast_keeps_each_sample_on_its_rows():
+    """broadcast_to([1, 16, 1] -> [1, 16, 64]) becomes [n, 16, 1] -> [n, 16, 64]; one that would spread a
+    sample's row over the batch axis ([1, 16] -> [4, 16]) is refused, naming it."""
+    from tvm import relax
+
+    from passes.generalize_batch import dim_names
+
+    func = _generalized(lambda x: relax.op.broadcast_to(x, [1, 16, 64]))
+    assert dim_names(func.ret_ty) == ["n", 16, 64]
+    with pytest.raises(CompileError, match=r"relax.broadcast_to\): it broadcasts along the batch axis"):
+        _generalized(lambda x: relax.op.broadcast_to(x, [4, 16]), shape=(1, 16))
+
+
+def _mean_pooling(path):
+    """sentence-transformers' mean pooling as torch exports it: the int64 mask unsqueezed, Cast and
+    Expanded to the token states' Shape, sum(states * mask) / clip(sum(mask), 1e-9)."""
+    nodes = [helper.make_node("Relu", ["x"], ["h"]),
+             helper.make_node("Shape", ["h"], ["hs"]),
+             helper.make_node("Unsqueeze", ["mask", "minus1"], ["mu"]),
+             helper.make_node("Expand", ["mu", "hs"], ["me"], name="/pooling/Expand"),
+             helper.make_node("Cast", ["me"], ["mf"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["h", "mf"], ["hm"]),
+             helper.make_node("ReduceSum", ["hm", "one"], ["num"], keepdims=0),
+             helper.make_node("ReduceSum", ["mf", "one"], ["den"], keepdims=0),
+             helper.make_node("Clip", ["den", "eps", ""], ["denc"]),
+             helper.make_node("Div", ["num", "denc"], ["y"])]
+    inits = [helper.make_tensor("minus1", TensorProto.INT64, [1], [-1]),
+             helper.make_tensor("one", TensorProto.INT64, [1], [1]),
+             helper.make_tensor("eps", TensorProto.FLOAT, [], [1e-9])]
+    graph = helper.make_graph(nodes, "pool", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", 16]),
+                                              helper.make_tensor_value_info("mask", TensorProto.INT64, ["batch", "seq"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 16])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def _masked(count, length, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((count, length, 16)).astype(np.float32)
+    mask = np.zeros((count, length), np.int64)
+    for i, real in enumerate(rng.integers(1, length + 1, count)):
+        mask[i, :real] = 1
+    return {"x": x, "mask": mask}
+
+
+def test_mean_pooling_batch_stays_symbolic(tmp_path):
+    """A sentence embedding's mean pooling (Expand of the mask to the states' shape, folded at batch 1) made
+    the whole encoder run per sample (paraphrase-MiniLM-L3-v2: "at batch n its shape would be [1, 16, 384]");
+    now the batch stays symbolic, and a batch of 5 in one call gives each sample its own integers."""
+    p = _mean_pooling(tmp_path / "pool.onnx")
+    np.savez(tmp_path / "calib.npz", **_masked(4, 8, 0))
+    art = runtime.compile_model(p, "x86", tmp_path / "a", calib=tmp_path / "calib.npz", progress=False,
+                                input_shapes={"x": (FreeDim("batch"), 8, 16), "mask": (FreeDim("batch"), 8)})
+    model = runtime.load(art)
+    assert model.manifest["batch"] == "symbolic" and model.manifest["outputs"][0]["shape"] == ["batch", 16]
+    x = _masked(5, 8, 1)
+    model.batch_workers = 1  # one call of the symbolic library
+    (y,) = model.run_integer(model.quantize_inputs(x))
+    alone = [model.run_integer(model.quantize_inputs({k: v[i:i + 1] for k, v in x.items()}))[0] for i in range(5)]
+    assert np.array_equal(y, np.concatenate(alone))
