@@ -20,6 +20,7 @@ import numpy as np
 from frontends import CompileError, ImportedModel, InputError, ToolchainError, load_onnx
 from frontends.batch_axes import output_batch_axes
 from frontends.onnx_import import FreeDim, TensorSpec, bound_shapes, check_shared_dims, input_dim_names
+from frontends.padding import padding_changes_outputs
 from passes import (BOUNDARY_ATTR, LAYERS_ATTR, QuantConfig, QuantizeToInteger, bind_weights, calibrate,
                     verify_integer_only)
 from passes.generalize_batch import generalize_batch, input_shapes_of, output_shapes
@@ -500,11 +501,14 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
                                             allow_unsupported=allow_float).outputs
         a, b = sorted(bucket_specs)[:2]
         padded = any(is_mask(k) for k in seq_axes)
+        changed = padding_changes_outputs(model_path, samples[0], seq_axes) if padded else None
+        padded = padded and changed is None  # a mask the model does not apply everywhere (a GRU over the pads)
         out_axes, derived = _length_axes(bucket_specs[a], bucket_specs[b], a, b, padded)
         layout = Buckets(seq.name, sizes, padded, [seq_axes.get(s.name) for s in imported.inputs], out_axes)
         log(f"{seq.name} buckets {sizes}: "
             + ("inputs are zero-padded to the next bucket (the attention mask makes it exact)" if layout.padded else
-               "no attention-mask input, so padding would change the result: only these lengths run "
+               f"{'the model reads the padding despite its mask (' + changed + ')' if changed else 'no attention-mask input'}"
+               ", so padding would change the result: only these lengths run "
                "(--buckets names every length a deployment needs)"))
     else:
         int_mod = lower(float_mod)

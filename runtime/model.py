@@ -131,8 +131,9 @@ class Model:
         size = self.buckets.choose(length)
         if size is None:
             raise InputError(f"{self.buckets.dim} = {length}: this artifact runs {self.buckets.dim} in "
-                             f"{self.buckets.sizes} only (the model has no attention-mask input, so padding would "
-                             "change its result); pad or cut the input to one of them, or recompile with --buckets")
+                             f"{self.buckets.sizes} only (padding would change the model's result: it has no attention-mask "
+                             "input, or reads the padding despite one); cut or pad the input to one of them, or "
+                             "recompile with --buckets")
         return size, length, self.buckets.pad(qinputs, size)
 
     @property

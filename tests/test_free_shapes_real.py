@@ -124,3 +124,67 @@ def test_mean_pooling_batch_stays_symbolic(tmp_path):
     (y,) = model.run_integer(model.quantize_inputs(x))
     alone = [model.run_integer(model.quantize_inputs({k: v[i:i + 1] for k, v in x.items()}))[0] for i in range(5)]
     assert np.array_equal(y, np.concatenate(alone))
+
+
+def _gru_with_mask(path):
+    """A batch-first bidirectional GRU encoder that takes a mask and uses it only on its input
+    (x * mask) and its pooled output, as arabic-name-romanizer's encoder does: the backward direction
+    still runs over the padded steps, so padding changes every real step's state."""
+    from test_recurrent import _layer
+
+    node, inits = _layer("GRU", "rnn", "xt", 4, 3, "bidirectional", np.random.default_rng(0))
+    del node.output[1:]
+    nodes = [helper.make_node("Unsqueeze", ["mask", "minus1"], ["mu"]),
+             helper.make_node("Mul", ["x", "mu"], ["xm"]),
+             helper.make_node("Transpose", ["xm"], ["xt"], perm=[1, 0, 2]), node,  # [T, 2, 1, 4]
+             helper.make_node("Transpose", ["rnn_Y"], ["y"], perm=[2, 0, 1, 3])]   # [1, T, 2, 4]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "T", 3]),
+                                           helper.make_tensor_value_info("mask", TensorProto.FLOAT, [1, "T"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "T", 2, 4])],
+                              [*inits, helper.make_tensor("minus1", TensorProto.INT64, [1], [-1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def _waves(length, real, seed):
+    rng = np.random.default_rng(seed)
+    x = np.sin(rng.uniform(0.2, 1.0, (1, 1, 3)) * np.arange(length)[None, :, None] + rng.uniform(0, 6, (1, 1, 3)))
+    mask = (np.arange(length) < real)[None].astype(np.float32)
+    return {"x": (x * mask[..., None]).astype(np.float32), "mask": mask}
+
+
+def test_mask_the_model_does_not_apply_everywhere_runs_only_its_lengths(tmp_path):
+    """A mask input made the buckets pad any length to the next one, as for a transformer; but a GRU runs
+    over the pads, so a 5-step input padded into the 8 bucket came out unlike float onnxruntime at 5 steps
+    with no word said (arabic-name-romanizer: cosine 0.35). Now float onnxruntime measures whether padding
+    changes the outputs (frontends/padding.py): here it does, so only the compiled lengths run, each equal
+    to float, and a length between them is refused."""
+    import onnxruntime as ort
+
+    from frontends import InputError
+
+    p = _gru_with_mask(tmp_path / "gru.onnx")
+    np.savez(tmp_path / "calib.npz", **{k: np.concatenate([_waves(6, r, r)[k] for r in (6, 4, 5, 3)])
+                                       for k in ("x", "mask")})
+    art = runtime.load(runtime.compile_model(p, "x86", tmp_path / "a", calib=tmp_path / "calib.npz", progress=False,
+                                             input_shapes={"x": (1, FreeDim("seq", 2, 6), 3),
+                                                           "mask": (1, FreeDim("seq", 2, 6))}, buckets=[6]))
+    assert art.manifest["buckets"]["padded"] is False
+    x = _waves(6, 5, 16)
+    want, got = ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, x)[0], art.run(x)["y"]
+    assert float(want.ravel() @ got.ravel() / (np.linalg.norm(want) * np.linalg.norm(got))) >= 0.99
+    with pytest.raises(InputError, match=r"seq = 4: this artifact runs seq in \[6\] only \(padding would change"):
+        art.run(_waves(4, 4, 3))
+
+
+def test_padding_measured_exact_where_the_mask_covers_it(tmp_path):
+    """The masked mean pooling reads no padded position: float onnxruntime's outputs do not move with the
+    padding, so the buckets stay padded (any length runs, cut back) and agree across buckets bit for bit."""
+    from frontends.padding import padding_changes_outputs
+
+    p = _mean_pooling(tmp_path / "pool.onnx")
+    assert padding_changes_outputs(p, _masked(1, 8, 0), {"x": 1, "mask": 1}) is None
+    assert "changes by up to" in padding_changes_outputs(_gru_with_mask(tmp_path / "gru.onnx"), _waves(8, 6, 0),
+                                                         {"x": 1, "mask": 1})
