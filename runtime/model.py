@@ -570,7 +570,7 @@ def _check_shape(name: str, shape: list[int], spec: dict, sizes: dict[str, int])
                              f"{what}, or recompile with a wider range (--input-shape NAME:LO..HIx...)")
         if sizes.setdefault(dim, got) != got:
             raise InputError(f"input {name!r}: shape {shape}: {dim} = {got}, but another input has {dim} = "
-                             f"{sizes[dim]}; inputs sharing a batch dim must agree")
+                             f"{sizes[dim]}; inputs sharing a free dim (the batch, a length) must agree")
 
 
 def example_shape(spec: dict, batch: int = 1, sizes: dict[str, int] | None = None) -> list[int]:
