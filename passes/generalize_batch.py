@@ -77,6 +77,24 @@ def _mixes_samples(call: relax.Call, dependent: list[bool]) -> str | None:
     return None
 
 
+_RESHAPES = ("relax.squeeze", "relax.expand_dims", "relax.flatten")  # order-keeping, as a reshape
+
+
+def _rows(shape, n) -> relax.ShapeExpr:
+    """A reshape target at batch n for `shape` at batch 1: n times its leading dim (samples are slabs)."""
+    dims = [int(d) for d in shape]
+    return relax.ShapeExpr([n * dims[0] if dims[0] != 1 else n, *dims[1:]])
+
+
+def _unit_axes_first(call: relax.Call) -> bool:
+    """Does a permutation that moves axis 0 (the batch) move it only past axes of size 1? Then it keeps
+    each sample's elements where they were, as the permutation with the batch first does (SVTR's and
+    timm's attention: q = permute(slice(qkv [1, N, 3, h, d]), [2, 0, 3, 1, 4]) is [1, 1, h, N, d])."""
+    axes = [int(a) for a in call.attrs.axes] if call.attrs.axes is not None else []
+    shape = call.args[0].ty.shape
+    return bool(axes) and axes[0] != 0 and all(int(shape[a]) == 1 for a in axes[:axes.index(0)])
+
+
 class _Generalizer:
     def __init__(self, free: dict[str, tuple[str, int | None]]):
         self.free = free  # input name -> (dim name, upper bound)
@@ -131,6 +149,11 @@ class _Generalizer:
                     value.attrs.axis) % len(value.args[0].ty.shape) == 0:
                 args[1] = self.sample_indices(name, value, args[1], n)
                 return relax.Call(value.op, args, value.attrs, value.ty_args), n
+            if op in _RESHAPES and dependent[0]:  # a reshape in another form: one of the rows' shape
+                return relax.op.reshape(args[0], _rows(value.ty.shape, n)), n
+            if op == "relax.permute_dims" and dependent[0] and _unit_axes_first(value):
+                axes = [int(a) for a in value.attrs.axes]
+                return relax.op.permute_dims(args[0], [0, *[a for a in axes if a != 0]]), n
             why = _mixes_samples(value, dependent)
             if why:
                 self.fail(name, op, why)

@@ -188,3 +188,65 @@ def test_padding_measured_exact_where_the_mask_covers_it(tmp_path):
     assert padding_changes_outputs(p, _masked(1, 8, 0), {"x": 1, "mask": 1}) is None
     assert "changes by up to" in padding_changes_outputs(_gru_with_mask(tmp_path / "gru.onnx"), _waves(8, 6, 0),
                                                          {"x": 1, "mask": 1})
+
+
+def test_reshapes_in_other_forms_and_unit_axis_permutes_keep_the_batch():
+    """squeeze / expand_dims / flatten of a batch-dependent tensor are reshapes: (n * d0, ...); a permutation
+    that moves the batch only past axes of size 1 (attention's q = permute(qkv[:, :, 0:1], [2, 0, 3, 1, 4]))
+    becomes the one with the batch first. Both made PP-OCRv4's SVTR recognizer run per sample; one that
+    moves the batch past a real axis (time-major) is still refused."""
+    from tvm import relax
+
+    from passes.generalize_batch import dim_names
+
+    R = relax.op
+    func = _generalized(lambda x: R.squeeze(R.permute_dims(R.strided_slice(x, [2], [0], [1]), [2, 0, 3, 1, 4]), [0]),
+                        shape=(1, 16, 3, 2, 8))
+    assert dim_names(func.ret_ty) == ["n", 2, 16, 8] and "axes=[0, 2, 3, 1, 4]" in func.script(show_meta=False)
+    assert dim_names(_generalized(lambda x: R.expand_dims(R.squeeze(x, [2]), [0]), shape=(1, 16, 1)).ret_ty) == \
+        ["n", 1, 16]
+    with pytest.raises(CompileError, match=r"relax.permute_dims\): it moves the batch"):
+        _generalized(lambda x: R.permute_dims(x, [1, 0, 2]))
+
+
+def _qkv_attention(path, tokens=16, dim=24, heads=2):
+    """SVTR's attention as paddle2onnx writes it (timm's is alike): qkv = x @ W, reshape [B, N, 3, h, d],
+    transpose [2, 0, 3, 1, 4], q, k, v by Slice + Squeeze on axis 0, softmax(q k^T / sqrt(d)) v, transposed back and projected; a residual add."""
+    rng = np.random.default_rng(0)
+    d = dim // heads
+    inits = [onnx.numpy_helper.from_array((rng.standard_normal((dim, 3 * dim)) / np.sqrt(dim)).astype(np.float32), "w"),
+             onnx.numpy_helper.from_array(np.array([0, tokens, 3, heads, d], np.int64), "s5"),
+             onnx.numpy_helper.from_array(np.array([0, tokens, dim], np.int64), "s3"),
+             onnx.numpy_helper.from_array(np.array(d ** -0.5, np.float32), "scale"),
+             *[onnx.numpy_helper.from_array(np.array([i], np.int64), f"i{i}") for i in range(4)]]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["qkv"]), helper.make_node("Reshape", ["qkv", "s5"], ["r"]),
+             helper.make_node("Transpose", ["r"], ["t"], perm=[2, 0, 3, 1, 4]),
+             *[n for i, c in enumerate("qkv") for n in (
+                 helper.make_node("Slice", ["t", f"i{i}", f"i{i + 1}", "i0"], [c + "1"]),
+                 helper.make_node("Squeeze", [c + "1", "i0"], [c]))],
+             helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
+             helper.make_node("MatMul", ["q", "kt"], ["s"]), helper.make_node("Mul", ["s", "scale"], ["ss"]),
+             helper.make_node("Softmax", ["ss"], ["p"], axis=-1), helper.make_node("MatMul", ["p", "v"], ["o"]),
+             helper.make_node("Transpose", ["o"], ["ot"], perm=[0, 2, 1, 3]),
+             helper.make_node("Reshape", ["ot", "s3"], ["a"]), helper.make_node("Add", ["x", "a"], ["y"])]
+    graph = helper.make_graph(nodes, "attn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", tokens, dim])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", tokens, dim])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def test_qkv_attention_batch_stays_symbolic(tmp_path):
+    """The qkv attention above compiles with a symbolic batch (it ran per sample), each sample of a batch
+    of 4 in one call equal to itself alone."""
+    p = _qkv_attention(tmp_path / "attn.onnx")
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(1).standard_normal((4, 16, 24)).astype(np.float32))
+    model = runtime.load(runtime.compile_model(p, "x86", tmp_path / "a", calib=tmp_path / "calib.npz", progress=False,
+                                               input_shapes={"x": (FreeDim(), 16, 24)}))
+    assert model.manifest["batch"] == "symbolic"
+    x = np.random.default_rng(2).standard_normal((4, 16, 24)).astype(np.float32)
+    model.batch_workers = 1
+    (y,) = model.run_integer(model.quantize_inputs({"x": x}))
+    assert np.array_equal(y, np.concatenate([model.run_integer(model.quantize_inputs({"x": x[i:i + 1]}))[0]
+                                             for i in range(4)]))
