@@ -149,6 +149,8 @@ class _Generalizer:
                     value.attrs.axis) % len(value.args[0].ty.shape) == 0:
                 args[1] = self.sample_indices(name, value, args[1], n)
                 return relax.Call(value.op, args, value.attrs, value.ty_args), n
+            if op == "relax.concat" and isinstance(args[0], relax.Tuple):
+                args[0] = relax.Tuple([f if self.depends(f) else self.per_sample(f, n) for f in args[0].fields])
             if op in _RESHAPES and dependent[0]:  # a reshape in another form: one of the rows' shape
                 return relax.op.reshape(args[0], _rows(value.ty.shape, n)), n
             if op == "relax.permute_dims" and dependent[0] and _unit_axes_first(value):
@@ -181,6 +183,16 @@ class _Generalizer:
                       f"{[int(d) for d in dims] if dims is not None else 'is computed at run time'}, its input "
                       f"{[int(d) for d in rows]} at batch 1)")
         return relax.ShapeExpr([n * dims[0] if int(dims[0]) != 1 else n, *dims[1:]])
+
+    def per_sample(self, const: relax.Expr, n) -> relax.Expr:
+        """A batch-independent part of a concatenation, repeated for each of n samples: [L, ...] ->
+        [n * L, ...]. A ViT's class token is `cls.expand(B, -1, -1)` concatenated before the patches;
+        at batch 1 the Expand folds away, leaving a [1, 1, C] constant beside [n, P, C] patches."""
+        dims = list(const.ty.shape)
+        if dims and int(dims[0]) == 1:
+            return self.bb.emit(relax.op.broadcast_to(const, relax.ShapeExpr([n, *dims[1:]])))
+        stacked = self.bb.emit(relax.op.broadcast_to(relax.op.expand_dims(const, [0]), relax.ShapeExpr([n, *dims])))
+        return self.bb.emit(relax.op.reshape(stacked, relax.ShapeExpr([n * dims[0], *dims[1:]])))
 
     def sample_indices(self, name: str, take: relax.Call, idx: relax.Expr, n) -> relax.Expr:
         """Constant indices of a gather along axis 0 of a batch-dependent tensor (at batch 1 they

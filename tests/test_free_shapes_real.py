@@ -250,3 +250,54 @@ def test_qkv_attention_batch_stays_symbolic(tmp_path):
     (y,) = model.run_integer(model.quantize_inputs({"x": x}))
     assert np.array_equal(y, np.concatenate([model.run_integer(model.quantize_inputs({"x": x[i:i + 1]}))[0]
                                              for i in range(4)]))
+
+
+def _class_token_vit(path):
+    """The start of a ViT as torch exports it with a free batch: conv patches, flatten, transpose, the class
+    token `cls.expand(B, -1, -1)` concatenated before them, position embeddings, a LayerNorm."""
+    import torch
+
+    class Stem(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.patch = torch.nn.Conv2d(3, 16, 4, 4)
+            self.cls = torch.nn.Parameter(torch.randn(1, 1, 16))
+            self.pos = torch.nn.Parameter(torch.randn(1, 5, 16) * 0.1)
+            self.norm = torch.nn.LayerNorm(16)
+
+        def forward(self, x):
+            p = self.patch(x).flatten(2).transpose(1, 2)
+            return self.norm(torch.cat([self.cls.expand(x.shape[0], -1, -1), p], dim=1) + self.pos)
+
+    torch.onnx.export(Stem().eval(), (torch.zeros(1, 3, 8, 8),), str(path), dynamo=False, opset_version=17,
+                      input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
+    return path
+
+
+def test_class_token_batch_stays_symbolic(tmp_path):
+    """A ViT's class token, a [1, 1, C] constant once the Expand folds at batch 1, concatenated with [n, P, C]
+    patches: its concat had no shape at batch n, so the whole ViT ran per sample (a DeiT); now the constant is
+    broadcast to the batch, and each sample of a batch of 4 in one call equals itself alone."""
+    p = _class_token_vit(tmp_path / "vit.onnx")
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(1).standard_normal((4, 3, 8, 8)).astype(np.float32))
+    model = runtime.load(runtime.compile_model(p, "x86", tmp_path / "a", calib=tmp_path / "calib.npz", progress=False,
+                                               input_shapes={"x": (FreeDim("batch"), 3, 8, 8)}))
+    assert model.manifest["batch"] == "symbolic" and model.manifest["outputs"][0]["shape"] == ["batch", 5, 16]
+    x = np.random.default_rng(2).standard_normal((4, 3, 8, 8)).astype(np.float32)
+    model.batch_workers = 1
+    (y,) = model.run_integer(model.quantize_inputs({"x": x}))
+    assert np.array_equal(y, np.concatenate([model.run_integer(model.quantize_inputs({"x": x[i:i + 1]}))[0]
+                                             for i in range(4)]))
+
+
+def test_constant_rows_beside_batch_rows_repeat_per_sample():
+    """A constant [L, C] concatenated beside rows [n * L, C'] along axis 1 is repeated per sample."""
+    from tvm import relax
+
+    from passes.generalize_batch import dim_names
+
+    R = relax.op
+    const = relax.const(np.ones((16, 2), np.int8))
+    func = _generalized(lambda x: R.concat([R.reshape(x, [16, 8]), const], axis=1), shape=(1, 16, 8))
+    assert dim_names(func.ret_ty) == ["n*16", 10]
