@@ -77,6 +77,7 @@ INTEGER_PATH_OPS = frozenset({
     "ScatterElements", "ScatterND",  # at one int32 scale, the same reduction (lowering/layout.lower_scatter)
     "ReduceL1", "ReduceSumSquare", "ReduceLogSumExp",
     "GlobalMaxPool", "LpPool", "Shrink", "MeanVarianceNormalization",  # imported as ops the lowerings take
+    "LRN",  # x / (bias + alpha / size * window sum of x^2)^beta over channels (AlexNet, GoogLeNet, ZFNet)
     "EyeLike", "Shape", "Size", "ConstantOfShape", "Range",  # constants once shapes are static
     "SequenceConstruct", "SequenceAt", "SequenceInsert", "SequenceErase", "ConcatFromSequence",  # static tuples
 })

@@ -1,0 +1,94 @@
+"""The ONNX Model Zoo's classic files as the zoo ships them (hunt 25): old opsets (7-9), IR 3 (every initializer also
+a graph input), Caffe2 / CNTK idioms (Gemm with transB after a Reshape by a constant shape, LRN, Dropout, Softmax
+over [1, 1000]). Each graph is built here with onnx.helper at a small size, random weights normalized on the
+calibration inputs, compiled integer-only and compared with float onnxruntime."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+
+def _cos(a, b):
+    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def _ir3(nodes, x_shape, out, out_shape, inits, opset, path):
+    """An IR 3 model as Caffe2 / CNTK converters wrote them: the initializers are listed as graph inputs too."""
+    inputs = [helper.make_tensor_value_info("data_0", TensorProto.FLOAT, list(x_shape))]
+    inputs += [helper.make_tensor_value_info(i.name, i.data_type, list(i.dims)) for i in inits]
+    graph = helper.make_graph(nodes, "zoo", inputs, [helper.make_tensor_value_info(out, TensorProto.FLOAT, list(out_shape))], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 3
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+def _compile(path, tmp_path, xs, name="data_0"):
+    from runtime import compile_model, load
+
+    np.savez(tmp_path / "calib.npz", **{name: xs})
+    return load(compile_model(path, "x86", tmp_path / "a", calib=tmp_path / "calib.npz", progress=False))
+
+
+def _conv(rng, inits, name, cout, cin, k, x):
+    """Conv weights and bias whose outputs have unit std per channel on the batch x (LSUV-style), and that output."""
+    import torch
+
+    w = rng.normal(0, 1, (cout, cin, k, k)).astype(np.float32)
+    y = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w), padding=k // 2)
+    std, mean = y.std((0, 2, 3)).numpy() + 1e-6, y.mean((0, 2, 3)).numpy()
+    w /= std[:, None, None, None]
+    b = (-mean / std + 0.2).astype(np.float32)
+    inits += [numpy_helper.from_array(w, f"{name}_w_0"), numpy_helper.from_array(b, f"{name}_b_0")]
+    return torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b), padding=k // 2).numpy()
+
+
+# ------------------------------------------------------------------------------------------------------------- LRN
+def _alexnet(path, xs):
+    """bvlc_alexnet / caffenet / zfnet512 in miniature (opset 9, IR 3): conv -> relu -> LRN -> max pool twice,
+    a Reshape by Caffe2's constant OC2_DUMMY shape, Gemm(transB), Dropout, Softmax."""
+    rng, inits = np.random.default_rng(0), []
+    relu = lambda v: np.maximum(v, 0)  # noqa: E731
+    a = relu(_conv(rng, inits, "conv1", 16, 3, 3, xs[:, 0] * 40))  # activations in the hundreds, as Caffe's are
+    lrn = lambda v: v / (1.0 + 1e-4 / 5 * np.stack([  # noqa: E731
+        (v[:, max(0, c - 2):c + 3] ** 2).sum(1) for c in range(v.shape[1])], 1)) ** 0.75
+    a = lrn(a)[:, :, ::2, ::2]
+    relu(_conv(rng, inits, "conv2", 24, 16, 3, np.ascontiguousarray(a)))
+    fc = rng.normal(0, 0.02, (10, 24 * 4 * 4)).astype(np.float32)
+    inits += [numpy_helper.from_array(fc, "fc_w_0"), numpy_helper.from_array(np.zeros(10, np.float32), "fc_b_0"),
+              numpy_helper.from_array(np.array([1, 24 * 4 * 4], np.int64), "OC2_DUMMY_1"),
+              numpy_helper.from_array(np.float32(40.0), "scale_0")]
+    lrn_attrs = dict(size=5, alpha=1e-4, beta=0.75, bias=1.0)
+    nodes = [helper.make_node("Mul", ["data_0", "scale_0"], ["d"]),
+             helper.make_node("Conv", ["d", "conv1_w_0", "conv1_b_0"], ["c1"], kernel_shape=[3, 3], pads=[1] * 4),
+             helper.make_node("Relu", ["c1"], ["r1"]), helper.make_node("LRN", ["r1"], ["n1"], **lrn_attrs),
+             helper.make_node("MaxPool", ["n1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Conv", ["p1", "conv2_w_0", "conv2_b_0"], ["c2"], kernel_shape=[3, 3], pads=[1] * 4),
+             helper.make_node("Relu", ["c2"], ["r2"]), helper.make_node("LRN", ["r2"], ["n2"], **lrn_attrs),
+             helper.make_node("MaxPool", ["n2"], ["p2"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Reshape", ["p2", "OC2_DUMMY_1"], ["f"]),
+             helper.make_node("Gemm", ["f", "fc_w_0", "fc_b_0"], ["g"], transB=1),
+             helper.make_node("Dropout", ["g"], ["dr"], ratio=0.5),
+             helper.make_node("Softmax", ["dr"], ["prob_1"])]
+    return _ir3(nodes, (1, 3, 16, 16), "prob_1", (1, 10), inits, 9, path)
+
+
+def test_lrn_compiles_integer_only(tmp_path):
+    """LRN (AlexNet, CaffeNet, ZFNet, GoogLeNet, R-CNN) was refused before the import ('ops the integer-only path
+    does not support'), though TVM's converter writes it as ops that lower: x * x, an average pool over channels,
+    a power and a divide. Now integer-only, and the probabilities agree with onnxruntime."""
+    xs = np.random.default_rng(1).normal(0, 1, (10, 1, 3, 16, 16)).astype(np.float32)
+    path = _alexnet(tmp_path / "alexnet.onnx", xs[:8])
+    art = _compile(path, tmp_path, xs[:8])
+    assert art.manifest["integer_only"]
+    sess = ort.InferenceSession(str(path))
+    for x in xs[8:]:
+        want = sess.run(None, {"data_0": x})[0]
+        got = art.run({"data_0": x})["prob_1"]
+        assert _cos(got, want) > 0.99
+        assert got.argmax() == want.argmax()
