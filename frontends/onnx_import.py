@@ -42,6 +42,7 @@ from .onnx_qdq import refuse_qonnx, strip_qdq
 from .onnx_tflite import tflite_ops_to_standard
 from .onnx_qonnx import read_qonnx
 from .onnx_loops import unroll_loops
+from .onnx_old_opsets import old_opsets_to_current
 from .onnx_rnn import unroll_lstms
 from .onnx_tail import Tail, names_read, split_tail
 from .onnx_window_axes import fold_unit_window_axes
@@ -170,6 +171,12 @@ def load_onnx(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]] 
     model = _read(path)
     _refuse_string_inputs(model, path)
     _fix_input_shapes(model, bound_shapes(input_shapes), path)
+    try:  # ImageScaler / Crop; opset < 7, which onnxruntime cannot run (onnx_old_opsets.py)
+        old_opsets_to_current(model)
+    except Exception as err:  # the version converter's own assertions
+        raise CompileError(f"{path}: opset {model.opset_import[0].version} could not be converted to opset 7 "
+                           f"(onnx.version_converter: {str(err).strip().splitlines()[0]}); convert the model "
+                           "to opset 7 or later and compile that") from None
     widen_float_inputs(model)  # float16 / bfloat16 / float64 inputs: float32 ones, cast inside (onnx_float_io.py)
     narrow_outputs = float16_as_float32(model)  # a float16 graph computes in float32 here (onnx_float16.py)
     read_qonnx(model)  # QONNX Quant nodes: folded into constants or QDQ triples (onnx_qonnx.py)

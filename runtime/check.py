@@ -90,6 +90,7 @@ def references(model_path: str | Path) -> list[tuple[str, str | bytes]]:
     from frontends.onnx_qdq import strip_qdq
     from frontends.onnx_qonnx import read_qonnx
 
+    from frontends.onnx_old_opsets import upgrade_old_opset
     from frontends.onnx_tflite import tflite_ops_to_standard
 
     model = onnx.load(str(model_path))
@@ -101,6 +102,8 @@ def references(model_path: str | Path) -> list[tuple[str, str | bytes]]:
               if tflite_ops_to_standard(model) else
               ("the file with its pools over four or more axes folded to fewer (onnxruntime)", model.SerializeToString())
               if _fold_wide_pools(model) else
+              ("the file converted to opset 7 (onnxruntime runs opset 7 and later)", model.SerializeToString())
+              if upgrade_old_opset(model) else
               ("the pre-quantized file itself (onnxruntime, its own quantization included)", str(model_path)))
     if not strip_qdq(model):
         return [(FILE if itself[1] == str(model_path) else itself[0], itself[1])]
