@@ -198,12 +198,12 @@ def load_onnx(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]] 
     unroll_lstms(model)
     decompose_attention(model)  # opset 23's Attention op -> MatMul/Softmax (onnx_attention.py)
     if decompose_ops(model):  # ops with neither a TVM converter nor an ONNX function (onnx_decompose.py)
-        model = _basic_optimize(model, path)  # shapes through them (an ai.onnx.ml Scaler stopped inference)
+        model = _reoptimize(model, path)  # shapes through them (an ai.onnx.ml Scaler stopped inference)
     if fold_unit_window_axes(model):  # pools over > 3 spatial axes (jax2onnx's reduce_window): 1-3 (onnx_window_axes.py)
         model = onnx.shape_inference.infer_shapes(model)
     expanded = expand_functions(model, path)  # function ops TVM lacks -> their schema bodies (onnx_functions.py)
     if expanded is not None:
-        model = _basic_optimize(expanded, path)  # fold the bodies' shape arithmetic
+        model = _reoptimize(expanded, path)  # fold the bodies' shape arithmetic
     _scalars_to_constants(model)
     resize_to_nchw(model, path)  # before the op check: NHWC Resizes become NCHW ones
     model, tail = _check_supported(model, path, allow_unsupported)
@@ -426,6 +426,18 @@ def _basic_optimize(model: onnx.ModelProto, path: Path) -> onnx.ModelProto:
                                ) from None
         model = onnx.load(dst)
     return onnx.shape_inference.infer_shapes(model)
+
+
+def _reoptimize(model: onnx.ModelProto, path: Path) -> onnx.ModelProto:
+    """`_basic_optimize` once more, after rewrites that leave the forms TVM's converters read (legacy_forms_to_tvm_forms:
+    Slice and Reshape with inputs, Resize-11 for an Upsample; the unrolled recurrences' Slices). In an opset < 11 file
+    those are not valid at its opset, and onnxruntime, which ran the file before, refuses them: an opset-7 Caffe
+    graph with an Upsample and an LpNormalization was refused in both modes. Shapes then come from ONNX's
+    inference, which takes them."""
+    try:
+        return _basic_optimize(model, path)
+    except CompileError:
+        return onnx.shape_inference.infer_shapes(model)
 
 
 def _constant(model: onnx.ModelProto, name: str) -> np.ndarray | None:
