@@ -24,6 +24,7 @@ axis 0 with constant indices (within a sample's rows at batch 1) gets them offse
 
 from __future__ import annotations
 
+import numpy as np
 import tvm
 from tvm import relax
 
@@ -156,6 +157,9 @@ class _Generalizer:
             if op == "relax.permute_dims" and dependent[0] and _unit_axes_first(value):
                 axes = [int(a) for a in value.attrs.axes]
                 return relax.op.permute_dims(args[0], [0, *[a for a in axes if a != 0]]), n
+            if op == "relax.gather_nd" and dependent == [True, False] and int(value.attrs.batch_dims) == 0:
+                args[1] = self.sample_nd_indices(name, value, args[1], n)
+                return relax.Call(value.op, args, value.attrs, value.ty_args), n
             why = _mixes_samples(value, dependent)
             if why:
                 self.fail(name, op, why)
@@ -205,6 +209,20 @@ class _Generalizer:
         start = relax.op.arange(0, n * rows, rows, dtype=str(idx.ty.dtype))
         start = self.bb.emit(relax.op.reshape(start, relax.ShapeExpr([n, *[1] * (len(shape) - 1)])))
         return self.bb.emit(relax.op.add(start, idx))
+
+    def sample_nd_indices(self, name: str, gather: relax.Call, idx: relax.Expr, n) -> relax.Expr:
+        """Constant indices [1, ..., k] of a gather_nd from a batch-dependent tensor: at batch 1 their
+        first component picks among the sample's own L rows; at batch n, sample s's copy is offset by
+        s * L in that component. torch's dynamo export indexes the attention mask so
+        (mask[arange(B)[:, None, None, None], arange(L)], a GatherND): MiniLM then ran per sample."""
+        shape = [int(d) for d in idx.ty.shape]
+        if len(shape) < 2 or shape[0] != 1:
+            self.fail(name, "relax.gather_nd", "its indices have no batch axis of 1 to give each sample")
+        rows, dtype = int(gather.args[0].ty.shape[0]), str(idx.ty.dtype)
+        start = relax.op.arange(0, n * rows, rows, dtype=dtype)
+        start = self.bb.emit(relax.op.reshape(start, relax.ShapeExpr([n, *[1] * (len(shape) - 1)])))
+        first = relax.const(np.eye(1, shape[-1])[0].astype(dtype), dtype)  # [1, 0, ...]: the first component
+        return self.bb.emit(relax.op.add(idx, relax.op.multiply(start, first)))
 
     def check(self, name: str, op: str, old_ty, new_ty, n) -> None:
         """The invariant: leading dim n * L, the others unchanged."""

