@@ -11,7 +11,10 @@ Invariant, checked binding by binding: every tensor computed from a generalized 
 leading dim `n * L` (L: its leading dim at batch 1) and its other dims unchanged, and sample
 s owns rows [s*L, (s+1)*L), a contiguous slab. Reshapes keep slabs contiguous, so a target
 (d0, ...) becomes (n * d0, ...) (a (1, 16, 64) -> (16, 64) reshape becomes (n, 16, 64) ->
-(n*16, 64)); every other call is re-emitted as is and Relax infers its shape. Hence each
+(n*16, 64)), and so do squeeze, expand_dims, flatten and a broadcast's target; a permutation
+that moves the batch only past axes of size 1 takes the batch first; a constant concatenated
+beside batch rows is repeated per sample; constant gather / gather_nd indices are offset per
+sample; every other call is re-emitted as is and Relax infers its shape. Hence each
 sample's integers are exactly what the batch-1 model computes for it.
 
 Refused (CompileError naming the binding): ops that would mix samples or move the batch

@@ -17,7 +17,8 @@ dim), padded positions get mask 0, the mask's integer penalty drives their Shift
 to exactly 0, so attention, pooling and every per-token op give each real token the very
 integers it gets in any other bucket: outputs are bit-identical across buckets. Without such
 an input, padding would change the result (a convolution sees the zeros), so only the
-compiled lengths themselves are accepted.
+compiled lengths themselves are accepted; so too where float onnxruntime finds that the model
+reads the padding despite its mask (frontends/padding.py: a GRU that runs over the pads).
 """
 
 from __future__ import annotations
