@@ -375,8 +375,6 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
     check_shared_dims(model_path, input_shapes)  # before onnxruntime meets unequal shapes in the graph
     if seq:
         _one_length_in_the_model(model_path, seq, seq_axes)
-    if seq:  # every bucket's integers must agree: no width may follow a size that follows the length
-        config = replace(config, sized_widths=False)
     free_shapes = input_shapes
     calib_length = _calibration_length(calib, seq, seq_axes, input_shapes) if seq else None
     input_shapes = bound_shapes(input_shapes, {seq.name: calib_length} if seq else None)  # batch 1
@@ -406,6 +404,12 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
         samples, synthetic = load_calibration(calib, imported.inputs, tuple(_tail_inputs(imported))), False
     with stage(f"calibrating ({observer}) on {len(samples)} sample(s)", times, "calibration"):
         ranges = calibrate(float_mod, samples, observer=observer, progress=progress, **_host_build())
+    padded, changed = bool(seq) and any(is_mask(k) for k in seq_axes), None
+    if padded:  # a mask the model does not apply everywhere (a GRU over the pads) makes padding inexact
+        changed = padding_changes_outputs(model_path, samples[0], seq_axes)
+        padded = changed is None
+    if padded:  # a sample's integers must agree in every bucket: no width may follow a size that follows the length
+        config = replace(config, sized_widths=False)
     mixed = None
     if precision.bits == "mixed":
         from .mixed import choose_bits
@@ -500,9 +504,6 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
             bucket_specs[probe] = load_onnx(model_path, bound_shapes(free_shapes, {seq.name: probe}),
                                             allow_unsupported=allow_float).outputs
         a, b = sorted(bucket_specs)[:2]
-        padded = any(is_mask(k) for k in seq_axes)
-        changed = padding_changes_outputs(model_path, samples[0], seq_axes) if padded else None
-        padded = padded and changed is None  # a mask the model does not apply everywhere (a GRU over the pads)
         out_axes, derived = _length_axes(bucket_specs[a], bucket_specs[b], a, b, padded)
         layout = Buckets(seq.name, sizes, padded, [seq_axes.get(s.name) for s in imported.inputs], out_axes)
         log(f"{seq.name} buckets {sizes}: "
