@@ -80,6 +80,27 @@ def test_vnni_kernel_with_epilogue_is_exact(shape, kernel, x_dtype):
     assert f"vnni_{kernel}" in lowered and "vpdpbusd" in lowered
 
 
+@pytest.mark.parametrize("batch", [1, 2])
+def test_lanes_out_epilogue_runs_over_channel_vectors(batch):
+    """Lanes over outputs: the requantization runs on the accumulators as they lie (16 output channels
+    per vector, its constants vector loads), each result stored into its NCHW row; the accumulators
+    are no longer copied out in NCHW order first (a lane at a time into vectors of 7 pixels)."""
+    import re
+
+    x, w = _operand("uint8", (batch, 96, 7, 7)), _operand("int8", (64, 96, 1, 1))
+    m, s = ref.dyadic(rng.uniform(1e-4, 1e-2, 64))
+    m, s = emit.channel_shape(m, 4, 1), emit.channel_shape(s, 4, 1)
+
+    def build(a):
+        return emit.requantize(emit.conv2d_acc(a, w, _Pointwise), m, s, 0, 255, "uint8")
+
+    want = ref.requantize(ref.conv2d_acc(x, w, (1, 1), (0, 0, 0, 0)), m, s, 0, 255, "uint8")
+    np.testing.assert_array_equal(run_relax(build, [x], VNNI_FLEET), want)
+    lowered = _lowered_names(build, [x])
+    assert "vnni_conv_lanes_out" in lowered and "vnni_conv_lanes_out_global" not in lowered
+    assert re.search(r"T\.vectorized\(T\.int64\((16|32|64)\)\)", lowered.split("vnni_conv_lanes_out_init")[-1])
+
+
 @pytest.mark.parametrize("k,stride", [(3, 1), (5, 2), (5, 1)])
 def test_depthwise_kernels_with_epilogue_stay_scheduled(k, stride):
     """A depthwise conv with its requantization: every kernel keeps its schedule (the inlining of an
