@@ -499,3 +499,35 @@ def test_written_out_instance_norm_divides_once_per_channel(tmp_path):
     got = runtime.load(art).run({"x": samples[0]})["y"]
     want = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"x": samples[0]})[0]
     assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.999
+
+
+def test_constant_varying_per_channel_over_an_activation(tmp_path):
+    """gamma / std with gamma one per channel (Flax's exact-variance norm, a per-channel temperature): not a
+    unary function of the activation, so no table; the constant is the dividend as int16 at its own scale.
+    Refused before ('FuseUnaryChains makes it a table', which it could not); integer-only now, close to float."""
+    import onnxruntime as ort
+
+    import runtime
+    from runtime import compile_model
+
+    gamma = np.where(np.arange(8) % 3 == 0, -1.0, 1.0) * rng.uniform(0.2, 2.0, 8)
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Mul", ["c", "c"], ["c2"]),
+        helper.make_node("ReduceMean", ["c2"], ["ms"], axes=[2, 3], keepdims=1),
+        helper.make_node("Add", ["ms", "eps"], ["me"]), helper.make_node("Sqrt", ["me"], ["rms"]),
+        helper.make_node("Div", ["gamma", "rms"], ["g"]),  # [1, 8, 1, 1] constant / [1, 8, 1, 1] activation
+        helper.make_node("Mul", ["c", "g"], ["y"]),
+    ]
+    path = _model(tmp_path / "cdiv.onnx", nodes, [_w("w", 8, 3, 3, 3), _c("eps", 1e-3),
+                                                  _c("gamma", gamma.reshape(1, 8, 1, 1))],
+                  [("y", TensorProto.FLOAT, [1, 8, 12, 12])], [1, 3, 12, 12])
+    samples = rng.standard_normal((16, 1, 3, 12, 12)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=samples)
+    art = compile_model(path, "x86", tmp_path / "m.artifact", calib=str(tmp_path / "calib.npz"), progress=False)
+    assert json.loads((art / "manifest.json").read_text())["integer_only"]
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    model = runtime.load(art)
+    for x in rng.standard_normal((3, 1, 3, 12, 12)).astype(np.float32):
+        got, want = model.run({"x": x})["y"], session.run(None, {"x": x})[0]
+        assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.999

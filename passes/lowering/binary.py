@@ -214,10 +214,11 @@ def sum_of_squares(ctx, a: Accumulator, b: Accumulator) -> Accumulator:
 
 
 def divide_activations(ctx, call, a, b) -> Quantized:
-    """a / b of two activations, rounded, at the output scale (c / x arrives as a unary table)."""
-    if isinstance(a, np.ndarray):
-        ctx.fail("a constant divided by an activation is a unary function: FuseUnaryChains makes it a table")
-    qa, qb = ctx.materialize(a), ctx.materialize(b)
+    """a / b of two activations, rounded, at the output scale. A scalar over an activation arrives as
+    a unary table; a constant that varies (Flax's gamma / std: one per channel) is the numerator as
+    int16 at its own scale."""
+    qa = _constant_operand(a) if isinstance(a, np.ndarray) else ctx.materialize(a)
+    qb = ctx.materialize(b)
     dtype = wide_dtype(ctx)
     scale = activation_scale(*ctx.out_range(), dtype)
     frac = ref.DIV_FRAC_BITS[qa.dtype]
@@ -231,6 +232,14 @@ def divide_activations(ctx, call, a, b) -> Quantized:
 
 
 BROADCAST_DIVISOR = 8  # outputs per divisor element from which the divisor's reciprocal is taken
+
+
+def _constant_operand(c: np.ndarray) -> Quantized:
+    """A float constant as int16 integers at the scale of its largest magnitude (zeros: scale 1)."""
+    amax = float(np.max(np.abs(c))) if c.size else 0.0
+    scale = amax / INT_RANGE["int16"][1] if amax > 0 else 1.0
+    q = np.clip(np.round(np.asarray(c, np.float64) / scale), *INT_RANGE["int16"]).astype(np.int16)
+    return Quantized(emit.const(q, "int16"), scale, "int16")
 
 
 def _elements(expr) -> int:
