@@ -354,6 +354,8 @@ def lower_concat(ctx, call, args):
         # an int32 part (e.g. patch embeddings) joining a 16-bit residual stream stays 16-bit
         dtype = "int16" if (wide or ctx.wide_output() or any(p.dtype == "int16" for p in values)
                             or (ctx.config.sized_widths and _mixed_small(call, parts))) else "int8"
+        if dtype == "int8" and ctx.config.unsigned_activations and all(_nonnegative(p) for p in parts):
+            dtype = "uint8"  # ReLU branches (Inception, SqueezeNet, DenseNet): int8 kept 7 of their 8 bits
         scale = activation_scale(*ctx.out_range(), dtype)
         exprs = []
         for p in parts:
@@ -363,6 +365,15 @@ def lower_concat(ctx, call, args):
             q, m, s = ctx.to_int32_at(p, scale)
             exprs.append(emit.requantize(q, m, s, *INT_RANGE[dtype], dtype))
     return Quantized(ctx.emit(relax.op.concat(exprs, axis=call.attrs.axis)), scale, dtype, qmax=calibrated_qmax(dtype))
+
+
+def _nonnegative(part) -> bool:
+    """Whether a concat part is >= 0 by construction: uint8, an int32 accumulator clamped at 0, a constant >= 0."""
+    if isinstance(part, np.ndarray):
+        return bool(part.size == 0 or part.min() >= 0)
+    if isinstance(part, Accumulator):
+        return part.clamp[0] >= 0 and not part.offset
+    return part.dtype == "uint8"
 
 
 SMALL_CONCAT = 4096  # elements of a concat whose parts of very different ranges share one 16-bit grid
