@@ -249,20 +249,34 @@ def _computed_per_chunk(sch: s_tir.Schedule, block, chunk) -> s_tir.Schedule:
         trial.compute_at(block, chunk)
     except (s_tir.schedule.ScheduleError, tvm.error.InternalError):  # the latter: a region read at
         return sch  # indices that TVM cannot bound at all (a gather at a table's indices)
-    runs, analyzer = 1, tvm.sym.Analyzer()
+    runs, analyzer = 1, _at_batch_one(trial)
     for loop in trial.get_loops(block):  # outermost first: an extent may follow the chunk (a fused
         stmt = trial.get(loop)           # index's div and mod), bounded over the loops around it
         most = analyzer.const_int_bound(stmt.extent).max_value
         if most >= 1 << 40:
-            return trial  # symbolic (a free batch): as before
+            return trial  # an extent no bound reaches: as before
         runs *= most
         analyzer.bind(stmt.loop_var, tvm.ir.Range.from_min_extent(stmt.min, tvm.tirx.const(most, str(stmt.extent.ty))))
     domain = 1
     for v in trial.get(block).iter_vars:
-        if not isinstance(v.dom.extent, tvm.tirx.IntImm):
+        extent = analyzer.simplify(v.dom.extent)
+        if not isinstance(extent, tvm.tirx.IntImm):
             return trial
-        domain *= int(v.dom.extent)
+        domain *= int(extent)
     return sch if runs > RECOMPUTE * domain else trial
+
+
+def _at_batch_one(sch: s_tir.Schedule) -> tvm.sym.Analyzer:
+    """An analyzer with each symbolic dim of the kernel's buffers (a free batch n) bound to 1: the
+    recomputation a chunk makes is a ratio, the same at every batch. Without it the check was skipped
+    for a free batch, and a Shiftmax over [n, 4, 65, 65] computed its exponentials for 65 rows in every
+    chunk of 4 (a ViT's attention rows: 6x the static kernel's time a sample)."""
+    analyzer = tvm.sym.Analyzer()
+    func = sch.mod["main"]
+    shapes = [p.ty.shape for p in func.params if hasattr(p.ty, "shape")]  # the parameters' buffer types
+    for var in {d for shape in shapes for d in shape if isinstance(d, tvm.tirx.Var)}:
+        analyzer.bind(var, tvm.tirx.const(1, str(var.ty)))
+    return analyzer
 
 
 ROW_LANES = 16  # rows of a chunk whose per-row values are computed as one vector
@@ -635,7 +649,7 @@ def _schedule_flat_depthwise(sch: s_tir.Schedule, block) -> None:
     requantization epilogue per channel too, right after its sums (in cache), each output row one
     vector (7 or 14 lanes: LLVM widens them), or, when it is not one block over [batch, channel,
     y, x], a parallel loop nest of its own."""
-    from .depthwise import LANES, QUAD_BLOCK, QUADS, WIDTH, quad_rows_intrinsic
+    from .depthwise import LANES, QUAD_BLOCK, QUADS, WIDTH, phase_pairs_intrinsic, quad_rows_intrinsic
 
     epilogue = inline_epilogue(sch, sch.get(block).name_hint)
     channel = _flat_epilogue_per_channel(sch, block, epilogue)
@@ -667,6 +681,7 @@ def _schedule_flat_depthwise(sch: s_tir.Schedule, block) -> None:
         m = int(stmt.iter_vars[1].dom.extent) // int(stmt.reads[index].source.shape[1])  # channel multiplier
         _annotate_read(sch, block, index, lambda b, f, *_: [b, b + 1, f // m, f // m + 1]
                        + [v for d in dims for v in (0, d)])
+    phases = []  # stride 2's phase rows, tensorized once their producer is in place
     for producer in pads:  # consumers first: each is computed where the next one needs it
         if depthwise:
             sch.compute_at(producer, channel)
@@ -679,16 +694,23 @@ def _schedule_flat_depthwise(sch: s_tir.Schedule, block) -> None:
         width = sch.get(producer).annotations.get(WIDTH)
         if width is not None:  # row by row (no division per element)
             flat, width = loops[-1], int(width)
+            pairs = bool(sch.get_producers(producer)) and width % LANES == 0
             if sch.get_producers(producer):  # stride 2: both column phases of a pair of input bytes
                 sch.reorder(flat, loops[-2])
-                sch.unroll(loops[-2])
+                if not pairs:
+                    sch.unroll(loops[-2])
             _, col = sch.split(flat, [None, width])
-            if not sch.get_producers(producer):  # a padded row (select of a clamped load), one vector
+            if pairs:  # 16 columns of both phases: one load, two shuffles
+                _, col16 = sch.split(col, [None, LANES])
+                phases.append((col16, str(sch.get(producer).writes[0].source.dtype)))
+            elif not sch.get_producers(producer):  # a padded row (select of a clamped load), one vector
                 sch.vectorize(at_most(sch, col, MAX_ROW_LANES))
         else:  # stride 2's padded image: a row of bytes, one vector (byte by byte, it took a fifth of
             sch.vectorize(at_most(sch, loops[-1], MAX_ROW_LANES))  # a 112x112 stride-2 conv's time)
         if not depthwise:
             parallel(sch, sch.fuse(*loops[:2]))
+    for col16, dtype in phases:
+        sch.tensorize(col16, phase_pairs_intrinsic(dtype))
     rows = static_factor(sch.get(o).extent)
     vectors = rows // LANES
     tile = max(t for t in range(1, _flat_vector_cap() + 1) if vectors % t == 0)
