@@ -649,7 +649,8 @@ def _schedule_flat_depthwise(sch: s_tir.Schedule, block) -> None:
     requantization epilogue per channel too, right after its sums (in cache), each output row one
     vector (7 or 14 lanes: LLVM widens them), or, when it is not one block over [batch, channel,
     y, x], a parallel loop nest of its own."""
-    from .depthwise import LANES, QUAD_BLOCK, QUADS, WIDTH, quad_rows_intrinsic
+    from .depthwise import LANES, QUAD_BLOCK, QUADS, WIDTH, phase_pairs_intrinsic, quad_rows_intrinsic
+    from .kernel_family import is_x86
 
     epilogue = inline_epilogue(sch, sch.get(block).name_hint)
     channel = _flat_epilogue_per_channel(sch, block, epilogue)
@@ -681,6 +682,7 @@ def _schedule_flat_depthwise(sch: s_tir.Schedule, block) -> None:
         m = int(stmt.iter_vars[1].dom.extent) // int(stmt.reads[index].source.shape[1])  # channel multiplier
         _annotate_read(sch, block, index, lambda b, f, *_: [b, b + 1, f // m, f // m + 1]
                        + [v for d in dims for v in (0, d)])
+    phases = []  # stride 2's phase rows, tensorized once their producer is in place
     for producer in pads:  # consumers first: each is computed where the next one needs it
         if depthwise:
             sch.compute_at(producer, channel)
@@ -693,16 +695,23 @@ def _schedule_flat_depthwise(sch: s_tir.Schedule, block) -> None:
         width = sch.get(producer).annotations.get(WIDTH)
         if width is not None:  # row by row (no division per element)
             flat, width = loops[-1], int(width)
+            pairs = bool(sch.get_producers(producer)) and width % LANES == 0 and is_x86(tvm.target.Target.current(allow_none=True))
             if sch.get_producers(producer):  # stride 2: both column phases of a pair of input bytes
                 sch.reorder(flat, loops[-2])
-                sch.unroll(loops[-2])
+                if not pairs:
+                    sch.unroll(loops[-2])
             _, col = sch.split(flat, [None, width])
-            if not sch.get_producers(producer):  # a padded row (select of a clamped load), one vector
+            if pairs:  # 16 columns of both phases: one load, two shuffles
+                _, col16 = sch.split(col, [None, LANES])
+                phases.append((col16, str(sch.get(producer).writes[0].source.dtype)))
+            elif not sch.get_producers(producer):  # a padded row (select of a clamped load), one vector
                 sch.vectorize(at_most(sch, col, MAX_ROW_LANES))
         else:  # stride 2's padded image: a row of bytes, one vector (byte by byte, it took a fifth of
             sch.vectorize(at_most(sch, loops[-1], MAX_ROW_LANES))  # a 112x112 stride-2 conv's time)
         if not depthwise:
             parallel(sch, sch.fuse(*loops[:2]))
+    for col16, dtype in phases:
+        sch.tensorize(col16, phase_pairs_intrinsic(dtype))
     rows = static_factor(sch.get(o).extent)
     vectors = rows // LANES
     tile = max(t for t in range(1, _flat_vector_cap() + 1) if vectors % t == 0)

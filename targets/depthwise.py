@@ -67,6 +67,18 @@ def _padder(x: te.Tensor, top: int, left: int, shifted: bool):
     return padded
 
 
+PHASE_SLACK = 0.15  # a stride-2 phase row widened to whole vectors by at most this share of it
+
+
+def phase_width(wp: int, stride: int) -> int:
+    """Elements of one phase row of the padded input: every stride-th of its wp columns; for stride 2
+    rounded up to whole vectors of 16 on x86 where that widens it by at most PHASE_SLACK, so that the
+    phase split runs as one 32-byte load and two shuffles per 16 columns (`phase_pairs_intrinsic`)."""
+    wq = -(-wp // stride)
+    whole = -(-wq // LANES) * LANES
+    return whole if stride == 2 and whole - wq <= PHASE_SLACK * wq and _x86() else wq
+
+
 def depthwise_flat_te(x: te.Tensor, w: te.Tensor, pads: tuple[int, int, int, int], stride: int = 1,
                       groups: int | None = None, corr: te.Tensor | None = None) -> te.Tensor:
     """out[n, f, y, x] of a conv (weights [O, C/groups, kh, kw]) over flat rows. Stride 2 splits
@@ -81,7 +93,7 @@ def depthwise_flat_te(x: te.Tensor, w: te.Tensor, pads: tuple[int, int, int, int
     top, left, bottom, right = pads
     hp, wp = int(h) + top + bottom, int(wd) + left + right
     ho, wo = (hp - kh) // stride + 1, (wp - kw) // stride + 1
-    hq, wq = -(-hp // stride), -(-wp // stride)  # one phase: the padded image, every stride-th pixel
+    wq = phase_width(wp, stride)  # one phase: the padded image, every stride-th pixel
     rows = -(-ho * wq // LANES) * LANES  # flat outputs, whole vectors
     reach = ((kh - 1) // stride) * wq + (kw - 1) // stride
     flat = -(-(rows + reach) // wq) * wq  # whole phase rows, so that the schedule splits the flat
@@ -150,7 +162,7 @@ def depthwise_quad_te(x: te.Tensor, wq: te.Tensor, pads: tuple[int, int, int, in
     top, left, bottom, right = pads
     hp, wp = int(h) + top + bottom, int(wd) + left + right
     ho, wo = (hp - kh) // stride + 1, (wp - kw) // stride + 1
-    wq_ = -(-wp // stride)
+    wq_ = phase_width(wp, stride)
     rows = -(-ho * wq_ // LANES) * LANES
     span = -(-(rows + ((kh - 1) // stride) * wq_ + k * (quads - 1)) // LANES) * LANES  # quad rows read
     reach = span - LANES + _window(x.dtype) if windows else span + k - 1  # the last window's load, or quad
@@ -214,6 +226,43 @@ def quad_rows_intrinsic() -> str:
             flat = T.decl_buffer((L * K,), "uint8", data=b.data, elem_offset=b.elem_offset)
             flat[T.ramp(T.int32(0), 1, L * K)] = T.Shuffle(
                 [a.vload([j], f"uint8x{L}") for j in range(K)], [j * L + i for i in range(L) for j in range(K)])
+
+    s_tir.TensorIntrin.register(name, desc, impl)
+    return name
+
+
+def phase_pairs_intrinsic(dtype: str) -> str:
+    """b[px, i] = a[2 i + px] for 16 columns of both column phases: one load of 32 elements and two
+    shuffles (even, odd); registered once per process for each dtype."""
+    from tvm import s_tir
+    from tvm.script import tirx as T
+
+    name = f"intq_dwflat_phase_pairs_{dtype}"
+    if s_tir.TensorIntrin.get(name, allow_missing=True) is not None:
+        return name
+    L = LANES
+    plane = tvm.tirx.Var("plane", "int64")
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.Buffer((2 * L,), dtype, offset_factor=1),
+             b: T.Buffer((2, L), dtype, strides=(plane, 1), offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(a[0:2 * L])
+            T.writes(b[0:2, 0:L])
+            for i, j in T.grid(L, 2):
+                with T.sblock("update"):
+                    vj, vi = T.axis.remap("SS", [j, i])  # the phase block's order: (px, column)
+                    b[vj, vi] = a[2 * vi + vj]
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.Buffer((2 * L,), dtype, offset_factor=1),
+             b: T.Buffer((2, L), dtype, strides=(plane, 1), offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(a[0:2 * L])
+            T.writes(b[0:2, 0:L])
+            row = a.vload([0], f"{dtype}x{2 * L}")
+            b[0, T.ramp(T.int32(0), 1, L)] = T.Shuffle([row], [2 * i for i in range(L)])
+            b[1, T.ramp(T.int32(0), 1, L)] = T.Shuffle([row], [2 * i + 1 for i in range(L)])
 
     s_tir.TensorIntrin.register(name, desc, impl)
     return name
