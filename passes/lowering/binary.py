@@ -220,6 +220,8 @@ def divide_activations(ctx, call, a, b) -> Quantized:
     qa = _constant_operand(a) if isinstance(a, np.ndarray) else ctx.materialize(a)
     qb = ctx.materialize(b)
     dtype = wide_dtype(ctx)
+    if dtype == "int8" and ctx.config.unsigned_activations and qa.dtype == qb.dtype == "uint8":
+        dtype = "uint8"  # >= 0 over >= 0 (LRN: a ReLU output over its window norm): int8 kept 7 of 8 bits
     scale = activation_scale(*ctx.out_range(), dtype)
     frac = ref.DIV_FRAC_BITS[qa.dtype]
     m, s = dyadic(qa.scale / (qb.scale * scale) * 2.0**-frac)
