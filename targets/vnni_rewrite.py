@@ -58,6 +58,19 @@ def _shape(expr) -> list | None:
     return [int(d) if isinstance(d, tvm.tirx.IntImm) else d for d in shape]
 
 
+def _sample_rows(x_shape: list) -> list | None:
+    """[n, r, K] for a matmul input of n * r rows [n * r, K] (a free batch folded into the rows) whose r
+    a batch-1 kernel pads to whole tiles (`vnni.padded_rows`: 257 tokens, 260 rows); None otherwise. The
+    rows as one symbolic count tiled by r's divisors (257: a prime, tiles of one row), and a DINOv2's
+    matmuls ran at half the static kernel's speed a sample."""
+    if len(x_shape) != 2 or isinstance(x_shape[0], int):
+        return None
+    per = static_factor(x_shape[0])
+    if vnni.padded_rows(per) == per:
+        return None
+    return [tvm.sym.Analyzer().simplify(tvm.tirx.floordiv(x_shape[0], per)), per, x_shape[1]]
+
+
 def _whole_steps(w: np.ndarray, axis: int, dot: Dot) -> np.ndarray:
     """`w` with its reduction `axis` zero-padded to whole dot-product steps."""
     extra = -(-int(w.shape[axis]) // dot.k) * dot.k - int(w.shape[axis])
@@ -129,6 +142,13 @@ class _Rewriter(PyExprMutator):
             return None
         if w_np.dtype != np.int8:
             return None
+        groups = _sample_rows(x_shape)
+        if groups is not None:  # [n * 257, K]: each sample's rows padded to whole tiles, as at batch 1
+            grouped = self.builder_.emit(relax.op.reshape(x, groups))
+            out = self._matmul(relax.Call(call.op, [grouped, w], call.attrs))
+            if out is None:
+                return None
+            return relax.op.reshape(self.builder_.emit(out), [x_shape[0], w_np.shape[1]])
         if self.family.tiles:
             tiled = (self._byte_planes if str(x.ty.dtype) == "int16" else self._tile_matmul)(x, w_np, x_shape)
             if tiled is not None:
