@@ -36,15 +36,17 @@ def _conv_module(shape: list, w: np.ndarray, attrs: _Attrs):
     return bb.get()
 
 
-@pytest.mark.parametrize("stride,padding,k", [(1, (1, 1, 1, 1), 3), (2, (0, 0, 1, 1), 3), (2, (2, 1, 2, 2), 5)])
-def test_free_batch(stride, padding, k):
+@pytest.mark.parametrize("stride,padding,k,hw", [(1, (1, 1, 1, 1), 3, (13, 11)), (2, (0, 0, 1, 1), 3, (13, 11)),
+                                                 (2, (2, 1, 2, 2), 5, (13, 11)),
+                                                 (2, (0, 0, 1, 1), 3, (28, 28))])  # phase rows of 16: shuffled pairs
+def test_free_batch(stride, padding, k, hw):
     c = 16
-    x = rng.integers(0, 256, (3, c, 13, 11)).astype(np.uint8)
+    x = rng.integers(0, 256, (3, c, *hw)).astype(np.uint8)
     w = rng.integers(-128, 128, (c, 1, k, k)).astype(np.int8)
     attrs = _Attrs((stride, stride), padding, c)
     spec = get_target("x86")
     target = spec.target()
-    ex = tvm.compile(_conv_module([tvm.tirx.Var("n", "int64"), c, 13, 11], w, attrs), target=target,
+    ex = tvm.compile(_conv_module([tvm.tirx.Var("n", "int64"), c, *hw], w, attrs), target=target,
                      relax_pipeline=spec.relax_pipeline(target))
     got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
     np.testing.assert_array_equal(got, ref.conv2d_acc(x, w, (stride, stride), padding, groups=c))
