@@ -27,6 +27,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .onnx_rewrite import rewrite_nodes
+
 
 def _opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
@@ -452,7 +454,7 @@ _DECOMPOSITIONS = {"LpNormalization": _lp_normalization, "DFT": _dft, "STFT": _s
 def decompose_ops(model: onnx.ModelProto) -> int:
     """Rewrite every node of an op in `_DECOMPOSITIONS` (that its rewriter accepts); returns how many.
     Needs the shapes of shape inference."""
-    opset, inits, nodes, count = _opset(model), [], [], 0
+    opset = _opset(model)
     shapes = {v.name: [d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim]
               for v in (*model.graph.input, *model.graph.value_info, *model.graph.output)
               if v.type.tensor_type.HasField("shape")}
@@ -463,14 +465,9 @@ def decompose_ops(model: onnx.ModelProto) -> int:
     def consts(name):
         return numpy_helper.to_array(constants[name]) if name in constants else None
 
-    for node in model.graph.node:
-        rewrite = (_DECOMPOSITIONS.get(node.op_type) if node.domain in ("", "ai.onnx")
-                   else _ML.get(node.op_type) if node.domain == "ai.onnx.ml" else None)
-        replacement = rewrite(node, opset, inits, shapes, consts) if rewrite else None
-        nodes.extend(replacement or [node])
-        count += replacement is not None
-    if count:
-        del model.graph.node[:]
-        model.graph.node.extend(nodes)
-        model.graph.initializer.extend(inits)
-    return count
+    def rewrite(node, inits):
+        op = (_DECOMPOSITIONS.get(node.op_type) if node.domain in ("", "ai.onnx")
+              else _ML.get(node.op_type) if node.domain == "ai.onnx.ml" else None)
+        return op(node, opset, inits, shapes, consts) if op else None
+
+    return rewrite_nodes(model, rewrite)

@@ -17,6 +17,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .onnx_rewrite import rewrite_nodes
+
 INT64_MAX = np.iinfo(np.int64).max
 
 
@@ -61,17 +63,13 @@ _EXPERIMENTAL = {"ImageScaler": _image_scaler, "Crop": _crop}
 
 def experimental_ops_to_standard(model: onnx.ModelProto) -> int:
     """ImageScaler and Crop as standard ops, in place; returns how many were rewritten."""
-    opset, inits, nodes, count = _opset(model), [], [], 0
-    for node in model.graph.node:
-        rewrite = _EXPERIMENTAL.get(node.op_type) if node.domain in ("", "ai.onnx") else None
-        replacement = rewrite(node, opset, inits) if rewrite else None
-        nodes.extend(replacement or [node])
-        count += replacement is not None
-    if count:
-        del model.graph.node[:]
-        model.graph.node.extend(nodes)
-        model.graph.initializer.extend(inits)
-    return count
+    opset = _opset(model)
+
+    def rewrite(node, inits):
+        op = _EXPERIMENTAL.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        return op(node, opset, inits) if op else None
+
+    return rewrite_nodes(model, rewrite)
 
 
 def upgrade_old_opset(model: onnx.ModelProto) -> bool:

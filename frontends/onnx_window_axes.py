@@ -23,6 +23,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .onnx_rewrite import rewrite_nodes
+
 _POOLS = ("MaxPool", "AveragePool", "LpPool")
 
 
@@ -97,13 +99,5 @@ def fold_unit_window_axes(model: onnx.ModelProto) -> int:
     constants = {i.name: i for i in model.graph.initializer}
     constants.update({n.output[0]: n.attribute[0].t for n in model.graph.node
                       if n.op_type == "Constant" and n.attribute and n.attribute[0].HasField("t")})
-    inits, nodes, count = [], [], 0
-    for node in model.graph.node:
-        new = _fold(node, shapes, constants, inits) if node.op_type in (*_POOLS, "Conv") and node.domain in ("", "ai.onnx") else None
-        nodes.extend(new or [node])
-        count += new is not None
-    if count:
-        del model.graph.node[:]
-        model.graph.node.extend(nodes)
-        model.graph.initializer.extend(inits)
-    return count
+    return rewrite_nodes(model, lambda node, inits: _fold(node, shapes, constants, inits)
+                         if node.op_type in (*_POOLS, "Conv") and node.domain in ("", "ai.onnx") else None)
