@@ -695,7 +695,8 @@ def _schedule_flat_depthwise(sch: s_tir.Schedule, block) -> None:
         width = sch.get(producer).annotations.get(WIDTH)
         if width is not None:  # row by row (no division per element)
             flat, width = loops[-1], int(width)
-            pairs = bool(sch.get_producers(producer)) and width % LANES == 0 and is_x86(tvm.target.Target.current(allow_none=True))
+            pairs = (bool(sch.get_producers(producer)) and width % LANES == 0
+                     and is_x86(tvm.target.Target.current(allow_none=True)))
             if sch.get_producers(producer):  # stride 2: both column phases of a pair of input bytes
                 sch.reorder(flat, loops[-2])
                 if not pairs:
