@@ -30,7 +30,7 @@ import numpy as np
 
 from benchmarks.models import (calibration_images, export_efficientnet_lite0, export_minilm, lee_corpus,
                                minilm_tokenize)
-from benchmarks.speed import ORT_FP32, ORT_INT8, cpu_facts, log, measure, ort_int8, ort_session
+from benchmarks.speed import ORT_FP32, ORT_INT8, cpu_facts, in_child, log, ort_int8, time_ort
 from frontends.onnx_import import FreeDim
 
 RESULTS = Path(__file__).parent / "results" / "shapes.md"
@@ -57,15 +57,14 @@ def _set_tvm_threads(threads: int) -> None:
     config_threads(threads)
 
 
-def _time_ours(model, feed: dict[str, np.ndarray], threads: int, repeat: int) -> float:
+def _time_ours(artifact: Path, feed: dict[str, np.ndarray], threads: int, repeat: int) -> float:
+    import runtime
+
     _set_tvm_threads(threads)
+    model = runtime.load(artifact)
     model.batch_workers = threads  # a batch runs sample by sample on `threads` threads, one TVM thread each
     q = model.quantize_inputs(feed)
     return float(np.median(model.time(q, repeat=repeat)))
-
-
-def _time_ort(session, feed: dict[str, np.ndarray], repeat: int) -> float:
-    return float(np.median(measure(lambda: session.run(None, feed), repeat)))
 
 
 def _texts(count: int) -> list[str]:
@@ -84,8 +83,6 @@ def _images(batch: int) -> dict[str, np.ndarray]:
 
 
 def batch_table(work: Path, threads: list[int], repeat: int, reuse: bool) -> list[str]:
-    import runtime
-
     rows = ["| model | runtime | threads | " + " | ".join(f"batch {b}: ms/sample" for b in BATCHES)
             + " | throughput gain at batch 8 | at batch 32 |", "|---|---|---|" + "---|" * (len(BATCHES) + 2)]
     cases = [
@@ -103,18 +100,16 @@ def batch_table(work: Path, threads: list[int], repeat: int, reuse: bool) -> lis
         artifact.parent.mkdir(parents=True, exist_ok=True)
         log(f"{title}: compiling with a free batch")
         compiled(onnx_path, calib, shapes, artifact, reuse)
-        model = runtime.load(artifact)
         samples = [{k: v[i:i + 1] for k, v in calib_data.items()} for i in range(8)]
         sources = {ORT_FP32: onnx_path, ORT_INT8: ort_int8(onnx_path, samples, [])}
         for t in threads:
             results = {OURS: [], ORT_FP32: [], ORT_INT8: []}
-            sessions = {name: ort_session(path, t) for name, path in sources.items()}
-            for b in BATCHES:
+            for b in BATCHES:  # each runtime in a process of its own (speed.in_child)
                 feed = feed_of(b)
                 log(f"{title}: batch {b}, {t} thread(s)")
-                results[OURS].append(_time_ours(model, feed, t, repeat) / b)
-                for name, session in sessions.items():
-                    results[name].append(_time_ort(session, feed, repeat) / b)
+                results[OURS].append(in_child(_time_ours, artifact, feed, t, repeat) / b)
+                for name, path in sources.items():
+                    results[name].append(in_child(time_ort, path, feed, t, repeat) / b)
             for name, per_sample in results.items():
                 gains = [per_sample[0] / per_sample[BATCHES.index(b)] for b in (8, 32)]
                 rows.append(f"| {title} | {name} | {t} | " + " | ".join(f"{ms:.2f}" for ms in per_sample)
@@ -123,8 +118,6 @@ def batch_table(work: Path, threads: list[int], repeat: int, reuse: bool) -> lis
 
 
 def sequence_table(work: Path, threads: list[int], repeat: int, reuse: bool) -> list[str]:
-    import runtime
-
     onnx_path = export_minilm(work / "minilm_dyn.onnx", dynamic=True)
     ids, mask = minilm_tokenize(_texts(16), 128)
     calib = work / "minilm_seq_calib.npz"
@@ -135,21 +128,19 @@ def sequence_table(work: Path, threads: list[int], repeat: int, reuse: bool) -> 
     length = FreeDim("seq", 1, LENGTHS[-1])
     compiled(onnx_path, calib, {"input_ids": (1, length), "attention_mask": (1, length)}, artifact, reuse,
              buckets=list(LENGTHS))
-    model = runtime.load(artifact)
     samples = [{"input_ids": ids[i:i + 1], "attention_mask": mask[i:i + 1]} for i in range(8)]
     sources = {ORT_FP32: onnx_path, ORT_INT8: ort_int8(onnx_path, samples, [])}
     rows = ["| runtime | threads | " + " | ".join(f"{n} tokens: ms" for n in LENGTHS) + " | "
             + " | ".join(f"{n} / 128" for n in LENGTHS if n != 128) + " |",
             "|---|---|" + "---|" * (2 * len(LENGTHS) - 1)]
     for t in threads:
-        sessions = {name: ort_session(path, t) for name, path in sources.items()}
         results = {OURS: [], ORT_FP32: [], ORT_INT8: []}
         for n in LENGTHS:
             feed = _minilm_feed(1, n)
             log(f"MiniLM: {n} tokens, {t} thread(s)")
-            results[OURS].append(_time_ours(model, feed, t, repeat))
-            for name, session in sessions.items():
-                results[name].append(_time_ort(session, feed, repeat))
+            results[OURS].append(in_child(_time_ours, artifact, feed, t, repeat))
+            for name, path in sources.items():
+                results[name].append(in_child(time_ort, path, feed, t, repeat))
         base = LENGTHS.index(128)
         for name, ms in results.items():
             rows.append(f"| {name} | {t} | " + " | ".join(f"{v:.2f}" for v in ms) + " | "
