@@ -17,16 +17,21 @@ from frontends import CompileError, load_onnx
 from frontends.onnx_import import FreeDim
 
 
+def _saved(graph, path):
+    """`graph` as an opset-17, IR-8 file at `path` (returned)."""
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
 def _ids_and_mask(path, dims=("batch_size", "sequence_length")):
     """y = x * mask, both inputs [batch_size, sequence_length]: a BERT export's two inputs sharing dim names."""
     graph = helper.make_graph([helper.make_node("Mul", ["x", "mask"], ["y"], name="masked")], "pair",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(dims)),
                                helper.make_tensor_value_info("mask", TensorProto.FLOAT, list(dims))],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(dims))])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, path)
-    return path
+    return _saved(graph, path)
 
 
 def test_every_dynamic_input_named_at_once(tmp_path):
@@ -94,10 +99,7 @@ def _mean_pooling(path):
     graph = helper.make_graph(nodes, "pool", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", 16]),
                                               helper.make_tensor_value_info("mask", TensorProto.INT64, ["batch", "seq"])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 16])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, path)
-    return path
+    return _saved(graph, path)
 
 
 def _masked(count, length, seed):
@@ -142,10 +144,7 @@ def _gru_with_mask(path):
                                            helper.make_tensor_value_info("mask", TensorProto.FLOAT, [1, "T"])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "T", 2, 4])],
                               [*inits, helper.make_tensor("minus1", TensorProto.INT64, [1], [-1])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, path)
-    return path
+    return _saved(graph, path)
 
 
 def _waves(length, real, seed):
@@ -231,10 +230,7 @@ def _qkv_attention(path, tokens=16, dim=24, heads=2):
              helper.make_node("Reshape", ["ot", "s3"], ["a"]), helper.make_node("Add", ["x", "a"], ["y"])]
     graph = helper.make_graph(nodes, "attn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", tokens, dim])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", tokens, dim])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, path)
-    return path
+    return _saved(graph, path)
 
 
 def test_qkv_attention_batch_stays_symbolic(tmp_path):
@@ -452,10 +448,7 @@ def _pooled_features(path):
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "T", 8])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
                               [onnx.numpy_helper.from_array(w, "w")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, path)
-    return path
+    return _saved(graph, path)
 
 
 def test_unpadded_buckets_keep_sized_widths(tmp_path):
