@@ -82,7 +82,7 @@ def run_library(lib, inputs: list[np.ndarray]) -> np.ndarray:
 
 def without_sample_library(model):
     """`model` with its batch-1 library (a free batch on x86) set aside, so that one-sample calls run
-    the symbolic-batch library too: what other targets run, and x86 where `batch_workers` is 1."""
+    the symbolic-batch library too: what other targets run, and x86 where `batch_in_one_call` is set."""
     model._libs = {key: lib for key, lib in model._libs.items() if not key[1]}
     return model
 

@@ -53,17 +53,20 @@ def test_manifest_records_the_range(batch_artifact):
     assert "R.Tensor((n, 3, 16, 16)" in (batch_artifact / "model.relax.py").read_text()
 
 
-@pytest.mark.parametrize("count, workers, sample_library", [(1, 1, True), (1, 1, False), (3, 1, True), (8, 1, True),
-                                                             (3, 2, True), (8, 3, True), (8, 3, False)])
-def test_each_sample_bit_exact_with_batch1_artifact(batch_artifact, small_artifact, count, workers, sample_library):
+@pytest.mark.parametrize("count, workers, sample_library, one_call", [
+    (1, 1, True, False), (1, 1, False, False), (3, 1, True, True), (8, 1, True, True), (8, 1, True, False),
+    (8, 1, False, False), (3, 2, True, False), (8, 3, True, False), (8, 3, False, False)])
+def test_each_sample_bit_exact_with_batch1_artifact(batch_artifact, small_artifact, count, workers, sample_library,
+                                                    one_call):
     """The same calibration gives the same scales: the batch artifact's integers for a batch
     equal the static batch-1 artifact's, sample by sample, and so do the float outputs, whether
-    the batch runs as one call (1 worker: the symbolic-batch library) or in slices side by side
-    (one sample a call: x86's batch-1 library, or the symbolic one where it is set aside)."""
+    the batch runs as one call (`batch_in_one_call`: the symbolic-batch library) or one sample a
+    call, one after the other or side by side (x86's batch-1 library, or the symbolic one where it
+    is set aside)."""
     batched, single = runtime.load(batch_artifact), runtime.load(small_artifact)
     if not sample_library:
         without_sample_library(batched)
-    batched.batch_workers = workers
+    batched.batch_workers, batched.batch_in_one_call = workers, one_call
     x = _batch(count, seed=count)
     q = batched.quantize_inputs({"x": x})
     assert q[0].shape == (count, 3, 16, 16)
@@ -86,6 +89,23 @@ def test_x86_artifact_ships_the_batch1_library(batch_artifact):
     q = model.quantize_inputs({"x": _batch(1)})
     assert model._library(None, q) == (None, True)
     assert model._library(None, model.quantize_inputs({"x": _batch(2)})) == (None, False)
+
+
+def test_one_worker_runs_a_batch_sample_by_sample(batch_artifact):
+    """With one worker (a 1-CPU machine, TVM_NUM_THREADS=1) a batch still runs a sample a call,
+    through the batch-1 library: the symbolic library's batch in one call ran MiniLM 1.3x slower
+    a sample (benchmarks/results/shapes.md); `batch_in_one_call` asks for that call."""
+    model = runtime.load(batch_artifact)
+    model.batch_workers = 1
+    q = model.quantize_inputs({"x": _batch(5)})
+    assert model._slices(q) == [slice(i, i + 1) for i in range(5)]
+    called = []
+    library = model._library
+    model._library = lambda size, qs: called.append(library(size, qs)) or called[-1]
+    (y,) = model.run_integer(q)
+    assert called == [(None, True)] * 5 and y.shape == (5, 10)
+    model.batch_in_one_call, called[:] = True, []
+    assert np.array_equal(model.run_integer(q)[0], y) and called == [(None, False)]
 
 
 def test_batch_outside_range_refused(batch_artifact, tmp_path, capsys):
@@ -131,7 +151,7 @@ def test_transformer_block_batch(tmp_path):
     model = runtime.load(art)
     assert model.manifest["inputs"][0]["range"] == {"n": [1, None]}
     x = np.random.default_rng(2).standard_normal((5, 16, 64)).astype(np.float32)
-    model.batch_workers = 1  # the batch in one call: the symbolic library, each sample alone: the batch-1 one
+    model.batch_in_one_call = True  # the batch in one call: the symbolic library, each sample alone: the batch-1 one
     (y,) = model.run_integer(model.quantize_inputs({"x": x}))
     alone = [model.run_integer(model.quantize_inputs({"x": x[i:i + 1]}))[0] for i in range(5)]
     assert y.shape == (5, 16, 64) and np.array_equal(y, np.concatenate(alone))

@@ -53,8 +53,9 @@ def test_efficientnet_lite0_free_batch_equals_batch_1(effnet):
     alone = np.concatenate([single.run_integer(single.quantize_inputs({"input": images[i:i + 1]}))[0]
                             for i in range(8)])
     assert "sample" in batched.manifest["library"]
-    for count, workers in ((1, 1), (3, 1), (8, 1), (8, 2)):  # the batch-1 library runs one-sample calls
-        batched.batch_workers = workers
+    # one call (the symbolic library), or one sample a call (the batch-1 library), one after the other or side by side
+    for count, workers, one_call in ((1, 1, False), (3, 1, True), (8, 1, True), (8, 1, False), (8, 2, False)):
+        batched.batch_workers, batched.batch_in_one_call = workers, one_call
         (got,) = batched.run_integer(batched.quantize_inputs({"input": images[:count]}))
         np.testing.assert_array_equal(got, alone[:count])
     without_sample_library(batched)  # and the symbolic library a sample at a time

@@ -122,7 +122,7 @@ def test_mean_pooling_batch_stays_symbolic(tmp_path):
     model = runtime.load(art)
     assert model.manifest["batch"] == "symbolic" and model.manifest["outputs"][0]["shape"] == ["batch", 16]
     x = _masked(5, 8, 1)
-    model.batch_workers = 1  # one call of the symbolic library
+    model.batch_in_one_call = True  # one call of the symbolic library
     (y,) = model.run_integer(model.quantize_inputs(x))
     alone = [model.run_integer(model.quantize_inputs({k: v[i:i + 1] for k, v in x.items()}))[0] for i in range(5)]
     assert np.array_equal(y, np.concatenate(alone))
@@ -242,7 +242,7 @@ def test_qkv_attention_batch_stays_symbolic(tmp_path):
                                                input_shapes={"x": (FreeDim(), 16, 24)}))
     assert model.manifest["batch"] == "symbolic"
     x = np.random.default_rng(2).standard_normal((4, 16, 24)).astype(np.float32)
-    model.batch_workers = 1
+    model.batch_in_one_call = True
     (y,) = model.run_integer(model.quantize_inputs({"x": x}))
     assert np.array_equal(y, np.concatenate([model.run_integer(model.quantize_inputs({"x": x[i:i + 1]}))[0]
                                              for i in range(4)]))
@@ -281,7 +281,7 @@ def test_class_token_batch_stays_symbolic(tmp_path):
                                                input_shapes={"x": (FreeDim("batch"), 3, 8, 8)}))
     assert model.manifest["batch"] == "symbolic" and model.manifest["outputs"][0]["shape"] == ["batch", 5, 16]
     x = np.random.default_rng(2).standard_normal((4, 3, 8, 8)).astype(np.float32)
-    model.batch_workers = 1
+    model.batch_in_one_call = True
     (y,) = model.run_integer(model.quantize_inputs({"x": x}))
     assert np.array_equal(y, np.concatenate([model.run_integer(model.quantize_inputs({"x": x[i:i + 1]}))[0]
                                              for i in range(4)]))
@@ -322,7 +322,7 @@ def _stack(samples):
 def _alone_equals_batched(model, samples, axes=None):
     """Each sample's integers alone equal its part of the batch run in one call (each output joined on its
     batch axis)."""
-    model.batch_workers = 1
+    model.batch_in_one_call = True
     got = model.run_integer(model.quantize_inputs(_stack(samples)))
     for s, x in enumerate(samples):
         for g, a, axis in zip(got, model.run_integer(model.quantize_inputs(x)), axes or model._batch_axes):
@@ -530,7 +530,7 @@ def test_folded_batch_rows_padded_per_sample(tmp_path):
     model = runtime.load(runtime.compile_model(p, "x86", tmp_path / "a", calib=tmp_path / "calib.npz",
                                                progress=False, input_shapes={"x": (FreeDim(), 17, 32)}))
     x = np.random.default_rng(2).standard_normal((3, 17, 32)).astype(np.float32)
-    model.batch_workers = 1
+    model.batch_in_one_call = True
     q = model.quantize_inputs({"x": x})
     dense = [k for k in model.kernel_times(q, repeat=1) if "dense" in k]
     assert dense and all("strided_slice" in k for k in dense), dense

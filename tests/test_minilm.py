@@ -52,8 +52,8 @@ def test_minilm_padding_and_batching_are_exact(tmp_path_factory):
     in_64 = model.run_integer([ids[:1], mask[:1]])[0]  # the first, padded to 64 by the tokenizer: bucket 64
     np.testing.assert_array_equal(in_64[0, :lengths[0]], alone[0][0])
     n = lengths.max()
-    for workers in (2, 1):  # one sample a call (the batch-1 libraries), the batch in one call (the symbolic ones)
-        model.batch_workers = workers
+    for one_call in (False, True):  # one sample a call (the batch-1 libraries), the batch in one call (the symbolic ones)
+        model.batch_in_one_call = one_call
         batch = model.run_integer([ids[:, :n], mask[:, :n]])[0]
         for i, k in enumerate(lengths):
             np.testing.assert_array_equal(batch[i, :k], alone[i][0])
