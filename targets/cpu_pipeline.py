@@ -29,6 +29,7 @@ def cpu_lowering_passes(target, tune_trials: int = 0) -> list:
     from .requant import windowed_requant
     from .resize_taps import resize_taps
     from passes.legalize_once import legalize_ops_once
+    from .cut_requant_chains import cut_requant_chains
     from .split_dataflow import split_dataflow_blocks
     from .strided_pool import strided_max_pool
     from .vnni_int4 import schedule_int4_dot_kernels, use_int4_dot_kernels
@@ -50,15 +51,16 @@ def cpu_lowering_passes(target, tune_trials: int = 0) -> list:
 
         tune = [tune_pass(target, tune_trials)]
     return (lookups + [windowed_requant, narrow_int64, patch_conv_as_matmul, conv_transpose_as_conv, grouped_conv_as_convs, flat_depthwise] + dots + patches + pools + [conv1x1_as_matmul, resize_taps, concat_tree] + cpu_defaults.library_dispatch_passes(target)
-            + [lift_scalar_constants] + _adapted(cpu_defaults.legalize_passes(target), legalize_ops_once, split_dataflow_blocks)
+            + [lift_scalar_constants] + _adapted(cpu_defaults.legalize_passes(target), legalize_ops_once,
+                                                  [split_dataflow_blocks, cut_requant_chains])
             + [schedule_int4_dot_kernels, schedule_int_matmul_cpu, dedupe_kernels] + tune)
 
 
-def _adapted(passes: list, legalize, split) -> list:
-    """TVM's legalization passes with LegalizeOps replaced by `legalize` and `split` run before FuseOps."""
+def _adapted(passes: list, legalize, split: list) -> list:
+    """TVM's legalization passes with LegalizeOps replaced by `legalize` and the `split` passes run before FuseOps."""
     out = []
     for p in passes:
-        out += [legalize] if p.info.name == "LegalizeOps" else [split, p] if p.info.name == "FuseOps" else [p]
+        out += [legalize] if p.info.name == "LegalizeOps" else split + [p] if p.info.name == "FuseOps" else [p]
     return out
 
 

@@ -23,7 +23,15 @@ def _split(block: relax.DataflowBlock) -> list[relax.BindingBlock]:
     bindings = list(block.bindings)
     if len(bindings) <= MAX_BINDINGS or not all(isinstance(b, relax.VarBinding) for b in bindings):
         return [block]
-    chunks = [bindings[i:i + MAX_BINDINGS] for i in range(0, len(bindings), MAX_BINDINGS)]
+    return split_at(block, list(range(MAX_BINDINGS - 1, len(bindings) - 1, MAX_BINDINGS)))
+
+
+def split_at(block: relax.DataflowBlock, ends: list[int]) -> list[relax.BindingBlock]:
+    """`block` (of VarBindings) cut after each binding index in `ends` (ascending, before the last):
+    the parts as dataflow blocks, each part's last binding but the final one's in a plain block."""
+    bindings = list(block.bindings)
+    starts = [0] + [e + 1 for e in ends]
+    chunks = [bindings[a:b] for a, b in zip(starts, starts[1:] + [len(bindings)]) if b > a]
     owner = {b.var: k for k, chunk in enumerate(chunks) for b in chunk}
     mapping = {chunk[-1].var: relax.Var(chunk[-1].var.name, chunk[-1].var.ty) for chunk in chunks[:-1]
                if isinstance(chunk[-1].var, relax.DataflowVar)}
