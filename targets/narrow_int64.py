@@ -15,6 +15,13 @@ propagate; `max(x) - x` along an axis is >= 0) and rewrites an int64
                of a value within int32    ->  an int32 shift (`vpsrad`);
     minimum / maximum / clip within int32 ->  int32 (`vpminsd`, `vpmaxsd`).
 
+and, first, any add / subtract / multiply / shift / where / bitwise_and / floor_divide / negative
+and sum / max / min reduction whose operands and result are all within int32 into that op on
+int32 values cast back to int64 (`INT32_EXACT`). A consumer that narrows its operand then reads
+the int32 value itself (`_to` looks through the cast), so a chain whose every step fits stays
+int32 from kernel to kernel: Shiftmax's scores, exponentials and their sum were int64 tensors
+between its kernels, twice the memory traffic, in vectors of 8 lanes where 16 fit.
+
 Each rewrite only adds casts that are the identity on the proven range, so the integers are
 those of the int64 chain bit for bit (the transformer kernels' tests compare them with the
 NumPy reference). Runs on the integer Relax module, after `requant.py`, for CPU targets.
@@ -157,18 +164,41 @@ def _reduced(call) -> int | None:
     return int(np.prod([dims[x] for x in axes]))
 
 
+# ops exact on int32 values wherever their operands and result are within int32 (a sum's partial
+# sums may wrap: two's complement gives the right total when that is within range)
+INT32_EXACT = {"add", "subtract", "multiply", "right_shift", "left_shift", "where", "bitwise_and", "floor_divide",
+               "negative", "sum", "max", "min"}
+
+
 @mutator
 class _Narrow(PyExprMutator):
     def __init__(self, mod):
         super().__init__(mod)
         self.ranges = None  # _Ranges of the function being rewritten
+        self.bound = None  # the variable whose value is being visited (ranges are the original function's)
+
+    def visit_var_binding_(self, binding) -> None:
+        self.bound = binding.var
+        super().visit_var_binding_(binding)
 
     def visit_call_(self, call: relax.Call):
+        original = self.ranges.values.get(self.bound)
         call = super().visit_call_(call)
         if str(getattr(call.ty, "dtype", "")) != "int64":
             return call
         name = _name(call)
-        args = [self.ranges.of(a) for a in call.args]
+        # the operands' ranges as the analysis found them: a rewritten operand is a new variable
+        sources = original.args if isinstance(original, relax.Call) and len(original.args) == len(call.args) \
+            else call.args
+        args = [self.ranges.of(a) for a in sources]
+        if name in INT32_EXACT and self._int32_exact(name, args, self.ranges.ranges.get(self.bound)):
+            operands = [a if str(getattr(a.ty, "dtype", "")) == "bool" else self._to(a, "int32") for a in call.args]
+            return R.astype(self._emit(relax.Call(call.op, operands, call.attrs, call.ty_args)), "int64")
+        if name in ("sum", "max", "min") and _within(args[0], I32):
+            source = self._narrow_source(call.args[0])
+            if source is not None:  # the 32-bit value read and widened in the reduction's own kernel
+                wide = self._emit(R.astype(self._to(source, "int32"), "int64"))
+                return relax.Call(call.op, [wide], call.attrs, call.ty_args)
         if name == "multiply" and all(args):
             return self._multiply(call, *args)
         if name == "right_shift" and all(args):
@@ -181,6 +211,23 @@ class _Narrow(PyExprMutator):
             lo, hi = max(lo, I32[0]), min(hi, I32[1])
             return R.astype(self._emit(R.clip(self._to(call.args[0], "int32"), lo, hi)), "int64")
         return call
+
+    def _narrow_source(self, expr):
+        """The value of at most 32 bits that `expr` is a cast of, or None."""
+        bound = self.lookup_binding(expr) if isinstance(expr, relax.Var) else None
+        if _name(bound) != "astype":
+            return None
+        return bound.args[0] if _within(_DTYPES.get(str(getattr(bound.args[0].ty, "dtype", ""))), I32) else None
+
+    @staticmethod
+    def _int32_exact(name: str, args: list, result: Range | None) -> bool:
+        """Every integer operand and the result within int32 (shift counts below 32)."""
+        values = args[1:] if name == "where" else args
+        if not values or not all(_within(r, I32) for r in values):
+            return False
+        if name in ("right_shift", "left_shift") and not 0 <= args[1][0] <= args[1][1] < 32:
+            return False
+        return _within(result, I32)
 
     def _multiply(self, call, a: Range, b: Range):
         for small, wide in (("int32", "int64"), ("uint32", "uint64")):
@@ -203,17 +250,28 @@ class _Narrow(PyExprMutator):
         return self.builder_.emit(expr)
 
     def _to(self, expr, dtype: str):
+        """`expr` (within `dtype`'s range) as `dtype`: a constant converted, a value that was cast to
+        int64 from `dtype` read as it was (from a narrower dtype: cast from that), anything else cast."""
         if isinstance(expr, tvm.ir.GenericConst):
             return relax.const(expr.value.numpy().astype(dtype), dtype)
+        if str(getattr(expr.ty, "dtype", "")) == dtype:
+            return expr
+        source = self._narrow_source(expr)
+        if source is not None and str(source.ty.dtype) == dtype:
+            return source
+        if source is not None and _within(_DTYPES.get(str(source.ty.dtype)), _DTYPES[dtype]):
+            expr = source
         return self._emit(R.astype(expr, dtype))
 
 
 @tvm.transform.module_pass(opt_level=0, name="NarrowInt64")
 def narrow_int64(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     """Rewrite int64 multiplies, shifts and min/max whose operands' ranges allow it (module doc)."""
+    from frontends.relax_rewrite import drop_unused_bindings
+
     narrow = _Narrow(mod)
     for gv, func in mod.functions_items():
         if isinstance(func, relax.Function):
             narrow.ranges = _Ranges(func)
             narrow.builder_.update_func(gv, narrow.visit_expr(func))
-    return narrow.builder_.get()
+    return drop_unused_bindings(narrow.builder_.get())  # the int64 casts whose readers all took the int32 value

@@ -69,3 +69,38 @@ def test_a_clip_above_int32_is_not_narrowed():
     x = np.array([-(2**31), 0, 2**31 - 1], np.int32)
     assert '"int32") = R.clip' not in narrow_int64(relax_main(above, [x])).script(show_meta=False)
     np.testing.assert_array_equal(run_relax(above, [x]), np.full(3, 2**40))
+
+
+def _softmax_like(x: relax.Expr, mask: relax.Expr) -> relax.Expr:
+    """Shiftmax's shape: 16-bit scores widened, a row max, exponent-like steps within int32, a mask
+    multiply, a row sum beyond int32 (2^24 x 256 keys), each exponential times 2^30 over that sum."""
+    s = R.astype(x, "int64")
+    d = R.subtract(R.max(s, axis=[-1], keepdims=True), s)  # [0, 65535]
+    e = R.right_shift(_i64(1 << 24), R.minimum(R.right_shift(d, _i64(11)), _i64(24)))  # [1, 2^24]
+    e = R.multiply(e, R.astype(mask, "int64"))  # a 0/1 mask
+    total = R.sum(e, axis=[-1], keepdims=True)  # up to 2^32: int64
+    return R.floor_divide(R.multiply(e, _i64(1 << 30)), R.maximum(total, _i64(1)))
+
+
+def _softmax_like_numpy(x, mask):
+    s = x.astype(np.int64)
+    d = s.max(-1, keepdims=True) - s
+    e = ((1 << 24) >> np.minimum(d >> 11, 24)) * mask.astype(np.int64)
+    return (e * (1 << 30)) // np.maximum(e.sum(-1, keepdims=True), 1)
+
+
+def test_a_chain_within_int32_stays_int32_between_kernels():
+    """Every step that fits int32 runs on int32 values and its readers take them as they are (no
+    int64 copy of them left); a sum beyond int32 widens its int32 input itself; the integers are
+    the int64 chain's at the extremes."""
+    x, mask = np.zeros((3, 256), np.int16), np.ones((3, 256), bool)
+    x[:, ::2], x[:, 1::2] = 32767, -32768  # scores spanning 2^16: every exponent step
+    x[2] = 32767  # a flat row: the sum reaches 2^32
+    mask[1, 5:] = False
+    text = narrow_int64(relax_main(_softmax_like, [x, mask])).script(show_meta=False)
+    for op in ("max", "subtract", "minimum", "right_shift", "multiply"):
+        assert f'dtype="int32") = R.{op}(' in text, op
+    int64 = [line.split("= ")[1] for line in text.splitlines() if 'dtype="int64") =' in line]
+    # the mask product widened for the sum, the sum, its maximum with 1, the division
+    assert len(int64) == 4 and int64[0].startswith("R.astype(") and int64[1].startswith("R.sum("), int64
+    np.testing.assert_array_equal(run_relax(_softmax_like, [x, mask]), _softmax_like_numpy(x, mask))
