@@ -100,7 +100,8 @@ def test_activation_matmul_kernel(cpu, sa, sb, da, db, tmp_path):
 
 @pytest.mark.parametrize("cpu", list(FAMILIES))
 @pytest.mark.parametrize("sa,sb,da,db", [((4, 16, 35), (4, 35, 20), "int8", "int8"),  # K tail, shift, padded N
-                                         ((2, 9, 32), (2, 32, 16), "int16", "int16")])
+                                         ((2, 9, 32), (2, 32, 16), "int16", "int16"),
+                                         ((2, 37, 32), (2, 32, 16), "int16", "int16")])  # rows padded to 40
 def test_free_batch_takes_the_kernel(cpu, sa, sb, da, db, tmp_path):
     """A free batch (a symbolic leading dim, as the free-batch library has it) takes the family's
     kernel too, looped over the samples; exact at batch 3 where this CPU runs the family. Before,
