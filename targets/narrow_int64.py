@@ -17,10 +17,10 @@ propagate; `max(x) - x` along an axis is >= 0) and rewrites an int64
 
 and, first, any add / subtract / multiply / shift / where / bitwise_and / floor_divide / negative
 and sum / max / min reduction whose operands and result are all within int32, one operand a value
-of at most 32 bits cast to int64, into that op on int32 values cast back to int64 (`INT32_EXACT`). A consumer that narrows its operand then reads
-the int32 value itself (`_to` looks through the cast), so a chain whose every step fits stays
-int32 from kernel to kernel: Shiftmax's scores, exponentials and their sum were int64 tensors
-between its kernels, twice the memory traffic, in vectors of 8 lanes where 16 fit.
+of at most 32 bits cast to int64, into that op on int32 values cast back to int64 (`INT32_EXACT`).
+A consumer that narrows its operand then reads the int32 value itself (`_to` looks through the
+cast), so such a chain stays int32 from kernel to kernel: Shiftmax's masked scores and
+exponentials were int64 tensors between its kernels, twice the memory traffic.
 
 Each rewrite only adds casts that are the identity on the proven range, so the integers are
 those of the int64 chain bit for bit (the transformer kernels' tests compare them with the
@@ -188,10 +188,10 @@ class _Narrow(PyExprMutator):
             return call
         name = _name(call)
         # the operands' ranges as the analysis found them: a rewritten operand is a new variable
-        sources = original.args if isinstance(original, relax.Call) and len(original.args) == len(call.args) \
-            else call.args
-        args = [self.ranges.of(a) for a in sources]
-        if name in INT32_EXACT and self._int32_exact(name, args, self.ranges.ranges.get(self.bound)) and any(
+        same = _name(original) == name and len(original.args) == len(call.args)  # the binding's own call
+        args = [self.ranges.of(a) for a in (original.args if same else call.args)]
+        result = self.ranges.ranges.get(self.bound) if same else None
+        if name in INT32_EXACT and self._int32_exact(name, args, result) and any(
                 self._narrow_source(a) is not None for a in call.args):
             # (a value of an int64 chain, cast down for one op and up for the next, cost a kernel more)
             operands = [a if str(getattr(a.ty, "dtype", "")) == "bool" else self._to(a, "int32") for a in call.args]
