@@ -27,6 +27,7 @@ def cpu_lowering_passes(target, tune_trials: int = 0) -> list:
     from .kernel_family import is_x86, kernel_family
     from .narrow_int64 import narrow_int64
     from .requant import windowed_requant
+    from .reshape_after_elementwise import reshape_after_elementwise
     from .resize_taps import resize_taps
     from passes.legalize_once import legalize_ops_once
     from .cut_requant_chains import cut_requant_chains
@@ -50,7 +51,7 @@ def cpu_lowering_passes(target, tune_trials: int = 0) -> list:
         from .tuning import tune_pass
 
         tune = [tune_pass(target, tune_trials)]
-    return (lookups + [windowed_requant, narrow_int64, patch_conv_as_matmul, conv_transpose_as_conv, grouped_conv_as_convs, flat_depthwise] + dots + patches + pools + [conv1x1_as_matmul, resize_taps, concat_tree] + cpu_defaults.library_dispatch_passes(target)
+    return ([reshape_after_elementwise] + lookups + [windowed_requant, narrow_int64, patch_conv_as_matmul, conv_transpose_as_conv, grouped_conv_as_convs, flat_depthwise] + dots + patches + pools + [conv1x1_as_matmul, resize_taps, concat_tree] + cpu_defaults.library_dispatch_passes(target)
             + [lift_scalar_constants] + _adapted(cpu_defaults.legalize_passes(target), legalize_ops_once,
                                                   [split_dataflow_blocks, cut_requant_chains])
             + [schedule_int4_dot_kernels, schedule_int_matmul_cpu, dedupe_kernels] + tune)
