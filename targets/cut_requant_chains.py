@@ -19,7 +19,7 @@ from tvm import relax
 
 from .split_dataflow import split_at
 
-MAX_NESTED = 3
+MAX_NESTED = 4
 FUSABLE = 2  # FuseOps' kInjective and below: elementwise, broadcast, injective
 
 

@@ -45,7 +45,7 @@ def _sum_of_heads(path, terms: int):
 def test_long_sum_of_requantized_terms_compiles_quickly(tmp_path):
     """N-BEATS (nbeats-pytorch, 6 blocks) sums every block's forecast into the running one: one chain of
     single-use requantized adds, which FuseOps made one kernel whose nested expression TVM's StmtSimplify
-    took exponential time over (6 terms 86 s, N-BEATS > 15 min). Cut every 3 nested requantizations
+    took exponential time over (6 terms 86 s, N-BEATS > 15 min). Cut every 4 nested requantizations
     (targets/cut_requant_chains.py): 8 terms compile in seconds, the sum at float's cosine."""
     model = _sum_of_heads(str(tmp_path / "sum8.onnx"), 8)
     rng = np.random.default_rng(1)
@@ -67,7 +67,8 @@ def test_long_sum_of_requantized_terms_compiles_quickly(tmp_path):
 
 def test_cut_leaves_residual_chains_whole():
     """A chain through a value with two readers (a residual net's skip tensor) is not cut; a single-use chain of
-    more than 3 requantizations is, once per 3."""
+    more than 4 requantizations is, once per 4 (at 3 an LSTM's steps were cut too: 99 -> 162 planned views,
+    test_recurrent)."""
     import tvm
     from tvm import relax
     from tvm.script import relax as R, tirx as T
@@ -99,6 +100,6 @@ def test_cut_leaves_residual_chains_whole():
         return mod, mod["main"].body.blocks[0]
 
     mod, block = chain(1)
-    assert _cuts(mod, block) == [2, 5]
+    assert _cuts(mod, block) == [3]
     mod, block = chain(2)
     assert _cuts(mod, block) == []
