@@ -22,6 +22,7 @@ from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from frontends.relax_rewrite import drop_unused_bindings
+from passes.call_rewrite import static_shape
 
 ELEMENTWISE = {"astype", "add", "subtract", "multiply", "right_shift", "left_shift", "clip", "minimum", "maximum",
                "bitwise_and", "bitwise_or", "negative", "abs", "floor_divide"}
@@ -34,10 +35,8 @@ def _name(expr) -> str | None:
 
 
 def _dims(expr) -> list[int] | None:
-    shape = getattr(expr.ty, "shape", None)
-    if shape is None or not all(isinstance(d, tvm.tirx.IntImm) for d in shape):
-        return None
-    return [int(d) for d in shape]
+    shape = static_shape(expr)
+    return None if shape is None else list(shape)
 
 
 @mutator
