@@ -17,7 +17,7 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
-from .split_dataflow import split_at
+from .split_dataflow import split_at, split_blocks
 
 MAX_NESTED = 4
 FUSABLE = 2  # FuseOps' kInjective and below: elementwise, broadcast, injective
@@ -63,20 +63,9 @@ def _cuts(mod, block: relax.DataflowBlock) -> list[int]:
 @tvm.transform.module_pass(opt_level=0, name="CutRequantChains")
 def cut_requant_chains(mod, _ctx):
     """Each dataflow block cut before every requantization that would nest too deep in one kernel."""
-    out = tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs)
-    for gv, func in mod.functions_items():
-        if not (isinstance(func, relax.Function) and isinstance(func.body, relax.SeqExpr)):
-            continue
-        blocks, changed = [], False
-        for block in func.body.blocks:
-            cuts = _cuts(mod, block) if isinstance(block, relax.DataflowBlock) else []
-            if cuts and all(isinstance(b, relax.VarBinding) for b in block.bindings):
-                blocks += split_at(block, cuts)
-                changed = True
-            else:
-                blocks.append(block)
-        if changed:
-            body = relax.SeqExpr(blocks, func.body.body)
-            out[gv] = relax.BlockBuilder().normalize(
-                relax.Function(func.params, body, func.ret_ty, func.is_pure, func.attrs, func.span))
-    return out
+    def parts(block: relax.DataflowBlock) -> list:
+        cuts = _cuts(mod, block)
+        return split_at(block, cuts) if cuts and all(isinstance(b, relax.VarBinding) for b in block.bindings) \
+            else [block]
+
+    return split_blocks(mod, parts)

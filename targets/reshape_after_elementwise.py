@@ -21,7 +21,7 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from frontends.relax_rewrite import drop_unused_bindings
+from frontends.relax_rewrite import drop_unused_bindings, mutate_functions
 from passes.call_rewrite import static_shape
 
 ELEMENTWISE = {"astype", "add", "subtract", "multiply", "right_shift", "left_shift", "clip", "minimum", "maximum",
@@ -96,8 +96,4 @@ class _Sink(PyExprMutator):
 @tvm.transform.module_pass(opt_level=0, name="ReshapeAfterElementwise")
 def reshape_after_elementwise(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     """Sink leading-unit-dim reshapes below the elementwise ops with constant operands after them."""
-    sink = _Sink(mod)
-    for gv, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            sink.builder_.update_func(gv, sink.visit_expr(func))
-    return drop_unused_bindings(sink.builder_.get())
+    return drop_unused_bindings(mutate_functions(_Sink(mod), mod))

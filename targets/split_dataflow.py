@@ -52,17 +52,23 @@ def split_at(block: relax.DataflowBlock, ends: list[int]) -> list[relax.BindingB
     return blocks
 
 
-@tvm.transform.module_pass(opt_level=0, name="SplitDataflowBlocks")
-def split_dataflow_blocks(mod, _ctx):
-    """Every dataflow block of more than MAX_BINDINGS bindings, cut into blocks of at most that many."""
+def split_blocks(mod: tvm.IRModule, parts) -> tvm.IRModule:
+    """`mod` with each dataflow block of each Relax function replaced by `parts(block)` (a list of
+    blocks; `[block]` keeps it), functions rebuilt only where a block was split."""
     out = tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs)
     for gv, func in mod.functions_items():
         if not (isinstance(func, relax.Function) and isinstance(func.body, relax.SeqExpr)):
             continue
         blocks = [part for block in func.body.blocks
-                  for part in (_split(block) if isinstance(block, relax.DataflowBlock) else [block])]
+                  for part in (parts(block) if isinstance(block, relax.DataflowBlock) else [block])]
         if len(blocks) != len(func.body.blocks):
             body = relax.SeqExpr(blocks, func.body.body)
             out[gv] = relax.BlockBuilder().normalize(
                 relax.Function(func.params, body, func.ret_ty, func.is_pure, func.attrs, func.span))
     return out
+
+
+@tvm.transform.module_pass(opt_level=0, name="SplitDataflowBlocks")
+def split_dataflow_blocks(mod, _ctx):
+    """Every dataflow block of more than MAX_BINDINGS bindings, cut into blocks of at most that many."""
+    return split_blocks(mod, _split)
