@@ -65,8 +65,12 @@ def _build(mod: tvm.IRModule, target: tvm.target.Target, pipeline, finish):
     runs in part i's thread and returns what is linked (parts 1.. only; part 0 stays LLVM)."""
     from tvm.relax.vm_build import _ffi_api, _filter_tir, _vmcodegen
 
+    from .even_odd_multiply import register_pipeline
+
+    tir = register_pipeline() if target.kind.name == "llvm" else "default"
+
     def plain():
-        return tvm.compile(mod, target=target, relax_pipeline=pipeline)
+        return tvm.compile(mod, target=target, relax_pipeline=pipeline, tir_pipeline=tir)
 
     if target.kind.name != "llvm" or jobs() == 1 or _external(mod):
         return plain()
@@ -89,7 +93,7 @@ def _build(mod: tvm.IRModule, target: tvm.target.Target, pipeline, finish):
         return relax.VMExecutable(_ffi_api.VMLink(builder, target, lib, [], {})) if relax_funcs else lib
 
     if count < 2:
-        return link(tvm.tirx.build(kernels, target=target) if kernels is not None else None)
+        return link(tvm.tirx.build(kernels, target=target, pipeline=tir) if kernels is not None else None)
     first, rest = items[:1], items[1:]  # sorted names: like kernels spread over the parts
     parts = [tvm.IRModule(dict(first), attrs=kernels.attrs)] + [
         tvm.IRModule(dict(rest[i::count]), attrs=kernels.attrs) for i in range(count)]
@@ -99,7 +103,7 @@ def _build(mod: tvm.IRModule, target: tvm.target.Target, pipeline, finish):
     def work(index: int) -> None:
         try:
             with context, target:
-                lib = tvm.tirx.build(parts[index], target=target)
+                lib = tvm.tirx.build(parts[index], target=target, pipeline=tir)
             libs[index] = lib if index == 0 else finish(index, lib, parts[index])
         except Exception as err:  # re-raised in the caller's thread
             errors.append(err)
