@@ -183,6 +183,7 @@ def _schedule_repack(func: tvm.tirx.PrimFunc):
 
 
 CHUNK = 512  # elements of the output computed together (intermediates stay in L1)
+SHORT_ROW = (4, 16)  # row lengths that are not whole vectors of 8 but run as one vector
 
 
 def _inline_single_reads(sch: s_tir.Schedule, blocks) -> bool:
@@ -447,6 +448,9 @@ def _chunk_rows(sch: s_tir.Schedule, blocks: list, lead: list, row: int) -> s_ti
         wide = _in_chunks(base, blocks, rows, divisor(extent, max(ROW_LANES, CHUNK // row)))
         if wide[2] >= placed:
             sch, chunk, placed = wide
+    from .kernel_family import is_x86
+
+    x86 = is_x86(tvm.target.Target.current(allow_none=True))
     for block in blocks:
         loops = sch.get_loops(block)
         if not loops:  # a 0-d value (a scalar of the graph, computed once): nothing to vectorize
@@ -468,8 +472,14 @@ def _chunk_rows(sch: s_tir.Schedule, blocks: list, lead: list, row: int) -> s_ti
         if int(extent) % 8 and int(extent) > 16 and "T.Let(" not in str(stmt.body):
             inner = sch.loop_partition(inner, [int(extent) // 16 * 16, None])[0]
             extent = sch.get(inner).extent
-        if int(extent) % 8 == 0:
-            if int(extent) % 16:  # 40 channels: 8-lane vectors (one 40-lane vector was gathered lane by lane)
+        short = (SHORT_ROW[0] <= int(extent) <= SHORT_ROW[1] and x86
+                 and all("int" in str(r.source.dtype) for r in [*stmt.reads, *stmt.writes]))
+        if int(extent) % 8 == 0 or short:
+            # an integer row of 14 or 7 (a residual's requantization over 14x14 or 7x7 maps) as one vector,
+            # which LLVM widens: scalar, EfficientNet-Lite0's 112 x 14 x 14 one took 24 us (-> 7; Zen 4).
+            # Not float ones (a calibration model's): LLVM has no vector form of some intrinsics (sinh);
+            # x86 only (riscv64 builds then failed a type check of TVM's dtype legalization)
+            if int(extent) % 16 and int(extent) > 16:  # 40 channels: 8-lane vectors (one 40-lane vector was gathered lane by lane)
                 inner = sch.split(inner, [None, 8])[1]
             elif int(extent) > (cap := _chunk_lanes(stmt)):  # a 12544-lane vector (a 112x112 row) took LLVM 100 s
                 inner = sch.split(inner, [None, cap if int(extent) % cap == 0 else 16])[1]

@@ -17,11 +17,12 @@ brings the odd ones there:
 The results are the same integers lane by lane (the multiply, add and shift are those of the
 scalar expression; the low half of a uint64 is its truncation to int32). Runs on lowered,
 vectorized TIR (`vpmuludq`'s operand whose upper halves are known zero is LLVM's own pattern:
-no intrinsic), for even lane counts, on x86: `TIR_PIPELINE` is TVM's default TIR pipeline with
-this pass after it, for `tvm.compile` / `tvm.tirx.build` of CPU targets (`parallel_build.py`).
+no intrinsic), for lane counts that are multiples of 8, on x86 (`tir_pipeline.py`; a depthwise
+conv's rows of 14 lanes, 2 x 7 uint64, were slower: 0.140 -> 0.146 ms).
 EfficientNet-Lite0's epilogue-bound 1x1 convs were the reason (their requantization ~15
-instructions per 16 outputs against 4 dot products; Zen 4, 1 thread, kernel alone: 112x112
-16 -> 96 0.291 -> 0.275 ms, 14x14 112 -> 672 0.114 -> 0.108).
+instructions per 16 outputs against 4 dot products; Zen 4, 1 thread, kernel alone, best of 6
+alternating rounds: 112x112 16 -> 96 0.283 -> 0.263 ms, 56x56 24 -> 144 0.121 -> 0.113, 14x14
+112 -> 672 0.109 -> 0.103).
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def _rewrite(cast):
     """cast = int32xL((uint64xL(u) * m + c) >> s) on even and odd lanes, or the cast as it is."""
     t = _type(cast)
     lanes = t.lanes
-    if t.bits != 32 or lanes < 4 or lanes % 2 or not isinstance(cast.value, tirx.RShift):
+    if t.bits != 32 or lanes % 8 or not isinstance(cast.value, tirx.RShift):  # rows of 14: slower (7 x uint64)
         return cast
     shift = cast.value
     add = shift.a
@@ -95,22 +96,3 @@ def even_odd_multiply(func, _mod, _ctx):
     if not is_x86(target):
         return func
     return func.with_body(tvm_ffi.structural_map(func.body, [(tirx.Cast, _rewrite)]))
-
-
-TIR_PIPELINE = "intq_cpu"
-
-
-def _pipeline():
-    from tvm.tirx import compilation_pipeline
-
-    lower, host, device = compilation_pipeline.get_tir_pipeline("default")
-    return tvm.transform.Sequential([lower, even_odd_multiply], name="IntqCpuTir"), host, device
-
-
-def register_pipeline() -> str:
-    """TIR_PIPELINE, registered with TVM once per process."""
-    from tvm.tirx import compilation_pipeline
-
-    if TIR_PIPELINE not in compilation_pipeline.PIPELINE_MAP:
-        compilation_pipeline.register_tir_pipeline(TIR_PIPELINE, _pipeline)
-    return TIR_PIPELINE

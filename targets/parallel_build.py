@@ -65,9 +65,9 @@ def _build(mod: tvm.IRModule, target: tvm.target.Target, pipeline, finish):
     runs in part i's thread and returns what is linked (parts 1.. only; part 0 stays LLVM)."""
     from tvm.relax.vm_build import _ffi_api, _filter_tir, _vmcodegen
 
-    from .even_odd_multiply import register_pipeline
+    from . import tir_pipeline
 
-    tir = register_pipeline() if target.kind.name == "llvm" else "default"
+    tir = tir_pipeline.register() if target.kind.name == "llvm" else "default"
 
     def plain():
         return tvm.compile(mod, target=target, relax_pipeline=pipeline, tir_pipeline=tir)

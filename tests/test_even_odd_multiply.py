@@ -9,7 +9,7 @@ import pytest
 import tvm
 from tvm import te, tirx
 
-from targets.even_odd_multiply import register_pipeline
+from targets import tir_pipeline
 
 rng = np.random.default_rng(11)
 HOST = tvm.target.Target("llvm")
@@ -39,7 +39,7 @@ def _reference(u, m, c, s):
                     np.uint64).astype(np.uint32).view(np.int32)
 
 
-@pytest.mark.parametrize("lanes", [16, 8, 56])
+@pytest.mark.parametrize("lanes", [16, 8, 56, 14])
 @pytest.mark.parametrize("per_lane", [True, False])
 def test_even_and_odd_lanes_equal_the_scalar_expression(lanes, per_lane):
     """u over uint32's range and its extremes, m up to 2^32 - 1, c up to 2^63, shifts 0..63: the
@@ -54,7 +54,7 @@ def test_even_and_odd_lanes_equal_the_scalar_expression(lanes, per_lane):
     c = rng.integers(0, 2**63, k, dtype=np.uint64)
     s = rng.integers(0, 64, k, dtype=np.uint64)
     want = _reference(u, m, c, s)
-    for pipeline in (register_pipeline(), "default"):
+    for pipeline in (tir_pipeline.register(), "default"):
         lib = tvm.tirx.build(tvm.IRModule({"requant": func}), target=HOST, pipeline=pipeline)
         args = [tvm.runtime.tensor(a) for a in (u, m, c, s, np.zeros(n, np.int32))]
         lib["requant"](*args)
@@ -69,7 +69,7 @@ def test_the_pass_rewrites_the_multiply_on_x86_only():
     for name, target in (("x86", {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "znver4"}),
                          ("arm", {"kind": "llvm", "mtriple": "aarch64-linux-gnu"})):
         lib = tvm.tirx.build(tvm.IRModule({"requant": func}), target=tvm.target.Target(target),
-                             pipeline=register_pipeline())
+                             pipeline=tir_pipeline.register())
         ir[name] = lib.inspect_source("ll")
     interleave = "<i32 0, i32 16, i32 2, i32 18,"
     assert "mul nuw <8 x i64>" in ir["x86"] and interleave in ir["x86"] and "zext <16 x i32>" not in ir["x86"]

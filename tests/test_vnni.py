@@ -101,6 +101,27 @@ def test_lanes_out_epilogue_runs_over_channel_vectors(batch):
     assert re.search(r"T\.vectorized\(T\.int64\((16|32|64)\)\)", lowered.split("vnni_conv_lanes_out_init")[-1])
 
 
+def test_lanes_pixels_epilogue_over_rows_of_56_is_vectorized():
+    """Lanes over pixels on a 56x56 image (a tile of two rows): each row's requantization is one
+    vector loop (LLVM's own vectorizer, of the serial loop, kept the 64-bit multiply's widening
+    that `tir_pipeline`'s rewrites take out), int8 inputs shifted and corrected (EfficientNet-Lite0's
+    expand convs after a residual), equal to NumPy."""
+    import re
+
+    x, w = _operand("int8", (1, 24, 56, 56)), _operand("int8", (144, 24, 1, 1))
+    m, s = ref.dyadic(rng.uniform(1e-4, 1e-2, 144))
+    m, s = emit.channel_shape(m, 4, 1), emit.channel_shape(s, 4, 1)
+
+    def build(a):
+        return emit.requantize(emit.conv2d_acc(a, w, _Pointwise), m, s, 0, 255, "uint8")
+
+    want = ref.requantize(ref.conv2d_acc(x, w, (1, 1), (0, 0, 0, 0)), m, s, 0, 255, "uint8")
+    np.testing.assert_array_equal(run_relax(build, [x], VNNI_FLEET), want)
+    lowered = _lowered_names(build, [x])
+    assert "vnni_conv_lanes_pixels" in lowered
+    assert re.search(r'T\.vectorized\(T\.int64\(56\)\):\s*with T\.sblock\("compute"\)', lowered)
+
+
 @pytest.mark.parametrize("k,stride", [(3, 1), (5, 2), (5, 1)])
 def test_depthwise_kernels_with_epilogue_stay_scheduled(k, stride):
     """A depthwise conv with its requantization: every kernel keeps its schedule (the inlining of an
