@@ -17,8 +17,10 @@ brings the odd ones there:
 The results are the same integers lane by lane (the multiply, add and shift are those of the
 scalar expression; the low half of a uint64 is its truncation to int32). Runs on lowered,
 vectorized TIR (`vpmuludq`'s operand whose upper halves are known zero is LLVM's own pattern:
-no intrinsic), for lane counts that are multiples of 8, on x86 (`tir_pipeline.py`; a depthwise
-conv's rows of 14 lanes, 2 x 7 uint64, were slower: 0.140 -> 0.146 ms).
+no intrinsic), on x86 (`tir_pipeline.py`), for lane counts that are multiples of 8 with AVX-512
+(a depthwise conv's rows of 14 lanes, 2 x 7 uint64, were slower: 0.140 -> 0.146 ms) and of 16
+with AVX2 only (whose interleave of 56 lanes LLVM built lane by lane: EfficientNet-Lite0's stem
+0.336 -> 0.414 ms built for x86-64-v3).
 EfficientNet-Lite0's epilogue-bound 1x1 convs were the reason (their requantization ~15
 instructions per 16 outputs against 4 dot products; Zen 4, 1 thread, kernel alone, best of 6
 alternating rounds: 112x112 16 -> 96 0.283 -> 0.263 ms, 56x56 24 -> 144 0.121 -> 0.113, 14x14
@@ -60,11 +62,12 @@ def _halves(e, lanes: int):
     return (tirx.Shuffle([e], [2 * j for j in range(half)]), tirx.Shuffle([e], [2 * j + 1 for j in range(half)]))
 
 
-def _rewrite(cast):
-    """cast = int32xL((uint64xL(u) * m + c) >> s) on even and odd lanes, or the cast as it is."""
+def _rewrite(cast, step: int, permute: bool):
+    """cast = int32xL((uint64xL(u) * m + c) >> s) on even and odd lanes, or the cast as it is (L not
+    a multiple of `step`); the halves interleaved by a permutation or by in-lane shift and or."""
     t = _type(cast)
     lanes = t.lanes
-    if t.bits != 32 or lanes % 8 or not isinstance(cast.value, tirx.RShift):  # rows of 14: slower (7 x uint64)
+    if t.bits != 32 or lanes % step or not isinstance(cast.value, tirx.RShift):
         return cast
     shift = cast.value
     add = shift.a
@@ -79,9 +82,12 @@ def _rewrite(cast):
             half = lanes // 2
             inputs, *parts = (_halves(v, lanes) for v in (x, m, c, shift.b))
             products = [(inputs[k] * parts[0][k] + parts[1][k]) >> parts[2][k] for k in (0, 1)]
-            words = [tirx.reinterpret(f"int32x{lanes}", p) for p in products]
-            order = [i for j in range(half) for i in (2 * j, lanes + 2 * j)]
-            out = tirx.Shuffle(words, order)
+            if permute:  # one two-source permutation (vpermt2d)
+                words = [tirx.reinterpret(f"int32x{lanes}", p) for p in products]
+                out = tirx.Shuffle(words, [i for j in range(half) for i in (2 * j, lanes + 2 * j)])
+            else:  # in-lane ops: the odd results into the high halves
+                low = products[0] & tirx.Broadcast(tirx.const(LOW, "uint64"), half)
+                out = tirx.reinterpret(f"int32x{lanes}", low | (products[1] << tirx.Broadcast(tirx.const(32, "uint64"), half)))
             return out if str(t) == f"int32x{lanes}" else tirx.reinterpret(str(t), out)
     return cast
 
@@ -92,7 +98,10 @@ def even_odd_multiply(func, _mod, _ctx):
     module doc)."""
     from .kernel_family import is_x86
 
+    from .exp2_cubic import has_avx512
+
     target = func.attrs.get("target") if func.attrs is not None else None
     if not is_x86(target):
         return func
-    return func.with_body(tvm_ffi.structural_map(func.body, [(tirx.Cast, _rewrite)]))
+    wide = has_avx512(target)
+    return func.with_body(tvm_ffi.structural_map(func.body, [(tirx.Cast, lambda c: _rewrite(c, 8, wide))]))

@@ -41,9 +41,17 @@ def _reference(u, m, c, s):
 
 @pytest.mark.parametrize("lanes", [16, 8, 56, 14])
 @pytest.mark.parametrize("per_lane", [True, False])
-def test_even_and_odd_lanes_equal_the_scalar_expression(lanes, per_lane):
+@pytest.mark.parametrize("cpu", [None, "x86-64-v3"])
+def test_even_and_odd_lanes_equal_the_scalar_expression(lanes, per_lane, cpu):
     """u over uint32's range and its extremes, m up to 2^32 - 1, c up to 2^63, shifts 0..63: the
-    compiled kernel with the pass equals Python integers, and so does TVM's default lowering."""
+    compiled kernel with the pass equals Python integers, and so does TVM's default lowering, on
+    this CPU and built for AVX2 (the other interleave; every x86-64 CPU with AVX2 runs it)."""
+    from targets import get_target
+    from targets.x86 import missing_features
+
+    if cpu is not None and missing_features([cpu]):
+        pytest.skip("this CPU lacks AVX2")
+    target = HOST if cpu is None else get_target("x86", cpu=cpu).target()
     n = 4 * 56 * 2
     func = _requant_func(n, lanes, per_lane)
     u = rng.integers(0, 2**32, n, dtype=np.uint64).astype(np.uint32)
@@ -55,22 +63,27 @@ def test_even_and_odd_lanes_equal_the_scalar_expression(lanes, per_lane):
     s = rng.integers(0, 64, k, dtype=np.uint64)
     want = _reference(u, m, c, s)
     for pipeline in (tir_pipeline.register(), "default"):
-        lib = tvm.tirx.build(tvm.IRModule({"requant": func}), target=HOST, pipeline=pipeline)
+        lib = tvm.tirx.build(tvm.IRModule({"requant": func}), target=target, pipeline=pipeline)
         args = [tvm.runtime.tensor(a) for a in (u, m, c, s, np.zeros(n, np.int32))]
         lib["requant"](*args)
         np.testing.assert_array_equal(args[-1].numpy(), want, err_msg=pipeline)
 
 
 def test_the_pass_rewrites_the_multiply_on_x86_only():
-    """The x86 kernel's LLVM IR multiplies 8 x uint64 halves of the uint32 vector and interleaves
-    the two results, with no widening of the uint32 lanes; an aarch64 kernel keeps the widening."""
+    """The x86 kernel's LLVM IR multiplies 8 x uint64 halves of the uint32 vector, with no widening of
+    the uint32 lanes, and interleaves the two results (AVX-512: one permutation; AVX2: the odd ones
+    shifted into the high halves); an aarch64 kernel keeps the widening."""
     func = _requant_func(64, 16, True)
     ir = {}
-    for name, target in (("x86", {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "znver4"}),
+    for name, target in (("avx512", {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "znver4"}),
+                         ("avx2", {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "x86-64-v3"}),
                          ("arm", {"kind": "llvm", "mtriple": "aarch64-linux-gnu"})):
         lib = tvm.tirx.build(tvm.IRModule({"requant": func}), target=tvm.target.Target(target),
                              pipeline=tir_pipeline.register())
         ir[name] = lib.inspect_source("ll")
     interleave = "<i32 0, i32 16, i32 2, i32 18,"
-    assert "mul nuw <8 x i64>" in ir["x86"] and interleave in ir["x86"] and "zext <16 x i32>" not in ir["x86"]
+    for x86 in ("avx512", "avx2"):
+        assert "mul nuw <8 x i64>" in ir[x86] and "zext <16 x i32>" not in ir[x86], x86
+    assert interleave in ir["avx512"]
+    assert interleave not in ir["avx2"] and "shl <8 x i64>" in ir["avx2"] and "or " in ir["avx2"]
     assert interleave not in ir["arm"] and "zext <16 x i32>" in ir["arm"]
