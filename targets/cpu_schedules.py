@@ -754,7 +754,7 @@ def _schedule_quad_taps(sch: s_tir.Schedule, block, epilogue, outer, tiled, lane
     """The quad-tap conv's tile (`depthwise_quad_te`): accumulators in registers, the dot products
     of four taps tensorized with AVX512-VNNI's broadcast-weight intrinsic (over quad rows in memory,
     or, with `windows`, over quads permuted from the padded row in a register)."""
-    from .depthwise import PAD, window_quads_intrinsic
+    from .depthwise import PAD, STRIDE, window_quads_intrinsic
     from .kernel_family import VNNI
 
     *taps, j = reduce
@@ -765,7 +765,8 @@ def _schedule_quad_taps(sch: s_tir.Schedule, block, epilogue, outer, tiled, lane
     init = sch.decompose_reduction(block, taps[0])
     sch.unroll(tiled)
     dtype = next((str(r.source.dtype) for r in sch.get(block).reads if r.source.name == PAD), None)
-    sch.tensorize(lanes, window_quads_intrinsic(scope, dtype) if windows else vnni.intrinsic_names(VNNI, scope)[1])
+    stride = int(sch.get(block).annotations.get(STRIDE, 1))
+    sch.tensorize(lanes, window_quads_intrinsic(scope, dtype, stride) if windows else vnni.intrinsic_names(VNNI, scope)[1])
     sch.vectorize(sch.get_loops(init)[-1])
     sch.vectorize(sch.get_loops(acc)[-1])
     for consumer in epilogue:

@@ -195,6 +195,44 @@ def depthwise_quad_te(x: te.Tensor, wq: te.Tensor, pads: tuple[int, int, int, in
     return te.compute((n, c, ho, wo), lambda b, f, y, xx: acc[b, f, y * wq_ + xx], name="dwflat_out")
 
 
+STRIDE = "dwflat_stride"  # the quad block's annotation: how far apart its outputs' windows start
+# a stride-2 depthwise conv this small runs over the unsplit image: EfficientNet-Lite0's (Zen 4, 1 thread,
+# kernel alone) 14x14 -> 7x7 5x5 0.079 -> 0.057 ms; it lost at 28x28 -> 14x14 5x5 (0.043 -> 0.046) and
+# 56x56 -> 28x28 3x3 (0.087 -> 0.128), where twice the dot products outweigh the phase split
+STRIDED_MAX_OUTPUTS = 8 * 8
+
+
+def depthwise_strided_te(x: te.Tensor, wq: te.Tensor, pads: tuple[int, int, int, int], kw: int,
+                         corr: te.Tensor | None = None) -> te.Tensor:
+    """A stride-2 depthwise conv over the flat padded image itself, no phases: output (y, x) at flat
+    index o = y Wp + x reads the image at 2 o + ry Wp + rx (row 2y + ry, column 2x + rx), so the 16
+    outputs of a vector read every other byte of one 64-byte window, and each dot product's quads are
+    one `vpermb` of it (`window_quads_intrinsic(stride=2)`). The flat output rows are Wp long, about
+    half of each discarded: kh x ceil(kw / 4) dot products per 16 flat outputs, twice the phases'
+    per output kept, but no phase split and no quad rows (a 14x14 -> 7x7 5x5 conv had spent most of
+    its time copying bytes into phases): for small outputs (`STRIDED_MAX_OUTPUTS`). `wq` is
+    `quad_weights(w, 1)` [C, kh, 1, Q, 4]."""
+    n, c, h, wd = x.shape
+    _, kh, _, quads, k = (int(d) for d in wq.shape)
+    top, left, bottom, right = pads
+    hp, wp = int(h) + top + bottom, int(wd) + left + right
+    ho, wo = (hp - kh) // 2 + 1, (wp - kw) // 2 + 1
+    width = wp
+    rows = -(-((ho - 1) * width + wo) // LANES) * LANES
+    reach = 2 * (rows - LANES) + (kh - 1) * width + k * (quads - 1) + WINDOW_BYTES  # past the last load
+    flat = -(-reach // width) * width
+    padded = _padder(x, top, left, corr is not None)
+    xp = te.compute((n, c, 1, 1, flat), lambda b, ch, py, px, i: padded(b, ch, i // width, i % width),
+                    name=PAD, attrs={WIDTH: width})
+    ry, q, j = te.reduce_axis((0, kh), name="ry"), te.reduce_axis((0, quads), name="q"), te.reduce_axis((0, k), name="j")
+    acc = te.compute((n, c, rows), lambda b, f, o: te.sum(
+        xp[b, f, 0, 0, 2 * o + ry * width + k * q + j].astype("int32") * wq[f, ry, 0, q, j].astype("int32"),
+        axis=[ry, q, j]), name=QUAD_BLOCK, attrs={STRIDE: 2})
+    if corr is not None:
+        return te.compute((n, c, ho, wo), lambda b, f, y, xx: acc[b, f, y * width + xx] - corr[f], name="dwflat_out")
+    return te.compute((n, c, ho, wo), lambda b, f, y, xx: acc[b, f, y * width + xx], name="dwflat_out")
+
+
 def quad_rows_intrinsic() -> str:
     """X4[i, 0:4] = xp[i:i + 4] for 16 words: four overlapping 16-byte loads interleaved (one
     shuffle), registered once per process."""
@@ -294,37 +332,40 @@ def window_dot(dtype: str):
     return (word, 2) if dtype == "int16" and word is not None and word.lanes == LANES else None
 
 
-def window_quads_intrinsic(scope: str, dtype: str = "uint8") -> str:
-    """acc[0:16] += X[0:16, 0:k] . w[0:k] with X[i, j] = a[i + j] built in a register: one 64-byte
-    load of the padded row and one permutation (`vpermb` with AVX512-VBMI, `vpermw` for int16),
-    then the dot product (`vpdpbusd` of u8 quads, `vpdpwssd` / `vpmaddwd` of int16 pairs) with the
-    k weights broadcast. Registered once per process for each accumulator scope and dtype."""
+def window_quads_intrinsic(scope: str, dtype: str = "uint8", stride: int = 1) -> str:
+    """acc[0:16] += X[0:16, 0:k] . w[0:k] with X[i, j] = a[stride * i + j] built in a register: one
+    64-byte load of the padded row and one permutation (`vpermb` with AVX512-VBMI, `vpermw` for
+    int16), then the dot product (`vpdpbusd` of u8 quads, `vpdpwssd` / `vpmaddwd` of int16 pairs)
+    with the k weights broadcast. Registered once per process for each accumulator scope, dtype and
+    stride (2: every other column of the padded image, `depthwise_strided_te`)."""
     from tvm import s_tir
     from tvm.script import tirx as T
 
     dot, k = window_dot(dtype)
-    name = f"intq_dwflat_window_{dot.name}_{scope}"
+    name = f"intq_dwflat_window_{dot.name}_{scope}" + ("" if stride == 1 else f"_s{stride}")
     if s_tir.TensorIntrin.get(name, allow_missing=True) is not None:
         return name
     L, W, wd = LANES, _window(dtype), dot.w_dtype
-    order = [i + j for i in range(L) for j in range(k)]
+    span = stride * (L - 1) + k
+    assert span <= W, "the window load holds every byte the dot products read"
+    order = [stride * i + j for i in range(L) for j in range(k)]
 
     @T.prim_func(s_tir=True)
-    def desc(a: T.Buffer((L + k - 1,), dtype, offset_factor=1), w: T.Buffer((k,), wd, offset_factor=1),
+    def desc(a: T.Buffer((span,), dtype, offset_factor=1), w: T.Buffer((k,), wd, offset_factor=1),
              acc: T.Buffer((L,), "int32", offset_factor=1, scope=scope)) -> None:
         with T.sblock("root"):
-            T.reads(acc[0:L], a[0:L + k - 1], w[0:k])
+            T.reads(acc[0:L], a[0:span], w[0:k])
             T.writes(acc[0:L])
             for i, j in T.grid(L, k):
                 with T.sblock("update"):
                     vi, vj = T.axis.remap("SR", [i, j])
-                    acc[vi] = acc[vi] + T.cast(a[vi + vj], "int32") * T.cast(w[vj], "int32")
+                    acc[vi] = acc[vi] + T.cast(a[stride * vi + vj], "int32") * T.cast(w[vj], "int32")
 
     @T.prim_func(s_tir=True)
-    def impl(a: T.Buffer((L + k - 1,), dtype, offset_factor=1), w: T.Buffer((k,), wd, offset_factor=1),
+    def impl(a: T.Buffer((span,), dtype, offset_factor=1), w: T.Buffer((k,), wd, offset_factor=1),
              acc: T.Buffer((L,), "int32", offset_factor=1, scope=scope)) -> None:
         with T.sblock("root"):
-            T.reads(acc[0:L], a[0:L + k - 1], w[0:k])
+            T.reads(acc[0:L], a[0:span], w[0:k])
             T.writes(acc[0:L])
             words = T.Broadcast(T.reinterpret("int32", w.vload([0], f"{wd}x{k}")), L)
             acc[T.ramp(T.int32(0), 1, L)] = dot.combine(
@@ -401,6 +442,10 @@ def _rewrite(builder: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     outputs = ((int(shape[2]) + pads[0] + pads[2] - kh) // stride + 1) * columns
     dtype = "int16" if str(x.ty.dtype) == "int16" else "uint8"  # int8 runs shifted (corr)
     dot = window_dot(dtype) if depthwise and multiplier == 1 and kh > 1 else None
+    if (dot is not None and stride == 2 and dtype == "uint8" and outputs <= STRIDED_MAX_OUTPUTS
+            and 2 * (LANES - 1) + QUAD * -(-kw // QUAD) <= _window(dtype)):
+        return builder.call_te(depthwise_strided_te, x, relax.const(quad_weights(weights, 1)), pads, int(kw), corr,
+                               primfunc_name_hint="dwflat_conv2d")
     windows = dot is not None and _windows_pay(shape, pads, stride, kh, kw, dot[1], _window(dtype))
     quads = depthwise and multiplier == 1 and kh > 1 and dtype == "uint8" and _quad_taps()
     if windows or (quads and kw >= QUAD_MIN_WIDTH and outputs <= QUAD_MAX_OUTPUTS):
