@@ -80,15 +80,11 @@ def test_vnni_kernel_with_epilogue_is_exact(shape, kernel, x_dtype):
     assert f"vnni_{kernel}" in lowered and "vpdpbusd" in lowered
 
 
-@pytest.mark.parametrize("batch", [1, 2])
-def test_lanes_out_epilogue_runs_over_channel_vectors(batch):
-    """Lanes over outputs: the requantization runs on the accumulators as they lie (16 output channels
-    per vector, its constants vector loads), each result stored into its NCHW row; the accumulators
-    are no longer copied out in NCHW order first (a lane at a time into vectors of 7 pixels)."""
-    import re
-
-    x, w = _operand("uint8", (batch, 96, 7, 7)), _operand("int8", (64, 96, 1, 1))
-    m, s = ref.dyadic(rng.uniform(1e-4, 1e-2, 64))
+def _requantized_pointwise(x: np.ndarray, out_channels: int) -> str:
+    """A 1x1 conv of `x` to `out_channels` with its per-channel requantization to uint8: checks the
+    compiled kernels against NumPy, returns the lowered kernels' names and TIR."""
+    w = _operand("int8", (out_channels, x.shape[1], 1, 1))
+    m, s = ref.dyadic(rng.uniform(1e-4, 1e-2, out_channels))
     m, s = emit.channel_shape(m, 4, 1), emit.channel_shape(s, 4, 1)
 
     def build(a):
@@ -96,7 +92,17 @@ def test_lanes_out_epilogue_runs_over_channel_vectors(batch):
 
     want = ref.requantize(ref.conv2d_acc(x, w, (1, 1), (0, 0, 0, 0)), m, s, 0, 255, "uint8")
     np.testing.assert_array_equal(run_relax(build, [x], VNNI_FLEET), want)
-    lowered = _lowered_names(build, [x])
+    return _lowered_names(build, [x])
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_lanes_out_epilogue_runs_over_channel_vectors(batch):
+    """Lanes over outputs: the requantization runs on the accumulators as they lie (16 output channels
+    per vector, its constants vector loads), each result stored into its NCHW row; the accumulators
+    are no longer copied out in NCHW order first (a lane at a time into vectors of 7 pixels)."""
+    import re
+
+    lowered = _requantized_pointwise(_operand("uint8", (batch, 96, 7, 7)), 64)
     assert "vnni_conv_lanes_out" in lowered and "vnni_conv_lanes_out_global" not in lowered
     assert re.search(r"T\.vectorized\(T\.int64\((16|32|64)\)\)", lowered.split("vnni_conv_lanes_out_init")[-1])
 
@@ -108,16 +114,7 @@ def test_lanes_pixels_epilogue_over_rows_of_56_is_vectorized():
     expand convs after a residual), equal to NumPy."""
     import re
 
-    x, w = _operand("int8", (1, 24, 56, 56)), _operand("int8", (144, 24, 1, 1))
-    m, s = ref.dyadic(rng.uniform(1e-4, 1e-2, 144))
-    m, s = emit.channel_shape(m, 4, 1), emit.channel_shape(s, 4, 1)
-
-    def build(a):
-        return emit.requantize(emit.conv2d_acc(a, w, _Pointwise), m, s, 0, 255, "uint8")
-
-    want = ref.requantize(ref.conv2d_acc(x, w, (1, 1), (0, 0, 0, 0)), m, s, 0, 255, "uint8")
-    np.testing.assert_array_equal(run_relax(build, [x], VNNI_FLEET), want)
-    lowered = _lowered_names(build, [x])
+    lowered = _requantized_pointwise(_operand("int8", (1, 24, 56, 56)), 144)
     assert "vnni_conv_lanes_pixels" in lowered
     assert re.search(r'T\.vectorized\(T\.int64\(56\)\):\s*with T\.sblock\("compute"\)', lowered)
 
