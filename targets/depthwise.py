@@ -23,7 +23,9 @@ outputs) sums 4 taps per instruction instead (`depthwise_quad_te`, block `dwflat
 rows X4[i, 0:4] = xp[i:i + 4] built by one shuffle per 16 words, then `vpdpbusd` of 16 quads
 with a broadcast word of 4 weights (zero-padded to whole quads). With AVX512-VBMI too, the
 quads of any depthwise conv (3x3 too, images of any size) are permuted from the padded row in a
-register (`vpermb`) instead, where that does not lengthen the padded rows much (`_windows_pay`).
+register (`vpermb`) instead, where that does not lengthen the padded rows much (`_windows_pay`), and
+a stride-2 conv to a small image reads every other byte of the unsplit padded image (no phases,
+`depthwise_strided_te`).
 """
 
 from __future__ import annotations
@@ -217,20 +219,19 @@ def depthwise_strided_te(x: te.Tensor, wq: te.Tensor, pads: tuple[int, int, int,
     top, left, bottom, right = pads
     hp, wp = int(h) + top + bottom, int(wd) + left + right
     ho, wo = (hp - kh) // 2 + 1, (wp - kw) // 2 + 1
-    width = wp
-    rows = -(-((ho - 1) * width + wo) // LANES) * LANES
-    reach = 2 * (rows - LANES) + (kh - 1) * width + k * (quads - 1) + WINDOW_BYTES  # past the last load
-    flat = -(-reach // width) * width
+    rows = -(-((ho - 1) * wp + wo) // LANES) * LANES  # flat outputs, output rows wp apart
+    reach = 2 * (rows - LANES) + (kh - 1) * wp + k * (quads - 1) + WINDOW_BYTES  # past the last load
+    flat = -(-reach // wp) * wp
     padded = _padder(x, top, left, corr is not None)
-    xp = te.compute((n, c, 1, 1, flat), lambda b, ch, py, px, i: padded(b, ch, i // width, i % width),
-                    name=PAD, attrs={WIDTH: width})
+    xp = te.compute((n, c, 1, 1, flat), lambda b, ch, py, px, i: padded(b, ch, i // wp, i % wp),
+                    name=PAD, attrs={WIDTH: wp})
     ry, q, j = te.reduce_axis((0, kh), name="ry"), te.reduce_axis((0, quads), name="q"), te.reduce_axis((0, k), name="j")
     acc = te.compute((n, c, rows), lambda b, f, o: te.sum(
-        xp[b, f, 0, 0, 2 * o + ry * width + k * q + j].astype("int32") * wq[f, ry, 0, q, j].astype("int32"),
+        xp[b, f, 0, 0, 2 * o + ry * wp + k * q + j].astype("int32") * wq[f, ry, 0, q, j].astype("int32"),
         axis=[ry, q, j]), name=QUAD_BLOCK, attrs={STRIDE: 2})
     if corr is not None:
-        return te.compute((n, c, ho, wo), lambda b, f, y, xx: acc[b, f, y * width + xx] - corr[f], name="dwflat_out")
-    return te.compute((n, c, ho, wo), lambda b, f, y, xx: acc[b, f, y * width + xx], name="dwflat_out")
+        return te.compute((n, c, ho, wo), lambda b, f, y, xx: acc[b, f, y * wp + xx] - corr[f], name="dwflat_out")
+    return te.compute((n, c, ho, wo), lambda b, f, y, xx: acc[b, f, y * wp + xx], name="dwflat_out")
 
 
 def quad_rows_intrinsic() -> str:
