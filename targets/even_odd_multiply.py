@@ -34,10 +34,15 @@ import tvm_ffi
 from tvm import tirx
 
 LOW = 0xFFFFFFFF
+STEP = 8  # lane counts rewritten: whole multiples of this (see the module doc)
 
 
 def _type(e) -> tvm.DataType:
     return tvm.DataType(str(e.ty.dtype))
+
+
+def _splat(value: int, lanes: int):
+    return tirx.Broadcast(tirx.const(value, "uint64"), lanes)
 
 
 def _is_widened(e, lanes: int):
@@ -58,16 +63,16 @@ def _halves(e, lanes: int):
     narrow = _is_widened(e, lanes)
     if narrow is not None:  # a uint32 vector widened: its halves in place, as for u
         wide = tirx.reinterpret(f"uint64x{half}", narrow)
-        return wide & tirx.Broadcast(tirx.const(LOW, "uint64"), half), wide >> tirx.Broadcast(tirx.const(32, "uint64"), half)
+        return wide & _splat(LOW, half), wide >> _splat(32, half)
     return (tirx.Shuffle([e], [2 * j for j in range(half)]), tirx.Shuffle([e], [2 * j + 1 for j in range(half)]))
 
 
-def _rewrite(cast, step: int, permute: bool):
+def _rewrite(cast, permute: bool):
     """cast = int32xL((uint64xL(u) * m + c) >> s) on even and odd lanes, or the cast as it is (L not
-    a multiple of `step`); the halves interleaved by a permutation or by in-lane shift and or."""
+    a multiple of STEP); the halves interleaved by a permutation or by in-lane shift and or."""
     t = _type(cast)
     lanes = t.lanes
-    if t.bits != 32 or lanes % step or not isinstance(cast.value, tirx.RShift):
+    if t.bits != 32 or lanes % STEP or not isinstance(cast.value, tirx.RShift):
         return cast
     shift = cast.value
     add = shift.a
@@ -86,8 +91,7 @@ def _rewrite(cast, step: int, permute: bool):
                 words = [tirx.reinterpret(f"int32x{lanes}", p) for p in products]
                 out = tirx.Shuffle(words, [i for j in range(half) for i in (2 * j, lanes + 2 * j)])
             else:  # in-lane ops: the odd results into the high halves
-                low = products[0] & tirx.Broadcast(tirx.const(LOW, "uint64"), half)
-                out = tirx.reinterpret(f"int32x{lanes}", low | (products[1] << tirx.Broadcast(tirx.const(32, "uint64"), half)))
+                out = tirx.reinterpret(f"int32x{lanes}", (products[0] & _splat(LOW, half)) | (products[1] << _splat(32, half)))
             return out if str(t) == f"int32x{lanes}" else tirx.reinterpret(str(t), out)
     return cast
 
@@ -96,12 +100,11 @@ def _rewrite(cast, step: int, permute: bool):
 def even_odd_multiply(func, _mod, _ctx):
     """Rewrite every vectorized unsigned 32 x 32 -> 64-bit requantization of an x86 kernel (see
     module doc)."""
-    from .kernel_family import is_x86
-
     from .exp2_cubic import has_avx512
+    from .kernel_family import is_x86
 
     target = func.attrs.get("target") if func.attrs is not None else None
     if not is_x86(target):
         return func
-    wide = has_avx512(target)
-    return func.with_body(tvm_ffi.structural_map(func.body, [(tirx.Cast, lambda c: _rewrite(c, 8, wide))]))
+    permute = has_avx512(target)  # a two-source permutation (vpermt2d) exists
+    return func.with_body(tvm_ffi.structural_map(func.body, [(tirx.Cast, lambda c: _rewrite(c, permute))]))

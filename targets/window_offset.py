@@ -29,11 +29,11 @@ import tvm_ffi
 from tvm import tirx
 
 
+I32_MIN, I32_MAX = -(2**31), 2**31 - 1
+
+
 def _type(e) -> str:
     return str(e.ty.dtype)
-
-
-I32_MIN, I32_MAX = -(2**31), 2**31 - 1
 
 
 def _fold(sub):
