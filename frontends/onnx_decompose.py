@@ -12,6 +12,7 @@ that TVM imports and intq lowers (in place, before the import):
     OneHot(i, depth, values)     ->  Cast(Equal(Unsqueeze(i), arange(depth))) (constant depth and values)
     Col2Im(x, image, block)      ->  ConvTranspose(Reshape(x), one-hot weights, group = channels)   (nn.Fold)
     Average/MaxPool(window longer than the input, ceil_mode)  ->  the window clipped to the input
+    MaxPool's Indices, MaxUnpool ->  ArgMax over gathered windows, a ScatterElements (onnx_pool_indices.py)
     NonZero(constant)            ->  the constant indices   (jax2onnx's scatter filters its indices with one)
     ai.onnx.ml Scaler, Binarizer, LinearRegressor, Normalizer (scikit-learn pipelines)
                                  ->  Sub/Mul, Greater/Cast, MatMul/Add, x / ReduceMax|L1|L2(x)
@@ -27,6 +28,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .onnx_pool_indices import max_pool_indices, max_unpool
 from .onnx_rewrite import rewrite_nodes
 
 
@@ -440,6 +442,11 @@ def _constant_nonzero(node, opset: int, inits: list, shapes: dict, consts) -> li
                              value=numpy_helper.from_array(value, node.output[0]))]
 
 
+def _first(*rewriters):
+    """One op's rewriters tried in order: the first that applies rewrites the node."""
+    return lambda *args: next((nodes for nodes in (r(*args) for r in rewriters) if nodes is not None), None)
+
+
 _ML = {"Scaler": _scaler, "Binarizer": _binarizer, "LinearRegressor": _linear_regressor, "Normalizer": _normalizer,
        "ArrayFeatureExtractor": _array_feature_extractor}
 
@@ -447,7 +454,8 @@ _DECOMPOSITIONS = {"LpNormalization": _lp_normalization, "DFT": _dft, "STFT": _s
                    "ConvTranspose": _conv_transpose_output_shape, "Compress": _compress,
                    "Max": _bound_as_clip, "Min": _bound_as_clip, "ReverseSequence": _reverse_sequence,
                    "OneHot": _one_hot, "Col2Im": _col2im,
-                   "AveragePool": _pool_window_past_input, "MaxPool": _pool_window_past_input,
+                   "AveragePool": _pool_window_past_input,
+                   "MaxPool": _first(_pool_window_past_input, max_pool_indices), "MaxUnpool": max_unpool,
                    "NonZero": _constant_nonzero}
 
 

@@ -838,3 +838,49 @@ def test_grid_sample_bitexact(method, padding, align):
     else:  # the same taps as torch (nearbyint: half to even), the grid's 0 (y = 2.5) included
         np.testing.assert_array_equal(real[:, :, 0, 2], ref[:, :, 0, 2])
         assert np.mean(real == ref) >= 0.95
+
+
+@pytest.mark.parametrize("pool", [dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], storage_order=1),
+                                  dict(kernel_shape=[2, 3], strides=[2, 2], ceil_mode=1),
+                                  dict(kernel_shape=[3, 3], strides=[2, 2], dilations=[2, 1], pads=[2, 1, 2, 1]),
+                                  dict(kernel_shape=[3, 2], strides=[2, 3], auto_pad="SAME_LOWER")])
+def test_max_pool_indices_and_unpool_compile_integer_only(tmp_path, pool):
+    """SegNet's pair: MaxPool with its Indices output (TVM's converter dropped it) and MaxUnpool at those
+    indices with an output_shape (TVM's converter called .tolist() on it): integer-only
+    (frontends/onnx_pool_indices.py); the indices equal onnxruntime's (distinct values: no ties on the
+    8-bit grid), the unpooled map agrees. (Not auto_pad with dilations: there onnxruntime pads for the
+    undilated window, unlike onnx's reference, which the rewrite follows.)"""
+    import onnxruntime as ort
+
+    from runtime import compile_model, load
+
+    shape, pads = [2, 3, 7, 8], pool.get("pads", [0] * 4)  # MaxUnpool has no auto_pad: none
+    pooled = onnx.shape_inference.infer_shapes(helper.make_model(helper.make_graph(
+        [helper.make_node("MaxPool", ["x"], ["y"], **{k: v for k, v in pool.items() if k != "storage_order"})], "p",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)], [helper.make_tensor_value_info("y", 1, None)])))
+    pooled = [d.dim_value for d in pooled.graph.output[0].type.tensor_type.shape.dim]
+    # an output_shape at least MaxUnpool's default size (onnxruntime refuses a smaller one)
+    size = shape[:2] + [max(n, (p - 1) * s + k - a - b) for n, p, s, k, a, b in
+                        zip(shape[2:], pooled[2:], pool["strides"], pool["kernel_shape"], pads[:2], pads[2:])]
+    path = tmp_path / "unpool.onnx"
+    nodes = [helper.make_node("MaxPool", ["x"], ["y", "i"], **pool),
+             helper.make_node("MaxUnpool", ["y", "i", "size"], ["u"], kernel_shape=pool["kernel_shape"],
+                              strides=pool["strides"], pads=pads)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("i", TensorProto.INT64, None),
+                               helper.make_tensor_value_info("u", TensorProto.FLOAT, size)],
+                              [numpy_helper.from_array(np.array(size, np.int64), "size")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    r = np.random.default_rng(11)
+    data = np.stack([r.permutation(np.prod(shape)).reshape(shape) - 80.0 for _ in range(6)]).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=data[:4])
+    art = load(compile_model(path, "x86", tmp_path / "a", calib=tmp_path / "calib.npz", progress=False))
+    assert art.manifest["integer_only"] is True
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for x in data[4:]:
+        got, (indices, unpooled) = art.run({"x": x}), session.run(["i", "u"], {"x": x})
+        np.testing.assert_array_equal(got["i"], indices)
+        u = got["u"].ravel()
+        assert u @ unpooled.ravel() / np.linalg.norm(u) / np.linalg.norm(unpooled) > 0.99
