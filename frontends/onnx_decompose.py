@@ -13,6 +13,7 @@ that TVM imports and intq lowers (in place, before the import):
     Col2Im(x, image, block)      ->  ConvTranspose(Reshape(x), one-hot weights, group = channels)   (nn.Fold)
     Average/MaxPool(window longer than the input, ceil_mode)  ->  the window clipped to the input
     MaxPool's Indices, MaxUnpool ->  ArgMax over gathered windows, a ScatterElements (onnx_pool_indices.py)
+    RMSNormalization(any axis)   ->  one over the flattened trailing axes, constant gamma (onnx_rms_norm.py)
     NonZero(constant)            ->  the constant indices   (jax2onnx's scatter filters its indices with one)
     ai.onnx.ml Scaler, Binarizer, LinearRegressor, Normalizer (scikit-learn pipelines)
                                  ->  Sub/Mul, Greater/Cast, MatMul/Add, x / ReduceMax|L1|L2(x)
@@ -30,6 +31,7 @@ from onnx import helper, numpy_helper
 
 from .onnx_pool_indices import max_pool_indices, max_unpool
 from .onnx_rewrite import rewrite_nodes
+from .onnx_rms_norm import rms_normalization
 
 
 def _opset(model: onnx.ModelProto) -> int:
@@ -456,7 +458,7 @@ _DECOMPOSITIONS = {"LpNormalization": _lp_normalization, "DFT": _dft, "STFT": _s
                    "OneHot": _one_hot, "Col2Im": _col2im,
                    "AveragePool": _pool_window_past_input,
                    "MaxPool": _first(_pool_window_past_input, max_pool_indices), "MaxUnpool": max_unpool,
-                   "NonZero": _constant_nonzero}
+                   "NonZero": _constant_nonzero, "RMSNormalization": rms_normalization}
 
 
 def decompose_ops(model: onnx.ModelProto) -> int:

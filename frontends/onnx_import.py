@@ -75,6 +75,7 @@ INTEGER_PATH_OPS = frozenset({
     "LpNormalization", "DFT", "STFT", "Compress",  # x / ReduceL1|L2, a DFT matmul, a Gather (onnx_decompose.py)
     "ReverseSequence",  # a GatherElements with constant indices (onnx_decompose.py)
     "OneHot",  # an Equal with a constant arange, cast (onnx_decompose.py)
+    "RMSNormalization",  # over the last axis with a constant gamma (onnx_rms_norm.py): I-LayerNorm without the mean
     "MaxUnpool",  # a ScatterElements into zeros (MaxPool's Indices: an ArgMax of gathered windows; onnx_pool_indices.py)
     "ScatterElements", "ScatterND",  # at one int32 scale, the same reduction (lowering/layout.lower_scatter)
     "ReduceL1", "ReduceSumSquare", "ReduceLogSumExp",

@@ -886,3 +886,44 @@ def test_value_sized_outputs_refused_with_what_to_do(tmp_path):
                               [helper.make_tensor_value_info("sel", TensorProto.INT64, ["n", 3])], inits)
     for text in _refusals_in_both_modes(tmp_path, graph):
         assert "NonMaxSuppression (node nms)\n" in text and "without its NMS" in text and "shape operand" not in text
+
+
+@pytest.mark.parametrize("shape,axis,scale_shape,constant", [((3, 4), 0, (3, 4), False), ((2, 3, 4, 5), -3, (4, 5), True),
+                                                             ((2, 6, 8), 1, (6, 8), False), ((2, 3, 8), -1, (1,), True)])
+def test_rms_normalization_on_any_axis_compiles_integer_only(tmp_path, shape, axis, scale_shape, constant):
+    """RMSNormalization over several trailing axes (TVM's legalization failed: 'shape.size() ==
+    indices.size()'), a scale given at run time or broadcast from fewer axes: one norm over the flattened
+    axes with a constant gamma (frontends/onnx_rms_norm.py), equal to onnxruntime as ONNX and integer-only
+    after compiling (they were refused or ran in float)."""
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    import runtime
+    from frontends.onnx_decompose import decompose_ops
+
+    r = np.random.default_rng(2)
+    scale = (r.standard_normal(scale_shape) * 0.5 + 1).astype(np.float32)
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)]
+    if not constant:
+        inputs.append(helper.make_tensor_value_info("s", TensorProto.FLOAT, scale_shape))
+    graph = helper.make_graph([helper.make_node("RMSNormalization", ["x", "s"], ["y"], axis=axis, epsilon=1e-3)], "g",
+                              inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
+                              [numpy_helper.from_array(scale, "s")] if constant else [])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])
+    model.ir_version = 10
+    xs = (r.standard_normal((8, *shape)) * 2).astype(np.float32)
+    feeds = [{"x": x} if constant else {"x": x, "s": scale} for x in xs]
+    want = [ort.InferenceSession(model.SerializeToString()).run(None, f)[0] for f in feeds]
+    rewritten = onnx.shape_inference.infer_shapes(model)
+    assert decompose_ops(rewritten) == 1
+    session = ort.InferenceSession(rewritten.SerializeToString())
+    for f, w in zip(feeds, want):
+        np.testing.assert_allclose(session.run(None, f)[0], w, rtol=1e-5, atol=1e-5)
+    onnx.save(model, tmp_path / "rms.onnx")
+    np.savez(tmp_path / "c.npz", **{k: np.stack([f[k] for f in feeds[:6]]) for k in feeds[0]})
+    art = runtime.load(runtime.compile_model(tmp_path / "rms.onnx", "x86", tmp_path / "a", calib=tmp_path / "c.npz",
+                                             progress=False))
+    assert art.manifest["integer_only"] is True
+    for f, w in zip(feeds[6:], want[6:]):
+        got = art.run(f)["y"]
+        assert got.shape == w.shape and got.ravel() @ w.ravel() / np.linalg.norm(got) / np.linalg.norm(w) > 0.999
