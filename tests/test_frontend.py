@@ -927,3 +927,41 @@ def test_rms_normalization_on_any_axis_compiles_integer_only(tmp_path, shape, ax
     for f, w in zip(feeds[6:], want[6:]):
         got = art.run(f)["y"]
         assert got.shape == w.shape and got.ravel() @ w.ravel() / np.linalg.norm(got) / np.linalg.norm(w) > 0.999
+
+
+@pytest.mark.parametrize("base,exponent,constant", [("float32", "int64", True), ("float32", "int32", False),
+                                                    ("int32", "float32", False), ("int64", "int64", False)])
+def test_pow_of_mixed_or_integer_types(tmp_path, base, exponent, constant):
+    """Pow with an integer exponent or base (TVM: 'Binary operators must have the same datatype', and
+    'power only applies to float' for two integers) becomes a float Pow, cast back to an integer base's
+    type (frontends/onnx_pow_types.py): a constant integer exponent (torch's x ** 2) compiles
+    integer-only, run-time ones with --allow-float; both agree with onnxruntime."""
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    import runtime
+
+    types = {"float32": TensorProto.FLOAT, "int32": TensorProto.INT32, "int64": TensorProto.INT64}
+    r = np.random.default_rng(4)
+    low = 0 if exponent == "float32" else -4  # a negative base to a fractional power: NaN, cast to anything
+    xs = (r.standard_normal((8, 2, 6)) * 2 if base == "float32" else r.integers(low, 5, (8, 2, 6))).astype(base)
+    es = (r.integers(0, 4, (8, 2, 6)) if exponent != "float32" else r.uniform(0, 3, (8, 2, 6))).astype(exponent)
+    inputs = [helper.make_tensor_value_info("x", types[base], [2, 6])]
+    inputs += [] if constant else [helper.make_tensor_value_info("e", types[exponent], [2, 6])]
+    graph = helper.make_graph([helper.make_node("Pow", ["x", "e"], ["y"])], "g", inputs,
+                              [helper.make_tensor_value_info("y", types[base], [2, 6])],
+                              [numpy_helper.from_array(np.array(2, exponent), "e")] if constant else [])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "pow.onnx")
+    feeds = [{"x": x} if constant else {"x": x, "e": e} for x, e in zip(xs, es)]
+    np.savez(tmp_path / "c.npz", **{k: np.stack([f[k] for f in feeds[:6]]) for k in feeds[0]})
+    art = runtime.load(runtime.compile_model(tmp_path / "pow.onnx", "x86", tmp_path / "a", calib=tmp_path / "c.npz",
+                                             progress=False, allow_float=not constant))
+    assert art.manifest["integer_only"] is constant
+    session = ort.InferenceSession(str(tmp_path / "pow.onnx"))
+    for f in feeds[6:]:
+        got, want = art.run(f)["y"], session.run(None, f)[0]
+        assert got.dtype == want.dtype and got.shape == want.shape
+        g, w = got.ravel().astype(np.float64), want.ravel().astype(np.float64)
+        assert g @ w / np.linalg.norm(g) / np.linalg.norm(w) > 0.99

@@ -1,0 +1,59 @@
+"""Pow whose base and exponent differ in type, or of two integers (opset 12+ allows both), as a float Pow,
+which TVM imports and lowers (in place, before the import):
+
+    Pow(x: float, e: int)  ->  Pow(x, Cast(e, float))           (a constant e: a float constant, a table)
+    Pow(x: int, e)         ->  Cast(Pow(Cast(x, float), e'), int) (e' e or Cast(e, float))
+
+onnxruntime computes an integer power in double and truncates it to the base's type, as the Cast does;
+float32 here, so integer results beyond 2^24 lose their low bits. TVM's converter emitted `power` of two
+types ("Binary operators must have the same datatype") or of integers, which its legalization refuses
+("power only applies to float").
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from .onnx_rewrite import rewrite_nodes
+
+_INTEGERS = {TensorProto.INT8, TensorProto.INT16, TensorProto.INT32, TensorProto.INT64, TensorProto.UINT8,
+             TensorProto.UINT16, TensorProto.UINT32, TensorProto.UINT64}
+
+
+def pow_to_one_dtype(model: onnx.ModelProto) -> int:
+    """Rewrite every such Pow (see the module doc); returns how many. Needs the types of shape inference."""
+    types = {v.name: v.type.tensor_type.elem_type for v in (*model.graph.input, *model.graph.value_info,
+                                                          *model.graph.output)}
+    constants = {i.name: i for i in model.graph.initializer}
+    types.update({name: t.data_type for name, t in constants.items()})
+
+    def as_float(name: str, prefix: str, inits: list, nodes: list) -> str:
+        if types.get(name) == TensorProto.FLOAT:
+            return name
+        if name in constants:  # a constant exponent stays a constant: Pow by it is a table (lowering/unary)
+            inits.append(numpy_helper.from_array(numpy_helper.to_array(constants[name]).astype(np.float32),
+                                                 f"{prefix}/float"))
+            return inits[-1].name
+        nodes.append(helper.make_node("Cast", [name], [f"{prefix}/float"], name=f"{prefix}/float",
+                                      to=TensorProto.FLOAT))
+        return nodes[-1].output[0]
+
+    def rewrite(node, inits):
+        if node.op_type != "Pow" or node.domain not in ("", "ai.onnx") or len(node.input) != 2:
+            return None
+        base, exponent = (types.get(name) for name in node.input)
+        known = _INTEGERS | {TensorProto.FLOAT}  # float16 graphs compute as float32 by now (onnx_float16.py)
+        if base not in known or exponent not in known or base == exponent == TensorProto.FLOAT:
+            return None
+        prefix = node.name or node.output[0]
+        nodes = []
+        x = as_float(node.input[0], f"{prefix}/base", inits, nodes)
+        e = as_float(node.input[1], f"{prefix}/exponent", inits, nodes)
+        if base == TensorProto.FLOAT:
+            return nodes + [helper.make_node("Pow", [x, e], list(node.output), name=prefix)]
+        return nodes + [helper.make_node("Pow", [x, e], [f"{prefix}/power"], name=f"{prefix}/power"),
+                        helper.make_node("Cast", [f"{prefix}/power"], list(node.output), name=prefix, to=base)]
+
+    return rewrite_nodes(model, rewrite)
