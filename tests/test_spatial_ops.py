@@ -884,3 +884,44 @@ def test_max_pool_indices_and_unpool_compile_integer_only(tmp_path, pool):
         np.testing.assert_array_equal(got["i"], indices)
         u = got["u"].ravel()
         assert u @ unpooled.ravel() / np.linalg.norm(u) / np.linalg.norm(unpooled) > 0.99
+
+
+@pytest.mark.parametrize("mode,ctm,scales", [("linear", "half_pixel_symmetric", [1, 1, 2.3, 2.94]),
+                                             ("linear", "align_corners", [1, 1, 0.2, 0.6]),
+                                             ("linear", "half_pixel", [1, 1, 1.7, 0.7]),
+                                             ("nearest", "half_pixel_symmetric", [1, 1, 0.6, 1.45])])
+def test_resize_coordinates_tvm_cannot_map(tmp_path, mode, ctm, scales):
+    """Resize with half_pixel_symmetric (TVM: 'Unsupported coordinate_transformation_mode'), align_corners
+    to one row (TVM divided by zero) and scales whose in * scale is not whole (ONNX maps with the scale,
+    TVM with in / out): gathers and constant weights computed as onnxruntime (frontends/onnx_resize_coords.py),
+    equal to it as ONNX, integer-only and agreeing after compiling."""
+    import onnxruntime as ort
+
+    from frontends.onnx_resize_coords import resize_coordinates_to_gathers
+    from runtime import compile_model, load
+
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Resize", ["c", "", "sc"], ["y"], mode=mode, coordinate_transformation_mode=ctm)]
+    shape = [1, 3, 5, 7]
+    out = [1, 4] + [int(np.float32(n) * np.float32(s)) for n, s in zip(shape[2:], scales[2:])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, out)],
+                              [numpy_helper.from_array(_w(4, 3, 3, 3), "w"),
+                               numpy_helper.from_array(np.array(scales, np.float32), "sc")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    model.ir_version = 9
+    onnx.save(model, tmp_path / "r.onnx")
+    xs = np.random.default_rng(12).standard_normal((10, *shape)).astype(np.float32)
+    session = ort.InferenceSession(str(tmp_path / "r.onnx"), providers=["CPUExecutionProvider"])
+    rewritten = onnx.shape_inference.infer_shapes(model)
+    assert resize_coordinates_to_gathers(rewritten) == 1
+    twin = ort.InferenceSession(rewritten.SerializeToString(), providers=["CPUExecutionProvider"])
+    for x in xs[:2]:
+        np.testing.assert_allclose(twin.run(None, {"x": x})[0], session.run(None, {"x": x})[0], rtol=1e-5, atol=1e-5)
+    np.savez(tmp_path / "calib.npz", x=xs[:8])
+    art = load(compile_model(tmp_path / "r.onnx", "x86", tmp_path / "a", calib=tmp_path / "calib.npz", progress=False))
+    assert art.manifest["integer_only"] is True
+    for x in xs[8:]:
+        want, got = session.run(None, {"x": x})[0], art.run({"x": x})["y"]
+        assert got.shape == want.shape == tuple(out)
+        assert float(got.ravel() @ want.ravel() / np.linalg.norm(got) / np.linalg.norm(want)) > 0.99
