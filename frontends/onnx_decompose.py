@@ -15,6 +15,7 @@ that TVM imports and intq lowers (in place, before the import):
     MaxPool's Indices, MaxUnpool ->  ArgMax over gathered windows, a ScatterElements (onnx_pool_indices.py)
     RMSNormalization(any axis)   ->  one over the flattened trailing axes, constant gamma (onnx_rms_norm.py)
     NonZero(constant)            ->  the constant indices   (jax2onnx's scatter filters its indices with one)
+    EyeLike(x, dtype)            ->  the constant identity of x's shape in that dtype
     ai.onnx.ml Scaler, Binarizer, LinearRegressor, Normalizer (scikit-learn pipelines)
                                  ->  Sub/Mul, Greater/Cast, MatMul/Add, x / ReduceMax|L1|L2(x)
 
@@ -449,6 +450,17 @@ def _first(*rewriters):
     return lambda *args: next((nodes for nodes in (r(*args) for r in rewriters) if nodes is not None), None)
 
 
+def _eye_like(node, opset: int, inits: list, shapes: dict, consts) -> list | None:
+    """EyeLike with a dtype attribute (TVM's converter refused any dtype but the input's): the constant
+    it is, ones on diagonal k, for the input's static 2-D shape (without the attribute, TVM converts it)."""
+    shape, attrs = shapes.get(node.input[0]), {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if "dtype" not in attrs or shape is None or len(shape) != 2 or min(shape) < 0:
+        return None
+    value = np.eye(*shape, k=int(attrs.get("k", 0)), dtype=helper.tensor_dtype_to_np_dtype(attrs["dtype"]))
+    return [helper.make_node("Constant", [], list(node.output), name=node.name or node.output[0],
+                             value=numpy_helper.from_array(value, node.output[0]))]
+
+
 _ML = {"Scaler": _scaler, "Binarizer": _binarizer, "LinearRegressor": _linear_regressor, "Normalizer": _normalizer,
        "ArrayFeatureExtractor": _array_feature_extractor}
 
@@ -458,7 +470,7 @@ _DECOMPOSITIONS = {"LpNormalization": _lp_normalization, "DFT": _dft, "STFT": _s
                    "OneHot": _one_hot, "Col2Im": _col2im,
                    "AveragePool": _pool_window_past_input,
                    "MaxPool": _first(_pool_window_past_input, max_pool_indices), "MaxUnpool": max_unpool,
-                   "NonZero": _constant_nonzero, "RMSNormalization": rms_normalization}
+                   "NonZero": _constant_nonzero, "RMSNormalization": rms_normalization, "EyeLike": _eye_like}
 
 
 def decompose_ops(model: onnx.ModelProto) -> int:

@@ -965,3 +965,35 @@ def test_pow_of_mixed_or_integer_types(tmp_path, base, exponent, constant):
         assert got.dtype == want.dtype and got.shape == want.shape
         g, w = got.ravel().astype(np.float64), want.ravel().astype(np.float64)
         assert g @ w / np.linalg.norm(g) / np.linalg.norm(w) > 0.99
+
+
+@pytest.mark.parametrize("dtype,k", [(TensorProto.FLOAT, 1), (TensorProto.INT64, -2)])
+def test_eye_like_with_a_dtype_is_a_constant(tmp_path, dtype, k):
+    """EyeLike whose dtype attribute differs from its input's (TVM: 'dtype mismatch between input and
+    attribute'): the constant identity (frontends/onnx_decompose.py), here masking an activation;
+    integer-only and equal to onnxruntime."""
+    import onnxruntime as ort
+
+    import runtime
+
+    nodes = [helper.make_node("EyeLike", ["ids"], ["eye"], dtype=dtype, k=k),
+             helper.make_node("Cast", ["eye"], ["mask"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["x", "mask"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 6]),
+                                           helper.make_tensor_value_info("ids", TensorProto.INT32, [4, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 6])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 22)])
+    model.ir_version = 10
+    onnx.save(model, tmp_path / "eye.onnx")
+    r = np.random.default_rng(3)
+    feeds = [{"x": r.standard_normal((4, 6)).astype(np.float32), "ids": r.integers(0, 9, (4, 6)).astype(np.int32)}
+             for _ in range(6)]
+    np.savez(tmp_path / "c.npz", **{k: np.stack([f[k] for f in feeds[:4]]) for k in feeds[0]})
+    art = runtime.load(runtime.compile_model(tmp_path / "eye.onnx", "x86", tmp_path / "a", calib=tmp_path / "c.npz",
+                                             progress=False))
+    assert art.manifest["integer_only"] is True
+    session = ort.InferenceSession(str(tmp_path / "eye.onnx"))
+    for f in feeds[4:]:
+        got, want = art.run(f)["y"], session.run(None, f)[0]
+        np.testing.assert_array_equal(got == 0, want == 0)
+        assert got.ravel() @ want.ravel() / np.linalg.norm(got) / np.linalg.norm(want) > 0.999
