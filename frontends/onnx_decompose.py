@@ -8,7 +8,8 @@ that TVM imports and intq lowers (in place, before the import):
                                      ignores output_shape: the output came out at the default size)
     Compress(x, constant cond)   ->  Gather(x, the kept indices)   (TVM's converter needs dynamic shapes)
     Max/Min(x, scalar constant)  ->  Clip(x, min/max)   (TVM's converter: a reduction over a stack)
-    ReverseSequence(x, lens)     ->  GatherElements(x, constant indices) along the time axis (constant lens)
+    ReverseSequence(x, lens)     ->  GatherElements(x, indices from lens) along the time axis (onnx_along_axis.py)
+    CumProd(x, axis)             ->  ReduceProd of a masked Where (onnx_along_axis.py)
     OneHot(i, depth, values)     ->  Cast(Equal(Unsqueeze(i), arange(depth))) (constant depth and values)
     Col2Im(x, image, block)      ->  ConvTranspose(Reshape(x), one-hot weights, group = channels)   (nn.Fold)
     Average/MaxPool(window longer than the input, ceil_mode)  ->  the window clipped to the input
@@ -30,6 +31,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .onnx_along_axis import cum_prod, reverse_sequence
 from .onnx_pool_indices import max_pool_indices, max_unpool
 from .onnx_rewrite import rewrite_nodes
 from .onnx_rms_norm import rms_normalization
@@ -213,28 +215,6 @@ def _bound_as_clip(node, opset: int, inits: list, shapes: dict, consts) -> list 
     inits.append(numpy_helper.from_array(cc.reshape(()).astype(cc.dtype), f"{prefix}/bound"))
     bounds = [inits[-1].name] if node.op_type == "Max" else ["", inits[-1].name]
     return [helper.make_node("Clip", [x, *bounds], list(node.output), name=prefix)]
-
-
-def _reverse_sequence(node, opset: int, inits: list, shapes: dict, consts) -> list | None:
-    """ReverseSequence with constant lengths (Keras bidirectional RNNs; shapes bound): GatherElements
-    along the time axis with constant indices, lens[b] - 1 - t for t < lens[b], else t."""
-    lens, shape = consts(node.input[1]), shapes.get(node.input[0])
-    if lens is None or not shape or min(shape) <= 0:
-        return None
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    time, batch = int(attrs.get("time_axis", 0)), int(attrs.get("batch_axis", 1))
-    lens = np.minimum(lens.astype(np.int64).reshape(-1), shape[time])
-    if lens.size != shape[batch]:
-        return None
-    t = np.arange(shape[time])[:, None]
-    source = np.where(t < lens[None, :], lens[None, :] - 1 - t, t)  # [time, batch]
-    view = [1] * len(shape)
-    view[time], view[batch] = shape[time], shape[batch]
-    index = np.broadcast_to((source if time < batch else source.T).reshape(view), shape)
-    prefix = node.name or node.output[0]
-    inits.append(numpy_helper.from_array(np.ascontiguousarray(index), f"{prefix}/source"))
-    return [helper.make_node("GatherElements", [node.input[0], inits[-1].name], list(node.output), name=prefix,
-                             axis=time)]
 
 
 def _one_hot(node, opset: int, inits: list, shapes: dict, consts) -> list | None:
@@ -466,11 +446,12 @@ _ML = {"Scaler": _scaler, "Binarizer": _binarizer, "LinearRegressor": _linear_re
 
 _DECOMPOSITIONS = {"LpNormalization": _lp_normalization, "DFT": _dft, "STFT": _stft,
                    "ConvTranspose": _conv_transpose_output_shape, "Compress": _compress,
-                   "Max": _bound_as_clip, "Min": _bound_as_clip, "ReverseSequence": _reverse_sequence,
+                   "Max": _bound_as_clip, "Min": _bound_as_clip, "ReverseSequence": reverse_sequence,
                    "OneHot": _one_hot, "Col2Im": _col2im,
                    "AveragePool": _pool_window_past_input,
                    "MaxPool": _first(_pool_window_past_input, max_pool_indices), "MaxUnpool": max_unpool,
-                   "NonZero": _constant_nonzero, "RMSNormalization": rms_normalization, "EyeLike": _eye_like}
+                   "NonZero": _constant_nonzero, "RMSNormalization": rms_normalization, "EyeLike": _eye_like,
+                   "CumProd": cum_prod}
 
 
 def decompose_ops(model: onnx.ModelProto) -> int:

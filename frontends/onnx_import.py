@@ -75,7 +75,7 @@ INTEGER_PATH_OPS = frozenset({
     "Sin", "Cos", "Tan", "Asin", "Acos", "Atan", "Sinh", "Cosh", "Asinh", "Acosh", "Atanh",
     "LSTM", "GRU", "RNN",  # unrolled into MatMul/Sigmoid/Tanh/Mul/Add before the check (onnx_rnn.py)
     "LpNormalization", "DFT", "STFT", "Compress",  # x / ReduceL1|L2, a DFT matmul, a Gather (onnx_decompose.py)
-    "ReverseSequence",  # a GatherElements with constant indices (onnx_decompose.py)
+    "ReverseSequence",  # a GatherElements with constant or run-time indices (onnx_along_axis.py)
     "OneHot",  # an Equal with a constant arange, cast (onnx_decompose.py)
     "RMSNormalization",  # over the last axis with a constant gamma (onnx_rms_norm.py): I-LayerNorm without the mean
     "MaxUnpool",  # a ScatterElements into zeros (MaxPool's Indices: an ArgMax of gathered windows; onnx_pool_indices.py)

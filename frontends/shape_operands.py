@@ -19,7 +19,7 @@ SHAPE_OPERANDS = {
     "Resize": (1, 2, 3), "Upsample": (1,), "OneHot": (1,), "CenterCropPad": (1,), "EyeLike": (), "Trilu": (1,),
     "NonMaxSuppression": (0, 1, 2), "CumSum": (1,),  # NMS keeps a value-dependent number of boxes
     "Compress": (1,), "NonZero": (0,), "Unique": (0,),  # output shapes that depend on the values
-    "DFT": (1, 2), "STFT": (1, 3), "ReverseSequence": (1,), "MaxUnpool": (2,),
+    "DFT": (1, 2), "STFT": (1, 3), "MaxUnpool": (2,), "CumProd": (1,),
 }
 SHAPE_ONLY = frozenset({"Shape", "Size"})
 

@@ -997,3 +997,69 @@ def test_eye_like_with_a_dtype_is_a_constant(tmp_path, dtype, k):
         got, want = art.run(f)["y"], session.run(None, f)[0]
         np.testing.assert_array_equal(got == 0, want == 0)
         assert got.ravel() @ want.ravel() / np.linalg.norm(got) / np.linalg.norm(want) > 0.999
+
+
+@pytest.mark.parametrize("time_axis,batch_axis,shape", [(0, 1, (5, 3, 4)), (1, 0, (3, 5, 4))])
+def test_reverse_sequence_with_run_time_lengths_compiles_integer_only(tmp_path, time_axis, batch_axis, shape):
+    """ReverseSequence whose lengths are an input (a masked bidirectional RNN): its gather indices are
+    computed from them at run time in int64 (frontends/onnx_along_axis.py); it was refused as a shape
+    operand. Integer-only and equal to onnxruntime for lengths from 0 to the whole sequence."""
+    import onnxruntime as ort
+
+    import runtime
+
+    steps, batch = shape[time_axis], shape[batch_axis]
+    nodes = [helper.make_node("ReverseSequence", ["x", "lens"], ["y"], time_axis=time_axis, batch_axis=batch_axis)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape),
+                                           helper.make_tensor_value_info("lens", TensorProto.INT64, [batch])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save(model, tmp_path / "rev.onnx")
+    r = np.random.default_rng(5)
+    feeds = [{"x": r.standard_normal(shape).astype(np.float32), "lens": r.integers(0, steps + 1, batch)}
+             for _ in range(8)]
+    np.savez(tmp_path / "c.npz", **{k: np.stack([f[k] for f in feeds[:4]]) for k in feeds[0]})
+    art = runtime.load(runtime.compile_model(tmp_path / "rev.onnx", "x86", tmp_path / "a", calib=tmp_path / "c.npz",
+                                             progress=False))
+    assert art.manifest["integer_only"] is True
+    session = ort.InferenceSession(str(tmp_path / "rev.onnx"))
+    for f in feeds[4:]:
+        got, want = art.run(f)["y"], session.run(None, f)[0]
+        assert got.ravel() @ want.ravel() / np.linalg.norm(got) / np.linalg.norm(want) > 0.999
+
+
+@pytest.mark.parametrize("dtype,exclusive,reverse,axis", [("int32", 0, 0, 1), ("int64", 1, 0, 0),
+                                                          ("int32", 1, 1, -1), ("float32", 0, 1, 1)])
+def test_cum_prod_becomes_a_masked_product(tmp_path, dtype, exclusive, reverse, axis):
+    """CumProd (opset 26, TVM's importer lacks it) as ReduceProd over a constant lower-triangular mask
+    (frontends/onnx_along_axis.py): integers exactly, integer-only; floats with --allow-float; both equal
+    to onnxruntime."""
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    import runtime
+
+    types = {"int32": TensorProto.INT32, "int64": TensorProto.INT64, "float32": TensorProto.FLOAT}
+    shape = [2, 5, 3]
+    graph = helper.make_graph([helper.make_node("CumProd", ["x", "axis"], ["y"], exclusive=exclusive, reverse=reverse)],
+                              "g", [helper.make_tensor_value_info("x", types[dtype], shape)],
+                              [helper.make_tensor_value_info("y", types[dtype], shape)],
+                              [numpy_helper.from_array(np.array(axis, np.int64), "axis")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 26)])
+    model.ir_version = 10
+    onnx.save(model, tmp_path / "cp.onnx")
+    r = np.random.default_rng(6)
+    xs = (r.integers(-3, 4, (6, *shape)) if dtype != "float32" else r.uniform(0.5, 1.5, (6, *shape))).astype(dtype)
+    np.savez(tmp_path / "c.npz", x=xs[:4])
+    art = runtime.load(runtime.compile_model(tmp_path / "cp.onnx", "x86", tmp_path / "a", calib=tmp_path / "c.npz",
+                                             progress=False, allow_float=dtype == "float32"))
+    assert art.manifest["integer_only"] is (dtype != "float32")
+    assert not art.manifest.get("tail")  # compiled, not left to onnxruntime after the artifact
+    session = ort.InferenceSession(str(tmp_path / "cp.onnx"))
+    for x in xs[4:]:
+        got, want = art.run({"x": x})["y"], session.run(None, {"x": x})[0]
+        if dtype == "float32":
+            assert got.ravel() @ want.ravel() / np.linalg.norm(got) / np.linalg.norm(want) > 0.99
+        else:
+            np.testing.assert_array_equal(got, want)
