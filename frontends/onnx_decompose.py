@@ -14,6 +14,7 @@ that TVM imports and intq lowers (in place, before the import):
     Col2Im(x, image, block)      ->  ConvTranspose(Reshape(x), one-hot weights, group = channels)   (nn.Fold)
     Average/MaxPool(window longer than the input, ceil_mode)  ->  the window clipped to the input
     MaxPool's Indices, MaxUnpool ->  ArgMax over gathered windows, a ScatterElements (onnx_pool_indices.py)
+    MaxPool(auto_pad SAME_*)     ->  MaxPool(explicit pads)  (onnx_pool_indices.py)
     RMSNormalization(any axis)   ->  one over the flattened trailing axes, constant gamma (onnx_rms_norm.py)
     NonZero(constant)            ->  the constant indices   (jax2onnx's scatter filters its indices with one)
     EyeLike(x, dtype)            ->  the constant identity of x's shape in that dtype
@@ -32,7 +33,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .onnx_along_axis import cum_prod, reverse_sequence
-from .onnx_pool_indices import max_pool_indices, max_unpool
+from .onnx_pool_indices import max_pool_explicit_pads, max_pool_indices, max_unpool
 from .onnx_rewrite import rewrite_nodes
 from .onnx_rms_norm import rms_normalization
 
@@ -449,7 +450,7 @@ _DECOMPOSITIONS = {"LpNormalization": _lp_normalization, "DFT": _dft, "STFT": _s
                    "Max": _bound_as_clip, "Min": _bound_as_clip, "ReverseSequence": reverse_sequence,
                    "OneHot": _one_hot, "Col2Im": _col2im,
                    "AveragePool": _pool_window_past_input,
-                   "MaxPool": _first(_pool_window_past_input, max_pool_indices), "MaxUnpool": max_unpool,
+                   "MaxPool": _first(_pool_window_past_input, max_pool_indices, max_pool_explicit_pads), "MaxUnpool": max_unpool,
                    "NonZero": _constant_nonzero, "RMSNormalization": rms_normalization, "EyeLike": _eye_like,
                    "CumProd": cum_prod}
 

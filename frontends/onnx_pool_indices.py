@@ -3,6 +3,7 @@ into ops TVM imports and intq lowers (static shapes; registered in onnx_decompos
 
     Y, I = MaxPool(x)          ->  Y = MaxPool(x);  W = Gather(Reshape(x, [N, C, S]), T, axis=2) (the windows,
                                    [N, C, K, P]);  I = Gather(T, ArgMax(W, axis=2) P + p) + (n C + c) S
+    MaxPool(x, auto_pad SAME_*) -> MaxPool(x, explicit pads)
     MaxUnpool(x, I[, shape])   ->  Reshape(ScatterElements(zeros(prod(shape)), Reshape(I, [-1]),
                                    Reshape(x, [-1]), axis=0), shape)
 
@@ -10,7 +11,8 @@ T [K, P] is a constant: for each of the window's K offsets and each of the P out
 of the element it reads (row-major; the Indices output reads its column-major twin where storage_order is 1). A
 window offset in the padding reads the window's first real element instead: a copy of an element never
 wins over it (ArgMax takes the first maximum, and the copy maps to the same index), so padding needs no
--inf. TVM's converter drops MaxPool's second output and calls `.tolist()` on MaxUnpool's output_shape.
+-inf. TVM's converter drops MaxPool's second output, calls `.tolist()` on MaxUnpool's output_shape and sizes
+a strided SAME_LOWER MaxPool one row short.
 """
 
 from __future__ import annotations
@@ -29,6 +31,24 @@ def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _explicit_pads(spatial, attrs) -> list[int]:
+    """ONNX's pads [begins..., ends...], auto_pad resolved: SAME_* pads for ceil(n / stride) outputs with the
+    dilated window (onnx's reference; TVM's converter sized SAME_LOWER outputs as floor(n / stride))."""
+    rank = len(spatial)
+    kernel, strides = list(attrs["kernel_shape"]), list(attrs.get("strides", [1] * rank))
+    dilations, auto = list(attrs.get("dilations", [1] * rank)), _text(attrs.get("auto_pad", "NOTSET"))
+    if auto == "VALID":
+        return [0] * 2 * rank
+    if auto not in ("SAME_UPPER", "SAME_LOWER"):
+        return list(attrs.get("pads", [0] * 2 * rank))
+    span = [d * (k - 1) + 1 for k, d in zip(kernel, dilations)]
+    outs = [-(-n // s) for n, s in zip(spatial, strides)]
+    total = [max(0, (o - 1) * s + e - n) for o, s, e, n in zip(outs, strides, span, spatial)]
+    small = [t // 2 for t in total]
+    heads = small if auto == "SAME_UPPER" else [t - h for t, h in zip(total, small)]
+    return heads + [t - h for t, h in zip(total, heads)]
+
+
 def _window_table(spatial, attrs) -> tuple[np.ndarray, list[int], list[int]] | None:
     """[K, P]: the row-major flat spatial index each window offset reads (see the module doc), the output's
     spatial shape and the explicit pads, with ONNX's pads, auto_pad, strides, dilations and ceil_mode; None
@@ -36,16 +56,8 @@ def _window_table(spatial, attrs) -> tuple[np.ndarray, list[int], list[int]] | N
     rank = len(spatial)
     kernel = list(attrs["kernel_shape"])
     strides, dilations = list(attrs.get("strides", [1] * rank)), list(attrs.get("dilations", [1] * rank))
-    pads, auto = list(attrs.get("pads", [0] * 2 * rank)), _text(attrs.get("auto_pad", "NOTSET"))
     span = [d * (k - 1) + 1 for k, d in zip(kernel, dilations)]
-    if auto in ("SAME_UPPER", "SAME_LOWER"):
-        outs = [-(-n // s) for n, s in zip(spatial, strides)]
-        total = [max(0, (o - 1) * s + e - n) for o, s, e, n in zip(outs, strides, span, spatial)]
-        small = [t // 2 for t in total]
-        heads = small if auto == "SAME_UPPER" else [t - h for t, h in zip(total, small)]
-        pads = heads + [t - h for t, h in zip(total, heads)]
-    elif auto == "VALID":
-        pads = [0] * 2 * rank
+    pads = _explicit_pads(spatial, attrs)
     outs = []
     for i in range(rank):
         room = spatial[i] + pads[i] + pads[rank + i] - span[i]
@@ -105,6 +117,19 @@ def max_pool_indices(node, opset: int, inits: list, shapes: dict, consts) -> lis
             step("Gather", [name("stored"), name("slot")], "spatial", axis=0),
             step("Add", [name("spatial"), name("channel_offset")], "index"),
             helper.make_node("Reshape", [name("index"), name("shape")], [node.output[1]], name=name("indices"))]
+
+
+def max_pool_explicit_pads(node, opset: int, inits: list, shapes: dict, consts) -> list | None:
+    """MaxPool with auto_pad SAME_*: the same pool with explicit pads (TVM's converter gave a SAME_LOWER pool
+    with strides floor(n / stride) outputs, one row short of ONNX's)."""
+    x, attrs = shapes.get(node.input[0]), _attrs(node)
+    if _text(attrs.get("auto_pad", "NOTSET")) not in ("SAME_UPPER", "SAME_LOWER") or x is None or \
+            min(x, default=0) <= 0 or "kernel_shape" not in attrs:
+        return None
+    pool = helper.make_node("MaxPool", list(node.input), list(node.output), name=node.name,
+                            pads=_explicit_pads(x[2:], attrs))
+    pool.attribute.extend(a for a in node.attribute if a.name not in ("auto_pad", "pads"))
+    return [pool]
 
 
 def max_unpool(node, opset: int, inits: list, shapes: dict, consts) -> list | None:
