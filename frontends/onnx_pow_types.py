@@ -2,6 +2,7 @@
 which TVM imports and lowers (in place, before the import):
 
     Pow(x: float, e: int)  ->  Pow(x, Cast(e, float))           (a constant e: a float constant, a table)
+    Pow(x: int, n)         ->  x * x * ... by squaring          (n a constant whole number 0..64: exact)
     Pow(x: int, e)         ->  Cast(Pow(Cast(x, float), e'), int) (e' e or Cast(e, float))
 
 onnxruntime computes an integer power in double and truncates it to the base's type, as the Cast does;
@@ -28,6 +29,8 @@ def pow_to_one_dtype(model: onnx.ModelProto) -> int:
                                                           *model.graph.output)}
     constants = {i.name: i for i in model.graph.initializer}
     types.update({name: t.data_type for name, t in constants.items()})
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in (*model.graph.input, *model.graph.value_info)
+             if v.type.tensor_type.HasField("shape")}
 
     def as_float(name: str, prefix: str, inits: list, nodes: list) -> str:
         if types.get(name) == TensorProto.FLOAT:
@@ -40,6 +43,32 @@ def pow_to_one_dtype(model: onnx.ModelProto) -> int:
                                       to=TensorProto.FLOAT))
         return nodes[-1].output[0]
 
+    def by_squaring(node, n: int, dtype: int, inits: list) -> list:
+        """x^n as Muls of exact integers (x^0: x * 0 + 1)."""
+        prefix = node.name or node.output[0]
+        if n == 0:
+            np_type = helper.tensor_dtype_to_np_dtype(dtype)
+            inits.extend([numpy_helper.from_array(np.array(0, np_type), f"{prefix}/zero"),
+                          numpy_helper.from_array(np.array(1, np_type), f"{prefix}/one")])
+            return [helper.make_node("Mul", [node.input[0], f"{prefix}/zero"], [f"{prefix}/zeros"],
+                                     name=f"{prefix}/zeros"),
+                    helper.make_node("Add", [f"{prefix}/zeros", f"{prefix}/one"], list(node.output), name=prefix)]
+        nodes, factors, power, bits = [], [], node.input[0], bin(n)[2:][::-1]
+        for k, bit in enumerate(bits):  # x^n = product of x^(2^k) over the set bits k of n
+            if bit == "1":
+                factors.append(power)
+            if k < len(bits) - 1:
+                square = f"{prefix}/square_{k}"
+                nodes.append(helper.make_node("Mul", [power, power], [square], name=square))
+                power = square
+        for k, factor in enumerate(factors[1:]):
+            nodes.append(helper.make_node("Mul", [nodes[-1].output[0] if k else factors[0], factor],
+                                          [f"{prefix}/product_{k}"], name=f"{prefix}/product_{k}"))
+        if not nodes:  # x^1
+            return [helper.make_node("Identity", [node.input[0]], list(node.output), name=prefix)]
+        nodes[-1].output[0] = node.output[0]  # the last Mul makes x^n
+        return nodes
+
     def rewrite(node, inits):
         if node.op_type != "Pow" or node.domain not in ("", "ai.onnx") or len(node.input) != 2:
             return None
@@ -47,6 +76,11 @@ def pow_to_one_dtype(model: onnx.ModelProto) -> int:
         known = _INTEGERS | {TensorProto.FLOAT}  # float16 graphs compute as float32 by now (onnx_float16.py)
         if base not in known or exponent not in known or base == exponent == TensorProto.FLOAT:
             return None
+        n = constants.get(node.input[1])
+        n = numpy_helper.to_array(n) if n is not None else None
+        if base in _INTEGERS and exponent in _INTEGERS and n is not None and n.size == 1 and \
+                n.ndim <= ranks.get(node.input[0], -1) and 0 <= int(n.reshape(())) <= 64:
+            return by_squaring(node, int(n.reshape(())), base, inits)  # a scalar n: x's shape is the output's
         prefix = node.name or node.output[0]
         nodes = []
         x = as_float(node.input[0], f"{prefix}/base", inits, nodes)
