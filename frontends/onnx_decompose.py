@@ -450,7 +450,8 @@ _DECOMPOSITIONS = {"LpNormalization": _lp_normalization, "DFT": _dft, "STFT": _s
                    "Max": _bound_as_clip, "Min": _bound_as_clip, "ReverseSequence": reverse_sequence,
                    "OneHot": _one_hot, "Col2Im": _col2im,
                    "AveragePool": _pool_window_past_input,
-                   "MaxPool": _first(_pool_window_past_input, max_pool_indices, max_pool_explicit_pads), "MaxUnpool": max_unpool,
+                   "MaxPool": _first(_pool_window_past_input, max_pool_indices, max_pool_explicit_pads),
+                   "MaxUnpool": max_unpool,
                    "NonZero": _constant_nonzero, "RMSNormalization": rms_normalization, "EyeLike": _eye_like,
                    "CumProd": cum_prod}
 

@@ -65,17 +65,16 @@ def _window_table(spatial, attrs) -> tuple[np.ndarray, list[int], list[int]] | N
         if attrs.get("ceil_mode", 0) and (out - 1) * strides[i] >= spatial[i] + pads[i]:
             out -= 1  # the last window would start in the trailing padding: ONNX drops it
         outs.append(out)
-    row_major = np.cumprod([1, *spatial[::-1]])[:-1][::-1]
-    table = np.zeros((int(np.prod(kernel)), int(np.prod(outs))), np.int64)
-    for p, out in enumerate(itertools.product(*map(range, outs))):
-        starts = [o * s - pads[i] for i, (o, s) in enumerate(zip(out, strides))]
-        reads = [[st + k * d for st, k, d in zip(starts, offset, dilations)]
-                 for offset in itertools.product(*map(range, kernel))]
-        real = [all(0 <= c < n for c, n in zip(r, spatial)) for r in reads]
-        if not any(real):
-            return None
-        first = reads[real.index(True)]
-        table[:, p] = [int(np.dot(r if ok else first, row_major)) for r, ok in zip(reads, real)]
+    starts = np.stack([g.reshape(-1) for g in np.meshgrid(*map(np.arange, outs), indexing="ij")], -1) \
+        * np.array(strides) - np.array(pads[:rank])  # [P, rank]
+    offsets = np.array(list(itertools.product(*map(range, kernel))), np.int64).reshape(-1, rank) * np.array(dilations)
+    reads = offsets[:, None] + starts[None]  # [K, P, rank]
+    real = ((reads >= 0) & (reads < np.array(spatial))).all(-1)  # [K, P]
+    if not real.any(0).all():
+        return None
+    first = reads[real.argmax(0), np.arange(reads.shape[1])]  # each window's first real element
+    reads = np.where(real[..., None], reads, first[None])
+    table = reads @ np.cumprod([1, *spatial[::-1]])[:-1][::-1]  # row-major flat indices
     return table, outs, pads
 
 

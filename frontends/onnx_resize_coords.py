@@ -77,7 +77,8 @@ def resize_coordinates_to_gathers(model: onnx.ModelProto) -> int:
         if node.op_type != "Resize" or node.domain not in ("", "ai.onnx") or len(node.input) < 3:
             return None
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        mode, method = _text(attrs.get("coordinate_transformation_mode", "half_pixel")), _text(attrs.get("mode", "nearest"))
+        mode = _text(attrs.get("coordinate_transformation_mode", "half_pixel"))
+        method = _text(attrs.get("mode", "nearest"))
         kind = values.get(node.input[0])
         if method not in ("linear", "nearest") or attrs.get("antialias", 0) or mode == "tf_crop_and_resize" or \
                 _text(attrs.get("keep_aspect_ratio_policy", "stretch")) != "stretch" or kind is None or \
@@ -112,7 +113,8 @@ def resize_coordinates_to_gathers(model: onnx.ModelProto) -> int:
             if method == "nearest":
                 inits.append(numpy_helper.from_array(_nearest(v, _text(attrs.get("nearest_mode", "round_prefer_floor")),
                                                               shape[a]), name("index")))
-                nodes.append(helper.make_node("Gather", [current, name("index")], [target], name=name("gather"), axis=a))
+                nodes.append(helper.make_node("Gather", [current, name("index")], [target], name=name("gather"),
+                                              axis=a))
             else:
                 view = [out[a]] + [1] * (len(shape) - 1 - a)
                 for key, value in zip(("i0", "i1", "w0", "w1"), _linear(v, shape[a])):

@@ -888,7 +888,8 @@ def test_value_sized_outputs_refused_with_what_to_do(tmp_path):
         assert "NonMaxSuppression (node nms)\n" in text and "without its NMS" in text and "shape operand" not in text
 
 
-@pytest.mark.parametrize("shape,axis,scale_shape,constant", [((3, 4), 0, (3, 4), False), ((2, 3, 4, 5), -3, (4, 5), True),
+@pytest.mark.parametrize("shape,axis,scale_shape,constant", [((3, 4), 0, (3, 4), False),
+                                                             ((2, 3, 4, 5), -3, (4, 5), True),
                                                              ((2, 6, 8), 1, (6, 8), False), ((2, 3, 8), -1, (1,), True)])
 def test_rms_normalization_on_any_axis_compiles_integer_only(tmp_path, shape, axis, scale_shape, constant):
     """RMSNormalization over several trailing axes (TVM's legalization failed: 'shape.size() ==
