@@ -12,8 +12,9 @@ of the element it reads (row-major; the Indices output reads its column-major tw
 window offset in the padding reads the window's first real element instead: a copy of an element never
 wins over it (ArgMax takes the first maximum, and the copy maps to the same index), so padding needs no
 -inf. Compiled, the ArgMax runs on the window's integers: values that differ by less than one step of the
-8-bit grid tie there, and the first of them wins. A free batch is refused by GeneralizeBatch (the constant
-[N, C, 1] offsets). TVM's converter drops MaxPool's second output, calls `.tolist()` on MaxUnpool's output_shape and sizes
+8-bit grid tie there, and the first of them wins. With a free batch the artifact runs sample by sample
+(the flat ScatterElements mixes samples), refused where the Indices are an output: they hold each sample's
+offset n C S. TVM's converter drops MaxPool's second output, calls `.tolist()` on MaxUnpool's output_shape and sizes
 a strided SAME_LOWER MaxPool one row short.
 """
 
