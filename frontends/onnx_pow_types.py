@@ -1,14 +1,16 @@
-"""Pow whose base and exponent differ in type, or of two integers (opset 12+ allows both), as a float Pow,
-which TVM imports and lowers (in place, before the import):
+"""Pow whose base and exponent differ in type, or of two integers (opset 12+ allows both), as ops TVM imports
+and lowers (in place, before the import):
 
     Pow(x: float, e: int)  ->  Pow(x, Cast(e, float))           (a constant e: a float constant, a table)
     Pow(x: int, n)         ->  x * x * ... by squaring          (n a constant whole number 0..64: exact)
-    Pow(x: int, e)         ->  Cast(Pow(Cast(x, float), e'), int) (e' e or Cast(e, float))
+    Pow(x: int, e: int)    ->  the same over e's bits at run time (e clipped to 64 or 65, its parity kept;
+                                   e < 0: 1 for x = 1, +-1 for x = -1, else 0, onnxruntime's double truncated)
+    Pow(x: int, e: float)  ->  Cast(Pow(Cast(x, float), e'), int) (e' e or Cast(e, float))
 
-onnxruntime computes an integer power in double and truncates it to the base's type, as the Cast does;
-float32 here, so integer results beyond 2^24 lose their low bits. TVM's converter emitted `power` of two
-types ("Binary operators must have the same datatype") or of integers, which its legalization refuses
-("power only applies to float").
+onnxruntime computes an integer power in double and truncates it to the base's type: the integer forms are
+exact wherever that fits the type; the Cast of a float Pow (float32) loses the low bits beyond 2^24. TVM's
+converter emitted `power` of two types ("Binary operators must have the same datatype") or of integers,
+which its legalization refuses ("power only applies to float").
 """
 
 from __future__ import annotations
@@ -69,6 +71,43 @@ def pow_to_one_dtype(model: onnx.ModelProto) -> int:
         nodes[-1].output[0] = node.output[0]  # the last Mul makes x^n
         return nodes
 
+    def run_time_squaring(node, base: int, inits: list) -> list:
+        """x^e for integer tensors x and e: seven bits of e (clipped), each a Where of a Mul; e < 0 apart."""
+        prefix, x = node.name or node.output[0], node.input[0]
+        name = lambda s: f"{prefix}/{s}"
+        np_type = helper.tensor_dtype_to_np_dtype(base)
+        for key, value in {"zero": 0, "one": 1, "two": 2, "minus_one": -1, "cap": 64}.items():
+            inits.append(numpy_helper.from_array(np.array(value, np_type), name(key)))
+        step = lambda op, ins, out, **kw: helper.make_node(op, ins, [name(out)], name=name(out), **kw)
+        nodes = [step("Cast", [node.input[1]], "e", to=base),
+                 step("Mod", [name("e"), name("two")], "odd"),  # e's parity, kept by the clip: (-1)^e
+                 step("Add", [name("cap"), name("odd")], "top"),
+                 step("Min", [name("e"), name("top")], "e_top"),
+                 step("Max", [name("e_top"), name("zero")], "bits_0"),
+                 step("Mul", [x, name("zero")], "zeros"),
+                 step("Add", [name("zeros"), name("one")], "power_none")]
+        result, power = name("power_none"), x
+        for k in range(7):
+            nodes += [step("Mod", [name(f"bits_{k}"), name("two")], f"bit_{k}"),
+                      step("Equal", [name(f"bit_{k}"), name("one")], f"set_{k}"),
+                      step("Mul", [result, power], f"times_{k}"),
+                      step("Where", [name(f"set_{k}"), name(f"times_{k}"), result], f"power_{k}"),
+                      step("Div", [name(f"bits_{k}"), name("two")], f"bits_{k + 1}"),
+                      step("Mul", [power, power], f"square_{k}")]
+            result, power = name(f"power_{k}"), name(f"square_{k}")
+        nodes.pop()  # the last square is not used
+        # e < 0: 1 / x^|e| truncated: 1 for x = 1, (-1)^e for x = -1, 0 otherwise (x = 0: onnxruntime's inf)
+        nodes += [step("Equal", [x, name("one")], "unit"),
+                  step("Equal", [x, name("minus_one")], "minus_unit"),
+                  step("Equal", [name("odd"), name("zero")], "even"),
+                  step("Where", [name("even"), name("one"), name("minus_one")], "sign"),
+                  step("Where", [name("minus_unit"), name("sign"), name("zero")], "minus_power"),
+                  step("Where", [name("unit"), name("one"), name("minus_power")], "fraction"),
+                  step("Less", [name("e"), name("zero")], "negative"),
+                  helper.make_node("Where", [name("negative"), name("fraction"), result], list(node.output),
+                                   name=prefix)]
+        return nodes
+
     def rewrite(node, inits):
         if node.op_type != "Pow" or node.domain not in ("", "ai.onnx") or len(node.input) != 2:
             return None
@@ -81,6 +120,8 @@ def pow_to_one_dtype(model: onnx.ModelProto) -> int:
         if base in _INTEGERS and exponent in _INTEGERS and n is not None and n.size == 1 and \
                 n.ndim <= ranks.get(node.input[0], -1) and 0 <= int(n.reshape(())) <= 64:
             return by_squaring(node, int(n.reshape(())), base, inits)  # a scalar n: x's shape is the output's
+        if base in _INTEGERS and exponent in _INTEGERS:
+            return run_time_squaring(node, base, inits)
         prefix = node.name or node.output[0]
         nodes = []
         x = as_float(node.input[0], f"{prefix}/base", inits, nodes)
