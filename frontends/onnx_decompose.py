@@ -11,6 +11,7 @@ that TVM imports and intq lowers (in place, before the import):
     ReverseSequence(x, lens)     ->  GatherElements(x, constant indices) along the time axis (constant lens)
     OneHot(i, depth, values)     ->  Cast(Equal(Unsqueeze(i), arange(depth))) (constant depth and values)
     Col2Im(x, image, block)      ->  ConvTranspose(Reshape(x), one-hot weights, group = channels)   (nn.Fold)
+    DeformConv(x, w, offset)     ->  a grouped 1x1 Conv of GridSample's taps (onnx_deform_conv.py)
     Average/MaxPool(window longer than the input, ceil_mode)  ->  the window clipped to the input
     NonZero(constant)            ->  the constant indices   (jax2onnx's scatter filters its indices with one)
     ai.onnx.ml Scaler, Binarizer, LinearRegressor, Normalizer (scikit-learn pipelines)
@@ -27,6 +28,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .onnx_deform_conv import deform_conv
 from .onnx_rewrite import rewrite_nodes
 
 
@@ -448,7 +450,7 @@ _DECOMPOSITIONS = {"LpNormalization": _lp_normalization, "DFT": _dft, "STFT": _s
                    "Max": _bound_as_clip, "Min": _bound_as_clip, "ReverseSequence": _reverse_sequence,
                    "OneHot": _one_hot, "Col2Im": _col2im,
                    "AveragePool": _pool_window_past_input, "MaxPool": _pool_window_past_input,
-                   "NonZero": _constant_nonzero}
+                   "NonZero": _constant_nonzero, "DeformConv": deform_conv}
 
 
 def decompose_ops(model: onnx.ModelProto) -> int:
