@@ -488,7 +488,7 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
     with stage(f"importing {model_path}", times, "import"):
         try:
             imported: ImportedModel = load_onnx(model_path, input_shapes, allow_unsupported=allow_float,
-                                                segments=not free and not seq)
+                                                segments=not free and not seq and spec.arch not in PLAN_ARCHES)
         except CompileError as err:
             if not free or "onnxruntime cannot load" not in str(err):
                 raise

@@ -439,6 +439,8 @@ def test_nodes_after_an_unconvertible_one_are_compiled_again(tmp_path, first):
 
     import runtime
 
+    from runtime.bench import benchmark
+
     _imputer_mlp(tmp_path / "m.onnx", first)
     x = np.random.default_rng(1).standard_normal((36, 1, 16)).astype(np.float32)
     np.savez(tmp_path / "c.npz", x=x[:32])
@@ -446,6 +448,7 @@ def test_nodes_after_an_unconvertible_one_are_compiled_again(tmp_path, first):
                                              allow_float=True, progress=False))
     assert [n["op"] for n in art.manifest["float_nodes"]] == ["Imputer"] * (1 + first)
     assert art.onnxruntime_only is first and art.output_names == ["z", "r"]
+    assert benchmark(art, repeat=2)["timed"] == "whole run (onnxruntime's part included)"
     rest = runtime.load(tmp_path / "a" / art.manifest["tail"]["rest"]["folder"])
     assert rest.manifest["integer_only"] is (not first)  # the second Imputer: the rest's own tail
     session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
