@@ -174,13 +174,33 @@ def load_onnx(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]] 
     model = _read(path)
     _refuse_string_inputs(model, path)
     _fix_input_shapes(model, bound_shapes(input_shapes), path)
+    as_read = copy.deepcopy(model) if allow_unsupported else None  # what onnxruntime runs if intq cannot
+    try:
+        return _import(model, path, allow_unsupported, segments)
+    except UnsupportedModelError as err:
+        if as_read is None or not _onnxruntime_loads(as_read):
+            raise
+        return _all_in_onnxruntime(as_read, str(err).removeprefix(f"{path}: ").splitlines()[0], path)
+
+
+def _onnxruntime_loads(model: onnx.ModelProto) -> bool:
+    import onnxruntime as ort
+
+    try:
+        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    except Exception:  # noqa: BLE001  (then the refusal stands)
+        return False
+    return True
+
+
+def _import(model: onnx.ModelProto, path: Path, allow_unsupported: bool, segments: bool) -> ImportedModel:
+    """load_onnx after the file is read and its input shapes bound."""
     try:  # ImageScaler / Crop; opset < 7, which onnxruntime cannot run (onnx_old_opsets.py)
         old_opsets_to_current(model)
     except Exception as err:  # the version converter's own assertions
-        raise CompileError(f"{path}: opset {model.opset_import[0].version} could not be converted to opset 7 "
-                           f"(onnx.version_converter: {str(err).strip().splitlines()[0]}); convert the model "
-                           "to opset 7 or later and compile that") from None
-    as_read = copy.deepcopy(model) if allow_unsupported else None  # what onnxruntime runs if TVM cannot import it
+        raise UnsupportedModelError(f"{path}: opset {model.opset_import[0].version} could not be converted to "
+                                    f"opset 7 (onnx.version_converter: {str(err).strip().splitlines()[0]}); convert "
+                                    "the model to opset 7 or later and compile that") from None
     widen_float_inputs(model)  # float16 / bfloat16 / float64 inputs: float32 ones, cast inside (onnx_float_io.py)
     narrow_outputs = float16_as_float32(model)  # a float16 graph computes in float32 here (onnx_float16.py)
     read_qonnx(model)  # QONNX Quant nodes: folded into constants or QDQ triples (onnx_qonnx.py)
@@ -221,19 +241,14 @@ def load_onnx(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]] 
                                         "images: kept exact)")
     outputs = [dataclasses.replace(s, dtype=narrow_outputs.get(s.name, s.dtype))
                for s in (_spec(v, path) for v in model.graph.output)]
-    try:
-        mod, params = _to_relax(model, path)
-    except UnsupportedModelError as err:
-        if as_read is None:
-            raise
-        return _all_in_onnxruntime(as_read, str(err).split(": ", 1)[1], path)
-    return ImportedModel(mod, params, inputs=inputs, outputs=outputs, source=str(path), tail=tail)
+    return ImportedModel(*_to_relax(model, path), inputs=inputs, outputs=outputs, source=str(path), tail=tail)
 
 
 def _all_in_onnxruntime(model: onnx.ModelProto, why: str, path: Path) -> ImportedModel:
-    """--allow-float where TVM cannot import the graph (a converter's own limits: dynamic pads, a shape
-    tensor where it wants a constant): onnxruntime runs the whole model as the file gives it, every node
-    listed with the importer's error (onnx_tail.py)."""
+    """--allow-float where intq cannot take the graph at all (TVM's importer failing on a converter's own
+    limits, dynamic pads or a shape tensor where it wants a constant; an opset the converter cannot raise;
+    shapes onnx cannot infer): onnxruntime runs the whole model as the file gives it, every node listed
+    with the reason (onnx_tail.py)."""
     _, tail = split_tail(model, dict.fromkeys(range(len(model.graph.node)), why))
     return ImportedModel(None, [], [], [], source=str(path), tail=tail)
 
@@ -632,7 +647,7 @@ def _spec(value: onnx.ValueInfoProto, path: Path) -> TensorSpec:
     ttype = value.type.tensor_type
     dims = [d.dim_value if d.HasField("dim_value") else -1 for d in ttype.shape.dim]
     if min(dims, default=1) <= 0:
-        raise CompileError(f"{path}: tensor {value.name!r} has an unknown shape after shape inference")
+        raise UnsupportedModelError(f"{path}: tensor {value.name!r} has an unknown shape after shape inference")
     dtype = onnx.helper.tensor_dtype_to_np_dtype(ttype.elem_type).name
     return TensorSpec(value.name, tuple(dims), dtype)
 
