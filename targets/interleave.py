@@ -26,9 +26,6 @@ from tvm.script.ir_builder import tirx as T
 
 OPAQUE = 8  # FuseOps' kOpaque: the producers (a requantization) stay kernels of their own
 VECTOR_BYTES = 64
-# a copy of one sample below this many bytes runs on one thread: EfficientNet-Lite0's repacks (56 KB-1.2 MB)
-# all ran slower on 2 threads than on 1 (Zen 4: 112x112x16 4.7 -> 11.9 us), waking the pool costing more
-PARALLEL_BYTES = 1 << 22
 
 
 def reference(x: np.ndarray, step: int, channels: int, width: int) -> np.ndarray:
@@ -48,7 +45,6 @@ def interleave_func(c: int, h: int, w: int, step: int, channels: int, width: int
     zero = lambda lanes: T.Broadcast(tvm.tirx.const(0, dtype), lanes) if lanes > 1 else tvm.tirx.const(0, dtype)  # noqa: E731
     n = tvm.tirx.Var("n", "int64") if batch else 1
     image, packed = c * h * w, groups * h * width * step  # elements of one sample
-    bits = tvm.DataType(dtype).bits
 
     with IRBuilder() as ib:
         with T.prim_func(s_tir=True):
@@ -82,6 +78,7 @@ def interleave_func(c: int, h: int, w: int, step: int, channels: int, width: int
                     with T.serial(0, h) as y:
                         write(q * (h * row) + y * row, y * w, lanes, pick, row)
 
+                bits = tvm.DataType(dtype).bits
                 if width == w:
                     fast, lanes = c // step, max(1, VECTOR_BYTES * 8 // bits // step)
                 else:
@@ -105,7 +102,7 @@ def interleave_func(c: int, h: int, w: int, step: int, channels: int, width: int
                             exact(b)
                 else:
                     if fast:
-                        with (T.parallel if packed * bits >= 8 * PARALLEL_BYTES else T.serial)(0, fast) as q:
+                        with T.parallel(0, fast) as q:
                             group(q, step, lanes)
                     exact(0)
     return ib.get()

@@ -46,14 +46,6 @@ def test_equals_reference(cpu, c, h, w, step, channels, width, dtype, batch):
     np.testing.assert_array_equal(out.numpy(), want if batch else want[0])
 
 
-@pytest.mark.parametrize("c,h,w,parallel", [(16, 112, 112, False), (1152, 7, 7, False), (256, 128, 128, True)])
-def test_only_large_repacks_wake_the_thread_pool(c, h, w, parallel):
-    """A sample's repack below 4 MB runs on one thread (EfficientNet-Lite0's, 56 KB-1.2 MB, all ran slower
-    on 2 threads than on 1); a batch stays parallel over its samples."""
-    assert ("T.parallel" in interleave_func(c, h, w, 4, c, w, "uint8").script()) is parallel
-    assert "T.parallel" in interleave_func(c, h, w, 4, c, w, "uint8", batch=True).script()
-
-
 class _Pointwise:
     strides, padding, dilation, groups = (1, 1), (0, 0, 0, 0), (1, 1), 1
     data_layout, kernel_layout, out_layout = "NCHW", "OIHW", "NCHW"
