@@ -183,6 +183,16 @@ def load_onnx(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]] 
         return _all_in_onnxruntime(as_read, str(err).removeprefix(f"{path}: ").splitlines()[0], path)
 
 
+def onnxruntime_model(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]] | None, why: str
+                      ) -> ImportedModel | None:
+    """The whole model, read and its input shapes bound, as a tail for onnxruntime, each node listed with
+    `why` (--allow-float's last resort); None where onnxruntime cannot load it."""
+    path = Path(path)
+    model = _read(path)
+    _fix_input_shapes(model, bound_shapes(input_shapes), path)
+    return _all_in_onnxruntime(model, why, path) if _onnxruntime_loads(model) else None
+
+
 def _onnxruntime_loads(model: onnx.ModelProto) -> bool:
     import onnxruntime as ort
 

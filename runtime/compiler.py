@@ -21,7 +21,8 @@ import numpy as np
 
 from frontends import CompileError, ImportedModel, InputError, ToolchainError, load_onnx
 from frontends.batch_axes import output_batch_axes
-from frontends.onnx_import import FreeDim, TensorSpec, bound_shapes, check_shared_dims, input_dim_names
+from frontends.onnx_import import (FreeDim, TensorSpec, bound_shapes, check_shared_dims, input_dim_names,
+                                   onnxruntime_model)
 from frontends.padding import padding_changes_outputs
 from passes import (BOUNDARY_ATTR, LAYERS_ATTR, QuantConfig, QuantizeToInteger, bind_weights, calibrate,
                     verify_integer_only)
@@ -423,7 +424,6 @@ def _onnxruntime_artifact(imported: ImportedModel, model_path: Path, output: Pat
     if free:
         raise CompileError(f"{model_path}: every node runs in onnxruntime here, at the shapes given; free dims "
                            f"(--input-shape {free[0]}) are not taken: give them as numbers")
-    log("nothing to compile before them: the unsupported nodes read the model's inputs")
 
     def fill(tmp: Path) -> dict:
         entry, float_nodes = _write_tail(tail, tmp, compile_rest, "")
@@ -447,7 +447,7 @@ def _onnxruntime_artifact(imported: ImportedModel, model_path: Path, output: Pat
 
     path = write_artifact(output, fill)
     log(f"wrote {path}")
-    log("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in times.items()) + f"; total {time.perf_counter() - start:.1f} s")
+    _log_times(times, start)
     return path
 
 
@@ -462,14 +462,46 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
     `precision` chooses the weight bits (uniform 8 or 4, or mixed under limits: `runtime.mixed`).
     A free length in `input_shapes` (`(1, FreeDim("seq", 1, 512))`) compiles one library per
     bucket length (`buckets`, default powers of two: runtime/buckets.py).
-    Raises CompileError (and writes nothing) on bad input or an unsupported model.
+    Raises CompileError (and writes nothing) on bad input or an unsupported model. With `allow_float`,
+    an internal failure on the graph makes the artifact onnxruntime's (every node listed with the error).
     """
+    start = time.perf_counter()
+    try:
+        return _compile(Path(model_path), target, output, calib, input_shapes, observer, allow_float, config,
+                        progress, cuda_arch, cpu, tune_trials, precision, buckets)
+    except CompileError:
+        raise
+    except Exception as err:  # a bug of intq's or TVM's on this graph: --allow-float still runs the model
+        free = any(isinstance(d, FreeDim) for dims in (input_shapes or {}).values() for d in dims)
+        why = f"intq failed on this graph ({type(err).__name__}: {str(err).strip().splitlines()[-1][:300]})"
+        imported = None if not allow_float or free else onnxruntime_model(model_path, input_shapes, why)
+        if imported is None:
+            raise
+        log(f"{why}; with --allow-float onnxruntime runs the whole model")
+        spec = get_target(target, cuda_arch, cpu)
+        return _onnxruntime_artifact(imported, Path(model_path), _destination(Path(model_path), output, spec), spec,
+                                     None, {}, start, None)
+
+
+def _log_times(times: dict, start: float) -> None:
+    """Where the time went: `time: import 1.0 s, ...; total 8.5 s`."""
+    log("time: " + "".join(f"{k} {v:.1f} s, " for k, v in times.items()).removesuffix(", ") +
+        ("; " if times else "") + f"total {time.perf_counter() - start:.1f} s")
+
+
+def _destination(model_path: Path, output, spec) -> Path:
+    """The artifact's path: `output`, else the model's beside it, named for the target."""
+    label = "custom" if spec.name.lstrip().startswith("{") else re.sub(r"[^\w.-]+", "_", spec.name)
+    return check_destination(output if output else model_path.with_suffix(f".{label}.artifact"))
+
+
+def _compile(model_path: Path, target, output, calib, input_shapes, observer, allow_float, config, progress, cuda_arch,
+             cpu, tune_trials, precision, buckets) -> Path:
+    """compile_model, but for its last resort."""
     start, times = time.perf_counter(), {}  # where the time went, printed at the end
-    model_path = Path(model_path)
     precision = precision or Precision()
     spec = get_target(target, cuda_arch, cpu)
-    label = "custom" if spec.name.lstrip().startswith("{") else re.sub(r"[^\w.-]+", "_", spec.name)
-    output = check_destination(output if output else model_path.with_suffix(f".{label}.artifact"))
+    output = _destination(model_path, output, spec)
     spec.check()
     if tune_trials and (spec.device != "cpu" or spec.arch != platform.machine()):
         raise CompileError(f"--tune-trials measures kernels on this machine ({platform.machine()}); "
@@ -500,6 +532,7 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
         if not allow_float:
             check_lowerable(float_mod["main"])
     if float_mod is None:  # --allow-float and nothing before the unsupported nodes: all in onnxruntime
+        log("nothing to compile before the unsupported nodes: they read the model's inputs")
         return _onnxruntime_artifact(imported, model_path, output, spec, free_shapes, times, start,
                                      functools.partial(_compile_rest, calib=calib, target=target, observer=observer,
                                                        progress=progress, cuda_arch=cuda_arch, cpu=cpu))
@@ -741,5 +774,5 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
 
     path = write_artifact(output, fill)
     log(f"wrote {path}")
-    log("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in times.items()) + f"; total {time.perf_counter() - start:.1f} s")
+    _log_times(times, start)
     return path

@@ -516,3 +516,32 @@ def test_a_rest_that_does_not_compile_runs_in_onnxruntime(tmp_path, monkeypatch)
     session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     ours, want = art.run({"x": x[33]}), session.run(None, {"x": x[33]})[0]
     assert ours["z"].ravel() @ want.ravel() / np.linalg.norm(ours["z"]) / np.linalg.norm(want) > 0.999
+
+
+def test_an_internal_failure_on_the_graph_runs_in_onnxruntime_with_allow_float(tmp_path):
+    """ReduceMax over a bool mask: TVM's reduction cannot build it ('Cannot decide min_value for bool'), a
+    traceback in both modes. Integer-only it stays one (exit 1: a bug to report); with --allow-float the
+    promise holds: onnxruntime runs the model, the error named on every node, nothing half-written before."""
+    import onnxruntime as ort
+
+    import runtime
+
+    graph = helper.make_graph([helper.make_node("ReduceMax", ["mask", "axes"], ["any"], keepdims=0)], "any",
+                              [helper.make_tensor_value_info("mask", TensorProto.BOOL, [3, 5])],
+                              [helper.make_tensor_value_info("any", TensorProto.BOOL, [3])],
+                              [numpy_helper.from_array(np.array([1], np.int64), "axes")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    model.ir_version = 9
+    onnx.save(model, tmp_path / "m.onnx")
+    mask = np.random.default_rng(0).random((4, 3, 5)) > 0.8
+    np.savez(tmp_path / "c.npz", mask=mask)
+    with pytest.raises(Exception, match="min_value"):
+        runtime.compile_model(tmp_path / "m.onnx", "x86", tmp_path / "a", calib=tmp_path / "c.npz", progress=False)
+    assert not (tmp_path / "a").exists()
+    art = runtime.load(runtime.compile_model(tmp_path / "m.onnx", "x86", tmp_path / "a", calib=tmp_path / "c.npz",
+                                             allow_float=True, progress=False))
+    assert art.onnxruntime_only
+    assert "intq failed on this graph (InternalError: Cannot decide min_value" in art.manifest["float_nodes"][0]["reason"]
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    for m in mask:
+        assert np.array_equal(art.run({"mask": m})["any"], session.run(None, {"mask": m})[0])
