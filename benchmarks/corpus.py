@@ -673,7 +673,7 @@ def evaluate(model: CorpusModel, path: Path, workdir: Path, calib_count: int = 4
         x = sample(model, k)
         ours = art.run(x)
         ref = session.run(None, x)
-        cos += [cosine([ours[o["name"]]], [r]) for o, r in zip(art.manifest["outputs"], ref)]  # each output
+        cos += [cosine([ours[name]], [r]) for name, r in zip(art.output_names, ref)]  # each output
     row.cosine = f"{min(cos):.4f}"
     return row
 

@@ -615,7 +615,7 @@ def evaluate(family: Family, exporter: str, workdir: Path, allow_float: bool = F
     for k in range(evals):
         x = sample(family, k)
         ours = art.run(x)
-        cos += [cosine(ours[o["name"]], r) for o, r in zip(art.manifest["outputs"], session.run(None, x))]
+        cos += [cosine(ours[name], r) for name, r in zip(art.output_names, session.run(None, x))]
     return {"integer_only": art.manifest["integer_only"], "cosine": min(cos), "seconds": seconds}
 
 

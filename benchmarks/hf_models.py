@@ -567,7 +567,7 @@ def evaluate(arch: Arch, exporter: str, workdir: Path, calib_count: int = 4, eva
     for k in range(eval_count):
         x = sample(arch, k)
         ours = art.run(x)
-        cos += [cosine([ours[o["name"]]], [r]) for o, r in zip(art.manifest["outputs"], session.run(None, x))]
+        cos += [cosine([ours[name]], [r]) for name, r in zip(art.output_names, session.run(None, x))]
     row.cosine = f"{min(cos):.4f}"
     return row
 

@@ -222,7 +222,7 @@ def zoo_row(model: CorpusModel, path: Path, workdir: Path, eval_count: int = 4, 
         art = runtime.load(art_path)
         if art.manifest.get("float_nodes"):
             row.integer_only += f" ({len(art.manifest['float_nodes'])} float nodes with --allow-float)"
-        order = [o["name"] for o in art.manifest["outputs"]]  # the ONNX outputs' order
+        order = art.output_names  # the ONNX outputs' order
         row.ours = compare([[art.run(x)[n] for n in order] for x in inputs], floats, scored)
         if latency:
             row.ours.ms = benchmark(art, threads=1, repeat=10, warmup=2, inputs=inputs[0])["p50_ms"]

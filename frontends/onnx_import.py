@@ -13,6 +13,7 @@ control flow and ops the integer path lacks (every node at once), then import wi
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import os
@@ -46,7 +47,7 @@ from .onnx_qonnx import read_qonnx
 from .onnx_loops import unroll_loops
 from .onnx_old_opsets import old_opsets_to_current
 from .onnx_rnn import unroll_lstms
-from .onnx_tail import Tail, names_read, split_tail
+from .onnx_tail import OPAQUE, Tail, names_read, split_tail
 from .onnx_window_axes import fold_unit_window_axes
 from .shape_operands import dynamic_shape_operands
 
@@ -101,7 +102,7 @@ class TensorSpec:
 class ImportedModel:
     """A float Relax module (`main` takes the inputs, then the weights) and its weights."""
 
-    mod: object  # tvm.IRModule
+    mod: object  # tvm.IRModule; None where onnxruntime runs the whole model (`tail`, --allow-float)
     params: list[np.ndarray]
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
@@ -165,22 +166,55 @@ def bound_shapes(shapes: dict[str, tuple] | None, sizes: dict[str, int] | None =
 
 
 def load_onnx(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]] | None = None,
-              allow_unsupported: bool = False) -> ImportedModel:
+              allow_unsupported: bool = False, segments: bool = False) -> ImportedModel:
     """Load, clean up and import an ONNX model; raises CompileError on bad input.
 
     `allow_unsupported` skips the integer-path op check (for float fallback); control flow that
     frontends/onnx_loops.py cannot unroll and onnx_if.py cannot turn into a select is refused either way.
+    With it, nodes no static compile takes run in onnxruntime (the tail); `segments` compiles what follows
+    them again where their outputs have static shapes (onnx_tail.split_rest).
     """
     path = Path(path)
     model = _read(path)
     _refuse_string_inputs(model, path)
     _fix_input_shapes(model, bound_shapes(input_shapes), path)
+    as_read = copy.deepcopy(model) if allow_unsupported else None  # what onnxruntime runs if intq cannot
+    try:
+        return _import(model, path, allow_unsupported, segments)
+    except UnsupportedModelError as err:
+        if as_read is None or not _onnxruntime_loads(as_read):
+            raise
+        return _all_in_onnxruntime(as_read, str(err).removeprefix(f"{path}: ").splitlines()[0], path)
+
+
+def onnxruntime_model(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]] | None, why: str
+                      ) -> ImportedModel | None:
+    """The whole model, read and its input shapes bound, as a tail for onnxruntime, each node listed with
+    `why` (--allow-float's last resort); None where onnxruntime cannot load it."""
+    path = Path(path)
+    model = _read(path)
+    _fix_input_shapes(model, bound_shapes(input_shapes), path)
+    return _all_in_onnxruntime(model, why, path) if _onnxruntime_loads(model) else None
+
+
+def _onnxruntime_loads(model: onnx.ModelProto) -> bool:
+    import onnxruntime as ort
+
+    try:
+        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    except Exception:  # noqa: BLE001  (then the refusal stands)
+        return False
+    return True
+
+
+def _import(model: onnx.ModelProto, path: Path, allow_unsupported: bool, segments: bool) -> ImportedModel:
+    """load_onnx after the file is read and its input shapes bound."""
     try:  # ImageScaler / Crop; opset < 7, which onnxruntime cannot run (onnx_old_opsets.py)
         old_opsets_to_current(model)
     except Exception as err:  # the version converter's own assertions
-        raise CompileError(f"{path}: opset {model.opset_import[0].version} could not be converted to opset 7 "
-                           f"(onnx.version_converter: {str(err).strip().splitlines()[0]}); convert the model "
-                           "to opset 7 or later and compile that") from None
+        raise UnsupportedModelError(f"{path}: opset {model.opset_import[0].version} could not be converted to "
+                                    f"opset 7 (onnx.version_converter: {str(err).strip().splitlines()[0]}); convert "
+                                    "the model to opset 7 or later and compile that") from None
     widen_float_inputs(model)  # float16 / bfloat16 / float64 inputs: float32 ones, cast inside (onnx_float_io.py)
     narrow_outputs = float16_as_float32(model)  # a float16 graph computes in float32 here (onnx_float16.py)
     read_qonnx(model)  # QONNX Quant nodes: folded into constants or QDQ triples (onnx_qonnx.py)
@@ -212,7 +246,9 @@ def load_onnx(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]] 
         model = _reoptimize(expanded, path)  # fold the bodies' shape arithmetic
     _scalars_to_constants(model)
     resize_to_nchw(model, path)  # before the op check: NHWC Resizes become NCHW ones
-    model, tail = _check_supported(model, path, allow_unsupported)
+    model, tail = _check_supported(model, path, allow_unsupported, segments)
+    if tail is not None and not model.graph.output:  # --allow-float, nothing to compile: onnxruntime runs it all
+        return ImportedModel(None, [], [], [], source=str(path), tail=tail)
     inputs = [_spec(v, path) for v in _graph_inputs(model)]
     for spec in inputs:
         if spec.dtype not in INPUT_DTYPES:
@@ -222,6 +258,15 @@ def load_onnx(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]] 
     outputs = [dataclasses.replace(s, dtype=narrow_outputs.get(s.name, s.dtype))
                for s in (_spec(v, path) for v in model.graph.output)]
     return ImportedModel(*_to_relax(model, path), inputs=inputs, outputs=outputs, source=str(path), tail=tail)
+
+
+def _all_in_onnxruntime(model: onnx.ModelProto, why: str, path: Path) -> ImportedModel:
+    """--allow-float where intq cannot take the graph at all (TVM's importer failing on a converter's own
+    limits, dynamic pads or a shape tensor where it wants a constant; an opset the converter cannot raise;
+    shapes onnx cannot infer): onnxruntime runs the whole model as the file gives it, every node listed
+    with the reason (onnx_tail.py)."""
+    _, tail = split_tail(model, dict.fromkeys(range(len(model.graph.node)), why))
+    return ImportedModel(None, [], [], [], source=str(path), tail=tail)
 
 
 def _read(path: Path) -> onnx.ModelProto:
@@ -488,7 +533,7 @@ CONTROL_FLOW_OPS = frozenset({"If", "Loop", "Scan"})
 VALUE_SIZED_OPS = ("NonMaxSuppression", "NonZero", "Unique", "Compress")  # output sizes the values decide
 
 
-def _check_supported(model: onnx.ModelProto, path: Path, allow_unsupported: bool = False
+def _check_supported(model: onnx.ModelProto, path: Path, allow_unsupported: bool = False, segments: bool = False
                      ) -> tuple[onnx.ModelProto, Tail | None]:
     """Refuse ops without an integer lowering unless allowed, and what no static compile can take
     (control flow left, value-sized outputs, shapes from values, ops without a converter), naming
@@ -510,17 +555,17 @@ def _check_supported(model: onnx.ModelProto, path: Path, allow_unsupported: bool
     selecting = {i: text.split(" input ")[0] for i, text in operands if nodes[i].op_type in VALUE_SIZED_OPS}
     shapes = [(i, text) for i, text in operands if i not in selecting]
     converters = _tvm_converters()
-    unconvertible = {i: name(n) for i, n in enumerate(nodes) if n.op_type not in CONTROL_FLOW_OPS and not exact(n)
-                     and (n.domain not in ("", "ai.onnx") or n.op_type not in converters)}
-    tail, alone = None, False  # alone: nothing before them to compile, so --allow-float cannot run them either
+    unconvertible = {i: name(n) for i, n in enumerate(nodes) if n.op_type not in CONTROL_FLOW_OPS  # integer ones too:
+                     and (n.domain not in ("", "ai.onnx") or n.op_type not in converters)}  # TVM cannot import them
+    tail, alone = None, False  # alone: nothing before them to compile, so onnxruntime runs the whole model
     if flow or selecting or shapes or unconvertible:
-        why = {**{i: "an op no converter takes" for i in unconvertible},
+        why = {**{i: OPAQUE for i in unconvertible},
                **{i: "a shape computed from an input's values" for i, _ in shapes},
                **{i: "control flow that cannot be unrolled" for i in flow},
                **{i: "outputs as many elements as its input values select" for i in selecting}}
-        head, tail = split_tail(model, why)
-        alone = not head.graph.node  # they read the inputs themselves: onnxruntime would run the whole model
-        if allow_unsupported and not alone:
+        head, tail = split_tail(model, why, segments and allow_unsupported)
+        alone = not head.graph.output  # they read the inputs themselves: the head computes nothing
+        if allow_unsupported:  # alone, the artifact is the tail: --allow-float runs whatever onnxruntime runs
             model, nodes, flow, selecting, shapes, unconvertible = head, list(head.graph.node), {}, {}, [], {}
         else:
             tail = None
@@ -561,8 +606,8 @@ def _check_supported(model: onnx.ModelProto, path: Path, allow_unsupported: bool
     bad = [b for b in bad if b not in named]  # each node once, under what stops it in both modes
     if message:
         message += later if not alone else (
-            "\n--allow-float cannot run them either: such nodes and every node after them run in onnxruntime after "
-            "the artifact, and here they read the model's inputs, so nothing before them is left to compile.")
+            "\nWith --allow-float the whole model runs in onnxruntime, in float: such nodes and every node after "
+            "them run there, and here they read the model's inputs, so nothing before them is left to compile.")
     if bad and not allow_unsupported:
         message += ("\n" if message else f"{path}: ") + (
             f"{len(bad)} node(s) use ops the integer-only path does not support:\n  " + "\n  ".join(bad) +
@@ -618,7 +663,7 @@ def _spec(value: onnx.ValueInfoProto, path: Path) -> TensorSpec:
     ttype = value.type.tensor_type
     dims = [d.dim_value if d.HasField("dim_value") else -1 for d in ttype.shape.dim]
     if min(dims, default=1) <= 0:
-        raise CompileError(f"{path}: tensor {value.name!r} has an unknown shape after shape inference")
+        raise UnsupportedModelError(f"{path}: tensor {value.name!r} has an unknown shape after shape inference")
     dtype = onnx.helper.tensor_dtype_to_np_dtype(ttype.elem_type).name
     return TensorSpec(value.name, tuple(dims), dtype)
 

@@ -33,6 +33,7 @@ LIBRARY = "model.so"
 RELAX_TEXT = "model.relax.py"
 DEVICE_TEXT = "model.cu"
 TAIL = "tail.onnx"
+REST = "rest.artifact"  # the part compiled after the tail's first nodes (frontends/onnx_tail.py)
 
 
 def load_library(path: Path, sha: str, load: Callable[[str], object]):
@@ -88,8 +89,9 @@ def write_artifact(dest: str | os.PathLike, fill: Callable[[Path], dict]) -> Pat
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; an artifact is an ordinary directory
     try:
         manifest = fill(tmp)
-        manifest = {"format_version": FORMAT_VERSION, **manifest,
-                    "library": {"file": LIBRARY, "sha256": sha256(tmp / LIBRARY), **manifest.get("library", {})}}
+        manifest = {"format_version": FORMAT_VERSION, **manifest,  # library None: onnxruntime runs it all
+                    "library": None if "library" in manifest and manifest["library"] is None else
+                    {"file": LIBRARY, "sha256": sha256(tmp / LIBRARY), **manifest.get("library", {})}}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         if dest.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
@@ -118,7 +120,8 @@ def read_manifest(path: str | os.PathLike, check_library: bool = True) -> dict:
         raise ArtifactError(f"{path}: artifact format version {version!r}; this runtime reads version "
                             f"{FORMAT_VERSION}. Recompile the model with this version.")
     if check_library:
-        libraries = [manifest["library"], *(manifest.get("buckets") or {}).get("libraries", {}).values()]
+        libraries = [*([manifest["library"]] if manifest["library"] else []),
+                     *(manifest.get("buckets") or {}).get("libraries", {}).values()]
         libraries += [lib["sample"] for lib in libraries if "sample" in lib]  # the batch-1 libraries
         libraries += [manifest["tail"]] if manifest.get("tail") else []
         for library in libraries:

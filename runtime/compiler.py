@@ -7,7 +7,9 @@ import json
 import os
 import platform
 import re
+import shutil
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import replace
@@ -19,7 +21,8 @@ import numpy as np
 
 from frontends import CompileError, ImportedModel, InputError, ToolchainError, load_onnx
 from frontends.batch_axes import output_batch_axes
-from frontends.onnx_import import FreeDim, TensorSpec, bound_shapes, check_shared_dims, input_dim_names
+from frontends.onnx_import import (FreeDim, TensorSpec, bound_shapes, check_shared_dims, input_dim_names,
+                                   onnxruntime_model)
 from frontends.padding import padding_changes_outputs
 from passes import (BOUNDARY_ATTR, LAYERS_ATTR, QuantConfig, QuantizeToInteger, bind_weights, calibrate,
                     verify_integer_only)
@@ -30,7 +33,7 @@ from targets.cross import first_error_line
 from targets.cpu_pipeline import cpu_pipeline
 
 from .plan import export_plan, plan_folder
-from .artifact import DEVICE_TEXT, LIBRARY, RELAX_TEXT, TAIL, check_destination, sha256, write_artifact
+from .artifact import DEVICE_TEXT, LIBRARY, RELAX_TEXT, REST, TAIL, check_destination, sha256, write_artifact
 from .buckets import Buckets, default_sizes, is_mask, length_axes
 from .mixed import Precision
 
@@ -346,6 +349,108 @@ def _export(mod, target, pipeline, path: Path, spec):
                              "(targets/install_toolchains.sh)") from None
 
 
+def _compile_rest(rest, folder: Path, calib, target: str, observer: str, progress: bool, cuda_arch, cpu
+                  ) -> tuple[dict, list[dict]]:
+    """Compile the nodes after the tail's first ones (onnx_tail.Rest) as an artifact of their own in
+    `folder`, calibrated on the tensors they read: the probe's outputs (and the model's inputs) on the
+    calibration samples. Returns the manifest's entry and the rest's float nodes."""
+    import onnx
+    import onnxruntime as ort
+
+    from . import check
+
+    probe = onnx.load_from_string(rest.probe)
+    specs = [{"name": v.name, "shape": [d.dim_value for d in v.type.tensor_type.shape.dim],
+              "dtype": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name}
+             for v in probe.graph.input]
+    if calib is not None:
+        samples = check.calibration_samples(calib, specs, count=1 << 30)
+    else:  # as the compiled part itself was: synthetic N(0, 1) inputs
+        samples = synthetic_calibration([TensorSpec(s["name"], tuple(s["shape"]), s["dtype"]) for s in specs])
+    session = ort.InferenceSession(rest.probe, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    reads = [v.name for v in onnx.load_from_string(rest.model).graph.input]
+    rows = []
+    for sample in samples:
+        feed = {arg.name: np.asarray(sample[arg.name]).astype(
+            onnx.helper.tensor_dtype_to_np_dtype(next(v for v in probe.graph.input if v.name == arg.name)
+                                                 .type.tensor_type.elem_type)) for arg in session.get_inputs()}
+        values = {**feed, **dict(zip(names, session.run(names, feed)))}
+        rows.append({name: values[name] for name in reads})
+    work = Path(tempfile.mkdtemp(prefix=".intq-rest-", dir=folder.parent))
+    try:
+        (work / "rest.onnx").write_bytes(rest.model)
+        np.savez(work / "calib.npz", **{name: np.stack([row[name] for row in rows]) for name in reads})
+        log("compiling the nodes after onnxruntime's as an artifact of their own")
+        compile_model(work / "rest.onnx", target, folder, calib=work / "calib.npz", observer=observer,
+                      allow_float=True, progress=progress, cuda_arch=cuda_arch, cpu=cpu)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    nested = json.loads((folder / "manifest.json").read_text())
+    return {"folder": folder.name, "inputs": reads}, nested.get("float_nodes", [])
+
+
+def _write_tail(tail, tmp: Path, compile_rest, where: str) -> tuple[dict, list[dict]]:
+    """Write the tail into the artifact folder `tmp`: its first nodes and the rest compiled again where
+    the rest compiles (`compile_rest(rest, folder)`), else the whole tail. Returns the manifest's
+    `tail` entry (without the boundary) and the float nodes it adds, `where` saying where they run."""
+    model, nodes, entry, later = tail.model, tail.nodes, None, []
+    if tail.rest is not None:
+        try:
+            entry, later = compile_rest(tail.rest, tmp / REST)
+            model, nodes = tail.rest.first, tail.rest.nodes
+        except CompileError as err:  # then onnxruntime runs it, as before the rest was compiled on its own
+            shutil.rmtree(tmp / REST, ignore_errors=True)
+            log(f"the nodes after onnxruntime's did not compile on their own ({first_error_line(str(err))}); "
+                "onnxruntime runs them too")
+    (tmp / TAIL).write_bytes(model)
+    floats = [{**n, "reason": f"runs in onnxruntime{where}: {n['reason']}"} for n in nodes]
+    floats += [{**n, "reason": f"in the part compiled after onnxruntime's: {n['reason']}"} for n in later]
+    log(float_summary(floats))
+    return {"file": TAIL, "sha256": sha256(tmp / TAIL), "outputs": tail.outputs, "inputs": tail.inputs,
+            "rest": entry}, floats
+
+
+def _onnxruntime_artifact(imported: ImportedModel, model_path: Path, output: Path, spec, free_shapes, times: dict,
+                          start: float, compile_rest) -> Path:
+    """The artifact of a model whose unsupported nodes read its inputs (--allow-float): nothing is left to
+    compile before them, so onnxruntime runs the whole graph, in float, every node listed with the reason."""
+    tail = imported.tail
+    if spec.arch in PLAN_ARCHES:
+        raise CompileError(f"{model_path}: every node would run in onnxruntime (" + _names(
+            [f"{n['op']} (node {n['node']})" for n in tail.nodes], 3) + f" read the inputs), and {spec.arch} "
+            "boards run the plan executor, which has no onnxruntime; compile it for a target with a Python runtime")
+    free = [k for k, v in (free_shapes or {}).items() if any(isinstance(d, FreeDim) for d in v)]
+    if free:
+        raise CompileError(f"{model_path}: every node runs in onnxruntime here, at the shapes given; free dims "
+                           f"(--input-shape {free[0]}) are not taken: give them as numbers")
+
+    def fill(tmp: Path) -> dict:
+        entry, float_nodes = _write_tail(tail, tmp, compile_rest, "")
+        return {
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "source": {"path": str(model_path), "sha256": sha256(model_path)},
+            "tuning": None,
+            "target": {"name": spec.name, "tvm_target": spec.tvm_target, "arch": spec.arch, "device": "cpu",
+                       "features": [], "kernel_family": None, "cross_compiler": spec.toolchain.compiler},
+            "tools": _versions(),
+            "inputs": [], "outputs": [],
+            "quantization": None,
+            "integer_only": False,
+            "tail": {**entry, "boundary": []},
+            "allow_float": True,
+            "float_nodes": float_nodes,
+            "verifier": "nothing compiled: onnxruntime runs the whole model",
+            "relax": None, "device_code": None, "executor": None, "buckets": None, "batch": None,
+            "library": None,
+        }
+
+    path = write_artifact(output, fill)
+    log(f"wrote {path}")
+    _log_times(times, start)
+    return path
+
+
 def compile_model(model_path: str | os.PathLike, target: str = "x86", output: str | os.PathLike | None = None,
                   calib: str | os.PathLike | None = None, input_shapes: dict[str, tuple[int, ...]] | None = None,
                   observer: str = "minmax", allow_float: bool = False, config: QuantConfig | None = None,
@@ -357,14 +462,46 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
     `precision` chooses the weight bits (uniform 8 or 4, or mixed under limits: `runtime.mixed`).
     A free length in `input_shapes` (`(1, FreeDim("seq", 1, 512))`) compiles one library per
     bucket length (`buckets`, default powers of two: runtime/buckets.py).
-    Raises CompileError (and writes nothing) on bad input or an unsupported model.
+    Raises CompileError (and writes nothing) on bad input or an unsupported model. With `allow_float`,
+    an internal failure on the graph makes the artifact onnxruntime's (every node listed with the error).
     """
+    start = time.perf_counter()
+    try:
+        return _compile(Path(model_path), target, output, calib, input_shapes, observer, allow_float, config,
+                        progress, cuda_arch, cpu, tune_trials, precision, buckets)
+    except CompileError:
+        raise
+    except Exception as err:  # a bug of intq's or TVM's on this graph: --allow-float still runs the model
+        free = any(isinstance(d, FreeDim) for dims in (input_shapes or {}).values() for d in dims)
+        why = f"intq failed on this graph ({type(err).__name__}: {str(err).strip().splitlines()[-1][:300]})"
+        imported = None if not allow_float or free else onnxruntime_model(model_path, input_shapes, why)
+        if imported is None:
+            raise
+        log(f"{why}; with --allow-float onnxruntime runs the whole model")
+        spec = get_target(target, cuda_arch, cpu)
+        return _onnxruntime_artifact(imported, Path(model_path), _destination(Path(model_path), output, spec), spec,
+                                     None, {}, start, None)
+
+
+def _log_times(times: dict, start: float) -> None:
+    """Where the time went: `time: import 1.0 s, ...; total 8.5 s`."""
+    log("time: " + "".join(f"{k} {v:.1f} s, " for k, v in times.items()).removesuffix(", ") +
+        ("; " if times else "") + f"total {time.perf_counter() - start:.1f} s")
+
+
+def _destination(model_path: Path, output, spec) -> Path:
+    """The artifact's path: `output`, else the model's beside it, named for the target."""
+    label = "custom" if spec.name.lstrip().startswith("{") else re.sub(r"[^\w.-]+", "_", spec.name)
+    return check_destination(output if output else model_path.with_suffix(f".{label}.artifact"))
+
+
+def _compile(model_path: Path, target, output, calib, input_shapes, observer, allow_float, config, progress, cuda_arch,
+             cpu, tune_trials, precision, buckets) -> Path:
+    """compile_model, but for its last resort."""
     start, times = time.perf_counter(), {}  # where the time went, printed at the end
-    model_path = Path(model_path)
     precision = precision or Precision()
     spec = get_target(target, cuda_arch, cpu)
-    label = "custom" if spec.name.lstrip().startswith("{") else re.sub(r"[^\w.-]+", "_", spec.name)
-    output = check_destination(output if output else model_path.with_suffix(f".{label}.artifact"))
+    output = _destination(model_path, output, spec)
     spec.check()
     if tune_trials and (spec.device != "cpu" or spec.arch != platform.machine()):
         raise CompileError(f"--tune-trials measures kernels on this machine ({platform.machine()}); "
@@ -382,7 +519,8 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
         config = replace(config, weight_bits=4)
     with stage(f"importing {model_path}", times, "import"):
         try:
-            imported: ImportedModel = load_onnx(model_path, input_shapes, allow_unsupported=allow_float)
+            imported: ImportedModel = load_onnx(model_path, input_shapes, allow_unsupported=allow_float,
+                                                segments=not free and not seq and spec.arch not in PLAN_ARCHES)
         except CompileError as err:
             if not free or "onnxruntime cannot load" not in str(err):
                 raise
@@ -390,9 +528,14 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
                                f"{free[next(iter(free))].name}=...): this model cannot run at batch 1, so its batch "
                                "is not independent samples (a reshape of the batch, e.g. several views of one item "
                                "averaged); compile one fixed batch per artifact") from None
-        float_mod = bind_weights(imported.mod, imported.params)
+        float_mod = None if imported.mod is None else bind_weights(imported.mod, imported.params)
         if not allow_float:
             check_lowerable(float_mod["main"])
+    if float_mod is None:  # --allow-float and nothing before the unsupported nodes: all in onnxruntime
+        log("nothing to compile before the unsupported nodes: they read the model's inputs")
+        return _onnxruntime_artifact(imported, model_path, output, spec, free_shapes, times, start,
+                                     functools.partial(_compile_rest, calib=calib, target=target, observer=observer,
+                                                       progress=progress, cuda_arch=cuda_arch, cpu=cpu))
     if has_normalization(float_mod) and config.residual_bits == 8:
         log("transformer (LayerNorm found): residual stream, LayerNorm and inputs at 16 bits")
         config = replace(config, residual_bits=16)
@@ -538,7 +681,6 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
             raise CompileError("a model whose last part runs in onnxruntime (" + _names(
                 [f"{n['op']} (node {n['node']})" for n in tail.nodes], 3) + ") takes a free batch only where the "
                 "batch stays the leading dim, and no free length; give them as numbers")
-        float_nodes += [{**n, "reason": f"runs in onnxruntime after the artifact: {n['reason']}"} for n in tail.nodes]
     if float_nodes:
         log(float_summary(float_nodes))
     if not report.integer_only and not allow_float:
@@ -577,8 +719,13 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
                 if seq:
                     libraries[size]["sample"] = samples[size]
         (tmp / RELAX_TEXT).write_text(int_mod.script(show_meta=False))
+        entry, later = None, []
         if tail is not None:
-            (tmp / TAIL).write_bytes(tail.model)
+            entry, later = _write_tail(tail, tmp, functools.partial(
+                _compile_rest, calib=calib, target=target, observer=observer, progress=progress, cuda_arch=cuda_arch,
+                cpu=cpu), " after the artifact")
+            entry = {**entry, "boundary": tail.boundary,
+                     "inputs": [spec for spec in entry["inputs"] if spec["name"] in _tail_inputs(imported)]}
         executor = None
         if spec.arch in PLAN_ARCHES:  # no TVM runtime there: ship the plan and its executor too
             with stage(f"exporting the plan executor for {spec.arch}", times, "compile"):
@@ -613,11 +760,9 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
                              "activation_bits": config.activation_bits, "layers": layers,
                              **({"mixed": mixed.manifest(precision)} if mixed is not None else {})},
             "integer_only": report.integer_only and tail is None,
-            "tail": None if tail is None else {
-                "file": TAIL, "sha256": sha256(tmp / TAIL), "boundary": tail.boundary, "outputs": tail.outputs,
-                "inputs": [spec for spec in tail.inputs if spec["name"] in _tail_inputs(imported)]},
+            "tail": entry,
             "allow_float": allow_float,
-            "float_nodes": float_nodes,
+            "float_nodes": float_nodes + later,
             "verifier": str(report),
             "relax": RELAX_TEXT,
             "device_code": DEVICE_TEXT if device_code is not None else None,
@@ -629,5 +774,5 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
 
     path = write_artifact(output, fill)
     log(f"wrote {path}")
-    log("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in times.items()) + f"; total {time.perf_counter() - start:.1f} s")
+    _log_times(times, start)
     return path

@@ -78,7 +78,10 @@ class Model:
         if device == "cuda" and remote is None:
             _load_cuda_runtime(tvm)
         self.buckets = Buckets.from_manifest(self.manifest)
-        libraries = ({None: self.manifest["library"]} if self.buckets is None else
+        if self.onnxruntime_only and remote is not None:
+            raise ArtifactError(f"{self.path}: onnxruntime runs this whole model (nothing was compiled: "
+                                "manifest float_nodes); it runs on the machine that loads it, not over RPC")
+        libraries = ({} if self.onnxruntime_only else {None: self.manifest["library"]} if self.buckets is None else
                      {int(k): v for k, v in self.manifest["buckets"]["libraries"].items()})
         # (bucket, one sample?) -> library: a free batch on x86 also ships the batch-1 library, whose
         # kernels take static rows, for the calls of one sample (all of them when samples run side by side)
@@ -102,6 +105,12 @@ class Model:
         self.batch_in_one_call = device != "cpu"
         self._pool = None  # (size, worker threads for batch samples), started on first use
         self._pool_lock = threading.Lock()
+        rest = (self.manifest.get("tail") or {}).get("rest")
+        if rest and remote is not None:
+            raise ArtifactError(f"{self.path}: part of this model runs in onnxruntime between compiled parts "
+                                "(manifest float_nodes), on the machine that loads it, not over RPC")
+        # the part compiled after the tail's first nodes: an artifact of its own (frontends/onnx_tail.py)
+        self._rest = Model(self.path / rest["folder"]) if rest else None
 
     def _load_library(self, tvm, library: dict, device: str):
         path = self.path / library["file"]
@@ -140,12 +149,25 @@ class Model:
         return size, length, self.buckets.pad(qinputs, size)
 
     @property
+    def onnxruntime_only(self) -> bool:
+        """Nothing compiled: the unsupported nodes read the inputs, and onnxruntime runs the whole model
+        (--allow-float; the manifest's `tail`)."""
+        return self.manifest["library"] is None
+
+    @property
     def inputs(self) -> list[dict]:
         return self.manifest["inputs"]
 
     @property
     def outputs(self) -> list[dict]:
         return self.manifest["outputs"]
+
+    @property
+    def output_names(self) -> list[str]:
+        """The model's own outputs, in its ONNX order: the keys `run` returns (the compiled part's `outputs`
+        also hold the tensors it passes to a tail)."""
+        tail = self.manifest.get("tail")
+        return list(tail["outputs"]) if tail else [o["name"] for o in self.outputs]
 
     def check_inputs(self, inputs: dict[str, np.ndarray]) -> None:
         """Raise InputError unless `inputs` has exactly the model's names, shapes and dtypes."""
@@ -321,6 +343,17 @@ class Model:
                 self._pool = (count, ThreadPoolExecutor(count, thread_name_prefix="intq-batch"))
             return self._pool[1]
 
+    def time_run(self, inputs: dict[str, np.ndarray], repeat: int = 50, warmup: int = 3) -> np.ndarray:
+        """Latencies in ms of `repeat` whole `run` calls (float in, float out), timed around each."""
+        for _ in range(warmup):
+            self.run(inputs)
+        times = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            self.run(inputs)
+            times.append(time.perf_counter() - start)
+        return np.asarray(times) * 1e3
+
     def time(self, qinputs: list[np.ndarray], repeat: int = 50, warmup: int = 3) -> np.ndarray:
         """Latencies in ms of `repeat` runs, timed on the device itself (locally or on the board);
         a batch that runs in slices side by side is timed around the whole `run_integer`."""
@@ -347,6 +380,8 @@ class Model:
         a few microseconds each on top (compare their sum with `time`)."""
         if self.remote is not None:
             raise InputError("kernel times are measured on this machine; the artifact runs on a board (--rpc)")
+        if self.onnxruntime_only:
+            raise InputError(f"{self.path}: nothing was compiled (onnxruntime runs the whole model): no kernels to time")
         size, _, qinputs = self._bucket(qinputs)
         vm = self._new_vm(self._libs[self._library(size, qinputs)], self._dev)
         args = [self._device_tensor(q) for q in qinputs]
@@ -374,6 +409,8 @@ class Model:
         """Quantize `inputs`, run the integer model, dequantize the outputs (and, where the
         artifact has a tail, run it in onnxruntime on them: frontends/onnx_tail.py)."""
         tail = self.manifest.get("tail")
+        if self.onnxruntime_only:
+            return self._run_tail(tail, {}, inputs)
         own = {spec["name"] for spec in tail["inputs"]} if tail else set()
         outs = self.run_integer(self.quantize_inputs({k: v for k, v in inputs.items() if k not in own}))
         result = {spec["name"]: _as_output(spec, dequantize(q, self._scale(i, q.ndim)))
@@ -400,8 +437,11 @@ class Model:
             feeds[arg.name] = _coerced_input(value, [{"name": arg.name, "shape": None,
                                                      "dtype": _ORT_TYPES.get(arg.type, value.dtype.name)}], arg.name)
         names = [o.name for o in session.get_outputs()]
-        late = dict(zip(names, session.run(names, feeds)))
-        return {name: result[name] if name in result else late[name] for name in tail["outputs"]}
+        late = {**result, **dict(zip(names, session.run(names, feeds)))}
+        if self._rest is not None:
+            known = {**inputs, **late}
+            late.update(self._rest.run({name: known[name] for name in tail["rest"]["inputs"]}))
+        return {name: late[name] for name in tail["outputs"]}
 
     def _scale(self, index: int, rank: int, side: str = "outputs") -> np.ndarray:
         """Output (or input) `index`'s scale shaped for a tensor of `rank` (memoized: it is on every call)."""

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnx
 import pytest
 import tvm
+from onnx import TensorProto, helper, numpy_helper
 from tvm import relax
 
 from frontends import UnsupportedModelError
@@ -405,3 +407,141 @@ def test_a_moderate_mask_keeps_its_fill_through_a_broadcast(tmp_path):
     got = art.run(feed)["y"].ravel()
     want = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, feed)[0].ravel()
     assert got @ want / np.linalg.norm(got) / np.linalg.norm(want) > 0.98
+
+
+def _imputer_mlp(path, first: bool):
+    """x -> [Imputer ->] Gemm -> Relu r -> Imputer -> Gemm -> Tanh -> Gemm (+ ReduceMax(r)) -> z, and r: the
+    ai.onnx.ml Imputer has no converter and no shape inference; `first` puts one before everything."""
+    rng = np.random.default_rng(0)
+    inits = {"w1": (16, 32), "w2": (32, 24), "w3": (24, 8)}
+    n = helper.make_node
+    imputer = dict(domain="ai.onnx.ml", imputed_value_floats=[0.5], replaced_value_float=0.0)
+    nodes = ([n("Imputer", ["x"], ["x1"], name="imputer0", **imputer)] if first else []) + [
+        n("Gemm", ["x1" if first else "x", "w1"], ["a"]), n("Relu", ["a"], ["r"]),
+        n("Imputer", ["r"], ["i"], name="imputer1", **imputer), n("Gemm", ["i", "w2"], ["b"]), n("Tanh", ["b"], ["t"]),
+        n("ReduceMax", ["r"], ["r0"], keepdims=1, axes=[1]), n("Gemm", ["t", "w3"], ["y"]), n("Add", ["y", "r0"], ["z"])]
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 8]),
+                               helper.make_tensor_value_info("r", TensorProto.FLOAT, [1, 32])],
+                              [numpy_helper.from_array((rng.standard_normal(s) * 0.4).astype(np.float32), k)
+                               for k, s in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)])
+    model.ir_version = 9
+    onnx.save(model, path)
+
+
+@pytest.mark.parametrize("first", [False, True], ids=["compiled-onnxruntime-compiled", "onnxruntime-compiled"])
+def test_nodes_after_an_unconvertible_one_are_compiled_again(tmp_path, first):
+    """Only the op no converter takes runs in onnxruntime (its output shape from one run, onnx having no shape
+    function for it); the nodes after it are an artifact of their own, integer-only, calibrated on what
+    onnxruntime gives them (before session 38 they all ran in float, and with `first` nothing compiled)."""
+    import onnxruntime as ort
+
+    import runtime
+
+    from runtime.bench import benchmark
+
+    _imputer_mlp(tmp_path / "m.onnx", first)
+    x = np.random.default_rng(1).standard_normal((36, 1, 16)).astype(np.float32)
+    np.savez(tmp_path / "c.npz", x=x[:32])
+    art = runtime.load(runtime.compile_model(tmp_path / "m.onnx", "x86", tmp_path / "a", calib=tmp_path / "c.npz",
+                                             allow_float=True, progress=False))
+    assert [n["op"] for n in art.manifest["float_nodes"]] == ["Imputer"] * (1 + first)
+    assert art.onnxruntime_only is first and art.output_names == ["z", "r"]
+    assert benchmark(art, repeat=2)["timed"] == "whole run (onnxruntime's part included)"
+    rest = runtime.load(tmp_path / "a" / art.manifest["tail"]["rest"]["folder"])
+    assert rest.manifest["integer_only"] is (not first)  # the second Imputer: the rest's own tail
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    for v in x[32:]:
+        ours, want = art.run({"x": v}), dict(zip(["z", "r"], session.run(None, {"x": v})))
+        for k in want:
+            assert ours[k].shape == want[k].shape
+            assert ours[k].ravel() @ want[k].ravel() / np.linalg.norm(ours[k]) / np.linalg.norm(want[k]) > 0.999
+
+
+def test_a_graph_tvm_cannot_import_runs_in_onnxruntime_with_allow_float(tmp_path, monkeypatch):
+    """TVM's importer failing on a graph (a converter's own limits: 'Dynamic pads are not supported yet') is a
+    refusal integer-only, naming the error; with --allow-float onnxruntime runs the model as the file gives it,
+    every node listed with that error (it was refused in both modes)."""
+    import onnxruntime as ort
+
+    import frontends.onnx_import as onnx_import
+    import runtime
+    from frontends import load_onnx
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Gemm", ["x", "w"], ["a"]), helper.make_node("Relu", ["a"], ["z"])],
+                              "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 8])], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+
+    def failing(model):
+        raise ValueError("Dynamic pads are not supported yet.")
+
+    monkeypatch.setattr(onnx_import, "import_onnx", failing)
+    with pytest.raises(UnsupportedModelError, match="TVM's ONNX importer failed: Dynamic pads"):
+        load_onnx(tmp_path / "m.onnx")
+    art = runtime.load(runtime.compile_model(tmp_path / "m.onnx", "x86", tmp_path / "a", allow_float=True,
+                                             progress=False))
+    assert art.onnxruntime_only and art.manifest["tail"]["rest"] is None
+    assert {n["reason"] for n in art.manifest["float_nodes"]} == {
+        "runs in onnxruntime: TVM's ONNX importer failed: Dynamic pads are not supported yet."}
+    assert [n["op"] for n in art.manifest["float_nodes"]] == ["Gemm", "Relu"]
+    x = np.random.default_rng(0).standard_normal((1, 16)).astype(np.float32)
+    want = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert np.array_equal(art.run({"x": x})["z"], want)
+
+
+def test_a_rest_that_does_not_compile_runs_in_onnxruntime(tmp_path, monkeypatch):
+    """Where the nodes after onnxruntime's fail to compile on their own, onnxruntime runs them too (what
+    --allow-float did before the rest was compiled again): the artifact still runs, nothing half-written."""
+    import onnxruntime as ort
+
+    import runtime
+    import runtime.compiler as compiler
+    from frontends import CompileError
+
+    def failing(rest, folder, **_):
+        folder.mkdir()
+        raise CompileError("no lowering for this")
+
+    monkeypatch.setattr(compiler, "_compile_rest", failing)
+    _imputer_mlp(tmp_path / "m.onnx", first=False)
+    x = np.random.default_rng(1).standard_normal((34, 1, 16)).astype(np.float32)
+    np.savez(tmp_path / "c.npz", x=x[:32])
+    art = runtime.load(runtime.compile_model(tmp_path / "m.onnx", "x86", tmp_path / "a", calib=tmp_path / "c.npz",
+                                             allow_float=True, progress=False))
+    assert art.manifest["tail"]["rest"] is None and not (tmp_path / "a" / "rest.artifact").exists()
+    assert [n["op"] for n in art.manifest["float_nodes"]] == ["Imputer", "Gemm", "Tanh", "Gemm", "Add"]
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    ours, want = art.run({"x": x[33]}), session.run(None, {"x": x[33]})[0]
+    assert ours["z"].ravel() @ want.ravel() / np.linalg.norm(ours["z"]) / np.linalg.norm(want) > 0.999
+
+
+def test_an_internal_failure_on_the_graph_runs_in_onnxruntime_with_allow_float(tmp_path):
+    """ReduceMax over a bool mask: TVM's reduction cannot build it ('Cannot decide min_value for bool'), a
+    traceback in both modes. Integer-only it stays one (exit 1: a bug to report); with --allow-float the
+    promise holds: onnxruntime runs the model, the error named on every node, nothing half-written before."""
+    import onnxruntime as ort
+
+    import runtime
+
+    graph = helper.make_graph([helper.make_node("ReduceMax", ["mask", "axes"], ["any"], keepdims=0)], "any",
+                              [helper.make_tensor_value_info("mask", TensorProto.BOOL, [3, 5])],
+                              [helper.make_tensor_value_info("any", TensorProto.BOOL, [3])],
+                              [numpy_helper.from_array(np.array([1], np.int64), "axes")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    model.ir_version = 9
+    onnx.save(model, tmp_path / "m.onnx")
+    mask = np.random.default_rng(0).random((4, 3, 5)) > 0.8
+    np.savez(tmp_path / "c.npz", mask=mask)
+    with pytest.raises(Exception, match="min_value"):
+        runtime.compile_model(tmp_path / "m.onnx", "x86", tmp_path / "a", calib=tmp_path / "c.npz", progress=False)
+    assert not (tmp_path / "a").exists()
+    art = runtime.load(runtime.compile_model(tmp_path / "m.onnx", "x86", tmp_path / "a", calib=tmp_path / "c.npz",
+                                             allow_float=True, progress=False))
+    assert art.onnxruntime_only
+    assert "intq failed on this graph (InternalError: Cannot decide min_value" in art.manifest["float_nodes"][0]["reason"]
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    for m in mask:
+        assert np.array_equal(art.run({"mask": m})["any"], session.run(None, {"mask": m})[0])

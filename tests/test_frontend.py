@@ -233,19 +233,6 @@ def test_allow_float_runs_what_cannot_compile_in_onnxruntime_after_the_artifact(
         assert list(got) == ["o"] and got["o"].shape == want.shape and np.allclose(got["o"], want)
 
 
-def _refusals_in_both_modes(tmp_path, graph) -> list[str]:
-    """The refusal texts of `graph` (opset 17) without and with --allow-float (both must refuse)."""
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, tmp_path / "m.onnx")
-    texts = []
-    for allow in (False, True):
-        with pytest.raises(UnsupportedModelError) as err:
-            load_onnx(tmp_path / "m.onnx", allow_unsupported=allow)
-        texts.append(str(err.value))
-    return texts
-
-
 def _refusal(path, nodes, inits, x_shape, n_length, output) -> str:
     """The refusal of a model of `nodes` over float x and int32 n (whose values set shapes)."""
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape),
@@ -746,22 +733,50 @@ def test_scikit_learn_classifier_label_output(tmp_path):
     assert sum(agree) >= 7  # a near tie may flip at 8 bits
 
 
-def test_ops_without_any_converter_are_refused_in_both_modes(tmp_path):
-    """A tree ensemble (ai.onnx.ml) has neither an integer lowering nor a TVM converter: refused in
-    both modes (with the flag it had failed on an unknown output shape); reading the inputs itself,
-    it leaves --allow-float nothing to compile before the part onnxruntime would run, which both
-    modes say (integer mode had recommended --allow-float: hunt 14 F1)."""
+def test_ops_without_any_converter_reading_the_inputs_run_in_onnxruntime_with_allow_float(tmp_path):
+    """A tree ensemble (ai.onnx.ml) has neither an integer lowering nor a TVM converter. Integer mode refuses
+    it, naming it and saying what --allow-float will do; reading the inputs itself, it leaves --allow-float
+    nothing to compile before the part onnxruntime runs, so with the flag the artifact is that part alone:
+    onnxruntime runs the whole model, the manifest lists the node and why (refused in both modes before,
+    against the flag's promise: what float onnxruntime runs compiles and runs with it)."""
+    import onnxruntime as ort
+
+    import runtime
+    from frontends import InputError
+    from frontends.onnx_import import FreeDim
+    from runtime.bench import benchmark, kernel_table
+
     node = helper.make_node("TreeEnsembleRegressor", ["x"], ["y"], domain="ai.onnx.ml", n_targets=1,
                             nodes_treeids=[0, 0, 0], nodes_nodeids=[0, 1, 2], nodes_featureids=[0, 0, 0],
                             nodes_values=[0.5, 0.0, 0.0], nodes_modes=["BRANCH_LEQ", "LEAF", "LEAF"],
                             nodes_truenodeids=[1, 0, 0], nodes_falsenodeids=[2, 0, 0],
                             target_treeids=[0, 0], target_nodeids=[1, 2], target_ids=[0, 0], target_weights=[1.0, 2.0])
     onnx.save(_ml_model([node], {}, 4, 1), tmp_path / "tree.onnx")
-    for allow in (False, True):
-        with pytest.raises(UnsupportedModelError, match="neither intq's integer path nor TVM's ONNX importer") as err:
-            load_onnx(tmp_path / "tree.onnx", allow_unsupported=allow)
-        assert "TreeEnsembleRegressor (node" in str(err.value)
-        assert "--allow-float cannot run them either" in str(err.value) and "nothing before them is left" in str(err.value)
+    with pytest.raises(UnsupportedModelError, match="neither intq's integer path nor TVM's ONNX importer") as err:
+        load_onnx(tmp_path / "tree.onnx")
+    assert "TreeEnsembleRegressor (node" in str(err.value)
+    assert "With --allow-float the whole model runs in onnxruntime" in str(err.value)
+    assert "nothing before them is left" in str(err.value)
+    assert not (tmp_path / "a").exists()
+
+    art = runtime.load(runtime.compile_model(tmp_path / "tree.onnx", "x86", tmp_path / "a", allow_float=True,
+                                             progress=False))
+    assert art.onnxruntime_only and art.manifest["integer_only"] is False
+    assert [(n["op"], n["reason"]) for n in art.manifest["float_nodes"]] == [
+        ("TreeEnsembleRegressor", "runs in onnxruntime: an op no converter takes")]
+    session = ort.InferenceSession(str(tmp_path / "tree.onnx"))
+    for v in (0.2, 0.7):
+        x = np.full((1, 4), v, np.float32)
+        assert np.array_equal(art.run({"x": x})["y"], session.run(None, {"x": x})[0])
+    with pytest.raises(InputError, match="lack"):
+        art.run({})
+    assert benchmark(art, repeat=3)["p50_ms"] > 0
+    with pytest.raises(InputError, match="nothing was compiled"):
+        kernel_table(art, None, None, 1, None, 3)
+    with pytest.raises(CompileError, match="free dims"):
+        runtime.compile_model(tmp_path / "tree.onnx", "x86", tmp_path / "b", allow_float=True, progress=False,
+                              input_shapes={"x": (FreeDim("n"), 4)})
+    assert not (tmp_path / "b").exists()
 
 
 def test_resize_with_empty_scales_beside_sizes_compiles(tmp_path):
@@ -875,17 +890,36 @@ def test_pad_of_a_bool_mask_is_an_op(tmp_path):
         assert np.abs(got[kept] - want[kept]).max() < 0.05
 
 
-def test_value_sized_outputs_refused_with_what_to_do(tmp_path):
-    """A detector ending in NonMaxSuppression: the number of boxes it keeps follows the scores. Refused in
-    both modes, the node named once with what to do (it said 'make the boxes and scores constants')."""
+def test_value_sized_outputs_refused_with_what_to_do_and_run_in_onnxruntime_with_allow_float(tmp_path):
+    """A detector ending in NonMaxSuppression: the number of boxes it keeps follows the scores. Integer
+    mode refuses it, the node named once with what to do (it said 'make the boxes and scores constants');
+    with --allow-float, the NMS reading the inputs itself, onnxruntime runs the whole model (it was refused
+    in both modes)."""
+    import onnxruntime as ort
+
+    import runtime
+
     nodes = [helper.make_node("NonMaxSuppression", ["boxes", "scores", "k", "iou"], ["sel"], name="nms")]
     inits = [onnx.numpy_helper.from_array(np.array([10], np.int64), "k"),
              onnx.numpy_helper.from_array(np.array([0.5], np.float32), "iou")]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [1, 20, 4]),
                                            helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 1, 20])],
                               [helper.make_tensor_value_info("sel", TensorProto.INT64, ["n", 3])], inits)
-    for text in _refusals_in_both_modes(tmp_path, graph):
-        assert "NonMaxSuppression (node nms)\n" in text and "without its NMS" in text and "shape operand" not in text
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "m.onnx")
+    with pytest.raises(UnsupportedModelError) as err:
+        load_onnx(tmp_path / "m.onnx")
+    text = str(err.value)
+    assert "NonMaxSuppression (node nms)\n" in text and "without its NMS" in text and "shape operand" not in text
+    art = runtime.load(runtime.compile_model(tmp_path / "m.onnx", "x86", tmp_path / "a", allow_float=True,
+                                             progress=False))
+    rng = np.random.default_rng(0)
+    corners = rng.uniform(0, 1, (1, 20, 2)).astype(np.float32)
+    feed = {"boxes": np.concatenate([corners, corners + 0.3], axis=2), "scores": rng.uniform(0, 1, (1, 1, 20))
+            .astype(np.float32)}
+    want = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, feed)[0]
+    assert art.onnxruntime_only and 1 < len(want) <= 10 and np.array_equal(art.run(feed)["sel"], want)
 
 
 @pytest.mark.parametrize("shape,axis,scale_shape,constant", [((3, 4), 0, (3, 4), False),
