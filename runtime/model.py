@@ -491,9 +491,10 @@ ALIGNMENT = 64  # bytes: what TVM's kernels assume of a buffer (DLPack import re
 
 
 def _aligned(q: np.ndarray) -> np.ndarray:
-    """`q`, or a C-contiguous copy of it at an ALIGNMENT-byte address."""
+    """`q`, or a C-contiguous, writeable copy of it at an ALIGNMENT-byte address (NumPy exports no
+    read-only array through DLPack: an exact integer input read from a file came through as such)."""
     q = np.asarray(q)  # a 0-d input quantizes to a NumPy scalar
-    if q.flags.c_contiguous and q.ctypes.data % ALIGNMENT == 0:
+    if q.flags.c_contiguous and q.flags.writeable and q.ctypes.data % ALIGNMENT == 0:
         return q
     buffer = np.empty(q.nbytes + ALIGNMENT, np.uint8)
     start = -buffer.ctypes.data % ALIGNMENT

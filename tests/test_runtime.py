@@ -12,6 +12,7 @@ import pytest
 
 import runtime
 from frontends import ArtifactError, InputError
+from runtime.model import _aligned
 
 AVX2_ONLY = {"avx2", "fma", "bmi1", "bmi2", "movbe", "f16c", "sse4_2", "popcnt", "ssse3"}
 
@@ -49,7 +50,9 @@ def test_inputs_and_outputs_are_the_callers_own(small_artifact):
     odd = np.empty(q.nbytes + 1, np.uint8)[1:].view(q.dtype).reshape(q.shape)  # not 64-byte aligned
     odd[...] = q
     strided = np.repeat(q, 2, axis=-1)[..., ::2]
-    for given in (odd, strided):
+    readonly = _aligned(q.copy())  # 64-byte aligned, as DLPack would share it
+    readonly.flags.writeable = False  # NumPy exports no read-only array (an input straight from a .pb / .npz)
+    for given in (odd, strided, readonly):
         (got,) = model.run_integer([given])
         assert np.array_equal(got, want)
         got[...] = 0
