@@ -125,6 +125,7 @@ def same_patches_func(n: int, c: int, h: int, w: int, rows: int, kh: int, kw: in
 
                 def fill(start, count: int, value):
                     """Elements [start, start + count) of dst from value(offset, lanes), CHUNK at a time."""
+                    assert count >= 0, count  # divmod would make a negative count a store before `start`
                     full, tail = divmod(count, CHUNK)
                     index = lambda at, lanes: [T.Ramp(at, 1, lanes) if lanes > 1 else at]  # noqa: E731
                     if full:
@@ -140,12 +141,15 @@ def same_patches_func(n: int, c: int, h: int, w: int, rows: int, kh: int, kw: in
                             out = (b * rows + ch * (kh * kw) + i * kw + j) * plane
                             source = (b * c + ch) * plane
                             d = (i - top) * w + (j - left)
-                            lo, hi = max(0, -d), min(plane, plane - d)
+                            # [lo, hi): where the source lies inside the plane; a shift past the whole
+                            # plane (a Conv1d over fewer steps than its pads) leaves it empty
+                            lo = min(plane, max(0, -d))
+                            hi = max(lo, min(plane, plane - d))
                             fill(out, lo, lambda at, lanes: zero(lanes))
-                            fill(out + lo, max(0, hi - lo),
+                            fill(out + lo, hi - lo,
                                  lambda at, lanes: src.vload([source + lo + d + at], f"{dtype}x{lanes}") if lanes > 1
                                  else src[source + lo + d + at])
-                            fill(out + max(lo, hi), plane - max(lo, hi), lambda at, lanes: zero(lanes))
+                            fill(out + hi, plane - hi, lambda at, lanes: zero(lanes))
                             for col in range(w):  # columns whose source wrapped into a neighbouring row
                                 if not 0 <= col + j - left < w:
                                     with T.serial(0, h) as y:

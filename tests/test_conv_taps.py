@@ -236,6 +236,8 @@ def test_narrow_rows_take_their_patches_bit_exact(dtype, tmp_path):
     (1, 5, 7, 7, 3, "int8"),  # shifts that wrap into neighbouring rows on both sides
     (2, 3, 9, 16, 5, "int16"),  # a batch of two, pads of 2
     (1, 2, 5, 11, 1, "float32"),
+    (1, 4, 1, 1, (1, 5), "int16"),  # a Conv1d over one step, pads of 2: shifts past the whole plane
+    (1, 3, 2, 2, 5, "uint8"),  # (it wrote zeros before its row and the rows before: heap corruption)
 ])
 def test_same_padding_patches_are_flat_copies(n, c, h, w, k, dtype):
     """A stride-1 conv whose output is its input's size: each patch row a shifted flat copy of its channel,
@@ -246,13 +248,14 @@ def test_same_padding_patches_are_flat_copies(n, c, h, w, k, dtype):
     from passes.conv_as_pointwise import patch_rows, patches_te, same_patches_func
     from targets.cpu_schedules import schedule_int_matmul_cpu
 
-    rows, pad, target = patch_rows(c, k, k), k // 2, get_target("x86").target()
+    kh, kw = (k, k) if isinstance(k, int) else k
+    rows, target = patch_rows(c, kh, kw), get_target("x86").target()
     xt = te.placeholder((n, c, h, w), dtype, name="x")
-    func = te.create_prim_func([xt, patches_te(xt, rows, (k, k), (1, 1), (pad,) * 4, (1, 1))])
+    func = te.create_prim_func([xt, patches_te(xt, rows, (kh, kw), (1, 1), (kh // 2, kw // 2) * 2, (1, 1))])
     with target:
         want_mod = schedule_int_matmul_cpu(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}))
     want_fn = tvm.compile(want_mod, target=target)["main"]
-    got_fn = tvm.compile(tvm.IRModule({"main": same_patches_func(n, c, h, w, rows, k, k, pad, pad, dtype)
+    got_fn = tvm.compile(tvm.IRModule({"main": same_patches_func(n, c, h, w, rows, kh, kw, kh // 2, kw // 2, dtype)
                                        .with_attr("global_symbol", "main")}), target=target)["main"]
     x = tvm.runtime.tensor((rng.integers(-100, 100, (n, c, h, w)) if dtype != "float32"
                             else rng.standard_normal((n, c, h, w))).astype(dtype))
