@@ -68,7 +68,10 @@ def model_macs(mod) -> int:
                 weight = [int(d) for d in call.args[1].ty.shape]
             except (TypeError, AttributeError):  # symbolic or unknown shapes: not counted
                 continue
-            reduction = weight[-2] if call.op.name == "relax.matmul" else int(np.prod(weight[1:]))
+            if call.op.name == "relax.matmul":  # a 1-D second operand is a vector: its one dim is the reduction
+                reduction = weight[-2] if len(weight) > 1 else weight[0]
+            else:
+                reduction = int(np.prod(weight[1:]))
             total += out * reduction
     return total
 

@@ -186,3 +186,32 @@ def test_attention_operands_packed_from_their_requantization():
     got = relax.VirtualMachine(ex, tvm.cpu())["main"](*[tvm.runtime.tensor(a) for a in (q, k, p, v)])
     np.testing.assert_array_equal(got[0].numpy(), ref.matmul_acc(q, requant_ref(k, (0, 2, 3, 1), "int8")))
     np.testing.assert_array_equal(got[1].numpy(), ref.matmul_acc(p, requant_ref(v, (0, 2, 1, 3), "int16")))
+
+
+@pytest.mark.parametrize("a_shape,b_shape", [((3,), (3,)), ((2, 3, 4, 5), (5,))])
+def test_matmul_with_a_vector_operand_compiles(tmp_path, a_shape, b_shape):
+    """A MatMul whose second operand is 1-D (a dot product; ONNX's test_matmul_1d_1d / _4d_1d): the
+    sensitivity search's MAC count read the vector's second-to-last dim (IndexError, a traceback)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    import runtime
+
+    out = list(a_shape[:-1])
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["y"])], "dot",
+                              [helper.make_tensor_value_info("a", TensorProto.FLOAT, list(a_shape)),
+                               helper.make_tensor_value_info("b", TensorProto.FLOAT, list(b_shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, out)])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "m.onnx")
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((9, *a_shape)).astype(np.float32), rng.standard_normal((9, *b_shape)).astype(np.float32)
+    np.savez(tmp_path / "c.npz", a=a[:8], b=b[:8])
+    art = runtime.load(runtime.compile_model(tmp_path / "m.onnx", "x86", tmp_path / "a", calib=tmp_path / "c.npz",
+                                             progress=False))
+    assert art.manifest["integer_only"] is True
+    ours = art.run({"a": a[8], "b": b[8]})["y"]
+    want = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"a": a[8], "b": b[8]})[0]
+    assert np.shape(ours) == np.shape(want)
+    np.testing.assert_allclose(ours, want, atol=0.05 * np.abs(want).max())
