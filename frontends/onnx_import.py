@@ -674,7 +674,7 @@ def _to_relax(model: onnx.ModelProto, path: Path):
 
     from .fold_constant_calls import fold_constant_calls
     from .fold_small_constants import fold_small_constants
-    from .relax_cleanup import clip_calls_to_ops, clipped_takes, drop_empty_concat_inputs
+    from .relax_cleanup import bool_reductions, clip_calls_to_ops, clipped_takes, drop_empty_concat_inputs
     from .te_calls_to_ops import te_calls_to_ops
 
     try:
@@ -687,7 +687,8 @@ def _to_relax(model: onnx.ModelProto, path: Path):
         mod = tvm.transform.Sequential([fold_small_constants, fold_constant_calls,
                                         fold_small_constants,  # what FoldConstant leaves: astype(dim size)
                                         clip_calls_to_ops, drop_empty_concat_inputs,
-                                        te_calls_to_ops, clipped_takes, relax.transform.DeadCodeElimination()])(mod)
+                                        te_calls_to_ops, clipped_takes, bool_reductions,
+                                        relax.transform.DeadCodeElimination()])(mod)
     except Exception as err:  # e.g. an op on a tensor whose shape the importer left unknown
         last = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
         raise UnsupportedModelError(f"{path}: TVM could not clean up the imported graph ({type(err).__name__}: "

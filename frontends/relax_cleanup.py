@@ -141,3 +141,25 @@ def clipped_takes(mod, _ctx):
     past the table, a token id past the vocabulary given at run time, and makes TVM warn about it once
     per kernel at build time; in "clip" mode such an index reads the last row."""
     return mutate_functions(_ClippedTakes(mod), mod)
+
+
+_BOOL_REDUCTIONS = {"relax.max": relax.op.max, "relax.min": relax.op.min, "relax.argmax": relax.op.argmax,
+                    "relax.argmin": relax.op.argmin}
+
+
+@mutator
+class _BoolReductions(PyExprMutator):
+    def visit_call_(self, call):
+        call = super().visit_call_(call)
+        op = call.op.name if isinstance(call.op, tvm.ir.Op) else None
+        if op not in _BOOL_REDUCTIONS or str(getattr(call.args[0].ty, "dtype", "")) != "bool":
+            return call
+        widened = _BOOL_REDUCTIONS[op](relax.op.astype(call.args[0], "uint8"), call.attrs.axis, call.attrs.keepdims)
+        return widened if op.startswith("relax.arg") else relax.op.astype(widened, "bool")
+
+
+@tvm.transform.module_pass(opt_level=0, name="BoolReductions")
+def bool_reductions(mod, _ctx):
+    """Max / min (any / all) and arg-max / -min of a bool mask over uint8 0 / 1: TVM's reductions cannot
+    build over bool ('Cannot decide min_value for bool'), and every later pass sees an integer op."""
+    return mutate_functions(_BoolReductions(mod), mod)

@@ -459,6 +459,15 @@ def test_nodes_after_an_unconvertible_one_are_compiled_again(tmp_path, first):
             assert ours[k].ravel() @ want[k].ravel() / np.linalg.norm(ours[k]) / np.linalg.norm(want[k]) > 0.999
 
 
+def _gemm_relu(path):
+    """x [1, 16] -> Gemm -> Relu -> z [1, 8]."""
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Gemm", ["x", "w"], ["a"]), helper.make_node("Relu", ["a"], ["z"])],
+                              "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 8])], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
 def test_a_graph_tvm_cannot_import_runs_in_onnxruntime_with_allow_float(tmp_path, monkeypatch):
     """TVM's importer failing on a graph (a converter's own limits: 'Dynamic pads are not supported yet') is a
     refusal integer-only, naming the error; with --allow-float onnxruntime runs the model as the file gives it,
@@ -469,11 +478,7 @@ def test_a_graph_tvm_cannot_import_runs_in_onnxruntime_with_allow_float(tmp_path
     import runtime
     from frontends import load_onnx
 
-    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32), "w")
-    graph = helper.make_graph([helper.make_node("Gemm", ["x", "w"], ["a"]), helper.make_node("Relu", ["a"], ["z"])],
-                              "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
-                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 8])], [w])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    _gemm_relu(tmp_path / "m.onnx")
 
     def failing(model):
         raise ValueError("Dynamic pads are not supported yet.")
@@ -518,30 +523,57 @@ def test_a_rest_that_does_not_compile_runs_in_onnxruntime(tmp_path, monkeypatch)
     assert ours["z"].ravel() @ want.ravel() / np.linalg.norm(ours["z"]) / np.linalg.norm(want) > 0.999
 
 
-def test_an_internal_failure_on_the_graph_runs_in_onnxruntime_with_allow_float(tmp_path):
-    """ReduceMax over a bool mask: TVM's reduction cannot build it ('Cannot decide min_value for bool'), a
-    traceback in both modes. Integer-only it stays one (exit 1: a bug to report); with --allow-float the
-    promise holds: onnxruntime runs the model, the error named on every node, nothing half-written before."""
+def test_an_internal_failure_on_the_graph_runs_in_onnxruntime_with_allow_float(tmp_path, monkeypatch):
+    """An internal error on a graph (a bool ReduceMax that TVM's reduction could not build was one:
+    'Cannot decide min_value for bool') stays a traceback integer-only (exit 1: a bug to report); with
+    --allow-float the promise holds: onnxruntime runs the model, the error named on every node, nothing
+    half-written before."""
     import onnxruntime as ort
 
     import runtime
+    import runtime.compiler as compiler
 
-    graph = helper.make_graph([helper.make_node("ReduceMax", ["mask", "axes"], ["any"], keepdims=0)], "any",
-                              [helper.make_tensor_value_info("mask", TensorProto.BOOL, [3, 5])],
-                              [helper.make_tensor_value_info("any", TensorProto.BOOL, [3])],
-                              [numpy_helper.from_array(np.array([1], np.int64), "axes")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
-    model.ir_version = 9
-    onnx.save(model, tmp_path / "m.onnx")
-    mask = np.random.default_rng(0).random((4, 3, 5)) > 0.8
-    np.savez(tmp_path / "c.npz", mask=mask)
-    with pytest.raises(Exception, match="min_value"):
+    def failing(*args, **kwargs):
+        raise RuntimeError("Cannot decide min_value for bool")
+
+    monkeypatch.setattr(compiler, "calibrate", failing)
+    _gemm_relu(tmp_path / "m.onnx")
+    x = np.random.default_rng(1).standard_normal((5, 1, 16)).astype(np.float32)
+    np.savez(tmp_path / "c.npz", x=x[:4])
+    with pytest.raises(RuntimeError, match="min_value"):
         runtime.compile_model(tmp_path / "m.onnx", "x86", tmp_path / "a", calib=tmp_path / "c.npz", progress=False)
     assert not (tmp_path / "a").exists()
     art = runtime.load(runtime.compile_model(tmp_path / "m.onnx", "x86", tmp_path / "a", calib=tmp_path / "c.npz",
                                              allow_float=True, progress=False))
-    assert art.onnxruntime_only
-    assert "intq failed on this graph (InternalError: Cannot decide min_value" in art.manifest["float_nodes"][0]["reason"]
+    assert art.onnxruntime_only and [n["op"] for n in art.manifest["float_nodes"]] == ["Gemm", "Relu"]
+    assert {n["reason"] for n in art.manifest["float_nodes"]} == {
+        "runs in onnxruntime: intq failed on this graph (RuntimeError: Cannot decide min_value for bool)"}
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    assert np.array_equal(art.run({"x": x[4]})["z"], session.run(None, {"x": x[4]})[0])
+
+
+def test_reductions_of_a_bool_mask_compile_integer_only(tmp_path):
+    """ReduceMax / ReduceMin of a bool mask (any / all): TVM's reductions cannot build over bool; over
+    uint8 0 / 1 they do (frontends/relax_cleanup.bool_reductions). Exact."""
+    import onnxruntime as ort
+
+    import runtime
+
+    nodes = [helper.make_node("ReduceMax", ["mask", "axes"], ["any"], keepdims=0),
+             helper.make_node("ReduceMin", ["mask", "axes"], ["all"], keepdims=1)]
+    graph = helper.make_graph(nodes, "any_all", [helper.make_tensor_value_info("mask", TensorProto.BOOL, [3, 5])],
+                              [helper.make_tensor_value_info("any", TensorProto.BOOL, [3]),
+                               helper.make_tensor_value_info("all", TensorProto.BOOL, [3, 1])],
+                              [numpy_helper.from_array(np.array([1], np.int64), "axes")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    model.ir_version = 9
+    onnx.save(model, tmp_path / "m.onnx")
+    mask = np.random.default_rng(0).random((6, 3, 5)) > 0.3
+    np.savez(tmp_path / "c.npz", mask=mask)
+    art = runtime.load(runtime.compile_model(tmp_path / "m.onnx", "x86", tmp_path / "a", calib=tmp_path / "c.npz",
+                                             progress=False))
+    assert art.manifest["integer_only"] is True
     session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     for m in mask:
-        assert np.array_equal(art.run({"mask": m})["any"], session.run(None, {"mask": m})[0])
+        ours, want = art.run({"mask": m}), session.run(None, {"mask": m})
+        assert np.array_equal(ours["any"], want[0]) and np.array_equal(ours["all"], want[1])
