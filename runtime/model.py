@@ -14,6 +14,7 @@ import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -345,27 +346,13 @@ class Model:
 
     def time_run(self, inputs: dict[str, np.ndarray], repeat: int = 50, warmup: int = 3) -> np.ndarray:
         """Latencies in ms of `repeat` whole `run` calls (float in, float out), timed around each."""
-        for _ in range(warmup):
-            self.run(inputs)
-        times = []
-        for _ in range(repeat):
-            start = time.perf_counter()
-            self.run(inputs)
-            times.append(time.perf_counter() - start)
-        return np.asarray(times) * 1e3
+        return _wall_times(lambda: self.run(inputs), repeat, warmup)
 
     def time(self, qinputs: list[np.ndarray], repeat: int = 50, warmup: int = 3) -> np.ndarray:
         """Latencies in ms of `repeat` runs, timed on the device itself (locally or on the board);
         a batch that runs in slices side by side is timed around the whole `run_integer`."""
         if len(self._slices(qinputs)) > 1:
-            for _ in range(warmup):
-                self._run_integer(qinputs)
-            times = []
-            for _ in range(repeat):
-                start = time.perf_counter()
-                self._run_integer(qinputs)
-                times.append(time.perf_counter() - start)
-            return np.asarray(times) * 1e3
+            return _wall_times(lambda: self._run_integer(qinputs), repeat, warmup)
         size, _, qinputs = self._bucket(qinputs)
         vm = self._vm(self._library(size, qinputs))
         args = [self._device_tensor(q) for q in qinputs]
@@ -488,6 +475,18 @@ def _coerced_input(value, specs: list[dict], name: str):
 
 
 ALIGNMENT = 64  # bytes: what TVM's kernels assume of a buffer (DLPack import refuses less)
+
+
+def _wall_times(call: Callable[[], object], repeat: int, warmup: int) -> np.ndarray:
+    """Latencies in ms of `repeat` calls of `call` after `warmup` ones, by wall clock around each."""
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return np.asarray(times) * 1e3
 
 
 def _aligned(q: np.ndarray) -> np.ndarray:

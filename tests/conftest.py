@@ -87,6 +87,27 @@ def without_sample_library(model):
     return model
 
 
+def compiled_against_onnxruntime(path, feeds: list[dict], tmp_path, calibrate: int = 4):
+    """Compile the ONNX file `path` integer-only, calibrated on the first `calibrate` of `feeds`; yields
+    (ours, onnxruntime's) outputs, by name, on each of the others."""
+    import onnxruntime as ort
+
+    import runtime
+
+    np.savez(tmp_path / "c.npz", **{k: np.stack([f[k] for f in feeds[:calibrate]]) for k in feeds[0]})
+    art = runtime.load(runtime.compile_model(path, "x86", tmp_path / "a", calib=tmp_path / "c.npz", progress=False))
+    assert art.manifest["integer_only"] is True
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    for feed in feeds[calibrate:]:
+        yield art.run(feed), dict(zip(names, session.run(None, feed)))
+
+
+def cosine(a, b) -> float:
+    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
 def _init(name, array):
     return numpy_helper.from_array(np.asarray(array, np.float32), name)
 

@@ -7,6 +7,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from conftest import compiled_against_onnxruntime, cosine
 from frontends import CompileError, UnsupportedModelError, load_onnx, parse_input_shape
 
 
@@ -1012,10 +1013,6 @@ def test_eye_like_with_a_dtype_is_a_constant(tmp_path, dtype, k):
     """EyeLike whose dtype attribute differs from its input's (TVM: 'dtype mismatch between input and
     attribute'): the constant identity (frontends/onnx_decompose.py), here masking an activation;
     integer-only and equal to onnxruntime."""
-    import onnxruntime as ort
-
-    import runtime
-
     nodes = [helper.make_node("EyeLike", ["ids"], ["eye"], dtype=dtype, k=k),
              helper.make_node("Cast", ["eye"], ["mask"], to=TensorProto.FLOAT),
              helper.make_node("Mul", ["x", "mask"], ["y"])]
@@ -1028,15 +1025,9 @@ def test_eye_like_with_a_dtype_is_a_constant(tmp_path, dtype, k):
     r = np.random.default_rng(3)
     feeds = [{"x": r.standard_normal((4, 6)).astype(np.float32), "ids": r.integers(0, 9, (4, 6)).astype(np.int32)}
              for _ in range(6)]
-    np.savez(tmp_path / "c.npz", **{k: np.stack([f[k] for f in feeds[:4]]) for k in feeds[0]})
-    art = runtime.load(runtime.compile_model(tmp_path / "eye.onnx", "x86", tmp_path / "a", calib=tmp_path / "c.npz",
-                                             progress=False))
-    assert art.manifest["integer_only"] is True
-    session = ort.InferenceSession(str(tmp_path / "eye.onnx"))
-    for f in feeds[4:]:
-        got, want = art.run(f)["y"], session.run(None, f)[0]
-        np.testing.assert_array_equal(got == 0, want == 0)
-        assert got.ravel() @ want.ravel() / np.linalg.norm(got) / np.linalg.norm(want) > 0.999
+    for ours, want in compiled_against_onnxruntime(tmp_path / "eye.onnx", feeds, tmp_path):
+        np.testing.assert_array_equal(ours["y"] == 0, want["y"] == 0)
+        assert cosine(ours["y"], want["y"]) > 0.999
 
 
 @pytest.mark.parametrize("time_axis,batch_axis,shape", [(0, 1, (5, 3, 4)), (1, 0, (3, 5, 4))])
@@ -1044,10 +1035,6 @@ def test_reverse_sequence_with_run_time_lengths_compiles_integer_only(tmp_path, 
     """ReverseSequence whose lengths are an input (a masked bidirectional RNN): its gather indices are
     computed from them at run time in int64 (frontends/onnx_along_axis.py); it was refused as a shape
     operand. Integer-only and equal to onnxruntime for lengths from 0 to the whole sequence."""
-    import onnxruntime as ort
-
-    import runtime
-
     steps, batch = shape[time_axis], shape[batch_axis]
     nodes = [helper.make_node("ReverseSequence", ["x", "lens"], ["y"], time_axis=time_axis, batch_axis=batch_axis)]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape),
@@ -1059,14 +1046,8 @@ def test_reverse_sequence_with_run_time_lengths_compiles_integer_only(tmp_path, 
     r = np.random.default_rng(5)
     feeds = [{"x": r.standard_normal(shape).astype(np.float32), "lens": r.integers(0, steps + 1, batch)}
              for _ in range(8)]
-    np.savez(tmp_path / "c.npz", **{k: np.stack([f[k] for f in feeds[:4]]) for k in feeds[0]})
-    art = runtime.load(runtime.compile_model(tmp_path / "rev.onnx", "x86", tmp_path / "a", calib=tmp_path / "c.npz",
-                                             progress=False))
-    assert art.manifest["integer_only"] is True
-    session = ort.InferenceSession(str(tmp_path / "rev.onnx"))
-    for f in feeds[4:]:
-        got, want = art.run(f)["y"], session.run(None, f)[0]
-        assert got.ravel() @ want.ravel() / np.linalg.norm(got) / np.linalg.norm(want) > 0.999
+    for ours, want in compiled_against_onnxruntime(tmp_path / "rev.onnx", feeds, tmp_path):
+        assert cosine(ours["y"], want["y"]) > 0.999
 
 
 @pytest.mark.parametrize("dtype,exclusive,reverse,axis", [("int32", 0, 0, 1), ("int64", 1, 0, 0),

@@ -17,6 +17,7 @@ import tvm
 from onnx import TensorProto, helper, numpy_helper
 from tvm import relax, topi
 
+from conftest import compiled_against_onnxruntime, cosine
 from passes import QuantizeToInteger, verify_integer_only
 from passes.reference import kernels as K
 from passes.reference import spatial
@@ -931,19 +932,10 @@ def test_resize_coordinates_tvm_cannot_map(tmp_path, mode, ctm, scales):
 def test_same_padded_strided_max_pool_has_onnx_output_size(tmp_path, auto_pad):
     """A strided MaxPool with auto_pad SAME_LOWER: TVM's converter sized it floor(n / stride) (3 rows of
     7, not ONNX's 4) without a word; explicit pads give onnxruntime's output (frontends/onnx_pool_indices.py)."""
-    import onnxruntime as ort
-
-    from runtime import compile_model, load
-
     path = _model(tmp_path / "p.onnx", [helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[3, 3], strides=[2, 2],
                                                          auto_pad=auto_pad)],
                   {}, [1, 3, 7, 8], [("y", [1, 3, 4, 4])])
-    xs = np.random.default_rng(13).standard_normal((6, 1, 3, 7, 8)).astype(np.float32)
-    np.savez(tmp_path / "calib.npz", x=xs[:4])
-    art = load(compile_model(path, "x86", tmp_path / "a", calib=tmp_path / "calib.npz", progress=False))
-    assert art.manifest["integer_only"] is True
-    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    for x in xs[4:]:
-        want, got = session.run(None, {"x": x})[0], art.run({"x": x})["y"]
-        assert got.shape == want.shape == (1, 3, 4, 4)
-        assert float(got.ravel() @ want.ravel() / np.linalg.norm(got) / np.linalg.norm(want)) > 0.999
+    feeds = [{"x": x} for x in np.random.default_rng(13).standard_normal((6, 1, 3, 7, 8)).astype(np.float32)]
+    for ours, want in compiled_against_onnxruntime(path, feeds, tmp_path):
+        assert ours["y"].shape == want["y"].shape == (1, 3, 4, 4)
+        assert cosine(ours["y"], want["y"]) > 0.999
