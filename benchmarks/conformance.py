@@ -36,7 +36,11 @@ AGREE = 0.99  # cosine to onnxruntime that counts as agreeing
 
 def cosine(a, b) -> float:
     """Cosine of two outputs over their finite entries (their non-finite entries must match); -1 on a shape
-    mismatch, -2 on a non-finite mismatch."""
+    mismatch, -2 on a non-finite mismatch. A sequence output (SplitToSequence's) is its tensors joined."""
+    if isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            return -1.0
+        a, b = (np.concatenate([np.asarray(t, np.float64).ravel() for t in s]) if s else np.zeros(0) for s in (a, b))
     a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
     if a.shape != b.shape:
         return -1.0
