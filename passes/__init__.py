@@ -10,6 +10,7 @@ from .tall_conv_as_wide import tall_conv_as_wide
 from .full_width_conv_as_channels import full_width_conv_as_channels
 from .decompose_batchnorm import decompose_batchnorm
 from .fold_batchnorm import fold_batchnorm
+from .affine_before_max import affine_before_max
 from .merge_parallel_convs import merge_parallel_convs
 from .fuse_gelu import fuse_gelu
 from .fuse_prelu import fuse_prelu
@@ -29,7 +30,7 @@ from .quantize_to_integer import BOUNDARY_ATTR, LAYERS_ATTR, QuantizeToInteger
 from .verify_integer_only import IntegerOnlyReport, verify_integer_only
 
 __all__ = ["BOUNDARY_ATTR", "LAYERS_ATTR", "OBSERVERS", "IntegerOnlyReport", "QuantConfig", "QuantizeToInteger",
-           "bind_weights", "calibrate", "conv1d_as_conv2d", "conv3d_as_conv2d", "conv3d_transpose_as_conv2d", "pool3d_as_pool2d", "decompose_batchnorm", "merge_parallel_convs", "pool1d_as_pool2d", "fold_batchnorm", "full_width_conv_as_channels", "tall_conv_as_wide", "fuse_gelu", "fuse_prelu",
+           "affine_before_max", "bind_weights", "calibrate", "conv1d_as_conv2d", "conv3d_as_conv2d", "conv3d_transpose_as_conv2d", "pool3d_as_pool2d", "decompose_batchnorm", "merge_parallel_convs", "pool1d_as_pool2d", "fold_batchnorm", "full_width_conv_as_channels", "tall_conv_as_wide", "fuse_gelu", "fuse_prelu",
            "fuse_layernorm", "fuse_written_layernorm", "keepdims_reductions", "fuse_rmsnorm", "fuse_softmax", "fuse_binary_chains", "fuse_unary_chains", "sum_over_stack", "unary_chains_through_layout",
            "verify_integer_only"]
 
@@ -49,7 +50,8 @@ def bind_weights(mod, weights):
     seq = tvm.transform.Sequential([relax.transform.BindParams("main", bound), fold_small_constants,
                                     fold_constant_calls,
                                     conv1d_as_conv2d, conv3d_as_conv2d, conv3d_transpose_as_conv2d, pool1d_as_pool2d,
-                                    pool3d_as_pool2d, fold_batchnorm, decompose_batchnorm, merge_parallel_convs,
+                                    pool3d_as_pool2d, fold_batchnorm, decompose_batchnorm, affine_before_max,
+                                    merge_parallel_convs,
                                     full_width_conv_as_channels, tall_conv_as_wide, keepdims_reductions, fuse_gelu, fuse_prelu, fuse_layernorm, fuse_written_layernorm,
                                     fuse_rmsnorm, fuse_softmax,
                                     fuse_binary_chains, fuse_unary_chains,
