@@ -357,25 +357,18 @@ def _compile_rest(rest, folder: Path, calib, target: str, observer: str, progres
     import onnx
     import onnxruntime as ort
 
-    from . import check
-
-    probe = onnx.load_from_string(rest.probe)
-    specs = [{"name": v.name, "shape": [d.dim_value for d in v.type.tensor_type.shape.dim],
-              "dtype": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name}
-             for v in probe.graph.input]
-    if calib is not None:
-        samples = check.calibration_samples(calib, specs, count=1 << 30)
-    else:  # as the compiled part itself was: synthetic N(0, 1) inputs
-        samples = synthetic_calibration([TensorSpec(s["name"], tuple(s["shape"]), s["dtype"]) for s in specs])
+    specs = [TensorSpec(v.name, tuple(d.dim_value for d in v.type.tensor_type.shape.dim),
+                        onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name)
+             for v in onnx.load_from_string(rest.probe).graph.input]
+    # as the compiled part itself was calibrated: the file's samples, else synthetic N(0, 1) ones
+    samples = load_calibration(calib, specs) if calib is not None else synthetic_calibration(specs)
     session = ort.InferenceSession(rest.probe, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     reads = [v.name for v in onnx.load_from_string(rest.model).graph.input]
     rows = []
-    for sample in samples:
-        feed = {arg.name: np.asarray(sample[arg.name]).astype(
-            onnx.helper.tensor_dtype_to_np_dtype(next(v for v in probe.graph.input if v.name == arg.name)
-                                                 .type.tensor_type.elem_type)) for arg in session.get_inputs()}
-        values = {**feed, **dict(zip(names, session.run(names, feed)))}
+    for feed in samples:
+        values = {**feed, **dict(zip(names, session.run(names, {arg.name: feed[arg.name] for arg in
+                                                               session.get_inputs()})))}
         rows.append({name: values[name] for name in reads})
     work = Path(tempfile.mkdtemp(prefix=".intq-rest-", dir=folder.parent))
     try:
