@@ -44,7 +44,7 @@ import numpy as np
 from benchmarks.models import (calibration_images, export_dinov2_backbone, export_efficientnet_lite0,
                                export_minilm, lee_corpus, minilm_tokenize, to_imagenet_normalisation)
 from runtime.artifact import read_manifest
-from runtime.model import config_threads
+from runtime.model import config_threads, wall_times
 
 RESULTS = Path(__file__).parent / "results"
 TVM_FP32_REPEAT = 3
@@ -116,18 +116,6 @@ class Result:
 
 # ---------------------------------------------------------------- timing helpers
 
-def measure(fn: Callable[[], object], repeat: int, warmup: int = 3) -> list[float]:
-    """Wall-clock latencies in ms of `repeat` calls of `fn` after `warmup` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return times
-
-
 def ort_session(onnx_path: Path, threads: int):
     import onnxruntime as ort
 
@@ -139,7 +127,7 @@ def ort_session(onnx_path: Path, threads: int):
 
 def time_ort(onnx_path: Path, feed: dict[str, np.ndarray], threads: int, repeat: int) -> float:
     session = ort_session(onnx_path, threads)
-    return float(np.median(measure(lambda: session.run(None, feed), repeat)))
+    return float(np.median(wall_times(lambda: session.run(None, feed), repeat)))
 
 
 def in_child(timer: Callable, *args) -> float:
@@ -184,7 +172,7 @@ def time_tvm_fp32(built, feed: dict[str, np.ndarray], threads: int) -> float:
     vm, names = built
     config_threads(threads)
     args = [tvm.runtime.tensor(feed[n]) for n in names]
-    return float(np.median(measure(lambda: vm["main"](*args), TVM_FP32_REPEAT, warmup=1)))
+    return float(np.median(wall_times(lambda: vm["main"](*args), TVM_FP32_REPEAT, warmup=1)))
 
 
 # ---------------------------------------------------------------- preparing the models

@@ -346,13 +346,13 @@ class Model:
 
     def time_run(self, inputs: dict[str, np.ndarray], repeat: int = 50, warmup: int = 3) -> np.ndarray:
         """Latencies in ms of `repeat` whole `run` calls (float in, float out), timed around each."""
-        return _wall_times(lambda: self.run(inputs), repeat, warmup)
+        return wall_times(lambda: self.run(inputs), repeat, warmup)
 
     def time(self, qinputs: list[np.ndarray], repeat: int = 50, warmup: int = 3) -> np.ndarray:
         """Latencies in ms of `repeat` runs, timed on the device itself (locally or on the board);
         a batch that runs in slices side by side is timed around the whole `run_integer`."""
         if len(self._slices(qinputs)) > 1:
-            return _wall_times(lambda: self._run_integer(qinputs), repeat, warmup)
+            return wall_times(lambda: self._run_integer(qinputs), repeat, warmup)
         size, _, qinputs = self._bucket(qinputs)
         vm = self._vm(self._library(size, qinputs))
         args = [self._device_tensor(q) for q in qinputs]
@@ -477,7 +477,7 @@ def _coerced_input(value, specs: list[dict], name: str):
 ALIGNMENT = 64  # bytes: what TVM's kernels assume of a buffer (DLPack import refuses less)
 
 
-def _wall_times(call: Callable[[], object], repeat: int, warmup: int) -> np.ndarray:
+def wall_times(call: Callable[[], object], repeat: int, warmup: int = 3) -> np.ndarray:
     """Latencies in ms of `repeat` calls of `call` after `warmup` ones, by wall clock around each."""
     for _ in range(warmup):
         call()
