@@ -524,11 +524,12 @@ def _compile(model_path: Path, target, output, calib, input_shapes, observer, al
         float_mod = None if imported.mod is None else bind_weights(imported.mod, imported.params)
         if not allow_float:
             check_lowerable(float_mod["main"])
+    # the nodes after a tail's first ones, compiled again (onnx_tail.split_rest)
+    compile_rest = functools.partial(_compile_rest, calib=calib, target=target, observer=observer, progress=progress,
+                                     cuda_arch=cuda_arch, cpu=cpu)
     if float_mod is None:  # --allow-float and nothing before the unsupported nodes: all in onnxruntime
         log("nothing to compile before the unsupported nodes: they read the model's inputs")
-        return _onnxruntime_artifact(imported, model_path, output, spec, free_shapes, times, start,
-                                     functools.partial(_compile_rest, calib=calib, target=target, observer=observer,
-                                                       progress=progress, cuda_arch=cuda_arch, cpu=cpu))
+        return _onnxruntime_artifact(imported, model_path, output, spec, free_shapes, times, start, compile_rest)
     if has_normalization(float_mod) and config.residual_bits == 8:
         log("transformer (LayerNorm found): residual stream, LayerNorm and inputs at 16 bits")
         config = replace(config, residual_bits=16)
@@ -714,9 +715,7 @@ def _compile(model_path: Path, target, output, calib, input_shapes, observer, al
         (tmp / RELAX_TEXT).write_text(int_mod.script(show_meta=False))
         entry, later = None, []
         if tail is not None:
-            entry, later = _write_tail(tail, tmp, functools.partial(
-                _compile_rest, calib=calib, target=target, observer=observer, progress=progress, cuda_arch=cuda_arch,
-                cpu=cpu), " after the artifact")
+            entry, later = _write_tail(tail, tmp, compile_rest, " after the artifact")
             entry = {**entry, "boundary": tail.boundary,
                      "inputs": [spec for spec in entry["inputs"] if spec["name"] in _tail_inputs(imported)]}
         executor = None
