@@ -36,7 +36,7 @@ def takes(c: int, h: int, w: int, stride: int, in_dtype: str, out_dtype: str) ->
 
 def pack_func(c: int, h: int, w: int, pads: tuple[int, int], stride: int, hq: int, wq: int, k: int,
               in_dtype: str, out_dtype: str, batch: bool = False) -> tvm.tirx.PrimFunc:
-    """The PrimFunc of the pack: x [n, C, H, W] -> [(n,) s, s, ceil(C / k), Hq, Wq, k] of `out_dtype`
+    """The PrimFunc of the pack: x [n, C, H, W] -> [(n,) s, s, ceil(C / k), Hq * Wq, k] of `out_dtype`
     (`taps_input_te`'s layout), n symbolic where `batch`."""
     top, left = pads
     groups, span = -(-c // k), PIXELS * stride  # channel groups; input elements one output vector reads
@@ -57,7 +57,7 @@ def pack_func(c: int, h: int, w: int, pads: tuple[int, int], stride: int, hq: in
     with IRBuilder() as ib:
         with T.prim_func(s_tir=True):
             x = T.arg("x", T.buffer((n, c, h, w), in_dtype))
-            shape = (stride, stride, groups, hq, wq, k)
+            shape = (stride, stride, groups, hq * wq, k)
             o = T.arg("o", T.buffer((n, *shape) if batch else shape, out_dtype))
             T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": OPAQUE})
             with T.sblock("root"):
@@ -135,5 +135,5 @@ def packed_input(builder: relax.BlockBuilder, x: relax.Expr, pads: tuple[int, in
     batch = not (isinstance(n, tvm.tirx.IntImm) and int(n) == 1)
     func = pack_func(c, h, w, pads, stride, hq, wq, k, in_dtype, out_dtype, batch).without_attr("global_symbol")
     gv = builder.add_func(func, f"taps_input{k}_{'n' if batch else ''}{c}x{h}x{w}_s{stride}_{out_dtype}")
-    shape = [stride, stride, -(-c // k), hq, wq, k]
+    shape = [stride, stride, -(-c // k), hq * wq, k]
     return relax.call_tir(gv, [x], relax.TensorType([n, *shape] if batch else shape, out_dtype))

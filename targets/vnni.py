@@ -123,6 +123,7 @@ def pack_weights(w_nk: np.ndarray, dot: Dot = VNNI) -> np.ndarray:
 DENSE, CONV_LANES_OUT, CONV_LANES_PIXELS = "dense", "conv_lanes_out", "conv_lanes_pixels"
 CONV_TAPS = "conv_taps"  # a spatial conv over its stride phases (`conv_taps_te`)
 TAPS_INPUT = "tapsinput"  # its input, padded and packed (`taps_input_te`)
+TAPS_ROWS = "taps_rows"  # the outputs picked from its runs of rows
 COLSUM = "colsum"  # the shift correction of a run-time packed operand
 PACK = "pack"  # a right operand packed at run time (act_matmul.pack_te; "packtail": its K tail)
 
@@ -221,30 +222,36 @@ def conv_lanes_pixels_te(xp: te.Tensor, wt: te.Tensor, h: int, w: int, corr: te.
         name=f"{dot}_{CONV_LANES_PIXELS}"), corr, 1)
 
 
-def conv_taps_te(xp: te.Tensor, wt: te.Tensor, stride: int, wx: int, corr: te.Tensor | None = None,
+def conv_taps_te(xp: te.Tensor, wt: te.Tensor, stride: int, out: tuple, corr: te.Tensor | None = None,
                  dot: str = "vnni") -> te.Tensor:
     """Spatial conv, lanes over pixels, every tap a shifted read of the same repacked input:
-    out[b, o, y, x] = sum_{i, j, c} Xp[b, i%s, j%s, c/kk, y + i//s, x + j//s, c%kk] * W[o, i, j, c]
-    for x < Wx (Xp [S, S, C/kk, Hq, Wq, kk], `taps_input`, with a leading batch dim for a batch:
-    the padded input split into its stride phases; W [O, kh, kw, C]). Wx rounds the output
-    width up to whole vectors; the caller keeps the first Wo columns."""
-    kk, batched = int(xp.shape[-1]), len(xp.shape) == 7
+    out[b, o, y, x] = sum_{i, j, c} Xp[b, i%s, j%s, c/kk, (y + i//s) Wq + x + j//s, c%kk] * W[o, i, j, c]
+    (Xp [S, S, C/kk, Hq * Wq, kk], `taps_input_te`, with a leading batch dim for a batch: the padded
+    input split into its stride phases, each phase's rows flat; W [O, kh, kw, C]). `out` is
+    (Ho, Wo, Wq, R, L) (`taps_geometry`): the sums run over groups of R output rows as one flat run of L
+    positions of the phase's rows (each row's Wq - Wo last columns and the run's rounding up are computed
+    from the next row's pixels and dropped), a stage of its own picking the outputs from them."""
+    kk, batched = int(xp.shape[-1]), len(xp.shape) == 6
     o, kh, kw, c = (int(d) for d in wt.shape)
-    ho = int(xp.shape[-3]) - (kh - 1) // stride
+    ho, wo, wq, rows, run = out
     ri, rj, rc = (te.reduce_axis((0, n), name=name) for n, name in ((kh, "ri"), (kw, "rj"), (c, "c")))
 
-    def tap(b, y, x):
-        at = (ri % stride, rj % stride, rc // kk, y + ri // stride, x + rj // stride, rc % kk)
+    def tap(b, g, x):
+        at = (ri % stride, rj % stride, rc // kk, g * (rows * wq) + x + (ri // stride) * wq + rj // stride, rc % kk)
         return xp[(b, *at)] if batched else xp[at]
 
-    return _corrected(te.compute((_batch(xp, 7), o, ho, wx), lambda b, j, y, x: te.sum(
-        tap(b, y, x).astype("int32") * wt[j, ri, rj, rc].astype("int32"), axis=[ri, rj, rc]),
+    flat = _corrected(te.compute((_batch(xp, 6), o, -(-ho // rows), run), lambda b, j, g, x: te.sum(
+        tap(b, g, x).astype("int32") * wt[j, ri, rj, rc].astype("int32"), axis=[ri, rj, rc]),
         name=f"{dot}_{CONV_TAPS}"), corr, 1)
+    if rows == 1 and run == wo:
+        return flat
+    return te.compute((flat.shape[0], o, ho, wo), lambda b, j, y, x: flat[b, j, y // rows, y % rows * wq + x],
+                      name=TAPS_ROWS)
 
 
 def taps_input_te(x: te.Tensor, pads, stride: int, hq: int, wq: int, dot: str) -> te.Tensor:
     """x [B, C, H, W] zero-padded, split into its stride phases and packed for `dot`:
-    [(B,) S, S, C'/kk, Hq, Wq, kk] of the recipe's activation dtype (int8 shifted to uint8:
+    [(B,) S, S, C'/kk, Hq * Wq, kk] (each phase's rows flat) of the recipe's activation dtype (int8 shifted to uint8:
     the padding too, 128), C' = C rounded up to whole k-steps (the extra channels meet zero weights)."""
     d = DOTS[dot]
     n, c, h, w = x.shape
@@ -253,27 +260,53 @@ def taps_input_te(x: te.Tensor, pads, stride: int, hq: int, wq: int, dot: str) -
     steps = -(-int(c) // kk)
     shifted = d.shift and str(x.dtype) == "int8"
 
-    def value(b, a, bb, kb, yq, xq, kl):
+    def value(b, a, bb, kb, flat, kl):
+        yq, xq = flat // wq, flat % wq
         ch, y, xx = kb * kk + kl, yq * stride + a - top, xq * stride + bb - left
         inside = tvm.tirx.all(ch < c, y >= 0, y < h, xx >= 0, xx < w)
         v = x[b, tvm.tirx.min(ch, c - 1), y, xx]
         v = (v.astype("int16") + 128).astype("uint8") if shifted else v.astype(d.a_dtype)
         return tvm.tirx.if_then_else(inside, v, tvm.tirx.const(128 if shifted else 0, d.a_dtype))
 
-    shape = (stride, stride, steps, hq, wq, kk)
+    shape = (stride, stride, steps, hq * wq, kk)
     if batched:
         return te.compute((n, *shape), value, name=f"{dot}_{TAPS_INPUT}")
     return te.compute(shape, lambda *i: value(0, *i), name=f"{dot}_{TAPS_INPUT}")
 
 
 def taps_geometry(h: int, w: int, kh: int, kw: int, stride: int, pads, dot: Dot, o: int):
-    """(Ho, Wo, Wx, Hq, Wq) of a taps conv: its output size, the output width rounded up to whole
-    vectors (and further, by at most an eighth, where that admits a better tile: `taps_vectors`),
-    and the size of one stride phase of the padded input that every tap reads."""
+    """(Ho, Wo, Wq, R, L, Hq) of a taps conv: its output size; the width of one stride phase of the
+    padded input (Wo + (kw - 1) / s: what a row of outputs reads); the output rows summed as one flat run
+    (R) and the run's length L, in whole vectors (and up to an eighth more where that admits a better
+    tile: `taps_vectors`); and the phase's rows Hq, enough for the last run's reads. A row in whole
+    vectors on its own (R = 1) computes Wx - Wo dropped columns, an eighth to a fifth of a 3x3 conv over
+    56 or 52 pixels; R rows as one run drop (R - 1) (Wq - Wo) + less than a vector (the R of least work)."""
     top, left, bottom, right = pads
     ho, wo = (h + top + bottom - kh) // stride + 1, (w + left + right - kw) // stride + 1
-    wx = taps_vectors(o, -(-wo // dot.lanes), dot) * dot.lanes
-    return ho, wo, wx, ho + (kh - 1) // stride, wx + (kw - 1) // stride
+    wq = wo + (kw - 1) // stride
+    best = None
+    for rows in range(1, ho + 1):
+        need = -(-((rows - 1) * wq + wo) // dot.lanes)
+        if rows > 1 and need * dot.lanes > MAX_TAPS_RUN:
+            break
+        # whole vectors, or up to an eighth more, that a tile of >= 8 accumulators covers
+        vectors = next((v for v in range(need, need + need // 8 + 1) if _many_accumulators(o, v, dot)), None)
+        work = vectors and -(-ho // rows) * vectors * dot.lanes
+        if vectors and (best is None or work < best[0] * 0.97):  # more rows only for a real saving
+            best = (work, rows, vectors * dot.lanes)
+    _, rows, run = best or (0, 1, taps_vectors(o, -(-wo // dot.lanes), dot) * dot.lanes)
+    if rows == 1:
+        wq = run + (kw - 1) // stride
+    reach = (-(-ho // rows) - 1) * rows * wq + run + (kh - 1) // stride * wq + (kw - 1) // stride
+    return ho, wo, wq, rows, run, -(-reach // wq)
+
+
+def _many_accumulators(o: int, vectors: int, dot: Dot) -> bool:
+    tile = taps_tile(o, vectors * dot.lanes, dot)
+    return tile is not None and tile[0] * tile[1] >= 8
+
+
+MAX_TAPS_RUN = 512  # output positions of one run of rows, at most (bounds the search; longer runs were not timed)
 
 
 def taps_vectors(o: int, vectors: int, dot: Dot) -> int:
@@ -571,12 +604,13 @@ def taps_tile(o: int, wx: int, dot: Dot):
 
 
 def _schedule_taps_input(sch: s_tir.Schedule, block) -> None:
-    """The taps conv's input pack with its producers (a requantization) inlined: parallel over
-    phase rows, each row a loop over the k-step slots with the columns innermost (contiguous reads)."""
+    """The taps conv's input pack with its producers (a requantization) inlined: parallel over runs
+    of a phase's flat rows, each a loop over the k-step slots with the pixels innermost (contiguous reads)."""
     inline_producers(sch, lambda other: sch.get(other).same_as(sch.get(block)))
-    *outer, xq, kl = sch.get_loops(block)
-    sch.reorder(*outer, kl, xq)
-    parallel(sch, sch.fuse(*outer))
+    *outer, flat, kl = sch.get_loops(block)
+    run, pixels = sch.split(flat, [None, 16])
+    sch.reorder(*outer, run, kl, pixels)
+    parallel(sch, sch.fuse(*outer, run))
 
 
 MAX_CUT_RUN = 64  # int32 lanes of a cut row's epilogue handed to LLVM as one vector, at most
@@ -598,12 +632,25 @@ def _schedule_taps(sch: s_tir.Schedule, block, dot: Dot) -> None:
     # a row cut back to fewer pixels than its tiles cover (196 of 224): the epilogue runs once per
     # row of the tiles, over the row's true width, instead of in each tile with a predicate, which
     # TVM cannot vectorize (LLVM made 4-lane loops of gathers of it: two thirds of a 3x3 conv's time)
+    # runs of R > 1 rows (`taps_geometry`): a run's outputs are not one index range of the epilogue's (TVM
+    # cannot place it under the tiles), so it runs after the whole conv, parallel over rows: 3x3 convs over
+    # 52-56 pixels 12-17% faster than rows in whole vectors (the R = 1 path), over 20 pixels 26-31%
+    whole = []
+    if cut and static_factor(sch.get(y).extent) != int(sch.get(epilogue[-1]).writes[0].source.shape[-2]):
+        cut, whole, epilogue = False, epilogue, []
     par = sch.fuse(b, y, ro) if cut else sch.fuse(b, y, ro, xo)
     parallel(sch, par)
     acc = sch.cache_write(block, 0, scope)
     sch.reverse_compute_at(acc, xo if cut else par)
     for consumer in epilogue:
         sch.reverse_compute_at(consumer, par)
+    for stage in whole:
+        *rows_of, inner = sch.get_loops(stage)
+        parallel(sch, sch.fuse(*rows_of))
+        extent = static_factor(sch.get(inner).extent)
+        run = max((d for d in range(dot.lanes, MAX_CUT_RUN + 1) if extent % d == 0), default=None)
+        if run is not None or extent <= MAX_CUT_RUN:
+            _vectorize_if_it_can(sch, sch.split(inner, [None, run])[1] if run and run < extent else inner)
     init = sch.decompose_reduction(block, ri)
     sch.vectorize(sch.get_loops(init)[-1])
     sch.unroll(rr)

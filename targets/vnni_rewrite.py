@@ -321,8 +321,8 @@ class _Rewriter(PyExprMutator):
         for dot in self.family.recipes(str(x.ty.dtype)):
             steps = -(-c // dot.k) * dot.k
             wt = np.pad(w_np, [(0, 0), (0, steps - c), (0, 0), (0, 0)]).transpose(0, 2, 3, 1)
-            ho, wo, wx, hq, wq = vnni.taps_geometry(h, wd, kh, kw, stride, pads, dot, o)
-            if vnni.taps_tile(o, wx, dot) is not None and (dot is not MADDUBS or maddubs_safe(wt.reshape(o, -1), U8_MAX)):
+            ho, wo, wq, rows, run, hq = vnni.taps_geometry(h, wd, kh, kw, stride, pads, dot, o)
+            if vnni.taps_tile(o, run, dot) is not None and (dot is not MADDUBS or maddubs_safe(wt.reshape(o, -1), U8_MAX)):
                 break
         else:
             return None
@@ -334,11 +334,8 @@ class _Rewriter(PyExprMutator):
         if xp is None:  # 16-bit inputs, rows narrower than one vector's reads
             xp = self.builder_.call_te(vnni.taps_input_te, x, pads, stride, hq, wq, dot.name,
                                        primfunc_name_hint=f"{dot.name}_taps_input")
-        out = self._kernel(vnni.conv_taps_te, dot, x, xp, np.ascontiguousarray(wt.astype(dot.w_dtype)),
-                           w_np.astype(np.int64).sum((1, 2, 3)), stride, wx)
-        if wx == wo:
-            return out
-        return relax.op.strided_slice(self.builder_.emit(out), axes=[3], begin=[0], end=[wo])
+        return self._kernel(vnni.conv_taps_te, dot, x, xp, np.ascontiguousarray(wt.astype(dot.w_dtype)),
+                            w_np.astype(np.int64).sum((1, 2, 3)), stride, (ho, wo, wq, rows, run))
 
 
 def use_dot_kernels(family: Family):

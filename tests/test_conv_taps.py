@@ -304,20 +304,21 @@ def test_one_channel_conv_with_many_taps_takes_its_patches_bit_exact(cpu, tmp_pa
 
 @pytest.mark.parametrize("cpu", ["x86-64-v4+avx512vnni", "x86-64-v3"])
 def test_cut_rows_with_a_requantization_bit_exact(cpu, tmp_path):
-    """A row of 196 pixels: 13 vectors of 16, which admit only the one-accumulator tile, are padded to 14
-    (`taps_vectors`: the (2, 7) tile; AVX2: 25 of 8, the (2, 5) tile), and the requantization runs once per row over the true width
-    (unpredicated vectors; in each tile, TVM could not vectorize its predicate). Equal to the
-    reference, requantization included; the schedule is what it says."""
+    """A row of 196 pixels alone (one output row: no run of rows, `taps_geometry`): 13 vectors of 16, which
+    admit only the one-accumulator tile, are padded to 14 (`taps_vectors`: the (2, 7) tile; AVX2: 25 of 8, the
+    (2, 5) tile), and the requantization runs once per row over the true width (unpredicated vectors; in each
+    tile, TVM could not vectorize its predicate). Equal to the reference, requantization included; the
+    schedule is what it says."""
     import tvm
     from tvm import relax
 
     from targets import vnni
     from targets.kernel_family import VNNI
 
-    x = rng.integers(-128, 128, (1, 16, 6, 196)).astype(np.int8)
+    x = rng.integers(-128, 128, (1, 16, 1, 196)).astype(np.int8)
     wt = rng.integers(-128, 128, (8, 16, 3, 3)).astype(np.int8)
     attrs, pads = _Attrs((1, 1), (1, 1, 1, 1)), (1, 1, 1, 1)
-    assert vnni.taps_geometry(6, 196, 3, 3, 1, pads, VNNI, 8)[1:3] == (196, 224)
+    assert vnni.taps_geometry(1, 196, 3, 3, 1, pads, VNNI, 8)[3:5] == (1, 224)
     m, s = ref.dyadic(np.full(8, 3e-5))
     mc, sc = emit.channel_shape(m, 4, 1), emit.channel_shape(s, 4, 1)
     spec = get_target("x86", cpu=cpu)
@@ -332,6 +333,68 @@ def test_cut_rows_with_a_requantization_bit_exact(cpu, tmp_path):
     vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib)), tvm.cpu())
     want = ref.requantize(ref.conv2d_acc(x, wt, (1, 1), pads), mc, sc, -128, 127, "int8")
     np.testing.assert_array_equal(vm["main"](tvm.runtime.tensor(x)).numpy(), want)
+
+
+# (C, H, W, O, stride): output rows of 56, 52, 20 (not whole vectors) summed in runs of several rows
+RUNS = [(16, 56, 56, 64, 1), (8, 52, 52, 32, 1), (16, 40, 40, 64, 2), (16, 20, 20, 64, 1)]
+
+
+@pytest.mark.parametrize("cpu", ["x86-64-v4+avx512vnni", "x86-64-v3"])
+@pytest.mark.parametrize("c,h,w,o,stride", RUNS, ids=lambda v: str(v))
+def test_runs_of_rows_bit_exact(cpu, c, h, w, o, stride, tmp_path):
+    """Output rows narrower than whole vectors are summed R at a time as one flat run over the phase's rows
+    (`vnni.taps_geometry`: the columns past each row's end come from the next row and are dropped), the
+    requantization after the whole conv; R need not divide the rows (20 = 3 + 3 + ... + 2, the last run's
+    extra row read from padding). Equal to the reference, requantization included, for a batch of 3 in one
+    call of a free batch too; scheduled, without gathers."""
+    import tvm
+    from tvm import relax
+
+    from targets import vnni
+    from targets.kernel_family import VNNI
+
+    geometry = vnni.taps_geometry(h, w, 3, 3, stride, (1, 1, 1, 1), VNNI, o)
+    assert geometry[3] > 1, geometry  # runs of rows, not one row in whole vectors
+    x = rng.integers(-128, 128, (3, c, h, w)).astype(np.int8)
+    x.flat[:2] = -128, 127
+    wt = rng.integers(-128, 128, (o, c, 3, 3)).astype(np.int8)
+    attrs, pads = _Attrs((stride, stride), (1, 1, 1, 1)), (1, 1, 1, 1)
+    m, s = ref.dyadic(np.linspace(1e-5, 4e-5, o))
+    mc, sc = emit.channel_shape(m, 4, 1), emit.channel_shape(s, 4, 1)
+
+    def build(a):
+        return emit.requantize(emit.conv2d_acc(a, wt, attrs), mc, sc, -128, 127, "int8")
+
+    spec = get_target("x86", cpu=cpu)
+    target = spec.target()
+    n = tvm.tirx.Var("n", "int64")
+    bb = relax.BlockBuilder()
+    free = relax.Var("x", relax.TensorType([n, c, h, w], "int8"))
+    with bb.function("main", [free]):
+        with bb.dataflow():
+            out = bb.emit_output(build(free))
+        bb.emit_func_output(out)
+    libs = {}
+    for name, mod in (("static", relax_main(build, [x[:1]])), ("free", bb.get())):
+        ex = tvm.compile(mod, target=target, relax_pipeline=spec.relax_pipeline(target))
+        libs[name] = tmp_path / f"{name}.so"
+        ex.export_library(str(libs[name]))
+        kernels = _kernels(libs[name])
+        assert any("conv_taps" in k for k in kernels), sorted(kernels)
+        assert not any("conv_taps" in k and "vpgather" in text for k, text in kernels.items())
+    with target:
+        from targets.cpu_pipeline import cpu_lowering_passes
+        lowered = tvm.transform.Sequential(cpu_lowering_passes(target))(relax_main(build, [x[:1]]))
+    unscheduled = [gv.name_hint for gv, f in lowered.functions_items() if isinstance(f, tvm.tirx.PrimFunc)
+                   and "conv_taps" in gv.name_hint and not (f.attrs and "tirx.is_scheduled" in f.attrs)]
+    assert not unscheduled  # a schedule that raised would run TVM's scalar loops, silently
+    if missing_features(cpu.split("+")[:1] + ["+" + f for f in cpu.split("+")[1:]]):
+        pytest.skip(f"this CPU cannot run {cpu} code: compiled and checked the instructions only")
+    want = ref.requantize(ref.conv2d_acc(x, wt, (stride, stride), pads), mc, sc, -128, 127, "int8")
+    static = relax.VirtualMachine(tvm.runtime.load_module(str(libs["static"])), tvm.cpu())
+    np.testing.assert_array_equal(static["main"](tvm.runtime.tensor(x[:1])).numpy(), want[:1])
+    free_vm = relax.VirtualMachine(tvm.runtime.load_module(str(libs["free"])), tvm.cpu())
+    np.testing.assert_array_equal(free_vm["main"](tvm.runtime.tensor(x)).numpy(), want)
 
 
 def test_one_output_channel_over_a_long_row_bit_exact(tmp_path):

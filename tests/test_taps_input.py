@@ -71,10 +71,10 @@ def test_symbolic_batch_equals_each_sample():
     one = tvm.compile(tvm.IRModule({"main": pack_func(c, h, w, pads, stride, hq, wq, 4, "int8", "uint8")
                                     .with_attr("global_symbol", "main")}), target=target)
     x = rng.integers(-128, 128, (3, c, h, w)).astype(np.int8)
-    out = tvm.runtime.tensor(np.zeros((3, stride, stride, 1, hq, wq, 4), np.uint8))
+    out = tvm.runtime.tensor(np.zeros((3, stride, stride, 1, hq * wq, 4), np.uint8))
     lib["main"](tvm.runtime.tensor(x), out)
     for i in range(3):
-        alone = tvm.runtime.tensor(np.zeros((stride, stride, 1, hq, wq, 4), np.uint8))
+        alone = tvm.runtime.tensor(np.zeros((stride, stride, 1, hq * wq, 4), np.uint8))
         one["main"](tvm.runtime.tensor(x[i:i + 1]), alone)
         np.testing.assert_array_equal(out.numpy()[i], alone.numpy())
 
