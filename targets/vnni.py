@@ -275,37 +275,41 @@ def taps_input_te(x: te.Tensor, pads, stride: int, hq: int, wq: int, dot: str) -
 
 
 def taps_geometry(h: int, w: int, kh: int, kw: int, stride: int, pads, dot: Dot, o: int):
-    """(Ho, Wo, Wq, R, L, Hq) of a taps conv: its output size; the width of one stride phase of the
-    padded input (Wo + (kw - 1) / s: what a row of outputs reads); the output rows summed as one flat run
-    (R) and the run's length L, in whole vectors (and up to an eighth more where that admits a better
-    tile: `taps_vectors`); and the phase's rows Hq, enough for the last run's reads. A row in whole
-    vectors on its own (R = 1) computes Wx - Wo dropped columns, an eighth to a fifth of a 3x3 conv over
-    56 or 52 pixels; R rows as one run drop (R - 1) (Wq - Wo) + less than a vector (the R of least work)."""
+    """(Ho, Wo, Wq, R, L, Hq) of a taps conv: its output size; the width of one stride phase of the padded
+    input; the output rows summed as one flat run (R) and the run's length L in whole vectors; and the
+    phase's rows Hq, enough for the last run's reads. One row a run (R = 1) is the row in whole vectors (up
+    to an eighth more where that admits a better tile: `taps_vectors`), Wq that plus (kw - 1) / s: a 56-pixel
+    row computes 64 outputs and drops 8, a 52- or 20-pixel one a fifth or more. R rows a run, Wq = Wo +
+    (kw - 1) / s, drop the (R - 1) (Wq - Wo) columns that read the next row and less than a vector: taken
+    where that saves work (3x3 at 56x56: R = 4, 240 outputs for 4 x 56)."""
     top, left, bottom, right = pads
     ho, wo = (h + top + bottom - kh) // stride + 1, (w + left + right - kw) // stride + 1
     wq = wo + (kw - 1) // stride
-    best = None
-    for rows in range(1, ho + 1):
+    run = taps_vectors(o, -(-wo // dot.lanes), dot) * dot.lanes  # one row in whole vectors
+    best = (ho * run, 1, run)
+    for rows in range(2, ho + 1):  # R dividing Ho: a last run part padding was slower (AVX2: 52 rows, R = 3)
         need = -(-((rows - 1) * wq + wo) // dot.lanes)
-        if rows > 1 and need * dot.lanes > MAX_TAPS_RUN:
+        if need * dot.lanes > MAX_TAPS_RUN:
             break
-        # whole vectors, or up to an eighth more, that a tile of >= 8 accumulators covers
-        vectors = next((v for v in range(need, need + need // 8 + 1) if _many_accumulators(o, v, dot)), None)
+        if ho % rows:
+            continue
+        # whole vectors, or up to an eighth more, that a tile good for runs covers
+        vectors = next((v for v in range(need, need + need // 8 + 1) if taps_tile(o, v * dot.lanes, dot)
+                        in RUN_TILES[dot.registers]), None)
         work = vectors and -(-ho // rows) * vectors * dot.lanes
-        if vectors and (best is None or work < best[0] * 0.97):  # more rows only for a real saving
+        if vectors and work < best[0] * 0.97:  # more rows only for a real saving
             best = (work, rows, vectors * dot.lanes)
-    _, rows, run = best or (0, 1, taps_vectors(o, -(-wo // dot.lanes), dot) * dot.lanes)
+    _, rows, run = best
     if rows == 1:
         wq = run + (kw - 1) // stride
     reach = (-(-ho // rows) - 1) * rows * wq + run + (kh - 1) // stride * wq + (kw - 1) // stride
     return ho, wo, wq, rows, run, -(-reach // wq)
 
 
-def _many_accumulators(o: int, vectors: int, dot: Dot) -> bool:
-    tile = taps_tile(o, vectors * dot.lanes, dot)
-    return tile is not None and tile[0] * tile[1] >= 8
-
-
+# Tiles runs of rows take, by register count: on AVX-512 those of >= 8 accumulators; AVX2 code (timed on the
+# Zen 4) ran runs on (4, 3) and (8, 1) tiles slower than one row a run: 3x3 96 -> 96 at 52x52 3.71 -> 4.44 ms
+# (R = 4), 64 -> 64 at 20x20 0.31 -> 0.45; on (2, 5) faster: 128 -> 128 at 28x28 3.12 -> 1.83
+RUN_TILES = {32: ((2, 7), (4, 4), (8, 2), (4, 2), (2, 4), (4, 3), (2, 5)), 16: ((2, 5),)}
 MAX_TAPS_RUN = 512  # output positions of one run of rows, at most (bounds the search; longer runs were not timed)
 
 

@@ -344,9 +344,8 @@ RUNS = [(16, 56, 56, 64, 1), (8, 52, 52, 32, 1), (16, 40, 40, 64, 2), (16, 20, 2
 def test_runs_of_rows_bit_exact(cpu, c, h, w, o, stride, tmp_path):
     """Output rows narrower than whole vectors are summed R at a time as one flat run over the phase's rows
     (`vnni.taps_geometry`: the columns past each row's end come from the next row and are dropped), the
-    requantization after the whole conv; R need not divide the rows (20 = 3 + 3 + ... + 2, the last run's
-    extra row read from padding). Equal to the reference, requantization included, for a batch of 3 in one
-    call of a free batch too; scheduled, without gathers."""
+    requantization after the whole conv. Equal to the reference, requantization included, for a batch of 3 in
+    one call of a free batch too; scheduled, without gathers."""
     import tvm
     from tvm import relax
 
