@@ -132,6 +132,19 @@ def test_lanes_pixels_rows_of_odd_vectors_take_a_many_accumulator_tile(width, ti
     assert "vnni_conv_lanes_pixels" in lowered
 
 
+@pytest.mark.parametrize("batch,height,width,out_channels,padded", [
+    (1, 14, 14, 96, True),  # EfficientNet-Lite0's 14x14 expand convs: 16 columns a row, 2 sliced off
+    (2, 5, 76, 32, True),  # 76 -> 80, a batch
+    (1, 19, 19, 64, True),  # 19 -> 32: lanes over outputs would take a (1, 4) tile
+    (1, 7, 7, 96, False),  # 7 -> 16 wastes more than half: lanes over outputs
+])
+def test_pointwise_rows_padded_to_whole_vectors(batch, height, width, out_channels, padded):
+    """Rows that are not whole vectors: lanes over pixels all the same where the repack's zero-padded
+    columns cost little (`vnni_rewrite._padded_rows`), the padded columns sliced off; equal to NumPy."""
+    lowered = _requantized_pointwise(_operand("int8", (batch, 40, height, width)), out_channels)
+    assert ("vnni_conv_lanes_pixels" in lowered) == padded and ("vnni_conv_lanes_out" in lowered) != padded
+
+
 @pytest.mark.parametrize("k,stride", [(3, 1), (5, 2), (5, 1)])
 def test_depthwise_kernels_with_epilogue_stay_scheduled(k, stride):
     """A depthwise conv with its requantization: every kernel keeps its schedule (the inlining of an
