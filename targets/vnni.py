@@ -512,8 +512,12 @@ def schedule(sch: s_tir.Schedule, block, dot: Dot, kind: str) -> None:
     ro, ri = sch.split(row, [None, rows])
     lo, lt, ll = sch.split(lane, [None, vectors, dot.lanes])
     ko, kl = sch.split(k, [None, dot.k])
-    sch.reorder(ro, lo, ko, ri, lt, ll, kl)
-    par = sch.fuse(*outer, ro, lo)
+    # lanes over pixels on a big image: a tile's run of pixels outside the output channels, its activations
+    # read from L1 by each channel block's tile instead of the whole image again per channel block
+    big = kind == CONV_LANES_PIXELS and shape[2] * shape[3] * shape[4] * DTYPE_BYTES[dot.a_dtype] > PIXELS_OUTER_BYTES
+    order = (lo, ro) if big else (ro, lo)
+    sch.reorder(*order, ko, ri, lt, ll, kl)
+    par = sch.fuse(*outer, *order)
     parallel(sch, par)
     acc = sch.cache_write(block, 0, scope)
     if local_map is not None:
@@ -545,6 +549,10 @@ def schedule(sch: s_tir.Schedule, block, dot: Dot, kind: str) -> None:
         if static_factor(extent) % dot.lanes == 0 or (isinstance(extent, tvm.tirx.IntImm) and (
                 int(extent) <= 16 or int(extent) % 8 == 0)):
             _vectorize_if_it_can(sch, inner)
+
+
+PIXELS_OUTER_BYTES = 512 * 1024  # a pointwise conv's packed activations above which its pixel runs go outermost
+DTYPE_BYTES = {"uint8": 1, "int8": 1, "int16": 2}
 
 
 def _epilogue_over_channels(sch: s_tir.Schedule, par, acc, epilogue: list, channels: int) -> bool:

@@ -44,6 +44,7 @@ from .schedule_common import static_factor
 # 10.4 -> 2.5 ms; but at 20x20 0.47 -> 0.56, 28x28 0.68 -> 1.31 (taps faster). 8 lanes (x86-64-v3 code,
 # the avx2 family's int16 recipe): 7x7 4.89 -> 1.61, 14x14 3.29 -> 1.74, but 128 ch at 16x16 0.69 -> 0.85.
 PATCHES_UP_TO = {16: 16, 8: 14}
+AVX2_PADDED_BYTES = 1 << 20  # packed activations above which AVX2 keeps lanes over outputs for rows padded
 
 
 def _const(expr) -> np.ndarray | None:
@@ -263,12 +264,16 @@ class _Rewriter(PyExprMutator):
         tile of fewer than 8 accumulators (19 x 19). Lanes over outputs store each pixel's channels to
         their rows one by one: 1 thread, Zen 4, 80 -> 480 at 14x14 0.067 -> 0.056 ms, 112 -> 672 0.110 ->
         0.098, 128 -> 128 at 100x76 1.17 -> 0.89, 64 -> 256 at 19x19 0.117 -> 0.104; but 96 -> 96 at 52x52
-        (a fifth wasted) 0.205 -> 0.246 and 192 -> 1152 at 7x7 0.068 -> 0.119."""
+        (a fifth wasted) 0.205 -> 0.246 and 192 -> 1152 at 7x7 0.068 -> 0.119. AVX2 code (timed on the Zen 4)
+        gains at 52x52, 38x38, 14x14 and 7x7 (0.68 -> 0.60, 0.27 -> 0.16, 0.23 -> 0.19, 0.26 -> 0.21 ms) but
+        lost at 128 -> 128 over 100x76 (its int16 activations 2 MB: 1.9 -> 4.4 ms), so not above 1 MB there."""
         o, c = w2.shape
 
         def takes(d: Dot) -> bool:
             wide = -(-wd // d.lanes) * d.lanes
             if vnni.conv_tile(vnni.CONV_LANES_PIXELS, o, h, wide, d) is None:
+                return False
+            if d.registers == 16 and c * h * wide * vnni.DTYPE_BYTES[d.a_dtype] > AVX2_PADDED_BYTES:
                 return False
             out = vnni.conv_tile(vnni.CONV_LANES_OUT, o, h, wd, d)
             return 8 * (wide - wd) <= wide or (2 * (wide - wd) <= wide and (out is None or out[0] * out[1] < 8))

@@ -92,10 +92,11 @@ def test_saturation_rule():
 @pytest.mark.parametrize("cpu,kind,shape,x_dtype,kernel", [
     (V3, "dense", (5, 36, 24), "int8", "maddwd_dense"),  # odd rows, N a multiple of 8 only
     (V3, "conv", (6, 10, 16, 20), "uint8", "maddwd_conv_lanes_pixels"),  # C = 6: int16 pairs
-    (V3, "conv", (32, 7, 7, 48), "int8", "maddwd_conv_lanes_out"),  # small image: lanes over outputs
+    (V3, "conv", (32, 3, 3, 48), "int8", "maddwd_conv_lanes_out"),  # rows of 3 (8: most of it padding): lanes over outputs
+    (V3, "conv", (32, 7, 7, 48), "int8", "maddwd_conv_lanes_pixels"),  # rows of 7 padded to 8
     (V3_VNNI, "dense", (5, 36, 24), "int8", "avxvnni_dense"),
     (V3_VNNI, "conv", (12, 28, 28, 20), "uint8", "avxvnni_conv_lanes_pixels"),
-    (V3_VNNI, "conv", (32, 7, 7, 48), "int8", "avxvnni_conv_lanes_out"),
+    (V3_VNNI, "conv", (32, 3, 3, 48), "int8", "avxvnni_conv_lanes_out"),
     ("x86-64-v4", "conv", (32, 7, 7, 48), "int8", "maddwd512_conv_lanes_out"),  # AVX-512 without VNNI
 ])
 def test_fleet_kernel_is_exact(cpu, kind, shape, x_dtype, kernel, tmp_path):
