@@ -1,0 +1,49 @@
+"""Hunt 28 (speaker embeddings, pose heads, keypoint matchers, NMS-free detectors, state-space and TTS models):
+each fix for its family, on small graphs built here."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from tests.conftest import compiled_against_onnxruntime
+
+
+def _model(nodes, inputs, outputs, inits, path, opset=17):
+    graph = helper.make_graph(nodes, "hunt28", inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return str(path)
+
+
+def _simcc_decoder(path, op: str):
+    """x [1, 17, 32] -> MatMul [32, 96] -> ArgMax over the bins (int64) -> Cast float -> `op` by a constant:
+    RTMPose's SimCC decoding (bin / split ratio) and a detector's grid index times its stride."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (32, 96)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.array(2.0, np.float32), "c")]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["logits"]),
+             helper.make_node("ArgMax", ["logits"], ["bin"], axis=-1, keepdims=0),
+             helper.make_node("Cast", ["bin"], ["binf"], to=TensorProto.FLOAT),
+             helper.make_node(op, ["binf", "c"], ["loc"])]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 17, 32])],
+                  [helper.make_tensor_value_info("loc", TensorProto.FLOAT, [1, 17]),
+                   helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 17, 96])], inits, path)
+
+
+def test_argmax_index_scaled_by_a_constant(tmp_path):
+    """An ArgMax's int64 index cast to float and divided (or multiplied) by a constant (RTMPose's SimCC bins / 2,
+    a grid index * stride) kept the IntTensor and set a scale on it: AttributeError ('IntTensor' object has no
+    attribute 'scale'), refused integer-only. It is the exact integer at its calibrated range's scale now: whole
+    bins, float's but where the quantized logits nearly tie."""
+    rng = np.random.default_rng(1)
+    for op in ("Div", "Mul"):
+        path = _simcc_decoder(tmp_path / f"simcc_{op}.onnx", op)
+        (tmp_path / op).mkdir()
+        feeds = [{"x": rng.normal(size=(1, 17, 32)).astype(np.float32)} for _ in range(8)]
+        for ours, ref in compiled_against_onnxruntime(path, feeds, tmp_path / op, calibrate=6):
+            bins = ours["loc"] * 2 if op == "Div" else ours["loc"] / 2
+            np.testing.assert_array_equal(bins, np.round(bins))  # whole bins, exactly scaled
+            assert np.mean(ours["loc"] == ref["loc"]) >= 0.85  # the 8-bit logits' near-ties may flip a bin
