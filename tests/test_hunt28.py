@@ -47,3 +47,39 @@ def test_argmax_index_scaled_by_a_constant(tmp_path):
             bins = ours["loc"] * 2 if op == "Div" else ours["loc"] / 2
             np.testing.assert_array_equal(bins, np.round(bins))  # whole bins, exactly scaled
             assert np.mean(ours["loc"] == ref["loc"]) >= 0.85  # the 8-bit logits' near-ties may flip a bin
+
+
+def _time_shift(path, opset: int):
+    """x [1, 8, 16] -> MatMul -> Pad by (one step earlier on time, one step fewer at the end): RWKV's
+    `nn.ZeroPad2d((0, 0, 1, -1))`, mixed with the unshifted value as its time mix does."""
+    rng = np.random.default_rng(0)
+    pads = [0, 1, 0, 0, -1, 0]
+    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (16, 16)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.random(16).astype(np.float32), "mix")]
+    if opset >= 11:
+        inits.append(numpy_helper.from_array(np.array(pads, np.int64), "pads"))
+        pad = helper.make_node("Pad", ["h", "pads"], ["shifted"], mode="constant")
+    else:
+        pad = helper.make_node("Pad", ["h"], ["shifted"], mode="constant", pads=pads, value=0.0)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), pad,
+             helper.make_node("Mul", ["shifted", "mix"], ["a"]), helper.make_node("Add", ["a", "h"], ["y"])]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16])], inits, path, opset)
+
+
+def test_negative_pad_is_a_crop_and_a_pad(tmp_path):
+    """A Pad with negative pads (RWKV's time shift) became a call_tir that was not a padding of its input: 'no
+    integer lowering', refused integer-only. Now a Slice and a Pad (`frontends/onnx_negative_pads.py`), at
+    opset 17 and in opset 9's attribute form: integer-only, at float's cosine."""
+    rng = np.random.default_rng(1)
+    for opset in (9, 17):
+        (tmp_path / str(opset)).mkdir()
+        path = _time_shift(tmp_path / f"shift{opset}.onnx", opset)
+        feeds = [{"x": rng.normal(size=(1, 8, 16)).astype(np.float32)} for _ in range(8)]
+        for ours, ref in compiled_against_onnxruntime(path, feeds, tmp_path / str(opset), calibrate=6):
+            assert _cos(ours["y"], ref["y"]) > 0.999
+
+
+def _cos(a, b) -> float:
+    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
