@@ -83,3 +83,30 @@ def test_negative_pad_is_a_crop_and_a_pad(tmp_path):
 def _cos(a, b) -> float:
     a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def _small_embedding_norm(path):
+    """ids [1, 16] -> Gather from a [64, 32] table of values ~1e-4 (RWKV's small-init embeddings) ->
+    LayerNormalization (epsilon 1e-5, 1000x the rows' variance) -> MatMul [32, 8]."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array((rng.normal(0, 1e-4, (64, 32))).astype(np.float32), "table"),
+             numpy_helper.from_array((1 + 0.1 * rng.normal(size=32)).astype(np.float32), "gamma"),
+             numpy_helper.from_array((0.1 * rng.normal(size=32)).astype(np.float32), "beta"),
+             numpy_helper.from_array(rng.normal(0, 0.3, (32, 8)).astype(np.float32), "w")]
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["e"]),
+             helper.make_node("LayerNormalization", ["e", "gamma", "beta"], ["n"], axis=-1, epsilon=1e-5),
+             helper.make_node("MatMul", ["n", "w"], ["y"])]
+    return _model(nodes, [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 16])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 8])], inits, path)
+
+
+def test_layernorm_epsilon_larger_than_the_variance(tmp_path):
+    """A LayerNorm's epsilon was dropped (y / sqrt(var) instead of y / sqrt(var + eps)): harmless where the
+    variance dwarfs it, but RWKV's embeddings (std 1e-4, variance 1e-8 against eps 1e-5) came out normalized to
+    unit variance, ~30x float's: transformers' RwkvModel at cosine 0.61 (onnxruntime's int8 0.996). Now eps is
+    added to the integers' sum of squares in their units (`reference.transformer.layernorm_eps`)."""
+    rng = np.random.default_rng(1)
+    path = _small_embedding_norm(tmp_path / "emb_ln.onnx")
+    feeds = [{"ids": rng.integers(0, 64, (1, 16)).astype(np.int64)} for _ in range(8)]
+    for ours, ref in compiled_against_onnxruntime(path, feeds, tmp_path, calibrate=6):
+        assert _cos(ours["y"], ref["y"]) > 0.99
