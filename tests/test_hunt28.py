@@ -110,3 +110,23 @@ def test_layernorm_epsilon_larger_than_the_variance(tmp_path):
     feeds = [{"ids": rng.integers(0, 64, (1, 16)).astype(np.int64)} for _ in range(8)]
     for ours, ref in compiled_against_onnxruntime(path, feeds, tmp_path, calibrate=6):
         assert _cos(ours["y"], ref["y"]) > 0.99
+
+
+def test_random_ops_refused_saying_what_to_do(tmp_path):
+    """VITS (MMS-TTS) samples noise with RandomNormalLike: the refusal named it, then said 'ai.onnx.ml tree
+    ensembles, classifiers with label outputs, ZipMap... are not neural-network ops', which it is not. Now it
+    says the op draws random numbers and how to export without it, or run it with --allow-float."""
+    import pytest
+
+    from frontends import load_onnx
+    from frontends.errors import UnsupportedModelError
+
+    nodes = [helper.make_node("RandomNormalLike", ["x"], ["noise"]),
+             helper.make_node("Mul", ["noise", "s"], ["scaled"]), helper.make_node("Add", ["x", "scaled"], ["y"])]
+    path = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
+                  [numpy_helper.from_array(np.array(0.667, np.float32), "s")], tmp_path / "noise.onnx")
+    with pytest.raises(UnsupportedModelError) as err:
+        load_onnx(path)
+    assert "RandomNormalLike (node" in str(err.value) and "draw random numbers" in str(err.value)
+    assert "ai.onnx.ml" not in str(err.value)
