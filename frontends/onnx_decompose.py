@@ -13,6 +13,7 @@ that TVM imports and intq lowers (in place, before the import):
     OneHot(i, depth, values)     ->  Cast(Equal(Unsqueeze(i), arange(depth))) (constant depth and values)
     Col2Im(x, image, block)      ->  ConvTranspose(Reshape(x), one-hot weights, group = channels)   (nn.Fold)
     DeformConv(x, w, offset)     ->  a grouped 1x1 Conv of GridSample's taps (onnx_deform_conv.py)
+    Pad(x, negative pads)        ->  Pad(Slice(x), the pads >= 0)   (RWKV's time shift; onnx_negative_pads.py)
     Average/MaxPool(window longer than the input, ceil_mode)  ->  the window clipped to the input
     MaxPool's Indices, MaxUnpool ->  ArgMax over gathered windows, a ScatterElements (onnx_pool_indices.py)
     MaxPool(auto_pad SAME_*)     ->  MaxPool(explicit pads)  (onnx_pool_indices.py)
@@ -35,6 +36,7 @@ from onnx import helper, numpy_helper
 
 from .onnx_along_axis import cum_prod, reverse_sequence
 from .onnx_deform_conv import deform_conv
+from .onnx_negative_pads import negative_pads
 from .onnx_pool_indices import max_pool_explicit_pads, max_pool_indices, max_unpool
 from .onnx_rewrite import rewrite_nodes
 from .onnx_rms_norm import rms_normalization
@@ -455,7 +457,7 @@ _DECOMPOSITIONS = {"LpNormalization": _lp_normalization, "DFT": _dft, "STFT": _s
                    "MaxPool": _first(_pool_window_past_input, max_pool_indices, max_pool_explicit_pads),
                    "MaxUnpool": max_unpool,
                    "NonZero": _constant_nonzero, "RMSNormalization": rms_normalization, "EyeLike": _eye_like,
-                   "CumProd": cum_prod, "DeformConv": deform_conv}
+                   "CumProd": cum_prod, "DeformConv": deform_conv, "Pad": negative_pads}
 
 
 def decompose_ops(model: onnx.ModelProto) -> int:

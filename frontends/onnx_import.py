@@ -627,10 +627,20 @@ def _downstream(nodes: list, starts: set[int]) -> set[int]:
     return found
 
 
+_RANDOM_OPS = frozenset({"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Bernoulli",
+                         "Multinomial"})
+
+
 def _unconvertible_hint(model: onnx.ModelProto, names: list[str]) -> str:
     """What to do about ops nothing converts, by where they come from."""
-    domains = {n.domain for n in model.graph.node if f"{n.op_type} (node {n.name or '<unnamed>'})" in names}
+    nodes = [n for n in model.graph.node if f"{n.op_type} (node {n.name or '<unnamed>'})" in names]
+    domains = {n.domain for n in nodes}
     hints = []
+    random = sorted({n.op_type for n in nodes if n.op_type in _RANDOM_OPS})
+    if random:  # VITS / MMS-TTS samples its durations' and its latent's noise in the graph
+        hints.append(f"({', '.join(random)} draw random numbers on every run, which a compiled integer graph cannot "
+                     "do; export with the noise scaled to 0 (VITS: noise_scale=0, noise_scale_duration=0) or "
+                     "pass the noise as an input, or compile with --allow-float to sample it in onnxruntime)")
     if "com.microsoft" in domains:
         hints.append("(com.microsoft ops are onnxruntime's own fusions; intq rewrites SkipLayerNormalization, Gelu, "
                      "FastGelu, BiasGelu, QuickGelu, FusedMatMul, FusedConv, FusedGemm, BiasAdd, QGemm, the QLinear "
@@ -641,7 +651,7 @@ def _unconvertible_hint(model: onnx.ModelProto, names: list[str]) -> str:
         hints.append("(com.microsoft.nchwc ops are onnxruntime's blocked-layout kernels for the CPU that saved the file "
                      "at ORT_ENABLE_ALL, which onnxruntime itself warns is hardware specific: save it at "
                      "ORT_ENABLE_EXTENDED or below, or compile the model as exported)")
-    if domains - {"com.microsoft", "com.microsoft.nchwc"}:
+    if domains - {"com.microsoft", "com.microsoft.nchwc", "", "ai.onnx"}:
         hints.append("(ai.onnx.ml tree ensembles, classifiers with label outputs, ZipMap... are not neural-network ops; "
                      "convert the model without them, or run them outside the compiled part)")
     return "\n".join(hints)

@@ -20,6 +20,7 @@ from .keepdims_reductions import keepdims_reductions
 from .fuse_rmsnorm import fuse_rmsnorm
 from .fuse_softmax import fuse_softmax
 from .sum_over_stack import sum_over_stack
+from .split_of_concat import split_of_concat
 from .unary_chains_through_layout import unary_chains_through_layout
 from .fuse_binary_chains import fuse_binary_chains
 from .fuse_unary_chains import fuse_unary_chains
@@ -31,7 +32,7 @@ from .verify_integer_only import IntegerOnlyReport, verify_integer_only
 
 __all__ = ["BOUNDARY_ATTR", "LAYERS_ATTR", "OBSERVERS", "IntegerOnlyReport", "QuantConfig", "QuantizeToInteger",
            "affine_before_max", "bind_weights", "calibrate", "conv1d_as_conv2d", "conv3d_as_conv2d", "conv3d_transpose_as_conv2d", "pool3d_as_pool2d", "decompose_batchnorm", "merge_parallel_convs", "pool1d_as_pool2d", "fold_batchnorm", "full_width_conv_as_channels", "tall_conv_as_wide", "fuse_gelu", "fuse_prelu",
-           "fuse_layernorm", "fuse_written_layernorm", "keepdims_reductions", "fuse_rmsnorm", "fuse_softmax", "fuse_binary_chains", "fuse_unary_chains", "sum_over_stack", "unary_chains_through_layout",
+           "fuse_layernorm", "fuse_written_layernorm", "keepdims_reductions", "fuse_rmsnorm", "fuse_softmax", "fuse_binary_chains", "fuse_unary_chains", "sum_over_stack", "split_of_concat", "unary_chains_through_layout",
            "verify_integer_only"]
 
 
@@ -56,7 +57,8 @@ def bind_weights(mod, weights):
                                     fuse_rmsnorm, fuse_softmax,
                                     fuse_binary_chains, fuse_unary_chains,
                                     relax.transform.DeadCodeElimination(),  # the chains' dead steps
-                                    sum_over_stack, relax.transform.DeadCodeElimination(), unary_chains_through_layout,
+                                    sum_over_stack, split_of_concat, relax.transform.DeadCodeElimination(),
+                                    unary_chains_through_layout,
                                     fold_constant_calls,
                                     relax.transform.DeadCodeElimination(), unique_binding_names])
     return seq(mod)

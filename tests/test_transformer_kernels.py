@@ -197,6 +197,35 @@ def test_layernorm_core_of_int32_rows_bit_exact(kind, channels, center):
     np.testing.assert_array_equal(got, ref.layernorm_core(x, int(m), int(s), center=center, precise=True))
 
 
+@pytest.mark.parametrize("kind", ["random", "equal", "extremes"])
+@pytest.mark.parametrize("eps", [1, 12345, 2**33, 2**62 - 1 - 7 * 4**17], ids=["one", "small", "dominant", "cap"])
+@pytest.mark.parametrize("precise", [False, True])
+def test_layernorm_core_with_eps_bit_exact(kind, eps, precise):
+    """epsilon in the integers' units added to the sum of squares (`layernorm_eps`): up to the cap the lowering
+    allows for 16-bit rows (isqrt's 2^62 less the largest sum of squares), all-equal rows (y = 0) included."""
+    x = _rows(kind, (5, 7), -32768, 32767).astype(np.int16)
+    m, s = dyadic(1.0 / 7)
+    got = run_relax(lambda a: emit.layernorm_core(a, int(m), int(s), precise=precise, eps=eps), [x])
+    np.testing.assert_array_equal(got, ref.layernorm_core(x, int(m), int(s), precise=precise, eps=eps))
+
+
+def test_layernorm_eps_against_float():
+    """Rows whose variance is near epsilon (RWKV's embeddings: 1e-8 against 1e-5): with eps in the integers'
+    units the core equals float's y / sqrt(var + eps); without, it normalised to unit variance (20x off)."""
+    rng = np.random.default_rng(0)
+    c, scale = 128, 2e-4 / 32767
+    xi = np.round(rng.normal(0, 1e-4, (16, c)) / scale).astype(np.int64)
+    x = xi * scale
+    want = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5)
+    m, s = dyadic(1.0 / c)
+    eps = ref.layernorm_eps(1e-5, c, scale, c * 4**17)
+    got = ref.layernorm_core(xi, int(m), int(s), precise=eps >= ref.PRECISE_EPS, eps=eps) * math.sqrt(c) / 2.0**30
+    assert np.abs(got - want).max() < 1e-3 * np.abs(want).max()
+    without = ref.layernorm_core(xi, int(m), int(s)) * math.sqrt(c) / 2.0**30
+    assert np.abs(without).max() > 10 * np.abs(want).max()
+    assert ref.layernorm_eps(1e-12, 384, 3e-4, 384 * 4**17) == 0  # BERT's eps on its grid: nothing changes
+
+
 # Reference against float: the only place tolerances appear (also reported in the README).
 
 def test_shiftmax_accuracy():

@@ -230,6 +230,8 @@ def _rescaled(ctx, call, x, factor: np.ndarray):
     if isinstance(x, IntTensor) and str(x.expr.ty.dtype) in ("bool", "int8", "uint8", "int16", "uint16", "int32"):
         # exact integers standing for a float (a quantized input's float(q) - zp): int32 at scale 1
         x = Accumulator(ctx.emit(R.astype(x.expr, "int32")), np.asarray(1.0), None, ctx.out_range())
+    elif isinstance(x, IntTensor):  # int64 (an ArgMax's bin / 2, a grid index * stride): int16 at its range's scale
+        x = ctx.materialize(x)
     if factor.size == 1 and float(factor.reshape(())) > 0:
         f = float(factor.reshape(()))
         if isinstance(x, Accumulator):

@@ -67,15 +67,18 @@ def isqrt(v: relax.Expr) -> relax.Expr:
 
 
 def layernorm_core(x: relax.Expr, mean_m: int, mean_s: int, axis: int = -1, center: bool = True,
-                   precise: bool = False) -> relax.Expr:
-    """(x - round(mean)) / isqrt(sum((x - mean)^2)) at scale 2^-30 (int64); center=False: no mean;
+                   precise: bool = False, eps: int = 0) -> relax.Expr:
+    """(x - round(mean)) / isqrt(sum((x - mean)^2) + eps) at scale 2^-30 (int64); center=False: no mean;
     precise: the reciprocal of std with 62 bits (`reference.transformer.layernorm_core`)."""
     y = x = R.astype(x, "int64")
     if center:
         total = R.sum(x, axis=[axis], keepdims=True)
         mean = R.right_shift(R.add(R.multiply(total, _i64(mean_m)), _i64(1 << (mean_s - 1))), _i64(mean_s))
         y = R.subtract(x, mean)
-    std = R.maximum(isqrt(R.sum(R.multiply(y, y), axis=[axis], keepdims=True)), _i64(1))
+    squares = R.sum(R.multiply(y, y), axis=[axis], keepdims=True)
+    if eps:
+        squares = R.add(squares, _i64(eps))
+    std = R.maximum(isqrt(squares), _i64(1))
     if precise:
         return R.right_shift(R.multiply(y, R.floor_divide(_i64(2**62 - 1), std)), _i64(32))
     return R.right_shift(R.multiply(y, R.floor_divide(_i64(2**31 - 1), std)), _i64(1))

@@ -17,9 +17,11 @@ gelu_tanh(x)         (>= -min GELU) at 15 bits, exact up to that rounding: an Ac
                      as a bias), removed for any other consumer. One gather per element: the
                      tanh-form integer polynomial (`reference.transformer.gelu_tanh`, one 64-bit
                      division per element) cost ~30% of MiniLM's time and was 1e-3 off GELU
-layer_norm(x)     -> I-LayerNorm: exact isqrt, gamma/beta folded into a per-channel dyadic
-                     requantization (sign of gamma applied to the integers: gamma may be 0
-                     or negative); output int16 when residuals are 16-bit, else int8
+layer_norm(x)     -> I-LayerNorm: exact isqrt of the sum of squares plus epsilon in the integers'
+                     units (RWKV's 1e-4 embeddings have a variance of 1e-8 against eps 1e-5), gamma/beta
+                     folded into a per-channel dyadic requantization (sign of gamma applied to the
+                     integers: gamma may be 0 or negative); output int16 when residuals are 16-bit,
+                     else int8
 rms_norm(x)       -> the same without the mean (x / isqrt(sum(x^2)), the row's own integers:
                      no grid for the variance)
 Each asserts its overflow bounds at compile time and fails naming the binding.
@@ -136,6 +138,7 @@ def _normalize(ctx, call, x, gamma, beta, center: bool):
     if axes != [rank - 1] or not isinstance(gamma, np.ndarray) or not isinstance(beta, np.ndarray):
         ctx.fail(f"{name} over the last axis with constant gamma and beta is supported")
     channels = int(call.args[0].ty.shape[-1])
+    epsilon = float(call.attrs.epsilon)  # inside the square root: matters where a row's variance is near it
     mean_m, mean_s = dyadic(1.0 / channels)
     x = ctx.without_offset(x)
     if isinstance(x, Accumulator) and x.axis is None and x.clamp == (-math.inf, math.inf):
@@ -146,13 +149,17 @@ def _normalize(ctx, call, x, gamma, beta, center: bool):
         bound = int(min(2**31 - 1, max(4 * amax, 1)))  # 4x the calibrated range: no overflow beyond it
         k = ref.stream_shift(channels, bound.bit_length() + 1)  # + 1: centred values span twice
         shifted = emit.rounding_shift(emit.R.clip(x.expr, -bound, bound), np.asarray(k))
-        z = emit_transformer.layernorm_core(shifted, int(mean_m), int(mean_s), center=center, precise=True)
+        eps = ref.layernorm_eps(epsilon, channels, float(np.max(x.scale)) * 2.0**k,
+                                channels * (2 * (bound >> k) + 2) ** 2)
+        z = emit_transformer.layernorm_core(shifted, int(mean_m), int(mean_s), center=center, precise=True, eps=eps)
     else:
         x = ctx.materialize(x, wide=True)
         bits = 16 if x.dtype == "int16" else 8
         if channels * 2.0 ** (2 * (bits + 1)) >= 2**62:
             ctx.fail(f"{name} over {channels} channels could overflow the int64 variance")
-        z = emit_transformer.layernorm_core(x.expr, int(mean_m), int(mean_s), center=center)  # y / std at 2^-30
+        eps = ref.layernorm_eps(epsilon, channels, float(x.scale), channels * 4 ** (bits + 1))
+        z = emit_transformer.layernorm_core(x.expr, int(mean_m), int(mean_s), center=center,  # y / std at 2^-30
+                                            precise=eps >= ref.PRECISE_EPS, eps=eps)
     dtype = ctx.config.residual_dtype
     scale = activation_scale(*ctx.out_range(), dtype)
     gamma, beta = gamma.astype(np.float64).reshape(-1), beta.astype(np.float64).reshape(-1)

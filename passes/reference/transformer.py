@@ -98,10 +98,12 @@ def isqrt(v) -> np.ndarray:
 
 
 def layernorm_core(x, mean_m: int, mean_s: int, axis: int = -1, center: bool = True,
-                   precise: bool = False) -> np.ndarray:
+                   precise: bool = False, eps: int = 0) -> np.ndarray:
     """I-LayerNorm without the affine part: y = x - round(sum(x) / C) (dyadic 1/C),
-    std = isqrt(sum(y^2)), out = (y * floor((2^31 - 1) / std)) >> 1, i.e. y / std at scale
+    std = isqrt(sum(y^2) + eps), out = (y * floor((2^31 - 1) / std)) >> 1, i.e. y / std at scale
     2^-30 (= normalised value * sqrt(C) / 2^30). int64 throughout. center=False: y = x (RMSNorm).
+    eps: the norm's epsilon in the integers' units, round(C * epsilon / S^2) (`layernorm_eps`), where
+    a row's variance may be as small as epsilon; sum(y^2) + eps < 2^62.
     precise: (y * floor((2^62 - 1) / std)) >> 32 (|y| <= std, so the product fits int64), for rows
     whose std is large (an int32 residual stream), where 2^31 / std has few bits."""
     x = np.asarray(x, np.int64)
@@ -109,10 +111,22 @@ def layernorm_core(x, mean_m: int, mean_s: int, axis: int = -1, center: bool = T
     if center:
         total = x.sum(axis=axis, keepdims=True)
         y = x - ((total * mean_m + (1 << (mean_s - 1))) >> mean_s)
-    std = np.maximum(isqrt((y * y).sum(axis=axis, keepdims=True)), 1)
+    std = np.maximum(isqrt((y * y).sum(axis=axis, keepdims=True) + np.int64(eps)), 1)
     if precise:
         return (y * ((2**62 - 1) // std)) >> 32
     return (y * ((2**31 - 1) // std)) >> 1
+
+
+def layernorm_eps(epsilon: float, channels: int, scale: float, squares_bound: int) -> int:
+    """A norm's epsilon in the units of its integers' sum of squares: var + eps = (sum(y^2) + C eps / S^2) S^2 / C,
+    so round(C * eps / S^2), capped where sum(y^2) (at most `squares_bound`) plus it would reach isqrt's 2^62
+    (beyond that cap float's y / sqrt(eps) lies below the integers' resolution anyway). 0 where it rounds away:
+    the integers unchanged wherever the variance dwarfs eps."""
+    cap = max(2**62 - 1 - int(squares_bound), 0)
+    return int(min(round(channels * float(epsilon) / float(scale) ** 2), cap))
+
+
+PRECISE_EPS = 2**32  # an eps this large makes std >= 2^16: the 31-bit reciprocal of std keeps < 15 bits
 
 
 def stream_shift(channels: int, bits: int = 32) -> int:
