@@ -659,10 +659,7 @@ def _schedule_taps(sch: s_tir.Schedule, block, dot: Dot) -> None:
     for stage in whole:
         *rows_of, inner = sch.get_loops(stage)
         parallel(sch, sch.fuse(*rows_of))
-        extent = static_factor(sch.get(inner).extent)
-        run = max((d for d in range(dot.lanes, MAX_CUT_RUN + 1) if extent % d == 0), default=None)
-        if run is not None or extent <= MAX_CUT_RUN:
-            _vectorize_if_it_can(sch, sch.split(inner, [None, run])[1] if run and run < extent else inner)
+        _vectorize_row(sch, inner, dot.lanes)
     init = sch.decompose_reduction(block, ri)
     sch.vectorize(sch.get_loops(init)[-1])
     sch.unroll(rr)
@@ -673,7 +670,13 @@ def _schedule_taps(sch: s_tir.Schedule, block, dot: Dot) -> None:
         extent = static_factor(sch.get(inner).extent)
         if extent % dot.lanes == 0:
             _vectorize_if_it_can(sch, inner)
-        elif cut and stage in epilogue:  # a true row (196): in runs that divide it, else whole
-            run = max((d for d in range(dot.lanes, MAX_CUT_RUN + 1) if extent % d == 0), default=None)
-            if run is not None or extent <= MAX_CUT_RUN:
-                _vectorize_if_it_can(sch, sch.split(inner, [None, run])[1] if run and run < extent else inner)
+        elif cut and stage in epilogue:  # a true row (196)
+            _vectorize_row(sch, inner, dot.lanes)
+
+
+def _vectorize_row(sch: s_tir.Schedule, inner, lanes: int) -> None:
+    """A row of outputs fewer than its tiles cover (196 of 224): vectorized in runs that divide it, else whole."""
+    extent = static_factor(sch.get(inner).extent)
+    run = max((d for d in range(lanes, MAX_CUT_RUN + 1) if extent % d == 0), default=None)
+    if run is not None or extent <= MAX_CUT_RUN:
+        _vectorize_if_it_can(sch, sch.split(inner, [None, run])[1] if run and run < extent else inner)
