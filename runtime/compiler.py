@@ -33,7 +33,7 @@ from targets.cross import first_error_line
 from targets.cpu_pipeline import cpu_pipeline
 
 from .plan import export_plan, plan_folder
-from .artifact import DEVICE_TEXT, LIBRARY, RELAX_TEXT, REST, TAIL, check_destination, sha256, write_artifact
+from .artifact import DEVICE_TEXT, LIBRARY, MANIFEST, RELAX_TEXT, REST, TAIL, check_destination, sha256, write_artifact
 from .buckets import Buckets, default_sizes, is_mask, length_axes
 from .mixed import Precision
 
@@ -349,11 +349,11 @@ def _export(mod, target, pipeline, path: Path, spec):
                              "(targets/install_toolchains.sh)") from None
 
 
-def _compile_rest(rest, folder: Path, calib, target: str, observer: str, progress: bool, cuda_arch, cpu
+def _compile_rest(rest, folder: Path, source: Path, calib, target: str, observer: str, progress: bool, cuda_arch, cpu
                   ) -> tuple[dict, list[dict]]:
-    """Compile the nodes after the tail's first ones (onnx_tail.Rest) as an artifact of their own in
-    `folder`, calibrated on the tensors they read: the probe's outputs (and the model's inputs) on the
-    calibration samples. Returns the manifest's entry and the rest's float nodes."""
+    """Compile the nodes after the tail's first ones (onnx_tail.Rest) of the model file `source` as an
+    artifact of their own in `folder`, calibrated on the tensors they read: the probe's outputs (and the
+    model's inputs) on the calibration samples. Returns the manifest's entry and the rest's float nodes."""
     import onnx
     import onnxruntime as ort
 
@@ -379,7 +379,10 @@ def _compile_rest(rest, folder: Path, calib, target: str, observer: str, progres
                       allow_float=True, progress=progress, cuda_arch=cuda_arch, cpu=cpu)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    nested = json.loads((folder / "manifest.json").read_text())
+    nested = json.loads((folder / MANIFEST).read_text())
+    # the model it is part of, not the temporary file it was compiled from (gone now)
+    nested["source"] = {"path": str(source), "sha256": sha256(source), "part": "the nodes after onnxruntime's"}
+    (folder / MANIFEST).write_text(json.dumps(nested, indent=2) + "\n")
     return {"folder": folder.name, "inputs": reads}, nested.get("float_nodes", [])
 
 
@@ -525,8 +528,8 @@ def _compile(model_path: Path, target, output, calib, input_shapes, observer, al
         if not allow_float:
             check_lowerable(float_mod["main"])
     # the nodes after a tail's first ones, compiled again (onnx_tail.split_rest)
-    compile_rest = functools.partial(_compile_rest, calib=calib, target=target, observer=observer, progress=progress,
-                                     cuda_arch=cuda_arch, cpu=cpu)
+    compile_rest = functools.partial(_compile_rest, source=model_path, calib=calib, target=target, observer=observer,
+                                     progress=progress, cuda_arch=cuda_arch, cpu=cpu)
     if float_mod is None:  # --allow-float and nothing before the unsupported nodes: all in onnxruntime
         log("nothing to compile before the unsupported nodes: they read the model's inputs")
         return _onnxruntime_artifact(imported, model_path, output, spec, free_shapes, times, start, compile_rest)

@@ -451,6 +451,7 @@ def test_nodes_after_an_unconvertible_one_are_compiled_again(tmp_path, first):
     assert benchmark(art, repeat=2)["timed"] == "whole run (onnxruntime's part included)"
     rest = runtime.load(tmp_path / "a" / art.manifest["tail"]["rest"]["folder"])
     assert rest.manifest["integer_only"] is (not first)  # the second Imputer: the rest's own tail
+    assert rest.manifest["source"]["path"] == str(tmp_path / "m.onnx")  # not the temporary file it was compiled from
     session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     for v in x[32:]:
         ours, want = art.run({"x": v}), dict(zip(["z", "r"], session.run(None, {"x": v})))
