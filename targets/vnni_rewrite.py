@@ -259,19 +259,27 @@ class _Rewriter(PyExprMutator):
 
     def _padded_rows(self, x: relax.Expr, w2: np.ndarray, w_sum: np.ndarray, h: int, wd: int):
         """A pointwise conv whose rows are not whole vectors on lanes over pixels all the same: each row
-        zero-padded to whole vectors by the repack, the padded columns computed and sliced off. Where that
-        wastes at most an eighth (14 -> 16, 76 -> 80), or at most half and lanes over outputs would take a
-        tile of fewer than 8 accumulators (19 x 19). Lanes over outputs store each pixel's channels to
-        their rows one by one: 1 thread, Zen 4, 80 -> 480 at 14x14 0.067 -> 0.056 ms, 112 -> 672 0.110 ->
-        0.098, 128 -> 128 at 100x76 1.17 -> 0.89, 64 -> 256 at 19x19 0.117 -> 0.104; but 96 -> 96 at 52x52
-        (a fifth wasted) 0.205 -> 0.246 and 192 -> 1152 at 7x7 0.068 -> 0.119. AVX2 code (timed on the Zen 4)
-        gains at 52x52, 38x38, 14x14 and 7x7 (0.68 -> 0.60, 0.27 -> 0.16, 0.23 -> 0.19, 0.26 -> 0.21 ms) but
-        lost at 128 -> 128 over 100x76 (its int16 activations 2 MB: 1.9 -> 4.4 ms), so not above 1 MB there."""
+        zero-padded by the repack to the narrowest width a good tile covers (`width`), the padded columns
+        computed and sliced off. Where that wastes at most an eighth (14 -> 16, 52 -> 56, 76 -> 80), or at
+        most half and lanes over outputs would take a tile of fewer than 8 accumulators (19 x 19). Lanes over
+        outputs store each pixel's channels to their rows one by one: 1 thread, Zen 4, 80 -> 480 at 14x14
+        0.067 -> 0.056 ms, 112 -> 672 0.110 -> 0.098, 128 -> 128 at 100x76 1.17 -> 0.89, 96 -> 96 at 52x52
+        0.242 -> 0.179 (padded to 64 instead: 0.246), 64 -> 64 at 38x38 0.073 -> 0.048; not 192 -> 1152 at 7x7
+        (to 16: 0.068 -> 0.119). AVX2 code (timed on the Zen 4) gains at 52x52, 38x38, 14x14 and 7x7 (0.68 ->
+        0.47, 0.27 -> 0.16, 0.23 -> 0.19, 0.26 -> 0.21 ms) but lost at 128 -> 128 over 100x76 (its int16
+        activations 2 MB: 1.9 -> 4.4 ms), so not above 1 MB there."""
         o, c = w2.shape
 
+        def width(d: Dot) -> int | None:
+            """The narrowest padded width up to whole vectors that a tile of >= 7 accumulators covers in whole
+            rows or parts of one (52 -> 56: two rows of 56 are the (2, 7) tile's 112 pixels)."""
+            tiles = ((wide, vnni.conv_tile(vnni.CONV_LANES_PIXELS, o, h, wide, d))
+                     for wide in range(wd + 1, -(-wd // d.lanes) * d.lanes + 1))
+            return next((wide for wide, tile in tiles if tile is not None and tile[0] * tile[1] >= 7), None)
+
         def takes(d: Dot) -> bool:
-            wide = -(-wd // d.lanes) * d.lanes
-            if vnni.conv_tile(vnni.CONV_LANES_PIXELS, o, h, wide, d) is None:
+            wide = width(d)
+            if wide is None:
                 return False
             if d.registers == 16 and c * h * wide * vnni.DTYPE_BYTES[d.a_dtype] > AVX2_PADDED_BYTES:
                 return False
@@ -281,7 +289,7 @@ class _Rewriter(PyExprMutator):
         dot = self._dot(x, w2, c, takes)
         if dot is None:
             return None
-        wide = -(-wd // dot.lanes) * dot.lanes
+        wide = width(dot)
         w2 = _whole_steps(w2, 1, dot)
         xp = interleaved(self.builder_, self._prepared(x, dot), dot.k, int(w2.shape[1]), wide)
         out = self._kernel(vnni.conv_lanes_pixels_te, dot, x, xp, w2.astype(dot.w_dtype), w_sum, h, wide)

@@ -136,6 +136,7 @@ def test_lanes_pixels_rows_of_odd_vectors_take_a_many_accumulator_tile(width, ti
     (1, 14, 14, 96, True),  # EfficientNet-Lite0's 14x14 expand convs: 16 columns a row, 2 sliced off
     (2, 5, 76, 32, True),  # 76 -> 80, a batch
     (1, 19, 19, 64, True),  # 19 -> 32: lanes over outputs would take a (1, 4) tile
+    (1, 52, 52, 96, True),  # 52 -> 56: two rows of 56 are the (2, 7) tile's 112 pixels
     (1, 7, 7, 96, False),  # 7 -> 16 wastes more than half: lanes over outputs
 ])
 def test_pointwise_rows_padded_to_whole_vectors(batch, height, width, out_channels, padded):
