@@ -30,6 +30,11 @@ def rewrite_calls(mod: tvm.IRModule, op_name: str,
     return rewriter.builder_.get()
 
 
+def is_op(value, name: str) -> bool:
+    """Whether `value` is a call of the Relax op `name` ("relax.concat")."""
+    return isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) and value.op.name == name
+
+
 def static_shape(expr) -> tuple[int, ...] | None:
     """`expr`'s shape as ints, or None where it is unknown or has a symbolic dim."""
     shape = getattr(expr.ty, "shape", None)

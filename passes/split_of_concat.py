@@ -19,11 +19,8 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from .call_rewrite import is_op
 from .unary_chains_through_layout import with_bindings
-
-
-def _op(value, name: str) -> bool:
-    return isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) and value.op.name == name
 
 
 @tvm.transform.module_pass(opt_level=0, name="SplitOfConcat")
@@ -50,11 +47,11 @@ def _source(bound: dict, value: relax.Call):
     rank = len(value.args[0].ty.shape)
     axis = int(value.attrs.axis) % rank
     inner = bound.get(src) if isinstance(src, relax.Var) else None
-    if _op(inner, "relax.permute_dims"):
+    if is_op(inner, "relax.permute_dims"):
         perm = [int(a) for a in inner.attrs.axes] if inner.attrs.axes is not None else list(range(rank))[::-1]
         axis, src = perm[axis], inner.args[0]
         inner = bound.get(src) if isinstance(src, relax.Var) else None
-    if not _op(inner, "relax.concat") or not isinstance(inner.args[0], relax.Tuple):
+    if not is_op(inner, "relax.concat") or not isinstance(inner.args[0], relax.Tuple):
         return None
     return (inner, perm, axis) if int(inner.attrs.axis) % rank == axis else None
 
@@ -79,7 +76,7 @@ def _rewrite(func: relax.Function) -> relax.Function:
     bound = {b.var: b.value for block in func.body.blocks for b in block.bindings}
     new = {}  # var -> the bindings replacing its own
     for var, value in bound.items():
-        if not _op(value, "relax.split"):
+        if not is_op(value, "relax.split"):
             continue
         found = _source(bound, value)
         if found is None:

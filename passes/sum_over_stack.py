@@ -16,14 +16,11 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
+from .call_rewrite import is_op
 from .chain_calls import unary_call, unary_parts as _unary
 from .unary_chains_through_layout import uses_of, with_bindings
 
 MAX_TERMS = 8
-
-
-def _op(value, name: str) -> bool:
-    return isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) and value.op.name == name
 
 
 @tvm.transform.module_pass(opt_level=0, name="SumOverStack")
@@ -40,14 +37,14 @@ def _rewrite(func: relax.Function) -> relax.Function:
     bound = {b.var: b.value for block in func.body.blocks for b in block.bindings}
     new = {}  # var -> the bindings replacing its own
     for var, value in bound.items():
-        if not _op(value, "relax.sum") or value.attrs.axis is None or len(value.attrs.axis) != 1:
+        if not is_op(value, "relax.sum") or value.attrs.axis is None or len(value.attrs.axis) != 1:
             continue
         src, program = value.args[0], None
         chain = _unary(bound.get(src)) if isinstance(src, relax.Var) else None
         if chain is not None and uses.get(src) == 1:
             src, program = chain
         stack = bound.get(src) if isinstance(src, relax.Var) else None
-        if not _op(stack, "relax.concat") or uses.get(src) != 1:
+        if not is_op(stack, "relax.concat") or uses.get(src) != 1:
             continue
         rank = len(var.ty.shape) + (0 if value.attrs.keepdims else 1)
         axis = int(value.attrs.axis[0]) % rank
@@ -68,7 +65,7 @@ def _rewrite(func: relax.Function) -> relax.Function:
             if not value.attrs.keepdims:  # the part without the stacked axis: what expand_dims added
                 inner = bound.get(p) if isinstance(p, relax.Var) else None
                 shape = shape[:axis] + shape[axis + 1:]
-                p = inner.args[0] if _op(inner, "relax.expand_dims") and [int(a) for a in inner.attrs.axis] == [
+                p = inner.args[0] if is_op(inner, "relax.expand_dims") and [int(a) for a in inner.attrs.axis] == [
                     axis] else bind(relax.op.squeeze(p, [axis]), shape)
             terms.append(bind(unary_call(p, program, relax.TensorType(shape, str(var.ty.dtype))), shape)
                          if program else p)
