@@ -124,6 +124,7 @@ def read_manifest(path: str | os.PathLike, check_library: bool = True) -> dict:
                      *(manifest.get("buckets") or {}).get("libraries", {}).values()]
         libraries += [lib["sample"] for lib in libraries if "sample" in lib]  # the batch-1 libraries
         libraries += [manifest["tail"]] if manifest.get("tail") else []
+        libraries += [manifest["boundary_library"]] if manifest.get("boundary_library") else []
         for library in libraries:
             lib = path / library["file"]
             if not lib.is_file():

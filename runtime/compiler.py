@@ -28,7 +28,7 @@ from passes import (BOUNDARY_ATTR, LAYERS_ATTR, QuantConfig, QuantizeToInteger, 
                     verify_integer_only)
 from passes.generalize_batch import generalize_batch, input_shapes_of, output_shapes
 from passes.quantize_to_integer import BIAS_ATTR, COARSE_ATTR, FLOAT_NODES_ATTR, WIDE_ATTR, check_lowerable
-from targets import get_target, parallel_build
+from targets import boundary_kernels, get_target, parallel_build
 from targets.cross import first_error_line
 from targets.cpu_pipeline import cpu_pipeline
 
@@ -716,6 +716,11 @@ def _compile(model_path: Path, target, output, calib, input_shapes, observer, al
                 if seq:
                     libraries[size]["sample"] = samples[size]
         (tmp / RELAX_TEXT).write_text(int_mod.script(show_meta=False))
+        boundary_library = None
+        if spec.device == "cpu" and spec.arch not in PLAN_ARCHES:  # the runtime's float boundary, compiled
+            with spec.build_context(), tvm_target:
+                names = boundary_kernels.export(tvm_target, tmp / boundary_kernels.FILE, **spec.export_kwargs())
+            boundary_library = {"file": boundary_kernels.FILE, "sha256": sha256(tmp / boundary_kernels.FILE), **names}
         entry, later = None, []
         if tail is not None:
             entry, later = _write_tail(tail, tmp, compile_rest, " after the artifact")
@@ -762,6 +767,7 @@ def _compile(model_path: Path, target, output, calib, input_shapes, observer, al
             "relax": RELAX_TEXT,
             "device_code": DEVICE_TEXT if device_code is not None else None,
             "executor": executor,
+            "boundary_library": boundary_library,
             "buckets": layout.manifest(dict(sorted(libraries.items()))) if seq else None,
             "batch": None if not free else "per-sample" if per_sample else "symbolic",
             **({"library": {"sample": samples[None]}} if None in samples else {}),

@@ -62,6 +62,8 @@ class Model:
     the batch library instead (a CUDA model's default).
     """
 
+    _boundary: dict = {}  # the float boundary's kernels, where the artifact ships them and runs here
+
     def __init__(self, path: str | os.PathLike, remote=None):
         self.path = Path(path)
         self.manifest = read_manifest(self.path)
@@ -100,6 +102,8 @@ class Model:
         # on this machine's CPU, inputs and outputs are shared with NumPy (DLPack) instead of copied:
         # a small model's run spent as long in those copies as in its kernels
         self._shared = device == "cpu" and remote is None
+        if self._shared:  # the float boundary's kernels (targets/boundary_kernels.py), where the artifact ships them
+            self._boundary = self._boundary_kernels(tvm)
         self._scales: dict = {}  # (output index, rank) -> its scale array, shaped to broadcast
         # a GPU takes the whole batch in one call; CPUs run samples side by side
         self.batch_workers = _default_workers() if device == "cpu" else 1
@@ -126,6 +130,28 @@ class Model:
             where = " on the RPC server" if self.remote is not None else ""
             raise ArtifactError(f"{self.path}: cannot load the library {path.name}{where}{need}: "
                                 f"{str(err).strip().splitlines()[-1] if str(err).strip() else err}") from None
+
+    def _boundary_kernels(self, tvm) -> dict:
+        """{"quantize" / "dequantize": {integer dtype: kernel}} of the artifact's boundary library, or {}."""
+        entry = self.manifest.get("boundary_library")
+        if not entry:
+            return {}
+        lib = self._load_library(tvm, entry, "cpu")
+        return {way: {dtype: lib[name] for dtype, name in entry[way].items()} for way in ("quantize", "dequantize")}
+
+    def _quantize(self, x, scale, dtype: str) -> np.ndarray:
+        """`boundary.quantize`, by the artifact's kernel where it has one for this case (the same integers)."""
+        kernel = self._boundary.get("quantize", {}).get(dtype)
+        if kernel is None or np.ndim(scale) or not isinstance(x, np.ndarray) or x.dtype != np.float32 or not x.size:
+            return quantize(x, scale, dtype)
+        return _flat_call(kernel, x, float(scale), dtype)
+
+    def _dequantize(self, q: np.ndarray, scale) -> np.ndarray:
+        """`boundary.dequantize`, by the artifact's kernel where it has one for `q`'s dtype."""
+        kernel = self._boundary.get("dequantize", {}).get(q.dtype.name)
+        if kernel is None or np.ndim(scale) or not q.size:
+            return dequantize(q, scale)
+        return _flat_call(kernel, q, float(scale), "float32")
 
     def _vm(self, key=(None, False)):
         """This thread's virtual machine for library `key` (created on its first call)."""
@@ -201,7 +227,7 @@ class Model:
                 self._warn_saturating(spec, inputs[spec["name"]], scale)
                 self._warn_beyond_features(spec, inputs[spec["name"]])
         return [_exact(i, inputs[i["name"]]) if scale is None  # exact integer inputs (token ids, masks)
-                else quantize(inputs[i["name"]], scale, i["quant"]["dtype"]) for i, scale in zip(self.inputs, scales)]
+                else self._quantize(inputs[i["name"]], scale, i["quant"]["dtype"]) for i, scale in zip(self.inputs, scales)]
 
     def _warn_saturating(self, spec: dict, value: np.ndarray, scale: np.ndarray) -> None:
         """Warn once per input when values reach SATURATION times past its calibrated grid: they are
@@ -400,7 +426,7 @@ class Model:
             return self._run_tail(tail, {}, inputs)
         own = {spec["name"] for spec in tail["inputs"]} if tail else set()
         outs = self.run_integer(self.quantize_inputs({k: v for k, v in inputs.items() if k not in own}))
-        result = {spec["name"]: _as_output(spec, dequantize(q, self._scale(i, q.ndim)))
+        result = {spec["name"]: _as_output(spec, self._dequantize(q, self._scale(i, q.ndim)))
                   for i, (spec, q) in enumerate(zip(self.outputs, outs))}
         return result if tail is None else self._run_tail(tail, result, inputs)
 
@@ -495,10 +521,27 @@ def _aligned(q: np.ndarray) -> np.ndarray:
     q = np.asarray(q)  # a 0-d input quantizes to a NumPy scalar
     if q.flags.c_contiguous and q.flags.writeable and q.ctypes.data % ALIGNMENT == 0:
         return q
-    buffer = np.empty(q.nbytes + ALIGNMENT, np.uint8)
-    start = -buffer.ctypes.data % ALIGNMENT
-    out = buffer[start:start + q.nbytes].view(q.dtype).reshape(q.shape)
+    out = _empty_aligned(q.shape, q.dtype)
     out[...] = q
+    return out
+
+
+def _empty_aligned(shape, dtype) -> np.ndarray:
+    dtype = np.dtype(dtype)
+    size = int(np.prod(shape)) * dtype.itemsize
+    buffer = np.empty(size + ALIGNMENT, np.uint8)
+    start = -buffer.ctypes.data % ALIGNMENT
+    return buffer[start:start + size].view(dtype).reshape(shape)
+
+
+def _flat_call(kernel, x: np.ndarray, scale: float, dtype: str) -> np.ndarray:
+    """kernel(x, scale, out) over `x` flattened (any alignment; a read-only `x` copied: DLPack refuses
+    it); `out` of `dtype`, aligned as the model's arguments must be (no copy before the run)."""
+    import tvm_ffi
+
+    x = np.require(x, requirements=["C", "W"])
+    out = _empty_aligned(x.shape, dtype)
+    kernel(tvm_ffi.from_dlpack(x.reshape(-1)), scale, tvm_ffi.from_dlpack(out.reshape(-1)))
     return out
 
 
