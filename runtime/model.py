@@ -196,8 +196,9 @@ class Model:
         tail = self.manifest.get("tail")
         return list(tail["outputs"]) if tail else [o["name"] for o in self.outputs]
 
-    def check_inputs(self, inputs: dict[str, np.ndarray]) -> None:
-        """Raise InputError unless `inputs` has exactly the model's names, shapes and dtypes."""
+    def check_inputs(self, inputs: dict[str, np.ndarray]) -> dict[str, tuple[float, float]]:
+        """Raise InputError unless `inputs` has exactly the model's names, shapes and dtypes, and finite
+        values; the (min, max) of each non-empty float input."""
         expected = {i["name"]: i for i in self.inputs}
         if set(inputs) != set(expected):
             raise InputError(f"inputs {sorted(inputs)} do not match the model's inputs {sorted(expected)}")
@@ -211,27 +212,33 @@ class Model:
             _check_shape(name, list(value.shape), spec, sizes)
         if self.buckets is not None:
             self._bucket([inputs[i["name"]] for i in self.inputs])
+        extremes = {}
         for name, value in inputs.items():
-            if value.dtype.kind == "f" and not np.isfinite(value).all():
+            if value.dtype.kind != "f" or not value.size:
+                continue
+            extremes[name] = float(value.min()), float(value.max())  # NaN if any is: one pass less than isfinite
+            if not np.isfinite(extremes[name]).all():
                 bad = np.size(value) - int(np.isfinite(value).sum())
                 raise InputError(f"input {name!r}: {bad} of {value.size} values are NaN or infinite; the integer "
                                  "model has no meaningful output for them")
+        return extremes
 
     def quantize_inputs(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         inputs = {k: _coerced_input(v, self.inputs, k) for k, v in inputs.items()}
-        self.check_inputs(inputs)
+        extremes = self.check_inputs(inputs)
         scales = [None if i["quant"]["scale"] is None else self._scale(k, np.ndim(inputs[i["name"]]), "inputs")
                   for k, i in enumerate(self.inputs)]
         for spec, scale in zip(self.inputs, scales):
             if scale is not None:
-                self._warn_saturating(spec, inputs[spec["name"]], scale)
+                self._warn_saturating(spec, inputs[spec["name"]], scale, extremes.get(spec["name"]))
                 self._warn_beyond_features(spec, inputs[spec["name"]])
         return [_exact(i, inputs[i["name"]]) if scale is None  # exact integer inputs (token ids, masks)
                 else self._quantize(inputs[i["name"]], scale, i["quant"]["dtype"]) for i, scale in zip(self.inputs, scales)]
 
-    def _warn_saturating(self, spec: dict, value: np.ndarray, scale: np.ndarray) -> None:
+    def _warn_saturating(self, spec: dict, value: np.ndarray, scale: np.ndarray, extremes=None) -> None:
         """Warn once per input when values reach SATURATION times past its calibrated grid: they are
-        clipped to the grid's end (a pitch tracker's fmin of 300 Hz calibrated at 46.9 Hz ran as 46.9)."""
+        clipped to the grid's end (a pitch tracker's fmin of 300 Hz calibrated at 46.9 Hz ran as 46.9).
+        `extremes`: the input's (min, max), where known."""
         edge = grid_edge(scale, spec["quant"]["dtype"])
         warned = self.__dict__.setdefault("_warned", set())
         if spec["name"] in warned or not np.size(value):
@@ -239,7 +246,8 @@ class Model:
         if "sentinel" in spec["quant"]:  # a value the model tests for (mask padding), saturating on purpose
             value = np.where(value == spec["quant"]["sentinel"], 0, value)
         if np.ndim(edge) == 0:
-            peak, where = float(np.abs(value).max()), ""
+            lo, hi = extremes if extremes is not None and "sentinel" not in spec["quant"] else (value.min(), value.max())
+            peak, where = max(-float(lo), float(hi)), ""
         else:  # a scale per feature: the feature furthest past its own range
             ratio = np.abs(value) / edge
             at = np.unravel_index(int(np.argmax(ratio)), ratio.shape)
