@@ -12,14 +12,19 @@ from runtime.boundary import dequantize, quantize
 RANGES = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767)}
 
 
-@pytest.fixture(scope="module")
-def kernels(tmp_path_factory):
+@pytest.fixture(scope="module", params=[None, "x86-64-v3"], ids=["host", "avx2"])
+def kernels(request, tmp_path_factory):
+    """The kernels built for this machine and for an AVX2 fleet (which any x86-64-v3 CPU runs)."""
     import tvm
 
     from targets import boundary_kernels, get_target
+    from targets.x86 import missing_features
 
+    spec = get_target("x86", cpu=request.param)
+    if missing_features(spec.features):
+        pytest.skip(f"this CPU lacks {missing_features(spec.features)}")
     path = tmp_path_factory.mktemp("boundary") / boundary_kernels.FILE
-    names = boundary_kernels.export(get_target("x86").target(), path)
+    names = boundary_kernels.export(spec.target(), path)
     lib = tvm.runtime.load_module(str(path))
     return {way: {dtype: lib[name] for dtype, name in names[way].items()} for way in names}
 
