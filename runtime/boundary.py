@@ -1,7 +1,10 @@
 """The graph boundary: float inputs -> integers, integer outputs -> float (symmetric,
-zero point 0; one scale per tensor, or per channel along one axis). The only float arithmetic of an integer-only model, done in NumPy so every
-target receives the same integers. Float inputs that the graph only casts to integers (ids
-exported as float) are cast here instead, as ONNX Cast does."""
+zero point 0; one scale per tensor, or per channel along one axis). The only float arithmetic of an
+integer-only model: these NumPy functions define it, so every target receives the same integers. An
+artifact for this machine's CPU also ships them as compiled kernels (`targets/boundary_kernels.py`,
+the same float64 steps, bit for bit), which `runtime.model` runs where they apply (one pass instead
+of NumPy's five, on every thread). Float inputs that the graph only casts to integers (ids exported
+as float) are cast here instead, as ONNX Cast does."""
 
 from __future__ import annotations
 
