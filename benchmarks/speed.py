@@ -10,7 +10,8 @@ are recorded), quantizes the model with onnxruntime's own static int8 (QDQ, acti
 weights int8 per channel: the U8S8 form ORT recommends on x86, calibrated on the same data), and
 times, batch 1, on the first calibration sample, at each thread count:
 
-  - the integer artifact, through `runtime.bench.benchmark` (TVM's time evaluator);
+  - the integer artifact, by wall clock around whole `Model.run` calls (float in, float out: the input's
+    quantization and the outputs' dequantization included, as in onnxruntime's QDQ model);
   - onnxruntime fp32 and int8 (ORT_ENABLE_ALL, intra_op_num_threads = threads);
   - TVM fp32 through TVM's default Relax pipeline (plain loops, slow: fewer runs).
 
@@ -143,10 +144,14 @@ def in_child(timer: Callable, *args) -> float:
 
 
 def time_artifact(artifact: Path, feed: dict[str, np.ndarray], threads: int, repeat: int) -> float:
+    """Median ms of whole `Model.run` calls, as onnxruntime's `session.run` is timed: float in and out.
+    (Until session 40 the compiled model alone, by TVM's time evaluator: the input's quantization in
+    NumPy, 0.2 ms of EfficientNet-Lite0's ~4.4, was left out of ours and in onnxruntime's.)"""
     import runtime
-    from runtime.bench import benchmark
+    from runtime.model import config_threads
 
-    return benchmark(runtime.load(artifact), threads=threads, repeat=repeat, inputs=feed)["p50_ms"]
+    config_threads(threads)
+    return float(np.median(runtime.load(artifact).time_run(feed, repeat)))
 
 
 def build_tvm_fp32(onnx_path: Path, shapes: dict[str, tuple[int, ...]]):
@@ -519,8 +524,9 @@ def markdown(results: list[Result], kernels, args, load: tuple[float, float]) ->
               f"{load[0]:.1f} at the start, {load[1]:.1f} at the end: other work on these cores inflates the "
               "numbers, and more so at 2 threads."), "",
              (f"Batch 1, one real input per model (the first calibration sample), median of {args.repeat} runs "
-              f"after 3 warm-up runs (TVM fp32: median of {TVM_FP32_REPEAT} after 1). The integer artifact is timed "
-              "by TVM's time evaluator (`runtime.bench`), onnxruntime and TVM fp32 by wall clock around `run`. "
+              f"after 3 warm-up runs (TVM fp32: median of {TVM_FP32_REPEAT} after 1), each by wall clock around a whole "
+              "`run` (float in, float out: the integer artifact's input quantization and output dequantization "
+              "included, as in onnxruntime's QDQ model). "
               "\"vs\" columns: this row's median / that onnxruntime row's median at the same thread count "
               "(> 1: slower). TVM fp32's default pipeline emits no parallel loops, so threads do not help it."), ""]
     for result in results:

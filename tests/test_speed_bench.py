@@ -13,3 +13,18 @@ def test_each_runtime_is_timed_in_a_process_of_its_own():
     (spawned) process and its result comes back."""
     assert in_child(os.getpid) != os.getpid()
     assert in_child(divmod, 7, 2) == (3, 1)
+
+
+def test_the_artifact_is_timed_float_in_float_out(small_artifact, monkeypatch):
+    """The integer artifact's time is that of whole `Model.run` calls (its input quantization included),
+    as onnxruntime's `session.run` is timed, not the compiled model's alone."""
+    import numpy as np
+
+    import runtime
+    from benchmarks.speed import time_artifact
+
+    calls = []
+    monkeypatch.setattr(runtime.model.Model, "run", lambda self, feed: calls.append(feed) or {})
+    x = np.zeros((1, 3, 16, 16), np.float32)
+    assert time_artifact(small_artifact, {"x": x}, 1, 5) >= 0
+    assert len(calls) == 5 + 3 and calls[0]["x"] is x  # timed runs and warm-ups, each a float-in run
