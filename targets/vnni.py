@@ -537,7 +537,7 @@ def schedule(sch: s_tir.Schedule, block, dot: Dot, kind: str) -> None:
     sch.unroll(lt)
     sch.tensorize(ll, intrin)
     sch.vectorize(sch.get_loops(init)[-1])
-    if kind == CONV_LANES_OUT and _epilogue_over_channels(sch, par, acc, epilogue, vectors * dot.lanes, dot.lanes):
+    if kind == CONV_LANES_OUT and _epilogue_over_channels(sch, par, acc, epilogue, vectors * dot.lanes, dot):
         return
     for stage in [acc, *epilogue]:
         inner = sch.get_loops(stage)[-1]
@@ -546,7 +546,7 @@ def schedule(sch: s_tir.Schedule, block, dot: Dot, kind: str) -> None:
         # requantization was scalar int64 there (7x7 192->1152 79 -> 72 us, 14x14 146 -> 122)
         # so is a row of 56 (3.5 vectors; LLVM's own vectorizer, of the serial loop, kept the 64-bit
         # multiply's widening: 56x56 24 -> 144 0.122 -> 0.114 ms with `tir_pipeline`'s rewrites, Zen 4)
-        if _vectors_of_tile(sch, inner, dot.lanes):
+        if _vectors_of_tile(sch, inner, dot):
             continue
         if static_factor(extent) % dot.lanes == 0 or (isinstance(extent, tvm.tirx.IntImm) and (
                 int(extent) <= 16 or int(extent) % 8 == 0)):
@@ -557,7 +557,7 @@ PIXELS_OUTER_BYTES = 512 * 1024  # a pointwise conv's packed activations above w
 DTYPE_BYTES = {"uint8": 1, "int8": 1, "int16": 2}
 
 
-def _epilogue_over_channels(sch: s_tir.Schedule, par, acc, epilogue: list, channels: int, lanes: int) -> bool:
+def _epilogue_over_channels(sch: s_tir.Schedule, par, acc, epilogue: list, channels: int, dot: Dot) -> bool:
     """Lanes over outputs: the accumulators hold [pixel, channel] and the output is NCHW. Run the
     epilogue (or the accumulators' write-back where nothing follows) in the accumulators' order,
     vectors over the tile's output channels with the requantization's per-channel constants as
@@ -583,18 +583,22 @@ def _epilogue_over_channels(sch: s_tir.Schedule, par, acc, epilogue: list, chann
     for stage in stages:
         channel, *pixels = tile_loops(stage)
         sch.reorder(*pixels, channel)
-        if not _vectors_of_tile(sch, channel, lanes):
+        if not _vectors_of_tile(sch, channel, dot):
             _vectorize_if_it_can(sch, channel)
     return True
 
 
-def _vectors_of_tile(sch: s_tir.Schedule, inner, lanes: int) -> bool:
+def _vectors_of_tile(sch: s_tir.Schedule, inner, dot: Dot) -> bool:
     """An epilogue stage's loop over a tile's run of whole vectors, as that many vectors unrolled
     (True), not one long vector (False: not a static multiple of `lanes` above one vector). LLVM
     keeps a tile's accumulators in registers only where the epilogue reads them vector by vector as
     the dot products wrote them; read as one 112-lane vector, the 14 accumulators went through the
     stack (EfficientNet-Lite0's 112x112 16 -> 96 conv 0.267 -> 0.243 ms, 128 -> 128 at 96x80 0.770
-    -> 0.726; Zen 4, 1 thread)."""
+    -> 0.726; Zen 4, 1 thread). Not for the vpdpwssd recipes, whose accumulators LLVM then also keeps in
+    registers and splits each vpdpwssd into vpmaddwd + vpaddd (as with `_accumulator_scope`'s stack arrays)."""
+    lanes = dot.lanes
+    if dot.a_dtype == "int16" and "vnni" in dot.name:
+        return False
     extent = sch.get(inner).extent
     if not isinstance(extent, tvm.tirx.IntImm) or int(extent) % lanes or int(extent) <= lanes:
         return False
@@ -688,7 +692,7 @@ def _schedule_taps(sch: s_tir.Schedule, block, dot: Dot) -> None:
         inner = sch.get_loops(stage)[-1]
         extent = static_factor(sch.get(inner).extent)
         if extent % dot.lanes == 0:
-            if not _vectors_of_tile(sch, inner, dot.lanes):
+            if not _vectors_of_tile(sch, inner, dot):
                 _vectorize_if_it_can(sch, inner)
         elif cut and stage in epilogue:  # a true row (196)
             _vectorize_row(sch, inner, dot.lanes)
