@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-from tvm import relax, te, tirx
+from tvm import relax
 
 from ..reference import transformer as ref
 from .emit import const
@@ -57,30 +57,17 @@ def shift_gelu(x: relax.Expr, x0: int, n: int) -> relax.Expr:
     return R.multiply(x, sig)
 
 
-def isqrt(v: relax.Expr, builder: relax.BlockBuilder | None = None) -> relax.Expr:
-    """Exact floor(sqrt(v)) for int64 0 <= v < 2^62: 31 fixed bit-by-bit steps, each one kernel of
-    one expression (`isqrt_step_te`; `builder`: the lowering's, else the current one). As four Relax
-    ops a step, a norm's fused kernel had ~190 blocks, which TVM scheduled one compute_at at a time
-    (RAFT-small's instance norms: 38 of its 130 s of compile)."""
-    builder = builder or relax.BlockBuilder.current()
-    v = builder.emit(v)
-    res = builder.emit(R.multiply(v, _i64(0)))
-    for k in range(30, 0, -1):
-        res = builder.emit(builder.call_te(isqrt_step_te, res, v, 1 << k, primfunc_name_hint="isqrt_step"))
-    return builder.call_te(isqrt_step_te, res, v, 1, primfunc_name_hint="isqrt_step")
-
-
-def isqrt_step_te(res: te.Tensor, v: te.Tensor, bit: int) -> te.Tensor:
-    """One step of `isqrt`: res + bit where (res + bit)^2 <= v, else res."""
-    def body(*i):
-        t = res[i] + tirx.const(bit, "int64")
-        return tirx.Select(t * t <= v[i], t, res[i])
-
-    return te.compute(res.shape, body, name="isqrt_step")
+def isqrt(v: relax.Expr) -> relax.Expr:
+    """Exact floor(sqrt(v)) for int64 0 <= v < 2^62: 31 fixed bit-by-bit steps."""
+    res = R.multiply(v, _i64(0))
+    for k in range(30, -1, -1):
+        t = R.add(res, _i64(1 << k))
+        res = R.where(R.less_equal(R.multiply(t, t), v), t, res)
+    return res
 
 
 def layernorm_core(x: relax.Expr, mean_m: int, mean_s: int, axis: int = -1, center: bool = True,
-                   precise: bool = False, eps: int = 0, builder: relax.BlockBuilder | None = None) -> relax.Expr:
+                   precise: bool = False, eps: int = 0) -> relax.Expr:
     """(x - round(mean)) / isqrt(sum((x - mean)^2) + eps) at scale 2^-30 (int64); center=False: no mean;
     precise: the reciprocal of std with 62 bits (`reference.transformer.layernorm_core`)."""
     y = x = R.astype(x, "int64")
@@ -91,7 +78,7 @@ def layernorm_core(x: relax.Expr, mean_m: int, mean_s: int, axis: int = -1, cent
     squares = R.sum(R.multiply(y, y), axis=[axis], keepdims=True)
     if eps:
         squares = R.add(squares, _i64(eps))
-    std = R.maximum(isqrt(squares, builder), _i64(1))
+    std = R.maximum(isqrt(squares), _i64(1))
     if precise:
         return R.right_shift(R.multiply(y, R.floor_divide(_i64(2**62 - 1), std)), _i64(32))
     return R.right_shift(R.multiply(y, R.floor_divide(_i64(2**31 - 1), std)), _i64(1))

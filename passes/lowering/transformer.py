@@ -151,8 +151,7 @@ def _normalize(ctx, call, x, gamma, beta, center: bool):
         shifted = emit.rounding_shift(emit.R.clip(x.expr, -bound, bound), np.asarray(k))
         eps = ref.layernorm_eps(epsilon, channels, float(np.max(x.scale)) * 2.0**k,
                                 channels * (2 * (bound >> k) + 2) ** 2)
-        z = emit_transformer.layernorm_core(shifted, int(mean_m), int(mean_s), center=center, precise=True, eps=eps,
-                                            builder=ctx.bb)
+        z = emit_transformer.layernorm_core(shifted, int(mean_m), int(mean_s), center=center, precise=True, eps=eps)
     else:
         x = ctx.materialize(x, wide=True)
         bits = 16 if x.dtype == "int16" else 8
@@ -160,7 +159,7 @@ def _normalize(ctx, call, x, gamma, beta, center: bool):
             ctx.fail(f"{name} over {channels} channels could overflow the int64 variance")
         eps = ref.layernorm_eps(epsilon, channels, float(x.scale), channels * 4 ** (bits + 1))
         z = emit_transformer.layernorm_core(x.expr, int(mean_m), int(mean_s), center=center,  # y / std at 2^-30
-                                            precise=eps >= ref.PRECISE_EPS, eps=eps, builder=ctx.bb)
+                                            precise=eps >= ref.PRECISE_EPS, eps=eps)
     dtype = ctx.config.residual_dtype
     scale = activation_scale(*ctx.out_range(), dtype)
     gamma, beta = gamma.astype(np.float64).reshape(-1), beta.astype(np.float64).reshape(-1)
