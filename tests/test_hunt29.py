@@ -22,7 +22,7 @@ def _model(nodes, inputs, outputs, inits, path, opset=17):
 def _l2_normalized(path, form: str):
     """x [6, 32] -> MatMul [32, 48] -> h, then h normalized over its last axis as `form` writes it:
     ScaleNorm (RTMPose: h / clamp(||h|| * 48^-0.5, 1e-5) * g), torch's F.normalize (h / clamp_min(||h||,
-    1e-12).expand_as(h)) or LpNormalization(p = 2)."""
+    1e-12).expand_as(h)), the same over the first axis of h^T, or LpNormalization(p = 2)."""
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(rng.normal(0, 0.2, (32, 48)).astype(np.float32), "w"),
              numpy_helper.from_array(np.array(48 ** -0.5, np.float32), "c"),
@@ -34,6 +34,11 @@ def _l2_normalized(path, form: str):
         nodes += [helper.make_node("ReduceL2", ["h"], ["n"], axes=[-1], keepdims=1),
                   helper.make_node("Mul", ["n", "c"], ["nc"]), helper.make_node("Clip", ["nc", "eps", ""], ["d"]),
                   helper.make_node("Div", ["h", "d"], ["y0"]), helper.make_node("Mul", ["y0", "g"], ["y"])]
+    elif form == "channels":  # over the first axis of h^T [48, 6] (an NCHW descriptor map over channels)
+        nodes += [helper.make_node("Transpose", ["h"], ["ht"], perm=[1, 0]),
+                  helper.make_node("ReduceL2", ["ht"], ["n"], axes=[0], keepdims=1),
+                  helper.make_node("Clip", ["n", "eps", ""], ["d"]), helper.make_node("Div", ["ht", "d"], ["yt"]),
+                  helper.make_node("Transpose", ["yt"], ["y"], perm=[1, 0])]
     elif form == "normalize":
         nodes += [helper.make_node("ReduceL2", ["h"], ["n"], axes=[-1], keepdims=1),
                   helper.make_node("Clip", ["n", "eps", ""], ["d"]), helper.make_node("Expand", ["d", "shape"], ["de"]),
@@ -44,10 +49,10 @@ def _l2_normalized(path, form: str):
                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [6, 48])], inits, path)
 
 
-@pytest.mark.parametrize("form", ["scalenorm", "normalize", "lpnorm"])
+@pytest.mark.parametrize("form", ["scalenorm", "normalize", "channels", "lpnorm"])
 def test_l2_normalization_of_rows_far_apart_in_scale(tmp_path, form):
     """x / max(c ||x||, eps) over the last axis (ScaleNorm in RTMPose's head and gated attention unit, torch's
-    F.normalize, LpNormalization) squared x onto one 8-bit grid set by the largest rows: a row 20-200x
+    F.normalize over the last axis or over NCHW channels, LpNormalization) squared x onto one 8-bit grid set by the largest rows: a row 20-200x
     smaller had its norm rounded to a few steps or to 0 and came out up to 3x too large (relative error
     0.46 and 3.06 on the two smallest rows). As an RMSNorm (`passes/fuse_l2_normalize.py`) each row is
     normalized from its own integers: every row within 5% of its largest value (8-bit output), and the model is not taken
