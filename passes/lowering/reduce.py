@@ -49,12 +49,15 @@ def _summand(ctx, x) -> tuple[relax.Expr, float, float, bool]:
         lo, hi = ctx.range_of(ctx.var)  # the sum's calibrated range bounds every element's too
         expr = ctx.emit(relax.op.astype(x.expr, "int32"))
         return expr, 1.0, float(min(2**31 - 1, max(abs(lo), abs(hi), 1.0))), str(x.expr.ty.dtype) in ("bool", "uint8")
-    if isinstance(x, Accumulator) and x.clamp == (-math.inf, math.inf):
+    energy = isinstance(x, Accumulator) and x.product and x.clamp == (0.0, math.inf) and not x.offset
+    if isinstance(x, Accumulator) and (x.clamp == (-math.inf, math.inf) or energy):
+        # (a square's integers are >= 0 as they are: its clamp changes nothing, and its sum wants them all:
+        # requantized to 8 bits first, LRN's and ReduceL2's squares kept 2.8% of grid error)
         if x.axis is not None:
             x = _per_tensor(ctx, x)
         scale = float(np.asarray(x.scale))
         amax = max(abs(v) for v in x.out_range)
-        return x.expr, scale, min(2.0**31, math.ceil(amax / scale * ACC_HEADROOM) + 1), x.out_range[0] >= 0
+        return x.expr, scale, min(2.0**31, math.ceil(amax / scale * ACC_HEADROOM) + 1), x.out_range[0] >= 0 or energy
     q = ctx.materialize(x)
     return q.expr, q.scale, float(max(abs(v) for v in INT_RANGE[q.dtype])), q.dtype.startswith("u")
 
