@@ -30,7 +30,6 @@ time beyond the index, so nothing can overflow.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import numpy as np
 import tvm
@@ -110,9 +109,6 @@ def table_lookup(ctx, x, program: str) -> Quantized:
         return octave_lookup(ctx, x if x.clamp[0] >= 0 else x.with_clamp(0.0, x.clamp[1]), program)
     if _is_square(program):  # x^2 alone: the exact int32 product (a power spectrum's terms)
         return multiply_activations(ctx, None, x, x)
-    if _is_relu_square(program):  # relu(x)^2 (LRN's squares after a ReLU): the same of relu(x)
-        r = _relu(ctx, x)
-        return multiply_activations(ctx, None, r, r)
     special = periodic_lookup(ctx, x, program) or channel_table_lookup(ctx, x, program)
     if special is not None:
         return special
@@ -216,25 +212,6 @@ def _is_square(program: str) -> bool:
     op, operands, _ = steps[0]
     return op == "relax.square" or (op == "relax.multiply" and operands == [["v", -1], ["v", -1]]) or \
         (op == "relax.power" and not isinstance(operands[1], list) and float(operands[1]) == 2.0)
-
-
-def _is_relu_square(program: str) -> bool:
-    """relu(x) then its square (`max(x, 0)` as relu): a chain FuseUnaryChains made of a ReLU and the
-    x * x of TVM's LRN (or ReduceL2 / ReduceSumSquare after a ReLU)."""
-    steps = json.loads(program)
-    if len(steps) != 2:
-        return False
-    (op0, operands0, _), (op1, operands1, _) = steps
-    relu = op0 == "relax.nn.relu" or (op0 == "relax.maximum" and operands0 in ([["v", -1], 0.0], [0.0, ["v", -1]]))
-    return relu and op1 == "relax.multiply" and operands1 == [["v", 0], ["v", 0]]
-
-
-def _relu(ctx, x):
-    """relu of the value `x`: an accumulator's clamp, or max(q, 0) on the integers (same scale)."""
-    if isinstance(x, Accumulator):
-        return x.with_clamp(0.0, np.inf, (max(x.out_range[0], 0.0), max(x.out_range[1], 0.0)))
-    q = ctx.materialize(x, wide=True)  # for the square, as `multiply_activations` takes x * x
-    return replace(q, expr=ctx.emit(R.maximum(q.expr, emit.const(0, q.dtype))))
 
 
 @lowers("relax.call_pure_packed")
