@@ -158,3 +158,24 @@ def test_lrn_pools_its_exact_squares(tmp_path):
            compiled_against_onnxruntime(_lrn_after_max_pool(tmp_path / "lrn.onnx", 300.0), feeds, tmp_path,
                                         calibrate=8)]
     assert np.mean(rel) < 0.0155
+
+
+def test_instance_norm_of_a_pooled_conv_on_a_photo_like_input(tmp_path):
+    """Conv 5x5 -> AveragePool 2x2 -> InstanceNorm over 96x128 positions of [0, 1] inputs (DISK's first block): the
+    pool now sums the conv's int32 accumulator (`lowering/pooling.py`; it requantized to 8 bits first: 2.3% error)
+    and the InstanceNorm normalizes that int32 stream from its own integers, whose row total (all of one sign: the
+    mean is most of each value) times the 31-bit dyadic 1/C overflowed int64 and wrapped the mean (relative error
+    0.74, DISK cosine 0.76). `transformer.mean_multiplier` drops the multiplier's low bits where it must: 0.9%."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.uniform(-0.115, 0.115, (16, 3, 5, 5)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.uniform(-0.11, 0.11, 16).astype(np.float32), "b"),
+             numpy_helper.from_array(np.ones(16, np.float32), "s"), numpy_helper.from_array(np.zeros(16, np.float32), "z")]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["h"], kernel_shape=[5, 5], pads=[2, 2, 2, 2]),
+             helper.make_node("AveragePool", ["h"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("InstanceNormalization", ["p", "s", "z"], ["y"])]
+    path = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 192, 256])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 96, 128])], inits,
+                  tmp_path / "in.onnx", opset=13)
+    feeds = [{"x": rng.uniform(0, 1, size=(1, 3, 192, 256)).astype(np.float32)} for _ in range(8)]
+    for ours, ref in compiled_against_onnxruntime(path, feeds, tmp_path, calibrate=6):
+        assert np.linalg.norm(ours["y"] - ref["y"]) < 0.015 * np.linalg.norm(ref["y"])

@@ -55,17 +55,18 @@ def _window_sums(x: relax.Expr, axes, kernel, strides, padding, dilation, out_si
 
 
 def _accumulator_summand(ctx, value, area: int) -> Quantized | None:
-    """A square's int32 accumulator (a product >= 0) as the pool's summands, shifted right just enough
-    that `area` of them fit int32 (as `reduce.lower_reduce` sums): a pool over TVM's LRN squares summed
-    them after an 8-bit requantization. dtype "uint32" marks a square's (>= 0 as they are; the integers
-    stay int32), whose window sums are again such a sum. None for anything else."""
+    """An int32 accumulator (unclamped: a conv's output and bias; or a square's) as the pool's summands,
+    shifted right just enough that `area` of them fit int32 (as `reduce.lower_reduce` sums): a pool over
+    TVM's LRN squares, or DISK's 2x2 pool after a conv, summed them after an 8-bit requantization. dtype
+    "uint32" marks a square's (>= 0 as they are; the integers stay int32), whose window sums are again
+    such a sum. None for anything else."""
     from .reduce import _summand
 
     if not isinstance(value, Accumulator) or value.offset:
         return None
     energy = value.product and value.clamp == (0.0, math.inf)
-    if not energy:  # any unclamped accumulator summed so took DISK's first InstanceNorm to cosine 0.84 (not
-        return None  # root-caused; alone, conv -> avg pool -> InstanceNorm improved 1.9% -> 1.2%)
+    if value.clamp != (-math.inf, math.inf) and not energy:
+        return None
     expr, scale, bound, _ = _summand(ctx, value)
     shift = max(0, math.ceil(math.log2(area * bound / (2**31 - 1)))) if area * bound >= 2**31 else 0
     if shift > 16:
