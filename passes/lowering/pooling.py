@@ -85,19 +85,18 @@ def lower_avg_pool2d(ctx, call, args):
     padding = [int(v) for v in a.padding]
     in_sizes = [int(call.args[0].ty.shape[i]) for i in axes]
     out_sizes = [int(call.ty.shape[i]) for i in axes]
-    x = _accumulator_summand(ctx, args[0], kernel[0] * kernel[1]) or ctx.materialize(args[0])
-    if x.dtype not in ("int32",) and kernel[0] * kernel[1] * 2**15 >= 2**31:
-        ctx.fail(f"average pool over {kernel} windows could overflow the int32 sum")
-    sums = ctx.emit(_window_sums(x.expr, axes, kernel, strides, padding, dilation, out_sizes))
     counts = spatial.window_counts(in_sizes, kernel, strides, padding, dilation, out_sizes,
                                    bool(a.count_include_pad))
+    uniform = bool((counts == counts.flat[0]).all())
+    # an accumulator's own int32 where one scale divides every window (else 8 bits, requantized per window)
+    x = (_accumulator_summand(ctx, args[0], kernel[0] * kernel[1]) if uniform else None) or ctx.materialize(args[0])
+    if x.dtype not in ("int32", "uint32") and kernel[0] * kernel[1] * 2**15 >= 2**31:
+        ctx.fail(f"average pool over {kernel} windows could overflow the int32 sum")
+    sums = ctx.emit(_window_sums(x.expr, axes, kernel, strides, padding, dilation, out_sizes))
     clamp = (0.0, math.inf) if x.dtype in ("uint8", "uint32") else (-math.inf, math.inf)
-    if (counts == counts.flat[0]).all():
+    if uniform:
         return Accumulator(sums, np.asarray(x.scale / counts.flat[0]), None, ctx.out_range(), clamp,
                            product=x.dtype == "uint32")
-    if x.dtype in ("int32", "uint32"):  # an accumulator's sums: requantized to 8 bits as before
-        x = ctx.materialize(args[0])
-        sums = ctx.emit(_window_sums(x.expr, axes, kernel, strides, padding, dilation, out_sizes))
     dtype = x.dtype  # an average stays within its input's range (and sign)
     scale = activation_scale(*ctx.out_range(), dtype)
     m, s = dyadic(x.scale / (np.maximum(counts, 1) * scale))
