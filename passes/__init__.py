@@ -17,6 +17,7 @@ from .fuse_prelu import fuse_prelu
 from .fuse_layernorm import fuse_layernorm
 from .fuse_written_layernorm import fuse_written_layernorm
 from .keepdims_reductions import keepdims_reductions
+from .fuse_l2_normalize import fuse_l2_normalize
 from .fuse_rmsnorm import fuse_rmsnorm
 from .fuse_softmax import fuse_softmax
 from .sum_over_stack import sum_over_stack
@@ -32,7 +33,7 @@ from .verify_integer_only import IntegerOnlyReport, verify_integer_only
 
 __all__ = ["BOUNDARY_ATTR", "LAYERS_ATTR", "OBSERVERS", "IntegerOnlyReport", "QuantConfig", "QuantizeToInteger",
            "affine_before_max", "bind_weights", "calibrate", "conv1d_as_conv2d", "conv3d_as_conv2d", "conv3d_transpose_as_conv2d", "pool3d_as_pool2d", "decompose_batchnorm", "merge_parallel_convs", "pool1d_as_pool2d", "fold_batchnorm", "full_width_conv_as_channels", "tall_conv_as_wide", "fuse_gelu", "fuse_prelu",
-           "fuse_layernorm", "fuse_written_layernorm", "keepdims_reductions", "fuse_rmsnorm", "fuse_softmax", "fuse_binary_chains", "fuse_unary_chains", "sum_over_stack", "split_of_concat", "unary_chains_through_layout",
+           "fuse_layernorm", "fuse_written_layernorm", "keepdims_reductions", "fuse_l2_normalize", "fuse_rmsnorm", "fuse_softmax", "fuse_binary_chains", "fuse_unary_chains", "sum_over_stack", "split_of_concat", "unary_chains_through_layout",
            "verify_integer_only"]
 
 
@@ -54,7 +55,7 @@ def bind_weights(mod, weights):
                                     pool3d_as_pool2d, fold_batchnorm, decompose_batchnorm, affine_before_max,
                                     merge_parallel_convs,
                                     full_width_conv_as_channels, tall_conv_as_wide, keepdims_reductions, fuse_gelu, fuse_prelu, fuse_layernorm, fuse_written_layernorm,
-                                    fuse_rmsnorm, fuse_softmax,
+                                    fuse_l2_normalize, fuse_rmsnorm, fuse_softmax,
                                     fuse_binary_chains, fuse_unary_chains,
                                     relax.transform.DeadCodeElimination(),  # the chains' dead steps
                                     sum_over_stack, split_of_concat, relax.transform.DeadCodeElimination(),

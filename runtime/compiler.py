@@ -139,8 +139,15 @@ def _host_build() -> dict:
 
 
 def has_normalization(float_mod) -> bool:
-    """Does the model hold a LayerNorm or RMSNorm (a transformer: 16-bit residual stream)?"""
-    return re.search(r"R\.nn\.(layer|rms)_norm", float_mod.script(show_meta=False)) is not None
+    """Does the model hold a LayerNorm or RMSNorm (a transformer: 16-bit residual stream)? The RMSNorms
+    `passes.fuse_l2_normalize` made of L2 normalizations (a CNN's embedding head) do not count."""
+    from tvm import relax
+
+    from passes.fuse_l2_normalize import count_l2
+
+    text = float_mod.script(show_meta=False)
+    l2 = sum(count_l2(f) for _, f in float_mod.functions_items() if isinstance(f, relax.Function))
+    return "R.nn.layer_norm(" in text or text.count("R.nn.rms_norm(") > l2
 
 
 def _free_batch(input_shapes, spec, tune_trials: int) -> dict[str, FreeDim]:

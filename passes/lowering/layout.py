@@ -83,11 +83,11 @@ def _accumulator_through(ctx, call, x):
         if scale is None:
             return None
         expr = ctx.emit(relax.Call(call.op, [x.expr, *call.args[1:]], call.attrs))
-        return Accumulator(expr, scale, axis, ctx.out_range(), x.clamp, x.offset)
+        return Accumulator(expr, scale, axis, ctx.out_range(), x.clamp, x.offset, x.product)
     else:
         return None
     expr = ctx.emit(relax.Call(call.op, [x.expr, *call.args[1:]], call.attrs))
-    moved = Accumulator(expr, x.scale, axis, ctx.out_range(), x.clamp, x.offset)
+    moved = Accumulator(expr, x.scale, axis, ctx.out_range(), x.clamp, x.offset, x.product)  # a square stays one
     if axis is not None and x in ctx.bias_shift:  # the same channels: the bias added next still corrects them
         ctx.bias_shift[moved] = ctx.bias_shift[x]
     if axis is not None and x in ctx.features:  # the same features, maybe on another axis
@@ -117,7 +117,7 @@ def _per_tensor(ctx, x: Accumulator) -> Accumulator:
     m, s = dyadic(np.asarray(x.scale, np.float64) / scale)
     expr = ctx.emit(emit.requantize(x.expr, emit.channel_shape(m, rank, x.axis), emit.channel_shape(s, rank, x.axis),
                                     *INT_RANGE["int32"], "int32"))
-    return Accumulator(expr, np.asarray(scale), None, x.out_range, x.clamp, x.offset)
+    return Accumulator(expr, np.asarray(scale), None, x.out_range, x.clamp, x.offset, x.product)
 
 
 def channel_axis_after_reshape(before: list[int], after: list[int], axis: int) -> int | None:

@@ -54,23 +54,49 @@ def _window_sums(x: relax.Expr, axes, kernel, strides, padding, dilation, out_si
     return y
 
 
+def _accumulator_summand(ctx, value, area: int) -> Quantized | None:
+    """An int32 accumulator (unclamped: a conv's output and bias; or a square's) as the pool's summands,
+    shifted right just enough that `area` of them fit int32 (as `reduce.lower_reduce` sums): a pool over
+    TVM's LRN squares, or DISK's 2x2 pool after a conv, summed them after an 8-bit requantization. dtype
+    "uint32" marks a square's (>= 0 as they are; the integers stay int32), whose window sums are again
+    such a sum. None for anything else."""
+    from .reduce import _summand
+
+    if not isinstance(value, Accumulator) or value.offset:
+        return None
+    energy = value.product and value.clamp == (0.0, math.inf)
+    if value.clamp != (-math.inf, math.inf) and not energy:
+        return None
+    expr, scale, bound, _ = _summand(ctx, value)
+    shift = max(0, math.ceil(math.log2(area * bound / (2**31 - 1)))) if area * bound >= 2**31 else 0
+    if shift > 16:
+        return None
+    if shift:
+        expr = ctx.emit(emit.rounding_shift(expr, np.asarray(shift)))
+    return Quantized(expr, scale * 2.0**shift, "uint32" if energy else "int32")
+
+
 @lowers("relax.nn.avg_pool2d")
 def lower_avg_pool2d(ctx, call, args):
-    x, a = ctx.materialize(args[0]), call.attrs
+    a = call.attrs
     layout = str(a.layout)
     axes = [layout.index("H"), layout.index("W")]
     kernel, strides, dilation = ([int(v) for v in vals] for vals in (a.pool_size, a.strides, a.dilation))
     padding = [int(v) for v in a.padding]
     in_sizes = [int(call.args[0].ty.shape[i]) for i in axes]
     out_sizes = [int(call.ty.shape[i]) for i in axes]
-    if kernel[0] * kernel[1] * 2**15 >= 2**31:
-        ctx.fail(f"average pool over {kernel} windows could overflow the int32 sum")
-    sums = ctx.emit(_window_sums(x.expr, axes, kernel, strides, padding, dilation, out_sizes))
     counts = spatial.window_counts(in_sizes, kernel, strides, padding, dilation, out_sizes,
                                    bool(a.count_include_pad))
-    clamp = (0.0, math.inf) if x.dtype == "uint8" else (-math.inf, math.inf)
-    if (counts == counts.flat[0]).all():
-        return Accumulator(sums, np.asarray(x.scale / counts.flat[0]), None, ctx.out_range(), clamp)
+    uniform = bool((counts == counts.flat[0]).all())
+    # an accumulator's own int32 where one scale divides every window (else 8 bits, requantized per window)
+    x = (_accumulator_summand(ctx, args[0], kernel[0] * kernel[1]) if uniform else None) or ctx.materialize(args[0])
+    if x.dtype not in ("int32", "uint32") and kernel[0] * kernel[1] * 2**15 >= 2**31:
+        ctx.fail(f"average pool over {kernel} windows could overflow the int32 sum")
+    sums = ctx.emit(_window_sums(x.expr, axes, kernel, strides, padding, dilation, out_sizes))
+    clamp = (0.0, math.inf) if x.dtype in ("uint8", "uint32") else (-math.inf, math.inf)
+    if uniform:
+        return Accumulator(sums, np.asarray(x.scale / counts.flat[0]), None, ctx.out_range(), clamp,
+                           product=x.dtype == "uint32")
     dtype = x.dtype  # an average stays within its input's range (and sign)
     scale = activation_scale(*ctx.out_range(), dtype)
     m, s = dyadic(x.scale / (np.maximum(counts, 1) * scale))

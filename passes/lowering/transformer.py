@@ -130,6 +130,18 @@ def lower_rms_norm(ctx, call, args):
     return _normalize(ctx, call, x, gamma, beta, center=False)
 
 
+def mean_multiplier(channels: int, total_bound: int) -> tuple[int, int]:
+    """(m, s) with m / 2^s ~ 1 / channels and total * m + 2^(s-1) within int64 for |total| <= total_bound:
+    dyadic(1 / C) has 31 bits, and an int32 stream's row total (rows of one sign: an InstanceNorm over
+    12288 positions of a conv's output on a photo, whose mean is most of each value) times it overflowed
+    int64, wrapping the mean (relative error 0.74). Fewer bits where needed: the mean still rounds within half a unit
+    (C b^2 < 2^60 by `stream_shift`)."""
+    m, s = (int(v) for v in dyadic(1.0 / channels))
+    while total_bound * m + 2 ** (s - 1) >= 2**63 and s > 1:
+        m, s = (m + 1) >> 1, s - 1
+    return m, s
+
+
 def _normalize(ctx, call, x, gamma, beta, center: bool):
     """I-LayerNorm (center) or its RMSNorm form, gamma and beta constants."""
     name = call.op.name.split(".")[-1]
@@ -139,7 +151,6 @@ def _normalize(ctx, call, x, gamma, beta, center: bool):
         ctx.fail(f"{name} over the last axis with constant gamma and beta is supported")
     channels = int(call.args[0].ty.shape[-1])
     epsilon = float(call.attrs.epsilon)  # inside the square root: matters where a row's variance is near it
-    mean_m, mean_s = dyadic(1.0 / channels)
     x = ctx.without_offset(x)
     if isinstance(x, Accumulator) and x.axis is None and x.clamp == (-math.inf, math.inf):
         # an int32 input (the residual stream of `elementwise.lower_add`, a matmul's output) is
@@ -149,6 +160,7 @@ def _normalize(ctx, call, x, gamma, beta, center: bool):
         bound = int(min(2**31 - 1, max(4 * amax, 1)))  # 4x the calibrated range: no overflow beyond it
         k = ref.stream_shift(channels, bound.bit_length() + 1)  # + 1: centred values span twice
         shifted = emit.rounding_shift(emit.R.clip(x.expr, -bound, bound), np.asarray(k))
+        mean_m, mean_s = mean_multiplier(channels, channels * ((bound >> k) + 1))
         eps = ref.layernorm_eps(epsilon, channels, float(np.max(x.scale)) * 2.0**k,
                                 channels * (2 * (bound >> k) + 2) ** 2)
         z = emit_transformer.layernorm_core(shifted, int(mean_m), int(mean_s), center=center, precise=True, eps=eps)
@@ -158,9 +170,10 @@ def _normalize(ctx, call, x, gamma, beta, center: bool):
         if channels * 2.0 ** (2 * (bits + 1)) >= 2**62:
             ctx.fail(f"{name} over {channels} channels could overflow the int64 variance")
         eps = ref.layernorm_eps(epsilon, channels, float(x.scale), channels * 4 ** (bits + 1))
+        mean_m, mean_s = mean_multiplier(channels, channels * 2 ** (bits + 1))
         z = emit_transformer.layernorm_core(x.expr, int(mean_m), int(mean_s), center=center,  # y / std at 2^-30
                                             precise=eps >= ref.PRECISE_EPS, eps=eps)
-    dtype = ctx.config.residual_dtype
+    dtype = "int16" if ctx.wide_output() else ctx.config.residual_dtype  # measured sensitive: 16 bits
     scale = activation_scale(*ctx.out_range(), dtype)
     gamma, beta = gamma.astype(np.float64).reshape(-1), beta.astype(np.float64).reshape(-1)
     ratio = math.sqrt(channels) * np.abs(gamma) / (2.0**30 * scale)
