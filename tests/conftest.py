@@ -103,6 +103,15 @@ def compiled_against_onnxruntime(path, feeds: list[dict], tmp_path, calibrate: i
         yield art.run(feed), dict(zip(names, session.run(None, feed)))
 
 
+def saved_model(nodes, inputs, outputs, inits, path, opset: int = 17, name: str = "graph") -> str:
+    """An onnx.helper graph of `nodes` saved as a model at `path` (IR version 8); its path as text."""
+    graph = helper.make_graph(nodes, name, inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return str(path)
+
+
 def cosine(a, b) -> float:
     a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
     return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))

@@ -4,18 +4,9 @@ each fix for its family, on small graphs built here."""
 from __future__ import annotations
 
 import numpy as np
-import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from tests.conftest import compiled_against_onnxruntime
-
-
-def _model(nodes, inputs, outputs, inits, path, opset=17):
-    graph = helper.make_graph(nodes, "hunt28", inputs, outputs, inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 8
-    onnx.save(model, path)
-    return str(path)
+from tests.conftest import compiled_against_onnxruntime, saved_model
 
 
 def _simcc_decoder(path, op: str):
@@ -28,7 +19,7 @@ def _simcc_decoder(path, op: str):
              helper.make_node("ArgMax", ["logits"], ["bin"], axis=-1, keepdims=0),
              helper.make_node("Cast", ["bin"], ["binf"], to=TensorProto.FLOAT),
              helper.make_node(op, ["binf", "c"], ["loc"])]
-    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 17, 32])],
+    return saved_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 17, 32])],
                   [helper.make_tensor_value_info("loc", TensorProto.FLOAT, [1, 17]),
                    helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 17, 96])], inits, path)
 
@@ -63,7 +54,7 @@ def _time_shift(path, opset: int):
         pad = helper.make_node("Pad", ["h"], ["shifted"], mode="constant", pads=pads, value=0.0)
     nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), pad,
              helper.make_node("Mul", ["shifted", "mix"], ["a"]), helper.make_node("Add", ["a", "h"], ["y"])]
-    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16])],
+    return saved_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16])],
                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16])], inits, path, opset)
 
 
@@ -96,7 +87,7 @@ def _small_embedding_norm(path):
     nodes = [helper.make_node("Gather", ["table", "ids"], ["e"]),
              helper.make_node("LayerNormalization", ["e", "gamma", "beta"], ["n"], axis=-1, epsilon=1e-5),
              helper.make_node("MatMul", ["n", "w"], ["y"])]
-    return _model(nodes, [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 16])],
+    return saved_model(nodes, [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 16])],
                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 8])], inits, path)
 
 
@@ -123,7 +114,7 @@ def test_random_ops_refused_saying_what_to_do(tmp_path):
 
     nodes = [helper.make_node("RandomNormalLike", ["x"], ["noise"]),
              helper.make_node("Mul", ["noise", "s"], ["scaled"]), helper.make_node("Add", ["x", "scaled"], ["y"])]
-    path = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+    path = saved_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
                   [numpy_helper.from_array(np.array(0.667, np.float32), "s")], tmp_path / "noise.onnx")
     with pytest.raises(UnsupportedModelError) as err:
@@ -150,7 +141,7 @@ def _detector_postprocess(path):
              helper.make_node("ArgMax", ["scores"], ["cls"], axis=-1, keepdims=1),
              helper.make_node("Cast", ["cls"], ["clsf"], to=TensorProto.FLOAT),
              helper.make_node("Concat", ["b", "best", "clsf"], ["dets"], axis=-1)]
-    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 64])],
+    return saved_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 64])],
                   [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 64, 10]),
                    helper.make_tensor_value_info("dets", TensorProto.FLOAT, [1, 64, 6])], inits, path)
 

@@ -4,19 +4,10 @@ built here."""
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from tests.conftest import compiled_against_onnxruntime
-
-
-def _model(nodes, inputs, outputs, inits, path, opset=17):
-    graph = helper.make_graph(nodes, "hunt29", inputs, outputs, inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 8
-    onnx.save(model, path)
-    return str(path)
+from tests.conftest import compiled_against_onnxruntime, saved_model
 
 
 def _l2_normalized(path, form: str):
@@ -45,7 +36,7 @@ def _l2_normalized(path, form: str):
                   helper.make_node("Div", ["h", "de"], ["y"])]
     else:
         nodes += [helper.make_node("LpNormalization", ["h"], ["y"], axis=-1, p=2)]
-    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [6, 32])],
+    return saved_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [6, 32])],
                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [6, 48])], inits, path)
 
 
@@ -83,7 +74,7 @@ def test_l2_normalization_with_a_clamp_that_bites_is_left_alone(tmp_path):
     inits = [numpy_helper.from_array(np.array(1.0, np.float32), "eps")]
     nodes = [helper.make_node("ReduceL2", ["x"], ["n"], axes=[-1], keepdims=1),
              helper.make_node("Clip", ["n", "eps", ""], ["d"]), helper.make_node("Div", ["x", "d"], ["y"])]
-    path = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16])],
+    path = saved_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16])],
                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 16])], inits, tmp_path / "m.onnx")
     imported = load_onnx(path)
     assert "rms_norm" not in bind_weights(imported.mod, imported.params).script(show_meta=False)
@@ -103,7 +94,7 @@ def _global_max_feature(path, feeds):
     nodes = [helper.make_node("Conv", ["x", "w"], ["h"], kernel_shape=[1]),
              helper.make_node("ReduceMax", ["h"], ["m"], axes=[2], keepdims=0),
              helper.make_node("Mul", ["m", "mul"], ["c"]), helper.make_node("Add", ["c", "add"], ["y"])]
-    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 512])],
+    return saved_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 512])],
                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32])], inits, path)
 
 
@@ -141,7 +132,7 @@ def _lrn_after_max_pool(path, scale: float):
              helper.make_node("Relu", ["h"], ["r0"]),
              helper.make_node("MaxPool", ["r0"], ["r"], kernel_shape=[2, 2], strides=[1, 1], pads=[0, 0, 1, 1]),
              helper.make_node("LRN", ["r"], ["y"], size=5, alpha=1e-4, beta=0.75, bias=1.0)]
-    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+    return saved_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32, 16, 16])],
                   [numpy_helper.from_array(w, "w")], path, opset=13)
 
@@ -173,7 +164,7 @@ def test_instance_norm_of_a_pooled_conv_on_a_photo_like_input(tmp_path):
     nodes = [helper.make_node("Conv", ["x", "w", "b"], ["h"], kernel_shape=[5, 5], pads=[2, 2, 2, 2]),
              helper.make_node("AveragePool", ["h"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
              helper.make_node("InstanceNormalization", ["p", "s", "z"], ["y"])]
-    path = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 192, 256])],
+    path = saved_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 192, 256])],
                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 96, 128])], inits,
                   tmp_path / "in.onnx", opset=13)
     feeds = [{"x": rng.uniform(0, 1, size=(1, 3, 192, 256)).astype(np.float32)} for _ in range(8)]
