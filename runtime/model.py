@@ -535,6 +535,7 @@ def _aligned(q: np.ndarray) -> np.ndarray:
 
 
 def _empty_aligned(shape, dtype) -> np.ndarray:
+    """An uninitialized C-contiguous array at an ALIGNMENT-byte address (the VM's arguments)."""
     dtype = np.dtype(dtype)
     size = int(np.prod(shape)) * dtype.itemsize
     buffer = np.empty(size + ALIGNMENT, np.uint8)
