@@ -30,6 +30,15 @@ def rewrite_calls(mod: tvm.IRModule, op_name: str,
     return rewriter.builder_.get()
 
 
+def rewrite_functions(mod: tvm.IRModule, rewrite: Callable[[relax.Function], relax.Function]) -> tvm.IRModule:
+    """`mod` with each Relax function that has a body of blocks replaced by `rewrite(function)`: the
+    body of the passes that rewrite a function's bindings as a whole."""
+    for gv, func in list(mod.functions_items()):
+        if isinstance(func, relax.Function) and isinstance(func.body, relax.SeqExpr):
+            mod[gv] = rewrite(func)
+    return mod
+
+
 def is_op(value, name: str) -> bool:
     """Whether `value` is a call of the Relax op `name` ("relax.concat")."""
     return isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) and value.op.name == name

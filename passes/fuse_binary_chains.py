@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import tvm
 from tvm import relax
 
+from .call_rewrite import rewrite_functions
 from .chain_calls import binary_call
 from .fuse_unary_chains import COMPARISONS, attr_value, scalar_number, static_shape
 from .reference.unary import FLOAT_OPS, OP_ATTRS, TABLE_OPS
@@ -53,10 +54,7 @@ def _size(ty) -> int | None:
 @tvm.transform.module_pass(opt_level=0, name="FuseBinaryChains")
 def fuse_binary_chains(mod, _ctx):
     """Replace every float binding that is a table-worthy function of two tensors by one call."""
-    for gv, func in list(mod.functions_items()):
-        if isinstance(func, relax.Function) and isinstance(func.body, relax.SeqExpr):
-            mod[gv] = _fuse(func)
-    return mod
+    return rewrite_functions(mod, _fuse)
 
 
 def _fuse(func: relax.Function) -> relax.Function:

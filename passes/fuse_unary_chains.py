@@ -28,6 +28,7 @@ import json
 import tvm
 from tvm import relax
 
+from .call_rewrite import rewrite_functions
 from .chain_calls import UNARY_CALL, chain_as_ops, unary_call, unary_parts  # noqa: F401  (re-exported)
 from .reference.unary import CHAIN_OPS, FLOAT_OPS, OP_ATTRS, TABLE_OPS
 
@@ -107,10 +108,7 @@ def program_json(source, members: list, steps: dict, last_step: tuple) -> str:
 @tvm.transform.module_pass(opt_level=0, name="FuseUnaryChains")
 def fuse_unary_chains(mod, _ctx):
     """Replace every float binding that is a table-worthy function of one input by one call."""
-    for gv, func in list(mod.functions_items()):
-        if isinstance(func, relax.Function) and isinstance(func.body, relax.SeqExpr):
-            mod[gv] = _fuse(func)
-    return mod
+    return rewrite_functions(mod, _fuse)
 
 
 def _fuse(func: relax.Function) -> relax.Function:

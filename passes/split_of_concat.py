@@ -19,17 +19,14 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .call_rewrite import is_op
+from .call_rewrite import is_op, rewrite_functions
 from .unary_chains_through_layout import with_bindings
 
 
 @tvm.transform.module_pass(opt_level=0, name="SplitOfConcat")
 def split_of_concat(mod, _ctx):
     """Rewrite every split that undoes a concat (see the module docstring)."""
-    for gv, func in list(mod.functions_items()):
-        if isinstance(func, relax.Function) and isinstance(func.body, relax.SeqExpr):
-            mod[gv] = _rewrite(func)
-    return mod
+    return rewrite_functions(mod, _rewrite)
 
 
 def _boundaries(split: relax.Call, length: int) -> list[int] | None:

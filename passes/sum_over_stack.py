@@ -16,7 +16,7 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
-from .call_rewrite import is_op
+from .call_rewrite import is_op, rewrite_functions
 from .chain_calls import unary_call, unary_parts as _unary
 from .unary_chains_through_layout import uses_of, with_bindings
 
@@ -26,10 +26,7 @@ MAX_TERMS = 8
 @tvm.transform.module_pass(opt_level=0, name="SumOverStack")
 def sum_over_stack(mod, _ctx):
     """Rewrite every sum over a stacking Concat's axis (see the module docstring)."""
-    for gv, func in list(mod.functions_items()):
-        if isinstance(func, relax.Function) and isinstance(func.body, relax.SeqExpr):
-            mod[gv] = _rewrite(func)
-    return mod
+    return rewrite_functions(mod, _rewrite)
 
 
 def _rewrite(func: relax.Function) -> relax.Function:

@@ -18,6 +18,7 @@ import json
 import tvm
 from tvm import relax
 
+from .call_rewrite import rewrite_functions
 from .chain_calls import unary_call, unary_parts as _unary
 
 LAYOUT = ("relax.permute_dims", "relax.reshape", "relax.expand_dims", "relax.squeeze", "relax.flatten")
@@ -33,10 +34,7 @@ def compose(first: str, second: str) -> str:
 @tvm.transform.module_pass(opt_level=0, name="UnaryChainsThroughLayout")
 def unary_chains_through_layout(mod, _ctx):
     """Merge every chain -> layout op -> chain into layout op -> chain (see the module docstring)."""
-    for gv, func in list(mod.functions_items()):
-        if isinstance(func, relax.Function) and isinstance(func.body, relax.SeqExpr):
-            mod[gv] = _merge(func)
-    return mod
+    return rewrite_functions(mod, _merge)
 
 
 def uses_of(func: relax.Function) -> dict:
