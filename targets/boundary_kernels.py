@@ -19,6 +19,7 @@ from tvm.script import tirx as T
 
 FILE = "boundary.so"
 VECTOR = 64  # elements per vector step (and per parallel chunk's step)
+# runtime/boundary.py's _RANGE (targets does not import the runtime: data flows frontends -> passes -> targets -> runtime)
 RANGES = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767)}
 DEQUANTIZED = ("int8", "uint8", "int16", "int32")
 
@@ -60,9 +61,8 @@ def _elementwise(name: str, source: str, result: str, value):
 def export(target: tvm.target.Target, path: Path, **export_kwargs) -> dict:
     """Build the boundary kernels for `target` into `path`; the manifest's entry: the kernels'
     names by integer dtype (the file's name and hash are the caller's)."""
-    quantize = dict(_quantize(dtype) for dtype in RANGES)
-    dequantize = dict(_dequantize(dtype) for dtype in DEQUANTIZED)
-    mod = tvm.IRModule({**quantize, **dequantize})
+    kernels = {"quantize": {dtype: _quantize(dtype) for dtype in RANGES},
+               "dequantize": {dtype: _dequantize(dtype) for dtype in DEQUANTIZED}}
+    mod = tvm.IRModule({name: func for way in kernels.values() for name, func in way.values()})
     tvm.tirx.build(mod, target=target).export_library(str(path), **export_kwargs)
-    return {"quantize": {dtype: f"intq_quantize_{dtype}" for dtype in RANGES},
-            "dequantize": {dtype: f"intq_dequantize_{dtype}" for dtype in DEQUANTIZED}}
+    return {way: {dtype: name for dtype, (name, _) in by_dtype.items()} for way, by_dtype in kernels.items()}
