@@ -736,10 +736,10 @@ def _schedule_flat_depthwise(sch: s_tir.Schedule, block) -> None:
             sch.tensorize(quad_words, quad_rows_intrinsic())
         return
     sch.reorder(outer, *reduce, tiled, lanes)  # each weight broadcast once per tile of vectors
-    # TVM takes a "local" buffer in a parallel loop from the workspace pool (a call per channel,
-    # ~7 ns); small "global" ones are stack arrays, which LLVM keeps in registers too: 7x7 convs
-    # 107 -> 99 us. Larger ones share one workspace block with the padded rows, and LLVM then
-    # reloads the accumulators every tap (stride-2 112x112: 0.2 -> 0.8 ms): those stay "local"
+    # small "global" accumulators are stack arrays, which LLVM keeps in registers too: 7x7 convs
+    # 107 -> 99 us. Larger ones share one block with the padded rows (TVM's storage rewrite merges a
+    # scope's buffers), and LLVM then reloads the accumulators every tap (stride-2 112x112: 0.2 ->
+    # 0.8 ms): those stay "local", a stack array of their own too (`stack_scratch.py`)
     acc = sch.cache_write(block, 0, "global" if rows * 4 < STACK_BYTES else "local")
     sch.reverse_compute_at(acc, outer)
     sch.unroll(tiled)
