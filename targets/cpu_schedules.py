@@ -663,11 +663,11 @@ def _schedule_flat_depthwise(sch: s_tir.Schedule, block) -> None:
     from .kernel_family import is_x86
 
     epilogue = inline_epilogue(sch, sch.get(block).name_hint)
-    channel = _flat_epilogue_per_channel(sch, block, epilogue)
+    channel, pads_at = _flat_epilogue_per_channel(sch, block, epilogue, _channel_group(sch, block))
     if channel is None:  # the loops before the flat outputs' (the quad conv has one reduction loop more)
         spatial = sum(int(v.iter_type) == 0 for v in sch.get(block).iter_vars)
         lead = sch.get_loops(block)[:spatial - 1]
-        channel = sch.fuse(*lead) if len(lead) > 1 else lead[0]
+        channel = pads_at = sch.fuse(*lead) if len(lead) > 1 else lead[0]
         parallel(sch, channel)
         for consumer in epilogue:  # a loop nest of its own
             loops = sch.get_loops(consumer)
@@ -695,7 +695,7 @@ def _schedule_flat_depthwise(sch: s_tir.Schedule, block) -> None:
     phases = []  # stride 2's phase rows, tensorized once their producer is in place
     for producer in pads:  # consumers first: each is computed where the next one needs it
         if depthwise:
-            sch.compute_at(producer, channel)
+            sch.compute_at(producer, pads_at)
         loops = sch.get_loops(producer)
         if sch.get(producer).name_hint == QUADS:  # 16 words of quad rows per shuffle (once the
             quad_words = sch.split(loops[-2], [None, LANES])[1]  # rest is in place: tensorize
@@ -773,24 +773,52 @@ def _schedule_quad_taps(sch: s_tir.Schedule, block, epilogue, outer, tiled, lane
         _vectorize_epilogue(sch, consumer, _int32_lanes())
 
 
-def _flat_epilogue_per_channel(sch: s_tir.Schedule, block, epilogue):
-    """The epilogue's (batch, channel) loop, parallel, with the flat conv computed under it; None
-    if it does not fit. Its reads of the flat sums (y * Wp + x) defeat TVM's region analysis, so
-    the read is declared as the channel's whole flat row first (the epilogue as a loop nest of its
-    own cost ~1 ns per output at 7x7: scalar int64 requantization of sums gone from L1)."""
+def _flat_epilogue_per_channel(sch: s_tir.Schedule, block, epilogue, group: int = 1):
+    """(channel, where the padded rows go): the epilogue's (batch, channel) loop, parallel in groups
+    of `group` channels (`_channel_group`), with the flat conv computed under it; (None, None) if it
+    does not fit. Its reads of the flat sums (y * Wp + x) defeat TVM's region analysis, so the read
+    is declared as the channel's whole flat row first (the epilogue as a loop nest of its own cost
+    ~1 ns per output at 7x7: scalar int64 requantization of sums gone from L1)."""
     if len(epilogue) != 1 or len(sch.get(epilogue[0]).iter_vars) != 4:
-        return None
+        return None, None
     consumer, sums = epilogue[0], sch.get(block).writes[0].source
     index = next((i for i, r in enumerate(sch.get(consumer).reads) if r.source.same_as(sums)), None)
     if index is None or len(sums.shape) != 3:
-        return None
+        return None, None
     rows = int(sums.shape[-1])
     _annotate_read(sch, consumer, index, lambda b, f, *_: [b, b + 1, f, f + 1, 0, rows])
     loops = sch.get_loops(consumer)
-    channel = sch.fuse(*loops[:2])
-    parallel(sch, channel)
+    channel = pads_at = sch.fuse(*loops[:2])
+    extent = sch.get(channel).extent
+    if group > 1 and isinstance(extent, tvm.tirx.IntImm) and int(extent) % group == 0:
+        pads_at, channel = sch.split(channel, [None, group])
+    parallel(sch, pads_at)
     sch.compute_at(block, channel)
-    return channel
+    return channel, pads_at
+
+
+GROUP_PLANE_BYTES = 512  # a stride-1 depthwise conv's padded plane up to this size: channels in groups
+CHANNEL_GROUP = 4
+
+
+def _channel_group(sch: s_tir.Schedule, block) -> int:
+    """Channels whose padded rows a stride-1 depthwise conv over a small image builds before their
+    sums: the conv's first loads read back bytes the padding has just stored in pieces of 1-8 bytes
+    (its rows are 9-18 bytes), which no store can forward, so every load waited for the stores to
+    reach the cache. Four channels' rows at a time give the first channel's stores that long:
+    EfficientNet-Lite0's 7x7x1152 5x5 conv 79 -> 56 us, 3x3 56 -> 47, 14x14x672 5x5 129 -> 101
+    (Zen 4, 1 thread); 28x28 and larger gained nothing, the strided (phase) convs lost."""
+    from .depthwise import PAD
+
+    producers, level = [], sch.get_producers(block)
+    while level:
+        producers += level
+        level = [p for pad in level for p in sch.get_producers(pad)]
+    padded = [sch.get(p).writes[0].source for p in producers if sch.get(p).name_hint == PAD]
+    if len(padded) != 1 or len(producers) > 2 or any(int(d) != 1 for d in padded[0].shape[2:-1]):
+        return 1  # strided (phases of a padded image) or not a flat conv's rows
+    plane = int(padded[0].shape[-1]) * tvm.DataType(str(padded[0].dtype)).bits // 8
+    return CHANNEL_GROUP if plane <= GROUP_PLANE_BYTES else 1
 
 
 REDUCE_LANES = 16  # partial sums of a row reduction kept as one vector (rfactor)
