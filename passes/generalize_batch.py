@@ -14,8 +14,9 @@ s owns rows [s*L, (s+1)*L), a contiguous slab. Reshapes keep slabs contiguous, s
 (n*16, 64)), and so do squeeze, expand_dims, flatten and a broadcast's target; a permutation
 that moves the batch only past axes of size 1 takes the batch first; a constant concatenated
 beside batch rows is repeated per sample; constant gather / gather_nd indices are offset per
-sample; every other call is re-emitted as is and Relax infers its shape. Hence each
-sample's integers are exactly what the batch-1 model computes for it.
+sample; a strided slice that keeps all of axis 0 (end INT_MAX) slices the other axes only;
+every other call is re-emitted as is and Relax infers its shape. Hence each sample's
+integers are exactly what the batch-1 model computes for it.
 
 Refused (CompileError naming the binding): ops that would mix samples or move the batch
 (an axis attribute that includes 0, a permutation that moves axis 0, a reduction over all
@@ -35,6 +36,7 @@ from frontends.errors import CompileError
 from frontends.onnx_origins import origin
 
 UPPER_BOUND_ATTR = "tir_var_upper_bound"  # Relax's memory planner sizes buffers by it
+PAST_ANY_BATCH = 10 ** 9  # a slice's end at least this keeps the whole batch axis (jax2tf writes 10^9)
 
 
 def _axes(attrs, rank: int) -> list[int] | None:
@@ -88,6 +90,29 @@ def _rows(shape, n) -> relax.ShapeExpr:
     """A reshape target at batch n for `shape` at batch 1: n times its leading dim (samples are slabs)."""
     dims = [int(d) for d in shape]
     return relax.ShapeExpr([n * dims[0] if dims[0] != 1 else n, *dims[1:]])
+
+
+def _slice_spec(call: relax.Call) -> tuple[list[int], ...] | None:
+    """(axes, begin, end, strides) of a strided_slice as ints (axes normalized), or None where one is
+    computed at run time."""
+    rank = len(call.args[0].ty.shape)
+    try:
+        axes, begin, end = ([int(f.value) for f in t.fields] for t in call.args[1:4])
+        strides = [int(f.value) for f in call.args[4].fields] if len(call.args) > 4 else [1] * len(axes)
+    except (AttributeError, TypeError):  # a Var or a ShapeExpr of run-time values
+        return None
+    return [a % rank for a in axes], begin, end, strides
+
+
+def _keeps_the_batch(call: relax.Call) -> bool:
+    """Does a strided slice with axis 0 among its axes keep all of it at any batch (from 0, step 1, to an
+    end past any batch: torch's INT64_MAX, jax2tf's 10^9)? One whose end is a number of rows (`0:1`, a shape folded at batch
+    1) would keep those rows of the batch in the float model, not each sample: it is not generalized."""
+    spec = _slice_spec(call)
+    if spec is None or 0 not in spec[0]:
+        return False
+    at = spec[0].index(0)
+    return spec[1][at] == 0 and spec[3][at] == 1 and spec[2][at] >= PAST_ANY_BATCH
 
 
 def _unit_axes_first(call: relax.Call) -> bool:
@@ -160,6 +185,8 @@ class _Generalizer:
             if op == "relax.permute_dims" and dependent[0] and _unit_axes_first(value):
                 axes = [int(a) for a in value.attrs.axes]
                 return relax.op.permute_dims(args[0], [0, *[a for a in axes if a != 0]]), n
+            if op == "relax.strided_slice" and dependent[0] and _keeps_the_batch(value):
+                return self.slice_rows(value, args[0]), n
             if op == "relax.gather_nd" and dependent == [True, False] and int(value.attrs.batch_dims) == 0:
                 args[1] = self.sample_nd_indices(name, value, args[1], n)
                 return relax.Call(value.op, args, value.attrs, value.ty_args), n
@@ -200,6 +227,17 @@ class _Generalizer:
             return self.bb.emit(relax.op.broadcast_to(const, relax.ShapeExpr([n, *dims[1:]])))
         stacked = self.bb.emit(relax.op.broadcast_to(relax.op.expand_dims(const, [0]), relax.ShapeExpr([n, *dims])))
         return self.bb.emit(relax.op.reshape(stacked, relax.ShapeExpr([n * dims[0], *dims[1:]])))
+
+    def slice_rows(self, call: relax.Call, x: relax.Expr) -> relax.Expr:
+        """A strided slice of a batch-dependent tensor that keeps all of axis 0 at any batch (tf2onnx's
+        StridedSlice over every axis, `0:10^9` on the batch: Magika), at batch n: a slice of the other
+        axes only. TVM would clip the end to `min(10^9, n)`, which it cannot prove is n."""
+        axes, begin, end, strides = _slice_spec(call)
+        keep = [i for i, a in enumerate(axes) if a != 0]
+        if not keep:
+            return relax.op.reshape(x, relax.ShapeExpr(list(x.ty.shape)))  # every element: the identity
+        return relax.op.strided_slice(x, *([v[i] for i in keep] for v in (axes, begin, end, strides)),
+                                      assume_inbound=bool(call.attrs.assume_inbound))
 
     def sample_indices(self, name: str, take: relax.Call, idx: relax.Expr, n) -> relax.Expr:
         """Constant indices of a gather along axis 0 of a batch-dependent tensor (at batch 1 they
