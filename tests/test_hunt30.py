@@ -66,3 +66,135 @@ def test_slice_of_the_whole_batch_axis_keeps_it_symbolic(tmp_path):
     _alone_equals_batched(art, feeds[4:])
     with pytest.raises(CompileError, match=r"relax.strided_slice\): at batch n"):
         _generalized(lambda x: relax.op.strided_slice(x, [0], [0], [1]))
+
+
+def _elementwise_max(path):
+    """x [N, 8, 16] @ w1 and @ w2, then Max of the two (TVM imports ONNX's Max / Min / Sum / Mean of several
+    tensors as stack(axis=0) and a reduction over axis 0)."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.5, (16, 16)).astype(np.float32), w) for w in ("w1", "w2")]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["a"]), helper.make_node("MatMul", ["x", "w2"], ["b"]),
+             helper.make_node("Max", ["a", "b"], ["y"])]
+    return saved_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 16])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 16])], inits, path)
+
+
+def test_max_of_two_activations_keeps_the_batch_symbolic(tmp_path):
+    """Max(a, b) of two activations is stack((a, b), axis=0) then max over axis 0: "it works along axis 0,
+    the batch", so the whole model ran per sample. A stack along a new axis 0 keeps each sample's rows apart
+    ([2, n * L, ...]) when a reduction over that axis is its only reader: the batch stays symbolic and 3
+    samples in one call get their integers alone; any other reader is refused."""
+    import pytest
+    from tvm import relax
+
+    from frontends import CompileError
+    from test_free_shapes_real import _generalized
+
+    rng = np.random.default_rng(1)
+    feeds = [{"x": rng.normal(0, 1, (1, 8, 16)).astype(np.float32)} for _ in range(7)]
+    art = _free_batch(_elementwise_max(tmp_path / "max.onnx"), {"x": (8, 16)}, feeds[:4], tmp_path)
+    assert art.manifest["batch"] == "symbolic"
+    _alone_equals_batched(art, feeds[4:])
+    R = relax.op
+    assert _generalized(lambda x: R.max(R.stack([x, x], axis=0), axis=[0])).ret_ty.shape[0].name == "n"
+    with pytest.raises(CompileError, match=r"relax.sum\): it reads a stack of tensors along a new axis 0 other"):
+        _generalized(lambda x: R.sum(R.stack([x, x], axis=0), axis=[0, 2]))
+
+
+def _clipped_below_the_max(path, batch):
+    """openWakeWord's log-mel front end, in small: h = x [batch, 1, 8, 16] @ w, then max(h, max(h) - 1.5), the
+    max over every element (a ReduceMax to a scalar, keepdims 0)."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.5, (16, 16)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.array(1.5, np.float32), "range")]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]),
+             helper.make_node("ReduceMax", ["h"], ["m"], keepdims=0),
+             helper.make_node("Sub", ["m", "range"], ["floor"]),
+             helper.make_node("Max", ["h", "floor"], ["y"])]
+    return saved_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 1, 8, 16])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 1, 8, 16])], inits, path)
+
+
+def test_reduction_over_a_whole_sample_stays_per_sample(tmp_path):
+    """A reduction over every axis at batch 1 (openWakeWord's melspectrogram clips at its max - 80 dB) reduces
+    one sample's elements; it made the batch run per sample ("it reduces over every axis, the batch
+    included"). It now reduces over all axes but the batch, keeping them ([n, 1, 1, 1]: one scalar for each
+    sample, broadcast against that sample's tensors): in a batch-1 file the batch stays symbolic and 3
+    samples in one call get their integers alone. Where the file has a batch and float onnxruntime reduces
+    over it (two samples alone differ from a batch of two) the compile refuses, as it did; a per-sample
+    scalar that meets a tensor of another rank, or is an output, is refused."""
+    import pytest
+    from tvm import relax
+
+    from frontends import CompileError
+    from test_free_shapes_real import _generalized
+
+    rng = np.random.default_rng(1)
+    feeds = [{"x": rng.normal(0, 1 + k, (1, 1, 8, 16)).astype(np.float32)} for k in range(7)]
+    art = _free_batch(_clipped_below_the_max(tmp_path / "one.onnx", 1), {"x": (1, 8, 16)}, feeds[:4], tmp_path)
+    assert art.manifest["batch"] == "symbolic"
+    _alone_equals_batched(art, feeds[4:])
+    mixes = r"'lv\d+'.* take a whole sample as one .* in the float model is the whole batch"
+    with pytest.raises(CompileError, match=mixes):
+        (tmp_path / "n").mkdir()
+        _free_batch(_clipped_below_the_max(tmp_path / "n.onnx", "N"), {"x": (1, 8, 16)}, feeds[:4], tmp_path / "n")
+    R = relax.op
+    with pytest.raises(CompileError, match=r"relax.add\): its result shape .* is not \[1, 16\]"):
+        _generalized(lambda x: R.add(R.reshape(x, [1, 16]), R.max(x)))
+    with pytest.raises(CompileError, match=r"an output of the model is a scalar"):
+        _generalized(lambda x: R.max(x))
+
+
+def _log_power(path):
+    """x [N, 8, 16] @ w -> h, then log(sum(h * h, -1) + 1e-6) per row: a log-power spectrum, whose log reads an
+    octave table (a TIR kernel, `unary.octave_lookup`) on the sum's int32."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.5, (16, 16)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.array([-1], np.int64), "last"),
+             numpy_helper.from_array(np.array(1e-6, np.float32), "eps")]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Mul", ["h", "h"], ["p"]),
+             helper.make_node("ReduceSum", ["p", "last"], ["s"], keepdims=1),
+             helper.make_node("Add", ["s", "eps"], ["se"]), helper.make_node("Log", ["se"], ["y"])]
+    return saved_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 16])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 1])], inits, path)
+
+
+def test_octave_table_lookup_takes_the_batch(tmp_path):
+    """A log (root, reciprocal) of a nonnegative int32 reads an octave table through a TIR kernel built for the
+    batch-1 shape: "a compiled kernel call has a static shape", so a ConvNeXt whose LayerNorm is written out
+    (sqrt of the variance) and every log-power audio front end ran per sample. The kernel is elementwise: it
+    is emitted again at batch n, the batch stays symbolic and 3 samples in one call get their integers alone."""
+    rng = np.random.default_rng(1)
+    feeds = [{"x": rng.normal(0, 1, (1, 8, 16)).astype(np.float32)} for _ in range(7)]
+    art = _free_batch(_log_power(tmp_path / "logpower.onnx"), {"x": (8, 16)}, feeds[:4], tmp_path)
+    assert "octave_lookup" in (art.path / "model.relax.py").read_text()
+    assert art.manifest["batch"] == "symbolic"
+    _alone_equals_batched(art, feeds[4:])
+
+
+def _scalar_condition(path):
+    """A batch-1 file (x [1, 16], as openWakeWord's hey-jarvis): c = (x @ w)[1, 1] > 0, Reshape to a scalar,
+    then Where(c, x @ w1, x @ w2): the If on a sample's own value that TVM imports as a select."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.5, shape).astype(np.float32), w)
+             for w, shape in (("w", (16, 1)), ("w1", (16, 8)), ("w2", (16, 8)))]
+    inits += [numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+              numpy_helper.from_array(np.zeros(0, np.int64), "scalar")]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["s"]), helper.make_node("Greater", ["s", "zero"], ["c"]),
+             helper.make_node("Reshape", ["c", "scalar"], ["cs"]),
+             helper.make_node("MatMul", ["x", "w1"], ["a"]), helper.make_node("MatMul", ["x", "w2"], ["b"]),
+             helper.make_node("Where", ["cs", "a", "b"], ["y"])]
+    return saved_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])], inits, path)
+
+
+def test_scalar_condition_of_a_sample_stays_per_sample(tmp_path):
+    """A sample's one-element tensor reshaped to a scalar (an If's condition: openWakeWord's hey-jarvis) made
+    the batch run per sample ("its target shape ... has no leading dim"). It stays [n, 1], one condition for
+    each sample: the batch is symbolic and 6 samples in one call, whose conditions differ, get their
+    integers alone."""
+    rng = np.random.default_rng(1)
+    feeds = [{"x": rng.normal(0, 1, (1, 16)).astype(np.float32)} for _ in range(10)]
+    art = _free_batch(_scalar_condition(tmp_path / "cond.onnx"), {"x": (16,)}, feeds[:4], tmp_path)
+    assert art.manifest["batch"] == "symbolic"
+    _alone_equals_batched(art, feeds[4:])
