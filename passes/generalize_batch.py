@@ -11,12 +11,13 @@ Invariant, checked binding by binding: every tensor computed from a generalized 
 leading dim `n * L` (L: its leading dim at batch 1) and its other dims unchanged, and sample
 s owns rows [s*L, (s+1)*L), a contiguous slab. Reshapes keep slabs contiguous, so a target
 (d0, ...) becomes (n * d0, ...) (a (1, 16, 64) -> (16, 64) reshape becomes (n, 16, 64) ->
-(n*16, 64)), and so do squeeze, expand_dims, flatten and a broadcast's target; a permutation
-that moves the batch only past axes of size 1 takes the batch first; a constant concatenated
-beside batch rows is repeated per sample; constant gather / gather_nd indices are offset per
-sample; a strided slice that keeps all of axis 0 (end INT_MAX) slices the other axes only;
-every other call is re-emitted as is and Relax infers its shape. Hence each sample's
-integers are exactly what the batch-1 model computes for it.
+(n*16, 64)), and so do squeeze, expand_dims, flatten, a broadcast's target and a permutation
+that moves only axes of size 1; one that moves the batch only past axes of size 1 takes the
+batch first; a constant concatenated beside batch rows, or one with a sample's L rows beside
+them in an elementwise op, is repeated per sample; constant gather / gather_nd indices are
+offset per sample; a strided slice that keeps all of axis 0 (end INT_MAX) slices the other
+axes only; every other call is re-emitted as is and Relax infers its shape. Hence each
+sample's integers are exactly what the batch-1 model computes for it.
 
 Refused (CompileError naming the binding): ops that would mix samples or move the batch
 (an axis attribute that includes 0 other than a stack along a new axis 0 that only a reduction
@@ -121,6 +122,10 @@ def _keeps_the_batch(call: relax.Call) -> bool:
     return spec[1][at] == 0 and spec[3][at] == 1 and spec[2][at] >= PAST_ANY_BATCH
 
 
+_ELEMENTWISE = {f"relax.{o}" for o in ("add", "subtract", "multiply", "divide", "floor_divide", "maximum", "minimum",
+                                        "right_shift", "left_shift", "bitwise_and", "bitwise_or", "bitwise_xor",
+                                        "equal", "not_equal", "less", "less_equal", "greater", "greater_equal",
+                                        "where", "power", "logical_and", "logical_or", "mod", "floor_mod")}
 _REDUCTIONS = ("relax.max", "relax.min", "relax.sum", "relax.mean", "relax.prod", "relax.variance", "relax.std")
 
 
@@ -144,6 +149,16 @@ def _one_element_to_scalar(call: relax.Call) -> bool:
 def _kernel_name(call: relax.Call) -> str:
     """The name of the PrimFunc a call_tir calls ('' if none)."""
     return call.args[0].name_hint if isinstance(call.args[0], tvm.ir.GlobalVar) else ""
+
+
+def _moves_unit_axes_only(call: relax.Call) -> bool:
+    """Does a permutation keep the order of every axis but those of size 1 (axis 0, the batch's rows,
+    counted among the others)? Then it is a reshape at any batch, and samples stay slabs: MobileViT folds
+    its patches back as reshape([1, 96, 1, 4] -> [96, 1, 2, 2]), then permute [1, 0, 2, 3] -> [1, 96, 2, 2]."""
+    axes = [int(a) for a in call.attrs.axes] if call.attrs.axes is not None else []
+    shape = call.args[0].ty.shape
+    kept = [a for a in axes if a == 0 or int(shape[a]) != 1]
+    return bool(axes) and axes[0] != 0 and kept == sorted(kept)
 
 
 def _unit_axes_first(call: relax.Call) -> bool:
@@ -223,9 +238,13 @@ class _Generalizer:
                     value.attrs.axis) % len(value.args[0].ty.shape) == 0:
                 args[1] = self.sample_indices(name, value, args[1], n)
                 return relax.Call(value.op, args, value.attrs, value.ty_args), n
+            if op in _ELEMENTWISE:
+                args = self.rows_per_sample(value, args, dependent, n)
             if op == "relax.concat" and isinstance(args[0], relax.Tuple):
                 args[0] = relax.Tuple([f if self.depends(f) else self.per_sample(f, n) for f in args[0].fields])
             if op in _RESHAPES and dependent[0]:  # a reshape in another form: one of the rows' shape
+                return relax.op.reshape(args[0], _rows(value.ty.shape, n)), n
+            if op == "relax.permute_dims" and dependent[0] and _moves_unit_axes_only(value):
                 return relax.op.reshape(args[0], _rows(value.ty.shape, n)), n
             if op == "relax.permute_dims" and dependent[0] and _unit_axes_first(value):
                 axes = [int(a) for a in value.attrs.axes]
@@ -270,6 +289,19 @@ class _Generalizer:
                       f"{[int(d) for d in dims] if dims is not None else 'is computed at run time'}, its input "
                       f"{[int(d) for d in rows]} at batch 1)")
         return relax.ShapeExpr([n * dims[0] if int(dims[0]) != 1 else n, *dims[1:]])
+
+    def rows_per_sample(self, call: relax.Call, args: list, dependent: list[bool], n) -> list:
+        """The operands of an elementwise op at batch n, a constant one with a sample's L > 1 rows
+        ([L, ...], the rank of the batch-dependent ones, which have L rows at batch 1) repeated per
+        sample: Swin's shifted-window mask and position bias [nW, h, T, T], added to the attention of a
+        batch's B * nW windows, were folded at batch 1 onto the nW windows of one sample."""
+        olds = [a.ty for a in call.args]
+        rows = {(len(t.shape), int(t.shape[0])) for t, d in zip(olds, dependent) if d and t.shape is not None and len(t.shape)}
+        if len(rows) != 1 or next(iter(rows))[1] < 2:
+            return args
+        rank, lead = next(iter(rows))
+        return [self.per_sample(a, n) if not d and isinstance(t, relax.TensorType) and t.shape is not None
+                and len(t.shape) == rank and int(t.shape[0]) == lead else a for a, t, d in zip(args, olds, dependent)]
 
     def per_sample(self, const: relax.Expr, n) -> relax.Expr:
         """A batch-independent part of a concatenation, repeated for each of n samples: [L, ...] ->

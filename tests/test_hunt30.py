@@ -198,3 +198,40 @@ def test_scalar_condition_of_a_sample_stays_per_sample(tmp_path):
     art = _free_batch(_scalar_condition(tmp_path / "cond.onnx"), {"x": (16,)}, feeds[:4], tmp_path)
     assert art.manifest["batch"] == "symbolic"
     _alone_equals_batched(art, feeds[4:])
+
+
+def test_constant_per_window_repeats_per_sample():
+    """A constant with a sample's L > 1 rows beside batch rows in an elementwise op (Swin's window mask plus
+    position bias, one [nW, h, T, T] constant added to the attention of B * nW windows once folded at batch 1
+    onto one sample's nW windows): TVM cannot broadcast [4, ...] against [n * 4, ...] ("its result shape ...
+    is not [16, 2, 16, 16] with a batch leading dim") and Swin ran per sample. It is repeated per sample now
+    ([n * 4, ...]); the real Swin then keeps a symbolic batch, each sample bit-identical to it alone."""
+    from tvm import relax
+
+    from passes.generalize_batch import dim_names
+    from test_free_shapes_real import _generalized
+
+    mask = relax.const(np.arange(4 * 6).reshape(4, 1, 2, 3).astype(np.int32))
+    func = _generalized(lambda x: relax.op.add(relax.op.reshape(x, [4, 2, 2, 3]), mask), shape=(1, 8, 2, 3),
+                        dtype="int32")
+    assert dim_names(func.ret_ty) == ["n*4", 2, 2, 3]
+    assert "R.broadcast_to" in func.script(show_meta=False)
+
+
+def test_permutation_of_unit_axes_is_a_reshape():
+    """MobileViT folds its patches back with reshape([1, 96, 1, 4] -> [96, 1, 2, 2]) and permute [1, 0, 2, 3]:
+    at batch n [n * 96, 1, 2, 2] became [n * 96, 1, 2, 2] ("not [n*1, 96, 2, 2]") and the model ran per
+    sample. A permutation that keeps the order of every axis not of size 1 (the batch's rows among them) is a
+    reshape at any batch: [n, 96, 2, 2]. One that reorders real axes is still refused."""
+    import pytest
+    from tvm import relax
+
+    from frontends import CompileError
+    from passes.generalize_batch import dim_names
+    from test_free_shapes_real import _generalized
+
+    R = relax.op
+    func = _generalized(lambda x: R.permute_dims(R.reshape(x, [96, 1, 2, 2]), [1, 0, 2, 3]), shape=(1, 4, 1, 96))
+    assert dim_names(func.ret_ty) == ["n", 96, 2, 2]
+    with pytest.raises(CompileError, match=r"relax.permute_dims\)"):
+        _generalized(lambda x: R.permute_dims(R.reshape(x, [96, 2, 2, 1]), [3, 1, 0, 2]), shape=(1, 4, 1, 96))
