@@ -113,8 +113,8 @@ def _slice_spec(call: relax.Call) -> tuple[list[int], ...] | None:
 
 def _keeps_the_batch(call: relax.Call) -> bool:
     """Does a strided slice with axis 0 among its axes keep all of it at any batch (from 0, step 1, to an
-    end past any batch: torch's INT64_MAX, jax2tf's 10^9)? One whose end is a number of rows (`0:1`, a shape folded at batch
-    1) would keep those rows of the batch in the float model, not each sample: it is not generalized."""
+    end past any batch: torch's INT64_MAX, jax2tf's 10^9)? One whose end is a number of rows (`0:1`, a shape
+    folded at batch 1) would keep those rows of the batch in the float model, not each sample: not generalized."""
     spec = _slice_spec(call)
     if spec is None or 0 not in spec[0]:
         return False
@@ -296,7 +296,8 @@ class _Generalizer:
         sample: Swin's shifted-window mask and position bias [nW, h, T, T], added to the attention of a
         batch's B * nW windows, were folded at batch 1 onto the nW windows of one sample."""
         olds = [a.ty for a in call.args]
-        rows = {(len(t.shape), int(t.shape[0])) for t, d in zip(olds, dependent) if d and t.shape is not None and len(t.shape)}
+        rows = {(len(t.shape), int(t.shape[0])) for t, d in zip(olds, dependent)
+                if d and t.shape is not None and len(t.shape)}
         if len(rows) != 1 or next(iter(rows))[1] < 2:
             return args
         rank, lead = next(iter(rows))

@@ -323,12 +323,17 @@ def _at_length(samples: list[dict], axes: dict[str, int], length: int) -> list[d
     return [{k: fit(v, axes[k]) if k in axes else v for k, v in sample.items()} for sample in samples]
 
 
+def _two_samples(samples: list[dict]) -> tuple[dict, dict]:
+    """Two calibration samples for float onnxruntime's batch check (one reversed where there is one only)."""
+    return samples[0], samples[-1] if len(samples) > 1 else {k: v[..., ::-1].copy() for k, v in samples[0].items()}
+
+
 def _samples_kept_apart(model_path: Path, samples: list[dict], imported: ImportedModel, bindings: list[str]) -> None:
     """A batch made symbolic with bindings that take a whole sample as one (at batch 1 a reduction over every
     axis: a spectrogram clipped below its max; a scalar condition) takes each sample's own elements; float
     onnxruntime, run on two samples alone and as a batch of two, must agree (else the model takes the batch
     as one, and the batch falls back to per sample, which says so)."""
-    first, second = samples[0], samples[-1] if len(samples) > 1 else {k: v[..., ::-1].copy() for k, v in samples[0].items()}
+    first, second = _two_samples(samples)
     try:
         output_batch_axes(model_path, first, second, [s.name for s in imported.outputs],
                           [list(s.shape) for s in imported.outputs])
@@ -346,7 +351,7 @@ def _per_sample_shapes(model_path: Path, samples: list[dict], imported: Imported
     for spec, shape in zip(imported.inputs, in_shapes):
         if spec.name in free:
             shape[0] = name
-    first, second = samples[0], samples[-1] if len(samples) > 1 else {k: v[..., ::-1].copy() for k, v in samples[0].items()}
+    first, second = _two_samples(samples)
     try:
         axes = output_batch_axes(model_path, first, second, [s.name for s in imported.outputs],
                                  [list(s.shape) for s in imported.outputs])
