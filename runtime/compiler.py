@@ -26,7 +26,7 @@ from frontends.onnx_import import (FreeDim, TensorSpec, bound_shapes, check_shar
 from frontends.padding import padding_changes_outputs
 from passes import (BOUNDARY_ATTR, LAYERS_ATTR, QuantConfig, QuantizeToInteger, bind_weights, calibrate,
                     verify_integer_only)
-from passes.generalize_batch import generalize_batch, input_shapes_of, output_shapes
+from passes.generalize_batch import generalize_batch, input_shapes_of, output_shapes, whole_sample_bindings
 from passes.quantize_to_integer import BIAS_ATTR, COARSE_ATTR, FLOAT_NODES_ATTR, WIDE_ATTR, check_lowerable
 from targets import boundary_kernels, get_target, parallel_build
 from targets.cross import first_error_line
@@ -323,6 +323,26 @@ def _at_length(samples: list[dict], axes: dict[str, int], length: int) -> list[d
     return [{k: fit(v, axes[k]) if k in axes else v for k, v in sample.items()} for sample in samples]
 
 
+def _two_samples(samples: list[dict]) -> tuple[dict, dict]:
+    """Two calibration samples for float onnxruntime's batch check (one reversed where there is one only)."""
+    return samples[0], samples[-1] if len(samples) > 1 else {k: v[..., ::-1].copy() for k, v in samples[0].items()}
+
+
+def _samples_kept_apart(model_path: Path, samples: list[dict], imported: ImportedModel, bindings: list[str]) -> None:
+    """A batch made symbolic with bindings that take a whole sample as one (at batch 1 a reduction over every
+    axis: a spectrogram clipped below its max; a scalar condition) takes each sample's own elements; float
+    onnxruntime, run on two samples alone and as a batch of two, must agree (else the model takes the batch
+    as one, and the batch falls back to per sample, which says so)."""
+    first, second = _two_samples(samples)
+    try:
+        output_batch_axes(model_path, first, second, [s.name for s in imported.outputs],
+                          [list(s.shape) for s in imported.outputs])
+    except CompileError as err:
+        raise CompileError(f"symbolic batch: binding(s) {', '.join(bindings[:3])} take a whole sample "
+                           f"as one (a reduction over every axis, a scalar), which in the float model is the whole "
+                           f"batch ({err})") from None
+
+
 def _per_sample_shapes(model_path: Path, samples: list[dict], imported: ImportedModel, free: dict[str, FreeDim],
                        in_shapes: list[list], out_shapes: list[list], why: str) -> None:
     """Name the batch in the shapes of a batch-1 module run per sample: axis 0 of each free
@@ -331,7 +351,7 @@ def _per_sample_shapes(model_path: Path, samples: list[dict], imported: Imported
     for spec, shape in zip(imported.inputs, in_shapes):
         if spec.name in free:
             shape[0] = name
-    first, second = samples[0], samples[-1] if len(samples) > 1 else {k: v[..., ::-1].copy() for k, v in samples[0].items()}
+    first, second = _two_samples(samples)
     try:
         axes = output_batch_axes(model_path, first, second, [s.name for s in imported.outputs],
                                  [list(s.shape) for s in imported.outputs])
@@ -571,6 +591,7 @@ def _compile(model_path: Path, target, output, calib, input_shapes, observer, al
 
     batch1 = {}  # length (None: no buckets) -> the batch-1 integer module: what a plan (armv7, riscv64) runs
     per_sample = []  # why the batch cannot be symbolic, if so: the batch-1 module then runs per sample
+    checked_apart = []  # float onnxruntime found that what takes a whole sample as one does not mix samples
 
     probe = getattr(ranges, "probe", None)
 
@@ -606,6 +627,9 @@ def _compile(model_path: Path, target, output, calib, input_shapes, observer, al
                        "lowering"):
                 try:
                     int_mod = generalize_batch(int_mod, {k: (d.name, d.hi) for k, d in free.items()})
+                    if whole_sample_bindings(int_mod) and not checked_apart:
+                        _samples_kept_apart(model_path, samples, imported, whole_sample_bindings(int_mod))
+                        checked_apart.append(True)
                 except CompileError as err:  # the batch-1 module, run once per sample
                     per_sample.append(str(err))
                     log(f"{err}: the artifact runs a batch sample by sample instead (the batch-1 module; "

@@ -72,9 +72,16 @@ def octave_lookup(ctx, acc: Accumulator, program: str) -> Quantized:
     image = ref.evaluate(program, np.clip(values * float(acc.scale), lo, hi))
     scale, dtype = ref.output_params(image, ctx.out_range(), ctx.config.unsigned_activations, ctx.wide_output())
     table = ref.build_table(image, scale, dtype)
-    expr = ctx.bb.call_te(_octave_te, acc.expr, emit.const(table, dtype), ref.OCTAVE_BITS,
-                          primfunc_name_hint="octave_lookup")
-    return Quantized(ctx.emit(expr), scale, dtype)
+    return Quantized(ctx.emit(octave_call(ctx.bb, acc.expr, emit.const(table, dtype))), scale, dtype)
+
+
+OCTAVE_KERNEL = "octave_lookup"  # its PrimFuncs' name (deduplicated: octave_lookup1, ...)
+
+
+def octave_call(bb: relax.BlockBuilder, x: relax.Expr, table: relax.Expr) -> relax.Expr:
+    """call_tir of the octave table lookup on `x` of any shape, a symbolic batch too
+    (passes/generalize_batch.py emits it again at batch n)."""
+    return bb.call_te(_octave_te, x, table, ref.OCTAVE_BITS, primfunc_name_hint=OCTAVE_KERNEL)
 
 
 def _octave_te(v: te.Tensor, table: te.Tensor, bits: int) -> te.Tensor:
