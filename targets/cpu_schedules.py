@@ -679,10 +679,7 @@ def _schedule_flat_depthwise(sch: s_tir.Schedule, block) -> None:
     quad = sch.get(block).name_hint == QUAD_BLOCK
     depthwise = quad or int(sch.get(block).iter_vars[-3].dom.extent) == 1  # one input channel per output
     quads = None
-    pads, level = [], sch.get_producers(block)  # the quad rows, the padded rows (stride 2: their
-    while level:                                # phases, and the padded image before)
-        pads += level
-        level = [p for pad in level for p in sch.get_producers(pad)]
+    pads = _producers(sch, block)  # the quad rows, the padded rows (stride 2: their phases, and the padded image)
     if depthwise:  # the conv reads whole padded rows (the last one in part, which made a predicate
         # in the pad's row loop that blocked its vectorization)
         stmt = sch.get(block)
@@ -797,28 +794,35 @@ def _flat_epilogue_per_channel(sch: s_tir.Schedule, block, epilogue, group: int 
     return channel, pads_at
 
 
-GROUP_PLANE_BYTES = 512  # a stride-1 depthwise conv's padded plane up to this size: channels in groups
+GROUP_PLANE_BYTES = 512  # a depthwise conv's padded plane up to this size: channels in groups
 CHANNEL_GROUP = 4
 
 
 def _channel_group(sch: s_tir.Schedule, block) -> int:
-    """Channels whose padded rows a stride-1 depthwise conv over a small image builds before their
-    sums: the conv's first loads read back bytes the padding has just stored in pieces of 1-8 bytes
-    (its rows are 9-18 bytes), which no store can forward, so every load waited for the stores to
-    reach the cache. Four channels' rows at a time give the first channel's stores that long:
-    EfficientNet-Lite0's 7x7x1152 5x5 conv 79 -> 56 us, 3x3 56 -> 47, 14x14x672 5x5 129 -> 101
-    (Zen 4, 1 thread); 28x28 and larger gained nothing, the strided (phase) convs lost."""
+    """Channels whose padded rows a depthwise conv over a small image builds before their sums: the
+    conv's first loads read back bytes the padding has just stored in pieces of 1-8 bytes (its rows
+    are 9-18 bytes), which no store can forward, so every load waited for the stores to reach the
+    cache. Four channels' rows at a time give the first channel's stores that long: EfficientNet-Lite0's
+    7x7x1152 5x5 conv 79 -> 56 us, 3x3 56 -> 47, 14x14x672 5x5 129 -> 101, its stride-2 14x14 -> 7x7
+    (the unsplit image) 53.5 -> 49.3 (Zen 4, 1 thread); 28x28 and larger gained nothing, and the
+    convs over the phases of a padded image (stride 2 over larger images) lost."""
     from .depthwise import PAD
 
-    producers, level = [], sch.get_producers(block)
-    while level:
-        producers += level
-        level = [p for pad in level for p in sch.get_producers(pad)]
+    producers = _producers(sch, block)
     padded = [sch.get(p).writes[0].source for p in producers if sch.get(p).name_hint == PAD]
     if len(padded) != 1 or len(producers) > 2 or any(int(d) != 1 for d in padded[0].shape[2:-1]):
         return 1  # strided (phases of a padded image) or not a flat conv's rows
     plane = int(padded[0].shape[-1]) * tvm.DataType(str(padded[0].dtype)).bits // 8
     return CHANNEL_GROUP if plane <= GROUP_PLANE_BYTES else 1
+
+
+def _producers(sch: s_tir.Schedule, block) -> list:
+    """The blocks `block` reads from, transitively, consumers first."""
+    producers, level = [], sch.get_producers(block)
+    while level:
+        producers += level
+        level = [p for pad in level for p in sch.get_producers(pad)]
+    return producers
 
 
 REDUCE_LANES = 16  # partial sums of a row reduction kept as one vector (rfactor)

@@ -23,7 +23,8 @@ DISABLE_LOWER = "disable_lower_builtin"  # TVM's kDisableLowerTVMBuiltin
 
 def _bytes(buffer) -> int | None:
     """The buffer's size in bytes, or None when it is not a constant."""
-    size = tvm.DataType(str(buffer.dtype)).bits * tvm.DataType(str(buffer.dtype)).lanes // 8
+    dtype = tvm.DataType(str(buffer.dtype))
+    size = dtype.bits * dtype.lanes // 8
     for extent in buffer.shape:
         if not isinstance(extent, tirx.IntImm):
             return None
