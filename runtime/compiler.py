@@ -627,8 +627,9 @@ def _compile(model_path: Path, target, output, calib, input_shapes, observer, al
                        "lowering"):
                 try:
                     int_mod = generalize_batch(int_mod, {k: (d.name, d.hi) for k, d in free.items()})
-                    if whole_sample_bindings(int_mod) and not checked_apart:
-                        _samples_kept_apart(model_path, samples, imported, whole_sample_bindings(int_mod))
+                    whole = whole_sample_bindings(int_mod)
+                    if whole and not checked_apart:
+                        _samples_kept_apart(model_path, samples, imported, whole)
                         checked_apart.append(True)
                 except CompileError as err:  # the batch-1 module, run once per sample
                     per_sample.append(str(err))
