@@ -206,13 +206,17 @@ class _Generalizer:
             return self.batch_of(expr.tuple_value)
         return self.scale.get(expr)
 
+    def origin(self, name: str) -> str | None:
+        """The ONNX node binding `name` came from, where known."""
+        return origin(self.func, name) if self.func is not None else None
+
     def where(self, name: str) -> str:
         """A binding by name and, where known, the ONNX node it came from."""
-        where = origin(self.func, name) if self.func is not None else None
+        where = self.origin(name)
         return f"{name!r}{' (' + where + ')' if where else ''}"
 
     def fail(self, name: str, op: str, why: str):
-        where = origin(self.func, name) if self.func is not None else None
+        where = self.origin(name)
         raise CompileError(f"symbolic batch: binding {name!r} ({op}{', ' + where if where else ''}): {why} (the batch "
                            "must stay the leading dim of every tensor, each sample on its own rows)")
 
