@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
+from frontends.errors import InputError
 from runtime.boundary import dequantize, quantize
 
 RANGES = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767)}
@@ -26,7 +27,19 @@ def kernels(request, tmp_path_factory):
     path = tmp_path_factory.mktemp("boundary") / boundary_kernels.FILE
     names = boundary_kernels.export(spec.target(), path)
     lib = tvm.runtime.load_module(str(path))
-    return {way: {dtype: lib[name] for dtype, name in names[way].items()} for way in names}
+    return {way: {dtype: lib[name] for dtype, name in by_dtype.items()} for way, by_dtype in names.items()
+            if isinstance(by_dtype, dict)}
+
+
+def _checked(kernel, x, scale, dtype):
+    """(integers, (min, max, non-finite count)) of the checked quantization."""
+    import tvm_ffi
+
+    from targets.boundary_kernels import CHECK_CHUNK, STATS
+
+    out, stats = np.empty(x.shape, dtype), np.empty(STATS * -(-x.size // CHECK_CHUNK))
+    kernel(tvm_ffi.from_dlpack(x), scale, tvm_ffi.from_dlpack(out), tvm_ffi.from_dlpack(stats))
+    return out, tuple(stats[:STATS])
 
 
 def _call(kernel, x, scale, dtype):
@@ -51,6 +64,48 @@ def test_quantize_kernel_equals_numpy(kernels, dtype):
     assert x.size % 64
     for n in (x.size, 63, 1):
         np.testing.assert_array_equal(_call(kernels["quantize"][dtype], x[:n], scale, dtype), quantize(x[:n], scale, dtype))
+
+
+@pytest.mark.parametrize("dtype", sorted(RANGES))
+def test_checked_quantize_kernel_counts_what_numpy_finds(kernels, dtype):
+    """The checked kernel's integers are `quantize`'s; its min and max are NumPy's over the whole tensor
+    (a tensor of several chunks and a partial one, the extremes in the partial chunk too); it counts every
+    NaN and infinity, wherever they are."""
+    from targets.boundary_kernels import CHECK_CHUNK
+
+    rng = np.random.default_rng(3)
+    scale = 0.0123456789 if dtype != "int16" else 1.7e-4
+    kernel = kernels["quantize_checked"][dtype]
+    for n in (1, 63, CHECK_CHUNK, 3 * CHECK_CHUNK + 101):
+        x = (rng.standard_normal(n) * 2).astype(np.float32)
+        x[-1] = 7.5  # the largest value, in the last (partial) chunk
+        q, (low, high, bad) = _checked(kernel, x, scale, dtype)
+        np.testing.assert_array_equal(q, quantize(x, scale, dtype))
+        assert (low, high, bad) == (float(x.min()), float(x.max()), 0.0)
+        for value in (np.nan, np.inf, -np.inf):
+            y = x.copy()
+            y[rng.integers(0, n, 2)] = value
+            y[0] = value
+            assert _checked(kernel, y, scale, dtype)[1][2] == np.count_nonzero(~np.isfinite(y))
+
+
+@pytest.mark.parametrize("dtype", ["int8", "uint8", "int16", "int32"])
+def test_dequantize_axis_kernel_equals_numpy(kernels, dtype):
+    """A scale per channel, the channels first, in the middle or last."""
+    import tvm_ffi
+
+    info = np.iinfo(dtype)
+    rng = np.random.default_rng(4)
+    for shape in ((1, 1000), (2, 5, 7), (3, 1, 4)):
+        q = rng.integers(info.min, info.max, shape, endpoint=True).astype(dtype)
+        for axis in range(len(shape)):
+            scale = rng.uniform(1e-9, 3.0, shape[axis])
+            view = (int(np.prod(shape[:axis])), shape[axis], int(np.prod(shape[axis + 1:])))
+            out = np.empty(shape, np.float32)
+            kernels["dequantize_axis"][dtype](tvm_ffi.from_dlpack(q.reshape(view)), tvm_ffi.from_dlpack(scale),
+                                              tvm_ffi.from_dlpack(out.reshape(view)))
+            shaped = scale.reshape([-1 if d == axis else 1 for d in range(len(shape))])
+            np.testing.assert_array_equal(out, dequantize(q, shaped))
 
 
 @pytest.mark.parametrize("dtype", ["int8", "uint8", "int16", "int32"])
@@ -86,3 +141,27 @@ def test_artifact_runs_its_boundary_kernels(small_artifact, tmp_path):
         assert got.keys() == want.keys()
         for name in got:
             np.testing.assert_array_equal(got[name], want[name])
+    bad = rng.standard_normal((1, 3, 16, 16)).astype(np.float32)
+    bad[0, 1, 2, 3] = np.nan
+    for artifact in (model, numpy_only):  # the kernel's count and NumPy's check refuse alike
+        with pytest.raises(InputError, match="1 of 768 values are NaN or infinite"):
+            artifact.run({"x": bad})
+
+
+@pytest.mark.filterwarnings("ignore:input 'x'")
+def test_runs_reuse_their_input_buffers(small_artifact):
+    """`run` quantizes into this thread's buffer of the last call (a new one when the shape changes) and
+    gives what `run_integer` on fresh integers gives; `quantize_inputs` hands out new arrays every call."""
+    import runtime
+
+    model = runtime.load(small_artifact)
+    rng = np.random.default_rng(5)
+    feeds = [{"x": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)} for _ in range(3)]
+    for feed in feeds:
+        q = model.quantize_inputs(feed)
+        want = model._dequantize(0, model.run_integer(q)[0])
+        np.testing.assert_array_equal(model.run(feed)[model.output_names[0]], want)
+    buffer = model._local.buffers[0][0]
+    model.run(feeds[0])
+    assert model._local.buffers[0][0] is buffer and list(model._local.buffer_args) == [id(buffer)]
+    assert model.quantize_inputs(feeds[0])[0] is not model.quantize_inputs(feeds[0])[0]
