@@ -106,11 +106,7 @@ class Model:
         self._shared = device == "cpu" and remote is None
         if self._shared:  # the float boundary's kernels (targets/boundary_kernels.py), where the artifact ships them
             self._boundary = self._boundary_kernels(tvm)
-        self._scales: dict = {}  # (output index, rank) -> its scale array, shaped to broadcast
-        self._specs = {spec["name"]: spec for spec in self.inputs}
-        self._dtypes = {spec["name"]: np.dtype(spec["dtype"]) for spec in self.inputs}
-        self._dequantizers: dict = {}  # (output index, rank, dtype) -> how `_dequantize` takes it
-        self._chunk = (self.manifest.get("boundary_library") or {}).get("check_chunk")  # see `_buffers`
+        self._boundary_state()
         # a GPU takes the whole batch in one call; CPUs run samples side by side
         self.batch_workers = _default_workers() if device == "cpu" else 1
         self.batch_in_one_call = device != "cpu"
@@ -122,6 +118,14 @@ class Model:
                                 "(manifest float_nodes), on the machine that loads it, not over RPC")
         # the part compiled after the tail's first nodes: an artifact of its own (frontends/onnx_tail.py)
         self._rest = Model(self.path / rest["folder"]) if rest else None
+
+    def _boundary_state(self) -> None:
+        """What the float boundary (`_quantized`, `_dequantize`) works out once."""
+        self._scales: dict = {}  # (output index, rank) -> its scale array, shaped to broadcast
+        self._specs = {spec["name"]: spec for spec in self.inputs}
+        self._dtypes = {spec["name"]: np.dtype(spec["dtype"]) for spec in self.inputs}
+        self._dequantizers: dict = {}  # (output index, rank, dtype) -> how `_dequantize` takes it
+        self._chunk = (self.manifest.get("boundary_library") or {}).get("check_chunk")  # see `_buffers`
 
     def _load_library(self, tvm, library: dict, device: str):
         path = self.path / library["file"]
@@ -843,10 +847,10 @@ class PlanModel(Model):
         self.buckets = Buckets.from_manifest(self.manifest)
         self.batch_workers, self.batch_in_one_call = 1, False
         self._rpc_lock = None
-        self._scales: dict = {}
+        self._boundary_state()
         self._pool_lock = threading.Lock()  # the tail's onnxruntime session, made once
 
-    def run_integer(self, qinputs: list[np.ndarray]) -> list[np.ndarray]:
+    def _integer_outputs(self, qinputs: list[np.ndarray], copy: bool) -> list[np.ndarray]:
         from .plan import run_plan
 
         return run_plan(self.path, qinputs, self.launcher, manifest=self.manifest)
