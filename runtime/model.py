@@ -125,6 +125,7 @@ class Model:
         self._specs = {spec["name"]: spec for spec in self.inputs}
         self._dtypes = {spec["name"]: np.dtype(spec["dtype"]) for spec in self.inputs}
         self._dequantizers: dict = {}  # (output index, rank, dtype) -> how `_dequantize` takes it
+        self._checked: set = set()  # input signatures (name, shape, dtype) that `_check_structure` passed
         self._chunk = (self.manifest.get("boundary_library") or {}).get("check_chunk")  # see `_buffers`
 
     def _load_library(self, tvm, library: dict, device: str):
@@ -246,7 +247,19 @@ class Model:
         return {name: _extremes(name, value) for name, value in inputs.items() if value.dtype.kind == "f" and value.size}
 
     def _check_structure(self, inputs: dict[str, np.ndarray]) -> None:
-        """`check_inputs` but for the values: names, array types, dtypes, shapes and buckets."""
+        """`check_inputs` but for the values: names, array types, dtypes, shapes and buckets (a signature that
+        passed is remembered: a run's checks cost microseconds each, cold after the model's run)."""
+        try:
+            signature = tuple((k, v.shape, v.dtype) for k, v in inputs.items())
+        except AttributeError:  # not an array: judged below
+            signature = None
+        if signature is not None and signature in self._checked:
+            return
+        self._check_values_structure(inputs)
+        if signature is not None and len(self._checked) < MAX_SIGNATURES:
+            self._checked.add(signature)
+
+    def _check_values_structure(self, inputs: dict[str, np.ndarray]) -> None:
         expected = self._specs
         if set(inputs) != set(expected):
             raise InputError(f"inputs {sorted(inputs)} do not match the model's inputs {sorted(expected)}")
@@ -328,17 +341,21 @@ class Model:
         warned = self.__dict__.setdefault("_warned", set())
         if spec["name"] in warned or not np.size(value):
             return
-        edge = grid_edge(scale, spec["quant"]["dtype"])
-        if "sentinel" in spec["quant"]:  # a value the model tests for (mask padding), saturating on purpose
-            value = np.where(value == spec["quant"]["sentinel"], 0, value)
-        if np.ndim(edge) == 0:
-            lo, hi = extremes if extremes is not None and "sentinel" not in spec["quant"] else (value.min(), value.max())
-            peak, where = max(-float(lo), float(hi)), ""
-        else:  # a scale per feature: the feature furthest past its own range
-            ratio = np.abs(value) / edge
-            at = np.unravel_index(int(np.argmax(ratio)), ratio.shape)
-            peak, edge = float(abs(value[at])), float(np.broadcast_to(edge, ratio.shape)[at])
-            where = f" (feature {at[spec['quant']['axis']]})"
+        quant = spec["quant"]
+        if extremes is not None and "sentinel" not in quant and not np.ndim(scale):  # every run's case: no NumPy
+            peak, edge, where = max(-extremes[0], extremes[1]), grid_edge(float(scale), quant["dtype"]), ""
+        else:
+            edge = grid_edge(scale, quant["dtype"])
+            if "sentinel" in quant:  # a value the model tests for (mask padding), saturating on purpose
+                value = np.where(value == quant["sentinel"], 0, value)
+            if np.ndim(edge) == 0:
+                lo, hi = extremes if extremes is not None and "sentinel" not in quant else (value.min(), value.max())
+                peak, where = max(-float(lo), float(hi)), ""
+            else:  # a scale per feature: the feature furthest past its own range
+                ratio = np.abs(value) / edge
+                at = np.unravel_index(int(np.argmax(ratio)), ratio.shape)
+                peak, edge = float(abs(value[at])), float(np.broadcast_to(edge, ratio.shape)[at])
+                where = f" (feature {at[quant['axis']]})"
         if peak > SATURATION * edge:
             warned.add(spec["name"])
             warnings.warn(f"input {spec['name']!r}{where}: |values| up to {peak:g}, beyond its calibrated range (+-{edge:g}); "
@@ -570,6 +587,7 @@ class Model:
 
 
 SATURATION = 1.5  # an input this many times past its calibrated grid's end gets a warning
+MAX_SIGNATURES = 64  # input signatures a model remembers as checked (`_check_structure`)
 FEATURE_SHIFT = 1.25  # a feature this many times past the calibration data's largest value gets one
 
 
@@ -689,26 +707,32 @@ class _Environment:
 
     def __init__(self):
         self._cond = threading.Condition()
-        self._runs, self._changing = 0, False
+        self._runs, self._changing, self._waiting = 0, False, 0
 
-    @contextmanager
-    def read(self):
+    def read(self) -> "_Environment":
+        """`with _ENVIRONMENT.read():` around a run in TVM (`__enter__` and `__exit__` count it: a generator-based
+        context manager cost a run 0.02 ms, cold after the model's run)."""
+        return self
+
+    def __enter__(self) -> None:
         with self._cond:
             while self._changing:
                 self._cond.wait()
             self._runs += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._runs -= 1
+
+    def __exit__(self, *_) -> None:
+        with self._cond:
+            self._runs -= 1
+            if self._waiting:
                 self._cond.notify_all()
 
     @contextmanager
     def change(self):
         with self._cond:
+            self._waiting += 1
             while self._changing or self._runs:
                 self._cond.wait()
+            self._waiting -= 1
             self._changing = True
         try:
             yield
