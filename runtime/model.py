@@ -255,11 +255,11 @@ class Model:
             signature = None
         if signature is not None and signature in self._checked:
             return
-        self._check_values_structure(inputs)
+        self._check_names_dtypes_shapes(inputs)
         if signature is not None and len(self._checked) < MAX_SIGNATURES:
             self._checked.add(signature)
 
-    def _check_values_structure(self, inputs: dict[str, np.ndarray]) -> None:
+    def _check_names_dtypes_shapes(self, inputs: dict[str, np.ndarray]) -> None:
         expected = self._specs
         if set(inputs) != set(expected):
             raise InputError(f"inputs {sorted(inputs)} do not match the model's inputs {sorted(expected)}")
