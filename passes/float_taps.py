@@ -15,7 +15,9 @@ float convs run as torch's (`float_convs.py`: TVM's untuned float convs took 10-
 
 from __future__ import annotations
 
+import os
 import threading
+from contextlib import contextmanager
 from typing import Callable
 
 import numpy as np
@@ -93,6 +95,24 @@ def _tapped(mod: tvm.IRModule, convs: Convs) -> tuple[tvm.IRModule, list[str]]:
     return tapped, names
 
 
+@contextmanager
+def _one_tvm_thread():
+    """This thread's TVM pool at one thread, then as it was: between two of the tapped model's kernels
+    Python runs the tap (an observer's pass over the tensor) while TVM's worker spins for its next task,
+    beside torch's conv threads (`float_convs.py`). On 2 cores, EfficientNet-Lite0's calibration took
+    13 s with two TVM threads, 7-8 s with one, and its sensitivity probe 4.7 s against 1.3 s."""
+    pool = tvm.get_global_func("runtime.NumThreads")()
+    configure = tvm.get_global_func("runtime.config_threadpool")
+    mask = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    configure(0, 1)
+    try:
+        yield
+    finally:
+        configure(0, pool)
+        if mask is not None:  # configuring pins the calling thread to one core
+            os.sched_setaffinity(0, mask)
+
+
 class TappedModel:
     """The float Relax model (weights bound) with a tap on every tensor, compiled for `target` with
     `pipeline`, or by `build(mod) -> executable` (the caller's compiler) when given."""
@@ -117,7 +137,7 @@ class TappedModel:
         args = [tvm.runtime.tensor(np.require(sample[n], requirements="C")) for n in self.inputs]
         _current.tap = tap
         try:
-            with self._convs.active():
+            with self._convs.active(), _one_tvm_thread():
                 res = self._vm["main"](*args)
         finally:
             _current.tap = None
