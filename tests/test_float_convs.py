@@ -100,3 +100,19 @@ def test_small_convs_run_on_one_torch_thread(monkeypatch):
     finally:
         torch.set_num_threads(before)
     assert seen == [1, 2]  # 10 k MACs on one thread; 462 M MACs on torch's two
+
+
+def test_tapped_model_runs_on_one_tvm_thread():
+    """The tapped model's kernels run on one TVM thread (a worker spinning between kernels while Python ran the
+    taps, beside torch's conv threads, made calibration 2x slower on 2 cores); the caller's pool size and CPU
+    set are as they were after the run."""
+    import os
+
+    threads = tvm.get_global_func("runtime.NumThreads")
+    mod, shape = _module("conv2d", (1, 4, 6, 6), rng.standard_normal((4, 4, 3, 3)).astype(np.float32), {})
+    model = TappedModel(mod)
+    before, cpus = threads(), os.sched_getaffinity(0)
+    during = []
+    model.run({"x": rng.standard_normal(shape).astype(np.float32)}, lambda index, value: during.append(threads()))
+    assert during and set(during) == {1}
+    assert threads() == before and os.sched_getaffinity(0) == cpus
