@@ -4,8 +4,10 @@ pass that schedules them, comes from there). Runs on the integer Relax module be
 legalization, for LLVM x86 targets with a dot-product kernel family.
 
     call_tir(int4_matmul, [x, packed W[K, N]])     -> {dot}_dense4[_staged](x', tiles4(W^T))
-    call_tir(int4_conv2d, [x, packed W[O,C,1,1]])  -> {dot}_conv_lanes_pixels4[_staged](repack(x'), W4)
-                                                   -> {dot}_conv_lanes_out4[_staged](transpose(x'), tiles4(W))
+    call_tir(int4_conv2d, [x, packed W[O,C,1,1]])  -> {dot}_conv_lanes_pixels4[_staged](interleaved(x'), W4)
+                                                      (rows padded where that pays: vnni_rewrite.padded_width)
+                                                   -> {dot}_conv_lanes_out4_packed_staged(interleaved(x'), tiles4(W))
+                                                   -> {dot}_conv_lanes_out4(transpose(x'), tiles4(W))  (one tile)
     call_tir(int4_conv2d, [x, packed W[C,1,kh,kw]]) -> dwflat_conv2d_int4(x, packed)    (and RGB stems)
 
 The lowering (`passes/lowering/int4.py`) marks its kernels with the `intq.int4` PrimFunc
@@ -27,10 +29,12 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 from passes.reference.int4 import pack_int4_tiles, unpack_int4
 
 from . import vnni
+from .interleave import interleaved
 from .kernel_family import MADDUBS, Dot, Family, maddubs_safe
 from .schedule_common import static_factor
+from .vnni_rewrite import padded_width
 from .vnni_int4_kernels import (  # noqa: F401 (schedule_int4_dot_kernels: for cpu_pipeline.py)
-    conv_lanes_out4_staged_te,
+    conv_lanes_out4_packed_staged_te,
     conv_lanes_out4_te,
     conv_lanes_pixels4_staged_te,
     conv_lanes_pixels4_te,
@@ -149,21 +153,33 @@ class _Rewriter(PyExprMutator):
         w_sum = w2.astype(np.int64).sum(1)
         dot = self._dot(w2, lambda d: vnni.conv_tile(vnni.CONV_LANES_PIXELS, o, h, wd, d) is not None)
         if dot is not None:
-            kk = dot.k
-            xp = relax.op.permute_dims(relax.op.reshape(self._prepared(x, dot), [*lead, c // kk, kk, h * wd]),
-                                       [*range(len(lead)), len(lead), len(lead) + 2, len(lead) + 1])
-            w4 = pack_int4_tiles(w2, 1, kk).reshape(o, c // (2 * kk), kk)
-            lanes = vnni.conv_tile(vnni.CONV_LANES_PIXELS, o, h, wd, dot)[1] * dot.lanes
-            compute = conv_lanes_pixels4_staged_te if staged(h * wd, lanes) else conv_lanes_pixels4_te
-            return self._kernel(compute, dot, x, xp, w4, w_sum, h, wd)
+            return self._lanes_pixels(x, w2, w_sum, dot, h, wd, wd)
+        dot = self._dot(w2, lambda d: padded_width(o, c, h, wd, d) is not None)
+        if dot is not None:  # rows zero-padded to whole tiles, the padded columns sliced off (as at 8 bits)
+            out = self._lanes_pixels(x, w2, w_sum, dot, h, wd, padded_width(o, c, h, wd, dot))
+            return relax.op.strided_slice(self.builder_.emit(out), axes=[3], begin=[0], end=[wd])
         dot = self._dot(w2, lambda d: vnni.conv_tile(vnni.CONV_LANES_OUT, o, h, wd, d) is not None)
-        if dot is not None:
-            xt = relax.op.permute_dims(relax.op.reshape(self._prepared(x, dot), [*lead, c, h * wd]),
-                                       [*range(len(lead)), len(lead) + 1, len(lead)])
-            rows = vnni.conv_tile(vnni.CONV_LANES_OUT, o, h, wd, dot)[0]
-            compute = conv_lanes_out4_staged_te if staged(h * wd, rows) else conv_lanes_out4_te
-            return self._kernel(compute, dot, x, xt, pack_int4_tiles(w2, dot.lanes, dot.k), w_sum, h, wd)
-        return None
+        if dot is None:
+            return None
+        tiles = pack_int4_tiles(w2, dot.lanes, dot.k)
+        if staged(h * wd, vnni.conv_tile(vnni.CONV_LANES_OUT, o, h, wd, dot)[0]):
+            # the 8-bit kernel's interleaved input, a repack of loads and shuffles (a transpose is a gather)
+            xp = interleaved(self.builder_, self._prepared(x, dot), dot.k, c, wd)
+            return self._kernel(conv_lanes_out4_packed_staged_te, dot, x, xp, tiles, w_sum, h, wd)
+        xt = relax.op.permute_dims(relax.op.reshape(self._prepared(x, dot), [*lead, c, h * wd]),
+                                   [*range(len(lead)), len(lead) + 1, len(lead)])
+        return self._kernel(conv_lanes_out4_te, dot, x, xt, tiles, w_sum, h, wd)
+
+    def _lanes_pixels(self, x, w2: np.ndarray, w_sum: np.ndarray, dot: Dot, h: int, wd: int, width: int):
+        """The conv on lanes over pixels, its activations interleaved ([(B,) C/k, H * width, k]: `interleave.py`)
+        with each row zero-padded to `width`."""
+        o, c = w2.shape
+        kk = dot.k
+        xp = interleaved(self.builder_, self._prepared(x, dot), kk, c, width)
+        w4 = pack_int4_tiles(w2, 1, kk).reshape(o, c // (2 * kk), kk)
+        lanes = vnni.conv_tile(vnni.CONV_LANES_PIXELS, o, h, width, dot)[1] * dot.lanes
+        compute = conv_lanes_pixels4_staged_te if staged(h * width, lanes) else conv_lanes_pixels4_te
+        return self._kernel(compute, dot, x, xp, w4, w_sum, h, width)
 
 
 def use_int4_dot_kernels(family: Family):

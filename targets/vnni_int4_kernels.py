@@ -227,8 +227,9 @@ def dense4_staged_te(a, tiles, corr=None, dot: str = "vnni"):
     return _unpacked(vnni.dense_te(a, unpack_te(tiles, dot), None, dot), corr, len(a.shape) - 1, dot)
 
 
-def conv_lanes_out4_staged_te(xt, tiles, h: int, w: int, corr=None, dot: str = "vnni"):
-    return _unpacked(vnni.conv_lanes_out_te(xt, unpack_te(tiles, dot), h, w, None, dot), corr, 1, dot)
+def conv_lanes_out4_packed_staged_te(xp, tiles, h: int, w: int, corr=None, dot: str = "vnni"):
+    """Staged lanes over outputs on the interleaved activations Xp [(B,) C/k, H*W, k] (`interleave.py`)."""
+    return _unpacked(vnni.conv_lanes_out_packed_te(xp, unpack_te(tiles, dot), h, w, None, dot), corr, 1, dot)
 
 
 def conv_lanes_pixels4_staged_te(xp, w4, h: int, w: int, corr=None, dot: str = "vnni"):

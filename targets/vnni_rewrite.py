@@ -83,6 +83,21 @@ def _whole_steps(w: np.ndarray, axis: int, dot: Dot) -> np.ndarray:
 U8_MAX = 255  # the bound of (shifted) activations that the saturation proof assumes
 
 
+def padded_width(o: int, c: int, h: int, wd: int, d: Dot) -> int | None:
+    """The width to which a pointwise conv's rows are zero-padded for lanes over pixels where that pays (see
+    `_Rewriter._padded_rows`), else None: the narrowest padded width up to whole vectors that a tile of >= 7
+    accumulators covers in whole rows or parts of one (52 -> 56: two rows of 56 are the (2, 7) tile's 112
+    pixels), where it wastes at most an eighth, or at most half and lanes over outputs would take a tile of
+    fewer than 8 accumulators; on AVX2 not for activations above AVX2_PADDED_BYTES."""
+    tiles = ((wide, vnni.conv_tile(vnni.CONV_LANES_PIXELS, o, h, wide, d))
+             for wide in range(wd + 1, -(-wd // d.lanes) * d.lanes + 1))
+    wide = next((wide for wide, tile in tiles if tile is not None and tile[0] * tile[1] >= 7), None)
+    if wide is None or (d.registers == 16 and c * h * wide * vnni.DTYPE_BYTES[d.a_dtype] > AVX2_PADDED_BYTES):
+        return None
+    out = vnni.conv_tile(vnni.CONV_LANES_OUT, o, h, wd, d)
+    return wide if 8 * (wide - wd) <= wide or (2 * (wide - wd) <= wide and (out is None or out[0] * out[1] < 8)) else None
+
+
 def _tiles_pay(k: int, rows) -> bool:
     """A constant-weight matmul of reduction `k` over `rows` rows pays on AMX tiles (not few or symbolic rows)."""
     return amx.reduction(k) is not None and isinstance(rows, int) and rows >= amx.MIN_ROWS
@@ -259,7 +274,7 @@ class _Rewriter(PyExprMutator):
 
     def _padded_rows(self, x: relax.Expr, w2: np.ndarray, w_sum: np.ndarray, h: int, wd: int):
         """A pointwise conv whose rows are not whole vectors on lanes over pixels all the same: each row
-        zero-padded by the repack to the narrowest width a good tile covers (`width`), the padded columns
+        zero-padded by the repack to the narrowest width a good tile covers (`padded_width`), the padded columns
         computed and sliced off. Where that wastes at most an eighth (14 -> 16, 52 -> 56, 76 -> 80), or at
         most half and lanes over outputs would take a tile of fewer than 8 accumulators (19 x 19). Lanes over
         outputs store each pixel's channels to their rows one by one: 1 thread, Zen 4, 80 -> 480 at 14x14
@@ -269,27 +284,10 @@ class _Rewriter(PyExprMutator):
         0.47, 0.27 -> 0.16, 0.23 -> 0.19, 0.26 -> 0.21 ms) but lost at 128 -> 128 over 100x76 (its int16
         activations 2 MB: 1.9 -> 4.4 ms), so not above 1 MB there."""
         o, c = w2.shape
-
-        def width(d: Dot) -> int | None:
-            """The narrowest padded width up to whole vectors that a tile of >= 7 accumulators covers in whole
-            rows or parts of one (52 -> 56: two rows of 56 are the (2, 7) tile's 112 pixels)."""
-            tiles = ((wide, vnni.conv_tile(vnni.CONV_LANES_PIXELS, o, h, wide, d))
-                     for wide in range(wd + 1, -(-wd // d.lanes) * d.lanes + 1))
-            return next((wide for wide, tile in tiles if tile is not None and tile[0] * tile[1] >= 7), None)
-
-        def takes(d: Dot) -> bool:
-            wide = width(d)
-            if wide is None:
-                return False
-            if d.registers == 16 and c * h * wide * vnni.DTYPE_BYTES[d.a_dtype] > AVX2_PADDED_BYTES:
-                return False
-            out = vnni.conv_tile(vnni.CONV_LANES_OUT, o, h, wd, d)
-            return 8 * (wide - wd) <= wide or (2 * (wide - wd) <= wide and (out is None or out[0] * out[1] < 8))
-
-        dot = self._dot(x, w2, c, takes)
+        dot = self._dot(x, w2, c, lambda d: padded_width(o, c, h, wd, d) is not None)
         if dot is None:
             return None
-        wide = width(dot)
+        wide = padded_width(o, c, h, wd, dot)
         w2 = _whole_steps(w2, 1, dot)
         xp = interleaved(self.builder_, self._prepared(x, dot), dot.k, int(w2.shape[1]), wide)
         out = self._kernel(vnni.conv_lanes_pixels_te, dot, x, xp, w2.astype(dot.w_dtype), w_sum, h, wide)

@@ -199,9 +199,9 @@ def _fleet_build(build, inputs, cpu, tmp_path):
 
 
 def _uses(functions, kernel: str, op: str, register: str) -> bool:
-    """Function `kernel`_compute_ (the kernel's body) runs `op` on `register`s."""
+    """Function `kernel`_compute_ (the kernel's body, "fused_" where an op joined it) runs `op` on `register`s."""
     return any(re.search(rf"\b{op}\b[^\n]*%{register}", text) for name, text in functions.items()
-               if name.startswith(f"{kernel}_compute"))
+               if name.removeprefix("fused_").startswith(f"{kernel}_compute"))
 
 
 # (fleet, dot-product instruction, register, recipe prefix)
@@ -211,7 +211,9 @@ KERNELS = [  # (kind, shape, x dtype, kernel): unpacked in registers, or once pe
     ("dense", (1, 384, 96), "int8", "dense4"),  # batch 1: each weight is used once
     ("dense", (12, 64, 48), "uint8", "dense4_staged"),  # several row tiles; N padded to whole vectors
     ("conv", (32, 28, 28, 48), "uint8", "conv_lanes_pixels4_staged"),  # big image: lanes over pixels
-    ("conv", (40, 7, 7, 64), "int8", "conv_lanes_out4_staged"),  # small image: lanes over output channels
+    # small image: lanes over output channels on 16 lanes; AVX2's 8 pad each row of 7 to 8 (vnni_rewrite.padded_width)
+    ("conv", (40, 7, 7, 64), "int8", {"zmm": "conv_lanes_out4_packed_staged", "ymm": "conv_lanes_pixels4_strided_slice"}),
+    ("conv", (32, 14, 14, 48), "uint8", "conv_lanes_pixels4_staged_strided_slice"),  # rows padded 14 -> 16
     ("conv", (64, 1, 1, 64), "int8", "conv_lanes_out4"),  # one pixel
 ]
 
@@ -234,6 +236,7 @@ def test_int4_dot_kernels_bit_exact(cpu, op, register, recipe, kind, shape, x_dt
     build, x, want = _case4(kind, shape, x_dtype)
     got, functions = _fleet_build(build, [x], cpu, tmp_path)
     np.testing.assert_array_equal(got, want)
+    kernel = kernel[register] if isinstance(kernel, dict) else kernel
     assert _uses(functions, f"{recipe}_{kernel}", op, register), sorted(functions)
     assert not any("int4_matmul" in name or "int4_conv2d" in name for name in functions)
     if cpu.startswith(V3):
