@@ -135,3 +135,24 @@ def test_pad_of_a_matmuls_rows_is_written_whole(tmp_path):
     for ours, theirs in compiled_against_onnxruntime(path, feeds, tmp_path):
         assert np.array_equal(ours["y"][11:], np.zeros_like(ours["y"][11:]))
         assert cosine(ours["y"], theirs["y"]) > 0.999
+
+
+def test_dims_named_question_mark_are_not_one_dim(tmp_path):
+    """paddle2onnx names every unknown dim "?" (PP-OCR's direction classifier: x [?, 3, ?, ?]); binding it
+    1x3x48x192 was refused as one dim given 48 and 192 ("inputs 'x' and 'x' share the dim '?'"), a corpus
+    model that had compiled before. "?" names nothing now: the model compiles."""
+    import onnx
+
+    import runtime
+
+    rng = np.random.default_rng(0)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["?", 3, "?", "?"])
+    path = saved_model([helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1])], [x],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["?", 4, "?", "?"])],
+                       [numpy_helper.from_array(rng.normal(0, 0.3, (4, 3, 3, 3)).astype(np.float32), "w")],
+                       tmp_path / "q.onnx")
+    assert [d.dim_param for d in onnx.load(path).graph.input[0].type.tensor_type.shape.dim] == ["?", "", "?", "?"]
+    np.savez(tmp_path / "c.npz", x=rng.normal(0, 1, (2, 1, 3, 8, 12)).astype(np.float32))
+    art = runtime.load(runtime.compile_model(path, "x86", tmp_path / "a", calib=tmp_path / "c.npz", progress=False,
+                                             input_shapes={"x": (1, 3, 8, 12)}))
+    assert art.run({"x": rng.normal(0, 1, (1, 3, 8, 12)).astype(np.float32)})["y"].shape == (1, 4, 8, 12)
