@@ -67,27 +67,29 @@ def test_steps_with_their_own_weights_stay_apart(tmp_path):
     assert text.count("R.matmul(") == 5
 
 
-def test_small_model_boundary_stays_in_numpy(small_artifact, monkeypatch):
+def test_small_model_boundary_stays_in_numpy(tmp_path, monkeypatch):
     """A small model's run paid more in its Python boundary than in its kernels (Silero VAD v4: 258 us a run,
-    57 of them kernels): each boundary kernel call (~8 us: two DLPack views, an aligned output whose size
-    np.prod computed in 5 us) where NumPy takes 2-6 us for a few hundred elements, and the per-feature
-    range check of each recurrent state (7.5 us) where the input's min and max already show no feature can
-    be past its edge. Tensors under KERNEL_ELEMENTS go through NumPy now (the same float64 steps, the same
-    bits), and the run's outputs are those of the kernels."""
+    57 of them kernels): each boundary kernel call took ~8 us (two DLPack views and an aligned output whose
+    size np.prod computed in 5 us), where NumPy dequantizes a few hundred elements in 2 us, and the
+    per-feature range check of each recurrent state took 7.5 us where the input's min and max already show
+    no feature can be past its edge. Outputs under DEQUANTIZE_KERNEL elements are dequantized by NumPy now
+    (the same float64 steps, the same bits), and the run's outputs are those of the kernels."""
     import runtime
     import runtime.model
 
-    model = runtime.load(small_artifact)
-    assert model._boundary["quantize"]
+    path = _time_distributed(tmp_path / "td.onnx")
+    np.savez(tmp_path / "c.npz", x=np.random.default_rng(0).normal(0, 1, (4, 4, 6, 5)).astype(np.float32))
+    model = runtime.load(runtime.compile_model(path, "x86", tmp_path / "a", calib=tmp_path / "c.npz", progress=False))
+    assert model._boundary["dequantize"] and model.outputs[0]["quant"]["axis"] is None
     calls = []
     real = runtime.model._flat_call
-    monkeypatch.setattr(runtime.model, "_flat_call", lambda *a: (calls.append(a[0]), real(*a))[1])
-    x = {"x": np.random.default_rng(3).standard_normal((1, 3, 16, 16)).astype(np.float32)}
+    monkeypatch.setattr(runtime.model, "_flat_call", lambda *a: (calls.append(a[3]), real(*a))[1])
+    x = {"x": np.random.default_rng(3).standard_normal((4, 6, 5)).astype(np.float32)}
     small = model.run(x)
-    assert not calls  # 768 input elements, 10 outputs: NumPy
-    monkeypatch.setattr(runtime.model, "KERNEL_ELEMENTS", 1)
+    assert "float32" not in calls  # 60 output elements: NumPy
+    monkeypatch.setattr(runtime.model, "DEQUANTIZE_KERNEL", 1)
     kernels = model.run(x)
-    assert calls
+    assert "float32" in calls
     for name in small:
         np.testing.assert_array_equal(small[name], kernels[name])
 
