@@ -351,8 +351,14 @@ def input_dim_names(path: str | os.PathLike) -> dict[str, list[str | None]]:
         model = onnx.load(str(path), load_external_data=False)
     except Exception:
         return {}
-    return {v.name: [d.dim_param or None if not _fixed(d) else None for d in v.type.tensor_type.shape.dim]
+    return {v.name: [d.dim_param if d.dim_param not in UNNAMED_DIMS and not _fixed(d) else None
+                     for d in v.type.tensor_type.shape.dim]
             for v in _graph_inputs(model)}
+
+
+# dim names that name no dim: paddle2onnx marks every unknown dim "?" ([?, 3, ?, ?]: PP-OCR's direction
+# classifier bound 1x3x48x192 was refused, its "?" given 48 and 192)
+UNNAMED_DIMS = ("", "?")
 
 
 def check_shared_dims(path: str | os.PathLike, shapes: dict[str, tuple] | None) -> None:

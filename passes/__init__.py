@@ -12,6 +12,7 @@ from .decompose_batchnorm import decompose_batchnorm
 from .fold_batchnorm import fold_batchnorm
 from .affine_before_max import affine_before_max
 from .merge_parallel_convs import merge_parallel_convs
+from .merge_shared_steps import merge_shared_steps
 from .fuse_gelu import fuse_gelu
 from .fuse_prelu import fuse_prelu
 from .fuse_layernorm import fuse_layernorm
@@ -32,7 +33,7 @@ from .quantize_to_integer import BOUNDARY_ATTR, LAYERS_ATTR, QuantizeToInteger
 from .verify_integer_only import IntegerOnlyReport, verify_integer_only
 
 __all__ = ["BOUNDARY_ATTR", "LAYERS_ATTR", "OBSERVERS", "IntegerOnlyReport", "QuantConfig", "QuantizeToInteger",
-           "affine_before_max", "bind_weights", "calibrate", "conv1d_as_conv2d", "conv3d_as_conv2d", "conv3d_transpose_as_conv2d", "pool3d_as_pool2d", "decompose_batchnorm", "merge_parallel_convs", "pool1d_as_pool2d", "fold_batchnorm", "full_width_conv_as_channels", "tall_conv_as_wide", "fuse_gelu", "fuse_prelu",
+           "affine_before_max", "bind_weights", "calibrate", "conv1d_as_conv2d", "conv3d_as_conv2d", "conv3d_transpose_as_conv2d", "pool3d_as_pool2d", "decompose_batchnorm", "merge_parallel_convs", "merge_shared_steps", "pool1d_as_pool2d", "fold_batchnorm", "full_width_conv_as_channels", "tall_conv_as_wide", "fuse_gelu", "fuse_prelu",
            "fuse_layernorm", "fuse_written_layernorm", "keepdims_reductions", "fuse_l2_normalize", "fuse_rmsnorm", "fuse_softmax", "fuse_binary_chains", "fuse_unary_chains", "sum_over_stack", "split_of_concat", "unary_chains_through_layout",
            "verify_integer_only"]
 
@@ -50,7 +51,7 @@ def bind_weights(mod, weights):
     params = mod["main"].params
     bound = {p: tvm.runtime.tensor(w) for p, w in zip(params[len(params) - len(weights):], weights)}
     seq = tvm.transform.Sequential([relax.transform.BindParams("main", bound), fold_small_constants,
-                                    fold_constant_calls,
+                                    fold_constant_calls, merge_shared_steps,
                                     conv1d_as_conv2d, conv3d_as_conv2d, conv3d_transpose_as_conv2d, pool1d_as_pool2d,
                                     pool3d_as_pool2d, fold_batchnorm, decompose_batchnorm, affine_before_max,
                                     merge_parallel_convs,

@@ -107,11 +107,23 @@ def tileable(sch: s_tir.Schedule, block, consumers: list) -> list:
         analyzer.bind(dim, tvm.ir.Range.from_min_extent(one, tvm.tirx.const(1 << 31, str(dim.ty))))
     chain = {sch.get(block).name_hint}
     for i, consumer in enumerate(consumers):
-        if not analyzer.can_prove(_size(sch, consumer) <= produced) or any(
+        if not analyzer.can_prove(_size(sch, consumer) <= produced) or _pads_past(sch, block, consumer) or any(
                 sch.get(p).name_hint not in chain for p in sch.get_producers(consumer)):
             return consumers[:i]
         chain.add(sch.get(consumer).name_hint)
     return consumers
+
+
+def _pads_past(sch: s_tir.Schedule, block, consumer) -> bool:
+    """Does `consumer` pad (an if_then_else over its own indices) an axis past `block`'s extent on it? Fewer
+    elements in all can still be more rows: a matmul's padded lanes (5 -> 16) hid a pad of its rows (11 -> 21,
+    Keras 3's TimeDistributed Dense stacked and padded: `passes/merge_shared_steps.py`), the padded rows
+    were never written and the model's output was garbage (cosine 0.0)."""
+    mine, theirs = (sch.get(b).writes[0].source.shape for b in (block, consumer))
+    if len(mine) != len(theirs) or "if_then_else" not in str(sch.get(consumer).body):
+        return False
+    return any(isinstance(a, tvm.tirx.IntImm) and isinstance(b, tvm.tirx.IntImm) and int(b) > int(a)
+               for a, b in zip(mine, theirs))
 
 
 def fold_epilogue(sch: s_tir.Schedule, block) -> list:
