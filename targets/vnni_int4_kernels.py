@@ -328,14 +328,13 @@ def schedule(sch: s_tir.Schedule, block, dot: Dot, kind: str) -> None:
 def _schedule_staged(sch: s_tir.Schedule, unpack, dot: Dot, kind: str) -> None:
     """The 8-bit kernel's tiles (vnni.schedule), with the loop over weight blocks outermost and
     parallel, the block's unpack stage computed at it (int8 in L1), the row tiles inside."""
-    bcast_a, bcast_b = vnni.intrinsic_names(dot)
     block = sch.get_consumers(unpack)[0]
     epilogue = inline_epilogue(sch, f"{dot.name}_{kind}")
     shape = [static_factor(sch.get(loop).extent) for loop in sch.get_loops(block)]
     if kind == vnni.DENSE:
         loops = sch.get_loops(block)
         outer, (row, lane, k) = list(loops[:-3]), loops[-3:]
-        tile, intrin, local_map = vnni.dense_tile(shape[-3], shape[-2], dot), bcast_a, None
+        tile, intrin, local_map = vnni.dense_tile(shape[-3], shape[-2], dot), "a", None
     else:
         _, o_n, h, w, _ = shape
         sch.transform_block_layout(block, lambda n, j, y, x, c: (n, j, y * w + x, c))
@@ -344,12 +343,15 @@ def _schedule_staged(sch: s_tir.Schedule, unpack, dot: Dot, kind: str) -> None:
         single = isinstance(sch.get(b).extent, tvm.tirx.IntImm) and int(sch.get(b).extent) == 1
         keep = (lambda n: ()) if single else (lambda n: (n,))
         if kind == vnni.CONV_LANES_OUT:
-            row, lane, intrin = pixels, o, bcast_a
+            row, lane, intrin = pixels, o, "a"
             local_map = lambda n, j, yy, xx: (*keep(n), yy * w + xx, j)
         else:
-            row, lane, intrin = o, pixels, bcast_b
+            row, lane, intrin = o, pixels, "b"
             local_map = lambda n, j, yy, xx: (*keep(n), j, yy * w + xx)
     rows, vectors = tile
+    scope = vnni._accumulator_scope(rows * vectors, dot)  # as at 8 bits: registers, not a workspace buffer
+    bcast_a, bcast_b = vnni.intrinsic_names(dot, scope)
+    intrin = bcast_a if intrin == "a" else bcast_b
     ro, ri = sch.split(row, [None, rows])
     lo, lt, ll = sch.split(lane, [None, vectors, dot.lanes])
     ko, kl = sch.split(k, [None, dot.k])
@@ -360,7 +362,7 @@ def _schedule_staged(sch: s_tir.Schedule, unpack, dot: Dot, kind: str) -> None:
         sch.reorder(lo, ro, ko, ri, lt, ll, kl)
         weights, tiles = sch.fuse(*outer, lo), ro
     parallel(sch, weights)
-    acc = sch.cache_write(block, 0, "local")
+    acc = sch.cache_write(block, 0, scope)
     if local_map is not None:
         sch.transform_layout(block, ("write", 0), local_map)
     sch.reverse_compute_at(acc, tiles)
@@ -372,8 +374,12 @@ def _schedule_staged(sch: s_tir.Schedule, unpack, dot: Dot, kind: str) -> None:
     sch.unroll(lt)
     sch.tensorize(ll, intrin)
     sch.vectorize(sch.get_loops(init)[-1])
-    _vectorize_rows(sch, [acc, *epilogue], dot)
     _schedule_unpack(sch, unpack, dot, kind == vnni.CONV_LANES_PIXELS)
+    # the 8-bit kernel's epilogue: over the tile's channels where lanes are outputs, else vector by vector
+    if kind == vnni.CONV_LANES_OUT and vnni._epilogue_over_channels(sch, tiles, acc, epilogue, vectors * dot.lanes, dot):
+        return
+    _vectorize_rows(sch, [stage for stage in [acc, *epilogue]
+                          if not vnni._vectors_of_tile(sch, sch.get_loops(stage)[-1], dot)], dot)
 
 
 def _vectorize_rows(sch: s_tir.Schedule, stages, dot: Dot) -> None:
