@@ -242,7 +242,8 @@ class Model:
         """Raise InputError unless `inputs` has exactly the model's names, shapes and dtypes, and finite
         values; the (min, max) of each non-empty float input."""
         self._check_structure(inputs)
-        return {name: _extremes(name, value) for name, value in inputs.items() if value.dtype.kind == "f" and value.size}
+        return {name: _extremes(name, value) for name, value in inputs.items()
+                if value.dtype.kind == "f" and value.size}
 
     def _check_structure(self, inputs: dict[str, np.ndarray]) -> None:
         """`check_inputs` but for the values: names, array types, dtypes, shapes and buckets (a signature that
@@ -309,7 +310,8 @@ class Model:
             return self._quantize(x, scale, dtype), extremes
         import tvm_ffi
 
-        q, stats, q_arg, stats_arg = self._buffers(index, x.shape, dtype) if reuse else _buffers(x.shape, dtype, self._chunk)
+        q, stats, q_arg, stats_arg = (self._buffers(index, x.shape, dtype) if reuse
+                                      else _buffers(x.shape, dtype, self._chunk))
         if not (x.flags.c_contiguous and x.flags.writeable):
             x = np.require(x, requirements=["C", "W"])  # DLPack takes neither a view nor a read-only array
         kernel(tvm_ffi.from_dlpack(x.reshape(-1)), float(scale), q_arg, stats_arg)

@@ -376,7 +376,8 @@ def _schedule_staged(sch: s_tir.Schedule, unpack, dot: Dot, kind: str) -> None:
     sch.vectorize(sch.get_loops(init)[-1])
     _schedule_unpack(sch, unpack, dot, kind == vnni.CONV_LANES_PIXELS)
     # the 8-bit kernel's epilogue: over the tile's channels where lanes are outputs, else vector by vector
-    if kind == vnni.CONV_LANES_OUT and vnni._epilogue_over_channels(sch, tiles, acc, epilogue, vectors * dot.lanes, dot):
+    channels = vectors * dot.lanes
+    if kind == vnni.CONV_LANES_OUT and vnni._epilogue_over_channels(sch, tiles, acc, epilogue, channels, dot):
         return
     _vectorize_rows(sch, [stage for stage in [acc, *epilogue]
                           if not vnni._vectors_of_tile(sch, sch.get_loops(stage)[-1], dot)], dot)

@@ -95,7 +95,8 @@ def padded_width(o: int, c: int, h: int, wd: int, d: Dot) -> int | None:
     if wide is None or (d.registers == 16 and c * h * wide * vnni.DTYPE_BYTES[d.a_dtype] > AVX2_PADDED_BYTES):
         return None
     out = vnni.conv_tile(vnni.CONV_LANES_OUT, o, h, wd, d)
-    return wide if 8 * (wide - wd) <= wide or (2 * (wide - wd) <= wide and (out is None or out[0] * out[1] < 8)) else None
+    pays = 8 * (wide - wd) <= wide or (2 * (wide - wd) <= wide and (out is None or out[0] * out[1] < 8))
+    return wide if pays else None
 
 
 def _tiles_pay(k: int, rows) -> bool:

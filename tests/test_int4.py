@@ -212,7 +212,8 @@ KERNELS = [  # (kind, shape, x dtype, kernel): unpacked in registers, or once pe
     ("dense", (12, 64, 48), "uint8", "dense4_staged"),  # several row tiles; N padded to whole vectors
     ("conv", (32, 28, 28, 48), "uint8", "conv_lanes_pixels4_staged"),  # big image: lanes over pixels
     # small image: lanes over output channels on 16 lanes; AVX2's 8 pad each row of 7 to 8 (vnni_rewrite.padded_width)
-    ("conv", (40, 7, 7, 64), "int8", {"zmm": "conv_lanes_out4_packed_staged", "ymm": "conv_lanes_pixels4_strided_slice"}),
+    ("conv", (40, 7, 7, 64), "int8",
+     {"zmm": "conv_lanes_out4_packed_staged", "ymm": "conv_lanes_pixels4_strided_slice"}),
     ("conv", (32, 14, 14, 48), "uint8", "conv_lanes_pixels4_staged_strided_slice"),  # rows padded 14 -> 16
     ("conv", (64, 1, 1, 64), "int8", "conv_lanes_out4"),  # one pixel
 ]
