@@ -126,7 +126,7 @@ class Model:
         self._dtypes = {spec["name"]: np.dtype(spec["dtype"]) for spec in self.inputs}
         self._dequantizers: dict = {}  # (output index, rank, dtype) -> how `_dequantize` takes it
         self._checked: set = set()  # input signatures (name, shape, dtype) that `_check_structure` passed
-        self._chunk = (self.manifest.get("boundary_library") or {}).get("check_chunk")  # see `_buffers`
+        self._chunk = (self.manifest.get("boundary_library") or {}).get("check_chunk")  # see `_new_buffers`
 
     def _load_library(self, tvm, library: dict, device: str):
         path = self.path / library["file"]
@@ -311,7 +311,7 @@ class Model:
         import tvm_ffi
 
         q, stats, q_arg, stats_arg = (self._buffers(index, x.shape, dtype) if reuse
-                                      else _buffers(x.shape, dtype, self._chunk))
+                                      else _new_buffers(x.shape, dtype, self._chunk))
         if not (x.flags.c_contiguous and x.flags.writeable):
             x = np.require(x, requirements=["C", "W"])  # DLPack takes neither a view nor a read-only array
         kernel(tvm_ffi.from_dlpack(x.reshape(-1)), float(scale), q_arg, stats_arg)
@@ -321,8 +321,8 @@ class Model:
         return q, (low, high)
 
     def _buffers(self, index: int, shape: tuple, dtype: str) -> tuple:
-        """`_buffers` of input `index` kept by this thread for its next call of the same shape; the VM's argument
-        for its integers is kept too (`_device_tensor`)."""
+        """`_new_buffers` of input `index`, kept by this thread for its next call of the same shape; the VM's
+        argument for its integers is kept too (`_device_tensor`)."""
         import tvm_ffi
 
         mine = self._local.__dict__
@@ -330,7 +330,7 @@ class Model:
         if index not in kept or kept[index][0].shape != shape:
             if index in kept:
                 args.pop(id(kept[index][0]), None)
-            kept[index] = _buffers(shape, dtype, self._chunk)
+            kept[index] = _new_buffers(shape, dtype, self._chunk)
             args[id(kept[index][0])] = tvm_ffi.from_dlpack(kept[index][0])
         return kept[index]
 
@@ -677,7 +677,7 @@ def _aligned(q: np.ndarray) -> np.ndarray:
     return out
 
 
-def _buffers(shape: tuple, dtype: str, chunk: int) -> tuple:
+def _new_buffers(shape: tuple, dtype: str, chunk: int) -> tuple:
     """(integers, statistics, their kernel arguments) for the checked quantization of a float tensor of `shape`:
     the statistics are a (min, max, non-finite count) per chunk of `chunk` elements."""
     import tvm_ffi

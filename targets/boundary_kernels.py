@@ -29,25 +29,26 @@ CHECK_CHUNK = 4096  # elements of one parallel chunk of `quantize_checked`: one 
 STATS = 3  # a row of statistics: min, max, count of NaN / inf (float64)
 
 
-def _quantize(dtype: str):
+def _quantized(dtype: str):
+    """value(x, s): clip(round_half_even(float64(x) / s)) as `dtype`, `boundary.quantize`'s steps."""
     lo, hi = RANGES[dtype]
 
     def value(x, s):
         return T.Cast(dtype, T.max(T.min(T.nearbyint(T.Cast("float64", x) / s), T.float64(hi)), T.float64(lo)))
 
-    return _elementwise(f"intq_quantize_{dtype}", "float32", dtype, value)
+    return value
+
+
+def _quantize(dtype: str):
+    return _elementwise(f"intq_quantize_{dtype}", "float32", dtype, _quantized(dtype))
 
 
 def _quantize_checked(dtype: str):
     """`_quantize` that also writes the min, max and count of non-finite values of x to stats[0:STATS] (the
     min and max are meaningless where the count is not 0); stats holds STATS values per chunk of
     CHECK_CHUNK elements (each chunk's, summed up in the first after the parallel loop)."""
-    name = f"intq_quantize_checked_{dtype}"
-    lo, hi = RANGES[dtype]
+    name, value = f"intq_quantize_checked_{dtype}", _quantized(dtype)
     lanes, steps = VECTOR, CHECK_CHUNK // VECTOR
-
-    def value(x, s):
-        return T.Cast(dtype, T.max(T.min(T.nearbyint(T.Cast("float64", x) / s), T.float64(hi)), T.float64(lo)))
 
     def bad(x):
         return T.Select(T.isfinite(x), T.float32(0), T.float32(1))
@@ -64,8 +65,8 @@ def _quantize_checked(dtype: str):
             high = T.alloc_buffer((lanes,), "float32", scope="local")
             count = T.alloc_buffer((lanes,), "float32", scope="local")
             for j in T.vectorized(lanes):
-                low[j] = T.float32(3.4e38)
-                high[j] = T.float32(-3.4e38)
+                low[j] = T.max_value("float32")
+                high[j] = T.min_value("float32")
                 count[j] = T.float32(0)
             if c * CHECK_CHUNK + CHECK_CHUNK <= n:
                 for v in range(steps):
