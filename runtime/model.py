@@ -126,7 +126,9 @@ class Model:
         self._dtypes = {spec["name"]: np.dtype(spec["dtype"]) for spec in self.inputs}
         self._dequantizers: dict = {}  # (output index, rank, dtype) -> how `_dequantize` takes it
         self._checked: set = set()  # input signatures (name, shape, dtype) that `_check_structure` passed
-        self._chunk = (self.manifest.get("boundary_library") or {}).get("check_chunk")  # see `_new_buffers`
+        boundary = self.manifest.get("boundary_library") or {}
+        self._chunk = boundary.get("check_chunk")  # see `_new_buffers`
+        self._check_sum = boundary.get("check_stat") == "sum"  # see `_quantize_checked`
 
     def _load_library(self, tvm, library: dict, device: str):
         path = self.path / library["file"]
@@ -302,7 +304,7 @@ class Model:
 
     def _quantize_checked(self, index: int, x: np.ndarray, scale, spec: dict, reuse: bool):
         """(`x` quantized, its (min, max) or None): in one pass by the artifact's checked kernel where it
-        applies (it also counts the NaN / inf values, refused), else NumPy's check and `_quantize`."""
+        applies (it also flags NaN / inf values, refused), else NumPy's check and `_quantize`."""
         dtype = spec["quant"]["dtype"]
         kernel = self._boundary.get("quantize_checked", {}).get(dtype)
         if kernel is None or np.ndim(scale) or x.dtype != np.float32 or not x.size or "sentinel" in spec["quant"]:
@@ -315,9 +317,11 @@ class Model:
         if not (x.flags.c_contiguous and x.flags.writeable):
             x = np.require(x, requirements=["C", "W"])  # DLPack takes neither a view nor a read-only array
         kernel(tvm_ffi.from_dlpack(x.reshape(-1)), float(scale), q_arg, stats_arg)
-        low, high, bad = stats[:3].tolist()  # the whole tensor's, summed up by the kernel
-        if bad:
-            raise InputError(_not_finite(spec["name"], int(bad), x.size))
+        low, high, flag = stats[:3].tolist()  # the whole tensor's, reduced by the kernel
+        if self._check_sum:  # x's sum: not finite where x holds NaN / inf (or only sums past float32's range)
+            flag = 0 if math.isfinite(flag) else x.size - int(np.isfinite(x).sum())
+        if flag:  # the count of NaN / inf values (artifacts before session 43 count them in the kernel)
+            raise InputError(_not_finite(spec["name"], int(flag), x.size))
         return q, (low, high)
 
     def _buffers(self, index: int, shape: tuple, dtype: str) -> tuple:
