@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from frontends.errors import CompileError
 
-from . import arm, cuda, generic, riscv, x86
+from . import arm, cuda, generic, riscv, script_frames, x86
 from .spec import TargetSpec
+
+script_frames.install()
 
 _FAMILIES = {
     "x86": x86.host_target,
