@@ -116,3 +116,24 @@ def test_tapped_model_runs_on_one_tvm_thread():
     model.run({"x": rng.standard_normal(shape).astype(np.float32)}, lambda index, value: during.append(threads()))
     assert during and set(during) == {1}
     assert threads() == before and os.sched_getaffinity(0) == cpus
+
+
+def test_matmuls_run_by_torch_as_relax_computes_them():
+    """A float32 matmul becomes a packed call to torch: a constant weight (converted once, not passed), two
+    activations with broadcast batch dims (attention's Q.K^T); its result is NumPy's matmul; a matmul of two
+    constants is left to TVM."""
+    from passes import float_convs
+
+    x = relax.Var("x", relax.TensorType([2, 5, 16], "float32"))
+    y = relax.Var("y", relax.TensorType([1, 16, 7], "float32"))
+    w = rng.standard_normal((16, 24)).astype(np.float32)
+    a, b = rng.standard_normal((2, 5, 16)).astype(np.float32), rng.standard_normal((1, 16, 7)).astype(np.float32)
+    bb = relax.BlockBuilder()
+    for call, operands, want in [(R.matmul(x, relax.const(w)), [a], a @ w), (R.matmul(x, y), [a, b], a @ b)]:
+        call = bb.normalize(call)
+        convs = float_convs.Convs()
+        packed = convs.rewrite(call)
+        assert packed.op.name == "relax.call_pure_packed" and len(packed.args) == 2 + len(operands)
+        np.testing.assert_allclose(float_convs.matmul_closure(call)(*operands), want, rtol=1e-5, atol=1e-5)
+    constants = bb.normalize(R.matmul(relax.const(w.T.copy()), relax.const(w)))
+    assert float_convs.Convs().rewrite(constants).same_as(constants)
