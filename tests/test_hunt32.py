@@ -31,6 +31,7 @@ def _kernels(lib) -> list[str]:
     (1, 5, 9, 14, 3, (3, 1), "uint8"),  # dilated along one axis only, channels not a whole step
     (2, 4, 8, 8, 3, (6, 6), "int16"),  # a dilation past the image: taps that read only padding
     (1, 4, 1, 40, (1, 5), (1, 4), "int8"),  # a dilated Conv1d (WaveNet, SpliceAI)
+    (1, 3, 10, 10, 3, (2, 2), "float32"),  # the float model calibration runs takes the same patches
 ])
 def test_dilated_same_padding_patches_are_flat_copies(n, c, h, w, k, dilation, dtype):
     """A stride-1 dilated conv whose output is its input's size (ASPP branches, CRAFT's refiner, M-LSD) takes
@@ -53,7 +54,8 @@ def test_dilated_same_padding_patches_are_flat_copies(n, c, h, w, k, dilation, d
     want_fn = tvm.compile(want_mod, target=target)["main"]
     got = same_patches_func(n, c, h, w, rows, kh, kw, top, left, dtype, dilation)
     got_fn = tvm.compile(tvm.IRModule({"main": got.with_attr("global_symbol", "main")}), target=target)["main"]
-    x = tvm.runtime.tensor(rng.integers(-100, 100, (n, c, h, w)).astype(dtype))
+    x = tvm.runtime.tensor((rng.integers(-100, 100, (n, c, h, w)) if dtype != "float32"
+                            else rng.standard_normal((n, c, h, w))).astype(dtype))
     want, out = (tvm.runtime.tensor(np.full((n, rows, h, w), fill, dtype)) for fill in (0, 7))
     want_fn(x, want)
     got_fn(x, out)
