@@ -515,7 +515,9 @@ def schedule(sch: s_tir.Schedule, block, dot: Dot, kind: str) -> None:
     # lanes over pixels on a big image: a tile's run of pixels outside the output channels, its activations
     # read from L1 by each channel block's tile instead of the whole image again per channel block
     big = kind == CONV_LANES_PIXELS and shape[2] * shape[3] * shape[4] * DTYPE_BYTES[dot.a_dtype] > PIXELS_OUTER_BYTES
-    order = (lo, ro) if big else (ro, lo)
+    # lanes over outputs: channel blocks outermost, so that each thread writes its own channels' planes (pixel
+    # blocks outermost, two threads wrote the halves of the same 7x7 or 14x14 planes, sharing their cache lines)
+    order = (lo, ro) if big or kind == CONV_LANES_OUT else (ro, lo)
     sch.reorder(*order, ko, ri, lt, ll, kl)
     par = sch.fuse(*outer, *order)
     parallel(sch, par)

@@ -6,6 +6,7 @@ compile-time checks, saying so."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 import numpy as np
@@ -132,6 +133,13 @@ def test_pointwise_conv_with_epilogue_is_exact(x_dtype, shape, instruction, tmp_
     tiled = [text for name, text in functions.items() if "amxc" in name]
     assert any(instruction in text and "ldtilecfg" in text for text in tiled), list(functions)
     np.testing.assert_array_equal(run(), want)
+    from runtime.model import config_threads
+
+    config_threads(2)  # the channel blocks split between two threads, each writing its own planes
+    try:
+        np.testing.assert_array_equal(run(), want)
+    finally:
+        config_threads(os.cpu_count() or 1)
 
 
 @pytest.mark.parametrize("shape", [(40, 64, 14, 14), (256, 64, 3, 3), (64, 256, 56, 56)])
@@ -162,7 +170,6 @@ def test_artifact_runs_in_a_fresh_process_and_shared_by_threads(tmp_path):
     runtime and through a bare TVM loader (the kernels ask themselves), and 4 threads x 50 calls on
     one Model (each worker thread loads its own tile config) equal the sequential outputs."""
     import json
-    import os
     import sys
     from concurrent.futures import ThreadPoolExecutor
 
