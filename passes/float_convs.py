@@ -110,8 +110,7 @@ def matmul_closure(call: relax.Call):
 
     fixed = [torch.from_numpy(np.ascontiguousarray(a.value.numpy())) if isinstance(a, tvm.ir.GenericConst) else None
              for a in call.args[:2]]
-    shapes = [[int(d) for d in a.ty.shape] for a in call.args[:2]]
-    macs = int(np.prod([int(d) for d in call.ty.shape])) * shapes[0][-1]
+    macs = int(np.prod([int(d) for d in call.ty.shape])) * int(call.args[0].ty.shape[-1])
     threads = _one_thread if macs < SMALL_CONV_MACS else nullcontext
 
     def run(*arrays: np.ndarray) -> np.ndarray:
