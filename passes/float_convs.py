@@ -132,8 +132,8 @@ def _takes(call) -> str | None:
     """"conv" or "matmul" where `call` is one that torch runs here, else None."""
     if not (TORCH and isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.Op)):
         return None
-    if (call.op.name in ("relax.nn.conv2d", "relax.nn.conv2d_transpose") and isinstance(call.args[1], tvm.ir.GenericConst)
-            and _static_float32([call, *call.args[:2]])):
+    if (call.op.name in ("relax.nn.conv2d", "relax.nn.conv2d_transpose")
+            and isinstance(call.args[1], tvm.ir.GenericConst) and _static_float32([call, *call.args[:2]])):
         return "conv"
     if call.op.name == "relax.matmul" and _static_float32([call, *call.args[:2]]) \
             and not all(isinstance(a, tvm.ir.GenericConst) for a in call.args[:2]):
