@@ -80,6 +80,34 @@ def run_library(lib, inputs: list[np.ndarray]) -> np.ndarray:
     return vm["main"](*[tvm.runtime.tensor(a) for a in inputs]).numpy()
 
 
+def assert_flat_patches_equal(n: int, c: int, h: int, w: int, k, dtype: str, dilation=(1, 1)) -> None:
+    """`same_patches_func` (flat copies) of a stride-1 `same` conv equals `patches_te`, which tests every element."""
+    import tvm
+    from tvm import te
+
+    from passes.conv_as_pointwise import patch_rows, patches_te, same_patches_func
+    from targets import get_target
+    from targets.cpu_schedules import schedule_int_matmul_cpu
+
+    kh, kw = (k, k) if isinstance(k, int) else k
+    top, left = dilation[0] * (kh - 1) // 2, dilation[1] * (kw - 1) // 2
+    rows, target = patch_rows(c, kh, kw), get_target("x86").target()
+    xt = te.placeholder((n, c, h, w), dtype, name="x")
+    func = te.create_prim_func([xt, patches_te(xt, rows, (kh, kw), (1, 1), (top, left) * 2, dilation)])
+    with target:
+        want_mod = schedule_int_matmul_cpu(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}))
+    want_fn = tvm.compile(want_mod, target=target)["main"]
+    got = same_patches_func(n, c, h, w, rows, kh, kw, top, left, dtype, dilation)
+    got_fn = tvm.compile(tvm.IRModule({"main": got.with_attr("global_symbol", "main")}), target=target)["main"]
+    rng = np.random.default_rng(0)
+    x = tvm.runtime.tensor((rng.integers(-100, 100, (n, c, h, w)) if dtype != "float32"
+                            else rng.standard_normal((n, c, h, w))).astype(dtype))
+    want, out = (tvm.runtime.tensor(np.full((n, rows, h, w), fill, dtype)) for fill in (0, 7))
+    want_fn(x, want)
+    got_fn(x, out)
+    np.testing.assert_array_equal(out.numpy(), want.numpy())
+
+
 def without_sample_library(model):
     """`model` with its batch-1 library (a free batch on x86) set aside, so that one-sample calls run
     the symbolic-batch library too: what other targets run, and x86 where `batch_in_one_call` is set."""

@@ -10,7 +10,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from conftest import relax_main
+from conftest import assert_flat_patches_equal, relax_main
 
 from passes import reference as ref
 from passes.lowering import emit
@@ -243,27 +243,7 @@ def test_narrow_rows_take_their_patches_bit_exact(dtype, tmp_path):
 def test_same_padding_patches_are_flat_copies(n, c, h, w, k, dtype):
     """A stride-1 conv whose output is its input's size: each patch row a shifted flat copy of its channel,
     the wrapped columns zeroed (`same_patches_func`); equal to `patches_te`, which tests every element."""
-    import tvm
-    from tvm import te
-
-    from passes.conv_as_pointwise import patch_rows, patches_te, same_patches_func
-    from targets.cpu_schedules import schedule_int_matmul_cpu
-
-    kh, kw = (k, k) if isinstance(k, int) else k
-    rows, target = patch_rows(c, kh, kw), get_target("x86").target()
-    xt = te.placeholder((n, c, h, w), dtype, name="x")
-    func = te.create_prim_func([xt, patches_te(xt, rows, (kh, kw), (1, 1), (kh // 2, kw // 2) * 2, (1, 1))])
-    with target:
-        want_mod = schedule_int_matmul_cpu(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}))
-    want_fn = tvm.compile(want_mod, target=target)["main"]
-    got_fn = tvm.compile(tvm.IRModule({"main": same_patches_func(n, c, h, w, rows, kh, kw, kh // 2, kw // 2, dtype)
-                                       .with_attr("global_symbol", "main")}), target=target)["main"]
-    x = tvm.runtime.tensor((rng.integers(-100, 100, (n, c, h, w)) if dtype != "float32"
-                            else rng.standard_normal((n, c, h, w))).astype(dtype))
-    want, got = (tvm.runtime.tensor(np.full((n, rows, h, w), fill, dtype)) for fill in (0, 7))
-    want_fn(x, want)
-    got_fn(x, got)
-    np.testing.assert_array_equal(got.numpy(), want.numpy())
+    assert_flat_patches_equal(n, c, h, w, k, dtype)
 
 
 def test_same_padding_conv_over_its_flat_patches_bit_exact(tmp_path):

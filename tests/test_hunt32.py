@@ -8,6 +8,7 @@ import subprocess
 
 import numpy as np
 import pytest
+from conftest import assert_flat_patches_equal
 
 from passes import reference as ref
 
@@ -37,29 +38,7 @@ def test_dilated_same_padding_patches_are_flat_copies(n, c, h, w, k, dilation, d
     """A stride-1 dilated conv whose output is its input's size (ASPP branches, CRAFT's refiner, M-LSD) takes
     the flat-copy patches now (each row its channel shifted by (i dh - top) W + (j dw - left), the wrapped
     columns zeroed): equal to `patches_te`, which tests every element. Before, only undilated convs had them."""
-    import tvm
-    from tvm import te
-
-    from passes.conv_as_pointwise import patch_rows, patches_te, same_patches_func
-    from targets import get_target
-    from targets.cpu_schedules import schedule_int_matmul_cpu
-
-    kh, kw = (k, k) if isinstance(k, int) else k
-    top, left = dilation[0] * (kh - 1) // 2, dilation[1] * (kw - 1) // 2
-    rows, target = patch_rows(c, kh, kw), get_target("x86").target()
-    xt = te.placeholder((n, c, h, w), dtype, name="x")
-    func = te.create_prim_func([xt, patches_te(xt, rows, (kh, kw), (1, 1), (top, left) * 2, dilation)])
-    with target:
-        want_mod = schedule_int_matmul_cpu(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}))
-    want_fn = tvm.compile(want_mod, target=target)["main"]
-    got = same_patches_func(n, c, h, w, rows, kh, kw, top, left, dtype, dilation)
-    got_fn = tvm.compile(tvm.IRModule({"main": got.with_attr("global_symbol", "main")}), target=target)["main"]
-    x = tvm.runtime.tensor((rng.integers(-100, 100, (n, c, h, w)) if dtype != "float32"
-                            else rng.standard_normal((n, c, h, w))).astype(dtype))
-    want, out = (tvm.runtime.tensor(np.full((n, rows, h, w), fill, dtype)) for fill in (0, 7))
-    want_fn(x, want)
-    got_fn(x, out)
-    np.testing.assert_array_equal(out.numpy(), want.numpy())
+    assert_flat_patches_equal(n, c, h, w, k, dtype, dilation)
 
 
 def test_dilated_same_conv_reads_flat_patches_bit_exact(tmp_path):
