@@ -38,6 +38,7 @@ STEP = 64  # bytes of one activation tile row: the reduction depth of one instru
 ROWS = 16  # rows of a tile
 BLOCK_ROWS = 32  # output rows of a block (two activation tiles)
 MIN_ROWS = 16  # fewer rows pad too much: the VNNI kernels stay
+TAPS = "intq.taps"  # a taps block's annotation: [Wq, the flat shift of one input row; the stride]
 
 # the AMX recipes (lanes, k and the packing as VNNI's; `combine` unused: the block is tensorized whole)
 AMXU = Dot("amxu", 16, 4, "uint8", "int8", 32, None)  # tdpbusd
@@ -86,6 +87,34 @@ def conv_te(xp: te.Tensor, w: te.Tensor, height: int, channels: int, width: int,
     return te.compute((1, channels, height, width), lambda b, o, y, x: acc[y, o, x], name="amx_conv_out")
 
 
+def taps_te(xp: te.Tensor, wt: te.Tensor, stride: int, out: tuple, dot: str) -> te.Tensor:
+    """A spatial conv's int32 sums on tiles: flat[o, p] = sum_{i, j, c} W[i, j, o, c] * Xp[i % s, j % s, c / 4,
+    p + (i / s) Wq + j / s, c % 4] (Xp [S, S, C/4, Hq * Wq, 4] the padded input split into its stride phases,
+    `taps_input`; W [kh, kw, O, C], O whole tiles, C whole 64-deep steps), over the flat run of every output
+    row computed Wq wide (`taps_geometry`); out[0, o, y, x] = flat[o, y Wq + x] for o < `out`'s channels."""
+    kh, kw, rows, c = (int(d) for d in wt.shape)
+    ho, wo, wq, length, channels = out
+    # one axis over the taps (i = t / kw, j = t % kw): a 1 x k kernel's axis of extent 1 would vanish from the block
+    rt, rc = te.reduce_axis((0, kh * kw), name="rt"), te.reduce_axis((0, c), name="rc")
+    ri, rj = rt // kw, rt % kw
+    flat = te.compute((rows, length), lambda o, p: te.sum(wt[ri, rj, o, rc].astype("int32") * xp[
+        ri % stride, rj % stride, rc // 4, p + ri // stride * wq + rj // stride, rc % 4].astype("int32"),
+        axis=[rt, rc]), name=f"{dot}_taps", attrs={TAPS: [wq, stride, kh, kw]})
+    return te.compute((1, channels, ho, wo), lambda b, o, y, x: flat[o, y * wq + x], name="amx_taps_out")
+
+
+def taps_geometry(h: int, w: int, kernel: tuple[int, int], stride: int, pads) -> tuple[int, ...]:
+    """(Ho, Wo, Wq, L, Hq) of a spatial conv on tiles: its output size; the width of a stride phase of the padded
+    input, which every output row is computed over (its last (kw - 1) / s columns read the next row and are
+    dropped); the flat run of all rows in whole blocks; the phase rows the run's reads reach."""
+    (kh, kw), (top, left, bottom, right) = kernel, pads
+    ho, wo = (h + top + bottom - kh) // stride + 1, (w + left + right - kw) // stride + 1
+    wq = wo + (kw - 1) // stride
+    length = -(-ho * wq // BLOCK_ROWS) * BLOCK_ROWS
+    reach = length + (kh - 1) // stride * wq + (kw - 1) // stride
+    return ho, wo, wq, length, -(-reach // wq)
+
+
 def reduction(k: int) -> int | None:
     """The reduction length the kernel runs for K: K zero-padded to a multiple of 64, or None
     where that wastes more than a quarter, or K < 64 (measured: at K = 24-40 a block's fixed
@@ -114,6 +143,70 @@ def _config_words() -> list[int]:
 
 def _call(name: str, *args):
     return T.evaluate(T.call_llvm_intrin("void", name, *args))
+
+
+@T.macro
+def _configure(w):
+    # ldtilecfg costs ~0.5 us (a 32 x 32 x 384 block's whole work): loaded only where this
+    # thread's tiles are configured otherwise (its first block of this kernel); sttilecfg is cheap
+    want = T.decl_buffer((8,), "int64", scope="local")
+    have = T.decl_buffer((8,), "int64", scope="local")
+    want[0] = T.int64(w[0])
+    want[1] = T.int64(w[1])
+    want[2] = T.int64(w[2])
+    want[3] = T.int64(w[3])
+    want[4] = T.int64(w[4])
+    want[5] = T.int64(w[5])
+    want[6] = T.int64(w[6])
+    want[7] = T.int64(w[7])
+    _call("llvm.x86.sttilecfg", T.address_of(have[0]))
+    if ((have[0] ^ want[0]) | (have[1] ^ want[1]) | (have[2] ^ want[2]) | (have[3] ^ want[3])
+            | (have[4] ^ want[4]) | (have[5] ^ want[5]) | (have[6] ^ want[6]) | (have[7] ^ want[7])) != 0:
+        # the process's tile permission, asked once per thread's first block: the artifact runs
+        # under any loader (an RPC server, a C++ host), not only intq's runtime (`enable`)
+        T.evaluate(T.call_extern("int64", "syscall", T.int64(_SYS_ARCH_PRCTL), T.int64(_ARCH_REQ_XCOMP_PERM),
+                                 T.int64(_XFEATURE_XTILEDATA)))
+        _call("llvm.x86.ldtilecfg", T.address_of(want[0]))
+
+
+@T.macro
+def _zero_outputs(two_rows, two_cols):
+    # outputs: tile 0 (rows 0-15, cols 0-15), 1 (cols 16-31), 2 (rows 16-31), 3
+    _call("llvm.x86.tilezero", T.int8(0))
+    if two_cols:
+        _call("llvm.x86.tilezero", T.int8(1))
+    if two_rows:
+        _call("llvm.x86.tilezero", T.int8(2))
+        if two_cols:
+            _call("llvm.x86.tilezero", T.int8(3))
+
+
+@T.macro
+def _store_outputs(C, sc, two_rows, two_cols):
+    _call("llvm.x86.tilestored64", T.int8(0), T.address_of(C[0, 0]), T.int64(sc * 4))
+    if two_cols:
+        _call("llvm.x86.tilestored64", T.int8(1), T.address_of(C[0, 16]), T.int64(sc * 4))
+    if two_rows:
+        _call("llvm.x86.tilestored64", T.int8(2), T.address_of(C[16, 0]), T.int64(sc * 4))
+        if two_cols:
+            _call("llvm.x86.tilestored64", T.int8(3), T.address_of(C[16, 16]), T.int64(sc * 4))
+
+
+@T.macro
+def _step(op, a0, a1, b0, b1, sa, sb, two_rows, two_cols):
+    """One 64-deep step of a block: tiles 4-5 A's rows 0-15, 16-31 (from a0, a1; row stride sa bytes),
+    6-7 B's columns 0-15, 16-31 (from b0, b1; stride sb)."""
+    _call("llvm.x86.tileloadd64", T.int8(4), a0, T.int64(sa))
+    _call("llvm.x86.tileloadd64", T.int8(6), b0, T.int64(sb))
+    _call(op, T.int8(0), T.int8(4), T.int8(6))
+    if two_cols:
+        _call("llvm.x86.tileloadd64", T.int8(7), b1, T.int64(sb))
+        _call(op, T.int8(1), T.int8(4), T.int8(7))
+    if two_rows:
+        _call("llvm.x86.tileloadd64", T.int8(5), a1, T.int64(sa))
+        _call(op, T.int8(2), T.int8(5), T.int8(6))
+        if two_cols:
+            _call(op, T.int8(3), T.int8(5), T.int8(7))
 
 
 def _intrinsic(dot: Dot, rows: int, cols: int, k: int, scope: str):
@@ -161,61 +254,70 @@ def _intrinsic(dot: Dot, rows: int, cols: int, k: int, scope: str):
         with T.sblock("root"):
             T.reads(A[0:rows, 0:k], B[0:kt, 0:cols, 0:4] if conv else B[0:nb, 0:kt, 0:16, 0:4])
             T.writes(C[0:rows, 0:cols])
-            # ldtilecfg costs ~0.5 us (a 32 x 32 x 384 block's whole work): loaded only where this
-            # thread's tiles are configured otherwise (its first block of this kernel); sttilecfg is cheap
-            want = T.decl_buffer((8,), "int64", scope="local")
-            have = T.decl_buffer((8,), "int64", scope="local")
-            want[0] = T.int64(w[0])
-            want[1] = T.int64(w[1])
-            want[2] = T.int64(w[2])
-            want[3] = T.int64(w[3])
-            want[4] = T.int64(w[4])
-            want[5] = T.int64(w[5])
-            want[6] = T.int64(w[6])
-            want[7] = T.int64(w[7])
-            _call("llvm.x86.sttilecfg", T.address_of(have[0]))
-            if ((have[0] ^ want[0]) | (have[1] ^ want[1]) | (have[2] ^ want[2]) | (have[3] ^ want[3])
-                    | (have[4] ^ want[4]) | (have[5] ^ want[5]) | (have[6] ^ want[6]) | (have[7] ^ want[7])) != 0:
-                # the process's tile permission, asked once per thread's first block: the artifact runs
-                # under any loader (an RPC server, a C++ host), not only intq's runtime (`enable`)
-                T.evaluate(T.call_extern("int64", "syscall", T.int64(_SYS_ARCH_PRCTL), T.int64(_ARCH_REQ_XCOMP_PERM),
-                                         T.int64(_XFEATURE_XTILEDATA)))
-                _call("llvm.x86.ldtilecfg", T.address_of(want[0]))
-            # outputs: tile 0 (rows 0-15, cols 0-15), 1 (cols 16-31), 2 (rows 16-31), 3
-            _call("llvm.x86.tilezero", T.int8(0))
-            if two_cols:
-                _call("llvm.x86.tilezero", T.int8(1))
-            if two_rows:
-                _call("llvm.x86.tilezero", T.int8(2))
-                if two_cols:
-                    _call("llvm.x86.tilezero", T.int8(3))
-            for s in range(k // STEP):  # tiles 4-5: A's rows 0-15, 16-31; 6-7: B's columns 0-15, 16-31
-                _call("llvm.x86.tileloadd64", T.int8(4), T.address_of(A[0, s * STEP]), T.int64(sa))
+            _configure(w)
+            _zero_outputs(two_rows, two_cols)
+            for s in range(k // STEP):
                 if conv:
-                    _call("llvm.x86.tileloadd64", T.int8(6), T.address_of(B[s * (STEP // 4), 0, 0]), T.int64(sb0))
+                    _step(op, T.address_of(A[0, s * STEP]), T.address_of(A[16 % rows, s * STEP]),
+                          T.address_of(B[s * (STEP // 4), 0, 0]), T.address_of(B[s * (STEP // 4), 16 % cols, 0]),
+                          sa, sb0, two_rows, two_cols)
                 else:
-                    _call("llvm.x86.tileloadd64", T.int8(6), T.address_of(B[0, s * (STEP // 4), 0, 0]), T.int64(64))
-                _call(op, T.int8(0), T.int8(4), T.int8(6))
-                if two_cols:
-                    if conv:
-                        _call("llvm.x86.tileloadd64", T.int8(7), T.address_of(B[s * (STEP // 4), 16, 0]),
-                              T.int64(sb0))
-                    else:
-                        _call("llvm.x86.tileloadd64", T.int8(7), T.address_of(B[1, s * (STEP // 4), 0, 0]),
-                              T.int64(64))
-                    _call(op, T.int8(1), T.int8(4), T.int8(7))
-                if two_rows:
-                    _call("llvm.x86.tileloadd64", T.int8(5), T.address_of(A[16, s * STEP]), T.int64(sa))
-                    _call(op, T.int8(2), T.int8(5), T.int8(6))
-                    if two_cols:
-                        _call(op, T.int8(3), T.int8(5), T.int8(7))
-            _call("llvm.x86.tilestored64", T.int8(0), T.address_of(C[0, 0]), T.int64(sc * 4))
-            if two_cols:
-                _call("llvm.x86.tilestored64", T.int8(1), T.address_of(C[0, 16]), T.int64(sc * 4))
-            if two_rows:
-                _call("llvm.x86.tilestored64", T.int8(2), T.address_of(C[16, 0]), T.int64(sc * 4))
-                if two_cols:
-                    _call("llvm.x86.tilestored64", T.int8(3), T.address_of(C[16, 16]), T.int64(sc * 4))
+                    _step(op, T.address_of(A[0, s * STEP]), T.address_of(A[16 % rows, s * STEP]),
+                          T.address_of(B[0, s * (STEP // 4), 0, 0]), T.address_of(B[1 % nb, s * (STEP // 4), 0, 0]),
+                          sa, 64, two_rows, two_cols)
+            _store_outputs(C, sc, two_rows, two_cols)
+
+    return desc, impl
+
+
+def _taps_intrinsic(dot: Dot, rows: int, cols: int, c: int, kernel: tuple[int, int], stride: int, wq: int):
+    """(description, implementation) of a spatial conv's block (`taps_te`): C[rows, cols] = the sums over
+    every tap (i, j) and channel of A[i, j] (the tap's weights [rows, c]) times B at the tap's shift
+    (the packed input phase (i % s, j % s), flat positions shifted by (i / s) Wq + j / s). The output
+    tiles stay in tile registers over all taps and channels."""
+    op, kt, (kh, kw), s = _OPS[dot.name], c // 4, kernel, stride
+    span = cols + (kh - 1) // s * wq + (kw - 1) // s  # flat positions a block reads
+    phases = (min(kh, s), min(kw, s))  # of the input's stride phases, those the taps read (one along a 1-wide axis)
+    two_rows, two_cols = rows == 2 * ROWS, cols == 2 * ROWS
+    w = _config_words()
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, cc: T.handle) -> None:
+        sa0, sa1, sa, sb0, sb1, sb2, sc = T.int64(), T.int64(), T.int64(), T.int64(), T.int64(), T.int64(), T.int64()
+        A = T.match_buffer(a, (kh, kw, rows, c), "int8", offset_factor=1, strides=[sa0, sa1, sa, 1])
+        B = T.match_buffer(b, (*phases, kt, span, 4), dot.a_dtype, offset_factor=1, strides=[sb0, sb1, sb2, 4, 1])
+        C = T.match_buffer(cc, (rows, cols), "int32", offset_factor=1, strides=[sc, 1])
+        with T.sblock("root"):
+            T.reads(A[0:kh, 0:kw, 0:rows, 0:c], B[0:phases[0], 0:phases[1], 0:kt, 0:span, 0:4])
+            T.writes(C[0:rows, 0:cols])
+            for i, j, t, r in T.grid(rows, cols, kh * kw, c):
+                with T.sblock("update"):
+                    vi, vj, vt, vr = T.axis.remap("SSRR", [i, j, t, r])
+                    T.reads(C[vi, vj], A[vt // kw, vt % kw, vi, vr],
+                            B[vt // kw % s, vt % kw % s, vr // 4, vj + vt // kw // s * wq + vt % kw // s, vr % 4])
+                    T.writes(C[vi, vj])
+                    with T.init():
+                        C[vi, vj] = 0
+                    C[vi, vj] = C[vi, vj] + T.cast(A[vt // kw, vt % kw, vi, vr], "int32") * T.cast(
+                        B[vt // kw % s, vt % kw % s, vr // 4, vj + vt // kw // s * wq + vt % kw // s, vr % 4], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, cc: T.handle) -> None:
+        sa0, sa1, sa, sb0, sb1, sb2, sc = T.int64(), T.int64(), T.int64(), T.int64(), T.int64(), T.int64(), T.int64()
+        A = T.match_buffer(a, (kh, kw, rows, c), "int8", offset_factor=1, strides=[sa0, sa1, sa, 1])
+        B = T.match_buffer(b, (*phases, kt, span, 4), dot.a_dtype, offset_factor=1, strides=[sb0, sb1, sb2, 4, 1])
+        C = T.match_buffer(cc, (rows, cols), "int32", offset_factor=1, strides=[sc, 1])
+        with T.sblock("root"):
+            T.reads(A[0:kh, 0:kw, 0:rows, 0:c], B[0:phases[0], 0:phases[1], 0:kt, 0:span, 0:4])
+            T.writes(C[0:rows, 0:cols])
+            _configure(w)
+            _zero_outputs(two_rows, two_cols)
+            for ti, tj, st in T.grid(kh, kw, c // STEP):
+                _step(op, T.address_of(A[ti, tj, 0, st * STEP]), T.address_of(A[ti, tj, 16 % rows, st * STEP]),
+                      T.address_of(B[ti % s, tj % s, st * (STEP // 4), ti // s * wq + tj // s, 0]),
+                      T.address_of(B[ti % s, tj % s, st * (STEP // 4), ti // s * wq + tj // s + 16 % cols, 0]),
+                      sa, sb2, two_rows, two_cols)
+            _store_outputs(C, sc, two_rows, two_cols)
 
     return desc, impl
 
@@ -228,11 +330,20 @@ def intrinsic_name(dot: Dot, rows: int, cols: int, k: int, scope: str) -> str:
     return name
 
 
+def taps_intrinsic_name(dot: Dot, rows: int, cols: int, c: int, kernel: tuple[int, int], stride: int,
+                        wq: int) -> str:
+    """Register the spatial conv's block intrinsic for this shape once per process; its name."""
+    name = f"intq_{dot.name}_taps_{rows}x{cols}x{c}_{kernel[0]}x{kernel[1]}s{stride}w{wq}"
+    if s_tir.TensorIntrin.get(name, allow_missing=True) is None:
+        s_tir.TensorIntrin.register(name, *_taps_intrinsic(dot, rows, cols, c, kernel, stride, wq))
+    return name
+
+
 def tile_block(sch: s_tir.Schedule):
-    """(block, recipe) of an AMX dense compute in a (fused) PrimFunc, or None."""
+    """(block, recipe) of an AMX dense or taps compute in a (fused) PrimFunc, or None."""
     for block in sch.get_child_blocks(sch.get_sblock("root")):
         prefix, _, kind = sch.get(block).name_hint.partition("_")
-        if prefix in _OPS and kind == "dense":
+        if prefix in _OPS and kind in ("dense", "taps"):
             return block, _RECIPES[prefix]
     return None
 
@@ -242,6 +353,8 @@ def schedule(sch: s_tir.Schedule, block, dot: Dot) -> None:
     reduction, with the fused requantization epilogue run on its accumulator right after it."""
     from .schedule_common import inline_epilogue, parallel
 
+    if sch.get(block).name_hint.endswith("_taps"):
+        return _schedule_taps(sch, block, dot)
     epilogue = inline_epilogue(sch, f"{dot.name}_dense")
     *outer, row, lane, k = sch.get_loops(block)
     rows, n, kdim = (int(sch.get(loop).extent) for loop in (row, lane, k))
@@ -268,3 +381,28 @@ def schedule(sch: s_tir.Schedule, block, dot: Dot) -> None:
             sch.vectorize(sch.get_loops(stage)[-1])
         except s_tir.schedule.ScheduleError:
             pass
+
+
+def _schedule_taps(sch: s_tir.Schedule, block, dot: Dot) -> None:
+    """Blocks of [32 | 16 output channels, 32 flat positions] in parallel, each tensorized over all taps and
+    channels; the epilogue (picking each row's outputs from its flat run, the requantization) after the
+    whole conv, parallel over output rows, vectorized along them."""
+    from .schedule_common import inline_epilogue, parallel
+    from .vnni import vectorize_row
+
+    name = sch.get(block).name_hint
+    epilogue = inline_epilogue(sch, name)
+    o, p, rt, rc = sch.get_loops(block)
+    rows, length, c = int(sch.get(o).extent), int(sch.get(p).extent), int(sch.get(rc).extent)
+    block_rows, block_cols = block_shape(rows, length)
+    wq, stride, *kernel = (int(v) for v in sch.get(block).annotations[TAPS])
+    oo, oi = sch.split(o, [None, block_rows])
+    po, pi = sch.split(p, [None, block_cols])
+    sch.reorder(oo, po, oi, pi, rt, rc)
+    parallel(sch, sch.fuse(oo, po))
+    sch.tensorize(oi, taps_intrinsic_name(dot, block_rows, block_cols, c, tuple(kernel), stride, wq))
+    for stage in epilogue:
+        *rows_of, inner = sch.get_loops(stage)
+        parallel(sch, sch.fuse(*rows_of))
+        vectorize_row(sch, inner, ROWS)
+

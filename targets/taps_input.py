@@ -30,16 +30,18 @@ PIXELS = 16  # output pixels per stored vector (64 bytes of uint8 quads, of int1
 def takes(c: int, h: int, w: int, stride: int, in_dtype: str, out_dtype: str) -> bool:
     """Whether `pack_func` handles this input: 8-bit to uint8 quads or int16 pairs, or 16-bit to int16
     pairs (a tensor kept at 16 bits), a row holding a whole vector's reads."""
-    pairs = {("int8", "uint8"), ("uint8", "uint8"), ("int8", "int16"), ("uint8", "int16"), ("int16", "int16")}
+    pairs = {("int8", "uint8"), ("uint8", "uint8"), ("int8", "int16"), ("uint8", "int16"), ("int16", "int16"),
+             ("int8", "int8")}  # int8 as it is: AMX tiles multiply int8 x int8 (tdpbssd)
     return (in_dtype, out_dtype) in pairs and w >= PIXELS * stride
 
 
 def pack_func(c: int, h: int, w: int, pads: tuple[int, int], stride: int, hq: int, wq: int, k: int,
-              in_dtype: str, out_dtype: str, batch: bool = False) -> tvm.tirx.PrimFunc:
-    """The PrimFunc of the pack: x [n, C, H, W] -> [(n,) s, s, ceil(C / k), Hq * Wq, k] of `out_dtype`
-    (`taps_input_te`'s layout), n symbolic where `batch`."""
+              in_dtype: str, out_dtype: str, batch: bool = False, groups: int | None = None) -> tvm.tirx.PrimFunc:
+    """The PrimFunc of the pack: x [n, C, H, W] -> [(n,) s, s, G, Hq * Wq, k] of `out_dtype` (`taps_input_te`'s
+    layout), n symbolic where `batch`; G = `groups`, ceil(C / k) or more (zero groups: AMX's whole 64-deep steps)."""
     top, left = pads
-    groups, span = -(-c // k), PIXELS * stride  # channel groups; input elements one output vector reads
+    real_groups, span = -(-c // k), PIXELS * stride  # channel groups; input elements one output vector reads
+    groups = groups or real_groups
     shifted = in_dtype == "int8" and out_dtype == "uint8"
     n = tvm.tirx.Var("n", "int64") if batch else 1
     image, plane = c * h * w, groups * hq * wq * k  # elements of a sample; of one phase's output
@@ -118,14 +120,17 @@ def pack_func(c: int, h: int, w: int, pads: tuple[int, int], stride: int, hq: in
                         if full:
                             with T.parallel(0, n * full * hq) as r:
                                 row(r // (full * hq), a, b, r // hq % full, k, r % hq)
-                        if full < groups:
+                        if full < real_groups:
                             with T.parallel(0, n * hq) as r:
                                 row(r // hq, a, b, full, c - full * k, r % hq)
+                        for q in range(real_groups, groups):  # no channels: zeros
+                            with T.parallel(0, n * hq) as r:
+                                row(r // hq, a, b, q, 0, r % hq)
     return ib.get()
 
 
 def packed_input(builder: relax.BlockBuilder, x: relax.Expr, pads: tuple[int, int], stride: int, hq: int,
-                 wq: int, k: int, out_dtype: str) -> relax.Expr | None:
+                 wq: int, k: int, out_dtype: str, groups: int | None = None) -> relax.Expr | None:
     """x [1 | n, C, H, W] packed by `pack_func` (None where `takes` says no)."""
     n, c, h, w = x.ty.shape
     c, h, w = int(c), int(h), int(w)
@@ -133,7 +138,8 @@ def packed_input(builder: relax.BlockBuilder, x: relax.Expr, pads: tuple[int, in
     if not takes(c, h, w, stride, in_dtype, out_dtype):
         return None
     batch = not (isinstance(n, tvm.tirx.IntImm) and int(n) == 1)
-    func = pack_func(c, h, w, pads, stride, hq, wq, k, in_dtype, out_dtype, batch).without_attr("global_symbol")
-    gv = builder.add_func(func, f"taps_input{k}_{'n' if batch else ''}{c}x{h}x{w}_s{stride}_{out_dtype}")
-    shape = [stride, stride, -(-c // k), hq * wq, k]
+    func = pack_func(c, h, w, pads, stride, hq, wq, k, in_dtype, out_dtype, batch, groups)
+    gv = builder.add_func(func.without_attr("global_symbol"),
+                          f"taps_input{k}_{'n' if batch else ''}{c}x{h}x{w}_s{stride}_{out_dtype}")
+    shape = [stride, stride, groups or -(-c // k), hq * wq, k]
     return relax.call_tir(gv, [x], relax.TensorType([n, *shape] if batch else shape, out_dtype))

@@ -684,7 +684,7 @@ def _schedule_taps(sch: s_tir.Schedule, block, dot: Dot) -> None:
     for stage in whole:
         *rows_of, inner = sch.get_loops(stage)
         parallel(sch, sch.fuse(*rows_of))
-        _vectorize_row(sch, inner, dot.lanes)
+        vectorize_row(sch, inner, dot.lanes)
     init = sch.decompose_reduction(block, ri)
     sch.vectorize(sch.get_loops(init)[-1])
     sch.unroll(rr)
@@ -697,10 +697,10 @@ def _schedule_taps(sch: s_tir.Schedule, block, dot: Dot) -> None:
             if not _vectors_of_tile(sch, inner, dot):
                 _vectorize_if_it_can(sch, inner)
         elif cut and stage in epilogue:  # a true row (196)
-            _vectorize_row(sch, inner, dot.lanes)
+            vectorize_row(sch, inner, dot.lanes)
 
 
-def _vectorize_row(sch: s_tir.Schedule, inner, lanes: int) -> None:
+def vectorize_row(sch: s_tir.Schedule, inner, lanes: int) -> None:
     """A row of outputs fewer than its tiles cover (196 of 224): vectorized in runs that divide it, else whole."""
     extent = static_factor(sch.get(inner).extent)
     run = max((d for d in range(lanes, MAX_CUT_RUN + 1) if extent % d == 0), default=None)

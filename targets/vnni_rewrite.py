@@ -44,6 +44,7 @@ from .schedule_common import static_factor
 # 10.4 -> 2.5 ms; but at 20x20 0.47 -> 0.56, 28x28 0.68 -> 1.31 (taps faster). 8 lanes (x86-64-v3 code,
 # the avx2 family's int16 recipe): 7x7 4.89 -> 1.61, 14x14 3.29 -> 1.74, but 128 ch at 16x16 0.69 -> 0.85.
 PATCHES_UP_TO = {16: 16, 8: 14}
+TILE_TAPS_PADDING = 2.0  # channels a spatial conv on AMX tiles may pad to whole 64-deep steps: up to twice
 AVX2_PADDED_BYTES = 1 << 20  # packed activations above which AVX2 keeps lanes over outputs for rows padded
 
 
@@ -359,8 +360,12 @@ class _Rewriter(PyExprMutator):
         if len(strides) != 1 or not strides <= {1, 2}:
             return None
         stride, pads = strides.pop(), tuple(int(p) for p in a.padding)
-        _, c, h, wd = x_shape
+        n, c, h, wd = x_shape
         o, _, kh, kw = w_np.shape
+        if self.family.tiles and isinstance(n, int) and n == 1:
+            tiled = self._tile_taps(x, w_np, x_shape, stride, pads)
+            if tiled is not None:
+                return tiled
         for dot in self.family.recipes(str(x.ty.dtype)):
             steps = -(-c // dot.k) * dot.k
             wt = np.pad(w_np, [(0, 0), (0, steps - c), (0, 0), (0, 0)]).transpose(0, 2, 3, 1)
@@ -380,6 +385,27 @@ class _Rewriter(PyExprMutator):
         return self._kernel(vnni.conv_taps_te, dot, x, xp, np.ascontiguousarray(wt.astype(dot.w_dtype)),
                             w_np.astype(np.int64).sum((1, 2, 3)), stride, (ho, wo, wq, rows, run))
 
+
+    def _tile_taps(self, x: relax.Expr, w_np: np.ndarray, x_shape: list, stride: int, pads: tuple):
+        """A batch-1 spatial conv (stride 1 or 2) on AMX tiles (`amx.taps_te`): each tap's weights [O, C] the
+        left tile, the packed input at the tap's shift the right one, the output tiles kept over all taps and
+        channels. None where the tiles do not pay: fewer than 16 output channels, channels not whole 64-deep
+        steps, images whose rows the patches kernels take (`PATCHES_UP_TO`)."""
+        dot, (o, c, kh, kw), (_, _, h, wd) = amx.recipe(str(x.ty.dtype), conv=True), w_np.shape, x_shape
+        steps = -(-c // amx.STEP) * amx.STEP  # channels zero-padded to whole 64-deep steps
+        if dot is None or steps > TILE_TAPS_PADDING * c or o < amx.MIN_ROWS or kh * kw == 1:
+            return None
+        ho, wo, wq, length, hq = amx.taps_geometry(h, wd, (kh, kw), stride, pads)
+        if wo <= PATCHES_UP_TO[16]:
+            return None
+        xp = taps_input.packed_input(self.builder_, x, pads[:2], stride, hq, wq, 4, dot.a_dtype, steps // 4)
+        if xp is None:
+            return None
+        rows = -(-o // amx.ROWS) * amx.ROWS
+        wt = np.pad(w_np, [(0, rows - o), (0, steps - c), (0, 0), (0, 0)]).transpose(2, 3, 0, 1)
+        return self.builder_.call_te(amx.taps_te, self.builder_.emit(xp), relax.const(np.ascontiguousarray(wt)),
+                                     stride, (ho, wo, wq, length, o), dot=dot.name,
+                                     primfunc_name_hint=f"{dot.name}_taps")
 
 def use_dot_kernels(family: Family):
     """A pass that rewrites every eligible int8 matmul/pointwise conv into a kernel of `family`."""
