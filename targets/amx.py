@@ -88,31 +88,31 @@ def conv_te(xp: te.Tensor, w: te.Tensor, height: int, channels: int, width: int,
 
 
 def taps_te(xp: te.Tensor, wt: te.Tensor, stride: int, out: tuple, dot: str) -> te.Tensor:
-    """A spatial conv's int32 sums on tiles: flat[o, p] = sum_{i, j, c} W[i, j, o, c] * Xp[i % s, j % s, c / 4,
-    p + (i / s) Wq + j / s, c % 4] (Xp [S, S, C/4, Hq * Wq, 4] the padded input split into its stride phases,
-    `taps_input`; W [kh, kw, O, C], O whole tiles, C whole 64-deep steps), over the flat run of every output
-    row computed Wq wide (`taps_geometry`); out[0, o, y, x] = flat[o, y Wq + x] for o < `out`'s channels."""
+    """A spatial conv's int32 sums on tiles: sums[o, y, x] = sum_{i, j, c} W[i, j, o, c] * Xp[i % s, j % s, c / 4,
+    y Wq + x + (i / s) Wq + j / s, c % 4] (Xp [S, S, C/4, Hq * Wq, 4] the padded input split into its stride
+    phases, `taps_input`; W [kh, kw, O, C], O whole tiles, C whole 64-deep steps) for x < X, each output row's
+    Wo in whole tiles (`taps_geometry`: the columns past Wo read the next row and are dropped);
+    out[0, o, y, x] = sums[o, y, x] for o < `out`'s channels, x < Wo."""
     kh, kw, rows, c = (int(d) for d in wt.shape)
-    ho, wo, wq, length, channels = out
+    ho, wo, wq, cols, channels = out
     # one axis over the taps (i = t / kw, j = t % kw): a 1 x k kernel's axis of extent 1 would vanish from the block
     rt, rc = te.reduce_axis((0, kh * kw), name="rt"), te.reduce_axis((0, c), name="rc")
     ri, rj = rt // kw, rt % kw
-    flat = te.compute((rows, length), lambda o, p: te.sum(wt[ri, rj, o, rc].astype("int32") * xp[
-        ri % stride, rj % stride, rc // 4, p + ri // stride * wq + rj // stride, rc % 4].astype("int32"),
+    sums = te.compute((rows, ho, cols), lambda o, y, x: te.sum(wt[ri, rj, o, rc].astype("int32") * xp[
+        ri % stride, rj % stride, rc // 4, y * wq + x + ri // stride * wq + rj // stride, rc % 4].astype("int32"),
         axis=[rt, rc]), name=f"{dot}_taps", attrs={TAPS: [wq, stride, kh, kw]})
-    return te.compute((1, channels, ho, wo), lambda b, o, y, x: flat[o, y * wq + x], name="amx_taps_out")
+    return te.compute((1, channels, ho, wo), lambda b, o, y, x: sums[o, y, x], name="amx_taps_out")
 
 
 def taps_geometry(h: int, w: int, kernel: tuple[int, int], stride: int, pads) -> tuple[int, ...]:
-    """(Ho, Wo, Wq, L, Hq) of a spatial conv on tiles: its output size; the width of a stride phase of the padded
-    input, which every output row is computed over (its last (kw - 1) / s columns read the next row and are
-    dropped); the flat run of all rows in whole blocks; the phase rows the run's reads reach."""
+    """(Ho, Wo, Wq, X, Hq) of a spatial conv on tiles: its output size; the width of a stride phase of the padded
+    input (the flat shift of one row); the columns computed per output row, Wo in whole tiles; the phase rows
+    the last row's reads reach."""
     (kh, kw), (top, left, bottom, right) = kernel, pads
     ho, wo = (h + top + bottom - kh) // stride + 1, (w + left + right - kw) // stride + 1
-    wq = wo + (kw - 1) // stride
-    length = -(-ho * wq // BLOCK_ROWS) * BLOCK_ROWS
-    reach = length + (kh - 1) // stride * wq + (kw - 1) // stride
-    return ho, wo, wq, length, -(-reach // wq)
+    wq, cols = wo + (kw - 1) // stride, -(-wo // ROWS) * ROWS
+    reach = (ho - 1 + (kh - 1) // stride) * wq + cols + (kw - 1) // stride
+    return ho, wo, wq, cols, -(-reach // wq)
 
 
 def reduction(k: int) -> int | None:
@@ -182,14 +182,15 @@ def _zero_outputs(two_rows, two_cols):
 
 
 @T.macro
-def _store_outputs(C, sc, two_rows, two_cols):
-    _call("llvm.x86.tilestored64", T.int8(0), T.address_of(C[0, 0]), T.int64(sc * 4))
+def _store_outputs(c00, c01, c10, c11, sc, two_rows, two_cols):
+    """The output tiles stored from c00 (rows 0-15, columns 0-15), c01, c10, c11; rows sc int32 apart."""
+    _call("llvm.x86.tilestored64", T.int8(0), c00, T.int64(sc * 4))
     if two_cols:
-        _call("llvm.x86.tilestored64", T.int8(1), T.address_of(C[0, 16]), T.int64(sc * 4))
+        _call("llvm.x86.tilestored64", T.int8(1), c01, T.int64(sc * 4))
     if two_rows:
-        _call("llvm.x86.tilestored64", T.int8(2), T.address_of(C[16, 0]), T.int64(sc * 4))
+        _call("llvm.x86.tilestored64", T.int8(2), c10, T.int64(sc * 4))
         if two_cols:
-            _call("llvm.x86.tilestored64", T.int8(3), T.address_of(C[16, 16]), T.int64(sc * 4))
+            _call("llvm.x86.tilestored64", T.int8(3), c11, T.int64(sc * 4))
 
 
 @T.macro
@@ -265,7 +266,8 @@ def _intrinsic(dot: Dot, rows: int, cols: int, k: int, scope: str):
                     _step(op, T.address_of(A[0, s * STEP]), T.address_of(A[16 % rows, s * STEP]),
                           T.address_of(B[0, s * (STEP // 4), 0, 0]), T.address_of(B[1 % nb, s * (STEP // 4), 0, 0]),
                           sa, 64, two_rows, two_cols)
-            _store_outputs(C, sc, two_rows, two_cols)
+            _store_outputs(T.address_of(C[0, 0]), T.address_of(C[0, 16 % cols]), T.address_of(C[16 % rows, 0]),
+                           T.address_of(C[16 % rows, 16 % cols]), sc, two_rows, two_cols)
 
     return desc, impl
 
@@ -283,33 +285,35 @@ def _taps_intrinsic(dot: Dot, rows: int, cols: int, c: int, kernel: tuple[int, i
 
     @T.prim_func(s_tir=True)
     def desc(a: T.handle, b: T.handle, cc: T.handle) -> None:
-        sa0, sa1, sa, sb0, sb1, sb2, sc = T.int64(), T.int64(), T.int64(), T.int64(), T.int64(), T.int64(), T.int64()
+        sa0, sa1, sa, sb0, sb1, sb2 = T.int64(), T.int64(), T.int64(), T.int64(), T.int64(), T.int64()
+        sc, sc1 = T.int64(), T.int64()
         A = T.match_buffer(a, (kh, kw, rows, c), "int8", offset_factor=1, strides=[sa0, sa1, sa, 1])
         B = T.match_buffer(b, (*phases, kt, span, 4), dot.a_dtype, offset_factor=1, strides=[sb0, sb1, sb2, 4, 1])
-        C = T.match_buffer(cc, (rows, cols), "int32", offset_factor=1, strides=[sc, 1])
+        C = T.match_buffer(cc, (rows, 1, cols), "int32", offset_factor=1, strides=[sc, sc1, 1])
         with T.sblock("root"):
             T.reads(A[0:kh, 0:kw, 0:rows, 0:c], B[0:phases[0], 0:phases[1], 0:kt, 0:span, 0:4])
-            T.writes(C[0:rows, 0:cols])
+            T.writes(C[0:rows, 0, 0:cols])
             for i, j, t, r in T.grid(rows, cols, kh * kw, c):
                 with T.sblock("update"):
                     vi, vj, vt, vr = T.axis.remap("SSRR", [i, j, t, r])
-                    T.reads(C[vi, vj], A[vt // kw, vt % kw, vi, vr],
+                    T.reads(C[vi, 0, vj], A[vt // kw, vt % kw, vi, vr],
                             B[vt // kw % s, vt % kw % s, vr // 4, vj + vt // kw // s * wq + vt % kw // s, vr % 4])
-                    T.writes(C[vi, vj])
+                    T.writes(C[vi, 0, vj])
                     with T.init():
-                        C[vi, vj] = 0
-                    C[vi, vj] = C[vi, vj] + T.cast(A[vt // kw, vt % kw, vi, vr], "int32") * T.cast(
+                        C[vi, 0, vj] = 0
+                    C[vi, 0, vj] = C[vi, 0, vj] + T.cast(A[vt // kw, vt % kw, vi, vr], "int32") * T.cast(
                         B[vt // kw % s, vt % kw % s, vr // 4, vj + vt // kw // s * wq + vt % kw // s, vr % 4], "int32")
 
     @T.prim_func(s_tir=True)
     def impl(a: T.handle, b: T.handle, cc: T.handle) -> None:
-        sa0, sa1, sa, sb0, sb1, sb2, sc = T.int64(), T.int64(), T.int64(), T.int64(), T.int64(), T.int64(), T.int64()
+        sa0, sa1, sa, sb0, sb1, sb2 = T.int64(), T.int64(), T.int64(), T.int64(), T.int64(), T.int64()
+        sc, sc1 = T.int64(), T.int64()
         A = T.match_buffer(a, (kh, kw, rows, c), "int8", offset_factor=1, strides=[sa0, sa1, sa, 1])
         B = T.match_buffer(b, (*phases, kt, span, 4), dot.a_dtype, offset_factor=1, strides=[sb0, sb1, sb2, 4, 1])
-        C = T.match_buffer(cc, (rows, cols), "int32", offset_factor=1, strides=[sc, 1])
+        C = T.match_buffer(cc, (rows, 1, cols), "int32", offset_factor=1, strides=[sc, sc1, 1])
         with T.sblock("root"):
             T.reads(A[0:kh, 0:kw, 0:rows, 0:c], B[0:phases[0], 0:phases[1], 0:kt, 0:span, 0:4])
-            T.writes(C[0:rows, 0:cols])
+            T.writes(C[0:rows, 0, 0:cols])
             _configure(w)
             _zero_outputs(two_rows, two_cols)
             for ti, tj, st in T.grid(kh, kw, c // STEP):
@@ -317,7 +321,8 @@ def _taps_intrinsic(dot: Dot, rows: int, cols: int, c: int, kernel: tuple[int, i
                       T.address_of(B[ti % s, tj % s, st * (STEP // 4), ti // s * wq + tj // s, 0]),
                       T.address_of(B[ti % s, tj % s, st * (STEP // 4), ti // s * wq + tj // s + 16 % cols, 0]),
                       sa, sb2, two_rows, two_cols)
-            _store_outputs(C, sc, two_rows, two_cols)
+            _store_outputs(T.address_of(C[0, 0, 0]), T.address_of(C[0, 0, 16 % cols]), T.address_of(C[16 % rows, 0, 0]),
+                           T.address_of(C[16 % rows, 0, 16 % cols]), sc, two_rows, two_cols)
 
     return desc, impl
 
@@ -384,25 +389,25 @@ def schedule(sch: s_tir.Schedule, block, dot: Dot) -> None:
 
 
 def _schedule_taps(sch: s_tir.Schedule, block, dot: Dot) -> None:
-    """Blocks of [32 | 16 output channels, 32 flat positions] in parallel, each tensorized over all taps and
-    channels; the epilogue (picking each row's outputs from its flat run, the requantization) after the
-    whole conv, parallel over output rows, vectorized along them."""
+    """In parallel over (32 | 16 output channels, an output row): the row's blocks of 32 | 16 columns, each
+    tensorized over all taps and channels, then the epilogue (the requantization) over the row's true width,
+    vectorized, while the row's sums are in cache."""
     from .schedule_common import inline_epilogue, parallel
     from .vnni import vectorize_row
 
     name = sch.get(block).name_hint
     epilogue = inline_epilogue(sch, name)
-    o, p, rt, rc = sch.get_loops(block)
-    rows, length, c = int(sch.get(o).extent), int(sch.get(p).extent), int(sch.get(rc).extent)
-    block_rows, block_cols = block_shape(rows, length)
+    o, y, x, rt, rc = sch.get_loops(block)
+    rows, cols, c = int(sch.get(o).extent), int(sch.get(x).extent), int(sch.get(rc).extent)
+    block_rows, block_cols = block_shape(rows, cols)
     wq, stride, *kernel = (int(v) for v in sch.get(block).annotations[TAPS])
     oo, oi = sch.split(o, [None, block_rows])
-    po, pi = sch.split(p, [None, block_cols])
-    sch.reorder(oo, po, oi, pi, rt, rc)
-    parallel(sch, sch.fuse(oo, po))
+    xo, xi = sch.split(x, [None, block_cols])
+    sch.reorder(oo, y, xo, oi, xi, rt, rc)
+    par = sch.fuse(oo, y)
+    parallel(sch, par)
+    for consumer in epilogue:
+        sch.reverse_compute_at(consumer, par)
+        vectorize_row(sch, sch.get_loops(consumer)[-1], ROWS)
     sch.tensorize(oi, taps_intrinsic_name(dot, block_rows, block_cols, c, tuple(kernel), stride, wq))
-    for stage in epilogue:
-        *rows_of, inner = sch.get_loops(stage)
-        parallel(sch, sch.fuse(*rows_of))
-        vectorize_row(sch, inner, ROWS)
 

@@ -395,7 +395,7 @@ class _Rewriter(PyExprMutator):
         steps = -(-c // amx.STEP) * amx.STEP  # channels zero-padded to whole 64-deep steps
         if dot is None or steps > TILE_TAPS_PADDING * c or o < amx.MIN_ROWS or kh * kw == 1:
             return None
-        ho, wo, wq, length, hq = amx.taps_geometry(h, wd, (kh, kw), stride, pads)
+        ho, wo, wq, cols, hq = amx.taps_geometry(h, wd, (kh, kw), stride, pads)
         if wo <= PATCHES_UP_TO[16]:
             return None
         xp = taps_input.packed_input(self.builder_, x, pads[:2], stride, hq, wq, 4, dot.a_dtype, steps // 4)
@@ -404,7 +404,7 @@ class _Rewriter(PyExprMutator):
         rows = -(-o // amx.ROWS) * amx.ROWS
         wt = np.pad(w_np, [(0, rows - o), (0, steps - c), (0, 0), (0, 0)]).transpose(2, 3, 0, 1)
         return self.builder_.call_te(amx.taps_te, self.builder_.emit(xp), relax.const(np.ascontiguousarray(wt)),
-                                     stride, (ho, wo, wq, length, o), dot=dot.name,
+                                     stride, (ho, wo, wq, cols, o), dot=dot.name,
                                      primfunc_name_hint=f"{dot.name}_taps")
 
 def use_dot_kernels(family: Family):
