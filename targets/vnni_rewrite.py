@@ -363,7 +363,8 @@ class _Rewriter(PyExprMutator):
         n, c, h, wd = x_shape
         o, _, kh, kw = w_np.shape
         if self.family.tiles and isinstance(n, int) and n == 1:
-            tiled = self._tile_taps(x, w_np, x_shape, stride, pads)
+            tile = self._byte_plane_taps if str(x.ty.dtype) == "int16" else self._tile_taps
+            tiled = tile(x, w_np, x_shape, stride, pads)
             if tiled is not None:
                 return tiled
         for dot in self.family.recipes(str(x.ty.dtype)):
@@ -385,6 +386,17 @@ class _Rewriter(PyExprMutator):
         return self._kernel(vnni.conv_taps_te, dot, x, xp, np.ascontiguousarray(wt.astype(dot.w_dtype)),
                             w_np.astype(np.int64).sum((1, 2, 3)), stride, (ho, wo, wq, rows, run))
 
+
+    def _byte_plane_taps(self, x: relax.Expr, w_np: np.ndarray, x_shape: list, stride: int, pads: tuple):
+        """A spatial conv of a 16-bit activation on AMX tiles as two of 8 bits, x = 256 hi + lo, as the
+        matmuls take them (`_byte_planes`). None where the tiles do not take the conv."""
+        hi = self.builder_.emit(relax.op.astype(relax.op.right_shift(x, relax.const(8, "int16")), "int8"))
+        high = self._tile_taps(hi, w_np, x_shape, stride, pads)
+        if high is None:
+            return None
+        lo = self.builder_.emit(relax.op.astype(relax.op.bitwise_and(x, relax.const(255, "int16")), "uint8"))
+        low = self._tile_taps(lo, w_np, x_shape, stride, pads)
+        return relax.op.add(relax.op.left_shift(self.builder_.emit(high), relax.const(8, "int32")), low)
 
     def _tile_taps(self, x: relax.Expr, w_np: np.ndarray, x_shape: list, stride: int, pads: tuple):
         """A batch-1 spatial conv (stride 1 or 2) on AMX tiles (`amx.taps_te`): each tap's weights [O, C] the

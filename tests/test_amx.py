@@ -176,12 +176,14 @@ class _Spatial(_Pointwise):
     ("int8", 96, 32, (20, 36), (5, 5), 1, (2, 1, 2, 3), "tdpbssd"),  # 5x5, uneven pads, 96 channels padded to 128
     ("uint8", 64, 16, (24, 40), (1, 7), 1, (0, 3, 0, 3), "tdpbsud"),  # a 1x7 tap row (Inception's factorised convs)
     ("int8", 64, 32, (33, 40), (7, 1), 2, (3, 0, 3, 0), "tdpbssd"),  # 7x1 at stride 2, odd height
+    ("int16", 32, 48, (30, 36), (3, 3), 1, (1, 1, 1, 1), "tdpbsud"),  # 16 bits: two byte planes, 256 hi + lo
 ])
 def test_spatial_conv_with_epilogue_is_exact(x_dtype, c, o, hw, kernel, stride, pads, instruction, tmp_path):
     """Spatial convs on the tiles (`amx.taps_te`): every tap's weights the left tile, the packed input at the
     tap's shift the right one, the output tiles kept over all taps and channels, the requantization after;
     equal to the reference bit for bit, at 1 and 2 threads. (3x3 64 -> 64 at 56x56, 1 thread, AMX Xeon: 0.84
-    -> 0.38 ms a call with the input's quantization; onnxruntime int8 0.57.)"""
+    -> 0.40 ms a call with the input's quantization; onnxruntime int8 0.58.) A 16-bit input (a tensor the
+    sensitivity search kept wide) is two convs of its bytes (ddddocr's detector 37 -> 30 ms)."""
     x, wt = _operand(x_dtype, (1, c, *hw)), _operand("int8", (o, c, *kernel))
     mult, shift = ref.dyadic(rng.uniform(1e-5, 1e-3, o))
     m4, s4 = emit.channel_shape(mult, 4, 1), emit.channel_shape(shift, 4, 1)
