@@ -22,6 +22,7 @@ error).
 
 from __future__ import annotations
 
+import functools
 import json
 
 import numpy as np
@@ -29,6 +30,7 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from frontends.relax_rewrite import drop_unused_bindings
 from passes.conv_as_pointwise import OPAQUE, PATCHES_ATTR, packed_patches_te, pixel_patches_te
 
 from . import act_matmul, amx, taps_input, vnni
@@ -168,7 +170,8 @@ class _Rewriter(PyExprMutator):
                 return None
             return relax.op.reshape(self.builder_.emit(out), [x_shape[0], w_np.shape[1]])
         if self.family.tiles:
-            tiled = (self._byte_planes if str(x.ty.dtype) == "int16" else self._tile_matmul)(x, w_np, x_shape)
+            tiled = functools.partial(self._tile_matmul, w_np=w_np, x_shape=x_shape)
+            tiled = self._byte_planes(x, tiled) if str(x.ty.dtype) == "int16" else tiled(x)
             if tiled is not None:
                 return tiled
         k, n = w_np.shape
@@ -206,18 +209,17 @@ class _Rewriter(PyExprMutator):
         out = self._kernel(vnni.dense_te, dot, x, a, vnni.pack_weights(w_pad.T, dot), None)
         return vnni.slice_back(self.builder_, out, rows, padded, n, cols)
 
-    def _byte_planes(self, x: relax.Expr, w_np: np.ndarray, x_shape: list):
-        """A 16-bit activation (a measured-sensitive matmul input) on AMX tiles, which multiply bytes:
-        x = 256 hi + lo with hi = x >> 8 (int8) and lo = x & 255 (uint8), so x @ W = (hi @ W << 8) +
-        lo @ W, two tile products and a shift-add the second one's epilogue takes. Exact: both sums
-        are the int32 sum's parts (the lowering keeps 16 bits only where 2^15 sum|W| < 2^31, so
-        neither overflows). None where the tiles do not pay (`_tile_matmul`)."""
-        if not _tiles_pay(int(w_np.shape[0]), x_shape[-2]):
-            return None
+    def _byte_planes(self, x: relax.Expr, tiled) -> relax.Expr | None:
+        """`tiled` (a tile kernel of an 8-bit activation, or None) of a 16-bit activation: AMX tiles multiply
+        bytes, so x = 256 hi + lo with hi = x >> 8 (int8) and lo = x & 255 (uint8), x . W = (hi . W << 8) +
+        lo . W, two tile products and a shift-add the second one's epilogue takes. Exact: both sums are the
+        int32 sum's parts (the lowering keeps 16 bits only where 2^15 sum|W| < 2^31, so neither overflows)."""
         hi = self.builder_.emit(relax.op.astype(relax.op.right_shift(x, relax.const(8, "int16")), "int8"))
+        high = tiled(hi)
+        if high is None:
+            return None
         lo = self.builder_.emit(relax.op.astype(relax.op.bitwise_and(x, relax.const(255, "int16")), "uint8"))
-        high = self.builder_.emit(self._tile_matmul(hi, w_np, x_shape))
-        return relax.op.add(relax.op.left_shift(high, relax.const(8, "int32")), self._tile_matmul(lo, w_np, x_shape))
+        return relax.op.add(relax.op.left_shift(self.builder_.emit(high), relax.const(8, "int32")), tiled(lo))
 
     def _conv(self, call: relax.Call):
         x, w = call.args
@@ -234,7 +236,8 @@ class _Rewriter(PyExprMutator):
         lead = [] if isinstance(n, int) and n == 1 else [n]  # a batch keeps its own axis
         w2 = w_np.reshape(o, c)
         if self.family.tiles and not lead:
-            tiled = self._tile_conv(x, w2, h, wd)
+            tiled = functools.partial(self._tile_conv, w2=w2, h=h, wd=wd)
+            tiled = self._byte_planes(x, tiled) if str(x.ty.dtype) == "int16" else tiled(x)
             if tiled is not None:
                 return tiled
         w_sum = w2.astype(np.int64).sum(1)
@@ -363,8 +366,8 @@ class _Rewriter(PyExprMutator):
         n, c, h, wd = x_shape
         o, _, kh, kw = w_np.shape
         if self.family.tiles and isinstance(n, int) and n == 1:
-            tile = self._byte_plane_taps if str(x.ty.dtype) == "int16" else self._tile_taps
-            tiled = tile(x, w_np, x_shape, stride, pads)
+            tiled = functools.partial(self._tile_taps, w_np=w_np, x_shape=x_shape, stride=stride, pads=pads)
+            tiled = self._byte_planes(x, tiled) if str(x.ty.dtype) == "int16" else tiled(x)
             if tiled is not None:
                 return tiled
         for dot in self.family.recipes(str(x.ty.dtype)):
@@ -386,17 +389,6 @@ class _Rewriter(PyExprMutator):
         return self._kernel(vnni.conv_taps_te, dot, x, xp, np.ascontiguousarray(wt.astype(dot.w_dtype)),
                             w_np.astype(np.int64).sum((1, 2, 3)), stride, (ho, wo, wq, rows, run))
 
-
-    def _byte_plane_taps(self, x: relax.Expr, w_np: np.ndarray, x_shape: list, stride: int, pads: tuple):
-        """A spatial conv of a 16-bit activation on AMX tiles as two of 8 bits, x = 256 hi + lo, as the
-        matmuls take them (`_byte_planes`). None where the tiles do not take the conv."""
-        hi = self.builder_.emit(relax.op.astype(relax.op.right_shift(x, relax.const(8, "int16")), "int8"))
-        high = self._tile_taps(hi, w_np, x_shape, stride, pads)
-        if high is None:
-            return None
-        lo = self.builder_.emit(relax.op.astype(relax.op.bitwise_and(x, relax.const(255, "int16")), "uint8"))
-        low = self._tile_taps(lo, w_np, x_shape, stride, pads)
-        return relax.op.add(relax.op.left_shift(self.builder_.emit(high), relax.const(8, "int32")), low)
 
     def _tile_taps(self, x: relax.Expr, w_np: np.ndarray, x_shape: list, stride: int, pads: tuple):
         """A batch-1 spatial conv (stride 1 or 2) on AMX tiles (`amx.taps_te`): each tap's weights [O, C] the
@@ -430,6 +422,7 @@ def use_dot_kernels(family: Family):
         for gv, func in mod.functions_items():
             if isinstance(func, relax.Function):
                 rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
-        return rewriter.builder_.get()
+        # a 16-bit activation's byte planes emitted for tiles that then did not take the shape
+        return drop_unused_bindings(rewriter.builder_.get())
 
     return rewrite

@@ -119,6 +119,7 @@ class _Pointwise:
     ("int8", (1152, 192, 7, 7), "tdpbssd"),    # its project conv, K = 1152
     ("uint8", (112, 40, 14, 14), "tdpbsud"),   # K padded to 128, 40 channels to 48 (16-row blocks)
     ("int8", (320, 64, 28, 28), "tdpbssd"),    # 28 columns padded to 32: 32-wide blocks
+    ("int16", (128, 64, 14, 14), "tdpbsud"),   # 16 bits: its two byte planes (256 hi + lo)
 ])
 def test_pointwise_conv_with_epilogue_is_exact(x_dtype, shape, instruction, tmp_path):
     """Pointwise convs on the tiles with the weights on the left (`amx.conv_te`): NCHW in and out,
@@ -151,6 +152,21 @@ def test_pointwise_convs_that_do_not_pay_keep_the_vnni_kernels(shape, tmp_path):
     run, functions = _build(lambda a: emit.conv2d_acc(a, wt, _Pointwise), [x], tmp_path)
     assert not any("amxc" in name for name in functions), list(functions)
     np.testing.assert_array_equal(run(), ref.conv2d_acc(x, wt, (1, 1), (0, 0, 0, 0)))
+
+
+def test_byte_planes_the_tiles_do_not_take_are_not_left_behind():
+    """A 16-bit input's byte planes are emitted before the tiles judge the shape: where they do not take it
+    (K = 40), the rewrite drops them rather than leave two kernels whose results nothing reads."""
+    from conftest import relax_main
+
+    from targets.vnni_rewrite import use_dot_kernels
+
+    x, wt = np.zeros((1, 40, 14, 14), np.int16), _operand("int8", (64, 40, 1, 1))
+    target = get_target("x86", cpu=AMX_FLEET).target()
+    with target:
+        mod = use_dot_kernels(kernel_family(target))(relax_main(lambda a: emit.conv2d_acc(a, wt, _Pointwise), [x]))
+    text = mod["main"].script()
+    assert "wvnni8_conv" in text and "right_shift" not in text and "bitwise_and" not in text, text
 
 
 @pytest.mark.parametrize("shape", [(1, 8, 384, 384), (1, 128, 40, 384)])
