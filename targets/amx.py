@@ -355,8 +355,10 @@ def tile_block(sch: s_tir.Schedule):
 
 def schedule(sch: s_tir.Schedule, block, dot: Dot) -> None:
     """Blocks of [32 | 16 rows, 32 | 16 columns] in parallel, each one tensorized over the whole
-    reduction, with the fused requantization epilogue run on its accumulator right after it."""
+    reduction, with the fused requantization epilogue run on its accumulator right after it (a pointwise
+    conv over rows wider than a block: per image row; a spatial conv: `_schedule_taps`)."""
     from .schedule_common import inline_epilogue, parallel
+    from .vnni import vectorize_row
 
     if sch.get(block).name_hint.endswith("_taps"):
         return _schedule_taps(sch, block, dot)
@@ -366,6 +368,17 @@ def schedule(sch: s_tir.Schedule, block, dot: Dot) -> None:
     block_rows, block_cols = block_shape(rows, n)
     ro, ri = sch.split(row, [None, block_rows])
     lo, li = sch.split(lane, [None, block_cols])
+    if dot.name in _CONV and n > 2 * ROWS:
+        # an image row wider than a block: the row's blocks, then its epilogue over the row's true width,
+        # vectorized (a block's own epilogue would cut its last columns off with a test per element)
+        sch.reorder(ro, *outer, lo, ri, li, k)
+        par = sch.fuse(ro, *outer)
+        parallel(sch, par)
+        for consumer in epilogue:
+            sch.reverse_compute_at(consumer, par)
+            vectorize_row(sch, sch.get_loops(consumer)[-1], ROWS)
+        sch.tensorize(ri, intrinsic_name(dot, block_rows, block_cols, kdim, "global"))
+        return
     if dot.name in _CONV:
         # a pointwise conv's rows are output channels and `outer` its image rows: channel blocks outermost, so
         # that each thread writes its own channels' planes (image rows outermost, two threads wrote the halves

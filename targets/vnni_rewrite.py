@@ -309,10 +309,9 @@ class _Rewriter(PyExprMutator):
         if dot is None or kp is None or o < amx.MIN_ROWS:
             return None
         rows, width = -(-o // amx.ROWS) * amx.ROWS, -(-wd // amx.ROWS) * amx.ROWS  # whole tiles
-        # one column block a row (W' of 16 or 32), so that every block's epilogue is the same vector
-        # width (a 56-wide row in blocks of 32 and 24 left the last one scalar: 3x the VNNI kernel);
+        # rows of one block (W' of 16 or 32) take the epilogue per block, wider ones per row (`amx.schedule`);
         # narrower images pad too much (W = 7 takes 16 columns a row, W = 6 would too)
-        if width > 2 * amx.ROWS or width > 2.5 * wd:
+        if width > 2.5 * wd:
             return None
         xp = interleaved(self.builder_, x, 4, kp, width)
         w_pad = np.pad(w2, [(0, rows - o), (0, kp - c)]).astype(np.int8)

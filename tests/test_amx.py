@@ -120,10 +120,14 @@ class _Pointwise:
     ("uint8", (112, 40, 14, 14), "tdpbsud"),   # K padded to 128, 40 channels to 48 (16-row blocks)
     ("int8", (320, 64, 28, 28), "tdpbssd"),    # 28 columns padded to 32: 32-wide blocks
     ("int16", (128, 64, 14, 14), "tdpbsud"),   # 16 bits: its two byte planes (256 hi + lo)
+    ("uint8", (64, 256, 56, 56), "tdpbsud"),   # a 56-wide row: its 32-column blocks, then its epilogue over 56
+    ("int8", (128, 24, 100, 100), "tdpbssd"),  # 100 columns as 112 in 16-column blocks, 24 channels as 32
 ])
 def test_pointwise_conv_with_epilogue_is_exact(x_dtype, shape, instruction, tmp_path):
     """Pointwise convs on the tiles with the weights on the left (`amx.conv_te`): NCHW in and out,
-    the requantization fused per block; equal to the reference bit for bit."""
+    the requantization fused per block (per image row where a row is wider than a block: 1 thread, AMX
+    Xeon, Model.run with the boundary, 256 -> 64 at 56x56 0.87 -> 0.64 ms, 128 -> 128 at 100x100 2.36 ->
+    1.78); equal to the reference bit for bit."""
     c, o, h, w = shape
     x, wt = _operand(x_dtype, (1, c, h, w)), _operand("int8", (o, c, 1, 1))
     mult, shift = ref.dyadic(rng.uniform(1e-4, 1e-2, o))
@@ -143,10 +147,9 @@ def test_pointwise_conv_with_epilogue_is_exact(x_dtype, shape, instruction, tmp_
         config_threads(os.cpu_count() or 1)
 
 
-@pytest.mark.parametrize("shape", [(40, 64, 14, 14), (256, 64, 3, 3), (64, 256, 56, 56)])
+@pytest.mark.parametrize("shape", [(40, 64, 14, 14), (256, 64, 3, 3)])
 def test_pointwise_convs_that_do_not_pay_keep_the_vnni_kernels(shape, tmp_path):
-    """K = 40 (too short for a 64-deep step), a 3x3 image (16 columns a row for 3) and a 56-wide one
-    (blocks of 32 and 24 columns: 3x the VNNI kernel)."""
+    """K = 40 (too short for a 64-deep step) and a 3x3 image (16 columns a row for 3)."""
     c, o, h, w = shape
     x, wt = _operand("uint8", (1, c, h, w)), _operand("int8", (o, c, 1, 1))
     run, functions = _build(lambda a: emit.conv2d_acc(a, wt, _Pointwise), [x], tmp_path)
