@@ -72,6 +72,11 @@ def check_destination(dest: str | os.PathLike) -> Path:
         raise CompileError(f"{dest}: the output directory {dest.parent} does not exist")
     if dest.exists() and not (dest / MANIFEST).is_file():
         raise CompileError(f"{dest}: exists and is not an artifact; refusing to overwrite it")
+    try:  # what the artifact is written through (root passes every permission check: ask the file system)
+        os.rmdir(tempfile.mkdtemp(prefix=f".{dest.name}.check-", dir=dest.parent))
+    except OSError as err:
+        raise CompileError(f"{dest}: cannot write in the output directory {dest.parent} "
+                           f"({err.strerror or err})") from None
     return dest
 
 

@@ -95,6 +95,11 @@ def load_calibration(path: str | os.PathLike, inputs: list[TensorSpec],
             raise InputError(f"{path}: {spec.name!r} has dtype {arr.dtype}; expected a "
                              f"{'float' if spec.dtype.startswith('float') else 'integer'} array like the model's "
                              f"{spec.dtype}")
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():  # ranges of NaN: an artifact of garbage scales
+            bad = np.flatnonzero(~np.isfinite(arr.reshape(len(arr), -1)).all(axis=1))
+            raise InputError(f"{path}: {spec.name!r} holds NaN or infinite values (sample(s) "
+                             f"{', '.join(map(str, bad[:8]))}{', ...' if bad.size > 8 else ''}); calibrate on finite "
+                             "inputs, as the model will be run on")
         counts.add(arr.shape[0])
     if len(counts) != 1 or 0 in counts:
         raise InputError(f"{path}: inputs hold different or zero sample counts {sorted(counts)}")
