@@ -315,6 +315,8 @@ class Model:
             if spec["quant"]["scale"] is None:  # exact integer inputs (token ids, masks)
                 if value.dtype.kind == "f" and value.size:
                     _extremes(name, value)
+                if "index_rows" in spec and value.size:
+                    _check_indices(spec, value)
                 out.append(_exact(spec, value))
                 continue
             scale = self._scale(k, value.ndim, "inputs")
@@ -639,6 +641,18 @@ def _extremes(name: str, value: np.ndarray) -> tuple[float, float]:
     if not np.isfinite(extremes).all():
         raise InputError(_not_finite(name, np.size(value) - int(np.isfinite(value).sum()), value.size))
     return extremes
+
+
+def _check_indices(spec: dict, value: np.ndarray) -> None:
+    """InputError where an input that indexes a table (token ids into an embedding: the manifest's
+    `index_rows`) holds ids outside it, [-rows, rows - 1] as ONNX Gather takes them: the compiled model
+    clamps them to its first or last row (frontends/onnx_index_inputs.py)."""
+    rows, low, high = spec["index_rows"]["rows"], value.min(), value.max()
+    if low < -rows or high >= rows:
+        bad = high if high >= rows else low
+        raise InputError(f"input {spec['name']!r}: id {bad:g} is outside the {rows} rows of the table it indexes "
+                         f"(ONNX node {spec['index_rows']['node']!r}: ids in [{-rows}, {rows - 1}]); "
+                         "were the ids made for another model (tokenizer, vocabulary)?")
 
 
 def _not_finite(name: str, bad: int, size: int) -> str:

@@ -159,3 +159,25 @@ def test_sigterm_during_the_build_leaves_nothing(tmp_path, small_cnn_path, small
     assert err.rstrip().endswith("error: interrupted (SIGTERM)") and "Traceback" not in err, err
     assert sorted(os.listdir(tmp_path)) == ["tmp"]
     assert [p.name for p in (tmp_path / "tmp").iterdir() if p.is_dir()] == []  # (a library keeps a .ses file there)
+
+
+def test_ids_outside_the_embedding_are_refused(tmp_path):
+    """Token ids past the vocabulary (another model's tokenizer) ran, clamped to the table's last row, where
+    onnxruntime refuses them; negative ids within [-rows, -1] count from the end, as ONNX Gather has it."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from conftest import saved_model
+
+    table = numpy_helper.from_array(np.random.default_rng(0).standard_normal((10, 4)).astype(np.float32), "table")
+    path = saved_model([helper.make_node("Cast", ["ids"], ["ids32"], to=TensorProto.INT32),
+                        helper.make_node("Gather", ["table", "ids32"], ["emb"], name="embed")],
+                       [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 3])],
+                       [helper.make_tensor_value_info("emb", TensorProto.FLOAT, [1, 3, 4])], [table], tmp_path / "e.onnx")
+    model = runtime.load(runtime.compile_model(path, "x86", tmp_path / "a", progress=False))
+    assert model.inputs[0]["index_rows"] == {"rows": 10, "node": "embed"}
+    ok = model.run({"ids": np.array([[0, 9, -10]])})["emb"]
+    assert np.abs(ok - numpy_helper.to_array(table)[[0, 9, 0]]).max() < 0.05
+    for ids, bad in (([[1, 10, 2]], "id 10"), ([[1, -11, 2]], "id -11")):
+        with pytest.raises(InputError, match=f"input 'ids': {bad} is outside the 10 rows of the table it indexes "
+                                             r"\(ONNX node 'embed': ids in \[-10, 9\]\)"):
+            model.run({"ids": np.array(ids)})
