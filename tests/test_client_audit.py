@@ -181,3 +181,24 @@ def test_ids_outside_the_embedding_are_refused(tmp_path):
         with pytest.raises(InputError, match=f"input 'ids': {bad} is outside the 10 rows of the table it indexes "
                                              r"\(ONNX node 'embed': ids in \[-10, 9\]\)"):
             model.run({"ids": np.array(ids)})
+
+
+@pytest.mark.parametrize("edit,needle", [
+    (lambda m: m.pop("library"), "lacks 'library'"),
+    (lambda m: m.pop("inputs"), "lacks 'inputs'"),
+    (lambda m: m["target"].pop("arch"), "lacks target: 'arch'"),
+    (lambda m: m["inputs"][0].pop("quant"), "lacks inputs: 'quant'"),
+    (lambda m: m.update(library="model.so"), "lacks 'library'"),
+])
+def test_manifest_without_a_field_is_refused_by_name(tmp_path, small_artifact, capsys, edit, needle):
+    """A manifest missing a field (hand-edited, another tool's) raised KeyError from the runtime: exit 1."""
+    import json
+    import shutil
+
+    art = Path(shutil.copytree(small_artifact, tmp_path / "t"))
+    manifest = json.loads((art / "manifest.json").read_text())
+    edit(manifest)
+    (art / "manifest.json").write_text(json.dumps(manifest))
+    np.savez(tmp_path / "in.npz", x=_x())
+    assert run_main([str(art), "--input", str(tmp_path / "in.npz")]) == 2
+    assert needle in capsys.readouterr().err
