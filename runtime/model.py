@@ -914,7 +914,7 @@ def example_shape(spec: dict, batch: int = 1, sizes: dict[str, int] | None = Non
 
 def _check_cpu_features(path: Path, features: list[str]) -> None:
     """Refuse an x86 artifact whose instructions this CPU lacks (it would die with SIGILL)."""
-    from targets.x86 import missing_features
+    from .cpu import enable_amx, missing_features
 
     missing = missing_features(features)
     if missing:
@@ -922,9 +922,7 @@ def _check_cpu_features(path: Path, features: list[str]) -> None:
                             f"{' '.join(missing)}. Recompile on this machine, or for a fleet with --cpu "
                             "(e.g. --cpu x86-64-v3 for AVX2 machines).")
     if "+amx-tile" in features:
-        from targets import amx
-
-        if not amx.enable():
+        if not enable_amx():
             raise ArtifactError(f"{path}: built for AMX tiles, which this Linux kernel does not grant to the "
                                 "process (arch_prctl ARCH_REQ_XCOMP_PERM failed; Linux 5.16 or later needed). "
                                 "Recompile with --cpu x86-64-v4+avx512vnni.")

@@ -202,3 +202,13 @@ def test_manifest_without_a_field_is_refused_by_name(tmp_path, small_artifact, c
     np.savez(tmp_path / "in.npz", x=_x())
     assert run_main([str(art), "--input", str(tmp_path / "in.npz")]) == 2
     assert needle in capsys.readouterr().err
+
+
+def test_x86_artifact_runs_with_the_tvm_runtime_alone(tmp_path, small_artifact):
+    """README's deployment setup (TVM_USE_RUNTIME_LIB=1) on an x86 box: the CPU-feature check imported the
+    compiler's `targets` package, whose `from tvm import relax` fails there (AttributeError, exit 1)."""
+    np.savez(tmp_path / "in.npz", x=_x())
+    done = subprocess.run([sys.executable, "-m", "runtime.run", small_artifact, "--input", str(tmp_path / "in.npz")],
+                          cwd=ROOT, env={**os.environ, "TVM_USE_RUNTIME_LIB": "1"}, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and done.stdout.startswith("y: shape [1, 10] float32"), done.stderr[-2000:]
