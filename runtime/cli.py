@@ -25,6 +25,9 @@ def guarded(action: Callable[[], int | None], verbose: bool = False) -> int:
     _SIGNALLED.clear()
     try:
         return action() or 0
+    except BrokenPipeError:  # stdout closed early (`| head`): nothing more to say, and no traceback at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (Exception, KeyboardInterrupt) as err:
         # a KeyboardInterrupt raised in Python code that TVM called comes back as another error
         # (an IndexError in a schedule's type check): the signal, not the error, is the news

@@ -212,3 +212,12 @@ def test_x86_artifact_runs_with_the_tvm_runtime_alone(tmp_path, small_artifact):
                           cwd=ROOT, env={**os.environ, "TVM_USE_RUNTIME_LIB": "1"}, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0 and done.stdout.startswith("y: shape [1, 10] float32"), done.stderr[-2000:]
+
+
+def test_output_piped_into_head_is_no_error(small_artifact):
+    """`python -m runtime.bench A | head -2`: the closed pipe gave a BrokenPipeError traceback and exit 1."""
+    proc = subprocess.Popen([sys.executable, "-m", "runtime.bench", small_artifact, "--repeat", "2"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=300) == 0 and "Traceback" not in err and "BrokenPipe" not in err, err
