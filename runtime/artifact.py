@@ -72,6 +72,11 @@ def check_destination(dest: str | os.PathLike) -> Path:
         raise CompileError(f"{dest}: the output directory {dest.parent} does not exist")
     if dest.exists() and not (dest / MANIFEST).is_file():
         raise CompileError(f"{dest}: exists and is not an artifact; refusing to overwrite it")
+    try:  # what the artifact is written through (root passes every permission check: ask the file system)
+        os.rmdir(tempfile.mkdtemp(prefix=f".{dest.name}.check-", dir=dest.parent))
+    except OSError as err:
+        raise CompileError(f"{dest}: cannot write in the output directory {dest.parent} "
+                           f"({err.strerror or err})") from None
     return dest
 
 
@@ -119,6 +124,7 @@ def read_manifest(path: str | os.PathLike, check_library: bool = True) -> dict:
     if version != FORMAT_VERSION:
         raise ArtifactError(f"{path}: artifact format version {version!r}; this runtime reads version "
                             f"{FORMAT_VERSION}. Recompile the model with this version.")
+    _check_fields(path, manifest)
     if check_library:
         libraries = [*([manifest["library"]] if manifest["library"] else []),
                      *(manifest.get("buckets") or {}).get("libraries", {}).values()]
@@ -133,6 +139,24 @@ def read_manifest(path: str | os.PathLike, check_library: bool = True) -> dict:
                 raise ArtifactError(f"{lib}: sha256 does not match the manifest; the artifact is corrupted or was "
                                     "modified. Recompile it.")
     return manifest
+
+
+# the fields every reader of a manifest takes for granted, and what each entry of a list must hold
+_FIELDS = {"target": (dict, ("arch", "name")), "library": ((dict, type(None)), ("file", "sha256")),
+           "inputs": (list, ("name", "shape", "dtype", "quant")), "outputs": (list, ("name", "shape", "quant"))}
+
+
+def _check_fields(path: Path, manifest: dict) -> None:
+    """ArtifactError naming the first field the manifest lacks (a KeyError deep in the runtime before)."""
+    for field, (kinds, keys) in _FIELDS.items():
+        value = manifest.get(field, KeyError)
+        entries = value if isinstance(value, list) else [value] if isinstance(value, dict) else []
+        bad = (f"{field!r}" if not isinstance(value, kinds) else
+               next((f"{field}: {key!r}" for entry in entries for key in keys
+                     if not isinstance(entry, dict) or key not in entry), None))
+        if bad:
+            raise ArtifactError(f"{path / MANIFEST}: lacks {bad} (or it is malformed); the artifact was modified or "
+                                "written by another tool. Recompile it.")
 
 
 def batch_axes(manifest: dict) -> list[int]:

@@ -10,7 +10,7 @@ import numpy as np
 
 from frontends.errors import CompileError
 
-from .cli import emulated, guarded
+from .cli import emulated, guarded, read_inputs
 
 EXAMPLES = """examples:
   python -m runtime.bench model.x86.artifact --threads 1 --repeat 100
@@ -126,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     def action():
         if args.repeat < 1 or args.warmup < 0 or (args.threads is not None and args.threads < 1):
             raise CompileError("--repeat must be >= 1, --warmup >= 0 and --threads >= 1")
+        if args.batch < 1 or args.kernels < 0:
+            raise CompileError(f"--batch must be >= 1 and --kernels >= 0 (got {args.batch} and {args.kernels})")
         if args.key and not args.rpc:
             raise CompileError("--key needs --rpc naming the tracker")
         from .model import load
@@ -133,8 +135,12 @@ def main(argv: list[str] | None = None) -> int:
 
         session = connect(args.rpc, args.key) if args.rpc else None
         model = load(args.artifact, remote=session, launcher=emulated(args.artifact) if args.emulate else ())
-        inputs = dict(np.load(args.input)) if args.input else None
+        inputs = read_inputs(args.input) if args.input else None
         free = any(isinstance(d, str) for i in model.inputs for d in i["shape"])  # a symbolic batch
+        if args.batch != 1 and not free:  # it ran batch 1 and reported the throughput of `batch` samples a run
+            raise CompileError(f"--batch {args.batch}: {args.artifact} was compiled for fixed shapes "
+                               f"({', '.join(str(i['name']) + ' ' + str(i['shape']) for i in model.inputs)}); compile it with a "
+                               "free batch (--input-shape NAME:1..32x...) to time other batches")
         batch = next(iter(inputs.values())).shape[0] if inputs and free else args.batch
         sizes = parse_sizes(args.shape)
         names = {d for i in model.inputs for d in i["shape"] if isinstance(d, str)}

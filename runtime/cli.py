@@ -1,27 +1,98 @@
-"""What the command-line tools share: user errors exit 2 with one line, bugs exit 1."""
+"""What the command-line tools share: user errors exit 2 with one line, bugs exit 1, an interruption
+(Ctrl-C, SIGTERM) 130 / 143 after the cleanup that a failure gets (no artifact half-written)."""
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import threading
 import traceback
+from pathlib import Path
 from typing import Callable
 
-from frontends.errors import CompileError
+from frontends.errors import CompileError, InputError
+
+
+_SIGNALLED: list[int] = []  # the signals that interrupted the action, as `_interrupt` saw them
 
 
 def guarded(action: Callable[[], int | None], verbose: bool = False) -> int:
     """Run `action`; a CompileError prints `error: ...` (with the traceback under -v) and
-    returns 2, any other exception prints its traceback and returns 1."""
+    returns 2, any other exception prints its traceback and returns 1; Ctrl-C (SIGINT) and SIGTERM
+    print one line and return 130 / 143, after the cleanups that a failure gets (nothing half-written)."""
+    before = _interruptible()
+    _SIGNALLED.clear()
     try:
         return action() or 0
-    except CompileError as err:
-        if verbose:
+    except BrokenPipeError:  # stdout closed early (`| head`): nothing more to say, and no traceback at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except (Exception, KeyboardInterrupt) as err:
+        # a KeyboardInterrupt raised in Python code that TVM called comes back as another error
+        # (an IndexError in a schedule's type check): the signal, not the error, is the news
+        signum = _SIGNALLED[-1] if _SIGNALLED else signal.SIGINT if isinstance(err, KeyboardInterrupt) else None
+        if verbose or (signum is None and not isinstance(err, CompileError)):
             traceback.print_exc()
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except Exception:  # an internal error: show it, distinct from user errors
-        traceback.print_exc()
-        return 1
+        if signum is not None:
+            print(f"error: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
+            return 128 + signum
+        if isinstance(err, CompileError):
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        return 1  # an internal error: shown above, distinct from user errors
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+
+
+def _interrupt(signum, frame):
+    _SIGNALLED.append(signum)
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _interruptible() -> dict:
+    """SIGINT and SIGTERM raise KeyboardInterrupt (SIGTERM's default action killed the compile and left
+    its temporary files), where Python's own handling is in place: an ignored SIGINT (a background job)
+    stays ignored, a caller's handler stays. Handlers live in the main thread only. The handlers replaced."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    before = {}
+    for signum, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
+        if signal.getsignal(signum) is default:
+            before[signum] = signal.signal(signum, _interrupt)
+    return before
+
+
+def read_inputs(path: str) -> dict:
+    """The arrays of the .npz file at `path` by name; InputError if it is not one."""
+    import numpy as np
+
+    try:
+        data = np.load(path, allow_pickle=False)
+        if isinstance(data, np.ndarray):
+            raise InputError(f"{path}: one array (.npy), not an .npz file of arrays by input name (np.savez(file, "
+                             "NAME=array, ...))")
+        with data:
+            return dict(data)
+    except InputError:
+        raise
+    except Exception as err:  # noqa: BLE001  (missing, pickled objects, truncated: all say so)
+        raise InputError(f"{path}: not a readable .npz file ({err})") from None
+
+
+def writable_file(path: str) -> str:
+    """`path` as `np.savez` writes it (".npz" appended where missing), after checking that it can be written
+    there: before the run, so that a mistyped folder costs no run and gives no traceback."""
+    path = path if path.endswith(".npz") else path + ".npz"
+    folder = Path(path).parent
+    if not folder.is_dir():
+        raise InputError(f"{path}: the output directory {folder} does not exist")
+    if Path(path).is_dir():
+        raise InputError(f"{path}: is a directory; give the output file's name")
+    if not os.access(folder, os.W_OK):
+        raise InputError(f"{path}: the output directory {folder} is not writable")
+    return path
 
 
 def emulated(artifact) -> tuple[str, ...]:

@@ -21,6 +21,7 @@ import numpy as np
 
 from frontends import CompileError, ImportedModel, InputError, ToolchainError, load_onnx
 from frontends.batch_axes import output_batch_axes
+from frontends.onnx_index_inputs import index_rows
 from frontends.onnx_import import (FreeDim, TensorSpec, bound_shapes, check_shared_dims, input_dim_names,
                                    onnxruntime_model)
 from frontends.padding import padding_changes_outputs
@@ -95,6 +96,11 @@ def load_calibration(path: str | os.PathLike, inputs: list[TensorSpec],
             raise InputError(f"{path}: {spec.name!r} has dtype {arr.dtype}; expected a "
                              f"{'float' if spec.dtype.startswith('float') else 'integer'} array like the model's "
                              f"{spec.dtype}")
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():  # ranges of NaN: an artifact of garbage scales
+            bad = np.flatnonzero(~np.isfinite(arr.reshape(len(arr), -1)).all(axis=1))
+            raise InputError(f"{path}: {spec.name!r} holds NaN or infinite values (sample(s) "
+                             f"{', '.join(map(str, bad[:8]))}{', ...' if bad.size > 8 else ''}); calibrate on finite "
+                             "inputs, as the model will be run on")
         counts.add(arr.shape[0])
     if len(counts) != 1 or 0 in counts:
         raise InputError(f"{path}: inputs hold different or zero sample counts {sorted(counts)}")
@@ -771,6 +777,7 @@ def _compile(model_path: Path, target, output, calib, input_shapes, observer, al
         device_code = _device_source(executable.mod)
         if device_code is not None:
             (tmp / DEVICE_TEXT).write_text(device_code)
+        indexing = index_rows(model_path)  # token ids and their table's rows, which `Model.run` checks
         return {
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "source": {"path": str(model_path), "sha256": sha256(model_path)},
@@ -781,7 +788,8 @@ def _compile(model_path: Path, target, output, calib, input_shapes, observer, al
                        "cross_compiler": spec.toolchain.compiler},
             "tools": _versions(),
             "inputs": [{"name": s.name, "shape": shape, "dtype": s.dtype, "quant": q,
-                        **_ranges(s.name, free, seq, seq_axes), **_feature_amax(s.name, q, ranges, shape)}
+                        **_ranges(s.name, free, seq, seq_axes), **_feature_amax(s.name, q, ranges, shape),
+                        **({"index_rows": indexing[s.name]} if s.name in indexing and q.get("scale") is None else {})}
                        for s, q, shape in zip(imported.inputs, boundary["inputs"], in_shapes)],
             "outputs": [{"name": s.name, "shape": shape, "dtype": s.dtype, "quant": q}
                         for s, q, shape in zip(imported.outputs, boundary["outputs"], out_shapes)],

@@ -11,10 +11,13 @@ import functools
 import math
 import os
 import platform
+import sys
 import threading
 import time
 import warnings
+import weakref
 from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Callable
 
@@ -118,6 +121,7 @@ class Model:
                                 "(manifest float_nodes), on the machine that loads it, not over RPC")
         # the part compiled after the tail's first nodes: an artifact of its own (frontends/onnx_tail.py)
         self._rest = Model(self.path / rest["folder"]) if rest else None
+        _LOADED.add(self)  # for `_after_fork`
 
     def _boundary_state(self) -> None:
         """What the float boundary (`_quantized`, `_dequantize`) works out once."""
@@ -240,6 +244,23 @@ class Model:
         tail = self.manifest.get("tail")
         return list(tail["outputs"]) if tail else [o["name"] for o in self.outputs]
 
+    def _check_mapping(self, inputs) -> None:
+        """InputError unless `inputs` maps names to values (a bare array, a list or None raised
+        AttributeError from deep inside `run`)."""
+        if type(inputs) is not dict and not isinstance(inputs, Mapping):
+            raise InputError(f"inputs: expected a dict of input name -> array, e.g. {{{self.inputs[0]['name'] if self.inputs else 'input'!r}: x}} "
+                             f"(the model's inputs: {[spec['name'] for spec in self.inputs]}), got "
+                             f"{type(inputs).__name__}")
+
+    def __reduce__(self):
+        """A model pickles as its artifact's path and loads again where it is unpickled (a process pool's
+        task, a spawned process): its library cannot be pickled (TVM printed a warning per function, then
+        raised RuntimeError)."""
+        if self.remote is not None:
+            raise TypeError(f"{self.path}: a model running over an RPC session cannot be pickled; connect and "
+                            "load it in the other process")
+        return load, (os.path.abspath(self.path), None, getattr(self, "launcher", ()))
+
     def check_inputs(self, inputs: dict[str, np.ndarray]) -> dict[str, tuple[float, float]]:
         """Raise InputError unless `inputs` has exactly the model's names, shapes and dtypes, and finite
         values; the (min, max) of each non-empty float input."""
@@ -283,6 +304,7 @@ class Model:
         """`quantize_inputs`; with `reuse`, into this thread's buffers of the last call (a new 150 KB
         array is new pages from the OS on every call: 0.13 ms of EfficientNet-Lite0's 4.3), which
         the caller must be done with before its next call."""
+        self._check_mapping(inputs)
         dtypes = self._dtypes
         inputs = {k: v if type(v) is np.ndarray and v.dtype == dtypes.get(k) else _coerced_input(v, self.inputs, k)
                   for k, v in inputs.items()}
@@ -293,6 +315,8 @@ class Model:
             if spec["quant"]["scale"] is None:  # exact integer inputs (token ids, masks)
                 if value.dtype.kind == "f" and value.size:
                     _extremes(name, value)
+                if "index_rows" in spec and value.size:
+                    _check_indices(spec, value)
                 out.append(_exact(spec, value))
                 continue
             scale = self._scale(k, value.ndim, "inputs")
@@ -549,6 +573,7 @@ class Model:
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Quantize `inputs`, run the integer model, dequantize the outputs (and, where the
         artifact has a tail, run it in onnxruntime on them: frontends/onnx_tail.py)."""
+        self._check_mapping(inputs)
         tail = self.manifest.get("tail")
         if self.onnxruntime_only:
             return self._run_tail(tail, {}, inputs)
@@ -618,6 +643,18 @@ def _extremes(name: str, value: np.ndarray) -> tuple[float, float]:
     return extremes
 
 
+def _check_indices(spec: dict, value: np.ndarray) -> None:
+    """InputError where an input that indexes a table (token ids into an embedding: the manifest's
+    `index_rows`) holds ids outside it, [-rows, rows - 1] as ONNX Gather takes them: the compiled model
+    clamps them to its first or last row (frontends/onnx_index_inputs.py)."""
+    rows, low, high = spec["index_rows"]["rows"], value.min(), value.max()
+    if low < -rows or high >= rows:
+        bad = high if high >= rows else low
+        raise InputError(f"input {spec['name']!r}: id {bad:g} is outside the {rows} rows of the table it indexes "
+                         f"(ONNX node {spec['index_rows']['node']!r}: ids in [{-rows}, {rows - 1}]); "
+                         "were the ids made for another model (tokenizer, vocabulary)?")
+
+
 def _not_finite(name: str, bad: int, size: int) -> str:
     return (f"input {name!r}: {bad} of {size} values are NaN or infinite; the integer model has no meaningful "
             "output for them")
@@ -636,11 +673,20 @@ def _coerced_input(value, specs: list[dict], name: str):
     if spec["shape"] == [] and (isinstance(value, (int, float, bool, np.generic))):
         return np.asarray(value, dtype=dtype)
     if not isinstance(value, np.ndarray) and (isinstance(value, (list, tuple)) or hasattr(value, "__array__")):
-        value = np.asarray(value)
+        try:
+            value = np.asarray(value)
+        except Exception as err:  # a ragged list, a tensor that will not leave its device or its graph
+            raise InputError(f"input {name!r}: a {type(value).__name__} that is not an array of numbers "
+                             f"({str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__})") from None
     if not isinstance(value, np.ndarray) or value.dtype == dtype:
         return value
     if value.dtype.kind == "f" and dtype.kind == "f":
-        return value.astype(dtype)
+        with np.errstate(over="raise"):
+            try:
+                return value.astype(dtype)
+            except FloatingPointError:  # it was called NaN or infinite, which it is not
+                raise InputError(f"input {name!r}: {value.dtype} values up to {np.abs(value).max():g} are beyond "
+                                 f"{dtype}'s range, the model's input dtype") from None
     if value.dtype.kind in "iub" and dtype.kind in "iu" and value.size and np.can_cast(value.dtype, dtype):
         return value.astype(dtype)  # widening: exact
     if value.dtype.kind in "iu" and dtype.kind in "iu" and value.size:
@@ -763,6 +809,29 @@ class _Environment:
 
 
 _ENVIRONMENT = _Environment()
+_LOADED: "weakref.WeakSet[Model]" = weakref.WeakSet()  # the models of this process (`_after_fork`)
+_FORKED_THREAD: int | None = None  # in a forked child: the thread that forked, whose TVM pool lost its workers
+
+
+def _after_fork() -> None:
+    """A forked child (multiprocessing's default start on Linux) holds only the thread that forked: the
+    worker threads of that thread's TVM pool, of each model's batch workers and of onnxruntime are gone,
+    and a kernel split across the pool waited for them forever (a fork Pool's worker hung on its first run
+    of a model its parent had run; so did a batch). So that thread's pool runs kernels on the thread alone
+    from now on (TVM cannot start its workers again; threads the child starts get pools of their own),
+    and the batch workers and the tail's session are made again on their next use."""
+    global _ENVIRONMENT, _FORKED_THREAD
+    _ENVIRONMENT, _FORKED_THREAD = _Environment(), threading.get_ident()
+    if "tvm" in sys.modules:
+        sys.modules["tvm"].get_global_func("runtime.config_threadpool")(0, 1)
+    for model in list(_LOADED):
+        model._pool, model._pool_lock, model.__dict__["_tail_session"] = None, threading.Lock(), None
+        if model._rpc_lock is not None:
+            model._rpc_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
 
 
 def config_threads(count: int) -> None:
@@ -774,6 +843,8 @@ def config_threads(count: int) -> None:
     while the caller spun, so two callers sharing a Model ran no faster than one (0.99x; 1.93x now)."""
     import tvm
 
+    if threading.get_ident() == _FORKED_THREAD:  # its pool's workers did not survive the fork (`_after_fork`)
+        count = 1
     mask = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     configure = tvm.get_global_func("runtime.config_threadpool")
     if threading.current_thread() is threading.main_thread():
@@ -843,7 +914,7 @@ def example_shape(spec: dict, batch: int = 1, sizes: dict[str, int] | None = Non
 
 def _check_cpu_features(path: Path, features: list[str]) -> None:
     """Refuse an x86 artifact whose instructions this CPU lacks (it would die with SIGILL)."""
-    from targets.x86 import missing_features
+    from .cpu import enable_amx, missing_features
 
     missing = missing_features(features)
     if missing:
@@ -851,9 +922,7 @@ def _check_cpu_features(path: Path, features: list[str]) -> None:
                             f"{' '.join(missing)}. Recompile on this machine, or for a fleet with --cpu "
                             "(e.g. --cpu x86-64-v3 for AVX2 machines).")
     if "+amx-tile" in features:
-        from targets import amx
-
-        if not amx.enable():
+        if not enable_amx():
             raise ArtifactError(f"{path}: built for AMX tiles, which this Linux kernel does not grant to the "
                                 "process (arch_prctl ARCH_REQ_XCOMP_PERM failed; Linux 5.16 or later needed). "
                                 "Recompile with --cpu x86-64-v4+avx512vnni.")
@@ -893,6 +962,7 @@ class PlanModel(Model):
         self._rpc_lock = None
         self._boundary_state()
         self._pool_lock = threading.Lock()  # the tail's onnxruntime session, made once
+        _LOADED.add(self)  # for `_after_fork`
 
     def _integer_outputs(self, qinputs: list[np.ndarray], copy: bool) -> list[np.ndarray]:
         from .plan import run_plan

@@ -9,7 +9,7 @@ import numpy as np
 
 from frontends import InputError
 
-from .cli import emulated, guarded
+from .cli import emulated, guarded, read_inputs, writable_file
 
 EXAMPLES = """examples:
   python -m runtime.run model.x86.artifact --input x.npz -o y.npz
@@ -34,14 +34,14 @@ def main(argv: list[str] | None = None) -> int:
     def action():
         from .model import load
 
+        output = writable_file(args.output) if args.output else None
         model = load(args.artifact, launcher=emulated(args.artifact) if args.emulate else ())
-        try:
-            inputs = dict(np.load(args.input, allow_pickle=False))
-        except Exception as err:
-            raise InputError(f"{args.input}: not a readable .npz file ({err})") from None
-        outputs = model.run(inputs)
-        if args.output:
-            np.savez(args.output, **outputs)
+        outputs = model.run(read_inputs(args.input))
+        if output:
+            try:
+                np.savez(output, **outputs)
+            except OSError as err:  # a full disk, a folder that went away
+                raise InputError(f"{output}: cannot write the outputs ({err.strerror or err})") from None
         for name, value in outputs.items():
             print(f"{name}: shape {list(value.shape)} {value.dtype}, argmax {int(np.argmax(value))}, "
                   f"min {value.min():.4g}, max {value.max():.4g}")

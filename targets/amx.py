@@ -27,10 +27,13 @@ runtime ask first (`enable`) to refuse clearly where Linux does not grant it.
 
 from __future__ import annotations
 
-import ctypes
-
 from tvm import s_tir, te
 from tvm.script import tirx as T
+
+from runtime.cpu import ARCH_REQ_XCOMP_PERM as _ARCH_REQ_XCOMP_PERM
+from runtime.cpu import SYS_ARCH_PRCTL as _SYS_ARCH_PRCTL
+from runtime.cpu import XFEATURE_XTILEDATA as _XFEATURE_XTILEDATA
+from runtime.cpu import enable_amx
 
 from .kernel_family import Dot
 
@@ -52,21 +55,7 @@ _OPS = {"amxu": "llvm.x86.tdpbusd", "amxs": "llvm.x86.tdpbssd", "amxcu": "llvm.x
 _RECIPES = {d.name: d for d in (AMXU, AMXS, CONVU, CONVS)}
 _CONV = frozenset({"amxcu", "amxcs"})
 
-_ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA, _SYS_ARCH_PRCTL = 0x1023, 18, 158
-_enabled: bool | None = None
-
-
-def enable() -> bool:
-    """Ask Linux for this process's AMX tile state (once; the threads share it). Without it, the
-    first tile instruction dies with SIGILL. False where the kernel refuses (or is not Linux)."""
-    global _enabled
-    if _enabled is None:
-        try:
-            _enabled = ctypes.CDLL(None, use_errno=True).syscall(
-                _SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA) == 0
-        except (OSError, AttributeError):
-            _enabled = False
-    return _enabled
+enable = enable_amx  # (runtime/cpu.py: the runtime asks for it without the compiler)
 
 
 def recipe(activation_dtype: str, conv: bool = False) -> Dot | None:

@@ -111,8 +111,13 @@ def _build(mod: tvm.IRModule, target: tvm.target.Target, pipeline, finish):
     threads = [threading.Thread(target=work, args=(i,), name=f"intq-build-{i}") for i in range(len(parts))]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join()
+    try:
+        for t in threads:
+            t.join()
+    except BaseException:  # Ctrl-C: the parts write into the caller's temporary folder, which must outlive them
+        for t in threads:
+            t.join()
+        raise
     if errors:
         raise errors[0]
     lib = libs[0]

@@ -72,12 +72,12 @@ def test_missing_cpu_features_refused_at_load(small_cnn_path, small_calib, monke
     with the missing features named, exit code 2 from the CLI."""
     from runtime import compile_model
     from runtime.run import main as run_main
-    from targets import x86
+    from runtime import cpu  # where the runtime reads this CPU's features (targets.x86 re-exports them)
 
     artifact = compile_model(small_cnn_path, "x86", tmp_path / "v4.artifact", calib=small_calib,
                              cpu="x86-64-v4+avx512vnni", progress=False)
-    monkeypatch.setattr(x86, "cpu_flags", lambda cpuinfo=None: set(AVX2_ONLY))
-    missing = x86.missing_features(runtime.artifact.read_manifest(artifact)["target"]["features"])
+    monkeypatch.setattr(cpu, "cpu_flags", lambda cpuinfo=None: set(AVX2_ONLY))
+    missing = cpu.missing_features(runtime.artifact.read_manifest(artifact)["target"]["features"])
     assert missing == ["x86-64-v4", "+avx512vnni"]
     with pytest.raises(ArtifactError, match=re.escape("this CPU lacks " + " ".join(missing))):
         runtime.load(artifact)
