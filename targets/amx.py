@@ -347,7 +347,6 @@ def schedule(sch: s_tir.Schedule, block, dot: Dot) -> None:
     reduction, with the fused requantization epilogue run on its accumulator right after it (a pointwise
     conv over rows wider than a block: per image row; a spatial conv: `_schedule_taps`)."""
     from .schedule_common import inline_epilogue, parallel
-    from .vnni import vectorize_row
 
     if sch.get(block).name_hint.endswith("_taps"):
         return _schedule_taps(sch, block, dot)
@@ -361,11 +360,7 @@ def schedule(sch: s_tir.Schedule, block, dot: Dot) -> None:
         # an image row wider than a block: the row's blocks, then its epilogue over the row's true width,
         # vectorized (a block's own epilogue would cut its last columns off with a test per element)
         sch.reorder(ro, *outer, lo, ri, li, k)
-        par = sch.fuse(ro, *outer)
-        parallel(sch, par)
-        for consumer in epilogue:
-            sch.reverse_compute_at(consumer, par)
-            vectorize_row(sch, sch.get_loops(consumer)[-1], ROWS)
+        _rows_in_parallel(sch, [ro, *outer], epilogue)
         sch.tensorize(ri, intrinsic_name(dot, block_rows, block_cols, kdim, "global"))
         return
     if dot.name in _CONV:
@@ -394,8 +389,7 @@ def _schedule_taps(sch: s_tir.Schedule, block, dot: Dot) -> None:
     """In parallel over (32 | 16 output channels, an output row): the row's blocks of 32 | 16 columns, each
     tensorized over all taps and channels, then the epilogue (the requantization) over the row's true width,
     vectorized, while the row's sums are in cache."""
-    from .schedule_common import inline_epilogue, parallel
-    from .vnni import vectorize_row
+    from .schedule_common import inline_epilogue
 
     name = sch.get(block).name_hint
     epilogue = inline_epilogue(sch, name)
@@ -406,10 +400,19 @@ def _schedule_taps(sch: s_tir.Schedule, block, dot: Dot) -> None:
     oo, oi = sch.split(o, [None, block_rows])
     xo, xi = sch.split(x, [None, block_cols])
     sch.reorder(oo, y, xo, oi, xi, rt, rc)
-    par = sch.fuse(oo, y)
+    _rows_in_parallel(sch, [oo, y], epilogue)
+    sch.tensorize(oi, taps_intrinsic_name(dot, block_rows, block_cols, c, tuple(kernel), stride, wq))
+
+
+def _rows_in_parallel(sch: s_tir.Schedule, loops: list, epilogue: list) -> None:
+    """`loops` (a channel block, an image row) fused into the parallel loop, the epilogue computed under it
+    over the row's true width, vectorized."""
+    from .schedule_common import parallel
+    from .vnni import vectorize_row
+
+    par = sch.fuse(*loops)
     parallel(sch, par)
     for consumer in epilogue:
         sch.reverse_compute_at(consumer, par)
         vectorize_row(sch, sch.get_loops(consumer)[-1], ROWS)
-    sch.tensorize(oi, taps_intrinsic_name(dot, block_rows, block_cols, c, tuple(kernel), stride, wq))
 
