@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from benchmarks.speed import in_child
 
 
@@ -28,3 +30,29 @@ def test_the_artifact_is_timed_float_in_float_out(small_artifact, monkeypatch):
     x = np.zeros((1, 3, 16, 16), np.float32)
     assert time_artifact(small_artifact, {"x": x}, 1, 5) >= 0
     assert len(calls) == 5 + 3 and calls[0]["x"] is x  # timed runs and warm-ups, each a float-in run
+
+
+def test_corpus_speed_takes_each_calls_fastest_interleaved_run():
+    """benchmarks/corpus_speed.py: every call timed in each round (one untimed call first), the minimum kept,
+    and a table row per model with the ratios; unknown model names are refused."""
+    from benchmarks.corpus_speed import fastest, main
+
+    order = []
+    best = fastest({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, rounds=2, per_round=3)
+    assert order == ["a"] * 4 + ["b"] * 4 + ["a"] * 4 + ["b"] * 4
+    assert set(best) == {"a", "b"} and all(0 <= ms < 1 for ms in best.values())
+    with pytest.raises(SystemExit):
+        main(["--models", "no-such-model"])
+
+
+@pytest.mark.slow
+def test_corpus_speed_row_of_a_small_model(tmp_path):
+    """One real corpus model through the whole benchmark: compiled, onnxruntime int8 made, a row written."""
+    from benchmarks.corpus_speed import HEADER, main
+
+    out = tmp_path / "speed.md"
+    assert main(["--models", "mtcnn-rnet", "--rounds", "1", "--results", str(out)]) == 0
+    header, rule, row = out.read_text().splitlines()
+    assert HEADER == f"{header}\n{rule}"
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[0] == "mtcnn-rnet" and float(cells[2]) > 0 and float(cells[4]) > 0
