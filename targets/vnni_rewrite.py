@@ -388,7 +388,6 @@ class _Rewriter(PyExprMutator):
         return self._kernel(vnni.conv_taps_te, dot, x, xp, np.ascontiguousarray(wt.astype(dot.w_dtype)),
                             w_np.astype(np.int64).sum((1, 2, 3)), stride, (ho, wo, wq, rows, run))
 
-
     def _tile_taps(self, x: relax.Expr, w_np: np.ndarray, x_shape: list, stride: int, pads: tuple):
         """A batch-1 spatial conv (stride 1 or 2) on AMX tiles (`amx.taps_te`): each tap's weights [O, C] the
         left tile, the packed input at the tap's shift the right one, the output tiles kept over all taps and
@@ -409,6 +408,7 @@ class _Rewriter(PyExprMutator):
         return self.builder_.call_te(amx.taps_te, self.builder_.emit(xp), relax.const(np.ascontiguousarray(wt)),
                                      stride, (ho, wo, wq, cols, o), dot=dot.name,
                                      primfunc_name_hint=f"{dot.name}_taps")
+
 
 def use_dot_kernels(family: Family):
     """A pass that rewrites every eligible int8 matmul/pointwise conv into a kernel of `family`."""
