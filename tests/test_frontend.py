@@ -815,7 +815,10 @@ def test_resize_with_empty_scales_beside_sizes_compiles(tmp_path):
 def test_index_past_the_table_reads_its_last_row(tmp_path):
     """The importer's Gathers are taken in "clip" mode (frontends/relax_cleanup.clipped_takes): a token
     id past the vocabulary given at run time reads the last row instead of memory past the table (in
-    "fast" mode, TVM's default, a crash or garbage), and TVM no longer warns so at every build."""
+    "fast" mode, TVM's default, a crash or garbage), and TVM no longer warns so at every build. `run`
+    refuses such an id first (the manifest's `index_rows`, session 44); an artifact from before that
+    check (no `index_rows`) still reads the last row."""
+    from frontends import InputError
     from runtime import compile_model, load
 
     table = np.random.default_rng(3).standard_normal((10, 4)).astype(np.float32)
@@ -830,6 +833,10 @@ def test_index_past_the_table_reads_its_last_row(tmp_path):
     art = load(compile_model(tmp_path / "gather.onnx", "x86", tmp_path / "a", calib=tmp_path / "calib.npz",
                              progress=False))
     assert "mode=\"fast\"" not in (tmp_path / "a" / "model.relax.py").read_text()
+    with pytest.raises(InputError, match="outside the 10 rows"):
+        art.run({"ids": np.array([[0, 9, 10_000]], np.int64)})
+    for spec in art.inputs:
+        spec.pop("index_rows", None)
     y = art.run({"ids": np.array([[0, 9, 10_000]], np.int64)})["y"]
     np.testing.assert_allclose(y[0, 2], y[0, 1])  # past the table: its last row
     np.testing.assert_allclose(y[0, 1], np.maximum(table[9], 0), atol=0.03)
