@@ -914,7 +914,7 @@ def example_shape(spec: dict, batch: int = 1, sizes: dict[str, int] | None = Non
 
 def _check_cpu_features(path: Path, features: list[str]) -> None:
     """Refuse an x86 artifact whose instructions this CPU lacks (it would die with SIGILL)."""
-    from .cpu import enable_amx, missing_features
+    from frontends.host_cpu import enable_amx, missing_features
 
     missing = missing_features(features)
     if missing:

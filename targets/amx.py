@@ -30,10 +30,10 @@ from __future__ import annotations
 from tvm import s_tir, te
 from tvm.script import tirx as T
 
-from runtime.cpu import ARCH_REQ_XCOMP_PERM as _ARCH_REQ_XCOMP_PERM
-from runtime.cpu import SYS_ARCH_PRCTL as _SYS_ARCH_PRCTL
-from runtime.cpu import XFEATURE_XTILEDATA as _XFEATURE_XTILEDATA
-from runtime.cpu import enable_amx
+from frontends.host_cpu import ARCH_REQ_XCOMP_PERM as _ARCH_REQ_XCOMP_PERM
+from frontends.host_cpu import SYS_ARCH_PRCTL as _SYS_ARCH_PRCTL
+from frontends.host_cpu import XFEATURE_XTILEDATA as _XFEATURE_XTILEDATA
+from frontends.host_cpu import enable_amx
 
 from .kernel_family import Dot
 
@@ -55,7 +55,7 @@ _OPS = {"amxu": "llvm.x86.tdpbusd", "amxs": "llvm.x86.tdpbssd", "amxcu": "llvm.x
 _RECIPES = {d.name: d for d in (AMXU, AMXS, CONVU, CONVS)}
 _CONV = frozenset({"amxcu", "amxcs"})
 
-enable = enable_amx  # (runtime/cpu.py: the runtime asks for it without the compiler)
+enable = enable_amx  # (frontends/host_cpu.py: the runtime asks for it without the compiler)
 
 
 def recipe(activation_dtype: str, conv: bool = False) -> Dot | None:

@@ -9,11 +9,11 @@ highest x86-64 micro-architecture level the flags allow, plus the extra ISA feat
 from __future__ import annotations
 
 from frontends.errors import CompileError
-from runtime.cpu import EXTRAS, LEVEL_ORDER, cpu_flags, host_features, missing_features
+from frontends.host_cpu import EXTRAS, LEVEL_ORDER, cpu_flags, host_features, missing_features
 
 from .spec import TargetSpec
 
-__all__ = ["cpu_flags", "fleet_target", "host_features", "host_target", "missing_features"]  # (runtime/cpu.py)
+__all__ = ["cpu_flags", "fleet_target", "host_features", "host_target", "missing_features"]  # (frontends/host_cpu.py)
 
 
 def fleet_target(cpu: str) -> TargetSpec:

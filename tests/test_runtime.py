@@ -72,7 +72,7 @@ def test_missing_cpu_features_refused_at_load(small_cnn_path, small_calib, monke
     with the missing features named, exit code 2 from the CLI."""
     from runtime import compile_model
     from runtime.run import main as run_main
-    from runtime import cpu  # where the runtime reads this CPU's features (targets.x86 re-exports them)
+    from frontends import host_cpu as cpu  # where the runtime reads this CPU's features (targets.x86 re-exports them)
 
     artifact = compile_model(small_cnn_path, "x86", tmp_path / "v4.artifact", calib=small_calib,
                              cpu="x86-64-v4+avx512vnni", progress=False)

@@ -2,7 +2,9 @@
 
 The runtime checks an artifact's features against them before loading it (a missing one would be
 SIGILL), also on a machine with only the TVM runtime (TVM_USE_RUNTIME_LIB=1), where the compiler's
-`targets` package does not import; `targets.x86` builds the host target from the same functions.
+`targets` package does not import; `targets.x86` builds the host target from the same functions. It
+lives at the head of the data flow, as `errors.py` does, so that both import it without one reaching
+into the other.
 """
 
 from __future__ import annotations
