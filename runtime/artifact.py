@@ -72,12 +72,17 @@ def check_destination(dest: str | os.PathLike) -> Path:
         raise CompileError(f"{dest}: the output directory {dest.parent} does not exist")
     if dest.exists() and not (dest / MANIFEST).is_file():
         raise CompileError(f"{dest}: exists and is not an artifact; refusing to overwrite it")
-    try:  # what the artifact is written through (root passes every permission check: ask the file system)
+    check_writable(dest, CompileError)
+    return dest
+
+
+def check_writable(dest: Path, error: type[CompileError]) -> None:
+    """`error` unless a file can be made in `dest`'s folder: tried, since root passes every permission check
+    (os.access) and a read-only mount does not show in the mode bits."""
+    try:
         os.rmdir(tempfile.mkdtemp(prefix=f".{dest.name}.check-", dir=dest.parent))
     except OSError as err:
-        raise CompileError(f"{dest}: cannot write in the output directory {dest.parent} "
-                           f"({err.strerror or err})") from None
-    return dest
+        raise error(f"{dest}: cannot write in the output directory {dest.parent} ({err.strerror or err})") from None
 
 
 def write_artifact(dest: str | os.PathLike, fill: Callable[[Path], dict]) -> Path:

@@ -90,8 +90,9 @@ def writable_file(path: str) -> str:
         raise InputError(f"{path}: the output directory {folder} does not exist")
     if Path(path).is_dir():
         raise InputError(f"{path}: is a directory; give the output file's name")
-    if not os.access(folder, os.W_OK):
-        raise InputError(f"{path}: the output directory {folder} is not writable")
+    from .artifact import check_writable
+
+    check_writable(Path(path), InputError)
     return path
 
 
