@@ -41,7 +41,7 @@ STEP = 64  # bytes of one activation tile row: the reduction depth of one instru
 ROWS = 16  # rows of a tile
 BLOCK_ROWS = 32  # output rows of a block (two activation tiles)
 MIN_ROWS = 16  # fewer rows pad too much: the VNNI kernels stay
-TAPS = "intq.taps"  # a taps block's annotation: [Wq, the flat shift of one input row; the stride]
+TAPS = "intq.taps"  # a taps block's annotation: [Wq (the flat shift of one input row), stride, kh, kw, dh, dw]
 
 # the AMX recipes (lanes, k and the packing as VNNI's; `combine` unused: the block is tensorized whole)
 AMXU = Dot("amxu", 16, 4, "uint8", "int8", 32, None)  # tdpbusd
@@ -76,28 +76,34 @@ def conv_te(xp: te.Tensor, w: te.Tensor, height: int, channels: int, width: int,
     return te.compute((1, channels, height, width), lambda b, o, y, x: acc[y, o, x], name="amx_conv_out")
 
 
-def taps_te(xp: te.Tensor, wt: te.Tensor, stride: int, out: tuple, dot: str) -> te.Tensor:
-    """A spatial conv's int32 sums on tiles: sums[o, y, x] = sum_{i, j, c} W[i, j, o, c] * Xp[i % s, j % s, c / 4,
-    y Wq + x + (i / s) Wq + j / s, c % 4] (Xp [S, S, C/4, Hq * Wq, 4] the padded input split into its stride
-    phases, `taps_input`; W [kh, kw, O, C], O whole tiles, C whole 64-deep steps) for x < X, each output row's
-    Wo in whole tiles (`taps_geometry`: the columns past Wo read the next row and are dropped);
-    out[0, o, y, x] = sums[o, y, x] for o < `out`'s channels, x < Wo."""
+def taps_te(xp: te.Tensor, wt: te.Tensor, stride: int, out: tuple, dot: str, dilation=(1, 1)) -> te.Tensor:
+    """A spatial conv's int32 sums on tiles: sums[o, y, x] = sum_{i, j, c} W[i, j, o, c] * Xp[a % s, b % s, c / 4,
+    y Wq + x + (a / s) Wq + b / s, c % 4] with (a, b) = (i dh, j dw) the tap's offset (Xp [S, S, C/4, Hq * Wq, 4]
+    the padded input split into its stride phases, `taps_input`; W [kh, kw, O, C], O whole tiles, C whole 64-deep
+    steps) for x < X, each output row's Wo in whole tiles (`taps_geometry`: the columns past Wo read the next row
+    and are dropped); out[0, o, y, x] = sums[o, y, x] for o < `out`'s channels, x < Wo."""
     kh, kw, rows, c = (int(d) for d in wt.shape)
     ho, wo, wq, cols, channels = out
     # one axis over the taps (i = t / kw, j = t % kw): a 1 x k kernel's axis of extent 1 would vanish from the block
     rt, rc = te.reduce_axis((0, kh * kw), name="rt"), te.reduce_axis((0, c), name="rc")
     ri, rj = rt // kw, rt % kw
+    a, b = _dilated(ri, dilation[0]), _dilated(rj, dilation[1])
     sums = te.compute((rows, ho, cols), lambda o, y, x: te.sum(wt[ri, rj, o, rc].astype("int32") * xp[
-        ri % stride, rj % stride, rc // 4, y * wq + x + ri // stride * wq + rj // stride, rc % 4].astype("int32"),
-        axis=[rt, rc]), name=f"{dot}_taps", attrs={TAPS: [wq, stride, kh, kw]})
+        a % stride, b % stride, rc // 4, y * wq + x + a // stride * wq + b // stride, rc % 4].astype("int32"),
+        axis=[rt, rc]), name=f"{dot}_taps", attrs={TAPS: [wq, stride, kh, kw, *dilation]})
     return te.compute((1, channels, ho, wo), lambda b, o, y, x: sums[o, y, x], name="amx_taps_out")
 
 
-def taps_geometry(h: int, w: int, kernel: tuple[int, int], stride: int, pads) -> tuple[int, ...]:
+def _dilated(tap, d: int):
+    """A tap's offset in input pixels along one axis (the same expression in the compute and the intrinsic)."""
+    return tap * d if d != 1 else tap
+
+
+def taps_geometry(h: int, w: int, kernel: tuple[int, int], stride: int, pads, dilation=(1, 1)) -> tuple[int, ...]:
     """(Ho, Wo, Wq, X, Hq) of a spatial conv on tiles: its output size; the width of a stride phase of the padded
     input (the flat shift of one row); the columns computed per output row, Wo in whole tiles; the phase rows
-    the last row's reads reach."""
-    (kh, kw), (top, left, bottom, right) = kernel, pads
+    the last row's reads reach. A dilated kernel spans (k - 1) d + 1 pixels."""
+    (kh, kw), (top, left, bottom, right) = [(k - 1) * d + 1 for k, d in zip(kernel, dilation)], pads
     ho, wo = (h + top + bottom - kh) // stride + 1, (w + left + right - kw) // stride + 1
     wq, cols = wo + (kw - 1) // stride, -(-wo // ROWS) * ROWS
     reach = (ho - 1 + (kh - 1) // stride) * wq + cols + (kw - 1) // stride
@@ -261,14 +267,16 @@ def _intrinsic(dot: Dot, rows: int, cols: int, k: int, scope: str):
     return desc, impl
 
 
-def _taps_intrinsic(dot: Dot, rows: int, cols: int, c: int, kernel: tuple[int, int], stride: int, wq: int):
+def _taps_intrinsic(dot: Dot, rows: int, cols: int, c: int, kernel: tuple[int, int], stride: int, wq: int,
+                    dilation=(1, 1)):
     """(description, implementation) of a spatial conv's block (`taps_te`): C[rows, cols] = the sums over
     every tap (i, j) and channel of A[i, j] (the tap's weights [rows, c]) times B at the tap's shift
-    (the packed input phase (i % s, j % s), flat positions shifted by (i / s) Wq + j / s). The output
-    tiles stay in tile registers over all taps and channels."""
-    op, kt, (kh, kw), s = _OPS[dot.name], c // 4, kernel, stride
-    span = cols + (kh - 1) // s * wq + (kw - 1) // s  # flat positions a block reads
-    phases = (min(kh, s), min(kw, s))  # of the input's stride phases, those the taps read (one along a 1-wide axis)
+    (with (a, b) = (i dh, j dw): the packed input phase (a % s, b % s), flat positions shifted by
+    (a / s) Wq + b / s). The output tiles stay in tile registers over all taps and channels."""
+    op, kt, (kh, kw), s, (dh, dw) = _OPS[dot.name], c // 4, kernel, stride, dilation
+    span = cols + (kh - 1) * dh // s * wq + (kw - 1) * dw // s  # flat positions a block reads
+    # of the input's stride phases, those the taps read (one along a 1-wide axis)
+    phases = (min((kh - 1) * dh + 1, s), min((kw - 1) * dw + 1, s))
     two_rows, two_cols = rows == 2 * ROWS, cols == 2 * ROWS
     w = _config_words()
 
@@ -286,12 +294,14 @@ def _taps_intrinsic(dot: Dot, rows: int, cols: int, c: int, kernel: tuple[int, i
                 with T.sblock("update"):
                     vi, vj, vt, vr = T.axis.remap("SSRR", [i, j, t, r])
                     T.reads(C[vi, 0, vj], A[vt // kw, vt % kw, vi, vr],
-                            B[vt // kw % s, vt % kw % s, vr // 4, vj + vt // kw // s * wq + vt % kw // s, vr % 4])
+                            B[_dilated(vt // kw, dh) % s, _dilated(vt % kw, dw) % s, vr // 4,
+                              vj + _dilated(vt // kw, dh) // s * wq + _dilated(vt % kw, dw) // s, vr % 4])
                     T.writes(C[vi, 0, vj])
                     with T.init():
                         C[vi, 0, vj] = 0
                     C[vi, 0, vj] = C[vi, 0, vj] + T.cast(A[vt // kw, vt % kw, vi, vr], "int32") * T.cast(
-                        B[vt // kw % s, vt % kw % s, vr // 4, vj + vt // kw // s * wq + vt % kw // s, vr % 4], "int32")
+                        B[_dilated(vt // kw, dh) % s, _dilated(vt % kw, dw) % s, vr // 4,
+                          vj + _dilated(vt // kw, dh) // s * wq + _dilated(vt % kw, dw) // s, vr % 4], "int32")
 
     @T.prim_func(s_tir=True)
     def impl(a: T.handle, b: T.handle, cc: T.handle) -> None:
@@ -307,8 +317,9 @@ def _taps_intrinsic(dot: Dot, rows: int, cols: int, c: int, kernel: tuple[int, i
             _zero_outputs(two_rows, two_cols)
             for ti, tj, st in T.grid(kh, kw, c // STEP):
                 _step(op, T.address_of(A[ti, tj, 0, st * STEP]), T.address_of(A[ti, tj, 16 % rows, st * STEP]),
-                      T.address_of(B[ti % s, tj % s, st * (STEP // 4), ti // s * wq + tj // s, 0]),
-                      T.address_of(B[ti % s, tj % s, st * (STEP // 4), ti // s * wq + tj // s + 16 % cols, 0]),
+                      T.address_of(B[ti * dh % s, tj * dw % s, st * (STEP // 4), ti * dh // s * wq + tj * dw // s, 0]),
+                      T.address_of(B[ti * dh % s, tj * dw % s, st * (STEP // 4),
+                                     ti * dh // s * wq + tj * dw // s + 16 % cols, 0]),
                       sa, sb2, two_rows, two_cols)
             _store_outputs(T.address_of(C[0, 0, 0]), T.address_of(C[0, 0, 16 % cols]), T.address_of(C[16 % rows, 0, 0]),
                            T.address_of(C[16 % rows, 0, 16 % cols]), sc, two_rows, two_cols)
@@ -325,11 +336,11 @@ def intrinsic_name(dot: Dot, rows: int, cols: int, k: int, scope: str) -> str:
 
 
 def taps_intrinsic_name(dot: Dot, rows: int, cols: int, c: int, kernel: tuple[int, int], stride: int,
-                        wq: int) -> str:
+                        wq: int, dilation=(1, 1)) -> str:
     """Register the spatial conv's block intrinsic for this shape once per process; its name."""
-    name = f"intq_{dot.name}_taps_{rows}x{cols}x{c}_{kernel[0]}x{kernel[1]}s{stride}w{wq}"
+    name = f"intq_{dot.name}_taps_{rows}x{cols}x{c}_{kernel[0]}x{kernel[1]}s{stride}d{dilation[0]}x{dilation[1]}w{wq}"
     if s_tir.TensorIntrin.get(name, allow_missing=True) is None:
-        s_tir.TensorIntrin.register(name, *_taps_intrinsic(dot, rows, cols, c, kernel, stride, wq))
+        s_tir.TensorIntrin.register(name, *_taps_intrinsic(dot, rows, cols, c, kernel, stride, wq, dilation))
     return name
 
 
@@ -396,12 +407,13 @@ def _schedule_taps(sch: s_tir.Schedule, block, dot: Dot) -> None:
     o, y, x, rt, rc = sch.get_loops(block)
     rows, cols, c = int(sch.get(o).extent), int(sch.get(x).extent), int(sch.get(rc).extent)
     block_rows, block_cols = block_shape(rows, cols)
-    wq, stride, *kernel = (int(v) for v in sch.get(block).annotations[TAPS])
+    wq, stride, kh, kw, *dilation = (int(v) for v in sch.get(block).annotations[TAPS])
     oo, oi = sch.split(o, [None, block_rows])
     xo, xi = sch.split(x, [None, block_cols])
     sch.reorder(oo, y, xo, oi, xi, rt, rc)
     _rows_in_parallel(sch, [oo, y], epilogue)
-    sch.tensorize(oi, taps_intrinsic_name(dot, block_rows, block_cols, c, tuple(kernel), stride, wq))
+    sch.tensorize(oi, taps_intrinsic_name(dot, block_rows, block_cols, c, (kh, kw), stride, wq,
+                                          tuple(dilation) or (1, 1)))
 
 
 def _rows_in_parallel(sch: s_tir.Schedule, loops: list, epilogue: list) -> None:

@@ -223,9 +223,10 @@ def conv_lanes_pixels_te(xp: te.Tensor, wt: te.Tensor, h: int, w: int, corr: te.
 
 
 def conv_taps_te(xp: te.Tensor, wt: te.Tensor, stride: int, out: tuple, corr: te.Tensor | None = None,
-                 dot: str = "vnni") -> te.Tensor:
+                 dot: str = "vnni", dilation=(1, 1)) -> te.Tensor:
     """Spatial conv, lanes over pixels, every tap a shifted read of the same repacked input:
-    out[b, o, y, x] = sum_{i, j, c} Xp[b, i%s, j%s, c/kk, (y + i//s) Wq + x + j//s, c%kk] * W[o, i, j, c]
+    out[b, o, y, x] = sum_{i, j, c} Xp[b, a%s, e%s, c/kk, (y + a//s) Wq + x + e//s, c%kk] * W[o, i, j, c]
+    with (a, e) = (i dh, j dw) the tap's offset
     (Xp [S, S, C/kk, Hq * Wq, kk], `taps_input_te`, with a leading batch dim for a batch: the padded
     input split into its stride phases, each phase's rows flat; W [O, kh, kw, C]). `out` is
     (Ho, Wo, Wq, R, L) (`taps_geometry`): the sums run over groups of R output rows as one flat run of L
@@ -237,7 +238,8 @@ def conv_taps_te(xp: te.Tensor, wt: te.Tensor, stride: int, out: tuple, corr: te
     ri, rj, rc = (te.reduce_axis((0, n), name=name) for n, name in ((kh, "ri"), (kw, "rj"), (c, "c")))
 
     def tap(b, g, x):
-        at = (ri % stride, rj % stride, rc // kk, g * (rows * wq) + x + (ri // stride) * wq + rj // stride, rc % kk)
+        a, e = (r * d if d != 1 else r for r, d in ((ri, dilation[0]), (rj, dilation[1])))
+        at = (a % stride, e % stride, rc // kk, g * (rows * wq) + x + (a // stride) * wq + e // stride, rc % kk)
         return xp[(b, *at)] if batched else xp[at]
 
     flat = _corrected(te.compute((_batch(xp, 6), o, -(-ho // rows), run), lambda b, j, g, x: te.sum(

@@ -145,12 +145,12 @@ class _Rewriter(PyExprMutator):
         return vnni.prepare_activation(self.builder_, x, dot)
 
     def _kernel(self, compute, dot: Dot, x: relax.Expr, activations: relax.Expr, weights: np.ndarray,
-                w_sum: np.ndarray | None, *shape_args) -> relax.Expr:
+                w_sum: np.ndarray | None, *shape_args, **te_args) -> relax.Expr:
         """call_te of `compute`, with the +128 correction for shifted int8 activations."""
         args = [self.builder_.emit(activations), relax.const(weights), *shape_args]
         if dot.shift and str(x.ty.dtype) != "uint8":
             args.append(relax.const((128 * w_sum).astype("int32")))
-        return self.builder_.call_te(compute, *args, dot=dot.name,
+        return self.builder_.call_te(compute, *args, dot=dot.name, **te_args,
                                      primfunc_name_hint=f"{dot.name}_{compute.__name__.removesuffix('_te')}")
 
     def _matmul(self, call: relax.Call):
@@ -226,7 +226,7 @@ class _Rewriter(PyExprMutator):
         w_np, x_shape, a = _const(w), _shape(x), call.attrs
         if (w_np is None or x_shape is None or len(x_shape) != 4
                 or w_np.dtype != np.int8 or a.data_layout != "NCHW" or a.kernel_layout != "OIHW"
-                or a.out_layout != "NCHW" or int(a.groups) != 1 or any(int(d) != 1 for d in a.dilation)):
+                or a.out_layout != "NCHW" or int(a.groups) != 1):
             return None
         if (list(w_np.shape[2:]) != [1, 1] or any(int(s) != 1 for s in a.strides)
                 or any(int(p) != 0 for p in a.padding)):
@@ -357,22 +357,25 @@ class _Rewriter(PyExprMutator):
         return xt, np.concatenate([order, w2[:, taps:]], axis=1)
 
     def _conv_taps(self, x: relax.Expr, w_np: np.ndarray, x_shape: list, a) -> relax.Expr | None:
-        """A spatial conv (stride 1 or 2) as one kernel summing its taps over the packed input."""
-        strides = {int(s) for s in a.strides}
-        if len(strides) != 1 or not strides <= {1, 2}:
+        """A spatial conv (stride 1 or 2; dilated: stride 1) as one kernel summing its taps over the packed input:
+        tap (i, j) reads it shifted by (i dh) Wq + j dw (a dilated conv's patches were kh kw copies of the input)."""
+        strides, dilation = {int(s) for s in a.strides}, tuple(int(d) for d in a.dilation)
+        if len(strides) != 1 or not strides <= ({1, 2} if dilation == (1, 1) else {1}):
             return None
         stride, pads = strides.pop(), tuple(int(p) for p in a.padding)
         n, c, h, wd = x_shape
         o, _, kh, kw = w_np.shape
+        span_h, span_w = (kh - 1) * dilation[0] + 1, (kw - 1) * dilation[1] + 1  # the pixels a dilated kernel spans
         if self.family.tiles and isinstance(n, int) and n == 1:
-            tiled = functools.partial(self._tile_taps, w_np=w_np, x_shape=x_shape, stride=stride, pads=pads)
+            tiled = functools.partial(self._tile_taps, w_np=w_np, x_shape=x_shape, stride=stride, pads=pads,
+                                      dilation=dilation)
             tiled = self._byte_planes(x, tiled) if str(x.ty.dtype) == "int16" else tiled(x)
             if tiled is not None:
                 return tiled
         for dot in self.family.recipes(str(x.ty.dtype)):
             steps = -(-c // dot.k) * dot.k
             wt = np.pad(w_np, [(0, 0), (0, steps - c), (0, 0), (0, 0)]).transpose(0, 2, 3, 1)
-            ho, wo, wq, rows, run, hq = vnni.taps_geometry(h, wd, kh, kw, stride, pads, dot, o)
+            ho, wo, wq, rows, run, hq = vnni.taps_geometry(h, wd, span_h, span_w, stride, pads, dot, o)
             if vnni.taps_tile(o, run, dot) is not None and (dot is not MADDUBS or maddubs_safe(wt.reshape(o, -1), U8_MAX)):
                 break
         else:
@@ -386,9 +389,9 @@ class _Rewriter(PyExprMutator):
             xp = self.builder_.call_te(vnni.taps_input_te, x, pads, stride, hq, wq, dot.name,
                                        primfunc_name_hint=f"{dot.name}_taps_input")
         return self._kernel(vnni.conv_taps_te, dot, x, xp, np.ascontiguousarray(wt.astype(dot.w_dtype)),
-                            w_np.astype(np.int64).sum((1, 2, 3)), stride, (ho, wo, wq, rows, run))
+                            w_np.astype(np.int64).sum((1, 2, 3)), stride, (ho, wo, wq, rows, run), dilation=dilation)
 
-    def _tile_taps(self, x: relax.Expr, w_np: np.ndarray, x_shape: list, stride: int, pads: tuple):
+    def _tile_taps(self, x: relax.Expr, w_np: np.ndarray, x_shape: list, stride: int, pads: tuple, dilation: tuple):
         """A batch-1 spatial conv (stride 1 or 2) on AMX tiles (`amx.taps_te`): each tap's weights [O, C] the
         left tile, the packed input at the tap's shift the right one, the output tiles kept over all taps and
         channels. None where the tiles do not pay: fewer than 16 output channels, channels not whole 64-deep
@@ -397,7 +400,7 @@ class _Rewriter(PyExprMutator):
         steps = -(-c // amx.STEP) * amx.STEP  # channels zero-padded to whole 64-deep steps
         if dot is None or steps > TILE_TAPS_PADDING * c or o < amx.MIN_ROWS or kh * kw == 1:
             return None
-        ho, wo, wq, cols, hq = amx.taps_geometry(h, wd, (kh, kw), stride, pads)
+        ho, wo, wq, cols, hq = amx.taps_geometry(h, wd, (kh, kw), stride, pads, dilation)
         if wo <= PATCHES_UP_TO[16]:
             return None
         xp = taps_input.packed_input(self.builder_, x, pads[:2], stride, hq, wq, 4, dot.a_dtype, steps // 4)
@@ -406,7 +409,7 @@ class _Rewriter(PyExprMutator):
         rows = -(-o // amx.ROWS) * amx.ROWS
         wt = np.pad(w_np, [(0, rows - o), (0, steps - c), (0, 0), (0, 0)]).transpose(2, 3, 0, 1)
         return self.builder_.call_te(amx.taps_te, self.builder_.emit(xp), relax.const(np.ascontiguousarray(wt)),
-                                     stride, (ho, wo, wq, cols, o), dot=dot.name,
+                                     stride, (ho, wo, wq, cols, o), dot=dot.name, dilation=dilation,
                                      primfunc_name_hint=f"{dot.name}_taps")
 
 

@@ -184,20 +184,22 @@ def test_shapes_that_do_not_pay_keep_the_vnni_kernels(shape, tmp_path):
 
 
 class _Spatial(_Pointwise):
-    def __init__(self, strides, padding):
-        self.strides, self.padding = strides, padding
+    def __init__(self, strides, padding, dilation=(1, 1)):
+        self.strides, self.padding, self.dilation = strides, padding, dilation
 
 
-@pytest.mark.parametrize("x_dtype,c,o,hw,kernel,stride,pads,instruction", [
-    ("uint8", 64, 64, (56, 56), (3, 3), 1, (1, 1, 1, 1), "tdpbsud"),  # ResNet's 56x56 stage: 32 x 32 blocks
-    ("int8", 128, 40, (28, 30), (3, 3), 1, (1, 1, 1, 1), "tdpbssd"),  # 40 channels: 16-row blocks, 48 sliced back
-    ("uint8", 32, 64, (40, 41), (3, 3), 2, (1, 1, 1, 1), "tdpbsud"),  # stride 2 over phases; 32 channels padded to 64
-    ("int8", 96, 32, (20, 36), (5, 5), 1, (2, 1, 2, 3), "tdpbssd"),  # 5x5, uneven pads, 96 channels padded to 128
-    ("uint8", 64, 16, (24, 40), (1, 7), 1, (0, 3, 0, 3), "tdpbsud"),  # a 1x7 tap row (Inception's factorised convs)
-    ("int8", 64, 32, (33, 40), (7, 1), 2, (3, 0, 3, 0), "tdpbssd"),  # 7x1 at stride 2, odd height
-    ("int16", 32, 48, (30, 36), (3, 3), 1, (1, 1, 1, 1), "tdpbsud"),  # 16 bits: two byte planes, 256 hi + lo
+@pytest.mark.parametrize("x_dtype,c,o,hw,kernel,stride,pads,instruction,dilation", [
+    ("uint8", 64, 64, (56, 56), (3, 3), 1, (1, 1, 1, 1), "tdpbsud", (1, 1)),  # ResNet's 56x56 stage: 32x32 blocks
+    ("int8", 128, 40, (28, 30), (3, 3), 1, (1, 1, 1, 1), "tdpbssd", (1, 1)),  # 40 channels: 16-row blocks, 48 sliced
+    ("uint8", 32, 64, (40, 41), (3, 3), 2, (1, 1, 1, 1), "tdpbsud", (1, 1)),  # stride 2 over phases; 32 channels as 64
+    ("int8", 96, 32, (20, 36), (5, 5), 1, (2, 1, 2, 3), "tdpbssd", (1, 1)),  # 5x5, uneven pads, 96 channels as 128
+    ("uint8", 64, 16, (24, 40), (1, 7), 1, (0, 3, 0, 3), "tdpbsud", (1, 1)),  # a 1x7 tap row (Inception's)
+    ("int8", 64, 32, (33, 40), (7, 1), 2, (3, 0, 3, 0), "tdpbssd", (1, 1)),  # 7x1 at stride 2, odd height
+    ("int16", 32, 48, (30, 36), (3, 3), 1, (1, 1, 1, 1), "tdpbsud", (1, 1)),  # 16 bits: two byte planes, 256 hi + lo
+    ("uint8", 64, 128, (40, 44), (3, 3), 1, (6, 6, 6, 6), "tdpbsud", (6, 6)),  # dilated (CRAFT's refiner: 6 to 24)
+    ("int8", 64, 32, (12, 80), (1, 3), 1, (0, 8, 0, 8), "tdpbssd", (1, 8)),  # a 1-D dilated conv (a TCN's)
 ])
-def test_spatial_conv_with_epilogue_is_exact(x_dtype, c, o, hw, kernel, stride, pads, instruction, tmp_path):
+def test_spatial_conv_with_epilogue_is_exact(x_dtype, c, o, hw, kernel, stride, pads, instruction, dilation, tmp_path):
     """Spatial convs on the tiles (`amx.taps_te`): every tap's weights the left tile, the packed input at the
     tap's shift the right one, the output tiles kept over all taps and channels, the requantization after;
     equal to the reference bit for bit, at 1 and 2 threads. (3x3 64 -> 64 at 56x56, 1 thread, AMX Xeon: 0.84
@@ -206,8 +208,8 @@ def test_spatial_conv_with_epilogue_is_exact(x_dtype, c, o, hw, kernel, stride, 
     x, wt = _operand(x_dtype, (1, c, *hw)), _operand("int8", (o, c, *kernel))
     mult, shift = ref.dyadic(rng.uniform(1e-5, 1e-3, o))
     m4, s4 = emit.channel_shape(mult, 4, 1), emit.channel_shape(shift, 4, 1)
-    attrs = _Spatial((stride, stride), pads)
-    want = ref.requantize(ref.conv2d_acc(x, wt, (stride, stride), pads), m4, s4, -128, 127, "int8")
+    attrs = _Spatial((stride, stride), pads, dilation)
+    want = ref.requantize(ref.conv2d_acc(x, wt, (stride, stride), pads, dilation), m4, s4, -128, 127, "int8")
     run, functions = _build(lambda a: emit.requantize(emit.conv2d_acc(a, wt, attrs), m4, s4, -128, 127, "int8"),
                             [x], tmp_path)
     tiled = [text for name, text in functions.items() if "_taps" in name and "amxc" in name]

@@ -37,17 +37,22 @@ CASES = [
     (1, 8, 12, 12, 16, 1, 2, (0, 0, 0, 0), "int8"),      # a strided pointwise conv
     (1, 32, 7, 7, 64, (3, 1), 1, (1, 0, 1, 0), "uint8"),  # a rectangular kernel
     (3, 16, 10, 10, 16, 3, 1, (1, 1, 1, 1), "int8"),     # a batch
+    # dilated (taps shifted by i dh Wq + j dw; they were patches, kh kw copies of the input)
+    (1, 16, 20, 22, 32, 3, 1, (2, 2, 2, 2), "int8", (2, 2)),
+    (1, 24, 18, 30, 16, 3, 1, (6, 3, 6, 3), "uint8", (6, 3)),  # unequal dilations (CRAFT's refiner: 6 to 24)
+    (1, 16, 1, 60, 16, (1, 3), 1, (0, 8, 0, 8), "int8", (1, 8)),  # a 1-D dilated conv (a TCN's)
+    (2, 16, 12, 12, 16, 3, 1, (3, 3, 3, 3), "int8", (3, 3)),  # a batch
 ]
 
 
-def _case(b, c, h, w, o, k, s, pads, dtype):
+def _case(b, c, h, w, o, k, s, pads, dtype, dilation=(1, 1)):
     kh, kw = (k, k) if isinstance(k, int) else k
     lo, hi = ref.kernels.INT_RANGE[dtype]
     x = rng.integers(lo, hi + 1, (b, c, h, w)).astype(dtype)
     x.flat[:2] = lo, hi
     wt = rng.integers(-128, 128, (o, c, kh, kw)).astype(np.int8)
     wt.flat[:2] = -128, 127
-    return x, wt, _Attrs((s, s), pads), ref.conv2d_acc(x, wt, (s, s), pads)
+    return x, wt, _Attrs((s, s), pads, dilation), ref.conv2d_acc(x, wt, (s, s), pads, dilation)
 
 
 def _compile(x, wt, attrs, cpu, tmp_path):
@@ -69,7 +74,8 @@ def _kernels(lib) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("cpu", list(FLEETS))
-@pytest.mark.parametrize("case", CASES, ids=lambda c: f"b{c[0]}c{c[1]}_{c[2]}x{c[3]}o{c[4]}k{c[5]}s{c[6]}_{c[8]}")
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"b{c[0]}c{c[1]}_{c[2]}x{c[3]}o{c[4]}k{c[5]}s{c[6]}_{c[8]}"
+                         + (f"_d{c[9][0]}x{c[9][1]}" if len(c) > 9 else ""))
 def test_spatial_conv_bit_exact(case, cpu, tmp_path, monkeypatch):
     import tvm
     from tvm import relax
@@ -90,7 +96,7 @@ def test_spatial_conv_bit_exact(case, cpu, tmp_path, monkeypatch):
 
 
 def test_dilated_conv_as_patches_bit_exact(tmp_path):
-    """A dilated conv (no taps kernel) goes through its patches: still exact."""
+    """A dilated conv over rows too narrow for the taps kernel (`PATCHES_UP_TO`) goes through its patches: exact."""
     import tvm
     from tvm import relax
 
