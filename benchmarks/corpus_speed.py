@@ -90,7 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     print(HEADER, flush=True)
     with tempfile.TemporaryDirectory(prefix="intq-corpus-speed-") as tmp:
         for name in args.models or list(known):
-            rows.append(measure(known[name], Path(tmp), args.rounds))
+            try:
+                rows.append(measure(known[name], Path(tmp), args.rounds))
+            except Exception as err:  # one model's failure is a row of the table, not the end of the run
+                rows.append(f"| {name} | fails: {type(err).__name__}: {str(err).strip().splitlines()[-1][:120]} |"
+                            + " - |" * 6)
             print(rows[-1], flush=True)
     if args.results:
         args.results.write_text("\n".join(rows) + "\n")

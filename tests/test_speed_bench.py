@@ -45,6 +45,23 @@ def test_corpus_speed_takes_each_calls_fastest_interleaved_run():
         main(["--models", "no-such-model"])
 
 
+def test_corpus_speed_keeps_going_past_a_model_that_fails(tmp_path, monkeypatch):
+    """A model that fails (its download, compile or run) is a row saying why; the models after it are measured."""
+    from benchmarks import corpus_speed
+
+    def measure(model, workdir, rounds):
+        if model.name == "mtcnn-pnet":
+            raise RuntimeError("first line\nno such file")
+        return f"| {model.name} | measured |"
+
+    monkeypatch.setattr(corpus_speed, "measure", measure)
+    out = tmp_path / "speed.md"
+    assert corpus_speed.main(["--models", "mtcnn-pnet", "mtcnn-rnet", "--results", str(out)]) == 0
+    rows = out.read_text().splitlines()[2:]
+    assert rows[0].startswith("| mtcnn-pnet | fails: RuntimeError: no such file |") and rows[0].count("|") == 9
+    assert rows[1] == "| mtcnn-rnet | measured |"
+
+
 @pytest.mark.slow
 def test_corpus_speed_row_of_a_small_model(tmp_path):
     """One real corpus model through the whole benchmark: compiled, onnxruntime int8 made, a row written."""
