@@ -527,6 +527,36 @@ def test_transposing_elementwise_kernel_walks_its_input_in_order():
     np.testing.assert_array_equal(got.numpy(), np.clip((want * mm + 64) >> 7, -128, 127).astype(np.int8))
 
 
+def test_transposing_elementwise_kernel_over_a_prime_axis_has_no_predicated_vector():
+    """openWakeWord's power spectrum: the STFT's sums [1, 257, 1, 97] requantized per frequency, squared and
+    transposed to [97, 257]. Walked in the input's order, the 97 frames are 6 vectors of 16 and one frame as a
+    vector of its own: a 16-lane loop with a predicate for the 97th frame loaded every operand, the per-frequency
+    constants too, by masked gathers (the kernel 0.17 -> ~0.01 ms, the model 0.35 -> 0.17 ms on the AMX
+    Xeon, onnxruntime int8 0.19). The values are those of NumPy."""
+    import tvm
+    from tvm import te
+
+    from targets.cpu_schedules import _schedule_chunked
+
+    c, w = 24, 97
+    acc = te.placeholder((1, c, 1, w), "int32", name="acc")
+    m = te.placeholder((c,), "int64", name="m")
+    clipped = te.compute((1, c, 1, w), lambda a, ch, b, x: tvm.tirx.min(acc[a, ch, b, x], 1 << 14), name="T_clip")
+    t = te.compute((1, 1, w, c), lambda a, b, x, ch: clipped[a, ch, b, x], name="T_transpose")
+    out = te.compute((1, 1, w, c), lambda a, b, x, ch: tvm.tirx.max(tvm.tirx.min(
+        (t[a, b, x, ch].astype("int64") * t[a, b, x, ch].astype("int64") * m[ch] + 64) >> 20, 32767), -32768
+    ).astype("int16"), name="requant")
+    sch = _schedule_chunked(te.create_prim_func([acc, m, out]))
+    script = sch.mod.script()
+    assert "T.vectorized(" in script and "T.where" not in script, script
+    a = rng.integers(-(2**14), 2**14, (1, c, 1, w)).astype(np.int32)
+    mm = rng.integers(1, 9, c).astype(np.int64)
+    got = tvm.runtime.tensor(np.zeros((1, 1, w, c), np.int16))
+    tvm.compile(sch.mod, target="llvm")(tvm.runtime.tensor(a), tvm.runtime.tensor(mm), got)
+    want = a.transpose(0, 2, 3, 1).astype(np.int64)
+    np.testing.assert_array_equal(got.numpy(), np.clip((want * want * mm + 64) >> 20, -32768, 32767).astype(np.int16))
+
+
 def test_a_failing_schedule_costs_its_kernel_speed_not_the_compile(monkeypatch):
     """A schedule that fails in a way it did not foresee (an IndexError, TVM's InternalError from inside a
     primitive: openWakeWord's log-mel front end, OWL-ViT) leaves that kernel to TVM's default loops, with
