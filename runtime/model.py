@@ -77,8 +77,8 @@ class Model:
         if remote is None and arch != platform.machine():
             raise ArtifactError(f"{self.path}: built for {arch} ({self.manifest['target']['name']}); this machine "
                                 f"is {platform.machine()}. Run it on a {arch} board (or through RPC: --rpc).")
-        if remote is None and arch == "x86_64":
-            _check_cpu_features(self.path, self.manifest["target"].get("features", []))
+        if remote is None:
+            _check_cpu_features(self.path, self.manifest["target"])
         import tvm
         from tvm.runtime.vm import VirtualMachine  # runtime-only: works without the compiler
 
@@ -912,10 +912,21 @@ def example_shape(spec: dict, batch: int = 1, sizes: dict[str, int] | None = Non
             for i, d in enumerate(spec["shape"])]
 
 
-def _check_cpu_features(path: Path, features: list[str]) -> None:
-    """Refuse an x86 artifact whose instructions this CPU lacks (it would die with SIGILL)."""
-    from frontends.host_cpu import enable_amx, missing_features
+def _check_cpu_features(path: Path, target: dict) -> None:
+    """Refuse an artifact whose instructions this CPU lacks (it would die with SIGILL): x86's from
+    /proc/cpuinfo, ARM's from the capabilities Linux reports (an `arm` build's dot product on a
+    Raspberry Pi 4's Cortex-A72)."""
+    from frontends.host_cpu import enable_amx, missing_features, missing_hwcaps
 
+    features = target.get("features", [])
+    if target["arch"] != "x86_64":
+        missing = missing_hwcaps(features, target["arch"])
+        if missing:
+            raise ArtifactError(f"{path}: built for CPU features {' '.join(features)} ({target['name']}); this CPU "
+                                f"lacks {' '.join(missing)}, and would die on its first such instruction (SIGILL). "
+                                "Recompile for this board's target (the README's board table: a Raspberry Pi 4 "
+                                "takes raspberry-pi/4b-aarch64, not arm).")
+        return
     missing = missing_features(features)
     if missing:
         raise ArtifactError(f"{path}: built for CPU features {' '.join(features)}; this CPU lacks "
@@ -957,6 +968,8 @@ class PlanModel(Model):
         if not launcher and arch != platform.machine():
             raise ArtifactError(f"{self.path}: built for {arch} ({self.manifest['target']['name']}); this machine "
                                 f"is {platform.machine()}. Copy the artifact to a {arch} board and run it there.")
+        if not launcher:  # on the board itself (an emulator's CPU is the launcher's to choose)
+            _check_cpu_features(self.path, self.manifest["target"])
         self.buckets = Buckets.from_manifest(self.manifest)
         self.batch_workers, self.batch_in_one_call = 1, False
         self._rpc_lock = None
@@ -970,11 +983,12 @@ class PlanModel(Model):
         return run_plan(self.path, qinputs, self.launcher, manifest=self.manifest)
 
     def time(self, qinputs: list[np.ndarray], repeat: int = 50, warmup: int = 3) -> np.ndarray:
-        """Latencies in ms of `repeat` runs of the first sample, timed by the executor around its kernel calls."""
+        """Latencies in ms of `repeat` runs of the inputs (a batch: every sample, one after the other, as `run`
+        runs them), timed by the executor around its kernel calls. (It timed the first sample alone, and
+        `runtime.bench --batch 8` reported 8 times the throughput the board has.)"""
         from .plan import run_plan
 
-        return run_plan(self.path, [q[:1] if q.ndim else q for q in qinputs], self.launcher, manifest=self.manifest,
-                        timed=(repeat, warmup))[1]
+        return run_plan(self.path, qinputs, self.launcher, manifest=self.manifest, timed=(repeat, warmup))[1]
 
     def kernel_times(self, qinputs: list[np.ndarray], repeat: int = 20) -> dict[str, tuple[float, float]]:
         raise InputError("kernel times are measured by TVM's virtual machine; this artifact runs in its plan executor")
