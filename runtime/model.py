@@ -530,7 +530,7 @@ class Model:
         """Latencies in ms of `repeat` runs, timed on the device itself (locally or on the board);
         a batch that runs in slices side by side is timed around the whole `run_integer`."""
         if len(self._slices(qinputs)) > 1:
-            return wall_times(lambda: self._run_integer(qinputs), repeat, warmup)
+            return wall_times(lambda: self._run_integer(qinputs, False), repeat, warmup)
         size, _, qinputs = self._bucket(qinputs)
         vm = self._vm(self._library(size, qinputs))
         args = [self._device_tensor(q) for q in qinputs]

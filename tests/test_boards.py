@@ -160,3 +160,17 @@ def test_plan_bench_times_the_whole_batch(small_calib, tmp_path):
     board = runtime.load(artifact, launcher=runtime.plan.emulator(runtime.artifact.read_manifest(artifact)))
     one, eight = (benchmark(board, repeat=15, batch=b)["p50_ms"] for b in (1, 8))
     assert eight > 4 * one, (one, eight)  # 8 samples one after the other: about 8x
+
+
+def test_bench_of_a_free_batch_runs(small_calib, tmp_path, capsys):
+    """`runtime.bench --batch 2` of an artifact with a free batch (x86, and the aarch64 board under qemu) died
+    with a TypeError traceback (exit 1): `Model.time` called `_run_integer` without its new `copy` argument."""
+    from conftest import small_cnn
+    from frontends.onnx_import import FreeDim
+    from runtime.bench import main as bench_main
+
+    path = small_cnn(tmp_path / "dyn.onnx", dynamic_batch=True)
+    artifact = runtime.compile_model(path, "x86", tmp_path / "b.artifact", calib=small_calib, progress=False,
+                                     input_shapes={"x": (FreeDim("n", 1, 8), 3, 16, 16)})
+    assert bench_main([str(artifact), "--batch", "2", "--repeat", "3", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["batch"] == 2
