@@ -447,11 +447,20 @@ class Model:
             self._local.threads = threads
         with _ENVIRONMENT.read():
             result = self._main(self._library(size, qinputs))(*[self._device_tensor(q) for q in qinputs])
-            results = [result] if len(self.outputs) == 1 else list(result)
+            results = [result] if len(self.outputs) == 1 else self._fields(result)
             # a copy: an output may be memory the VM keeps (a constant it returns)
             if not self._shared:
                 return [r.numpy() for r in results]
             return [np.from_dlpack(r).copy() for r in results] if copy else [np.from_dlpack(r) for r in results]
+
+    def _fields(self, result) -> list:
+        """The outputs of a model with several: over RPC the VM's tuple stays on the board (an RPCObjectRef,
+        which is not iterable: every multi-output model failed with a TypeError there), and its items are
+        fetched by the board's own array functions."""
+        if self.remote is None:
+            return list(result)
+        size, item = (self.remote.get_function(f"ffi.Array{name}") for name in ("Size", "GetItem"))
+        return [item(result, i) for i in range(size(result))]
 
     def _library(self, size, qinputs: list[np.ndarray]) -> tuple:
         """The key of the library that runs `qinputs` in bucket `size`: the batch-1 library where the
