@@ -16,7 +16,7 @@ import threading
 import time
 import warnings
 import weakref
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Callable
@@ -422,9 +422,27 @@ class Model:
         """`run_integer`; without `copy`, outputs may be views of the memory the VM returned (read them before
         the next call)."""
         if self._rpc_lock is not None:
-            with self._rpc_lock:
+            with self._rpc_lock, self._board_alive():
                 return self._run_integer(qinputs, copy)
         return self._run_integer(qinputs, copy)
+
+    @contextmanager
+    def _board_alive(self):
+        """Over RPC, the board's server dying in a run (an `arm` artifact's dot product on a Raspberry Pi 4:
+        SIGILL) reached the caller as TVM's `InternalError: Check failed: (code == RPCCode::kReturn) is false:
+        code=kShutdown`, a traceback from the CLI: an ArtifactError says what it means."""
+        try:
+            yield
+        except Exception as err:
+            if "kShutdown" not in str(err):
+                raise
+            target = self.manifest["target"]
+            raise ArtifactError(
+                f"{self.path}: the board's RPC server died during the run (the session was shut down). The usual "
+                f"cause is an instruction its CPU lacks (SIGILL): this artifact was built for {target['name']} "
+                f"({' '.join(target.get('features', [])) or 'no extra features'}); a Raspberry Pi 4 (Cortex-A72, no "
+                "dot product) takes --target raspberry-pi/4b-aarch64. `runtime.load` on the board itself names "
+                "what its CPU lacks.") from None
 
     def _run_integer(self, qinputs: list[np.ndarray], copy: bool) -> list[np.ndarray]:
         size, length, qinputs = self._bucket(qinputs)
@@ -541,12 +559,13 @@ class Model:
         if len(self._slices(qinputs)) > 1:
             return wall_times(lambda: self._run_integer(qinputs, False), repeat, warmup)
         size, _, qinputs = self._bucket(qinputs)
-        vm = self._vm(self._library(size, qinputs))
-        args = [self._device_tensor(q) for q in qinputs]
-        for _ in range(warmup):
-            vm["main"](*args)
-        timer = vm.time_evaluator("main", self._dev, number=1, repeat=repeat)
-        return np.asarray(timer(*args).results) * 1e3
+        with self._board_alive() if self.remote is not None else nullcontext():
+            vm = self._vm(self._library(size, qinputs))
+            args = [self._device_tensor(q) for q in qinputs]
+            for _ in range(warmup):
+                vm["main"](*args)
+            timer = vm.time_evaluator("main", self._dev, number=1, repeat=repeat)
+            return np.asarray(timer(*args).results) * 1e3
 
     def kernel_times(self, qinputs: list[np.ndarray], repeat: int = 20) -> dict[str, tuple[float, float]]:
         """{kernel: (ms per run, calls per run)} over `repeat` runs on this machine, the slowest

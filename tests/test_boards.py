@@ -240,3 +240,23 @@ def test_model_with_several_outputs_runs_over_rpc(tmp_path, rpc_server):
     got, want = board.run(x), local.run(x)
     assert list(got) == ["scores", "boxes"] and all(np.array_equal(got[k], want[k]) for k in want)
     assert board.time(board.quantize_inputs(x), repeat=2, warmup=0).shape == (2,)
+
+
+@pytest.mark.slow
+def test_board_rpc_server_dying_in_a_run_is_named(board_artifacts):
+    """`--rpc` to a Raspberry Pi 4 with an `arm` artifact: the board's server dies (SIGILL on sdot), and the
+    workstation got `InternalError: Check failed: (code == RPCCode::kReturn) is false: code=kShutdown` (a
+    traceback and exit 1 from runtime.bench); now an ArtifactError that says what it likely means."""
+    _needs("qemu-aarch64")
+    import socket
+
+    from benchmarks.emulation import Aarch64Emulator
+    from runtime.remote import connect
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with Aarch64Emulator("cortex-a72").rpc_server(port) as address:
+        board = runtime.load(board_artifacts("arm"), remote=connect(address))
+        with pytest.raises(ArtifactError, match=r"RPC server died during the run.*\+dotprod.*raspberry-pi/4b-aarch64"):
+            board.run({"x": _x()})
