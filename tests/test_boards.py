@@ -260,3 +260,19 @@ def test_board_rpc_server_dying_in_a_run_is_named(board_artifacts):
         board = runtime.load(board_artifacts("arm"), remote=connect(address))
         with pytest.raises(ArtifactError, match=r"RPC server died during the run.*\+dotprod.*raspberry-pi/4b-aarch64"):
             board.run({"x": _x()})
+
+
+def test_licheepi3a_artifact_under_qemu_runs_or_blames_the_emulator(board_artifacts, small_artifact):
+    """The tag's own build (SpacemiT X60) uses Zicond's czero.eqz, which Debian 12's qemu 7.2 does not
+    implement: `--emulate` died with "this CPU lacks an instruction set the artifact was built for", as if the
+    artifact were wrong for the board. Under a qemu that has Zicond it must equal x86; under one without, the
+    error says that the emulator is the CPU lacking it."""
+    _needs("qemu-riscv64")
+    artifact = board_artifacts("riscv/licheepi3a")
+    board = runtime.load(artifact, launcher=runtime.plan.emulator(runtime.artifact.read_manifest(artifact)))
+    try:
+        y = board.run({"x": _x()})["y"]
+    except ArtifactError as err:
+        assert "SIGILL" in str(err) and "Under qemu-riscv64 -cpu rv64,v=true,vlen=256" in str(err), err
+    else:
+        np.testing.assert_array_equal(y, runtime.load(small_artifact).run({"x": _x()})["y"])
