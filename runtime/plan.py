@@ -17,6 +17,7 @@ ABI), a plan listing every buffer and every kernel call in order, and the consta
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -201,6 +202,10 @@ def run_plan(artifact, qinputs: list[np.ndarray], launcher: tuple[str, ...] = ()
         qinputs = buckets.pad(qinputs, size)
         if size != buckets.sizes[-1]:
             folder = artifact / plan_folder(buckets.dim, size)
+    executable = artifact / FILES["executor"]
+    if not os.access(executable, os.X_OK):  # it ran as "exit code 1" and nothing more under qemu
+        raise ArtifactError(f"{executable}: not executable: the copy dropped its mode bits (a FAT stick, an archive "
+                            f"or copy that keeps no permissions); chmod +x '{executable}'")
     buffers, inputs, outputs = _read_plan(folder / FILES["plan"])
     with tempfile.TemporaryDirectory() as tmp:
         ins, batches = [], set()

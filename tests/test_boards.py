@@ -276,3 +276,26 @@ def test_licheepi3a_artifact_under_qemu_runs_or_blames_the_emulator(board_artifa
         assert "SIGILL" in str(err) and "Under qemu-riscv64 -cpu rv64,v=true,vlen=256" in str(err), err
     else:
         np.testing.assert_array_equal(y, runtime.load(small_artifact).run({"x": _x()})["y"])
+
+
+# --- artifacts copied to the board ---
+
+def test_plan_files_are_hash_checked_and_the_executor_mode_named(board_artifacts, small_artifact, tmp_path):
+    """An armv7 / riscv64 artifact's plan (weights.bin, kernels.so, plan.txt, intq_exec) had no hash in the
+    manifest: a copy that changed a weight ran with it, silently (the Relax VM library is checked); and a copy
+    that dropped the executor's mode bits failed as "its executor failed with exit code 1:" under qemu."""
+    _needs("qemu-riscv64")
+    copy = tmp_path / "copied as another name"
+    shutil.copytree(board_artifacts("riscv"), copy)
+    launcher = runtime.plan.emulator(runtime.artifact.read_manifest(copy))
+    want = runtime.load(small_artifact).run({"x": _x()})["y"]
+    np.testing.assert_array_equal(runtime.load(copy, launcher=launcher).run({"x": _x()})["y"], want)
+    (copy / "intq_exec").chmod(0o644)
+    with pytest.raises(ArtifactError, match=r"intq_exec: not executable.*chmod \+x"):
+        runtime.load(copy, launcher=launcher).run({"x": _x()})
+    (copy / "intq_exec").chmod(0o755)
+    weights = bytearray((copy / "weights.bin").read_bytes())
+    weights[70] ^= 0x10
+    (copy / "weights.bin").write_bytes(bytes(weights))
+    with pytest.raises(ArtifactError, match=r"weights.bin: sha256 does not match the manifest"):
+        runtime.load(copy, launcher=launcher)
