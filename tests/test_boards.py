@@ -70,6 +70,23 @@ def test_arm_artifact_on_a_cpu_without_dot_product_is_refused_at_load(board_arti
         runtime.load(artifact)
 
 
+def test_arm32_plan_artifact_checks_the_board_too(board_artifacts, monkeypatch):
+    """On an armv7 board (no launcher: the board runs the executor itself) the plan artifact's NEON / VFPv4 are
+    checked the same way; under an emulator its CPU is the launcher's to choose, and nothing is checked here."""
+    import platform
+
+    import frontends.host_cpu
+    from frontends.host_cpu import AT_HWCAP, AT_HWCAP2
+
+    artifact = board_artifacts("arm32")
+    monkeypatch.setattr(platform, "machine", lambda: "armv7l")
+    monkeypatch.setattr(frontends.host_cpu, "hwcaps", lambda: {AT_HWCAP: 1 << 12, AT_HWCAP2: 0})  # NEON, VFPv3 only
+    with pytest.raises(ArtifactError, match=r"this CPU lacks \+vfp4"):
+        runtime.load(artifact)
+    monkeypatch.setattr(frontends.host_cpu, "hwcaps", lambda: {AT_HWCAP: 1 << 12 | 1 << 16, AT_HWCAP2: 0})
+    assert type(runtime.load(artifact)).__name__ == "PlanModel"
+
+
 def test_cpu_names_imply_features_the_board_must_have(board_artifacts):
     """A target tag or JSON dict names a CPU; the features LLVM builds for with it are recorded, so the
     runtime can check them (a cortex-a76 JSON target emits sdot without `+dotprod` in its mattr)."""
