@@ -85,9 +85,9 @@ AT_HWCAP, AT_HWCAP2 = 16, 26
 # a feature missing here is not checked (an artifact's other features: its CPU name, tuning flags, crypto
 # instructions no kernel uses: LLVM's cortex-a72 has AES, which a Raspberry Pi 4's lacks)
 HWCAPS = {
-    "aarch64": {"+neon": (AT_HWCAP, 1 << 1), "+fullfp16": (AT_HWCAP, 1 << 9), "+rdm": (AT_HWCAP, 1 << 12), "+dotprod": (AT_HWCAP, 1 << 20),
-                "+sve": (AT_HWCAP, 1 << 22), "+sve2": (AT_HWCAP2, 1 << 1), "+i8mm": (AT_HWCAP2, 1 << 13),
-                "+bf16": (AT_HWCAP2, 1 << 14)},
+    "aarch64": {"+neon": (AT_HWCAP, 1 << 1), "+fullfp16": (AT_HWCAP, 1 << 9), "+rdm": (AT_HWCAP, 1 << 12),
+                "+dotprod": (AT_HWCAP, 1 << 20), "+sve": (AT_HWCAP, 1 << 22), "+sve2": (AT_HWCAP2, 1 << 1),
+                "+i8mm": (AT_HWCAP2, 1 << 13), "+bf16": (AT_HWCAP2, 1 << 14)},
     "armv7l": {"+neon": (AT_HWCAP, 1 << 12), "+vfp4": (AT_HWCAP, 1 << 16), "+idiv": (AT_HWCAP, 1 << 17)},
 }
 

@@ -234,9 +234,9 @@ def run_plan(artifact, qinputs: list[np.ndarray], launcher: tuple[str, ...] = ()
             advice = (" Recompile with --target riscv, whose kernels take any vector length." if err.returncode == 3
                       else "")  # intq_exec's check_vector_length
             if err.returncode == -4 and launcher:  # the emulator's CPU, not the board's
-                advice = (f" Under {' '.join(launcher[:3])}: the emulated CPU lacks it, or this qemu does not implement "
-                          "an extension the target's CPU name implies (Debian 12's qemu 7.2 has no RISC-V Zicond, "
-                          "whose czero instructions riscv/licheepi3a builds use); the board itself may run it.")
+                advice = (f" Under {' '.join(launcher[:3])}: the emulated CPU lacks it, or this qemu does not "
+                          "implement an extension the target's CPU name implies (Debian 12's qemu 7.2 has no RISC-V "
+                          "Zicond, whose czero instructions riscv/licheepi3a builds use); the board itself may run it.")
             raise ArtifactError(f"{artifact}: its executor failed with {why}: "
                                 f"{(err.stderr or '').strip()[-500:]}{advice}") from None
         results = [_joined(np.fromfile(o, dtype=buffers[b][0]), buffers[b][1], axis)

@@ -60,18 +60,21 @@ def from_target(name: str, tvm_target) -> TargetSpec:
 
 def _implied(target, machine: str) -> list[str]:
     """The features that the target's CPU name brings (LLVM's list) and that the runtime acts on: an ARM
-    board's capabilities that Linux reports (`frontends.host_cpu.HWCAPS`), RISC-V's vector unit and its
+    board's capabilities that Linux reports (`frontends.host_cpu.HWCAPS`), x86's extensions (AMX, VNNI; an
+    x86 JSON target naming its CPU was refused at load everywhere, as lacking that name), RISC-V's vector unit and its
     minimum length (`+zvl256b`: the kernels assume it, and on shorter vectors compute wrong integers).
     `riscv/licheepi3a` recorded only `spacemit-x60`: `--emulate` ran it without a vector unit (SIGILL)."""
     from tvm.target import codegen
 
-    from frontends.host_cpu import HWCAPS
+    from frontends.host_cpu import EXTRAS, HWCAPS
 
     try:
         have = {f"+{f}" for f in codegen.llvm_get_cpu_features(target)}
     except Exception:  # an LLVM without this backend: nothing implied is known
         return []
     wanted = set(HWCAPS.get(machine, ()))
+    if machine == "x86_64":  # the extensions beyond a micro-architecture level that the x86 check knows
+        wanted |= set(EXTRAS.values())
     if machine == "riscv64":
         lengths = [int(f[4:-1]) for f in have if re.fullmatch(r"\+zvl\d+b", f)]
         wanted |= {"+v", *([f"+zvl{max(lengths)}b"] if lengths else [])}

@@ -316,3 +316,19 @@ def test_plan_files_are_hash_checked_and_the_executor_mode_named(board_artifacts
     (copy / "weights.bin").write_bytes(bytes(weights))
     with pytest.raises(ArtifactError, match=r"weights.bin: sha256 does not match the manifest"):
         runtime.load(copy, launcher=launcher)
+
+
+def test_x86_json_target_naming_its_cpu_loads(small_cnn_path, small_calib, tmp_path):
+    """An x86 JSON target that names a CPU (`"mcpu": "skylake-avx512"`, a fleet's oldest machine) recorded the
+    name as its feature, and the load check refused it on every machine: "this CPU lacks skylake-avx512". The
+    name is not judged now, and the extensions it implies that the check knows (AMX, VNNI) are recorded."""
+    from frontends.host_cpu import missing_features
+    from targets import get_target
+
+    assert "+amx-tile" in get_target('{"kind": "llvm", "mcpu": "sapphirerapids"}').features
+    artifact = runtime.compile_model(small_cnn_path, '{"kind": "llvm", "mcpu": "skylake-avx512"}',
+                                     tmp_path / "skx.artifact", calib=small_calib, progress=False)
+    features = runtime.artifact.read_manifest(artifact)["target"]["features"]
+    if missing_features(["x86-64-v4"]):
+        pytest.skip("this CPU has no AVX-512")
+    assert runtime.load(artifact).run({"x": _x()})["y"].shape == (1, 10), features
