@@ -1,4 +1,6 @@
-"""This CPU's x86-64 features, read from /proc/cpuinfo, and the AMX tile state Linux grants.
+"""This CPU's features: x86-64's read from /proc/cpuinfo, the AMX tile state Linux grants, and an
+ARM board's from the hardware capabilities Linux hands every process (getauxval: also what qemu-user
+emulates for its CPU model).
 
 The runtime checks an artifact's features against them before loading it (a missing one would be
 SIGILL), also on a machine with only the TVM runtime (TVM_USE_RUNTIME_LIB=1), where the compiler's
@@ -24,6 +26,7 @@ EXTRAS = {
     "avx512_vnni": "+avx512vnni", "avx_vnni": "+avxvnni", "avx512_bf16": "+avx512bf16",
     "avx512vbmi": "+avx512vbmi", "amx_tile": "+amx-tile", "amx_int8": "+amx-int8",
 }
+_KNOWN = set(EXTRAS.values())
 
 
 def cpu_flags(cpuinfo: str | None = None) -> set[str]:
@@ -46,14 +49,16 @@ def host_features(flags: set[str] | None = None) -> tuple[str, ...]:
 
 def missing_features(features, flags: set[str] | None = None) -> list[str]:
     """The features of an artifact (`TargetSpec.features`: a level, then +extras) that this
-    (or the given flags') CPU lacks: a level is met by any level at or above it."""
+    (or the given flags') CPU lacks: a level is met by any level at or above it. Entries that are no
+    x86 feature known here (a CUDA artifact's `sm_80`, a CPU name of a JSON target) are not judged:
+    every CUDA artifact was refused as lacking `sm_80`, on a GPU machine too."""
     have = host_features(flags)
     missing = []
     for feature in features:
         if feature in LEVEL_ORDER:
             if LEVEL_ORDER.index(feature) > LEVEL_ORDER.index(have[0]):
                 missing.append(feature)
-        elif feature not in have:
+        elif feature in _KNOWN and feature not in have:
             missing.append(feature)
     return missing
 
@@ -73,3 +78,35 @@ def enable_amx() -> bool:
         except (OSError, AttributeError):
             _amx_enabled = False
     return _amx_enabled
+
+
+AT_HWCAP, AT_HWCAP2 = 16, 26
+# LLVM feature -> (auxv entry, bit) that Linux sets where the CPU has it (arch/*/include/uapi/asm/hwcap.h);
+# a feature missing here is not checked (an artifact's other features: its CPU name, tuning flags, crypto
+# instructions no kernel uses: LLVM's cortex-a72 has AES, which a Raspberry Pi 4's lacks)
+HWCAPS = {
+    "aarch64": {"+neon": (AT_HWCAP, 1 << 1), "+fullfp16": (AT_HWCAP, 1 << 9), "+rdm": (AT_HWCAP, 1 << 12),
+                "+dotprod": (AT_HWCAP, 1 << 20), "+sve": (AT_HWCAP, 1 << 22), "+sve2": (AT_HWCAP2, 1 << 1),
+                "+i8mm": (AT_HWCAP2, 1 << 13), "+bf16": (AT_HWCAP2, 1 << 14)},
+    "armv7l": {"+neon": (AT_HWCAP, 1 << 12), "+vfp4": (AT_HWCAP, 1 << 16), "+idiv": (AT_HWCAP, 1 << 17)},
+}
+
+
+def hwcaps() -> dict[int, int]:
+    """{AT_HWCAP: bits, AT_HWCAP2: bits} of this process ({} where getauxval is missing: not Linux)."""
+    try:
+        getauxval = ctypes.CDLL(None).getauxval
+    except (OSError, AttributeError):
+        return {}
+    getauxval.restype, getauxval.argtypes = ctypes.c_ulong, [ctypes.c_ulong]
+    return {entry: int(getauxval(entry)) for entry in (AT_HWCAP, AT_HWCAP2)}
+
+
+def missing_hwcaps(features, machine: str, caps: dict[int, int] | None = None) -> list[str]:
+    """The features of an artifact for an ARM `machine` ("aarch64", "armv7l") that this CPU (or `caps`,
+    `hwcaps()`'s form) lacks, as far as Linux reports them; [] where it reports none (not Linux)."""
+    table = HWCAPS.get(machine, {})
+    caps = hwcaps() if caps is None else caps
+    if not caps:
+        return []
+    return [f for f in features if f in table and not caps.get(table[f][0], 0) & table[f][1]]

@@ -143,6 +143,13 @@ def read_manifest(path: str | os.PathLike, check_library: bool = True) -> dict:
             if sha256(lib) != library["sha256"]:
                 raise ArtifactError(f"{lib}: sha256 does not match the manifest; the artifact is corrupted or was "
                                     "modified. Recompile it.")
+        for name, digest in ((manifest.get("executor") or {}).get("sha256") or {}).items():  # a plan's files
+            file = path / name
+            if not file.is_file():
+                raise ArtifactError(f"{path}: {name}, which its executor reads, is missing")
+            if sha256(file) != digest:
+                raise ArtifactError(f"{file}: sha256 does not match the manifest; the artifact is corrupted or was "
+                                    "modified. Recompile it.")
     return manifest
 
 

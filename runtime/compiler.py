@@ -33,13 +33,14 @@ from targets import boundary_kernels, get_target, parallel_build
 from targets.cross import first_error_line
 from targets.cpu_pipeline import cpu_pipeline
 
-from .plan import export_plan, plan_folder
+from .plan import FILES as PLAN_FILES_BY_KIND, export_plan, plan_folder
 from .artifact import DEVICE_TEXT, LIBRARY, MANIFEST, RELAX_TEXT, REST, TAIL, check_destination, sha256, write_artifact
 from .buckets import Buckets, default_sizes, is_mask, length_axes
 from .mixed import Precision
 
 SYNTHETIC_SAMPLES = 8
 PLAN_ARCHES = ("armv7l", "riscv64")  # no TVM runtime wheels: artifacts also carry plan + intq_exec
+PLAN_FILES = set(PLAN_FILES_BY_KIND.values())  # plan.txt, weights.bin, kernels.so, intq_exec
 
 
 def log(message: str) -> None:
@@ -772,6 +773,10 @@ def _compile(model_path: Path, target, output, calib, input_shapes, observer, al
                     folder = plan_folder(seq.name, size)
                     export_plan(batch1[size], spec, tmp / folder, executor=False)
                     libraries[size]["plan"] = folder
+                # every file the executor reads, hash-checked at load as the libraries are (a copy that
+                # changed weights.bin ran with the changed weights, silently)
+                executor["sha256"] = {str(f.relative_to(tmp)): sha256(f) for f in sorted(tmp.rglob("*"))
+                                      if f.is_file() and f.name in PLAN_FILES}
         if mixed is not None:
             mixed.write(tmp)
         device_code = _device_source(executable.mod)

@@ -16,7 +16,7 @@ import threading
 import time
 import warnings
 import weakref
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Callable
@@ -77,8 +77,8 @@ class Model:
         if remote is None and arch != platform.machine():
             raise ArtifactError(f"{self.path}: built for {arch} ({self.manifest['target']['name']}); this machine "
                                 f"is {platform.machine()}. Run it on a {arch} board (or through RPC: --rpc).")
-        if remote is None and arch == "x86_64":
-            _check_cpu_features(self.path, self.manifest["target"].get("features", []))
+        if remote is None:
+            _check_cpu_features(self.path, self.manifest["target"])
         import tvm
         from tvm.runtime.vm import VirtualMachine  # runtime-only: works without the compiler
 
@@ -422,9 +422,27 @@ class Model:
         """`run_integer`; without `copy`, outputs may be views of the memory the VM returned (read them before
         the next call)."""
         if self._rpc_lock is not None:
-            with self._rpc_lock:
+            with self._rpc_lock, self._board_alive():
                 return self._run_integer(qinputs, copy)
         return self._run_integer(qinputs, copy)
+
+    @contextmanager
+    def _board_alive(self):
+        """Over RPC, the board's server dying in a run (an `arm` artifact's dot product on a Raspberry Pi 4:
+        SIGILL) reached the caller as TVM's `InternalError: Check failed: (code == RPCCode::kReturn) is false:
+        code=kShutdown`, a traceback from the CLI: an ArtifactError says what it means."""
+        try:
+            yield
+        except Exception as err:
+            if "kShutdown" not in str(err):
+                raise
+            target = self.manifest["target"]
+            raise ArtifactError(
+                f"{self.path}: the board's RPC server died during the run (the session was shut down). The usual "
+                f"cause is an instruction its CPU lacks (SIGILL): this artifact was built for {target['name']} "
+                f"({' '.join(target.get('features', [])) or 'no extra features'}); a Raspberry Pi 4 (Cortex-A72, no "
+                "dot product) takes --target raspberry-pi/4b-aarch64. `runtime.load` on the board itself names "
+                "what its CPU lacks.") from None
 
     def _run_integer(self, qinputs: list[np.ndarray], copy: bool) -> list[np.ndarray]:
         size, length, qinputs = self._bucket(qinputs)
@@ -447,11 +465,20 @@ class Model:
             self._local.threads = threads
         with _ENVIRONMENT.read():
             result = self._main(self._library(size, qinputs))(*[self._device_tensor(q) for q in qinputs])
-            results = [result] if len(self.outputs) == 1 else list(result)
+            results = [result] if len(self.outputs) == 1 else self._fields(result)
             # a copy: an output may be memory the VM keeps (a constant it returns)
             if not self._shared:
                 return [r.numpy() for r in results]
             return [np.from_dlpack(r).copy() for r in results] if copy else [np.from_dlpack(r) for r in results]
+
+    def _fields(self, result) -> list:
+        """The outputs of a model with several: over RPC the VM's tuple stays on the board (an RPCObjectRef,
+        which is not iterable: every multi-output model failed with a TypeError there), and its items are
+        fetched by the board's own array functions."""
+        if self.remote is None:
+            return list(result)
+        size, item = (self.remote.get_function(f"ffi.Array{name}") for name in ("Size", "GetItem"))
+        return [item(result, i) for i in range(size(result))]
 
     def _library(self, size, qinputs: list[np.ndarray]) -> tuple:
         """The key of the library that runs `qinputs` in bucket `size`: the batch-1 library where the
@@ -530,14 +557,15 @@ class Model:
         """Latencies in ms of `repeat` runs, timed on the device itself (locally or on the board);
         a batch that runs in slices side by side is timed around the whole `run_integer`."""
         if len(self._slices(qinputs)) > 1:
-            return wall_times(lambda: self._run_integer(qinputs), repeat, warmup)
+            return wall_times(lambda: self._run_integer(qinputs, False), repeat, warmup)
         size, _, qinputs = self._bucket(qinputs)
-        vm = self._vm(self._library(size, qinputs))
-        args = [self._device_tensor(q) for q in qinputs]
-        for _ in range(warmup):
-            vm["main"](*args)
-        timer = vm.time_evaluator("main", self._dev, number=1, repeat=repeat)
-        return np.asarray(timer(*args).results) * 1e3
+        with self._board_alive() if self.remote is not None else nullcontext():
+            vm = self._vm(self._library(size, qinputs))
+            args = [self._device_tensor(q) for q in qinputs]
+            for _ in range(warmup):
+                vm["main"](*args)
+            timer = vm.time_evaluator("main", self._dev, number=1, repeat=repeat)
+            return np.asarray(timer(*args).results) * 1e3
 
     def kernel_times(self, qinputs: list[np.ndarray], repeat: int = 20) -> dict[str, tuple[float, float]]:
         """{kernel: (ms per run, calls per run)} over `repeat` runs on this machine, the slowest
@@ -912,10 +940,21 @@ def example_shape(spec: dict, batch: int = 1, sizes: dict[str, int] | None = Non
             for i, d in enumerate(spec["shape"])]
 
 
-def _check_cpu_features(path: Path, features: list[str]) -> None:
-    """Refuse an x86 artifact whose instructions this CPU lacks (it would die with SIGILL)."""
-    from frontends.host_cpu import enable_amx, missing_features
+def _check_cpu_features(path: Path, target: dict) -> None:
+    """Refuse an artifact whose instructions this CPU lacks (it would die with SIGILL): x86's from
+    /proc/cpuinfo, ARM's from the capabilities Linux reports (an `arm` build's dot product on a
+    Raspberry Pi 4's Cortex-A72)."""
+    from frontends.host_cpu import enable_amx, missing_features, missing_hwcaps
 
+    features = target.get("features", [])
+    if target["arch"] != "x86_64":
+        missing = missing_hwcaps(features, target["arch"])
+        if missing:
+            raise ArtifactError(f"{path}: built for CPU features {' '.join(features)} ({target['name']}); this CPU "
+                                f"lacks {' '.join(missing)}, and would die on its first such instruction (SIGILL). "
+                                "Recompile for this board's target (the README's board table: a Raspberry Pi 4 "
+                                "takes raspberry-pi/4b-aarch64, not arm).")
+        return
     missing = missing_features(features)
     if missing:
         raise ArtifactError(f"{path}: built for CPU features {' '.join(features)}; this CPU lacks "
@@ -957,6 +996,8 @@ class PlanModel(Model):
         if not launcher and arch != platform.machine():
             raise ArtifactError(f"{self.path}: built for {arch} ({self.manifest['target']['name']}); this machine "
                                 f"is {platform.machine()}. Copy the artifact to a {arch} board and run it there.")
+        if not launcher:  # on the board itself (an emulator's CPU is the launcher's to choose)
+            _check_cpu_features(self.path, self.manifest["target"])
         self.buckets = Buckets.from_manifest(self.manifest)
         self.batch_workers, self.batch_in_one_call = 1, False
         self._rpc_lock = None
@@ -970,11 +1011,12 @@ class PlanModel(Model):
         return run_plan(self.path, qinputs, self.launcher, manifest=self.manifest)
 
     def time(self, qinputs: list[np.ndarray], repeat: int = 50, warmup: int = 3) -> np.ndarray:
-        """Latencies in ms of `repeat` runs of the first sample, timed by the executor around its kernel calls."""
+        """Latencies in ms of `repeat` runs of the inputs (a batch: every sample, one after the other, as `run`
+        runs them), timed by the executor around its kernel calls. (It timed the first sample alone, and
+        `runtime.bench --batch 8` reported 8 times the throughput the board has.)"""
         from .plan import run_plan
 
-        return run_plan(self.path, [q[:1] if q.ndim else q for q in qinputs], self.launcher, manifest=self.manifest,
-                        timed=(repeat, warmup))[1]
+        return run_plan(self.path, qinputs, self.launcher, manifest=self.manifest, timed=(repeat, warmup))[1]
 
     def kernel_times(self, qinputs: list[np.ndarray], repeat: int = 20) -> dict[str, tuple[float, float]]:
         raise InputError("kernel times are measured by TVM's virtual machine; this artifact runs in its plan executor")

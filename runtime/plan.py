@@ -17,6 +17,7 @@ ABI), a plan listing every buffer and every kernel call in order, and the consta
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -113,7 +114,9 @@ def _build_executor(spec, dest: Path) -> None:
 
     include = Path(tvm_ffi.__file__).parent / "include"
     cc = spec.toolchain.compiler or "gcc"
-    cmd = [cc, "-O2", "-rdynamic", f"-I{include}", str(EXECUTOR_SOURCE), "-o", str(dest), "-ldl"]
+    length = vector_length(spec.features)  # the executor refuses a CPU with shorter vectors
+    cmd = [cc, "-O2", "-rdynamic", f"-I{include}", *([f"-DINTQ_MIN_VLEN={length}"] if length else []),
+           str(EXECUTOR_SOURCE), "-o", str(dest), "-ldl"]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         raise CompileError(f"building the plan executor with {cc} failed:\n{done.stderr[-2000:]}")
@@ -139,11 +142,21 @@ def _read_plan(path: Path):
     return buffers, inputs, outputs
 
 
-def qemu_prefix(arch: str, vector: bool = True) -> tuple[str, ...]:
+def vector_length(features) -> int | None:
+    """The vector register length in bits that a RISC-V artifact's kernels assume (its `+zvl<N>b` feature, at
+    least 128 with `+v`: RVV 1.0's minimum), None without the vector unit."""
+    if "+v" not in features:
+        return None
+    return max([128] + [int(f[4:-1]) for f in features if f.startswith("+zvl") and f[4:-1].isdigit()])
+
+
+def qemu_prefix(arch: str, vector: bool | int = True) -> tuple[str, ...]:
     """The qemu-user command prefix that runs a plan executor built for `arch` ("riscv64", "armv7l")
-    on another machine, with Debian's cross sysroots; riscv64 with an RVV 1.0 CPU unless `vector` is False."""
+    on another machine, with Debian's cross sysroots; riscv64 with an RVV 1.0 CPU unless `vector` is False
+    (an int: its vector length in bits, 128 for True)."""
     if arch == "riscv64":
-        cpu = "rv64,v=true,vlen=128,elen=64,vext_spec=v1.0" if vector else "rv64,v=false"
+        vlen = 128 if vector is True else int(vector)
+        cpu = f"rv64,v=true,vlen={vlen},elen=64,vext_spec=v1.0" if vector else "rv64,v=false"
         return ("qemu-riscv64", "-cpu", cpu, "-L", "/usr/riscv64-linux-gnu")
     if arch == "armv7l":
         return ("qemu-arm", "-L", "/usr/arm-linux-gnueabihf")
@@ -159,7 +172,7 @@ def emulator(manifest: dict) -> tuple[str, ...]:
     if arch not in ("riscv64", "armv7l"):
         raise InputError(f"--emulate runs armv7l and riscv64 artifacts (their plan executor) under qemu-user; this "
                          f"one is built for {arch}")
-    launcher = qemu_prefix(arch, "+v" in manifest["target"].get("features", []))
+    launcher = qemu_prefix(arch, vector_length(manifest["target"].get("features", [])) or False)
     if shutil.which(launcher[0]) is None:
         raise InputError(f"--emulate needs {launcher[0]} (Debian's qemu-user: bash targets/install_toolchains.sh)")
     return launcher
@@ -172,7 +185,7 @@ def run_plan(artifact, qinputs: list[np.ndarray], launcher: tuple[str, ...] = ()
     batch (the same for every input): intq_exec runs it per sample, outputs concatenated on axis 0.
     With a free length, the inputs run in the smallest bucket's plan that holds them, padded and
     cut back as `runtime.buckets` says (the same as the Relax VM runtime). With `timed` (N, W), the
-    first sample also runs W + N more times and (outputs, the N runs' milliseconds) is returned."""
+    inputs (every sample) also run W + N more times and (outputs, the N runs' milliseconds) is returned."""
     import tempfile
 
     from .artifact import batch_axes, read_manifest
@@ -189,6 +202,10 @@ def run_plan(artifact, qinputs: list[np.ndarray], launcher: tuple[str, ...] = ()
         qinputs = buckets.pad(qinputs, size)
         if size != buckets.sizes[-1]:
             folder = artifact / plan_folder(buckets.dim, size)
+    executable = artifact / FILES["executor"]
+    if not os.access(executable, os.X_OK):  # it ran as "exit code 1" and nothing more under qemu
+        raise ArtifactError(f"{executable}: not executable: the copy dropped its mode bits (a FAT stick, an archive "
+                            f"or copy that keeps no permissions); chmod +x '{executable}'")
     buffers, inputs, outputs = _read_plan(folder / FILES["plan"])
     with tempfile.TemporaryDirectory() as tmp:
         ins, batches = [], set()
@@ -214,8 +231,14 @@ def run_plan(artifact, qinputs: list[np.ndarray], launcher: tuple[str, ...] = ()
             why = ("an illegal instruction (SIGILL): this CPU lacks an instruction set the artifact was built for "
                    f"({' '.join(manifest['target'].get('features', []))})" if err.returncode == -4 else
                    f"signal {-err.returncode}" if err.returncode < 0 else f"exit code {err.returncode}")
+            advice = (" Recompile with --target riscv, whose kernels take any vector length." if err.returncode == 3
+                      else "")  # intq_exec's check_vector_length
+            if err.returncode == -4 and launcher:  # the emulator's CPU, not the board's
+                advice = (f" Under {' '.join(launcher[:3])}: the emulated CPU lacks it, or this qemu does not "
+                          "implement an extension the target's CPU name implies (Debian 12's qemu 7.2 has no RISC-V "
+                          "Zicond, whose czero instructions riscv/licheepi3a builds use); the board itself may run it.")
             raise ArtifactError(f"{artifact}: its executor failed with {why}: "
-                                f"{(err.stderr or '').strip()[-500:]}") from None
+                                f"{(err.stderr or '').strip()[-500:]}{advice}") from None
         results = [_joined(np.fromfile(o, dtype=buffers[b][0]), buffers[b][1], axis)
                    for o, b, axis in zip(outs, outputs, batch_axes(manifest))]
     results = results if buckets is None else buckets.cut(results, length)

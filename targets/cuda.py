@@ -34,10 +34,12 @@ def cuda_target(arch: str = DEFAULT_ARCH) -> TargetSpec:
     return cuda_spec("cuda", {"kind": "cuda", "arch": arch, "host": x86.host_target().tvm_target}, arch, None)
 
 
-def cuda_spec(name: str, tvm_target, arch: str, host_triple: str | None) -> TargetSpec:
-    """A CUDA spec for any CUDA target (ours, a tag such as nvidia/jetson-orin-nano, JSON)."""
-    return TargetSpec(name, tvm_target, toolchain=toolchain_for(host_triple), device="cuda", features=(arch,),
-                      build_env=_build_env, pipeline=cuda_pipeline)
+def cuda_spec(name: str, tvm_target, arch: str, host_triple: str | None,
+              host_features: tuple[str, ...] = ()) -> TargetSpec:
+    """A CUDA spec for any CUDA target (ours, a tag such as nvidia/jetson-orin-nano, JSON); `host_features`:
+    those of the CPU code, which the runtime checks where it loads the artifact."""
+    return TargetSpec(name, tvm_target, toolchain=toolchain_for(host_triple), device="cuda",
+                      features=(arch, *host_features), build_env=_build_env, pipeline=cuda_pipeline)
 
 
 def _nvcc_dir() -> str:

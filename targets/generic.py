@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from frontends.errors import CompileError
 
@@ -44,10 +45,40 @@ def from_target(name: str, tvm_target) -> TargetSpec:
     if kind == "cuda":
         from .cuda import cuda_spec
 
-        return cuda_spec(name, tvm_target, exported.get("arch", "sm_80"), (exported.get("host") or {}).get("mtriple"))
+        host = exported.get("host") or {}
+        host_machine = toolchain_for(host.get("mtriple")).machine
+        host_features = (*(x for x in (host.get("mcpu"),) if x), *host.get("mattr", ()),
+                         *(_implied(target.host, host_machine) if target.host is not None else ()))
+        return cuda_spec(name, tvm_target, exported.get("arch", "sm_80"), host.get("mtriple"),
+                         tuple(dict.fromkeys(host_features)))
     mattr = tuple(exported.get("mattr", ()))
-    return TargetSpec(name, tvm_target, toolchain=toolchain_for(exported.get("mtriple")),
-                      features=tuple(x for x in (exported.get("mcpu"),) if x) + mattr)
+    toolchain = toolchain_for(exported.get("mtriple"))
+    implied = tuple(f for f in _implied(target, toolchain.machine) if f not in mattr)
+    return TargetSpec(name, tvm_target, toolchain=toolchain,
+                      features=tuple(x for x in (exported.get("mcpu"),) if x) + mattr + implied)
+
+
+def _implied(target, machine: str) -> list[str]:
+    """The features that the target's CPU name brings (LLVM's list) and that the runtime acts on: an ARM
+    board's capabilities that Linux reports (`frontends.host_cpu.HWCAPS`), x86's extensions (AMX, VNNI; an
+    x86 JSON target naming its CPU was refused at load everywhere, as lacking that name), RISC-V's vector unit and its
+    minimum length (`+zvl256b`: the kernels assume it, and on shorter vectors compute wrong integers).
+    `riscv/licheepi3a` recorded only `spacemit-x60`: `--emulate` ran it without a vector unit (SIGILL)."""
+    from tvm.target import codegen
+
+    from frontends.host_cpu import EXTRAS, HWCAPS
+
+    try:
+        have = {f"+{f}" for f in codegen.llvm_get_cpu_features(target)}
+    except Exception:  # an LLVM without this backend: nothing implied is known
+        return []
+    wanted = set(HWCAPS.get(machine, ()))
+    if machine == "x86_64":  # the extensions beyond a micro-architecture level that the x86 check knows
+        wanted |= set(EXTRAS.values())
+    if machine == "riscv64":
+        lengths = [int(f[4:-1]) for f in have if re.fullmatch(r"\+zvl\d+b", f)]
+        wanted |= {"+v", *([f"+zvl{max(lengths)}b"] if lengths else [])}
+    return sorted(have & wanted)
 
 
 def from_json(text: str) -> TargetSpec:

@@ -7,9 +7,10 @@
  * order through the tvm-ffi C ABI and writes the outputs raw. An IN file may hold k samples
  * (k times the plan's input, the same k for every input): the plan then runs once per sample
  * and each OUT file gets the k outputs one after another (a batch of any size, each sample
- * computed exactly as alone). `--time N W` after the output files then runs the first sample
- * W more times untimed and N times timed, printing each run's milliseconds (a monotonic clock
- * around the kernel calls) on stdout: the latency on the board, without this process's start.
+ * computed exactly as alone). `--time N W` after the output files then runs the inputs (every
+ * sample, one after the other) W more times untimed and N times timed, printing each run's
+ * milliseconds (a monotonic clock around the kernel calls) on stdout: the latency of a call of
+ * that batch on the board, without this process's start.
  * The few runtime symbols the kernels import are defined here and exported with -rdynamic.
  * Build: CC -O2 -rdynamic -I<tvm_ffi/include> intq_exec.c -o intq_exec -ldl */
 #include <dlfcn.h>
@@ -56,6 +57,21 @@ static void die(const char* what, const char* detail) {
   exit(2);
 }
 
+/* A RISC-V build whose kernels assume vector registers of at least INTQ_MIN_VLEN bits (the target's
+   zvl<N>b: riscv/licheepi3a's 256) computes wrong integers on shorter ones, without a fault: refuse
+   such a CPU. Reading vlenb on a CPU without the vector unit is SIGILL, which the caller explains. */
+static void check_vector_length(void) {
+#if defined(__riscv) && defined(INTQ_MIN_VLEN)
+  unsigned long vlenb;
+  __asm__ volatile("csrr %0, 0xc22" : "=r"(vlenb)); /* vlenb: the vector register length in bytes */
+  if (vlenb * 8 < INTQ_MIN_VLEN) {
+    fprintf(stderr, "intq_exec: this CPU's vector registers are %lu bits; the kernels were built for at least %d "
+            "(zvl%db) and would compute wrong results here\n", vlenb * 8, INTQ_MIN_VLEN, INTQ_MIN_VLEN);
+    exit(3);
+  }
+#endif
+}
+
 typedef struct { DLTensor t; int64_t shape[8]; size_t bytes; } Buffer;
 
 static unsigned char* read_all(const char* path, size_t* bytes) {
@@ -88,6 +104,7 @@ static void run_steps(TVMFFISafeCallType* fns, char** names, int** args, const i
 
 int main(int argc, char** argv) {
   if (argc < 5) die("usage: intq_exec kernels.so plan.txt weights.bin IN... -- OUT...", NULL);
+  check_vector_length();
   void* lib = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
   if (!lib) die("dlopen failed:", dlerror());
   /* The kernels reach the runtime through function-pointer variables that a TVM runtime
@@ -192,15 +209,16 @@ int main(int argc, char** argv) {
         die("cannot write", argv[arg + i]);
   }
   for (int i = 0; i < nout; ++i) fclose(out_files[i]);
-  if (timed) {
-    for (int i = 0; i < nin; ++i) memcpy(bufs[ids[i]].t.data, in_data[i], bufs[ids[i]].bytes);
-    for (long r = 0; r < warmup + timed; ++r) {
-      struct timespec t0, t1;
-      clock_gettime(CLOCK_MONOTONIC, &t0);
+  for (long r = 0; timed && r < warmup + timed; ++r) { /* a timed run: every sample, as a call of the batch */
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (size_t k = 0; k < samples; ++k) {
+      for (int i = 0; i < nin; ++i)
+        memcpy(bufs[ids[i]].t.data, in_data[i] + k * bufs[ids[i]].bytes, bufs[ids[i]].bytes);
       run_steps(fns, names, args, nargs, nsteps, bufs, packed, max_args);
-      clock_gettime(CLOCK_MONOTONIC, &t1);
-      if (r >= warmup) printf("%.6f\n", (t1.tv_sec - t0.tv_sec) * 1e3 + (t1.tv_nsec - t0.tv_nsec) / 1e6);
     }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    if (r >= warmup) printf("%.6f\n", (t1.tv_sec - t0.tv_sec) * 1e3 + (t1.tv_nsec - t0.tv_nsec) / 1e6);
   }
   return 0;
 }
