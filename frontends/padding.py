@@ -34,7 +34,7 @@ def padding_changes_outputs(path: str | Path, sample: dict[str, np.ndarray], axe
     options = ort.SessionOptions()
     options.log_severity_level = 4
     try:
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(_float_graph(path), options, providers=["CPUExecutionProvider"])
         names = [o.name for o in session.get_outputs()]
         cut, full = session.run(names, short), session.run(names, padded)
     except Exception:  # noqa: BLE001  (a file onnxruntime cannot run at other lengths: the name decides)
@@ -52,3 +52,19 @@ def padding_changes_outputs(path: str | Path, sample: dict[str, np.ndarray], axe
             return (f"float onnxruntime's output {name!r} for {m} positions changes by up to {error:.3g} (of "
                     f"{scale:.3g}) when they are zero-padded to {big} with the mask 0")
     return None
+
+
+def _float_graph(path: str | Path) -> str | bytes:
+    """What intq compiles, for onnxruntime: a pre-quantized file's float graph (frontends/onnx_qdq.py), else the
+    file. A dynamically quantized file rounds each activation on a grid spanning the whole tensor, pads included,
+    so the file itself "reads" its padding where its float graph does not (a dynamic-int8 T5 encoder with its
+    attention mask: refused every length but its buckets')."""
+    import onnx
+
+    from .onnx_qdq import strip_qdq
+
+    try:
+        model = onnx.load(str(path))
+        return model.SerializeToString() if strip_qdq(model) else str(path)
+    except Exception:  # noqa: BLE001  (onnxruntime reads the file as it is)
+        return str(path)
