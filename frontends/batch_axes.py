@@ -2,7 +2,8 @@
 axis that grows from 1 to 2 when two samples run together. Used for a free batch the integer
 module cannot take symbolically (a time-major LSTM, a transpose that moves the batch): the
 artifact then runs its batch-1 module once per sample, and each output's samples are joined
-along that axis. The same run checks that the model treats samples independently."""
+along that axis. The same run checks that the model treats samples independently (a pre-quantized file's float
+graph does: quantize_dynamic's per-call grids span the batch, so the file itself mixes its samples)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CompileError
+from .onnx_qdq import float_graph_file
 
 TOLERANCE = 1e-3  # of an output's largest magnitude: float rounding differs with the batch, samples do not mix
 
@@ -27,7 +29,7 @@ def output_batch_axes(path: str | Path, first: dict[str, np.ndarray], second: di
     options = ort.SessionOptions()
     options.log_severity_level = 4
     try:
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(float_graph_file(path), options, providers=["CPUExecutionProvider"])
         alone = [session.run(outputs, sample) for sample in (first, second)]
         both = session.run(outputs, {k: np.concatenate([first[k], second[k]]) for k in first})
     except Exception as err:  # onnxruntime's own refusal of batch 2: the file is a batch-1 model

@@ -80,19 +80,24 @@ def quantized_outputs_as_float_ops(model: onnx.ModelProto, value, integer_range)
     return changed
 
 
-def output_grids(model: onnx.ModelProto) -> dict[str, tuple[float, float]]:
+def output_grids(model: onnx.ModelProto, base_dir: str = "") -> dict[str, tuple[float, float]]:
     """{graph output: (scale, zero point)} for the outputs that are quantized reals: a QuantizeLinear's, or
     the chain `quantized_outputs_as_float_ops` wrote for one. Their codes stand for (q - zp) * s, and are
-    compared so (runtime/check.py): a code one step off is a small error, not a wrong answer."""
+    compared so (runtime/check.py): a code one step off is a small error, not a wrong answer. `model` may be
+    loaded without its external data (`base_dir`: the file's folder): only the one-value constants asked for
+    are read, never the weights (reading every initializer failed on torch's dynamo exports, whose weights sit
+    in FILE.onnx.data, and skipped the compile's check for all of them)."""
     graph = model.graph
-    consts = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
-    consts.update({n.output[0]: onnx.numpy_helper.to_array(n.attribute[0].t) for n in graph.node
+    consts = {i.name: i for i in graph.initializer}
+    consts.update({n.output[0]: n.attribute[0].t for n in graph.node
                    if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"})
     producers = {o: n for n in graph.node for o in n.output}
 
     def scalar(name):
-        v = consts.get(name)
-        return float(v.reshape(-1)[0]) if v is not None and v.size == 1 else None
+        t = consts.get(name)
+        if t is None or int(np.prod(t.dims)) != 1:
+            return None
+        return float(onnx.numpy_helper.to_array(t, base_dir=base_dir).reshape(-1)[0])
 
     grids = {}
     for out in graph.output:

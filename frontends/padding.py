@@ -1,5 +1,6 @@
 """Does zero padding along a free length leave the real positions' outputs as they are? Measured with
-float onnxruntime on the model file, not guessed from an input's name.
+float onnxruntime on the model file (a pre-quantized file's float graph: what intq compiles), not guessed from an
+input's name.
 
 An attention-mask input makes padding exact in a transformer (masked keys weigh exactly 0), and the
 buckets of runtime/buckets.py then run any length padded to the next bucket and cut back. But a model
@@ -13,6 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
+from .onnx_qdq import float_graph_file
 
 TOLERANCE = 1e-3  # of an output's largest magnitude: float rounding, not the pads' doing
 
@@ -34,7 +37,7 @@ def padding_changes_outputs(path: str | Path, sample: dict[str, np.ndarray], axe
     options = ort.SessionOptions()
     options.log_severity_level = 4
     try:
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(float_graph_file(path), options, providers=["CPUExecutionProvider"])
         names = [o.name for o in session.get_outputs()]
         cut, full = session.run(names, short), session.run(names, padded)
     except Exception:  # noqa: BLE001  (a file onnxruntime cannot run at other lengths: the name decides)
@@ -52,3 +55,4 @@ def padding_changes_outputs(path: str | Path, sample: dict[str, np.ndarray], axe
             return (f"float onnxruntime's output {name!r} for {m} positions changes by up to {error:.3g} (of "
                     f"{scale:.3g}) when they are zero-padded to {big} with the mask 0")
     return None
+

@@ -173,7 +173,7 @@ def _output_grids(model_path) -> dict[str, tuple[float, float]]:
             onnx.load(str(model_path), load_external_data=False)
     except Exception:  # noqa: BLE001  (onnxruntime read it; the grids are only a refinement)
         return {}
-    return output_grids(model)
+    return output_grids(model, "" if isinstance(model_path, bytes) else str(Path(model_path).parent))
 
 
 def _dequantized(got, ref: np.ndarray, grid: tuple[float, float] | None) -> tuple:

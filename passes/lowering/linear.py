@@ -26,6 +26,7 @@ from ..reference.kernels import INT_RANGE, quantize_weights
 from . import emit, int4
 from .context import WeightError
 from .registry import lowers
+from .rounded_weights import rounded
 from .values import Accumulator, Quantized
 
 
@@ -33,7 +34,7 @@ def weight_l1(w_q: np.ndarray, out_axis: int) -> int:
     """The largest sum of |w| over one output's weights: |accumulator| <= max|x| * weight_l1, a bound
     much below reduction * 2^(b-1) (int16 inputs of a 1024-long reduction fit int32)."""
     axes = tuple(a for a in range(w_q.ndim) if a != out_axis % w_q.ndim)
-    return int(np.abs(w_q.astype(np.int64)).sum(axis=axes).max(initial=0))
+    return int(np.abs(w_q.astype(np.int16)).sum(axis=axes, dtype=np.int64).max(initial=0))  # |-128| fits int16
 
 
 BIAS_BITS = 28  # a bias at the accumulator scale stays below 2^28: int32 with headroom
@@ -165,8 +166,8 @@ def lower_matmul(ctx, call, args):
         if smooth.offset:  # the integers stand for x + offset: subtract offset * sum_c W[c, n]
             correction = -smooth.offset * w.astype(np.float64).sum(axis=0)
         x, x_scale, w = smooth, 1.0, w.astype(np.float64) * smooth.scale[:, None]
-    w_q, w_scale = quantize_weights(w, bits, axis=1)
-    l1 = weight_l1(w_q, 1)
+    r = rounded(w, bits, axis=1)  # an unrolled recurrence's steps share one (rounded_weights.py)
+    w_q, w_scale, l1 = r.q, r.scale, r.l1
     if smooth is None:
         x = ctx.operand(x, l1, bits)
         x_scale = x.scale
@@ -180,7 +181,8 @@ def lower_matmul(ctx, call, args):
             ctx.fail("int32 accumulator plus its offset correction could overflow")
         expr = ctx.emit(relax.op.add(expr, emit.const(corr_q, "int32")))
     acc = Accumulator(expr, x_scale * w_scale, len(call.ty.shape) - 1, ctx.out_range())
-    return _bias_correction(ctx, acc, call.args[0], -1, w_q * w_scale[None, :] - w,
+    error = r.error if w_q is r.q else w_q * w_scale[None, :] - w
+    return _bias_correction(ctx, acc, call.args[0], -1, error,
                             per_input=None if smooth is None else np.asarray(smooth.scale, np.float64),
                             offset=smooth.offset if smooth is not None else 0.0, op="matmul")
 
