@@ -325,7 +325,12 @@ class Model:
                     _extremes(name, value)
                 if "index_rows" in spec and value.size:
                     _check_indices(spec, value)
-                out.append(_exact(spec, value))
+                value = _exact(spec, value)
+                if reuse and value.dtype.kind in "iub":  # into the kept, aligned VM argument (no copy per run)
+                    kept = self._buffers(k, value.shape, value.dtype.name)[0]
+                    np.copyto(kept, value)
+                    value = kept
+                out.append(value)
                 continue
             scale = self._scale(k, value.ndim, "inputs")
             q, extremes, grid_peak = self._quantize_checked(k, value, scale, spec, reuse)
@@ -492,8 +497,13 @@ class Model:
         """The outputs of a model with several: over RPC the VM's tuple stays on the board (an RPCObjectRef,
         which is not iterable: every multi-output model failed with a TypeError there), and its items are
         fetched by the board's own array functions."""
-        if self.remote is None:
-            return list(result)
+        if self.remote is None:  # the outputs' count is known: list(result) asked the size 1 + n times, in Python
+            item = self.__dict__.get("_array_item")
+            if item is None:
+                import tvm_ffi
+
+                item = self._array_item = tvm_ffi.get_global_func("ffi.ArrayGetItem")
+            return [item(result, i) for i in range(len(self.outputs))]
         size, item = (self.remote.get_function(f"ffi.Array{name}") for name in ("Size", "GetItem"))
         return [item(result, i) for i in range(size(result))]
 
