@@ -29,9 +29,27 @@ def quantize(x, scale, dtype: str) -> np.ndarray:
     or broadcast against `x`). The reciprocal's product, not a division: the compiled kernels' `vdivpd` was half
     their time; rounding the product rather than the quotient moves a value lying within a float32 rounding
     of a half-integer to the other integer next to it, the same error as the grid's own half step."""
+    return quantize_by(np.asarray(x, np.float32), reciprocal(scale), dtype)
+
+
+def reciprocal(scale) -> np.ndarray:
+    """The float32 factor `quantize` multiplies by: float32(1 / scale), the division in float64."""
+    return (1.0 / np.asarray(scale, np.float64)).astype(np.float32)
+
+
+def quantize_by(x: np.ndarray, factor: np.ndarray, dtype: str, peak: bool = False, out=None):
+    """`quantize` of float32 `x` with its `reciprocal(scale)` already worked out (a caller that quantizes
+    every run with the same scale keeps it), in one float32 temporary; into `out` where given (of `x`'s
+    shape and `dtype`). With `peak`: (integers, the largest |x * factor| before rounding and clipping)."""
     lo, hi = _RANGE[dtype]
-    reciprocal = (1.0 / np.asarray(scale, np.float64)).astype(np.float32)
-    return np.clip(np.rint(np.asarray(x, np.float32) * reciprocal), lo, hi).astype(dtype)
+    y = np.multiply(x, factor, dtype=np.float32)
+    top = max(-float(y.min()), float(y.max())) if peak and y.size else 0.0
+    np.rint(y, out=y)
+    np.clip(y, lo, hi, out=y)
+    q = y.astype(dtype) if out is None else out
+    if out is not None:
+        np.copyto(out, y, casting="unsafe")  # as astype: the values are whole and within dtype
+    return (q, top) if peak else q
 
 
 def grid_edge(scale: float, dtype: str) -> float:

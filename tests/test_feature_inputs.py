@@ -183,3 +183,36 @@ def test_feature_sequences_get_a_scale_per_feature(tmp_path, normalize):
     for v in x[8:]:
         want, got = session.run(None, {"x": v})[0].ravel(), art.run({"x": v})["y"].ravel()
         assert want @ got / (np.linalg.norm(want) * np.linalg.norm(got)) > 0.995
+
+
+def test_quantize_by_a_kept_reciprocal_is_quantize():
+    """boundary.quantize_by (the per-feature runs' path) gives quantize's integers bit for bit, with the
+    largest |x / scale| it reports, on random values, grid ends, half steps and values past the grid."""
+    from runtime.boundary import quantize, quantize_by, reciprocal, scale_array
+
+    scale = scale_array({"scale": [1e-3, 0.37, 2.5, 1e-5], "axis": 1}, 2)
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.normal(0, 20, (64, 4)), (np.arange(-40, 40)[:, None] + 0.5) * scale.reshape(1, 4),
+                        32767.5 * scale, -32768.5 * scale, 1e9 * np.ones((1, 4))]).astype(np.float32)
+    for dtype in ("int16", "int8", "uint8"):
+        out = np.empty(x.shape, dtype)
+        q, peak = quantize_by(x, reciprocal(scale), dtype, peak=True, out=out)
+        assert q is out and np.array_equal(q, quantize(x, scale, dtype)) and q.dtype == dtype
+        assert peak == np.abs(x * reciprocal(scale)).max()
+
+
+def test_per_feature_inputs_quantize_into_the_kept_argument(tmp_path):
+    """A scale per feature: `run` quantizes into this thread's kept, aligned buffer that is already the
+    VM's argument (no new array, no aligned copy, no DLPack wrap per run) and skips the per-feature
+    saturation search while no |x / scale| is near its bound; integers and outputs as before."""
+    from runtime.boundary import quantize
+
+    art = _compile(tmp_path, _model(tmp_path / "tab.onnx"), "tab.artifact")
+    rows = _features(6, 4)
+    for r in rows:
+        x = {"x": r[None]}
+        q = art._quantized(x, reuse=True)[0]
+        assert q is art._local.buffers[0][0] and id(q) in art._local.buffer_args
+        assert np.array_equal(q, quantize(r[None], art._scale(0, 2, "inputs"), "int16"))
+        assert np.array_equal(art.run(x)["y"], art.run({"x": r[None].copy()})["y"])
+        assert np.array_equal(art.run_integer(art.quantize_inputs(x))[0], art.run_integer([q.copy()])[0])

@@ -309,3 +309,21 @@ def test_l2_norm_of_integer_counts_is_integer_only(tmp_path, dtype):
     sess = ort.InferenceSession(str(tmp_path / "l2.onnx"), providers=["CPUExecutionProvider"])
     for sample in x[16:]:
         assert _cosine(art.run({"x": sample})["y"], sess.run(None, {"x": sample})[0]) > 0.999
+
+
+def test_exact_inputs_run_from_the_kept_argument(tmp_path):
+    """An exact integer input is copied into this thread's kept, aligned buffer that is already the VM's
+    argument (no aligned copy and DLPack wrap per run); two outputs come back in order (read by index,
+    the count known); integers equal to a run on fresh arrays and the cast ids equal onnxruntime's."""
+    path = _model(tmp_path / "m.onnx", TensorProto.INT32)
+    model = runtime.load(runtime.compile_model(path, "x86", tmp_path / "a", calib=_calib(tmp_path), progress=False))
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    for x in _ids(4, seed=7):
+        q = model._quantized({"ids": x}, reuse=True)[0]
+        assert q is model._local.buffers[0][0] and id(q) in model._local.buffer_args
+        fresh = model.run_integer(model.quantize_inputs({"ids": x}))
+        kept = model._integer_outputs([q], copy=True)
+        assert len(kept) == 2 and all(np.array_equal(a, b) for a, b in zip(fresh, kept))
+        ours, (y, idx) = model.run({"ids": x}), session.run(None, {"ids": x})
+        np.testing.assert_array_equal(ours["idx"], idx.astype(np.float32))
+        assert _cosine(ours["y"], y) > 0.999
