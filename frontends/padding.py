@@ -55,4 +55,3 @@ def padding_changes_outputs(path: str | Path, sample: dict[str, np.ndarray], axe
             return (f"float onnxruntime's output {name!r} for {m} positions changes by up to {error:.3g} (of "
                     f"{scale:.3g}) when they are zero-padded to {big} with the mask 0")
     return None
-

@@ -26,15 +26,8 @@ from ..reference.kernels import INT_RANGE, quantize_weights
 from . import emit, int4
 from .context import WeightError
 from .registry import lowers
-from .rounded_weights import rounded
+from .rounded_weights import rounded, weight_l1
 from .values import Accumulator, Quantized
-
-
-def weight_l1(w_q: np.ndarray, out_axis: int) -> int:
-    """The largest sum of |w| over one output's weights: |accumulator| <= max|x| * weight_l1, a bound
-    much below reduction * 2^(b-1) (int16 inputs of a 1024-long reduction fit int32)."""
-    axes = tuple(a for a in range(w_q.ndim) if a != out_axis % w_q.ndim)
-    return int(np.abs(w_q.astype(np.int16)).sum(axis=axes, dtype=np.int64).max(initial=0))  # |-128| fits int16
 
 
 BIAS_BITS = 28  # a bias at the accumulator scale stays below 2^28: int32 with headroom

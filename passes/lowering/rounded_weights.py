@@ -38,6 +38,13 @@ class Rounded:
 _REMEMBERED: collections.OrderedDict[tuple, Rounded] = collections.OrderedDict()
 
 
+def weight_l1(w_q: np.ndarray, out_axis: int) -> int:
+    """The largest sum of |w| over one output's weights: |accumulator| <= max|x| * weight_l1, a bound
+    much below reduction * 2^(b-1) (int16 inputs of a 1024-long reduction fit int32)."""
+    axes = tuple(a for a in range(w_q.ndim) if a != out_axis % w_q.ndim)
+    return int(np.abs(w_q.astype(np.int16)).sum(axis=axes, dtype=np.int64).max(initial=0))  # |-128| fits int16
+
+
 def rounded(w: np.ndarray, bits: int, axis: int, min_scale=None) -> Rounded:
     """`w` [K, N] (or any rank, output channels along `axis`) rounded at `bits`; the same arrays for the same
     content, read-only."""
@@ -53,8 +60,7 @@ def rounded(w: np.ndarray, bits: int, axis: int, min_scale=None) -> Rounded:
     q, scale = quantize_weights(w, bits, axis=axis, min_scale=min_scale)
     shape = [1] * w.ndim
     shape[axis] = -1
-    reduce = tuple(a for a in range(w.ndim) if a != axis % w.ndim)
-    l1 = int(np.abs(q.astype(np.int16)).sum(axis=reduce, dtype=np.int64).max(initial=0))  # |-128| fits int16
+    l1 = weight_l1(q, axis)
     error = q * scale.reshape(shape) - w
     for array in (q, scale, error):
         array.flags.writeable = False
