@@ -293,7 +293,13 @@ def _rows_in_vectors(sch: s_tir.Schedule, block, loops: list) -> bool:
         return False
     if len(loops) > 1:
         parallel(sch, sch.fuse(*loops[:-1]))
-    main, tail = sch.loop_partition(loops[-1], [extent // 16 * 16, None])
-    sch.vectorize(sch.split(main, [None, 16])[1])
-    sch.vectorize(tail)
+    vectors_then_rest(sch, loops[-1], extent)
     return True
+
+
+def vectors_then_rest(sch: s_tir.Schedule, loop, extent: int, lanes: int = 16) -> None:
+    """`loop` (of static `extent`) as whole vectors of `lanes`, then the rest as one shorter vector: a
+    predicated last vector (`T.where`) made TVM load every operand, loop-invariant ones too, by masked gathers."""
+    main, tail = sch.loop_partition(loop, [extent // lanes * lanes, None])
+    sch.vectorize(sch.split(main, [None, lanes])[1])
+    sch.vectorize(tail)
