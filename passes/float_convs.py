@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import importlib.util
 import threading
+import warnings
 from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import tvm
 from tvm import relax
+
+from . import constant_arrays
 
 CALL = "intq.float_conv"
 TORCH = importlib.util.find_spec("torch") is not None
@@ -72,7 +75,7 @@ def conv_closure(call: relax.Call, weight: np.ndarray | None = None):
 
     a = call.attrs
     transposed = call.op.name == "relax.nn.conv2d_transpose"
-    w = call.args[1].value.numpy() if weight is None else weight.astype(np.float32)
+    w = constant_arrays.array(call.args[1]) if weight is None else weight.astype(np.float32)
     # torch wants OIHW for conv2d and IOHW for conv2d_transpose
     weight = torch.from_numpy(np.ascontiguousarray(
         w.transpose([a.kernel_layout.index(c) for c in ("IOHW" if transposed else "OIHW")])))
@@ -108,8 +111,7 @@ def matmul_closure(call: relax.Call):
     non-constant operands, in order, with torch; constant operands converted once."""
     import torch
 
-    fixed = [torch.from_numpy(np.ascontiguousarray(a.value.numpy())) if isinstance(a, tvm.ir.GenericConst) else None
-             for a in call.args[:2]]
+    fixed = [_kept_tensor(a) if isinstance(a, tvm.ir.GenericConst) else None for a in call.args[:2]]
     macs = int(np.prod([int(d) for d in call.ty.shape])) * int(call.args[0].ty.shape[-1])
     threads = _one_thread if macs < SMALL_CONV_MACS else nullcontext
 
@@ -120,6 +122,15 @@ def matmul_closure(call: relax.Call):
             return torch.matmul(a, b).numpy()
 
     return run
+
+
+def _kept_tensor(const):
+    """A torch view of the constant's kept read-only array (never written: torch warns once for such)."""
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(constant_arrays.array(const))
 
 
 def _static_float32(values) -> bool:

@@ -44,6 +44,7 @@ from tvm import relax
 from frontends.errors import CompileError, UnsupportedModelError
 from frontends.onnx_origins import ORIGINS_ATTR, origin
 
+from . import constant_arrays
 from .lowering.embedding import is_integer_op, lower_integer_op
 from .lowering import (LOWERINGS, Accumulator, ChannelQuantized, IntTensor, LoweringContext, QuantConfig, Quantized,
                        activation_scale, calibrated_qmax, float_fallback)
@@ -94,9 +95,12 @@ class TracedValue:
 def _weight_rowmax(func: relax.Function) -> dict[str, np.ndarray]:
     """{tensor name: max |W| per input channel over every constant-weight matmul reading it}."""
     out: dict[str, np.ndarray] = {}
+    rows: dict[int, np.ndarray] = {}  # an unrolled recurrence's steps read one array
     for name, readers in matmul_readers(func).items():
         for _, w in readers:
-            row = np.abs(w).max(axis=1)
+            row = rows.get(id(w))
+            if row is None:
+                row = rows[id(w)] = np.abs(w).max(axis=1)
             prev = out.get(name)
             out[name] = row if prev is None or prev.shape != row.shape else np.maximum(prev, row)
     return out
@@ -293,7 +297,7 @@ class QuantizeToInteger:
         ctx.output_bound, ctx.func = bound, func
         probe = getattr(self.ranges, "probe", None)
         if probe is not None and config.smooth_alpha is not None and config.smooth_search:
-            ctx.smoothing = SmoothingChoice(probe, func, config)
+            ctx.smoothing = SmoothingChoice(probe, func, config, getattr(self.ranges, "steps", []))
         env: dict[relax.Var, object] = {}
         params, boundary = [], {"inputs": [], "outputs": []}
         features: dict[relax.Var, tuple] = {}  # inputs with a scale per feature: (param, scales, max |x| per feature)
@@ -566,7 +570,7 @@ def _arg(arg: relax.Expr, env: dict):
     if isinstance(arg, relax.Var):
         return env[arg]
     if isinstance(arg, tvm.ir.GenericConst):
-        return arg.value.numpy()
+        return constant_arrays.array(arg)
     if isinstance(arg, relax.Tuple):
         return [_arg(a, env) for a in arg.fields]
     return arg  # shapes, prim values: used from the call itself

@@ -40,6 +40,7 @@ class _Codes:
     def __init__(self, bindings: list):
         self.bindings = bindings
         self.index = {b.var: i for i, b in enumerate(bindings)}
+        self._content: dict[int, tuple] = {}  # a constant tensor's (tensor, hash of its bytes): steps share weights
 
     def step(self, start: int, stop: int, previous: int | None) -> tuple:
         return tuple((self._expr(b.value, start, previous), str(b.var.ty)) for b in self.bindings[start:stop])
@@ -53,8 +54,7 @@ class _Codes:
                 return "prev", p - previous
             return "outside", e.name
         if isinstance(e, tvm.ir.GenericConst):  # scalars by type (a step's index), the rest by value (weights)
-            value = e.value.numpy() if hasattr(e.value, "numpy") else None
-            return "const", str(e.ty), None if value is None or value.size <= 1 else hash(value.tobytes())
+            return "const", str(e.ty), self._hash(e)
         if isinstance(e, relax.Call):
             op = e.op.name if isinstance(e.op, tvm.ir.Op) else getattr(e.op, "name_hint", None) or str(e.op)
             return ("call", op, str(e.attrs) if e.attrs is not None else "",
@@ -64,6 +64,15 @@ class _Codes:
         if isinstance(e, relax.TupleGetItem):
             return "item", self._expr(e.tuple_value, start, previous), e.index
         return type(e).__name__, str(e)
+
+    def _hash(self, const) -> int | None:
+        if not hasattr(const.value, "numpy"):
+            return None
+        kept = self._content.get(hash(const.value))
+        if kept is None or not kept[0].same_as(const.value):
+            value = const.value.numpy()
+            kept = self._content[hash(const.value)] = (const.value, None if value.size <= 1 else hash(value.tobytes()))
+        return kept[1]
 
 
 def step_groups(func: relax.Function) -> list[list[str]]:

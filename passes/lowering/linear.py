@@ -26,7 +26,7 @@ from ..reference.kernels import INT_RANGE, quantize_weights
 from . import emit, int4
 from .context import WeightError
 from .registry import lowers
-from .rounded_weights import rounded, weight_l1
+from .rounded_weights import rounded, scaled, weight_l1
 from .values import Accumulator, Quantized
 
 
@@ -158,7 +158,7 @@ def lower_matmul(ctx, call, args):
     if smooth is not None:  # per-input-channel scales c fold into the weights: x @ W = (x / c) @ (c W)
         if smooth.offset:  # the integers stand for x + offset: subtract offset * sum_c W[c, n]
             correction = -smooth.offset * w.astype(np.float64).sum(axis=0)
-        x, x_scale, w = smooth, 1.0, w.astype(np.float64) * smooth.scale[:, None]
+        x, x_scale, w = smooth, 1.0, scaled(w, smooth.scale)
     r = rounded(w, bits, axis=1)  # an unrolled recurrence's steps share one (rounded_weights.py)
     w_q, w_scale, l1 = r.q, r.scale, r.l1
     if smooth is None:

@@ -36,6 +36,8 @@ class Rounded:
 
 
 _REMEMBERED: collections.OrderedDict[tuple, Rounded] = collections.OrderedDict()
+_SCALED: collections.OrderedDict[tuple, tuple] = collections.OrderedDict()  # (w, w * c) by (id(w), c)
+_DIGESTS: collections.OrderedDict[int, tuple] = collections.OrderedDict()  # (w, sha1) by id(w)
 
 
 def weight_l1(w_q: np.ndarray, out_axis: int) -> int:
@@ -45,6 +47,42 @@ def weight_l1(w_q: np.ndarray, out_axis: int) -> int:
     return int(np.abs(w_q.astype(np.int16)).sum(axis=axes, dtype=np.int64).max(initial=0))  # |-128| fits int16
 
 
+def scaled(w: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """w * c[:, None] in float64 (a smoothed matmul's weights), read-only; for a read-only `w` (a constant's
+    kept array, `passes/constant_arrays.py`) the same array at every step that asks with the same scales."""
+    key = (id(w), np.asarray(c, np.float64).tobytes())
+    hit = _SCALED.get(key) if _unchanging(w) else None
+    if hit is not None and hit[0] is w:
+        _SCALED.move_to_end(key)
+        return hit[1]
+    out = w.astype(np.float64) * np.asarray(c, np.float64)[:, None]
+    out.flags.writeable = False
+    if _unchanging(w):
+        _SCALED[key] = (w, out)
+        while len(_SCALED) > KEPT:
+            _SCALED.popitem(last=False)
+    return out
+
+
+def _unchanging(w: np.ndarray) -> bool:
+    """Read-only, and so is what it views: its content cannot change while it is kept."""
+    return not w.flags.writeable and (w.base is None or isinstance(w.base, np.ndarray) and not w.base.flags.writeable)
+
+
+def _digest(w: np.ndarray) -> bytes:
+    """sha1 of `w`'s bytes (~40 ms for a 768 x 3072 float64 matrix), once per unchanging array object."""
+    hit = _DIGESTS.get(id(w)) if _unchanging(w) else None
+    if hit is not None and hit[0] is w:
+        _DIGESTS.move_to_end(id(w))
+        return hit[1]
+    digest = hashlib.sha1(np.ascontiguousarray(w).view(np.uint8), usedforsecurity=False).digest()
+    if _unchanging(w):
+        _DIGESTS[id(w)] = (w, digest)
+        while len(_DIGESTS) > 4 * KEPT:
+            _DIGESTS.popitem(last=False)
+    return digest
+
+
 def rounded(w: np.ndarray, bits: int, axis: int, min_scale=None) -> Rounded:
     """`w` [K, N] (or any rank, output channels along `axis`) rounded at `bits`; the same arrays for the same
     content, read-only."""
@@ -52,8 +90,7 @@ def rounded(w: np.ndarray, bits: int, axis: int, min_scale=None) -> Rounded:
     key = None
     if w.size >= MIN_SIZE:
         floor = None if min_scale is None else np.asarray(min_scale, np.float64).tobytes()
-        digest = hashlib.sha1(np.ascontiguousarray(w).view(np.uint8), usedforsecurity=False).digest()
-        key = (digest, w.shape, w.dtype.str, bits, axis % w.ndim, floor)
+        key = (_digest(w), w.shape, w.dtype.str, bits, axis % w.ndim, floor)
         if key in _REMEMBERED:
             _REMEMBERED.move_to_end(key)
             return _REMEMBERED[key]
