@@ -223,3 +223,15 @@ def small_artifact(tmp_path_factory, small_cnn_path, small_calib) -> str:
 
     out = tmp_path_factory.mktemp("art") / "small.artifact"
     return str(compile_model(small_cnn_path, "x86", out, calib=small_calib, progress=False))
+
+
+def onnx_lstm(path, steps: int, hidden: int, inputs: int, rng) -> None:
+    """One ONNX LSTM layer (what DynamicQuantizeLSTM becomes on import; the frontend unrolls it step by step),
+    weights drawn from `rng`: x [steps, 1, inputs] -> y [steps, 1, 1, hidden]."""
+    w = rng.normal(0, 1 / np.sqrt(inputs), (1, 4 * hidden, inputs)).astype(np.float32)
+    r = rng.normal(0, 1 / np.sqrt(hidden), (1, 4 * hidden, hidden)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("LSTM", ["x", "W", "R"], ["y", "h", "c"], hidden_size=hidden)], "lstm",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [steps, 1, inputs])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [steps, 1, 1, hidden])],
+                              [numpy_helper.from_array(w, "W"), numpy_helper.from_array(r, "R")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]), str(path))

@@ -4,9 +4,9 @@ step (`passes/constant_arrays.py`, `passes/lowering/rounded_weights.py`, `passes
 from __future__ import annotations
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
 from tvm import relax
+
+from conftest import onnx_lstm
 
 rng = np.random.default_rng(46)
 
@@ -52,16 +52,6 @@ def test_smoothed_weights_are_scaled_and_hashed_once(monkeypatch):
     assert rw.rounded(a.copy(), 8, axis=1) is first and len(digests) == 2  # equal content, hashed anew
 
 
-def _lstm(path, steps: int, hidden: int, inputs: int) -> None:
-    w = rng.normal(0, 1 / np.sqrt(inputs), (1, 4 * hidden, inputs)).astype(np.float32)
-    r = rng.normal(0, 1 / np.sqrt(hidden), (1, 4 * hidden, hidden)).astype(np.float32)
-    graph = helper.make_graph([helper.make_node("LSTM", ["x", "W", "R"], ["y", "h", "c"], hidden_size=hidden)], "lstm",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [steps, 1, inputs])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [steps, 1, 1, hidden])],
-                              [numpy_helper.from_array(w, "W"), numpy_helper.from_array(r, "R")])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]), str(path))
-
-
 def test_unrolled_steps_choose_one_smoothing_exponent(tmp_path, monkeypatch):
     """The steps of an unrolled LSTM are tied (one range per group of corresponding tensors): smoothing's
     exponent is chosen once per group, on rows of several steps, not searched again at every step (VoiceFilter-
@@ -72,7 +62,7 @@ def test_unrolled_steps_choose_one_smoothing_exponent(tmp_path, monkeypatch):
     from runtime.compiler import compile_model
 
     path = tmp_path / "lstm.onnx"
-    _lstm(path, steps=40, hidden=128, inputs=32)  # a state of 64 or fewer would stay 16-bit, unsmoothed
+    onnx_lstm(path, steps=40, hidden=128, inputs=32, rng=rng)  # a state of 64 or fewer would stay 16-bit, unsmoothed
     x = rng.normal(0, 1, (10, 40, 1, 32)).astype(np.float32)
     np.savez(tmp_path / "calib.npz", x=x[:8])  # 8 x 39 tied rows: past smoothing's SMOOTH_MIN_ROWS
     searched = []

@@ -9,6 +9,8 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+from conftest import onnx_lstm
+
 rng = np.random.default_rng(34)
 
 
@@ -75,17 +77,6 @@ def test_output_grids_read_only_one_value_constants(tmp_path):
     assert abs(scale - 0.05) < 1e-7 and zero == 3.0
 
 
-def _lstm(path, steps: int, hidden: int, inputs: int) -> None:
-    """One ONNX LSTM layer (what DynamicQuantizeLSTM becomes on import), unrolled by the frontend step by step."""
-    w = rng.normal(0, 1 / np.sqrt(inputs), (1, 4 * hidden, inputs)).astype(np.float32)
-    r = rng.normal(0, 1 / np.sqrt(hidden), (1, 4 * hidden, hidden)).astype(np.float32)
-    graph = helper.make_graph([helper.make_node("LSTM", ["x", "W", "R"], ["y", "h", "c"], hidden_size=hidden)], "lstm",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [steps, 1, inputs])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [steps, 1, 1, hidden])],
-                              [numpy_helper.from_array(w, "W"), numpy_helper.from_array(r, "R")])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]), str(path))
-
-
 def test_rounded_weights_are_one_array_per_matrix():
     """`rounded` answers equal matrices (other array objects, same content) with the same read-only arrays, equal
     to quantize_weights and to q * scale - w; other bits or floors are other entries."""
@@ -115,7 +106,7 @@ def test_unrolled_recurrence_rounds_each_matrix_once(tmp_path, monkeypatch):
     from runtime.compiler import compile_model
 
     path = tmp_path / "lstm.onnx"
-    _lstm(path, steps=12, hidden=128, inputs=128)
+    onnx_lstm(path, steps=12, hidden=128, inputs=128, rng=rng)
     x = rng.normal(0, 1, (6, 12, 1, 128)).astype(np.float32)
     np.savez(tmp_path / "calib.npz", x=x)
     calls = []
