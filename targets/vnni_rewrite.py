@@ -75,6 +75,18 @@ def _sample_rows(x_shape: list) -> list | None:
     return [tvm.sym.Analyzer().simplify(tvm.tirx.floordiv(x_shape[0], per)), per, x_shape[1]]
 
 
+def _tile_rows(x_shape: list, k: int) -> list | None:
+    """[n, r, K] for a matmul input of n * r rows [n * r, K] (a free batch folded into the rows: a transformer's
+    FFN) whose r rows AMX tiles take (`_tiles_pay`); None otherwise. As one symbolic row count the tiles did not
+    take them: the free-batch library ran MiniLM's FFN on the VNNI kernels."""
+    if len(x_shape) != 2 or isinstance(x_shape[0], int):
+        return None
+    per = static_factor(x_shape[0])
+    if not _tiles_pay(k, per):
+        return None
+    return [tvm.sym.Analyzer().simplify(tvm.tirx.floordiv(x_shape[0], per)), per, x_shape[1]]
+
+
 def _whole_steps(w: np.ndarray, axis: int, dot: Dot) -> np.ndarray:
     """`w` with its reduction `axis` zero-padded to whole dot-product steps."""
     extra = -(-int(w.shape[axis]) // dot.k) * dot.k - int(w.shape[axis])
@@ -162,8 +174,8 @@ class _Rewriter(PyExprMutator):
             return None
         if w_np.dtype != np.int8:
             return None
-        groups = _sample_rows(x_shape)
-        if groups is not None:  # [n * 257, K]: each sample's rows padded to whole tiles, as at batch 1
+        groups = _sample_rows(x_shape) or (_tile_rows(x_shape, int(w_np.shape[0])) if self.family.tiles else None)
+        if groups is not None:  # [n * 257, K]: each sample's rows padded to whole tiles, as at batch 1; AMX tiles
             grouped = self.builder_.emit(relax.op.reshape(x, groups))
             out = self._matmul(relax.Call(call.op, [grouped, w], call.attrs))
             if out is None:

@@ -301,6 +301,39 @@ def test_batched_spatial_conv_takes_the_tiles(x_dtype, c, o, hw, kernel, stride,
                     want, ("amxc", "_taps"), instruction, tmp_path)
 
 
+@pytest.mark.parametrize("x_dtype,rows,k,n,instruction", [
+    ("int8", 128, 384, 1536, "tdpbssd"),   # MiniLM's FFN in a free-batch library: [n * 128, 384]
+    ("uint8", 48, 250, 40, "tdpbusd"),    # K padded to 256, 40 columns to 48
+])
+def test_free_batch_folded_rows_take_the_tiles(x_dtype, rows, k, n, instruction, tmp_path):
+    """A matmul over a free batch folded into its rows ([n * 128, K], as generalize_batch writes a transformer's
+    FFN input) runs on the tiles, the rows grouped per sample (before: one symbolic row count, the VNNI
+    kernels), each sample's integers those of the batch-1 tile kernel alone, at batch 3 and 1."""
+    from tvm import relax
+
+    x, w = _operand(x_dtype, (3, rows, k)), _operand("int8", (k, n))
+    bias = rng.integers(-5000, 5000, (n,)).astype(np.int32)
+    mult, shift = ref.dyadic(rng.uniform(1e-4, 1e-2, n))
+
+    def build(a):  # a [n, rows, K] -> [n * rows, K] -> requantized [n * rows, N]
+        flat = relax.op.reshape(a, [a.ty.shape[0] * rows, k])
+        return emit.requantize(add(emit.matmul_acc(flat, w), emit.const(bias, "int32")), mult, shift, -128, 127,
+                               "int8")
+
+    want = ref.requantize(ref.matmul_acc(x.reshape(-1, k), w) + bias, mult, shift, -128, 127, "int8")
+    lib, functions = build_for_cpu(build, [x], AMX_FLEET, tmp_path, free_batch=True)
+    assert any("amx" in name and "dense" in name for name in functions), list(functions)
+    assert any(instruction in text and "ldtilecfg" in text for text in functions.values())
+    alone, _ = build_for_cpu(build, [x[:1]], AMX_FLEET, tmp_path)
+    if missing_features(get_target("x86", cpu=AMX_FLEET).features):
+        pytest.skip("this CPU has no AMX: the tile kernels were compiled and their instructions checked only")
+    assert amx.enable()
+    samples = np.concatenate([run_library(alone, [x[i:i + 1]]) for i in range(len(x))])
+    np.testing.assert_array_equal(samples, want)
+    np.testing.assert_array_equal(run_library(lib, [x]), want)
+    np.testing.assert_array_equal(run_library(lib, [x[1:2]]), samples[rows:2 * rows])
+
+
 def test_artifact_runs_in_a_fresh_process_and_shared_by_threads(tmp_path):
     """A compiled model whose matmuls take the tiles (on an AMX host): a fresh process that loads it
     asks Linux for the tile state (without that, the first tile instruction is SIGILL), through intq's
