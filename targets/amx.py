@@ -16,7 +16,8 @@ the left tile as they are, and its activations, packed [K/4, H * W', 4] as the p
 kernels read them (each image row zero-padded to W', whole tiles), the right one (`tdpbsud` for
 uint8 activations): the sums come out per output channel and image row, NCHW, with no transpose
 on either side (EfficientNet-Lite0's 14x14 and 7x7 stages, 1 thread: 0.05-0.13 -> 0.04-0.11 ms a
-layer; most of what is left is the per-block epilogue).
+layer; most of what is left is the per-block epilogue). A batch (static, or a free batch's symbolic n) is
+the convs' outermost loop, in parallel with the output blocks: each sample's sums are the ones it gets alone.
 
 Every worker thread has its own tile state: a block loads the tile registers' shapes (the
 "palette", `ldtilecfg`) where the thread's differ from its kernel's (its first block). Linux
@@ -65,12 +66,18 @@ def recipe(activation_dtype: str, conv: bool = False) -> Dot | None:
 
 
 def conv_te(xp: te.Tensor, w: te.Tensor, height: int, channels: int, width: int, dot: str) -> te.Tensor:
-    """out[0, o, y, x] = sum_k w[o, k] * xp[k / 4, y * W' + x, k % 4] for o < `channels`, x < `width`:
+    """out[b, o, y, x] = sum_k w[o, k] * xp[b, k / 4, y * W' + x, k % 4] for o < `channels`, x < `width`:
     a pointwise conv's int32 sums, weights [O, K] as they are (O, K whole tiles), the activations
-    packed [K/4, H * W', 4] with each image row zero-padded to W', whole tiles: a block of output
-    columns is then a piece of one image row, and its epilogue a box of the output."""
+    packed [(B,) K/4, H * W', 4] with each image row zero-padded to W', whole tiles: a block of output
+    columns is then a piece of one image row, and its epilogue a box of the output. A batch (a leading
+    dim on xp, static or symbolic) is the outermost axis of the sums: each sample's are its own."""
     k = te.reduce_axis((0, int(w.shape[1])), name="k")
-    row = int(xp.shape[1]) // height
+    row = int(xp.shape[-2]) // height
+    if len(xp.shape) == 4:
+        acc = te.compute((xp.shape[0], height, int(w.shape[0]), row), lambda b, y, o, x: te.sum(
+            w[o, k].astype("int32") * xp[b, k // 4, y * row + x, k % 4].astype("int32"), axis=k), name=f"{dot}_dense")
+        return te.compute((xp.shape[0], channels, height, width), lambda b, o, y, x: acc[b, y, o, x],
+                          name="amx_conv_out")
     acc = te.compute((height, int(w.shape[0]), row), lambda y, o, x: te.sum(
         w[o, k].astype("int32") * xp[k // 4, y * row + x, k % 4].astype("int32"), axis=k), name=f"{dot}_dense")
     return te.compute((1, channels, height, width), lambda b, o, y, x: acc[y, o, x], name="amx_conv_out")
@@ -81,17 +88,28 @@ def taps_te(xp: te.Tensor, wt: te.Tensor, stride: int, out: tuple, dot: str, dil
     y Wq + x + (a / s) Wq + b / s, c % 4] with (a, b) = (i dh, j dw) the tap's offset (Xp [S, S, C/4, Hq * Wq, 4]
     the padded input split into its stride phases, `taps_input`; W [kh, kw, O, C], O whole tiles, C whole 64-deep
     steps) for x < X, each output row's Wo in whole tiles (`taps_geometry`: the columns past Wo read the next row
-    and are dropped); out[0, o, y, x] = sums[o, y, x] for o < `out`'s channels, x < Wo."""
+    and are dropped); out[0, o, y, x] = sums[o, y, x] for o < `out`'s channels, x < Wo. A batch (Xp [B, S, S, ...],
+    B static or symbolic) is the sums' outermost axis, each sample's read from its own packed input."""
     kh, kw, rows, c = (int(d) for d in wt.shape)
     ho, wo, wq, cols, channels = out
+    batched = len(xp.shape) == 6
     # one axis over the taps (i = t / kw, j = t % kw): a 1 x k kernel's axis of extent 1 would vanish from the block
     rt, rc = te.reduce_axis((0, kh * kw), name="rt"), te.reduce_axis((0, c), name="rc")
     ri, rj = rt // kw, rt % kw
     a, b = _dilated(ri, dilation[0]), _dilated(rj, dilation[1])
-    sums = te.compute((rows, ho, cols), lambda o, y, x: te.sum(wt[ri, rj, o, rc].astype("int32") * xp[
-        a % stride, b % stride, rc // 4, y * wq + x + a // stride * wq + b // stride, rc % 4].astype("int32"),
-        axis=[rt, rc]), name=f"{dot}_taps", attrs={TAPS: [wq, stride, kh, kw, *dilation]})
-    return te.compute((1, channels, ho, wo), lambda b, o, y, x: sums[o, y, x], name="amx_taps_out")
+
+    def product(s, o, y, x):
+        at = (a % stride, b % stride, rc // 4, y * wq + x + a // stride * wq + b // stride, rc % 4)
+        return wt[ri, rj, o, rc].astype("int32") * xp[(s, *at) if batched else at].astype("int32")
+
+    attrs = {TAPS: [wq, stride, kh, kw, *dilation]}
+    if batched:
+        sums = te.compute((xp.shape[0], rows, ho, cols), lambda s, o, y, x: te.sum(product(s, o, y, x), axis=[rt, rc]),
+                          name=f"{dot}_taps", attrs=attrs)
+        return te.compute((xp.shape[0], channels, ho, wo), lambda s, o, y, x: sums[s, o, y, x], name="amx_taps_out")
+    sums = te.compute((rows, ho, cols), lambda o, y, x: te.sum(product(0, o, y, x), axis=[rt, rc]),
+                      name=f"{dot}_taps", attrs=attrs)
+    return te.compute((1, channels, ho, wo), lambda s, o, y, x: sums[o, y, x], name="amx_taps_out")
 
 
 def _dilated(tap, d: int):
@@ -367,19 +385,21 @@ def schedule(sch: s_tir.Schedule, block, dot: Dot) -> None:
     block_rows, block_cols = block_shape(rows, n)
     ro, ri = sch.split(row, [None, block_rows])
     lo, li = sch.split(lane, [None, block_cols])
+    # a pointwise conv's `outer`: a batch's samples (if any), then the image rows; the samples outermost
+    samples, image = (outer[:-1], outer[-1:]) if dot.name in _CONV else ([], outer)
     if dot.name in _CONV and n > 2 * ROWS:
         # an image row wider than a block: the row's blocks, then its epilogue over the row's true width,
         # vectorized (a block's own epilogue would cut its last columns off with a test per element)
-        sch.reorder(ro, *outer, lo, ri, li, k)
-        _rows_in_parallel(sch, [ro, *outer], epilogue)
+        sch.reorder(*samples, ro, *image, lo, ri, li, k)
+        _rows_in_parallel(sch, [*samples, ro, *image], epilogue)
         sch.tensorize(ri, intrinsic_name(dot, block_rows, block_cols, kdim, "global"))
         return
     if dot.name in _CONV:
-        # a pointwise conv's rows are output channels and `outer` its image rows: channel blocks outermost, so
-        # that each thread writes its own channels' planes (image rows outermost, two threads wrote the halves
-        # of the same 7x7 planes, sharing every cache line: 2 threads were slower than 1)
-        sch.reorder(ro, *outer, lo, ri, li, k)
-        par = sch.fuse(ro, *outer, lo)
+        # a pointwise conv's rows are output channels and `image` its image rows: channel blocks outermost (under
+        # the samples), so that each thread writes its own channels' planes (image rows outermost, two threads
+        # wrote the halves of the same 7x7 planes, sharing every cache line: 2 threads were slower than 1)
+        sch.reorder(*samples, ro, *image, lo, ri, li, k)
+        par = sch.fuse(*samples, ro, *image, lo)
     else:
         sch.reorder(ro, lo, ri, li, k)
         par = sch.fuse(*outer, ro, lo)
@@ -397,21 +417,21 @@ def schedule(sch: s_tir.Schedule, block, dot: Dot) -> None:
 
 
 def _schedule_taps(sch: s_tir.Schedule, block, dot: Dot) -> None:
-    """In parallel over (32 | 16 output channels, an output row): the row's blocks of 32 | 16 columns, each
-    tensorized over all taps and channels, then the epilogue (the requantization) over the row's true width,
-    vectorized, while the row's sums are in cache."""
+    """In parallel over (a sample of a batch, 32 | 16 output channels, an output row): the row's blocks of 32 |
+    16 columns, each tensorized over all taps and channels, then the epilogue (the requantization) over the
+    row's true width, vectorized, while the row's sums are in cache."""
     from .schedule_common import inline_epilogue
 
     name = sch.get(block).name_hint
     epilogue = inline_epilogue(sch, name)
-    o, y, x, rt, rc = sch.get_loops(block)
+    *samples, o, y, x, rt, rc = sch.get_loops(block)  # a batch: its samples outermost
     rows, cols, c = int(sch.get(o).extent), int(sch.get(x).extent), int(sch.get(rc).extent)
     block_rows, block_cols = block_shape(rows, cols)
     wq, stride, kh, kw, *dilation = (int(v) for v in sch.get(block).annotations[TAPS])
     oo, oi = sch.split(o, [None, block_rows])
     xo, xi = sch.split(x, [None, block_cols])
-    sch.reorder(oo, y, xo, oi, xi, rt, rc)
-    _rows_in_parallel(sch, [oo, y], epilogue)
+    sch.reorder(*samples, oo, y, xo, oi, xi, rt, rc)
+    _rows_in_parallel(sch, [*samples, oo, y], epilogue)
     sch.tensorize(oi, taps_intrinsic_name(dot, block_rows, block_cols, c, (kh, kw), stride, wq,
                                           tuple(dilation) or (1, 1)))
 

@@ -8,7 +8,7 @@ Runs on the integer Relax module before legalization, for LLVM x86 targets.
     conv2d(x[1, C, H, W], W[O, C, 1, 1])               (a batch B, maybe symbolic: [B, ...] repacks)
         -> {dot}_conv_lanes_pixels(interleave(x')[C/k, H*W, k], W[O, C])        big images
         -> {dot}_conv_lanes_out_packed(interleave(x')[C/k, H*W, k], pack(W))    small images
-        -> amx_conv(interleave(x)[C/4, H*W', 4], W)            AMX, rows padded to W' (`_tile_conv`)
+        -> amx_conv(interleave(x)[(B,) C/4, H*W', 4], W)       AMX, rows padded to W' (`_tile_conv`)
 
 The first of the family's recipes that fits is used: its shape rules (K or C a multiple of
 its k, a tile of whole vectors) and, for `vpmaddubsw`, the compile-time proof that no pair
@@ -71,6 +71,18 @@ def _sample_rows(x_shape: list) -> list | None:
         return None
     per = static_factor(x_shape[0])
     if vnni.padded_rows(per) == per:
+        return None
+    return [tvm.sym.Analyzer().simplify(tvm.tirx.floordiv(x_shape[0], per)), per, x_shape[1]]
+
+
+def _tile_rows(x_shape: list, k: int) -> list | None:
+    """[n, r, K] for a matmul input of n * r rows [n * r, K] (a free batch folded into the rows: a transformer's
+    FFN) whose r rows AMX tiles take (`_tiles_pay`); None otherwise. As one symbolic row count the tiles did not
+    take them: the free-batch library ran MiniLM's FFN on the VNNI kernels."""
+    if len(x_shape) != 2 or isinstance(x_shape[0], int):
+        return None
+    per = static_factor(x_shape[0])
+    if not _tiles_pay(k, per):
         return None
     return [tvm.sym.Analyzer().simplify(tvm.tirx.floordiv(x_shape[0], per)), per, x_shape[1]]
 
@@ -162,8 +174,8 @@ class _Rewriter(PyExprMutator):
             return None
         if w_np.dtype != np.int8:
             return None
-        groups = _sample_rows(x_shape)
-        if groups is not None:  # [n * 257, K]: each sample's rows padded to whole tiles, as at batch 1
+        groups = _sample_rows(x_shape) or (_tile_rows(x_shape, int(w_np.shape[0])) if self.family.tiles else None)
+        if groups is not None:  # [n * 257, K]: each sample's rows padded to whole tiles, as at batch 1; AMX tiles
             grouped = self.builder_.emit(relax.op.reshape(x, groups))
             out = self._matmul(relax.Call(call.op, [grouped, w], call.attrs))
             if out is None:
@@ -235,7 +247,7 @@ class _Rewriter(PyExprMutator):
         o = w_np.shape[0]
         lead = [] if isinstance(n, int) and n == 1 else [n]  # a batch keeps its own axis
         w2 = w_np.reshape(o, c)
-        if self.family.tiles and not lead:
+        if self.family.tiles:
             tiled = functools.partial(self._tile_conv, w2=w2, h=h, wd=wd)
             tiled = self._byte_planes(x, tiled) if str(x.ty.dtype) == "int16" else tiled(x)
             if tiled is not None:
@@ -299,11 +311,11 @@ class _Rewriter(PyExprMutator):
         return relax.op.strided_slice(self.builder_.emit(out), axes=[3], begin=[0], end=[wd])
 
     def _tile_conv(self, x: relax.Expr, w2: np.ndarray, h: int, wd: int):
-        """A batch-1 pointwise conv on AMX tiles (`amx.conv_te`): the weights [O, C] the left tile,
-        the activations packed [C/4, H * W', 4] the right one (W' the width in whole tiles), so that
-        the sums come out per output channel and image row: NCHW, no transposes. Channels, the
-        width and the reduction are zero-padded (sliced off in the kernel). None where the tiles
-        do not pay."""
+        """A pointwise conv on AMX tiles (`amx.conv_te`): the weights [O, C] the left tile, the activations
+        packed [(N,) C/4, H * W', 4] the right one (W' the width in whole tiles), so that the sums come out
+        per output channel and image row: NCHW, no transposes. A batch N (static or symbolic) is the
+        kernel's outer loop, each sample's sums its own. Channels, the width and the reduction are
+        zero-padded (sliced off in the kernel). None where the tiles do not pay."""
         dot, (o, c) = amx.recipe(str(x.ty.dtype), conv=True), w2.shape
         kp = amx.reduction(c)
         if dot is None or kp is None or o < amx.MIN_ROWS:
@@ -366,7 +378,7 @@ class _Rewriter(PyExprMutator):
         n, c, h, wd = x_shape
         o, _, kh, kw = w_np.shape
         span_h, span_w = (kh - 1) * dilation[0] + 1, (kw - 1) * dilation[1] + 1  # the pixels a dilated kernel spans
-        if self.family.tiles and isinstance(n, int) and n == 1:
+        if self.family.tiles:
             tiled = functools.partial(self._tile_taps, w_np=w_np, x_shape=x_shape, stride=stride, pads=pads,
                                       dilation=dilation)
             tiled = self._byte_planes(x, tiled) if str(x.ty.dtype) == "int16" else tiled(x)
@@ -392,10 +404,11 @@ class _Rewriter(PyExprMutator):
                             w_np.astype(np.int64).sum((1, 2, 3)), stride, (ho, wo, wq, rows, run), dilation=dilation)
 
     def _tile_taps(self, x: relax.Expr, w_np: np.ndarray, x_shape: list, stride: int, pads: tuple, dilation: tuple):
-        """A batch-1 spatial conv (stride 1 or 2) on AMX tiles (`amx.taps_te`): each tap's weights [O, C] the
-        left tile, the packed input at the tap's shift the right one, the output tiles kept over all taps and
-        channels. None where the tiles do not pay: fewer than 16 output channels, channels not whole 64-deep
-        steps, images whose rows the patches kernels take (`PATCHES_UP_TO`)."""
+        """A spatial conv (stride 1 or 2) on AMX tiles (`amx.taps_te`): each tap's weights [O, C] the left tile,
+        the packed input at the tap's shift the right one, the output tiles kept over all taps and channels; a
+        batch (static or symbolic) the outer loop, each sample read from its own packed input. None where the
+        tiles do not pay: fewer than 16 output channels, channels not whole 64-deep steps, images whose rows the
+        patches kernels take (`PATCHES_UP_TO`)."""
         dot, (o, c, kh, kw), (_, _, h, wd) = amx.recipe(str(x.ty.dtype), conv=True), w_np.shape, x_shape
         steps = -(-c // amx.STEP) * amx.STEP  # channels zero-padded to whole 64-deep steps
         if dot is None or steps > TILE_TAPS_PADDING * c or o < amx.MIN_ROWS or kh * kw == 1:

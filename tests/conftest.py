@@ -8,12 +8,16 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 
-def relax_main(build, inputs: list[np.ndarray]):
-    """An IRModule whose `main(*inputs)` returns `build(*param vars)`."""
+def relax_main(build, inputs: list[np.ndarray], free_batch: bool = False):
+    """An IRModule whose `main(*inputs)` returns `build(*param vars)`; with `free_batch`, every input's
+    leading dim is one symbolic `n` (as a free-batch artifact's library has it)."""
+    import tvm
     from tvm import relax
 
     bb = relax.BlockBuilder()
-    params = [relax.Var(f"x{i}", relax.TensorType(list(a.shape), str(a.dtype))) for i, a in enumerate(inputs)]
+    n = tvm.tirx.Var("n", "int64")
+    lead = lambda a: [n, *a.shape[1:]] if free_batch else list(a.shape)  # noqa: E731
+    params = [relax.Var(f"x{i}", relax.TensorType(lead(a), str(a.dtype))) for i, a in enumerate(inputs)]
     with bb.function("main", params):
         with bb.dataflow():
             out = bb.emit_output(build(*params))
@@ -52,9 +56,9 @@ def run_relax(build, inputs: list[np.ndarray], cpu: str | None = None) -> np.nda
     return vm["main"](*[tvm.runtime.tensor(a) for a in inputs]).numpy()
 
 
-def build_for_cpu(build, inputs: list[np.ndarray], cpu: str, tmp_path):
-    """Compile `main(*inputs)` from `build` for the x86 fleet `cpu` and export it: (library path,
-    {function name: its disassembly})."""
+def build_for_cpu(build, inputs: list[np.ndarray], cpu: str, tmp_path, free_batch: bool = False):
+    """Compile `main(*inputs)` from `build` for the x86 fleet `cpu` (`free_batch`: the inputs' leading dim
+    symbolic) and export it: (library path, {function name: its disassembly})."""
     import re
     import subprocess
 
@@ -64,8 +68,8 @@ def build_for_cpu(build, inputs: list[np.ndarray], cpu: str, tmp_path):
 
     spec = get_target("x86", cpu=cpu)
     target = spec.target()
-    ex = tvm.compile(relax_main(build, inputs), target=target, relax_pipeline=spec.relax_pipeline(target))
-    lib = tmp_path / "lib.so"
+    ex = tvm.compile(relax_main(build, inputs, free_batch), target=target, relax_pipeline=spec.relax_pipeline(target))
+    lib = tmp_path / f"lib{'_n' if free_batch else ''}{len(list(tmp_path.glob('lib*.so')))}.so"
     ex.export_library(str(lib))
     asm = subprocess.run(["objdump", "-d", "--no-show-raw-insn", str(lib)], capture_output=True, text=True).stdout
     return lib, dict(re.findall(r"<(\w+)>:\n(.*?)(?=\n\n|\Z)", asm, re.S))

