@@ -186,16 +186,25 @@ def _rewrite(builder: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     size = (n if isinstance(n, int) else 1) * rows * ho * wo * np.dtype(str(x.ty.dtype)).itemsize
     if size > MAX_PATCH_BYTES:
         return _in_bands(builder, call, -(-size // MAX_PATCH_BYTES))
+    cols = patches(builder, x, rows, (kh, kw), strides, pads, dilation)
+    return relax.op.nn.conv2d(cols, relax.const(patch_weights(weights, rows)), out_dtype=str(call.ty.dtype))
+
+
+def patches(builder: relax.BlockBuilder, x: relax.Expr, rows: int, kernel: tuple[int, int], strides: tuple,
+            pads: tuple, dilation: tuple) -> relax.Expr:
+    """`patches_te` of x [N, C, H, W] (flat copies where the conv keeps the image's size: `same_patches_func`),
+    opaque to fusion and tagged with its geometry (PATCHES_ATTR), which the x86 kernels read to gather
+    their own packing instead (`targets/vnni_rewrite.py`)."""
+    n, c, h, wd = (int(d) if isinstance(d, tvm.tirx.IntImm) else d for d in x.ty.shape)
+    (kh, kw), strides, pads, dilation = kernel, tuple(strides), tuple(pads), tuple(dilation)
+    ho, wo = _out_size(h, wd, kernel, strides, pads, dilation)
     attrs = {"op_pattern": OPAQUE, PATCHES_ATTR: json.dumps([rows, [kh, kw], list(strides), list(pads), list(dilation)])}
-    _, _, h, wd = (int(d) if isinstance(d, tvm.tirx.IntImm) else d for d in x.ty.shape)
     if strides == (1, 1) and (ho, wo) == (h, wd) and isinstance(n, int):  # `same` padding
         func = same_patches_func(n, c, h, wd, rows, kh, kw, pads[0], pads[1], str(x.ty.dtype), dilation)
         gv = builder.add_func(func.with_attrs(attrs), "conv_patches")
-        cols = relax.call_tir(gv, [x], relax.TensorType([n, rows, ho, wo], str(x.ty.dtype)))
-    else:
-        cols = builder.call_te(patches_te, x, rows, (kh, kw), strides, pads, dilation, primfunc_name_hint="conv_patches",
-                               primfunc_attrs=attrs)
-    return relax.op.nn.conv2d(cols, relax.const(patch_weights(weights, rows)), out_dtype=str(call.ty.dtype))
+        return relax.call_tir(gv, [x], relax.TensorType([n, rows, ho, wo], str(x.ty.dtype)))
+    return builder.call_te(patches_te, x, rows, (kh, kw), strides, pads, dilation, primfunc_name_hint="conv_patches",
+                           primfunc_attrs=attrs)
 
 
 def _in_bands(builder: relax.BlockBuilder, call: relax.Call, bands: int) -> relax.Expr:

@@ -33,7 +33,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 from frontends.relax_rewrite import drop_unused_bindings
 from passes.conv_as_pointwise import OPAQUE, PATCHES_ATTR, packed_patches_te, pixel_patches_te
 
-from . import act_matmul, amx, taps_input, vnni
+from . import act_matmul, amx, int4_taps, taps_input, vnni
 from .interleave import interleaved
 from .kernel_family import MADDUBS, Dot, Family, maddubs_safe
 from .schedule_common import static_factor
@@ -123,10 +123,26 @@ def _tiles_pay(k: int, rows) -> bool:
 class _Rewriter(PyExprMutator):
     def __init__(self, mod, family: Family):
         super().__init__(mod)
-        self.family = family
+        self.family, self.mod_ = family, mod
+        self._nibbles = False  # the weights of the kernel being built are 4-bit values, stored so (`_weights`)
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         call = super().visit_call_(call)
+        spatial4 = int4_taps.spatial_conv(self.mod_, self.lookup_binding, call) if self.family.dots else None
+        if spatial4 is not None:  # a 4-bit spatial conv: the taps kernels, the weights unpacked per call
+            x, w4, attrs, patched = spatial4
+            shape = _shape(x)
+            if shape is None or len(shape) != 4 or str(x.ty.dtype) not in ("int8", "uint8"):
+                return call
+            self._nibbles = True
+            try:
+                new = self._conv_taps(x, w4, shape, attrs)
+                if new is None and patched is not None:  # rows the taps leave to patches: the 8-bit pointwise conv
+                    cols, pw = patched
+                    new = self._conv(self.builder_.normalize(relax.op.nn.conv2d(cols, relax.const(pw), out_dtype="int32")))
+            finally:
+                self._nibbles = False
+            return call if new is None else new
         # tuples (split, float fallbacks), non-tensor args and unknown shapes keep the generic lowering
         if (not isinstance(call.op, tvm.ir.Op) or not isinstance(call.ty, relax.TensorType)
                 or str(call.ty.dtype) != "int32" or len(call.args) != 2
@@ -159,11 +175,15 @@ class _Rewriter(PyExprMutator):
     def _kernel(self, compute, dot: Dot, x: relax.Expr, activations: relax.Expr, weights: np.ndarray,
                 w_sum: np.ndarray | None, *shape_args, **te_args) -> relax.Expr:
         """call_te of `compute`, with the +128 correction for shifted int8 activations."""
-        args = [self.builder_.emit(activations), relax.const(weights), *shape_args]
+        args = [self.builder_.emit(activations), self._weights(weights, x), *shape_args]
         if dot.shift and str(x.ty.dtype) != "uint8":
             args.append(relax.const((128 * w_sum).astype("int32")))
         return self.builder_.call_te(compute, *args, dot=dot.name, **te_args,
                                      primfunc_name_hint=f"{dot.name}_{compute.__name__.removesuffix('_te')}")
+
+    def _weights(self, weights: np.ndarray, x: relax.Expr) -> relax.Expr:
+        """The kernel's weight operand: a constant, or for 4-bit weights their unpacking (`int4_taps.stored`)."""
+        return int4_taps.stored(self.builder_, weights, x) if self._nibbles else relax.const(weights)
 
     def _matmul(self, call: relax.Call):
         x, w = call.args
@@ -327,7 +347,7 @@ class _Rewriter(PyExprMutator):
             return None
         xp = interleaved(self.builder_, x, 4, kp, width)
         w_pad = np.pad(w2, [(0, rows - o), (0, kp - c)]).astype(np.int8)
-        return self.builder_.call_te(amx.conv_te, self.builder_.emit(xp), relax.const(w_pad), h, o, wd,
+        return self.builder_.call_te(amx.conv_te, self.builder_.emit(xp), self._weights(w_pad, x), h, o, wd,
                                      dot=dot.name, primfunc_name_hint=f"{dot.name}_conv")
 
     def _direct_patches(self, x: relax.Expr, w2: np.ndarray, dot: Dot, step: int | None = None):
@@ -421,7 +441,7 @@ class _Rewriter(PyExprMutator):
             return None
         rows = -(-o // amx.ROWS) * amx.ROWS
         wt = np.pad(w_np, [(0, rows - o), (0, steps - c), (0, 0), (0, 0)]).transpose(2, 3, 0, 1)
-        return self.builder_.call_te(amx.taps_te, self.builder_.emit(xp), relax.const(np.ascontiguousarray(wt)),
+        return self.builder_.call_te(amx.taps_te, self.builder_.emit(xp), self._weights(np.ascontiguousarray(wt), x),
                                      stride, (ho, wo, wq, cols, o), dot=dot.name, dilation=dilation,
                                      primfunc_name_hint=f"{dot.name}_taps")
 

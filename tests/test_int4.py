@@ -273,7 +273,9 @@ def test_int4_dot_kernels_worst_case(x_dtype, rows, kernel, tmp_path):
 FLAT = [  # depthwise convs and an RGB stem with 4-bit weights: the flat-row kernel (targets/depthwise.py)
     ((1, 16, 14, 14), (16, 1, 3, 3), _Conv((1, 1), (1, 1, 1, 1), groups=16), "int8"),
     ((1, 24, 15, 15), (24, 1, 5, 5), _Conv((2, 2), (1, 1, 2, 2), groups=24), "uint8"),
-    ((1, 3, 32, 32), (8, 3, 3, 3), _Conv((2, 2), (0, 0, 1, 1)), "int8"),
+    # rows of 14: narrower than the taps kernels take (a wide stem takes them: OriNet's at 320x320, whose flat-row
+    # kernel was a sixth of the 4-bit model's time)
+    ((1, 3, 28, 28), (8, 3, 3, 3), _Conv((2, 2), (0, 0, 1, 1)), "int8"),
 ]
 
 
@@ -302,6 +304,66 @@ def test_int4_spatial_convs_run_over_patches_bit_exact(x_shape, w_shape, attrs, 
     np.testing.assert_array_equal(got, want)
     assert any("conv_patches" in name for name in functions)
     assert not any(name.startswith("int4_conv2d") for name in functions), sorted(functions)
+
+
+AMX_FLEET = "x86-64-v4+avx512vnni+amx-tile+amx-int8"
+
+
+@pytest.mark.parametrize("cpu", [V4_VNNI, V3, AMX_FLEET])
+@pytest.mark.parametrize("x_shape,w_shape,attrs,x_dtype", [
+    ((1, 32, 24, 40), (32, 32, 3, 3), _Conv((1, 1), (1, 1, 1, 1)), "uint8"),  # patched by the lowering
+    ((1, 64, 36, 44), (32, 64, 3, 3), _Conv((2, 2), (0, 0, 1, 1)), "int8"),  # stride 2, uneven pads
+    ((1, 64, 30, 40), (48, 64, 1, 5), _Conv((1, 1), (0, 4, 0, 4), (1, 2)), "uint8"),  # dilated 1 x 5
+    ((1, 64, 96, 96), (32, 64, 3, 3), _Conv((1, 1), (1, 1, 1, 1)), "int8")])  # patches too big: the plain conv
+def test_int4_spatial_convs_take_the_taps_kernels(x_shape, w_shape, attrs, x_dtype, cpu, tmp_path):
+    """A 4-bit spatial conv whose rows the 8-bit taps kernels take runs on them (AMX tiles where the fleet has
+    them), its weights stored two to a byte and unpacked by `int4_unpack` at every call (the patches'
+    4-bit pointwise kernel took ~5x the 8-bit taps kernel's time); bit-exact with the reference."""
+    x, w = _x(x_shape, x_dtype), _w4(w_shape)
+    got, functions = _fleet_build(lambda v: int4.conv2d_int4(_bb(), v, w, attrs), [x], cpu, tmp_path)
+    want = conv2d_int4_acc(x, pack_int4(w), w.shape, attrs.strides, attrs.padding, attrs.dilation, attrs.groups)
+    np.testing.assert_array_equal(got, want)
+    taps = r"amx\w*_taps" if cpu == AMX_FLEET else "conv_taps"
+    assert any(re.search(taps, name) for name in functions), sorted(functions)
+    assert any("int4_unpack" in name for name in functions), sorted(functions)
+    assert not any("conv_patches" in name or "int4_conv2d" in name for name in functions), sorted(functions)
+
+
+@pytest.mark.parametrize("cpu", [V4_VNNI, V3, AMX_FLEET])
+def test_int4_patched_convs_take_the_8bit_pointwise_kernels(cpu, tmp_path):
+    """Rows too narrow for the taps kernels (14 pixels) keep the patches, and the pointwise conv over them takes
+    the 8-bit kernels (AMX tiles where the fleet has them) on weights unpacked per call, not the 4-bit ones
+    (256 -> 256 at 14x14 on AMX: 0.97 ms against 0.23 at 8 bits); bit-exact."""
+    attrs = _Conv((1, 1), (1, 1, 1, 1))
+    x, w = _x((1, 128, 14, 14), "uint8"), _w4((64, 128, 3, 3))
+    got, functions = _fleet_build(lambda v: int4.conv2d_int4(_bb(), v, w, attrs), [x], cpu, tmp_path)
+    want = conv2d_int4_acc(x, pack_int4(w), w.shape, attrs.strides, attrs.padding, attrs.dilation, attrs.groups)
+    np.testing.assert_array_equal(got, want)
+    assert any("conv_patches" in name for name in functions) and any("int4_unpack" in name for name in functions)
+    assert not any(re.search(r"conv_lanes_\w*4|int4_conv2d", name) for name in functions), sorted(functions)
+    if cpu == AMX_FLEET:
+        assert any(re.search(r"amx\w*_conv", name) for name in functions), sorted(functions)
+
+
+def test_int4_taps_weights_stay_packed(tmp_path):
+    """The unpacking is not folded back into an int8 constant: the library holds the 3x3 weights at
+    half their bytes (FoldConstant would evaluate a kernel of constants only)."""
+    import tvm
+    from conftest import relax_main
+
+    from targets import get_target
+
+    spec = get_target("x86", cpu=V4_VNNI)
+    target = spec.target()
+    x, sizes = _x((1, 256, 20, 40), "uint8"), {}
+    w = _w4((256, 256, 3, 3))
+    for bits in (8, 4):
+        build = (lambda v: int4.conv2d_int4(_bb(), v, w, _Conv((1, 1), (1, 1, 1, 1)))) if bits == 4 else (
+            lambda v: relax.op.nn.conv2d(v, relax.const(w), padding=(1, 1), out_dtype="int32"))
+        ex = tvm.compile(relax_main(build, [x]), target=target, relax_pipeline=spec.relax_pipeline(target))
+        ex.export_library(str(tmp_path / f"{bits}.so"))
+        sizes[bits] = (tmp_path / f"{bits}.so").stat().st_size
+    assert sizes[8] - sizes[4] > 0.4 * w.size, sizes
 
 
 def test_int4_dot_kernel_limits():

@@ -66,26 +66,35 @@ PATCH_STEP = 8  # patch rows per two 4-byte dot-product steps: what the 4-bit x8
 STEM_CHANNELS = 4  # a conv over this few channels (an RGB stem) keeps its own kernel (flat rows on x86)
 
 
-def conv2d_int4(bb: relax.BlockBuilder, x: relax.Expr, w_q: np.ndarray, attrs) -> relax.Expr:
+def conv2d_int4(bb: relax.BlockBuilder, x: relax.Expr, w_q: np.ndarray, attrs, patches_of: dict | None = None
+                ) -> relax.Expr:
     """int8/uint8 x packed int4 conv2d (NCHW/OIHW), int32 accumulation, the float conv's geometry. A
     spatial conv of one group is a pointwise conv over its patches (as `conv_as_pointwise.py` makes
     the 8-bit ones), so that it runs on the 4-bit dot-product kernels: TVM's loops ran OriNet's 3x3
-    convs 4-6x slower than 8-bit. The same products, summed in another order: the same int32."""
+    convs 4-6x slower than 8-bit. The same products, summed in another order: the same int32. The
+    patched conv's geometry keeps the spatial conv's (`patches_of`): x86 runs it on the 8-bit taps
+    kernels with the weights unpacked at every call (`targets/int4_taps.py`)."""
     patched = _over_patches(bb, x, w_q, attrs)
     if patched is not None:
         return patched
     packed = relax.const(pack_int4(w_q), "uint8")
     ints = lambda v: tuple(int(i) for i in v)
-    geometry = {"op": "conv2d", "weight_shape": list(w_q.shape), "strides": list(ints(attrs.strides)),
-                "padding": list(ints(attrs.padding)), "dilation": list(ints(attrs.dilation)),
-                "groups": int(attrs.groups)}
+    geometry = _geometry(w_q, attrs)
+    if patches_of is not None:
+        geometry["patches_of"] = patches_of
     return bb.call_te(_conv2d_te, x, packed, tuple(w_q.shape), ints(attrs.strides), ints(attrs.padding),
                       ints(attrs.dilation), int(attrs.groups), primfunc_name_hint="int4_conv2d",
                       primfunc_attrs={"intq.int4": geometry})
 
 
+def _geometry(w_q: np.ndarray, attrs) -> dict:
+    ints = lambda v: [int(i) for i in v]  # noqa: E731
+    return {"op": "conv2d", "weight_shape": list(w_q.shape), "strides": ints(attrs.strides),
+            "padding": ints(attrs.padding), "dilation": ints(attrs.dilation), "groups": int(attrs.groups)}
+
+
 def _over_patches(bb: relax.BlockBuilder, x: relax.Expr, w_q: np.ndarray, attrs) -> relax.Expr | None:
-    from ..conv_as_pointwise import MAX_PATCH_BYTES, patch_rows, patch_weights, patches_te
+    from ..conv_as_pointwise import MAX_PATCH_BYTES, patch_rows, patch_weights, patches
 
     _, c, kh, kw = w_q.shape
     strides, pads = tuple(int(v) for v in attrs.strides), tuple(int(v) for v in attrs.padding)
@@ -100,10 +109,9 @@ def _over_patches(bb: relax.BlockBuilder, x: relax.Expr, w_q: np.ndarray, attrs)
     rows = patch_rows(c, kh, kw, PATCH_STEP)
     if n * rows * ho * wo > MAX_PATCH_BYTES:
         return None
-    cols = bb.emit(bb.call_te(patches_te, x, rows, (kh, kw), strides, pads, dilation,
-                              primfunc_name_hint="conv_patches"))
-    return conv2d_int4(bb, cols, patch_weights(w_q, rows), SimpleNamespace(strides=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1),
-                                                         groups=1))
+    cols = bb.emit(patches(bb, x, rows, (kh, kw), strides, pads, dilation))  # as the 8-bit convs' (flat copies too)
+    return conv2d_int4(bb, cols, patch_weights(w_q, rows), SimpleNamespace(
+        strides=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), groups=1), patches_of=_geometry(w_q, attrs))
 
 
 def matmul_int4(bb: relax.BlockBuilder, x: relax.Expr, w_q: np.ndarray) -> relax.Expr:
