@@ -90,3 +90,45 @@ def test_inline_graph_renames_outer_names_at_any_depth():
     assert list(deepest.node[1].input) == ["z"]  # the nested graph's own z shadows the body's
     assert deepest.output[0].name == "L/0/h"  # a graph output that is the body's value
     assert list(nodes[0].input) == ["x"] and outs == ["L/0/b"]
+
+
+def _line_recognizer(path) -> None:
+    """A text-line recognizer in miniature: x [1, 3, 8, W] -> Conv 3x3 -> Relu -> ReduceMean over the height ->
+    Transpose to [1, W, 8] -> Softmax; W free in the file (PP-OCR's recognizers take any width)."""
+    w = numpy_helper.from_array(rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+                               helper.make_node("Relu", ["c"], ["r"]),
+                               helper.make_node("ReduceMean", ["r"], ["m"], axes=[2], keepdims=0),
+                               helper.make_node("Transpose", ["m"], ["t"], perm=[0, 2, 1]),
+                               helper.make_node("Softmax", ["t"], ["y"], axis=-1)], "rec",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, "width"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "width", 8])], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+
+
+def test_free_width_runs_the_calibration_width(tmp_path, capsys):
+    """An OCR line recognizer compiled with a free width (`--input-shape x:1x3x48x64..640`, PP-OCRv5's recognizer)
+    and calibrated on 320-wide lines got buckets 64, 128, 256, 512, 640 only; without an attention mask padding
+    is not exact, so only those widths run, and the compile's own check on its 320-wide samples was skipped
+    ("seq = 320: this artifact runs seq in [64, 128, 256, 512, 640] only"), as was every 320-wide line after.
+    The calibration samples' width is a bucket now (it is the width the deployment has): it runs and is checked."""
+    import runtime
+    from runtime.compile import main as compile_main
+
+    path = tmp_path / "rec.onnx"
+    _line_recognizer(path)
+    x = rng.normal(0, 1, (6, 1, 3, 8, 24)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=x)
+    assert compile_main([str(path), "--calib", str(tmp_path / "calib.npz"), "--input-shape", "x:1x3x8x16..32",
+                         "-o", str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err
+    assert "check skipped" not in err, err
+    art = runtime.load(tmp_path / "a")
+    assert art.manifest["buckets"]["sizes"] == [16, 24, 32]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for width in (24, 16):
+        sample = x[0, ..., :width]
+        want = session.run(None, {"x": sample})[0]
+        got = art.run({"x": sample})["y"]
+        assert got.shape == want.shape == (1, width, 8)
+        assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.99
