@@ -30,8 +30,8 @@ ATTR = "intq.int4"  # the lowering's geometry attribute (`passes/lowering/int4.p
 
 def spatial_conv(mod: tvm.IRModule, lookup, call: relax.Call) -> tuple | None:
     """(x, w [O, C, kh, kw] int8 values in [-8, 7], attrs, patched) of a 4-bit spatial conv of one group: the
-    lowering's pointwise conv over patches (x the patches' input, `lookup(var)` its binding; `patched` = (the
-    patches, their weights [O, rows, 1, 1])) or its plain conv (`patched` None); else None."""
+    lowering's pointwise conv over patches (x the patches' input, `lookup(var)` its binding; `patched` the patch
+    weights [O, rows, 1, 1]) or its plain conv (`patched` None); else None."""
     from passes.reference.int4 import unpack_int4
 
     if call.op != tvm.ir.Op.get("relax.call_tir") or not isinstance(call.args[0], tvm.ir.GlobalVar) \
@@ -51,7 +51,7 @@ def spatial_conv(mod: tvm.IRModule, lookup, call: relax.Call) -> tuple | None:
         patches = lookup(x) if isinstance(x, relax.Var) else None
         if patches is None or not isinstance(patches, relax.Call) or not isinstance(patches.args[1], relax.Tuple):
             return None
-        patched = (x, w)
+        patched = w
         x, g = patches.args[1].fields[0], source
         o, c, kh, kw = ints(g, "weight_shape")
         w = np.ascontiguousarray(w.reshape(o, -1)[:, :c * kh * kw].reshape(o, c, kh, kw))

@@ -31,7 +31,7 @@ from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from frontends.relax_rewrite import drop_unused_bindings
-from passes.conv_as_pointwise import OPAQUE, PATCHES_ATTR, packed_patches_te, pixel_patches_te
+from passes.conv_as_pointwise import OPAQUE, PATCHES_ATTR, packed_patches_te, patches, pixel_patches_te
 
 from . import act_matmul, amx, int4_taps, taps_input, vnni
 from .interleave import interleaved
@@ -138,7 +138,9 @@ class _Rewriter(PyExprMutator):
             try:
                 new = self._conv_taps(x, w4, shape, attrs)
                 if new is None and patched is not None:  # rows the taps leave to patches: the 8-bit pointwise conv
-                    cols, pw = patched
+                    kernel, pw = tuple(w4.shape[2:]), patched  # over the 8-bit convs' patches (flat copies, tagged)
+                    cols = self.builder_.emit(patches(self.builder_, x, int(pw.shape[1]), kernel, attrs.strides,
+                                                      attrs.padding, attrs.dilation))
                     new = self._conv(self.builder_.normalize(relax.op.nn.conv2d(cols, relax.const(pw), out_dtype="int32")))
             finally:
                 self._nibbles = False

@@ -94,7 +94,7 @@ def _geometry(w_q: np.ndarray, attrs) -> dict:
 
 
 def _over_patches(bb: relax.BlockBuilder, x: relax.Expr, w_q: np.ndarray, attrs) -> relax.Expr | None:
-    from ..conv_as_pointwise import MAX_PATCH_BYTES, patch_rows, patch_weights, patches
+    from ..conv_as_pointwise import MAX_PATCH_BYTES, patch_rows, patch_weights, patches_te
 
     _, c, kh, kw = w_q.shape
     strides, pads = tuple(int(v) for v in attrs.strides), tuple(int(v) for v in attrs.padding)
@@ -109,7 +109,8 @@ def _over_patches(bb: relax.BlockBuilder, x: relax.Expr, w_q: np.ndarray, attrs)
     rows = patch_rows(c, kh, kw, PATCH_STEP)
     if n * rows * ho * wo > MAX_PATCH_BYTES:
         return None
-    cols = bb.emit(patches(bb, x, rows, (kh, kw), strides, pads, dilation))  # as the 8-bit convs' (flat copies too)
+    cols = bb.emit(bb.call_te(patches_te, x, rows, (kh, kw), strides, pads, dilation,
+                              primfunc_name_hint="conv_patches"))
     return conv2d_int4(bb, cols, patch_weights(w_q, rows), SimpleNamespace(
         strides=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), groups=1), patches_of=_geometry(w_q, attrs))
 
