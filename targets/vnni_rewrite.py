@@ -9,6 +9,8 @@ Runs on the integer Relax module before legalization, for LLVM x86 targets.
         -> {dot}_conv_lanes_pixels(interleave(x')[C/k, H*W, k], W[O, C])        big images
         -> {dot}_conv_lanes_out_packed(interleave(x')[C/k, H*W, k], pack(W))    small images
         -> amx_conv(interleave(x)[(B,) C/4, H*W', 4], W)       AMX, rows padded to W' (`_tile_conv`)
+    conv2d(x, W[O, C, kh, kw])  -> {dot}_conv_taps / amx_taps (`_conv_taps`); else patches (conv_as_pointwise)
+    int4_conv2d (the lowering's 4-bit spatial conv) -> the same taps kernels, W unpacked per call (`int4_taps.py`)
 
 The first of the family's recipes that fits is used: its shape rules (K or C a multiple of
 its k, a tile of whole vectors) and, for `vpmaddubsw`, the compile-time proof that no pair
