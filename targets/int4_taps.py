@@ -5,7 +5,8 @@ The lowering writes a 4-bit spatial conv of one group as a pointwise 4-bit conv 
 would be too big, as its plain `int4_conv2d`. On x86 the 4-bit pointwise kernels then ran it at ~5x
 the 8-bit taps kernel's time (a 64-channel 3x3 layer at 80x80: 6.5 against 1.3 ms), the plain one in
 TVM's loops. `vnni_rewrite` gives such a conv to its taps kernels instead (`amx.taps_te` on AMX,
-`vnni.conv_taps_te` else), on the conv's own input, with the weights in those kernels' layout held
+`vnni.conv_taps_te` else), on the conv's own input, or, for rows the taps leave to patches (16 pixels
+or fewer), to its 8-bit pointwise kernels over the patches; with the weights in those kernels' layout held
 at 4 bits in the library: `stored` packs value i with value i + N/2 into one byte, and a small kernel
 unpacks them into int8 (or the recipe's int16) at every call. It reads half a byte and writes one per
 weight, against ~Ho Wo multiply-adds per weight in the conv, so the conv costs about what it costs at
@@ -69,10 +70,11 @@ def stored(bb: relax.BlockBuilder, weights: np.ndarray, like: relax.Expr) -> rel
         return relax.const(weights)
     half = flat.size // 2
     packed = ((flat[:half] & 15) | ((flat[half:] & 15) << 4)).astype(np.uint8)
-    # opaque: fused with the reshape, it wrote through a staging buffer at a third of the speed
+    # a kernel of its own (fused with a reshape, it wrote through a staging buffer at a third of the speed);
+    # its [2, N/2] output viewed in the weights' shape, not reshaped (an R.reshape became a copy kernel)
     out = bb.emit(bb.call_te(unpack_te, relax.const(packed, "uint8"), like, str(weights.dtype),
                              primfunc_name_hint="int4_unpack", primfunc_attrs={"op_pattern": OPAQUE}))
-    return bb.emit(relax.op.memory.view(out, list(weights.shape)))  # the same bytes: no copy
+    return bb.emit(relax.op.memory.view(out, list(weights.shape)))
 
 
 def unpack_te(packed: te.Tensor, like: te.Tensor, dtype: str) -> te.Tensor:
