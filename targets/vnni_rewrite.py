@@ -64,27 +64,16 @@ def _shape(expr) -> list | None:
     return [int(d) if isinstance(d, tvm.tirx.IntImm) else d for d in shape]
 
 
-def _sample_rows(x_shape: list) -> list | None:
+def _sample_rows(x_shape: list, k: int, tiles: bool) -> list | None:
     """[n, r, K] for a matmul input of n * r rows [n * r, K] (a free batch folded into the rows) whose r
-    a batch-1 kernel pads to whole tiles (`vnni.padded_rows`: 257 tokens, 260 rows); None otherwise. The
-    rows as one symbolic count tiled by r's divisors (257: a prime, tiles of one row), and a DINOv2's
-    matmuls ran at half the static kernel's speed a sample."""
+    rows a batch-1 kernel takes better than one symbolic row count: rows it pads to whole tiles
+    (`vnni.padded_rows`: 257 tokens, 260 rows; as one count tiled by 257's divisors, tiles of one row, a
+    DINOv2's matmuls ran at half the static kernel's speed a sample), or, with `tiles`, rows AMX tiles take
+    (`_tiles_pay`; as one count the free-batch library ran MiniLM's FFN on the VNNI kernels). None otherwise."""
     if len(x_shape) != 2 or isinstance(x_shape[0], int):
         return None
     per = static_factor(x_shape[0])
-    if vnni.padded_rows(per) == per:
-        return None
-    return [tvm.sym.Analyzer().simplify(tvm.tirx.floordiv(x_shape[0], per)), per, x_shape[1]]
-
-
-def _tile_rows(x_shape: list, k: int) -> list | None:
-    """[n, r, K] for a matmul input of n * r rows [n * r, K] (a free batch folded into the rows: a transformer's
-    FFN) whose r rows AMX tiles take (`_tiles_pay`); None otherwise. As one symbolic row count the tiles did not
-    take them: the free-batch library ran MiniLM's FFN on the VNNI kernels."""
-    if len(x_shape) != 2 or isinstance(x_shape[0], int):
-        return None
-    per = static_factor(x_shape[0])
-    if not _tiles_pay(k, per):
+    if vnni.padded_rows(per) == per and not (tiles and _tiles_pay(k, per)):
         return None
     return [tvm.sym.Analyzer().simplify(tvm.tirx.floordiv(x_shape[0], per)), per, x_shape[1]]
 
@@ -198,7 +187,7 @@ class _Rewriter(PyExprMutator):
             return None
         if w_np.dtype != np.int8:
             return None
-        groups = _sample_rows(x_shape) or (_tile_rows(x_shape, int(w_np.shape[0])) if self.family.tiles else None)
+        groups = _sample_rows(x_shape, int(w_np.shape[0]), self.family.tiles)
         if groups is not None:  # [n * 257, K]: each sample's rows padded to whole tiles, as at batch 1; AMX tiles
             grouped = self.builder_.emit(relax.op.reshape(x, groups))
             out = self._matmul(relax.Call(call.op, [grouped, w], call.attrs))

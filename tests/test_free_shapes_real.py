@@ -523,8 +523,9 @@ def test_folded_batch_rows_padded_per_sample(tmp_path):
     from targets.vnni_rewrite import _sample_rows
 
     n = tvm.tirx.Var("n", "int64")
-    assert [str(d) for d in _sample_rows([n * 17, 24])] == ["n", "17", "24"]
-    assert _sample_rows([n * 16, 24]) is None and _sample_rows([17, 24]) is None
+    assert [str(d) for d in _sample_rows([n * 17, 24], 32, False)] == ["n", "17", "24"]
+    assert _sample_rows([n * 16, 24], 32, False) is None and _sample_rows([17, 24], 32, False) is None
+    assert [str(d) for d in _sample_rows([n * 128, 384], 384, True)] == ["n", "128", "384"]  # rows AMX tiles take
     p = _mlp_block(tmp_path / "mlp.onnx")
     np.savez(tmp_path / "calib.npz", x=np.random.default_rng(1).standard_normal((4, 17, 32)).astype(np.float32))
     model = runtime.load(runtime.compile_model(p, "x86", tmp_path / "a", calib=tmp_path / "calib.npz",
