@@ -30,8 +30,9 @@ from frontends.errors import CompileError
 from targets import parallel_build
 
 CACHE_DIR = Path.home() / ".cache" / "intq" / "latency"
-CACHE_VERSION = 4  # bumped when kernels change speed (2: CPU schedules for 4-bit kernels; 3: x86 4-bit
-# dot-product kernels, targets/vnni_int4.py; 4: x86 4-bit spatial convs on the taps kernels, targets/int4_taps.py)
+CACHE_VERSION = 5  # bumped when kernels change speed (2: CPU schedules for 4-bit kernels; 3: x86 4-bit
+# dot-product kernels, targets/vnni_int4.py; 4: x86 4-bit spatial convs on the taps kernels, targets/int4_taps.py;
+# 5: 4-bit pointwise convs and many-row matmuls on AMX tiles)
 
 
 @dataclass(frozen=True)

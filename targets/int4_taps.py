@@ -11,6 +11,8 @@ at 4 bits in the library: `stored` packs value i with value i + N/2 into one byt
 unpacks them into int8 (or the recipe's int16) at every call. It reads half a byte and writes one per
 weight, against ~Ho Wo multiply-adds per weight in the conv, so the conv costs about what it costs at
 8 bits (the point of 4 bits there is the size: compute-bound convs gain no speed from narrower weights).
+On AMX the same holds for 4-bit pointwise convs and many-row matmuls (`dense`): the 8-bit tile kernels on
+weights unpacked per call run at the tiles' rate, the 4-bit dot-product kernels at VNNI's.
 The unpack kernel also takes the conv's input, unread, so that FoldConstant does not evaluate it at
 compile time (which would store the weights unpacked again). The same products as the reference:
 the same int32 sums.
@@ -60,6 +62,29 @@ def spatial_conv(mod: tvm.IRModule, lookup, call: relax.Call) -> tuple | None:
         return None
     attrs = SimpleNamespace(strides=ints(g, "strides"), padding=ints(g, "padding"), dilation=ints(g, "dilation"))
     return x, w, attrs, patched
+
+
+def dense(mod: tvm.IRModule, call: relax.Call) -> tuple | None:
+    """(x, w int8 values in [-8, 7]) of the lowering's 4-bit matmul (w [K, N]) or pointwise conv of one group,
+    stride 1 and no padding (w [O, C]); else None."""
+    from passes.reference.int4 import unpack_int4
+
+    if call.op != tvm.ir.Op.get("relax.call_tir") or not isinstance(call.args[0], tvm.ir.GlobalVar) \
+            or call.args[0] not in mod.functions:
+        return None
+    func = mod[call.args[0]]
+    g = func.attrs.get(ATTR) if isinstance(func, tvm.tirx.PrimFunc) and func.attrs else None
+    args = call.args[1].fields if isinstance(call.args[1], relax.Tuple) else []
+    if g is None or len(args) != 2 or not isinstance(args[1], tvm.ir.GenericConst):
+        return None
+    shape = [int(v) for v in g["weight_shape"]]
+    if str(g["op"]) == "conv2d":
+        ints = lambda key: [int(v) for v in g[key]]  # noqa: E731
+        if (len(shape) != 4 or shape[2:] != [1, 1] or int(g["groups"]) != 1 or any(ints("padding"))
+                or any(v != 1 for v in ints("strides") + ints("dilation"))):
+            return None
+        return args[0], unpack_int4(args[1].value.numpy(), shape).reshape(shape[:2])
+    return (args[0], unpack_int4(args[1].value.numpy(), shape)) if len(shape) == 2 else None
 
 
 def stored(bb: relax.BlockBuilder, weights: np.ndarray, like: relax.Expr) -> relax.Expr:

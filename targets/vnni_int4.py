@@ -1,7 +1,9 @@
 """use_int4_dot_kernels(family): the lowering's 4-bit matmuls and convs -> the x86 kernels of
 `vnni_int4_kernels.py` (the 4-bit twin of `vnni_rewrite.py`; `schedule_int4_dot_kernels`, the
 pass that schedules them, comes from there). Runs on the integer Relax module before
-legalization, for LLVM x86 targets with a dot-product kernel family.
+legalization, for LLVM x86 targets with a dot-product kernel family, after `vnni_rewrite.py`, which
+gives AMX tiles the 4-bit pointwise convs and many-row matmuls they take (their weights unpacked per
+call: `int4_taps.dense`).
 
     call_tir(int4_matmul, [x, packed W[K, N]])     -> {dot}_dense4[_staged](x', tiles4(W^T))
     call_tir(int4_conv2d, [x, packed W[O,C,1,1]])  -> {dot}_conv_lanes_pixels4[_staged](interleaved(x'), W4)

@@ -11,6 +11,7 @@ Runs on the integer Relax module before legalization, for LLVM x86 targets.
         -> amx_conv(interleave(x)[(B,) C/4, H*W', 4], W)       AMX, rows padded to W' (`_tile_conv`)
     conv2d(x, W[O, C, kh, kw])  -> {dot}_conv_taps / amx_taps (`_conv_taps`); else patches (conv_as_pointwise)
     int4_conv2d (the lowering's 4-bit spatial conv) -> the same taps kernels, W unpacked per call (`int4_taps.py`)
+    int4_conv2d 1x1 / int4_matmul, AMX              -> amx_conv / amx_dense, W unpacked per call, where tiles pay
 
 The first of the family's recipes that fits is used: its shape rules (K or C a multiple of
 its k, a tile of whole vectors) and, for `vpmaddubsw`, the compile-time proof that no pair
@@ -135,6 +136,10 @@ class _Rewriter(PyExprMutator):
                     new = self._conv(self.builder_.normalize(relax.op.nn.conv2d(cols, relax.const(pw), out_dtype="int32")))
             finally:
                 self._nibbles = False
+            return call if new is None else new
+        dense4 = int4_taps.dense(self.mod_, call) if self.family.tiles else None
+        if dense4 is not None:  # a 4-bit matmul or pointwise conv: AMX tiles where they pay (else `vnni_int4.py`)
+            new = self._tile_dense4(*dense4)
             return call if new is None else new
         # tuples (split, float fallbacks), non-tensor args and unknown shapes keep the generic lowering
         if (not isinstance(call.op, tvm.ir.Op) or not isinstance(call.ty, relax.TensorType)
@@ -342,6 +347,21 @@ class _Rewriter(PyExprMutator):
         w_pad = np.pad(w2, [(0, rows - o), (0, kp - c)]).astype(np.int8)
         return self.builder_.call_te(amx.conv_te, self.builder_.emit(xp), self._weights(w_pad, x), h, o, wd,
                                      dot=dot.name, primfunc_name_hint=f"{dot.name}_conv")
+
+    def _tile_dense4(self, x: relax.Expr, w: np.ndarray):
+        """A 4-bit matmul (w [K, N]) or pointwise conv (w [O, C]) on the 8-bit AMX tile kernels, the weights unpacked
+        per call (`int4_taps.stored`); None where the tiles do not take it (`vnni_int4.py`'s 4-bit kernels then do).
+        The 4-bit dot-product kernels unpack in registers but run at VNNI's rate, a small share of the tiles'."""
+        shape = _shape(x)
+        if shape is None or str(x.ty.dtype) not in ("int8", "uint8"):
+            return None
+        self._nibbles = True
+        try:
+            if len(shape) == 4:
+                return self._tile_conv(x, w, shape[2], shape[3]) if all(isinstance(d, int) for d in shape[1:]) else None
+            return self._tile_matmul(x, w, shape) if len(shape) >= 2 else None
+        finally:
+            self._nibbles = False
 
     def _direct_patches(self, x: relax.Expr, w2: np.ndarray, dot: Dot, step: int | None = None):
         """(patches, weights [O, rows] in their row order) gathered straight from a spatial conv's
