@@ -252,24 +252,38 @@ def _ms(m: Measured) -> str:
     return "" if m.ms is None else f"{m.ms:.2f}"
 
 
+def _timed(rows: list[ZooRow]) -> bool:
+    return any(r.ours.ms is not None or r.ort.ms is not None for r in rows)
+
+
 def table(rows: list[ZooRow]) -> str:
-    head = ("| model | integer-only | cosine intq | argmax agreement intq | cosine ORT int8 "
-            "| argmax agreement ORT int8 | ms intq | ms ORT int8 |\n|---|---|---|---|---|---|---|---|\n")
+    """The Markdown table; the latency columns only where something was timed (not with --no-latency)."""
+    timed = _timed(rows)
+    head = ("| model | integer-only | cosine intq | argmax agreement intq | cosine ORT int8 | argmax agreement ORT int8 |"
+            + (" ms intq | ms ORT int8 |" if timed else "") + "\n|---|---|---|---|---|---|" + ("---|---|" if timed else "")
+            + "\n")
     return head + "".join(
-        f"| {r.name} | {r.integer_only} | {_cos(r.ours)} | {_agree(r.ours)} | {_cos(r.ort)} | {_agree(r.ort)} "
-        f"| {_ms(r.ours)} | {_ms(r.ort)} |\n" for r in rows)
+        f"| {r.name} | {r.integer_only} | {_cos(r.ours)} | {_agree(r.ours)} | {_cos(r.ort)} | {_agree(r.ort)} |"
+        + (f" {_ms(r.ours)} | {_ms(r.ort)} |" if timed else "") + "\n" for r in rows)
 
 
 EXPLAIN = ("Cosine: the smallest over evaluation inputs and outputs, to float onnxruntime. Argmax agreement "
            "(classifiers, detectors, recognizers): per float output with a last axis >= 2, in output order, the "
            "fraction of positions whose argmax over the last axis equals float's. ORT int8: "
            "`quantize_static`, QDQ, per-channel int8 weights, uint8 activations, MinMax on the same calibration "
-           "inputs. ms: median latency at 1 thread, batch 1, on a shared 2-core machine.")
+           "inputs.")
+TIMED = " ms: median latency at 1 thread, batch 1, on a shared 2-core machine."
+UNTIMED = (" Latency: `python -m benchmarks.corpus_speed` ([`benchmarks/results/corpus_speed.md`]"
+           "(benchmarks/results/corpus_speed.md): thread time, interleaved rounds).")
+
+
+def _explain(rows: list[ZooRow]) -> str:
+    return EXPLAIN + (TIMED if _timed(rows) else UNTIMED)
 
 
 def readme_block(rows: list[ZooRow], eval_count: int) -> str:
     return (f"{START}\n\n`python -m benchmarks.zoo` ({len(rows)} corpus models, calibrated on {CALIB_COUNT} inputs, "
-            f"evaluated on {eval_count} others). {EXPLAIN}\n\n{table(rows)}\n{END}")
+            f"evaluated on {eval_count} others). {_explain(rows)}\n\n{table(rows)}\n{END}")
 
 
 def markdown(rows: list[ZooRow], eval_count: int, done: bool) -> str:
@@ -278,7 +292,7 @@ def markdown(rows: list[ZooRow], eval_count: int, done: bool) -> str:
                         + "".join(f"; {n}" for n in r.notes) for r in rows)
     return (f"# intq and onnxruntime int8 on the real-model corpus\n\n`python -m benchmarks.zoo` on "
             f"{time.strftime('%Y-%m-%d')}{state}: calibrated on {CALIB_COUNT} inputs (`sample(model, 10..13)`), "
-            f"evaluated on {eval_count} others (`sample(model, 0..{eval_count - 1})`). {EXPLAIN}\n\n{table(rows)}\n"
+            f"evaluated on {eval_count} others (`sample(model, 0..{eval_count - 1})`). {_explain(rows)}\n\n{table(rows)}\n"
             f"## Outputs and notes\n\n{outputs}\n")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -35,3 +36,7 @@ def test_zoo_row_on_a_small_corpus_model(tmp_path):
     assert len(cells) == 8 and cells[0] == "mtcnn-rnet" and cells[1] == "yes"
     assert float(cells[2]) == pytest.approx(row.ours.cosine, abs=1e-4)
     assert float(cells[4]) == pytest.approx(row.ort.cosine, abs=1e-4)
+    untimed = dataclasses.replace(row, ours=dataclasses.replace(row.ours, ms=None),
+                                  ort=dataclasses.replace(row.ort, ms=None))  # --no-latency: no ms columns
+    head, _, line = table([untimed]).splitlines()
+    assert "ms" not in head and len(line.strip("|").split("|")) == 6
