@@ -28,7 +28,7 @@ from tvm import relax, te, tirx
 from .call_rewrite import rewrite_calls, static_dims
 
 OPAQUE = 8  # FuseOps' kOpaque: AnnotateTIROpPattern keeps an op_pattern it finds
-PATCHES_ATTR = "intq_patches"  # on a patches kernel: JSON [rows, kernel, strides, pads, dilation] (patches_te)
+PATCHES_ATTR = "intq_patches"  # on a patches kernel: JSON [rows, kernel, strides, pads, dilation(, padded input)]
 MAX_PATCH_BYTES = 256 << 20
 STEP = 4  # bytes per dot-product lane (vpdpbusd, vpmaddwd pairs, sdot)
 
@@ -85,6 +85,95 @@ def packed_patches_te(x: te.Tensor, rows: int, kernel: tuple[int, int], strides:
     return te.compute((rows // step, ho * wo, step), lambda r, p, q: _tap(
         lambda ch, iy, ix: x[0, ch, iy, ix], r * step + q, p // wo, p % wo, int(c), h, w, kernel, strides, pads,
         dilation, fill, x.dtype), name="conv_packed_patches")
+
+
+VECTOR_BITS = 512  # the bits `window_patches` writes per store (LLVM splits them on narrower targets)
+
+
+def window_patches(builder: relax.BlockBuilder, x: relax.Expr, rows: int, kernel: tuple[int, int], strides: tuple,
+                   pads: tuple, dilation: tuple, step: int, fill: int = 0, name: str = "conv_packed_patches",
+                   attrs: dict | None = None) -> relax.Expr:
+    """`packed_patches_te` of x [1, C, H, W] ([rows / step, Ho * Wo, step]; step 1: [1, rows, Ho, Wo], as
+    `patches_te`) as vector copies: x padded once (with `fill`), then for each group of `step` patch rows and
+    each output row, `step` contiguous runs of the padded image (every stride-th element of each) interleaved
+    into one store (`window_patches_func`). The TE compute tested every element against the image's bounds
+    and wrote a byte at a time: openWakeWord's embedding CNN spent half its time in three such kernels."""
+    _, c, h, w = (int(d) for d in x.ty.shape)
+    (kh, kw), (sh, sw), (dh, dw), (top, left, bottom, right) = kernel, strides, dilation, pads
+    ho, wo = _out_size(h, w, kernel, strides, pads, dilation)
+    # `sw - 1` columns more on the right: a run's last load of `sw` elements may reach them
+    xp = builder.emit(relax.op.nn.pad(x, [0, 0, 0, 0, top, bottom, left, right + sw - 1], pad_value=fill))
+    dtype = str(x.ty.dtype)
+    func = window_patches_func(c, h + top + bottom, w + left + right + sw - 1, rows, kernel, strides, dilation,
+                               (ho, wo), step, dtype, fill)
+    gv = builder.add_func(func.with_attrs({"op_pattern": OPAQUE, **(attrs or {})}), name)
+    shape = [1, rows, ho, wo] if step == 1 else [rows // step, ho * wo, step]
+    return relax.call_tir(gv, [xp], relax.TensorType(shape, dtype))
+
+
+def window_patches_func(c: int, hp: int, wp: int, rows: int, kernel: tuple[int, int], strides: tuple,
+                        dilation: tuple, out: tuple[int, int], step: int, dtype: str, fill: int) -> tvm.tirx.PrimFunc:
+    """The PrimFunc of `window_patches` over the padded image xp [1, C, hp, wp] (see there): out[g, y Wo + x, q]
+    = xp[c, y sh + i dh, x sw + j dw] for patch row g step + q = (c, i, j) channel-major, `fill` past C kh kw."""
+    from tvm.script.ir_builder import IRBuilder
+    from tvm.script.ir_builder import tirx as T
+
+    (kh, kw), (sh, sw), (dh, dw), (ho, wo) = kernel, strides, dilation, out
+    taps, groups = c * kh * kw, rows // step
+    lanes = min(wo, max(1, VECTOR_BITS // tvm.DataType(dtype).bits // step))  # output pixels per store
+    full, tail = divmod(wo, lanes)
+
+    with IRBuilder() as ib:
+        with T.prim_func(s_tir=True):
+            a = T.arg("a", T.buffer((1, c, hp, wp), dtype))
+            o = T.arg("o", T.buffer((1, rows, ho, wo) if step == 1 else (groups, ho * wo, step), dtype))
+            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+            with T.sblock("root"):
+                src = T.decl_buffer((c * hp * wp,), dtype, data=a.data)
+                dst = T.decl_buffer((rows * ho * wo,), dtype, data=o.data)
+
+                def run(k, y, x0, count: int):
+                    """count * sw elements of patch row k's source from output pixel (y, x0), or None (a fill row)."""
+                    if isinstance(k, int) and k >= taps:
+                        return None
+                    ch, t = k // (kh * kw), k % (kh * kw)
+                    start = (ch * hp + y * sh + t // kw * dh) * wp + x0 * sw + t % kw * dw
+                    width = count * sw
+                    return src.vload([start], f"{dtype}x{width}") if width > 1 else src[start]
+
+                def store(g, y, x0, count: int, real: int | None = None):
+                    """Pixels [x0, x0 + count) of output row y, patch rows g step ... (the first `real` of them
+                    read, the rest `fill`)."""
+                    width = count * sw
+                    zero = T.Broadcast(tvm.tirx.const(fill, dtype), width) if width > 1 else tvm.tirx.const(fill, dtype)
+                    vectors = [run(g * step + q, y, x0, count) if real is None or q < real else None
+                               for q in range(step)]
+                    vectors = [zero if v is None else v for v in vectors]
+                    at = (g * (ho * wo) + y * wo + x0) * step
+                    if count * step == 1:
+                        T.buffer_store(dst, vectors[0], [at])
+                        return
+                    if width == 1:  # one pixel of `step` rows
+                        value = T.Shuffle(vectors, list(range(step)))
+                    else:
+                        value = T.Shuffle(vectors, [q * width + x * sw for x in range(count) for q in range(step)])
+                    T.buffer_store(dst, value, [T.Ramp(at, 1, count * step)])
+
+                def row(g, y, real=None):
+                    if full:
+                        with T.serial(0, full) as t:
+                            store(g, y, t * lanes, lanes, real)
+                    if tail:
+                        store(g, y, full * lanes, tail, real)
+
+                whole = taps // step  # groups whose rows all read the image
+                if whole:
+                    with T.parallel(0, whole * ho) as gy:
+                        row(gy // ho, gy % ho)
+                for g in range(whole, groups):  # the last rows: part image, part fill
+                    with T.serial(0, ho) as y:
+                        row(g, y, max(0, taps - g * step))
+    return ib.get()
 
 
 def patch_rows(c: int, kh: int, kw: int, step: int = STEP) -> int:
@@ -192,9 +281,11 @@ def _rewrite(builder: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
 
 def patches(builder: relax.BlockBuilder, x: relax.Expr, rows: int, kernel: tuple[int, int], strides: tuple,
             pads: tuple, dilation: tuple) -> relax.Expr:
-    """`patches_te` of x [N, C, H, W] (flat copies where the conv keeps the image's size: `same_patches_func`),
-    opaque to fusion and tagged with its geometry (PATCHES_ATTR), which the x86 kernels read to gather
-    their own packing instead (`targets/vnni_rewrite.py`)."""
+    """`patches_te` of x [N, C, H, W] (flat copies where the conv keeps the image's size: `same_patches_func`;
+    vector copies of the padded image's rows for other convs of one sample: `window_patches`), opaque to fusion
+    and tagged with its geometry (PATCHES_ATTR; a trailing `true` where the kernel reads the padded image, whose
+    `relax.nn.pad` reads x), which the x86 kernels read to gather their own packing instead
+    (`targets/vnni_rewrite.py`)."""
     n, c, h, wd = (int(d) if isinstance(d, tvm.tirx.IntImm) else d for d in x.ty.shape)
     (kh, kw), strides, pads, dilation = kernel, tuple(strides), tuple(pads), tuple(dilation)
     ho, wo = _out_size(h, wd, kernel, strides, pads, dilation)
@@ -203,6 +294,10 @@ def patches(builder: relax.BlockBuilder, x: relax.Expr, rows: int, kernel: tuple
         func = same_patches_func(n, c, h, wd, rows, kh, kw, pads[0], pads[1], str(x.ty.dtype), dilation)
         gv = builder.add_func(func.with_attrs(attrs), "conv_patches")
         return relax.call_tir(gv, [x], relax.TensorType([n, rows, ho, wo], str(x.ty.dtype)))
+    if isinstance(n, int) and n == 1:
+        geometry = json.dumps([rows, [kh, kw], list(strides), list(pads), list(dilation), True])
+        return window_patches(builder, x, rows, (kh, kw), strides, pads, dilation, 1, name="conv_patches",
+                              attrs={PATCHES_ATTR: geometry})
     return builder.call_te(patches_te, x, rows, (kh, kw), strides, pads, dilation, primfunc_name_hint="conv_patches",
                            primfunc_attrs=attrs)
 

@@ -34,7 +34,7 @@ from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from frontends.relax_rewrite import drop_unused_bindings
-from passes.conv_as_pointwise import OPAQUE, PATCHES_ATTR, packed_patches_te, patches, pixel_patches_te
+from passes.conv_as_pointwise import OPAQUE, PATCHES_ATTR, patches, pixel_patches_te, window_patches
 
 from . import act_matmul, amx, int4_taps, taps_input, vnni
 from .interleave import interleaved
@@ -370,7 +370,7 @@ class _Rewriter(PyExprMutator):
         over a tensor K times the input (a dilated 1x41 conv over 15000 samples: half of SpliceAI's
         time; a 31x31 conv over one channel: half of topaz's denoiser). Lanes over output channels
         (`step` None): [H*W, rows] from the input made channels-last (`pixel_patches_te`); over pixels:
-        [rows / step, H*W, step] (`packed_patches_te`). None: not patches."""
+        [rows / step, H*W, step] (`window_patches`). None: not patches."""
         value = self.lookup_binding(x) if isinstance(x, relax.Var) else None
         if not (isinstance(value, relax.Call) and value.op == tvm.ir.Op.get("relax.call_tir")):
             return None
@@ -378,8 +378,10 @@ class _Rewriter(PyExprMutator):
         spec = func.attrs.get(PATCHES_ATTR) if func.attrs is not None else None
         if spec is None:
             return None
-        rows, kernel, strides, pads, dilation = json.loads(str(spec))
+        rows, kernel, strides, pads, dilation, *padded = json.loads(str(spec))
         (source,) = value.args[1].fields
+        if padded:  # the kernel read the padded image (`window_patches`): the image is the pad's input
+            source = self.lookup_binding(source).args[0]
         if step is not None and dilation != [1, 1] and strides == [1, 1] and _shape(source)[2:] == _shape(x)[2:]:
             return None  # a dilated `same` conv's flat-copy patches, interleaved, beat the packed gather 10x
         c = int(source.ty.shape[1])
@@ -390,10 +392,8 @@ class _Rewriter(PyExprMutator):
         if step is not None:
             if rows % step:
                 return None
-            return self.builder_.call_te(packed_patches_te, self._prepared(source, dot), rows, tuple(kernel),
-                                         tuple(strides), tuple(pads), tuple(dilation), step, fill,
-                                         primfunc_name_hint="conv_packed_patches",
-                                         primfunc_attrs={"op_pattern": OPAQUE}), w2
+            return window_patches(self.builder_, self._prepared(source, dot), rows, tuple(kernel), tuple(strides),
+                                  tuple(pads), tuple(dilation), step, fill), w2
         image = self.builder_.emit(relax.op.permute_dims(self._prepared(source, dot), [0, 2, 3, 1]))
         xt = self.builder_.call_te(pixel_patches_te, image, rows, tuple(kernel), tuple(strides), tuple(pads),
                                    tuple(dilation), fill, primfunc_name_hint="conv_pixel_patches",
