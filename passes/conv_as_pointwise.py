@@ -98,23 +98,27 @@ def window_patches(builder: relax.BlockBuilder, x: relax.Expr, rows: int, kernel
     each output row, `step` contiguous runs of the padded image (every stride-th element of each) interleaved
     into one store (`window_patches_func`). The TE compute tested every element against the image's bounds
     and wrote a byte at a time: openWakeWord's embedding CNN spent half its time in three such kernels."""
-    _, c, h, w = (int(d) for d in x.ty.shape)
+    n, c, h, w = (int(d) if isinstance(d, tvm.tirx.IntImm) else d for d in x.ty.shape)
+    batch = not (isinstance(n, int) and n == 1)  # a batch (static or a free batch's n): step 1 only
+    assert step == 1 or not batch, "the packed patches are of one sample"
     (kh, kw), (sh, sw), (dh, dw), (top, left, bottom, right) = kernel, strides, dilation, pads
     ho, wo = _out_size(h, w, kernel, strides, pads, dilation)
     # `sw - 1` columns more on the right: a run's last load of `sw` elements may reach them
     xp = builder.emit(relax.op.nn.pad(x, [0, 0, 0, 0, top, bottom, left, right + sw - 1], pad_value=fill))
     dtype = str(x.ty.dtype)
     func = window_patches_func(c, h + top + bottom, w + left + right + sw - 1, rows, kernel, strides, dilation,
-                               (ho, wo), step, dtype, fill)
+                               (ho, wo), step, dtype, fill, batch)
     gv = builder.add_func(func.with_attrs({"op_pattern": OPAQUE, **(attrs or {})}), name)
-    shape = [1, rows, ho, wo] if step == 1 else [rows // step, ho * wo, step]
+    shape = [n, rows, ho, wo] if step == 1 else [rows // step, ho * wo, step]
     return relax.call_tir(gv, [xp], relax.TensorType(shape, dtype))
 
 
 def window_patches_func(c: int, hp: int, wp: int, rows: int, kernel: tuple[int, int], strides: tuple,
-                        dilation: tuple, out: tuple[int, int], step: int, dtype: str, fill: int) -> tvm.tirx.PrimFunc:
+                        dilation: tuple, out: tuple[int, int], step: int, dtype: str, fill: int,
+                        batch: bool = False) -> tvm.tirx.PrimFunc:
     """The PrimFunc of `window_patches` over the padded image xp [1, C, hp, wp] (see there): out[g, y Wo + x, q]
-    = xp[c, y sh + i dh, x sw + j dw] for patch row g step + q = (c, i, j) channel-major, `fill` past C kh kw."""
+    = xp[c, y sh + i dh, x sw + j dw] for patch row g step + q = (c, i, j) channel-major, `fill` past C kh kw.
+    `batch` (step 1): over xp [n, C, hp, wp] -> [n, rows, Ho, Wo] for a symbolic n, samples in parallel too."""
     from tvm.script.ir_builder import IRBuilder
     from tvm.script.ir_builder import tirx as T
 
@@ -123,33 +127,36 @@ def window_patches_func(c: int, hp: int, wp: int, rows: int, kernel: tuple[int, 
     lanes = min(wo, max(1, VECTOR_BITS // tvm.DataType(dtype).bits // step))  # output pixels per store
     full, tail = divmod(wo, lanes)
 
+    n = tvm.tirx.Var("n", "int64") if batch else 1
+    image, patches = c * hp * wp, rows * ho * wo  # elements of one sample
+
     with IRBuilder() as ib:
         with T.prim_func(s_tir=True):
-            a = T.arg("a", T.buffer((1, c, hp, wp), dtype))
-            o = T.arg("o", T.buffer((1, rows, ho, wo) if step == 1 else (groups, ho * wo, step), dtype))
+            a = T.arg("a", T.buffer((n, c, hp, wp), dtype))
+            o = T.arg("o", T.buffer((n, rows, ho, wo) if step == 1 else (groups, ho * wo, step), dtype))
             T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
             with T.sblock("root"):
-                src = T.decl_buffer((c * hp * wp,), dtype, data=a.data)
-                dst = T.decl_buffer((rows * ho * wo,), dtype, data=o.data)
+                src = T.decl_buffer((n * image,), dtype, data=a.data)
+                dst = T.decl_buffer((n * patches,), dtype, data=o.data)
 
-                def run(k, y, x0, count: int):
+                def run(k, y, x0, count: int, b=0):
                     """count * sw elements of patch row k's source from output pixel (y, x0), or None (a fill row)."""
                     if isinstance(k, int) and k >= taps:
                         return None
                     ch, t = k // (kh * kw), k % (kh * kw)
-                    start = (ch * hp + y * sh + t // kw * dh) * wp + x0 * sw + t % kw * dw
+                    start = b * image + (ch * hp + y * sh + t // kw * dh) * wp + x0 * sw + t % kw * dw
                     width = count * sw
                     return src.vload([start], f"{dtype}x{width}") if width > 1 else src[start]
 
-                def store(g, y, x0, count: int, real: int | None = None):
+                def store(g, y, x0, count: int, real: int | None = None, b=0):
                     """Pixels [x0, x0 + count) of output row y, patch rows g step ... (the first `real` of them
-                    read, the rest `fill`)."""
+                    read, the rest `fill`), of sample b."""
                     width = count * sw
                     zero = T.Broadcast(tvm.tirx.const(fill, dtype), width) if width > 1 else tvm.tirx.const(fill, dtype)
-                    vectors = [run(g * step + q, y, x0, count) if real is None or q < real else None
+                    vectors = [run(g * step + q, y, x0, count, b) if real is None or q < real else None
                                for q in range(step)]
                     vectors = [zero if v is None else v for v in vectors]
-                    at = (g * (ho * wo) + y * wo + x0) * step
+                    at = b * patches + (g * (ho * wo) + y * wo + x0) * step
                     if count * step == 1:
                         T.buffer_store(dst, vectors[0], [at])
                         return
@@ -159,20 +166,21 @@ def window_patches_func(c: int, hp: int, wp: int, rows: int, kernel: tuple[int, 
                         value = T.Shuffle(vectors, [q * width + x * sw for x in range(count) for q in range(step)])
                     T.buffer_store(dst, value, [T.Ramp(at, 1, count * step)])
 
-                def row(g, y, real=None):
+                def row(g, y, real=None, b=0):
                     if full:
                         with T.serial(0, full) as t:
-                            store(g, y, t * lanes, lanes, real)
+                            store(g, y, t * lanes, lanes, real, b)
                     if tail:
-                        store(g, y, full * lanes, tail, real)
+                        store(g, y, full * lanes, tail, real, b)
 
                 whole = taps // step  # groups whose rows all read the image
                 if whole:
-                    with T.parallel(0, whole * ho) as gy:
-                        row(gy // ho, gy % ho)
+                    with T.parallel(0, n * (whole * ho)) as i:
+                        gy = i % (whole * ho)
+                        row(gy // ho, gy % ho, b=i // (whole * ho))
                 for g in range(whole, groups):  # the last rows: part image, part fill
-                    with T.serial(0, ho) as y:
-                        row(g, y, max(0, taps - g * step))
+                    with T.serial(0, n * ho) as i:
+                        row(g, i % ho, max(0, taps - g * step), i // ho)
     return ib.get()
 
 
@@ -282,7 +290,7 @@ def _rewrite(builder: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
 def patches(builder: relax.BlockBuilder, x: relax.Expr, rows: int, kernel: tuple[int, int], strides: tuple,
             pads: tuple, dilation: tuple) -> relax.Expr:
     """`patches_te` of x [N, C, H, W] (flat copies where the conv keeps the image's size: `same_patches_func`;
-    vector copies of the padded image's rows for other convs of one sample: `window_patches`), opaque to fusion
+    vector copies of the padded image's rows for other convs: `window_patches`), opaque to fusion
     and tagged with its geometry (PATCHES_ATTR; a trailing `true` where the kernel reads the padded image, whose
     `relax.nn.pad` reads x), which the x86 kernels read to gather their own packing instead
     (`targets/vnni_rewrite.py`)."""
@@ -294,7 +302,7 @@ def patches(builder: relax.BlockBuilder, x: relax.Expr, rows: int, kernel: tuple
         func = same_patches_func(n, c, h, wd, rows, kh, kw, pads[0], pads[1], str(x.ty.dtype), dilation)
         gv = builder.add_func(func.with_attrs(attrs), "conv_patches")
         return relax.call_tir(gv, [x], relax.TensorType([n, rows, ho, wo], str(x.ty.dtype)))
-    if isinstance(n, int) and n == 1:
+    if str(x.ty.dtype) in ("int8", "uint8", "int16", "float32"):
         geometry = json.dumps([rows, [kh, kw], list(strides), list(pads), list(dilation), True])
         return window_patches(builder, x, rows, (kh, kw), strides, pads, dilation, 1, name="conv_patches",
                               attrs={PATCHES_ATTR: geometry})

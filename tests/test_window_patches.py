@@ -95,3 +95,29 @@ def test_strided_conv_patches_read_the_padded_image():
         vm = relax.VirtualMachine(ex, tvm.cpu())
         np.testing.assert_array_equal(vm["main"](tvm.runtime.tensor(x)).numpy(),
                                       ref.conv2d_acc(x, wt, (2, 1), (1, 0, 1, 0), (1, 1)))
+
+
+def test_window_patches_of_a_free_batch():
+    """A free batch (a symbolic n) takes the vector copies too, each sample's patches its own; the conv over them
+    equals the reference sample by sample."""
+    from conftest import relax_main
+
+    from passes.lowering import emit
+    from passes.reference import kernels as ref
+
+    class _Attrs:
+        strides, padding, dilation, groups = (2, 2), (1, 1, 0, 0), (1, 1), 1
+        data_layout, kernel_layout, out_layout = "NCHW", "OIHW", "NCHW"
+
+    x = rng.integers(-128, 128, (3, 8, 15, 21)).astype(np.int8)
+    wt = rng.integers(-128, 128, (16, 8, 3, 3)).astype(np.int8)
+    mod = relax_main(lambda a: emit.conv2d_acc(a, wt, _Attrs()), [x], free_batch=True)
+    patched = conv_as_pointwise(mod)
+    assert any(isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and PATCHES_ATTR in f.attrs
+               and json.loads(str(f.attrs[PATCHES_ATTR]))[-1] is True for f in patched.functions.values())
+    spec = get_target("x86")
+    target = spec.target()
+    vm = relax.VirtualMachine(tvm.compile(mod, target=target, relax_pipeline=spec.relax_pipeline(target)), tvm.cpu())
+    for batch in (1, 3):
+        got = vm["main"](tvm.runtime.tensor(x[:batch])).numpy()
+        np.testing.assert_array_equal(got, ref.conv2d_acc(x[:batch], wt, (2, 2), (1, 1, 0, 0), (1, 1)))
