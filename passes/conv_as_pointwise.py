@@ -92,86 +92,105 @@ VECTOR_BITS = 512  # the bits `window_patches` writes per store (LLVM splits the
 
 def window_patches(builder: relax.BlockBuilder, x: relax.Expr, rows: int, kernel: tuple[int, int], strides: tuple,
                    pads: tuple, dilation: tuple, step: int, fill: int = 0, name: str = "conv_packed_patches",
-                   attrs: dict | None = None) -> relax.Expr:
-    """`packed_patches_te` of x [1, C, H, W] ([rows / step, Ho * Wo, step]; step 1: [1, rows, Ho, Wo], as
-    `patches_te`) as vector copies: x padded once (with `fill`), then for each group of `step` patch rows and
-    each output row, `step` contiguous runs of the padded image (every stride-th element of each) interleaved
-    into one store (`window_patches_func`). The TE compute tested every element against the image's bounds
-    and wrote a byte at a time: openWakeWord's embedding CNN spent half its time in three such kernels."""
+                   attrs: dict | None = None, width: int | None = None) -> relax.Expr:
+    """`packed_patches_te` of x [1, C, H, W] ([rows / step, Ho * width, step], each output row `width` >= Wo
+    pixels, those past Wo `fill`; step 1: [N, rows, Ho, Wo], as `patches_te`) as vector copies: x padded once
+    (with `fill`), then for each group of `step` patch rows and each output row, `step` runs of the padded image
+    (every stride-th element of each) interleaved into one store (`window_patches_func`). Rows past C kh kw are
+    `fill`. The TE compute tested every element against the image's bounds and wrote a byte at a time:
+    openWakeWord's embedding CNN spent half its time in three such kernels."""
     n, c, h, w = (int(d) if isinstance(d, tvm.tirx.IntImm) else d for d in x.ty.shape)
     batch = not (isinstance(n, int) and n == 1)  # a batch (static or a free batch's n): step 1 only
     assert step == 1 or not batch, "the packed patches are of one sample"
     (kh, kw), (sh, sw), (dh, dw), (top, left, bottom, right) = kernel, strides, dilation, pads
     ho, wo = _out_size(h, w, kernel, strides, pads, dilation)
-    # `sw - 1` columns more on the right: a run's last load of `sw` elements may reach them
-    xp = builder.emit(relax.op.nn.pad(x, [0, 0, 0, 0, top, bottom, left, right + sw - 1], pad_value=fill))
+    width = wo if width is None else width
+    assert step > 1 or width == wo, "plain patches keep the output's width"
+    hp, wp = h + top + bottom, w + left + right
+    # loads are whole powers of two past a run's end: rows below the image keep the last ones inside the tensor
+    extra = -(-_window_lanes(wo, step, sw, str(x.ty.dtype))[1] // wp)
+    xp = builder.emit(relax.op.nn.pad(x, [0, 0, 0, 0, top, bottom + extra, left, right], pad_value=fill))
     dtype = str(x.ty.dtype)
-    func = window_patches_func(c, h + top + bottom, w + left + right + sw - 1, rows, kernel, strides, dilation,
-                               (ho, wo), step, dtype, fill, batch)
+    func = window_patches_func(c, hp + extra, wp, rows, kernel, strides, dilation, (ho, wo), step, dtype, fill,
+                               batch, width)
     gv = builder.add_func(func.with_attrs({"op_pattern": OPAQUE, **(attrs or {})}), name)
-    shape = [n, rows, ho, wo] if step == 1 else [rows // step, ho * wo, step]
+    shape = [n, rows, ho, wo] if step == 1 else [rows // step, ho * width, step]
     return relax.call_tir(gv, [xp], relax.TensorType(shape, dtype))
+
+
+def _window_lanes(wo: int, step: int, sw: int, dtype: str) -> tuple[int, int]:
+    """(output pixels per store, the most elements a load reads past its run)."""
+    lanes = min(wo, max(1, VECTOR_BITS // tvm.DataType(dtype).bits // step))
+    pow2 = lambda v: 1 << (v - 1).bit_length()  # noqa: E731
+    over = max(pow2(count * sw) - count * sw for count in {lanes, wo % lanes or lanes})
+    return lanes, over
 
 
 def window_patches_func(c: int, hp: int, wp: int, rows: int, kernel: tuple[int, int], strides: tuple,
                         dilation: tuple, out: tuple[int, int], step: int, dtype: str, fill: int,
-                        batch: bool = False) -> tvm.tirx.PrimFunc:
-    """The PrimFunc of `window_patches` over the padded image xp [1, C, hp, wp] (see there): out[g, y Wo + x, q]
-    = xp[c, y sh + i dh, x sw + j dw] for patch row g step + q = (c, i, j) channel-major, `fill` past C kh kw.
+                        batch: bool = False, row_width: int | None = None) -> tvm.tirx.PrimFunc:
+    """The PrimFunc of `window_patches` over the padded image xp [1, C, hp, wp] (see there): out[g, y W + x, q]
+    = xp[c, y sh + i dh, x sw + j dw] for patch row g step + q = (c, i, j) channel-major, `fill` past C kh kw and
+    for x >= Wo (W = `row_width`, default Wo). Each run is read by loads of a power of two elements (LLVM split
+    a load of 7 or 14 bytes into pieces), so xp holds rows below the image for the last ones.
     `batch` (step 1): over xp [n, C, hp, wp] -> [n, rows, Ho, Wo] for a symbolic n, samples in parallel too."""
     from tvm.script.ir_builder import IRBuilder
     from tvm.script.ir_builder import tirx as T
 
     (kh, kw), (sh, sw), (dh, dw), (ho, wo) = kernel, strides, dilation, out
     taps, groups = c * kh * kw, rows // step
-    lanes = min(wo, max(1, VECTOR_BITS // tvm.DataType(dtype).bits // step))  # output pixels per store
+    lanes, _ = _window_lanes(wo, step, sw, dtype)
     full, tail = divmod(wo, lanes)
+    wide = wo if row_width is None else row_width
+    pow2 = lambda v: 1 << (v - 1).bit_length()  # noqa: E731
 
     n = tvm.tirx.Var("n", "int64") if batch else 1
-    image, patches = c * hp * wp, rows * ho * wo  # elements of one sample
+    image, patches = c * hp * wp, rows * ho * wide  # elements of one sample
+    const = lambda lanes_: T.Broadcast(tvm.tirx.const(fill, dtype), lanes_) if lanes_ > 1 else tvm.tirx.const(fill, dtype)  # noqa: E731
 
     with IRBuilder() as ib:
         with T.prim_func(s_tir=True):
             a = T.arg("a", T.buffer((n, c, hp, wp), dtype))
-            o = T.arg("o", T.buffer((n, rows, ho, wo) if step == 1 else (groups, ho * wo, step), dtype))
+            o = T.arg("o", T.buffer((n, rows, ho, wo) if step == 1 else (groups, ho * wide, step), dtype))
             T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
             with T.sblock("root"):
                 src = T.decl_buffer((n * image,), dtype, data=a.data)
                 dst = T.decl_buffer((n * patches,), dtype, data=o.data)
 
-                def run(k, y, x0, count: int, b=0):
-                    """count * sw elements of patch row k's source from output pixel (y, x0), or None (a fill row)."""
+                def run(k, y, x0, load: int, b=0):
+                    """`load` elements of patch row k's source from output pixel (y, x0), or None (a fill row)."""
                     if isinstance(k, int) and k >= taps:
                         return None
                     ch, t = k // (kh * kw), k % (kh * kw)
                     start = b * image + (ch * hp + y * sh + t // kw * dh) * wp + x0 * sw + t % kw * dw
-                    width = count * sw
-                    return src.vload([start], f"{dtype}x{width}") if width > 1 else src[start]
+                    return src.vload([start], f"{dtype}x{load}") if load > 1 else src[start]
 
-                def store(g, y, x0, count: int, real: int | None = None, b=0):
-                    """Pixels [x0, x0 + count) of output row y, patch rows g step ... (the first `real` of them
-                    read, the rest `fill`), of sample b."""
-                    width = count * sw
-                    zero = T.Broadcast(tvm.tirx.const(fill, dtype), width) if width > 1 else tvm.tirx.const(fill, dtype)
-                    vectors = [run(g * step + q, y, x0, count, b) if real is None or q < real else None
+                def store(g, y, x0, count: int, padding: int = 0, real: int | None = None, b=0):
+                    """Pixels [x0, x0 + count) of output row y and `padding` fill pixels after them, patch rows
+                    g step ... (the first `real` of them read, the rest `fill`), of sample b."""
+                    load = pow2(count * sw)
+                    vectors = [run(g * step + q, y, x0, load, b) if real is None or q < real else None
                                for q in range(step)]
-                    vectors = [zero if v is None else v for v in vectors]
-                    at = b * patches + (g * (ho * wo) + y * wo + x0) * step
-                    if count * step == 1:
+                    vectors = [const(load) if v is None else v for v in vectors] + [const(max(load, (count + padding) * step))]
+                    at = b * patches + (g * (ho * wide) + y * wide + x0) * step
+                    total = (count + padding) * step
+                    if total == 1:
                         T.buffer_store(dst, vectors[0], [at])
                         return
-                    if width == 1:  # one pixel of `step` rows
-                        value = T.Shuffle(vectors, list(range(step)))
-                    else:
-                        value = T.Shuffle(vectors, [q * width + x * sw for x in range(count) for q in range(step)])
-                    T.buffer_store(dst, value, [T.Ramp(at, 1, count * step)])
+                    pick = [q * load + x * sw if x < count else step * load
+                            for x in range(count + padding) for q in range(step)]
+                    T.buffer_store(dst, T.Shuffle(vectors, pick), [T.Ramp(at, 1, total)])
 
                 def row(g, y, real=None, b=0):
                     if full:
-                        with T.serial(0, full) as t:
-                            store(g, y, t * lanes, lanes, real, b)
+                        last = 0 if tail else 1
+                        if full - last:
+                            with T.serial(0, full - last) as t:
+                                store(g, y, t * lanes, lanes, 0, real, b)
+                        if last:
+                            store(g, y, (full - 1) * lanes, lanes, wide - wo, real, b)
                     if tail:
-                        store(g, y, full * lanes, tail, real, b)
+                        store(g, y, full * lanes, tail, wide - wo, real, b)
 
                 whole = taps // step  # groups whose rows all read the image
                 if whole:

@@ -273,13 +273,9 @@ class _Rewriter(PyExprMutator):
         w_sum = w2.astype(np.int64).sum(1)
         dot = self._dot(x, w2, c, lambda d: vnni.conv_tile(vnni.CONV_LANES_PIXELS, o, h, wd, d) is not None)
         if dot is not None:
-            kk = dot.k
-            direct = None if lead else self._direct_patches(x, w2, dot, kk)
-            if direct is not None:
-                xp, w2 = direct
-            else:  # one kernel of loads and shuffles, which zero-pads the channels itself (a batch too)
-                w2 = _whole_steps(w2, 1, dot)
-                xp = interleaved(self.builder_, self._prepared(x, dot), kk, int(w2.shape[1]), wd)
+            # one kernel of loads and shuffles, which zero-pads the channels itself (a batch too)
+            w2 = _whole_steps(w2, 1, dot)
+            xp = self._repacked(x, dot.k, int(w2.shape[1]), wd, dot)
             return self._kernel(vnni.conv_lanes_pixels_te, dot, x, xp, w2.astype(dot.w_dtype), w_sum, h, wd)
         padded = self._padded_rows(x, w2, w_sum, h, wd)
         if padded is not None:
@@ -292,7 +288,7 @@ class _Rewriter(PyExprMutator):
                                     w_sum, h, wd)
             # the interleaved repack (a batch too), not a transpose to [H*W, C] (a gather)
             w2 = _whole_steps(w2, 1, dot)
-            xp = interleaved(self.builder_, self._prepared(x, dot), dot.k, int(w2.shape[1]), wd)
+            xp = self._repacked(x, dot.k, int(w2.shape[1]), wd, dot)
             return self._kernel(vnni.conv_lanes_out_packed_te, dot, x, xp, vnni.pack_weights(w2, dot), w_sum, h, wd)
         # no tile divides the pixels (an STFT's 97 frames): a matmul over [(N,) H*W, C], whose rows are
         # padded (a batch of 4 STFTs of 5 frames each ran TVM's plain loops, 0.19 ms)
@@ -324,7 +320,7 @@ class _Rewriter(PyExprMutator):
             return None
         wide = padded_width(o, c, h, wd, dot)
         w2 = _whole_steps(w2, 1, dot)
-        xp = interleaved(self.builder_, self._prepared(x, dot), dot.k, int(w2.shape[1]), wide)
+        xp = self._repacked(x, dot.k, int(w2.shape[1]), wide, dot)
         out = self._kernel(vnni.conv_lanes_pixels_te, dot, x, xp, w2.astype(dot.w_dtype), w_sum, h, wide)
         return relax.op.strided_slice(self.builder_.emit(out), axes=[3], begin=[0], end=[wd])
 
@@ -343,7 +339,7 @@ class _Rewriter(PyExprMutator):
         # narrower images pad too much (W = 7 takes 16 columns a row, W = 6 would too)
         if width > 2.5 * wd:
             return None
-        xp = interleaved(self.builder_, x, 4, kp, width)
+        xp = self._repacked(x, 4, kp, width, None)
         w_pad = np.pad(w2, [(0, rows - o), (0, kp - c)]).astype(np.int8)
         return self.builder_.call_te(amx.conv_te, self.builder_.emit(xp), self._weights(w_pad, x), h, o, wd,
                                      dot=dot.name, primfunc_name_hint=f"{dot.name}_conv")
@@ -363,14 +359,9 @@ class _Rewriter(PyExprMutator):
         finally:
             self._nibbles = False
 
-    def _direct_patches(self, x: relax.Expr, w2: np.ndarray, dot: Dot, step: int | None = None):
-        """(patches, weights [O, rows] in their row order) gathered straight from a spatial conv's
-        input, prepared for `dot`, where `x` is the output of that conv's [1, rows, H, W] patches kernel
-        (`passes/conv_as_pointwise.py`): those were written channel-major and then repacked, two passes
-        over a tensor K times the input (a dilated 1x41 conv over 15000 samples: half of SpliceAI's
-        time; a 31x31 conv over one channel: half of topaz's denoiser). Lanes over output channels
-        (`step` None): [H*W, rows] from the input made channels-last (`pixel_patches_te`); over pixels:
-        [rows / step, H*W, step] (`window_patches`). None: not patches."""
+    def _patch_geometry(self, x: relax.Expr):
+        """(image, rows, kernel, strides, pads, dilation) where `x` is the output of a spatial conv's [1, rows, H, W]
+        patches kernel over `image` (`passes/conv_as_pointwise.py`); else None."""
         value = self.lookup_binding(x) if isinstance(x, relax.Var) else None
         if not (isinstance(value, relax.Call) and value.op == tvm.ir.Op.get("relax.call_tir")):
             return None
@@ -382,22 +373,48 @@ class _Rewriter(PyExprMutator):
         (source,) = value.args[1].fields
         if padded:  # the kernel read the padded image (`window_patches`): the image is the pad's input
             source = self.lookup_binding(source).args[0]
-        if step is not None and dilation != [1, 1] and strides == [1, 1] and _shape(source)[2:] == _shape(x)[2:]:
-            return None  # a dilated `same` conv's flat-copy patches, interleaved, beat the packed gather 10x
+        shape = _shape(source)
+        if shape is None or shape[0] != 1:
+            return None
+        return source, rows, tuple(kernel), tuple(strides), tuple(pads), tuple(dilation)
+
+    def _repacked(self, x: relax.Expr, step: int, channels: int, width: int, dot: Dot | None) -> relax.Expr:
+        """x [(N,) C, H, W] as the dot kernels read it, [(N,) channels / step, H * width, step] (zero channels past C,
+        each image row padded to `width`), prepared for `dot` (None: as it is, AMX tiles): where x is a spatial
+        conv's patches, gathered straight from its image in one pass of vector copies (`window_patches`; the
+        patches, their preparation and the repack were three passes over a tensor kh kw times the image: a 3x3
+        conv 256 -> 256 at 14x14 spent 95 us in them against 640 in the product); else the repack (`interleaved`)."""
+        geometry = self._patch_geometry(x)
+        if geometry is not None:
+            source, rows, kernel, strides, pads, dilation = geometry
+            same = strides == (1, 1) and _shape(source)[2:] == _shape(x)[2:]
+            # a `same` conv's patches are flat copies (`same_patches_func`), which the repack reads 64 bytes a
+            # channel at a time: faster than interleaving rows of 7-16 pixels (512 -> 512 at 7x7 on tiles: 31 us
+            # against 89; 128 -> 128 at 16x16 on VNNI 26 against 48)
+            if rows <= channels and channels % step == 0 and not same:
+                shifted = dot is not None and dot.shift and str(source.ty.dtype) == "int8"
+                image = self._prepared(source, dot) if dot is not None else source
+                return window_patches(self.builder_, image, channels, kernel, strides, pads, dilation, step,
+                                      128 if shifted else 0, width=width)  # fill: the image's zeros, prepared
+        return interleaved(self.builder_, self._prepared(x, dot) if dot is not None else x, step, channels, width)
+
+    def _direct_patches(self, x: relax.Expr, w2: np.ndarray, dot: Dot):
+        """(patches [H*W, rows], weights [O, rows] in their row order) for lanes over output channels, gathered
+        straight from a spatial conv's image made channels-last (`pixel_patches_te`), prepared for `dot`, where
+        `x` is that conv's patches (written channel-major and then repacked, two passes over a tensor K times
+        the input); None: not patches."""
+        geometry = self._patch_geometry(x)
+        if geometry is None:
+            return None
+        source, rows, kernel, strides, pads, dilation = geometry
         c = int(source.ty.shape[1])
         taps = c * kernel[0] * kernel[1]
         if rows != int(w2.shape[1]):
             return None
         fill = 128 if dot.shift and str(source.ty.dtype) == "int8" else 0  # the image's zeros, prepared
-        if step is not None:
-            if rows % step:
-                return None
-            return window_patches(self.builder_, self._prepared(source, dot), rows, tuple(kernel), tuple(strides),
-                                  tuple(pads), tuple(dilation), step, fill), w2
         image = self.builder_.emit(relax.op.permute_dims(self._prepared(source, dot), [0, 2, 3, 1]))
-        xt = self.builder_.call_te(pixel_patches_te, image, rows, tuple(kernel), tuple(strides), tuple(pads),
-                                   tuple(dilation), fill, primfunc_name_hint="conv_pixel_patches",
-                                   primfunc_attrs={"op_pattern": OPAQUE})
+        xt = self.builder_.call_te(pixel_patches_te, image, rows, kernel, strides, pads, dilation, fill,
+                                   primfunc_name_hint="conv_pixel_patches", primfunc_attrs={"op_pattern": OPAQUE})
         order = w2[:, :taps].reshape(-1, c, kernel[0] * kernel[1]).transpose(0, 2, 1).reshape(-1, taps)
         return xt, np.concatenate([order, w2[:, taps:]], axis=1)
 
