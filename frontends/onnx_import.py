@@ -34,6 +34,7 @@ from .onnx_float16 import float16_as_float32
 from .onnx_float_io import widen_float_inputs
 from .onnx_origins import import_onnx
 from .onnx_pow_types import pow_to_one_dtype
+from .onnx_center_crop_pad import decompose_center_crop_pads
 from .onnx_group_norm import decompose_group_norms
 from .onnx_resize_filters import resize_filters_to_matmuls
 from .onnx_resize_coords import resize_coordinates_to_gathers
@@ -226,6 +227,7 @@ def _import(model: onnx.ModelProto, path: Path, allow_unsupported: bool, segment
         model = onnx.shape_inference.infer_shapes(model)          # opsets' Attention into shape arithmetic
         decompose_attention(model)
     decompose_group_norms(model)  # before onnxruntime inlines GroupNormalization's body (onnx_group_norm.py)
+    decompose_center_crop_pads(model)  # and CenterCropPad's, whose pads it computes at run time
     model = _basic_optimize(model, path)
     while unroll_loops(model):  # Scan, and Loop with a constant count: bodies inlined (onnx_loops.py)
         model = _basic_optimize(model, path)  # fold what the iteration numbers made constant: the count

@@ -195,3 +195,23 @@ def test_unary_chains_through_a_shared_layout_op():
     assert len(squeezes) == 2 and any(sq.args[0].same_as(x) for sq in squeezes)
     assert any(b.var.same_as(composed) and b.value.args[0].same_as(x)
                for block in mod["main"].body.blocks for b in block.bindings)
+
+
+@pytest.mark.parametrize("target", [[6, 11], [5, 7], [10, 12]])
+def test_center_crop_pad_compiles_integer_only(tmp_path, target):
+    """CenterCropPad (opset 18), static shapes: onnxruntime inlined its function body, whose pads come from Shape at run
+    time, and TVM's importer stopped ("TVM's ONNX importer failed: Dynamic pads are not supported yet", exit 2). Now a
+    Slice and a Pad with constant bounds (onnx_center_crop_pad.py), centred as the op's definition centres them (odd
+    differences included)."""
+    model = _model([helper.make_node("CenterCropPad", ["x", "shape"], ["c"], axes=[2, 3]),
+                    helper.make_node("Relu", ["c"], ["y"])],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 9])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, *target])],
+                   [numpy_helper.from_array(np.array(target, np.int64), "shape")], 18)
+    xs = rng.normal(0, 1, (6, 1, 4, 8, 9)).astype(np.float32)
+    art, ref = _compile(tmp_path, model, xs)
+    assert art.manifest["integer_only"] is True
+    want = ref.run(None, {"x": xs[-1]})[0]
+    got = art.run({"x": xs[-1]})["y"]
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, atol=0.02)
