@@ -67,12 +67,13 @@ def _adapted(passes: list, legalize, split: list) -> list:
 
 
 def _after_planning(passes: list) -> list:
-    """TVM's finalization passes with `reuse_tensor_views` right after the memory plan."""
+    """TVM's finalization passes with `forward_tuple_items` and `reuse_tensor_views` right after the memory plan."""
+    from .merge_step_kernels import forward_tuple_items
     from .reuse_tensor_views import reuse_tensor_views
 
     out = []
     for p in passes:
-        out += [p, reuse_tensor_views] if p.info.name == "StaticPlanBlockMemory" else [p]
+        out += [p, forward_tuple_items, reuse_tensor_views] if p.info.name == "StaticPlanBlockMemory" else [p]
     return out
 
 

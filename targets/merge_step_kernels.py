@@ -25,6 +25,10 @@ import tvm
 from tvm import relax, tirx
 from tvm.s_tir.stmt import SBlock, SBlockRealize
 
+from frontends.relax_rewrite import Substitute
+
+from .tir_pipeline import TRUSTED
+
 MAX_OUTPUT_BYTES = 1 << 16  # kernels whose outputs are this small are call-bound at a recurrence's sizes
 MAX_CALLS = 32  # kernels in one merged step at most
 _CALL_TIR = tvm.ir.Op.get("relax.call_tir")
@@ -106,7 +110,7 @@ def _merged(funcs: list, run: list, outputs: list) -> tuple[tirx.PrimFunc, list]
     params = [b for _, b in outside] + [produced[v] for v in outputs]
     root = SBlock([], [], [], "root", tirx.SeqStmt(bodies), alloc_buffers=scratch)
     func = tirx.PrimFunc(params, SBlockRealize([], True, root))
-    func = func.with_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "s_tir": True})
+    func = func.with_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "s_tir": True, TRUSTED: True})
     return func, [a for a, _ in outside]
 
 
@@ -189,3 +193,48 @@ def merge_step_kernels(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         out[gv] = func
     return out
 
+
+
+@tvm.transform.module_pass(opt_level=0, name="ForwardTupleItems")
+def forward_tuple_items(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+    """`t = (a, b); x = t[1]` -> x is b, and t dropped where nothing else reads it: a merged step with two
+    outputs (an LSTM's h and c) is a call writing into two tensors, which CallTIRRewrite then packs into a
+    tuple the VM built at every step (`vm.builtin.make_tuple`, a call as costly as a kernel's)."""
+    out = tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs)
+    for gv, func in mod.functions_items():
+        if not isinstance(func, relax.Function) or not isinstance(func.body, relax.SeqExpr):
+            continue
+        tuples, mapping = {}, {}
+        for block in func.body.blocks:
+            for b in block.bindings:
+                value = b.value
+                if isinstance(value, relax.Tuple) and all(isinstance(f, relax.Var) for f in value.fields):
+                    tuples[b.var] = value
+                elif (isinstance(value, relax.TupleGetItem) and isinstance(value.tuple_value, relax.Var)
+                      and value.tuple_value in tuples):
+                    mapping[b.var] = tuples[value.tuple_value].fields[value.index]
+        if not mapping:
+            continue
+        rename = Substitute(mapping)
+        blocks = []
+        for block in func.body.blocks:
+            bindings = [relax.VarBinding(b.var, rename.visit_expr(b.value)) if isinstance(b, relax.VarBinding)
+                        else relax.MatchCast(b.var, rename.visit_expr(b.value), b.ty)
+                        for b in block.bindings if b.var not in mapping]
+            blocks.append(type(block)(bindings))
+        body = rename.visit_expr(func.body.body)
+        used = set()
+
+        def visit(e):
+            if isinstance(e, relax.Var):
+                used.add(e)
+
+        for block in blocks:
+            for b in block.bindings:
+                relax.analysis.post_order_visit(b.value, visit)
+        relax.analysis.post_order_visit(body, visit)
+        blocks = [type(block)([b for b in block.bindings if not (b.var in tuples and b.var not in used)])
+                  for block in blocks]
+        out[gv] = relax.Function(func.params, relax.SeqExpr(blocks, body), func.ret_ty, func.is_pure, func.attrs,
+                                 func.span)
+    return out
