@@ -5,17 +5,20 @@
     h' = call_tir(k3, (b, a, h, C3))          ==>  h' = call_tir(step, (xs, t, C1, h, C2, C3))
                                                    step: k1; k2; k3 in one body, a and b its scratch
 
-An LSTM/GRU unrolled step by step (`frontends/onnx_rnn.py`) runs 6-9 kernels a step once fused (the
-step's take, the recurrent GEMVs, the gate lookups, slices and the gate arithmetic): at hidden sizes
-of 32-128 each does nanoseconds of work and the VM's call around it (~0.3 us: argument checks,
-views, tensor allocation) costs more than all of them. After scheduling, each run of consecutive small
-kernels (outputs of at most MAX_OUTPUT_BYTES) that starts at a step's take (a kernel reading one
-constant scalar index: `passes/recurrent_steps.py` finds steps the same way) and ends before the
-next such kernel becomes one PrimFunc: the kernels' bodies in their order, each intermediate a buffer
-of its own (scratch), the values read after the run its outputs. The statements are the kernels' own,
-so the integers are too. The steps' merged kernels are structurally equal (`dedupe_kernels` compiles
-one). Does not fire outside recurrences, on calls it cannot read (symbolic shapes, tuple or shape
-arguments), or where a run has a single kernel.
+An LSTM/GRU unrolled step by step (`frontends/onnx_rnn.py`) ran 6-10 VM calls a step once fused (the
+step's take, the recurrent GEMVs, the gate lookups, slices, casts and the gate arithmetic, each a kernel,
+and the views between them): at hidden sizes of 16-128 each kernel does tens of nanoseconds of work and
+the VM's call around it (~0.3 us: the call, the checks of every tensor argument, views) costs more.
+
+After scheduling, each run of consecutive small kernels (single outputs of at most MAX_OUTPUT_BYTES, tensor
+arguments of static shapes) that starts at a step's seed (a kernel reading one constant integer scalar:
+the step's take of its input, as `passes/recurrent_steps.py` finds steps) and ends before the next seed
+becomes a Primitive relax function, which FuseTIR turns into one PrimFunc: the scheduled kernels' bodies
+in their order, each value passed inside a buffer of the kernel's own, the values read after the run its
+outputs. The statements are the kernels' own, so are the integers. Corresponding steps' kernels are
+structurally equal (`dedupe_kernels` compiles one). Merged kernels are marked TRUSTED: their argument checks
+are dropped (`tir_pipeline.trust_merged_step_arguments`). Does not fire outside recurrences, on calls it
+cannot read (symbolic shapes, tuple or shape arguments), or on a run of one kernel.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ from __future__ import annotations
 import numpy as np
 import tvm
 from tvm import relax, tirx
-from tvm.s_tir.stmt import SBlock, SBlockRealize
 
 from frontends.relax_rewrite import Substitute
 
@@ -68,50 +70,34 @@ def _is_seed(call: relax.Call) -> bool:
                and np.issubdtype(a.value.numpy().dtype, np.integer) for a in call.args[1].fields)
 
 
-def _copy(src, dst) -> tirx.Stmt:
-    """dst[...] = src[...], element by element (two buffers of one shape and dtype)."""
-    shape = [int(d) for d in src.shape]
-    if shape != [int(d) for d in dst.shape] or str(src.dtype) != str(dst.dtype):
-        raise ValueError(f"{src.name} {shape} {src.dtype} read as {dst.name} {list(dst.shape)} {dst.dtype}")
-    loops = [tirx.Var(f"i{k}", "int64") for k in range(len(shape))]
-    stmt = tirx.BufferStore(dst, tirx.BufferLoad(src, loops), loops)
-    for var, extent in reversed(list(zip(loops, shape))):
-        stmt = tirx.For(var, tirx.const(0, "int64"), tirx.const(extent, "int64"), tirx.ForKind.SERIAL, stmt)
-    return stmt
-
-
-def _merged(funcs: list, run: list, outputs: list) -> tuple[tirx.PrimFunc, list]:
-    """(PrimFunc running `funcs` in order, its relax arguments). A kernel's parameter (a buffer) that reads a
-    value made earlier in the run, or an argument an earlier kernel read too, becomes scratch of the merged
-    kernel filled by a copy (TVM 0.27 has no buffer substitution that reaches into s_tir blocks' regions);
-    `outputs` (values read after the run) are the last parameters."""
-    produced = {}  # relax var -> the producing kernel's output buffer
-    outside = []  # (relax arg, the first reader's buffer): the merged kernel's inputs
-    bodies, scratch = [], []
-    for func, binding in zip(funcs, run):
-        func = tvm.s_tir.renew_defs(func)  # a kernel run twice in a step (one gate table on two gates)
-        copies = []
-        for param, arg in zip(func.params[:-1], binding.value.args[1].fields):
-            known = produced.get(arg) if isinstance(arg, relax.Var) else None
-            if known is None:
-                known = next((b for a, b in outside if a.same_as(arg)), None)
-            if known is None:
-                outside.append((arg, param))
-            else:
-                copies.append(_copy(known, param))
-                scratch.append(param)
-        produced[binding.var] = func.params[-1]
-        body = func.body
-        if isinstance(body, SBlockRealize) and body.block.name_hint == "root" and not body.block.iter_vars:
-            scratch.extend(body.block.alloc_buffers)  # the kernel's own scratch, now the merged kernel's
-            body = body.block.body
-        bodies.extend(copies + [body])
-    scratch += [b for v, b in produced.items() if not any(v.same_as(o) for o in outputs)]
-    params = [b for _, b in outside] + [produced[v] for v in outputs]
-    root = SBlock([], [], [], "root", tirx.SeqStmt(bodies), alloc_buffers=scratch)
-    func = tirx.PrimFunc(params, SBlockRealize([], True, root))
-    func = func.with_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "s_tir": True, TRUSTED: True})
-    return func, [a for a, _ in outside]
+def _primitive(run: list, outputs: list) -> tuple[relax.Function, list]:
+    """(a Primitive relax function of the run's calls, its arguments): FuseTIR then makes it one PrimFunc,
+    substituting each value's buffers (no copies)."""
+    args, params, mapping = [], [], {}
+    inside = {b.var for b in run}
+    for b in run:
+        for a in b.value.args[1].fields:
+            if isinstance(a, relax.Var) and (a in mapping or a in inside):
+                continue
+            if any(a.same_as(x) for x in args):
+                continue
+            param = relax.Var(f"a{len(params)}", a.ty)
+            args.append(a)
+            params.append(param)
+            if isinstance(a, relax.Var):
+                mapping[a] = param
+    bb = relax.BlockBuilder()
+    with bb.function("step", params, private=True):
+        with bb.dataflow():
+            for b in run:
+                fields = [mapping[a] if isinstance(a, relax.Var)
+                          else next(p for x, p in zip(args, params) if x.same_as(a)) for a in b.value.args[1].fields]
+                mapping[b.var] = bb.emit(relax.call_tir(b.value.args[0], fields, b.value.ty))
+            result = [mapping[o] for o in outputs]
+            out = bb.emit_output(relax.Tuple(result) if len(result) > 1 else result[0])
+        bb.emit_func_output(out)
+    func = bb.get()["step"].with_attr("Primitive", True)
+    return func, args
 
 
 @tvm.transform.module_pass(opt_level=0, name="MergeStepKernels")
@@ -163,16 +149,11 @@ def merge_step_kernels(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
                     new.extend(run)
                     i = j
                     continue
-                try:
-                    merged, args = _merged(funcs, run, outputs)
-                except ValueError:  # a kernel that reads a value with another shape: left as it was
-                    new.extend(run)
-                    i = j
-                    continue
-                kernel = builder.add_func(merged, f"merged_step{count}")
-                count += 1
                 tys = [o.ty for o in outputs]
-                call = builder.normalize(relax.call_tir(kernel, args, tys[0] if len(tys) == 1 else tys))
+                prim, args = _primitive(run, outputs)
+                kernel = builder.add_func(prim, f"merged_step{count}")
+                count += 1
+                call = builder.normalize(relax.Call(kernel, args))
                 if len(outputs) == 1:
                     new.append(relax.VarBinding(outputs[0], call))
                 else:
@@ -191,6 +172,11 @@ def merge_step_kernels(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     out = builder.get()
     for gv, func in rewritten.items():
         out[gv] = func
+    before = {gv.name_hint for gv, f in out.functions_items() if isinstance(f, tirx.PrimFunc)}
+    out = relax.transform.FuseTIR()(out)  # each step's function -> one PrimFunc (the kernels' bodies in order)
+    for gv, f in out.functions_items():
+        if isinstance(f, tirx.PrimFunc) and gv.name_hint not in before:
+            out[gv] = f.with_attr({"tirx.is_scheduled": True, TRUSTED: True})
     return out
 
 
