@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 import tvm
+import tvm_ffi
 from tvm import relax, tirx
 
 from frontends.relax_rewrite import Substitute
@@ -68,6 +69,20 @@ def _is_seed(call: relax.Call) -> bool:
     """A step's first kernel: it reads a constant integer scalar (the step's index into its input)."""
     return any(isinstance(a, tvm.ir.GenericConst) and a.value.numpy().ndim == 0
                and np.issubdtype(a.value.numpy().dtype, np.integer) for a in call.args[1].fields)
+
+
+def _consistent(funcs: list, run: list) -> bool:
+    """Whether every value passed inside the run (or read by two of its kernels) has one buffer type in all the
+    kernels that touch it, as FuseTIR requires (a kernel may read a [1, 128] tensor as [128]: left unmerged)."""
+    seen = {}
+    for func, b in zip(funcs, run):
+        for param, arg in zip(func.params[:-1], b.value.args[1].fields):
+            key = next((k for k in seen if k.same_as(arg)), arg)
+            if key in seen and not tvm_ffi.structural_equal(seen[key], param.ty):
+                return False
+            seen[key] = param.ty
+        seen[b.var] = func.params[-1].ty
+    return True
 
 
 def _primitive(run: list, outputs: list) -> tuple[relax.Function, list]:
@@ -145,7 +160,7 @@ def merge_step_kernels(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
                 after = reads_from[j - 1]
                 run = bindings[i:j]
                 outputs = [b.var for b in run if b.var in after or not isinstance(b.var, relax.DataflowVar)]
-                if not outputs:
+                if not outputs or not _consistent(funcs, run):
                     new.extend(run)
                     i = j
                     continue
@@ -176,7 +191,7 @@ def merge_step_kernels(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     out = relax.transform.FuseTIR()(out)  # each step's function -> one PrimFunc (the kernels' bodies in order)
     for gv, f in out.functions_items():
         if isinstance(f, tirx.PrimFunc) and gv.name_hint not in before:
-            out[gv] = f.with_attr({"tirx.is_scheduled": True, TRUSTED: True})
+            out[gv] = f.with_attr({"tirx.noalias": True, "tirx.is_scheduled": True, TRUSTED: True})
     return out
 
 
