@@ -140,14 +140,14 @@ def merge_step_kernels(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
                     into.add(e)
 
             relax.analysis.post_order_visit(func.body.body, visit)
-            reads_from = [None] * len(bindings)  # vars read at or after each index
+            reads_from = [None] * len(bindings)  # vars read after each index (later bindings, the result)
             for i in range(len(bindings) - 1, -1, -1):
                 reads_from[i] = set(later)
                 relax.analysis.post_order_visit(bindings[i].value, visit)
             new, i = [], 0
             while i < len(bindings):
-                func_i = _kernel(mod, bindings[i])
-                if func_i is None or not _is_seed(bindings[i].value):
+                first = _kernel(mod, bindings[i])
+                if first is None or not _is_seed(bindings[i].value):
                     new.append(bindings[i])
                     i += 1
                     continue
