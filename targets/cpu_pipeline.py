@@ -25,6 +25,7 @@ def cpu_lowering_passes(target, tune_trials: int = 0) -> list:
     from .depthwise import flat_depthwise
     from .share_kernels import dedupe_kernels, lift_scalar_constants
     from .kernel_family import is_x86, kernel_family
+    from .merge_step_kernels import merge_step_kernels
     from .narrow_int64 import narrow_int64
     from .requant import windowed_requant
     from .reshape_after_elementwise import reshape_after_elementwise
@@ -54,7 +55,7 @@ def cpu_lowering_passes(target, tune_trials: int = 0) -> list:
     return ([reshape_after_elementwise] + lookups + [windowed_requant, narrow_int64, patch_conv_as_matmul, conv_transpose_as_conv, grouped_conv_as_convs, flat_depthwise] + dots + patches + pools + [conv1x1_as_matmul, resize_taps, concat_tree] + cpu_defaults.library_dispatch_passes(target)
             + [lift_scalar_constants] + _adapted(cpu_defaults.legalize_passes(target), legalize_ops_once,
                                                   [split_dataflow_blocks, cut_requant_chains])
-            + [schedule_int4_dot_kernels, schedule_int_matmul_cpu, dedupe_kernels] + tune)
+            + [schedule_int4_dot_kernels, schedule_int_matmul_cpu, merge_step_kernels, dedupe_kernels] + tune)
 
 
 def _adapted(passes: list, legalize, split: list) -> list:
@@ -66,12 +67,13 @@ def _adapted(passes: list, legalize, split: list) -> list:
 
 
 def _after_planning(passes: list) -> list:
-    """TVM's finalization passes with `reuse_tensor_views` right after the memory plan."""
+    """TVM's finalization passes with `forward_tuple_items` and `reuse_tensor_views` right after the memory plan."""
+    from .merge_step_kernels import forward_tuple_items
     from .reuse_tensor_views import reuse_tensor_views
 
     out = []
     for p in passes:
-        out += [p, reuse_tensor_views] if p.info.name == "StaticPlanBlockMemory" else [p]
+        out += [p, forward_tuple_items, reuse_tensor_views] if p.info.name == "StaticPlanBlockMemory" else [p]
     return out
 
 

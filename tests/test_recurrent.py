@@ -331,7 +331,7 @@ def _distinct_constants(mod) -> int:
     return len(seen)
 
 
-def test_steps_of_a_recurrence_share_one_calibration(tmp_path):
+def test_steps_of_a_recurrence_share_one_calibration(tmp_path, monkeypatch):
     """Each group of corresponding tensors of an unrolled layer's steps gets one range
     (passes/recurrent_steps.py), so the integer module's constants (scales, gate tables, smoothed
     recurrent weights) hardly grow with the steps: 249 at 12 steps, 380 at 24; calibrated step by
@@ -360,8 +360,10 @@ def test_steps_of_a_recurrence_share_one_calibration(tmp_path):
     assert counts[1] - counts[0] < 200, counts
     # the steps' temporaries cycle through a few planned views, each built once
     # (targets/reuse_tensor_views.py): 564 kernel calls at 24 steps built 564 views, now 99
+    import targets.merge_step_kernels as msk
     from targets import get_target
 
+    monkeypatch.setattr(msk, "MAX_CALLS", 1)  # the steps' kernels one by one (merged: test_recurrent_speed.py)
     spec = get_target("x86")
     with spec.target():
         final = spec.relax_pipeline(spec.target())(lowered).script(show_meta=False)
