@@ -38,7 +38,7 @@ from .onnx_along_axis import cum_prod, reverse_sequence
 from .onnx_deform_conv import deform_conv
 from .onnx_negative_pads import negative_pads
 from .onnx_pool_indices import max_pool_explicit_pads, max_pool_indices, max_unpool
-from .onnx_rewrite import rewrite_nodes
+from .onnx_rewrite import rewrite_nodes, static_dims
 from .onnx_rms_norm import rms_normalization
 
 
@@ -464,9 +464,7 @@ def decompose_ops(model: onnx.ModelProto) -> int:
     """Rewrite every node of an op in `_DECOMPOSITIONS` (that its rewriter accepts); returns how many.
     Needs the shapes of shape inference."""
     opset = _opset(model)
-    shapes = {v.name: [d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim]
-              for v in (*model.graph.input, *model.graph.value_info, *model.graph.output)
-              if v.type.tensor_type.HasField("shape")}
+    shapes = static_dims(model)
     constants = {i.name: i for i in model.graph.initializer}
     constants.update({n.output[0]: n.attribute[0].t for n in model.graph.node
                       if n.op_type == "Constant" and n.attribute and n.attribute[0].HasField("t")})

@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .onnx_rewrite import rewrite_nodes
+from .onnx_rewrite import rewrite_nodes, static_dims
 
 
 def decompose_group_norms(model: onnx.ModelProto) -> int:
@@ -27,8 +27,7 @@ def decompose_group_norms(model: onnx.ModelProto) -> int:
     if not any(n.op_type == "GroupNormalization" for n in model.graph.node):
         return 0
     inferred = onnx.shape_inference.infer_shapes(model)
-    shapes = {v.name: [d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim]
-              for v in (*inferred.graph.input, *inferred.graph.value_info) if v.type.tensor_type.HasField("shape")}
+    shapes = static_dims(inferred)
     constants = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
 

@@ -7,6 +7,13 @@ from collections.abc import Callable
 import onnx
 
 
+def static_dims(model: onnx.ModelProto) -> dict[str, list[int]]:
+    """{value name: its dims (-1 where not a number)} of every graph input, output and value_info with a shape."""
+    return {v.name: [d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim]
+            for v in (*model.graph.input, *model.graph.value_info, *model.graph.output)
+            if v.type.tensor_type.HasField("shape")}
+
+
 def rewrite_nodes(model: onnx.ModelProto, rewrite: Callable[[onnx.NodeProto, list], list | None]) -> int:
     """Replace each node by `rewrite(node, inits)` where that returns nodes (None or []: the node is kept), the
     initializers it appends to `inits` added to the graph; the order of the nodes is kept. Returns how many

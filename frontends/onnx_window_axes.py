@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .onnx_rewrite import rewrite_nodes
+from .onnx_rewrite import rewrite_nodes, static_dims
 
 _POOLS = ("MaxPool", "AveragePool", "LpPool")
 
@@ -93,9 +93,7 @@ def _fold(node, shapes: dict, constants: dict, inits: list) -> list | None:
 def fold_unit_window_axes(model: onnx.ModelProto) -> int:
     """Rewrite every pool or depthwise conv over more than three spatial axes whose window has at most three
     axes of size > 1 (above); returns how many. Needs the shapes of shape inference."""
-    shapes = {v.name: [d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim]
-              for v in (*model.graph.input, *model.graph.value_info, *model.graph.output)
-              if v.type.tensor_type.HasField("shape")}
+    shapes = static_dims(model)
     constants = {i.name: i for i in model.graph.initializer}
     constants.update({n.output[0]: n.attribute[0].t for n in model.graph.node
                       if n.op_type == "Constant" and n.attribute and n.attribute[0].HasField("t")})
