@@ -49,7 +49,7 @@ def export_plan(int_mod, spec, out_dir: Path, executor: bool = True) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     target = spec.target()
     with target:
-        lowered = tvm.transform.Sequential(cpu_lowering_passes(target))(int_mod)
+        lowered = tvm.transform.Sequential(cpu_lowering_passes(target, merge_steps=False))(int_mod)
     buffers, steps, weights = [], [], bytearray()
     ids: dict = {}
 

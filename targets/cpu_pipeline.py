@@ -11,9 +11,10 @@ import tvm
 from tvm.relax.backend.cpu_generic import pipeline as cpu_defaults
 
 
-def cpu_lowering_passes(target, tune_trials: int = 0) -> list:
-    """Everything up to scheduled, fused kernels (also what the plan exporter flattens);
-    with `tune_trials`, MetaSchedule tunes what the default schedules leave (`tuning.py`)."""
+def cpu_lowering_passes(target, tune_trials: int = 0, merge_steps: bool = True) -> list:
+    """Everything up to scheduled, fused kernels (also what the plan exporter flattens, with `merge_steps`
+    off: it runs kernels of one output); with `tune_trials`, MetaSchedule tunes what the default schedules
+    leave (`tuning.py`)."""
     from passes.conv1x1_as_matmul import conv1x1_as_matmul
     from passes.conv_as_pointwise import conv_as_pointwise
     from passes.conv_transpose_as_conv import conv_transpose_as_conv
@@ -55,7 +56,8 @@ def cpu_lowering_passes(target, tune_trials: int = 0) -> list:
     return ([reshape_after_elementwise] + lookups + [windowed_requant, narrow_int64, patch_conv_as_matmul, conv_transpose_as_conv, grouped_conv_as_convs, flat_depthwise] + dots + patches + pools + [conv1x1_as_matmul, resize_taps, concat_tree] + cpu_defaults.library_dispatch_passes(target)
             + [lift_scalar_constants] + _adapted(cpu_defaults.legalize_passes(target), legalize_ops_once,
                                                   [split_dataflow_blocks, cut_requant_chains])
-            + [schedule_int4_dot_kernels, schedule_int_matmul_cpu, merge_step_kernels, dedupe_kernels] + tune)
+            + [schedule_int4_dot_kernels, schedule_int_matmul_cpu] + ([merge_step_kernels] if merge_steps else [])
+            + [dedupe_kernels] + tune)
 
 
 def _adapted(passes: list, legalize, split: list) -> list:

@@ -12,7 +12,8 @@ the VM's call around it (~0.3 us: the call, the checks of every tensor argument,
 
 After scheduling, each run of consecutive small kernels (single outputs of at most MAX_OUTPUT_BYTES, tensor
 arguments of static shapes) that starts at a step's seed (a kernel reading one constant integer scalar:
-the step's take of its input, as `passes/recurrent_steps.py` finds steps) and ends before the next seed
+the step's take of its input, as `passes/recurrent_steps.py` finds steps; a seed's kernel met at MIN_STEPS
+indices or more: a transformer's one take of its first token is none) and ends before the next seed
 becomes a Primitive relax function, which FuseTIR turns into one PrimFunc: the scheduled kernels' bodies
 in their order, each value passed inside a buffer of the kernel's own, the values read after the run its
 outputs. The statements are the kernels' own, so are the integers. Corresponding steps' kernels are
@@ -22,6 +23,8 @@ cannot read (symbolic shapes, tuple or shape arguments), or on a run of one kern
 """
 
 from __future__ import annotations
+
+import collections
 
 import numpy as np
 import tvm
@@ -34,6 +37,7 @@ from .tir_pipeline import TRUSTED
 
 MAX_OUTPUT_BYTES = 1 << 16  # kernels whose outputs are this small are call-bound at a recurrence's sizes
 MAX_CALLS = 32  # kernels in one merged step at most
+MIN_STEPS = 3  # seeds of one kernel a recurrence has at least (`passes/recurrent_steps.py` asks as many)
 # a kernel reading a constant (weights) larger than this streams it for tens of microseconds, beside which its
 # call is noise; merged, VFL's 768-wide LSTM GEMVs (2.4 MB of weights a step) ran slower (29.6 -> 35.4 ms a run)
 MAX_CONSTANT_BYTES = 1 << 20
@@ -74,6 +78,14 @@ def _is_seed(call: relax.Call) -> bool:
     """A step's first kernel: it reads a constant integer scalar (the step's index into its input)."""
     return any(isinstance(a, tvm.ir.GenericConst) and a.value.numpy().ndim == 0
                and np.issubdtype(a.value.numpy().dtype, np.integer) for a in call.args[1].fields)
+
+
+def _seed_kind(mod: tvm.IRModule, binding) -> int | None:
+    """The structural hash of a seed's kernel (steps read theirs at different indices), else None."""
+    func = _kernel(mod, binding)
+    if func is None or not _is_seed(binding.value):
+        return None
+    return tvm_ffi.structural_hash(func.without_attr("global_symbol"))
 
 
 def _consistent(funcs: list, run: list) -> bool:
@@ -144,17 +156,22 @@ def merge_step_kernels(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
             for i in range(len(bindings) - 1, -1, -1):
                 reads_from[i] = set(later)
                 relax.analysis.post_order_visit(bindings[i].value, visit)
+            # seeds of a recurrence: equal kernels read at MIN_STEPS constant indices or more (a transformer's one
+            # take of its first token is no step)
+            kind = [_seed_kind(mod, b) for b in bindings]
+            counts = collections.Counter(k for k in kind if k is not None)
+            seed = lambda at: kind[at] is not None and counts[kind[at]] >= MIN_STEPS  # noqa: E731
             new, i = [], 0
             while i < len(bindings):
                 first = _kernel(mod, bindings[i])
-                if first is None or not _is_seed(bindings[i].value):
+                if first is None or not seed(i):
                     new.append(bindings[i])
                     i += 1
                     continue
                 j, funcs = i, []
                 while j < len(bindings) and len(funcs) < MAX_CALLS:
                     f = _kernel(mod, bindings[j])
-                    if f is None or (j > i and _is_seed(bindings[j].value)):
+                    if f is None or (j > i and seed(j)):
                         break
                     funcs.append(f)
                     j += 1

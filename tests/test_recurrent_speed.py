@@ -65,3 +65,26 @@ def test_wide_steps_merged_same_integers(tmp_path, kind, attrs):
     q = merged.quantize_inputs({"x": x})
     for a, b in zip(merged.run_integer(q), plain.run_integer(q)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_one_constant_take_is_no_recurrence():
+    """A take of one constant index (a transformer's first token, pooled) followed by small kernels is no step:
+    the kernels stay as they are (merged, they made a kernel of several outputs, which the plan executor of the
+    riscv64 / armv7 targets cannot run)."""
+    import tvm
+    from conftest import relax_main
+    from tvm import relax
+
+    from targets import get_target
+    from targets.cpu_pipeline import cpu_lowering_passes
+
+    def build(x):  # three kernels: the take (its two readers), the row's sum, the rest
+        first = relax.op.take(x, relax.const(0, "int64"), axis=1)
+        return relax.op.max(relax.op.subtract(first, relax.op.sum(first, axis=[1], keepdims=True)), axis=[1])
+
+    mod = relax_main(build, [np.zeros((1, 16, 32), np.int32)])
+    target = get_target("x86").target()
+    with target:
+        lowered = tvm.transform.Sequential(cpu_lowering_passes(target))(mod)
+    assert not any(gv.name_hint.startswith("merged_step") for gv in lowered.functions), \
+        [gv.name_hint for gv in lowered.functions]
