@@ -174,12 +174,12 @@ def window_patches_func(c: int, hp: int, wp: int, rows: int, kernel: tuple[int, 
                     vectors = [const(load) if v is None else v for v in vectors] + [const(max(load, (count + padding) * step))]
                     at = b * patches + (g * (ho * wide) + y * wide + x0) * step
                     total = (count + padding) * step
-                    if total == 1:
-                        T.buffer_store(dst, vectors[0], [at])
-                        return
                     pick = [q * load + x * sw if x < count else step * load
                             for x in range(count + padding) for q in range(step)]
-                    T.buffer_store(dst, T.Shuffle(vectors, pick), [T.Ramp(at, 1, total)])
+                    if total == 1 and load == 1:
+                        T.buffer_store(dst, vectors[0], [at])
+                    else:  # (one element of a longer load: a one-lane shuffle)
+                        T.buffer_store(dst, T.Shuffle(vectors, pick), [T.Ramp(at, 1, total) if total > 1 else at])
 
                 def row(g, y, real=None, b=0):
                     if full:

@@ -40,6 +40,8 @@ CASES = [  # x shape, kernel, strides, pads, dilation, step, dtype, fill
     ((1, 2, 6, 1), (3, 1), (1, 1), (1, 0, 1, 0), (1, 1), 4, "uint8", 128),  # one column
     ((1, 4, 30, 30), (7, 7), (3, 3), (3, 3, 3, 3), (1, 1), 4, "uint8", 0),  # stride 3
     ((1, 6, 9, 11), (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, "float32", 0),  # the float model's convs too
+    ((1, 4, 10, 2), (3, 2), (2, 2), (1, 0, 1, 0), (1, 1), 1, "uint8", 0),  # one output column, stride 2 (Silero)
+    ((1, 4, 10, 2), (3, 2), (2, 2), (1, 0, 1, 0), (1, 1), 4, "uint8", 0),
 ]
 
 
