@@ -380,10 +380,11 @@ class _Rewriter(PyExprMutator):
 
     def _repacked(self, x: relax.Expr, step: int, channels: int, width: int, dot: Dot | None) -> relax.Expr:
         """x [(N,) C, H, W] as the dot kernels read it, [(N,) channels / step, H * width, step] (zero channels past C,
-        each image row padded to `width`), prepared for `dot` (None: as it is, AMX tiles): where x is a spatial
-        conv's patches, gathered straight from its image in one pass of vector copies (`window_patches`; the
-        patches, their preparation and the repack were three passes over a tensor kh kw times the image: a 3x3
-        conv 256 -> 256 at 14x14 spent 95 us in them against 640 in the product); else the repack (`interleaved`)."""
+        each image row padded to `width`), prepared for `dot` (None: as it is, AMX tiles): where x is the patches of
+        a spatial conv that does not keep its image's size, gathered straight from the image in one pass of vector
+        copies (`window_patches`; the patches, their preparation and the repack were up to three passes over a
+        tensor kh kw times the image: a 3x3/2 conv 256 -> 512 at 14x14 on tiles, 100 -> 52 us); else the repack
+        (`interleaved`)."""
         geometry = self._patch_geometry(x)
         if geometry is not None:
             source, rows, kernel, strides, pads, dilation = geometry
