@@ -35,20 +35,12 @@ def spatial_conv(mod: tvm.IRModule, lookup, call: relax.Call) -> tuple | None:
     """(x, w [O, C, kh, kw] int8 values in [-8, 7], attrs, patched) of a 4-bit spatial conv of one group: the
     lowering's pointwise conv over patches (x the patches' input, `lookup(var)` its binding; `patched` the patch
     weights [O, rows, 1, 1]) or its plain conv (`patched` None); else None."""
-    from passes.reference.int4 import unpack_int4
-
-    if call.op != tvm.ir.Op.get("relax.call_tir") or not isinstance(call.args[0], tvm.ir.GlobalVar) \
-            or call.args[0] not in mod.functions:
+    read = _lowered(mod, call)
+    if read is None or str(read[0]["op"]) != "conv2d":
         return None
-    func = mod[call.args[0]]
-    geometry = func.attrs.get(ATTR) if isinstance(func, tvm.tirx.PrimFunc) and func.attrs else None
-    args = call.args[1].fields if isinstance(call.args[1], relax.Tuple) else []
-    if geometry is None or str(geometry["op"]) != "conv2d" or len(args) != 2 \
-            or not isinstance(args[1], tvm.ir.GenericConst):
-        return None
+    geometry, x, w = read
     ints = lambda g, key: [int(v) for v in g[key]]  # noqa: E731
-    w = unpack_int4(args[1].value.numpy(), ints(geometry, "weight_shape"))
-    x, g, patched = args[0], geometry, None
+    g, patched = geometry, None
     source = geometry.get("patches_of")
     if source is not None:  # [O, rows, 1, 1] over the patches of x: rows c * kh * kw + i * kw + j, zero-padded
         patches = lookup(x) if isinstance(x, relax.Var) else None
@@ -67,24 +59,32 @@ def spatial_conv(mod: tvm.IRModule, lookup, call: relax.Call) -> tuple | None:
 def dense(mod: tvm.IRModule, call: relax.Call) -> tuple | None:
     """(x, w int8 values in [-8, 7]) of the lowering's 4-bit matmul (w [K, N]) or pointwise conv of one group,
     stride 1 and no padding (w [O, C]); else None."""
+    read = _lowered(mod, call)
+    if read is None:
+        return None
+    g, x, w = read
+    if str(g["op"]) == "conv2d":
+        ints = lambda key: [int(v) for v in g[key]]  # noqa: E731
+        if (w.ndim != 4 or w.shape[2:] != (1, 1) or int(g["groups"]) != 1 or any(ints("padding"))
+                or any(v != 1 for v in ints("strides") + ints("dilation"))):
+            return None
+        return x, w.reshape(w.shape[:2])
+    return (x, w) if w.ndim == 2 else None
+
+
+def _lowered(mod: tvm.IRModule, call: relax.Call) -> tuple | None:
+    """(geometry, x, w unpacked) of a call to one of the lowering's 4-bit kernels (`intq.int4` geometry); else None."""
     from passes.reference.int4 import unpack_int4
 
     if call.op != tvm.ir.Op.get("relax.call_tir") or not isinstance(call.args[0], tvm.ir.GlobalVar) \
             or call.args[0] not in mod.functions:
         return None
     func = mod[call.args[0]]
-    g = func.attrs.get(ATTR) if isinstance(func, tvm.tirx.PrimFunc) and func.attrs else None
+    geometry = func.attrs.get(ATTR) if isinstance(func, tvm.tirx.PrimFunc) and func.attrs else None
     args = call.args[1].fields if isinstance(call.args[1], relax.Tuple) else []
-    if g is None or len(args) != 2 or not isinstance(args[1], tvm.ir.GenericConst):
+    if geometry is None or len(args) != 2 or not isinstance(args[1], tvm.ir.GenericConst):
         return None
-    shape = [int(v) for v in g["weight_shape"]]
-    if str(g["op"]) == "conv2d":
-        ints = lambda key: [int(v) for v in g[key]]  # noqa: E731
-        if (len(shape) != 4 or shape[2:] != [1, 1] or int(g["groups"]) != 1 or any(ints("padding"))
-                or any(v != 1 for v in ints("strides") + ints("dilation"))):
-            return None
-        return args[0], unpack_int4(args[1].value.numpy(), shape).reshape(shape[:2])
-    return (args[0], unpack_int4(args[1].value.numpy(), shape)) if len(shape) == 2 else None
+    return geometry, args[0], unpack_int4(args[1].value.numpy(), [int(v) for v in geometry["weight_shape"]])
 
 
 def stored(bb: relax.BlockBuilder, weights: np.ndarray, like: relax.Expr) -> relax.Expr:
