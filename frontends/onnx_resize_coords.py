@@ -26,6 +26,34 @@ def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def static_resize(node: onnx.NodeProto, values: dict, constants: dict) -> tuple | None:
+    """(attributes as text, input shape, output shape, scale per axis: the float32 scale given, else None) of a
+    Resize of a float input of static shape with constant scales or sizes, no crop and a stretched aspect
+    ratio; else None (what is computed at run time stays a shape operand, refused or left to the importer)."""
+    if node.op_type != "Resize" or node.domain not in ("", "ai.onnx") or len(node.input) < 3:
+        return None
+    text = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    text = {k: _text(v) if isinstance(v, (bytes, str)) else v for k, v in text.items()}
+    kind = values.get(node.input[0])
+    if text.get("coordinate_transformation_mode") == "tf_crop_and_resize" or \
+            text.get("keep_aspect_ratio_policy", "stretch") != "stretch" or kind is None or \
+            kind.elem_type != TensorProto.FLOAT or any(not d.HasField("dim_value") for d in kind.shape.dim):
+        return None
+    shape = [d.dim_value for d in kind.shape.dim]
+    axes = [a % len(shape) for a in text.get("axes", range(len(shape)))]
+    scales, sizes = (constants.get(n) if n else None for n in (list(node.input) + [""])[2:4])
+    if (node.input[2] and scales is None) or (len(node.input) > 3 and node.input[3] and sizes is None):
+        return None
+    out, scale = list(shape), [None] * len(shape)
+    for k, a in enumerate(axes):
+        if sizes is not None and sizes.size:
+            out[a] = int(sizes[k])
+        else:
+            scale[a] = np.float32(scales[k])
+            out[a] = int(np.float32(shape[a]) * scale[a])
+    return text, shape, out, scale
+
+
 def source_coordinates(out: int, size: int, scale: np.float32, mode: str) -> np.ndarray:
     """onnxruntime's float32 source coordinate of each of `out` outputs along an axis of `size` inputs."""
     x, f32 = np.arange(out, dtype=np.float32), np.float32
@@ -74,29 +102,16 @@ def resize_coordinates_to_gathers(model: onnx.ModelProto) -> int:
     constants = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
 
     def rewrite(node, inits):
-        if node.op_type != "Resize" or node.domain not in ("", "ai.onnx") or len(node.input) < 3:
+        read = static_resize(node, values, constants)
+        if read is None:
             return None
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        mode = _text(attrs.get("coordinate_transformation_mode", "half_pixel"))
-        method = _text(attrs.get("mode", "nearest"))
-        kind = values.get(node.input[0])
-        if method not in ("linear", "nearest") or attrs.get("antialias", 0) or mode == "tf_crop_and_resize" or \
-                _text(attrs.get("keep_aspect_ratio_policy", "stretch")) != "stretch" or kind is None or \
-                kind.elem_type != TensorProto.FLOAT or any(not d.HasField("dim_value") for d in kind.shape.dim):
+        attrs, shape, out, scale = read
+        mode = attrs.get("coordinate_transformation_mode", "half_pixel")
+        method = attrs.get("mode", "nearest")
+        if method not in ("linear", "nearest") or attrs.get("antialias", 0):
             return None
-        shape = [d.dim_value for d in kind.shape.dim]
-        axes = [a % len(shape) for a in attrs.get("axes", range(len(shape)))]
-        scales, sizes = (constants.get(n) if n else None for n in (list(node.input) + [""])[2:4])
-        if (node.input[2] and scales is None) or (len(node.input) > 3 and node.input[3] and sizes is None):
-            return None  # computed at run time: refused as a shape operand
-        full_scale, out = np.ones(len(shape), np.float32), list(shape)
-        for k, a in enumerate(axes):
-            if sizes is not None and sizes.size:
-                out[a] = int(sizes[k])
-                full_scale[a] = np.float32(out[a]) / np.float32(shape[a])
-            else:
-                full_scale[a] = np.float32(scales[k])
-                out[a] = int(np.float32(shape[a]) * full_scale[a])
+        full_scale = np.array([np.float32(o) / np.float32(i) if s is None else s for i, o, s in zip(shape, out, scale)],
+                              np.float32)
         resized = [a for a in range(len(shape)) if out[a] != shape[a] or full_scale[a] != 1]
         needed = mode == "half_pixel_symmetric" or any(
             (mode == "align_corners" and out[a] == 1 and shape[a] > 1) or
@@ -111,7 +126,7 @@ def resize_coordinates_to_gathers(model: onnx.ModelProto) -> int:
             target = node.output[0] if last else name("out")
             v = source_coordinates(out[a], shape[a], full_scale[a], mode)
             if method == "nearest":
-                inits.append(numpy_helper.from_array(_nearest(v, _text(attrs.get("nearest_mode", "round_prefer_floor")),
+                inits.append(numpy_helper.from_array(_nearest(v, attrs.get("nearest_mode", "round_prefer_floor"),
                                                               shape[a]), name("index")))
                 nodes.append(helper.make_node("Gather", [current, name("index")], [target], name=name("gather"),
                                               axis=a))

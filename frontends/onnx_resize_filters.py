@@ -27,6 +27,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from .onnx_resize_coords import static_resize
 from .onnx_rewrite import rewrite_nodes
 
 _COPIED = ("antialias", "coordinate_transformation_mode", "cubic_coeff_a", "exclude_outside", "mode")
@@ -57,31 +58,15 @@ def resize_filters_to_matmuls(model: onnx.ModelProto) -> int:
     constants = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
 
     def rewrite(node, inits):
-        if node.op_type != "Resize" or node.domain not in ("", "ai.onnx") or len(node.input) < 3:
+        read = static_resize(node, values, constants)
+        if read is None:
             return None
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        text = {k: v.decode() if isinstance(v, bytes) else v for k, v in attrs.items()}
-        kind = values.get(node.input[0])
+        text, shape, out, scale = read
         mode = text.get("mode", "nearest")
-        if not (attrs.get("antialias", 0) and mode == "linear" or mode == "cubic") or \
-                text.get("coordinate_transformation_mode") == "tf_crop_and_resize" or \
-                text.get("keep_aspect_ratio_policy", "stretch") != "stretch" or kind is None or \
-                kind.elem_type != TensorProto.FLOAT or any(not d.HasField("dim_value") for d in kind.shape.dim):
+        if not (text.get("antialias", 0) and mode == "linear" or mode == "cubic"):
             return None
-        shape = [d.dim_value for d in kind.shape.dim]
-        axes = [a % len(shape) for a in attrs.get("axes", range(len(shape)))]
-        scales, sizes = (constants.get(n) if n else None for n in (list(node.input) + [""])[2:4])
-        if (node.input[2] and scales is None) or (len(node.input) > 3 and node.input[3] and sizes is None):
-            return None  # computed at run time: refused as a shape operand
-        by_size = sizes is not None and sizes.size > 0
-        out, scale = list(shape), [None] * len(shape)
-        for k, a in enumerate(axes):
-            if by_size:
-                out[a] = int(sizes[k])
-            else:
-                scale[a] = float(np.float32(scales[k]))
-                out[a] = int(np.float32(shape[a]) * np.float32(scales[k]))
-        resized = [a for a in axes if out[a] != shape[a] or (scale[a] is not None and scale[a] != 1.0)]
+        scale = [None if v is None else float(v) for v in scale]
+        resized = [a for a in range(len(shape)) if out[a] != shape[a] or (scale[a] is not None and scale[a] != 1.0)]
         if not resized or min(shape + out) <= 0:
             return None
         prefix, rank = node.name or node.output[0], len(shape)
