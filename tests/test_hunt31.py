@@ -1,4 +1,4 @@
-"""Hunt 31 (compile time and speed on the real-model corpus, README "A thirty-first hunt"): each fix for its
+"""Hunt 31 (compile time and speed on the real-model corpus, docs/hunts.md "A thirty-first hunt"): each fix for its
 family, on small graphs built here."""
 
 from __future__ import annotations

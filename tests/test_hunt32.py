@@ -1,4 +1,4 @@
-"""Hunt 32 (real models people bring: face and line detectors, OCR, README "A thirty-second hunt"): each fix
+"""Hunt 32 (real models people bring: face and line detectors, OCR, docs/hunts.md "A thirty-second hunt"): each fix
 for its family, on small graphs built here."""
 
 from __future__ import annotations

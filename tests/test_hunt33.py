@@ -1,5 +1,5 @@
 """Hunt 33 (real models people bring: streaming speech enhancers, OCR CRNNs, a GECToR tagger, UpscalerJS's
-ESRGANs; README "A thirty-third hunt"): each fix for its family, on small graphs built here."""
+ESRGANs; docs/hunts.md "A thirty-third hunt"): each fix for its family, on small graphs built here."""
 
 from __future__ import annotations
 

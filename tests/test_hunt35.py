@@ -1,5 +1,5 @@
 """Hunt 35 (real models people bring: PP-OCRv5 for a Rust runtime, silero-stress's homograph BERT and its n-gram
-accentor through torch's dynamo exporter, a memorability CNN; README "A thirty-fifth hunt"): each fix for its
+accentor through torch's dynamo exporter, a memorability CNN; docs/hunts.md "A thirty-fifth hunt"): each fix for its
 family, on small graphs built here."""
 
 from __future__ import annotations

