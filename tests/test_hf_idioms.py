@@ -161,7 +161,8 @@ def test_rel_shift_pads_a_linear_output_along_its_channels(tmp_path):
 
 
 @pytest.mark.parametrize("mode, padding, align", [("bilinear", "zeros", 0), ("bilinear", "border", 1),
-                                                  ("nearest", "zeros", 0)])
+                                                  ("nearest", "zeros", 0), ("bilinear", "reflection", 1),
+                                                  ("bicubic", "reflection", 0), ("bicubic", "border", 1)])
 def test_deformable_sampling_grid_sample(tmp_path, mode, padding, align):
     rng = np.random.default_rng(5)
     heads, channels, h, w, queries, points = 2, 4, 8, 10, 6, 3

@@ -76,14 +76,14 @@ def lower_resize2d(ctx, call, args):
     return Accumulator(ctx.emit(y), np.asarray(x.scale / 2.0**total_bits), None, ctx.out_range(), clamp)
 
 
-def _grid_axis(ctx, g, axis: int, size: int, align_corners: bool, bits: int) -> relax.Expr:
+def _grid_axis(ctx, g, axis: int, size: int, align_corners: bool, bits: int, padding: str) -> relax.Expr:
     """One coordinate of the grid [N, 2, Ho, Wo] as b-bit fixed-point pixels, [N, 1, Ho * Wo] int32
     (`spatial.grid_coordinates`); a constant grid (a decoder's first layer samples at learned reference
     points) is unnormalized here, exactly: round_half_up((g * a + b0) * 2^b)."""
     value = g if isinstance(g, np.ndarray) else g.expr
     n, _, ho, wo = (int(d) for d in value.shape) if isinstance(g, np.ndarray) else (int(d) for d in g.expr.ty.shape)
     a = (size - 1) / 2 if align_corners else size / 2
-    reach = (2 * size + 4) << bits
+    reach = spatial.grid_reach(size, bits, padding)
     if isinstance(g, np.ndarray):
         offset = (size - 1) << (bits - 1)
         fixed = np.clip(np.floor(g[:, axis].astype(np.float64) * a * 2.0**bits + 0.5), -reach, reach) + offset
@@ -103,16 +103,19 @@ def lower_grid_sample(ctx, call, args):
 
     The grid comes at 16 bits (its integers are sub-pixel positions); each coordinate becomes b-bit
     fixed-point pixels by one dyadic requantization plus a constant; the taps are a gather from the
-    flattened image, each weighted by (2^b - f) or f per axis (bilinear), 0 outside the input (zeros
-    padding) or the coordinate clamped to it (border): an int32 accumulator at scale S / 2^(2b), the
-    same b as Resize (`spatial.grid_sample`). Nearest: the tap at the coordinate rounded half to even, same scale.
+    flattened image, each weighted by (2^b - f) or f per axis (bilinear) or by Keys' cubic weights
+    rounded to b bits, read from a constant table at f (bicubic: 4 x 4 taps): an int32 accumulator at
+    scale S / 2^(2b), the same b as Resize (`spatial.grid_sample`). Nearest: the tap at the coordinate
+    rounded half to even, same scale. Padding: 0 outside the input (zeros), the coordinate and every
+    tap clamped to it (border), or reflected at its borders (reflection), in onnxruntime's order.
     A constant grid gives constant coordinates (Deformable-DETR's first decoder layer)."""
     attrs = call.attrs
     method, padding, layout = str(attrs.method), str(attrs.padding_mode), str(attrs.layout)
     if layout != "NCHW" or len(call.ty.shape) != 4:
         ctx.fail(f"grid_sample in layout {layout}: only 4-D NCHW (the volumetric form has no integer lowering yet)")
-    if method not in ("bilinear", "nearest") or padding not in ("zeros", "border"):
-        ctx.fail(f"grid_sample {method} with {padding} padding: bilinear or nearest, zeros or border padding")
+    if method not in ("bilinear", "nearest", "bicubic") or padding not in ("zeros", "border", "reflection"):
+        ctx.fail(f"grid_sample {method} with {padding} padding: bilinear, bicubic or nearest; zeros, border or "
+                 f"reflection padding")
     if isinstance(args[1], np.ndarray) and not np.isfinite(args[1]).all():
         ctx.fail("grid_sample at a constant grid holding non-finite values")
     x = ctx.materialize(args[0])
@@ -121,20 +124,25 @@ def lower_grid_sample(ctx, call, args):
     _, _, ho, wo = (int(d) for d in call.ty.shape)
     bits = spatial.linear_bits(x.dtype)
     align = bool(attrs.align_corners)
-    ix, iy = _grid_axis(ctx, g, 0, w, align, bits), _grid_axis(ctx, g, 1, h, align, bits)
-    if padding == "border":
-        ix = ctx.emit(R.clip(ix, 0, (w - 1) << bits))
-        iy = ctx.emit(R.clip(iy, 0, (h - 1) << bits))
-    flat = ctx.emit(R.reshape(x.expr, (n, c, h * w)))
     i32 = lambda v: emit.const(v, "int32")  # noqa: E731
+    ix, iy = _grid_axis(ctx, g, 0, w, align, bits, padding), _grid_axis(ctx, g, 1, h, align, bits, padding)
+    flat = ctx.emit(R.reshape(x.expr, (n, c, h * w)))
+
+    def index(i, size):
+        """(the tap's index inside the input, its validity or None): onnxruntime pads taps, not coordinates."""
+        if padding == "zeros":
+            return R.clip(i, 0, size - 1), R.logical_and(R.greater_equal(i, i32(0)), R.less(i, i32(size)))
+        if padding == "border":
+            return R.clip(i, 0, size - 1), None
+        return _reflected_index(i, size, align), None
 
     def tap(xi, yi):
-        valid = R.logical_and(R.logical_and(R.greater_equal(xi, i32(0)), R.less(xi, i32(w))),
-                              R.logical_and(R.greater_equal(yi, i32(0)), R.less(yi, i32(h))))
-        idx = R.add(R.multiply(R.clip(yi, 0, h - 1), i32(w)), R.clip(xi, 0, w - 1))
+        (xc, vx), (yc, vy) = index(xi, w), index(yi, h)
+        idx = R.add(R.multiply(yc, i32(w)), xc)
         # to [N, C, P] by adding zeros per channel, not broadcast_to a fixed shape: a free batch keeps its rows
         idx = ctx.emit(R.add(idx, emit.const(np.zeros((1, c, 1)), "int32")))
-        return ctx.emit(R.gather_elements(flat, idx, axis=2)), ctx.emit(valid)
+        valid = None if vx is None else ctx.emit(R.logical_and(vx, vy))
+        return ctx.emit(R.gather_elements(flat, idx, axis=2)), valid
 
     if method == "nearest":  # round half to even, as ONNX's reference and onnxruntime (nearbyint): grid 0 of an even side
 
@@ -142,22 +150,38 @@ def lower_grid_sample(ctx, call, args):
             q, f = R.right_shift(v, i32(bits)), R.bitwise_and(v, i32((1 << bits) - 1))
             half = i32(1 << (bits - 1))
             up = R.logical_or(R.greater(f, half), R.logical_and(R.equal(f, half), R.equal(R.bitwise_and(q, i32(1)), i32(1))))
-            return R.add(q, R.astype(up, "int32"))
+            return ctx.emit(R.add(q, R.astype(up, "int32")))
 
         v, valid = tap(nearest(ix), nearest(iy))
-        out = R.where(valid, v, R.astype(i32(0), x.dtype))
+        out = v if valid is None else R.where(valid, v, R.astype(i32(0), x.dtype))
         return replace(x, expr=ctx.emit(R.reshape(out, (n, c, ho, wo))))
     one = 1 << bits
     x0, y0 = ctx.emit(R.right_shift(ix, i32(bits))), ctx.emit(R.right_shift(iy, i32(bits)))
     fx, fy = ctx.emit(R.bitwise_and(ix, i32(one - 1))), ctx.emit(R.bitwise_and(iy, i32(one - 1)))
-    gx, gy = ctx.emit(R.subtract(i32(one), fx)), ctx.emit(R.subtract(i32(one), fy))
+    if method == "bicubic":
+        table = spatial.cubic_weights(bits)
+        weights = lambda f: [ctx.emit(R.take(i32(table[:, k]), f, axis=0)) for k in range(4)]  # noqa: E731
+        wxs, wys, first = weights(fx), weights(fy), -1
+    else:
+        wxs, wys, first = [ctx.emit(R.subtract(i32(one), fx)), fx], [ctx.emit(R.subtract(i32(one), fy)), fy], 0
     acc = None
-    for dy, wy in ((0, gy), (1, fy)):
-        for dx, wx in ((0, gx), (1, fx)):
+    for dy, wy in enumerate(wys, first):
+        for dx, wx in enumerate(wxs, first):
             v, valid = tap(R.add(x0, i32(dx)), R.add(y0, i32(dy)))
-            weight = R.where(valid, R.multiply(wx, wy), i32(0))
+            weight = R.multiply(wx, wy) if valid is None else R.where(valid, R.multiply(wx, wy), i32(0))
             term = R.multiply(R.astype(v, "int32"), weight)
             acc = term if acc is None else R.add(acc, term)
-    clamp = (0.0, math.inf) if x.dtype == "uint8" else (-math.inf, math.inf)
+    clamp = (0.0, math.inf) if x.dtype == "uint8" and method == "bilinear" else (-math.inf, math.inf)
     return Accumulator(ctx.emit(R.reshape(acc, (n, c, ho, wo))), np.asarray(x.scale / 2.0**(2 * bits)), None,
                        ctx.out_range(), clamp)
+
+
+def _reflected_index(i, size: int, align: bool) -> relax.Expr:
+    """Tap indices reflected into [0, size) (`spatial.reflected_index`)."""
+    i32 = lambda k: emit.const(k, "int32")  # noqa: E731
+    if align and size == 1:
+        return R.multiply(i, i32(0))
+    period = 2 * (size - 1) if align else 2 * size
+    u = R.floor_mod(i, i32(period))
+    mirror = period if align else period - 1  # u past the last pixel maps to mirror - u
+    return R.where(R.greater(u, i32(size - 1)), R.subtract(i32(mirror), u), u)

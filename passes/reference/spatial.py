@@ -107,35 +107,79 @@ def resize_linear(x, axes, sizes, mode: str, bits: int) -> np.ndarray:
     return _checked_int32(y)
 
 
-def grid_coordinates(q, m, s, size: int, align_corners: bool, bits: int) -> np.ndarray:
+def grid_reach(size: int, bits: int, padding: str) -> int:
+    """How far (b-bit fixed point) a GridSample coordinate is kept from the input's centre: 2 size + 4
+    pixels, where every tap is outside the input either way (zeros, border), or, where taps are reflected
+    back into it, as far as int32 arithmetic on the taps allows (2^(30 - b) pixels)."""
+    return (1 << 30) if padding == "reflection" else (2 * size + 4) << bits
+
+
+def grid_coordinates(q, m, s, size: int, align_corners: bool, bits: int, padding: str = "zeros") -> np.ndarray:
     """GridSample's source coordinate along one axis of `size` pixels, as b-bit fixed point (int32):
     round_half_up(g * a * 2^b) + b0 * 2^b with g = q * scale (`m`, `s`: dyadic of scale * a * 2^b),
     a = size / 2 (align_corners: (size - 1) / 2), b0 = (size - 1) / 2: ONNX's unnormalization
-    ((g + 1) * size - 1) / 2, or (g + 1) / 2 * (size - 1). Clamped to +-(2 size + 4) pixels, where
-    every tap is outside the input either way."""
+    ((g + 1) * size - 1) / 2, or (g + 1) / 2 * (size - 1). Clamped to `grid_reach`."""
     from .kernels import requantize
 
-    reach = (2 * size + 4) << bits
+    reach = grid_reach(size, bits, padding)
     return requantize(q, m, s, -reach, reach, "int32").astype(np.int64) + ((size - 1) << (bits - 1))
 
 
-def grid_sample(x, ix, iy, bits: int, method: str, padding: str) -> np.ndarray:
+CUBIC_ALPHA = -0.75  # Keys' cubic convolution, as onnxruntime's and ONNX's GridSample (and torch's bicubic)
+
+
+def cubic_weights(bits: int) -> np.ndarray:
+    """[2^bits, 4] int32: the four taps' weights (at x0 - 1 .. x0 + 2) of Keys' cubic at each b-bit fraction f,
+    round_half_up(c_k(f / 2^b) * 2^b); at f = 0 they are (0, 2^b, 0, 0)."""
+    a, t = CUBIC_ALPHA, np.arange(1 << bits, dtype=np.float64) / (1 << bits)
+
+    def near(d):  # |d| <= 1
+        return ((a + 2) * d - (a + 3)) * d * d + 1
+
+    def far(d):  # 1 < |d| < 2
+        return ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+
+    c = np.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], axis=1)
+    return np.floor(c * (1 << bits) + 0.5).astype(np.int32)
+
+
+def reflected_index(i, size: int, align_corners: bool):
+    """Tap indices reflected into [0, size) as onnxruntime's GridSample does: at the borders -1/2 and
+    size - 1/2, or 0 and size - 1 with align_corners (a triangle wave of period 2 size or 2 (size - 1))."""
+    i = np.asarray(i, np.int64)
+    if align_corners:
+        if size == 1:
+            return np.zeros_like(i)
+        u = np.mod(i, 2 * (size - 1))
+        return np.where(u > size - 1, 2 * (size - 1) - u, u)
+    u = np.mod(i, 2 * size)
+    return np.where(u >= size, 2 * size - 1 - u, u)
+
+
+def grid_sample(x, ix, iy, bits: int, method: str, padding: str, align_corners: bool = False) -> np.ndarray:
     """GridSample of the integer tensor x [N, C, H, W] at fixed-point coordinates ix, iy [N, Ho, Wo]
-    (`grid_coordinates`). bilinear: the int32 sum of the four taps times (2^b - f) or f per axis, at
-    scale 2^-2b, a tap outside the input adding 0 (padding "zeros") or the coordinate first clamped
-    to the input (padding "border"); nearest: the tap at the coordinate rounded half to even, same dtype, 0
-    outside."""
+    (`grid_coordinates`). bilinear / bicubic: the int32 sum of the 4 / 16 taps times their weights per axis
+    ((2^b - f) or f; `cubic_weights`), at scale 2^-2b; nearest: the tap at the coordinate rounded half to even,
+    same dtype. As onnxruntime, the padding applies to each tap's index, never to the coordinate: a tap
+    outside the input reads 0 ("zeros"), the nearest pixel ("border") or its mirror image
+    ("reflection", `reflected_index`)."""
     x = np.asarray(x)
     n, c, h, w = x.shape
     ix, iy = np.asarray(ix, np.int64), np.asarray(iy, np.int64)
-    if padding == "border":
-        ix, iy = np.clip(ix, 0, (w - 1) << bits), np.clip(iy, 0, (h - 1) << bits)
     flat = x.reshape(n, c, h * w)
 
+    def index(i, size):
+        if padding == "zeros":
+            return np.clip(i, 0, size - 1), (i >= 0) & (i < size)
+        if padding == "border":
+            return np.clip(i, 0, size - 1), True
+        return reflected_index(i, size, align_corners), True
+
     def tap(xi, yi):
-        valid = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
-        idx = (np.clip(yi, 0, h - 1) * w + np.clip(xi, 0, w - 1)).reshape(n, 1, -1)
-        return np.take_along_axis(flat, np.broadcast_to(idx, (n, c, idx.shape[-1])), axis=2), valid.reshape(n, 1, -1)
+        (xc, vx), (yc, vy) = index(xi, w), index(yi, h)
+        idx = (yc * w + xc).reshape(n, 1, -1)
+        return (np.take_along_axis(flat, np.broadcast_to(idx, (n, c, idx.shape[-1])), axis=2),
+                np.broadcast_to(np.asarray(vx & vy), xi.shape).reshape(n, 1, -1))
 
     if method == "nearest":  # round half to even (ONNX's reference, onnxruntime: nearbyint)
         def nearest(v):
@@ -146,10 +190,15 @@ def grid_sample(x, ix, iy, bits: int, method: str, padding: str) -> np.ndarray:
         return np.where(valid, v, 0).astype(x.dtype).reshape(n, c, *ix.shape[1:])
     x0, y0 = ix >> bits, iy >> bits
     fx, fy = ix & ((1 << bits) - 1), iy & ((1 << bits) - 1)
-    one = 1 << bits
+    if method == "bicubic":
+        table = cubic_weights(bits).astype(np.int64)
+        wxs, wys, first = [table[fx, k] for k in range(4)], [table[fy, k] for k in range(4)], -1
+    else:
+        one = 1 << bits
+        wxs, wys, first = [one - fx, fx], [one - fy, fy], 0
     out = 0
-    for dy, wy in ((0, one - fy), (1, fy)):
-        for dx, wx in ((0, one - fx), (1, fx)):
+    for dy, wy in enumerate(wys, first):
+        for dx, wx in enumerate(wxs, first):
             v, valid = tap(x0 + dx, y0 + dy)
             out = out + v.astype(np.int64) * np.where(valid, (wx * wy).reshape(n, 1, -1), 0)
     return _checked_int32(out.reshape(n, c, *ix.shape[1:]))
