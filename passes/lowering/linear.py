@@ -185,14 +185,17 @@ def _stacked_weight_matmul(ctx, call, x, w):
     queries, projected from the relative embeddings and folded to constants; a per-group weight): W at
     8 bits with one scale per output column over the whole stack (not a layer of the bit choice), x an
     8-bit operand (16 where kept wide and the sums fit), int32 accumulation broadcast as the float
-    matmul broadcasts; the column scales along the output's last axis."""
-    if w.ndim < 2:
-        ctx.fail("matmul by a 1-D constant is not supported")
-    w_q, w_scale = quantize_weights(w, 8, axis=w.ndim - 1)
+    matmul broadcasts; the column scales along the output's last axis. A vector w[K] is one column whose
+    axis the product drops (numpy's rule)."""
+    vector = w.ndim == 1  # x @ w[K] as x @ w[K, 1]
+    w_q, w_scale = quantize_weights(w[:, None] if vector else w, 8, axis=1 if vector else w.ndim - 1)
     l1 = int(np.abs(w_q.astype(np.int64)).sum(axis=-2).max(initial=0))  # per matrix and column
     x = ctx.operand(x, l1, 8)
     _check_accumulator_bound(ctx, l1, x)
     expr = ctx.emit(emit.matmul_acc(x.expr, w_q))
+    if vector:
+        expr = ctx.emit(relax.op.reshape(expr, call.ty.shape))
+        return Accumulator(expr, np.asarray(x.scale * w_scale[0]), None, ctx.out_range())
     return Accumulator(expr, x.scale * w_scale, len(call.ty.shape) - 1, ctx.out_range())
 
 
@@ -201,8 +204,15 @@ def _constant_first_matmul(ctx, call, c, x):
     scale per row over its batch copies), x an 8-bit operand (features of their own ranges: 16 bits
     each where the sums fit int32, their scales folded into C's columns); int32 accumulation, the row scales along the
     output's second-to-last axis."""
-    if c.ndim < 2 or isinstance(x, np.ndarray):
-        ctx.fail("matmul of a 1-D constant by an activation is not supported")
+    if isinstance(x, np.ndarray):
+        ctx.fail("matmul of two constants should have been folded")
+    if c.ndim == 1:  # c[K] @ x (numpy's rule: the product drops the vector's axis), as c[1, K] @ x
+        c_q, c_scale = quantize_weights(c[None, :], 8, axis=0)
+        x = ctx.operand(x, int(np.abs(c_q.astype(np.int64)).sum()), 8)
+        _check_accumulator_bound(ctx, int(np.abs(c_q.astype(np.int64)).sum()), x)
+        expr = ctx.emit(relax.op.matmul(emit.const(c_q, "int8"), x.expr, out_dtype="int32"))
+        return Accumulator(ctx.emit(relax.op.reshape(expr, call.ty.shape)), np.asarray(x.scale * c_scale[0]), None,
+                           ctx.out_range())
     reduction = int(c.shape[-1])
     wide = reduction * 2**7 * 2**15 < 2**31  # 16-bit features where the int32 sums allow
     features = (ctx.per_feature(x, dtype="int16" if wide else "int8") if x in ctx.features and c.ndim == 2
