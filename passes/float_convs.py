@@ -77,8 +77,8 @@ def conv_closure(call: relax.Call, weight: np.ndarray | None = None):
     transposed = call.op.name == "relax.nn.conv2d_transpose"
     w = constant_arrays.array(call.args[1]) if weight is None else weight.astype(np.float32)
     # torch wants OIHW for conv2d and IOHW for conv2d_transpose
-    weight = torch.from_numpy(np.ascontiguousarray(
-        w.transpose([a.kernel_layout.index(c) for c in ("IOHW" if transposed else "OIHW")])))
+    weight = torch.from_numpy(np.array(  # a writable copy: a read-only constant made torch warn
+        w.transpose([a.kernel_layout.index(c) for c in ("IOHW" if transposed else "OIHW")]), np.float32))
     into, back = _to_nchw(a.data_layout), np.argsort(_to_nchw(a.out_layout))
     top, left, bottom, right = (int(p) for p in a.padding)
     strides, dilation, groups = [int(s) for s in a.strides], [int(d) for d in a.dilation], int(a.groups)

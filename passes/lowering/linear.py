@@ -117,10 +117,12 @@ def _record(ctx, op: str, w: np.ndarray, bits: int, x, **attrs):
 def lower_conv2d(ctx, call, args):
     x, w = args
     attrs = call.attrs
-    if not isinstance(w, np.ndarray):
-        ctx.fail("conv2d with a non-constant weight is not supported")
     if attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW":
         ctx.fail(f"conv2d layout {attrs.data_layout}/{attrs.kernel_layout}: only NCHW/OIHW is supported")
+    if isinstance(x, np.ndarray):
+        ctx.fail("conv2d of a constant input by activation weights: no integer form")
+    if not isinstance(w, np.ndarray):
+        return _activation_conv2d(ctx, call, x, w)
     bits = ctx.config.bits_for(ctx.var.name)
     w_q, w_scale = quantize_weights(w, bits, axis=0)
     l1 = weight_l1(w_q, 0)
@@ -135,6 +137,23 @@ def lower_conv2d(ctx, call, args):
     acc = Accumulator(expr, x.scale * w_scale, 1, ctx.out_range())
     return _bias_correction(ctx, acc, call.args[0], 1, w_q * w_scale[:, None, None, None] - w, int(attrs.groups),
                             _tap_share(call.args[0], call, attrs, w.shape[2:]), op="conv2d")
+
+
+def _activation_conv2d(ctx, call, x, w):
+    """A conv whose weights are an activation (Siamese trackers' cross-correlation of search features by
+    template features, per channel or dense; dynamic filters): both operands 8-bit, their offsets taken
+    out, int32 sums at scale S_x S_w, each bounded by the taps per output times 255 * 128."""
+    a = call.attrs
+    x, w = ctx.to_8bit(ctx.without_offset(x)), ctx.to_8bit(ctx.without_offset(w))
+    if np.size(x.scale) != 1 or np.size(w.scale) != 1:
+        ctx.fail("conv2d of activations on per-channel grids")
+    taps = int(np.prod([int(d) for d in list(call.args[1].ty.shape)[1:]]))
+    bound = taps * max(abs(v) for v in INT_RANGE[x.dtype]) * max(abs(v) for v in INT_RANGE[w.dtype])
+    if bound >= 2**31:
+        ctx.fail(f"int32 accumulator could overflow: {taps} taps per output of two 8-bit operands")
+    expr = ctx.emit(relax.op.nn.conv2d(x.expr, w.expr, a.strides, a.padding, a.dilation, a.groups, "NCHW", "OIHW",
+                                       out_dtype="int32"))
+    return Accumulator(expr, np.asarray(x.scale * w.scale), None, ctx.out_range())
 
 
 @lowers("relax.matmul")
