@@ -37,6 +37,7 @@ from .onnx_pow_types import pow_to_one_dtype
 from .onnx_center_crop_pad import decompose_center_crop_pads
 from .onnx_group_norm import decompose_group_norms
 from .onnx_resize_filters import resize_filters_to_matmuls
+from .onnx_roi_align import shift_half_pixel_rois
 from .onnx_resize_coords import resize_coordinates_to_gathers
 from .onnx_decompose import decompose_ops
 from .resize_layout import resize_to_nchw
@@ -234,6 +235,7 @@ def _import(model: onnx.ModelProto, path: Path, allow_unsupported: bool, segment
         # of a later loop may follow from an unrolled one's outputs (stacked Keras LSTMs)
     strip_qdq(model)  # quantized ops the unrolled bodies brought in (a dynamic-range TFLite LSTM's WHILE loop)
     legacy_forms_to_tvm_forms(model)  # Slice-1, Reshape-1, Upsample-9: the forms TVM's converters read
+    shift_half_pixel_rois(model)  # RoiAlign's half-pixel rois as TVM's converter reads them (onnx_roi_align.py)
     if select_ifs(model):  # data-dependent If: both branches computed, then a Where
         model = onnx.shape_inference.infer_shapes(model)
     if einsum_to_matmul(model):  # Einsum with a constant operand (grouped linear layers): a MatMul
