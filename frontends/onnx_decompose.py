@@ -20,6 +20,7 @@ that TVM imports and intq lowers (in place, before the import):
     RMSNormalization(any axis)   ->  one over the flattened trailing axes, constant gamma (onnx_rms_norm.py)
     NonZero(constant)            ->  the constant indices   (jax2onnx's scatter filters its indices with one)
     EyeLike(x, dtype)            ->  the constant identity of x's shape in that dtype
+    AffineGrid(theta, size)      ->  MatMul(theta, the constant base grid), transposed and reshaped (spatial transformers)
     ai.onnx.ml Scaler, Binarizer, LinearRegressor, Normalizer (scikit-learn pipelines)
                                  ->  Sub/Mul, Greater/Cast, MatMul/Add, x / ReduceMax|L1|L2(x)
 
@@ -446,6 +447,29 @@ def _eye_like(node, opset: int, inits: list, shapes: dict, consts) -> list | Non
                              value=numpy_helper.from_array(value, node.output[0]))]
 
 
+def _affine_grid(node, opset: int, inits: list, shapes: dict, consts) -> list | None:
+    """AffineGrid(theta [N, r, r + 1], constant size [N, C, *S]) -> Reshape(Transpose(MatMul(theta, B)), [N, *S, r]):
+    B [r + 1, prod S] holds each output point's normalized coordinates (x first, then y, z) and a 1, as
+    ONNX defines the base grid; a spatial transformer's sampling grid becomes a constant-weight matmul (TVM's
+    converter makes `image.affine_grid`, which has no integer lowering)."""
+    size = consts(node.input[1]) if len(node.input) > 1 else None
+    if size is None or size.ndim != 1 or len(size) not in (4, 5) or np.any(size[2:] < 1):
+        return None
+    align = int({a.name: helper.get_attribute_value(a) for a in node.attribute}.get("align_corners", 0))
+    spatial = [int(v) for v in size[2:]]
+    axes = [(np.linspace(-1.0, 1.0, n) if n > 1 else np.ones(1)) if align else (2 * np.arange(n) + 1) / n - 1
+            for n in spatial]  # one point with align_corners: at 1, as onnxruntime puts it (torch: 0)
+    mesh = np.meshgrid(*axes, indexing="ij")  # one array per spatial axis, outermost first
+    base = np.stack([m.ravel() for m in reversed(mesh)] + [np.ones(mesh[0].size)]).astype(np.float32)
+    prefix = node.name or node.output[0]
+    name = lambda part: f"{prefix}/{part}"  # noqa: E731
+    inits.append(numpy_helper.from_array(base, name("base")))
+    inits.append(numpy_helper.from_array(np.array([int(size[0]), *spatial, len(spatial)], np.int64), name("shape")))
+    return [helper.make_node("MatMul", [node.input[0], name("base")], [name("points")], name=name("points")),
+            helper.make_node("Transpose", [name("points")], [name("rows")], name=name("rows"), perm=[0, 2, 1]),
+            helper.make_node("Reshape", [name("rows"), name("shape")], list(node.output[:1]), name=prefix)]
+
+
 _ML = {"Scaler": _scaler, "Binarizer": _binarizer, "LinearRegressor": _linear_regressor, "Normalizer": _normalizer,
        "ArrayFeatureExtractor": _array_feature_extractor}
 
@@ -457,7 +481,8 @@ _DECOMPOSITIONS = {"LpNormalization": _lp_normalization, "DFT": _dft, "STFT": _s
                    "MaxPool": _first(_pool_window_past_input, max_pool_indices, max_pool_explicit_pads),
                    "MaxUnpool": max_unpool,
                    "NonZero": _constant_nonzero, "RMSNormalization": rms_normalization, "EyeLike": _eye_like,
-                   "CumProd": cum_prod, "DeformConv": deform_conv, "Pad": negative_pads}
+                   "CumProd": cum_prod, "DeformConv": deform_conv, "Pad": negative_pads,
+                   "AffineGrid": _affine_grid}
 
 
 def decompose_ops(model: onnx.ModelProto) -> int:

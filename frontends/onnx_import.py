@@ -70,7 +70,9 @@ INTEGER_PATH_OPS = frozenset({
     "IsNaN", "IsInf",  # of a quantized tensor: a constant mask (SDPA's guard of fully masked rows, lowering/predicates)
     # structure and spatial ops (passes/lowering: resize, pooling, linear, layout)
     "Resize", "Upsample", "ConvTranspose", "AveragePool", "Tile", "DepthToSpace", "SpaceToDepth", "TopK",
-    "GridSample",  # 4-D bilinear or nearest, zeros or border padding (lowering/resize.lower_grid_sample)
+    "GridSample",  # 4-D bilinear, bicubic or nearest, any padding (lowering/resize.lower_grid_sample)
+    "AffineGrid",  # MatMul of theta by the constant base grid (onnx_decompose.py)
+    "Trilu",  # of an activation: the same integers, zeros outside the triangle (lowering/layout.lower_triangle)
     # binary ops of two activations, reductions, softmax on any axis (passes/lowering: binary, reduce, transformer)
     "LessOrEqual", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL2", "ArgMax", "ArgMin", "LogSoftmax",
     "Sum", "Mean",  # of several activations: a reduction over relax.stack

@@ -306,12 +306,14 @@ def test_no_calibration_warns(tmp_path, small_cnn_path, capsys):
 
 
 def _with_unsupported(path):
-    """small_cnn plus Trilu (no integer lowering) on its logits, as a second output."""
+    """small_cnn plus a float Mod (no integer lowering) of its logits, as a second output."""
     import onnx
     from conftest import small_cnn
+    from onnx import numpy_helper
 
     model = onnx.load(small_cnn(path))
-    model.graph.node.append(helper.make_node("Trilu", ["y"], ["cs"], name="running_sum"))
+    model.graph.initializer.append(numpy_helper.from_array(np.array(50.0, np.float32), "period"))
+    model.graph.node.append(helper.make_node("Mod", ["y", "period"], ["cs"], name="running_sum", fmod=1))
     model.graph.output.append(helper.make_tensor_value_info("cs", onnx.TensorProto.FLOAT, [1, 10]))
     onnx.save(model, path)
     return str(path)
@@ -329,17 +331,17 @@ def test_lowering_refusal_names_the_onnx_node(tmp_path, small_cnn_path, capsys, 
 
 
 def test_unsupported_op_refused_unless_allow_float(tmp_path, capsys):
-    model = _with_unsupported(tmp_path / "trilu.onnx")
-    _compile_fails([model, "-o", str(tmp_path / "a")], capsys, "Trilu (node running_sum)", "--allow-float")
+    model = _with_unsupported(tmp_path / "mod.onnx")
+    _compile_fails([model, "-o", str(tmp_path / "a")], capsys, "Mod (node running_sum)", "--allow-float")
     assert not (tmp_path / "a").exists()
     assert compile_main([model, "-o", str(tmp_path / "a"), "--allow-float"]) == 0
     err = capsys.readouterr().err
-    assert "1 node(s) run in float (--allow-float)" in err and "(relax.triu): no integer lowering" in err
-    assert "ONNX node 'running_sum' (Trilu), binding" in err  # the node the user knows, not only the binding
+    assert "1 node(s) run in float (--allow-float)" in err and "(relax.mod): no integer lowering" in err
+    assert "ONNX node 'running_sum' (Mod), binding" in err  # the node the user knows, not only the binding
     m = runtime.load(tmp_path / "a")
-    assert m.manifest["integer_only"] is False and "relax.triu" in m.manifest["verifier"]
-    assert [(n["op"], n["reason"]) for n in m.manifest["float_nodes"]] == [("relax.triu", "no integer lowering")]
-    assert m.manifest["float_nodes"][0]["onnx"] == "ONNX node 'running_sum' (Trilu)"
+    assert m.manifest["integer_only"] is False and "relax.mod" in m.manifest["verifier"]
+    assert [(n["op"], n["reason"]) for n in m.manifest["float_nodes"]] == [("relax.mod", "no integer lowering")]
+    assert m.manifest["float_nodes"][0]["onnx"] == "ONNX node 'running_sum' (Mod)"
     y, cs = m.manifest["outputs"]
     assert y["quant"]["dtype"] == "int32" and cs["quant"] == {"dtype": "float32", "scale": [1.0], "axis": None}
     out = m.run({"x": _x()})

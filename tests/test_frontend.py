@@ -59,11 +59,11 @@ def test_unsupported_ops_listed_at_once(tmp_path):
     from conftest import small_cnn
 
     extra = [helper.make_node("Hardmax", ["y"], ["s"], name="my_hardmax"),
-             helper.make_node("Trilu", ["y"], ["sp"], name="my_trilu")]
+             helper.make_node("Mod", ["y", "y"], ["sp"], name="my_mod", fmod=1)]
     p = small_cnn(tmp_path / "unsupported.onnx", extra_nodes=extra)
     with pytest.raises(UnsupportedModelError) as err:
         load_onnx(p)
-    assert "Hardmax (node my_hardmax)" in str(err.value) and "Trilu (node my_trilu)" in str(err.value)
+    assert "Hardmax (node my_hardmax)" in str(err.value) and "Mod (node my_mod)" in str(err.value)
 
 
 def test_unsupported_input_dtype_refused(tmp_path):
@@ -1091,3 +1091,65 @@ def test_cum_prod_becomes_a_masked_product(tmp_path, dtype, exclusive, reverse, 
             assert got.ravel() @ want.ravel() / np.linalg.norm(got) / np.linalg.norm(want) > 0.99
         else:
             np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("size, align", [([2, 3, 5, 7], 0), ([2, 3, 5, 7], 1), ([1, 1, 1, 4], 1),
+                                         ([2, 1, 3, 4, 5], 0), ([1, 2, 4, 1, 1], 1)])
+def test_affine_grid_as_a_constant_weight_matmul_equals_onnxruntime(size, align):
+    """AffineGrid (opset 20: a spatial transformer's sampling grid) -> MatMul by its constant base grid
+    (onnx_decompose): onnxruntime's grid to float rounding, one-point axes with align_corners included."""
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from frontends.onnx_decompose import decompose_ops
+
+    rank = len(size) - 2
+    theta = np.random.default_rng(0).normal(0, 1, (size[0], rank, rank + 1)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("AffineGrid", ["theta", "size"], ["grid"], align_corners=align)], "g",
+                              [helper.make_tensor_value_info("theta", TensorProto.FLOAT, theta.shape)],
+                              [helper.make_tensor_value_info("grid", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(np.array(size, np.int64), "size")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    model.ir_version = 9
+    want = ort.InferenceSession(model.SerializeToString()).run(None, {"theta": theta})[0]
+    rewritten = onnx.shape_inference.infer_shapes(model)
+    assert decompose_ops(rewritten) == 1 and "AffineGrid" not in {n.op_type for n in rewritten.graph.node}
+    got = ort.InferenceSession(rewritten.SerializeToString()).run(None, {"theta": theta})[0]
+    np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_spatial_transformer_and_trilu_compile_integer_only(tmp_path):
+    """A spatial transformer (theta from a linear layer, AffineGrid, GridSample) and a Trilu of an activation
+    compile integer-only (both were refused: TVM makes `image.affine_grid` and `triu`, which have no integer
+    lowering) and agree with onnxruntime."""
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    import runtime
+
+    rng = np.random.default_rng(1)
+    n = helper.make_node
+    nodes = [n("Flatten", ["x"], ["flat"]), n("Gemm", ["flat", "w", "b"], ["t6"]), n("Reshape", ["t6", "shape"], ["theta"]),
+             n("AffineGrid", ["theta", "size"], ["grid"], align_corners=0), n("GridSample", ["x", "grid"], ["crop"]),
+             n("Relu", ["crop"], ["r"]), n("Reshape", ["r", "square"], ["rs"]), n("Trilu", ["rs"], ["y"], upper=0)]
+    inits = [numpy_helper.from_array(rng.normal(0, 0.01, (128, 6)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.array([0.8, 0.1, 0.05, -0.1, 0.8, 0], np.float32), "b"),
+             numpy_helper.from_array(np.array([1, 2, 3], np.int64), "shape"),
+             numpy_helper.from_array(np.array([1, 2, 6, 6], np.int64), "size"),
+             numpy_helper.from_array(np.array([1, 12, 6], np.int64), "square")]
+    graph = helper.make_graph(nodes, "stn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    model.ir_version = 9
+    onnx.save(model, tmp_path / "stn.onnx")
+    x = rng.normal(0, 1, (12, 1, 2, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "c.npz", x=x[:8])
+    art = runtime.load(runtime.compile_model(tmp_path / "stn.onnx", "x86", tmp_path / "a", calib=tmp_path / "c.npz",
+                                             progress=False))
+    assert art.manifest["integer_only"] is True
+    session = ort.InferenceSession(str(tmp_path / "stn.onnx"))
+    for v in x[8:]:
+        got, want = art.run({"x": v})["y"], session.run(None, {"x": v})[0]
+        cos = float(np.dot(got.ravel(), want.ravel()) / np.linalg.norm(got) / np.linalg.norm(want))
+        assert cos > 0.995, cos
+        assert np.all(got[0][np.triu_indices(12, 1, 6)] == 0)  # above the diagonal: exact zeros

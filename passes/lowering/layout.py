@@ -152,6 +152,14 @@ def lower_pad(ctx, call, args):
     return replace(x, expr=ctx.emit(expr))
 
 
+@lowers("relax.tril", "relax.triu")
+def lower_triangle(ctx, call, args):
+    """Trilu of an activation: the same integers, zeros (the integer 0 is the real 0) outside the triangle."""
+    x = ctx.materialize(args[0])
+    op = relax.op.tril if call.op.name == "relax.tril" else relax.op.triu
+    return replace(x, expr=ctx.emit(op(x.expr, call.args[1])))
+
+
 def _moved(ctx, call, x, axis_after):
     """`call`'s op applied to the integers of `x`; an accumulator's per-channel axis becomes
     `axis_after(axis)`, or None if the op mixes channels (then it is requantized to 8 bits)."""
