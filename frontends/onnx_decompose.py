@@ -21,6 +21,7 @@ that TVM imports and intq lowers (in place, before the import):
     NonZero(constant)            ->  the constant indices   (jax2onnx's scatter filters its indices with one)
     EyeLike(x, dtype)            ->  the constant identity of x's shape in that dtype
     AffineGrid(theta, size)      ->  MatMul(theta, the constant base grid), transposed and reshaped (spatial transformers)
+    Hardmax(x, axis)             ->  Cast(Equal(ArgMax(x, axis), arange along axis))   (opset >= 13)
     ai.onnx.ml Scaler, Binarizer, LinearRegressor, Normalizer (scikit-learn pipelines)
                                  ->  Sub/Mul, Greater/Cast, MatMul/Add, x / ReduceMax|L1|L2(x)
 
@@ -260,6 +261,24 @@ def _one_hot(node, opset: int, inits: list, shapes: dict, consts) -> list | None
                     helper.make_node("Add", [f"{prefix}/scaled", f"{prefix}/off"], list(node.output), name=prefix)]
 
 
+def _hardmax(node, opset: int, inits: list, shapes: dict, consts) -> list | None:
+    """Hardmax(x, axis) of a static shape -> Cast(Equal(ArgMax(x, axis, keepdims), arange along axis), float):
+    1 at each row's first largest value, as ONNX defines it (opset < 13: over the flattened trailing axes,
+    left to TVM). ArgMax, the comparison and the cast are on the integer path."""
+    shape = shapes.get(node.input[0])
+    if opset < 13 or not shape or min(shape) <= 0:
+        return None
+    axis = int(next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), -1)) % len(shape)
+    prefix = node.name or node.output[0]
+    view = [1] * len(shape)
+    view[axis] = shape[axis]
+    inits.append(numpy_helper.from_array(np.arange(shape[axis], dtype=np.int64).reshape(view), f"{prefix}/classes"))
+    return [helper.make_node("ArgMax", [node.input[0]], [f"{prefix}/first"], name=f"{prefix}/first", axis=axis,
+                             keepdims=1),
+            helper.make_node("Equal", [f"{prefix}/first", f"{prefix}/classes"], [f"{prefix}/hot"], name=f"{prefix}/hot"),
+            helper.make_node("Cast", [f"{prefix}/hot"], list(node.output), name=prefix, to=onnx.TensorProto.FLOAT)]
+
+
 def _as_float(node, inits: list) -> tuple[str, list]:
     """The node's first input cast to float (ai.onnx.ml ops also take double and integers)."""
     prefix = node.name or node.output[0]
@@ -482,7 +501,7 @@ _DECOMPOSITIONS = {"LpNormalization": _lp_normalization, "DFT": _dft, "STFT": _s
                    "MaxUnpool": max_unpool,
                    "NonZero": _constant_nonzero, "RMSNormalization": rms_normalization, "EyeLike": _eye_like,
                    "CumProd": cum_prod, "DeformConv": deform_conv, "Pad": negative_pads,
-                   "AffineGrid": _affine_grid}
+                   "AffineGrid": _affine_grid, "Hardmax": _hardmax}
 
 
 def decompose_ops(model: onnx.ModelProto) -> int:

@@ -72,6 +72,7 @@ INTEGER_PATH_OPS = frozenset({
     "Resize", "Upsample", "ConvTranspose", "AveragePool", "Tile", "DepthToSpace", "SpaceToDepth", "TopK",
     "GridSample",  # 4-D bilinear, bicubic or nearest, any padding (lowering/resize.lower_grid_sample)
     "AffineGrid",  # MatMul of theta by the constant base grid (onnx_decompose.py)
+    "Hardmax",  # 1 at ArgMax along the axis: an Equal with a constant arange, cast (onnx_decompose.py)
     "Trilu",  # of an activation: the same integers, zeros outside the triangle (lowering/layout.lower_triangle)
     # binary ops of two activations, reductions, softmax on any axis (passes/lowering: binary, reduce, transformer)
     "LessOrEqual", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL2", "ArgMax", "ArgMin", "LogSoftmax",

@@ -58,12 +58,12 @@ def test_dynamic_dimension_needs_input_shape(tmp_path):
 def test_unsupported_ops_listed_at_once(tmp_path):
     from conftest import small_cnn
 
-    extra = [helper.make_node("Hardmax", ["y"], ["s"], name="my_hardmax"),
+    extra = [helper.make_node("RandomUniformLike", ["y"], ["s"], name="my_noise"),
              helper.make_node("Mod", ["y", "y"], ["sp"], name="my_mod", fmod=1)]
     p = small_cnn(tmp_path / "unsupported.onnx", extra_nodes=extra)
     with pytest.raises(UnsupportedModelError) as err:
         load_onnx(p)
-    assert "Hardmax (node my_hardmax)" in str(err.value) and "Mod (node my_mod)" in str(err.value)
+    assert "RandomUniformLike (node my_noise)" in str(err.value) and "Mod (node my_mod)" in str(err.value)
 
 
 def test_unsupported_input_dtype_refused(tmp_path):
@@ -1153,3 +1153,31 @@ def test_spatial_transformer_and_trilu_compile_integer_only(tmp_path):
         cos = float(np.dot(got.ravel(), want.ravel()) / np.linalg.norm(got) / np.linalg.norm(want))
         assert cos > 0.995, cos
         assert np.all(got[0][np.triu_indices(12, 1, 6)] == 0)  # above the diagonal: exact zeros
+
+
+@pytest.mark.parametrize("axis", [1, -1])
+def test_hardmax_compiles_integer_only(tmp_path, axis):
+    """Hardmax (a straight-through one-hot: VQ codebooks, Gumbel heads) -> ArgMax, a comparison with a constant
+    arange and a cast (onnx_decompose); was refused integer-only. Ties go to the first largest, as ONNX's."""
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    import runtime
+
+    rng = np.random.default_rng(2)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["logits"]), helper.make_node("Relu", ["logits"], ["r"]),
+             helper.make_node("Hardmax", ["r"], ["y"], axis=axis)]
+    graph = helper.make_graph(nodes, "hm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(rng.normal(0, 1, (8, 5)).astype(np.float32), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save(model, tmp_path / "hm.onnx")
+    x = rng.normal(0, 1, (12, 1, 6, 8)).astype(np.float32)
+    np.savez(tmp_path / "c.npz", x=x[:8])
+    art = runtime.load(runtime.compile_model(tmp_path / "hm.onnx", "x86", tmp_path / "a", calib=tmp_path / "c.npz",
+                                             progress=False))
+    assert art.manifest["integer_only"] is True
+    session = ort.InferenceSession(str(tmp_path / "hm.onnx"))
+    agree = [np.mean(art.run({"x": v})["y"] == session.run(None, {"x": v})[0]) for v in x[8:]]
+    assert min(agree) >= 0.9, agree  # the 8-bit logits may swap two near-equal ones, nothing else
