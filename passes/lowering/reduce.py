@@ -6,8 +6,9 @@ mean(x, axes)       -> the same at scale S * 2^k / N: the consumer's dyadic requ
 max/min(x, axes)    -> max/min on the 8/16-bit integers, same scale (symmetric: commutes with q); of an
                        int32 accumulator on its integers, requantized at the result's own range
 argmax/argmin(x)    -> on the int32 accumulator, or the 16-bit integers where its scale varies
-                       along the axis: an exact int64 IntTensor. Ties (values equal after
-                       quantization) resolve to the first index, as ONNX does
+                       along the axis (widened to int32 first, off TVM's reducer's start value):
+                       an exact int64 IntTensor. Ties (values equal after quantization, a whole
+                       masked row) resolve to the first index, as ONNX does
 `|x|max` is the dtype's limit for 8/16-bit inputs, and 4x the calibrated range for an int32
 accumulator (e.g. a product a * b); where N * |x|max could reach 2^31 the sum runs in int64 and is
 shifted right by k (rounding half up, saturating). ReduceL2 arrives as sqrt(sum(x * x)): the
@@ -75,6 +76,20 @@ def ordered(ctx, x, axis) -> relax.Expr:
     return ctx.materialize(x, wide=True).expr
 
 
+def _off_the_extremes(ctx, expr: relax.Expr) -> relax.Expr:
+    """An argmax's / argmin's integers, none at its dtype's lowest or highest value: TVM's reducer starts
+    from (index -1, that value) and keeps the smaller index of equal values, so a row whose integers all
+    sat there (a fully masked row of where(mask, x, -inf), saturated to -32768; a uint8 softmax row of
+    zeros) gave index -1 where ONNX gives 0 (natasha's syntax parser gathered its pad words' heads at
+    -1). 8/16-bit integers are widened to int32; int32 ones are clipped one step in (a tie of the two
+    lowest values, an accumulator's saturation, resolves to the first as equal values do)."""
+    dtype = str(expr.ty.dtype)
+    if dtype in ("int8", "uint8", "int16", "uint16"):
+        return ctx.emit(relax.op.astype(expr, "int32"))
+    lo, hi = INT_RANGE[dtype] if dtype in INT_RANGE else (-(2**63), 2**63 - 1)
+    return ctx.emit(relax.op.clip(expr, lo + 1, hi - 1))
+
+
 def _trailing_sum(expr: relax.Expr, shape: list[int], axes: list[int], keepdims: bool, shift: int) -> relax.Expr:
     """reduce_sum; over several trailing axes (an instance norm's H and W) as one axis of their
     product, so that the sum is a row kernel's (parallel, vectorized): over [H, W] it ran TVM's
@@ -109,7 +124,8 @@ def lower_reduce(ctx, call, args):
     if isinstance(args[0], np.ndarray):
         ctx.fail("reduction of a constant should have been folded")
     if kind == "index":
-        expr = ctx.emit(relax.Call(call.op, [ordered(ctx, args[0], call.attrs.axis)], call.attrs))
+        expr = ctx.emit(relax.Call(call.op, [_off_the_extremes(ctx, ordered(ctx, args[0], call.attrs.axis))],
+                                   call.attrs))
         return IntTensor(expr)
     if kind == "select":
         x = args[0]
