@@ -27,6 +27,8 @@ from typing import Callable
 
 from frontends.errors import ArtifactError, CompileError
 
+from .cli import raise_if_interrupted
+
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 LIBRARY = "model.so"
@@ -103,6 +105,7 @@ def write_artifact(dest: str | os.PathLike, fill: Callable[[Path], dict]) -> Pat
                     "library": None if "library" in manifest and manifest["library"] is None else
                     {"file": LIBRARY, "sha256": sha256(tmp / LIBRARY), **manifest.get("library", {})}}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        raise_if_interrupted()  # never an artifact from a compile the user stopped
         if dest.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
             os.rename(dest, old / "artifact")

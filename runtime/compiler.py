@@ -36,6 +36,7 @@ from targets.cpu_pipeline import cpu_pipeline
 from .plan import FILES as PLAN_FILES_BY_KIND, export_plan, plan_folder
 from .artifact import DEVICE_TEXT, LIBRARY, MANIFEST, RELAX_TEXT, REST, TAIL, check_destination, sha256, write_artifact
 from .buckets import Buckets, default_sizes, is_mask, length_axes
+from .cli import raise_if_interrupted
 from .mixed import Precision
 
 SYNTHETIC_SAMPLES = 8
@@ -54,6 +55,7 @@ def stage(what: str, times: dict | None = None, key: str | None = None):
     start = time.perf_counter()
     yield
     seconds = time.perf_counter() - start
+    raise_if_interrupted()  # a Ctrl-C that a fallback inside the stage swallowed
     log(f"{what}: done in {seconds:.1f} s")
     if times is not None:
         times[key or what] = times.get(key or what, 0.0) + seconds
