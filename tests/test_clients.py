@@ -37,3 +37,17 @@ def test_a_ctrl_c_that_a_fallback_swallows_still_stops_the_compile(tmp_path, sma
     assert compile_main([small_cnn_path, "--calib", small_calib, "-o", str(out), "-q"]) == 130
     assert capsys.readouterr().err.endswith("error: interrupted (SIGINT)\n")
     assert os.listdir(tmp_path) == []
+
+
+def test_the_compile_check_runs_the_last_two_samples_of_a_file_without_a_batch_axis(tmp_path):
+    """The README's check runs the last two calibration samples; a file of [N, 3, 224, 224] for a [1, 3, 224, 224]
+    (or free-batch) input, which calibration reads as N samples, was taken for one batch and only its last
+    sample checked ("on the last calibration sample", EfficientNet-Lite0 and MiniLM as the README builds them)."""
+    from runtime.check import calibration_samples
+
+    np.savez(tmp_path / "c.npz", x=np.arange(5 * 3, dtype=np.float32).reshape(5, 3), ids=np.arange(5 * 4).reshape(5, 4))
+    for shape in ([1, 3], ["n", 3]):
+        samples = calibration_samples(tmp_path / "c.npz", [{"name": "x", "shape": shape},
+                                                           {"name": "ids", "shape": [shape[0], 4]}])
+        assert [s["x"].tolist() for s in samples] == [[[9.0, 10.0, 11.0]], [[12.0, 13.0, 14.0]]]
+        assert [s["ids"].shape for s in samples] == [(1, 4), (1, 4)]
