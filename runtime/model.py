@@ -292,7 +292,9 @@ class Model:
     def _check_names_dtypes_shapes(self, inputs: dict[str, np.ndarray]) -> None:
         expected = self._specs
         if set(inputs) != set(expected):
-            raise InputError(f"inputs {sorted(inputs)} do not match the model's inputs {sorted(expected)}")
+            missing, unknown = [k for k in expected if k not in inputs], [k for k in inputs if k not in expected]
+            raise InputError(f"inputs {sorted(inputs)} do not match the model's inputs {sorted(expected)}"
+                             f"{f'; missing {missing}' if missing else ''}{f'; not inputs of this model {unknown}' if unknown else ''}")
         sizes: dict[str, int] = {}  # free dims (a symbolic batch) seen so far
         for name, value in inputs.items():
             spec = expected[name]

@@ -51,3 +51,20 @@ def test_the_compile_check_runs_the_last_two_samples_of_a_file_without_a_batch_a
                                                            {"name": "ids", "shape": [shape[0], 4]}])
         assert [s["x"].tolist() for s in samples] == [[[9.0, 10.0, 11.0]], [[12.0, 13.0, 14.0]]]
         assert [s["ids"].shape for s in samples] == [(1, 4), (1, 4)]
+
+
+def test_run_errors_are_value_errors_a_script_can_import_from_runtime(small_artifact):
+    """A deployment script wraps `run` in `except ValueError` (what NumPy and onnxruntime raise for a bad
+    argument) and imports what it catches from the package it uses: InputError was neither a ValueError nor
+    in `runtime`. A wrong dict names what is missing and what is not an input (a tokenizer's token_type_ids)."""
+    model = runtime.load(small_artifact)
+    x = np.zeros((1, 3, 16, 16), np.float32)
+    with pytest.raises(ValueError, match=r"shape \[1, 3, 8, 8\]"):
+        model.run({"x": x[..., :8, :8]})
+    with pytest.raises(runtime.InputError, match=r"not inputs of this model \['token_type_ids'\]"):
+        model.run({"x": x, "token_type_ids": x})
+    with pytest.raises(runtime.InputError, match=r"missing \['x'\]"):
+        model.run({})
+    with pytest.raises(runtime.ArtifactError, match="not an artifact"):
+        runtime.load(os.path.dirname(small_artifact))
+    assert issubclass(runtime.ArtifactError, runtime.CompileError)
