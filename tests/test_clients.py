@@ -68,3 +68,15 @@ def test_run_errors_are_value_errors_a_script_can_import_from_runtime(small_arti
     with pytest.raises(runtime.ArtifactError, match="not an artifact"):
         runtime.load(os.path.dirname(small_artifact))
     assert issubclass(runtime.ArtifactError, runtime.CompileError)
+
+
+def test_run_cli_summary_gives_a_batch_output_its_full_argmax_and_takes_an_empty_one():
+    """`runtime.run`'s summary printed a [2, 1000] output's flat argmax (1282 for sample 1's class 282), and an
+    empty output (a detector's NMS tail that found nothing) raised ValueError in its min: exit 1, a traceback."""
+    from runtime.run import summary
+
+    logits = np.zeros((2, 1000), np.float32)
+    logits[1, 282] = 1
+    assert summary("logits", logits) == "logits: shape [2, 1000] float32, argmax [1, 282], min 0, max 1"
+    assert summary("boxes", np.zeros((0, 4), np.float32)) == "boxes: shape [0, 4] float32, empty"
+    assert summary("score", np.float32([3.5])) == "score: shape [1] float32, argmax 0, min 3.5, max 3.5"
