@@ -80,3 +80,23 @@ def test_run_cli_summary_gives_a_batch_output_its_full_argmax_and_takes_an_empty
     assert summary("logits", logits) == "logits: shape [2, 1000] float32, argmax [1, 282], min 0, max 1"
     assert summary("boxes", np.zeros((0, 4), np.float32)) == "boxes: shape [0, 4] float32, empty"
     assert summary("score", np.float32([3.5])) == "score: shape [1] float32, argmax 0, min 3.5, max 3.5"
+
+
+@pytest.mark.parametrize("write, needle", [
+    (lambda p: np.save(p / "c.npy", np.zeros((4, 3, 16, 16), np.float32)) or p / "c.npy",
+     "one array (.npy), not an .npz file"),
+    (lambda p: np.savez(p / "c.npz", x=np.zeros((4, 3, 8, 8), np.float32)) or p / "c.npz",
+     "expected [N, 1, 3, 16, 16] or [N, 3, 16, 16]"),
+])
+def test_calibration_file_mistakes_are_named(tmp_path, small_cnn_path, capsys, write, needle):
+    """A .npy calibration file failed with dict()'s 'dictionary update sequence element #0 has length 3'; an
+    [N, 3, 8, 8] one was told only of the [N, 1, 3, 16, 16] layout, not of [N, 3, 16, 16], which it uses."""
+    calib = write(tmp_path)
+    assert compile_main([small_cnn_path, "--calib", str(calib), "-o", str(tmp_path / "a"), "-q"]) == 2
+    assert needle in capsys.readouterr().err and not (tmp_path / "a").exists()
+
+
+def test_a_directory_given_as_the_model_is_named_so(tmp_path, capsys):
+    """`runtime.compile models/` said 'no such file' of a folder that exists."""
+    assert compile_main([str(tmp_path), "-q"]) == 2
+    assert f"{tmp_path}: a directory, not an ONNX file" in capsys.readouterr().err
