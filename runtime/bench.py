@@ -99,6 +99,18 @@ def parse_sizes(items: list[str]) -> dict[str, int]:
     return sizes
 
 
+def _check_sizes(args, inputs, sizes: dict[str, int], lead: str) -> None:
+    """CompileError where --batch / --shape contradict each other or --input's arrays, which give the shapes
+    timed: `--input x2.npz --shape n=8` timed 2 samples and reported the throughput of 8 (4x), and --shape
+    seq=32 beside --input ran the file's 128 tokens."""
+    if inputs is not None and (sizes or args.batch != 1):
+        given = ", ".join(f"{k} {list(v.shape)}" for k, v in inputs.items())
+        raise CompileError(f"--batch / --shape: the arrays of --input {args.input} give the shapes timed ({given}); "
+                           "drop them, or drop --input to time random inputs of those sizes")
+    if lead in sizes and args.batch != 1 and sizes[lead] != args.batch:
+        raise CompileError(f"--batch {args.batch} and --shape {lead}={sizes[lead]} disagree (both set the batch)")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m runtime.bench", epilog=EXAMPLES,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -147,8 +159,10 @@ def main(argv: list[str] | None = None) -> int:
         if set(sizes) - names:
             raise CompileError(f"--shape {', '.join(sorted(set(sizes) - names))}: the artifact's free dims are "
                                f"{sorted(names) or 'none'}")
-        batch = sizes.get(next((i["shape"][0] for i in model.inputs  # 0-d inputs (a sample rate) have no batch
-                                if i["shape"] and isinstance(i["shape"][0], str)), ""), batch)
+        lead = next((i["shape"][0] for i in model.inputs  # 0-d inputs (a sample rate) have no batch
+                     if i["shape"] and isinstance(i["shape"][0], str)), "")
+        _check_sizes(args, inputs, sizes, lead)
+        batch = sizes.get(lead, batch)
         result = benchmark(model, args.threads, args.repeat, args.warmup, inputs, batch, sizes)
         if args.kernels:
             result["kernels"] = kernel_table(model, args.threads, inputs, batch, sizes, args.kernels)

@@ -100,3 +100,28 @@ def test_a_directory_given_as_the_model_is_named_so(tmp_path, capsys):
     """`runtime.compile models/` said 'no such file' of a folder that exists."""
     assert compile_main([str(tmp_path), "-q"]) == 2
     assert f"{tmp_path}: a directory, not an ONNX file" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def free_batch_artifact(tmp_path_factory, small_calib) -> str:
+    """The small CNN with a free batch (1..8), compiled once for this file."""
+    from conftest import small_cnn
+
+    work = tmp_path_factory.mktemp("clients")
+    out = work / "free.artifact"
+    assert compile_main([small_cnn(work / "dyn.onnx", dynamic_batch=True), "--calib", small_calib, "--input-shape",
+                         "x:1..8x3x16x16", "-o", str(out), "-q", "--no-check"]) == 0
+    return str(out)
+
+
+@pytest.mark.parametrize("args", [["--shape", "n=8"], ["--batch", "4"]])
+def test_bench_refuses_sizes_that_contradict_its_input_file(tmp_path, free_batch_artifact, capsys, args):
+    """`runtime.bench --input x2.npz --shape n=8` timed the file's 2 samples and reported the throughput of 8
+    (4x too high); --shape seq=32 beside --input ran the file's length in silence."""
+    from runtime.bench import main as bench_main
+
+    np.savez(tmp_path / "x.npz", x=np.zeros((2, 3, 16, 16), np.float32))
+    assert bench_main([free_batch_artifact, "--input", str(tmp_path / "x.npz"), "--repeat", "1", *args]) == 2
+    assert "the arrays of --input" in capsys.readouterr().err
+    assert bench_main([free_batch_artifact, "--batch", "2", "--shape", "n=3", "--repeat", "1"]) == 2
+    assert "--batch 2 and --shape n=3 disagree" in capsys.readouterr().err
