@@ -232,6 +232,19 @@ class Model:
         return size, length, self.buckets.pad(qinputs, size)
 
     @property
+    def batch_workers(self) -> int:
+        """Threads a batch's samples run on side by side (1: one after the other)."""
+        return self._batch_workers
+
+    @batch_workers.setter
+    def batch_workers(self, count: int) -> None:
+        # checked here: 0 raised ZeroDivisionError from inside the next batch's run
+        if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
+            raise ValueError(f"batch_workers = {count!r}: a number of threads >= 1 (1 runs a batch's samples one "
+                             "after the other)")
+        self._batch_workers = int(count)
+
+    @property
     def onnxruntime_only(self) -> bool:
         """Nothing compiled: the unsupported nodes read the inputs, and onnxruntime runs the whole model
         (--allow-float; the manifest's `tail`)."""

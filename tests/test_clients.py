@@ -125,3 +125,16 @@ def test_bench_refuses_sizes_that_contradict_its_input_file(tmp_path, free_batch
     assert "the arrays of --input" in capsys.readouterr().err
     assert bench_main([free_batch_artifact, "--batch", "2", "--shape", "n=3", "--repeat", "1"]) == 2
     assert "--batch 2 and --shape n=3 disagree" in capsys.readouterr().err
+
+
+def test_batch_workers_takes_a_count_of_threads_only(free_batch_artifact):
+    """`model.batch_workers = 0` (meant as 'no extra threads') raised ZeroDivisionError from inside the next
+    batch's run; a count is checked where it is set, and 1 runs the samples one after the other."""
+    model = runtime.load(free_batch_artifact)
+    x = np.random.default_rng(0).standard_normal((3, 3, 16, 16)).astype(np.float32)
+    expected = model.run({"x": x})["y"]
+    for bad in (0, -1, 1.5, None, True):
+        with pytest.raises(ValueError, match="batch_workers"):
+            model.batch_workers = bad
+    model.batch_workers = np.int64(1)
+    assert model.batch_workers == 1 and np.array_equal(model.run({"x": x})["y"], expected)
