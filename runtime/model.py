@@ -1037,7 +1037,9 @@ class PlanModel(Model):
         arch = self.manifest["target"]["arch"]
         if not launcher and arch != platform.machine():
             raise ArtifactError(f"{self.path}: built for {arch} ({self.manifest['target']['name']}); this machine "
-                                f"is {platform.machine()}. Copy the artifact to a {arch} board and run it there.")
+                                f"is {platform.machine()}. Copy the artifact to a {arch} board and run it there, or "
+                                "here under qemu-user: --emulate (runtime.load(path, launcher="
+                                "runtime.plan.emulator(manifest)) in Python).")
         if not launcher:  # on the board itself (an emulator's CPU is the launcher's to choose)
             _check_cpu_features(self.path, self.manifest["target"])
         self.buckets = Buckets.from_manifest(self.manifest)

@@ -138,3 +138,19 @@ def test_batch_workers_takes_a_count_of_threads_only(free_batch_artifact):
             model.batch_workers = bad
     model.batch_workers = np.int64(1)
     assert model.batch_workers == 1 and np.array_equal(model.run({"x": x})["y"], expected)
+
+
+def test_a_board_artifact_loaded_here_names_emulate(tmp_path, small_artifact):
+    """A riscv64 / armv7 artifact loaded on the workstation said only to copy it to a board; the README's
+    recipe runs it here first with --emulate, which the refusal now names."""
+    import json
+    import shutil
+
+    art = tmp_path / "rv.artifact"
+    shutil.copytree(small_artifact, art)
+    manifest = json.loads((art / "manifest.json").read_text())
+    manifest["target"] = {**manifest["target"], "arch": "riscv64", "name": "riscv"}
+    manifest["executor"] = {"sha256": {}}
+    (art / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(runtime.ArtifactError, match="--emulate"):
+        runtime.load(art)
