@@ -26,7 +26,8 @@ def benchmark(model, threads: int | None = None, repeat: int = 50, warmup: int =
               batch: int = 1, sizes: dict[str, int] | None = None) -> dict:
     """p50/p90/p99/mean latency (ms) and throughput (samples/s) of `model` on random (or given)
     inputs; `batch` samples per run for a symbolic-batch artifact, `sizes` other free dims by
-    name (a sequence length; default its upper bound)."""
+    name (a sequence length; default its upper bound). `threads`: the CPU threads used in all
+    (a batch's workers too: `model.batch_workers` is set to it)."""
     from .model import PlanModel, config_threads
 
     if isinstance(model, PlanModel):  # armv7 / riscv64: the plan executor, one thread
@@ -37,6 +38,9 @@ def benchmark(model, threads: int | None = None, repeat: int = 50, warmup: int =
         model.remote.get_function("runtime.config_threadpool")(0, threads)
     elif threads:
         config_threads(threads)
+        # a batch's samples run side by side on batch workers, one per CPU by default: --threads 1 --batch 4
+        # ran on 2 threads; `threads` workers take one TVM thread each (as benchmarks/shapes.py times them)
+        model.batch_workers = threads
     if inputs is None:
         inputs = random_inputs(model, batch, sizes)
     whole = bool(model.manifest.get("tail"))  # onnxruntime runs part of it: time what a call costs

@@ -154,3 +154,14 @@ def test_a_board_artifact_loaded_here_names_emulate(tmp_path, small_artifact):
     (art / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(runtime.ArtifactError, match="--emulate"):
         runtime.load(art)
+
+
+def test_bench_threads_bound_a_batch_too(free_batch_artifact):
+    """`runtime.bench --threads 1 --batch 4` (the README's throughput recipe) ran the batch's samples on one
+    worker thread per CPU, each with a TVM thread: 2 threads busy on the 2-core Xeon, for '--threads 1'."""
+    from runtime.bench import benchmark
+
+    model = runtime.load(free_batch_artifact)
+    result = benchmark(model, threads=1, repeat=2, batch=4)
+    assert result["threads"] == 1 and result["shapes"] == {"x": [4, 3, 16, 16]}
+    assert model.batch_workers == 1 and (model._pool is None or model._pool[0] == 1)  # one thread in all
