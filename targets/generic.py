@@ -88,4 +88,8 @@ def from_json(text: str) -> TargetSpec:
         raise CompileError(f"--target {text!r}: not valid JSON ({err})") from None
     if not isinstance(tvm_target, dict) or "kind" not in tvm_target:
         raise CompileError(f"--target {text!r}: a JSON target must be an object with a \"kind\"")
+    if tvm_target.get("mcpu") == "native":  # LLVM logged an 'Error:' and built for generic x86-64 (no AVX2)
+        raise CompileError(f"--target {text!r}: TVM's LLVM takes no \"mcpu\": \"native\" (it builds for a generic "
+                           "CPU instead); --target x86 builds for this CPU's features, or name the CPU "
+                           "(\"mcpu\": \"sapphirerapids\")")
     return from_target(text, tvm_target)

@@ -165,3 +165,12 @@ def test_bench_threads_bound_a_batch_too(free_batch_artifact):
     result = benchmark(model, threads=1, repeat=2, batch=4)
     assert result["threads"] == 1 and result["shapes"] == {"x": [4, 3, 16, 16]}
     assert model.batch_workers == 1 and (model._pool is None or model._pool[0] == 1)  # one thread in all
+
+
+def test_a_json_target_for_the_native_cpu_is_refused_naming_the_way(capsys, small_cnn_path, tmp_path):
+    """`--target '{"kind": "llvm", "mcpu": "native"}'` (TVM's usual way to say this CPU) logged LLVM's 'Error:
+    ... using default -mcpu=generic' and built a generic x86-64 artifact (no AVX2) with exit 0."""
+    target = '{"kind": "llvm", "mcpu": "native"}'
+    assert compile_main([small_cnn_path, "--target", target, "-o", str(tmp_path / "a"), "-q"]) == 2
+    assert "--target x86 builds for this CPU's features" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
