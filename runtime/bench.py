@@ -121,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
                                 description="Measure an artifact's latency (timed on the device: locally or on a "
                                             "board through TVM RPC) after warm-up runs.")
     p.add_argument("artifact")
-    p.add_argument("--threads", type=int, help="runtime threads (default: TVM's choice)")
+    p.add_argument("--threads", type=int, help="CPU threads in all, a batch's side-by-side samples included "
+                                               "(default: one per CPU)")
     p.add_argument("--repeat", type=int, default=50, help="timed runs (default 50)")
     p.add_argument("--warmup", type=int, default=3, help="untimed runs first (default 3)")
     p.add_argument("--input", metavar="FILE.npz", help="inputs to time with (default: random)")
