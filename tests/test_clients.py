@@ -174,3 +174,20 @@ def test_a_json_target_for_the_native_cpu_is_refused_naming_the_way(capsys, smal
     assert compile_main([small_cnn_path, "--target", target, "-o", str(tmp_path / "a"), "-q"]) == 2
     assert "--target x86 builds for this CPU's features" in capsys.readouterr().err
     assert not (tmp_path / "a").exists()
+
+
+def test_a_load_removes_what_a_process_killed_while_loading_left(tmp_path, small_artifact, monkeypatch):
+    """A process pool terminated while its workers loaded a model (SIGTERM runs no `finally`) left each
+    worker's `intq-lib-*` folder in /tmp, holding the library's hard link (a copy on a tmpfs: 38 MB for MiniLM)."""
+    import subprocess
+    import sys
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    (tmp_path / f"intq-lib-{dead}-x1").mkdir()
+    (tmp_path / f"intq-lib-{dead}-x1" / "lib.so").write_bytes(b"\0" * 1000)
+    (tmp_path / f"intq-lib-{os.getpid()}-x2").mkdir()  # a load of this process, under way in another thread
+    runtime.load(small_artifact)
+    assert sorted(os.listdir(tmp_path)) == [f"intq-lib-{os.getpid()}-x2"]
