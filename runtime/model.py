@@ -964,6 +964,9 @@ def _check_shape(name: str, shape: list[int], spec: dict, sizes: dict[str, int])
         if not isinstance(dim, str):
             continue
         lo, hi = ranges.get(dim, (1, None))
+        if got == 0:  # no range holds it: "recompile with a wider range" was no advice
+            raise InputError(f"input {name!r}: shape {shape}: {dim} = 0, an empty {'batch' if axis == 0 else 'input'}: "
+                             f"nothing to run; the artifact takes {dim} in [{lo}, {hi if hi is not None else 'any'}]")
         if got < lo or (hi is not None and got > hi):
             what = "split the batch" if axis == 0 else "split or truncate the sequence"
             raise InputError(f"input {name!r}: shape {shape}: {dim} = {got} is outside the range the artifact was "

@@ -191,3 +191,10 @@ def test_a_load_removes_what_a_process_killed_while_loading_left(tmp_path, small
     (tmp_path / f"intq-lib-{os.getpid()}-x2").mkdir()  # a load of this process, under way in another thread
     runtime.load(small_artifact)
     assert sorted(os.listdir(tmp_path)) == [f"intq-lib-{os.getpid()}-x2"]
+
+
+def test_an_empty_batch_is_named_so(free_batch_artifact):
+    """A serving loop's empty batch was told to recompile with a wider range, which no range can be."""
+    model = runtime.load(free_batch_artifact)
+    with pytest.raises(runtime.InputError, match=r"n = 0, an empty batch: nothing to run; the artifact takes n in \[1, 8\]"):
+        model.run({"x": np.zeros((0, 3, 16, 16), np.float32)})
