@@ -198,3 +198,16 @@ def test_an_empty_batch_is_named_so(free_batch_artifact):
     model = runtime.load(free_batch_artifact)
     with pytest.raises(runtime.InputError, match=r"n = 0, an empty batch: nothing to run; the artifact takes n in \[1, 8\]"):
         model.run({"x": np.zeros((0, 3, 16, 16), np.float32)})
+
+
+def test_a_json_target_naming_an_avx512_cpu_is_refused_on_an_avx2_one():
+    """`--target '{"kind": "llvm", "mcpu": "skylake-avx512"}'` recorded the CPU's name (not judged) and no
+    level: its artifact loaded on an AVX2 machine and died there with SIGILL. LLVM's features of the CPU now
+    give the level the runtime judges."""
+    from frontends.host_cpu import missing_features
+    from targets import get_target
+
+    avx2 = {"avx2", "fma", "bmi1", "bmi2", "movbe", "f16c", "sse4_2", "popcnt", "ssse3"}
+    features = get_target('{"kind": "llvm", "mcpu": "skylake-avx512"}').features
+    assert missing_features(features, flags=avx2) == ["x86-64-v4"]
+    assert missing_features(get_target('{"kind": "llvm", "mcpu": "haswell"}').features, flags=avx2) == []
