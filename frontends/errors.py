@@ -17,8 +17,9 @@ class ArtifactError(CompileError):
     """An artifact that is missing, corrupted, tampered with, or built for another machine."""
 
 
-class InputError(CompileError):
-    """Run-time or calibration inputs whose names, shapes or dtypes do not match the model."""
+class InputError(CompileError, ValueError):
+    """Run-time or calibration inputs whose names, shapes or dtypes do not match the model (a ValueError too:
+    what a script's `except ValueError` around `Model.run` expects of a bad argument)."""
 
 
 class ToolchainError(CompileError):

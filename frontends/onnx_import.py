@@ -283,7 +283,7 @@ def _all_in_onnxruntime(model: onnx.ModelProto, why: str, path: Path) -> Importe
 
 def _read(path: Path) -> onnx.ModelProto:
     if not path.is_file():
-        raise CompileError(f"{path}: no such file")
+        raise CompileError(f"{path}: {'a directory, not an ONNX file' if path.is_dir() else 'no such file'}")
     try:
         model = onnx.load(str(path))
     except Exception as err:  # protobuf raises several types for garbage and truncation

@@ -4,9 +4,12 @@
 a board); `runtime.compile_model` needs the whole compiler and is imported on first use.
 """
 
+from frontends.errors import ArtifactError, CompileError, InputError
+
 from .model import Model, load
 
-__all__ = ["Model", "compile_model", "load"]
+# the errors a script catches: InputError (a ValueError) from `run`, ArtifactError from `load`, both CompileError
+__all__ = ["ArtifactError", "CompileError", "InputError", "Model", "compile_model", "load"]
 
 
 def __getattr__(name):

@@ -27,6 +27,8 @@ from typing import Callable
 
 from frontends.errors import ArtifactError, CompileError
 
+from .cli import raise_if_interrupted
+
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 LIBRARY = "model.so"
@@ -42,9 +44,11 @@ def load_library(path: Path, sha: str, load: Callable[[str], object]):
     rebuilt in place and loaded again in the same process would run its old code with its new
     manifest (the scales of one model on the kernels of another). The name is a hard link (a copy
     across file systems) in a folder of its own, removed as soon as the library is loaded: a
-    process killed later (a deployment watchdog) leaves nothing behind. (Loading the same file
-    again is the same inode, which the loader recognizes and hands back.)"""
-    folder = Path(tempfile.mkdtemp(prefix="intq-lib-"))
+    process killed later (a deployment watchdog) leaves nothing behind; one killed while loading leaves the
+    folder, which the next load removes (`_remove_orphans`). (Loading the same file again is the same
+    inode, which the loader recognizes and hands back.)"""
+    _remove_orphans()
+    folder = Path(tempfile.mkdtemp(prefix=f"intq-lib-{os.getpid()}-"))
     try:
         target = folder / f"{sha[:32]}{path.suffix}"
         try:
@@ -54,6 +58,26 @@ def load_library(path: Path, sha: str, load: Callable[[str], object]):
         return load(str(target))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _remove_orphans() -> None:
+    """Remove the folders of `load_library` whose process died while loading (a pool terminated while its
+    workers loaded a model: SIGTERM runs no `finally`, and each left the library's link, or its copy in a
+    tmpfs, 38 MB for MiniLM): the process id is in the folder's name."""
+    for folder in Path(tempfile.gettempdir()).glob("intq-lib-*-*"):
+        pid = folder.name.split("-")[2]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process
+        return True
+    return True
 
 
 def sha256(path: Path) -> str:
@@ -103,6 +127,7 @@ def write_artifact(dest: str | os.PathLike, fill: Callable[[Path], dict]) -> Pat
                     "library": None if "library" in manifest and manifest["library"] is None else
                     {"file": LIBRARY, "sha256": sha256(tmp / LIBRARY), **manifest.get("library", {})}}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        raise_if_interrupted()  # never an artifact from a compile the user stopped
         if dest.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
             os.rename(dest, old / "artifact")

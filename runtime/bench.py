@@ -26,7 +26,8 @@ def benchmark(model, threads: int | None = None, repeat: int = 50, warmup: int =
               batch: int = 1, sizes: dict[str, int] | None = None) -> dict:
     """p50/p90/p99/mean latency (ms) and throughput (samples/s) of `model` on random (or given)
     inputs; `batch` samples per run for a symbolic-batch artifact, `sizes` other free dims by
-    name (a sequence length; default its upper bound)."""
+    name (a sequence length; default its upper bound). `threads`: the CPU threads used in all
+    (a batch's workers too: `model.batch_workers` is set to it)."""
     from .model import PlanModel, config_threads
 
     if isinstance(model, PlanModel):  # armv7 / riscv64: the plan executor, one thread
@@ -37,6 +38,9 @@ def benchmark(model, threads: int | None = None, repeat: int = 50, warmup: int =
         model.remote.get_function("runtime.config_threadpool")(0, threads)
     elif threads:
         config_threads(threads)
+        # a batch's samples run side by side on batch workers, one per CPU by default: --threads 1 --batch 4
+        # ran on 2 threads; `threads` workers take one TVM thread each (as benchmarks/shapes.py times them)
+        model.batch_workers = threads
     if inputs is None:
         inputs = random_inputs(model, batch, sizes)
     whole = bool(model.manifest.get("tail"))  # onnxruntime runs part of it: time what a call costs
@@ -99,13 +103,26 @@ def parse_sizes(items: list[str]) -> dict[str, int]:
     return sizes
 
 
+def _check_sizes(args, inputs, sizes: dict[str, int], lead: str) -> None:
+    """CompileError where --batch / --shape contradict each other or --input's arrays, which give the shapes
+    timed: `--input x2.npz --shape n=8` timed 2 samples and reported the throughput of 8 (4x), and --shape
+    seq=32 beside --input ran the file's 128 tokens."""
+    if inputs is not None and (sizes or args.batch != 1):
+        given = ", ".join(f"{k} {list(v.shape)}" for k, v in inputs.items())
+        raise CompileError(f"--batch / --shape: the arrays of --input {args.input} give the shapes timed ({given}); "
+                           "drop them, or drop --input to time random inputs of those sizes")
+    if lead in sizes and args.batch != 1 and sizes[lead] != args.batch:
+        raise CompileError(f"--batch {args.batch} and --shape {lead}={sizes[lead]} disagree (both set the batch)")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m runtime.bench", epilog=EXAMPLES,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 description="Measure an artifact's latency (timed on the device: locally or on a "
                                             "board through TVM RPC) after warm-up runs.")
     p.add_argument("artifact")
-    p.add_argument("--threads", type=int, help="runtime threads (default: TVM's choice)")
+    p.add_argument("--threads", type=int, help="CPU threads in all, a batch's side-by-side samples included "
+                                               "(default: one per CPU)")
     p.add_argument("--repeat", type=int, default=50, help="timed runs (default 50)")
     p.add_argument("--warmup", type=int, default=3, help="untimed runs first (default 3)")
     p.add_argument("--input", metavar="FILE.npz", help="inputs to time with (default: random)")
@@ -147,8 +164,10 @@ def main(argv: list[str] | None = None) -> int:
         if set(sizes) - names:
             raise CompileError(f"--shape {', '.join(sorted(set(sizes) - names))}: the artifact's free dims are "
                                f"{sorted(names) or 'none'}")
-        batch = sizes.get(next((i["shape"][0] for i in model.inputs  # 0-d inputs (a sample rate) have no batch
-                                if i["shape"] and isinstance(i["shape"][0], str)), ""), batch)
+        lead = next((i["shape"][0] for i in model.inputs  # 0-d inputs (a sample rate) have no batch
+                     if i["shape"] and isinstance(i["shape"][0], str)), "")
+        _check_sizes(args, inputs, sizes, lead)
+        batch = sizes.get(lead, batch)
         result = benchmark(model, args.threads, args.repeat, args.warmup, inputs, batch, sizes)
         if args.kernels:
             result["kernels"] = kernel_table(model, args.threads, inputs, batch, sizes, args.kernels)

@@ -36,12 +36,16 @@ def calibration_samples(calib: str | Path, inputs: list[dict], count: int = SAMP
     """The last `count` samples of a calibration file, shaped as the artifact's inputs (manifest entries)."""
     with np.load(calib) as data:
         arrays = {spec["name"]: data[spec["name"]] for spec in inputs}
+    # an array of the input's own rank holds samples of batch 1 along its first axis, as the compile's
+    # calibration reads it ([N, 3, 224, 224] for a [1, 3, 224, 224] or free-batch input): taken for one batch,
+    # only its last sample was checked
     batched = [a.ndim == len(spec["shape"]) for a, spec in zip(arrays.values(), inputs)]
     total = min(len(a) for a in arrays.values()) if arrays else 0
-    if any(batched) or not total:  # no samples axis: the file is one batch
+    if not total:
         return [{k: a[-1:] if b else np.asarray(a[-1]) for (k, a), b in zip(arrays.items(), batched)}]
     # arrays, never NumPy scalars (a 0-d input's sample): onnxruntime refuses those
-    return [{k: np.asarray(a[i]) for k, a in arrays.items()} for i in range(max(0, total - count), total)]
+    return [{k: a[i:i + 1] if b else np.asarray(a[i]) for (k, a), b in zip(arrays.items(), batched)}
+            for i in range(max(0, total - count), total)]
 
 
 class Agreement(NamedTuple):

@@ -24,7 +24,9 @@ def guarded(action: Callable[[], int | None], verbose: bool = False) -> int:
     before = _interruptible()
     _SIGNALLED.clear()
     try:
-        return action() or 0
+        code = action() or 0
+        raise_if_interrupted()
+        return code
     except BrokenPipeError:  # stdout closed early (`| head`): nothing more to say, and no traceback at exit
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
@@ -42,8 +44,19 @@ def guarded(action: Callable[[], int | None], verbose: bool = False) -> int:
             return 2
         return 1  # an internal error: shown above, distinct from user errors
     finally:
+        _SIGNALLED.clear()  # a later action in this process (a test, a script's second call) starts afresh
         for signum, handler in before.items():
             signal.signal(signum, handler)
+
+
+def raise_if_interrupted() -> None:
+    """KeyboardInterrupt where SIGINT / SIGTERM arrived during `guarded`'s action and was swallowed on its way
+    up: TVM hands the KeyboardInterrupt raised in Python code it called back as another error, and a broad
+    `except` that falls back took it (a Ctrl-C in the sensitivity measurement left those tensors at 8 bits, and
+    the compile went on for 15 s and wrote its artifact). Called where a compile may stop: after each stage,
+    before an artifact is moved into place."""
+    if _SIGNALLED:
+        raise KeyboardInterrupt(signal.Signals(_SIGNALLED[-1]).name)
 
 
 def _interrupt(signum, frame):

@@ -36,6 +36,7 @@ from targets.cpu_pipeline import cpu_pipeline
 from .plan import FILES as PLAN_FILES_BY_KIND, export_plan, plan_folder
 from .artifact import DEVICE_TEXT, LIBRARY, MANIFEST, RELAX_TEXT, REST, TAIL, check_destination, sha256, write_artifact
 from .buckets import Buckets, default_sizes, is_mask, length_axes
+from .cli import raise_if_interrupted, read_inputs
 from .mixed import Precision
 
 SYNTHETIC_SAMPLES = 8
@@ -54,6 +55,7 @@ def stage(what: str, times: dict | None = None, key: str | None = None):
     start = time.perf_counter()
     yield
     seconds = time.perf_counter() - start
+    raise_if_interrupted()  # a Ctrl-C that a fallback inside the stage swallowed
     log(f"{what}: done in {seconds:.1f} s")
     if times is not None:
         times[key or what] = times.get(key or what, 0.0) + seconds
@@ -78,10 +80,7 @@ def load_calibration(path: str | os.PathLike, inputs: list[TensorSpec],
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: calibration file not found")
-    try:
-        data = dict(np.load(path, allow_pickle=False))
-    except Exception as err:
-        raise InputError(f"{path}: not a readable .npz file ({err})") from None
+    data = read_inputs(str(path))  # a single .npy array is named as such (a dict() error before)
     names = [i.name for i in inputs]
     data = {k: v for k, v in data.items() if k not in others or k in names}
     if set(data) != set(names):
@@ -92,7 +91,7 @@ def load_calibration(path: str | os.PathLike, inputs: list[TensorSpec],
         ok = arr.shape[1:] == spec.shape or (spec.shape[0] == 1 and arr.shape[1:] == spec.shape[1:])
         if arr.ndim == 0 or not ok:
             raise InputError(f"{path}: {spec.name!r} has shape {list(arr.shape)}; expected [N, "
-                             f"{', '.join(map(str, spec.shape))}] (first axis indexes samples)")
+                             f"{', '.join(map(str, spec.shape))}]{_batchless(spec.shape)} (first axis indexes samples)")
         if np.issubdtype(np.dtype(spec.dtype), np.floating) != np.issubdtype(arr.dtype, np.floating):
             raise InputError(f"{path}: {spec.name!r} has dtype {arr.dtype}; expected a "
                              f"{'float' if spec.dtype.startswith('float') else 'integer'} array like the model's "
@@ -107,6 +106,12 @@ def load_calibration(path: str | os.PathLike, inputs: list[TensorSpec],
         raise InputError(f"{path}: inputs hold different or zero sample counts {sorted(counts)}")
     return [{s.name: data[s.name][i].reshape(s.shape).astype(s.dtype) for s in inputs}
             for i in range(counts.pop())]
+
+
+def _batchless(shape: tuple) -> str:
+    """The other layout calibration takes for a batch-1 input: " or [N, 3, 224, 224]" (not named, a user
+    with that layout's wrong spatial size was told only of [N, 1, 3, 224, 224])."""
+    return f" or [N, {', '.join(map(str, shape[1:]))}]" if shape and shape[0] == 1 else ""
 
 
 def synthetic_calibration(inputs: list[TensorSpec], count: int = SYNTHETIC_SAMPLES) -> list[dict[str, np.ndarray]]:

@@ -232,6 +232,19 @@ class Model:
         return size, length, self.buckets.pad(qinputs, size)
 
     @property
+    def batch_workers(self) -> int:
+        """Threads a batch's samples run on side by side (1: one after the other)."""
+        return self._batch_workers
+
+    @batch_workers.setter
+    def batch_workers(self, count: int) -> None:
+        # checked here: 0 raised ZeroDivisionError from inside the next batch's run
+        if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
+            raise ValueError(f"batch_workers = {count!r}: a number of threads >= 1 (1 runs a batch's samples one "
+                             "after the other)")
+        self._batch_workers = int(count)
+
+    @property
     def onnxruntime_only(self) -> bool:
         """Nothing compiled: the unsupported nodes read the inputs, and onnxruntime runs the whole model
         (--allow-float; the manifest's `tail`)."""
@@ -292,7 +305,9 @@ class Model:
     def _check_names_dtypes_shapes(self, inputs: dict[str, np.ndarray]) -> None:
         expected = self._specs
         if set(inputs) != set(expected):
-            raise InputError(f"inputs {sorted(inputs)} do not match the model's inputs {sorted(expected)}")
+            missing, unknown = [k for k in expected if k not in inputs], [k for k in inputs if k not in expected]
+            raise InputError(f"inputs {sorted(inputs)} do not match the model's inputs {sorted(expected)}"
+                             f"{f'; missing {missing}' if missing else ''}{f'; not inputs of this model {unknown}' if unknown else ''}")
         sizes: dict[str, int] = {}  # free dims (a symbolic batch) seen so far
         for name, value in inputs.items():
             spec = expected[name]
@@ -949,6 +964,9 @@ def _check_shape(name: str, shape: list[int], spec: dict, sizes: dict[str, int])
         if not isinstance(dim, str):
             continue
         lo, hi = ranges.get(dim, (1, None))
+        if got == 0:  # no range holds it: "recompile with a wider range" was no advice
+            raise InputError(f"input {name!r}: shape {shape}: {dim} = 0, an empty {'batch' if axis == 0 else 'input'}: "
+                             f"nothing to run; the artifact takes {dim} in [{lo}, {hi if hi is not None else 'any'}]")
         if got < lo or (hi is not None and got > hi):
             what = "split the batch" if axis == 0 else "split or truncate the sequence"
             raise InputError(f"input {name!r}: shape {shape}: {dim} = {got} is outside the range the artifact was "
@@ -1022,7 +1040,9 @@ class PlanModel(Model):
         arch = self.manifest["target"]["arch"]
         if not launcher and arch != platform.machine():
             raise ArtifactError(f"{self.path}: built for {arch} ({self.manifest['target']['name']}); this machine "
-                                f"is {platform.machine()}. Copy the artifact to a {arch} board and run it there.")
+                                f"is {platform.machine()}. Copy the artifact to a {arch} board and run it there, or "
+                                "here under qemu-user: --emulate (runtime.load(path, launcher="
+                                "runtime.plan.emulator(manifest)) in Python).")
         if not launcher:  # on the board itself (an emulator's CPU is the launcher's to choose)
             _check_cpu_features(self.path, self.manifest["target"])
         self.buckets = Buckets.from_manifest(self.manifest)

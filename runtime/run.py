@@ -43,10 +43,21 @@ def main(argv: list[str] | None = None) -> int:
             except OSError as err:  # a full disk, a folder that went away
                 raise InputError(f"{output}: cannot write the outputs ({err.strerror or err})") from None
         for name, value in outputs.items():
-            print(f"{name}: shape {list(value.shape)} {value.dtype}, argmax {int(np.argmax(value))}, "
-                  f"min {value.min():.4g}, max {value.max():.4g}")
+            print(summary(name, value))
 
     return guarded(action, args.verbose)
+
+
+def summary(name: str, value: np.ndarray) -> str:
+    """One output's line: shape, dtype, the largest element's index (in full beyond one dim: a batch of 2 x 1000
+    logits printed the flat 1282 for sample 1's class 282), min and max; an empty output (a detector's boxes
+    where it found none) says so (its min raised ValueError, exit 1)."""
+    head = f"{name}: shape {list(value.shape)} {value.dtype}"
+    if not value.size:
+        return f"{head}, empty"
+    at = np.argmax(value)
+    at = int(at) if value.ndim < 2 else [int(i) for i in np.unravel_index(at, value.shape)]
+    return f"{head}, argmax {at}, min {value.min():.4g}, max {value.max():.4g}"
 
 
 if __name__ == "__main__":

@@ -78,7 +78,19 @@ def _implied(target, machine: str) -> list[str]:
     if machine == "riscv64":
         lengths = [int(f[4:-1]) for f in have if re.fullmatch(r"\+zvl\d+b", f)]
         wanted |= {"+v", *([f"+zvl{max(lengths)}b"] if lengths else [])}
-    return sorted(have & wanted)
+    return sorted(have & wanted) + (_x86_level(have) if machine == "x86_64" else [])
+
+
+_LLVM_NAMES = {"bmi1": "bmi", "sse4_2": "sse4.2"}  # cpuinfo flag -> LLVM feature, where the names differ
+
+
+def _x86_level(have: set[str]) -> list[str]:
+    """The micro-architecture level that LLVM's features of the CPU reach (`x86-64-v4` for skylake-avx512), which
+    the runtime judges: a JSON target naming an AVX-512 CPU recorded only its name, and its artifact was loaded
+    on an AVX2 machine, to die there with SIGILL."""
+    from frontends.host_cpu import LEVELS
+
+    return next(([level] for level, need in LEVELS if {f"+{_LLVM_NAMES.get(f, f)}" for f in need} <= have), [])
 
 
 def from_json(text: str) -> TargetSpec:
@@ -88,4 +100,8 @@ def from_json(text: str) -> TargetSpec:
         raise CompileError(f"--target {text!r}: not valid JSON ({err})") from None
     if not isinstance(tvm_target, dict) or "kind" not in tvm_target:
         raise CompileError(f"--target {text!r}: a JSON target must be an object with a \"kind\"")
+    if tvm_target.get("mcpu") == "native":  # LLVM logged an 'Error:' and built for generic x86-64 (no AVX2)
+        raise CompileError(f"--target {text!r}: TVM's LLVM takes no \"mcpu\": \"native\" (it builds for a generic "
+                           "CPU instead); --target x86 builds for this CPU's features, or name the CPU "
+                           "(\"mcpu\": \"sapphirerapids\")")
     return from_target(text, tvm_target)

@@ -1,0 +1,213 @@
+"""What new users' scripts did with the README and `--help` in hand (a deployment script, a benchmark, a
+server, a CLI user making mistakes, a board), and broke: each case a clear error or the documented behaviour
+where there was a swallowed Ctrl-C, a misleading message or an exception no `except ValueError` caught."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+
+import runtime
+from runtime.compile import main as compile_main
+
+
+def test_a_ctrl_c_that_a_fallback_swallows_still_stops_the_compile(tmp_path, small_cnn_path, small_calib,
+                                                                   monkeypatch, capsys):
+    """TVM hands the KeyboardInterrupt raised in Python code it called back as another error, and a
+    fallback's broad `except` took it (the sensitivity measurement: 'failed (RuntimeError: SIGINT)'): the
+    compile went on and wrote its artifact, exit 0, with those tensors left at 8 bits."""
+    import runtime.compiler
+
+    calibrate = runtime.compiler.calibrate
+
+    def swallowing(*args, **kwargs):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)  # the handler raises at the next bytecode
+        except KeyboardInterrupt:
+            pass  # as a fallback's `except Exception` did with TVM's error
+        return calibrate(*args, **kwargs)
+
+    monkeypatch.setattr(runtime.compiler, "calibrate", swallowing)
+    out = tmp_path / "a.artifact"
+    assert compile_main([small_cnn_path, "--calib", small_calib, "-o", str(out), "-q"]) == 130
+    assert capsys.readouterr().err.endswith("error: interrupted (SIGINT)\n")
+    assert os.listdir(tmp_path) == []
+
+
+def test_the_compile_check_runs_the_last_two_samples_of_a_file_without_a_batch_axis(tmp_path):
+    """The README's check runs the last two calibration samples; a file of [N, 3, 224, 224] for a [1, 3, 224, 224]
+    (or free-batch) input, which calibration reads as N samples, was taken for one batch and only its last
+    sample checked ("on the last calibration sample", EfficientNet-Lite0 and MiniLM as the README builds them)."""
+    from runtime.check import calibration_samples
+
+    np.savez(tmp_path / "c.npz", x=np.arange(5 * 3, dtype=np.float32).reshape(5, 3), ids=np.arange(5 * 4).reshape(5, 4))
+    for shape in ([1, 3], ["n", 3]):
+        samples = calibration_samples(tmp_path / "c.npz", [{"name": "x", "shape": shape},
+                                                           {"name": "ids", "shape": [shape[0], 4]}])
+        assert [s["x"].tolist() for s in samples] == [[[9.0, 10.0, 11.0]], [[12.0, 13.0, 14.0]]]
+        assert [s["ids"].shape for s in samples] == [(1, 4), (1, 4)]
+
+
+def test_run_errors_are_value_errors_a_script_can_import_from_runtime(small_artifact):
+    """A deployment script wraps `run` in `except ValueError` (what NumPy and onnxruntime raise for a bad
+    argument) and imports what it catches from the package it uses: InputError was neither a ValueError nor
+    in `runtime`. A wrong dict names what is missing and what is not an input (a tokenizer's token_type_ids)."""
+    model = runtime.load(small_artifact)
+    x = np.zeros((1, 3, 16, 16), np.float32)
+    with pytest.raises(ValueError, match=r"shape \[1, 3, 8, 8\]"):
+        model.run({"x": x[..., :8, :8]})
+    with pytest.raises(runtime.InputError, match=r"not inputs of this model \['token_type_ids'\]"):
+        model.run({"x": x, "token_type_ids": x})
+    with pytest.raises(runtime.InputError, match=r"missing \['x'\]"):
+        model.run({})
+    with pytest.raises(runtime.ArtifactError, match="not an artifact"):
+        runtime.load(os.path.dirname(small_artifact))
+    assert issubclass(runtime.ArtifactError, runtime.CompileError)
+
+
+def test_run_cli_summary_gives_a_batch_output_its_full_argmax_and_takes_an_empty_one():
+    """`runtime.run`'s summary printed a [2, 1000] output's flat argmax (1282 for sample 1's class 282), and an
+    empty output (a detector's NMS tail that found nothing) raised ValueError in its min: exit 1, a traceback."""
+    from runtime.run import summary
+
+    logits = np.zeros((2, 1000), np.float32)
+    logits[1, 282] = 1
+    assert summary("logits", logits) == "logits: shape [2, 1000] float32, argmax [1, 282], min 0, max 1"
+    assert summary("boxes", np.zeros((0, 4), np.float32)) == "boxes: shape [0, 4] float32, empty"
+    assert summary("score", np.float32([3.5])) == "score: shape [1] float32, argmax 0, min 3.5, max 3.5"
+
+
+@pytest.mark.parametrize("write, needle", [
+    (lambda p: np.save(p / "c.npy", np.zeros((4, 3, 16, 16), np.float32)) or p / "c.npy",
+     "one array (.npy), not an .npz file"),
+    (lambda p: np.savez(p / "c.npz", x=np.zeros((4, 3, 8, 8), np.float32)) or p / "c.npz",
+     "expected [N, 1, 3, 16, 16] or [N, 3, 16, 16]"),
+])
+def test_calibration_file_mistakes_are_named(tmp_path, small_cnn_path, capsys, write, needle):
+    """A .npy calibration file failed with dict()'s 'dictionary update sequence element #0 has length 3'; an
+    [N, 3, 8, 8] one was told only of the [N, 1, 3, 16, 16] layout, not of [N, 3, 16, 16], which it uses."""
+    calib = write(tmp_path)
+    assert compile_main([small_cnn_path, "--calib", str(calib), "-o", str(tmp_path / "a"), "-q"]) == 2
+    assert needle in capsys.readouterr().err and not (tmp_path / "a").exists()
+
+
+def test_a_directory_given_as_the_model_is_named_so(tmp_path, capsys):
+    """`runtime.compile models/` said 'no such file' of a folder that exists."""
+    assert compile_main([str(tmp_path), "-q"]) == 2
+    assert f"{tmp_path}: a directory, not an ONNX file" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def free_batch_artifact(tmp_path_factory, small_calib) -> str:
+    """The small CNN with a free batch (1..8), compiled once for this file."""
+    from conftest import small_cnn
+
+    work = tmp_path_factory.mktemp("clients")
+    out = work / "free.artifact"
+    assert compile_main([small_cnn(work / "dyn.onnx", dynamic_batch=True), "--calib", small_calib, "--input-shape",
+                         "x:1..8x3x16x16", "-o", str(out), "-q", "--no-check"]) == 0
+    return str(out)
+
+
+@pytest.mark.parametrize("args", [["--shape", "n=8"], ["--batch", "4"]])
+def test_bench_refuses_sizes_that_contradict_its_input_file(tmp_path, free_batch_artifact, capsys, args):
+    """`runtime.bench --input x2.npz --shape n=8` timed the file's 2 samples and reported the throughput of 8
+    (4x too high); --shape seq=32 beside --input ran the file's length in silence."""
+    from runtime.bench import main as bench_main
+
+    np.savez(tmp_path / "x.npz", x=np.zeros((2, 3, 16, 16), np.float32))
+    assert bench_main([free_batch_artifact, "--input", str(tmp_path / "x.npz"), "--repeat", "1", *args]) == 2
+    assert "the arrays of --input" in capsys.readouterr().err
+    assert bench_main([free_batch_artifact, "--batch", "2", "--shape", "n=3", "--repeat", "1"]) == 2
+    assert "--batch 2 and --shape n=3 disagree" in capsys.readouterr().err
+
+
+def test_batch_workers_takes_a_count_of_threads_only(free_batch_artifact):
+    """`model.batch_workers = 0` (meant as 'no extra threads') raised ZeroDivisionError from inside the next
+    batch's run; a count is checked where it is set, and 1 runs the samples one after the other."""
+    model = runtime.load(free_batch_artifact)
+    x = np.random.default_rng(0).standard_normal((3, 3, 16, 16)).astype(np.float32)
+    expected = model.run({"x": x})["y"]
+    for bad in (0, -1, 1.5, None, True):
+        with pytest.raises(ValueError, match="batch_workers"):
+            model.batch_workers = bad
+    model.batch_workers = np.int64(1)
+    assert model.batch_workers == 1 and np.array_equal(model.run({"x": x})["y"], expected)
+
+
+def test_a_board_artifact_loaded_here_names_emulate(tmp_path, small_artifact):
+    """A riscv64 / armv7 artifact loaded on the workstation said only to copy it to a board; the README's
+    recipe runs it here first with --emulate, which the refusal now names."""
+    import json
+    import shutil
+
+    art = tmp_path / "rv.artifact"
+    shutil.copytree(small_artifact, art)
+    manifest = json.loads((art / "manifest.json").read_text())
+    manifest["target"] = {**manifest["target"], "arch": "riscv64", "name": "riscv"}
+    manifest["executor"] = {"sha256": {}}
+    (art / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(runtime.ArtifactError, match="--emulate"):
+        runtime.load(art)
+
+
+def test_bench_threads_bound_a_batch_too(free_batch_artifact):
+    """`runtime.bench --threads 1 --batch 4` (the README's throughput recipe) ran the batch's samples on one
+    worker thread per CPU, each with a TVM thread: 2 threads busy on the 2-core Xeon, for '--threads 1'."""
+    from runtime.bench import benchmark
+
+    model = runtime.load(free_batch_artifact)
+    result = benchmark(model, threads=1, repeat=2, batch=4)
+    assert result["threads"] == 1 and result["shapes"] == {"x": [4, 3, 16, 16]}
+    assert model.batch_workers == 1 and (model._pool is None or model._pool[0] == 1)  # one thread in all
+
+
+def test_a_json_target_for_the_native_cpu_is_refused_naming_the_way(capsys, small_cnn_path, tmp_path):
+    """`--target '{"kind": "llvm", "mcpu": "native"}'` (TVM's usual way to say this CPU) logged LLVM's 'Error:
+    ... using default -mcpu=generic' and built a generic x86-64 artifact (no AVX2) with exit 0."""
+    target = '{"kind": "llvm", "mcpu": "native"}'
+    assert compile_main([small_cnn_path, "--target", target, "-o", str(tmp_path / "a"), "-q"]) == 2
+    assert "--target x86 builds for this CPU's features" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
+
+
+def test_a_load_removes_what_a_process_killed_while_loading_left(tmp_path, small_artifact, monkeypatch):
+    """A process pool terminated while its workers loaded a model (SIGTERM runs no `finally`) left each
+    worker's `intq-lib-*` folder in /tmp, holding the library's hard link (a copy on a tmpfs: 38 MB for MiniLM)."""
+    import subprocess
+    import sys
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    (tmp_path / f"intq-lib-{dead}-x1").mkdir()
+    (tmp_path / f"intq-lib-{dead}-x1" / "lib.so").write_bytes(b"\0" * 1000)
+    (tmp_path / f"intq-lib-{os.getpid()}-x2").mkdir()  # a load of this process, under way in another thread
+    runtime.load(small_artifact)
+    assert sorted(os.listdir(tmp_path)) == [f"intq-lib-{os.getpid()}-x2"]
+
+
+def test_an_empty_batch_is_named_so(free_batch_artifact):
+    """A serving loop's empty batch was told to recompile with a wider range, which no range can be."""
+    model = runtime.load(free_batch_artifact)
+    with pytest.raises(runtime.InputError, match=r"n = 0, an empty batch: nothing to run; the artifact takes n in \[1, 8\]"):
+        model.run({"x": np.zeros((0, 3, 16, 16), np.float32)})
+
+
+def test_a_json_target_naming_an_avx512_cpu_is_refused_on_an_avx2_one():
+    """`--target '{"kind": "llvm", "mcpu": "skylake-avx512"}'` recorded the CPU's name (not judged) and no
+    level: its artifact loaded on an AVX2 machine and died there with SIGILL. LLVM's features of the CPU now
+    give the level the runtime judges."""
+    from frontends.host_cpu import missing_features
+    from targets import get_target
+
+    avx2 = {"avx2", "fma", "bmi1", "bmi2", "movbe", "f16c", "sse4_2", "popcnt", "ssse3"}
+    features = get_target('{"kind": "llvm", "mcpu": "skylake-avx512"}').features
+    assert missing_features(features, flags=avx2) == ["x86-64-v4"]
+    assert missing_features(get_target('{"kind": "llvm", "mcpu": "haswell"}').features, flags=avx2) == []
