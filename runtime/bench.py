@@ -47,13 +47,26 @@ def benchmark(model, threads: int | None = None, repeat: int = 50, warmup: int =
     ms = (model.time_run(inputs, repeat=repeat, warmup=warmup) if whole else
           model.time(model.quantize_inputs(inputs), repeat=repeat, warmup=warmup))
     p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+    padded = _padded_to(model, inputs)
     return {"artifact": str(model.path), "target": model.manifest["target"]["name"],
             "where": "rpc" if model.remote else "local", "threads": threads or "default", "repeat": repeat,
             "p50_ms": round(float(p50), 4), "p90_ms": round(float(p90), 4), "p99_ms": round(float(p99), 4),
             "mean_ms": round(float(ms.mean()), 4), "batch": batch,
             "timed": "whole run (onnxruntime's part included)" if whole else "compiled model",
-            "shapes": {k: list(v.shape) for k, v in inputs.items()},
+            "shapes": {k: list(v.shape) for k, v in inputs.items()}, **padded,
             "throughput_per_s": round(1e3 * batch / float(ms.mean()), 2)}
+
+
+def _padded_to(model, inputs) -> dict:
+    """{"padded_to": {dim: bucket}} where a length bucket larger than the inputs' ran (`--shape seq=20` timed
+    the 32-token bucket while the report named only [1, 20]), else {}."""
+    buckets = getattr(model, "buckets", None)
+    if buckets is None or model.manifest.get("tail"):
+        return {}
+    qinputs = model.quantize_inputs(inputs)
+    length = buckets.length(qinputs)
+    size = buckets.choose(length)
+    return {"padded_to": {buckets.dim: size}} if size is not None and size != length else {}
 
 
 def kernel_table(model, threads: int | None, inputs, batch: int, sizes, top: int) -> list[dict]:

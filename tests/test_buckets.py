@@ -4,6 +4,8 @@ zero-padded, and with an attention mask its integers are bit-identical in every 
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -413,3 +415,15 @@ def test_independent_lengths_are_named_in_the_refusal(tmp_path):
         compile_model(model, "x86", tmp_path / "a", calib=calib,  # an image's height and width, say
                       input_shapes={"src": (1, FreeDim("seq", 1, 16), FreeDim("seq", 1, 16))})
     assert not (tmp_path / "a").exists()
+
+
+def test_bench_names_the_bucket_it_timed(bucket_artifact, capsys):
+    """runtime.bench --shape seq=20 times the 32-token bucket (the inputs padded to it): the report says so
+    (it named only the shapes [1, 20]); at a bucket's own length nothing is padded."""
+    from runtime.bench import main as bench_main
+
+    assert bench_main([str(bucket_artifact), "--shape", "seq=20", "--repeat", "3", "--warmup", "1", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["shapes"]["ids"] == [1, 20] and result["padded_to"] == {"seq": 32}
+    assert bench_main([str(bucket_artifact), "--shape", "seq=16", "--repeat", "3", "--warmup", "1", "--json"]) == 0
+    assert "padded_to" not in json.loads(capsys.readouterr().out)
