@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -21,32 +22,47 @@ def guarded(action: Callable[[], int | None], verbose: bool = False) -> int:
     """Run `action`; a CompileError prints `error: ...` (with the traceback under -v) and
     returns 2, any other exception prints its traceback and returns 1; Ctrl-C (SIGINT) and SIGTERM
     print one line and return 130 / 143, after the cleanups that a failure gets (nothing half-written)."""
+    with interrupts_recorded(check=False):
+        try:
+            code = action() or 0
+            raise_if_interrupted()
+            return code
+        except BrokenPipeError:  # stdout closed early (`| head`): nothing more to say, and no traceback at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
+        except (Exception, KeyboardInterrupt) as err:
+            # a KeyboardInterrupt raised in Python code that TVM called comes back as another error
+            # (an IndexError in a schedule's type check): the signal, not the error, is the news
+            signum = _SIGNALLED[-1] if _SIGNALLED else signal.SIGINT if isinstance(err, KeyboardInterrupt) else None
+            if verbose or (signum is None and not isinstance(err, CompileError)):
+                traceback.print_exc()
+            if signum is not None:
+                print(f"error: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
+                return 128 + signum
+            if isinstance(err, CompileError):
+                print(f"error: {err}", file=sys.stderr)
+                return 2
+            return 1  # an internal error: shown above, distinct from user errors
+
+
+@contextlib.contextmanager
+def interrupts_recorded(check: bool = True):
+    """SIGINT / SIGTERM recorded while the body runs (`raise_if_interrupted` then sees one that a fallback
+    swallowed), for the CLI's `guarded` and for `compile_model` called from a script, whose Ctrl-C a broad
+    `except` could take just the same. The outermost use installs the handlers (main thread only) and, with
+    `check`, raises KeyboardInterrupt at the end for a signal nothing re-raised; nested uses do nothing."""
     before = _interruptible()
-    _SIGNALLED.clear()
+    if before:
+        _SIGNALLED.clear()
     try:
-        code = action() or 0
-        raise_if_interrupted()
-        return code
-    except BrokenPipeError:  # stdout closed early (`| head`): nothing more to say, and no traceback at exit
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-    except (Exception, KeyboardInterrupt) as err:
-        # a KeyboardInterrupt raised in Python code that TVM called comes back as another error
-        # (an IndexError in a schedule's type check): the signal, not the error, is the news
-        signum = _SIGNALLED[-1] if _SIGNALLED else signal.SIGINT if isinstance(err, KeyboardInterrupt) else None
-        if verbose or (signum is None and not isinstance(err, CompileError)):
-            traceback.print_exc()
-        if signum is not None:
-            print(f"error: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
-            return 128 + signum
-        if isinstance(err, CompileError):
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        return 1  # an internal error: shown above, distinct from user errors
+        yield
+        if before and check:
+            raise_if_interrupted()
     finally:
-        _SIGNALLED.clear()  # a later action in this process (a test, a script's second call) starts afresh
-        for signum, handler in before.items():
-            signal.signal(signum, handler)
+        if before:
+            _SIGNALLED.clear()  # a later action in this process (a test, a script's second call) starts afresh
+            for signum, handler in before.items():
+                signal.signal(signum, handler)
 
 
 def raise_if_interrupted() -> None:

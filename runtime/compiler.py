@@ -36,7 +36,7 @@ from targets.cpu_pipeline import cpu_pipeline
 from .plan import FILES as PLAN_FILES_BY_KIND, export_plan, plan_folder
 from .artifact import DEVICE_TEXT, LIBRARY, MANIFEST, RELAX_TEXT, REST, TAIL, check_destination, sha256, write_artifact
 from .buckets import Buckets, default_sizes, is_mask, length_axes
-from .cli import raise_if_interrupted, read_inputs
+from .cli import interrupts_recorded, raise_if_interrupted, read_inputs
 from .mixed import Precision
 
 SYNTHETIC_SAMPLES = 8
@@ -501,21 +501,22 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
     an internal failure on the graph makes the artifact onnxruntime's (every node listed with the error).
     """
     start = time.perf_counter()
-    try:
-        return _compile(Path(model_path), target, output, calib, input_shapes, observer, allow_float, config,
-                        progress, cuda_arch, cpu, tune_trials, precision, buckets)
-    except CompileError:
-        raise
-    except Exception as err:  # a bug of intq's or TVM's on this graph: --allow-float still runs the model
-        free = any(isinstance(d, FreeDim) for dims in (input_shapes or {}).values() for d in dims)
-        why = f"intq failed on this graph ({type(err).__name__}: {str(err).strip().splitlines()[-1][:300]})"
-        imported = None if not allow_float or free else onnxruntime_model(model_path, input_shapes, why)
-        if imported is None:
+    with interrupts_recorded():  # a Ctrl-C that a fallback swallows still stops a script's compile
+        try:
+            return _compile(Path(model_path), target, output, calib, input_shapes, observer, allow_float, config,
+                            progress, cuda_arch, cpu, tune_trials, precision, buckets)
+        except CompileError:
             raise
-        log(f"{why}; with --allow-float onnxruntime runs the whole model")
-        spec = get_target(target, cuda_arch, cpu)
-        return _onnxruntime_artifact(imported, Path(model_path), _destination(Path(model_path), output, spec), spec,
-                                     None, {}, start, None)
+        except Exception as err:  # a bug of intq's or TVM's on this graph: --allow-float still runs the model
+            free = any(isinstance(d, FreeDim) for dims in (input_shapes or {}).values() for d in dims)
+            why = f"intq failed on this graph ({type(err).__name__}: {str(err).strip().splitlines()[-1][:300]})"
+            imported = None if not allow_float or free else onnxruntime_model(model_path, input_shapes, why)
+            if imported is None:
+                raise
+            log(f"{why}; with --allow-float onnxruntime runs the whole model")
+            spec = get_target(target, cuda_arch, cpu)
+            return _onnxruntime_artifact(imported, Path(model_path), _destination(Path(model_path), output, spec), spec,
+                                         None, {}, start, None)
 
 
 def _log_times(times: dict, start: float) -> None:

@@ -39,6 +39,30 @@ def test_a_ctrl_c_that_a_fallback_swallows_still_stops_the_compile(tmp_path, sma
     assert os.listdir(tmp_path) == []
 
 
+def test_a_swallowed_ctrl_c_stops_a_compile_called_from_a_script(tmp_path, small_cnn_path, small_calib, monkeypatch):
+    """The same from the Python API (`runtime.compile_model` in a script): only the CLI recorded the signal, so
+    the compile went on and wrote its artifact; now it raises KeyboardInterrupt and writes nothing, and the
+    script's own SIGINT handling is back afterwards."""
+    import runtime.compiler
+
+    calibrate = runtime.compiler.calibrate
+
+    def swallowing(*args, **kwargs):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)  # the handler raises at the next bytecode
+        except KeyboardInterrupt:
+            pass  # as a fallback's `except Exception` did with TVM's error
+        return calibrate(*args, **kwargs)
+
+    monkeypatch.setattr(runtime.compiler, "calibrate", swallowing)
+    with pytest.raises(KeyboardInterrupt):
+        runtime.compiler.compile_model(small_cnn_path, output=tmp_path / "a.artifact", calib=small_calib,
+                                       progress=False)
+    assert os.listdir(tmp_path) == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_the_compile_check_runs_the_last_two_samples_of_a_file_without_a_batch_axis(tmp_path):
     """The README's check runs the last two calibration samples; a file of [N, 3, 224, 224] for a [1, 3, 224, 224]
     (or free-batch) input, which calibration reads as N samples, was taken for one batch and only its last
