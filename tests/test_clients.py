@@ -15,11 +15,8 @@ import runtime
 from runtime.compile import main as compile_main
 
 
-def test_a_ctrl_c_that_a_fallback_swallows_still_stops_the_compile(tmp_path, small_cnn_path, small_calib,
-                                                                   monkeypatch, capsys):
-    """TVM hands the KeyboardInterrupt raised in Python code it called back as another error, and a
-    fallback's broad `except` took it (the sensitivity measurement: 'failed (RuntimeError: SIGINT)'): the
-    compile went on and wrote its artifact, exit 0, with those tensors left at 8 bits."""
+def _swallow_a_ctrl_c_in_calibration(monkeypatch):
+    """Calibration sends itself SIGINT and swallows the KeyboardInterrupt, as a fallback's broad `except` did."""
     import runtime.compiler
 
     calibrate = runtime.compiler.calibrate
@@ -33,6 +30,14 @@ def test_a_ctrl_c_that_a_fallback_swallows_still_stops_the_compile(tmp_path, sma
         return calibrate(*args, **kwargs)
 
     monkeypatch.setattr(runtime.compiler, "calibrate", swallowing)
+
+
+def test_a_ctrl_c_that_a_fallback_swallows_still_stops_the_compile(tmp_path, small_cnn_path, small_calib,
+                                                                   monkeypatch, capsys):
+    """TVM hands the KeyboardInterrupt raised in Python code it called back as another error, and a
+    fallback's broad `except` took it (the sensitivity measurement: 'failed (RuntimeError: SIGINT)'): the
+    compile went on and wrote its artifact, exit 0, with those tensors left at 8 bits."""
+    _swallow_a_ctrl_c_in_calibration(monkeypatch)
     out = tmp_path / "a.artifact"
     assert compile_main([small_cnn_path, "--calib", small_calib, "-o", str(out), "-q"]) == 130
     assert capsys.readouterr().err.endswith("error: interrupted (SIGINT)\n")
@@ -45,17 +50,7 @@ def test_a_swallowed_ctrl_c_stops_a_compile_called_from_a_script(tmp_path, small
     script's own SIGINT handling is back afterwards."""
     import runtime.compiler
 
-    calibrate = runtime.compiler.calibrate
-
-    def swallowing(*args, **kwargs):
-        try:
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(5)  # the handler raises at the next bytecode
-        except KeyboardInterrupt:
-            pass  # as a fallback's `except Exception` did with TVM's error
-        return calibrate(*args, **kwargs)
-
-    monkeypatch.setattr(runtime.compiler, "calibrate", swallowing)
+    _swallow_a_ctrl_c_in_calibration(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         runtime.compiler.compile_model(small_cnn_path, output=tmp_path / "a.artifact", calib=small_calib,
                                        progress=False)
