@@ -11,7 +11,8 @@ For each model of `benchmarks.corpus.CORPUS`, calibrated on the corpus's own cal
     (the U8S8 form ORT recommends on x86), MinMax ranges from a CalibrationDataReader over the same
     calibration inputs, after ORT's `quant_pre_process` (skipped, with a note, where it fails).
 
-Both are compared with float onnxruntime on `--eval` other inputs (`sample(model, 0..N-1)`): the
+Both are compared with float onnxruntime (for a pre-quantized file: the float graph it quantizes, as
+the compile's check and `benchmarks.corpus` take it) on `--eval` other inputs (`sample(model, 0..N-1)`): the
 cosine is the smallest over samples and outputs (the corpus's measure); for classifiers, detectors
 and recognizers the argmax agreement is, per float output with a last axis of 2 or more, the fraction
 of positions whose argmax over the last axis equals float's. Latency: median at 1 thread, batch 1,
@@ -30,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from runtime.check import FILE, references
 
 from .corpus import CACHE, CORPUS, CorpusModel, cosine, fetch, first_unsupported, sample
 from .speed import scratch_cwd
@@ -172,13 +175,13 @@ def _short(err: BaseException, n: int = 90) -> str:
     return re.sub(r"\s+", " ", text[0] if text else type(err).__name__)[:n]
 
 
-def _session(path: Path, threads: int | None = None):
+def _session(path: Path | bytes, threads: int | None = None):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(path if isinstance(path, bytes) else str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def _compile(model: CorpusModel, path: Path, calib: Path, workdir: Path, row: ZooRow) -> Path | None:
@@ -210,7 +213,12 @@ def zoo_row(model: CorpusModel, path: Path, workdir: Path, eval_count: int = 4, 
     calib = workdir / f"{model.name}.calib.npz"
     np.savez(calib, **{k: np.stack([s[k] for s in samples]) for k in samples[0]})
     inputs = [sample(model, k) for k in range(eval_count)]
-    session = _session(path)
+    # float: for a pre-quantized file the float graph it quantizes, as benchmarks.corpus and the compile's check
+    # take it (a dynamically quantized T5 encoder is itself at cosine 0.65-0.87 to that graph)
+    label, reference = references(path)[0]
+    if label != FILE:
+        row.notes.append(f"float reference: {label}")
+    session = _session(reference)
     floats = [session.run(None, x) for x in inputs]
     names = [o.name for o in session.get_outputs()]
     scored = [j for j, f in enumerate(floats[0]) if scores_outputs(model)
@@ -267,7 +275,8 @@ def table(rows: list[ZooRow]) -> str:
         + (f" {_ms(r.ours)} | {_ms(r.ort)} |" if timed else "") + "\n" for r in rows)
 
 
-EXPLAIN = ("Cosine: the smallest over evaluation inputs and outputs, to float onnxruntime. Argmax agreement "
+EXPLAIN = ("Cosine: the smallest over evaluation inputs and outputs, to float onnxruntime (for a pre-quantized "
+           "file, the float graph it quantizes). Argmax agreement "
            "(classifiers, detectors, recognizers): per float output with a last axis >= 2, in output order, the "
            "fraction of positions whose argmax over the last axis equals float's. ORT int8: "
            "`quantize_static`, QDQ, per-channel int8 weights, uint8 activations, MinMax on the same calibration "
