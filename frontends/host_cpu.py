@@ -12,6 +12,7 @@ into the other.
 from __future__ import annotations
 
 import ctypes
+import os
 from pathlib import Path
 
 # x86-64 micro-architecture levels (psABI), highest first, with the cpuinfo flags each needs.
@@ -29,15 +30,34 @@ EXTRAS = {
 _KNOWN = set(EXTRAS.values())
 
 
+HOST_CPU = "INTQ_HOST_CPU"  # `LEVEL[+feature...]`, as --cpu: this machine taken for one with no more than that
+
+
 def cpu_flags(cpuinfo: str | None = None) -> set[str]:
-    """The `flags` of the first CPU in /proc/cpuinfo (or of the given text)."""
+    """The `flags` of the first CPU in /proc/cpuinfo (or of the given text). With INTQ_HOST_CPU set
+    (e.g. `x86-64-v3`), /proc/cpuinfo's flags lose what that CPU lacks: an AVX-512 machine then
+    compiles, checks and runs its host artifacts as an AVX2-only one would (`python -m pytest` so
+    runs the suite on the AVX2 kernels)."""
     if cpuinfo is None:
         path = Path("/proc/cpuinfo")
-        cpuinfo = path.read_text() if path.exists() else ""
+        flags = cpu_flags(path.read_text() if path.exists() else "")
+        return limited_to(flags, os.environ[HOST_CPU]) if os.environ.get(HOST_CPU) else flags
     for line in cpuinfo.splitlines():
         if line.startswith("flags"):
             return set(line.split(":", 1)[1].split())
     return set()
+
+
+def limited_to(flags: set[str], cpu: str) -> set[str]:
+    """`flags` without the levels above LEVEL and the extras not named in `cpu` (`LEVEL[+feature...]`)."""
+    level, *extras = cpu.split("+")
+    if level not in LEVEL_ORDER:
+        raise ValueError(f"{HOST_CPU}={cpu!r}: expected LEVEL[+feature...], LEVEL one of {', '.join(LEVEL_ORDER)}")
+    kept = LEVEL_ORDER[:LEVEL_ORDER.index(level) + 1]
+    above = set().union(*(need for name, need in LEVELS if name not in kept))
+    below = set().union(*(need for name, need in LEVELS if name in kept))
+    extra = {flag for flag, feature in EXTRAS.items() if feature.lstrip("+") not in extras}
+    return flags - (above - below) - extra
 
 
 def host_features(flags: set[str] | None = None) -> tuple[str, ...]:

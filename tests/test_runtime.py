@@ -95,6 +95,25 @@ def test_feature_levels():
     assert missing_features(["x86-64-v3", "+avxvnni"], AVX2_ONLY | {"avx_vnni"}) == []
 
 
+def test_host_taken_for_a_lesser_cpu(monkeypatch):
+    """INTQ_HOST_CPU=LEVEL[+feature...] takes an AVX-512 / AMX machine's flags for those of the CPU named
+    (how the suite runs on the AVX2 kernels there); a name that is no level is refused."""
+    from frontends import host_cpu as cpu
+
+    sapphire = AVX2_ONLY | {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl", "avx512_vnni", "avx_vnni",
+                            "amx_tile", "amx_int8", "avx512vbmi"}
+    monkeypatch.setattr(cpu.Path, "read_text", lambda self: "flags\t: " + " ".join(sorted(sapphire)))
+    monkeypatch.setattr(cpu.Path, "exists", lambda self: True)
+    assert cpu.host_features()[0] == "x86-64-v4" and "+amx-int8" in cpu.host_features()
+    monkeypatch.setenv(cpu.HOST_CPU, "x86-64-v3")
+    assert cpu.host_features() == ("x86-64-v3",)
+    monkeypatch.setenv(cpu.HOST_CPU, "x86-64-v3+avxvnni")
+    assert cpu.host_features() == ("x86-64-v3", "+avxvnni")
+    monkeypatch.setenv(cpu.HOST_CPU, "haswell")
+    with pytest.raises(ValueError, match="INTQ_HOST_CPU='haswell'"):
+        cpu.cpu_flags()
+
+
 @pytest.mark.parametrize("cpu", ["x86-64-v3", "x86-64"])
 def test_fleet_build_is_bit_exact_with_host_build(tmp_path, small_cnn_path, small_calib, small_artifact, cpu):
     """An AVX2 (or baseline x86-64) build runs other kernels than the host's (VNNI where it has
