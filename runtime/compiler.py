@@ -11,6 +11,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -72,15 +73,27 @@ def float_summary(float_nodes: list[dict]) -> str:
     return f"{len(float_nodes)} node(s) run in float (--allow-float):\n  " + "\n  ".join(lines)
 
 
-def load_calibration(path: str | os.PathLike, inputs: list[TensorSpec],
+def calibration_arrays(calib: str | os.PathLike | Mapping) -> dict[str, np.ndarray]:
+    """The calibration arrays by input name: an .npz file's, or a dict's as given (the Python API's)."""
+    if isinstance(calib, Mapping):
+        return {name: np.asarray(value) for name, value in calib.items()}
+    if not Path(calib).is_file():
+        raise InputError(f"{calib}: calibration file not found")
+    return read_inputs(str(calib))  # a single .npy array is named as such (a dict() error before)
+
+
+def _calibration_label(calib) -> str:
+    """How messages name the calibration data: its file, or the dict given as `calib`."""
+    return "calib (the dict given)" if isinstance(calib, Mapping) else str(calib)
+
+
+def load_calibration(path: str | os.PathLike | Mapping, inputs: list[TensorSpec],
                      others: tuple[str, ...] = ()) -> list[dict[str, np.ndarray]]:
-    """Samples from an .npz whose keys are the input names and whose first axis indexes
+    """Samples from an .npz (or a dict) whose keys are the input names and whose first axis indexes
     samples (each sample either the full input shape or, for batch-1 inputs, without it);
     `others`: inputs the file may hold that calibration does not read (the tail's own)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: calibration file not found")
-    data = read_inputs(str(path))  # a single .npy array is named as such (a dict() error before)
+    data = calibration_arrays(path)
+    path = _calibration_label(path)
     names = [i.name for i in inputs]
     data = {k: v for k, v in data.items() if k not in others or k in names}
     if set(data) != set(names):
@@ -261,10 +274,11 @@ def _calibration_length(calib, seq: FreeDim, axes: dict[str, int], input_shapes)
     if calib is None:
         return seq.hi
     try:
-        with np.load(calib, allow_pickle=False) as data:
-            lengths = {k: int(data[k].shape[axes[k] - len(input_shapes[k])]) for k in axes if k in data.files}
+        data = calibration_arrays(calib)
+        lengths = {k: int(data[k].shape[axes[k] - len(input_shapes[k])]) for k in axes if k in data}
     except Exception:  # load_calibration names what is wrong with the file
         return seq.hi
+    calib = _calibration_label(calib)
     if not lengths:
         return seq.hi
     if len(set(lengths.values())) > 1:
@@ -500,6 +514,8 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
     Raises CompileError (and writes nothing) on bad input or an unsupported model. With `allow_float`,
     an internal failure on the graph makes the artifact onnxruntime's (every node listed with the error).
     """
+    _check_argument_types(model_path, calib, input_shapes)
+    precision = precision if precision is None or isinstance(precision, Precision) else Precision(str(precision))
     start = time.perf_counter()
     with interrupts_recorded():  # a Ctrl-C that a fallback swallows still stops a script's compile
         try:
@@ -517,6 +533,24 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
             spec = get_target(target, cuda_arch, cpu)
             return _onnxruntime_artifact(imported, Path(model_path), _destination(Path(model_path), output, spec), spec,
                                          None, {}, start, None)
+
+
+def _check_argument_types(model_path, calib, input_shapes) -> None:
+    """TypeError naming the argument a script got wrong: pathlib's own ('expected str, bytes or os.PathLike
+    object, not dict') named none, and with allow_float the fallback below made the whole model onnxruntime's."""
+    def wrong(what: str, value, expected: str) -> TypeError:
+        return TypeError(f"compile_model: {what} must be {expected}, not {type(value).__module__}."
+                         f"{type(value).__qualname__}".replace("builtins.", ""))
+
+    if not isinstance(model_path, (str, os.PathLike)):
+        raise wrong("model_path", model_path, "the path of an ONNX file (save a ModelProto with onnx.save first)")
+    if calib is not None and not isinstance(calib, (str, os.PathLike, Mapping)):
+        raise wrong("calib", calib, "the path of an .npz file or a dict of arrays by input name, each holding "
+                    "samples along its first axis (stack a list of samples with np.stack)")
+    for name, dims in (input_shapes or {}).items():
+        if isinstance(dims, (str, bytes)) or not hasattr(dims, "__len__"):
+            raise wrong(f"input_shapes[{name!r}]", dims, "a tuple of dims, e.g. (1, 3, 224, 224) (frontends."
+                        "parse_input_shape('x:1x3x224x224') reads the CLI's form)")
 
 
 def _log_times(times: dict, start: float) -> None:
@@ -754,16 +788,17 @@ def _compile(model_path: Path, target, output, calib, input_shapes, observer, al
                 libraries[size] = {"file": lib, "sha256": sha256(tmp / lib)}
         if seq:
             libraries[sizes[-1]] = {"file": LIBRARY, "sha256": sha256(tmp / LIBRARY)}
-        samples = {}  # length (None: no buckets) -> the batch-1 library, which one-sample calls run
+        one_sample = {}  # length (None: no buckets) -> the batch-1 library, which one-sample calls run
+        # (not `samples`: that made the calibration samples local here, and the manifest counted these libraries)
         if free and not per_sample and spec.sample_library:
             for size, mod in batch1.items():
                 lib = f"model.{seq.name}{size}.sample.so" if seq else "model.sample.so"
                 with stage(f"compiling the batch-1 library{f' at {seq.name} = {size}' if seq else ''}", times,
                            "compile"), spec.build_context(), tvm_target:
                     _export(mod, tvm_target, spec.relax_pipeline(tvm_target), tmp / lib, spec)
-                samples[size] = {"file": lib, "sha256": sha256(tmp / lib)}
+                one_sample[size] = {"file": lib, "sha256": sha256(tmp / lib)}
                 if seq:
-                    libraries[size]["sample"] = samples[size]
+                    libraries[size]["sample"] = one_sample[size]
         (tmp / RELAX_TEXT).write_text(int_mod.script(show_meta=False))
         boundary_library = None
         if spec.device == "cpu" and spec.arch not in PLAN_ARCHES:  # the runtime's float boundary, compiled
@@ -825,7 +860,7 @@ def _compile(model_path: Path, target, output, calib, input_shapes, observer, al
             "boundary_library": boundary_library,
             "buckets": layout.manifest(dict(sorted(libraries.items()))) if seq else None,
             "batch": None if not free else "per-sample" if per_sample else "symbolic",
-            **({"library": {"sample": samples[None]}} if None in samples else {}),
+            **({"library": {"sample": one_sample[None]}} if None in one_sample else {}),
         }
 
     path = write_artifact(output, fill)
