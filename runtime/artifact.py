@@ -17,6 +17,7 @@ integer Relax module as text. Written atomically; read back with its hash checke
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -128,17 +129,29 @@ def write_artifact(dest: str | os.PathLike, fill: Callable[[Path], dict]) -> Pat
                     {"file": LIBRARY, "sha256": sha256(tmp / LIBRARY), **manifest.get("library", {})}}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         raise_if_interrupted()  # never an artifact from a compile the user stopped
-        if dest.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
-            os.rename(dest, old / "artifact")
-            os.rename(tmp, dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, dest)
+        _move_into_place(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dest
+
+
+def _move_into_place(tmp: Path, dest: Path, attempts: int = 50) -> None:
+    """Rename `tmp` to `dest`, moving an artifact there aside first. Another process writing the same
+    artifact may put one there or move it away in between (two compiles into one folder: one failed with
+    'Directory not empty' and left the moved-aside copy): the last one to finish wins, whole."""
+    for attempt in range(attempts):
+        old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
+        try:
+            if dest.exists():
+                os.rename(dest, old / "artifact")
+            os.rename(tmp, dest)
+            return
+        except OSError as err:  # ENOENT: moved away by the other; EEXIST / ENOTEMPTY: put there by it
+            if err.errno not in (errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY) or attempt == attempts - 1:
+                raise
+        finally:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def read_manifest(path: str | os.PathLike, check_library: bool = True) -> dict:
