@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 from pathlib import Path
 
 # x86-64 micro-architecture levels (psABI), highest first, with the cpuinfo flags each needs.
@@ -72,15 +73,31 @@ def missing_features(features, flags: set[str] | None = None) -> list[str]:
     (or the given flags') CPU lacks: a level is met by any level at or above it. Entries that are no
     x86 feature known here (a CUDA artifact's `sm_80`, a CPU name of a JSON target) are not judged:
     every CUDA artifact was refused as lacking `sm_80`, on a GPU machine too."""
+    flags = cpu_flags() if flags is None else flags
     have = host_features(flags)
     missing = []
     for feature in features:
         if feature in LEVEL_ORDER:
             if LEVEL_ORDER.index(feature) > LEVEL_ORDER.index(have[0]):
                 missing.append(feature)
-        elif feature in _KNOWN and feature not in have:
+        elif feature in _KNOWN and feature not in have or _lacks_vector_isa(feature, flags):
             missing.append(feature)
     return missing
+
+
+VECTOR_ISA = re.compile(r"\+(avx|amx|sse|fma|f16c)")  # extensions whose instructions the kernels emit
+
+
+def _lacks_vector_isa(feature: str, flags: set[str]) -> bool:
+    """An x86 vector extension outside EXTRAS (a JSON target's `+avx512fp16`, `+amx-fp16`) that no cpuinfo
+    flag of its name reports: such artifacts were not judged and died with SIGILL where the CPU lacks it."""
+    if feature in _KNOWN or not VECTOR_ISA.match(feature):
+        return False
+    base = FLAG_NAMES.get(feature, feature[1:].replace("-", "_").replace(".", "_"))
+    return not {base, re.sub(r"^(avx512|avx|amx)(?!_)", r"\1_", base)} & flags
+
+
+FLAG_NAMES = {"+avxvnniint8": "avx_vnni_int8", "+avxvnniint16": "avx_vnni_int16", "+avxneconvert": "avx_ne_convert"}
 
 
 ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA, SYS_ARCH_PRCTL = 0x1023, 18, 158
