@@ -76,7 +76,9 @@ class Model:
         arch = self.manifest["target"]["arch"]
         if remote is None and arch != platform.machine():
             raise ArtifactError(f"{self.path}: built for {arch} ({self.manifest['target']['name']}); this machine "
-                                f"is {platform.machine()}. Run it on a {arch} board (or through RPC: --rpc).")
+                                f"is {platform.machine()}. Copy it to the {arch} board and run it there, or drive the "
+                                "board from here over TVM RPC (runtime.bench ARTIFACT --rpc HOST:PORT; in Python "
+                                "runtime.load(path, remote=runtime.remote.connect('HOST:PORT'))).")
         if remote is None:
             _check_cpu_features(self.path, self.manifest["target"])
         import tvm
@@ -84,7 +86,7 @@ class Model:
 
         device = self.manifest["target"].get("device", "cpu")
         if device == "cuda" and remote is None:
-            _load_cuda_runtime(tvm)
+            _load_cuda_runtime(tvm, self.path)
         self.buckets = Buckets.from_manifest(self.manifest)
         if self.onnxruntime_only and remote is not None:
             raise ArtifactError(f"{self.path}: onnxruntime runs this whole model (nothing was compiled: "
@@ -1012,8 +1014,9 @@ def _check_cpu_features(path: Path, target: dict) -> None:
                                 "Recompile with --cpu x86-64-v4+avx512vnni.")
 
 
-def _load_cuda_runtime(tvm) -> None:
-    """Register TVM's CUDA module loader (runtime-only TVM does not load it by itself)."""
+def _load_cuda_runtime(tvm, path: Path) -> None:
+    """Register TVM's CUDA module loader (runtime-only TVM does not load it by itself); ArtifactError naming
+    the artifact and what to do where this machine has no NVIDIA driver."""
     if tvm.get_global_func("ffi.Module.load_from_bytes.cuda", allow_missing=True) is None:
         import ctypes
 
@@ -1021,8 +1024,8 @@ def _load_cuda_runtime(tvm) -> None:
         try:
             ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
         except OSError as err:
-            raise ArtifactError(f"this artifact runs on CUDA, which needs an NVIDIA driver (libcuda.so.1): {err}") \
-                from None
+            raise ArtifactError(f"{path}: built for CUDA, which needs an NVIDIA GPU and its driver ({err}). Run it "
+                                "on a machine with one, or recompile it for this CPU (--target x86)") from None
 
 
 class PlanModel(Model):
