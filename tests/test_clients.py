@@ -230,3 +230,106 @@ def test_a_json_target_naming_an_avx512_cpu_is_refused_on_an_avx2_one():
     features = get_target('{"kind": "llvm", "mcpu": "skylake-avx512"}').features
     assert missing_features(features, flags=avx2) == ["x86-64-v4"]
     assert missing_features(get_target('{"kind": "llvm", "mcpu": "haswell"}').features, flags=avx2) == []
+
+
+# the second client hunt: a notebook's compile_model, two compiles into one folder, a README literalist
+
+
+def test_the_manifest_counts_the_calibration_samples(small_artifact, small_calib):
+    """The manifest's `calibration_samples` said 0 (1 with a free batch): a local of the library writer
+    shadowed the samples and counted the batch-1 libraries instead."""
+    with np.load(small_calib) as data:
+        count = len(data["x"])
+    assert runtime.load(small_artifact).manifest["quantization"]["calibration_samples"] == count
+
+
+def test_compile_model_takes_calibration_as_a_dict_and_names_a_wrong_argument(tmp_path, small_cnn_path,
+                                                                              small_calib, small_artifact):
+    """A notebook's `calib=dict(...)` raised pathlib's 'expected str, bytes or os.PathLike object, not dict',
+    and with allow_float the fallback wrote the whole model as onnxruntime's ('integer_only': false); a
+    ModelProto or a shape string got pathlib's error or 'rank 4, --input-shape gives 9 dims'."""
+    import onnx
+
+    with np.load(small_calib) as data:
+        calib = dict(data)
+    path = runtime.compile_model(small_cnn_path, output=tmp_path / "d.artifact", calib=calib, progress=False)
+    model, reference = runtime.load(path), runtime.load(small_artifact)
+    assert model.manifest["integer_only"] and model.manifest["inputs"] == reference.manifest["inputs"]
+    for wrong, match in [({"calib": [calib]}, "calib must be the path of an .npz file or a dict"),
+                         ({"calib": calib["x"]}, "calib must be .* not numpy.ndarray"),
+                         ({"model_path": onnx.load(small_cnn_path)}, "save a ModelProto with onnx.save"),
+                         ({"input_shapes": {"x": "1x3x16x16"}}, r"input_shapes\['x'\] must be a tuple of dims")]:
+        arguments = {"model_path": small_cnn_path, "output": tmp_path / "e.artifact", "allow_float": True,
+                     "progress": False, **wrong}
+        with pytest.raises(TypeError, match=match):
+            runtime.compile_model(**arguments)
+    with pytest.raises(runtime.InputError, match=r"calib \(the dict given\): keys \['y'\]"):
+        runtime.compile_model(small_cnn_path, output=tmp_path / "e.artifact", calib={"y": calib["x"]}, progress=False)
+    assert sorted(os.listdir(tmp_path)) == ["d.artifact"]
+
+
+def test_an_artifact_another_process_writes_at_the_same_time_is_replaced_whole(tmp_path, monkeypatch):
+    """Two compiles into one folder: where the other process's artifact arrived between the check and the
+    rename, the rename failed ('Directory not empty', exit 1) and left a moved-aside copy beside it."""
+    import runtime.artifact
+
+    dest, rename, others = tmp_path / "a.artifact", os.rename, [1]
+
+    def the_other_finishes_first(src, dst):
+        if dst == dest and not dest.exists() and others:
+            others.pop()
+            dest.mkdir()
+            (dest / "manifest.json").write_text("{}")  # the other process's artifact
+        rename(src, dst)
+
+    def fill(tmp):
+        (tmp / "model.so").write_bytes(b"ours")
+        return {}
+
+    monkeypatch.setattr(runtime.artifact.os, "rename", the_other_finishes_first)
+    runtime.artifact.write_artifact(dest, fill)
+    assert (dest / "model.so").read_bytes() == b"ours" and os.listdir(tmp_path) == ["a.artifact"]
+
+
+def test_an_x86_artifact_asking_for_a_vector_extension_this_cpu_lacks_is_refused():
+    """A JSON target's `+avx512fp16` (or a manifest's `+amx-fp16`) was no feature known to the load check and
+    was not judged: the artifact loaded on a CPU without it, to die with SIGILL. cpuinfo's flag of that name
+    now judges it."""
+    from frontends.host_cpu import missing_features
+
+    avx2 = {"avx2", "fma", "bmi1", "bmi2", "movbe", "f16c", "sse4_2", "popcnt", "ssse3"}
+    assert missing_features(["x86-64-v3", "+avx512fp16", "+amx-fp16", "+avx10.2"], flags=avx2) == \
+        ["+avx512fp16", "+amx-fp16", "+avx10.2"]
+    spr = avx2 | {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl", "avx512_fp16", "amx_fp16", "avx_vnni_int8"}
+    assert missing_features(["x86-64-v4", "+avx512fp16", "+amx-fp16", "+avxvnniint8", "+sse4.2", "sm_80"],
+                            flags=spr) == []
+
+
+def _edited_copy(small_artifact, tmp_path, **target) -> str:
+    """A copy of the small artifact whose manifest's target says otherwise (a packaging script's mistake)."""
+    import json
+    import shutil
+
+    copy = tmp_path / "copy.artifact"
+    shutil.copytree(small_artifact, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["target"].update(target)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    return str(copy)
+
+
+def test_an_artifact_for_another_machine_names_what_to_do(small_artifact, tmp_path):
+    """`runtime.run` on an aarch64 artifact advised '--rpc', a flag it does not have; a CUDA artifact without
+    a driver was refused without its path or what to do."""
+    import ctypes
+
+    with pytest.raises(runtime.ArtifactError, match=r"built for aarch64 .* Copy it to the aarch64 board .*"
+                                                    r"runtime.bench ARTIFACT --rpc HOST:PORT"):
+        runtime.load(_edited_copy(small_artifact, tmp_path, arch="aarch64"))
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        with pytest.raises(runtime.ArtifactError, match=r"copy.artifact: built for CUDA, which needs an NVIDIA GPU .* "
+                                                        r"recompile it for this CPU \(--target x86\)"):
+            (tmp_path / "cuda").mkdir()
+            runtime.load(_edited_copy(small_artifact, tmp_path / "cuda", device="cuda"))
