@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 import traceback
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -22,7 +23,7 @@ def guarded(action: Callable[[], int | None], verbose: bool = False) -> int:
     """Run `action`; a CompileError prints `error: ...` (with the traceback under -v) and
     returns 2, any other exception prints its traceback and returns 1; Ctrl-C (SIGINT) and SIGTERM
     print one line and return 130 / 143, after the cleanups that a failure gets (nothing half-written)."""
-    with interrupts_recorded(check=False):
+    with interrupts_recorded(check=False), _warnings_as_lines():
         try:
             code = action() or 0
             raise_if_interrupted()
@@ -43,6 +44,15 @@ def guarded(action: Callable[[], int | None], verbose: bool = False) -> int:
                 print(f"error: {err}", file=sys.stderr)
                 return 2
             return 1  # an internal error: shown above, distinct from user errors
+
+
+@contextlib.contextmanager
+def _warnings_as_lines():
+    """Warnings (an input beyond its calibrated range) as `warning: ...` lines on stderr, as errors are: Python's
+    form named a line of the CLI's own code ('runtime/run.py:39: RuntimeWarning: ...') and printed it below."""
+    with warnings.catch_warnings():
+        warnings.showwarning = lambda message, *_, **__: print(f"warning: {message}", file=sys.stderr)
+        yield
 
 
 @contextlib.contextmanager
