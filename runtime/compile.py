@@ -97,14 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
                       help="measure the latency table on the board behind this RPC server (or tracker)")
     bits.add_argument("--latency-key", help="device key, when --latency-rpc names a tracker")
     bits.add_argument("--latency-threads", type=int, metavar="K", help="runtime threads for the latency table")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bars (the stages' lines, warnings and the check still go to stderr)")
     p.add_argument("--buckets", metavar="L1,L2,...",
                    help="with a free length (--input-shape ids:1x1..512): the lengths compiled, the largest being "
                         "the range's upper bound (default: powers of two from 16)")
     p.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
-                   help="run the last --calib sample through the artifact and float onnxruntime and print each "
-                        "output's cosine (warning below 0.99), where the artifact runs on this machine "
-                        "(default: yes)")
+                   help="run the last two --calib samples (up to 16 where they take under a second) through the "
+                        "artifact and float onnxruntime and print each output's cosine (warning below 0.99), "
+                        "where the artifact runs on this machine (default: yes)")
     p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
     return p
 
