@@ -280,8 +280,14 @@ def _floor(cosine: float) -> str:
     return f"{cosine:.4f}" if not np.isfinite(cosine) else f"{np.floor(cosine * 1e4) / 1e4:.4f}"
 
 
-def report(rows: list[Agreement], label: str = FILE, warn: bool = True, samples: int = 1) -> str:
-    """One line per output, and (`warn`) a warning when one falls below MIN_COSINE or MIN_IOU."""
+WEIGHT_HINTS = {"4": "--bits 8 or --bits mixed (4-bit weights in every layer lose the most), ",
+                "mixed": "a looser limit for --bits mixed (fewer layers at 4 bits), "}
+
+
+def report(rows: list[Agreement], label: str = FILE, warn: bool = True, samples: int = 1, bits: str = "8") -> str:
+    """One line per output, and (`warn`) a warning when one falls below MIN_COSINE or MIN_IOU, naming the
+    weight bits first where they are 4 or mixed (`bits`, the manifest's: a --bits 4 user was sent to calibration
+    data and activation bits only)."""
     where = "the last calibration sample" if samples == 1 else f"the last {samples} calibration samples (worst)"
     lines = [f"check against {label} on {where}: {r.name}: "
              + (f"{r.cosine:.2%} of the integers equal" if r.integers else "one value" if r.single
@@ -297,6 +303,7 @@ def report(rows: list[Agreement], label: str = FILE, warn: bool = True, samples:
         lines.append(f"WARNING: {', '.join(low)} agree(s) with float below cosine {MIN_COSINE} (integers: that "
                      f"share equal), mask IoU {MIN_IOU} or above a relative error {MAX_RELATIVE} (|error| / |float|; one "
                      "value: / its RMS over the samples): "
-                     "the artifact may be wrong on real inputs; try more or more representative --calib data, "
+                     "the artifact may be wrong on real inputs; try " + WEIGHT_HINTS.get(bits, "") +
+                     "more or more representative --calib data, "
                      "--activation-bits 16 (every activation at 16 bits), --no-bias-correction, or --allow-float and compare")
     return "\n".join(lines)

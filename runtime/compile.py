@@ -179,7 +179,8 @@ def _check(args, path) -> None:
                            f"it was removed. This is a bug in intq: please report it with the model") from err
     try:
         reports = [check.report(check.float_agreement(model, artifact, samples, outputs), label, warn=i == 0,
-                                samples=len(samples))
+                                samples=len(samples),
+                                bits=(artifact.manifest.get("quantization") or {}).get("bits", "8"))
                    for i, (label, model) in enumerate(check.references(args.model))]
     except Exception as err:  # noqa: BLE001  (onnxruntime could not run the reference: the artifact stands)
         log(f"check skipped: {last_line(err)}")

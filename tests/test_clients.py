@@ -333,3 +333,26 @@ def test_an_artifact_for_another_machine_names_what_to_do(small_artifact, tmp_pa
                                                         r"recompile it for this CPU \(--target x86\)"):
             (tmp_path / "cuda").mkdir()
             runtime.load(_edited_copy(small_artifact, tmp_path / "cuda", device="cuda"))
+
+
+def test_the_cli_prints_an_input_beyond_its_calibrated_range_as_a_warning_line(small_artifact, tmp_path, capsys):
+    """`runtime.run` on inputs 10x the calibration's printed Python's 'runtime/run.py:39: RuntimeWarning: ...'
+    and the CLI's own source line under it."""
+    from runtime.run import main as run_main
+
+    np.savez(tmp_path / "loud.npz", x=np.full((1, 3, 16, 16), 100.0, np.float32))
+    assert run_main([small_artifact, "--input", str(tmp_path / "loud.npz")]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("warning: input 'x': |values| up to 100, beyond its calibrated range") and \
+        "RuntimeWarning" not in err and "model.run" not in err
+
+
+def test_the_checks_warning_names_4_bit_weights_first():
+    """`--bits 4` on EfficientNet-Lite0 (the README's mixed-precision command): cosine 0.51, and the warning
+    sent the user to more calibration data, 16-bit activations and --no-bias-correction only."""
+    from runtime.check import Agreement, report
+
+    low = [Agreement("logits", 0.512, 5.5, relative=1.05)]
+    assert "try --bits 8 or --bits mixed" in report(low, bits="4")
+    assert "looser limit for --bits mixed" in report(low, bits="mixed")
+    assert "try more or more representative --calib data" in report(low)
