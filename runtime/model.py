@@ -112,6 +112,7 @@ class Model:
         if self._shared:  # the float boundary's kernels (targets/boundary_kernels.py), where the artifact ships them
             self._boundary = self._boundary_kernels(tvm)
         self._boundary_state()
+        self._open_tail()
         # a GPU takes the whole batch in one call; CPUs run samples side by side
         self.batch_workers = _default_workers() if device == "cpu" else 1
         self.batch_in_one_call = device != "cpu"
@@ -124,6 +125,15 @@ class Model:
         # the part compiled after the tail's first nodes: an artifact of its own (frontends/onnx_tail.py)
         self._rest = Model(self.path / rest["folder"]) if rest else None
         _LOADED.add(self)  # for `_after_fork`
+
+    def _open_tail(self) -> None:
+        """Open the tail's ONNX file now, hash-checked by `read_manifest`: the session the first run builds reads
+        it through this descriptor. It read tail.onnx by its path then, after a deployment had removed the
+        folder (onnxruntime's NoSuchFile) or compiled another model into it (its tail on this one's library)."""
+        tail = self.manifest.get("tail")
+        self._tail_fd = os.open(self.path / tail["file"], os.O_RDONLY) if tail else None
+        if self._tail_fd is not None:
+            weakref.finalize(self, os.close, self._tail_fd)
 
     def _boundary_state(self) -> None:
         """What the float boundary (`_quantized`, `_dequantize`) works out once."""
@@ -667,8 +677,8 @@ class Model:
 
                 options = ort.SessionOptions()
                 options.log_severity_level = 3
-                self._tail_session = ort.InferenceSession(str(self.path / tail["file"]), options,
-                                                          providers=["CPUExecutionProvider"])
+                onnx_bytes = os.pread(self._tail_fd, os.fstat(self._tail_fd).st_size, 0)
+                self._tail_session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
         session = self._tail_session
         feeds = {}
         for arg in session.get_inputs():
@@ -1052,6 +1062,7 @@ class PlanModel(Model):
         self.batch_workers, self.batch_in_one_call = 1, False
         self._rpc_lock = None
         self._boundary_state()
+        self._open_tail()
         self._pool_lock = threading.Lock()  # the tail's onnxruntime session, made once
         _LOADED.add(self)  # for `_after_fork`
 

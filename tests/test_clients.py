@@ -356,3 +356,25 @@ def test_the_checks_warning_names_4_bit_weights_first():
     assert "try --bits 8 or --bits mixed" in report(low, bits="4")
     assert "looser limit for --bits mixed" in report(low, bits="mixed")
     assert "try more or more representative --calib data" in report(low)
+
+
+def test_a_loaded_model_runs_its_own_tail_after_the_folder_is_gone(tmp_path, monkeypatch):
+    """The tail's onnxruntime session was built at the first run from tail.onnx by its path: a script that
+    loaded the artifact from a temporary folder it then removed got onnxruntime's NoSuchFile, and one whose
+    artifact was compiled again in place would have run the new tail on the old library."""
+    import shutil
+
+    import frontends.onnx_import as onnx_import
+    from tests.test_float_fallback import _gemm_relu
+
+    def failing(model):  # TVM's importer fails: the whole model is the tail, onnxruntime's
+        raise ValueError("Dynamic pads are not supported yet.")
+
+    _gemm_relu(tmp_path / "m.onnx")
+    monkeypatch.setattr(onnx_import, "import_onnx", failing)
+    path = runtime.compile_model(tmp_path / "m.onnx", output=tmp_path / "a", allow_float=True, progress=False)
+    x = {"x": np.ones((1, 16), np.float32)}
+    want = runtime.load(path).run(x)["z"]
+    model = runtime.load(path)
+    shutil.rmtree(path)
+    assert np.array_equal(model.run(x)["z"], want)
