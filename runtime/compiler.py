@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from frontends import CompileError, ImportedModel, InputError, ToolchainError, load_onnx
+from frontends import CompileError, ImportedModel, InputError, ToolchainError, load_onnx, parse_input_shape
 from frontends.batch_axes import output_batch_axes
 from frontends.onnx_index_inputs import index_rows
 from frontends.onnx_import import (FreeDim, TensorSpec, bound_shapes, check_shared_dims, input_dim_names,
@@ -515,6 +515,7 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
     an internal failure on the graph makes the artifact onnxruntime's (every node listed with the error).
     """
     _check_argument_types(model_path, calib, input_shapes)
+    input_shapes = _input_shapes(input_shapes)
     precision = precision if precision is None or isinstance(precision, Precision) else Precision(str(precision))
     start = time.perf_counter()
     with interrupts_recorded():  # a Ctrl-C that a fallback swallows still stops a script's compile
@@ -549,8 +550,22 @@ def _check_argument_types(model_path, calib, input_shapes) -> None:
                     "samples along its first axis (stack a list of samples with np.stack)")
     for name, dims in (input_shapes or {}).items():
         if isinstance(dims, (str, bytes)) or not hasattr(dims, "__len__"):
-            raise wrong(f"input_shapes[{name!r}]", dims, "a tuple of dims, e.g. (1, 3, 224, 224) (frontends."
-                        "parse_input_shape('x:1x3x224x224') reads the CLI's form)")
+            raise wrong(f"input_shapes[{name!r}]", dims, "a tuple of dims, e.g. (1, 3, 224, 224) or ('N', 3, 224, "
+                        "224)")
+        for d in dims:
+            if not isinstance(d, (int, np.integer, str, FreeDim)) or isinstance(d, bool):
+                raise wrong(f"input_shapes[{name!r}] {tuple(dims)}: each dim", d, "a number, a FreeDim or a word "
+                            "--input-shape takes ('N', '1..32', 'seq=1..512')")
+
+
+def _input_shapes(input_shapes: dict | None) -> dict[str, tuple] | None:
+    """`input_shapes` as the compile takes them: dims given as --input-shape's words (('N', 3, 224, 224),
+    ('1..8', ...), -1) read as it reads them (the importer's 'str' object cannot be interpreted as an integer)."""
+    if input_shapes is None:
+        return None
+    return {name: parse_input_shape(f"{name}:" + "x".join(map(str, dims)))[1]
+            if any(isinstance(d, str) or (not isinstance(d, FreeDim) and d <= 0) for d in dims) else tuple(dims)
+            for name, dims in input_shapes.items()}
 
 
 def _log_times(times: dict, start: float) -> None:

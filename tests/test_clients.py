@@ -378,3 +378,25 @@ def test_a_loaded_model_runs_its_own_tail_after_the_folder_is_gone(tmp_path, mon
     model = runtime.load(path)
     shutil.rmtree(path)
     assert np.array_equal(model.run(x)["z"], want)
+
+
+def test_compile_model_reads_input_shape_words_in_a_dims_tuple(small_cnn_path, monkeypatch):
+    """`input_shapes={"x": ("N", 3, 16, 16)}` (the CLI's word for a free batch) raised the importer's "'str'
+    object cannot be interpreted as an integer"; ('1..8', ...) and -1 likewise or 'dynamic dimensions'."""
+    import runtime.compiler
+    from frontends import parse_input_shape
+
+    given = []
+
+    def compile_(path, target, output, calib, shapes, *rest):
+        given.append(shapes)
+
+    monkeypatch.setattr(runtime.compiler, "_compile", compile_)
+    for dims, text in [(("N", 3, 16, 16), "Nx3x16x16"), (("1..8", 3, 16, 16), "1..8x3x16x16"),
+                       ((-1, 3, 16, 16), "-1x3x16x16"), ((1, 3, 16, 16), "1x3x16x16")]:
+        runtime.compile_model(small_cnn_path, input_shapes={"x": dims}, progress=False)
+        assert given.pop() == {"x": parse_input_shape(f"x:{text}")[1]}
+    with pytest.raises(runtime.CompileError, match="'x:0x3x16x16': expected NAME:D0xD1"):
+        runtime.compile_model(small_cnn_path, input_shapes={"x": (0, 3, 16, 16)}, progress=False)
+    with pytest.raises(TypeError, match=r"input_shapes\['x'\] \(None, 3, 16, 16\): each dim must be a number"):
+        runtime.compile_model(small_cnn_path, input_shapes={"x": (None, 3, 16, 16)}, progress=False)
