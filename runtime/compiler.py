@@ -507,6 +507,8 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
                   precision: Precision | None = None, buckets: list[int] | None = None) -> Path:
     """Compile an ONNX model into an integer-only artifact; returns the artifact path.
 
+    `calib`: an .npz file or a dict of arrays by input name, samples along the first axis; `input_shapes`:
+    dims as numbers, FreeDims or --input-shape's words (`("N", 3, 224, 224)`).
     `cpu` (x86) builds for a fleet (`x86-64-v3`, ...) instead of this CPU's features.
     `precision` chooses the weight bits (uniform 8 or 4, or mixed under limits: `runtime.mixed`).
     A free length in `input_shapes` (`(1, FreeDim("seq", 1, 512))`) compiles one library per
