@@ -97,7 +97,8 @@ def _lacks_vector_isa(feature: str, flags: set[str]) -> bool:
     return not {base, re.sub(r"^(avx512|avx|amx)(?!_)", r"\1_", base)} & flags
 
 
-FLAG_NAMES = {"+avxvnniint8": "avx_vnni_int8", "+avxvnniint16": "avx_vnni_int16", "+avxneconvert": "avx_ne_convert"}
+FLAG_NAMES = {"+sse3": "pni", "+avxvnniint8": "avx_vnni_int8", "+avxvnniint16": "avx_vnni_int16",
+              "+avxneconvert": "avx_ne_convert"}  # cpuinfo names no rule gives
 
 
 ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA, SYS_ARCH_PRCTL = 0x1023, 18, 158
