@@ -170,8 +170,10 @@ def maddubs_safe(w_nk: np.ndarray, a_max: int) -> bool:
     """True when `vpmaddubsw` cannot saturate for int8 weights [N, K] (K pairs (2i, 2i+1)) and
     activations in [0, a_max]: each pair's largest sum a_max * (w0+ + w1+) <= 32767 and its
     smallest -a_max * (w0- + w1-) >= -32768 (x+ = max(x, 0), x- = max(-x, 0)). The weights are
-    compile-time constants, so this is a proof for every activation in range."""
-    w = w_nk.astype(np.int64).reshape(w_nk.shape[0], -1, 2)
+    compile-time constants, so this is a proof for every activation in range. An odd K's last
+    weight pairs with the zero the caller pads K with (`_padded`)."""
+    w = w_nk.astype(np.int64).reshape(w_nk.shape[0], -1)
+    w = np.pad(w, ((0, 0), (0, w.shape[1] % 2))).reshape(w.shape[0], -1, 2)
     pos, neg = np.maximum(w, 0).sum(-1), np.maximum(-w, 0).sum(-1)
     return bool(a_max * pos.max(initial=0) <= INT16_MAX and a_max * neg.max(initial=0) <= INT16_MAX + 1)
 
