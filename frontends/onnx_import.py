@@ -487,7 +487,7 @@ def _basic_optimize(model: onnx.ModelProto, path: Path) -> onnx.ModelProto:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         options.optimized_model_filepath = dst
-        options.log_severity_level = 3
+        options.log_severity_level = 4  # its error comes back in the message below (it logged it, colored, too)
         try:
             ort.InferenceSession(src, options, providers=["CPUExecutionProvider"])
         except Exception as err:  # its message names the copy: name the user's file
