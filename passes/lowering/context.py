@@ -314,7 +314,10 @@ class LoweringContext:
         `var`), or None where it does not apply: smoothing off, an input already 8 bits, a
         clamped accumulator other than ReLU, no per-channel calibration or weight statistics, or
         statistics over fewer than SMOOTH_MIN_ROWS rows (a toy calibration: 4 samples of 16
-        rows overshot its per-channel maxima by 1.8x at test time, and smoothing lost to per tensor).
+        rows overshot its per-channel maxima by 1.8x at test time, and smoothing lost to per tensor),
+        or weights all zero (a zero-initialized Linear: RT-DETR's deformable-attention offsets and
+        weights and its box heads' last layers at init; their scales s = amax^a / 0 were inf, the
+        ratios nan, and the node was refused).
 
         Scales `smoothing_scales` (SmoothQuant; alpha measured per tensor where `smoothing` is set):
         every matmul reading `var` gets the same c (memoized; wmax is over all of them), its weights
@@ -334,7 +337,7 @@ class LoweringContext:
         if isinstance(value, Accumulator) and value.offset and not self.config.unsigned_activations:
             value = self.without_offset(value)
         (amax, rows), wmax = self.channel_amax[name], self.weight_rowmax[name]
-        if amax.shape != wmax.shape or amax.max(initial=0) <= 0 or rows < SMOOTH_MIN_ROWS:
+        if amax.shape != wmax.shape or amax.max(initial=0) <= 0 or wmax.max(initial=0) <= 0 or rows < SMOOTH_MIN_ROWS:
             return None
         key = (value, "smooth")
         if key not in self._materialized:
