@@ -143,19 +143,26 @@ def _stft(node, opset: int, inits: list, shapes: dict, consts) -> list | None:
     step = consts(ins[1])
     window = consts(ins[2]) if ins[2] else None
     length = consts(ins[3]) if ins[3] else None
-    if shape is None or len(shape) != 3 or step is None or (ins[2] and window is None) or (ins[3] and length is None):
+    if shape is None or len(shape) not in (2, 3) or step is None or (ins[2] and window is None) or (
+            ins[3] and length is None):
         return None
     frame = int(length.reshape(())) if length is not None else len(window)
     step, signal = int(step.reshape(())), shape[1]
     frames = (signal - frame) // step + 1
     prefix = node.name or node.output[0]
+    nodes, source = [], node.input[0]
+    if len(shape) == 2:  # a real signal as [B, L] (torch's TorchScript exporter; onnxruntime takes it): [B, L, 1]
+        axes = numpy_helper.from_array(np.array([2], np.int64), f"{prefix}/channel_axis")
+        inits.append(axes)
+        source, shape = f"{prefix}/signal", [*shape, 1]
+        nodes.append(helper.make_node("Unsqueeze", [node.input[0], axes.name], [source], name=source))
     index = numpy_helper.from_array(np.arange(frames)[:, None] * step + np.arange(frame)[None], f"{prefix}/frame_index")
     inits.append(index)
-    gather = helper.make_node("Gather", [node.input[0], index.name], [f"{prefix}/frames"], name=f"{prefix}/frames",
+    gather = helper.make_node("Gather", [source, index.name], [f"{prefix}/frames"], name=f"{prefix}/frames",
                               axis=1)  # [B, frames, frame, c]
     bins = frame // 2 + 1 if attrs.get("onesided", 1) else frame
     w = _dft_matrix(frame, shape[-1] == 2, frame, bins, False, None if window is None else window.astype(np.float64))
-    return [gather] + _as_matmul(f"{prefix}/frames", w, 2, bins, node.output[0], prefix, inits)
+    return nodes + [gather] + _as_matmul(f"{prefix}/frames", w, 2, bins, node.output[0], prefix, inits)
 
 
 def _conv_transpose_output_shape(node, opset: int, inits: list, shapes: dict, consts) -> list | None:
