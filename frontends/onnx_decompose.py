@@ -4,6 +4,7 @@ that TVM imports and intq lowers (in place, before the import):
     LpNormalization(x, axis, p)  ->  Div(x, ReduceL{p}(x, [axis], keepdims=1))   (face and sentence embeddings)
     DFT(x [..., N, c], axis)     ->  Reshape(MatMul(Reshape(x, [..., N c]), W), [..., K, 2])
     STFT(signal, step, window)   ->  the same MatMul on frames gathered with constant indices, the window in W
+                                     (a real signal as [B, L, 1] or, as torch's TorchScript exporter writes it, [B, L])
     ConvTranspose(output_shape)  ->  ConvTranspose(pads, output_padding) giving that shape (TVM's converter
                                      ignores output_shape: the output came out at the default size)
     Compress(x, constant cond)   ->  Gather(x, the kept indices)   (TVM's converter needs dynamic shapes)
@@ -22,6 +23,7 @@ that TVM imports and intq lowers (in place, before the import):
     EyeLike(x, dtype)            ->  the constant identity of x's shape in that dtype
     AffineGrid(theta, size)      ->  MatMul(theta, the constant base grid), transposed and reshaped (spatial transformers)
     Hardmax(x, axis)             ->  Cast(Equal(ArgMax(x, axis), arange along axis))   (opset >= 13)
+    Mod(x, float constant b)     ->  x - trunc(x / b) * b   (fmod 1, C's fmod: tf2onnx's, Paddle's remainder)
     ai.onnx.ml Scaler, Binarizer, LinearRegressor, Normalizer (scikit-learn pipelines)
                                  ->  Sub/Mul, Greater/Cast, MatMul/Add, x / ReduceMax|L1|L2(x)
 
@@ -286,6 +288,25 @@ def _hardmax(node, opset: int, inits: list, shapes: dict, consts) -> list | None
             helper.make_node("Cast", [f"{prefix}/hot"], list(node.output), name=prefix, to=onnx.TensorProto.FLOAT)]
 
 
+def _float_mod(node, opset: int, inits: list, shapes: dict, consts) -> list | None:
+    """Mod of floats (fmod 1, the only float form ONNX allows: C's fmod, tf2onnx's and Paddle's remainder) by a
+    float constant -> a - trunc(a / b) * b, trunc(q) = Where(q < 0, Ceil(q), Floor(q)): Div by a constant, the
+    two roundings as tables, Where and Sub all lower to integers. Integer Mod stays TVM's (exact)."""
+    divisor = consts(node.input[1])
+    fmod = int(next((helper.get_attribute_value(a) for a in node.attribute if a.name == "fmod"), 0))
+    if divisor is None or divisor.dtype.kind != "f" or not fmod:
+        return None
+    prefix = node.name or node.output[0]
+    name = lambda s: f"{prefix}/{s}"  # noqa: E731
+    inits.append(numpy_helper.from_array(np.array(0, divisor.dtype), name("zero")))
+    step = lambda op, ins, out: helper.make_node(op, ins, [name(out)], name=name(out))  # noqa: E731
+    return [step("Div", [node.input[0], node.input[1]], "quotient"), step("Floor", [name("quotient")], "floor"),
+            step("Ceil", [name("quotient")], "ceil"), step("Less", [name("quotient"), name("zero")], "negative"),
+            step("Where", [name("negative"), name("ceil"), name("floor")], "whole"),
+            step("Mul", [name("whole"), node.input[1]], "multiple"),
+            helper.make_node("Sub", [node.input[0], name("multiple")], list(node.output), name=prefix)]
+
+
 def _as_float(node, inits: list) -> tuple[str, list]:
     """The node's first input cast to float (ai.onnx.ml ops also take double and integers)."""
     prefix = node.name or node.output[0]
@@ -508,7 +529,7 @@ _DECOMPOSITIONS = {"LpNormalization": _lp_normalization, "DFT": _dft, "STFT": _s
                    "MaxUnpool": max_unpool,
                    "NonZero": _constant_nonzero, "RMSNormalization": rms_normalization, "EyeLike": _eye_like,
                    "CumProd": cum_prod, "DeformConv": deform_conv, "Pad": negative_pads,
-                   "AffineGrid": _affine_grid, "Hardmax": _hardmax}
+                   "AffineGrid": _affine_grid, "Hardmax": _hardmax, "Mod": _float_mod}
 
 
 def decompose_ops(model: onnx.ModelProto) -> int:

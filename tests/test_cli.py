@@ -306,14 +306,17 @@ def test_no_calibration_warns(tmp_path, small_cnn_path, capsys):
 
 
 def _with_unsupported(path):
-    """small_cnn plus a float Mod (no integer lowering) of its logits, as a second output."""
+    """small_cnn plus a float Mod of its logits by an activation (no integer lowering; by a constant it is a
+    Div, two roundings and a Sub: onnx_decompose.py), as a second output."""
     import onnx
     from conftest import small_cnn
     from onnx import numpy_helper
 
     model = onnx.load(small_cnn(path))
     model.graph.initializer.append(numpy_helper.from_array(np.array(50.0, np.float32), "period"))
-    model.graph.node.append(helper.make_node("Mod", ["y", "period"], ["cs"], name="running_sum", fmod=1))
+    model.graph.node.extend([helper.make_node("Abs", ["y"], ["size"]),
+                             helper.make_node("Add", ["size", "period"], ["periods"]),
+                             helper.make_node("Mod", ["y", "periods"], ["cs"], name="running_sum", fmod=1)])
     model.graph.output.append(helper.make_tensor_value_info("cs", onnx.TensorProto.FLOAT, [1, 10]))
     onnx.save(model, path)
     return str(path)

@@ -1181,3 +1181,35 @@ def test_hardmax_compiles_integer_only(tmp_path, axis):
     session = ort.InferenceSession(str(tmp_path / "hm.onnx"))
     agree = [np.mean(art.run({"x": v})["y"] == session.run(None, {"x": v})[0]) for v in x[8:]]
     assert min(agree) >= 0.9, agree  # the 8-bit logits may swap two near-equal ones, nothing else
+
+
+def test_float_mod_by_a_constant_compiles_integer_only(tmp_path):
+    """Mod of floats by a constant (fmod 1, C's fmod: tf2onnx's and Paddle's remainder; a phase wrapped to a period)
+    -> a - trunc(a / b) * b (onnx_decompose); was refused integer-only. Signs follow the dividend, as onnxruntime's."""
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    import runtime
+
+    rng = np.random.default_rng(4)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["phase"]), helper.make_node("Mod", ["phase", "period"], ["y"], fmod=1)]
+    graph = helper.make_graph(nodes, "mod", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(rng.normal(0, 2, (8, 16)).astype(np.float32), "w"),
+                               numpy_helper.from_array(np.array(2.5, np.float32), "period")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save(model, tmp_path / "mod.onnx")
+    x = rng.normal(0, 1, (12, 1, 6, 8)).astype(np.float32)
+    np.savez(tmp_path / "c.npz", x=x[:8])
+    art = runtime.load(runtime.compile_model(tmp_path / "mod.onnx", "x86", tmp_path / "a", calib=tmp_path / "c.npz",
+                                             progress=False))
+    assert art.manifest["integer_only"] is True
+    session = ort.InferenceSession(str(tmp_path / "mod.onnx"))
+    for v in x[8:]:
+        got, want = art.run({"x": v})["y"], session.run(None, {"x": v})[0]
+        # within two 8-bit steps of the phase (|phase| <= ~20: 0.16 each); a value that close to a multiple of the
+        # period may land on the other side of the wrap (a difference of one period): rare
+        close = np.isclose(got, want, atol=0.35) | np.isclose(np.abs(got - want), 2.5, atol=0.35)
+        assert close.mean() >= 0.97, close.mean()
+        assert np.all((np.sign(got) == np.sign(want)) | (np.abs(want) < 0.1))  # the dividend's sign
