@@ -1155,58 +1155,48 @@ def test_spatial_transformer_and_trilu_compile_integer_only(tmp_path):
         assert np.all(got[0][np.triu_indices(12, 1, 6)] == 0)  # above the diagonal: exact zeros
 
 
-@pytest.mark.parametrize("axis", [1, -1])
-def test_hardmax_compiles_integer_only(tmp_path, axis):
-    """Hardmax (a straight-through one-hot: VQ codebooks, Gumbel heads) -> ArgMax, a comparison with a constant
-    arange and a cast (onnx_decompose); was refused integer-only. Ties go to the first largest, as ONNX's."""
+def _matmul_then(tmp_path, nodes: list, weights: dict, seed: int):
+    """x [1, 6, 8] @ w -> `nodes` -> y, compiled on 8 random samples: (artifact, onnxruntime session, 4 held-out
+    samples)."""
     import onnxruntime as ort
     from onnx import numpy_helper
 
     import runtime
 
-    rng = np.random.default_rng(2)
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["logits"]), helper.make_node("Relu", ["logits"], ["r"]),
-             helper.make_node("Hardmax", ["r"], ["y"], axis=axis)]
-    graph = helper.make_graph(nodes, "hm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6, 8])],
+    rng = np.random.default_rng(seed)
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6, 8])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-                              [numpy_helper.from_array(rng.normal(0, 1, (8, 5)).astype(np.float32), "w")])
+                              [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in weights.items()])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 9
-    onnx.save(model, tmp_path / "hm.onnx")
+    onnx.save(model, tmp_path / "m.onnx")
     x = rng.normal(0, 1, (12, 1, 6, 8)).astype(np.float32)
     np.savez(tmp_path / "c.npz", x=x[:8])
-    art = runtime.load(runtime.compile_model(tmp_path / "hm.onnx", "x86", tmp_path / "a", calib=tmp_path / "c.npz",
+    art = runtime.load(runtime.compile_model(tmp_path / "m.onnx", "x86", tmp_path / "a", calib=tmp_path / "c.npz",
                                              progress=False))
+    return art, ort.InferenceSession(str(tmp_path / "m.onnx")), x[8:]
+
+
+@pytest.mark.parametrize("axis", [1, -1])
+def test_hardmax_compiles_integer_only(tmp_path, axis):
+    """Hardmax (a straight-through one-hot: VQ codebooks, Gumbel heads) -> ArgMax, a comparison with a constant
+    arange and a cast (onnx_decompose); was refused integer-only. Ties go to the first largest, as ONNX's."""
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["logits"]), helper.make_node("Relu", ["logits"], ["r"]),
+             helper.make_node("Hardmax", ["r"], ["y"], axis=axis)]
+    art, session, x = _matmul_then(tmp_path, nodes, {"w": np.random.default_rng(2).normal(0, 1, (8, 5))}, 3)
     assert art.manifest["integer_only"] is True
-    session = ort.InferenceSession(str(tmp_path / "hm.onnx"))
-    agree = [np.mean(art.run({"x": v})["y"] == session.run(None, {"x": v})[0]) for v in x[8:]]
+    agree = [np.mean(art.run({"x": v})["y"] == session.run(None, {"x": v})[0]) for v in x]
     assert min(agree) >= 0.9, agree  # the 8-bit logits may swap two near-equal ones, nothing else
 
 
 def test_float_mod_by_a_constant_compiles_integer_only(tmp_path):
     """Mod of floats by a constant (fmod 1, C's fmod: tf2onnx's and Paddle's remainder; a phase wrapped to a period)
     -> a - trunc(a / b) * b (onnx_decompose); was refused integer-only. Signs follow the dividend, as onnxruntime's."""
-    import onnxruntime as ort
-    from onnx import numpy_helper
-
-    import runtime
-
-    rng = np.random.default_rng(4)
     nodes = [helper.make_node("MatMul", ["x", "w"], ["phase"]), helper.make_node("Mod", ["phase", "period"], ["y"], fmod=1)]
-    graph = helper.make_graph(nodes, "mod", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-                              [numpy_helper.from_array(rng.normal(0, 2, (8, 16)).astype(np.float32), "w"),
-                               numpy_helper.from_array(np.array(2.5, np.float32), "period")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
-    onnx.save(model, tmp_path / "mod.onnx")
-    x = rng.normal(0, 1, (12, 1, 6, 8)).astype(np.float32)
-    np.savez(tmp_path / "c.npz", x=x[:8])
-    art = runtime.load(runtime.compile_model(tmp_path / "mod.onnx", "x86", tmp_path / "a", calib=tmp_path / "c.npz",
-                                             progress=False))
+    weights = {"w": np.random.default_rng(4).normal(0, 2, (8, 16)), "period": np.array(2.5)}
+    art, session, x = _matmul_then(tmp_path, nodes, weights, 5)
     assert art.manifest["integer_only"] is True
-    session = ort.InferenceSession(str(tmp_path / "mod.onnx"))
-    for v in x[8:]:
+    for v in x:
         got, want = art.run({"x": v})["y"], session.run(None, {"x": v})[0]
         # within two 8-bit steps of the phase (|phase| <= ~20: 0.16 each); a value that close to a multiple of the
         # period may land on the other side of the wrap (a difference of one period): rare
