@@ -16,6 +16,8 @@ import os
 import re
 from pathlib import Path
 
+from .errors import InputError
+
 # x86-64 micro-architecture levels (psABI), highest first, with the cpuinfo flags each needs.
 LEVELS = (
     ("x86-64-v4", {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl", "avx2", "fma", "bmi2"}),
@@ -53,7 +55,7 @@ def limited_to(flags: set[str], cpu: str) -> set[str]:
     """`flags` without the levels above LEVEL and the extras not named in `cpu` (`LEVEL[+feature...]`)."""
     level, *extras = cpu.split("+")
     if level not in LEVEL_ORDER:
-        raise ValueError(f"{HOST_CPU}={cpu!r}: expected LEVEL[+feature...], LEVEL one of {', '.join(LEVEL_ORDER)}")
+        raise InputError(f"{HOST_CPU}={cpu!r}: expected LEVEL[+feature...], LEVEL one of {', '.join(LEVEL_ORDER)}")
     kept = LEVEL_ORDER[:LEVEL_ORDER.index(level) + 1]
     above = set().union(*(need for name, need in LEVELS if name not in kept))
     below = set().union(*(need for name, need in LEVELS if name in kept))
