@@ -182,7 +182,8 @@ def _session(path: Path | bytes, threads: int | None = None):
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-    return ort.InferenceSession(path if isinstance(path, bytes) else str(path), opts, providers=["CPUExecutionProvider"])
+    source = path if isinstance(path, bytes) else str(path)  # bytes: a pre-quantized file's float graph
+    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
 
 
 def _compile(model: CorpusModel, path: Path, calib: Path, workdir: Path, row: ZooRow) -> Path | None:

@@ -87,6 +87,8 @@ def missing_features(features, flags: set[str] | None = None) -> list[str]:
     return missing
 
 
+FLAG_NAMES = {"+sse3": "pni", "+avxvnniint8": "avx_vnni_int8", "+avxvnniint16": "avx_vnni_int16",
+              "+avxneconvert": "avx_ne_convert"}  # cpuinfo names no rule gives
 VECTOR_ISA = re.compile(r"\+(avx|amx|sse|fma|f16c)")  # extensions whose instructions the kernels emit
 
 
@@ -97,10 +99,6 @@ def _lacks_vector_isa(feature: str, flags: set[str]) -> bool:
         return False
     base = FLAG_NAMES.get(feature, feature[1:].replace("-", "_").replace(".", "_"))
     return not {base, re.sub(r"^(avx512|avx|amx)(?!_)", r"\1_", base)} & flags
-
-
-FLAG_NAMES = {"+sse3": "pni", "+avxvnniint8": "avx_vnni_int8", "+avxvnniint16": "avx_vnni_int16",
-              "+avxneconvert": "avx_ne_convert"}  # cpuinfo names no rule gives
 
 
 ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA, SYS_ARCH_PRCTL = 0x1023, 18, 158
