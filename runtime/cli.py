@@ -19,8 +19,9 @@ from frontends.errors import CompileError, InputError
 _SIGNALLED: list[int] = []  # the signals that interrupted the action, as `_interrupt` saw them
 
 
-def guarded(action: Callable[[], int | None], verbose: bool = False) -> int:
-    """Run `action`; a CompileError prints `error: ...` (with the traceback under -v) and
+def guarded(action: Callable[[], int | None], verbose: bool | Callable[[], bool] = False) -> int:
+    """Run `action`; a CompileError prints `error: ...` (with the traceback under -v: `verbose`, or a callable
+    asked after the failure where the action parses the flags itself) and
     returns 2, any other exception prints its traceback and returns 1; Ctrl-C (SIGINT) and SIGTERM
     print one line and return 130 / 143, after the cleanups that a failure gets (nothing half-written)."""
     with interrupts_recorded(check=False), _warnings_as_lines():
@@ -35,7 +36,7 @@ def guarded(action: Callable[[], int | None], verbose: bool = False) -> int:
             # a KeyboardInterrupt raised in Python code that TVM called comes back as another error
             # (an IndexError in a schedule's type check): the signal, not the error, is the news
             signum = _SIGNALLED[-1] if _SIGNALLED else signal.SIGINT if isinstance(err, KeyboardInterrupt) else None
-            if verbose or (signum is None and not isinstance(err, CompileError)):
+            if (verbose() if callable(verbose) else verbose) or (signum is None and not isinstance(err, CompileError)):
                 traceback.print_exc()
             if signum is not None:
                 print(f"error: interrupted ({signal.Signals(signum).name})", file=sys.stderr)

@@ -7,9 +7,7 @@ import shutil
 import time
 import sys
 
-from frontends import CompileError, InputError, parse_input_shape
-from passes import OBSERVERS
-from targets import target_names
+from frontends import CompileError, InputError
 
 from .cli import guarded
 
@@ -36,6 +34,9 @@ exit codes: 0 success, 1 internal error, 2 user error (bad file, flag or unsuppo
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from passes import OBSERVERS  # imports TVM (seconds): `main` calls this where Ctrl-C gives one line
+    from targets import target_names
+
     p = argparse.ArgumentParser(
         prog="python -m runtime.compile", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES,
         description="Compile a float ONNX model into an integer-only artifact: calibrate, lower every op to "
@@ -98,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     bits.add_argument("--latency-key", help="device key, when --latency-rpc names a tracker")
     bits.add_argument("--latency-threads", type=int, metavar="K", help="runtime threads for the latency table")
     p.add_argument("-q", "--quiet", action="store_true",
-                   help="no progress bars (the stages' lines, warnings and the check still go to stderr)")
+                   help="print only the artifact's path (stdout), warnings and errors (stderr): no progress "
+                        "bars, stages, times or the check's agreement lines (its warning below 0.99 stays)")
     p.add_argument("--buckets", metavar="L1,L2,...",
                    help="with a free length (--input-shape ids:1x1..512): the lengths compiled, the largest being "
                         "the range's upper bound (default: powers of two from 16)")
@@ -136,7 +138,7 @@ def _onnxruntime_refuses(model: str, sample) -> str | None:
 def _check(args, path) -> None:
     """The artifact against float onnxruntime on the last calibration samples (runtime/check.py)."""
     from . import check
-    from .compiler import log
+    from .compiler import log, warn
     from .model import load
 
     def last_line(err):
@@ -186,16 +188,19 @@ def _check(args, path) -> None:
         log(f"check skipped: {last_line(err)}")
         return
     for line in "\n".join(r for r in reports if r).splitlines():
-        log(line)
+        (warn if line.startswith("WARNING") else log)(line)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = None
 
     def action():
+        nonlocal args
+        args = build_parser().parse_args(argv)  # Ctrl-C in the 3 s of imports: `guarded`'s one line, not a traceback
+        from frontends import parse_input_shape
         from passes import QuantConfig
 
-        from .compiler import compile_model
+        from .compiler import compile_model, only_warnings
         from .mixed import Precision
 
         if args.tune_trials < 0:
@@ -208,18 +213,19 @@ def main(argv: list[str] | None = None) -> int:
             buckets = [int(b) for b in args.buckets.split(",")] if args.buckets else None
         except ValueError:
             raise CompileError(f"--buckets {args.buckets!r}: expected lengths like 16,32,64") from None
-        path = compile_model(args.model, target=args.target, output=args.output, calib=args.calib,
-                             input_shapes=shapes, observer=args.observer, allow_float=args.allow_float,
-                             progress=not args.quiet, cuda_arch=args.cuda_arch, cpu=args.cpu,
-                             tune_trials=args.tune_trials, precision=precision, buckets=buckets,
-                             config=QuantConfig(activation_bits=args.activation_bits,
-                                                bias_correction=not args.no_bias_correction)
-                             if args.activation_bits != 8 or args.no_bias_correction else None)
-        if args.check and args.calib and args.target in ("x86", "llvm"):  # a --cpu build: where this CPU runs it
-            _check(args, path)
+        with only_warnings(args.quiet):
+            path = compile_model(args.model, target=args.target, output=args.output, calib=args.calib,
+                                 input_shapes=shapes, observer=args.observer, allow_float=args.allow_float,
+                                 progress=not args.quiet, cuda_arch=args.cuda_arch, cpu=args.cpu,
+                                 tune_trials=args.tune_trials, precision=precision, buckets=buckets,
+                                 config=QuantConfig(activation_bits=args.activation_bits,
+                                                    bias_correction=not args.no_bias_correction)
+                                 if args.activation_bits != 8 or args.no_bias_correction else None)
+            if args.check and args.calib and args.target in ("x86", "llvm"):  # --cpu: where this CPU runs it
+                _check(args, path)
         print(path)
 
-    return guarded(action, args.verbose)
+    return guarded(action, lambda: args is not None and args.verbose)
 
 
 if __name__ == "__main__":

@@ -45,8 +45,30 @@ PLAN_ARCHES = ("armv7l", "riscv64")  # no TVM runtime wheels: artifacts also car
 PLAN_FILES = set(PLAN_FILES_BY_KIND.values())  # plan.txt, weights.bin, kernels.so, intq_exec
 
 
+_QUIET = [False]  # `only_warnings()`: the compile's progress and summary lines are dropped, its warnings kept
+
+
 def log(message: str) -> None:
+    """A progress or summary line on stderr (`only_warnings` drops it)."""
+    if not _QUIET[0]:
+        print(f"[intq] {message}", file=sys.stderr, flush=True)
+
+
+def warn(message: str) -> None:
+    """A line that `only_warnings` keeps: the artifact is less than what was asked for (synthetic calibration, a low
+    agreement with float, a bucket or the free batch given up, onnxruntime running what was to be compiled)."""
     print(f"[intq] {message}", file=sys.stderr, flush=True)
+
+
+@contextmanager
+def only_warnings(on: bool = True):
+    """While the body runs, only warnings and errors reach stderr (`runtime.compile -q`): the stages' lines,
+    the time summary and the check's agreement lines are dropped."""
+    before, _QUIET[0] = _QUIET[0], _QUIET[0] or on
+    try:
+        yield
+    finally:
+        _QUIET[0] = before
 
 
 @contextmanager
@@ -450,7 +472,7 @@ def _write_tail(tail, tmp: Path, compile_rest, where: str) -> tuple[dict, list[d
             model, nodes = tail.rest.first, tail.rest.nodes
         except CompileError as err:  # then onnxruntime runs it, as before the rest was compiled on its own
             shutil.rmtree(tmp / REST, ignore_errors=True)
-            log(f"the nodes after onnxruntime's did not compile on their own ({first_error_line(str(err))}); "
+            warn(f"the nodes after onnxruntime's did not compile on their own ({first_error_line(str(err))}); "
                 "onnxruntime runs them too")
     (tmp / TAIL).write_bytes(model)
     floats = [{**n, "reason": f"runs in onnxruntime{where}: {n['reason']}"} for n in nodes]
@@ -504,7 +526,7 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
                   calib: str | os.PathLike | None = None, input_shapes: dict[str, tuple[int, ...]] | None = None,
                   observer: str = "minmax", allow_float: bool = False, config: QuantConfig | None = None,
                   progress: bool = True, cuda_arch: str | None = None, cpu: str | None = None, tune_trials: int = 0,
-                  precision: Precision | None = None, buckets: list[int] | None = None) -> Path:
+                  precision: Precision | None = None, buckets: list[int] | None = None, quiet: bool = False) -> Path:
     """Compile an ONNX model into an integer-only artifact; returns the artifact path.
 
     `calib`: an .npz file or a dict of arrays by input name, samples along the first axis; `input_shapes`:
@@ -512,7 +534,8 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
     `cpu` (x86) builds for a fleet (`x86-64-v3`, ...) instead of this CPU's features.
     `precision` chooses the weight bits (uniform 8 or 4, or mixed under limits: `runtime.mixed`).
     A free length in `input_shapes` (`(1, FreeDim("seq", 1, 512))`) compiles one library per
-    bucket length (`buckets`, default powers of two: runtime/buckets.py).
+    bucket length (`buckets`, default powers of two: runtime/buckets.py). `quiet`: only warnings on stderr
+    (no stages, times or summaries; `progress` is the calibration's progress bars).
     Raises CompileError (and writes nothing) on bad input or an unsupported model. With `allow_float`,
     an internal failure on the graph makes the artifact onnxruntime's (every node listed with the error).
     """
@@ -520,7 +543,7 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
     input_shapes = _input_shapes(input_shapes)
     precision = precision if precision is None or isinstance(precision, Precision) else Precision(str(precision))
     start = time.perf_counter()
-    with interrupts_recorded():  # a Ctrl-C that a fallback swallows still stops a script's compile
+    with interrupts_recorded(), only_warnings(quiet):  # a Ctrl-C that a fallback swallows still stops it
         try:
             return _compile(Path(model_path), target, output, calib, input_shapes, observer, allow_float, config,
                             progress, cuda_arch, cpu, tune_trials, precision, buckets)
@@ -532,7 +555,7 @@ def compile_model(model_path: str | os.PathLike, target: str = "x86", output: st
             imported = None if not allow_float or free else onnxruntime_model(model_path, input_shapes, why)
             if imported is None:
                 raise
-            log(f"{why}; with --allow-float onnxruntime runs the whole model")
+            warn(f"{why}; with --allow-float onnxruntime runs the whole model")
             spec = get_target(target, cuda_arch, cpu)
             return _onnxruntime_artifact(imported, Path(model_path), _destination(Path(model_path), output, spec), spec,
                                          None, {}, start, None)
@@ -628,7 +651,7 @@ def _compile(model_path: Path, target, output, calib, input_shapes, observer, al
         log("transformer (LayerNorm found): residual stream, LayerNorm and inputs at 16 bits")
         config = replace(config, residual_bits=16)
     if calib is None:
-        log(f"WARNING: no --calib file: calibrating on {SYNTHETIC_SAMPLES} synthetic N(0,1) inputs. "
+        warn(f"WARNING: no --calib file: calibrating on {SYNTHETIC_SAMPLES} synthetic N(0,1) inputs. "
             "Activation ranges will not match real data and accuracy will suffer; pass --calib FILE.npz.")
         samples, synthetic = synthetic_calibration(imported.inputs), True
     else:
@@ -701,7 +724,7 @@ def _compile(model_path: Path, target, output, calib, input_shapes, observer, al
                         checked_apart.append(True)
                 except CompileError as err:  # the batch-1 module, run once per sample
                     per_sample.append(str(err))
-                    log(f"{err}: the artifact runs a batch sample by sample instead (the batch-1 module; "
+                    warn(f"{err}: the artifact runs a batch sample by sample instead (the batch-1 module; "
                         "each sample's integers are those it gets alone)")
         return int_mod
 
@@ -725,7 +748,7 @@ def _compile(model_path: Path, target, output, calib, input_shapes, observer, al
             if buckets:
                 raise CompileError(f"--buckets {','.join(map(str, sizes))}: {why}; give bucket lengths the model "
                                    "can run, from the shortest that leaves every tensor nonempty")
-            log(f"bucket {seq.name} = {size} left out: {why}")
+            warn(f"bucket {seq.name} = {size} left out: {why}")
             dropped.append(size)
             continue
         own = None  # ranges of its own where the graph differs (its op count follows the length)

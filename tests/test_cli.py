@@ -101,8 +101,8 @@ def test_manifest(small_artifact):
 
 def test_compile_and_run_cli(tmp_path, small_cnn_path, small_calib, capsys):
     out = tmp_path / "cli.artifact"
-    assert compile_main([small_cnn_path, "--target", "x86", "--calib", small_calib, "-o", str(out), "-q",
-                         "--observer", "percentile"]) == 0
+    assert compile_main([small_cnn_path, "--target", "x86", "--calib", small_calib, "-o", str(out),
+                         "--observer", "percentile"]) == 0  # not -q: its check's lines are asked for below
     np.savez(tmp_path / "in.npz", x=_x())
     assert run_main([str(out), "--input", str(tmp_path / "in.npz"), "-o", str(tmp_path / "out.npz")]) == 0
     got = np.load(tmp_path / "out.npz")["y"]

@@ -400,3 +400,32 @@ def test_compile_model_reads_input_shape_words_in_a_dims_tuple(small_cnn_path, m
         runtime.compile_model(small_cnn_path, input_shapes={"x": (0, 3, 16, 16)}, progress=False)
     with pytest.raises(TypeError, match=r"input_shapes\['x'\] \(None, 3, 16, 16\): each dim must be a number"):
         runtime.compile_model(small_cnn_path, input_shapes={"x": (None, 3, 16, 16)}, progress=False)
+
+
+# the third client hunt: an edge deployer's day (quiet scripts, Ctrl-C, boards under qemu, clipped activations)
+
+
+def test_quiet_compile_prints_the_path_and_warnings_only(tmp_path, small_cnn_path, small_calib, capsys):
+    """`runtime.compile -q` still printed every stage, the time summary and the check's lines on stderr (it only
+    dropped the progress bars): a deployment script's log got 15 lines per model. Warnings stay."""
+    out = tmp_path / "a.artifact"
+    assert compile_main([small_cnn_path, "--calib", small_calib, "-o", str(out), "-q"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == str(out) and captured.err == ""
+    assert compile_main([small_cnn_path, "-o", str(tmp_path / "b.artifact"), "-q"]) == 0  # synthetic calibration
+    assert [line.split(":")[0] for line in capsys.readouterr().err.splitlines()] == ["[intq] WARNING"]
+    assert compile_main([small_cnn_path, "--calib", small_calib, "-o", str(tmp_path / "c"), "--no-check"]) == 0
+    assert "[intq] importing" in capsys.readouterr().err  # not quiet: the stages as before
+
+
+def test_ctrl_c_while_the_compile_cli_imports_tvm_is_one_line(monkeypatch, capsys):
+    """The compile CLI imported TVM (3 s) before it could handle Ctrl-C: pressed then, a 40-line traceback
+    ending in an import of ml_dtypes or typing."""
+    import runtime.compile
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runtime.compile, "build_parser", interrupted)
+    assert compile_main(["model.onnx"]) == 130
+    assert capsys.readouterr().err == "error: interrupted (SIGINT)\n"
