@@ -10,7 +10,7 @@ apache-tvm-ffi / numpy wheels are installed beside it; the project's own runtime
 the artifact with TVM_USE_RUNTIME_LIB=1 inside the emulated Python. Everything is cached
 under ~/.cache/intq/emulation. Needs qemu-user (targets/install_toolchains.sh).
 
-    python -m benchmarks.emulation ARTIFACT --input x.npz   # prints the outputs' summary
+    python -m benchmarks.emulation ARTIFACT --input x.npz [-o y.npz]   # each output's line, as runtime.run's
 """
 
 from __future__ import annotations
@@ -46,6 +46,17 @@ model = runtime.load(sys.argv[1])
 q = np.load(sys.argv[2])
 outs = model.run_integer([q[f"q{i}"] for i in range(len(model.inputs))])
 np.savez(sys.argv[3], **{f"y{i}": y for i, y in enumerate(outs)})
+"""
+# `Model.run` as the board runs it: float inputs quantized, outputs dequantized (a tail run, where onnxruntime
+# is installed); a refused input is one `error:` line and exit 2, as the CLIs give it
+_FLOAT_RUNNER = """
+import sys, numpy as np, runtime
+try:
+    with np.load(sys.argv[2]) as data:
+        outs = runtime.load(sys.argv[1]).run(dict(data))
+except runtime.CompileError as err:
+    sys.exit(f"error: {err}")
+np.savez(sys.argv[3], **{f"y{i}": y for i, y in enumerate(outs.values())}, names=np.array(list(outs)))
 """
 
 
@@ -130,28 +141,58 @@ class Aarch64Emulator:
             out = np.load(f"{tmp}/y.npz")
             return [out[f"y{i}"] for i in range(len(out.files))]
 
+    def run(self, artifact, inputs: dict[str, np.ndarray], timeout: float = 900) -> dict[str, np.ndarray]:
+        """`runtime.load(artifact).run(inputs)` in the emulated board's Python: float outputs by name. A refused
+        input raises InputError with the runtime's message; another failure RuntimeError with its last line."""
+        from frontends.errors import InputError
+
+        with tempfile.TemporaryDirectory() as tmp:
+            np.savez(f"{tmp}/x.npz", **inputs)
+            done = subprocess.run([*self._python(), "-c", _FLOAT_RUNNER, str(artifact), f"{tmp}/x.npz", f"{tmp}/y.npz"],
+                                  capture_output=True, text=True, env=self._env(), timeout=timeout)
+            last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+            if done.returncode == 1 and last.startswith("error: "):
+                raise InputError(last.removeprefix("error: "))
+            if done.returncode:
+                raise RuntimeError(f"the emulated aarch64 run failed: {last}")
+            with np.load(f"{tmp}/y.npz") as out:
+                return {str(name): out[f"y{i}"] for i, name in enumerate(out["names"])}
+
 
 def main(argv=None) -> int:
+    """Run an aarch64 artifact here under qemu on float inputs and print each output as `runtime.run` does (it
+    printed the raw integers' dtype and argmax: `y: int32[1, 10] argmax 6`)."""
     import argparse
 
-    import runtime.artifact
+    from runtime.cli import guarded, read_inputs, writable_file
+    from runtime.run import summary
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("artifact")
-    p.add_argument("--input", required=True, help=".npz of float inputs (keys: input names)")
+    p = argparse.ArgumentParser(prog="python -m benchmarks.emulation", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("artifact", help="an aarch64 artifact (runtime.compile --target arm, or an aarch64 tag)")
+    p.add_argument("--input", required=True, metavar="FILE.npz", help="float inputs, one array per input name")
+    p.add_argument("-o", "--output", metavar="FILE.npz", help="write the float outputs here")
     p.add_argument("--cpu", default="max", help="qemu CPU model (cortex-a72 lacks dotprod)")
+    p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
     args = p.parse_args(argv)
-    from runtime.boundary import quantize, scale_array, to_integer
 
-    manifest = runtime.artifact.read_manifest(args.artifact)
-    data = np.load(args.input)
-    q = [quantize(data[i["name"]], scale_array(i["quant"], data[i["name"]].ndim), i["quant"]["dtype"])
-         if i["quant"]["scale"] is not None
-         else to_integer(data[i["name"]], i["quant"]["dtype"]) if data[i["name"]].dtype.kind == "f"
-         else data[i["name"]] for i in manifest["inputs"]]  # exact integer inputs: ids, masks, float ids
-    for spec, y in zip(manifest["outputs"], Aarch64Emulator(args.cpu).run_integer(args.artifact, q)):
-        print(f"{spec['name']}: {y.dtype}{list(y.shape)} argmax {int(np.argmax(y))}")
-    return 0
+    def action():
+        from frontends.errors import InputError
+        from runtime.artifact import read_manifest
+
+        output = writable_file(args.output) if args.output else None
+        arch = read_manifest(args.artifact)["target"]["arch"]
+        if arch != "aarch64":
+            how = "python -m runtime.run ARTIFACT --input x.npz" + (" --emulate" if arch in ("armv7l", "riscv64")
+                                                                    else "")
+            raise InputError(f"{args.artifact}: built for {arch}, not aarch64; run it with {how}")
+        outputs = Aarch64Emulator(args.cpu).run(args.artifact, read_inputs(args.input))
+        if output:
+            np.savez(output, **outputs)
+        for name, value in outputs.items():
+            print(summary(name, value))
+
+    return guarded(action, args.verbose)
 
 
 if __name__ == "__main__":

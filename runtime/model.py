@@ -78,7 +78,9 @@ class Model:
             raise ArtifactError(f"{self.path}: built for {arch} ({self.manifest['target']['name']}); this machine "
                                 f"is {platform.machine()}. Copy it to the {arch} board and run it there, or drive the "
                                 "board from here over TVM RPC (runtime.bench ARTIFACT --rpc HOST:PORT; in Python "
-                                "runtime.load(path, remote=runtime.remote.connect('HOST:PORT'))).")
+                                "runtime.load(path, remote=runtime.remote.connect('HOST:PORT')))"
+                                + (". Or run it here under qemu-user: python -m benchmarks.emulation ARTIFACT --input "
+                                   "x.npz" if arch == "aarch64" else "") + ".")
         if remote is None:
             _check_cpu_features(self.path, self.manifest["target"])
         import tvm

@@ -324,7 +324,8 @@ def test_an_artifact_for_another_machine_names_what_to_do(small_artifact, tmp_pa
     import ctypes
 
     with pytest.raises(runtime.ArtifactError, match=r"built for aarch64 .* Copy it to the aarch64 board .*"
-                                                    r"runtime.bench ARTIFACT --rpc HOST:PORT"):
+                                                    r"runtime.bench ARTIFACT --rpc HOST:PORT.*"
+                                                    r"here under qemu-user: python -m benchmarks.emulation"):
         runtime.load(_edited_copy(small_artifact, tmp_path, arch="aarch64"))
     try:
         ctypes.CDLL("libcuda.so.1")

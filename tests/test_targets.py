@@ -219,6 +219,36 @@ def test_aarch64_artifact_runs_bit_exact_under_qemu(compiled, small_artifact):
     Aarch64Emulator("cortex-a72").run_integer(compiled("raspberry-pi/4b-aarch64"), q)  # no dotprod: runs
 
 
+@pytest.mark.slow
+def test_emulation_cli_prints_float_outputs_as_runtime_run_does(compiled, small_artifact, tmp_path, capsys):
+    """`python -m benchmarks.emulation model.arm.artifact --input x.npz` (the README's way to run a board's artifact
+    here) printed the raw integers' summary, `y: int32[1, 10] argmax 6`; it now runs `Model.run` on the emulated
+    board, prints runtime.run's lines and writes -o: the floats the x86 artifact gives, bit for bit."""
+    if shutil.which("qemu-aarch64") is None:
+        pytest.skip("qemu-user not installed (targets/install_toolchains.sh)")
+    from benchmarks.emulation import main as emulation_main
+
+    x = np.random.default_rng(12).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    np.savez(tmp_path / "x.npz", x=x)
+    arm = str(compiled("arm"))
+    assert emulation_main([arm, "--input", str(tmp_path / "x.npz"), "-o", str(tmp_path / "y.npz")]) == 0
+    want = runtime.load(small_artifact).run({"x": x})["y"]
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npz")["y"], want)
+    assert capsys.readouterr().out.startswith("y: shape [1, 10] float32, argmax [0, ")
+    np.savez(tmp_path / "bad.npz", input=x)
+    assert emulation_main([arm, "--input", str(tmp_path / "bad.npz")]) == 2
+    assert "missing ['x']" in capsys.readouterr().err
+
+
+def test_emulation_cli_names_the_way_to_run_an_artifact_of_another_arch(small_artifact, tmp_path, capsys):
+    """An x86 artifact given to the aarch64 emulation died in the emulated Python with a CalledProcessError."""
+    from benchmarks.emulation import main as emulation_main
+
+    np.savez(tmp_path / "x.npz", x=np.zeros((1, 3, 16, 16), np.float32))
+    assert emulation_main([small_artifact, "--input", str(tmp_path / "x.npz")]) == 2
+    assert "built for x86_64, not aarch64; run it with python -m runtime.run" in capsys.readouterr().err
+
+
 def test_rvv_builds_a_wide_per_channel_requantization():
     """A requantization of a [128, 1536] accumulator with per-channel int64 multipliers, reshaped
     (all-MiniLM-L6-v2's fc1 output): TVM's StorageRewrite dropped its chunk buffers for RVV and
