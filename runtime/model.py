@@ -654,6 +654,14 @@ class Model:
         rows = {name: (1e3 * t / repeat, n / repeat) for name, (t, n) in totals.items()}
         return dict(sorted(rows.items(), key=lambda kv: -kv[1][0]))
 
+    def check_ranges(self, inputs: dict[str, np.ndarray]) -> list[dict]:
+        """Which inputs and activations of a run on `inputs` reach the end of their calibrated range, where they
+        are clamped without a word (runtime/saturation.py): a row per tensor with such values, in the order they
+        are computed (`tensor`, `call`, `dtype`, `shape`, `at_end`, `size`, `share`); [] where none does."""
+        from .saturation import saturated
+
+        return saturated(self, inputs)
+
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Quantize `inputs`, run the integer model, dequantize the outputs (and, where the
         artifact has a tail, run it in onnxruntime on them: frontends/onnx_tail.py)."""

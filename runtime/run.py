@@ -15,6 +15,7 @@ EXAMPLES = """examples:
   python -m runtime.run model.x86.artifact --input x.npz -o y.npz
   python -m runtime.run model.x86.artifact --input x.npz          # prints a summary of each output
   python -m runtime.run model.riscv.artifact --input x.npz --emulate   # a board's artifact under qemu-user
+  python -m runtime.run model.x86.artifact --input x.npz --check-ranges  # which activations were clipped
 """
 
 
@@ -28,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-o", "--output", metavar="FILE.npz", help="write the outputs here")
     p.add_argument("--emulate", action="store_true",
                    help="run an armv7 / riscv64 artifact here under qemu-user (its plan executor)")
+    p.add_argument("--check-ranges", action="store_true",
+                   help="also list the inputs and activations that reached the end of their calibrated range on "
+                        "these inputs (clamped there: a plausible output from clipped values), one line each")
     p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
     args = p.parse_args(argv)
 
@@ -36,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
 
         output = writable_file(args.output) if args.output else None
         model = load(args.artifact, launcher=emulated(args.artifact) if args.emulate else ())
-        outputs = model.run(read_inputs(args.input))
+        inputs = read_inputs(args.input)
+        outputs = model.run(inputs)
         if output:
             try:
                 np.savez(output, **outputs)
@@ -44,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise InputError(f"{output}: cannot write the outputs ({err.strerror or err})") from None
         for name, value in outputs.items():
             print(summary(name, value))
+        if args.check_ranges:
+            from .saturation import summary as ranges_summary
+
+            print(ranges_summary(model.check_ranges(inputs)))
 
     return guarded(action, args.verbose)
 

@@ -430,3 +430,23 @@ def test_ctrl_c_while_the_compile_cli_imports_tvm_is_one_line(monkeypatch, capsy
     monkeypatch.setattr(runtime.compile, "build_parser", interrupted)
     assert compile_main(["model.onnx"]) == 130
     assert capsys.readouterr().err == "error: interrupted (SIGINT)\n"
+
+
+def test_check_ranges_names_the_activations_an_input_clipped(small_artifact, small_calib, tmp_path, capsys):
+    """An input 1.5x the calibration data's ran with no warning (`run` warns only past 1.5x an input's range), while its
+    first convs' outputs were clamped at the end of their ranges: `check_ranges` names each such tensor."""
+    from runtime.run import main as run_main
+
+    model = runtime.load(small_artifact)
+    x = np.load(small_calib)["x"][0]
+    assert model.check_ranges({"x": x}) == []  # a calibration sample: nothing past its ranges
+    rows = model.check_ranges({"x": 1.5 * x})
+    assert rows[0]["tensor"] == "input 'x'" and rows[0]["at_end"] > 0
+    kernels = [r for r in rows if r["call"] is not None]
+    assert kernels and all("requant" in r["tensor"] or "clip" in r["tensor"] for r in kernels)
+    assert all(0 < r["at_end"] <= r["size"] and r["dtype"] in ("int8", "uint8", "int16") for r in rows)
+    np.savez(tmp_path / "x.npz", x=1.5 * x)
+    assert run_main([small_artifact, "--input", str(tmp_path / "x.npz"), "--check-ranges"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("y: shape [1, 10]") and out[1].startswith("ranges: input 'x' (int8[1, 3, 16, 16]): ")
+    assert len(out) == 1 + len(rows) and "at the end of the calibrated range" in out[-1]
