@@ -128,9 +128,9 @@ def load_calibration(path: str | os.PathLike | Mapping, inputs: list[TensorSpec]
             raise InputError(f"{path}: {spec.name!r} has shape {list(arr.shape)}; expected [N, "
                              f"{', '.join(map(str, spec.shape))}]{_batchless(spec.shape)} (first axis indexes samples)")
         if np.issubdtype(np.dtype(spec.dtype), np.floating) != np.issubdtype(arr.dtype, np.floating):
-            raise InputError(f"{path}: {spec.name!r} has dtype {arr.dtype}; expected a "
-                             f"{'float' if spec.dtype.startswith('float') else 'integer'} array like the model's "
-                             f"{spec.dtype}")
+            raise InputError(f"{path}: {spec.name!r} has dtype {arr.dtype}; expected "
+                             f"{'a float' if spec.dtype.startswith('float') else 'an integer'} array like the "
+                             f"model's {spec.dtype}")
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():  # ranges of NaN: an artifact of garbage scales
             bad = np.flatnonzero(~np.isfinite(arr.reshape(len(arr), -1)).all(axis=1))
             raise InputError(f"{path}: {spec.name!r} holds NaN or infinite values (sample(s) "

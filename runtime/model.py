@@ -742,7 +742,7 @@ def _check_indices(spec: dict, value: np.ndarray) -> None:
     rows, low, high = spec["index_rows"]["rows"], value.min(), value.max()
     if low < -rows or high >= rows:
         bad = high if high >= rows else low
-        raise InputError(f"input {spec['name']!r}: id {bad:g} is outside the {rows} rows of the table it indexes "
+        raise InputError(f"input {spec['name']!r}: id {bad} is outside the {rows} rows of the table it indexes "
                          f"(ONNX node {spec['index_rows']['node']!r}: ids in [{-rows}, {rows - 1}]); "
                          "were the ids made for another model (tokenizer, vocabulary)?")
 

@@ -450,3 +450,23 @@ def test_check_ranges_names_the_activations_an_input_clipped(small_artifact, sma
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("y: shape [1, 10]") and out[1].startswith("ranges: input 'x' (int8[1, 3, 16, 16]): ")
     assert len(out) == 1 + len(rows) and "at the end of the calibrated range" in out[-1]
+
+
+def test_token_id_mistakes_are_named_in_the_ids_own_terms(tmp_path):
+    """A token-id model given float calibration ids was told 'expected a integer array'; a run with an id of
+    2**40 was told of 'id 1.09951e+12', a float no tokenizer makes."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from conftest import saved_model
+
+    table = numpy_helper.from_array(np.random.default_rng(0).standard_normal((10, 4)).astype(np.float32), "table")
+    path = saved_model([helper.make_node("Gather", ["table", "ids"], ["emb"], name="embed")],
+                       [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 3])],
+                       [helper.make_tensor_value_info("emb", TensorProto.FLOAT, [1, 3, 4])], [table], tmp_path / "e.onnx")
+    with pytest.raises(runtime.InputError, match="'ids' has dtype float32; expected an integer array like the "
+                                                 "model's int64"):
+        runtime.compile_model(path, calib={"ids": np.zeros((2, 1, 3), np.float32)}, progress=False, quiet=True)
+    model = runtime.load(runtime.compile_model(path, output=tmp_path / "a", calib={"ids": np.ones((2, 1, 3), np.int64)},
+                                               progress=False, quiet=True))
+    with pytest.raises(runtime.InputError, match="input 'ids': id 1099511627776 is outside the 10 rows"):
+        model.run({"ids": np.array([[1, 2 ** 40, 2]])})
