@@ -20,6 +20,9 @@ _FAMILIES = {
     "riscv-novector": lambda: riscv.riscv_target(vector=False),
     "cuda": cuda.cuda_target,
 }
+# the machines' own names (`uname -m`, the manifest's `arch`), which users give as targets: the family to name
+_ARCH_NAMES = {"aarch64": "arm", "arm64": "arm", "armv7l": "arm32", "armv7": "arm32", "armhf": "arm32",
+               "riscv64": "riscv", "rv64": "riscv", "x86_64": "x86", "amd64": "x86", "x64": "x86", "gpu": "cuda"}
 _EXAMPLE_TAGS = ("raspberry-pi/4b-aarch64", "nvidia/jetson-orin-nano", "riscv/licheepi3a")
 
 
@@ -44,7 +47,9 @@ def get_target(name: str, cuda_arch: str | None = None, cpu: str | None = None) 
         return generic.from_json(name)
     if name in generic.tag_names():
         return generic.from_target(name, name)
-    raise CompileError(f"unknown target {name!r}; valid targets: {', '.join(_FAMILIES)}, any TVM target tag "
+    meant = _ARCH_NAMES.get(name.strip().lower())
+    hint = f" (did you mean --target {meant}, which builds for {name.strip()}?)" if meant else ""
+    raise CompileError(f"unknown target {name!r}{hint}; valid targets: {', '.join(_FAMILIES)}, any TVM target tag "
                        f"({len(generic.tag_names())} exist, e.g. {', '.join(_EXAMPLE_TAGS)}), or a JSON target "
                        "dict such as '{\"kind\": \"llvm\", \"mtriple\": \"aarch64-linux-gnu\"}'")
 

@@ -470,3 +470,13 @@ def test_token_id_mistakes_are_named_in_the_ids_own_terms(tmp_path):
                                                progress=False, quiet=True))
     with pytest.raises(runtime.InputError, match="input 'ids': id 1099511627776 is outside the 10 rows"):
         model.run({"ids": np.array([[1, 2 ** 40, 2]])})
+
+
+@pytest.mark.parametrize("name, family", [("riscv64", "riscv"), ("aarch64", "arm"), ("x86_64", "x86")])
+def test_a_target_given_as_the_machines_name_names_the_family(name, family):
+    """`--target riscv64` (the arch the manifest and `uname -m` say) was refused with the list of targets only."""
+    from targets import get_target
+
+    with pytest.raises(runtime.CompileError, match=rf"unknown target '{name}' \(did you mean --target {family}, "
+                                                   rf"which builds for {name}\?\)"):
+        get_target(name)
