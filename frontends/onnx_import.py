@@ -144,6 +144,18 @@ def _dim(token: str) -> int | FreeDim | None:
     return FreeDim(m["name"] or "n", lo, hi) if 1 <= lo <= hi else None
 
 
+def _why_not(token: str) -> str | None:
+    """Why `_dim` refused `token`, where more can be said than the form expected."""
+    m = re.fullmatch(r"\s*(?:[a-z_][a-z0-9_]*=)?(\d+)\.\.(\d+)\s*|\s*(\d+)\s*", token)
+    if token.strip() != token:
+        return f"dim {token!r} holds spaces"
+    if m and m[3] is not None:
+        return f"dim {token}: every dim is at least 1"
+    if m:
+        return f"range {token}: needs 1 <= LO <= HI"
+    return None if token else "an empty dim"
+
+
 def parse_input_shape(text: str) -> tuple[str, tuple]:
     """Parse `NAME:1x3x224x224` as given to `--input-shape`. A leading dim given as a name
     (`N`, `batch`), `-1` or a range `1..32` stays free (a `FreeDim`: a symbolic batch); a later
@@ -152,7 +164,9 @@ def parse_input_shape(text: str) -> tuple[str, tuple]:
     name, sep, dims = text.rpartition(":")
     shape = tuple(_dim(d) for d in dims.lower().split("x")) if dims else ()
     if not sep or not name or not shape or None in shape:
-        raise CompileError(f"--input-shape {text!r}: expected NAME:D0xD1x..., e.g. input:1x3x224x224, or "
+        bad = [t for t, d in zip(dims.lower().split("x"), shape) if d is None][:1] if name and sep else []
+        why = f"{_why_not(bad[0])}; " if bad and _why_not(bad[0]) else ""
+        raise CompileError(f"--input-shape {text!r}: {why}expected NAME:D0xD1x..., e.g. input:1x3x224x224, or "
                            "input:Nx3x224x224 / input:1..32x3x224x224 to keep the batch free, or "
                            "input_ids:1x1..512 for sequence lengths up to 512")
     later = [d for d in shape[1:] if isinstance(d, FreeDim)]

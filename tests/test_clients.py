@@ -5,6 +5,7 @@ where there was a swallowed Ctrl-C, a misleading message or an exception no `exc
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 
@@ -397,7 +398,7 @@ def test_compile_model_reads_input_shape_words_in_a_dims_tuple(small_cnn_path, m
                        ((-1, 3, 16, 16), "-1x3x16x16"), ((1, 3, 16, 16), "1x3x16x16")]:
         runtime.compile_model(small_cnn_path, input_shapes={"x": dims}, progress=False)
         assert given.pop() == {"x": parse_input_shape(f"x:{text}")[1]}
-    with pytest.raises(runtime.CompileError, match="'x:0x3x16x16': expected NAME:D0xD1"):
+    with pytest.raises(runtime.CompileError, match="'x:0x3x16x16': dim 0: every dim is at least 1; expected NAME:D0xD1"):
         runtime.compile_model(small_cnn_path, input_shapes={"x": (0, 3, 16, 16)}, progress=False)
     with pytest.raises(TypeError, match=r"input_shapes\['x'\] \(None, 3, 16, 16\): each dim must be a number"):
         runtime.compile_model(small_cnn_path, input_shapes={"x": (None, 3, 16, 16)}, progress=False)
@@ -480,3 +481,15 @@ def test_a_target_given_as_the_machines_name_names_the_family(name, family):
     with pytest.raises(runtime.CompileError, match=rf"unknown target '{name}' \(did you mean --target {family}, "
                                                    rf"which builds for {name}\?\)"):
         get_target(name)
+
+
+@pytest.mark.parametrize("text, why", [("x:0..8x3x16x16", "range 0..8: needs 1 <= LO <= HI"),
+                                       ("x:8..1x3x16x16", "range 8..1: needs 1 <= LO <= HI"),
+                                       ("x: 1x3x16x16", "dim ' 1' holds spaces"), ("x:1xx16x16", "an empty dim")])
+def test_an_input_shape_says_which_dim_it_cannot_take(text, why):
+    """`--input-shape x:8..1x3x16x16` (a range backwards) or `x: 1x3x...` (a space after the colon) got the
+    form expected and no word on which dim was wrong."""
+    from frontends import parse_input_shape
+
+    with pytest.raises(runtime.CompileError, match=f"--input-shape '{text}': {re.escape(why)}; expected NAME:D0xD1"):
+        parse_input_shape(text)
