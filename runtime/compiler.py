@@ -136,6 +136,11 @@ def load_calibration(path: str | os.PathLike | Mapping, inputs: list[TensorSpec]
             raise InputError(f"{path}: {spec.name!r} holds NaN or infinite values (sample(s) "
                              f"{', '.join(map(str, bad[:8]))}{', ...' if bad.size > 8 else ''}); calibrate on finite "
                              "inputs, as the model will be run on")
+        if arr.dtype.kind == "f" and arr.size > len(arr) and np.ptp(arr) == 0 and not is_mask(spec.name):
+            # blank images, a preprocessing slip: every range is calibrated on one value, the check on the same
+            warn(f"WARNING: {path}: {spec.name!r} holds the one value {arr.flat[0]:g} in every element of every "
+                 "sample: every range after it is calibrated on that alone, and the artifact will clip real inputs "
+                 "(the check, run on these samples, cannot tell); calibrate on inputs like the real ones")
         counts.add(arr.shape[0])
     if len(counts) != 1 or 0 in counts:
         raise InputError(f"{path}: inputs hold different or zero sample counts {sorted(counts)}")
