@@ -110,7 +110,9 @@ def parse_sizes(items: list[str]) -> dict[str, int]:
     sizes = {}
     for item in items:
         name, _, value = item.partition("=")
-        if not name or not value.isdigit() or int(value) < 1:
+        if name and value.isdigit() and int(value) < 1:  # an empty batch or sequence: nothing to time
+            raise CompileError(f"--shape {item!r}: a size is at least 1")
+        if not name or not value.isdigit():
             raise CompileError(f"--shape {item!r}: expected DIM=SIZE, e.g. seq=32 or n=8")
         sizes[name] = int(value)
     return sizes

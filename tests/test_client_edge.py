@@ -109,3 +109,12 @@ def test_calibration_on_one_value_is_warned_about(tmp_path, small_cnn_path, caps
                           progress=False, quiet=True)
     assert "[intq] WARNING: calib (the dict given): 'x' holds the one value 0 in every element of every sample" \
         in capsys.readouterr().err
+
+
+def test_bench_names_an_empty_size_so():
+    """`runtime.bench --shape n=0` (timing an empty batch) was told to write DIM=SIZE, which it had."""
+    from runtime.bench import parse_sizes
+
+    with pytest.raises(runtime.CompileError, match=r"--shape 'n=0': a size is at least 1"):
+        parse_sizes(["n=0"])
+    assert parse_sizes(["n=8", "seq=32"]) == {"n": 8, "seq": 32}
