@@ -1092,6 +1092,11 @@ class PlanModel(Model):
     def kernel_times(self, qinputs: list[np.ndarray], repeat: int = 20) -> dict[str, tuple[float, float]]:
         raise InputError("kernel times are measured by TVM's virtual machine; this artifact runs in its plan executor")
 
+    def check_ranges(self, inputs: dict[str, np.ndarray]) -> list[dict]:
+        raise InputError("check_ranges watches TVM's virtual machine run the kernels; this artifact runs in its plan "
+                         "executor: check the same model built for this machine (--target x86), whose integers are "
+                         "the same")
+
 
 def load(path: str | os.PathLike, remote=None, launcher: tuple[str, ...] = ()) -> Model:
     """Load the artifact at `path` (checks format version, library hash and architecture);

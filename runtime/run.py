@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         model = load(args.artifact, launcher=emulated(args.artifact) if args.emulate else ())
         inputs = read_inputs(args.input)
         outputs = model.run(inputs)
+        ranges = model.check_ranges(inputs) if args.check_ranges else None  # refused before anything is written
         if output:
             try:
                 np.savez(output, **outputs)
@@ -49,10 +50,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise InputError(f"{output}: cannot write the outputs ({err.strerror or err})") from None
         for name, value in outputs.items():
             print(summary(name, value))
-        if args.check_ranges:
+        if ranges is not None:
             from .saturation import summary as ranges_summary
 
-            print(ranges_summary(model.check_ranges(inputs)))
+            print(ranges_summary(ranges))
 
     return guarded(action, args.verbose)
 

@@ -118,3 +118,14 @@ def test_bench_names_an_empty_size_so():
     with pytest.raises(runtime.CompileError, match=r"--shape 'n=0': a size is at least 1"):
         parse_sizes(["n=0"])
     assert parse_sizes(["n=8", "seq=32"]) == {"n": 8, "seq": 32}
+
+
+def test_check_ranges_of_a_plan_artifact_says_where_to_check(small_artifact, tmp_path):
+    """`runtime.run model.riscv.artifact --emulate --check-ranges` died with AttributeError ('PlanModel' has no
+    '_new_vm'): the plan executor runs the kernels, not a virtual machine the instrument can watch."""
+    from runtime.model import PlanModel
+
+    plan = PlanModel.__new__(PlanModel)  # no executor needed: refused before anything runs
+    with pytest.raises(runtime.InputError, match=r"runs in its plan executor: check the same model built for this "
+                                                 r"machine \(--target x86\)"):
+        plan.check_ranges({"x": np.zeros((1, 3, 16, 16), np.float32)})
