@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import signal
 import sys
@@ -39,12 +40,28 @@ def guarded(action: Callable[[], int | None], verbose: bool | Callable[[], bool]
             if (verbose() if callable(verbose) else verbose) or (signum is None and not isinstance(err, CompileError)):
                 traceback.print_exc()
             if signum is not None:
+                _release_quietly(err)
                 print(f"error: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
                 return 128 + signum
             if isinstance(err, CompileError):
                 print(f"error: {err}", file=sys.stderr)
                 return 2
             return 1  # an internal error: shown above, distinct from user errors
+
+
+def _release_quietly(err: BaseException) -> None:
+    """Free what the interrupted frames held, with stderr closed: TVM's destructors warn of the state an interrupt
+    left ('BlockBuilder destroyed with remaining blocks!'), which came after the one line Ctrl-C is to print."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        traceback.clear_frames(err.__traceback__)
+        gc.collect()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 @contextlib.contextmanager

@@ -129,3 +129,19 @@ def test_check_ranges_of_a_plan_artifact_says_where_to_check(small_artifact, tmp
     with pytest.raises(runtime.InputError, match=r"runs in its plan executor: check the same model built for this "
                                                  r"machine \(--target x86\)"):
         plan.check_ranges({"x": np.zeros((1, 3, 16, 16), np.float32)})
+
+
+def test_an_interrupted_compile_ends_with_its_one_line(capfd):
+    """Ctrl-C while a Relax module was being built printed `error: interrupted (SIGINT)` and then TVM's
+    'BlockBuilder destroyed with remaining blocks!' from the frames the interrupt left, as the last line."""
+    from runtime.cli import guarded
+
+    def action():
+        from tvm import relax
+
+        builder = relax.BlockBuilder()
+        builder._begin_dataflow_block()  # a block the interrupt leaves open, as a lowering pass's was
+        raise KeyboardInterrupt
+
+    assert guarded(action) == 130
+    assert capfd.readouterr().err == "error: interrupted (SIGINT)\n"
