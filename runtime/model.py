@@ -660,7 +660,11 @@ class Model:
         are computed (`tensor`, `call`, `dtype`, `shape`, `at_end`, `size`, `share`); [] where none does."""
         from .saturation import saturated
 
-        return saturated(self, inputs)
+        if self.onnxruntime_only:
+            raise InputError(f"{self.path}: nothing was compiled (onnxruntime runs the whole model): no integer ranges")
+        own = {spec["name"] for spec in (self.manifest.get("tail") or {}).get("inputs", [])}
+        self._check_mapping(inputs)  # quantized here: a warning about an input names the caller's line, as run's
+        return saturated(self, self._quantized({k: v for k, v in inputs.items() if k not in own}, reuse=False))
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Quantize `inputs`, run the integer model, dequantize the outputs (and, where the

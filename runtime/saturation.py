@@ -41,17 +41,12 @@ def _row(tensor: str, call: int | None, values: np.ndarray) -> dict | None:
                                    "share": count / values.size}
 
 
-def saturated(model, inputs: dict[str, np.ndarray]) -> list[dict]:
-    """Rows, in the order the tensors are computed, of every input and clamping kernel output of one run on
-    `inputs` with elements at the end of its range: `tensor` (`input 'x'` or the kernel's name), `call` (the
-    kernel call's index in the run), `dtype`, `shape`, `at_end` (how many), `size`, `share`."""
+def saturated(model, qinputs: list[np.ndarray]) -> list[dict]:
+    """Rows, in the order the tensors are computed, of every input and clamping kernel output of one run on the
+    integer inputs `qinputs` with elements at the end of its range: `tensor` (`input 'x'` or the kernel's name),
+    `call` (the kernel call's index in the run), `dtype`, `shape`, `at_end` (how many), `size`, `share`."""
     if model.remote is not None:
         raise InputError("check_ranges runs the artifact on this machine; this one runs on a board (remote)")
-    if model.onnxruntime_only:
-        raise InputError(f"{model.path}: nothing was compiled (onnxruntime runs the whole model): no integer ranges")
-    model._check_mapping(inputs)
-    own = {spec["name"] for spec in (model.manifest.get("tail") or {}).get("inputs", [])}
-    qinputs = model.quantize_inputs({k: v for k, v in inputs.items() if k not in own})
     rows = [_row(f"input {spec['name']!r}", None, q) for spec, q in zip(model.inputs, qinputs)]
     size, _, qinputs = model._bucket(qinputs)
     vm = model._new_vm(model._libs[model._library(size, qinputs)], model._dev)

@@ -52,6 +52,9 @@ def test_check_ranges_names_the_activations_an_input_clipped(small_artifact, sma
     kernels = [r for r in rows if r["call"] is not None]
     assert kernels and all("requant" in r["tensor"] or "clip" in r["tensor"] for r in kernels)
     assert all(0 < r["at_end"] <= r["size"] and r["dtype"] in ("int8", "uint8", "int16") for r in rows)
+    with pytest.warns(RuntimeWarning, match="beyond its calibrated range") as caught:  # 3x: run's warning too,
+        model.check_ranges({"x": 3 * x})  # naming this line, as run's does (it named runtime/saturation.py)
+    assert caught[0].filename == __file__
     np.savez(tmp_path / "x.npz", x=1.5 * x)
     assert run_main([small_artifact, "--input", str(tmp_path / "x.npz"), "--check-ranges"]) == 0
     out = capsys.readouterr().out.splitlines()
