@@ -72,7 +72,8 @@ def test_token_id_mistakes_are_named_in_the_ids_own_terms(tmp_path):
     table = numpy_helper.from_array(np.random.default_rng(0).standard_normal((10, 4)).astype(np.float32), "table")
     path = saved_model([helper.make_node("Gather", ["table", "ids"], ["emb"], name="embed")],
                        [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 3])],
-                       [helper.make_tensor_value_info("emb", TensorProto.FLOAT, [1, 3, 4])], [table], tmp_path / "e.onnx")
+                       [helper.make_tensor_value_info("emb", TensorProto.FLOAT, [1, 3, 4])], [table],
+                       tmp_path / "e.onnx")
     with pytest.raises(runtime.InputError, match="'ids' has dtype float32; expected an integer array like the "
                                                  "model's int64"):
         runtime.compile_model(path, calib={"ids": np.zeros((2, 1, 3), np.float32)}, progress=False, quiet=True)
