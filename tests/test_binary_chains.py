@@ -90,6 +90,49 @@ def test_pair_table_bitexact():
                                                            dx, dy))
 
 
+def test_scale_free_pair_table_normalizes_16_bit_inputs_bitexact():
+    """A scale-free program (atan2 as torch writes it: Div, Atan, Greater / Less and Where) of two int16
+    inputs on different scales: the compiled kernel (requantize the finer onto the coarser scale, shift
+    the pair right together per element until the larger fits 7 bits, one 65536-entry table) equals
+    `reference.unary.normalize_pair` then `pair_lookup`, bit for bit, edges included; a program that
+    depends on the scale (tanh(x * y)) keeps one 8-bit grid per input."""
+    from conftest import run_relax
+
+    from passes.reference.kernels import dyadic, requantize
+
+    atan2 = json.dumps([["relax.divide", [["v", -2], ["v", -1]], {}], ["relax.atan", [["v", 0]], {}],
+                        ["relax.greater", [["v", -2], 0.0], {}], ["relax.add", [["v", 1], np.pi], {}],
+                        ["relax.subtract", [["v", 1], np.pi], {}], ["relax.where", [["v", 2], ["v", 3], ["v", 4]], {}],
+                        ["relax.less", [["v", -1], 0.0], {}], ["relax.where", [["v", 6], ["v", 5], ["v", 1]], {}]])
+    assert ref.scale_free(atan2) and not ref.scale_free(json.dumps(
+        [["relax.multiply", [["v", -1], ["v", -2]], {}], ["relax.tanh", [["v", 0]], {}]]))
+    edges = np.array([-32768, -32767, -32640, -255, -128, -127, -1, 0, 1, 127, 128, 254, 255, 256, 32639, 32767])
+    qx = np.concatenate([np.repeat(edges, edges.size), rng.integers(-32768, 32768, 4000)]).astype("int16")
+    qy = np.concatenate([np.tile(edges, edges.size), rng.integers(-32768, 32768, 4000)]).astype("int16")
+    qy[-1000:] = (qy[-1000:] // 997).astype("int16")  # pairs of very different sizes
+    sx, sy = 3e-5, 1e-5
+    made = []
+
+    def build(x, y):
+        ctx = LoweringContext(relax.BlockBuilder.current(), {"out": (-3.2, 3.2)}, QuantConfig())
+        ctx.var = relax.Var("out", relax.TensorType([qx.size], "float32"))
+        made.append(pair_table_lookup(ctx, Quantized(x, sx, "int16"), Quantized(y, sy, "int16"), atan2))
+        return made[-1].expr
+
+    got = run_relax(build, [qx, qy])
+    m, s = dyadic(sy / sx)
+    a, b = ref.normalize_pair(qx.astype(np.int32), requantize(qy.astype(np.int64), m, s, -2**31, 2**31 - 1, "int32"))
+    image = ref.evaluate(atan2, (ref.grid("int8") * sx)[:, None], (ref.grid("int8") * sx)[None, :])
+    scale, dtype = ref.output_params(image, (-3.2, 3.2))
+    assert (made[0].scale, made[0].dtype) == (scale, dtype)
+    np.testing.assert_array_equal(got, ref.pair_lookup(a, b, ref.build_table(image.reshape(-1), scale, dtype),
+                                                       "int8", "int8"))
+    want = np.arctan2(qy * sy, qx * sx)
+    sized = np.maximum(np.abs(qx * sx), np.abs(qy * sy)) >= 8 * sx  # 8 steps of the common grid or more
+    err = np.abs(np.angle(np.exp(1j * (got * scale - want))))[sized]
+    assert err.max() < 0.07, err.max()  # 7 significant bits of the larger of the pair, whatever its size
+
+
 def _tf2onnx_atan2(x: str, y: str, out: str) -> list:
     """tf2onnx's Atan2(y, x) decomposition, node for node (as in afis's fingerprint net)."""
     n = helper.make_node
