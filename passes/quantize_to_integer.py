@@ -58,6 +58,7 @@ from .recurrent_steps import whole_groups
 from .bias_choice import uncorrected_layers
 from .sensitivity import coarse_grids, find_sensitive, scaled_input
 from .smooth_choice import SmoothingChoice, matmul_readers
+from .short_multipliers import short_multipliers
 
 OFFSET_AWARE = frozenset({"relax.reshape", "relax.permute_dims", "relax.squeeze", "relax.expand_dims",
                           "relax.matmul"})
@@ -382,7 +383,7 @@ class QuantizeToInteger:
         for gv, f in mod.functions.items():  # the importer's PrimFuncs that float-kept call_tirs (einsum) call
             if isinstance(f, tvm.tirx.PrimFunc) and gv.name_hint not in taken:
                 out_mod[gv] = f
-        return relax.transform.DeadCodeElimination()(out_mod)
+        return relax.transform.DeadCodeElimination()(short_multipliers(out_mod))
 
     def _sensitive(self, mod: tvm.IRModule) -> tuple[dict[str, float], list[str]]:
         """{binding: error at 8 bits} of the tensors to carry at 16 bits (memoized per config): those

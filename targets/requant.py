@@ -38,37 +38,8 @@ from tvm import relax, te, tirx
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from frontends.relax_rewrite import KernelCache, drop_unused_bindings
-
-
-def window(m: np.ndarray, rnd: np.ndarray, s: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
-    """(a_lo, a_hi) per element of the broadcast (m, rnd, s) of f(acc) = (acc * m + rnd) >> s
-    (see the module doc), exact (Python integers), within int32. m = 0 (a dead channel): f is
-    constant, any window."""
-    m, rnd, s = np.broadcast_arrays(*(np.asarray(v, np.int64) for v in (m, rnd, s)))
-    a_lo, a_hi = np.zeros(m.shape, np.int64), np.zeros(m.shape, np.int64)
-    for i in np.ndindex(m.shape):
-        mi, ri, si = int(m[i]), int(rnd[i]), int(s[i])
-        if mi:
-            a_lo[i] = ((lo + 1) * 2**si - ri - 1) // mi  # acc * m + rnd < (lo + 1) * 2^s
-            a_hi[i] = -((ri - hi * 2**si) // mi)  # ceil((hi * 2^s - rnd) / m)
-    i32 = np.iinfo(np.int32)
-    return np.clip(a_lo, i32.min, i32.max).astype(np.int32), np.clip(a_hi, i32.min, i32.max).astype(np.int32)
-
-
-def offset_form(m: np.ndarray, rnd: np.ndarray, s: np.ndarray, a_lo: np.ndarray, a_hi: np.ndarray
-                ) -> tuple[np.ndarray, np.ndarray] | None:
-    """(C, f_lo) per element for the unsigned form (see the module doc), or None where some
-    f(a_hi) - f(a_lo) reaches 2^31 (its results would not fit int32)."""
-    m, rnd, s, a_lo, a_hi = np.broadcast_arrays(*(np.asarray(v, np.int64) for v in (m, rnd, s, a_lo, a_hi)))
-    c, f_lo = np.zeros(m.shape, np.uint64), np.zeros(m.shape, np.int32)
-    for i in np.ndindex(m.shape):
-        mi, ri, si, lo_i = int(m[i]), int(rnd[i]), int(s[i]), int(a_lo[i])
-        base = lo_i * mi + ri
-        f_hi = (int(a_hi[i]) * mi + ri) >> si
-        if f_hi - (base >> si) >= 2**31 or not -(2**31) <= base >> si < 2**31:
-            return None
-        c[i], f_lo[i] = base % 2**si, base >> si
-    return c, f_lo
+from passes.accumulator_bounds import accumulator_bounds
+from passes.requant_windows import U32, narrowed, offset_form, short_form, window  # noqa: F401 (tests import window here)
 
 
 def _at(t: te.Tensor, index):
@@ -101,6 +72,22 @@ def offset_requant_te(acc: te.Tensor, m: te.Tensor, c: te.Tensor, s: te.Tensor, 
         x = tirx.max(tirx.min(acc[i].astype("int32"), _at(a_hi, i)), _at(a_lo, i))
         u = x.astype("uint32") - _at(a_lo if base is None else base, i).astype("uint32")
         q = (u.astype("uint64") * _at(m, i).astype("uint64") + _at(c, i)) >> _at(s, i)
+        r = q.astype("int32") + (tirx.const(f_lo, "int32") if isinstance(f_lo, int) else _at(f_lo, i))
+        if bounded:
+            return r.astype("int64")
+        return tirx.max(tirx.min(r, tirx.const(hi, "int32")), tirx.const(lo, "int32")).astype("int64")
+
+    return te.compute(acc.shape, body, name="windowed_requant")
+
+
+def short_requant_te(acc: te.Tensor, m: te.Tensor, d: te.Tensor, s: te.Tensor, a_lo: te.Tensor, a_hi: te.Tensor,
+                      f_lo: te.Tensor | int, lo: int, hi: int, bounded: bool = False) -> te.Tensor:
+    """`offset_requant_te` in 32 bits: clip(((x * m + d) mod 2^32 >> s) + f_lo, lo, hi) with x =
+    clamp(acc, a_lo, a_hi) and m, d, s uint32, where `short_form` proved (x - base) * m + c < 2^32
+    (d = c - base * m modulo 2^32, so the subtraction of the window's base folds into d)."""
+    def body(*i):
+        x = tirx.max(tirx.min(acc[i].astype("int32"), _at(a_hi, i)), _at(a_lo, i))
+        q = (x.astype("uint32") * _at(m, i) + _at(d, i)) >> _at(s, i)
         r = q.astype("int32") + (tirx.const(f_lo, "int32") if isinstance(f_lo, int) else _at(f_lo, i))
         if bounded:
             return r.astype("int64")
@@ -144,6 +131,29 @@ class _Rewriter(PyExprMutator):
             return acc, None
         return x, bias.astype(np.int64)
 
+    def _lookup(self, var: relax.Var):
+        return self.lookup_binding(var)
+
+    def _short(self, acc, m, rnd, s, a_lo, a_hi, form, lo: int, hi: int, rank: int, static: list) -> relax.Expr:
+        """The 32-bit form (`short_requant_te`) over the narrowed window [a_lo, a_hi]."""
+        c, f_lo = form
+        f_hi = (a_hi.astype(np.int64) * m + rnd) >> s
+        bounded = bool(np.all(f_lo >= lo) and np.all(f_hi <= hi))
+        base = a_lo.astype(np.int64)
+        acc, bias = self._biased(acc, rank, static)
+        if bias is not None:  # clamp(x + bias, a_lo, a_hi) - a_lo == clamp(x, a_lo - bias, a_hi - bias) - (a_lo - bias)
+            i32 = np.iinfo(np.int32)
+            base = base - bias
+            a_lo, a_hi = np.clip(base, i32.min, i32.max), np.clip(a_hi.astype(np.int64) - bias, i32.min, i32.max)
+        full = np.broadcast_shapes(*(np.shape(v) for v in (m, s, c, f_lo, a_lo, a_hi, base)))
+        wide = [np.broadcast_to(v, full).astype(object) for v in (c, base, m)]
+        d = np.asarray((wide[0] - wide[1] * wide[2]) % U32, np.uint64)  # u * m + c == x * m + d modulo 2^32
+        const = lambda v, dtype: relax.const(np.ascontiguousarray(np.broadcast_to(v, full)).astype(dtype), dtype)
+        return self.kernels.call_te(short_requant_te, acc, const(m, "uint32"), const(d, "uint32"), const(s, "uint32"),
+                                    const(a_lo, "int32"), const(a_hi, "int32"),
+                                    0 if not np.any(f_lo) else const(f_lo, "int32"), lo, hi, bounded,
+                                    primfunc_name_hint="windowed_requant")
+
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         call = super().visit_call_(call)
         if not _is(call, "clip") or str(call.ty.dtype) != "int64":
@@ -174,6 +184,13 @@ class _Rewriter(PyExprMutator):
         a_lo, a_hi, offset = self.forms[key]
         full = np.broadcast_shapes(m.shape, rnd.shape, s.shape)
         const = lambda v, dtype: relax.const(np.ascontiguousarray(np.broadcast_to(v, full)).astype(dtype), dtype)
+        bounds = accumulator_bounds(acc, self._lookup) if offset is not None else None
+        if bounds is not None and all(np.ndim(b) <= rank and all(
+                d == 1 or d == static[rank - np.ndim(b) + k] for k, d in enumerate(np.shape(b))) for b in bounds):
+            narrow_lo, narrow_hi = narrowed(a_lo, a_hi, *bounds)
+            short = short_form(m, rnd, s, narrow_lo, narrow_hi)
+            if short is not None:
+                return self._short(acc, m, rnd, s, narrow_lo, narrow_hi, short, lo, hi, rank, static)
         if offset is not None:
             c, f_lo = offset
             f_hi = (a_hi.astype(np.int64) * m + rnd) >> s  # < 2^62 + 2^61: int64 holds it (m < 2^31, s <= 62)
