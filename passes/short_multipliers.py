@@ -63,11 +63,23 @@ def cut(m: int, rnd: int, s: int, lo: int, hi: int, r_lo: int, r_hi: int) -> tup
     return None
 
 
+def _cut_all(m, s, lo: int, hi: int, r_lo, r_hi) -> tuple[np.ndarray, np.ndarray] | None:
+    """`cut` of every element, or None where some element has none or none is cut."""
+    new_m, new_s = np.empty(m.shape, np.int64), np.empty(m.shape, np.int64)
+    for i in np.ndindex(m.shape):
+        done = cut(int(m[i]), 1 << (int(s[i]) - 1), int(s[i]), lo, hi, int(r_lo[i]), int(r_hi[i]))
+        if done is None:
+            return None
+        new_m[i], new_s[i] = done
+    return None if np.array_equal(new_m, m) and np.array_equal(new_s, s) else (new_m, new_s)
+
+
 @mutator
 class _Cutter(PyExprMutator):
     def __init__(self, mod):
         super().__init__(mod)
         self.cut = 0
+        self.memo = {}
 
     def _bound(self, expr):
         return self.lookup_binding(expr) if isinstance(expr, relax.Var) else expr
@@ -96,15 +108,13 @@ class _Cutter(PyExprMutator):
             return call
         if len(full) > len(cast.args[0].ty.shape) or max(lo, hi) > I32[1] or min(lo, hi) < I32[0]:
             return call
-        m, s, r_lo, r_hi = (np.broadcast_to(v, full) for v in (m, s, *bounds))
-        new_m, new_s = np.empty(full, np.int64), np.empty(full, np.int64)
-        for i in np.ndindex(full):
-            done = cut(int(m[i]), 1 << (int(s[i]) - 1), int(s[i]), lo, hi, int(r_lo[i]), int(r_hi[i]))
-            if done is None:
-                return call
-            new_m[i], new_s[i] = done
-        if np.array_equal(new_m, m) and np.array_equal(new_s, s):
+        m, s, r_lo, r_hi = (np.ascontiguousarray(np.broadcast_to(v, full), np.int64) for v in (m, s, *bounds))
+        key = (full, lo, hi, *(v.tobytes() for v in (m, s, r_lo, r_hi)))
+        if key not in self.memo:  # an unrolled recurrence repeats its steps' requantizations thousands of times
+            self.memo[key] = _cut_all(m, s, lo, hi, r_lo, r_hi)
+        if self.memo[key] is None:
             return call
+        new_m, new_s = self.memo[key]
         self.cut += 1
         new_rnd = np.left_shift(np.int64(1), new_s - 1)
         const = lambda v: relax.const(np.ascontiguousarray(v), "int64")

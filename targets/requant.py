@@ -195,7 +195,10 @@ class _Rewriter(PyExprMutator):
         if bounds is not None and all(np.ndim(b) <= rank and all(
                 d == 1 or d == static[rank - np.ndim(b) + k] for k, d in enumerate(np.shape(b))) for b in bounds):
             narrow_lo, narrow_hi = narrowed(a_lo, a_hi, *bounds)
-            short = short_form(m, rnd, s, narrow_lo, narrow_hi)
+            short_key = (key, narrow_lo.shape, narrow_lo.tobytes(), narrow_hi.tobytes())
+            if short_key not in self.forms:
+                self.forms[short_key] = short_form(m, rnd, s, narrow_lo, narrow_hi)
+            short = self.forms[short_key]
             if short is not None:
                 return self._short(acc, m, rnd, s, narrow_lo, narrow_hi, short, lo, hi, rank, static)
         if offset is not None:
