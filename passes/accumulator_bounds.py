@@ -5,7 +5,8 @@ products of known signs: output channel c lies within
 
     [sum_k min(w[c, k] * x_lo, w[c, k] * x_hi),  sum_k max(w[c, k] * x_lo, w[c, k] * x_hi)]
 
-(zero padding adds zeros, inside both). A constant bias moves the bounds; a product of two
+(zero padding adds zeros, inside both). A constant bias moves the bounds, layout ops keep the
+bounds of all their input's values (a reshape, a transpose, a max pool); a product of two
 activations is bounded by its reduction length times the dtypes' extreme product; an 8- or
 16-bit value (cast to int32 or int64) by its dtype. These are the bounds that no input can
 pass, not calibrated ranges: what they prove holds for every input. `short_multipliers.py`
@@ -24,6 +25,8 @@ from tvm import relax
 Bounds = tuple[np.ndarray, np.ndarray]  # (lo, hi) int64, broadcastable to the value's shape
 
 NARROW = ("int8", "uint8", "int16", "uint16", "bool")
+LAYOUT = frozenset(f"relax.{name}" for name in ("reshape", "permute_dims", "squeeze", "expand_dims", "flatten",
+                                                  "strided_slice", "nn.max_pool2d", "broadcast_to"))
 
 
 def _dtype_bounds(dtype: str) -> Bounds | None:
@@ -86,6 +89,9 @@ def accumulator_bounds(expr: relax.Expr, lookup: Callable[[relax.Var], relax.Exp
             return None
         lo, hi = (a[0] + b[0], a[1] + b[1]) if op == "relax.add" else (a[0] - b[1], a[1] - b[0])
         return (lo, hi) if max(np.abs(lo).max(), np.abs(hi).max()) < 2**62 else None
+    if op in LAYOUT and dtype in ("int32", "int64"):  # the same values, moved: the bounds over all of them
+        inner = accumulator_bounds(expr.args[0], lookup)
+        return None if inner is None else (np.int64(np.min(inner[0])), np.int64(np.max(inner[1])))
     if op == "relax.nn.conv2d" and dtype == "int32":
         return _conv_bounds(expr, lookup)
     if op == "relax.matmul" and dtype == "int32":

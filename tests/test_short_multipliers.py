@@ -22,6 +22,10 @@ class _Conv:
     data_layout, kernel_layout, out_layout = "NCHW", "OIHW", "NCHW"
 
 
+class _Pointwise(_Conv):
+    padding = (0, 0, 0, 0)
+
+
 def _bindings(mod) -> dict:
     from tvm import relax
 
@@ -76,6 +80,18 @@ def test_matmul_bounds_per_column_and_of_two_activations():
     a, b = rng.integers(-128, 128, (2, 4, 16)).astype(np.int8)
     lo, hi = _bounds_of_output(lambda p, q: relax.op.matmul(p, relax.op.permute_dims(q), out_dtype="int32"), [a, b])
     assert (int(lo), int(hi)) == (16 * -128 * 127, 16 * 128 * 128)
+
+
+def test_layout_ops_keep_the_bounds_of_all_their_values():
+    """A conv's sums reshaped and transposed (a classifier's flatten): the bounds over every channel."""
+    from tvm import relax
+
+    w = rng.integers(-128, 128, (6, 4, 1, 1)).astype(np.int8)
+    x = rng.integers(0, 256, (1, 4, 2, 2)).astype(np.uint8)
+    per_channel = _bounds_of_output(lambda a: emit.conv2d_acc(a, w, _Pointwise), [x])
+    lo, hi = _bounds_of_output(lambda a: relax.op.permute_dims(relax.op.reshape(emit.conv2d_acc(a, w, _Pointwise),
+                                                                                   (1, 6, 4)), [0, 2, 1]), [x])
+    assert (int(lo), int(hi)) == (per_channel[0].min(), per_channel[1].max())
 
 
 def test_unknown_accumulators_have_no_bounds():
