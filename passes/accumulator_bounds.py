@@ -6,7 +6,8 @@ products of known signs: output channel c lies within
     [sum_k min(w[c, k] * x_lo, w[c, k] * x_hi),  sum_k max(w[c, k] * x_lo, w[c, k] * x_hi)]
 
 (zero padding adds zeros, inside both). A constant bias moves the bounds, layout ops keep the
-bounds of all their input's values (a reshape, a transpose, a max pool); a product of two
+bounds of all their input's values (a reshape, a transpose, a max pool), a sum (a pool's) the
+count of its terms times theirs; a product of two
 activations is bounded by its reduction length times the dtypes' extreme product; an 8- or
 16-bit value (cast to int32 or int64) by its dtype. These are the bounds that no input can
 pass, not calibrated ranges: what they prove holds for every input. `short_multipliers.py`
@@ -92,6 +93,13 @@ def accumulator_bounds(expr: relax.Expr, lookup: Callable[[relax.Var], relax.Exp
     if op in LAYOUT and dtype in ("int32", "int64"):  # the same values, moved: the bounds over all of them
         inner = accumulator_bounds(expr.args[0], lookup)
         return None if inner is None else (np.int64(np.min(inner[0])), np.int64(np.max(inner[1])))
+    if op == "relax.sum" and dtype in ("int32", "int64"):  # a pool's sum: the count of its terms times theirs
+        inner, shape = accumulator_bounds(expr.args[0], lookup), _shape(expr.args[0])
+        if inner is None or shape is None:
+            return None
+        axes = expr.attrs.axis
+        count = int(np.prod([shape[int(a)] for a in axes])) if axes is not None else int(np.prod(shape))
+        return np.int64(count * int(np.min(inner[0]))), np.int64(count * int(np.max(inner[1])))
     if op == "relax.nn.conv2d" and dtype == "int32":
         return _conv_bounds(expr, lookup)
     if op == "relax.matmul" and dtype == "int32":

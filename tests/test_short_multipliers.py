@@ -83,7 +83,8 @@ def test_matmul_bounds_per_column_and_of_two_activations():
 
 
 def test_layout_ops_keep_the_bounds_of_all_their_values():
-    """A conv's sums reshaped and transposed (a classifier's flatten): the bounds over every channel."""
+    """A conv's sums reshaped and transposed (a classifier's flatten): the bounds over every channel;
+    summed over 4 pixels (a global pool): 4 times those."""
     from tvm import relax
 
     w = rng.integers(-128, 128, (6, 4, 1, 1)).astype(np.int8)
@@ -92,6 +93,8 @@ def test_layout_ops_keep_the_bounds_of_all_their_values():
     lo, hi = _bounds_of_output(lambda a: relax.op.permute_dims(relax.op.reshape(emit.conv2d_acc(a, w, _Pointwise),
                                                                                    (1, 6, 4)), [0, 2, 1]), [x])
     assert (int(lo), int(hi)) == (per_channel[0].min(), per_channel[1].max())
+    lo, hi = _bounds_of_output(lambda a: relax.op.sum(emit.conv2d_acc(a, w, _Pointwise), axis=[2, 3]), [x])
+    assert (int(lo), int(hi)) == (4 * per_channel[0].min(), 4 * per_channel[1].max())  # a pool's sum of 2 x 2
 
 
 def test_unknown_accumulators_have_no_bounds():
