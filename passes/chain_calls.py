@@ -77,10 +77,12 @@ def chain_as_ops(call: relax.Call, bind) -> relax.Expr | None:
     for i, (name, operands, attrs) in enumerate(program):
         if expr is not None:  # the previous step, bound: this one reads it
             values[i - 1] = bind(f"step{i - 1}", expr)
-        tensors = [values[o[1]] for o in operands if isinstance(o, list)]
-        dtype = str(tensors[0].ty.dtype)
+        # a where's scalar branch takes its other branch's dtype, not its condition's (bool)
+        tensors = [values[o[1]] for o in (operands[1:] if name == "relax.where" else operands) if isinstance(o, list)]
+        dtype = str(tensors[0].ty.dtype) if tensors else "float32"
         args = [values[o[1]] if isinstance(o, list)
-                else o if name == "relax.clip" else relax.const(o, dtype) for o in operands]
+                else o if name == "relax.clip" else relax.const(o, "bool" if name == "relax.where" and k == 0 else dtype)
+                for k, o in enumerate(operands)]
         if name == "relax.power" and not isinstance(operands[1], list) and float(operands[1]) in (2.0, 3.0, 4.0):
             # x * x * x: the same values, without TVM's pow (slow, and a warning per kernel)
             expr = bb.normalize(relax.op.multiply(args[0], args[0]))
