@@ -24,6 +24,7 @@ runs the float module, with each call expanded back into the Relax ops it stands
 from __future__ import annotations
 
 import json
+import math
 
 import tvm
 from tvm import relax
@@ -78,6 +79,8 @@ def chain_step(call: relax.Call, chains: dict, out_ty) -> tuple | None:
             sources.add(arg)
             operands.append(["v", arg])
         elif (n := scalar_number(arg)) is not None:
+            if call.op.name == "relax.where" and not math.isfinite(n):  # a -inf mask: no table holds it
+                return None
             operands.append(n)
         else:
             return None
