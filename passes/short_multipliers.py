@@ -42,15 +42,16 @@ def _const(expr) -> np.ndarray | None:
 
 def cut(m: int, rnd: int, s: int, lo: int, hi: int, r_lo: int, r_hi: int) -> tuple[int, int] | None:
     """(m', s') of one element: the fewest bits cut from m for which the short form holds over the
-    window within [r_lo, r_hi] (no cut: (m, s)), or None where no cut keeps MAX_ERROR."""
+    window within [r_lo, r_hi] (no cut: (m, s)), or None where no cut keeps MAX_ERROR wherever
+    either result is not saturated (both windows within the bounds)."""
     if not m:
         return m, s
     a_lo, a_hi = window_of(m, rnd, s, lo, hi)
-    span = min(max(r_hi, a_lo), a_hi) - min(max(r_lo, a_lo), a_hi)
-    first = max(0, (span * m + 2**s).bit_length() - 32)
+    o_lo, o_hi = min(max(r_lo, a_lo), a_hi), min(max(r_hi, a_lo), a_hi)
+    first = max(0, ((o_hi - o_lo) * m + 2**s).bit_length() - 32)
     for t in range(first, first + 3):
         mt, st = (m + (1 << (t - 1))) >> t if t else m, s - t
-        if st < 1 or mt >= 2**31:
+        if st < 1 or not 0 < mt < 2**31:
             return None
         rt = 1 << (st - 1)
         a_lo, a_hi = window_of(mt, rt, st, lo, hi)
@@ -58,7 +59,7 @@ def cut(m: int, rnd: int, s: int, lo: int, hi: int, r_lo: int, r_hi: int) -> tup
         form = offset_of(mt, rt, st, n_lo, n_hi)
         if form is None or (n_hi - n_lo) * mt + form[0] >= U32:
             continue
-        reach = max(abs(n_lo), abs(n_hi))
+        reach = max(abs(n_lo), abs(n_hi), abs(o_lo), abs(o_hi))
         return (mt, st) if reach * abs((mt << t) - m) <= MAX_ERROR * 2**s else None
     return None
 

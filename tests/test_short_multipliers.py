@@ -115,7 +115,7 @@ def test_cut_multipliers_keep_results_within_max_error(lo, hi):
     """For ratios over 7 decades and accumulators reaching 2^14..2^24: where `cut` cuts, the short
     form holds over the narrowed window, and at every sum near the window's edges and across the
     bounds the result moves by at most one step, from a real-valued change of at most MAX_ERROR
-    within the window (beyond it both saturate)."""
+    within either window (beyond both, both saturate)."""
     cuts = 0
     for _ in range(300):
         ratio = float(np.exp(rng.uniform(np.log(1e-6), np.log(10.0))))
@@ -138,10 +138,19 @@ def test_cut_multipliers_keep_results_within_max_error(lo, hi):
         old = ref.requantize(acc, m, s, lo, hi, "int32").astype(np.int64)
         new = ref.requantize(acc, mt, st, lo, hi, "int32").astype(np.int64)
         assert np.abs(new - old).max() <= 1
-        inside = acc[(acc >= a_lo) & (acc <= a_hi)]  # beyond the window both saturate
+        o_lo, o_hi = window(m, 1 << (s - 1), s, lo, hi)
+        inside = acc[((acc >= a_lo) & (acc <= a_hi)) | ((acc >= o_lo) & (acc <= o_hi))]  # beyond both windows both saturate
         assert np.abs(inside.astype(np.float64) * ((mt << (s - st)) - m) / 2.0**s).max(initial=0) <= MAX_ERROR
     if hi - lo <= 255:
         assert cuts >= 100  # most 8-bit requantizations are cut: the test would not pass vacuously
+
+
+def test_no_multiplier_is_cut_to_nothing():
+    """An int32 result of sums bounded past int32 (an OWL-ViT head's shift, summed in int64): fitting
+    32 bits took all 30 bits of m, and m' = 0 has a window of nothing, inside which no error shows;
+    the error is judged over the original window too, so this is no cut (its cosine fell to 0.83)."""
+    i32 = np.iinfo(np.int32)
+    assert cut(1074476242, 1 << 41, 42, int(i32.min), int(i32.max), -34358689792, 34359738368) is None
 
 
 @pytest.mark.parametrize("x_dtype", ["uint8", "int8"])
