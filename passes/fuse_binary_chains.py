@@ -124,7 +124,7 @@ def _step(call, out_ty, chains: dict, canon) -> _Chain | None:
             sources += [s for s in reads if s not in sources]
             operands.append(["v", var])
         elif (n := scalar_number(arg)) is not None:
-            if call.op.name == "relax.where" and not math.isfinite(n):  # a -inf mask: no table holds it
+            if call.op.name == "relax.where":  # a constant branch is a mask's fill (-inf, -1e4, float32's min): left to the mask lowerings
                 return None
             operands.append(n)
         else:
