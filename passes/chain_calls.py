@@ -80,8 +80,8 @@ def chain_as_ops(call: relax.Call, bind) -> relax.Expr | None:
         # a where's scalar branch takes its other branch's dtype, not its condition's (bool)
         tensors = [values[o[1]] for o in (operands[1:] if name == "relax.where" else operands) if isinstance(o, list)]
         dtype = str(tensors[0].ty.dtype) if tensors else "float32"
-        args = [values[o[1]] if isinstance(o, list)
-                else o if name == "relax.clip" else relax.const(o, "bool" if name == "relax.where" and k == 0 else dtype)
+        const_dtype = lambda k: "bool" if name == "relax.where" and k == 0 else dtype  # noqa: E731
+        args = [values[o[1]] if isinstance(o, list) else o if name == "relax.clip" else relax.const(o, const_dtype(k))
                 for k, o in enumerate(operands)]
         if name == "relax.power" and not isinstance(operands[1], list) and float(operands[1]) in (2.0, 3.0, 4.0):
             # x * x * x: the same values, without TVM's pow (slow, and a warning per kernel)

@@ -124,8 +124,8 @@ def _step(call, out_ty, chains: dict, canon) -> _Chain | None:
             sources += [s for s in reads if s not in sources]
             operands.append(["v", var])
         elif (n := scalar_number(arg)) is not None:
-            if call.op.name == "relax.where":  # a constant branch is a mask's fill (-inf, -1e4, float32's min): left to the mask lowerings
-                return None
+            if call.op.name == "relax.where":  # a constant branch is a mask's fill (-inf, -1e4, float32's min):
+                return None  # left to the mask lowerings
             operands.append(n)
         else:
             return None

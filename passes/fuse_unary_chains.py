@@ -78,8 +78,8 @@ def chain_step(call: relax.Call, chains: dict, out_ty) -> tuple | None:
             sources.add(arg)
             operands.append(["v", arg])
         elif (n := scalar_number(arg)) is not None:
-            if call.op.name == "relax.where":  # a constant branch is a mask's fill (-inf, -1e4, float32's min): left to the mask lowerings
-                return None
+            if call.op.name == "relax.where":  # a constant branch is a mask's fill (-inf, -1e4, float32's min):
+                return None  # left to the mask lowerings
             operands.append(n)
         else:
             return None

@@ -139,7 +139,8 @@ def test_cut_multipliers_keep_results_within_max_error(lo, hi):
         new = ref.requantize(acc, mt, st, lo, hi, "int32").astype(np.int64)
         assert np.abs(new - old).max() <= 1
         o_lo, o_hi = window(m, 1 << (s - 1), s, lo, hi)
-        inside = acc[((acc >= a_lo) & (acc <= a_hi)) | ((acc >= o_lo) & (acc <= o_hi))]  # beyond both windows both saturate
+        # beyond both windows, both results saturate
+        inside = acc[((acc >= a_lo) & (acc <= a_hi)) | ((acc >= o_lo) & (acc <= o_hi))]
         assert np.abs(inside.astype(np.float64) * ((mt << (s - st)) - m) / 2.0**s).max(initial=0) <= MAX_ERROR
     if hi - lo <= 255:
         assert cuts >= 100  # most 8-bit requantizations are cut: the test would not pass vacuously
