@@ -11,8 +11,9 @@ multiplier of 32 - log2(span) bits makes u * m' + c a 32-bit product (`vpmulld`)
 For each requantization chain clip(((int64(acc) * m + rnd) >> s), lo, hi) whose accumulator
 has known bounds, each element's multiplier is rounded to m' = round(m / 2^t), s' = s - t,
 rnd' = 2^(s'-1), with the smallest t for which `requant_windows.short_form` holds, and only
-where that moves no result by more than MAX_ERROR of an output step anywhere in the bounds
-(|acc (m' 2^t - m)| / 2^s): the same dyadic approximation of the same ratio, with fewer bits.
+where that moves no result by more than MAX_ERROR of an output step wherever, within the bounds,
+either result is unsaturated (|acc (m' 2^t - m)| / 2^s over both windows; never m' = 0): the same
+dyadic approximation of the same ratio, with fewer bits.
 The chain keeps its form, so every target and the NumPy reference compute the same integers;
 `targets/requant.py` then finds the 32-bit form provable. Where some element cannot be cut so,
 the chain is left as it is.
