@@ -17,6 +17,8 @@ multipliers so that it does. Exact: Python integers throughout.
 from __future__ import annotations
 
 import numpy as np
+import tvm
+from tvm import relax
 
 U32 = 2**32
 I32 = (-(2**31), 2**31 - 1)
@@ -86,3 +88,30 @@ def short_form(m: np.ndarray, rnd: np.ndarray, s: np.ndarray, a_lo: np.ndarray, 
         if (int(a_hi[i]) - int(a_lo[i])) * int(m[i]) + int(c[i]) >= U32:
             return None
     return form
+
+
+def _is(expr, name: str) -> bool:
+    return isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == f"relax.{name}"
+
+
+def requant_chain(clip: relax.Expr, lookup) -> tuple | None:
+    """(acc, m, rnd, s, lo, hi) of the requantization `emit.requantize` writes, ending in `clip`:
+    clip(right_shift(add(multiply(int64(acc), m), rnd), s), lo, hi) with constant m in [0, 2^31) and
+    s in [1, 62] (int64 arrays); else None. `lookup(var)` gives a variable's bound value (or None)."""
+    bound = lambda e: lookup(e) if isinstance(e, relax.Var) else e  # noqa: E731
+    if not _is(clip, "clip") or str(clip.ty.dtype) != "int64":
+        return None
+    shift = bound(clip.args[0])
+    add = bound(shift.args[0]) if _is(shift, "right_shift") else None
+    mul = bound(add.args[0]) if _is(add, "add") else None
+    cast = bound(mul.args[0]) if _is(mul, "multiply") else None
+    if not _is(cast, "astype"):
+        return None
+    consts = [e.args[1].value.numpy() if isinstance(e.args[1], tvm.ir.GenericConst) else None
+              for e in (mul, add, shift)]
+    if any(c is None for c in consts):
+        return None
+    m, rnd, s = (c.astype(np.int64) for c in consts)
+    if np.any(m < 0) or np.any(m >= 2**31) or np.any(s < 1) or np.any(s > 62):
+        return None
+    return cast.args[0], m, rnd, s, int(clip.args[1].value), int(clip.args[2].value)

@@ -27,18 +27,10 @@ from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from .accumulator_bounds import accumulator_bounds
-from .requant_windows import I32, U32, offset_of, window_of
+from .requant_windows import I32, U32, offset_of, requant_chain, window_of
 
 R = relax.op
 MAX_ERROR = 1 / 32  # of an output step: the largest change the cut multiplier may make to a result
-
-
-def _is(expr, name: str) -> bool:
-    return isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == f"relax.{name}"
-
-
-def _const(expr) -> np.ndarray | None:
-    return expr.value.numpy() if isinstance(expr, tvm.ir.GenericConst) else None
 
 
 def cut(m: int, rnd: int, s: int, lo: int, hi: int, r_lo: int, r_hi: int) -> tuple[int, int] | None:
@@ -83,32 +75,20 @@ class _Cutter(PyExprMutator):
         self.cut = 0
         self.memo = {}
 
-    def _bound(self, expr):
-        return self.lookup_binding(expr) if isinstance(expr, relax.Var) else expr
-
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         call = super().visit_call_(call)
-        if not _is(call, "clip") or str(call.ty.dtype) != "int64":
+        chain = requant_chain(call, self.lookup_binding)
+        if chain is None:
             return call
-        shift = self._bound(call.args[0])
-        add = self._bound(shift.args[0]) if _is(shift, "right_shift") else None
-        mul = self._bound(add.args[0]) if _is(add, "add") else None
-        cast = self._bound(mul.args[0]) if _is(mul, "multiply") else None
-        if not _is(cast, "astype"):
-            return call
-        consts = [_const(e.args[1]) for e in (mul, add, shift)]
-        bounds = accumulator_bounds(cast.args[0], self.lookup_binding)
-        if any(c is None for c in consts) or bounds is None:
-            return call
-        m, rnd, s = (c.astype(np.int64) for c in consts)
-        lo, hi = int(call.args[1].value), int(call.args[2].value)
-        if np.any(m < 0) or np.any(m >= 2**31) or np.any(s < 1) or np.any(s > 62) or np.any(rnd != 1 << (s - 1)):
+        acc, m, rnd, s, lo, hi = chain
+        bounds = accumulator_bounds(acc, self.lookup_binding)
+        if bounds is None or np.any(rnd != 1 << (s - 1)):
             return call
         try:
             full = np.broadcast_shapes(m.shape, rnd.shape, s.shape, np.shape(bounds[0]), np.shape(bounds[1]))
         except ValueError:
             return call
-        if len(full) > len(cast.args[0].ty.shape) or max(lo, hi) > I32[1] or min(lo, hi) < I32[0]:
+        if len(full) > len(acc.ty.shape) or max(lo, hi) > I32[1] or min(lo, hi) < I32[0]:
             return call
         m, s, r_lo, r_hi = (np.ascontiguousarray(np.broadcast_to(v, full), np.int64) for v in (m, s, *bounds))
         key = (full, lo, hi, *(v.tobytes() for v in (m, s, r_lo, r_hi)))
@@ -120,7 +100,7 @@ class _Cutter(PyExprMutator):
         self.cut += 1
         new_rnd = np.left_shift(np.int64(1), new_s - 1)
         const = lambda v: relax.const(np.ascontiguousarray(v), "int64")
-        y = R.right_shift(R.add(R.multiply(cast, const(new_m)), const(new_rnd)), const(new_s))
+        y = R.right_shift(R.add(R.multiply(R.astype(acc, "int64"), const(new_m)), const(new_rnd)), const(new_s))
         return R.clip(y, call.args[1], call.args[2])
 
 

@@ -46,7 +46,8 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from frontends.relax_rewrite import KernelCache, drop_unused_bindings
 from passes.accumulator_bounds import accumulator_bounds
-from passes.requant_windows import U32, narrowed, offset_form, short_form, window  # noqa: F401 (tests import window here)
+from passes.requant_windows import (U32, narrowed, offset_form, requant_chain, short_form,  # noqa: F401
+                                    window)  # (tests import window here)
 
 
 def _at(t: te.Tensor, index):
@@ -163,27 +164,15 @@ class _Rewriter(PyExprMutator):
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         call = super().visit_call_(call)
-        if not _is(call, "clip") or str(call.ty.dtype) != "int64":
+        chain = requant_chain(call, self.lookup_binding)
+        if chain is None or str(chain[0].ty.dtype) not in _SOURCES or getattr(chain[0].ty, "shape", None) is None:
             return call
-        shift = self._bound(call.args[0])
-        add = self._bound(shift.args[0]) if _is(shift, "right_shift") else None
-        mul = self._bound(add.args[0]) if _is(add, "add") else None
-        cast = self._bound(mul.args[0]) if _is(mul, "multiply") else None
-        if not _is(cast, "astype") or str(cast.args[0].ty.dtype) not in _SOURCES:
+        acc, m, rnd, s, lo, hi = chain
+        rank = len(acc.ty.shape)
+        static = [int(d) if isinstance(d, tvm.tirx.IntImm) else None for d in acc.ty.shape]
+        if any(c.ndim > rank or any(d != 1 and d != static[rank - c.ndim + k] for k, d in enumerate(c.shape))
+               for c in (m, rnd, s)):  # each constant broadcasts into acc's shape, not beyond
             return call
-        acc = cast.args[0]
-        consts = [_const(e.args[1]) for e in (mul, add, shift)]
-        shape = getattr(acc.ty, "shape", None)
-        if any(c is None for c in consts) or shape is None:
-            return call
-        m, rnd, s = (c.astype(np.int64) for c in consts)
-        rank = len(shape)
-        static = [int(d) if isinstance(d, tvm.tirx.IntImm) else None for d in shape]
-        if (np.any(m < 0) or np.any(m >= 2**31) or np.any(s < 1) or np.any(s > 62)
-                or any(c.ndim > rank or any(d != 1 and d != static[rank - c.ndim + k] for k, d in enumerate(c.shape))
-                       for c in (m, rnd, s))):  # each constant broadcasts into acc's shape, not beyond
-            return call
-        lo, hi = int(call.args[1].value), int(call.args[2].value)
         key = (*((v.shape, v.tobytes()) for v in (m, rnd, s)), lo, hi)
         if key not in self.forms:
             a_lo, a_hi = window(m, rnd, s, lo, hi)
