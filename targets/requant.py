@@ -104,6 +104,18 @@ def short_requant_te(acc: te.Tensor, m: te.Tensor, d: te.Tensor, s: te.Tensor, a
     return te.compute(acc.shape, body, name="windowed_requant")
 
 
+def _into(shape: tuple, static: list) -> bool:
+    """Whether a constant of `shape` broadcasts into the accumulator's (static) shape, not beyond."""
+    rank = len(static)
+    return len(shape) <= rank and all(d == 1 or d == static[rank - len(shape) + k] for k, d in enumerate(shape))
+
+
+def _bounded(m, rnd, s, a_hi, f_lo, lo: int, hi: int) -> bool:
+    """Whether the window alone keeps every result within [lo, hi] (f(a_lo) >= lo, f(a_hi) <= hi): no clip.
+    f(a_hi) < 2^62 + 2^61: int64 holds it (m < 2^31, s <= 62)."""
+    return bool(np.all(f_lo >= lo) and np.all(((a_hi.astype(np.int64) * m + rnd) >> s) <= hi))
+
+
 _SOURCES = ("int32", "int16", "uint16", "int8", "uint8")  # rescaled activations too (residual adds, concat)
 
 
@@ -139,20 +151,23 @@ class _Rewriter(PyExprMutator):
             return acc, None
         return x, bias.astype(np.int64)
 
-    def _lookup(self, var: relax.Var):
-        return self.lookup_binding(var)
+    def _moved(self, acc, a_lo, a_hi, rank: int, static: list) -> tuple:
+        """(acc, bias, base, a_lo, a_hi): the window's base a_lo (int64), and where `acc` is x + a constant
+        bias (`_biased`), x with the window and base moved by it:
+        clamp(x + bias, a_lo, a_hi) - a_lo == clamp(x, a_lo - bias, a_hi - bias) - (a_lo - bias)."""
+        base = a_lo.astype(np.int64)
+        acc, bias = self._biased(acc, rank, static)
+        if bias is not None:
+            i32 = np.iinfo(np.int32)
+            base = base - bias
+            a_lo, a_hi = np.clip(base, i32.min, i32.max), np.clip(a_hi.astype(np.int64) - bias, i32.min, i32.max)
+        return acc, bias, base, a_lo, a_hi
 
     def _short(self, acc, m, rnd, s, a_lo, a_hi, form, lo: int, hi: int, rank: int, static: list) -> relax.Expr:
         """The 32-bit form (`short_requant_te`) over the narrowed window [a_lo, a_hi]."""
         c, f_lo = form
-        f_hi = (a_hi.astype(np.int64) * m + rnd) >> s
-        bounded = bool(np.all(f_lo >= lo) and np.all(f_hi <= hi))
-        base = a_lo.astype(np.int64)
-        acc, bias = self._biased(acc, rank, static)
-        if bias is not None:  # clamp(x + bias, a_lo, a_hi) - a_lo == clamp(x, a_lo - bias, a_hi - bias) - (a_lo - bias)
-            i32 = np.iinfo(np.int32)
-            base = base - bias
-            a_lo, a_hi = np.clip(base, i32.min, i32.max), np.clip(a_hi.astype(np.int64) - bias, i32.min, i32.max)
+        bounded = _bounded(m, rnd, s, a_hi, f_lo, lo, hi)
+        acc, _, base, a_lo, a_hi = self._moved(acc, a_lo, a_hi, rank, static)
         full = np.broadcast_shapes(*(np.shape(v) for v in (m, s, c, f_lo, a_lo, a_hi, base)))
         wide = [np.broadcast_to(v, full).astype(object) for v in (c, base, m)]
         d = np.asarray((wide[0] - wide[1] * wide[2]) % U32, np.uint64)  # u * m + c == x * m + d modulo 2^32
@@ -170,8 +185,7 @@ class _Rewriter(PyExprMutator):
         acc, m, rnd, s, lo, hi = chain
         rank = len(acc.ty.shape)
         static = [int(d) if isinstance(d, tvm.tirx.IntImm) else None for d in acc.ty.shape]
-        if any(c.ndim > rank or any(d != 1 and d != static[rank - c.ndim + k] for k, d in enumerate(c.shape))
-               for c in (m, rnd, s)):  # each constant broadcasts into acc's shape, not beyond
+        if not all(_into(np.shape(c), static) for c in (m, rnd, s)):
             return call
         key = (*((v.shape, v.tobytes()) for v in (m, rnd, s)), lo, hi)
         if key not in self.forms:
@@ -180,9 +194,8 @@ class _Rewriter(PyExprMutator):
         a_lo, a_hi, offset = self.forms[key]
         full = np.broadcast_shapes(m.shape, rnd.shape, s.shape)
         const = lambda v, dtype: relax.const(np.ascontiguousarray(np.broadcast_to(v, full)).astype(dtype), dtype)
-        bounds = accumulator_bounds(acc, self._lookup) if offset is not None else None
-        if bounds is not None and all(np.ndim(b) <= rank and all(
-                d == 1 or d == static[rank - np.ndim(b) + k] for k, d in enumerate(np.shape(b))) for b in bounds):
+        bounds = accumulator_bounds(acc, self.lookup_binding) if offset is not None else None
+        if bounds is not None and all(_into(np.shape(b), static) for b in bounds):
             narrow_lo, narrow_hi = narrowed(a_lo, a_hi, *bounds)
             short_key = (key, narrow_lo.shape, narrow_lo.tobytes(), narrow_hi.tobytes())
             if short_key not in self.forms:
@@ -192,14 +205,10 @@ class _Rewriter(PyExprMutator):
                 return self._short(acc, m, rnd, s, narrow_lo, narrow_hi, short, lo, hi, rank, static)
         if offset is not None:
             c, f_lo = offset
-            f_hi = (a_hi.astype(np.int64) * m + rnd) >> s  # < 2^62 + 2^61: int64 holds it (m < 2^31, s <= 62)
-            bounded = bool(np.all(f_lo >= lo) and np.all(f_hi <= hi))
-            acc, bias = self._biased(acc, rank, static)
-            if bias is not None:  # clamp(x + bias, a_lo, a_hi) - a_lo == clamp(x, a_lo - bias, a_hi - bias) - (a_lo - bias)
+            bounded = _bounded(m, rnd, s, a_hi, f_lo, lo, hi)
+            acc, bias, base, a_lo, a_hi = self._moved(acc, a_lo, a_hi, rank, static)
+            if bias is not None:
                 full = np.broadcast_shapes(full, bias.shape)
-                i32 = np.iinfo(np.int32)
-                base = a_lo.astype(np.int64) - bias
-                a_lo, a_hi = np.clip(base, i32.min, i32.max), np.clip(a_hi.astype(np.int64) - bias, i32.min, i32.max)
                 base = const(np.mod(base, 2**32), "uint32")
             args = (acc, const(m, "uint32"), const(c, "uint64"), const(s, "uint64"), const(a_lo, "int32"),
                     const(a_hi, "int32"), 0 if not np.any(f_lo) else const(f_lo, "int32"), lo, hi,
