@@ -72,7 +72,6 @@ def _cut_all(m, s, lo: int, hi: int, r_lo, r_hi) -> tuple[np.ndarray, np.ndarray
 class _Cutter(PyExprMutator):
     def __init__(self, mod):
         super().__init__(mod)
-        self.cut = 0
         self.memo = {}
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
@@ -97,7 +96,6 @@ class _Cutter(PyExprMutator):
         if self.memo[key] is None:
             return call
         new_m, new_s = self.memo[key]
-        self.cut += 1
         new_rnd = np.left_shift(np.int64(1), new_s - 1)
         const = lambda v: relax.const(np.ascontiguousarray(v), "int64")
         y = R.right_shift(R.add(R.multiply(R.astype(acc, "int64"), const(new_m)), const(new_rnd)), const(new_s))
